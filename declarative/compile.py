@@ -1,0 +1,382 @@
+"""compile: a parametrized CVXPY problem → a `ConeTemplate`, once.
+
+CVXPY's DPP canonicalization (``problem.get_problem_data(cp.SCS)``) yields a
+parametrized cone program: sparse tensors mapping the parameter vector θ̃ = (θ, 1)
+to the SCS problem data
+
+    minimize cᵀx  subject to  Ax + s = b,  s ∈ K,
+
+with (c, A, b) affine in θ. We keep those maps as three sparse matrices over the
+*user's* parameter vector θ (each parameter flattened in column-major order, in the
+order the user listed them), so applying a whole batch is one sparse product.
+
+The maps back from SCS's (x, y) to the user's variables (primal, or a constraint's
+dual variable) are linear. Rather than re-implementing CVXPY's conventions (symmetric
+variables, PSD duals in scaled-triangle form, exponential-cone ordering, ...), we
+read them off CVXPY's own ``chain.invert`` by probing, once, at compile time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cvxpy as cp
+import numpy as np
+import scipy.sparse as sp
+from cvxpy.reductions.cvx_attr2constr import CvxAttr2Constr, lower_value
+
+from declarative.cones import ConeDims
+from declarative.errors import ProblemError
+
+ON_FAILURE = ("raise", "nan")
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """One user parameter: where it sits in θ (flattened column-major)."""
+
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=int))
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One requested output (a primal variable, or a constraint's dual variable)."""
+
+    name: str
+    shape: tuple[int, ...]
+    kind: str  # "primal" | "dual"
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=int))
+
+
+@dataclass(frozen=True)
+class ConeTemplate:
+    """The compiled problem: affine maps θ ↦ (c, A, b) and the cone K.
+
+    ``A`` has a fixed sparsity pattern (CSC ``indices``/``indptr``); only its
+    ``nnz`` values depend on θ:  c = C θ + c0,  A.data = F θ + f0,  b = G θ + g0.
+    ``recover`` maps the stacked solver solution (x, y) to the stacked outputs,
+    each flattened column-major.
+    """
+
+    n: int
+    m: int
+    dims: ConeDims
+    C: sp.csr_matrix
+    c0: np.ndarray
+    F: sp.csr_matrix
+    f0: np.ndarray
+    G: sp.csr_matrix
+    g0: np.ndarray
+    indices: np.ndarray
+    indptr: np.ndarray
+    recover: sp.csr_matrix
+
+    @property
+    def num_params(self) -> int:
+        return self.C.shape[1]
+
+    @property
+    def nnz(self) -> int:
+        return self.indices.size
+
+    def apply(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A batch θ (B, p) ↦ c (B, n), A values (B, nnz), b (B, m): three sparse products."""
+        c = theta @ self.C.T + self.c0
+        a = theta @ self.F.T + self.f0
+        b = theta @ self.G.T + self.g0
+        return np.asarray(c), np.asarray(a), np.asarray(b)
+
+    def apply_adjoint(self, dc: np.ndarray, da: np.ndarray, db: np.ndarray) -> np.ndarray:
+        """Adjoint of `apply`'s linear part: (dc, dA values, db) ↦ dθ (B, p)."""
+        return np.asarray(dc @ self.C + da @ self.F + db @ self.G)
+
+    def matrix(self, a: np.ndarray) -> sp.csc_matrix:
+        """The CSC matrix A of one instance from its values."""
+        return sp.csc_matrix((a, self.indices, self.indptr), shape=(self.m, self.n))
+
+    def rows_cols(self) -> tuple[np.ndarray, np.ndarray]:
+        """Row and column index of each stored entry of A (CSC order)."""
+        cols = np.repeat(np.arange(self.n), np.diff(self.indptr))
+        return self.indices, cols
+
+
+def check_problem(problem: Any) -> None:
+    """Raise `ProblemError` unless ``problem`` is a DCP problem that follows DPP, naming the culprit."""
+    from cvxpy.utilities import scopes
+    from cvxpy.utilities.debug_tools import build_non_disciplined_error_msg
+
+    if not isinstance(problem, cp.Problem):
+        raise ProblemError(f"expected a cvxpy.Problem, got {type(problem).__name__}.")
+    if not problem.is_dcp():
+        detail = build_non_disciplined_error_msg(problem, "DCP")
+        raise ProblemError(
+            "the problem is not DCP (disciplined convex), so it cannot be a convex layer. "
+            + detail
+        )
+    if not problem.is_dcp(dpp=True):
+        with scopes.dpp_scope():
+            detail = build_non_disciplined_error_msg(problem, "DCP")
+        raise ProblemError(
+            "the problem is DCP but not DPP: parameters must enter affinely (a product of two "
+            "parameter-dependent expressions, or a parameter inside a nonlinear atom, is not DPP; "
+            "see https://www.cvxpy.org/tutorial/dpp). " + detail
+        )
+
+
+def _check_members(problem: cp.Problem, parameters, variables) -> list:
+    """Validate the user's lists against the problem; return each variable's constraint (or None)."""
+    if not isinstance(parameters, list | tuple) or not isinstance(variables, list | tuple):
+        raise ProblemError("parameters and variables must be lists of cvxpy Parameters/Variables.")
+    if len(variables) == 0:
+        raise ProblemError("variables is empty: name at least one variable to output.")
+    own_params = {p.id for p in problem.parameters()}
+    for p in parameters:
+        if not isinstance(p, cp.Parameter):
+            raise ProblemError(f"parameters must hold cvxpy Parameters, got {type(p).__name__}.")
+        if p.id not in own_params:
+            raise ProblemError(f"parameter {p.name()} does not appear in the problem.")
+    listed = {p.id for p in parameters}
+    if len(listed) != len(parameters):
+        raise ProblemError("a parameter is listed twice in parameters.")
+    missing = [p.name() for p in problem.parameters() if p.id not in listed]
+    if missing:
+        raise ProblemError(
+            f"the problem has parameter(s) {missing} that are not in parameters: list every "
+            "parameter of the problem (a fixed one can be made a cp.Constant)."
+        )
+    own_vars = {v.id for v in problem.variables()}
+    dual_of = {
+        c.dual_variables[0].id: c for c in problem.constraints if c.dual_variables
+    }
+    owners = []
+    for v in variables:
+        if not isinstance(v, cp.Variable):
+            raise ProblemError(f"variables must hold cvxpy Variables, got {type(v).__name__}.")
+        if v.id in own_vars:
+            owners.append(None)
+        elif v.id in dual_of:
+            owners.append(dual_of[v.id])
+        else:
+            raise ProblemError(
+                f"variable {v.name()} is neither a variable of the problem nor the dual variable "
+                "(constraint.dual_variables[0]) of one of its constraints."
+            )
+    return owners
+
+
+def _cone_dims(cd: Any) -> ConeDims:
+    dims = ConeDims(
+        zero=int(cd.zero),
+        nonneg=int(cd.nonneg),
+        soc=tuple(int(k) for k in cd.soc),
+        psd=tuple(int(k) for k in cd.psd),
+        exp=int(cd.exp),
+        power=tuple(float(a) for a in cd.p3d),
+    )
+    if dims.power or getattr(cd, "pnd", None):
+        raise ProblemError(
+            "the problem uses power cones (e.g. through cp.power or cp.pnorm with p not in "
+            "{1, 2, inf}); declarative supports the zero, nonnegative, second-order, exponential "
+            "and PSD cones. Rewrite with those atoms (for example cp.norm(x, 2) or cp.sum_squares)."
+        )
+    return dims
+
+
+def _parameter_lowering(chain, pp, parameters) -> sp.csr_matrix:
+    """The linear map θ (user parameters, stacked) ↦ CVXPY's parameter vector without its 1.
+
+    Usually a permutation; parameters with dimension-reducing attributes (symmetric, diag,
+    sparsity) appear in CVXPY's vector by their reduced representation.
+    """
+    reduced = {}
+    for r in chain.reductions:
+        if isinstance(r, CvxAttr2Constr):
+            reduced.update({new.id: orig for orig, new in r._parameters.items()})
+    offsets, o = {}, 0
+    for p in parameters:
+        offsets[p.id] = o
+        o += p.size
+    rows, cols, vals = [], [], []
+    for pid, col in pp.param_id_to_col.items():
+        if pid == -1:  # the constant 1
+            continue
+        size = pp.param_id_to_size[pid]
+        if pid in offsets:
+            rows.append(col + np.arange(size))
+            cols.append(offsets[pid] + np.arange(size))
+            vals.append(np.ones(size))
+        elif pid in reduced:
+            orig = reduced[pid]
+            for j in range(orig.size):  # lower_value is linear: probe it on a basis
+                e = np.zeros(orig.size)
+                e[j] = 1.0
+                col_j = np.ravel(lower_value(orig, e.reshape(orig.shape, order="F")), order="F")
+                nz = np.flatnonzero(col_j)
+                rows.append(col + nz)
+                cols.append(np.full(nz.size, offsets[orig.id] + j))
+                vals.append(col_j[nz])
+        else:  # pragma: no cover - CVXPY added a parameter we do not know
+            raise ProblemError(f"CVXPY introduced an unknown parameter (id {pid}).")
+    p_cvx = pp.total_param_size
+    cat = np.concatenate
+    return sp.csr_matrix(
+        (cat(vals), (cat(rows), cat(cols))) if rows else ([], ([], [])), shape=(p_cvx, o)
+    )
+
+
+def _affine(T: sp.spmatrix, lowering: sp.csr_matrix) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Split a CVXPY tensor (rows × (p_cvx + 1)) into a map over θ and its constant column."""
+    T = sp.csc_matrix(T)
+    p_cvx = lowering.shape[0]
+    return sp.csr_matrix(T[:, :p_cvx] @ lowering), np.asarray(T[:, p_cvx].todense()).ravel()
+
+
+class _Inverter:
+    """Calls CVXPY's own ``chain.invert`` on a solver solution (x, y)."""
+
+    def __init__(self, chain, inverse_data, n: int, m: int, variables, owners) -> None:
+        self.chain, self.inverse_data, self.n, self.m = chain, inverse_data, n, m
+        self.keys = [
+            ("dual", o.id) if o is not None else ("primal", v.id)
+            for v, o in zip(variables, owners, strict=True)
+        ]
+        self.shapes = [v.shape for v in variables]
+
+    def __call__(self, xy: np.ndarray) -> list[np.ndarray]:
+        sol = {
+            "x": xy[: self.n],
+            "y": xy[self.n :],
+            "s": np.zeros(self.m),
+            "info": {"status_val": 1, "solve_time": 0.0, "setup_time": 0.0, "iter": 0,
+                     "pobj": 0.0},
+        }
+        res = self.chain.invert(sol, self.inverse_data)
+        out = []
+        for (kind, key), shape in zip(self.keys, self.shapes, strict=True):
+            val = (res.primal_vars if kind == "primal" else res.dual_vars).get(key)
+            val = np.zeros(shape) if val is None else np.asarray(val, dtype=float)
+            out.append(np.ravel(np.broadcast_to(val, shape), order="F"))
+        return out
+
+
+def _recovery_map(inv: _Inverter, blocks: list[tuple[int, int]]) -> sp.csr_matrix:
+    """The linear map (x, y) ↦ stacked outputs, read off ``chain.invert``.
+
+    For each input block (a reduced variable, or one constraint's dual slice) a NaN
+    probe tells which outputs depend on it; a random probe tells whether the
+    dependence is a selection (a slice, reshape or permutation, possibly negated),
+    which it almost always is; otherwise the block is probed on its basis.
+    """
+    N = inv.n + inv.m
+    sizes = [int(np.prod(s, dtype=int)) for s in inv.shapes]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    rng = np.random.default_rng(0)
+    rows, cols, vals = [], [], []
+    for lo, hi in blocks:
+        probe = np.zeros(N)
+        probe[lo:hi] = np.nan
+        touched = [k for k, o in enumerate(inv(probe)) if np.isnan(o).any()]
+        if not touched:
+            continue
+        r = np.zeros(N)
+        r[lo:hi] = rng.uniform(1.0, 2.0, hi - lo)
+        outs = inv(r)
+        for k in touched:
+            o = outs[k]
+            sel = _as_selection(o, r[lo:hi])
+            if sel is not None:
+                idx, sign = sel
+                nz = np.flatnonzero(sign)
+                rows.append(starts[k] + nz)
+                cols.append(lo + idx[nz])
+                vals.append(sign[nz])
+                continue
+            for j in range(lo, hi):
+                e = np.zeros(N)
+                e[j] = 1.0
+                col = inv(e)[k]
+                nz = np.flatnonzero(col)
+                rows.append(starts[k] + nz)
+                cols.append(np.full(nz.size, j))
+                vals.append(col[nz])
+    cat = np.concatenate
+    shape = (int(starts[-1]), N)
+    if not rows:
+        return sp.csr_matrix(shape)
+    return sp.csr_matrix((cat(vals), (cat(rows), cat(cols))), shape=shape)
+
+
+def _as_selection(out: np.ndarray, probe: np.ndarray):
+    """If ``out`` is ±(entries of ``probe``) or 0 entrywise, return (indices, signs)."""
+    order = np.argsort(probe)
+    sorted_probe = probe[order]
+    mag = np.abs(out)
+    pos = np.clip(np.searchsorted(sorted_probe, mag), 0, probe.size - 1)
+    found = sorted_probe[pos] == mag
+    zero = out == 0
+    if not np.all(found | zero):
+        return None
+    return order[pos], np.where(zero, 0.0, np.sign(out))
+
+
+def compile_template(problem: cp.Problem, parameters, variables):
+    """Canonicalize once; return the template, parameter specs and output specs."""
+    check_problem(problem)
+    owners = _check_members(problem, list(parameters), list(variables))
+    try:
+        data, chain, inverse_data = problem.get_problem_data(
+            solver=cp.SCS, solver_opts={"use_quad_obj": False}
+        )
+    except cp.error.SolverError as e:  # pragma: no cover - CVXPY reports unsupported atoms here
+        raise ProblemError(f"CVXPY could not canonicalize the problem for SCS: {e}") from e
+    pp = data[cp.settings.PARAM_PROB]
+    dims = _cone_dims(pp.cone_dims)
+    n = pp.x.size
+    m = dims.size
+    lowering = _parameter_lowering(chain, pp, parameters)
+
+    # c: rows 0..n-1 of q (row n is the objective offset, irrelevant for the argmin).
+    C, c0 = _affine(sp.csr_matrix(pp.q)[:n], lowering)
+    # [A_cvx | b] flattened column-major in rows of pp.A; SCS's A is -A_cvx.
+    TA = sp.csr_matrix(pp.A)
+    nA = m * n
+    active = np.unique(TA[:nA].nonzero()[0])  # entries of A that are ever nonzero
+    F, f0 = _affine(-TA[active], lowering)
+    G, g0 = _affine(TA[nA:], lowering)
+    rows, cols = active % m, active // m  # already sorted column-major = CSC order
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=n))])
+
+    blocks = []
+    for vid, col in sorted(pp.var_id_to_col.items(), key=lambda kv: kv[1]):
+        blocks.append((col, col + pp.id_to_var[vid].size))
+    off = n
+    for con in pp.constraints:
+        blocks.append((off, off + con.size))
+        off += con.size
+    inv = _Inverter(chain, inverse_data, n, m, variables, owners)
+    recover = _recovery_map(inv, blocks)
+
+    template = ConeTemplate(
+        n=n, m=m, dims=dims, C=C, c0=c0, F=F, f0=f0, G=G, g0=g0,
+        indices=rows.astype(np.int64), indptr=indptr.astype(np.int64), recover=recover,
+    )
+    param_specs, o = [], 0
+    for p in parameters:
+        param_specs.append(ParameterSpec(p.name(), tuple(p.shape), o))
+        o += p.size
+    output_specs = [
+        OutputSpec(v.name(), tuple(v.shape), "dual" if own is not None else "primal")
+        for v, own in zip(variables, owners, strict=True)
+    ]
+    return template, tuple(param_specs), tuple(output_specs)
+

@@ -1,0 +1,714 @@
+"""Euclidean projections onto the cones SCS uses, and their derivatives, batched.
+
+A vector ``v`` of length ``m = dims.size`` is the concatenation, in SCS 3.x order, of blocks
+for: the zero cone, the nonnegative orthant, second-order cones ``(t, x)`` (``||x||_2 <= t``,
+``t`` first), PSD cones stored in SCS's ``svec`` (lower triangle column by column, off-diagonal
+entries scaled by ``sqrt(2)``), primal exponential cones ``(r, s, t)`` with
+``s*exp(r/s) <= t`` (closure) and dual exponential cones ``(u, v, w)`` with
+``-u*exp(v/u) <= e*w``, ``u < 0`` (closure).
+
+Every function works on a batch ``(B, m)`` at once: all cones of one kind (and, for SOC and PSD,
+one size) are handled by a single vectorized numpy computation over cones and batch.
+
+The derivative ``DΠ(v)`` is what implicit differentiation through the residual map of the
+homogeneous self-dual embedding needs (Agrawal et al. 2019, "Differentiating through a cone
+program"). At the measure-zero set of points where the projection is not differentiable, one
+consistent element of the Clarke generalized Jacobian is used: a point on the boundary of a cone
+``K`` is treated as lying in ``K`` (derivative of the ``K`` side). In particular
+``d max(x, 0)/dx = 1`` at ``x = 0`` (diffcp uses ``1/2`` there), a PSD eigenvalue ``0`` counts as
+nonnegative, an SOC point with ``||x|| == t`` gets the identity and one with ``||x|| == -t != 0``
+gets zero.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = ["ConeDims", "DProjection", "dproject", "project"]
+
+_SQRT2 = math.sqrt(2.0)
+_EPS = np.finfo(np.float64).eps
+_KIND_ORDER = ("zero", "nonneg", "soc", "psd", "exp", "exp_dual", "power")
+
+
+# ----------------------------------------------------------------------------------------------
+# Cone dimensions
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ConeDims:
+    """Sizes of a product of cones, laid out in SCS 3.x order.
+
+    ``zero``/``nonneg``: lengths of the zero cone and the nonnegative orthant; ``soc``: sizes of
+    the second-order cones (each counts ``t``); ``psd``: orders ``k`` of the PSD cones (each takes
+    ``k(k+1)/2`` entries); ``exp``/``exp_dual``: numbers of primal/dual exponential cones (3
+    entries each); ``power``: exponents ``alpha`` of 3-d power cones (negative = dual, as in SCS).
+    Lists are accepted and stored as tuples, so instances are hashable.
+    """
+
+    zero: int = 0
+    nonneg: int = 0
+    soc: tuple[int, ...] = ()
+    psd: tuple[int, ...] = ()
+    exp: int = 0
+    exp_dual: int = 0
+    power: tuple[float, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        for name in ("zero", "nonneg", "exp", "exp_dual"):
+            val = getattr(self, name)
+            if isinstance(val, bool) or int(val) != val or val < 0:
+                raise ValueError(f"ConeDims.{name} must be a nonnegative integer, got {val!r}")
+            object.__setattr__(self, name, int(val))
+        for name in ("soc", "psd"):
+            vals = tuple(getattr(self, name))
+            for k in vals:
+                if isinstance(k, bool) or int(k) != k or k < 1:
+                    raise ValueError(
+                        f"ConeDims.{name} must hold positive integers (cone sizes), got {vals!r}"
+                    )
+            object.__setattr__(self, name, tuple(int(k) for k in vals))
+        alphas = tuple(float(a) for a in self.power)
+        for a in alphas:
+            if not -1.0 <= a <= 1.0:
+                raise ValueError(f"ConeDims.power exponents must lie in [-1, 1], got {alphas!r}")
+        object.__setattr__(self, "power", alphas)
+
+    @property
+    def size(self) -> int:
+        """Total length ``m`` of a vector in the product cone."""
+        return (
+            self.zero
+            + self.nonneg
+            + sum(self.soc)
+            + sum(k * (k + 1) // 2 for k in self.psd)
+            + 3 * (self.exp + self.exp_dual + len(self.power))
+        )
+
+    def scs(self) -> dict:
+        """The SCS cone dictionary (``z, l, q, s, ep, ed, p``), empty entries omitted."""
+        out: dict = {}
+        if self.zero:
+            out["z"] = self.zero
+        if self.nonneg:
+            out["l"] = self.nonneg
+        if self.soc:
+            out["q"] = list(self.soc)
+        if self.psd:
+            out["s"] = list(self.psd)
+        if self.exp:
+            out["ep"] = self.exp
+        if self.exp_dual:
+            out["ed"] = self.exp_dual
+        if self.power:
+            out["p"] = list(self.power)
+        return out
+
+    @classmethod
+    def from_scs(cls, cone: dict) -> ConeDims:
+        """Inverse of :meth:`scs` (``"f"`` is accepted as the old name of ``"z"``)."""
+        known = {"z", "f", "l", "q", "s", "ep", "ed", "p"}
+        unknown = set(cone) - known
+        if unknown:
+            raise ValueError(
+                f"unsupported SCS cone keys {sorted(unknown)}; supported: {sorted(known)}"
+            )
+        as_tuple = lambda x: tuple(x) if isinstance(x, (list, tuple, np.ndarray)) else (x,)  # noqa: E731
+        return cls(
+            zero=int(cone.get("z", 0)) + int(cone.get("f", 0)),
+            nonneg=int(cone.get("l", 0)),
+            soc=as_tuple(cone.get("q", ())),
+            psd=as_tuple(cone.get("s", ())),
+            exp=int(cone.get("ep", 0)),
+            exp_dual=int(cone.get("ed", 0)),
+            power=as_tuple(cone.get("p", ())),
+        )
+
+    def kinds(self) -> tuple[str, ...]:
+        """Names of the cone kinds present, in SCS order (subset of ``zero, nonneg, soc, psd,
+        exp, exp_dual, power``)."""
+        present = {
+            "zero": self.zero > 0,
+            "nonneg": self.nonneg > 0,
+            "soc": len(self.soc) > 0,
+            "psd": len(self.psd) > 0,
+            "exp": self.exp > 0,
+            "exp_dual": self.exp_dual > 0,
+            "power": len(self.power) > 0,
+        }
+        return tuple(k for k in _KIND_ORDER if present[k])
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Index arrays of every cone kind inside a vector of length m."""
+
+    m: int
+    zero: slice
+    nonneg: slice
+    soc: tuple[tuple[int, np.ndarray], ...]  # (size k, idx (ncones, k)) per distinct size
+    psd: tuple[tuple[int, np.ndarray], ...]  # (order k, idx (ncones, k(k+1)/2)) per order
+    exp: np.ndarray  # (n_exp + n_exp_dual, 3), primal exp cones first
+    n_exp: int
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(dims: ConeDims) -> _Layout:
+    off = 0
+    zero = slice(off, off + dims.zero)
+    off += dims.zero
+    nonneg = slice(off, off + dims.nonneg)
+    off += dims.nonneg
+    soc_groups: dict[int, list[np.ndarray]] = {}
+    for k in dims.soc:
+        soc_groups.setdefault(k, []).append(np.arange(off, off + k))
+        off += k
+    psd_groups: dict[int, list[np.ndarray]] = {}
+    for k in dims.psd:
+        kk = k * (k + 1) // 2
+        psd_groups.setdefault(k, []).append(np.arange(off, off + kk))
+        off += kk
+    n3 = dims.exp + dims.exp_dual
+    exp = np.arange(off, off + 3 * n3).reshape(n3, 3)
+    off += 3 * n3
+    off += 3 * len(dims.power)
+    assert off == dims.size
+    soc = tuple((k, np.stack(g)) for k, g in sorted(soc_groups.items()))
+    psd = tuple((k, np.stack(g)) for k, g in sorted(psd_groups.items()))
+    return _Layout(dims.size, zero, nonneg, soc, psd, exp, dims.exp)
+
+
+def _check_power(dims: ConeDims) -> None:
+    if dims.power:
+        raise NotImplementedError(
+            f"projection onto power cones is not implemented (dims.power={dims.power}); "
+            "supported cones: zero, nonneg, soc, psd, exp, exp_dual"
+        )
+
+
+def _as_batch(v: np.ndarray, dims: ConeDims) -> tuple[np.ndarray, bool]:
+    v = np.asarray(v, dtype=np.float64)
+    if v.ndim not in (1, 2) or v.shape[-1] != dims.size:
+        raise ValueError(
+            f"expected v of shape (m,) or (B, m) with m = dims.size = {dims.size}, got {v.shape}"
+        )
+    return (v[None, :], True) if v.ndim == 1 else (v, False)
+
+
+# ----------------------------------------------------------------------------------------------
+# svec helpers (SCS convention)
+# ----------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=64)
+def _svec_index(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(rows I, cols J, unvec scale, svec weight) for svec of order k: lower triangle by column."""
+    a, b = np.triu_indices(k)  # a <= b, sorted by a then b
+    I, J = b, a  # lower triangle (I >= J), column by column
+    diag = I == J
+    unscale = np.where(diag, 1.0, 1.0 / _SQRT2)
+    weight = np.where(diag, 0.5, 1.0 / _SQRT2)  # svec(M)_p = (M_IJ + M_JI) * weight
+    return I, J, unscale, weight
+
+
+def _unvec(s: np.ndarray, k: int) -> np.ndarray:
+    """(..., k(k+1)/2) svec -> (..., k, k) symmetric matrices."""
+    I, J, unscale, _ = _svec_index(k)
+    M = np.zeros(s.shape[:-1] + (k, k))
+    vals = s * unscale
+    M[..., I, J] = vals
+    M[..., J, I] = vals
+    return M
+
+
+def _svec(M: np.ndarray, k: int) -> np.ndarray:
+    """(..., k, k) -> (..., k(k+1)/2), symmetrizing M."""
+    I, J, _, weight = _svec_index(k)
+    return (M[..., I, J] + M[..., J, I]) * weight
+
+
+# ----------------------------------------------------------------------------------------------
+# Second-order cone
+# ----------------------------------------------------------------------------------------------
+def _soc(V: np.ndarray, want_deriv: bool):
+    """Projection onto {(t, x): ||x|| <= t} of V (..., k) (Parikh & Boyd, Proximal Algorithms
+    §6.3.2): V if ||x|| <= t; 0 if ||x|| <= -t; else ((||x|| + t)/2) (1, x/||x||).
+
+    Derivative (Ali, Wong & Kolter 2017), in the third case
+    ``[[1/2, x̂ᵀ/2], [x̂/2, (n+t)/(2n) I − t/(2n) x̂x̂ᵀ]]`` with n = ||x||, x̂ = x/n; stored as
+    coefficients (a, b, c, d) of ``[[a, b x̂ᵀ], [b x̂, c I + d x̂x̂ᵀ]]``.
+    """
+    t = V[..., 0]
+    x = V[..., 1:]
+    n = np.linalg.norm(x, axis=-1)
+    inside = n <= t
+    polar = ~inside & (n <= -t)
+    mid = ~inside & ~polar
+    nsafe = np.where(mid, n, 1.0)
+    alpha = np.where(mid, 0.5 * (1.0 + t / nsafe), 0.0)
+    P = np.empty_like(V)
+    P[..., 0] = np.where(inside, t, alpha * n)
+    P[..., 1:] = np.where(inside[..., None], x, alpha[..., None] * x)
+    if not want_deriv:
+        return P, None
+    xh = np.where(mid[..., None], x / nsafe[..., None], 0.0)
+    one = inside.astype(np.float64)
+    a = np.where(mid, 0.5, one)
+    b = np.where(mid, 0.5, 0.0)
+    c = np.where(mid, alpha, one)  # (n + t) / (2n)
+    d = np.where(mid, -0.5 * t / nsafe, 0.0)
+    return P, (a, b, c, d, xh)
+
+
+def _soc_matvec(coef, X: np.ndarray) -> np.ndarray:
+    """X: (B, nc, k, K) -> same."""
+    a, b, c, d, xh = coef
+    dt = X[:, :, 0, :]
+    dx = X[:, :, 1:, :]
+    xd = np.einsum("bnj,bnjk->bnk", xh, dx)
+    out = np.empty_like(X)
+    out[:, :, 0, :] = a[..., None] * dt + b[..., None] * xd
+    out[:, :, 1:, :] = (
+        xh[..., None] * (b[..., None] * dt + d[..., None] * xd)[:, :, None, :]
+        + c[..., None, None] * dx
+    )
+    return out
+
+
+def _soc_blocks(coef) -> np.ndarray:
+    a, b, c, d, xh = coef
+    k = xh.shape[-1] + 1
+    blk = np.empty(a.shape + (k, k))
+    blk[..., 0, 0] = a
+    blk[..., 0, 1:] = b[..., None] * xh
+    blk[..., 1:, 0] = b[..., None] * xh
+    blk[..., 1:, 1:] = d[..., None, None] * xh[..., :, None] * xh[..., None, :]
+    idx = np.arange(1, k)
+    blk[..., idx, idx] += c[..., None]
+    return blk
+
+
+# ----------------------------------------------------------------------------------------------
+# PSD cone
+# ----------------------------------------------------------------------------------------------
+def _psd(S: np.ndarray, k: int, want_deriv: bool):
+    """Projection onto the PSD cone in svec coordinates: Π(X) = U max(Λ, 0) Uᵀ.
+
+    Derivative by the Daleckii–Krein formula DΠ(X)[H] = U (Γ ∘ (Uᵀ H U)) Uᵀ with
+    Γ_ij = (λi⁺ − λj⁺)/(λi − λj) (1 if λi, λj >= 0, 0 if both < 0); svec is an isometry, so the
+    operator is symmetric in svec coordinates too.
+    """
+    X = _unvec(S, k)
+    lam, U = np.linalg.eigh(X)
+    lp = np.maximum(lam, 0.0)
+    P = _svec((U * lp[..., None, :]) @ np.swapaxes(U, -1, -2), k)
+    if not want_deriv:
+        return P, None
+    pos = lam >= 0.0
+    pi, pj = pos[..., :, None], pos[..., None, :]
+    mixed = pi != pj
+    num = lp[..., :, None] - lp[..., None, :]
+    den = lam[..., :, None] - lam[..., None, :]
+    G = np.where(mixed, num / np.where(mixed, den, 1.0), (pi & pj).astype(np.float64))
+    return P, (U, G)
+
+
+def _psd_matvec(data, X: np.ndarray, k: int) -> np.ndarray:
+    """X: (B, nc, kk, K) -> same."""
+    U, G = data
+    H = _unvec(np.moveaxis(X, -1, 1), k)  # (B, K, nc, k, k)
+    Ub = U[:, None]
+    Ut = np.swapaxes(Ub, -1, -2)
+    M = Ub @ (G[:, None] * (Ut @ H @ Ub)) @ Ut
+    return np.moveaxis(_svec(M, k), 1, -1)
+
+
+def _psd_blocks(data, k: int) -> np.ndarray:
+    """Dense (…, kk, kk) blocks: D[p, q] = Σ_ab Z[p,a,b] Γ_ab Z[q,a,b], Z[p] = Uᵀ E_p U."""
+    U, G = data
+    I, J, unscale, _ = _svec_index(k)
+    Ui = U[..., I, :]  # (..., kk, k)
+    Uj = U[..., J, :]
+    Z = Ui[..., :, None] * Uj[..., None, :]
+    Z = (Z + np.swapaxes(Z, -1, -2)) * (0.5 * np.where(I == J, 1.0, _SQRT2))[:, None, None]
+    kk = I.size
+    Zf = Z.reshape(Z.shape[:-2] + (k * k,))
+    Gf = G.reshape(G.shape[:-2] + (1, k * k))
+    out = (Zf * Gf) @ np.swapaxes(Zf, -1, -2)
+    assert out.shape[-1] == kk
+    return 0.5 * (out + np.swapaxes(out, -1, -2))
+
+
+# ----------------------------------------------------------------------------------------------
+# Exponential cone (Friberg 2021)
+# ----------------------------------------------------------------------------------------------
+def _exp_h(rho, r0, s0, t0):
+    """Friberg's h(ρ) = ((ρ−1)r0 + s0)e^ρ − (r0 − ρ s0)e^{−ρ} − (ρ² − ρ + 1)t0 and h'(ρ)."""
+    ep = np.exp(rho)
+    en = np.exp(-rho)
+    f = ((rho - 1.0) * r0 + s0) * ep - (r0 - rho * s0) * en - (rho * (rho - 1.0) + 1.0) * t0
+    df = (rho * r0 + s0) * ep + (r0 - (rho - 1.0) * s0) * en - (2.0 * rho - 1.0) * t0
+    return f, df
+
+
+def _exp_root(r0, s0, t0) -> np.ndarray:
+    """Root of h on the bracket where s(ρ) = ((ρ−1)r0+s0)/q > 0 and m(ρ) = (r0−ρs0)/q > 0.
+
+    Requires r0 > 0 or s0 > 0 (and v0 outside K and its polar). The finite bracket ends are
+    1 − s0/r0 (r0 > 0) and r0/s0 (s0 > 0); a missing end is found by doubling steps. Then
+    safeguarded Newton (bisection fallback), all cones at once, to full float64 accuracy.
+    """
+    lo = np.where(r0 > 0, 1.0 - s0 / np.where(r0 > 0, r0, 1.0), -np.inf)
+    hi = np.where(s0 > 0, r0 / np.where(s0 > 0, s0, 1.0), np.inf)
+    # Expand the missing ends (h -> -inf as ρ -> -inf when r0 <= 0 < s0; h -> +inf as ρ -> +inf
+    # when s0 <= 0 < r0).
+    for side in ("lo", "hi"):
+        miss = np.flatnonzero(np.isinf(lo) if side == "lo" else np.isinf(hi))
+        step = 1.0
+        for _ in range(64):
+            if miss.size == 0:
+                break
+            if side == "lo":
+                cand = hi[miss] - step
+            else:
+                cand = lo[miss] + step
+            f, _ = _exp_h(cand, r0[miss], s0[miss], t0[miss])
+            neg = f < 0
+            if side == "lo":
+                lo[miss[neg]] = cand[neg]
+                hi[miss[~neg]] = cand[~neg]
+                miss = miss[~neg]
+            else:
+                hi[miss[~neg]] = cand[~neg]
+                lo[miss[neg]] = cand[neg]
+                miss = miss[neg]
+            step *= 2.0
+    # Newton with bisection whenever the Newton point leaves the bracket or the step is not at
+    # most half the one before last (far from the root h behaves like an exponential, where
+    # plain Newton advances by O(1) per step).
+    rho = 0.5 * (lo + hi)
+    dx_old = hi - lo
+    dx = dx_old.copy()
+    active = np.flatnonzero(np.isfinite(rho))
+    for _ in range(300):
+        if active.size == 0:
+            break
+        x = rho[active]
+        f, df = _exp_h(x, r0[active], s0[active], t0[active])
+        neg = f < 0
+        l = np.where(neg, x, lo[active])
+        h = np.where(neg, hi[active], x)
+        lo[active], hi[active] = l, h
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            step = f / df
+        new = x - step
+        ok = (
+            np.isfinite(new)
+            & (new > l)
+            & (new < h)
+            & (np.abs(2.0 * step) <= np.abs(dx_old[active]))
+        )
+        bis = 0.5 * (l + h)
+        new = np.where(ok, new, bis)
+        dx_old[active] = dx[active]
+        dx[active] = np.where(ok, step, h - l)
+        scale = np.maximum(1.0, np.abs(x))
+        done = (f == 0) | (np.abs(new - x) <= 2 * _EPS * scale) | (h - l <= 2 * _EPS * scale)
+        rho[active] = np.where(f == 0, x, new)
+        active = active[~done]
+    return rho
+
+
+def _exp_primal_deriv(rho, L, M) -> np.ndarray:
+    """DΠ_K at v0 = vp + vq with vp = s·a(ρ) on the smooth boundary, a = (ρ, 1, e^ρ).
+
+    The boundary is ruled: DΠ = u1u1ᵀ + u2u2ᵀ/(1 + d κ), u1 = a/|a|, u2 ⟂ a and the normal
+    b = (e^ρ, (1−ρ)e^ρ, −1), i.e. u2 ∝ a × b; d κ = (m/s)(w·u2)² with w = (1, −ρ, 0) from
+    ∇²(s e^{r/s} − t) = (e^{r/s}/s) w wᵀ, and m/s = M/L, L = (ρ−1)r0 + s0, M = r0 − ρ s0.
+    """
+    pos = rho >= 0
+    E = np.exp(-np.abs(rho))
+    E2 = E * E
+    one = np.ones_like(rho)
+    q = rho * (rho - 1.0) + 1.0
+    # a and a×b, rescaled by e^{-ρ} and e^{-2ρ} when ρ >= 0 (no overflow either way)
+    a = np.stack([np.where(pos, rho * E, rho), np.where(pos, E, one), np.where(pos, one, E)], -1)
+    c = np.stack(
+        [
+            np.where(pos, -E2 - (1.0 - rho), -1.0 - (1.0 - rho) * E2),
+            np.where(pos, 1.0 + rho * E2, E2 + rho),
+            -q * E,
+        ],
+        -1,
+    )
+    u1 = a / np.linalg.norm(a, axis=-1, keepdims=True)
+    u2 = c / np.linalg.norm(c, axis=-1, keepdims=True)
+    wu = u2[..., 0] - rho * u2[..., 1]
+    den = L + M * wu * wu
+    f = np.where(den > 0, L / np.where(den > 0, den, 1.0), 0.0)
+    return u1[..., :, None] * u1[..., None, :] + f[..., None, None] * (
+        u2[..., :, None] * u2[..., None, :]
+    )
+
+
+def _exp(V: np.ndarray, want_deriv: bool):
+    """Projection of V (..., 3) = (r0, s0, t0) onto K_exp and onto its polar K° = −K*_exp.
+
+    Friberg 2021, "Projection onto the exponential cone: a univariate root-finding problem"
+    (Optim. Methods Softw.): (1) v0 ∈ K: vp = v0; (2) v0 ∈ K°: vp = 0; (3) r0 <= 0, s0 <= 0:
+    vp = (r0, 0, max(t0, 0)); (4) otherwise vp = s(ρ)(ρ, 1, e^ρ), vd = m(ρ)(1, 1−ρ, −e^{−ρ})
+    with ρ the root of h, keeping (as Friberg) the closest of it and of feasible heuristic points.
+
+    Returns (vp, vd, D) with v0 = vp + vd (up to rounding) and D = DΠ_K(v0) (or None).
+    """
+    shape = V.shape[:-1]
+    V = V.reshape(-1, 3)
+    r0, s0, t0 = V[:, 0], V[:, 1], V[:, 2]
+    N = V.shape[0]
+    vp = np.zeros((N, 3))
+    vd = np.zeros((N, 3))
+    D = np.zeros((N, 3, 3)) if want_deriv else None
+    with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+        finite = np.all(np.isfinite(V), axis=1)
+        inK = ((s0 > 0) & (s0 * np.exp(r0 / s0) <= t0)) | ((s0 == 0) & (r0 <= 0) & (t0 >= 0))
+        inP = (
+            ((r0 > 0) & (r0 * np.exp(s0 / r0 - 1.0) <= -t0))
+            | ((r0 == 0) & (s0 <= 0) & (t0 <= 0))
+        ) & ~inK
+        c3 = ~inK & ~inP & (r0 <= 0) & (s0 <= 0)
+        c4 = finite & ~inK & ~inP & ~c3
+        bad = ~finite
+        vp[inK] = V[inK]
+        vd[inP] = V[inP]
+        vp[c3, 0] = r0[c3]
+        vp[c3, 2] = np.maximum(t0[c3], 0.0)
+        vd[c3, 1] = s0[c3]
+        vd[c3, 2] = np.minimum(t0[c3], 0.0)
+        vp[bad] = np.nan
+        vd[bad] = np.nan
+        if want_deriv:
+            D[inK] = np.eye(3)
+            D[c3, 0, 0] = 1.0
+            D[c3, 2, 2] = (t0[c3] >= 0).astype(np.float64)
+            D[bad] = np.nan
+
+        idx = np.flatnonzero(c4)
+        if idx.size:
+            r, s, t = r0[idx], s0[idx], t0[idx]
+            v = V[idx]
+            rho = _exp_root(r, s, t)
+            q = rho * (rho - 1.0) + 1.0
+            L = (rho - 1.0) * r + s
+            M = r - rho * s
+            # root candidates
+            p_root = (L / q)[:, None] * np.stack([rho, np.ones_like(rho), np.exp(rho)], -1)
+            d_root = (M / q)[:, None] * np.stack([np.ones_like(rho), 1.0 - rho, -np.exp(-rho)], -1)
+            p_ok = (L > 0) & np.all(np.isfinite(p_root), axis=1)
+            d_ok = (M > 0) & np.all(np.isfinite(d_root), axis=1)
+            # heuristic primal candidates: face s = 0, and raising t onto the boundary
+            p_face = np.stack([np.minimum(r, 0.0), np.zeros_like(r), np.maximum(t, 0.0)], -1)
+            s_pos = s > 0
+            p_int = np.stack([r, s, np.maximum(t, s * np.exp(r / np.where(s_pos, s, 1.0)))], -1)
+            d_face = np.stack([np.zeros_like(r), np.minimum(s, 0.0), np.minimum(t, 0.0)], -1)
+            r_pos = r > 0
+            d_int = np.stack(
+                [r, s, np.minimum(t, -r * np.exp(s / np.where(r_pos, r, 1.0) - 1.0))], -1
+            )
+
+            def dist(p):
+                return np.linalg.norm(p - v, axis=1)
+
+            pd = np.stack(
+                [
+                    np.where(p_ok, dist(p_root), np.inf),
+                    dist(p_face),
+                    np.where(s_pos & np.isfinite(p_int[:, 2]), dist(p_int), np.inf),
+                ]
+            )
+            dd = np.stack(
+                [
+                    np.where(d_ok, dist(d_root), np.inf),
+                    dist(d_face),
+                    np.where(r_pos & np.isfinite(d_int[:, 2]), dist(d_int), np.inf),
+                ]
+            )
+            pbest = np.argmin(pd, axis=0)  # ties -> root candidate
+            dbest = np.argmin(dd, axis=0)
+            pc = np.stack([p_root, p_face, p_int])
+            dc = np.stack([d_root, d_face, d_int])
+            ar = np.arange(idx.size)
+            vp[idx] = pc[pbest, ar]
+            vd[idx] = dc[dbest, ar]
+            if want_deriv:
+                # the interior heuristic is the boundary point with ρ = r0/s0 (M = 0)
+                use_int = pbest == 2
+                rho_d = np.where(use_int, r / np.where(s_pos, s, 1.0), rho)
+                L_d = np.where(use_int, 1.0, L)
+                M_d = np.where(use_int, 0.0, M)
+                Dc = _exp_primal_deriv(rho_d, L_d, M_d)
+                face = pbest == 1
+                Df = np.zeros((idx.size, 3, 3))
+                Df[:, 0, 0] = (r < 0).astype(np.float64)
+                Df[:, 2, 2] = (t >= 0).astype(np.float64)
+                D[idx] = np.where(face[:, None, None], Df, Dc)
+    vp = vp.reshape(shape + (3,))
+    vd = vd.reshape(shape + (3,))
+    if want_deriv:
+        D = D.reshape(shape + (3, 3))
+    return vp, vd, D
+
+
+def _exp_all(X: np.ndarray, n_exp: int, dual: bool, want_deriv: bool):
+    """Project X (B, n, 3) (primal exp cones first, then dual ones) onto K_exp or K*_exp.
+
+    Π_{K*}(v) = v + Π_K(−v) = −Π_{K°}(−v) (Moreau), computed as −vd(−v) (no cancellation);
+    DΠ_{K*}(v) = I − DΠ_K(−v).
+    """
+    flip = np.zeros(X.shape[1], dtype=bool)
+    flip[n_exp:] = True
+    if dual:
+        flip = ~flip
+    W = np.where(flip[None, :, None], -X, X)
+    vp, vd, D = _exp(W, want_deriv)
+    P = np.where(flip[None, :, None], -vd, vp)
+    if want_deriv:
+        D = np.where(flip[None, :, None, None], np.eye(3) - D, D)
+    return P, D
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------
+def project(v: np.ndarray, dims: ConeDims, dual: bool = False) -> np.ndarray:
+    """Euclidean projection Π_K(v) (or Π_{K*}(v) if ``dual``) onto the product cone ``dims``.
+
+    ``v`` has shape (m,) or (B, m); the result has the same shape. The dual of the zero cone is
+    the free space (identity); nonneg, SOC and PSD are self-dual; K_exp and K*_exp are each
+    other's dual, Π_{K*}(v) = v + Π_K(−v) (Moreau). See Agrawal et al. 2019, "Differentiating
+    through a cone program", §2 and Friberg 2021 for the exponential cone.
+    """
+    _check_power(dims)
+    V, squeeze = _as_batch(v, dims)
+    lay = _layout(dims)
+    P = np.empty_like(V)
+    P[:, lay.zero] = V[:, lay.zero] if dual else 0.0
+    P[:, lay.nonneg] = np.maximum(V[:, lay.nonneg], 0.0)
+    for _, idx in lay.soc:
+        P[:, idx] = _soc(V[:, idx], False)[0]
+    for k, idx in lay.psd:
+        P[:, idx] = _psd(V[:, idx], k, False)[0]
+    if lay.exp.size:
+        P[:, lay.exp] = _exp_all(V[:, lay.exp], lay.n_exp, dual, False)[0]
+    return P[0] if squeeze else P
+
+
+def dproject(v: np.ndarray, dims: ConeDims, dual: bool = False) -> DProjection:
+    """Derivative DΠ_K(v) (or DΠ_{K*}(v) if ``dual``) as a symmetric linear operator.
+
+    ``v`` has shape (B, m) or (m,); for (m,) the operator is unbatched (``matvec`` takes (m,) or
+    (m, k), ``dense`` returns (m, m)). Block diagonal over cones; per kind: zero 0 (dual: I),
+    nonneg 1[v >= 0], SOC (Ali et al. 2017), PSD (Daleckii–Krein), exp 3×3 (implicit, ruled
+    boundary). Used by the residual-map derivative of Agrawal et al. 2019, eq. (8).
+    """
+    _check_power(dims)
+    V, squeeze = _as_batch(v, dims)
+    return DProjection(V, dims, dual, batched=not squeeze)
+
+
+class DProjection:
+    """DΠ(v) for a batch: per-kind derivative data; ``rmatvec`` is ``matvec`` (symmetric).
+
+    Shapes (batched): ``matvec`` (B, m) -> (B, m) and (B, m, k) -> (B, m, k); ``dense`` (B, m, m);
+    ``sparse(i)`` a scipy CSR (m, m) matrix for instance i. Unbatched (from v of shape (m,)):
+    the leading B axis is dropped everywhere.
+    """
+
+    def __init__(self, V: np.ndarray, dims: ConeDims, dual: bool, batched: bool = True) -> None:
+        self.dims = dims
+        self.dual = bool(dual)
+        self.batched = batched
+        self.batch_size, self.m = V.shape
+        lay = _layout(dims)
+        self._lay = lay
+        self._nonneg = (V[:, lay.nonneg] >= 0).astype(np.float64)
+        self._soc = [(idx, _soc(V[:, idx], True)[1]) for _, idx in lay.soc]
+        self._psd = [(k, idx, _psd(V[:, idx], k, True)[1]) for k, idx in lay.psd]
+        self._exp = _exp_all(V[:, lay.exp], lay.n_exp, dual, True)[1] if lay.exp.size else None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.batch_size, self.m, self.m) if self.batched else (self.m, self.m)
+
+    def matvec(self, dv: np.ndarray) -> np.ndarray:
+        """DΠ(v) dv, dv of shape (B, m) or (B, m, k) (k vectors at once); same shape back."""
+        dv = np.asarray(dv, dtype=np.float64)
+        nd = 2 if self.batched else 1
+        if dv.ndim not in (nd, nd + 1) or dv.shape[nd - 1] != self.m or (
+            self.batched and dv.shape[0] != self.batch_size
+        ):
+            want = f"({self.batch_size}, {self.m})" if self.batched else f"({self.m},)"
+            raise ValueError(
+                f"expected dv of shape {want} or that plus a trailing k, got {dv.shape}"
+            )
+        X = dv if self.batched else dv[None]
+        vec = X.ndim == 2
+        if vec:
+            X = X[..., None]
+        lay = self._lay
+        out = np.empty_like(X)
+        out[:, lay.zero] = X[:, lay.zero] if self.dual else 0.0
+        out[:, lay.nonneg] = self._nonneg[..., None] * X[:, lay.nonneg]
+        for idx, coef in self._soc:
+            out[:, idx] = _soc_matvec(coef, X[:, idx])
+        for k, idx, data in self._psd:
+            out[:, idx] = _psd_matvec(data, X[:, idx], k)
+        if self._exp is not None:
+            out[:, lay.exp] = self._exp @ X[:, lay.exp]
+        if vec:
+            out = out[..., 0]
+        return out if self.batched else out[0]
+
+    rmatvec = matvec
+
+    def _blocks(self, sel):
+        """(idx (nc, k), blocks (b, nc, k, k)) per cone group, for batch rows ``sel``."""
+        for idx, coef in self._soc:
+            yield idx, _soc_blocks(tuple(x[sel] for x in coef))
+        for k, idx, (U, G) in self._psd:
+            yield idx, _psd_blocks((U[sel], G[sel]), k)
+        if self._exp is not None:
+            yield self._lay.exp, self._exp[sel]
+
+    def dense(self) -> np.ndarray:
+        """Dense block-diagonal matrix, (B, m, m) (or (m, m) if unbatched)."""
+        B, m = self.batch_size, self.m
+        lay = self._lay
+        out = np.zeros((B, m, m))
+        if self.dual:
+            z = np.arange(lay.zero.start, lay.zero.stop)
+            out[:, z, z] = 1.0
+        nn = np.arange(lay.nonneg.start, lay.nonneg.stop)
+        out[:, nn, nn] = self._nonneg
+        for idx, blk in self._blocks(slice(None)):
+            out[:, idx[:, :, None], idx[:, None, :]] = blk
+        return out if self.batched else out[0]
+
+    def sparse(self, i: int = 0) -> sp.csr_matrix:
+        """Instance ``i`` as a scipy CSR (m, m) matrix (block diagonal)."""
+        lay = self._lay
+        rows, cols, vals = [], [], []
+        if self.dual:
+            z = np.arange(lay.zero.start, lay.zero.stop)
+            rows.append(z), cols.append(z), vals.append(np.ones(z.size))
+        nn = np.arange(lay.nonneg.start, lay.nonneg.stop)
+        rows.append(nn), cols.append(nn), vals.append(self._nonneg[i])
+        for idx, blk in self._blocks(slice(i, i + 1)):
+            nc, k = idx.shape
+            rows.append(np.broadcast_to(idx[:, :, None], (nc, k, k)).ravel())
+            cols.append(np.broadcast_to(idx[:, None, :], (nc, k, k)).ravel())
+            vals.append(blk[0].ravel())
+        r, c, x = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+        keep = x != 0
+        return sp.csr_matrix((x[keep], (r[keep], c[keep])), shape=(self.m, self.m))

@@ -1,0 +1,254 @@
+"""derivative: the residual map of the cone program and its linearization, batched.
+
+For the cone program  min cᵀx s.t. Ax + s = b, s ∈ K  with dual y ∈ K*, write
+z = (u, v, w) and Q = [[0, Aᵀ, c], [−A, 0, b], [−cᵀ, −bᵀ, 0]]. The normalized
+residual map of the homogeneous self-dual embedding is
+
+    N(z, Q) = ((Q − I) Π + I)(z / |w|),   Π = Π_{ℝⁿ × K* × ℝ₊}            (ABBBM 2019, eq. 7)
+
+and a solution is z = (x, y − s, 1). N is invariant to scaling z, so its Jacobian
+M = ((Q − I) DΠ(z) + I)/w always has z in its null space (M z = N(z) = 0); the
+derivative is defined up to that direction, which leaves (dx, dy, ds) unchanged.
+We fix the gauge w = 1 (dw = 0) and drop the w-row, which is implied by the other
+rows at a solution (cᵀx + bᵀy = yᵀs = 0). What remains is the square system
+
+    F(u, v) = (Aᵀ Π(v) + c,  −A u + b − Π(v) + v) = 0,
+    S = ∂F/∂(u, v) = [[0, Aᵀ DΠ(v)], [−A, I − DΠ(v)]],                       (1)
+
+with Π = Π_{K*}. S is nonsingular exactly where the solution map is differentiable
+(regular points), is the Newton matrix of refinement (refine.py), and gives
+
+    JVP:  S (du, dv) = −(dAᵀ y + dc,  −dA x + db),   dx = du, dy = DΠ dv, ds = dy − dv
+    VJP:  r = −S⁻ᵀ (gx, DΠ gy),  ∂/∂c = r₁,  ∂/∂b = r₂,  ∂/∂A = y r₁ᵀ − r₂ xᵀ      (2)
+
+(ABBBM 2019, *Differentiating through a cone program*, §3, specialised to w = 1).
+Small systems are solved dense and batched; large ones with a sparse LU per instance.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg as sla
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+from declarative.compile import ConeTemplate
+from declarative.cones import DProjection, dproject, project
+
+# Above this size of S (n + m) the sparse path is used.
+DENSE_MAX = 1200
+# A system whose reciprocal condition estimate is below this is treated as singular.
+RCOND_MIN = 1e-13
+
+
+class NonDifferentiableWarning(UserWarning):
+    """The solution map is not differentiable (or badly conditioned) at some instance."""
+
+
+@dataclass
+class BatchOps:
+    """Products with the batch of matrices A (shared pattern, values a (B, nnz))."""
+
+    template: ConeTemplate
+    a: np.ndarray
+
+    def __post_init__(self) -> None:
+        t = self.template
+        self.rows, self.cols = t.rows_cols()
+        k = np.arange(t.nnz)
+        self._Er = sp.csr_matrix((np.ones(t.nnz), (k, self.rows)), shape=(t.nnz, t.m))
+        self._Ec = sp.csr_matrix((np.ones(t.nnz), (k, self.cols)), shape=(t.nnz, t.n))
+
+    def A(self, u: np.ndarray) -> np.ndarray:
+        """A u for each instance: (B, n) → (B, m)."""
+        return np.asarray((self.a * u[:, self.cols]) @ self._Er)
+
+    def AT(self, y: np.ndarray) -> np.ndarray:
+        """Aᵀ y for each instance: (B, m) → (B, n)."""
+        return np.asarray((self.a * y[:, self.rows]) @ self._Ec)
+
+    def dense(self) -> np.ndarray:
+        """A as dense (B, m, n)."""
+        out = np.zeros((self.a.shape[0], self.template.m, self.template.n))
+        out[:, self.rows, self.cols] = self.a
+        return out
+
+    def sparse(self, i: int) -> sp.csc_matrix:
+        return self.template.matrix(self.a[i])
+
+
+def residual(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray,
+             pv: np.ndarray) -> np.ndarray:
+    """F(u, v) of (1), with pv = Π_{K*}(v) precomputed: (B, n + m)."""
+    return np.concatenate([ops.AT(pv) + c, -ops.A(u) + b - pv + v], axis=1)
+
+
+class Linearization:
+    """S of (1) at a batch of points, factored once, solved for any number of right-hand sides."""
+
+    def __init__(self, ops: BatchOps, D: DProjection, dense: bool | None = None) -> None:
+        t = ops.template
+        self.n, self.m = t.n, t.m
+        self.D = D
+        self.dense = (t.n + t.m <= DENSE_MAX) if dense is None else dense
+        B = ops.a.shape[0]
+        self.singular = np.zeros(B, dtype=bool)
+        self.rcond = np.ones(B)
+        if self.dense:
+            A = ops.dense()
+            DA = D.matvec(A)  # (B, m, n)
+            S = np.zeros((B, t.n + t.m, t.n + t.m))
+            S[:, : t.n, t.n :] = np.swapaxes(DA, 1, 2)
+            S[:, t.n :, : t.n] = -A
+            S[:, t.n :, t.n :] = -D.dense()
+            idx = np.arange(t.n, t.n + t.m)
+            S[:, idx, idx] += 1.0
+            self._factor_dense(S)
+        else:
+            self._factor_sparse(ops)
+
+    # -- factorization -------------------------------------------------------------
+    def _factor_dense(self, S: np.ndarray) -> None:
+        self.S = S
+        self.lu = []
+        for i in range(S.shape[0]):
+            if not np.all(np.isfinite(S[i])):
+                self.lu.append(None)
+                self.singular[i] = True
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", sla.LinAlgWarning)
+                lu, piv = sla.lu_factor(S[i], check_finite=False)
+            rc = _rcond_lu(lu, S[i])
+            self.rcond[i] = rc
+            self.singular[i] = not rc > RCOND_MIN
+            self.lu.append((lu, piv))
+
+    def _factor_sparse(self, ops: BatchOps) -> None:
+        self.S = []
+        self.lu = []
+        n, m = self.n, self.m
+        for i in range(ops.a.shape[0]):
+            A = ops.sparse(i)
+            Di = self.D.sparse(i)
+            S = sp.bmat([[sp.csc_matrix((n, n)), (Di @ A).T], [-A, sp.eye(m) - Di]],
+                        format="csc")
+            self.S.append(S)
+            try:
+                lu = spla.splu(S)
+                d = np.abs(lu.U.diagonal())
+                rc = d.min() / max(d.max(), 1e-300)
+                self.rcond[i] = rc
+                self.singular[i] = not rc > RCOND_MIN
+                self.lu.append(lu)
+            except RuntimeError:  # exactly singular
+                self.rcond[i] = 0.0
+                self.singular[i] = True
+                self.lu.append(None)
+
+    # -- solves --------------------------------------------------------------------
+    def solve(self, rhs: np.ndarray, transpose: bool = False) -> np.ndarray:
+        """S⁻¹ rhs (or S⁻ᵀ rhs) per instance; least squares where S is singular.
+
+        ``rhs`` is (B, N) or (B, N, K) for K right-hand sides per instance.
+        """
+        out = np.empty_like(rhs)
+        for i in range(rhs.shape[0]):
+            out[i] = self.solve_one(i, rhs[i], transpose)
+        return out
+
+    def solve_one(self, i: int, rhs: np.ndarray, transpose: bool = False) -> np.ndarray:
+        """S_i⁻¹ rhs (or S_i⁻ᵀ rhs) for instance i; rhs is (N,) or (N, K)."""
+        if not np.all(np.isfinite(rhs)):
+            return np.full_like(rhs, np.nan)
+        if self.singular[i]:
+            return self._lstsq(i, rhs, transpose)
+        if self.dense:
+            return sla.lu_solve(self.lu[i], rhs, trans=1 if transpose else 0, check_finite=False)
+        return self.lu[i].solve(rhs, trans="T" if transpose else "N")
+
+    def _lstsq(self, i: int, r: np.ndarray, transpose: bool) -> np.ndarray:
+        """Minimum-norm least-squares solution, for singular S (non-differentiable points)."""
+        S = self.S[i]
+        if self.dense:
+            M = S.T if transpose else S
+            if not np.all(np.isfinite(M)):
+                return np.full_like(r, np.nan)
+            return np.linalg.lstsq(M, r, rcond=None)[0]
+        M = S.T if transpose else S
+        cols = r.reshape(r.shape[0], -1)
+        out = np.column_stack([
+            spla.lsmr(M, cols[:, k], atol=1e-14, btol=1e-14, maxiter=10 * S.shape[0])[0]
+            for k in range(cols.shape[1])
+        ])
+        return out.reshape(r.shape)
+
+
+def _rcond_lu(lu: np.ndarray, S: np.ndarray) -> float:
+    """Reciprocal 1-norm condition estimate from an LU factorization (LAPACK gecon)."""
+    gecon = sla.get_lapack_funcs("gecon", (lu,))
+    anorm = np.abs(S).sum(axis=0).max()
+    if anorm == 0:
+        return 0.0
+    rc, info = gecon(lu, anorm, norm="1")
+    return float(rc) if info == 0 else 0.0
+
+
+@dataclass
+class ConeSolution:
+    """A batch of (refined) primal-dual solutions, and the derivative machinery at them."""
+
+    ops: BatchOps
+    x: np.ndarray
+    y: np.ndarray
+    s: np.ndarray
+    v: np.ndarray
+    D: DProjection
+    lin: Linearization
+
+    @classmethod
+    def at(cls, ops: BatchOps, x: np.ndarray, y: np.ndarray, s: np.ndarray,
+           dense: bool | None = None) -> ConeSolution:
+        """Linearize at (x, y, s): v = y − s, recomputing y, s from Π_{K*}(v) for consistency."""
+        dims = ops.template.dims
+        v = y - s
+        D = dproject(v, dims, dual=True)
+        lin = Linearization(ops, D, dense=dense)
+        return cls(ops=ops, x=x, y=y, s=s, v=v, D=D, lin=lin)
+
+    def jvp(self, dc: np.ndarray, da: np.ndarray, db: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(dc, dA values, db) ↦ (dx, dy), eq. (2)."""
+        ops = self.ops
+        dA = BatchOps(ops.template, da)
+        rhs = -np.concatenate([dA.AT(self.y) + dc, -dA.A(self.x) + db], axis=1)
+        d = self.lin.solve(rhs)
+        n = ops.template.n
+        return d[:, :n], self.D.matvec(d[:, n:])
+
+    def vjp(self, gx: np.ndarray, gy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(gx, gy) ↦ (∂/∂c, ∂/∂A values, ∂/∂b), eq. (2)."""
+        n = self.ops.template.n
+        g = np.concatenate([gx, self.D.matvec(gy)], axis=1)
+        r = -self.lin.solve(g, transpose=True)
+        r1, r2 = r[:, :n], r[:, n:]
+        rows, cols = self.ops.rows, self.ops.cols
+        da = self.y[:, rows] * r1[:, cols] - r2[:, rows] * self.x[:, cols]
+        return r1, da, r2
+
+
+    def jacobian_one(self, k: int, dc: np.ndarray, da: np.ndarray, db: np.ndarray):
+        """(dx, dy) of instance k for p directions at once: dc (n, p), da (nnz, p), db (m, p)."""
+        ops, n = self.ops, self.ops.template.n
+        rows, cols = ops.rows, ops.cols
+        du = ops._Ec.T @ (da * self.y[k, rows, None]) + dc          # dAᵀ y + dc
+        dv = -(ops._Er.T @ (da * self.x[k, cols, None])) + db        # −dA x + db
+        d = self.lin.solve_one(k, -np.concatenate([du, dv], axis=0))
+        return d[:n], self.D.dense()[k] @ d[n:]
+
+
+def project_dual(v: np.ndarray, ops: BatchOps) -> np.ndarray:
+    """Π_{K*}(v) for the batch."""
+    return project(v, ops.template.dims, dual=True)

@@ -1,0 +1,327 @@
+"""The compiled layer: apply → solve → refine → recover, and its VJP/JVP, in NumPy.
+
+`Layer` is what `declarative.compile` returns. It holds only arrays (no CVXPY
+objects), so it pickles, deep-copies, and can be called from several threads at
+once. The framework adapters (`Layer.torch()`, `Layer.jax()`) are thin wrappers
+around `Layer.forward`, `Forward.vjp` and `Forward.jvp`.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from declarative.compile import ON_FAILURE, ConeTemplate, OutputSpec, ParameterSpec
+from declarative.derivative import BatchOps, ConeSolution, NonDifferentiableWarning
+from declarative.errors import ParameterError, ProblemError, SolverError, describe_indices
+from declarative.refine import REFINE_MAX_ITERS, REFINE_TOL, refine
+from declarative.solve import Status, scs_settings, solve_batch
+
+# Options that are ours rather than SCS's, with their defaults.
+OUR_OPTIONS = {"refine": True, "refine_tol": REFINE_TOL, "refine_max_iters": REFINE_MAX_ITERS}
+# A refined instance counts as solved when ‖F‖∞ ≤ ACCEPT_TOL · (1 + ‖c‖∞ + ‖b‖∞).
+ACCEPT_TOL = 1e-8
+
+
+def vec(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """(B, *shape) → (B, size), each instance flattened column-major (CVXPY's order)."""
+    B = value.shape[0]
+    axes = (0, *range(value.ndim - 1, 0, -1))
+    return np.transpose(value, axes).reshape(B, -1)
+
+
+def unvec(flat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of `vec`: (B, size) → (B, *shape)."""
+    B = flat.shape[0]
+    arr = flat.reshape((B, *shape[::-1]))
+    return np.transpose(arr, (0, *range(arr.ndim - 1, 0, -1)))
+
+
+@dataclass
+class SolveInfo:
+    """Per-instance diagnostics of one call (arrays of length batch)."""
+
+    status: list[Status]
+    scs_status: list[Status]
+    scs_iterations: np.ndarray
+    residual_before: np.ndarray
+    residual_after: np.ndarray
+    refine_steps: np.ndarray
+    solve_seconds: np.ndarray
+    total_seconds: float
+    rcond: np.ndarray | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "status": [str(s) for s in self.status],
+            "scs_status": [str(s) for s in self.scs_status],
+            "scs_iterations": self.scs_iterations.tolist(),
+            "residual_before": self.residual_before.tolist(),
+            "residual_after": self.residual_after.tolist(),
+            "refine_steps": self.refine_steps.tolist(),
+            "solve_seconds": self.solve_seconds.tolist(),
+            "total_seconds": self.total_seconds,
+        }
+
+
+@dataclass
+class Forward:
+    """The result of one call: outputs, diagnostics, and what VJP/JVP need."""
+
+    layer: Layer
+    outputs: list[np.ndarray]   # each (B, *shape)
+    batched: bool
+    input_batched: list[bool]
+    info: SolveInfo
+    ok: np.ndarray              # (B,) solved instances
+    _ops: BatchOps | None = field(default=None, repr=False)
+    _refined: Any = field(default=None, repr=False)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.ok)
+
+    @cached_property
+    def _solution(self) -> ConeSolution | None:
+        """Linearization at the solved instances, built on first use (not on a forward-only call)."""
+        idx = np.flatnonzero(self.ok)
+        if idx.size == 0:
+            return None
+        r = self._refined
+        ops = BatchOps(self._ops.template, self._ops.a[idx])
+        sol = ConeSolution.at(ops, r.x[idx], r.y[idx], r.s[idx])
+        self.info.rcond = np.full(self.batch_size, np.nan)
+        self.info.rcond[idx] = sol.lin.rcond
+        bad = idx[sol.lin.singular]
+        if bad.size:
+            warnings.warn(
+                "the solution map is not differentiable (its residual-map derivative is singular "
+                f"or ill-conditioned) at batch index [{describe_indices(bad.tolist())}]; "
+                "returning the minimum-norm least-squares derivative there.",
+                NonDifferentiableWarning,
+                stacklevel=3,
+            )
+        return sol
+
+    def vjp(self, grads: Sequence[np.ndarray | None]) -> list[np.ndarray]:
+        """Cotangents of the outputs (each (B, *shape) or None) ↦ cotangents of the inputs."""
+        L, t = self.layer, self.layer.template
+        B = self.batch_size
+        g = np.zeros((B, t.recover.shape[0]))
+        for spec, lo, gi in zip(L.outputs, L._out_offsets, grads, strict=True):
+            if gi is not None:
+                g[:, lo : lo + spec.size] = vec(np.asarray(gi, dtype=float), spec.shape)
+        g[~self.ok] = 0.0
+        dtheta = np.zeros((B, t.num_params))
+        sol = self._solution
+        if sol is not None:
+            idx = np.flatnonzero(self.ok)
+            gxy = np.asarray(g[idx] @ t.recover)
+            dc, da, db = sol.vjp(gxy[:, : t.n], gxy[:, t.n :])
+            dtheta[idx] = t.apply_adjoint(dc, da, db)
+            dtheta[~np.all(np.isfinite(dtheta), axis=1)] = 0.0
+        out = []
+        for spec, batched in zip(L.parameters, self.input_batched, strict=True):
+            d = unvec(dtheta[:, spec.offset : spec.offset + spec.size], spec.shape)
+            out.append(d if batched else d.sum(axis=0))
+        return out
+
+    def jacobian(self, index: int = 0) -> list[list[np.ndarray]]:
+        """Full Jacobian of one instance: J[i][j] = ∂output_i/∂param_j, shaped
+        ``output_i.shape + param_j.shape`` (NaN if the instance was not solved)."""
+        L, t = self.layer, self.layer.template
+        full = np.full((t.recover.shape[0], t.num_params), np.nan)
+        if self.ok[index]:
+            k = int(np.count_nonzero(self.ok[:index]))
+            sol = self._solution
+            dense = (t.C.toarray(), t.F.toarray(), t.G.toarray())
+            dx, dy = sol.jacobian_one(k, *dense)
+            full = np.asarray(t.recover @ np.concatenate([dx, dy], axis=0))
+        J = []
+        for o, lo in zip(L.outputs, L._out_offsets, strict=True):
+            row = []
+            for p in L.parameters:
+                block = full[lo : lo + o.size, p.offset : p.offset + p.size]
+                # rows and columns are column-major flattenings of the two shapes
+                block = block.reshape(o.shape[::-1] + p.shape[::-1])
+                nd_o, nd_p = len(o.shape), len(p.shape)
+                axes = (*range(nd_o - 1, -1, -1), *range(nd_o + nd_p - 1, nd_o - 1, -1))
+                row.append(np.transpose(block, axes))
+            J.append(row)
+        return J
+
+    def jvp(self, tangents: Sequence[np.ndarray | None]) -> list[np.ndarray]:
+        """Tangents of the inputs (None for zero) ↦ tangents of the outputs, each (B, *shape)."""
+        L, t = self.layer, self.layer.template
+        B = self.batch_size
+        dtheta = np.zeros((B, t.num_params))
+        for spec, ti in zip(L.parameters, tangents, strict=True):
+            if ti is None:
+                continue
+            ti = np.asarray(ti, dtype=float)
+            ti = np.broadcast_to(ti, (B, *spec.shape)) if ti.ndim == len(spec.shape) else ti
+            dtheta[:, spec.offset : spec.offset + spec.size] = vec(ti, spec.shape)
+        dout = np.zeros((B, t.recover.shape[0]))
+        sol = self._solution
+        if sol is not None:
+            idx = np.flatnonzero(self.ok)
+            dth = dtheta[idx]
+            dc, da, db = dth @ t.C.T, dth @ t.F.T, dth @ t.G.T
+            dx, dy = sol.jvp(np.asarray(dc), np.asarray(da), np.asarray(db))
+            dout[idx] = np.concatenate([dx, dy], axis=1) @ t.recover.T
+        return [unvec(dout[:, lo : lo + s.size], s.shape)
+                for s, lo in zip(L.outputs, L._out_offsets, strict=True)]
+
+
+class Layer:
+    """A compiled differentiable convex optimization layer (framework-free).
+
+    Call ``layer.torch()`` for a ``torch.nn.Module`` or ``layer.jax()`` for a JAX
+    function; ``layer.forward(values)`` runs the NumPy pipeline directly.
+    """
+
+    def __init__(self, template: ConeTemplate, parameters: tuple[ParameterSpec, ...],
+                 outputs: tuple[OutputSpec, ...], solver_args: dict | None = None,
+                 on_failure: str = "raise") -> None:
+        self.template = template
+        self.parameters = parameters
+        self.outputs = outputs
+        self.solver_args = self.check_options(solver_args, on_failure)
+        self.on_failure = on_failure
+        self._out_offsets = np.concatenate([[0], np.cumsum([s.size for s in outputs])])[:-1]
+
+    def __repr__(self) -> str:
+        ps = ", ".join(f"{p.name}{list(p.shape)}" for p in self.parameters)
+        os_ = ", ".join(f"{o.name}{list(o.shape)}" for o in self.outputs)
+        return (f"Layer(({ps}) -> ({os_}), cones={self.template.dims.kinds()}, "
+                f"n={self.template.n}, m={self.template.m})")
+
+    # -- options -----------------------------------------------------------------------
+    @staticmethod
+    def check_options(solver_args: dict | None, on_failure: str) -> dict:
+        if on_failure not in ON_FAILURE:
+            raise ProblemError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}.")
+        args = dict(solver_args or {})
+        ours = {k: args.pop(k) for k in list(args) if k in OUR_OPTIONS}
+        scs_settings(args)  # validates SCS keys
+        return {**args, **ours}
+
+    def _options(self, solver_args: dict | None, on_failure: str | None):
+        on_failure = self.on_failure if on_failure is None else on_failure
+        args = {**self.solver_args, **(solver_args or {})}
+        args = self.check_options(args, on_failure)
+        ours = {k: args.pop(k, v) for k, v in OUR_OPTIONS.items()}
+        return scs_settings(args), ours, on_failure
+
+    # -- inputs ------------------------------------------------------------------------
+    def batch(self, values: Sequence[Any]) -> tuple[np.ndarray, list[bool]]:
+        """Validate the parameter values and stack them into θ (B, p); B = 1 if none is batched."""
+        P = self.parameters
+        if len(values) != len(P):
+            names = ", ".join(p.name for p in P)
+            raise ParameterError(
+                f"expected {len(P)} parameter value(s) ({names}), in this order; got {len(values)}."
+            )
+        arrays, batched, sizes = [], [], {}
+        for spec, val in zip(P, values, strict=True):
+            a = np.asarray(val, dtype=float)
+            if a.shape == spec.shape:
+                batched.append(False)
+            elif a.ndim == len(spec.shape) + 1 and a.shape[1:] == spec.shape:
+                batched.append(True)
+                sizes[spec.name] = a.shape[0]
+            else:
+                raise ParameterError(
+                    f"parameter {spec.name!r}: expected shape {spec.shape} or "
+                    f"(batch, {', '.join(map(str, spec.shape))}), got {a.shape}."
+                )
+            arrays.append(a)
+        if len(set(sizes.values())) > 1:
+            raise ParameterError(
+                "batched parameters must share one batch size; got "
+                + ", ".join(f"{k}: {v}" for k, v in sizes.items()) + "."
+            )
+        B = next(iter(sizes.values())) if sizes else 1
+        theta = np.empty((B, self.template.num_params))
+        for spec, a, bt in zip(P, arrays, batched, strict=True):
+            a = a if bt else a[None]
+            bad = ~np.all(np.isfinite(a.reshape(a.shape[0], -1)), axis=1)
+            if bad.any():
+                where = (f"at batch index [{describe_indices(np.flatnonzero(bad).tolist())}]"
+                         if bt else "(unbatched value)")
+                raise ParameterError(f"parameter {spec.name!r} has NaN or inf entries {where}.")
+            theta[:, spec.offset : spec.offset + spec.size] = vec(
+                np.broadcast_to(a, (B, *spec.shape)), spec.shape)
+        return theta, batched
+
+    # -- the pipeline ------------------------------------------------------------------
+    def forward(self, values: Sequence[Any], solver_args: dict | None = None,
+                on_failure: str | None = None) -> Forward:
+        """Solve every instance; outputs are (B, *shape) arrays (B = 1 when nothing is batched)."""
+        t0 = time.perf_counter()
+        settings, ours, on_failure = self._options(solver_args, on_failure)
+        theta, input_batched = self.batch(values)
+        t = self.template
+        B = theta.shape[0]
+        c, a, b = t.apply(theta)
+        res = solve_batch([t.matrix(a[i]) for i in range(B)], b, c, t.dims, settings)
+        ops = BatchOps(t, a)
+        scs_status = list(res.status)
+        status = list(res.status)
+        candidate = np.array([s in (Status.SOLVED, Status.INACCURATE, Status.ITERATION_LIMIT)
+                              for s in status]) & np.all(np.isfinite(res.x), axis=1)
+        x, y, s = res.x, res.y, res.s
+        if ours["refine"] and B:
+            r = refine(ops, c, b, x, y, s, tol=ours["refine_tol"],
+                       max_iters=ours["refine_max_iters"])
+            keep = candidate & (r.residual_after <= r.residual_before)
+            x, y, s = (np.where(keep[:, None], new, old)
+                       for new, old in ((r.x, x), (r.y, y), (r.s, s)))
+            before, after, steps = r.residual_before, np.where(keep, r.residual_after,
+                                                                r.residual_before), r.steps
+            accurate = after <= ACCEPT_TOL * r.scale
+            for i in np.flatnonzero(candidate & accurate):
+                status[i] = Status.SOLVED
+        else:
+            before = after = np.full(B, np.nan)
+            steps = np.zeros(B, dtype=int)
+        ok = np.array([st is Status.SOLVED for st in status], dtype=bool)
+        refined = _Solution(x, y, s)
+        xy = np.concatenate([x, y], axis=1)
+        xy[~ok] = np.nan
+        out = np.asarray(xy @ t.recover.T) if B else np.zeros((0, t.recover.shape[0]))
+        outputs = [unvec(out[:, lo : lo + sp_.size], sp_.shape)
+                   for sp_, lo in zip(self.outputs, self._out_offsets, strict=True)]
+        info = SolveInfo(status=status, scs_status=scs_status, scs_iterations=res.iterations,
+                         residual_before=before, residual_after=after, refine_steps=steps,
+                         solve_seconds=res.seconds, total_seconds=time.perf_counter() - t0)
+        if on_failure == "raise" and not ok.all():
+            raise SolverError({int(i): str(status[i]) for i in np.flatnonzero(~ok)}, B)
+        return Forward(layer=self, outputs=outputs, batched=any(input_batched),
+                       input_batched=input_batched, info=info, ok=ok, _ops=ops, _refined=refined)
+
+    # -- adapters ----------------------------------------------------------------------
+    def torch(self):
+        """This layer as a ``torch.nn.Module``: ``(x, ...) = module(theta, ...)``."""
+        from declarative.torch import TorchLayer
+
+        return TorchLayer(self)
+
+    def jax(self):
+        """This layer as a JAX function that works under jit, vmap, grad and jvp."""
+        from declarative.jax import jax_layer
+
+        return jax_layer(self)
+
+
+@dataclass
+class _Solution:
+    x: np.ndarray
+    y: np.ndarray
+    s: np.ndarray

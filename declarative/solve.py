@@ -1,0 +1,130 @@
+"""solve: every instance of a batch with SCS, in parallel threads, with a status each.
+
+SCS releases the GIL while it works, so a thread pool scales across cores.
+A failure (an exception, infeasibility, ...) is recorded for its instance and
+never stops the others.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import scs
+
+from declarative.cones import ConeDims
+from declarative.errors import ProblemError
+
+
+class Status(str, enum.Enum):
+    """Outcome of one instance. Only ``SOLVED`` instances have outputs and gradients."""
+
+    SOLVED = "solved"
+    INFEASIBLE = "infeasible"
+    UNBOUNDED = "unbounded"
+    INACCURATE = "inaccurate"
+    ITERATION_LIMIT = "iteration_limit"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# SCS 3 status_val → ours (scs/include/glbopts.h).
+_SCS_STATUS = {
+    1: Status.SOLVED,
+    2: Status.INACCURATE,
+    -1: Status.UNBOUNDED,
+    -6: Status.UNBOUNDED,
+    -2: Status.INFEASIBLE,
+    -7: Status.INFEASIBLE,
+}
+
+# SCS settings a user may pass through solver_args (SCS 3.x documentation).
+SCS_SETTINGS = frozenset({
+    "max_iters", "eps_abs", "eps_rel", "eps_infeas", "alpha", "rho_x", "scale",
+    "adaptive_scale", "normalize", "acceleration_lookback", "acceleration_interval",
+    "time_limit_secs", "linear_solver", "verbose", "write_data_filename", "log_csv_filename",
+})
+
+# Our defaults: SCS only has to land in the basin of Newton refinement, which then
+# takes the solution to machine precision (see refine.py).
+SCS_DEFAULTS = {"eps_abs": 1e-9, "eps_rel": 1e-9, "max_iters": 100_000, "verbose": False}
+
+
+@dataclass
+class SolveResult:
+    """Solutions of a batch, in SCS's variables: x (B, n), y and s (B, m)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    s: np.ndarray
+    status: list[Status]
+    iterations: np.ndarray
+    seconds: np.ndarray
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
+                                       thread_name_prefix="declarative-scs")
+        return _pool
+
+
+def scs_settings(solver_args: dict) -> dict:
+    """Our SCS defaults overridden by the user's; reject unknown keys by name."""
+    unknown = sorted(set(solver_args) - SCS_SETTINGS)
+    if unknown:
+        raise ProblemError(
+            f"unsupported solver option(s) {unknown}; SCS accepts {sorted(SCS_SETTINGS)}."
+        )
+    return {**SCS_DEFAULTS, **solver_args}
+
+
+def _solve_one(A, b, c, cone: dict, settings: dict):
+    t0 = time.perf_counter()
+    try:
+        sol = scs.SCS({"A": A, "b": b, "c": c}, cone, **settings).solve()
+    except Exception:  # noqa: BLE001 - one broken instance must not lose the batch
+        return None, Status.FAILED, 0, time.perf_counter() - t0
+    info = sol["info"]
+    status = _SCS_STATUS.get(info["status_val"], Status.FAILED)
+    if status is Status.INACCURATE and info["iter"] >= settings["max_iters"]:
+        status = Status.ITERATION_LIMIT
+    return sol, status, int(info["iter"]), time.perf_counter() - t0
+
+
+def solve_batch(matrices: list, b: np.ndarray, c: np.ndarray, dims: ConeDims,
+                settings: dict) -> SolveResult:
+    """Solve min cᵀx s.t. Ax + s = b, s ∈ K for every instance of the batch with SCS."""
+    B, m = b.shape
+    n = c.shape[1]
+    cone = dims.scs()
+    jobs = [(matrices[i], b[i], c[i], cone, settings) for i in range(B)]
+    if B == 1:
+        results = [_solve_one(*jobs[0])]
+    else:
+        results = list(_executor().map(lambda j: _solve_one(*j), jobs))
+    x = np.full((B, n), np.nan)
+    y = np.full((B, m), np.nan)
+    s = np.full((B, m), np.nan)
+    for i, (sol, _, _, _) in enumerate(results):
+        if sol is not None:
+            x[i], y[i], s[i] = sol["x"], sol["y"], sol["s"]
+    return SolveResult(
+        x=x, y=y, s=s,
+        status=[r[1] for r in results],
+        iterations=np.array([r[2] for r in results]),
+        seconds=np.array([r[3] for r in results]),
+    )
