@@ -1,0 +1,5 @@
+import sys
+
+from declarative.cli import main
+
+sys.exit(main())
