@@ -40,8 +40,13 @@ from declarative.cones import DProjection, dproject, project
 
 # Above this size of S (n + m) the sparse path is used.
 DENSE_MAX = 1200
-# A system whose reciprocal condition estimate is below this is treated as singular.
-RCOND_MIN = 1e-13
+# A system whose reciprocal condition estimate is below this is treated as singular and
+# solved by its truncated SVD (pseudo-inverse), singular values below PINV_RTOL·σ_max dropped.
+RCOND_MIN = 1e-11
+PINV_RTOL = 1e-11
+# A unit null vector of S that moves an output by more than this makes the output's
+# derivative ambiguous (the solution map is not differentiable there).
+AMBIGUITY_TOL = 1e-7
 
 
 class NonDifferentiableWarning(UserWarning):
@@ -112,24 +117,37 @@ class Linearization:
 
     # -- factorization -------------------------------------------------------------
     def _factor_dense(self, S: np.ndarray) -> None:
+        """LU per instance; where S is (nearly) singular, a truncated SVD instead."""
         self.S = S
-        self.lu = []
+        self.lu: list = []
+        self.svd: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         for i in range(S.shape[0]):
             if not np.all(np.isfinite(S[i])):
                 self.lu.append(None)
                 self.singular[i] = True
+                self.rcond[i] = 0.0
                 continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", sla.LinAlgWarning)
                 lu, piv = sla.lu_factor(S[i], check_finite=False)
             rc = _rcond_lu(lu, S[i])
             self.rcond[i] = rc
-            self.singular[i] = not rc > RCOND_MIN
             self.lu.append((lu, piv))
+            if not rc > RCOND_MIN:
+                self.singular[i] = True
+                U, sv, Vt = np.linalg.svd(S[i])
+                r = int(np.count_nonzero(sv > PINV_RTOL * sv[0])) if sv.size else 0
+                self.svd[i] = (U[:, :r], sv[:r], Vt[:r], Vt[r:].T)
+
+    def null_space(self, i: int) -> np.ndarray | None:
+        """Right null space of a singular S_i, (N, k); None if S_i is regular or sparse."""
+        entry = self.svd.get(i) if self.dense else None
+        return None if entry is None else entry[3]
 
     def _factor_sparse(self, ops: BatchOps) -> None:
         self.S = []
         self.lu = []
+        self.svd = {}
         n, m = self.n, self.m
         for i in range(ops.a.shape[0]):
             A = ops.sparse(i)
@@ -171,13 +189,21 @@ class Linearization:
         return self.lu[i].solve(rhs, trans="T" if transpose else "N")
 
     def _lstsq(self, i: int, r: np.ndarray, transpose: bool) -> np.ndarray:
-        """Minimum-norm least-squares solution, for singular S (non-differentiable points)."""
-        S = self.S[i]
+        """Minimum-norm least-squares solution S⁺ r (or S⁺ᵀ r) for singular S.
+
+        Where the null space of S is invisible in the outputs (an auxiliary variable
+        CVXPY introduced is not unique, e.g. the epigraph variable of an inactive norm
+        constraint) this is the exact, unique derivative, and the transposed solve is
+        exactly its adjoint, since (S⁺)ᵀ = (Sᵀ)⁺.
+        """
         if self.dense:
-            M = S.T if transpose else S
-            if not np.all(np.isfinite(M)):
+            if i not in self.svd:
                 return np.full_like(r, np.nan)
-            return np.linalg.lstsq(M, r, rcond=None)[0]
+            U, sv, Vt, _ = self.svd[i]
+            if transpose:
+                return U @ ((Vt @ r) / (sv if r.ndim == 1 else sv[:, None]))
+            return Vt.T @ ((U.T @ r) / (sv if r.ndim == 1 else sv[:, None]))
+        S = self.S[i]
         M = S.T if transpose else S
         cols = r.reshape(r.shape[0], -1)
         out = np.column_stack([
@@ -218,6 +244,26 @@ class ConeSolution:
         D = dproject(v, dims, dual=True)
         lin = Linearization(ops, D, dense=dense)
         return cls(ops=ops, x=x, y=y, s=s, v=v, D=D, lin=lin)
+
+    def ambiguous(self, recover: sp.spmatrix) -> np.ndarray:
+        """Instances whose derivative is not unique *in the outputs* (B,) bool.
+
+        S is singular where the cone program's solution is not unique. That is harmless
+        when the non-unique directions (the null space of S, mapped to (x, y) and then to
+        the outputs by ``recover``) do not move any output; otherwise the solution map
+        is genuinely not differentiable there.
+        """
+        n = self.ops.template.n
+        out = np.zeros(len(self.x), dtype=bool)
+        for i in np.flatnonzero(self.lin.singular):
+            N = self.lin.null_space(i)
+            if N is None:  # no SVD (non-finite or sparse path): cannot tell, so say so
+                out[i] = True
+                continue
+            Dv = self.D.dense()[i] @ N[n:] if N.shape[1] else N[n:]
+            moved = recover @ np.concatenate([N[:n], Dv], axis=0)
+            out[i] = bool(np.abs(moved).max(initial=0.0) > AMBIGUITY_TOL)
+        return out
 
     def jvp(self, dc: np.ndarray, da: np.ndarray, db: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(dc, dA values, db) ↦ (dx, dy), eq. (2)."""
