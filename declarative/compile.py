@@ -39,10 +39,16 @@ class ParameterSpec:
     name: str
     shape: tuple[int, ...]
     offset: int
+    domain: tuple[str, ...] = ()  # sign/structure attributes its values must respect
 
     @property
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=int))
+
+
+# Parameter attributes whose violation would make the compiled problem wrong (e.g. a
+# nonneg parameter multiplying a convex atom); values are checked against them.
+DOMAIN_ATTRIBUTES = ("nonneg", "nonpos", "pos", "neg", "symmetric", "PSD", "NSD")
 
 
 @dataclass(frozen=True)
@@ -372,7 +378,8 @@ def compile_template(problem: cp.Problem, parameters, variables):
     )
     param_specs, o = [], 0
     for p in parameters:
-        param_specs.append(ParameterSpec(p.name(), tuple(p.shape), o))
+        domain = tuple(a for a in DOMAIN_ATTRIBUTES if p.attributes.get(a))
+        param_specs.append(ParameterSpec(p.name(), tuple(p.shape), o, domain))
         o += p.size
     output_specs = [
         OutputSpec(v.name(), tuple(v.shape), "dual" if own is not None else "primal")

@@ -33,7 +33,7 @@ def vec(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """(B, *shape) → (B, size), each instance flattened column-major (CVXPY's order)."""
     B = value.shape[0]
     axes = (0, *range(value.ndim - 1, 0, -1))
-    return np.transpose(value, axes).reshape(B, -1)
+    return np.transpose(value, axes).reshape(B, int(np.prod(shape, dtype=int)))
 
 
 def unvec(flat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -98,12 +98,13 @@ class Forward:
         sol = ConeSolution.at(ops, r.x[idx], r.y[idx], r.s[idx])
         self.info.rcond = np.full(self.batch_size, np.nan)
         self.info.rcond[idx] = sol.lin.rcond
-        bad = idx[sol.lin.singular]
+        bad = idx[sol.ambiguous(self.layer.template.recover)]
         if bad.size:
             warnings.warn(
-                "the solution map is not differentiable (its residual-map derivative is singular "
-                f"or ill-conditioned) at batch index [{describe_indices(bad.tolist())}]; "
-                "returning the minimum-norm least-squares derivative there.",
+                "the solution map is not differentiable (the solution is not unique, or the "
+                "residual-map derivative is singular or ill-conditioned) at batch index "
+                f"[{describe_indices(bad.tolist())}]; returning the minimum-norm least-squares "
+                "derivative there.",
                 NonDifferentiableWarning,
                 stacklevel=3,
             )
@@ -131,6 +132,16 @@ class Forward:
             d = unvec(dtheta[:, spec.offset : spec.offset + spec.size], spec.shape)
             out.append(d if batched else d.sum(axis=0))
         return out
+
+    def state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The refined solver solution (x (B, n), y (B, m), s (B, m)) and the solved mask (B,).
+
+        With the parameter values, this is all `Layer.restore` needs to rebuild the
+        VJP/JVP machinery without solving again (used by the JAX adapter, whose
+        callbacks can only pass arrays).
+        """
+        r = self._refined
+        return r.x, r.y, r.s, self.ok
 
     def jacobian(self, index: int = 0) -> list[list[np.ndarray]]:
         """Full Jacobian of one instance: J[i][j] = ∂output_i/∂param_j, shaped
@@ -209,7 +220,7 @@ class Layer:
             raise ProblemError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}.")
         args = dict(solver_args or {})
         ours = {k: args.pop(k) for k in list(args) if k in OUR_OPTIONS}
-        scs_settings(args)  # validates SCS keys
+        scs_settings(args, tuple(OUR_OPTIONS))  # validates SCS keys
         return {**args, **ours}
 
     def _options(self, solver_args: dict | None, on_failure: str | None):
@@ -251,11 +262,11 @@ class Layer:
         theta = np.empty((B, self.template.num_params))
         for spec, a, bt in zip(P, arrays, batched, strict=True):
             a = a if bt else a[None]
-            bad = ~np.all(np.isfinite(a.reshape(a.shape[0], -1)), axis=1)
-            if bad.any():
-                where = (f"at batch index [{describe_indices(np.flatnonzero(bad).tolist())}]"
-                         if bt else "(unbatched value)")
-                raise ParameterError(f"parameter {spec.name!r} has NaN or inf entries {where}.")
+            flat = a.reshape(a.shape[0], spec.size)
+            _check_values(spec, a, ~np.all(np.isfinite(flat), axis=1), "NaN or inf entries", bt)
+            for attr in spec.domain:
+                _check_values(spec, a, ~_in_domain(a, flat, attr), f"values that are not {attr} "
+                              f"(it was declared {attr}=True)", bt)
             theta[:, spec.offset : spec.offset + spec.size] = vec(
                 np.broadcast_to(a, (B, *spec.shape)), spec.shape)
         return theta, batched
@@ -270,6 +281,9 @@ class Layer:
         t = self.template
         B = theta.shape[0]
         c, a, b = t.apply(theta)
+        if B == 0:
+            return self.restore(values, np.zeros((0, t.n)), np.zeros((0, t.m)),
+                                np.zeros((0, t.m)), np.zeros(0, dtype=bool))
         res = solve_batch([t.matrix(a[i]) for i in range(B)], b, c, t.dims, settings)
         ops = BatchOps(t, a)
         scs_status = list(res.status)
@@ -306,6 +320,29 @@ class Layer:
         return Forward(layer=self, outputs=outputs, batched=any(input_batched),
                        input_batched=input_batched, info=info, ok=ok, _ops=ops, _refined=refined)
 
+    def restore(self, values: Sequence[Any], x: np.ndarray, y: np.ndarray, s: np.ndarray,
+                ok: np.ndarray) -> Forward:
+        """A `Forward` from a solution previously returned by `Forward.state` (no solve)."""
+        theta, input_batched = self.batch(values)
+        t = self.template
+        c, a, b = t.apply(theta)
+        ok = np.asarray(ok, dtype=bool).reshape(-1)
+        x, y, s = (np.asarray(z, dtype=float) for z in (x, y, s))
+        xy = np.concatenate([x, y], axis=1)
+        xy[~ok] = np.nan
+        out = np.asarray(xy @ t.recover.T)
+        outputs = [unvec(out[:, lo : lo + o.size], o.shape)
+                   for o, lo in zip(self.outputs, self._out_offsets, strict=True)]
+        B = len(ok)
+        status = [Status.SOLVED if k else Status.FAILED for k in ok]
+        info = SolveInfo(status=status, scs_status=list(status), scs_iterations=np.zeros(B, int),
+                         residual_before=np.full(B, np.nan), residual_after=np.full(B, np.nan),
+                         refine_steps=np.zeros(B, int), solve_seconds=np.zeros(B),
+                         total_seconds=0.0)
+        return Forward(layer=self, outputs=outputs, batched=any(input_batched),
+                       input_batched=input_batched, info=info, ok=ok, _ops=BatchOps(t, a),
+                       _refined=_Solution(x, y, s))
+
     # -- adapters ----------------------------------------------------------------------
     def torch(self):
         """This layer as a ``torch.nn.Module``: ``(x, ...) = module(theta, ...)``."""
@@ -318,6 +355,28 @@ class Layer:
         from declarative.jax import jax_layer
 
         return jax_layer(self)
+
+
+def _in_domain(a: np.ndarray, flat: np.ndarray, attr: str) -> np.ndarray:
+    """Per instance: do the values respect the parameter attribute ``attr``?"""
+    if attr in ("nonneg", "pos", "nonpos", "neg"):
+        ok = {"nonneg": flat >= 0, "pos": flat > 0, "nonpos": flat <= 0, "neg": flat < 0}[attr]
+        return np.all(ok, axis=1)
+    scale = 1e-9 * (1.0 + np.abs(flat).max(axis=1, initial=0.0))
+    asym = np.abs(a - np.swapaxes(a, -1, -2)).reshape(len(a), -1).max(axis=1, initial=0.0)
+    if attr == "symmetric":
+        return asym <= scale
+    eig = np.linalg.eigvalsh((a + np.swapaxes(a, -1, -2)) / 2)
+    definite = eig.min(axis=-1) >= -scale if attr == "PSD" else eig.max(axis=-1) <= scale
+    return definite & (asym <= scale)
+
+
+def _check_values(spec: ParameterSpec, a: np.ndarray, bad: np.ndarray, what: str,
+                  batched: bool) -> None:
+    if bad.any():
+        where = (f"at batch index [{describe_indices(np.flatnonzero(bad).tolist())}]"
+                 if batched else "(unbatched value)")
+        raise ParameterError(f"parameter {spec.name!r} has {what} {where}.")
 
 
 @dataclass

@@ -82,12 +82,13 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
-def scs_settings(solver_args: dict) -> dict:
+def scs_settings(solver_args: dict, ours: tuple[str, ...] = ()) -> dict:
     """Our SCS defaults overridden by the user's; reject unknown keys by name."""
     unknown = sorted(set(solver_args) - SCS_SETTINGS)
     if unknown:
         raise ProblemError(
-            f"unsupported solver option(s) {unknown}; SCS accepts {sorted(SCS_SETTINGS)}."
+            f"unsupported solver option(s) {unknown}; expected SCS settings "
+            f"{sorted(SCS_SETTINGS)} or refinement options {sorted(ours)}."
         )
     return {**SCS_DEFAULTS, **solver_args}
 
