@@ -1,0 +1,124 @@
+"""Bad input gets a clear error, before any solve, naming the culprit and what was expected."""
+
+from __future__ import annotations
+
+import cvxpy as cp
+import numpy as np
+import pytest
+import torch
+
+import declarative as dl
+from declarative.errors import ParameterError, ProblemError
+
+
+@pytest.fixture(scope="module")
+def simple():
+    x, theta = cp.Variable(3), cp.Parameter(3, name="theta")
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(x - theta)), [x >= 0])
+    return dl.compile(prob, [theta], [x]), x, theta
+
+
+def test_non_dcp_names_the_objective():
+    x, theta = cp.Variable(3), cp.Parameter(3)
+    with pytest.raises(ProblemError, match="(?s)not DCP.*maximize a function that is convex"):
+        dl.compile(cp.Problem(cp.Maximize(cp.sum_squares(x - theta))), [theta], [x])
+
+
+def test_non_dcp_constraint_is_named():
+    x, theta = cp.Variable(3, name="x"), cp.Parameter(3)
+    prob = cp.Problem(cp.Minimize(cp.sum(x)), [cp.sqrt(x) >= theta, cp.square(x[0]) >= 1])
+    with pytest.raises(ProblemError, match=r"(?s)constraints are not DCP.*x\[0\]"):
+        dl.compile(prob, [theta], [x])
+
+
+def test_non_dpp_names_the_product_of_parameters():
+    x = cp.Variable(3)
+    theta, a = cp.Parameter(3, name="theta"), cp.Parameter(pos=True, name="alpha")
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(a * theta - x)))
+    with pytest.raises(ProblemError, match=r"not DPP(.|\n)*alpha(.|\n)*theta|not DPP(.|\n)*theta"):
+        dl.compile(prob, [theta, a], [x])
+
+
+def test_parameter_lists_checked_against_problem():
+    x, theta, other = cp.Variable(3), cp.Parameter(3, name="theta"), cp.Parameter(name="other")
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(x - theta)))
+    with pytest.raises(ProblemError, match=r"\['theta'\].*not in parameters"):
+        dl.compile(prob, [], [x])
+    with pytest.raises(ProblemError, match="other does not appear in the problem"):
+        dl.compile(prob, [theta, other], [x])
+    with pytest.raises(ProblemError, match="listed twice"):
+        dl.compile(prob, [theta, theta], [x])
+    stranger = cp.Variable(2, name="stranger")
+    with pytest.raises(ProblemError, match="stranger is neither a variable of the problem"):
+        dl.compile(prob, [theta], [stranger])
+    with pytest.raises(ProblemError, match="variables is empty"):
+        dl.compile(prob, [theta], [])
+
+
+def test_power_cone_is_rejected_with_advice():
+    x, theta = cp.Variable(3), cp.Parameter(3)
+    cons = [cp.constraints.PowCone3D(x[0], x[1], x[2], 0.3)]
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(x - theta)), cons)
+    with pytest.raises(ProblemError, match="power cones"):
+        dl.compile(prob, [theta], [x])
+
+
+def test_wrong_count_shape_and_batch(simple):
+    layer, _, _ = simple
+    with pytest.raises(ParameterError, match=r"expected 1 parameter value\(s\) \(theta\).*got 2"):
+        layer.forward([np.ones(3), np.ones(3)])
+    with pytest.raises(ParameterError, match=r"'theta': expected shape \(3,\) or \(batch, 3\), "
+                                             r"got \(4,\)"):
+        layer.forward([np.ones(4)])
+    with pytest.raises(ParameterError, match=r"got \(2, 2, 3\)"):
+        layer.torch()(torch.ones(2, 2, 3))
+
+
+def test_batch_sizes_must_agree():
+    x, p, q = cp.Variable(3), cp.Parameter(3, name="p"), cp.Parameter(3, name="q")
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - p - q))), [p, q], [x])
+    with pytest.raises(ParameterError, match="one batch size; got p: 2, q: 4"):
+        layer.torch()(torch.ones(2, 3), torch.ones(4, 3))
+
+
+def test_nan_and_inf_name_parameter_and_batch_index(simple):
+    layer, _, _ = simple
+    with pytest.raises(ParameterError, match=r"'theta' has NaN or inf entries \(unbatched"):
+        layer.forward([np.array([1.0, np.nan, 2.0])])
+    bad = np.ones((5, 3))
+    bad[1, 0], bad[4, 2] = np.inf, np.nan
+    with pytest.raises(ParameterError, match=r"'theta' has NaN or inf entries at batch index "
+                                             r"\[1, 4\]"):
+        layer.torch()(torch.tensor(bad))
+
+
+def test_values_outside_declared_domain():
+    x = cp.Variable(3)
+    lam = cp.Parameter(nonneg=True, name="lam")
+    S = cp.Parameter((2, 2), PSD=True, name="S")
+    y = cp.Variable(2)
+    prob = cp.Problem(cp.Minimize(lam * cp.sum_squares(x) + cp.sum(x) + cp.sum_squares(S @ y)
+                                  + cp.sum(y)))
+    layer = dl.compile(prob, [lam, S], [x, y])
+    with pytest.raises(ParameterError, match=r"'lam' has values that are not nonneg .*\[1\]"):
+        layer.forward([np.array([1.0, -1.0]), np.eye(2)])
+    with pytest.raises(ParameterError, match=r"'S' has values that are not PSD"):
+        layer.forward([np.array(1.0), np.diag([1.0, -1.0])])
+
+
+def test_unknown_solver_option_and_on_failure(simple):
+    layer, _, _ = simple
+    with pytest.raises(ProblemError, match=r"unsupported solver option\(s\) \['tol'\].*eps_abs"):
+        layer.forward([np.ones(3)], solver_args={"tol": 1e-3})
+    with pytest.raises(ProblemError, match="on_failure must be one of"):
+        layer.torch()(torch.ones(3), on_failure="ignore")
+    with pytest.raises(ProblemError, match="unsupported solver option"):
+        x, theta = cp.Variable(3), cp.Parameter(3)
+        dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - theta))), [theta], [x],
+                   solver_args={"solver": "ECOS"})
+
+
+def test_empty_batch_gives_empty_outputs(simple):
+    layer, _, _ = simple
+    (x,) = layer.torch()(torch.ones(0, 3))
+    assert x.shape == (0, 3)
