@@ -36,7 +36,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from declarative.compile import ConeTemplate
-from declarative.cones import DProjection, dproject, project
+from declarative.cones import ConeDims, DProjection, dproject, project
 
 # Above this size of S (n + m) the sparse path is used.
 DENSE_MAX = 1200
@@ -47,6 +47,8 @@ PINV_RTOL = 1e-11
 # A unit null vector of S that moves an output by more than this makes the output's
 # derivative ambiguous (the solution map is not differentiable there).
 AMBIGUITY_TOL = 1e-7
+# v within KINK_TOL·(1 + ‖v‖∞) of a kink of Π_{K*} counts as on it (see snap_kinks).
+KINK_TOL = 1e-9
 
 
 class NonDifferentiableWarning(UserWarning):
@@ -234,16 +236,17 @@ class ConeSolution:
     v: np.ndarray
     D: DProjection
     lin: Linearization
+    kinks: np.ndarray  # (B,) strict complementarity fails somewhere: a one-sided derivative
 
     @classmethod
     def at(cls, ops: BatchOps, x: np.ndarray, y: np.ndarray, s: np.ndarray,
            dense: bool | None = None) -> ConeSolution:
         """Linearize at (x, y, s): v = y − s, recomputing y, s from Π_{K*}(v) for consistency."""
         dims = ops.template.dims
-        v = y - s
+        v, kinks = snap_kinks(y - s, dims)
         D = dproject(v, dims, dual=True)
         lin = Linearization(ops, D, dense=dense)
-        return cls(ops=ops, x=x, y=y, s=s, v=v, D=D, lin=lin)
+        return cls(ops=ops, x=x, y=y, s=s, v=v, D=D, lin=lin, kinks=kinks)
 
     def ambiguous(self, recover: sp.spmatrix) -> np.ndarray:
         """Instances whose derivative is not unique *in the outputs* (B,) bool.
@@ -293,6 +296,56 @@ class ConeSolution:
         dv = -(ops._Er.T @ (da * self.x[k, cols, None])) + db        # −dA x + db
         d = self.lin.solve_one(k, -np.concatenate([du, dv], axis=0))
         return d[:n], self.D.dense()[k] @ d[n:]
+
+
+def snap_kinks(v: np.ndarray, dims: ConeDims, tol: float = KINK_TOL
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Find where strict complementarity fails, and make the derivative's branch deterministic.
+
+    v = y − s sits on a kink of Π_{K*} exactly where a constraint is weakly active (its slack
+    and its multiplier both vanish): there the solution map has only one-sided derivatives.
+    Within ``tol · (1 + ‖v‖∞)`` of such a point we move v onto it, so the derivative is the
+    one `cones.dproject` assigns on the boundary (the constraint held active) instead of a
+    branch picked by rounding noise. Nonnegative and second-order cones are snapped; PSD
+    eigenvalues near zero are detected only. Returns (v, kinks (B,) bool).
+    """
+    v = v.copy()
+    B = v.shape[0]
+    kinks = np.zeros(B, dtype=bool)
+    scale = tol * (1.0 + np.abs(v).max(axis=1, initial=0.0))
+    off = dims.zero
+    if dims.nonneg:
+        block = v[:, off : off + dims.nonneg]
+        near = np.abs(block) <= scale[:, None]
+        kinks |= near.any(axis=1)
+        block[near] = 0.0
+    off += dims.nonneg
+    for k in dims.soc:
+        t, xb = v[:, off], v[:, off + 1 : off + k]
+        nx = np.linalg.norm(xb, axis=1)
+        near = (np.abs(nx - np.abs(t)) <= scale) & (nx > scale)
+        kinks |= near
+        v[near, off] = np.sign(t[near]) * nx[near]
+        kinks |= (nx <= scale) & (np.abs(t) <= scale) & (k > 1)  # the apex
+        off += k
+    for k in dims.psd:
+        d = k * (k + 1) // 2
+        lam = np.linalg.eigvalsh(_svec_to_matrix(v[:, off : off + d], k))
+        kinks |= (np.abs(lam) <= scale[:, None]).any(axis=1)
+        off += d
+    return v, kinks
+
+
+def _svec_to_matrix(sv: np.ndarray, k: int) -> np.ndarray:
+    """SCS's svec (lower triangle by columns, off-diagonal ×√2) → symmetric (B, k, k)."""
+    rows, cols = np.tril_indices(k)
+    order = np.lexsort((rows, cols))  # column by column
+    r, c = rows[order], cols[order]
+    M = np.zeros((sv.shape[0], k, k))
+    vals = sv / np.where(r == c, 1.0, np.sqrt(2.0))
+    M[:, r, c] = vals
+    M[:, c, r] = vals
+    return M
 
 
 def project_dual(v: np.ndarray, ops: BatchOps) -> np.ndarray:

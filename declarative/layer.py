@@ -98,16 +98,25 @@ class Forward:
         sol = ConeSolution.at(ops, r.x[idx], r.y[idx], r.s[idx])
         self.info.rcond = np.full(self.batch_size, np.nan)
         self.info.rcond[idx] = sol.lin.rcond
-        bad = idx[sol.ambiguous(self.layer.template.recover)]
-        if bad.size:
-            warnings.warn(
-                "the solution map is not differentiable (the solution is not unique, or the "
-                "residual-map derivative is singular or ill-conditioned) at batch index "
-                f"[{describe_indices(bad.tolist())}]; returning the minimum-norm least-squares "
-                "derivative there.",
-                NonDifferentiableWarning,
-                stacklevel=3,
+        ambiguous = idx[sol.ambiguous(self.layer.template.recover)]
+        kinks = idx[sol.kinks & ~np.isin(idx, ambiguous)]
+        what = []
+        if ambiguous.size:
+            what.append(
+                f"at batch index [{describe_indices(ambiguous.tolist())}] the solution is not "
+                "unique (the residual-map derivative is singular or ill-conditioned in directions "
+                "that move the outputs): returning the minimum-norm least-squares derivative"
             )
+        if kinks.size:
+            what.append(
+                f"at batch index [{describe_indices(kinks.tolist())}] strict complementarity "
+                "fails (a constraint is weakly active: its slack and its multiplier are both "
+                "zero, e.g. a tie at a sparsemax support boundary): returning the one-sided "
+                "derivative with those constraints held active"
+            )
+        if what:
+            warnings.warn("the solution map is not differentiable; " + "; ".join(what) + ".",
+                          NonDifferentiableWarning, stacklevel=3)
         return sol
 
     def vjp(self, grads: Sequence[np.ndarray | None]) -> list[np.ndarray]:

@@ -1,0 +1,151 @@
+"""Failures lose nothing; non-differentiable points warn once and stay well defined."""
+
+from __future__ import annotations
+
+import warnings
+
+import cvxpy as cp
+import numpy as np
+import pytest
+import torch
+
+import declarative as dl
+import problems
+from declarative import NonDifferentiableWarning, SolverError
+from tests.conftest import max_abs, zoo_layer
+
+
+@pytest.fixture(scope="module")
+def lp():
+    """min c·x  s.t.  x >= lo,  a·x <= hi  (scalar x): feasible, infeasible or unbounded."""
+    x, c, lo, a, hi = cp.Variable(), cp.Parameter(), cp.Parameter(), cp.Parameter(), cp.Parameter()
+    return dl.compile(cp.Problem(cp.Minimize(c * x), [x >= lo, a * x <= hi]), [c, lo, a, hi], [x])
+
+
+# instance:        0 solved   1 infeasible  2 unbounded  3 solved  4 solved (upper bound active)
+MIXED = [np.array([1.0, 1.0, -1.0, 1.0, -2.0]), np.array([0.0, 2.0, 0.0, 0.5, -1.0]),
+         np.array([1.0, 1.0, 0.0, 1.0, 2.0]), np.array([1.0, 1.0, 1.0, 3.0, 4.0])]
+EXPECTED_X = np.array([0.0, np.nan, np.nan, 0.5, 2.0])  # lo if c > 0, hi/a if c < 0
+
+
+def test_mixed_batch_nan_mode(lp):
+    params = [torch.tensor(v, requires_grad=True) for v in MIXED]
+    (x,), info = lp.torch()(*params, on_failure="nan", return_info=True)
+    assert [str(s) for s in info.status] == ["solved", "infeasible", "unbounded", "solved",
+                                             "solved"]
+    assert np.array_equal(np.isnan(x.detach().numpy()), np.isnan(EXPECTED_X))
+    ok = ~np.isnan(EXPECTED_X)
+    assert max_abs(x.detach().numpy()[ok], EXPECTED_X[ok]) <= 1e-8
+    x.nansum().backward()
+    # dx/dlo = 1 where the lower bound binds, dx/dhi = 1/a where the upper bound binds.
+    assert max_abs(params[1].grad, [1.0, 0, 0, 1.0, 0]) <= 1e-8
+    assert max_abs(params[3].grad, [0.0, 0, 0, 0, 0.5]) <= 1e-8
+    assert max_abs(params[2].grad, [0.0, 0, 0, 0, -1.0]) <= 1e-8  # d(hi/a)/da = -hi/a²
+
+
+def test_mixed_batch_raise_names_every_failure(lp):
+    with pytest.raises(SolverError) as err:
+        lp.torch()(*[torch.tensor(v) for v in MIXED])
+    assert err.value.failures == {1: "infeasible", 2: "unbounded"}
+    assert "2 of 5" in str(err.value) and "1: infeasible" in str(err.value)
+    assert "2: unbounded" in str(err.value)
+
+
+def test_iteration_limit_hits_some_instances_only():
+    layer, _, sizes = zoo_layer("qp")
+    insts = [problems.instance("qp", s, **sizes) for s in range(10)]
+    batch = [np.stack([i.params[j] for i in insts]) for j in range(len(insts[0].params))]
+    base = {"eps_abs": 1e-6, "eps_rel": 1e-6, "refine": False}
+    alone = [layer.forward(i.params, solver_args=base).info.scs_iterations[0] for i in insts]
+    limit = int(np.median(alone))
+    expected_fail = np.array(alone) >= limit
+    assert 0 < expected_fail.sum() < len(insts)
+    args = {**base, "max_iters": limit}
+    fwd = layer.forward(batch, solver_args=args, on_failure="nan")
+    assert [s == "iteration_limit" for s in fwd.info.status] == expected_fail.tolist()
+    assert np.isnan(fwd.outputs[0][expected_fail]).all()
+    g = fwd.vjp([np.ones_like(fwd.outputs[0])])
+    assert all(np.all(gi[expected_fail] == 0) for gi in g)
+    for b in np.flatnonzero(~expected_fail):  # the others: exactly what a single solve gives
+        single = layer.forward(insts[b].params, solver_args=args)
+        assert max_abs(fwd.outputs[0][b], single.outputs[0][0]) <= 1e-12
+        gs = single.vjp([np.ones_like(single.outputs[0])])
+        assert all(max_abs(gi[b], gsi) <= 1e-10 for gi, gsi in zip(g, gs, strict=True))
+
+
+def test_refinement_rescues_an_early_stop_only_when_certified(lp):
+    """From a 1-iteration SCS solution, Newton reaches the exact solution (residual certified);
+    an infeasible instance is never promoted to solved."""
+    fwd = lp.forward(MIXED, solver_args={"max_iters": 1}, on_failure="nan")
+    assert fwd.info.status[1] != "solved" and fwd.info.status[2] != "solved"
+    for i in (0, 3, 4):
+        if fwd.info.status[i] == "solved":
+            assert fwd.info.residual_after[i] <= 1e-8
+            assert abs(fwd.outputs[0][i] - EXPECTED_X[i]) <= 1e-8
+
+
+def _sparsemax(n):
+    x, th = cp.Variable(n), cp.Parameter(n)
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(x - th)), [cp.sum(x) == 1, x >= 0])
+    return dl.compile(prob, [th], [x])
+
+
+def test_sparsemax_tie_warns_once_and_is_one_sided():
+    layer = _sparsemax(4)
+    tie = np.array([1.0, 0.0, 0.0, -1.0])       # θ₂ = θ₃ = τ = 0: both weakly active
+    regular = np.array([0.6, 0.3, -0.2, 0.0])   # τ = −1/30: support {0, 1, 3}, no tie
+    with pytest.warns(NonDifferentiableWarning) as rec:
+        fwd = layer.forward([np.stack([tie, regular])])
+        J_tie, J_reg = fwd.jacobian(0)[0][0], fwd.jacobian(1)[0][0]
+    assert len(rec) == 1
+    assert "batch index [0]" in str(rec[0].message) and "strict complementarity" in str(
+        rec[0].message)
+    # One-sided: the weakly active constraints held active, support {0}: diag(s) − ssᵀ/|S| = 0.
+    assert max_abs(J_tie, np.zeros((4, 4))) <= 1e-10
+    s = np.array([1.0, 1.0, 0, 1.0])
+    assert max_abs(J_reg, np.diag(s) - np.outer(s, s) / 3) <= 1e-10
+    # The same derivative whatever rounding does to the tie: perturb below the kink tolerance.
+    with pytest.warns(NonDifferentiableWarning):
+        J_pert = layer.forward([tie + 1e-13]).jacobian(0)[0][0]
+    assert max_abs(J_pert, J_tie) <= 1e-10
+
+
+def test_lp_with_non_unique_solution_warns_and_is_finite():
+    z, c = cp.Variable(3), cp.Parameter(3)
+    layer = dl.compile(cp.Problem(cp.Minimize(c @ z), [cp.sum(z) == 1, z >= 0]), [c], [z])
+    module = layer.torch()
+    ct = torch.tensor([[1.0, 1.0, 2.0], [1.0, 1.5, 2.0]], dtype=torch.float64,
+                      requires_grad=True)
+    with pytest.warns(NonDifferentiableWarning, match=r"index \[0\] the solution is not unique"):
+        (zs,) = module(ct)
+        (zs * torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)).sum().backward()
+    assert torch.isfinite(ct.grad).all()
+    assert max_abs(zs[1].detach(), [1.0, 0, 0]) <= 1e-8
+    assert max_abs(ct.grad[1], np.zeros(3)) <= 1e-8  # a vertex solution: locally constant
+
+
+def test_regular_problems_do_not_warn(zoo_name):
+    """No spurious warnings: e.g. inactive norm constraints make CVXPY's epigraph variables
+    non-unique, which must not be reported as a non-differentiable solution map."""
+    layer, _, sizes = zoo_layer(zoo_name)
+    inst = problems.instance(zoo_name, 0, **sizes)
+    x, th = cp.Variable(3), cp.Parameter(3)
+    inactive = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - th)), [cp.norm(x) <= 10]),
+                          [th], [x])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NonDifferentiableWarning)
+        layer.forward(inst.params).jacobian(0)
+        J = inactive.forward([np.array([0.1, 0.2, 0.3])]).jacobian(0)[0][0]
+    assert max_abs(J, np.eye(3)) <= 1e-10
+
+
+def test_return_info_diagnostics():
+    layer, _, sizes = zoo_layer("softmax")
+    inst = problems.instance("softmax", 0, **sizes)
+    (x,), info = layer.torch()(torch.tensor(np.stack([inst.params[0]] * 2)), return_info=True)
+    assert [str(s) for s in info.status] == ["solved", "solved"]
+    assert (info.scs_iterations > 0).all() and (info.solve_seconds > 0).all()
+    assert (info.residual_after <= 1e-10).all()
+    assert (info.residual_after <= info.residual_before).all()
+    assert set(info.as_dict()) >= {"status", "scs_iterations", "residual_before",
+                                   "residual_after", "refine_steps", "solve_seconds"}
