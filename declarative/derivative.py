@@ -36,6 +36,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from declarative.compile import ConeTemplate
+from declarative.solve import parallel_map
 from declarative.cones import ConeDims, DProjection, dproject, project
 
 # Above this size of S (n + m) the sparse path is used.
@@ -119,27 +120,13 @@ class Linearization:
 
     # -- factorization -------------------------------------------------------------
     def _factor_dense(self, S: np.ndarray) -> None:
-        """LU per instance; where S is (nearly) singular, a truncated SVD instead."""
+        """LU per instance (in parallel threads); where S is (nearly) singular, a truncated SVD."""
         self.S = S
-        self.lu: list = []
-        self.svd: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
-        for i in range(S.shape[0]):
-            if not np.all(np.isfinite(S[i])):
-                self.lu.append(None)
-                self.singular[i] = True
-                self.rcond[i] = 0.0
-                continue
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", sla.LinAlgWarning)
-                lu, piv = sla.lu_factor(S[i], check_finite=False)
-            rc = _rcond_lu(lu, S[i])
-            self.rcond[i] = rc
-            self.lu.append((lu, piv))
-            if not rc > RCOND_MIN:
-                self.singular[i] = True
-                U, sv, Vt = np.linalg.svd(S[i])
-                r = int(np.count_nonzero(sv > PINV_RTOL * sv[0])) if sv.size else 0
-                self.svd[i] = (U[:, :r], sv[:r], Vt[:r], Vt[r:].T)
+        results = parallel_map(_factor_one, [S[i] for i in range(S.shape[0])])
+        self.lu = [r[0] for r in results]
+        self.rcond = np.array([r[1] for r in results])
+        self.svd = {i: r[2] for i, r in enumerate(results) if r[2] is not None}
+        self.singular = ~(self.rcond > RCOND_MIN)
 
     def null_space(self, i: int) -> np.ndarray | None:
         """Right null space of a singular S_i, (N, k); None if S_i is regular or sparse."""
@@ -213,6 +200,22 @@ class Linearization:
             for k in range(cols.shape[1])
         ])
         return out.reshape(r.shape)
+
+
+def _factor_one(S: np.ndarray):
+    """(LU, reciprocal condition estimate, truncated SVD if singular) of one dense S."""
+    if not np.all(np.isfinite(S)):
+        return None, 0.0, None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sla.LinAlgWarning)
+        lu, piv = sla.lu_factor(S, check_finite=False)
+    rc = _rcond_lu(lu, S)
+    svd = None
+    if not rc > RCOND_MIN:
+        U, sv, Vt = np.linalg.svd(S)
+        r = int(np.count_nonzero(sv > PINV_RTOL * sv[0])) if sv.size else 0
+        svd = (U[:, :r], sv[:r], Vt[:r], Vt[r:].T)
+    return (lu, piv), rc, svd
 
 
 def _rcond_lu(lu: np.ndarray, S: np.ndarray) -> float:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scs
+from threadpoolctl import ThreadpoolController
 
 from declarative.cones import ConeDims
 from declarative.errors import ProblemError
@@ -69,6 +70,7 @@ class SolveResult:
     seconds: np.ndarray
 
 
+_PREFIX = "declarative-worker"
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -78,8 +80,35 @@ def _executor() -> ThreadPoolExecutor:
     with _pool_lock:
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
-                                       thread_name_prefix="declarative-scs")
+                                       thread_name_prefix=_PREFIX)
         return _pool
+
+
+_blas = None
+
+
+def single_threaded_blas():
+    """A context in which BLAS/LAPACK run on one thread.
+
+    Our dense systems are small and many; we parallelize across instances instead.
+    Multithreaded BLAS on small matrices is slower, and on a loaded machine
+    catastrophically so (seen: one 304×304 LU 70× slower).
+    """
+    global _blas
+    if _blas is None:
+        _blas = ThreadpoolController()
+    return _blas.limit(limits=1, user_api="blas")
+
+
+def parallel_map(f, items: list) -> list:
+    """``[f(x) for x in items]`` across the shared thread pool, BLAS single-threaded.
+
+    For work that releases the GIL (SCS, LAPACK). Do not call from inside the pool.
+    """
+    with single_threaded_blas():
+        if len(items) <= 1 or threading.current_thread().name.startswith(_PREFIX):
+            return [f(x) for x in items]
+        return list(_executor().map(f, items))
 
 
 def scs_settings(solver_args: dict, ours: tuple[str, ...] = ()) -> dict:
@@ -113,10 +142,7 @@ def solve_batch(matrices: list, b: np.ndarray, c: np.ndarray, dims: ConeDims,
     n = c.shape[1]
     cone = dims.scs()
     jobs = [(matrices[i], b[i], c[i], cone, settings) for i in range(B)]
-    if B == 1:
-        results = [_solve_one(*jobs[0])]
-    else:
-        results = list(_executor().map(lambda j: _solve_one(*j), jobs))
+    results = parallel_map(lambda j: _solve_one(*j), jobs)
     x = np.full((B, n), np.nan)
     y = np.full((B, m), np.nan)
     s = np.full((B, m), np.nan)
