@@ -31,7 +31,22 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from . import polytope_projection, qp, softmax, sparsemax
+from . import (
+    affine_projection,
+    box_projection,
+    entropic_ot,
+    l1_ball_projection,
+    l2_ball_projection,
+    polytope_projection,
+    psd_projection,
+    qp,
+    ridge,
+    simplex_quadratic,
+    softmax,
+    softmax_temperature,
+    sparsemax,
+    water_filling,
+)
 from ._activeset import DegenerateInstanceError
 
 __all__ = [
@@ -124,7 +139,22 @@ def instance(name: str, seed: int | np.random.Generator = 0, **sizes: int) -> In
     )
 
 
-_MODULES: tuple[ModuleType, ...] = (softmax, sparsemax, qp, polytope_projection)
+_MODULES: tuple[ModuleType, ...] = (
+    softmax,
+    sparsemax,
+    qp,
+    polytope_projection,
+    box_projection,
+    l2_ball_projection,
+    l1_ball_projection,
+    affine_projection,
+    ridge,
+    softmax_temperature,
+    psd_projection,
+    entropic_ot,
+    water_filling,
+    simplex_quadratic,
+)
 for _module in _MODULES:
     register(_module)
 del _module
