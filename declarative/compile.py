@@ -4,11 +4,14 @@ CVXPY's DPP canonicalization (``problem.get_problem_data(cp.SCS)``) yields a
 parametrized cone program: sparse tensors mapping the parameter vector θ̃ = (θ, 1)
 to the SCS problem data
 
-    minimize cᵀx  subject to  Ax + s = b,  s ∈ K,
+    minimize ½xᵀPx + cᵀx  subject to  Ax + s = b,  s ∈ K,
 
-with (c, A, b) affine in θ. We keep those maps as three sparse matrices over the
+with (P, c, A, b) affine in θ. We keep those maps as three sparse matrices over the
 *user's* parameter vector θ (each parameter flattened in column-major order, in the
 order the user listed them), so applying a whole batch is one sparse product.
+
+Quadratic objectives stay quadratic (SCS's ½xᵀPx, CVXPY's ``use_quad_obj``), with P
+affine in θ too: fewer variables and cones than a second-order-cone reformulation.
 
 The maps back from SCS's (x, y) to the user's variables (primal, or a constraint's
 dual variable) are linear. Rather than re-implementing CVXPY's conventions (symmetric
@@ -86,6 +89,12 @@ class ConeTemplate:
     indices: np.ndarray
     indptr: np.ndarray
     recover: sp.csr_matrix
+    # Quadratic objective ½xᵀPx (SCS's P): stored entries (both triangles) at
+    # (P_rows, P_cols) with values H θ + h0. Empty for a linear objective.
+    P_rows: np.ndarray
+    P_cols: np.ndarray
+    H: sp.csr_matrix
+    h0: np.ndarray
 
     @property
     def num_params(self) -> int:
@@ -102,13 +111,30 @@ class ConeTemplate:
         b = theta @ self.G.T + self.g0
         return np.asarray(c), np.asarray(a), np.asarray(b)
 
-    def apply_adjoint(self, dc: np.ndarray, da: np.ndarray, db: np.ndarray) -> np.ndarray:
-        """Adjoint of `apply`'s linear part: (dc, dA values, db) ↦ dθ (B, p)."""
-        return np.asarray(dc @ self.C + da @ self.F + db @ self.G)
+    def apply_P(self, theta: np.ndarray) -> np.ndarray:
+        """A batch θ (B, p) ↦ the stored values of P (B, nnz(P))."""
+        return np.asarray(theta @ self.H.T + self.h0)
+
+    def apply_adjoint(self, dc: np.ndarray, da: np.ndarray, db: np.ndarray,
+                      dh: np.ndarray | None = None) -> np.ndarray:
+        """Adjoint of the linear part of θ ↦ (c, A, b, P): (dc, dA, db, dP values) ↦ dθ (B, p)."""
+        out = dc @ self.C + da @ self.F + db @ self.G
+        if dh is not None and self.H.shape[0]:
+            out = out + dh @ self.H
+        return np.asarray(out)
+
+    @property
+    def quadratic(self) -> bool:
+        return self.P_rows.size > 0
 
     def matrix(self, a: np.ndarray) -> sp.csc_matrix:
         """The CSC matrix A of one instance from its values."""
         return sp.csc_matrix((a, self.indices, self.indptr), shape=(self.m, self.n))
+
+    def P_matrix(self, h: np.ndarray, upper: bool = False) -> sp.csc_matrix:
+        """The symmetric matrix P of one instance (its upper triangle for SCS if ``upper``)."""
+        P = sp.csc_matrix((h, (self.P_rows, self.P_cols)), shape=(self.n, self.n))
+        return sp.triu(P, format="csc") if upper else P
 
     def rows_cols(self) -> tuple[np.ndarray, np.ndarray]:
         """Row and column index of each stored entry of A (CSC order)."""
@@ -335,13 +361,17 @@ def _as_selection(out: np.ndarray, probe: np.ndarray):
     return order[pos], np.where(zero, 0.0, np.sign(out))
 
 
-def compile_template(problem: cp.Problem, parameters, variables):
-    """Canonicalize once; return the template, parameter specs and output specs."""
+def compile_template(problem: cp.Problem, parameters, variables, quad_obj: bool = True):
+    """Canonicalize once; return the template, parameter specs and output specs.
+
+    ``quad_obj=False`` gives the pure cone form (quadratic objectives through
+    second-order cones), as diffcp needs for comparisons.
+    """
     check_problem(problem)
     owners = _check_members(problem, list(parameters), list(variables))
-    try:
+    try:  # keep quadratic objectives as SCS's P: fewer cones and rows than an SOC form
         data, chain, inverse_data = problem.get_problem_data(
-            solver=cp.SCS, solver_opts={"use_quad_obj": False}
+            solver=cp.SCS, solver_opts={"use_quad_obj": quad_obj}
         )
     except cp.error.SolverError as e:  # pragma: no cover - CVXPY reports unsupported atoms here
         raise ProblemError(f"CVXPY could not canonicalize the problem for SCS: {e}") from e
@@ -361,6 +391,14 @@ def compile_template(problem: cp.Problem, parameters, variables):
     G, g0 = _affine(TA[nA:], lowering)
     rows, cols = active % m, active // m  # already sorted column-major = CSC order
     indptr = np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=n))])
+    if pp.P is not None and sp.csr_matrix(pp.P).nnz:
+        TP = sp.csr_matrix(pp.P)  # (n·n) × (p_cvx + 1), column-major, both triangles
+        activeP = np.unique(TP.nonzero()[0])
+        H, h0 = _affine(TP[activeP], lowering)
+        P_rows, P_cols = activeP % n, activeP // n
+    else:
+        H, h0 = sp.csr_matrix((0, lowering.shape[1])), np.zeros(0)
+        P_rows = P_cols = np.zeros(0, dtype=np.int64)
 
     blocks = []
     for vid, col in sorted(pp.var_id_to_col.items(), key=lambda kv: kv[1]):
@@ -375,6 +413,7 @@ def compile_template(problem: cp.Problem, parameters, variables):
     template = ConeTemplate(
         n=n, m=m, dims=dims, C=C, c0=c0, F=F, f0=f0, G=G, g0=g0,
         indices=rows.astype(np.int64), indptr=indptr.astype(np.int64), recover=recover,
+        P_rows=P_rows.astype(np.int64), P_cols=P_cols.astype(np.int64), H=H, h0=h0,
     )
     param_specs, o = [], 0
     for p in parameters:

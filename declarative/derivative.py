@@ -12,16 +12,18 @@ derivative is defined up to that direction, which leaves (dx, dy, ds) unchanged.
 We fix the gauge w = 1 (dw = 0) and drop the w-row, which is implied by the other
 rows at a solution (cᵀx + bᵀy = yᵀs = 0). What remains is the square system
 
-    F(u, v) = (Aᵀ Π(v) + c,  −A u + b − Π(v) + v) = 0,
-    S = ∂F/∂(u, v) = [[0, Aᵀ DΠ(v)], [−A, I − DΠ(v)]],                       (1)
+    F(u, v) = (P u + Aᵀ Π(v) + c,  −A u + b − Π(v) + v) = 0,
+    S = ∂F/∂(u, v) = [[P, Aᵀ DΠ(v)], [−A, I − DΠ(v)]],                       (1)
 
 with Π = Π_{K*}. S is nonsingular exactly where the solution map is differentiable
 (regular points), is the Newton matrix of refinement (refine.py), and gives
 
-    JVP:  S (du, dv) = −(dAᵀ y + dc,  −dA x + db),   dx = du, dy = DΠ dv, ds = dy − dv
-    VJP:  r = −S⁻ᵀ (gx, DΠ gy),  ∂/∂c = r₁,  ∂/∂b = r₂,  ∂/∂A = y r₁ᵀ − r₂ xᵀ      (2)
+    JVP:  S (du, dv) = −(dP x + dAᵀ y + dc,  −dA x + db),   dx = du, dy = DΠ dv, ds = dy − dv
+    VJP:  r = −S⁻ᵀ (gx, DΠ gy),  ∂/∂c = r₁,  ∂/∂b = r₂,  ∂/∂A = y r₁ᵀ − r₂ xᵀ,  ∂/∂P = r₁ xᵀ  (2)
 
-(ABBBM 2019, *Differentiating through a cone program*, §3, specialised to w = 1).
+(ABBBM 2019, *Differentiating through a cone program*, §3, specialised to w = 1). With a
+quadratic objective ½xᵀPx (SCS's P) F is the KKT system of the quadratic cone program and
+the same formulas hold with the P terms (Healey, Nobel, Boyd, *diffqcp*).
 Small systems are solved dense and batched; large ones with a sparse LU per instance.
 """
 
@@ -62,6 +64,7 @@ class BatchOps:
 
     template: ConeTemplate
     a: np.ndarray
+    h: np.ndarray | None = None  # stored values of P (B, nnz(P)); None for a linear objective
 
     def __post_init__(self) -> None:
         t = self.template
@@ -69,6 +72,18 @@ class BatchOps:
         k = np.arange(t.nnz)
         self._Er = sp.csr_matrix((np.ones(t.nnz), (k, self.rows)), shape=(t.nnz, t.m))
         self._Ec = sp.csr_matrix((np.ones(t.nnz), (k, self.cols)), shape=(t.nnz, t.n))
+        if self.h is None:
+            self.h = np.zeros((self.a.shape[0], t.P_rows.size))
+        kp = np.arange(t.P_rows.size)
+        self._Ep = sp.csr_matrix((np.ones(kp.size), (kp, t.P_rows)), shape=(kp.size, t.n))
+
+    def take(self, idx: np.ndarray) -> BatchOps:
+        """The same operators for a subset of the batch."""
+        return BatchOps(self.template, self.a[idx], self.h[idx])
+
+    def P(self, u: np.ndarray) -> np.ndarray:
+        """P u for each instance: (B, n) → (B, n)."""
+        return np.asarray((self.h * u[:, self.template.P_cols]) @ self._Ep)
 
     def A(self, u: np.ndarray) -> np.ndarray:
         """A u for each instance: (B, n) → (B, m)."""
@@ -84,6 +99,13 @@ class BatchOps:
         out[:, self.rows, self.cols] = self.a
         return out
 
+    def dense_P(self) -> np.ndarray:
+        """P as dense (B, n, n)."""
+        t = self.template
+        out = np.zeros((self.a.shape[0], t.n, t.n))
+        np.add.at(out, (slice(None), t.P_rows, t.P_cols), self.h)
+        return out
+
     def sparse(self, i: int) -> sp.csc_matrix:
         return self.template.matrix(self.a[i])
 
@@ -91,7 +113,7 @@ class BatchOps:
 def residual(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray,
              pv: np.ndarray) -> np.ndarray:
     """F(u, v) of (1), with pv = Π_{K*}(v) precomputed: (B, n + m)."""
-    return np.concatenate([ops.AT(pv) + c, -ops.A(u) + b - pv + v], axis=1)
+    return np.concatenate([ops.P(u) + ops.AT(pv) + c, -ops.A(u) + b - pv + v], axis=1)
 
 
 class Linearization:
@@ -109,6 +131,8 @@ class Linearization:
             A = ops.dense()
             DA = D.matvec(A)  # (B, m, n)
             S = np.zeros((B, t.n + t.m, t.n + t.m))
+            if t.quadratic:
+                S[:, : t.n, : t.n] = ops.dense_P()
             S[:, : t.n, t.n :] = np.swapaxes(DA, 1, 2)
             S[:, t.n :, : t.n] = -A
             S[:, t.n :, t.n :] = -D.dense()
@@ -141,8 +165,8 @@ class Linearization:
         for i in range(ops.a.shape[0]):
             A = ops.sparse(i)
             Di = self.D.sparse(i)
-            S = sp.bmat([[sp.csc_matrix((n, n)), (Di @ A).T], [-A, sp.eye(m) - Di]],
-                        format="csc")
+            P = ops.template.P_matrix(ops.h[i])
+            S = sp.bmat([[P, (Di @ A).T], [-A, sp.eye(m) - Di]], format="csc")
             self.S.append(S)
             try:
                 lu = spla.splu(S)
@@ -271,31 +295,38 @@ class ConeSolution:
             out[i] = bool(np.abs(moved).max(initial=0.0) > AMBIGUITY_TOL)
         return out
 
-    def jvp(self, dc: np.ndarray, da: np.ndarray, db: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(dc, dA values, db) ↦ (dx, dy), eq. (2)."""
+    def jvp(self, dc: np.ndarray, da: np.ndarray, db: np.ndarray,
+            dh: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(dc, dA values, db, dP values) ↦ (dx, dy), eq. (2)."""
         ops = self.ops
-        dA = BatchOps(ops.template, da)
-        rhs = -np.concatenate([dA.AT(self.y) + dc, -dA.A(self.x) + db], axis=1)
+        dA = BatchOps(ops.template, da, dh)
+        rhs = -np.concatenate([dA.P(self.x) + dA.AT(self.y) + dc, -dA.A(self.x) + db], axis=1)
         d = self.lin.solve(rhs)
         n = ops.template.n
         return d[:, :n], self.D.matvec(d[:, n:])
 
-    def vjp(self, gx: np.ndarray, gy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(gx, gy) ↦ (∂/∂c, ∂/∂A values, ∂/∂b), eq. (2)."""
-        n = self.ops.template.n
+    def vjp(self, gx: np.ndarray, gy: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(gx, gy) ↦ (∂/∂c, ∂/∂A values, ∂/∂b, ∂/∂P values), eq. (2); ∂/∂P_ij = r₁ᵢ xⱼ."""
+        t = self.ops.template
         g = np.concatenate([gx, self.D.matvec(gy)], axis=1)
         r = -self.lin.solve(g, transpose=True)
-        r1, r2 = r[:, :n], r[:, n:]
+        r1, r2 = r[:, : t.n], r[:, t.n :]
         rows, cols = self.ops.rows, self.ops.cols
         da = self.y[:, rows] * r1[:, cols] - r2[:, rows] * self.x[:, cols]
-        return r1, da, r2
+        dh = r1[:, t.P_rows] * self.x[:, t.P_cols]
+        return r1, da, r2, dh
 
 
-    def jacobian_one(self, k: int, dc: np.ndarray, da: np.ndarray, db: np.ndarray):
-        """(dx, dy) of instance k for p directions at once: dc (n, p), da (nnz, p), db (m, p)."""
-        ops, n = self.ops, self.ops.template.n
+    def jacobian_one(self, k: int, dc: np.ndarray, da: np.ndarray, db: np.ndarray,
+                     dh: np.ndarray):
+        """(dx, dy) of instance k for p directions at once: dc (n, p), da (nnz, p), db (m, p),
+        dh (nnz(P), p)."""
+        ops, t = self.ops, self.ops.template
+        n = t.n
         rows, cols = ops.rows, ops.cols
         du = ops._Ec.T @ (da * self.y[k, rows, None]) + dc          # dAᵀ y + dc
+        du = du + ops._Ep.T @ (dh * self.x[k, t.P_cols, None])      # + dP x
         dv = -(ops._Er.T @ (da * self.x[k, cols, None])) + db        # −dA x + db
         d = self.lin.solve_one(k, -np.concatenate([du, dv], axis=0))
         return d[:n], self.D.dense()[k] @ d[n:]

@@ -94,7 +94,7 @@ class Forward:
         if idx.size == 0:
             return None
         r = self._refined
-        ops = BatchOps(self._ops.template, self._ops.a[idx])
+        ops = self._ops.take(idx)
         sol = ConeSolution.at(ops, r.x[idx], r.y[idx], r.s[idx])
         self.info.rcond = np.full(self.batch_size, np.nan)
         self.info.rcond[idx] = sol.lin.rcond
@@ -133,8 +133,7 @@ class Forward:
         if sol is not None:
             idx = np.flatnonzero(self.ok)
             gxy = np.asarray(g[idx] @ t.recover)
-            dc, da, db = sol.vjp(gxy[:, : t.n], gxy[:, t.n :])
-            dtheta[idx] = t.apply_adjoint(dc, da, db)
+            dtheta[idx] = t.apply_adjoint(*sol.vjp(gxy[:, : t.n], gxy[:, t.n :]))
             dtheta[~np.all(np.isfinite(dtheta), axis=1)] = 0.0
         out = []
         for spec, batched in zip(L.parameters, self.input_batched, strict=True):
@@ -160,7 +159,7 @@ class Forward:
         if self.ok[index]:
             k = int(np.count_nonzero(self.ok[:index]))
             sol = self._solution
-            dense = (t.C.toarray(), t.F.toarray(), t.G.toarray())
+            dense = (t.C.toarray(), t.F.toarray(), t.G.toarray(), t.H.toarray())
             dx, dy = sol.jacobian_one(k, *dense)
             full = np.asarray(t.recover @ np.concatenate([dx, dy], axis=0))
         J = []
@@ -192,8 +191,7 @@ class Forward:
         if sol is not None:
             idx = np.flatnonzero(self.ok)
             dth = dtheta[idx]
-            dc, da, db = dth @ t.C.T, dth @ t.F.T, dth @ t.G.T
-            dx, dy = sol.jvp(np.asarray(dc), np.asarray(da), np.asarray(db))
+            dx, dy = sol.jvp(*(np.asarray(dth @ M.T) for M in (t.C, t.F, t.G, t.H)))
             dout[idx] = np.concatenate([dx, dy], axis=1) @ t.recover.T
         return [unvec(dout[:, lo : lo + s.size], s.shape)
                 for s, lo in zip(L.outputs, L._out_offsets, strict=True)]
@@ -290,11 +288,13 @@ class Layer:
         t = self.template
         B = theta.shape[0]
         c, a, b = t.apply(theta)
+        h = t.apply_P(theta)
         if B == 0:
             return self.restore(values, np.zeros((0, t.n)), np.zeros((0, t.m)),
                                 np.zeros((0, t.m)), np.zeros(0, dtype=bool))
-        res = solve_batch([t.matrix(a[i]) for i in range(B)], b, c, t.dims, settings)
-        ops = BatchOps(t, a)
+        Ps = [t.P_matrix(h[i], upper=True) for i in range(B)] if t.quadratic else None
+        res = solve_batch([t.matrix(a[i]) for i in range(B)], b, c, t.dims, settings, Ps)
+        ops = BatchOps(t, a, h)
         scs_status = list(res.status)
         status = list(res.status)
         candidate = np.array([s in (Status.SOLVED, Status.INACCURATE, Status.ITERATION_LIMIT)
@@ -349,7 +349,8 @@ class Layer:
                          refine_steps=np.zeros(B, int), solve_seconds=np.zeros(B),
                          total_seconds=0.0)
         return Forward(layer=self, outputs=outputs, batched=any(input_batched),
-                       input_batched=input_batched, info=info, ok=ok, _ops=BatchOps(t, a),
+                       input_batched=input_batched, info=info, ok=ok,
+                       _ops=BatchOps(t, a, t.apply_P(theta)),
                        _refined=_Solution(x, y, s))
 
     # -- adapters ----------------------------------------------------------------------

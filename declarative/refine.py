@@ -59,7 +59,7 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
         idx = np.flatnonzero(active)
         if idx.size == 0:
             break
-        sub = BatchOps(t, ops.a[idx])
+        sub = ops.take(idx)
         lin = Linearization(sub, dproject(v[idx], dims, dual=True))
         d = -lin.solve(F[idx])
         du, dv = d[:, : t.n], d[:, t.n :]
@@ -73,8 +73,9 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
             k = np.flatnonzero(pending)
             un = best_u[k] + step[k, None] * du[k]
             vn = best_v[k] + step[k, None] * dv[k]
-            pvn = project_dual(vn, BatchOps(t, sub.a[k]))
-            Fn = residual(BatchOps(t, sub.a[k]), c[idx[k]], b[idx[k]], un, vn, pvn)
+            opk = sub.take(k)
+            pvn = project_dual(vn, opk)
+            Fn = residual(opk, c[idx[k]], b[idx[k]], un, vn, pvn)
             rn = _norm(Fn)
             ok = rn <= (1 - 1e-4 * step[k]) * best_res[k]
             acc = k[ok]

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 import scs
 from threadpoolctl import ThreadpoolController
 
@@ -122,10 +123,11 @@ def scs_settings(solver_args: dict, ours: tuple[str, ...] = ()) -> dict:
     return {**SCS_DEFAULTS, **solver_args}
 
 
-def _solve_one(A, b, c, cone: dict, settings: dict):
+def _solve_one(A, b, c, cone: dict, settings: dict, P=None):
     t0 = time.perf_counter()
+    data = {"A": A, "b": b, "c": c} if P is None else {"P": P, "A": A, "b": b, "c": c}
     try:
-        sol = scs.SCS({"A": A, "b": b, "c": c}, cone, **settings).solve()
+        sol = scs.SCS(data, cone, **settings).solve()
     except Exception:  # noqa: BLE001 - one broken instance must not lose the batch
         return None, Status.FAILED, 0, time.perf_counter() - t0
     info = sol["info"]
@@ -136,19 +138,26 @@ def _solve_one(A, b, c, cone: dict, settings: dict):
 
 
 def solve_batch(matrices: list, b: np.ndarray, c: np.ndarray, dims: ConeDims,
-                settings: dict) -> SolveResult:
-    """Solve min cᵀx s.t. Ax + s = b, s ∈ K for every instance of the batch with SCS."""
+                settings: dict, quadratic: list | None = None) -> SolveResult:
+    """Solve min ½xᵀPx + cᵀx s.t. Ax + s = b, s ∈ K for every instance with SCS.
+
+    ``quadratic`` holds each instance's P (upper triangle, CSC), or is None for P = 0.
+    """
     B, m = b.shape
     n = c.shape[1]
     cone = dims.scs()
-    jobs = [(matrices[i], b[i], c[i], cone, settings) for i in range(B)]
+    if m == 0:  # unconstrained: SCS needs a cone, so give it one trivial row 0 = 0
+        matrices = [sp.csc_matrix((1, n))] * B
+        b, cone = np.zeros((B, 1)), {"z": 1}
+    jobs = [(matrices[i], b[i], c[i], cone, settings,
+             None if quadratic is None else quadratic[i]) for i in range(B)]
     results = parallel_map(lambda j: _solve_one(*j), jobs)
     x = np.full((B, n), np.nan)
     y = np.full((B, m), np.nan)
     s = np.full((B, m), np.nan)
     for i, (sol, _, _, _) in enumerate(results):
         if sol is not None:
-            x[i], y[i], s[i] = sol["x"], sol["y"], sol["s"]
+            x[i], y[i], s[i] = sol["x"], sol["y"][:m], sol["s"][:m]
     return SolveResult(
         x=x, y=y, s=s,
         status=[r[1] for r in results],

@@ -14,10 +14,15 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-import declarative as dl
 import problems
+from declarative.compile import compile_template
 from declarative.derivative import BatchOps, ConeSolution
-from tests.conftest import zoo_layer
+from declarative.layer import Layer
+
+
+def cone_form(prob, params, variables):
+    """The layer in pure cone form (no quadratic objective P): what diffcp differentiates."""
+    return Layer(*compile_template(prob, params, variables, quad_obj=False))
 
 
 def _psd_problem(k=3):
@@ -26,7 +31,7 @@ def _psd_problem(k=3):
     prob = cp.Problem(cp.Minimize(cp.sum_squares(X - Y)), [X >> 0, cp.trace(X) <= t])
     rng = np.random.default_rng(3)
     M = rng.standard_normal((k, k))
-    return dl.compile(prob, [Y, t], [X]), [M + M.T, np.array(1.5)]
+    return cone_form(prob, [Y, t], [X]), [M + M.T, np.array(1.5)]
 
 
 def _mixed_problem(n=4):
@@ -37,13 +42,13 @@ def _mixed_problem(n=4):
     cons = [cp.sum(x) == 1, x >= 0.01, cp.norm(x, 2) <= 0.8, cp.trace(X) <= 1.0]
     rng = np.random.default_rng(4)
     M = rng.standard_normal((2, 2))
-    return (dl.compile(cp.Problem(cp.Minimize(obj), cons), [theta, Y], [x, X]),
+    return (cone_form(cp.Problem(cp.Minimize(obj), cons), [theta, Y], [x, X]),
             [rng.standard_normal(n) * 0.3, M + M.T])
 
 
 def _zoo(name):
-    layer, _, sizes = zoo_layer(name)
-    return layer, problems.instance(name, 0, **sizes).params
+    mod = problems.get(name)
+    return cone_form(*mod.build(**mod.SIZES)), problems.instance(name, 0).params
 
 
 CASES = {
@@ -156,7 +161,7 @@ def test_cone_program_derivative_matches_diffcp(case, monkeypatch):
         assert np.abs(ours - ref).max() <= tol * (1 + np.abs(ref).max())
     gx, gy = rng.standard_normal(t.n), rng.standard_normal(t.m)
     dA_ref, db_ref, dc_ref = DT(gx, gy, np.zeros(t.m))
-    dc_o, da_o, db_o = sol.vjp(gx[None], gy[None])
+    dc_o, da_o, db_o, _ = sol.vjp(gx[None], gy[None])
     rows, cols = t.rows_cols()
     ref_vals = np.asarray(sp.csc_matrix(dA_ref)[rows[keep], cols[keep]]).ravel()
     for ours, ref in ((dc_o[0], dc_ref), (db_o[0], db_ref), (da_o[0][keep], ref_vals)):
@@ -172,3 +177,20 @@ def _same_pattern(A, t, da):
     dA = sp.csc_matrix(([lookup[(r, c)] for r, c in zip(coo.row, coo.col, strict=True)],
                         (coo.row, coo.col)), shape=A.shape)
     return dA
+
+
+@pytest.mark.parametrize("name", ["sparsemax", "qp", "polytope_projection", "psd_projection"])
+def test_quadratic_objective_form_matches_cone_form(name):
+    """SCS's P (the default) and the SOC reformulation give the same outputs and Jacobians."""
+    mod = problems.get(name)
+    prob, params, variables = mod.build(**mod.SIZES)
+    quad = Layer(*compile_template(prob, params, variables))
+    cone = Layer(*compile_template(prob, params, variables, quad_obj=False))
+    assert quad.template.quadratic and not cone.template.quadratic
+    inst = problems.instance(name, 1)
+    fq, fc = quad.forward(inst.params), cone.forward(inst.params)
+    for a, b in zip(fq.outputs, fc.outputs, strict=True):
+        assert np.abs(a - b).max() <= 1e-10
+    for ra, rb in zip(fq.jacobian(0), fc.jacobian(0), strict=True):
+        for a, b in zip(ra, rb, strict=True):
+            assert np.abs(a - b).max() <= 1e-9
