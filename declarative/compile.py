@@ -143,7 +143,7 @@ class ConeTemplate:
 
 
 def check_problem(problem: Any) -> None:
-    """Raise `ProblemError` unless ``problem`` is a DCP problem that follows DPP, naming the culprit."""
+    """Raise `ProblemError` unless ``problem`` is DCP and DPP, naming the culprit."""
     from cvxpy.utilities import scopes
     from cvxpy.utilities.debug_tools import build_non_disciplined_error_msg
 
@@ -166,7 +166,7 @@ def check_problem(problem: Any) -> None:
 
 
 def _check_members(problem: cp.Problem, parameters, variables) -> list:
-    """Validate the user's lists against the problem; return each variable's constraint (or None)."""
+    """Check the user's lists against the problem; return each variable's constraint (or None)."""
     if not isinstance(parameters, list | tuple) or not isinstance(variables, list | tuple):
         raise ProblemError("parameters and variables must be lists of cvxpy Parameters/Variables.")
     if len(variables) == 0:

@@ -38,8 +38,8 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from declarative.compile import ConeTemplate
-from declarative.solve import parallel_map
 from declarative.cones import ConeDims, DProjection, dproject, project
+from declarative.solve import parallel_map
 
 # Above this size of S (n + m) the sparse path is used.
 DENSE_MAX = 1200
@@ -161,7 +161,7 @@ class Linearization:
         self.S = []
         self.lu = []
         self.svd = {}
-        n, m = self.n, self.m
+        m = self.m
         for i in range(ops.a.shape[0]):
             A = ops.sparse(i)
             Di = self.D.sparse(i)

@@ -89,7 +89,7 @@ class Forward:
 
     @cached_property
     def _solution(self) -> ConeSolution | None:
-        """Linearization at the solved instances, built on first use (not on a forward-only call)."""
+        """Linearization at the solved instances, built on first use (never on forward only)."""
         idx = np.flatnonzero(self.ok)
         if idx.size == 0:
             return None
@@ -230,7 +230,11 @@ class Layer:
         scs_settings(args, tuple(OUR_OPTIONS))  # validates SCS keys
         return {**args, **ours}
 
-    def _options(self, solver_args: dict | None, on_failure: str | None):
+    def resolve_options(self, solver_args: dict | None, on_failure: str | None):
+        """Per-call options over the compile-time ones, validated.
+
+        Returns (SCS settings, our refinement options, on_failure).
+        """
         on_failure = self.on_failure if on_failure is None else on_failure
         args = {**self.solver_args, **(solver_args or {})}
         args = self.check_options(args, on_failure)
@@ -283,7 +287,7 @@ class Layer:
                 on_failure: str | None = None) -> Forward:
         """Solve every instance; outputs are (B, *shape) arrays (B = 1 when nothing is batched)."""
         t0 = time.perf_counter()
-        settings, ours, on_failure = self._options(solver_args, on_failure)
+        settings, ours, on_failure = self.resolve_options(solver_args, on_failure)
         theta, input_batched = self.batch(values)
         t = self.template
         B = theta.shape[0]

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from declarative.derivative import BatchOps, ConeSolution, Linearization, project_dual, residual
 from declarative.cones import dproject
+from declarative.derivative import BatchOps, ConeSolution, Linearization, project_dual, residual
 
 # Stop refining an instance once ‖F‖∞ ≤ tol · (1 + ‖c‖∞ + ‖b‖∞).
 REFINE_TOL = 1e-13
