@@ -27,6 +27,8 @@ from declarative.solve import Status, scs_settings, solve_batch
 OUR_OPTIONS = {"refine": True, "refine_tol": REFINE_TOL, "refine_max_iters": REFINE_MAX_ITERS}
 # A refined instance counts as solved when ‖F‖∞ ≤ ACCEPT_TOL · (1 + ‖c‖∞ + ‖b‖∞).
 ACCEPT_TOL = 1e-8
+# SCS tolerance of the retry for instances refinement could not certify.
+RETRY_EPS = 1e-9
 
 
 def vec(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -296,28 +298,22 @@ class Layer:
         if B == 0:
             return self.restore(values, np.zeros((0, t.n)), np.zeros((0, t.m)),
                                 np.zeros((0, t.m)), np.zeros(0, dtype=bool))
+        mats = [t.matrix(a[i]) for i in range(B)]
         Ps = [t.P_matrix(h[i], upper=True) for i in range(B)] if t.quadratic else None
-        res = solve_batch([t.matrix(a[i]) for i in range(B)], b, c, t.dims, settings, Ps)
         ops = BatchOps(t, a, h)
-        scs_status = list(res.status)
-        status = list(res.status)
-        candidate = np.array([s in (Status.SOLVED, Status.INACCURATE, Status.ITERATION_LIMIT)
-                              for s in status]) & np.all(np.isfinite(res.x), axis=1)
-        x, y, s = res.x, res.y, res.s
-        if ours["refine"] and B:
-            r = refine(ops, c, b, x, y, s, tol=ours["refine_tol"],
-                       max_iters=ours["refine_max_iters"])
-            keep = candidate & (r.residual_after <= r.residual_before)
-            x, y, s = (np.where(keep[:, None], new, old)
-                       for new, old in ((r.x, x), (r.y, y), (r.s, s)))
-            before, after, steps = r.residual_before, np.where(keep, r.residual_after,
-                                                                r.residual_before), r.steps
-            accurate = after <= ACCEPT_TOL * r.scale
-            for i in np.flatnonzero(candidate & accurate):
-                status[i] = Status.SOLVED
-        else:
-            before = after = np.full(B, np.nan)
-            steps = np.zeros(B, dtype=int)
+        att = self._attempt(np.arange(B), ops, c, b, mats, Ps, settings, ours)
+        scs_status = list(att.scs_status)
+        # Accurate by default: an instance refinement could not certify from SCS's loose
+        # solution is solved again at a tight tolerance, warm-started, and refined again.
+        tight = {**settings, "eps_abs": min(settings["eps_abs"], RETRY_EPS),
+                 "eps_rel": min(settings["eps_rel"], RETRY_EPS)}
+        retry = np.flatnonzero(att.retryable)
+        if ours["refine"] and retry.size and tight != settings:
+            again = self._attempt(retry, ops, c, b, mats, Ps, tight, ours,
+                                  warm=(att.scs_x[retry], att.scs_y[retry], att.scs_s[retry]))
+            att.merge(retry, again)
+        status, x, y, s = att.status, att.x, att.y, att.s
+        before, after, steps = att.residual_before, att.residual_after, att.steps
         ok = np.array([st is Status.SOLVED for st in status], dtype=bool)
         refined = _Solution(x, y, s)
         xy = np.concatenate([x, y], axis=1)
@@ -325,13 +321,49 @@ class Layer:
         out = np.asarray(xy @ t.recover.T) if B else np.zeros((0, t.recover.shape[0]))
         outputs = [unvec(out[:, lo : lo + sp_.size], sp_.shape)
                    for sp_, lo in zip(self.outputs, self._out_offsets, strict=True)]
-        info = SolveInfo(status=status, scs_status=scs_status, scs_iterations=res.iterations,
+        info = SolveInfo(status=status, scs_status=scs_status, scs_iterations=att.iterations,
                          residual_before=before, residual_after=after, refine_steps=steps,
-                         solve_seconds=res.seconds, total_seconds=time.perf_counter() - t0)
+                         solve_seconds=att.seconds, total_seconds=time.perf_counter() - t0)
         if on_failure == "raise" and not ok.all():
             raise SolverError({int(i): str(status[i]) for i in np.flatnonzero(~ok)}, B)
         return Forward(layer=self, outputs=outputs, batched=any(input_batched),
                        input_batched=input_batched, info=info, ok=ok, _ops=ops, _refined=refined)
+
+    def _attempt(self, idx: np.ndarray, ops: BatchOps, c: np.ndarray, b: np.ndarray,
+                 mats: list, Ps: list | None, settings: dict, ours: dict,
+                 warm: tuple | None = None) -> _Attempt:
+        """SCS, then refinement, on the instances ``idx``; certify by the residual."""
+        t = self.template
+        res = solve_batch([mats[i] for i in idx], b[idx], c[idx], t.dims, settings,
+                          None if Ps is None else [Ps[i] for i in idx], warm=warm)
+        status = list(res.status)
+        finite = np.all(np.isfinite(res.x), axis=1)
+        candidate = np.array([st in _REFINABLE for st in status], dtype=bool) & finite
+        x, y, s = res.x, res.y, res.s
+        k = len(idx)
+        if ours["refine"]:
+            r = refine(ops.take(idx), c[idx], b[idx], x, y, s, tol=ours["refine_tol"],
+                       max_iters=ours["refine_max_iters"])
+            keep = candidate & (r.residual_after <= r.residual_before)
+            x, y, s = (np.where(keep[:, None], new, old)
+                       for new, old in ((r.x, x), (r.y, y), (r.s, s)))
+            before = r.residual_before
+            after = np.where(keep, r.residual_after, r.residual_before)
+            certified = candidate & (after <= ACCEPT_TOL * r.scale)
+            for i in range(k):
+                if certified[i]:
+                    status[i] = Status.SOLVED
+                elif status[i] is Status.SOLVED:  # SCS's word is not enough: not certified
+                    status[i] = Status.INACCURATE
+            steps = r.steps
+        else:
+            before = after = np.full(k, np.nan)
+            certified = np.zeros(k, dtype=bool)
+            steps = np.zeros(k, dtype=int)
+        return _Attempt(status=status, scs_status=list(res.status), x=x, y=y, s=s,
+                        scs_x=res.x, scs_y=res.y, scs_s=res.s, residual_before=before,
+                        residual_after=after, steps=steps, iterations=res.iterations,
+                        seconds=res.seconds, retryable=candidate & ~certified)
 
     def restore(self, values: Sequence[Any], x: np.ndarray, y: np.ndarray, s: np.ndarray,
                 ok: np.ndarray) -> Forward:
@@ -391,6 +423,39 @@ def _check_values(spec: ParameterSpec, a: np.ndarray, bad: np.ndarray, what: str
         where = (f"at batch index [{describe_indices(np.flatnonzero(bad).tolist())}]"
                  if batched else "(unbatched value)")
         raise ParameterError(f"parameter {spec.name!r} has {what} {where}.")
+
+
+_REFINABLE = (Status.SOLVED, Status.INACCURATE, Status.ITERATION_LIMIT)
+
+
+@dataclass
+class _Attempt:
+    """Per-instance results of one SCS + refinement pass over (a subset of) the batch."""
+
+    status: list
+    scs_status: list
+    x: np.ndarray
+    y: np.ndarray
+    s: np.ndarray
+    scs_x: np.ndarray
+    scs_y: np.ndarray
+    scs_s: np.ndarray
+    residual_before: np.ndarray
+    residual_after: np.ndarray
+    steps: np.ndarray
+    iterations: np.ndarray
+    seconds: np.ndarray
+    retryable: np.ndarray
+
+    def merge(self, idx: np.ndarray, other: _Attempt) -> None:
+        """Take ``other``'s results (a retry of instances ``idx``); costs add up."""
+        for j, i in enumerate(idx):
+            self.status[i] = other.status[j]
+        for name in ("x", "y", "s", "residual_after"):
+            getattr(self, name)[idx] = getattr(other, name)
+        self.steps[idx] += other.steps
+        self.iterations[idx] += other.iterations
+        self.seconds[idx] += other.seconds
 
 
 @dataclass

@@ -56,7 +56,7 @@ SCS_SETTINGS = frozenset({
 
 # Our defaults: SCS only has to land in the basin of Newton refinement, which then
 # takes the solution to machine precision (see refine.py).
-SCS_DEFAULTS = {"eps_abs": 1e-9, "eps_rel": 1e-9, "max_iters": 100_000, "verbose": False}
+SCS_DEFAULTS = {"eps_abs": 1e-6, "eps_rel": 1e-6, "max_iters": 100_000, "verbose": False}
 
 
 @dataclass
@@ -123,11 +123,15 @@ def scs_settings(solver_args: dict, ours: tuple[str, ...] = ()) -> dict:
     return {**SCS_DEFAULTS, **solver_args}
 
 
-def _solve_one(A, b, c, cone: dict, settings: dict, P=None):
+def _solve_one(A, b, c, cone: dict, settings: dict, P=None, warm=None):
     t0 = time.perf_counter()
     data = {"A": A, "b": b, "c": c} if P is None else {"P": P, "A": A, "b": b, "c": c}
     try:
-        sol = scs.SCS(data, cone, **settings).solve()
+        solver = scs.SCS(data, cone, **settings)
+        if warm is not None and all(np.all(np.isfinite(w)) for w in warm):
+            sol = solver.solve(warm_start=True, x=warm[0], y=warm[1], s=warm[2])
+        else:
+            sol = solver.solve()
     except Exception:  # noqa: BLE001 - one broken instance must not lose the batch
         return None, Status.FAILED, 0, time.perf_counter() - t0
     info = sol["info"]
@@ -138,10 +142,12 @@ def _solve_one(A, b, c, cone: dict, settings: dict, P=None):
 
 
 def solve_batch(matrices: list, b: np.ndarray, c: np.ndarray, dims: ConeDims,
-                settings: dict, quadratic: list | None = None) -> SolveResult:
+                settings: dict, quadratic: list | None = None,
+                warm: tuple | None = None) -> SolveResult:
     """Solve min ½xᵀPx + cᵀx s.t. Ax + s = b, s ∈ K for every instance with SCS.
 
-    ``quadratic`` holds each instance's P (upper triangle, CSC), or is None for P = 0.
+    ``quadratic`` holds each instance's P (upper triangle, CSC), or is None for P = 0;
+    ``warm`` optional starting points (x, y, s), each (B, ·).
     """
     B, m = b.shape
     n = c.shape[1]
@@ -149,8 +155,10 @@ def solve_batch(matrices: list, b: np.ndarray, c: np.ndarray, dims: ConeDims,
     if m == 0:  # unconstrained: SCS needs a cone, so give it one trivial row 0 = 0
         matrices = [sp.csc_matrix((1, n))] * B
         b, cone = np.zeros((B, 1)), {"z": 1}
+        warm = None if warm is None else (warm[0], np.zeros((B, 1)), np.zeros((B, 1)))
     jobs = [(matrices[i], b[i], c[i], cone, settings,
-             None if quadratic is None else quadratic[i]) for i in range(B)]
+             None if quadratic is None else quadratic[i],
+             None if warm is None else (warm[0][i], warm[1][i], warm[2][i])) for i in range(B)]
     results = parallel_map(lambda j: _solve_one(*j), jobs)
     x = np.full((B, n), np.nan)
     y = np.full((B, m), np.nan)

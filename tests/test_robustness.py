@@ -149,3 +149,30 @@ def test_return_info_diagnostics():
     assert (info.residual_after <= info.residual_before).all()
     assert set(info.as_dict()) >= {"status", "scs_iterations", "residual_before",
                                    "residual_after", "refine_steps", "solve_seconds"}
+
+
+def test_uncertified_instances_are_retried_at_a_tight_tolerance():
+    """No Newton steps allowed: SCS's loose solution cannot be certified, so the instance is
+    solved again at a tight tolerance (warm-started) and then certified."""
+    layer, _, sizes = zoo_layer("sparsemax")
+    inst = problems.instance("sparsemax", 0, **sizes)
+    loose = {"eps_abs": 1e-3, "eps_rel": 1e-3}
+    plain = layer.forward(inst.params, solver_args={**loose, "refine": False})
+    assert plain.info.status[0] == "solved"  # SCS's own status, refinement off
+    fwd = layer.forward(inst.params, solver_args={**loose, "refine_max_iters": 0})
+    assert str(fwd.info.status[0]) == "solved"
+    assert fwd.info.scs_iterations[0] > plain.info.scs_iterations[0]  # the retry ran
+    assert fwd.info.residual_after[0] <= 1e-8
+    assert max_abs(fwd.outputs[0][0], inst.solution[0]) <= 1e-6
+
+
+def test_scs_saying_solved_is_not_enough():
+    """Loose SCS, no refinement steps, and a retry that cannot converge: never 'solved'."""
+    layer, _, sizes = zoo_layer("sparsemax")
+    inst = problems.instance("sparsemax", 0, **sizes)
+    args = {"refine_max_iters": 0, "eps_abs": 1e-3, "eps_rel": 1e-3, "max_iters": 30}
+    fwd = layer.forward(inst.params, solver_args=args, on_failure="nan")
+    assert str(fwd.info.status[0]) in ("inaccurate", "iteration_limit")
+    assert np.isnan(fwd.outputs[0]).all()
+    with pytest.raises(SolverError, match="0: (inaccurate|iteration_limit)"):
+        layer.forward(inst.params, solver_args=args)
