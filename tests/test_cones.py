@@ -1,0 +1,526 @@
+"""Tests of `declarative.cones`: projections onto cones and their derivatives.
+
+Oracles: diffcp (`diffcp.cones.pi`, `diffcp._diffcp.dprojection`) for every cone kind, a
+high-precision mpmath implementation of Friberg's exponential-cone projection (diffcp's own
+exponential-cone projection is accurate to only ~1e-9..1e-6, so it cannot check the last digits),
+and central finite differences.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from declarative.cones import ConeDims, DProjection, dproject, project
+
+diffcp_cones = pytest.importorskip("diffcp.cones")
+_diffcp = pytest.importorskip("diffcp._diffcp")
+mp = pytest.importorskip("mpmath")
+
+# ----------------------------------------------------------------------------------------------
+# Cone collections and random points
+# ----------------------------------------------------------------------------------------------
+DIMS = {
+    "zero": ConeDims(zero=4),
+    "nonneg": ConeDims(nonneg=7),
+    "soc": ConeDims(soc=(3, 1, 5, 3, 2)),
+    "psd": ConeDims(psd=(3, 1, 2, 4, 3)),
+    "exp": ConeDims(exp=12),
+    "exp_dual": ConeDims(exp_dual=12),
+    "mixed": ConeDims(zero=2, nonneg=3, soc=(3, 4, 1), psd=(2, 3), exp=6, exp_dual=6),
+}
+SEED = {name: i for i, name in enumerate(DIMS)}
+
+
+def _exp_points(rng: np.random.Generator, n: int, near: bool = True) -> np.ndarray:
+    """(n, 3) points (r, s, t) covering Friberg's four cases, and (if ``near``) points just
+    outside the boundaries of K_exp and of its polar (relative distance ~1e-7)."""
+    k = max(n // 6, 1)
+
+    def k_boundary():  # (r, s, s e^{r/s}) on the boundary of K_exp
+        r, s = rng.standard_normal(k), rng.exponential(size=k) + 0.5
+        return np.stack([r, s, s * np.exp(r / s)], 1)
+
+    def polar_boundary():  # (r, s, −r e^{s/r − 1}) on the boundary of the polar
+        r, s = rng.exponential(size=k) + 0.5, rng.standard_normal(k)
+        return np.stack([r, s, -r * np.exp(s / r - 1)], 1)
+
+    up = 1 + rng.uniform(0.1, 2.0, k)
+    inside = k_boundary() * np.stack([np.ones(k), np.ones(k), up], 1)  # case 1
+    polar = polar_boundary() * np.stack([np.ones(k), np.ones(k), up], 1)  # case 2
+    case3 = np.stack([-rng.exponential(size=k) - 0.1, -rng.exponential(size=k) - 0.1,
+                      rng.standard_normal(k)], 1)
+    # case 4: general position, and just outside either boundary (ill-conditioned)
+    g = rng.standard_normal((n - 5 * k, 3)) * np.exp(rng.uniform(-1, 1, (n - 5 * k, 1)))
+    down = 1 - (np.full(k, 1e-7) if near else rng.uniform(0.2, 0.8, k))
+    near_k = k_boundary() * np.stack([np.ones(k), np.ones(k), down], 1)
+    near_p = polar_boundary() * np.stack([np.ones(k), np.ones(k), down], 1)
+    return rng.permutation(np.concatenate([inside, polar, case3, g, near_k, near_p]))
+
+
+def _soc_points(rng: np.random.Generator, B: int, k: int) -> np.ndarray:
+    x = rng.standard_normal((B, k - 1))
+    c = rng.choice([-2.0, -0.5, 0.5, 2.0], size=B)  # polar, general, general, inside
+    t = c * np.linalg.norm(x, axis=1) if k > 1 else c
+    return np.concatenate([t[:, None], x], axis=1)
+
+
+def _psd_points(rng: np.random.Generator, B: int, k: int) -> np.ndarray:
+    Q = np.linalg.qr(rng.standard_normal((B, k, k)))[0]
+    lam = rng.standard_normal((B, k)) + rng.choice([-2.0, 0.0, 2.0], size=(B, 1))
+    X = (Q * lam[:, None, :]) @ np.swapaxes(Q, 1, 2)
+    rows, cols = np.triu_indices(k)
+    scale = np.where(rows == cols, 1.0, np.sqrt(2.0))
+    return X[:, cols, rows] * scale
+
+
+def random_points(dims: ConeDims, B: int, seed: int = 0, near: bool = True) -> np.ndarray:
+    """(B, m) points with every cone block drawn inside, in the polar, or in general position
+    (exponential cones: also near the boundaries, unless ``near`` is False)."""
+    rng = np.random.default_rng(seed)
+    parts = [rng.standard_normal((B, dims.zero)), rng.standard_normal((B, dims.nonneg))]
+    parts += [_soc_points(rng, B, k) for k in dims.soc]
+    parts += [_psd_points(rng, B, k) for k in dims.psd]
+    n3 = dims.exp + dims.exp_dual
+    if n3:
+        parts.append(_exp_points(rng, B * n3, near).reshape(B, 3 * n3))
+    return np.concatenate(parts, axis=1)
+
+
+def exp_mask(dims: ConeDims) -> np.ndarray:
+    """Boolean (m,) mask of the coordinates of exponential cones (primal and dual)."""
+    n3 = 3 * (dims.exp + dims.exp_dual)
+    mask = np.zeros(dims.size, dtype=bool)
+    mask[dims.size - n3:] = True
+    return mask
+
+
+# ----------------------------------------------------------------------------------------------
+# Oracles
+# ----------------------------------------------------------------------------------------------
+def diffcp_pi(V: np.ndarray, dims: ConeDims, dual: bool) -> np.ndarray:
+    cones = diffcp_cones.parse_cone_dict(dims.scs())
+    return np.stack([diffcp_cones.pi(v, cones, dual=dual) for v in V])
+
+
+def diffcp_dpi(V: np.ndarray, dims: ConeDims, dual: bool) -> np.ndarray:
+    """diffcp's DΠ as dense matrices, by applying its linear operator to the basis vectors."""
+    cones = diffcp_cones.parse_cone_dict_cpp(diffcp_cones.parse_cone_dict(dims.scs()))
+    eye = np.eye(dims.size)
+    out = []
+    for v in V:
+        op = _diffcp.dprojection(v, cones, dual)
+        out.append(np.stack([op.matvec(e) for e in eye], axis=1))
+    return np.stack(out)
+
+
+def _mp_proj_exp(r0, s0, t0):
+    """Friberg's projection onto K_exp in mpmath arithmetic (the caller sets the precision).
+
+    Cases 1-3 in closed form; case 4 by bisection on h(ρ) over the bracket where s(ρ), m(ρ) > 0,
+    re-solved in δ = ρ − (1 − s0/r0) on a log scale when ρ is that close to the bracket end
+    (there s(ρ) = δ r0 / q would lose all its digits to cancellation).
+    """
+    if (s0 > 0 and s0 * mp.exp(r0 / s0) <= t0) or (s0 == 0 and r0 <= 0 and t0 >= 0):
+        return r0, s0, t0
+    if (r0 > 0 and r0 * mp.exp(s0 / r0 - 1) <= -t0) or (r0 == 0 and s0 <= 0 and t0 <= 0):
+        return mp.mpf(0), mp.mpf(0), mp.mpf(0)
+    if r0 <= 0 and s0 <= 0:
+        return r0, mp.mpf(0), max(t0, mp.mpf(0))
+
+    def hd(rho, L, M):
+        return L * mp.exp(rho) - M * mp.exp(-rho) - (rho * (rho - 1) + 1) * t0
+
+    def h(rho):
+        return hd(rho, (rho - 1) * r0 + s0, r0 - rho * s0)
+
+    lo = 1 - s0 / r0 if r0 > 0 else None
+    hi = r0 / s0 if s0 > 0 else None
+    a, b, step = lo, hi, mp.mpf(1)
+    while a is None:
+        c = b - step
+        a, b, step = (c, b, step) if h(c) < 0 else (None, c, 2 * step)
+    while b is None:
+        c = a + step
+        a, b, step = (a, c, step) if h(c) > 0 else (c, None, 2 * step)
+    tol = mp.mpf(10) ** (-mp.mp.dps + 5)
+    while b - a > tol * max(1, abs(a), abs(b)):
+        mid = (a + b) / 2
+        a, b = (mid, b) if h(mid) < 0 else (a, mid)
+    rho = (a + b) / 2
+    L = (rho - 1) * r0 + s0
+    if lo is not None and rho - lo < 1e-8 * max(1, abs(rho)):
+        def f(u):
+            d = mp.exp(u)
+            return hd(lo + d, d * r0, r0 - (lo + d) * s0)
+
+        ua, ub = -2 * abs(rho) - 2000, mp.log(1e-7 * max(1, abs(rho)))
+        while ub - ua > tol * max(1, abs(ua)):
+            mid = (ua + ub) / 2
+            ua, ub = (mid, ub) if f(mid) < 0 else (ua, mid)
+        d = mp.exp((ua + ub) / 2)
+        rho, L = lo + d, d * r0
+    s = L / (rho * (rho - 1) + 1)
+    return s * rho, s, s * mp.exp(rho)
+
+
+def mp_proj_exp(v: np.ndarray) -> np.ndarray:
+    with mp.workdps(50):
+        return np.array([float(x) for x in _mp_proj_exp(*(mp.mpf(float(c)) for c in v))])
+
+
+def mp_dproj_exp(v: np.ndarray) -> np.ndarray:
+    """DΠ_{K_exp}(v) by central differences in 50-digit arithmetic (step 1e-18 |v|)."""
+    with mp.workdps(50):
+        x = [mp.mpf(float(c)) for c in v]
+        h = mp.mpf(1e-18) * max(1, max(abs(c) for c in x))
+        D = np.empty((3, 3))
+        for j in range(3):
+            xp, xm = list(x), list(x)
+            xp[j] += h
+            xm[j] -= h
+            P, M = _mp_proj_exp(*xp), _mp_proj_exp(*xm)
+            D[:, j] = [float((p - m) / (2 * h)) for p, m in zip(P, M, strict=True)]
+        return D
+
+
+def exp_case(V: np.ndarray) -> np.ndarray:
+    """Friberg's case (1-4) of each row (r, s, t) of V."""
+    r, s, t = V.T
+    with np.errstate(all="ignore"):
+        in_k = (s > 0) & (s * np.exp(r / s) <= t)
+        in_p = (r > 0) & (r * np.exp(s / r - 1) <= -t)
+    c3 = (r <= 0) & (s <= 0)
+    return np.select([in_k, in_p, c3], [1, 2, 3], 4)
+
+
+def fd_jacobian(V: np.ndarray, dims: ConeDims, dual: bool, h: float = 1e-6) -> np.ndarray:
+    B, m = V.shape
+    J = np.empty((B, m, m))
+    for j in range(m):
+        E = np.zeros(m)
+        E[j] = h
+        J[:, :, j] = (project(V + E, dims, dual) - project(V - E, dims, dual)) / (2 * h)
+    return J
+
+
+def block_diag_mask(dims: ConeDims) -> np.ndarray:
+    """(m, m) True inside the diagonal cone blocks."""
+    sizes = [1] * (dims.zero + dims.nonneg) + list(dims.soc)
+    sizes += [k * (k + 1) // 2 for k in dims.psd] + [3] * (dims.exp + dims.exp_dual)
+    mask = np.zeros((dims.size, dims.size), dtype=bool)
+    off = 0
+    for k in sizes:
+        mask[off:off + k, off:off + k] = True
+        off += k
+    return mask
+
+
+# ----------------------------------------------------------------------------------------------
+# ConeDims
+# ----------------------------------------------------------------------------------------------
+def test_conedims_size_scs_kinds():
+    d = ConeDims(zero=2, nonneg=3, soc=(3, 4), psd=(2, 3), exp=2, exp_dual=1, power=(0.3,))
+    assert d.size == 2 + 3 + 7 + (3 + 6) + 6 + 3 + 3
+    assert d.scs() == {"z": 2, "l": 3, "q": [3, 4], "s": [2, 3], "ep": 2, "ed": 1, "p": [0.3]}
+    assert d.kinds() == ("zero", "nonneg", "soc", "psd", "exp", "exp_dual", "power")
+    e = ConeDims(nonneg=5, psd=[4])
+    assert e.scs() == {"l": 5, "s": [4]} and e.size == 15 and e.kinds() == ("nonneg", "psd")
+    assert e.psd == (4,) and hash(e) == hash(ConeDims(nonneg=5, psd=(4,)))
+    assert ConeDims().size == 0 and ConeDims().scs() == {} and ConeDims().kinds() == ()
+    assert ConeDims.from_scs(d.scs()) == d
+    assert ConeDims.from_scs({"f": 2, "l": 1}) == ConeDims(zero=2, nonneg=1)
+    for bad in (dict(nonneg=-1), dict(soc=(0,)), dict(psd=(2.5,)), dict(power=(1.5,))):
+        with pytest.raises(ValueError):
+            ConeDims(**bad)
+
+
+def test_layout_matches_diffcp_on_every_dims():
+    for dims in DIMS.values():
+        assert diffcp_pi(np.zeros((1, dims.size)), dims, False).shape == (1, dims.size)
+
+
+# ----------------------------------------------------------------------------------------------
+# Projection: against diffcp and, for exponential cones, against mpmath
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dual", [False, True])
+@pytest.mark.parametrize("name", list(DIMS))
+def test_project_matches_diffcp(name, dual):
+    dims = DIMS[name]
+    V = random_points(dims, 24, seed=SEED[name])
+    P, R = project(V, dims, dual), diffcp_pi(V, dims, dual)
+    ex = exp_mask(dims)
+    # exact kinds: 1e-10 (observed ~1e-15)
+    np.testing.assert_allclose(P[:, ~ex], R[:, ~ex], rtol=0, atol=1e-10)
+    if ex.any():
+        # diffcp's exponential-cone projection is only accurate to ~1e-9..1e-6 (its own error,
+        # measured against mpmath, below); agree with it up to that error, and to 1e-10 in
+        # Friberg's closed-form cases 1-3.
+        Vx = V[:, ex].reshape(-1, 3)
+        Px, Rx = P[:, ex].reshape(-1, 3), R[:, ex].reshape(-1, 3)
+        flip = np.tile(np.repeat([dual, not dual], [dims.exp, dims.exp_dual]), V.shape[0])
+        W = np.where(flip[:, None], -Vx, Vx)  # dual cones: Π_{K*}(v) = v + Π_K(−v)
+        M = np.stack([mp_proj_exp(w) for w in W])
+        M = np.where(flip[:, None], Vx + M, M)
+        dc_err = np.abs(Rx - M).max(axis=1)
+        my_err = np.abs(Px - M).max(axis=1)
+        gap = np.abs(Px - Rx).max(axis=1)
+        assert np.all(gap <= 1e-10 + 1.01 * dc_err), gap.max()
+        assert np.all(gap <= 1e-5 * np.maximum(1, np.abs(Vx).max(axis=1)))
+        assert np.all(my_err <= 1e-13 * np.maximum(1, np.abs(Vx).max(axis=1)))
+        trivial = exp_case(W) < 4
+        assert np.all(gap[trivial] <= 1e-10)
+
+
+def test_exp_project_matches_mpmath_over_wide_range():
+    """Friberg's test domain (±e^k, k = -20..21, and 0, in every coordinate), subsampled, plus
+    the four cases and both boundaries: relative error ≲ 1e-15 in the projection onto K_exp and
+    onto its polar (through dual=True: Π_{K*}(v) = −Π_{K°}(−v))."""
+    rng = np.random.default_rng(7)
+    dom = np.concatenate([-np.exp(np.arange(-20.0, 22.0)), [0.0], np.exp(np.arange(-20.0, 22.0))])
+    V = np.concatenate([rng.choice(dom, (300, 3)), _exp_points(rng, 120)])
+    dims = ConeDims(exp=len(V))
+    P = project(V.ravel(), dims).reshape(-1, 3)
+    Pd = project(-V.ravel(), dims, dual=True).reshape(-1, 3)  # = −Π_{K°}(v) = Π_K(v) − v
+    M = np.stack([mp_proj_exp(v) for v in V])
+    nv = np.linalg.norm(V, axis=1)
+    assert np.all(np.abs(P - M).max(axis=1) <= 1e-14 * nv)  # observed ~7e-16
+    assert np.all(np.abs((V + Pd) - M).max(axis=1) <= 1e-13 * nv)  # observed ~7e-15
+    assert set(exp_case(V)) == {1, 2, 3, 4}
+
+
+def test_exp_kkt_on_friberg_grid():
+    """Friberg's grid (±e^k and 0 in every coordinate; k = -20..21 in steps of 2 here): Moreau
+    decomposition, orthogonality and feasibility to ~1e-14 relative."""
+    k = np.arange(-20.0, 22.0, 2)
+    dom = np.concatenate([-np.exp(k), [0.0], np.exp(k + 1)])
+    V = np.stack(np.meshgrid(dom, dom, dom, indexing="ij"), -1).reshape(-1, 3)
+    dims = ConeDims(exp=len(V))
+    P = project(V.ravel(), dims).reshape(-1, 3)
+    Q = project(-V.ravel(), dims, dual=True).reshape(-1, 3)  # Π_{K*}(−v) = −Π_{K°}(v)
+    nv = np.linalg.norm(V, axis=1) + 1e-300
+    assert np.all(np.isfinite(P)) and np.all(np.isfinite(Q))
+    assert np.all(np.linalg.norm(P - Q - V, axis=1) <= 1e-13 * nv)
+    assert np.all(np.abs(np.sum(P * Q, axis=1)) <= 1e-14 * nv**2)
+    # P in K_exp: s, t >= 0 and s e^{r/s} <= t; upper bounds on the distance to K_exp are
+    # s e^{r/s} − t (raise t) and r − s log(t/s) (lower r); r itself where s = 0
+    r, s, t = P.T
+    assert np.all(s >= 0) and np.all(t >= 0)
+    with np.errstate(all="ignore"):
+        gap = np.minimum(s * np.exp(r / s) - t, np.where(t > 0, r - s * np.log(t / s), np.inf))
+    viol = np.where(s > 0, gap, r)
+    assert np.all(viol <= 1e-13 * nv)
+
+
+# ----------------------------------------------------------------------------------------------
+# Derivative: against diffcp, finite differences, mpmath
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dual", [False, True])
+@pytest.mark.parametrize("name", list(DIMS))
+def test_dproject_matches_diffcp(name, dual):
+    dims = DIMS[name]
+    V = random_points(dims, 8, seed=10 + SEED[name], near=False)
+    D, R = dproject(V, dims, dual).dense(), diffcp_dpi(V, dims, dual)
+    ex = exp_mask(dims)
+    np.testing.assert_allclose(D[:, ~ex][:, :, ~ex], R[:, ~ex][:, :, ~ex], rtol=0, atol=1e-8)
+    assert np.all(D[:, ~ex][:, :, ex] == 0) and np.all(D[:, ex][:, :, ~ex] == 0)
+    if ex.any():
+        # diffcp differentiates at its own (inexact) exponential-cone projection: exact in cases
+        # 1-3, ~1e-6 in case 4 (and wrong where its projection lands on s = 0 exactly; those
+        # are excluded here, our derivative is checked against mpmath below).
+        n3 = dims.exp + dims.exp_dual
+        Dx = D[:, ex][:, :, ex].reshape(-1, n3, 3, n3, 3)
+        Rx = R[:, ex][:, :, ex].reshape(-1, n3, 3, n3, 3)
+        Dx = np.stack([Dx[:, i, :, i, :] for i in range(n3)], 1).reshape(-1, 3, 3)
+        Rx = np.stack([Rx[:, i, :, i, :] for i in range(n3)], 1).reshape(-1, 3, 3)
+        Vx = V[:, ex].reshape(-1, 3)
+        flip = np.tile(np.repeat([dual, not dual], [dims.exp, dims.exp_dual]), V.shape[0])
+        W = np.where(flip[:, None], -Vx, Vx)
+        case = exp_case(W)
+        Pdc = np.stack([_diffcp.project_exp_cone(w) for w in W])
+        gap = np.abs(Dx - Rx).max(axis=(1, 2))
+        assert np.all(gap[case < 4] <= 1e-8)
+        ok = (case == 4) & (Pdc[:, 1] > 0)
+        assert np.all(gap[ok] <= 1e-5), gap[ok].max()
+
+
+@pytest.mark.parametrize("dual", [False, True])
+@pytest.mark.parametrize("name", list(DIMS))
+def test_dproject_matches_finite_differences(name, dual):
+    dims = DIMS[name]
+    V = random_points(dims, 6, seed=20 + SEED[name], near=False)  # steps of 1e-6 stay put
+    D = dproject(V, dims, dual).dense()
+    J = fd_jacobian(V, dims, dual)
+    np.testing.assert_allclose(D, J, rtol=0, atol=1e-6)
+
+
+def test_exp_dproject_matches_mpmath():
+    """Exponential-cone derivative against 50-digit central differences of the mpmath projection,
+    in all four cases (away from the kinks) and over a range of scales."""
+    rng = np.random.default_rng(11)
+    V = _exp_points(rng, 36)
+    V *= np.exp(rng.uniform(-5, 5, (len(V), 1)))
+    D = dproject(V.ravel()[None], ConeDims(exp=len(V))).dense()[0]
+    Dx = np.stack([D[3 * i:3 * i + 3, 3 * i:3 * i + 3] for i in range(len(V))])
+    M = np.stack([mp_dproj_exp(v) for v in V])
+    err = np.abs(Dx - M).max(axis=(1, 2))
+    assert np.all(err <= 1e-12), err.max()  # observed ~5e-16
+    assert set(exp_case(V)) == {1, 2, 3, 4}
+
+
+# ----------------------------------------------------------------------------------------------
+# Properties
+# ----------------------------------------------------------------------------------------------
+ALL = DIMS["mixed"]
+
+
+@pytest.mark.parametrize("dual", [False, True])
+def test_idempotent_moreau_orthogonal(dual):
+    V = random_points(ALL, 20, seed=5)
+    P = project(V, ALL, dual)
+    np.testing.assert_allclose(project(P, ALL, dual), P, rtol=0, atol=1e-12)
+    # Moreau: v = Π_K(v) − Π_{K*}(−v), the two parts orthogonal (and K** = K)
+    Q = project(-V, ALL, not dual)
+    np.testing.assert_allclose(P - Q, V, rtol=0, atol=1e-12)
+    assert np.abs(np.sum(P * Q, axis=1)).max() <= 1e-12
+
+
+@pytest.mark.parametrize("dual", [False, True])
+def test_dense_symmetric_matvec_and_moreau_derivative(dual):
+    V = random_points(ALL, 10, seed=6)
+    Dop = dproject(V, ALL, dual)
+    assert isinstance(Dop, DProjection) and Dop.shape == (10, ALL.size, ALL.size)
+    D = Dop.dense()
+    assert D.shape == (10, ALL.size, ALL.size)
+    np.testing.assert_allclose(D, np.swapaxes(D, 1, 2), rtol=0, atol=1e-13)
+    assert np.all(D[:, ~block_diag_mask(ALL)] == 0)
+    lam = np.linalg.eigvalsh(D)  # derivative of a projection onto a convex set: 0 ⪯ D ⪯ I
+    assert lam.min() >= -1e-12 and lam.max() <= 1 + 1e-12
+    rng = np.random.default_rng(0)
+    dv = rng.standard_normal((10, ALL.size))
+    np.testing.assert_allclose(Dop.matvec(dv), np.einsum("bij,bj->bi", D, dv), atol=1e-13)
+    dvk = rng.standard_normal((10, ALL.size, 4))
+    np.testing.assert_allclose(Dop.matvec(dvk), D @ dvk, atol=1e-13)
+    np.testing.assert_allclose(Dop.rmatvec(dvk), D @ dvk, atol=1e-13)
+    for i in (0, 9):
+        np.testing.assert_allclose(Dop.sparse(i).toarray(), D[i], rtol=0, atol=0)
+    # Π_{K*}(v) = v + Π_K(−v)  ⇒  DΠ_{K*}(v) = I − DΠ_K(−v)
+    np.testing.assert_allclose(dproject(-V, ALL, not dual).dense(), np.eye(ALL.size) - D,
+                               rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dual", [False, True])
+def test_batched_equals_looped_and_unbatched_shapes(dual):
+    V = random_points(ALL, 7, seed=8)
+    P, Dop = project(V, ALL, dual), dproject(V, ALL, dual)
+    D = Dop.dense()
+    dv = np.random.default_rng(1).standard_normal((7, ALL.size, 2))
+    for i in range(7):
+        Pi = project(V[i], ALL, dual)
+        assert Pi.shape == (ALL.size,)
+        np.testing.assert_allclose(Pi, P[i], rtol=0, atol=1e-14)
+        Di = dproject(V[i], ALL, dual)
+        assert Di.dense().shape == (ALL.size, ALL.size) and Di.shape == (ALL.size, ALL.size)
+        np.testing.assert_allclose(Di.dense(), D[i], rtol=0, atol=1e-14)
+        np.testing.assert_allclose(Di.matvec(dv[i]), D[i] @ dv[i], atol=1e-13)
+        np.testing.assert_allclose(Di.matvec(dv[i, :, 0]), D[i] @ dv[i, :, 0], atol=1e-13)
+
+
+def test_per_kind_formulas_and_kink_conventions():
+    # zero cone: Π = 0, dual (free) Π = v
+    v = np.array([[1.0, -2.0]])
+    d = ConeDims(zero=2)
+    assert np.all(project(v, d) == 0) and np.all(project(v, d, dual=True) == v)
+    assert np.all(dproject(v, d).dense() == 0)
+    assert np.all(dproject(v, d, True).dense() == np.eye(2))
+    # nonneg: d max(x, 0)/dx = 1 at x = 0 (boundary counted in the cone)
+    d = ConeDims(nonneg=3)
+    np.testing.assert_array_equal(dproject(np.array([[-1.0, 0.0, 2.0]]), d).dense()[0],
+                                  np.diag([0.0, 1.0, 1.0]))
+    # SOC: ||x|| = t → I, ||x|| = −t ≠ 0 → 0, apex → I; closed form in between
+    d = ConeDims(soc=(3,))
+    assert np.all(dproject(np.array([[5.0, 3.0, 4.0]]), d).dense()[0] == np.eye(3))
+    assert np.all(dproject(np.array([[-5.0, 3.0, 4.0]]), d).dense()[0] == 0)
+    assert np.all(dproject(np.zeros((1, 3)), d).dense()[0] == np.eye(3))
+    np.testing.assert_allclose(project(np.array([1.0, 3.0, 4.0]), d), [3.0, 1.8, 2.4])
+    # PSD: diag(2, −1) → diag(2, 0); Γ = [[1, 2/3], [2/3, 0]] in svec coordinates (x11, √2 x21,
+    # x22): D = diag(1, 2/3, 0); a zero eigenvalue counts as nonnegative
+    d = ConeDims(psd=(2,))
+    np.testing.assert_allclose(project(np.array([2.0, 0.0, -1.0]), d), [2.0, 0.0, 0.0])
+    np.testing.assert_allclose(dproject(np.array([2.0, 0.0, -1.0]), d).dense(),
+                               np.diag([1.0, 2.0 / 3.0, 0.0]), atol=1e-15)
+    np.testing.assert_allclose(dproject(np.array([2.0, 0.0, 0.0]), d).dense(), np.eye(3),
+                               atol=1e-15)
+    # exp: interior of K → I, interior of the polar → 0, case 3 → diag(1, 0, [t >= 0])
+    d = ConeDims(exp=4)
+    v = np.array([0.0, 1.0, 2.0, 1.0, 0.0, -1.0, -1.0, -1.0, 1.0, -1.0, -1.0, -1.0])
+    np.testing.assert_allclose(project(v, d), [0, 1, 2, 0, 0, 0, -1, 0, 1, -1, 0, 0])
+    D = dproject(v, d).dense()
+    blocks = [D[3 * i:3 * i + 3, 3 * i:3 * i + 3] for i in range(4)]
+    np.testing.assert_array_equal(blocks[0], np.eye(3))
+    np.testing.assert_array_equal(blocks[1], np.zeros((3, 3)))
+    np.testing.assert_array_equal(blocks[2], np.diag([1.0, 0.0, 1.0]))
+    np.testing.assert_array_equal(blocks[3], np.diag([1.0, 0.0, 0.0]))
+
+
+def test_exp_scale_invariance_and_nonfinite():
+    rng = np.random.default_rng(4)
+    V = _exp_points(rng, 60)
+    d = ConeDims(exp=len(V))
+    P = project(V.ravel(), d)
+    for c in (1e-150, 1e150):
+        np.testing.assert_allclose(project(c * V.ravel(), d) / c, P, rtol=1e-14, atol=1e-14)
+        np.testing.assert_allclose(dproject(c * V.ravel(), d).dense(), dproject(V.ravel(), d)
+                                   .dense(), rtol=0, atol=1e-12)
+
+
+def test_exp_extreme_magnitudes():
+    """Coordinates of magnitude 1e-300..1e300 and exact zeros: finite results, Moreau
+    decomposition and orthogonality to ~1e-14 relative, 0 ⪯ DΠ ⪯ I (no overflow, no hang)."""
+    rng = np.random.default_rng(12)
+    V = rng.choice([-1.0, 1.0], (20000, 3)) * 10.0 ** rng.uniform(-300, 300, (20000, 3))
+    V[rng.random(V.shape) < 0.05] = 0.0
+    d = ConeDims(exp=len(V))
+    P = project(V.ravel(), d).reshape(-1, 3)
+    Q = project(-V.ravel(), d, dual=True).reshape(-1, 3)  # Π_{K*}(−v) = −Π_{K°}(v)
+    D = dproject(V.ravel()[None], d)._exp[0]  # the (n, 3, 3) blocks
+    assert np.all(np.isfinite(P)) and np.all(np.isfinite(Q)) and np.all(np.isfinite(D))
+    sc = np.abs(V).max(axis=1, keepdims=True)
+    keep = sc[:, 0] > 0
+    Vs, Ps, Qs = V[keep] / sc[keep], P[keep] / sc[keep], Q[keep] / sc[keep]
+    nv = np.linalg.norm(Vs, axis=1)
+    assert np.all(np.linalg.norm(Ps - Qs - Vs, axis=1) <= 1e-13 * nv)
+    assert np.all(np.abs(np.sum(Ps * Qs, axis=1)) <= 1e-13 * nv**2)
+    lam = np.linalg.eigvalsh(D)
+    assert lam.min() >= -1e-12 and lam.max() <= 1 + 1e-12
+
+
+def test_nonfinite_inputs_give_nan_locally():
+    d = DIMS["mixed"]
+    V = random_points(d, 3, seed=13)
+    V[1, :] = np.nan
+    V[2, 2] = np.inf  # a nonneg entry
+    V[2, d.size - 2] = np.nan  # inside the last exponential cone
+    for dual in (False, True):
+        P, D = project(V, d, dual), dproject(V, d, dual)
+        ref, Dref = project(V[[0]], d, dual), dproject(V[[0]], d, dual)
+        np.testing.assert_array_equal(P[0], ref[0])
+        np.testing.assert_array_equal(D.dense()[0], Dref.dense()[0])
+        assert np.all(np.isnan(P[1, d.zero:]))
+        assert np.all(np.isnan(D.matvec(np.ones((3, d.size)))[1, d.zero:]))
+        assert np.all(np.isnan(P[2, -3:])) and np.all(np.isfinite(P[2, d.zero + 3:-3]))
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="dims.size"):
+        project(np.zeros(5), ConeDims(nonneg=4))
+    with pytest.raises(ValueError):
+        project(np.zeros((2, 3, 4)), ConeDims(nonneg=4))
+    with pytest.raises(NotImplementedError, match="power"):
+        project(np.zeros(3), ConeDims(power=(0.5,)))
+    with pytest.raises(NotImplementedError, match="power"):
+        dproject(np.zeros((1, 3)), ConeDims(power=(0.5,)))
+    D = dproject(np.zeros((2, 4)), ConeDims(nonneg=4))
+    with pytest.raises(ValueError):
+        D.matvec(np.zeros((3, 4)))
+    assert project(np.zeros((3, 0)), ConeDims()).shape == (3, 0)
