@@ -249,10 +249,15 @@ def _parameter_lowering(chain, pp, parameters) -> sp.csr_matrix:
             vals.append(np.ones(size))
         elif pid in reduced:
             orig = reduced[pid]
+            symmetric = any(orig.attributes.get(a) for a in ("symmetric", "PSD", "NSD"))
             for j in range(orig.size):  # lower_value is linear: probe it on a basis
                 e = np.zeros(orig.size)
                 e[j] = 1.0
-                col_j = np.ravel(lower_value(orig, e.reshape(orig.shape, order="F")), order="F")
+                E = e.reshape(orig.shape, order="F")
+                # A symmetric parameter enters through (S + Sᵀ)/2: the same for symmetric
+                # values, and its gradient is symmetric, so gradient steps keep it symmetric.
+                E = (E + E.T) / 2 if symmetric else E
+                col_j = np.ravel(lower_value(orig, E), order="F")
                 nz = np.flatnonzero(col_j)
                 rows.append(col + nz)
                 cols.append(np.full(nz.size, offsets[orig.id] + j))
@@ -361,6 +366,11 @@ def _as_selection(out: np.ndarray, probe: np.ndarray):
     return order[pos], np.where(zero, 0.0, np.sign(out))
 
 
+def _short(constraint, limit: int = 40) -> str:
+    text = str(constraint)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def compile_template(problem: cp.Problem, parameters, variables, quad_obj: bool = True):
     """Canonicalize once; return the template, parameter specs and output specs.
 
@@ -421,7 +431,8 @@ def compile_template(problem: cp.Problem, parameters, variables, quad_obj: bool 
         param_specs.append(ParameterSpec(p.name(), tuple(p.shape), o, domain))
         o += p.size
     output_specs = [
-        OutputSpec(v.name(), tuple(v.shape), "dual" if own is not None else "primal")
+        OutputSpec(v.name() if own is None else f"dual of {_short(own)}", tuple(v.shape),
+                   "dual" if own is not None else "primal")
         for v, own in zip(variables, owners, strict=True)
     ]
     return template, tuple(param_specs), tuple(output_specs)

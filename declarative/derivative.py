@@ -29,7 +29,6 @@ Small systems are solved dense and batched; large ones with a sparse LU per inst
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -230,10 +229,10 @@ def _factor_one(S: np.ndarray):
     """(LU, reciprocal condition estimate, truncated SVD if singular) of one dense S."""
     if not np.all(np.isfinite(S)):
         return None, 0.0, None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", sla.LinAlgWarning)
-        lu, piv = sla.lu_factor(S, check_finite=False)
-    rc = _rcond_lu(lu, S)
+    # LAPACK getrf directly: it reports an exactly singular S in `info` instead of warning
+    # (warnings filters are not thread-safe, and this runs in worker threads).
+    lu, piv, info = sla.lapack.dgetrf(S)
+    rc = _rcond_lu(lu, S) if info == 0 else 0.0
     svd = None
     if not rc > RCOND_MIN:
         U, sv, Vt = np.linalg.svd(S)
