@@ -207,3 +207,28 @@ def test_matrix_parameter_and_matrix_variable(shape):
     (Xv * torch.arange(6.0, dtype=torch.float64).reshape(shape)).sum().backward()
     expected = (Pv.detach().numpy() < 0.5) * np.arange(6.0).reshape(shape)
     assert max_abs(Pv.grad, expected) <= 1e-8
+
+
+def test_symmetric_parameter_gradient_is_symmetric():
+    """A symmetric=True parameter: its gradient is symmetric (so gradient steps keep it
+    symmetric) and equals central differences along symmetric directions."""
+    k = 3
+    X, Y = cp.Variable((k, k), symmetric=True), cp.Parameter((k, k), symmetric=True)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(X - Y)), [X >> 0]), [Y], [X])
+    rng = np.random.default_rng(0)
+    M = rng.standard_normal((k, k))
+    Yv = M + M.T
+    W = rng.standard_normal((k, k))
+    Yt = torch.tensor(Yv, requires_grad=True)
+    (Xt,) = layer.torch()(Yt)
+    (Xt * torch.tensor(W)).sum().backward()
+    g = Yt.grad.numpy()
+    assert max_abs(g, g.T) <= 1e-12
+    h = 1e-6
+    for i in range(k):
+        for j in range(i, k):
+            E = np.zeros((k, k))
+            E[i, j] = E[j, i] = h
+            up, dn = (layer.forward([Yv + s * E]).outputs[0][0] for s in (1, -1))
+            fd = ((up - dn) * W).sum() / (2 * h)
+            assert abs(fd - (g * E / h).sum()) <= 1e-6
