@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["ConeDims", "DProjection", "dproject", "project"]
+__all__ = ["ConeDims", "DProjection", "block_pattern", "dproject", "project"]
 
 _SQRT2 = math.sqrt(2.0)
 _EPS = np.finfo(np.float64).eps
@@ -665,6 +665,24 @@ def dproject(v: np.ndarray, dims: ConeDims, dual: bool = False) -> DProjection:
     return DProjection(V, dims, dual, batched=not squeeze)
 
 
+def block_pattern(dims: ConeDims) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of every entry DΠ can have (its block-diagonal structure), in the order
+    of `DProjection.values`: zero and nonnegative diagonals, then each SOC, PSD and
+    exponential-cone block, row-major within a block."""
+    lay = _layout(dims)
+    z = np.arange(lay.zero.start, lay.zero.stop)
+    nn = np.arange(lay.nonneg.start, lay.nonneg.stop)
+    rows, cols = [z, nn], [z, nn]
+    groups = [idx for _, idx in lay.soc] + [idx for _, idx in lay.psd]
+    if lay.exp.size:
+        groups.append(lay.exp)
+    for idx in groups:
+        nc, k = idx.shape
+        rows.append(np.broadcast_to(idx[:, :, None], (nc, k, k)).ravel())
+        cols.append(np.broadcast_to(idx[:, None, :], (nc, k, k)).ravel())
+    return np.concatenate(rows).astype(np.int64), np.concatenate(cols).astype(np.int64)
+
+
 class DProjection:
     """DΠ(v) for a batch: per-kind derivative data; ``rmatvec`` is ``matvec`` (symmetric).
 
@@ -743,6 +761,15 @@ class DProjection:
         for idx, blk in self._blocks(slice(None)):
             out[:, idx[:, :, None], idx[:, None, :]] = blk
         return out if self.batched else out[0]
+
+    def values(self) -> np.ndarray:
+        """The entries of DΠ on `block_pattern` (same order), for the batch: (B, nnz)."""
+        lay = self._lay
+        B = self.batch_size
+        parts = [np.full((B, lay.zero.stop - lay.zero.start), 1.0 if self.dual else 0.0),
+                 self._nonneg]
+        parts += [blk.reshape(B, -1) for _, blk in self._blocks(slice(None))]
+        return np.concatenate(parts, axis=1)
 
     def sparse(self, i: int = 0) -> sp.csr_matrix:
         """Instance ``i`` as a scipy CSR (m, m) matrix (block diagonal)."""

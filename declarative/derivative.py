@@ -37,11 +37,16 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from declarative.compile import ConeTemplate
-from declarative.cones import ConeDims, DProjection, dproject, project
+from declarative.cones import ConeDims, DProjection, block_pattern, dproject, project
 from declarative.solve import parallel_map
 
-# Above this size of S (n + m) the sparse path is used.
-DENSE_MAX = 1200
+# S (size N = n + m) is factored dense when N <= DENSE_ALWAYS, or N <= DENSE_MAX with more
+# than DENSE_FILL·N² stored entries; sparse (SuperLU) otherwise. Singular sparse systems up
+# to SVD_MAX are handled by a dense truncated SVD, larger ones by LSMR.
+DENSE_ALWAYS = 64
+DENSE_MAX = 2000
+DENSE_FILL = 0.2
+SVD_MAX = 3000
 # A system whose reciprocal condition estimate is below this is treated as singular and
 # solved by its truncated SVD (pseudo-inverse), singular values below PINV_RTOL·σ_max dropped.
 RCOND_MIN = 1e-11
@@ -115,6 +120,69 @@ def residual(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.n
     return np.concatenate([ops.P(u) + ops.AT(pv) + c, -ops.A(u) + b - pv + v], axis=1)
 
 
+class SparseLayout:
+    """The fixed sparsity pattern of S for a template, and a map filling its values.
+
+    S's pattern depends only on the template (the patterns of P and A, and the
+    block-diagonal structure of DΠ). Every entry of S is a sum of "sources": an entry
+    of P, a product DΠ_ik A_kj (of the block Aᵀ DΠ), an entry of −A, of −DΠ, or the
+    identity. ``assemble`` sums the sources into S's CSC data, for a whole batch at once.
+    """
+
+    def __init__(self, t: ConeTemplate) -> None:
+        n, m = t.n, t.m
+        N = n + m
+        Ar, Ac = t.rows_cols()
+        Dr, Dc = block_pattern(t.dims)
+        # The products DΠ_ik A_kj: for each entry d = (i, k) of DΠ, every entry e of A in row k.
+        by_row = np.argsort(Ar, kind="stable")
+        counts = np.bincount(Ar, minlength=m)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        cnt = counts[Dc]
+        self.d_idx = np.repeat(np.arange(Dr.size), cnt)
+        within = np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+        self.e_idx = by_row[np.repeat(starts[Dc], cnt) + within]
+        diag = np.arange(n, N)
+        rows = np.concatenate([t.P_rows, Ac[self.e_idx], n + Ar, n + Dr, diag])
+        cols = np.concatenate([t.P_cols, n + Dr[self.d_idx], Ac, n + Dc, diag])
+        keys, where = np.unique(cols * N + rows, return_inverse=True)  # CSC order
+        self.indices = (keys % N).astype(np.int32)
+        self.indptr = np.concatenate([[0], np.cumsum(np.bincount(keys // N, minlength=N))])
+        self.indptr = self.indptr.astype(np.int32)
+        self.shape = (N, N)
+        self.assemble = sp.csr_matrix(
+            (np.ones(rows.size), (np.arange(rows.size), where)), shape=(rows.size, keys.size))
+
+    @property
+    def nnz(self) -> int:
+        return self.indices.size
+
+    def values(self, ops: BatchOps, dvals: np.ndarray) -> np.ndarray:
+        """S's CSC data for the batch (B, nnz), from P, A and DΠ's values."""
+        B = ops.a.shape[0]
+        src = np.concatenate([ops.h, dvals[:, self.d_idx] * ops.a[:, self.e_idx], -ops.a,
+                              -dvals, np.ones((B, ops.template.m))], axis=1)
+        return np.asarray(src @ self.assemble)
+
+    def matrix(self, data: np.ndarray) -> sp.csc_matrix:
+        return sp.csc_matrix((data, self.indices, self.indptr), shape=self.shape)
+
+
+def sparse_layout(t: ConeTemplate) -> SparseLayout:
+    """The template's `SparseLayout`, built once and kept with the template."""
+    layout = t.__dict__.get("_sparse_layout")
+    if layout is None:
+        layout = SparseLayout(t)
+        object.__setattr__(t, "_sparse_layout", layout)
+    return layout
+
+
+def use_dense(t: ConeTemplate) -> bool:
+    """Dense LU for small or dense S; sparse LU otherwise."""
+    N = t.n + t.m
+    return N <= DENSE_ALWAYS or (N <= DENSE_MAX and sparse_layout(t).nnz > DENSE_FILL * N * N)
+
+
 class Linearization:
     """S of (1) at a batch of points, factored once, solved for any number of right-hand sides."""
 
@@ -122,7 +190,7 @@ class Linearization:
         t = ops.template
         self.n, self.m = t.n, t.m
         self.D = D
-        self.dense = (t.n + t.m <= DENSE_MAX) if dense is None else dense
+        self.dense = use_dense(t) if dense is None else dense
         B = ops.a.shape[0]
         self.singular = np.zeros(B, dtype=bool)
         self.rcond = np.ones(B)
@@ -153,31 +221,19 @@ class Linearization:
 
     def null_space(self, i: int) -> np.ndarray | None:
         """Right null space of a singular S_i, (N, k); None if S_i is regular or sparse."""
-        entry = self.svd.get(i) if self.dense else None
+        entry = self.svd.get(i)
         return None if entry is None else entry[3]
 
     def _factor_sparse(self, ops: BatchOps) -> None:
-        self.S = []
-        self.lu = []
-        self.svd = {}
-        m = self.m
-        for i in range(ops.a.shape[0]):
-            A = ops.sparse(i)
-            Di = self.D.sparse(i)
-            P = ops.template.P_matrix(ops.h[i])
-            S = sp.bmat([[P, (Di @ A).T], [-A, sp.eye(m) - Di]], format="csc")
-            self.S.append(S)
-            try:
-                lu = spla.splu(S)
-                d = np.abs(lu.U.diagonal())
-                rc = d.min() / max(d.max(), 1e-300)
-                self.rcond[i] = rc
-                self.singular[i] = not rc > RCOND_MIN
-                self.lu.append(lu)
-            except RuntimeError:  # exactly singular
-                self.rcond[i] = 0.0
-                self.singular[i] = True
-                self.lu.append(None)
+        """Sparse LU per instance; where S is (nearly) singular, a dense truncated SVD if small."""
+        layout = sparse_layout(ops.template)
+        data = layout.values(ops, self.D.values())
+        self.S = [layout.matrix(data[i]) for i in range(data.shape[0])]
+        results = parallel_map(_factor_sparse_one, self.S)
+        self.lu = [r[0] for r in results]
+        self.rcond = np.array([r[1] for r in results])
+        self.svd = {i: r[2] for i, r in enumerate(results) if r[2] is not None}
+        self.singular = ~(self.rcond > RCOND_MIN)
 
     # -- solves --------------------------------------------------------------------
     def solve(self, rhs: np.ndarray, transpose: bool = False) -> np.ndarray:
@@ -208,14 +264,14 @@ class Linearization:
         constraint) this is the exact, unique derivative, and the transposed solve is
         exactly its adjoint, since (S⁺)ᵀ = (Sᵀ)⁺.
         """
-        if self.dense:
-            if i not in self.svd:
-                return np.full_like(r, np.nan)
+        if i in self.svd:
             U, sv, Vt, _ = self.svd[i]
             if transpose:
                 return U @ ((Vt @ r) / (sv if r.ndim == 1 else sv[:, None]))
             return Vt.T @ ((U.T @ r) / (sv if r.ndim == 1 else sv[:, None]))
         S = self.S[i]
+        if self.dense or not np.all(np.isfinite(S.data)):  # non-finite S: nothing to solve
+            return np.full_like(r, np.nan)
         M = S.T if transpose else S
         cols = r.reshape(r.shape[0], -1)
         out = np.column_stack([
@@ -239,6 +295,21 @@ def _factor_one(S: np.ndarray):
         r = int(np.count_nonzero(sv > PINV_RTOL * sv[0])) if sv.size else 0
         svd = (U[:, :r], sv[:r], Vt[:r], Vt[r:].T)
     return (lu, piv), rc, svd
+
+
+def _factor_sparse_one(S: sp.csc_matrix):
+    """(SuperLU, pivot-ratio condition estimate, truncated SVD if singular and small)."""
+    if not np.all(np.isfinite(S.data)):
+        return None, 0.0, None
+    try:
+        lu = spla.splu(S, permc_spec="COLAMD")
+        d = np.abs(lu.U.diagonal())
+        rc = float(d.min() / d.max()) if d.size and d.max() > 0 else 0.0
+    except RuntimeError:  # exactly singular
+        lu, rc = None, 0.0
+    if rc > RCOND_MIN or S.shape[0] > SVD_MAX:
+        return lu, rc, None
+    return lu, rc, _factor_one(S.toarray())[2]
 
 
 def _rcond_lu(lu: np.ndarray, S: np.ndarray) -> float:
