@@ -1,0 +1,87 @@
+"""Every example in examples/ runs in quick mode and shows what it claims to show."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def load(name: str):
+    """Import examples/<name>.py as a module (examples/ is a folder of scripts, not a package)."""
+    key = f"_examples_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, EXAMPLES / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+def run_quick(name: str, tmp_path: Path) -> dict:
+    result = load(name).run(quick=True, out=tmp_path)
+    figure = Path(result["figure"])
+    assert figure.parent == tmp_path and figure.suffix == ".png"
+    assert figure.stat().st_size > 5_000  # a real picture, not an empty canvas
+    return result
+
+
+def test_softmax_jacobian(tmp_path):
+    r = run_quick("softmax_jacobian", tmp_path)
+    assert r["solution_error"] <= 1e-8
+    assert r["max_abs_error"] <= 1e-8  # reverse mode vs diag(x) − xxᵀ
+    assert r["max_abs_error_forward_mode"] <= 1e-8
+
+
+def test_implicit_vs_unrolled(tmp_path):
+    r = run_quick("implicit_vs_unrolled", tmp_path)
+    assert r["implicit_peak_ratio"] <= 1.5          # flat in K
+    assert r["unrolled_peak_growth"] >= 5.0         # grows with K
+    assert r["unrolled_retained_growth"] >= 5.0
+    assert np.all(np.diff(r["unrolled_retained_bytes"]) > 0)
+    assert max(r["implicit_saved_tensor_bytes"]) == 0   # autograd keeps no tensors for it
+    assert max(r["implicit_grad_error"]) <= 1e-8        # exact gradients...
+    assert r["unrolled_grad_error"][-1] < r["unrolled_grad_error"][0]  # ...unrolling converges
+    assert r["unrolled_grad_error"][0] > 1e-2
+
+
+def test_optnet_qp(tmp_path):
+    r = run_quick("optnet_qp", tmp_path)
+    assert r["loss_ratio"] >= 5.0
+    assert r["test_loss_ratio"] >= 3.0
+    assert r["final_loss"] < 0.2 * r["target_variance"]
+
+
+def test_learn_polytope(tmp_path):
+    r = run_quick("learn_polytope", tmp_path)
+    assert r["loss_ratio"] >= 20.0
+    assert r["final_test_loss"] <= r["initial_test_loss"] / 20
+    assert r["final_hausdorff"] <= 0.15
+    assert r["final_hausdorff"] <= r["initial_hausdorff"] / 4
+    assert r["final_iou"] >= 0.9
+
+
+def test_hyperparameter_ridge(tmp_path):
+    r = run_quick("hyperparameter_ridge", tmp_path)
+    losses = np.asarray(r["path_loss"])
+    assert np.all(np.diff(losses) <= 1e-12)                       # descent all the way
+    assert r["final_loss"] <= r["sweep_best_loss"] + 1e-9         # as good as the sweep's best
+    assert r["final_loss"] <= r["optimal_loss"] * (1 + 1e-4)
+    assert abs(np.log(r["final_lambda"] / r["optimal_lambda"])) <= 0.1
+    assert r["max_grad_rel_error"] <= 1e-8                         # layer vs closed form
+
+
+@pytest.mark.parametrize("name", ["softmax_jacobian", "implicit_vs_unrolled", "optnet_qp",
+                                  "learn_polytope", "hyperparameter_ridge"])
+def test_example_is_a_script(name):
+    """Each example has the CLI the README documents: --quick and --out, and a main()."""
+    module = load(name)
+    assert callable(module.main) and callable(module.run)
+    source = (EXAMPLES / f"{name}.py").read_text()
+    assert '"--quick"' in source and '"--out"' in source
+    assert 'if __name__ == "__main__":' in source
