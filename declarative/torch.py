@@ -49,6 +49,25 @@ class _LayerFunction(torch.autograd.Function):
         ctx.fwd = output[-1]
 
     @staticmethod
+    def vmap(info: Any, in_dims: tuple, layer: Layer, options: dict, *params: torch.Tensor):
+        """torch.func.vmap: fold the vmapped dimension into the layer's own batch (one solve)."""
+        dims = in_dims[2:]
+        if all(d is None for d in dims):
+            res = _LayerFunction.apply(layer, options, *params)
+            return res, (None,) * len(res)
+        xs = [p.movedim(d, 0) if d is not None else p for p, d in zip(params, dims, strict=True)]
+        per_call = [x.dim() - (d is not None) == len(spec.shape) + 1
+                    for x, d, spec in zip(xs, dims, layer.parameters, strict=True)]
+        B0 = next((x.shape[int(d is not None)] for x, d, pc in zip(xs, dims, per_call, strict=True)
+                   if pc), None)
+        fold = _Fold(_level(), info.batch_size, B0, per_call)
+        res = _LayerFunction.apply(layer, options, *fold.fold(xs, dims))
+        fwd = res[-1]
+        fwd.fold = fold
+        outs = [fold.unfold(o) for o in res[:-1]]
+        return (*outs, fwd), (0,) * len(outs) + (None,)
+
+    @staticmethod
     def backward(ctx: Any, *grads):
         return (None, None, *_Cotangent.apply(ctx.fwd, *grads[:-1]))
 
@@ -84,6 +103,71 @@ def _tangent(fwd: Forward, tangents) -> tuple[torch.Tensor, ...]:
     )
 
 
+def _level():
+    return torch._C._functorch.maybe_current_level()
+
+
+class _Fold:
+    """How a vmapped call was folded into one batched solve: V vmapped examples, each with
+    its own batch B0 (or None), ``per_call`` telling which parameters each example batched."""
+
+    def __init__(self, level, V: int, B0: int | None, per_call: list[bool]) -> None:
+        self.level, self.V, self.B0, self.per_call = level, V, B0, per_call
+
+    def fold(self, xs, dims) -> list[torch.Tensor]:
+        """Parameter-shaped tensors (vmapped dim first, or none) → one batch (V·B0, *shape)."""
+        V, B0 = self.V, self.B0
+        out = []
+        for x, d, pc in zip(xs, dims, self.per_call, strict=True):
+            if d is None:
+                x = x.expand(V, *x.shape)
+            if B0 is not None and not pc:
+                x = x.unsqueeze(1).expand(V, B0, *x.shape[1:])
+            out.append(x.reshape(V * (B0 or 1), *x.shape[2 if B0 is not None else 1 :]))
+        return out
+
+    def unfold(self, o: torch.Tensor) -> torch.Tensor:
+        return o.reshape(self.V, self.B0, *o.shape[1:]) if self.B0 is not None else o
+
+    def unfold_param(self, g: torch.Tensor, per_call: bool) -> torch.Tensor:
+        """A cotangent of the folded (batched) parameter → per example, summed over the
+        example's own batch where the example did not batch this parameter."""
+        g = self.unfold(g)
+        return g.sum(dim=1) if self.B0 is not None and not per_call else g
+
+
+def _vmap_linear(fn, info: Any, in_dims: tuple, fwd: Forward, *vs: torch.Tensor, adjoint: bool):
+    """vmap rule of a linear map (VJP if ``adjoint``, else JVP) at a solution ``fwd``.
+
+    If ``fwd`` came from folding this very vmap level (vmap of grad / of jvp), the vmapped
+    dimension is the examples' batch: fold the directions the same way. Otherwise it
+    enumerates directions (jacrev / jacfwd): one linear map each, reusing the factorization.
+    """
+    fold = getattr(fwd, "fold", None)
+    dims = in_dims[1:]
+    if fold is not None and fold.level == _level() and fold.V == info.batch_size:
+        moved = [v.movedim(d, 0) if d is not None else v for v, d in zip(vs, dims, strict=True)]
+        if adjoint:  # output cotangents: shaped like the outputs (per example batched or not)
+            flat = []
+            for v, d in zip(moved, dims, strict=True):
+                v = v if d is not None else v.expand(fold.V, *v.shape)
+                flat.append(v.reshape(fold.V * fold.B0, *v.shape[2:]) if fold.B0 is not None
+                            else v)
+            res = fn.apply(fwd, *flat)
+            out = tuple(fold.unfold_param(g, pc) for g, pc in zip(res, fold.per_call,
+                                                                   strict=True))
+        else:  # parameter tangents: fold like the parameters themselves
+            res = fn.apply(fwd, *fold.fold(moved, dims))
+            out = tuple(fold.unfold(o) for o in res)
+        return out, (0,) * len(out)
+    V = info.batch_size
+    vs = [v.movedim(d, 0) if d is not None else v.expand(V, *v.shape)
+          for v, d in zip(vs, dims, strict=True)]
+    rows = [fn.apply(fwd, *(v[k] for v in vs)) for k in range(V)]
+    out = tuple(torch.stack([r[j] for r in rows]) for j in range(len(rows[0])))
+    return out, (0,) * len(out)
+
+
 class _Cotangent(torch.autograd.Function):
     """Output cotangents ↦ parameter cotangents (the VJP, linear; its derivative is the JVP)."""
 
@@ -102,6 +186,10 @@ class _Cotangent(torch.autograd.Function):
     @staticmethod
     def jvp(ctx: Any, _fwd_t, *tangents):
         return _Cotangent.apply(ctx.fwd, *tangents)
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple, fwd: Forward, *grads: torch.Tensor):
+        return _vmap_linear(_Cotangent, info, in_dims, fwd, *grads, adjoint=True)
 
 
 class _Tangent(torch.autograd.Function):
@@ -122,6 +210,10 @@ class _Tangent(torch.autograd.Function):
     @staticmethod
     def jvp(ctx: Any, _fwd_t, *tangents):
         return _Tangent.apply(ctx.fwd, *tangents)
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple, fwd: Forward, *tangents: torch.Tensor):
+        return _vmap_linear(_Tangent, info, in_dims, fwd, *tangents, adjoint=False)
 
 
 class TorchLayer(torch.nn.Module):
