@@ -162,7 +162,7 @@ class SparseLayout:
         B = ops.a.shape[0]
         src = np.concatenate([ops.h, dvals[:, self.d_idx] * ops.a[:, self.e_idx], -ops.a,
                               -dvals, np.ones((B, ops.template.m))], axis=1)
-        return np.asarray(src @ self.assemble)
+        return np.ascontiguousarray(src @ self.assemble)  # rows become CSC data arrays
 
     def matrix(self, data: np.ndarray) -> sp.csc_matrix:
         return sp.csc_matrix((data, self.indices, self.indptr), shape=self.shape)

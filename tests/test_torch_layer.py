@@ -277,3 +277,20 @@ def test_vmap_per_example_gradient_of_a_shared_parameter():
         G1 = G.clone().requires_grad_()
         loss(G1, Y[e]).backward()
         assert max_abs(per_example[e], G1.grad) <= 1e-10
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 4])
+def test_sparse_path_every_batch_size(batch):
+    """Regression: the sparse linear-algebra path at small batch sizes (a dense @ sparse
+    product came back column-major for batch 2, which CSC construction rejects)."""
+    from declarative.derivative import use_dense
+
+    layer, _, sizes = zoo_layer("entropic_ot")
+    assert not use_dense(layer.template)
+    inst = problems.instance("entropic_ot", 0, **sizes)
+    fwd = layer.forward([np.stack([inst.params[0]] * batch)])
+    g = fwd.vjp([np.ones_like(fwd.outputs[0])])[0]
+    expected = np.tensordot(np.ones(inst.solution[0].shape), inst.jacobian[0][0], axes=2)
+    for b in range(batch):
+        assert max_abs(fwd.outputs[0][b], inst.solution[0]) <= 1e-8
+        assert max_abs(g[b], expected) <= 1e-8
