@@ -164,18 +164,7 @@ class Forward:
             dense = (t.C.toarray(), t.F.toarray(), t.G.toarray(), t.H.toarray())
             dx, dy = sol.jacobian_one(k, *dense)
             full = np.asarray(t.recover @ np.concatenate([dx, dy], axis=0))
-        J = []
-        for o, lo in zip(L.outputs, L._out_offsets, strict=True):
-            row = []
-            for p in L.parameters:
-                block = full[lo : lo + o.size, p.offset : p.offset + p.size]
-                # rows and columns are column-major flattenings of the two shapes
-                block = block.reshape(o.shape[::-1] + p.shape[::-1])
-                nd_o, nd_p = len(o.shape), len(p.shape)
-                axes = (*range(nd_o - 1, -1, -1), *range(nd_o + nd_p - 1, nd_o - 1, -1))
-                row.append(np.transpose(block, axes))
-            J.append(row)
-        return J
+        return L.jacobian_blocks(full)
 
     def jvp(self, tangents: Sequence[np.ndarray | None]) -> list[np.ndarray]:
         """Tangents of the inputs (None for zero) ↦ tangents of the outputs, each (B, *shape)."""
@@ -242,6 +231,21 @@ class Layer:
         args = self.check_options(args, on_failure)
         ours = {k: args.pop(k, v) for k, v in OUR_OPTIONS.items()}
         return scs_settings(args), ours, on_failure
+
+    def jacobian_blocks(self, full: np.ndarray) -> list[list[np.ndarray]]:
+        """A stacked Jacobian (Σ output sizes, num_params), both sides flattened column-major,
+        as blocks J[i][j] shaped ``output_i.shape + param_j.shape``."""
+        J = []
+        for o, lo in zip(self.outputs, self._out_offsets, strict=True):
+            row = []
+            for p in self.parameters:
+                block = full[lo : lo + o.size, p.offset : p.offset + p.size]
+                block = block.reshape(o.shape[::-1] + p.shape[::-1])
+                nd_o, nd_p = len(o.shape), len(p.shape)
+                axes = (*range(nd_o - 1, -1, -1), *range(nd_o + nd_p - 1, nd_o - 1, -1))
+                row.append(np.transpose(block, axes))
+            J.append(row)
+        return J
 
     # -- inputs ------------------------------------------------------------------------
     def batch(self, values: Sequence[Any]) -> tuple[np.ndarray, list[bool]]:

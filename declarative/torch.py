@@ -168,52 +168,43 @@ def _vmap_linear(fn, info: Any, in_dims: tuple, fwd: Forward, *vs: torch.Tensor,
     return out, (0,) * len(out)
 
 
-class _Cotangent(torch.autograd.Function):
-    """Output cotangents ↦ parameter cotangents (the VJP, linear; its derivative is the JVP)."""
+def _linear_map(name: str, doc: str, apply, transpose, adjoint: bool):
+    """An autograd Function for a linear map at a solution (the VJP or the JVP).
 
-    @staticmethod
-    def forward(fwd: Forward, *grads: torch.Tensor):
-        return _cotangent(fwd, _to_numpy(grads, fwd))
+    Linear, so its derivative (jvp) is itself; its backward is the transposed map; its
+    vmap rule is `_vmap_linear`.
+    """
 
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-        ctx.fwd = inputs[0]
+    class LinearMap(torch.autograd.Function):
+        @staticmethod
+        def forward(fwd: Forward, *vs: torch.Tensor):
+            return apply(fwd, _to_numpy(vs, fwd))
 
-    @staticmethod
-    def backward(ctx: Any, *gg):
-        return (None, *_tangent(ctx.fwd, _to_numpy(gg, ctx.fwd)))
+        @staticmethod
+        def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+            ctx.fwd = inputs[0]
 
-    @staticmethod
-    def jvp(ctx: Any, _fwd_t, *tangents):
-        return _Cotangent.apply(ctx.fwd, *tangents)
+        @staticmethod
+        def backward(ctx: Any, *gg):
+            return (None, *transpose(ctx.fwd, _to_numpy(gg, ctx.fwd)))
 
-    @staticmethod
-    def vmap(info: Any, in_dims: tuple, fwd: Forward, *grads: torch.Tensor):
-        return _vmap_linear(_Cotangent, info, in_dims, fwd, *grads, adjoint=True)
+        @staticmethod
+        def jvp(ctx: Any, _fwd_t, *tangents):
+            return LinearMap.apply(ctx.fwd, *tangents)
+
+        @staticmethod
+        def vmap(info: Any, in_dims: tuple, fwd: Forward, *vs: torch.Tensor):
+            return _vmap_linear(LinearMap, info, in_dims, fwd, *vs, adjoint=adjoint)
+
+    LinearMap.__name__ = LinearMap.__qualname__ = name
+    LinearMap.__doc__ = doc
+    return LinearMap
 
 
-class _Tangent(torch.autograd.Function):
-    """Parameter tangents ↦ output tangents (the JVP, linear; its adjoint is the VJP)."""
-
-    @staticmethod
-    def forward(fwd: Forward, *tangents: torch.Tensor):
-        return _tangent(fwd, _to_numpy(tangents, fwd))
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-        ctx.fwd = inputs[0]
-
-    @staticmethod
-    def backward(ctx: Any, *gg):
-        return (None, *_cotangent(ctx.fwd, _to_numpy(gg, ctx.fwd)))
-
-    @staticmethod
-    def jvp(ctx: Any, _fwd_t, *tangents):
-        return _Tangent.apply(ctx.fwd, *tangents)
-
-    @staticmethod
-    def vmap(info: Any, in_dims: tuple, fwd: Forward, *tangents: torch.Tensor):
-        return _vmap_linear(_Tangent, info, in_dims, fwd, *tangents, adjoint=False)
+_Cotangent = _linear_map("_Cotangent", "Output cotangents ↦ parameter cotangents (the VJP).",
+                         _cotangent, _tangent, adjoint=True)
+_Tangent = _linear_map("_Tangent", "Parameter tangents ↦ output tangents (the JVP).",
+                       _tangent, _cotangent, adjoint=False)
 
 
 class TorchLayer(torch.nn.Module):

@@ -341,22 +341,6 @@ def _as_jacobian(value: Any, n_out: int, n_par: int) -> list[list]:
     return rows
 
 
-def _blocks(layer: Layer, full: np.ndarray) -> Jacobian:
-    """The stacked Jacobian (Σ output sizes, num_params), both column-major flattened, as
-    blocks J[i][j] shaped ``output_i.shape + param_j.shape`` (as ``Forward.jacobian``)."""
-    J = []
-    for o, lo in zip(layer.outputs, layer._out_offsets, strict=True):
-        row = []
-        for p in layer.parameters:
-            block = full[lo : lo + o.size, p.offset : p.offset + p.size]
-            block = block.reshape(o.shape[::-1] + p.shape[::-1])
-            nd_o, nd_p = len(o.shape), len(p.shape)
-            axes = (*range(nd_o - 1, -1, -1), *range(nd_o + nd_p - 1, nd_o - 1, -1))
-            row.append(np.transpose(block, axes))
-        J.append(row)
-    return J
-
-
 def jacobian_matrix(J: Jacobian, output_shapes: Sequence[Sequence[int]]) -> np.ndarray:
     """J[i][j] blocks as one 2-D matrix: outputs (each flattened row-major) stacked down,
     parameters (each flattened row-major) side by side."""
@@ -659,7 +643,7 @@ def diffcp_jacobian(layer: Layer, values: Sequence[Any], *,
     outs = [unvec(xy[:, lo : lo + o.size], o.shape)[0]
             for o, lo in zip(layer.outputs, layer._out_offsets, strict=True)]
     notes += sorted({str(w.message) for w in caught})
-    return outs, _blocks(layer, cols), notes
+    return outs, layer.jacobian_blocks(cols), notes
 
 
 # -- the API -------------------------------------------------------------------------------
