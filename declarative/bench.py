@@ -1,0 +1,1132 @@
+"""``declarative bench``: our layers and cvxpylayers side by side, in one process.
+
+    declarative bench accuracy [--problems P ...] [--batch B] [--quick] [--json FILE]
+    declarative bench speed    [--problems P ...] [--batches B ...] [--quick] [--json FILE]
+    declarative bench scaling  [--problems P ...] [--batches B ...] [--sizes N ...] [--quick]
+
+Both libraries get the SAME ``cp.Problem`` object and the same parameter values
+(float64 torch tensors, batched along a leading axis), and both are timed through
+their torch modules: forward = the module call, backward = ``loss.backward()`` for
+``loss = Σ_i ⟨g_i, out_i⟩``, total = the two (median over ``--repeats`` runs, after
+one untimed warm-up call per library and problem).
+
+Error (the same quantity for both libraries): with a fixed random cotangent g per
+instance and output, the gradient of ⟨g, out⟩ with respect to every parameter (one
+VJP) against the closed form gᵀJ from the problem zoo (``problems/``); max abs over
+the batch and all parameter entries.
+
+``accuracy`` (issue 3): per zoo problem (softmax and sparsemax at n = 100, the others
+at their default sizes), our error and time at DEFAULT settings; cvxpylayers' error
+and time at ITS defaults ("cvxpylayers 1.2 (SCS defaults)": its default diffcp
+backend with ``solve_method="SCS"`` and SCS's own defaults, eps_abs = eps_rel = 1e-4,
+``mode="lsqr"``); and the SCS tolerance cvxpylayers needs to match our error: eps =
+eps_abs = eps_rel over 1e-4, 1e-5, ..., 1e-12 until its error <= max(our error, 1e-8),
+with its time there, or "never" (then the time at its most accurate eps is shown,
+marked "*").
+
+``speed`` (issue 7): sparsemax n = 100, softmax n = 100, an OptNet QP (n = 50, 10
+equalities, 50 inequalities), projection onto a polytope in 2-D (8 faces) and 20-D
+(40 faces), at batch 1, 64 and 512: forward, backward and total time for us at
+defaults and cvxpylayers at the eps that matches our error (searched in the same run,
+at batch ``--search-batch``), the ratio cvxpylayers/ours per row and their geometric
+mean.
+
+``scaling`` (issue 7): our time per instance as the batch grows (1 ... 4096) and as
+sparsemax grows (n = 10 ... 10,000); ``--cvxpylayers`` adds cvxpylayers at its defaults.
+
+When cvxpylayers raises (a parameter it cannot take, a solver failure on some
+instance, ...), the reason is recorded in the row and the bench goes on. Nothing here
+changes global state (torch threads, warning filters) beyond the call it makes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import textwrap
+import time
+import warnings
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# -- configuration ---------------------------------------------------------------------------
+
+# "cvxpylayers 1.2 (SCS defaults)": its default backend (diffcp) told to use SCS (diffcp
+# would pick ECOS for cones without PSD/exp-dual parts) and nothing else, so SCS runs at its
+# own defaults (eps_abs = eps_rel = 1e-4, max_iters = 100000) and diffcp at mode="lsqr".
+CVXPYLAYERS_DEFAULTS: dict[str, Any] = {"solve_method": "SCS"}
+# The tolerance search: eps_abs = eps_rel = eps, loosest first.
+EPS_GRID = tuple(10.0 ** -k for k in range(4, 13))
+# --quick searches every other power of ten.
+QUICK_EPS_GRID = EPS_GRID[::2]
+# The error cvxpylayers must reach: max(our error, ERROR_FLOOR).
+ERROR_FLOOR = 1e-8
+# Our accuracy guarantee at default settings (max abs error against the closed form).
+OUR_TOLERANCE = 1e-8
+
+REPEATS = 3
+QUICK_REPEATS = 1
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmarked problem: a zoo problem at given sizes."""
+
+    key: str                       # the name on the command line
+    problem: str                   # the zoo name
+    sizes: dict[str, int] = field(default_factory=dict)
+    sampler: Callable[..., list[np.ndarray]] | None = None   # None: the zoo's own
+
+    @property
+    def label(self) -> str:
+        return f"{self.key} {_sizes(self.sizes)}".strip()
+
+
+def _sizes(sizes: dict[str, int]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sizes.items())
+
+
+# -- a polytope sampler for high dimensions ---------------------------------------------------
+# The zoo's polytope sampler certifies boundedness with a convex hull of the m face normals,
+# whose size explodes with d (20-D, 30 faces: 180,000 facets, 5 s; 40 faces: out of reach),
+# and random normals rarely surround the origin when m is close to d. Projection needs no
+# bounded polytope, so in high dimension we draw G, h, y as the zoo does, without the hull
+# test, and keep the zoo's other acceptance rules (non-empty active set, multipliers and
+# inactive slacks >= MARGIN, sigma_min(G_active) >= MIN_SINGULAR) on the certified
+# closed-form solution.
+def _sample_polytope(rng: np.random.Generator, d: int, m: int) -> list[np.ndarray]:
+    import problems
+    from problems import DegenerateInstanceError
+
+    mod = problems.get("polytope_projection")
+    if d <= 8:
+        return mod.sample(rng, d=d, m=m)
+
+    def unit(*shape: int) -> np.ndarray:
+        v = rng.standard_normal((*shape, d))
+        return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+    for _ in range(10_000):
+        G, h, y = unit(m), rng.uniform(0.5, 1.5, m), rng.uniform(1.0, 3.0) * unit()
+        try:
+            (x,) = mod.solution(G, h, y)
+        except (DegenerateInstanceError, ValueError):
+            continue
+        slack = h - G @ x
+        active = slack <= 1e-7
+        if not active.any():
+            continue
+        GA = G[active]
+        lam = 2.0 * np.linalg.solve(GA @ GA.T, GA @ y - h[active])
+        if (lam.min() >= mod.MARGIN and np.all(slack[~active] >= mod.MARGIN)
+                and np.linalg.svd(GA, compute_uv=False)[-1] >= mod.MIN_SINGULAR):
+            return [G, h, y]
+    raise RuntimeError(f"polytope_projection d={d}, m={m}: no acceptable instance")
+
+
+SPEED_CASES: dict[str, Case] = {c.key: c for c in (
+    Case("sparsemax", "sparsemax", {"n": 100}),
+    Case("softmax", "softmax", {"n": 100}),
+    Case("qp", "qp", {"n": 50, "p": 10, "m": 50}),
+    Case("polytope-2d", "polytope_projection", {"d": 2, "m": 8}, _sample_polytope),
+    Case("polytope-20d", "polytope_projection", {"d": 20, "m": 40}, _sample_polytope),
+)}
+SPEED_BATCHES = (1, 64, 512)
+SEARCH_BATCH = 64
+QUICK_SPEED = {"problems": ("sparsemax", "polytope-2d"), "batches": (1, 8), "search_batch": 8}
+
+# accuracy: softmax and sparsemax at n = 100 (the sizes issue 3 quotes), the rest at defaults
+ACCURACY_SIZES = {"softmax": {"n": 100}, "sparsemax": {"n": 100}}
+ACCURACY_BATCH = 64
+QUICK_ACCURACY = {"problems": ("sparsemax", "softmax"), "batch": 8}
+
+SCALING_BATCHES = (1, 4, 16, 64, 256, 1024, 4096)
+SCALING_SIZES = (10, 30, 100, 300, 1000, 3000, 10_000)
+QUICK_SCALING = {"batches": (1, 4, 16), "sizes": (10, 100)}
+
+
+def _accuracy_cases() -> dict[str, Case]:
+    import problems
+
+    return {name: Case(name, name, {**mod.SIZES, **ACCURACY_SIZES.get(name, {})})
+            for name, mod in problems.ZOO.items()}
+
+
+# -- instances and the closed-form reference --------------------------------------------------
+@dataclass
+class Batch:
+    """Parameter values of a batch (each (B, *shape)), cotangents g (each (B, *out_shape)) and,
+    when asked for, the closed-form gradient of ⟨g, out⟩ (each (B, *param_shape))."""
+
+    case: Case
+    values: list[np.ndarray]
+    g: list[np.ndarray]
+    reference: list[np.ndarray] | None = None
+    instances: list[list[np.ndarray]] = field(default_factory=list, repr=False)
+
+    @property
+    def size(self) -> int:
+        return int(self.values[0].shape[0])
+
+    def head(self, b: int) -> Batch:
+        ref = None if self.reference is None else [r[:b] for r in self.reference]
+        return Batch(self.case, [v[:b] for v in self.values], [gi[:b] for gi in self.g], ref,
+                     self.instances[:b])
+
+    def with_reference(self) -> Batch:
+        """This batch with the closed-form gradient of ⟨g, out⟩ per instance."""
+        import problems
+
+        mod = problems.get(self.case.problem)
+        ref = [np.zeros_like(v) for v in self.values]
+        for b, params in enumerate(self.instances):
+            J = mod.jacobian(*params)
+            for i, gi in enumerate(self.g):
+                for j in range(len(ref)):
+                    ref[j][b] += np.tensordot(gi[b], J[i][j], axes=gi[b].ndim)
+        return Batch(self.case, self.values, self.g, ref, self.instances)
+
+
+def _rng(seed: int, case: Case, salt: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(f"{case.label}/{salt}".encode())])
+
+
+def make_batch(case: Case, size: int, seed: int = 0, reference: bool = True,
+               variables: Sequence[Any] | None = None) -> Batch:
+    """``size`` instances of ``case`` (distinct draws from the sampler), a random cotangent
+    per instance and output, and (``reference``) the closed-form gradient."""
+    import problems
+
+    mod = problems.get(case.problem)
+    sample = case.sampler or mod.sample
+    rng = _rng(seed, case, "params")
+    pool = [sample(rng, **case.sizes) for _ in range(size)]
+    values = [np.stack([np.asarray(p[j], dtype=float) for p in pool])
+              for j in range(len(pool[0]))]
+    if variables is None:
+        variables = mod.build(**case.sizes)[2]
+    grng = _rng(seed, case, "cotangent")
+    g = [grng.standard_normal((size, *v.shape)) for v in variables]
+    batch = Batch(case, values, g, None, pool)
+    return batch.with_reference() if reference else batch
+
+
+# -- timing one library ----------------------------------------------------------------------
+@dataclass
+class Measurement:
+    """Median times (s) of forward, backward and their sum, and the worst gradient error."""
+
+    forward: float = math.nan
+    backward: float = math.nan
+    total: float = math.nan
+    error: float | None = None     # None when there is no reference
+    failure: str | None = None     # why it did not run, if it did not
+    warnings: list[str] = field(default_factory=list)
+    repeats: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"forward": _num(self.forward), "backward": _num(self.backward),
+                "total": _num(self.total), "error": _num(self.error), "failure": self.failure,
+                "warnings": self.warnings, "repeats": self.repeats}
+
+
+def _describe(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def measure(call: Callable[..., Sequence[Any]], batch: Batch, repeats: int = REPEATS
+            ) -> Measurement:
+    """Time ``call(*tensors) -> outputs`` and its backward on ``batch``; error vs the reference."""
+    import torch
+
+    fwd, bwd, errors, seen = [], [], [], {}
+    g = [torch.as_tensor(gi, dtype=torch.float64) for gi in batch.g]
+    failure = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            for _ in range(max(1, repeats)):
+                params = [torch.tensor(v, dtype=torch.float64, requires_grad=True)
+                          for v in batch.values]
+                gc.collect()
+                t0 = time.perf_counter()
+                outs = call(*params)
+                t1 = time.perf_counter()
+                loss = sum((o * gi).sum() for o, gi in zip(outs, g, strict=True))
+                loss.backward()
+                t2 = time.perf_counter()
+                fwd.append(t1 - t0)
+                bwd.append(t2 - t1)
+                if batch.reference is not None:
+                    errors.append(_grad_error(params, batch.reference))
+        except Exception as e:  # noqa: BLE001 - recorded in the row; the bench goes on
+            failure = _describe(e)
+    for w in caught:
+        if issubclass(w.category, DeprecationWarning):
+            continue  # library-internal noise (numpy's __array__ copy=... in diffcp)
+        seen[f"{w.category.__name__}: {' '.join(str(w.message).split())[:200]}"] = None
+    if failure is not None:
+        return Measurement(failure=failure, warnings=list(seen)[:5])
+    return Measurement(
+        forward=statistics.median(fwd), backward=statistics.median(bwd),
+        total=statistics.median([x + y for x, y in zip(fwd, bwd, strict=True)]),
+        error=max(errors) if errors else None, warnings=list(seen)[:5], repeats=len(fwd))
+
+
+def _grad_error(params: Sequence[Any], reference: Sequence[np.ndarray]) -> float:
+    err = 0.0
+    for p, ref in zip(params, reference, strict=True):
+        grad = np.zeros_like(ref) if p.grad is None else p.grad.detach().numpy()
+        if grad.shape != ref.shape:
+            return math.inf
+        e = float(np.max(np.abs(grad - ref))) if ref.size else 0.0
+        if not math.isfinite(e):
+            return math.inf
+        err = max(err, e)
+    return err
+
+
+class Libraries:
+    """Both layers for one case, built from the same ``cp.Problem``; construction failures
+    are recorded (``ours_failure`` / ``cvxpylayers_failure``) rather than raised."""
+
+    def __init__(self, case: Case, build_cvxpylayers: bool = True,
+                 cvxpylayers_args: dict[str, Any] | None = None) -> None:
+        import declarative as dl
+        import problems
+
+        self.case = case
+        self.cvxpylayers_args = {**CVXPYLAYERS_DEFAULTS, **(cvxpylayers_args or {})}
+        self.problem, self.parameters, self.variables = problems.get(case.problem).build(
+            **case.sizes)
+        self.ours = self.cvxpylayers = None
+        self.ours_failure = self.cvxpylayers_failure = None
+        self.ours_compile = self.cvxpylayers_compile = math.nan
+        t0 = time.perf_counter()
+        try:
+            self.ours = dl.compile(self.problem, self.parameters, self.variables).torch()
+            self.ours_compile = time.perf_counter() - t0
+        except Exception as e:  # noqa: BLE001
+            self.ours_failure = _describe(e)
+        if not build_cvxpylayers:
+            self.cvxpylayers_failure = "not run"
+            return
+        t0 = time.perf_counter()
+        try:
+            from cvxpylayers.torch import CvxpyLayer
+
+            self.cvxpylayers = CvxpyLayer(self.problem, parameters=self.parameters,
+                                          variables=self.variables)
+            self.cvxpylayers_compile = time.perf_counter() - t0
+        except Exception as e:  # noqa: BLE001
+            self.cvxpylayers_failure = _describe(e)
+
+    def time_ours(self, batch: Batch, repeats: int) -> Measurement:
+        if self.ours is None:
+            return Measurement(failure=self.ours_failure)
+        return measure(self.ours, batch, repeats)
+
+    def time_cvxpylayers(self, batch: Batch, repeats: int,
+                         eps: float | None = None) -> Measurement:
+        if self.cvxpylayers is None:
+            return Measurement(failure=self.cvxpylayers_failure)
+        args = dict(self.cvxpylayers_args)
+        if eps is not None:
+            args.update(eps_abs=eps, eps_rel=eps)
+        layer = self.cvxpylayers
+        return measure(lambda *p: layer(*p, solver_args=args), batch, repeats)
+
+    def warm_up(self, batch: Batch) -> None:
+        """One untimed call each on one instance: lazy imports, thread pools, caches."""
+        one = batch.head(1)
+        one.reference = None
+        if self.ours is not None:
+            self.time_ours(one, 1)
+        if self.cvxpylayers is not None:
+            self.time_cvxpylayers(one, 1)
+
+
+# -- the tolerance search -------------------------------------------------------------------
+@dataclass
+class Search:
+    """cvxpylayers over the eps grid until its error <= target."""
+
+    target: float
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    eps: float | None = None        # the first eps that reaches the target; None: never
+    best_eps: float | None = None   # the most accurate eps tried (ties: the loosest)
+    best_error: float | None = None
+    stopped: str | None = None      # why the search ended early, if it did
+
+    @property
+    def matched(self) -> bool:
+        return self.eps is not None
+
+    @property
+    def chosen(self) -> float | None:
+        """The eps to time cvxpylayers at: the matching one, else the most accurate one."""
+        return self.eps if self.eps is not None else self.best_eps
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "eps_needed": self.eps, "matched": self.matched,
+                "best_eps": self.best_eps, "best_error": _num(self.best_error),
+                "stopped": self.stopped, "steps": self.steps}
+
+
+def search_eps(libs: Libraries, batch: Batch, target: float, grid: Sequence[float] = EPS_GRID,
+               budget: float | None = None, progress: Callable[[str], None] | None = None
+               ) -> Search:
+    """Loosest eps in ``grid`` at which cvxpylayers' error <= target (one run per eps)."""
+    s = Search(target=target)
+    t_start = time.perf_counter()
+    for eps in grid:
+        if progress:
+            progress(f"{batch.case.key}: cvxpylayers eps={eps:.0e}")
+        m = libs.time_cvxpylayers(batch, 1, eps)
+        s.steps.append({"eps": eps, **m.as_dict()})
+        if m.ok and m.error is not None and math.isfinite(m.error):
+            if s.best_error is None or m.error < s.best_error:
+                s.best_eps, s.best_error = eps, m.error
+            if m.error <= target:
+                s.eps = eps
+                break
+        if budget is not None and time.perf_counter() - t_start > budget:
+            s.stopped = f"time budget of {budget:g}s spent"
+            break
+    return s
+
+
+# -- accuracy ---------------------------------------------------------------------------------
+def run_accuracy(names: Sequence[str] | None = None, batch: int = ACCURACY_BATCH,
+                 repeats: int = REPEATS, seed: int = 0, grid: Sequence[float] = EPS_GRID,
+                 budget: float | None = None, progress: bool | None = None,
+                 cvxpylayers_args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The accuracy benchmark (issue 3) as a JSON-ready document."""
+    from tqdm import tqdm
+
+    cases = _accuracy_cases()
+    names = list(names or cases)
+    _check_names(names, cases)
+    t_all = time.perf_counter()
+    env = _environment()
+    rows = []
+    bar = tqdm(total=len(names), desc="bench accuracy", unit="problem", file=sys.stderr,
+               disable=_disable(progress), leave=False, dynamic_ncols=True)
+    for name in names:
+        case = cases[name]
+        bar.set_postfix_str(f"{name}: instances")
+        rows.append(_accuracy_row(case, batch, repeats, seed, grid, budget,
+                                  lambda s: bar.set_postfix_str(s), cvxpylayers_args))
+        bar.update()
+    bar.close()
+    return {
+        "command": "bench accuracy",
+        "settings": {"batch": batch, "repeats": repeats, "seed": seed, "eps_grid": list(grid),
+                     "error_floor": ERROR_FLOOR, "our_tolerance": OUR_TOLERANCE,
+                     "search_budget_s": budget, **_settings_common(cvxpylayers_args)},
+        "environment": {**env, "load_after": _loadavg()},
+        "rows": rows,
+        "summary": _accuracy_summary(rows),
+        "seconds": time.perf_counter() - t_all,
+    }
+
+
+def _accuracy_row(case: Case, batch: int, repeats: int, seed: int, grid: Sequence[float],
+                  budget: float | None, progress: Callable[[str], None],
+                  cvxpylayers_args: dict[str, Any] | None = None) -> dict[str, Any]:
+    row: dict[str, Any] = {"problem": case.key, "sizes": case.sizes, "batch": batch}
+    try:
+        libs = Libraries(case, cvxpylayers_args=cvxpylayers_args)
+        b = make_batch(case, batch, seed, variables=libs.variables)
+    except Exception as e:  # noqa: BLE001
+        return {**row, "failure": _describe(e), "ours": Measurement(failure="not run").as_dict(),
+                "cvxpylayers": Measurement(failure="not run").as_dict(), "search": None,
+                "cvxpylayers_at_eps": None, "ratio": None, "ratio_defaults": None}
+    libs.warm_up(b)
+    progress(f"{case.key}: ours")
+    ours = libs.time_ours(b, repeats)
+    progress(f"{case.key}: cvxpylayers defaults")
+    theirs = libs.time_cvxpylayers(b, repeats)
+    target = max(ours.error if ours.ok and ours.error is not None else 0.0, ERROR_FLOOR)
+    search = at_eps = None
+    if libs.cvxpylayers is not None:
+        search = search_eps(libs, b, target, grid, budget, progress)
+        if search.chosen is not None:
+            progress(f"{case.key}: cvxpylayers eps={search.chosen:.0e} (timing)")
+            at_eps = libs.time_cvxpylayers(b, repeats, search.chosen)
+    return {
+        **row, "failure": None,
+        "ours": ours.as_dict(),
+        "cvxpylayers": theirs.as_dict(),
+        "search": search.as_dict() if search else None,
+        "cvxpylayers_at_eps": at_eps.as_dict() if at_eps else None,
+        "ratio": _ratio(at_eps, ours) if at_eps else None,
+        "ratio_defaults": _ratio(theirs, ours),
+        "compile_seconds": {"ours": _num(libs.ours_compile),
+                            "cvxpylayers": _num(libs.cvxpylayers_compile)},
+    }
+
+
+def _accuracy_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    ours = [r["ours"]["error"] for r in rows if r["ours"]["failure"] is None]
+    failed = [r["problem"] for r in rows if r["ours"]["failure"] is not None or r["failure"]]
+    over = [r["problem"] for r in rows if r["ours"]["failure"] is None
+            and (r["ours"]["error"] is None or r["ours"]["error"] > OUR_TOLERANCE)]
+    ratios = [r["ratio"] for r in rows if r.get("ratio")]
+    return {
+        "our_max_error": max((e for e in ours if e is not None), default=None),
+        "ours_within_tolerance": not over and not failed,
+        "ours_over_tolerance": over,
+        "ours_failed": failed,
+        "cvxpylayers_failed": [r["problem"] for r in rows if r["cvxpylayers"]["failure"]],
+        "cvxpylayers_never_matched": [r["problem"] for r in rows
+                                      if r.get("search") and not r["search"]["matched"]],
+        "geomean_ratio": _geomean(ratios),
+    }
+
+
+# -- speed ------------------------------------------------------------------------------------
+def run_speed(names: Sequence[str] | None = None, batches: Sequence[int] = SPEED_BATCHES,
+              repeats: int = REPEATS, seed: int = 0, search_batch: int = SEARCH_BATCH,
+              grid: Sequence[float] = EPS_GRID, budget: float | None = None,
+              progress: bool | None = None, cvxpylayers_args: dict[str, Any] | None = None
+              ) -> dict[str, Any]:
+    """The speed benchmark (issue 7) as a JSON-ready document."""
+    from tqdm import tqdm
+
+    names = list(names or SPEED_CASES)
+    _check_names(names, SPEED_CASES)
+    batches = sorted(set(batches))
+    t_all = time.perf_counter()
+    env = _environment()
+    rows, searches = [], {}
+    bar = tqdm(total=len(names) * (1 + len(batches)), desc="bench speed", unit="step",
+               file=sys.stderr, disable=_disable(progress), leave=False, dynamic_ncols=True)
+    for name in names:
+        case = SPEED_CASES[name]
+        bar.set_postfix_str(f"{name}: instances")
+        try:
+            libs = Libraries(case, cvxpylayers_args=cvxpylayers_args)
+            size = max(max(batches), search_batch)
+            pool = make_batch(case, size, seed, reference=False, variables=libs.variables)
+            # the closed form only for the instances the search uses (the first ones)
+            ref = pool.head(search_batch).with_reference()
+        except Exception as e:  # noqa: BLE001
+            why = _describe(e)
+            searches[name] = {"failure": why}
+            for B in batches:
+                rows.append(_speed_row(case, B, None, Measurement(failure=why),
+                                       Measurement(failure=why)))
+            bar.update(1 + len(batches))
+            continue
+        libs.warm_up(pool)
+        # our error at defaults on the search batch sets the target, then the eps search
+        bar.set_postfix_str(f"{name}: our error")
+        ours_ref = libs.time_ours(ref, 1)
+        target = max(ours_ref.error if ours_ref.ok and ours_ref.error is not None else 0.0,
+                     ERROR_FLOOR)
+        search = None
+        if libs.cvxpylayers is not None:
+            search = search_eps(libs, ref, target, grid, budget,
+                                lambda s: bar.set_postfix_str(s))
+        searches[name] = {"problem": case.key, "sizes": case.sizes, "batch": search_batch,
+                          "our_error": _num(ours_ref.error), "our_failure": ours_ref.failure,
+                          **(search.as_dict() if search else
+                             {"failure": libs.cvxpylayers_failure})}
+        bar.update()
+        for B in batches:
+            bar.set_postfix_str(f"{name}: batch {B}")
+            b = pool.head(B)
+            ours = libs.time_ours(b, repeats)
+            if search is not None and search.chosen is not None:
+                theirs = libs.time_cvxpylayers(b, repeats, search.chosen)
+            else:
+                why = libs.cvxpylayers_failure or "no eps gave a finite error in the search"
+                theirs = Measurement(failure=why)
+            rows.append(_speed_row(case, B, search, ours, theirs))
+            bar.update()
+    bar.close()
+    return {
+        "command": "bench speed",
+        "settings": {"batches": batches, "repeats": repeats, "seed": seed,
+                     "search_batch": search_batch, "eps_grid": list(grid),
+                     "error_floor": ERROR_FLOOR, "search_budget_s": budget,
+                     **_settings_common(cvxpylayers_args)},
+        "environment": {**env, "load_after": _loadavg()},
+        "searches": searches,
+        "rows": rows,
+        "summary": {"geomean_ratio": {k: _geomean([r["ratio"][k] for r in rows if r["ratio"]])
+                                      for k in ("forward", "backward", "total")},
+                    "rows_compared": sum(1 for r in rows if r["ratio"]),
+                    "cvxpylayers_failed": [f"{r['problem']} batch {r['batch']}" for r in rows
+                                           if r["cvxpylayers"]["failure"]],
+                    "ours_failed": [f"{r['problem']} batch {r['batch']}" for r in rows
+                                    if r["ours"]["failure"]]},
+        "seconds": time.perf_counter() - t_all,
+    }
+
+
+def _speed_row(case: Case, B: int, search: Search | None, ours: Measurement,
+               theirs: Measurement) -> dict[str, Any]:
+    ratio = None
+    if ours.ok and theirs.ok:
+        ratio = {k: _num(getattr(theirs, k) / getattr(ours, k)) if getattr(ours, k) > 0
+                 else None for k in ("forward", "backward", "total")}
+    return {"problem": case.key, "sizes": case.sizes, "batch": B,
+            "eps": search.chosen if search else None,
+            "eps_matched": search.matched if search else None,
+            "ours": ours.as_dict(), "cvxpylayers": theirs.as_dict(), "ratio": ratio}
+
+
+# -- scaling ----------------------------------------------------------------------------------
+def run_scaling(names: Sequence[str] | None = None, batches: Sequence[int] = SCALING_BATCHES,
+                sizes: Sequence[int] = SCALING_SIZES, size_batch: int = 1,
+                repeats: int = REPEATS, seed: int = 0, cvxpylayers: bool = False,
+                progress: bool | None = None, cvxpylayers_args: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
+    """Our time per instance as the batch grows, and as sparsemax grows."""
+    from tqdm import tqdm
+
+    names = list(names or ["sparsemax"])
+    _check_names(names, SPEED_CASES)
+    batches, sizes = sorted(set(batches)), sorted(set(sizes))
+    t_all = time.perf_counter()
+    env = _environment()
+    bar = tqdm(total=len(names) * len(batches) + len(sizes), desc="bench scaling", unit="step",
+               file=sys.stderr, disable=_disable(progress), leave=False, dynamic_ncols=True)
+    by_batch, by_size = [], []
+
+    def run(case: Case, Bs: Sequence[int], out: list) -> None:
+        try:
+            libs = Libraries(case, build_cvxpylayers=cvxpylayers,
+                             cvxpylayers_args=cvxpylayers_args)
+            pool = make_batch(case, max(Bs), seed, reference=False, variables=libs.variables)
+        except Exception as e:  # noqa: BLE001
+            for B in Bs:
+                out.append(_scaling_row(case, B, Measurement(failure=_describe(e)), None))
+                bar.update()
+            return
+        libs.warm_up(pool)
+        for B in Bs:
+            bar.set_postfix_str(f"{case.label}: batch {B}")
+            b = pool.head(B)
+            ours = libs.time_ours(b, repeats)
+            theirs = libs.time_cvxpylayers(b, repeats) if cvxpylayers else None
+            out.append(_scaling_row(case, B, ours, theirs, libs.ours_compile))
+            bar.update()
+
+    for name in names:
+        run(SPEED_CASES[name], batches, by_batch)
+    for n in sizes:
+        run(Case("sparsemax", "sparsemax", {"n": n}), [size_batch], by_size)
+    bar.close()
+    return {
+        "command": "bench scaling",
+        "settings": {"batches": batches, "sizes": sizes, "size_batch": size_batch,
+                     "repeats": repeats, "seed": seed, "cvxpylayers": cvxpylayers,
+                     **_settings_common(cvxpylayers_args)},
+        "environment": {**env, "load_after": _loadavg()},
+        "by_batch": by_batch,
+        "by_size": by_size,
+        "seconds": time.perf_counter() - t_all,
+    }
+
+
+def _scaling_row(case: Case, B: int, ours: Measurement, theirs: Measurement | None,
+                 compile_seconds: float | None = None) -> dict[str, Any]:
+    row = {"problem": case.key, "sizes": case.sizes, "batch": B, "ours": ours.as_dict(),
+           "ours_compile_seconds": _num(compile_seconds),
+           "ours_per_instance": _num(ours.total / B) if ours.ok else None,
+           "peak_rss_mb": _peak_rss_mb()}
+    if theirs is not None:
+        row["cvxpylayers"] = theirs.as_dict()
+        row["ratio"] = _ratio(theirs, ours)
+    return row
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _num(v: float | None) -> float | None:
+    """A float for JSON: None for None, NaN and inf (strict JSON)."""
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _ratio(theirs: Measurement, ours: Measurement) -> float | None:
+    if not (theirs.ok and ours.ok) or not ours.total > 0:
+        return None
+    return _num(theirs.total / ours.total)
+
+
+def _geomean(values: Sequence[float | None]) -> float | None:
+    vs = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
+    return math.exp(sum(math.log(v) for v in vs) / len(vs)) if vs else None
+
+
+def _disable(progress: bool | None) -> bool | None:
+    """tqdm's ``disable``: None lets tqdm decide (off when stderr is not a terminal)."""
+    return None if progress is None else not progress
+
+
+def _peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far (MB; it only grows), where known."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _environment() -> dict[str, Any]:
+    import torch
+
+    return {
+        "python": platform.python_version(), "platform": platform.platform(),
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "versions": {d: _version(d) for d in ("declarative", "cvxpylayers", "diffcp", "scs",
+                                               "cvxpy", "torch", "numpy", "scipy")},
+        "load_before": _loadavg(),
+    }
+
+
+def _settings_common(cvxpylayers_args: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"ours": "defaults",
+            "cvxpylayers_args": {**CVXPYLAYERS_DEFAULTS, **(cvxpylayers_args or {})},
+            "dtype": "float64", "timing": "median of repeats after one warm-up call; "
+            "forward = module call, backward = loss.backward()"}
+
+
+def _check_names(names: Sequence[str], valid: dict[str, Any]) -> None:
+    bad = [n for n in names if n not in valid]
+    if bad:
+        raise BenchUsageError(f"unknown problem{'s' if len(bad) > 1 else ''} "
+                              f"{', '.join(map(repr, bad))}; valid: {', '.join(valid)}")
+
+
+def _usage_error_type() -> type[Exception]:
+    try:
+        from declarative.cli import UsageError
+    except Exception:  # noqa: BLE001 - the CLI is optional here
+        return ValueError
+    return UsageError
+
+
+class BenchUsageError(ValueError):
+    """A bad problem name or option (the CLI prints it; exit status 2)."""
+
+
+# -- tables -----------------------------------------------------------------------------------
+def _ms(v: float | None) -> str:
+    if v is None or not math.isfinite(v):
+        return "-"
+    if v >= 10:
+        return f"{v:.1f}s"
+    if v >= 1:
+        return f"{v:.2f}s"
+    return f"{v * 1e3:.3g}ms"
+
+
+def _err(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1e}"
+
+
+def _err_of(m: dict[str, Any]) -> str:
+    """A measurement's error cell: "failed", "nan" (a non-finite gradient) or the value."""
+    if m["failure"]:
+        return "failed"
+    return "nan" if m["error"] is None else _err(m["error"])
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None
+          ) -> str:
+    """An aligned text table (first column left, the others right, unless ``right`` says)."""
+    right = right or [False] + [True] * (len(header) - 1)
+    widths = [max(len(str(r[k])) for r in [header, *rows]) for k in range(len(header))]
+
+    def line(r: Sequence[str]) -> str:
+        return "  ".join(f"{v:>{w}}" if rt else f"{v:<{w}}"
+                         for v, w, rt in zip(r, widths, right, strict=True)).rstrip()
+
+    return "\n".join([line(header), "-" * len(line(header)), *map(line, rows)])
+
+
+def format_accuracy(doc: dict[str, Any]) -> str:
+    header = ["problem", "sizes", "batch", "our err", "our time", "cvxpylayers err", "time",
+              "eps needed", "time @eps", "ratio"]
+    rows, notes = [], []
+    for r in doc["rows"]:
+        o, c, s, a = r["ours"], r["cvxpylayers"], r.get("search"), r.get("cvxpylayers_at_eps")
+        if r.get("failure"):
+            notes.append(f"{r['problem']}: {r['failure']}")
+        if o["failure"]:
+            notes.append(f"{r['problem']}: ours failed: {o['failure']}")
+        if c["failure"]:
+            notes.append(f"{r['problem']}: cvxpylayers failed at its defaults: {c['failure']}")
+        eps, mark = "-", ""
+        if s is not None:
+            if s["matched"]:
+                eps = f"{s['eps_needed']:.0e}"
+            else:
+                eps, mark = "never", "*"
+                best = (f"its best was {_err(s['best_error'])} at eps {s['best_eps']:.0e}"
+                        if s["best_eps"] is not None else "no eps gave a finite error")
+                notes.append(f"{r['problem']}: cvxpylayers never reached "
+                             f"{s['target']:.1e}; {best}"
+                             + (f" ({s['stopped']})" if s["stopped"] else ""))
+            for st in s["steps"]:
+                if st["failure"]:
+                    notes.append(f"{r['problem']}: cvxpylayers at eps {st['eps']:.0e} failed: "
+                                 f"{st['failure']}")
+        rows.append([r["problem"], _sizes(r["sizes"]), str(r["batch"]), _err_of(o),
+                     _ms(o["total"]), _err_of(c), _ms(c["total"]), eps,
+                     _ms(a["total"]) + mark if a else "-",
+                     _x(r["ratio"]) + mark if r["ratio"] else "-"])
+    out = [table(header, rows, [False, False] + [True] * 8)]
+    sm = doc["summary"]
+    out.append("")
+    out.append("err: max abs error of the gradient of <g, outputs> (g fixed, random) against the "
+               "closed form g^T J, over the batch; time: forward + backward (median of "
+               f"{doc['settings']['repeats']}); ours at defaults, cvxpylayers at "
+               f"{_cvxpylayers_label(doc)} defaults; eps needed: eps_abs = eps_rel at which "
+               "cvxpylayers' error <= max(our err, 1e-8); ratio: cvxpylayers time @eps / ours.")
+    if any(n.endswith("*") for r in rows for n in r[-2:]):
+        out.append("*: cvxpylayers never reached our error; time and ratio at its most accurate "
+                   "eps.")
+    out = out[:1] + [_wrap(x) for x in out[1:]]
+    out.extend(_wrap(f"note: {n}") for n in notes)
+    verdict = ("all within" if sm["ours_within_tolerance"] else "NOT all within")
+    out.append(f"ours: {verdict} {OUR_TOLERANCE:g} at default settings (max error "
+               f"{_err(sm['our_max_error'])}); geometric mean ratio {_x(sm['geomean_ratio'])} "
+               f"({doc['seconds']:.1f}s).")
+    return "\n".join(out)
+
+
+def format_speed(doc: dict[str, Any]) -> str:
+    header = ["problem", "batch", "eps", "ours fwd", "bwd", "total", "cvxpylayers fwd", "bwd",
+              "total", "ratio fwd", "bwd", "total"]
+    rows, notes = [], []
+    for r in doc["rows"]:
+        o, c, q = r["ours"], r["cvxpylayers"], r["ratio"] or {}
+        eps = "-" if r["eps"] is None else f"{r['eps']:.0e}" + ("" if r["eps_matched"] else "*")
+        rows.append([f"{r['problem']} {_sizes(r['sizes'])}", str(r["batch"]), eps,
+                     _ms(o["forward"]), _ms(o["backward"]), _ms(o["total"]),
+                     _ms(c["forward"]), _ms(c["backward"]), _ms(c["total"]),
+                     _x(q.get("forward")), _x(q.get("backward")), _x(q.get("total"))])
+        for who, m in (("ours", o), ("cvxpylayers", c)):
+            if m["failure"]:
+                notes.append(f"{r['problem']} batch {r['batch']}: {who} failed: {m['failure']}")
+    out = [table(header, rows)]
+    out.append("")
+    for name, s in doc["searches"].items():
+        if "failure" in s:
+            notes.append(f"{name}: {s['failure']}")
+            continue
+        got = (f"eps {s['eps_needed']:.0e} reaches it" if s["matched"] else
+               f"never reached (best {_err(s['best_error'])} at eps "
+               f"{'-' if s['best_eps'] is None else format(s['best_eps'], '.0e')}; "
+               "timed there, marked *)")
+        out.append(f"search {name} (batch {s['batch']}): our error {_err(s['our_error'])}, "
+                   f"target {s['target']:.1e}: {got}")
+    gm = doc["summary"]["geomean_ratio"]
+    out.append(f"times: median of {doc['settings']['repeats']} (float64 torch, forward = module "
+               "call, backward = loss.backward()); ours at defaults, cvxpylayers "
+               f"({_cvxpylayers_label(doc)}) at the eps that matches our error; ratio = "
+               "cvxpylayers / ours.")
+    out.append(f"geometric mean ratio over {doc['summary']['rows_compared']} rows: forward "
+               f"{_x(gm['forward'])}, backward {_x(gm['backward'])}, total {_x(gm['total'])} "
+               f"({doc['seconds']:.1f}s; load average {doc['environment']['load_before']} -> "
+               f"{doc['environment']['load_after']} on {doc['environment']['cpu_count']} CPUs).")
+    out = out[:1] + [_wrap(x) for x in out[1:]]
+    out.extend(_wrap(f"note: {n}") for n in dict.fromkeys(notes))
+    return "\n".join(out)
+
+
+def format_scaling(doc: dict[str, Any]) -> str:
+    theirs = doc["settings"]["cvxpylayers"]
+
+    def block(rows: list[dict[str, Any]], first: str) -> str:
+        header = [first, "batch", "ours compile", "fwd", "bwd", "total", "per instance",
+                  "peak RSS"]
+        if theirs:
+            header += ["cvxpylayers total", "ratio"]
+        body = []
+        for r in rows:
+            o = r["ours"]
+            cells = [_sizes(r["sizes"]) if first == "size" else f"{r['problem']} "
+                     f"{_sizes(r['sizes'])}", str(r["batch"]), _ms(r["ours_compile_seconds"]),
+                     _ms(o["forward"]),
+                     _ms(o["backward"]), _ms(o["total"]), _ms(r["ours_per_instance"]),
+                     "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb'] / 1024:.1f}GB"]
+            if theirs:
+                cells += [_ms(r["cvxpylayers"]["total"]), _x(r["ratio"])]
+            body.append(cells)
+        notes = [f"note: {r['problem']} {_sizes(r['sizes'])} batch {r['batch']}: {who} failed: "
+                 f"{r[who]['failure']}" for r in rows for who in ("ours", "cvxpylayers")
+                 if who in r and r[who]["failure"]]
+        return "\n".join([table(header, body), *notes])
+
+    out = ["time per instance as the batch grows:", block(doc["by_batch"], "problem"), "",
+           f"time per instance as sparsemax grows (batch {doc['settings']['size_batch']}):",
+           block(doc["by_size"], "size"), "",
+           _wrap(f"median of {doc['settings']['repeats']}; ours at defaults"
+                 + (f", cvxpylayers at {_cvxpylayers_label(doc)} defaults" if theirs else "")
+                 + "; compile: dl.compile, once per problem; peak RSS: the process's peak "
+                 f"resident memory so far (it only grows) ({doc['seconds']:.1f}s).")]
+    return "\n".join(out)
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, width=100, subsequent_indent="  ", break_on_hyphens=False) \
+        if text else text
+
+
+def _cvxpylayers_label(doc: dict[str, Any]) -> str:
+    v = _version("cvxpylayers")
+    args = doc.get("settings", {}).get("cvxpylayers_args", CVXPYLAYERS_DEFAULTS)
+    extra = {k: v for k, v in args.items() if k != "solve_method"}
+    how = "SCS" + "".join(f", {k}={v}" for k, v in extra.items())
+    return f"cvxpylayers {v or '(not installed)'} (diffcp, {how})"
+
+
+# -- command line -----------------------------------------------------------------------------
+def _write_json(doc: dict[str, Any], path: str | None) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(doc, f, indent=2, allow_nan=False)
+            f.write("\n")
+
+
+def _progress_flag(args: argparse.Namespace) -> bool | None:
+    return False if args.no_progress else None
+
+
+def _cmd_accuracy(args: argparse.Namespace) -> int:
+    q = args.quick
+    batch = _pick(args.batch, QUICK_ACCURACY["batch"] if q else ACCURACY_BATCH)
+    names = args.problems or (list(QUICK_ACCURACY["problems"]) if q else None)
+    repeats = _pick(args.repeats, QUICK_REPEATS if q else REPEATS)
+    doc = _usage(run_accuracy, names=names, batch=batch, repeats=repeats, seed=args.seed,
+                 grid=QUICK_EPS_GRID if args.quick else EPS_GRID, budget=args.search_budget,
+                 progress=_progress_flag(args), cvxpylayers_args=_key_values(args))
+    doc["settings"]["quick"] = args.quick
+    print(format_accuracy(doc))
+    _write_json(doc, args.json)
+    return 0 if doc["summary"]["ours_within_tolerance"] else 1
+
+
+def _cmd_speed(args: argparse.Namespace) -> int:
+    q = args.quick
+    names = args.problems or (list(QUICK_SPEED["problems"]) if q else None)
+    batches = _pick(_flat(args.batches), QUICK_SPEED["batches"] if q else SPEED_BATCHES)
+    search_batch = _pick(args.search_batch, QUICK_SPEED["search_batch"] if q else SEARCH_BATCH)
+    repeats = _pick(args.repeats, QUICK_REPEATS if q else REPEATS)
+    doc = _usage(run_speed, names=names, batches=batches, repeats=repeats, seed=args.seed,
+                 search_batch=search_batch, grid=QUICK_EPS_GRID if q else EPS_GRID,
+                 budget=args.search_budget, progress=_progress_flag(args),
+                 cvxpylayers_args=_key_values(args))
+    doc["settings"]["quick"] = q
+    print(format_speed(doc))
+    _write_json(doc, args.json)
+    return 1 if doc["summary"]["ours_failed"] else 0
+
+
+def _cmd_scaling(args: argparse.Namespace) -> int:
+    q = args.quick
+    doc = _usage(run_scaling, names=args.problems,
+                 batches=_pick(_flat(args.batches),
+                               QUICK_SCALING["batches"] if q else SCALING_BATCHES),
+                 sizes=_pick(_flat(args.sizes), QUICK_SCALING["sizes"] if q else SCALING_SIZES),
+                 size_batch=args.size_batch,
+                 repeats=_pick(args.repeats, QUICK_REPEATS if q else REPEATS), seed=args.seed,
+                 cvxpylayers=args.cvxpylayers, progress=_progress_flag(args),
+                 cvxpylayers_args=_key_values(args))
+    doc["settings"]["quick"] = q
+    print(format_scaling(doc))
+    _write_json(doc, args.json)
+    return 0
+
+
+def _parse_value(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _key_values(args: argparse.Namespace) -> dict[str, Any]:
+    out = {}
+    for pair in args.cvxpylayers_arg:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise _usage_error_type()(f"--cvxpylayers-arg expects KEY=VALUE, got {pair!r}.")
+        out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+def _pick(given: Any, default: Any) -> Any:
+    """The option as given (even 0, which `_usage` then rejects), else the default."""
+    return default if given is None else given
+
+
+def _usage(fn: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+    """Run ``fn``; a bad option becomes the CLI's UsageError (exit status 2)."""
+    for key in ("batch", "search_batch", "size_batch", "repeats"):
+        if kwargs.get(key) is not None and kwargs[key] < 1:
+            raise _usage_error_type()(f"--{key.replace('_', '-')} must be at least 1.")
+    for key in ("batches", "sizes"):
+        if kwargs.get(key) is not None and (not kwargs[key] or min(kwargs[key]) < 1):
+            raise _usage_error_type()(f"--{key} must be positive.")
+    try:
+        return fn(**kwargs)
+    except BenchUsageError as e:
+        raise _usage_error_type()(str(e)) from None
+
+
+def _positive_ints(text: str) -> list[int]:
+    """``"1,64"`` or ``"64"`` → a list of ints (``--batches 1 64`` and ``--batches 1,64``)."""
+    try:
+        return [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers, got {text!r}") from None
+
+
+def _flat(lists: Sequence[Sequence[int]] | None) -> list[int] | None:
+    return None if lists is None else [v for vs in lists for v in vs]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``bench`` (with ``accuracy``, ``speed`` and ``scaling``) on the CLI."""
+    p = subparsers.add_parser(
+        "bench", help="compare with cvxpylayers: accuracy, speed, scaling",
+        description="Run our layers and cvxpylayers side by side on zoo problems, in one "
+        "process, and print ratios cvxpylayers/ours. Times are wall clock: run on a quiet "
+        "machine.")
+    sub = p.add_subparsers(dest="bench_command", required=True, metavar="MODE")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--quick", action="store_true",
+                        help="a reduced set (fewer problems, small batches, 1 repeat), for CI")
+        sp.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+        sp.add_argument("--repeats", type=int, default=None,
+                        help=f"timed runs per measurement, median reported (default {REPEATS}; "
+                        f"--quick: {QUICK_REPEATS})")
+        sp.add_argument("--seed", type=int, default=0, help="instance seed (default 0)")
+        sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+        sp.add_argument("--cvxpylayers-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra solver_args entry for cvxpylayers on every call, e.g. "
+                        "mode=dense (diffcp's dense derivative instead of lsqr) or "
+                        "max_iters=200000 (repeatable; default: none, i.e. solve_method=SCS "
+                        "and SCS's and diffcp's defaults)")
+
+    a = sub.add_parser(
+        "accuracy", help="gradient error vs the closed form, and the eps cvxpylayers needs",
+        description="Per zoo problem: our gradient error against the closed form and our time "
+        "at default settings; cvxpylayers' error and time at its defaults; the SCS eps "
+        "cvxpylayers needs to match our error (1e-4 ... 1e-12) and its time there. Exit "
+        f"status 1 when our error exceeds {OUR_TOLERANCE:g}.")
+    a.add_argument("--problems", nargs="+", metavar="P",
+                   help="zoo problems (default: all; --quick: sparsemax softmax)")
+    a.add_argument("--batch", type=int, default=None,
+                   help=f"instances per problem (default {ACCURACY_BATCH}; --quick: "
+                   f"{QUICK_ACCURACY['batch']})")
+    a.add_argument("--search-budget", type=float, default=None, metavar="SECONDS",
+                   help="stop the eps search of a problem after this long (default: no limit)")
+    common(a)
+    a.set_defaults(func=_cmd_accuracy)
+
+    s = sub.add_parser(
+        "speed", help="forward/backward times, cvxpylayers at the eps that matches our error",
+        description="Forward, backward and total times of ours (defaults) and cvxpylayers at "
+        "the SCS eps that matches our gradient error (searched in the same run), per problem "
+        "and batch size, with ratios cvxpylayers/ours and their geometric mean. Problems: "
+        f"{', '.join(c.label for c in SPEED_CASES.values())}.")
+    s.add_argument("--problems", nargs="+", metavar="P", help=f"of {', '.join(SPEED_CASES)} "
+                   f"(default: all; --quick: {' '.join(QUICK_SPEED['problems'])})")
+    s.add_argument("--batches", type=_positive_ints, nargs="+", default=None, metavar="B",
+                   help=f"batch sizes (default {','.join(map(str, SPEED_BATCHES))}; --quick: "
+                   f"{','.join(map(str, QUICK_SPEED['batches']))})")
+    s.add_argument("--search-batch", type=int, default=None,
+                   help=f"batch of the eps search (default {SEARCH_BATCH}; --quick: "
+                   f"{QUICK_SPEED['search_batch']})")
+    s.add_argument("--search-budget", type=float, default=None, metavar="SECONDS",
+                   help="stop the eps search of a problem after this long (default: no limit)")
+    common(s)
+    s.set_defaults(func=_cmd_speed)
+
+    c = sub.add_parser(
+        "scaling", help="our time per instance vs batch size and vs problem size",
+        description="Our time per instance as the batch grows (default "
+        f"{','.join(map(str, SCALING_BATCHES))}) and as sparsemax grows (n = "
+        f"{','.join(map(str, SCALING_SIZES))}).")
+    c.add_argument("--problems", nargs="+", metavar="P",
+                   help=f"for the batch sweep, of {', '.join(SPEED_CASES)} (default sparsemax)")
+    c.add_argument("--batches", type=_positive_ints, nargs="+", default=None, metavar="B",
+                   help=f"batch sizes (default {','.join(map(str, SCALING_BATCHES))}; "
+                   f"--quick: {','.join(map(str, QUICK_SCALING['batches']))})")
+    c.add_argument("--sizes", type=_positive_ints, nargs="+", default=None, metavar="N",
+                   help="sparsemax sizes n for the size sweep")
+    c.add_argument("--size-batch", type=int, default=1,
+                   help="batch of the size sweep (default 1)")
+    c.add_argument("--cvxpylayers", action="store_true",
+                   help="also time cvxpylayers at its defaults")
+    common(c)
+    c.set_defaults(func=_cmd_scaling)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``declarative bench ...`` without the rest of the CLI: ``main(["speed", "--quick"])``."""
+    parser = argparse.ArgumentParser(prog="declarative")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.func(args) or 0)
+    except (BenchUsageError, _usage_error_type()) as e:
+        print(f"declarative: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
