@@ -22,6 +22,7 @@ read them off CVXPY's own ``chain.invert`` by probing, once, at compile time.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import cvxpy as cp
@@ -133,8 +134,19 @@ class ConeTemplate:
 
     def P_matrix(self, h: np.ndarray, upper: bool = False) -> sp.csc_matrix:
         """The symmetric matrix P of one instance (its upper triangle for SCS if ``upper``)."""
-        P = sp.csc_matrix((h, (self.P_rows, self.P_cols)), shape=(self.n, self.n))
-        return sp.triu(P, format="csc") if upper else P
+        if not upper:
+            return sp.csc_matrix((h, (self.P_rows, self.P_cols)), shape=(self.n, self.n))
+        take, indices, indptr = self._upper_pattern
+        return sp.csc_matrix((h[take], indices, indptr), shape=(self.n, self.n))
+
+    @cached_property
+    def _upper_pattern(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """P's upper triangle in CSC order: which stored entries, their rows, column pointers."""
+        upper = np.flatnonzero(self.P_rows <= self.P_cols)
+        take = upper[np.lexsort((self.P_rows[upper], self.P_cols[upper]))]
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(self.P_cols[take],
+                                                            minlength=self.n))])
+        return take, self.P_rows[take].astype(np.int32), indptr.astype(np.int32)
 
     def rows_cols(self) -> tuple[np.ndarray, np.ndarray]:
         """Row and column index of each stored entry of A (CSC order)."""
@@ -271,6 +283,14 @@ def _parameter_lowering(chain, pp, parameters) -> sp.csr_matrix:
     )
 
 
+def _rows(T: sp.coo_matrix, rows: np.ndarray) -> sp.csr_matrix:
+    """Rows ``rows`` (sorted, unique) of a tall COO tensor, without forming its CSR: CVXPY's
+    tensors have m·n (or n·n) rows, mostly empty, and a CSR would store a pointer for each."""
+    pos = np.searchsorted(rows, T.row)
+    hit = (pos < rows.size) & (rows[np.minimum(pos, rows.size - 1)] == T.row)
+    return sp.csr_matrix((T.data[hit], (pos[hit], T.col[hit])), shape=(rows.size, T.shape[1]))
+
+
 def _affine(T: sp.spmatrix, lowering: sp.csr_matrix) -> tuple[sp.csr_matrix, np.ndarray]:
     """Split a CVXPY tensor (rows × (p_cvx + 1)) into a map over θ and its constant column."""
     T = sp.csc_matrix(T)
@@ -394,17 +414,17 @@ def compile_template(problem: cp.Problem, parameters, variables, quad_obj: bool 
     # c: rows 0..n-1 of q (row n is the objective offset, irrelevant for the argmin).
     C, c0 = _affine(sp.csr_matrix(pp.q)[:n], lowering)
     # [A_cvx | b] flattened column-major in rows of pp.A; SCS's A is -A_cvx.
-    TA = sp.csr_matrix(pp.A)
     nA = m * n
-    active = np.unique(TA[:nA].nonzero()[0])  # entries of A that are ever nonzero
-    F, f0 = _affine(-TA[active], lowering)
-    G, g0 = _affine(TA[nA:], lowering)
+    TA = pp.A.tocoo()
+    active = np.unique(TA.row[(TA.row < nA) & (TA.data != 0)])  # entries of A ever nonzero
+    F, f0 = _affine(-_rows(TA, active), lowering)
+    G, g0 = _affine(_rows(TA, nA + np.arange(m)), lowering)
     rows, cols = active % m, active // m  # already sorted column-major = CSC order
     indptr = np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=n))])
-    if pp.P is not None and sp.csr_matrix(pp.P).nnz:
-        TP = sp.csr_matrix(pp.P)  # (n·n) × (p_cvx + 1), column-major, both triangles
-        activeP = np.unique(TP.nonzero()[0])
-        H, h0 = _affine(TP[activeP], lowering)
+    if pp.P is not None and pp.P.nnz:
+        TP = pp.P.tocoo()  # (n·n) × (p_cvx + 1), column-major, both triangles
+        activeP = np.unique(TP.row[TP.data != 0])
+        H, h0 = _affine(_rows(TP, activeP), lowering)
         P_rows, P_cols = activeP % n, activeP // n
     else:
         H, h0 = sp.csr_matrix((0, lowering.shape[1])), np.zeros(0)
