@@ -183,21 +183,43 @@ def use_dense(t: ConeTemplate) -> bool:
     return N <= DENSE_ALWAYS or (N <= DENSE_MAX and sparse_layout(t).nnz > DENSE_FILL * N * N)
 
 
-class Linearization:
-    """S of (1) at a batch of points, factored once, solved for any number of right-hand sides."""
+@dataclass
+class Factor:
+    """One instance's S, factored: LU (dense (lu, piv) or SuperLU), condition estimate, and
+    the truncated SVD (U, σ, Vᵀ, null space) where S is (nearly) singular."""
 
-    def __init__(self, ops: BatchOps, D: DProjection, dense: bool | None = None) -> None:
+    S: np.ndarray | sp.csc_matrix
+    lu: object
+    rcond: float
+    svd: tuple | None = None
+
+    def same_matrix(self, S: np.ndarray | sp.csc_matrix) -> bool:
+        if isinstance(S, np.ndarray) != isinstance(self.S, np.ndarray):
+            return False
+        if isinstance(S, np.ndarray):
+            return S.shape == self.S.shape and np.array_equal(S, self.S)
+        return (S.shape == self.S.shape and np.array_equal(S.indices, self.S.indices)
+                and np.array_equal(S.data, self.S.data))
+
+
+class Linearization:
+    """S of (1) at a batch of points, factored once, solved for any number of right-hand sides.
+
+    ``reuse`` (one `Factor` or None per instance) skips factoring where S is exactly the
+    matrix already factored, e.g. refinement's last Newton matrix: with polyhedral cones
+    the final step leaves DΠ unchanged, so the derivative costs no new factorization.
+    """
+
+    def __init__(self, ops: BatchOps, D: DProjection, dense: bool | None = None,
+                 reuse: list[Factor | None] | None = None) -> None:
         t = ops.template
         self.n, self.m = t.n, t.m
         self.D = D
         self.dense = use_dense(t) if dense is None else dense
-        B = ops.a.shape[0]
-        self.singular = np.zeros(B, dtype=bool)
-        self.rcond = np.ones(B)
         if self.dense:
             A = ops.dense()
             DA = D.matvec(A)  # (B, m, n)
-            S = np.zeros((B, t.n + t.m, t.n + t.m))
+            S = np.zeros((A.shape[0], t.n + t.m, t.n + t.m))
             if t.quadratic:
                 S[:, : t.n, : t.n] = ops.dense_P()
             S[:, : t.n, t.n :] = np.swapaxes(DA, 1, 2)
@@ -205,35 +227,33 @@ class Linearization:
             S[:, t.n :, t.n :] = -D.dense()
             idx = np.arange(t.n, t.n + t.m)
             S[:, idx, idx] += 1.0
-            self._factor_dense(S)
+            mats = list(S)
         else:
-            self._factor_sparse(ops)
+            layout = sparse_layout(t)
+            data = layout.values(ops, D.values())
+            mats = [layout.matrix(data[i]) for i in range(data.shape[0])]
+        self._factor(mats, reuse)
 
-    # -- factorization -------------------------------------------------------------
-    def _factor_dense(self, S: np.ndarray) -> None:
-        """LU per instance (in parallel threads); where S is (nearly) singular, a truncated SVD."""
-        self.S = S
-        results = parallel_map(_factor_one, [S[i] for i in range(S.shape[0])])
-        self.lu = [r[0] for r in results]
-        self.rcond = np.array([r[1] for r in results])
-        self.svd = {i: r[2] for i, r in enumerate(results) if r[2] is not None}
+    def _factor(self, mats: list, reuse: list[Factor | None] | None) -> None:
+        """Factor every instance in parallel threads, except those ``reuse`` already has."""
+        factors: list[Factor | None] = [None] * len(mats)
+        if reuse is not None:
+            for i, (f, S) in enumerate(zip(reuse, mats, strict=True)):
+                if f is not None and f.same_matrix(S):
+                    factors[i] = f
+        todo = [i for i, f in enumerate(factors) if f is None]
+        fn = _factor_one if self.dense else _factor_sparse_one
+        for i, f in zip(todo, parallel_map(fn, [mats[i] for i in todo]), strict=True):
+            factors[i] = f
+        self.factors: list[Factor] = factors
+        self.reused = len(mats) - len(todo)
+        self.rcond = np.array([f.rcond for f in factors])
         self.singular = ~(self.rcond > RCOND_MIN)
 
     def null_space(self, i: int) -> np.ndarray | None:
-        """Right null space of a singular S_i, (N, k); None if S_i is regular or sparse."""
-        entry = self.svd.get(i)
-        return None if entry is None else entry[3]
-
-    def _factor_sparse(self, ops: BatchOps) -> None:
-        """Sparse LU per instance; where S is (nearly) singular, a dense truncated SVD if small."""
-        layout = sparse_layout(ops.template)
-        data = layout.values(ops, self.D.values())
-        self.S = [layout.matrix(data[i]) for i in range(data.shape[0])]
-        results = parallel_map(_factor_sparse_one, self.S)
-        self.lu = [r[0] for r in results]
-        self.rcond = np.array([r[1] for r in results])
-        self.svd = {i: r[2] for i, r in enumerate(results) if r[2] is not None}
-        self.singular = ~(self.rcond > RCOND_MIN)
+        """Right null space of a singular S_i, (N, k); None if S_i is regular or too large."""
+        svd = self.factors[i].svd
+        return None if svd is None else svd[3]
 
     # -- solves --------------------------------------------------------------------
     def solve(self, rhs: np.ndarray, transpose: bool = False) -> np.ndarray:
@@ -250,42 +270,44 @@ class Linearization:
         """S_i⁻¹ rhs (or S_i⁻ᵀ rhs) for instance i; rhs is (N,) or (N, K)."""
         if not np.all(np.isfinite(rhs)):
             return np.full_like(rhs, np.nan)
+        f = self.factors[i]
         if self.singular[i]:
-            return self._lstsq(i, rhs, transpose)
-        if self.dense:
-            return sla.lu_solve(self.lu[i], rhs, trans=1 if transpose else 0, check_finite=False)
-        return self.lu[i].solve(rhs, trans="T" if transpose else "N")
-
-    def _lstsq(self, i: int, r: np.ndarray, transpose: bool) -> np.ndarray:
-        """Minimum-norm least-squares solution S⁺ r (or S⁺ᵀ r) for singular S.
-
-        Where the null space of S is invisible in the outputs (an auxiliary variable
-        CVXPY introduced is not unique, e.g. the epigraph variable of an inactive norm
-        constraint) this is the exact, unique derivative, and the transposed solve is
-        exactly its adjoint, since (S⁺)ᵀ = (Sᵀ)⁺.
-        """
-        if i in self.svd:
-            U, sv, Vt, _ = self.svd[i]
-            if transpose:
-                return U @ ((Vt @ r) / (sv if r.ndim == 1 else sv[:, None]))
-            return Vt.T @ ((U.T @ r) / (sv if r.ndim == 1 else sv[:, None]))
-        S = self.S[i]
-        if self.dense or not np.all(np.isfinite(S.data)):  # non-finite S: nothing to solve
-            return np.full_like(r, np.nan)
-        M = S.T if transpose else S
-        cols = r.reshape(r.shape[0], -1)
-        out = np.column_stack([
-            spla.lsmr(M, cols[:, k], atol=1e-14, btol=1e-14, maxiter=10 * S.shape[0])[0]
-            for k in range(cols.shape[1])
-        ])
-        return out.reshape(r.shape)
+            return _lstsq(f, rhs, transpose)
+        if isinstance(f.S, np.ndarray):
+            return sla.lu_solve(f.lu, rhs, trans=1 if transpose else 0, check_finite=False)
+        return f.lu.solve(rhs, trans="T" if transpose else "N")
 
 
-def _factor_one(S: np.ndarray):
-    """(LU, reciprocal condition estimate, truncated SVD if singular) of one dense S."""
+def _lstsq(f: Factor, r: np.ndarray, transpose: bool) -> np.ndarray:
+    """Minimum-norm least-squares solution S⁺ r (or S⁺ᵀ r) for singular S.
+
+    Where the null space of S is invisible in the outputs (an auxiliary variable CVXPY
+    introduced is not unique, e.g. the epigraph variable of an inactive norm constraint)
+    this is the exact, unique derivative, and the transposed solve is exactly its adjoint,
+    since (S⁺)ᵀ = (Sᵀ)⁺.
+    """
+    if f.svd is not None:
+        U, sv, Vt, _ = f.svd
+        if transpose:
+            return U @ ((Vt @ r) / (sv if r.ndim == 1 else sv[:, None]))
+        return Vt.T @ ((U.T @ r) / (sv if r.ndim == 1 else sv[:, None]))
+    S = f.S
+    if isinstance(S, np.ndarray) or not np.all(np.isfinite(S.data)):  # nothing to solve
+        return np.full_like(r, np.nan)
+    M = S.T if transpose else S
+    cols = r.reshape(r.shape[0], -1)
+    out = np.column_stack([
+        spla.lsmr(M, cols[:, k], atol=1e-14, btol=1e-14, maxiter=10 * S.shape[0])[0]
+        for k in range(cols.shape[1])
+    ])
+    return out.reshape(r.shape)
+
+
+def _factor_one(S: np.ndarray) -> Factor:
+    """LU of one dense S (LAPACK getrf), and its truncated SVD if singular."""
     if not np.all(np.isfinite(S)):
-        return None, 0.0, None
-    # LAPACK getrf directly: it reports an exactly singular S in `info` instead of warning
+        return Factor(S, None, 0.0)
+    # getrf directly: it reports an exactly singular S in `info` instead of warning
     # (warnings filters are not thread-safe, and this runs in worker threads).
     lu, piv, info = sla.lapack.dgetrf(S)
     rc = _rcond_lu(lu, S) if info == 0 else 0.0
@@ -294,13 +316,14 @@ def _factor_one(S: np.ndarray):
         U, sv, Vt = np.linalg.svd(S)
         r = int(np.count_nonzero(sv > PINV_RTOL * sv[0])) if sv.size else 0
         svd = (U[:, :r], sv[:r], Vt[:r], Vt[r:].T)
-    return (lu, piv), rc, svd
+    return Factor(S, (lu, piv), rc, svd)
 
 
-def _factor_sparse_one(S: sp.csc_matrix):
-    """(SuperLU, pivot-ratio condition estimate, truncated SVD if singular and small)."""
+def _factor_sparse_one(S: sp.csc_matrix) -> Factor:
+    """SuperLU of one sparse S (pivot-ratio condition estimate), and a truncated SVD if it is
+    singular and small enough to densify."""
     if not np.all(np.isfinite(S.data)):
-        return None, 0.0, None
+        return Factor(S, None, 0.0)
     try:
         lu = spla.splu(S, permc_spec="COLAMD")
         d = np.abs(lu.U.diagonal())
@@ -308,8 +331,8 @@ def _factor_sparse_one(S: sp.csc_matrix):
     except RuntimeError:  # exactly singular
         lu, rc = None, 0.0
     if rc > RCOND_MIN or S.shape[0] > SVD_MAX:
-        return lu, rc, None
-    return lu, rc, _factor_one(S.toarray())[2]
+        return Factor(S, lu, rc)
+    return Factor(S, lu, rc, _factor_one(S.toarray()).svd)
 
 
 def _rcond_lu(lu: np.ndarray, S: np.ndarray) -> float:
@@ -337,12 +360,13 @@ class ConeSolution:
 
     @classmethod
     def at(cls, ops: BatchOps, x: np.ndarray, y: np.ndarray, s: np.ndarray,
-           dense: bool | None = None) -> ConeSolution:
-        """Linearize at (x, y, s): v = y − s, recomputing y, s from Π_{K*}(v) for consistency."""
+           dense: bool | None = None, reuse: list[Factor | None] | None = None
+           ) -> ConeSolution:
+        """Linearize at (x, y, s), v = y − s; ``reuse`` factorizations where S is unchanged."""
         dims = ops.template.dims
         v, kinks = snap_kinks(y - s, dims)
         D = dproject(v, dims, dual=True)
-        lin = Linearization(ops, D, dense=dense)
+        lin = Linearization(ops, D, dense=dense, reuse=reuse)
         return cls(ops=ops, x=x, y=y, s=s, v=v, D=D, lin=lin, kinks=kinks)
 
     def ambiguous(self, recover: sp.spmatrix) -> np.ndarray:

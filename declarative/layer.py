@@ -97,7 +97,8 @@ class Forward:
             return None
         r = self._refined
         ops = self._ops.take(idx)
-        sol = ConeSolution.at(ops, r.x[idx], r.y[idx], r.s[idx])
+        reuse = None if r.factors is None else [r.factors[i] for i in idx]
+        sol = ConeSolution.at(ops, r.x[idx], r.y[idx], r.s[idx], reuse=reuse)
         self.info.rcond = np.full(self.batch_size, np.nan)
         self.info.rcond[idx] = sol.lin.rcond
         ambiguous = idx[sol.ambiguous(self.layer.template.recover)]
@@ -319,7 +320,7 @@ class Layer:
         status, x, y, s = att.status, att.x, att.y, att.s
         before, after, steps = att.residual_before, att.residual_after, att.steps
         ok = np.array([st is Status.SOLVED for st in status], dtype=bool)
-        refined = _Solution(x, y, s)
+        refined = _Solution(x, y, s, att.factors)
         xy = np.concatenate([x, y], axis=1)
         xy[~ok] = np.nan
         out = np.asarray(xy @ t.recover.T) if B else np.zeros((0, t.recover.shape[0]))
@@ -360,14 +361,17 @@ class Layer:
                 elif status[i] is Status.SOLVED:  # SCS's word is not enough: not certified
                     status[i] = Status.INACCURATE
             steps = r.steps
+            factors = [f if kp else None for f, kp in zip(r.factors, keep, strict=True)]
         else:
             before = after = np.full(k, np.nan)
             certified = np.zeros(k, dtype=bool)
             steps = np.zeros(k, dtype=int)
+            factors = [None] * k
         return _Attempt(status=status, scs_status=list(res.status), x=x, y=y, s=s,
                         scs_x=res.x, scs_y=res.y, scs_s=res.s, residual_before=before,
                         residual_after=after, steps=steps, iterations=res.iterations,
-                        seconds=res.seconds, retryable=candidate & ~certified)
+                        seconds=res.seconds, retryable=candidate & ~certified,
+                        factors=factors)
 
     def restore(self, values: Sequence[Any], x: np.ndarray, y: np.ndarray, s: np.ndarray,
                 ok: np.ndarray) -> Forward:
@@ -450,11 +454,13 @@ class _Attempt:
     iterations: np.ndarray
     seconds: np.ndarray
     retryable: np.ndarray
+    factors: list
 
     def merge(self, idx: np.ndarray, other: _Attempt) -> None:
         """Take ``other``'s results (a retry of instances ``idx``); costs add up."""
         for j, i in enumerate(idx):
             self.status[i] = other.status[j]
+            self.factors[i] = other.factors[j]
         for name in ("x", "y", "s", "residual_after"):
             getattr(self, name)[idx] = getattr(other, name)
         self.steps[idx] += other.steps
@@ -467,3 +473,4 @@ class _Solution:
     x: np.ndarray
     y: np.ndarray
     s: np.ndarray
+    factors: list | None = None  # refinement's last factorization per instance, to reuse

@@ -35,6 +35,7 @@ class Refined:
     residual_after: np.ndarray   # ‖F‖∞ after refinement
     steps: np.ndarray            # Newton steps taken, per instance
     scale: np.ndarray            # 1 + ‖c‖∞ + ‖b‖∞, the residual's natural scale
+    factors: list                # the last Newton matrix factored, per instance (or None)
 
 
 def _norm(F: np.ndarray) -> np.ndarray:
@@ -54,6 +55,7 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
     res0 = res.copy()
     scale = 1.0 + np.abs(c).max(axis=1, initial=0) + np.abs(b).max(axis=1, initial=0)
     steps = np.zeros(len(u), dtype=int)
+    factors: list = [None] * len(u)
     active = np.isfinite(res) & (res > tol * scale)
     for _ in range(max_iters):
         idx = np.flatnonzero(active)
@@ -85,6 +87,8 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
             step[k[~ok]] *= 0.5
         improved = ~pending & np.all(np.isfinite(d), axis=1)
         gi = idx[improved]
+        for j in np.flatnonzero(improved):
+            factors[idx[j]] = lin.factors[j]
         u[gi], v[gi], pv[gi] = best_u[improved], best_v[improved], best_pv[improved]
         F[gi], res[gi] = best_F[improved], best_res[improved]
         steps[gi] += 1
@@ -92,7 +96,7 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
         active[idx[~improved]] = False
         active &= res > tol * scale
     return Refined(x=u, y=pv, s=pv - v, residual_before=res0, residual_after=res, steps=steps,
-                   scale=scale)
+                   scale=scale, factors=factors)
 
 
 def linearize(ops: BatchOps, refined: Refined) -> ConeSolution:
