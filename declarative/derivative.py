@@ -72,14 +72,9 @@ class BatchOps:
 
     def __post_init__(self) -> None:
         t = self.template
-        self.rows, self.cols = t.rows_cols()
-        k = np.arange(t.nnz)
-        self._Er = sp.csr_matrix((np.ones(t.nnz), (k, self.rows)), shape=(t.nnz, t.m))
-        self._Ec = sp.csr_matrix((np.ones(t.nnz), (k, self.cols)), shape=(t.nnz, t.n))
+        self.rows, self.cols, self._Er, self._Ec, self._Ep = _scatter(t)
         if self.h is None:
             self.h = np.zeros((self.a.shape[0], t.P_rows.size))
-        kp = np.arange(t.P_rows.size)
-        self._Ep = sp.csr_matrix((np.ones(kp.size), (kp, t.P_rows)), shape=(kp.size, t.n))
 
     def take(self, idx: np.ndarray) -> BatchOps:
         """The same operators for a subset of the batch."""
@@ -112,6 +107,22 @@ class BatchOps:
 
     def sparse(self, i: int) -> sp.csc_matrix:
         return self.template.matrix(self.a[i])
+
+
+def _scatter(t: ConeTemplate):
+    """A's rows and columns, and the 0/1 matrices that sum products of stored entries of A
+    (and P) into rows/columns: built once per template, kept with it."""
+    cached = t.__dict__.get("_scatter")
+    if cached is None:
+        rows, cols = t.rows_cols()
+        k = np.arange(t.nnz)
+        Er = sp.csr_matrix((np.ones(t.nnz), (k, rows)), shape=(t.nnz, t.m))
+        Ec = sp.csr_matrix((np.ones(t.nnz), (k, cols)), shape=(t.nnz, t.n))
+        kp = np.arange(t.P_rows.size)
+        Ep = sp.csr_matrix((np.ones(kp.size), (kp, t.P_rows)), shape=(kp.size, t.n))
+        cached = (rows, cols, Er, Ec, Ep)
+        object.__setattr__(t, "_scatter", cached)
+    return cached
 
 
 def residual(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray,
