@@ -310,7 +310,7 @@ def main() -> None:
         f"(max/min {r['implicit_peak_ratio']:.3f}; autograd saves "
         f"{max(r['implicit_saved_tensor_bytes']):.0f} bytes of tensors for it, its node retains "
         f"{max(r['implicit_retained_bytes']) / 1e3:.0f} kB of NumPy state, and its peak is the "
-        f"dense factorization of the optimality conditions, independent of K). "
+        f"factorization of the optimality conditions, independent of K). "
         + (f"Unrolling needs more memory from K = {cross} on. " if cross else "")
         + f"Forward + backward takes {r['unrolled_seconds'][0] * 1e3:.1f}→"
         f"{r['unrolled_seconds'][-1] * 1e3:.0f} ms unrolled and "
