@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["ConeDims", "DProjection", "block_pattern", "dproject", "project"]
+__all__ = ["ConeDims", "DProjection", "block_pattern", "dproject", "project", "snap_kinks"]
 
 _SQRT2 = math.sqrt(2.0)
 _EPS = np.finfo(np.float64).eps
@@ -663,6 +663,48 @@ def dproject(v: np.ndarray, dims: ConeDims, dual: bool = False) -> DProjection:
     _check_power(dims)
     V, squeeze = _as_batch(v, dims)
     return DProjection(V, dims, dual, batched=not squeeze)
+
+
+# v within KINK_TOL·(1 + ‖v‖∞) of a kink of Π_{K*} counts as on it (see snap_kinks).
+KINK_TOL = 1e-9
+
+
+def snap_kinks(v: np.ndarray, dims: ConeDims, tol: float = KINK_TOL
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Find where strict complementarity fails, and make the derivative's branch deterministic.
+
+    v = y − s sits on a kink of Π_{K*} exactly where a constraint is weakly active (its slack
+    and its multiplier both vanish): there the solution map has only one-sided derivatives.
+    Within ``tol · (1 + ‖v‖∞)`` of such a point we move v onto it, so the derivative is the
+    one `dproject` assigns on the boundary (the constraint held active) instead of a
+    branch picked by rounding noise. Nonnegative and second-order cones are snapped; PSD
+    eigenvalues near zero are detected only. Returns (v, kinks (B,) bool).
+    """
+    v = v.copy()
+    B = v.shape[0]
+    kinks = np.zeros(B, dtype=bool)
+    scale = tol * (1.0 + np.abs(v).max(axis=1, initial=0.0))
+    off = dims.zero
+    if dims.nonneg:
+        block = v[:, off : off + dims.nonneg]
+        near = np.abs(block) <= scale[:, None]
+        kinks |= near.any(axis=1)
+        block[near] = 0.0
+    off += dims.nonneg
+    for k in dims.soc:
+        t, xb = v[:, off], v[:, off + 1 : off + k]
+        nx = np.linalg.norm(xb, axis=1)
+        near = (np.abs(nx - np.abs(t)) <= scale) & (nx > scale)
+        kinks |= near
+        v[near, off] = np.sign(t[near]) * nx[near]
+        kinks |= (nx <= scale) & (np.abs(t) <= scale) & (k > 1)  # the apex
+        off += k
+    for k in dims.psd:
+        d = k * (k + 1) // 2
+        lam = np.linalg.eigvalsh(_unvec(v[:, off : off + d], k))
+        kinks |= (np.abs(lam) <= scale[:, None]).any(axis=1)
+        off += d
+    return v, kinks
 
 
 def block_pattern(dims: ConeDims) -> tuple[np.ndarray, np.ndarray]:

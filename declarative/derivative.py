@@ -37,7 +37,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from declarative.compile import ConeTemplate
-from declarative.cones import ConeDims, DProjection, block_pattern, dproject, project
+from declarative.cones import DProjection, block_pattern, dproject, project, snap_kinks
 from declarative.solve import parallel_map
 
 # S (size N = n + m) is factored dense when N <= DENSE_ALWAYS, or N <= DENSE_MAX with more
@@ -54,8 +54,6 @@ PINV_RTOL = 1e-11
 # A unit null vector of S that moves an output by more than this makes the output's
 # derivative ambiguous (the solution map is not differentiable there).
 AMBIGUITY_TOL = 1e-7
-# v within KINK_TOL·(1 + ‖v‖∞) of a kink of Π_{K*} counts as on it (see snap_kinks).
-KINK_TOL = 1e-9
 
 
 class NonDifferentiableWarning(UserWarning):
@@ -435,56 +433,6 @@ class ConeSolution:
         dv = -(ops._Er.T @ (da * self.x[k, cols, None])) + db        # −dA x + db
         d = self.lin.solve_one(k, -np.concatenate([du, dv], axis=0))
         return d[:n], self.D.dense()[k] @ d[n:]
-
-
-def snap_kinks(v: np.ndarray, dims: ConeDims, tol: float = KINK_TOL
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Find where strict complementarity fails, and make the derivative's branch deterministic.
-
-    v = y − s sits on a kink of Π_{K*} exactly where a constraint is weakly active (its slack
-    and its multiplier both vanish): there the solution map has only one-sided derivatives.
-    Within ``tol · (1 + ‖v‖∞)`` of such a point we move v onto it, so the derivative is the
-    one `cones.dproject` assigns on the boundary (the constraint held active) instead of a
-    branch picked by rounding noise. Nonnegative and second-order cones are snapped; PSD
-    eigenvalues near zero are detected only. Returns (v, kinks (B,) bool).
-    """
-    v = v.copy()
-    B = v.shape[0]
-    kinks = np.zeros(B, dtype=bool)
-    scale = tol * (1.0 + np.abs(v).max(axis=1, initial=0.0))
-    off = dims.zero
-    if dims.nonneg:
-        block = v[:, off : off + dims.nonneg]
-        near = np.abs(block) <= scale[:, None]
-        kinks |= near.any(axis=1)
-        block[near] = 0.0
-    off += dims.nonneg
-    for k in dims.soc:
-        t, xb = v[:, off], v[:, off + 1 : off + k]
-        nx = np.linalg.norm(xb, axis=1)
-        near = (np.abs(nx - np.abs(t)) <= scale) & (nx > scale)
-        kinks |= near
-        v[near, off] = np.sign(t[near]) * nx[near]
-        kinks |= (nx <= scale) & (np.abs(t) <= scale) & (k > 1)  # the apex
-        off += k
-    for k in dims.psd:
-        d = k * (k + 1) // 2
-        lam = np.linalg.eigvalsh(_svec_to_matrix(v[:, off : off + d], k))
-        kinks |= (np.abs(lam) <= scale[:, None]).any(axis=1)
-        off += d
-    return v, kinks
-
-
-def _svec_to_matrix(sv: np.ndarray, k: int) -> np.ndarray:
-    """SCS's svec (lower triangle by columns, off-diagonal ×√2) → symmetric (B, k, k)."""
-    rows, cols = np.tril_indices(k)
-    order = np.lexsort((rows, cols))  # column by column
-    r, c = rows[order], cols[order]
-    M = np.zeros((sv.shape[0], k, k))
-    vals = sv / np.where(r == c, 1.0, np.sqrt(2.0))
-    M[:, r, c] = vals
-    M[:, c, r] = vals
-    return M
 
 
 def project_dual(v: np.ndarray, ops: BatchOps) -> np.ndarray:

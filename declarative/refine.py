@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from declarative.cones import dproject
-from declarative.derivative import BatchOps, ConeSolution, Linearization, project_dual, residual
+from declarative.derivative import BatchOps, Linearization, project_dual, residual
 
 # Stop refining an instance once ‖F‖∞ ≤ tol · (1 + ‖c‖∞ + ‖b‖∞).
 REFINE_TOL = 1e-13
@@ -97,8 +97,3 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
         active &= res > tol * scale
     return Refined(x=u, y=pv, s=pv - v, residual_before=res0, residual_after=res, steps=steps,
                    scale=scale, factors=factors)
-
-
-def linearize(ops: BatchOps, refined: Refined) -> ConeSolution:
-    """The derivative machinery at the refined solution."""
-    return ConeSolution.at(ops, refined.x, refined.y, refined.s)
