@@ -326,3 +326,11 @@ def test_jacobian_matrix_layout():
     assert M.shape == (12, 6 + 6 + 1)
     np.testing.assert_array_equal(M[:6, :6], J[0][0].reshape(6, 6))
     np.testing.assert_array_equal(M[6:, 12], J[1][2].reshape(6))
+
+
+@pytest.mark.parametrize("name", list(problems.ZOO))
+def test_every_zoo_problem_passes_verify(name):
+    """The whole zoo through verify: closed form (1e-8), finite differences and diffcp."""
+    r = check_zoo(name, seeds=range(2), finite_differences=True, diffcp=True)
+    assert r.passed, (r.solution_error, r.jacobian_error)
+    assert r.fd_ok and r.diffcp_ok, (r.fd_error, r.diffcp_error)
