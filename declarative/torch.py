@@ -47,6 +47,9 @@ class _LayerFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
         ctx.fwd = output[-1]
+        params = inputs[2:]
+        ctx.save_for_backward(*params)
+        ctx.save_for_forward(*params)
 
     @staticmethod
     def vmap(info: Any, in_dims: tuple, layer: Layer, options: dict, *params: torch.Tensor):
@@ -69,11 +72,25 @@ class _LayerFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, *grads):
-        return (None, None, *_Cotangent.apply(ctx.fwd, *grads[:-1]))
+        anchor = _anchor(ctx.saved_tensors)
+        return (None, None, *_Cotangent.apply(ctx.fwd, anchor, *grads[:-1]))
 
     @staticmethod
     def jvp(ctx: Any, _layer_t, _options_t, *tangents):
-        return (*_Tangent.apply(ctx.fwd, *tangents), None)
+        anchor = _anchor(ctx.saved_tensors)
+        return (*_Tangent.apply(ctx.fwd, anchor, *tangents), None)
+
+
+def _anchor(params) -> torch.Tensor:
+    """A zero that depends on the parameters. The VJP and JVP are linear maps at a fixed
+    solution; threading this through them makes any derivative *of* them with respect to the
+    parameters (second derivatives, Hessians) visible, so it can be refused instead of being
+    silently computed as if the Jacobian did not depend on the parameters."""
+    zero = torch.zeros((), dtype=torch.float64)
+    for p in params:
+        if p.is_floating_point():
+            zero = zero + (p * 0).sum().to(torch.float64)
+    return zero
 
 
 class _Meta:
@@ -136,7 +153,12 @@ class _Fold:
         return g.sum(dim=1) if self.B0 is not None and not per_call else g
 
 
-def _vmap_linear(fn, info: Any, in_dims: tuple, fwd: Forward, *vs: torch.Tensor, adjoint: bool):
+def _fold_anchor(anchor: torch.Tensor, dim) -> torch.Tensor:
+    return anchor if dim is None else anchor.sum()
+
+
+def _vmap_linear(fn, info: Any, in_dims: tuple, fwd: Forward, anchor: torch.Tensor,
+                 *vs: torch.Tensor, adjoint: bool):
     """vmap rule of a linear map (VJP if ``adjoint``, else JVP) at a solution ``fwd``.
 
     If ``fwd`` came from folding this very vmap level (vmap of grad / of jvp), the vmapped
@@ -144,7 +166,8 @@ def _vmap_linear(fn, info: Any, in_dims: tuple, fwd: Forward, *vs: torch.Tensor,
     enumerates directions (jacrev / jacfwd): one linear map each, reusing the factorization.
     """
     fold = getattr(fwd, "fold", None)
-    dims = in_dims[1:]
+    dims = in_dims[2:]
+    anchor_dim = in_dims[1]
     if fold is not None and fold.level == _level() and fold.V == info.batch_size:
         moved = [v.movedim(d, 0) if d is not None else v for v, d in zip(vs, dims, strict=True)]
         if adjoint:  # output cotangents: shaped like the outputs (per example batched or not)
@@ -153,19 +176,27 @@ def _vmap_linear(fn, info: Any, in_dims: tuple, fwd: Forward, *vs: torch.Tensor,
                 v = v if d is not None else v.expand(fold.V, *v.shape)
                 flat.append(v.reshape(fold.V * fold.B0, *v.shape[2:]) if fold.B0 is not None
                             else v)
-            res = fn.apply(fwd, *flat)
+            res = fn.apply(fwd, _fold_anchor(anchor, anchor_dim), *flat)
             out = tuple(fold.unfold_param(g, pc) for g, pc in zip(res, fold.per_call,
                                                                    strict=True))
         else:  # parameter tangents: fold like the parameters themselves
-            res = fn.apply(fwd, *fold.fold(moved, dims))
+            res = fn.apply(fwd, _fold_anchor(anchor, anchor_dim), *fold.fold(moved, dims))
             out = tuple(fold.unfold(o) for o in res)
         return out, (0,) * len(out)
     V = info.batch_size
     vs = [v.movedim(d, 0) if d is not None else v.expand(V, *v.shape)
           for v, d in zip(vs, dims, strict=True)]
-    rows = [fn.apply(fwd, *(v[k] for v in vs)) for k in range(V)]
+    anchors = anchor.movedim(anchor_dim, 0) if anchor_dim is not None else None
+    rows = [fn.apply(fwd, anchor if anchors is None else anchors[k], *(v[k] for v in vs))
+            for k in range(V)]
     out = tuple(torch.stack([r[j] for r in rows]) for j in range(len(rows[0])))
     return out, (0,) * len(out)
+
+
+_SECOND_ORDER = (
+    "second derivatives with respect to the parameters (e.g. torch.func.hessian) are not "
+    "supported: the layer's derivative is exact, but not differentiable again."
+)
 
 
 def _linear_map(name: str, doc: str, apply, transpose, adjoint: bool):
@@ -177,7 +208,7 @@ def _linear_map(name: str, doc: str, apply, transpose, adjoint: bool):
 
     class LinearMap(torch.autograd.Function):
         @staticmethod
-        def forward(fwd: Forward, *vs: torch.Tensor):
+        def forward(fwd: Forward, anchor: torch.Tensor, *vs: torch.Tensor):
             return apply(fwd, _to_numpy(vs, fwd))
 
         @staticmethod
@@ -186,15 +217,23 @@ def _linear_map(name: str, doc: str, apply, transpose, adjoint: bool):
 
         @staticmethod
         def backward(ctx: Any, *gg):
-            return (None, *transpose(ctx.fwd, _to_numpy(gg, ctx.fwd)))
+            # Derivatives with respect to the linear map's own input are exact (its transpose);
+            # with respect to the parameters (the anchor) they are not available: NaN, never a
+            # silently wrong number. (The engine asks for it even when only the former is
+            # wanted, e.g. in the double-backward trick for JVPs, so this cannot raise.)
+            nan = torch.full((), float("nan"), dtype=torch.float64)
+            return (None, nan, *transpose(ctx.fwd, _to_numpy(gg, ctx.fwd)))
 
         @staticmethod
-        def jvp(ctx: Any, _fwd_t, *tangents):
-            return LinearMap.apply(ctx.fwd, *tangents)
+        def jvp(ctx: Any, _fwd_t, anchor_t, *tangents):
+            if anchor_t is not None:
+                raise NotImplementedError(_SECOND_ORDER)
+            return LinearMap.apply(ctx.fwd, torch.zeros((), dtype=torch.float64), *tangents)
 
         @staticmethod
-        def vmap(info: Any, in_dims: tuple, fwd: Forward, *vs: torch.Tensor):
-            return _vmap_linear(LinearMap, info, in_dims, fwd, *vs, adjoint=adjoint)
+        def vmap(info: Any, in_dims: tuple, fwd: Forward, anchor: torch.Tensor,
+                 *vs: torch.Tensor):
+            return _vmap_linear(LinearMap, info, in_dims, fwd, anchor, *vs, adjoint=adjoint)
 
     LinearMap.__name__ = LinearMap.__qualname__ = name
     LinearMap.__doc__ = doc
