@@ -29,6 +29,7 @@ Small systems are solved dense and batched; large ones with a sparse LU per inst
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -159,6 +160,7 @@ class SparseLayout:
         self.indptr = np.concatenate([[0], np.cumsum(np.bincount(keys // N, minlength=N))])
         self.indptr = self.indptr.astype(np.int32)
         self.shape = (N, N)
+        self.ordering: str | None = None  # SuperLU's column ordering, chosen on first use
         self.assemble = sp.csr_matrix(
             (np.ones(rows.size), (np.arange(rows.size), where)), shape=(rows.size, keys.size))
 
@@ -241,9 +243,10 @@ class Linearization:
             layout = sparse_layout(t)
             data = layout.values(ops, D.values())
             mats = [layout.matrix(data[i]) for i in range(data.shape[0])]
-        self._factor(mats, reuse)
+        self._factor(mats, reuse, None if self.dense else sparse_layout(t))
 
-    def _factor(self, mats: list, reuse: list[Factor | None] | None) -> None:
+    def _factor(self, mats: list, reuse: list[Factor | None] | None,
+                layout: SparseLayout | None) -> None:
         """Factor every instance in parallel threads, except those ``reuse`` already has."""
         factors: list[Factor | None] = [None] * len(mats)
         if reuse is not None:
@@ -251,7 +254,12 @@ class Linearization:
                 if f is not None and f.same_matrix(S):
                     factors[i] = f
         todo = [i for i, f in enumerate(factors) if f is None]
-        fn = _factor_one if self.dense else _factor_sparse_one
+        if layout is None:
+            fn = _factor_one
+        else:
+            if layout.ordering is None and todo:
+                layout.ordering = _best_ordering(mats[todo[0]])
+            fn = functools.partial(_factor_sparse_one, ordering=layout.ordering)
         for i, f in zip(todo, parallel_map(fn, [mats[i] for i in todo]), strict=True):
             factors[i] = f
         self.factors: list[Factor] = factors
@@ -328,13 +336,31 @@ def _factor_one(S: np.ndarray) -> Factor:
     return Factor(S, (lu, piv), rc, svd)
 
 
-def _factor_sparse_one(S: sp.csc_matrix) -> Factor:
+# Fill-reducing column orderings SuperLU offers that suit S. S is structurally symmetric,
+# which minimum degree on Aᵀ + A exploits; COLAMD can be better on small systems. E.g.
+# sparsemax n = 3000 (N = 12001): 42 k vs 4.5 M entries of fill, 9 ms vs 172 ms.
+ORDERINGS = ("MMD_AT_PLUS_A", "COLAMD")
+
+
+def _best_ordering(S: sp.csc_matrix) -> str:
+    """The ordering with the least fill on one instance's S (decided once per template)."""
+    fill = {}
+    for spec in ORDERINGS:
+        try:
+            lu = spla.splu(S, permc_spec=spec)
+            fill[spec] = lu.L.nnz + lu.U.nnz
+        except RuntimeError:  # singular: no information
+            fill[spec] = np.inf
+    return min(ORDERINGS, key=lambda spec: fill[spec])
+
+
+def _factor_sparse_one(S: sp.csc_matrix, ordering: str = "COLAMD") -> Factor:
     """SuperLU of one sparse S (pivot-ratio condition estimate), and a truncated SVD if it is
     singular and small enough to densify."""
     if not np.all(np.isfinite(S.data)):
         return Factor(S, None, 0.0)
     try:
-        lu = spla.splu(S, permc_spec="COLAMD")
+        lu = spla.splu(S, permc_spec=ordering)
         d = np.abs(lu.U.diagonal())
         rc = float(d.min() / d.max()) if d.size and d.max() > 0 else 0.0
     except RuntimeError:  # exactly singular
