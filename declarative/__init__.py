@@ -20,7 +20,7 @@ from declarative.layer import Forward, Layer, SolveInfo
 from declarative.solve import Status
 
 __all__ = [
-    "compile", "Layer", "Forward", "SolveInfo", "Status",
+    "compile", "verify", "Layer", "Forward", "SolveInfo", "Status",
     "DeclarativeError", "ProblemError", "ParameterError", "SolverError",
     "NonDifferentiableWarning",
 ]
@@ -50,3 +50,16 @@ def compile(  # noqa: A001 - the public name the design fixes
     """
     template, params, outputs = compile_template(problem, list(parameters), list(variables))
     return Layer(template, params, outputs, solver_args=solver_args, on_failure=on_failure)
+
+
+def __getattr__(name: str):
+    """``declarative.verify``, imported on first use (it pulls in the zoo and diffcp).
+
+    The module is callable: ``declarative.verify(layer, values, ...)`` is
+    ``declarative.verify.verify(layer, values, ...)``.
+    """
+    if name == "verify":
+        import importlib
+
+        return importlib.import_module("declarative.verify")
+    raise AttributeError(f"module 'declarative' has no attribute {name!r}")

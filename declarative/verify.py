@@ -52,6 +52,7 @@ import math
 import sys
 import threading
 import time
+import types
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -992,3 +993,13 @@ def check_zoo(name: str, seeds: Sequence[int] = range(3), solver_args: dict | No
         diffcp_solution_error=worst(DIFFCP, "solution", "rel"),
         total_seconds=time.perf_counter() - t_start, tolerance=tolerance, reports=reports,
     )
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``declarative.verify(layer, values, ...)`` call `verify` directly."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Report:
+        return verify(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

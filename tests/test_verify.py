@@ -334,3 +334,20 @@ def test_every_zoo_problem_passes_verify(name):
     r = check_zoo(name, seeds=range(2), finite_differences=True, diffcp=True)
     assert r.passed, (r.solution_error, r.jacobian_error)
     assert r.fd_ok and r.diffcp_ok, (r.fd_error, r.diffcp_error)
+
+
+def test_declarative_verify_is_callable_and_a_module():
+    """`dl.verify(layer, values, ...)` and `dl.verify.verify(...)` are the same check."""
+    import cvxpy as cp
+
+    import declarative as dl
+
+    x, th = cp.Variable(3), cp.Parameter(3)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - th)), [x <= 0.5]), [th], [x])
+    v = np.array([0.1, 0.7, -0.2])
+    ref = {"solution": lambda t: [np.minimum(t, 0.5)],
+           "jacobian": lambda t: [[np.diag((t < 0.5).astype(float))]]}
+    assert dl.verify(layer, [v], **ref).passed
+    assert dl.verify.verify(layer, [v], **ref).passed
+    wrong = {"jacobian": lambda t: [[np.eye(3)]]}  # ignores the active bound: must fail
+    assert not dl.verify(layer, [v], **wrong).passed
