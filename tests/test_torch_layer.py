@@ -313,3 +313,24 @@ def test_second_derivatives_are_refused_never_silently_wrong():
     v = torch.ones_like(th)
     _, jv = torch.autograd.functional.jvp(lambda t: module(t)[0], th, v)
     assert max_abs(jv, inst.jacobian[0][0] @ v.numpy()) <= 1e-8
+
+
+def test_log_det_closed_form_and_gradcheck_with_a_psd_parameter():
+    """maximize log det X − tr(S X) (exponential and PSD cones, a PSD variable): X* = S⁻¹,
+    and ∂⟨W, X*⟩/∂S = −sym(X W X) through (S + Sᵀ)/2. gradcheck perturbs single entries of
+    the PSD parameter, which must be accepted (the layer is defined on (S + Sᵀ)/2)."""
+    k = 3
+    X, S = cp.Variable((k, k), PSD=True), cp.Parameter((k, k), PSD=True)
+    layer = dl.compile(cp.Problem(cp.Maximize(cp.log_det(X) - cp.trace(S @ X))), [S], [X])
+    rng = np.random.default_rng(5)
+    M = rng.standard_normal((k, k))
+    Sv = M @ M.T + np.eye(k)
+    W = rng.standard_normal((k, k))
+    St = torch.tensor(Sv, requires_grad=True)
+    (Xt,) = layer.torch()(St)
+    Xinv = np.linalg.inv(Sv)
+    assert max_abs(Xt.detach(), Xinv) <= 1e-8
+    (Xt * torch.tensor(W)).sum().backward()
+    G = Xinv @ W @ Xinv
+    assert max_abs(St.grad, -(G + G.T) / 2) <= 1e-8
+    assert torch.autograd.gradcheck(lambda s: layer.torch()(s)[0], (St,), eps=1e-6, atol=1e-5)
