@@ -161,6 +161,14 @@ def check_problem(problem: Any) -> None:
 
     if not isinstance(problem, cp.Problem):
         raise ProblemError(f"expected a cvxpy.Problem, got {type(problem).__name__}.")
+    if problem.is_mixed_integer():
+        names = [v.name() for v in problem.variables()
+                 if v.attributes.get("integer") or v.attributes.get("boolean")]
+        raise ProblemError(
+            f"variable(s) {names} are integer or boolean: a mixed-integer problem's solution "
+            "is piecewise constant in its parameters, with no useful derivative. declarative "
+            "differentiates continuous convex problems; drop the integrality (a relaxation)."
+        )
     if not problem.is_dcp():
         detail = build_non_disciplined_error_msg(problem, "DCP")
         raise ProblemError(

@@ -122,3 +122,9 @@ def test_empty_batch_gives_empty_outputs(simple):
     layer, _, _ = simple
     (x,) = layer.torch()(torch.ones(0, 3))
     assert x.shape == (0, 3)
+
+
+def test_mixed_integer_problems_are_rejected_naming_the_variable():
+    x, theta = cp.Variable(3, integer=True, name="counts"), cp.Parameter(3)
+    with pytest.raises(ProblemError, match=r"\['counts'\] are integer or boolean"):
+        dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - theta))), [theta], [x])
