@@ -984,26 +984,10 @@ def _cmd_scaling(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_value(text: str) -> Any:
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def _key_values(args: argparse.Namespace) -> dict[str, Any]:
-    out = {}
-    for pair in args.cvxpylayers_arg:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise _usage_error_type()(f"--cvxpylayers-arg expects KEY=VALUE, got {pair!r}.")
-        out[key.strip()] = _parse_value(value.strip())
-    return out
+    from declarative.cli import key_values
+
+    return key_values(args.cvxpylayers_arg, "--cvxpylayers-arg")
 
 
 def _pick(given: Any, default: Any) -> Any:

@@ -56,16 +56,22 @@ def _parse_value(text: str) -> Any:
     return text
 
 
+def key_values(pairs: list[str], option: str) -> dict[str, Any]:
+    """``["eps_abs=1e-9", "refine=false"]`` → ``{"eps_abs": 1e-09, "refine": False}``."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{option} expects KEY=VALUE, got {pair!r}.")
+        out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
 def _solver_args(pairs: list[str]) -> dict[str, Any]:
     from declarative.errors import ProblemError
     from declarative.layer import Layer
 
-    args = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--solver-arg expects KEY=VALUE, got {pair!r}.")
-        args[key.strip()] = _parse_value(value.strip())
+    args = key_values(pairs, "--solver-arg")
     try:
         Layer.check_options(args, "nan")
     except ProblemError as e:
