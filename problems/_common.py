@@ -40,3 +40,17 @@ def rejection_sample(draw, accept, rng: np.random.Generator, what: str, max_trie
         f"{what}: no acceptable instance after {max_tries} draws; "
         "the requested sizes are probably outside the sampler's design range"
     )
+
+
+def vector_and_radius(params: tuple, name: str) -> tuple[np.ndarray, float]:
+    """The (y, r) parameters of a ball projection: a finite vector and a radius r >= 0."""
+    if len(params) != 2:
+        raise TypeError(f"{name} takes 2 parameters (y, r), got {len(params)}")
+    y = np.asarray(params[0], dtype=np.float64)
+    if y.ndim != 1:
+        raise ValueError(f"{name}: y must be a vector, got shape {y.shape}")
+    y = as_array(y, y.shape, "y")
+    r = float(as_array(params[1], (), "r"))
+    if r < 0:
+        raise ValueError(f"{name}: radius r must be nonnegative, got {r}")
+    return y, r

@@ -28,7 +28,7 @@ from __future__ import annotations
 import cvxpy as cp
 import numpy as np
 
-from ._common import as_array, resolve_sizes
+from ._common import resolve_sizes, vector_and_radius
 
 NAME = "l2_ball_projection"
 REFERENCE = (
@@ -62,16 +62,7 @@ def sample(rng: np.random.Generator, **sizes: int) -> list[np.ndarray]:
 
 
 def _check(params: tuple[np.ndarray, ...]) -> tuple[np.ndarray, float]:
-    if len(params) != 2:
-        raise TypeError(f"{NAME} takes 2 parameters (y, r), got {len(params)}")
-    y = np.asarray(params[0], dtype=np.float64)
-    if y.ndim != 1:
-        raise ValueError(f"{NAME}: y must be a vector, got shape {y.shape}")
-    y = as_array(y, y.shape, "y")
-    r = float(as_array(params[1], (), "r"))
-    if r < 0:
-        raise ValueError(f"{NAME}: radius r must be nonnegative, got {r}")
-    return y, r
+    return vector_and_radius(params, NAME)
 
 
 def solution(*params: np.ndarray) -> list[np.ndarray]:
