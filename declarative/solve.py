@@ -8,6 +8,7 @@ never stops the others.
 from __future__ import annotations
 
 import enum
+import itertools
 import os
 import threading
 import time
@@ -101,15 +102,38 @@ def single_threaded_blas():
     return _blas.limit(limits=1, user_api="blas")
 
 
-def parallel_map(f, items: list) -> list:
+def parallel_map(f, items: list, threads: bool = True) -> list:
     """``[f(x) for x in items]`` across the shared thread pool, BLAS single-threaded.
 
-    For work that releases the GIL (SCS, LAPACK). Do not call from inside the pool.
+    For work that releases the GIL (SCS, LAPACK). Each worker, the calling thread
+    included, pulls the next index from a shared counter: one task per worker rather
+    than one future per item (a future costs ~35 µs of hand-offs, more than a small
+    solve), with dynamic load balancing. ``threads=False`` runs in the calling thread:
+    for work that holds the GIL (SciPy's SuperLU), where threads only add contention.
+    Do not call from inside the pool.
     """
+    n = len(items)
+    workers = min(os.cpu_count() or 1, n)
     with single_threaded_blas():
-        if len(items) <= 1 or threading.current_thread().name.startswith(_PREFIX):
+        if (not threads or workers <= 1
+                or threading.current_thread().name.startswith(_PREFIX)):
             return [f(x) for x in items]
-        return list(_executor().map(f, items))
+        out: list = [None] * n
+        counter = itertools.count()
+
+        def work() -> None:
+            for i in iter(counter.__next__, None):
+                if i >= n:
+                    return
+                out[i] = f(items[i])
+
+        pending = [_executor().submit(work) for _ in range(workers - 1)]
+        try:
+            work()
+        finally:
+            for p in pending:
+                p.result()
+        return out
 
 
 def scs_settings(solver_args: dict, ours: tuple[str, ...] = ()) -> dict:
