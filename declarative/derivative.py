@@ -37,7 +37,7 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from declarative.compile import ConeTemplate
+from declarative.compile import ConeTemplate, times_t
 from declarative.cones import DProjection, block_pattern, dproject, project, snap_kinks
 from declarative.solve import parallel_map
 
@@ -87,15 +87,15 @@ class BatchOps:
 
     def P(self, u: np.ndarray) -> np.ndarray:
         """P u for each instance: (B, n) → (B, n)."""
-        return np.asarray((self.h * u[:, self.template.P_cols]) @ self._Ep)
+        return times_t(self.h * u[:, self.template.P_cols], self._Ep)
 
     def A(self, u: np.ndarray) -> np.ndarray:
         """A u for each instance: (B, n) → (B, m)."""
-        return np.asarray((self.a * u[:, self.cols]) @ self._Er)
+        return times_t(self.a * u[:, self.cols], self._Er)
 
     def AT(self, y: np.ndarray) -> np.ndarray:
         """Aᵀ y for each instance: (B, m) → (B, n)."""
-        return np.asarray((self.a * y[:, self.rows]) @ self._Ec)
+        return times_t(self.a * y[:, self.rows], self._Ec)
 
     def dense(self) -> np.ndarray:
         """A as dense (B, m, n)."""
@@ -116,15 +116,16 @@ class BatchOps:
 
 def _scatter(t: ConeTemplate):
     """A's rows and columns, and the 0/1 matrices that sum products of stored entries of A
-    (and P) into rows/columns: built once per template, kept with it."""
+    (and P) into rows/columns (Er: (m, nnz), Ec: (n, nnz), Ep: (n, nnz(P))): built once per
+    template, kept with it."""
     cached = t.__dict__.get("_scatter")
     if cached is None:
         rows, cols = t.rows_cols()
         k = np.arange(t.nnz)
-        Er = sp.csr_matrix((np.ones(t.nnz), (k, rows)), shape=(t.nnz, t.m))
-        Ec = sp.csr_matrix((np.ones(t.nnz), (k, cols)), shape=(t.nnz, t.n))
+        Er = sp.csr_matrix((np.ones(t.nnz), (rows, k)), shape=(t.m, t.nnz))
+        Ec = sp.csr_matrix((np.ones(t.nnz), (cols, k)), shape=(t.n, t.nnz))
         kp = np.arange(t.P_rows.size)
-        Ep = sp.csr_matrix((np.ones(kp.size), (kp, t.P_rows)), shape=(kp.size, t.n))
+        Ep = sp.csr_matrix((np.ones(kp.size), (t.P_rows, kp)), shape=(t.n, kp.size))
         cached = (rows, cols, Er, Ec, Ep)
         object.__setattr__(t, "_scatter", cached)
     return cached
@@ -167,8 +168,9 @@ class SparseLayout:
         self.indptr = self.indptr.astype(np.int32)
         self.shape = (N, N)
         self._probe: tuple[str, float] | None = None
+        # (nnz(S), sources): sums the sources into S's entries
         self.assemble = sp.csr_matrix(
-            (np.ones(rows.size), (np.arange(rows.size), where)), shape=(rows.size, keys.size))
+            (np.ones(rows.size), (where, np.arange(rows.size))), shape=(keys.size, rows.size))
 
     @property
     def nnz(self) -> int:
@@ -197,7 +199,7 @@ class SparseLayout:
         B = ops.a.shape[0]
         src = np.concatenate([ops.h, dvals[:, self.d_idx] * ops.a[:, self.e_idx], -ops.a,
                               -dvals, np.ones((B, ops.template.m))], axis=1)
-        return np.ascontiguousarray(src @ self.assemble)  # rows become CSC data arrays
+        return times_t(src, self.assemble)  # rows become CSC data arrays
 
     def matrix(self, data: np.ndarray) -> sp.csc_matrix:
         return sp.csc_matrix((data, self.indices, self.indptr), shape=self.shape)
@@ -479,9 +481,9 @@ class ConeSolution:
         ops, t = self.ops, self.ops.template
         n = t.n
         rows, cols = ops.rows, ops.cols
-        du = ops._Ec.T @ (da * self.y[k, rows, None]) + dc          # dAᵀ y + dc
-        du = du + ops._Ep.T @ (dh * self.x[k, t.P_cols, None])      # + dP x
-        dv = -(ops._Er.T @ (da * self.x[k, cols, None])) + db        # −dA x + db
+        du = ops._Ec @ (da * self.y[k, rows, None]) + dc          # dAᵀ y + dc
+        du = du + ops._Ep @ (dh * self.x[k, t.P_cols, None])      # + dP x
+        dv = -(ops._Er @ (da * self.x[k, cols, None])) + db        # −dA x + db
         d = self.lin.solve_one(k, -np.concatenate([du, dv], axis=0))
         return d[:n], self.D.dense()[k] @ d[n:]
 

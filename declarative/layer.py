@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from declarative.compile import ON_FAILURE, ConeTemplate, OutputSpec, ParameterSpec
+from declarative.compile import ON_FAILURE, ConeTemplate, OutputSpec, ParameterSpec, times_t
 from declarative.derivative import BatchOps, ConeSolution, NonDifferentiableWarning
 from declarative.errors import ParameterError, ProblemError, SolverError, describe_indices
 from declarative.refine import REFINE_MAX_ITERS, REFINE_TOL, refine
@@ -135,7 +135,7 @@ class Forward:
         sol = self._solution
         if sol is not None:
             idx = np.flatnonzero(self.ok)
-            gxy = np.asarray(g[idx] @ t.recover)
+            gxy = times_t(g[idx], t.transposed["recover"])
             dtheta[idx] = t.apply_adjoint(*sol.vjp(gxy[:, : t.n], gxy[:, t.n :]))
             dtheta[~np.all(np.isfinite(dtheta), axis=1)] = 0.0
         out = []
@@ -183,8 +183,8 @@ class Forward:
         if sol is not None:
             idx = np.flatnonzero(self.ok)
             dth = dtheta[idx]
-            dx, dy = sol.jvp(*(np.asarray(dth @ M.T) for M in (t.C, t.F, t.G, t.H)))
-            dout[idx] = np.concatenate([dx, dy], axis=1) @ t.recover.T
+            dx, dy = sol.jvp(*(times_t(dth, M) for M in (t.C, t.F, t.G, t.H)))
+            dout[idx] = times_t(np.concatenate([dx, dy], axis=1), t.recover)
         return [unvec(dout[:, lo : lo + s.size], s.shape)
                 for s, lo in zip(L.outputs, L._out_offsets, strict=True)]
 
@@ -323,7 +323,7 @@ class Layer:
         refined = _Solution(x, y, s, att.factors)
         xy = np.concatenate([x, y], axis=1)
         xy[~ok] = np.nan
-        out = np.asarray(xy @ t.recover.T) if B else np.zeros((0, t.recover.shape[0]))
+        out = times_t(xy, t.recover)
         outputs = [unvec(out[:, lo : lo + sp_.size], sp_.shape)
                    for sp_, lo in zip(self.outputs, self._out_offsets, strict=True)]
         info = SolveInfo(status=status, scs_status=scs_status, scs_iterations=att.iterations,
@@ -383,7 +383,7 @@ class Layer:
         x, y, s = (np.asarray(z, dtype=float) for z in (x, y, s))
         xy = np.concatenate([x, y], axis=1)
         xy[~ok] = np.nan
-        out = np.asarray(xy @ t.recover.T)
+        out = times_t(xy, t.recover)
         outputs = [unvec(out[:, lo : lo + o.size], o.shape)
                    for o, lo in zip(self.outputs, self._out_offsets, strict=True)]
         B = len(ok)
