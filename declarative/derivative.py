@@ -317,7 +317,8 @@ class Linearization:
         if self.singular[i]:
             return _lstsq(f, rhs, transpose)
         if isinstance(f.S, np.ndarray):
-            return sla.lu_solve(f.lu, rhs, trans=1 if transpose else 0, check_finite=False)
+            x, _ = _getrs(*f.lu, rhs, trans=1 if transpose else 0)  # LAPACK, no wrappers
+            return x
         return f.lu.solve(rhs, trans="T" if transpose else "N")
 
 
@@ -344,6 +345,9 @@ def _lstsq(f: Factor, r: np.ndarray, transpose: bool) -> np.ndarray:
         for k in range(cols.shape[1])
     ])
     return out.reshape(r.shape)
+
+
+_getrs = sla.get_lapack_funcs("getrs", (np.zeros(1),))
 
 
 def _factor_one(S: np.ndarray) -> Factor:

@@ -8,6 +8,7 @@ around `Layer.forward`, `Forward.vjp` and `Forward.jvp`.
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from declarative.compile import ON_FAILURE, ConeTemplate, OutputSpec, ParameterS
 from declarative.derivative import BatchOps, ConeSolution, NonDifferentiableWarning
 from declarative.errors import ParameterError, ProblemError, SolverError, describe_indices
 from declarative.refine import REFINE_MAX_ITERS, REFINE_TOL, refine
-from declarative.solve import Status, scs_settings, solve_batch
+from declarative.solve import Status, scs_settings, single_threaded_blas, solve_batch
 
 # Options that are ours rather than SCS's, with their defaults.
 OUR_OPTIONS = {"refine": True, "refine_tol": REFINE_TOL, "refine_max_iters": REFINE_MAX_ITERS}
@@ -43,6 +44,15 @@ def unvec(flat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     B = flat.shape[0]
     arr = flat.reshape((B, *shape[::-1]))
     return np.transpose(arr, (0, *range(arr.ndim - 1, 0, -1)))
+
+
+def _blas_single(method):
+    """Run ``method`` with BLAS single-threaded, set once for the whole call (see solve.py)."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        with single_threaded_blas():
+            return method(*args, **kwargs)
+    return wrapper
 
 
 @dataclass
@@ -122,6 +132,7 @@ class Forward:
                           NonDifferentiableWarning, stacklevel=3)
         return sol
 
+    @_blas_single
     def vjp(self, grads: Sequence[np.ndarray | None]) -> list[np.ndarray]:
         """Cotangents of the outputs (each (B, *shape) or None) ↦ cotangents of the inputs."""
         L, t = self.layer, self.layer.template
@@ -154,6 +165,7 @@ class Forward:
         r = self._refined
         return r.x, r.y, r.s, self.ok
 
+    @_blas_single
     def jacobian(self, index: int = 0) -> list[list[np.ndarray]]:
         """Full Jacobian of one instance: J[i][j] = ∂output_i/∂param_j, shaped
         ``output_i.shape + param_j.shape`` (NaN if the instance was not solved)."""
@@ -167,6 +179,7 @@ class Forward:
             full = np.asarray(t.recover @ np.concatenate([dx, dy], axis=0))
         return L.jacobian_blocks(full)
 
+    @_blas_single
     def jvp(self, tangents: Sequence[np.ndarray | None]) -> list[np.ndarray]:
         """Tangents of the inputs (None for zero) ↦ tangents of the outputs, each (B, *shape)."""
         L, t = self.layer, self.layer.template
@@ -290,6 +303,7 @@ class Layer:
         return theta, batched
 
     # -- the pipeline ------------------------------------------------------------------
+    @_blas_single
     def forward(self, values: Sequence[Any], solver_args: dict | None = None,
                 on_failure: str | None = None) -> Forward:
         """Solve every instance; outputs are (B, *shape) arrays (B = 1 when nothing is batched)."""

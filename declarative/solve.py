@@ -7,6 +7,7 @@ never stops the others.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import itertools
 import os
@@ -73,6 +74,7 @@ class SolveResult:
 
 
 _PREFIX = "declarative-worker"
+_CPUS = os.cpu_count() or 1  # os.cpu_count() costs ~15 µs a call here
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -81,25 +83,41 @@ def _executor() -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
+            _pool = ThreadPoolExecutor(max_workers=_CPUS,
                                        thread_name_prefix=_PREFIX)
         return _pool
 
 
 _blas = None
+_blas_limit = None
+_blas_depth = 0
+_blas_lock = threading.Lock()
 
 
+@contextlib.contextmanager
 def single_threaded_blas():
     """A context in which BLAS/LAPACK run on one thread.
 
     Our dense systems are small and many; we parallelize across instances instead.
     Multithreaded BLAS on small matrices is slower, and on a loaded machine
-    catastrophically so (seen: one 304×304 LU 70× slower).
+    catastrophically so (seen: one 304×304 LU 70× slower). Nested and concurrent uses
+    share one limit (threadpoolctl's limit is process-wide and costs ~15 µs to set), which
+    is lifted when the last one exits.
     """
-    global _blas
-    if _blas is None:
-        _blas = ThreadpoolController()
-    return _blas.limit(limits=1, user_api="blas")
+    global _blas, _blas_limit, _blas_depth
+    with _blas_lock:
+        if _blas is None:
+            _blas = ThreadpoolController()
+        _blas_depth += 1
+        if _blas_depth == 1:
+            _blas_limit = _blas.limit(limits=1, user_api="blas")
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_depth -= 1
+            if _blas_depth == 0:
+                _blas_limit.restore_original_limits()
 
 
 def parallel_map(f, items: list, threads: bool = True) -> list:
@@ -113,7 +131,7 @@ def parallel_map(f, items: list, threads: bool = True) -> list:
     Do not call from inside the pool.
     """
     n = len(items)
-    workers = min(os.cpu_count() or 1, n)
+    workers = min(_CPUS, n)
     with single_threaded_blas():
         if (not threads or workers <= 1
                 or threading.current_thread().name.startswith(_PREFIX)):
