@@ -22,7 +22,13 @@ from declarative.compile import ON_FAILURE, ConeTemplate, OutputSpec, ParameterS
 from declarative.derivative import BatchOps, ConeSolution, NonDifferentiableWarning
 from declarative.errors import ParameterError, ProblemError, SolverError, describe_indices
 from declarative.refine import REFINE_MAX_ITERS, REFINE_TOL, refine
-from declarative.solve import Status, scs_settings, single_threaded_blas, solve_batch
+from declarative.solve import (
+    Status,
+    calibrate_scale,
+    scs_settings,
+    single_threaded_blas,
+    solve_batch,
+)
 
 # Options that are ours rather than SCS's, with their defaults.
 OUR_OPTIONS = {"refine": True, "refine_tol": REFINE_TOL, "refine_max_iters": REFINE_MAX_ITERS}
@@ -218,6 +224,8 @@ class Layer:
         self.solver_args = self.check_options(solver_args, on_failure)
         self.on_failure = on_failure
         self._out_offsets = np.concatenate([[0], np.cumsum([s.size for s in outputs])])[:-1]
+        # SCS's scale for this problem, chosen on the first call (solve.calibrate_scale)
+        self._scs_scale: float | None = None
 
     def __repr__(self) -> str:
         ps = ", ".join(f"{p.name}{list(p.shape)}" for p in self.parameters)
@@ -320,6 +328,12 @@ class Layer:
         mats = [t.matrix(a[i]) for i in range(B)]
         Ps = [t.P_matrix(h[i], upper=True) for i in range(B)] if t.quadratic else None
         ops = BatchOps(t, a, h)
+        if "scale" not in settings:  # the user did not choose one: ours, calibrated once
+            if getattr(self, "_scs_scale", None) is None:
+                self._scs_scale = calibrate_scale(mats[0], b[0], c[0], t.dims, settings,
+                                                  None if Ps is None else Ps[0])
+            if self._scs_scale is not None:
+                settings = {**settings, "scale": self._scs_scale}
         att = self._attempt(np.arange(B), ops, c, b, mats, Ps, settings, ours)
         scs_status = list(att.scs_status)
         # Accurate by default: an instance refinement could not certify from SCS's loose

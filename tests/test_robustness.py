@@ -167,10 +167,12 @@ def test_uncertified_instances_are_retried_at_a_tight_tolerance():
 
 
 def test_scs_saying_solved_is_not_enough():
-    """Loose SCS, no refinement steps, and a retry that cannot converge: never 'solved'."""
+    """Loose SCS, no refinement steps, and a retry that cannot converge: never 'solved'.
+    (SCS's own scale 0.1: at the scale the layer calibrates, 30 iterations would suffice.)"""
     layer, _, sizes = zoo_layer("sparsemax")
     inst = problems.instance("sparsemax", 0, **sizes)
-    args = {"refine_max_iters": 0, "eps_abs": 1e-3, "eps_rel": 1e-3, "max_iters": 30}
+    args = {"refine_max_iters": 0, "eps_abs": 1e-3, "eps_rel": 1e-3, "max_iters": 30,
+            "scale": 0.1}
     fwd = layer.forward(inst.params, solver_args=args, on_failure="nan")
     assert str(fwd.info.status[0]) in ("inaccurate", "iteration_limit")
     assert np.isnan(fwd.outputs[0]).all()

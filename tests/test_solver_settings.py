@@ -1,0 +1,73 @@
+"""SCS settings the layer chooses for speed (solve.calibrate_scale), asserted on deterministic
+quantities (iteration counts, exact equality of repeated calls), never on wall-clock time."""
+
+import numpy as np
+import pytest
+
+import problems
+from declarative.solve import SCALE_CANDIDATES, SCS_DEFAULTS, calibrate_scale, solve_batch
+from tests.conftest import max_abs, zoo_layer
+
+
+def _batch(name: str, seeds, **sizes):
+    layer, _, sizes = zoo_layer(name, **sizes)
+    insts = [problems.instance(name, s, **sizes) for s in seeds]
+    values = [np.stack([inst.params[k] for inst in insts]) for k in range(len(insts[0].params))]
+    return layer, insts, values
+
+
+@pytest.mark.parametrize("name", ["sparsemax", "softmax", "qp", "polytope_projection"])
+def test_calibrated_scale_is_the_fewest_iterations_and_exact(name):
+    layer, insts, values = _batch(name, range(3))
+    fwd = layer.forward(values)
+    scale = layer._scs_scale
+    assert scale in SCALE_CANDIDATES
+    # the choice: no candidate solves instance 0 in fewer SCS iterations (a direct SCS run each)
+    t = layer.template
+    theta, _ = layer.batch([v[:1] for v in values])
+    c, a, b = t.apply(theta)
+    P = [t.P_matrix(t.apply_P(theta)[0], upper=True)] if t.quadratic else None
+    iters = {s: solve_batch([t.matrix(a[0])], b, c, t.dims, {**SCS_DEFAULTS, "scale": s},
+                            P).iterations[0] for s in SCALE_CANDIDATES}
+    assert iters[scale] == min(iters.values())
+    assert calibrate_scale(t.matrix(a[0]), b[0], c[0], t.dims, SCS_DEFAULTS,
+                           None if P is None else P[0]) == scale
+    # and the solutions are the closed form's, as at any scale
+    for k, inst in enumerate(insts):
+        assert max_abs(fwd.outputs[0][k], inst.solution[0]) <= 1e-8
+
+
+def test_calibration_cuts_scs_iterations_on_sparsemax():
+    """SCS's default scale 0.1 needs several times more iterations on sparsemax."""
+    layer, _, values = _batch("sparsemax", range(8))
+    ours = layer.forward(values).info.scs_iterations
+    default = layer.forward(values, solver_args={"scale": 0.1}).info.scs_iterations
+    assert layer._scs_scale != 0.1
+    assert ours.sum() * 2 <= default.sum()
+
+
+def test_scale_chosen_once_and_repeated_calls_are_identical():
+    layer, _, values = _batch("softmax", range(4))
+    first = layer.forward(values).outputs[0]
+    scale = layer._scs_scale
+    other = [v[::-1].copy() for v in values]
+    layer.forward(other)
+    again = layer.forward(values).outputs[0]
+    assert layer._scs_scale == scale
+    assert np.array_equal(first, again)
+
+
+def test_a_user_scale_is_used_and_not_calibrated():
+    layer, _, values = _batch("sparsemax", range(2))
+    layer = type(layer)(layer.template, layer.parameters, layer.outputs,
+                        solver_args={"scale": 10.0})
+    fwd = layer.forward(values)
+    assert layer._scs_scale is None
+    t = layer.template
+    theta, _ = layer.batch(values)
+    c, a, b = t.apply(theta)
+    h = t.apply_P(theta)
+    direct = solve_batch([t.matrix(a[i]) for i in range(2)], b, c, t.dims,
+                         {**SCS_DEFAULTS, "scale": 10.0},
+                         [t.P_matrix(h[i], upper=True) for i in range(2)])
+    assert np.array_equal(fwd.info.scs_iterations, direct.iterations)
