@@ -167,7 +167,8 @@ class SparseLayout:
         self.indptr = np.concatenate([[0], np.cumsum(np.bincount(keys // N, minlength=N))])
         self.indptr = self.indptr.astype(np.int32)
         self.shape = (N, N)
-        self._probe: tuple[str, float] | None = None
+        self._fill: float | None = None
+        self.ordering: str | None = None  # SuperLU's column ordering, chosen on first use
         # (nnz(S), sources): sums the sources into S's entries
         self.assemble = sp.csr_matrix(
             (np.ones(rows.size), (where, np.arange(rows.size))), shape=(keys.size, rows.size))
@@ -176,23 +177,16 @@ class SparseLayout:
     def nnz(self) -> int:
         return self.indices.size
 
-    def _probed(self) -> tuple[str, float]:
-        """(best ordering, its fill), from one factorization of S's pattern with generic
-        values: depends only on the template, so every call makes the same choice."""
-        if self._probe is None:
-            values = np.random.default_rng(0).uniform(0.5, 1.5, self.nnz)
-            self._probe = _best_ordering(self.matrix(values))
-        return self._probe
-
-    @property
-    def ordering(self) -> str:
-        """SuperLU's fill-reducing column ordering for this template."""
-        return self._probed()[0]
-
     @property
     def fill(self) -> float:
-        """nnz(L) + nnz(U) of the probe factorization (inf if it failed)."""
-        return self._probed()[1]
+        """nnz(L) + nnz(U) of a probe factorization of S's pattern with generic values (inf if
+        it failed): depends only on the template. Used by `use_dense` up to DENSE_MAX only:
+        on large systems random values make SuperLU pivot off the diagonal and the probe's
+        fill explodes (sparsemax n = 10,000: seconds)."""
+        if self._fill is None:
+            values = np.random.default_rng(0).uniform(0.5, 1.5, self.nnz)
+            self._fill = _best_ordering(self.matrix(values))[1]
+        return self._fill
 
     def values(self, ops: BatchOps, dvals: np.ndarray) -> np.ndarray:
         """S's CSC data for the batch (B, nnz), from P, A and DΠ's values."""
@@ -285,6 +279,8 @@ class Linearization:
         if layout is None:
             fn = _factor_one
         else:
+            if layout.ordering is None and todo:  # the least fill on a real instance
+                layout.ordering = _best_ordering(mats[todo[0]])[0]
             fn = functools.partial(_factor_sparse_one, ordering=layout.ordering)
         for i, f in zip(todo, parallel_map(fn, [mats[i] for i in todo]), strict=True):
             factors[i] = f
