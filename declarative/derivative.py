@@ -211,8 +211,10 @@ def sparse_layout(t: ConeTemplate) -> SparseLayout:
 def use_dense(t: ConeTemplate) -> bool:
     """Dense LU where the cost model above says it is cheaper than SuperLU."""
     N = t.n + t.m
-    if N <= DENSE_ALWAYS or N > DENSE_MAX:
-        return N <= DENSE_ALWAYS
+    if N <= DENSE_ALWAYS:
+        return True
+    if N > DENSE_MAX:
+        return False
     return DENSE_COST * N**3 < SPARSE_COST + SPARSE_FILL_COST * sparse_layout(t).fill
 
 

@@ -128,29 +128,24 @@ def single_threaded_blas():
                 _blas_limit.restore_original_limits()
 
 
-def parallel_map(f, items: list, threads: bool = True) -> list:
+def parallel_map(f, items: list) -> list:
     """``[f(x) for x in items]`` across the shared thread pool, BLAS single-threaded.
 
     For work that releases the GIL (SCS, LAPACK). Each worker, the calling thread
     included, pulls the next index from a shared counter: one task per worker rather
     than one future per item (a future costs ~35 µs of hand-offs, more than a small
-    solve), with dynamic load balancing. ``threads=False`` runs in the calling thread:
-    for work that holds the GIL (SciPy's SuperLU), where threads only add contention.
-    Do not call from inside the pool.
+    solve), with dynamic load balancing. Do not call from inside the pool.
     """
     n = len(items)
     workers = min(_CPUS, n)
     with single_threaded_blas():
-        if (not threads or workers <= 1
-                or threading.current_thread().name.startswith(_PREFIX)):
+        if workers <= 1 or threading.current_thread().name.startswith(_PREFIX):
             return [f(x) for x in items]
         out: list = [None] * n
         counter = itertools.count()
 
         def work() -> None:
-            for i in iter(counter.__next__, None):
-                if i >= n:
-                    return
+            while (i := next(counter)) < n:
                 out[i] = f(items[i])
 
         pending = [_executor().submit(work) for _ in range(workers - 1)]
