@@ -297,22 +297,28 @@ class Linearization:
         return None if svd is None else svd[3]
 
     # -- solves --------------------------------------------------------------------
-    def solve(self, rhs: np.ndarray, transpose: bool = False) -> np.ndarray:
+    def solve(self, rhs: np.ndarray, transpose: bool = False, iterative: bool = True
+              ) -> np.ndarray:
         """S⁻¹ rhs (or S⁻ᵀ rhs) per instance; least squares where S is singular.
 
-        ``rhs`` is (B, N) or (B, N, K) for K right-hand sides per instance.
+        ``rhs`` is (B, N) or (B, N, K) for K right-hand sides per instance. With
+        ``iterative=False``, a singular S too large for a dense SVD gives NaN instead of
+        an (expensive) LSMR solution.
         """
         out = np.empty_like(rhs)
         for i in range(rhs.shape[0]):
-            out[i] = self.solve_one(i, rhs[i], transpose)
+            out[i] = self.solve_one(i, rhs[i], transpose, iterative)
         return out
 
-    def solve_one(self, i: int, rhs: np.ndarray, transpose: bool = False) -> np.ndarray:
+    def solve_one(self, i: int, rhs: np.ndarray, transpose: bool = False,
+                  iterative: bool = True) -> np.ndarray:
         """S_i⁻¹ rhs (or S_i⁻ᵀ rhs) for instance i; rhs is (N,) or (N, K)."""
         if not np.all(np.isfinite(rhs)):
             return np.full_like(rhs, np.nan)
         f = self.factors[i]
         if self.singular[i]:
+            if f.svd is None and not iterative:
+                return np.full_like(rhs, np.nan)
             return _lstsq(f, rhs, transpose)
         if isinstance(f.S, np.ndarray):
             x, _ = _getrs(*f.lu, rhs, trans=1 if transpose else 0)  # LAPACK, no wrappers
