@@ -21,6 +21,7 @@ read them off CVXPY's own ``chain.invert`` by probing, once, at compile time.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -47,7 +48,7 @@ class ParameterSpec:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=int))
+        return math.prod(self.shape)
 
 
 # Parameter attributes whose violation would make the compiled problem wrong (e.g. a
@@ -65,7 +66,7 @@ class OutputSpec:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=int))
+        return math.prod(self.shape)
 
 
 # Products X Mᵀ with the template's fixed sparse matrices are many and small. Where M is

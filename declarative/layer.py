@@ -9,6 +9,7 @@ around `Layer.forward`, `Forward.vjp` and `Forward.jvp`.
 from __future__ import annotations
 
 import functools
+import math
 import time
 import warnings
 from collections.abc import Sequence
@@ -41,15 +42,16 @@ RETRY_EPS = 1e-9
 def vec(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """(B, *shape) → (B, size), each instance flattened column-major (CVXPY's order)."""
     B = value.shape[0]
-    axes = (0, *range(value.ndim - 1, 0, -1))
-    return np.transpose(value, axes).reshape(B, int(np.prod(shape, dtype=int)))
+    if value.ndim > 2:
+        value = np.transpose(value, (0, *range(value.ndim - 1, 0, -1)))
+    return value.reshape(B, math.prod(shape))
 
 
 def unvec(flat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Inverse of `vec`: (B, size) → (B, *shape)."""
     B = flat.shape[0]
     arr = flat.reshape((B, *shape[::-1]))
-    return np.transpose(arr, (0, *range(arr.ndim - 1, 0, -1)))
+    return np.transpose(arr, (0, *range(arr.ndim - 1, 0, -1))) if arr.ndim > 2 else arr
 
 
 def _blas_single(method):
@@ -299,15 +301,18 @@ class Layer:
             )
         B = next(iter(sizes.values())) if sizes else 1
         theta = np.empty((B, self.template.num_params))
+        arrays = [a if bt else a[None] for a, bt in zip(arrays, batched, strict=True)]
+        for spec, a in zip(P, arrays, strict=True):  # an unbatched value broadcasts over B
+            theta[:, spec.offset : spec.offset + spec.size] = vec(a, spec.shape)
+        finite = bool(np.isfinite(theta).all())
         for spec, a, bt in zip(P, arrays, batched, strict=True):
-            a = a if bt else a[None]
+            if finite and not spec.domain:
+                continue
             flat = a.reshape(a.shape[0], spec.size)
             _check_values(spec, a, ~np.all(np.isfinite(flat), axis=1), "NaN or inf entries", bt)
             for attr in spec.domain:
                 _check_values(spec, a, ~_in_domain(a, flat, attr), f"values that are not {attr} "
                               f"(it was declared {attr}=True)", bt)
-            theta[:, spec.offset : spec.offset + spec.size] = vec(
-                np.broadcast_to(a, (B, *spec.shape)), spec.shape)
         return theta, batched
 
     # -- the pipeline ------------------------------------------------------------------

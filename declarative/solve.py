@@ -102,8 +102,8 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
-_blas = None
-_blas_limit = None
+_blas_libs: list | None = None
+_blas_saved: list = []
 _blas_depth = 0
 _blas_lock = threading.Lock()
 
@@ -115,23 +115,29 @@ def single_threaded_blas():
     Our dense systems are small and many; we parallelize across instances instead.
     Multithreaded BLAS on small matrices is slower, and on a loaded machine
     catastrophically so (seen: one 304×304 LU 70× slower). Nested and concurrent uses
-    share one limit (threadpoolctl's limit is process-wide and costs ~15 µs to set), which
-    is lifted when the last one exits.
+    share one limit (it is process-wide), which is lifted when the last one exits. The
+    BLAS libraries are found once (threadpoolctl); each library's thread count is then read
+    and set directly (threadpoolctl's own `limit` re-inspects every library: ~15 µs).
     """
-    global _blas, _blas_limit, _blas_depth
+    global _blas_libs, _blas_saved, _blas_depth
     with _blas_lock:
-        if _blas is None:
-            _blas = ThreadpoolController()
+        if _blas_libs is None:
+            _blas_libs = ThreadpoolController().select(user_api="blas").lib_controllers
         _blas_depth += 1
         if _blas_depth == 1:
-            _blas_limit = _blas.limit(limits=1, user_api="blas")
+            _blas_saved = [(lib, lib.num_threads) for lib in _blas_libs]
+            for lib, threads in _blas_saved:
+                if threads != 1:
+                    lib.set_num_threads(1)
     try:
         yield
     finally:
         with _blas_lock:
             _blas_depth -= 1
             if _blas_depth == 0:
-                _blas_limit.restore_original_limits()
+                for lib, threads in _blas_saved:
+                    if threads != 1:
+                        lib.set_num_threads(threads)
 
 
 def parallel_map(f, items: list) -> list:
