@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 import cvxpy as cp
 import numpy as np
@@ -102,6 +102,16 @@ def _dense_transpose(M: sp.spmatrix) -> np.ndarray | None:
     return D
 
 
+class CSC(NamedTuple):
+    """A sparse matrix as its compressed-column arrays, without a SciPy object (whose
+    construction checks cost more than a small SCS solve)."""
+
+    data: np.ndarray
+    indices: np.ndarray
+    indptr: np.ndarray
+    shape: tuple[int, int]
+
+
 @dataclass(frozen=True)
 class ConeTemplate:
     """The compiled problem: affine maps θ ↦ (c, A, b) and the cone K.
@@ -170,6 +180,15 @@ class ConeTemplate:
     def matrix(self, a: np.ndarray) -> sp.csc_matrix:
         """The CSC matrix A of one instance from its values."""
         return sp.csc_matrix((a, self.indices, self.indptr), shape=(self.m, self.n))
+
+    def csc(self, a: np.ndarray) -> CSC:
+        """A of one instance as bare CSC arrays (no SciPy object: for SCS)."""
+        return CSC(a, self.indices, self.indptr, (self.m, self.n))
+
+    def P_csc(self, h: np.ndarray) -> CSC:
+        """The upper triangle of P of one instance as bare CSC arrays (for SCS)."""
+        take, indices, indptr = self._upper_pattern
+        return CSC(np.ascontiguousarray(h[take]), indices, indptr, (self.n, self.n))
 
     def P_matrix(self, h: np.ndarray, upper: bool = False) -> sp.csc_matrix:
         """The symmetric matrix P of one instance (its upper triangle for SCS if ``upper``)."""

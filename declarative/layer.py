@@ -330,8 +330,8 @@ class Layer:
         if B == 0:
             return self.restore(values, np.zeros((0, t.n)), np.zeros((0, t.m)),
                                 np.zeros((0, t.m)), np.zeros(0, dtype=bool))
-        mats = [t.matrix(a[i]) for i in range(B)]
-        Ps = [t.P_matrix(h[i], upper=True) for i in range(B)] if t.quadratic else None
+        mats = [t.csc(a[i]) for i in range(B)]
+        Ps = [t.P_csc(h[i]) for i in range(B)] if t.quadratic else None
         ops = BatchOps(t, a, h)
         if "scale" not in settings:  # the user did not choose one: ours, calibrated once
             if getattr(self, "_scs_scale", None) is None:

@@ -180,15 +180,60 @@ def scs_settings(solver_args: dict, ours: tuple[str, ...] = ()) -> dict:
     return {**SCS_DEFAULTS, **solver_args}
 
 
+_native_ok: bool | None = None
+
+
+def _native_scs(settings: dict):
+    """SCS's QDLDL extension module, to be called without SCS's Python wrapper, or None.
+
+    The wrapper validates SciPy matrices and picks a linear solver on every construction:
+    with the SciPy objects it needs, ~40 µs (more with cold caches) per instance, more than
+    a small solve. Its C extension takes the CSC arrays directly, with the same arguments
+    in every SCS 3 release; it is used after a self-test on a tiny LP, and only for the
+    QDLDL solver (our default), else the wrapper is.
+    """
+    global _native_ok
+    if settings.get("linear_solver", "qdldl") not in ("qdldl", getattr(
+            getattr(scs, "LinearSolver", None), "QDLDL", "qdldl")):
+        return None
+    module = getattr(scs, "_scs_direct", None)
+    if _native_ok is None:
+        try:  # min x s.t. x ≥ 1: x = 1
+            sol = module.SCS((1, 1), np.array([-1.0]), np.array([0], dtype=np.int32),
+                             np.array([0, 1], dtype=np.int32), None, None, None,
+                             np.array([-1.0]), np.array([1.0]), {"l": 1},
+                             eps_abs=1e-9, eps_rel=1e-9, verbose=False).solve(True, None, None,
+                                                                              None)
+            _native_ok = sol["info"]["status_val"] == 1 and abs(sol["x"][0] - 1.0) < 1e-6
+        except Exception:  # noqa: BLE001 - any mismatch: use the public wrapper
+            _native_ok = False
+    return module if _native_ok else None
+
+
+def _scs_solver(A, b, c, cone: dict, settings: dict, P=None):
+    """An SCS solver for one instance; A and P are CSC (SciPy, or `compile.CSC` arrays)."""
+    native = _native_scs(settings)
+    if native is not None:
+        kw = {k: v for k, v in settings.items() if k != "linear_solver"}
+        Pargs = (None, None, None) if P is None else (P.data, P.indices, P.indptr)
+        return native.SCS(tuple(A.shape), A.data, A.indices, A.indptr, *Pargs, b, c, cone,
+                          **kw)
+    A = A if sp.issparse(A) else sp.csc_matrix((A.data, A.indices, A.indptr), shape=A.shape)
+    data = {"A": A, "b": b, "c": c}
+    if P is not None:
+        data["P"] = P if sp.issparse(P) else sp.csc_matrix((P.data, P.indices, P.indptr),
+                                                            shape=P.shape)
+    return scs.SCS(data, cone, **settings)
+
+
 def _solve_one(A, b, c, cone: dict, settings: dict, P=None, warm=None):
     t0 = time.perf_counter()
-    data = {"A": A, "b": b, "c": c} if P is None else {"P": P, "A": A, "b": b, "c": c}
     try:
-        solver = scs.SCS(data, cone, **settings)
+        solver = _scs_solver(A, b, c, cone, settings, P)
         if warm is not None and all(np.all(np.isfinite(w)) for w in warm):
-            sol = solver.solve(warm_start=True, x=warm[0], y=warm[1], s=warm[2])
+            sol = solver.solve(True, warm[0], warm[1], warm[2])
         else:
-            sol = solver.solve()
+            sol = solver.solve(True, None, None, None)
     except Exception:  # noqa: BLE001 - one broken instance must not lose the batch
         return None, Status.FAILED, 0, time.perf_counter() - t0
     info = sol["info"]
@@ -203,7 +248,8 @@ def solve_batch(matrices: list, b: np.ndarray, c: np.ndarray, dims: ConeDims,
                 warm: tuple | None = None) -> SolveResult:
     """Solve min ½xᵀPx + cᵀx s.t. Ax + s = b, s ∈ K for every instance with SCS.
 
-    ``quadratic`` holds each instance's P (upper triangle, CSC), or is None for P = 0;
+    ``matrices`` holds each instance's A and ``quadratic`` its P (upper triangle), or is None
+    for P = 0, both CSC (SciPy matrices or `compile.CSC` arrays);
     ``warm`` optional starting points (x, y, s), each (B, ·).
     """
     B, m = b.shape

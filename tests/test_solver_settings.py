@@ -111,3 +111,27 @@ def test_refinement_gives_up_early_on_a_large_singular_newton_matrix(monkeypatch
     assert fwd.info.refine_steps[0] <= 3
     assert not calls
     assert max_abs(fwd.outputs[0][0], problems.get("sparsemax").solution(z[0])[0]) <= 1e-12
+
+
+@pytest.mark.parametrize("name", ["qp", "softmax", "polytope_projection"])
+def test_scs_without_its_python_wrapper_is_the_same_solve(name, monkeypatch):
+    """SCS's C extension called with bare CSC arrays (solve._native_scs) solves exactly as
+    SCS's public wrapper on SciPy matrices: same iterations, bitwise-equal iterates."""
+    import declarative.solve as solve
+
+    layer, _, values = _batch(name, range(3))
+    t = layer.template
+    theta, _ = layer.batch(values)
+    c, a, b = t.apply(theta)
+    h = t.apply_P(theta)
+    settings = {**SCS_DEFAULTS, "scale": 1.0}
+    assert solve._native_scs(settings) is not None  # the fast path is the one in use here
+    fast = solve_batch([t.csc(a[i]) for i in range(3)], b, c, t.dims, settings,
+                       [t.P_csc(h[i]) for i in range(3)] if t.quadratic else None)
+    monkeypatch.setattr(solve, "_native_ok", False)
+    public = solve_batch([t.matrix(a[i]) for i in range(3)], b, c, t.dims, settings,
+                         [t.P_matrix(h[i], upper=True) for i in range(3)] if t.quadratic
+                         else None)
+    assert np.array_equal(fast.iterations, public.iterations)
+    for u, v in ((fast.x, public.x), (fast.y, public.y), (fast.s, public.s)):
+        assert np.array_equal(u, v)
