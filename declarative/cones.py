@@ -750,9 +750,48 @@ class DProjection:
         self._lay = lay
         vn = V[:, lay.nonneg]
         self._nonneg = np.where(np.isnan(vn), np.nan, (vn >= 0).astype(np.float64))
-        self._soc = [(idx, _soc(V[:, idx], True)[1]) for _, idx in lay.soc]
-        self._psd = [(k, idx, _psd(V[:, idx], k, True)[1]) for k, idx in lay.psd]
-        self._exp = _exp_all(V[:, lay.exp], lay.n_exp, dual, True)[1] if lay.exp.size else None
+        # Π(V) comes out of the same computations (as in `project`, bitwise): kept as `point`
+        P = np.empty_like(V)
+        P[:, lay.zero] = V[:, lay.zero] if dual else 0.0
+        P[:, lay.nonneg] = np.maximum(vn, 0.0)
+        self._soc, self._psd, self._exp = [], [], None
+        for _, idx in lay.soc:
+            P[:, idx], coef = _soc(V[:, idx], True)
+            self._soc.append((idx, coef))
+        for k, idx in lay.psd:
+            P[:, idx], data = _psd(V[:, idx], k, True)
+            self._psd.append((k, idx, data))
+        if lay.exp.size:
+            P[:, lay.exp], self._exp = _exp_all(V[:, lay.exp], lay.n_exp, dual, True)
+        self.point = P if batched else P[0]
+
+    def _arrays(self):
+        """Every per-instance array (leading batch axis), in a fixed order."""
+        yield self._nonneg
+        for _, coef in self._soc:
+            yield from coef
+        for _, _, data in self._psd:
+            yield from data
+        if self._exp is not None:
+            yield self._exp
+        yield self.point
+
+    def take(self, sel) -> DProjection:
+        """The operator for batch rows ``sel`` (an index array): copies."""
+        new = object.__new__(DProjection)
+        new.__dict__.update(self.__dict__)
+        new._nonneg = self._nonneg[sel]
+        new._soc = [(idx, tuple(x[sel] for x in coef)) for idx, coef in self._soc]
+        new._psd = [(k, idx, tuple(x[sel] for x in data)) for k, idx, data in self._psd]
+        new._exp = None if self._exp is None else self._exp[sel]
+        new.point = self.point[sel]
+        new.batch_size = new.point.shape[0]
+        return new
+
+    def put(self, sel, other: DProjection) -> None:
+        """Overwrite batch rows ``sel`` with ``other``'s (same cones, len(sel) rows)."""
+        for mine, theirs in zip(self._arrays(), other._arrays(), strict=True):
+            mine[sel] = theirs
 
     @property
     def shape(self) -> tuple[int, ...]:

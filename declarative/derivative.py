@@ -501,12 +501,23 @@ class ConeSolution:
 
     @classmethod
     def at(cls, ops: BatchOps, x: np.ndarray, y: np.ndarray, s: np.ndarray,
-           dense: bool | None = None, reuse: list[Factor | None] | None = None
+           dense: bool | None = None, reuse: list[Factor | None] | None = None,
+           v: np.ndarray | None = None, known: tuple[DProjection, np.ndarray] | None = None
            ) -> ConeSolution:
-        """Linearize at (x, y, s), v = y − s; ``reuse`` factorizations where S is unchanged."""
+        """Linearize at (x, y, s) and v = y − s (or ``v`` as given, e.g. refinement's exact
+        iterate); ``reuse`` factorizations where S is unchanged (or nearly), and ``known``
+        = (DΠ, the points it was taken at): its rows where they equal v exactly."""
         dims = ops.template.dims
-        v, kinks = snap_kinks(y - s, dims)
-        D = dproject(v, dims, dual=True)
+        v, kinks = snap_kinks(y - s if v is None else v, dims)
+        if known is None:
+            D = dproject(v, dims, dual=True)
+        else:
+            D, at_v = known
+            same = np.all(v == at_v, axis=1)
+            if not same.all():
+                D = D.take(np.arange(len(v)))  # a copy, to patch
+                other = np.flatnonzero(~same)
+                D.put(other, dproject(v[other], dims, dual=True))
         lin = Linearization(ops, D, dense=dense, reuse=reuse)
         return cls(ops=ops, x=x, y=y, s=s, v=v, D=D, lin=lin, kinks=kinks)
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from declarative.compile import ON_FAILURE, ConeTemplate, OutputSpec, ParameterSpec, times_t
+from declarative.cones import DProjection
 from declarative.derivative import BatchOps, ConeSolution, NonDifferentiableWarning
 from declarative.errors import ParameterError, ProblemError, SolverError, describe_indices
 from declarative.refine import REFINE_MAX_ITERS, REFINE_TOL, refine
@@ -116,7 +117,9 @@ class Forward:
         r = self._refined
         ops = self._ops.take(idx)
         reuse = None if r.factors is None else [r.factors[i] for i in idx]
-        sol = ConeSolution.at(ops, r.x[idx], r.y[idx], r.s[idx], reuse=reuse)
+        known = None if r.D is None else (r.D.take(idx), r.v_D[idx])
+        sol = ConeSolution.at(ops, r.x[idx], r.y[idx], r.s[idx], reuse=reuse,
+                              v=None if r.v is None else r.v[idx], known=known)
         self.info.rcond = np.full(self.batch_size, np.nan)
         self.info.rcond[idx] = sol.lin.rcond
         ambiguous = idx[sol.ambiguous(self.layer.template.recover)]
@@ -353,7 +356,7 @@ class Layer:
         status, x, y, s = att.status, att.x, att.y, att.s
         before, after, steps = att.residual_before, att.residual_after, att.steps
         ok = np.array([st is Status.SOLVED for st in status], dtype=bool)
-        refined = _Solution(x, y, s, att.factors)
+        refined = _Solution(x, y, s, att.factors, att.v, att.D, att.v_D)
         xy = np.concatenate([x, y], axis=1)
         xy[~ok] = np.nan
         out = times_t(xy, t.recover)
@@ -395,16 +398,19 @@ class Layer:
                     status[i] = Status.INACCURATE
             steps = r.steps
             factors = [f if kp else None for f, kp in zip(r.factors, keep, strict=True)]
+            v = np.where(keep[:, None], r.v, res.y - res.s)
+            D, v_D = r.D, r.v_D
         else:
             before = after = np.full(k, np.nan)
             certified = np.zeros(k, dtype=bool)
             steps = np.zeros(k, dtype=int)
             factors = [None] * k
+            v, D, v_D = y - s, None, None
         return _Attempt(status=status, scs_status=list(res.status), x=x, y=y, s=s,
                         scs_x=res.x, scs_y=res.y, scs_s=res.s, residual_before=before,
                         residual_after=after, steps=steps, iterations=res.iterations,
                         seconds=res.seconds, retryable=candidate & ~certified,
-                        factors=factors)
+                        factors=factors, v=v, D=D, v_D=v_D)
 
     def restore(self, values: Sequence[Any], x: np.ndarray, y: np.ndarray, s: np.ndarray,
                 ok: np.ndarray) -> Forward:
@@ -489,14 +495,22 @@ class _Attempt:
     seconds: np.ndarray
     retryable: np.ndarray
     factors: list
+    v: np.ndarray                  # y − s, exactly as refinement left it
+    D: DProjection | None = None   # DΠ_{K*} at v_D (from refinement), or None
+    v_D: np.ndarray | None = None
 
     def merge(self, idx: np.ndarray, other: _Attempt) -> None:
         """Take ``other``'s results (a retry of instances ``idx``); costs add up."""
         for j, i in enumerate(idx):
             self.status[i] = other.status[j]
             self.factors[i] = other.factors[j]
-        for name in ("x", "y", "s", "residual_after"):
+        for name in ("x", "y", "s", "v", "residual_after"):
             getattr(self, name)[idx] = getattr(other, name)
+        if self.D is not None and other.D is not None:
+            self.D.put(idx, other.D)
+            self.v_D[idx] = other.v_D
+        else:
+            self.D = self.v_D = None
         self.steps[idx] += other.steps
         self.iterations[idx] += other.iterations
         self.seconds[idx] += other.seconds
@@ -508,3 +522,6 @@ class _Solution:
     y: np.ndarray
     s: np.ndarray
     factors: list | None = None  # refinement's last factorization per instance, to reuse
+    v: np.ndarray | None = None  # y − s as refinement computed it (else recomputed)
+    D: DProjection | None = None  # DΠ_{K*} at v_D, from refinement
+    v_D: np.ndarray | None = None

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from declarative.cones import dproject
+from declarative.cones import DProjection, dproject
 from declarative.derivative import BatchOps, Linearization, project_dual, residual
 
 # Stop refining an instance once ‖F‖∞ ≤ tol · (1 + ‖c‖∞ + ‖b‖∞).
@@ -40,6 +40,9 @@ class Refined:
     steps: np.ndarray            # Newton systems factored and solved, per instance
     scale: np.ndarray            # 1 + ‖c‖∞ + ‖b‖∞, the residual's natural scale
     factors: list                # the last Newton matrix factored, per instance (or None)
+    v: np.ndarray                # v = y − s at the returned points, exactly
+    D: DProjection               # DΠ_{K*} at the current iterates, which are at `v_D`
+    v_D: np.ndarray              # (= v except where refinement ended on a watchdog step)
 
 
 def _norm(F: np.ndarray) -> np.ndarray:
@@ -65,13 +68,15 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
     B = len(x)
     # the anchor: the best point so far (what is returned), and its Newton direction
     u, v = x.copy(), y - s
-    pv = project_dual(v, ops)
+    # DΠ at the current iterates; its `point` is Π itself (one pass of the cone code for both)
+    Dc = dproject(v, dims, dual=True)
+    pv = Dc.point.copy()
     F = residual(ops, c, b, u, v, pv)
     res = _norm(F)
     res0 = res.copy()
     d_anchor = np.zeros_like(F)
     # the current iterate, ahead of the anchor by `watch` non-monotone full steps
-    cu, cv, cpv, cF = u.copy(), v.copy(), pv.copy(), F.copy()
+    cu, cv, cF = u.copy(), v.copy(), F.copy()
     watch = np.zeros(B, dtype=int)
     scale = 1.0 + np.abs(c).max(axis=1, initial=0) + np.abs(b).max(axis=1, initial=0)
     steps = np.zeros(B, dtype=int)
@@ -82,7 +87,7 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
         if idx.size == 0:
             break
         sub = ops.take(idx)
-        lin = Linearization(sub, dproject(cv[idx], dims, dual=True))
+        lin = Linearization(sub, Dc.take(idx))
         # A singular S too large for a dense SVD gives no step (NaN): LSMR is costly, and
         # its least-squares step rarely helps (e.g. SCS's loose sparsemax solution with
         # every bound active, against Σx = 1); the instance goes back to its anchor, and if
@@ -93,7 +98,8 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
         d_anchor[idx[at_anchor]] = d[at_anchor]
         # the full step from the current iterate
         un, vn = cu[idx] + d[:, : t.n], cv[idx] + d[:, t.n :]
-        pvn = project_dual(vn, sub)
+        Dn = dproject(vn, dims, dual=True)
+        pvn = Dn.point
         Fn = residual(sub, c[idx], b[idx], un, vn, pvn)
         rn = _norm(Fn)
         good = rn <= (1 - 1e-4) * res[idx]
@@ -102,8 +108,9 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
             factors[idx[j]] = lin.factors[j] if good[j] else None
         gi, ai = idx[good], idx[ahead]
         u[gi], v[gi], pv[gi], F[gi], res[gi] = un[good], vn[good], pvn[good], Fn[good], rn[good]
-        cu[idx], cv[idx], cpv[idx] = un, vn, pvn
+        cu[idx], cv[idx] = un, vn
         cF[idx] = Fn
+        Dc.put(idx, Dn)
         watch[gi] = 0
         watch[ai] += 1
         # the others go back to their anchor and backtrack along its Newton direction
@@ -117,11 +124,12 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
             active[back[~ok]] = False  # no step decreases the residual: stagnation
             for i in back:
                 factors[i] = None
-            cu[back], cv[back], cpv[back], cF[back] = u[back], v[back], pv[back], F[back]
+            cu[back], cv[back], cF[back] = u[back], v[back], F[back]
+            Dc.put(back, dproject(cv[back], dims, dual=True))
             watch[back] = 0
         active &= res > tol * scale
     return Refined(x=u, y=pv, s=pv - v, residual_before=res0, residual_after=res, steps=steps,
-                   scale=scale, factors=factors)
+                   scale=scale, factors=factors, v=v, D=Dc, v_D=cv)
 
 
 def _backtrack(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray,

@@ -524,3 +524,22 @@ def test_errors():
     with pytest.raises(ValueError):
         D.matvec(np.zeros((3, 4)))
     assert project(np.zeros((3, 0)), ConeDims()).shape == (3, 0)
+
+
+@pytest.mark.parametrize("dual", [False, True])
+def test_derivative_carries_the_projection_and_subsets(dual):
+    """`DProjection.point` is `project` bitwise (refinement uses it instead of projecting
+    again); `take` and `put` move batch rows of every cone kind's data."""
+    V = random_points(ALL, 6, seed=11)
+    Dop = dproject(V, ALL, dual)
+    assert np.array_equal(Dop.point, project(V, ALL, dual), equal_nan=True)
+    assert np.array_equal(dproject(V[2], ALL, dual).point, project(V[2], ALL, dual))
+    rows = np.array([4, 1])
+    sub = Dop.take(rows)
+    np.testing.assert_array_equal(sub.dense(), Dop.dense()[rows])
+    np.testing.assert_array_equal(sub.point, Dop.point[rows])
+    other = dproject(V[[0, 3]], ALL, dual)
+    Dop.put(rows, other)
+    expected = dproject(V[[0, 1, 2, 3, 4, 5]][[0, 3, 2, 3, 0, 5]], ALL, dual)
+    np.testing.assert_array_equal(Dop.dense(), expected.dense())
+    np.testing.assert_array_equal(Dop.point, expected.point)
