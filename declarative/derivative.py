@@ -239,6 +239,7 @@ class Factor:
     svd: tuple | None = None
     near: Factor | None = None
     ordering: str | None = None  # SuperLU's column ordering (sparse path)
+    dvals: np.ndarray | None = None  # DΠ's values S was built with (A and P: the instance's)
     _exact: Factor | None = None
 
     def _values(self, S: np.ndarray | sp.csc_matrix) -> tuple[np.ndarray, np.ndarray] | None:
@@ -289,31 +290,47 @@ class Linearization:
         self.n, self.m = t.n, t.m
         self.D = D
         self.dense = use_dense(t) if dense is None else dense
-        if self.dense:
-            A = ops.dense()
-            DA = D.matvec(A)  # (B, m, n)
+        B = D.batch_size
+        dvals = D.values()
+        factors: list[Factor | None] = [None] * B
+        if reuse is not None:
+            # S depends on the instance's A and P (those of `ops`) and on DΠ: where DΠ's
+            # values are those a factorization was made with, it is S's, without building S
+            for i, f in enumerate(reuse):
+                if f is not None and f.dvals is not None and np.array_equal(f.dvals, dvals[i]):
+                    factors[i] = f
+        build = np.array([i for i, f in enumerate(factors) if f is None], dtype=int)
+        mats: list = [None] * B
+        if build.size and self.dense:
+            sub = ops if build.size == B else ops.take(build)
+            Db = D if build.size == B else D.take(build)
+            A = sub.dense()
+            DA = Db.matvec(A)  # (b, m, n)
             S = np.zeros((A.shape[0], t.n + t.m, t.n + t.m))
             if t.quadratic:
-                S[:, : t.n, : t.n] = ops.dense_P()
+                S[:, : t.n, : t.n] = sub.dense_P()
             S[:, : t.n, t.n :] = np.swapaxes(DA, 1, 2)
             S[:, t.n :, : t.n] = -A
-            S[:, t.n :, t.n :] = -D.dense()
+            S[:, t.n :, t.n :] = -Db.dense()
             idx = np.arange(t.n, t.n + t.m)
             S[:, idx, idx] += 1.0
-            mats = list(S)
-        else:
+            for j, i in enumerate(build):
+                mats[i] = S[j]
+        elif build.size:
             layout = sparse_layout(t)
-            data = layout.values(ops, D.values())
-            mats = [layout.matrix(data[i]) for i in range(data.shape[0])]
-        self._factor(mats, reuse, None if self.dense else sparse_layout(t))
+            sub = ops if build.size == B else ops.take(build)
+            data = layout.values(sub, dvals[build])
+            for j, i in enumerate(build):
+                mats[i] = layout.matrix(data[j])
+        self._factor(factors, mats, reuse, dvals, None if self.dense else sparse_layout(t))
 
-    def _factor(self, mats: list, reuse: list[Factor | None] | None,
-                layout: SparseLayout | None) -> None:
-        """Factor every instance in parallel threads, except those ``reuse`` already has."""
-        factors: list[Factor | None] = [None] * len(mats)
+    def _factor(self, factors: list, mats: list, reuse: list[Factor | None] | None,
+                dvals: np.ndarray, layout: SparseLayout | None) -> None:
+        """Factor every instance ``mats`` holds in parallel threads, except where ``reuse``
+        has S's factorization (or a nearby matrix's, refined iteratively when solving)."""
         if reuse is not None:
             for i, (f, S) in enumerate(zip(reuse, mats, strict=True)):
-                if f is None:
+                if f is None or S is None:
                     continue
                 if f.same_matrix(S):
                     factors[i] = f
@@ -327,9 +344,10 @@ class Linearization:
                 layout.ordering = _best_ordering(mats[todo[0]])[0]
             fn = functools.partial(_factor_sparse_one, ordering=layout.ordering)
         for i, f in zip(todo, parallel_map(fn, [mats[i] for i in todo]), strict=True):
+            f.dvals = dvals[i]
             factors[i] = f
         self.factors: list[Factor] = factors
-        self.reused = len(mats) - len(todo)
+        self.reused = len(factors) - len(todo)
         self.rcond = np.array([f.rcond for f in factors])
         self.singular = ~(self.rcond > RCOND_MIN)
 
