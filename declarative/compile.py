@@ -74,8 +74,8 @@ class OutputSpec:
 # most DENSE_PRODUCT_WORK), one BLAS call on a cached dense copy beats SciPy's sparse
 # product: that runs a dozen Python-level checks, ~4 µs with warm caches and ~40 µs with
 # the cold caches a layer meets inside a network, against ~1 µs and ~5 µs for the matmul.
-DENSE_PRODUCT_SIZE = 1 << 16
-DENSE_PRODUCT_WORK = 1 << 17
+DENSE_PRODUCT_SIZE = 1 << 13
+DENSE_PRODUCT_WORK = 1 << 13
 
 
 def times_t(X: np.ndarray, M: sp.spmatrix) -> np.ndarray:
@@ -176,6 +176,11 @@ class ConeTemplate:
     @property
     def quadratic(self) -> bool:
         return self.P_rows.size > 0
+
+    @property
+    def fixed_data(self) -> bool:
+        """A and P are the same for every parameter value (only b and c vary)."""
+        return self.F.nnz == 0 and self.H.nnz == 0
 
     def matrix(self, a: np.ndarray) -> sp.csc_matrix:
         """The CSC matrix A of one instance from its values."""

@@ -25,6 +25,7 @@ from declarative.derivative import BatchOps, ConeSolution, NonDifferentiableWarn
 from declarative.errors import ParameterError, ProblemError, SolverError, describe_indices
 from declarative.refine import REFINE_MAX_ITERS, REFINE_TOL, refine
 from declarative.solve import (
+    SharedData,
     Status,
     calibrate_scale,
     scs_settings,
@@ -231,6 +232,8 @@ class Layer:
         self._out_offsets = np.concatenate([[0], np.cumsum([s.size for s in outputs])])[:-1]
         # SCS's scale for this problem, chosen on the first call (solve.calibrate_scale)
         self._scs_scale: float | None = None
+        # SCS workspaces, where A and P do not depend on the parameters (made on first call)
+        self._shared: SharedData | None = None
 
     def __repr__(self) -> str:
         ps = ", ".join(f"{p.name}{list(p.shape)}" for p in self.parameters)
@@ -342,6 +345,11 @@ class Layer:
                                                   None if Ps is None else Ps[0])
             if self._scs_scale is not None:
                 settings = {**settings, "scale": self._scs_scale}
+        if getattr(self, "_shared", None) is None and t.fixed_data and t.m:
+            # A and P do not depend on the parameters: one SCS setup per thread, for good,
+            # from this first instance's b and c (see solve.SharedData)
+            self._shared = SharedData(mats[0], None if Ps is None else Ps[0], b[0].copy(),
+                                      c[0].copy(), t.dims.scs())
         att = self._attempt(np.arange(B), ops, c, b, mats, Ps, settings, ours)
         scs_status = list(att.scs_status)
         # Accurate by default: an instance refinement could not certify from SCS's loose
@@ -376,7 +384,8 @@ class Layer:
         """SCS, then refinement, on the instances ``idx``; certify by the residual."""
         t = self.template
         res = solve_batch([mats[i] for i in idx], b[idx], c[idx], t.dims, settings,
-                          None if Ps is None else [Ps[i] for i in idx], warm=warm)
+                          None if Ps is None else [Ps[i] for i in idx], warm=warm,
+                          shared=getattr(self, "_shared", None))
         status = list(res.status)
         finite = np.all(np.isfinite(res.x), axis=1)
         candidate = np.array([st in _REFINABLE for st in status], dtype=bool) & finite

@@ -226,8 +226,65 @@ def _scs_solver(A, b, c, cone: dict, settings: dict, P=None):
     return scs.SCS(data, cone, **settings)
 
 
-def _solve_one(A, b, c, cone: dict, settings: dict, P=None, warm=None):
+# Settings that make an SCS workspace's solves independent of the solves before it (see
+# SharedData): Anderson acceleration keeps its memory across solves, and the adaptive scale
+# its last value. At our loose tolerance neither changes the iteration counts of the zoo.
+_STATELESS = {"acceleration_lookback": 0, "adaptive_scale": False}
+
+
+class SharedData:
+    """SCS workspaces for instances that share A and P (only b and c depend on the
+    parameters, e.g. sparsemax, softmax): SCS's setup (data scaling and the sparse LDLᵀ
+    factorization of its KKT matrix) is done once per thread and settings, and each instance
+    is an `update` of b and c and a cold-started solve. Sparsemax n = 100: setup 0.10 ms,
+    solve 0.08 ms per instance.
+
+    Each solve is a deterministic function of the instance alone: the workspace is always
+    built from the same (b₀, c₀) (SCS scales b and c by factors computed at setup), and
+    solved with the `_STATELESS` settings. Kept with the layer; pickles without the
+    workspaces themselves.
+    """
+
+    def __init__(self, A, P, b0: np.ndarray, c0: np.ndarray, cone: dict) -> None:
+        self.A, self.P, self.b0, self.c0, self.cone = A, P, b0, c0, cone
+        self._local = threading.local()
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_local"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+    @staticmethod
+    def applies(settings: dict) -> bool:
+        """Not when the user chose acceleration or scale adaptation, or asked for files."""
+        return not ({*_STATELESS, "write_data_filename", "log_csv_filename"} & set(settings))
+
+    def solver(self, settings: dict):
+        """This thread's workspace for ``settings`` (made on first use)."""
+        spaces = getattr(self._local, "spaces", None)
+        if spaces is None:
+            spaces = self._local.spaces = {}
+        key = tuple(sorted(settings.items(), key=lambda kv: kv[0]))
+        solver = spaces.get(key)
+        if solver is None:
+            solver = spaces[key] = _scs_solver(self.A, self.b0, self.c0, self.cone,
+                                               {**settings, **_STATELESS}, self.P)
+        return solver
+
+
+def _solve_one(A, b, c, cone: dict, settings: dict, P=None, warm=None, shared=None):
     t0 = time.perf_counter()
+    if shared is not None and warm is None:
+        try:
+            solver = shared.solver(settings)
+            solver.update(b, c)
+            sol = solver.solve(False, None, None, None)
+            if sol["info"]["status_val"] == 1:
+                return sol, Status.SOLVED, int(sol["info"]["iter"]), time.perf_counter() - t0
+        except Exception:  # noqa: BLE001, S110 - solved afresh below, as without a workspace
+            pass
     try:
         solver = _scs_solver(A, b, c, cone, settings, P)
         if warm is not None and all(np.all(np.isfinite(w)) for w in warm):
@@ -245,12 +302,13 @@ def _solve_one(A, b, c, cone: dict, settings: dict, P=None, warm=None):
 
 def solve_batch(matrices: list, b: np.ndarray, c: np.ndarray, dims: ConeDims,
                 settings: dict, quadratic: list | None = None,
-                warm: tuple | None = None) -> SolveResult:
+                warm: tuple | None = None, shared: SharedData | None = None) -> SolveResult:
     """Solve min ½xᵀPx + cᵀx s.t. Ax + s = b, s ∈ K for every instance with SCS.
 
     ``matrices`` holds each instance's A and ``quadratic`` its P (upper triangle), or is None
     for P = 0, both CSC (SciPy matrices or `compile.CSC` arrays);
-    ``warm`` optional starting points (x, y, s), each (B, ·).
+    ``warm`` optional starting points (x, y, s), each (B, ·); ``shared`` workspaces where
+    every instance has the same A and P (an instance they do not solve is solved afresh).
     """
     B, m = b.shape
     n = c.shape[1]
@@ -259,9 +317,13 @@ def solve_batch(matrices: list, b: np.ndarray, c: np.ndarray, dims: ConeDims,
         matrices = [sp.csc_matrix((1, n))] * B
         b, cone = np.zeros((B, 1)), {"z": 1}
         warm = None if warm is None else (warm[0], np.zeros((B, 1)), np.zeros((B, 1)))
+        shared = None
+    if shared is not None and not SharedData.applies(settings):
+        shared = None
     jobs = [(matrices[i], b[i], c[i], cone, settings,
              None if quadratic is None else quadratic[i],
-             None if warm is None else (warm[0][i], warm[1][i], warm[2][i])) for i in range(B)]
+             None if warm is None else (warm[0][i], warm[1][i], warm[2][i]), shared)
+            for i in range(B)]
     results = parallel_map(lambda j: _solve_one(*j), jobs)
     x = np.full((B, n), np.nan)
     y = np.full((B, m), np.nan)

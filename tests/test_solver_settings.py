@@ -135,3 +135,49 @@ def test_scs_without_its_python_wrapper_is_the_same_solve(name, monkeypatch):
     assert np.array_equal(fast.iterations, public.iterations)
     for u, v in ((fast.x, public.x), (fast.y, public.y), (fast.s, public.s)):
         assert np.array_equal(u, v)
+
+
+def test_shared_scs_workspace_is_set_up_once_and_each_solve_is_independent(monkeypatch):
+    """Sparsemax's A and P do not depend on z: SCS is set up once per thread for the layer
+    (solve.SharedData), and each instance's solution is a function of that instance alone:
+    batched, reversed and after pickling bitwise the same, and one at a time the same to
+    rounding."""
+    import pickle
+
+    import declarative.solve as solve
+
+    layer, _, values = _batch("sparsemax", range(6))
+    assert layer.template.fixed_data
+    layer.forward(values)  # first call: calibration and the shared base
+    setups = []
+    real = solve._scs_solver
+    monkeypatch.setattr(solve, "_scs_solver", lambda *a: setups.append(1) or real(*a))
+    out = layer.forward(values).outputs[0]
+    again = layer.forward([values[0][::-1]]).outputs[0][::-1]
+    single = np.concatenate([layer.forward([values[0][k]]).outputs[0] for k in range(6)])
+    assert len(setups) <= solve._CPUS  # no SCS setup per instance: one per worker at most
+    assert np.array_equal(out, again)  # other instances, order and threads: no influence
+    assert max_abs(out, single) <= 1e-15  # (batch-size-dependent products: rounding only)
+    copy = pickle.loads(pickle.dumps(layer))
+    assert np.array_equal(copy.forward(values).outputs[0], out)
+    for k in range(6):
+        assert max_abs(out[k], problems.get("sparsemax").solution(values[0][k])[0]) <= 1e-12
+
+
+def test_shared_scs_workspace_leaves_failures_to_a_fresh_solve():
+    """A fixed-A problem with an infeasible instance: the shared workspace does not solve it,
+    a fresh SCS solve says why (infeasible), and the other instances are unaffected."""
+    import cvxpy as cp
+
+    import declarative as dl
+
+    x, lo = cp.Variable(2), cp.Parameter(2)
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(x)), [x >= lo, cp.sum(x) <= 1])
+    layer = dl.compile(prob, [lo], [x], on_failure="nan")
+    assert layer.template.fixed_data
+    lows = np.array([[0.2, 0.1], [0.8, 0.8], [-1.0, 0.3]])
+    fwd = layer.forward([lows])
+    assert [str(s) for s in fwd.info.status] == ["solved", "infeasible", "solved"]
+    assert np.isnan(fwd.outputs[0][1]).all()
+    for k in (0, 2):  # the projection of 0 onto {x ≥ lo}: max(lo, 0) (Σ ≤ 1 inactive)
+        assert max_abs(fwd.outputs[0][k], np.maximum(lows[k], 0.0)) <= 1e-10
