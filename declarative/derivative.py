@@ -440,7 +440,8 @@ def _lstsq(f: Factor, r: np.ndarray, transpose: bool) -> np.ndarray:
     return out.reshape(r.shape)
 
 
-_getrs = sla.get_lapack_funcs("getrs", (np.zeros(1),))
+# LAPACK routines looked up once (get_lapack_funcs costs ~10 µs a call)
+_getrs, _gecon = sla.get_lapack_funcs(("getrs", "gecon"), (np.zeros(1),))
 
 
 def _factor_one(S: np.ndarray) -> Factor:
@@ -496,11 +497,10 @@ def _factor_sparse_one(S: sp.csc_matrix, ordering: str = "COLAMD") -> Factor:
 
 def _rcond_lu(lu: np.ndarray, S: np.ndarray) -> float:
     """Reciprocal 1-norm condition estimate from an LU factorization (LAPACK gecon)."""
-    gecon = sla.get_lapack_funcs("gecon", (lu,))
     anorm = np.abs(S).sum(axis=0).max()
     if anorm == 0:
         return 0.0
-    rc, info = gecon(lu, anorm, norm="1")
+    rc, info = _gecon(lu, anorm, norm="1")
     return float(rc) if info == 0 else 0.0
 
 
