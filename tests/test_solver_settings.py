@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 
 import problems
-from declarative.solve import SCALE_CANDIDATES, SCS_DEFAULTS, calibrate_scale, solve_batch
+from declarative.solve import (
+    SCALE_CANDIDATES,
+    SCS_DEFAULTS,
+    SharedData,
+    calibrate_scale,
+    solve_batch,
+)
 from tests.conftest import max_abs, zoo_layer
 
 
@@ -175,9 +181,22 @@ def test_shared_scs_workspace_leaves_failures_to_a_fresh_solve():
     prob = cp.Problem(cp.Minimize(cp.sum_squares(x)), [x >= lo, cp.sum(x) <= 1])
     layer = dl.compile(prob, [lo], [x], on_failure="nan")
     assert layer.template.fixed_data
+    layer.forward([np.array([[0.1, 0.2], [0.3, -0.2], [-0.5, 0.4]])])
+    assert isinstance(layer._shared, SharedData)  # the first batch found sharing no worse
     lows = np.array([[0.2, 0.1], [0.8, 0.8], [-1.0, 0.3]])
     fwd = layer.forward([lows])
     assert [str(s) for s in fwd.info.status] == ["solved", "infeasible", "solved"]
     assert np.isnan(fwd.outputs[0][1]).all()
     for k in (0, 2):  # the projection of 0 onto {x ≥ lo}: max(lo, 0) (Σ ≤ 1 inactive)
         assert max_abs(fwd.outputs[0][k], np.maximum(lows[k], 0.0)) <= 1e-10
+
+
+def test_shared_scs_workspace_only_where_it_costs_no_more_iterations():
+    """SCS scales b and c by factors fixed at setup: on the l2-ball projection instance 0's
+    suit the others less (more iterations), so its layer keeps fresh setups; sparsemax's
+    does not, and shares. Decided by SCS iteration counts on the first batch."""
+    for name, shares in (("l2_ball_projection", False), ("sparsemax", True)):
+        layer, _, values = _batch(name, range(8))
+        assert layer.template.fixed_data
+        layer.forward(values)
+        assert isinstance(layer._shared, SharedData) is shares
