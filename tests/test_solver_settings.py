@@ -4,6 +4,7 @@ quantities (iteration counts, exact equality of repeated calls), never on wall-c
 import numpy as np
 import pytest
 
+import declarative as dl
 import problems
 from declarative.solve import (
     SCALE_CANDIDATES,
@@ -152,9 +153,13 @@ def test_shared_scs_workspace_is_set_up_once_and_each_solve_is_independent(monke
 
     import declarative.solve as solve
 
-    layer, _, values = _batch("sparsemax", range(6))
+    _, mod, sizes = zoo_layer("sparsemax")
+    layer = dl.compile(*mod.build(**sizes))  # a new layer: zoo_layer's is shared
+    insts = [problems.instance("sparsemax", k, **sizes) for k in range(6)]
+    values = [np.stack([i.params[0] for i in insts])]
     assert layer.template.fixed_data
     layer.forward(values)  # first call: calibration and the shared base
+    assert isinstance(layer._shared, SharedData)
     setups = []
     real = solve._scs_solver
     monkeypatch.setattr(solve, "_scs_solver", lambda *a: setups.append(1) or real(*a))
@@ -175,8 +180,6 @@ def test_shared_scs_workspace_leaves_failures_to_a_fresh_solve():
     a fresh SCS solve says why (infeasible), and the other instances are unaffected."""
     import cvxpy as cp
 
-    import declarative as dl
-
     x, lo = cp.Variable(2), cp.Parameter(2)
     prob = cp.Problem(cp.Minimize(cp.sum_squares(x)), [x >= lo, cp.sum(x) <= 1])
     layer = dl.compile(prob, [lo], [x], on_failure="nan")
@@ -196,7 +199,10 @@ def test_shared_scs_workspace_only_where_it_costs_no_more_iterations():
     suit the others less (more iterations), so its layer keeps fresh setups; sparsemax's
     does not, and shares. Decided by SCS iteration counts on the first batch."""
     for name, shares in (("l2_ball_projection", False), ("sparsemax", True)):
-        layer, _, values = _batch(name, range(8))
-        assert layer.template.fixed_data
+        _, mod, sizes = zoo_layer(name)
+        layer = dl.compile(*mod.build(**sizes))  # a new layer: zoo_layer's is shared
+        insts = [problems.instance(name, k, **sizes) for k in range(8)]
+        values = [np.stack([i.params[j] for i in insts]) for j in range(len(insts[0].params))]
+        assert layer.template.fixed_data and layer._shared is None
         layer.forward(values)
         assert isinstance(layer._shared, SharedData) is shares
