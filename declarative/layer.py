@@ -379,7 +379,7 @@ class Layer:
                        input_batched=input_batched, info=info, ok=ok, _ops=ops, _refined=refined)
 
     def _try_shared(self, mats: list, Ps: list | None, b: np.ndarray, c: np.ndarray,
-                    settings: dict) -> SharedData | bool:
+                    settings: dict) -> SharedData | bool | None:
         """A and P do not depend on the parameters: SCS workspaces set up once per thread
         from instance 0's b and c (solve.SharedData), if that costs SCS no more iterations
         than fresh setups on instances 1–4 (SCS scales b and c by factors fixed at setup,
@@ -388,7 +388,8 @@ class Layer:
         if not SharedData.applies(settings):
             return None  # undecided: the user's settings rule it out for this call
         t = self.template
-        shared = SharedData(mats[0], None if Ps is None else Ps[0], b[0].copy(), c[0].copy(),
+        A0 = mats[0]._replace(data=mats[0].data.copy())  # not a view of the whole batch
+        shared = SharedData(A0, None if Ps is None else Ps[0], b[0].copy(), c[0].copy(),
                             t.dims.scs())
         k = np.arange(1, min(len(b), SHARED_TRIALS + 1))
         args = ([mats[i] for i in k], b[k], c[k], t.dims, settings,
