@@ -28,6 +28,7 @@ from declarative.solve import (
     SharedData,
     Status,
     calibrate_scale,
+    linear_solver,
     scs_settings,
     single_threaded_blas,
     solve_batch,
@@ -342,6 +343,9 @@ class Layer:
         mats = [t.csc(a[i]) for i in range(B)]
         Ps = [t.P_csc(h[i]) for i in range(B)] if t.quadratic else None
         ops = BatchOps(t, a, h)
+        if "linear_solver" in settings and "linear_solver" not in {
+                **self.solver_args, **(solver_args or {})}:  # ours: QDLDL or dense Cholesky
+            settings["linear_solver"] = linear_solver(t.n, t.m, t.nnz + t.P_rows.size)
         if "scale" not in settings:  # the user did not choose one: ours, calibrated once
             if getattr(self, "_scs_scale", None) is None:
                 self._scs_scale = calibrate_scale(mats[0], b[0], c[0], t.dims, settings,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import importlib
 import itertools
 import os
 import threading
@@ -180,34 +181,53 @@ def scs_settings(solver_args: dict, ours: tuple[str, ...] = ()) -> dict:
     return {**SCS_DEFAULTS, **solver_args}
 
 
-_native_ok: bool | None = None
+# SCS's C extension modules by linear solver, each usable without SCS's Python wrapper once
+# it passed a self-test (see _native_scs).
+_NATIVE_MODULES = {"qdldl": "_scs_direct", "cpu_dense": "_scs_dense"}
+_native_ok: dict[str, object] = {}
 
 
 def _native_scs(settings: dict):
-    """SCS's QDLDL extension module, to be called without SCS's Python wrapper, or None.
+    """SCS's C extension module for the settings' linear solver (QDLDL or dense Cholesky),
+    to be called without SCS's Python wrapper, or None.
 
     The wrapper validates SciPy matrices and picks a linear solver on every construction:
     with the SciPy objects it needs, ~40 µs (more with cold caches) per instance, more than
-    a small solve. Its C extension takes the CSC arrays directly, with the same arguments
-    in every SCS 3 release; it is used after a self-test on a tiny LP, and only for the
-    QDLDL solver (our default), else the wrapper is.
+    a small solve. Its C extensions take the CSC arrays directly, with the same arguments
+    in every SCS 3 release; each is used after a self-test on a tiny LP, else the wrapper is.
     """
-    global _native_ok
-    if settings.get("linear_solver", "qdldl") not in ("qdldl", getattr(
-            getattr(scs, "LinearSolver", None), "QDLDL", "qdldl")):
+    ls = settings.get("linear_solver", "qdldl")
+    name = _NATIVE_MODULES.get(getattr(ls, "value", ls))
+    if name is None:
         return None
-    module = getattr(scs, "_scs_direct", None)
-    if _native_ok is None:
+    if name not in _native_ok:
         try:  # min x s.t. x ≥ 1: x = 1
+            module = importlib.import_module(f"scs.{name}")
             sol = module.SCS((1, 1), np.array([-1.0]), np.array([0], dtype=np.int32),
                              np.array([0, 1], dtype=np.int32), None, None, None,
                              np.array([-1.0]), np.array([1.0]), {"l": 1},
                              eps_abs=1e-9, eps_rel=1e-9, verbose=False).solve(True, None, None,
                                                                               None)
-            _native_ok = sol["info"]["status_val"] == 1 and abs(sol["x"][0] - 1.0) < 1e-6
+            ok = sol["info"]["status_val"] == 1 and abs(sol["x"][0] - 1.0) < 1e-6
+            _native_ok[name] = module if ok else None
         except Exception:  # noqa: BLE001 - any mismatch: use the public wrapper
-            _native_ok = False
-    return module if _native_ok else None
+            _native_ok[name] = None
+    return _native_ok[name]
+
+
+def linear_solver(n: int, m: int, nnz: int) -> str:
+    """SCS's linear solver for a problem with n variables, m constraints and nnz stored
+    entries in A and P: dense Cholesky where SCS's KKT matrix (n + m)² is dense enough and
+    small, else QDLDL. OptNet QP (n = 100, m = 110, 27% dense): SCS setup + solve 0.78 ->
+    0.52 ms; sparsemax (0.8%): 0.30 ms with QDLDL, 0.96 ms dense."""
+    N = n + m
+    dense = (2 * nnz + N) >= DENSE_KKT_FILL * N * N and N <= DENSE_KKT_MAX
+    return "cpu_dense" if dense and _native_scs({"linear_solver": "cpu_dense"}) else "qdldl"
+
+
+# SCS's dense linear solver where its KKT matrix is at least this full, up to this size.
+DENSE_KKT_FILL = 0.2
+DENSE_KKT_MAX = 1000
 
 
 def _scs_solver(A, b, c, cone: dict, settings: dict, P=None):

@@ -120,8 +120,9 @@ def test_refinement_gives_up_early_on_a_large_singular_newton_matrix(monkeypatch
     assert max_abs(fwd.outputs[0][0], problems.get("sparsemax").solution(z[0])[0]) <= 1e-12
 
 
+@pytest.mark.parametrize("linear_solver", ["qdldl", "cpu_dense"])
 @pytest.mark.parametrize("name", ["qp", "softmax", "polytope_projection"])
-def test_scs_without_its_python_wrapper_is_the_same_solve(name, monkeypatch):
+def test_scs_without_its_python_wrapper_is_the_same_solve(name, linear_solver, monkeypatch):
     """SCS's C extension called with bare CSC arrays (solve._native_scs) solves exactly as
     SCS's public wrapper on SciPy matrices: same iterations, bitwise-equal iterates."""
     import declarative.solve as solve
@@ -131,11 +132,11 @@ def test_scs_without_its_python_wrapper_is_the_same_solve(name, monkeypatch):
     theta, _ = layer.batch(values)
     c, a, b = t.apply(theta)
     h = t.apply_P(theta)
-    settings = {**SCS_DEFAULTS, "scale": 1.0}
+    settings = {**SCS_DEFAULTS, "scale": 1.0, "linear_solver": linear_solver}
     assert solve._native_scs(settings) is not None  # the fast path is the one in use here
     fast = solve_batch([t.csc(a[i]) for i in range(3)], b, c, t.dims, settings,
                        [t.P_csc(h[i]) for i in range(3)] if t.quadratic else None)
-    monkeypatch.setattr(solve, "_native_ok", False)
+    monkeypatch.setattr(solve, "_native_ok", dict.fromkeys(solve._NATIVE_MODULES.values()))
     public = solve_batch([t.matrix(a[i]) for i in range(3)], b, c, t.dims, settings,
                          [t.P_matrix(h[i], upper=True) for i in range(3)] if t.quadratic
                          else None)
@@ -206,3 +207,26 @@ def test_shared_scs_workspace_only_where_it_costs_no_more_iterations():
         assert layer.template.fixed_data and layer._shared is None
         layer.forward(values)
         assert isinstance(layer._shared, SharedData) is shares
+
+
+def test_scs_linear_solver_follows_the_kkt_density(monkeypatch):
+    """Dense Cholesky for SCS where its KKT matrix is dense (the OptNet QP), QDLDL where it
+    is sparse (sparsemax); a user's choice stands."""
+    import declarative.solve as solve
+
+    seen = []
+    real = solve._scs_solver
+    monkeypatch.setattr(solve, "_scs_solver",
+                        lambda *a: seen.append(a[4]["linear_solver"]) or real(*a))
+    for name, expected in (("qp", "cpu_dense"), ("sparsemax", "qdldl")):
+        _, mod, sizes = zoo_layer(name)
+        layer = dl.compile(*mod.build(**sizes))  # a new layer: no SCS workspaces yet
+        insts = [problems.instance(name, k, **sizes) for k in range(2)]
+        values = [np.stack([i.params[j] for i in insts]) for j in range(len(insts[0].params))]
+        seen.clear()
+        layer.forward(values, solver_args={"scale": 1.0})
+        assert set(seen) == {expected}
+        seen.clear()
+        layer.forward(values, solver_args={"scale": 1.0, "linear_solver": "qdldl"})
+        assert set(seen) <= {"qdldl"}  # (sparsemax: SCS workspaces from the first call)
+        assert seen or name == "sparsemax"
