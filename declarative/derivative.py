@@ -63,6 +63,9 @@ PINV_RTOL = 1e-11
 # of REFINE_SOLVE_TOL·(‖S‖‖x‖ + ‖rhs‖) (max norms), or after REFINE_SOLVE_STEPS steps.
 NEAR_RTOL = 1e-6
 REFINE_SOLVE_TOL = 4 * np.finfo(float).eps
+# Stagnation above REFINE_SOLVE_TOL is the rounding floor of r = rhs − S x (rows with many
+# entries), and accepted, up to this relative residual.
+REFINE_STALL_TOL = 1e-13
 REFINE_SOLVE_STEPS = 6
 # A unit null vector of S that moves an output by more than this makes the output's
 # derivative ambiguous (the solution map is not differentiable there).
@@ -405,10 +408,12 @@ def _refined_solve(f: Factor, rhs: np.ndarray, transpose: bool) -> np.ndarray:
     for _ in range(REFINE_SOLVE_STEPS):
         r = rhs - M @ x
         err = np.abs(r).max(initial=0.0)
-        if err <= REFINE_SOLVE_TOL * (scale * np.abs(x).max(initial=0.0)
-                                      + np.abs(rhs).max(initial=0.0)):
+        size = scale * np.abs(x).max(initial=0.0) + np.abs(rhs).max(initial=0.0)
+        if err <= REFINE_SOLVE_TOL * size:
             return x
-        if not err < 0.5 * last:
+        if not err < 0.5 * last:  # stagnating: at the rounding floor, or not converging
+            if err <= REFINE_STALL_TOL * size:
+                return x
             break
         last = err
         x = x + _lu_solve(f.near, r, transpose)
