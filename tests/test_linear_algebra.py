@@ -61,6 +61,7 @@ def test_large_sparse_problem_against_closed_form():
     g = np.random.default_rng(1).standard_normal(2000)
     (grad,) = fwd.vjp([g[None]])
     assert sparse_layout(layer.template).ordering in ("MMD_AT_PLUS_A", "COLAMD")
+    assert not sparse_layout(layer.template).supernodes  # thin factors: the plain path
     assert max_abs(fwd.outputs[0][0], inst.solution[0]) <= 1e-8
     assert max_abs(grad, g @ inst.jacobian[0][0]) <= 1e-8
 
