@@ -416,7 +416,9 @@ class Layer:
         x, y, s = res.x, res.y, res.s
         k = len(idx)
         if ours["refine"]:
-            r = refine(ops.take(idx), c[idx], b[idx], x, y, s, tol=ours["refine_tol"],
+            every = k == ops.a.shape[0]  # the whole batch (idx = 0 … B−1): no copies
+            r = refine(ops if every else ops.take(idx), c if every else c[idx],
+                       b if every else b[idx], x, y, s, tol=ours["refine_tol"],
                        max_iters=ours["refine_max_iters"])
             keep = candidate & (r.residual_after <= r.residual_before)
             x, y, s = (np.where(keep[:, None], new, old)

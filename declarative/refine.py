@@ -86,8 +86,9 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
         idx = np.flatnonzero(active)
         if idx.size == 0:
             break
-        sub = ops.take(idx)
-        lin = Linearization(sub, Dc.take(idx))
+        every = idx.size == B  # (then the batch's own arrays, not copies)
+        sub = ops if every else ops.take(idx)
+        lin = Linearization(sub, Dc if every else Dc.take(idx))
         # A singular S too large for a dense SVD gives no step (NaN): LSMR is costly, and
         # its least-squares step rarely helps (e.g. SCS's loose sparsemax solution with
         # every bound active, against Σx = 1); the instance goes back to its anchor, and if
@@ -100,7 +101,7 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
         un, vn = cu[idx] + d[:, : t.n], cv[idx] + d[:, t.n :]
         Dn = dproject(vn, dims, dual=True)
         pvn = Dn.point
-        Fn = residual(sub, c[idx], b[idx], un, vn, pvn)
+        Fn = residual(sub, c if every else c[idx], b if every else b[idx], un, vn, pvn)
         rn = _norm(Fn)
         good = rn <= (1 - 1e-4) * res[idx]
         ahead = ~good & np.isfinite(rn) & (watch[idx] < WATCHDOG)
