@@ -258,8 +258,20 @@ class Layer:
     def resolve_options(self, solver_args: dict | None, on_failure: str | None):
         """Per-call options over the compile-time ones, validated.
 
-        Returns (SCS settings, our refinement options, on_failure).
+        Returns (SCS settings, our refinement options, on_failure): fresh dicts, the caller's
+        to change. Without per-call options they are validated once (kept with the
+        compile-time ones they came from).
         """
+        if not solver_args and on_failure is None:
+            key = (dict(self.solver_args), self.on_failure)
+            cached = self.__dict__.get("_resolved")
+            if cached is None or cached[0] != key:
+                cached = self._resolved = (key, self._resolve(None, None))
+            settings, ours, on_failure = cached[1]
+            return dict(settings), dict(ours), on_failure
+        return self._resolve(solver_args, on_failure)
+
+    def _resolve(self, solver_args: dict | None, on_failure: str | None):
         on_failure = self.on_failure if on_failure is None else on_failure
         args = {**self.solver_args, **(solver_args or {})}
         args = self.check_options(args, on_failure)
