@@ -111,6 +111,10 @@ class CSC(NamedTuple):
     indptr: np.ndarray
     shape: tuple[int, int]
 
+    def scipy(self) -> sp.csc_matrix:
+        """The same matrix as a SciPy CSC matrix (sharing the arrays)."""
+        return sp.csc_matrix((self.data, self.indices, self.indptr), shape=self.shape)
+
 
 @dataclass(frozen=True)
 class ConeTemplate:
@@ -184,7 +188,7 @@ class ConeTemplate:
 
     def matrix(self, a: np.ndarray) -> sp.csc_matrix:
         """The CSC matrix A of one instance from its values."""
-        return sp.csc_matrix((a, self.indices, self.indptr), shape=(self.m, self.n))
+        return self.csc(a).scipy()
 
     def csc(self, a: np.ndarray) -> CSC:
         """A of one instance as bare CSC arrays (no SciPy object: for SCS)."""
@@ -199,8 +203,7 @@ class ConeTemplate:
         """The symmetric matrix P of one instance (its upper triangle for SCS if ``upper``)."""
         if not upper:
             return sp.csc_matrix((h, (self.P_rows, self.P_cols)), shape=(self.n, self.n))
-        take, indices, indptr = self._upper_pattern
-        return sp.csc_matrix((h[take], indices, indptr), shape=(self.n, self.n))
+        return self.P_csc(h).scipy()
 
     @cached_property
     def _upper_pattern(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

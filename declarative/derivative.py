@@ -305,27 +305,27 @@ class Linearization:
                     factors[i] = f
         build = np.array([i for i, f in enumerate(factors) if f is None], dtype=int)
         mats: list = [None] * B
-        if build.size and self.dense:
+        if build.size:  # S for the instances without a reusable factorization
             sub = ops if build.size == B else ops.take(build)
-            Db = D if build.size == B else D.take(build)
-            A = sub.dense()
-            DA = Db.matvec(A)  # (b, m, n)
-            S = np.zeros((A.shape[0], t.n + t.m, t.n + t.m))
-            if t.quadratic:
-                S[:, : t.n, : t.n] = sub.dense_P()
-            S[:, : t.n, t.n :] = np.swapaxes(DA, 1, 2)
-            S[:, t.n :, : t.n] = -A
-            S[:, t.n :, t.n :] = -Db.dense()
-            idx = np.arange(t.n, t.n + t.m)
-            S[:, idx, idx] += 1.0
-            for j, i in enumerate(build):
-                mats[i] = S[j]
-        elif build.size:
-            layout = sparse_layout(t)
-            sub = ops if build.size == B else ops.take(build)
-            data = layout.values(sub, dvals[build])
-            for j, i in enumerate(build):
-                mats[i] = layout.matrix(data[j])
+            if self.dense:
+                Db = D if build.size == B else D.take(build)
+                A = sub.dense()
+                DA = Db.matvec(A)  # (b, m, n)
+                S = np.zeros((A.shape[0], t.n + t.m, t.n + t.m))
+                if t.quadratic:
+                    S[:, : t.n, : t.n] = sub.dense_P()
+                S[:, : t.n, t.n :] = np.swapaxes(DA, 1, 2)
+                S[:, t.n :, : t.n] = -A
+                S[:, t.n :, t.n :] = -Db.dense()
+                idx = np.arange(t.n, t.n + t.m)
+                S[:, idx, idx] += 1.0
+                for j, i in enumerate(build):
+                    mats[i] = S[j]
+            else:
+                layout = sparse_layout(t)
+                data = layout.values(sub, dvals[build])
+                for j, i in enumerate(build):
+                    mats[i] = layout.matrix(data[j])
         self._factor(factors, mats, reuse, dvals, None if self.dense else sparse_layout(t))
 
     def _factor(self, factors: list, mats: list, reuse: list[Factor | None] | None,

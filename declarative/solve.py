@@ -238,11 +238,9 @@ def _scs_solver(A, b, c, cone: dict, settings: dict, P=None):
         Pargs = (None, None, None) if P is None else (P.data, P.indices, P.indptr)
         return native.SCS(tuple(A.shape), A.data, A.indices, A.indptr, *Pargs, b, c, cone,
                           **kw)
-    A = A if sp.issparse(A) else sp.csc_matrix((A.data, A.indices, A.indptr), shape=A.shape)
-    data = {"A": A, "b": b, "c": c}
+    data = {"A": A if sp.issparse(A) else A.scipy(), "b": b, "c": c}
     if P is not None:
-        data["P"] = P if sp.issparse(P) else sp.csc_matrix((P.data, P.indices, P.indptr),
-                                                            shape=P.shape)
+        data["P"] = P if sp.issparse(P) else P.scipy()
     return scs.SCS(data, cone, **settings)
 
 
