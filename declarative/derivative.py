@@ -391,6 +391,24 @@ class Linearization:
         return _lu_solve(f, rhs, transpose)
 
 
+def newton_correction(factors: list[Factor], F: np.ndarray) -> np.ndarray:
+    """−S⁻¹F per instance (F: (B, N) or (B, N, K)), with each instance's factorization of S (least squares
+    where S is singular, NaN where that is not available): the Newton step, which near a
+    regular solution estimates the error of the point F was evaluated at."""
+    out = np.empty_like(F)
+    for i, f in enumerate(factors):
+        if not np.all(np.isfinite(F[i])) or f.lu is None and f.svd is None:
+            out[i] = np.nan
+        elif f.rcond > RCOND_MIN:
+            out[i] = -(_refined_solve(f, F[i], False) if f.near is not None
+                       else _lu_solve(f, F[i], False))
+        elif f.svd is not None:
+            out[i] = -_lstsq(f, F[i], False)
+        else:
+            out[i] = np.nan
+    return out
+
+
 def _lu_solve(f: Factor, rhs: np.ndarray, transpose: bool) -> np.ndarray:
     if isinstance(f.S, np.ndarray):
         x, _ = _getrs(*f.lu, rhs, trans=1 if transpose else 0)  # LAPACK, no wrappers

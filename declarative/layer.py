@@ -20,10 +20,18 @@ from typing import Any
 import numpy as np
 
 from declarative.compile import ON_FAILURE, ConeTemplate, OutputSpec, ParameterSpec, times_t
-from declarative.cones import DProjection
-from declarative.derivative import BatchOps, ConeSolution, NonDifferentiableWarning
+from declarative.cones import DProjection, dproject
+from declarative.derivative import (
+    BatchOps,
+    ConeSolution,
+    Linearization,
+    RCOND_MIN,
+    NonDifferentiableWarning,
+    newton_correction,
+)
+from declarative.equilibrate import Equilibration, equilibrate
 from declarative.errors import ParameterError, ProblemError, SolverError, describe_indices
-from declarative.refine import REFINE_MAX_ITERS, REFINE_TOL, refine
+from declarative.refine import REFINE_MAX_ITERS, REFINE_TOL, backward_error_terms, refine
 from declarative.solve import (
     SharedData,
     Status,
@@ -36,8 +44,28 @@ from declarative.solve import (
 
 # Options that are ours rather than SCS's, with their defaults.
 OUR_OPTIONS = {"refine": True, "refine_tol": REFINE_TOL, "refine_max_iters": REFINE_MAX_ITERS}
-# A refined instance counts as solved when ‖F‖∞ ≤ ACCEPT_TOL · (1 + ‖c‖∞ + ‖b‖∞).
-ACCEPT_TOL = 1e-8
+# A refined instance counts as solved when, in the equilibrated program (equilibrate.py),
+# its componentwise backward error is at most ACCEPT_BACKWARD (refine.backward_error) and
+# the Newton correction S⁻¹F that would take it to the exact solution moves x̂ and v̂ = ŷ − ŝ
+# by at most ACCEPT_FORWARD relative to their max-norms (at least 1: the equilibrated data
+# have unit max-norm, so this is the scale a zero solution is judged at). The correction is
+# a first-order estimate of the error itself, so this bounds the forward error, not only
+# the residual: an ill-conditioned instance with a tiny residual is not certified.
+ACCEPT_BACKWARD = 1e-9
+ACCEPT_FORWARD = 1e-9
+# Relative rounding of the residual's terms assumed by the forward-error estimate: a few
+# units in the last place (one per operation along a row, in practice).
+ROUNDING = 8 * np.finfo(float).eps
+# Below this max-norm in the equilibrated program (whose data have unit max-norm), an output
+# that a singular S leaves undetermined is not resolved (see Layer._forward_error_ok).
+RESOLVED = 1e-8
+
+
+@functools.lru_cache(maxsize=32)
+def _probe(N: int) -> np.ndarray:
+    """A fixed vector of random signs ±1 (N,): the same for every call, so that results
+    are deterministic."""
+    return np.where(np.random.default_rng(N).random(N) < 0.5, -1.0, 1.0)
 # SCS tolerance of the retry for instances refinement could not certify.
 RETRY_EPS = 1e-9
 # Instances on which shared SCS workspaces are tried against fresh setups (Layer._try_shared).
@@ -105,8 +133,9 @@ class Forward:
     input_batched: list[bool]
     info: SolveInfo
     ok: np.ndarray              # (B,) solved instances
-    _ops: BatchOps | None = field(default=None, repr=False)
-    _refined: Any = field(default=None, repr=False)
+    _ops: BatchOps | None = field(default=None, repr=False)      # equilibrated program
+    _refined: Any = field(default=None, repr=False)              # its solution
+    _scaling: Equilibration | None = field(default=None, repr=False)
 
     @property
     def batch_size(self) -> int:
@@ -156,14 +185,16 @@ class Forward:
         for spec, lo, gi in zip(L.outputs, L._out_offsets, grads, strict=True):
             if gi is not None:
                 g[:, lo : lo + spec.size] = vec(np.asarray(gi, dtype=float), spec.shape)
-        g[~self.ok] = 0.0
+        g[~self.ok] = 0.0  # failed instances: zero gradients (their outputs are NaN)
         dtheta = np.zeros((B, t.num_params))
         sol = self._solution
         if sol is not None:
             idx = np.flatnonzero(self.ok)
+            eq = self._scaling.take(idx)
             gxy = times_t(g[idx], t.transposed["recover"])
-            dtheta[idx] = t.apply_adjoint(*sol.vjp(gxy[:, : t.n], gxy[:, t.n :]))
-            dtheta[~np.all(np.isfinite(dtheta), axis=1)] = 0.0
+            gx, gy = eq.solution_adjoint(gxy[:, : t.n], gxy[:, t.n :])
+            dc, da, db, dh = sol.vjp(gx, gy)
+            dtheta[idx] = t.apply_adjoint(*eq.data_adjoint(t, dc, da, db, dh))
         out = []
         for spec, batched in zip(L.parameters, self.input_batched, strict=True):
             d = unvec(dtheta[:, spec.offset : spec.offset + spec.size], spec.shape)
@@ -178,7 +209,8 @@ class Forward:
         callbacks can only pass arrays).
         """
         r = self._refined
-        return r.x, r.y, r.s, self.ok
+        x, y, s = self._scaling.solution(r.x, r.y, r.s)
+        return x, y, s, self.ok
 
     @_blas_single
     def jacobian(self, index: int = 0) -> list[list[np.ndarray]]:
@@ -189,9 +221,13 @@ class Forward:
         if self.ok[index]:
             k = int(np.count_nonzero(self.ok[:index]))
             sol = self._solution
-            dense = (t.C.toarray(), t.F.toarray(), t.G.toarray(), t.H.toarray())
-            dx, dy = sol.jacobian_one(k, *dense)
-            full = np.asarray(t.recover @ np.concatenate([dx, dy], axis=0))
+            eq = self._scaling.take(np.array([index]))
+            # the scaling acts on each direction (column) alike: as on a batch of p instances
+            dense = eq.data(t, *(np.ascontiguousarray(M.toarray().T) for M in
+                                 (t.C, t.F, t.G, t.H)))
+            dx, dy = sol.jacobian_one(k, *(M.T for M in dense))
+            dx, dy = eq.solution(dx.T, dy.T)
+            full = np.asarray(t.recover @ np.concatenate([dx, dy], axis=1).T)
         return L.jacobian_blocks(full)
 
     @_blas_single
@@ -211,7 +247,9 @@ class Forward:
         if sol is not None:
             idx = np.flatnonzero(self.ok)
             dth = dtheta[idx]
-            dx, dy = sol.jvp(*(times_t(dth, M) for M in (t.C, t.F, t.G, t.H)))
+            eq = self._scaling.take(idx)
+            dc, da, db, dh = eq.data(t, *(times_t(dth, M) for M in (t.C, t.F, t.G, t.H)))
+            dx, dy = eq.solution(*sol.jvp(dc, da, db, dh))
             dout[idx] = times_t(np.concatenate([dx, dy], axis=1), t.recover)
         return [unvec(dout[:, lo : lo + s.size], s.shape)
                 for s, lo in zip(L.outputs, L._out_offsets, strict=True)]
@@ -354,7 +392,11 @@ class Layer:
                                 np.zeros((0, t.m)), np.zeros(0, dtype=bool))
         mats = [t.csc(a[i]) for i in range(B)]
         Ps = [t.P_csc(h[i]) for i in range(B)] if t.quadratic else None
-        ops = BatchOps(t, a, h)
+        # SCS solves the program as given (it equilibrates internally); refinement, the
+        # certificate and the derivative work on the equilibrated program
+        eq = equilibrate(t, c, a, b, h)
+        ch, ah, bh, hh = eq.data(t, c, a, b, h)
+        ops = BatchOps(t, ah, hh)
         if "linear_solver" in settings and "linear_solver" not in {
                 **self.solver_args, **(solver_args or {})}:  # ours: QDLDL or dense Cholesky
             settings["linear_solver"] = linear_solver(t.n, t.m, t.nnz + t.P_rows.size)
@@ -366,7 +408,8 @@ class Layer:
                 settings = {**settings, "scale": self._scs_scale}
         if getattr(self, "_shared", None) is None and t.fixed_data and t.m and B > 1:
             self._shared = self._try_shared(mats, Ps, b, c, settings)
-        att = self._attempt(np.arange(B), ops, c, b, mats, Ps, settings, ours)
+        scaled = (eq, ch, bh)
+        att = self._attempt(np.arange(B), ops, c, b, mats, Ps, settings, ours, scaled)
         scs_status = list(att.scs_status)
         # Accurate by default: an instance refinement could not certify from SCS's loose
         # solution is solved again at a tight tolerance, warm-started, and refined again.
@@ -374,14 +417,14 @@ class Layer:
                  "eps_rel": min(settings["eps_rel"], RETRY_EPS)}
         retry = np.flatnonzero(att.retryable)
         if ours["refine"] and retry.size and tight != settings:
-            again = self._attempt(retry, ops, c, b, mats, Ps, tight, ours,
+            again = self._attempt(retry, ops, c, b, mats, Ps, tight, ours, scaled,
                                   warm=(att.scs_x[retry], att.scs_y[retry], att.scs_s[retry]))
             att.merge(retry, again)
         status, x, y, s = att.status, att.x, att.y, att.s
         before, after, steps = att.residual_before, att.residual_after, att.steps
         ok = np.array([st is Status.SOLVED for st in status], dtype=bool)
         refined = _Solution(x, y, s, att.factors, att.v, att.D, att.v_D)
-        xy = np.concatenate([x, y], axis=1)
+        xy = np.concatenate(eq.solution(x, y), axis=1)
         xy[~ok] = np.nan
         out = times_t(xy, t.recover)
         outputs = [unvec(out[:, lo : lo + sp_.size], sp_.shape)
@@ -392,7 +435,8 @@ class Layer:
         if on_failure == "raise" and not ok.all():
             raise SolverError({int(i): str(status[i]) for i in np.flatnonzero(~ok)}, B)
         return Forward(layer=self, outputs=outputs, batched=any(input_batched),
-                       input_batched=input_batched, info=info, ok=ok, _ops=ops, _refined=refined)
+                       input_batched=input_batched, info=info, ok=ok, _ops=ops, _refined=refined,
+                       _scaling=eq)
 
     def _try_shared(self, mats: list, Ps: list | None, b: np.ndarray, c: np.ndarray,
                     settings: dict) -> SharedData | bool | None:
@@ -416,8 +460,13 @@ class Layer:
 
     def _attempt(self, idx: np.ndarray, ops: BatchOps, c: np.ndarray, b: np.ndarray,
                  mats: list, Ps: list | None, settings: dict, ours: dict,
+                 scaled: tuple[Equilibration, np.ndarray, np.ndarray],
                  warm: tuple | None = None) -> _Attempt:
-        """SCS, then refinement, on the instances ``idx``; certify by the residual."""
+        """SCS, then refinement and the certificate (on the equilibrated program ``scaled``
+        = (scaling, ĉ, b̂), whose operators are ``ops``), on the instances ``idx``.
+
+        SCS's solution is returned as given (``scs_x``, ...: a warm start for a retry);
+        x, y, s are the equilibrated program's."""
         t = self.template
         res = solve_batch([mats[i] for i in idx], b[idx], c[idx], t.dims, settings,
                           None if Ps is None else [Ps[i] for i in idx], warm=warm,
@@ -425,27 +474,31 @@ class Layer:
         status = list(res.status)
         finite = np.all(np.isfinite(res.x), axis=1)
         candidate = np.array([st in _REFINABLE for st in status], dtype=bool) & finite
-        x, y, s = res.x, res.y, res.s
         k = len(idx)
+        every = k == ops.a.shape[0]  # the whole batch (idx = 0 … B−1): no copies
+        eq, ch, bh = scaled
+        if not every:
+            eq, ch, bh = eq.take(idx), ch[idx], bh[idx]
+        x, y, s = eq.scaled(res.x, res.y, res.s)
         if ours["refine"]:
-            every = k == ops.a.shape[0]  # the whole batch (idx = 0 … B−1): no copies
-            r = refine(ops if every else ops.take(idx), c if every else c[idx],
-                       b if every else b[idx], x, y, s, tol=ours["refine_tol"],
+            sub = ops if every else ops.take(idx)
+            r = refine(sub, ch, bh, x, y, s, tol=ours["refine_tol"],
                        max_iters=ours["refine_max_iters"])
-            keep = candidate & (r.residual_after <= r.residual_before)
+            keep = candidate & (r.omega <= r.omega_before)
             x, y, s = (np.where(keep[:, None], new, old)
                        for new, old in ((r.x, x), (r.y, y), (r.s, s)))
-            before = r.residual_before
-            after = np.where(keep, r.residual_after, r.residual_before)
-            certified = candidate & (after <= ACCEPT_TOL * r.scale)
+            before = r.omega_before
+            after = np.where(keep, r.omega, r.omega_before)
+            factors = [f if kp else None for f, kp in zip(r.factors, keep, strict=True)]
+            v = np.where(keep[:, None], r.v, y - s)
+            certified = candidate & keep & (after <= ACCEPT_BACKWARD)
+            certified &= self._forward_error_ok(sub, ch, bh, eq, r, certified, factors)
             for i in range(k):
                 if certified[i]:
                     status[i] = Status.SOLVED
                 elif status[i] is Status.SOLVED:  # SCS's word is not enough: not certified
                     status[i] = Status.INACCURATE
             steps = r.steps
-            factors = [f if kp else None for f, kp in zip(r.factors, keep, strict=True)]
-            v = np.where(keep[:, None], r.v, res.y - res.s)
             D, v_D = r.D, r.v_D
         else:
             before = after = np.full(k, np.nan)
@@ -459,12 +512,97 @@ class Layer:
                         seconds=res.seconds, retryable=candidate & ~certified,
                         factors=factors, v=v, D=D, v_D=v_D)
 
+    def _forward_error_ok(self, ops: BatchOps, c: np.ndarray, b: np.ndarray, eq: Equilibration,
+                          r: Any, which: np.ndarray, factors: list) -> np.ndarray:
+        """Per instance (B,): is every output's estimated forward error within ACCEPT_FORWARD
+        of that output's max-norm? Checked where ``which``.
+
+        The error of the refined point z is estimated, per entry, as
+        |S⁻¹F| + |S⁻¹(ROUNDING·den ⊙ ξ)|: the Newton correction (the error itself, to first
+        order, near a regular solution) plus the effect of rounding the residual's terms
+        (den, from `refine.backward_error_terms`) with signs ξ (a fixed ±1 probe, the
+        usual estimate of |S⁻¹| applied to a vector: Higham, *Accuracy and Stability of
+        Numerical Algorithms*, §15.3). It is mapped to the outputs through the
+        equilibration and ``recover`` in absolute values (|DΠ| ≤ 1 bounds y's error by
+        v's). An output whose max-norm is at the rounding level of its unit (what one unit
+        of the equilibrated program is in the output's units: a zero) is judged against
+        that unit.
+
+        Where S is singular the estimate sees nothing along its null space. That is
+        harmless where the null space moves no output (auxiliary variables that are not
+        unique) or where the outputs are resolved in the equilibrated program (a whole
+        optimal face: any point of it is a solution, see `NonDifferentiableWarning`). An
+        output whose size in the equilibrated program is below RESOLVED (sparsemax with
+        θ ~ 1e12 has x̂ ~ 1e-14 beside auxiliary variables ~1) is not known to any
+        relative accuracy there: not certified.
+
+        Refinement's last factorization is used where there is one (where it is S at the
+        previous iterate the estimate is off by a relative O(‖step‖), immaterial here);
+        elsewhere S is factored, and the factorization kept in ``factors`` for the
+        derivative.
+        """
+        out = np.zeros(len(which), dtype=bool)
+        idx = np.flatnonzero(which)
+        if idx.size == 0:
+            return out
+        t = ops.template
+        need = [i for i in idx if factors[i] is None]
+        if need:
+            sel = np.array(need)
+            lin = Linearization(ops.take(sel), dproject(r.v[sel], t.dims, dual=True))
+            for i, f in zip(need, lin.factors, strict=True):
+                factors[i] = f
+        sub = ops.take(idx)
+        pv = r.y[idx]
+        _, den = backward_error_terms(sub, c[idx], b[idx], r.x[idx], r.v[idx], pv, r.F[idx])
+        xi = _probe(t.n + t.m)
+        rhs = np.stack([r.F[idx], ROUNDING * den * xi], axis=2)
+        fs = [factors[i] for i in idx]
+        corr = newton_correction(fs, rhs)
+        d = np.abs(corr).sum(axis=2)
+        # where S is singular, the correction is a least-squares one: F must be in S's range
+        # (non-unique auxiliary variables), else the point is not a solution at all
+        absR = self._abs_recover
+        for j, f in enumerate(fs):
+            if f.rcond > RCOND_MIN or not np.isfinite(d[j]).all():
+                continue
+            S = f.S if isinstance(f.S, np.ndarray) else f.S.toarray()
+            gap = np.abs(S @ corr[j, :, 0] + r.F[idx[j]])
+            here = absR @ np.abs(np.concatenate([r.x[idx[j]], pv[j]]))
+            for o, lo in zip(self.outputs, self._out_offsets, strict=True):
+                if here[lo : lo + o.size].max(initial=0.0) < RESOLVED:
+                    d[j] = np.inf
+            if not np.all(gap <= ACCEPT_BACKWARD * den[j]):
+                d[j] = np.inf
+        e = eq.take(idx)
+        ex, ey = e.solution(d[:, : t.n], d[:, t.n :])
+        ux, uy = e.solution(np.ones((idx.size, t.n)), np.ones((idx.size, t.m)))
+        vals = np.abs(times_t(np.concatenate(e.solution(r.x[idx], pv), axis=1), t.recover))
+        err = times_t(np.concatenate([ex, ey], axis=1), absR)
+        unit = times_t(np.concatenate([ux, uy], axis=1), absR)
+        ok = np.all(np.isfinite(err), axis=1)
+        for o, lo in zip(self.outputs, self._out_offsets, strict=True):
+            sl = slice(lo, lo + o.size)
+            size = vals[:, sl].max(axis=1, initial=0.0)
+            u = unit[:, sl].max(axis=1, initial=0.0)
+            size = np.where(size <= ROUNDING * u, u, size)
+            ok &= err[:, sl].max(axis=1, initial=0.0) <= ACCEPT_FORWARD * size
+        out[idx] = ok
+        return out
+
+    @cached_property
+    def _abs_recover(self):
+        return abs(self.template.recover).tocsr()
+
     def restore(self, values: Sequence[Any], x: np.ndarray, y: np.ndarray, s: np.ndarray,
                 ok: np.ndarray) -> Forward:
         """A `Forward` from a solution previously returned by `Forward.state` (no solve)."""
         theta, input_batched = self.batch(values)
         t = self.template
         c, a, b = t.apply(theta)
+        h = t.apply_P(theta)
+        eq = equilibrate(t, c, a, b, h)
+        _, ah, _, hh = eq.data(t, c, a, b, h)
         ok = np.asarray(ok, dtype=bool).reshape(-1)
         x, y, s = (np.asarray(z, dtype=float) for z in (x, y, s))
         xy = np.concatenate([x, y], axis=1)
@@ -480,8 +618,8 @@ class Layer:
                          total_seconds=0.0)
         return Forward(layer=self, outputs=outputs, batched=any(input_batched),
                        input_batched=input_batched, info=info, ok=ok,
-                       _ops=BatchOps(t, a, t.apply_P(theta)),
-                       _refined=_Solution(x, y, s))
+                       _ops=BatchOps(t, ah, hh), _refined=_Solution(*eq.scaled(x, y, s)),
+                       _scaling=eq)
 
     # -- adapters ----------------------------------------------------------------------
     def torch(self):

@@ -20,9 +20,14 @@ import numpy as np
 
 from declarative.cones import DProjection, dproject
 from declarative.derivative import BatchOps, Linearization, project_dual, residual
+from declarative.equilibrate import pattern
 
-# Stop refining an instance once ‖F‖∞ ≤ tol · (1 + ‖c‖∞ + ‖b‖∞).
+# Stop refining an instance once its componentwise backward error (`backward_error`) is at
+# most this.
 REFINE_TOL = 1e-13
+# Relative to its instance's largest, the smallest row scale `backward_error` resolves: data
+# spread over 1e-12 … 1e12 stays far above it.
+SCALE_FLOOR = 1e-40
 REFINE_MAX_ITERS = 20
 # Non-monotone full Newton steps allowed in a row before backtracking from the best point.
 WATCHDOG = 2
@@ -38,7 +43,9 @@ class Refined:
     residual_before: np.ndarray  # ‖F‖∞ at SCS's solution, per instance
     residual_after: np.ndarray   # ‖F‖∞ after refinement
     steps: np.ndarray            # Newton systems factored and solved, per instance
-    scale: np.ndarray            # 1 + ‖c‖∞ + ‖b‖∞, the residual's natural scale
+    omega_before: np.ndarray     # componentwise backward error at SCS's solution
+    omega: np.ndarray            # componentwise backward error after refinement
+    F: np.ndarray                # F(u, v) at the returned points
     factors: list                # the last Newton matrix factored, per instance (or None)
     v: np.ndarray                # v = y − s at the returned points, exactly
     D: DProjection               # DΠ_{K*} at the current iterates, which are at `v_D`
@@ -48,6 +55,58 @@ class Refined:
 def _norm(F: np.ndarray) -> np.ndarray:
     r = np.abs(F).max(axis=1) if F.shape[1] else np.zeros(F.shape[0])
     return np.where(np.isfinite(r), r, np.inf)
+
+
+def backward_error(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray,
+                   v: np.ndarray, pv: np.ndarray, F: np.ndarray) -> np.ndarray:
+    """Componentwise relative backward error ω (B,); see `backward_error_terms`."""
+    return backward_error_terms(ops, c, b, u, v, pv, F)[0]
+
+
+def backward_error_terms(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray,
+                         v: np.ndarray, pv: np.ndarray, F: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Componentwise relative backward error of F(u, v) = 0, per instance (B,):
+
+        ω = max_i |F_i| / (|P||u| + |A|ᵀ|y| + |c|)_i  over the first n rows,
+            max_i |F_i| / (|A||u| + |b| + |s|)_i    over the last m,
+
+    with y = Π(v) and s = Π(v) − v, which on a cone that is not a product of half-lines
+    (second-order, PSD, exponential, power) are known to rounding relative to the block's
+    largest |Π(v)| + |v| (Π mixes a block's entries): there that stands in for |y| and |s|,
+    and the second denominator is its maximum over the block, and the denominators (B, n + m). ω is the smallest relative change
+    of the data, entry by entry, that makes (u, v) exact (Oettli & Prager 1964; Higham,
+    *Accuracy and Stability of Numerical Algorithms*, §7.2), so it is invariant to any
+    diagonal scaling of rows and columns: a 1e9 entry judges only its own row. A row
+    whose terms all vanish has F_i = 0 exactly, ω_i = 0; F_i ≠ 0 there gives ω = inf.
+    """
+    t = ops.template
+    p = pattern(t)
+    mag = BatchOps(t, np.abs(ops.a), np.abs(ops.h))
+    au, apv = np.abs(u), np.abs(pv)
+    # Π(v) and s = Π(v) − v are exact on zero and nonnegative rows (one of y, s is 0 there);
+    # elsewhere Π mixes the block, so both are known to rounding relative to the block's
+    # largest |Π(v)| + |v|
+    sep = t.dims.zero + t.dims.nonneg
+    den_pv, den_s = apv.copy(), np.abs(pv - v)
+    if sep < t.m:
+        block = np.maximum.reduceat(apv + np.abs(v), p.blocks, axis=1)
+        block = np.repeat(block, p.block_sizes, axis=1)[:, sep:]
+        den_pv[:, sep:] = block
+        den_s[:, sep:] = block
+    den_x = mag.P(au) + mag.AT(den_pv) + np.abs(c)
+    den_y = mag.A(au) + np.abs(b) + den_s
+    if sep < t.m:
+        den_y = np.repeat(np.maximum.reduceat(den_y, p.blocks, axis=1), p.block_sizes, axis=1)
+    den = np.concatenate([den_x, den_y], axis=1)
+    # rows whose terms are all below SCALE_FLOOR of the largest are judged at that level
+    # (SCS leaves values such as 1e-320 where the exact ones are 0)
+    den = np.maximum(den, SCALE_FLOOR * den.max(axis=1, initial=0.0)[:, None])
+    aF = np.abs(F)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(aF == 0, 0.0, aF / den)
+    out = ratio.max(axis=1, initial=0.0)
+    return np.where(np.isnan(out), np.inf, out), den
 
 
 def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray,
@@ -78,10 +137,11 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
     # the current iterate, ahead of the anchor by `watch` non-monotone full steps
     cu, cv, cF = u.copy(), v.copy(), F.copy()
     watch = np.zeros(B, dtype=int)
-    scale = 1.0 + np.abs(c).max(axis=1, initial=0) + np.abs(b).max(axis=1, initial=0)
+    omega = backward_error(ops, c, b, u, v, pv, F)
+    omega0 = omega.copy()
     steps = np.zeros(B, dtype=int)
     factors: list = [None] * B
-    active = np.isfinite(res) & (res > tol * scale)
+    active = np.isfinite(res) & (omega > tol)
     for _ in range(max_iters):
         idx = np.flatnonzero(active)
         if idx.size == 0:
@@ -128,9 +188,14 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
             cu[back], cv[back], cF[back] = u[back], v[back], F[back]
             Dc.put(back, dproject(cv[back], dims, dual=True))
             watch[back] = 0
-        active &= res > tol * scale
+        moved = idx[good] if not back.size else np.union1d(idx[good], back)
+        if moved.size:
+            sub = ops.take(moved)
+            omega[moved] = backward_error(sub, c[moved], b[moved], u[moved], v[moved],
+                                          pv[moved], F[moved])
+        active &= omega > tol
     return Refined(x=u, y=pv, s=pv - v, residual_before=res0, residual_after=res, steps=steps,
-                   scale=scale, factors=factors, v=v, D=Dc, v_D=cv)
+                   omega_before=omega0, omega=omega, F=F, factors=factors, v=v, D=Dc, v_D=cv)
 
 
 def _backtrack(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray,
