@@ -129,8 +129,9 @@ def _executor() -> ThreadPoolExecutor:
 
 _blas_libs: list | None = None
 _blas_saved: list = []
-_blas_depth = 0
+_blas_depth = 0  # open single_threaded_blas contexts, all threads together
 _blas_lock = threading.Lock()
+_blas_own = threading.local()  # .depth: those of this thread (what survives a fork)
 
 
 @contextlib.contextmanager
@@ -151,6 +152,7 @@ def single_threaded_blas() -> Iterator[None]:
             if _blas_libs is None:
                 _blas_libs = ThreadpoolController().select(user_api="blas").lib_controllers
             _blas_depth += 1
+            _blas_own.depth = getattr(_blas_own, "depth", 0) + 1
             entered = True
             if _blas_depth == 1:
                 _blas_saved = [(lib, lib.num_threads) for lib in _blas_libs]
@@ -161,6 +163,7 @@ def single_threaded_blas() -> Iterator[None]:
     finally:
         if entered:
             with _blas_lock:
+                _blas_own.depth -= 1
                 _blas_depth -= 1
                 if _blas_depth == 0:
                     _restore_blas()
@@ -170,6 +173,25 @@ def _restore_blas() -> None:
     for lib, threads in _blas_saved:
         if threads != 1:
             lib.set_num_threads(threads)
+
+
+def _reset_after_fork() -> None:
+    """In a forked child (a DataLoader worker, multiprocessing's "fork"), only the forking
+    thread exists: the pool's workers are gone (work submitted to the inherited pool would
+    never run) and a lock another thread held stays held. Start a new pool on demand, make
+    new locks, and keep only the forking thread's own single_threaded_blas contexts
+    (lifting the limit now if the parent's were all in other threads)."""
+    global _pool, _pool_lock, _blas_lock, _blas_depth
+    _pool = None
+    _pool_lock = threading.Lock()
+    _blas_lock = threading.Lock()
+    own = getattr(_blas_own, "depth", 0)
+    if own == 0 and _blas_depth > 0:
+        _restore_blas()
+    _blas_depth = own
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _wait(futures: list[Future]) -> BaseException | None:

@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 
 import cvxpy as cp
@@ -18,6 +19,7 @@ from threadpoolctl import threadpool_info
 
 import declarative as dl
 import declarative.solve as solve
+import problems
 from declarative.cones import ConeDims
 from declarative.solve import (
     SCS_INFEASIBLE_INACCURATE,
@@ -240,3 +242,86 @@ def test_infeasible_and_unbounded_are_reported_at_every_scale(scale):
     assert [str(s) for s in fwd.info.status] == ["unbounded"]  # c < 0, x unbounded above
     fwd = lp.forward([scale * np.arange(1.0, n + 1), scale * np.ones(n)])
     assert max_abs(fwd.outputs[0][0], scale * np.ones(n)) <= 1e-8 * scale  # c > 0: x = lo
+
+
+# -- fork -------------------------------------------------------------------------------------
+def _sparsemax_batch(k: int, seed: int = 0):
+    mod = problems.get("sparsemax")
+    insts = [problems.instance("sparsemax", seed + i, **mod.SIZES) for i in range(k)]
+    return mod, [np.stack([i.params[0] for i in insts])], [i.solution[0] for i in insts]
+
+
+def test_layer_works_in_a_forked_child(monkeypatch):
+    """The pool is started in the parent, then the process forks (as a DataLoader worker
+    does): the child's batch is solved, and matches the closed form. Bounded: a child that
+    hangs is killed and the test fails."""
+    monkeypatch.setattr(solve, "_CPUS", 2)
+    mod, values, solutions = _sparsemax_batch(4)
+    layer = dl.compile(*mod.build(**mod.SIZES))
+    layer.forward(values)
+    assert solve._pool is not None
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork of a threaded process
+        pid = os.fork()
+    if pid == 0:  # the child: report the error and exit, whatever happens
+        try:
+            out = layer.forward(values).outputs[0]
+            message = repr(max(max_abs(o, s) for o, s in zip(out, solutions, strict=True)))
+        except BaseException as exc:  # noqa: BLE001
+            message = f"error: {exc!r}"
+        finally:
+            os.write(write, message.encode()[:4096])
+            os._exit(0)
+    os.close(write)
+    deadline = time.monotonic() + 120.0
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        time.sleep(0.02)
+    message = os.read(read, 4096).decode()
+    os.close(read)
+    assert float(message) <= 1e-8, message
+
+
+def test_fork_resets_locks_and_pool_in_the_child(monkeypatch):
+    """A lock held by another thread at the fork is free in the child; the child's pool is new."""
+    monkeypatch.setattr(solve, "_CPUS", 2)
+    solve.parallel_map(lambda i: i, [0, 1])
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with solve._pool_lock, solve._blas_lock:
+            holding.set()
+            release.wait(10.0)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    holding.wait(10.0)
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        try:
+            out = solve.parallel_map(lambda i: i + 1, [0, 1, 2, 3])
+            message = "ok" if out == [1, 2, 3, 4] and solve._blas_depth == 0 else repr(out)
+        except BaseException as exc:  # noqa: BLE001
+            message = f"error: {exc!r}"
+        finally:
+            os.write(write, message.encode())
+            os._exit(0)
+    release.set()
+    thread.join()
+    os.close(write)
+    deadline = time.monotonic() + 60.0
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        time.sleep(0.02)
+    assert os.read(read, 4096).decode() == "ok"
+    os.close(read)
