@@ -16,6 +16,7 @@ import itertools
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -337,9 +338,13 @@ class SharedData:
 
     Each solve is a deterministic function of the instance alone: the workspace is always
     built from the same (b₀, c₀) (SCS scales b and c by factors computed at setup), and
-    solved with the `_STATELESS` settings. Kept with the layer; pickles without the
-    workspaces themselves.
+    solved with the `_STATELESS` settings. Each thread keeps the workspaces of its
+    `WORKSPACES_PER_THREAD` most recently used settings (a workspace holds SCS's copy of the
+    data and its factorization: ~1 MB for sparsemax n = 10,000, so a schedule of tolerances
+    must not keep one per value). Kept with the layer; pickles without the workspaces.
     """
+
+    WORKSPACES_PER_THREAD = 4
 
     def __init__(self, A, P, b0: np.ndarray, c0: np.ndarray, cone: dict) -> None:
         self.A, self.P, self.b0, self.c0, self.cone = A, P, b0, c0, cone
@@ -357,17 +362,28 @@ class SharedData:
         """Not when the user chose acceleration or scale adaptation, or asked for files."""
         return not ({*_STATELESS, "write_data_filename", "log_csv_filename"} & set(settings))
 
-    def solver(self, settings: dict):
-        """This thread's workspace for ``settings`` (made on first use)."""
-        spaces = getattr(self._local, "spaces", None)
-        if spaces is None:
-            spaces = self._local.spaces = {}
+    def solver(self, settings: dict) -> Any:
+        """This thread's workspace for ``settings`` (made on first use; the least recently
+        used one is dropped beyond WORKSPACES_PER_THREAD)."""
+        spaces = self.workspaces()
         key = tuple(sorted(settings.items(), key=lambda kv: kv[0]))
         solver = spaces.get(key)
         if solver is None:
-            solver = spaces[key] = _scs_solver(self.A, self.b0, self.c0, self.cone,
-                                               {**settings, **_STATELESS}, self.P)
+            solver = _scs_solver(self.A, self.b0, self.c0, self.cone,
+                                 {**settings, **_STATELESS}, self.P)
+            spaces[key] = solver
+            while len(spaces) > self.WORKSPACES_PER_THREAD:
+                spaces.popitem(last=False)
+        else:
+            spaces.move_to_end(key)
         return solver
+
+    def workspaces(self) -> OrderedDict:
+        """This thread's workspaces by settings, least recently used first."""
+        spaces = getattr(self._local, "spaces", None)
+        if spaces is None:
+            spaces = self._local.spaces = OrderedDict()
+        return spaces
 
 
 def _check_interrupt(info: dict) -> None:
