@@ -2,11 +2,13 @@
 
 SCS releases the GIL while it works, so a thread pool scales across cores.
 A failure (an exception, infeasibility, ...) is recorded for its instance and
-never stops the others.
+never stops the others. Ctrl-C does: it raises KeyboardInterrupt and no further
+instance is started.
 """
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import enum
 import importlib
@@ -14,16 +16,22 @@ import itertools
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
 import scs
 from threadpoolctl import ThreadpoolController
 
-from declarative.cones import ConeDims
+from declarative.cones import ConeDims, project
 from declarative.errors import ProblemError
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Status(str, enum.Enum):
@@ -40,14 +48,31 @@ class Status(str, enum.Enum):
         return self.value
 
 
-# SCS 3 status_val → ours (scs/include/glbopts.h).
+def _scs_constant(name: str, documented: int) -> int:
+    """SCS's exported status constant ``scs.<name>``, else its documented value."""
+    return int(getattr(scs, name, documented))
+
+
+# SCS 3 status values (scs/include/glbopts.h), as the installed scs exports them.
+SCS_SOLVED = _scs_constant("SOLVED", 1)
+SCS_SOLVED_INACCURATE = _scs_constant("SOLVED_INACCURATE", 2)
+SCS_UNBOUNDED = _scs_constant("UNBOUNDED", -1)
+SCS_INFEASIBLE = _scs_constant("INFEASIBLE", -2)
+SCS_SIGINT = _scs_constant("SIGINT", -5)
+SCS_UNBOUNDED_INACCURATE = _scs_constant("UNBOUNDED_INACCURATE", -6)
+SCS_INFEASIBLE_INACCURATE = _scs_constant("INFEASIBLE_INACCURATE", -7)
+
+# SCS status_val → ours; any other value (failed, indeterminate, ...) is Status.FAILED.
 _SCS_STATUS = {
-    1: Status.SOLVED,
-    2: Status.INACCURATE,
-    -1: Status.UNBOUNDED,
-    -6: Status.UNBOUNDED,
-    -2: Status.INFEASIBLE,
-    -7: Status.INFEASIBLE,
+    SCS_SOLVED: Status.SOLVED,
+    SCS_SOLVED_INACCURATE: Status.INACCURATE,
+    SCS_UNBOUNDED: Status.UNBOUNDED,
+    SCS_INFEASIBLE: Status.INFEASIBLE,
+}
+# SCS's inaccurate certificates: ours only once `verify_certificate` accepts them.
+_SCS_UNCERTAIN = {
+    SCS_UNBOUNDED_INACCURATE: Status.UNBOUNDED,
+    SCS_INFEASIBLE_INACCURATE: Status.INFEASIBLE,
 }
 
 # SCS settings a user may pass through solver_args (SCS 3.x documentation).
@@ -105,12 +130,13 @@ def _executor() -> ThreadPoolExecutor:
 
 _blas_libs: list | None = None
 _blas_saved: list = []
-_blas_depth = 0
+_blas_depth = 0  # open single_threaded_blas contexts, all threads together
 _blas_lock = threading.Lock()
+_blas_own = threading.local()  # .depth: those of this thread (what survives a fork)
 
 
 @contextlib.contextmanager
-def single_threaded_blas():
+def single_threaded_blas() -> Iterator[None]:
     """A context in which BLAS/LAPACK run on one thread.
 
     Our dense systems are small and many; we parallelize across instances instead.
@@ -121,33 +147,75 @@ def single_threaded_blas():
     and set directly (threadpoolctl's own `limit` re-inspects every library: ~15 µs).
     """
     global _blas_libs, _blas_saved, _blas_depth
-    with _blas_lock:
-        if _blas_libs is None:
-            _blas_libs = ThreadpoolController().select(user_api="blas").lib_controllers
-        _blas_depth += 1
-        if _blas_depth == 1:
-            _blas_saved = [(lib, lib.num_threads) for lib in _blas_libs]
-            for lib, threads in _blas_saved:
-                if threads != 1:
-                    lib.set_num_threads(1)
+    entered = False
     try:
-        yield
-    finally:
         with _blas_lock:
-            _blas_depth -= 1
-            if _blas_depth == 0:
+            if _blas_libs is None:
+                _blas_libs = ThreadpoolController().select(user_api="blas").lib_controllers
+            _blas_depth += 1
+            _blas_own.depth = getattr(_blas_own, "depth", 0) + 1
+            entered = True
+            if _blas_depth == 1:
+                _blas_saved = [(lib, lib.num_threads) for lib in _blas_libs]
                 for lib, threads in _blas_saved:
                     if threads != 1:
-                        lib.set_num_threads(threads)
+                        lib.set_num_threads(1)
+        yield
+    finally:
+        if entered:
+            with _blas_lock:
+                _blas_own.depth -= 1
+                _blas_depth -= 1
+                if _blas_depth == 0:
+                    _restore_blas()
 
 
-def parallel_map(f, items: list) -> list:
+def _restore_blas() -> None:
+    for lib, threads in _blas_saved:
+        if threads != 1:
+            lib.set_num_threads(threads)
+
+
+def _reset_after_fork() -> None:
+    """In a forked child (a DataLoader worker, multiprocessing's "fork"), only the forking
+    thread exists: the pool's workers are gone (work submitted to the inherited pool would
+    never run) and a lock another thread held stays held. Start a new pool on demand, make
+    new locks, and keep only the forking thread's own single_threaded_blas contexts
+    (lifting the limit now if the parent's were all in other threads)."""
+    global _pool, _pool_lock, _blas_lock, _blas_depth
+    _pool = None
+    _pool_lock = threading.Lock()
+    _blas_lock = threading.Lock()
+    own = getattr(_blas_own, "depth", 0)
+    if own == 0 and _blas_depth > 0:
+        _restore_blas()
+    _blas_depth = own
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _wait(futures: list[Future]) -> BaseException | None:
+    """Wait for every future; the first exception any raised, or None."""
+    first = None
+    for fut in futures:
+        try:
+            fut.result()
+        except BaseException as exc:  # noqa: BLE001 - collected, re-raised by the caller
+            first = first or exc
+    return first
+
+
+def parallel_map(f: Callable[[T], R], items: list[T]) -> list[R]:
     """``[f(x) for x in items]`` across the shared thread pool, BLAS single-threaded.
 
     For work that releases the GIL (SCS, LAPACK). Each worker, the calling thread
     included, pulls the next index from a shared counter: one task per worker rather
     than one future per item (a future costs ~35 µs of hand-offs, more than a small
-    solve), with dynamic load balancing. Do not call from inside the pool.
+    solve), with dynamic load balancing. Once ``f`` raises anywhere, or the calling
+    thread is interrupted (KeyboardInterrupt), no further item is started; the call
+    returns when the items already started are done, raising the caller's exception, else
+    the first worker's. Do not call from inside the pool.
     """
     n = len(items)
     workers = min(_CPUS, n)
@@ -156,17 +224,28 @@ def parallel_map(f, items: list) -> list:
             return [f(x) for x in items]
         out: list = [None] * n
         counter = itertools.count()
+        stop = threading.Event()
 
         def work() -> None:
-            while (i := next(counter)) < n:
-                out[i] = f(items[i])
+            try:
+                while not stop.is_set() and (i := next(counter)) < n:
+                    out[i] = f(items[i])
+            except BaseException:
+                stop.set()
+                raise
 
-        pending = [_executor().submit(work) for _ in range(workers - 1)]
+        pending: list[Future] = []
         try:
+            for _ in range(workers - 1):
+                pending.append(_executor().submit(work))
             work()
-        finally:
-            for p in pending:
-                p.result()
+        except BaseException:
+            stop.set()
+            _wait(pending)  # the items already started: their exceptions yield to ours
+            raise
+        error = _wait(pending)
+        if error is not None:
+            raise error
         return out
 
 
@@ -259,9 +338,13 @@ class SharedData:
 
     Each solve is a deterministic function of the instance alone: the workspace is always
     built from the same (b₀, c₀) (SCS scales b and c by factors computed at setup), and
-    solved with the `_STATELESS` settings. Kept with the layer; pickles without the
-    workspaces themselves.
+    solved with the `_STATELESS` settings. Each thread keeps the workspaces of its
+    `WORKSPACES_PER_THREAD` most recently used settings (a workspace holds SCS's copy of the
+    data and its factorization: ~1 MB for sparsemax n = 10,000, so a schedule of tolerances
+    must not keep one per value). Kept with the layer; pickles without the workspaces.
     """
+
+    WORKSPACES_PER_THREAD = 4
 
     def __init__(self, A, P, b0: np.ndarray, c0: np.ndarray, cone: dict) -> None:
         self.A, self.P, self.b0, self.c0, self.cone = A, P, b0, c0, cone
@@ -279,17 +362,35 @@ class SharedData:
         """Not when the user chose acceleration or scale adaptation, or asked for files."""
         return not ({*_STATELESS, "write_data_filename", "log_csv_filename"} & set(settings))
 
-    def solver(self, settings: dict):
-        """This thread's workspace for ``settings`` (made on first use)."""
-        spaces = getattr(self._local, "spaces", None)
-        if spaces is None:
-            spaces = self._local.spaces = {}
+    def solver(self, settings: dict) -> Any:
+        """This thread's workspace for ``settings`` (made on first use; the least recently
+        used one is dropped beyond WORKSPACES_PER_THREAD)."""
+        spaces = self.workspaces()
         key = tuple(sorted(settings.items(), key=lambda kv: kv[0]))
         solver = spaces.get(key)
         if solver is None:
-            solver = spaces[key] = _scs_solver(self.A, self.b0, self.c0, self.cone,
-                                               {**settings, **_STATELESS}, self.P)
+            solver = _scs_solver(self.A, self.b0, self.c0, self.cone,
+                                 {**settings, **_STATELESS}, self.P)
+            spaces[key] = solver
+            while len(spaces) > self.WORKSPACES_PER_THREAD:
+                spaces.popitem(last=False)
+        else:
+            spaces.move_to_end(key)
         return solver
+
+    def workspaces(self) -> OrderedDict:
+        """This thread's workspaces by settings, least recently used first."""
+        spaces = getattr(self._local, "spaces", None)
+        if spaces is None:
+            spaces = self._local.spaces = OrderedDict()
+        return spaces
+
+
+def _check_interrupt(info: dict) -> None:
+    """SCS catches SIGINT itself while it solves (and returns SCS_SIGINT): raise
+    KeyboardInterrupt as Python would have."""
+    if info["status_val"] == SCS_SIGINT:
+        raise KeyboardInterrupt("SCS was interrupted (SIGINT)")
 
 
 def _solve_one(A, b, c, cone: dict, settings: dict, P=None, warm=None, shared=None):
@@ -299,10 +400,12 @@ def _solve_one(A, b, c, cone: dict, settings: dict, P=None, warm=None, shared=No
             solver = shared.solver(settings)
             solver.update(b, c)
             sol = solver.solve(False, None, None, None)
-            if sol["info"]["status_val"] == 1:
+        except Exception:  # noqa: BLE001 - solved afresh below, as without a workspace
+            sol = None
+        if sol is not None:
+            _check_interrupt(sol["info"])
+            if sol["info"]["status_val"] == SCS_SOLVED:
                 return sol, Status.SOLVED, int(sol["info"]["iter"]), time.perf_counter() - t0
-        except Exception:  # noqa: BLE001, S110 - solved afresh below, as without a workspace
-            pass
     try:
         solver = _scs_solver(A, b, c, cone, settings, P)
         if warm is not None and all(np.all(np.isfinite(w)) for w in warm):
@@ -312,10 +415,84 @@ def _solve_one(A, b, c, cone: dict, settings: dict, P=None, warm=None, shared=No
     except Exception:  # noqa: BLE001 - one broken instance must not lose the batch
         return None, Status.FAILED, 0, time.perf_counter() - t0
     info = sol["info"]
+    _check_interrupt(info)
     status = _SCS_STATUS.get(info["status_val"], Status.FAILED)
-    if status is Status.INACCURATE and info["iter"] >= settings["max_iters"]:
+    if info["status_val"] in _SCS_UNCERTAIN:
+        dims = ConeDims.from_scs(cone)
+        claim = _SCS_UNCERTAIN[info["status_val"]]
+        if claim is Status.INFEASIBLE and infeasibility_certified(A, b, sol["y"], dims):
+            status = claim
+        elif claim is Status.UNBOUNDED and unboundedness_certified(A, c, sol["x"], dims, P):
+            status = claim
+        else:  # no usable certificate and no iterate (SCS returns NaN): start again from 0
+            status = Status.INACCURATE
+            sol = {**sol, "x": np.zeros_like(sol["x"]), "y": np.zeros_like(sol["y"]),
+                   "s": np.zeros_like(sol["s"])}
+    elif status is Status.INACCURATE and info["iter"] >= settings["max_iters"]:
         status = Status.ITERATION_LIMIT
     return sol, status, int(info["iter"]), time.perf_counter() - t0
+
+
+# A certificate of infeasibility (unboundedness) is accepted where it proves that every feasible
+# point (every dual feasible point) is at least 1/CERTIFICATE_TOL times the data's own scale.
+CERTIFICATE_TOL = 1e-6
+
+
+def _max_abs(M: Any) -> float:
+    data = M.data if M is not None else np.zeros(0)
+    return float(np.abs(data).max(initial=0.0))
+
+
+def _scipy(M: Any) -> sp.csc_matrix:
+    return M if sp.issparse(M) else M.scipy()
+
+
+def infeasibility_certified(A: Any, b: np.ndarray, y: np.ndarray, dims: ConeDims,
+                            tol: float = CERTIFICATE_TOL) -> bool:
+    """Is ŷ = Π_{K*}(y) a certificate that Ax + s = b, s ∈ K has no solution?
+
+    ŷ ∈ K* with bᵀŷ < 0 and Aᵀŷ = r (Farkas' lemma for cones; the certificate SCS returns,
+    O'Donoghue et al. 2016, *Conic optimization via operator splitting and homogeneous
+    self-dual embedding*) gives, for every feasible x, 0 ≤ ŷᵀs = bᵀŷ − rᵀx, so
+    ‖x‖₁ ≥ −bᵀŷ/‖r‖∞. Accepted when that bound is at least ‖b‖∞/(tol·max|Aᵢⱼ|): invariant
+    to scaling A, b and y, unlike a test of ‖r‖ alone.
+    """
+    if not np.all(np.isfinite(y)):
+        return False
+    y = project(y, dims, dual=True)
+    bty = float(b @ y)
+    if not bty < 0:
+        return False
+    r = np.abs(_scipy(A).T @ y).max(initial=0.0)
+    return bool(r * np.abs(b).max() <= tol * -bty * _max_abs(A))
+
+
+def unboundedness_certified(A: Any, c: np.ndarray, x: np.ndarray, dims: ConeDims,
+                            P: Any = None, tol: float = CERTIFICATE_TOL) -> bool:
+    """Is x a certificate that min ½xᵀPx + cᵀx s.t. Ax + s = b, s ∈ K has no dual solution
+    (the primal is unbounded below where feasible)?
+
+    With ŝ = Π_K(−Ax), r = Ax + ŝ and e = Px (O'Donoghue et al. 2016; with P, SCS 3's
+    quadratic form): cᵀx < 0, and for every dual feasible (w, y), Pw + Aᵀy + c = 0, y ∈ K*,
+    −cᵀx ≤ ‖w‖₁‖e‖∞ + ‖y‖₁‖r‖∞. Accepted when ‖r‖∞ ≤ tol·(−cᵀx)·max|Aᵢⱼ|/‖c‖∞ and
+    ‖e‖∞ ≤ tol·(−cᵀx)·max|Pᵢⱼ|/‖c‖∞: invariant to scaling A, P, c and x. ``P`` is the upper
+    triangle, as SCS takes it.
+    """
+    if not np.all(np.isfinite(x)):
+        return False
+    ctx = float(c @ x)
+    if not ctx < 0:
+        return False
+    cmax = np.abs(c).max()
+    Ax = _scipy(A) @ x
+    r = np.abs(Ax + project(-Ax, dims)).max(initial=0.0)
+    if r * cmax > tol * -ctx * _max_abs(A):
+        return False
+    if P is None:
+        return True
+    Pu = _scipy(P)
+    e = np.abs(Pu @ x + Pu.T @ x - Pu.diagonal() * x).max(initial=0.0)
+    return bool(e * cmax <= tol * -ctx * _max_abs(P))
 
 
 def solve_batch(matrices: list, b: np.ndarray, c: np.ndarray, dims: ConeDims,
@@ -327,6 +504,10 @@ def solve_batch(matrices: list, b: np.ndarray, c: np.ndarray, dims: ConeDims,
     for P = 0, both CSC (SciPy matrices or `compile.CSC` arrays);
     ``warm`` optional starting points (x, y, s), each (B, ·); ``shared`` workspaces where
     every instance has the same A and P (an instance they do not solve is solved afresh).
+    SCS's inaccurate infeasibility/unboundedness claims count only if their certificate
+    verifies (`infeasibility_certified`, `unboundedness_certified`); else the instance is
+    INACCURATE with the origin as its iterate. Ctrl-C, also while SCS runs, raises
+    KeyboardInterrupt and starts no further instance.
     """
     B, m = b.shape
     n = c.shape[1]
@@ -342,7 +523,13 @@ def solve_batch(matrices: list, b: np.ndarray, c: np.ndarray, dims: ConeDims,
              None if quadratic is None else quadratic[i],
              None if warm is None else (warm[0][i], warm[1][i], warm[2][i]), shared)
             for i in range(B)]
-    results = parallel_map(lambda j: _solve_one(*j), jobs)
+    try:
+        results = parallel_map(lambda j: _solve_one(*j), jobs)
+    except KeyboardInterrupt:
+        # SCS took the SIGINT that Python delivers to the main thread: pass it on there too
+        if threading.current_thread() is not threading.main_thread():
+            _thread.interrupt_main()
+        raise
     x = np.full((B, n), np.nan)
     y = np.full((B, m), np.nan)
     s = np.full((B, m), np.nan)

@@ -1,0 +1,386 @@
+"""The solver seam under stress: Ctrl-C, SCS's inaccurate certificates, fork, long-running
+schedules of settings, concurrent first calls. Every result is checked against a closed form
+(the box projection clip(θ, lo, hi), sparsemax, hand-made certificates)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+
+import cvxpy as cp
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+import declarative as dl
+import declarative.solve as solve
+import problems
+from declarative.cones import ConeDims
+from declarative.solve import (
+    SCS_INFEASIBLE_INACCURATE,
+    SCS_SIGINT,
+    SCS_UNBOUNDED_INACCURATE,
+    SharedData,
+    Status,
+    infeasibility_certified,
+    solve_batch,
+    unboundedness_certified,
+)
+from tests.conftest import max_abs
+
+# SCS settings under which a solve never converges (zero tolerances) and stops only at its
+# time limit, so that a signal sent shortly after the start lands inside SCS. The time limit
+# bounds the test if the signal were lost. `scale` skips the layer's calibration, and SCS's
+# own default acceleration_lookback rules out shared workspaces (their trial solves).
+NEVER_CONVERGES = {"eps_abs": 0.0, "eps_rel": 0.0, "eps_infeas": 0.0, "max_iters": 10**9,
+                   "time_limit_secs": 30.0, "scale": 1.0, "acceleration_lookback": 10}
+
+
+def _box(n: int) -> dl.Layer:
+    """Projection onto a box, min ‖x − θ‖² s.t. lo ≤ x ≤ hi: x* = clip(θ, lo, hi)."""
+    x, th, lo, hi = cp.Variable(n), cp.Parameter(n), cp.Parameter(n), cp.Parameter(n)
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(x - th)), [x >= lo, x <= hi])
+    return dl.compile(prob, [th, lo, hi], [x])
+
+
+def _box_values(batch: int, n: int, scale: float, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    theta = 2.0 * scale * rng.standard_normal((batch, n))
+    return [theta, -scale * np.ones(n), scale * np.ones(n)]
+
+
+@contextlib.contextmanager
+def _sigint_after(seconds: float) -> Iterator[None]:
+    """SIGINT to this process after ``seconds`` (from a timer thread), unless the block ended."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT is not handled by Python's default handler here")
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        timer.join()
+
+
+def _blas_threads() -> list[int]:
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+# -- Ctrl-C -----------------------------------------------------------------------------------
+def test_scs_status_constants_are_scs_own():
+    import scs
+
+    for name, ours in (("SIGINT", SCS_SIGINT), ("INFEASIBLE_INACCURATE", SCS_INFEASIBLE_INACCURATE),
+                       ("UNBOUNDED_INACCURATE", SCS_UNBOUNDED_INACCURATE)):
+        assert ours == getattr(scs, name, ours)
+    assert (SCS_SIGINT, SCS_UNBOUNDED_INACCURATE, SCS_INFEASIBLE_INACCURATE) == (-5, -6, -7)
+
+
+@pytest.mark.parametrize("batch", [1, 6])
+def test_ctrl_c_inside_scs_raises_and_starts_no_further_solve(monkeypatch, batch):
+    """SCS catches SIGINT while it solves (in the calling thread for one instance, in the
+    calling thread and a worker for six): KeyboardInterrupt, no solve started after it, BLAS
+    threads restored, and the next call solves and matches the closed form."""
+    monkeypatch.setattr(solve, "_CPUS", 2)
+    n = 200
+    layer = _box(n)
+    started = []
+    real = solve._scs_solver
+    monkeypatch.setattr(solve, "_scs_solver", lambda *a: started.append(1) or real(*a))
+    blas = _blas_threads()
+    with pytest.raises(KeyboardInterrupt), _sigint_after(0.5):
+        layer.forward(_box_values(batch, n, 1.0), solver_args=NEVER_CONVERGES)
+    assert len(started) == min(batch, 2)  # the solves running when the signal came
+    assert solve._blas_depth == 0 and _blas_threads() == blas
+    values = _box_values(4, n, 1.0, seed=1)
+    fwd = layer.forward(values)
+    assert max_abs(fwd.outputs[0], np.clip(values[0], values[1], values[2])) <= 1e-8
+
+
+@pytest.mark.parametrize("where", ["calling thread", "worker"])
+def test_interrupt_between_items_stops_the_batch(monkeypatch, where):
+    """Ctrl-C in Python (the calling thread, by a real SIGINT) or a KeyboardInterrupt in a
+    worker (as SCS's SIGINT status becomes): raised by parallel_map, and the other thread
+    starts no item after it; the pool then serves the next call."""
+    monkeypatch.setattr(solve, "_CPUS", 2)
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT is not handled by Python's default handler here")
+    raised = threading.Event()
+    seen: list[int] = []
+    interrupter = threading.main_thread() if where == "calling thread" else None
+
+    def f(i: int) -> int:
+        seen.append(i)
+        me = threading.current_thread()
+        interrupts = me is interrupter if interrupter else me.name.startswith(solve._PREFIX)
+        if interrupts and not raised.is_set():
+            raised.set()
+            if interrupter:
+                signal.raise_signal(signal.SIGINT)
+            raise KeyboardInterrupt
+        raised.wait(10.0)
+        time.sleep(0.05)  # the interrupt propagates meanwhile
+        return i
+
+    with pytest.raises(KeyboardInterrupt):
+        solve.parallel_map(f, list(range(100)))
+    assert len(seen) <= 3  # the interrupted item, the other thread's, at most one more
+    assert solve.parallel_map(lambda i: i * i, list(range(10))) == [i * i for i in range(10)]
+
+
+# -- certificates -----------------------------------------------------------------------------
+# min 0 s.t. x ≥ 1, x ≤ −1 as Ax + s = b, s ≥ 0: A = (−1, 1)ᵀ, b = (−1, −1). Farkas
+# certificate y = (1, 1): y ≥ 0, Aᵀy = 0, bᵀy = −2. For y = (1, 1 + δ): Aᵀy = δ, and the
+# scale-free measure |Aᵀy|·‖b‖/(−bᵀy·‖A‖) = δ/(2 + δ) at every scaling of A and b.
+INFEASIBLE_A = np.array([[-1.0], [1.0]])
+INFEASIBLE_B = np.array([-1.0, -1.0])
+# min −x (or ½x² − x) s.t. x ≥ 0: A = (−1), b = 0, c = −1; the ray x = 1 has Ax + s = 0 with
+# s = 1 ≥ 0 and cᵀx = −1 < 0: unbounded without P, not with P = 1 (Px ≠ 0).
+UNBOUNDED_A = np.array([[-1.0]])
+UNBOUNDED_C = np.array([-1.0])
+SCALES = (1e-6, 1e-3, 1.0, 1e3, 1e6)
+
+
+def _csc(M: np.ndarray):
+    import scipy.sparse as sp
+
+    return sp.csc_matrix(M)
+
+
+@pytest.mark.parametrize("alpha", SCALES)
+@pytest.mark.parametrize("beta", SCALES)
+def test_infeasibility_certificate_is_judged_scale_invariantly(alpha, beta):
+    dims = ConeDims(nonneg=2)
+    A, b = _csc(alpha * INFEASIBLE_A), beta * INFEASIBLE_B
+    for gamma in SCALES:
+        assert infeasibility_certified(A, b, gamma * np.array([1.0, 1.0]), dims)
+        assert infeasibility_certified(A, b, gamma * np.array([1.0, 1.0 + 1e-9]), dims)
+        assert not infeasibility_certified(A, b, gamma * np.array([1.0, 1.0 + 1e-3]), dims)
+        assert not infeasibility_certified(A, b, -gamma * np.array([1.0, 1.0]), dims)  # ∉ K*
+    assert not infeasibility_certified(A, b, np.array([np.nan, 1.0]), dims)
+
+
+@pytest.mark.parametrize("alpha", SCALES)
+@pytest.mark.parametrize("beta", SCALES)
+def test_unboundedness_certificate_is_judged_scale_invariantly(alpha, beta):
+    dims = ConeDims(nonneg=1)
+    A, c = _csc(alpha * UNBOUNDED_A), beta * UNBOUNDED_C
+    for gamma in SCALES:
+        assert unboundedness_certified(A, c, np.array([gamma]), dims)
+        assert not unboundedness_certified(A, c, np.array([-gamma]), dims)  # cᵀx > 0
+        assert not unboundedness_certified(A, c, np.array([gamma]), dims, P=_csc([[alpha]]))
+    # x ≥ 0 replaced by x = 0 (zero cone): Ax + s = 0 forces x = 0, no ray
+    assert not unboundedness_certified(A, c, np.array([1.0]), ConeDims(zero=1))
+
+
+class _FakeSCS:
+    """An SCS solver that returns a given status and (x, y, s)."""
+
+    def __init__(self, status_val: int, x: np.ndarray, y: np.ndarray) -> None:
+        self.sol = {"x": x, "y": y, "s": np.full_like(y, np.nan),
+                    "info": {"status_val": status_val, "iter": 100}}
+
+    def solve(self, *args):
+        return self.sol
+
+
+@pytest.mark.parametrize("y, expected", [(np.array([1.0, 1.0]), Status.INFEASIBLE),
+                                         (np.array([1.0, 2.0]), Status.INACCURATE)])
+def test_scs_inaccurate_infeasibility_counts_only_when_certified(monkeypatch, y, expected):
+    """SCS's "infeasible (inaccurate)" with a valid certificate is infeasible; with an invalid
+    one it is inaccurate, with the origin as the iterate to start again from."""
+    fake = _FakeSCS(SCS_INFEASIBLE_INACCURATE, np.full(1, np.nan), y)
+    monkeypatch.setattr(solve, "_scs_solver", lambda *a: fake)
+    res = solve_batch([_csc(INFEASIBLE_A)], INFEASIBLE_B[None], np.zeros((1, 1)),
+                      ConeDims(nonneg=2), solve.SCS_DEFAULTS)
+    assert res.status == [expected]
+    if expected is Status.INACCURATE:
+        assert not res.x.any() and not res.y.any() and not res.s.any()
+
+
+def test_scs_sigint_status_raises(monkeypatch):
+    fake = _FakeSCS(SCS_SIGINT, np.full(1, np.nan), np.full(2, np.nan))
+    monkeypatch.setattr(solve, "_scs_solver", lambda *a: fake)
+    with pytest.raises(KeyboardInterrupt):
+        solve_batch([_csc(INFEASIBLE_A)], INFEASIBLE_B[None], np.zeros((1, 1)),
+                    ConeDims(nonneg=2), solve.SCS_DEFAULTS)
+
+
+def test_feasible_box_at_scale_1e12_is_solved_not_infeasible():
+    """Data × 1e12: SCS (at any tolerance) stops with "infeasible (inaccurate)" and a
+    certificate that does not verify; the instance is then solved from the origin by
+    refinement, and matches the closed form."""
+    n = 5
+    layer = _box(n)
+    values = _box_values(3, n, 1e12)
+    t = layer.template
+    theta, _ = layer.batch(values)
+    c, a, b = t.apply(theta)
+    P = [t.P_matrix(h, upper=True) for h in t.apply_P(theta)]
+    raw = solve_batch([t.matrix(a_) for a_ in a], b, c, t.dims, solve.SCS_DEFAULTS, P)
+    assert Status.INFEASIBLE not in raw.status
+    fwd = layer.forward(values)
+    assert [str(s) for s in fwd.info.status] == ["solved"] * 3
+    assert max_abs(fwd.outputs[0], np.clip(*values)) <= 1e-8 * 1e12
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_infeasible_and_unbounded_are_reported_at_every_scale(scale):
+    n = 4
+    box = _box(n)
+    theta = scale * np.arange(n, dtype=float)
+    fwd = box.forward([theta, scale * np.ones(n), -scale * np.ones(n)], on_failure="nan")
+    assert [str(s) for s in fwd.info.status] == ["infeasible"]  # lo > hi
+    x, c, lo = cp.Variable(n), cp.Parameter(n), cp.Parameter(n)
+    lp = dl.compile(cp.Problem(cp.Minimize(c @ x), [x >= lo]), [c, lo], [x])
+    fwd = lp.forward([-scale * np.arange(1.0, n + 1), scale * np.ones(n)], on_failure="nan")
+    assert [str(s) for s in fwd.info.status] == ["unbounded"]  # c < 0, x unbounded above
+    fwd = lp.forward([scale * np.arange(1.0, n + 1), scale * np.ones(n)])
+    assert max_abs(fwd.outputs[0][0], scale * np.ones(n)) <= 1e-8 * scale  # c > 0: x = lo
+
+
+# -- fork -------------------------------------------------------------------------------------
+def _sparsemax_batch(k: int, seed: int = 0):
+    mod = problems.get("sparsemax")
+    insts = [problems.instance("sparsemax", seed + i, **mod.SIZES) for i in range(k)]
+    return mod, [np.stack([i.params[0] for i in insts])], [i.solution[0] for i in insts]
+
+
+def test_layer_works_in_a_forked_child(monkeypatch):
+    """The pool is started in the parent, then the process forks (as a DataLoader worker
+    does): the child's batch is solved, and matches the closed form. Bounded: a child that
+    hangs is killed and the test fails."""
+    monkeypatch.setattr(solve, "_CPUS", 2)
+    mod, values, solutions = _sparsemax_batch(4)
+    layer = dl.compile(*mod.build(**mod.SIZES))
+    layer.forward(values)
+    assert solve._pool is not None
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork of a threaded process
+        pid = os.fork()
+    if pid == 0:  # the child: report the error and exit, whatever happens
+        try:
+            out = layer.forward(values).outputs[0]
+            message = repr(max(max_abs(o, s) for o, s in zip(out, solutions, strict=True)))
+        except BaseException as exc:  # noqa: BLE001
+            message = f"error: {exc!r}"
+        finally:
+            os.write(write, message.encode()[:4096])
+            os._exit(0)
+    os.close(write)
+    deadline = time.monotonic() + 120.0
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        time.sleep(0.02)
+    message = os.read(read, 4096).decode()
+    os.close(read)
+    assert float(message) <= 1e-8, message
+
+
+def test_fork_resets_locks_and_pool_in_the_child(monkeypatch):
+    """A lock held by another thread at the fork is free in the child; the child's pool is new."""
+    monkeypatch.setattr(solve, "_CPUS", 2)
+    solve.parallel_map(lambda i: i, [0, 1])
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with solve._pool_lock, solve._blas_lock:
+            holding.set()
+            release.wait(10.0)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    holding.wait(10.0)
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        try:
+            out = solve.parallel_map(lambda i: i + 1, [0, 1, 2, 3])
+            message = "ok" if out == [1, 2, 3, 4] and solve._blas_depth == 0 else repr(out)
+        except BaseException as exc:  # noqa: BLE001
+            message = f"error: {exc!r}"
+        finally:
+            os.write(write, message.encode())
+            os._exit(0)
+    release.set()
+    thread.join()
+    os.close(write)
+    deadline = time.monotonic() + 60.0
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        time.sleep(0.02)
+    assert os.read(read, 4096).decode() == "ok"
+    os.close(read)
+
+
+# -- bounded caches ---------------------------------------------------------------------------
+def test_shared_workspaces_are_bounded_per_thread(monkeypatch):
+    """A schedule of tolerances (a new eps every call) keeps at most WORKSPACES_PER_THREAD
+    SCS workspaces per thread, and every call stays exact."""
+    monkeypatch.setattr(solve, "_CPUS", 2)
+    mod, values, solutions = _sparsemax_batch(4)
+    layer = dl.compile(*mod.build(**mod.SIZES))
+    layer.forward(values)
+    shared = layer._shared
+    assert isinstance(shared, SharedData)
+    for k in range(12):
+        eps = 1e-3 * (1 + k / 12)
+        fwd = layer.forward(values, solver_args={"eps_abs": eps, "eps_rel": eps})
+        assert max(max_abs(o, s) for o, s in zip(fwd.outputs[0], solutions, strict=True)) <= 1e-8
+        one = layer.forward([values[0][0]], solver_args={"eps_abs": eps, "eps_rel": eps})
+        assert max_abs(one.outputs[0][0], solutions[0]) <= 1e-8
+    counts = solve.parallel_map(lambda _: len(shared.workspaces()), list(range(8)))
+    counts.append(len(shared.workspaces()))
+    assert 0 < max(counts) <= SharedData.WORKSPACES_PER_THREAD
+    assert len(shared.workspaces()) == SharedData.WORKSPACES_PER_THREAD  # main: 12 settings
+
+
+# -- concurrent first calls -------------------------------------------------------------------
+@pytest.mark.xfail(strict=False, reason="Layer.forward decides its SCS scale and shared "
+                   "workspaces on the first call without a lock: concurrent first calls each "
+                   "decide, and the last writer wins (layer.py)")
+def test_concurrent_first_calls_agree_with_some_serial_order():
+    """Eight threads call a new layer at once, each with its own batch (data at different
+    scales, so the first-call decisions depend on which batch is first). The result must be
+    what a serial history gives: for some batch j, every thread's outputs bitwise equal
+    those of a new layer called first with batch j, then with the thread's batch."""
+    n, k = 8, 8
+    batches = [_box_values(3, n, 10.0 ** (j - 4), seed=j) for j in range(k)]
+    layer = _box(n)
+    barrier = threading.Barrier(k)
+    outs: list = [None] * k
+
+    def call(j: int) -> None:
+        barrier.wait(30.0)
+        outs[j] = layer.forward(batches[j]).outputs[0]
+
+    threads = [threading.Thread(target=call, args=(j,)) for j in range(k)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(120.0)
+    assert all(o is not None for o in outs)
+    for j, vals in enumerate(batches):  # each right, whatever the decisions
+        assert max_abs(outs[j], np.clip(*vals)) <= 1e-8 * 10.0 ** (j - 4)
+    matches = []
+    for first in range(k):
+        serial = _box(n)
+        serial.forward(batches[first])
+        matches.append(all(np.array_equal(serial.forward(batches[j]).outputs[0], outs[j])
+                           for j in range(k)))
+    assert any(matches)
