@@ -392,9 +392,9 @@ class Linearization:
 
 
 def newton_correction(factors: list[Factor], F: np.ndarray) -> np.ndarray:
-    """−S⁻¹F per instance (F: (B, N) or (B, N, K)), with each instance's factorization of S (least squares
-    where S is singular, NaN where that is not available): the Newton step, which near a
-    regular solution estimates the error of the point F was evaluated at."""
+    """−S⁻¹F per instance (F: (B, N) or (B, N, K)), with each instance's factorization of S
+    (least squares where S is singular, NaN where that is not available): the Newton step,
+    which near a regular solution estimates the error of the point F was evaluated at."""
     out = np.empty_like(F)
     for i, f in enumerate(factors):
         if not np.all(np.isfinite(F[i])) or f.lu is None and f.svd is None:

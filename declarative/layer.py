@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -22,10 +23,10 @@ import numpy as np
 from declarative.compile import ON_FAILURE, ConeTemplate, OutputSpec, ParameterSpec, times_t
 from declarative.cones import DProjection, dproject
 from declarative.derivative import (
+    RCOND_MIN,
     BatchOps,
     ConeSolution,
     Linearization,
-    RCOND_MIN,
     NonDifferentiableWarning,
     newton_correction,
 )
@@ -276,6 +277,15 @@ class Layer:
         # SCS workspaces where A and P do not depend on the parameters: None until decided
         # on the first batch (see _try_shared), False if not used
         self._shared: SharedData | bool | None = None
+        # both are decided once, by the first call, under this lock
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         ps = ", ".join(f"{p.name}{list(p.shape)}" for p in self.parameters)
@@ -401,13 +411,18 @@ class Layer:
                 **self.solver_args, **(solver_args or {})}:  # ours: QDLDL or dense Cholesky
             settings["linear_solver"] = linear_solver(t.n, t.m, t.nnz + t.P_rows.size)
         if "scale" not in settings:  # the user did not choose one: ours, calibrated once
-            if getattr(self, "_scs_scale", None) is None:
-                self._scs_scale = calibrate_scale(mats[0], b[0], c[0], t.dims, settings,
-                                                  None if Ps is None else Ps[0])
+            if self._scs_scale is None:
+                with self._lock:  # concurrent first calls: one decides, the others use it
+                    if self._scs_scale is None:
+                        self._scs_scale = calibrate_scale(mats[0], b[0], c[0], t.dims,
+                                                          settings,
+                                                          None if Ps is None else Ps[0])
             if self._scs_scale is not None:
                 settings = {**settings, "scale": self._scs_scale}
-        if getattr(self, "_shared", None) is None and t.fixed_data and t.m and B > 1:
-            self._shared = self._try_shared(mats, Ps, b, c, settings)
+        if self._shared is None and t.fixed_data and t.m and B > 1:
+            with self._lock:
+                if self._shared is None:
+                    self._shared = self._try_shared(mats, Ps, b, c, settings)
         scaled = (eq, ch, bh)
         att = self._attempt(np.arange(B), ops, c, b, mats, Ps, settings, ours, scaled)
         scs_status = list(att.scs_status)

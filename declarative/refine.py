@@ -74,11 +74,14 @@ def backward_error_terms(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndar
     with y = Π(v) and s = Π(v) − v, which on a cone that is not a product of half-lines
     (second-order, PSD, exponential, power) are known to rounding relative to the block's
     largest |Π(v)| + |v| (Π mixes a block's entries): there that stands in for |y| and |s|,
-    and the second denominator is its maximum over the block, and the denominators (B, n + m). ω is the smallest relative change
-    of the data, entry by entry, that makes (u, v) exact (Oettli & Prager 1964; Higham,
-    *Accuracy and Stability of Numerical Algorithms*, §7.2), so it is invariant to any
-    diagonal scaling of rows and columns: a 1e9 entry judges only its own row. A row
-    whose terms all vanish has F_i = 0 exactly, ω_i = 0; F_i ≠ 0 there gives ω = inf.
+    and the second denominator is its maximum over the block. Returns ω and the
+    denominators (B, n + m).
+
+    ω is the smallest relative change of the data, entry by entry, that makes (u, v)
+    exact (Oettli & Prager 1964; Higham, *Accuracy and Stability of Numerical
+    Algorithms*, §7.2), so it is invariant to any diagonal scaling of rows and columns: a
+    1e9 entry judges only its own row. A row whose terms are all (nearly) zero is judged
+    at SCALE_FLOOR of the instance's largest row scale.
     """
     t = ops.template
     p = pattern(t)

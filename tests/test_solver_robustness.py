@@ -351,9 +351,6 @@ def test_shared_workspaces_are_bounded_per_thread(monkeypatch):
 
 
 # -- concurrent first calls -------------------------------------------------------------------
-@pytest.mark.xfail(strict=False, reason="Layer.forward decides its SCS scale and shared "
-                   "workspaces on the first call without a lock: concurrent first calls each "
-                   "decide, and the last writer wins (layer.py)")
 def test_concurrent_first_calls_agree_with_some_serial_order():
     """Eight threads call a new layer at once, each with its own batch (data at different
     scales, so the first-call decisions depend on which batch is first). The result must be

@@ -1,0 +1,154 @@
+"""What `solved` guarantees, across data scales: each instance is within 1e-8 of the truth
+(closed forms), relative to the solution, in value and Jacobian, or is not reported solved.
+
+Problems are written here as a user would write them, not taken from the zoo. "Relative to
+the solution" allows for what float64 can represent at all: x = θ − τ with θ ~ 1e8 carries
+an error of ~ε·1e8 whatever the solver, so the bound on the value is
+1e-8·‖x*‖∞ + 64ε·(scale of the data).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import cvxpy as cp
+import numpy as np
+import pytest
+
+import declarative as dl
+from declarative.derivative import NonDifferentiableWarning
+
+EPS = np.finfo(float).eps
+SCALES = (1e-12, 1e-9, 1e-6, 1.0, 1e6, 1e9, 1e12)
+
+
+def _sparsemax(z: np.ndarray) -> np.ndarray:
+    zs = np.sort(z)[::-1]
+    k = np.arange(1, z.size + 1)
+    cs = np.cumsum(zs)
+    kk = k[1 + k * zs > cs][-1]
+    return np.maximum(z - (cs[kk - 1] - 1) / kk, 0.0)
+
+
+def _check(fwd, i: int, truth: np.ndarray, jac: np.ndarray | None, data_scale: float,
+           out: int = 0, param: int = 0) -> bool:
+    """True if instance i is solved (then asserting it is right), False if it is not."""
+    if str(fwd.info.status[i]) != "solved":
+        assert np.isnan(fwd.outputs[out][i]).all()
+        return False
+    x = fwd.outputs[out][i]
+    bound = 1e-8 * np.abs(truth).max() + 64 * EPS * data_scale
+    assert np.abs(x - truth).max() <= bound, (np.abs(x - truth).max(), bound)
+    if jac is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NonDifferentiableWarning)
+            J = fwd.jacobian(i)[out][param]
+        assert np.abs(J - jac).max() <= 1e-8 * max(1.0, np.abs(jac).max())
+    return True
+
+
+@pytest.mark.parametrize("scale", (*SCALES, 1e8))
+def test_sparsemax_at_every_scale(scale):
+    n = 6
+    x, th = cp.Variable(n), cp.Parameter(n)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - th)),
+                                  [cp.sum(x) == 1, x >= 0]), [th], [x])
+    rng = np.random.default_rng(int(abs(np.log10(scale))) + 7)
+    theta = rng.standard_normal((4, n)) * scale
+    fwd = layer.forward([theta], on_failure="nan")
+    solved = 0
+    for i in range(4):
+        z = theta[i]
+        s = _sparsemax(z)
+        S = s > 0
+        jac = np.diag(S.astype(float)) - np.outer(S, S) / S.sum()
+        solved += _check(fwd, i, s, jac, scale)
+    if scale <= 1e6:  # well within float64's reach: must be solved
+        assert solved == 4
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_box_projection_with_all_data_scaled(scale):
+    n = 5
+    x, th, lo, hi = cp.Variable(n), cp.Parameter(n), cp.Parameter(n), cp.Parameter(n)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - th)), [x >= lo, x <= hi]),
+                       [th, lo, hi], [x])
+    rng = np.random.default_rng(3)
+    theta = rng.standard_normal(n) * scale
+    lov, hiv = -0.5 * scale * np.ones(n), 0.5 * scale * np.ones(n)
+    fwd = layer.forward([theta, lov, hiv], on_failure="nan")
+    inside = (theta > lov) & (theta < hiv)
+    assert _check(fwd, 0, np.clip(theta, lov, hiv), np.diag(inside.astype(float)), scale)
+
+
+@pytest.mark.parametrize("M", (1.0, 1e4, 1e9))
+def test_exponential_objective_with_a_large_penalty_elsewhere(M):
+    """min Σ exp(x) − tᵀx + M·y, y ≥ 0: x* = log t, ∂x/∂t = diag(1/t), whatever M."""
+    n = 4
+    x, y, t = cp.Variable(n), cp.Variable(), cp.Parameter(n, pos=True)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum(cp.exp(x)) - t @ x + M * y), [y >= 0]),
+                       [t], [x])
+    tv = np.random.default_rng(0).uniform(0.5, 2.0, n)
+    fwd = layer.forward([tv], on_failure="nan")
+    assert _check(fwd, 0, np.log(tv), np.diag(1 / tv), 1.0)
+
+
+@pytest.mark.parametrize("M", (1e2, 1e8, 1e9, 1e10))
+def test_soft_constraint_with_a_big_m_penalty(M):
+    """min ‖x − θ‖² + M·s s.t. aᵀx ≤ 1 + s, s ≥ 0. With M above 2·(violation)/‖a‖² the
+    soft constraint is exact: x* is θ's projection onto {aᵀx ≤ 1}."""
+    n = 5
+    x, s, th = cp.Variable(n), cp.Variable(), cp.Parameter(n)
+    a = np.linspace(0.5, 1.5, n)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - th) + M * s),
+                                  [a @ x <= 1 + s, s >= 0]), [th], [x])
+    rng = np.random.default_rng(1)
+    theta = rng.standard_normal((3, n)) + 1.0
+    fwd = layer.forward([theta], on_failure="nan")
+    for i in range(3):
+        viol = a @ theta[i] - 1
+        truth = theta[i] - max(viol, 0.0) * a / (a @ a)
+        jac = np.eye(n) - (np.outer(a, a) / (a @ a) if viol > 0 else 0.0)
+        assert _check(fwd, i, truth, jac, 1.0)
+
+
+@pytest.mark.parametrize("spread", (1e3, 1e6))
+def test_badly_scaled_columns(spread):
+    """min ‖diag(w) x − θ‖² with w spread over [1/spread, spread]: x* = θ / w."""
+    n = 5
+    w = np.logspace(-np.log10(spread), np.log10(spread), n)
+    x, th = cp.Variable(n), cp.Parameter(n)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(cp.multiply(w, x) - th))),
+                       [th], [x])
+    theta = np.random.default_rng(2).standard_normal(n)
+    fwd = layer.forward([theta], on_failure="nan")
+    assert _check(fwd, 0, theta / w, np.diag(1 / w), 1.0)
+
+
+def test_one_huge_entry_among_ordinary_ones():
+    """Nonnegative least squares with one 1e9 entry of θ: x* = max(θ, 0), rows of size 1
+    are judged on their own, not against the 1e9 one."""
+    n = 6
+    x, th = cp.Variable(n), cp.Parameter(n)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - th)), [x >= 0]), [th], [x])
+    theta = np.random.default_rng(4).standard_normal(n)
+    theta[2] = 1e9
+    fwd = layer.forward([theta], on_failure="nan")
+    assert _check(fwd, 0, np.maximum(theta, 0), np.diag((theta > 0).astype(float)), 1.0)
+    x0 = fwd.outputs[0][0]
+    small = np.arange(n) != 2
+    assert np.abs(x0[small] - np.maximum(theta, 0)[small]).max() <= 1e-12
+
+
+def test_residual_is_reported_as_a_backward_error():
+    """SolveInfo.residual_after is the componentwise relative backward error: at the rounding
+    floor for O(1) and for 1e12-scaled data alike."""
+    n = 4
+    x, th = cp.Variable(n), cp.Parameter(n)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - th)), [x >= 0]), [th], [x])
+    theta = np.array([0.3, -0.2, 1.5, -2.0])
+    for scale in (1.0, 1e12, 1e-12):
+        fwd = layer.forward([theta * scale])
+        assert fwd.info.residual_after[0] <= 1e-14
+        assert np.abs(fwd.outputs[0][0] - np.maximum(theta, 0) * scale).max() <= \
+            1e-14 * scale
