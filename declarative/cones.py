@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["ConeDims", "DProjection", "block_pattern", "dproject", "project", "snap_kinks"]
+__all__ = ["ConeDims", "DProjection", "block_pattern", "dproject", "project", "release_kinks",
+           "snap_kinks"]
 
 _SQRT2 = math.sqrt(2.0)
 _EPS = np.finfo(np.float64).eps
@@ -673,7 +674,9 @@ def dproject(v: np.ndarray, dims: ConeDims, dual: bool = False) -> DProjection:
     return DProjection(V, dims, dual, batched=not squeeze)
 
 
-# v within KINK_TOL·(1 + ‖v‖∞) of a kink of Π_{K*} counts as on it (see snap_kinks).
+# v within KINK_TOL·‖v‖∞ of a kink of Π_{K*} counts as on it (see snap_kinks). Relative to v's
+# own scale, with no absolute floor, so that which points count as kinks does not change when
+# all the problem data are scaled (v = y − s scales with them).
 KINK_TOL = 1e-9
 
 
@@ -683,36 +686,77 @@ def snap_kinks(v: np.ndarray, dims: ConeDims, tol: float = KINK_TOL
 
     v = y − s sits on a kink of Π_{K*} exactly where a constraint is weakly active (its slack
     and its multiplier both vanish): there the solution map has only one-sided derivatives.
-    Within ``tol · (1 + ‖v‖∞)`` of such a point we move v onto it, so the derivative is the
-    one `dproject` assigns on the boundary (the constraint held active) instead of a
-    branch picked by rounding noise. Nonnegative and second-order cones are snapped; PSD
-    eigenvalues near zero are detected only. Returns (v, kinks (B,) bool).
+    Within ``tol · ‖v‖∞`` of such a point we move v onto it, so the derivative is the one
+    `dproject` assigns on the boundary (the constraint held active) instead of a branch
+    picked by rounding noise. Nonnegative and second-order cones (boundary and apex) are
+    snapped; PSD eigenvalues near zero are detected only. Returns (v, mask (B, m) bool): the
+    coordinates of v in a kinked cone block (a single coordinate for the nonnegative cone, the
+    whole block for a second-order or PSD cone); ``mask.any(axis=1)`` are the instances with
+    a kink.
     """
     v = v.copy()
-    B = v.shape[0]
-    kinks = np.zeros(B, dtype=bool)
-    scale = tol * (1.0 + np.abs(v).max(axis=1, initial=0.0))
+    mask = np.zeros(v.shape, dtype=bool)
+    scale = tol * np.abs(v).max(axis=1, initial=0.0)
     off = dims.zero
     if dims.nonneg:
         block = v[:, off : off + dims.nonneg]
         near = np.abs(block) <= scale[:, None]
-        kinks |= near.any(axis=1)
+        mask[:, off : off + dims.nonneg] = near
         block[near] = 0.0
     off += dims.nonneg
     for k in dims.soc:
         t, xb = v[:, off], v[:, off + 1 : off + k]
         nx = np.linalg.norm(xb, axis=1)
         near = (np.abs(nx - np.abs(t)) <= scale) & (nx > scale)
-        kinks |= near
         v[near, off] = np.sign(t[near]) * nx[near]
-        kinks |= (nx <= scale) & (np.abs(t) <= scale) & (k > 1)  # the apex
+        apex = (nx <= scale) & (np.abs(t) <= scale) & (k > 1)
+        v[apex, off : off + k] = 0.0  # DΠ_{K*}(0) = I: held active, as on the boundary
+        mask[:, off : off + k] = (near | apex)[:, None]
         off += k
     for k in dims.psd:
         d = k * (k + 1) // 2
         lam = np.linalg.eigvalsh(_unvec(v[:, off : off + d], k))
-        kinks |= (np.abs(lam) <= scale[:, None]).any(axis=1)
+        mask[:, off : off + d] = (np.abs(lam) <= scale[:, None]).any(axis=1)[:, None]
         off += d
-    return v, kinks
+    return v, mask
+
+
+def release_kinks(v: np.ndarray, mask: np.ndarray, dims: ConeDims, tol: float = KINK_TOL
+                  ) -> np.ndarray:
+    """v moved off its kinks to the other side: DΠ_{K*} there is the other one-sided
+    derivative (the weakly active constraints released instead of held active).
+
+    ``v`` and ``mask`` as `snap_kinks` returns them. Per kinked cone block: a nonnegative
+    coordinate at 0 (DΠ = 1) goes just below 0 (DΠ = 0); a second-order cone point on the
+    boundary of K* (DΠ = I) or of −K (DΠ = 0) moves a relative ``tol`` into the region
+    between them (the rank-two formula of Ali et al. 2017, at its limit on the boundary),
+    and the apex to the polar side (DΠ = 0); a PSD block's eigenvalues within ``tol · ‖v‖∞``
+    of 0 change sign (Daleckii–Krein's Γ switches between its branches).
+    """
+    v = v.copy()
+    scale = tol * np.abs(v).max(axis=1, initial=0.0)
+    tiny = np.finfo(float).tiny
+    off = dims.zero
+    if dims.nonneg:
+        block = v[:, off : off + dims.nonneg]
+        block[mask[:, off : off + dims.nonneg]] = -tiny
+    off += dims.nonneg
+    for k in dims.soc:
+        rows = np.flatnonzero(mask[:, off])
+        t = v[rows, off]
+        nx = np.linalg.norm(v[rows, off + 1 : off + k], axis=1)
+        apex = nx <= scale[rows]
+        v[rows, off] = np.where(apex, -np.maximum(scale[rows], tiny), t - np.sign(t) * tol * nx)
+        off += k
+    for k in dims.psd:
+        d = k * (k + 1) // 2
+        for i in np.flatnonzero(mask[:, off]):
+            lam, U = np.linalg.eigh(_unvec(v[i, off : off + d], k))
+            near = np.abs(lam) <= scale[i]
+            lam[near] = np.where(lam[near] >= 0, -1.0, 1.0) * np.maximum(scale[i], tiny)
+            v[i, off : off + d] = _svec((U * lam) @ U.T, k)
+        off += d
+    return v
 
 
 def block_pattern(dims: ConeDims) -> tuple[np.ndarray, np.ndarray]:

@@ -38,7 +38,14 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from declarative.compile import ConeTemplate, times_t
-from declarative.cones import DProjection, block_pattern, dproject, project, snap_kinks
+from declarative.cones import (
+    DProjection,
+    block_pattern,
+    dproject,
+    project,
+    release_kinks,
+    snap_kinks,
+)
 from declarative.solve import parallel_map
 
 # S (size N = n + m) is factored dense (LAPACK) or sparse (SuperLU), whichever the cost
@@ -67,9 +74,24 @@ REFINE_SOLVE_TOL = 4 * np.finfo(float).eps
 # entries), and accepted, up to this relative residual.
 REFINE_STALL_TOL = 1e-13
 REFINE_SOLVE_STEPS = 6
-# A unit null vector of S that moves an output by more than this makes the output's
-# derivative ambiguous (the solution map is not differentiable there).
+# A null vector N of S moves an output (row r of the recovery map R) if
+# |(R Ñ)_r| > AMBIGUITY_TOL·‖R_r‖₁·‖Ñ‖∞, Ñ = (N_u, DΠ N_v) its (x, y) part: relative to the
+# output's own scale (R's row), so neither the data's scale nor the outputs' units matter. The
+# SVD's null vectors carry ~1e-15 of rounding in every coordinate; a genuine non-uniqueness
+# moves an output by O(1) of that.
 AMBIGUITY_TOL = 1e-7
+# At a kink the one-sided derivatives (weakly active constraints held active / released) give
+# different output derivatives if, along some parameter direction, the difference Δ of the two
+# output JVPs exceeds KINK_RTOL·max(‖J₊ dθ‖∞, ‖J₋ dθ‖∞) and KINK_FLOOR·‖R‖∞‖(du, dv)‖∞ (the
+# rounding level of the two solves). Measured: Δ/‖(du, dv)‖ ≈ 2e-15 where only CVXPY's auxiliary
+# variables are at a kink (dotsort, sum_largest), O(1) at a sparsemax tie.
+KINK_RTOL = 1e-6
+KINK_FLOOR = 1e-9
+# A singular S whose range misses the data perturbation of a parameter direction by more than
+# this (relative residual of the least-squares solve, ‖(I − UUᵀ) rhs‖∞ / ‖rhs‖∞) has no
+# linearization along it: a tie that the perturbation breaks, e.g. cp.maximum(a, b) at a = b
+# (measured 0.5), as opposed to a non-unique auxiliary variable that stays non-unique (1e-15).
+TIE_RTOL = 1e-6
 
 
 class NonDifferentiableWarning(UserWarning):
@@ -547,7 +569,12 @@ class ConeSolution:
     v: np.ndarray
     D: DProjection
     lin: Linearization
-    kinks: np.ndarray  # (B,) strict complementarity fails somewhere: a one-sided derivative
+    kink_mask: np.ndarray  # (B, m) coordinates of v on a kink of Π_{K*} (see snap_kinks)
+
+    @property
+    def kinks(self) -> np.ndarray:
+        """(B,) strict complementarity fails somewhere (only one-sided derivatives exist)."""
+        return self.kink_mask.any(axis=1)
 
     @classmethod
     def at(cls, ops: BatchOps, x: np.ndarray, y: np.ndarray, s: np.ndarray,
@@ -558,7 +585,7 @@ class ConeSolution:
         iterate); ``reuse`` factorizations where S is unchanged (or nearly), and ``known``
         = (DΠ, the points it was taken at): its rows where they equal v exactly."""
         dims = ops.template.dims
-        v, kinks = snap_kinks(y - s if v is None else v, dims)
+        v, mask = snap_kinks(y - s if v is None else v, dims)
         if known is None:
             D = dproject(v, dims, dual=True)
         else:
@@ -569,27 +596,93 @@ class ConeSolution:
                 other = np.flatnonzero(~same)
                 D.put(other, dproject(v[other], dims, dual=True))
         lin = Linearization(ops, D, dense=dense, reuse=reuse)
-        return cls(ops=ops, x=x, y=y, s=s, v=v, D=D, lin=lin, kinks=kinks)
+        return cls(ops=ops, x=x, y=y, s=s, v=v, D=D, lin=lin, kink_mask=mask)
 
-    def ambiguous(self, recover: sp.spmatrix) -> np.ndarray:
+    def ambiguous(self, recover: sp.spmatrix, directions: tuple | None = None) -> np.ndarray:
         """Instances whose derivative is not unique *in the outputs* (B,) bool.
 
         S is singular where the cone program's solution is not unique. That is harmless
-        when the non-unique directions (the null space of S, mapped to (x, y) and then to
-        the outputs by ``recover``) do not move any output; otherwise the solution map
-        is genuinely not differentiable there.
+        when the non-unique directions (the null space N of S, mapped to Ñ = (N_u, DΠ N_v)
+        in (x, y) and then to the outputs by ``recover`` = R) do not move any output, and the
+        perturbed data stay in S's range; otherwise the solution map is genuinely not
+        differentiable there. An output r moves if |(R Ñ)_r| > AMBIGUITY_TOL·‖R_r‖₁·‖Ñ‖∞
+        (scale-free, see AMBIGUITY_TOL). With ``directions`` = (dc, da, db, dh) (p data
+        directions, as for `kinks_matter`), an instance is also ambiguous where the right-hand
+        side of eq. (2) along one of them leaves S's range (relative residual > TIE_RTOL): a
+        tie between constraints that the perturbation breaks, whose multipliers share a
+        non-unique split (e.g. cp.maximum(a, b) at a = b).
         """
         n = self.ops.template.n
         out = np.zeros(len(self.x), dtype=bool)
+        R = sp.csr_matrix(recover)
+        row_norm = np.asarray(abs(R).sum(axis=1)).ravel()
         for i in np.flatnonzero(self.lin.singular):
-            N = self.lin.null_space(i)
-            if N is None:  # no SVD (non-finite or sparse path): cannot tell, so say so
+            svd = self.lin.factors[i].svd
+            if svd is None:  # no SVD (non-finite or sparse path): cannot tell, so say so
                 out[i] = True
                 continue
-            Dv = self.D.dense()[i] @ N[n:] if N.shape[1] else N[n:]
-            moved = recover @ np.concatenate([N[:n], Dv], axis=0)
-            out[i] = bool(np.abs(moved).max(initial=0.0) > AMBIGUITY_TOL)
+            U, N = svd[0], svd[3]
+            if N.shape[1]:
+                Nt = np.concatenate([N[:n], self.D.take([i]).matvec(N[None, n:])[0]], axis=0)
+                moved = np.abs(R @ Nt)
+                bound = AMBIGUITY_TOL * row_norm[:, None] * np.abs(Nt).max(axis=0)[None, :]
+                out[i] = bool((moved > bound).any())
+            if not out[i] and directions is not None:
+                rhs = self._rhs(i, *directions)
+                miss = np.abs(rhs - U @ (U.T @ rhs)).max(axis=0, initial=0.0)
+                out[i] = bool(np.any(miss > TIE_RTOL * np.abs(rhs).max(axis=0, initial=0.0)))
         return out
+
+    def kinks_matter(self, recover: sp.spmatrix, dc: np.ndarray, da: np.ndarray,
+                     db: np.ndarray, dh: np.ndarray, where: np.ndarray | None = None
+                     ) -> np.ndarray:
+        """Instances where a kink changes the outputs' derivative (B,) bool.
+
+        At a weakly active constraint the solution map has two one-sided derivatives: J₊
+        with the constraint held active (DΠ as `snap_kinks` leaves it) and J₋ with it
+        released (DΠ at `release_kinks`'s point, S rebuilt and factored, for the kinked
+        instances only). Their output parts R·(dx, dy) are compared along the p data
+        directions dc (n, p), da (nnz, p), db (m, p), dh (nnz(P), p), shared by the batch
+        (e.g. images of random parameter directions): where they agree, as when only an
+        auxiliary epigraph variable of CVXPY's sits at a kink, the outputs are differentiable.
+        Only instances with a kink (and in ``where``, if given) are examined. All kinks of an
+        instance are released together, so two kinks whose effects on the outputs cancel
+        exactly are not reported.
+        """
+        out = np.zeros(len(self.x), dtype=bool)
+        idx = np.flatnonzero(self.kinks if where is None else self.kinks & where)
+        if idx.size == 0:
+            return out
+        t = self.ops.template
+        n = t.n
+        R = sp.csr_matrix(recover)
+        R_norm = float(np.asarray(abs(R).sum(axis=1)).max(initial=0.0))
+        D0 = dproject(release_kinks(self.v[idx], self.kink_mask[idx], t.dims), t.dims,
+                      dual=True)
+        lin0 = Linearization(self.ops.take(idx), D0, dense=self.lin.dense)
+        for j, i in enumerate(idx):
+            rhs = self._rhs(i, dc, da, db, dh)
+            d1 = self.lin.solve_one(i, rhs)
+            d0 = lin0.solve_one(j, rhs)
+            o1 = R @ np.concatenate([d1[:n], self.D.take([i]).matvec(d1[None, n:])[0]])
+            o0 = R @ np.concatenate([d0[:n], D0.take([j]).matvec(d0[None, n:])[0]])
+            diff = np.abs(o1 - o0).max(axis=0, initial=0.0)
+            size = np.maximum(np.abs(o1).max(axis=0, initial=0.0),
+                              np.abs(o0).max(axis=0, initial=0.0))
+            floor = KINK_FLOOR * R_norm * np.abs(d1).max(axis=0, initial=0.0)
+            out[i] = bool(np.any((diff > KINK_RTOL * size) & (diff > floor)))
+        return out
+
+    def _rhs(self, k: int, dc: np.ndarray, da: np.ndarray, db: np.ndarray,
+             dh: np.ndarray) -> np.ndarray:
+        """−(dP x + dAᵀ y + dc, −dA x + db) of eq. (2) for instance k, p directions at once:
+        dc (n, p), da (nnz, p), db (m, p), dh (nnz(P), p) → (n + m, p)."""
+        ops, t = self.ops, self.ops.template
+        rows, cols = ops.rows, ops.cols
+        du = ops._Ec @ (da * self.y[k, rows, None]) + dc          # dAᵀ y + dc
+        du = du + ops._Ep @ (dh * self.x[k, t.P_cols, None])      # + dP x
+        dv = -(ops._Er @ (da * self.x[k, cols, None])) + db        # −dA x + db
+        return -np.concatenate([du, dv], axis=0)
 
     def jvp(self, dc: np.ndarray, da: np.ndarray, db: np.ndarray,
             dh: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -618,14 +711,54 @@ class ConeSolution:
                      dh: np.ndarray):
         """(dx, dy) of instance k for p directions at once: dc (n, p), da (nnz, p), db (m, p),
         dh (nnz(P), p)."""
-        ops, t = self.ops, self.ops.template
-        n = t.n
-        rows, cols = ops.rows, ops.cols
-        du = ops._Ec @ (da * self.y[k, rows, None]) + dc          # dAᵀ y + dc
-        du = du + ops._Ep @ (dh * self.x[k, t.P_cols, None])      # + dP x
-        dv = -(ops._Er @ (da * self.x[k, cols, None])) + db        # −dA x + db
-        d = self.lin.solve_one(k, -np.concatenate([du, dv], axis=0))
-        return d[:n], self.D.dense()[k] @ d[n:]
+        n = self.ops.template.n
+        d = self.lin.solve_one(k, self._rhs(k, dc, da, db, dh))
+        return d[:n], self.D.take([k]).matvec(d[None, n:])[0]
+
+
+# Random directions per parameter along which `kinks_matter` compares the one-sided derivatives.
+KINK_DIRECTIONS = 2
+
+
+def parameter_directions(t: ConeTemplate, blocks: list[tuple[int, int]],
+                         per_block: int = KINK_DIRECTIONS, seed: int = 0
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Random directions dθ, ``per_block`` supported on each parameter's block (offset, size) of
+    θ, mapped to the cone data: (dc (n, p), da (nnz, p), db (m, p), dh (nnz(P), p)) = (C, F, G,
+    H) dθ. One parameter at a time, so a parameter much larger than another cannot hide the
+    other's effect in `kinks_matter`'s relative comparison; fixed seed, so the same input gives
+    the same answer."""
+    rng = np.random.default_rng(seed)
+    cols = []
+    for lo, size in blocks:
+        for _ in range(per_block):
+            d = np.zeros(t.num_params)
+            d[lo : lo + size] = rng.standard_normal(size)
+            cols.append(d)
+    dtheta = np.array(cols).T if cols else np.zeros((t.num_params, 0))
+    return tuple(np.asarray(M @ dtheta) for M in (t.C, t.F, t.G, t.H))  # type: ignore[return-value]
+
+
+def diagnose(sol: ConeSolution, recover: sp.spmatrix, blocks: list[tuple[int, int]]
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Where the outputs' derivative is not defined, (B,) bool each: ``non_unique`` (a null
+    vector of S moves an output, or a parameter direction leaves S's range: a broken tie;
+    `ConeSolution.ambiguous`) and ``weakly_active`` (elsewhere, a
+    kink whose one-sided derivatives differ in the outputs, `ConeSolution.kinks_matter`, along
+    `parameter_directions` for the parameter ``blocks``).
+
+    Cheap where S is regular and no kink is detected: S's factorization is the one the
+    derivative uses (refinement's last, where DΠ did not change), and only singular
+    instances (their SVD, made when factoring) or kinked ones (one more factorization each)
+    cost anything beyond it.
+    """
+    directions = parameter_directions(sol.ops.template, blocks)
+    non_unique = sol.ambiguous(recover, directions)
+    weakly_active = np.zeros_like(non_unique)
+    check = sol.kinks & ~non_unique
+    if check.any():
+        weakly_active = sol.kinks_matter(recover, *directions, where=check)
+    return non_unique, weakly_active
 
 
 def project_dual(v: np.ndarray, ops: BatchOps) -> np.ndarray:

@@ -28,6 +28,7 @@ from declarative.derivative import (
     ConeSolution,
     Linearization,
     NonDifferentiableWarning,
+    diagnose,
     newton_correction,
 )
 from declarative.equilibrate import Equilibration, equilibrate
@@ -97,6 +98,13 @@ def _blas_single(method):
     return wrapper
 
 
+# `SolveInfo.nondifferentiable_reason` values: a null vector of the residual map's derivative
+# moves an output (the solution is not unique), or a weakly active constraint's one-sided
+# derivatives differ in the outputs.
+NON_UNIQUE = "non-unique"
+WEAKLY_ACTIVE = "weakly-active"
+
+
 @dataclass
 class SolveInfo:
     """Per-instance diagnostics of one call (arrays of length batch)."""
@@ -110,9 +118,17 @@ class SolveInfo:
     solve_seconds: np.ndarray
     total_seconds: float
     rcond: np.ndarray | None = None
+    # Where the requested outputs' derivative is not defined (filled with the linearization,
+    # see `Forward.nondifferentiable`): "" where it is, NON_UNIQUE or WEAKLY_ACTIVE where not.
+    nondifferentiable: np.ndarray | None = None  # (B,) bool
+    nondifferentiable_reason: list[str] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        extra: dict[str, Any] = {}
+        if self.nondifferentiable is not None:
+            extra = {"nondifferentiable": self.nondifferentiable.tolist(),
+                     "nondifferentiable_reason": list(self.nondifferentiable_reason or [])}
+        return {**extra,
             "status": [str(s) for s in self.status],
             "scs_status": [str(s) for s in self.scs_status],
             "scs_iterations": self.scs_iterations.tolist(),
@@ -144,7 +160,12 @@ class Forward:
 
     @cached_property
     def _solution(self) -> ConeSolution | None:
-        """Linearization at the solved instances, built on first use (never on forward only)."""
+        """Linearization at the solved instances, built on first use (by a derivative or by
+        `nondifferentiable`). Fills ``info.rcond`` and ``info.nondifferentiable`` and warns
+        (`NonDifferentiableWarning`, once) where the outputs' derivative is not defined."""
+        B = self.batch_size
+        self.info.nondifferentiable = np.zeros(B, dtype=bool)
+        self.info.nondifferentiable_reason = [""] * B
         idx = np.flatnonzero(self.ok)
         if idx.size == 0:
             return None
@@ -154,28 +175,46 @@ class Forward:
         known = None if r.D is None else (r.D.take(idx), r.v_D[idx])
         sol = ConeSolution.at(ops, r.x[idx], r.y[idx], r.s[idx], reuse=reuse,
                               v=None if r.v is None else r.v[idx], known=known)
-        self.info.rcond = np.full(self.batch_size, np.nan)
+        self.info.rcond = np.full(B, np.nan)
         self.info.rcond[idx] = sol.lin.rcond
-        ambiguous = idx[sol.ambiguous(self.layer.template.recover)]
-        kinks = idx[sol.kinks & ~np.isin(idx, ambiguous)]
+        blocks = [(p.offset, p.size) for p in self.layer.parameters]
+        non_unique, weakly_active = diagnose(sol, self.layer.template.recover, blocks)
+        ambiguous, kinks = idx[non_unique], idx[weakly_active]
+        for i in ambiguous:
+            self.info.nondifferentiable_reason[i] = NON_UNIQUE
+        for i in kinks:
+            self.info.nondifferentiable_reason[i] = WEAKLY_ACTIVE
+        self.info.nondifferentiable[ambiguous] = True
+        self.info.nondifferentiable[kinks] = True
         what = []
         if ambiguous.size:
             what.append(
                 f"at batch index [{describe_indices(ambiguous.tolist())}] the solution is not "
-                "unique (the residual-map derivative is singular or ill-conditioned in directions "
-                "that move the outputs): returning the minimum-norm least-squares derivative"
+                "unique, or constraints are tied (the residual-map derivative is singular in "
+                "directions that move the outputs, or that the parameters' perturbations "
+                "excite): returning the minimum-norm least-squares derivative"
             )
         if kinks.size:
             what.append(
                 f"at batch index [{describe_indices(kinks.tolist())}] strict complementarity "
                 "fails (a constraint is weakly active: its slack and its multiplier are both "
-                "zero, e.g. a tie at a sparsemax support boundary): returning the one-sided "
-                "derivative with those constraints held active"
+                "zero, e.g. a tie at a sparsemax support boundary) and the outputs' one-sided "
+                "derivatives differ: returning the one with those constraints held active"
             )
         if what:
             warnings.warn("the solution map is not differentiable; " + "; ".join(what) + ".",
                           NonDifferentiableWarning, stacklevel=3)
         return sol
+
+    @property
+    def nondifferentiable(self) -> np.ndarray:
+        """(B,) bool: instances where the outputs' derivative is not defined (the reason per
+        instance in ``info.nondifferentiable_reason``). Computed on first use from the
+        linearization the derivatives use (refinement's last factorization, where DΠ is
+        unchanged), so a forward-only call pays for it only when it asks."""
+        _ = self._solution
+        assert self.info.nondifferentiable is not None
+        return self.info.nondifferentiable
 
     @_blas_single
     def vjp(self, grads: Sequence[np.ndarray | None]) -> list[np.ndarray]:

@@ -1,0 +1,224 @@
+"""NonDifferentiableWarning and SolveInfo.nondifferentiable only where the requested outputs'
+derivative is genuinely not defined, at any data scale.
+
+Regular problems as users write them (sum_largest, CVaR, dotsort, abs, pos, maximum, the
+lasso) have auxiliary variables that CVXPY introduces, which are often non-unique or sit at a
+kink (slack and multiplier both zero): those must not warn, and the layer's Jacobian must match
+central finite differences. Genuine ties and non-unique solutions that move the outputs must
+warn, and be reported by a forward-only call.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cvxpy as cp
+import numpy as np
+import pytest
+
+import declarative as dl
+from declarative import NonDifferentiableWarning
+
+SCALES = (1.0, 1e-9, 1e9)
+INSTANCES = 30
+DIRECTIONS = 2
+FD_STEP = 1e-6  # relative to each parameter's scale
+FD_RTOL = 1e-5
+
+
+@dataclass
+class Case:
+    """A problem family: the layer, a sampler of parameters, and how the parameters scale so
+    that the problem is the same one at data scale α (``scale(params, α)``)."""
+
+    layer: dl.Layer
+    sample: Callable[[np.random.Generator], list[np.ndarray]]
+    scale: Callable[[list[np.ndarray], float], list[np.ndarray]]
+    out_power: int = 1  # at data scale α the outputs scale by α**out_power
+
+
+def _prox(penalty: Callable[[cp.Variable], cp.Expression], n: int = 8) -> Case:
+    """x = argmin ½‖x − θ‖² + λ·penalty(x), penalty positively homogeneous: (θ, λ) → α(θ, λ)
+    scales x by α."""
+    x, th, lam = cp.Variable(n), cp.Parameter(n), cp.Parameter(nonneg=True)
+    prob = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(x - th) + lam * penalty(x)))
+    return Case(dl.compile(prob, [th, lam], [x]),
+                lambda rng: [rng.standard_normal(n), rng.uniform(0.3, 1.0)],
+                lambda p, a: [p[0] * a, p[1] * a])
+
+
+def _cvar(n: int = 5, m: int = 20, alpha: float = 0.1) -> Case:
+    """Mean-CVaR portfolio: min t + Σ pos(−Rw − t)/(αm) − μᵀw + γ‖w‖², 1ᵀw = 1, w ≥ 0
+    (Rockafellar & Uryasev 2000); (R, μ, γ) → α(R, μ, γ) leaves w unchanged."""
+    w, t = cp.Variable(n), cp.Variable()
+    R, mu, gam = cp.Parameter((m, n)), cp.Parameter(n), cp.Parameter(nonneg=True)
+    obj = t + cp.sum(cp.pos(-R @ w - t)) / (alpha * m) - mu @ w + gam * cp.sum_squares(w)
+    prob = cp.Problem(cp.Minimize(obj), [cp.sum(w) == 1, w >= 0])
+    return Case(dl.compile(prob, [R, mu, gam], [w]),
+                lambda rng: [rng.standard_normal((m, n)), 0.1 * rng.standard_normal(n),
+                             rng.uniform(0.1, 1.0)],
+                lambda p, a: [q * a for q in p], out_power=0)
+
+
+def _lasso(n: int = 6, m: int = 12) -> Case:
+    """ℓ1-regularized regression ½‖Ax − b‖² + λ‖x‖₁; (A, b, λ) → (αA, αb, α²λ) leaves x."""
+    x, A, b, lam = cp.Variable(n), cp.Parameter((m, n)), cp.Parameter(m), cp.Parameter(
+        nonneg=True)
+    prob = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(A @ x - b) + lam * cp.norm1(x)))
+    return Case(dl.compile(prob, [A, b, lam], [x]),
+                lambda rng: [rng.standard_normal((m, n)), rng.standard_normal(m),
+                             rng.uniform(1.0, 4.0)],
+                lambda p, a: [p[0] * a, p[1] * a, p[2] * a * a], out_power=0)
+
+
+REGULAR = {
+    "sum_largest": lambda: _prox(lambda x: cp.sum_largest(x, 3)),
+    "dotsort": lambda: _prox(lambda x: cp.dotsort(x, np.array([3.0, 2.0, 1.0]))),
+    "abs": lambda: _prox(lambda x: cp.sum(cp.abs(x))),
+    "pos": lambda: _prox(lambda x: cp.sum(cp.pos(x))),
+    "maximum": lambda: _prox(lambda x: cp.sum(cp.maximum(x, -x / 2))),
+    "cvar": _cvar,
+    "lasso": _lasso,
+}
+
+
+def _silent_forward(layer: dl.Layer, params: list[np.ndarray]):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonDifferentiableWarning)
+        return layer.forward(params)
+
+
+def _directional_fd(layer: dl.Layer, params: list[np.ndarray], dirs: list[list[np.ndarray]],
+                    h: float) -> np.ndarray:
+    """(x(θ + h d) − x(θ − h d)) / 2h for each direction d, all in one batched call."""
+    batch = [np.stack([p + s * h * d[j] for d in dirs for s in (1.0, -1.0)])
+             for j, p in enumerate(params)]
+    out = _silent_forward(layer, batch).outputs[0]
+    return (out[0::2] - out[1::2]) / (2 * h)
+
+
+def _require_accurate_solve(layer: dl.Layer, base: list[np.ndarray], scaled: list[np.ndarray],
+                            out_scale: float, rows: slice = slice(None)) -> None:
+    """The same problem at another data scale: its solution must be the scaled one, else the
+    forward solve (not the derivative) failed at that scale and there is nothing to test."""
+    ref = _silent_forward(layer, base).outputs[0][rows]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonDifferentiableWarning)
+        got = layer.forward(scaled, on_failure="nan").outputs[0][rows] / out_scale
+    if not np.abs(got - ref).max() <= 1e-6 * max(np.abs(ref).max(), 1.0):
+        pytest.xfail("the forward solve is not accurate at this data scale (its certificate "
+                     "is not scale-invariant yet): nothing to differentiate")
+
+
+@pytest.fixture(scope="module", params=sorted(REGULAR))
+def regular_case(request) -> tuple[str, Case]:
+    return request.param, REGULAR[request.param]()
+
+
+@pytest.mark.parametrize("alpha", SCALES)
+def test_regular_problems_do_not_warn_and_match_finite_differences(regular_case, alpha):
+    name, case = regular_case
+    rng = np.random.default_rng(7)
+    base = [case.sample(rng) for _ in range(INSTANCES)]
+    insts = [case.scale(p, alpha) for p in base]
+    batch = [np.stack(p) for p in zip(*insts, strict=True)]
+    if alpha != 1.0:
+        base_batch = [np.stack(p) for p in zip(*base, strict=True)]
+        _require_accurate_solve(case.layer, base_batch, batch, alpha**case.out_power)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NonDifferentiableWarning)
+        fwd = case.layer.forward(batch)
+        assert not fwd.nondifferentiable.any()
+        assert fwd.info.nondifferentiable_reason == [""] * INSTANCES
+        jacs = [fwd.jacobian(i)[0] for i in range(INSTANCES)]
+    for i, params in enumerate(insts):
+        sizes = [max(float(np.abs(p).max()), np.finfo(float).tiny) for p in params]
+        dirs = [[rng.standard_normal(np.shape(p)) * s for p, s in zip(params, sizes,
+                                                                      strict=True)]
+                for _ in range(DIRECTIONS)]
+        fd = _directional_fd(case.layer, [np.asarray(p, dtype=float) for p in params], dirs,
+                             FD_STEP)
+        for k, d in enumerate(dirs):
+            jd = sum(np.tensordot(J, dj, axes=np.ndim(dj)) for J, dj in zip(jacs[i], d,
+                                                                          strict=True))
+            x = fwd.outputs[0][i]
+            ref = np.abs(fd[k]).max() + np.abs(x).max() + np.abs(fwd.outputs[0]).max()
+            assert np.abs(jd - fd[k]).max() <= FD_RTOL * ref, (name, alpha, i, k)
+
+
+def test_kinks_in_auxiliary_variables_are_found_and_ignored():
+    """The root cause of the false warnings: dotsort's epigraph variables end at a kink (their
+    slack and multiplier both zero) on many random instances, yet the outputs' one-sided
+    derivatives agree there."""
+    case = REGULAR["dotsort"]()
+    rng = np.random.default_rng(2)
+    batch = [np.stack(p) for p in zip(*[case.sample(rng) for _ in range(INSTANCES)],
+                                       strict=True)]
+    fwd = case.layer.forward(batch)
+    assert not fwd.nondifferentiable.any()
+    assert fwd._solution.kinks.sum() >= 3
+
+
+def _face_lp():
+    """min cᵀz over the box |z| ≤ u: with c₁ = 0, z₁ may be anything in [−u₁, u₁]."""
+    z, c, u = cp.Variable(3), cp.Parameter(3), cp.Parameter(3, nonneg=True)
+    return dl.compile(cp.Problem(cp.Minimize(c @ z), [z <= u, z >= -u]), [c, u], [z])
+
+
+def _sparsemax():
+    x, th, s = cp.Variable(4), cp.Parameter(4), cp.Parameter(nonneg=True)
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(x - th)), [cp.sum(x) == s, x >= 0])
+    return dl.compile(prob, [th, s], [x])
+
+
+def _max_floor():
+    """x = argmin ‖x − θ‖² s.t. x₀ ≥ max(a, b): at a = b with θ₀ below it, x₀ = max(a, b)
+    has one-sided derivatives (1, 0) and (0, 1) in (a, b)."""
+    x, th, a, b = cp.Variable(2), cp.Parameter(2), cp.Parameter(), cp.Parameter()
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(x - th)), [x[0] >= cp.maximum(a, b)])
+    return dl.compile(prob, [th, a, b], [x])
+
+
+GENUINE = {
+    # (layer, the genuine instance, a regular neighbour, the reason reported)
+    "lp_face": (_face_lp, [np.array([1.0, 0.0, -1.0]), np.ones(3)],
+                [np.array([1.0, 0.5, -1.0]), np.ones(3)], "non-unique"),
+    "sparsemax_tie": (_sparsemax, [np.array([1.0, 0.0, 0.0, -1.0]), 1.0],
+                      [np.array([0.6, 0.3, -0.2, 0.0]), 1.0], "weakly-active"),
+    "maximum_tie": (_max_floor, [np.array([-1.0, 2.0]), 0.5, 0.5],
+                    [np.array([-1.0, 2.0]), 0.5, 0.2], "non-unique"),
+}
+
+
+@pytest.mark.parametrize("alpha", SCALES)
+@pytest.mark.parametrize("name", sorted(GENUINE))
+def test_genuine_nondifferentiability_warns_and_is_reported_forward_only(name, alpha):
+    build, tie, regular, reason = GENUINE[name]
+    layer = build()
+    batch = [np.stack([np.asarray(t, dtype=float) * alpha, np.asarray(r, dtype=float) * alpha])
+             for t, r in zip(tie, regular, strict=True)]
+    if alpha != 1.0:
+        base = [np.stack([np.asarray(t, dtype=float), np.asarray(r, dtype=float)])
+                for t, r in zip(tie, regular, strict=True)]
+        # the regular neighbour's solution (the genuine instance's may be non-unique)
+        _require_accurate_solve(layer, base, batch, alpha if name == "sparsemax_tie" else 1.0,
+                                rows=slice(1, 2))
+    fwd = layer.forward(batch)
+    with pytest.warns(NonDifferentiableWarning, match=r"batch index \[0\]") as rec:
+        nd = fwd.nondifferentiable  # forward only: no derivative asked for
+    assert len(rec) == 1 and "index [1]" not in str(rec[0].message)
+    assert nd.tolist() == [True, False]
+    assert fwd.info.nondifferentiable_reason == [reason, ""]
+    assert fwd.info.as_dict()["nondifferentiable"] == [True, False]
+
+
+def test_one_sided_derivatives_of_the_max_tie_differ():
+    """Independent check that the maximum tie is genuine: one-sided finite differences of x₀ in
+    a are 1 (a pushed above b) and 0 (below)."""
+    layer = _max_floor()
+    h = 1e-4
+    x = [_silent_forward(layer, [np.array([-1.0, 2.0]), 0.5 + d, 0.5]).outputs[0][0, 0]
+         for d in (h, 0.0, -h)]
+    assert abs((x[0] - x[1]) / h - 1.0) <= 1e-6 and abs((x[1] - x[2]) / h) <= 1e-6
