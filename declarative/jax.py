@@ -47,7 +47,7 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from declarative.errors import ParameterError, SolverError
+from declarative.errors import SECOND_ORDER, ParameterError, SolverError
 from declarative.layer import Layer
 
 __all__ = ["jax_layer"]
@@ -92,9 +92,7 @@ class _Context:
 
         @solve_with_state.defjvp
         def _second_order(primals, tangents):
-            raise NotImplementedError(
-                "declarative: second-order derivatives of a layer (differentiating its "
-                "derivative, e.g. jax.hessian or jacfwd of grad) are not supported.")
+            raise NotImplementedError(SECOND_ORDER)
 
         @solve.defjvp
         def solve_jvp(primals, tangents):
@@ -245,9 +243,7 @@ def _linear_transpose(cts, *args, call: _Context, mode: str, out_shapes: tuple):
     k = len(call.layer.parameters) + 1
     fixed, lin = args[:k], args[k:]
     if any(ad.is_undefined_primal(a) for a in fixed):
-        raise NotImplementedError(
-            "declarative: second-order derivatives of a layer (differentiating its "
-            "derivative, e.g. jax.hessian or jacfwd of grad) are not supported.")
+        raise NotImplementedError(SECOND_ORDER)
     undefined = [ad.is_undefined_primal(a) for a in lin]
     if all(type(ct) is ad.Zero for ct in cts):
         return [None] * len(args)
@@ -261,9 +257,7 @@ def _linear_transpose(cts, *args, call: _Context, mode: str, out_shapes: tuple):
 def _linear_jvp(primals, tangents, *, call: _Context, mode: str, out_shapes: tuple):
     k = len(call.layer.parameters) + 1
     if any(type(t) is not ad.Zero for t in tangents[:k]):
-        raise NotImplementedError(
-            "declarative: second-order derivatives of a layer (differentiating its "
-            "derivative, e.g. jax.hessian or jacfwd of grad) are not supported.")
+        raise NotImplementedError(SECOND_ORDER)
     out = _linear_p.bind(*primals, call=call, mode=mode, out_shapes=out_shapes)
     lin_t = [ad.instantiate_zeros(t) for t in tangents[k:]]
     t_out = _linear_p.bind(*primals[:k], *lin_t, call=call, mode=mode, out_shapes=out_shapes)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from declarative.errors import SECOND_ORDER
 from declarative.layer import Forward, Layer
 
 
@@ -84,7 +85,7 @@ class _LayerFunction(torch.autograd.Function):
     @staticmethod
     def jvp(ctx: Any, _layer_t, _options_t, *tangents):
         if _differentiated_outside(ctx.saved_tensors, _level()):
-            raise NotImplementedError(_SECOND_ORDER)
+            raise NotImplementedError(SECOND_ORDER)
         anchor = _anchor(ctx.saved_tensors)
         return (*_Tangent.apply(ctx.fwd, anchor, *tangents), None)
 
@@ -120,11 +121,11 @@ class _Refuse(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):
-        raise NotImplementedError(_SECOND_ORDER)
+        raise NotImplementedError(SECOND_ORDER)
 
     @staticmethod
     def jvp(ctx: Any, tangent: torch.Tensor):
-        raise NotImplementedError(_SECOND_ORDER)
+        raise NotImplementedError(SECOND_ORDER)
 
     @staticmethod
     def vmap(info: Any, in_dims: tuple, x: torch.Tensor):
@@ -259,12 +260,6 @@ def _vmap_linear(fn, info: Any, in_dims: tuple, fwd: Forward, anchor: torch.Tens
     return out, (0,) * len(out)
 
 
-_SECOND_ORDER = (
-    "second derivatives with respect to the parameters (e.g. torch.func.hessian) are not "
-    "supported: the layer's derivative is exact, but not differentiable again."
-)
-
-
 def _linear_map(name: str, doc: str, apply, transpose, transposed: Callable[[], type],
                 adjoint: bool):
     """An autograd Function for a linear map at a solution (the VJP or the JVP).
@@ -300,7 +295,7 @@ def _linear_map(name: str, doc: str, apply, transpose, transposed: Callable[[], 
         @staticmethod
         def jvp(ctx: Any, _fwd_t, anchor_t, *tangents):
             if anchor_t is not None:
-                raise NotImplementedError(_SECOND_ORDER)
+                raise NotImplementedError(SECOND_ORDER)
             return LinearMap.apply(ctx.fwd, torch.zeros((), dtype=torch.float64), *tangents)
 
         @staticmethod
