@@ -227,6 +227,7 @@ def check_problem(problem: Any) -> None:
 
     if not isinstance(problem, cp.Problem):
         raise ProblemError(f"expected a cvxpy.Problem, got {type(problem).__name__}.")
+    _check_real(problem)
     if problem.is_mixed_integer():
         names = [v.name() for v in problem.variables()
                  if v.attributes.get("integer") or v.attributes.get("boolean")]
@@ -248,6 +249,30 @@ def check_problem(problem: Any) -> None:
             "the problem is DCP but not DPP: parameters must enter affinely (a product of two "
             "parameter-dependent expressions, or a parameter inside a nonlinear atom, is not DPP; "
             "see https://www.cvxpy.org/tutorial/dpp). " + detail
+        )
+
+
+def _check_real(problem: cp.Problem) -> None:
+    """Raise `ProblemError` if any variable, parameter or expression of ``problem`` is complex
+    (complex, imag or hermitian leaves, complex constants), naming them."""
+    culprits = [f"{kind} {leaf.name()!r}"
+                for kind, leaves in (("variable", problem.variables()),
+                                     ("parameter", problem.parameters()))
+                for leaf in leaves if leaf.is_complex()]
+    if not culprits:  # only complex constants: name the outermost complex expressions
+        stack = [problem.objective.expr, *(a for c in problem.constraints for a in c.args)]
+        while stack and len(culprits) < 3:
+            expr = stack.pop(0)
+            if expr.is_complex():
+                culprits.append(f"expression {_short(expr, 60)!r}")
+            else:
+                stack.extend(expr.args)
+    if culprits:
+        raise ProblemError(
+            f"{', '.join(culprits)} {'is' if len(culprits) == 1 else 'are'} complex: declarative "
+            "differentiates real problems only, complex ones are not supported. Split each complex "
+            "quantity into its real and imaginary parts (z = x + 1j*y with real x and y, a "
+            "complex parameter as two real parameters) and write the problem in those."
         )
 
 
