@@ -22,6 +22,7 @@ read them off CVXPY's own ``chain.invert`` by probing, once, at compile time.
 from __future__ import annotations
 
 import math
+import reprlib
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, NamedTuple
@@ -32,7 +33,7 @@ import scipy.sparse as sp
 from cvxpy.reductions.cvx_attr2constr import CvxAttr2Constr, lower_value
 
 from declarative.cones import ConeDims
-from declarative.errors import ProblemError
+from declarative.errors import ParameterError, ProblemError
 
 ON_FAILURE = ("raise", "nan")
 
@@ -49,6 +50,31 @@ class ParameterSpec:
     @property
     def size(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def shapes(self) -> str:
+        """The shapes a value may have, as text: ``(3,) or (batch, 3)``."""
+        batched = ", ".join(("batch", *map(str, self.shape)))
+        return f"{self.shape} or ({batched}{',' if not self.shape else ''})"
+
+    def not_real(self, value: Any, kind: str = "array", dtype: Any = None) -> ParameterError:
+        """The error for a value that is not a real number or array: names this parameter,
+        what was expected (a real ``kind`` of one of `shapes`) and what came; for a complex
+        value (``dtype``, else the value's own dtype), what to do instead."""
+        dtype = getattr(value, "dtype", None) if dtype is None else dtype
+        if value is None:
+            got = "None"
+        elif hasattr(value, "dtype"):
+            got = f"{type(value).__name__} with dtype {value.dtype}"
+        else:
+            got = f"{type(value).__name__} {reprlib.repr(value)}"
+        hint = (" Complex values are not supported: split the parameter into its real and "
+                "imaginary parts (two real parameters) and write the problem in those."
+                if "complex" in str(dtype) or isinstance(value, complex) else "")
+        return ParameterError(
+            f"parameter {self.name!r}: expected a real {kind} (floating-point, integer or bool "
+            f"dtype) of shape {self.shapes}, got {got}.{hint}"
+        )
 
 
 # Parameter attributes whose violation would make the compiled problem wrong (e.g. a

@@ -273,6 +273,24 @@ ad.primitive_jvps[_linear_p] = _linear_jvp
 
 
 # -- the public function -------------------------------------------------------------------
+def _arrays(layer: Layer, values: tuple) -> list[jax.Array]:
+    """The parameter values as JAX arrays (or tracers), each checked to be real (not complex,
+    None, a string or another object) before anything casts it to the result dtype."""
+    if len(values) != len(layer.parameters):
+        layer.batch(values)  # raises the count error, naming the parameters
+    out = []
+    for spec, v in zip(layer.parameters, values, strict=True):
+        try:
+            a = v if isinstance(v, jax.Array) else jnp.asarray(v)
+        except (TypeError, ValueError):
+            raise spec.not_real(v) from None
+        if not (jnp.issubdtype(a.dtype, jnp.floating) or jnp.issubdtype(a.dtype, jnp.integer)
+                or jnp.issubdtype(a.dtype, jnp.bool_)):
+            raise spec.not_real(a)
+        out.append(a)
+    return out
+
+
 def jax_layer(layer: Layer) -> Callable[..., tuple[jax.Array, ...]]:
     """``layer`` as a JAX function ``f(*params, solver_args=None, on_failure=None)``.
 
@@ -287,9 +305,11 @@ def jax_layer(layer: Layer) -> Callable[..., tuple[jax.Array, ...]]:
 
     def layer_fn(*params: Any, solver_args: dict | None = None,
                  on_failure: str | None = None) -> tuple[jax.Array, ...]:
-        arrays = [p if isinstance(p, jax.Array) else jnp.asarray(p) for p in params]
-        # Shape checks with the library's own messages (at trace time: zeros, not values).
-        _, batched = layer.batch([np.broadcast_to(0.0, np.shape(a)) for a in arrays])
+        arrays = _arrays(layer, params)
+        # Shape checks with the library's own messages (at trace time: placeholders, not
+        # values; the values are checked when they are known, in `Layer.forward`).
+        _, batched = layer.batch([np.broadcast_to(0.0, np.shape(a)) for a in arrays],
+                                 check_values=False)
         layer.resolve_options(solver_args, on_failure)  # validates the options (ProblemError)
         dtype = _result_dtype(arrays)
         if not any(isinstance(a, jax.core.Tracer) for a in arrays):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import time
 import warnings
 from collections.abc import Sequence
@@ -294,8 +295,16 @@ class Layer:
         return J
 
     # -- inputs ------------------------------------------------------------------------
-    def batch(self, values: Sequence[Any]) -> tuple[np.ndarray, list[bool]]:
-        """Validate the parameter values and stack them into θ (B, p); B = 1 if none is batched."""
+    def batch(self, values: Sequence[Any], *,
+              check_values: bool = True) -> tuple[np.ndarray, list[bool]]:
+        """Validate the parameter values and stack them into θ (B, p); B = 1 if none is batched.
+
+        Every value must be a real number or array (float, integer or bool; a complex,
+        None, string or other object raises `ParameterError`) of the parameter's shape,
+        optionally with one leading batch axis. ``check_values=False`` checks only that
+        (types, count, shapes, batch sizes), not the values themselves (finite, in the
+        parameter's declared domain): for placeholders standing in for abstract values.
+        """
         P = self.parameters
         if len(values) != len(P):
             names = ", ".join(p.name for p in P)
@@ -304,7 +313,16 @@ class Layer:
             )
         arrays, batched, sizes = [], [], {}
         for spec, val in zip(P, values, strict=True):
-            a = np.asarray(val, dtype=float)
+            try:
+                a = np.asarray(val)
+            except (TypeError, ValueError):  # e.g. a ragged nested list
+                raise spec.not_real(val) from None
+            if a.dtype.kind == "O" and val is not None and all(
+                    isinstance(v, numbers.Real) for v in a.flat):  # e.g. Fractions
+                a = a.astype(float)
+            if a.dtype.kind not in "biuf":
+                raise spec.not_real(val, dtype=a.dtype)
+            a = a.astype(float, copy=False)
             if a.shape == spec.shape:
                 batched.append(False)
             elif a.ndim == len(spec.shape) + 1 and a.shape[1:] == spec.shape:
@@ -312,8 +330,7 @@ class Layer:
                 sizes[spec.name] = a.shape[0]
             else:
                 raise ParameterError(
-                    f"parameter {spec.name!r}: expected shape {spec.shape} or "
-                    f"(batch, {', '.join(map(str, spec.shape))}), got {a.shape}."
+                    f"parameter {spec.name!r}: expected shape {spec.shapes}, got {a.shape}."
                 )
             arrays.append(a)
         if len(set(sizes.values())) > 1:
@@ -326,6 +343,8 @@ class Layer:
         arrays = [a if bt else a[None] for a, bt in zip(arrays, batched, strict=True)]
         for spec, a in zip(P, arrays, strict=True):  # an unbatched value broadcasts over B
             theta[:, spec.offset : spec.offset + spec.size] = vec(a, spec.shape)
+        if not check_values:
+            return theta, batched
         finite = bool(np.isfinite(theta).all())
         for spec, a, bt in zip(P, arrays, batched, strict=True):
             if finite and not spec.domain:

@@ -24,6 +24,24 @@ def _result_dtype(params: tuple[torch.Tensor, ...]) -> torch.dtype:
     return dtype if dtype is not None else torch.get_default_dtype()
 
 
+def _tensors(layer: Layer, values: tuple) -> tuple[torch.Tensor, ...]:
+    """The parameter values as tensors, each checked to be real (not complex, None, a string
+    or another object) before anything casts it to float64."""
+    if len(values) != len(layer.parameters):
+        layer.batch(values)  # raises the count error, naming the parameters
+    out = []
+    for spec, v in zip(layer.parameters, values, strict=True):
+        if not isinstance(v, torch.Tensor):
+            try:
+                v = torch.as_tensor(v)
+            except (TypeError, ValueError, RuntimeError):
+                raise spec.not_real(v, "tensor") from None
+        if v.is_complex():
+            raise spec.not_real(v, "tensor")
+        out.append(v)
+    return tuple(out)
+
+
 def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().to(device="cpu", dtype=torch.float64).numpy()
 
@@ -332,7 +350,7 @@ class TorchLayer(torch.nn.Module):
 
     def forward(self, *params: torch.Tensor, solver_args: dict | None = None,
                 on_failure: str | None = None, return_info: bool = False):
-        params = tuple(p if isinstance(p, torch.Tensor) else torch.as_tensor(p) for p in params)
+        params = _tensors(self.layer, params)
         options = {"solver_args": solver_args, "on_failure": on_failure}
         *outs, fwd = _LayerFunction.apply(self.layer, options, *params)
         return (tuple(outs), fwd.info) if return_info else tuple(outs)
