@@ -13,7 +13,7 @@ import math
 import numbers
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -347,13 +347,8 @@ class Layer:
             return theta, batched
         finite = bool(np.isfinite(theta).all())
         for spec, a, bt in zip(P, arrays, batched, strict=True):
-            if finite and not spec.domain:
-                continue
-            flat = a.reshape(a.shape[0], spec.size)
-            _check_values(spec, a, ~np.all(np.isfinite(flat), axis=1), "NaN or inf entries", bt)
-            for attr in spec.domain:
-                _check_values(spec, a, ~_in_domain(a, flat, attr), f"values that are not {attr} "
-                              f"(it was declared {attr}=True)", bt)
+            if not finite or spec.domain:
+                check_finite_in_domain(spec, a, functools.partial(_batch_indices, batched=bt))
         return theta, batched
 
     # -- the pipeline ------------------------------------------------------------------
@@ -531,12 +526,27 @@ def _in_domain(a: np.ndarray, flat: np.ndarray, attr: str) -> np.ndarray:
     return eig.min(axis=-1) >= -scale if attr == "PSD" else eig.max(axis=-1) <= scale
 
 
-def _check_values(spec: ParameterSpec, a: np.ndarray, bad: np.ndarray, what: str,
-                  batched: bool) -> None:
-    if bad.any():
-        where = (f"at batch index [{describe_indices(np.flatnonzero(bad).tolist())}]"
-                 if batched else "(unbatched value)")
-        raise ParameterError(f"parameter {spec.name!r} has {what} {where}.")
+def check_finite_in_domain(spec: ParameterSpec, a: np.ndarray,
+                 where: Callable[[np.ndarray], str]) -> None:
+    """Raise `ParameterError` if instances of ``a`` (N, *shape) have NaN or inf entries or
+    values outside the parameter's declared domain (`_in_domain`); ``where(bad)`` says where,
+    from the mask (N,) of offending instances."""
+    flat = a.reshape(a.shape[0], spec.size)
+    finite = np.all(np.isfinite(flat), axis=1)
+    if not finite.all():
+        raise ParameterError(f"parameter {spec.name!r} has NaN or inf entries {where(~finite)}.")
+    for attr in spec.domain:
+        ok = _in_domain(a, flat, attr)
+        if not ok.all():
+            raise ParameterError(f"parameter {spec.name!r} has values that are not {attr} (it "
+                                 f"was declared {attr}=True) {where(~ok)}.")
+
+
+def _batch_indices(bad: np.ndarray, batched: bool) -> str:
+    """Where in a `Layer.batch` input the offending instances ``bad`` (B,) are."""
+    if not batched:
+        return "(unbatched value)"
+    return f"at batch index [{describe_indices(np.flatnonzero(bad).tolist())}]"
 
 
 _REFINABLE = (Status.SOLVED, Status.INACCURATE, Status.ITERATION_LIMIT)
