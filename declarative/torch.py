@@ -11,6 +11,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch._C._functorch import (
+    TransformType,
+    get_interpreter_stack,
+    get_unwrapped,
+    is_functorch_wrapped_tensor,
+    maybe_current_level,
+    maybe_get_level,
+)
 
 from declarative.errors import SECOND_ORDER
 from declarative.layer import Forward, Layer
@@ -160,14 +168,6 @@ def _differentiated_outside(params, level: int | None) -> bool:
     """
     if level is None:
         return False
-    from torch._C._functorch import (
-        TransformType,
-        get_interpreter_stack,
-        get_unwrapped,
-        is_functorch_wrapped_tensor,
-        maybe_get_level,
-    )
-
     outer = {ci.level() for ci in get_interpreter_stack() or ()
              if ci.key() == TransformType.Jvp and ci.level() < level}
     for p in params:
@@ -205,8 +205,9 @@ def _tangent(fwd: Forward, tangents) -> tuple[torch.Tensor, ...]:
     )
 
 
-def _level():
-    return torch._C._functorch.maybe_current_level()
+def _level() -> int | None:
+    """The innermost active torch.func transform's level (None outside torch.func)."""
+    return maybe_current_level()
 
 
 class _Fold:
