@@ -22,6 +22,7 @@ read them off CVXPY's own ``chain.invert`` by probing, once, at compile time.
 from __future__ import annotations
 
 import math
+import reprlib
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, NamedTuple
@@ -32,7 +33,7 @@ import scipy.sparse as sp
 from cvxpy.reductions.cvx_attr2constr import CvxAttr2Constr, lower_value
 
 from declarative.cones import ConeDims
-from declarative.errors import ProblemError
+from declarative.errors import ParameterError, ProblemError
 
 ON_FAILURE = ("raise", "nan")
 
@@ -49,6 +50,31 @@ class ParameterSpec:
     @property
     def size(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def shapes(self) -> str:
+        """The shapes a value may have, as text: ``(3,) or (batch, 3)``."""
+        batched = ", ".join(("batch", *map(str, self.shape)))
+        return f"{self.shape} or ({batched}{',' if not self.shape else ''})"
+
+    def not_real(self, value: Any, kind: str = "array", dtype: Any = None) -> ParameterError:
+        """The error for a value that is not a real number or array: names this parameter,
+        what was expected (a real ``kind`` of one of `shapes`) and what came; for a complex
+        value (``dtype``, else the value's own dtype), what to do instead."""
+        dtype = getattr(value, "dtype", None) if dtype is None else dtype
+        if value is None:
+            got = "None"
+        elif hasattr(value, "dtype"):
+            got = f"{type(value).__name__} with dtype {value.dtype}"
+        else:
+            got = f"{type(value).__name__} {reprlib.repr(value)}"
+        hint = (" Complex values are not supported: split the parameter into its real and "
+                "imaginary parts (two real parameters) and write the problem in those."
+                if "complex" in str(dtype) or isinstance(value, complex) else "")
+        return ParameterError(
+            f"parameter {self.name!r}: expected a real {kind} (floating-point, integer or bool "
+            f"dtype) of shape {self.shapes}, got {got}.{hint}"
+        )
 
 
 # Parameter attributes whose violation would make the compiled problem wrong (e.g. a
@@ -227,6 +253,7 @@ def check_problem(problem: Any) -> None:
 
     if not isinstance(problem, cp.Problem):
         raise ProblemError(f"expected a cvxpy.Problem, got {type(problem).__name__}.")
+    _check_real(problem)
     if problem.is_mixed_integer():
         names = [v.name() for v in problem.variables()
                  if v.attributes.get("integer") or v.attributes.get("boolean")]
@@ -248,6 +275,30 @@ def check_problem(problem: Any) -> None:
             "the problem is DCP but not DPP: parameters must enter affinely (a product of two "
             "parameter-dependent expressions, or a parameter inside a nonlinear atom, is not DPP; "
             "see https://www.cvxpy.org/tutorial/dpp). " + detail
+        )
+
+
+def _check_real(problem: cp.Problem) -> None:
+    """Raise `ProblemError` if any variable, parameter or expression of ``problem`` is complex
+    (complex, imag or hermitian leaves, complex constants), naming them."""
+    culprits = [f"{kind} {leaf.name()!r}"
+                for kind, leaves in (("variable", problem.variables()),
+                                     ("parameter", problem.parameters()))
+                for leaf in leaves if leaf.is_complex()]
+    if not culprits:  # only complex constants: name the outermost complex expressions
+        stack = [problem.objective.expr, *(a for c in problem.constraints for a in c.args)]
+        while stack and len(culprits) < 3:
+            expr = stack.pop(0)
+            if expr.is_complex():
+                culprits.append(f"expression {_short(expr, 60)!r}")
+            else:
+                stack.extend(expr.args)
+    if culprits:
+        raise ProblemError(
+            f"{', '.join(culprits)} {'is' if len(culprits) == 1 else 'are'} complex: declarative "
+            "differentiates real problems only, complex ones are not supported. Split each complex "
+            "quantity into its real and imaginary parts (z = x + 1j*y with real x and y, a "
+            "complex parameter as two real parameters) and write the problem in those."
         )
 
 

@@ -8,6 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+# What both framework adapters raise (as NotImplementedError) on any path to a second derivative.
+SECOND_ORDER = (
+    "declarative layers have exact first derivatives but no second derivatives: "
+    "differentiating a layer's derivative with respect to its parameters (second-order "
+    "autodiff: a Hessian, grad of grad, jacfwd or jacrev of a gradient, a gradient penalty "
+    "backpropagated through the layer) is not supported. Where a second-order term is "
+    "needed, approximate it by finite differences of the first derivatives."
+)
+
 
 class DeclarativeError(Exception):
     """Base class of every error raised by `declarative`."""

@@ -26,9 +26,10 @@ How it is built
   cotangents over axes where a parameter was broadcast.
 * A call on concrete arrays (no transformation at all) skips the callback and calls
   `Layer.forward` directly, so errors reach the user as the library's own exceptions.
-  Under a transformation, NaN/inf checks and ``on_failure="raise"`` can only run inside
-  the callback; JAX re-raises those as ``JaxRuntimeError`` whose message ends with the
-  library's message (parameter name, batch indices).
+  Under a transformation, value checks (NaN/inf, declared domains such as ``pos=True``)
+  and ``on_failure="raise"`` can only run inside the callback; JAX re-raises those as
+  ``JaxRuntimeError`` whose message ends with the library's message (parameter name,
+  batch indices).
 
 Only first derivatives are supported (the solution map's second derivatives are not
 implemented); differentiating a derivative raises ``NotImplementedError``.
@@ -47,8 +48,8 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from declarative.errors import ParameterError, SolverError
-from declarative.layer import Layer
+from declarative.errors import SECOND_ORDER, SolverError
+from declarative.layer import Layer, check_finite_in_domain
 
 __all__ = ["jax_layer"]
 
@@ -92,9 +93,7 @@ class _Context:
 
         @solve_with_state.defjvp
         def _second_order(primals, tangents):
-            raise NotImplementedError(
-                "declarative: second-order derivatives of a layer (differentiating its "
-                "derivative, e.g. jax.hessian or jacfwd of grad) are not supported.")
+            raise NotImplementedError(SECOND_ORDER)
 
         @solve.defjvp
         def solve_jvp(primals, tangents):
@@ -119,7 +118,7 @@ class _Context:
         nlead = ps[0].ndim - len(specs[0].shape) if ps else 1
         F = np.broadcast_shapes(*(p.shape[:nlead] for p in ps)) if ps else (1,)
         N = math.prod(F)
-        self._check_finite(ps, nlead)
+        self._check_values(ps, nlead)
         values = [np.broadcast_to(p.astype(np.float64, copy=False), (*F, *s.shape))
                   .reshape((N, *s.shape)) for p, s in zip(ps, specs, strict=True)]
         try:
@@ -140,26 +139,13 @@ class _Context:
         state = np.ascontiguousarray(state, dtype=np.float64).view(np.uint32)
         return [*outs, state.reshape((*F, self.words))]
 
-    def _check_finite(self, ps: list[np.ndarray], nlead: int) -> None:
-        """NaN/inf parameters, reported with the parameter's name and its own indices."""
+    def _check_values(self, ps: list[np.ndarray], nlead: int) -> None:
+        """NaN/inf parameters and values outside a parameter's declared domain, reported with
+        the parameter's name and its own indices (`declarative.layer.check_finite_in_domain`)."""
         for p, spec, user_batched in zip(ps, self.layer.parameters, self.batched, strict=True):
             lead = p.shape[:nlead]
-            bad = ~np.all(np.isfinite(p.reshape((*lead, -1))), axis=-1)
-            if not bad.any():
-                continue
-            # leading axes: the vmap axes (outermost first), then the layer's batch axis
-            names = [*(f"vmap axis {a}" for a in range(nlead - 1)), "batch"]
-            axes = [k for k in range(nlead) if lead[k] > 1 or (k == nlead - 1 and user_batched)]
-            if not axes:
-                where = "(unbatched value)"
-            else:
-                idx = [tuple(int(i[k]) for k in axes) for i in np.argwhere(bad)]
-                shown = [str(i[0]) if len(i) == 1 else str(i) for i in idx[:10]]
-                more = f", ... ({len(idx)} in all)" if len(idx) > 10 else ""
-                label = (names[axes[0]] if len(axes) == 1
-                         else "(" + ", ".join(names[k] for k in axes) + ")")
-                where = f"at {label} index [{', '.join(shown)}{more}]"
-            raise ParameterError(f"parameter {spec.name!r} has NaN or inf entries {where}.")
+            where = functools.partial(_where, lead=lead, user_batched=user_batched)
+            check_finite_in_domain(spec, p.reshape((-1, *spec.shape)), where)
 
     # -- the derivatives ------------------------------------------------------------------
     def linear_fn(self, mode: str, out_shapes: tuple) -> Callable:
@@ -216,6 +202,21 @@ class _Context:
         return outs
 
 
+def _where(bad: np.ndarray, lead: tuple[int, ...], user_batched: bool) -> str:
+    """Where the offending instances ``bad`` (flattened over the leading axes ``lead``: the
+    vmap axes, outermost first, then the layer's batch axis) are, in the user's terms."""
+    names = [*(f"vmap axis {a}" for a in range(len(lead) - 1)), "batch"]
+    axes = [k for k in range(len(lead))
+            if lead[k] > 1 or (k == len(lead) - 1 and user_batched)]
+    if not axes:
+        return "(unbatched value)"
+    idx = [tuple(int(i[k]) for k in axes) for i in np.argwhere(bad.reshape(lead))]
+    shown = [str(i[0]) if len(i) == 1 else str(i) for i in idx[:10]]
+    more = f", ... ({len(idx)} in all)" if len(idx) > 10 else ""
+    label = names[axes[0]] if len(axes) == 1 else "(" + ", ".join(names[k] for k in axes) + ")"
+    return f"at {label} index [{', '.join(shown)}{more}]"
+
+
 # -- the linear primitive: JVP and VJP, each other's transpose -----------------------------
 _linear_p = Primitive("declarative_linear")
 _linear_p.multiple_results = True
@@ -245,9 +246,7 @@ def _linear_transpose(cts, *args, call: _Context, mode: str, out_shapes: tuple):
     k = len(call.layer.parameters) + 1
     fixed, lin = args[:k], args[k:]
     if any(ad.is_undefined_primal(a) for a in fixed):
-        raise NotImplementedError(
-            "declarative: second-order derivatives of a layer (differentiating its "
-            "derivative, e.g. jax.hessian or jacfwd of grad) are not supported.")
+        raise NotImplementedError(SECOND_ORDER)
     undefined = [ad.is_undefined_primal(a) for a in lin]
     if all(type(ct) is ad.Zero for ct in cts):
         return [None] * len(args)
@@ -261,9 +260,7 @@ def _linear_transpose(cts, *args, call: _Context, mode: str, out_shapes: tuple):
 def _linear_jvp(primals, tangents, *, call: _Context, mode: str, out_shapes: tuple):
     k = len(call.layer.parameters) + 1
     if any(type(t) is not ad.Zero for t in tangents[:k]):
-        raise NotImplementedError(
-            "declarative: second-order derivatives of a layer (differentiating its "
-            "derivative, e.g. jax.hessian or jacfwd of grad) are not supported.")
+        raise NotImplementedError(SECOND_ORDER)
     out = _linear_p.bind(*primals, call=call, mode=mode, out_shapes=out_shapes)
     lin_t = [ad.instantiate_zeros(t) for t in tangents[k:]]
     t_out = _linear_p.bind(*primals[:k], *lin_t, call=call, mode=mode, out_shapes=out_shapes)
@@ -279,6 +276,24 @@ ad.primitive_jvps[_linear_p] = _linear_jvp
 
 
 # -- the public function -------------------------------------------------------------------
+def _arrays(layer: Layer, values: tuple) -> list[jax.Array]:
+    """The parameter values as JAX arrays (or tracers), each checked to be real (not complex,
+    None, a string or another object) before anything casts it to the result dtype."""
+    if len(values) != len(layer.parameters):
+        layer.batch(values)  # raises the count error, naming the parameters
+    out = []
+    for spec, v in zip(layer.parameters, values, strict=True):
+        try:
+            a = v if isinstance(v, jax.Array) else jnp.asarray(v)
+        except (TypeError, ValueError):
+            raise spec.not_real(v) from None
+        if not (jnp.issubdtype(a.dtype, jnp.floating) or jnp.issubdtype(a.dtype, jnp.integer)
+                or jnp.issubdtype(a.dtype, jnp.bool_)):
+            raise spec.not_real(a)
+        out.append(a)
+    return out
+
+
 def jax_layer(layer: Layer) -> Callable[..., tuple[jax.Array, ...]]:
     """``layer`` as a JAX function ``f(*params, solver_args=None, on_failure=None)``.
 
@@ -293,9 +308,11 @@ def jax_layer(layer: Layer) -> Callable[..., tuple[jax.Array, ...]]:
 
     def layer_fn(*params: Any, solver_args: dict | None = None,
                  on_failure: str | None = None) -> tuple[jax.Array, ...]:
-        arrays = [p if isinstance(p, jax.Array) else jnp.asarray(p) for p in params]
-        # Shape checks with the library's own messages (at trace time: zeros, not values).
-        _, batched = layer.batch([np.broadcast_to(0.0, np.shape(a)) for a in arrays])
+        arrays = _arrays(layer, params)
+        # Shape checks with the library's own messages (at trace time: placeholders, not
+        # values; the values are checked when they are known, in `Layer.forward`).
+        _, batched = layer.batch([np.broadcast_to(0.0, np.shape(a)) for a in arrays],
+                                 check_values=False)
         layer.resolve_options(solver_args, on_failure)  # validates the options (ProblemError)
         dtype = _result_dtype(arrays)
         if not any(isinstance(a, jax.core.Tracer) for a in arrays):

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -381,8 +382,16 @@ class Layer:
         return J
 
     # -- inputs ------------------------------------------------------------------------
-    def batch(self, values: Sequence[Any]) -> tuple[np.ndarray, list[bool]]:
-        """Validate the parameter values and stack them into θ (B, p); B = 1 if none is batched."""
+    def batch(self, values: Sequence[Any], *,
+              check_values: bool = True) -> tuple[np.ndarray, list[bool]]:
+        """Validate the parameter values and stack them into θ (B, p); B = 1 if none is batched.
+
+        Every value must be a real number or array (float, integer or bool; a complex,
+        None, string or other object raises `ParameterError`) of the parameter's shape,
+        optionally with one leading batch axis. ``check_values=False`` checks only that
+        (types, count, shapes, batch sizes), not the values themselves (finite, in the
+        parameter's declared domain): for placeholders standing in for abstract values.
+        """
         P = self.parameters
         if len(values) != len(P):
             names = ", ".join(p.name for p in P)
@@ -391,7 +400,16 @@ class Layer:
             )
         arrays, batched, sizes = [], [], {}
         for spec, val in zip(P, values, strict=True):
-            a = np.asarray(val, dtype=float)
+            try:
+                a = np.asarray(val)
+            except (TypeError, ValueError):  # e.g. a ragged nested list
+                raise spec.not_real(val) from None
+            if a.dtype.kind == "O" and val is not None and all(
+                    isinstance(v, numbers.Real) for v in a.flat):  # e.g. Fractions
+                a = a.astype(float)
+            if a.dtype.kind not in "biuf":
+                raise spec.not_real(val, dtype=a.dtype)
+            a = a.astype(float, copy=False)
             if a.shape == spec.shape:
                 batched.append(False)
             elif a.ndim == len(spec.shape) + 1 and a.shape[1:] == spec.shape:
@@ -399,8 +417,7 @@ class Layer:
                 sizes[spec.name] = a.shape[0]
             else:
                 raise ParameterError(
-                    f"parameter {spec.name!r}: expected shape {spec.shape} or "
-                    f"(batch, {', '.join(map(str, spec.shape))}), got {a.shape}."
+                    f"parameter {spec.name!r}: expected shape {spec.shapes}, got {a.shape}."
                 )
             arrays.append(a)
         if len(set(sizes.values())) > 1:
@@ -413,15 +430,12 @@ class Layer:
         arrays = [a if bt else a[None] for a, bt in zip(arrays, batched, strict=True)]
         for spec, a in zip(P, arrays, strict=True):  # an unbatched value broadcasts over B
             theta[:, spec.offset : spec.offset + spec.size] = vec(a, spec.shape)
+        if not check_values:
+            return theta, batched
         finite = bool(np.isfinite(theta).all())
         for spec, a, bt in zip(P, arrays, batched, strict=True):
-            if finite and not spec.domain:
-                continue
-            flat = a.reshape(a.shape[0], spec.size)
-            _check_values(spec, a, ~np.all(np.isfinite(flat), axis=1), "NaN or inf entries", bt)
-            for attr in spec.domain:
-                _check_values(spec, a, ~_in_domain(a, flat, attr), f"values that are not {attr} "
-                              f"(it was declared {attr}=True)", bt)
+            if not finite or spec.domain:
+                check_finite_in_domain(spec, a, functools.partial(_batch_indices, batched=bt))
         return theta, batched
 
     # -- the pipeline ------------------------------------------------------------------
@@ -704,12 +718,27 @@ def _in_domain(a: np.ndarray, flat: np.ndarray, attr: str) -> np.ndarray:
     return eig.min(axis=-1) >= -scale if attr == "PSD" else eig.max(axis=-1) <= scale
 
 
-def _check_values(spec: ParameterSpec, a: np.ndarray, bad: np.ndarray, what: str,
-                  batched: bool) -> None:
-    if bad.any():
-        where = (f"at batch index [{describe_indices(np.flatnonzero(bad).tolist())}]"
-                 if batched else "(unbatched value)")
-        raise ParameterError(f"parameter {spec.name!r} has {what} {where}.")
+def check_finite_in_domain(spec: ParameterSpec, a: np.ndarray,
+                 where: Callable[[np.ndarray], str]) -> None:
+    """Raise `ParameterError` if instances of ``a`` (N, *shape) have NaN or inf entries or
+    values outside the parameter's declared domain (`_in_domain`); ``where(bad)`` says where,
+    from the mask (N,) of offending instances."""
+    flat = a.reshape(a.shape[0], spec.size)
+    finite = np.all(np.isfinite(flat), axis=1)
+    if not finite.all():
+        raise ParameterError(f"parameter {spec.name!r} has NaN or inf entries {where(~finite)}.")
+    for attr in spec.domain:
+        ok = _in_domain(a, flat, attr)
+        if not ok.all():
+            raise ParameterError(f"parameter {spec.name!r} has values that are not {attr} (it "
+                                 f"was declared {attr}=True) {where(~ok)}.")
+
+
+def _batch_indices(bad: np.ndarray, batched: bool) -> str:
+    """Where in a `Layer.batch` input the offending instances ``bad`` (B,) are."""
+    if not batched:
+        return "(unbatched value)"
+    return f"at batch index [{describe_indices(np.flatnonzero(bad).tolist())}]"
 
 
 _REFINABLE = (Status.SOLVED, Status.INACCURATE, Status.ITERATION_LIMIT)

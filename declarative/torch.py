@@ -6,11 +6,21 @@ solves and differentiates, results come back in the inputs' dtype and device.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+from torch._C._functorch import (
+    TransformType,
+    get_interpreter_stack,
+    get_unwrapped,
+    is_functorch_wrapped_tensor,
+    maybe_current_level,
+    maybe_get_level,
+)
 
+from declarative.errors import SECOND_ORDER
 from declarative.layer import Forward, Layer
 
 
@@ -20,6 +30,24 @@ def _result_dtype(params: tuple[torch.Tensor, ...]) -> torch.dtype:
         if p.is_floating_point():
             dtype = p.dtype if dtype is None else torch.promote_types(dtype, p.dtype)
     return dtype if dtype is not None else torch.get_default_dtype()
+
+
+def _tensors(layer: Layer, values: tuple) -> tuple[torch.Tensor, ...]:
+    """The parameter values as tensors, each checked to be real (not complex, None, a string
+    or another object) before anything casts it to float64."""
+    if len(values) != len(layer.parameters):
+        layer.batch(values)  # raises the count error, naming the parameters
+    out = []
+    for spec, v in zip(layer.parameters, values, strict=True):
+        if not isinstance(v, torch.Tensor):
+            try:
+                v = torch.as_tensor(v)
+            except (TypeError, ValueError, RuntimeError):
+                raise spec.not_real(v, "tensor") from None
+        if v.is_complex():
+            raise spec.not_real(v, "tensor")
+        out.append(v)
+    return tuple(out)
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -82,20 +110,72 @@ class _LayerFunction(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx: Any, _layer_t, _options_t, *tangents):
+        if _differentiated_outside(ctx.saved_tensors, _level()):
+            raise NotImplementedError(SECOND_ORDER)
         anchor = _anchor(ctx.saved_tensors)
         return (*_Tangent.apply(ctx.fwd, anchor, *tangents), None)
 
 
 def _anchor(params) -> torch.Tensor:
-    """A zero that depends on the parameters. The VJP and JVP are linear maps at a fixed
-    solution; threading this through them makes any derivative *of* them with respect to the
-    parameters (second derivatives, Hessians) visible, so it can be refused instead of being
-    silently computed as if the Jacobian did not depend on the parameters."""
+    """A zero that depends on the parameters, through `_Refuse`.
+
+    The VJP and JVP are linear maps at a fixed solution, evaluated by autograd Functions
+    that take this zero as an extra input. Any derivative *of* them with respect to the
+    parameters (second derivatives, Hessians) then has to pass through `_Refuse`, which
+    raises, instead of being silently computed as if the Jacobian did not depend on the
+    parameters. Derivatives of the linear maps with respect to their own inputs (the
+    double-backward trick of ``torch.autograd.functional.jvp``) do not reach the parameters,
+    so autograd never runs `_Refuse`'s backward for them.
+    """
     zero = torch.zeros((), dtype=torch.float64)
     for p in params:
         if p.is_floating_point():
             zero = zero + (p * 0).sum().to(torch.float64)
-    return zero
+    return _Refuse.apply(zero)
+
+
+class _Refuse(torch.autograd.Function):
+    """x ↦ x, whose derivative (backward or forward mode) raises `NotImplementedError`."""
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        raise NotImplementedError(SECOND_ORDER)
+
+    @staticmethod
+    def jvp(ctx: Any, tangent: torch.Tensor):
+        raise NotImplementedError(SECOND_ORDER)
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple, x: torch.Tensor):
+        return _Refuse.apply(x), in_dims[0]
+
+
+def _differentiated_outside(params, level: int | None) -> bool:
+    """Whether a forward-mode transform enclosing ``level`` (torch.func.jvp / jacfwd around
+    the one being evaluated) differentiates any of ``params``.
+
+    PyTorch evaluates an autograd Function's ``jvp`` with forward-mode AD switched off, so
+    such an outer transform would see the output tangents as constants: a second derivative
+    of zero, silently. Found by the functorch levels the parameters are wrapped at.
+    """
+    if level is None:
+        return False
+    outer = {ci.level() for ci in get_interpreter_stack() or ()
+             if ci.key() == TransformType.Jvp and ci.level() < level}
+    for p in params:
+        while outer and is_functorch_wrapped_tensor(p):
+            if maybe_get_level(p) in outer:
+                return True
+            p = get_unwrapped(p)
+    return False
 
 
 class _Meta:
@@ -125,8 +205,9 @@ def _tangent(fwd: Forward, tangents) -> tuple[torch.Tensor, ...]:
     )
 
 
-def _level():
-    return torch._C._functorch.maybe_current_level()
+def _level() -> int | None:
+    """The innermost active torch.func transform's level (None outside torch.func)."""
+    return maybe_current_level()
 
 
 class _Fold:
@@ -198,17 +279,13 @@ def _vmap_linear(fn, info: Any, in_dims: tuple, fwd: Forward, anchor: torch.Tens
     return out, (0,) * len(out)
 
 
-_SECOND_ORDER = (
-    "second derivatives with respect to the parameters (e.g. torch.func.hessian) are not "
-    "supported: the layer's derivative is exact, but not differentiable again."
-)
-
-
-def _linear_map(name: str, doc: str, apply, transpose, adjoint: bool):
+def _linear_map(name: str, doc: str, apply, transpose, transposed: Callable[[], type],
+                adjoint: bool):
     """An autograd Function for a linear map at a solution (the VJP or the JVP).
 
-    Linear, so its derivative (jvp) is itself; its backward is the transposed map; its
-    vmap rule is `_vmap_linear`.
+    Linear, so its derivative (jvp) is itself; its backward is the transposed map
+    (``transpose`` on arrays, or the Function ``transposed()`` where the backward must itself
+    be differentiable or vmapped); its vmap rule is `_vmap_linear`.
     """
 
     class LinearMap(torch.autograd.Function):
@@ -219,20 +296,25 @@ def _linear_map(name: str, doc: str, apply, transpose, adjoint: bool):
         @staticmethod
         def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
             ctx.fwd = inputs[0]
+            ctx.save_for_backward(inputs[1])
 
         @staticmethod
         def backward(ctx: Any, *gg):
-            # Derivatives with respect to the linear map's own input are exact (its transpose);
-            # with respect to the parameters (the anchor) they are not available: NaN, never a
-            # silently wrong number. (The engine asks for it even when only the former is
-            # wanted, e.g. in the double-backward trick for JVPs, so this cannot raise.)
-            nan = torch.full((), float("nan"), dtype=torch.float64)
-            return (None, nan, *transpose(ctx.fwd, _to_numpy(gg, ctx.fwd)))
+            # The derivative with respect to the map's own input is its transpose, exact. The
+            # anchor's gradient is a zero that autograd hands on to `_Refuse`, whose backward
+            # raises if (and only if) a derivative with respect to the parameters is wanted.
+            zero = torch.zeros((), dtype=torch.float64)
+            if not torch.is_grad_enabled() and _level() is None:
+                return (None, zero, *transpose(ctx.fwd, _to_numpy(gg, ctx.fwd)))
+            # Differentiable (create_graph) or under torch.func: the transpose as a Function,
+            # anchored like this one, so that differentiating it again is refused as well.
+            (anchor,) = ctx.saved_tensors
+            return (None, zero, *transposed().apply(ctx.fwd, anchor, *gg))
 
         @staticmethod
         def jvp(ctx: Any, _fwd_t, anchor_t, *tangents):
             if anchor_t is not None:
-                raise NotImplementedError(_SECOND_ORDER)
+                raise NotImplementedError(SECOND_ORDER)
             return LinearMap.apply(ctx.fwd, torch.zeros((), dtype=torch.float64), *tangents)
 
         @staticmethod
@@ -246,9 +328,9 @@ def _linear_map(name: str, doc: str, apply, transpose, adjoint: bool):
 
 
 _Cotangent = _linear_map("_Cotangent", "Output cotangents ↦ parameter cotangents (the VJP).",
-                         _cotangent, _tangent, adjoint=True)
+                         _cotangent, _tangent, lambda: _Tangent, adjoint=True)
 _Tangent = _linear_map("_Tangent", "Parameter tangents ↦ output tangents (the JVP).",
-                       _tangent, _cotangent, adjoint=False)
+                       _tangent, _cotangent, lambda: _Cotangent, adjoint=False)
 
 
 class TorchLayer(torch.nn.Module):
@@ -269,7 +351,7 @@ class TorchLayer(torch.nn.Module):
 
     def forward(self, *params: torch.Tensor, solver_args: dict | None = None,
                 on_failure: str | None = None, return_info: bool = False):
-        params = tuple(p if isinstance(p, torch.Tensor) else torch.as_tensor(p) for p in params)
+        params = _tensors(self.layer, params)
         options = {"solver_args": solver_args, "on_failure": on_failure}
         *outs, fwd = _LayerFunction.apply(self.layer, options, *params)
         return (tuple(outs), fwd.info) if return_info else tuple(outs)

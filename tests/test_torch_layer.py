@@ -299,7 +299,7 @@ def test_sparse_path_every_batch_size(batch, monkeypatch):
 
 def test_second_derivatives_are_refused_never_silently_wrong():
     """The derivative is exact but not differentiable again w.r.t. the parameters: forward
-    over reverse raises, reverse over reverse gives NaN; differentiating the VJP w.r.t. the
+    over reverse and reverse over reverse raise; differentiating the VJP w.r.t. the
     cotangent (the double-backward trick behind autograd.functional.jvp) stays exact."""
     layer, _, sizes = zoo_layer("softmax")
     inst = problems.instance("softmax", 0, **sizes)
@@ -309,8 +309,8 @@ def test_second_derivatives_are_refused_never_silently_wrong():
     loss = lambda t: (module(t)[0] * w).sum()  # noqa: E731
     with pytest.raises(NotImplementedError, match="second derivatives"):
         torch.func.hessian(loss)(th)
-    H = torch.autograd.functional.hessian(loss, th)
-    assert torch.isnan(H).all()
+    with pytest.raises(NotImplementedError, match="second derivatives"):
+        torch.autograd.functional.hessian(loss, th)
     v = torch.ones_like(th)
     _, jv = torch.autograd.functional.jvp(lambda t: module(t)[0], th, v)
     assert max_abs(jv, inst.jacobian[0][0] @ v.numpy()) <= 1e-8
