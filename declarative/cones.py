@@ -676,8 +676,11 @@ def dproject(v: np.ndarray, dims: ConeDims, dual: bool = False) -> DProjection:
 
 # v within KINK_TOL·‖v‖∞ of a kink of Π_{K*} counts as on it (see snap_kinks). Relative to v's
 # own scale, with no absolute floor, so that which points count as kinks does not change when
-# all the problem data are scaled (v = y − s scales with them).
-KINK_TOL = 1e-9
+# all the problem data are scaled (v = y − s scales with them). Refinement leaves v at a
+# kink within rounding of it (~1e-16 relative), so the tolerance can be tight: a coordinate
+# 1e-9 of ‖v‖∞ away from its kink is a real, if small, slack or multiplier (a θ entry of 1
+# beside one of 1e9), whose derivative is the ordinary one.
+KINK_TOL = 1e-12
 
 
 def snap_kinks(v: np.ndarray, dims: ConeDims, tol: float = KINK_TOL

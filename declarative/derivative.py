@@ -165,7 +165,9 @@ def _scatter(t: ConeTemplate):
 def residual(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray,
              pv: np.ndarray) -> np.ndarray:
     """F(u, v) of (1), with pv = Π_{K*}(v) precomputed: (B, n + m)."""
-    return np.concatenate([ops.P(u) + ops.AT(pv) + c, -ops.A(u) + b - pv + v], axis=1)
+    # v − Π(v) = −s first: exact on zero and nonnegative rows, so their residual carries no
+    # rounding of y (see refine.backward_error_terms)
+    return np.concatenate([ops.P(u) + ops.AT(pv) + c, -ops.A(u) + b + (v - pv)], axis=1)
 
 
 class SparseLayout:

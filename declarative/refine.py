@@ -25,9 +25,12 @@ from declarative.equilibrate import pattern
 # Stop refining an instance once its componentwise backward error (`backward_error`) is at
 # most this.
 REFINE_TOL = 1e-13
-# Relative to its instance's largest, the smallest row scale `backward_error` resolves: data
-# spread over 1e-12 … 1e12 stays far above it.
-SCALE_FLOOR = 1e-40
+# Relative to its instance's largest, the smallest row scale `backward_error` resolves: rows
+# of data spread up to 1e14 within one instance are judged on their own; rows below it, at
+# this floor (an absolute ω·1e-14 of the instance's scale). Such rows are mostly rounding
+# left by a least-squares Newton step (non-unique auxiliary variables at 1e-32 … 1e-27
+# where the exact ones are 0) or by SCS (subnormals).
+SCALE_FLOOR = 1e-14
 REFINE_MAX_ITERS = 20
 # Non-monotone full Newton steps allowed in a row before backtracking from the best point.
 WATCHDOG = 2

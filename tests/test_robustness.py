@@ -167,7 +167,7 @@ def test_uncertified_instances_are_retried_at_a_tight_tolerance():
     assert str(fwd.info.status[0]) == "inaccurate" and np.isnan(fwd.outputs[0]).all()
     assert fwd.info.scs_iterations[0] > plain.info.scs_iterations[0]  # the retry ran
     one = layer.forward(inst.params, solver_args={**loose, "refine_max_iters": 1})
-    assert str(one.info.status[0]) == "solved" and one.info.residual_after[0] <= 1e-12
+    assert str(one.info.status[0]) == "solved" and one.info.residual_after[0] <= 1e-9
     assert max_abs(one.outputs[0][0], inst.solution[0]) <= 1e-12
 
 
