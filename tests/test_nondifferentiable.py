@@ -10,8 +10,6 @@ warn, and be reported by a forward-only call.
 
 from __future__ import annotations
 
-import pytest as _pytest
-
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ from dataclasses import dataclass
 import cvxpy as cp
 import numpy as np
 import pytest
+import pytest as _pytest
 
 import declarative as dl
 from declarative import NonDifferentiableWarning
