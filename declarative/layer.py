@@ -108,7 +108,13 @@ WEAKLY_ACTIVE = "weakly-active"
 
 @dataclass
 class SolveInfo:
-    """Per-instance diagnostics of one call (arrays of length batch)."""
+    """Per-instance diagnostics of one call (arrays of length batch).
+
+    ``residual_before`` / ``residual_after``: the componentwise relative backward error ω
+    of the optimality conditions (`refine.backward_error`) at SCS's solution and after
+    refinement: the largest relative change of any one entry of the data that would make
+    the point exact (NaN without refinement).
+    """
 
     status: list[Status]
     scs_status: list[Status]

@@ -7,9 +7,10 @@ SCS's moderately accurate solution. We step on the gauge-fixed form (w = 1)
 
     F(u, v) = (Aᵀ Π_{K*}(v) + c,  −A u + b − Π_{K*}(v) + v),   S = ∂F/∂(u, v)
 
-(see derivative.py, eq. 1), globalized by a watchdog line search on ‖F‖∞, and factor S
-with the same code that the derivative uses, so the last factorization is the
-derivative's.
+(see derivative.py, eq. 1), globalized by a watchdog line search on the componentwise
+backward error ω (`backward_error`), and factor S with the same code that the derivative
+uses, so the last factorization is the derivative's. The program is the equilibrated one
+(equilibrate.py); ω, the merit and the stopping test, does not depend on its scaling.
 """
 
 from __future__ import annotations
@@ -43,8 +44,6 @@ class Refined:
     x: np.ndarray
     y: np.ndarray
     s: np.ndarray
-    residual_before: np.ndarray  # ‖F‖∞ at SCS's solution, per instance
-    residual_after: np.ndarray   # ‖F‖∞ after refinement
     steps: np.ndarray            # Newton systems factored and solved, per instance
     omega_before: np.ndarray     # componentwise backward error at SCS's solution
     omega: np.ndarray            # componentwise backward error after refinement
@@ -53,11 +52,6 @@ class Refined:
     v: np.ndarray                # v = y − s at the returned points, exactly
     D: DProjection               # DΠ_{K*} at the current iterates, which are at `v_D`
     v_D: np.ndarray              # (= v except where refinement ended on a watchdog step)
-
-
-def _norm(F: np.ndarray) -> np.ndarray:
-    r = np.abs(F).max(axis=1) if F.shape[1] else np.zeros(F.shape[0])
-    return np.where(np.isfinite(r), r, np.inf)
 
 
 def backward_error(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray,
@@ -120,11 +114,11 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
     """Refine every finite instance of the batch; instances with NaN are left alone.
 
     Globalized by a watchdog (Chamberlain, Powell, Lemaréchal, Pedersen 1982): the full
-    Newton step is taken even when it does not decrease ‖F‖∞, up to WATCHDOG times in a
-    row; if by then ‖F‖∞ has not fallen sufficiently below that of the best point so far
+    Newton step is taken even when it does not decrease ω, up to WATCHDOG times in a
+    row; if by then ω has not fallen sufficiently below that of the best point so far
     (the anchor), refinement returns to the anchor and backtracks along the anchor's own
     Newton direction. Away from the solution a semismooth Newton step changes which side
-    of the cone's kinks many coordinates are on, which can raise ‖F‖ once even though the
+    of the cone's kinks many coordinates are on, which can raise ω once even though the
     next step is exact: sparsemax n = 10,000 from SCS at eps 1e-3 takes 2 full steps,
     where a monotone line search took 10.
     """
@@ -137,17 +131,15 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
     Dc = dproject(v, dims, dual=True)
     pv = Dc.point.copy()
     F = residual(ops, c, b, u, v, pv)
-    res = _norm(F)
+    res = backward_error(ops, c, b, u, v, pv, F)  # the merit: ω, invariant to diagonal scaling
     res0 = res.copy()
     d_anchor = np.zeros_like(F)
     # the current iterate, ahead of the anchor by `watch` non-monotone full steps
     cu, cv, cF = u.copy(), v.copy(), F.copy()
     watch = np.zeros(B, dtype=int)
-    omega = backward_error(ops, c, b, u, v, pv, F)
-    omega0 = omega.copy()
     steps = np.zeros(B, dtype=int)
     factors: list = [None] * B
-    active = np.isfinite(res) & (omega > tol)
+    active = np.isfinite(res) & (res > tol)
     for _ in range(max_iters):
         idx = np.flatnonzero(active)
         if idx.size == 0:
@@ -168,7 +160,7 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
         Dn = dproject(vn, dims, dual=True)
         pvn = Dn.point
         Fn = residual(sub, c if every else c[idx], b if every else b[idx], un, vn, pvn)
-        rn = _norm(Fn)
+        rn = backward_error(sub, c if every else c[idx], b if every else b[idx], un, vn, pvn, Fn)
         good = rn <= (1 - 1e-4) * res[idx]
         ahead = ~good & np.isfinite(rn) & (watch[idx] < WATCHDOG)
         for j in np.flatnonzero(good | ahead):
@@ -194,21 +186,16 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
             cu[back], cv[back], cF[back] = u[back], v[back], F[back]
             Dc.put(back, dproject(cv[back], dims, dual=True))
             watch[back] = 0
-        moved = idx[good] if not back.size else np.union1d(idx[good], back)
-        if moved.size:
-            sub = ops.take(moved)
-            omega[moved] = backward_error(sub, c[moved], b[moved], u[moved], v[moved],
-                                          pv[moved], F[moved])
-        active &= omega > tol
-    return Refined(x=u, y=pv, s=pv - v, residual_before=res0, residual_after=res, steps=steps,
-                   omega_before=omega0, omega=omega, F=F, factors=factors, v=v, D=Dc, v_D=cv)
+        active &= res > tol
+    return Refined(x=u, y=pv, s=pv - v, omega_before=res0, omega=res, steps=steps, F=F,
+                   factors=factors, v=v, D=Dc, v_D=cv)
 
 
 def _backtrack(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray,
                pv: np.ndarray, F: np.ndarray, res: np.ndarray, d: np.ndarray, n: int):
-    """Armijo backtracking on ‖F‖∞ from (u, v) along d, from step ½ (the full step failed).
+    """Armijo backtracking on ω (`backward_error`) from (u, v) along d, from step ½ (the full step failed).
 
-    Returns (accepted (B,), (u, v, Π(v), F, ‖F‖∞) at the accepted points)."""
+    Returns (accepted (B,), (u, v, Π(v), F, ω) at the accepted points)."""
     u, v, pv, F, res = u.copy(), v.copy(), pv.copy(), F.copy(), res.copy()
     du, dv = d[:, :n], d[:, n:]
     step = np.full(len(u), 0.5)
@@ -222,7 +209,7 @@ def _backtrack(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np
         opk = ops.take(k)
         pvn = project_dual(vn, opk)
         Fn = residual(opk, c[k], b[k], un, vn, pvn)
-        rn = _norm(Fn)
+        rn = backward_error(opk, c[k], b[k], un, vn, pvn, Fn)
         ok = rn <= (1 - 1e-4 * step[k]) * res[k]
         acc = k[ok]
         u[acc], v[acc], pv[acc], F[acc], res[acc] = un[ok], vn[ok], pvn[ok], Fn[ok], rn[ok]
