@@ -46,6 +46,7 @@ from declarative.cones import (
     release_kinks,
     snap_kinks,
 )
+from declarative.equilibrate import Equilibration
 from declarative.solve import parallel_map
 
 # S (size N = n + m) is factored dense (LAPACK) or sparse (SuperLU), whichever the cost
@@ -572,6 +573,9 @@ class ConeSolution:
     D: DProjection
     lin: Linearization
     kink_mask: np.ndarray  # (B, m) coordinates of v on a kink of Π_{K*} (see snap_kinks)
+    # The program is the user's scaled by this (equilibrate.py), or None: the diagnostics
+    # take data directions and report output changes in the user's units through it
+    scaling: Equilibration | None = None
 
     @property
     def kinks(self) -> np.ndarray:
@@ -581,7 +585,8 @@ class ConeSolution:
     @classmethod
     def at(cls, ops: BatchOps, x: np.ndarray, y: np.ndarray, s: np.ndarray,
            dense: bool | None = None, reuse: list[Factor | None] | None = None,
-           v: np.ndarray | None = None, known: tuple[DProjection, np.ndarray] | None = None
+           v: np.ndarray | None = None, known: tuple[DProjection, np.ndarray] | None = None,
+           scaling: Equilibration | None = None
            ) -> ConeSolution:
         """Linearize at (x, y, s) and v = y − s (or ``v`` as given, e.g. refinement's exact
         iterate); ``reuse`` factorizations where S is unchanged (or nearly), and ``known``
@@ -598,7 +603,7 @@ class ConeSolution:
                 other = np.flatnonzero(~same)
                 D.put(other, dproject(v[other], dims, dual=True))
         lin = Linearization(ops, D, dense=dense, reuse=reuse)
-        return cls(ops=ops, x=x, y=y, s=s, v=v, D=D, lin=lin, kink_mask=mask)
+        return cls(ops=ops, x=x, y=y, s=s, v=v, D=D, lin=lin, kink_mask=mask, scaling=scaling)
 
     def ambiguous(self, recover: sp.spmatrix, directions: tuple | None = None) -> np.ndarray:
         """Instances whose derivative is not unique *in the outputs* (B,) bool.
@@ -625,7 +630,7 @@ class ConeSolution:
                 continue
             U, N = svd[0], svd[3]
             if N.shape[1]:
-                Nt = np.concatenate([N[:n], self.D.take([i]).matvec(N[None, n:])[0]], axis=0)
+                Nt = self._user(i, N[:n], self.D.take([i]).matvec(N[None, n:])[0])
                 moved = np.abs(R @ Nt)
                 bound = AMBIGUITY_TOL * row_norm[:, None] * np.abs(Nt).max(axis=0)[None, :]
                 out[i] = bool((moved > bound).any())
@@ -666,20 +671,32 @@ class ConeSolution:
             rhs = self._rhs(i, dc, da, db, dh)
             d1 = self.lin.solve_one(i, rhs)
             d0 = lin0.solve_one(j, rhs)
-            o1 = R @ np.concatenate([d1[:n], self.D.take([i]).matvec(d1[None, n:])[0]])
-            o0 = R @ np.concatenate([d0[:n], D0.take([j]).matvec(d0[None, n:])[0]])
+            o1 = R @ self._user(i, d1[:n], self.D.take([i]).matvec(d1[None, n:])[0])
+            o0 = R @ self._user(i, d0[:n], D0.take([j]).matvec(d0[None, n:])[0])
             diff = np.abs(o1 - o0).max(axis=0, initial=0.0)
             size = np.maximum(np.abs(o1).max(axis=0, initial=0.0),
                               np.abs(o0).max(axis=0, initial=0.0))
-            floor = KINK_FLOOR * R_norm * np.abs(d1).max(axis=0, initial=0.0)
+            floor = KINK_FLOOR * R_norm * np.abs(self._user(i, d1[:n], d1[n:])).max(
+                axis=0, initial=0.0)
             out[i] = bool(np.any((diff > KINK_RTOL * size) & (diff > floor)))
         return out
+
+    def _user(self, k: int, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+        """(dx (n, p), dy (m, p)) of instance k in the user's units, stacked (n + m, p)."""
+        if self.scaling is not None:
+            ux, uy = self.scaling.take(np.array([k])).solution(dx.T, dy.T)
+            dx, dy = ux.T, uy.T
+        return np.concatenate([dx, dy], axis=0)
 
     def _rhs(self, k: int, dc: np.ndarray, da: np.ndarray, db: np.ndarray,
              dh: np.ndarray) -> np.ndarray:
         """−(dP x + dAᵀ y + dc, −dA x + db) of eq. (2) for instance k, p directions at once:
-        dc (n, p), da (nnz, p), db (m, p), dh (nnz(P), p) → (n + m, p)."""
+        dc (n, p), da (nnz, p), db (m, p), dh (nnz(P), p) → (n + m, p). The directions are
+        the user's data; they are scaled like the program."""
         ops, t = self.ops, self.ops.template
+        if self.scaling is not None:
+            scaled = self.scaling.take(np.array([k])).data(t, dc.T, da.T, db.T, dh.T)
+            dc, da, db, dh = (M.T for M in scaled)
         rows, cols = ops.rows, ops.cols
         du = ops._Ec @ (da * self.y[k, rows, None]) + dc          # dAᵀ y + dc
         du = du + ops._Ep @ (dh * self.x[k, t.P_cols, None])      # + dP x
@@ -712,10 +729,11 @@ class ConeSolution:
     def jacobian_one(self, k: int, dc: np.ndarray, da: np.ndarray, db: np.ndarray,
                      dh: np.ndarray):
         """(dx, dy) of instance k for p directions at once: dc (n, p), da (nnz, p), db (m, p),
-        dh (nnz(P), p)."""
+        dh (nnz(P), p); both sides in the user's units (through ``scaling``)."""
         n = self.ops.template.n
         d = self.lin.solve_one(k, self._rhs(k, dc, da, db, dh))
-        return d[:n], self.D.take([k]).matvec(d[None, n:])[0]
+        out = self._user(k, d[:n], self.D.take([k]).matvec(d[None, n:])[0])
+        return out[:n], out[n:]
 
 
 # Random directions per parameter along which `kinks_matter` compares the one-sided derivatives.

@@ -26,13 +26,17 @@ from declarative.equilibrate import pattern
 # Stop refining an instance once its componentwise backward error (`backward_error`) is at
 # most this.
 REFINE_TOL = 1e-13
-# Relative to its instance's largest, the smallest row scale `backward_error` resolves: rows
-# of data spread up to 1e14 within one instance are judged on their own; rows below it, at
-# this floor (an absolute ω·1e-14 of the instance's scale). Such rows are mostly rounding
-# left by a least-squares Newton step (non-unique auxiliary variables at 1e-32 … 1e-27
-# where the exact ones are 0) or by SCS (subnormals).
-SCALE_FLOOR = 1e-14
+# Rows whose terms are all below SCALE_FLOOR of the instance's largest are judged at that
+# level: the componentwise test would otherwise demand that rounding left in directions where
+# the solution is not unique (auxiliary variables of sum_largest or dotsort at 1e-20, where
+# the exact ones are 0; SCS's subnormals) vanish, which a least-squares Newton step only
+# does linearly. Rows above it, one entry of 1e-9 beside one of 1, are judged on their own;
+# outputs below it are still checked by the forward-error estimate (layer.py).
+SCALE_FLOOR = 1e-9
 REFINE_MAX_ITERS = 20
+# Below SLOW_OMEGA, a step that reduces ω by less than LINEAR_RATE ends refinement (see refine).
+SLOW_OMEGA = 1e-10
+LINEAR_RATE = 8.0
 # Non-monotone full Newton steps allowed in a row before backtracking from the best point.
 WATCHDOG = 2
 # Halvings of the backtracking line search.
@@ -166,6 +170,11 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
         for j in np.flatnonzero(good | ahead):
             factors[idx[j]] = lin.factors[j] if good[j] else None
         gi, ai = idx[good], idx[ahead]
+        # Newton converges quadratically at a regular solution; an instance whose ω, already
+        # small, fell by less than LINEAR_RATE in a step is converging linearly (a
+        # degenerate point: a least-squares step on a singular S) and stops where it is
+        slow = good & (rn <= SLOW_OMEGA) & (rn > res[idx] / LINEAR_RATE)
+        active[idx[slow]] = False
         u[gi], v[gi], pv[gi], F[gi], res[gi] = un[good], vn[good], pvn[good], Fn[good], rn[good]
         cu[idx], cv[idx] = un, vn
         cF[idx] = Fn
@@ -193,7 +202,8 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
 
 def _backtrack(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray,
                pv: np.ndarray, F: np.ndarray, res: np.ndarray, d: np.ndarray, n: int):
-    """Armijo backtracking on ω (`backward_error`) from (u, v) along d, from step ½ (the full step failed).
+    """Armijo backtracking on ω (`backward_error`) from (u, v) along d, from step ½ (the
+    full step failed).
 
     Returns (accepted (B,), (u, v, Π(v), F, ω) at the accepted points)."""
     u, v, pv, F, res = u.copy(), v.copy(), pv.copy(), F.copy(), res.copy()

@@ -17,15 +17,9 @@ from dataclasses import dataclass
 import cvxpy as cp
 import numpy as np
 import pytest
-import pytest as _pytest
 
 import declarative as dl
 from declarative import NonDifferentiableWarning
-
-# Under the scale-invariant certificate some degenerate instances (non-unique epigraph
-# variables of sum_largest/dotsort) are reported inaccurate rather than solved; these tests
-# were written against the looser certificate and are being reconciled with it.
-pytestmark = _pytest.mark.xfail(strict=False, reason="degenerate instances reported inaccurate")
 
 SCALES = (1.0, 1e-9, 1e9)
 INSTANCES = 30
