@@ -630,9 +630,13 @@ class ConeSolution:
                 continue
             U, N = svd[0], svd[3]
             if N.shape[1]:
-                Nt = self._user(i, N[:n], self.D.take([i]).matvec(N[None, n:])[0])
-                moved = np.abs(R @ Nt)
-                bound = AMBIGUITY_TOL * row_norm[:, None] * np.abs(Nt).max(axis=0)[None, :]
+                # in the (equilibrated) program's coordinates, where every variable is O(1):
+                # R's rows weighted by what one unit there is in the user's units
+                Ns = np.concatenate([N[:n], self.D.take([i]).matvec(N[None, n:])[0]], axis=0)
+                moved = np.abs(R @ self._user(i, Ns[:n], Ns[n:]))
+                unit = self._user(i, np.ones((n, 1)), np.ones((len(Ns) - n, 1)))
+                weight = np.abs(R) @ unit[:, 0] if self.scaling is not None else row_norm
+                bound = AMBIGUITY_TOL * weight[:, None] * np.abs(Ns).max(axis=0)[None, :]
                 out[i] = bool((moved > bound).any())
             if not out[i] and directions is not None:
                 rhs = self._rhs(i, *directions)

@@ -29,11 +29,16 @@ def test_calibrated_scale_is_the_fewest_iterations_and_exact(name):
     fwd = layer.forward(values)
     scale = layer._scs_scale
     assert scale in SCALE_CANDIDATES
-    # the choice: no candidate solves instance 0 in fewer SCS iterations (a direct SCS run each)
+    # the choice: no candidate solves instance 0 (equilibrated, as the layer solves it) in
+    # fewer SCS iterations (a direct SCS run each)
+    from declarative.equilibrate import equilibrate
+
     t = layer.template
     theta, _ = layer.batch([v[:1] for v in values])
     c, a, b = t.apply(theta)
-    P = [t.P_matrix(t.apply_P(theta)[0], upper=True)] if t.quadratic else None
+    h = t.apply_P(theta)
+    c, a, b, h = equilibrate(t, c, a, b, h).data(t, c, a, b, h)
+    P = [t.P_matrix(h[0], upper=True)] if t.quadratic else None
     iters = {s: solve_batch([t.matrix(a[0])], b, c, t.dims, {**SCS_DEFAULTS, "scale": s},
                             P).iterations[0] for s in SCALE_CANDIDATES}
     assert iters[scale] == min(iters.values())
