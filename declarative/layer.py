@@ -49,11 +49,11 @@ from declarative.solve import (
 OUR_OPTIONS = {"refine": True, "refine_tol": REFINE_TOL, "refine_max_iters": REFINE_MAX_ITERS}
 # A refined instance counts as solved when, in the equilibrated program (equilibrate.py),
 # its componentwise backward error is at most ACCEPT_BACKWARD (refine.backward_error) and
-# the Newton correction S⁻¹F that would take it to the exact solution moves x̂ and v̂ = ŷ − ŝ
-# by at most ACCEPT_FORWARD relative to their max-norms (at least 1: the equilibrated data
-# have unit max-norm, so this is the scale a zero solution is judged at). The correction is
-# a first-order estimate of the error itself, so this bounds the forward error, not only
-# the residual: an ill-conditioned instance with a tiny residual is not certified.
+# the estimated error of every output (Layer._forward_error_ok: the Newton correction S⁻¹F,
+# the error itself to first order, plus the effect of rounding) is at most ACCEPT_FORWARD of
+# that output's max-norm. The second bounds the forward error, not only the residual: an
+# ill-conditioned instance with a tiny residual is not certified. Both sit a factor 10
+# inside the 1e-8 the layer promises, for the estimate's first-order slack.
 ACCEPT_BACKWARD = 1e-9
 ACCEPT_FORWARD = 1e-9
 # Relative rounding of the residual's terms assumed by the forward-error estimate: a few
@@ -69,6 +69,8 @@ def _probe(N: int) -> np.ndarray:
     """A fixed vector of random signs ±1 (N,): the same for every call, so that results
     are deterministic."""
     return np.where(np.random.default_rng(N).random(N) < 0.5, -1.0, 1.0)
+
+
 # SCS tolerance of the retry for instances refinement could not certify.
 RETRY_EPS = 1e-9
 # Instances on which shared SCS workspaces are tried against fresh setups (Layer._try_shared).

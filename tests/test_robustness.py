@@ -183,3 +183,26 @@ def test_scs_saying_solved_is_not_enough():
     assert np.isnan(fwd.outputs[0]).all()
     with pytest.raises(SolverError, match="0: (inaccurate|iteration_limit)"):
         layer.forward(inst.params, solver_args=args)
+
+
+def test_non_finite_cotangents_reach_the_gradient_of_their_instance_only():
+    """A NaN cotangent on a solved instance gives that instance a NaN gradient (as torch's
+    own layers do: overflow checks such as GradScaler rely on it); a failed instance keeps
+    zero gradients whatever its cotangent; the others are exact (box projection:
+    ∂x/∂θ = diag(lo < θ < hi))."""
+    n = 4
+    x, th, lo, hi = cp.Variable(n), cp.Parameter(n), cp.Parameter(n), cp.Parameter(n)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - th)), [x >= lo, x <= hi]),
+                       [th, lo, hi], [x]).torch()
+    theta = torch.tensor([[0.2, -2.0, 0.1, 3.0]] * 3, dtype=torch.float64, requires_grad=True)
+    lows = torch.tensor([[-1.0] * n, [1.0] * n, [-1.0] * n], dtype=torch.float64)
+    highs = torch.tensor([[1.0] * n, [-1.0] * n, [1.0] * n], dtype=torch.float64)  # 1: empty
+    (xs,) = layer(theta, lows, highs, on_failure="nan")
+    assert torch.isnan(xs[1]).all() and torch.isfinite(xs[[0, 2]]).all()
+    g = torch.tensor([[float("nan"), 1.0, 1.0, 1.0], [float("nan")] * n, [1.0, 2.0, 3.0, 4.0]],
+                     dtype=torch.float64)
+    xs.backward(g)
+    assert torch.isnan(theta.grad[0]).any()
+    assert (theta.grad[1] == 0).all()
+    inside = np.array([1.0, 0.0, 1.0, 0.0])
+    assert max_abs(theta.grad[2], np.array([1.0, 2.0, 3.0, 4.0]) * inside) <= 1e-12
