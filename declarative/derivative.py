@@ -112,10 +112,21 @@ class BatchOps:
         self.rows, self.cols, self._Er, self._Ec, self._Ep = _scatter(t)
         if self.h is None:
             self.h = np.zeros((self.a.shape[0], t.P_rows.size))
+        self._magnitude: BatchOps | None = None
 
     def take(self, idx: np.ndarray) -> BatchOps:
         """The same operators for a subset of the batch."""
-        return BatchOps(self.template, self.a[idx], self.h[idx])
+        sub = BatchOps(self.template, self.a[idx], self.h[idx])
+        if self._magnitude is not None:
+            sub._magnitude = self._magnitude.take(idx)
+        return sub
+
+    @property
+    def magnitude(self) -> BatchOps:
+        """The operators of |A| and |P| (entrywise), made on first use."""
+        if self._magnitude is None:
+            self._magnitude = BatchOps(self.template, np.abs(self.a), np.abs(self.h))
+        return self._magnitude
 
     def P(self, u: np.ndarray) -> np.ndarray:
         """P u for each instance: (B, n) → (B, n)."""

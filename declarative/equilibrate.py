@@ -37,11 +37,19 @@ from declarative.cones import ConeDims
 # Ruiz sweeps: each takes the square root of every row and column norm's distance from 1,
 # so 15 sweeps bring norms spread over 1e±300 to within a factor 2 of 1.
 RUIZ_SWEEPS = 15
+# A sweep stops for an instance once every row and column norm is within this factor of 1.
+BALANCED = 2.0
 # Geometric-mean sweeps before Ruiz's: each row and column divided by √(max·min) of its
 # nonzero entries (as LP codes scale before equilibrating). Ruiz's max-norm balance leaves a
 # variable that appears beside 1e9 entries in one row and alone in another at 1e-5 in the
 # first (CVaR's pos(−Rw − t) with R ~ 1e9); the geometric mean balances it.
 GEOMETRIC_SWEEPS = 4
+# ... which run only for instances with a row or column whose nonzero entries span more than
+# this (random O(1) data reach 1e6: a normal sample has entries near 0; the sweeps cost more
+# than they change there).
+SPREAD = 1e7
+# Row and column norms all within this factor of each other: one scalar balances them.
+UNIFORM = 16.0
 
 
 def _segments(dims: ConeDims) -> np.ndarray:
@@ -125,15 +133,26 @@ def _inv_sqrt(norm: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Equilibration:
-    """The scaling (1) of a batch: D (B, m), E (B, n), ρ (B,), σ (B,)."""
+    """The scaling (1) of a batch: D (B, m), E (B, n), ρ (B,), σ (B,).
+
+    ``entries`` optionally holds D_ij E_jk for A's stored entries and E_ij E_ik for P's, each
+    (B, ·) or (1, ·) where every instance has the same (A and P fixed), or (B, 1) where D
+    and E are one scalar per instance: what `data` multiplies by, found without gathering
+    D and E per entry.
+    """
 
     d: np.ndarray
     e: np.ndarray
     rho: np.ndarray
     sigma: np.ndarray
+    entries: tuple[np.ndarray, np.ndarray] | None = None
 
     def take(self, idx: np.ndarray) -> Equilibration:
-        return Equilibration(self.d[idx], self.e[idx], self.rho[idx], self.sigma[idx])
+        ent = None
+        if self.entries is not None:
+            ent = tuple(w if w.shape[0] == 1 else w[idx] for w in self.entries)
+        return Equilibration(self.d[idx], self.e[idx], self.rho[idx], self.sigma[idx],
+                             ent)  # type: ignore[arg-type]
 
     # -- data ------------------------------------------------------------------------------
     def data(self, t: ConeTemplate, c: np.ndarray, a: np.ndarray, b: np.ndarray,
@@ -142,8 +161,11 @@ class Equilibration:
         p = pattern(t)
         rho, sigma = self.rho[:, None], self.sigma[:, None]
         ch = sigma * self.e * c
-        ah = self.d[:, p.rows] * a * self.e[:, p.cols]
         bh = rho * self.d * b
+        if self.entries is not None:
+            wa, wp = self.entries
+            return ch, a * wa, bh, None if h is None else (sigma / rho) * wp * h
+        ah = self.d[:, p.rows] * a * self.e[:, p.cols]
         hh = None if h is None else (sigma / rho) * self.e[:, p.P_rows] * h * self.e[:, p.P_cols]
         return ch, ah, bh, hh
 
@@ -169,61 +191,127 @@ class Equilibration:
         return self.solution(gx, gy)  # diagonal, hence self-adjoint
 
 
+def _norms(p: _Pattern, t: ConeTemplate, A: np.ndarray, P: np.ndarray | None,
+           d: np.ndarray | None, e: np.ndarray | None, lows: bool):
+    """Max (and, if ``lows``, min nonzero) magnitude of every row and column of
+    [[P, Aᵀ], [A, 0]] scaled by (d, e) (None: unscaled): (row_hi, row_lo, col_hi, col_lo),
+    rows taken over whole cone blocks where the cone is not a product of half-lines."""
+    Ah = A if d is None or e is None else d[:, p.rows] * A * e[:, p.cols]
+    col_hi = _segment_max(Ah, p.col_starts, p.col_ids, t.n)
+    row_hi = _segment_max(Ah[:, p.by_row], p.row_starts, p.row_ids, t.m)
+    col_lo = row_lo = None
+    if lows:
+        Az = np.where(Ah > 0, Ah, np.inf)  # stored zeros do not count in a minimum
+        col_lo = _segment_min(Az, p.col_starts, p.col_ids, t.n)
+        row_lo = _segment_min(Az[:, p.by_row], p.row_starts, p.row_ids, t.m)
+    if P is not None:
+        Ph = (P if e is None else e[:, p.P_rows] * P * e[:, p.P_cols])[:, p.P_order]
+        col_hi = np.maximum(col_hi, _segment_max(Ph, p.P_starts, p.P_ids, t.n))
+        if lows:
+            Pz = np.where(Ph > 0, Ph, np.inf)
+            col_lo = np.minimum(col_lo, _segment_min(Pz, p.P_starts, p.P_ids, t.n))
+    if p.blocks.size and p.block_sizes.max(initial=1) > 1:
+        row_hi = np.repeat(np.maximum.reduceat(row_hi, p.blocks, axis=1), p.block_sizes, axis=1)
+        if lows:
+            row_lo = np.repeat(np.minimum.reduceat(row_lo, p.blocks, axis=1), p.block_sizes,
+                               axis=1)
+    return row_hi, row_lo, col_hi, col_lo
+
+
+def _spread(x: np.ndarray) -> np.ndarray:
+    """Per instance, the largest factor by which a positive entry of x is away from 1
+    (entries that are 0 or inf, empty rows or columns, do not count)."""
+    ok = (x > 0) & np.isfinite(x)
+    return np.exp(np.abs(np.log(np.where(ok, x, 1.0))).max(axis=1, initial=0.0))
+
+
+def _balance(t: ConeTemplate, A: np.ndarray, P: np.ndarray | None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row and column factors (d (B, m), e (B, n)) that balance |A| and |P| per instance,
+    and which instances got one scalar for both (B,).
+
+    Where every row and column norm is within UNIFORM of every other, one scalar does:
+    d = e = 1/√(largest entry). Elsewhere, geometric-mean sweeps where a row or column
+    spans more than SPREAD, then Ruiz's until every norm is within BALANCED of 1 (or the
+    sweeps stop moving). Every test is the instance's own, so its factors do not depend on
+    the rest of the batch.
+    """
+    p = pattern(t)
+    row_hi, _, col_hi, _ = _norms(p, t, A, P, None, None, False)
+    top = np.maximum(row_hi.max(axis=1, initial=0.0), col_hi.max(axis=1, initial=0.0))
+    s0 = _inv_sqrt(top)[:, None]
+    d, e = np.repeat(s0, t.m, axis=1), np.repeat(s0, t.n, axis=1)
+    nonuniform = np.maximum(_spread(row_hi * s0 * s0), _spread(col_hi * s0 * s0)) > UNIFORM
+    work = np.flatnonzero(nonuniform)
+    if work.size == 0:
+        return d, e, ~nonuniform
+    Aw, Pw = A[work], None if P is None else P[work]
+    dw, ew = np.ones((work.size, t.m)), np.ones((work.size, t.n))
+    row_hi, row_lo, col_hi, col_lo = _norms(p, t, Aw, Pw, None, None, True)
+    wide = np.maximum(_spread(np.where(np.isfinite(row_lo), row_hi / row_lo, 1.0)),
+                      _spread(np.where(np.isfinite(col_lo), col_hi / col_lo, 1.0)))
+    g = np.flatnonzero(wide > SPREAD)
+    if g.size:
+        live = g
+        for _ in range(GEOMETRIC_SWEEPS):  # √(max·min): the geometric mean of the extremes
+            Pl = None if Pw is None else Pw[live]
+            dl, el = dw[live], ew[live]
+            rh, rl, _, _ = _norms(p, t, Aw[live], Pl, dl, el, True)
+            step_d = _inv_sqrt(np.where(np.isfinite(rl), rh * rl, 0.0))
+            dl = dl * step_d
+            _, _, ch, cl = _norms(p, t, Aw[live], Pl, dl, el, True)
+            step_e = _inv_sqrt(np.where(np.isfinite(cl), ch * cl, 0.0))
+            dw[live], ew[live] = dl, el * step_e
+            # converged: the sweep moved no factor by more than BALANCED
+            live = live[np.maximum(_spread(step_d), _spread(step_e)) > BALANCED]
+            if live.size == 0:
+                break
+        rh, _, ch, _ = _norms(p, t, Aw[g], None if Pw is None else Pw[g], dw[g], ew[g], False)
+        row_hi[g], col_hi[g] = rh, ch
+    live = np.arange(work.size)
+    for sweep in range(RUIZ_SWEEPS):
+        done = np.maximum(_spread(row_hi), _spread(col_hi)) <= BALANCED
+        live, row_hi, col_hi = live[~done], row_hi[~done], col_hi[~done]
+        if live.size == 0 or sweep == RUIZ_SWEEPS - 1:
+            break
+        dw[live] *= _inv_sqrt(row_hi)
+        ew[live] *= _inv_sqrt(col_hi)
+        row_hi, _, col_hi, _ = _norms(p, t, Aw[live], None if Pw is None else Pw[live],
+                                      dw[live], ew[live], False)
+    d[work], e[work] = dw, ew
+    return d, e, ~nonuniform
+
+
 def equilibrate(t: ConeTemplate, c: np.ndarray, a: np.ndarray, b: np.ndarray,
-                h: np.ndarray | None, sweeps: int = RUIZ_SWEEPS) -> Equilibration:
-    """Geometric-mean then Ruiz scaling of [[P, Aᵀ], [A, 0]] per instance, D constant on
-    cone blocks, then ρ = σ.
+                h: np.ndarray | None) -> Equilibration:
+    """The scaling (1) of every instance: D and E balance [[P, Aᵀ], [A, 0]] (`_balance`;
+    computed once per template where A and P do not depend on the parameters), then one
+    scalar ρ = σ brings max(‖b̂‖∞, ‖ĉ‖∞) to 1.
 
     Deterministic and per instance: an instance's scaling does not depend on the rest of
     the batch.
     """
-    p = pattern(t)
     B = c.shape[0]
-    d, e = np.ones((B, t.m)), np.ones((B, t.n))
-    A = np.abs(a)
     P = None if h is None or not t.quadratic else np.abs(h)
-    for _ in range(GEOMETRIC_SWEEPS):
-        Ah = d[:, p.rows] * A * e[:, p.cols]
-        Az = np.where(Ah > 0, Ah, np.inf)  # stored zeros do not count in a minimum
-        col_hi = _segment_max(Ah, p.col_starts, p.col_ids, t.n)
-        col_lo = _segment_min(Az, p.col_starts, p.col_ids, t.n)
-        row_hi = _segment_max(Ah[:, p.by_row], p.row_starts, p.row_ids, t.m)
-        row_lo = _segment_min(Az[:, p.by_row], p.row_starts, p.row_ids, t.m)
-        if P is not None:
-            Ph = e[:, p.P_rows] * P * e[:, p.P_cols]
-            Pz = np.where(Ph > 0, Ph, np.inf)[:, p.P_order]
-            col_hi = np.maximum(col_hi, _segment_max(Ph[:, p.P_order], p.P_starts, p.P_ids,
-                                                     t.n))
-            col_lo = np.minimum(col_lo, _segment_min(Pz, p.P_starts, p.P_ids, t.n))
-        if p.blocks.size:
-            row_hi = np.repeat(np.maximum.reduceat(row_hi, p.blocks, axis=1), p.block_sizes,
-                               axis=1)
-            row_lo = np.repeat(np.minimum.reduceat(row_lo, p.blocks, axis=1), p.block_sizes,
-                               axis=1)
-        d *= _inv_sqrt(np.where(np.isfinite(row_lo), row_hi * row_lo, 0.0))
-        Ah = d[:, p.rows] * A * e[:, p.cols]
-        Az = np.where(Ah > 0, Ah, np.inf)
-        col_hi = _segment_max(Ah, p.col_starts, p.col_ids, t.n)
-        col_lo = _segment_min(Az, p.col_starts, p.col_ids, t.n)
-        if P is not None:
-            Ph = e[:, p.P_rows] * P * e[:, p.P_cols]
-            Pz = np.where(Ph > 0, Ph, np.inf)[:, p.P_order]
-            col_hi = np.maximum(col_hi, _segment_max(Ph[:, p.P_order], p.P_starts, p.P_ids,
-                                                     t.n))
-            col_lo = np.minimum(col_lo, _segment_min(Pz, p.P_starts, p.P_ids, t.n))
-        e *= _inv_sqrt(np.where(np.isfinite(col_lo), col_hi * col_lo, 0.0))
-    for _ in range(sweeps):
-        Ah = d[:, p.rows] * A * e[:, p.cols]
-        col = _segment_max(Ah, p.col_starts, p.col_ids, t.n)
-        row = _segment_max(Ah[:, p.by_row], p.row_starts, p.row_ids, t.m)
-        if P is not None:
-            Ph = e[:, p.P_rows] * P * e[:, p.P_cols]
-            col = np.maximum(col, _segment_max(Ph[:, p.P_order], p.P_starts, p.P_ids, t.n))
-        if p.blocks.size:  # one value per cone block
-            row = np.repeat(np.maximum.reduceat(row, p.blocks, axis=1), p.block_sizes, axis=1)
-        e *= _inv_sqrt(col)
-        d *= _inv_sqrt(row)
+    p = pattern(t)
+    if t.fixed_data:
+        cached = t.__dict__.get("_fixed_balance")
+        if cached is None:
+            d0, e0, _ = _balance(t, np.abs(t.f0)[None],
+                                 None if P is None else np.abs(t.h0)[None])
+            ent = (d0[:, p.rows] * e0[:, p.cols], e0[:, p.P_rows] * e0[:, p.P_cols])
+            cached = (d0, e0, ent)
+            object.__setattr__(t, "_fixed_balance", cached)
+        d = np.broadcast_to(cached[0], (B, t.m))
+        e = np.broadcast_to(cached[1], (B, t.n))
+        entries = cached[2]
+    else:
+        d, e, uniform = _balance(t, np.abs(a), P)
+        entries = None
+        if uniform.all() and t.n:  # one scalar s per instance: D_ij E_jk = E_ij E_ik = s²
+            s2 = e[:, :1] * e[:, :1]
+            entries = (s2, s2)
     scale = np.maximum(np.abs(e * c).max(axis=1, initial=0.0),
                        np.abs(d * b).max(axis=1, initial=0.0))
     gamma = np.where(scale > 0, 1.0 / np.where(scale > 0, scale, 1.0), 1.0)
-    return Equilibration(d, e, gamma, gamma.copy())
+    return Equilibration(d, e, gamma, gamma.copy(), entries)

@@ -34,7 +34,7 @@ from declarative.derivative import (
 )
 from declarative.equilibrate import Equilibration, equilibrate
 from declarative.errors import ParameterError, ProblemError, SolverError, describe_indices
-from declarative.refine import REFINE_MAX_ITERS, REFINE_TOL, backward_error_terms, refine
+from declarative.refine import REFINE_MAX_ITERS, REFINE_TOL, refine
 from declarative.solve import (
     SharedData,
     Status,
@@ -561,7 +561,7 @@ class Layer:
             factors = [f if kp else None for f, kp in zip(r.factors, keep, strict=True)]
             v = np.where(keep[:, None], r.v, y - s)
             certified = candidate & keep & (after <= ACCEPT_BACKWARD)
-            certified &= self._forward_error_ok(sub, ch, bh, eq, r, certified, factors)
+            certified &= self._forward_error_ok(sub, eq, r, certified, factors)
             for i in range(k):
                 if certified[i]:
                     status[i] = Status.SOLVED
@@ -581,8 +581,8 @@ class Layer:
                         seconds=res.seconds, retryable=candidate & ~certified,
                         factors=factors, v=v, D=D, v_D=v_D)
 
-    def _forward_error_ok(self, ops: BatchOps, c: np.ndarray, b: np.ndarray, eq: Equilibration,
-                          r: Any, which: np.ndarray, factors: list) -> np.ndarray:
+    def _forward_error_ok(self, ops: BatchOps, eq: Equilibration, r: Any, which: np.ndarray,
+                          factors: list) -> np.ndarray:
         """Per instance (B,): is every output's estimated forward error within ACCEPT_FORWARD
         of that output's max-norm? Checked where ``which``.
 
@@ -621,9 +621,8 @@ class Layer:
             lin = Linearization(ops.take(sel), dproject(r.v[sel], t.dims, dual=True))
             for i, f in zip(need, lin.factors, strict=True):
                 factors[i] = f
-        sub = ops.take(idx)
         pv = r.y[idx]
-        _, den = backward_error_terms(sub, c[idx], b[idx], r.x[idx], r.v[idx], pv, r.F[idx])
+        den = r.den[idx]
         xi = _probe(t.n + t.m)
         rhs = np.stack([r.F[idx], ROUNDING * den * xi], axis=2)
         fs = [factors[i] for i in idx]

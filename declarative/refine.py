@@ -51,6 +51,7 @@ class Refined:
     steps: np.ndarray            # Newton systems factored and solved, per instance
     omega_before: np.ndarray     # componentwise backward error at SCS's solution
     omega: np.ndarray            # componentwise backward error after refinement
+    den: np.ndarray              # its row scales (backward_error_terms) at the returned points
     F: np.ndarray                # F(u, v) at the returned points
     factors: list                # the last Newton matrix factored, per instance (or None)
     v: np.ndarray                # v = y − s at the returned points, exactly
@@ -86,7 +87,7 @@ def backward_error_terms(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndar
     """
     t = ops.template
     p = pattern(t)
-    mag = BatchOps(t, np.abs(ops.a), np.abs(ops.h))
+    mag = ops.magnitude
     au, apv = np.abs(u), np.abs(pv)
     # Π(v) and s = Π(v) − v are exact on zero and nonnegative rows (one of y, s is 0 there);
     # elsewhere Π mixes the block, so both are known to rounding relative to the block's
@@ -212,9 +213,9 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
             Dc.put(back, dproject(cv[back], dims, dual=True))
             watch[back] = 0
         active &= res > tol
-    omega = backward_error(ops, c, b, u, v, pv, F)
+    omega, den = backward_error_terms(ops, c, b, u, v, pv, F)
     return Refined(x=u, y=pv, s=pv - v, omega_before=np.minimum(res0, 1.0), omega=omega,
-                   steps=steps, F=F,
+                   den=den, steps=steps, F=F,
                    factors=factors, v=v, D=Dc, v_D=cv)
 
 

@@ -152,3 +152,24 @@ def test_residual_is_reported_as_a_backward_error():
         assert fwd.info.residual_after[0] <= 1e-14
         assert np.abs(fwd.outputs[0][0] - np.maximum(theta, 0) * scale).max() <= \
             1e-14 * scale
+
+
+def test_box_projection_with_mixed_scales_in_one_instance():
+    """Each coordinate at its own scale, 1e-6 … 1e6 (and the whole instance at 1e-6 … 1e6 as
+    well): x = clip(θ, lo, hi) coordinate by coordinate, each to 1e-8 of its own size."""
+    n = 8
+    x, th, lo, hi = cp.Variable(n), cp.Parameter(n), cp.Parameter(n), cp.Parameter(n)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - th)), [x >= lo, x <= hi]),
+                       [th, lo, hi], [x])
+    rng = np.random.default_rng(11)
+    B = 6
+    s = 10.0 ** rng.uniform(-6, 6, (B, n)) * 10.0 ** rng.uniform(-6, 6, (B, 1))
+    theta = rng.standard_normal((B, n)) * s
+    lov, hiv = -0.5 * s, 0.5 * s
+    fwd = layer.forward([theta, lov, hiv])
+    truth = np.clip(theta, lov, hiv)
+    assert np.all(np.abs(fwd.outputs[0] - truth) <= 1e-8 * np.abs(truth))
+    for i in range(B):
+        inside = (theta[i] > lov[i]) & (theta[i] < hiv[i])
+        J = fwd.jacobian(i)[0][0]
+        assert np.abs(J - np.diag(inside.astype(float))).max() <= 1e-8
