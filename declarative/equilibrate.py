@@ -164,10 +164,10 @@ class Equilibration:
         bh = rho * self.d * b
         if self.entries is not None:
             wa, wp = self.entries
-            return ch, a * wa, bh, None if h is None else (sigma / rho) * wp * h
-        ah = self.d[:, p.rows] * a * self.e[:, p.cols]
-        hh = None if h is None else (sigma / rho) * self.e[:, p.P_rows] * h * self.e[:, p.P_cols]
-        return ch, ah, bh, hh
+        else:
+            wa = self.d[:, p.rows] * self.e[:, p.cols]
+            wp = self.e[:, p.P_rows] * self.e[:, p.P_cols]
+        return ch, a * wa, bh, None if h is None else (sigma / rho) * wp * h
 
     def data_adjoint(self, t: ConeTemplate, gc: np.ndarray, ga: np.ndarray, gb: np.ndarray,
                      gh: np.ndarray | None):
@@ -307,10 +307,14 @@ def equilibrate(t: ConeTemplate, c: np.ndarray, a: np.ndarray, b: np.ndarray,
         entries = cached[2]
     else:
         d, e, uniform = _balance(t, np.abs(a), P)
-        entries = None
-        if uniform.all() and t.n:  # one scalar s per instance: D_ij E_jk = E_ij E_ik = s²
-            s2 = e[:, :1] * e[:, :1]
+        # one scalar s for an instance: D_ij E_jk = E_ij E_ik = s², whatever the rest of the
+        # batch (each instance's factors are computed the same way in any batch)
+        s2 = e[:, :1] * e[:, :1] if t.n else np.ones((B, 1))
+        if uniform.all():
             entries = (s2, s2)
+        else:
+            entries = (np.where(uniform[:, None], s2, d[:, p.rows] * e[:, p.cols]),
+                       np.where(uniform[:, None], s2, e[:, p.P_rows] * e[:, p.P_cols]))
     scale = np.maximum(np.abs(e * c).max(axis=1, initial=0.0),
                        np.abs(d * b).max(axis=1, initial=0.0))
     gamma = np.where(scale > 0, 1.0 / np.where(scale > 0, scale, 1.0), 1.0)
