@@ -275,15 +275,7 @@ def test_layer_works_in_a_forked_child(monkeypatch):
             os.write(write, message.encode()[:4096])
             os._exit(0)
     os.close(write)
-    deadline = time.monotonic() + 120.0
-    while os.waitpid(pid, os.WNOHANG) == (0, 0):
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail("the forked child hung")
-        time.sleep(0.02)
-    message = os.read(read, 4096).decode()
-    os.close(read)
+    message = _child_message(pid, read, 120.0)
     assert float(message) <= 1e-8, message
 
 
@@ -317,15 +309,22 @@ def test_fork_resets_locks_and_pool_in_the_child(monkeypatch):
     release.set()
     thread.join()
     os.close(write)
-    deadline = time.monotonic() + 60.0
+    assert _child_message(pid, read, 60.0) == "ok"
+
+
+def _child_message(pid: int, read: int, seconds: float) -> str:
+    """What a forked child wrote to the pipe ``read`` before exiting; the test fails (and the
+    child is killed) if it has not exited within ``seconds``."""
+    deadline = time.monotonic() + seconds
     while os.waitpid(pid, os.WNOHANG) == (0, 0):
         if time.monotonic() > deadline:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             pytest.fail("the forked child hung")
         time.sleep(0.02)
-    assert os.read(read, 4096).decode() == "ok"
+    message = os.read(read, 4096).decode()
     os.close(read)
+    return message
 
 
 # -- bounded caches ---------------------------------------------------------------------------
