@@ -38,7 +38,6 @@ from declarative.refine import REFINE_MAX_ITERS, REFINE_TOL, refine
 from declarative.solve import (
     SharedData,
     Status,
-    calibrate_scale,
     linear_solver,
     scs_settings,
     single_threaded_blas,
@@ -73,8 +72,6 @@ def _probe(N: int) -> np.ndarray:
 
 # SCS tolerance of the retry for instances refinement could not certify.
 RETRY_EPS = 1e-9
-# Instances on which shared SCS workspaces are tried against fresh setups (Layer._try_shared).
-SHARED_TRIALS = 4
 
 
 def vec(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -317,12 +314,10 @@ class Layer:
         self.solver_args = self.check_options(solver_args, on_failure)
         self.on_failure = on_failure
         self._out_offsets = np.concatenate([[0], np.cumsum([s.size for s in outputs])])[:-1]
-        # SCS's scale for this problem, chosen on the first call (solve.calibrate_scale)
-        self._scs_scale: float | None = None
-        # SCS workspaces where A and P do not depend on the parameters: None until decided
-        # on the first batch (see _try_shared), False if not used
-        self._shared: SharedData | bool | None = None
-        # both are decided once, by the first call, under this lock
+        # SCS workspaces where A and P do not depend on the parameters (SharedData): made on
+        # first use, under this lock, from the template alone (so no call history shows in
+        # any result); None where A or P depend on the parameters
+        self._shared: SharedData | None = None
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict:
@@ -469,19 +464,12 @@ class Layer:
         if "linear_solver" in settings and "linear_solver" not in {
                 **self.solver_args, **(solver_args or {})}:  # ours: QDLDL or dense Cholesky
             settings["linear_solver"] = linear_solver(t.n, t.m, t.nnz + t.P_rows.size)
-        if "scale" not in settings:  # the user did not choose one: ours, calibrated once
-            if self._scs_scale is None:
-                with self._lock:  # concurrent first calls: one decides, the others use it
-                    if self._scs_scale is None:
-                        self._scs_scale = calibrate_scale(mats[0], b[0], c[0], t.dims,
-                                                          settings,
-                                                          None if Ps is None else Ps[0])
-            if self._scs_scale is not None:
-                settings = {**settings, "scale": self._scs_scale}
-        if self._shared is None and t.fixed_data and t.m and B > 1:
+        if t.fixed_data and t.m and self._shared is None:
             with self._lock:
                 if self._shared is None:
-                    self._shared = self._try_shared(mats, Ps, b, c, settings)
+                    self._shared = SharedData(mats[0]._replace(data=mats[0].data.copy()),
+                                              None if Ps is None else Ps[0],
+                                              np.zeros(t.m), np.zeros(t.n), t.dims.scs())
         att = self._attempt(np.arange(B), ops, c, b, mats, Ps, settings, ours, eq)
         scs_status = list(att.scs_status)
         # Accurate by default: an instance refinement could not certify from SCS's loose
@@ -511,26 +499,6 @@ class Layer:
                        input_batched=input_batched, info=info, ok=ok, _ops=ops, _refined=refined,
                        _scaling=eq)
 
-    def _try_shared(self, mats: list, Ps: list | None, b: np.ndarray, c: np.ndarray,
-                    settings: dict) -> SharedData | bool | None:
-        """A and P do not depend on the parameters: SCS workspaces set up once per thread
-        from instance 0's b and c (solve.SharedData), if that costs SCS no more iterations
-        than fresh setups on instances 1–4 (SCS scales b and c by factors fixed at setup,
-        which can suit other instances less: l2_ball_projection takes 48 iterations instead
-        of 36 on average). False if not: decided once, on the first batch of two or more."""
-        if not SharedData.applies(settings):
-            return None  # undecided: the user's settings rule it out for this call
-        t = self.template
-        A0 = mats[0]._replace(data=mats[0].data.copy())  # not a view of the whole batch
-        shared = SharedData(A0, None if Ps is None else Ps[0], b[0].copy(), c[0].copy(),
-                            t.dims.scs())
-        k = np.arange(1, min(len(b), SHARED_TRIALS + 1))
-        args = ([mats[i] for i in k], b[k], c[k], t.dims, settings,
-                None if Ps is None else [Ps[i] for i in k])
-        fresh, reused = solve_batch(*args), solve_batch(*args, shared=shared)
-        solved = all(st is Status.SOLVED for st in (*fresh.status, *reused.status))
-        return shared if solved and reused.iterations.sum() <= fresh.iterations.sum() else False
-
     def _attempt(self, idx: np.ndarray, ops: BatchOps, c: np.ndarray, b: np.ndarray,
                  mats: list, Ps: list | None, settings: dict, ours: dict,
                  scaling: Equilibration, warm: tuple | None = None) -> _Attempt:
@@ -541,7 +509,7 @@ class Layer:
         t = self.template
         res = solve_batch([mats[i] for i in idx], b[idx], c[idx], t.dims, settings,
                           None if Ps is None else [Ps[i] for i in idx], warm=warm,
-                          shared=getattr(self, "_shared", None) or None)
+                          shared=self._shared)
         status = list(res.status)
         finite = np.all(np.isfinite(res.x), axis=1)
         candidate = np.array([st in _REFINABLE for st in status], dtype=bool) & finite
