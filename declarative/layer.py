@@ -36,8 +36,10 @@ from declarative.equilibrate import Equilibration, equilibrate
 from declarative.errors import ParameterError, ProblemError, SolverError, describe_indices
 from declarative.refine import REFINE_MAX_ITERS, REFINE_TOL, refine
 from declarative.solve import (
+    DEFAULT_SCALE,
     SharedData,
     Status,
+    calibrate_scale,
     linear_solver,
     scs_settings,
     single_threaded_blas,
@@ -314,9 +316,10 @@ class Layer:
         self.solver_args = self.check_options(solver_args, on_failure)
         self.on_failure = on_failure
         self._out_offsets = np.concatenate([[0], np.cumsum([s.size for s in outputs])])[:-1]
-        # SCS workspaces where A and P do not depend on the parameters (SharedData): made on
-        # first use, under this lock, from the template alone (so no call history shows in
-        # any result); None where A or P depend on the parameters
+        # SCS's scale (Layer._calibrate) and SCS workspaces where A and P do not depend on
+        # the parameters (SharedData): made on first use, under this lock, from the template
+        # alone, so that no call history shows in any result
+        self._scs_scale: float | None = None
         self._shared: SharedData | None = None
         self._lock = threading.Lock()
 
@@ -464,6 +467,12 @@ class Layer:
         if "linear_solver" in settings and "linear_solver" not in {
                 **self.solver_args, **(solver_args or {})}:  # ours: QDLDL or dense Cholesky
             settings["linear_solver"] = linear_solver(t.n, t.m, t.nnz + t.P_rows.size)
+        if "scale" not in settings:  # the user did not choose one: ours, calibrated once
+            if self._scs_scale is None:
+                with self._lock:
+                    if self._scs_scale is None:
+                        self._scs_scale = self._calibrate(settings)
+            settings = {**settings, "scale": self._scs_scale}
         if t.fixed_data and t.m and self._shared is None:
             with self._lock:
                 if self._shared is None:
@@ -498,6 +507,37 @@ class Layer:
         return Forward(layer=self, outputs=outputs, batched=any(input_batched),
                        input_batched=input_batched, info=info, ok=ok, _ops=ops, _refined=refined,
                        _scaling=eq)
+
+    def _calibrate(self, settings: dict) -> float:
+        """SCS's scale for this layer: `calibrate_scale` on the equilibrated program of fixed
+        pseudo-random parameter values (seed 0, within each parameter's declared sign or
+        definiteness), so a function of the problem alone; DEFAULT_SCALE where that
+        instance is not solved (e.g. infeasible)."""
+        rng = np.random.default_rng(0)
+        values = []
+        for spec in self.parameters:
+            v = rng.standard_normal(spec.shape)
+            if {"nonneg", "pos"} & set(spec.domain):
+                v = np.abs(v) + 0.1
+            elif {"nonpos", "neg"} & set(spec.domain):
+                v = -np.abs(v) - 0.1
+            elif {"PSD", "NSD"} & set(spec.domain):
+                v = v @ v.T / max(1, v.shape[0]) + np.eye(v.shape[0])
+                v = -v if "NSD" in spec.domain else v
+            elif "symmetric" in spec.domain:
+                v = (v + v.T) / 2
+            values.append(v)
+        try:
+            theta, _ = self.batch(values)
+        except ParameterError:
+            return DEFAULT_SCALE
+        t = self.template
+        c, a, b = t.apply(theta)
+        h = t.apply_P(theta)
+        c, a, b, h = equilibrate(t, c, a, b, h).data(t, c, a, b, h)
+        scale = calibrate_scale(t.csc(a[0]), b[0], c[0], t.dims, settings,
+                                t.P_csc(h[0]) if t.quadratic else None)
+        return DEFAULT_SCALE if scale is None else scale
 
     def _attempt(self, idx: np.ndarray, ops: BatchOps, c: np.ndarray, b: np.ndarray,
                  mats: list, Ps: list | None, settings: dict, ours: dict,

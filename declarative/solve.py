@@ -85,13 +85,13 @@ SCS_SETTINGS = frozenset({
 # Our defaults: SCS only has to land in the basin of Newton refinement, which then
 # takes the solution to machine precision (see refine.py).
 # SCS's `scale` (the primal/dual balance its ADMM starts from) decides how many iterations it
-# needs; SCS's default 0.1 suits no equilibrated program of the zoo best. On the equilibrated
-# programs (equilibrate.py), 1 is the best or tied best for 13 of the 14 zoo problems
-# (8 instances each at eps 1e-3: sparsemax 200 iterations at 1 vs 525 at 0.1, softmax 200
-# vs 600; the OptNet QP 350 vs 275 at 0.3), so it is fixed: no choice made from data, and so
-# none that depends on which call came first.
-SCS_DEFAULTS = {"eps_abs": 1e-3, "eps_rel": 1e-3, "max_iters": 100_000, "verbose": False,
-                "scale": 1.0}
+# needs, and the best value depends on the problem even once it is equilibrated (8 instances
+# at eps 1e-3: sparsemax n = 100 takes 200 iterations at 1 and 775 at 0.1; softmax n = 100
+# 400 at 10 and 600 at 1; the OptNet QP 200 at 0.1 and 550 at 1). A layer calibrates it once
+# (`calibrate_scale`) on an instance made from its template alone (Layer._calibrate), so the
+# choice does not depend on the data of any call; 1 where that fails.
+SCS_DEFAULTS = {"eps_abs": 1e-3, "eps_rel": 1e-3, "max_iters": 100_000, "verbose": False}
+DEFAULT_SCALE = 1.0
 # SCS ≥ 3.3's "auto" linear solver is MKL Pardiso where the wheel bundles it (x86-64 Linux).
 # On our problems QDLDL, SCS's own sparse LDLᵀ, is faster at every size measured: per SCS
 # solve, OptNet QP (n = 50) 1.5 → 0.7 ms, sparsemax n = 100 0.33 → 0.21 ms, n = 10,000
@@ -543,3 +543,20 @@ def solve_batch(matrices: list, b: np.ndarray, c: np.ndarray, dims: ConeDims,
         iterations=np.array([r[2] for r in results]),
         seconds=np.array([r[3] for r in results]),
     )
+
+
+# The SCS scales `calibrate_scale` tries.
+SCALE_CANDIDATES = (0.1, 1.0, 10.0)
+
+
+def calibrate_scale(A: sp.csc_matrix, b: np.ndarray, c: np.ndarray, dims: ConeDims,
+                    settings: dict, P: sp.csc_matrix | None = None) -> float | None:
+    """The SCS `scale` in SCALE_CANDIDATES that solves this one instance in the fewest
+    iterations (a deterministic count, not a timing), or None if it solves at none of them."""
+    best, best_iters = None, np.inf
+    for scale in SCALE_CANDIDATES:
+        res = solve_batch([A], b[None], c[None], dims, {**settings, "scale": scale},
+                          None if P is None else [P])
+        if res.status[0] is Status.SOLVED and res.iterations[0] < best_iters:
+            best, best_iters = scale, res.iterations[0]
+    return best
