@@ -471,7 +471,8 @@ class Layer:
             if self._scs_scale is None:
                 with self._lock:
                     if self._scs_scale is None:
-                        self._scs_scale = self._calibrate(settings)
+                        self._scs_scale = self._calibrate(
+                            settings, (mats[0], b[0], c[0], None if Ps is None else Ps[0]))
             settings = {**settings, "scale": self._scs_scale}
         if t.fixed_data and t.m and self._shared is None:
             with self._lock:
@@ -508,35 +509,42 @@ class Layer:
                        input_batched=input_batched, info=info, ok=ok, _ops=ops, _refined=refined,
                        _scaling=eq)
 
-    def _calibrate(self, settings: dict) -> float:
+    def _calibrate(self, settings: dict, first: tuple) -> float:
         """SCS's scale for this layer: `calibrate_scale` on the equilibrated program of fixed
         pseudo-random parameter values (seed 0, within each parameter's declared sign or
-        definiteness), so a function of the problem alone; DEFAULT_SCALE where that
-        instance is not solved (e.g. infeasible)."""
-        rng = np.random.default_rng(0)
-        values = []
-        for spec in self.parameters:
-            v = rng.standard_normal(spec.shape)
-            if {"nonneg", "pos"} & set(spec.domain):
-                v = np.abs(v) + 0.1
-            elif {"nonpos", "neg"} & set(spec.domain):
-                v = -np.abs(v) - 0.1
-            elif {"PSD", "NSD"} & set(spec.domain):
-                v = v @ v.T / max(1, v.shape[0]) + np.eye(v.shape[0])
-                v = -v if "NSD" in spec.domain else v
-            elif "symmetric" in spec.domain:
-                v = (v + v.T) / 2
-            values.append(v)
-        try:
-            theta, _ = self.batch(values)
-        except ParameterError:
-            return DEFAULT_SCALE
+        definiteness; then all of them positive, which makes the many problems whose
+        constraints read Gx ≤ h feasible), so a function of the problem alone. Only where
+        neither instance is solved is it calibrated on ``first`` (the first call's instance
+        0: its equilibrated (A, b, c, P)), and DEFAULT_SCALE where that is not solved either.
+        """
         t = self.template
-        c, a, b = t.apply(theta)
-        h = t.apply_P(theta)
-        c, a, b, h = equilibrate(t, c, a, b, h).data(t, c, a, b, h)
-        scale = calibrate_scale(t.csc(a[0]), b[0], c[0], t.dims, settings,
-                                t.P_csc(h[0]) if t.quadratic else None)
+        for positive in (False, True):
+            rng = np.random.default_rng(0)
+            values = []
+            for spec in self.parameters:
+                v = rng.standard_normal(spec.shape)
+                if positive or {"nonneg", "pos"} & set(spec.domain):
+                    v = np.abs(v) + 0.1
+                elif {"nonpos", "neg"} & set(spec.domain):
+                    v = -np.abs(v) - 0.1
+                if {"PSD", "NSD"} & set(spec.domain):
+                    v = v @ v.T / max(1, v.shape[0]) + np.eye(v.shape[0])
+                    v = -v if "NSD" in spec.domain else v
+                elif "symmetric" in spec.domain:
+                    v = (v + v.T) / 2
+                values.append(v)
+            try:
+                theta, _ = self.batch(values)
+            except ParameterError:
+                continue
+            c, a, b = t.apply(theta)
+            h = t.apply_P(theta)
+            c, a, b, h = equilibrate(t, c, a, b, h).data(t, c, a, b, h)
+            scale = calibrate_scale(t.csc(a[0]), b[0], c[0], t.dims, settings,
+                                    t.P_csc(h[0]) if t.quadratic else None)
+            if scale is not None:
+                return scale
+        scale = calibrate_scale(*first[:3], t.dims, settings, first[3])
         return DEFAULT_SCALE if scale is None else scale
 
     def _attempt(self, idx: np.ndarray, ops: BatchOps, c: np.ndarray, b: np.ndarray,
