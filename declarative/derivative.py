@@ -178,7 +178,7 @@ def residual(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.n
              pv: np.ndarray) -> np.ndarray:
     """F(u, v) of (1), with pv = Π_{K*}(v) precomputed: (B, n + m)."""
     # v − Π(v) = −s first: exact on zero and nonnegative rows, so their residual carries no
-    # rounding of y (see refine.backward_error_terms)
+    # rounding of y (see refine.backward_error)
     return np.concatenate([ops.P(u) + ops.AT(pv) + c, -ops.A(u) + b + (v - pv)], axis=1)
 
 

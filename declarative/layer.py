@@ -605,7 +605,7 @@ class Layer:
         The error of the refined point z is estimated, per entry, as
         |S⁻¹F| + |S⁻¹(ROUNDING·den ⊙ ξ)|: the Newton correction (the error itself, to first
         order, near a regular solution) plus the effect of rounding the residual's terms
-        (den, from `refine.backward_error_terms`) with signs ξ (a fixed ±1 probe, the
+        (den, from `refine.backward_error`) with signs ξ (a fixed ±1 probe, the
         usual estimate of |S⁻¹| applied to a vector: Higham, *Accuracy and Stability of
         Numerical Algorithms*, §15.3). It is mapped to the outputs through the
         equilibration and ``recover`` in absolute values (|DΠ| ≤ 1 bounds y's error by

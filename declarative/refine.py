@@ -51,7 +51,7 @@ class Refined:
     steps: np.ndarray            # Newton systems factored and solved, per instance
     omega_before: np.ndarray     # componentwise backward error at SCS's solution
     omega: np.ndarray            # componentwise backward error after refinement
-    den: np.ndarray              # its row scales (backward_error_terms) at the returned points
+    den: np.ndarray              # its row scales (backward_error) at the returned points
     F: np.ndarray                # F(u, v) at the returned points
     factors: list                # the last Newton matrix factored, per instance (or None)
     v: np.ndarray                # v = y − s at the returned points, exactly
@@ -60,14 +60,8 @@ class Refined:
 
 
 def backward_error(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray,
-                   v: np.ndarray, pv: np.ndarray, F: np.ndarray) -> np.ndarray:
-    """Componentwise relative backward error ω (B,); see `backward_error_terms`."""
-    return backward_error_terms(ops, c, b, u, v, pv, F)[0]
-
-
-def backward_error_terms(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray,
-                         v: np.ndarray, pv: np.ndarray, F: np.ndarray
-                         ) -> tuple[np.ndarray, np.ndarray]:
+                   v: np.ndarray, pv: np.ndarray, F: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Componentwise relative backward error of F(u, v) = 0, per instance (B,):
 
         ω = max_i |F_i| / (|P||u| + |A|ᵀ|y| + |c|)_i  over the first n rows,
@@ -115,19 +109,20 @@ def backward_error_terms(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndar
 
 
 def _merit(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray,
-           pv: np.ndarray, F: np.ndarray) -> np.ndarray:
+           pv: np.ndarray, F: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Refinement's merit (B,): ω (`backward_error`) where ω < ½, else 1 + η with
-    η = ‖F‖∞ / max_i den_i, the normwise backward error.
+    η = ‖F‖∞ / max_i den_i, the normwise backward error; and ω and den themselves.
 
     Near a solution ω measures what the certificate asks for; far from one it saturates
     at ~1 (a row whose one nonzero term is wrong has ω_i = 1 however wrong it is) and
     cannot tell better points from worse, which η can. Every point with ω < ½ ranks above
     every point without, so a decrease of the merit is progress in both regimes."""
-    omega, den = backward_error_terms(ops, c, b, u, v, pv, F)
+    omega, den = backward_error(ops, c, b, u, v, pv, F)
     with np.errstate(divide="ignore", invalid="ignore"):
         eta = np.abs(F).max(axis=1, initial=0.0) / den.max(axis=1, initial=0.0)
     eta = np.where(np.isfinite(eta), eta, np.inf)
-    return np.where(omega < 0.5, omega, 1.0 + np.minimum(eta, 1.0) + (eta > 1.0) * eta)
+    return np.where(omega < 0.5, omega, 1.0 + np.minimum(eta, 1.0) + (eta > 1.0) * eta), \
+        omega, den
 
 
 def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray,
@@ -152,8 +147,8 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
     Dc = dproject(v, dims, dual=True)
     pv = Dc.point.copy()
     F = residual(ops, c, b, u, v, pv)
-    res = _merit(ops, c, b, u, v, pv, F)
-    res0 = res.copy()
+    res, omega, den = _merit(ops, c, b, u, v, pv, F)  # (at the anchors)
+    omega0 = omega.copy()
     d_anchor = np.zeros_like(F)
     # the current iterate, ahead of the anchor by `watch` non-monotone full steps
     cu, cv, cF = u.copy(), v.copy(), F.copy()
@@ -181,7 +176,8 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
         Dn = dproject(vn, dims, dual=True)
         pvn = Dn.point
         Fn = residual(sub, c if every else c[idx], b if every else b[idx], un, vn, pvn)
-        rn = _merit(sub, c if every else c[idx], b if every else b[idx], un, vn, pvn, Fn)
+        rn, omn, denn = _merit(sub, c if every else c[idx], b if every else b[idx], un, vn,
+                               pvn, Fn)
         good = rn <= (1 - 1e-4) * res[idx]
         ahead = ~good & np.isfinite(rn) & (watch[idx] < WATCHDOG)
         for j in np.flatnonzero(good | ahead):
@@ -193,6 +189,7 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
         slow = good & (rn <= SLOW_OMEGA) & (rn > res[idx] / LINEAR_RATE)
         active[idx[slow]] = False
         u[gi], v[gi], pv[gi], F[gi], res[gi] = un[good], vn[good], pvn[good], Fn[good], rn[good]
+        omega[gi], den[gi] = omn[good], denn[good]
         cu[idx], cv[idx] = un, vn
         cF[idx] = Fn
         Dc.put(idx, Dn)
@@ -203,9 +200,10 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
         if back.size:
             moved = _backtrack(ops.take(back), c[back], b[back], u[back], v[back], pv[back],
                                F[back], res[back], d_anchor[back], t.n)
-            ok, (ub, vb, pvb, Fb, rb) = moved
+            ok, (ub, vb, pvb, Fb, rb, ob, db) = moved
             bi = back[ok]
             u[bi], v[bi], pv[bi], F[bi], res[bi] = ub[ok], vb[ok], pvb[ok], Fb[ok], rb[ok]
+            omega[bi], den[bi] = ob[ok], db[ok]
             active[back[~ok]] = False  # no step decreases the residual: stagnation
             for i in back:
                 factors[i] = None
@@ -213,10 +211,8 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
             Dc.put(back, dproject(cv[back], dims, dual=True))
             watch[back] = 0
         active &= res > tol
-    omega, den = backward_error_terms(ops, c, b, u, v, pv, F)
-    return Refined(x=u, y=pv, s=pv - v, omega_before=np.minimum(res0, 1.0), omega=omega,
-                   den=den, steps=steps, F=F,
-                   factors=factors, v=v, D=Dc, v_D=cv)
+    return Refined(x=u, y=pv, s=pv - v, omega_before=omega0, omega=omega, den=den,
+                   steps=steps, F=F, factors=factors, v=v, D=Dc, v_D=cv)
 
 
 def _backtrack(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray,
@@ -224,8 +220,9 @@ def _backtrack(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np
     """Armijo backtracking on ω (`backward_error`) from (u, v) along d, from step ½ (the
     full step failed).
 
-    Returns (accepted (B,), (u, v, Π(v), F, ω) at the accepted points)."""
+    Returns (accepted (B,), (u, v, Π(v), F, merit, ω, den) at the accepted points)."""
     u, v, pv, F, res = u.copy(), v.copy(), pv.copy(), F.copy(), res.copy()
+    omega, den = np.zeros(len(u)), np.zeros_like(F)
     du, dv = d[:, :n], d[:, n:]
     step = np.full(len(u), 0.5)
     pending = np.all(np.isfinite(d), axis=1)
@@ -238,11 +235,12 @@ def _backtrack(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np
         opk = ops.take(k)
         pvn = project_dual(vn, opk)
         Fn = residual(opk, c[k], b[k], un, vn, pvn)
-        rn = _merit(opk, c[k], b[k], un, vn, pvn, Fn)
+        rn, omn, denn = _merit(opk, c[k], b[k], un, vn, pvn, Fn)
         ok = rn <= (1 - 1e-4 * step[k]) * res[k]
         acc = k[ok]
         u[acc], v[acc], pv[acc], F[acc], res[acc] = un[ok], vn[ok], pvn[ok], Fn[ok], rn[ok]
+        omega[acc], den[acc] = omn[ok], denn[ok]
         pending[acc] = False
         step[k[~ok]] *= 0.5
     accepted = ~pending & np.all(np.isfinite(d), axis=1)
-    return accepted, (u, v, pv, F, res)
+    return accepted, (u, v, pv, F, res, omega, den)
