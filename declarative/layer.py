@@ -511,22 +511,23 @@ class Layer:
 
     def _calibrate(self, settings: dict, first: tuple) -> float:
         """SCS's scale for this layer: `calibrate_scale` on the equilibrated program of fixed
-        pseudo-random parameter values (seed 0, within each parameter's declared sign or
-        definiteness; then all of them positive, which makes the many problems whose
-        constraints read Gx ≤ h feasible), so a function of the problem alone. Only where
+        pseudo-random parameter values (seed 0, all of them positive, which makes the many
+        problems whose constraints read Gx ≤ h strictly feasible, as the data a layer is
+        trained on usually is; then within each parameter's declared sign or definiteness),
+        so a function of the problem alone. Only where
         neither instance is solved is it calibrated on ``first`` (the first call's instance
         0: its equilibrated (A, b, c, P)), and DEFAULT_SCALE where that is not solved either.
         """
         t = self.template
-        for positive in (False, True):
+        for positive in (True, False):
             rng = np.random.default_rng(0)
             values = []
             for spec in self.parameters:
                 v = rng.standard_normal(spec.shape)
-                if positive or {"nonneg", "pos"} & set(spec.domain):
-                    v = np.abs(v) + 0.1
-                elif {"nonpos", "neg"} & set(spec.domain):
+                if {"nonpos", "neg"} & set(spec.domain):
                     v = -np.abs(v) - 0.1
+                elif positive or {"nonneg", "pos"} & set(spec.domain):
+                    v = np.abs(v) + 0.1
                 if {"PSD", "NSD"} & set(spec.domain):
                     v = v @ v.T / max(1, v.shape[0]) + np.eye(v.shape[0])
                     v = -v if "NSD" in spec.domain else v
