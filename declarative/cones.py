@@ -684,16 +684,16 @@ def _pow_root(x0, y0, az, a) -> np.ndarray:
         miss = np.flatnonzero(np.isinf(lo) if side == "lo" else np.isinf(hi))
         step = 1.0
         while miss.size:
-            lim = step >= _POW_T
-            cand = np.full(miss.size, -_POW_T if side == "lo" else _POW_T) if lim else (
-                (hi[miss] - step) if side == "lo" else (lo[miss] + step))
+            if side == "lo":
+                cand = np.maximum(hi[miss] - step, -_POW_T)
+            else:
+                cand = np.minimum(lo[miss] + step, _POW_T)
             f, _ = _pow_psi(cand, x0[miss], y0[miss], az[miss], a[miss])
             pos = f > 0
             lo[miss[pos]] = cand[pos]
             hi[miss[~pos]] = cand[~pos]
-            miss = miss[~pos] if side == "lo" else miss[pos]
-            if lim:
-                break
+            keep = (~pos if side == "lo" else pos) & (np.abs(cand) < _POW_T)
+            miss = miss[keep]
             step *= 2.0
     t = np.where(np.isinf(lo), -np.inf, np.where(np.isinf(hi), _POW_T, 0.5 * (lo + hi)))
     dx_old = hi - lo
