@@ -89,6 +89,8 @@ def test_registry_order_and_get():
         "entropic_ot",
         "water_filling",
         "simplex_quadratic",
+        "geometric_mean_budget",
+        "pnorm_ball_projection",
     ]
     for name in NAMES:
         assert get(name) is ZOO[name]
