@@ -651,17 +651,22 @@ def _pow_xy(x0, a, r, lam):
 
 def _pow_rl(t, az):
     """r = |z0|/(1 + e^{−t}) and λ = |z0| − r = |z0|/(1 + e^{t}), each to full relative
-    accuracy (the root may lie within rounding of either end of (0, |z0|))."""
-    ln_az = np.log(az)
-    return np.exp(ln_az - np.logaddexp(0.0, -t)), np.exp(ln_az - np.logaddexp(0.0, t))
+    accuracy (the root may lie within rounding of either end of (0, |z0|)), and ln r."""
+    e = np.exp(-np.abs(t))
+    q = az / (1.0 + e)
+    pos = t >= 0
+    r = np.where(pos, q, q * e)
+    lam = np.where(pos, q * e, q)
+    ln_r = np.log(az) + np.minimum(t, 0.0) - np.log1p(e)
+    return r, lam, ln_r
 
 
 def _pow_psi(t, x0, y0, az, a):
     """ψ = a·log x(r) + (1−a)·log y(r) − log r at r(t) (`_pow_rl`), and dψ/dt."""
-    r, lam = _pow_rl(t, az)
+    r, lam, ln_r = _pow_rl(t, az)
     x, Sx = _pow_xy(x0, a, r, lam)
     y, Sy = _pow_xy(y0, 1.0 - a, r, lam)
-    f = a * np.log(x) + (1.0 - a) * np.log(y) - np.log(r)
+    f = a * np.log(x) + (1.0 - a) * np.log(y) - ln_r
     # x'(r) = a(λ − r)/S_x (from d(rλ)/dr = λ − r), likewise y'; dr/dt = r·λ/|z0|
     df = (r * (lam - r) * (a * a / (Sx * x) + (1.0 - a) ** 2 / (Sy * y)) - 1.0) * (lam / az)
     return f, df
@@ -780,7 +785,7 @@ def _pow(V: np.ndarray, alpha: np.ndarray, want_deriv: bool):
             c4 = np.flatnonzero(~face)
             t[c4] = _pow_root(xs[c4], ys[c4], azs[c4], aa[c4])
             face |= ~np.isfinite(t)  # r below float range: the face point to rounding
-            r, lam = _pow_rl(np.where(face, 0.0, t), np.where(face, 1.0, azs))
+            r, lam, _ = _pow_rl(np.where(face, 0.0, t), np.where(face, 1.0, azs))
             r = np.where(face, 0.0, r)
             lam = np.where(face, azs, lam)
             x, _ = _pow_xy(xs, aa, r, lam)
