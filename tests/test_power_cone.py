@@ -408,3 +408,28 @@ def test_batched_equals_looped(layers):
     for i in range(5):
         (one,) = layer.torch()(torch.tensor(T[i]))
         assert np.abs(batched[i].numpy() - one.numpy()).max() <= 1e-12
+
+
+def test_pnorm_ball_projection_at_data_scales():
+    """The zoo's 3-norm-ball projection with y and r scaled together by 1e-12 … 1e12: x
+    scales with them and the Jacobian not at all; every instance solved and within 1e-10
+    (relative to the scale) of the closed form."""
+    import problems
+
+    mod = problems.get("pnorm_ball_projection")
+    prob, params, variables = mod.build()
+    layer = dl.compile(prob, params, variables)
+    rng = np.random.default_rng(9)
+    inst = [mod.sample(rng) for _ in range(4)]
+    Y = np.stack([y for y, _ in inst])
+    R = np.array([float(r) for _, r in inst])
+    for s in (1e-12, 1e-6, 1.0, 1e6, 1e12):
+        out = layer.forward([Y * s, R * s])
+        assert all(str(st) == "solved" for st in out.info.status)
+        for i, (y, r) in enumerate(inst):
+            ref = mod.solution(y * s, r * s)[0]
+            assert np.abs(out.outputs[0][i] - ref).max() <= 1e-10 * s
+            Jy, Jr = mod.jacobian(y * s, r * s)[0]
+            J = out.jacobian(i)[0]
+            assert np.abs(J[0] - Jy).max() <= 1e-10
+            assert np.abs(J[1] - Jr).max() <= 1e-10
