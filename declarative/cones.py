@@ -791,9 +791,13 @@ def _pow(V: np.ndarray, alpha: np.ndarray, want_deriv: bool):
             x, _ = _pow_xy(xs, aa, r, lam)
             y, _ = _pow_xy(ys, bb, r, lam)
             sg = np.sign(zs)
-            # vd = −λ∇g(p) = (−λ·a·r/x, −λ·(1−a)·r/y, sign(z0)·λ); on the face, (x0⁻, y0⁻, z0)
-            xd = np.where(face, np.minimum(xs, 0.0), -lam * aa * (r / np.where(face, 1.0, x)))
-            yd = np.where(face, np.minimum(ys, 0.0), -lam * bb * (r / np.where(face, 1.0, y)))
+            # vd = v0 − vp = −λ∇g(p) = (−λ·a·r/x, −λ·(1−a)·r/y, sign(z0)·λ): the difference
+            # where it does not cancel (x0 <= x/2, which covers x below float range), else
+            # the product; on the face, (x0⁻, y0⁻, z0)
+            xd = np.where(xs <= 0.5 * x, xs - x, -lam * aa * (r / np.where(x > 0, x, 1.0)))
+            yd = np.where(ys <= 0.5 * y, ys - y, -lam * bb * (r / np.where(y > 0, y, 1.0)))
+            xd = np.where(face, np.minimum(xs, 0.0), xd)
+            yd = np.where(face, np.minimum(ys, 0.0), yd)
             x = np.where(face, np.maximum(xs, 0.0), x)
             y = np.where(face, np.maximum(ys, 0.0), y)
             sc = scale[idx][:, None]
