@@ -678,8 +678,8 @@ _POW_T = 700.0
 
 
 def _pow_root(x0, y0, az, a) -> np.ndarray:
-    """t with ψ(t) = 0, r(t) ∈ (0, |z0|) (ψ > 0 left of the root, < 0 right of it: Hien 2015,
-    Prop. 3.2); −inf where r is below float range, T where λ is. Bracket by doubling steps
+    """t with ψ(t) = 0, r(t) ∈ (0, |z0|) (ψ > 0 left of the root, < 0 right of it, as
+    Hien 2015 shows); −inf where r is below float range, T where λ is. Bracket by doubling steps
     from t = 0, then safeguarded Newton with bisection fallback, all cones at once."""
     f, _ = _pow_psi(np.zeros_like(az), x0, y0, az, a)
     pos = f > 0
@@ -735,7 +735,7 @@ def _pow(V: np.ndarray, alpha: np.ndarray, want_deriv: bool):
     a per row, 0 < a < 1) and onto its polar K° = −K*_a.
 
     Hien 2015, "Differential properties of Euclidean projection onto power cone" (Math. Methods
-    Oper. Res.), Thm. 3.1: (1) v0 ∈ K: vp = v0; (2) v0 ∈ K°: vp = 0; (3) z0 = 0:
+    Oper. Res.): (1) v0 ∈ K: vp = v0; (2) v0 ∈ K°: vp = 0; (3) z0 = 0:
     vp = (x0⁺, y0⁺, 0); (4) otherwise vp = (x(r), y(r), sign(z0)·r), with x(r), y(r) the
     positive roots of x² − x0·x = a·r·λ, y² − y0·y = (1−a)·r·λ, λ = |z0| − r, and r ∈ (0, |z0|)
     the root of x(r)^a y(r)^(1−a) = r (found as ψ(ln r) = 0, `_pow_root`). These are the KKT
