@@ -352,11 +352,10 @@ def _cone_dims(cd: Any) -> ConeDims:
         exp=int(cd.exp),
         power=tuple(float(a) for a in cd.p3d),
     )
-    if dims.power or getattr(cd, "pnd", None):
+    if getattr(cd, "pnd", None):  # pragma: no cover - CVXPY lowers these to 3-d power cones
         raise ProblemError(
-            "the problem uses power cones (e.g. through cp.power or cp.pnorm with p not in "
-            "{1, 2, inf}); declarative supports the zero, nonnegative, second-order, exponential "
-            "and PSD cones. Rewrite with those atoms (for example cp.norm(x, 2) or cp.sum_squares)."
+            "the problem uses n-dimensional power cones (cp.PowConeND), which SCS does not "
+            "take; write them as 3-d power cones (cp.PowCone3D)."
         )
     return dims
 

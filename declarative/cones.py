@@ -5,7 +5,9 @@ for: the zero cone, the nonnegative orthant, second-order cones ``(t, x)`` (``||
 ``t`` first), PSD cones stored in SCS's ``svec`` (lower triangle column by column, off-diagonal
 entries scaled by ``sqrt(2)``), primal exponential cones ``(r, s, t)`` with
 ``s*exp(r/s) <= t`` (closure) and dual exponential cones ``(u, v, w)`` with
-``-u*exp(v/u) <= e*w``, ``u < 0`` (closure).
+``-u*exp(v/u) <= e*w``, ``u < 0`` (closure), and 3-d power cones ``(x, y, z)`` with
+``x**a * y**(1-a) >= |z|``, ``x, y >= 0`` for an exponent ``0 < a < 1``, or their duals
+``(x/a)**a * (y/(1-a))**(1-a) >= |z|``, ``x, y >= 0`` (SCS's ``p`` entry ``-a``).
 
 Every function works on a batch ``(B, m)`` at once: all cones of one kind (and, for SOC and PSD,
 one size) are handled by a single vectorized numpy computation over cones and batch.
@@ -17,8 +19,8 @@ consistent element of the Clarke generalized Jacobian is used: a point on the bo
 ``K`` is treated as lying in ``K`` (derivative of the ``K`` side). In particular
 ``d max(x, 0)/dx = 1`` at ``x = 0`` (diffcp uses ``1/2`` there), a PSD eigenvalue ``0`` counts as
 nonnegative, an SOC point with ``||x|| == t`` gets the identity and one with ``||x|| == -t != 0``
-gets zero, an exponential-cone point on the boundary of K gets the identity (one on the boundary
-of the polar gets zero). NaN in a cone block gives NaN in that block only.
+gets zero, an exponential- or power-cone point on the boundary of K gets the identity (one on
+the boundary of the polar gets zero). NaN in a cone block gives NaN in that block only.
 """
 
 from __future__ import annotations
@@ -76,8 +78,11 @@ class ConeDims:
             object.__setattr__(self, name, tuple(int(k) for k in vals))
         alphas = tuple(float(a) for a in self.power)
         for a in alphas:
-            if not -1.0 <= a <= 1.0:
-                raise ValueError(f"ConeDims.power exponents must lie in [-1, 1], got {alphas!r}")
+            if not 0.0 < abs(a) < 1.0:
+                raise ValueError(
+                    "ConeDims.power exponents must lie in (-1, 0) or (0, 1) (alpha of a power "
+                    f"cone, negative for its dual), got {alphas!r}"
+                )
         object.__setattr__(self, "power", alphas)
 
     @property
@@ -156,6 +161,8 @@ class _Layout:
     psd: tuple[tuple[int, np.ndarray], ...]  # (order k, idx (ncones, k(k+1)/2)) per order
     exp: np.ndarray  # (n_exp + n_exp_dual, 3), primal exp cones first
     n_exp: int
+    pow: np.ndarray  # (n_power, 3)
+    alpha: np.ndarray  # (n_power,) signed exponents (negative: dual cone)
 
 
 @functools.lru_cache(maxsize=256)
@@ -177,19 +184,14 @@ def _layout(dims: ConeDims) -> _Layout:
     n3 = dims.exp + dims.exp_dual
     exp = np.arange(off, off + 3 * n3).reshape(n3, 3)
     off += 3 * n3
-    off += 3 * len(dims.power)
+    n_pow = len(dims.power)
+    pw = np.arange(off, off + 3 * n_pow).reshape(n_pow, 3)
+    off += 3 * n_pow
     assert off == dims.size
     soc = tuple((k, np.stack(g)) for k, g in sorted(soc_groups.items()))
     psd = tuple((k, np.stack(g)) for k, g in sorted(psd_groups.items()))
-    return _Layout(dims.size, zero, nonneg, soc, psd, exp, dims.exp)
-
-
-def _check_power(dims: ConeDims) -> None:
-    if dims.power:
-        raise NotImplementedError(
-            f"projection onto power cones is not implemented (dims.power={dims.power}); "
-            "supported cones: zero, nonneg, soc, psd, exp, exp_dual"
-        )
+    return _Layout(dims.size, zero, nonneg, soc, psd, exp, dims.exp, pw,
+                   np.asarray(dims.power, dtype=np.float64))
 
 
 def _as_batch(v: np.ndarray, dims: ConeDims) -> tuple[np.ndarray, bool]:
@@ -636,6 +638,240 @@ def _exp_all(X: np.ndarray, n_exp: int, dual: bool, want_deriv: bool):
 
 
 # ----------------------------------------------------------------------------------------------
+# Power cone (Hien 2015)
+# ----------------------------------------------------------------------------------------------
+def _pow_xy(x0, a, r, lam):
+    """x(r) = (x0 + √(x0² + 4a·r·λ))/2, the positive root of x² − x0·x − a·r·λ = 0, and
+    S = √(x0² + 4a·r·λ) = 2x − x0; written as 2a·r·λ/(S − x0) where x0 < 0 (no cancellation)."""
+    q = 4.0 * a * r * lam
+    S = np.sqrt(x0 * x0 + q)
+    x = np.where(x0 >= 0, 0.5 * (x0 + S), 0.5 * q / np.where(x0 < 0, S - x0, 1.0))
+    return x, S
+
+
+def _pow_rl(t, az):
+    """r = |z0|/(1 + e^{−t}) and λ = |z0| − r = |z0|/(1 + e^{t}), each to full relative
+    accuracy (the root may lie within rounding of either end of (0, |z0|)), and ln r."""
+    e = np.exp(-np.abs(t))
+    q = az / (1.0 + e)
+    pos = t >= 0
+    r = np.where(pos, q, q * e)
+    lam = np.where(pos, q * e, q)
+    ln_r = np.log(az) + np.minimum(t, 0.0) - np.log1p(e)
+    return r, lam, ln_r
+
+
+def _pow_psi(t, x0, y0, az, a):
+    """ψ = a·log x(r) + (1−a)·log y(r) − log r at r(t) (`_pow_rl`), and dψ/dt."""
+    r, lam, ln_r = _pow_rl(t, az)
+    x, Sx = _pow_xy(x0, a, r, lam)
+    y, Sy = _pow_xy(y0, 1.0 - a, r, lam)
+    f = a * np.log(x) + (1.0 - a) * np.log(y) - ln_r
+    # x'(r) = a(λ − r)/S_x (from d(rλ)/dr = λ − r), likewise y'; dr/dt = r·λ/|z0|
+    df = (r * (lam - r) * (a * a / (Sx * x) + (1.0 - a) ** 2 / (Sy * y)) - 1.0) * (lam / az)
+    return f, df
+
+
+# The root is searched for in t ∈ [−T, T]: beyond, r (or λ) is below ~1e-304 |z0|, and the
+# projection is the face point (or (x0⁺, y0⁺, z0)) to rounding.
+_POW_T = 700.0
+
+
+def _pow_root(x0, y0, az, a) -> np.ndarray:
+    """t with ψ(t) = 0, r(t) ∈ (0, |z0|) (ψ > 0 left of the root, < 0 right of it, as
+    Hien 2015 shows); −inf where r is below float range, T where λ is. Bracket by doubling steps
+    from t = 0, then safeguarded Newton with bisection fallback, all cones at once."""
+    f, _ = _pow_psi(np.zeros_like(az), x0, y0, az, a)
+    pos = f > 0
+    lo = np.where(pos, 0.0, -np.inf)
+    hi = np.where(pos, np.inf, 0.0)
+    for side in ("lo", "hi"):
+        miss = np.flatnonzero(np.isinf(lo) if side == "lo" else np.isinf(hi))
+        step = 1.0
+        while miss.size:
+            if side == "lo":
+                cand = np.maximum(hi[miss] - step, -_POW_T)
+            else:
+                cand = np.minimum(lo[miss] + step, _POW_T)
+            f, _ = _pow_psi(cand, x0[miss], y0[miss], az[miss], a[miss])
+            pos = f > 0
+            lo[miss[pos]] = cand[pos]
+            hi[miss[~pos]] = cand[~pos]
+            keep = (~pos if side == "lo" else pos) & (np.abs(cand) < _POW_T)
+            miss = miss[keep]
+            step *= 2.0
+    t = np.where(np.isinf(lo), -np.inf, np.where(np.isinf(hi), _POW_T, 0.5 * (lo + hi)))
+    dx_old = hi - lo
+    dx = dx_old.copy()
+    active = np.flatnonzero(np.isfinite(lo) & np.isfinite(hi))
+    for _ in range(200):
+        if active.size == 0:
+            break
+        x = t[active]
+        f, df = _pow_psi(x, x0[active], y0[active], az[active], a[active])
+        pos = f > 0
+        l = np.where(pos, x, lo[active])
+        h = np.where(pos, hi[active], x)
+        lo[active], hi[active] = l, h
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            step = f / df
+        new = x - step
+        ok = np.isfinite(new) & (new > l) & (new < h) & (
+            np.abs(2.0 * step) <= np.abs(dx_old[active]))
+        new = np.where(ok, new, 0.5 * (l + h))
+        dx_old[active] = dx[active]
+        dx[active] = np.where(ok, step, h - l)
+        scale = np.maximum(1.0, np.abs(x))
+        floor = ~ok & (np.abs(step) <= NEWTON_FLOOR * scale)
+        stop = (f == 0) | floor
+        done = stop | (np.abs(new - x) <= 2 * _EPS * scale) | (h - l <= 2 * _EPS * scale)
+        t[active] = np.where(stop, x, new)
+        active = active[~done]
+    return t
+
+
+def _pow(V: np.ndarray, alpha: np.ndarray, want_deriv: bool):
+    """Projection of V (N, 3) = (x0, y0, z0) onto K_a = {x^a y^(1−a) >= |z|, x, y >= 0} (one
+    a per row, 0 < a < 1) and onto its polar K° = −K*_a.
+
+    Hien 2015, "Differential properties of Euclidean projection onto power cone" (Math. Methods
+    Oper. Res.): (1) v0 ∈ K: vp = v0; (2) v0 ∈ K°: vp = 0; (3) z0 = 0:
+    vp = (x0⁺, y0⁺, 0); (4) otherwise vp = (x(r), y(r), sign(z0)·r), with x(r), y(r) the
+    positive roots of x² − x0·x = a·r·λ, y² − y0·y = (1−a)·r·λ, λ = |z0| − r, and r ∈ (0, |z0|)
+    the root of x(r)^a y(r)^(1−a) = r (found as ψ(ln r) = 0, `_pow_root`). These are the KKT
+    conditions of min ½‖p − v0‖² s.t. g(p) = |z| − x^a y^(1−a) <= 0, p + λ∇g(p) = v0, with
+    multiplier λ. Case 4 works on v0/‖v0‖∞ (homogeneity); vd = v0 − vp = −λ∇g(p) is computed
+    from λ directly (no cancellation).
+
+    Derivative: I in case 1 (also on the boundary of K), 0 in case 2. In case 4, from the
+    implicit function theorem on those conditions, with N = (I + λ∇²g)⁻¹ and g = ∇g(p):
+    DΠ = N − (Ng)(Ng)ᵀ / (gᵀNg); ∇²g = a(1−a)·r·wwᵀ, w = (1/x, −1/y, 0), has rank one, so
+    N = I − κ/(1+κ)·ŵŵᵀ with κ = λ·a(1−a)·r·‖w‖² (`_pow_deriv`). In case 3 (x0 < 0 < y0,
+    say) it is the limit of case 4 as z0 → 0: diag(0, 1, γ) with γ = 1 for a < 1/2, 0 for
+    a > 1/2 and y0/(2|x0| + y0) for a = 1/2 (r ~ |z0|^{a/(1−a)} on that face); symmetrically
+    for y0 < 0.
+
+    Returns (vp, vd, D) with v0 = vp + vd and D = DΠ_K(v0) (or None).
+    """
+    N = V.shape[0]
+    a = np.broadcast_to(alpha, (N,)).astype(np.float64)
+    b = 1.0 - a
+    vp = np.zeros((N, 3))
+    vd = np.zeros((N, 3))
+    D = np.zeros((N, 3, 3)) if want_deriv else None
+    with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+        finite = np.all(np.isfinite(V), axis=1)
+        scale = np.max(np.abs(V), axis=1)
+        v = V / np.where(scale > 0, scale, 1.0)[:, None]  # homogeneity: ‖v‖∞ = 1
+        x0, y0, z0 = v[:, 0], v[:, 1], v[:, 2]
+        az = np.abs(z0)
+        inK = (x0 >= 0) & (y0 >= 0) & (x0**a * y0**b >= az)
+        inP = (x0 <= 0) & (y0 <= 0) & ((-x0 / a) ** a * (-y0 / b) ** b >= az) & ~inK
+        rest = finite & ~inK & ~inP
+        bad = ~finite
+        vp[inK] = V[inK]
+        vd[inP] = V[inP]
+        vp[bad] = np.nan
+        vd[bad] = np.nan
+        if want_deriv:
+            D[inK] = np.eye(3)
+            D[bad] = np.nan
+
+        idx = np.flatnonzero(rest)
+        if idx.size:
+            xs, ys, zs, azs, aa, bb = x0[idx], y0[idx], z0[idx], az[idx], a[idx], b[idx]
+            face = azs == 0
+            t = np.full(idx.size, -np.inf)
+            c4 = np.flatnonzero(~face)
+            t[c4] = _pow_root(xs[c4], ys[c4], azs[c4], aa[c4])
+            face |= ~np.isfinite(t)  # r below float range: the face point to rounding
+            r, lam, _ = _pow_rl(np.where(face, 0.0, t), np.where(face, 1.0, azs))
+            r = np.where(face, 0.0, r)
+            lam = np.where(face, azs, lam)
+            x, _ = _pow_xy(xs, aa, r, lam)
+            y, _ = _pow_xy(ys, bb, r, lam)
+            sg = np.sign(zs)
+            # vd = v0 − vp = −λ∇g(p) = (−λ·a·r/x, −λ·(1−a)·r/y, sign(z0)·λ): the difference
+            # where it does not cancel (x0 <= x/2, which covers x below float range), else
+            # the product; on the face, (x0⁻, y0⁻, z0)
+            xd = np.where(xs <= 0.5 * x, xs - x, -lam * aa * (r / np.where(x > 0, x, 1.0)))
+            yd = np.where(ys <= 0.5 * y, ys - y, -lam * bb * (r / np.where(y > 0, y, 1.0)))
+            xd = np.where(face, np.minimum(xs, 0.0), xd)
+            yd = np.where(face, np.minimum(ys, 0.0), yd)
+            x = np.where(face, np.maximum(xs, 0.0), x)
+            y = np.where(face, np.maximum(ys, 0.0), y)
+            sc = scale[idx][:, None]
+            vp[idx] = np.stack([x, y, sg * r], -1) * sc
+            vd[idx] = np.stack([xd, yd, np.where(face, zs, sg * lam)], -1) * sc
+            if want_deriv:
+                D[idx] = _pow_deriv(x, y, r, lam, sg, aa, xs, ys, face)
+    return vp, vd, D
+
+
+def _pow_deriv(x, y, r, lam, sg, a, x0, y0, face) -> np.ndarray:
+    """DΠ_K in cases 3 and 4 of `_pow` (formulas there), (n, 3, 3)."""
+    b = 1.0 - a
+    n = x.size
+    Dc = np.zeros((n, 3, 3))
+    sm = np.flatnonzero(~face)
+    if sm.size:
+        x, y, r, lam, s, aa, bb = x[sm], y[sm], r[sm], lam[sm], sg[sm], a[sm], b[sm]
+        # In the orthonormal basis Q = (ŵ, ŵ⊥, e3), ŵ = (y, −x, 0)/n, ŵ⊥ = (x, y, 0)/n,
+        # n = ‖(x, y)‖: N = diag(1/(1+κ), 1, 1) and g = (γ, −r/n, sign z0) with
+        # γ = r(bx² − ay²)/(xy·n); written over (xy)² + λab·r·n² (no overflow as x or y → 0).
+        n = np.hypot(x, y)
+        xy2 = (x * y) ** 2
+        den = xy2 + lam * aa * bb * r * n * n
+        den = np.where(den > 0, den, 1.0)
+        c = bb * x * x - aa * y * y
+        Ng = np.stack([r * c * (x * y) / (n * den), -r / n, s], -1)
+        gNg = (r * c / n) ** 2 / den + (r / n) ** 2 + 1.0
+        Dq = -Ng[:, :, None] * Ng[:, None, :] / gNg[:, None, None]
+        Dq[:, 0, 0] += xy2 / den
+        Dq[:, 1, 1] += 1.0
+        Dq[:, 2, 2] += 1.0
+        Q = np.zeros((sm.size, 3, 3))
+        Q[:, 0, 0], Q[:, 1, 0] = y / n, -x / n
+        Q[:, 0, 1], Q[:, 1, 1] = x / n, y / n
+        Q[:, 2, 2] = 1.0
+        Dc[sm] = Q @ Dq @ np.swapaxes(Q, 1, 2)
+    fc = np.flatnonzero(face)
+    if fc.size:
+        aa, xx, yy = a[fc], x0[fc], y0[fc]
+        xneg = xx < 0  # x0 < 0 < y0: projected onto the face x = 0, else onto y = 0
+        e = np.where(xneg, aa, 1.0 - aa)  # the exponent of the coordinate that vanishes
+        other = np.where(xneg, yy, xx)
+        gone = np.abs(np.where(xneg, xx, yy))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            half = other / (2.0 * gone + other)
+        gam = np.where(e < 0.5, 1.0, np.where(e > 0.5, 0.0, half))
+        Dc[fc, 0, 0] = np.where(xneg, 0.0, 1.0)
+        Dc[fc, 1, 1] = np.where(xneg, 1.0, 0.0)
+        Dc[fc, 2, 2] = gam
+    return Dc
+
+
+def _pow_all(X: np.ndarray, alpha: np.ndarray, dual: bool, want_deriv: bool):
+    """Project X (B, n, 3) onto power cones K_a (alpha > 0) or their duals K*_a (alpha = −a),
+    or onto the duals of those (``dual``): K_a and K*_a are each other's dual.
+
+    Π_{K*}(v) = v + Π_K(−v) = −Π_{K°}(−v) (Moreau), computed as −vd(−v) (no cancellation);
+    DΠ_{K*}(v) = I − DΠ_K(−v).
+    """
+    B, n, _ = X.shape
+    flip = alpha < 0
+    if dual:
+        flip = ~flip
+    W = np.where(flip[None, :, None], -X, X).reshape(B * n, 3)
+    vp, vd, D = _pow(W, np.tile(np.abs(alpha), B), want_deriv)
+    P = np.where(flip[None, :, None], -vd.reshape(B, n, 3), vp.reshape(B, n, 3))
+    if want_deriv:
+        D = D.reshape(B, n, 3, 3)
+        D = np.where(flip[None, :, None, None], np.eye(3) - D, D)
+    return P, D
+
+
+# ----------------------------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------------------------
 def project(v: np.ndarray, dims: ConeDims, dual: bool = False) -> np.ndarray:
@@ -643,10 +879,10 @@ def project(v: np.ndarray, dims: ConeDims, dual: bool = False) -> np.ndarray:
 
     ``v`` has shape (m,) or (B, m); the result has the same shape. The dual of the zero cone is
     the free space (identity); nonneg, SOC and PSD are self-dual; K_exp and K*_exp are each
-    other's dual, Π_{K*}(v) = v + Π_K(−v) (Moreau). See Agrawal et al. 2019, "Differentiating
-    through a cone program", §2 and Friberg 2021 for the exponential cone.
+    other's dual, as are a power cone and its dual, Π_{K*}(v) = v + Π_K(−v) (Moreau). See
+    Agrawal et al. 2019, "Differentiating through a cone program", §2, Friberg 2021 for the
+    exponential cone and Hien 2015 for the power cone.
     """
-    _check_power(dims)
     V, squeeze = _as_batch(v, dims)
     lay = _layout(dims)
     P = np.empty_like(V)
@@ -658,6 +894,8 @@ def project(v: np.ndarray, dims: ConeDims, dual: bool = False) -> np.ndarray:
         P[:, idx] = _psd(V[:, idx], k, False)[0]
     if lay.exp.size:
         P[:, lay.exp] = _exp_all(V[:, lay.exp], lay.n_exp, dual, False)[0]
+    if lay.pow.size:
+        P[:, lay.pow] = _pow_all(V[:, lay.pow], lay.alpha, dual, False)[0]
     return P[0] if squeeze else P
 
 
@@ -667,9 +905,9 @@ def dproject(v: np.ndarray, dims: ConeDims, dual: bool = False) -> DProjection:
     ``v`` has shape (B, m) or (m,); for (m,) the operator is unbatched (``matvec`` takes (m,) or
     (m, k), ``dense`` returns (m, m)). Block diagonal over cones; per kind: zero 0 (dual: I),
     nonneg 1[v >= 0], SOC (Ali et al. 2017), PSD (Daleckii–Krein), exp 3×3 (implicit, ruled
-    boundary). Used by the residual-map derivative of Agrawal et al. 2019, eq. (8).
+    boundary), power 3×3 (implicit, Hien 2015). Used by the residual-map derivative of
+    Agrawal et al. 2019, eq. (8).
     """
-    _check_power(dims)
     V, squeeze = _as_batch(v, dims)
     return DProjection(V, dims, dual, batched=not squeeze)
 
@@ -765,7 +1003,7 @@ def release_kinks(v: np.ndarray, mask: np.ndarray, dims: ConeDims, tol: float = 
 def block_pattern(dims: ConeDims) -> tuple[np.ndarray, np.ndarray]:
     """(rows, cols) of every entry DΠ can have (its block-diagonal structure), in the order
     of `DProjection.values`: zero and nonnegative diagonals, then each SOC, PSD and
-    exponential-cone block, row-major within a block."""
+    exponential- and power-cone block, row-major within a block."""
     lay = _layout(dims)
     z = np.arange(lay.zero.start, lay.zero.stop)
     nn = np.arange(lay.nonneg.start, lay.nonneg.stop)
@@ -773,6 +1011,8 @@ def block_pattern(dims: ConeDims) -> tuple[np.ndarray, np.ndarray]:
     groups = [idx for _, idx in lay.soc] + [idx for _, idx in lay.psd]
     if lay.exp.size:
         groups.append(lay.exp)
+    if lay.pow.size:
+        groups.append(lay.pow)
     for idx in groups:
         nc, k = idx.shape
         rows.append(np.broadcast_to(idx[:, :, None], (nc, k, k)).ravel())
@@ -801,7 +1041,7 @@ class DProjection:
         P = np.empty_like(V)
         P[:, lay.zero] = V[:, lay.zero] if dual else 0.0
         P[:, lay.nonneg] = np.maximum(vn, 0.0)
-        self._soc, self._psd, self._exp = [], [], None
+        self._soc, self._psd, self._exp, self._pow = [], [], None, None
         for _, idx in lay.soc:
             P[:, idx], coef = _soc(V[:, idx], True)
             self._soc.append((idx, coef))
@@ -810,6 +1050,8 @@ class DProjection:
             self._psd.append((k, idx, data))
         if lay.exp.size:
             P[:, lay.exp], self._exp = _exp_all(V[:, lay.exp], lay.n_exp, dual, True)
+        if lay.pow.size:
+            P[:, lay.pow], self._pow = _pow_all(V[:, lay.pow], lay.alpha, dual, True)
         self.point = P if batched else P[0]
 
     def _arrays(self):
@@ -821,6 +1063,8 @@ class DProjection:
             yield from data
         if self._exp is not None:
             yield self._exp
+        if self._pow is not None:
+            yield self._pow
         yield self.point
 
     def take(self, sel) -> DProjection:
@@ -831,6 +1075,7 @@ class DProjection:
         new._soc = [(idx, tuple(x[sel] for x in coef)) for idx, coef in self._soc]
         new._psd = [(k, idx, tuple(x[sel] for x in data)) for k, idx, data in self._psd]
         new._exp = None if self._exp is None else self._exp[sel]
+        new._pow = None if self._pow is None else self._pow[sel]
         new.point = self.point[sel]
         new.batch_size = new.point.shape[0]
         return new
@@ -869,6 +1114,8 @@ class DProjection:
             out[:, idx] = _psd_matvec(data, X[:, idx], k)
         if self._exp is not None:
             out[:, lay.exp] = self._exp @ X[:, lay.exp]
+        if self._pow is not None:
+            out[:, lay.pow] = self._pow @ X[:, lay.pow]
         if vec:
             out = out[..., 0]
         return out if self.batched else out[0]
@@ -883,6 +1130,8 @@ class DProjection:
             yield idx, _psd_blocks((U[sel], G[sel]), k)
         if self._exp is not None:
             yield self._lay.exp, self._exp[sel]
+        if self._pow is not None:
+            yield self._lay.pow, self._pow[sel]
 
     def dense(self) -> np.ndarray:
         """Dense block-diagonal matrix, (B, m, m) (or (m, m) if unbatched)."""

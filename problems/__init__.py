@@ -35,8 +35,10 @@ from . import (
     affine_projection,
     box_projection,
     entropic_ot,
+    geometric_mean_budget,
     l1_ball_projection,
     l2_ball_projection,
+    pnorm_ball_projection,
     polytope_projection,
     psd_projection,
     qp,
@@ -60,7 +62,7 @@ __all__ = [
     "register",
 ]
 
-CONE_KINDS = frozenset({"zero", "nonneg", "soc", "exp", "psd"})
+CONE_KINDS = frozenset({"zero", "nonneg", "soc", "exp", "psd", "power"})
 
 
 @runtime_checkable
@@ -154,6 +156,8 @@ _MODULES: tuple[ModuleType, ...] = (
     entropic_ot,
     water_filling,
     simplex_quadratic,
+    geometric_mean_budget,
+    pnorm_ball_projection,
 )
 for _module in _MODULES:
     register(_module)

@@ -516,10 +516,9 @@ def test_errors():
         project(np.zeros(5), ConeDims(nonneg=4))
     with pytest.raises(ValueError):
         project(np.zeros((2, 3, 4)), ConeDims(nonneg=4))
-    with pytest.raises(NotImplementedError, match="power"):
-        project(np.zeros(3), ConeDims(power=(0.5,)))
-    with pytest.raises(NotImplementedError, match="power"):
-        dproject(np.zeros((1, 3)), ConeDims(power=(0.5,)))
+    for bad in (0.0, 1.0, -1.0):
+        with pytest.raises(ValueError, match="power exponents"):
+            ConeDims(power=(0.5, bad))
     D = dproject(np.zeros((2, 4)), ConeDims(nonneg=4))
     with pytest.raises(ValueError):
         D.matvec(np.zeros((3, 4)))

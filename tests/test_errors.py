@@ -55,14 +55,6 @@ def test_parameter_lists_checked_against_problem():
         dl.compile(prob, [theta], [])
 
 
-def test_power_cone_is_rejected_with_advice():
-    x, theta = cp.Variable(3), cp.Parameter(3)
-    cons = [cp.constraints.PowCone3D(x[0], x[1], x[2], 0.3)]
-    prob = cp.Problem(cp.Minimize(cp.sum_squares(x - theta)), cons)
-    with pytest.raises(ProblemError, match="power cones"):
-        dl.compile(prob, [theta], [x])
-
-
 def test_wrong_count_shape_and_batch(simple):
     layer, _, _ = simple
     with pytest.raises(ParameterError, match=r"expected 1 parameter value\(s\) \(theta\).*got 2"):

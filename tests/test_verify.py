@@ -330,10 +330,15 @@ def test_jacobian_matrix_layout():
 
 @pytest.mark.parametrize("name", list(problems.ZOO))
 def test_every_zoo_problem_passes_verify(name):
-    """The whole zoo through verify: closed form (1e-8), finite differences and diffcp."""
+    """The whole zoo through verify: closed form (1e-8), finite differences and diffcp
+    (which has no power cones: skipped there)."""
     r = check_zoo(name, seeds=range(2), finite_differences=True, diffcp=True)
     assert r.passed, (r.solution_error, r.jacobian_error)
-    assert r.fd_ok and r.diffcp_ok, (r.fd_error, r.diffcp_error)
+    assert r.fd_ok, r.fd_error
+    if "power" in problems.get(name).CONES:
+        assert r.diffcp_ok is None
+    else:
+        assert r.diffcp_ok, r.diffcp_error
 
 
 def test_declarative_verify_is_callable_and_a_module():
