@@ -41,10 +41,13 @@ def compile(  # noqa: A001 - the public name the design fixes
         problem: a CVXPY problem that is DCP and DPP.
         parameters: every parameter of the problem; the layer takes their values
             positionally in this order.
-        variables: what the layer returns: variables of the problem and/or dual
-            variables of its constraints (``constraint.dual_variables[0]``).
-        solver_args: SCS settings (``eps_abs``, ``max_iters``, ...) and refinement
-            options (``refine``, ``refine_tol``, ``refine_max_iters``); overridable per call.
+        variables: what the layer returns: variables of the problem (structured ones too:
+            diag, symmetric, PSD, nonneg, nonpos, bounds) and/or dual variables of its
+            constraints (any entry of ``constraint.dual_variables``: SOC's (t, X) parts,
+            ExpCone's three, ...), in CVXPY's own conventions.
+        solver_args: SCS settings (``eps_abs``, ``eps_rel``, ``max_iters``, ...; ``eps``
+            sets eps_abs = eps_rel, as in cvxpylayers and diffcp) and refinement options
+            (``refine``, ``refine_tol``, ``refine_max_iters``); overridable per call.
         on_failure: ``"raise"`` (one error naming every unsolved batch index) or ``"nan"``
             (NaN outputs and zero gradients for exactly those instances).
     """

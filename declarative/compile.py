@@ -30,7 +30,11 @@ from typing import Any, NamedTuple
 import cvxpy as cp
 import numpy as np
 import scipy.sparse as sp
-from cvxpy.reductions.cvx_attr2constr import CvxAttr2Constr, lower_value
+from cvxpy.reductions.cvx_attr2constr import (
+    CvxAttr2Constr,
+    lower_value,
+    recover_value_for_leaf,
+)
 
 from declarative.cones import ConeDims
 from declarative.errors import ParameterError, ProblemError
@@ -324,9 +328,8 @@ def _check_members(problem: cp.Problem, parameters, variables) -> list:
             "parameter of the problem (a fixed one can be made a cp.Constant)."
         )
     own_vars = {v.id for v in problem.variables()}
-    dual_of = {
-        c.dual_variables[0].id: c for c in problem.constraints if c.dual_variables
-    }
+    dual_of = {d.id: (c, k) for c in problem.constraints
+               for k, d in enumerate(c.dual_variables)}
     owners = []
     for v in variables:
         if not isinstance(v, cp.Variable):
@@ -337,8 +340,8 @@ def _check_members(problem: cp.Problem, parameters, variables) -> list:
             owners.append(dual_of[v.id])
         else:
             raise ProblemError(
-                f"variable {v.name()} is neither a variable of the problem nor the dual variable "
-                "(constraint.dual_variables[0]) of one of its constraints."
+                f"variable {v.name()} is neither a variable of the problem nor a dual variable "
+                "(an entry of constraint.dual_variables) of one of its constraints."
             )
     return owners
 
@@ -424,14 +427,16 @@ def _affine(T: sp.spmatrix, lowering: sp.csr_matrix) -> tuple[sp.csr_matrix, np.
 
 
 class _Inverter:
-    """Calls CVXPY's own ``chain.invert`` on a solver solution (x, y)."""
+    """Calls CVXPY's own ``chain.invert`` on a solver solution (x, y) and reads each output
+    the way CVXPY itself would: a primal variable from the inverted primal values (dense,
+    also for structured variables that CVXPY returns as sparse matrices), a dual variable
+    through its constraint's own ``save_dual_value`` (which splits a cone's dual among its
+    ``dual_variables``: SOC (t, X), ExpCone and PowCone3D (x, y, z), ...)."""
 
     def __init__(self, chain, inverse_data, n: int, m: int, variables, owners) -> None:
         self.chain, self.inverse_data, self.n, self.m = chain, inverse_data, n, m
-        self.keys = [
-            ("dual", o.id) if o is not None else ("primal", v.id)
-            for v, o in zip(variables, owners, strict=True)
-        ]
+        self.owners = list(owners)
+        self.variables = list(variables)
         self.shapes = [v.shape for v in variables]
 
     def __call__(self, xy: np.ndarray) -> list[np.ndarray]:
@@ -442,13 +447,57 @@ class _Inverter:
             "info": {"status_val": 1, "solve_time": 0.0, "setup_time": 0.0, "iter": 0,
                      "pobj": 0.0},
         }
-        res = self.chain.invert(sol, self.inverse_data)
+        res = _invert(self.chain, sol, self.inverse_data)
         out = []
-        for (kind, key), shape in zip(self.keys, self.shapes, strict=True):
-            val = (res.primal_vars if kind == "primal" else res.dual_vars).get(key)
-            val = np.zeros(shape) if val is None else np.asarray(val, dtype=float)
-            out.append(np.ravel(np.broadcast_to(val, shape), order="F"))
+        for v, owner, shape in zip(self.variables, self.owners, self.shapes, strict=True):
+            if owner is None:
+                val = res.primal_vars.get(v.id)
+            else:
+                val = _dual_value(*owner, res.dual_vars.get(owner[0].id))
+            if val is None:
+                val = np.zeros(shape)
+            elif sp.issparse(val):
+                val = val.toarray()
+            val = np.asarray(val, dtype=float)
+            if val.size != math.prod(shape):  # pragma: no cover - a CVXPY convention we miss
+                raise ProblemError(
+                    f"cannot read {v.name()} (shape {shape}) from CVXPY's solution: it "
+                    f"returned a value of shape {val.shape}."
+                )
+            out.append(np.ravel(np.reshape(val, shape, order="F"), order="F"))
         return out
+
+
+def _invert(chain, solution: dict, inverse_data) -> Any:
+    """``chain.invert``, except that variables with sign or bound attributes come back as the
+    solver's values rather than projected onto their sets (CVXPY's ``CvxAttr2Constr`` projects
+    them, which is not linear, and the solution is feasible for them already)."""
+    for r, data in reversed(list(zip(chain.reductions, inverse_data, strict=True))):
+        before = solution
+        solution = r.invert(solution, data)
+        if isinstance(r, CvxAttr2Constr) and data:
+            id2new_var, id2old_var, _ = data
+            for vid, var in id2old_var.items():
+                new = id2new_var[vid]
+                if new.id in before.primal_vars:
+                    solution.primal_vars[vid] = recover_value_for_leaf(
+                        var, before.primal_vars[new.id], project=False)
+    return solution
+
+
+def _dual_value(constraint, k: int, value: Any) -> Any:
+    """``constraint.dual_variables[k]``'s value for the constraint's stacked dual ``value``,
+    by the constraint's own ``save_dual_value``; the user's dual values are left as they were."""
+    if value is None:
+        return None
+    duals = constraint.dual_variables
+    before = [d.value for d in duals]
+    try:
+        constraint.save_dual_value(value)
+        return duals[k].value
+    finally:
+        for d, old in zip(duals, before, strict=True):
+            d.save_value(old)
 
 
 def _recovery_map(inv: _Inverter, blocks: list[tuple[int, int]]) -> sp.csr_matrix:
@@ -509,6 +558,13 @@ def _as_selection(out: np.ndarray, probe: np.ndarray):
     if not np.all(found | zero):
         return None
     return order[pos], np.where(zero, 0.0, np.sign(out))
+
+
+def _dual_name(constraint, k: int) -> str:
+    """How an output that is ``constraint.dual_variables[k]`` is named in messages."""
+    if len(constraint.dual_variables) == 1:
+        return f"dual of {_short(constraint)}"
+    return f"dual_variables[{k}] of {_short(constraint)}"
 
 
 def _short(constraint, limit: int = 40) -> str:
@@ -576,7 +632,7 @@ def compile_template(problem: cp.Problem, parameters, variables, quad_obj: bool 
         param_specs.append(ParameterSpec(p.name(), tuple(p.shape), o, domain))
         o += p.size
     output_specs = [
-        OutputSpec(v.name() if own is None else f"dual of {_short(own)}", tuple(v.shape),
+        OutputSpec(v.name() if own is None else _dual_name(*own), tuple(v.shape),
                    "dual" if own is not None else "primal")
         for v, own in zip(variables, owners, strict=True)
     ]
