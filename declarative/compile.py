@@ -250,8 +250,13 @@ class ConeTemplate:
         return self.indices, cols
 
 
-def check_problem(problem: Any) -> None:
-    """Raise `ProblemError` unless ``problem`` is DCP and DPP, naming the culprit."""
+def check_problem(problem: Any, quad_obj: bool = True) -> None:
+    """Raise `ProblemError` unless ``problem`` is DCP and DPP, naming the culprit.
+
+    With ``quad_obj`` (the objective kept as SCS's ½xᵀPx), ``quad_form(x, P)`` with a
+    parameter P is DPP in the objective: P enters the program's P affinely (CVXPY's
+    ``is_dpp(quad_form_dpp="qp")``). In a constraint it is not (CVXPY factors P there).
+    """
     from cvxpy.utilities import scopes
     from cvxpy.utilities.debug_tools import build_non_disciplined_error_msg
 
@@ -272,12 +277,14 @@ def check_problem(problem: Any) -> None:
             "the problem is not DCP (disciplined convex), so it cannot be a convex layer. "
             + detail
         )
-    if not problem.is_dcp(dpp=True):
+    if not (problem.is_dpp("dcp", quad_form_dpp="qp") if quad_obj
+            else problem.is_dcp(dpp=True)):
         with scopes.dpp_scope():
             detail = build_non_disciplined_error_msg(problem, "DCP")
         raise ProblemError(
             "the problem is DCP but not DPP: parameters must enter affinely (a product of two "
             "parameter-dependent expressions, or a parameter inside a nonlinear atom, is not DPP; "
+            "quad_form(x, P) with a parameter P is DPP in the objective only; "
             "see https://www.cvxpy.org/tutorial/dpp). " + detail
         )
 
@@ -578,7 +585,7 @@ def compile_template(problem: cp.Problem, parameters, variables, quad_obj: bool 
     ``quad_obj=False`` gives the pure cone form (quadratic objectives through
     second-order cones), as diffcp needs for comparisons.
     """
-    check_problem(problem)
+    check_problem(problem, quad_obj)
     owners = _check_members(problem, list(parameters), list(variables))
     try:  # keep quadratic objectives as SCS's P: fewer cones and rows than an SOC form
         data, chain, inverse_data = problem.get_problem_data(
