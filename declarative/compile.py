@@ -645,3 +645,64 @@ def compile_template(problem: cp.Problem, parameters, variables, quad_obj: bool 
     ]
     return template, tuple(param_specs), tuple(output_specs)
 
+
+
+def compile_gp_template(problem: cp.Problem, parameters, variables):
+    """A log-log convex (DGP) problem → the template of its convex form, once.
+
+    CVXPY's ``Dgp2Dcp`` reduction substitutes u = log x for every variable and log θ for every
+    parameter, which turns monomials into affine and posynomials into log-sum-exp functions
+    (Boyd, Kim, Vandenberghe, Hassibi 2007, *A tutorial on geometric programming*, Sec. 2.5;
+    Agrawal, Diamond, Boyd 2019, *Disciplined geometric programming*). The template maps
+    log θ to the convex program and its outputs are u; the layer (`declarative.geometric`)
+    takes θ and returns x = exp(u).
+    """
+    from cvxpy.reductions.dgp2dcp.dgp2dcp import Dgp2Dcp
+    from cvxpy.utilities.debug_tools import build_non_disciplined_error_msg
+
+    if not isinstance(problem, cp.Problem):
+        raise ProblemError(f"expected a cvxpy.Problem, got {type(problem).__name__}.")
+    _check_real(problem)
+    if not problem.is_dgp():
+        raise ProblemError(
+            "gp=True: the problem is not DGP (log-log convex), so it is not a geometric "
+            "program. " + build_non_disciplined_error_msg(problem, "DGP")
+        )
+    if not problem.is_dgp(dpp=True):
+        raise ProblemError(
+            "gp=True: the problem is DGP but not DPP: parameters must enter as monomial "
+            "coefficients or factors, so that their logarithms enter the convex form "
+            "affinely (see https://www.cvxpy.org/tutorial/dpp)."
+        )
+    owners = _check_members(problem, list(parameters), list(variables))
+    duals = [v.name() for v, o in zip(variables, owners, strict=True) if o is not None]
+    if duals:
+        raise ProblemError(
+            f"gp=True: {duals} are dual variables; a geometric program's layer returns its "
+            "(positive) primal variables only."
+        )
+    reduction = Dgp2Dcp()
+    convex, _ = reduction.apply(problem)
+    direct = {p.id for p in convex.parameters()} & {p.id for p in parameters}
+    if direct:
+        names = [p.name() for p in parameters if p.id in direct]
+        raise ProblemError(
+            f"gp=True: parameter(s) {names} enter the problem other than through their "
+            "logarithm (e.g. as an exponent); only parameters that enter as monomial "
+            "coefficients or factors are supported."
+        )
+    new_params = {p.id: p for p in convex.parameters()}
+    new_vars = {v.id: v for v in convex.variables()}
+    log_params = []
+    for p in parameters:
+        ids = reduction.param_id_map.get(p.id)
+        if not ids:
+            raise ProblemError(f"parameter {p.name()} does not appear in the problem.")
+        log_params.append(new_params[ids[0]])
+    log_vars = [new_vars[reduction.var_id_map[v.id][0]] for v in variables]
+    template, specs, outputs = compile_template(convex, log_params, log_vars)
+    specs = tuple(ParameterSpec(p.name(), s.shape, s.offset, ("pos",))
+                  for p, s in zip(parameters, specs, strict=True))
+    outputs = tuple(OutputSpec(v.name(), o.shape, o.kind)
+                    for v, o in zip(variables, outputs, strict=True))
+    return template, specs, outputs

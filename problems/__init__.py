@@ -12,6 +12,8 @@ Every zoo module exposes the same interface (see :class:`ZooProblem`)::
     solution(*params) -> [np.ndarray, ...]             # closed-form value of each variable
     jacobian(*params) -> [[np.ndarray, ...], ...]      # J[i][j] = d var_i / d param_j,
                                                        #   shape var_i.shape + param_j.shape
+    GP: bool                       # optional: a geometric program (DGP), compiled and
+                                   #   solved with gp=True (see `compile_options`)
 
 ``sample`` only returns instances where the solution map is differentiable and well conditioned
 (unique solution, strict complementarity with a margin).  The active-set problems raise
@@ -34,6 +36,7 @@ import numpy as np
 from . import (
     affine_projection,
     box_projection,
+    box_volume,
     entropic_ot,
     l1_ball_projection,
     l2_ball_projection,
@@ -55,6 +58,7 @@ __all__ = [
     "DegenerateInstanceError",
     "Instance",
     "ZooProblem",
+    "compile_options",
     "get",
     "instance",
     "register",
@@ -103,6 +107,12 @@ def register(module: ModuleType) -> ModuleType:
         raise TypeError(f"zoo problem {name!r}: SIZES must be a dict of positive ints")
     ZOO[name] = module
     return module
+
+
+def compile_options(module: ModuleType) -> dict[str, Any]:
+    """Keyword arguments that ``dl.compile`` and ``problem.solve`` need for ``module``'s
+    problem beyond the defaults: ``{"gp": True}`` for a geometric program."""
+    return {"gp": True} if getattr(module, "GP", False) else {}
 
 
 def get(name: str) -> ModuleType:
@@ -154,6 +164,7 @@ _MODULES: tuple[ModuleType, ...] = (
     entropic_ot,
     water_filling,
     simplex_quadratic,
+    box_volume,
 )
 for _module in _MODULES:
     register(_module)
