@@ -263,14 +263,7 @@ def check_problem(problem: Any, quad_obj: bool = True) -> None:
     if not isinstance(problem, cp.Problem):
         raise ProblemError(f"expected a cvxpy.Problem, got {type(problem).__name__}.")
     _check_real(problem)
-    if problem.is_mixed_integer():
-        names = [v.name() for v in problem.variables()
-                 if v.attributes.get("integer") or v.attributes.get("boolean")]
-        raise ProblemError(
-            f"variable(s) {names} are integer or boolean: a mixed-integer problem's solution "
-            "is piecewise constant in its parameters, with no useful derivative. declarative "
-            "differentiates continuous convex problems; drop the integrality (a relaxation)."
-        )
+    _check_continuous(problem)
     if not problem.is_dcp():
         detail = build_non_disciplined_error_msg(problem, "DCP")
         raise ProblemError(
@@ -286,6 +279,18 @@ def check_problem(problem: Any, quad_obj: bool = True) -> None:
             "parameter-dependent expressions, or a parameter inside a nonlinear atom, is not DPP; "
             "quad_form(x, P) with a parameter P is DPP in the objective only; "
             "see https://www.cvxpy.org/tutorial/dpp). " + detail
+        )
+
+
+def _check_continuous(problem: cp.Problem) -> None:
+    """Raise `ProblemError` if ``problem`` has integer or boolean variables, naming them."""
+    if problem.is_mixed_integer():
+        names = [v.name() for v in problem.variables()
+                 if v.attributes.get("integer") or v.attributes.get("boolean")]
+        raise ProblemError(
+            f"variable(s) {names} are integer or boolean: a mixed-integer problem's solution "
+            "is piecewise constant in its parameters, with no useful derivative. declarative "
+            "differentiates continuous convex problems; drop the integrality (a relaxation)."
         )
 
 
@@ -663,6 +668,7 @@ def compile_gp_template(problem: cp.Problem, parameters, variables):
     if not isinstance(problem, cp.Problem):
         raise ProblemError(f"expected a cvxpy.Problem, got {type(problem).__name__}.")
     _check_real(problem)
+    _check_continuous(problem)
     if not problem.is_dgp():
         raise ProblemError(
             "gp=True: the problem is not DGP (log-log convex), so it is not a geometric "

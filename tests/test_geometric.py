@@ -141,6 +141,9 @@ def test_gp_errors():
         dl.compile(gp, [a], [x])  # a DGP problem without gp=True
     with pytest.raises(ProblemError, match="dual variables"):
         dl.compile(gp, [a], [gp.constraints[0].dual_variables[0]], gp=True)
+    n = cp.Variable(pos=True, integer=True, name="n")
+    with pytest.raises(ProblemError, match=r"\['n'\] are integer or boolean"):
+        dl.compile(cp.Problem(cp.Minimize(a / n + n)), [a], [n], gp=True)
     p = cp.Parameter(pos=True)
     exponent = cp.Problem(cp.Minimize(x ** p + 1 / x))  # DGP and DPP: p multiplies log x
     with pytest.raises(ProblemError, match="other than through their logarithm"):
