@@ -471,6 +471,8 @@ class _Inverter:
             elif sp.issparse(val):
                 val = val.toarray()
             val = np.asarray(val, dtype=float)
+            if val.size == 1:  # a scalar for a (promoted) shape: the same value everywhere
+                val = np.broadcast_to(val.reshape(()), shape)
             if val.size != math.prod(shape):  # pragma: no cover - a CVXPY convention we miss
                 raise ProblemError(
                     f"cannot read {v.name()} (shape {shape}) from CVXPY's solution: it "
