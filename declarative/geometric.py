@@ -99,16 +99,17 @@ class GeometricLayer(Layer):
             out.append(a if a.ndim > len(spec.shape) else a[None])
         return out
 
-    def forward(self, values: Sequence[Any], solver_args: dict | None = None,
-                on_failure: str | None = None) -> Forward:
-        fwd = super().forward(values, solver_args=solver_args, on_failure=on_failure)
+    def forward(self, values: Sequence[Any], *args: Any, **kwargs: Any) -> Forward:
+        """`Layer.forward` (same options) on log θ, its outputs exp(u)."""
+        fwd = super().forward(values, *args, **kwargs)
         if isinstance(fwd, GeometricForward):  # an empty batch, answered by `restore`
             return fwd
         return GeometricForward.wrap(fwd, self._theta(values))
 
-    def restore(self, values: Sequence[Any], x: np.ndarray, y: np.ndarray, s: np.ndarray,
-                ok: np.ndarray) -> Forward:
-        return GeometricForward.wrap(super().restore(values, x, y, s, ok), self._theta(values))
+    def restore(self, values: Sequence[Any], *args: Any, **kwargs: Any) -> Forward:
+        """`Layer.restore` (same arguments), as a `GeometricForward`."""
+        return GeometricForward.wrap(super().restore(values, *args, **kwargs),
+                                     self._theta(values))
 
     def from_log(self, u: list[np.ndarray], J: list[list[np.ndarray]], values: Sequence[Any]
                  ) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
