@@ -202,3 +202,26 @@ def test_vector_soc_and_exp_cones(axis):
     check_values(layer, problem, [A, c], outputs, batch, tol=1e-6)
     check_derivatives(layer, batch, [rng.standard_normal((2, 3, 2)),
                                      rng.standard_normal((2, 2))])
+
+
+def test_power_cone_duals():
+    """PowCone3D's three dual variables, against CVXPY and finite differences: min a·x + y
+    s.t. x^α y^(1−α) ≥ |z|, z = b (unique: x = αc/a, y = (1−α)c for c = b / ((α/a)^α
+    (1−α)^(1−α))). Runs where power cones are supported."""
+    a, b = cp.Parameter(pos=True, name="a"), cp.Parameter(pos=True, name="b")
+    x, y, z = cp.Variable(name="x"), cp.Variable(name="y"), cp.Variable(name="z")
+    pow3 = cp.PowCone3D(x, y, z, 0.3)
+    problem = cp.Problem(cp.Minimize(a * x + y), [pow3, z == b])
+    outputs = [x, y, z, *pow3.dual_variables]
+    try:
+        layer = dl.compile(problem, [a, b], outputs)
+    except ProblemError as e:
+        if "power cones" in str(e):
+            pytest.skip("power cones are not supported by this build")
+        raise
+    A, B = np.array([0.5, 2.0]), np.array([1.0, 1.5])
+    x_, y_, *_ = layer.forward([A, B]).outputs
+    c = B / ((0.3 / A) ** 0.3 * 0.7 ** 0.7)
+    assert np.max(np.abs(x_ - 0.3 * c / A)) <= 1e-9 and np.max(np.abs(y_ - 0.7 * c)) <= 1e-9
+    check_values(layer, problem, [a, b], outputs, [A, B], tol=1e-5)  # Clarabel: ~1e-6 here
+    check_derivatives(layer, [A, B], [np.array([0.3, -0.2]), np.array([0.1, 0.4])])
