@@ -220,8 +220,15 @@ def test_power_cone_duals():
             pytest.skip("power cones are not supported by this build")
         raise
     A, B = np.array([0.5, 2.0]), np.array([1.0, 1.5])
-    x_, y_, *_ = layer.forward([A, B]).outputs
+    fwd = layer.forward([A, B])
+    x_, y_, _, lx, ly, lz = fwd.outputs
     c = B / ((0.3 / A) ** 0.3 * 0.7 ** 0.7)
     assert np.max(np.abs(x_ - 0.3 * c / A)) <= 1e-9 and np.max(np.abs(y_ - 0.7 * c)) <= 1e-9
-    check_values(layer, problem, [a, b], outputs, [A, B], tol=1e-5)  # Clarabel: ~1e-6 here
+    # λ = (a, 1, λ_z) by stationarity, on the dual cone's boundary: (λ_x/α)^α (λ_y/(1−α))^(1−α)
+    # = |λ_z|, with CVXPY's sign λ_z < 0; so dλ_z/da = α λ_z / a.
+    lam_z = -((A / 0.3) ** 0.3) * (1 / 0.7) ** 0.7
+    assert np.max(np.abs(lx - A)) <= 1e-9 and np.max(np.abs(ly - 1)) <= 1e-9
+    assert np.max(np.abs(lz - lam_z)) <= 1e-9
+    J = fwd.jacobian(1)
+    assert abs(float(J[5][0]) - 0.3 * lam_z[1] / A[1]) <= 1e-8
     check_derivatives(layer, [A, B], [np.array([0.3, -0.2]), np.array([0.1, 0.4])])
