@@ -34,20 +34,36 @@ def compile(  # noqa: A001 - the public name the design fixes
     *,
     solver_args: dict | None = None,
     on_failure: str = "raise",
+    gp: bool = False,
 ) -> Layer:
     """Compile a DPP CVXPY problem into a differentiable layer, once.
 
     Args:
-        problem: a CVXPY problem that is DCP and DPP.
+        problem: a CVXPY problem that is DCP and DPP (``quad_form(x, P)`` with a PSD
+            parameter P is DPP in the objective); with ``gp=True``, DGP and DPP.
         parameters: every parameter of the problem; the layer takes their values
             positionally in this order.
-        variables: what the layer returns: variables of the problem and/or dual
-            variables of its constraints (``constraint.dual_variables[0]``).
-        solver_args: SCS settings (``eps_abs``, ``max_iters``, ...) and refinement
-            options (``refine``, ``refine_tol``, ``refine_max_iters``); overridable per call.
+        variables: what the layer returns: variables of the problem (structured ones too:
+            diag, symmetric, PSD, nonneg, nonpos, bounds) and/or dual variables of its
+            constraints (any entry of ``constraint.dual_variables``: SOC's (t, X) parts,
+            ExpCone's three, ...), in CVXPY's own conventions.
+        solver_args: SCS settings (``eps_abs``, ``eps_rel``, ``max_iters``, ...; ``eps``
+            sets eps_abs = eps_rel, as in cvxpylayers and diffcp) and refinement options
+            (``refine``, ``refine_tol``, ``refine_max_iters``); overridable per call.
         on_failure: ``"raise"`` (one error naming every unsolved batch index) or ``"nan"``
             (NaN outputs and zero gradients for exactly those instances).
+        gp: the problem is a geometric program (log-log convex, DGP): solved in log-log
+            coordinates (CVXPY's ``Dgp2Dcp``); the layer takes the positive parameters and
+            returns the positive variables (`declarative.geometric.GeometricLayer`).
     """
+    if gp:
+        from declarative.compile import compile_gp_template
+        from declarative.geometric import GeometricLayer
+
+        template, params, outputs = compile_gp_template(problem, list(parameters),
+                                                        list(variables))
+        return GeometricLayer(template, params, outputs, solver_args=solver_args,
+                              on_failure=on_failure)
     template, params, outputs = compile_template(problem, list(parameters), list(variables))
     return Layer(template, params, outputs, solver_args=solver_args, on_failure=on_failure)
 

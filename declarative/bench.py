@@ -322,7 +322,9 @@ class Libraries:
         self.ours_compile = self.cvxpylayers_compile = math.nan
         t0 = time.perf_counter()
         try:
-            self.ours = dl.compile(self.problem, self.parameters, self.variables).torch()
+            self.ours = dl.compile(self.problem, self.parameters, self.variables,
+                                   **problems.compile_options(problems.get(case.problem))
+                                   ).torch()
             self.ours_compile = time.perf_counter() - t0
         except Exception as e:  # noqa: BLE001
             self.ours_failure = _describe(e)
@@ -334,7 +336,8 @@ class Libraries:
             from cvxpylayers.torch import CvxpyLayer
 
             self.cvxpylayers = CvxpyLayer(self.problem, parameters=self.parameters,
-                                          variables=self.variables)
+                                          variables=self.variables,
+                                          **problems.compile_options(problems.get(case.problem)))
             self.cvxpylayers_compile = time.perf_counter() - t0
         except Exception as e:  # noqa: BLE001
             self.cvxpylayers_failure = _describe(e)

@@ -30,7 +30,11 @@ from typing import Any, NamedTuple
 import cvxpy as cp
 import numpy as np
 import scipy.sparse as sp
-from cvxpy.reductions.cvx_attr2constr import CvxAttr2Constr, lower_value
+from cvxpy.reductions.cvx_attr2constr import (
+    CvxAttr2Constr,
+    lower_value,
+    recover_value_for_leaf,
+)
 
 from declarative.cones import ConeDims
 from declarative.errors import ParameterError, ProblemError
@@ -246,14 +250,40 @@ class ConeTemplate:
         return self.indices, cols
 
 
-def check_problem(problem: Any) -> None:
-    """Raise `ProblemError` unless ``problem`` is DCP and DPP, naming the culprit."""
+def check_problem(problem: Any, quad_obj: bool = True) -> None:
+    """Raise `ProblemError` unless ``problem`` is DCP and DPP, naming the culprit.
+
+    With ``quad_obj`` (the objective kept as SCS's ½xᵀPx), ``quad_form(x, P)`` with a
+    parameter P is DPP in the objective: P enters the program's P affinely (CVXPY's
+    ``is_dpp(quad_form_dpp="qp")``). In a constraint it is not (CVXPY factors P there).
+    """
     from cvxpy.utilities import scopes
     from cvxpy.utilities.debug_tools import build_non_disciplined_error_msg
 
     if not isinstance(problem, cp.Problem):
         raise ProblemError(f"expected a cvxpy.Problem, got {type(problem).__name__}.")
     _check_real(problem)
+    _check_continuous(problem)
+    if not problem.is_dcp():
+        detail = build_non_disciplined_error_msg(problem, "DCP")
+        raise ProblemError(
+            "the problem is not DCP (disciplined convex), so it cannot be a convex layer. "
+            + detail
+        )
+    if not (problem.is_dpp("dcp", quad_form_dpp="qp") if quad_obj
+            else problem.is_dcp(dpp=True)):
+        with scopes.dpp_scope():
+            detail = build_non_disciplined_error_msg(problem, "DCP")
+        raise ProblemError(
+            "the problem is DCP but not DPP: parameters must enter affinely (a product of two "
+            "parameter-dependent expressions, or a parameter inside a nonlinear atom, is not DPP; "
+            "quad_form(x, P) with a parameter P is DPP in the objective only; "
+            "see https://www.cvxpy.org/tutorial/dpp). " + detail
+        )
+
+
+def _check_continuous(problem: cp.Problem) -> None:
+    """Raise `ProblemError` if ``problem`` has integer or boolean variables, naming them."""
     if problem.is_mixed_integer():
         names = [v.name() for v in problem.variables()
                  if v.attributes.get("integer") or v.attributes.get("boolean")]
@@ -261,20 +291,6 @@ def check_problem(problem: Any) -> None:
             f"variable(s) {names} are integer or boolean: a mixed-integer problem's solution "
             "is piecewise constant in its parameters, with no useful derivative. declarative "
             "differentiates continuous convex problems; drop the integrality (a relaxation)."
-        )
-    if not problem.is_dcp():
-        detail = build_non_disciplined_error_msg(problem, "DCP")
-        raise ProblemError(
-            "the problem is not DCP (disciplined convex), so it cannot be a convex layer. "
-            + detail
-        )
-    if not problem.is_dcp(dpp=True):
-        with scopes.dpp_scope():
-            detail = build_non_disciplined_error_msg(problem, "DCP")
-        raise ProblemError(
-            "the problem is DCP but not DPP: parameters must enter affinely (a product of two "
-            "parameter-dependent expressions, or a parameter inside a nonlinear atom, is not DPP; "
-            "see https://www.cvxpy.org/tutorial/dpp). " + detail
         )
 
 
@@ -324,9 +340,8 @@ def _check_members(problem: cp.Problem, parameters, variables) -> list:
             "parameter of the problem (a fixed one can be made a cp.Constant)."
         )
     own_vars = {v.id for v in problem.variables()}
-    dual_of = {
-        c.dual_variables[0].id: c for c in problem.constraints if c.dual_variables
-    }
+    dual_of = {d.id: (c, k) for c in problem.constraints
+               for k, d in enumerate(c.dual_variables)}
     owners = []
     for v in variables:
         if not isinstance(v, cp.Variable):
@@ -337,8 +352,8 @@ def _check_members(problem: cp.Problem, parameters, variables) -> list:
             owners.append(dual_of[v.id])
         else:
             raise ProblemError(
-                f"variable {v.name()} is neither a variable of the problem nor the dual variable "
-                "(constraint.dual_variables[0]) of one of its constraints."
+                f"variable {v.name()} is neither a variable of the problem nor a dual variable "
+                "(an entry of constraint.dual_variables) of one of its constraints."
             )
     return owners
 
@@ -423,14 +438,16 @@ def _affine(T: sp.spmatrix, lowering: sp.csr_matrix) -> tuple[sp.csr_matrix, np.
 
 
 class _Inverter:
-    """Calls CVXPY's own ``chain.invert`` on a solver solution (x, y)."""
+    """Calls CVXPY's own ``chain.invert`` on a solver solution (x, y) and reads each output
+    the way CVXPY itself would: a primal variable from the inverted primal values (dense,
+    also for structured variables that CVXPY returns as sparse matrices), a dual variable
+    through its constraint's own ``save_dual_value`` (which splits a cone's dual among its
+    ``dual_variables``: SOC (t, X), ExpCone and PowCone3D (x, y, z), ...)."""
 
     def __init__(self, chain, inverse_data, n: int, m: int, variables, owners) -> None:
         self.chain, self.inverse_data, self.n, self.m = chain, inverse_data, n, m
-        self.keys = [
-            ("dual", o.id) if o is not None else ("primal", v.id)
-            for v, o in zip(variables, owners, strict=True)
-        ]
+        self.owners = list(owners)
+        self.variables = list(variables)
         self.shapes = [v.shape for v in variables]
 
     def __call__(self, xy: np.ndarray) -> list[np.ndarray]:
@@ -441,13 +458,59 @@ class _Inverter:
             "info": {"status_val": 1, "solve_time": 0.0, "setup_time": 0.0, "iter": 0,
                      "pobj": 0.0},
         }
-        res = self.chain.invert(sol, self.inverse_data)
+        res = _invert(self.chain, sol, self.inverse_data)
         out = []
-        for (kind, key), shape in zip(self.keys, self.shapes, strict=True):
-            val = (res.primal_vars if kind == "primal" else res.dual_vars).get(key)
-            val = np.zeros(shape) if val is None else np.asarray(val, dtype=float)
-            out.append(np.ravel(np.broadcast_to(val, shape), order="F"))
+        for v, owner, shape in zip(self.variables, self.owners, self.shapes, strict=True):
+            if owner is None:
+                val = res.primal_vars.get(v.id)
+            else:
+                val = _dual_value(*owner, res.dual_vars.get(owner[0].id))
+            if val is None:
+                val = np.zeros(shape)
+            elif sp.issparse(val):
+                val = val.toarray()
+            val = np.asarray(val, dtype=float)
+            if val.size == 1:  # a scalar for a (promoted) shape: the same value everywhere
+                val = np.broadcast_to(val.reshape(()), shape)
+            if val.size != math.prod(shape):  # pragma: no cover - a CVXPY convention we miss
+                raise ProblemError(
+                    f"cannot read {v.name()} (shape {shape}) from CVXPY's solution: it "
+                    f"returned a value of shape {val.shape}."
+                )
+            out.append(np.ravel(np.reshape(val, shape, order="F"), order="F"))
         return out
+
+
+def _invert(chain, solution: dict, inverse_data) -> Any:
+    """``chain.invert``, except that variables with sign or bound attributes come back as the
+    solver's values rather than projected onto their sets (CVXPY's ``CvxAttr2Constr`` projects
+    them, which is not linear, and the solution is feasible for them already)."""
+    for r, data in reversed(list(zip(chain.reductions, inverse_data, strict=True))):
+        before = solution
+        solution = r.invert(solution, data)
+        if isinstance(r, CvxAttr2Constr) and data:
+            id2new_var, id2old_var, _ = data
+            for vid, var in id2old_var.items():
+                new = id2new_var[vid]
+                if new.id in before.primal_vars:
+                    solution.primal_vars[vid] = recover_value_for_leaf(
+                        var, before.primal_vars[new.id], project=False)
+    return solution
+
+
+def _dual_value(constraint, k: int, value: Any) -> Any:
+    """``constraint.dual_variables[k]``'s value for the constraint's stacked dual ``value``,
+    by the constraint's own ``save_dual_value``; the user's dual values are left as they were."""
+    if value is None:
+        return None
+    duals = constraint.dual_variables
+    before = [d.value for d in duals]
+    try:
+        constraint.save_dual_value(value)
+        return duals[k].value
+    finally:
+        for d, old in zip(duals, before, strict=True):
+            d.save_value(old)
 
 
 def _recovery_map(inv: _Inverter, blocks: list[tuple[int, int]]) -> sp.csr_matrix:
@@ -510,6 +573,13 @@ def _as_selection(out: np.ndarray, probe: np.ndarray):
     return order[pos], np.where(zero, 0.0, np.sign(out))
 
 
+def _dual_name(constraint, k: int) -> str:
+    """How an output that is ``constraint.dual_variables[k]`` is named in messages."""
+    if len(constraint.dual_variables) == 1:
+        return f"dual of {_short(constraint)}"
+    return f"dual_variables[{k}] of {_short(constraint)}"
+
+
 def _short(constraint, limit: int = 40) -> str:
     text = str(constraint)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -521,7 +591,7 @@ def compile_template(problem: cp.Problem, parameters, variables, quad_obj: bool 
     ``quad_obj=False`` gives the pure cone form (quadratic objectives through
     second-order cones), as diffcp needs for comparisons.
     """
-    check_problem(problem)
+    check_problem(problem, quad_obj)
     owners = _check_members(problem, list(parameters), list(variables))
     try:  # keep quadratic objectives as SCS's P: fewer cones and rows than an SOC form
         data, chain, inverse_data = problem.get_problem_data(
@@ -575,9 +645,71 @@ def compile_template(problem: cp.Problem, parameters, variables, quad_obj: bool 
         param_specs.append(ParameterSpec(p.name(), tuple(p.shape), o, domain))
         o += p.size
     output_specs = [
-        OutputSpec(v.name() if own is None else f"dual of {_short(own)}", tuple(v.shape),
+        OutputSpec(v.name() if own is None else _dual_name(*own), tuple(v.shape),
                    "dual" if own is not None else "primal")
         for v, own in zip(variables, owners, strict=True)
     ]
     return template, tuple(param_specs), tuple(output_specs)
 
+
+
+def compile_gp_template(problem: cp.Problem, parameters, variables):
+    """A log-log convex (DGP) problem → the template of its convex form, once.
+
+    CVXPY's ``Dgp2Dcp`` reduction substitutes u = log x for every variable and log θ for every
+    parameter, which turns monomials into affine and posynomials into log-sum-exp functions
+    (Boyd, Kim, Vandenberghe, Hassibi 2007, *A tutorial on geometric programming*, Sec. 2.5;
+    Agrawal, Diamond, Boyd 2019, *Disciplined geometric programming*). The template maps
+    log θ to the convex program and its outputs are u; the layer (`declarative.geometric`)
+    takes θ and returns x = exp(u).
+    """
+    from cvxpy.reductions.dgp2dcp.dgp2dcp import Dgp2Dcp
+    from cvxpy.utilities.debug_tools import build_non_disciplined_error_msg
+
+    if not isinstance(problem, cp.Problem):
+        raise ProblemError(f"expected a cvxpy.Problem, got {type(problem).__name__}.")
+    _check_real(problem)
+    _check_continuous(problem)
+    if not problem.is_dgp():
+        raise ProblemError(
+            "gp=True: the problem is not DGP (log-log convex), so it is not a geometric "
+            "program. " + build_non_disciplined_error_msg(problem, "DGP")
+        )
+    if not problem.is_dgp(dpp=True):
+        raise ProblemError(
+            "gp=True: the problem is DGP but not DPP: parameters must enter as monomial "
+            "coefficients or factors, so that their logarithms enter the convex form "
+            "affinely (see https://www.cvxpy.org/tutorial/dpp)."
+        )
+    owners = _check_members(problem, list(parameters), list(variables))
+    duals = [v.name() for v, o in zip(variables, owners, strict=True) if o is not None]
+    if duals:
+        raise ProblemError(
+            f"gp=True: {duals} are dual variables; a geometric program's layer returns its "
+            "(positive) primal variables only."
+        )
+    reduction = Dgp2Dcp()
+    convex, _ = reduction.apply(problem)
+    direct = {p.id for p in convex.parameters()} & {p.id for p in parameters}
+    if direct:
+        names = [p.name() for p in parameters if p.id in direct]
+        raise ProblemError(
+            f"gp=True: parameter(s) {names} enter the problem other than through their "
+            "logarithm (e.g. as an exponent); only parameters that enter as monomial "
+            "coefficients or factors are supported."
+        )
+    new_params = {p.id: p for p in convex.parameters()}
+    new_vars = {v.id: v for v in convex.variables()}
+    log_params = []
+    for p in parameters:
+        ids = reduction.param_id_map.get(p.id)
+        if not ids:
+            raise ProblemError(f"parameter {p.name()} does not appear in the problem.")
+        log_params.append(new_params[ids[0]])
+    log_vars = [new_vars[reduction.var_id_map[v.id][0]] for v in variables]
+    template, specs, outputs = compile_template(convex, log_params, log_vars)
+    specs = tuple(ParameterSpec(p.name(), s.shape, s.offset, ("pos",))
+                  for p, s in zip(parameters, specs, strict=True))
+    outputs = tuple(OutputSpec(v.name(), o.shape, o.kind)
+                    for v, o in zip(variables, outputs, strict=True))
+    return template, specs, outputs

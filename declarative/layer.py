@@ -41,6 +41,7 @@ from declarative.solve import (
     Status,
     calibrate_scale,
     linear_solver,
+    normalize_solver_args,
     scs_settings,
     single_threaded_blas,
     solve_batch,
@@ -341,7 +342,7 @@ class Layer:
     def check_options(solver_args: dict | None, on_failure: str) -> dict:
         if on_failure not in ON_FAILURE:
             raise ProblemError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}.")
-        args = dict(solver_args or {})
+        args = normalize_solver_args(solver_args or {})
         ours = {k: args.pop(k) for k in list(args) if k in OUR_OPTIONS}
         scs_settings(args, tuple(OUR_OPTIONS))  # validates SCS keys
         return {**args, **ours}
@@ -364,7 +365,7 @@ class Layer:
 
     def _resolve(self, solver_args: dict | None, on_failure: str | None):
         on_failure = self.on_failure if on_failure is None else on_failure
-        args = {**self.solver_args, **(solver_args or {})}
+        args = {**self.solver_args, **normalize_solver_args(solver_args or {})}
         args = self.check_options(args, on_failure)
         ours = {k: args.pop(k, v) for k, v in OUR_OPTIONS.items()}
         return scs_settings(args), ours, on_failure

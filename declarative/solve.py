@@ -250,13 +250,55 @@ def parallel_map(f: Callable[[T], R], items: list[T]) -> list[R]:
         return out
 
 
+# Spellings users bring from cvxpylayers, diffcp, SCS 2 and other solvers, each with what it
+# is called here (or why it has no counterpart).
+FOREIGN_OPTIONS = {
+    "tol": "eps_abs and eps_rel (or eps for both)",
+    "abstol": "eps_abs", "reltol": "eps_rel", "feastol": "eps_abs",
+    "tol_gap_abs": "eps_abs", "tol_gap_rel": "eps_rel", "tol_feas": "eps_abs",
+    "max_iter": "max_iters", "maxiter": "max_iters", "maxiters": "max_iters",
+    "max_iterations": "max_iters",
+    "use_indirect": "linear_solver (SCS 3's name for SCS 2's use_indirect)",
+    "mode": "nothing: diffcp's derivative mode; declarative picks dense or iterative "
+            "solves itself",
+    "solve_method": "nothing: declarative solves with SCS",
+    "solver": "nothing: declarative solves with SCS",
+    "n_jobs_forward": "nothing: instances run in parallel threads already",
+    "n_jobs_backward": "nothing: instances run in parallel threads already",
+    "warm_start": "nothing: declarative does not warm-start from earlier calls",
+    "raise_on_error": "on_failure ('raise' or 'nan')",
+}
+
+
+def normalize_solver_args(solver_args: dict) -> dict:
+    """The user's options with ``eps`` spelled as SCS 3 spells it.
+
+    ``eps`` (the name cvxpylayers and diffcp users pass, from SCS 2) sets both of SCS 3's
+    tolerances, eps_abs = eps_rel = eps; given with either of those it is ambiguous.
+    """
+    args = dict(solver_args)
+    if "eps" in args:
+        both = sorted({"eps_abs", "eps_rel"} & set(args))
+        if both:
+            raise ProblemError(
+                f"solver options 'eps' and {both} both given: eps sets eps_abs = eps_rel; "
+                "give either eps, or eps_abs and eps_rel."
+            )
+        eps = args.pop("eps")
+        args["eps_abs"] = args["eps_rel"] = eps
+    return args
+
+
 def scs_settings(solver_args: dict, ours: tuple[str, ...] = ()) -> dict:
     """Our SCS defaults overridden by the user's; reject unknown keys by name."""
+    solver_args = normalize_solver_args(solver_args)
     unknown = sorted(set(solver_args) - SCS_SETTINGS)
     if unknown:
+        hints = "".join(f" Instead of {k!r}: {FOREIGN_OPTIONS[k]}." for k in unknown
+                        if k in FOREIGN_OPTIONS)
         raise ProblemError(
             f"unsupported solver option(s) {unknown}; expected SCS settings "
-            f"{sorted(SCS_SETTINGS)} or refinement options {sorted(ours)}."
+            f"{sorted(SCS_SETTINGS | {'eps'})} or refinement options {sorted(ours)}.{hints}"
         )
     return {**SCS_DEFAULTS, **solver_args}
 

@@ -644,7 +644,12 @@ def diffcp_jacobian(layer: Layer, values: Sequence[Any], *,
     outs = [unvec(xy[:, lo : lo + o.size], o.shape)[0]
             for o, lo in zip(layer.outputs, layer._out_offsets, strict=True)]
     notes += sorted({str(w.message) for w in caught})
-    return outs, layer.jacobian_blocks(cols), notes
+    J = layer.jacobian_blocks(cols)
+    from declarative.geometric import GeometricLayer
+
+    if isinstance(layer, GeometricLayer):  # diffcp's program is in log-log coordinates
+        outs, J = layer.from_log(outs, J, values)
+    return outs, J, notes
 
 
 # -- the API -------------------------------------------------------------------------------
@@ -970,7 +975,8 @@ def check_zoo(name: str, seeds: Sequence[int] = range(3), solver_args: dict | No
     mod = problems.get(name)
     sizes = {**mod.SIZES, **sizes}
     prob, params, variables = mod.build(**sizes)
-    layer = dl.compile(prob, params, variables, on_failure="nan")
+    layer = dl.compile(prob, params, variables, on_failure="nan",
+                       **problems.compile_options(mod))
     reports = []
     for seed in seeds:
         inst = problems.instance(name, seed, **sizes)

@@ -15,7 +15,13 @@ shows the training loss (mean squared error of x) on the training set and on hel
 samples, next to the same MLP trained with its last layer an unconstrained linear map
 (no QP) as a reference.
 
-    python examples/optnet_qp.py [--quick] [--out DIR]
+With ``--learn-q`` the network learns Q itself rather than its factor: the layer is written
+with ``cp.quad_form(x, Q)`` for a PSD parameter Q (DPP in the objective, where Q enters the
+cone program's quadratic term affinely), Q is an ``nn.Parameter`` and each Adam step is
+followed by a projection onto {Q = Qᵀ ⪰ 2εI} (eigenvalues clipped), which keeps every QP
+strictly convex.
+
+    python examples/optnet_qp.py [--quick] [--learn-q] [--out DIR]
 """
 
 from __future__ import annotations
@@ -50,6 +56,45 @@ def qp_layer(n: int, m: int) -> torch.nn.Module:
     objective = 0.5 * cp.sum_squares(L.T @ x) + EPS * cp.sum_squares(x) + q @ x
     problem = cp.Problem(cp.Minimize(objective), [G @ x <= h])
     return dl.compile(problem, parameters=[L, q, G, h], variables=[x]).torch()
+
+
+def qp_layer_q(n: int, m: int) -> torch.nn.Module:
+    """(Q, q, G, h) ↦ argmin ½xᵀQx + qᵀx s.t. Gx ≤ h, for a PSD parameter Q."""
+    Q = cp.Parameter((n, n), PSD=True, name="Q")
+    q = cp.Parameter(n, name="q")
+    G = cp.Parameter((m, n), name="G")
+    h = cp.Parameter(m, name="h")
+    x = cp.Variable(n, name="x")
+    objective = 0.5 * cp.quad_form(x, Q) + q @ x
+    problem = cp.Problem(cp.Minimize(objective), [G @ x <= h])
+    return dl.compile(problem, parameters=[Q, q, G, h], variables=[x]).torch()
+
+
+class OptNetQ(nn.Module):
+    """z ↦ MLP ↦ q(z) ↦ QP(Q, q(z), G, h) with Q itself, G and h learned; `project` keeps
+    Q in {Q = Qᵀ ⪰ 2εI} after each optimizer step."""
+
+    def __init__(self, d_in: int, hidden: int, n: int, m: int, qp: nn.Module,
+                 gen: torch.Generator) -> None:
+        super().__init__()
+        f64 = {"dtype": torch.float64}
+        self.mlp = nn.Sequential(nn.Linear(d_in, hidden, **f64), nn.Tanh(),
+                                 nn.Linear(hidden, n, **f64))
+        self.qp = qp
+        L = torch.eye(n, **f64) + 0.1 * torch.randn(n, n, generator=gen, **f64)
+        self.Q = nn.Parameter(L @ L.T + 2 * EPS * torch.eye(n, **f64))
+        self.G = nn.Parameter(torch.randn(m, n, generator=gen, **f64) / np.sqrt(n))
+        self.h_raw = nn.Parameter(torch.full((m,), 0.5, **f64))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        q = self.mlp(z)
+        return self.qp(self.Q, q, self.G, nn.functional.softplus(self.h_raw))[0]
+
+    @torch.no_grad()
+    def project(self) -> None:
+        """Q ← V max(Λ, 2ε) Vᵀ for (Q + Qᵀ)/2 = V Λ Vᵀ: the nearest matrix with Q ⪰ 2εI."""
+        lam, V = torch.linalg.eigh((self.Q + self.Q.T) / 2)
+        self.Q.copy_((V * lam.clamp(min=2 * EPS)) @ V.T)
 
 
 class OptNet(nn.Module):
@@ -118,12 +163,15 @@ def train(model: nn.Module, z, x, z_test, x_test, steps: int, batch: int, lr: fl
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if hasattr(model, "project"):
+            model.project()
         if (step + 1) % every == 0 or step + 1 == steps:
             evaluate()
     return train_curve, test_curve
 
 
-def run(quick: bool = False, out: Path | str = DEFAULT_OUT, seed: int = 0) -> dict:
+def run(quick: bool = False, out: Path | str = DEFAULT_OUT, seed: int = 0,
+        learn_q: bool = False) -> dict:
     t_start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -139,7 +187,8 @@ def run(quick: bool = False, out: Path | str = DEFAULT_OUT, seed: int = 0) -> di
         z, z_test, x, x_test = z[:N], z[N:], x[:N], x[N:]
         variance = float(((x - x.mean(0)) ** 2).mean())
 
-        model = OptNet(d_in, hidden, n, m, qp, gen)
+        model = (OptNetQ(d_in, hidden, n, m, qp_layer_q(n, m), gen) if learn_q
+                 else OptNet(d_in, hidden, n, m, qp, gen))
         t0 = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", dl.NonDifferentiableWarning)
@@ -163,7 +212,8 @@ def run(quick: bool = False, out: Path | str = DEFAULT_OUT, seed: int = 0) -> di
         "train_seconds": qp_seconds, "nondifferentiable_warnings": n_nondiff,
         "curves": {"steps": evals.tolist(), "qp_train": qp_train, "qp_test": qp_test,
                    "mlp_train": mlp_train, "mlp_test": mlp_test},
-        "figure": out / "optnet_qp.png",
+        "learn_q": learn_q,
+        "figure": out / ("optnet_qp_learn_q.png" if learn_q else "optnet_qp.png"),
     }
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -174,7 +224,8 @@ def run(quick: bool = False, out: Path | str = DEFAULT_OUT, seed: int = 0) -> di
     ax.axhline(variance, color="k", lw=0.8, ls=":", label="variance of the targets")
     ax.set_xlabel("Adam step")
     ax.set_ylabel("mean squared error of x")
-    ax.set_title(f"OptNet: learning a hidden QP (n = {n}, m = {m}), "
+    ax.set_title(f"OptNet{' (Q learned directly)' if learn_q else ''}: learning a hidden QP "
+                 f"(n = {n}, m = {m}), "
                  f"loss ÷{result['loss_ratio']:.0f}")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -187,12 +238,15 @@ def run(quick: bool = False, out: Path | str = DEFAULT_OUT, seed: int = 0) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples and steps")
+    parser.add_argument("--learn-q", action="store_true",
+                        help="learn Q itself (a PSD parameter, projected) instead of its factor L")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for the PNG")
     args = parser.parse_args()
-    r = run(quick=args.quick, out=args.out)
+    r = run(quick=args.quick, out=args.out, learn_q=args.learn_q)
     print(
         f"An MLP whose last layer is a QP (n = {r['n']} variables, m = {r['m']} inequalities; "
-        f"L, G, h learned as nn.Parameters, q produced per sample) is trained with Adam for "
+        f"{'Q' if r['learn_q'] else 'L'}, G, h learned as nn.Parameters, q produced per "
+        f"sample) is trained with Adam for "
         f"{r['steps']} steps of batch {r['batch']} to reproduce a hidden QP "
         f"({r['active_constraints_per_sample']:.2f} active constraints per target on average). "
         f"The training MSE drops from {r['initial_loss']:.3e} to {r['final_loss']:.3e} "

@@ -12,6 +12,8 @@ Every zoo module exposes the same interface (see :class:`ZooProblem`)::
     solution(*params) -> [np.ndarray, ...]             # closed-form value of each variable
     jacobian(*params) -> [[np.ndarray, ...], ...]      # J[i][j] = d var_i / d param_j,
                                                        #   shape var_i.shape + param_j.shape
+    GP: bool                       # optional: a geometric program (DGP), compiled and
+                                   #   solved with gp=True (see `compile_options`)
 
 ``sample`` only returns instances where the solution map is differentiable and well conditioned
 (unique solution, strict complementarity with a margin).  The active-set problems raise
@@ -34,6 +36,7 @@ import numpy as np
 from . import (
     affine_projection,
     box_projection,
+    box_volume,
     entropic_ot,
     geometric_mean_budget,
     l1_ball_projection,
@@ -57,6 +60,7 @@ __all__ = [
     "DegenerateInstanceError",
     "Instance",
     "ZooProblem",
+    "compile_options",
     "get",
     "instance",
     "register",
@@ -105,6 +109,12 @@ def register(module: ModuleType) -> ModuleType:
         raise TypeError(f"zoo problem {name!r}: SIZES must be a dict of positive ints")
     ZOO[name] = module
     return module
+
+
+def compile_options(module: ModuleType) -> dict[str, Any]:
+    """Keyword arguments that ``dl.compile`` and ``problem.solve`` need for ``module``'s
+    problem beyond the defaults: ``{"gp": True}`` for a geometric program."""
+    return {"gp": True} if getattr(module, "GP", False) else {}
 
 
 def get(name: str) -> ModuleType:
@@ -158,6 +168,7 @@ _MODULES: tuple[ModuleType, ...] = (
     simplex_quadratic,
     geometric_mean_budget,
     pnorm_ball_projection,
+    box_volume,
 )
 for _module in _MODULES:
     register(_module)

@@ -17,7 +17,7 @@ def zoo_layer(name: str, **sizes):
     mod = problems.get(name)
     sizes = {**mod.SIZES, **sizes}
     prob, params, variables = mod.build(**sizes)
-    return dl.compile(prob, params, variables), mod, sizes
+    return dl.compile(prob, params, variables, **problems.compile_options(mod)), mod, sizes
 
 
 def max_abs(a, b) -> float:

@@ -58,6 +58,16 @@ def test_optnet_qp(tmp_path):
     assert r["final_loss"] < 0.2 * r["target_variance"]
 
 
+def test_optnet_qp_learns_q_directly(tmp_path):
+    """The same task with Q itself a (PSD) parameter of the layer: gradients in Q through the
+    quadratic objective train it."""
+    result = load("optnet_qp").run(quick=True, out=tmp_path, learn_q=True)
+    assert Path(result["figure"]).stat().st_size > 5_000
+    assert result["loss_ratio"] >= 5.0
+    assert result["test_loss_ratio"] >= 3.0
+    assert result["final_loss"] < 0.2 * result["target_variance"]
+
+
 def test_learn_polytope(tmp_path):
     r = run_quick("learn_polytope", tmp_path)
     assert r["loss_ratio"] >= 20.0

@@ -37,14 +37,15 @@ def _sample(name: str, seed: int, **sizes: int) -> list[np.ndarray]:
 
 def _clarabel_solution(name: str, params: list[np.ndarray], **sizes: int) -> list[np.ndarray]:
     problem, parameters, variables = get(name).build(**sizes)
+    gp = problems.compile_options(get(name))
     for par, val in zip(parameters, params, strict=True):
         par.value = val
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "may be inaccurate" at 1e-12 tolerances
         try:
-            problem.solve(solver=cp.CLARABEL, **CLARABEL_OPTS)
+            problem.solve(solver=cp.CLARABEL, **CLARABEL_OPTS, **gp)
         except cp.SolverError:  # Clarabel occasionally stalls at 1e-12 on PSD cones
-            problem.solve(solver=cp.CLARABEL, **CLARABEL_FALLBACK_OPTS)
+            problem.solve(solver=cp.CLARABEL, **CLARABEL_FALLBACK_OPTS, **gp)
     assert problem.status in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE), problem.status
     return [np.asarray(v.value) for v in variables]
 
@@ -91,6 +92,7 @@ def test_registry_order_and_get():
         "simplex_quadratic",
         "geometric_mean_budget",
         "pnorm_ball_projection",
+        "box_volume",
     ]
     for name in NAMES:
         assert get(name) is ZOO[name]
@@ -122,7 +124,10 @@ def test_module_interface(name):
 def test_build_is_dpp_and_shapes_match(name):
     module = get(name)
     problem, parameters, variables = module.build()
-    assert problem.is_dcp(dpp=True)
+    if problems.compile_options(module).get("gp"):
+        assert problem.is_dgp(dpp=True)
+    else:
+        assert problem.is_dcp(dpp=True)
     assert all(isinstance(p, cp.Parameter) for p in parameters)
     assert all(isinstance(v, cp.Variable) for v in variables)
     assert set(problem.parameters()) == set(parameters)
@@ -142,7 +147,8 @@ def test_build_is_dpp_and_shapes_match(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_cones_match_canonical_form(name):
     problem, _, _ = get(name).build()
-    dims = problem.get_problem_data(cp.SCS, solver_opts={"use_quad_obj": False})[0]["dims"]
+    dims = problem.get_problem_data(cp.SCS, solver_opts={"use_quad_obj": False},
+                                    **problems.compile_options(get(name)))[0]["dims"]
     used = {
         "zero": dims.zero > 0,
         "nonneg": dims.nonneg > 0,

@@ -1,0 +1,162 @@
+"""Geometric programs (gp=True): values against the closed form and CVXPY, derivatives through
+the log/exp change of variables against the closed form, finite differences and cvxpylayers
+(gp=True), in torch and JAX, batched and broadcast; input errors."""
+
+from __future__ import annotations
+
+import cvxpy as cp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import declarative as dl
+from declarative.errors import ParameterError, ProblemError
+from problems import box_volume
+from tests.output_checks import check_derivatives, check_values
+
+
+def _box(n: int = 3):
+    problem, params, variables = box_volume.build(n=n)
+    return problem, params, variables, dl.compile(problem, params, variables, gp=True)
+
+
+def _instances(B: int, n: int = 3, seed: int = 0, scale: float = 1.0):
+    rng = np.random.default_rng(seed)
+    draws = [box_volume.sample(rng, n=n) for _ in range(B)]
+    return [scale * np.stack([d[j] for d in draws]) for j in range(2)]
+
+
+@pytest.mark.parametrize("scale", [1e-12, 1e-6, 1.0, 1e6, 1e12])
+def test_closed_form_across_scales(scale):
+    """Areas scaled by s: lengths by √s; ∂x/∂F by 1/√s (the closed form's own scaling)."""
+    *_, layer = _box()
+    A, F = _instances(4, scale=scale)
+    fwd = layer.forward([A, F])
+    for i in range(4):
+        sol = box_volume.solution(A[i], F[i])
+        J = box_volume.jacobian(A[i], F[i])
+        for out, ref in zip(fwd.outputs, sol, strict=True):
+            assert np.max(np.abs(out[i] - ref) / ref) <= 1e-9  # relative: x = exp(u)
+        ours = fwd.jacobian(i)
+        for Ji, Jr in zip(ours, J, strict=True):
+            row_scale = max(np.max(np.abs(b)) for b in Jr)  # ∂x/∂A = 0: the row's scale
+            for a, b in zip(Ji, Jr, strict=True):
+                assert np.max(np.abs(a - b)) <= 1e-8 * row_scale
+
+
+def test_against_cvxpy_and_finite_differences():
+    problem, params, variables, layer = _box()
+    batch = _instances(3, seed=1)
+    # Clarabel through CVXPY is accurate to ~1e-5 here (exp cones); ours to 1e-15 (closed form)
+    check_values(layer, problem, params, variables, batch, gp=True, tol=3e-5)
+    rng = np.random.default_rng(2)
+    check_derivatives(layer, batch, [rng.standard_normal(v.shape) for v in batch])
+
+
+def test_torch_and_jax_against_cvxpylayers():
+    """Gradients of ⟨g, (x, y, z)⟩ in torch and JAX (jit, vmap) against cvxpylayers' gp=True
+    layer (diffcp), and against the closed form."""
+    from cvxpylayers.torch import CvxpyLayer
+
+    problem, params, variables, layer = _box()
+    A, F = _instances(3, seed=3)
+    rng = np.random.default_rng(4)
+    g = [rng.standard_normal(A.shape) for _ in range(3)]
+
+    def torch_grad(module, **kwargs):
+        At, Ft = (torch.tensor(v, requires_grad=True) for v in (A, F))
+        outs = module(At, Ft, **kwargs)
+        loss = sum((o * torch.tensor(gi)).sum() for o, gi in zip(outs, g, strict=True))
+        loss.backward()
+        return [o.detach().numpy() for o in outs], [At.grad.numpy(), Ft.grad.numpy()]
+
+    ours_x, ours_g = torch_grad(layer.torch())
+    peer = CvxpyLayer(problem, parameters=params, variables=variables, gp=True)
+    peer_x, peer_g = torch_grad(peer, solver_args={"eps": 1e-10})
+    for a, b in zip(ours_x, peer_x, strict=True):
+        assert np.max(np.abs(a - b) / b) <= 1e-6
+    for a, b in zip(ours_g, peer_g, strict=True):
+        assert np.max(np.abs(a - b)) <= 1e-5 * np.max(np.abs(b))
+    closed = [np.zeros_like(A), np.zeros_like(F)]
+    for i in range(3):
+        J = box_volume.jacobian(A[i], F[i])
+        for k in range(3):
+            for j in range(2):
+                closed[j][i] += g[k][i] @ J[k][j]
+    for a, b in zip(ours_g, closed, strict=True):
+        assert np.max(np.abs(a - b)) <= 1e-8 * np.max(np.abs(b))
+
+    with jax.enable_x64(True):
+        f = layer.jax()
+
+        def loss(a, fl):
+            return sum(jnp.sum(o * gi) for o, gi in zip(f(a, fl), g, strict=True))
+
+        ga = jax.jit(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(A), jnp.asarray(F))
+        for a, b in zip(ga, closed, strict=True):
+            assert np.max(np.abs(np.asarray(a) - b)) <= 1e-8 * np.max(np.abs(b))
+        xs = jax.vmap(f)(jnp.asarray(A), jnp.asarray(F))
+        for a, b in zip(xs, ours_x, strict=True):
+            assert np.max(np.abs(np.asarray(a) - b)) <= 1e-12 * np.max(b)
+
+
+def test_broadcast_parameter():
+    """One F for a batch of A: F's gradient sums over the batch."""
+    *_, layer = _box(n=2)
+    A = np.array([[12.0, 30.0], [18.0, 24.0]])
+    F = np.array([1.0, 2.0])
+    At, Ft = torch.tensor(A, requires_grad=True), torch.tensor(F, requires_grad=True)
+    x, y, z = layer.torch()(At, Ft)
+    z.sum().backward()
+    dz_dF = -1 / (4 * np.sqrt(F)) - A / (8 * F * np.sqrt(F))
+    assert np.max(np.abs(Ft.grad.numpy() - dz_dF.sum(axis=0))) <= 1e-9
+    assert np.max(np.abs(At.grad.numpy() - 1 / (4 * np.sqrt(F)))) <= 1e-9
+    _, jv = torch.func.jvp(lambda a, f: layer.torch()(a, f)[2], (At.detach(), Ft.detach()),
+                           (torch.zeros_like(At), torch.ones_like(Ft)))
+    assert np.max(np.abs(jv.numpy() - dz_dF)) <= 1e-9
+
+
+def test_nonpositive_parameters_are_named():
+    *_, layer = _box(n=2)
+    A = np.array([[12.0, 30.0], [18.0, -1.0]])
+    F = np.array([1.0, 2.0])
+    with pytest.raises(ParameterError, match=r"parameter 'A' has values that are not pos "
+                                             r".*batch index \[1\]"):
+        layer.torch()(torch.tensor(A), torch.tensor(F))
+    with pytest.raises(ParameterError, match=r"parameter 'F' has values that are not pos"):
+        layer.jax()(jnp.asarray(A[0]), jnp.asarray([0.0, 1.0]))
+    with pytest.raises(jax.errors.JaxRuntimeError, match=r"'A' has values that are not pos"):
+        np.asarray(jax.jit(layer.jax())(jnp.asarray(A), jnp.asarray(F))[0])
+
+
+def test_gp_errors():
+    x, a = cp.Variable(pos=True), cp.Parameter(pos=True)
+    dcp_only = cp.Problem(cp.Minimize(cp.square(x - a)))
+    with pytest.raises(ProblemError, match="gp=True: the problem is not DGP"):
+        dl.compile(dcp_only, [a], [x], gp=True)
+    gp = cp.Problem(cp.Minimize(a / x + x), [x <= 2])
+    with pytest.raises(ProblemError, match="not DCP"):
+        dl.compile(gp, [a], [x])  # a DGP problem without gp=True
+    with pytest.raises(ProblemError, match="dual variables"):
+        dl.compile(gp, [a], [gp.constraints[0].dual_variables[0]], gp=True)
+    n = cp.Variable(pos=True, integer=True, name="n")
+    with pytest.raises(ProblemError, match=r"\['n'\] are integer or boolean"):
+        dl.compile(cp.Problem(cp.Minimize(a / n + n)), [a], [n], gp=True)
+    p = cp.Parameter(pos=True)
+    exponent = cp.Problem(cp.Minimize(x ** p + 1 / x))  # DGP and DPP: p multiplies log x
+    with pytest.raises(ProblemError, match="other than through their logarithm"):
+        dl.compile(exponent, [p], [x], gp=True)
+
+
+def test_closed_form_min_a_over_x_plus_x():
+    """min a/x + x (a > 0): x = √a, dx/da = 1/(2√a); solved as a GP."""
+    x, a = cp.Variable(pos=True), cp.Parameter(pos=True)
+    layer = dl.compile(cp.Problem(cp.Minimize(a / x + x)), [a], [x], gp=True)
+    avals = np.array([1e-8, 0.3, 4.0, 1e8])
+    fwd = layer.forward([avals])
+    assert np.max(np.abs(fwd.outputs[0] / np.sqrt(avals) - 1)) <= 1e-9
+    at = torch.tensor(avals, requires_grad=True)
+    layer.torch()(at)[0].sum().backward()
+    assert np.max(np.abs(at.grad.numpy() * 2 * np.sqrt(avals) - 1)) <= 1e-8

@@ -1,0 +1,69 @@
+"""Solver options as users of cvxpylayers and diffcp write them: ``eps`` is SCS 3's
+eps_abs = eps_rel; other foreign spellings are refused with the name to use here."""
+
+from __future__ import annotations
+
+import cvxpy as cp
+import numpy as np
+import pytest
+
+import declarative as dl
+from declarative.errors import ProblemError
+
+
+def _layer(**kwargs):
+    x, theta = cp.Variable(4), cp.Parameter(4)
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(x - theta)), [cp.sum(x) == 1, x >= 0])
+    return dl.compile(problem, [theta], [x], **kwargs)
+
+
+def test_eps_sets_both_tolerances():
+    layer = _layer(solver_args={"eps": 1e-7})
+    settings, _, _ = layer.resolve_options(None, None)
+    assert settings["eps_abs"] == settings["eps_rel"] == 1e-7
+    settings, _, _ = layer.resolve_options({"eps": 1e-5}, None)  # per call overrides
+    assert settings["eps_abs"] == settings["eps_rel"] == 1e-5
+    settings, _, _ = layer.resolve_options({"eps_rel": 1e-4}, None)
+    assert (settings["eps_abs"], settings["eps_rel"]) == (1e-7, 1e-4)
+
+
+def test_eps_solves_as_eps_abs_and_eps_rel():
+    """Unrefined SCS solutions at eps = 1e-4 are bitwise those at eps_abs = eps_rel = 1e-4,
+    and further from the projection onto the simplex than those at 1e-9."""
+    theta = np.array([[0.9, 0.3, -0.2, 0.4], [2.0, 1.5, 0.1, -3.0]])
+    raw = {"refine": False}
+    a = _layer().forward([theta], solver_args={**raw, "eps": 1e-4}).outputs[0]
+    b = _layer().forward([theta], solver_args={**raw, "eps_abs": 1e-4,
+                                                "eps_rel": 1e-4}).outputs[0]
+    assert np.array_equal(a, b)
+    c = _layer().forward([theta], solver_args={**raw, "eps": 1e-9}).outputs[0]
+    exact = np.array([[0.7, 0.1, 0.0, 0.2], [0.75, 0.25, 0.0, 0.0]])  # sparsemax by hand
+    assert np.max(np.abs(c - exact)) <= 1e-7
+    assert np.max(np.abs(c - exact)) < np.max(np.abs(a - exact))
+
+
+def test_eps_with_eps_abs_is_ambiguous():
+    with pytest.raises(ProblemError, match=r"'eps' and \['eps_abs'\] both given"):
+        _layer(solver_args={"eps": 1e-6, "eps_abs": 1e-5})
+
+
+@pytest.mark.parametrize(("name", "hint"), [
+    ("max_iter", "max_iters"), ("tol", "eps_abs and eps_rel"), ("mode", "derivative mode"),
+    ("solve_method", "solves with SCS"), ("n_jobs_forward", "parallel threads"),
+    ("use_indirect", "linear_solver"), ("raise_on_error", "on_failure"),
+])
+def test_foreign_spellings_name_ours(name, hint):
+    with pytest.raises(ProblemError, match=rf"unsupported solver option\(s\) \['{name}'\].*"
+                                           rf"Instead of '{name}': .*{hint}"):
+        _layer(solver_args={name: 1})
+    layer = _layer()
+    with pytest.raises(ProblemError, match=rf"Instead of '{name}'"):
+        layer.forward([np.ones(4)], solver_args={name: 1})
+
+
+def test_cvxpylayers_scs_spellings_are_accepted():
+    """What cvxpylayers' examples pass to SCS through diffcp works unchanged here."""
+    layer = _layer(solver_args={"eps": 1e-8, "max_iters": 10_000, "acceleration_lookback": 0,
+                                "verbose": False})
+    (x,) = layer.forward([np.array([0.9, 0.3, -0.2, 0.4])]).outputs
+    assert np.max(np.abs(x - [0.7, 0.1, 0.0, 0.2])) <= 1e-9
