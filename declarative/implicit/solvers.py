@@ -30,6 +30,8 @@ Lagrangian, reduced to the null space of ∂h, has to be positive definite (dens
 
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -158,7 +160,9 @@ class _Linearization:
         if self.dense:
             self.J = system.jacobian(z)
             try:
-                self.lu = scipy.linalg.lu_factor(self.J, check_finite=True)
+                with warnings.catch_warnings():  # singular: reported through ``ok``
+                    warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+                    self.lu = scipy.linalg.lu_factor(self.J, check_finite=True)
                 self.ok = bool(np.all(np.isfinite(self.lu[0])) and np.all(np.diag(self.lu[0]) != 0))
             except (ValueError, np.linalg.LinAlgError):
                 self.ok = False
