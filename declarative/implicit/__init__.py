@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from declarative.implicit.nodes import Node, argmin, fixed_point, root
 from declarative.implicit.solvers import STATUS, Info, NodeError
-# from declarative.implicit.verify import Check, Report, verify
+from declarative.implicit.verify import Check, Report, verify
 
 __all__ = ["root", "fixed_point", "argmin", "verify", "Node", "Info", "NodeError", "STATUS",
-           ]
+           "Report", "Check"]

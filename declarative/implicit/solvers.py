@@ -22,8 +22,10 @@ estimates z − z* to second order (Kantorovich), so the node is certified *conv
 and ∂G/∂z is well conditioned there: the condition number of its row- and column-equilibrated
 dense Jacobian is at most ``max_condition`` (dense systems), or GMRES solved the correction to
 its tolerance (matrix-free systems). The point returned is z − δ (one more Newton step, whose
-error is O(‖δ‖²)). Criterion (1) is invariant to scaling G and relative to the scale of z, so
-Kepler's equation with M = 1e8 and a fixed point with data at 1e-8 are judged alike.
+error is O(‖δ‖²); up to :data:`POLISH_STEPS` more Newton steps follow while each still halves
+the correction, so the point is accurate to round-off). Criterion (1) is invariant to scaling
+G and relative to the scale of z, so Kepler's equation with M = 1e8 and a fixed point with
+data at 1e-8 are judged alike.
 For ``argmin`` the KKT point must also be a strict local minimum: the Hessian of the
 Lagrangian, reduced to the null space of ∂h, has to be positive definite (dense systems).
 """
@@ -53,6 +55,8 @@ MAX_HALVINGS = 40
 # Anderson acceleration: history length and Tikhonov regularization of its least squares.
 ANDERSON_MEMORY = 6
 ANDERSON_REG = 1e-12
+# Newton steps at most after criterion (1) holds, taken while each still halves the correction.
+POLISH_STEPS = 3
 # GMRES relative tolerance for Newton–Krylov steps and matrix-free certificates.
 GMRES_RTOL = 1e-10
 
@@ -220,7 +224,7 @@ def _minimum_check(system: System, lin: _Linearization) -> bool:
     if H.size == 0:
         return True
     eig = np.linalg.eigvalsh(H)
-    return bool(eig[0] > np.finfo(float).eps * max(1.0, float(np.max(np.abs(eig)))) * 10)
+    return bool(eig[0] > 10 * np.finfo(float).eps * float(np.max(np.abs(eig))))
 
 
 def _finish(system: System, z: np.ndarray, iterations: int, opts: Options,
@@ -241,11 +245,22 @@ def _finish(system: System, z: np.ndarray, iterations: int, opts: Options,
         return z, Info(SINGULAR, iterations, inf_norm(r), step, cond)
     if not _minimum_check(system, lin):
         return z, Info(NOT_MINIMUM, iterations, inf_norm(r), step, cond)
-    z_new = z - delta
-    r_new = system.residual(z_new)
-    if not np.all(np.isfinite(r_new)) or inf_norm(r_new) > inf_norm(r):
-        z_new, r_new = z, r  # the polishing step did not help (round-off level): keep z
-    return z_new, Info(CONVERGED, iterations, inf_norm(r_new), step, cond)
+    # Polish: Newton steps while they still shrink the correction (quadratic convergence),
+    # so the returned point is accurate to round-off, not just to criterion (1).
+    for _ in range(POLISH_STEPS):
+        z_new = z - delta
+        r_new = system.residual(z_new)
+        if not np.all(np.isfinite(r_new)):
+            break
+        z, r = z_new, r_new
+        if inf_norm(delta) == 0:
+            break
+        lin_new = _Linearization(system, z, opts)
+        delta_new = lin_new.solve(r)
+        if delta_new is None or inf_norm(delta_new) > inf_norm(delta) / 2:
+            break
+        delta = delta_new
+    return z, Info(CONVERGED, iterations, inf_norm(r), step, cond)
 
 
 def newton(system: System, z0: np.ndarray, opts: Options) -> tuple[np.ndarray, Info]:
