@@ -136,7 +136,8 @@ def ridge_solution(X: np.ndarray, t: np.ndarray, lam: np.ndarray) -> np.ndarray:
 
 
 def ridge_jacobian(X: np.ndarray, t: np.ndarray, lam: np.ndarray) -> list[np.ndarray]:
-    """w = H⁻¹Xᵀt, H = XᵀX + λI: dw/dt = H⁻¹Xᵀ, dw/dλ = −H⁻¹w, dw_i/dX_kl = H⁻¹(e_l r_k − w_l Xᵀe_k)."""
+    """w = H⁻¹Xᵀt, H = XᵀX + λI: dw/dt = H⁻¹Xᵀ, dw/dλ = −H⁻¹w,
+    dw/dX_kl = H⁻¹(e_l r_k − w_l X[k]) with r = t − Xw."""
     n = X.shape[1]
     Hinv = np.linalg.inv(X.T @ X + float(lam) * np.eye(n))
     w = Hinv @ X.T @ t

@@ -43,7 +43,8 @@ class Node:
         max_condition, dense_max: see `declarative.implicit.solvers`.
     """
 
-    def __init__(self, kind: str, fn: Callable, eq: Callable | None = None, **defaults: Any) -> None:
+    def __init__(self, kind: str, fn: Callable, eq: Callable | None = None,
+                 **defaults: Any) -> None:
         if not callable(fn):
             raise TypeError(f"implicit.{kind} expects a callable, got {type(fn).__name__}")
         if eq is not None and not callable(eq):

@@ -33,7 +33,6 @@ Lagrangian, reduced to the null space of ∂h, has to be positive definite (dens
 from __future__ import annotations
 
 import warnings
-
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol

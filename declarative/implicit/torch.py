@@ -193,7 +193,8 @@ class _Run:
         node, n = self.node, z0.numel()
         zp, pp = z0.detach(), [p.detach() if isinstance(p, torch.Tensor) else p for p in params]
         for i, p in enumerate([zp, *pp]):
-            if isinstance(p, torch.Tensor) and p.is_floating_point() and not torch.isfinite(p).all():
+            if (isinstance(p, torch.Tensor) and p.is_floating_point()
+                    and not torch.isfinite(p).all()):
                 what = "z0" if i == 0 else f"params[{i - 1}]"
                 raise ParameterError(f"{node!r}: {what} has NaN or inf entries; expected finite "
                                      "values")
