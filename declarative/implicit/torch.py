@@ -23,19 +23,24 @@ How it is built
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import scipy.sparse.linalg as spla
 import torch
-from torch._C._functorch import is_functorch_wrapped_tensor
+from torch._C._functorch import get_unwrapped, is_functorch_wrapped_tensor
 
 from declarative.errors import ParameterError
 from declarative.implicit import solvers
 from declarative.implicit.solvers import GMRES_RTOL, Info, NodeError
 
 __all__ = ["call"]
+
+# torch's forward-mode AD levels are process-global: concurrent torch.func.jvp / jacfwd from
+# several threads corrupt each other's levels, so the node's own forward-mode calls take turns.
+_FORWARD_AD = threading.RLock()
 
 
 def residual_fn(node: Any, shape: tuple, m: int) -> Callable[..., torch.Tensor]:
@@ -88,7 +93,10 @@ class TorchSystem:
 
     @staticmethod
     def array(t: torch.Tensor) -> np.ndarray:
-        return t.detach().to("cpu", torch.float64).numpy().copy()
+        while is_functorch_wrapped_tensor(t):  # a tangent/cotangent inside torch.func
+            t = get_unwrapped(t)
+        with torch._C._DisableFuncTorch():
+            return t.detach().to("cpu", torch.float64).numpy().copy()
 
     def g(self, z: torch.Tensor) -> torch.Tensor:
         return self.G(z, *self.params)
@@ -98,7 +106,7 @@ class TorchSystem:
             return self.array(self.g(self.tensor(z)))
 
     def jvp(self, z: np.ndarray, v: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
+        with _FORWARD_AD, torch.no_grad():
             return self.array(torch.func.jvp(self.g, (self.tensor(z),), (self.tensor(v),))[1])
 
     def vjp(self, z: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -107,7 +115,7 @@ class TorchSystem:
             return self.array(pullback(self.tensor(u))[0])
 
     def jacobian(self, z: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
+        with _FORWARD_AD, torch.no_grad():
             return self.array(torch.func.jacfwd(self.g)(self.tensor(z)))
 
 
