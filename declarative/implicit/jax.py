@@ -189,10 +189,13 @@ def call(node: Any, z0: jax.Array, params: Sequence[Any], overrides: dict,
             J = jnp.where(ok, J, jnp.eye(size, dtype=J.dtype))
             return jnp.linalg.solve(J, jnp.where(ok, y, 0.0))
         ok = jnp.all(jnp.isfinite(g(jnp.ones_like(y))))
-        x, _ = jax.scipy.sparse.linalg.gmres(lambda v: jnp.where(ok, g(v), v),
-                                             jnp.where(ok, y, 0.0), tol=solvers.GMRES_RTOL,
-                                             atol=0.0)
-        return x
+
+        def gmres(matvec: Callable, b: jax.Array) -> jax.Array:
+            return jax.scipy.sparse.linalg.gmres(matvec, b, tol=solvers.GMRES_RTOL, atol=0.0)[0]
+
+        # custom_linear_solve makes GMRES transposable (GMRES on the transposed map).
+        return jax.lax.custom_linear_solve(lambda v: jnp.where(ok, g(v), v),
+                                           jnp.where(ok, y, 0.0), gmres, transpose_solve=gmres)
 
     z, fields = jax.lax.custom_root(lambda z: G(z, *params), z0_flat, solve, tangent_solve,
                                     has_aux=True)
