@@ -23,9 +23,9 @@ and ∂G/∂z is well conditioned there: the condition number of its row- and co
 dense Jacobian is at most ``max_condition`` (dense systems), or GMRES solved the correction to
 its tolerance (matrix-free systems). The point returned is z − δ (one more Newton step, whose
 error is O(‖δ‖²); for dense systems up to :data:`POLISH_STEPS` more Newton steps follow while
-each still halves the correction, so the point is accurate to round-off). Criterion (1) is invariant to scaling
-G and relative to the scale of z, so Kepler's equation with M = 1e8 and a fixed point with
-data at 1e-8 are judged alike.
+each still halves the correction, so the point is accurate to round-off). Criterion (1) is
+invariant to scaling G and relative to the scale of z, so Kepler's equation with M = 1e8 and
+a fixed point with data at 1e-8 are judged alike.
 For ``argmin`` the KKT point must also be a strict local minimum: the Hessian of the
 Lagrangian, reduced to the null space of ∂h, has to be positive definite (dense systems).
 """
