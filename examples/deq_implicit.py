@@ -100,7 +100,7 @@ def run(quick: bool = False, out: Path | str = DEFAULT_OUT, seed: int = 0) -> di
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
-    batch, hidden, steps = (16, 12, 40) if quick else (48, 24, 300)
+    batch, hidden, steps = (16, 12, 40) if quick else (32, 24, 200)
     Ks = [5, 20, 80] if quick else [5, 10, 20, 40, 80, 160, 320]
     model = DEQ(4, hidden, 2, gen)
     x_test = torch.randn(256, 4, dtype=torch.float64, generator=gen)
