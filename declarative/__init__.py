@@ -20,7 +20,7 @@ from declarative.layer import Forward, Layer, SolveInfo
 from declarative.solve import Status
 
 __all__ = [
-    "compile", "verify", "Layer", "Forward", "SolveInfo", "Status",
+    "compile", "verify", "implicit", "Layer", "Forward", "SolveInfo", "Status",
     "DeclarativeError", "ProblemError", "ParameterError", "SolverError",
     "NonDifferentiableWarning",
 ]
@@ -69,13 +69,13 @@ def compile(  # noqa: A001 - the public name the design fixes
 
 
 def __getattr__(name: str):
-    """``declarative.verify``, imported on first use (it pulls in the zoo and diffcp).
+    """``declarative.verify`` and ``declarative.implicit``, imported on first use.
 
     The module is callable: ``declarative.verify(layer, values, ...)`` is
     ``declarative.verify.verify(layer, values, ...)``.
     """
-    if name == "verify":
+    if name in ("verify", "implicit"):
         import importlib
 
-        return importlib.import_module("declarative.verify")
+        return importlib.import_module(f"declarative.{name}")
     raise AttributeError(f"module 'declarative' has no attribute {name!r}")

@@ -654,7 +654,7 @@ def diffcp_jacobian(layer: Layer, values: Sequence[Any], *,
 
 # -- the API -------------------------------------------------------------------------------
 def verify(
-    layer: Layer,
+    layer: Layer | Any,
     values: Sequence[Any],
     *,
     solution: Callable[..., Any] | Sequence[Any] | None = None,
@@ -694,6 +694,13 @@ def verify(
             directions; None (default): only on a terminal, and only once the work has
             taken more than 2 s.
     """
+    from declarative.implicit.nodes import Node
+
+    if isinstance(layer, Node):  # a declarative node: values = (z0, *params)
+        from declarative.implicit.verify import verify as verify_node
+
+        return verify_node(layer, values[0], values[1:], solution=solution, jacobian=jacobian,
+                           finite_differences=finite_differences, tolerance=tolerance)
     from tqdm import tqdm
 
     theta, batched = layer.batch(values)

@@ -87,8 +87,37 @@ def test_hyperparameter_ridge(tmp_path):
     assert r["max_grad_rel_error"] <= 1e-8                         # layer vs closed form
 
 
+def test_deq_implicit(tmp_path):
+    r = run_quick("deq_implicit", tmp_path)
+    assert r["final_test_loss"] <= 0.7 * r["initial_test_loss"]
+    # the implicit node saves the same bytes whatever K; unrolling grows linearly in K
+    assert len(set(r["implicit_saved_bytes"])) == 1
+    assert np.all(np.diff(r["unrolled_saved_bytes"]) > 0)
+    assert r["unrolled_saved_bytes"][-1] >= 5 * r["unrolled_saved_bytes"][0]
+    assert r["unrolled_saved_bytes"][-1] > r["implicit_saved_bytes"][0]
+    # unrolling converges to the implicit gradient as K grows
+    assert r["unrolled_grad_rel_error"][0] > 1e-3 and r["unrolled_grad_rel_error"][-1] < 1e-8
+
+
+def test_kepler_root(tmp_path):
+    r = run_quick("kepler_root", tmp_path)
+    assert r["max_jacobian_error"] <= 1e-12        # layer vs 1/(1 − e cos E), sin E/(1 − e cos E)
+    assert abs(r["e_fit"] - r["e_true"]) <= 0.01
+    assert abs(r["a_fit"] - r["a_true"]) <= 0.02
+    assert r["final_loss"] <= r["initial_loss"] / 1000
+
+
+def test_robust_pooling(tmp_path):
+    r = run_quick("robust_pooling", tmp_path)
+    assert r["max_jacobian_error"] <= 1e-12        # node vs φ''(y − x_i)/Σφ''
+    e = r["errors"]
+    assert e["welsch"][-1] < e["median"][-1] < e["mean"][-1]
+    assert r["test_mse_after"] < 0.6 * r["test_mse_before"]
+
+
 @pytest.mark.parametrize("name", ["softmax_jacobian", "implicit_vs_unrolled", "optnet_qp",
-                                  "learn_polytope", "hyperparameter_ridge"])
+                                  "learn_polytope", "hyperparameter_ridge", "deq_implicit",
+                                  "kepler_root", "robust_pooling"])
 def test_example_is_a_script(name):
     """Each example has the CLI the README documents: --quick and --out, and a main()."""
     module = load(name)
