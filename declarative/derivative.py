@@ -47,7 +47,7 @@ from declarative.cones import (
     snap_kinks,
 )
 from declarative.equilibrate import Equilibration
-from declarative.solve import parallel_map
+from declarative.parallel import parallel_map
 
 # S (size N = n + m) is factored dense (LAPACK) or sparse (SuperLU), whichever the cost
 # model says is cheaper: dense ≈ DENSE_COST·N³, sparse ≈ SPARSE_COST + SPARSE_FILL_COST·fill
