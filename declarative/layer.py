@@ -157,6 +157,10 @@ class Forward:
     _ops: BatchOps | None = field(default=None, repr=False)      # equilibrated program
     _refined: Any = field(default=None, repr=False)              # its solution
     _scaling: Equilibration | None = field(default=None, repr=False)
+    # Set by a framework adapter (torch.py): the dtype and device of each parameter and
+    # output, and how a vmapped call was folded into this one batched solve (or None).
+    meta: Any = field(default=None, repr=False)
+    fold: Any = field(default=None, repr=False)
 
     @property
     def batch_size(self) -> int:
