@@ -130,7 +130,7 @@ def _dense_transpose(M: sp.spmatrix) -> np.ndarray | None:
     if entry is None or entry[0]() is not M:
         r, k = M.shape
         D = np.ascontiguousarray(M.T.toarray()) if r * k <= DENSE_PRODUCT_SIZE else None
-        ref = weakref.ref(M, lambda _, key=key: _dense_transposes.pop(key, None))
+        ref = weakref.ref(M, lambda _, key=key, cache=_dense_transposes: cache.pop(key, None))
         entry = _dense_transposes[key] = (ref, D)
     return entry[1]
 

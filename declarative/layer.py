@@ -34,6 +34,8 @@ from declarative.derivative import (
     NonDifferentiableWarning,
     diagnose,
     newton_correction,
+    sparse_layout,
+    use_dense,
 )
 from declarative.equilibrate import Equilibration, equilibrate
 from declarative.errors import ParameterError, ProblemError, SolverError, describe_indices
@@ -432,7 +434,12 @@ class Layer:
             if best is None:
                 best = self._calibrate(scs, settings,
                                        (mats[0], b[0], c[0], None if Ps is None else Ps[0]))
-        self.tuning = replace(tuning, scale=best)
+        self.tuning = replace(tuning, scale=best, sparse_ordering=None, supernodes=None)
+        if not use_dense(t):  # SuperLU's ordering: the least fill on the sample's first system
+            layout = sparse_layout(t)
+            layout.ordering = None
+            self.forward(values, on_failure="nan")
+            self._record_ordering(layout)
         return self._tuning
 
     # -- options -----------------------------------------------------------------------
@@ -590,6 +597,10 @@ class Layer:
                               (mats[0], b[0], c[0], None if Ps is None else Ps[0]))
         settings = self._tuned(backend, settings, tuning, user)
         shared = self._shared_state(backend, tuning, mats[0], None if Ps is None else Ps[0])
+        layout = None if use_dense(t) else sparse_layout(t)
+        if layout is not None and tuning.sparse_ordering is not None:
+            layout.ordering = tuning.sparse_ordering
+            layout.supernodes = True if tuning.supernodes is None else tuning.supernodes
         att = self._attempt(backend, shared, np.arange(B), ops, c, b, mats, Ps, settings,
                             ours, eq)
         scs_status = list(att.scs_status)
@@ -601,6 +612,8 @@ class Layer:
             again = self._attempt(backend, shared, retry, ops, c, b, mats, Ps, tight, ours, eq,
                                   warm=(att.scs_x[retry], att.scs_y[retry], att.scs_s[retry]))
             att.merge(retry, again)
+        if layout is not None and tuning.sparse_ordering is None:
+            self._record_ordering(layout)
         status, x, y, s = att.status, att.x, att.y, att.s
         before, after, steps = att.residual_before, att.residual_after, att.steps
         ok = np.array([st is Status.SOLVED for st in status], dtype=bool)
@@ -618,6 +631,16 @@ class Layer:
         return Forward(layer=self, outputs=outputs, batched=any(input_batched),
                        input_batched=input_batched, info=info, ok=ok, _ops=ops, _refined=refined,
                        _scaling=eq)
+
+    def _record_ordering(self, layout: Any) -> None:
+        """Keep in the tuning the SuperLU ordering the first sparse factorization chose (the
+        least fill on that instance): every later call factors with it."""
+        if layout.ordering is None:
+            return
+        with self._lock:
+            if self._tuning.sparse_ordering is None:
+                self._tuning = replace(self._tuning, sparse_ordering=layout.ordering,
+                                       supernodes=layout.supernodes)
 
     def _shared_state(self, backend: Backend, tuning: Tuning, A: Any, P: Any) -> Any:
         """``backend``'s state shared by every instance (made once, under the lock), where the

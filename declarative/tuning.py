@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 from declarative.backends import DEFAULT_SOLVER, SOLVERS
+from declarative.derivative import ORDERINGS
 from declarative.errors import ProblemError
 
 # SCS's linear solvers for its KKT system that a tuning may name.
@@ -29,13 +30,19 @@ class Tuning:
     ``linear_solver``: SCS's factorization of its KKT matrix, ``"qdldl"`` (sparse LDLᵀ) or
     ``"cpu_dense"`` (dense Cholesky). ``share_workspaces``: whether instances whose A and P
     do not depend on the parameters share one solver setup per thread (only b and c are
-    updated). A user's ``solver_args`` entry of the same name overrides a field per call.
+    updated). ``sparse_ordering`` and ``supernodes``: SuperLU's column ordering (one of
+    `derivative.ORDERINGS`) and whether it uses supernodes, where the Newton and derivative
+    systems are factored sparse (decided on the first instance factored, the ordering with
+    the least fill). A user's ``solver_args`` entry of the same name overrides a field per
+    call.
     """
 
     solver: str = DEFAULT_SOLVER
     scale: float | None = None
     linear_solver: str | None = None
     share_workspaces: bool | None = None
+    sparse_ordering: str | None = None
+    supernodes: bool | None = None
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
@@ -49,6 +56,10 @@ class Tuning:
         if self.linear_solver is not None and self.linear_solver not in SCS_LINEAR_SOLVERS:
             raise ProblemError(f"Tuning.linear_solver must be one of {list(SCS_LINEAR_SOLVERS)} "
                                f"or None, got {self.linear_solver!r}.")
-        if self.share_workspaces is not None and not isinstance(self.share_workspaces, bool):
-            raise ProblemError(f"Tuning.share_workspaces must be True, False or None, "
-                               f"got {self.share_workspaces!r}.")
+        for name in ("share_workspaces", "supernodes"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise ProblemError(f"Tuning.{name} must be True, False or None, got {value!r}.")
+        if self.sparse_ordering is not None and self.sparse_ordering not in ORDERINGS:
+            raise ProblemError(f"Tuning.sparse_ordering must be one of {list(ORDERINGS)} or "
+                               f"None, got {self.sparse_ordering!r}.")

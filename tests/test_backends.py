@@ -18,9 +18,11 @@ import torch
 import declarative as dl
 import declarative.backends.clarabel as clarabel_backend
 import declarative.backends.scs as scs_backend
+import declarative.derivative as derivative
 import problems
 from declarative.backends import SOLVERS, backend
 from declarative.cones import ConeDims, _svec, project
+from declarative.derivative import ORDERINGS
 from declarative.equilibrate import equilibrate
 from declarative.errors import ProblemError
 from declarative.solve import SCALE_CANDIDATES, Status, solve_batch
@@ -193,9 +195,18 @@ def test_power_cones(solver, alpha):
 
 
 # -- choosing the solver ----------------------------------------------------------------------
-def _sparsemax_layer(**kw):
+def _sparsemax_layer(n: int | None = None, **kw):
     mod = problems.get("sparsemax")
-    return dl.compile(*mod.build(**mod.SIZES), **kw), mod
+    return dl.compile(*mod.build(**(mod.SIZES if n is None else {"n": n})), **kw), mod
+
+
+# n = 100: the Newton and derivative systems (401 × 401) are factored sparse (SuperLU)
+SPARSE_N = 100
+
+
+def _sparsemax_values(seeds, n: int = SPARSE_N):
+    insts = [problems.instance("sparsemax", k, n=n) for k in seeds]
+    return insts, [np.stack([i.params[0] for i in insts])]
 
 
 def test_compile_with_clarabel_and_per_call_switch():
@@ -263,7 +274,9 @@ def test_tuning_validates_its_fields():
     for bad, match in (({"solver": "cplex"}, "solver"), ({"scale": -1.0}, "scale"),
                        ({"scale": float("nan")}, "scale"), ({"linear_solver": "mkl"},
                                                              "linear_solver"),
-                       ({"share_workspaces": 1}, "share_workspaces")):
+                       ({"share_workspaces": 1}, "share_workspaces"),
+                       ({"sparse_ordering": "METIS"}, "sparse_ordering"),
+                       ({"supernodes": "yes"}, "supernodes")):
         with pytest.raises(ProblemError, match=match):
             dl.Tuning(**bad)
     layer, _ = _sparsemax_layer()
@@ -272,13 +285,14 @@ def test_tuning_validates_its_fields():
 
 
 def test_tuning_is_decided_once_shown_and_pickled():
-    layer, _ = _sparsemax_layer()
+    layer, _ = _sparsemax_layer(SPARSE_N)
     assert layer.tuning == dl.Tuning()  # nothing decided before a call
-    _, _, _, values = _zoo_batch("sparsemax", (0, 1))
+    _, values = _sparsemax_values((0, 1))
     out = layer.forward(values).outputs[0]
     tuning = layer.tuning
     assert tuning.scale in SCALE_CANDIDATES and tuning.linear_solver == "qdldl"
     assert tuning.share_workspaces is True
+    assert tuning.sparse_ordering in ORDERINGS and isinstance(tuning.supernodes, bool)
     assert f"tuning={tuning!r}" in repr(layer)
     assert pickle.loads(pickle.dumps(tuning)) == tuning
     copy = pickle.loads(pickle.dumps(layer))
@@ -291,20 +305,27 @@ def test_tuning_is_decided_once_shown_and_pickled():
 def test_user_tuning_is_used_and_deterministic(monkeypatch):
     """A tuning set by the user is what SCS receives, and two layers with that tuning give
     bitwise-equal outputs and gradients whatever their call histories."""
-    tuning = dl.Tuning(scale=10.0, linear_solver="qdldl", share_workspaces=False)
-    one, mod = _sparsemax_layer(tuning=tuning)
-    two, _ = _sparsemax_layer()
+    tuning = dl.Tuning(scale=10.0, linear_solver="qdldl", share_workspaces=False,
+                       sparse_ordering="COLAMD", supernodes=False)
+    one, mod = _sparsemax_layer(SPARSE_N, tuning=tuning)
+    two, _ = _sparsemax_layer(SPARSE_N)
     two.tuning = tuning
-    _, _, insts, values = _zoo_batch("sparsemax", range(5))
-    seen = []
+    insts, values = _sparsemax_values(range(5))
+    seen, orderings = [], []
     real = scs_backend._scs_solver
     monkeypatch.setattr(scs_backend, "_scs_solver",
                         lambda *a: seen.append((a[4]["scale"], a[4]["linear_solver"]))
                         or real(*a))
+    real_lu = derivative._factor_sparse_one
+    monkeypatch.setattr(derivative, "_factor_sparse_one",
+                        lambda S, ordering="COLAMD", supernodes=True:
+                        orderings.append((ordering, supernodes)) or real_lu(S, ordering,
+                                                                            supernodes))
     two.forward([values[0][3:]])
     two.forward([values[0][0]])
     f1, f2 = one.forward(values), two.forward(values)
     assert set(seen) == {(10.0, "qdldl")}
+    assert set(orderings) == {("COLAMD", False)}
     assert one.tuning == two.tuning == tuning  # nothing left to decide
     g = [np.ones_like(f1.outputs[0])]
     assert np.array_equal(f1.outputs[0], f2.outputs[0])
