@@ -109,8 +109,10 @@ WEAKLY_ACTIVE = "weakly-active"
 class SolveInfo:
     """Per-instance diagnostics of one call (arrays of length batch).
 
+    ``scs_status`` / ``scs_iterations``: the solver's own status (mapped to `Status`) and
+    iteration count, whichever backend solved (SCS by default, hence the names).
     ``residual_before`` / ``residual_after``: the componentwise relative backward error ω
-    of the optimality conditions (`refine.backward_error`) at SCS's solution and after
+    of the optimality conditions (`refine.backward_error`) at the solver's solution and after
     refinement: the largest relative change of any one entry of the data that would make
     the point exact (NaN without refinement).
     """
@@ -369,13 +371,14 @@ class Layer:
         SCS its linear solver and scale (`_calibrate`) where the user's options (``user``) do
         not set them. Made once, under the lock."""
         t = self.template
-        scs = backend.name == "scs"
 
         def needed(tuning: Tuning) -> dict[str, bool]:
             return {"share_workspaces": tuning.share_workspaces is None,
-                    "linear_solver": scs and tuning.linear_solver is None
-                    and "linear_solver" in settings and "linear_solver" not in user,
-                    "scale": scs and tuning.scale is None and "scale" not in user}
+                    "linear_solver": "linear_solver" in backend.tunable
+                    and tuning.linear_solver is None and "linear_solver" in settings
+                    and "linear_solver" not in user,
+                    "scale": "scale" in backend.tunable and tuning.scale is None
+                    and "scale" not in user}
 
         if not any(needed(self._tuning).values()):
             return self._tuning
@@ -398,7 +401,7 @@ class Layer:
         """``settings`` with the tuning's values for what ``backend`` takes from it, where
         the user's options (``user``) do not set them."""
         out = dict(settings)
-        for name in getattr(backend, "tunable", ()):
+        for name in backend.tunable:
             value = getattr(tuning, name)
             if value is not None and name not in user and (name != "linear_solver"
                                                            or name in settings):

@@ -70,6 +70,7 @@ class Backend(Protocol):
 
     name: str
     options: frozenset[str]   # the settings a user may pass in solver_args
+    tunable: tuple[str, ...]  # the `Tuning` fields it takes as settings of the same name
 
     def settings(self, args: Mapping[str, Any]) -> dict:
         """The backend's defaults overridden by ``args``; `ProblemError` naming the valid
