@@ -325,6 +325,7 @@ class Layer:
         elif solver is not None and get_backend(solver).name != tuning.solver:
             raise ProblemError(f"solver={solver!r} and tuning.solver={tuning.solver!r} differ; "
                                "give one of them.")
+        self._check_tuning(tuning)
         self._tuning = tuning
         self.solver_args = self.check_options(solver_args, on_failure, tuning.solver)
         self.on_failure = on_failure
@@ -361,10 +362,20 @@ class Layer:
     def tuning(self, value: Tuning) -> None:
         if not isinstance(value, Tuning):
             raise ProblemError(f"tuning must be a declarative.Tuning, got {type(value)!r}.")
+        self._check_tuning(value)
         self.check_options(self.solver_args, self.on_failure, value.solver)
         with self._lock:
             self._tuning = value
             self._resolved = None
+
+    def _check_tuning(self, tuning: Tuning) -> None:
+        """A tuning this layer can use: workspaces are shared only where A and P do not
+        depend on the parameters (a shared setup updates only b and c)."""
+        t = self.template
+        if tuning.share_workspaces and not (t.fixed_data and t.m):
+            raise ProblemError("Tuning.share_workspaces=True needs a problem whose constraint "
+                               "matrix A and quadratic P do not depend on the parameters; this "
+                               "one's do (or it has no constraints): use False or None.")
 
     def _decide(self, backend: Backend, settings: dict, user: dict, first: tuple) -> Tuning:
         """The tuning with what this call needs decided: whether to share workspaces, and for

@@ -282,6 +282,9 @@ def test_tuning_validates_its_fields():
     layer, _ = _sparsemax_layer()
     with pytest.raises(ProblemError, match="declarative.Tuning"):
         layer.tuning = {"scale": 1.0}
+    qp, _, _ = zoo_layer("qp")  # A and P depend on the parameters: no shared setup
+    with pytest.raises(ProblemError, match="share_workspaces=True"):
+        qp.tuning = dl.Tuning(share_workspaces=True)
 
 
 def test_tuning_is_decided_once_shown_and_pickled():
