@@ -18,9 +18,10 @@ from declarative.derivative import NonDifferentiableWarning
 from declarative.errors import DeclarativeError, ParameterError, ProblemError, SolverError
 from declarative.layer import Forward, Layer, SolveInfo
 from declarative.solve import Status
+from declarative.tuning import Tuning
 
 __all__ = [
-    "compile", "verify", "implicit", "Layer", "Forward", "SolveInfo", "Status",
+    "compile", "verify", "implicit", "Layer", "Forward", "SolveInfo", "Status", "Tuning",
     "DeclarativeError", "ProblemError", "ParameterError", "SolverError",
     "NonDifferentiableWarning",
 ]
@@ -34,6 +35,8 @@ def compile(  # noqa: A001 - the public name the design fixes
     *,
     solver_args: dict | None = None,
     on_failure: str = "raise",
+    solver: str | None = None,
+    tuning: Tuning | None = None,
     gp: bool = False,
 ) -> Layer:
     """Compile a DPP CVXPY problem into a differentiable layer, once.
@@ -47,11 +50,15 @@ def compile(  # noqa: A001 - the public name the design fixes
             diag, symmetric, PSD, nonneg, nonpos, bounds) and/or dual variables of its
             constraints (any entry of ``constraint.dual_variables``: SOC's (t, X) parts,
             ExpCone's three, ...), in CVXPY's own conventions.
-        solver_args: SCS settings (``eps_abs``, ``eps_rel``, ``max_iters``, ...; ``eps``
-            sets eps_abs = eps_rel, as in cvxpylayers and diffcp) and refinement options
-            (``refine``, ``refine_tol``, ``refine_max_iters``); overridable per call.
+        solver_args: the solver's settings (SCS: ``eps_abs``, ``max_iters``, ...; ``eps``
+            sets eps_abs = eps_rel, as in cvxpylayers and diffcp; Clarabel: ``tol_gap_abs``,
+            ``max_iter``, ...) and refinement options (``refine``, ``refine_tol``,
+            ``refine_max_iters``); overridable per call.
         on_failure: ``"raise"`` (one error naming every unsolved batch index) or ``"nan"``
             (NaN outputs and zero gradients for exactly those instances).
+        solver: ``"scs"`` (the default) or ``"clarabel"``; overridable per call. Refinement,
+            the certificate and the derivative are the same whichever solves.
+        tuning: a `Tuning` to use instead of deciding one (its ``solver`` is the layer's).
         gp: the problem is a geometric program (log-log convex, DGP): solved in log-log
             coordinates (CVXPY's ``Dgp2Dcp``); the layer takes the positive parameters and
             returns the positive variables (`declarative.geometric.GeometricLayer`).
@@ -63,9 +70,10 @@ def compile(  # noqa: A001 - the public name the design fixes
         template, params, outputs = compile_gp_template(problem, list(parameters),
                                                         list(variables))
         return GeometricLayer(template, params, outputs, solver_args=solver_args,
-                              on_failure=on_failure)
+                              on_failure=on_failure, solver=solver, tuning=tuning)
     template, params, outputs = compile_template(problem, list(parameters), list(variables))
-    return Layer(template, params, outputs, solver_args=solver_args, on_failure=on_failure)
+    return Layer(template, params, outputs, solver_args=solver_args, on_failure=on_failure,
+                 solver=solver, tuning=tuning)
 
 
 def __getattr__(name: str):

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import math
 import reprlib
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, NamedTuple
 
@@ -121,15 +122,21 @@ def times_t(X: np.ndarray, M: sp.spmatrix) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(M @ X.T).T)
 
 
+# Mᵀ dense (or None where M is not small), by id(M), for the matrices `times_t` has seen;
+# an entry goes when its matrix does (our matrices are never modified after they are built).
+_dense_transposes: dict[int, tuple[weakref.ref, np.ndarray | None]] = {}
+
+
 def _dense_transpose(M: sp.spmatrix) -> np.ndarray | None:
-    """Mᵀ as a dense array if M is small, else None; cached on M (our matrices are never
-    modified after they are built)."""
-    D = M.__dict__.get("_dense_transpose", False)
-    if D is False:
+    """Mᵀ as a dense array if M is small, else None; made once per matrix."""
+    key = id(M)
+    entry = _dense_transposes.get(key)
+    if entry is None or entry[0]() is not M:
         r, k = M.shape
         D = np.ascontiguousarray(M.T.toarray()) if r * k <= DENSE_PRODUCT_SIZE else None
-        M.__dict__["_dense_transpose"] = D
-    return D
+        ref = weakref.ref(M, lambda _, key=key, cache=_dense_transposes: cache.pop(key, None))
+        entry = _dense_transposes[key] = (ref, D)
+    return entry[1]
 
 
 class CSC(NamedTuple):
@@ -174,6 +181,11 @@ class ConeTemplate:
     P_cols: np.ndarray
     H: sp.csr_matrix
     h0: np.ndarray
+    # Structures later stages derive from the template alone (equilibration pattern, scatter
+    # matrices, sparse layout), each made on first use by its stage and kept here; not part
+    # of the template's value (not compared, not shown)
+    derived: dict[str, Any] = field(default_factory=dict, init=False, compare=False,
+                                    repr=False)
 
     @property
     def num_params(self) -> int:

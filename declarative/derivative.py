@@ -47,7 +47,7 @@ from declarative.cones import (
     snap_kinks,
 )
 from declarative.equilibrate import Equilibration
-from declarative.solve import parallel_map
+from declarative.parallel import parallel_map
 
 # S (size N = n + m) is factored dense (LAPACK) or sparse (SuperLU), whichever the cost
 # model says is cheaper: dense ≈ DENSE_COST·N³, sparse ≈ SPARSE_COST + SPARSE_FILL_COST·fill
@@ -161,7 +161,7 @@ def _scatter(t: ConeTemplate):
     """A's rows and columns, and the 0/1 matrices that sum products of stored entries of A
     (and P) into rows/columns (Er: (m, nnz), Ec: (n, nnz), Ep: (n, nnz(P))): built once per
     template, kept with it."""
-    cached = t.__dict__.get("_scatter")
+    cached = t.derived.get("scatter")
     if cached is None:
         rows, cols = t.rows_cols()
         k = np.arange(t.nnz)
@@ -170,7 +170,7 @@ def _scatter(t: ConeTemplate):
         kp = np.arange(t.P_rows.size)
         Ep = sp.csr_matrix((np.ones(kp.size), (t.P_rows, kp)), shape=(t.n, kp.size))
         cached = (rows, cols, Er, Ec, Ep)
-        object.__setattr__(t, "_scatter", cached)
+        t.derived["scatter"] = cached
     return cached
 
 
@@ -247,10 +247,10 @@ class SparseLayout:
 
 def sparse_layout(t: ConeTemplate) -> SparseLayout:
     """The template's `SparseLayout`, built once and kept with the template."""
-    layout = t.__dict__.get("_sparse_layout")
+    layout = t.derived.get("sparse_layout")
     if layout is None:
         layout = SparseLayout(t)
-        object.__setattr__(t, "_sparse_layout", layout)
+        t.derived["sparse_layout"] = layout
     return layout
 
 

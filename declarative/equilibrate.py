@@ -92,7 +92,7 @@ def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def pattern(t: ConeTemplate) -> _Pattern:
     """The template's `_Pattern`, built once and kept with it."""
-    cached = t.__dict__.get("_equilibration_pattern")
+    cached = t.derived.get("equilibration_pattern")
     if cached is None:
         rows, cols = t.rows_cols()
         by_row = np.argsort(rows, kind="stable")
@@ -104,7 +104,7 @@ def pattern(t: ConeTemplate) -> _Pattern:
         sizes = np.diff(np.concatenate([blocks, [t.m]])).astype(np.intp)
         cached = _Pattern(rows, cols, by_row, row_starts, row_ids, col_starts, col_ids,
                           t.P_rows, t.P_cols, P_order, P_starts, P_ids, blocks, sizes)
-        object.__setattr__(t, "_equilibration_pattern", cached)
+        t.derived["equilibration_pattern"] = cached
     return cached
 
 
@@ -295,13 +295,13 @@ def equilibrate(t: ConeTemplate, c: np.ndarray, a: np.ndarray, b: np.ndarray,
     P = None if h is None or not t.quadratic else np.abs(h)
     p = pattern(t)
     if t.fixed_data:
-        cached = t.__dict__.get("_fixed_balance")
+        cached = t.derived.get("fixed_balance")
         if cached is None:
             d0, e0, _ = _balance(t, np.abs(t.f0)[None],
                                  None if P is None else np.abs(t.h0)[None])
             ent = (d0[:, p.rows] * e0[:, p.cols], e0[:, p.P_rows] * e0[:, p.P_cols])
             cached = (d0, e0, ent)
-            object.__setattr__(t, "_fixed_balance", cached)
+            t.derived["fixed_balance"] = cached
         d = np.broadcast_to(cached[0], (B, t.m))
         e = np.broadcast_to(cached[1], (B, t.n))
         entries = cached[2]

@@ -1,7 +1,7 @@
 """export (JAX): the layer as a function that works under jit, vmap, grad, jvp and their mixes.
 
-``f = layer.jax()``; ``outputs = f(*params, solver_args=None, on_failure=None)`` with the
-calling convention of the torch module (`declarative.torch`).
+``f = layer.jax()``; ``outputs = f(*params, solver_args=None, on_failure=None, solver=None)``
+with the calling convention of the torch module (`declarative.torch`).
 
 How it is built
 ---------------
@@ -68,10 +68,11 @@ class _Context:
     """
 
     def __init__(self, layer: Layer, solver_args: dict | None, on_failure: str | None,
-                 batched: tuple[bool, ...], dtype: np.dtype) -> None:
+                 solver: str | None, batched: tuple[bool, ...], dtype: np.dtype) -> None:
         self.layer = layer
         self.solver_args = solver_args
         self.on_failure = on_failure
+        self.solver = solver
         self.batched = batched
         self.dtype = dtype
         t = layer.template
@@ -123,7 +124,7 @@ class _Context:
                   .reshape((N, *s.shape)) for p, s in zip(ps, specs, strict=True)]
         try:
             fwd = self.layer.forward(values, solver_args=self.solver_args,
-                                     on_failure=self.on_failure)
+                                     on_failure=self.on_failure, solver=self.solver)
         except SolverError as e:
             if nlead == 1:
                 raise
@@ -295,36 +296,38 @@ def _arrays(layer: Layer, values: tuple) -> list[jax.Array]:
 
 
 def jax_layer(layer: Layer) -> Callable[..., tuple[jax.Array, ...]]:
-    """``layer`` as a JAX function ``f(*params, solver_args=None, on_failure=None)``.
+    """``layer`` as a JAX function ``f(*params, solver_args=None, on_failure=None,
+    solver=None)``.
 
     Parameters are positional, in the order given to `declarative.compile`; each is
     unbatched (its CVXPY shape) or batched (one more leading axis, one batch size for all);
-    the outputs are batched iff some parameter is. ``solver_args`` and ``on_failure`` are
-    static Python values overriding the compile-time ones. Works under ``jax.jit``,
+    the outputs are batched iff some parameter is. ``solver_args``, ``on_failure`` and
+    ``solver`` are static Python values overriding the compile-time ones. Works under ``jax.jit``,
     ``jax.vmap`` (one batched solve per call), ``jax.grad``/``jax.vjp``/``jax.jacrev`` and
     ``jax.jvp``/``jax.jacfwd``, and compositions of them; outputs have the inputs' dtype.
     """
     contexts: dict[Any, _Context] = {}
 
-    def layer_fn(*params: Any, solver_args: dict | None = None,
-                 on_failure: str | None = None) -> tuple[jax.Array, ...]:
+    def layer_fn(*params: Any, solver_args: dict | None = None, on_failure: str | None = None,
+                 solver: str | None = None) -> tuple[jax.Array, ...]:
         arrays = _arrays(layer, params)
         # Shape checks with the library's own messages (at trace time: placeholders, not
         # values; the values are checked when they are known, in `Layer.forward`).
         _, batched = layer.batch([np.broadcast_to(0.0, np.shape(a)) for a in arrays],
                                  check_values=False)
-        layer.resolve_options(solver_args, on_failure)  # validates the options (ProblemError)
+        layer.resolve_options(solver_args, on_failure, solver)  # validates them (ProblemError)
         dtype = _result_dtype(arrays)
         if not any(isinstance(a, jax.core.Tracer) for a in arrays):
             # Concrete values, no transformation: no callback needed.
             fwd = layer.forward([np.asarray(a, dtype=np.float64) for a in arrays],
-                                solver_args=solver_args, on_failure=on_failure)
+                                solver_args=solver_args, on_failure=on_failure, solver=solver)
             return tuple(jnp.asarray(o if fwd.batched else o[0], dtype=dtype)
                          for o in fwd.outputs)
-        key = (repr(sorted((solver_args or {}).items())), on_failure, tuple(batched), dtype)
+        key = (repr(sorted((solver_args or {}).items())), on_failure, solver, tuple(batched),
+               dtype)
         ctx = contexts.get(key)
         if ctx is None:
-            ctx = contexts.setdefault(key, _Context(layer, solver_args, on_failure,
+            ctx = contexts.setdefault(key, _Context(layer, solver_args, on_failure, solver,
                                                     tuple(batched), dtype))
         canon = [a.astype(dtype) if b else a.astype(dtype)[None]
                  for a, b in zip(arrays, batched, strict=True)]

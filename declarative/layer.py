@@ -15,12 +15,15 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 
+from declarative.backends import DEFAULT_SOLVER
+from declarative.backends import backend as get_backend
+from declarative.backends.scs import DEFAULT_SCALE, linear_solver
 from declarative.compile import ON_FAILURE, ConeTemplate, OutputSpec, ParameterSpec, times_t
 from declarative.cones import DProjection, dproject
 from declarative.derivative import (
@@ -31,23 +34,17 @@ from declarative.derivative import (
     NonDifferentiableWarning,
     diagnose,
     newton_correction,
+    sparse_layout,
+    use_dense,
 )
 from declarative.equilibrate import Equilibration, equilibrate
 from declarative.errors import ParameterError, ProblemError, SolverError, describe_indices
+from declarative.parallel import single_threaded_blas
 from declarative.refine import REFINE_MAX_ITERS, REFINE_TOL, refine
-from declarative.solve import (
-    DEFAULT_SCALE,
-    SharedData,
-    Status,
-    calibrate_scale,
-    linear_solver,
-    normalize_solver_args,
-    scs_settings,
-    single_threaded_blas,
-    solve_batch,
-)
+from declarative.solve import SCALE_CANDIDATES, Backend, Status, calibrate_scale, solve_batch
+from declarative.tuning import Tuning
 
-# Options that are ours rather than SCS's, with their defaults.
+# Options that are ours rather than the solver's, with their defaults.
 OUR_OPTIONS = {"refine": True, "refine_tol": REFINE_TOL, "refine_max_iters": REFINE_MAX_ITERS}
 # A refined instance counts as solved when, in the equilibrated program (equilibrate.py),
 # its componentwise backward error is at most ACCEPT_BACKWARD (refine.backward_error) and
@@ -93,7 +90,7 @@ def unvec(flat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _blas_single(method):
-    """Run ``method`` with BLAS single-threaded, set once for the whole call (see solve.py)."""
+    """Run ``method`` with BLAS single-threaded, set once for the whole call (parallel.py)."""
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
         with single_threaded_blas():
@@ -112,8 +109,10 @@ WEAKLY_ACTIVE = "weakly-active"
 class SolveInfo:
     """Per-instance diagnostics of one call (arrays of length batch).
 
+    ``scs_status`` / ``scs_iterations``: the solver's own status (mapped to `Status`) and
+    iteration count, whichever backend solved (SCS by default, hence the names).
     ``residual_before`` / ``residual_after``: the componentwise relative backward error ω
-    of the optimality conditions (`refine.backward_error`) at SCS's solution and after
+    of the optimality conditions (`refine.backward_error`) at the solver's solution and after
     refinement: the largest relative change of any one entry of the data that would make
     the point exact (NaN without refinement).
     """
@@ -162,6 +161,10 @@ class Forward:
     _ops: BatchOps | None = field(default=None, repr=False)      # equilibrated program
     _refined: Any = field(default=None, repr=False)              # its solution
     _scaling: Equilibration | None = field(default=None, repr=False)
+    # Set by a framework adapter (torch.py): the dtype and device of each parameter and
+    # output, and how a vmapped call was folded into this one batched solve (or None).
+    meta: Any = field(default=None, repr=False)
+    fold: Any = field(default=None, repr=False)
 
     @property
     def batch_size(self) -> int:
@@ -310,19 +313,30 @@ class Layer:
 
     def __init__(self, template: ConeTemplate, parameters: tuple[ParameterSpec, ...],
                  outputs: tuple[OutputSpec, ...], solver_args: dict | None = None,
-                 on_failure: str = "raise") -> None:
+                 on_failure: str = "raise", solver: str | None = None,
+                 tuning: Tuning | None = None) -> None:
         self.template = template
         self.parameters = parameters
         self.outputs = outputs
-        self.solver_args = self.check_options(solver_args, on_failure)
+        if tuning is not None and not isinstance(tuning, Tuning):
+            raise ProblemError(f"tuning must be a declarative.Tuning, got {type(tuning)!r}.")
+        if tuning is None:
+            tuning = Tuning() if solver is None else Tuning(solver=get_backend(solver).name)
+        elif solver is not None and get_backend(solver).name != tuning.solver:
+            raise ProblemError(f"solver={solver!r} and tuning.solver={tuning.solver!r} differ; "
+                               "give one of them.")
+        self._check_tuning(tuning)
+        self._tuning = tuning
+        self.solver_args = self.check_options(solver_args, on_failure, tuning.solver)
         self.on_failure = on_failure
         self._out_offsets = np.concatenate([[0], np.cumsum([s.size for s in outputs])])[:-1]
-        # SCS's scale (Layer._calibrate) and SCS workspaces where A and P do not depend on
-        # the parameters (SharedData): made on first use, under this lock, from the template
-        # alone, so that no call history shows in any result
-        self._scs_scale: float | None = None
-        self._shared: SharedData | None = None
+        # Decisions left open in the tuning are made on first use, under this lock, from the
+        # template alone, so that no call history shows in any result
         self._lock = threading.Lock()
+        # Caches: the compile-time options resolved (key, value); each backend's state shared
+        # by instances where A and P do not depend on the parameters (`Backend.share`)
+        self._resolved: tuple | None = None
+        self._shared: dict[str, Any] = {}
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "_lock"}
@@ -335,40 +349,166 @@ class Layer:
         ps = ", ".join(f"{p.name}{list(p.shape)}" for p in self.parameters)
         os_ = ", ".join(f"{o.name}{list(o.shape)}" for o in self.outputs)
         return (f"Layer(({ps}) -> ({os_}), cones={self.template.dims.kinds()}, "
-                f"n={self.template.n}, m={self.template.m})")
+                f"n={self.template.n}, m={self.template.m}, tuning={self._tuning!r})")
+
+    # -- tuning ------------------------------------------------------------------------
+    @property
+    def tuning(self) -> Tuning:
+        """What this layer has decided so far (fields still None are decided when a call
+        needs them). Settable: ``layer.tuning = dl.Tuning(...)``."""
+        return self._tuning
+
+    @tuning.setter
+    def tuning(self, value: Tuning) -> None:
+        if not isinstance(value, Tuning):
+            raise ProblemError(f"tuning must be a declarative.Tuning, got {type(value)!r}.")
+        self._check_tuning(value)
+        self.check_options(self.solver_args, self.on_failure, value.solver)
+        with self._lock:
+            self._tuning = value
+            self._resolved = None
+
+    def _check_tuning(self, tuning: Tuning) -> None:
+        """A tuning this layer can use: workspaces are shared only where A and P do not
+        depend on the parameters (a shared setup updates only b and c)."""
+        t = self.template
+        if tuning.share_workspaces and not (t.fixed_data and t.m):
+            raise ProblemError("Tuning.share_workspaces=True needs a problem whose constraint "
+                               "matrix A and quadratic P do not depend on the parameters; this "
+                               "one's do (or it has no constraints): use False or None.")
+
+    def _decide(self, backend: Backend, settings: dict, user: dict, first: tuple) -> Tuning:
+        """The tuning with what this call needs decided: whether to share workspaces, and for
+        SCS its linear solver and scale (`_calibrate`) where the user's options (``user``) do
+        not set them. Made once, under the lock."""
+        t = self.template
+
+        def needed(tuning: Tuning) -> dict[str, bool]:
+            return {"share_workspaces": tuning.share_workspaces is None,
+                    "linear_solver": "linear_solver" in backend.tunable
+                    and tuning.linear_solver is None and "linear_solver" in settings
+                    and "linear_solver" not in user,
+                    "scale": "scale" in backend.tunable and tuning.scale is None
+                    and "scale" not in user}
+
+        if not any(needed(self._tuning).values()):
+            return self._tuning
+        with self._lock:
+            tuning = self._tuning
+            need = needed(tuning)
+            if need["share_workspaces"]:
+                tuning = replace(tuning, share_workspaces=bool(t.fixed_data and t.m))
+            if need["linear_solver"]:
+                tuning = replace(tuning,
+                                 linear_solver=linear_solver(t.n, t.m, t.nnz + t.P_rows.size))
+            if need["scale"]:
+                calib = self._tuned(backend, settings, tuning, user)
+                tuning = replace(tuning, scale=self._calibrate(backend, calib, first))
+            self._tuning = tuning
+            return tuning
+
+    @staticmethod
+    def _tuned(backend: Backend, settings: dict, tuning: Tuning, user: dict) -> dict:
+        """``settings`` with the tuning's values for what ``backend`` takes from it, where
+        the user's options (``user``) do not set them."""
+        out = dict(settings)
+        for name in backend.tunable:
+            value = getattr(tuning, name)
+            if value is not None and name not in user and (name != "linear_solver"
+                                                           or name in settings):
+                out[name] = value
+        return out
+
+    def tune(self, values: Sequence[Any], solver_args: dict | None = None) -> Tuning:
+        """Decide this layer's tuning from sample parameter values (a batch, as for a call)
+        and keep it: workspace sharing and SCS's linear solver from the template, and SCS's
+        scale as the one in `solve.SCALE_CANDIDATES` that solves every sample instance in the
+        fewest SCS iterations in all (from the template alone, as on a first call, where no
+        candidate solves them all). ``solver_args``: SCS settings for these trial solves.
+        Returns the new `Tuning`."""
+        theta, _ = self.batch(values)
+        t = self.template
+        c, a, b = t.apply(theta)
+        h = t.apply_P(theta)
+        c, a, b, h = equilibrate(t, c, a, b, h).data(t, c, a, b, h)
+        mats = [t.csc(a[i]) for i in range(len(theta))]
+        Ps = [t.P_csc(h[i]) for i in range(len(theta))] if t.quadratic else None
+        scs = get_backend("scs")
+        user = {k: v for k, v in (solver_args or {}).items() if k not in OUR_OPTIONS}
+        tuning = replace(self._tuning, share_workspaces=bool(t.fixed_data and t.m),
+                         linear_solver=linear_solver(t.n, t.m, t.nnz + t.P_rows.size))
+        settings = self._tuned(scs, scs.settings(user), tuning, user)
+        best, best_iters = None, np.inf
+        with single_threaded_blas():
+            for scale in SCALE_CANDIDATES:
+                res = solve_batch(scs, mats, b, c, t.dims, {**settings, "scale": scale}, Ps)
+                iters = res.iterations.sum()
+                if all(st is Status.SOLVED for st in res.status) and iters < best_iters:
+                    best, best_iters = scale, iters
+            if best is None:
+                best = self._calibrate(scs, settings,
+                                       (mats[0], b[0], c[0], None if Ps is None else Ps[0]))
+        self.tuning = replace(tuning, scale=best, sparse_ordering=None, supernodes=None)
+        if not use_dense(t):  # SuperLU's ordering: the least fill on the sample's first system
+            layout = sparse_layout(t)
+            layout.ordering = None
+            self.forward(values, on_failure="nan")
+            self._record_ordering(layout)
+        return self._tuning
 
     # -- options -----------------------------------------------------------------------
     @staticmethod
-    def check_options(solver_args: dict | None, on_failure: str) -> dict:
+    def check_options(solver_args: dict | None, on_failure: str,
+                      solver: str = DEFAULT_SOLVER) -> dict:
+        """The options validated: ``on_failure`` one of ON_FAILURE, every entry of
+        ``solver_args`` a refinement option (OUR_OPTIONS) or a setting of ``solver``."""
         if on_failure not in ON_FAILURE:
             raise ProblemError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}.")
-        args = normalize_solver_args(solver_args or {})
+        backend = get_backend(solver)
+        args = backend.normalize(solver_args or {})
         ours = {k: args.pop(k) for k in list(args) if k in OUR_OPTIONS}
-        scs_settings(args, tuple(OUR_OPTIONS))  # validates SCS keys
+        unknown = sorted(set(args) - backend.options)
+        if unknown:
+            hints = "".join(f" Instead of {k!r}: {backend.foreign[k]}." for k in unknown
+                            if k in backend.foreign)
+            raise ProblemError(
+                f"unsupported solver option(s) {unknown} for solver {backend.name!r}; expected "
+                f"{backend.name} settings {sorted(backend.options)} or refinement options "
+                f"{sorted(OUR_OPTIONS)}.{hints}"
+            )
         return {**args, **ours}
 
-    def resolve_options(self, solver_args: dict | None, on_failure: str | None):
+    def resolve_options(self, solver_args: dict | None, on_failure: str | None,
+                        solver: str | None = None) -> tuple[Backend, dict, dict, str]:
         """Per-call options over the compile-time ones, validated.
 
-        Returns (SCS settings, our refinement options, on_failure): fresh dicts, the caller's
-        to change. Without per-call options they are validated once (kept with the
-        compile-time ones they came from).
+        Returns (the backend, its settings, our refinement options, on_failure): fresh dicts,
+        the caller's to change. Without per-call options they are validated once (kept with
+        the compile-time ones they came from).
         """
-        if not solver_args and on_failure is None:
-            key = (dict(self.solver_args), self.on_failure)
-            cached = self.__dict__.get("_resolved")
+        if not solver_args and on_failure is None and solver is None:
+            key = (dict(self.solver_args), self.on_failure, self._tuning.solver)
+            cached = self._resolved
             if cached is None or cached[0] != key:
-                cached = self._resolved = (key, self._resolve(None, None))
-            settings, ours, on_failure = cached[1]
-            return dict(settings), dict(ours), on_failure
-        return self._resolve(solver_args, on_failure)
+                cached = self._resolved = (key, self._resolve(None, None, None))
+            backend, settings, ours, on_failure = cached[1]
+            return backend, dict(settings), dict(ours), on_failure
+        return self._resolve(solver_args, on_failure, solver)
 
-    def _resolve(self, solver_args: dict | None, on_failure: str | None):
+    def _resolve(self, solver_args: dict | None, on_failure: str | None,
+                 solver: str | None) -> tuple[Backend, dict, dict, str]:
         on_failure = self.on_failure if on_failure is None else on_failure
-        args = {**self.solver_args, **normalize_solver_args(solver_args or {})}
-        args = self.check_options(args, on_failure)
+        backend = get_backend(self._tuning.solver if solver is None else solver)
+        # aliases resolved on each side first, so that a per-call eps overrides a
+        # compile-time eps_abs (and the reverse)
+        args = backend.normalize(solver_args or {})
+        if backend.name == self._tuning.solver:  # compile-time settings are that solver's
+            args = {**backend.normalize(self.solver_args), **args}
+        else:
+            args = {**{k: v for k, v in self.solver_args.items() if k in OUR_OPTIONS}, **args}
+        args = self.check_options(args, on_failure, backend.name)
         ours = {k: args.pop(k, v) for k, v in OUR_OPTIONS.items()}
-        return scs_settings(args), ours, on_failure
+        return backend, backend.settings(args), ours, on_failure
 
     def jacobian_blocks(self, full: np.ndarray) -> list[list[np.ndarray]]:
         """A stacked Jacobian (Σ output sizes, num_params), both sides flattened column-major,
@@ -445,10 +585,14 @@ class Layer:
     # -- the pipeline ------------------------------------------------------------------
     @_blas_single
     def forward(self, values: Sequence[Any], solver_args: dict | None = None,
-                on_failure: str | None = None) -> Forward:
-        """Solve every instance; outputs are (B, *shape) arrays (B = 1 when nothing is batched)."""
+                on_failure: str | None = None, solver: str | None = None) -> Forward:
+        """Solve every instance; outputs are (B, *shape) arrays (B = 1 when nothing is batched).
+
+        ``solver_args``, ``on_failure`` and ``solver`` override the compile-time values for
+        this call (``solver_args`` then holds that solver's settings)."""
         t0 = time.perf_counter()
-        settings, ours, on_failure = self.resolve_options(solver_args, on_failure)
+        backend, settings, ours, on_failure = self.resolve_options(solver_args, on_failure,
+                                                                   solver)
         theta, input_batched = self.batch(values)
         t = self.template
         B = theta.shape[0]
@@ -465,33 +609,29 @@ class Layer:
         ops = BatchOps(t, a, h)
         mats = [t.csc(a[i]) for i in range(B)]
         Ps = [t.P_csc(h[i]) for i in range(B)] if t.quadratic else None
-        if "linear_solver" in settings and "linear_solver" not in {
-                **self.solver_args, **(solver_args or {})}:  # ours: QDLDL or dense Cholesky
-            settings["linear_solver"] = linear_solver(t.n, t.m, t.nnz + t.P_rows.size)
-        if "scale" not in settings:  # the user did not choose one: ours, calibrated once
-            if self._scs_scale is None:
-                with self._lock:
-                    if self._scs_scale is None:
-                        self._scs_scale = self._calibrate(
-                            settings, (mats[0], b[0], c[0], None if Ps is None else Ps[0]))
-            settings = {**settings, "scale": self._scs_scale}
-        if t.fixed_data and t.m and self._shared is None:
-            with self._lock:
-                if self._shared is None:
-                    self._shared = SharedData(mats[0]._replace(data=mats[0].data.copy()),
-                                              None if Ps is None else Ps[0],
-                                              np.zeros(t.m), np.zeros(t.n), t.dims.scs())
-        att = self._attempt(np.arange(B), ops, c, b, mats, Ps, settings, ours, eq)
+        user = {**(self.solver_args if backend.name == self._tuning.solver else {}),
+                **(solver_args or {})}
+        tuning = self._decide(backend, settings, user,
+                              (mats[0], b[0], c[0], None if Ps is None else Ps[0]))
+        settings = self._tuned(backend, settings, tuning, user)
+        shared = self._shared_state(backend, tuning, mats[0], None if Ps is None else Ps[0])
+        layout = None if use_dense(t) else sparse_layout(t)
+        if layout is not None and tuning.sparse_ordering is not None:
+            layout.ordering = tuning.sparse_ordering
+            layout.supernodes = True if tuning.supernodes is None else tuning.supernodes
+        att = self._attempt(backend, shared, np.arange(B), ops, c, b, mats, Ps, settings,
+                            ours, eq)
         scs_status = list(att.scs_status)
         # Accurate by default: an instance refinement could not certify from SCS's loose
         # solution is solved again at a tight tolerance, warm-started, and refined again.
-        tight = {**settings, "eps_abs": min(settings["eps_abs"], RETRY_EPS),
-                 "eps_rel": min(settings["eps_rel"], RETRY_EPS)}
+        tight = backend.tightened(settings, RETRY_EPS)
         retry = np.flatnonzero(att.retryable)
         if ours["refine"] and retry.size and tight != settings:
-            again = self._attempt(retry, ops, c, b, mats, Ps, tight, ours, eq,
+            again = self._attempt(backend, shared, retry, ops, c, b, mats, Ps, tight, ours, eq,
                                   warm=(att.scs_x[retry], att.scs_y[retry], att.scs_s[retry]))
             att.merge(retry, again)
+        if layout is not None and tuning.sparse_ordering is None:
+            self._record_ordering(layout)
         status, x, y, s = att.status, att.x, att.y, att.s
         before, after, steps = att.residual_before, att.residual_after, att.steps
         ok = np.array([st is Status.SOLVED for st in status], dtype=bool)
@@ -510,12 +650,34 @@ class Layer:
                        input_batched=input_batched, info=info, ok=ok, _ops=ops, _refined=refined,
                        _scaling=eq)
 
-    def _calibrate(self, settings: dict, first: tuple) -> float:
+    def _record_ordering(self, layout: Any) -> None:
+        """Keep in the tuning the SuperLU ordering the first sparse factorization chose (the
+        least fill on that instance): every later call factors with it."""
+        if layout.ordering is None:
+            return
+        with self._lock:
+            if self._tuning.sparse_ordering is None:
+                self._tuning = replace(self._tuning, sparse_ordering=layout.ordering,
+                                       supernodes=layout.supernodes)
+
+    def _shared_state(self, backend: Backend, tuning: Tuning, A: Any, P: Any) -> Any:
+        """``backend``'s state shared by every instance (made once, under the lock), where the
+        tuning shares workspaces; else None."""
+        if not tuning.share_workspaces:
+            return None
+        if backend.name not in self._shared:
+            with self._lock:
+                if backend.name not in self._shared:
+                    self._shared[backend.name] = backend.share(A, P, self.template.dims)
+        return self._shared[backend.name]
+
+    def _calibrate(self, backend: Backend, settings: dict, first: tuple) -> float:
         """SCS's scale for this layer: `calibrate_scale` on the equilibrated program of fixed
-        pseudo-random parameter values (seed 0, all of them positive, which makes the many
-        problems whose constraints read Gx ≤ h strictly feasible, as the data a layer is
-        trained on usually is; then within each parameter's declared sign or definiteness),
-        so a function of the problem alone. Only where
+        pseudo-random parameter values (seed 0: first all of them positive and symmetric ones
+        positive definite, which makes the many problems whose constraints read Gx ≤ h
+        strictly feasible, as the data a layer is trained on usually is, and a quad_form's
+        symmetric matrix convex; then within each parameter's declared sign or
+        definiteness), so a function of the problem alone. Only where
         neither instance is solved is it calibrated on ``first`` (the first call's instance
         0: its equilibrated (A, b, c, P)), and DEFAULT_SCALE where that is not solved either.
         """
@@ -527,12 +689,14 @@ class Layer:
                 v = rng.standard_normal(spec.shape)
                 if {"nonpos", "neg"} & set(spec.domain):
                     v = -np.abs(v) - 0.1
+                elif positive and "symmetric" in spec.domain:
+                    v = v @ v.T / max(1, v.shape[0]) + np.eye(v.shape[0])
                 elif positive or {"nonneg", "pos"} & set(spec.domain):
                     v = np.abs(v) + 0.1
                 if {"PSD", "NSD"} & set(spec.domain):
                     v = v @ v.T / max(1, v.shape[0]) + np.eye(v.shape[0])
                     v = -v if "NSD" in spec.domain else v
-                elif "symmetric" in spec.domain:
+                elif "symmetric" in spec.domain and not positive:
                     v = (v + v.T) / 2
                 values.append(v)
             try:
@@ -542,24 +706,24 @@ class Layer:
             c, a, b = t.apply(theta)
             h = t.apply_P(theta)
             c, a, b, h = equilibrate(t, c, a, b, h).data(t, c, a, b, h)
-            scale = calibrate_scale(t.csc(a[0]), b[0], c[0], t.dims, settings,
+            scale = calibrate_scale(backend, t.csc(a[0]), b[0], c[0], t.dims, settings,
                                     t.P_csc(h[0]) if t.quadratic else None)
             if scale is not None:
                 return scale
-        scale = calibrate_scale(*first[:3], t.dims, settings, first[3])
+        scale = calibrate_scale(backend, *first[:3], t.dims, settings, first[3])
         return DEFAULT_SCALE if scale is None else scale
 
-    def _attempt(self, idx: np.ndarray, ops: BatchOps, c: np.ndarray, b: np.ndarray,
-                 mats: list, Ps: list | None, settings: dict, ours: dict,
-                 scaling: Equilibration, warm: tuple | None = None) -> _Attempt:
-        """SCS, then refinement and the certificate, on the instances ``idx`` of the
-        (equilibrated by ``scaling``) program (c, A = ``mats``, b, P = ``Ps``) whose
-        operators are ``ops``.
-        SCS's own solution is kept too (``scs_x``, ...: a warm start for a retry)."""
+    def _attempt(self, backend: Backend, shared: Any, idx: np.ndarray, ops: BatchOps,
+                 c: np.ndarray, b: np.ndarray, mats: list, Ps: list | None, settings: dict,
+                 ours: dict, scaling: Equilibration, warm: tuple | None = None) -> _Attempt:
+        """The backend's solve, then refinement and the certificate, on the instances ``idx``
+        of the (equilibrated by ``scaling``) program (c, A = ``mats``, b, P = ``Ps``) whose
+        operators are ``ops``. The solver's own solution is kept too (``scs_x``, ...: a warm
+        start for a retry)."""
         t = self.template
-        res = solve_batch([mats[i] for i in idx], b[idx], c[idx], t.dims, settings,
+        res = solve_batch(backend, [mats[i] for i in idx], b[idx], c[idx], t.dims, settings,
                           None if Ps is None else [Ps[i] for i in idx], warm=warm,
-                          shared=self._shared)
+                          shared=shared)
         status = list(res.status)
         finite = np.all(np.isfinite(res.x), axis=1)
         candidate = np.array([st in _REFINABLE for st in status], dtype=bool) & finite

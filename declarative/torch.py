@@ -251,7 +251,7 @@ def _vmap_linear(fn, info: Any, in_dims: tuple, fwd: Forward, anchor: torch.Tens
     dimension is the examples' batch: fold the directions the same way. Otherwise it
     enumerates directions (jacrev / jacfwd): one linear map each, reusing the factorization.
     """
-    fold = getattr(fwd, "fold", None)
+    fold = fwd.fold
     dims = in_dims[2:]
     anchor_dim = in_dims[1]
     if fold is not None and fold.level == _level() and fold.V == info.batch_size:
@@ -338,7 +338,7 @@ class TorchLayer(torch.nn.Module):
 
     Parameters are positional, in the order given to `declarative.compile`; each is
     unbatched (its CVXPY shape) or batched (one more leading dimension). Keyword
-    arguments ``solver_args`` and ``on_failure`` override the compile-time values;
+    arguments ``solver_args``, ``on_failure`` and ``solver`` override the compile-time values;
     ``return_info=True`` also returns the per-instance `SolveInfo`.
     """
 
@@ -350,8 +350,9 @@ class TorchLayer(torch.nn.Module):
         return repr(self.layer)
 
     def forward(self, *params: torch.Tensor, solver_args: dict | None = None,
-                on_failure: str | None = None, return_info: bool = False):
+                on_failure: str | None = None, solver: str | None = None,
+                return_info: bool = False):
         params = _tensors(self.layer, params)
-        options = {"solver_args": solver_args, "on_failure": on_failure}
+        options = {"solver_args": solver_args, "on_failure": on_failure, "solver": solver}
         *outs, fwd = _LayerFunction.apply(self.layer, options, *params)
         return (tuple(outs), fwd.info) if return_info else tuple(outs)

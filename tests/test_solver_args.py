@@ -19,11 +19,11 @@ def _layer(**kwargs):
 
 def test_eps_sets_both_tolerances():
     layer = _layer(solver_args={"eps": 1e-7})
-    settings, _, _ = layer.resolve_options(None, None)
+    _, settings, _, _ = layer.resolve_options(None, None)
     assert settings["eps_abs"] == settings["eps_rel"] == 1e-7
-    settings, _, _ = layer.resolve_options({"eps": 1e-5}, None)  # per call overrides
+    _, settings, _, _ = layer.resolve_options({"eps": 1e-5}, None)  # per call overrides
     assert settings["eps_abs"] == settings["eps_rel"] == 1e-5
-    settings, _, _ = layer.resolve_options({"eps_rel": 1e-4}, None)
+    _, settings, _, _ = layer.resolve_options({"eps_rel": 1e-4}, None)
     assert (settings["eps_abs"], settings["eps_rel"]) == (1e-7, 1e-4)
 
 

@@ -18,14 +18,18 @@ import pytest
 from threadpoolctl import threadpool_info
 
 import declarative as dl
-import declarative.solve as solve
+import declarative.backends.scs as scs_backend
+import declarative.parallel as parallel
 import problems
-from declarative.cones import ConeDims
-from declarative.solve import (
+from declarative.backends.scs import (
+    SCS,
     SCS_INFEASIBLE_INACCURATE,
     SCS_SIGINT,
     SCS_UNBOUNDED_INACCURATE,
     SharedData,
+)
+from declarative.cones import ConeDims
+from declarative.solve import (
     Status,
     infeasibility_certified,
     solve_batch,
@@ -87,17 +91,17 @@ def test_ctrl_c_inside_scs_raises_and_starts_no_further_solve(monkeypatch, batch
     """SCS catches SIGINT while it solves (in the calling thread for one instance, in the
     calling thread and a worker for six): KeyboardInterrupt, no solve started after it, BLAS
     threads restored, and the next call solves and matches the closed form."""
-    monkeypatch.setattr(solve, "_CPUS", 2)
+    monkeypatch.setattr(parallel, "_CPUS", 2)
     n = 200
     layer = _box(n)
     started = []
-    real = solve._scs_solver
-    monkeypatch.setattr(solve, "_scs_solver", lambda *a: started.append(1) or real(*a))
+    real = scs_backend._scs_solver
+    monkeypatch.setattr(scs_backend, "_scs_solver", lambda *a: started.append(1) or real(*a))
     blas = _blas_threads()
     with pytest.raises(KeyboardInterrupt), _sigint_after(0.5):
         layer.forward(_box_values(batch, n, 1.0), solver_args=NEVER_CONVERGES)
     assert len(started) == min(batch, 2)  # the solves running when the signal came
-    assert solve._blas_depth == 0 and _blas_threads() == blas
+    assert parallel._blas_depth == 0 and _blas_threads() == blas
     values = _box_values(4, n, 1.0, seed=1)
     fwd = layer.forward(values)
     assert max_abs(fwd.outputs[0], np.clip(values[0], values[1], values[2])) <= 1e-8
@@ -108,7 +112,7 @@ def test_interrupt_between_items_stops_the_batch(monkeypatch, where):
     """Ctrl-C in Python (the calling thread, by a real SIGINT) or a KeyboardInterrupt in a
     worker (as SCS's SIGINT status becomes): raised by parallel_map, and the other thread
     starts no item after it; the pool then serves the next call."""
-    monkeypatch.setattr(solve, "_CPUS", 2)
+    monkeypatch.setattr(parallel, "_CPUS", 2)
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         pytest.skip("SIGINT is not handled by Python's default handler here")
     raised = threading.Event()
@@ -118,7 +122,7 @@ def test_interrupt_between_items_stops_the_batch(monkeypatch, where):
     def f(i: int) -> int:
         seen.append(i)
         me = threading.current_thread()
-        interrupts = me is interrupter if interrupter else me.name.startswith(solve._PREFIX)
+        interrupts = me is interrupter if interrupter else me.name.startswith(parallel._PREFIX)
         if interrupts and not raised.is_set():
             raised.set()
             if interrupter:
@@ -129,9 +133,9 @@ def test_interrupt_between_items_stops_the_batch(monkeypatch, where):
         return i
 
     with pytest.raises(KeyboardInterrupt):
-        solve.parallel_map(f, list(range(100)))
+        parallel.parallel_map(f, list(range(100)))
     assert len(seen) <= 3  # the interrupted item, the other thread's, at most one more
-    assert solve.parallel_map(lambda i: i * i, list(range(10))) == [i * i for i in range(10)]
+    assert parallel.parallel_map(lambda i: i * i, list(range(10))) == [i * i for i in range(10)]
 
 
 # -- certificates -----------------------------------------------------------------------------
@@ -196,9 +200,9 @@ def test_scs_inaccurate_infeasibility_counts_only_when_certified(monkeypatch, y,
     """SCS's "infeasible (inaccurate)" with a valid certificate is infeasible; with an invalid
     one it is inaccurate, with the origin as the iterate to start again from."""
     fake = _FakeSCS(SCS_INFEASIBLE_INACCURATE, np.full(1, np.nan), y)
-    monkeypatch.setattr(solve, "_scs_solver", lambda *a: fake)
-    res = solve_batch([_csc(INFEASIBLE_A)], INFEASIBLE_B[None], np.zeros((1, 1)),
-                      ConeDims(nonneg=2), solve.SCS_DEFAULTS)
+    monkeypatch.setattr(scs_backend, "_scs_solver", lambda *a: fake)
+    res = solve_batch(SCS, [_csc(INFEASIBLE_A)], INFEASIBLE_B[None], np.zeros((1, 1)),
+                      ConeDims(nonneg=2), scs_backend.SCS_DEFAULTS)
     assert res.status == [expected]
     if expected is Status.INACCURATE:
         assert not res.x.any() and not res.y.any() and not res.s.any()
@@ -206,10 +210,10 @@ def test_scs_inaccurate_infeasibility_counts_only_when_certified(monkeypatch, y,
 
 def test_scs_sigint_status_raises(monkeypatch):
     fake = _FakeSCS(SCS_SIGINT, np.full(1, np.nan), np.full(2, np.nan))
-    monkeypatch.setattr(solve, "_scs_solver", lambda *a: fake)
+    monkeypatch.setattr(scs_backend, "_scs_solver", lambda *a: fake)
     with pytest.raises(KeyboardInterrupt):
-        solve_batch([_csc(INFEASIBLE_A)], INFEASIBLE_B[None], np.zeros((1, 1)),
-                    ConeDims(nonneg=2), solve.SCS_DEFAULTS)
+        solve_batch(SCS, [_csc(INFEASIBLE_A)], INFEASIBLE_B[None], np.zeros((1, 1)),
+                    ConeDims(nonneg=2), scs_backend.SCS_DEFAULTS)
 
 
 def test_feasible_box_at_scale_1e12_is_solved_not_infeasible():
@@ -223,7 +227,7 @@ def test_feasible_box_at_scale_1e12_is_solved_not_infeasible():
     theta, _ = layer.batch(values)
     c, a, b = t.apply(theta)
     P = [t.P_matrix(h, upper=True) for h in t.apply_P(theta)]
-    raw = solve_batch([t.matrix(a_) for a_ in a], b, c, t.dims, solve.SCS_DEFAULTS, P)
+    raw = solve_batch(SCS, [t.matrix(a_) for a_ in a], b, c, t.dims, scs_backend.SCS_DEFAULTS, P)
     assert Status.INFEASIBLE not in raw.status
     fwd = layer.forward(values)
     assert [str(s) for s in fwd.info.status] == ["solved"] * 3
@@ -256,11 +260,11 @@ def test_layer_works_in_a_forked_child(monkeypatch):
     """The pool is started in the parent, then the process forks (as a DataLoader worker
     does): the child's batch is solved, and matches the closed form. Bounded: a child that
     hangs is killed and the test fails."""
-    monkeypatch.setattr(solve, "_CPUS", 2)
+    monkeypatch.setattr(parallel, "_CPUS", 2)
     mod, values, solutions = _sparsemax_batch(4)
     layer = dl.compile(*mod.build(**mod.SIZES))
     layer.forward(values)
-    assert solve._pool is not None
+    assert parallel._pool is not None
     read, write = os.pipe()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # fork of a threaded process
@@ -281,12 +285,12 @@ def test_layer_works_in_a_forked_child(monkeypatch):
 
 def test_fork_resets_locks_and_pool_in_the_child(monkeypatch):
     """A lock held by another thread at the fork is free in the child; the child's pool is new."""
-    monkeypatch.setattr(solve, "_CPUS", 2)
-    solve.parallel_map(lambda i: i, [0, 1])
+    monkeypatch.setattr(parallel, "_CPUS", 2)
+    parallel.parallel_map(lambda i: i, [0, 1])
     holding, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with solve._pool_lock, solve._blas_lock:
+        with parallel._pool_lock, parallel._blas_lock:
             holding.set()
             release.wait(10.0)
 
@@ -299,8 +303,8 @@ def test_fork_resets_locks_and_pool_in_the_child(monkeypatch):
         pid = os.fork()
     if pid == 0:
         try:
-            out = solve.parallel_map(lambda i: i + 1, [0, 1, 2, 3])
-            message = "ok" if out == [1, 2, 3, 4] and solve._blas_depth == 0 else repr(out)
+            out = parallel.parallel_map(lambda i: i + 1, [0, 1, 2, 3])
+            message = "ok" if out == [1, 2, 3, 4] and parallel._blas_depth == 0 else repr(out)
         except BaseException as exc:  # noqa: BLE001
             message = f"error: {exc!r}"
         finally:
@@ -331,19 +335,22 @@ def _child_message(pid: int, read: int, seconds: float) -> str:
 def test_shared_workspaces_are_bounded_per_thread(monkeypatch):
     """A schedule of tolerances (a new eps every call) keeps at most WORKSPACES_PER_THREAD
     SCS workspaces per thread, and every call stays exact."""
-    monkeypatch.setattr(solve, "_CPUS", 2)
+    monkeypatch.setattr(parallel, "_CPUS", 2)
     mod, values, solutions = _sparsemax_batch(4)
+    made: list[SharedData] = []
+    real = SCS.share
+    monkeypatch.setattr(SCS, "share", lambda *a: made.append(real(*a)) or made[-1])
     layer = dl.compile(*mod.build(**mod.SIZES))
     layer.forward(values)
-    shared = layer._shared
-    assert isinstance(shared, SharedData)
+    assert layer.tuning.share_workspaces is True and len(made) == 1
+    shared = made[0]
     for k in range(12):
         eps = 1e-3 * (1 + k / 12)
         fwd = layer.forward(values, solver_args={"eps_abs": eps, "eps_rel": eps})
         assert max(max_abs(o, s) for o, s in zip(fwd.outputs[0], solutions, strict=True)) <= 1e-8
         one = layer.forward([values[0][0]], solver_args={"eps_abs": eps, "eps_rel": eps})
         assert max_abs(one.outputs[0][0], solutions[0]) <= 1e-8
-    counts = solve.parallel_map(lambda _: len(shared.workspaces()), list(range(8)))
+    counts = parallel.parallel_map(lambda _: len(shared.workspaces()), list(range(8)))
     counts.append(len(shared.workspaces()))
     assert 0 < max(counts) <= SharedData.WORKSPACES_PER_THREAD
     assert len(shared.workspaces()) == SharedData.WORKSPACES_PER_THREAD  # main: 12 settings

@@ -5,9 +5,12 @@ import numpy as np
 import pytest
 
 import declarative as dl
+import declarative.backends.scs as scs_backend
+import declarative.parallel as parallel
 import problems
+from declarative.backends.scs import SCS, SCS_DEFAULTS, SharedData
 from declarative.equilibrate import equilibrate
-from declarative.solve import SCALE_CANDIDATES, SCS_DEFAULTS, SharedData, solve_batch
+from declarative.solve import SCALE_CANDIDATES, solve_batch
 from tests.conftest import max_abs, zoo_layer
 
 
@@ -37,7 +40,7 @@ def test_calibrated_scale_cuts_scs_iterations(name):
     ours = layer.forward(values)
     default = layer.forward(values, solver_args={"scale": 0.1})
     assert ours.info.scs_iterations.sum() * 2 <= default.info.scs_iterations.sum()
-    assert layer._scs_scale in SCALE_CANDIDATES
+    assert layer.tuning.scale in SCALE_CANDIDATES
     for fwd in (ours, default):
         for k, inst in enumerate(insts):
             assert max_abs(fwd.outputs[0][k], inst.solution[0]) <= 1e-8
@@ -67,7 +70,7 @@ def test_a_user_scale_is_used():
     fwd = layer.forward(values)
     t = layer.template
     c, a, b, h = _equilibrated(layer, values)
-    direct = solve_batch([t.matrix(a[i]) for i in range(2)], b, c, t.dims,
+    direct = solve_batch(SCS, [t.matrix(a[i]) for i in range(2)], b, c, t.dims,
                          {**SCS_DEFAULTS, "scale": 10.0},
                          [t.P_matrix(h[i], upper=True) for i in range(2)])
     assert np.array_equal(fwd.info.scs_iterations, direct.iterations)
@@ -118,21 +121,20 @@ def test_refinement_gives_up_early_on_a_large_singular_newton_matrix(monkeypatch
 @pytest.mark.parametrize("linear_solver", ["qdldl", "cpu_dense"])
 @pytest.mark.parametrize("name", ["qp", "softmax", "polytope_projection"])
 def test_scs_without_its_python_wrapper_is_the_same_solve(name, linear_solver, monkeypatch):
-    """SCS's C extension called with bare CSC arrays (solve._native_scs) solves exactly as
+    """SCS's C extension called with bare CSC arrays (scs._native_scs) solves exactly as
     SCS's public wrapper on SciPy matrices: same iterations, bitwise-equal iterates."""
-    import declarative.solve as solve
-
     layer, _, values = _batch(name, range(3))
     t = layer.template
     theta, _ = layer.batch(values)
     c, a, b = t.apply(theta)
     h = t.apply_P(theta)
     settings = {**SCS_DEFAULTS, "scale": 1.0, "linear_solver": linear_solver}
-    assert solve._native_scs(settings) is not None  # the fast path is the one in use here
-    fast = solve_batch([t.csc(a[i]) for i in range(3)], b, c, t.dims, settings,
+    assert scs_backend._native_scs(settings) is not None  # the fast path is in use here
+    fast = solve_batch(SCS, [t.csc(a[i]) for i in range(3)], b, c, t.dims, settings,
                        [t.P_csc(h[i]) for i in range(3)] if t.quadratic else None)
-    monkeypatch.setattr(solve, "_native_ok", dict.fromkeys(solve._NATIVE_MODULES.values()))
-    public = solve_batch([t.matrix(a[i]) for i in range(3)], b, c, t.dims, settings,
+    monkeypatch.setattr(scs_backend, "_native_ok",
+                        dict.fromkeys(scs_backend._NATIVE_MODULES.values()))
+    public = solve_batch(SCS, [t.matrix(a[i]) for i in range(3)], b, c, t.dims, settings,
                          [t.P_matrix(h[i], upper=True) for i in range(3)] if t.quadratic
                          else None)
     assert np.array_equal(fast.iterations, public.iterations)
@@ -142,12 +144,10 @@ def test_scs_without_its_python_wrapper_is_the_same_solve(name, linear_solver, m
 
 def test_shared_scs_workspace_is_set_up_once_and_each_solve_is_independent(monkeypatch):
     """Sparsemax's A and P do not depend on z: SCS is set up once per thread for the layer
-    (solve.SharedData), and each instance's solution is a function of that instance alone:
-    batched, reversed and after pickling bitwise the same, and one at a time the same to
-    rounding."""
+    (backends.scs.SharedData), and each instance's solution is a function of that instance
+    alone: batched, reversed and after pickling bitwise the same, and one at a time the same
+    to rounding."""
     import pickle
-
-    import declarative.solve as solve
 
     _, mod, sizes = zoo_layer("sparsemax")
     layer = dl.compile(*mod.build(**sizes))  # a new layer: zoo_layer's is shared
@@ -155,14 +155,14 @@ def test_shared_scs_workspace_is_set_up_once_and_each_solve_is_independent(monke
     values = [np.stack([i.params[0] for i in insts])]
     assert layer.template.fixed_data
     layer.forward(values)  # first call: the shared workspace is made
-    assert isinstance(layer._shared, SharedData)
+    assert layer.tuning.share_workspaces is True
     setups = []
-    real = solve._scs_solver
-    monkeypatch.setattr(solve, "_scs_solver", lambda *a: setups.append(1) or real(*a))
+    real = scs_backend._scs_solver
+    monkeypatch.setattr(scs_backend, "_scs_solver", lambda *a: setups.append(1) or real(*a))
     out = layer.forward(values).outputs[0]
     again = layer.forward([values[0][::-1]]).outputs[0][::-1]
     single = np.concatenate([layer.forward([values[0][k]]).outputs[0] for k in range(6)])
-    assert len(setups) <= solve._CPUS  # no SCS setup per instance: one per worker at most
+    assert len(setups) <= parallel._CPUS  # no SCS setup per instance: one per worker at most
     assert np.array_equal(out, again)  # other instances, order and threads: no influence
     assert max_abs(out, single) <= 1e-15  # (batch-size-dependent products: rounding only)
     copy = pickle.loads(pickle.dumps(layer))
@@ -181,7 +181,7 @@ def test_shared_scs_workspace_leaves_failures_to_a_fresh_solve():
     layer = dl.compile(prob, [lo], [x], on_failure="nan")
     assert layer.template.fixed_data
     layer.forward([np.array([[0.1, 0.2], [0.3, -0.2], [-0.5, 0.4]])])
-    assert isinstance(layer._shared, SharedData)
+    assert layer.tuning.share_workspaces is True
     lows = np.array([[0.2, 0.1], [0.8, 0.8], [-1.0, 0.3]])
     fwd = layer.forward([lows])
     assert [str(s) for s in fwd.info.status] == ["solved", "infeasible", "solved"]
@@ -195,34 +195,33 @@ def test_shared_scs_workspace_costs_few_iterations_on_the_zoo():
     at setup) solves the fixed-data zoo problems' instances in at most 20% more SCS
     iterations than fresh setups (measured: equal on sparsemax, softmax and the box, 350
     against 300 on the l2 ball), while saving every setup but one per thread."""
-    import declarative.solve as solve
-
     for name in ("sparsemax", "softmax", "l2_ball_projection", "box_projection"):
         _, mod, sizes = zoo_layer(name)
         layer = dl.compile(*mod.build(**sizes))
         insts = [problems.instance(name, k, **sizes) for k in range(8)]
         values = [np.stack([i.params[j] for i in insts]) for j in range(len(insts[0].params))]
         layer.forward(values)
-        assert isinstance(layer._shared, SharedData)
+        tuning = layer.tuning
+        assert tuning.share_workspaces is True
         t = layer.template
         c, a, b, h = _equilibrated(layer, values)
-        settings = {**SCS_DEFAULTS, "scale": layer._scs_scale,
-                    "linear_solver": solve.linear_solver(t.n, t.m, t.nnz + t.P_rows.size)}
+        settings = {**SCS_DEFAULTS, "scale": tuning.scale,
+                    "linear_solver": tuning.linear_solver}
         Ps = [t.P_csc(h[i]) for i in range(8)] if t.quadratic else None
-        args = ([t.csc(a[i]) for i in range(8)], b, c, t.dims, settings, Ps)
+        args = (SCS, [t.csc(a[i]) for i in range(8)], b, c, t.dims, settings, Ps)
         fresh = solve_batch(*args)
-        reused = solve_batch(*args, shared=layer._shared)
+        shared = SCS.share(args[1][0], None if Ps is None else Ps[0], t.dims)
+        assert isinstance(shared, SharedData)
+        reused = solve_batch(*args, shared=shared)
         assert reused.iterations.sum() <= 1.2 * fresh.iterations.sum(), name
 
 
 def test_scs_linear_solver_follows_the_kkt_density(monkeypatch):
     """Dense Cholesky for SCS where its KKT matrix is dense (the OptNet QP), QDLDL where it
     is sparse (sparsemax); a user's choice stands."""
-    import declarative.solve as solve
-
     seen = []
-    real = solve._scs_solver
-    monkeypatch.setattr(solve, "_scs_solver",
+    real = scs_backend._scs_solver
+    monkeypatch.setattr(scs_backend, "_scs_solver",
                         lambda *a: seen.append(a[4]["linear_solver"]) or real(*a))
     for name, expected in (("qp", "cpu_dense"), ("sparsemax", "qdldl")):
         _, mod, sizes = zoo_layer(name)

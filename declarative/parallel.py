@@ -1,0 +1,157 @@
+"""parallel: one shared thread pool for work that releases the GIL, and BLAS held to one
+thread while it runs.
+
+Our dense systems are small and many, so we parallelize across instances (solver calls,
+LAPACK factorizations) and keep BLAS itself single-threaded. Used by every solver backend
+and by the linear algebra of refinement and differentiation alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+from threadpoolctl import ThreadpoolController
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_PREFIX = "declarative-worker"
+_CPUS = os.cpu_count() or 1  # os.cpu_count() costs ~15 µs a call here
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=_CPUS,
+                                       thread_name_prefix=_PREFIX)
+        return _pool
+
+
+_blas_libs: list | None = None
+_blas_saved: list = []
+_blas_depth = 0  # open single_threaded_blas contexts, all threads together
+_blas_lock = threading.Lock()
+_blas_own = threading.local()  # .depth: those of this thread (what survives a fork)
+
+
+@contextlib.contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """A context in which BLAS/LAPACK run on one thread.
+
+    Our dense systems are small and many; we parallelize across instances instead.
+    Multithreaded BLAS on small matrices is slower, and on a loaded machine
+    catastrophically so (seen: one 304×304 LU 70× slower). Nested and concurrent uses
+    share one limit (it is process-wide), which is lifted when the last one exits. The
+    BLAS libraries are found once (threadpoolctl); each library's thread count is then read
+    and set directly (threadpoolctl's own `limit` re-inspects every library: ~15 µs).
+    """
+    global _blas_libs, _blas_saved, _blas_depth
+    entered = False
+    try:
+        with _blas_lock:
+            if _blas_libs is None:
+                _blas_libs = ThreadpoolController().select(user_api="blas").lib_controllers
+            _blas_depth += 1
+            _blas_own.depth = getattr(_blas_own, "depth", 0) + 1
+            entered = True
+            if _blas_depth == 1:
+                _blas_saved = [(lib, lib.num_threads) for lib in _blas_libs]
+                for lib, threads in _blas_saved:
+                    if threads != 1:
+                        lib.set_num_threads(1)
+        yield
+    finally:
+        if entered:
+            with _blas_lock:
+                _blas_own.depth -= 1
+                _blas_depth -= 1
+                if _blas_depth == 0:
+                    _restore_blas()
+
+
+def _restore_blas() -> None:
+    for lib, threads in _blas_saved:
+        if threads != 1:
+            lib.set_num_threads(threads)
+
+
+def _reset_after_fork() -> None:
+    """In a forked child (a DataLoader worker, multiprocessing's "fork"), only the forking
+    thread exists: the pool's workers are gone (work submitted to the inherited pool would
+    never run) and a lock another thread held stays held. Start a new pool on demand, make
+    new locks, and keep only the forking thread's own single_threaded_blas contexts
+    (lifting the limit now if the parent's were all in other threads)."""
+    global _pool, _pool_lock, _blas_lock, _blas_depth
+    _pool = None
+    _pool_lock = threading.Lock()
+    _blas_lock = threading.Lock()
+    own = getattr(_blas_own, "depth", 0)
+    if own == 0 and _blas_depth > 0:
+        _restore_blas()
+    _blas_depth = own
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _wait(futures: list[Future]) -> BaseException | None:
+    """Wait for every future; the first exception any raised, or None."""
+    first = None
+    for fut in futures:
+        try:
+            fut.result()
+        except BaseException as exc:  # noqa: BLE001 - collected, re-raised by the caller
+            first = first or exc
+    return first
+
+
+def parallel_map(f: Callable[[T], R], items: list[T]) -> list[R]:
+    """``[f(x) for x in items]`` across the shared thread pool, BLAS single-threaded.
+
+    For work that releases the GIL (SCS, LAPACK). Each worker, the calling thread
+    included, pulls the next index from a shared counter: one task per worker rather
+    than one future per item (a future costs ~35 µs of hand-offs, more than a small
+    solve), with dynamic load balancing. Once ``f`` raises anywhere, or the calling
+    thread is interrupted (KeyboardInterrupt), no further item is started; the call
+    returns when the items already started are done, raising the caller's exception, else
+    the first worker's. Do not call from inside the pool.
+    """
+    n = len(items)
+    workers = min(_CPUS, n)
+    with single_threaded_blas():
+        if workers <= 1 or threading.current_thread().name.startswith(_PREFIX):
+            return [f(x) for x in items]
+        out: list = [None] * n
+        counter = itertools.count()
+        stop = threading.Event()
+
+        def work() -> None:
+            try:
+                while not stop.is_set() and (i := next(counter)) < n:
+                    out[i] = f(items[i])
+            except BaseException:
+                stop.set()
+                raise
+
+        pending: list[Future] = []
+        try:
+            for _ in range(workers - 1):
+                pending.append(_executor().submit(work))
+            work()
+        except BaseException:
+            stop.set()
+            _wait(pending)  # the items already started: their exceptions yield to ours
+            raise
+        error = _wait(pending)
+        if error is not None:
+            raise error
+        return out

@@ -1,0 +1,65 @@
+"""Tuning: what a layer decides from its problem rather than from the user's options.
+
+A `Tuning` is a plain value: frozen, picklable, comparable, shown in ``repr(layer)``. A
+layer fills the fields left as None once, under its lock, from its template alone (so no
+result depends on the call history), or all at once from sample data by `Layer.tune`; a user
+may set any field (``layer.tuning = dl.Tuning(...)`` or ``dl.compile(..., tuning=...)``).
+The same tuning and the same input give bitwise-equal outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from declarative.backends import DEFAULT_SOLVER, SOLVERS
+from declarative.derivative import ORDERINGS
+from declarative.errors import ProblemError
+
+# SCS's linear solvers for its KKT system that a tuning may name.
+SCS_LINEAR_SOLVERS = ("qdldl", "cpu_dense")
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """A layer's tuning; None means "not decided yet" (the layer decides it when needed).
+
+    ``solver``: the backend the layer uses unless a call names another (one of
+    `declarative.backends.SOLVERS`). ``scale``: SCS's primal/dual balance on the equilibrated
+    program (a positive number; `Layer` calibrates it among `solve.SCALE_CANDIDATES`).
+    ``linear_solver``: SCS's factorization of its KKT matrix, ``"qdldl"`` (sparse LDLᵀ) or
+    ``"cpu_dense"`` (dense Cholesky). ``share_workspaces``: whether instances whose A and P
+    do not depend on the parameters share one solver setup per thread (only b and c are
+    updated). ``sparse_ordering`` and ``supernodes``: SuperLU's column ordering (one of
+    `derivative.ORDERINGS`) and whether it uses supernodes, where the Newton and derivative
+    systems are factored sparse (decided on the first instance factored, the ordering with
+    the least fill). A user's ``solver_args`` entry of the same name overrides a field per
+    call.
+    """
+
+    solver: str = DEFAULT_SOLVER
+    scale: float | None = None
+    linear_solver: str | None = None
+    share_workspaces: bool | None = None
+    sparse_ordering: str | None = None
+    supernodes: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.solver not in SOLVERS:
+            raise ProblemError(f"Tuning.solver must be one of {list(SOLVERS)}, "
+                               f"got {self.solver!r}.")
+        if self.scale is not None:
+            if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) \
+                    or not math.isfinite(self.scale) or self.scale <= 0:
+                raise ProblemError(f"Tuning.scale must be a positive finite number or None, "
+                                   f"got {self.scale!r}.")
+        if self.linear_solver is not None and self.linear_solver not in SCS_LINEAR_SOLVERS:
+            raise ProblemError(f"Tuning.linear_solver must be one of {list(SCS_LINEAR_SOLVERS)} "
+                               f"or None, got {self.linear_solver!r}.")
+        for name in ("share_workspaces", "supernodes"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise ProblemError(f"Tuning.{name} must be True, False or None, got {value!r}.")
+        if self.sparse_ordering is not None and self.sparse_ordering not in ORDERINGS:
+            raise ProblemError(f"Tuning.sparse_ordering must be one of {list(ORDERINGS)} or "
+                               f"None, got {self.sparse_ordering!r}.")
