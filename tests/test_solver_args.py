@@ -49,7 +49,7 @@ def test_eps_with_eps_abs_is_ambiguous():
 
 @pytest.mark.parametrize(("name", "hint"), [
     ("max_iter", "max_iters"), ("tol", "eps_abs and eps_rel"), ("mode", "derivative mode"),
-    ("solve_method", "solves with SCS"), ("n_jobs_forward", "parallel threads"),
+    ("solve_method", "the solver= argument"), ("n_jobs_forward", "parallel threads"),
     ("use_indirect", "linear_solver"), ("raise_on_error", "on_failure"),
 ])
 def test_foreign_spellings_name_ours(name, hint):
@@ -67,3 +67,16 @@ def test_cvxpylayers_scs_spellings_are_accepted():
                                 "verbose": False})
     (x,) = layer.forward([np.array([0.9, 0.3, -0.2, 0.4])]).outputs
     assert np.max(np.abs(x - [0.7, 0.1, 0.0, 0.2])) <= 1e-9
+
+
+@pytest.mark.parametrize(("name", "hint"), [
+    ("eps", "tol_gap_abs, tol_gap_rel and tol_feas"), ("max_iters", "max_iter"),
+    ("eps_abs", "tol_gap_abs"),
+])
+def test_scs_spellings_name_clarabels_own(name, hint):
+    """With solver="clarabel", SCS's names are refused with Clarabel's own."""
+    with pytest.raises(ProblemError, match=rf"for solver 'clarabel'.*Instead of '{name}': {hint}"):
+        _layer(solver="clarabel", solver_args={name: 1e-6})
+    layer = _layer()
+    with pytest.raises(ProblemError, match=rf"Instead of '{name}'"):
+        layer.forward([np.ones(4)], solver="clarabel", solver_args={name: 1e-6})
