@@ -53,13 +53,10 @@ def compile(  # noqa: A001 - the public name the design fixes
 
 
 def __getattr__(name: str):
-    """``declarative.verify``, imported on first use (it pulls in the zoo and diffcp).
-
-    The module is callable: ``declarative.verify(layer, values, ...)`` is
-    ``declarative.verify.verify(layer, values, ...)``.
-    """
+    """``declarative.verify`` (declarative/verification), imported on first use: it pulls in
+    diffcp and the finite-difference machinery, which a layer does not need."""
     if name == "verify":
-        import importlib
+        from declarative.verification.run import verify
 
-        return importlib.import_module("declarative.verify")
+        return verify
     raise AttributeError(f"module 'declarative' has no attribute {name!r}")

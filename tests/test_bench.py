@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from declarative import bench
+from declarative.tools import bench
 
 pytest.importorskip("cvxpylayers")
 

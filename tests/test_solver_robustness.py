@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_info
 
 import declarative as dl
 import declarative.solve as solve
-import problems
+from declarative import problems
 from declarative.cones import ConeDims
 from declarative.solve import (
     SCS_INFEASIBLE_INACCURATE,

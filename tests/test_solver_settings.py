@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import declarative as dl
-import problems
+from declarative import problems
 from declarative.equilibrate import equilibrate
 from declarative.solve import SCALE_CANDIDATES, SCS_DEFAULTS, SharedData, solve_batch
 from tests.conftest import max_abs, zoo_layer
