@@ -113,7 +113,7 @@ class Columns:
                          for v, c in zip(values, self.columns, strict=True)).rstrip()
 
     def header(self, groups: Sequence[tuple[int, int, str]] = ()) -> str:
-        """The column names and a rule under them; ``groups`` (first, last, text) adds a line
+        """The column names and a rule as long as they are; ``groups`` (first, last, text) adds a line
         above with ``text`` centred over columns first..last."""
         lines = []
         if groups:
@@ -123,7 +123,8 @@ class Columns:
                 lo, hi = starts[first], starts[last] + self.columns[last].width
                 top[lo:hi] = f" {text} ".center(hi - lo, "-")
             lines.append("".join(top).rstrip())
-        lines += [self.line([c.name for c in self.columns]), "-" * self.width]
+        head = self.line([c.name for c in self.columns])
+        lines += [head, "-" * len(head)]
         return "\n".join(lines)
 
 
