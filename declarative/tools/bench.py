@@ -15,7 +15,7 @@ instance and output, the gradient of ⟨g, out⟩ with respect to every paramete
 VJP) against the closed form gᵀJ from the problem zoo (``declarative.problems``); max abs over
 the batch and all parameter entries.
 
-``accuracy`` (issue 3): per zoo problem (softmax and sparsemax at n = 100, the others
+``accuracy``: per zoo problem (softmax and sparsemax at n = 100, the others
 at their default sizes), our error and time at DEFAULT settings; cvxpylayers' error
 and time at ITS defaults ("cvxpylayers 1.2 (SCS defaults)": its default diffcp
 backend with ``solve_method="SCS"`` and SCS's own defaults, eps_abs = eps_rel = 1e-4,
@@ -24,14 +24,14 @@ eps_abs = eps_rel over 1e-4, 1e-5, ..., 1e-12 until its error <= max(our error, 
 with its time there, or "never" (then the time at its most accurate eps is shown,
 marked "*").
 
-``speed`` (issue 7): sparsemax n = 100, softmax n = 100, an OptNet QP (n = 50, 10
+``speed``: sparsemax n = 100, softmax n = 100, an OptNet QP (n = 50, 10
 equalities, 50 inequalities), projection onto a polytope in 2-D (8 faces) and 20-D
 (40 faces), at batch 1, 64 and 512: forward, backward and total time for us at
 defaults and cvxpylayers at the eps that matches our error (searched in the same run,
 at batch ``--search-batch``), the ratio cvxpylayers/ours per row and their geometric
 mean.
 
-``scaling`` (issue 7): our time per instance as the batch grows (1 ... 4096) and as
+``scaling``: our time per instance as the batch grows (1 ... 4096) and as
 sparsemax grows (n = 10 ... 10,000); ``--cvxpylayers`` adds cvxpylayers at its defaults.
 
 When cvxpylayers raises (a parameter it cannot take, a solver failure on some
@@ -62,6 +62,7 @@ import declarative as dl
 from declarative import problems
 from declarative.tools import format as fmt
 from declarative.tools.options import UsageError, key_values
+from declarative.verification.report import TOLERANCE
 
 # -- configuration ---------------------------------------------------------------------------
 
@@ -73,10 +74,9 @@ CVXPYLAYERS_DEFAULTS: dict[str, Any] = {"solve_method": "SCS"}
 EPS_GRID = tuple(10.0 ** -k for k in range(4, 13))
 # --quick searches every other power of ten.
 QUICK_EPS_GRID = EPS_GRID[::2]
-# The error cvxpylayers must reach: max(our error, ERROR_FLOOR).
-ERROR_FLOOR = 1e-8
-# Our accuracy guarantee at default settings (max abs error against the closed form).
-OUR_TOLERANCE = 1e-8
+# The error cvxpylayers must reach: max(our error, ERROR_FLOOR), the accuracy we promise
+# at default settings (below it, errors are solver noise not worth matching).
+ERROR_FLOOR = TOLERANCE
 
 REPEATS = 3
 QUICK_REPEATS = 1
@@ -142,7 +142,7 @@ SPEED_BATCHES = (1, 64, 512)
 SEARCH_BATCH = 64
 QUICK_SPEED = {"problems": ("sparsemax", "polytope-2d"), "batches": (1, 8), "search_batch": 8}
 
-# accuracy: softmax and sparsemax at n = 100 (the sizes issue 3 quotes), the rest at defaults
+# accuracy: softmax and sparsemax at n = 100, the rest at their default sizes
 ACCURACY_SIZES = {"softmax": {"n": 100}, "sparsemax": {"n": 100}}
 ACCURACY_BATCH = 64
 QUICK_ACCURACY = {"problems": ("sparsemax", "softmax"), "batch": 8}
@@ -407,7 +407,7 @@ def run_accuracy(names: Sequence[str] | None = None, batch: int = ACCURACY_BATCH
                  repeats: int = REPEATS, seed: int = 0, grid: Sequence[float] = EPS_GRID,
                  budget: float | None = None, progress: bool | None = None,
                  cvxpylayers_args: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The accuracy benchmark (issue 3) as a JSON-ready document."""
+    """The accuracy benchmark as a JSON-ready document."""
     from tqdm import tqdm
 
     cases = _accuracy_cases()
@@ -428,7 +428,7 @@ def run_accuracy(names: Sequence[str] | None = None, batch: int = ACCURACY_BATCH
     return {
         "command": "bench accuracy",
         "settings": {"batch": batch, "repeats": repeats, "seed": seed, "eps_grid": list(grid),
-                     "error_floor": ERROR_FLOOR, "our_tolerance": OUR_TOLERANCE,
+                     "error_floor": ERROR_FLOOR, "our_tolerance": TOLERANCE,
                      "search_budget_s": budget, **_settings_common(cvxpylayers_args)},
         "environment": {**env, "load_after": _loadavg()},
         "rows": rows,
@@ -477,7 +477,7 @@ def _accuracy_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ours = [r["ours"]["error"] for r in rows if r["ours"]["failure"] is None]
     failed = [r["problem"] for r in rows if r["ours"]["failure"] is not None or r["failure"]]
     over = [r["problem"] for r in rows if r["ours"]["failure"] is None
-            and (r["ours"]["error"] is None or r["ours"]["error"] > OUR_TOLERANCE)]
+            and (r["ours"]["error"] is None or r["ours"]["error"] > TOLERANCE)]
     ratios = [r["ratio"] for r in rows if r.get("ratio")]
     return {
         "our_max_error": max((e for e in ours if e is not None), default=None),
@@ -497,7 +497,7 @@ def run_speed(names: Sequence[str] | None = None, batches: Sequence[int] = SPEED
               grid: Sequence[float] = EPS_GRID, budget: float | None = None,
               progress: bool | None = None, cvxpylayers_args: dict[str, Any] | None = None
               ) -> dict[str, Any]:
-    """The speed benchmark (issue 7) as a JSON-ready document."""
+    """The speed benchmark as a JSON-ready document."""
     from tqdm import tqdm
 
     names = list(names or SPEED_CASES)
@@ -772,7 +772,7 @@ def format_accuracy(doc: dict[str, Any]) -> str:
     out = out[:1] + [fmt.wrap(x) for x in out[1:]]
     out.extend(fmt.wrap(f"note: {n}") for n in notes)
     verdict = ("all within" if sm["ours_within_tolerance"] else "NOT all within")
-    out.append(f"ours: {verdict} {OUR_TOLERANCE:g} at default settings (max error "
+    out.append(f"ours: {verdict} {TOLERANCE:g} at default settings (max error "
                f"{fmt.sci(sm['our_max_error'])}); geometric mean ratio "
                f"{fmt.ratio(sm['geomean_ratio'])} "
                f"({doc['seconds']:.1f}s).")
@@ -982,7 +982,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Per zoo problem: our gradient error against the closed form and our time "
         "at default settings; cvxpylayers' error and time at its defaults; the SCS eps "
         "cvxpylayers needs to match our error (1e-4 ... 1e-12) and its time there. Exit "
-        f"status 1 when our error exceeds {OUR_TOLERANCE:g}.")
+        f"status 1 when our error exceeds {TOLERANCE:g}.")
     a.add_argument("--problems", nargs="+", metavar="P",
                    help="zoo problems (default: all; --quick: sparsemax softmax)")
     a.add_argument("--batch", type=int, default=None,

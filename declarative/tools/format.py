@@ -113,8 +113,8 @@ class Columns:
                          for v, c in zip(values, self.columns, strict=True)).rstrip()
 
     def header(self, groups: Sequence[tuple[int, int, str]] = ()) -> str:
-        """The column names and a rule as long as they are; ``groups`` (first, last, text) adds a line
-        above with ``text`` centred over columns first..last."""
+        """The column names and a rule as long as they are; ``groups`` (first, last, text)
+        adds a line above with ``text`` centred over columns first..last."""
         lines = []
         if groups:
             starts = np.cumsum([0] + [c.width + 2 for c in self.columns])

@@ -28,7 +28,7 @@ from declarative.tools.format import (
     table,
 )
 
-# What the project holds itself to at default settings (DESIGN.md): max abs error.
+# What the project promises at default settings: max abs error against the closed form.
 TOLERANCE = 1e-8
 # Informational references, on the error relative to max(1, ‖reference‖∞).
 FD_TOLERANCE = 1e-6
