@@ -169,7 +169,8 @@ def test_every_package_folder_is_listed():
     listed = {p.resolve() for p in package_dirs().values()}
     on_disk = {f.parent.resolve() for top in ("declarative", "problems")
                for f in (ROOT / top).rglob("__init__.py")}
-    assert on_disk <= listed, sorted(str(p) for p in on_disk - listed)
+    missing = sorted(str(p.relative_to(ROOT)) for p in on_disk - listed)
+    assert not missing, f"add {missing} to [tool.setuptools] packages in pyproject.toml"
 
 
 def test_import_graph_is_acyclic_apart_from_the_adapter_conveniences():
