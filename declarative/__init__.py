@@ -77,13 +77,15 @@ def compile(  # noqa: A001 - the public name the design fixes
 
 
 def __getattr__(name: str):
-    """``declarative.verify`` and ``declarative.implicit``, imported on first use.
+    """``declarative.verify`` (declarative/verification: it pulls in diffcp and the
+    finite-difference machinery, which a layer does not need) and ``declarative.implicit``,
+    imported on first use."""
+    if name == "verify":
+        from declarative.verification.run import verify
 
-    The module is callable: ``declarative.verify(layer, values, ...)`` is
-    ``declarative.verify.verify(layer, values, ...)``.
-    """
-    if name in ("verify", "implicit"):
+        return verify
+    if name == "implicit":
         import importlib
 
-        return importlib.import_module(f"declarative.{name}")
+        return importlib.import_module("declarative.implicit")
     raise AttributeError(f"module 'declarative' has no attribute {name!r}")

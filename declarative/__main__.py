@@ -1,8 +1,8 @@
-"""``python -m declarative``: the command line (see declarative/cli.py)."""
+"""``python -m declarative``: the command line (see declarative/tools/cli.py)."""
 
 import sys
 
-from declarative.cli import main
+from declarative.tools.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

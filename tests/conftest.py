@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import declarative as dl
-import problems
+from declarative import problems
 
 
 @functools.cache

@@ -19,7 +19,7 @@ import declarative as dl
 import declarative.backends.clarabel as clarabel_backend
 import declarative.backends.scs as scs_backend
 import declarative.derivative as derivative
-import problems
+from declarative import problems
 from declarative.backends import SOLVERS, backend
 from declarative.cones import ConeDims, _svec, project
 from declarative.derivative import ORDERINGS

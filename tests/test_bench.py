@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from declarative import bench
+from declarative.tools import bench
 
 pytest.importorskip("cvxpylayers")
 
@@ -188,7 +188,7 @@ def test_registers_on_the_cli():
     bench.add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["bench", "speed", "--quick", "--batches", "1", "64,512"])
     assert args.func is bench._cmd_speed and bench._flat(args.batches) == [1, 64, 512]
-    from declarative import cli
+    from declarative.tools import cli
 
     args = cli.build_parser().parse_args(["bench", "accuracy", "--quick"])
     assert callable(args.func)

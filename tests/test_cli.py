@@ -1,5 +1,5 @@
 """The command line: ``declarative verify`` (table, --json, --plot, exit statuses), the
-``python -m declarative`` entry point and the optional ``bench`` hook."""
+``python -m declarative`` entry point, the console script and the ``bench`` subcommand."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import json
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
-import problems
-from declarative import cli
+from declarative import problems
+from declarative.tools import cli
 from tests.conftest import zoo_layer
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -91,28 +90,15 @@ def test_python_dash_m(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_bench_hook(monkeypatch, capsys):
-    calls = []
+def test_console_script_is_the_tools_cli():
+    """The installed ``declarative`` command runs declarative.tools.cli:main."""
+    from importlib.metadata import entry_points
 
-    def add_parser(subparsers):
-        p = subparsers.add_parser("bench", help="fake")
-        p.add_argument("--n", type=int, default=1)
-        p.set_defaults(func=lambda args: calls.append(args.n) or 0)
-
-    fake = types.ModuleType("declarative.bench")
-    fake.add_parser = add_parser
-    monkeypatch.setitem(sys.modules, "declarative.bench", fake)
-    assert cli.main(["bench", "--n", "3"]) == 0
-    assert calls == [3]
+    (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "declarative"]
+    assert ep.value == "declarative.tools.cli:main"
+    assert ep.load() is cli.main
 
 
-def test_broken_bench_does_not_break_verify(monkeypatch, capsys):
-    def add_parser(subparsers):
-        raise RuntimeError("needs a GPU")
-
-    fake = types.ModuleType("declarative.bench")
-    fake.add_parser = add_parser
-    monkeypatch.setitem(sys.modules, "declarative.bench", fake)
-    assert cli.main(["bench", "--anything"]) == 2
-    assert "needs a GPU" in capsys.readouterr().err
-    assert cli.main(["verify", "sparsemax", "--seeds", "1", "--no-fd", "--no-diffcp"]) == 0
+def test_bench_is_a_subcommand(capsys):
+    assert cli.main(["bench", "speed", "--problems", "nope", "--no-progress"]) == 2
+    assert "unknown problem 'nope'" in capsys.readouterr().err

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-import problems
+from declarative import problems
 from declarative.compile import compile_template
 from declarative.derivative import BatchOps, ConeSolution
 from declarative.layer import Layer

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from declarative.problems import box_volume
 
 import declarative as dl
 from declarative.errors import ParameterError, ProblemError
-from problems import box_volume
 from tests.output_checks import check_derivatives, check_values
 
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import scipy.optimize
 import torch
+from declarative.problems.implicit_nodes import NODES
 
 import declarative as dl
 from declarative import implicit
-from problems.implicit_nodes import NODES
 
 T = torch.float64
 

@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from declarative.problems.implicit_nodes import NODES
 
 import declarative as dl
 from declarative import implicit
-from problems.implicit_nodes import NODES
 from tests.test_implicit import CASES
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import declarative as dl
-import problems
+from declarative import problems
 from declarative.errors import ParameterError, ProblemError, SolverError
 from declarative.layer import Layer
 from tests.conftest import max_abs, zoo_layer

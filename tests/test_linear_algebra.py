@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-import problems
+from declarative import problems
 from declarative.derivative import ConeSolution, use_dense
 from declarative.layer import vec
 from tests.conftest import max_abs, zoo_layer

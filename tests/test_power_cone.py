@@ -416,7 +416,7 @@ def test_pnorm_ball_projection_at_data_scales():
     """The zoo's 3-norm-ball projection with y and r scaled together by 1e-12 … 1e12: x
     scales with them and the Jacobian not at all; every instance solved and within 1e-10
     (relative to the scale) of the closed form."""
-    import problems
+    from declarative import problems
 
     mod = problems.get("pnorm_ball_projection")
     prob, params, variables = mod.build()

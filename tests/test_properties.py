@@ -11,7 +11,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import problems
+from declarative import problems
 from tests.conftest import max_abs, zoo_layer
 
 SETTINGS = settings(max_examples=8, deadline=None, derandomize=True,

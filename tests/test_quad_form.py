@@ -7,10 +7,10 @@ from __future__ import annotations
 import cvxpy as cp
 import numpy as np
 import pytest
+from declarative.problems._activeset import kkt_point
 
 import declarative as dl
 from declarative.errors import ParameterError, ProblemError
-from problems._activeset import kkt_point
 from tests.output_checks import check_derivatives, check_values
 
 N, P_EQ, M_INEQ = 5, 1, 6

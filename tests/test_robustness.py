@@ -10,8 +10,7 @@ import pytest
 import torch
 
 import declarative as dl
-import problems
-from declarative import NonDifferentiableWarning, SolverError
+from declarative import NonDifferentiableWarning, SolverError, problems
 from tests.conftest import max_abs, zoo_layer
 
 

@@ -20,7 +20,7 @@ from threadpoolctl import threadpool_info
 import declarative as dl
 import declarative.backends.scs as scs_backend
 import declarative.parallel as parallel
-import problems
+from declarative import problems
 from declarative.backends.scs import (
     SCS,
     SCS_INFEASIBLE_INACCURATE,

@@ -7,7 +7,7 @@ import pytest
 import declarative as dl
 import declarative.backends.scs as scs_backend
 import declarative.parallel as parallel
-import problems
+from declarative import problems
 from declarative.backends.scs import SCS, SCS_DEFAULTS, SharedData
 from declarative.equilibrate import equilibrate
 from declarative.solve import SCALE_CANDIDATES, solve_batch

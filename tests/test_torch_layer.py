@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import declarative as dl
-import problems
+from declarative import problems
 from tests.conftest import max_abs, zoo_layer
 
 

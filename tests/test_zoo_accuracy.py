@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import problems
+from declarative import problems
 from tests.conftest import max_abs, zoo_layer
 
 TIGHT = {"eps_abs": 1e-9, "eps_rel": 1e-9}

@@ -10,9 +10,9 @@ import warnings
 import cvxpy as cp
 import numpy as np
 import pytest
+from declarative.problems import ZOO, DegenerateInstanceError, get
 
-import problems
-from problems import ZOO, DegenerateInstanceError, get
+from declarative import problems
 
 NAMES = list(ZOO)
 SEEDS = range(10)

@@ -12,10 +12,10 @@ one untimed warm-up call per library and problem).
 
 Error (the same quantity for both libraries): with a fixed random cotangent g per
 instance and output, the gradient of ⟨g, out⟩ with respect to every parameter (one
-VJP) against the closed form gᵀJ from the problem zoo (``problems/``); max abs over
+VJP) against the closed form gᵀJ from the problem zoo (``declarative.problems``); max abs over
 the batch and all parameter entries.
 
-``accuracy`` (issue 3): per zoo problem (softmax and sparsemax at n = 100, the others
+``accuracy``: per zoo problem (softmax and sparsemax at n = 100, the others
 at their default sizes), our error and time at DEFAULT settings; cvxpylayers' error
 and time at ITS defaults ("cvxpylayers 1.2 (SCS defaults)": its default diffcp
 backend with ``solve_method="SCS"`` and SCS's own defaults, eps_abs = eps_rel = 1e-4,
@@ -24,14 +24,14 @@ eps_abs = eps_rel over 1e-4, 1e-5, ..., 1e-12 until its error <= max(our error, 
 with its time there, or "never" (then the time at its most accurate eps is shown,
 marked "*").
 
-``speed`` (issue 7): sparsemax n = 100, softmax n = 100, an OptNet QP (n = 50, 10
+``speed``: sparsemax n = 100, softmax n = 100, an OptNet QP (n = 50, 10
 equalities, 50 inequalities), projection onto a polytope in 2-D (8 faces) and 20-D
 (40 faces), at batch 1, 64 and 512: forward, backward and total time for us at
 defaults and cvxpylayers at the eps that matches our error (searched in the same run,
 at batch ``--search-batch``), the ratio cvxpylayers/ours per row and their geometric
 mean.
 
-``scaling`` (issue 7): our time per instance as the batch grows (1 ... 4096) and as
+``scaling``: our time per instance as the batch grows (1 ... 4096) and as
 sparsemax grows (n = 10 ... 10,000); ``--cvxpylayers`` adds cvxpylayers at its defaults.
 
 When cvxpylayers raises (a parameter it cannot take, a solver failure on some
@@ -44,13 +44,11 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.metadata
-import json
 import math
 import os
 import platform
 import statistics
 import sys
-import textwrap
 import time
 import warnings
 import zlib
@@ -59,6 +57,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+import declarative as dl
+from declarative import problems
+from declarative.tools import format as fmt
+from declarative.tools.options import UsageError, key_values
+from declarative.verification.report import TOLERANCE
 
 # -- configuration ---------------------------------------------------------------------------
 
@@ -70,10 +74,9 @@ CVXPYLAYERS_DEFAULTS: dict[str, Any] = {"solve_method": "SCS"}
 EPS_GRID = tuple(10.0 ** -k for k in range(4, 13))
 # --quick searches every other power of ten.
 QUICK_EPS_GRID = EPS_GRID[::2]
-# The error cvxpylayers must reach: max(our error, ERROR_FLOOR).
-ERROR_FLOOR = 1e-8
-# Our accuracy guarantee at default settings (max abs error against the closed form).
-OUR_TOLERANCE = 1e-8
+# The error cvxpylayers must reach: max(our error, ERROR_FLOOR), the accuracy we promise
+# at default settings (below it, errors are solver noise not worth matching).
+ERROR_FLOOR = TOLERANCE
 
 REPEATS = 3
 QUICK_REPEATS = 1
@@ -90,11 +93,7 @@ class Case:
 
     @property
     def label(self) -> str:
-        return f"{self.key} {_sizes(self.sizes)}".strip()
-
-
-def _sizes(sizes: dict[str, int]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sizes.items())
+        return f"{self.key} {fmt.size_text(self.sizes)}".strip()
 
 
 # -- a polytope sampler for high dimensions ---------------------------------------------------
@@ -106,9 +105,6 @@ def _sizes(sizes: dict[str, int]) -> str:
 # inactive slacks >= MARGIN, sigma_min(G_active) >= MIN_SINGULAR) on the certified
 # closed-form solution.
 def _sample_polytope(rng: np.random.Generator, d: int, m: int) -> list[np.ndarray]:
-    import problems
-    from problems import DegenerateInstanceError
-
     mod = problems.get("polytope_projection")
     if d <= 8:
         return mod.sample(rng, d=d, m=m)
@@ -121,7 +117,7 @@ def _sample_polytope(rng: np.random.Generator, d: int, m: int) -> list[np.ndarra
         G, h, y = unit(m), rng.uniform(0.5, 1.5, m), rng.uniform(1.0, 3.0) * unit()
         try:
             (x,) = mod.solution(G, h, y)
-        except (DegenerateInstanceError, ValueError):
+        except (problems.DegenerateInstanceError, ValueError):
             continue
         slack = h - G @ x
         active = slack <= 1e-7
@@ -146,7 +142,7 @@ SPEED_BATCHES = (1, 64, 512)
 SEARCH_BATCH = 64
 QUICK_SPEED = {"problems": ("sparsemax", "polytope-2d"), "batches": (1, 8), "search_batch": 8}
 
-# accuracy: softmax and sparsemax at n = 100 (the sizes issue 3 quotes), the rest at defaults
+# accuracy: softmax and sparsemax at n = 100, the rest at their default sizes
 ACCURACY_SIZES = {"softmax": {"n": 100}, "sparsemax": {"n": 100}}
 ACCURACY_BATCH = 64
 QUICK_ACCURACY = {"problems": ("sparsemax", "softmax"), "batch": 8}
@@ -157,8 +153,6 @@ QUICK_SCALING = {"batches": (1, 4, 16), "sizes": (10, 100)}
 
 
 def _accuracy_cases() -> dict[str, Case]:
-    import problems
-
     return {name: Case(name, name, {**mod.SIZES, **ACCURACY_SIZES.get(name, {})})
             for name, mod in problems.ZOO.items()}
 
@@ -186,8 +180,6 @@ class Batch:
 
     def with_reference(self) -> Batch:
         """This batch with the closed-form gradient of ⟨g, out⟩ per instance."""
-        import problems
-
         mod = problems.get(self.case.problem)
         ref = [np.zeros_like(v) for v in self.values]
         for b, params in enumerate(self.instances):
@@ -206,8 +198,6 @@ def make_batch(case: Case, size: int, seed: int = 0, reference: bool = True,
                variables: Sequence[Any] | None = None) -> Batch:
     """``size`` instances of ``case`` (distinct draws from the sampler), a random cotangent
     per instance and output, and (``reference``) the closed-form gradient."""
-    import problems
-
     mod = problems.get(case.problem)
     sample = case.sampler or mod.sample
     rng = _rng(seed, case, "params")
@@ -240,8 +230,9 @@ class Measurement:
         return self.failure is None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"forward": _num(self.forward), "backward": _num(self.backward),
-                "total": _num(self.total), "error": _num(self.error), "failure": self.failure,
+        num = fmt.finite_or_none
+        return {"forward": num(self.forward), "backward": num(self.backward),
+                "total": num(self.total), "error": num(self.error), "failure": self.failure,
                 "warnings": self.warnings, "repeats": self.repeats}
 
 
@@ -310,9 +301,6 @@ class Libraries:
 
     def __init__(self, case: Case, build_cvxpylayers: bool = True,
                  cvxpylayers_args: dict[str, Any] | None = None) -> None:
-        import declarative as dl
-        import problems
-
         self.case = case
         self.cvxpylayers_args = {**CVXPYLAYERS_DEFAULTS, **(cvxpylayers_args or {})}
         self.problem, self.parameters, self.variables = problems.get(case.problem).build(
@@ -390,7 +378,7 @@ class Search:
 
     def as_dict(self) -> dict[str, Any]:
         return {"target": self.target, "eps_needed": self.eps, "matched": self.matched,
-                "best_eps": self.best_eps, "best_error": _num(self.best_error),
+                "best_eps": self.best_eps, "best_error": fmt.finite_or_none(self.best_error),
                 "stopped": self.stopped, "steps": self.steps}
 
 
@@ -422,7 +410,7 @@ def run_accuracy(names: Sequence[str] | None = None, batch: int = ACCURACY_BATCH
                  repeats: int = REPEATS, seed: int = 0, grid: Sequence[float] = EPS_GRID,
                  budget: float | None = None, progress: bool | None = None,
                  cvxpylayers_args: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The accuracy benchmark (issue 3) as a JSON-ready document."""
+    """The accuracy benchmark as a JSON-ready document."""
     from tqdm import tqdm
 
     cases = _accuracy_cases()
@@ -443,7 +431,7 @@ def run_accuracy(names: Sequence[str] | None = None, batch: int = ACCURACY_BATCH
     return {
         "command": "bench accuracy",
         "settings": {"batch": batch, "repeats": repeats, "seed": seed, "eps_grid": list(grid),
-                     "error_floor": ERROR_FLOOR, "our_tolerance": OUR_TOLERANCE,
+                     "error_floor": ERROR_FLOOR, "our_tolerance": TOLERANCE,
                      "search_budget_s": budget, **_settings_common(cvxpylayers_args)},
         "environment": {**env, "load_after": _loadavg()},
         "rows": rows,
@@ -483,8 +471,8 @@ def _accuracy_row(case: Case, batch: int, repeats: int, seed: int, grid: Sequenc
         "cvxpylayers_at_eps": at_eps.as_dict() if at_eps else None,
         "ratio": _ratio(at_eps, ours) if at_eps else None,
         "ratio_defaults": _ratio(theirs, ours),
-        "compile_seconds": {"ours": _num(libs.ours_compile),
-                            "cvxpylayers": _num(libs.cvxpylayers_compile)},
+        "compile_seconds": {"ours": fmt.finite_or_none(libs.ours_compile),
+                            "cvxpylayers": fmt.finite_or_none(libs.cvxpylayers_compile)},
     }
 
 
@@ -492,7 +480,7 @@ def _accuracy_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ours = [r["ours"]["error"] for r in rows if r["ours"]["failure"] is None]
     failed = [r["problem"] for r in rows if r["ours"]["failure"] is not None or r["failure"]]
     over = [r["problem"] for r in rows if r["ours"]["failure"] is None
-            and (r["ours"]["error"] is None or r["ours"]["error"] > OUR_TOLERANCE)]
+            and (r["ours"]["error"] is None or r["ours"]["error"] > TOLERANCE)]
     ratios = [r["ratio"] for r in rows if r.get("ratio")]
     return {
         "our_max_error": max((e for e in ours if e is not None), default=None),
@@ -512,7 +500,7 @@ def run_speed(names: Sequence[str] | None = None, batches: Sequence[int] = SPEED
               grid: Sequence[float] = EPS_GRID, budget: float | None = None,
               progress: bool | None = None, cvxpylayers_args: dict[str, Any] | None = None
               ) -> dict[str, Any]:
-    """The speed benchmark (issue 7) as a JSON-ready document."""
+    """The speed benchmark as a JSON-ready document."""
     from tqdm import tqdm
 
     names = list(names or SPEED_CASES)
@@ -551,7 +539,8 @@ def run_speed(names: Sequence[str] | None = None, batches: Sequence[int] = SPEED
             search = search_eps(libs, ref, target, grid, budget,
                                 lambda s: bar.set_postfix_str(s))
         searches[name] = {"problem": case.key, "sizes": case.sizes, "batch": search_batch,
-                          "our_error": _num(ours_ref.error), "our_failure": ours_ref.failure,
+                          "our_error": fmt.finite_or_none(ours_ref.error),
+                          "our_failure": ours_ref.failure,
                           **(search.as_dict() if search else
                              {"failure": libs.cvxpylayers_failure})}
         bar.update()
@@ -591,7 +580,8 @@ def _speed_row(case: Case, B: int, search: Search | None, ours: Measurement,
                theirs: Measurement) -> dict[str, Any]:
     ratio = None
     if ours.ok and theirs.ok:
-        ratio = {k: _num(getattr(theirs, k) / getattr(ours, k)) if getattr(ours, k) > 0
+        ratio = {k: fmt.finite_or_none(getattr(theirs, k) / getattr(ours, k))
+                 if getattr(ours, k) > 0
                  else None for k in ("forward", "backward", "total")}
     return {"problem": case.key, "sizes": case.sizes, "batch": B,
             "eps": search.chosen if search else None,
@@ -656,8 +646,8 @@ def run_scaling(names: Sequence[str] | None = None, batches: Sequence[int] = SCA
 def _scaling_row(case: Case, B: int, ours: Measurement, theirs: Measurement | None,
                  compile_seconds: float | None = None) -> dict[str, Any]:
     row = {"problem": case.key, "sizes": case.sizes, "batch": B, "ours": ours.as_dict(),
-           "ours_compile_seconds": _num(compile_seconds),
-           "ours_per_instance": _num(ours.total / B) if ours.ok else None,
+           "ours_compile_seconds": fmt.finite_or_none(compile_seconds),
+           "ours_per_instance": fmt.finite_or_none(ours.total / B) if ours.ok else None,
            "peak_rss_mb": _peak_rss_mb()}
     if theirs is not None:
         row["cvxpylayers"] = theirs.as_dict()
@@ -666,18 +656,10 @@ def _scaling_row(case: Case, B: int, ours: Measurement, theirs: Measurement | No
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def _num(v: float | None) -> float | None:
-    """A float for JSON: None for None, NaN and inf (strict JSON)."""
-    if v is None:
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
-
-
 def _ratio(theirs: Measurement, ours: Measurement) -> float | None:
     if not (theirs.ok and ours.ok) or not ours.total > 0:
         return None
-    return _num(theirs.total / ours.total)
+    return fmt.finite_or_none(theirs.total / ours.total)
 
 
 def _geomean(values: Sequence[float | None]) -> float | None:
@@ -736,59 +718,16 @@ def _settings_common(cvxpylayers_args: dict[str, Any] | None = None) -> dict[str
 def _check_names(names: Sequence[str], valid: dict[str, Any]) -> None:
     bad = [n for n in names if n not in valid]
     if bad:
-        raise BenchUsageError(f"unknown problem{'s' if len(bad) > 1 else ''} "
+        raise UsageError(f"unknown problem{'s' if len(bad) > 1 else ''} "
                               f"{', '.join(map(repr, bad))}; valid: {', '.join(valid)}")
 
 
-def _usage_error_type() -> type[Exception]:
-    try:
-        from declarative.cli import UsageError
-    except Exception:  # noqa: BLE001 - the CLI is optional here
-        return ValueError
-    return UsageError
-
-
-class BenchUsageError(ValueError):
-    """A bad problem name or option (the CLI prints it; exit status 2)."""
-
-
 # -- tables -----------------------------------------------------------------------------------
-def _ms(v: float | None) -> str:
-    if v is None or not math.isfinite(v):
-        return "-"
-    if v >= 10:
-        return f"{v:.1f}s"
-    if v >= 1:
-        return f"{v:.2f}s"
-    return f"{v * 1e3:.3g}ms"
-
-
-def _err(v: float | None) -> str:
-    return "-" if v is None else f"{v:.1e}"
-
-
 def _err_of(m: dict[str, Any]) -> str:
     """A measurement's error cell: "failed", "nan" (a non-finite gradient) or the value."""
     if m["failure"]:
         return "failed"
-    return "nan" if m["error"] is None else _err(m["error"])
-
-
-def _x(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}x"
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None
-          ) -> str:
-    """An aligned text table (first column left, the others right, unless ``right`` says)."""
-    right = right or [False] + [True] * (len(header) - 1)
-    widths = [max(len(str(r[k])) for r in [header, *rows]) for k in range(len(header))]
-
-    def line(r: Sequence[str]) -> str:
-        return "  ".join(f"{v:>{w}}" if rt else f"{v:<{w}}"
-                         for v, w, rt in zip(r, widths, right, strict=True)).rstrip()
-
-    return "\n".join([line(header), "-" * len(line(header)), *map(line, rows)])
+    return "nan" if m["error"] is None else fmt.sci(m["error"])
 
 
 def format_accuracy(doc: dict[str, Any]) -> str:
@@ -809,7 +748,7 @@ def format_accuracy(doc: dict[str, Any]) -> str:
                 eps = f"{s['eps_needed']:.0e}"
             else:
                 eps, mark = "never", "*"
-                best = (f"its best was {_err(s['best_error'])} at eps {s['best_eps']:.0e}"
+                best = (f"its best was {fmt.sci(s['best_error'])} at eps {s['best_eps']:.0e}"
                         if s["best_eps"] is not None else "no eps gave a finite error")
                 notes.append(f"{r['problem']}: cvxpylayers never reached "
                              f"{s['target']:.1e}; {best}"
@@ -818,11 +757,11 @@ def format_accuracy(doc: dict[str, Any]) -> str:
                 if st["failure"]:
                     notes.append(f"{r['problem']}: cvxpylayers at eps {st['eps']:.0e} failed: "
                                  f"{st['failure']}")
-        rows.append([r["problem"], _sizes(r["sizes"]), str(r["batch"]), _err_of(o),
-                     _ms(o["total"]), _err_of(c), _ms(c["total"]), eps,
-                     _ms(a["total"]) + mark if a else "-",
-                     _x(r["ratio"]) + mark if r["ratio"] else "-"])
-    out = [table(header, rows, [False, False] + [True] * 8)]
+        rows.append([r["problem"], fmt.size_text(r["sizes"]), str(r["batch"]), _err_of(o),
+                     fmt.duration(o["total"]), _err_of(c), fmt.duration(c["total"]), eps,
+                     fmt.duration(a["total"]) + mark if a else "-",
+                     fmt.ratio(r["ratio"]) + mark if r["ratio"] else "-"])
+    out = [fmt.table(header, rows, [False, False] + [True] * 8)]
     sm = doc["summary"]
     out.append("")
     out.append("err: max abs error of the gradient of <g, outputs> (g fixed, random) against the "
@@ -833,13 +772,17 @@ def format_accuracy(doc: dict[str, Any]) -> str:
     if any(n.endswith("*") for r in rows for n in r[-2:]):
         out.append("*: cvxpylayers never reached our error; time and ratio at its most accurate "
                    "eps.")
-    out = out[:1] + [_wrap(x) for x in out[1:]]
-    out.extend(_wrap(f"note: {n}") for n in notes)
+    out = out[:1] + [fmt.wrap(x) for x in out[1:]]
+    out.extend(fmt.wrap(f"note: {n}") for n in notes)
     verdict = ("all within" if sm["ours_within_tolerance"] else "NOT all within")
-    out.append(f"ours: {verdict} {OUR_TOLERANCE:g} at default settings (max error "
-               f"{_err(sm['our_max_error'])}); geometric mean ratio {_x(sm['geomean_ratio'])} "
+    out.append(f"ours: {verdict} {TOLERANCE:g} at default settings (max error "
+               f"{fmt.sci(sm['our_max_error'])}); geometric mean ratio "
+               f"{fmt.ratio(sm['geomean_ratio'])} "
                f"({doc['seconds']:.1f}s).")
     return "\n".join(out)
+
+
+TIMES = ("forward", "backward", "total")
 
 
 def format_speed(doc: dict[str, Any]) -> str:
@@ -849,24 +792,23 @@ def format_speed(doc: dict[str, Any]) -> str:
     for r in doc["rows"]:
         o, c, q = r["ours"], r["cvxpylayers"], r["ratio"] or {}
         eps = "-" if r["eps"] is None else f"{r['eps']:.0e}" + ("" if r["eps_matched"] else "*")
-        rows.append([f"{r['problem']} {_sizes(r['sizes'])}", str(r["batch"]), eps,
-                     _ms(o["forward"]), _ms(o["backward"]), _ms(o["total"]),
-                     _ms(c["forward"]), _ms(c["backward"]), _ms(c["total"]),
-                     _x(q.get("forward")), _x(q.get("backward")), _x(q.get("total"))])
+        rows.append([f"{r['problem']} {fmt.size_text(r['sizes'])}", str(r["batch"]), eps,
+                     *(fmt.duration(m[k]) for m in (o, c) for k in TIMES),
+                     *(fmt.ratio(q.get(k)) for k in TIMES)])
         for who, m in (("ours", o), ("cvxpylayers", c)):
             if m["failure"]:
                 notes.append(f"{r['problem']} batch {r['batch']}: {who} failed: {m['failure']}")
-    out = [table(header, rows)]
+    out = [fmt.table(header, rows)]
     out.append("")
     for name, s in doc["searches"].items():
         if "failure" in s:
             notes.append(f"{name}: {s['failure']}")
             continue
         got = (f"eps {s['eps_needed']:.0e} reaches it" if s["matched"] else
-               f"never reached (best {_err(s['best_error'])} at eps "
+               f"never reached (best {fmt.sci(s['best_error'])} at eps "
                f"{'-' if s['best_eps'] is None else format(s['best_eps'], '.0e')}; "
                "timed there, marked *)")
-        out.append(f"search {name} (batch {s['batch']}): our error {_err(s['our_error'])}, "
+        out.append(f"search {name} (batch {s['batch']}): our error {fmt.sci(s['our_error'])}, "
                    f"target {s['target']:.1e}: {got}")
     gm = doc["summary"]["geomean_ratio"]
     out.append(f"times: median of {doc['settings']['repeats']} (float64 torch, forward = module "
@@ -874,11 +816,12 @@ def format_speed(doc: dict[str, Any]) -> str:
                f"({_cvxpylayers_label(doc)}) at the eps that matches our error; ratio = "
                "cvxpylayers / ours.")
     out.append(f"geometric mean ratio over {doc['summary']['rows_compared']} rows: forward "
-               f"{_x(gm['forward'])}, backward {_x(gm['backward'])}, total {_x(gm['total'])} "
+               f"{fmt.ratio(gm['forward'])}, backward {fmt.ratio(gm['backward'])}, total "
+               f"{fmt.ratio(gm['total'])} "
                f"({doc['seconds']:.1f}s; load average {doc['environment']['load_before']} -> "
                f"{doc['environment']['load_after']} on {doc['environment']['cpu_count']} CPUs).")
-    out = out[:1] + [_wrap(x) for x in out[1:]]
-    out.extend(_wrap(f"note: {n}") for n in dict.fromkeys(notes))
+    out = out[:1] + [fmt.wrap(x) for x in out[1:]]
+    out.extend(fmt.wrap(f"note: {n}") for n in dict.fromkeys(notes))
     return "\n".join(out)
 
 
@@ -893,32 +836,30 @@ def format_scaling(doc: dict[str, Any]) -> str:
         body = []
         for r in rows:
             o = r["ours"]
-            cells = [_sizes(r["sizes"]) if first == "size" else f"{r['problem']} "
-                     f"{_sizes(r['sizes'])}", str(r["batch"]), _ms(r["ours_compile_seconds"]),
-                     _ms(o["forward"]),
-                     _ms(o["backward"]), _ms(o["total"]), _ms(r["ours_per_instance"]),
+            cells = [fmt.size_text(r["sizes"]) if first == "size" else f"{r['problem']} "
+                     f"{fmt.size_text(r['sizes'])}", str(r["batch"]),
+                     fmt.duration(r["ours_compile_seconds"]),
+                     fmt.duration(o["forward"]),
+                     fmt.duration(o["backward"]), fmt.duration(o["total"]),
+                     fmt.duration(r["ours_per_instance"]),
                      "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb'] / 1024:.1f}GB"]
             if theirs:
-                cells += [_ms(r["cvxpylayers"]["total"]), _x(r["ratio"])]
+                cells += [fmt.duration(r["cvxpylayers"]["total"]), fmt.ratio(r["ratio"])]
             body.append(cells)
-        notes = [f"note: {r['problem']} {_sizes(r['sizes'])} batch {r['batch']}: {who} failed: "
+        notes = [f"note: {r['problem']} {fmt.size_text(r['sizes'])} batch {r['batch']}: "
+                 f"{who} failed: "
                  f"{r[who]['failure']}" for r in rows for who in ("ours", "cvxpylayers")
                  if who in r and r[who]["failure"]]
-        return "\n".join([table(header, body), *notes])
+        return "\n".join([fmt.table(header, body), *notes])
 
     out = ["time per instance as the batch grows:", block(doc["by_batch"], "problem"), "",
            f"time per instance as sparsemax grows (batch {doc['settings']['size_batch']}):",
            block(doc["by_size"], "size"), "",
-           _wrap(f"median of {doc['settings']['repeats']}; ours at defaults"
+           fmt.wrap(f"median of {doc['settings']['repeats']}; ours at defaults"
                  + (f", cvxpylayers at {_cvxpylayers_label(doc)} defaults" if theirs else "")
                  + "; compile: dl.compile, once per problem; peak RSS: the process's peak "
                  f"resident memory so far (it only grows) ({doc['seconds']:.1f}s).")]
     return "\n".join(out)
-
-
-def _wrap(text: str) -> str:
-    return textwrap.fill(text, width=100, subsequent_indent="  ", break_on_hyphens=False) \
-        if text else text
 
 
 def _cvxpylayers_label(doc: dict[str, Any]) -> str:
@@ -930,13 +871,6 @@ def _cvxpylayers_label(doc: dict[str, Any]) -> str:
 
 
 # -- command line -----------------------------------------------------------------------------
-def _write_json(doc: dict[str, Any], path: str | None) -> None:
-    if path:
-        with open(path, "w") as f:
-            json.dump(doc, f, indent=2, allow_nan=False)
-            f.write("\n")
-
-
 def _progress_flag(args: argparse.Namespace) -> bool | None:
     return False if args.no_progress else None
 
@@ -951,7 +885,8 @@ def _cmd_accuracy(args: argparse.Namespace) -> int:
                  progress=_progress_flag(args), cvxpylayers_args=_key_values(args))
     doc["settings"]["quick"] = args.quick
     print(format_accuracy(doc))
-    _write_json(doc, args.json)
+    if args.json:
+        fmt.write_json(doc, args.json)
     return 0 if doc["summary"]["ours_within_tolerance"] else 1
 
 
@@ -967,7 +902,8 @@ def _cmd_speed(args: argparse.Namespace) -> int:
                  cvxpylayers_args=_key_values(args))
     doc["settings"]["quick"] = q
     print(format_speed(doc))
-    _write_json(doc, args.json)
+    if args.json:
+        fmt.write_json(doc, args.json)
     return 1 if doc["summary"]["ours_failed"] else 0
 
 
@@ -983,13 +919,12 @@ def _cmd_scaling(args: argparse.Namespace) -> int:
                  cvxpylayers_args=_key_values(args))
     doc["settings"]["quick"] = q
     print(format_scaling(doc))
-    _write_json(doc, args.json)
+    if args.json:
+        fmt.write_json(doc, args.json)
     return 0
 
 
 def _key_values(args: argparse.Namespace) -> dict[str, Any]:
-    from declarative.cli import key_values
-
     return key_values(args.cvxpylayers_arg, "--cvxpylayers-arg")
 
 
@@ -1002,14 +937,11 @@ def _usage(fn: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
     """Run ``fn``; a bad option becomes the CLI's UsageError (exit status 2)."""
     for key in ("batch", "search_batch", "size_batch", "repeats"):
         if kwargs.get(key) is not None and kwargs[key] < 1:
-            raise _usage_error_type()(f"--{key.replace('_', '-')} must be at least 1.")
+            raise UsageError(f"--{key.replace('_', '-')} must be at least 1.")
     for key in ("batches", "sizes"):
         if kwargs.get(key) is not None and (not kwargs[key] or min(kwargs[key]) < 1):
-            raise _usage_error_type()(f"--{key} must be positive.")
-    try:
-        return fn(**kwargs)
-    except BenchUsageError as e:
-        raise _usage_error_type()(str(e)) from None
+            raise UsageError(f"--{key} must be positive.")
+    return fn(**kwargs)
 
 
 def _positive_ints(text: str) -> list[int]:
@@ -1053,7 +985,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Per zoo problem: our gradient error against the closed form and our time "
         "at default settings; cvxpylayers' error and time at its defaults; the SCS eps "
         "cvxpylayers needs to match our error (1e-4 ... 1e-12) and its time there. Exit "
-        f"status 1 when our error exceeds {OUR_TOLERANCE:g}.")
+        f"status 1 when our error exceeds {TOLERANCE:g}.")
     a.add_argument("--problems", nargs="+", metavar="P",
                    help="zoo problems (default: all; --quick: sparsemax softmax)")
     a.add_argument("--batch", type=int, default=None,
@@ -1110,7 +1042,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
     try:
         return int(args.func(args) or 0)
-    except (BenchUsageError, _usage_error_type()) as e:
+    except UsageError as e:
         print(f"declarative: error: {e}", file=sys.stderr)
         return 2
 
