@@ -203,6 +203,17 @@ def test_stationary_point_that_is_not_a_minimum_is_reported():
         node(t([0.0, 0.0]), t([1.0, 2.0]))
 
 
+def test_a_stalled_line_search_is_reported_as_stalled():
+    """F(z) = z² + θ with θ > 0 has no real root: Newton's line search stops at the minimum of
+    ‖F‖ (z = 0), which is not a root; reported as such, never as converged."""
+    node = implicit.root(lambda z, th: z**2 + th)
+    with pytest.raises(implicit.NodeError, match="stalled") as err:
+        node(t([0.7]), t(1.0))
+    assert not err.value.info.converged and err.value.info.status == "stalled"
+    z, info = node(t([0.7]), t(1.0), on_failure="nan", return_info=True)
+    assert info.status == "stalled" and torch.isnan(z).all()
+
+
 def test_user_solver_is_certified():
     kepler = NODES["kepler"].node("torch")
     M = t([0.5, 1.5, 3.0])

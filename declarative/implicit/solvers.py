@@ -60,8 +60,8 @@ POLISH_STEPS = 3
 GMRES_RTOL = 1e-10
 
 # Status codes (an int so that JAX can carry them through jit).
-CONVERGED, MAX_ITERS, SINGULAR, NOT_MINIMUM, NON_FINITE = 0, 1, 2, 3, 4
-STATUS = ("converged", "max_iters", "singular", "not_minimum", "non_finite")
+CONVERGED, MAX_ITERS, SINGULAR, NOT_MINIMUM, NON_FINITE, STALLED = 0, 1, 2, 3, 4, 5
+STATUS = ("converged", "max_iters", "singular", "not_minimum", "non_finite", "stalled")
 EXPLAIN = {
     MAX_ITERS: "did not reach the tolerance within max_iters iterations (raise max_iters, "
                "loosen tol, or start closer to a solution)",
@@ -70,6 +70,9 @@ EXPLAIN = {
     NOT_MINIMUM: "the stationary point found is not a strict local minimum (the Hessian of the "
                  "Lagrangian on the constraints' null space is not positive definite)",
     NON_FINITE: "the residual became NaN or inf",
+    STALLED: "the line search found no decrease of the residual along the Newton direction "
+             "(a stationary point of the residual's norm that is not a root: start closer to a "
+             "solution)",
 }
 
 
@@ -227,8 +230,10 @@ def _minimum_check(system: System, lin: _Linearization) -> bool:
 
 
 def _finish(system: System, z: np.ndarray, iterations: int, opts: Options,
-            lin: _Linearization | None = None) -> tuple[np.ndarray, Info]:
-    """Certify z by criterion (1) and return z − δ with its Info."""
+            lin: _Linearization | None = None, unmet: int = MAX_ITERS
+            ) -> tuple[np.ndarray, Info]:
+    """Certify z by criterion (1) and return z − δ with its Info; ``unmet`` is the status
+    where the correction is still above criterion (1) (why the iteration stopped)."""
     r = system.residual(z)
     if not np.all(np.isfinite(r)) or not np.all(np.isfinite(z)):
         return z, Info(NON_FINITE, iterations, float("inf"), float("inf"), float("nan"))
@@ -239,7 +244,7 @@ def _finish(system: System, z: np.ndarray, iterations: int, opts: Options,
         return z, Info(SINGULAR, iterations, inf_norm(r), float("inf"), cond)
     step = _relative(delta, z)
     if not _certified(delta, z, opts):
-        return z, Info(MAX_ITERS, iterations, inf_norm(r), step, cond)
+        return z, Info(unmet, iterations, inf_norm(r), step, cond)
     if cond > opts.max_condition:
         return z, Info(SINGULAR, iterations, inf_norm(r), step, cond)
     if not _minimum_check(system, lin):
@@ -290,7 +295,7 @@ def newton(system: System, z0: np.ndarray, opts: Options) -> tuple[np.ndarray, I
                 break
             t /= 2
         else:  # no decrease along the Newton direction: stationary point of ‖G‖², not a root
-            return _finish(system, z, k, opts, lin)
+            return _finish(system, z, k, opts, lin, unmet=STALLED)
         z, r = z_try, r_try
     return _finish(system, z, opts.max_iters, opts)
 
