@@ -10,6 +10,9 @@ so its derivatives follow by the chain rule through the two elementwise maps:
 
     ∂x/∂θ = diag(exp u) · ∂u/∂(log θ) · diag(1/θ).
 
+A parameter that is an exponent (x ** c is c · log x in log-log coordinates) enters the
+convex program as itself: its map is the identity and its factor 1/θ is 1.
+
 Everything in between (solve, refinement, certificate, VJP and JVP) is the convex layer's.
 The certificate's accuracy on u is a relative accuracy on x (δx/x = δu).
 """
@@ -28,7 +31,8 @@ from declarative.layer import Forward, Layer
 @dataclasses.dataclass
 class GeometricForward(Forward):
     """A `Forward` whose outputs are exp of the convex layer's and whose inputs are θ, not
-    log θ; ``theta`` holds the (positive) parameter values, each (B, *shape)."""
+    log θ; ``theta`` holds each parameter's chain-rule divisor, each (B, *shape): its
+    (positive) values where it enters as log θ, ones where it enters as itself."""
 
     theta: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
 
@@ -40,7 +44,7 @@ class GeometricForward(Forward):
         return cls(**fields, theta=theta)
 
     def vjp(self, grads: Sequence[np.ndarray | None]) -> list[np.ndarray]:
-        """x̄ ↦ θ̄ = (1/θ) ⊙ VJP_u(exp(u) ⊙ x̄)."""
+        """x̄ ↦ θ̄ = (1/θ) ⊙ VJP_u(exp(u) ⊙ x̄) (θ of an exponent: 1 for 1/θ)."""
         gu = [None if g is None else np.asarray(g, dtype=float) * x
               for g, x in zip(grads, self.outputs, strict=True)]
         glog = super().vjp(gu)
@@ -85,17 +89,24 @@ class GeometricLayer(Layer):
 
     def batch(self, values: Sequence[Any], *,
               check_values: bool = True) -> tuple[np.ndarray, list[bool]]:
-        """As `Layer.batch` (checks included, positivity among them), then log θ: the
-        convex layer's parameter vector."""
+        """As `Layer.batch` (checks included, positivity among them), then log θ for the
+        parameters that enter through their logarithm: the convex layer's parameter vector."""
         theta, batched = super().batch(values, check_values=check_values)
+        theta = np.array(theta, dtype=float)
         with np.errstate(divide="ignore", invalid="ignore"):  # placeholders may be 0
-            return np.log(theta), batched
+            for spec in self.parameters:
+                if spec.log:
+                    block = slice(spec.offset, spec.offset + spec.size)
+                    theta[:, block] = np.log(theta[:, block])
+        return theta, batched
 
     def _theta(self, values: Sequence[Any]) -> list[np.ndarray]:
-        """Each parameter's values as (B, *shape) (B = 1 when unbatched)."""
+        """Each parameter's chain-rule divisor as (B, *shape) (B = 1 when unbatched): its
+        values if it enters as log θ, ones if it enters as itself."""
         out = []
         for spec, v in zip(self.parameters, values, strict=True):
             a = np.asarray(v, dtype=float)
+            a = a if spec.log else np.ones_like(a)
             out.append(a if a.ndim > len(spec.shape) else a[None])
         return out
 
@@ -116,7 +127,8 @@ class GeometricLayer(Layer):
         """One instance's outputs u and Jacobian ∂u/∂(log θ) of the convex program (e.g.
         from another solver) ↦ x = exp(u) and ∂x/∂θ = diag(x) ∂u/∂(log θ) diag(1/θ)."""
         x = [np.exp(ui) for ui in u]
-        theta = [np.asarray(v, dtype=float) for v in values]
+        theta = [np.asarray(v, dtype=float) if spec.log else np.ones(np.shape(v))
+                 for spec, v in zip(self.parameters, values, strict=True)]
         return x, [[Jij * xi.reshape(xi.shape + (1,) * th.ndim) / th
                     for Jij, th in zip(Ji, theta, strict=True)]
                    for Ji, xi in zip(J, x, strict=True)]
