@@ -15,11 +15,22 @@ import cvxpy as cp
 import numpy as np
 import pytest
 import torch
-from scipy.optimize import brentq
 
 import declarative as dl
 from declarative.errors import ParameterError, ProblemError, SolverError
 from tests.output_checks import cvxpy_reference
+from tests.peer_cvxpylayers_problems import (
+    ball_qp,
+    entropy_newton,
+    entropy_problem,
+    gp,
+    gp_reference,
+    gp_reference_grad,
+    l1_regression,
+    lml_closed_form,
+    logistic_newton,
+    ridge,
+)
 
 TIGHT = 1e-8       # against a closed form
 CLARABEL = 1e-7    # against CVXPY + Clarabel at 1e-10
@@ -37,19 +48,6 @@ def _err(a, b) -> float:
     return float(np.max(np.abs(a - b))) if a.size else 0.0
 
 
-def _l1_regression(m=3, n=2):
-    x, A, b = cp.Variable(n), cp.Parameter((m, n)), cp.Parameter(m)
-    problem = cp.Problem(cp.Minimize(0.5 * cp.pnorm(A @ x - b, p=1)), [x >= 0])
-    return problem, [A, b], [x]
-
-
-def _ridge(m, n):
-    """min ‖Ax − b‖² + ‖x‖²: x* = (AᵀA + I)⁻¹Aᵀb."""
-    A, b, x = cp.Parameter((m, n)), cp.Parameter(m), cp.Variable(n)
-    problem = cp.Problem(cp.Minimize(cp.sum_squares(A @ x - b) + cp.sum_squares(x)))
-    return problem, [A, b], [x]
-
-
 def _ridge_torch(A, b):
     n = A.shape[-1]
     return torch.linalg.solve(A.T @ A + torch.eye(n, dtype=A.dtype), A.T @ b)
@@ -61,7 +59,7 @@ def _ridge_torch(A, b):
 def test_example_l1_regression_matches_cvxpy_and_finite_differences():
     """Their test_example only ran backward; here the solution is CVXPY's and backward
     agrees with central differences (a generic LP vertex: the map is locally affine)."""
-    problem, params, variables = _l1_regression()
+    problem, params, variables = l1_regression()
     module = dl.compile(problem, params, variables).torch()
     rng = np.random.default_rng(0)
     A, b = rng.standard_normal((3, 2)), rng.standard_normal(3)
@@ -70,26 +68,6 @@ def test_example_l1_regression_matches_cvxpy_and_finite_differences():
     assert _err(x, ref) <= CLARABEL
     assert torch.autograd.gradcheck(lambda A, b: module(A, b)[0], (_t(A, True), _t(b, True)),
                                     **FD)
-
-
-def _ball_qp(P_sqrt, q, a, b):
-    """min ½‖P_sqrt x‖² + qᵀx s.t. a x = b, ‖x‖ ≤ 1, from its KKT conditions: (H + μI) x + q
-    + aᵀν = 0, a x = b, with μ = 0 if that x is in the ball, else the root of ‖x(μ)‖ = 1
-    (a trust-region subproblem with an equality; ‖x(μ)‖ decreases in μ)."""
-    n, m = P_sqrt.shape[1], a.shape[0]
-    H = P_sqrt.T @ P_sqrt
-
-    def x_of(mu):
-        K = np.block([[H + mu * np.eye(n), a.T], [a, np.zeros((m, m))]])
-        return np.linalg.solve(K, np.concatenate([-q.ravel(), b.ravel()]))[:n]
-
-    if np.linalg.norm(x_of(0.0)) <= 1:
-        return x_of(0.0).reshape(-1, 1)
-    hi = 1.0
-    while np.linalg.norm(x_of(hi)) > 1:
-        hi *= 2
-    mu = brentq(lambda t: np.linalg.norm(x_of(t)) - 1, 0.0, hi, xtol=1e-15, rtol=1e-15)
-    return x_of(mu).reshape(-1, 1)
 
 
 def test_simple_batch_socp_gradcheck():
@@ -110,7 +88,7 @@ def test_simple_batch_socp_gradcheck():
     (xs,) = module(*[_t(v) for v in values])
     assert xs.shape == (B, n, 1)
     for i in range(B):
-        assert _err(xs[i], _ball_qp(*[v[i] for v in values])) <= TIGHT
+        assert _err(xs[i], ball_qp(*[v[i] for v in values])) <= TIGHT
     assert torch.autograd.gradcheck(lambda *ps: module(*ps)[0],
                                     tuple(_t(v, True) for v in values), **FD)
 
@@ -119,7 +97,7 @@ def test_least_squares_closed_form():
     """Solution and gradients in A and b against the normal equations (their atol 1e-6 with
     eps=1e-10; ours at default settings, tight)."""
     m, n = 100, 20
-    problem, params, variables = _ridge(m, n)
+    problem, params, variables = ridge(m, n)
     module = dl.compile(problem, params, variables).torch()
     rng = np.random.default_rng(243)
     A, b = _t(rng.standard_normal((m, n)), True), _t(rng.standard_normal(m), True)
@@ -135,25 +113,12 @@ def test_least_squares_with_their_eps_setting():
     """Their call passes solver_args={"eps": 1e-10}; we take diffcp's spelling as SCS's
     eps_abs = eps_rel, and the result is the same closed form."""
     m, n = 30, 8
-    problem, params, variables = _ridge(m, n)
+    problem, params, variables = ridge(m, n)
     module = dl.compile(problem, params, variables).torch()
     rng = np.random.default_rng(1)
     A, b = _t(rng.standard_normal((m, n))), _t(rng.standard_normal(m))
     (x,) = module(A, b, solver_args={"eps": 1e-10})
     assert _err(x, _ridge_torch(A, b)) <= TIGHT
-
-
-def _logistic_newton(X, y, lam):
-    """The ridge-regularized logistic regression minimizer, by Newton's method on the
-    smooth objective −Σ[y·Xa − log(1 + e^{Xa})] + λ‖a‖², and its Hessian there (so that
-    da/dλ = −H⁻¹ 2a by the implicit function theorem)."""
-    a = np.zeros(X.shape[1])
-    for _ in range(50):
-        s = 1 / (1 + np.exp(-(X @ a)))
-        grad = -X.T @ (y.ravel() - s) + 2 * lam * a
-        H = X.T @ (X * (s * (1 - s))[:, None]) + 2 * lam * np.eye(X.shape[1])
-        a = a - np.linalg.solve(H, grad)
-    return a.reshape(-1, 1), H
 
 
 def test_logistic_regression():
@@ -171,7 +136,7 @@ def test_logistic_regression():
     module = dl.compile(problem, [X, lam], [a]).torch()
     lam_t = _t([0.1], True)
     (a_t,) = module(_t(X_np), lam_t)
-    a_ref, H = _logistic_newton(X_np, y, 0.1)
+    a_ref, H = logistic_newton(X_np, y, 0.1)
     assert _err(a_t, a_ref) <= TIGHT
     (g,) = torch.autograd.grad(a_t.sum(), lam_t)
     assert _err(g, [-np.ones(n) @ np.linalg.solve(H, 2 * a_ref.ravel())]) <= TIGHT
@@ -179,19 +144,10 @@ def test_logistic_regression():
                                     (_t(X_np, True), _t([0.1], True)), **FD)
 
 
-def _entropy_problem():
-    n, m, p = 5, 3, 2
-    x = cp.Variable(n)
-    A, b, F, g = cp.Parameter((m, n)), cp.Parameter(m), cp.Parameter((p, n)), cp.Parameter(p)
-    problem = cp.Problem(cp.Maximize(cp.sum(cp.entr(x)) - 0.01 * cp.sum_squares(x)),
-                         [A @ x == b, F @ x <= g])
-    return problem, [A, b, F, g], x
-
-
 def test_entropy_maximization_their_data_is_infeasible():
     """Skipped in their suites. Their data (b = A t, g = F t + noise, t Gaussian) has no
     x ≥ 0 with Ax = b here: CVXPY says infeasible and so do we, by status."""
-    problem, params, x = _entropy_problem()
+    problem, params, x = entropy_problem()
     rng = np.random.default_rng(243)
     tmp = rng.standard_normal(5)
     A_np, F_np = rng.standard_normal((3, 5)), rng.standard_normal((2, 5))
@@ -208,7 +164,7 @@ def test_entropy_maximization_their_data_is_infeasible():
 def test_entropy_maximization():
     """Their problem with a feasible point planted (t > 0): CVXPY's solution and central
     differences."""
-    problem, params, x = _entropy_problem()
+    problem, params, x = entropy_problem()
     rng = np.random.default_rng(243)
     tmp = rng.uniform(0.5, 1.5, 5)
     A_np, F_np = rng.standard_normal((3, 5)), rng.standard_normal((2, 5))
@@ -216,41 +172,9 @@ def test_entropy_maximization():
     module = dl.compile(problem, params, [x]).torch()
     (x_t,) = module(*[_t(v) for v in values])
     (start,) = cvxpy_reference(problem, params, [x], values)
-    assert _err(x_t, _entropy_newton(values, start)) <= TIGHT
+    assert _err(x_t, entropy_newton(values, start)) <= TIGHT
     assert torch.autograd.gradcheck(lambda *ps: module(*ps)[0],
                                     tuple(_t(v, True) for v in values), **FD)
-
-
-def _entropy_newton(values, start):
-    """Polish CVXPY's solution (Clarabel, within ~1e-6 on exponential cones) by Newton's
-    method on the KKT system of min Σ x log x + 0.01‖x‖² s.t. Ax = b and the active rows of
-    Fx ≤ g, with the active set checked afterwards (multipliers > 0, slacks > 0)."""
-    A, b, F, g = values
-    x = np.maximum(start, 1e-12)
-    active = g - F @ x < 1e-5
-    E, e = np.vstack([A, F[active]]), np.concatenate([b, g[active]])
-    k = E.shape[0]
-    for _ in range(30):
-        grad = np.log(x) + 1 + 0.02 * x
-        K = np.block([[np.diag(1 / x + 0.02), E.T], [E, np.zeros((k, k))]])
-        step = np.linalg.solve(K, np.concatenate([-grad, e - E @ x]))
-        x, mult = x + step[:x.size], step[x.size:]
-    assert np.all(x > 0) and np.all(g[~active] - F[~active] @ x > 1e-6)
-    assert np.all(mult[A.shape[0]:] > 0)  # ∇f + Eᵀλ = 0 with λ > 0 on the active rows
-    return x
-
-
-def _lml_closed_form(x, k):
-    """y = σ(x + ν) with Σy = k (stationarity: logit(y_i) = x_i + ν), and its Jacobian
-    D − ddᵀ/Σd, d = y(1 − y) (Amos, Koltun, Kolter 2019, *The limited multi-label
-    projection layer*)."""
-    def y_of(nu):
-        return 1 / (1 + np.exp(-(x + nu)))
-
-    nu = brentq(lambda t: y_of(t).sum() - k, -50, 50, xtol=1e-15, rtol=1e-15)
-    y = y_of(nu)
-    d = y * (1 - y)
-    return y, np.diag(d) - np.outer(d, d) / d.sum()
 
 
 def test_lml():
@@ -261,7 +185,7 @@ def test_lml():
                          [cp.sum(y) == 2])
     module = dl.compile(problem, [x], [y]).torch()
     x_np = np.array([1.0, -1.0, -1.0, -1.0])
-    y_ref, J_ref = _lml_closed_form(x_np, 2)
+    y_ref, J_ref = lml_closed_form(x_np, 2)
     (y_t,) = module(_t(x_np))
     assert _err(y_t, y_ref) <= TIGHT
     J = torch.func.jacrev(lambda t: module(t)[0])(_t(x_np))
@@ -352,7 +276,7 @@ def test_incorrect_parameter_shape():
     """Their four cases: inconsistent batch sizes, wrong shape batched and unbatched, too
     many dimensions. Ours raises ParameterError naming the parameter, expected and got."""
     m, n = 100, 20
-    problem, (A, b), variables = _ridge(m, n)
+    problem, (A, b), variables = ridge(m, n)
     module = dl.compile(problem, [A, b], variables).torch()
     r = torch.randn
     with pytest.raises(ParameterError, match="batch"):
@@ -372,7 +296,7 @@ def test_broadcasting():
     """A unbatched, b batched (two equal rows): each instance is the closed form; A's
     gradient sums over the batch (twice the single one), b's is per instance."""
     m, n = 100, 20
-    problem, params, variables = _ridge(m, n)
+    problem, params, variables = ridge(m, n)
     module = dl.compile(problem, params, variables).torch()
     rng = np.random.default_rng(243)
     A, b0 = _t(rng.standard_normal((m, n)), True), _t(rng.standard_normal(m), True)
@@ -458,7 +382,7 @@ def test_nd_array_variable():
 
 
 def test_no_grad_context_and_requires_grad_false():
-    problem, params, variables = _l1_regression()
+    problem, params, variables = l1_regression()
     module = dl.compile(problem, params, variables).torch()
     rng = np.random.default_rng(3)
     A, b = _t(rng.standard_normal((3, 2)), True), _t(rng.standard_normal(3), True)
@@ -494,58 +418,20 @@ def test_solver_args_reach_the_solver():
 # --- geometric programs (gp=True) ------------------------------------------------------
 
 
-def _gp(named=False):
-    x, y, z = (cp.Variable(pos=True, name=s) for s in "xyz")
-    a = cp.Parameter(pos=True, name="a" if named else None)
-    b = cp.Parameter(pos=True, name="b" if named else None)
-    c = cp.Parameter(name="c" if named else None)
-    problem = cp.Problem(cp.Minimize(1 / (x * y * z)),
-                         [a * (x * y + x * z + y * z) <= b, x >= y**c])
-    return problem, [a, b, c], [x, y, z]
-
-
-def _gp_reference(a, b, c):
-    """max xyz s.t. a(xy + xz + yz) ≤ b, x ≥ y^c, for c ∈ (0, 1) and b/(3a) < 1 (then the
-    symmetric AM–GM point x = y = z = √(b/3a) violates x ≥ y^c and both constraints are
-    active): x = y^c, z = (k − y^(c+1))/(y^c + y) with k = b/a, and y maximizes
-    log(y^(c+1) z(y)), the root of (c+1)/y + N'/N − D'/D for N = k − y^(c+1), D = y^c + y."""
-    k = b / a
-    assert 0 < c < 1 and k / 3 < 1
-
-    def slope(y):
-        N, D = k - y ** (c + 1), y**c + y
-        return (c + 1) / y - (c + 1) * y**c / N - (c * y ** (c - 1) + 1) / D
-
-    y = brentq(slope, 1e-12, k ** (1 / (c + 1)) * (1 - 1e-14), xtol=1e-16, rtol=1e-15)
-    return np.array([y**c, y, (k - y ** (c + 1)) / (y**c + y)])
-
-
-def _gp_reference_grad(a, b, c, h=1e-6):
-    """∂x/∂(a, b, c) by central differences of `_gp_reference` (itself exact to ~1e-15, so
-    these are within ~1e-10)."""
-    base = np.array([a, b, c], dtype=float)
-    cols = []
-    for j in range(3):
-        e = np.zeros(3)
-        e[j] = h * max(1.0, abs(base[j]))
-        cols.append((_gp_reference(*(base + e))[0] - _gp_reference(*(base - e))[0]) / (2 * e[j]))
-    return np.array(cols)
-
-
 def test_basic_gp():
     """Solution against the two-active-constraint reduction, CVXPY agreeing loosely, and
     ∂x/∂(a, b, c) against that reference's differences and gradcheck; c is an exponent."""
-    problem, params, variables = _gp()
+    problem, params, variables = gp()
     module = dl.compile(problem, params, variables, gp=True).torch()
     vals = [2.0, 1.0, 0.5]
     ts = [_t(v, True) for v in vals]
     outs = module(*ts)
-    assert _err(torch.stack(outs), _gp_reference(*vals)) <= TIGHT
+    assert _err(torch.stack(outs), gp_reference(*vals)) <= TIGHT
     for o, r in zip(outs, cvxpy_reference(problem, params, variables, vals, gp=True),
                     strict=True):
         assert _err(o, r) <= 1e-5
     grads = torch.autograd.grad(outs[0], ts)
-    assert _err(torch.stack(grads), _gp_reference_grad(*vals)) <= 1e-7
+    assert _err(torch.stack(grads), gp_reference_grad(*vals)) <= 1e-7
     assert torch.autograd.gradcheck(lambda a, b, c: module(a, b, c)[0],
                                     tuple(_t(v, True) for v in vals), **FD)
 
@@ -553,7 +439,7 @@ def test_basic_gp():
 def test_batched_gp():
     """A batch of four GPs against the reference instance by instance, then gradcheck on the
     batch."""
-    problem, params, variables = _gp()
+    problem, params, variables = gp()
     module = dl.compile(problem, params, variables, gp=True).torch()
     batch = [np.array([2.0, 1.5, 2.5, 1.8]), np.array([1.0, 1.2, 0.8, 1.5]),
              np.array([0.5, 0.6, 0.4, 0.5])]
@@ -561,7 +447,7 @@ def test_batched_gp():
     for o in outs:
         assert o.shape == (4,)
     for i in range(4):
-        ref = _gp_reference(*[v[i] for v in batch])
+        ref = gp_reference(*[v[i] for v in batch])
         assert _err(torch.stack([o[i] for o in outs]), ref) <= TIGHT
     assert torch.autograd.gradcheck(lambda a, b, c: module(a, b, c)[0].sum(),
                                     tuple(_t(v, True) for v in batch), **FD)
@@ -569,30 +455,30 @@ def test_batched_gp():
 
 def test_gp_without_param_values():
     """Compiling needs no parameter values."""
-    problem, params, variables = _gp(named=True)
+    problem, params, variables = gp(named=True)
     assert all(p.value is None for p in params)
     module = dl.compile(problem, params, variables, gp=True).torch()
     a, b, c = _t(2.0, True), _t(1.0, True), _t(0.5, True)
     outs = module(a, b, c)
-    assert _err(torch.stack(outs), _gp_reference(2.0, 1.0, 0.5)) <= TIGHT
+    assert _err(torch.stack(outs), gp_reference(2.0, 1.0, 0.5)) <= TIGHT
     grads = torch.autograd.grad(outs[0], [a, b, c])
-    assert _err(torch.stack(grads), _gp_reference_grad(2.0, 1.0, 0.5)) <= 1e-7
+    assert _err(torch.stack(grads), gp_reference_grad(2.0, 1.0, 0.5)) <= 1e-7
 
 
 def test_gp_reversed_parameter_order():
     """The parameters are taken in the order given: [c, b, a] gives the same solution as
     [a, b, c], and gradients land on the right arguments."""
-    problem, (a, b, c), variables = _gp(named=True)
+    problem, (a, b, c), variables = gp(named=True)
     abc = dl.compile(problem, [a, b, c], variables, gp=True).torch()
     cba = dl.compile(problem, [c, b, a], variables, gp=True).torch()
     a_t, b_t, c_t = _t(2.0, True), _t(1.0, True), _t(0.5, True)
-    ref = _gp_reference(2.0, 1.0, 0.5)
+    ref = gp_reference(2.0, 1.0, 0.5)
     out1 = torch.stack(abc(a_t, b_t, c_t))
     out2 = torch.stack(cba(c_t, b_t, a_t))
     assert _err(out1, ref) <= TIGHT and _err(out2, ref) <= TIGHT
     g1 = torch.autograd.grad(out1[0], [a_t, b_t, c_t])
     g2 = torch.autograd.grad(out2[0], [a_t, b_t, c_t])
-    gref = _gp_reference_grad(2.0, 1.0, 0.5)
+    gref = gp_reference_grad(2.0, 1.0, 0.5)
     assert _err(torch.stack(g1), gref) <= 1e-7 and _err(torch.stack(g2), gref) <= 1e-7
 
 
