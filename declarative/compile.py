@@ -674,7 +674,8 @@ def compile_gp_template(problem: cp.Problem, parameters, variables):
     (Boyd, Kim, Vandenberghe, Hassibi 2007, *A tutorial on geometric programming*, Sec. 2.5;
     Agrawal, Diamond, Boyd 2019, *Disciplined geometric programming*). The template maps
     log θ to the convex program and its outputs are u; the layer (`declarative.geometric`)
-    takes θ and returns x = exp(u).
+    takes θ and returns x = exp(u); dual variables are the convex form's, as CVXPY reports
+    them for a DGP problem.
     """
     from cvxpy.reductions.dgp2dcp.dgp2dcp import Dgp2Dcp
     from cvxpy.utilities.debug_tools import build_non_disciplined_error_msg
@@ -695,14 +696,8 @@ def compile_gp_template(problem: cp.Problem, parameters, variables):
             "affinely (see https://www.cvxpy.org/tutorial/dpp)."
         )
     owners = _check_members(problem, list(parameters), list(variables))
-    duals = [v.name() for v, o in zip(variables, owners, strict=True) if o is not None]
-    if duals:
-        raise ProblemError(
-            f"gp=True: {duals} are dual variables; a geometric program's layer returns its "
-            "(positive) primal variables only."
-        )
     reduction = Dgp2Dcp()
-    convex, _ = reduction.apply(problem)
+    convex, inverse = reduction.apply(problem)
     new_params = {p.id: p for p in convex.parameters()}
     new_vars = {v.id: v for v in convex.variables()}
     convex_params, logs = [], []
@@ -721,7 +716,12 @@ def compile_gp_template(problem: cp.Problem, parameters, variables):
         # (x ** c in log-log coordinates is c · log x) enters as itself.
         convex_params.append(p if direct else new_params[ids[0]])
         logs.append(not direct)
-    log_vars = [new_vars[reduction.var_id_map[v.id][0]] for v in variables]
+    # A primal output is u = log x; a dual one is the dual of the constraint's convex form
+    # (what CVXPY reports for a DGP problem: Dgp2Dcp passes duals through unchanged).
+    convex_cons = {c.id: c for c in convex.constraints}
+    log_vars = [new_vars[reduction.var_id_map[v.id][0]] if own is None
+                else convex_cons[inverse.cons_id_map[own[0].id]].dual_variables[own[1]]
+                for v, own in zip(variables, owners, strict=True)]
     template, specs, outputs = compile_template(convex, convex_params, log_vars)
     specs = tuple(ParameterSpec(p.name(), s.shape, s.offset, ("pos",) if log else s.domain, log)
                   for p, s, log in zip(parameters, specs, logs, strict=True))

@@ -10,8 +10,10 @@ so its derivatives follow by the chain rule through the two elementwise maps:
 
     ∂x/∂θ = diag(exp u) · ∂u/∂(log θ) · diag(1/θ).
 
-A parameter that is an exponent (x ** c is c · log x in log-log coordinates) enters the
-convex program as itself: its map is the identity and its factor 1/θ is 1.
+A dual variable output is the convex program's own (as CVXPY reports a DGP problem's
+duals): its map is the identity. A parameter that is an exponent (x ** c is c · log x in
+log-log coordinates) enters the convex program as itself: its map is the identity and its
+factor 1/θ is 1.
 
 Everything in between (solve, refinement, certificate, VJP and JVP) is the convex layer's.
 The certificate's accuracy on u is a relative accuracy on x (δx/x = δu).
@@ -40,13 +42,15 @@ class GeometricForward(Forward):
     def wrap(cls, fwd: Forward, theta: list[np.ndarray]) -> GeometricForward:
         """The geometric view of a convex-layer result ``fwd`` at parameter values ``theta``."""
         fields = {f.name: getattr(fwd, f.name) for f in dataclasses.fields(Forward)}
-        fields["outputs"] = [np.exp(u) for u in fwd.outputs]
+        fields["outputs"] = [np.exp(u) if o.kind == "primal" else u
+                             for u, o in zip(fwd.outputs, fwd.layer.outputs, strict=True)]
         return cls(**fields, theta=theta)
 
     def vjp(self, grads: Sequence[np.ndarray | None]) -> list[np.ndarray]:
-        """x̄ ↦ θ̄ = (1/θ) ⊙ VJP_u(exp(u) ⊙ x̄) (θ of an exponent: 1 for 1/θ)."""
+        """x̄ ↦ θ̄ = (1/θ) ⊙ VJP_u(exp(u) ⊙ x̄) (θ of an exponent: 1 for 1/θ; a dual output:
+        1 for exp(u))."""
         gu = [None if g is None else np.asarray(g, dtype=float) * x
-              for g, x in zip(grads, self.outputs, strict=True)]
+              for g, x in zip(grads, self._dexp, strict=True)]
         glog = super().vjp(gu)
         out = []
         for g, th, batched in zip(glog, self.theta, self.input_batched, strict=True):
@@ -64,13 +68,19 @@ class GeometricForward(Forward):
             unbatched = t.ndim < th.ndim and th.shape[0] == 1
             tlog.append(t / th[0] if unbatched else t / th)
         du = super().jvp(tlog)
-        return [d * x for d, x in zip(du, self.outputs, strict=True)]
+        return [d * x for d, x in zip(du, self._dexp, strict=True)]
+
+    @property
+    def _dexp(self) -> list[np.ndarray]:
+        """Each output's derivative in u: exp(u) = x for a primal output, 1 for a dual."""
+        return [x if o.kind == "primal" else np.ones_like(x)
+                for x, o in zip(self.outputs, self.layer.outputs, strict=True)]
 
     def jacobian(self, index: int = 0) -> list[list[np.ndarray]]:
         """J[i][j] = diag(x_i) · ∂u_i/∂(log θ_j) · diag(1/θ_j), for one instance."""
         J = super().jacobian(index)
         out = []
-        for Ji, x in zip(J, self.outputs, strict=True):
+        for Ji, x in zip(J, self._dexp, strict=True):
             xi = x[index]
             row = []
             for Jij, th in zip(Ji, self.theta, strict=True):
@@ -126,12 +136,15 @@ class GeometricLayer(Layer):
                  ) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
         """One instance's outputs u and Jacobian ∂u/∂(log θ) of the convex program (e.g.
         from another solver) ↦ x = exp(u) and ∂x/∂θ = diag(x) ∂u/∂(log θ) diag(1/θ)."""
-        x = [np.exp(ui) for ui in u]
+        x = [np.exp(ui) if o.kind == "primal" else np.asarray(ui)
+             for ui, o in zip(u, self.outputs, strict=True)]
+        dx = [xi if o.kind == "primal" else np.ones_like(xi)
+              for xi, o in zip(x, self.outputs, strict=True)]
         theta = [np.asarray(v, dtype=float) if spec.log else np.ones(np.shape(v))
                  for spec, v in zip(self.parameters, values, strict=True)]
         return x, [[Jij * xi.reshape(xi.shape + (1,) * th.ndim) / th
                     for Jij, th in zip(Ji, theta, strict=True)]
-                   for Ji, xi in zip(J, x, strict=True)]
+                   for Ji, xi in zip(J, dx, strict=True)]
 
     def __repr__(self) -> str:
         return "Geometric" + super().__repr__()

@@ -139,8 +139,6 @@ def test_gp_errors():
     gp = cp.Problem(cp.Minimize(a / x + x), [x <= 2])
     with pytest.raises(ProblemError, match="not DCP"):
         dl.compile(gp, [a], [x])  # a DGP problem without gp=True
-    with pytest.raises(ProblemError, match="dual variables"):
-        dl.compile(gp, [a], [gp.constraints[0].dual_variables[0]], gp=True)
     n = cp.Variable(pos=True, integer=True, name="n")
     with pytest.raises(ProblemError, match=r"\['n'\] are integer or boolean"):
         dl.compile(cp.Problem(cp.Minimize(a / n + n)), [a], [n], gp=True)
@@ -148,6 +146,30 @@ def test_gp_errors():
     both = cp.Problem(cp.Minimize(p * x ** p + 1 / x))  # p as a factor and as an exponent
     with pytest.raises(ProblemError, match="parameter p enters the problem both"):
         dl.compile(both, [p], [x], gp=True)
+
+
+def test_closed_form_dual_variable():
+    """min a/x + x s.t. x ≤ 2, a > 4: x = 2, and the constraint's dual is that of its convex
+    form u ≤ log 2 (u = log x), as CVXPY reports it: stationarity of log(a e^(−u) + e^u) + λu
+    gives λ = (a − 4)/(a + 4), so dλ/da = 8/(a + 4)² and dx/da = 0."""
+    import torch
+
+    x, a = cp.Variable(pos=True), cp.Parameter(pos=True)
+    con = x <= 2
+    problem = cp.Problem(cp.Minimize(a / x + x), [con])
+    layer = dl.compile(problem, [a], [x, con.dual_variables[0]], gp=True)
+    av = np.array([5.0, 9.0, 100.0])
+    a_t = torch.tensor(av, requires_grad=True)
+    xs, lam = layer.torch()(a_t)
+    assert np.max(np.abs(xs.detach().numpy() - 2.0)) <= 1e-8
+    assert np.max(np.abs(lam.detach().numpy() - (av - 4) / (av + 4))) <= 1e-8
+    (g,) = torch.autograd.grad(lam.sum(), a_t)
+    assert np.max(np.abs(g.numpy() - 8 / (av + 4) ** 2)) <= 1e-8
+    (gx,) = torch.autograd.grad(layer.torch()(a_t)[0].sum(), a_t)
+    assert np.max(np.abs(gx.numpy())) <= 1e-8
+    a.value = 9.0
+    problem.solve(solver=cp.CLARABEL, gp=True)
+    assert abs(float(con.dual_value) - 5 / 13) <= 1e-4  # CVXPY's convention (Clarabel default)
 
 
 @pytest.mark.parametrize("framework", ["torch", "jax"])
