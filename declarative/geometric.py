@@ -32,8 +32,8 @@ from declarative.layer import Forward, Layer
 
 @dataclasses.dataclass
 class GeometricForward(Forward):
-    """A `Forward` whose outputs are exp of the convex layer's and whose inputs are θ, not
-    log θ; ``theta`` holds each parameter's chain-rule divisor, each (B, *shape): its
+    """A `Forward` whose primal outputs are exp of the convex layer's and whose inputs are
+    θ, not log θ; ``theta`` holds each parameter's chain-rule divisor, each (B, *shape): its
     (positive) values where it enters as log θ, ones where it enters as itself."""
 
     theta: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
@@ -91,10 +91,12 @@ class GeometricForward(Forward):
 
 
 class GeometricLayer(Layer):
-    """A compiled geometric program: takes θ > 0, returns x > 0 (see the module docstring).
+    """A compiled geometric program: takes θ > 0 (and exponents), returns x > 0 and any
+    requested duals (see the module docstring).
 
-    Parameter values are checked positive (`ParameterError` naming the parameter and the
-    batch indices) before their logarithms reach the convex layer.
+    Values of parameters that enter through their logarithm are checked positive
+    (`ParameterError` naming the parameter and the batch indices) before their logarithms
+    reach the convex layer; an exponent is checked against its own declared domain.
     """
 
     def batch(self, values: Sequence[Any], *,
