@@ -51,6 +51,7 @@ class ParameterSpec:
     shape: tuple[int, ...]
     offset: int
     domain: tuple[str, ...] = ()  # sign/structure attributes its values must respect
+    log: bool = False  # gp=True: the convex form takes log θ (else θ itself, e.g. an exponent)
 
     @property
     def size(self) -> int:
@@ -673,7 +674,8 @@ def compile_gp_template(problem: cp.Problem, parameters, variables):
     (Boyd, Kim, Vandenberghe, Hassibi 2007, *A tutorial on geometric programming*, Sec. 2.5;
     Agrawal, Diamond, Boyd 2019, *Disciplined geometric programming*). The template maps
     log θ to the convex program and its outputs are u; the layer (`declarative.geometric`)
-    takes θ and returns x = exp(u).
+    takes θ and returns x = exp(u); dual variables are the convex form's, as CVXPY reports
+    them for a DGP problem.
     """
     from cvxpy.reductions.dgp2dcp.dgp2dcp import Dgp2Dcp
     from cvxpy.utilities.debug_tools import build_non_disciplined_error_msg
@@ -694,34 +696,35 @@ def compile_gp_template(problem: cp.Problem, parameters, variables):
             "affinely (see https://www.cvxpy.org/tutorial/dpp)."
         )
     owners = _check_members(problem, list(parameters), list(variables))
-    duals = [v.name() for v, o in zip(variables, owners, strict=True) if o is not None]
-    if duals:
-        raise ProblemError(
-            f"gp=True: {duals} are dual variables; a geometric program's layer returns its "
-            "(positive) primal variables only."
-        )
     reduction = Dgp2Dcp()
-    convex, _ = reduction.apply(problem)
-    direct = {p.id for p in convex.parameters()} & {p.id for p in parameters}
-    if direct:
-        names = [p.name() for p in parameters if p.id in direct]
-        raise ProblemError(
-            f"gp=True: parameter(s) {names} enter the problem other than through their "
-            "logarithm (e.g. as an exponent); only parameters that enter as monomial "
-            "coefficients or factors are supported."
-        )
+    convex, inverse = reduction.apply(problem)
     new_params = {p.id: p for p in convex.parameters()}
     new_vars = {v.id: v for v in convex.variables()}
-    log_params = []
+    convex_params, logs = [], []
     for p in parameters:
-        ids = reduction.param_id_map.get(p.id)
-        if not ids:
+        ids = [i for i in reduction.param_id_map.get(p.id, ()) if i in new_params]
+        direct = p.id in new_params
+        if direct and ids:
+            raise ProblemError(
+                f"gp=True: parameter {p.name()} enters the problem both as a monomial "
+                "coefficient or factor (through its logarithm) and as itself (e.g. as an "
+                "exponent); use two parameters, one for each role."
+            )
+        if not direct and not ids:
             raise ProblemError(f"parameter {p.name()} does not appear in the problem.")
-        log_params.append(new_params[ids[0]])
-    log_vars = [new_vars[reduction.var_id_map[v.id][0]] for v in variables]
-    template, specs, outputs = compile_template(convex, log_params, log_vars)
-    specs = tuple(ParameterSpec(p.name(), s.shape, s.offset, ("pos",))
-                  for p, s in zip(parameters, specs, strict=True))
+        # A monomial coefficient or factor θ enters the convex form as log θ; an exponent
+        # (x ** c in log-log coordinates is c · log x) enters as itself.
+        convex_params.append(p if direct else new_params[ids[0]])
+        logs.append(not direct)
+    # A primal output is u = log x; a dual one is the dual of the constraint's convex form
+    # (what CVXPY reports for a DGP problem: Dgp2Dcp passes duals through unchanged).
+    convex_cons = {c.id: c for c in convex.constraints}
+    log_vars = [new_vars[reduction.var_id_map[v.id][0]] if own is None
+                else convex_cons[inverse.cons_id_map[own[0].id]].dual_variables[own[1]]
+                for v, own in zip(variables, owners, strict=True)]
+    template, specs, outputs = compile_template(convex, convex_params, log_vars)
+    specs = tuple(ParameterSpec(p.name(), s.shape, s.offset, ("pos",) if log else s.domain, log)
+                  for p, s, log in zip(parameters, specs, logs, strict=True))
     outputs = tuple(OutputSpec(v.name(), o.shape, o.kind)
                     for v, o in zip(variables, outputs, strict=True))
     return template, specs, outputs

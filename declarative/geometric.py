@@ -10,6 +10,11 @@ so its derivatives follow by the chain rule through the two elementwise maps:
 
     ∂x/∂θ = diag(exp u) · ∂u/∂(log θ) · diag(1/θ).
 
+A dual variable output is the convex program's own (as CVXPY reports a DGP problem's
+duals): its map is the identity. A parameter that is an exponent (x ** c is c · log x in
+log-log coordinates) enters the convex program as itself: its map is the identity and its
+factor 1/θ is 1.
+
 Everything in between (solve, refinement, certificate, VJP and JVP) is the convex layer's.
 The certificate's accuracy on u is a relative accuracy on x (δx/x = δu).
 """
@@ -27,8 +32,9 @@ from declarative.layer import Forward, Layer
 
 @dataclasses.dataclass
 class GeometricForward(Forward):
-    """A `Forward` whose outputs are exp of the convex layer's and whose inputs are θ, not
-    log θ; ``theta`` holds the (positive) parameter values, each (B, *shape)."""
+    """A `Forward` whose primal outputs are exp of the convex layer's and whose inputs are
+    θ, not log θ; ``theta`` holds each parameter's chain-rule divisor, each (B, *shape): its
+    (positive) values where it enters as log θ, ones where it enters as itself."""
 
     theta: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
 
@@ -36,13 +42,15 @@ class GeometricForward(Forward):
     def wrap(cls, fwd: Forward, theta: list[np.ndarray]) -> GeometricForward:
         """The geometric view of a convex-layer result ``fwd`` at parameter values ``theta``."""
         fields = {f.name: getattr(fwd, f.name) for f in dataclasses.fields(Forward)}
-        fields["outputs"] = [np.exp(u) for u in fwd.outputs]
+        fields["outputs"] = [np.exp(u) if o.kind == "primal" else u
+                             for u, o in zip(fwd.outputs, fwd.layer.outputs, strict=True)]
         return cls(**fields, theta=theta)
 
     def vjp(self, grads: Sequence[np.ndarray | None]) -> list[np.ndarray]:
-        """x̄ ↦ θ̄ = (1/θ) ⊙ VJP_u(exp(u) ⊙ x̄)."""
+        """x̄ ↦ θ̄ = (1/θ) ⊙ VJP_u(exp(u) ⊙ x̄) (θ of an exponent: 1 for 1/θ; a dual output:
+        1 for exp(u))."""
         gu = [None if g is None else np.asarray(g, dtype=float) * x
-              for g, x in zip(grads, self.outputs, strict=True)]
+              for g, x in zip(grads, self._dexp, strict=True)]
         glog = super().vjp(gu)
         out = []
         for g, th, batched in zip(glog, self.theta, self.input_batched, strict=True):
@@ -60,13 +68,19 @@ class GeometricForward(Forward):
             unbatched = t.ndim < th.ndim and th.shape[0] == 1
             tlog.append(t / th[0] if unbatched else t / th)
         du = super().jvp(tlog)
-        return [d * x for d, x in zip(du, self.outputs, strict=True)]
+        return [d * x for d, x in zip(du, self._dexp, strict=True)]
+
+    @property
+    def _dexp(self) -> list[np.ndarray]:
+        """Each output's derivative in u: exp(u) = x for a primal output, 1 for a dual."""
+        return [x if o.kind == "primal" else np.ones_like(x)
+                for x, o in zip(self.outputs, self.layer.outputs, strict=True)]
 
     def jacobian(self, index: int = 0) -> list[list[np.ndarray]]:
         """J[i][j] = diag(x_i) · ∂u_i/∂(log θ_j) · diag(1/θ_j), for one instance."""
         J = super().jacobian(index)
         out = []
-        for Ji, x in zip(J, self.outputs, strict=True):
+        for Ji, x in zip(J, self._dexp, strict=True):
             xi = x[index]
             row = []
             for Jij, th in zip(Ji, self.theta, strict=True):
@@ -77,25 +91,34 @@ class GeometricForward(Forward):
 
 
 class GeometricLayer(Layer):
-    """A compiled geometric program: takes θ > 0, returns x > 0 (see the module docstring).
+    """A compiled geometric program: takes θ > 0 (and exponents), returns x > 0 and any
+    requested duals (see the module docstring).
 
-    Parameter values are checked positive (`ParameterError` naming the parameter and the
-    batch indices) before their logarithms reach the convex layer.
+    Values of parameters that enter through their logarithm are checked positive
+    (`ParameterError` naming the parameter and the batch indices) before their logarithms
+    reach the convex layer; an exponent is checked against its own declared domain.
     """
 
     def batch(self, values: Sequence[Any], *,
               check_values: bool = True) -> tuple[np.ndarray, list[bool]]:
-        """As `Layer.batch` (checks included, positivity among them), then log θ: the
-        convex layer's parameter vector."""
+        """As `Layer.batch` (checks included, positivity among them), then log θ for the
+        parameters that enter through their logarithm: the convex layer's parameter vector."""
         theta, batched = super().batch(values, check_values=check_values)
+        theta = np.array(theta, dtype=float)
         with np.errstate(divide="ignore", invalid="ignore"):  # placeholders may be 0
-            return np.log(theta), batched
+            for spec in self.parameters:
+                if spec.log:
+                    block = slice(spec.offset, spec.offset + spec.size)
+                    theta[:, block] = np.log(theta[:, block])
+        return theta, batched
 
     def _theta(self, values: Sequence[Any]) -> list[np.ndarray]:
-        """Each parameter's values as (B, *shape) (B = 1 when unbatched)."""
+        """Each parameter's chain-rule divisor as (B, *shape) (B = 1 when unbatched): its
+        values if it enters as log θ, ones if it enters as itself."""
         out = []
         for spec, v in zip(self.parameters, values, strict=True):
             a = np.asarray(v, dtype=float)
+            a = a if spec.log else np.ones_like(a)
             out.append(a if a.ndim > len(spec.shape) else a[None])
         return out
 
@@ -115,11 +138,15 @@ class GeometricLayer(Layer):
                  ) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
         """One instance's outputs u and Jacobian ∂u/∂(log θ) of the convex program (e.g.
         from another solver) ↦ x = exp(u) and ∂x/∂θ = diag(x) ∂u/∂(log θ) diag(1/θ)."""
-        x = [np.exp(ui) for ui in u]
-        theta = [np.asarray(v, dtype=float) for v in values]
+        x = [np.exp(ui) if o.kind == "primal" else np.asarray(ui)
+             for ui, o in zip(u, self.outputs, strict=True)]
+        dx = [xi if o.kind == "primal" else np.ones_like(xi)
+              for xi, o in zip(x, self.outputs, strict=True)]
+        theta = [np.asarray(v, dtype=float) if spec.log else np.ones(np.shape(v))
+                 for spec, v in zip(self.parameters, values, strict=True)]
         return x, [[Jij * xi.reshape(xi.shape + (1,) * th.ndim) / th
                     for Jij, th in zip(Ji, theta, strict=True)]
-                   for Ji, xi in zip(J, x, strict=True)]
+                   for Ji, xi in zip(J, dx, strict=True)]
 
     def __repr__(self) -> str:
         return "Geometric" + super().__repr__()

@@ -139,15 +139,65 @@ def test_gp_errors():
     gp = cp.Problem(cp.Minimize(a / x + x), [x <= 2])
     with pytest.raises(ProblemError, match="not DCP"):
         dl.compile(gp, [a], [x])  # a DGP problem without gp=True
-    with pytest.raises(ProblemError, match="dual variables"):
-        dl.compile(gp, [a], [gp.constraints[0].dual_variables[0]], gp=True)
     n = cp.Variable(pos=True, integer=True, name="n")
     with pytest.raises(ProblemError, match=r"\['n'\] are integer or boolean"):
         dl.compile(cp.Problem(cp.Minimize(a / n + n)), [a], [n], gp=True)
-    p = cp.Parameter(pos=True)
-    exponent = cp.Problem(cp.Minimize(x ** p + 1 / x))  # DGP and DPP: p multiplies log x
-    with pytest.raises(ProblemError, match="other than through their logarithm"):
-        dl.compile(exponent, [p], [x], gp=True)
+    p = cp.Parameter(pos=True, name="p")
+    both = cp.Problem(cp.Minimize(p * x ** p + 1 / x))  # p as a factor and as an exponent
+    with pytest.raises(ProblemError, match="parameter p enters the problem both"):
+        dl.compile(both, [p], [x], gp=True)
+
+
+def test_closed_form_dual_variable():
+    """min a/x + x s.t. x ≤ 2, a > 4: x = 2, and the constraint's dual is that of its convex
+    form u ≤ log 2 (u = log x), as CVXPY reports it: stationarity of log(a e^(−u) + e^u) + λu
+    gives λ = (a − 4)/(a + 4), so dλ/da = 8/(a + 4)² and dx/da = 0."""
+    import torch
+
+    x, a = cp.Variable(pos=True), cp.Parameter(pos=True)
+    con = x <= 2
+    problem = cp.Problem(cp.Minimize(a / x + x), [con])
+    layer = dl.compile(problem, [a], [x, con.dual_variables[0]], gp=True)
+    av = np.array([5.0, 9.0, 100.0])
+    a_t = torch.tensor(av, requires_grad=True)
+    xs, lam = layer.torch()(a_t)
+    assert np.max(np.abs(xs.detach().numpy() - 2.0)) <= 1e-8
+    assert np.max(np.abs(lam.detach().numpy() - (av - 4) / (av + 4))) <= 1e-8
+    (g,) = torch.autograd.grad(lam.sum(), a_t)
+    assert np.max(np.abs(g.numpy() - 8 / (av + 4) ** 2)) <= 1e-8
+    (gx,) = torch.autograd.grad(layer.torch()(a_t)[0].sum(), a_t)
+    assert np.max(np.abs(gx.numpy())) <= 1e-8
+    a.value = 9.0
+    problem.solve(solver=cp.CLARABEL, gp=True)
+    assert abs(float(con.dual_value) - 5 / 13) <= 1e-4  # CVXPY's convention (Clarabel default)
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_closed_form_exponent_parameter(framework):
+    """min x^p + 1/x (p > 0): p x^(p−1) = 1/x², so x = p^(−1/(p+1)) and
+    d log x/dp = log p/(p+1)² − 1/(p(p+1)). The exponent enters the convex form as itself
+    (p · log x), not through its logarithm."""
+    x, p = cp.Variable(pos=True), cp.Parameter(pos=True)
+    layer = dl.compile(cp.Problem(cp.Minimize(x ** p + 1 / x)), [p], [x], gp=True)
+    pv = np.array([0.3, 1.0, 2.5, 7.0])
+    x_ref = pv ** (-1 / (pv + 1))
+    dx_ref = x_ref * (np.log(pv) / (pv + 1) ** 2 - 1 / (pv * (pv + 1)))
+    if framework == "torch":
+        import torch
+
+        p_t = torch.tensor(pv, requires_grad=True)
+        (x_t,) = layer.torch()(p_t)
+        x_t.sum().backward()
+        xs, dx = x_t.detach().numpy(), p_t.grad.numpy()
+    else:
+        import jax
+
+        with jax.enable_x64(True):
+            f = layer.jax()
+            xs = np.asarray(f(jax.numpy.asarray(pv))[0])
+            dx = np.asarray(jax.grad(lambda t: f(t)[0].sum())(jax.numpy.asarray(pv)))
+    assert np.max(np.abs(xs - x_ref)) <= 1e-8
+    assert np.max(np.abs(dx - dx_ref)) <= 1e-8
 
 
 def test_closed_form_min_a_over_x_plus_x():
