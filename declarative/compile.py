@@ -36,6 +36,7 @@ from cvxpy.reductions.cvx_attr2constr import (
     lower_value,
     recover_value_for_leaf,
 )
+from cvxpy.reductions.solution import Solution
 
 from declarative.cones import ConeDims
 from declarative.errors import ParameterError, ProblemError
@@ -134,7 +135,11 @@ def _dense_transpose(M: sp.spmatrix) -> np.ndarray | None:
     if entry is None or entry[0]() is not M:
         r, k = M.shape
         D = np.ascontiguousarray(M.T.toarray()) if r * k <= DENSE_PRODUCT_SIZE else None
-        ref = weakref.ref(M, lambda _, key=key, cache=_dense_transposes: cache.pop(key, None))
+
+        def forget(_: weakref.ref, key: int = key) -> None:
+            _dense_transposes.pop(key, None)
+
+        ref = weakref.ref(M, forget)
         entry = _dense_transposes[key] = (ref, D)
     return entry[1]
 
@@ -282,8 +287,9 @@ def check_problem(problem: Any, quad_obj: bool = True) -> None:
             "the problem is not DCP (disciplined convex), so it cannot be a convex layer. "
             + detail
         )
-    if not (problem.is_dpp("dcp", quad_form_dpp="qp") if quad_obj
-            else problem.is_dcp(dpp=True)):
+    # CVXPY's compute_once decorator annotates these methods as taking no argument.
+    if not (problem.is_dpp("dcp", quad_form_dpp="qp")  # type: ignore[call-arg]
+            if quad_obj else problem.is_dcp(dpp=True)):  # type: ignore[call-arg]
         with scopes.dpp_scope():
             detail = build_non_disciplined_error_msg(problem, "DCP")
         raise ProblemError(
@@ -330,7 +336,7 @@ def _check_real(problem: cp.Problem) -> None:
         )
 
 
-def _check_members(problem: cp.Problem, parameters, variables) -> list:
+def _check_members(problem: cp.Problem, parameters, variables) -> list[tuple[cp.Constraint, int] | None]:
     """Check the user's lists against the problem; return each variable's constraint (or None)."""
     if not isinstance(parameters, list | tuple) or not isinstance(variables, list | tuple):
         raise ProblemError("parameters and variables must be lists of cvxpy Parameters/Variables.")
@@ -354,7 +360,7 @@ def _check_members(problem: cp.Problem, parameters, variables) -> list:
     own_vars = {v.id for v in problem.variables()}
     dual_of = {d.id: (c, k) for c in problem.constraints
                for k, d in enumerate(c.dual_variables)}
-    owners = []
+    owners: list[tuple[cp.Constraint, int] | None] = []
     for v in variables:
         if not isinstance(v, cp.Variable):
             raise ProblemError(f"variables must hold cvxpy Variables, got {type(v).__name__}.")
@@ -456,7 +462,8 @@ class _Inverter:
     through its constraint's own ``save_dual_value`` (which splits a cone's dual among its
     ``dual_variables``: SOC (t, X), ExpCone and PowCone3D (x, y, z), ...)."""
 
-    def __init__(self, chain, inverse_data, n: int, m: int, variables, owners) -> None:
+    def __init__(self, chain, inverse_data, n: int, m: int, variables,
+                 owners: list[tuple[cp.Constraint, int] | None]) -> None:
         self.chain, self.inverse_data, self.n, self.m = chain, inverse_data, n, m
         self.owners = list(owners)
         self.variables = list(variables)
@@ -476,7 +483,8 @@ class _Inverter:
             if owner is None:
                 val = res.primal_vars.get(v.id)
             else:
-                val = _dual_value(*owner, res.dual_vars.get(owner[0].id))
+                constraint, k = owner
+                val = _dual_value(constraint, k, res.dual_vars.get(constraint.id))
             if val is None:
                 val = np.zeros(shape)
             elif sp.issparse(val):
@@ -493,11 +501,15 @@ class _Inverter:
         return out
 
 
-def _invert(chain, solution: dict, inverse_data) -> Any:
-    """``chain.invert``, except that variables with sign or bound attributes come back as the
-    solver's values rather than projected onto their sets (CVXPY's ``CvxAttr2Constr`` projects
-    them, which is not linear, and the solution is feasible for them already)."""
-    for r, data in reversed(list(zip(chain.reductions, inverse_data, strict=True))):
+def _invert(chain, raw: dict[str, Any], inverse_data) -> Solution:
+    """``chain.invert`` of the solver's ``raw`` result, except that variables with sign or bound
+    attributes come back as the solver's values rather than projected onto their sets (CVXPY's
+    ``CvxAttr2Constr`` projects them, which is not linear, and the solution is feasible for them
+    already). The chain's last reduction is the solver: it turns ``raw`` into a Solution."""
+    steps = list(zip(chain.reductions, inverse_data, strict=True))
+    solver, solver_data = steps[-1]
+    solution: Solution = solver.invert(raw, solver_data)
+    for r, data in reversed(steps[:-1]):
         before = solution
         solution = r.invert(solution, data)
         if isinstance(r, CvxAttr2Constr) and data:
@@ -687,7 +699,7 @@ def compile_gp_template(problem: cp.Problem, parameters, variables):
             "gp=True: the problem is not DGP (log-log convex), so it is not a geometric "
             "program. " + build_non_disciplined_error_msg(problem, "DGP")
         )
-    if not problem.is_dgp(dpp=True):
+    if not problem.is_dgp(dpp=True):  # type: ignore[call-arg]  # compute_once's annotation
         raise ProblemError(
             "gp=True: the problem is DGP but not DPP: parameters must enter as monomial "
             "coefficients or factors, so that their logarithms enter the convex form "
