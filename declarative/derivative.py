@@ -99,19 +99,16 @@ class NonDifferentiableWarning(UserWarning):
     """The solution map is not differentiable (or badly conditioned) at some instance."""
 
 
-@dataclass
 class BatchOps:
-    """Products with the batch of matrices A (shared pattern, values a (B, nnz))."""
+    """Products with the batch of matrices A (shared pattern, values a (B, nnz)) and P (values
+    h (B, nnz(P)); h=None, a linear objective, stores zeros)."""
 
-    template: ConeTemplate
-    a: np.ndarray
-    h: np.ndarray | None = None  # stored values of P (B, nnz(P)); None for a linear objective
-
-    def __post_init__(self) -> None:
-        t = self.template
-        self.rows, self.cols, self._Er, self._Ec, self._Ep = _scatter(t)
-        if self.h is None:
-            self.h = np.zeros((self.a.shape[0], t.P_rows.size))
+    def __init__(self, template: ConeTemplate, a: np.ndarray, h: np.ndarray | None = None
+                 ) -> None:
+        self.template = template
+        self.a = a
+        self.h: np.ndarray = np.zeros((a.shape[0], template.P_rows.size)) if h is None else h
+        self.rows, self.cols, self._Er, self._Ec, self._Ep = _scatter(template)
         self._magnitude: BatchOps | None = None
 
     def take(self, idx: np.ndarray) -> BatchOps:
@@ -150,11 +147,8 @@ class BatchOps:
         """P as dense (B, n, n)."""
         t = self.template
         out = np.zeros((self.a.shape[0], t.n, t.n))
-        np.add.at(out, (slice(None), t.P_rows, t.P_cols), self.h)
+        np.add.at(out, (slice(None), t.P_rows, t.P_cols), self.h)  # type: ignore[arg-type]  # numpy stubs: ufunc.at takes any index
         return out
-
-    def sparse(self, i: int) -> sp.csc_matrix:
-        return self.template.matrix(self.a[i])
 
 
 def _scatter(t: ConeTemplate):
@@ -274,7 +268,7 @@ class Factor:
     """
 
     S: np.ndarray | sp.csc_matrix
-    lu: object
+    lu: tuple[np.ndarray, np.ndarray] | spla.SuperLU | None  # LAPACK (lu, piv), SuperLU, or None
     rcond: float
     svd: tuple | None = None
     near: Factor | None = None
@@ -284,14 +278,17 @@ class Factor:
 
     def _values(self, S: np.ndarray | sp.csc_matrix) -> tuple[np.ndarray, np.ndarray] | None:
         """(S's values, self.S's values) if the two share a shape and sparsity pattern."""
-        if isinstance(S, np.ndarray) != isinstance(self.S, np.ndarray) or S.shape != self.S.shape:
+        mine = self.S
+        if S.shape != mine.shape:
             return None
-        if isinstance(S, np.ndarray):
-            return S, self.S
-        if not (np.array_equal(S.indptr, self.S.indptr)
-                and np.array_equal(S.indices, self.S.indices)):
+        if isinstance(S, np.ndarray) or isinstance(mine, np.ndarray):
+            if isinstance(S, np.ndarray) and isinstance(mine, np.ndarray):
+                return S, mine
             return None
-        return S.data, self.S.data
+        if not (np.array_equal(S.indptr, mine.indptr)
+                and np.array_equal(S.indices, mine.indices)):
+            return None
+        return S.data, mine.data
 
     def same_matrix(self, S: np.ndarray | sp.csc_matrix) -> bool:
         vals = self._values(S)
@@ -311,8 +308,9 @@ class Factor:
         """A factorization of S itself (made once, when iterative refinement fails)."""
         if self._exact is None:
             S = self.S
+            ordering = self.near.ordering if self.near is not None else None
             self._exact = _factor_one(S) if isinstance(S, np.ndarray) else \
-                _factor_sparse_one(S, self.near.ordering or "COLAMD")
+                _factor_sparse_one(S, ordering or "COLAMD")
         return self._exact
 
 
@@ -383,7 +381,8 @@ class Linearization:
             if layout.ordering is None and todo:  # the least fill on a real instance
                 layout.ordering, fill = _best_ordering(mats[todo[0]])
                 layout.supernodes = not fill <= THIN_FILL * mats[todo[0]].shape[0]
-            fn = functools.partial(_factor_sparse_one, ordering=layout.ordering,
+            # ordering is set above whenever there is an instance to factor
+            fn = functools.partial(_factor_sparse_one, ordering=layout.ordering or "COLAMD",
                                    supernodes=layout.supernodes)
         for i, f in zip(todo, parallel_map(fn, [mats[i] for i in todo]), strict=True):
             f.dvals = dvals[i]
@@ -445,8 +444,10 @@ def newton_correction(factors: list[Factor], F: np.ndarray) -> np.ndarray:
     return out
 
 
-def _lu_solve(f: Factor, rhs: np.ndarray, transpose: bool) -> np.ndarray:
-    if isinstance(f.S, np.ndarray):
+def _lu_solve(f: Factor | None, rhs: np.ndarray, transpose: bool) -> np.ndarray:
+    """S⁻¹ rhs (or S⁻ᵀ rhs) with f's LU (f has one: its rcond passed RCOND_MIN)."""
+    assert f is not None and f.lu is not None
+    if isinstance(f.lu, tuple):
         x, _ = _getrs(*f.lu, rhs, trans=1 if transpose else 0)  # LAPACK, no wrappers
         return x
     return f.lu.solve(rhs, trans="T" if transpose else "N")
@@ -591,7 +592,7 @@ class ConeSolution:
     @property
     def kinks(self) -> np.ndarray:
         """(B,) strict complementarity fails somewhere (only one-sided derivatives exist)."""
-        return self.kink_mask.any(axis=1)
+        return np.any(self.kink_mask, axis=1)
 
     @classmethod
     def at(cls, ops: BatchOps, x: np.ndarray, y: np.ndarray, s: np.ndarray,
@@ -634,7 +635,7 @@ class ConeSolution:
         out = np.zeros(len(self.x), dtype=bool)
         R = sp.csr_matrix(recover)
         row_norm = np.asarray(abs(R).sum(axis=1)).ravel()
-        for i in np.flatnonzero(self.lin.singular):
+        for i in np.flatnonzero(self.lin.singular).tolist():
             svd = self.lin.factors[i].svd
             if svd is None:  # no SVD (non-finite or sparse path): cannot tell, so say so
                 out[i] = True
@@ -682,7 +683,7 @@ class ConeSolution:
         D0 = dproject(release_kinks(self.v[idx], self.kink_mask[idx], t.dims), t.dims,
                       dual=True)
         lin0 = Linearization(self.ops.take(idx), D0, dense=self.lin.dense)
-        for j, i in enumerate(idx):
+        for j, i in enumerate(idx.tolist()):
             rhs = self._rhs(i, dc, da, db, dh)
             d1 = self.lin.solve_one(i, rhs)
             d0 = lin0.solve_one(j, rhs)
