@@ -158,9 +158,9 @@ class Forward:
     input_batched: list[bool]
     info: SolveInfo
     ok: np.ndarray              # (B,) solved instances
-    _ops: BatchOps | None = field(default=None, repr=False)      # equilibrated program
+    _ops: BatchOps = field(repr=False)                           # equilibrated program
+    _scaling: Equilibration = field(repr=False)                  # its scaling of the user's
     _refined: Any = field(default=None, repr=False)              # its solution
-    _scaling: Equilibration | None = field(default=None, repr=False)
     # Set by a framework adapter (torch.py): the dtype and device of each parameter and
     # output, and how a vmapped call was folded into this one batched solve (or None).
     meta: Any = field(default=None, repr=False)
@@ -249,8 +249,8 @@ class Forward:
             dc, da, db, dh = sol.vjp(gx, gy)
             dtheta[idx] = t.apply_adjoint(*eq.data_adjoint(t, dc, da, db, dh))
         out = []
-        for spec, batched in zip(L.parameters, self.input_batched, strict=True):
-            d = unvec(dtheta[:, spec.offset : spec.offset + spec.size], spec.shape)
+        for param, batched in zip(L.parameters, self.input_batched, strict=True):
+            d = unvec(dtheta[:, param.offset : param.offset + param.size], param.shape)
             out.append(d if batched else d.sum(axis=0))
         return out
 
@@ -274,6 +274,7 @@ class Forward:
         if self.ok[index]:
             k = int(np.count_nonzero(self.ok[:index]))
             sol = self._solution
+            assert sol is not None  # instance `index` is solved
             dense = (t.C.toarray(), t.F.toarray(), t.G.toarray(), t.H.toarray())
             dx, dy = sol.jacobian_one(k, *dense)
             full = np.asarray(t.recover @ np.concatenate([dx, dy], axis=0))
@@ -377,7 +378,7 @@ class Layer:
                                "matrix A and quadratic P do not depend on the parameters; this "
                                "one's do (or it has no constraints): use False or None.")
 
-    def _decide(self, backend: Backend, settings: dict, user: dict, first: tuple) -> Tuning:
+    def _decide(self, backend: Backend, settings: dict, user: dict, first: tuple[Any, np.ndarray, np.ndarray, Any]) -> Tuning:
         """The tuning with what this call needs decided: whether to share workspaces, and for
         SCS its linear solver and scale (`_calibrate`) where the user's options (``user``) do
         not set them. Made once, under the lock."""
@@ -671,7 +672,8 @@ class Layer:
                     self._shared[backend.name] = backend.share(A, P, self.template.dims)
         return self._shared[backend.name]
 
-    def _calibrate(self, backend: Backend, settings: dict, first: tuple) -> float:
+    def _calibrate(self, backend: Backend, settings: dict,
+                   first: tuple[Any, np.ndarray, np.ndarray, Any]) -> float:
         """SCS's scale for this layer: `calibrate_scale` on the equilibrated program of fixed
         pseudo-random parameter values (seed 0: first all of them positive and symmetric ones
         positive definite, which makes the many problems whose constraints read Gx ≤ h
@@ -710,7 +712,8 @@ class Layer:
                                     t.P_csc(h[0]) if t.quadratic else None)
             if scale is not None:
                 return scale
-        scale = calibrate_scale(backend, *first[:3], t.dims, settings, first[3])
+        A0, b0, c0, P0 = first
+        scale = calibrate_scale(backend, A0, b0, c0, t.dims, settings, P0)
         return DEFAULT_SCALE if scale is None else scale
 
     def _attempt(self, backend: Backend, shared: Any, idx: np.ndarray, ops: BatchOps,
@@ -958,6 +961,7 @@ class _Attempt:
         for name in ("x", "y", "s", "v", "residual_after"):
             getattr(self, name)[idx] = getattr(other, name)
         if self.D is not None and other.D is not None:
+            assert self.v_D is not None  # set together with D
             self.D.put(idx, other.D)
             self.v_D[idx] = other.v_D
         else:
