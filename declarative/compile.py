@@ -336,7 +336,8 @@ def _check_real(problem: cp.Problem) -> None:
         )
 
 
-def _check_members(problem: cp.Problem, parameters, variables) -> list[tuple[cp.Constraint, int] | None]:
+def _check_members(problem: cp.Problem, parameters, variables
+                   ) -> list[tuple[cp.Constraint, int] | None]:
     """Check the user's lists against the problem; return each variable's constraint (or None)."""
     if not isinstance(parameters, list | tuple) or not isinstance(variables, list | tuple):
         raise ProblemError("parameters and variables must be lists of cvxpy Parameters/Variables.")

@@ -378,7 +378,8 @@ class Layer:
                                "matrix A and quadratic P do not depend on the parameters; this "
                                "one's do (or it has no constraints): use False or None.")
 
-    def _decide(self, backend: Backend, settings: dict, user: dict, first: tuple[Any, np.ndarray, np.ndarray, Any]) -> Tuning:
+    def _decide(self, backend: Backend, settings: dict, user: dict,
+                first: tuple[Any, np.ndarray, np.ndarray, Any]) -> Tuning:
         """The tuning with what this call needs decided: whether to share workspaces, and for
         SCS its linear solver and scale (`_calibrate`) where the user's options (``user``) do
         not set them. Made once, under the lock."""

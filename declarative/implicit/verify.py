@@ -98,6 +98,7 @@ class _Framework:
     def __init__(self, node: Any, z0: Any, params: Sequence[Any], options: dict) -> None:
         self.node, self.options = node, options
         self.torch = type(z0).__module__.startswith("torch")
+        self.lib: Any  # the framework's array module: torch or jax.numpy
         if self.torch:
             import torch
 
@@ -136,7 +137,7 @@ class _Framework:
         else:
             import jax
 
-            def f(*p: Any) -> Any:  # type: ignore[misc]
+            def f(*p: Any) -> Any:
                 return self.node(self.z0, *p, **self.options)
             J = jax.jacrev(f, argnums=tuple(range(len(ps))))(*ps)
         return [np.asarray(self.numpy(b), dtype=float) for b in J]
