@@ -54,7 +54,7 @@ import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -140,12 +140,24 @@ SPEED_CASES: dict[str, Case] = {c.key: c for c in (
 )}
 SPEED_BATCHES = (1, 64, 512)
 SEARCH_BATCH = 64
-QUICK_SPEED = {"problems": ("sparsemax", "polytope-2d"), "batches": (1, 8), "search_batch": 8}
+class _QuickSpeed(TypedDict):
+    problems: tuple[str, ...]
+    batches: tuple[int, ...]
+    search_batch: int
+
+
+class _QuickAccuracy(TypedDict):
+    problems: tuple[str, ...]
+    batch: int
+
+
+QUICK_SPEED: _QuickSpeed = {"problems": ("sparsemax", "polytope-2d"), "batches": (1, 8),
+                            "search_batch": 8}
 
 # accuracy: softmax and sparsemax at n = 100, the rest at their default sizes
 ACCURACY_SIZES = {"softmax": {"n": 100}, "sparsemax": {"n": 100}}
 ACCURACY_BATCH = 64
-QUICK_ACCURACY = {"problems": ("sparsemax", "softmax"), "batch": 8}
+QUICK_ACCURACY: _QuickAccuracy = {"problems": ("sparsemax", "softmax"), "batch": 8}
 
 SCALING_BATCHES = (1, 4, 16, 64, 256, 1024, 4096)
 SCALING_SIZES = (10, 30, 100, 300, 1000, 3000, 10_000)
@@ -248,7 +260,8 @@ def measure(call: Callable[..., Sequence[Any]], batch: Batch, repeats: int = REP
     """Time ``call(*tensors) -> outputs`` and its backward on ``batch``; error vs the reference."""
     import torch
 
-    fwd, bwd, errors, seen = [], [], [], {}
+    fwd, bwd, errors = [], [], []
+    seen: dict[str, None] = {}  # warnings, once each, in order
     g = [torch.as_tensor(gi, dtype=torch.float64) for gi in batch.g]
     failure = None
     with warnings.catch_warnings(record=True) as caught:
@@ -508,7 +521,8 @@ def run_speed(names: Sequence[str] | None = None, batches: Sequence[int] = SPEED
     batches = sorted(set(batches))
     t_all = time.perf_counter()
     env = _environment()
-    rows, searches = [], {}
+    rows = []
+    searches: dict[str, dict[str, Any]] = {}
     bar = tqdm(total=len(names) * (1 + len(batches)), desc="bench speed", unit="step",
                file=sys.stderr, disable=_disable(progress), leave=False, dynamic_ncols=True)
     for name in names:
@@ -605,9 +619,10 @@ def run_scaling(names: Sequence[str] | None = None, batches: Sequence[int] = SCA
     env = _environment()
     bar = tqdm(total=len(names) * len(batches) + len(sizes), desc="bench scaling", unit="step",
                file=sys.stderr, disable=_disable(progress), leave=False, dynamic_ncols=True)
-    by_batch, by_size = [], []
+    by_batch: list[dict[str, Any]] = []
+    by_size: list[dict[str, Any]] = []
 
-    def run(case: Case, Bs: Sequence[int], out: list) -> None:
+    def run(case: Case, Bs: Sequence[int], out: list[dict[str, Any]]) -> None:
         try:
             libs = Libraries(case, build_cvxpylayers=cvxpylayers,
                              cvxpylayers_args=cvxpylayers_args)
