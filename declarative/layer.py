@@ -40,6 +40,7 @@ from declarative.derivative import (
 from declarative.equilibrate import Equilibration, equilibrate
 from declarative.errors import ParameterError, ProblemError, SolverError, describe_indices
 from declarative.parallel import single_threaded_blas
+from declarative.promise import ACCURACY
 from declarative.refine import REFINE_MAX_ITERS, REFINE_TOL, refine
 from declarative.solve import SCALE_CANDIDATES, Backend, Status, calibrate_scale, solve_batch
 from declarative.tuning import Tuning
@@ -52,15 +53,15 @@ OUR_OPTIONS = {"refine": True, "refine_tol": REFINE_TOL, "refine_max_iters": REF
 # the error itself to first order, plus the effect of rounding) is at most ACCEPT_FORWARD of
 # that output's max-norm. The second bounds the forward error, not only the residual: an
 # ill-conditioned instance with a tiny residual is not certified. Both sit a factor 10
-# inside the 1e-8 the layer promises, for the estimate's first-order slack.
-ACCEPT_BACKWARD = 1e-9
-ACCEPT_FORWARD = 1e-9
+# inside the ACCURACY the layer promises, for the estimate's first-order slack.
+ACCEPT_BACKWARD = ACCURACY / 10
+ACCEPT_FORWARD = ACCURACY / 10
 # Relative rounding of the residual's terms assumed by the forward-error estimate: a few
 # units in the last place (one per operation along a row, in practice).
 ROUNDING = 8 * np.finfo(float).eps
 # Below this max-norm in the equilibrated program (whose data have unit max-norm), an output
 # that a singular S leaves undetermined is not resolved (see Layer._forward_error_ok).
-RESOLVED = 1e-8
+RESOLVED = ACCURACY
 
 
 @functools.lru_cache(maxsize=32)

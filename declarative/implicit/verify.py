@@ -27,7 +27,9 @@ from typing import Any
 
 import numpy as np
 
-TOLERANCE = 1e-8
+from declarative.promise import ACCURACY
+
+TOLERANCE = ACCURACY  # the relative error a node is held to (module docstring)
 FD_TOLERANCE = 1e-6
 FD_STEP = 1e-6
 

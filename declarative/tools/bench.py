@@ -60,9 +60,9 @@ import numpy as np
 
 import declarative as dl
 from declarative import problems
+from declarative.promise import ACCURACY
 from declarative.tools import format as fmt
 from declarative.tools.options import UsageError, key_values
-from declarative.verification.report import TOLERANCE
 
 # -- configuration ---------------------------------------------------------------------------
 
@@ -76,7 +76,7 @@ EPS_GRID = tuple(10.0 ** -k for k in range(4, 13))
 QUICK_EPS_GRID = EPS_GRID[::2]
 # The error cvxpylayers must reach: max(our error, ERROR_FLOOR), the accuracy we promise
 # at default settings (below it, errors are solver noise not worth matching).
-ERROR_FLOOR = TOLERANCE
+ERROR_FLOOR = ACCURACY
 
 REPEATS = 3
 QUICK_REPEATS = 1
@@ -444,7 +444,7 @@ def run_accuracy(names: Sequence[str] | None = None, batch: int = ACCURACY_BATCH
     return {
         "command": "bench accuracy",
         "settings": {"batch": batch, "repeats": repeats, "seed": seed, "eps_grid": list(grid),
-                     "error_floor": ERROR_FLOOR, "our_tolerance": TOLERANCE,
+                     "error_floor": ERROR_FLOOR, "our_tolerance": ACCURACY,
                      "search_budget_s": budget, **_settings_common(cvxpylayers_args)},
         "environment": {**env, "load_after": _loadavg()},
         "rows": rows,
@@ -493,7 +493,7 @@ def _accuracy_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ours = [r["ours"]["error"] for r in rows if r["ours"]["failure"] is None]
     failed = [r["problem"] for r in rows if r["ours"]["failure"] is not None or r["failure"]]
     over = [r["problem"] for r in rows if r["ours"]["failure"] is None
-            and (r["ours"]["error"] is None or r["ours"]["error"] > TOLERANCE)]
+            and (r["ours"]["error"] is None or r["ours"]["error"] > ACCURACY)]
     ratios = [r["ratio"] for r in rows if r.get("ratio")]
     return {
         "our_max_error": max((e for e in ours if e is not None), default=None),
@@ -790,7 +790,7 @@ def format_accuracy(doc: dict[str, Any]) -> str:
     out = out[:1] + [fmt.wrap(x) for x in out[1:]]
     out.extend(fmt.wrap(f"note: {n}") for n in notes)
     verdict = ("all within" if sm["ours_within_tolerance"] else "NOT all within")
-    out.append(f"ours: {verdict} {TOLERANCE:g} at default settings (max error "
+    out.append(f"ours: {verdict} {ACCURACY:g} at default settings (max error "
                f"{fmt.sci(sm['our_max_error'])}); geometric mean ratio "
                f"{fmt.ratio(sm['geomean_ratio'])} "
                f"({doc['seconds']:.1f}s).")
@@ -1000,7 +1000,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Per zoo problem: our gradient error against the closed form and our time "
         "at default settings; cvxpylayers' error and time at its defaults; the SCS eps "
         "cvxpylayers needs to match our error (1e-4 ... 1e-12) and its time there. Exit "
-        f"status 1 when our error exceeds {TOLERANCE:g}.")
+        f"status 1 when our error exceeds {ACCURACY:g}.")
     a.add_argument("--problems", nargs="+", metavar="P",
                    help="zoo problems (default: all; --quick: sparsemax softmax)")
     a.add_argument("--batch", type=int, default=None,
