@@ -907,7 +907,7 @@ def _in_domain(a: np.ndarray, flat: np.ndarray, attr: str) -> np.ndarray:
 
 
 def check_finite_in_domain(spec: ParameterSpec, a: np.ndarray,
-                 where: Callable[[np.ndarray], str]) -> None:
+                           where: Callable[[np.ndarray], str]) -> None:
     """Raise `ParameterError` if instances of ``a`` (N, *shape) have NaN or inf entries or
     values outside the parameter's declared domain (`_in_domain`); ``where(bad)`` says where,
     from the mask (N,) of offending instances."""

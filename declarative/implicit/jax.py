@@ -127,8 +127,7 @@ def _host_solve(node: Any, compiled: _Compiled, shape: tuple, m: int, opts: solv
     params = tuple(np.asarray(p) for p in params)
     for i, p in enumerate([z0, *params]):
         if np.issubdtype(p.dtype, np.floating) and not np.all(np.isfinite(p)):
-            what = "z0" if i == 0 else f"params[{i - 1}]"
-            raise ParameterError(f"{node!r}: {what} has NaN or inf entries; expected finite values")
+            raise solvers.non_finite_input(node, i)
     n = z0.size
     system = JaxSystem(compiled, params, n + m, n if node.kind == "argmin" else None, node.kind,
                        dtype)

@@ -205,9 +205,7 @@ class _Run:
         for i, p in enumerate([zp, *pp]):
             if (isinstance(p, torch.Tensor) and p.is_floating_point()
                     and not torch.isfinite(p).all()):
-                what = "z0" if i == 0 else f"params[{i - 1}]"
-                raise ParameterError(f"{node!r}: {what} has NaN or inf entries; expected finite "
-                                     "values")
+                raise solvers.non_finite_input(node, i)
         m = 0
         if node.eq is not None:
             with torch.no_grad():
