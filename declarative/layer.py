@@ -15,7 +15,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from typing import Any
 
@@ -133,20 +133,14 @@ class SolveInfo:
     nondifferentiable_reason: list[str] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        extra: dict[str, Any] = {}
-        if self.nondifferentiable is not None:
-            extra = {"nondifferentiable": self.nondifferentiable.tolist(),
-                     "nondifferentiable_reason": list(self.nondifferentiable_reason or [])}
-        return {**extra,
-            "status": [str(s) for s in self.status],
-            "scs_status": [str(s) for s in self.scs_status],
-            "scs_iterations": self.scs_iterations.tolist(),
-            "residual_before": self.residual_before.tolist(),
-            "residual_after": self.residual_after.tolist(),
-            "refine_steps": self.refine_steps.tolist(),
-            "solve_seconds": self.solve_seconds.tolist(),
-            "total_seconds": self.total_seconds,
-        }
+        """Every field, as plain Python values (lists, str, float; None where not computed)."""
+        def plain(v: Any) -> Any:
+            if isinstance(v, np.ndarray):
+                return v.tolist()
+            if isinstance(v, list):
+                return [str(s) for s in v]
+            return v
+        return {f.name: plain(getattr(self, f.name)) for f in fields(self)}
 
 
 @dataclass
