@@ -104,8 +104,7 @@ class OutputSpec:
 # Products X Mᵀ with the template's fixed sparse matrices are many and small. Where M is
 # small (at most DENSE_PRODUCT_SIZE entries as a dense array) and the product too (B·r·k at
 # most DENSE_PRODUCT_WORK), one BLAS call on a cached dense copy beats SciPy's sparse
-# product: that runs a dozen Python-level checks, ~4 µs with warm caches and ~40 µs with
-# the cold caches a layer meets inside a network, against ~1 µs and ~5 µs for the matmul.
+# product, whose dozen Python-level checks cost several times the matmul.
 DENSE_PRODUCT_SIZE = 1 << 13
 DENSE_PRODUCT_WORK = 1 << 13
 
@@ -114,8 +113,8 @@ def times_t(X: np.ndarray, M: sp.spmatrix) -> np.ndarray:
     """X Mᵀ for a dense batch X (B, k) and a sparse M (r, k), C-contiguous.
 
     Dense (cached Mᵀ) where that is cheap, see above; otherwise as (M Xᵀ)ᵀ, since SciPy
-    evaluates dense @ sparse by transposing the sparse matrix on every call (about 12 µs,
-    more than the product itself at our sizes) and sparse @ dense does not.
+    evaluates dense @ sparse by transposing the sparse matrix on every call (more than the
+    product itself at our sizes) and sparse @ dense does not.
     """
     D = _dense_transpose(M)
     if D is not None and X.shape[0] * D.size <= DENSE_PRODUCT_WORK:

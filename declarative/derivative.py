@@ -51,10 +51,9 @@ from declarative.parallel import parallel_map
 
 # S (size N = n + m) is factored dense (LAPACK) or sparse (SuperLU), whichever the cost
 # model says is cheaper: dense ≈ DENSE_COST·N³, sparse ≈ SPARSE_COST + SPARSE_FILL_COST·fill
-# (µs; fill = nnz(L + U) of a probe factorization of S's pattern, made once per template).
-# Measured on 2 cores: N = 100 (polytope 20-D) dense 35 µs vs SuperLU 120 µs; N = 401
-# (sparsemax n = 100) dense 1.2 ms vs SuperLU 85 µs. Always dense up to DENSE_ALWAYS, never
-# above DENSE_MAX. Singular sparse systems up to SVD_MAX are handled by a dense truncated
+# (µs; fill = nnz(L + U) of a probe factorization of S's pattern, made once per template;
+# the coefficients are fitted to timings of both on the zoo). Always dense up to DENSE_ALWAYS,
+# never above DENSE_MAX. Singular sparse systems up to SVD_MAX are handled by a dense truncated
 # SVD, larger ones by LSMR.
 DENSE_ALWAYS = 64
 DENSE_MAX = 2000
@@ -503,7 +502,7 @@ def _lstsq(f: Factor, r: np.ndarray, transpose: bool) -> np.ndarray:
     return out.reshape(r.shape)
 
 
-# LAPACK routines looked up once (get_lapack_funcs costs ~10 µs a call)
+# LAPACK routines looked up once (get_lapack_funcs costs as much as a small solve)
 _getrs, _gecon = sla.get_lapack_funcs(("getrs", "gecon"), (np.zeros(1),))
 
 
@@ -524,12 +523,11 @@ def _factor_one(S: np.ndarray) -> Factor:
 
 
 # Fill-reducing column orderings SuperLU offers that suit S. S is structurally symmetric,
-# which minimum degree on Aᵀ + A exploits; COLAMD can be better on small systems. E.g.
-# sparsemax n = 3000 (N = 12001): 42 k vs 4.5 M entries of fill, 9 ms vs 172 ms.
+# which minimum degree on Aᵀ + A exploits (for sparsemax, 100× less fill than COLAMD);
+# COLAMD can be better on small systems.
 ORDERINGS = ("MMD_AT_PLUS_A", "COLAMD")
 # Where L + U has at most THIN_FILL entries per column, SuperLU's supernodes (panels,
-# relaxed supernodes) only cost setup: sparsemax n = 100 (3.5 per column) factors in 69 µs
-# without them, 85 µs with; n = 1000: 0.98 vs 1.09 ms.
+# relaxed supernodes) only cost setup (about 10–20% slower on sparsemax's thin factors).
 THIN_FILL = 8
 _NO_SUPERNODES = {"panel_size": 1, "relax": 1}
 
