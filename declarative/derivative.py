@@ -61,6 +61,10 @@ DENSE_COST = 2.5e-5
 SPARSE_COST = 70.0
 SPARSE_FILL_COST = 0.016
 SVD_MAX = 3000
+# LSMR on singular systems above SVD_MAX: its stopping tolerances (near double precision) and
+# iteration limit (a multiple of the system's size).
+LSMR_TOL = 1e-14
+LSMR_ITERS_PER_ROW = 10
 # A system whose reciprocal condition estimate is below this is treated as singular and
 # solved by its truncated SVD (pseudo-inverse), singular values below PINV_RTOL·σ_max dropped.
 RCOND_MIN = 1e-11
@@ -496,7 +500,8 @@ def _lstsq(f: Factor, r: np.ndarray, transpose: bool) -> np.ndarray:
     M = S.T if transpose else S
     cols = r.reshape(r.shape[0], -1)
     out = np.column_stack([
-        spla.lsmr(M, cols[:, k], atol=1e-14, btol=1e-14, maxiter=10 * S.shape[0])[0]
+        spla.lsmr(M, cols[:, k], atol=LSMR_TOL, btol=LSMR_TOL,
+                  maxiter=LSMR_ITERS_PER_ROW * S.shape[0])[0]
         for k in range(cols.shape[1])
     ])
     return out.reshape(r.shape)

@@ -62,6 +62,9 @@ ROUNDING = 8 * np.finfo(float).eps
 # Below this max-norm in the equilibrated program (whose data have unit max-norm), an output
 # that a singular S leaves undetermined is not resolved (see Layer._forward_error_ok).
 RESOLVED = ACCURACY
+# A PSD (NSD) parameter value passes if its smallest (largest) eigenvalue is at least
+# −DEFINITE_RTOL·(1 + max |entry|) (at most +): the rounding of a matrix built definite.
+DEFINITE_RTOL = 1e-9
 
 
 @functools.lru_cache(maxsize=32)
@@ -895,7 +898,7 @@ def _in_domain(a: np.ndarray, flat: np.ndarray, attr: str) -> np.ndarray:
     # time); only the definiteness that convexity may rely on is checked, on (S + Sᵀ)/2.
     if attr == "symmetric":
         return np.ones(len(a), dtype=bool)
-    scale = 1e-9 * (1.0 + np.abs(flat).max(axis=1, initial=0.0))
+    scale = DEFINITE_RTOL * (1.0 + np.abs(flat).max(axis=1, initial=0.0))
     eig = np.linalg.eigvalsh((a + np.swapaxes(a, -1, -2)) / 2)
     return eig.min(axis=-1) >= -scale if attr == "PSD" else eig.max(axis=-1) <= scale
 
