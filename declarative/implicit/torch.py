@@ -43,7 +43,7 @@ __all__ = ["call"]
 _FORWARD_AD = threading.RLock()
 
 
-def residual_fn(node: Any, shape: tuple, m: int) -> Callable[..., torch.Tensor]:
+def residual_fn(node: Any, shape: tuple) -> Callable[..., torch.Tensor]:
     """G(z_flat, *params) -> flat residual, in torch, for the node's kind."""
     n = math.prod(shape)
     fn, eq = node.fn, node.eq
@@ -214,7 +214,7 @@ class _Run:
                 raise ParameterError(f"{node!r}: eq(y, *params) returned {type(h0).__name__}; "
                                      "expected a tensor")
             m = h0.numel()
-        self.G = residual_fn(node, self.shape, m)
+        self.G = residual_fn(node, self.shape)
         self.system = TorchSystem(self.G, pp, n + m, n if node.kind == "argmin" else None,
                                   node.kind, zp)
         z_init = np.concatenate([self.system.array(zp).reshape(-1), np.zeros(m)])
