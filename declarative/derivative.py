@@ -150,7 +150,8 @@ class BatchOps:
         """P as dense (B, n, n)."""
         t = self.template
         out = np.zeros((self.a.shape[0], t.n, t.n))
-        np.add.at(out, (slice(None), t.P_rows, t.P_cols), self.h)  # type: ignore[arg-type]  # numpy stubs: ufunc.at takes any index
+        # numpy's stubs type ufunc.at's indices as integer arrays only; a tuple index works
+        np.add.at(out, (slice(None), t.P_rows, t.P_cols), self.h)  # type: ignore[arg-type]
         return out
 
 
@@ -775,7 +776,8 @@ def parameter_directions(t: ConeTemplate, blocks: list[tuple[int, int]],
             d[lo : lo + size] = rng.standard_normal(size)
             cols.append(d)
     dtheta = np.array(cols).T if cols else np.zeros((t.num_params, 0))
-    return tuple(np.asarray(M @ dtheta) for M in (t.C, t.F, t.G, t.H))  # type: ignore[return-value]
+    dc, da, db, dh = (np.asarray(M @ dtheta) for M in (t.C, t.F, t.G, t.H))
+    return dc, da, db, dh
 
 
 def diagnose(sol: ConeSolution, recover: sp.spmatrix, blocks: list[tuple[int, int]]

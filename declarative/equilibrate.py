@@ -151,9 +151,9 @@ class Equilibration:
     def take(self, idx: np.ndarray) -> Equilibration:
         ent = None
         if self.entries is not None:
-            ent = tuple(w if w.shape[0] == 1 else w[idx] for w in self.entries)
-        return Equilibration(self.d[idx], self.e[idx], self.rho[idx], self.sigma[idx],
-                             ent)  # type: ignore[arg-type]
+            wa, wp = self.entries
+            ent = (wa if wa.shape[0] == 1 else wa[idx], wp if wp.shape[0] == 1 else wp[idx])
+        return Equilibration(self.d[idx], self.e[idx], self.rho[idx], self.sigma[idx], ent)
 
     # -- data ------------------------------------------------------------------------------
     @overload
