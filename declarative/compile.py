@@ -36,6 +36,7 @@ from cvxpy.reductions.cvx_attr2constr import (
     lower_value,
     recover_value_for_leaf,
 )
+from cvxpy.reductions.solution import Solution
 
 from declarative.cones import ConeDims
 from declarative.errors import ParameterError, ProblemError
@@ -104,8 +105,7 @@ class OutputSpec:
 # Products X Mᵀ with the template's fixed sparse matrices are many and small. Where M is
 # small (at most DENSE_PRODUCT_SIZE entries as a dense array) and the product too (B·r·k at
 # most DENSE_PRODUCT_WORK), one BLAS call on a cached dense copy beats SciPy's sparse
-# product: that runs a dozen Python-level checks, ~4 µs with warm caches and ~40 µs with
-# the cold caches a layer meets inside a network, against ~1 µs and ~5 µs for the matmul.
+# product, whose dozen Python-level checks cost several times the matmul.
 DENSE_PRODUCT_SIZE = 1 << 13
 DENSE_PRODUCT_WORK = 1 << 13
 
@@ -114,8 +114,8 @@ def times_t(X: np.ndarray, M: sp.spmatrix) -> np.ndarray:
     """X Mᵀ for a dense batch X (B, k) and a sparse M (r, k), C-contiguous.
 
     Dense (cached Mᵀ) where that is cheap, see above; otherwise as (M Xᵀ)ᵀ, since SciPy
-    evaluates dense @ sparse by transposing the sparse matrix on every call (about 12 µs,
-    more than the product itself at our sizes) and sparse @ dense does not.
+    evaluates dense @ sparse by transposing the sparse matrix on every call (more than the
+    product itself at our sizes) and sparse @ dense does not.
     """
     D = _dense_transpose(M)
     if D is not None and X.shape[0] * D.size <= DENSE_PRODUCT_WORK:
@@ -135,7 +135,11 @@ def _dense_transpose(M: sp.spmatrix) -> np.ndarray | None:
     if entry is None or entry[0]() is not M:
         r, k = M.shape
         D = np.ascontiguousarray(M.T.toarray()) if r * k <= DENSE_PRODUCT_SIZE else None
-        ref = weakref.ref(M, lambda _, key=key, cache=_dense_transposes: cache.pop(key, None))
+
+        def forget(_: weakref.ref, key: int = key) -> None:
+            _dense_transposes.pop(key, None)
+
+        ref = weakref.ref(M, forget)
         entry = _dense_transposes[key] = (ref, D)
     return entry[1]
 
@@ -283,8 +287,9 @@ def check_problem(problem: Any, quad_obj: bool = True) -> None:
             "the problem is not DCP (disciplined convex), so it cannot be a convex layer. "
             + detail
         )
-    if not (problem.is_dpp("dcp", quad_form_dpp="qp") if quad_obj
-            else problem.is_dcp(dpp=True)):
+    # CVXPY's compute_once decorator annotates these methods as taking no argument.
+    if not (problem.is_dpp("dcp", quad_form_dpp="qp")  # type: ignore[call-arg]
+            if quad_obj else problem.is_dcp(dpp=True)):  # type: ignore[call-arg]
         with scopes.dpp_scope():
             detail = build_non_disciplined_error_msg(problem, "DCP")
         raise ProblemError(
@@ -331,7 +336,8 @@ def _check_real(problem: cp.Problem) -> None:
         )
 
 
-def _check_members(problem: cp.Problem, parameters, variables) -> list:
+def _check_members(problem: cp.Problem, parameters, variables
+                   ) -> list[tuple[cp.Constraint, int] | None]:
     """Check the user's lists against the problem; return each variable's constraint (or None)."""
     if not isinstance(parameters, list | tuple) or not isinstance(variables, list | tuple):
         raise ProblemError("parameters and variables must be lists of cvxpy Parameters/Variables.")
@@ -355,7 +361,7 @@ def _check_members(problem: cp.Problem, parameters, variables) -> list:
     own_vars = {v.id for v in problem.variables()}
     dual_of = {d.id: (c, k) for c in problem.constraints
                for k, d in enumerate(c.dual_variables)}
-    owners = []
+    owners: list[tuple[cp.Constraint, int] | None] = []
     for v in variables:
         if not isinstance(v, cp.Variable):
             raise ProblemError(f"variables must hold cvxpy Variables, got {type(v).__name__}.")
@@ -457,7 +463,8 @@ class _Inverter:
     through its constraint's own ``save_dual_value`` (which splits a cone's dual among its
     ``dual_variables``: SOC (t, X), ExpCone and PowCone3D (x, y, z), ...)."""
 
-    def __init__(self, chain, inverse_data, n: int, m: int, variables, owners) -> None:
+    def __init__(self, chain, inverse_data, n: int, m: int, variables,
+                 owners: list[tuple[cp.Constraint, int] | None]) -> None:
         self.chain, self.inverse_data, self.n, self.m = chain, inverse_data, n, m
         self.owners = list(owners)
         self.variables = list(variables)
@@ -477,7 +484,8 @@ class _Inverter:
             if owner is None:
                 val = res.primal_vars.get(v.id)
             else:
-                val = _dual_value(*owner, res.dual_vars.get(owner[0].id))
+                constraint, k = owner
+                val = _dual_value(constraint, k, res.dual_vars.get(constraint.id))
             if val is None:
                 val = np.zeros(shape)
             elif sp.issparse(val):
@@ -494,11 +502,15 @@ class _Inverter:
         return out
 
 
-def _invert(chain, solution: dict, inverse_data) -> Any:
-    """``chain.invert``, except that variables with sign or bound attributes come back as the
-    solver's values rather than projected onto their sets (CVXPY's ``CvxAttr2Constr`` projects
-    them, which is not linear, and the solution is feasible for them already)."""
-    for r, data in reversed(list(zip(chain.reductions, inverse_data, strict=True))):
+def _invert(chain, raw: dict[str, Any], inverse_data) -> Solution:
+    """``chain.invert`` of the solver's ``raw`` result, except that variables with sign or bound
+    attributes come back as the solver's values rather than projected onto their sets (CVXPY's
+    ``CvxAttr2Constr`` projects them, which is not linear, and the solution is feasible for them
+    already). The chain's last reduction is the solver: it turns ``raw`` into a Solution."""
+    steps = list(zip(chain.reductions, inverse_data, strict=True))
+    solver, solver_data = steps[-1]
+    solution: Solution = solver.invert(raw, solver_data)
+    for r, data in reversed(steps[:-1]):
         before = solution
         solution = r.invert(solution, data)
         if isinstance(r, CvxAttr2Constr) and data:
@@ -689,7 +701,7 @@ def compile_gp_template(problem: cp.Problem, parameters, variables):
             "gp=True: the problem is not DGP (log-log convex), so it is not a geometric "
             "program. " + build_non_disciplined_error_msg(problem, "DGP")
         )
-    if not problem.is_dgp(dpp=True):
+    if not problem.is_dgp(dpp=True):  # type: ignore[call-arg]  # compute_once's annotation
         raise ProblemError(
             "gp=True: the problem is DGP but not DPP: parameters must enter as monomial "
             "coefficients or factors, so that their logarithms enter the convex form "

@@ -504,9 +504,9 @@ def _exp(V: np.ndarray, want_deriv: bool):
     V = V.reshape(-1, 3)
     r0, s0, t0 = V[:, 0], V[:, 1], V[:, 2]
     N = V.shape[0]
-    vp = np.zeros((N, 3))
-    vd = np.zeros((N, 3))
-    D = np.zeros((N, 3, 3)) if want_deriv else None
+    vp: np.ndarray = np.zeros((N, 3))
+    vd: np.ndarray = np.zeros((N, 3))
+    D: np.ndarray = np.zeros((N, 3, 3))  # filled and returned only when want_deriv
     with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
         finite = np.all(np.isfinite(V), axis=1)
         inK = ((s0 > 0) & (s0 * np.exp(r0 / s0) <= t0)) | ((s0 == 0) & (r0 <= 0) & (t0 >= 0))
@@ -614,9 +614,7 @@ def _exp(V: np.ndarray, want_deriv: bool):
                 D[idx] = np.where(face[:, None, None], Df, Dc)
     vp = vp.reshape(shape + (3,))
     vd = vd.reshape(shape + (3,))
-    if want_deriv:
-        D = D.reshape(shape + (3, 3))
-    return vp, vd, D
+    return vp, vd, (D.reshape(shape + (3, 3)) if want_deriv else None)
 
 
 def _exp_all(X: np.ndarray, n_exp: int, dual: bool, want_deriv: bool):
@@ -756,9 +754,9 @@ def _pow(V: np.ndarray, alpha: np.ndarray, want_deriv: bool):
     N = V.shape[0]
     a = np.broadcast_to(alpha, (N,)).astype(np.float64)
     b = 1.0 - a
-    vp = np.zeros((N, 3))
-    vd = np.zeros((N, 3))
-    D = np.zeros((N, 3, 3)) if want_deriv else None
+    vp: np.ndarray = np.zeros((N, 3))
+    vd: np.ndarray = np.zeros((N, 3))
+    D: np.ndarray = np.zeros((N, 3, 3))  # filled and returned only when want_deriv
     with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
         finite = np.all(np.isfinite(V), axis=1)
         scale = np.max(np.abs(V), axis=1)
@@ -805,7 +803,7 @@ def _pow(V: np.ndarray, alpha: np.ndarray, want_deriv: bool):
             vd[idx] = np.stack([xd, yd, np.where(face, zs, sg * lam)], -1) * sc
             if want_deriv:
                 D[idx] = _pow_deriv(x, y, r, lam, sg, aa, xs, ys, face)
-    return vp, vd, D
+    return vp, vd, (D if want_deriv else None)
 
 
 def _pow_deriv(x, y, r, lam, sg, a, x0, y0, face) -> np.ndarray:
@@ -1162,9 +1160,13 @@ class DProjection:
         rows, cols, vals = [], [], []
         if self.dual:
             z = np.arange(lay.zero.start, lay.zero.stop)
-            rows.append(z), cols.append(z), vals.append(np.ones(z.size))
+            rows.append(z)
+            cols.append(z)
+            vals.append(np.ones(z.size))
         nn = np.arange(lay.nonneg.start, lay.nonneg.stop)
-        rows.append(nn), cols.append(nn), vals.append(self._nonneg[i])
+        rows.append(nn)
+        cols.append(nn)
+        vals.append(self._nonneg[i])
         for idx, blk in self._blocks(slice(i, i + 1)):
             nc, k = idx.shape
             rows.append(np.broadcast_to(idx[:, :, None], (nc, k, k)).ravel())

@@ -51,10 +51,9 @@ from declarative.parallel import parallel_map
 
 # S (size N = n + m) is factored dense (LAPACK) or sparse (SuperLU), whichever the cost
 # model says is cheaper: dense ≈ DENSE_COST·N³, sparse ≈ SPARSE_COST + SPARSE_FILL_COST·fill
-# (µs; fill = nnz(L + U) of a probe factorization of S's pattern, made once per template).
-# Measured on 2 cores: N = 100 (polytope 20-D) dense 35 µs vs SuperLU 120 µs; N = 401
-# (sparsemax n = 100) dense 1.2 ms vs SuperLU 85 µs. Always dense up to DENSE_ALWAYS, never
-# above DENSE_MAX. Singular sparse systems up to SVD_MAX are handled by a dense truncated
+# (µs; fill = nnz(L + U) of a probe factorization of S's pattern, made once per template;
+# the coefficients are fitted to timings of both on the zoo). Always dense up to DENSE_ALWAYS,
+# never above DENSE_MAX. Singular sparse systems up to SVD_MAX are handled by a dense truncated
 # SVD, larger ones by LSMR.
 DENSE_ALWAYS = 64
 DENSE_MAX = 2000
@@ -62,6 +61,10 @@ DENSE_COST = 2.5e-5
 SPARSE_COST = 70.0
 SPARSE_FILL_COST = 0.016
 SVD_MAX = 3000
+# LSMR on singular systems above SVD_MAX: its stopping tolerances (near double precision) and
+# iteration limit (a multiple of the system's size).
+LSMR_TOL = 1e-14
+LSMR_ITERS_PER_ROW = 10
 # A system whose reciprocal condition estimate is below this is treated as singular and
 # solved by its truncated SVD (pseudo-inverse), singular values below PINV_RTOL·σ_max dropped.
 RCOND_MIN = 1e-11
@@ -99,19 +102,16 @@ class NonDifferentiableWarning(UserWarning):
     """The solution map is not differentiable (or badly conditioned) at some instance."""
 
 
-@dataclass
 class BatchOps:
-    """Products with the batch of matrices A (shared pattern, values a (B, nnz))."""
+    """Products with the batch of matrices A (shared pattern, values a (B, nnz)) and P (values
+    h (B, nnz(P)); h=None, a linear objective, stores zeros)."""
 
-    template: ConeTemplate
-    a: np.ndarray
-    h: np.ndarray | None = None  # stored values of P (B, nnz(P)); None for a linear objective
-
-    def __post_init__(self) -> None:
-        t = self.template
-        self.rows, self.cols, self._Er, self._Ec, self._Ep = _scatter(t)
-        if self.h is None:
-            self.h = np.zeros((self.a.shape[0], t.P_rows.size))
+    def __init__(self, template: ConeTemplate, a: np.ndarray, h: np.ndarray | None = None
+                 ) -> None:
+        self.template = template
+        self.a = a
+        self.h: np.ndarray = np.zeros((a.shape[0], template.P_rows.size)) if h is None else h
+        self.rows, self.cols, self._Er, self._Ec, self._Ep = _scatter(template)
         self._magnitude: BatchOps | None = None
 
     def take(self, idx: np.ndarray) -> BatchOps:
@@ -150,11 +150,9 @@ class BatchOps:
         """P as dense (B, n, n)."""
         t = self.template
         out = np.zeros((self.a.shape[0], t.n, t.n))
-        np.add.at(out, (slice(None), t.P_rows, t.P_cols), self.h)
+        # numpy's stubs type ufunc.at's indices as integer arrays only; a tuple index works
+        np.add.at(out, (slice(None), t.P_rows, t.P_cols), self.h)  # type: ignore[arg-type]
         return out
-
-    def sparse(self, i: int) -> sp.csc_matrix:
-        return self.template.matrix(self.a[i])
 
 
 def _scatter(t: ConeTemplate):
@@ -274,7 +272,7 @@ class Factor:
     """
 
     S: np.ndarray | sp.csc_matrix
-    lu: object
+    lu: tuple[np.ndarray, np.ndarray] | spla.SuperLU | None  # LAPACK (lu, piv), SuperLU, or None
     rcond: float
     svd: tuple | None = None
     near: Factor | None = None
@@ -284,14 +282,17 @@ class Factor:
 
     def _values(self, S: np.ndarray | sp.csc_matrix) -> tuple[np.ndarray, np.ndarray] | None:
         """(S's values, self.S's values) if the two share a shape and sparsity pattern."""
-        if isinstance(S, np.ndarray) != isinstance(self.S, np.ndarray) or S.shape != self.S.shape:
+        mine = self.S
+        if S.shape != mine.shape:
             return None
-        if isinstance(S, np.ndarray):
-            return S, self.S
-        if not (np.array_equal(S.indptr, self.S.indptr)
-                and np.array_equal(S.indices, self.S.indices)):
+        if isinstance(S, np.ndarray) or isinstance(mine, np.ndarray):
+            if isinstance(S, np.ndarray) and isinstance(mine, np.ndarray):
+                return S, mine
             return None
-        return S.data, self.S.data
+        if not (np.array_equal(S.indptr, mine.indptr)
+                and np.array_equal(S.indices, mine.indices)):
+            return None
+        return S.data, mine.data
 
     def same_matrix(self, S: np.ndarray | sp.csc_matrix) -> bool:
         vals = self._values(S)
@@ -311,8 +312,9 @@ class Factor:
         """A factorization of S itself (made once, when iterative refinement fails)."""
         if self._exact is None:
             S = self.S
+            ordering = self.near.ordering if self.near is not None else None
             self._exact = _factor_one(S) if isinstance(S, np.ndarray) else \
-                _factor_sparse_one(S, self.near.ordering or "COLAMD")
+                _factor_sparse_one(S, ordering or "COLAMD")
         return self._exact
 
 
@@ -383,7 +385,8 @@ class Linearization:
             if layout.ordering is None and todo:  # the least fill on a real instance
                 layout.ordering, fill = _best_ordering(mats[todo[0]])
                 layout.supernodes = not fill <= THIN_FILL * mats[todo[0]].shape[0]
-            fn = functools.partial(_factor_sparse_one, ordering=layout.ordering,
+            # ordering is set above whenever there is an instance to factor
+            fn = functools.partial(_factor_sparse_one, ordering=layout.ordering or "COLAMD",
                                    supernodes=layout.supernodes)
         for i, f in zip(todo, parallel_map(fn, [mats[i] for i in todo]), strict=True):
             f.dvals = dvals[i]
@@ -445,8 +448,10 @@ def newton_correction(factors: list[Factor], F: np.ndarray) -> np.ndarray:
     return out
 
 
-def _lu_solve(f: Factor, rhs: np.ndarray, transpose: bool) -> np.ndarray:
-    if isinstance(f.S, np.ndarray):
+def _lu_solve(f: Factor | None, rhs: np.ndarray, transpose: bool) -> np.ndarray:
+    """S⁻¹ rhs (or S⁻ᵀ rhs) with f's LU (f has one: its rcond passed RCOND_MIN)."""
+    assert f is not None and f.lu is not None
+    if isinstance(f.lu, tuple):
         x, _ = _getrs(*f.lu, rhs, trans=1 if transpose else 0)  # LAPACK, no wrappers
         return x
     return f.lu.solve(rhs, trans="T" if transpose else "N")
@@ -496,13 +501,14 @@ def _lstsq(f: Factor, r: np.ndarray, transpose: bool) -> np.ndarray:
     M = S.T if transpose else S
     cols = r.reshape(r.shape[0], -1)
     out = np.column_stack([
-        spla.lsmr(M, cols[:, k], atol=1e-14, btol=1e-14, maxiter=10 * S.shape[0])[0]
+        spla.lsmr(M, cols[:, k], atol=LSMR_TOL, btol=LSMR_TOL,
+                  maxiter=LSMR_ITERS_PER_ROW * S.shape[0])[0]
         for k in range(cols.shape[1])
     ])
     return out.reshape(r.shape)
 
 
-# LAPACK routines looked up once (get_lapack_funcs costs ~10 µs a call)
+# LAPACK routines looked up once (get_lapack_funcs costs as much as a small solve)
 _getrs, _gecon = sla.get_lapack_funcs(("getrs", "gecon"), (np.zeros(1),))
 
 
@@ -523,12 +529,11 @@ def _factor_one(S: np.ndarray) -> Factor:
 
 
 # Fill-reducing column orderings SuperLU offers that suit S. S is structurally symmetric,
-# which minimum degree on Aᵀ + A exploits; COLAMD can be better on small systems. E.g.
-# sparsemax n = 3000 (N = 12001): 42 k vs 4.5 M entries of fill, 9 ms vs 172 ms.
+# which minimum degree on Aᵀ + A exploits (for sparsemax, 100× less fill than COLAMD);
+# COLAMD can be better on small systems.
 ORDERINGS = ("MMD_AT_PLUS_A", "COLAMD")
 # Where L + U has at most THIN_FILL entries per column, SuperLU's supernodes (panels,
-# relaxed supernodes) only cost setup: sparsemax n = 100 (3.5 per column) factors in 69 µs
-# without them, 85 µs with; n = 1000: 0.98 vs 1.09 ms.
+# relaxed supernodes) only cost setup (about 10–20% slower on sparsemax's thin factors).
 THIN_FILL = 8
 _NO_SUPERNODES = {"panel_size": 1, "relax": 1}
 
@@ -591,7 +596,7 @@ class ConeSolution:
     @property
     def kinks(self) -> np.ndarray:
         """(B,) strict complementarity fails somewhere (only one-sided derivatives exist)."""
-        return self.kink_mask.any(axis=1)
+        return np.any(self.kink_mask, axis=1)
 
     @classmethod
     def at(cls, ops: BatchOps, x: np.ndarray, y: np.ndarray, s: np.ndarray,
@@ -634,7 +639,7 @@ class ConeSolution:
         out = np.zeros(len(self.x), dtype=bool)
         R = sp.csr_matrix(recover)
         row_norm = np.asarray(abs(R).sum(axis=1)).ravel()
-        for i in np.flatnonzero(self.lin.singular):
+        for i in np.flatnonzero(self.lin.singular).tolist():
             svd = self.lin.factors[i].svd
             if svd is None:  # no SVD (non-finite or sparse path): cannot tell, so say so
                 out[i] = True
@@ -682,7 +687,7 @@ class ConeSolution:
         D0 = dproject(release_kinks(self.v[idx], self.kink_mask[idx], t.dims), t.dims,
                       dual=True)
         lin0 = Linearization(self.ops.take(idx), D0, dense=self.lin.dense)
-        for j, i in enumerate(idx):
+        for j, i in enumerate(idx.tolist()):
             rhs = self._rhs(i, dc, da, db, dh)
             d1 = self.lin.solve_one(i, rhs)
             d0 = lin0.solve_one(j, rhs)
@@ -771,7 +776,8 @@ def parameter_directions(t: ConeTemplate, blocks: list[tuple[int, int]],
             d[lo : lo + size] = rng.standard_normal(size)
             cols.append(d)
     dtheta = np.array(cols).T if cols else np.zeros((t.num_params, 0))
-    return tuple(np.asarray(M @ dtheta) for M in (t.C, t.F, t.G, t.H))  # type: ignore[return-value]
+    dc, da, db, dh = (np.asarray(M @ dtheta) for M in (t.C, t.F, t.G, t.H))
+    return dc, da, db, dh
 
 
 def diagnose(sol: ConeSolution, recover: sp.spmatrix, blocks: list[tuple[int, int]]

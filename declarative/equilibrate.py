@@ -28,6 +28,7 @@ the same factors (`data`, `data_adjoint`, `solution`, `solution_adjoint`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 
@@ -150,11 +151,19 @@ class Equilibration:
     def take(self, idx: np.ndarray) -> Equilibration:
         ent = None
         if self.entries is not None:
-            ent = tuple(w if w.shape[0] == 1 else w[idx] for w in self.entries)
-        return Equilibration(self.d[idx], self.e[idx], self.rho[idx], self.sigma[idx],
-                             ent)  # type: ignore[arg-type]
+            wa, wp = self.entries
+            ent = (wa if wa.shape[0] == 1 else wa[idx], wp if wp.shape[0] == 1 else wp[idx])
+        return Equilibration(self.d[idx], self.e[idx], self.rho[idx], self.sigma[idx], ent)
 
     # -- data ------------------------------------------------------------------------------
+    @overload
+    def data(self, t: ConeTemplate, c: np.ndarray, a: np.ndarray, b: np.ndarray,
+             h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
+
+    @overload
+    def data(self, t: ConeTemplate, c: np.ndarray, a: np.ndarray, b: np.ndarray,
+             h: None) -> tuple[np.ndarray, np.ndarray, np.ndarray, None]: ...
+
     def data(self, t: ConeTemplate, c: np.ndarray, a: np.ndarray, b: np.ndarray,
              h: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """(c, A values, b, P values) ↦ (ĉ, Â, b̂, P̂) of (1); linear, so also for tangents."""
@@ -209,10 +218,12 @@ def _norms(p: _Pattern, t: ConeTemplate, A: np.ndarray, P: np.ndarray | None,
         col_hi = np.maximum(col_hi, _segment_max(Ph, p.P_starts, p.P_ids, t.n))
         if lows:
             Pz = np.where(Ph > 0, Ph, np.inf)
+            assert col_lo is not None  # set above when lows
             col_lo = np.minimum(col_lo, _segment_min(Pz, p.P_starts, p.P_ids, t.n))
     if p.blocks.size and p.block_sizes.max(initial=1) > 1:
         row_hi = np.repeat(np.maximum.reduceat(row_hi, p.blocks, axis=1), p.block_sizes, axis=1)
         if lows:
+            assert row_lo is not None  # set above when lows
             row_lo = np.repeat(np.minimum.reduceat(row_lo, p.blocks, axis=1), p.block_sizes,
                                axis=1)
     return row_hi, row_lo, col_hi, col_lo

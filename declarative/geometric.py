@@ -59,7 +59,7 @@ class GeometricForward(Forward):
 
     def jvp(self, tangents: Sequence[np.ndarray | None]) -> list[np.ndarray]:
         """θ̇ ↦ ẋ = exp(u) ⊙ JVP_u(θ̇ / θ)."""
-        tlog = []
+        tlog: list[np.ndarray | None] = []
         for t, th in zip(tangents, self.theta, strict=True):
             if t is None:
                 tlog.append(None)

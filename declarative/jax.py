@@ -334,6 +334,6 @@ def jax_layer(layer: Layer) -> Callable[..., tuple[jax.Array, ...]]:
         outs = ctx.solve(*canon)
         return tuple(outs) if any(batched) else tuple(o[0] for o in outs)
 
-    layer_fn.layer = layer  # type: ignore[attr-defined]
+    layer_fn.layer = layer  # type: ignore[attr-defined]  # mypy does not model function attributes
     layer_fn.__doc__ = f"{layer!r} as a JAX function.\n\n{jax_layer.__doc__}"
     return layer_fn

@@ -15,7 +15,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from typing import Any
 
@@ -40,6 +40,7 @@ from declarative.derivative import (
 from declarative.equilibrate import Equilibration, equilibrate
 from declarative.errors import ParameterError, ProblemError, SolverError, describe_indices
 from declarative.parallel import single_threaded_blas
+from declarative.promise import ACCURACY
 from declarative.refine import REFINE_MAX_ITERS, REFINE_TOL, refine
 from declarative.solve import SCALE_CANDIDATES, Backend, Status, calibrate_scale, solve_batch
 from declarative.tuning import Tuning
@@ -52,15 +53,18 @@ OUR_OPTIONS = {"refine": True, "refine_tol": REFINE_TOL, "refine_max_iters": REF
 # the error itself to first order, plus the effect of rounding) is at most ACCEPT_FORWARD of
 # that output's max-norm. The second bounds the forward error, not only the residual: an
 # ill-conditioned instance with a tiny residual is not certified. Both sit a factor 10
-# inside the 1e-8 the layer promises, for the estimate's first-order slack.
-ACCEPT_BACKWARD = 1e-9
-ACCEPT_FORWARD = 1e-9
+# inside the ACCURACY the layer promises, for the estimate's first-order slack.
+ACCEPT_BACKWARD = ACCURACY / 10
+ACCEPT_FORWARD = ACCURACY / 10
 # Relative rounding of the residual's terms assumed by the forward-error estimate: a few
 # units in the last place (one per operation along a row, in practice).
 ROUNDING = 8 * np.finfo(float).eps
 # Below this max-norm in the equilibrated program (whose data have unit max-norm), an output
 # that a singular S leaves undetermined is not resolved (see Layer._forward_error_ok).
-RESOLVED = 1e-8
+RESOLVED = ACCURACY
+# A PSD (NSD) parameter value passes if its smallest (largest) eigenvalue is at least
+# −DEFINITE_RTOL·(1 + max |entry|) (at most +): the rounding of a matrix built definite.
+DEFINITE_RTOL = 1e-9
 
 
 @functools.lru_cache(maxsize=32)
@@ -132,20 +136,14 @@ class SolveInfo:
     nondifferentiable_reason: list[str] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        extra: dict[str, Any] = {}
-        if self.nondifferentiable is not None:
-            extra = {"nondifferentiable": self.nondifferentiable.tolist(),
-                     "nondifferentiable_reason": list(self.nondifferentiable_reason or [])}
-        return {**extra,
-            "status": [str(s) for s in self.status],
-            "scs_status": [str(s) for s in self.scs_status],
-            "scs_iterations": self.scs_iterations.tolist(),
-            "residual_before": self.residual_before.tolist(),
-            "residual_after": self.residual_after.tolist(),
-            "refine_steps": self.refine_steps.tolist(),
-            "solve_seconds": self.solve_seconds.tolist(),
-            "total_seconds": self.total_seconds,
-        }
+        """Every field, as plain Python values (lists, str, float; None where not computed)."""
+        def plain(v: Any) -> Any:
+            if isinstance(v, np.ndarray):
+                return v.tolist()
+            if isinstance(v, list):
+                return [str(s) for s in v]
+            return v
+        return {f.name: plain(getattr(self, f.name)) for f in fields(self)}
 
 
 @dataclass
@@ -158,9 +156,9 @@ class Forward:
     input_batched: list[bool]
     info: SolveInfo
     ok: np.ndarray              # (B,) solved instances
-    _ops: BatchOps | None = field(default=None, repr=False)      # equilibrated program
+    _ops: BatchOps = field(repr=False)                           # equilibrated program
+    _scaling: Equilibration = field(repr=False)                  # its scaling of the user's
     _refined: Any = field(default=None, repr=False)              # its solution
-    _scaling: Equilibration | None = field(default=None, repr=False)
     # Set by a framework adapter (torch.py): the dtype and device of each parameter and
     # output, and how a vmapped call was folded into this one batched solve (or None).
     meta: Any = field(default=None, repr=False)
@@ -249,8 +247,8 @@ class Forward:
             dc, da, db, dh = sol.vjp(gx, gy)
             dtheta[idx] = t.apply_adjoint(*eq.data_adjoint(t, dc, da, db, dh))
         out = []
-        for spec, batched in zip(L.parameters, self.input_batched, strict=True):
-            d = unvec(dtheta[:, spec.offset : spec.offset + spec.size], spec.shape)
+        for param, batched in zip(L.parameters, self.input_batched, strict=True):
+            d = unvec(dtheta[:, param.offset : param.offset + param.size], param.shape)
             out.append(d if batched else d.sum(axis=0))
         return out
 
@@ -274,6 +272,7 @@ class Forward:
         if self.ok[index]:
             k = int(np.count_nonzero(self.ok[:index]))
             sol = self._solution
+            assert sol is not None  # instance `index` is solved
             dense = (t.C.toarray(), t.F.toarray(), t.G.toarray(), t.H.toarray())
             dx, dy = sol.jacobian_one(k, *dense)
             full = np.asarray(t.recover @ np.concatenate([dx, dy], axis=0))
@@ -377,7 +376,8 @@ class Layer:
                                "matrix A and quadratic P do not depend on the parameters; this "
                                "one's do (or it has no constraints): use False or None.")
 
-    def _decide(self, backend: Backend, settings: dict, user: dict, first: tuple) -> Tuning:
+    def _decide(self, backend: Backend, settings: dict, user: dict,
+                first: tuple[Any, np.ndarray, np.ndarray, Any]) -> Tuning:
         """The tuning with what this call needs decided: whether to share workspaces, and for
         SCS its linear solver and scale (`_calibrate`) where the user's options (``user``) do
         not set them. Made once, under the lock."""
@@ -671,7 +671,8 @@ class Layer:
                     self._shared[backend.name] = backend.share(A, P, self.template.dims)
         return self._shared[backend.name]
 
-    def _calibrate(self, backend: Backend, settings: dict, first: tuple) -> float:
+    def _calibrate(self, backend: Backend, settings: dict,
+                   first: tuple[Any, np.ndarray, np.ndarray, Any]) -> float:
         """SCS's scale for this layer: `calibrate_scale` on the equilibrated program of fixed
         pseudo-random parameter values (seed 0: first all of them positive and symmetric ones
         positive definite, which makes the many problems whose constraints read Gx ≤ h
@@ -710,7 +711,8 @@ class Layer:
                                     t.P_csc(h[0]) if t.quadratic else None)
             if scale is not None:
                 return scale
-        scale = calibrate_scale(backend, *first[:3], t.dims, settings, first[3])
+        A0, b0, c0, P0 = first
+        scale = calibrate_scale(backend, A0, b0, c0, t.dims, settings, P0)
         return DEFAULT_SCALE if scale is None else scale
 
     def _attempt(self, backend: Backend, shared: Any, idx: np.ndarray, ops: BatchOps,
@@ -896,13 +898,13 @@ def _in_domain(a: np.ndarray, flat: np.ndarray, attr: str) -> np.ndarray:
     # time); only the definiteness that convexity may rely on is checked, on (S + Sᵀ)/2.
     if attr == "symmetric":
         return np.ones(len(a), dtype=bool)
-    scale = 1e-9 * (1.0 + np.abs(flat).max(axis=1, initial=0.0))
+    scale = DEFINITE_RTOL * (1.0 + np.abs(flat).max(axis=1, initial=0.0))
     eig = np.linalg.eigvalsh((a + np.swapaxes(a, -1, -2)) / 2)
     return eig.min(axis=-1) >= -scale if attr == "PSD" else eig.max(axis=-1) <= scale
 
 
 def check_finite_in_domain(spec: ParameterSpec, a: np.ndarray,
-                 where: Callable[[np.ndarray], str]) -> None:
+                           where: Callable[[np.ndarray], str]) -> None:
     """Raise `ParameterError` if instances of ``a`` (N, *shape) have NaN or inf entries or
     values outside the parameter's declared domain (`_in_domain`); ``where(bad)`` says where,
     from the mask (N,) of offending instances."""
@@ -958,6 +960,7 @@ class _Attempt:
         for name in ("x", "y", "s", "v", "residual_after"):
             getattr(self, name)[idx] = getattr(other, name)
         if self.D is not None and other.D is not None:
+            assert self.v_D is not None  # set together with D
             self.D.put(idx, other.D)
             self.v_D[idx] = other.v_D
         else:

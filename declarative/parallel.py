@@ -22,7 +22,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _PREFIX = "declarative-worker"
-_CPUS = os.cpu_count() or 1  # os.cpu_count() costs ~15 µs a call here
+_CPUS = os.cpu_count() or 1  # read once: os.cpu_count() is not free (it parses sysfs)
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -49,10 +49,10 @@ def single_threaded_blas() -> Iterator[None]:
 
     Our dense systems are small and many; we parallelize across instances instead.
     Multithreaded BLAS on small matrices is slower, and on a loaded machine
-    catastrophically so (seen: one 304×304 LU 70× slower). Nested and concurrent uses
+    catastrophically so (tens of times for a few-hundred-square LU). Nested and concurrent uses
     share one limit (it is process-wide), which is lifted when the last one exits. The
     BLAS libraries are found once (threadpoolctl); each library's thread count is then read
-    and set directly (threadpoolctl's own `limit` re-inspects every library: ~15 µs).
+    and set directly (threadpoolctl's own `limit` re-inspects every library on each call).
     """
     global _blas_libs, _blas_saved, _blas_depth
     entered = False
@@ -119,8 +119,8 @@ def parallel_map(f: Callable[[T], R], items: list[T]) -> list[R]:
 
     For work that releases the GIL (SCS, LAPACK). Each worker, the calling thread
     included, pulls the next index from a shared counter: one task per worker rather
-    than one future per item (a future costs ~35 µs of hand-offs, more than a small
-    solve), with dynamic load balancing. Once ``f`` raises anywhere, or the calling
+    than one future per item (a future's hand-offs cost more than a small solve), with
+    dynamic load balancing. Once ``f`` raises anywhere, or the calling
     thread is interrupted (KeyboardInterrupt), no further item is started; the call
     returns when the items already started are done, raising the caller's exception, else
     the first worker's. Do not call from inside the pool.

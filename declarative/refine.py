@@ -41,6 +41,9 @@ LINEAR_RATE = 8.0
 WATCHDOG = 2
 # Halvings of the backtracking line search.
 LINE_SEARCH_STEPS = 30
+# A step t is accepted if it decreases the merit to at most (1 − SUFFICIENT_DECREASE·t) of its
+# value (Armijo's condition, with the customary small fraction).
+SUFFICIENT_DECREASE = 1e-4
 
 
 @dataclass
@@ -178,7 +181,7 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
         Fn = residual(sub, c if every else c[idx], b if every else b[idx], un, vn, pvn)
         rn, omn, denn = _merit(sub, c if every else c[idx], b if every else b[idx], un, vn,
                                pvn, Fn)
-        good = rn <= (1 - 1e-4) * res[idx]
+        good = rn <= (1 - SUFFICIENT_DECREASE) * res[idx]
         ahead = ~good & np.isfinite(rn) & (watch[idx] < WATCHDOG)
         for j in np.flatnonzero(good | ahead):
             factors[idx[j]] = lin.factors[j] if good[j] else None
@@ -236,7 +239,7 @@ def _backtrack(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np
         pvn = project_dual(vn, opk)
         Fn = residual(opk, c[k], b[k], un, vn, pvn)
         rn, omn, denn = _merit(opk, c[k], b[k], un, vn, pvn, Fn)
-        ok = rn <= (1 - 1e-4 * step[k]) * res[k]
+        ok = rn <= (1 - SUFFICIENT_DECREASE * step[k]) * res[k]
         acc = k[ok]
         u[acc], v[acc], pv[acc], F[acc], res[acc] = un[ok], vn[ok], pvn[ok], Fn[ok], rn[ok]
         omega[acc], den[acc] = omn[ok], denn[ok]

@@ -6,7 +6,7 @@ solves and differentiates, results come back in the inputs' dtype and device.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -104,7 +104,7 @@ class _LayerFunction(torch.autograd.Function):
             # A plain backward (no create_graph, no torch.func transform): nothing will
             # differentiate the VJP itself, so it runs directly, without the anchor and the
             # second autograd Function (a third of the backward's time on a small problem).
-            return (None, None, *_cotangent(ctx.fwd, _to_numpy(grads[:-1], ctx.fwd)))
+            return (None, None, *_cotangent(ctx.fwd, _to_numpy(grads[:-1])))
         anchor = _anchor(ctx.saved_tensors)
         return (None, None, *_Cotangent.apply(ctx.fwd, anchor, *grads[:-1]))
 
@@ -185,8 +185,8 @@ class _Meta:
         self.params, self.outputs = params, outputs
 
 
-def _to_numpy(ts, fwd: Forward) -> list:
-    """Tensors shaped like outputs (or params) → NumPy with a batch axis; None stays None."""
+def _to_numpy(ts: Sequence[torch.Tensor | None]) -> list[np.ndarray | None]:
+    """Tensors → NumPy float64 arrays; None stays None."""
     return [None if t is None else _numpy(t) for t in ts]
 
 
@@ -270,17 +270,18 @@ def _vmap_linear(fn, info: Any, in_dims: tuple, fwd: Forward, anchor: torch.Tens
             out = tuple(fold.unfold(o) for o in res)
         return out, (0,) * len(out)
     V = info.batch_size
-    vs = [v.movedim(d, 0) if d is not None else v.expand(V, *v.shape)
-          for v, d in zip(vs, dims, strict=True)]
+    stacked = [v.movedim(d, 0) if d is not None else v.expand(V, *v.shape)
+               for v, d in zip(vs, dims, strict=True)]
     anchors = anchor.movedim(anchor_dim, 0) if anchor_dim is not None else None
-    rows = [fn.apply(fwd, anchor if anchors is None else anchors[k], *(v[k] for v in vs))
+    rows = [fn.apply(fwd, anchor if anchors is None else anchors[k], *(v[k] for v in stacked))
             for k in range(V)]
     out = tuple(torch.stack([r[j] for r in rows]) for j in range(len(rows[0])))
     return out, (0,) * len(out)
 
 
-def _linear_map(name: str, doc: str, apply, transpose, transposed: Callable[[], type],
-                adjoint: bool):
+def _linear_map(name: str, doc: str, apply, transpose,
+                transposed: Callable[[], type[torch.autograd.Function]],
+                adjoint: bool) -> type[torch.autograd.Function]:
     """An autograd Function for a linear map at a solution (the VJP or the JVP).
 
     Linear, so its derivative (jvp) is itself; its backward is the transposed map
@@ -291,7 +292,7 @@ def _linear_map(name: str, doc: str, apply, transpose, transposed: Callable[[], 
     class LinearMap(torch.autograd.Function):
         @staticmethod
         def forward(fwd: Forward, anchor: torch.Tensor, *vs: torch.Tensor):
-            return apply(fwd, _to_numpy(vs, fwd))
+            return apply(fwd, _to_numpy(vs))
 
         @staticmethod
         def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
@@ -305,7 +306,7 @@ def _linear_map(name: str, doc: str, apply, transpose, transposed: Callable[[], 
             # raises if (and only if) a derivative with respect to the parameters is wanted.
             zero = torch.zeros((), dtype=torch.float64)
             if not torch.is_grad_enabled() and _level() is None:
-                return (None, zero, *transpose(ctx.fwd, _to_numpy(gg, ctx.fwd)))
+                return (None, zero, *transpose(ctx.fwd, _to_numpy(gg)))
             # Differentiable (create_graph) or under torch.func: the transpose as a Function,
             # anchored like this one, so that differentiating it again is refused as well.
             (anchor,) = ctx.saved_tensors
@@ -327,10 +328,12 @@ def _linear_map(name: str, doc: str, apply, transpose, transposed: Callable[[], 
     return LinearMap
 
 
-_Cotangent = _linear_map("_Cotangent", "Output cotangents ↦ parameter cotangents (the VJP).",
-                         _cotangent, _tangent, lambda: _Tangent, adjoint=True)
-_Tangent = _linear_map("_Tangent", "Parameter tangents ↦ output tangents (the JVP).",
-                       _tangent, _cotangent, lambda: _Cotangent, adjoint=False)
+_Cotangent: type[torch.autograd.Function] = _linear_map(
+    "_Cotangent", "Output cotangents ↦ parameter cotangents (the VJP).",
+    _cotangent, _tangent, lambda: _Tangent, adjoint=True)
+_Tangent: type[torch.autograd.Function] = _linear_map(
+    "_Tangent", "Parameter tangents ↦ output tangents (the JVP).",
+    _tangent, _cotangent, lambda: _Cotangent, adjoint=False)
 
 
 class TorchLayer(torch.nn.Module):

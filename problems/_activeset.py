@@ -28,9 +28,12 @@ from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from itertools import combinations
 from math import comb
+from typing import TypeVar
 
 import cvxpy as cp
 import numpy as np
+
+Key = TypeVar("Key", bound=Hashable)  # a problem's cache key (its sizes)
 
 # A candidate is certified when min(λ_𝒜, slack_ℐ) > CERTIFY_RTOL * (1 + scale of λ and slack).
 CERTIFY_RTOL = 1e-9
@@ -173,8 +176,8 @@ def clarabel_active_set(
 def resolve_active_set(
     attempt: Callable[[np.ndarray], KKTPoint | None],
     oracle: Callable[[], np.ndarray],
-    cache: dict[Hashable, np.ndarray],
-    key: Hashable,
+    cache: dict[Key, np.ndarray],
+    key: Key,
     what: str,
 ) -> KKTPoint:
     """Certified KKT point: try the cached active set for ``key``, else ask ``oracle``.

@@ -61,10 +61,10 @@ def kepler_sample(rng: np.random.Generator, scale: float = 1.0):
 
 
 def kepler_solution(M: np.ndarray, e: np.ndarray) -> np.ndarray:
-    e = float(e)
+    ecc = float(e)
     # E − e sin E − M is increasing (e < 1) and changes sign on [M − e, M + e].
-    return np.array([brentq(lambda E, m=m: E - e * np.sin(E) - m, m - e - 1e-12 * abs(m),
-                            m + e + 1e-12 * abs(m), xtol=1e-15 * max(1.0, abs(m)), rtol=1e-15)
+    return np.array([brentq(lambda E, m=m: E - ecc * np.sin(E) - m, m - ecc - 1e-12 * abs(m),
+                            m + ecc + 1e-12 * abs(m), xtol=1e-15 * max(1.0, abs(m)), rtol=1e-15)
                      for m in M])
 
 

@@ -179,6 +179,7 @@ def jacobian(*params: np.ndarray) -> list[list[np.ndarray]]:
     x, nu, lam = point.x, point.nu, point.lam
     n, p, m = x.size, nu.size, lam.size
     M = point.kinv_x
+    assert M is not None  # asked for with_inverse
     M1, M2, M3 = M[:, :n], M[:, n : n + p], M[:, n + p :]
     w = L.T @ x
     M1L = M1 @ L

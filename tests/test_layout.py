@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CORE = {f"declarative.{m}" for m in
         ("compile", "cones", "solve", "refine", "derivative", "equilibrate", "layer", "errors",
-         "parallel", "tuning", "geometric")}
+         "parallel", "tuning", "geometric", "promise")}
 CORE_PACKAGES = ("declarative.backends",)   # every module under these is core too
 ADAPTERS = {"declarative.torch", "declarative.jax"}
 # Layer.torch() and Layer.jax() import their adapter inside the method: the one allowed cycle.
@@ -242,5 +242,11 @@ def test_wheel_installs_declarative_alone(tmp_path):
     zoo = {f"declarative/problems/{f.name}" for f in (ROOT / "problems").glob("*.py")}
     assert zoo <= set(names), sorted(zoo - set(names))
     assert "declarative/tools/cli.py" in names
+    assert "declarative/py.typed" in names  # PEP 561: the annotations are shipped
+    import declarative
+
+    (meta,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    version = zipfile.ZipFile(whl).read(meta).decode().split("\nVersion: ")[1].split("\n")[0]
+    assert version == declarative.__version__  # the one version source
     (ep,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     assert "declarative = declarative.tools.cli:main" in zipfile.ZipFile(whl).read(ep).decode()

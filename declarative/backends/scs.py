@@ -99,8 +99,8 @@ def _native_scs(settings: Mapping[str, Any]) -> Any:
     """SCS's C extension module for the settings' linear solver (QDLDL or dense Cholesky),
     to be called without SCS's Python wrapper, or None.
 
-    The wrapper validates SciPy matrices and picks a linear solver on every construction:
-    30–50 µs per instance, as much as a small solve (BENCHMARKS.md). Its C extensions take
+    The wrapper validates SciPy matrices and picks a linear solver on every construction,
+    which costs as much as a small solve (BENCHMARKS.md). Its C extensions take
     the CSC arrays directly; they are private, so they are used only in the SCS releases
     listed in NATIVE_SCS_VERSIONS and after a self-test on a tiny LP, else the public
     `scs.SCS` is.

@@ -42,7 +42,7 @@ __all__ = ["call"]
 _LOCK = threading.Lock()
 
 
-def residual_fn(node: Any, shape: tuple, m: int) -> Callable[..., jax.Array]:
+def residual_fn(node: Any, shape: tuple) -> Callable[..., jax.Array]:
     """G(z_flat, *params) -> flat residual, in JAX, for the node's kind."""
     n = math.prod(shape)
     fn, eq = node.fn, node.eq
@@ -93,7 +93,7 @@ def _compiled(node: Any, shape: tuple, m: int) -> tuple[Callable, _Compiled]:
     key = (shape, m)
     with _LOCK:
         if key not in cache:
-            G = residual_fn(node, shape, m)
+            G = residual_fn(node, shape)
             cache[key] = (G, _Compiled(G))
         return cache[key]
 
@@ -119,7 +119,7 @@ class JaxSystem:
         return np.asarray(self.c.jac(self._in(z), *self.params), dtype=float)
 
 
-def _host_solve(node: Any, compiled: _Compiled, shape: tuple, m: int, opts: solvers.Options,
+def _host_solve(node: Any, compiled: _Compiled, m: int, opts: solvers.Options,
                 solver: Any, on_failure: str, dtype: np.dtype,
                 z0: np.ndarray, *params: np.ndarray) -> tuple:
     """The forward solve on concrete values: (z_full, *Info fields) as NumPy arrays."""
@@ -127,8 +127,7 @@ def _host_solve(node: Any, compiled: _Compiled, shape: tuple, m: int, opts: solv
     params = tuple(np.asarray(p) for p in params)
     for i, p in enumerate([z0, *params]):
         if np.issubdtype(p.dtype, np.floating) and not np.all(np.isfinite(p)):
-            what = "z0" if i == 0 else f"params[{i - 1}]"
-            raise ParameterError(f"{node!r}: {what} has NaN or inf entries; expected finite values")
+            raise solvers.non_finite_input(node, i)
     n = z0.size
     system = JaxSystem(compiled, params, n + m, n if node.kind == "argmin" else None, node.kind,
                        dtype)
@@ -160,7 +159,7 @@ def call(node: Any, z0: jax.Array, params: Sequence[Any], overrides: dict,
     if node.eq is not None:
         m = math.prod(jax.eval_shape(lambda y, *p: jnp.asarray(node.eq(y, *p)), z0, *params).shape)
     G, compiled = _compiled(node, shape, m)
-    host = functools.partial(_host_solve, node, compiled, shape, m, opts, solver, on_failure, dtype)
+    host = functools.partial(_host_solve, node, compiled, m, opts, solver, on_failure, dtype)
     size = n + m
     # Info's fields travel as floats of z's dtype (custom_root's aux outputs get tangents).
     result_shapes = (jax.ShapeDtypeStruct((size,), dtype), *[jax.ShapeDtypeStruct((), dtype)] * 5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -94,12 +95,13 @@ class Node:
 
     def __call__(self, z0: Any, *params: Any, return_info: bool = False, **overrides: Any) -> Any:
         torch = sys.modules.get("torch")
+        adapter: ModuleType  # declarative.implicit.torch or .jax, by z0's type
         if torch is not None and isinstance(z0, torch.Tensor):
             from declarative.implicit import torch as adapter
         else:
             jax = sys.modules.get("jax")
             if jax is not None and isinstance(z0, jax.Array):
-                from declarative.implicit import jax as adapter  # type: ignore[no-redef]
+                from declarative.implicit import jax as adapter
             else:
                 raise TypeError(f"{self!r}: z0 must be a torch.Tensor or a jax.Array (the "
                                 f"framework the node runs in), got {type(z0).__name__}")

@@ -41,7 +41,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg as spla
 
-from declarative.errors import DeclarativeError
+from declarative.errors import DeclarativeError, ParameterError
 
 # Unknowns up to which ∂G/∂z is formed densely (one Jacobian costs n JVPs; LU is O(n³)).
 DENSE_MAX = 400
@@ -122,6 +122,13 @@ class Options:
     method: str = "auto"  # "newton", "anderson" (fixed points) or "auto"
     max_condition: float = MAX_CONDITION
     dense_max: int = DENSE_MAX
+
+
+def non_finite_input(node: object, i: int) -> ParameterError:
+    """The error for a call of ``node`` whose input ``i`` (0: z0, then the parameters) has
+    NaN or inf entries; both framework adapters raise it before any solve."""
+    what = "z0" if i == 0 else f"params[{i - 1}]"
+    return ParameterError(f"{node!r}: {what} has NaN or inf entries; expected finite values")
 
 
 class NodeError(DeclarativeError, RuntimeError):

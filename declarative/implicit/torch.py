@@ -43,7 +43,7 @@ __all__ = ["call"]
 _FORWARD_AD = threading.RLock()
 
 
-def residual_fn(node: Any, shape: tuple, m: int) -> Callable[..., torch.Tensor]:
+def residual_fn(node: Any, shape: tuple) -> Callable[..., torch.Tensor]:
     """G(z_flat, *params) -> flat residual, in torch, for the node's kind."""
     n = math.prod(shape)
     fn, eq = node.fn, node.eq
@@ -111,7 +111,7 @@ class TorchSystem:
 
     def vjp(self, z: np.ndarray, u: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            _, pullback = torch.func.vjp(self.g, self.tensor(z))
+            pullback = torch.func.vjp(self.g, self.tensor(z))[1]
             return self.array(pullback(self.tensor(u))[0])
 
     def jacobian(self, z: np.ndarray) -> np.ndarray:
@@ -197,15 +197,15 @@ class _Run:
         self.node, self.opts, self.solver, self.shape = node, opts, solver, shape
         self.info: Info | None = None
 
-    def __call__(self, z0: torch.Tensor, params: Sequence[Any]) -> torch.Tensor:
+    def __call__(self, z0: torch.Tensor, params: Sequence[Any]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(z*, LU and pivots of ∂G/∂z at z* (empty when matrix-free or not converged))."""
         node, n = self.node, z0.numel()
         zp, pp = z0.detach(), [p.detach() if isinstance(p, torch.Tensor) else p for p in params]
         for i, p in enumerate([zp, *pp]):
             if (isinstance(p, torch.Tensor) and p.is_floating_point()
                     and not torch.isfinite(p).all()):
-                what = "z0" if i == 0 else f"params[{i - 1}]"
-                raise ParameterError(f"{node!r}: {what} has NaN or inf entries; expected finite "
-                                     "values")
+                raise solvers.non_finite_input(node, i)
         m = 0
         if node.eq is not None:
             with torch.no_grad():
@@ -214,14 +214,16 @@ class _Run:
                 raise ParameterError(f"{node!r}: eq(y, *params) returned {type(h0).__name__}; "
                                      "expected a tensor")
             m = h0.numel()
-        self.G = residual_fn(node, self.shape, m)
+        self.G = residual_fn(node, self.shape)
         self.system = TorchSystem(self.G, pp, n + m, n if node.kind == "argmin" else None,
                                   node.kind, zp)
         z_init = np.concatenate([self.system.array(zp).reshape(-1), np.zeros(m)])
         fixed_map = ((lambda z: z - self.system.residual(z)) if node.kind == "fixed_point"
                      else None)
         z_np, info = solvers.solve(self.system, z_init, self.opts, fixed_map, self.solver)
-        self.z, self.info = z_np, Info(*(v.item() if hasattr(v, "item") else v for v in info))
+        self.z = z_np
+        self.info = Info(int(info.status_code), int(info.iterations), float(info.residual),
+                         float(info.step), float(info.condition))
         lu, piv = torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.int32)
         if info.converged and self.system.size <= self.opts.dense_max:
             J = torch.as_tensor(self.system.jacobian(z_np), dtype=torch.float64)
@@ -254,14 +256,6 @@ class _Solve(torch.autograd.Function):
             "torch.func.vmap over a declarative node is not supported: the forward solver's "
             "iterations depend on the data. Put the batch into z (the node treats z as one "
             "vector) or loop")
-
-
-def _tracked(t: Any) -> bool:
-    if not isinstance(t, torch.Tensor):
-        return False
-    if is_functorch_wrapped_tensor(t) or t.requires_grad:
-        return True
-    return torch.autograd.forward_ad.unpack_dual(t).tangent is not None
 
 
 def call(node: Any, z0: torch.Tensor, params: Sequence[Any], overrides: dict,

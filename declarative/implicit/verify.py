@@ -27,7 +27,9 @@ from typing import Any
 
 import numpy as np
 
-TOLERANCE = 1e-8
+from declarative.promise import ACCURACY
+
+TOLERANCE = ACCURACY  # the relative error a node is held to (module docstring)
 FD_TOLERANCE = 1e-6
 FD_STEP = 1e-6
 
@@ -98,6 +100,7 @@ class _Framework:
     def __init__(self, node: Any, z0: Any, params: Sequence[Any], options: dict) -> None:
         self.node, self.options = node, options
         self.torch = type(z0).__module__.startswith("torch")
+        self.lib: Any  # the framework's array module: torch or jax.numpy
         if self.torch:
             import torch
 
@@ -136,7 +139,7 @@ class _Framework:
         else:
             import jax
 
-            def f(*p: Any) -> Any:  # type: ignore[misc]
+            def f(*p: Any) -> Any:
                 return self.node(self.z0, *p, **self.options)
             J = jax.jacrev(f, argnums=tuple(range(len(ps))))(*ps)
         return [np.asarray(self.numpy(b), dtype=float) for b in J]

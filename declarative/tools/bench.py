@@ -54,15 +54,15 @@ import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
 import declarative as dl
 from declarative import problems
+from declarative.promise import ACCURACY
 from declarative.tools import format as fmt
 from declarative.tools.options import UsageError, key_values
-from declarative.verification.report import TOLERANCE
 
 # -- configuration ---------------------------------------------------------------------------
 
@@ -76,7 +76,7 @@ EPS_GRID = tuple(10.0 ** -k for k in range(4, 13))
 QUICK_EPS_GRID = EPS_GRID[::2]
 # The error cvxpylayers must reach: max(our error, ERROR_FLOOR), the accuracy we promise
 # at default settings (below it, errors are solver noise not worth matching).
-ERROR_FLOOR = TOLERANCE
+ERROR_FLOOR = ACCURACY
 
 REPEATS = 3
 QUICK_REPEATS = 1
@@ -140,12 +140,24 @@ SPEED_CASES: dict[str, Case] = {c.key: c for c in (
 )}
 SPEED_BATCHES = (1, 64, 512)
 SEARCH_BATCH = 64
-QUICK_SPEED = {"problems": ("sparsemax", "polytope-2d"), "batches": (1, 8), "search_batch": 8}
+class _QuickSpeed(TypedDict):
+    problems: tuple[str, ...]
+    batches: tuple[int, ...]
+    search_batch: int
+
+
+class _QuickAccuracy(TypedDict):
+    problems: tuple[str, ...]
+    batch: int
+
+
+QUICK_SPEED: _QuickSpeed = {"problems": ("sparsemax", "polytope-2d"), "batches": (1, 8),
+                            "search_batch": 8}
 
 # accuracy: softmax and sparsemax at n = 100, the rest at their default sizes
 ACCURACY_SIZES = {"softmax": {"n": 100}, "sparsemax": {"n": 100}}
 ACCURACY_BATCH = 64
-QUICK_ACCURACY = {"problems": ("sparsemax", "softmax"), "batch": 8}
+QUICK_ACCURACY: _QuickAccuracy = {"problems": ("sparsemax", "softmax"), "batch": 8}
 
 SCALING_BATCHES = (1, 4, 16, 64, 256, 1024, 4096)
 SCALING_SIZES = (10, 30, 100, 300, 1000, 3000, 10_000)
@@ -248,7 +260,8 @@ def measure(call: Callable[..., Sequence[Any]], batch: Batch, repeats: int = REP
     """Time ``call(*tensors) -> outputs`` and its backward on ``batch``; error vs the reference."""
     import torch
 
-    fwd, bwd, errors, seen = [], [], [], {}
+    fwd, bwd, errors = [], [], []
+    seen: dict[str, None] = {}  # warnings, once each, in order
     g = [torch.as_tensor(gi, dtype=torch.float64) for gi in batch.g]
     failure = None
     with warnings.catch_warnings(record=True) as caught:
@@ -431,7 +444,7 @@ def run_accuracy(names: Sequence[str] | None = None, batch: int = ACCURACY_BATCH
     return {
         "command": "bench accuracy",
         "settings": {"batch": batch, "repeats": repeats, "seed": seed, "eps_grid": list(grid),
-                     "error_floor": ERROR_FLOOR, "our_tolerance": TOLERANCE,
+                     "error_floor": ERROR_FLOOR, "our_tolerance": ACCURACY,
                      "search_budget_s": budget, **_settings_common(cvxpylayers_args)},
         "environment": {**env, "load_after": _loadavg()},
         "rows": rows,
@@ -480,7 +493,7 @@ def _accuracy_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ours = [r["ours"]["error"] for r in rows if r["ours"]["failure"] is None]
     failed = [r["problem"] for r in rows if r["ours"]["failure"] is not None or r["failure"]]
     over = [r["problem"] for r in rows if r["ours"]["failure"] is None
-            and (r["ours"]["error"] is None or r["ours"]["error"] > TOLERANCE)]
+            and (r["ours"]["error"] is None or r["ours"]["error"] > ACCURACY)]
     ratios = [r["ratio"] for r in rows if r.get("ratio")]
     return {
         "our_max_error": max((e for e in ours if e is not None), default=None),
@@ -508,7 +521,8 @@ def run_speed(names: Sequence[str] | None = None, batches: Sequence[int] = SPEED
     batches = sorted(set(batches))
     t_all = time.perf_counter()
     env = _environment()
-    rows, searches = [], {}
+    rows = []
+    searches: dict[str, dict[str, Any]] = {}
     bar = tqdm(total=len(names) * (1 + len(batches)), desc="bench speed", unit="step",
                file=sys.stderr, disable=_disable(progress), leave=False, dynamic_ncols=True)
     for name in names:
@@ -605,9 +619,10 @@ def run_scaling(names: Sequence[str] | None = None, batches: Sequence[int] = SCA
     env = _environment()
     bar = tqdm(total=len(names) * len(batches) + len(sizes), desc="bench scaling", unit="step",
                file=sys.stderr, disable=_disable(progress), leave=False, dynamic_ncols=True)
-    by_batch, by_size = [], []
+    by_batch: list[dict[str, Any]] = []
+    by_size: list[dict[str, Any]] = []
 
-    def run(case: Case, Bs: Sequence[int], out: list) -> None:
+    def run(case: Case, Bs: Sequence[int], out: list[dict[str, Any]]) -> None:
         try:
             libs = Libraries(case, build_cvxpylayers=cvxpylayers,
                              cvxpylayers_args=cvxpylayers_args)
@@ -775,7 +790,7 @@ def format_accuracy(doc: dict[str, Any]) -> str:
     out = out[:1] + [fmt.wrap(x) for x in out[1:]]
     out.extend(fmt.wrap(f"note: {n}") for n in notes)
     verdict = ("all within" if sm["ours_within_tolerance"] else "NOT all within")
-    out.append(f"ours: {verdict} {TOLERANCE:g} at default settings (max error "
+    out.append(f"ours: {verdict} {ACCURACY:g} at default settings (max error "
                f"{fmt.sci(sm['our_max_error'])}); geometric mean ratio "
                f"{fmt.ratio(sm['geomean_ratio'])} "
                f"({doc['seconds']:.1f}s).")
@@ -985,7 +1000,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Per zoo problem: our gradient error against the closed form and our time "
         "at default settings; cvxpylayers' error and time at its defaults; the SCS eps "
         "cvxpylayers needs to match our error (1e-4 ... 1e-12) and its time there. Exit "
-        f"status 1 when our error exceeds {TOLERANCE:g}.")
+        f"status 1 when our error exceeds {ACCURACY:g}.")
     a.add_argument("--problems", nargs="+", metavar="P",
                    help="zoo problems (default: all; --quick: sparsemax softmax)")
     a.add_argument("--batch", type=int, default=None,

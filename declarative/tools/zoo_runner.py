@@ -96,18 +96,20 @@ def check_zoo(name: str, seeds: Sequence[int] = range(3), solver_args: dict | No
     prob, params, variables = mod.build(**sizes)
     layer = dl.compile(prob, params, variables, on_failure="nan",
                        **problems.compile_options(mod))
-    reports = []
+    reports: list[Report] = []
     for seed in seeds:
         inst = problems.instance(name, seed, **sizes)
-        reports.append(verify(
+        report = verify(
             layer, inst.params, solution=inst.solution, jacobian=inst.jacobian,
             finite_differences=finite_differences, diffcp=diffcp, solver_args=solver_args,
-            tolerance=tolerance, name=f"{name} (seed {seed})", progress=progress))
+            tolerance=tolerance, name=f"{name} (seed {seed})", progress=progress)
+        assert isinstance(report, Report)  # a compiled layer's report (not a node's)
+        reports.append(report)
 
     def worst(reference: str, quantity: str, measure: str = "abs") -> float | None:
         errs = [r.error(reference, quantity, measure) for r in reports]
-        errs = [e for e in errs if e is not None]
-        return max(errs) if errs else None
+        found = [e for e in errs if e is not None]
+        return max(found) if found else None
 
     ours = sum(r.seconds["forward"] + r.seconds["jacobian"] for r in reports)
     return ZooResult(

@@ -44,13 +44,14 @@ def symmetrize(block: np.ndarray) -> np.ndarray:
 
 # Finite-difference stencils (offsets in steps, weights): central, and second-order
 # one-sided ones for entries within two steps of the boundary of a sign-constrained parameter.
-_CENTRAL = ((1.0, -1.0), (0.5, -0.5))
-_FORWARD = ((0.0, 1.0, 2.0), (-1.5, 2.0, -0.5))
-_BACKWARD = ((0.0, -1.0, -2.0), (1.5, -2.0, 0.5))
+Stencil = tuple[tuple[float, ...], tuple[float, ...]]  # (offsets in steps, weights)
+_CENTRAL: Stencil = ((1.0, -1.0), (0.5, -0.5))
+_FORWARD: Stencil = ((0.0, 1.0, 2.0), (-1.5, 2.0, -0.5))
+_BACKWARD: Stencil = ((0.0, -1.0, -2.0), (1.5, -2.0, 0.5))
 
 
 def fd_directions(spec: Any, value: np.ndarray, step: float
-                  ) -> Iterator[tuple[Any, np.ndarray, float, Any]]:
+                  ) -> Iterator[tuple[Any, np.ndarray, float, Stencil]]:
     """(entry index, direction, step h, stencil) for each direction of one parameter.
 
     Plain parameters: every entry, central differences. Sign-constrained ones (nonneg,
@@ -113,7 +114,8 @@ def finite_difference_jacobian(layer: Layer, values: Sequence[Any], *,
     unsolved = 0
     lo = 0
     while lo < len(entries):
-        part, B = [], 0
+        part: list[tuple[Any, ...]] = []
+        B = 0
         while lo < len(entries) and (not part or B + len(entries[lo][4][0]) <= chunk):
             part.append(entries[lo])
             B += len(entries[lo][4][0])
@@ -133,9 +135,10 @@ def finite_difference_jacobian(layer: Layer, values: Sequence[Any], *,
         for i, out in enumerate(fwd.outputs):
             for (j, idx, _, h, (_, weights)), r0 in zip(part, first, strict=True):
                 deriv = sum(w * out[r0 + k] for k, w in enumerate(weights)) / h
+                key = (..., *idx)
                 if len(idx) == 2 and symmetric_parameter(P[j]) and idx[0] != idx[1]:
-                    J[i][j][(..., *idx)] = J[i][j][(..., idx[1], idx[0])] = deriv / 2
+                    J[i][j][key] = J[i][j][(..., idx[1], idx[0])] = deriv / 2
                 else:
-                    J[i][j][(..., *idx)] = deriv
+                    J[i][j][key] = deriv
     return J, unsolved, notes
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from declarative.promise import ACCURACY
 from declarative.tools.format import (
     array_from_json,
     array_to_json,
@@ -29,7 +30,7 @@ from declarative.tools.format import (
 )
 
 # What the project promises at default settings: max abs error against the closed form.
-TOLERANCE = 1e-8
+TOLERANCE = ACCURACY
 # Informational references, on the error relative to max(1, ‖reference‖∞).
 FD_TOLERANCE = 1e-6
 DIFFCP_TOLERANCE = 1e-6

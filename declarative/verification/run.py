@@ -25,7 +25,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -56,6 +56,9 @@ from declarative.verification.report import (
     compare,
 )
 
+if TYPE_CHECKING:
+    from declarative.implicit.verify import Report as NodeReport
+
 Reference = Callable[..., Any] | Sequence[Any] | None
 
 
@@ -75,7 +78,7 @@ def verify(
     diffcp_at_ours: bool = True,
     name: str | None = None,
     progress: bool | None = None,
-) -> Report:
+) -> Report | NodeReport:
     """Check ``layer`` at one instance (unbatched ``values``, one per parameter).
 
     Args:
