@@ -62,6 +62,10 @@ ROUNDING = 8 * np.finfo(float).eps
 # Below this max-norm in the equilibrated program (whose data have unit max-norm), an output
 # that a singular S leaves undetermined is not resolved (see Layer._forward_error_ok).
 RESOLVED = ACCURACY
+# An output that S's null space moves by less than this, relative to the rounding of the same
+# product (`Layer._null_space_moves`), is unmoved: the null vectors of a dense SVD are
+# accurate to about ε·‖S‖ over the smallest nonzero singular value.
+NULL_RTOL = 1e-12
 # A PSD (NSD) parameter value passes if its smallest (largest) eigenvalue is at least
 # −DEFINITE_RTOL·(1 + max |entry|) (at most +): the rounding of a matrix built definite.
 DEFINITE_RTOL = 1e-9
@@ -765,6 +769,29 @@ class Layer:
                         seconds=res.seconds, retryable=candidate & ~certified,
                         factors=factors, v=v, D=D, v_D=v_D)
 
+    def _null_space_moves(self, f: Any, v: np.ndarray) -> np.ndarray:
+        """Per output (bool): does a direction in the null space of the singular S that
+        ``f`` factored move it? The outputs change along a null vector w = (w_u, w_v) by
+        R (w_u, DΠ(v) w_v) (R: ``template.recover``, DΠ exact at v); an output is unmoved
+        where that is below NULL_RTOL of the same sum taken in absolute values (rounding).
+        Where S's null space is not known (no dense SVD: too large), every output counts
+        as moved."""
+        moved = np.ones(len(self.outputs), dtype=bool)
+        if f.svd is None:
+            return moved
+        t = self.template
+        N = f.svd[3]  # (n + m, k): orthonormal basis of S's right null space
+        if N.shape[1] == 0:
+            return ~moved
+        Dv = dproject(v, t.dims, dual=True).matvec(N[t.n :])
+        W = np.concatenate([N[: t.n], Dv], axis=0)
+        change = np.abs(t.recover @ W)
+        terms = abs(t.recover) @ np.abs(W)
+        for k, (o, lo) in enumerate(zip(self.outputs, self._out_offsets, strict=True)):
+            sl = slice(lo, lo + o.size)
+            moved[k] = change[sl].max(initial=0.0) > NULL_RTOL * terms[sl].max(initial=0.0)
+        return moved
+
     def _forward_error_ok(self, ops: BatchOps, eq: Equilibration, r: Any, which: np.ndarray,
                           factors: list) -> np.ndarray:
         """Per instance (B,): is every output's estimated forward error within ACCEPT_FORWARD
@@ -783,11 +810,12 @@ class Layer:
 
         Where S is singular the estimate sees nothing along its null space. That is
         harmless where the null space moves no output (auxiliary variables that are not
-        unique) or where the outputs are resolved in the equilibrated program (a whole
-        optimal face: any point of it is a solution, see `NonDifferentiableWarning`). An
-        output whose size in the equilibrated program is below RESOLVED (sparsemax with
-        θ ~ 1e12 has x̂ ~ 1e-14 beside auxiliary variables ~1) is not known to any
-        relative accuracy there: not certified.
+        unique: `_null_space_moves`) or where the outputs are resolved in the equilibrated
+        program (a whole optimal face: any point of it is a solution, see
+        `NonDifferentiableWarning`). An output that the null space moves and whose size in
+        the equilibrated program is below RESOLVED (sparsemax with θ ~ 1e12 has x̂ ~ 1e-14
+        beside auxiliary variables ~1) is not known to any relative accuracy there: not
+        certified.
 
         Refinement's last factorization is used where there is one (where it is S at the
         previous iterate the estimate is off by a relative O(‖step‖), immaterial here);
@@ -821,8 +849,9 @@ class Layer:
             S = f.S if isinstance(f.S, np.ndarray) else f.S.toarray()
             gap = np.abs(S @ corr[j, :, 0] + r.F[idx[j]])
             here = absR @ np.abs(np.concatenate([r.x[idx[j]], pv[j]]))
-            for o, lo in zip(self.outputs, self._out_offsets, strict=True):
-                if here[lo : lo + o.size].max(initial=0.0) < RESOLVED:
+            moved = self._null_space_moves(f, r.v[idx[j]])
+            for k, (o, lo) in enumerate(zip(self.outputs, self._out_offsets, strict=True)):
+                if here[lo : lo + o.size].max(initial=0.0) < RESOLVED and moved[k]:
                     d[j] = np.inf
             # (rounding in F's largest rows leaks into every row through the projection)
             if not np.all(gap <= ACCEPT_BACKWARD * den[j] + ROUNDING * den[j].max()):

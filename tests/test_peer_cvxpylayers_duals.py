@@ -228,12 +228,10 @@ def test_exp_cone_weakly_active_closed_form():
         assert fwd.nondifferentiable[0]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "their mixed-cone PSD block: min tr X s.t. X ⪰ 0, tr X ≥ 1/2 has a non-unique X and a "
-    "PSD dual that is exactly 0; where S is singular our certificate refuses any output "
-    "below RESOLVED (here the zero dual) and reports 'inaccurate', though the point is a "
-    "solution"))
 def test_psd_dual_at_non_unique_primal_is_certified():
+    """Their mixed-cone PSD block: min tr X s.t. X ⪰ 0, tr X ≥ 1/2 has a non-unique X and a
+    PSD dual that is exactly 0. S is singular, but its null space (the face of optimal X)
+    does not move the dual: certified solved, and 0 (the closed form)."""
     t = cp.Parameter(nonneg=True)
     X = cp.Variable((2, 2), symmetric=True)
     psd = X >> 0
@@ -299,13 +297,14 @@ def test_gp_multiple_constraint_duals():
     assert torch.autograd.gradcheck(lambda *ps: module(*ps), args, **FD)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "their data: xy = b/a = 1/2 with x + y < 2 leaves x, y non-unique along xy = 1/2 and the "
-    "second dual exactly 0; our certificate refuses a zero output where S is singular and "
-    "reports 'inaccurate' (their test passed because both solvers return the analytic "
-    "center x = y)"))
 def test_gp_multiple_constraint_duals_their_data():
+    """Their data: xy = b/a = 1/2 with x + y < 2 leaves x, y non-unique along xy = 1/2 (any
+    point of that face is a solution) and the second dual exactly 0, which the face does
+    not move: certified solved."""
     problem, params, outputs = _gp_two()
     module = dl.compile(problem, params, outputs, gp=True).torch()
     outs = module(*[torch.tensor(v, dtype=torch.float64) for v in (2.0, 1.0)])
     assert abs(float(outs[0] * outs[1]) - 0.5) <= 1e-8
+    # log form: min −(u + v) s.t. log a + u + v ≤ log b, log(eᵘ + eᵛ) ≤ log 2; stationarity
+    # with the second constraint inactive gives λ₁ = 1, λ₂ = 0
+    assert abs(float(outs[2]) - 1.0) <= 1e-8 and abs(float(outs[3])) <= 1e-8
