@@ -376,6 +376,49 @@ def _mid(lo, hi):
 NEWTON_FLOOR = 1e-10
 
 
+def _bracketed_newton(fn, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, active: np.ndarray,
+                      rising: bool, iters: int, mid) -> np.ndarray:
+    """The roots of a batch of monotone scalar functions by safeguarded Newton: ``fn(x, i)``
+    gives (f, f') at the points x of the problems i; each root lies in its bracket
+    [lo, hi], which every evaluation narrows (f < 0 left of the root where ``rising``, f > 0
+    where not). A Newton point outside the bracket, or a step not at most half the one before
+    last, is replaced by ``mid(lo, hi)``. Updates ``x`` (and the brackets) in place where
+    ``active`` and returns it."""
+    dx_old = hi - lo
+    dx = dx_old.copy()
+    for _ in range(iters):
+        if active.size == 0:
+            break
+        xa = x[active]
+        f, df = fn(xa, active)
+        right = f < 0 if rising else f > 0  # the root is right of xa
+        l = np.where(right, xa, lo[active])
+        h = np.where(right, hi[active], xa)
+        lo[active], hi[active] = l, h
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            step = f / df
+        new = xa - step
+        ok = (
+            np.isfinite(new)
+            & (new > l)
+            & (new < h)
+            & (np.abs(2.0 * step) <= np.abs(dx_old[active]))
+        )
+        new = np.where(ok, new, mid(l, h))
+        dx_old[active] = dx[active]
+        dx[active] = np.where(ok, step, h - l)
+        scale = np.maximum(1.0, np.abs(xa))
+        # A Newton step so small that it is rounding noise yet refused by the safeguard (it did
+        # not halve) means Newton has converged as far as float64 allows: stop there, rather
+        # than bisect the rest of the bracket (softmax's cones: 55 evaluations instead of 7).
+        floor = ~ok & (np.abs(step) <= NEWTON_FLOOR * scale)
+        stop = (f == 0) | floor
+        done = stop | (np.abs(new - xa) <= 2 * _EPS * scale) | (h - l <= 2 * _EPS * scale)
+        x[active] = np.where(stop, xa, new)
+        active = active[~done]
+    return x
+
+
 def _exp_root(r0, s0, t0) -> np.ndarray:
     """Root of h on the bracket where s(ρ) = ((ρ−1)r0+s0)/q > 0 and m(ρ) = (r0−ρs0)/q > 0.
 
@@ -412,41 +455,9 @@ def _exp_root(r0, s0, t0) -> np.ndarray:
     # most half the one before last (far from the root h behaves like an exponential, where
     # plain Newton advances by O(1) per step).
     rho = _mid(lo, hi)
-    dx_old = hi - lo
-    dx = dx_old.copy()
-    active = np.flatnonzero(np.isfinite(rho))
-    for _ in range(300):
-        if active.size == 0:
-            break
-        x = rho[active]
-        f, df = _exp_h(x, r0[active], s0[active], t0[active])
-        neg = f < 0
-        l = np.where(neg, x, lo[active])
-        h = np.where(neg, hi[active], x)
-        lo[active], hi[active] = l, h
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            step = f / df
-        new = x - step
-        ok = (
-            np.isfinite(new)
-            & (new > l)
-            & (new < h)
-            & (np.abs(2.0 * step) <= np.abs(dx_old[active]))
-        )
-        bis = _mid(l, h)
-        new = np.where(ok, new, bis)
-        dx_old[active] = dx[active]
-        dx[active] = np.where(ok, step, h - l)
-        scale = np.maximum(1.0, np.abs(x))
-        # A Newton step so small that it is rounding noise yet refused by the safeguard (it did
-        # not halve) means Newton has converged as far as float64 allows: stop there, rather
-        # than bisect the rest of the bracket (softmax's cones: 55 evaluations instead of 7).
-        floor = ~ok & (np.abs(step) <= NEWTON_FLOOR * scale)
-        stop = (f == 0) | floor
-        done = stop | (np.abs(new - x) <= 2 * _EPS * scale) | (h - l <= 2 * _EPS * scale)
-        rho[active] = np.where(stop, x, new)
-        active = active[~done]
-    return rho
+    return _bracketed_newton(
+        lambda x, i: _exp_h(x, r0[i], s0[i], t0[i]), rho, lo, hi,
+        np.flatnonzero(np.isfinite(rho)), rising=True, iters=300, mid=_mid)
 
 
 def _exp_primal_deriv(rho, sp, m) -> np.ndarray:
@@ -699,33 +710,10 @@ def _pow_root(x0, y0, az, a) -> np.ndarray:
             miss = miss[keep]
             step *= 2.0
     t = np.where(np.isinf(lo), -np.inf, np.where(np.isinf(hi), _POW_T, 0.5 * (lo + hi)))
-    dx_old = hi - lo
-    dx = dx_old.copy()
-    active = np.flatnonzero(np.isfinite(lo) & np.isfinite(hi))
-    for _ in range(200):
-        if active.size == 0:
-            break
-        x = t[active]
-        f, df = _pow_psi(x, x0[active], y0[active], az[active], a[active])
-        pos = f > 0
-        l = np.where(pos, x, lo[active])
-        h = np.where(pos, hi[active], x)
-        lo[active], hi[active] = l, h
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            step = f / df
-        new = x - step
-        ok = np.isfinite(new) & (new > l) & (new < h) & (
-            np.abs(2.0 * step) <= np.abs(dx_old[active]))
-        new = np.where(ok, new, 0.5 * (l + h))
-        dx_old[active] = dx[active]
-        dx[active] = np.where(ok, step, h - l)
-        scale = np.maximum(1.0, np.abs(x))
-        floor = ~ok & (np.abs(step) <= NEWTON_FLOOR * scale)
-        stop = (f == 0) | floor
-        done = stop | (np.abs(new - x) <= 2 * _EPS * scale) | (h - l <= 2 * _EPS * scale)
-        t[active] = np.where(stop, x, new)
-        active = active[~done]
-    return t
+    return _bracketed_newton(
+        lambda x, i: _pow_psi(x, x0[i], y0[i], az[i], a[i]), t, lo, hi,
+        np.flatnonzero(np.isfinite(lo) & np.isfinite(hi)), rising=False, iters=200,
+        mid=lambda l, h: 0.5 * (l + h))
 
 
 def _pow(V: np.ndarray, alpha: np.ndarray, want_deriv: bool):

@@ -42,7 +42,7 @@ from declarative.errors import ParameterError, ProblemError, SolverError, descri
 from declarative.parallel import single_threaded_blas
 from declarative.promise import ACCURACY
 from declarative.refine import REFINE_MAX_ITERS, REFINE_TOL, refine
-from declarative.solve import SCALE_CANDIDATES, Backend, Status, calibrate_scale, solve_batch
+from declarative.solve import Backend, Status, calibrate_scale, solve_batch
 from declarative.tuning import Tuning
 
 # Options that are ours rather than the solver's, with their defaults.
@@ -442,13 +442,8 @@ class Layer:
         tuning = replace(self._tuning, share_workspaces=bool(t.fixed_data and t.m),
                          linear_solver=linear_solver(t.n, t.m, t.nnz + t.P_rows.size))
         settings = self._tuned(scs, scs.settings(user), tuning, user)
-        best, best_iters = None, np.inf
         with single_threaded_blas():
-            for scale in SCALE_CANDIDATES:
-                res = solve_batch(scs, mats, b, c, t.dims, {**settings, "scale": scale}, Ps)
-                iters = res.iterations.sum()
-                if all(st is Status.SOLVED for st in res.status) and iters < best_iters:
-                    best, best_iters = scale, iters
+            best = calibrate_scale(scs, mats, b, c, t.dims, settings, Ps)
             if best is None:
                 best = self._calibrate(scs, settings,
                                        (mats[0], b[0], c[0], None if Ps is None else Ps[0]))
@@ -711,12 +706,13 @@ class Layer:
             c, a, b = t.apply(theta)
             h = t.apply_P(theta)
             c, a, b, h = equilibrate(t, c, a, b, h).data(t, c, a, b, h)
-            scale = calibrate_scale(backend, t.csc(a[0]), b[0], c[0], t.dims, settings,
-                                    t.P_csc(h[0]) if t.quadratic else None)
+            scale = calibrate_scale(backend, [t.csc(a[0])], b[:1], c[:1], t.dims, settings,
+                                    [t.P_csc(h[0])] if t.quadratic else None)
             if scale is not None:
                 return scale
         A0, b0, c0, P0 = first
-        scale = calibrate_scale(backend, A0, b0, c0, t.dims, settings, P0)
+        scale = calibrate_scale(backend, [A0], b0[None], c0[None], t.dims, settings,
+                                None if P0 is None else [P0])
         return DEFAULT_SCALE if scale is None else scale
 
     def _attempt(self, backend: Backend, shared: Any, idx: np.ndarray, ops: BatchOps,

@@ -245,17 +245,18 @@ def solve_batch(backend: Backend, matrices: list, b: np.ndarray, c: np.ndarray,
 SCALE_CANDIDATES = (1.0, 0.3, 3.0, 0.1, 10.0)
 
 
-def calibrate_scale(backend: Backend, A: Any, b: np.ndarray, c: np.ndarray, dims: ConeDims,
-                    settings: dict, P: Any = None) -> float | None:
-    """The SCS `scale` in SCALE_CANDIDATES that solves this one instance in the fewest
-    iterations (a deterministic count, not a timing), or None if it solves at none of them.
+def calibrate_scale(backend: Backend, matrices: list, b: np.ndarray, c: np.ndarray,
+                    dims: ConeDims, settings: dict, Ps: list | None = None) -> float | None:
+    """The SCS `scale` in SCALE_CANDIDATES that solves every instance of the batch
+    (A = ``matrices``, b and c (B, ·), P = ``Ps``) in the fewest iterations in all (a
+    deterministic count, not a timing), or None if it solves them all at none of them.
     Candidates are tried nearest SCS's default (1) first, and a tie goes to the one tried
     first: SCS counts iterations in steps of its convergence-check interval, so ties are
     common."""
     best, best_iters = None, np.inf
     for scale in SCALE_CANDIDATES:
-        res = solve_batch(backend, [A], b[None], c[None], dims, {**settings, "scale": scale},
-                          None if P is None else [P])
-        if res.status[0] is Status.SOLVED and res.iterations[0] < best_iters:
-            best, best_iters = scale, res.iterations[0]
+        res = solve_batch(backend, matrices, b, c, dims, {**settings, "scale": scale}, Ps)
+        iters = res.iterations.sum()
+        if all(st is Status.SOLVED for st in res.status) and iters < best_iters:
+            best, best_iters = scale, iters
     return best
