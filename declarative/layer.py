@@ -42,7 +42,7 @@ from declarative.errors import ParameterError, ProblemError, SolverError, descri
 from declarative.parallel import single_threaded_blas
 from declarative.promise import ACCURACY
 from declarative.refine import REFINE_MAX_ITERS, REFINE_TOL, refine
-from declarative.solve import Backend, Status, calibrate_scale, solve_batch
+from declarative.solve import Backend, Status, calibrate_scale, check_settings, solve_batch
 from declarative.tuning import Tuning
 
 # Options that are ours rather than the solver's, with their defaults.
@@ -465,16 +465,8 @@ class Layer:
             raise ProblemError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}.")
         backend = get_backend(solver)
         args = backend.normalize(solver_args or {})
+        check_settings(backend, args, OUR_OPTIONS)
         ours = {k: args.pop(k) for k in list(args) if k in OUR_OPTIONS}
-        unknown = sorted(set(args) - backend.options)
-        if unknown:
-            hints = "".join(f" Instead of {k!r}: {backend.foreign[k]}." for k in unknown
-                            if k in backend.foreign)
-            raise ProblemError(
-                f"unsupported solver option(s) {unknown} for solver {backend.name!r}; expected "
-                f"{backend.name} settings {sorted(backend.options)} or refinement options "
-                f"{sorted(OUR_OPTIONS)}.{hints}"
-            )
         return {**args, **ours}
 
     def resolve_options(self, solver_args: dict | None, on_failure: str | None,

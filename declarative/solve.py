@@ -27,6 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from declarative.cones import ConeDims, project
+from declarative.errors import ProblemError
 from declarative.parallel import parallel_map
 
 
@@ -98,6 +99,22 @@ class Backend(Protocol):
         """Solve one instance; ``warm`` is a starting point (x, y, s) where the solver takes
         one. Raises KeyboardInterrupt where the solver caught Ctrl-C."""
         ...
+
+
+def check_settings(backend: Backend, args: Mapping[str, Any], ours: Any = ()) -> None:
+    """`ProblemError` naming every entry of ``args`` that is neither one of ``backend``'s
+    settings nor in ``ours`` (the refinement options), the valid names, and what to pass
+    instead where the name is one users bring from another tool."""
+    unknown = sorted(set(args) - backend.options - set(ours))
+    if not unknown:
+        return
+    hints = "".join(f" Instead of {k!r}: {backend.foreign[k]}." for k in unknown
+                    if k in backend.foreign)
+    also = f" or refinement options {sorted(ours)}" if ours else ""
+    raise ProblemError(
+        f"unsupported solver option(s) {unknown} for solver {backend.name!r}; expected "
+        f"{backend.name} settings {sorted(backend.options)}{also}.{hints}"
+    )
 
 
 @dataclass

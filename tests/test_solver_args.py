@@ -80,3 +80,10 @@ def test_scs_spellings_name_clarabels_own(name, hint):
     layer = _layer()
     with pytest.raises(ProblemError, match=rf"Instead of '{name}'"):
         layer.forward([np.ones(4)], solver="clarabel", solver_args={name: 1e-6})
+
+
+def test_tune_names_foreign_spellings_too():
+    """layer.tune validates its trial settings through the same check as a call."""
+    layer = _layer()
+    with pytest.raises(ProblemError, match=r"for solver 'scs'.*Instead of 'max_iter': max_iters"):
+        layer.tune([np.ones((2, 4))], solver_args={"max_iter": 5})

@@ -32,7 +32,7 @@ import scipy.sparse as sp
 
 from declarative.cones import ConeDims
 from declarative.errors import ProblemError
-from declarative.solve import Outcome, Status
+from declarative.solve import Outcome, Status, check_settings
 
 # Clarabel's statuses (its public `SolverStatus`) → ours, and whether an infeasibility or
 # unboundedness claim is exact. Its "almost" claims are verified by the seam like SCS's
@@ -139,7 +139,7 @@ class ClarabelBackend:
     name = "clarabel"
     options = CLARABEL_SETTINGS
     tunable: tuple[str, ...] = ()
-    foreign = {
+    foreign: Mapping[str, str] = {
         "eps": "tol_gap_abs, tol_gap_rel and tol_feas", "eps_abs": "tol_gap_abs",
         "eps_rel": "tol_gap_rel", "eps_infeas": "tol_infeas_abs and tol_infeas_rel",
         "max_iters": "max_iter", "time_limit_secs": "time_limit",
@@ -151,12 +151,7 @@ class ClarabelBackend:
         return dict(args)
 
     def settings(self, args: Mapping[str, Any]) -> dict:
-        unknown = sorted(set(args) - CLARABEL_SETTINGS)
-        if unknown:
-            raise ProblemError(
-                f"unsupported solver option(s) {unknown} for solver 'clarabel'; expected "
-                f"Clarabel settings {sorted(CLARABEL_SETTINGS)}."
-            )
+        check_settings(self, args)
         return {**CLARABEL_DEFAULTS, **args}
 
     def tightened(self, settings: dict, eps: float) -> dict:

@@ -21,7 +21,7 @@ import scs
 
 from declarative.cones import ConeDims
 from declarative.errors import ProblemError
-from declarative.solve import Outcome, Status
+from declarative.solve import Outcome, Status, check_settings
 
 # SCS 3 status values (scs/include/glbopts.h), as the installed scs exports them.
 SCS_SOLVED: int = scs.SOLVED
@@ -238,8 +238,8 @@ class ScsBackend:
     name = "scs"
     options = SCS_SETTINGS
     #: takes the `scale` and `linear_solver` that a layer's `Tuning` decides
-    tunable = ("scale", "linear_solver")
-    foreign = FOREIGN_OPTIONS
+    tunable: tuple[str, ...] = ("scale", "linear_solver")
+    foreign: Mapping[str, str] = FOREIGN_OPTIONS
 
     def normalize(self, args: Mapping[str, Any]) -> dict:
         """``eps`` (the name cvxpylayers and diffcp users pass, from SCS 2) sets both of
@@ -258,12 +258,7 @@ class ScsBackend:
         return out
 
     def settings(self, args: Mapping[str, Any]) -> dict:
-        unknown = sorted(set(args) - SCS_SETTINGS)
-        if unknown:
-            raise ProblemError(
-                f"unsupported solver option(s) {unknown} for solver 'scs'; expected SCS "
-                f"settings {sorted(SCS_SETTINGS)}."
-            )
+        check_settings(self, args)
         return {**SCS_DEFAULTS, **args}
 
     def tightened(self, settings: dict, eps: float) -> dict:
