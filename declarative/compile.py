@@ -108,6 +108,8 @@ class OutputSpec:
 # product, whose dozen Python-level checks cost several times the matmul.
 DENSE_PRODUCT_SIZE = 1 << 13
 DENSE_PRODUCT_WORK = 1 << 13
+# From this many columns of M on, `times_t` multiplies row by row.
+ROW_PRODUCT_MIN = 1 << 14
 
 
 def times_t(X: np.ndarray, M: sp.spmatrix) -> np.ndarray:
@@ -120,6 +122,13 @@ def times_t(X: np.ndarray, M: sp.spmatrix) -> np.ndarray:
     D = _dense_transpose(M)
     if D is not None and X.shape[0] * D.size <= DENSE_PRODUCT_WORK:
         return X @ D
+    if M.shape[1] >= ROW_PRODUCT_MIN and X.flags.c_contiguous:
+        # long rows: one sparse matvec per row beats transposing X and the result
+        # (SciPy copies X.T to C order: memory-bound, 18 ms for 8 × 440,000)
+        out = np.empty((X.shape[0], M.shape[0]))
+        for i in range(X.shape[0]):
+            out[i] = M @ X[i]
+        return out
     return np.ascontiguousarray(np.asarray(M @ X.T).T)
 
 

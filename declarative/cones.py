@@ -338,20 +338,43 @@ def _psd_matvec(data, X: np.ndarray, k: int) -> np.ndarray:
     return np.moveaxis(_svec(M, k), 1, -1)
 
 
-def _psd_blocks(data, k: int) -> np.ndarray:
-    """Dense (…, kk, kk) blocks D = Q diag(svec Γ) Qᵀ, Qᵀ the orthogonal matrix of
-    svec(H) ↦ svec(Uᵀ H U): Q[(i,j), (a,b)] = c_ij c_ab (U_ia U_jb + U_ja U_ib) / 2, with c = 1
-    on the diagonal and sqrt(2) off it."""
-    U, G = data
+def _psd_columns(U: np.ndarray, G: np.ndarray, k: int, base: float = 0.0
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """For one PSD cone of order k (U, G: (k, k)): DΠ − base·I = Q diag(h) Qᵀ with only the
+    columns of Q where h = Γ − base ≠ 0, as (Q (kk, ρ), h (ρ,)). Qᵀ is the orthogonal matrix of
+    svec(H) ↦ svec(UᵀHU): Q[(i,j), (a,b)] = c_ij c_ab (U_ia U_jb + U_ja U_ib) / 2, c = 1 on the
+    diagonal and sqrt(2) off it. Γ = 0 for pairs of eigenvalues both negative and 1 for pairs
+    both positive, so with base 0 (or 1) ρ is the number of pairs with one eigenvalue
+    positive (negative): r(r+1)/2 + r(k−r) at r of them."""
     I, J, _, _ = _svec_index(k)
     c = np.where(I == J, 1.0, _SQRT2)
-    # Q[p, q] with p = (i, j) = (I_p, J_p) the svec entry and q = (a, b) = (I_q, J_q)
-    UI, UJ = U[..., I, :], U[..., J, :]  # rows U_i., U_j.
-    Q = UI[..., I] * UJ[..., J] + UJ[..., I] * UI[..., J]
-    Q *= (0.5 * c[:, None]) * c[None, :]
-    g = G[..., I, J]
-    out = (Q * g[..., None, :]) @ np.ascontiguousarray(np.swapaxes(Q, -1, -2))
-    return 0.5 * (out + np.swapaxes(out, -1, -2))
+    h = G[I, J] - base
+    nz = np.flatnonzero(h)  # NaN (a non-finite block) included: it stays NaN
+    a, b = I[nz], J[nz]
+    Ui, Uj = U[I], U[J]  # rows U_i., U_j. of every svec entry (i, j)
+    Q = Ui[:, a] * Uj[:, b] + Uj[:, a] * Ui[:, b]
+    Q *= (0.5 * c[:, None]) * c[None, nz]
+    return Q, h[nz]
+
+
+def _psd_blocks(data, k: int) -> np.ndarray:
+    """Dense (…, kk, kk) blocks DΠ = base·I + Q diag(h) Qᵀ (`_psd_columns`, the base leaving
+    fewer columns), one block at a time: O(kk² ρ) each."""
+    U, G = data
+    kk = k * (k + 1) // 2
+    lead = U.shape[:-2]
+    Uf, Gf = U.reshape(-1, k, k), G.reshape(-1, k, k)
+    out = np.empty((Uf.shape[0], kk, kk))
+    diag = np.arange(kk)
+    for b in range(Uf.shape[0]):
+        I, J, _, _ = _svec_index(k)
+        g = Gf[b][I, J]
+        base = 0.0 if np.count_nonzero(g) <= np.count_nonzero(g - 1.0) else 1.0
+        Q, h = _psd_columns(Uf[b], Gf[b], k, base)
+        blk = (Q * h) @ Q.T
+        out[b] = 0.5 * (blk + blk.T)
+        out[b, diag, diag] += base
+    return out.reshape(*lead, kk, kk)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1006,6 +1029,23 @@ def block_pattern(dims: ConeDims) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(rows).astype(np.int64), np.concatenate(cols).astype(np.int64)
 
 
+def psd_entries(dims: ConeDims) -> np.ndarray:
+    """(nnz,) bool over `block_pattern`'s entries: those inside PSD blocks."""
+    lay = _layout(dims)
+    sizes = [lay.zero.stop - lay.zero.start, lay.nonneg.stop - lay.nonneg.start]
+    kinds = [False, False]
+    for _, idx in lay.soc:
+        sizes.append(idx.size * idx.shape[1])
+        kinds.append(False)
+    for _, idx in lay.psd:
+        sizes.append(idx.size * idx.shape[1])
+        kinds.append(True)
+    sizes.append(lay.exp.size * lay.exp.shape[1] if lay.exp.size else 0)
+    sizes.append(lay.pow.size * lay.pow.shape[1] if lay.pow.size else 0)
+    kinds += [False, False]
+    return np.repeat(np.array(kinds), sizes)
+
+
 class DProjection:
     """DΠ(v) for a batch: per-kind derivative data; ``rmatvec`` is ``matvec`` (symmetric).
 
@@ -1052,6 +1092,29 @@ class DProjection:
         if self._pow is not None:
             yield self._pow
         yield self.point
+
+    def psd_columns(self, i: int) -> list[tuple[np.ndarray, float, np.ndarray, np.ndarray]]:
+        """Instance i's PSD blocks as (rows (kk,), base, Q (kk, ρ), h (ρ,)), one per PSD cone:
+        DΠ restricted to the block = base·I + Q diag(h) Qᵀ, base 0 or 1, whichever leaves
+        fewer columns (see `_psd_columns`)."""
+        out = []
+        for k, idx, (U, G) in self._psd:
+            I, J, _, _ = _svec_index(k)
+            for c in range(idx.shape[0]):
+                g = G[i, c][I, J]
+                base = 0.0 if np.count_nonzero(g) <= np.count_nonzero(g - 1.0) else 1.0
+                out.append((idx[c], base, *_psd_columns(U[i, c], G[i, c], k, base)))
+        return out
+
+    def psd_rank(self) -> np.ndarray:
+        """(B,) Σ over PSD blocks of the rank ρ of DΠ − base·I (see `psd_columns`)."""
+        out = np.zeros(self.batch_size, dtype=int)
+        for k, _, (_, G) in self._psd:
+            I, J, _, _ = _svec_index(k)
+            g = G[..., I, J]
+            out += np.minimum(np.count_nonzero(g, axis=-1),
+                              np.count_nonzero(g - 1.0, axis=-1)).sum(axis=-1)
+        return out
 
     def take(self, sel) -> DProjection:
         """The operator for batch rows ``sel`` (an index array): copies."""

@@ -542,3 +542,39 @@ def test_derivative_carries_the_projection_and_subsets(dual):
     expected = dproject(V[[0, 1, 2, 3, 4, 5]][[0, 3, 2, 3, 0, 5]], ALL, dual)
     np.testing.assert_array_equal(Dop.dense(), expected.dense())
     np.testing.assert_array_equal(Dop.point, expected.point)
+
+
+def test_psd_blocks_as_low_rank_updates_of_zero_or_identity():
+    """Each PSD block of DΠ equals base·I + Q diag(h) Qᵀ (`psd_columns`), base 0 or 1 with
+    the fewer columns, ρ = r(r+1)/2 + r(k−r) for r eigenvalues on the short side, and
+    `psd_rank` counts them; checked against the dense blocks at points of every rank."""
+    from declarative.cones import ConeDims, block_pattern, dproject, psd_entries
+
+    dims = ConeDims(zero=1, nonneg=2, soc=(3,), psd=(5, 4), exp=1)
+    rng = np.random.default_rng(7)
+    V = rng.standard_normal((6, dims.size))
+    # block 1 (k = 5): rank 0 … 5 of positive eigenvalues across the batch
+    for b in range(6):
+        lam = np.concatenate([rng.uniform(0.5, 2, b), -rng.uniform(0.5, 2, 5 - b)])
+        Qm, _ = np.linalg.qr(rng.standard_normal((5, 5)))
+        M = (Qm * lam) @ Qm.T
+        I, J = np.tril_indices(5)
+        order = np.lexsort((I, J))  # svec: lower triangle by column
+        I, J = I[order], J[order]
+        V[b, 6:21] = M[I, J] * np.where(I == J, 1.0, np.sqrt(2))
+    D = dproject(V, dims, dual=True)
+    dense = D.dense()
+    rows, cols = block_pattern(dims)
+    mask = psd_entries(dims)
+    assert set(zip(rows[mask].tolist(), cols[mask].tolist())) == {
+        (i, j) for idx in (np.arange(6, 21), np.arange(21, 31)) for i in idx for j in idx}
+    for b in range(6):
+        total = 0
+        for idx, base, Q, h in D.psd_columns(b):
+            block = base * np.eye(idx.size) + (Q * h) @ Q.T
+            assert np.abs(block - dense[b][np.ix_(idx, idx)]).max() <= 1e-14
+            total += h.size
+        assert total == D.psd_rank()[b]
+        r = min(b, 5 - b)  # eigenvalues on the short side of block 1
+        (rho,) = [h.size for idx, _, _, h in D.psd_columns(b) if idx[0] == 6]
+        assert rho == r * (r + 1) // 2 + r * (5 - r)

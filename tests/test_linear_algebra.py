@@ -107,3 +107,84 @@ def test_nearby_factorization_is_reused_by_iterative_refinement():
     sol = der._refined_solve(far, rhs, transpose=True)
     assert far._exact is not None
     assert max_abs((far.S.T @ sol), rhs) <= 1e-10
+
+
+def _spectraplex(k):
+    import cvxpy as cp
+
+    import declarative as dl
+
+    Y = cp.Parameter((k, k))
+    X = cp.Variable((k, k), PSD=True)
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(X - (Y + Y.T) / 2)), [cp.trace(X) == 1])
+    return dl.compile(prob, [Y], [X])
+
+
+def _spectraplex_solution(Yv):
+    """argmin ‖X − Y‖_F over X ⪰ 0, tr X = 1 (Y symmetric): U max(Λ − τ, 0) Uᵀ."""
+    lam, U = np.linalg.eigh(Yv)
+    s = np.sort(lam)[::-1]
+    cs = (np.cumsum(s) - 1.0) / np.arange(1, s.size + 1)
+    tau = cs[np.flatnonzero(s > cs).max()]
+    return (U * np.maximum(lam - tau, 0.0)) @ U.T
+
+
+def test_low_rank_psd_blocks_solve_through_the_bordered_lu():
+    """PSD projection with a trace constraint: the dual's PSD block of DΠ is I up to rank ρ
+    (the solution's rank r is small), so S = S₀ + U Vᵀ is solved through the sparse bordered
+    matrix (S₀ itself singular: X fixed on the PSD rows overdetermines the trace). Its VJP
+    and JVP equal those of the dense LU of S, and the solution the closed form."""
+    import declarative.derivative as der
+
+    k = 12
+    layer = _spectraplex(k)
+    rng = np.random.default_rng(3)
+    Ys = rng.standard_normal((3, k, k))
+    Ys = (Ys + np.swapaxes(Ys, 1, 2)) / 2
+    fwd = layer.forward([Ys])
+    assert fwd.ok.all()
+    for b in range(3):
+        assert max_abs(fwd.outputs[0][b], _spectraplex_solution(Ys[b])) <= 1e-9
+    x, y, s, _ = fwd.state()
+    t = layer.template
+    sparse = ConeSolution.at(fwd._ops, x, y, s, dense=False)
+    dense = ConeSolution.at(fwd._ops, x, y, s, dense=True)
+    assert all(isinstance(f.lu, der.BorderedLU) for f in sparse.lin.factors)
+    assert not sparse.lin.singular.any()
+    g = rng.standard_normal((3, t.n + t.m))
+    for a, b in [(sparse.vjp(g[:, : t.n], g[:, t.n :]), dense.vjp(g[:, : t.n], g[:, t.n :]))]:
+        for u, v in zip(a, b, strict=True):
+            assert max_abs(u, v) <= 1e-10 * (1 + np.abs(v).max())
+    rhs = rng.standard_normal((3, t.n + t.m))
+    for transpose in (False, True):
+        got = sparse.lin.solve(rhs, transpose)
+        ref = dense.lin.solve(rhs, transpose)
+        assert max_abs(got, ref) <= 1e-10 * (1 + np.abs(ref).max())
+
+
+def test_envelope_and_natural_ordering_guard():
+    """The envelope counts, per column, the rows from its first entry of S + Sᵀ to the
+    diagonal; an arrow matrix with its dense row first (natural order fills completely) keeps
+    the natural ordering out of the probe, the same arrow with the dense row last admits it."""
+    import scipy.sparse as sp
+
+    from declarative.derivative import ENVELOPE_RATIO, _best_ordering, _envelope
+
+    rng = np.random.default_rng(0)
+    n = 300
+    M = sp.random(n, n, density=0.01, random_state=1, format="csc") + 4 * sp.identity(n)
+    dense_ref = (np.abs(M.toarray()) + np.abs(M.toarray().T)) > 0
+    first = np.array([np.flatnonzero(dense_ref[:, j]).min() for j in range(n)])
+    assert _envelope(M.tocsc()) == int(np.maximum(np.arange(n) - first, 0).sum())
+    arrow = sp.lil_matrix((n, n))
+    arrow.setdiag(rng.uniform(2, 3, n))
+    arrow[0, :] = rng.uniform(0.1, 0.2, n)
+    arrow[:, 0] = rng.uniform(0.1, 0.2, (n, 1))
+    arrow[0, 0] = n
+    first_dense = arrow.tocsc()
+    assert _envelope(first_dense) > ENVELOPE_RATIO * 3 * n  # ~n²/2 against fill ~3n
+    spec, fill = _best_ordering(first_dense)
+    assert spec != "NATURAL" and fill <= 4 * n
+    p = np.r_[1:n, 0]
+    last_dense = first_dense[p][:, p].tocsc()
+    assert _envelope(last_dense) <= 2 * n
