@@ -338,23 +338,26 @@ def _psd_matvec(data, X: np.ndarray, k: int) -> np.ndarray:
     return np.moveaxis(_svec(M, k), 1, -1)
 
 
-def _psd_columns(U: np.ndarray, G: np.ndarray, k: int, base: float = 0.0
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def _psd_columns(U: np.ndarray, G: np.ndarray, k: int
+                 ) -> tuple[float, np.ndarray, np.ndarray]:
     """For one PSD cone of order k (U, G: (k, k)): DΠ − base·I = Q diag(h) Qᵀ with only the
-    columns of Q where h = Γ − base ≠ 0, as (Q (kk, ρ), h (ρ,)). Qᵀ is the orthogonal matrix of
+    columns of Q where h = Γ − base ≠ 0, as (base, Q (kk, ρ), h (ρ,)), base 0 or 1, whichever
+    leaves fewer columns. Qᵀ is the orthogonal matrix of
     svec(H) ↦ svec(UᵀHU): Q[(i,j), (a,b)] = c_ij c_ab (U_ia U_jb + U_ja U_ib) / 2, c = 1 on the
     diagonal and sqrt(2) off it. Γ = 0 for pairs of eigenvalues both negative and 1 for pairs
     both positive, so with base 0 (or 1) ρ is the number of pairs with one eigenvalue
     positive (negative): r(r+1)/2 + r(k−r) at r of them."""
     I, J, _, _ = _svec_index(k)
     c = np.where(I == J, 1.0, _SQRT2)
-    h = G[I, J] - base
+    g = G[I, J]
+    base = 0.0 if np.count_nonzero(g) <= np.count_nonzero(g - 1.0) else 1.0
+    h = g - base
     nz = np.flatnonzero(h)  # NaN (a non-finite block) included: it stays NaN
     a, b = I[nz], J[nz]
     Ui, Uj = U[I], U[J]  # rows U_i., U_j. of every svec entry (i, j)
     Q = Ui[:, a] * Uj[:, b] + Uj[:, a] * Ui[:, b]
     Q *= (0.5 * c[:, None]) * c[None, nz]
-    return Q, h[nz]
+    return base, Q, h[nz]
 
 
 def _psd_blocks(data, k: int) -> np.ndarray:
@@ -367,10 +370,7 @@ def _psd_blocks(data, k: int) -> np.ndarray:
     out = np.empty((Uf.shape[0], kk, kk))
     diag = np.arange(kk)
     for b in range(Uf.shape[0]):
-        I, J, _, _ = _svec_index(k)
-        g = Gf[b][I, J]
-        base = 0.0 if np.count_nonzero(g) <= np.count_nonzero(g - 1.0) else 1.0
-        Q, h = _psd_columns(Uf[b], Gf[b], k, base)
+        base, Q, h = _psd_columns(Uf[b], Gf[b], k)
         blk = (Q * h) @ Q.T
         out[b] = 0.5 * (blk + blk.T)
         out[b, diag, diag] += base
@@ -1095,16 +1095,9 @@ class DProjection:
 
     def psd_columns(self, i: int) -> list[tuple[np.ndarray, float, np.ndarray, np.ndarray]]:
         """Instance i's PSD blocks as (rows (kk,), base, Q (kk, ρ), h (ρ,)), one per PSD cone:
-        DΠ restricted to the block = base·I + Q diag(h) Qᵀ, base 0 or 1, whichever leaves
-        fewer columns (see `_psd_columns`)."""
-        out = []
-        for k, idx, (U, G) in self._psd:
-            I, J, _, _ = _svec_index(k)
-            for c in range(idx.shape[0]):
-                g = G[i, c][I, J]
-                base = 0.0 if np.count_nonzero(g) <= np.count_nonzero(g - 1.0) else 1.0
-                out.append((idx[c], base, *_psd_columns(U[i, c], G[i, c], k, base)))
-        return out
+        DΠ restricted to the block = base·I + Q diag(h) Qᵀ (see `_psd_columns`)."""
+        return [(idx[c], *_psd_columns(U[i, c], G[i, c], k))
+                for k, idx, (U, G) in self._psd for c in range(idx.shape[0])]
 
     def psd_rank(self) -> np.ndarray:
         """(B,) Σ over PSD blocks of the rank ρ of DΠ − base·I (see `psd_columns`)."""

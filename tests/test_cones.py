@@ -566,7 +566,7 @@ def test_psd_blocks_as_low_rank_updates_of_zero_or_identity():
     dense = D.dense()
     rows, cols = block_pattern(dims)
     mask = psd_entries(dims)
-    assert set(zip(rows[mask].tolist(), cols[mask].tolist())) == {
+    assert set(zip(rows[mask].tolist(), cols[mask].tolist(), strict=True)) == {
         (i, j) for idx in (np.arange(6, 21), np.arange(21, 31)) for i in idx for j in idx}
     for b in range(6):
         total = 0
