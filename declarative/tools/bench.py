@@ -1,16 +1,21 @@
-"""``declarative bench``: our layers and cvxpylayers side by side, in one process.
+"""``declarative bench``: our layers and their peers side by side, in one process.
 
     declarative bench accuracy [--problems P ...] [--batch B] [--quick] [--json FILE]
-    declarative bench speed    [--problems P ...] [--batches B ...] [--quick] [--json FILE]
-    declarative bench scaling  [--problems P ...] [--batches B ...] [--sizes N ...] [--quick]
+    declarative bench speed    [--problems P ...] [--batches B ...] [--peers PEER ...]
+                               [--row-budget S] [--quick] [--json FILE]
+    declarative bench scaling  [--problems P ...] [--batches B ...] [--size-problems P ...]
+                               [--sizes N ...] [--peers PEER ...] [--plot FILE] [--quick]
 
-Both libraries get the SAME ``cp.Problem`` object and the same parameter values
-(float64 torch tensors, batched along a leading axis), and both are timed through
-their torch modules: forward = the module call, backward = ``loss.backward()`` for
-``loss = Σ_i ⟨g_i, out_i⟩``, total = the two (median over ``--repeats`` runs, after
-one untimed warm-up call per library and problem).
+The peers (``declarative/tools/peers.py``): cvxpylayers with diffcp and SCS
+("cvxpylayers"), cvxpylayers with ``solver="MOREAU"`` ("moreau"), proxsuite's QPLayer
+``QPFunction`` on the zoo's quadratic programs ("proxsuite") and qpax, when installed
+("qpax"). Every library gets the SAME ``cp.Problem`` (or, for the QP layers, its data
+mapped to (Q, p, A, b, G, l, u)) and the same parameter values (float64 torch tensors,
+batched along a leading axis), and all are timed through torch: forward = the call,
+backward = ``loss.backward()`` for ``loss = Σ_i ⟨g_i, out_i⟩``, total = the two (median
+over ``--repeats`` runs, after one untimed warm-up call per library and problem).
 
-Error (the same quantity for both libraries): with a fixed random cotangent g per
+Error (the same quantity for every library): with a fixed random cotangent g per
 instance and output, the gradient of ⟨g, out⟩ with respect to every parameter (one
 VJP) against the closed form gᵀJ from the problem zoo (``declarative.problems``); max abs over
 the batch and all parameter entries.
@@ -26,17 +31,26 @@ marked "*").
 
 ``speed``: sparsemax n = 100, softmax n = 100, an OptNet QP (n = 50, 10
 equalities, 50 inequalities), projection onto a polytope in 2-D (8 faces) and 20-D
-(40 faces), at batch 1, 64 and 512: forward, backward and total time for us at
-defaults and cvxpylayers at the eps that matches our error (searched in the same run,
-at batch ``--search-batch``), the ratio cvxpylayers/ours per row and their geometric
-mean.
+(40 faces), at batch 1, 64 and 512, and projection onto the spectraplex (SDP, k = 10, 30,
+50) at batch 1, 8 and 64. Per problem, on the first ``--search-batch`` instances: our error
+sets cvxpylayers' target and its eps search (as in ``accuracy``); every other peer's error
+is measured at its defaults and at its tightest tolerance (``Peer.tight``; reported, not
+timed). Per row: forward, backward and total time of ours at defaults, of cvxpylayers at
+the searched eps and of the other peers at their defaults, each beside its error; the
+YARDSTICK, the fastest peer whose error is <= 1e-5 (else the fastest at any accuracy,
+marked *); the ratio yardstick/ours and cvxpylayers/ours, and their geometric means over
+the rows. ``--row-budget`` skips a library at a batch its time at the previous one
+predicts to be too slow (recorded in the row).
 
-``scaling``: our time per instance as the batch grows (1 ... 4096) and as
-sparsemax grows (n = 10 ... 10,000); ``--cvxpylayers`` adds cvxpylayers at its defaults.
+``scaling``: time per instance of ours and of each peer (at their defaults) as the batch
+grows (1 ... 4096) and as sparsemax and softmax (n = 10 ... 10,000) and the spectraplex
+projection (k = 10 ... 50) grow; ``--plot FILE`` draws the curves, log-log, one panel per
+problem (``declarative/tools/plot.py``).
 
-When cvxpylayers raises (a parameter it cannot take, a solver failure on some
-instance, ...), the reason is recorded in the row and the bench goes on. Nothing here
-changes global state (torch threads, warning filters) beyond the call it makes.
+When a peer raises (a parameter it cannot take, a solver failure on some instance, ...),
+returns a NaN, is not installed or cannot express the problem, the reason is recorded in
+the row and the bench goes on. Nothing here changes global state (torch threads, warning
+filters) beyond the call it makes.
 """
 
 from __future__ import annotations
@@ -1189,9 +1203,10 @@ def _flat(lists: Sequence[Sequence[int]] | None) -> list[int] | None:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``bench`` (with ``accuracy``, ``speed`` and ``scaling``) on the CLI."""
     p = subparsers.add_parser(
-        "bench", help="compare with cvxpylayers: accuracy, speed, scaling",
-        description="Run our layers and cvxpylayers side by side on zoo problems, in one "
-        "process, and print ratios cvxpylayers/ours. Times are wall clock: run on a quiet "
+        "bench", help="compare with the peers: accuracy, speed, scaling",
+        description="Run our layers and the peers (cvxpylayers with diffcp, cvxpylayers with "
+        "Moreau, proxsuite's QPLayer, qpax when installed) side by side on zoo problems, in "
+        "one process, and print ratios peer/ours. Times are wall clock: run on a quiet "
         "machine.")
     sub = p.add_subparsers(dest="bench_command", required=True, metavar="MODE")
 
@@ -1235,15 +1250,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     a.set_defaults(func=_cmd_accuracy)
 
     s = sub.add_parser(
-        "speed", help="forward/backward times, cvxpylayers at the eps that matches our error",
-        description="Forward, backward and total times of ours (defaults) and cvxpylayers at "
-        "the SCS eps that matches our gradient error (searched in the same run), per problem "
-        "and batch size, with ratios cvxpylayers/ours and their geometric mean. Problems: "
-        f"{', '.join(c.label for c in SPEED_CASES.values())}.")
+        "speed", help="forward/backward times of ours and every peer, ratio to the yardstick",
+        description="Forward, backward and total times of ours (defaults) and of each peer "
+        "(cvxpylayers at the SCS eps that matches our gradient error, searched in the same "
+        "run; the others at their defaults), each beside its gradient error, per problem and "
+        "batch size. The yardstick of a row is the fastest peer whose error is <= "
+        f"{YARDSTICK_ERROR:g}, else the fastest at any accuracy; printed: the ratio "
+        "yardstick/ours and cvxpylayers/ours per row and their geometric means, and whether "
+        "each peer's tightest tolerance gets it under the threshold. Problems: "
+        f"{', '.join(c.label for c in SPEED_CASES.values())} (batches "
+        f"{','.join(map(str, SPEED_BATCHES))}; the SDP rows psd-*: "
+        f"{','.join(map(str, SDP_BATCHES))}).")
     s.add_argument("--problems", nargs="+", metavar="P", help=f"of {', '.join(SPEED_CASES)} "
                    f"(default: all; --quick: {' '.join(QUICK_SPEED['problems'])})")
     s.add_argument("--batches", type=_positive_ints, nargs="+", default=None, metavar="B",
-                   help=f"batch sizes (default {','.join(map(str, SPEED_BATCHES))}; --quick: "
+                   help="batch sizes for every problem (default "
+                   f"{','.join(map(str, SPEED_BATCHES))}, the SDP rows "
+                   f"{','.join(map(str, SDP_BATCHES))}; --quick: "
                    f"{','.join(map(str, QUICK_SPEED['batches']))})")
     s.add_argument("--search-batch", type=int, default=None,
                    help=f"batch of the eps search (default {SEARCH_BATCH}; --quick: "
