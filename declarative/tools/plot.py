@@ -91,11 +91,12 @@ def plot_scaling(doc: dict[str, Any], path: str) -> str:
     for problem in dict.fromkeys(r["problem"] for r in doc["by_batch"]):
         rows = [r for r in doc["by_batch"] if r["problem"] == problem]
         sizes = ", ".join(f"{k}={v}" for k, v in rows[0]["sizes"].items())
-        panels.append((f"{problem} ({sizes})", "batch size", [(r["batch"], r) for r in rows]))
+        panels.append((f"{problem} ({sizes}): vs batch", "batch size",
+                       [(r["batch"], r) for r in rows]))
     for problem in dict.fromkeys(r["problem"] for r in doc["by_size"]):
         rows = [r for r in doc["by_size"] if r["problem"] == problem]
         key = next(iter(rows[0]["sizes"]))
-        panels.append((f"{problem} (batch {rows[0]['batch']})", key,
+        panels.append((f"{problem} (batch {rows[0]['batch']}): vs {key}", key,
                        [(r["sizes"][key], r) for r in rows]))
     if not panels:
         raise ValueError("the scaling document has no rows to plot")
@@ -120,8 +121,8 @@ def plot_scaling(doc: dict[str, Any], path: str) -> str:
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    fig.suptitle("declarative bench scaling: forward + backward time per instance (float64, "
-                 "lower is better)", fontsize=10)
+    fig.suptitle("declarative bench scaling: forward + backward time per instance (float64; "
+                 "every library at its defaults; lower is better)", fontsize=10)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
