@@ -149,18 +149,21 @@ def test_proxsuite_peer_at_its_tightest_tolerance_matches_the_closed_form(key):
 def test_jax_to_torch_bridge_against_a_closed_form_gradient():
     """f(x, c) = sin(x) * c (elementwise): ∂⟨g, f⟩/∂x = g c cos x, ∂/∂c = g sin x."""
     pytest.importorskip("jax")
+    import jax
     import jax.numpy as jnp
 
     f = peers.jax_to_torch(lambda x, c: jnp.sin(x) * c)
+    x64 = jax.config.jax_enable_x64
     rng = np.random.default_rng(0)
     x0, c0, g = rng.standard_normal((3, 4, 5))
     x, c = torch.tensor(x0, requires_grad=True), torch.tensor(c0, requires_grad=True)
     out = f(x, c)
-    np.testing.assert_allclose(out.detach().numpy(), np.sin(x0) * c0, rtol=1e-6)
+    assert out.dtype == torch.float64
+    np.testing.assert_allclose(out.detach().numpy(), np.sin(x0) * c0, rtol=1e-14, atol=1e-15)
     (out * torch.tensor(g)).sum().backward()
-    # float32 unless jax_enable_x64: compare at single precision
-    np.testing.assert_allclose(x.grad.numpy(), g * c0 * np.cos(x0), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(c.grad.numpy(), g * np.sin(x0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(x.grad.numpy(), g * c0 * np.cos(x0), rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(c.grad.numpy(), g * np.sin(x0), rtol=1e-14, atol=1e-15)
+    assert jax.config.jax_enable_x64 == x64   # the global setting is left as it was
 
 
 # -- the row budget -------------------------------------------------------------------------------

@@ -230,8 +230,6 @@ class QpaxPeer(QPPeer):
         import jax
         import qpax
 
-        jax.config.update("jax_enable_x64", True)
-
         def one(Q: Any, p: Any, A: Any, b: Any, G: Any, h: Any) -> Any:
             return qpax.solve_qp_primal(Q, p, A, b, G, h, **options)
 
@@ -254,8 +252,8 @@ class QpaxPeer(QPPeer):
 
 def jax_to_torch(f: Callable[..., Any]) -> Callable[..., Any]:
     """``f`` (a JAX function of arrays, returning one array) as a torch function of float64
-    tensors, differentiable once in reverse mode (its backward is ``jax.vjp``'s pullback)."""
-    import jax.numpy as jnp
+    tensors, differentiable once in reverse mode (its backward is ``jax.vjp``'s pullback).
+    JAX runs in float64 inside the calls only (its global setting is left as it is)."""
     import numpy as np
     import torch
 
@@ -263,17 +261,34 @@ def jax_to_torch(f: Callable[..., Any]) -> Callable[..., Any]:
         @staticmethod
         def forward(ctx: Any, *args: torch.Tensor) -> torch.Tensor:
             import jax
+            import jax.numpy as jnp
 
-            out, pullback = jax.vjp(f, *(jnp.asarray(a.detach().numpy()) for a in args))
-            ctx.pullback = pullback
-            return torch.from_numpy(np.array(out))
+            with _x64():
+                out, pullback = jax.vjp(f, *(jnp.asarray(a.detach().numpy()) for a in args))
+                ctx.pullback = pullback
+                return torch.from_numpy(np.array(out))
 
         @staticmethod
         def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            grads = ctx.pullback(jnp.asarray(g.detach().numpy()))
-            return tuple(torch.from_numpy(np.array(x)) for x in grads)
+            import jax.numpy as jnp
+
+            with _x64():
+                grads = ctx.pullback(jnp.asarray(g.detach().numpy()))
+                return tuple(torch.from_numpy(np.array(x)) for x in grads)
 
     return Bridge.apply
+
+
+def _x64() -> Any:
+    """A context in which JAX computes in float64: ``jax.enable_x64(True)`` where JAX has it,
+    else the older ``jax.experimental.enable_x64()``."""
+    import jax
+
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(True)
+    from jax.experimental import enable_x64  # type: ignore[attr-defined]
+
+    return enable_x64()
 
 
 def qp_form(case: CaseLike) -> Callable[..., tuple[Any, ...]]:
