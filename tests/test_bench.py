@@ -113,20 +113,41 @@ def test_speed_quick(speed):
     gm = doc["summary"]["geomean_ratio"]
     assert set(gm) == {"forward", "backward", "total"}
     assert all(v is None or v > 0 for v in gm.values())
+    # every peer has a cell per row; the yardstick follows the rule on the row's own numbers
+    assert set(doc["settings"]["peers"]) == set(bench.peers.PEERS)
+    for r in doc["rows"]:
+        assert set(r["peers"]) == set(bench.peers.PEERS)
+        measured = {p: bench.Measurement(total=m["total"] if m["total"] is not None
+                                         else math.nan, error=m["error"], failure=m["failure"])
+                    for p, m in r["peers"].items()}
+        assert (r["yardstick"], r["yardstick_accurate"]) == bench.yardstick(measured)
+        if r["yardstick"] is not None:
+            assert r["yardstick_ratio"] == pytest.approx(
+                r["peers"][r["yardstick"]]["total"] / r["ours"]["total"])
+    ratios = [r["yardstick_ratio"] for r in doc["rows"] if r["yardstick_ratio"]]
+    assert doc["summary"]["yardstick_geomean_ratio"] == pytest.approx(
+        math.exp(np.mean(np.log(ratios))))
 
 
 def test_scaling_quick(tmp_path, capsys):
-    path = tmp_path / "scaling.json"
+    path, fig = tmp_path / "scaling.json", tmp_path / "scaling.png"
     code = bench.main(["scaling", "--quick", "--no-progress", "--batches", "1,3",
-                       "--sizes", "10", "--json", str(path)])
+                       "--size-problems", "sparsemax", "psd_trace_projection", "--sizes", "5",
+                       "--peers", "cvxpylayers", "--json", str(path), "--plot", str(fig)])
     assert code == 0
     doc = json.loads(path.read_text())
     assert [r["batch"] for r in doc["by_batch"]] == [1, 3]
-    assert [r["sizes"] for r in doc["by_size"]] == [{"n": 10}]
+    assert [(r["problem"], r["sizes"]) for r in doc["by_size"]] == [
+        ("sparsemax", {"n": 5}), ("psd_trace_projection", {"k": 5})]
     for r in doc["by_batch"] + doc["by_size"]:
         assert r["ours"]["failure"] is None and r["ours_per_instance"] > 0
+        assert set(r["per_instance"]) == {"ours", "cvxpylayers"}
+        m = r["peers"]["cvxpylayers"]
+        if m["failure"] is None:
+            assert r["per_instance"]["cvxpylayers"] == pytest.approx(m["total"] / r["batch"])
     out = capsys.readouterr().out
-    assert "per instance" in out and "sparsemax grows" in out
+    assert "per instance" in out and "problem grows" in out and "figure:" in out
+    assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_error_metric_is_sensitive():

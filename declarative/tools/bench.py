@@ -1,16 +1,21 @@
-"""``declarative bench``: our layers and cvxpylayers side by side, in one process.
+"""``declarative bench``: our layers and their peers side by side, in one process.
 
     declarative bench accuracy [--problems P ...] [--batch B] [--quick] [--json FILE]
-    declarative bench speed    [--problems P ...] [--batches B ...] [--quick] [--json FILE]
-    declarative bench scaling  [--problems P ...] [--batches B ...] [--sizes N ...] [--quick]
+    declarative bench speed    [--problems P ...] [--batches B ...] [--peers PEER ...]
+                               [--row-budget S] [--quick] [--json FILE]
+    declarative bench scaling  [--problems P ...] [--batches B ...] [--size-problems P ...]
+                               [--sizes N ...] [--peers PEER ...] [--plot FILE] [--quick]
 
-Both libraries get the SAME ``cp.Problem`` object and the same parameter values
-(float64 torch tensors, batched along a leading axis), and both are timed through
-their torch modules: forward = the module call, backward = ``loss.backward()`` for
-``loss = Σ_i ⟨g_i, out_i⟩``, total = the two (median over ``--repeats`` runs, after
-one untimed warm-up call per library and problem).
+The peers (``declarative/tools/peers.py``): cvxpylayers with diffcp and SCS
+("cvxpylayers"), cvxpylayers with ``solver="MOREAU"`` ("moreau"), proxsuite's QPLayer
+``QPFunction`` on the zoo's quadratic programs ("proxsuite") and qpax, when installed
+("qpax"). Every library gets the SAME ``cp.Problem`` (or, for the QP layers, its data
+mapped to (Q, p, A, b, G, l, u)) and the same parameter values (float64 torch tensors,
+batched along a leading axis), and all are timed through torch: forward = the call,
+backward = ``loss.backward()`` for ``loss = Σ_i ⟨g_i, out_i⟩``, total = the two (median
+over ``--repeats`` runs, after one untimed warm-up call per library and problem).
 
-Error (the same quantity for both libraries): with a fixed random cotangent g per
+Error (the same quantity for every library): with a fixed random cotangent g per
 instance and output, the gradient of ⟨g, out⟩ with respect to every parameter (one
 VJP) against the closed form gᵀJ from the problem zoo (``declarative.problems``); max abs over
 the batch and all parameter entries.
@@ -26,24 +31,33 @@ marked "*").
 
 ``speed``: sparsemax n = 100, softmax n = 100, an OptNet QP (n = 50, 10
 equalities, 50 inequalities), projection onto a polytope in 2-D (8 faces) and 20-D
-(40 faces), at batch 1, 64 and 512: forward, backward and total time for us at
-defaults and cvxpylayers at the eps that matches our error (searched in the same run,
-at batch ``--search-batch``), the ratio cvxpylayers/ours per row and their geometric
-mean.
+(40 faces), at batch 1, 64 and 512, and projection onto the spectraplex (SDP, k = 10, 30,
+50) at batch 1, 8 and 64. Per problem, on the first ``--search-batch`` instances: our error
+sets cvxpylayers' target and its eps search (as in ``accuracy``); every other peer's error
+is measured at its defaults and at its tightest tolerance (``Peer.tight``; reported, not
+timed). Per row: forward, backward and total time of ours at defaults, of cvxpylayers at
+the searched eps and of the other peers at their defaults, each beside its error; the
+YARDSTICK, the fastest peer whose error is <= 1e-5 (else the fastest at any accuracy,
+marked *); the ratio yardstick/ours and cvxpylayers/ours, and their geometric means over
+the rows. ``--row-budget`` skips a library at a batch its time at the previous one
+predicts to be too slow (recorded in the row).
 
-``scaling``: our time per instance as the batch grows (1 ... 4096) and as
-sparsemax grows (n = 10 ... 10,000); ``--cvxpylayers`` adds cvxpylayers at its defaults.
+``scaling``: time per instance of ours and of each peer (at their defaults) as the batch
+grows (1 ... 4096) and as sparsemax and softmax (n = 10 ... 10,000) and the spectraplex
+projection (k = 10 ... 50) grow; ``--plot FILE`` draws the curves, log-log, one panel per
+problem (``declarative/tools/plot.py``).
 
-When cvxpylayers raises (a parameter it cannot take, a solver failure on some
-instance, ...), the reason is recorded in the row and the bench goes on. Nothing here
-changes global state (torch threads, warning filters) beyond the call it makes.
+When a peer raises (a parameter it cannot take, a solver failure on some instance, ...),
+returns a NaN, is not installed or cannot express the problem, the reason is recorded in
+the row and the bench goes on. Nothing here changes global state (torch threads, warning
+filters) beyond the call it makes.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
-import importlib.metadata
 import math
 import os
 import platform
@@ -53,7 +67,7 @@ import time
 import warnings
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypedDict
 
 import numpy as np
@@ -62,6 +76,7 @@ import declarative as dl
 from declarative import problems
 from declarative.promise import ACCURACY
 from declarative.tools import format as fmt
+from declarative.tools import peers
 from declarative.tools.options import UsageError, key_values
 
 # -- configuration ---------------------------------------------------------------------------
@@ -69,7 +84,9 @@ from declarative.tools.options import UsageError, key_values
 # "cvxpylayers 1.2 (SCS defaults)": its default backend (diffcp) told to use SCS (diffcp
 # would pick ECOS for cones without PSD/exp-dual parts) and nothing else, so SCS runs at its
 # own defaults (eps_abs = eps_rel = 1e-4, max_iters = 100000) and diffcp at mode="lsqr".
-CVXPYLAYERS_DEFAULTS: dict[str, Any] = {"solve_method": "SCS"}
+CVXPYLAYERS_DEFAULTS: dict[str, Any] = peers.PEERS["cvxpylayers"].defaults
+# The yardstick of a speed row: the fastest peer whose gradient error is <= YARDSTICK_ERROR.
+YARDSTICK_ERROR = 1e-5
 # The tolerance search: eps_abs = eps_rel = eps, loosest first.
 EPS_GRID = tuple(10.0 ** -k for k in range(4, 13))
 # --quick searches every other power of ten.
@@ -90,6 +107,7 @@ class Case:
     problem: str                   # the zoo name
     sizes: dict[str, int] = field(default_factory=dict)
     sampler: Callable[..., list[np.ndarray]] | None = None   # None: the zoo's own
+    batches: tuple[int, ...] | None = None   # speed's batches for it (None: SPEED_BATCHES)
 
     @property
     def label(self) -> str:
@@ -131,14 +149,17 @@ def _sample_polytope(rng: np.random.Generator, d: int, m: int) -> list[np.ndarra
     raise RuntimeError(f"polytope_projection d={d}, m={m}: no acceptable instance")
 
 
+SPEED_BATCHES = (1, 64, 512)
+SDP_BATCHES = (1, 8, 64)     # the SDP rows: one instance of psd-50 is a 50 x 50 PSD cone
 SPEED_CASES: dict[str, Case] = {c.key: c for c in (
     Case("sparsemax", "sparsemax", {"n": 100}),
     Case("softmax", "softmax", {"n": 100}),
     Case("qp", "qp", {"n": 50, "p": 10, "m": 50}),
     Case("polytope-2d", "polytope_projection", {"d": 2, "m": 8}, _sample_polytope),
     Case("polytope-20d", "polytope_projection", {"d": 20, "m": 40}, _sample_polytope),
+    *(Case(f"psd-{k}", "psd_trace_projection", {"k": k}, batches=SDP_BATCHES)
+      for k in (10, 30, 50)),
 )}
-SPEED_BATCHES = (1, 64, 512)
 SEARCH_BATCH = 64
 class _QuickSpeed(TypedDict):
     problems: tuple[str, ...]
@@ -160,8 +181,20 @@ ACCURACY_BATCH = 64
 QUICK_ACCURACY: _QuickAccuracy = {"problems": ("sparsemax", "softmax"), "batch": 8}
 
 SCALING_BATCHES = (1, 4, 16, 64, 256, 1024, 4096)
+SCALING_PROBLEMS = ("sparsemax", "qp", "psd-10")
 SCALING_SIZES = (10, 30, 100, 300, 1000, 3000, 10_000)
-QUICK_SCALING = {"batches": (1, 4, 16), "sizes": (10, 100)}
+# size sweeps: zoo problem -> (its size, the sizes, the --quick sizes)
+SIZE_SWEEPS: dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]] = {
+    "sparsemax": ("n", SCALING_SIZES, (10, 100)),
+    "softmax": ("n", SCALING_SIZES, (10, 100)),
+    "psd_trace_projection": ("k", (10, 20, 30, 40, 50), (4, 10)),
+}
+class _QuickScaling(TypedDict):
+    problems: tuple[str, ...]
+    batches: tuple[int, ...]
+
+
+QUICK_SCALING: _QuickScaling = {"problems": ("sparsemax",), "batches": (1, 4, 16)}
 
 
 def _accuracy_cases() -> dict[str, Case]:
@@ -248,11 +281,7 @@ class Measurement:
                 "warnings": self.warnings, "repeats": self.repeats}
 
 
-def _describe(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    if len(text) > 300:
-        text = text[:297] + "..."
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+_describe = peers.describe
 
 
 def measure(call: Callable[..., Sequence[Any]], batch: Batch, repeats: int = REPEATS
@@ -277,6 +306,8 @@ def measure(call: Callable[..., Sequence[Any]], batch: Batch, repeats: int = REP
                 loss = sum((o * gi).sum() for o, gi in zip(outs, g, strict=True))
                 loss.backward()
                 t2 = time.perf_counter()
+                if not all(bool(torch.isfinite(o).all()) for o in outs):
+                    raise FloatingPointError("an output is not finite (NaN or inf)")
                 fwd.append(t1 - t0)
                 bwd.append(t2 - t1)
                 if batch.reference is not None:
@@ -309,18 +340,21 @@ def _grad_error(params: Sequence[Any], reference: Sequence[np.ndarray]) -> float
 
 
 class Libraries:
-    """Both layers for one case, built from the same ``cp.Problem``; construction failures
-    are recorded (``ours_failure`` / ``cvxpylayers_failure``) rather than raised."""
+    """Our layer and the peers' (``peer_names``, default cvxpylayers only) for one case, all
+    built from the same ``cp.Problem``; construction failures are recorded (``ours_failure``,
+    ``built[name].failure``) rather than raised. ``cvxpylayers_args`` are extra per-call
+    solver_args for cvxpylayers (diffcp)."""
 
     def __init__(self, case: Case, build_cvxpylayers: bool = True,
-                 cvxpylayers_args: dict[str, Any] | None = None) -> None:
+                 cvxpylayers_args: dict[str, Any] | None = None,
+                 peer_names: Sequence[str] | None = None) -> None:
         self.case = case
         self.cvxpylayers_args = {**CVXPYLAYERS_DEFAULTS, **(cvxpylayers_args or {})}
         self.problem, self.parameters, self.variables = problems.get(case.problem).build(
             **case.sizes)
-        self.ours = self.cvxpylayers = None
-        self.ours_failure = self.cvxpylayers_failure = None
-        self.ours_compile = self.cvxpylayers_compile = math.nan
+        self.ours = None
+        self.ours_failure = None
+        self.ours_compile = math.nan
         t0 = time.perf_counter()
         try:
             self.ours = dl.compile(self.problem, self.parameters, self.variables,
@@ -329,34 +363,46 @@ class Libraries:
             self.ours_compile = time.perf_counter() - t0
         except Exception as e:  # noqa: BLE001
             self.ours_failure = _describe(e)
-        if not build_cvxpylayers:
-            self.cvxpylayers_failure = "not run"
-            return
-        t0 = time.perf_counter()
-        try:
-            from cvxpylayers.torch import CvxpyLayer
-
-            self.cvxpylayers = CvxpyLayer(self.problem, parameters=self.parameters,
-                                          variables=self.variables,
-                                          **problems.compile_options(problems.get(case.problem)))
-            self.cvxpylayers_compile = time.perf_counter() - t0
-        except Exception as e:  # noqa: BLE001
-            self.cvxpylayers_failure = _describe(e)
+        if peer_names is None:
+            peer_names = ["cvxpylayers"] if build_cvxpylayers else []
+        self.built: dict[str, peers.Built] = {
+            p.name: p.build(case, self.problem, self.parameters, self.variables)
+            for p in peers.get(peer_names)}
+        c = self.built.get("cvxpylayers")
+        self.cvxpylayers = c.call() if c is not None and c.ok else None
+        self.cvxpylayers_failure = "not run" if c is None else c.failure
+        self.cvxpylayers_compile = math.nan if c is None else c.compile_seconds
 
     def time_ours(self, batch: Batch, repeats: int) -> Measurement:
         if self.ours is None:
             return Measurement(failure=self.ours_failure)
         return measure(self.ours, batch, repeats)
 
-    def time_cvxpylayers(self, batch: Batch, repeats: int,
-                         eps: float | None = None) -> Measurement:
-        if self.cvxpylayers is None:
-            return Measurement(failure=self.cvxpylayers_failure)
+    def cvxpylayers_options(self, eps: float | None = None) -> dict[str, Any]:
+        """cvxpylayers' per-call solver_args: the extra ones, and eps_abs = eps_rel = eps."""
         args = dict(self.cvxpylayers_args)
         if eps is not None:
             args.update(eps_abs=eps, eps_rel=eps)
-        layer = self.cvxpylayers
-        return measure(lambda *p: layer(*p, solver_args=args), batch, repeats)
+        return args
+
+    def time_cvxpylayers(self, batch: Batch, repeats: int,
+                         eps: float | None = None) -> Measurement:
+        return self.time_peer("cvxpylayers", batch, repeats, self.cvxpylayers_options(eps))
+
+    def time_peer(self, name: str, batch: Batch, repeats: int,
+                  options: dict[str, Any] | None = None) -> Measurement:
+        """Peer ``name`` on ``batch`` with ``options`` (None: its defaults); a gradient that is
+        not finite is a failure."""
+        built = self.built.get(name)
+        if built is None:
+            return Measurement(failure="not run")
+        if not built.ok:
+            return Measurement(failure=built.failure)
+        m = measure(built.call(options), batch, repeats)
+        if m.ok and m.error is not None and not math.isfinite(m.error):
+            return Measurement(failure="gradient not finite (or of the wrong shape)",
+                               warnings=m.warnings)
+        return m
 
     def warm_up(self, batch: Batch) -> None:
         """One untimed call each on one instance: lazy imports, thread pools, caches."""
@@ -364,8 +410,25 @@ class Libraries:
         one.reference = None
         if self.ours is not None:
             self.time_ours(one, 1)
-        if self.cvxpylayers is not None:
-            self.time_cvxpylayers(one, 1)
+        for name, built in self.built.items():
+            if built.ok:
+                self.time_peer(name, one, 1,
+                               self.cvxpylayers_options() if name == "cvxpylayers" else None)
+
+
+# -- the yardstick ----------------------------------------------------------------------------
+def yardstick(measured: dict[str, Measurement], accurate: float = YARDSTICK_ERROR
+              ) -> tuple[str | None, bool]:
+    """The peer ours is compared with: the fastest (least ``total``) whose gradient error is
+    <= ``accurate``; if none is, the fastest at any accuracy. Failed measurements (and those
+    without a finite time) are never chosen. Returns (its name or None, whether accurate)."""
+    ran = {n: m for n, m in measured.items() if m.ok and math.isfinite(m.total)}
+    good = {n: m for n, m in ran.items()
+            if m.error is not None and math.isfinite(m.error) and m.error <= accurate}
+    pool = good or ran
+    if not pool:
+        return None, False
+    return min(pool, key=lambda n: pool[n].total), bool(good)
 
 
 # -- the tolerance search -------------------------------------------------------------------
@@ -508,39 +571,50 @@ def _accuracy_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # -- speed ------------------------------------------------------------------------------------
-def run_speed(names: Sequence[str] | None = None, batches: Sequence[int] = SPEED_BATCHES,
+def run_speed(names: Sequence[str] | None = None, batches: Sequence[int] | None = None,
               repeats: int = REPEATS, seed: int = 0, search_batch: int = SEARCH_BATCH,
               grid: Sequence[float] = EPS_GRID, budget: float | None = None,
-              progress: bool | None = None, cvxpylayers_args: dict[str, Any] | None = None
+              progress: bool | None = None, cvxpylayers_args: dict[str, Any] | None = None,
+              peer_names: Sequence[str] | None = None, row_budget: float | None = None
               ) -> dict[str, Any]:
-    """The speed benchmark as a JSON-ready document."""
+    """The speed benchmark as a JSON-ready document.
+
+    Per case: our gradient error on the first ``search_batch`` instances sets cvxpylayers'
+    target and the eps search; every other peer's error is measured there at its defaults
+    and at its tightest tolerance (``Peer.tight``). Per batch (``batches``, or each case's
+    own): times of ours and of every peer (cvxpylayers at the searched eps, the others at
+    their defaults), the yardstick (`yardstick`, on those errors) and the ratios.
+    ``row_budget``: a library whose time at the previous batch, scaled to this one, would
+    exceed this many seconds (over the repeats) is skipped, and the skip recorded."""
     from tqdm import tqdm
 
     names = list(names or SPEED_CASES)
     _check_names(names, SPEED_CASES)
-    batches = sorted(set(batches))
+    peer_list = _peer_names(peer_names)
+    fixed = sorted(set(batches)) if batches is not None else None
+    plan = {n: fixed or sorted(set(SPEED_CASES[n].batches or SPEED_BATCHES)) for n in names}
     t_all = time.perf_counter()
     env = _environment()
-    rows = []
+    rows: list[dict[str, Any]] = []
     searches: dict[str, dict[str, Any]] = {}
-    bar = tqdm(total=len(names) * (1 + len(batches)), desc="bench speed", unit="step",
+    bar = tqdm(total=sum(1 + len(v) for v in plan.values()), desc="bench speed", unit="step",
                file=sys.stderr, disable=_disable(progress), leave=False, dynamic_ncols=True)
     for name in names:
-        case = SPEED_CASES[name]
+        case, case_batches = SPEED_CASES[name], plan[name]
         bar.set_postfix_str(f"{name}: instances")
         try:
-            libs = Libraries(case, cvxpylayers_args=cvxpylayers_args)
-            size = max(max(batches), search_batch)
+            libs = Libraries(case, cvxpylayers_args=cvxpylayers_args, peer_names=peer_list)
+            size = max(max(case_batches), search_batch)
             pool = make_batch(case, size, seed, reference=False, variables=libs.variables)
             # the closed form only for the instances the search uses (the first ones)
             ref = pool.head(search_batch).with_reference()
         except Exception as e:  # noqa: BLE001
             why = _describe(e)
             searches[name] = {"failure": why}
-            for B in batches:
+            for B in case_batches:
                 rows.append(_speed_row(case, B, None, Measurement(failure=why),
-                                       Measurement(failure=why)))
-            bar.update(1 + len(batches))
+                                       {p: Measurement(failure=why) for p in peer_list}))
+            bar.update(1 + len(case_batches))
             continue
         libs.warm_up(pool)
         # our error at defaults on the search batch sets the target, then the eps search
@@ -552,29 +626,41 @@ def run_speed(names: Sequence[str] | None = None, batches: Sequence[int] = SPEED
         if libs.cvxpylayers is not None:
             search = search_eps(libs, ref, target, grid, budget,
                                 lambda s: bar.set_postfix_str(s))
+        accuracy = _peer_accuracy(libs, ref, search, lambda s: bar.set_postfix_str(s))
         searches[name] = {"problem": case.key, "sizes": case.sizes, "batch": search_batch,
                           "our_error": fmt.finite_or_none(ours_ref.error),
                           "our_failure": ours_ref.failure,
                           **(search.as_dict() if search else
-                             {"failure": libs.cvxpylayers_failure})}
+                             {"failure": libs.cvxpylayers_failure}),
+                          "peers": accuracy}
         bar.update()
-        for B in batches:
+        last: dict[str, tuple[int, float]] = {}   # library -> (batch, total) last timed
+        for B in case_batches:
             bar.set_postfix_str(f"{name}: batch {B}")
             b = pool.head(B)
-            ours = libs.time_ours(b, repeats)
-            if search is not None and search.chosen is not None:
-                theirs = libs.time_cvxpylayers(b, repeats, search.chosen)
-            else:
-                why = libs.cvxpylayers_failure or "no eps gave a finite error in the search"
-                theirs = Measurement(failure=why)
-            rows.append(_speed_row(case, B, search, ours, theirs))
+            ours = _within_budget("ours", B, last, row_budget, repeats,
+                                  functools.partial(libs.time_ours, b, repeats))
+            measured = {}
+            for p in peer_list:
+                options = (libs.cvxpylayers_options(search.chosen if search else None)
+                           if p == "cvxpylayers" else None)
+                m = _within_budget(p, B, last, row_budget, repeats,
+                                   functools.partial(libs.time_peer, p, b, repeats, options))
+                if m.ok:   # its gradient error: measured on the search batch, as timed here
+                    m = replace(m, error=accuracy[p]["error"])
+                measured[p] = m
+            rows.append(_speed_row(case, B, search, ours, measured))
             bar.update()
     bar.close()
+    ratios = [r["yardstick_ratio"] for r in rows]
     return {
         "command": "bench speed",
-        "settings": {"batches": batches, "repeats": repeats, "seed": seed,
-                     "search_batch": search_batch, "eps_grid": list(grid),
+        "settings": {"batches": fixed, "batches_per_problem": plan, "repeats": repeats,
+                     "seed": seed, "search_batch": search_batch, "eps_grid": list(grid),
                      "error_floor": ERROR_FLOOR, "search_budget_s": budget,
+                     "row_budget_s": row_budget, "yardstick_error": YARDSTICK_ERROR,
+                     "peers": {p: peers.PEERS[p].label for p in peer_list},
+                     "peer_defaults": {p: peers.PEERS[p].defaults for p in peer_list},
                      **_settings_common(cvxpylayers_args)},
         "environment": {**env, "load_after": _loadavg()},
         "searches": searches,
@@ -582,74 +668,172 @@ def run_speed(names: Sequence[str] | None = None, batches: Sequence[int] = SPEED
         "summary": {"geomean_ratio": {k: _geomean([r["ratio"][k] for r in rows if r["ratio"]])
                                       for k in ("forward", "backward", "total")},
                     "rows_compared": sum(1 for r in rows if r["ratio"]),
+                    "yardstick_geomean_ratio": _geomean(ratios),
+                    "yardstick_rows": sum(1 for v in ratios if v is not None),
+                    "yardstick_inaccurate_rows": [
+                        f"{r['problem']} batch {r['batch']}" for r in rows
+                        if r["yardstick"] and not r["yardstick_accurate"]],
                     "cvxpylayers_failed": [f"{r['problem']} batch {r['batch']}" for r in rows
                                            if r["cvxpylayers"]["failure"]],
+                    "peers_failed": {p: [f"{r['problem']} batch {r['batch']}" for r in rows
+                                         if r["peers"][p]["failure"]] for p in peer_list},
                     "ours_failed": [f"{r['problem']} batch {r['batch']}" for r in rows
                                     if r["ours"]["failure"]]},
         "seconds": time.perf_counter() - t_all,
     }
 
 
+def _peer_names(names: Sequence[str] | None) -> list[str]:
+    """The peers to run (default: all), checked; an unknown one is a UsageError."""
+    try:
+        return [p.name for p in peers.get(names)]
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _peer_accuracy(libs: Libraries, ref: Batch, search: Search | None,
+                   progress: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """Each peer's gradient error on ``ref`` as the speed rows time it (cvxpylayers: at the
+    searched eps, from the search; the others: at their defaults), and at its tightest
+    tolerance (``tight``: its options, error, failure and whether it reaches
+    YARDSTICK_ERROR; None where it has no tolerance options)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in libs.built:
+        peer = peers.PEERS[name]
+        if name == "cvxpylayers":
+            step = None
+            if search is not None and search.chosen is not None:
+                step = next(st for st in search.steps if st["eps"] == search.chosen)
+            out[name] = {"options": libs.cvxpylayers_options(search.chosen if search else None),
+                         "error": step["error"] if step else None,
+                         "failure": None if step else (libs.cvxpylayers_failure
+                                                       or "no eps gave a finite error"),
+                         "tight": None}
+            continue
+        progress(f"{libs.case.key}: {name} error")
+        m = libs.time_peer(name, ref, 1)
+        entry: dict[str, Any] = {"options": dict(peer.defaults),
+                                 "error": fmt.finite_or_none(m.error), "failure": m.failure,
+                                 "tight": None}
+        if peer.tight is not None and libs.built[name].ok:
+            progress(f"{libs.case.key}: {name} error, tight")
+            t = libs.time_peer(name, ref, 1, peer.tight)
+            entry["tight"] = {"options": peer.tight, "error": fmt.finite_or_none(t.error),
+                              "failure": t.failure, "warnings": t.warnings,
+                              "reaches": bool(t.ok and t.error is not None
+                                              and t.error <= YARDSTICK_ERROR)}
+        out[name] = entry
+    return out
+
+
+def _within_budget(who: str, B: int, last: dict[str, tuple[int, float]],
+                   row_budget: float | None, repeats: int,
+                   run: Callable[[], Measurement]) -> Measurement:
+    """``run()``, unless ``who``'s last time scaled to batch ``B`` (linearly) times the
+    repeats exceeds ``row_budget``; then a Measurement whose failure says so."""
+    if row_budget is not None and who in last:
+        B0, t0 = last[who]
+        predicted = t0 * B / B0 * max(1, repeats)
+        if predicted > row_budget:
+            return Measurement(failure=f"skipped: about {predicted:.0f}s predicted from batch "
+                               f"{B0}, over the row budget of {row_budget:g}s")
+    m = run()
+    if m.ok:
+        last[who] = (B, m.total)
+    return m
+
+
 def _speed_row(case: Case, B: int, search: Search | None, ours: Measurement,
-               theirs: Measurement) -> dict[str, Any]:
+               measured: dict[str, Measurement]) -> dict[str, Any]:
+    theirs = measured.get("cvxpylayers", Measurement(failure="not run"))
     ratio = None
     if ours.ok and theirs.ok:
         ratio = {k: fmt.finite_or_none(getattr(theirs, k) / getattr(ours, k))
                  if getattr(ours, k) > 0
                  else None for k in ("forward", "backward", "total")}
+    stick, accurate = yardstick(measured)
     return {"problem": case.key, "sizes": case.sizes, "batch": B,
             "eps": search.chosen if search else None,
             "eps_matched": search.matched if search else None,
-            "ours": ours.as_dict(), "cvxpylayers": theirs.as_dict(), "ratio": ratio}
+            "ours": ours.as_dict(), "cvxpylayers": theirs.as_dict(), "ratio": ratio,
+            "peers": {p: m.as_dict() for p, m in measured.items()},
+            "yardstick": stick, "yardstick_accurate": accurate,
+            "yardstick_ratio": _ratio(measured[stick], ours) if stick else None}
 
 
 # -- scaling ----------------------------------------------------------------------------------
 def run_scaling(names: Sequence[str] | None = None, batches: Sequence[int] = SCALING_BATCHES,
-                sizes: Sequence[int] = SCALING_SIZES, size_batch: int = 1,
-                repeats: int = REPEATS, seed: int = 0, cvxpylayers: bool = False,
-                progress: bool | None = None, cvxpylayers_args: dict[str, Any] | None = None
-                ) -> dict[str, Any]:
-    """Our time per instance as the batch grows, and as sparsemax grows."""
+                sizes: Sequence[int] | None = None, size_batch: int = 1,
+                repeats: int = REPEATS, seed: int = 0, progress: bool | None = None,
+                cvxpylayers_args: dict[str, Any] | None = None,
+                peer_names: Sequence[str] | None = None, size_problems: Sequence[str] | None = None,
+                row_budget: float | None = None, quick: bool = False) -> dict[str, Any]:
+    """Time per instance of ours and of each peer (at their defaults) as the batch grows
+    (speed cases ``names``) and as each of ``size_problems`` grows (its SIZE_SWEEPS sizes, or
+    ``sizes``; at batch ``size_batch``). ``row_budget`` as in `run_speed`; along a size sweep
+    the time is scaled by the size ratio cubed."""
     from tqdm import tqdm
 
-    names = list(names or ["sparsemax"])
+    names = list(names or (QUICK_SCALING["problems"] if quick else SCALING_PROBLEMS))
     _check_names(names, SPEED_CASES)
-    batches, sizes = sorted(set(batches)), sorted(set(sizes))
+    size_problems = list(size_problems or SIZE_SWEEPS)
+    _check_names(size_problems, SIZE_SWEEPS)
+    peer_list = _peer_names(peer_names)
+    batches = sorted(set(batches))
+    sweeps = {p: sorted(set(sizes or (SIZE_SWEEPS[p][2] if quick else SIZE_SWEEPS[p][1])))
+              for p in size_problems}
     t_all = time.perf_counter()
     env = _environment()
-    bar = tqdm(total=len(names) * len(batches) + len(sizes), desc="bench scaling", unit="step",
-               file=sys.stderr, disable=_disable(progress), leave=False, dynamic_ncols=True)
+    bar = tqdm(total=len(names) * len(batches) + sum(map(len, sweeps.values())),
+               desc="bench scaling", unit="step", file=sys.stderr, disable=_disable(progress),
+               leave=False, dynamic_ncols=True)
     by_batch: list[dict[str, Any]] = []
     by_size: list[dict[str, Any]] = []
 
-    def run(case: Case, Bs: Sequence[int], out: list[dict[str, Any]]) -> None:
+    def run(case: Case, Bs: Sequence[int], out: list[dict[str, Any]],
+            last: dict[str, tuple[int, float]], scale: float = 1.0) -> None:
+        """Time ``case`` at batches ``Bs``; ``last`` and ``scale`` feed the row budget."""
         try:
-            libs = Libraries(case, build_cvxpylayers=cvxpylayers,
-                             cvxpylayers_args=cvxpylayers_args)
+            libs = Libraries(case, cvxpylayers_args=cvxpylayers_args, peer_names=peer_list)
             pool = make_batch(case, max(Bs), seed, reference=False, variables=libs.variables)
         except Exception as e:  # noqa: BLE001
             for B in Bs:
-                out.append(_scaling_row(case, B, Measurement(failure=_describe(e)), None))
+                why = Measurement(failure=_describe(e))
+                out.append(_scaling_row(case, B, why, {p: why for p in peer_list}))
                 bar.update()
             return
         libs.warm_up(pool)
         for B in Bs:
             bar.set_postfix_str(f"{case.label}: batch {B}")
             b = pool.head(B)
-            ours = libs.time_ours(b, repeats)
-            theirs = libs.time_cvxpylayers(b, repeats) if cvxpylayers else None
-            out.append(_scaling_row(case, B, ours, theirs, libs.ours_compile))
+            scaled = {w: (B0, t * scale) for w, (B0, t) in last.items()}
+            ours = _within_budget("ours", B, scaled, row_budget, repeats,
+                                  functools.partial(libs.time_ours, b, repeats))
+            measured = {p: _within_budget(p, B, scaled, row_budget, repeats, functools.partial(
+                libs.time_peer, p, b, repeats,
+                libs.cvxpylayers_options() if p == "cvxpylayers" else None))
+                for p in peer_list}
+            last.update(scaled)
+            out.append(_scaling_row(case, B, ours, measured, libs.ours_compile))
             bar.update()
 
     for name in names:
-        run(SPEED_CASES[name], batches, by_batch)
-    for n in sizes:
-        run(Case("sparsemax", "sparsemax", {"n": n}), [size_batch], by_size)
+        run(SPEED_CASES[name], batches, by_batch, {})
+    for problem, sweep in sweeps.items():
+        key = SIZE_SWEEPS[problem][0]
+        last: dict[str, tuple[int, float]] = {}
+        previous = None
+        for n in sweep:
+            scale = 1.0 if previous is None else (n / previous) ** 3
+            run(Case(problem, problem, {key: n}), [size_batch], by_size, last, scale)
+            previous = n
     bar.close()
     return {
         "command": "bench scaling",
-        "settings": {"batches": batches, "sizes": sizes, "size_batch": size_batch,
-                     "repeats": repeats, "seed": seed, "cvxpylayers": cvxpylayers,
+        "settings": {"problems": names, "batches": batches, "size_sweeps": sweeps,
+                     "size_batch": size_batch, "repeats": repeats, "seed": seed,
+                     "row_budget_s": row_budget,
+                     "peers": {p: peers.PEERS[p].label for p in peer_list},
                      **_settings_common(cvxpylayers_args)},
         "environment": {**env, "load_after": _loadavg()},
         "by_batch": by_batch,
@@ -658,15 +842,21 @@ def run_scaling(names: Sequence[str] | None = None, batches: Sequence[int] = SCA
     }
 
 
-def _scaling_row(case: Case, B: int, ours: Measurement, theirs: Measurement | None,
+def _scaling_row(case: Case, B: int, ours: Measurement, measured: dict[str, Measurement],
                  compile_seconds: float | None = None) -> dict[str, Any]:
+    def per_instance(m: Measurement) -> float | None:
+        return fmt.finite_or_none(m.total / B) if m.ok else None
+
     row = {"problem": case.key, "sizes": case.sizes, "batch": B, "ours": ours.as_dict(),
            "ours_compile_seconds": fmt.finite_or_none(compile_seconds),
-           "ours_per_instance": fmt.finite_or_none(ours.total / B) if ours.ok else None,
+           "ours_per_instance": per_instance(ours),
+           "peers": {p: m.as_dict() for p, m in measured.items()},
+           "per_instance": {"ours": per_instance(ours),
+                            **{p: per_instance(m) for p, m in measured.items()}},
            "peak_rss_mb": _peak_rss_mb()}
-    if theirs is not None:
-        row["cvxpylayers"] = theirs.as_dict()
-        row["ratio"] = _ratio(theirs, ours)
+    if "cvxpylayers" in measured:
+        row["cvxpylayers"] = measured["cvxpylayers"].as_dict()
+        row["ratio"] = _ratio(measured["cvxpylayers"], ours)
     return row
 
 
@@ -704,11 +894,7 @@ def _loadavg() -> list[float] | None:
         return None
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+_version = peers.version
 
 
 def _environment() -> dict[str, Any]:
@@ -718,7 +904,8 @@ def _environment() -> dict[str, Any]:
         "python": platform.python_version(), "platform": platform.platform(),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "versions": {d: _version(d) for d in ("declarative", "cvxpylayers", "diffcp", "scs",
-                                               "cvxpy", "torch", "numpy", "scipy")},
+                                               "moreau", "proxsuite", "qpax", "cvxpy",
+                                               "torch", "numpy", "scipy")},
         "load_before": _loadavg(),
     }
 
@@ -801,38 +988,70 @@ TIMES = ("forward", "backward", "total")
 
 
 def format_speed(doc: dict[str, Any]) -> str:
-    header = ["problem", "batch", "eps", "ours fwd", "bwd", "total", "cvxpylayers fwd", "bwd",
-              "total", "ratio fwd", "bwd", "total"]
+    names = list(doc["settings"]["peers"])
+    header = ["problem", "batch", "ours fwd", "bwd", "total"]
+    for p in names:
+        header += [f"{p} total", "err"]
+    header += ["yardstick", "ratio", "cvxpylayers ratio"]
     rows, notes = [], []
     for r in doc["rows"]:
-        o, c, q = r["ours"], r["cvxpylayers"], r["ratio"] or {}
-        eps = "-" if r["eps"] is None else f"{r['eps']:.0e}" + ("" if r["eps_matched"] else "*")
-        rows.append([f"{r['problem']} {fmt.size_text(r['sizes'])}", str(r["batch"]), eps,
-                     *(fmt.duration(m[k]) for m in (o, c) for k in TIMES),
-                     *(fmt.ratio(q.get(k)) for k in TIMES)])
-        for who, m in (("ours", o), ("cvxpylayers", c)):
-            if m["failure"]:
-                notes.append(f"{r['problem']} batch {r['batch']}: {who} failed: {m['failure']}")
-    out = [fmt.table(header, rows)]
-    out.append("")
+        o = r["ours"]
+        cells = [f"{r['problem']} {fmt.size_text(r['sizes'])}", str(r["batch"]),
+                 *(fmt.duration(o[k]) for k in TIMES)]
+        for p in names:
+            m = r["peers"][p]
+            quiet = m["failure"] and _quiet_failure(m["failure"])
+            cells += [fmt.duration(m["total"]), "-" if quiet else _err_of(m)]
+        stick = r["yardstick"]
+        cells += ["-" if stick is None else stick + ("" if r["yardstick_accurate"] else "*"),
+                  fmt.ratio(r["yardstick_ratio"]),
+                  fmt.ratio((r["ratio"] or {}).get("total"))]
+        rows.append(cells)
+        for who, m in (("ours", o), *((p, r["peers"][p]) for p in names)):
+            if m["failure"] and not _quiet_failure(m["failure"]):
+                notes.append(f"{r['problem']} batch {r['batch']}: {who} failed: "
+                             f"{m['failure']}")
+    out = [fmt.table(header, rows), ""]
     for name, s in doc["searches"].items():
         if "failure" in s:
             notes.append(f"{name}: {s['failure']}")
-            continue
-        got = (f"eps {s['eps_needed']:.0e} reaches it" if s["matched"] else
-               f"never reached (best {fmt.sci(s['best_error'])} at eps "
-               f"{'-' if s['best_eps'] is None else format(s['best_eps'], '.0e')}; "
-               "timed there, marked *)")
-        out.append(f"search {name} (batch {s['batch']}): our error {fmt.sci(s['our_error'])}, "
-                   f"target {s['target']:.1e}: {got}")
-    gm = doc["summary"]["geomean_ratio"]
-    out.append(f"times: median of {doc['settings']['repeats']} (float64 torch, forward = module "
-               "call, backward = loss.backward()); ours at defaults, cvxpylayers "
-               f"({_cvxpylayers_label(doc)}) at the eps that matches our error; ratio = "
-               "cvxpylayers / ours.")
-    out.append(f"geometric mean ratio over {doc['summary']['rows_compared']} rows: forward "
-               f"{fmt.ratio(gm['forward'])}, backward {fmt.ratio(gm['backward'])}, total "
-               f"{fmt.ratio(gm['total'])} "
+        else:
+            got = (f"eps {s['eps_needed']:.0e} reaches it" if s["matched"] else
+                   f"never reached (best {fmt.sci(s['best_error'])} at eps "
+                   f"{'-' if s['best_eps'] is None else format(s['best_eps'], '.0e')}; "
+                   "timed there)")
+            out.append(f"search {name} (batch {s['batch']}): our error "
+                       f"{fmt.sci(s['our_error'])}, cvxpylayers target {s['target']:.1e}: "
+                       f"{got}")
+        for p, a in s.get("peers", {}).items():
+            t = a.get("tight")
+            if t is None:
+                continue
+            opts = ", ".join(f"{k}={v}" for k, v in t["options"].items())
+            verdict = ("failed: " + t["failure"] if t["failure"] else
+                       f"error {fmt.sci(t['error'])}, "
+                       + ("under" if t["reaches"] else "NOT under")
+                       + f" {doc['settings']['yardstick_error']:g}")
+            notes.append(f"{name}: {p} at its tightest tolerance ({opts}): {verdict} "
+                         f"(at its defaults: {_err_of(a)})")
+    skipped = [p for p in names if all(r["peers"][p]["failure"] == "not installed"
+                                       for r in doc["rows"])]
+    if skipped:
+        notes.append(f"not installed, not run: {', '.join(skipped)}")
+    sm, st = doc["summary"], doc["settings"]
+    gm = sm["geomean_ratio"]
+    out.append("peers: " + "; ".join(st["peers"].values()) + ".")
+    out.append(f"times: median of {st['repeats']} (float64 torch, forward = module call, "
+               "backward = loss.backward()); ours at defaults, cvxpylayers at the eps that "
+               "matches our error, the other peers at their defaults; err: the peer's max abs "
+               "gradient error against the closed form on the search batch, at the setting "
+               f"timed. yardstick: the fastest peer with err <= {st['yardstick_error']:g}, "
+               "else (marked *) the fastest at any accuracy; ratio = yardstick / ours, "
+               "cvxpylayers ratio = cvxpylayers / ours (total times).")
+    out.append(f"geometric mean ratio yardstick / ours over {sm['yardstick_rows']} rows: "
+               f"{fmt.ratio(sm['yardstick_geomean_ratio'])}; cvxpylayers / ours over "
+               f"{sm['rows_compared']} rows: forward {fmt.ratio(gm['forward'])}, backward "
+               f"{fmt.ratio(gm['backward'])}, total {fmt.ratio(gm['total'])} "
                f"({doc['seconds']:.1f}s; load average {doc['environment']['load_before']} -> "
                f"{doc['environment']['load_after']} on {doc['environment']['cpu_count']} CPUs).")
     out = out[:1] + [fmt.wrap(x) for x in out[1:]]
@@ -841,40 +1060,43 @@ def format_speed(doc: dict[str, Any]) -> str:
 
 
 def format_scaling(doc: dict[str, Any]) -> str:
-    theirs = doc["settings"]["cvxpylayers"]
+    names = list(doc["settings"]["peers"])
 
-    def block(rows: list[dict[str, Any]], first: str) -> str:
-        header = [first, "batch", "ours compile", "fwd", "bwd", "total", "per instance",
-                  "peak RSS"]
-        if theirs:
-            header += ["cvxpylayers total", "ratio"]
+    def block(rows: list[dict[str, Any]]) -> str:
+        header = ["problem", "batch", "ours compile", "fwd", "bwd", "total", "per instance",
+                  "peak RSS", *(f"{p} /inst" for p in names)]
         body = []
         for r in rows:
             o = r["ours"]
-            cells = [fmt.size_text(r["sizes"]) if first == "size" else f"{r['problem']} "
-                     f"{fmt.size_text(r['sizes'])}", str(r["batch"]),
-                     fmt.duration(r["ours_compile_seconds"]),
-                     fmt.duration(o["forward"]),
+            cells = [f"{r['problem']} {fmt.size_text(r['sizes'])}", str(r["batch"]),
+                     fmt.duration(r["ours_compile_seconds"]), fmt.duration(o["forward"]),
                      fmt.duration(o["backward"]), fmt.duration(o["total"]),
                      fmt.duration(r["ours_per_instance"]),
-                     "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb'] / 1024:.1f}GB"]
-            if theirs:
-                cells += [fmt.duration(r["cvxpylayers"]["total"]), fmt.ratio(r["ratio"])]
+                     "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb'] / 1024:.1f}GB",
+                     *(fmt.duration(r["per_instance"][p]) for p in names)]
             body.append(cells)
         notes = [f"note: {r['problem']} {fmt.size_text(r['sizes'])} batch {r['batch']}: "
-                 f"{who} failed: "
-                 f"{r[who]['failure']}" for r in rows for who in ("ours", "cvxpylayers")
-                 if who in r and r[who]["failure"]]
-        return "\n".join([fmt.table(header, body), *notes])
+                 f"{who} failed: {m['failure']}"
+                 for r in rows for who, m in (("ours", r["ours"]), *r["peers"].items())
+                 if m["failure"] and not _quiet_failure(m["failure"])]
+        return "\n".join([fmt.table(header, body), *map(fmt.wrap, notes)])
 
-    out = ["time per instance as the batch grows:", block(doc["by_batch"], "problem"), "",
-           f"time per instance as sparsemax grows (batch {doc['settings']['size_batch']}):",
-           block(doc["by_size"], "size"), "",
-           fmt.wrap(f"median of {doc['settings']['repeats']}; ours at defaults"
-                 + (f", cvxpylayers at {_cvxpylayers_label(doc)} defaults" if theirs else "")
-                 + "; compile: dl.compile, once per problem; peak RSS: the process's peak "
-                 f"resident memory so far (it only grows) ({doc['seconds']:.1f}s).")]
+    sweeps = ", ".join(f"{p} {SIZE_SWEEPS[p][0]} = {','.join(map(str, v))}"
+                       for p, v in doc["settings"]["size_sweeps"].items())
+    out = ["time per instance as the batch grows:", block(doc["by_batch"]), "",
+           f"time per instance as the problem grows ({sweeps}; batch "
+           f"{doc['settings']['size_batch']}):", block(doc["by_size"]), "",
+           fmt.wrap(f"median of {doc['settings']['repeats']}; ours and the peers at their "
+                    "defaults (" + "; ".join(doc["settings"]["peers"].values()) + "); "
+                    "/inst: total (forward + backward) time / batch; compile: dl.compile, once "
+                    "per problem; peak RSS: the process's peak resident memory so far (it only "
+                    f"grows) ({doc['seconds']:.1f}s).")]
     return "\n".join(out)
+
+
+def _quiet_failure(why: str) -> bool:
+    """A peer that is not installed or cannot express the problem: no note per row."""
+    return why in ("not installed", "not run") or why.startswith("does not apply")
 
 
 def _cvxpylayers_label(doc: dict[str, Any]) -> str:
@@ -908,13 +1130,14 @@ def _cmd_accuracy(args: argparse.Namespace) -> int:
 def _cmd_speed(args: argparse.Namespace) -> int:
     q = args.quick
     names = args.problems or (list(QUICK_SPEED["problems"]) if q else None)
-    batches = _pick(_flat(args.batches), QUICK_SPEED["batches"] if q else SPEED_BATCHES)
+    batches = _pick(_flat(args.batches), QUICK_SPEED["batches"] if q else None)
     search_batch = _pick(args.search_batch, QUICK_SPEED["search_batch"] if q else SEARCH_BATCH)
     repeats = _pick(args.repeats, QUICK_REPEATS if q else REPEATS)
     doc = _usage(run_speed, names=names, batches=batches, repeats=repeats, seed=args.seed,
                  search_batch=search_batch, grid=QUICK_EPS_GRID if q else EPS_GRID,
                  budget=args.search_budget, progress=_progress_flag(args),
-                 cvxpylayers_args=_key_values(args))
+                 cvxpylayers_args=_key_values(args), peer_names=args.peers,
+                 row_budget=args.row_budget)
     doc["settings"]["quick"] = q
     print(format_speed(doc))
     if args.json:
@@ -927,15 +1150,19 @@ def _cmd_scaling(args: argparse.Namespace) -> int:
     doc = _usage(run_scaling, names=args.problems,
                  batches=_pick(_flat(args.batches),
                                QUICK_SCALING["batches"] if q else SCALING_BATCHES),
-                 sizes=_pick(_flat(args.sizes), QUICK_SCALING["sizes"] if q else SCALING_SIZES),
-                 size_batch=args.size_batch,
+                 sizes=_flat(args.sizes), size_batch=args.size_batch,
                  repeats=_pick(args.repeats, QUICK_REPEATS if q else REPEATS), seed=args.seed,
-                 cvxpylayers=args.cvxpylayers, progress=_progress_flag(args),
-                 cvxpylayers_args=_key_values(args))
+                 progress=_progress_flag(args), cvxpylayers_args=_key_values(args),
+                 peer_names=args.peers, size_problems=args.size_problems,
+                 row_budget=args.row_budget, quick=q)
     doc["settings"]["quick"] = q
     print(format_scaling(doc))
     if args.json:
         fmt.write_json(doc, args.json)
+    if args.plot:
+        from declarative.tools.plot import plot_scaling
+
+        print(f"figure: {plot_scaling(doc, args.plot)}")
     return 0
 
 
@@ -956,6 +1183,8 @@ def _usage(fn: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
     for key in ("batches", "sizes"):
         if kwargs.get(key) is not None and (not kwargs[key] or min(kwargs[key]) < 1):
             raise UsageError(f"--{key} must be positive.")
+    if kwargs.get("row_budget") is not None and not kwargs["row_budget"] > 0:
+        raise UsageError("--row-budget must be a positive number of seconds.")
     return fn(**kwargs)
 
 
@@ -974,9 +1203,10 @@ def _flat(lists: Sequence[Sequence[int]] | None) -> list[int] | None:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``bench`` (with ``accuracy``, ``speed`` and ``scaling``) on the CLI."""
     p = subparsers.add_parser(
-        "bench", help="compare with cvxpylayers: accuracy, speed, scaling",
-        description="Run our layers and cvxpylayers side by side on zoo problems, in one "
-        "process, and print ratios cvxpylayers/ours. Times are wall clock: run on a quiet "
+        "bench", help="compare with the peers: accuracy, speed, scaling",
+        description="Run our layers and the peers (cvxpylayers with diffcp, cvxpylayers with "
+        "Moreau, proxsuite's QPLayer, qpax when installed) side by side on zoo problems, in "
+        "one process, and print ratios peer/ours. Times are wall clock: run on a quiet "
         "machine.")
     sub = p.add_subparsers(dest="bench_command", required=True, metavar="MODE")
 
@@ -995,6 +1225,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "max_iters=200000 (repeatable; default: none, i.e. solve_method=SCS "
                         "and SCS's and diffcp's defaults)")
 
+    def peer_options(sp: argparse.ArgumentParser, default: str = "all") -> None:
+        sp.add_argument("--peers", nargs="+", metavar="PEER", default=None,
+                        help=f"peers to time, of {', '.join(peers.PEERS)} (default: {default}; "
+                        "one not installed is recorded and skipped)")
+        sp.add_argument("--row-budget", type=float, default=None, metavar="SECONDS",
+                        help="skip a library at a batch where its time at the previous batch, "
+                        "scaled to this one, would exceed this (default: no limit)")
+
     a = sub.add_parser(
         "accuracy", help="gradient error vs the closed form, and the eps cvxpylayers needs",
         description="Per zoo problem: our gradient error against the closed form and our time "
@@ -1012,40 +1250,57 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     a.set_defaults(func=_cmd_accuracy)
 
     s = sub.add_parser(
-        "speed", help="forward/backward times, cvxpylayers at the eps that matches our error",
-        description="Forward, backward and total times of ours (defaults) and cvxpylayers at "
-        "the SCS eps that matches our gradient error (searched in the same run), per problem "
-        "and batch size, with ratios cvxpylayers/ours and their geometric mean. Problems: "
-        f"{', '.join(c.label for c in SPEED_CASES.values())}.")
+        "speed", help="forward/backward times of ours and every peer, ratio to the yardstick",
+        description="Forward, backward and total times of ours (defaults) and of each peer "
+        "(cvxpylayers at the SCS eps that matches our gradient error, searched in the same "
+        "run; the others at their defaults), each beside its gradient error, per problem and "
+        "batch size. The yardstick of a row is the fastest peer whose error is <= "
+        f"{YARDSTICK_ERROR:g}, else the fastest at any accuracy; printed: the ratio "
+        "yardstick/ours and cvxpylayers/ours per row and their geometric means, and whether "
+        "each peer's tightest tolerance gets it under the threshold. Problems: "
+        f"{', '.join(c.label for c in SPEED_CASES.values())} (batches "
+        f"{','.join(map(str, SPEED_BATCHES))}; the SDP rows psd-*: "
+        f"{','.join(map(str, SDP_BATCHES))}).")
     s.add_argument("--problems", nargs="+", metavar="P", help=f"of {', '.join(SPEED_CASES)} "
                    f"(default: all; --quick: {' '.join(QUICK_SPEED['problems'])})")
     s.add_argument("--batches", type=_positive_ints, nargs="+", default=None, metavar="B",
-                   help=f"batch sizes (default {','.join(map(str, SPEED_BATCHES))}; --quick: "
+                   help="batch sizes for every problem (default "
+                   f"{','.join(map(str, SPEED_BATCHES))}, the SDP rows "
+                   f"{','.join(map(str, SDP_BATCHES))}; --quick: "
                    f"{','.join(map(str, QUICK_SPEED['batches']))})")
     s.add_argument("--search-batch", type=int, default=None,
                    help=f"batch of the eps search (default {SEARCH_BATCH}; --quick: "
                    f"{QUICK_SPEED['search_batch']})")
     s.add_argument("--search-budget", type=float, default=None, metavar="SECONDS",
                    help="stop the eps search of a problem after this long (default: no limit)")
+    peer_options(s)
     common(s)
     s.set_defaults(func=_cmd_speed)
 
     c = sub.add_parser(
-        "scaling", help="our time per instance vs batch size and vs problem size",
-        description="Our time per instance as the batch grows (default "
-        f"{','.join(map(str, SCALING_BATCHES))}) and as sparsemax grows (n = "
-        f"{','.join(map(str, SCALING_SIZES))}).")
+        "scaling", help="time per instance of ours and the peers vs batch and problem size",
+        description="Time per instance of ours and of each peer (at their defaults) as the "
+        f"batch grows (default {','.join(map(str, SCALING_BATCHES))}, on "
+        f"{', '.join(SCALING_PROBLEMS)}) and as problems grow ("
+        + "; ".join(f"{p}: {k} = {','.join(map(str, v))}" for p, (k, v, _) in SIZE_SWEEPS.items())
+        + "). --plot draws the batch curves, log-log, one panel per problem.")
     c.add_argument("--problems", nargs="+", metavar="P",
-                   help=f"for the batch sweep, of {', '.join(SPEED_CASES)} (default sparsemax)")
+                   help=f"for the batch sweep, of {', '.join(SPEED_CASES)} (default "
+                   f"{' '.join(SCALING_PROBLEMS)}; --quick: "
+                   f"{' '.join(QUICK_SCALING['problems'])})")
     c.add_argument("--batches", type=_positive_ints, nargs="+", default=None, metavar="B",
                    help=f"batch sizes (default {','.join(map(str, SCALING_BATCHES))}; "
                    f"--quick: {','.join(map(str, QUICK_SCALING['batches']))})")
+    c.add_argument("--size-problems", nargs="+", metavar="P", default=None,
+                   help=f"zoo problems for the size sweep, of {', '.join(SIZE_SWEEPS)} "
+                   "(default: all)")
     c.add_argument("--sizes", type=_positive_ints, nargs="+", default=None, metavar="N",
-                   help="sparsemax sizes n for the size sweep")
+                   help="the sizes of every size sweep (default: each problem's own)")
     c.add_argument("--size-batch", type=int, default=1,
                    help="batch of the size sweep (default 1)")
-    c.add_argument("--cvxpylayers", action="store_true",
-                   help="also time cvxpylayers at its defaults")
+    c.add_argument("--plot", metavar="FILE",
+                   help="also draw time per instance against batch size (PNG; needs matplotlib)")
+    peer_options(c)
     common(c)
     c.set_defaults(func=_cmd_scaling)
 

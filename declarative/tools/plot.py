@@ -1,6 +1,9 @@
-"""Heatmaps of a verify report's Jacobians (``declarative verify --plot``); needs matplotlib."""
+"""Figures, with matplotlib: heatmaps of a verify report's Jacobians (``declarative verify --plot``)
+and time per instance of a ``bench scaling`` run (``declarative bench scaling --plot``)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -71,3 +74,55 @@ def _absmax(a: np.ndarray) -> float:
     a = np.abs(np.asarray(a, dtype=float))
     a = a[np.isfinite(a)]
     return float(a.max()) if a.size else 0.0
+
+
+def plot_scaling(doc: dict[str, Any], path: str) -> str:
+    """A PNG of a ``bench scaling`` document: time per instance (total = forward + backward,
+    over the batch) against batch size, ours and each peer, log-log, one panel per problem of
+    the batch sweep; then one panel per size sweep (time per instance against the size).
+    A peer that failed or did not run at a point has no marker there. Needs matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    who = ["ours", *doc["settings"]["peers"]]
+    panels: list[tuple[str, str, list[tuple[float, dict[str, Any]]]]] = []
+    for problem in dict.fromkeys(r["problem"] for r in doc["by_batch"]):
+        rows = [r for r in doc["by_batch"] if r["problem"] == problem]
+        sizes = ", ".join(f"{k}={v}" for k, v in rows[0]["sizes"].items())
+        panels.append((f"{problem} ({sizes}): vs batch", "batch size",
+                       [(r["batch"], r) for r in rows]))
+    for problem in dict.fromkeys(r["problem"] for r in doc["by_size"]):
+        rows = [r for r in doc["by_size"] if r["problem"] == problem]
+        key = next(iter(rows[0]["sizes"]))
+        panels.append((f"{problem} (batch {rows[0]['batch']}): vs {key}", key,
+                       [(r["sizes"][key], r) for r in rows]))
+    if not panels:
+        raise ValueError("the scaling document has no rows to plot")
+    cols = min(3, len(panels))
+    nrows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.6 * nrows), squeeze=False,
+                             constrained_layout=True)
+    for ax, (title, xlabel, points) in zip(axes.flat, panels, strict=False):
+        for name in who:
+            xy = [(x, r["per_instance"].get(name)) for x, r in points]
+            xy = [(x, y) for x, y in xy if y is not None and y > 0]
+            if xy:
+                xs, ys = zip(*xy, strict=True)
+                ax.plot(xs, ys, marker="o", ms=3, lw=2.0 if name == "ours" else 1.2,
+                        label=name)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel("time per instance (s)", fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle("declarative bench scaling: forward + backward time per instance (float64; "
+                 "every library at its defaults; lower is better)", fontsize=10)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
