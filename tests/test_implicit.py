@@ -320,10 +320,11 @@ def test_info_is_per_call_across_threads():
 
 def test_core_imports_no_framework():
     """declarative.implicit and its zoo import neither torch nor jax (cvxpy, which the core
-    imports, may import jax on its own: only modules new after `import declarative` count)."""
+    imports, may import jax or, through solver plugins such as moreau, torch on its own: only
+    modules new after `import declarative` count)."""
     code = ("import sys, declarative; before = set(sys.modules); "
             "import declarative.implicit, problems.implicit_nodes; "
             "from declarative import implicit; implicit.root(lambda z: z); "
             "new = [m for m in set(sys.modules) - before if m.split('.')[0] in ('torch', 'jax')]; "
-            "assert not new, new; assert 'torch' not in sys.modules")
+            "assert not new, new")
     subprocess.run([sys.executable, "-c", code], check=True)
