@@ -129,13 +129,14 @@ def _spectraplex_solution(Yv):
     return (U * np.maximum(lam - tau, 0.0)) @ U.T
 
 
-def test_low_rank_psd_blocks_solve_through_the_bordered_lu():
+def test_low_rank_psd_blocks_solve_through_the_bordered_lu(monkeypatch):
     """PSD projection with a trace constraint: the dual's PSD block of DΠ is I up to rank ρ
     (the solution's rank r is small), so S = S₀ + U Vᵀ is solved through the sparse bordered
     matrix (S₀ itself singular: X fixed on the PSD rows overdetermines the trace). Its VJP
     and JVP equal those of the dense LU of S, and the solution the closed form."""
     import declarative.derivative as der
 
+    monkeypatch.setattr(der, "LOW_RANK_MIN", 0)  # the path at a small size (k = 12)
     k = 12
     layer = _spectraplex(k)
     rng = np.random.default_rng(3)
