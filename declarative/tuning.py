@@ -42,8 +42,8 @@ class Tuning:
     and each derivative (VJP, JVP, `Forward.nondifferentiable`) factors S again, k instances
     at a time, dropping each chunk's factorizations before the next. What a call holds for
     its derivative is then O(k·N²) (N = n + m) rather than O(B·N²), for one more
-    factorization per solved instance in each derivative. Outputs are the default mode's;
-    derivatives agree with it to rounding. Never decided by the layer.
+    factorization per solved instance in each derivative. Outputs and derivatives agree with
+    the default mode's to rounding. Never decided by the layer.
     """
 
     solver: str = DEFAULT_SOLVER
