@@ -44,6 +44,7 @@ from . import (
     pnorm_ball_projection,
     polytope_projection,
     psd_projection,
+    psd_trace_projection,
     qp,
     ridge,
     simplex_quadratic,
@@ -169,6 +170,7 @@ _MODULES: tuple[ModuleType, ...] = (
     geometric_mean_budget,
     pnorm_ball_projection,
     box_volume,
+    psd_trace_projection,
 )
 for _module in _MODULES:
     register(_module)

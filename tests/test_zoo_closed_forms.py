@@ -93,6 +93,7 @@ def test_registry_order_and_get():
         "geometric_mean_budget",
         "pnorm_ball_projection",
         "box_volume",
+        "psd_trace_projection",
     ]
     for name in NAMES:
         assert get(name) is ZOO[name]
@@ -399,6 +400,37 @@ def test_psd_projection_kkt_and_jacobian_symmetries():
         module.solution(Z)[0], module.solution((Z + Z.T) / 2)[0], rtol=0, atol=1e-14
     )
     numeric = _finite_difference_jacobian("psd_projection", [Z])[0][0]
+    np.testing.assert_allclose(module.jacobian(Z)[0][0], numeric, rtol=0, atol=FD_RTOL)
+
+
+def test_psd_trace_projection_kkt_margins_and_jacobian():
+    module = get("psd_trace_projection")
+    for seed in SEEDS:
+        k = 3 + seed
+        (Y,) = _sample("psd_trace_projection", seed, k=k)
+        np.testing.assert_array_equal(Y, Y.T)
+        lam = np.linalg.eigvalsh(Y)
+        X = module.solution(Y)[0]
+        mu = np.linalg.eigvalsh(X)
+        tau = np.sort(lam)[-1] - np.sort(mu)[-1]  # the shift of the top eigenvalue
+        # the sampler's margins: eigenvalues away from τ and from each other
+        assert np.abs(lam - tau).min() >= module.MARGIN - 1e-12
+        assert np.diff(lam).min() >= module.MARGIN - 1e-12
+        assert abs(np.trace(X) - 1) <= 1e-13 and mu.min() >= -1e-14  # X in the spectraplex
+        # KKT: 2(X − Y) + 2τ I = S ⪰ 0 with S X = 0 (S the multiplier of X ⪰ 0)
+        S = X - Y + tau * np.eye(k)
+        assert np.linalg.eigvalsh(S).min() >= -1e-13
+        np.testing.assert_allclose(S @ X, 0, atol=1e-13)
+        (J,) = module.jacobian(Y)[0]
+        np.testing.assert_allclose(J, J.transpose(1, 0, 2, 3), atol=1e-15)
+        np.testing.assert_allclose(J, J.transpose(0, 1, 3, 2), atol=1e-15)
+        # tr X* = 1 for every Y: the trace of the Jacobian vanishes in every direction
+        np.testing.assert_allclose(np.einsum("ppij->ij", J), 0, atol=1e-13)
+    # a non-symmetric Y, against central differences of the closed form
+    rng = np.random.default_rng(0)
+    (Y,) = _sample("psd_trace_projection", 1, k=6)
+    Z = Y + 0.01 * rng.standard_normal(Y.shape)
+    numeric = _finite_difference_jacobian("psd_trace_projection", [Z])[0][0]
     np.testing.assert_allclose(module.jacobian(Z)[0][0], numeric, rtol=0, atol=FD_RTOL)
 
 
