@@ -971,8 +971,9 @@ def _flat(lists: Sequence[Sequence[int]] | None) -> list[int] | None:
     return None if lists is None else [v for vs in lists for v in vs]
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``bench`` (with ``accuracy``, ``speed`` and ``scaling``) on the CLI."""
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """Register ``bench`` (with ``accuracy``, ``speed`` and ``scaling``) on the CLI; returns
+    its modes, for modes defined elsewhere (``memory``: tools/bench_memory.py)."""
     p = subparsers.add_parser(
         "bench", help="compare with cvxpylayers: accuracy, speed, scaling",
         description="Run our layers and cvxpylayers side by side on zoo problems, in one "
@@ -1048,6 +1049,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="also time cvxpylayers at its defaults")
     common(c)
     c.set_defaults(func=_cmd_scaling)
+    return sub
 
 
 def main(argv: Sequence[str] | None = None) -> int:
