@@ -30,7 +30,7 @@ Small systems are solved dense and batched; large ones with a sparse LU per inst
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.linalg as sla
@@ -269,9 +269,16 @@ class Factor:
 
     With ``near`` set, ``lu`` factors not S but a nearby matrix (``near.S``): solves then
     run iterative refinement on S with that LU as preconditioner (see `_refined_solve`).
+
+    ``S`` is None where nothing will read it (`Linearization` drops it): in ``near`` (only its
+    LU is used), and in a regular factorization, without ``near``, of a polyhedral program's
+    S. Such an S is read only to
+    compare a later S of the same instance with it, and there the later S equals it exactly
+    where DΠ's values do (compared on ``dvals``), and differs by at least 1 (an entry of
+    I − DΠ) elsewhere, never nearly.
     """
 
-    S: np.ndarray | sp.csc_matrix
+    S: np.ndarray | sp.csc_matrix | None
     lu: tuple[np.ndarray, np.ndarray] | spla.SuperLU | None  # LAPACK (lu, piv), SuperLU, or None
     rcond: float
     svd: tuple | None = None
@@ -283,7 +290,7 @@ class Factor:
     def _values(self, S: np.ndarray | sp.csc_matrix) -> tuple[np.ndarray, np.ndarray] | None:
         """(S's values, self.S's values) if the two share a shape and sparsity pattern."""
         mine = self.S
-        if S.shape != mine.shape:
+        if mine is None or S.shape != mine.shape:
             return None
         if isinstance(S, np.ndarray) or isinstance(mine, np.ndarray):
             if isinstance(S, np.ndarray) and isinstance(mine, np.ndarray):
@@ -312,6 +319,7 @@ class Factor:
         """A factorization of S itself (made once, when iterative refinement fails)."""
         if self._exact is None:
             S = self.S
+            assert S is not None  # kept where ``near`` is set
             ordering = self.near.ordering if self.near is not None else None
             self._exact = _factor_one(S) if isinstance(S, np.ndarray) else \
                 _factor_sparse_one(S, ordering or "COLAMD")
@@ -377,7 +385,8 @@ class Linearization:
                 if f.same_matrix(S):
                     factors[i] = f
                 elif f.near_matrix(S):  # refinement's last step moved S a little
-                    factors[i] = Factor(S, f.lu, f.rcond, near=f)
+                    # (of the nearby matrix only its LU is used: its S is not kept)
+                    factors[i] = Factor(S, f.lu, f.rcond, near=replace(f, S=None, svd=None))
         todo = [i for i, f in enumerate(factors) if f is None]
         if layout is None:
             fn = _factor_one
@@ -388,8 +397,13 @@ class Linearization:
             # ordering is set above whenever there is an instance to factor
             fn = functools.partial(_factor_sparse_one, ordering=layout.ordering or "COLAMD",
                                    supernodes=layout.supernodes)
+        # a polyhedral program's regular S is not read again (see `Factor`): only its LU kept
+        t = self.D.dims
+        polyhedral = t.zero + t.nonneg == self.m
         for i, f in zip(todo, parallel_map(fn, [mats[i] for i in todo]), strict=True):
             f.dvals = dvals[i]
+            if polyhedral and f.rcond > RCOND_MIN:
+                f.S = None
             factors[i] = f
         self.factors: list[Factor] = factors
         self.reused = len(factors) - len(todo)
@@ -463,6 +477,7 @@ def _refined_solve(f: Factor, rhs: np.ndarray, transpose: bool) -> np.ndarray:
     ch. 12): x ← x + S₀⁻¹(rhs − S x). The error contracts by ‖I − S₀⁻¹S‖ per step, ~1e-8 after
     refinement's last Newton step, so two or three steps reach a backward error of a few
     ulps; stagnation or too many steps fall back on factoring S itself."""
+    assert f.S is not None  # kept where ``near`` is set
     M = f.S.T if transpose else f.S
     x = _lu_solve(f.near, rhs, transpose)
     scale = np.abs(M).max() if isinstance(M, np.ndarray) else np.abs(M.data).max(initial=0.0)
@@ -496,6 +511,7 @@ def _lstsq(f: Factor, r: np.ndarray, transpose: bool) -> np.ndarray:
             return U @ ((Vt @ r) / (sv if r.ndim == 1 else sv[:, None]))
         return Vt.T @ ((U.T @ r) / (sv if r.ndim == 1 else sv[:, None]))
     S = f.S
+    assert S is not None  # kept where S is singular
     if isinstance(S, np.ndarray) or not np.all(np.isfinite(S.data)):  # nothing to solve
         return np.full_like(r, np.nan)
     M = S.T if transpose else S

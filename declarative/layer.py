@@ -921,6 +921,7 @@ class Layer:
         for j, f in enumerate(fs):
             if f.rcond > RCOND_MIN or not np.isfinite(d[j]).all():
                 continue
+            assert f.S is not None  # kept where S is singular
             S = f.S if isinstance(f.S, np.ndarray) else f.S.toarray()
             gap = np.abs(S @ corr[j, :, 0] + r.F[idx[j]])
             here = absR @ np.abs(np.concatenate([r.x[idx[j]], pv[j]]))

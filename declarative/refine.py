@@ -165,6 +165,8 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
             break
         every = idx.size == B  # (then the batch's own arrays, not copies)
         sub = ops if every else ops.take(idx)
+        for i in idx:  # replaced below in any case: freed before the new ones are made
+            factors[i] = None
         lin = Linearization(sub, Dc if every else Dc.take(idx))
         # A singular S too large for a dense SVD gives no step (NaN): LSMR is costly, and
         # its least-squares step rarely helps (e.g. SCS's loose sparsemax solution with
