@@ -188,16 +188,16 @@ def test_low_memory_mode_holds_memory_for_a_chunk_not_the_batch():
 
 def test_chunked_jax_gradient_matches_whole_batch():
     jax = pytest.importorskip("jax")
-    jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
 
     layer, mod, sizes = zoo_layer("sparsemax", **ZOO["sparsemax"])
     (theta,) = _sample(mod, sizes, B, seed=5)
     g = np.random.default_rng(6).standard_normal(theta.shape)
     grads = []
-    for lay in (layer, _chunked(layer, 3)):
-        f = lay.jax()
-        grads.append(np.asarray(jax.grad(lambda th, f=f: jnp.sum(f(th)[0] * g))(theta)))
+    with jax.enable_x64(True):  # a global switch: restored afterwards
+        for lay in (layer, _chunked(layer, 3)):
+            f = lay.jax()
+            grads.append(np.asarray(jax.grad(lambda th, f=f: jnp.sum(f(th)[0] * g))(theta)))
     assert _close(*grads)
     J = [mod.jacobian(th)[0][0] for th in theta]
     assert max_abs(grads[1], np.stack([gi @ Ji for gi, Ji in zip(g, J, strict=True)])) <= 1e-8
