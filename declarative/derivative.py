@@ -61,6 +61,10 @@ DENSE_COST = 2.5e-5
 SPARSE_COST = 70.0
 SPARSE_FILL_COST = 0.016
 SVD_MAX = 3000
+# Dense S is built and factored this many instances at a time: the batch's temporaries (S, A
+# and DΠA, each (B, ·, ·)) are a block's, and each block's S is freed once factored where it
+# is not kept (see `Factor`).
+DENSE_BLOCK = 64
 # LSMR on singular systems above SVD_MAX: its stopping tolerances (near double precision) and
 # iteration limit (a multiple of the system's size).
 LSMR_TOL = 1e-14
@@ -350,50 +354,49 @@ class Linearization:
                 if f is not None and f.dvals is not None and np.array_equal(f.dvals, dvals[i]):
                     factors[i] = f
         build = np.array([i for i, f in enumerate(factors) if f is None], dtype=int)
-        mats: list = [None] * B
-        if build.size:  # S for the instances without a reusable factorization
-            sub = ops if build.size == B else ops.take(build)
-            if self.dense:
-                Db = D if build.size == B else D.take(build)
-                A = sub.dense()
-                DA = Db.matvec(A)  # (b, m, n)
-                S = np.zeros((A.shape[0], t.n + t.m, t.n + t.m))
-                if t.quadratic:
-                    S[:, : t.n, : t.n] = sub.dense_P()
-                S[:, : t.n, t.n :] = np.swapaxes(DA, 1, 2)
-                S[:, t.n :, : t.n] = -A
-                S[:, t.n :, t.n :] = -Db.dense()
-                idx = np.arange(t.n, t.n + t.m)
-                S[:, idx, idx] += 1.0
-                for j, i in enumerate(build):
-                    mats[i] = S[j]
-            else:
-                layout = sparse_layout(t)
-                data = layout.values(sub, dvals[build])
-                for j, i in enumerate(build):
-                    mats[i] = layout.matrix(data[j])
-        self._factor(factors, mats, reuse, dvals, None if self.dense else sparse_layout(t))
+        made = 0
+        if self.dense:  # S built and factored a block at a time: no (B, N, N) temporaries
+            for lo in range(0, build.size, DENSE_BLOCK):
+                part = build[lo : lo + DENSE_BLOCK]
+                whole = part.size == B
+                S = _dense_S(ops if whole else ops.take(part), D if whole else D.take(part))
+                made += self._factor(factors, dict(zip(part.tolist(), S, strict=True)), reuse,
+                                     dvals, None)
+                del S
+        elif build.size:
+            layout = sparse_layout(t)
+            data = layout.values(ops if build.size == B else ops.take(build), dvals[build])
+            mats = {i: layout.matrix(data[j]) for j, i in enumerate(build.tolist())}
+            made = self._factor(factors, mats, reuse, dvals, layout)
+        self.factors: list[Factor] = factors  # type: ignore[assignment]  # every one set
+        self.reused = B - made
+        self.rcond = np.array([f.rcond for f in self.factors])
+        self.singular = ~(self.rcond > RCOND_MIN)
 
-    def _factor(self, factors: list, mats: list, reuse: list[Factor | None] | None,
-                dvals: np.ndarray, layout: SparseLayout | None) -> None:
-        """Factor every instance ``mats`` holds in parallel threads, except where ``reuse``
-        has S's factorization (or a nearby matrix's, refined iteratively when solving)."""
+    def _factor(self, factors: list, mats: dict[int, np.ndarray | sp.csc_matrix],
+                reuse: list[Factor | None] | None, dvals: np.ndarray,
+                layout: SparseLayout | None) -> int:
+        """Factor S of every instance i in ``mats`` (i ↦ S_i) in parallel threads, into
+        ``factors[i]``, except where ``reuse`` has S's factorization (or a nearby matrix's,
+        refined iteratively when solving). Returns how many were factored."""
         if reuse is not None:
-            for i, (f, S) in enumerate(zip(reuse, mats, strict=True)):
-                if f is None or S is None:
+            for i, S in mats.items():
+                f = reuse[i]
+                if f is None:
                     continue
                 if f.same_matrix(S):
                     factors[i] = f
                 elif f.near_matrix(S):  # refinement's last step moved S a little
                     # (of the nearby matrix only its LU is used: its S is not kept)
                     factors[i] = Factor(S, f.lu, f.rcond, near=replace(f, S=None, svd=None))
-        todo = [i for i, f in enumerate(factors) if f is None]
+        todo = [i for i in mats if factors[i] is None]
         if layout is None:
             fn = _factor_one
         else:
             if layout.ordering is None and todo:  # the least fill on a real instance
-                layout.ordering, fill = _best_ordering(mats[todo[0]])
-                layout.supernodes = not fill <= THIN_FILL * mats[todo[0]].shape[0]
+                first = mats[todo[0]]
+                layout.ordering, fill = _best_ordering(first)
+                layout.supernodes = not fill <= THIN_FILL * first.shape[0]
             # ordering is set above whenever there is an instance to factor
             fn = functools.partial(_factor_sparse_one, ordering=layout.ordering or "COLAMD",
                                    supernodes=layout.supernodes)
@@ -405,10 +408,7 @@ class Linearization:
             if polyhedral and f.rcond > RCOND_MIN:
                 f.S = None
             factors[i] = f
-        self.factors: list[Factor] = factors
-        self.reused = len(factors) - len(todo)
-        self.rcond = np.array([f.rcond for f in factors])
-        self.singular = ~(self.rcond > RCOND_MIN)
+        return len(todo)
 
     def null_space(self, i: int) -> np.ndarray | None:
         """Right null space of a singular S_i, (N, k); None if S_i is regular or too large."""
@@ -526,6 +526,22 @@ def _lstsq(f: Factor, r: np.ndarray, transpose: bool) -> np.ndarray:
 
 # LAPACK routines looked up once (get_lapack_funcs costs as much as a small solve)
 _getrs, _gecon = sla.get_lapack_funcs(("getrs", "gecon"), (np.zeros(1),))
+
+
+def _dense_S(ops: BatchOps, D: DProjection) -> np.ndarray:
+    """S of (1), dense, for each instance of ``ops`` with DΠ = ``D``: (B, N, N)."""
+    t = ops.template
+    A = ops.dense()
+    DA = D.matvec(A)  # (B, m, n)
+    S = np.zeros((A.shape[0], t.n + t.m, t.n + t.m))
+    if t.quadratic:
+        S[:, : t.n, : t.n] = ops.dense_P()
+    S[:, : t.n, t.n :] = np.swapaxes(DA, 1, 2)
+    S[:, t.n :, : t.n] = -A
+    S[:, t.n :, t.n :] = -D.dense()
+    idx = np.arange(t.n, t.n + t.m)
+    S[:, idx, idx] += 1.0
+    return S
 
 
 def _factor_one(S: np.ndarray) -> Factor:
