@@ -206,8 +206,9 @@ def format_memory(doc: dict[str, Any]) -> str:
     legend = (f"fwd+bwd: peak RSS after forward + backward minus the peak after imports, layer "
               f"construction and a one-instance warm-up (a fresh process per row); of which "
               f"fwd: the same after the forward alone; vs ours: fwd+bwd over ours at defaults; "
-              f"{OURS_LOW}: Tuning(chunk_size={s['chunk']}). Peers at their defaults: {labels}. "
-              f"({doc['seconds']:.0f}s)")
+              f"{OURS_LOW}: Tuning(chunk_size={s['chunk']})."
+              + (f" Peers at their defaults: {labels}." if labels else "")
+              + f" ({doc['seconds']:.0f}s)")
     return "\n".join([fmt.table(header, rows, right=[False, True, False, True, True, True,
                                                       True, True]),
                       *notes, fmt.wrap(legend)])
