@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.linalg as sla
@@ -72,6 +72,10 @@ SVD_MAX = 3000
 # costs more than the smaller LU saves: measured break-even near k = 30, 1.5× faster at k = 40).
 LOW_RANK_MAX = 1 / 3
 LOW_RANK_MIN = 400
+# Dense S is built and factored this many instances at a time: the batch's temporaries (S, A
+# and DΠA, each (B, ·, ·)) are a block's, and each block's S is freed once factored where it
+# is not kept (see `Factor`).
+DENSE_BLOCK = 64
 # LSMR on singular systems above SVD_MAX: its stopping tolerances (near double precision) and
 # iteration limit (a multiple of the system's size).
 LSMR_TOL = 1e-14
@@ -283,9 +287,16 @@ class Factor:
 
     With ``near`` set, ``lu`` factors not S but a nearby matrix (``near.S``): solves then
     run iterative refinement on S with that LU as preconditioner (see `_refined_solve`).
+
+    ``S`` is None where nothing will read it (`Linearization` drops it): in ``near`` (only its
+    LU is used), and in a regular factorization, without ``near``, of a polyhedral program's
+    S. Such an S is read only to
+    compare a later S of the same instance with it, and there the later S equals it exactly
+    where DΠ's values do (compared on ``dvals``), and differs by at least 1 (an entry of
+    I − DΠ) elsewhere, never nearly.
     """
 
-    S: np.ndarray | sp.csc_matrix
+    S: np.ndarray | sp.csc_matrix | None
     # LAPACK (lu, piv), SuperLU, SuperLU of S's bordered form (BorderedLU), or None
     lu: tuple[np.ndarray, np.ndarray] | spla.SuperLU | BorderedLU | None
     rcond: float
@@ -298,7 +309,7 @@ class Factor:
     def _values(self, S: np.ndarray | sp.csc_matrix) -> tuple[np.ndarray, np.ndarray] | None:
         """(S's values, self.S's values) if the two share a shape and sparsity pattern."""
         mine = self.S
-        if S.shape != mine.shape:
+        if mine is None or S.shape != mine.shape:
             return None
         if isinstance(S, np.ndarray) or isinstance(mine, np.ndarray):
             if isinstance(S, np.ndarray) and isinstance(mine, np.ndarray):
@@ -314,21 +325,23 @@ class Factor:
         return vals is not None and np.array_equal(*vals)
 
     def near_matrix(self, S: np.ndarray | sp.csc_matrix) -> bool:
-        """S differs from the factored matrix (this one's, or the one this one is near) by at
-        most NEAR_RATE·rcond (relative, max norm), and that one is regular: its LU is a good
-        preconditioner for S."""
-        root = self.near or self  # the matrix actually factored
-        vals = root._values(S)
-        if vals is None or not root.rcond > RCOND_MIN:
+        """S differs from this factorization's S by at most NEAR_RATE·rcond (relative, max
+        norm) and the LU is regular: a good preconditioner for S. Where this one is itself
+        near (its LU a nearby matrix's, whose S is not kept), the distances add up over a chain
+        of refinement's steps, which shrink quadratically; a preconditioner that drifted too
+        far shows as stagnation in `_refined_solve`, which then factors S itself."""
+        vals = self._values(S)
+        if vals is None or not self.rcond > RCOND_MIN:
             return False
         new, old = vals
         return bool(np.abs(new - old).max(initial=0.0)
-                    <= NEAR_RATE * root.rcond * np.abs(old).max(initial=0.0))
+                    <= NEAR_RATE * self.rcond * np.abs(old).max(initial=0.0))
 
     def exact(self) -> Factor:
         """A factorization of S itself (made once, when iterative refinement fails)."""
         if self._exact is None:
             S = self.S
+            assert S is not None  # kept where ``near`` is set
             ordering = self.near.ordering if self.near is not None else None
             self._exact = _factor_one(S) if isinstance(S, np.ndarray) else \
                 _factor_sparse_one(S, ordering or "COLAMD")
@@ -359,48 +372,49 @@ class Linearization:
                 if f is not None and f.dvals is not None and np.array_equal(f.dvals, dvals[i]):
                     factors[i] = f
         build = np.array([i for i, f in enumerate(factors) if f is None], dtype=int)
-        mats: list = [None] * B
-        if build.size:  # S for the instances without a reusable factorization
+        made = 0
+        if self.dense:  # S built and factored a block at a time: no (B, N, N) temporaries
+            for lo in range(0, build.size, DENSE_BLOCK):
+                part = build[lo : lo + DENSE_BLOCK]
+                whole = part.size == B
+                S = _dense_S(ops if whole else ops.take(part), D if whole else D.take(part))
+                made += self._factor(factors, dict(zip(part.tolist(), S, strict=True)), reuse,
+                                     dvals, None)
+                del S
+        elif build.size:
+            layout = sparse_layout(t)
             sub = ops if build.size == B else ops.take(build)
-            if self.dense:
-                Db = D if build.size == B else D.take(build)
-                A = sub.dense()
-                DA = Db.matvec(A)  # (b, m, n)
-                S = np.zeros((A.shape[0], t.n + t.m, t.n + t.m))
-                if t.quadratic:
-                    S[:, : t.n, : t.n] = sub.dense_P()
-                S[:, : t.n, t.n :] = np.swapaxes(DA, 1, 2)
-                S[:, t.n :, : t.n] = -A
-                S[:, t.n :, t.n :] = -Db.dense()
-                idx = np.arange(t.n, t.n + t.m)
-                S[:, idx, idx] += 1.0
-                for j, i in enumerate(build):
-                    mats[i] = S[j]
-            else:
-                layout = sparse_layout(t)
-                data = layout.values(sub, dvals[build])
-                for j, i in enumerate(build):
-                    mats[i] = layout.matrix(data[j])
-                for j, part in _low_rank_parts(sub, D if build.size == B else D.take(build),
-                                               layout, dvals[build]):
-                    mats[build[j]] = (mats[build[j]], *part)
-        self._factor(factors, mats, reuse, dvals, None if self.dense else sparse_layout(t))
+            data = layout.values(sub, dvals[build])
+            mats: dict = {i: layout.matrix(data[j]) for j, i in enumerate(build.tolist())}
+            for j, part in _low_rank_parts(sub, D if build.size == B else D.take(build),
+                                           layout, dvals[build]):
+                mats[int(build[j])] = (mats[int(build[j])], *part)
+            made = self._factor(factors, mats, reuse, dvals, layout)
+        self.factors: list[Factor] = factors  # type: ignore[assignment]  # every one set
+        self.reused = B - made
+        self.rcond = np.array([f.rcond for f in self.factors])
+        self.singular = ~(self.rcond > RCOND_MIN)
 
-    def _factor(self, factors: list, mats: list, reuse: list[Factor | None] | None,
-                dvals: np.ndarray, layout: SparseLayout | None) -> None:
-        """Factor every instance ``mats`` holds in parallel threads, except where ``reuse``
-        has S's factorization (or a nearby matrix's, refined iteratively when solving)."""
+    def _factor(self, factors: list, mats: dict[int, np.ndarray | sp.csc_matrix],
+                reuse: list[Factor | None] | None, dvals: np.ndarray,
+                layout: SparseLayout | None) -> int:
+        """Factor S of every instance i in ``mats`` (i ↦ S_i) in parallel threads, into
+        ``factors[i]``, except where ``reuse`` has S's factorization (or a nearby matrix's,
+        refined iteratively when solving). Returns how many were factored."""
         if reuse is not None:
-            for i, (f, S) in enumerate(zip(reuse, mats, strict=True)):
-                if f is None or S is None:
+            for i, S in mats.items():
+                f = reuse[i]
+                if f is None:
                     continue
                 if isinstance(S, tuple):
                     S = S[0]
                 if f.same_matrix(S):
                     factors[i] = f
                 elif f.near_matrix(S):  # refinement's last step moved S a little
-                    factors[i] = Factor(S, f.lu, f.rcond, near=f.near or f)
-        todo = [i for i, f in enumerate(factors) if f is None]
+                    # (of the nearby matrix only its LU is used: its S is not kept)
+                    factors[i] = Factor(S, f.lu, f.rcond,
+                                        near=replace(f.near or f, S=None, svd=None))
+        todo = [i for i in mats if factors[i] is None]
         if layout is None:
             fn = _factor_one
         else:
@@ -414,15 +428,15 @@ class Linearization:
             fn = functools.partial(_factor_sparse_any, ordering=layout.ordering,
                                    ordering_low_rank=layout.ordering_low_rank,
                                    supernodes=layout.supernodes)
+        # a polyhedral program's regular S is not read again (see `Factor`): only its LU kept
+        t = self.D.dims
+        polyhedral = t.zero + t.nonneg == self.m
         for i, f in zip(todo, parallel_map(fn, [mats[i] for i in todo]), strict=True):
             f.dvals = dvals[i]
+            if polyhedral and f.rcond > RCOND_MIN:
+                f.S = None
             factors[i] = f
-            if isinstance(mats[i], tuple):
-                mats[i] = mats[i][0]
-        self.factors: list[Factor] = factors
-        self.reused = len(factors) - len(todo)
-        self.rcond = np.array([f.rcond for f in factors])
-        self.singular = ~(self.rcond > RCOND_MIN)
+        return len(todo)
 
     def null_space(self, i: int) -> np.ndarray | None:
         """Right null space of a singular S_i, (N, k); None if S_i is regular or too large."""
@@ -491,6 +505,7 @@ def _refined_solve(f: Factor, rhs: np.ndarray, transpose: bool) -> np.ndarray:
     ch. 12): x ← x + S₀⁻¹(rhs − S x). The error contracts by ‖I − S₀⁻¹S‖ per step, ~1e-8 after
     refinement's last Newton step, so two or three steps reach a backward error of a few
     ulps; stagnation or too many steps fall back on factoring S itself."""
+    assert f.S is not None  # kept where ``near`` is set
     M = f.S.T if transpose else f.S
     x = _lu_solve(f.near, rhs, transpose)
     scale = np.abs(M).max() if isinstance(M, np.ndarray) else np.abs(M.data).max(initial=0.0)
@@ -524,6 +539,7 @@ def _lstsq(f: Factor, r: np.ndarray, transpose: bool) -> np.ndarray:
             return U @ ((Vt @ r) / (sv if r.ndim == 1 else sv[:, None]))
         return Vt.T @ ((U.T @ r) / (sv if r.ndim == 1 else sv[:, None]))
     S = f.S
+    assert S is not None  # kept where S is singular
     if isinstance(S, np.ndarray) or not np.all(np.isfinite(S.data)):  # nothing to solve
         return np.full_like(r, np.nan)
     M = S.T if transpose else S
@@ -538,6 +554,22 @@ def _lstsq(f: Factor, r: np.ndarray, transpose: bool) -> np.ndarray:
 
 # LAPACK routines looked up once (get_lapack_funcs costs as much as a small solve)
 _getrs, _gecon = sla.get_lapack_funcs(("getrs", "gecon"), (np.zeros(1),))
+
+
+def _dense_S(ops: BatchOps, D: DProjection) -> np.ndarray:
+    """S of (1), dense, for each instance of ``ops`` with DΠ = ``D``: (B, N, N)."""
+    t = ops.template
+    A = ops.dense()
+    DA = D.matvec(A)  # (B, m, n)
+    S = np.zeros((A.shape[0], t.n + t.m, t.n + t.m))
+    if t.quadratic:
+        S[:, : t.n, : t.n] = ops.dense_P()
+    S[:, : t.n, t.n :] = np.swapaxes(DA, 1, 2)
+    S[:, t.n :, : t.n] = -A
+    S[:, t.n :, t.n :] = -D.dense()
+    idx = np.arange(t.n, t.n + t.m)
+    S[:, idx, idx] += 1.0
+    return S
 
 
 def _factor_one(S: np.ndarray) -> Factor:

@@ -14,7 +14,7 @@ import numbers
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from typing import Any
@@ -150,57 +150,34 @@ class SolveInfo:
         return {f.name: plain(getattr(self, f.name)) for f in fields(self)}
 
 
-@dataclass
-class Forward:
-    """The result of one call: outputs, diagnostics, and what VJP/JVP need."""
+class _Diagnosis:
+    """Where a `Forward`'s outputs are not differentiable, gathered over its linearizations
+    (one, or one per chunk) into its ``info``, and warned about once, with batch indices."""
 
-    layer: Layer
-    outputs: list[np.ndarray]   # each (B, *shape)
-    batched: bool
-    input_batched: list[bool]
-    info: SolveInfo
-    ok: np.ndarray              # (B,) solved instances
-    _ops: BatchOps = field(repr=False)                           # equilibrated program
-    _scaling: Equilibration = field(repr=False)                  # its scaling of the user's
-    _refined: Any = field(default=None, repr=False)              # its solution
-    # Set by a framework adapter (torch.py): the dtype and device of each parameter and
-    # output, and how a vmapped call was folded into this one batched solve (or None).
-    meta: Any = field(default=None, repr=False)
-    fold: Any = field(default=None, repr=False)
+    def __init__(self, fwd: Forward) -> None:
+        self.fwd = fwd
+        self.ambiguous: list[np.ndarray] = []
+        self.kinks: list[np.ndarray] = []
 
-    @property
-    def batch_size(self) -> int:
-        return len(self.ok)
+    def see(self, idx: np.ndarray, sol: ConeSolution) -> None:
+        """Diagnose the linearization ``sol`` at the instances ``idx`` (`derivative.diagnose`)."""
+        info, layer = self.fwd.info, self.fwd.layer
+        assert info.rcond is not None and info.nondifferentiable is not None
+        assert info.nondifferentiable_reason is not None
+        info.rcond[idx] = sol.lin.rcond
+        blocks = [(p.offset, p.size) for p in layer.parameters]
+        non_unique, weakly_active = diagnose(sol, layer.template.recover, blocks)
+        for where, reason, found in ((idx[non_unique], NON_UNIQUE, self.ambiguous),
+                                     (idx[weakly_active], WEAKLY_ACTIVE, self.kinks)):
+            for i in where:
+                info.nondifferentiable_reason[i] = reason
+            info.nondifferentiable[where] = True
+            found.append(where)
 
-    @cached_property
-    def _solution(self) -> ConeSolution | None:
-        """Linearization at the solved instances, built on first use (by a derivative or by
-        `nondifferentiable`). Fills ``info.rcond`` and ``info.nondifferentiable`` and warns
-        (`NonDifferentiableWarning`, once) where the outputs' derivative is not defined."""
-        B = self.batch_size
-        self.info.nondifferentiable = np.zeros(B, dtype=bool)
-        self.info.nondifferentiable_reason = [""] * B
-        idx = np.flatnonzero(self.ok)
-        if idx.size == 0:
-            return None
-        r = self._refined
-        ops = self._ops.take(idx)
-        reuse = None if r.factors is None else [r.factors[i] for i in idx]
-        known = None if r.D is None else (r.D.take(idx), r.v_D[idx])
-        sol = ConeSolution.at(ops, r.x[idx], r.y[idx], r.s[idx], reuse=reuse,
-                              v=None if r.v is None else r.v[idx], known=known,
-                              scaling=self._scaling.take(idx))
-        self.info.rcond = np.full(B, np.nan)
-        self.info.rcond[idx] = sol.lin.rcond
-        blocks = [(p.offset, p.size) for p in self.layer.parameters]
-        non_unique, weakly_active = diagnose(sol, self.layer.template.recover, blocks)
-        ambiguous, kinks = idx[non_unique], idx[weakly_active]
-        for i in ambiguous:
-            self.info.nondifferentiable_reason[i] = NON_UNIQUE
-        for i in kinks:
-            self.info.nondifferentiable_reason[i] = WEAKLY_ACTIVE
-        self.info.nondifferentiable[ambiguous] = True
-        self.info.nondifferentiable[kinks] = True
+    def report(self) -> None:
+        """One `NonDifferentiableWarning` naming every instance seen not differentiable."""
+        ambiguous = np.concatenate([np.zeros(0, dtype=int), *self.ambiguous])
+        kinks = np.concatenate([np.zeros(0, dtype=int), *self.kinks])
         what = []
         if ambiguous.size:
             what.append(
@@ -218,8 +195,95 @@ class Forward:
             )
         if what:
             warnings.warn("the solution map is not differentiable; " + "; ".join(what) + ".",
-                          NonDifferentiableWarning, stacklevel=3)
+                          NonDifferentiableWarning, stacklevel=4)
+
+
+@dataclass
+class Forward:
+    """The result of one call: outputs, diagnostics, and what VJP/JVP need."""
+
+    layer: Layer
+    outputs: list[np.ndarray]   # each (B, *shape)
+    batched: bool
+    input_batched: list[bool]
+    info: SolveInfo
+    ok: np.ndarray              # (B,) solved instances
+    _ops: BatchOps = field(repr=False)                           # equilibrated program
+    _scaling: Equilibration = field(repr=False)                  # its scaling of the user's
+    _refined: Any = field(default=None, repr=False)              # its solution
+    # Set by a framework adapter (torch.py): the dtype and device of each parameter and
+    # output, and how a vmapped call was folded into this one batched solve (or None).
+    meta: Any = field(default=None, repr=False)
+    fold: Any = field(default=None, repr=False)
+    # The low-memory mode's chunk (`Tuning.chunk_size`): derivatives factor this many
+    # instances at a time and keep nothing; None: one linearization of the batch, kept.
+    chunk: int | None = field(default=None, repr=False)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.ok)
+
+    @cached_property
+    def _solution(self) -> ConeSolution | None:
+        """Linearization at the solved instances, built on first use (by a derivative or by
+        `nondifferentiable`) and kept. Fills ``info.rcond`` and ``info.nondifferentiable``
+        and warns (`NonDifferentiableWarning`, once) where the outputs' derivative is not
+        defined."""
+        idx = np.flatnonzero(self.ok)
+        diagnosed = self._diagnosis()
+        if idx.size == 0:
+            return None
+        sol = self._linearize(idx)
+        # refinement's factorizations are now the linearization's where it reuses them (and
+        # garbage where it does not): the linearization holds them
+        self._refined.factors = None
+        if diagnosed is not None:
+            diagnosed.see(idx, sol)
+            diagnosed.report()
         return sol
+
+    def _solutions(self) -> Iterator[tuple[np.ndarray, ConeSolution]]:
+        """(solved instances, the linearization at them): all at once, kept (`_solution`), or,
+        in the low-memory mode (``Tuning.chunk_size``), ``chunk`` instances at a time, each
+        linearization made when reached and dropped after. The first pass fills ``info``'s
+        diagnostics and warns once, as `_solution` does; a consumer must exhaust it."""
+        if self.chunk is None:
+            sol = self._solution
+            if sol is not None:
+                yield np.flatnonzero(self.ok), sol
+            return
+        idx = np.flatnonzero(self.ok)
+        diagnosed = self._diagnosis()
+        for lo in range(0, idx.size, self.chunk):
+            part = idx[lo : lo + self.chunk]
+            sol = self._linearize(part)
+            if diagnosed is not None:
+                diagnosed.see(part, sol)
+            yield part, sol
+            del sol
+        if diagnosed is not None:
+            diagnosed.report()
+
+    def _linearize(self, idx: np.ndarray) -> ConeSolution:
+        """`ConeSolution.at` the solved instances ``idx``, reusing refinement's
+        factorizations where it kept them."""
+        r = self._refined
+        ops = self._ops.take(idx)
+        reuse = None if r.factors is None else [r.factors[i] for i in idx]
+        known = None if r.D is None else (r.D.take(idx), r.v_D[idx])
+        return ConeSolution.at(ops, r.x[idx], r.y[idx], r.s[idx], reuse=reuse,
+                               v=None if r.v is None else r.v[idx], known=known,
+                               scaling=self._scaling.take(idx))
+
+    def _diagnosis(self) -> _Diagnosis | None:
+        """A fresh `_Diagnosis` filling ``info`` on the first linearization, None after."""
+        if self.info.nondifferentiable is not None:
+            return None
+        B = self.batch_size
+        self.info.nondifferentiable = np.zeros(B, dtype=bool)
+        self.info.nondifferentiable_reason = [""] * B
+        self.info.rcond = np.full(B, np.nan)
+        return _Diagnosis(self)
 
     @property
     def nondifferentiable(self) -> np.ndarray:
@@ -227,7 +291,8 @@ class Forward:
         instance in ``info.nondifferentiable_reason``). Computed on first use from the
         linearization the derivatives use (refinement's last factorization, where DΠ is
         unchanged), so a forward-only call pays for it only when it asks."""
-        _ = self._solution
+        for _ in self._solutions():
+            pass
         assert self.info.nondifferentiable is not None
         return self.info.nondifferentiable
 
@@ -242,9 +307,7 @@ class Forward:
                 g[:, lo : lo + spec.size] = vec(np.asarray(gi, dtype=float), spec.shape)
         g[~self.ok] = 0.0  # failed instances: zero gradients (their outputs are NaN)
         dtheta = np.zeros((B, t.num_params))
-        sol = self._solution
-        if sol is not None:
-            idx = np.flatnonzero(self.ok)
+        for idx, sol in self._solutions():
             eq = self._scaling.take(idx)
             gxy = times_t(g[idx], t.transposed["recover"])
             gx, gy = eq.solution_adjoint(gxy[:, : t.n], gxy[:, t.n :])
@@ -274,9 +337,13 @@ class Forward:
         L, t = self.layer, self.layer.template
         full = np.full((t.recover.shape[0], t.num_params), np.nan)
         if self.ok[index]:
-            k = int(np.count_nonzero(self.ok[:index]))
-            sol = self._solution
-            assert sol is not None  # instance `index` is solved
+            if self.chunk is None:
+                k = int(np.count_nonzero(self.ok[:index]))
+                sol = self._solution
+                assert sol is not None  # instance `index` is solved
+            else:  # the low-memory mode: this instance alone
+                _ = self.nondifferentiable
+                k, sol = 0, self._linearize(np.array([index]))
             dense = (t.C.toarray(), t.F.toarray(), t.G.toarray(), t.H.toarray())
             dx, dy = sol.jacobian_one(k, *dense)
             full = np.asarray(t.recover @ np.concatenate([dx, dy], axis=0))
@@ -295,9 +362,7 @@ class Forward:
             ti = np.broadcast_to(ti, (B, *spec.shape)) if ti.ndim == len(spec.shape) else ti
             dtheta[:, spec.offset : spec.offset + spec.size] = vec(ti, spec.shape)
         dout = np.zeros((B, t.recover.shape[0]))
-        sol = self._solution
-        if sol is not None:
-            idx = np.flatnonzero(self.ok)
+        for idx, sol in self._solutions():
             dth = dtheta[idx]
             eq = self._scaling.take(idx)
             dc, da, db, dh = eq.data(t, *(times_t(dth, M) for M in (t.C, t.F, t.G, t.H)))
@@ -610,16 +675,18 @@ class Layer:
         if layout is not None and tuning.sparse_ordering is not None:
             layout.ordering = tuning.sparse_ordering
             layout.supernodes = True if tuning.supernodes is None else tuning.supernodes
-        att = self._attempt(backend, shared, np.arange(B), ops, c, b, mats, Ps, settings,
-                            ours, eq)
+        chunk = tuning.chunk_size
+        att = self._attempts(backend, shared, np.arange(B), ops, c, b, mats, Ps, settings,
+                             ours, eq, chunk)
         scs_status = list(att.scs_status)
         # Accurate by default: an instance refinement could not certify from SCS's loose
         # solution is solved again at a tight tolerance, warm-started, and refined again.
         tight = backend.tightened(settings, RETRY_EPS)
         retry = np.flatnonzero(att.retryable)
         if ours["refine"] and retry.size and tight != settings:
-            again = self._attempt(backend, shared, retry, ops, c, b, mats, Ps, tight, ours, eq,
-                                  warm=(att.scs_x[retry], att.scs_y[retry], att.scs_s[retry]))
+            again = self._attempts(backend, shared, retry, ops, c, b, mats, Ps, tight, ours,
+                                   eq, chunk, (att.scs_x[retry], att.scs_y[retry],
+                                               att.scs_s[retry]))
             att.merge(retry, again)
         if layout is not None and tuning.sparse_ordering is None:
             self._record_ordering(layout)
@@ -639,7 +706,7 @@ class Layer:
             raise SolverError({int(i): str(status[i]) for i in np.flatnonzero(~ok)}, B)
         return Forward(layer=self, outputs=outputs, batched=any(input_batched),
                        input_batched=input_batched, info=info, ok=ok, _ops=ops, _refined=refined,
-                       _scaling=eq)
+                       _scaling=eq, chunk=chunk)
 
     def _record_ordering(self, layout: Any) -> None:
         """Keep in the tuning the SuperLU ordering the first sparse factorization chose (the
@@ -706,6 +773,26 @@ class Layer:
         scale = calibrate_scale(backend, [A0], b0[None], c0[None], t.dims, settings,
                                 None if P0 is None else [P0])
         return DEFAULT_SCALE if scale is None else scale
+
+    def _attempts(self, backend: Backend, shared: Any, idx: np.ndarray, ops: BatchOps,
+                  c: np.ndarray, b: np.ndarray, mats: list, Ps: list | None, settings: dict,
+                  ours: dict, scaling: Equilibration, chunk: int | None,
+                  warm: tuple | None = None) -> _Attempt:
+        """`_attempt` on the instances ``idx``: all at once (``chunk`` None), or, in the
+        low-memory mode, ``chunk`` at a time, keeping of each chunk neither refinement's
+        factorizations nor its DΠ (the derivatives make them again, `Forward._solutions`)."""
+        if chunk is None:
+            return self._attempt(backend, shared, idx, ops, c, b, mats, Ps, settings, ours,
+                                 scaling, warm)
+        parts = []
+        for lo in range(0, len(idx), chunk):
+            sl = slice(lo, lo + chunk)
+            part = self._attempt(backend, shared, idx[sl], ops, c, b, mats, Ps, settings, ours,
+                                 scaling, None if warm is None else tuple(w[sl] for w in warm))
+            part.factors = [None] * len(part.factors)
+            part.D = part.v_D = None
+            parts.append(part)
+        return _Attempt.join(parts)
 
     def _attempt(self, backend: Backend, shared: Any, idx: np.ndarray, ops: BatchOps,
                  c: np.ndarray, b: np.ndarray, mats: list, Ps: list | None, settings: dict,
@@ -834,6 +921,7 @@ class Layer:
         for j, f in enumerate(fs):
             if f.rcond > RCOND_MIN or not np.isfinite(d[j]).all():
                 continue
+            assert f.S is not None  # kept where S is singular
             S = f.S if isinstance(f.S, np.ndarray) else f.S.toarray()
             gap = np.abs(S @ corr[j, :, 0] + r.F[idx[j]])
             here = absR @ np.abs(np.concatenate([r.x[idx[j]], pv[j]]))
@@ -889,7 +977,7 @@ class Layer:
         return Forward(layer=self, outputs=outputs, batched=any(input_batched),
                        input_batched=input_batched, info=info, ok=ok,
                        _ops=BatchOps(t, ah, hh), _refined=_Solution(*eq.scaled(x, y, s)),
-                       _scaling=eq)
+                       _scaling=eq, chunk=self._tuning.chunk_size)
 
     # -- adapters ----------------------------------------------------------------------
     def torch(self):
@@ -968,6 +1056,18 @@ class _Attempt:
     v: np.ndarray                  # y − s, exactly as refinement left it
     D: DProjection | None = None   # DΠ_{K*} at v_D (from refinement), or None
     v_D: np.ndarray | None = None
+
+    @classmethod
+    def join(cls, parts: list[_Attempt]) -> _Attempt:
+        """Consecutive parts of a batch (without DΠ) as one."""
+        values: dict[str, Any] = {"D": None, "v_D": None}
+        for f in fields(cls):
+            if f.name in values:
+                continue
+            each = [getattr(p, f.name) for p in parts]
+            values[f.name] = ([v for vs in each for v in vs] if isinstance(each[0], list)
+                              else np.concatenate(each))
+        return cls(**values)
 
     def merge(self, idx: np.ndarray, other: _Attempt) -> None:
         """Take ``other``'s results (a retry of instances ``idx``); costs add up."""

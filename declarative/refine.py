@@ -166,9 +166,13 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
         every = idx.size == B  # (then the batch's own arrays, not copies)
         sub = ops if every else ops.take(idx)
         # a later step reuses the previous step's factorization where S moved little (the
-        # solve is then refined iteratively against the new S: still an exact Newton step)
-        lin = Linearization(sub, Dc if every else Dc.take(idx),
-                            reuse=[factors[i] for i in idx.tolist()])
+        # solve is then refined iteratively against the new S: still an exact Newton step);
+        # the list is the only other holder, so each is freed once replaced
+        previous = [factors[i] for i in idx.tolist()]
+        for i in idx:
+            factors[i] = None
+        lin = Linearization(sub, Dc if every else Dc.take(idx), reuse=previous)
+        del previous
         # A singular S too large for a dense SVD gives no step (NaN): LSMR is costly, and
         # its least-squares step rarely helps (e.g. SCS's loose sparsemax solution with
         # every bound active, against Σx = 1); the instance goes back to its anchor, and if

@@ -35,6 +35,15 @@ class Tuning:
     systems are factored sparse (decided on the first instance factored, the ordering with
     the least fill). A user's ``solver_args`` entry of the same name overrides a field per
     call.
+
+    ``chunk_size``: None (the default) refines the whole batch at once and keeps refinement's
+    factorizations of S for the derivative. A positive integer k is the low-memory mode: the
+    batch is refined and certified k instances at a time, its factorizations are not kept,
+    and each derivative (VJP, JVP, `Forward.nondifferentiable`) factors S again, k instances
+    at a time, dropping each chunk's factorizations before the next. What a call holds for
+    its derivative is then O(k·N²) (N = n + m) rather than O(B·N²), for one more
+    factorization per solved instance in each derivative. Outputs and derivatives agree with
+    the default mode's to rounding. Never decided by the layer.
     """
 
     solver: str = DEFAULT_SOLVER
@@ -43,6 +52,7 @@ class Tuning:
     share_workspaces: bool | None = None
     sparse_ordering: str | None = None
     supernodes: bool | None = None
+    chunk_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
@@ -60,6 +70,11 @@ class Tuning:
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
                 raise ProblemError(f"Tuning.{name} must be True, False or None, got {value!r}.")
+        if self.chunk_size is not None and (isinstance(self.chunk_size, bool) or not isinstance(
+                self.chunk_size, int) or self.chunk_size < 1):
+            raise ProblemError(f"Tuning.chunk_size must be a positive integer (instances per "
+                               f"chunk) or None (the whole batch at once), got "
+                               f"{self.chunk_size!r}.")
         if self.sparse_ordering is not None and self.sparse_ordering not in ORDERINGS:
             raise ProblemError(f"Tuning.sparse_ordering must be one of {list(ORDERINGS)} or "
                                f"None, got {self.sparse_ordering!r}.")

@@ -1200,8 +1200,9 @@ def _flat(lists: Sequence[Sequence[int]] | None) -> list[int] | None:
     return None if lists is None else [v for vs in lists for v in vs]
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``bench`` (with ``accuracy``, ``speed`` and ``scaling``) on the CLI."""
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """Register ``bench`` (with ``accuracy``, ``speed`` and ``scaling``) on the CLI; returns
+    its modes, for modes defined elsewhere (``memory``: tools/bench_memory.py)."""
     p = subparsers.add_parser(
         "bench", help="compare with the peers: accuracy, speed, scaling",
         description="Run our layers and the peers (cvxpylayers with diffcp, cvxpylayers with "
@@ -1303,6 +1304,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     peer_options(c)
     common(c)
     c.set_defaults(func=_cmd_scaling)
+    return sub
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,9 +9,10 @@ exceeds the tolerance, 1e-8), and, for information, the Jacobian against central
 differences and against diffcp (relative error, threshold 1e-6 each). Exit status 2
 means a usage error (an unknown problem, a bad option).
 
-    declarative bench accuracy|speed|scaling ...
+    declarative bench accuracy|speed|scaling|memory ...
 
-``bench`` (declarative/tools/bench.py) compares our layers with cvxpylayers.
+``bench`` (declarative/tools/bench.py; ``memory``: declarative/tools/bench_memory.py)
+compares our layers with cvxpylayers and the other peers.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 from declarative import problems
 from declarative.errors import ProblemError
 from declarative.layer import Layer
-from declarative.tools import bench, zoo_runner
+from declarative.tools import bench, bench_memory, zoo_runner
 from declarative.tools.format import write_json
 from declarative.tools.options import USAGE_ERROR, UsageError, key_values
 from declarative.verification.report import (
@@ -164,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"declarative {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_verify(sub)
-    bench.add_parser(sub)
+    bench_memory.add_parser(bench.add_parser(sub))
     return parser
 
 
