@@ -76,6 +76,10 @@ LOW_RANK_MIN = 400
 # and DΠA, each (B, ·, ·)) are a block's, and each block's S is freed once factored where it
 # is not kept (see `Factor`).
 DENSE_BLOCK = 64
+# Sparse S likewise, as many instances at a time as hold this many entries of S in all (the
+# assembly's sources and the bordered path's S₀, U, V are a block's: PSD projection with a trace
+# constraint at k = 50 holds 3.3M entries per instance).
+SPARSE_BLOCK_ENTRIES = 1 << 24
 # LSMR on singular systems above SVD_MAX: its stopping tolerances (near double precision) and
 # iteration limit (a multiple of the system's size).
 LSMR_TOL = 1e-14
@@ -381,15 +385,22 @@ class Linearization:
                 made += self._factor(factors, dict(zip(part.tolist(), S, strict=True)), reuse,
                                      dvals, None)
                 del S
-        elif build.size:
+        elif build.size:  # likewise, SPARSE_BLOCK_ENTRIES entries of S at a time
             layout = sparse_layout(t)
-            sub = ops if build.size == B else ops.take(build)
-            data = layout.values(sub, dvals[build])
-            mats: dict = {i: layout.matrix(data[j]) for j, i in enumerate(build.tolist())}
-            for j, part in _low_rank_parts(sub, D if build.size == B else D.take(build),
-                                           layout, dvals[build]):
-                mats[int(build[j])] = (mats[int(build[j])], *part)
-            made = self._factor(factors, mats, reuse, dvals, layout)
+            step = max(1, SPARSE_BLOCK_ENTRIES // max(1, layout.nnz))
+            for lo in range(0, build.size, step):
+                part = build[lo : lo + step]
+                whole = part.size == B
+                sub = ops if whole else ops.take(part)
+                data = layout.values(sub, dvals[part])
+                mats: dict = {i: layout.matrix(data[j]) for j, i in enumerate(part.tolist())}
+                del data
+                for j, low in _low_rank_parts(sub, D if whole else D.take(part), layout,
+                                              dvals[part]):
+                    i = int(part[j])
+                    mats[i] = (mats[i], *low)
+                made += self._factor(factors, mats, reuse, dvals, layout)
+                del mats
         self.factors: list[Factor] = factors  # type: ignore[assignment]  # every one set
         self.reused = B - made
         self.rcond = np.array([f.rcond for f in self.factors])
@@ -693,14 +704,14 @@ def _low_rank_parts(ops: BatchOps, D: DProjection, layout: SparseLayout, dvals: 
         Us, Vs = [], []
         for idx, _, Q, h in parts[j0]:
             Qh = Q * h
-            U = np.zeros((N, h.size))
-            U[:n] = A[idx].T @ Qh
-            U[n + idx] = -Qh
-            V = np.zeros((N, h.size))
-            V[n + idx] = Q
-            Us.append(U)
-            Vs.append(V)
-        yield j, (bordered(S0, np.hstack(Us), np.hstack(Vs)),)
+            AK = A[idx].tocsc()
+            touched = np.flatnonzero(np.diff(AK.indptr))  # the columns of u the block reaches
+            U = sp.coo_matrix(np.vstack([AK[:, touched].T @ Qh, -Qh]))
+            Us.append(sp.csc_matrix((U.data, (np.r_[touched, n + idx][U.row], U.col)),
+                                    shape=(N, h.size)))
+            V = sp.coo_matrix(Q)
+            Vs.append(sp.csc_matrix((V.data, (n + idx[V.row], V.col)), shape=(N, h.size)))
+        yield j, (bordered(S0, sp.hstack(Us, format="csc"), sp.hstack(Vs, format="csc")),)
 
 
 class BorderedLU:
@@ -721,10 +732,9 @@ class BorderedLU:
         return self.lu.solve(np.concatenate([rhs, pad]), trans=trans)[: self.N]
 
 
-def bordered(S0: sp.csc_matrix, U: np.ndarray, V: np.ndarray) -> sp.csc_matrix:
+def bordered(S0: sp.csc_matrix, U: sp.csc_matrix, V: sp.csc_matrix) -> sp.csc_matrix:
     """The bordered matrix [[S₀, U], [Vᵀ, −I]] of `BorderedLU`, sparse."""
-    return sp.bmat([[S0, sp.csc_matrix(U)], [sp.csr_matrix(V.T), -sp.identity(U.shape[1])]],
-                   format="csc")
+    return sp.bmat([[S0, U], [V.T, -sp.identity(U.shape[1])]], format="csc")
 
 
 def _factor_sparse_any(item, ordering: str | None, ordering_low_rank: str | None,
