@@ -661,8 +661,7 @@ def _factor_sparse_one(S: sp.csc_matrix, ordering: str = "COLAMD",
         return Factor(S, None, 0.0)
     try:
         lu = spla.splu(S, permc_spec=ordering, **({} if supernodes else _NO_SUPERNODES))
-        d = np.abs(lu.U.diagonal())
-        rc = float(d.min() / d.max()) if d.size and d.max() > 0 else 0.0
+        rc = _pivot_ratio(lu)
     except RuntimeError:  # exactly singular
         lu, rc = None, 0.0
     if rc > RCOND_MIN or S.shape[0] > SVD_MAX:
@@ -747,13 +746,18 @@ def _factor_sparse_any(item, ordering: str | None, ordering_low_rank: str | None
     if np.all(np.isfinite(K.data)):
         try:
             lu = spla.splu(K, permc_spec=ordering_low_rank or "NATURAL")
-            d = np.abs(lu.U.diagonal())
-            rc = float(d.min() / d.max()) if d.size and d.max() > 0 else 0.0
+            rc = _pivot_ratio(lu)
         except RuntimeError:  # exactly singular
             rc = 0.0
         if rc > RCOND_MIN:
             return Factor(S, BorderedLU(lu, S.shape[0]), rc, ordering=ordering)
     return _factor_sparse_one(S, ordering or "COLAMD", supernodes)
+
+
+def _pivot_ratio(lu: spla.SuperLU) -> float:
+    """min |U_ii| / max |U_ii| of a SuperLU factorization: its condition estimate."""
+    d = np.abs(lu.U.diagonal())
+    return float(d.min() / d.max()) if d.size and d.max() > 0 else 0.0
 
 
 def _rcond_lu(lu: np.ndarray, S: np.ndarray) -> float:
