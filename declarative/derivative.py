@@ -694,12 +694,11 @@ def _low_rank_parts(ops: BatchOps, D: DProjection, layout: SparseLayout, dvals: 
     data0 = dvals[low].copy()
     data0[:, mask] = np.where(prow == pcol, base[:, prow], 0.0)
     data0 = layout.values(ops if low.size == len(dvals) else ops.take(low), data0)
-    rows, cols = ops.rows, ops.cols
     n, N = t.n, t.n + t.m
     for j0, j in enumerate(low.tolist()):
         S0 = layout.matrix(data0[j0]).copy()  # (the layout's own index arrays stay intact)
         S0.eliminate_zeros()
-        A = sp.csr_matrix((ops.a[j], (rows, cols)), shape=(t.m, n))
+        A = t.matrix(ops.a[j]).tocsr()
         Us, Vs = [], []
         for idx, _, Q, h in parts[j0]:
             Qh = Q * h
