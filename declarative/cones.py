@@ -338,6 +338,12 @@ def _psd_matvec(data, X: np.ndarray, k: int) -> np.ndarray:
     return np.moveaxis(_svec(M, k), 1, -1)
 
 
+def _psd_ranks(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ranks of DΠ − 0·I and DΠ − I on PSD blocks from their divided differences in svec
+    order g (…, kk): the entries of Γ not 0, not 1 (`_psd_columns` takes the smaller)."""
+    return np.count_nonzero(g, axis=-1), np.count_nonzero(g - 1.0, axis=-1)
+
+
 def _psd_columns(U: np.ndarray, G: np.ndarray, k: int
                  ) -> tuple[float, np.ndarray, np.ndarray]:
     """For one PSD cone of order k (U, G: (k, k)): DΠ − base·I = Q diag(h) Qᵀ with only the
@@ -350,7 +356,8 @@ def _psd_columns(U: np.ndarray, G: np.ndarray, k: int
     I, J, _, _ = _svec_index(k)
     c = np.where(I == J, 1.0, _SQRT2)
     g = G[I, J]
-    base = 0.0 if np.count_nonzero(g) <= np.count_nonzero(g - 1.0) else 1.0
+    on_zero, on_one = _psd_ranks(g)
+    base = 0.0 if on_zero <= on_one else 1.0
     h = g - base
     nz = np.flatnonzero(h)  # NaN (a non-finite block) included: it stays NaN
     a, b = I[nz], J[nz]
@@ -1104,9 +1111,7 @@ class DProjection:
         out = np.zeros(self.batch_size, dtype=int)
         for k, _, (_, G) in self._psd:
             I, J, _, _ = _svec_index(k)
-            g = G[..., I, J]
-            out += np.minimum(np.count_nonzero(g, axis=-1),
-                              np.count_nonzero(g - 1.0, axis=-1)).sum(axis=-1)
+            out += np.minimum(*_psd_ranks(G[..., I, J])).sum(axis=-1)
         return out
 
     def take(self, sel) -> DProjection:

@@ -233,7 +233,7 @@ class SparseLayout:
         self.shape = (N, N)
         self._fill: float | None = None
         self.ordering: str | None = None  # SuperLU's column ordering, chosen on first use
-        self.ordering_low_rank: str | None = None  # that of S₀ (see LOW_RANK_MAX)
+        self.ordering_low_rank: str | None = None  # the bordered matrix's (LOW_RANK_MAX)
         self.supernodes = True  # SuperLU's supernodes (off where the factors are very sparse)
         # (nnz(S), sources): sums the sources into S's entries
         self.assemble = sp.csr_matrix(
@@ -434,7 +434,7 @@ class Linearization:
             if layout.ordering is None and full:  # the fastest on a real instance
                 layout.ordering, fill = _best_ordering(mats[full[0]])
                 layout.supernodes = not fill <= THIN_FILL * mats[full[0]].shape[0]
-            if layout.ordering_low_rank is None and low:  # S₀'s, likewise
+            if layout.ordering_low_rank is None and low:  # the bordered matrix's
                 layout.ordering_low_rank = _best_ordering(mats[low[0]][1])[0]
             fn = functools.partial(_factor_sparse_any, ordering=layout.ordering,
                                    ordering_low_rank=layout.ordering_low_rank,
