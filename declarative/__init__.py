@@ -52,12 +52,15 @@ def compile(  # noqa: A001 - the public name the design fixes
             ExpCone's three, ...), in CVXPY's own conventions.
         solver_args: the solver's settings (SCS: ``eps_abs``, ``max_iters``, ...; ``eps``
             sets eps_abs = eps_rel, as in cvxpylayers and diffcp; Clarabel: ``tol_gap_abs``,
-            ``max_iter``, ...) and refinement options (``refine``, ``refine_tol``,
-            ``refine_max_iters``); overridable per call.
+            ``max_iter``, ...; Moreau: ``method``, ``tol_gap_abs``, ...) and refinement
+            options (``refine``, ``refine_tol``, ``refine_max_iters``); overridable per call.
+            A solver's settings without ``solver=`` are SCS's.
         on_failure: ``"raise"`` (one error naming every unsolved batch index) or ``"nan"``
             (NaN outputs and zero gradients for exactly those instances).
-        solver: ``"scs"`` (the default) or ``"clarabel"``; overridable per call. Refinement,
-            the certificate and the derivative are the same whichever solves.
+        solver: ``"scs"``, ``"clarabel"`` or ``"moreau"``; overridable per call. Not given
+            (and no solver settings given), the layer chooses on first use the fastest of SCS
+            and, where installed and taking the program's cones, Moreau (`Tuning.solver`).
+            Refinement, the certificate and the derivative are the same whichever solves.
         tuning: a `Tuning` to use instead of deciding one (its ``solver`` is the layer's).
         gp: the problem is a geometric program (log-log convex, DGP): solved in log-log
             coordinates (CVXPY's ``Dgp2Dcp``); the layer takes the positive parameters and

@@ -112,8 +112,9 @@ DENSE_PRODUCT_WORK = 1 << 13
 ROW_PRODUCT_MIN = 1 << 14
 
 
-def times_t(X: np.ndarray, M: sp.spmatrix) -> np.ndarray:
-    """X Mᵀ for a dense batch X (B, k) and a sparse M (r, k), C-contiguous.
+def times_t(X: np.ndarray, M: sp.spmatrix, contiguous: bool = True) -> np.ndarray:
+    """X Mᵀ for a dense batch X (B, k) and a sparse M (r, k), C-contiguous (or, with
+    ``contiguous=False``, possibly a transposed view).
 
     Dense (cached Mᵀ) where that is cheap, see above; otherwise as (M Xᵀ)ᵀ, since SciPy
     evaluates dense @ sparse by transposing the sparse matrix on every call (more than the
@@ -129,7 +130,8 @@ def times_t(X: np.ndarray, M: sp.spmatrix) -> np.ndarray:
         for i in range(X.shape[0]):
             out[i] = M @ X[i]
         return out
-    return np.ascontiguousarray(np.asarray(M @ X.T).T)
+    out = np.asarray(M @ X.T).T
+    return np.ascontiguousarray(out) if contiguous else out
 
 
 # Mᵀ dense (or None where M is not small), by id(M), for the matrices `times_t` has seen;
@@ -222,10 +224,13 @@ class ConeTemplate:
                       dh: np.ndarray | None = None) -> np.ndarray:
         """Adjoint of the linear part of θ ↦ (c, A, b, P): (dc, dA, db, dP values) ↦ dθ (B, p)."""
         T = self.transposed
-        out = times_t(dc, T["C"]) + times_t(da, T["F"]) + times_t(db, T["G"])
+        # summed before the one copy to C order: each copy of a (B, p) product costs about
+        # as much as the product (OptNet QP, 5,610 parameters, batch 512: 25 ms)
+        out = times_t(dc, T["C"], contiguous=False) + times_t(da, T["F"], contiguous=False) \
+            + times_t(db, T["G"], contiguous=False)
         if dh is not None and self.H.shape[0]:
-            out = out + times_t(dh, T["H"])
-        return out
+            out = out + times_t(dh, T["H"], contiguous=False)
+        return np.ascontiguousarray(out)
 
     @cached_property
     def transposed(self) -> dict[str, sp.csr_matrix]:

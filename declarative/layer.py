@@ -80,6 +80,11 @@ def _probe(N: int) -> np.ndarray:
 
 # SCS tolerance of the retry for instances refinement could not certify.
 RETRY_EPS = 1e-9
+# Where the tuning leaves the solver open, `Layer._choose_solver` times each candidate on this
+# many copies of the calibration instance; only programs with n + m up to PROBE_MAX_SIZE are
+# probed (larger ones use SCS: the probe would cost seconds).
+PROBE_BATCH = 64
+PROBE_MAX_SIZE = 2000
 
 
 def vec(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -390,12 +395,21 @@ class Layer:
             raise ProblemError(f"tuning must be a declarative.Tuning, got {type(tuning)!r}.")
         if tuning is None:
             tuning = Tuning() if solver is None else Tuning(solver=get_backend(solver).name)
-        elif solver is not None and get_backend(solver).name != tuning.solver:
+        elif solver is not None and tuning.solver is not None \
+                and get_backend(solver).name != tuning.solver:
             raise ProblemError(f"solver={solver!r} and tuning.solver={tuning.solver!r} differ; "
                                "give one of them.")
+        if solver is not None:
+            tuning = replace(tuning, solver=get_backend(solver).name)
+        tuning = self._settled(tuning, solver_args)
+        # a solver the user named (else the probe's choice: a call's solver settings without
+        # a solver name are then SCS's, as at compile time)
+        self._solver_named = tuning.solver is not None
         self._check_tuning(tuning)
         self._tuning = tuning
         self.solver_args = self.check_options(solver_args, on_failure, tuning.solver)
+        if tuning.solver is not None:
+            self._check_program(get_backend(tuning.solver), self.solver_args)
         self.on_failure = on_failure
         self._out_offsets = np.concatenate([[0], np.cumsum([s.size for s in outputs])])[:-1]
         # Decisions left open in the tuning are made on first use, under this lock, from the
@@ -430,11 +444,96 @@ class Layer:
     def tuning(self, value: Tuning) -> None:
         if not isinstance(value, Tuning):
             raise ProblemError(f"tuning must be a declarative.Tuning, got {type(value)!r}.")
+        value = self._settled(value, self.solver_args)
         self._check_tuning(value)
         self.check_options(self.solver_args, self.on_failure, value.solver)
         with self._lock:
             self._tuning = value
+            self._solver_named = value.solver is not None
             self._resolved = None
+
+    @staticmethod
+    def _settled(tuning: Tuning, solver_args: dict | None) -> Tuning:
+        """``tuning`` with its solver set to the default (SCS) where it is open but
+        ``solver_args`` hold a solver's settings: without a solver named, those are SCS's."""
+        if tuning.solver is None and set(solver_args or {}) - set(OUR_OPTIONS):
+            return replace(tuning, solver=DEFAULT_SOLVER)
+        return tuning
+
+    def _solver(self) -> str:
+        """The layer's solver: the tuning's, chosen on first use where it is open
+        (`_choose_solver`)."""
+        name = self._tuning.solver
+        return self._choose_solver() if name is None else name
+
+    def _solver_candidates(self) -> list[tuple[str, str | None]]:
+        """(solver, Moreau's method or None) pairs the layer may choose among: SCS, and
+        Moreau where it is installed and takes the program's cones (its active-set method
+        only with zero and nonnegative cones alone)."""
+        out: list[tuple[str, str | None]] = [(DEFAULT_SOLVER, None)]
+        dims = self.template.dims
+        if self.template.n + self.template.m > PROBE_MAX_SIZE:
+            return out
+        try:
+            from declarative.backends import moreau
+        except ImportError:
+            return out
+        if moreau.supported(dims):
+            out.append(("moreau", "ipm"))
+            if moreau.polyhedral(dims):
+                out.append(("moreau", "active_set"))
+        return out
+
+    def _choose_solver(self, sample: Sequence[Any] | None = None) -> str:
+        """Choose the solver (and Moreau's method) by a timed probe: each candidate
+        (`_solver_candidates`) solves and refines ``sample`` (parameter values, as for a
+        call), or else PROBE_BATCH copies of the template's calibration instance
+        (`_calibration_values`), once to warm up and once timed; the fastest that certifies
+        every instance wins (SCS where none is timed). Made once; the tuning shows the
+        choice, and setting ``Tuning.solver`` skips the probe."""
+        candidates = self._solver_candidates()
+        best = candidates[0]
+        batch = None
+        if len(candidates) > 1 and sample is not None:
+            batch = list(sample)
+        elif len(candidates) > 1:
+            values = self._calibration_values(True) or self._calibration_values(False)
+            if values is not None:
+                batch = [np.broadcast_to(v, (PROBE_BATCH, *np.shape(v))).copy()
+                         for v in values]
+        if batch is not None:
+            seconds: dict[tuple[str, str | None], float] = {}
+            for name, method in candidates:
+                args = None if method is None else {"method": method}
+                try:
+                    for _ in range(2):
+                        t0 = time.perf_counter()
+                        f = self.forward(batch, solver_args=args, on_failure="nan",
+                                         solver=name)
+                        took = time.perf_counter() - t0
+                except Exception:  # noqa: BLE001 - a candidate that fails is not chosen
+                    continue
+                if f.ok.all():
+                    seconds[(name, method)] = took
+            if seconds:
+                best = min(seconds, key=lambda k: seconds[k])
+        with self._lock:
+            if self._tuning.solver is None:
+                tuning = replace(self._tuning, solver=best[0])
+                if best[1] is not None and tuning.method is None:
+                    tuning = replace(tuning, method=best[1])
+                self._tuning = tuning
+                self._resolved = None
+            solver = self._tuning.solver
+        assert solver is not None
+        return solver
+
+    def _check_program(self, backend: Backend, settings: dict) -> None:
+        """`ProblemError` where ``backend`` with ``settings`` cannot solve this program (a
+        backend with a ``check_program(dims, settings)`` says why)."""
+        check = getattr(backend, "check_program", None)
+        if check is not None:
+            check(self.template.dims, settings)
 
     def _check_tuning(self, tuning: Tuning) -> None:
         """A tuning this layer can use: workspaces are shared only where A and P do not
@@ -493,7 +592,8 @@ class Layer:
         and keep it: workspace sharing and SCS's linear solver from the template, and SCS's
         scale as the one in `solve.SCALE_CANDIDATES` that solves every sample instance in the
         fewest SCS iterations in all (from the template alone, as on a first call, where no
-        candidate solves them all). ``solver_args``: SCS settings for these trial solves.
+        candidate solves them all), and, where the solver is open, the fastest solver on the
+        sample (`_choose_solver`). ``solver_args``: SCS settings for these trial solves.
         Returns the new `Tuning`."""
         theta, _ = self.batch(values)
         t = self.template
@@ -513,6 +613,8 @@ class Layer:
                 best = self._calibrate(scs, settings,
                                        (mats[0], b[0], c[0], None if Ps is None else Ps[0]))
         self.tuning = replace(tuning, scale=best, sparse_ordering=None, supernodes=None)
+        if self._tuning.solver is None:
+            self._choose_solver(values)
         if not use_dense(t):  # SuperLU's ordering: the least fill on the sample's first system
             layout = sparse_layout(t)
             layout.ordering = None
@@ -523,12 +625,12 @@ class Layer:
     # -- options -----------------------------------------------------------------------
     @staticmethod
     def check_options(solver_args: dict | None, on_failure: str,
-                      solver: str = DEFAULT_SOLVER) -> dict:
+                      solver: str | None = DEFAULT_SOLVER) -> dict:
         """The options validated: ``on_failure`` one of ON_FAILURE, every entry of
         ``solver_args`` a refinement option (OUR_OPTIONS) or a setting of ``solver``."""
         if on_failure not in ON_FAILURE:
             raise ProblemError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}.")
-        backend = get_backend(solver)
+        backend = get_backend(solver or DEFAULT_SOLVER)
         args = backend.normalize(solver_args or {})
         check_settings(backend, args, OUR_OPTIONS)
         ours = {k: args.pop(k) for k in list(args) if k in OUR_OPTIONS}
@@ -543,7 +645,7 @@ class Layer:
         the compile-time ones they came from).
         """
         if not solver_args and on_failure is None and solver is None:
-            key = (dict(self.solver_args), self.on_failure, self._tuning.solver)
+            key = (dict(self.solver_args), self.on_failure, self._solver())
             cached = self._resolved
             if cached is None or cached[0] != key:
                 cached = self._resolved = (key, self._resolve(None, None, None))
@@ -554,7 +656,10 @@ class Layer:
     def _resolve(self, solver_args: dict | None, on_failure: str | None,
                  solver: str | None) -> tuple[Backend, dict, dict, str]:
         on_failure = self.on_failure if on_failure is None else on_failure
-        backend = get_backend(self._tuning.solver if solver is None else solver)
+        if solver is None and not self._solver_named and set(solver_args or {}) - set(
+                OUR_OPTIONS):
+            solver = DEFAULT_SOLVER
+        backend = get_backend(self._solver() if solver is None else solver)
         # aliases resolved on each side first, so that a per-call eps overrides a
         # compile-time eps_abs (and the reverse)
         args = backend.normalize(solver_args or {})
@@ -564,7 +669,9 @@ class Layer:
             args = {**{k: v for k, v in self.solver_args.items() if k in OUR_OPTIONS}, **args}
         args = self.check_options(args, on_failure, backend.name)
         ours = {k: args.pop(k, v) for k, v in OUR_OPTIONS.items()}
-        return backend, backend.settings(args), ours, on_failure
+        settings = backend.settings(args)
+        self._check_program(backend, settings)
+        return backend, settings, ours, on_failure
 
     def jacobian_blocks(self, full: np.ndarray) -> list[list[np.ndarray]]:
         """A stacked Jacobian (Σ output sizes, num_params), both sides flattened column-major,
@@ -742,26 +849,10 @@ class Layer:
         """
         t = self.template
         for positive in (True, False):
-            rng = np.random.default_rng(0)
-            values = []
-            for spec in self.parameters:
-                v = rng.standard_normal(spec.shape)
-                if {"nonpos", "neg"} & set(spec.domain):
-                    v = -np.abs(v) - 0.1
-                elif positive and "symmetric" in spec.domain:
-                    v = v @ v.T / max(1, v.shape[0]) + np.eye(v.shape[0])
-                elif positive or {"nonneg", "pos"} & set(spec.domain):
-                    v = np.abs(v) + 0.1
-                if {"PSD", "NSD"} & set(spec.domain):
-                    v = v @ v.T / max(1, v.shape[0]) + np.eye(v.shape[0])
-                    v = -v if "NSD" in spec.domain else v
-                elif "symmetric" in spec.domain and not positive:
-                    v = (v + v.T) / 2
-                values.append(v)
-            try:
-                theta, _ = self.batch(values)
-            except ParameterError:
+            values = self._calibration_values(positive)
+            if values is None:
                 continue
+            theta, _ = self.batch(values)
             c, a, b = t.apply(theta)
             h = t.apply_P(theta)
             c, a, b, h = equilibrate(t, c, a, b, h).data(t, c, a, b, h)
@@ -773,6 +864,32 @@ class Layer:
         scale = calibrate_scale(backend, [A0], b0[None], c0[None], t.dims, settings,
                                 None if P0 is None else [P0])
         return DEFAULT_SCALE if scale is None else scale
+
+    def _calibration_values(self, positive: bool = True) -> list[np.ndarray] | None:
+        """Fixed pseudo-random values of the parameters (seed 0), all positive and symmetric
+        ones positive definite if ``positive``, else only within each parameter's declared
+        sign or definiteness; None where the parameters do not take them."""
+        rng = np.random.default_rng(0)
+        values = []
+        for spec in self.parameters:
+            v = rng.standard_normal(spec.shape)
+            if {"nonpos", "neg"} & set(spec.domain):
+                v = -np.abs(v) - 0.1
+            elif positive and "symmetric" in spec.domain:
+                v = v @ v.T / max(1, v.shape[0]) + np.eye(v.shape[0])
+            elif positive or {"nonneg", "pos"} & set(spec.domain):
+                v = np.abs(v) + 0.1
+            if {"PSD", "NSD"} & set(spec.domain):
+                v = v @ v.T / max(1, v.shape[0]) + np.eye(v.shape[0])
+                v = -v if "NSD" in spec.domain else v
+            elif "symmetric" in spec.domain and not positive:
+                v = (v + v.T) / 2
+            values.append(v)
+        try:
+            self.batch(values)
+        except ParameterError:
+            return None
+        return values
 
     def _attempts(self, backend: Backend, shared: Any, idx: np.ndarray, ops: BatchOps,
                   c: np.ndarray, b: np.ndarray, mats: list, Ps: list | None, settings: dict,

@@ -100,6 +100,14 @@ class Backend(Protocol):
         one. Raises KeyboardInterrupt where the solver caught Ctrl-C."""
         ...
 
+    # A backend that cannot solve every program (a cone kind it does not take, a method for
+    # some cones only) also has ``check_program(dims, settings)``, raising `ProblemError`
+    # before any solve.
+    # A batched solver also has ``solve_many(matrices, b, c, dims, settings, quadratic)``
+    # (b, c: (B, ·); ``quadratic`` None or the P of each instance) returning one `Outcome`
+    # per instance: `solve_batch` then makes one call for the batch instead of one per
+    # instance in threads, and ``warm`` and ``shared`` are not used.
+
 
 def check_settings(backend: Backend, args: Mapping[str, Any], ours: Any = ()) -> None:
     """`ProblemError` naming every entry of ``args`` that is neither one of ``backend``'s
@@ -199,6 +207,13 @@ def _solve_one(backend: Backend, A: Any, b: np.ndarray, c: np.ndarray, dims: Con
         out = backend.solve(A, b, c, dims, settings, P=P, warm=warm, shared=shared)
     except Exception:  # noqa: BLE001 - one broken instance must not lose the batch
         return None, Status.FAILED, 0, time.perf_counter() - t0
+    return _checked(out, A, b, c, dims, P, time.perf_counter() - t0)
+
+
+def _checked(out: Outcome, A: Any, b: np.ndarray, c: np.ndarray, dims: ConeDims, P: Any,
+             seconds: float) -> tuple[Outcome, Status, int, float]:
+    """The backend's outcome with an inexact infeasibility or unboundedness claim kept only
+    where its certificate verifies."""
     status = out.status
     if not out.certain and status in (Status.INFEASIBLE, Status.UNBOUNDED):
         if status is Status.INFEASIBLE and infeasibility_certified(A, b, out.y, dims):
@@ -209,7 +224,29 @@ def _solve_one(backend: Backend, A: Any, b: np.ndarray, c: np.ndarray, dims: Con
             status = Status.INACCURATE
             out = Outcome(np.zeros_like(out.x), np.zeros_like(out.y), np.zeros_like(out.s),
                           status, out.iterations)
-    return out, status, out.iterations, time.perf_counter() - t0
+    return out, status, out.iterations, seconds
+
+
+def _solve_many(backend: Any, jobs: list[tuple]) -> list[tuple[Outcome | None, Status, int,
+                                                                   float]]:
+    """The jobs (`_solve_one`'s arguments) in one call of a batched backend's
+    ``solve_many``; where that call fails as a whole, one instance at a time, so that one
+    bad instance never loses the others. Each instance's seconds are the batch's share."""
+    _, _, _, _, dims, settings, _, _, _ = jobs[0]
+    A, b, c, P = ([j[k] for j in jobs] for k in (1, 2, 3, 6))
+    t0 = time.perf_counter()
+    try:
+        outs = backend.solve_many(A, np.stack(b), np.stack(c), dims, settings,
+                                  None if P[0] is None else P)
+    except KeyboardInterrupt:
+        raise
+    except Exception:  # noqa: BLE001 - retried instance by instance below
+        if len(jobs) == 1:
+            return [(None, Status.FAILED, 0, time.perf_counter() - t0)]
+        return [r for j in jobs for r in _solve_many(backend, [j])]
+    share = (time.perf_counter() - t0) / len(jobs)
+    return [_checked(o, *args, share) for o, args in zip(outs, zip(A, b, c, [dims] * len(A), P,
+                                                                     strict=True), strict=True)]
 
 
 def solve_batch(backend: Backend, matrices: list, b: np.ndarray, c: np.ndarray,
@@ -238,7 +275,10 @@ def solve_batch(backend: Backend, matrices: list, b: np.ndarray, c: np.ndarray,
              None if warm is None else (warm[0][i], warm[1][i], warm[2][i]), shared)
             for i in range(B)]
     try:
-        results = parallel_map(lambda j: _solve_one(*j), jobs)
+        if hasattr(backend, "solve_many"):  # a batched solver: one call for the batch
+            results = _solve_many(backend, jobs)
+        else:
+            results = parallel_map(lambda j: _solve_one(*j), jobs)
     except KeyboardInterrupt:
         # the solver took the SIGINT that Python delivers to the main thread: pass it on
         if threading.current_thread() is not threading.main_thread():

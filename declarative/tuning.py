@@ -12,10 +12,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from declarative.backends import DEFAULT_SOLVER, SOLVERS
+from declarative.backends import SOLVERS
 from declarative.derivative import ORDERINGS
 from declarative.errors import ProblemError
 
+# Moreau's algorithms a tuning may name (`backends.moreau.METHODS`, repeated here so that
+# importing the tuning does not import Moreau).
+MOREAU_METHODS = ("ipm", "active_set")
 # SCS's linear solvers for its KKT system that a tuning may name.
 SCS_LINEAR_SOLVERS = ("qdldl", "cpu_dense")
 
@@ -25,8 +28,14 @@ class Tuning:
     """A layer's tuning; None means "not decided yet" (the layer decides it when needed).
 
     ``solver``: the backend the layer uses unless a call names another (one of
-    `declarative.backends.SOLVERS`). ``scale``: SCS's primal/dual balance on the equilibrated
-    program (a positive number; `Layer` calibrates it among `solve.SCALE_CANDIDATES`).
+    `declarative.backends.SOLVERS`). Left open (no ``solver=`` and no solver settings in
+    ``solver_args`` at compile time), the layer chooses it on first use by a timed probe on
+    its calibration instance among SCS and, where installed and taking the program's cones,
+    Moreau with each of its methods (``method``: ``"ipm"``, or ``"active_set"`` where the
+    cones are only zero and nonnegative ones); timing makes this choice the one decision that
+    may differ between processes (every choice is certified alike; set the field to fix it).
+    ``scale``: SCS's primal/dual balance on the equilibrated program (a positive number;
+    `Layer` calibrates it among `solve.SCALE_CANDIDATES`).
     ``linear_solver``: SCS's factorization of its KKT matrix, ``"qdldl"`` (sparse LDLᵀ) or
     ``"cpu_dense"`` (dense Cholesky). ``share_workspaces``: whether instances whose A and P
     do not depend on the parameters share one solver setup per thread (only b and c are
@@ -46,16 +55,17 @@ class Tuning:
     the default mode's to rounding. Never decided by the layer.
     """
 
-    solver: str = DEFAULT_SOLVER
+    solver: str | None = None
     scale: float | None = None
     linear_solver: str | None = None
     share_workspaces: bool | None = None
     sparse_ordering: str | None = None
     supernodes: bool | None = None
     chunk_size: int | None = None
+    method: str | None = None
 
     def __post_init__(self) -> None:
-        if self.solver not in SOLVERS:
+        if self.solver is not None and self.solver not in SOLVERS:
             raise ProblemError(f"Tuning.solver must be one of {list(SOLVERS)}, "
                                f"got {self.solver!r}.")
         if self.scale is not None:
@@ -75,6 +85,9 @@ class Tuning:
             raise ProblemError(f"Tuning.chunk_size must be a positive integer (instances per "
                                f"chunk) or None (the whole batch at once), got "
                                f"{self.chunk_size!r}.")
+        if self.method is not None and self.method not in MOREAU_METHODS:
+            raise ProblemError(f"Tuning.method must be one of {list(MOREAU_METHODS)} or None, "
+                               f"got {self.method!r}.")
         if self.sparse_ordering is not None and self.sparse_ordering not in ORDERINGS:
             raise ProblemError(f"Tuning.sparse_ordering must be one of {list(ORDERINGS)} or "
                                f"None, got {self.sparse_ordering!r}.")

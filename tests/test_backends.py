@@ -45,7 +45,7 @@ def test_clarabel_and_scs_agree_on_every_zoo_problem(zoo_name):
     rng = np.random.default_rng(0)
     tan = [rng.standard_normal(v.shape) for v in values]
     runs = {}
-    for solver in SOLVERS:
+    for solver in ("scs", "clarabel"):  # Moreau: tests/test_moreau.py
         fwd = layer.forward(values, solver=solver)
         assert [str(s) for s in fwd.info.status] == ["solved"] * 2, solver
         cot = [np.ones_like(o) for o in fwd.outputs]
@@ -125,7 +125,7 @@ def test_clarabel_statuses_come_from_its_public_constants():
 
 
 # -- cone conventions -------------------------------------------------------------------------
-@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("solver", ["scs", "clarabel"])  # Moreau takes no PSD cone
 @pytest.mark.parametrize("k", [1, 2, 4])
 def test_psd_layout_min_eigenvalue(solver, k):
     """min ⟨C, X⟩ s.t. tr X = 1, X ⪰ 0 in SCS's svec layout (lower triangle by columns, √2
@@ -257,7 +257,7 @@ def test_unknown_solver_and_options_are_named():
                  lambda: layer.forward(values, solver="mosek"),
                  lambda: layer.torch()(torch.tensor(values[0]), solver="ecos"),
                  lambda: layer.jax()(values[0], solver="osqp")):
-        with pytest.raises(ProblemError, match=r"unknown solver .*\['scs', 'clarabel'\]"):
+        with pytest.raises(ProblemError, match=r"unknown solver .*\['scs', 'clarabel', 'moreau'\]"):
             call()
     with pytest.raises(ProblemError, match=r"\['eps_abs'\] for solver 'clarabel'.*tol_gap_abs"):
         layer.forward(values, solver="clarabel", solver_args={"eps_abs": 1e-5})
@@ -308,7 +308,7 @@ def test_tuning_is_decided_once_shown_and_pickled():
 def test_user_tuning_is_used_and_deterministic(monkeypatch):
     """A tuning set by the user is what SCS receives, and two layers with that tuning give
     bitwise-equal outputs and gradients whatever their call histories."""
-    tuning = dl.Tuning(scale=10.0, linear_solver="qdldl", share_workspaces=False,
+    tuning = dl.Tuning(solver="scs", scale=10.0, linear_solver="qdldl", share_workspaces=False,
                        sparse_ordering="COLAMD", supernodes=False)
     one, mod = _sparsemax_layer(SPARSE_N, tuning=tuning)
     two, _ = _sparsemax_layer(SPARSE_N)

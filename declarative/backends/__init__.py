@@ -13,7 +13,8 @@ from declarative.solve import Backend
 
 # name → (module, the backend object in it)
 _BACKENDS = {"scs": ("declarative.backends.scs", "SCS"),
-             "clarabel": ("declarative.backends.clarabel", "CLARABEL")}
+             "clarabel": ("declarative.backends.clarabel", "CLARABEL"),
+             "moreau": ("declarative.backends.moreau", "MOREAU")}
 SOLVERS = tuple(_BACKENDS)
 DEFAULT_SOLVER = "scs"
 

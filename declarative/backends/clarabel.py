@@ -5,17 +5,8 @@ quadratic objectives*) solves the same program as SCS,
 
     min ½xᵀPx + qᵀx  s.t.  Ax + s = b,  s ∈ K,   dual z ∈ K*,  Px + q + Aᵀz = 0,
 
-with the same signs, so x, y = z and s carry over. Two conventions differ from SCS's
-(`ConeDims`' layout), and the rows of A and b are mapped, once per cone layout, by an
-invertible block-diagonal T: Clarabel solves (TA, Tb) with s' = Ts ∈ K' and returns
-z' ∈ K'*, so s = T⁻¹s' and y = Tᵀz'.
-
-- PSD: SCS stores the lower triangle by columns, Clarabel the upper triangle by columns
-  (both with off-diagonals scaled by √2): T permutes the rows of each PSD block.
-- Dual cones Clarabel lacks: the dual exponential cone K*_exp is T⁻¹K_exp with
-  T(u, v, w) = (u − v, −u, w) (from −u·e^{v/u} ≤ e·w, u < 0, with y = −u, x = −v − y);
-  the dual power cone K*_α (negative exponent in `ConeDims.power`) is T⁻¹K_α with
-  T = diag(1/α, 1/(1 − α), 1).
+with the same signs, so x, y = z and s carry over. Its PSD triangle order and its lack of dual
+exponential and power cones are bridged by a row map of A and b (`_rows.RowMap`).
 
 Interior-point iterates cannot be warm-started, so ``warm`` is ignored.
 """
@@ -30,6 +21,7 @@ import clarabel
 import numpy as np
 import scipy.sparse as sp
 
+from declarative.backends._rows import RowMap
 from declarative.cones import ConeDims
 from declarative.errors import ProblemError
 from declarative.solve import Outcome, Status, check_settings
@@ -61,20 +53,11 @@ CLARABEL_DEFAULTS: dict[str, Any] = {"verbose": False}
 _TOLERANCES = ("tol_gap_abs", "tol_gap_rel", "tol_feas")
 
 
-@functools.lru_cache(maxsize=64)
-def _psd_order(k: int) -> np.ndarray:
-    """Clarabel's svec entry p of order k is SCS's entry order[p]."""
-    a, b = np.triu_indices(k)       # SCS: lower triangle (b ≥ a) by column a, i.e. (a, b)
-    scs_pos = {(int(i), int(j)): p for p, (i, j) in enumerate(zip(b, a, strict=True))}
-    # Clarabel: upper triangle (i ≤ j) by column j, i.e. entry (i, j), i ≤ j, as SCS's (j, i)
-    return np.array([scs_pos[(j, i)] for j in range(k) for i in range(j + 1)], dtype=np.int64)
-
-
-class _Layout:
-    """Clarabel's cones for a `ConeDims`, and the row map T (None where it is the identity)
-    with T⁻¹ and Tᵀ."""
+class _Layout(RowMap):
+    """Clarabel's cones for a `ConeDims`, and the row map T (`RowMap`)."""
 
     def __init__(self, dims: ConeDims) -> None:
+        super().__init__(dims)
         cones: list[Any] = []
         if dims.zero:
             cones.append(clarabel.ZeroConeT(dims.zero))
@@ -85,40 +68,6 @@ class _Layout:
         cones += [clarabel.ExponentialConeT() for _ in range(dims.exp + dims.exp_dual)]
         cones += [clarabel.PowerConeT(abs(a)) for a in dims.power]
         self.cones = cones
-        # (T, T⁻¹) per block, in `ConeDims`' order
-        eye = sp.identity(3, format="csr")
-        blocks: list[tuple[sp.spmatrix, sp.spmatrix]] = []
-        plain = dims.zero + dims.nonneg + sum(dims.soc)
-        blocks.append((sp.identity(plain, format="csr"),) * 2)
-        identity = True
-        for k in dims.psd:
-            size = k * (k + 1) // 2
-            order = _psd_order(k)
-            perm = sp.csr_matrix((np.ones(size), (np.arange(size), order)), shape=(size, size))
-            blocks.append((perm, perm.T.tocsr()))
-            identity &= bool(np.all(order == np.arange(size)))
-        blocks += [(eye, eye)] * dims.exp
-        blocks += [(_EXP_DUAL, _EXP_DUAL_INV)] * dims.exp_dual
-        identity &= dims.exp_dual == 0
-        for a in dims.power:
-            if a < 0:
-                d = np.array([1.0 / -a, 1.0 / (1.0 + a), 1.0])
-                blocks.append((sp.diags(d, format="csr"), sp.diags(1.0 / d, format="csr")))
-                identity = False
-            else:
-                blocks.append((eye, eye))
-        self.T: sp.csr_matrix | None = None
-        self.T_inv: sp.csr_matrix | None = None
-        self.T_t: sp.csr_matrix | None = None
-        if not identity:
-            self.T = sp.block_diag([t for t, _ in blocks], format="csr")
-            self.T_inv = sp.block_diag([i for _, i in blocks], format="csr")
-            self.T_t = self.T.T.tocsr()
-
-
-# T(u, v, w) = (u − v, −u, w) and its inverse (a, b, c) ↦ (−b, −b − a, c).
-_EXP_DUAL = sp.csr_matrix(np.array([[1.0, -1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
-_EXP_DUAL_INV = sp.csr_matrix(np.array([[0.0, -1.0, 0.0], [-1.0, -1.0, 0.0], [0.0, 0.0, 1.0]]))
 
 
 @functools.lru_cache(maxsize=64)

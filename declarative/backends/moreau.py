@@ -1,0 +1,231 @@
+"""Moreau behind the solver seam: a batched solver, one call for the whole batch.
+
+Moreau (Barratt, Nobel, Diamond; ``pip install moreau``) solves the program SCS and Clarabel
+solve,
+
+    min ½xᵀPx + qᵀx  s.t.  Ax + s = b,  s ∈ K,   dual z ∈ K*,  Px + q + Aᵀz = 0,
+
+for a batch of instances sharing the sparsity of P and A, in compiled code: an
+interior-point method (``method="ipm"``), or for programs with only zero and nonnegative
+cones a dual active-set method (``method="active_set"``). Its lack of dual exponential and
+power cones is bridged by a row map of A and b (`_rows.RowMap`); PSD cones are not taken.
+x, y = z and s carry over.
+
+It takes A and the full symmetric P in CSR form; the template's CSC values are permuted once
+per pattern. A batch that Moreau rejects as a whole (an exception) is solved again one
+instance at a time, so that one bad instance never loses the others.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import moreau
+import numpy as np
+import scipy.sparse as sp
+
+from declarative.backends._rows import RowMap
+from declarative.cones import ConeDims
+from declarative.errors import ProblemError
+from declarative.solve import Outcome, Status, check_settings
+from declarative.tuning import MOREAU_METHODS
+
+# Moreau's statuses (its public `SolverStatus`) → ours, and whether an infeasibility or
+# unboundedness claim is exact (its "almost" claims are verified by the seam).
+_STATUS: dict[Any, tuple[Status, bool]] = {
+    moreau.SolverStatus.Solved: (Status.SOLVED, True),
+    moreau.SolverStatus.AlmostSolved: (Status.INACCURATE, True),
+    moreau.SolverStatus.PrimalInfeasible: (Status.INFEASIBLE, True),
+    moreau.SolverStatus.AlmostPrimalInfeasible: (Status.INFEASIBLE, False),
+    moreau.SolverStatus.DualInfeasible: (Status.UNBOUNDED, True),
+    moreau.SolverStatus.AlmostDualInfeasible: (Status.UNBOUNDED, False),
+    moreau.SolverStatus.MaxIterations: (Status.ITERATION_LIMIT, True),
+    moreau.SolverStatus.MaxTime: (Status.INACCURATE, True),
+    moreau.SolverStatus.InsufficientProgress: (Status.INACCURATE, True),
+    moreau.SolverStatus.NumericalError: (Status.INACCURATE, True),
+}
+
+# Its methods, by the name our ``method`` setting takes.
+METHODS = MOREAU_METHODS
+# Settings a user may pass: ours (``method``), Moreau's top-level ones, and the fields of its
+# `IPMSettings` and `ActiveSetSettings` (their names do not collide).
+_TOP = ("max_iter", "time_limit")
+_IPM = frozenset(moreau.IPMSettings.model_fields)
+_ACTIVE = frozenset(moreau.ActiveSetSettings.model_fields)
+MOREAU_SETTINGS = frozenset({"method", *_TOP}) | _IPM | _ACTIVE
+# The stopping tolerances `tightened` lowers (the IPM's; the active-set method's are exact
+# up to its pivoting tolerances).
+_TOLERANCES = ("tol_gap_abs", "tol_gap_rel", "tol_feas")
+
+
+def polyhedral(dims: ConeDims) -> bool:
+    """Only zero and nonnegative cones: the active-set method applies."""
+    return dims.zero + dims.nonneg == dims.size
+
+
+def supported(dims: ConeDims) -> bool:
+    """Moreau takes every cone of ``dims`` (all but PSD)."""
+    return not dims.psd
+
+
+class _Pattern:
+    """A's and P's CSC patterns as Moreau's CSR ones: the CSR structure and, per pattern, the
+    permutation taking CSC values to CSR order (P's from its stored upper triangle to the
+    full symmetric matrix)."""
+
+    def __init__(self, A: Any, P: Any) -> None:
+        m, n = A.shape
+        A = sp.csc_matrix((np.arange(1, A.data.size + 1, dtype=float), A.indices, A.indptr),
+                          shape=(m, n))
+        Acsr = A.tocsr()
+        Acsr.sort_indices()
+        self.A_indptr, self.A_indices = Acsr.indptr, Acsr.indices
+        self.A_take = Acsr.data.astype(np.int64) - 1
+        if P is None or P.data.size == 0:
+            self.P_indptr, self.P_indices = np.zeros(n + 1, dtype=np.int64), np.zeros(0, int)
+            self.P_take = np.zeros(0, dtype=np.int64)
+        else:
+            U = sp.csc_matrix((np.arange(1, P.data.size + 1, dtype=float), P.indices,
+                               P.indptr), shape=(n, n))
+            strict = sp.triu(U, 1)
+            full = (U + strict.T).tocsr()
+            full.sort_indices()
+            self.P_indptr, self.P_indices = full.indptr, full.indices
+            self.P_take = full.data.astype(np.int64) - 1
+
+
+def _key(M: Any) -> tuple:
+    """A sparsity pattern's identity: its index arrays' contents."""
+    return (M.shape, M.indptr.tobytes(), M.indices.tobytes())
+
+
+@functools.lru_cache(maxsize=64)
+def _rows(dims: ConeDims) -> RowMap:
+    return RowMap(dims)
+
+
+class MoreauBackend:
+    """Moreau behind the seam: every instance of a batch in one call."""
+
+    name = "moreau"
+    options = MOREAU_SETTINGS
+    tunable: tuple[str, ...] = ("method",)
+    foreign: Mapping[str, str] = {
+        "eps": "tol_gap_abs, tol_gap_rel and tol_feas", "eps_abs": "tol_gap_abs",
+        "eps_rel": "tol_gap_rel", "max_iters": "max_iter", "time_limit_secs": "time_limit",
+        "solver": "the solver= argument, not a solver_args entry; Moreau's own algorithm is "
+                  "method='ipm' or 'active_set'",
+    }
+
+    def __init__(self) -> None:
+        self._patterns: dict[tuple, _Pattern] = {}
+
+    def check_program(self, dims: ConeDims, settings: Mapping[str, Any]) -> None:
+        """`ProblemError` where the program has a cone Moreau does not take (PSD), or the
+        active-set method is asked for on cones other than zero and nonnegative ones."""
+        if not supported(dims):
+            raise ProblemError(f"solver 'moreau' does not take PSD cones; this program has "
+                               f"{len(dims.psd)} of order {list(dims.psd)}. Use solver='scs' "
+                               "or 'clarabel'.")
+        if settings.get("method") == "active_set" and not polyhedral(dims):
+            raise ProblemError("Moreau's active-set method takes only zero and nonnegative "
+                               f"cones; this program has {dims.kinds()}. Use method='ipm'.")
+
+    def normalize(self, args: Mapping[str, Any]) -> dict:
+        """Moreau's settings are taken by their own names only."""
+        return dict(args)
+
+    def settings(self, args: Mapping[str, Any]) -> dict:
+        check_settings(self, args)
+        method = args.get("method")
+        if method is not None and method not in METHODS:
+            raise ProblemError(f"Moreau's method must be one of {list(METHODS)}, got "
+                               f"{method!r}.")
+        return dict(args)
+
+    def tightened(self, settings: dict, eps: float) -> dict:
+        base = moreau.IPMSettings()
+        return {**settings, "method": "ipm",
+                **{k: min(settings.get(k, getattr(base, k)), eps) for k in _TOLERANCES}}
+
+    def share(self, A: Any, P: Any, dims: ConeDims) -> None:
+        return None
+
+    def _moreau_settings(self, settings: dict, dims: ConeDims, batch: int) -> Any:
+        method = settings.get("method") or "ipm"
+        ipm = moreau.IPMSettings(**{k: v for k, v in settings.items() if k in _IPM})
+        active = moreau.ActiveSetSettings(**{k: v for k, v in settings.items()
+                                             if k in _ACTIVE})
+        return moreau.Settings(device="cpu", solver=method, batch_size=batch,
+                               ipm_settings=ipm, active_set_settings=active,
+                               **{k: settings[k] for k in _TOP if k in settings})
+
+    def _pattern(self, A: Any, P: Any, dims: ConeDims) -> _Pattern:
+        key = (_key(A), None if P is None else _key(P), dims)
+        pat = self._patterns.get(key)
+        if pat is None:
+            rows = _rows(dims)
+            if rows.T is not None:
+                A = (rows.T @ _scipy(A)).tocsc()
+            pat = self._patterns[key] = _Pattern(A, P)
+        return pat
+
+    def solve_many(self, matrices: list, b: np.ndarray, c: np.ndarray, dims: ConeDims,
+                   settings: dict, quadratic: list | None = None) -> list[Outcome]:
+        """Every instance (A = ``matrices[i]``, b[i], c[i], P = ``quadratic[i]``) in one
+        batched call; the instances share A's and P's sparsity (the template's)."""
+        self.check_program(dims, settings)
+        B, m = b.shape
+        n = c.shape[1]
+        rows = _rows(dims)
+        if rows.T is not None:
+            mats = [(rows.T @ _scipy(M)).tocsc() for M in matrices]
+            b = np.asarray(rows.T @ b.T).T
+        else:
+            mats = matrices
+        P0 = None if quadratic is None else quadratic[0]
+        pat = self._pattern(matrices[0], P0, dims)
+        A_vals = np.stack([np.asarray(M.data, dtype=float) for M in mats])[:, pat.A_take]
+        if pat.P_take.size:
+            assert quadratic is not None
+            P_vals = np.stack([np.asarray(P.data, dtype=float) for P in quadratic])
+            P_vals = P_vals[:, pat.P_take]
+        else:
+            P_vals = np.zeros((B, 0))
+        cones = moreau.Cones(num_zero_cones=dims.zero, num_nonneg_cones=dims.nonneg,
+                             so_cone_dims=list(dims.soc),
+                             num_exp_cones=dims.exp + dims.exp_dual,
+                             power_alphas=[abs(a) for a in dims.power])
+        solver = moreau.CompiledSolver(
+            n=n, m=m, P_row_offsets=pat.P_indptr, P_col_indices=pat.P_indices,
+            A_row_offsets=pat.A_indptr, A_col_indices=pat.A_indices, cones=cones,
+            settings=self._moreau_settings(settings, dims, B))
+        solver.setup(P_vals, A_vals)
+        sol = solver.solve(np.ascontiguousarray(c, dtype=float),
+                           np.ascontiguousarray(b, dtype=float))
+        x, y, s = (np.asarray(v, dtype=float).reshape(B, -1) for v in (sol.x, sol.z, sol.s))
+        if rows.T is not None:
+            assert rows.T_t is not None and rows.T_inv is not None
+            y, s = np.asarray(rows.T_t @ y.T).T, np.asarray(rows.T_inv @ s.T).T
+        info = solver.info
+        iters = np.broadcast_to(np.asarray(info.iterations, dtype=int), (B,))
+        out = []
+        for i in range(B):
+            status, certain = _STATUS.get(info.status[i], (Status.FAILED, True))
+            out.append(Outcome(x[i], y[i], s[i], status, int(iters[i]), certain))
+        return out
+
+    def solve(self, A: Any, b: np.ndarray, c: np.ndarray, dims: ConeDims, settings: dict,
+              P: Any = None, warm: tuple | None = None, shared: Any = None) -> Outcome:
+        """One instance (a batch of one; ``warm`` is ignored)."""
+        return self.solve_many([A], b[None], c[None], dims, settings,
+                               None if P is None else [P])[0]
+
+
+def _scipy(M: Any) -> sp.csc_matrix:
+    return M if sp.issparse(M) else M.scipy()
+
+
+MOREAU = MoreauBackend()

@@ -1,0 +1,141 @@
+"""Moreau behind the solver seam (one batched call per batch), the layer's choice of solver on
+first use, and the stacked inverses that small dense systems are solved with.
+
+References: the zoo's closed forms, SCS through the same refinement, NumPy's dense solves.
+"""
+
+from __future__ import annotations
+
+import cvxpy as cp
+import numpy as np
+import pytest
+
+import declarative as dl
+import declarative.derivative as derivative
+from declarative import problems
+from declarative.backends import moreau as moreau_backend
+from declarative.errors import ProblemError
+from tests.conftest import max_abs, zoo_layer
+
+
+def _values(name: str, seeds):
+    _, mod, sizes = zoo_layer(name)
+    insts = [problems.instance(name, s, **sizes) for s in seeds]
+    return insts, [np.stack([i.params[k] for i in insts]) for k in range(len(insts[0].params))]
+
+
+def test_moreau_agrees_with_the_closed_form_and_scs_on_the_zoo(zoo_name):
+    """Every zoo problem whose cones Moreau takes, with each method that applies: every
+    instance ``solved``, outputs within 1e-8 of the closed form, VJPs and JVPs within 1e-8 of
+    SCS's (both refined and differentiated by the same code)."""
+    layer, _, _ = zoo_layer(zoo_name)
+    dims = layer.template.dims
+    if not moreau_backend.supported(dims):
+        with pytest.raises(ProblemError, match="PSD"):
+            layer.forward(_values(zoo_name, (0,))[1], solver="moreau")
+        return
+    insts, values = _values(zoo_name, (3, 4, 5))
+    rng = np.random.default_rng(0)
+    tan = [rng.standard_normal(v.shape) for v in values]
+    ref = layer.forward(values, solver="scs")
+    cot = [rng.standard_normal(o.shape) for o in ref.outputs]
+    ref_vjp, ref_jvp = ref.vjp(cot), ref.jvp(tan)
+    methods = ["ipm", "active_set"] if moreau_backend.polyhedral(dims) else ["ipm"]
+    for method in methods:
+        fwd = layer.forward(values, solver="moreau", solver_args={"method": method})
+        assert [str(s) for s in fwd.info.status] == ["solved"] * 3, method
+        for k, inst in enumerate(insts):
+            for out, sol in zip(fwd.outputs, inst.solution, strict=True):
+                assert max_abs(out[k], sol) <= 1e-8, method
+        for u, v in zip(fwd.vjp(cot), ref_vjp, strict=True):
+            assert max_abs(u, v) <= 1e-8, method
+        for u, v in zip(fwd.jvp(tan), ref_jvp, strict=True):
+            assert max_abs(u, v) <= 1e-8, method
+
+
+def test_moreau_keeps_every_other_instance_when_one_fails():
+    """One infeasible instance in a batch solved in one Moreau call: it alone is reported
+    (infeasible, NaN), the others are solved exactly (box projection: clip)."""
+    n = 4
+    x, theta, lo, hi = cp.Variable(n), cp.Parameter(n), cp.Parameter(n), cp.Parameter(n)
+    box = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - theta)), [x >= lo, x <= hi]),
+                     [theta, lo, hi], [x], solver="moreau", on_failure="nan")
+    rng = np.random.default_rng(1)
+    th = 2 * rng.standard_normal((3, n))
+    lo_v, hi_v = -np.ones((3, n)), np.ones((3, n))
+    lo_v[1] = 2.0  # lo > hi: infeasible
+    fwd = box.forward([th, lo_v, hi_v])
+    assert [str(s) for s in fwd.info.status] == ["solved", "infeasible", "solved"]
+    assert np.isnan(fwd.outputs[0][1]).all()
+    for k in (0, 2):
+        assert max_abs(fwd.outputs[0][k], np.clip(th[k], -1, 1)) <= 1e-9
+
+
+def test_moreau_settings_are_checked_and_named():
+    layer, _, _ = zoo_layer("sparsemax")
+    _, values = _values("sparsemax", (0,))
+    with pytest.raises(ProblemError, match="method"):
+        layer.forward(values, solver="moreau", solver_args={"method": "simplex"})
+    with pytest.raises(ProblemError, match="max_iter"):
+        layer.forward(values, solver="moreau", solver_args={"max_iters": 10})
+    soft, _, _ = zoo_layer("softmax")
+    with pytest.raises(ProblemError, match="active-set"):
+        soft.forward(_values("softmax", (0,))[1], solver="moreau",
+                     solver_args={"method": "active_set"})
+    psd = problems.get("psd_projection")
+    with pytest.raises(ProblemError, match="PSD"):
+        dl.compile(*psd.build(**psd.SIZES), solver="moreau")
+
+
+def test_the_solver_is_chosen_on_first_use_and_kept(monkeypatch):
+    """Without ``solver=``, the tuning's solver is open until the first call, which times the
+    candidates on the calibration instance and keeps the fastest; solver settings without a
+    solver name are SCS's; a candidate that fails is never chosen."""
+    mod = problems.get("polytope_projection")
+    layer = dl.compile(*mod.build(**mod.SIZES))
+    assert layer.tuning.solver is None
+    insts, values = _values("polytope_projection", (0, 1))
+    out = layer.forward(values).outputs[0]
+    chosen = layer.tuning
+    assert chosen.solver in ("scs", "moreau")
+    assert (chosen.method is not None) == (chosen.solver == "moreau")
+    for k, inst in enumerate(insts):
+        assert max_abs(out[k], inst.solution[0]) <= 1e-8
+    layer.forward(values)
+    assert layer.tuning is chosen  # decided once
+    assert dl.compile(*mod.build(**mod.SIZES), solver_args={"eps": 1e-6}).tuning.solver == "scs"
+    # Moreau failing on every instance: SCS is chosen
+    broken = dl.compile(*mod.build(**mod.SIZES))
+    monkeypatch.setattr(moreau_backend.MoreauBackend, "solve_many",
+                        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("broken")))
+    broken.forward(values)
+    assert broken.tuning.solver == "scs"
+
+
+def test_stacked_inverses_solve_like_lu_and_fall_back_where_singular():
+    """`_factor_stack` on small dense S: regular ones solve (both ways) as NumPy's LU does,
+    with the exact 1-norm condition number; a singular one and a non-finite one go through
+    `_factor_one` (its SVD; none); `Linearization.solve` and `newton_correction` batch the
+    regular ones and agree with per-instance solves."""
+    rng = np.random.default_rng(0)
+    N = 9
+    S = rng.standard_normal((5, N, N)) + 3 * np.eye(N)
+    S[2, :, 0] = S[2, :, 1]  # singular
+    S[4, 0, 0] = np.nan
+    fs = derivative._factor_stack(S.copy())
+    rhs = rng.standard_normal((5, N))
+    for j in (0, 1, 3):
+        assert type(fs[j].lu) is derivative.Inverse
+        cond = np.linalg.norm(S[j], 1) * np.linalg.norm(np.linalg.inv(S[j]), 1)
+        assert abs(fs[j].rcond * cond - 1) <= 1e-10
+        assert max_abs(derivative._lu_solve(fs[j], rhs[j], False),
+                       np.linalg.solve(S[j], rhs[j])) <= 1e-12
+        assert max_abs(derivative._lu_solve(fs[j], rhs[j], True),
+                       np.linalg.solve(S[j].T, rhs[j])) <= 1e-12
+    assert fs[2].svd is not None and not fs[2].rcond > derivative.RCOND_MIN
+    assert fs[4].lu is None
+    corr = derivative.newton_correction(fs, rhs)
+    for j in (0, 1, 3):
+        assert max_abs(corr[j], -np.linalg.solve(S[j], rhs[j])) <= 1e-12
+    assert np.isnan(corr[4]).all()
+    assert max_abs(corr[2], -np.linalg.lstsq(S[2], rhs[2], rcond=None)[0]) <= 1e-10
