@@ -80,11 +80,15 @@ def _probe(N: int) -> np.ndarray:
 
 # SCS tolerance of the retry for instances refinement could not certify.
 RETRY_EPS = 1e-9
-# Where the tuning leaves the solver open, `Layer._choose_solver` times each candidate on this
-# many copies of the calibration instance; only programs with n + m up to PROBE_MAX_SIZE are
-# probed (larger ones use SCS: the probe would cost seconds).
+# Where the tuning leaves the solver open, `Layer._choose_solver` times each candidate on
+# PROBE_BATCH copies of the calibration instance, fewer (down to PROBE_MIN_BATCH) in
+# proportion above n + m = PROBE_FULL_SIZE; programs with n + m above PROBE_MAX_SIZE are not
+# probed (they use SCS: the probe would cost many seconds; PSD projection with a trace
+# constraint, k = 30, n + m = 2,731, is probed on 11 copies in about 3 s).
 PROBE_BATCH = 64
-PROBE_MAX_SIZE = 2000
+PROBE_MIN_BATCH = 4
+PROBE_FULL_SIZE = 500
+PROBE_MAX_SIZE = 4000
 
 
 def vec(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -478,10 +482,9 @@ class Layer:
             from declarative.backends import moreau
         except ImportError:
             return out
-        if moreau.supported(dims):
-            out.append(("moreau", "ipm"))
-            if moreau.polyhedral(dims):
-                out.append(("moreau", "active_set"))
+        out.append(("moreau", "ipm"))
+        if moreau.polyhedral(dims):
+            out.append(("moreau", "active_set"))
         return out
 
     def _choose_solver(self, sample: Sequence[Any] | None = None) -> str:
@@ -498,8 +501,10 @@ class Layer:
             batch = list(sample)
         elif len(candidates) > 1:
             values = self._calibration_values(True) or self._calibration_values(False)
+            size = self.template.n + self.template.m
+            copies = max(PROBE_MIN_BATCH, PROBE_BATCH * min(1.0, PROBE_FULL_SIZE / size))
             if values is not None:
-                batch = [np.broadcast_to(v, (PROBE_BATCH, *np.shape(v))).copy()
+                batch = [np.broadcast_to(v, (int(copies), *np.shape(v))).copy()
                          for v in values]
         if batch is not None:
             seconds: dict[tuple[str, str | None], float] = {}

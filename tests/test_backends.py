@@ -125,13 +125,13 @@ def test_clarabel_statuses_come_from_its_public_constants():
 
 
 # -- cone conventions -------------------------------------------------------------------------
-@pytest.mark.parametrize("solver", ["scs", "clarabel"])  # Moreau takes no PSD cone
+@pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("k", [1, 2, 4])
 def test_psd_layout_min_eigenvalue(solver, k):
     """min ⟨C, X⟩ s.t. tr X = 1, X ⪰ 0 in SCS's svec layout (lower triangle by columns, √2
     off the diagonal): the optimum is λ_min(C) at X = vvᵀ, with dual y₀ = −λ_min on the trace
-    and svec(C − λ_min I) on the PSD block. Clarabel stores the upper triangle: the backend
-    permutes the rows."""
+    and svec(C − λ_min I) on the PSD block. Clarabel and Moreau store the upper triangle: the
+    backend permutes the rows."""
     rng = np.random.default_rng(k)
     C = rng.standard_normal((k, k))
     C = C + C.T

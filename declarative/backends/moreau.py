@@ -7,9 +7,10 @@ solve,
 
 for a batch of instances sharing the sparsity of P and A, in compiled code: an
 interior-point method (``method="ipm"``), or for programs with only zero and nonnegative
-cones a dual active-set method (``method="active_set"``). Its lack of dual exponential and
-power cones is bridged by a row map of A and b (`_rows.RowMap`); PSD cones are not taken.
-x, y = z and s carry over.
+cones a dual active-set method (``method="active_set"``). Its cones come in SCS's order; its
+PSD triangle order (the upper triangle by columns, as Clarabel's) and its lack of dual
+exponential and power cones are bridged by a row map of A and b (`_rows.RowMap`). x, y = z
+and s carry over.
 
 It takes A and the full symmetric P in CSR form; the template's CSC values are permuted once
 per pattern. A batch that Moreau rejects as a whole (an exception) is solved again one
@@ -65,11 +66,6 @@ def polyhedral(dims: ConeDims) -> bool:
     return dims.zero + dims.nonneg == dims.size
 
 
-def supported(dims: ConeDims) -> bool:
-    """Moreau takes every cone of ``dims`` (all but PSD)."""
-    return not dims.psd
-
-
 class _Pattern:
     """A's and P's CSC patterns as Moreau's CSR ones: the CSR structure and, per pattern, the
     permutation taking CSC values to CSR order (P's from its stored upper triangle to the
@@ -123,12 +119,8 @@ class MoreauBackend:
         self._patterns: dict[tuple, _Pattern] = {}
 
     def check_program(self, dims: ConeDims, settings: Mapping[str, Any]) -> None:
-        """`ProblemError` where the program has a cone Moreau does not take (PSD), or the
-        active-set method is asked for on cones other than zero and nonnegative ones."""
-        if not supported(dims):
-            raise ProblemError(f"solver 'moreau' does not take PSD cones; this program has "
-                               f"{len(dims.psd)} of order {list(dims.psd)}. Use solver='scs' "
-                               "or 'clarabel'.")
+        """`ProblemError` where the active-set method is asked for on cones other than zero
+        and nonnegative ones."""
         if settings.get("method") == "active_set" and not polyhedral(dims):
             raise ProblemError("Moreau's active-set method takes only zero and nonnegative "
                                f"cones; this program has {dims.kinds()}. Use method='ipm'.")
@@ -197,7 +189,8 @@ class MoreauBackend:
         cones = moreau.Cones(num_zero_cones=dims.zero, num_nonneg_cones=dims.nonneg,
                              so_cone_dims=list(dims.soc),
                              num_exp_cones=dims.exp + dims.exp_dual,
-                             power_alphas=[abs(a) for a in dims.power])
+                             power_alphas=[abs(a) for a in dims.power],
+                             psd_dims=list(dims.psd))
         solver = moreau.CompiledSolver(
             n=n, m=m, P_row_offsets=pat.P_indptr, P_col_indices=pat.P_indices,
             A_row_offsets=pat.A_indptr, A_col_indices=pat.A_indices, cones=cones,
