@@ -487,13 +487,31 @@ class Layer:
             out.append(("moreau", "active_set"))
         return out
 
+    def _probe_copies(self) -> int:
+        """How many instances `_choose_solver` times each candidate on: PROBE_BATCH, fewer
+        for large programs."""
+        size = self.template.n + self.template.m
+        return int(max(PROBE_MIN_BATCH, PROBE_BATCH * min(1.0, PROBE_FULL_SIZE / size)))
+
+    def _probe_sample(self, values: Sequence[Any], batched: list[bool]) -> list[np.ndarray]:
+        """The probe's instances from a call's parameter values: its first `_probe_copies`
+        instances, repeated where the call has fewer."""
+        copies = self._probe_copies()
+        out = []
+        for spec, v, b in zip(self.parameters, values, batched, strict=True):
+            a = np.asarray(v, dtype=float)
+            out.append(a[np.arange(copies) % a.shape[0]] if b
+                       else np.broadcast_to(a.reshape(spec.shape), (copies, *spec.shape)).copy())
+        return out
+
     def _choose_solver(self, sample: Sequence[Any] | None = None) -> str:
         """Choose the solver (and Moreau's method) by a timed probe: each candidate
         (`_solver_candidates`) solves and refines ``sample`` (parameter values, as for a
-        call), or else PROBE_BATCH copies of the template's calibration instance
-        (`_calibration_values`), once to warm up and once timed; the fastest that certifies
-        every instance wins (SCS where none is timed). Made once; the tuning shows the
-        choice, and setting ``Tuning.solver`` skips the probe."""
+        call: the first call's instances, `_probe_sample`, or `tune`'s sample), or else
+        copies of the template's calibration instance (`_calibration_values`), once to warm
+        up and once timed; the fastest that certifies every instance wins (SCS where none
+        is timed). Made once; the tuning shows the choice, and setting ``Tuning.solver``
+        skips the probe."""
         candidates = self._solver_candidates()
         best = candidates[0]
         batch = None
@@ -501,10 +519,8 @@ class Layer:
             batch = list(sample)
         elif len(candidates) > 1:
             values = self._calibration_values(True) or self._calibration_values(False)
-            size = self.template.n + self.template.m
-            copies = max(PROBE_MIN_BATCH, PROBE_BATCH * min(1.0, PROBE_FULL_SIZE / size))
             if values is not None:
-                batch = [np.broadcast_to(v, (int(copies), *np.shape(v))).copy()
+                batch = [np.broadcast_to(v, (self._probe_copies(), *np.shape(v))).copy()
                          for v in values]
         if batch is not None:
             seconds: dict[tuple[str, str | None], float] = {}
@@ -759,6 +775,10 @@ class Layer:
         ``solver_args``, ``on_failure`` and ``solver`` override the compile-time values for
         this call (``solver_args`` then holds that solver's settings)."""
         t0 = time.perf_counter()
+        if solver is None and self._tuning.solver is None and not set(solver_args or {}) - set(
+                OUR_OPTIONS):  # the first call: choose the solver on its instances
+            _, batched = self.batch(values)
+            self._choose_solver(self._probe_sample(values, batched))
         backend, settings, ours, on_failure = self.resolve_options(solver_args, on_failure,
                                                                    solver)
         theta, input_batched = self.batch(values)
@@ -800,6 +820,20 @@ class Layer:
                                    eq, chunk, (att.scs_x[retry], att.scs_y[retry],
                                                att.scs_s[retry]))
             att.merge(retry, again)
+        if ours["refine"] and backend.name != DEFAULT_SOLVER and not self._solver_named:
+            # the probe's choice of solver must not cost an instance SCS would have solved
+            # (a batched interior-point method can fail on data scales SCS's equilibrated
+            # iterations take): what is still neither certified nor shown infeasible or
+            # unbounded is solved by SCS at the tight tolerance
+            unsettled = np.array([st not in (Status.SOLVED, Status.INFEASIBLE,
+                                             Status.UNBOUNDED) for st in att.status])
+            left = np.flatnonzero(unsettled)
+            if left.size:
+                scs = get_backend(DEFAULT_SOLVER)
+                again = self._attempts(scs, None, left, ops, c, b, mats, Ps,
+                                       scs.tightened(scs.settings({}), RETRY_EPS), ours, eq,
+                                       chunk)
+                att.merge(left, again)
         if layout is not None and tuning.sparse_ordering is None:
             self._record_ordering(layout)
         status, x, y, s = att.status, att.x, att.y, att.s

@@ -163,3 +163,22 @@ def test_every_cone_kind_in_one_program_keeps_its_rows():
     assert fwd.info.residual_before.max() <= 1e-3
     for p, q in zip(fwd.outputs, ref.outputs, strict=True):
         assert max_abs(p, q) <= 1e-8
+
+
+def test_scs_takes_over_what_the_chosen_moreau_leaves(monkeypatch):
+    """Where the probe chose Moreau, an instance it leaves neither certified nor shown
+    infeasible is solved by SCS (every one solved, closed form to 1e-8); a solver the user
+    named is not replaced (the same failure is reported)."""
+    insts, values = _values("sparsemax", (0, 1, 2))
+    mod = problems.get("sparsemax")
+    monkeypatch.setattr(dl.Layer, "_solver_candidates", lambda self: [("moreau", "ipm")])
+    monkeypatch.setattr(moreau_backend.MoreauBackend, "solve_many",
+                        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("broken")))
+    chosen = dl.compile(*mod.build(**mod.SIZES))
+    fwd = chosen.forward(values)
+    assert chosen.tuning.solver == "moreau"
+    assert [str(s) for s in fwd.info.status] == ["solved"] * 3
+    for k, inst in enumerate(insts):
+        assert max_abs(fwd.outputs[0][k], inst.solution[0]) <= 1e-8
+    named = dl.compile(*mod.build(**mod.SIZES), solver="moreau", on_failure="nan")
+    assert [str(s) for s in named.forward(values).info.status] == ["failed"] * 3
