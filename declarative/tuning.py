@@ -2,8 +2,8 @@
 
 A `Tuning` is a plain value: frozen, picklable, comparable, shown in ``repr(layer)``. A
 layer fills the fields left as None once, under its lock, from its template alone (so no
-result depends on the call history), or all at once from sample data by `Layer.tune`; a user
-may set any field (``layer.tuning = dl.Tuning(...)`` or ``dl.compile(..., tuning=...)``).
+result depends on the call history), except the solver, timed on the first call's instances
+(``solver`` below), or all at once from sample data by `Layer.tune`; a user may set any field (``layer.tuning = dl.Tuning(...)`` or ``dl.compile(..., tuning=...)``).
 The same tuning and the same input give bitwise-equal outputs.
 """
 
@@ -29,11 +29,12 @@ class Tuning:
 
     ``solver``: the backend the layer uses unless a call names another (one of
     `declarative.backends.SOLVERS`). Left open (no ``solver=`` and no solver settings in
-    ``solver_args`` at compile time), the layer chooses it on first use by a timed probe on
-    its calibration instance among SCS and, where installed and taking the program's cones,
-    Moreau with each of its methods (``method``: ``"ipm"``, or ``"active_set"`` where the
-    cones are only zero and nonnegative ones); timing makes this choice the one decision that
-    may differ between processes (every choice is certified alike; set the field to fix it).
+    ``solver_args`` at compile time), the layer chooses it on its first call by timing the
+    candidates on that call's instances (`Layer.tune`: on its sample) among SCS and, where
+    installed, Moreau with each of its methods (``method``: ``"ipm"``, or ``"active_set"``
+    where the cones are only zero and nonnegative ones); timing and the first call's data make
+    this choice the one decision that may differ between runs (every choice is certified
+    alike; set the field to fix it).
     ``scale``: SCS's primal/dual balance on the equilibrated program (a positive number;
     `Layer` calibrates it among `solve.SCALE_CANDIDATES`).
     ``linear_solver``: SCS's factorization of its KKT matrix, ``"qdldl"`` (sparse LDLᵀ) or
