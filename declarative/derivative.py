@@ -159,15 +159,15 @@ class BatchOps:
 
     def P(self, u: np.ndarray) -> np.ndarray:
         """P u for each instance: (B, n) → (B, n)."""
-        return times_t(self.h * u[:, self.template.P_cols], self._Ep)
+        return _products(self.h, u, self.template.P_cols, self._Ep)
 
     def A(self, u: np.ndarray) -> np.ndarray:
         """A u for each instance: (B, n) → (B, m)."""
-        return times_t(self.a * u[:, self.cols], self._Er)
+        return _products(self.a, u, self.cols, self._Er)
 
     def AT(self, y: np.ndarray) -> np.ndarray:
         """Aᵀ y for each instance: (B, m) → (B, n)."""
-        return times_t(self.a * y[:, self.rows], self._Ec)
+        return _products(self.a, y, self.rows, self._Ec)
 
     def dense(self) -> np.ndarray:
         """A as dense (B, m, n)."""
@@ -182,6 +182,27 @@ class BatchOps:
         # numpy's stubs type ufunc.at's indices as integer arrays only; a tuple index works
         np.add.at(out, (slice(None), t.P_rows, t.P_cols), self.h)  # type: ignore[arg-type]
         return out
+
+
+# `_products` forms its (B, nnz) products of stored entries at most this many entries at a time:
+# the first touch of a large temporary costs more than the arithmetic (OptNet QP at batch 512,
+# 2.8M entries: 20 ms a product whole).
+PRODUCT_BLOCK_ENTRIES = 1 << 18
+
+
+def _products(values: np.ndarray, u: np.ndarray, index: np.ndarray,
+              scatter: sp.csr_matrix) -> np.ndarray:
+    """Σ_k values[:, k] u[:, index[k]] summed by ``scatter`` (rows × nnz) per instance:
+    (B, nnz), (B, ·) → (B, rows), in blocks of instances (PRODUCT_BLOCK_ENTRIES)."""
+    B = values.shape[0]
+    step = max(1, PRODUCT_BLOCK_ENTRIES // max(1, values.shape[1]))
+    if B <= step:
+        return times_t(values * np.take(u, index, axis=1), scatter)
+    out = np.empty((B, scatter.shape[0]))
+    for lo in range(0, B, step):
+        sl = slice(lo, lo + step)
+        out[sl] = times_t(values[sl] * np.take(u[sl], index, axis=1), scatter)
+    return out
 
 
 def _scatter(t: ConeTemplate):
@@ -1008,21 +1029,29 @@ class ConeSolution:
     def vjp(self, gx: np.ndarray, gy: np.ndarray
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(gx, gy) ↦ (∂/∂c, ∂/∂A values, ∂/∂b, ∂/∂P values), eq. (2); ∂/∂P_ij = r₁ᵢ xⱼ."""
-        t = self.ops.template
+        return self.data_gradient(self.adjoint(gx, gy), slice(None))
+
+    def adjoint(self, gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
+        """(gx, gy) ↦ r = −S⁻ᵀ (gx, DΠᵀ gy) (B, n + m): `vjp`'s solve."""
         g = np.concatenate([gx, self.D.matvec(gy)], axis=1)
-        r = -self.lin.solve(g, transpose=True)
-        r1, r2 = r[:, : t.n], r[:, t.n :]
+        return -self.lin.solve(g, transpose=True)
+
+    def data_gradient(self, r: np.ndarray, which: slice
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """`vjp`'s data cotangents from its solve ``r`` (`adjoint`), for the instances
+        ``which`` of the batch: ∂/∂c = r₁, ∂/∂A_ij = yᵢ r₁ⱼ − r₂ᵢ xⱼ, ∂/∂b = r₂,
+        ∂/∂P_ij = r₁ᵢ xⱼ."""
+        t = self.ops.template
+        r1, r2 = r[which, : t.n], r[which, t.n :]
+        x, y = self.x[which], self.y[which]
         rows, cols = self.ops.rows, self.ops.cols
-        # np.take and in-place products: (B, nnz) temporaries are the cost here (OptNet QP,
-        # batch 512: 22 MB each)
-        da = np.take(self.y, rows, axis=1)
+        da = np.take(y, rows, axis=1)
         da *= np.take(r1, cols, axis=1)
         other = np.take(r2, rows, axis=1)
-        other *= np.take(self.x, cols, axis=1)
+        other *= np.take(x, cols, axis=1)
         da -= other
-        del other
         dh = np.take(r1, t.P_rows, axis=1)
-        dh *= np.take(self.x, t.P_cols, axis=1)
+        dh *= np.take(x, t.P_cols, axis=1)
         return r1, da, r2, dh
 
 
@@ -1047,7 +1076,16 @@ def parameter_directions(t: ConeTemplate, blocks: list[tuple[int, int]],
     θ, mapped to the cone data: (dc (n, p), da (nnz, p), db (m, p), dh (nnz(P), p)) = (C, F, G,
     H) dθ. One parameter at a time, so a parameter much larger than another cannot hide the
     other's effect in `kinks_matter`'s relative comparison; fixed seed, so the same input gives
-    the same answer."""
+    the same answer. Made once per template (read-only arrays)."""
+    key = f"parameter_directions {blocks} {per_block} {seed}"
+    made = t.derived.get(key)
+    if made is None:
+        made = t.derived[key] = _parameter_directions(t, blocks, per_block, seed)
+    return made
+
+
+def _parameter_directions(t: ConeTemplate, blocks: list[tuple[int, int]], per_block: int,
+                          seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     cols = []
     for lo, size in blocks:
@@ -1056,8 +1094,10 @@ def parameter_directions(t: ConeTemplate, blocks: list[tuple[int, int]],
             d[lo : lo + size] = rng.standard_normal(size)
             cols.append(d)
     dtheta = np.array(cols).T if cols else np.zeros((t.num_params, 0))
-    dc, da, db, dh = (np.asarray(M @ dtheta) for M in (t.C, t.F, t.G, t.H))
-    return dc, da, db, dh
+    out = tuple(np.asarray(M @ dtheta) for M in (t.C, t.F, t.G, t.H))
+    for a in out:
+        a.setflags(write=False)
+    return out  # type: ignore[return-value]
 
 
 def diagnose(sol: ConeSolution, recover: sp.spmatrix, blocks: list[tuple[int, int]]

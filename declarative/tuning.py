@@ -3,7 +3,8 @@
 A `Tuning` is a plain value: frozen, picklable, comparable, shown in ``repr(layer)``. A
 layer fills the fields left as None once, under its lock, from its template alone (so no
 result depends on the call history), except the solver, timed on the first call's instances
-(``solver`` below), or all at once from sample data by `Layer.tune`; a user may set any field (``layer.tuning = dl.Tuning(...)`` or ``dl.compile(..., tuning=...)``).
+(``solver`` below), or all at once from sample data by `Layer.tune`; a user may set any field
+(``layer.tuning = dl.Tuning(...)`` or ``dl.compile(..., tuning=...)``).
 The same tuning and the same input give bitwise-equal outputs.
 """
 
