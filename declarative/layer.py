@@ -89,11 +89,17 @@ VJP_BLOCK = 64
 # constraint, k = 30, n + m = 2,731, is probed on 11 copies in about 3 s).
 PROBE_BATCH = 64
 PROBE_MIN_BATCH = 4
+PROBE_FULL_SIZE = 500
+PROBE_MAX_SIZE = 4000
 # Timed runs per candidate after one to warm up; the fastest counts (the machine's noise only
 # ever adds time).
 PROBE_RUNS = 2
-PROBE_FULL_SIZE = 500
-PROBE_MAX_SIZE = 4000
+
+
+def _solver_settings(solver_args: dict | None) -> bool:
+    """Do ``solver_args`` hold a solver's settings (beyond our refinement options)? Given
+    without a solver name, those are SCS's."""
+    return bool(set(solver_args or {}) - set(OUR_OPTIONS))
 
 
 def vec(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -471,8 +477,8 @@ class Layer:
     @staticmethod
     def _settled(tuning: Tuning, solver_args: dict | None) -> Tuning:
         """``tuning`` with its solver set to the default (SCS) where it is open but
-        ``solver_args`` hold a solver's settings: without a solver named, those are SCS's."""
-        if tuning.solver is None and set(solver_args or {}) - set(OUR_OPTIONS):
+        ``solver_args`` hold a solver's settings (`_solver_settings`)."""
+        if tuning.solver is None and _solver_settings(solver_args):
             return replace(tuning, solver=DEFAULT_SOLVER)
         return tuning
 
@@ -484,8 +490,8 @@ class Layer:
 
     def _solver_candidates(self) -> list[tuple[str, str | None]]:
         """(solver, Moreau's method or None) pairs the layer may choose among: SCS, and
-        Moreau where it is installed and takes the program's cones (its active-set method
-        only with zero and nonnegative cones alone)."""
+        Moreau where it is installed (its active-set method only with zero and nonnegative
+        cones alone), up to PROBE_MAX_SIZE."""
         out: list[tuple[str, str | None]] = [(DEFAULT_SOLVER, None)]
         dims = self.template.dims
         if self.template.n + self.template.m > PROBE_MAX_SIZE:
@@ -518,15 +524,15 @@ class Layer:
 
     def _choose_solver(self, sample: Sequence[Any] | None = None) -> str:
         """Choose the solver (and Moreau's method) by a timed probe: each candidate
-        (`_solver_candidates`) solves and refines ``sample`` (parameter values, as for a
-        call: the first call's instances, `_probe_sample`, or `tune`'s sample), or else
+        (`_solver_candidates`) solves and refines ``sample`` (parameter values stacked on a
+        leading batch axis: the first call's or `tune`'s instances, `_probe_sample`), or else
         copies of the template's calibration instance (`_calibration_values`), once to warm
-        up and PROBE_RUNS times timed (the fastest run counts); the fastest candidate that
-        certifies every instance wins (SCS where none
-        is timed). Made once; the tuning shows the choice, and setting ``Tuning.solver``
-        skips the probe."""
+        up and PROBE_RUNS times timed (the fastest run counts). Of the candidates that
+        certify the most instances, the fastest wins (SCS where none runs). Made once; the
+        tuning shows the choice, and setting ``Tuning.solver`` skips the probe."""
         candidates = self._solver_candidates()
         best = candidates[0]
+        batch_from = 1
         batch = None
         if len(candidates) > 1 and sample is not None:
             batch = list(sample)
@@ -536,7 +542,7 @@ class Layer:
                 batch = [np.broadcast_to(v, (self._probe_copies(), *np.shape(v))).copy()
                          for v in values]
         if batch is not None:
-            seconds: dict[tuple[str, str | None], float] = {}
+            score: dict[tuple[str, str | None], tuple[int, float]] = {}
             for name, method in candidates:
                 args = None if method is None else {"method": method}
                 took = []
@@ -548,20 +554,50 @@ class Layer:
                         took.append(time.perf_counter() - t0)
                 except Exception:  # noqa: BLE001 - a candidate that fails is not chosen
                     continue
-                if f.ok.all():
-                    seconds[(name, method)] = min(took[1:])
-            if seconds:
-                best = min(seconds, key=lambda k: seconds[k])
+                score[(name, method)] = (-int(f.ok.sum()), min(took[1:]))
+            if score:
+                best = min(score, key=lambda k: score[k])
+            if best[0] != DEFAULT_SOLVER and candidates[0] in score \
+                    and score[best][0] == score[candidates[0]][0]:
+                batch_from = self._crossover(batch, best, score[candidates[0]][1],
+                                             score[best][1])
         with self._lock:
             if self._tuning.solver is None:
                 tuning = replace(self._tuning, solver=best[0])
                 if best[1] is not None and tuning.method is None:
                     tuning = replace(tuning, method=best[1])
+                if tuning.batch_from is None and batch_from > 1:
+                    tuning = replace(tuning, batch_from=batch_from)
                 self._tuning = tuning
                 self._resolved = None
             solver = self._tuning.solver
         assert solver is not None
         return solver
+
+    def _crossover(self, batch: list, chosen: tuple[str, str | None], scs_seconds: float,
+                   chosen_seconds: float) -> int:
+        """The batch size from which ``chosen`` (a batched solver, faster than SCS on the
+        probe's ``batch``) is faster than SCS: both timed on the batch's first instance
+        alone as well, each cost taken as fixed plus per instance, the two lines crossed."""
+        P = len(batch[0]) if batch else 1
+        one = [v[:1] for v in batch]
+        single = {}
+        for name, method in ((DEFAULT_SOLVER, None), chosen):
+            args = None if method is None else {"method": method}
+            took = []
+            for _ in range(PROBE_RUNS + 1):
+                t0 = time.perf_counter()
+                self.forward(one, solver_args=args, on_failure="nan", solver=name)
+                took.append(time.perf_counter() - t0)
+            single[name] = min(took[1:])
+        if P <= 1 or single[chosen[0]] <= single[DEFAULT_SOLVER]:
+            return 1
+        slope_scs = (scs_seconds - single[DEFAULT_SOLVER]) / (P - 1)
+        slope = (chosen_seconds - single[chosen[0]]) / (P - 1)
+        fixed_scs, fixed = single[DEFAULT_SOLVER] - slope_scs, single[chosen[0]] - slope
+        if not slope < slope_scs:
+            return P
+        return int(min(P, max(1, math.ceil((fixed - fixed_scs) / (slope_scs - slope)))))
 
     def _check_program(self, backend: Backend, settings: dict) -> None:
         """`ProblemError` where ``backend`` with ``settings`` cannot solve this program (a
@@ -649,7 +685,7 @@ class Layer:
                                        (mats[0], b[0], c[0], None if Ps is None else Ps[0]))
         self.tuning = replace(tuning, scale=best, sparse_ordering=None, supernodes=None)
         if self._tuning.solver is None:
-            self._choose_solver(values)
+            self._choose_solver(self._probe_sample(values, self.batch(values)[1]))
         if not use_dense(t):  # SuperLU's ordering: the least fill on the sample's first system
             layout = sparse_layout(t)
             layout.ordering = None
@@ -691,8 +727,7 @@ class Layer:
     def _resolve(self, solver_args: dict | None, on_failure: str | None,
                  solver: str | None) -> tuple[Backend, dict, dict, str]:
         on_failure = self.on_failure if on_failure is None else on_failure
-        if solver is None and not self._solver_named and set(solver_args or {}) - set(
-                OUR_OPTIONS):
+        if solver is None and not self._solver_named and _solver_settings(solver_args):
             solver = DEFAULT_SOLVER
         backend = get_backend(self._solver() if solver is None else solver)
         # aliases resolved on each side first, so that a per-call eps overrides a
@@ -789,13 +824,17 @@ class Layer:
         ``solver_args``, ``on_failure`` and ``solver`` override the compile-time values for
         this call (``solver_args`` then holds that solver's settings)."""
         t0 = time.perf_counter()
-        if solver is None and self._tuning.solver is None and not set(solver_args or {}) - set(
-                OUR_OPTIONS):  # the first call: choose the solver on its instances
+        if solver is None and self._tuning.solver is None and not _solver_settings(
+                solver_args):  # the first call: choose the solver on its instances
             _, batched = self.batch(values)
             self._choose_solver(self._probe_sample(values, batched))
+        theta, input_batched = self.batch(values)
+        if solver is None and self._tuning.batch_from is not None \
+                and theta.shape[0] < self._tuning.batch_from and not _solver_settings(
+                    solver_args):  # a small call: SCS beats the batched solver's fixed cost
+            solver = DEFAULT_SOLVER
         backend, settings, ours, on_failure = self.resolve_options(solver_args, on_failure,
                                                                    solver)
-        theta, input_batched = self.batch(values)
         t = self.template
         B = theta.shape[0]
         c, a, b = t.apply(theta)

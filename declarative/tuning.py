@@ -35,7 +35,11 @@ class Tuning:
     installed, Moreau with each of its methods (``method``: ``"ipm"``, or ``"active_set"``
     where the cones are only zero and nonnegative ones); timing and the first call's data make
     this choice the one decision that may differ between runs (every choice is certified
-    alike; set the field to fix it).
+    alike; set the field to fix it). ``batch_from``: the batch size from which ``solver`` is used;
+    smaller calls (without a solver of their own) use SCS. Where the probe chose a batched
+    solver (Moreau, whose one call per batch has a fixed cost) it times both on one instance
+    too and puts ``batch_from`` where their costs, fixed plus per instance, cross. None:
+    every call.
     ``scale``: SCS's primal/dual balance on the equilibrated program (a positive number;
     `Layer` calibrates it among `solve.SCALE_CANDIDATES`).
     ``linear_solver``: SCS's factorization of its KKT matrix, ``"qdldl"`` (sparse LDLᵀ) or
@@ -65,6 +69,7 @@ class Tuning:
     supernodes: bool | None = None
     chunk_size: int | None = None
     method: str | None = None
+    batch_from: int | None = None
 
     def __post_init__(self) -> None:
         if self.solver is not None and self.solver not in SOLVERS:
@@ -87,6 +92,10 @@ class Tuning:
             raise ProblemError(f"Tuning.chunk_size must be a positive integer (instances per "
                                f"chunk) or None (the whole batch at once), got "
                                f"{self.chunk_size!r}.")
+        if self.batch_from is not None and (isinstance(self.batch_from, bool) or not isinstance(
+                self.batch_from, int) or self.batch_from < 1):
+            raise ProblemError(f"Tuning.batch_from must be a positive integer (instances) or "
+                               f"None, got {self.batch_from!r}.")
         if self.method is not None and self.method not in MOREAU_METHODS:
             raise ProblemError(f"Tuning.method must be one of {list(MOREAU_METHODS)} or None, "
                                f"got {self.method!r}.")

@@ -182,3 +182,30 @@ def test_scs_takes_over_what_the_chosen_moreau_leaves(monkeypatch):
         assert max_abs(fwd.outputs[0][k], inst.solution[0]) <= 1e-8
     named = dl.compile(*mod.build(**mod.SIZES), solver="moreau", on_failure="nan")
     assert [str(s) for s in named.forward(values).info.status] == ["failed"] * 3
+
+
+def test_small_calls_use_scs_below_batch_from(monkeypatch):
+    """``Tuning.batch_from``: calls with fewer instances are solved by SCS, the others by
+    the tuning's solver (counted on Moreau's calls); both to the closed form. Invalid
+    values are named."""
+    mod = problems.get("polytope_projection")
+    layer = dl.compile(*mod.build(**mod.SIZES),
+                       tuning=dl.Tuning(solver="moreau", method="active_set", batch_from=3))
+    calls = []
+    real = moreau_backend.MoreauBackend.solve_many
+    monkeypatch.setattr(moreau_backend.MoreauBackend, "solve_many",
+                        lambda self, *a, **k: calls.append(len(a[1])) or real(self, *a, **k))
+    insts, values = _values("polytope_projection", (0, 1, 2))
+    small = layer.forward([v[:2] for v in values])
+    assert calls == []
+    whole = layer.forward(values)
+    assert calls == [3]
+    layer.forward([v[:2] for v in values], solver="moreau")
+    assert calls == [3, 2]  # a call's own solver wins
+    for k, inst in enumerate(insts):
+        assert max_abs(whole.outputs[0][k], inst.solution[0]) <= 1e-8
+        if k < 2:
+            assert max_abs(small.outputs[0][k], inst.solution[0]) <= 1e-8
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ProblemError, match="batch_from"):
+            dl.Tuning(batch_from=bad)

@@ -61,6 +61,10 @@ MOREAU_SETTINGS = frozenset({"method", *_TOP}) | _IPM | _ACTIVE
 _TOLERANCES = ("tol_gap_abs", "tol_gap_rel", "tol_feas")
 
 
+# CSR patterns kept (one per layer and cone layout); beyond, the cache starts again.
+PATTERNS_KEPT = 64
+
+
 def polyhedral(dims: ConeDims) -> bool:
     """Only zero and nonnegative cones: the active-set method applies."""
     return dims.zero + dims.nonneg == dims.size
@@ -158,6 +162,8 @@ class MoreauBackend:
         key = (_key(A), None if P is None else _key(P), dims)
         pat = self._patterns.get(key)
         if pat is None:
+            if len(self._patterns) >= PATTERNS_KEPT:  # many layers in one process
+                self._patterns.clear()
             rows = _rows(dims)
             if rows.T is not None:
                 A = (rows.T @ _scipy(A)).tocsc()
