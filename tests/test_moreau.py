@@ -1,5 +1,6 @@
-"""Moreau behind the solver seam (one batched call per batch), the layer's choice of solver on
-first use, and the stacked inverses that small dense systems are solved with.
+"""Moreau behind the solver seam (one batched call per batch), the layer's choice of solver
+(from its template; timed by `tune`), and the stacked inverses that small dense systems are
+solved with.
 
 References: the zoo's closed forms, SCS through the same refinement, NumPy's dense solves.
 """
@@ -84,29 +85,49 @@ def test_moreau_settings_are_checked_and_named():
         dl.compile(*psd.build(**psd.SIZES), solver="moreau", solver_args={"method": "active_set"})
 
 
-def test_the_solver_is_chosen_on_first_use_and_kept(monkeypatch):
-    """Without ``solver=``, the tuning's solver is open until the first call, which times the
-    candidates on the calibration instance and keeps the fastest; solver settings without a
-    solver name are SCS's; a candidate that fails is never chosen."""
+def test_the_default_solver_is_decided_from_the_template():
+    """Without ``solver=``, the tuning's solver is open until the first call, then decided
+    from the template alone: Moreau's active-set method from DEFAULT_BATCH_FROM instances
+    on for a small program with only zero and nonnegative cones and few inequalities, SCS
+    otherwise (sparsemax: 100 inequalities; softmax: exponential cones); solver settings
+    without a solver name are SCS's. Both sides of batch_from agree with the closed form."""
+    from declarative.layer import DEFAULT_BATCH_FROM
+
     mod = problems.get("polytope_projection")
     layer = dl.compile(*mod.build(**mod.SIZES))
     assert layer.tuning.solver is None
-    insts, values = _values("polytope_projection", (0, 1))
+    insts, values = _values("polytope_projection", range(DEFAULT_BATCH_FROM + 1))
     out = layer.forward(values).outputs[0]
     chosen = layer.tuning
-    assert chosen.solver in ("scs", "moreau")
-    assert (chosen.method is not None) == (chosen.solver == "moreau")
+    assert (chosen.solver, chosen.method, chosen.batch_from) == (
+        "moreau", "active_set", DEFAULT_BATCH_FROM)
+    small = layer.forward([v[:2] for v in values]).outputs[0]
     for k, inst in enumerate(insts):
         assert max_abs(out[k], inst.solution[0]) <= 1e-8
-    layer.forward(values)
-    assert layer.tuning is chosen  # decided once
+        if k < 2:
+            assert max_abs(small[k], inst.solution[0]) <= 1e-8
+    assert (layer.tuning.solver, layer.tuning.batch_from) == ("moreau", DEFAULT_BATCH_FROM)
     assert dl.compile(*mod.build(**mod.SIZES), solver_args={"eps": 1e-6}).tuning.solver == "scs"
-    # Moreau failing on every instance: SCS is chosen
-    broken = dl.compile(*mod.build(**mod.SIZES))
-    monkeypatch.setattr(moreau_backend.MoreauBackend, "solve_many",
-                        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("broken")))
-    broken.forward(values)
-    assert broken.tuning.solver == "scs"
+    for name, sizes in (("sparsemax", {"n": 100}), ("softmax", {})):
+        other = problems.get(name)
+        sizes = {**other.SIZES, **sizes}
+        lay = dl.compile(*other.build(**sizes))
+        lay.forward(problems.instance(name, 0, **sizes).params)
+        assert lay.tuning.solver == "scs" and lay.tuning.batch_from is None
+
+
+def test_tune_times_the_solvers_on_the_sample():
+    """`Layer.tune`: the solver (and Moreau's method, and where Moreau wins the batch size
+    from which it does) timed on the sample; every choice certifies the sample."""
+    mod = problems.get("polytope_projection")
+    layer = dl.compile(*mod.build(**mod.SIZES))
+    insts, values = _values("polytope_projection", range(32))
+    tuning = layer.tune(values)
+    assert (tuning.solver, tuning.method) in layer._solver_candidates()
+    assert tuning.batch_from is None or (tuning.solver == "moreau" and tuning.batch_from >= 2)
+    fwd = layer.forward(values)
+    for k, inst in enumerate(insts):
+        assert max_abs(fwd.outputs[0][k], inst.solution[0]) <= 1e-8
 
 
 def test_stacked_inverses_solve_like_lu_and_fall_back_where_singular():
@@ -169,19 +190,21 @@ def test_scs_takes_over_what_the_chosen_moreau_leaves(monkeypatch):
     """Where the probe chose Moreau, an instance it leaves neither certified nor shown
     infeasible is solved by SCS (every one solved, closed form to 1e-8); a solver the user
     named is not replaced (the same failure is reported)."""
-    insts, values = _values("sparsemax", (0, 1, 2))
-    mod = problems.get("sparsemax")
-    monkeypatch.setattr(dl.Layer, "_solver_candidates", lambda self: [("moreau", "ipm")])
+    from declarative.layer import DEFAULT_BATCH_FROM
+
+    B = DEFAULT_BATCH_FROM
+    insts, values = _values("polytope_projection", range(B))
+    mod = problems.get("polytope_projection")
     monkeypatch.setattr(moreau_backend.MoreauBackend, "solve_many",
                         lambda *a, **k: (_ for _ in ()).throw(RuntimeError("broken")))
     chosen = dl.compile(*mod.build(**mod.SIZES))
     fwd = chosen.forward(values)
     assert chosen.tuning.solver == "moreau"
-    assert [str(s) for s in fwd.info.status] == ["solved"] * 3
+    assert [str(s) for s in fwd.info.status] == ["solved"] * B
     for k, inst in enumerate(insts):
         assert max_abs(fwd.outputs[0][k], inst.solution[0]) <= 1e-8
     named = dl.compile(*mod.build(**mod.SIZES), solver="moreau", on_failure="nan")
-    assert [str(s) for s in named.forward(values).info.status] == ["failed"] * 3
+    assert [str(s) for s in named.forward(values).info.status] == ["failed"] * B
 
 
 def test_small_calls_use_scs_below_batch_from(monkeypatch):
