@@ -58,8 +58,9 @@ def compile(  # noqa: A001 - the public name the design fixes
         on_failure: ``"raise"`` (one error naming every unsolved batch index) or ``"nan"``
             (NaN outputs and zero gradients for exactly those instances).
         solver: ``"scs"``, ``"clarabel"`` or ``"moreau"``; overridable per call. Not given
-            (and no solver settings given), the layer chooses on first use the fastest of SCS
-            and, where installed and taking the program's cones, Moreau (`Tuning.solver`).
+            (and no solver settings given), decided from the program: Moreau's active-set
+            method for small programs with few inequalities, where installed, else SCS
+            (`Tuning.solver`).
             Refinement, the certificate and the derivative are the same whichever solves.
         tuning: a `Tuning` to use instead of deciding one (its ``solver`` is the layer's).
         gp: the problem is a geometric program (log-log convex, DGP): solved in log-log

@@ -692,9 +692,9 @@ class Layer:
         and keep it: workspace sharing and SCS's linear solver from the template, and SCS's
         scale as the one in `solve.SCALE_CANDIDATES` that solves every sample instance in the
         fewest SCS iterations in all (from the template alone, as on a first call, where no
-        candidate solves them all), and, where the solver is open, the fastest solver on the
-        sample (`_choose_solver`). ``solver_args``: SCS settings for these trial solves.
-        Returns the new `Tuning`."""
+        candidate solves them all), and, where the user did not name the solver, the fastest
+        solver on the sample (`_choose_solver`). ``solver_args``: SCS settings for these
+        trial solves. Returns the new `Tuning`."""
         theta, _ = self.batch(values)
         t = self.template
         c, a, b = t.apply(theta)

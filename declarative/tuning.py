@@ -2,9 +2,8 @@
 
 A `Tuning` is a plain value: frozen, picklable, comparable, shown in ``repr(layer)``. A
 layer fills the fields left as None once, under its lock, from its template alone (so no
-result depends on the call history), except the solver, timed on the first call's instances
-(``solver`` below), or all at once from sample data by `Layer.tune`; a user may set any field
-(``layer.tuning = dl.Tuning(...)`` or ``dl.compile(..., tuning=...)``).
+result depends on the call history), or all at once from sample data by `Layer.tune`; a user
+may set any field (``layer.tuning = dl.Tuning(...)`` or ``dl.compile(..., tuning=...)``).
 The same tuning and the same input give bitwise-equal outputs.
 """
 
@@ -30,16 +29,15 @@ class Tuning:
 
     ``solver``: the backend the layer uses unless a call names another (one of
     `declarative.backends.SOLVERS`). Left open (no ``solver=`` and no solver settings in
-    ``solver_args`` at compile time), the layer chooses it on its first call by timing the
-    candidates on that call's instances (`Layer.tune`: on its sample) among SCS and, where
-    installed, Moreau with each of its methods (``method``: ``"ipm"``, or ``"active_set"``
-    where the cones are only zero and nonnegative ones); timing and the first call's data make
-    this choice the one decision that may differ between runs (every choice is certified
-    alike; set the field to fix it). ``batch_from``: the batch size from which ``solver`` is used;
-    smaller calls (without a solver of their own) use SCS. Where the probe chose a batched
-    solver (Moreau, whose one call per batch has a fixed cost) it times both on one instance
-    too and puts ``batch_from`` where their costs, fixed plus per instance, cross. None:
-    every call.
+    ``solver_args`` at compile time), the layer decides it from its template
+    (`Layer._default_solver`: Moreau's active-set method for small programs with only zero
+    and nonnegative cones and few inequalities, where Moreau is installed; SCS otherwise);
+    `Layer.tune` times SCS and Moreau with each of its methods (``method``: ``"ipm"``, or
+    ``"active_set"`` where the cones are only zero and nonnegative ones) on its sample.
+    ``batch_from``: the batch size from which ``solver`` is used; smaller calls (without a
+    solver of their own) use SCS (a batched solver such as Moreau has a fixed cost per call;
+    `Layer.tune` puts it where the two costs, fixed plus per instance, cross). None: every
+    call.
     ``scale``: SCS's primal/dual balance on the equilibrated program (a positive number;
     `Layer` calibrates it among `solve.SCALE_CANDIDATES`).
     ``linear_solver``: SCS's factorization of its KKT matrix, ``"qdldl"`` (sparse LDLᵀ) or
