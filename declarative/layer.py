@@ -712,11 +712,13 @@ class Layer:
             if best is None:
                 best = self._calibrate(scs, settings,
                                        (mats[0], b[0], c[0], None if Ps is None else Ps[0]))
-        self.tuning = replace(tuning, scale=best, sparse_ordering=None, supernodes=None)
-        if self._tuning.solver is None or not self._solver_named:
-            with self._lock:  # open again: timed on the sample
-                self._tuning = replace(self._tuning, solver=None, method=None,
-                                       batch_from=None)
+        named = self._solver_named
+        tuning = replace(tuning, scale=best, sparse_ordering=None, supernodes=None)
+        if not named:  # open again: timed on the sample
+            tuning = replace(tuning, solver=None, method=None, batch_from=None)
+        self.tuning = tuning
+        self._solver_named = named
+        if not named:
             self._choose_solver(self._probe_sample(values, self.batch(values)[1]))
         if not use_dense(t):  # SuperLU's ordering: the least fill on the sample's first system
             layout = sparse_layout(t)
