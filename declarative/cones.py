@@ -96,6 +96,12 @@ class ConeDims:
             + 3 * (self.exp + self.exp_dual + len(self.power))
         )
 
+    @property
+    def polyhedral(self) -> bool:
+        """Only zero and nonnegative cones (DΠ piecewise constant, an active-set method
+        applies)."""
+        return self.zero + self.nonneg == self.size
+
     def scs(self) -> dict:
         """The SCS cone dictionary (``z, l, q, s, ep, ed, p``), empty entries omitted."""
         out: dict = {}

@@ -484,8 +484,7 @@ class Linearization:
                                    ordering_low_rank=layout.ordering_low_rank,
                                    supernodes=layout.supernodes)
         # a polyhedral program's regular S is not read again (see `Factor`): only its LU kept
-        t = self.D.dims
-        polyhedral = t.zero + t.nonneg == self.m
+        polyhedral = self.D.dims.polyhedral
         if fn is None:
             made = _factor_stack(np.stack([mats[i] for i in todo]))
         else:

@@ -100,8 +100,7 @@ PROBE_BATCH = 64
 PROBE_MIN_BATCH = 4
 PROBE_FULL_SIZE = 500
 PROBE_MAX_SIZE = 4000
-# Timed runs per candidate after one to warm up; the fastest counts (the machine's noise only
-# ever adds time).
+# Timed runs per candidate after one to warm up (`Layer._timed`).
 PROBE_RUNS = 2
 
 
@@ -433,8 +432,8 @@ class Layer:
         if solver is not None:
             tuning = replace(tuning, solver=get_backend(solver).name)
         tuning = self._settled(tuning, solver_args)
-        # a solver the user named (else the probe's choice: a call's solver settings without
-        # a solver name are then SCS's, as at compile time)
+        # a solver the user named (else the one decided from the template, `_default_solver`:
+        # a call's solver settings without a solver name are then SCS's, as at compile time)
         self._solver_named = tuning.solver is not None
         self._check_tuning(tuning)
         self._tuning = tuning
@@ -505,25 +504,43 @@ class Layer:
         t = self.template
         dims = t.dims
         chosen: tuple[str, str | None, int | None] = (DEFAULT_SOLVER, None, None)
-        if dims.zero + dims.nonneg == t.m and 0 < dims.nonneg <= ACTIVE_SET_MAX_ROWS \
+        if dims.polyhedral and 0 < dims.nonneg <= ACTIVE_SET_MAX_ROWS \
                 and t.n + t.m <= ACTIVE_SET_MAX_SIZE:
             try:
                 import declarative.backends.moreau  # noqa: F401
                 chosen = ("moreau", "active_set", DEFAULT_BATCH_FROM)
             except ImportError:
                 pass
+        return self._keep_solver(*chosen)
+
+    def _keep_solver(self, solver: str, method: str | None, batch_from: int | None) -> str:
+        """Keep ``solver`` (with Moreau's ``method`` and ``batch_from`` where not None, and
+        where the tuning has none) as the tuning's where it is still open (under the lock:
+        a concurrent first call may have decided it); the tuning's solver."""
         with self._lock:
             if self._tuning.solver is None:
-                tuning = replace(self._tuning, solver=chosen[0])
-                if tuning.method is None and chosen[1] is not None:
-                    tuning = replace(tuning, method=chosen[1])
-                if tuning.batch_from is None and chosen[2] is not None:
-                    tuning = replace(tuning, batch_from=chosen[2])
+                tuning = replace(self._tuning, solver=solver)
+                if tuning.method is None and method is not None:
+                    tuning = replace(tuning, method=method)
+                if tuning.batch_from is None and batch_from is not None:
+                    tuning = replace(tuning, batch_from=batch_from)
                 self._tuning = tuning
                 self._resolved = None
-            solver = self._tuning.solver
-        assert solver is not None
-        return solver
+            kept = self._tuning.solver
+        assert kept is not None
+        return kept
+
+    def _timed(self, batch: list, name: str, method: str | None) -> tuple[Forward, float]:
+        """`forward` of ``batch`` with solver ``name`` (Moreau's ``method``), once to warm up
+        and PROBE_RUNS times timed: the last result and the fastest run (the machine's noise
+        only ever adds time)."""
+        args = None if method is None else {"method": method}
+        took = []
+        for _ in range(PROBE_RUNS + 1):
+            t0 = time.perf_counter()
+            f = self.forward(batch, solver_args=args, on_failure="nan", solver=name)
+            took.append(time.perf_counter() - t0)
+        return f, min(took[1:])
 
     def _solver_candidates(self) -> list[tuple[str, str | None]]:
         """(solver, Moreau's method or None) pairs the layer may choose among: SCS, and
@@ -534,11 +551,11 @@ class Layer:
         if self.template.n + self.template.m > PROBE_MAX_SIZE:
             return out
         try:
-            from declarative.backends import moreau
+            import declarative.backends.moreau  # noqa: F401
         except ImportError:
             return out
         out.append(("moreau", "ipm"))
-        if moreau.polyhedral(dims):
+        if dims.polyhedral:
             out.append(("moreau", "active_set"))
         return out
 
@@ -573,35 +590,18 @@ class Layer:
         if batch is not None:
             score: dict[tuple[str, str | None], tuple[int, float]] = {}
             for name, method in candidates:
-                args = None if method is None else {"method": method}
-                took = []
                 try:
-                    for _ in range(PROBE_RUNS + 1):  # the first warms up
-                        t0 = time.perf_counter()
-                        f = self.forward(batch, solver_args=args, on_failure="nan",
-                                         solver=name)
-                        took.append(time.perf_counter() - t0)
+                    f, seconds = self._timed(batch, name, method)
                 except Exception:  # noqa: BLE001 - a candidate that fails is not chosen
                     continue
-                score[(name, method)] = (-int(f.ok.sum()), min(took[1:]))
+                score[(name, method)] = (-int(f.ok.sum()), seconds)
             if score:
                 best = min(score, key=lambda k: score[k])
             if best[0] != DEFAULT_SOLVER and candidates[0] in score \
                     and score[best][0] == score[candidates[0]][0]:
                 batch_from = self._crossover(batch, best, score[candidates[0]][1],
                                              score[best][1])
-        with self._lock:
-            if self._tuning.solver is None:
-                tuning = replace(self._tuning, solver=best[0])
-                if best[1] is not None and tuning.method is None:
-                    tuning = replace(tuning, method=best[1])
-                if tuning.batch_from is None and batch_from > 1:
-                    tuning = replace(tuning, batch_from=batch_from)
-                self._tuning = tuning
-                self._resolved = None
-            solver = self._tuning.solver
-        assert solver is not None
-        return solver
+        return self._keep_solver(best[0], best[1], batch_from if batch_from > 1 else None)
 
     def _crossover(self, batch: list, chosen: tuple[str, str | None], scs_seconds: float,
                    chosen_seconds: float) -> int:
@@ -610,15 +610,8 @@ class Layer:
         alone as well, each cost taken as fixed plus per instance, the two lines crossed."""
         P = len(batch[0]) if batch else 1
         one = [v[:1] for v in batch]
-        single = {}
-        for name, method in ((DEFAULT_SOLVER, None), chosen):
-            args = None if method is None else {"method": method}
-            took = []
-            for _ in range(PROBE_RUNS + 1):
-                t0 = time.perf_counter()
-                self.forward(one, solver_args=args, on_failure="nan", solver=name)
-                took.append(time.perf_counter() - t0)
-            single[name] = min(took[1:])
+        single = {name: self._timed(one, name, method)[1]
+                  for name, method in ((DEFAULT_SOLVER, None), chosen)}
         if P <= 1 or single[chosen[0]] <= single[DEFAULT_SOLVER]:
             return 1
         slope_scs = (scs_seconds - single[DEFAULT_SOLVER]) / (P - 1)
@@ -905,7 +898,7 @@ class Layer:
                                                att.scs_s[retry]))
             att.merge(retry, again)
         if ours["refine"] and backend.name != DEFAULT_SOLVER and not self._solver_named:
-            # the probe's choice of solver must not cost an instance SCS would have solved
+            # the default's choice of solver must not cost an instance SCS would have solved
             # (a batched interior-point method can fail on data scales SCS's equilibrated
             # iterations take): what is still neither certified nor shown infeasible or
             # unbounded is solved by SCS at the tight tolerance
@@ -972,10 +965,26 @@ class Layer:
         """
         t = self.template
         for positive in (True, False):
-            values = self._calibration_values(positive)
-            if values is None:
+            rng = np.random.default_rng(0)
+            values = []
+            for spec in self.parameters:
+                v = rng.standard_normal(spec.shape)
+                if {"nonpos", "neg"} & set(spec.domain):
+                    v = -np.abs(v) - 0.1
+                elif positive and "symmetric" in spec.domain:
+                    v = v @ v.T / max(1, v.shape[0]) + np.eye(v.shape[0])
+                elif positive or {"nonneg", "pos"} & set(spec.domain):
+                    v = np.abs(v) + 0.1
+                if {"PSD", "NSD"} & set(spec.domain):
+                    v = v @ v.T / max(1, v.shape[0]) + np.eye(v.shape[0])
+                    v = -v if "NSD" in spec.domain else v
+                elif "symmetric" in spec.domain and not positive:
+                    v = (v + v.T) / 2
+                values.append(v)
+            try:
+                theta, _ = self.batch(values)
+            except ParameterError:
                 continue
-            theta, _ = self.batch(values)
             c, a, b = t.apply(theta)
             h = t.apply_P(theta)
             c, a, b, h = equilibrate(t, c, a, b, h).data(t, c, a, b, h)
@@ -987,32 +996,6 @@ class Layer:
         scale = calibrate_scale(backend, [A0], b0[None], c0[None], t.dims, settings,
                                 None if P0 is None else [P0])
         return DEFAULT_SCALE if scale is None else scale
-
-    def _calibration_values(self, positive: bool = True) -> list[np.ndarray] | None:
-        """Fixed pseudo-random values of the parameters (seed 0), all positive and symmetric
-        ones positive definite if ``positive``, else only within each parameter's declared
-        sign or definiteness; None where the parameters do not take them."""
-        rng = np.random.default_rng(0)
-        values = []
-        for spec in self.parameters:
-            v = rng.standard_normal(spec.shape)
-            if {"nonpos", "neg"} & set(spec.domain):
-                v = -np.abs(v) - 0.1
-            elif positive and "symmetric" in spec.domain:
-                v = v @ v.T / max(1, v.shape[0]) + np.eye(v.shape[0])
-            elif positive or {"nonneg", "pos"} & set(spec.domain):
-                v = np.abs(v) + 0.1
-            if {"PSD", "NSD"} & set(spec.domain):
-                v = v @ v.T / max(1, v.shape[0]) + np.eye(v.shape[0])
-                v = -v if "NSD" in spec.domain else v
-            elif "symmetric" in spec.domain and not positive:
-                v = (v + v.T) / 2
-            values.append(v)
-        try:
-            self.batch(values)
-        except ParameterError:
-            return None
-        return values
 
     def _attempts(self, backend: Backend, shared: Any, idx: np.ndarray, ops: BatchOps,
                   c: np.ndarray, b: np.ndarray, mats: list, Ps: list | None, settings: dict,

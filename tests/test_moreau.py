@@ -38,7 +38,7 @@ def test_moreau_agrees_with_the_closed_form_and_scs_on_the_zoo(zoo_name):
     ref = layer.forward(values, solver="scs")
     cot = [rng.standard_normal(o.shape) for o in ref.outputs]
     ref_vjp, ref_jvp = ref.vjp(cot), ref.jvp(tan)
-    methods = ["ipm", "active_set"] if moreau_backend.polyhedral(dims) else ["ipm"]
+    methods = ["ipm", "active_set"] if dims.polyhedral else ["ipm"]
     for method in methods:
         fwd = layer.forward(values, solver="moreau", solver_args={"method": method})
         assert [str(s) for s in fwd.info.status] == ["solved"] * 3, method

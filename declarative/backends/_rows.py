@@ -36,6 +36,12 @@ def upper_psd_order(k: int) -> np.ndarray:
     return np.array([scs_pos[(j, i)] for j in range(k) for i in range(j + 1)], dtype=np.int64)
 
 
+@functools.lru_cache(maxsize=64)
+def row_map(dims: ConeDims) -> RowMap:
+    """`RowMap` of ``dims``, made once per cone layout."""
+    return RowMap(dims)
+
+
 class RowMap:
     """T (None where it is the identity), T⁻¹ and Tᵀ for a `ConeDims`, PSD blocks stored as
     the upper triangle by columns."""

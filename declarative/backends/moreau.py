@@ -19,7 +19,6 @@ instance at a time, so that one bad instance never loses the others.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,7 +26,7 @@ import moreau
 import numpy as np
 import scipy.sparse as sp
 
-from declarative.backends._rows import RowMap
+from declarative.backends._rows import row_map
 from declarative.cones import ConeDims
 from declarative.errors import ProblemError
 from declarative.solve import Outcome, Status, check_settings
@@ -65,11 +64,6 @@ _TOLERANCES = ("tol_gap_abs", "tol_gap_rel", "tol_feas")
 PATTERNS_KEPT = 64
 
 
-def polyhedral(dims: ConeDims) -> bool:
-    """Only zero and nonnegative cones: the active-set method applies."""
-    return dims.zero + dims.nonneg == dims.size
-
-
 class _Pattern:
     """A's and P's CSC patterns as Moreau's CSR ones: the CSR structure and, per pattern, the
     permutation taking CSC values to CSR order (P's from its stored upper triangle to the
@@ -101,11 +95,6 @@ def _key(M: Any) -> tuple:
     return (M.shape, M.indptr.tobytes(), M.indices.tobytes())
 
 
-@functools.lru_cache(maxsize=64)
-def _rows(dims: ConeDims) -> RowMap:
-    return RowMap(dims)
-
-
 class MoreauBackend:
     """Moreau behind the seam: every instance of a batch in one call."""
 
@@ -125,7 +114,7 @@ class MoreauBackend:
     def check_program(self, dims: ConeDims, settings: Mapping[str, Any]) -> None:
         """`ProblemError` where the active-set method is asked for on cones other than zero
         and nonnegative ones."""
-        if settings.get("method") == "active_set" and not polyhedral(dims):
+        if settings.get("method") == "active_set" and not dims.polyhedral:
             raise ProblemError("Moreau's active-set method takes only zero and nonnegative "
                                f"cones; this program has {dims.kinds()}. Use method='ipm'.")
 
@@ -164,7 +153,7 @@ class MoreauBackend:
         if pat is None:
             if len(self._patterns) >= PATTERNS_KEPT:  # many layers in one process
                 self._patterns.clear()
-            rows = _rows(dims)
+            rows = row_map(dims)
             if rows.T is not None:
                 A = (rows.T @ _scipy(A)).tocsc()
             pat = self._patterns[key] = _Pattern(A, P)
@@ -177,7 +166,7 @@ class MoreauBackend:
         self.check_program(dims, settings)
         B, m = b.shape
         n = c.shape[1]
-        rows = _rows(dims)
+        rows = row_map(dims)
         if rows.T is not None:
             mats = [(rows.T @ _scipy(M)).tocsc() for M in matrices]
             b = np.asarray(rows.T @ b.T).T
