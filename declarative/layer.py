@@ -59,6 +59,11 @@ ACCEPT_FORWARD = ACCURACY / 10
 # Relative rounding of the residual's terms assumed by the forward-error estimate: a few
 # units in the last place (one per operation along a row, in practice).
 ROUNDING = 8 * np.finfo(float).eps
+# An output that is zero (a projection onto a cone landing at its apex) has no relative
+# accuracy: its computed entries are rounding, a few ulps of its unit (what one unit of the
+# equilibrated program is in the output's units) times the conditioning. Any output is also
+# certified where its estimated error is at most ZERO_FLOOR of its unit.
+ZERO_FLOOR = 1e-12
 # Below this max-norm in the equilibrated program (whose data have unit max-norm), an output
 # that a singular S leaves undetermined is not resolved (see Layer._forward_error_ok).
 RESOLVED = ACCURACY
@@ -1104,7 +1109,8 @@ class Layer:
         equilibration and ``recover`` in absolute values (|DΠ| ≤ 1 bounds y's error by
         v's). An output whose max-norm is at the rounding level of its unit (what one unit
         of the equilibrated program is in the output's units: a zero) is judged against
-        that unit.
+        that unit, and any output whose error is at most ZERO_FLOOR of its unit passes (a
+        zero whose rounding, amplified by the conditioning, exceeds a few ulps).
 
         Where S is singular the estimate sees nothing along its null space. That is
         harmless where the null space moves no output (auxiliary variables that are not
@@ -1167,7 +1173,8 @@ class Layer:
             size = vals[:, sl].max(axis=1, initial=0.0)
             u = unit[:, sl].max(axis=1, initial=0.0)
             size = np.where(size <= ROUNDING * u, u, size)
-            ok &= err[:, sl].max(axis=1, initial=0.0) <= ACCEPT_FORWARD * size
+            ok &= err[:, sl].max(axis=1, initial=0.0) <= np.maximum(ACCEPT_FORWARD * size,
+                                                                    ZERO_FLOOR * u)
         out[idx] = ok
         return out
 

@@ -173,3 +173,35 @@ def test_box_projection_with_mixed_scales_in_one_instance():
         inside = (theta[i] > lov[i]) & (theta[i] < hiv[i])
         J = fwd.jacobian(i)[0][0]
         assert np.abs(J - np.diag(inside.astype(float))).max() <= 1e-8
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_psd_projection_of_negative_definite_matrices_is_zero(scale):
+    """Π_PSD(Y) = 0 for Y ≺ 0, whose Jacobian is 0 too (every eigenvalue negative): an output
+    with no relative accuracy (its entries are rounding), certified against its unit. Beside
+    it, an indefinite Y whose projection is U max(Λ, 0) Uᵀ with a Jacobian from the
+    Daleckii–Krein formula, and a positive definite one (the identity map)."""
+    k = 4
+    Y, X = cp.Parameter((k, k)), cp.Variable((k, k), PSD=True)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(X - (Y + Y.T) / 2))), [Y], [X])
+    rng = np.random.default_rng(11)
+    Q, _ = np.linalg.qr(rng.standard_normal((k, k)))
+    spectra = [-np.array([1.0, 2.0, 3.0, 4.0]), np.array([-1.0, 2.0, -3.0, 4.0]),
+               np.array([1.0, 2.0, 3.0, 4.0])]
+    Ys = np.array([(Q * lam) @ Q.T for lam in spectra]) * scale
+    fwd = layer.forward([Ys], on_failure="nan")
+    assert fwd.ok.all(), fwd.info.status
+    for i, lam in enumerate(spectra):
+        # Daleckii–Krein: dX = Q (Γ ∘ (Qᵀ dY_sym Q)) Qᵀ, Γ_ab = (f(λ_a) − f(λ_b))/(λ_a − λ_b)
+        f = np.maximum(lam, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            G = (f[:, None] - f[None, :]) / (lam[:, None] - lam[None, :])
+        G[np.isnan(G)] = (lam > 0).astype(float)[np.flatnonzero(np.isnan(G)) // k]
+        jac = np.zeros((k, k, k, k))
+        for a in range(k):
+            for b in range(k):
+                E = np.zeros((k, k))
+                E[a, b] = 1.0
+                E = (E + E.T) / 2
+                jac[:, :, a, b] = Q @ (G * (Q.T @ E @ Q)) @ Q.T
+        assert _check(fwd, i, (Q * f) @ Q.T * scale, jac, np.abs(Ys[i]).max())
