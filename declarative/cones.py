@@ -1175,11 +1175,12 @@ class DProjection:
 
     rmatvec = matvec
 
-    def _blocks(self, sel):
-        """(idx (nc, k), blocks (b, nc, k, k)) per cone group, for batch rows ``sel``."""
+    def _blocks(self, sel, psd: bool = True):
+        """(idx (nc, k), blocks (b, nc, k, k)) per cone group, for batch rows ``sel`` (without
+        the PSD cones' unless ``psd``)."""
         for idx, coef in self._soc:
             yield idx, _soc_blocks(tuple(x[sel] for x in coef))
-        for k, idx, (U, G) in self._psd:
+        for k, idx, (U, G) in self._psd if psd else ():
             yield idx, _psd_blocks((U[sel], G[sel]), k)
         if self._exp is not None:
             yield self._lay.exp, self._exp[sel]
@@ -1200,13 +1201,15 @@ class DProjection:
             out[:, idx[:, :, None], idx[:, None, :]] = blk
         return out if self.batched else out[0]
 
-    def values(self) -> np.ndarray:
-        """The entries of DΠ on `block_pattern` (same order), for the batch: (B, nnz)."""
+    def values(self, psd: bool = True) -> np.ndarray:
+        """The entries of DΠ on `block_pattern` (same order), for the batch: (B, nnz); with
+        ``psd=False`` only those outside PSD blocks (`psd_entries` false), without building
+        the dense PSD blocks."""
         lay = self._lay
         B = self.batch_size
         parts = [np.full((B, lay.zero.stop - lay.zero.start), 1.0 if self.dual else 0.0),
                  self._nonneg]
-        parts += [blk.reshape(B, -1) for _, blk in self._blocks(slice(None))]
+        parts += [blk.reshape(B, -1) for _, blk in self._blocks(slice(None), psd)]
         return np.concatenate(parts, axis=1)
 
     def sparse(self, i: int = 0) -> sp.csr_matrix:

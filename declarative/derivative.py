@@ -30,7 +30,10 @@ Small systems are solved dense and batched; large ones with a sparse LU per inst
 from __future__ import annotations
 
 import functools
+import hashlib
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -74,6 +77,11 @@ SVD_MAX = 3000
 # costs more than the smaller LU saves: measured break-even near k = 30, 1.5× faster at k = 40).
 LOW_RANK_MAX = 1 / 3
 LOW_RANK_MIN = 400
+# S₀ of the low-rank form (`Woodbury`) is used only where its LU's pivot ratio exceeds
+# S0_RCOND_MIN (else the bordered LU, which needs no S₀⁻¹); the LUs of the last LU0_KEPT distinct
+# S₀ are kept with the template.
+S0_RCOND_MIN = 1e-12
+LU0_KEPT = 8
 # Up to this order N, a block of dense S is inverted as one stack (LAPACK's getrf/getri in one
 # NumPy call, no Python per instance) and solves are batched products with S⁻¹; the 1-norm
 # condition number is then exact. Per instance, LAPACK at these sizes costs less than the
@@ -239,11 +247,17 @@ class SparseLayout:
     identity. ``assemble`` sums the sources into S's CSC data, for a whole batch at once.
     """
 
-    def __init__(self, t: ConeTemplate) -> None:
+    def __init__(self, t: ConeTemplate, psd: bool = True) -> None:
         n, m = t.n, t.m
         N = n + m
         Ar, Ac = t.rows_cols()
         Dr, Dc = block_pattern(t.dims)
+        if not psd:  # S₀ of `LowRankS`: DΠ's PSD blocks reduced to their diagonals (base·I),
+            # after the other entries (the order of ``DProjection.values(psd=False)``)
+            inside = psd_entries(t.dims)
+            diagonal = inside & (Dr == Dc)
+            Dr = np.concatenate([Dr[~inside], Dr[diagonal]])
+            Dc = np.concatenate([Dc[~inside], Dc[diagonal]])
         # The products DΠ_ik A_kj: for each entry d = (i, k) of DΠ, every entry e of A in row k.
         by_row = np.argsort(Ar, kind="stable")
         counts = np.bincount(Ar, minlength=m)
@@ -264,6 +278,9 @@ class SparseLayout:
         self.ordering: str | None = None  # SuperLU's column ordering, chosen on first use
         self.ordering_low_rank: str | None = None  # the bordered matrix's (LOW_RANK_MAX)
         self.supernodes = True  # SuperLU's supernodes (off where the factors are very sparse)
+        self._rows, self._m = Ar, m
+        self._lus: OrderedDict[bytes, spla.SuperLU | None] = OrderedDict()  # see `lu0`
+        self._lock = threading.Lock()
         # (nnz(S), sources): sums the sources into S's entries
         self.assemble = sp.csr_matrix(
             (np.ones(rows.size), (where, np.arange(rows.size))), shape=(keys.size, rows.size))
@@ -293,13 +310,48 @@ class SparseLayout:
     def matrix(self, data: np.ndarray) -> sp.csc_matrix:
         return sp.csc_matrix((data, self.indices, self.indptr), shape=self.shape)
 
+    def rows_of_A(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The stored entries of A in ``rows`` (indices into A's values), and each one's
+        position within ``rows``."""
+        position = np.full(self._m, -1)
+        position[rows] = np.arange(rows.size)
+        where = np.flatnonzero(position[self._rows] >= 0)
+        return where, position[self._rows[where]]
 
-def sparse_layout(t: ConeTemplate) -> SparseLayout:
-    """The template's `SparseLayout`, built once and kept with the template."""
-    layout = t.derived.get("sparse_layout")
+    def lu0(self, S0: sp.csc_matrix) -> spla.SuperLU | None:
+        """SuperLU of S₀ (`Woodbury`), or None where its pivot ratio is at most S0_RCOND_MIN:
+        made once for each distinct S₀ (by its bytes) among the last LU0_KEPT, since S₀
+        is shared by every instance and Newton step with the same A, P and DΠ outside the PSD
+        blocks."""
+        key = hashlib.blake2b(S0.data.tobytes() + S0.indices.tobytes()
+                              + S0.indptr.tobytes(), digest_size=20).digest()
+        with self._lock:
+            if key in self._lus:
+                self._lus.move_to_end(key)
+                return self._lus[key]
+        try:
+            lu: spla.SuperLU | None = spla.splu(
+                S0, permc_spec=self.ordering or "COLAMD",
+                **({} if self.supernodes else _NO_SUPERNODES))
+            if not _pivot_ratio(lu) > S0_RCOND_MIN:
+                lu = None
+        except RuntimeError:  # exactly singular
+            lu = None
+        with self._lock:
+            self._lus[key] = lu
+            while len(self._lus) > LU0_KEPT:
+                self._lus.popitem(last=False)
+        return lu
+
+
+def sparse_layout(t: ConeTemplate, psd: bool = True) -> SparseLayout:
+    """The template's `SparseLayout` (with ``psd=False``: of S₀, see `LowRankS`), built once and
+    kept with the template."""
+    key = "sparse_layout" if psd else "sparse_layout_low_rank"
+    layout = t.derived.get(key)
     if layout is None:
-        layout = SparseLayout(t)
-        t.derived["sparse_layout"] = layout
+        layout = SparseLayout(t, psd)
+        t.derived[key] = layout
     return layout
 
 
@@ -341,10 +393,10 @@ class Factor:
     I − DΠ) elsewhere, never nearly.
     """
 
-    S: np.ndarray | sp.csc_matrix | None
-    # LAPACK (lu, piv), S⁻¹ (`Inverse`), SuperLU, SuperLU of S's bordered form (BorderedLU),
-    # or None
-    lu: tuple[np.ndarray, np.ndarray] | Inverse | spla.SuperLU | BorderedLU | None
+    S: np.ndarray | sp.csc_matrix | LowRankS | None
+    # LAPACK (lu, piv), S⁻¹ (`Inverse`), SuperLU, and for a `LowRankS`: `Woodbury` or SuperLU
+    # of S's bordered form (`BorderedLU`); or None
+    lu: tuple[np.ndarray, np.ndarray] | Inverse | spla.SuperLU | BorderedLU | Woodbury | None
     rcond: float
     svd: tuple | None = None
     near: Factor | None = None
@@ -355,7 +407,8 @@ class Factor:
     def _values(self, S: np.ndarray | sp.csc_matrix) -> tuple[np.ndarray, np.ndarray] | None:
         """(S's values, self.S's values) if the two share a shape and sparsity pattern."""
         mine = self.S
-        if mine is None or S.shape != mine.shape:
+        if mine is None or S.shape != mine.shape or isinstance(S, LowRankS) \
+                or isinstance(mine, LowRankS):
             return None
         if isinstance(S, np.ndarray) or isinstance(mine, np.ndarray):
             if isinstance(S, np.ndarray) and isinstance(mine, np.ndarray):
@@ -390,7 +443,8 @@ class Factor:
             assert S is not None  # kept where ``near`` is set
             ordering = self.near.ordering if self.near is not None else None
             self._exact = _factor_one(S) if isinstance(S, np.ndarray) else \
-                _factor_sparse_one(S, ordering or "COLAMD")
+                _factor_sparse_one(S.tocsc() if isinstance(S, LowRankS) else S,
+                                   ordering or "COLAMD")
         return self._exact
 
 
@@ -409,13 +463,22 @@ class Linearization:
         self.D = D
         self.dense = use_dense(t) if dense is None else dense
         B = D.batch_size
-        dvals = D.values()
+        # instances whose S is kept as S₀ + U Vᵀ (`LowRankS`): DΠ's dense PSD blocks never built
+        low = np.zeros(B, dtype=bool) if self.dense else _low_rank(t, D)
+        full = np.flatnonzero(~low)
+        values = D.values() if full.size == B else \
+            D.take(full).values() if full.size else np.zeros((0, 0))
+        dvals: list[np.ndarray | None] = [None] * B  # DΠ's values S is built with, by instance
+        for j, i in enumerate(full.tolist()):
+            dvals[i] = values[j]
         factors: list[Factor | None] = [None] * B
         if reuse is not None:
             # S depends on the instance's A and P (those of `ops`) and on DΠ: where DΠ's
             # values are those a factorization was made with, it is S's, without building S
             for i, f in enumerate(reuse):
-                if f is not None and f.dvals is not None and np.array_equal(f.dvals, dvals[i]):
+                d = dvals[i]
+                if f is not None and f.dvals is not None and d is not None \
+                        and np.array_equal(f.dvals, d):
                     factors[i] = f
         build = np.array([i for i, f in enumerate(factors) if f is None], dtype=int)
         made = 0
@@ -427,40 +490,46 @@ class Linearization:
                 made += self._factor(factors, dict(zip(part.tolist(), S, strict=True)), reuse,
                                      dvals, None)
                 del S
-        elif build.size:  # likewise, SPARSE_BLOCK_ENTRIES entries of S at a time
-            layout = sparse_layout(t)
-            step = max(1, SPARSE_BLOCK_ENTRIES // max(1, layout.nnz))
-            for lo in range(0, build.size, step):
-                part = build[lo : lo + step]
-                whole = part.size == B
-                sub = ops if whole else ops.take(part)
-                data = layout.values(sub, dvals[part])
-                mats: dict = {i: layout.matrix(data[j]) for j, i in enumerate(part.tolist())}
-                del data
-                for j, low in _low_rank_parts(sub, D if whole else D.take(part), layout,
-                                              dvals[part]):
-                    i = int(part[j])
-                    mats[i] = (mats[i], *low)
-                made += self._factor(factors, mats, reuse, dvals, layout)
-                del mats
+        else:  # likewise, SPARSE_BLOCK_ENTRIES entries of S (or of S₀ and U, V) at a time
+            for sub_build, psd in ((build[~low[build]], True), (build[low[build]], False)):
+                if not sub_build.size:
+                    continue
+                layout = sparse_layout(t, psd)
+                # U and V: at most n + 2 Σ kk rows of ρ values
+                size = layout.nnz if psd else layout.nnz + int(D.psd_rank().max()) * (
+                    t.n + 2 * sum(k * (k + 1) // 2 for k in t.dims.psd))
+                step = max(1, SPARSE_BLOCK_ENTRIES // max(1, size))
+                for lo in range(0, sub_build.size, step):
+                    part = sub_build[lo : lo + step]
+                    whole = part.size == B
+                    sub = ops if whole else ops.take(part)
+                    if psd:
+                        data = layout.values(sub, np.stack([dvals[i] for i in part.tolist()]))
+                        mats: dict = {i: layout.matrix(data[j])
+                                      for j, i in enumerate(part.tolist())}
+                        del data
+                    else:
+                        mats = dict(zip(part.tolist(), _low_rank_parts(
+                            sub, D if whole else D.take(part), layout), strict=True))
+                    made += self._factor(factors, mats, reuse, dvals, layout)
+                    del mats
         self.factors: list[Factor] = factors  # type: ignore[assignment]  # every one set
         self.reused = B - made
         self.rcond = np.array([f.rcond for f in self.factors])
         self.singular = ~(self.rcond > RCOND_MIN)
 
-    def _factor(self, factors: list, mats: dict[int, np.ndarray | sp.csc_matrix],
-                reuse: list[Factor | None] | None, dvals: np.ndarray,
+    def _factor(self, factors: list, mats: dict[int, Any],
+                reuse: list[Factor | None] | None, dvals: list[np.ndarray | None],
                 layout: SparseLayout | None) -> int:
-        """Factor S of every instance i in ``mats`` (i ↦ S_i) in parallel threads, into
-        ``factors[i]``, except where ``reuse`` has S's factorization (or a nearby matrix's,
-        refined iteratively when solving). Returns how many were factored."""
+        """Factor S of every instance i in ``mats`` (i ↦ S_i: dense, sparse, or `LowRankS`) in
+        parallel threads, into ``factors[i]``, except where ``reuse`` has S's factorization (or
+        a nearby matrix's, refined iteratively when solving). Returns how many were
+        factored."""
         if reuse is not None:
             for i, S in mats.items():
                 f = reuse[i]
-                if f is None:
+                if f is None or isinstance(S, LowRankS):
                     continue
-                if isinstance(S, tuple):
-                    S = S[0]
                 if f.same_matrix(S):
                     factors[i] = f
                 elif f.near_matrix(S):  # refinement's last step moved S a little
@@ -472,17 +541,17 @@ class Linearization:
         if layout is None:
             if len(todo) > 1 and self.n + self.m <= STACK_INVERSE_MAX:
                 fn = None
-        else:
-            full = [i for i in todo if not isinstance(mats[i], tuple)]
-            low = [i for i in todo if isinstance(mats[i], tuple)]
-            if layout.ordering is None and full:  # the fastest on a real instance
-                layout.ordering, fill = _best_ordering(mats[full[0]])
-                layout.supernodes = not fill <= THIN_FILL * mats[full[0]].shape[0]
-            if layout.ordering_low_rank is None and low:  # the bordered matrix's
-                layout.ordering_low_rank = _best_ordering(mats[low[0]][1])[0]
-            fn = functools.partial(_factor_sparse_any, ordering=layout.ordering,
-                                   ordering_low_rank=layout.ordering_low_rank,
-                                   supernodes=layout.supernodes)
+        elif todo:
+            first = mats[todo[0]]
+            if layout.ordering is None:  # the fastest on a real instance
+                layout.ordering, fill = _best_ordering(
+                    first.S0 if isinstance(first, LowRankS) else first)
+                layout.supernodes = not fill <= THIN_FILL * first.shape[0]
+            if isinstance(first, LowRankS):
+                fn = functools.partial(_factor_low_rank, layout=layout)
+            else:
+                fn = functools.partial(_factor_sparse_one, ordering=layout.ordering,
+                                       supernodes=layout.supernodes)
         # a polyhedral program's regular S is not read again (see `Factor`): only its LU kept
         polyhedral = self.D.dims.polyhedral
         if fn is None:
@@ -590,15 +659,24 @@ def _lu_solve(f: Factor | None, rhs: np.ndarray, transpose: bool) -> np.ndarray:
 
 
 def _refined_solve(f: Factor, rhs: np.ndarray, transpose: bool) -> np.ndarray:
-    """S⁻¹ rhs (or S⁻ᵀ rhs) by iterative refinement preconditioned with the LU of a nearby
-    matrix S₀ (Wilkinson; e.g. Higham, *Accuracy and Stability of Numerical Algorithms*,
-    ch. 12): x ← x + S₀⁻¹(rhs − S x). The error contracts by ‖I − S₀⁻¹S‖ per step, ~1e-8 after
+    """S⁻¹ rhs (or S⁻ᵀ rhs) by iterative refinement (`_refine`) preconditioned with the LU of a
+    nearby matrix S₀ (f.near): the error contracts by ‖I − S₀⁻¹S‖ per step, ~1e-8 after
     refinement's last Newton step, so two or three steps reach a backward error of a few
     ulps; stagnation or too many steps fall back on factoring S itself."""
     assert f.S is not None  # kept where ``near`` is set
-    M = f.S.T if transpose else f.S
-    x = _lu_solve(f.near, rhs, transpose)
-    scale = np.abs(M).max() if isinstance(M, np.ndarray) else np.abs(M.data).max(initial=0.0)
+    x = _refine(f.S.T if transpose else f.S, lambda r: _lu_solve(f.near, r, transpose), rhs,
+                _abs_max(f.S))
+    return x if x is not None else _lu_solve(f.exact(), rhs, transpose)
+
+
+def _refine(M: Any, solve: Callable[[np.ndarray], np.ndarray], rhs: np.ndarray,
+            scale: float) -> np.ndarray | None:
+    """M⁻¹ rhs by iterative refinement with an approximate inverse ``solve`` (Wilkinson; e.g.
+    Higham, *Accuracy and Stability of Numerical Algorithms*, ch. 12): x ← x + solve(rhs − M x)
+    until the residual is at most REFINE_SOLVE_TOL·(scale‖x‖ + ‖rhs‖) (max norms, scale ≈ M's
+    largest entry); None where it stagnates above REFINE_STALL_TOL or takes more than
+    REFINE_SOLVE_STEPS steps."""
+    x = solve(rhs)
     last = np.inf
     for _ in range(REFINE_SOLVE_STEPS):
         r = rhs - M @ x
@@ -607,12 +685,19 @@ def _refined_solve(f: Factor, rhs: np.ndarray, transpose: bool) -> np.ndarray:
         if err <= REFINE_SOLVE_TOL * size:
             return x
         if not err < 0.5 * last:  # stagnating: at the rounding floor, or not converging
-            if err <= REFINE_STALL_TOL * size:
-                return x
-            break
+            return x if err <= REFINE_STALL_TOL * size else None
         last = err
-        x = x + _lu_solve(f.near, r, transpose)
-    return _lu_solve(f.exact(), rhs, transpose)
+        x = x + solve(r)
+    return None
+
+
+def _abs_max(S: np.ndarray | sp.spmatrix | LowRankS) -> float:
+    """S's largest entry in absolute value (for `LowRankS`, an upper bound)."""
+    if isinstance(S, np.ndarray):
+        return float(np.abs(S).max(initial=0.0))
+    if isinstance(S, LowRankS):
+        return S.abs_max()
+    return float(np.abs(S.data).max(initial=0.0))
 
 
 def _lstsq(f: Factor, r: np.ndarray, transpose: bool) -> np.ndarray:
@@ -628,7 +713,7 @@ def _lstsq(f: Factor, r: np.ndarray, transpose: bool) -> np.ndarray:
         if transpose:
             return U @ ((Vt @ r) / (sv if r.ndim == 1 else sv[:, None]))
         return Vt.T @ ((U.T @ r) / (sv if r.ndim == 1 else sv[:, None]))
-    S = f.S
+    S = f.S.tocsc() if isinstance(f.S, LowRankS) else f.S
     assert S is not None  # kept where S is singular
     if isinstance(S, np.ndarray) or not np.all(np.isfinite(S.data)):  # nothing to solve
         return np.full_like(r, np.nan)
@@ -770,57 +855,146 @@ def _factor_sparse_one(S: sp.csc_matrix, ordering: str = "COLAMD",
     return Factor(S, lu, rc, _factor_one(S.toarray()).svd, ordering=ordering)
 
 
-def _low_rank_parts(ops: BatchOps, D: DProjection, layout: SparseLayout, dvals: np.ndarray):
-    """(j, (bordered matrix,)) for the instances j whose PSD blocks of DΠ are a low-rank update
-    of 0 or I (see LOW_RANK_MAX): DΠ_K = base·I + Q diag(h) Qᵀ (`DProjection.psd_columns`),
-    so S = S₀ + U Vᵀ with S₀ = S at DΠ_K = base·I (sparse, explicit zeros dropped),
-    U = [Aᵀ_K; −E_K] Q diag(h) and V = E_K Q (E_K: the PSD rows of the v-block); solved
-    through `BorderedLU`."""
-    t = ops.template
-    if not t.dims.psd:
-        return
+def _low_rank(t: ConeTemplate, D: DProjection) -> np.ndarray:
+    """(B,) bool: the instances whose S is kept as `LowRankS`, those whose PSD blocks of DΠ are
+    0 or I up to a term of rank ρ <= LOW_RANK_MAX·Σ kk (where Σ kk >= LOW_RANK_MIN)."""
     total = sum(k * (k + 1) // 2 for k in t.dims.psd)
     if total < LOW_RANK_MIN:
-        return
-    low = np.flatnonzero(D.psd_rank() <= LOW_RANK_MAX * total)
-    if low.size == 0:
-        return
-    mask = psd_entries(t.dims)
-    prow, pcol = (x[mask] for x in block_pattern(t.dims))
-    parts = [D.psd_columns(j) for j in low.tolist()]
-    base = np.zeros((low.size, t.m))  # DΠ's PSD blocks in S₀: base·I per block
-    for j0, cones in enumerate(parts):
-        for idx, b, _, _ in cones:
-            base[j0, idx] = b
-    data0 = dvals[low].copy()
-    data0[:, mask] = np.where(prow == pcol, base[:, prow], 0.0)
-    data0 = layout.values(ops if low.size == len(dvals) else ops.take(low), data0)
-    n, N = t.n, t.n + t.m
-    for j0, j in enumerate(low.tolist()):
-        S0 = layout.matrix(data0[j0]).copy()  # (the layout's own index arrays stay intact)
+        return np.zeros(D.batch_size, dtype=bool)
+    return D.psd_rank() <= LOW_RANK_MAX * total
+
+
+def _low_rank_parts(ops: BatchOps, D: DProjection, layout: SparseLayout) -> list[LowRankS]:
+    """S = S₀ + U Vᵀ (`LowRankS`) for each instance of ``ops``: DΠ_K = base·I + Q diag(h) Qᵀ
+    on each PSD block K (`DProjection.psd_columns`), so S₀ is S at DΠ_K = base·I (sparse,
+    ``layout``'s pattern, explicit zeros dropped), U = [Aᵀ_K; −E_K] Q diag(h) and V = E_K Q
+    (E_K: the PSD rows of the v-block)."""
+    t = ops.template
+    n = t.n
+    B = D.batch_size
+    parts = [D.psd_columns(j) for j in range(B)]
+    dvals0 = np.concatenate([
+        D.values(psd=False),
+        np.array([np.concatenate([np.full(idx.size, b) for idx, b, _, _ in cones])
+                  for cones in parts]).reshape(B, -1)], axis=1)
+    data0 = layout.values(ops, dvals0)
+    del dvals0
+    cols = ops.cols
+    out = []
+    for j, cones in enumerate(parts):
+        S0 = layout.matrix(data0[j]).copy()  # (the layout's own index arrays stay intact)
         S0.eliminate_zeros()
-        A = t.matrix(ops.a[j]).tocsr()
-        Us, Vs = [], []
-        for idx, _, Q, h in parts[j0]:
+        Us, Vs, shift = [], [], []
+        for idx, base, Q, h in cones:
+            if base == 1.0:  # the block's rows of S₀'s v-block are 0 (see `Woodbury`)
+                shift.append(n + idx)
             Qh = Q * h
-            AK = A[idx].tocsc()
-            touched = np.flatnonzero(np.diff(AK.indptr))  # the columns of u the block reaches
-            U = sp.coo_matrix(np.vstack([AK[:, touched].T @ Qh, -Qh]))
-            Us.append(sp.csc_matrix((U.data, (np.r_[touched, n + idx][U.row], U.col)),
-                                    shape=(N, h.size)))
-            V = sp.coo_matrix(Q)
-            Vs.append(sp.csc_matrix((V.data, (n + idx[V.row], V.col)), shape=(N, h.size)))
-        yield j, (bordered(S0, sp.hstack(Us, format="csc"), sp.hstack(Vs, format="csc")),)
+            # Aᵀ_K Qh from the stored entries of A in the block's rows
+            where, local = layout.rows_of_A(idx)
+            touched, col = np.unique(cols[where], return_inverse=True)
+            AKt = sp.csr_matrix((ops.a[j, where], (col, local)), shape=(touched.size, idx.size))
+            Us.append((np.concatenate([touched, n + idx]), np.vstack([AKt @ Qh, -Qh])))
+            Vs.append((n + idx, Q))
+        out.append(LowRankS(S0, _stack_columns(Us), _stack_columns(Vs),
+                            np.concatenate(shift) if shift else np.zeros(0, dtype=int)))
+    return out
+
+
+def _stack_columns(blocks: list[tuple[np.ndarray, np.ndarray]]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """[M₁ M₂ …] side by side, each Mᵢ given by its nonzero rows (rows ascending... or not)
+    and their values (rowsᵢ, (|rowsᵢ|, ρᵢ)): as (the union of rows, ascending; their values)."""
+    if len(blocks) == 1:
+        return blocks[0]
+    rows = np.unique(np.concatenate([r for r, _ in blocks]))
+    out = np.zeros((rows.size, sum(M.shape[1] for _, M in blocks)))
+    lo = 0
+    for r, M in blocks:
+        out[np.searchsorted(rows, r), lo : lo + M.shape[1]] = M
+        lo += M.shape[1]
+    return rows, out
+
+
+class LowRankS:
+    """S = S₀ + U Vᵀ, with S₀ sparse and U, V (N × ρ) given by their nonzero rows
+    (``U[Ur] = Ub``, ``V[Vr] = Vb``): S where DΠ's PSD blocks are 0 or I up to a low-rank term
+    (`_low_rank_parts`), without S's dense kk × kk blocks. Products with S and Sᵀ (``T``) cost
+    nnz(S₀) + (|Ur| + |Vr|)ρ."""
+
+    __slots__ = ("S0", "Ur", "Ub", "Vr", "Vb", "shape", "zero_rows")
+
+    def __init__(self, S0: sp.spmatrix, U: tuple[np.ndarray, np.ndarray],
+                 V: tuple[np.ndarray, np.ndarray], zero_rows: np.ndarray | None = None
+                 ) -> None:
+        self.S0 = S0
+        self.Ur, self.Ub = U
+        self.Vr, self.Vb = V
+        self.shape = S0.shape
+        # the PSD rows of the v-block where S₀'s diagonal is 0 (the blocks at base I)
+        self.zero_rows = np.zeros(0, dtype=int) if zero_rows is None else zero_rows
+
+    @property
+    def rank(self) -> int:
+        return self.Ub.shape[1]
+
+    @property
+    def T(self) -> LowRankS:
+        return LowRankS(self.S0.T, (self.Vr, self.Vb), (self.Ur, self.Ub), self.zero_rows)
+
+    def __matmul__(self, x: np.ndarray) -> np.ndarray:
+        out = self.S0 @ x
+        out[self.Ur] += self.Ub @ (self.Vb.T @ x[self.Vr])
+        return out
+
+    def shifted(self) -> sp.csc_matrix:
+        """S₀ + ε Σ eᵢeᵢᵀ over ``zero_rows``, ε = √u·max|S₀| (`Woodbury`)."""
+        if not self.zero_rows.size:
+            return self.S0
+        eps = np.sqrt(np.finfo(float).eps) * np.abs(self.S0.data).max(initial=1.0)
+        r = self.zero_rows
+        return (self.S0 + sp.csc_matrix((np.full(r.size, eps), (r, r)), shape=self.shape)
+                ).tocsc()
+
+    def abs_max(self) -> float:
+        """An upper bound of S's largest entry: |S₀|'s plus max ‖U_i‖₂ · max ‖V_j‖₂."""
+        low = (np.sqrt(np.square(self.Ub).sum(axis=1).max(initial=0.0))
+               * np.sqrt(np.square(self.Vb).sum(axis=1).max(initial=0.0)))
+        return float(np.abs(self.S0.data).max(initial=0.0) + low)
+
+    def norm1(self) -> float:
+        """An upper bound of ‖S‖₁: the column sums of |S₀| plus those of |U| |V|ᵀ."""
+        col = np.asarray(abs(self.S0).sum(axis=0)).ravel()
+        col[self.Vr] += np.abs(self.Vb) @ np.abs(self.Ub).sum(axis=0)
+        return float(col.max(initial=0.0))
+
+    def U(self) -> sp.csc_matrix:
+        return _rows_matrix(self.Ur, self.Ub, self.shape[0])
+
+    def V(self) -> sp.csc_matrix:
+        return _rows_matrix(self.Vr, self.Vb, self.shape[0])
+
+    def tocsc(self) -> sp.csc_matrix:
+        """S itself, sparse (with its dense blocks)."""
+        return (self.S0 + self.U() @ self.V().T).tocsc()
+
+    def toarray(self) -> np.ndarray:
+        return self.tocsc().toarray()
+
+
+def _rows_matrix(rows: np.ndarray, M: np.ndarray, N: int) -> sp.csc_matrix:
+    """The N × ρ sparse matrix whose rows ``rows`` are M (and the others zero)."""
+    C = sp.coo_matrix(M)
+    return sp.csc_matrix((C.data, (rows[C.row], C.col)), shape=(N, M.shape[1]))
 
 
 class BorderedLU:
-    """Solves with S = S₀ + U Vᵀ (U, V: N × ρ) through the sparse LU of the bordered matrix
+    """Solves with S = S₀ + U Vᵀ (`LowRankS`) through the sparse LU of the bordered matrix
 
         [[S₀, U], [Vᵀ, −I]],   whose Schur complement on the border is S₀ + U Vᵀ = S,
 
     so S⁻¹r (S⁻ᵀr) is the first N entries of its solve with (r, 0). Unlike Woodbury's
-    formula it needs no inverse of S₀, which is singular where DΠ's PSD blocks at their base
-    overdetermine the program (e.g. X = I − W with a trace constraint). Same
+    formula (`Woodbury`) it needs no inverse of S₀, which is singular where DΠ's PSD blocks at
+    their base overdetermine the program (e.g. X = I − W with a trace constraint). Same
     ``solve(rhs, trans)`` as SuperLU."""
 
     def __init__(self, lu: spla.SuperLU, N: int) -> None:
@@ -831,27 +1005,98 @@ class BorderedLU:
         return self.lu.solve(np.concatenate([rhs, pad]), trans=trans)[: self.N]
 
 
-def bordered(S0: sp.csc_matrix, U: sp.csc_matrix, V: sp.csc_matrix) -> sp.csc_matrix:
+def bordered(S: LowRankS) -> sp.csc_matrix:
     """The bordered matrix [[S₀, U], [Vᵀ, −I]] of `BorderedLU`, sparse."""
-    return sp.bmat([[S0, U], [V.T, -sp.identity(U.shape[1])]], format="csc")
+    return sp.bmat([[S.S0, S.U()], [S.V().T, -sp.identity(S.rank)]], format="csc")
 
 
-def _factor_sparse_any(item, ordering: str | None, ordering_low_rank: str | None,
-                       supernodes: bool) -> Factor:
-    """`_factor_sparse_one` of S, or for an item (S, bordered matrix) the LU of the latter
-    (`BorderedLU`), falling back on S's own LU where that is (nearly) singular."""
-    if not isinstance(item, tuple):
-        return _factor_sparse_one(item, ordering or "COLAMD", supernodes)
-    S, K = item
-    if np.all(np.isfinite(K.data)):
-        try:
-            lu = spla.splu(K, permc_spec=ordering_low_rank or "NATURAL")
-            rc = _pivot_ratio(lu)
-        except RuntimeError:  # exactly singular
-            rc = 0.0
-        if rc > RCOND_MIN:
-            return Factor(S, BorderedLU(lu, S.shape[0]), rc, ordering=ordering)
-    return _factor_sparse_one(S, ordering or "COLAMD", supernodes)
+class Woodbury:
+    """Solves with S = S₀ + U Vᵀ (`LowRankS`) from an LU of S₀ (SuperLU) and of the ρ × ρ
+    capacitance C = I + Vᵀ S₀⁻¹ U (LAPACK), by the Sherman–Morrison–Woodbury formula
+
+        S⁻¹ r = S₀⁻¹ (r − U C⁻¹ Vᵀ S₀⁻¹ r),      S⁻ᵀ r = S₀⁻ᵀ (r − V C⁻ᵀ Uᵀ S₀⁻ᵀ r)
+
+    (Golub & Van Loan, *Matrix Computations*, §2.1.4): two sparse triangular solves with S₀
+    and O(|U| ρ) per right-hand side, and nothing dense of size N. S₀ depends only on A, P and
+    DΠ outside the PSD blocks, so one LU of it serves every instance and Newton step that
+    share those (`SparseLayout.lu0`).
+
+    Where a PSD block is at base I, S₀ holds its rows as equalities (its v-block rows are 0),
+    and is singular wherever another constraint is implied by them (a trace constraint): there
+    S₀ is shifted by ε = √u·max|S₀| on those diagonal entries (`LowRankS.shifted`), and the
+    formula solves S + εE instead of S. Every solve is iteratively refined on S itself
+    (`_refine`), which removes that shift's error (a contraction of about ε‖S⁻¹‖ per step)
+    and the formula's rounding (which grows with the conditioning of S₀ and C); should it not
+    converge, the solve goes through the bordered LU (`BorderedLU`) instead, made then."""
+
+    def __init__(self, S: LowRankS, lu0: spla.SuperLU, C: tuple[np.ndarray, np.ndarray],
+                 ordering: str | None) -> None:
+        self.S, self.lu0, self.C, self.ordering = S, lu0, C, ordering
+        self._bordered: BorderedLU | None = None
+
+    def apply(self, rhs: np.ndarray, trans: str = "N") -> np.ndarray:
+        """The formula, unrefined."""
+        S, lu0 = self.S, self.lu0
+        (Lr, Lb), (Rr, Rb) = ((S.Ur, S.Ub), (S.Vr, S.Vb)) if trans == "N" else \
+            ((S.Vr, S.Vb), (S.Ur, S.Ub))
+        y = lu0.solve(rhs, trans=trans)
+        if not Lb.shape[1]:  # S = S₀
+            return y
+        z, _ = _getrs(*self.C, Rb.T @ y[Rr], trans=0 if trans == "N" else 1)
+        r = rhs.copy()
+        r[Lr] -= Lb @ z
+        return lu0.solve(r, trans=trans)
+
+    def solve(self, rhs: np.ndarray, trans: str = "N") -> np.ndarray:
+        M = self.S if trans == "N" else self.S.T
+        x = _refine(M, lambda r: self.apply(r, trans), rhs, self.S.abs_max())
+        if x is not None:
+            return x
+        if self._bordered is None:
+            self._bordered = BorderedLU(
+                spla.splu(bordered(self.S), permc_spec=self.ordering or "NATURAL"),
+                self.S.shape[0])
+        return self._bordered.solve(rhs, trans)
+
+
+def _factor_low_rank(S: LowRankS, layout: SparseLayout) -> Factor:
+    """Factor S = S₀ + U Vᵀ: by `Woodbury` where the (shifted) S₀'s LU is regular (its pivot
+    ratio above S0_RCOND_MIN) and so is C, with rcond = 1/(‖S‖₁ ‖S⁻¹‖₁) from the bound
+    `LowRankS.norm1` and Higham and Tisseur's estimate of ‖S⁻¹‖₁
+    (`scipy.sparse.linalg.onenormest`); otherwise by
+    the LU of the bordered matrix (`BorderedLU`, pivot ratio as rcond); where that is singular
+    too, S is made sparse and factored as such (truncated SVD)."""
+    N = S.shape[0]
+    if not (np.all(np.isfinite(S.S0.data)) and np.all(np.isfinite(S.Ub))
+            and np.all(np.isfinite(S.Vb))):
+        return Factor(S, None, 0.0)
+    lu0 = layout.lu0(S.shifted())
+    if lu0 is not None:
+        U = np.zeros((N, S.rank))
+        U[S.Ur] = S.Ub
+        C = np.eye(S.rank) + S.Vb.T @ lu0.solve(U)[S.Vr]
+        lu, piv, info = sla.lapack.dgetrf(C) if S.rank else (C, np.zeros(0, np.int32), 0)
+        if info == 0 and (not S.rank or _rcond_lu(lu, C) > RCOND_MIN):
+            wood = Woodbury(S, lu0, (lu, piv), layout.ordering_low_rank)
+            inverse = spla.LinearOperator(
+                S.shape, matvec=wood.apply, rmatvec=lambda r: wood.apply(r, "T"),
+                matmat=wood.apply, rmatmat=lambda r: wood.apply(r, "T"), dtype=float)
+            with np.errstate(all="ignore"):
+                rc = 1.0 / (S.norm1() * spla.onenormest(inverse))
+            if rc > RCOND_MIN:
+                return Factor(S, wood, rc, ordering=layout.ordering)
+    K = bordered(S)
+    if layout.ordering_low_rank is None:
+        layout.ordering_low_rank = _best_ordering(K)[0]
+    try:
+        lub = spla.splu(K, permc_spec=layout.ordering_low_rank)
+        rc = _pivot_ratio(lub)
+    except RuntimeError:  # exactly singular
+        rc = 0.0
+    if rc > RCOND_MIN:
+        return Factor(S, BorderedLU(lub, N), rc, ordering=layout.ordering)
+    f = _factor_sparse_one(S.tocsc(), layout.ordering or "COLAMD", layout.supernodes)
+    return f
 
 
 def _pivot_ratio(lu: spla.SuperLU) -> float:

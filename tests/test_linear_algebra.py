@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from declarative import problems
 from declarative.derivative import ConeSolution, use_dense
@@ -129,38 +130,109 @@ def _spectraplex_solution(Yv):
     return (U * np.maximum(lam - tau, 0.0)) @ U.T
 
 
-def test_low_rank_psd_blocks_solve_through_the_bordered_lu(monkeypatch):
-    """PSD projection with a trace constraint: the dual's PSD block of DΠ is I up to rank ρ
-    (the solution's rank r is small), so S = S₀ + U Vᵀ is solved through the sparse bordered
-    matrix (S₀ itself singular: X fixed on the PSD rows overdetermines the trace). Its VJP
-    and JVP equal those of the dense LU of S, and the solution the closed form."""
+def _psd_projection(k):
+    import cvxpy as cp
+
+    import declarative as dl
+
+    Y = cp.Parameter((k, k))
+    X = cp.Variable((k, k), PSD=True)
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(X - (Y + Y.T) / 2)))
+    return dl.compile(prob, [Y], [X])
+
+
+def _spectrum(rng, k, positive):
+    """Symmetric k × k matrices (3 of them) with ``positive[b]`` positive eigenvalues."""
+    out = []
+    for p in positive:
+        Q, _ = np.linalg.qr(rng.standard_normal((k, k)))
+        lam = np.concatenate([rng.uniform(0.5, 2.0, p), -rng.uniform(0.5, 2.0, k - p)])
+        out.append((Q * lam) @ Q.T)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("path", ["woodbury", "bordered"])
+@pytest.mark.parametrize("problem", ["spectraplex", "projection"])
+def test_low_rank_psd_blocks_solve_without_dense_blocks(monkeypatch, path, problem):
+    """Where a PSD block of DΠ is 0 or I up to rank ρ, S = S₀ + U Vᵀ is never formed with its
+    dense blocks: solved by Woodbury's formula from S₀'s LU (shifted where S₀ is singular:
+    with the spectraplex's trace constraint, the dual's block is at base I and X fixed on
+    the PSD rows overdetermines the trace), or by the bordered LU where S₀'s LU is refused.
+    Batches mix low-rank instances with one that is not (its S assembled whole). Solves,
+    VJPs and JVPs equal those of the dense LU of S; the solution the closed form."""
     import declarative.derivative as der
 
     monkeypatch.setattr(der, "LOW_RANK_MIN", 0)  # the path at a small size (k = 12)
+    if path == "bordered":
+        monkeypatch.setattr(der, "S0_RCOND_MIN", np.inf)
     k = 12
-    layer = _spectraplex(k)
     rng = np.random.default_rng(3)
-    Ys = rng.standard_normal((3, k, k))
-    Ys = (Ys + np.swapaxes(Ys, 1, 2)) / 2
+    if problem == "spectraplex":
+        layer = _spectraplex(k)
+        Ys = rng.standard_normal((3, k, k))
+        Ys = (Ys + np.swapaxes(Ys, 1, 2)) / 2
+        Q, _ = np.linalg.qr(rng.standard_normal((k, k)))  # X* of rank k/2: not low rank
+        lam = np.concatenate([1 / 6 + rng.uniform(0, 0.02, k // 2), -rng.uniform(0.5, 1, k // 2)])
+        Ys[2] = (Q * lam) @ Q.T
+    else:  # X* = Y₊: the dual's block is at base 0 where Y has few negative eigenvalues
+        layer = _psd_projection(k)
+        Ys = _spectrum(rng, k, [k - 1, k - 2, k // 2])
     fwd = layer.forward([Ys])
     assert fwd.ok.all()
     for b in range(3):
-        assert max_abs(fwd.outputs[0][b], _spectraplex_solution(Ys[b])) <= 1e-9
+        ref = _spectraplex_solution(Ys[b]) if problem == "spectraplex" else \
+            (lambda lam, U: (U * np.maximum(lam, 0)) @ U.T)(*np.linalg.eigh(Ys[b]))
+        assert max_abs(fwd.outputs[0][b], ref) <= 1e-9
     x, y, s, _ = fwd.state()
     t = layer.template
     sparse = ConeSolution.at(fwd._ops, x, y, s, dense=False)
     dense = ConeSolution.at(fwd._ops, x, y, s, dense=True)
-    assert all(isinstance(f.lu, der.BorderedLU) for f in sparse.lin.factors)
+    kinds = [type(f.lu).__name__ for f in sparse.lin.factors]
+    want = "Woodbury" if path == "woodbury" else "BorderedLU"
+    assert kinds[:2] == [want, want] and kinds[2] == "SuperLU"
+    assert all(isinstance(f.S, der.LowRankS) for f in sparse.lin.factors[:2])
+    if problem == "spectraplex" and path == "woodbury":
+        assert all(f.S.zero_rows.size for f in sparse.lin.factors[:2])  # S₀ shifted
     assert not sparse.lin.singular.any()
     g = rng.standard_normal((3, t.n + t.m))
-    for a, b in [(sparse.vjp(g[:, : t.n], g[:, t.n :]), dense.vjp(g[:, : t.n], g[:, t.n :]))]:
-        for u, v in zip(a, b, strict=True):
-            assert max_abs(u, v) <= 1e-10 * (1 + np.abs(v).max())
+    for u, v in zip(sparse.vjp(g[:, : t.n], g[:, t.n :]), dense.vjp(g[:, : t.n], g[:, t.n :]),
+                    strict=True):
+        assert max_abs(u, v) <= 1e-10 * (1 + np.abs(v).max())
     rhs = rng.standard_normal((3, t.n + t.m))
     for transpose in (False, True):
         got = sparse.lin.solve(rhs, transpose)
         ref = dense.lin.solve(rhs, transpose)
         assert max_abs(got, ref) <= 1e-10 * (1 + np.abs(ref).max())
+        for b in range(2):  # S itself, as `LowRankS` products and made whole
+            S = sparse.lin.factors[b].S
+            M = S.tocsc().T if transpose else S.tocsc()
+            assert max_abs(M @ got[b], rhs[b]) <= 1e-10
+            assert max_abs((S.T if transpose else S) @ got[b], M @ got[b]) <= 1e-12
+
+
+def test_woodbury_falls_back_on_the_bordered_lu(monkeypatch):
+    """A Woodbury solve whose refinement cannot converge (its capacitance's LU replaced by a
+    wrong one) is solved through the bordered LU instead, to the same accuracy."""
+    import declarative.derivative as der
+
+    monkeypatch.setattr(der, "LOW_RANK_MIN", 0)
+    k = 12
+    layer = _spectraplex(k)
+    rng = np.random.default_rng(5)
+    Ys = rng.standard_normal((1, k, k))
+    fwd = layer.forward([(Ys + np.swapaxes(Ys, 1, 2)) / 2])
+    x, y, s, _ = fwd.state()
+    f = ConeSolution.at(fwd._ops, x, y, s, dense=False).lin.factors[0]
+    assert isinstance(f.lu, der.Woodbury)
+    rhs = rng.standard_normal(f.S.shape[0])
+    good = f.lu.solve(rhs)
+    lu, piv = f.lu.C
+    f.lu.C = (lu * 1.5, piv)
+    assert f.lu._bordered is None
+    bad = f.lu.solve(rhs, "T")
+    assert f.lu._bordered is not None
+    assert max_abs(f.S.tocsc().T @ bad, rhs) <= 1e-10
+    assert max_abs(f.S.tocsc() @ good, rhs) <= 1e-10
 
 
 def test_envelope_and_natural_ordering_guard():
