@@ -285,6 +285,14 @@ class SparseLayout:
         self.assemble = sp.csr_matrix(
             (np.ones(rows.size), (where, np.arange(rows.size))), shape=(keys.size, rows.size))
 
+    def __getstate__(self) -> dict:  # pickled with its template: without the LUs of `lu0`
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lus", "_lock")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lus = OrderedDict()
+        self._lock = threading.Lock()
+
     @property
     def nnz(self) -> int:
         return self.indices.size

@@ -233,6 +233,13 @@ def test_woodbury_falls_back_on_the_bordered_lu(monkeypatch):
     assert f.lu._bordered is not None
     assert max_abs(f.S.tocsc().T @ bad, rhs) <= 1e-10
     assert max_abs(f.S.tocsc() @ good, rhs) <= 1e-10
+    # the layer pickles with S₀'s LUs left behind (made again on the next call)
+    import pickle
+
+    again = pickle.loads(pickle.dumps(layer))
+    assert not der.sparse_layout(again.template, psd=False)._lus
+    out = again.forward([(Ys + np.swapaxes(Ys, 1, 2)) / 2])
+    assert max_abs(out.outputs[0], fwd.outputs[0]) == 0.0
 
 
 def test_envelope_and_natural_ordering_guard():
