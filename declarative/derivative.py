@@ -437,6 +437,8 @@ class Factor:
         near (its LU a nearby matrix's, whose S is not kept), the distances add up over a chain
         of refinement's steps, which shrink quadratically; a preconditioner that drifted too
         far shows as stagnation in `_refined_solve`, which then factors S itself."""
+        if isinstance(S, LowRankS):
+            return self._near_low_rank(S)
         vals = self._values(S)
         if vals is None or not self.rcond > RCOND_MIN:
             return False
@@ -444,11 +446,26 @@ class Factor:
         return bool(np.abs(new - old).max(initial=0.0)
                     <= NEAR_RATE * self.rcond * np.abs(old).max(initial=0.0))
 
+    def _near_low_rank(self, S: LowRankS) -> bool:
+        """`near_matrix` for S = S₀ + U Vᵀ, whose entries are not at hand: ‖S − self.S‖∞
+        estimated from below by ‖(S − self.S) z‖∞ on a ±1 probe z, against max|S| (an
+        underestimate shows as slow refinement, which then factors S itself)."""
+        mine = self.S
+        if not isinstance(mine, LowRankS) or mine.shape != S.shape \
+                or not self.rcond > RCOND_MIN:
+            return False
+        z = _signs(S.shape[0])
+        return bool(np.abs(S @ z - mine @ z).max(initial=0.0)
+                    <= NEAR_RATE * self.rcond * mine.abs_max())
+
     def exact(self) -> Factor:
         """A factorization of S itself (made once, when iterative refinement fails)."""
         if self._exact is None:
             S = self.S
             assert S is not None  # kept where ``near`` is set
+            if isinstance(S, LowRankS):
+                self._exact = _factor_low_rank(S)
+                return self._exact
             ordering = self.near.ordering if self.near is not None else None
             self._exact = _factor_one(S) if isinstance(S, np.ndarray) else \
                 _factor_sparse_one(S.tocsc() if isinstance(S, LowRankS) else S,
@@ -536,7 +553,7 @@ class Linearization:
         if reuse is not None:
             for i, S in mats.items():
                 f = reuse[i]
-                if f is None or isinstance(S, LowRankS):
+                if f is None:
                     continue
                 if f.same_matrix(S):
                     factors[i] = f
@@ -556,7 +573,7 @@ class Linearization:
                     first.S0 if isinstance(first, LowRankS) else first)
                 layout.supernodes = not fill <= THIN_FILL * first.shape[0]
             if isinstance(first, LowRankS):
-                fn = functools.partial(_factor_low_rank, layout=layout)
+                fn = _factor_low_rank
             else:
                 fn = functools.partial(_factor_sparse_one, ordering=layout.ordering,
                                        supernodes=layout.supernodes)
@@ -671,10 +688,19 @@ def _refined_solve(f: Factor, rhs: np.ndarray, transpose: bool) -> np.ndarray:
     nearby matrix S₀ (f.near): the error contracts by ‖I − S₀⁻¹S‖ per step, ~1e-8 after
     refinement's last Newton step, so two or three steps reach a backward error of a few
     ulps; stagnation or too many steps fall back on factoring S itself."""
-    assert f.S is not None  # kept where ``near`` is set
-    x = _refine(f.S.T if transpose else f.S, lambda r: _lu_solve(f.near, r, transpose), rhs,
-                _abs_max(f.S))
-    return x if x is not None else _lu_solve(f.exact(), rhs, transpose)
+    assert f.S is not None and f.near is not None  # kept where ``near`` is set
+    if f._exact is None:
+        near = f.near
+        if isinstance(near.lu, Woodbury):  # its formula alone (its own refinement is on its S)
+            wood, trans = near.lu, "T" if transpose else "N"
+            x = _refine(f.S.T if transpose else f.S, lambda r: wood.apply(r, trans), rhs,
+                        _abs_max(f.S))
+        else:
+            x = _refine(f.S.T if transpose else f.S, lambda r: _lu_solve(near, r, transpose),
+                        rhs, _abs_max(f.S))
+        if x is not None:
+            return x
+    return _lu_solve(f.exact(), rhs, transpose)
 
 
 def _refine(M: Any, solve: Callable[[np.ndarray], np.ndarray], rhs: np.ndarray,
@@ -697,6 +723,14 @@ def _refine(M: Any, solve: Callable[[np.ndarray], np.ndarray], rhs: np.ndarray,
         last = err
         x = x + solve(r)
     return None
+
+
+@functools.lru_cache(maxsize=8)
+def _signs(N: int) -> np.ndarray:
+    """A fixed ±1 probe vector of length N (read-only)."""
+    z = np.where(np.random.default_rng(N).random(N) < 0.5, -1.0, 1.0)
+    z.flags.writeable = False
+    return z
 
 
 def _abs_max(S: np.ndarray | sp.spmatrix | LowRankS) -> float:
@@ -904,7 +938,7 @@ def _low_rank_parts(ops: BatchOps, D: DProjection, layout: SparseLayout) -> list
             Us.append((np.concatenate([touched, n + idx]), np.vstack([AKt @ Qh, -Qh])))
             Vs.append((n + idx, Q))
         out.append(LowRankS(S0, _stack_columns(Us), _stack_columns(Vs),
-                            np.concatenate(shift) if shift else np.zeros(0, dtype=int)))
+                            np.concatenate(shift) if shift else np.zeros(0, dtype=int), layout))
     return out
 
 
@@ -929,17 +963,18 @@ class LowRankS:
     (`_low_rank_parts`), without S's dense kk × kk blocks. Products with S and Sᵀ (``T``) cost
     nnz(S₀) + (|Ur| + |Vr|)ρ."""
 
-    __slots__ = ("S0", "Ur", "Ub", "Vr", "Vb", "shape", "zero_rows")
+    __slots__ = ("S0", "Ur", "Ub", "Vr", "Vb", "shape", "zero_rows", "layout")
 
     def __init__(self, S0: sp.spmatrix, U: tuple[np.ndarray, np.ndarray],
-                 V: tuple[np.ndarray, np.ndarray], zero_rows: np.ndarray | None = None
-                 ) -> None:
+                 V: tuple[np.ndarray, np.ndarray], zero_rows: np.ndarray,
+                 layout: SparseLayout) -> None:
         self.S0 = S0
+        self.layout = layout  # S₀'s (`sparse_layout(t, psd=False)`): its LUs and orderings
         self.Ur, self.Ub = U
         self.Vr, self.Vb = V
         self.shape = S0.shape
         # the PSD rows of the v-block where S₀'s diagonal is 0 (the blocks at base I)
-        self.zero_rows = np.zeros(0, dtype=int) if zero_rows is None else zero_rows
+        self.zero_rows = zero_rows
 
     @property
     def rank(self) -> int:
@@ -947,7 +982,8 @@ class LowRankS:
 
     @property
     def T(self) -> LowRankS:
-        return LowRankS(self.S0.T, (self.Vr, self.Vb), (self.Ur, self.Ub), self.zero_rows)
+        return LowRankS(self.S0.T, (self.Vr, self.Vb), (self.Ur, self.Ub), self.zero_rows,
+                        self.layout)
 
     def __matmul__(self, x: np.ndarray) -> np.ndarray:
         out = self.S0 @ x
@@ -1037,9 +1073,9 @@ class Woodbury:
     and the formula's rounding (which grows with the conditioning of S₀ and C); should it not
     converge, the solve goes through the bordered LU (`BorderedLU`) instead, made then."""
 
-    def __init__(self, S: LowRankS, lu0: spla.SuperLU, C: tuple[np.ndarray, np.ndarray],
-                 ordering: str | None) -> None:
-        self.S, self.lu0, self.C, self.ordering = S, lu0, C, ordering
+    def __init__(self, S: LowRankS, lu0: spla.SuperLU, C: tuple[np.ndarray, np.ndarray]
+                 ) -> None:
+        self.S, self.lu0, self.C = S, lu0, C
         self._bordered: BorderedLU | None = None
 
     def apply(self, rhs: np.ndarray, trans: str = "N") -> np.ndarray:
@@ -1062,18 +1098,20 @@ class Woodbury:
             return x
         if self._bordered is None:
             self._bordered = BorderedLU(
-                spla.splu(bordered(self.S), permc_spec=self.ordering or "NATURAL"),
+                spla.splu(bordered(self.S),
+                          permc_spec=self.S.layout.ordering_low_rank or "NATURAL"),
                 self.S.shape[0])
         return self._bordered.solve(rhs, trans)
 
 
-def _factor_low_rank(S: LowRankS, layout: SparseLayout) -> Factor:
+def _factor_low_rank(S: LowRankS) -> Factor:
     """Factor S = S₀ + U Vᵀ: by `Woodbury` where the (shifted) S₀'s LU is regular (its pivot
     ratio above S0_RCOND_MIN) and so is C, with rcond = 1/(‖S‖₁ ‖S⁻¹‖₁) from the bound
     `LowRankS.norm1` and Higham and Tisseur's estimate of ‖S⁻¹‖₁
     (`scipy.sparse.linalg.onenormest`); otherwise by
     the LU of the bordered matrix (`BorderedLU`, pivot ratio as rcond); where that is singular
     too, S is made sparse and factored as such (truncated SVD)."""
+    layout = S.layout
     N = S.shape[0]
     if not (np.all(np.isfinite(S.S0.data)) and np.all(np.isfinite(S.Ub))
             and np.all(np.isfinite(S.Vb))):
@@ -1085,12 +1123,12 @@ def _factor_low_rank(S: LowRankS, layout: SparseLayout) -> Factor:
         C = np.eye(S.rank) + S.Vb.T @ lu0.solve(U)[S.Vr]
         lu, piv, info = sla.lapack.dgetrf(C) if S.rank else (C, np.zeros(0, np.int32), 0)
         if info == 0 and (not S.rank or _rcond_lu(lu, C) > RCOND_MIN):
-            wood = Woodbury(S, lu0, (lu, piv), layout.ordering_low_rank)
+            wood = Woodbury(S, lu0, (lu, piv))
             inverse = spla.LinearOperator(
                 S.shape, matvec=wood.apply, rmatvec=lambda r: wood.apply(r, "T"),
                 matmat=wood.apply, rmatmat=lambda r: wood.apply(r, "T"), dtype=float)
             with np.errstate(all="ignore"):
-                rc = 1.0 / (S.norm1() * spla.onenormest(inverse))
+                rc = 1.0 / (S.norm1() * spla.onenormest(inverse, t=1))
             if rc > RCOND_MIN:
                 return Factor(S, wood, rc, ordering=layout.ordering)
     K = bordered(S)

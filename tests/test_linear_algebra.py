@@ -268,3 +268,34 @@ def test_envelope_and_natural_ordering_guard():
     p = np.r_[1:n, 0]
     last_dense = first_dense[p][:, p].tocsc()
     assert _envelope(last_dense) <= 2 * n
+
+
+def test_low_rank_factorization_preconditions_a_nearby_s(monkeypatch):
+    """Where DΠ moved little (refinement's last step, the derivative after it), S = S₀ + U Vᵀ
+    is solved by iterative refinement with the previous factorization's formula (no new C,
+    no new condition estimate); where it moved much, S is factored anew. Both solve S to
+    rounding: checked against S made whole."""
+    import declarative.derivative as der
+    from declarative.cones import dproject
+
+    monkeypatch.setattr(der, "LOW_RANK_MIN", 0)
+    k = 12
+    layer = _spectraplex(k)
+    rng = np.random.default_rng(3)  # (solutions of rank 1 and 2)
+    Ys = rng.standard_normal((2, k, k))
+    fwd = layer.forward([(Ys + np.swapaxes(Ys, 1, 2)) / 2])
+    x, y, s, _ = fwd.state()
+    t = layer.template
+    first = der.Linearization(fwd._ops, dproject(y - s, t.dims, dual=True), dense=False)
+    assert all(isinstance(f.lu, der.Woodbury) for f in first.factors)
+    rhs = rng.standard_normal((2, t.n + t.m))
+    for shift, near in ((1e-10, True), (1e-2, False)):
+        v = y - s + shift * rng.standard_normal(y.shape)
+        lin = der.Linearization(fwd._ops, dproject(v, t.dims, dual=True), dense=False,
+                                reuse=first.factors)
+        assert all((f.near is not None) == near for f in lin.factors)
+        for transpose in (False, True):
+            got = lin.solve(rhs, transpose)
+            for b in range(2):
+                M = lin.factors[b].S.tocsc()
+                assert max_abs((M.T if transpose else M) @ got[b], rhs[b]) <= 1e-11
