@@ -61,9 +61,11 @@ ACCEPT_FORWARD = ACCURACY / 10
 ROUNDING = 8 * np.finfo(float).eps
 # An output that is zero (a projection onto a cone landing at its apex) has no relative
 # accuracy: its computed entries are rounding, a few ulps of its unit (what one unit of the
-# equilibrated program is in the output's units) times the conditioning. Any output is also
-# certified where its estimated error is at most ZERO_FLOOR of its unit.
-ZERO_FLOOR = 1e-12
+# equilibrated program is in the output's units) times the conditioning. An output whose
+# max-norm and estimated error are both at most ZERO_FLOOR of its unit (about 500 ulps) is
+# certified as that zero. (Not the error alone: where the data are large and the output
+# small, as for X ⪰ 0, tr X = 1 projecting a Y ~ 1e6, the unit is the data's scale.)
+ZERO_FLOOR = 1e-13
 # Below this max-norm in the equilibrated program (whose data have unit max-norm), an output
 # that a singular S leaves undetermined is not resolved (see Layer._forward_error_ok).
 RESOLVED = ACCURACY
@@ -1109,8 +1111,9 @@ class Layer:
         equilibration and ``recover`` in absolute values (|DΠ| ≤ 1 bounds y's error by
         v's). An output whose max-norm is at the rounding level of its unit (what one unit
         of the equilibrated program is in the output's units: a zero) is judged against
-        that unit, and any output whose error is at most ZERO_FLOOR of its unit passes (a
-        zero whose rounding, amplified by the conditioning, exceeds a few ulps).
+        that unit, and an output whose max-norm and error are both at most ZERO_FLOOR of its
+        unit passes (a zero whose rounding, amplified by the conditioning, exceeds a few
+        ulps).
 
         Where S is singular the estimate sees nothing along its null space. That is
         harmless where the null space moves no output (auxiliary variables that are not
@@ -1172,9 +1175,10 @@ class Layer:
             sl = slice(lo, lo + o.size)
             size = vals[:, sl].max(axis=1, initial=0.0)
             u = unit[:, sl].max(axis=1, initial=0.0)
+            e = err[:, sl].max(axis=1, initial=0.0)
+            zero = (size <= ZERO_FLOOR * u) & (e <= ZERO_FLOOR * u)
             size = np.where(size <= ROUNDING * u, u, size)
-            ok &= err[:, sl].max(axis=1, initial=0.0) <= np.maximum(ACCEPT_FORWARD * size,
-                                                                    ZERO_FLOOR * u)
+            ok &= (e <= ACCEPT_FORWARD * size) | zero
         out[idx] = ok
         return out
 

@@ -175,19 +175,19 @@ def test_box_projection_with_mixed_scales_in_one_instance():
         assert np.abs(J - np.diag(inside.astype(float))).max() <= 1e-8
 
 
+@pytest.mark.parametrize("k", (4, 12))
 @pytest.mark.parametrize("scale", SCALES)
-def test_psd_projection_of_negative_definite_matrices_is_zero(scale):
+def test_psd_projection_of_negative_definite_matrices_is_zero(scale, k):
     """Π_PSD(Y) = 0 for Y ≺ 0, whose Jacobian is 0 too (every eigenvalue negative): an output
     with no relative accuracy (its entries are rounding), certified against its unit. Beside
     it, an indefinite Y whose projection is U max(Λ, 0) Uᵀ with a Jacobian from the
     Daleckii–Krein formula, and a positive definite one (the identity map)."""
-    k = 4
     Y, X = cp.Parameter((k, k)), cp.Variable((k, k), PSD=True)
     layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(X - (Y + Y.T) / 2))), [Y], [X])
     rng = np.random.default_rng(11)
     Q, _ = np.linalg.qr(rng.standard_normal((k, k)))
-    spectra = [-np.array([1.0, 2.0, 3.0, 4.0]), np.array([-1.0, 2.0, -3.0, 4.0]),
-               np.array([1.0, 2.0, 3.0, 4.0])]
+    lam = np.linspace(1.0, 4.0, k)
+    spectra = [-lam, lam * np.where(np.arange(k) % 2, 1.0, -1.0), lam]
     Ys = np.array([(Q * lam) @ Q.T for lam in spectra]) * scale
     fwd = layer.forward([Ys], on_failure="nan")
     assert fwd.ok.all(), fwd.info.status
@@ -205,3 +205,31 @@ def test_psd_projection_of_negative_definite_matrices_is_zero(scale):
                 E = (E + E.T) / 2
                 jac[:, :, a, b] = Q @ (G * (Q.T @ E @ Q)) @ Q.T
         assert _check(fwd, i, (Q * f) @ Q.T * scale, jac, np.abs(Ys[i]).max())
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_spectraplex_projection_of_large_data_has_a_small_output(scale):
+    """argmin ‖X − Y‖ over X ⪰ 0, tr X = 1: whatever the scale of Y the output has trace 1,
+    so at large scales its unit (the data's) is far above its size, and it must still be
+    right to 1e-8 of its own size where it is reported solved (closed form: the simplex
+    projection of Y's eigenvalues). Solved up to scale 1; from 1e3 on the estimated forward
+    error (the output's conditioning against data ~1e3 larger) exceeds 1e-9 of its size and
+    the instances are reported inaccurate."""
+    k = 18
+    Y, X = cp.Parameter((k, k)), cp.Variable((k, k), PSD=True)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(X - (Y + Y.T) / 2)),
+                                  [cp.trace(X) == 1]), [Y], [X])
+    rng = np.random.default_rng(int(abs(np.log10(scale))) + 1)
+    Ys = rng.standard_normal((4, k, k)) * scale
+    Ys = (Ys + np.swapaxes(Ys, 1, 2)) / 2
+    fwd = layer.forward([Ys], on_failure="nan")
+    solved = 0
+    for i in range(4):
+        lam, U = np.linalg.eigh(Ys[i])
+        x = np.sort(lam)[::-1]
+        cs = (np.cumsum(x) - 1.0) / np.arange(1, k + 1)
+        tau = cs[np.flatnonzero(x > cs).max()]
+        solved += _check(fwd, i, (U * np.maximum(lam - tau, 0.0)) @ U.T, None,
+                         np.abs(Ys[i]).max())
+    if scale <= 1.0:
+        assert solved == 4
