@@ -455,7 +455,7 @@ class Factor:
         if not isinstance(mine, LowRankS) or mine.shape != S.shape \
                 or not self.rcond > RCOND_MIN:
             return False
-        z = _signs(S.shape[0])
+        z = sign_probe(S.shape[0])
         return bool(np.abs(S @ z - mine @ z).max(initial=0.0)
                     <= NEAR_RATE * self.rcond * mine.abs_max())
 
@@ -464,13 +464,10 @@ class Factor:
         if self._exact is None:
             S = self.S
             assert S is not None  # kept where ``near`` is set
-            if isinstance(S, LowRankS):
-                self._exact = _factor_low_rank(S)
-                return self._exact
             ordering = self.near.ordering if self.near is not None else None
             self._exact = _factor_one(S) if isinstance(S, np.ndarray) else \
-                _factor_sparse_one(S.tocsc() if isinstance(S, LowRankS) else S,
-                                   ordering or "COLAMD")
+                _factor_low_rank(S) if isinstance(S, LowRankS) else \
+                _factor_sparse_one(S, ordering or "COLAMD")
         return self._exact
 
 
@@ -726,9 +723,10 @@ def _refine(M: Any, solve: Callable[[np.ndarray], np.ndarray], rhs: np.ndarray,
     return None
 
 
-@functools.lru_cache(maxsize=8)
-def _signs(N: int) -> np.ndarray:
-    """A fixed ±1 probe vector of length N (read-only)."""
+@functools.lru_cache(maxsize=32)
+def sign_probe(N: int) -> np.ndarray:
+    """A fixed vector of random signs ±1 (N,), read-only: the same for every call, so that
+    results are deterministic."""
     z = np.where(np.random.default_rng(N).random(N) < 0.5, -1.0, 1.0)
     z.flags.writeable = False
     return z
@@ -945,8 +943,8 @@ def _low_rank_parts(ops: BatchOps, D: DProjection, layout: SparseLayout) -> list
 
 def _stack_columns(blocks: list[tuple[np.ndarray, np.ndarray]]
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """[M₁ M₂ …] side by side, each Mᵢ given by its nonzero rows (rows ascending... or not)
-    and their values (rowsᵢ, (|rowsᵢ|, ρᵢ)): as (the union of rows, ascending; their values)."""
+    """[M₁ M₂ …] side by side, each Mᵢ given as (its nonzero rows, their values (|rows|, ρᵢ)):
+    returned the same way, over the union of the rows (ascending)."""
     if len(blocks) == 1:
         return blocks[0]
     rows = np.unique(np.concatenate([r for r, _ in blocks]))
@@ -1072,7 +1070,7 @@ class Woodbury:
     formula solves S + εE instead of S. Every solve is iteratively refined on S itself
     (`_refine`), which removes that shift's error (a contraction of about ε‖S⁻¹‖ per step)
     and the formula's rounding (which grows with the conditioning of S₀ and C); should it not
-    converge, the solve goes through the bordered LU (`BorderedLU`) instead, made then."""
+    converge, the solve goes through the bordered LU (`_factor_bordered`) instead, made then."""
 
     def __init__(self, S: LowRankS, lu0: spla.SuperLU, C: tuple[np.ndarray, np.ndarray]
                  ) -> None:
@@ -1102,7 +1100,7 @@ class Woodbury:
         f, transpose = self._fallback, trans == "T"
         if f.rcond > RCOND_MIN:
             return _lu_solve(f, rhs, transpose)
-        if f.svd is not None or f.S is not None and f.lu is not None:
+        if f.svd is not None or f.S is not None:  # singular after all: least squares
             return _lstsq(f, rhs, transpose)
         return np.full_like(rhs, np.nan)
 
@@ -1110,10 +1108,8 @@ class Woodbury:
 def _factor_low_rank(S: LowRankS) -> Factor:
     """Factor S = S₀ + U Vᵀ: by `Woodbury` where the (shifted) S₀'s LU is regular (its pivot
     ratio above S0_RCOND_MIN) and so is C, with rcond = 1/(‖S‖₁ ‖S⁻¹‖₁) from the bound
-    `LowRankS.norm1` and Higham and Tisseur's estimate of ‖S⁻¹‖₁
-    (`scipy.sparse.linalg.onenormest`); otherwise by
-    the LU of the bordered matrix (`BorderedLU`, pivot ratio as rcond); where that is singular
-    too, S is made sparse and factored as such (truncated SVD)."""
+    `LowRankS.norm1` and Hager and Higham's estimate of ‖S⁻¹‖₁ (`scipy.sparse.linalg.onenormest`
+    with one column); otherwise by `_factor_bordered`."""
     layout = S.layout
     N = S.shape[0]
     if not (np.all(np.isfinite(S.S0.data)) and np.all(np.isfinite(S.Ub))

@@ -34,6 +34,7 @@ from declarative.derivative import (
     NonDifferentiableWarning,
     diagnose,
     newton_correction,
+    sign_probe,
     sparse_layout,
     use_dense,
 )
@@ -76,13 +77,6 @@ NULL_RTOL = 1e-12
 # A PSD (NSD) parameter value passes if its smallest (largest) eigenvalue is at least
 # −DEFINITE_RTOL·(1 + max |entry|) (at most +): the rounding of a matrix built definite.
 DEFINITE_RTOL = 1e-9
-
-
-@functools.lru_cache(maxsize=32)
-def _probe(N: int) -> np.ndarray:
-    """A fixed vector of random signs ±1 (N,): the same for every call, so that results
-    are deterministic."""
-    return np.where(np.random.default_rng(N).random(N) < 0.5, -1.0, 1.0)
 
 
 # SCS tolerance of the retry for instances refinement could not certify.
@@ -1142,7 +1136,7 @@ class Layer:
                 factors[i] = f
         pv = r.y[idx]
         den = r.den[idx]
-        xi = _probe(t.n + t.m)
+        xi = sign_probe(t.n + t.m)
         rhs = np.stack([r.F[idx], ROUNDING * den * xi], axis=2)
         fs = [factors[i] for i in idx]
         corr = newton_correction(fs, rhs)
