@@ -698,7 +698,17 @@ def _refined_solve(f: Factor, rhs: np.ndarray, transpose: bool) -> np.ndarray:
                         rhs, _abs_max(f.S))
         if x is not None:
             return x
-    return _lu_solve(f.exact(), rhs, transpose)
+    return _solve_factored(f.exact(), rhs, transpose)
+
+
+def _solve_factored(f: Factor, rhs: np.ndarray, transpose: bool) -> np.ndarray:
+    """S⁻¹ rhs (or S⁻ᵀ rhs) with a fresh factorization f of S: its LU where regular, least
+    squares where S turned out singular, NaN where neither is available."""
+    if f.rcond > RCOND_MIN:
+        return _lu_solve(f, rhs, transpose)
+    if f.svd is not None or f.S is not None:
+        return _lstsq(f, rhs, transpose)
+    return np.full_like(rhs, np.nan)
 
 
 def _refine(M: Any, solve: Callable[[np.ndarray], np.ndarray], rhs: np.ndarray,
@@ -1097,12 +1107,7 @@ class Woodbury:
             return x
         if self._fallback is None:
             self._fallback = _factor_bordered(self.S)
-        f, transpose = self._fallback, trans == "T"
-        if f.rcond > RCOND_MIN:
-            return _lu_solve(f, rhs, transpose)
-        if f.svd is not None or f.S is not None:  # singular after all: least squares
-            return _lstsq(f, rhs, transpose)
-        return np.full_like(rhs, np.nan)
+        return _solve_factored(self._fallback, rhs, trans == "T")
 
 
 def _factor_low_rank(S: LowRankS) -> Factor:

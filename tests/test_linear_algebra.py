@@ -299,3 +299,20 @@ def test_low_rank_factorization_preconditions_a_nearby_s(monkeypatch):
             for b in range(2):
                 M = lin.factors[b].S.tocsc()
                 assert max_abs((M.T if transpose else M) @ got[b], rhs[b]) <= 1e-11
+
+
+def test_refinement_that_finds_s_singular_falls_back_on_least_squares():
+    """A nearby factorization preconditions S; where S itself turns out singular the
+    refinement cannot converge and S's own factorization is singular too: the solve is then
+    S's least-squares solution (its pseudo-inverse), not an error."""
+    import declarative.derivative as der
+
+    rng = np.random.default_rng(0)
+    Q, _ = np.linalg.qr(rng.standard_normal((5, 5)))
+    S = (Q * np.array([3.0, 2.0, 1.0, 0.5, 0.0])) @ Q.T  # singular
+    near = der._factor_one(S + 0.3 * np.eye(5))
+    f = der.Factor(S, near.lu, near.rcond, near=near)
+    rhs = S @ rng.standard_normal(5)  # in S's range
+    x = der._refined_solve(f, rhs, transpose=False)
+    assert f._exact is not None and not f._exact.rcond > der.RCOND_MIN
+    assert max_abs(x, np.linalg.pinv(S) @ rhs) <= 1e-12
