@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import declarative as dl
+from declarative import problems
 from declarative.derivative import NonDifferentiableWarning
 
 EPS = np.finfo(float).eps
@@ -191,20 +192,10 @@ def test_psd_projection_of_negative_definite_matrices_is_zero(scale, k):
     Ys = np.array([(Q * lam) @ Q.T for lam in spectra]) * scale
     fwd = layer.forward([Ys], on_failure="nan")
     assert fwd.ok.all(), fwd.info.status
-    for i, lam in enumerate(spectra):
-        # Daleckii–Krein: dX = Q (Γ ∘ (Qᵀ dY_sym Q)) Qᵀ, Γ_ab = (f(λ_a) − f(λ_b))/(λ_a − λ_b)
-        f = np.maximum(lam, 0.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            G = (f[:, None] - f[None, :]) / (lam[:, None] - lam[None, :])
-        G[np.isnan(G)] = (lam > 0).astype(float)[np.flatnonzero(np.isnan(G)) // k]
-        jac = np.zeros((k, k, k, k))
-        for a in range(k):
-            for b in range(k):
-                E = np.zeros((k, k))
-                E[a, b] = 1.0
-                E = (E + E.T) / 2
-                jac[:, :, a, b] = Q @ (G * (Q.T @ E @ Q)) @ Q.T
-        assert _check(fwd, i, (Q * f) @ Q.T * scale, jac, np.abs(Ys[i]).max())
+    psd = problems.get("psd_projection")  # the closed forms, Daleckii–Krein for the Jacobian
+    for i in range(len(spectra)):
+        assert _check(fwd, i, psd.solution(Ys[i])[0], psd.jacobian(Ys[i])[0][0],
+                      np.abs(Ys[i]).max())
 
 
 @pytest.mark.parametrize("scale", SCALES)
@@ -223,13 +214,9 @@ def test_spectraplex_projection_of_large_data_has_a_small_output(scale):
     Ys = rng.standard_normal((4, k, k)) * scale
     Ys = (Ys + np.swapaxes(Ys, 1, 2)) / 2
     fwd = layer.forward([Ys], on_failure="nan")
+    spectraplex = problems.get("psd_trace_projection")  # its closed form
     solved = 0
     for i in range(4):
-        lam, U = np.linalg.eigh(Ys[i])
-        x = np.sort(lam)[::-1]
-        cs = (np.cumsum(x) - 1.0) / np.arange(1, k + 1)
-        tau = cs[np.flatnonzero(x > cs).max()]
-        solved += _check(fwd, i, (U * np.maximum(lam - tau, 0.0)) @ U.T, None,
-                         np.abs(Ys[i]).max())
+        solved += _check(fwd, i, spectraplex.solution(Ys[i])[0], None, np.abs(Ys[i]).max())
     if scale <= 1.0:
         assert solved == 4
