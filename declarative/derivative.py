@@ -487,7 +487,7 @@ class Linearization:
         self.dense = use_dense(t) if dense is None else dense
         B = D.batch_size
         # instances whose S is kept as S₀ + U Vᵀ (`LowRankS`): DΠ's dense PSD blocks never built
-        low = np.zeros(B, dtype=bool) if self.dense else _low_rank(t, D)
+        low, rank = (np.zeros(B, dtype=bool), 0) if self.dense else _low_rank(t, D)
         full = np.flatnonzero(~low)
         values = D.values() if full.size == B else \
             D.take(full).values() if full.size else np.zeros((0, 0))
@@ -519,7 +519,7 @@ class Linearization:
                     continue
                 layout = sparse_layout(t, psd)
                 # U and V: at most n + 2 Σ kk rows of ρ values
-                size = layout.nnz if psd else layout.nnz + int(D.psd_rank().max()) * (
+                size = layout.nnz if psd else layout.nnz + rank * (
                     t.n + 2 * sum(k * (k + 1) // 2 for k in t.dims.psd))
                 step = max(1, SPARSE_BLOCK_ENTRIES // max(1, size))
                 for lo in range(0, sub_build.size, step):
@@ -906,13 +906,16 @@ def _factor_sparse_one(S: sp.csc_matrix, ordering: str = "COLAMD",
     return Factor(S, lu, rc, _factor_one(S.toarray()).svd, ordering=ordering)
 
 
-def _low_rank(t: ConeTemplate, D: DProjection) -> np.ndarray:
+def _low_rank(t: ConeTemplate, D: DProjection) -> tuple[np.ndarray, int]:
     """(B,) bool: the instances whose S is kept as `LowRankS`, those whose PSD blocks of DΠ are
-    0 or I up to a term of rank ρ <= LOW_RANK_MAX·Σ kk (where Σ kk >= LOW_RANK_MIN)."""
+    0 or I up to a term of rank ρ <= LOW_RANK_MAX·Σ kk (where Σ kk >= LOW_RANK_MIN); and the
+    largest ρ among them."""
     total = sum(k * (k + 1) // 2 for k in t.dims.psd)
     if total < LOW_RANK_MIN:
-        return np.zeros(D.batch_size, dtype=bool)
-    return D.psd_rank() <= LOW_RANK_MAX * total
+        return np.zeros(D.batch_size, dtype=bool), 0
+    rank = D.psd_rank()
+    low = rank <= LOW_RANK_MAX * total
+    return low, int(rank[low].max(initial=0))
 
 
 def _low_rank_parts(ops: BatchOps, D: DProjection, layout: SparseLayout) -> list[LowRankS]:
@@ -930,19 +933,23 @@ def _low_rank_parts(ops: BatchOps, D: DProjection, layout: SparseLayout) -> list
                   for cones in parts]).reshape(B, -1)], axis=1)
     data0 = layout.values(ops, dvals0)
     del dvals0
-    cols = ops.cols
+    # A's pattern in each PSD block's rows, the same for every instance: its stored entries,
+    # their positions within the block, and the columns of u they reach
+    blocks = []
+    for idx, _, _, _ in parts[0] if parts else ():
+        where, local = layout.rows_of_A(idx)
+        touched, col = np.unique(ops.cols[where], return_inverse=True)
+        blocks.append((where, local, touched, col))
     out = []
     for j, cones in enumerate(parts):
         S0 = layout.matrix(data0[j]).copy()  # (the layout's own index arrays stay intact)
         S0.eliminate_zeros()
         Us, Vs, shift = [], [], []
-        for idx, base, Q, h in cones:
+        for (idx, base, Q, h), (where, local, touched, col) in zip(cones, blocks, strict=True):
             if base == 1.0:  # the block's rows of S₀'s v-block are 0 (see `Woodbury`)
                 shift.append(n + idx)
             Qh = Q * h
             # Aᵀ_K Qh from the stored entries of A in the block's rows
-            where, local = layout.rows_of_A(idx)
-            touched, col = np.unique(cols[where], return_inverse=True)
             AKt = sp.csr_matrix((ops.a[j, where], (col, local)), shape=(touched.size, idx.size))
             Us.append((np.concatenate([touched, n + idx]), np.vstack([AKt @ Qh, -Qh])))
             Vs.append((n + idx, Q))
