@@ -306,6 +306,23 @@ def _soc_blocks(coef) -> np.ndarray:
     return blk
 
 
+def _soc_low_rank(coef) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each second-order cone block of DΠ as base·I + Q diag(h) Qᵀ with Q's columns in the span
+    of e₀ and (0, x̂): (base (…,), R (…, 2, 2), h (…, 2)), Q = [e₀, (0, x̂)] R. With the
+    coefficients of `_soc` the block minus c·I is [[a − c, b x̂ᵀ], [b x̂, d x̂x̂ᵀ]], which is
+    W = [[a − c, b], [b, d]] in that orthonormal pair: base = c and (h, R) W's eigenpairs. Inside
+    the cone (DΠ = I) and in its polar (DΠ = 0) W = 0; in between its rank is 2."""
+    a, b, c, d, _ = coef
+    W = np.empty(a.shape + (2, 2))
+    W[..., 0, 0] = a - c
+    W[..., 0, 1] = W[..., 1, 0] = b
+    W[..., 1, 1] = d
+    bad = ~np.asarray(np.isfinite(W).all(axis=(-1, -2)))
+    h, R = np.linalg.eigh(np.where(bad[..., None, None], 0.0, W))
+    h[bad] = np.nan
+    return c, R, h
+
+
 # ----------------------------------------------------------------------------------------------
 # PSD cone
 # ----------------------------------------------------------------------------------------------
@@ -1042,21 +1059,29 @@ def block_pattern(dims: ConeDims) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(rows).astype(np.int64), np.concatenate(cols).astype(np.int64)
 
 
-def psd_entries(dims: ConeDims) -> np.ndarray:
-    """(nnz,) bool over `block_pattern`'s entries: those inside PSD blocks."""
+def group_entries(dims: ConeDims, groups: frozenset) -> np.ndarray:
+    """(nnz,) bool over `block_pattern`'s entries: those inside the blocks of ``groups``, a set
+    of ("soc", k) and ("psd", k) naming every second-order cone of size k or every PSD cone of
+    order k."""
     lay = _layout(dims)
     sizes = [lay.zero.stop - lay.zero.start, lay.nonneg.stop - lay.nonneg.start]
     kinds = [False, False]
-    for _, idx in lay.soc:
-        sizes.append(idx.size * idx.shape[1])
-        kinds.append(False)
-    for _, idx in lay.psd:
-        sizes.append(idx.size * idx.shape[1])
-        kinds.append(True)
+    for kind, group in (("soc", lay.soc), ("psd", lay.psd)):
+        for k, idx in group:
+            sizes.append(idx.size * idx.shape[1])
+            kinds.append((kind, k) in groups)
     sizes.append(lay.exp.size * lay.exp.shape[1] if lay.exp.size else 0)
     sizes.append(lay.pow.size * lay.pow.shape[1] if lay.pow.size else 0)
     kinds += [False, False]
     return np.repeat(np.array(kinds), sizes)
+
+
+def cone_groups(dims: ConeDims) -> tuple[tuple[str, int, int], ...]:
+    """("soc", k, count) and ("psd", k, count) for each size (order) of second-order (PSD)
+    cone in ``dims``, in `block_pattern`'s order."""
+    lay = _layout(dims)
+    return tuple((kind, k, idx.shape[0]) for kind, group in (("soc", lay.soc), ("psd", lay.psd))
+                 for k, idx in group)
 
 
 class DProjection:
@@ -1106,18 +1131,42 @@ class DProjection:
             yield self._pow
         yield self.point
 
-    def psd_columns(self, i: int) -> list[tuple[np.ndarray, float, np.ndarray, np.ndarray]]:
-        """Instance i's PSD blocks as (rows (kk,), base, Q (kk, ρ), h (ρ,)), one per PSD cone:
-        DΠ restricted to the block = base·I + Q diag(h) Qᵀ (see `_psd_columns`)."""
-        return [(idx[c], *_psd_columns(U[i, c], G[i, c], k))
-                for k, idx, (U, G) in self._psd for c in range(idx.shape[0])]
+    def low_rank_columns(self, i: int, groups: frozenset
+                         ) -> list[tuple[np.ndarray, float, np.ndarray, np.ndarray]]:
+        """Instance i's blocks of ``groups`` (see `group_entries`) as (rows (kk,), base,
+        Q (kk, ρ), h (ρ,)), one per cone, in `block_pattern`'s order: DΠ restricted to the
+        block = base·I + Q diag(h) Qᵀ (`_soc_low_rank`: base between 0 and 1, ρ <= 2;
+        `_psd_columns`: base 0 or 1)."""
+        out = []
+        for idx, coef in self._soc:
+            k = idx.shape[1]
+            if ("soc", k) not in groups:
+                continue
+            base, R, h = _soc_low_rank(tuple(x[i] for x in coef))
+            xh = coef[4][i]
+            for c in range(idx.shape[0]):
+                keep = np.flatnonzero(h[c] != 0)  # NaN (a non-finite block) included
+                Q = np.zeros((k, keep.size))
+                Q[0] = R[c, 0, keep]
+                Q[1:] = xh[c][:, None] * R[c, 1, keep]
+                out.append((idx[c], float(base[c]), Q, h[c, keep]))
+        for k, idx, (U, G) in self._psd:
+            if ("psd", k) in groups:
+                out += [(idx[c], *_psd_columns(U[i, c], G[i, c], k))
+                        for c in range(idx.shape[0])]
+        return out
 
-    def psd_rank(self) -> np.ndarray:
-        """(B,) Σ over PSD blocks of the rank ρ of DΠ − base·I (see `psd_columns`)."""
+    def low_rank(self, groups: frozenset) -> np.ndarray:
+        """(B,) Σ over the blocks of ``groups`` of the rank ρ of DΠ − base·I (see
+        `low_rank_columns`)."""
         out = np.zeros(self.batch_size, dtype=int)
+        for idx, coef in self._soc:
+            if ("soc", idx.shape[1]) in groups:
+                out += np.count_nonzero(_soc_low_rank(coef)[2], axis=(-1, -2))
         for k, _, (_, G) in self._psd:
-            I, J, _, _ = _svec_index(k)
-            out += np.minimum(*_psd_ranks(G[..., I, J])).sum(axis=-1)
+            if ("psd", k) in groups:
+                I, J, _, _ = _svec_index(k)
+                out += np.minimum(*_psd_ranks(G[..., I, J])).sum(axis=-1)
         return out
 
     def take(self, sel) -> DProjection:
@@ -1175,13 +1224,15 @@ class DProjection:
 
     rmatvec = matvec
 
-    def _blocks(self, sel, psd: bool = True):
-        """(idx (nc, k), blocks (b, nc, k, k)) per cone group, for batch rows ``sel`` (without
-        the PSD cones' unless ``psd``)."""
+    def _blocks(self, sel, skip: frozenset = frozenset()):
+        """(idx (nc, k), blocks (b, nc, k, k)) per cone group, for batch rows ``sel``, except
+        the groups in ``skip`` (see `group_entries`)."""
         for idx, coef in self._soc:
-            yield idx, _soc_blocks(tuple(x[sel] for x in coef))
-        for k, idx, (U, G) in self._psd if psd else ():
-            yield idx, _psd_blocks((U[sel], G[sel]), k)
+            if ("soc", idx.shape[1]) not in skip:
+                yield idx, _soc_blocks(tuple(x[sel] for x in coef))
+        for k, idx, (U, G) in self._psd:
+            if ("psd", k) not in skip:
+                yield idx, _psd_blocks((U[sel], G[sel]), k)
         if self._exp is not None:
             yield self._lay.exp, self._exp[sel]
         if self._pow is not None:
@@ -1201,15 +1252,15 @@ class DProjection:
             out[:, idx[:, :, None], idx[:, None, :]] = blk
         return out if self.batched else out[0]
 
-    def values(self, psd: bool = True) -> np.ndarray:
-        """The entries of DΠ on `block_pattern` (same order), for the batch: (B, nnz); with
-        ``psd=False`` only those outside PSD blocks (`psd_entries` false), without building
-        the dense PSD blocks."""
+    def values(self, skip: frozenset = frozenset()) -> np.ndarray:
+        """The entries of DΠ on `block_pattern` (same order), for the batch: (B, nnz); only
+        those outside the blocks of ``skip`` (`group_entries` false), without building those
+        blocks."""
         lay = self._lay
         B = self.batch_size
         parts = [np.full((B, lay.zero.stop - lay.zero.start), 1.0 if self.dual else 0.0),
                  self._nonneg]
-        parts += [blk.reshape(B, -1) for _, blk in self._blocks(slice(None), psd)]
+        parts += [blk.reshape(B, -1) for _, blk in self._blocks(slice(None), skip)]
         return np.concatenate(parts, axis=1)
 
     def sparse(self, i: int = 0) -> sp.csr_matrix:

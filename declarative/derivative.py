@@ -47,9 +47,10 @@ from declarative.compile import ConeTemplate, times_t
 from declarative.cones import (
     DProjection,
     block_pattern,
+    cone_groups,
     dproject,
+    group_entries,
     project,
-    psd_entries,
     release_kinks,
     snap_kinks,
 )
@@ -60,8 +61,9 @@ from declarative.parallel import parallel_map
 # model says is cheaper: dense ≈ DENSE_COST·N³, sparse ≈ SPARSE_COST + SPARSE_FILL_COST·fill
 # (µs; fill = nnz(L + U) of a probe factorization of S's pattern, made once per template;
 # the coefficients are fitted to timings of both on the zoo). Always dense up to DENSE_ALWAYS,
-# never above DENSE_MAX. Singular sparse systems up to SVD_MAX are handled by a dense truncated
-# SVD, larger ones by LSMR.
+# never above DENSE_MAX. A singular dense S is solved by its truncated SVD (`TruncatedSVD`), a
+# singular sparse one by its pseudo-inverse from a sparse LU (`SparsePinv`); where that fails,
+# by a dense truncated SVD up to SVD_MAX, and by LSMR above.
 DENSE_ALWAYS = 64
 DENSE_MAX = 2000
 DENSE_COST = 2.5e-5
@@ -78,6 +80,11 @@ SVD_MAX = 3000
 # (kk = 153), k = 25 2.7× faster, k = 10 1.5× slower.
 LOW_RANK_MAX = 1 / 3
 LOW_RANK_MIN = 150
+# A second-order cone block of DΠ is base·I plus a term of rank <= 2 (`cones._soc_low_rank`);
+# from this size on S keeps it so (`low_rank_groups`), not as a dense k × k block. l2-ball
+# projection, forward and backward, batch 16, against the dense block: n = 60 120 against
+# 98 ms, n = 80 127 against 150 ms, n = 200 145 against 716 ms.
+SOC_LOW_RANK_MIN = 80
 # S₀ of the low-rank form (`Woodbury`) is used only where its LU's pivot ratio exceeds
 # S0_RCOND_MIN (else the bordered LU, which needs no S₀⁻¹); the LUs of the last LU0_KEPT distinct
 # S₀ are kept with the template.
@@ -97,8 +104,14 @@ DENSE_BLOCK = 64
 # assembly's sources and the bordered path's S₀, U, V are a block's: PSD projection with a trace
 # constraint at k = 50 holds 3.3M entries per instance).
 SPARSE_BLOCK_ENTRIES = 1 << 24
-# LSMR on singular systems above SVD_MAX: its stopping tolerances (near double precision) and
-# iteration limit (a multiple of the system's size).
+# `SparsePinv`: at most this many iterated-Tikhonov steps per solve; its null space from a
+# block of PINV_BLOCK vectors (doubled while all come out null), PINV_POWER_STEPS inverse
+# iterations.
+PINV_STEPS = 6
+PINV_BLOCK = 4
+PINV_POWER_STEPS = 3
+# LSMR on singular systems whose pseudo-inverse is not at hand: its stopping tolerances (near
+# double precision) and iteration limit (a multiple of the system's size).
 LSMR_TOL = 1e-14
 LSMR_ITERS_PER_ROW = 10
 # A system whose reciprocal condition estimate is below this is treated as singular and
@@ -248,14 +261,15 @@ class SparseLayout:
     identity. ``assemble`` sums the sources into S's CSC data, for a whole batch at once.
     """
 
-    def __init__(self, t: ConeTemplate, psd: bool = True) -> None:
+    def __init__(self, t: ConeTemplate, low_rank: bool = False) -> None:
         n, m = t.n, t.m
         N = n + m
         Ar, Ac = t.rows_cols()
         Dr, Dc = block_pattern(t.dims)
-        if not psd:  # S₀ of `LowRankS`: DΠ's PSD blocks reduced to their diagonals (base·I),
-            # after the other entries (the order of ``DProjection.values(psd=False)``)
-            inside = psd_entries(t.dims)
+        if low_rank:  # S₀ of `LowRankS`: DΠ's blocks of `low_rank_groups` reduced to their
+            # diagonals (base·I), after the other entries (the order of ``DProjection.values``
+            # skipping those groups)
+            inside = group_entries(t.dims, low_rank_groups(t))
             diagonal = inside & (Dr == Dc)
             Dr = np.concatenate([Dr[~inside], Dr[diagonal]])
             Dc = np.concatenate([Dc[~inside], Dc[diagonal]])
@@ -353,13 +367,13 @@ class SparseLayout:
         return lu
 
 
-def sparse_layout(t: ConeTemplate, psd: bool = True) -> SparseLayout:
-    """The template's `SparseLayout` (with ``psd=False``: of S₀, see `LowRankS`), built once and
+def sparse_layout(t: ConeTemplate, low_rank: bool = False) -> SparseLayout:
+    """The template's `SparseLayout` (with ``low_rank``: of S₀, see `LowRankS`), built once and
     kept with the template."""
-    key = "sparse_layout" if psd else "sparse_layout_low_rank"
+    key = "sparse_layout_low_rank" if low_rank else "sparse_layout"
     layout = t.derived.get(key)
     if layout is None:
-        layout = SparseLayout(t, psd)
+        layout = SparseLayout(t, low_rank)
         t.derived[key] = layout
     return layout
 
@@ -389,7 +403,8 @@ class Inverse:
 @dataclass
 class Factor:
     """One instance's S, factored: LU (dense (lu, piv) or SuperLU), condition estimate, and
-    the truncated SVD (U, σ, Vᵀ, null space) where S is (nearly) singular.
+    where S is (nearly) singular its pseudo-inverse: `TruncatedSVD` (dense S) or
+    `SparsePinv` (sparse S), both giving S⁺ solves, S's null space and range tests.
 
     With ``near`` set, ``lu`` factors not S but a nearby matrix (``near.S``): solves then
     run iterative refinement on S with that LU as preconditioner (see `_refined_solve`).
@@ -407,7 +422,7 @@ class Factor:
     # of S's bordered form (`BorderedLU`); or None
     lu: tuple[np.ndarray, np.ndarray] | Inverse | spla.SuperLU | BorderedLU | Woodbury | None
     rcond: float
-    svd: tuple | None = None
+    pinv: TruncatedSVD | SparsePinv | None = None
     near: Factor | None = None
     ordering: str | None = None  # SuperLU's column ordering (sparse path)
     dvals: np.ndarray | None = None  # DΠ's values S was built with (A and P: the instance's)
@@ -428,7 +443,9 @@ class Factor:
             return None
         return S.data, mine.data
 
-    def same_matrix(self, S: np.ndarray | sp.csc_matrix) -> bool:
+    def same_matrix(self, S: np.ndarray | sp.csc_matrix | LowRankS) -> bool:
+        if isinstance(S, LowRankS):
+            return isinstance(self.S, LowRankS) and S.equals(self.S)
         vals = self._values(S)
         return vals is not None and np.array_equal(*vals)
 
@@ -514,19 +531,18 @@ class Linearization:
                                      dvals, None)
                 del S
         else:  # likewise, SPARSE_BLOCK_ENTRIES entries of S (or of S₀ and U, V) at a time
-            for sub_build, psd in ((build[~low[build]], True), (build[low[build]], False)):
+            for sub_build, reduced in ((build[~low[build]], False), (build[low[build]], True)):
                 if not sub_build.size:
                     continue
-                layout = sparse_layout(t, psd)
-                # U and V: at most n + 2 Σ kk rows of ρ values
-                size = layout.nnz if psd else layout.nnz + rank * (
-                    t.n + 2 * sum(k * (k + 1) // 2 for k in t.dims.psd))
+                layout = sparse_layout(t, reduced)
+                # U and V: at most n + 2m rows of ρ values
+                size = layout.nnz + rank * (t.n + 2 * t.m) if reduced else layout.nnz
                 step = max(1, SPARSE_BLOCK_ENTRIES // max(1, size))
                 for lo in range(0, sub_build.size, step):
                     part = sub_build[lo : lo + step]
                     whole = part.size == B
                     sub = ops if whole else ops.take(part)
-                    if psd:
+                    if not reduced:
                         data = layout.values(sub, np.stack([dvals[i] for i in part.tolist()]))
                         mats: dict = {i: layout.matrix(data[j])
                                       for j, i in enumerate(part.tolist())}
@@ -558,7 +574,7 @@ class Linearization:
                 elif f.near_matrix(S):  # refinement's last step moved S a little
                     # (of the nearby matrix only its LU is used: its S is not kept)
                     factors[i] = Factor(S, f.lu, f.rcond,
-                                        near=replace(f.near or f, S=None, svd=None))
+                                        near=replace(f.near or f, S=None, pinv=None))
         todo = [i for i in mats if factors[i] is None]
         fn: Callable[[Any], Factor] | None = _factor_one
         if layout is None:
@@ -589,9 +605,10 @@ class Linearization:
         return len(todo)
 
     def null_space(self, i: int) -> np.ndarray | None:
-        """Right null space of a singular S_i, (N, k); None if S_i is regular or too large."""
-        svd = self.factors[i].svd
-        return None if svd is None else svd[3]
+        """Right null space of a singular S_i, (N, k); None if S_i is regular or its
+        pseudo-inverse is not at hand."""
+        pinv = self.factors[i].pinv
+        return None if pinv is None else pinv.null
 
     # -- solves --------------------------------------------------------------------
     def solve(self, rhs: np.ndarray, transpose: bool = False, iterative: bool = True
@@ -599,8 +616,8 @@ class Linearization:
         """S⁻¹ rhs (or S⁻ᵀ rhs) per instance; least squares where S is singular.
 
         ``rhs`` is (B, N) or (B, N, K) for K right-hand sides per instance. With
-        ``iterative=False``, a singular S too large for a dense SVD gives NaN instead of
-        an (expensive) LSMR solution.
+        ``iterative=False``, a singular S without a pseudo-inverse gives NaN instead of an
+        (expensive) LSMR solution.
         """
         out = np.empty_like(rhs)
         stacked, inv = _inverses(self.factors, ~self.singular)
@@ -619,7 +636,7 @@ class Linearization:
             return np.full_like(rhs, np.nan)
         f = self.factors[i]
         if self.singular[i]:
-            if f.svd is None and not iterative:
+            if f.pinv is None and not iterative:
                 return np.full_like(rhs, np.nan)
             return _lstsq(f, rhs, transpose)
         if f.near is not None:
@@ -640,13 +657,13 @@ def newton_correction(factors: list[Factor], F: np.ndarray) -> np.ndarray:
     rest[stacked] = False
     for i in np.flatnonzero(rest):
         f = factors[i]
-        if not np.all(np.isfinite(F[i])) or f.lu is None and f.svd is None:
+        if not np.all(np.isfinite(F[i])) or f.lu is None and f.pinv is None:
             out[i] = np.nan
         elif f.rcond > RCOND_MIN:
             out[i] = -(_refined_solve(f, F[i], False) if f.near is not None
                        else _lu_solve(f, F[i], False))
-        elif f.svd is not None:
-            out[i] = -_lstsq(f, F[i], False)
+        elif f.pinv is not None:
+            out[i] = -f.pinv.solve(F[i], False)
         else:
             out[i] = np.nan
     return out
@@ -706,7 +723,7 @@ def _solve_factored(f: Factor, rhs: np.ndarray, transpose: bool) -> np.ndarray:
     squares where S turned out singular, NaN where neither is available."""
     if f.rcond > RCOND_MIN:
         return _lu_solve(f, rhs, transpose)
-    if f.svd is not None or f.S is not None:
+    if f.pinv is not None or f.S is not None:
         return _lstsq(f, rhs, transpose)
     return np.full_like(rhs, np.nan)
 
@@ -759,11 +776,8 @@ def _lstsq(f: Factor, r: np.ndarray, transpose: bool) -> np.ndarray:
     this is the exact, unique derivative, and the transposed solve is exactly its adjoint,
     since (S⁺)ᵀ = (Sᵀ)⁺.
     """
-    if f.svd is not None:
-        U, sv, Vt, _ = f.svd
-        if transpose:
-            return U @ ((Vt @ r) / (sv if r.ndim == 1 else sv[:, None]))
-        return Vt.T @ ((U.T @ r) / (sv if r.ndim == 1 else sv[:, None]))
+    if f.pinv is not None:
+        return f.pinv.solve(r, transpose)
     S = f.S.tocsc() if isinstance(f.S, LowRankS) else f.S
     assert S is not None  # kept where S is singular
     if isinstance(S, np.ndarray) or not np.all(np.isfinite(S.data)):  # nothing to solve
@@ -806,12 +820,28 @@ def _factor_one(S: np.ndarray) -> Factor:
     # (warnings filters are not thread-safe, and this runs in worker threads).
     lu, piv, info = sla.lapack.dgetrf(S)
     rc = _rcond_lu(lu, S) if info == 0 else 0.0
-    svd = None
-    if not rc > RCOND_MIN:
+    return Factor(S, (lu, piv), rc, None if rc > RCOND_MIN else TruncatedSVD(S))
+
+
+class TruncatedSVD:
+    """S⁺ of a dense, singular S by its SVD, singular values below PINV_RTOL·σ_max dropped:
+    S = U diag(σ) Vᵀ over the kept ones, ``null`` an orthonormal basis of the rest (N, k)."""
+
+    def __init__(self, S: np.ndarray) -> None:
         U, sv, Vt = np.linalg.svd(S)
         r = int(np.count_nonzero(sv > PINV_RTOL * sv[0])) if sv.size else 0
-        svd = (U[:, :r], sv[:r], Vt[:r], Vt[r:].T)
-    return Factor(S, (lu, piv), rc, svd)
+        self.U, self.sv, self.Vt, self.null = U[:, :r], sv[:r], Vt[:r], Vt[r:].T
+
+    def solve(self, rhs: np.ndarray, transpose: bool = False) -> np.ndarray:
+        """S⁺ rhs (S⁺ᵀ rhs), rhs (N,) or (N, K)."""
+        sv = self.sv if rhs.ndim == 1 else self.sv[:, None]
+        if transpose:
+            return self.U @ ((self.Vt @ rhs) / sv)
+        return self.Vt.T @ ((self.U.T @ rhs) / sv)
+
+    def range_miss(self, rhs: np.ndarray) -> np.ndarray:
+        """rhs − S S⁺ rhs: the part of rhs (N, K) outside S's range."""
+        return rhs - self.U @ (self.U.T @ rhs)
 
 
 def _factor_stack(S: np.ndarray) -> list[Factor]:
@@ -892,8 +922,9 @@ def _envelope(S: sp.csc_matrix) -> int:
 
 def _factor_sparse_one(S: sp.csc_matrix, ordering: str = "COLAMD",
                        supernodes: bool = True) -> Factor:
-    """SuperLU of one sparse S (pivot-ratio condition estimate), and a truncated SVD if it is
-    singular and small enough to densify."""
+    """SuperLU of one sparse S (pivot-ratio condition estimate), and where it is singular its
+    pseudo-inverse (`SparsePinv`; should that fail, a truncated SVD where S is small enough to
+    densify)."""
     if not np.all(np.isfinite(S.data)):
         return Factor(S, None, 0.0)
     try:
@@ -901,39 +932,160 @@ def _factor_sparse_one(S: sp.csc_matrix, ordering: str = "COLAMD",
         rc = _pivot_ratio(lu)
     except RuntimeError:  # exactly singular
         lu, rc = None, 0.0
-    if rc > RCOND_MIN or S.shape[0] > SVD_MAX:
+    if rc > RCOND_MIN:
         return Factor(S, lu, rc, ordering=ordering)
-    return Factor(S, lu, rc, _factor_one(S.toarray()).svd, ordering=ordering)
+    pinv: SparsePinv | TruncatedSVD | None = SparsePinv.factor(S, ordering)
+    if pinv is None and S.shape[0] <= SVD_MAX:
+        pinv = TruncatedSVD(S.toarray())
+    return Factor(S, lu, rc, pinv, ordering=ordering)
+
+
+class SparsePinv:
+    """S⁺ of a singular sparse S, without densifying it: one sparse LU of the augmented matrix
+
+        K = [[δI, S], [Sᵀ, −δI]],   δ = √u·σ̂,  σ̂ = √(‖S‖₁‖S‖∞) >= σ_max(S),
+
+    regular (its eigenvalues are ±√(σᵢ² + δ²), its condition about σ̂/δ = u^(-1/2)). Its solves
+    give Tikhonov's regularized least-squares solutions
+
+        K [p; q] = [r; 0]:  q = (SᵀS + δ²I)⁻¹ Sᵀ r,      K [p; q] = [0; r]:  p = (SSᵀ + δ²I)⁻¹ S r.
+
+    ``null`` (``left``): an orthonormal basis of S's right (left) null space, by subspace
+    (inverse) iteration with (SᵀS + δ²I)⁻¹ (K [p; q] = [0; −z/δ] gives q; (SSᵀ + δ²I)⁻¹:
+    K [p; q] = [z/δ; 0] gives p) from a fixed random block, which amplifies the null space by
+    1/δ² against 1/(σ² + δ²) elsewhere, then Rayleigh–Ritz (the SVD of S Z, Z orthonormal):
+    the Ritz vectors whose values are at most PINV_RTOL·σ̂. The block doubles while every one
+    of its vectors comes out null.
+
+    ``solve``: iterated Tikhonov regularization, x ← x + T(r − S x) (Engl, Hanke and Neubauer,
+    *Regularization of Inverse Problems*, §5.1), each iterate projected off the null space
+    (for Sᵀ, the left one). It converges to S⁺r (S⁺ᵀr) at the rate δ²/(σ² + δ²) in the
+    direction of each singular value σ; the projection removes what rounding in T leaves along
+    the null space, amplified by 1/δ² where r is not in S's range."""
+
+    def __init__(self, S: sp.csc_matrix, lu: spla.SuperLU, delta: float, scale: float) -> None:
+        self.S, self.lu, self.delta, self.scale = S, lu, delta, scale
+        self._null: dict[bool, np.ndarray] = {}
+
+    @classmethod
+    def factor(cls, S: sp.csc_matrix, ordering: str | None = None) -> SparsePinv | None:
+        """K's LU, or None where S is not finite or K's LU fails."""
+        if not np.all(np.isfinite(S.data)):
+            return None
+        absS = abs(S)
+        scale = float(np.sqrt(np.asarray(absS.sum(axis=0)).max(initial=0.0)
+                              * np.asarray(absS.sum(axis=1)).max(initial=0.0)))
+        if not scale > 0:
+            return None
+        delta = np.sqrt(np.finfo(float).eps) * scale
+        eye = sp.identity(S.shape[0], format="csc")
+        K = sp.bmat([[delta * eye, S], [S.T, -delta * eye]], format="csc")
+        try:
+            lu = spla.splu(K, permc_spec=ordering or "COLAMD")
+        except RuntimeError:
+            return None
+        return cls(S, lu, delta, scale)
+
+    def _tikhonov(self, r: np.ndarray, transpose: bool) -> np.ndarray:
+        N = self.S.shape[0]
+        zero = np.zeros_like(r)
+        sol = self.lu.solve(np.concatenate([zero, r] if transpose else [r, zero]))
+        return sol[:N] if transpose else sol[N:]
+
+    def solve(self, rhs: np.ndarray, transpose: bool = False) -> np.ndarray:
+        """S⁺ rhs (S⁺ᵀ rhs), rhs (N,) or (N, K): iterated Tikhonov until a step changes x by
+        at most 4u of its max-norm (at most PINV_STEPS steps)."""
+        M = self.S.T if transpose else self.S
+        Z = self._null_space(transpose)
+        x = np.zeros_like(rhs)
+        for _ in range(PINV_STEPS):
+            dx = self._tikhonov(rhs - M @ x, transpose)
+            dx -= Z @ (Z.T @ dx)
+            x = x + dx
+            if np.abs(dx).max(initial=0.0) <= 4 * np.finfo(float).eps * np.abs(x).max(
+                    initial=0.0):
+                break
+        return x
+
+    def range_miss(self, rhs: np.ndarray) -> np.ndarray:
+        """rhs − S S⁺ rhs: the part of rhs (N, K) outside S's range."""
+        return rhs - self.S @ self.solve(rhs)
+
+    @property
+    def null(self) -> np.ndarray:
+        """Orthonormal basis of S's right null space, (N, k); computed on first use."""
+        return self._null_space(False)
+
+    def _null_space(self, left: bool) -> np.ndarray:
+        """S's right (``left``: left) null space, computed once."""
+        Z = self._null.get(left)
+        if Z is None:
+            Z = self._null[left] = self._iterate(left)
+        return Z
+
+    def _iterate(self, left: bool) -> np.ndarray:
+        N = self.S.shape[0]
+        M = self.S.T if left else self.S
+        rng = np.random.default_rng(0)
+        k = min(N, PINV_BLOCK)
+        while True:
+            Z = np.linalg.qr(rng.standard_normal((N, k)))[0]
+            zero = np.zeros((N, k))
+            for _ in range(PINV_POWER_STEPS):
+                if left:
+                    Z = self.lu.solve(np.concatenate([Z / self.delta, zero]))[:N]
+                else:
+                    Z = self.lu.solve(np.concatenate([zero, -Z / self.delta]))[N:]
+                Z = np.linalg.qr(Z)[0]
+            _, sv, Wt = np.linalg.svd(M @ Z, full_matrices=False)
+            null = sv <= PINV_RTOL * self.scale
+            if not null.all() or k >= N:
+                return Z @ Wt[null].T
+            k = min(N, 2 * k)
+
+
+def low_rank_groups(t: ConeTemplate) -> frozenset:
+    """The cone groups (see `cones.group_entries`) whose blocks of DΠ S may keep as base·I plus
+    a low-rank term (`LowRankS`): every PSD cone where Σ kk >= LOW_RANK_MIN, and second-order
+    cones of size >= SOC_LOW_RANK_MIN. Depends on the template alone."""
+    groups = cone_groups(t.dims)
+    psd = sum(count * k * (k + 1) // 2 for kind, k, count in groups if kind == "psd")
+    return frozenset((kind, k) for kind, k, _ in groups
+                     if (kind == "psd" and psd >= LOW_RANK_MIN)
+                     or (kind == "soc" and k >= SOC_LOW_RANK_MIN))
 
 
 def _low_rank(t: ConeTemplate, D: DProjection) -> tuple[np.ndarray, int]:
-    """(B,) bool: the instances whose S is kept as `LowRankS`, those whose PSD blocks of DΠ are
-    0 or I up to a term of rank ρ <= LOW_RANK_MAX·Σ kk (where Σ kk >= LOW_RANK_MIN); and the
-    largest ρ among them."""
-    total = sum(k * (k + 1) // 2 for k in t.dims.psd)
-    if total < LOW_RANK_MIN:
+    """(B,) bool: the instances whose S is kept as `LowRankS`, those whose blocks of
+    `low_rank_groups` are base·I up to a term of rank ρ <= LOW_RANK_MAX·Σ kk (Σ over those
+    blocks' sizes); and the largest ρ among them."""
+    groups = low_rank_groups(t)
+    if not groups:
         return np.zeros(D.batch_size, dtype=bool), 0
-    rank = D.psd_rank()
+    total = sum(count * (k if kind == "soc" else k * (k + 1) // 2)
+                for kind, k, count in cone_groups(t.dims) if (kind, k) in groups)
+    rank = D.low_rank(groups)
     low = rank <= LOW_RANK_MAX * total
     return low, int(rank[low].max(initial=0))
 
 
 def _low_rank_parts(ops: BatchOps, D: DProjection, layout: SparseLayout) -> list[LowRankS]:
     """S = S₀ + U Vᵀ (`LowRankS`) for each instance of ``ops``: DΠ_K = base·I + Q diag(h) Qᵀ
-    on each PSD block K (`DProjection.psd_columns`), so S₀ is S at DΠ_K = base·I (sparse,
-    ``layout``'s pattern, explicit zeros dropped), U = [Aᵀ_K; −E_K] Q diag(h) and V = E_K Q
-    (E_K: the PSD rows of the v-block)."""
+    on each block K of `low_rank_groups` (`DProjection.low_rank_columns`), so S₀ is S at
+    DΠ_K = base·I (sparse, ``layout``'s pattern, explicit zeros dropped),
+    U = [Aᵀ_K; −E_K] Q diag(h) and V = E_K Q (E_K: the block's rows of the v-block)."""
     t = ops.template
     n = t.n
     B = D.batch_size
-    parts = [D.psd_columns(j) for j in range(B)]
+    groups = low_rank_groups(t)
+    parts = [D.low_rank_columns(j, groups) for j in range(B)]
     dvals0 = np.concatenate([
-        D.values(psd=False),
+        D.values(skip=groups),
         np.array([np.concatenate([np.full(idx.size, b) for idx, b, _, _ in cones])
                   for cones in parts]).reshape(B, -1)], axis=1)
     data0 = layout.values(ops, dvals0)
     del dvals0
-    # A's pattern in each PSD block's rows, the same for every instance: its stored entries,
+    # A's pattern in each block's rows, the same for every instance: its stored entries,
     # their positions within the block, and the columns of u they reach
     blocks = []
     for idx, _, _, _ in parts[0] if parts else ():
@@ -985,7 +1137,7 @@ class LowRankS:
                  V: tuple[np.ndarray, np.ndarray], zero_rows: np.ndarray,
                  layout: SparseLayout) -> None:
         self.S0 = S0
-        self.layout = layout  # S₀'s (`sparse_layout(t, psd=False)`): its LUs and orderings
+        self.layout = layout  # S₀'s (`sparse_layout(t, low_rank=True)`): its LUs and orderings
         self.Ur, self.Ub = U
         self.Vr, self.Vb = V
         self.shape = S0.shape
@@ -1014,6 +1166,15 @@ class LowRankS:
         r = self.zero_rows
         return (self.S0 + sp.csc_matrix((np.full(r.size, eps), (r, r)), shape=self.shape)
                 ).tocsc()
+
+    def equals(self, other: LowRankS) -> bool:
+        """Whether ``other`` holds the same S₀, U and V, exactly."""
+        a, b = self.S0, other.S0
+        return a.shape == b.shape and np.array_equal(a.indptr, b.indptr) \
+            and np.array_equal(a.indices, b.indices) and np.array_equal(a.data, b.data) \
+            and all(np.array_equal(x, y) for x, y in (
+                (self.Ur, other.Ur), (self.Ub, other.Ub), (self.Vr, other.Vr),
+                (self.Vb, other.Vb)))
 
     def abs_max(self) -> float:
         """An upper bound of S's largest entry: |S₀|'s plus max ‖U_i‖₂ · max ‖V_j‖₂."""
@@ -1147,8 +1308,7 @@ def _factor_low_rank(S: LowRankS) -> Factor:
 
 def _factor_bordered(S: LowRankS) -> Factor:
     """The LU of S's bordered matrix (`BorderedLU`, pivot ratio as rcond); where that is
-    singular, S made sparse and factored as such (`_factor_sparse_one`: truncated SVD where
-    small enough)."""
+    singular, S made sparse and factored as such (`_factor_sparse_one`: its pseudo-inverse)."""
     layout = S.layout
     K = bordered(S)
     if layout.ordering_low_rank is None:
@@ -1160,7 +1320,9 @@ def _factor_bordered(S: LowRankS) -> Factor:
         rc = 0.0
     if rc > RCOND_MIN:
         return Factor(S, BorderedLU(lub, S.shape[0]), rc, ordering=layout.ordering)
-    return _factor_sparse_one(S.tocsc(), layout.ordering or "COLAMD", layout.supernodes)
+    # (S kept in its low-rank form: a later S is compared with it, `Factor.same_matrix`)
+    return replace(_factor_sparse_one(S.tocsc(), layout.ordering or "COLAMD",
+                                      layout.supernodes), S=S)
 
 
 def _pivot_ratio(lu: spla.SuperLU) -> float:
@@ -1241,11 +1403,11 @@ class ConeSolution:
         R = sp.csr_matrix(recover)
         row_norm = np.asarray(abs(R).sum(axis=1)).ravel()
         for i in np.flatnonzero(self.lin.singular).tolist():
-            svd = self.lin.factors[i].svd
-            if svd is None:  # no SVD (non-finite or sparse path): cannot tell, so say so
+            pinv = self.lin.factors[i].pinv
+            if pinv is None:  # no pseudo-inverse (S not finite): cannot tell, so say so
                 out[i] = True
                 continue
-            U, N = svd[0], svd[3]
+            N = pinv.null
             if N.shape[1]:
                 # in the (equilibrated) program's coordinates, where every variable is O(1):
                 # R's rows weighted by what one unit there is in the user's units
@@ -1257,7 +1419,7 @@ class ConeSolution:
                 out[i] = bool((moved > bound).any())
             if not out[i] and directions is not None:
                 rhs = self._rhs(i, *directions)
-                miss = np.abs(rhs - U @ (U.T @ rhs)).max(axis=0, initial=0.0)
+                miss = np.abs(pinv.range_miss(rhs)).max(axis=0, initial=0.0)
                 out[i] = bool(np.any(miss > TIE_RTOL * np.abs(rhs).max(axis=0, initial=0.0)))
         return out
 

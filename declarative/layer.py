@@ -71,8 +71,9 @@ ZERO_FLOOR = 1e-13
 # that a singular S leaves undetermined is not resolved (see Layer._forward_error_ok).
 RESOLVED = ACCURACY
 # An output that S's null space moves by less than this, relative to the rounding of the same
-# product (`Layer._null_space_moves`), is unmoved: the null vectors of a dense SVD are
-# accurate to about ε·‖S‖ over the smallest nonzero singular value.
+# product (`Layer._null_space_moves`), is unmoved: null vectors (a dense SVD's, or
+# `SparsePinv`'s Rayleigh–Ritz vectors) are accurate to about ε·‖S‖ over the smallest nonzero
+# singular value.
 NULL_RTOL = 1e-12
 # A PSD (NSD) parameter value passes if its smallest (largest) eigenvalue is at least
 # −DEFINITE_RTOL·(1 + max |entry|) (at most +): the rounding of a matrix built definite.
@@ -1073,13 +1074,13 @@ class Layer:
         ``f`` factored move it? The outputs change along a null vector w = (w_u, w_v) by
         R (w_u, DΠ(v) w_v) (R: ``template.recover``, DΠ exact at v); an output is unmoved
         where that is below NULL_RTOL of the same sum taken in absolute values (rounding).
-        Where S's null space is not known (no dense SVD: too large), every output counts
-        as moved."""
+        Where S's null space is not known (no pseudo-inverse: S not finite), every output
+        counts as moved."""
         moved = np.ones(len(self.outputs), dtype=bool)
-        if f.svd is None:
+        if f.pinv is None:
             return moved
         t = self.template
-        N = f.svd[3]  # (n + m, k): orthonormal basis of S's right null space
+        N = f.pinv.null  # (n + m, k): orthonormal basis of S's right null space
         if N.shape[1] == 0:
             return ~moved
         Dv = dproject(v, t.dims, dual=True).matvec(N[t.n :])
@@ -1148,8 +1149,7 @@ class Layer:
             if f.rcond > RCOND_MIN or not np.isfinite(d[j]).all():
                 continue
             assert f.S is not None  # kept where S is singular
-            S = f.S if isinstance(f.S, np.ndarray) else f.S.toarray()
-            gap = np.abs(S @ corr[j, :, 0] + r.F[idx[j]])
+            gap = np.abs(f.S @ corr[j, :, 0] + r.F[idx[j]])
             here = absR @ np.abs(np.concatenate([r.x[idx[j]], pv[j]]))
             moved = self._null_space_moves(f, r.v[idx[j]])
             for k, (o, lo) in enumerate(zip(self.outputs, self._out_offsets, strict=True)):

@@ -173,10 +173,10 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
             factors[i] = None
         lin = Linearization(sub, Dc if every else Dc.take(idx), reuse=previous)
         del previous
-        # A singular S too large for a dense SVD gives no step (NaN): LSMR is costly, and
-        # its least-squares step rarely helps (e.g. SCS's loose sparsemax solution with
-        # every bound active, against Σx = 1); the instance goes back to its anchor, and if
-        # that is where it is, stops, to be solved again by SCS at a tight tolerance.
+        # A singular S gives the least-squares step (its pseudo-inverse: `TruncatedSVD`,
+        # `SparsePinv`); one whose pseudo-inverse is not at hand gives no step (NaN: LSMR is
+        # costly): the instance goes back to its anchor, and if that is where it is, stops,
+        # to be solved again by SCS at a tight tolerance.
         d = -lin.solve(cF[idx], iterative=False)
         steps[idx] += 1
         at_anchor = watch[idx] == 0

@@ -545,10 +545,10 @@ def test_derivative_carries_the_projection_and_subsets(dual):
 
 
 def test_psd_blocks_as_low_rank_updates_of_zero_or_identity():
-    """Each PSD block of DΠ equals base·I + Q diag(h) Qᵀ (`psd_columns`), base 0 or 1 with
-    the fewer columns, ρ = r(r+1)/2 + r(k−r) for r eigenvalues on the short side, and
-    `psd_rank` counts them; checked against the dense blocks at points of every rank."""
-    from declarative.cones import ConeDims, block_pattern, dproject, psd_entries
+    """Each PSD block of DΠ equals base·I + Q diag(h) Qᵀ (`low_rank_columns`), base 0 or 1
+    with the fewer columns, ρ = r(r+1)/2 + r(k−r) for r eigenvalues on the short side, and
+    `low_rank` counts them; checked against the dense blocks at points of every rank."""
+    from declarative.cones import ConeDims, block_pattern, dproject, group_entries
 
     dims = ConeDims(zero=1, nonneg=2, soc=(3,), psd=(5, 4), exp=1)
     rng = np.random.default_rng(7)
@@ -565,16 +565,17 @@ def test_psd_blocks_as_low_rank_updates_of_zero_or_identity():
     D = dproject(V, dims, dual=True)
     dense = D.dense()
     rows, cols = block_pattern(dims)
-    mask = psd_entries(dims)
+    groups = frozenset({("psd", 5), ("psd", 4)})
+    mask = group_entries(dims, groups)
     assert set(zip(rows[mask].tolist(), cols[mask].tolist(), strict=True)) == {
         (i, j) for idx in (np.arange(6, 21), np.arange(21, 31)) for i in idx for j in idx}
     for b in range(6):
         total = 0
-        for idx, base, Q, h in D.psd_columns(b):
+        for idx, base, Q, h in D.low_rank_columns(b, groups):
             block = base * np.eye(idx.size) + (Q * h) @ Q.T
             assert np.abs(block - dense[b][np.ix_(idx, idx)]).max() <= 1e-14
             total += h.size
-        assert total == D.psd_rank()[b]
+        assert total == D.low_rank(groups)[b]
         r = min(b, 5 - b)  # eigenvalues on the short side of block 1
-        (rho,) = [h.size for idx, _, _, h in D.psd_columns(b) if idx[0] == 6]
+        (rho,) = [h.size for idx, _, _, h in D.low_rank_columns(b, groups) if idx[0] == 6]
         assert rho == r * (r + 1) // 2 + r * (5 - r)

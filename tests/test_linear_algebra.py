@@ -237,7 +237,7 @@ def test_woodbury_falls_back_on_the_bordered_lu(monkeypatch):
     import pickle
 
     again = pickle.loads(pickle.dumps(layer))
-    assert not der.sparse_layout(again.template, psd=False)._lus
+    assert not der.sparse_layout(again.template, low_rank=True)._lus
     out = again.forward([(Ys + np.swapaxes(Ys, 1, 2)) / 2])
     assert max_abs(out.outputs[0], fwd.outputs[0]) == 0.0
 

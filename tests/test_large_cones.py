@@ -1,0 +1,177 @@
+"""Large second-order cones (S kept as S₀ plus a rank-2 term per cone) and singular sparse S
+(its pseudo-inverse from one sparse LU of the augmented matrix), against closed forms and
+dense linear algebra."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import declarative.derivative as der
+from declarative import problems
+from declarative.cones import ConeDims, block_pattern, dproject, group_entries
+from declarative.derivative import ConeSolution
+from tests.conftest import max_abs, zoo_layer
+
+
+def _ball_batch(n, B, rng, scale=1.0):
+    """l2-ball projections: instances inside the ball (x* = y: the norm's epigraph variable is
+    not unique, S singular), outside it, and one on the far side."""
+    out = []
+    for b in range(B):
+        r = rng.uniform(0.5, 1.5)
+        d = rng.standard_normal(n)
+        d /= np.linalg.norm(d)
+        ratio = (0.3, 0.6, 2.0, 3.0)[b % 4]
+        out.append([scale * ratio * r * d, np.array(scale * r)])
+    return [np.stack([o[j] for o in out]) for j in range(2)]
+
+
+def test_second_order_cone_blocks_as_rank_two_updates():
+    """Each second-order cone block of DΠ equals base·I + Q diag(h) Qᵀ with ρ <= 2
+    (`low_rank_columns`): base 1 and ρ = 0 inside the cone, base 0 and ρ = 0 in its polar,
+    ρ = 2 in between; checked against the dense blocks."""
+    dims = ConeDims(zero=1, nonneg=2, soc=(6, 3, 6), psd=(3,), exp=1)
+    rng = np.random.default_rng(2)
+    V = rng.standard_normal((6, dims.size))
+    first = 3  # the first cone of size 6 (the second starts at 12, after the one of size 3)
+    x = rng.standard_normal(5)
+    V[0, first], V[0, first + 1 : first + 6] = 2 * np.linalg.norm(x), x   # inside
+    V[1, first], V[1, first + 1 : first + 6] = -2 * np.linalg.norm(x), x  # polar
+    V[2, first], V[2, first + 1 : first + 6] = 0.3 * np.linalg.norm(x), x  # in between
+    groups = frozenset({("soc", 6)})
+    rows, cols = block_pattern(dims)
+    mask = group_entries(dims, groups)
+    assert set(zip(rows[mask].tolist(), cols[mask].tolist(), strict=True)) == {
+        (i, j) for lo in (3, 12) for i in range(lo, lo + 6) for j in range(lo, lo + 6)}
+    D = dproject(V, dims, dual=True)
+    dense = D.dense()
+    for b in range(6):
+        total = 0
+        parts = D.low_rank_columns(b, groups)
+        assert [idx[0] for idx, _, _, _ in parts] == [3, 12]
+        for idx, base, Q, h in parts:
+            block = base * np.eye(idx.size) + (Q * h) @ Q.T
+            assert np.abs(block - dense[b][np.ix_(idx, idx)]).max() <= 1e-14
+            assert h.size <= 2
+            total += h.size
+        assert total == D.low_rank(groups)[b]
+    assert [(p[1], p[3].size) for p in D.low_rank_columns(0, groups)][0] == (1.0, 0)
+    assert [(p[1], p[3].size) for p in D.low_rank_columns(1, groups)][0] == (0.0, 0)
+    assert D.low_rank_columns(2, groups)[0][3].size == 2
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1.0, 1e6])
+def test_large_second_order_cone_solved_without_its_dense_block(scale):
+    """The l2-ball projection with n = 300 (a second-order cone of size 301): S is kept as S₀
+    plus a rank-2 term (`LowRankS`) where the cone is not inside or in its polar, and as
+    S₀ alone (singular: the norm's epigraph variable is free inside the ball) where it is.
+    Solutions, VJPs and JVPs against the closed forms at data scales 1e-6, 1, 1e6."""
+    n, B = 300, 8
+    layer, _, _ = zoo_layer("l2_ball_projection", n=n)
+    mod = problems.get("l2_ball_projection")
+    assert ("soc", n + 1) in der.low_rank_groups(layer.template)
+    rng = np.random.default_rng(0)
+    y, r = _ball_batch(n, B, rng, scale)
+    fwd = layer.forward([y, r])
+    assert fwd.ok.all()
+    assert not fwd.nondifferentiable.any()
+    g = rng.standard_normal((B, n))
+    gy, gr = fwd.vjp([g])
+    dy, dr = rng.standard_normal((B, n)), rng.standard_normal(B)
+    (jx,) = fwd.jvp([dy, dr])
+    for b in range(B):
+        (x_ref,) = mod.solution(y[b], r[b])
+        (Jy, Jr), = mod.jacobian(y[b], r[b])
+        assert max_abs(fwd.outputs[0][b], x_ref) <= 1e-12 * scale
+        assert max_abs(gy[b], g[b] @ Jy) <= 1e-11
+        assert max_abs(gr[b], g[b] @ Jr.reshape(n)) <= 1e-11
+        assert max_abs(jx[b], Jy @ dy[b] + Jr.reshape(n) * dr[b]) <= 1e-11
+    sol = fwd._solution
+    kinds = [isinstance(f.S, der.LowRankS) for f in sol.lin.factors]
+    assert all(kinds)
+    inside = np.linalg.norm(y, axis=1) < r
+    assert np.array_equal(sol.lin.singular, inside)
+    assert all(isinstance(f.pinv, der.SparsePinv) for f, s in zip(
+        sol.lin.factors, sol.lin.singular, strict=True) if s)
+
+
+def test_large_singular_system_beyond_a_dense_svd():
+    """n = 1100: S is 3303 × 3303 (beyond SVD_MAX) and singular inside the ball. Newton steps
+    and derivatives come from the sparse pseudo-inverse; every instance is solved and
+    certified, with the closed-form gradient."""
+    n, B = 1100, 4
+    layer, _, _ = zoo_layer("l2_ball_projection", n=n)
+    assert layer.template.n + layer.template.m > der.SVD_MAX
+    mod = problems.get("l2_ball_projection")
+    rng = np.random.default_rng(1)
+    y, r = _ball_batch(n, B, rng)
+    fwd = layer.forward([y, r])
+    assert fwd.ok.all() and not fwd.nondifferentiable.any()
+    g = rng.standard_normal((B, n))
+    gy, gr = fwd.vjp([g])
+    for b in range(B):
+        (Jy, Jr), = mod.jacobian(y[b], r[b])
+        assert max_abs(fwd.outputs[0][b], mod.solution(y[b], r[b])[0]) <= 1e-12
+        assert max_abs(gy[b], g[b] @ Jy) <= 1e-11
+        assert max_abs(gr[b], g[b] @ Jr.reshape(n)) <= 1e-11
+
+
+@pytest.mark.parametrize("nullity", [1, 3, 9])
+def test_sparse_pseudo_inverse_matches_the_dense_one(nullity):
+    """`SparsePinv` of a singular sparse S (nonsymmetric; its last columns combinations of
+    two others each): S⁺r and S⁺ᵀr, the null space and the part of r outside S's range agree
+    with NumPy's SVD-based pseudo-inverse, for r inside and outside the range. A nullity above
+    the first block's size (9 > PINV_BLOCK) makes the block grow."""
+    rng = np.random.default_rng(nullity)
+    N = 120
+    S = (sp.random(N, N, density=0.04, random_state=nullity) + 3 * sp.identity(N)).tolil()
+    for j in range(N - nullity, N):
+        a, b = rng.choice(N - nullity, 2, replace=False)
+        S[:, j] = S[:, a] * rng.uniform(0.5, 2) - S[:, b] * rng.uniform(0.5, 2)
+    Ssp = sp.csc_matrix(S)
+    pinv = der.SparsePinv.factor(Ssp)
+    assert pinv is not None
+    Sd = Ssp.toarray()
+    P = np.linalg.pinv(Sd, rcond=1e-11)
+    for r in (Sd @ rng.standard_normal(N), rng.standard_normal(N),
+              rng.standard_normal((N, 3))):
+        x = pinv.solve(r)
+        assert max_abs(x, P @ r) <= 1e-9 * np.abs(P @ r).max()
+        xt = pinv.solve(r, transpose=True)
+        assert max_abs(xt, P.T @ r) <= 1e-9 * np.abs(P.T @ r).max()
+        miss = r - Sd @ (P @ r)
+        assert max_abs(pinv.range_miss(r if r.ndim == 2 else r[:, None]),
+                       miss if miss.ndim == 2 else miss[:, None]) <= 1e-9 * np.abs(r).max()
+    Nul = pinv.null
+    assert Nul.shape == (N, nullity)
+    ref = np.linalg.svd(Sd)[2][N - nullity:].T
+    # the same subspace: its projector
+    assert max_abs(Nul @ Nul.T, ref @ ref.T) <= 1e-9
+    assert max_abs(Nul.T @ Nul, np.eye(nullity)) <= 1e-12
+
+
+def test_sparse_pseudo_inverse_through_the_linearization():
+    """A singular sparse S in a `Linearization`: its least-squares solves and null space are
+    the dense SVD's (`TruncatedSVD`) on the same S."""
+    layer, _, _ = zoo_layer("l2_ball_projection", n=120)
+    rng = np.random.default_rng(4)
+    y, r = _ball_batch(120, 4, rng)
+    fwd = layer.forward([y, r])
+    x, yy, s, _ = fwd.state()
+    sparse = ConeSolution.at(fwd._ops, x, yy, s, dense=False)
+    dense = ConeSolution.at(fwd._ops, x, yy, s, dense=True)
+    assert np.array_equal(sparse.lin.singular, dense.lin.singular)
+    assert sparse.lin.singular[:2].all() and not sparse.lin.singular[2:].any()
+    t = layer.template
+    rhs = rng.standard_normal((4, t.n + t.m))
+    for transpose in (False, True):
+        assert max_abs(sparse.lin.solve(rhs, transpose), dense.lin.solve(rhs, transpose)) \
+            <= 1e-8
+    for b in range(2):
+        assert isinstance(sparse.lin.factors[b].pinv, der.SparsePinv)
+        assert isinstance(dense.lin.factors[b].pinv, der.TruncatedSVD)
+        Ns, Nd = sparse.lin.null_space(b), dense.lin.null_space(b)
+        assert Ns.shape == Nd.shape == (t.n + t.m, 1)
+        assert max_abs(Ns @ Ns.T, Nd @ Nd.T) <= 1e-9
