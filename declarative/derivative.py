@@ -105,11 +105,12 @@ DENSE_BLOCK = 64
 # constraint at k = 50 holds 3.3M entries per instance).
 SPARSE_BLOCK_ENTRIES = 1 << 24
 # `SparsePinv`: at most this many iterated-Tikhonov steps per solve; its null space from a
-# block of PINV_BLOCK vectors (doubled while all come out null), PINV_POWER_STEPS inverse
-# iterations.
+# block of PINV_BLOCK vectors more than its guessed dimension (pivots of S + δI's LU below
+# PINV_PIVOT·δ), doubled while all come out null, PINV_POWER_STEPS inverse iterations.
 PINV_STEPS = 6
 PINV_BLOCK = 4
 PINV_POWER_STEPS = 3
+PINV_PIVOT = 1e3
 # LSMR on singular systems whose pseudo-inverse is not at hand: its stopping tolerances (near
 # double precision) and iteration limit (a multiple of the system's size).
 LSMR_TOL = 1e-14
@@ -963,9 +964,11 @@ class SparsePinv:
     direction of each singular value σ; the projection removes what rounding in T leaves along
     the null space, amplified by 1/δ² where r is not in S's range."""
 
-    def __init__(self, S: sp.csc_matrix, lu: spla.SuperLU, delta: float, scale: float) -> None:
+    def __init__(self, S: sp.csc_matrix, lu: spla.SuperLU, delta: float, scale: float,
+                 guess: int) -> None:
         self.S, self.lu, self.delta, self.scale = S, lu, delta, scale
         self._null: dict[bool, np.ndarray] = {}
+        self._guess = guess  # the null space's dimension, estimated (see `factor`)
 
     @classmethod
     def factor(cls, S: sp.csc_matrix, ordering: str | None = None) -> SparsePinv | None:
@@ -984,7 +987,16 @@ class SparsePinv:
             lu = spla.splu(K, permc_spec=ordering or "COLAMD")
         except RuntimeError:
             return None
-        return cls(S, lu, delta, scale)
+        # the null space's dimension, guessed as the number of pivots of S + δI's LU at most
+        # PINV_PIVOT·δ (the subspace iteration starts with a block that size, and grows it
+        # where it proves too small)
+        try:
+            d = np.abs(spla.splu((S + delta * eye).tocsc(), permc_spec=ordering or "COLAMD"
+                                 ).U.diagonal())
+            guess = int(np.count_nonzero(d <= PINV_PIVOT * delta))
+        except RuntimeError:
+            guess = 0
+        return cls(S, lu, delta, scale, guess)
 
     def _tikhonov(self, r: np.ndarray, transpose: bool) -> np.ndarray:
         N = self.S.shape[0]
@@ -1017,19 +1029,24 @@ class SparsePinv:
         return self._null_space(False)
 
     def _null_space(self, left: bool) -> np.ndarray:
-        """S's right (``left``: left) null space, computed once."""
+        """S's right (``left``: left) null space, computed once (the left one starts from the
+        right one's dimension, the two being equal)."""
         Z = self._null.get(left)
         if Z is None:
-            Z = self._null[left] = self._iterate(left)
+            other = self._null.get(not left)
+            Z = self._null[left] = self._iterate(left, self._guess if other is None
+                                                 else other.shape[1])
         return Z
 
-    def _iterate(self, left: bool) -> np.ndarray:
+    def _iterate(self, left: bool, guess: int) -> np.ndarray:
         N = self.S.shape[0]
         M = self.S.T if left else self.S
         rng = np.random.default_rng(0)
-        k = min(N, PINV_BLOCK)
+        k = min(N, guess + PINV_BLOCK)
+        Z = np.zeros((N, 0))
         while True:
-            Z = np.linalg.qr(rng.standard_normal((N, k)))[0]
+            Z = np.linalg.qr(np.concatenate([Z, rng.standard_normal((N, k - Z.shape[1]))],
+                                            axis=1))[0]
             zero = np.zeros((N, k))
             for _ in range(PINV_POWER_STEPS):
                 if left:
@@ -1041,7 +1058,7 @@ class SparsePinv:
             null = sv <= PINV_RTOL * self.scale
             if not null.all() or k >= N:
                 return Z @ Wt[null].T
-            k = min(N, 2 * k)
+            k = min(N, 2 * k)  # (Z, iterated, kept: the new columns start random)
 
 
 def low_rank_groups(t: ConeTemplate) -> frozenset:

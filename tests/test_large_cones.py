@@ -118,12 +118,16 @@ def test_large_singular_system_beyond_a_dense_svd():
         assert max_abs(gr[b], g[b] @ Jr.reshape(n)) <= 1e-11
 
 
+@pytest.mark.parametrize("guess", [True, False])
 @pytest.mark.parametrize("nullity", [1, 3, 9])
-def test_sparse_pseudo_inverse_matches_the_dense_one(nullity):
+def test_sparse_pseudo_inverse_matches_the_dense_one(monkeypatch, nullity, guess):
     """`SparsePinv` of a singular sparse S (nonsymmetric; its last columns combinations of
     two others each): S⁺r and S⁺ᵀr, the null space and the part of r outside S's range agree
-    with NumPy's SVD-based pseudo-inverse, for r inside and outside the range. A nullity above
-    the first block's size (9 > PINV_BLOCK) makes the block grow."""
+    with NumPy's SVD-based pseudo-inverse, for r inside and outside the range. Without the
+    guess of the null space's dimension (no pivot counts as small), a nullity above the first
+    block's size (9 > PINV_BLOCK) makes the block grow."""
+    if not guess:
+        monkeypatch.setattr(der, "PINV_PIVOT", 0.0)
     rng = np.random.default_rng(nullity)
     N = 120
     S = (sp.random(N, N, density=0.04, random_state=nullity) + 3 * sp.identity(N)).tolil()
@@ -133,6 +137,7 @@ def test_sparse_pseudo_inverse_matches_the_dense_one(nullity):
     Ssp = sp.csc_matrix(S)
     pinv = der.SparsePinv.factor(Ssp)
     assert pinv is not None
+    assert pinv._guess == (nullity if guess else 0)
     Sd = Ssp.toarray()
     P = np.linalg.pinv(Sd, rcond=1e-11)
     for r in (Sd @ rng.standard_normal(N), rng.standard_normal(N),
@@ -175,3 +180,36 @@ def test_sparse_pseudo_inverse_through_the_linearization():
         Ns, Nd = sparse.lin.null_space(b), dense.lin.null_space(b)
         assert Ns.shape == Nd.shape == (t.n + t.m, 1)
         assert max_abs(Ns @ Ns.T, Nd @ Nd.T) <= 1e-9
+
+
+def test_many_non_unique_auxiliary_variables():
+    """The 3-norm ball projection inside the ball (n = 60, sparse S): the power-cone
+    auxiliary variables are free, so S's null space has a dimension near 2n (far beyond the
+    first block). It spans the dense SVD's; solutions and gradients against the closed form;
+    no instance flagged non-differentiable."""
+    n = 60
+    layer, _, _ = zoo_layer("pnorm_ball_projection", n=n)
+    assert not der.use_dense(layer.template)
+    mod = problems.get("pnorm_ball_projection")
+    rng = np.random.default_rng(3)
+    ys, rs = [], []
+    for _ in range(2):
+        y = rng.standard_normal(n)
+        r = 2.0 * np.sum(np.abs(y) ** 3) ** (1 / 3)  # inside: x* = y
+        ys.append(y)
+        rs.append(np.array(r))
+    y, r = np.stack(ys), np.stack(rs)
+    fwd = layer.forward([y, r])
+    assert fwd.ok.all() and not fwd.nondifferentiable.any()
+    for f in fwd._solution.lin.factors:
+        assert isinstance(f.pinv, der.SparsePinv)
+        Ns, Nd = f.pinv.null, der.TruncatedSVD(f.pinv.S.toarray()).null
+        assert Ns.shape == Nd.shape and Nd.shape[1] > n
+        assert max_abs(Ns @ Ns.T, Nd @ Nd.T) <= 1e-9
+    g = rng.standard_normal((2, n))
+    gy, gr = fwd.vjp([g])
+    for b in range(2):
+        (Jy, Jr), = mod.jacobian(y[b], r[b])
+        assert max_abs(fwd.outputs[0][b], mod.solution(y[b], r[b])[0]) <= 1e-12
+        assert max_abs(gy[b], g[b] @ Jy) <= 1e-11
+        assert max_abs(gr[b], g[b] @ Jr.reshape(n)) <= 1e-11

@@ -188,6 +188,7 @@ SIZE_SWEEPS: dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]] = {
     "sparsemax": ("n", SCALING_SIZES, (10, 100)),
     "softmax": ("n", SCALING_SIZES, (10, 100)),
     "psd_trace_projection": ("k", (10, 20, 30, 40, 50), (4, 10)),
+    "l2_ball_projection": ("n", SCALING_SIZES, (10, 100)),
 }
 class _QuickScaling(TypedDict):
     problems: tuple[str, ...]
