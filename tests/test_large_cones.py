@@ -65,8 +65,9 @@ def test_second_order_cone_blocks_as_rank_two_updates():
 @pytest.mark.parametrize("scale", [1e-6, 1.0, 1e6])
 def test_large_second_order_cone_solved_without_its_dense_block(scale):
     """The l2-ball projection with n = 300 (a second-order cone of size 301): S is kept as S₀
-    plus a rank-2 term (`LowRankS`) where the cone is not inside or in its polar, and as
-    S₀ alone (singular: the norm's epigraph variable is free inside the ball) where it is.
+    plus a rank-2 term (`LowRankS`, factored through its bordered matrix) where the cone is
+    not inside or in its polar, and as S₀ alone (singular: the norm's epigraph variable is
+    free inside the ball) where it is.
     Solutions, VJPs and JVPs against the closed forms at data scales 1e-6, 1, 1e6."""
     n, B = 300, 8
     layer, _, _ = zoo_layer("l2_ball_projection", n=n)
@@ -93,6 +94,10 @@ def test_large_second_order_cone_solved_without_its_dense_block(scale):
     assert all(kinds)
     inside = np.linalg.norm(y, axis=1) < r
     assert np.array_equal(sol.lin.singular, inside)
+    # outside the ball S₀ is the instance's own (the cone's base between 0 and 1): its
+    # bordered matrix is factored, not S₀ for Woodbury's formula
+    assert all(isinstance(f.lu, der.BorderedLU) and not f.S.shared
+               for f, s in zip(sol.lin.factors, inside, strict=True) if not s)
     assert all(isinstance(f.pinv, der.SparsePinv) for f, s in zip(
         sol.lin.factors, sol.lin.singular, strict=True) if s)
 
