@@ -104,12 +104,16 @@ DENSE_BLOCK = 64
 # assembly's sources and the bordered path's S₀, U, V are a block's: PSD projection with a trace
 # constraint at k = 50 holds 3.3M entries per instance).
 SPARSE_BLOCK_ENTRIES = 1 << 24
-# `SparsePinv`: at most this many iterated-Tikhonov steps per solve; its null space from a
-# block of PINV_BLOCK vectors more than its guessed dimension (pivots of S + δI's LU below
-# PINV_PIVOT·δ), doubled while all come out null, PINV_POWER_STEPS inverse iterations.
-PINV_STEPS = 6
+# `SparsePinv`: its bordered LU up to a null space of PINV_BORDER_MAX dimensions, above at
+# most PINV_STEPS iterated-Tikhonov steps per solve (then the bordered LU); its null space
+# from a block of PINV_BLOCK vectors more than its guessed dimension (pivots of S + δI's LU
+# below PINV_PIVOT·δ), doubled while all come out null, PINV_POWER_STEPS to PINV_POWER_MAX
+# inverse iterations (`SparsePinv._iterate`).
+PINV_STEPS = 12
+PINV_BORDER_MAX = 32
 PINV_BLOCK = 4
-PINV_POWER_STEPS = 3
+PINV_POWER_STEPS = 2
+PINV_POWER_MAX = 30
 PINV_PIVOT = 1e3
 # LSMR on singular systems whose pseudo-inverse is not at hand: its stopping tolerances (near
 # double precision) and iteration limit (a multiple of the system's size).
@@ -958,17 +962,28 @@ class SparsePinv:
     the Ritz vectors whose values are at most PINV_RTOL·σ̂. The block doubles while every one
     of its vectors comes out null.
 
-    ``solve``: iterated Tikhonov regularization, x ← x + T(r − S x) (Engl, Hanke and Neubauer,
-    *Regularization of Inverse Problems*, §5.1), each iterate projected off the null space
-    (for Sᵀ, the left one). It converges to S⁺r (S⁺ᵀr) at the rate δ²/(σ² + δ²) in the
-    direction of each singular value σ; the projection removes what rounding in T leaves along
-    the null space, amplified by 1/δ² where r is not in S's range."""
+    ``solve``: with R and L orthonormal bases of the right and left null spaces, the bordered
+    matrix B = [[S, L], [Rᵀ, 0]] is regular, and B [x; λ] = [r; 0] gives Rᵀx = 0 and
+    S x = r − L Lᵀ r, i.e. x = S⁺r; Bᵀ likewise gives S⁺ᵀr (one sparse LU of B, made on first
+    use: exact to rounding, like the SVD). Where B's LU is refused (pivot ratio at most
+    RCOND_MIN, or the two null spaces' dimensions disagree: singular values of S near δ, which
+    the inverse iteration cannot tell from 0), S up to SVD_MAX is made dense for its
+    `TruncatedSVD`, which then answers ``null`` and ``solve``; above, iterated Tikhonov
+    regularization,
+    x ← x + T(r − S x) (Engl, Hanke and Neubauer, *Regularization of Inverse Problems*,
+    §5.1), each iterate projected off the null space (for Sᵀ, the left one): it converges at
+    the rate δ²/(σ² + δ²) in the direction of each singular value σ (slowly where σ is near
+    δ), and the projection removes what rounding in T leaves along the null space, amplified
+    by 1/δ² where r is not in S's range."""
 
     def __init__(self, S: sp.csc_matrix, lu: spla.SuperLU, delta: float, scale: float,
-                 guess: int) -> None:
+                 guess: int, ordering: str | None = None) -> None:
         self.S, self.lu, self.delta, self.scale = S, lu, delta, scale
         self._null: dict[bool, np.ndarray] = {}
         self._guess = guess  # the null space's dimension, estimated (see `factor`)
+        self._ordering = ordering
+        self._border: spla.SuperLU | None | bool = False  # B's LU; False: not made yet
+        self._dense: TruncatedSVD | None = None  # where B's LU is refused, S up to SVD_MAX
 
     @classmethod
     def factor(cls, S: sp.csc_matrix, ordering: str | None = None) -> SparsePinv | None:
@@ -996,7 +1011,7 @@ class SparsePinv:
             guess = int(np.count_nonzero(d <= PINV_PIVOT * delta))
         except RuntimeError:
             guess = 0
-        return cls(S, lu, delta, scale, guess)
+        return cls(S, lu, delta, scale, guess, ordering)
 
     def _tikhonov(self, r: np.ndarray, transpose: bool) -> np.ndarray:
         N = self.S.shape[0]
@@ -1004,9 +1019,44 @@ class SparsePinv:
         sol = self.lu.solve(np.concatenate([zero, r] if transpose else [r, zero]))
         return sol[:N] if transpose else sol[N:]
 
+    def _bordered(self) -> spla.SuperLU | None:
+        """B's LU (see the class), or None where it is refused; made once."""
+        if self._border is False:
+            R, L = self._null_space(False), self._null_space(True)
+            lu = None
+            if R.shape[1] == L.shape[1]:
+                k = R.shape[1]
+                B = sp.bmat([[self.S, sp.csc_matrix(L)], [sp.csc_matrix(R.T), None]],
+                            format="csc") if k else self.S
+                try:
+                    lu = spla.splu(B, permc_spec=self._ordering or "COLAMD")
+                    if not _pivot_ratio(lu) > RCOND_MIN:
+                        lu = None
+                except RuntimeError:
+                    lu = None
+            if lu is None and self.S.shape[0] <= SVD_MAX:
+                self._dense = TruncatedSVD(self.S.toarray())
+            self._border = lu
+        return self._border
+
+    def _exact(self, rhs: np.ndarray, transpose: bool) -> np.ndarray | None:
+        """S⁺ rhs by B's LU, or by the dense SVD where that is refused; None where neither."""
+        lu = self._bordered()
+        if lu is not None:
+            pad = np.zeros((lu.shape[0] - self.S.shape[0], *rhs.shape[1:]))
+            return lu.solve(np.concatenate([rhs, pad]),
+                            trans="T" if transpose else "N")[: self.S.shape[0]]
+        return None if self._dense is None else self._dense.solve(rhs, transpose)
+
     def solve(self, rhs: np.ndarray, transpose: bool = False) -> np.ndarray:
-        """S⁺ rhs (S⁺ᵀ rhs), rhs (N,) or (N, K): iterated Tikhonov until a step changes x by
-        at most 4u of its max-norm (at most PINV_STEPS steps)."""
+        """S⁺ rhs (S⁺ᵀ rhs), rhs (N,) or (N, K). With a null space of at most PINV_BORDER_MAX
+        dimensions, by B's LU (`_exact`); with a larger one (B's dense border would dominate
+        its LU), by iterated Tikhonov, until a step changes x by at most 4u of its max-norm,
+        and by `_exact` where that takes more than PINV_STEPS steps."""
+        if self._null_space(False).shape[1] <= PINV_BORDER_MAX or self._border is not False:
+            x = self._exact(rhs, transpose)
+            if x is not None:
+                return x
         M = self.S.T if transpose else self.S
         Z = self._null_space(transpose)
         x = np.zeros_like(rhs)
@@ -1016,7 +1066,11 @@ class SparsePinv:
             x = x + dx
             if np.abs(dx).max(initial=0.0) <= 4 * np.finfo(float).eps * np.abs(x).max(
                     initial=0.0):
-                break
+                return x
+        if self._border is False:  # not converged: the exact solve after all
+            exact = self._exact(rhs, transpose)
+            if exact is not None:
+                return exact
         return x
 
     def range_miss(self, rhs: np.ndarray) -> np.ndarray:
@@ -1025,8 +1079,12 @@ class SparsePinv:
 
     @property
     def null(self) -> np.ndarray:
-        """Orthonormal basis of S's right null space, (N, k); computed on first use."""
-        return self._null_space(False)
+        """Orthonormal basis of S's right null space, (N, k); computed on first use (the dense
+        SVD's where B's LU is refused, see the class)."""
+        R = self._null_space(False)
+        if R.shape[1] <= PINV_BORDER_MAX:
+            self._bordered()
+        return R if self._dense is None else self._dense.null
 
     def _null_space(self, left: bool) -> np.ndarray:
         """S's right (``left``: left) null space, computed once (the left one starts from the
@@ -1039,6 +1097,11 @@ class SparsePinv:
         return Z
 
     def _iterate(self, left: bool, guess: int) -> np.ndarray:
+        """Subspace iteration (see the class) until the null vectors' span stops moving: by
+        at most 1e-13 (sine of the largest angle), or by more than half its last move (the
+        rounding floor), after at least PINV_POWER_STEPS and at most PINV_POWER_MAX steps.
+        Each step gains a factor δ²/(σ² + δ²), σ the smallest nonzero singular value: two
+        steps suffice where σ >> δ, where σ is within 10δ it takes several."""
         N = self.S.shape[0]
         M = self.S.T if left else self.S
         rng = np.random.default_rng(0)
@@ -1048,14 +1111,26 @@ class SparsePinv:
             Z = np.linalg.qr(np.concatenate([Z, rng.standard_normal((N, k - Z.shape[1]))],
                                             axis=1))[0]
             zero = np.zeros((N, k))
-            for _ in range(PINV_POWER_STEPS):
+            null = np.zeros(k, dtype=bool)
+            prev: np.ndarray | None = None
+            last = np.inf
+            for step in range(PINV_POWER_MAX):
                 if left:
                     Z = self.lu.solve(np.concatenate([Z / self.delta, zero]))[:N]
                 else:
                     Z = self.lu.solve(np.concatenate([zero, -Z / self.delta]))[N:]
                 Z = np.linalg.qr(Z)[0]
-            _, sv, Wt = np.linalg.svd(M @ Z, full_matrices=False)
-            null = sv <= PINV_RTOL * self.scale
+                if step + 1 < PINV_POWER_STEPS:
+                    continue
+                _, sv, Wt = np.linalg.svd(M @ Z, full_matrices=False)
+                null = sv <= PINV_RTOL * self.scale
+                W = Z @ Wt[null].T
+                if prev is not None and prev.shape == W.shape:
+                    move = np.abs(W - prev @ (prev.T @ W)).max(initial=0.0)
+                    if move <= 1e-13 or move > 0.5 * last:
+                        break
+                    last = move
+                prev = W
             if not null.all() or k >= N:
                 return Z @ Wt[null].T
             k = min(N, 2 * k)  # (Z, iterated, kept: the new columns start random)

@@ -218,3 +218,34 @@ def test_many_non_unique_auxiliary_variables():
         assert max_abs(fwd.outputs[0][b], mod.solution(y[b], r[b])[0]) <= 1e-12
         assert max_abs(gy[b], g[b] @ Jy) <= 1e-11
         assert max_abs(gr[b], g[b] @ Jr.reshape(n)) <= 1e-11
+
+
+@pytest.mark.parametrize("nullity", [2, 40])
+@pytest.mark.parametrize("smallest", [1e-4, 1e-7, 1e-9])
+def test_sparse_pseudo_inverse_of_an_ill_conditioned_singular_matrix(smallest, nullity):
+    """Nonzero singular values spread down to ``smallest`` (times the largest) beside a null
+    space of dimension 2 (solved through the bordered LU) or 40 (above PINV_BORDER_MAX:
+    iterated Tikhonov, then the bordered LU where it converges too slowly): S⁺r and S⁺ᵀr
+    against the exact pseudo-inverse from the
+    construction, for r in the range, to the accuracy the conditioning allows (1e-14 over the
+    smallest); a vector orthogonal to the range is found outside it. At 1e-9 the
+    smallest are below δ = √u·σ̂, the inverse iteration cannot tell them from 0, and the dense
+    SVD answers instead (S is small enough)."""
+    rng = np.random.default_rng(0)
+    N, k = 100, nullity
+    U, _ = np.linalg.qr(rng.standard_normal((N, N)))
+    V, _ = np.linalg.qr(rng.standard_normal((N, N)))
+    sv = np.concatenate([np.logspace(0, np.log10(smallest), N - k), np.zeros(k)])
+    S = sp.csc_matrix((U * sv) @ V.T)
+    pinv = der.SparsePinv.factor(S)
+    exact = (V[:, :-k] / sv[:-k]) @ U[:, :-k].T
+    for transpose in (False, True):
+        r = (S.T if transpose else S) @ rng.standard_normal(N)  # in the range
+        ref = (exact.T if transpose else exact) @ r
+        got = pinv.solve(r, transpose)
+        assert max_abs(got, ref) <= 1e-14 / smallest * np.abs(ref).max()
+    outside = U[:, -k:] @ rng.standard_normal(k)  # left null space: orthogonal to the range
+    assert max_abs(pinv.range_miss(outside[:, None])[:, 0], outside) <= 1e-6
+    assert pinv.null.shape == (N, k)
+    assert max_abs(pinv.null @ pinv.null.T, V[:, -k:] @ V[:, -k:].T) <= 1e-6
+    assert (pinv._dense is not None) == (smallest < 1e-8)
