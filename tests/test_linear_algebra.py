@@ -210,6 +210,58 @@ def test_low_rank_psd_blocks_solve_without_dense_blocks(monkeypatch, path, probl
             assert max_abs((S.T if transpose else S) @ got[b], M @ got[b]) <= 1e-12
 
 
+def test_shared_lu_forms_the_capacitance_block_once_it_pays(monkeypatch):
+    """Woodbury's Vᵀ S₀⁻¹ U from the kept sparse block S₀⁻¹[V's rows, U's rows] equals the
+    dense Vᵀ S₀⁻¹ U (S₀ inverted densely, an independent reference) and the ρ-column solve;
+    the block is formed only once S₀ has been solved with as many columns as V has rows;
+    and a layer whose later calls use the block gives the gradients of the dense LU."""
+    import declarative.derivative as der
+
+    monkeypatch.setattr(der, "LOW_RANK_MIN", 0)
+    k = 12
+    layer = _spectraplex(k)
+    rng = np.random.default_rng(7)
+    Ys = rng.standard_normal((2, k, k))
+    Ys = (Ys + np.swapaxes(Ys, 1, 2)) / 2
+    fwd = layer.forward([Ys])
+    x, y, s, _ = fwd.state()
+    f = ConeSolution.at(fwd._ops, x, y, s, dense=False).lin.factors[0]
+    assert isinstance(f.lu, der.Woodbury)
+    S = f.S
+    S0 = S.shifted().toarray()
+    U, V = S.U().toarray(), S.V().toarray()
+    ref = V.T @ np.linalg.solve(S0, U)
+    shared = der.SharedLU(f.lu.lu0.lu)  # a fresh one: nothing solved yet
+    calls = -(-(S.Vr.size + S.rank) // S.rank)  # the call that has spent enough
+    # (S₀ is shifted by √u·max|S₀| on the block's rows: C's largest entries ~1/√u, and any
+    # two ways of forming it agree to a few ulps of those times S₀'s conditioning)
+    tol = 1e-8 * np.abs(ref).max()
+    first = shared.capacitance(S)
+    assert max_abs(first, ref) <= tol
+    for call in range(2, calls + 2):
+        got = shared.capacitance(S)
+        assert max_abs(got, ref) <= tol and max_abs(got, first) <= tol
+        formed = shared._blocks.get(S.Ur.tobytes() + b"|" + S.Vr.tobytes())
+        assert (formed is not None) == (call >= calls)
+    assert formed.nnz < formed.shape[0] * formed.shape[1]  # kept sparse
+    # later calls of the layer (its S₀'s LU kept with the template) use the block
+    g = [rng.standard_normal((2, k, k))]
+    grads = [layer.forward([Ys]).vjp(g)[0] for _ in range(calls + 1)]
+    x, y, s, _ = fwd.state()
+    dense = ConeSolution.at(fwd._ops, x, y, s, dense=True)
+    lu0 = der.sparse_layout(layer.template, low_rank=True)._lus
+    assert any(v is not None and any(w is not None for w in v._blocks.values())
+               for v in lu0.values())
+    for got in grads[1:]:
+        assert max_abs(got, grads[0]) <= 1e-10 * (1 + np.abs(grads[0]).max())
+    t = layer.template
+    gz = rng.standard_normal((2, t.n + t.m))
+    sparse = ConeSolution.at(fwd._ops, x, y, s, dense=False)
+    for u, v in zip(sparse.vjp(gz[:, : t.n], gz[:, t.n :]), dense.vjp(gz[:, : t.n], gz[:, t.n :]),
+                    strict=True):
+        assert max_abs(u, v) <= 1e-10 * (1 + np.abs(v).max())
+
+
 def test_woodbury_falls_back_on_the_bordered_lu(monkeypatch):
     """A Woodbury solve whose refinement cannot converge (its capacitance's LU replaced by a
     wrong one) is solved through the bordered LU instead, to the same accuracy."""
