@@ -1298,7 +1298,8 @@ class LowRankS:
     (`_low_rank_parts`), without S's dense kk × kk blocks. Products with S and Sᵀ (``T``) cost
     nnz(S₀) + (|Ur| + |Vr|)ρ."""
 
-    __slots__ = ("S0", "Ur", "Ub", "Vr", "Vb", "shape", "zero_rows", "layout", "shared")
+    __slots__ = ("S0", "Ur", "Ub", "Vr", "Vb", "shape", "zero_rows", "layout", "shared",
+                 "_abs_max")
 
     def __init__(self, S0: sp.spmatrix, U: tuple[np.ndarray, np.ndarray],
                  V: tuple[np.ndarray, np.ndarray], zero_rows: np.ndarray,
@@ -1314,6 +1315,7 @@ class LowRankS:
         # the blocks only and other instances and Newton steps may share its LU (`Woodbury`);
         # a second-order cone between the cone and its polar has its own base
         self.shared = shared
+        self._abs_max: float | None = None  # (S is not modified once made)
 
     @property
     def rank(self) -> int:
@@ -1348,10 +1350,13 @@ class LowRankS:
                 (self.Vb, other.Vb)))
 
     def abs_max(self) -> float:
-        """An upper bound of S's largest entry: |S₀|'s plus max ‖U_i‖₂ · max ‖V_j‖₂."""
-        low = (np.sqrt(np.square(self.Ub).sum(axis=1).max(initial=0.0))
-               * np.sqrt(np.square(self.Vb).sum(axis=1).max(initial=0.0)))
-        return float(np.abs(self.S0.data).max(initial=0.0) + low)
+        """An upper bound of S's largest entry: |S₀|'s plus max ‖U_i‖₂ · max ‖V_j‖₂ (read by
+        every refined solve: computed once)."""
+        if self._abs_max is None:
+            low = (np.sqrt(np.square(self.Ub).sum(axis=1).max(initial=0.0))
+                   * np.sqrt(np.square(self.Vb).sum(axis=1).max(initial=0.0)))
+            self._abs_max = float(np.abs(self.S0.data).max(initial=0.0) + low)
+        return self._abs_max
 
     def norm1(self) -> float:
         """An upper bound of ‖S‖₁: the column sums of |S₀| plus those of |U| |V|ᵀ."""
