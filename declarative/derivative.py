@@ -354,23 +354,24 @@ class SparseLayout:
         where = np.flatnonzero(position[self._rows] >= 0)
         return where, position[self._rows[where]]
 
-    def lu0(self, S0: sp.csc_matrix) -> SharedLU | None:
-        """SuperLU of S₀ (`Woodbury`), or None where its pivot ratio is at most S0_RCOND_MIN:
-        made once for each distinct S₀ (by its bytes) among the last LU0_KEPT, since S₀
-        is shared by every instance and Newton step with the same A, P and DΠ outside the PSD
-        blocks."""
-        key = hashlib.blake2b(S0.data.tobytes() + S0.indices.tobytes()
-                              + S0.indptr.tobytes(), digest_size=20).digest()
+    def lu0(self, S: LowRankS) -> SharedLU | None:
+        """SuperLU of S's S₀, shifted where it has zero rows (`LowRankS.shifted`, `Woodbury`),
+        or None where its pivot ratio is at most S0_RCOND_MIN: made once for each distinct S₀
+        (by its bytes and those rows) among the last LU0_KEPT, since S₀ is shared by every
+        instance and Newton step with the same A, P and DΠ outside the PSD blocks."""
+        S0 = S.S0
+        key = hashlib.blake2b(S0.data.tobytes() + S0.indices.tobytes() + S0.indptr.tobytes()
+                              + S.zero_rows.tobytes(), digest_size=20).digest()
         with self._lock:
             if key in self._lus:
                 self._lus.move_to_end(key)
                 return self._lus[key]
         lu: SharedLU | None = None
         try:
-            superlu = spla.splu(S0, permc_spec=self.ordering or "COLAMD",
+            superlu = spla.splu(S.shifted(), permc_spec=self.ordering or "COLAMD",
                                 **({} if self.supernodes else _NO_SUPERNODES))
             if _pivot_ratio(superlu) > S0_RCOND_MIN:
-                lu = SharedLU(superlu)
+                lu = SharedLU(superlu, np.asarray(abs(S0).sum(axis=0)).ravel())
         except RuntimeError:  # exactly singular
             pass
         with self._lock:
@@ -391,11 +392,12 @@ class SharedLU:
     twice the cost of the better of the two choices in hindsight); it is kept sparse
     (explicit zeros dropped: no entry is approximated)."""
 
-    __slots__ = ("lu", "shape", "_spent", "_blocks", "_lock")
+    __slots__ = ("lu", "shape", "columns", "_spent", "_blocks", "_lock")
 
-    def __init__(self, lu: spla.SuperLU) -> None:
+    def __init__(self, lu: spla.SuperLU, columns: np.ndarray) -> None:
         self.lu = lu
         self.shape = lu.shape
+        self.columns = columns  # the column sums of |S₀| (unshifted: `LowRankS.norm1`)
         self._spent: dict[bytes, int] = {}  # columns solved for Vᵀ S₀⁻¹ U, by (U's, V's rows)
         self._blocks: dict[bytes, sp.csr_matrix | None] = {}  # W, or None while being formed
         self._lock = threading.Lock()
@@ -1358,9 +1360,11 @@ class LowRankS:
             self._abs_max = float(np.abs(self.S0.data).max(initial=0.0) + low)
         return self._abs_max
 
-    def norm1(self) -> float:
-        """An upper bound of ‖S‖₁: the column sums of |S₀| plus those of |U| |V|ᵀ."""
-        col = np.asarray(abs(self.S0).sum(axis=0)).ravel()
+    def norm1(self, columns: np.ndarray | None = None) -> float:
+        """An upper bound of ‖S‖₁: the column sums of |S₀| (``columns`` where at hand) plus
+        those of |U| |V|ᵀ."""
+        col = np.asarray(abs(self.S0).sum(axis=0)).ravel() if columns is None \
+            else columns.copy()
         col[self.Vr] += np.abs(self.Vb) @ np.abs(self.Ub).sum(axis=0)
         return float(col.max(initial=0.0))
 
@@ -1469,7 +1473,7 @@ def _factor_low_rank(S: LowRankS) -> Factor:
         return Factor(S, None, 0.0)
     if not S.shared:
         return _factor_bordered(S)
-    lu0 = layout.lu0(S.shifted())
+    lu0 = layout.lu0(S)
     if lu0 is not None:
         C = np.eye(S.rank) + lu0.capacitance(S)
         lu, piv, info = sla.lapack.dgetrf(C) if S.rank else (C, np.zeros(0, np.int32), 0)
@@ -1479,7 +1483,7 @@ def _factor_low_rank(S: LowRankS) -> Factor:
                 S.shape, matvec=wood.apply, rmatvec=lambda r: wood.apply(r, "T"),
                 matmat=wood.apply, rmatmat=lambda r: wood.apply(r, "T"), dtype=float)
             with np.errstate(all="ignore"):
-                rc = 1.0 / (S.norm1() * spla.onenormest(inverse, t=1))
+                rc = 1.0 / (S.norm1(lu0.columns) * spla.onenormest(inverse, t=1))
             if rc > RCOND_MIN:
                 return Factor(S, wood, rc, ordering=layout.ordering)
     return _factor_bordered(S)

@@ -231,7 +231,7 @@ def test_shared_lu_forms_the_capacitance_block_once_it_pays(monkeypatch):
     S0 = S.shifted().toarray()
     U, V = S.U().toarray(), S.V().toarray()
     ref = V.T @ np.linalg.solve(S0, U)
-    shared = der.SharedLU(f.lu.lu0.lu)  # a fresh one: nothing solved yet
+    shared = der.SharedLU(f.lu.lu0.lu, f.lu.lu0.columns)  # a fresh one: nothing solved yet
     calls = -(-(S.Vr.size + S.rank) // S.rank)  # the call that has spent enough
     # (S₀ is shifted by √u·max|S₀| on the block's rows: C's largest entries ~1/√u, and any
     # two ways of forming it agree to a few ulps of those times S₀'s conditioning)
