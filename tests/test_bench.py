@@ -101,6 +101,9 @@ def test_speed_quick(speed):
         (n, b) for n in names for b in batches]
     for name, s in doc["searches"].items():
         assert s["our_failure"] is None and s["our_error"] <= 1e-8, name
+        assert s["our_solution_error"] <= 1e-8, name
+        for p, a in s["peers"].items():  # each peer's outputs against the closed form too
+            assert a["failure"] is not None or a["solution_error"] is not None, (name, p)
         assert s["steps"] and (s["matched"] or s["best_eps"] is not None)
     for r in doc["rows"]:
         _check_measurement(r["ours"], with_error=False)
@@ -156,9 +159,18 @@ def test_error_metric_is_sensitive():
     libs = bench.Libraries(case, build_cvxpylayers=False)
     batch = bench.make_batch(case, 4, seed=1, variables=libs.variables)
     good = bench.measure(libs.ours, batch, repeats=1)
-    assert good.ok and good.error <= 1e-8
+    assert good.ok and good.error <= 1e-8 and good.solution_error <= 1e-8
     bad = bench.measure(lambda *p: tuple(1.01 * o for o in libs.ours(*p)), batch, repeats=1)
     assert bad.ok and bad.error > 1e-4
+    # the outputs' error against the closed-form solution, independently of the gradient's
+    ref = max(float(np.abs(x).max()) for x in batch.solutions)
+    assert bad.solution_error == pytest.approx(0.01 * ref, rel=1e-6)
+    shifted = bench.measure(lambda *p: tuple(o + 0.5 for o in libs.ours(*p)), batch, repeats=1)
+    assert shifted.error <= 1e-8 and shifted.solution_error == pytest.approx(0.5)
+    search = {"peers": {"moreau": {"error": good.error, "solution_error": 0.5},
+                        "proxsuite": {"error": good.error, "solution_error": 1e-9}}}
+    notes = bench._solution_notes("sparsemax", search, bench.YARDSTICK_ERROR)
+    assert len(notes) == 1 and "moreau's outputs are 5.0e-01 from the closed form" in notes[0]
 
 
 def test_cvxpylayers_failure_is_recorded(monkeypatch):

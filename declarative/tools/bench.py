@@ -208,13 +208,15 @@ def _accuracy_cases() -> dict[str, Case]:
 @dataclass
 class Batch:
     """Parameter values of a batch (each (B, *shape)), cotangents g (each (B, *out_shape)) and,
-    when asked for, the closed-form gradient of ⟨g, out⟩ (each (B, *param_shape))."""
+    when asked for, the closed-form gradient of ⟨g, out⟩ (each (B, *param_shape)) and the
+    closed-form outputs (``solutions``, each (B, *out_shape))."""
 
     case: Case
     values: list[np.ndarray]
     g: list[np.ndarray]
     reference: list[np.ndarray] | None = None
     instances: list[list[np.ndarray]] = field(default_factory=list, repr=False)
+    solutions: list[np.ndarray] | None = None
 
     @property
     def size(self) -> int:
@@ -222,19 +224,23 @@ class Batch:
 
     def head(self, b: int) -> Batch:
         ref = None if self.reference is None else [r[:b] for r in self.reference]
+        sol = None if self.solutions is None else [x[:b] for x in self.solutions]
         return Batch(self.case, [v[:b] for v in self.values], [gi[:b] for gi in self.g], ref,
-                     self.instances[:b])
+                     self.instances[:b], sol)
 
     def with_reference(self) -> Batch:
-        """This batch with the closed-form gradient of ⟨g, out⟩ per instance."""
+        """This batch with the closed-form gradient of ⟨g, out⟩ and outputs per instance."""
         mod = problems.get(self.case.problem)
         ref = [np.zeros_like(v) for v in self.values]
+        sol = [np.zeros_like(gi) for gi in self.g]
         for b, params in enumerate(self.instances):
             J = mod.jacobian(*params)
             for i, gi in enumerate(self.g):
                 for j in range(len(ref)):
                     ref[j][b] += np.tensordot(gi[b], J[i][j], axes=gi[b].ndim)
-        return Batch(self.case, self.values, self.g, ref, self.instances)
+            for i, x in enumerate(mod.solution(*params)):
+                sol[i][b] = np.asarray(x, dtype=float).reshape(sol[i][b].shape)
+        return Batch(self.case, self.values, self.g, ref, self.instances, sol)
 
 
 def _rng(seed: int, case: Case, salt: str) -> np.random.Generator:
@@ -262,12 +268,14 @@ def make_batch(case: Case, size: int, seed: int = 0, reference: bool = True,
 # -- timing one library ----------------------------------------------------------------------
 @dataclass
 class Measurement:
-    """Median times (s) of forward, backward and their sum, and the worst gradient error."""
+    """Median times (s) of forward, backward and their sum, and the worst gradient error and
+    output (solution) error against the closed forms."""
 
     forward: float = math.nan
     backward: float = math.nan
     total: float = math.nan
     error: float | None = None     # None when there is no reference
+    solution_error: float | None = None  # max abs over the outputs; None without reference
     failure: str | None = None     # why it did not run, if it did not
     warnings: list[str] = field(default_factory=list)
     repeats: int = 0
@@ -279,7 +287,8 @@ class Measurement:
     def as_dict(self) -> dict[str, Any]:
         num = fmt.finite_or_none
         return {"forward": num(self.forward), "backward": num(self.backward),
-                "total": num(self.total), "error": num(self.error), "failure": self.failure,
+                "total": num(self.total), "error": num(self.error),
+                "solution_error": num(self.solution_error), "failure": self.failure,
                 "warnings": self.warnings, "repeats": self.repeats}
 
 
@@ -291,7 +300,7 @@ def measure(call: Callable[..., Sequence[Any]], batch: Batch, repeats: int = REP
     """Time ``call(*tensors) -> outputs`` and its backward on ``batch``; error vs the reference."""
     import torch
 
-    fwd, bwd, errors = [], [], []
+    fwd, bwd, errors, sol_errors = [], [], [], []
     seen: dict[str, None] = {}  # warnings, once each, in order
     g = [torch.as_tensor(gi, dtype=torch.float64) for gi in batch.g]
     failure = None
@@ -314,6 +323,8 @@ def measure(call: Callable[..., Sequence[Any]], batch: Batch, repeats: int = REP
                 bwd.append(t2 - t1)
                 if batch.reference is not None:
                     errors.append(_grad_error(params, batch.reference))
+                if batch.solutions is not None:
+                    sol_errors.append(_solution_error(outs, batch.solutions))
         except Exception as e:  # noqa: BLE001 - recorded in the row; the bench goes on
             failure = _describe(e)
     for w in caught:
@@ -325,7 +336,26 @@ def measure(call: Callable[..., Sequence[Any]], batch: Batch, repeats: int = REP
     return Measurement(
         forward=statistics.median(fwd), backward=statistics.median(bwd),
         total=statistics.median([x + y for x, y in zip(fwd, bwd, strict=True)]),
-        error=max(errors) if errors else None, warnings=list(seen)[:5], repeats=len(fwd))
+        error=max(errors) if errors else None,
+        solution_error=max(sol_errors) if sol_errors else None, warnings=list(seen)[:5],
+        repeats=len(fwd))
+
+
+def _solution_error(outs: Sequence[Any], reference: Sequence[np.ndarray]) -> float:
+    """Max abs error of the outputs against the closed-form ones (inf where their number or a
+    shape differs or a value is not finite)."""
+    if len(outs) != len(reference):
+        return math.inf
+    err = 0.0
+    for o, ref in zip(outs, reference, strict=True):
+        got = o.detach().numpy()
+        if got.shape != ref.shape:
+            return math.inf
+        e = float(np.max(np.abs(got - ref))) if ref.size else 0.0
+        if not math.isfinite(e):
+            return math.inf
+        err = max(err, e)
+    return err
 
 
 def _grad_error(params: Sequence[Any], reference: Sequence[np.ndarray]) -> float:
@@ -631,6 +661,7 @@ def run_speed(names: Sequence[str] | None = None, batches: Sequence[int] | None 
         accuracy = _peer_accuracy(libs, ref, search, lambda s: bar.set_postfix_str(s))
         searches[name] = {"problem": case.key, "sizes": case.sizes, "batch": search_batch,
                           "our_error": fmt.finite_or_none(ours_ref.error),
+                          "our_solution_error": fmt.finite_or_none(ours_ref.solution_error),
                           "our_failure": ours_ref.failure,
                           **(search.as_dict() if search else
                              {"failure": libs.cvxpylayers_failure}),
@@ -708,6 +739,7 @@ def _peer_accuracy(libs: Libraries, ref: Batch, search: Search | None,
                 step = next(st for st in search.steps if st["eps"] == search.chosen)
             out[name] = {"options": libs.cvxpylayers_options(search.chosen if search else None),
                          "error": step["error"] if step else None,
+                         "solution_error": step.get("solution_error") if step else None,
                          "failure": None if step else (libs.cvxpylayers_failure
                                                        or "no eps gave a finite error"),
                          "tight": None}
@@ -715,7 +747,9 @@ def _peer_accuracy(libs: Libraries, ref: Batch, search: Search | None,
         progress(f"{libs.case.key}: {name} error")
         m = libs.time_peer(name, ref, 1)
         entry: dict[str, Any] = {"options": dict(peer.defaults),
-                                 "error": fmt.finite_or_none(m.error), "failure": m.failure,
+                                 "error": fmt.finite_or_none(m.error),
+                                 "solution_error": fmt.finite_or_none(m.solution_error),
+                                 "failure": m.failure,
                                  "tight": None}
         if peer.tight is not None and libs.built[name].ok:
             progress(f"{libs.case.key}: {name} error, tight")
@@ -989,6 +1023,18 @@ def format_accuracy(doc: dict[str, Any]) -> str:
 TIMES = ("forward", "backward", "total")
 
 
+def _solution_notes(name: str, search: dict[str, Any], threshold: float) -> list[str]:
+    """A note for each peer of problem ``name`` whose outputs (as timed) are more than
+    ``threshold`` from the closed form: a wrong answer, not only a wrong gradient."""
+    out = []
+    for p, a in search.get("peers", {}).items():
+        se = a.get("solution_error")
+        if se is not None and se > threshold:
+            out.append(f"{name}: {p}'s outputs are {fmt.sci(se)} from the closed form as "
+                       "timed (max abs): its forward answer is off, not only its gradient")
+    return out
+
+
 def format_speed(doc: dict[str, Any]) -> str:
     names = list(doc["settings"]["peers"])
     header = ["problem", "batch", "ours fwd", "bwd", "total"]
@@ -1023,8 +1069,9 @@ def format_speed(doc: dict[str, Any]) -> str:
                    f"{'-' if s['best_eps'] is None else format(s['best_eps'], '.0e')}; "
                    "timed there)")
             out.append(f"search {name} (batch {s['batch']}): our error "
-                       f"{fmt.sci(s['our_error'])}, cvxpylayers target {s['target']:.1e}: "
-                       f"{got}")
+                       f"{fmt.sci(s['our_error'])} (outputs "
+                       f"{fmt.sci(s.get('our_solution_error'))}), cvxpylayers target "
+                       f"{s['target']:.1e}: {got}")
         for p, a in s.get("peers", {}).items():
             t = a.get("tight")
             if t is None:
@@ -1036,6 +1083,7 @@ def format_speed(doc: dict[str, Any]) -> str:
                        + f" {doc['settings']['yardstick_error']:g}")
             notes.append(f"{name}: {p} at its tightest tolerance ({opts}): {verdict} "
                          f"(at its defaults: {_err_of(a)})")
+        notes += _solution_notes(name, s, doc["settings"]["yardstick_error"])
     skipped = [p for p in names if all(r["peers"][p]["failure"] == "not installed"
                                        for r in doc["rows"])]
     if skipped:
