@@ -40,7 +40,9 @@ the searched eps and of the other peers at their defaults, each beside its error
 YARDSTICK, the fastest peer whose error is <= 1e-5 (else the fastest at any accuracy,
 marked *); the ratio yardstick/ours and cvxpylayers/ours, and their geometric means over
 the rows. ``--row-budget`` skips a library at a batch its time at the previous one
-predicts to be too slow (recorded in the row).
+predicts to be too slow (recorded in the row). Every measurement also records its outputs'
+max abs error against the closed-form solution (``solution_error``); a peer whose outputs
+are off by more than 1e-5 gets a note (its answer is wrong, not only its gradient).
 
 ``scaling``: time per instance of ours and of each peer (at their defaults) as the batch
 grows (1 ... 4096) and as sparsemax and softmax (n = 10 ... 10,000) and the spectraplex
