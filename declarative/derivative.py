@@ -92,12 +92,15 @@ S0_RCOND_MIN = 1e-12
 LU0_KEPT = 8
 # Woodbury's capacitance C = I + Vᵀ S₀⁻¹ U reads S₀⁻¹ only in U's rows (columns) and V's rows.
 # That block is very sparse (S₀ is S with the low-rank blocks at base 0 or I: PSD projection
-# with a trace constraint at k = 30, 12,480 nonzeros in a 2,731 × 930 block), so once a shared
-# S₀'s LU has been solved with as many columns as V has rows, the block is formed by that many
-# transposed solves and kept (`SharedLU`): C is then a sparse product, not a solve with ρ
-# columns (k = 30: 0.35 against 4.1 ms, k = 50: 1.7 against 28 ms). The block is formed
-# this many columns at a time.
+# with a trace constraint at k = 30, 2,670 nonzeros in 465 × 930, against 11,882 in S₀'s LU),
+# so once a shared S₀'s LU has been solved with as many columns as V has rows, the block is
+# formed by that many transposed solves and kept (`SharedLU`): C is then a sparse product, not
+# a solve with ρ columns (k = 30: 0.35 against 4.1 ms, k = 50: 1.7 against 28 ms). The block
+# is formed this many columns at a time, and given up (for good: C by solves) as soon as it
+# holds more than COUPLING_FILL times the LU's entries, where the product would cost as much
+# as the solves (dense coupling through A) and the block's memory would grow with |V| |U|.
 COUPLING_BLOCK = 256
+COUPLING_FILL = 4.0
 # Up to this order N, a block of dense S is inverted as one stack (LAPACK's getrf/getri in one
 # NumPy call, no Python per instance) and solves are batched products with S⁻¹; the 1-norm
 # condition number is then exact. Per instance, LAPACK at these sizes costs less than the
@@ -390,7 +393,8 @@ class SharedLU:
     formed, once, by transposed solves with V's rows of the identity, after S₀ has been
     solved with as many columns as that through the ρ-column solves it replaces (then at most
     twice the cost of the better of the two choices in hindsight); it is kept sparse
-    (explicit zeros dropped: no entry is approximated)."""
+    (explicit zeros dropped: no entry is approximated), unless it turns out denser than
+    COUPLING_FILL times the LU."""
 
     __slots__ = ("lu", "shape", "columns", "_spent", "_blocks", "_lock")
 
@@ -399,16 +403,9 @@ class SharedLU:
         self.shape = lu.shape
         self.columns = columns  # the column sums of |S₀| (unshifted: `LowRankS.norm1`)
         self._spent: dict[bytes, int] = {}  # columns solved for Vᵀ S₀⁻¹ U, by (U's, V's rows)
-        self._blocks: dict[bytes, sp.csr_matrix | None] = {}  # W, or None while being formed
+        # W; None while being formed; False where it was given up (too dense)
+        self._blocks: dict[bytes, sp.csr_matrix | bool | None] = {}
         self._lock = threading.Lock()
-
-    @property
-    def L(self) -> sp.csc_matrix:
-        return self.lu.L
-
-    @property
-    def U(self) -> sp.csc_matrix:
-        return self.lu.U
 
     def solve(self, rhs: np.ndarray, trans: str = "N") -> np.ndarray:
         return self.lu.solve(rhs, trans=trans)
@@ -428,22 +425,27 @@ class SharedLU:
         if build:
             W = self._block(S.Ur, S.Vr)
             with self._lock:
-                self._blocks[key] = W
-        if W is not None:
+                self._blocks[key] = False if W is None else W
+        if isinstance(W, sp.csr_matrix):
             return S.Vb.T @ (W @ S.Ub)
         U = np.zeros((S.shape[0], S.rank))
         U[S.Ur] = S.Ub
         return S.Vb.T @ self.lu.solve(U)[S.Vr]
 
-    def _block(self, Ur: np.ndarray, Vr: np.ndarray) -> sp.csr_matrix:
-        """S₀⁻¹[Vr, Ur], sparse: column j of S₀⁻ᵀ e_{Vr[j]} holds row Vr[j] of S₀⁻¹."""
+    def _block(self, Ur: np.ndarray, Vr: np.ndarray) -> sp.csr_matrix | None:
+        """S₀⁻¹[Vr, Ur], sparse (column j of S₀⁻ᵀ e_{Vr[j]} holds row Vr[j] of S₀⁻¹); None as
+        soon as it holds more than COUPLING_FILL times the LU's entries."""
         N = self.shape[0]
-        parts = []
+        limit = COUPLING_FILL * (self.lu.L.nnz + self.lu.U.nnz)
+        parts, held = [], 0
         for lo in range(0, Vr.size, COUPLING_BLOCK):
             rows = Vr[lo : lo + COUPLING_BLOCK]
             E = np.zeros((N, rows.size))
             E[rows, np.arange(rows.size)] = 1.0
             parts.append(sp.csr_matrix(self.lu.solve(E, trans="T")[Ur].T))
+            held += parts[-1].nnz
+            if held > limit:
+                return None
         return sp.vstack(parts, format="csr") if len(parts) > 1 else parts[0]
 
 

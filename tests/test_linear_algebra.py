@@ -244,6 +244,14 @@ def test_shared_lu_forms_the_capacitance_block_once_it_pays(monkeypatch):
         formed = shared._blocks.get(S.Ur.tobytes() + b"|" + S.Vr.tobytes())
         assert (formed is not None) == (call >= calls)
     assert formed.nnz < formed.shape[0] * formed.shape[1]  # kept sparse
+    # a block denser than COUPLING_FILL times the LU is given up for good: C by solves
+    fill = der.COUPLING_FILL
+    monkeypatch.setattr(der, "COUPLING_FILL", 0.0)
+    dense = der.SharedLU(f.lu.lu0.lu, f.lu.lu0.columns)
+    for _ in range(calls + 1):
+        assert max_abs(dense.capacitance(S), ref) <= tol
+    assert dense._blocks == {S.Ur.tobytes() + b"|" + S.Vr.tobytes(): False}
+    monkeypatch.setattr(der, "COUPLING_FILL", fill)
     # later calls of the layer (its S₀'s LU kept with the template) use the block
     g = [rng.standard_normal((2, k, k))]
     grads = [layer.forward([Ys]).vjp(g)[0] for _ in range(calls + 1)]
