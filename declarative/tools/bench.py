@@ -348,25 +348,22 @@ def _solution_error(outs: Sequence[Any], reference: Sequence[np.ndarray]) -> flo
     shape differs or a value is not finite)."""
     if len(outs) != len(reference):
         return math.inf
-    err = 0.0
-    for o, ref in zip(outs, reference, strict=True):
-        got = o.detach().numpy()
-        if got.shape != ref.shape:
-            return math.inf
-        e = float(np.max(np.abs(got - ref))) if ref.size else 0.0
-        if not math.isfinite(e):
-            return math.inf
-        err = max(err, e)
-    return err
+    return _max_abs_error([o.detach().numpy() for o in outs], reference)
 
 
 def _grad_error(params: Sequence[Any], reference: Sequence[np.ndarray]) -> float:
+    return _max_abs_error([np.zeros_like(ref) if p.grad is None else p.grad.detach().numpy()
+                           for p, ref in zip(params, reference, strict=True)], reference)
+
+
+def _max_abs_error(got: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> float:
+    """max over the pairs of max |got − ref|; inf where a shape differs or a value is not
+    finite."""
     err = 0.0
-    for p, ref in zip(params, reference, strict=True):
-        grad = np.zeros_like(ref) if p.grad is None else p.grad.detach().numpy()
-        if grad.shape != ref.shape:
+    for g, ref in zip(got, reference, strict=True):
+        if g.shape != ref.shape:
             return math.inf
-        e = float(np.max(np.abs(grad - ref))) if ref.size else 0.0
+        e = float(np.max(np.abs(g - ref))) if ref.size else 0.0
         if not math.isfinite(e):
             return math.inf
         err = max(err, e)
