@@ -487,3 +487,23 @@ def test_simplex_quadratic_reduces_to_sparsemax_and_matches_bisection():
         np.testing.assert_allclose(module.threshold(theta, d), 0.5 * (lo + hi), atol=1e-14)
         x = module.solution(theta, d)[0]
         np.testing.assert_allclose(x.sum(), 1.0, rtol=1e-14)
+
+
+@pytest.mark.parametrize("scale", [1e-12, 1.0])
+def test_psd_trace_projection_jacobian_where_every_eigenvalue_is_on(scale):
+    """Where every eigenvalue of sym(Y) exceeds τ (Y small beside the trace), X = sym(Y) − τI
+    with τ = (tr Y − 1)/k, so J·G = sym(G) − tr(G)/k·I exactly: the closed form keeps it at
+    Y ~ 1e-12, where divided differences of λ − τ would lose the digits of λ_a − λ_b."""
+    mod = get("psd_trace_projection")
+    k = 12
+    rng = np.random.default_rng(4)
+    A = rng.standard_normal((k, k))
+    A = (A + A.T) / 2
+    Y = scale * A * (0.25 / k / np.abs(np.linalg.eigvalsh(A)).max())  # |λ| <= 0.25/k, τ < 0
+    lam = np.linalg.eigvalsh(Y)
+    assert np.all(lam > (lam.sum() - 1) / k)
+    G = rng.standard_normal((k, k))
+    got = np.tensordot(G, mod.jacobian(Y)[0][0], axes=2)
+    Gs = (G + G.T) / 2
+    want = Gs - np.trace(G) / k * np.eye(k)
+    assert np.abs(got - want).max() <= 1e-13
