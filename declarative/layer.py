@@ -42,7 +42,13 @@ from declarative.equilibrate import Equilibration, equilibrate
 from declarative.errors import ParameterError, ProblemError, SolverError, describe_indices
 from declarative.parallel import single_threaded_blas
 from declarative.promise import ACCURACY
-from declarative.refine import REFINE_MAX_ITERS, REFINE_TOL, refine
+from declarative.refine import (
+    REFINE_MAX_ITERS,
+    REFINE_TOL,
+    SCALE_FLOOR,
+    refine,
+    row_terms,
+)
 from declarative.solve import Backend, Status, calibrate_scale, check_settings, solve_batch
 from declarative.tuning import Tuning
 
@@ -67,6 +73,16 @@ ROUNDING = 8 * np.finfo(float).eps
 # certified as that zero. (Not the error alone: where the data are large and the output
 # small, as for X ⪰ 0, tr X = 1 projecting a Y ~ 1e6, the unit is the data's scale.)
 ZERO_FLOOR = 1e-13
+# ... except for its entries that the program's small data set: entries of b and c (the
+# equilibrated program's, whose largest is 1) of at most SMALL_DATA are carried exactly, so
+# an output they set (X ⪰ 0, tr X = 1 beside a Y ~ 1e12: X's size comes from the 1, far
+# below the unit of Y's rounding) has a size the user expects to the promised relative
+# accuracy, not a zero's. Outputs are positively homogeneous of degree 1 in (b, c), so
+# their first-order response to the small entries alone is one solve with S; an entry
+# whose response exceeds DRIVEN times that solve's estimated rounding is set by them
+# (`Layer._small_data_drive`) and must meet the relative test.
+SMALL_DATA = 1e-6
+DRIVEN = 100.0
 # Below this max-norm in the equilibrated program (whose data have unit max-norm), an output
 # that a singular S leaves undetermined is not resolved (see Layer._forward_error_ok).
 RESOLVED = ACCURACY
@@ -1049,7 +1065,7 @@ class Layer:
             factors = [f if kp else None for f, kp in zip(r.factors, keep, strict=True)]
             v = np.where(keep[:, None], r.v, y - s)
             certified = candidate & keep & (after <= ACCEPT_BACKWARD)
-            certified &= self._forward_error_ok(sub, eq, r, certified, factors)
+            certified &= self._forward_error_ok(sub, eq, r, certified, factors, ch, bh)
             for i in range(k):
                 if certified[i]:
                     status[i] = Status.SOLVED
@@ -1093,22 +1109,23 @@ class Layer:
         return moved
 
     def _forward_error_ok(self, ops: BatchOps, eq: Equilibration, r: Any, which: np.ndarray,
-                          factors: list) -> np.ndarray:
+                          factors: list, c: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Per instance (B,): is every output's estimated forward error within ACCEPT_FORWARD
         of that output's max-norm? Checked where ``which``.
 
         The error of the refined point z is estimated, per entry, as
         |S⁻¹F| + |S⁻¹(ROUNDING·den ⊙ ξ)|: the Newton correction (the error itself, to first
         order, near a regular solution) plus the effect of rounding the residual's terms
-        (den, from `refine.backward_error`) with signs ξ (a fixed ±1 probe, the
-        usual estimate of |S⁻¹| applied to a vector: Higham, *Accuracy and Stability of
-        Numerical Algorithms*, §15.3). It is mapped to the outputs through the
-        equilibration and ``recover`` in absolute values (|DΠ| ≤ 1 bounds y's error by
-        v's). An output whose max-norm is at the rounding level of its unit (what one unit
-        of the equilibrated program is in the output's units: a zero) is judged against
-        that unit, and an output whose max-norm and error are both at most ZERO_FLOOR of its
-        unit passes (a zero whose rounding, amplified by the conditioning, exceeds a few
-        ulps).
+        (den, `refine.row_terms`) with signs ξ (a fixed ±1 probe, the usual estimate of
+        |S⁻¹| applied to a vector: Higham, *Accuracy and Stability of Numerical
+        Algorithms*, §15.3). It is mapped to the outputs through the equilibration and
+        ``recover`` in absolute values (|DΠ| ≤ 1 bounds y's error by v's). An output whose
+        max-norm and error are both at most ZERO_FLOOR of its unit (what one unit of the
+        equilibrated program is in the output's units) is a zero: its entries pass, a
+        zero's rounding amplified by the conditioning being a few ulps of that unit, except
+        those that the program's small data set (`_small_data_drive`), which are small
+        values, not zeros, and must meet the relative test. (c, b) are the equilibrated
+        program's.
 
         Where S is singular the estimate sees nothing along its null space. That is
         harmless where the null space moves no output (auxiliary variables that are not
@@ -1155,8 +1172,17 @@ class Layer:
             for k, (o, lo) in enumerate(zip(self.outputs, self._out_offsets, strict=True)):
                 if here[lo : lo + o.size].max(initial=0.0) < RESOLVED and moved[k]:
                     d[j] = np.inf
-            # (rounding in F's largest rows leaks into every row through the projection)
-            if not np.all(gap <= ACCEPT_BACKWARD * den[j] + ROUNDING * den[j].max()):
+            # F's part outside S's range is judged against each row's own terms, not the
+            # block-wide scale of a cone's rounding (`refine.row_terms`): S nearly singular
+            # along a direction that a small dual entry sets (water-filling with α ~ 1e6,
+            # whose log's exponential cones carry 1/(α + x) ~ 1e-6 beside entries ~ 1)
+            # leaves the whole error in that part. (Rounding in F's largest rows leaks into
+            # every row through the projection: the normwise term.)
+            at = idx[j : j + 1]
+            own = row_terms(ops.take(at), c[at], b[at], r.x[at], r.v[at], r.y[at],
+                            blockwise=False)[0]
+            judged = np.maximum(own, SCALE_FLOOR * den[j].max(initial=0.0))
+            if not np.all(gap <= ACCEPT_BACKWARD * judged + ROUNDING * den[j].max()):
                 d[j] = np.inf
         e = eq.take(idx)
         ex, ey = e.solution(d[:, : t.n], d[:, t.n :])
@@ -1165,16 +1191,69 @@ class Layer:
         err = times_t(np.concatenate([ex, ey], axis=1), absR)
         unit = times_t(np.concatenate([ux, uy], axis=1), absR)
         ok = np.all(np.isfinite(err), axis=1)
-        for o, lo in zip(self.outputs, self._out_offsets, strict=True):
-            sl = slice(lo, lo + o.size)
-            size = vals[:, sl].max(axis=1, initial=0.0)
-            u = unit[:, sl].max(axis=1, initial=0.0)
-            e = err[:, sl].max(axis=1, initial=0.0)
-            zero = (size <= ZERO_FLOOR * u) & (e <= ZERO_FLOOR * u)
-            size = np.where(size <= ROUNDING * u, u, size)
-            ok &= (e <= ACCEPT_FORWARD * size) | zero
+        # per output (k, outputs), then spread over its entries (k, N)
+        sizes = [o.size for o in self.outputs]
+        starts = self._out_offsets
+        size, u = (np.maximum.reduceat(a, starts, axis=1) if a.shape[1] else a
+                   for a in (vals, unit))
+        size, u = np.repeat(size, sizes, axis=1), np.repeat(u, sizes, axis=1)
+        relative = err <= ACCEPT_FORWARD * size
+        floor = ZERO_FLOOR * u
+        zero = (size <= floor) & (err <= floor)
+        fine = relative | zero
+        for jz in np.flatnonzero(ok & (zero & ~relative).any(axis=1)):
+            # a zero output's entries whose value the small data set are not zeros
+            at = idx[jz]
+            driven = self._small_data_drive(ops.take(idx[jz : jz + 1]), factors[at], r.v[at],
+                                            c[at], b[at], e.take(np.array([jz])), unit[jz])
+            fine[jz] = relative[jz] | zero[jz] & ~driven
+        ok &= fine.all(axis=1)
         out[idx] = ok
         return out
+
+    def _small_data_drive(self, ops: BatchOps, f: Any, v: np.ndarray, c: np.ndarray,
+                          b: np.ndarray, e: Equilibration, unit: np.ndarray) -> np.ndarray:
+        """Per output entry (N,): do the small entries of the equilibrated program's c and
+        b (nonzero, at most SMALL_DATA of the largest) set its value?
+
+        Outputs are positively homogeneous of degree 1 in (b, c), so the small entries'
+        share of an output is its first-order response to them: R (du, DΠ(v) dv) with
+        (du, dv) = −S⁻¹(c_small, b_small) (F's derivative in (c, b) is the identity),
+        here with the small entries scaled to unit max-norm. An entry that does not depend
+        on them gets only that solve's rounding, estimated as in `_forward_error_ok` from
+        the terms of S (du, dv) = −(c_small, b_small) (`refine.row_terms` at that
+        point); an entry whose response exceeds DRIVEN times that
+        is set by them. ``ops``: this instance's operators; ``unit`` (N,): what one unit
+        of the equilibrated program is in each entry's units. Where S has no usable
+        factorization every entry counts as set."""
+        t = self.template
+        N = t.recover.shape[0]
+        data = np.concatenate([c, b])
+        big = np.abs(data).max(initial=0.0)
+        small = np.where((data != 0) & (np.abs(data) <= SMALL_DATA * big), data, 0.0)
+        top = np.abs(small).max(initial=0.0)
+        if top == 0:
+            return np.zeros(N, dtype=bool)
+        small = small / top
+        dz = newton_correction([f], small[None])[0]
+        if not np.all(np.isfinite(dz)):
+            return np.ones(N, dtype=bool)
+        du, dv = dz[None, : t.n], dz[None, t.n :]
+        D = dproject(v, t.dims, dual=True)
+        dy = D.matvec(dv[0][:, None])[:, 0][None]
+        terms = row_terms(ops, small[None, : t.n], small[None, t.n :], du, dv, dy)
+        w = newton_correction([f], (ROUNDING * terms[0] * sign_probe(t.n + t.m))[None])[0]
+        if not np.all(np.isfinite(w)):
+            return np.ones(N, dtype=bool)
+        response = np.abs(t.recover @ np.concatenate(e.solution(du, dy), axis=1)[0])
+        # (|DΠ| ≤ 1 bounds the rounding of DΠ dv by dv's)
+        aw = np.abs(w)[None]
+        rounding = self._abs_recover @ np.concatenate(e.solution(aw[:, : t.n], aw[:, t.n :]),
+                                                      axis=1)[0]
+        # (and not below the rounding of dz's largest entry: the estimate above is first
+        # order, and leaves out rounding's products, ~ε² of it)
+        rounding = np.maximum(rounding, ROUNDING * np.abs(dz).max() * unit)
+        return response > DRIVEN * rounding
 
     @cached_property
     def _abs_recover(self):

@@ -54,12 +54,44 @@ class Refined:
     steps: np.ndarray            # Newton systems factored and solved, per instance
     omega_before: np.ndarray     # componentwise backward error at SCS's solution
     omega: np.ndarray            # componentwise backward error after refinement
-    den: np.ndarray              # its row scales (backward_error) at the returned points
+    den: np.ndarray              # its rows' terms (backward_error) at the returned points
     F: np.ndarray                # F(u, v) at the returned points
     factors: list                # the last Newton matrix factored, per instance (or None)
     v: np.ndarray                # v = y − s at the returned points, exactly
     D: DProjection               # DΠ_{K*} at the current iterates, which are at `v_D`
     v_D: np.ndarray              # (= v except where refinement ended on a watchdog step)
+
+
+def row_terms(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray,
+              pv: np.ndarray, blockwise: bool = True) -> np.ndarray:
+    """The magnitudes of F(u, v)'s terms per row (B, n + m): (|P||u| + |A|ᵀ|y| + |c|) over
+    the first n rows, (|A||u| + |b| + |s|) over the last m, with y = Π(v), s = Π(v) − v.
+
+    With ``blockwise``, on a cone that is not a product of half-lines (second-order, PSD,
+    exponential, power) |y| and |s| stand for the block's largest |Π(v)| + |v|, and the
+    second sum is its maximum over the block: Π mixes a block's entries, so its rounding
+    is relative to the block, not to each entry (`backward_error`). Without, every entry is
+    taken as it is: the scale of the terms themselves."""
+    t = ops.template
+    p = pattern(t)
+    mag = ops.magnitude
+    au, apv = np.abs(u), np.abs(pv)
+    # Π(v) and s = Π(v) − v are exact on zero and nonnegative rows (one of y, s is 0 there);
+    # elsewhere Π mixes the block, so both are known to rounding relative to the block's
+    # largest |Π(v)| + |v|
+    sep = t.dims.zero + t.dims.nonneg
+    den_pv, den_s = apv.copy(), np.abs(pv - v)
+    blocks = blockwise and sep < t.m
+    if blocks:
+        block = np.maximum.reduceat(apv + np.abs(v), p.blocks, axis=1)
+        block = np.repeat(block, p.block_sizes, axis=1)[:, sep:]
+        den_pv[:, sep:] = block
+        den_s[:, sep:] = block
+    den_x = mag.P(au) + mag.AT(den_pv) + np.abs(c)
+    den_y = mag.A(au) + np.abs(b) + den_s
+    if blocks:
+        den_y = np.repeat(np.maximum.reduceat(den_y, p.blocks, axis=1), p.block_sizes, axis=1)
+    return np.concatenate([den_x, den_y], axis=1)
 
 
 def backward_error(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray,
@@ -80,33 +112,16 @@ def backward_error(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray,
     exact (Oettli & Prager 1964; Higham, *Accuracy and Stability of Numerical
     Algorithms*, §7.2), so it is invariant to any diagonal scaling of rows and columns: a
     1e9 entry judges only its own row. A row whose terms are all (nearly) zero is judged
-    at SCALE_FLOOR of the instance's largest row scale.
+    at SCALE_FLOOR of the instance's largest row scale; the denominators returned are the
+    terms themselves, without that floor (the size of each row's rounding).
     """
-    t = ops.template
-    p = pattern(t)
-    mag = ops.magnitude
-    au, apv = np.abs(u), np.abs(pv)
-    # Π(v) and s = Π(v) − v are exact on zero and nonnegative rows (one of y, s is 0 there);
-    # elsewhere Π mixes the block, so both are known to rounding relative to the block's
-    # largest |Π(v)| + |v|
-    sep = t.dims.zero + t.dims.nonneg
-    den_pv, den_s = apv.copy(), np.abs(pv - v)
-    if sep < t.m:
-        block = np.maximum.reduceat(apv + np.abs(v), p.blocks, axis=1)
-        block = np.repeat(block, p.block_sizes, axis=1)[:, sep:]
-        den_pv[:, sep:] = block
-        den_s[:, sep:] = block
-    den_x = mag.P(au) + mag.AT(den_pv) + np.abs(c)
-    den_y = mag.A(au) + np.abs(b) + den_s
-    if sep < t.m:
-        den_y = np.repeat(np.maximum.reduceat(den_y, p.blocks, axis=1), p.block_sizes, axis=1)
-    den = np.concatenate([den_x, den_y], axis=1)
+    den = row_terms(ops, c, b, u, v, pv)
     # rows whose terms are all below SCALE_FLOOR of the largest are judged at that level
     # (SCS leaves values such as 1e-320 where the exact ones are 0)
-    den = np.maximum(den, SCALE_FLOOR * den.max(axis=1, initial=0.0)[:, None])
+    floored = np.maximum(den, SCALE_FLOOR * den.max(axis=1, initial=0.0)[:, None])
     aF = np.abs(F)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(aF == 0, 0.0, aF / den)
+        ratio = np.where(aF == 0, 0.0, aF / floored)
     out = ratio.max(axis=1, initial=0.0)
     return np.where(np.isnan(out), np.inf, out), den
 
