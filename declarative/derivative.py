@@ -1585,9 +1585,12 @@ class ConeSolution:
         """
         n = self.ops.template.n
         out = np.zeros(len(self.x), dtype=bool)
+        singular = np.flatnonzero(self.lin.singular).tolist()
+        if not singular:
+            return out
         R = sp.csr_matrix(recover)
         row_norm = np.asarray(abs(R).sum(axis=1)).ravel()
-        for i in np.flatnonzero(self.lin.singular).tolist():
+        for i in singular:
             pinv = self.lin.factors[i].pinv
             if pinv is None:  # no pseudo-inverse (S not finite): cannot tell, so say so
                 out[i] = True
