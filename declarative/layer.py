@@ -91,6 +91,19 @@ RESOLVED = ACCURACY
 # `SparsePinv`'s Rayleigh–Ritz vectors) are accurate to about ε·‖S‖ over the smallest nonzero
 # singular value.
 NULL_RTOL = 1e-12
+# A whole optimal face is flat: along it the cones' projections are linear, so a direction of
+# S's null space lies in DΠ(v)'s eigenvalues 0 and 1. Where a null vector n has
+# n_vᵀ(DΠ − DΠ²)n_v (eigenvalues strictly between 0 and 1: a curved boundary of a second-order,
+# exponential, power or PSD cone) above CURVED of ‖n‖², the null space is not a face but a
+# direction of small curvature along which the solution is unique and S's singular value at
+# the rounding level: the point found is not known along it (`Layer._null_space_curved`).
+# Σ inv_pos(x) + cᵀx with c ~ 1e-12 has 6e-16 there (its second-order cones' DΠ has an
+# eigenvalue ~5e-6); polyhedral faces have exactly 0. So CURVED sits below rounding: where a
+# face in a curved cone's interior picks up rounding there, it is not certified either.
+CURVED = 1e-17
+# Refinement's last factorization is of S at the previous iterate; where DΠ has moved by more
+# than this (relative, `Layer._stale`) since, S is factored again at the refined point.
+STALE = 0.1
 # A PSD (NSD) parameter value passes if its smallest (largest) eigenvalue is at least
 # −DEFINITE_RTOL·(1 + max |entry|) (at most +): the rounding of a matrix built definite.
 DEFINITE_RTOL = 1e-9
@@ -1065,6 +1078,13 @@ class Layer:
             factors = [f if kp else None for f, kp in zip(r.factors, keep, strict=True)]
             v = np.where(keep[:, None], r.v, y - s)
             certified = candidate & keep & (after <= ACCEPT_BACKWARD)
+            # Newton stalls short of its tolerance at a regular S only where its model of
+            # F is poor (DΠ changing over less than the distance to the solution), and then
+            # the Newton correction is no estimate of the error (a rotated cone holding
+            # entries ~1e10 beside ~1: 30% off at ω 6e-12)
+            regular = np.array([f is not None and f.rcond > RCOND_MIN for f in factors],
+                               dtype=bool)
+            certified &= r.converged | ~regular
             certified &= self._forward_error_ok(sub, eq, r, certified, factors, ch, bh)
             for i in range(k):
                 if certified[i]:
@@ -1108,6 +1128,43 @@ class Layer:
             moved[k] = change[sl].max(initial=0.0) > NULL_RTOL * terms[sl].max(initial=0.0)
         return moved
 
+    def _stale(self, r: Any, idx: np.ndarray, factors: list) -> list[int]:
+        """The instances among ``idx`` whose kept factorization (refinement's last, of S at
+        the previous iterate) is not S at the refined point to within a relative STALE: DΠ
+        there and DΠ where it was made, applied to a fixed probe, differ in some row by more
+        than STALE of the first (or by more than rounding where it is 0). Near the boundary
+        of a cone's polar, DΠ's small eigenvalue can change entirely within the last step
+        (a second-order cone holding entries ~1e10 beside ~1: 6e-11 against 1e-6), and
+        with it S⁻¹, the error estimate and the derivative."""
+        have = np.array([i for i in idx if factors[i] is not None], dtype=int)
+        if have.size == 0:
+            return []
+        t = self.template
+        w = np.broadcast_to(sign_probe(t.m), (have.size, t.m))
+        at_v = np.all(r.v_D[have] == r.v[have], axis=1)
+        now = r.D.take(have).matvec(w)
+        if not at_v.all():
+            now[~at_v] = dproject(r.v[have[~at_v]], t.dims, dual=True).matvec(w[~at_v])
+        then = r.D_factored.take(have).matvec(w)
+        drift = np.abs(now - then) > STALE * np.abs(now) + ROUNDING
+        return have[drift.any(axis=1)].tolist()
+
+    def _null_space_curved(self, f: Any, v: np.ndarray) -> bool:
+        """Does a direction of the null space of the singular S that ``f`` factored bend
+        along a cone's curved boundary (see CURVED)? True where S's null space is not
+        known."""
+        if f.pinv is None:
+            return True
+        t = self.template
+        N = f.pinv.null
+        if N.shape[1] == 0:
+            return False
+        D = dproject(v, t.dims, dual=True)
+        Nv = N[t.n :]
+        W = D.matvec(Nv)
+        bend = np.einsum("ij,ij->j", Nv, W - D.matvec(W))
+        return bool(np.any(bend > CURVED * np.einsum("ij,ij->j", N, N)))
+
     def _forward_error_ok(self, ops: BatchOps, eq: Equilibration, r: Any, which: np.ndarray,
                           factors: list, c: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Per instance (B,): is every output's estimated forward error within ACCEPT_FORWARD
@@ -1134,7 +1191,8 @@ class Layer:
         `NonDifferentiableWarning`). An output that the null space moves and whose size in
         the equilibrated program is below RESOLVED (sparsemax with θ ~ 1e12 has x̂ ~ 1e-14
         beside auxiliary variables ~1) is not known to any relative accuracy there: not
-        certified.
+        certified; nor is one that it moves along a curved direction, which is no face
+        (`_null_space_curved`).
 
         Refinement's last factorization is used where there is one (where it is S at the
         previous iterate the estimate is off by a relative O(‖step‖), immaterial here);
@@ -1146,6 +1204,8 @@ class Layer:
         if idx.size == 0:
             return out
         t = ops.template
+        for stale in self._stale(r, idx, factors):
+            factors[stale] = None
         need = [i for i in idx if factors[i] is None]
         if need:
             sel = np.array(need)
@@ -1169,8 +1229,9 @@ class Layer:
             gap = np.abs(f.S @ corr[j, :, 0] + r.F[idx[j]])
             here = absR @ np.abs(np.concatenate([r.x[idx[j]], pv[j]]))
             moved = self._null_space_moves(f, r.v[idx[j]])
+            curved = moved.any() and self._null_space_curved(f, r.v[idx[j]])
             for k, (o, lo) in enumerate(zip(self.outputs, self._out_offsets, strict=True)):
-                if here[lo : lo + o.size].max(initial=0.0) < RESOLVED and moved[k]:
+                if moved[k] and (curved or here[lo : lo + o.size].max(initial=0.0) < RESOLVED):
                     d[j] = np.inf
             # F's part outside S's range is judged against each row's own terms, not the
             # block-wide scale of a cone's rounding (`refine.row_terms`): S nearly singular

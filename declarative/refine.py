@@ -60,6 +60,8 @@ class Refined:
     v: np.ndarray                # v = y − s at the returned points, exactly
     D: DProjection               # DΠ_{K*} at the current iterates, which are at `v_D`
     v_D: np.ndarray              # (= v except where refinement ended on a watchdog step)
+    converged: np.ndarray        # ω reached ``tol`` (else Newton stalled, or ran out of steps)
+    D_factored: DProjection      # DΠ_{K*} that each instance's kept factorization was made at
 
 
 def row_terms(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray,
@@ -173,6 +175,7 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
     watch = np.zeros(B, dtype=int)
     steps = np.zeros(B, dtype=int)
     factors: list = [None] * B
+    D_factored = Dc.take(np.arange(B))  # (a copy)
     active = np.isfinite(res) & (res > tol)
     for _ in range(max_iters):
         idx = np.flatnonzero(active)
@@ -217,6 +220,8 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
         omega[gi], den[gi] = omn[good], denn[good]
         cu[idx], cv[idx] = un, vn
         cF[idx] = Fn
+        if gi.size:
+            D_factored.put(gi, Dc.take(gi))
         Dc.put(idx, Dn)
         watch[gi] = 0
         watch[ai] += 1
@@ -237,7 +242,8 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
             watch[back] = 0
         active &= res > tol
     return Refined(x=u, y=pv, s=pv - v, omega_before=omega0, omega=omega, den=den,
-                   steps=steps, F=F, factors=factors, v=v, D=Dc, v_D=cv)
+                   steps=steps, F=F, factors=factors, v=v, D=Dc, v_D=cv, converged=res <= tol,
+                   D_factored=D_factored)
 
 
 def _backtrack(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray,
