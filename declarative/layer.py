@@ -38,7 +38,7 @@ from declarative.derivative import (
     sparse_layout,
     use_dense,
 )
-from declarative.equilibrate import Equilibration, equilibrate
+from declarative.equilibrate import Equilibration, equilibrate, pattern
 from declarative.errors import ParameterError, ProblemError, SolverError, describe_indices
 from declarative.parallel import single_threaded_blas
 from declarative.promise import ACCURACY
@@ -91,16 +91,15 @@ RESOLVED = ACCURACY
 # `SparsePinv`'s Rayleigh–Ritz vectors) are accurate to about ε·‖S‖ over the smallest nonzero
 # singular value.
 NULL_RTOL = 1e-12
-# A whole optimal face is flat: along it the cones' projections are linear, so a direction of
-# S's null space lies in DΠ(v)'s eigenvalues 0 and 1. Where a null vector n has
-# n_vᵀ(DΠ − DΠ²)n_v (eigenvalues strictly between 0 and 1: a curved boundary of a second-order,
-# exponential, power or PSD cone) above CURVED of ‖n‖², the null space is not a face but a
-# direction of small curvature along which the solution is unique and S's singular value at
-# the rounding level: the point found is not known along it (`Layer._null_space_curved`).
-# Σ inv_pos(x) + cᵀx with c ~ 1e-12 has 6e-16 there (its second-order cones' DΠ has an
-# eigenvalue ~5e-6); polyhedral faces have exactly 0. So CURVED sits below rounding: where a
-# face in a curved cone's interior picks up rounding there, it is not certified either.
-CURVED = 1e-17
+# A whole optimal face is flat: along it the cones' projections are linear. Where a direction of
+# S's null space that moves an output passes, with more than FACE_TOL of its norm, through a
+# block of a curved cone (second-order, exponential, power, PSD) whose DΠ is neither 0 nor I
+# (to CURVED, squared and relative), it is taken for a direction of small curvature along
+# which the solution is unique and S's singular value below rounding, not for a face: the
+# point found is not known along it (`Layer._null_space_curved`). Σ inv_pos(x) + cᵀx with
+# c ~ 1e-12 (94% off), ½‖x − y‖² + quad_over_lin(x, t) + a t with a ~ 1e-12 (t 77% off).
+CURVED = 1e-24
+FACE_TOL = 1e-6
 # Refinement's last factorization is of S at the previous iterate; where DΠ has moved by more
 # than this (relative, `Layer._stale`) since, S is factored again at the refined point.
 STALE = 0.1
@@ -1150,20 +1149,31 @@ class Layer:
         return have[drift.any(axis=1)].tolist()
 
     def _null_space_curved(self, f: Any, v: np.ndarray) -> bool:
-        """Does a direction of the null space of the singular S that ``f`` factored bend
-        along a cone's curved boundary (see CURVED)? True where S's null space is not
-        known."""
+        """Does a direction of the null space of the singular S that ``f`` factored pass
+        through a block of a curved cone (second-order, exponential, power, PSD) whose DΠ
+        at ``v`` is neither 0 nor I, with more than FACE_TOL of its norm (see CURVED)?
+        True where S's null space is not known."""
         if f.pinv is None:
             return True
         t = self.template
         N = f.pinv.null
-        if N.shape[1] == 0:
+        sep = t.dims.zero + t.dims.nonneg
+        if N.shape[1] == 0 or sep == t.m:
             return False
-        D = dproject(v, t.dims, dual=True)
-        Nv = N[t.n :]
-        W = D.matvec(Nv)
-        bend = np.einsum("ij,ij->j", Nv, W - D.matvec(W))
-        return bool(np.any(bend > CURVED * np.einsum("ij,ij->j", N, N)))
+        p = pattern(t)
+        curved = p.blocks >= sep
+        starts, sizes = p.blocks[curved], p.block_sizes[curved]
+        # which blocks' DΠ is neither 0 nor I: a fixed probe, blockwise
+        w = sign_probe(t.m)
+        Dw = dproject(v, t.dims, dual=True).matvec(w)
+        off_zero = np.add.reduceat(Dw * Dw, starts)
+        off_one = np.add.reduceat((Dw - w) ** 2, starts)
+        scale = sizes.astype(float)  # ‖w_b‖² (entries ±1)
+        active = (off_zero > CURVED * scale) & (off_one > CURVED * scale)
+        if not active.any():
+            return False
+        share = np.add.reduceat(N[t.n :] ** 2, starts, axis=0)[active]  # (blocks, k)
+        return bool(np.any(share > FACE_TOL ** 2 * np.einsum("ij,ij->j", N, N)))
 
     def _forward_error_ok(self, ops: BatchOps, eq: Equilibration, r: Any, which: np.ndarray,
                           factors: list, c: np.ndarray, b: np.ndarray) -> np.ndarray:
