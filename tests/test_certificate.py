@@ -10,6 +10,7 @@ an error of ~ε·1e8 whatever the solver, so the bound on the value is
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import cvxpy as cp
 import numpy as np
@@ -319,8 +320,8 @@ def _quad_over_lin_prox():
 
     def truth(y, a):
         xs = y * max(0.0, 1 - 2 * np.sqrt(a) / np.linalg.norm(y))
-        scale = np.abs(y).max()  # (x is in y's units, t in y's over √a)
-        return [xs, np.array(np.linalg.norm(xs) / np.sqrt(a))], [scale, scale / np.sqrt(a)]
+        scale = np.abs(y).max()  # (x is in y's units; t in y's over √a, or a's over a's)
+        return [xs, np.array(np.linalg.norm(xs) / np.sqrt(a))], [scale, 1 + scale / np.sqrt(a)]
     return (prob, [y, a], [x, t],
             lambda rng: [2 * rng.standard_normal(6), np.array(rng.uniform(0.1, 1.0))], truth)
 
@@ -330,25 +331,30 @@ def _quad_over_lin_prox():
 def test_curved_cones_at_extreme_data_solved_means_correct(make):
     """Problems whose solution a small datum sets through a cone's curved boundary, with
     every parameter scaled by 1e-12 … 1e12 and with one entry of the first set to ±1e10 or
-    1e-10. These were reported solved and 13-94% off: S singular to working precision along
-    a direction of small curvature taken for an optimal face (inv_pos, log at c ~ 1e-12, 1e-8),
+    1e-10, and each parameter alone scaled by 1e±12. These were reported solved and 13-94%
+    off: S singular to working precision along a direction of small curvature taken for an
+    optimal face (inv_pos, log at c ~ 1e-12, 1e-8, quad_over_lin at a ~ 1e-12),
     Newton stalled at a regular S, and an error estimate from S at the previous iterate where
     a second-order cone's small DΠ eigenvalue had changed 10⁴-fold (quad_over_lin with one
     y entry 1e10). Every instance reported solved is within 1e-8·‖x*‖∞ + 64ε·(the output's
-    scale in the data's units: x = 0 and t = 0 at 1e-12, where t's unit is ‖y‖/√a, not
+    scale in the data's units: x = 0 and t = 0 at 1e-12, where t's unit is 1 + ‖y‖/√a, not
     ‖y‖) of the closed form, and at scale 1 every instance is solved."""
     prob, params, variables, sample, truth = make()
     layer = dl.compile(prob, params, variables)
     rng = np.random.default_rng(0)
     base = [sample(rng) for _ in range(4)]
-    variants = [("scale", s) for s in (1e-12, 1e-8, 1.0, 1e8, 1e12)]
+    variants: list[tuple[str, Any]] = [("scale", s) for s in (1e-12, 1e-8, 1.0, 1e8, 1e12)]
     variants += [("entry", e) for e in (1e10, -1e10, 1e-10)]
+    if len(params) > 1:
+        variants += [("alone", (j, s)) for j in range(len(params)) for s in (1e-12, 1e12)]
     for kind, value in variants:
         vals = []
         for inst in base:
             v = [np.array(p, dtype=float) for p in inst]
             if kind == "scale":
                 v = [p * value for p in v]
+            elif kind == "alone":
+                v[value[0]] = v[value[0]] * value[1]
             elif value < 0 and params[0].is_nonneg():
                 continue
             else:
@@ -365,3 +371,20 @@ def test_curved_cones_at_extreme_data_solved_means_correct(make):
             for out, t, unit in zip(fwd.outputs, exact, units, strict=True):
                 err = np.abs(out[b] - t).max()
                 assert err <= 1e-8 * np.abs(t).max() + 64 * EPS * unit, (kind, value, b, err)
+
+
+def test_quad_over_lin_with_a_tiny_linear_term_solved_means_correct():
+    """The instance (from a fuzz run) where a ~ 8e-13 made S singular to working precision
+    along t with a null vector through the active rotated cone, whose DΠ there is neither 0
+    nor I, and t came back 77% off as an 'optimal face'. Reported solved means within 1e-8
+    of the closed form."""
+    prob, params, variables, _, truth = _quad_over_lin_prox()
+    layer = dl.compile(prob, params, variables)
+    y = np.array([0.691168384129572, 1.6432362870023167, 0.6608741523667743,
+                  -2.606314463208722, 1.8107117333462355, 0.8927491447280226])
+    a = np.array(8.449323344383975e-13)
+    fwd = layer.forward([y[None], a[None]], on_failure="nan")
+    if fwd.ok[0]:
+        exact, units = truth(y, a)
+        for out, t, unit in zip(fwd.outputs, exact, units, strict=True):
+            assert np.abs(out[0] - t).max() <= 1e-8 * np.abs(t).max() + 64 * EPS * unit
