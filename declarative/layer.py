@@ -1292,11 +1292,11 @@ class Layer:
         (du, dv) = −S⁻¹(c_small, b_small) (F's derivative in (c, b) is the identity),
         here with the small entries scaled to unit max-norm. An entry that does not depend
         on them gets only that solve's rounding, estimated as in `_forward_error_ok` from
-        the terms of S (du, dv) = −(c_small, b_small) (`refine.row_terms` at that
-        point); an entry whose response exceeds DRIVEN times that
-        is set by them. ``ops``: this instance's operators; ``unit`` (N,): what one unit
-        of the equilibrated program is in each entry's units. Where S has no usable
-        factorization every entry counts as set."""
+        the terms of S (du, dv) = −(c_small, b_small) (`refine.row_terms` at that point);
+        an entry whose response exceeds DRIVEN times that is set by them. ``ops``: this
+        instance's operators; ``unit`` (N,): what one unit of the equilibrated program is
+        in each entry's units. Where S has no usable factorization every entry counts as
+        set."""
         t = self.template
         N = t.recover.shape[0]
         data = np.concatenate([c, b])
