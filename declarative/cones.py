@@ -1194,6 +1194,17 @@ class DProjection:
     def shape(self) -> tuple[int, ...]:
         return (self.batch_size, self.m, self.m) if self.batched else (self.m, self.m)
 
+    def zero_rows(self) -> np.ndarray:
+        """(B, m) bool (unbatched: (m,)): the rows where DΠ's row is exactly 0, the zero
+        cone's of DΠ_K (not of DΠ_{K*}, which is I there) and the nonnegative cone's where
+        v < 0."""
+        lay = self._lay
+        out = np.zeros((self.batch_size, self.m), dtype=bool)
+        if not self.dual:
+            out[:, lay.zero] = True
+        out[:, lay.nonneg] = self._nonneg == 0
+        return out if self.batched else out[0]
+
     def matvec(self, dv: np.ndarray) -> np.ndarray:
         """DΠ(v) dv, dv of shape (B, m) or (B, m, k) (k vectors at once); same shape back."""
         dv = np.asarray(dv, dtype=np.float64)

@@ -36,6 +36,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -1674,12 +1675,26 @@ class ConeSolution:
         dv = -(ops._Er @ (da * self.x[k, cols, None])) + db        # −dA x + db
         return -np.concatenate([du, dv], axis=0)
 
+    @cached_property
+    def _inactive(self) -> np.ndarray:
+        """(B, m) bool: the rows where DΠ's row is 0 (a nonnegative row with v < 0: an
+        inactive constraint), where S is regular. Their v enters S through its identity
+        column alone, so the rest of the solution of S d = rhs does not depend on rhs
+        there, and Sᵀ r = g gives r there equal to g there: exactly, where a factorization
+        gives rounding that the equilibration can scale up (a constraint row scaled by
+        1e12: ∂x/∂h 3e-4 where it is 0). `jvp` and `jacobian_one` zero the right-hand side
+        there, `adjoint` sets r."""
+        out = self.D.zero_rows()
+        out[self.lin.singular] = False
+        return out
+
     def jvp(self, dc: np.ndarray, da: np.ndarray, db: np.ndarray,
             dh: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(dc, dA values, db, dP values) ↦ (dx, dy), eq. (2)."""
         ops = self.ops
         dA = BatchOps(ops.template, da, dh)
         rhs = -np.concatenate([dA.P(self.x) + dA.AT(self.y) + dc, -dA.A(self.x) + db], axis=1)
+        rhs[:, ops.template.n :][self._inactive] = 0.0  # (DΠ dv is 0 there whatever dv is)
         d = self.lin.solve(rhs)
         n = ops.template.n
         return d[:, :n], self.D.matvec(d[:, n:])
@@ -1692,7 +1707,10 @@ class ConeSolution:
     def adjoint(self, gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
         """(gx, gy) ↦ r = −S⁻ᵀ (gx, DΠᵀ gy) (B, n + m): `vjp`'s solve."""
         g = np.concatenate([gx, self.D.matvec(gy)], axis=1)
-        return -self.lin.solve(g, transpose=True)
+        r = -self.lin.solve(g, transpose=True)
+        n = self.ops.template.n
+        r[:, n:][self._inactive] = -g[:, n:][self._inactive]
+        return r
 
     def data_gradient(self, r: np.ndarray, which: slice
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -1718,7 +1736,9 @@ class ConeSolution:
         """(dx, dy) of instance k for p directions at once: dc (n, p), da (nnz, p), db (m, p),
         dh (nnz(P), p); both sides in the user's units (through ``scaling``)."""
         n = self.ops.template.n
-        d = self.lin.solve_one(k, self._rhs(k, dc, da, db, dh))
+        rhs = self._rhs(k, dc, da, db, dh)
+        rhs[n:][self._inactive[k]] = 0.0  # (see `_inactive`)
+        d = self.lin.solve_one(k, rhs)
         out = self._user(k, d[:n], self.D.take([k]).matvec(d[None, n:])[0])
         return out[:n], out[n:]
 

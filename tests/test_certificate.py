@@ -388,3 +388,56 @@ def test_quad_over_lin_with_a_tiny_linear_term_solved_means_correct():
         exact, units = truth(y, a)
         for out, t, unit in zip(fwd.outputs, exact, units, strict=True):
             assert np.abs(out[0] - t).max() <= 1e-8 * np.abs(t).max() + 64 * EPS * unit
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known: the derivative's accuracy is not certified separately from the forward; at "
+    "rcond ~ 1e-11 (OptNet QP with every parameter scaled by 1e6, so P = LLᵀ by 1e12) the "
+    "Jacobian is ~1e-6 off relative, where central differences and the closed form agree "
+    "to 1e-18"))
+def test_qp_jacobian_at_1e6_matches_the_closed_form():
+    """The zoo QP, every parameter × 1e6: each solved instance's Jacobian within 1e-8 of the
+    closed form, relative to each block's largest entry."""
+    mod = problems.get("qp")
+    prob, params, variables = mod.build()
+    layer = dl.compile(prob, params, variables)
+    rng = np.random.default_rng(0)
+    base = [mod.sample(rng) for _ in range(6)]
+    fwd = layer.forward([np.stack([np.asarray(b[k], float) * 1e6 for b in base])
+                         for k in range(len(params))], on_failure="nan")
+    for i in np.flatnonzero(fwd.ok):
+        try:
+            truth = mod.jacobian(*[np.asarray(p, float) * 1e6 for p in base[i]])
+        except problems.DegenerateInstanceError:
+            continue
+        J = fwd.jacobian(int(i))
+        for k in range(len(params)):
+            t = np.asarray(truth[0][k]).reshape(J[0][k].shape)
+            assert np.abs(J[0][k] - t).max() <= 1e-8 * np.abs(t).max(), (i, k)
+
+
+@pytest.mark.parametrize("scale", (1e-12, 1e-6, 1e6))
+def test_inactive_constraints_have_exactly_zero_gradients(scale):
+    """Projection onto a polytope {Gx <= h} with G scaled alone: at 1e-12 every constraint is
+    far (x = y), so ∂x/∂G = ∂x/∂h = 0 and ∂x/∂y = I. The equilibration scales those rows by
+    ~1e12, which turned the solve's rounding into ∂x/∂h ~ 3e-4; their rows are now solved
+    exactly. Jacobian and VJP against the closed form (the active-set formulas)."""
+    mod = problems.get("polytope_projection")
+    prob, params, variables = mod.build()
+    layer = dl.compile(prob, params, variables)
+    rng = np.random.default_rng(0)
+    base = [[np.asarray(p, dtype=float) for p in mod.sample(rng)] for _ in range(4)]
+    for inst in base:
+        inst[0] = inst[0] * scale
+    fwd = layer.forward([np.stack([b[k] for b in base]) for k in range(3)])
+    assert fwd.ok.all(), fwd.info.status
+    g = np.random.default_rng(1).standard_normal(fwd.outputs[0].shape)
+    vjp = fwd.vjp([g])
+    for i, inst in enumerate(base):
+        truth = mod.jacobian(*inst)[0]
+        J = fwd.jacobian(i)[0]
+        for k in range(3):
+            t = np.asarray(truth[k]).reshape(J[k].shape)
+            assert np.abs(J[k] - t).max() <= 1e-8 * max(1.0, np.abs(t).max()), (i, k)
+            assert np.abs(vjp[k][i] - np.tensordot(g[i], t, axes=1)).max() \
+                <= 1e-8 * max(1.0, np.abs(t).max()) * np.abs(g[i]).sum(), (i, k)
