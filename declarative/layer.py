@@ -1104,11 +1104,12 @@ class Layer:
                         seconds=res.seconds, retryable=candidate & ~certified,
                         factors=factors, v=v, D=D, v_D=v_D)
 
-    def _null_space_moves(self, f: Any, v: np.ndarray) -> np.ndarray:
+    def _null_space_moves(self, f: Any, D: DProjection) -> np.ndarray:
         """Per output (bool): does a direction in the null space of the singular S that
         ``f`` factored move it? The outputs change along a null vector w = (w_u, w_v) by
-        R (w_u, DΠ(v) w_v) (R: ``template.recover``, DΠ exact at v); an output is unmoved
-        where that is below NULL_RTOL of the same sum taken in absolute values (rounding).
+        R (w_u, DΠ(v) w_v) (R: ``template.recover``, ``D`` = DΠ exact at v, unbatched); an
+        output is unmoved where that is below NULL_RTOL of the same sum taken in absolute
+        values (rounding).
         Where S's null space is not known (no pseudo-inverse: S not finite), every output
         counts as moved."""
         moved = np.ones(len(self.outputs), dtype=bool)
@@ -1118,7 +1119,7 @@ class Layer:
         N = f.pinv.null  # (n + m, k): orthonormal basis of S's right null space
         if N.shape[1] == 0:
             return ~moved
-        Dv = dproject(v, t.dims, dual=True).matvec(N[t.n :])
+        Dv = D.matvec(N[t.n :])
         W = np.concatenate([N[: t.n], Dv], axis=0)
         change = np.abs(t.recover @ W)
         terms = abs(t.recover) @ np.abs(W)
@@ -1148,11 +1149,11 @@ class Layer:
         drift = np.abs(now - then) > STALE * np.abs(now) + ROUNDING
         return have[drift.any(axis=1)].tolist()
 
-    def _null_space_curved(self, f: Any, v: np.ndarray) -> bool:
+    def _null_space_curved(self, f: Any, D: DProjection) -> bool:
         """Does a direction of the null space of the singular S that ``f`` factored pass
         through a block of a curved cone (second-order, exponential, power, PSD) whose DΠ
-        at ``v`` is neither 0 nor I, with more than FACE_TOL of its norm (see CURVED)?
-        True where S's null space is not known."""
+        (``D``, at the point, unbatched) is neither 0 nor I, with more than FACE_TOL of its
+        norm (see CURVED)? True where S's null space is not known."""
         if f.pinv is None:
             return True
         t = self.template
@@ -1165,7 +1166,7 @@ class Layer:
         starts, sizes = p.blocks[curved], p.block_sizes[curved]
         # which blocks' DΠ is neither 0 nor I: a fixed probe, blockwise
         w = sign_probe(t.m)
-        Dw = dproject(v, t.dims, dual=True).matvec(w)
+        Dw = D.matvec(w)
         off_zero = np.add.reduceat(Dw * Dw, starts)
         off_one = np.add.reduceat((Dw - w) ** 2, starts)
         scale = sizes.astype(float)  # ‖w_b‖² (entries ±1)
@@ -1204,10 +1205,10 @@ class Layer:
         certified; nor is one that it moves along a curved direction, which is no face
         (`_null_space_curved`).
 
-        Refinement's last factorization is used where there is one (where it is S at the
-        previous iterate the estimate is off by a relative O(‖step‖), immaterial here);
-        elsewhere S is factored, and the factorization kept in ``factors`` for the
-        derivative.
+        Refinement's last factorization, of S at the previous iterate, is used where DΠ has
+        not moved since by more than STALE (`_stale`; the estimate is then off by a relative
+        O(‖step‖), immaterial here); elsewhere S is factored at the point, and the
+        factorization kept in ``factors`` for the derivative.
         """
         out = np.zeros(len(which), dtype=bool)
         idx = np.flatnonzero(which)
@@ -1238,8 +1239,9 @@ class Layer:
             assert f.S is not None  # kept where S is singular
             gap = np.abs(f.S @ corr[j, :, 0] + r.F[idx[j]])
             here = absR @ np.abs(np.concatenate([r.x[idx[j]], pv[j]]))
-            moved = self._null_space_moves(f, r.v[idx[j]])
-            curved = moved.any() and self._null_space_curved(f, r.v[idx[j]])
+            Dj = dproject(r.v[idx[j]], t.dims, dual=True)
+            moved = self._null_space_moves(f, Dj)
+            curved = moved.any() and self._null_space_curved(f, Dj)
             for k, (o, lo) in enumerate(zip(self.outputs, self._out_offsets, strict=True)):
                 if moved[k] and (curved or here[lo : lo + o.size].max(initial=0.0) < RESOLVED):
                     d[j] = np.inf
