@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import reprlib
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, NamedTuple
 
@@ -624,6 +624,113 @@ def _short(constraint, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def eliminate_defined(t: ConeTemplate) -> ConeTemplate:
+    """The same program without the auxiliary variables that equality rows define.
+
+    CVXPY's quadratic canonicalization gives ``sum_squares(x − y)`` a variable u with its own
+    equality row  a·u + Σⱼ A_rj xⱼ = b_r  (u = x − y), which doubles the system the refinement
+    and the derivative factor (the PSD projection of a k × k matrix: N = 2,731 at k = 30
+    instead of 931). Where u's column has that row as its only entry, every entry of the row,
+    and every entry of P in u's row and column, is constant in θ, and no output reads u or the
+    row's dual, u = M x + d with M = −A_r,·/a constant and d = b_r/a affine in θ. Substituting
+    it keeps (c, A, b, P) affine in θ:
+
+        P' = P_xx + P_xu M + Mᵀ P_ux + Mᵀ P_uu M,   c' = c_x + Mᵀ c_u + (P_xu + Mᵀ P_uu) d,
+
+    A and b lose the row and the column. The two programs have the same solutions in x and the
+    same duals for the other rows (the eliminated row's dual is a function of them). Returns
+    ``t`` itself where nothing qualifies.
+    """
+    n, m = t.n, t.m
+    zero = t.dims.zero
+    if not zero or not t.quadratic:
+        return t
+    const_entry = np.diff(t.F.indptr) == 0
+    col_count = np.diff(t.indptr)
+    entry_col = np.repeat(np.arange(n), col_count)
+    rows = t.indices
+    # rows every entry of which is constant and nonzero
+    row_const = np.ones(m, dtype=bool)
+    np.logical_and.at(row_const, rows, const_entry & (t.f0 != 0))
+    rec = t.recover.tocsc()
+    read = np.diff(rec.indptr) > 0  # (n + m,): which x and y entries an output reads
+    P_const = np.diff(t.H.indptr) == 0
+    P_touch_var = np.zeros(n, dtype=bool)  # a θ-dependent P entry in the column's row/col
+    np.logical_or.at(P_touch_var, t.P_rows, ~P_const)
+    np.logical_or.at(P_touch_var, t.P_cols, ~P_const)
+    single = np.flatnonzero(col_count == 1)
+    k = t.indptr[single]
+    r = rows[k]
+    ok = (r < zero) & row_const[r] & ~read[single] & ~read[n + r] & ~P_touch_var[single]
+    single, r = single[ok], r[ok]
+    if not single.size:
+        return t
+    r, first = np.unique(r, return_index=True)  # one variable per defining row
+    U = single[first]
+    if r.size >= m:  # keep one row: the stages after compile expect a constraint
+        U, r = U[1:], r[1:]
+        if not U.size:
+            return t
+    keep_x = np.ones(n, dtype=bool)
+    keep_x[U] = False
+    keep_y = np.ones(m, dtype=bool)
+    keep_y[r] = False
+    xi = np.flatnonzero(keep_x)
+    x_new = np.full(n, -1)
+    x_new[xi] = np.arange(xi.size)
+    y_new = np.full(m, -1)
+    y_new[keep_y] = np.arange(int(keep_y.sum()))
+    nu, nx = U.size, xi.size
+    A = sp.csc_matrix((t.f0, t.indices, t.indptr), shape=(m, n)).tocsr()
+    # A_r,· over the kept columns, and a (the coefficient of u in its row)
+    Ar = A[r]
+    a = np.asarray(Ar[np.arange(nu), U]).ravel()
+    M = -sp.diags(1.0 / a) @ Ar[:, xi]  # (nu, nx)
+    M = sp.csr_matrix(M)
+    # d = b_r / a = (G_r θ + g0_r) / a
+    Dg = sp.diags(1.0 / a) @ t.G[r]
+    d0 = t.g0[r] / a
+    # P's constant blocks in u's rows/columns
+    touch = ~keep_x[t.P_rows] | ~keep_x[t.P_cols]
+    Pc = sp.csr_matrix((t.h0[touch], (t.P_rows[touch], t.P_cols[touch])), shape=(n, n))
+    P_xu = Pc[xi][:, U]
+    P_uu = Pc[U][:, U]
+    K = P_xu @ M
+    K = sp.csr_matrix(K + K.T + M.T @ P_uu @ M)
+    W = sp.csr_matrix(P_xu + M.T @ P_uu)  # (nx, nu)
+    C = sp.csr_matrix(t.C[xi] + M.T @ t.C[U] + W @ Dg)
+    c0 = t.c0[xi] + M.T @ t.c0[U] + W @ d0
+    # P' = P_xx(θ) + K: the union of P_xx's stored pattern and K's
+    inner = ~touch
+    K = K.tocoo()
+    pr = np.concatenate([x_new[t.P_rows[inner]], K.row])
+    pc = np.concatenate([x_new[t.P_cols[inner]], K.col])
+    pattern = sp.csr_matrix((np.ones(pr.size), (pr, pc)), shape=(nx, nx))
+    pattern.sum_duplicates()
+    pattern = pattern.tocoo()
+    order = np.lexsort((pattern.row, pattern.col))  # column-major, as CVXPY's P
+    P_rows, P_cols = pattern.row[order].astype(np.int64), pattern.col[order].astype(np.int64)
+    keys = P_cols * nx + P_rows  # sorted: the stored entries' column-major positions
+    ni = int(inner.sum())
+    where_inner = np.searchsorted(keys, pc[:ni] * nx + pr[:ni])
+    H = sp.csr_matrix(sp.csr_matrix((np.ones(ni), (where_inner, np.arange(ni))),
+                                    shape=(P_rows.size, ni)) @ t.H[np.flatnonzero(inner)])
+    h0 = np.zeros(P_rows.size)
+    np.add.at(h0, where_inner, t.h0[inner])
+    np.add.at(h0, np.searchsorted(keys, K.col.astype(np.int64) * nx + K.row), K.data)
+    # A and b without the rows and columns
+    keep_entry = keep_y[rows] & keep_x[entry_col]
+    new_cols = x_new[entry_col[keep_entry]]
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(new_cols, minlength=nx))])
+    recover = rec[:, np.concatenate([keep_x, keep_y])].tocsr()
+    return ConeTemplate(
+        n=nx, m=int(keep_y.sum()), dims=replace(t.dims, zero=zero - r.size),
+        C=C, c0=np.asarray(c0, dtype=float), F=t.F[np.flatnonzero(keep_entry)],
+        f0=t.f0[keep_entry], G=t.G[np.flatnonzero(keep_y)], g0=t.g0[keep_y],
+        indices=y_new[rows[keep_entry]].astype(np.int64), indptr=indptr.astype(np.int64),
+        recover=recover, P_rows=P_rows, P_cols=P_cols, H=H, h0=h0)
+
+
 def compile_template(problem: cp.Problem, parameters, variables, quad_obj: bool = True):
     """Canonicalize once; return the template, parameter specs and output specs.
 
@@ -678,6 +785,7 @@ def compile_template(problem: cp.Problem, parameters, variables, quad_obj: bool 
         indices=rows.astype(np.int64), indptr=indptr.astype(np.int64), recover=recover,
         P_rows=P_rows.astype(np.int64), P_cols=P_cols.astype(np.int64), H=H, h0=h0,
     )
+    template = eliminate_defined(template)
     param_specs, o = [], 0
     for p in parameters:
         domain = tuple(a for a in DOMAIN_ATTRIBUTES if p.attributes.get(a))

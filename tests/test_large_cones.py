@@ -103,10 +103,10 @@ def test_large_second_order_cone_solved_without_its_dense_block(scale):
 
 
 def test_large_singular_system_beyond_a_dense_svd():
-    """n = 1100: S is 3303 × 3303 (beyond SVD_MAX) and singular inside the ball. Newton steps
+    """n = 1500: S is 3003 × 3003 (beyond SVD_MAX) and singular inside the ball. Newton steps
     and derivatives come from the sparse pseudo-inverse; every instance is solved and
     certified, with the closed-form gradient."""
-    n, B = 1100, 4
+    n, B = 1500, 4
     layer, _, _ = zoo_layer("l2_ball_projection", n=n)
     assert layer.template.n + layer.template.m > der.SVD_MAX
     mod = problems.get("l2_ball_projection")

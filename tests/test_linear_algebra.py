@@ -37,7 +37,7 @@ def test_dense_and_sparse_paths_agree(zoo_name):
 def test_refinement_factorization_is_reused_where_exact():
     """Polyhedral cones: the final Newton step leaves S unchanged, so the backward pass
     reuses refinement's factorization, and the gradient equals a fresh factorization's."""
-    layer, _, sizes = zoo_layer("sparsemax", n=40)
+    layer, _, sizes = zoo_layer("sparsemax", n=100)
     assert not use_dense(layer.template)
     insts = [problems.instance("sparsemax", s, **sizes) for s in range(4)]
     fwd = layer.forward([np.stack([i.params[0] for i in insts])])
@@ -52,7 +52,7 @@ def test_refinement_factorization_is_reused_where_exact():
 
 
 def test_large_sparse_problem_against_closed_form():
-    """Sparsemax n = 2000 (S of size 8001): the sparse path with its chosen fill-reducing
+    """Sparsemax n = 2000 (S of size 4001): the sparse path with its chosen fill-reducing
     ordering gives the closed-form solution and Jacobian-vector product."""
     from declarative.derivative import sparse_layout
 
@@ -218,8 +218,9 @@ def test_shared_lu_forms_the_capacitance_block_once_it_pays(monkeypatch):
     import declarative.derivative as der
 
     monkeypatch.setattr(der, "LOW_RANK_MIN", 0)
-    k = 12
+    k = 20  # the layer's own calls factor sparsely from this size (N = 421)
     layer = _spectraplex(k)
+    assert not der.use_dense(layer.template)
     rng = np.random.default_rng(7)
     Ys = rng.standard_normal((2, k, k))
     Ys = (Ys + np.swapaxes(Ys, 1, 2)) / 2

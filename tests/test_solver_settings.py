@@ -36,7 +36,8 @@ def test_calibrated_scale_cuts_scs_iterations(name):
     calibrated one on the equilibrated sparsemax and softmax programs; both give the closed
     form. The calibration is the fewest iterations among the candidates on the layer's
     template instance (`Layer._calibrate`)."""
-    layer, insts, values = _batch(name, range(8))
+    # (sparsemax at n = 100: at the zoo's n = 8 both scales take 25-50 iterations)
+    layer, insts, values = _batch(name, range(8), **({"n": 100} if name == "sparsemax" else {}))
     ours = layer.forward(values)
     default = layer.forward(values, solver_args={"scale": 0.1})
     assert ours.info.scs_iterations.sum() * 2 <= default.info.scs_iterations.sum()
@@ -100,7 +101,7 @@ def test_refinement_takes_non_monotone_newton_steps():
 
 
 def test_refinement_gives_up_early_on_a_large_singular_newton_matrix(monkeypatch):
-    """n = 5000 (S is 15001 × 15001, too large for a dense SVD): at SCS's loose solution with
+    """n = 5000 (S is 10001 × 10001, too large for a dense SVD): at SCS's loose solution with
     its own default scale 0.1, every bound is active against Σx = 1, so S is singular.
     Refinement does not try an LSMR step (expensive, and no help): the instance is solved
     again by SCS at a tight tolerance."""
@@ -113,7 +114,7 @@ def test_refinement_gives_up_early_on_a_large_singular_newton_matrix(monkeypatch
     fwd = layer.forward([z], solver_args={"scale": 0.1})
     assert str(fwd.info.status[0]) == "solved"
     assert fwd.info.scs_iterations[0] > 100  # the tight retry ran
-    assert fwd.info.refine_steps[0] <= 3
+    assert fwd.info.refine_steps[0] <= 4  # the watchdog's bound (see the test above)
     assert not calls
     assert max_abs(fwd.outputs[0][0], problems.get("sparsemax").solution(z[0])[0]) <= 1e-12
 
@@ -224,7 +225,8 @@ def test_scs_linear_solver_follows_the_kkt_density(monkeypatch):
     monkeypatch.setattr(scs_backend, "_scs_solver",
                         lambda *a: seen.append(a[4]["linear_solver"]) or real(*a))
     for name, expected in (("qp", "cpu_dense"), ("sparsemax", "qdldl")):
-        _, mod, sizes = zoo_layer(name)
+        # (sparsemax at n = 100: at the zoo's n = 8 its KKT matrix is a fifth full)
+        _, mod, sizes = zoo_layer(name, **({"n": 100} if name == "sparsemax" else {}))
         layer = dl.compile(*mod.build(**sizes))  # a new layer: no SCS workspaces yet
         insts = [problems.instance(name, k, **sizes) for k in range(2)]
         values = [np.stack([i.params[j] for i in insts]) for j in range(len(insts[0].params))]
