@@ -598,11 +598,18 @@ class Linearization:
         if reuse is not None:
             # S depends on the instance's A and P (those of `ops`) and on DΠ: where DΠ's
             # values are those a factorization was made with, it is S's, without building S
-            for i, f in enumerate(reuse):
-                d = dvals[i]
-                if f is not None and f.dvals is not None and d is not None \
-                        and np.array_equal(f.dvals, d):
-                    factors[i] = f
+            # (compared for the whole batch at once where every instance has a candidate)
+            pairs = {i: (f.dvals, d) for i, (f, d) in enumerate(zip(reuse, dvals, strict=True))
+                     if f is not None and f.dvals is not None and d is not None
+                     and f.dvals.shape == d.shape}
+            same = np.zeros(B, dtype=bool)
+            if len(pairs) == B and full.size == B:
+                same = (np.stack([pairs[i][0] for i in range(B)]) == values).all(axis=1)
+            else:
+                for i, (made_with, d) in pairs.items():
+                    same[i] = np.array_equal(made_with, d)
+            for i in np.flatnonzero(same).tolist():
+                factors[i] = reuse[i]
         build = np.array([i for i, f in enumerate(factors) if f is None], dtype=int)
         made = 0
         if self.dense:  # S built and factored a block at a time: no (B, N, N) temporaries
