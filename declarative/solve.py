@@ -287,9 +287,12 @@ def solve_batch(backend: Backend, matrices: list, b: np.ndarray, c: np.ndarray,
     x = np.full((B, n), np.nan)
     y = np.full((B, m), np.nan)
     s = np.full((B, m), np.nan)
-    for i, (sol, _, _, _) in enumerate(results):
-        if sol is not None:
-            x[i], y[i], s[i] = sol.x, sol.y[:m], sol.s[:m]
+    got = [(i, r[0]) for i, r in enumerate(results) if r[0] is not None]
+    if got:  # (one copy per array, not three per instance)
+        at = [i for i, _ in got]
+        x[at] = np.stack([o.x for _, o in got])
+        y[at] = np.stack([o.y[:m] for _, o in got])
+        s[at] = np.stack([o.s[:m] for _, o in got])
     return SolveResult(
         x=x, y=y, s=s,
         status=[r[1] for r in results],

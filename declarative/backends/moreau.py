@@ -198,12 +198,10 @@ class MoreauBackend:
             assert rows.T_t is not None and rows.T_inv is not None
             y, s = np.asarray(rows.T_t @ y.T).T, np.asarray(rows.T_inv @ s.T).T
         info = solver.info
-        iters = np.broadcast_to(np.asarray(info.iterations, dtype=int), (B,))
-        out = []
-        for i in range(B):
-            status, certain = _STATUS.get(info.status[i], (Status.FAILED, True))
-            out.append(Outcome(x[i], y[i], s[i], status, int(iters[i]), certain))
-        return out
+        iters = np.broadcast_to(np.asarray(info.iterations, dtype=int), (B,)).tolist()
+        mapped = [_STATUS.get(st, (Status.FAILED, True)) for st in info.status]
+        return [Outcome(xi, yi, si, st, it, certain)
+                for xi, yi, si, (st, certain), it in zip(x, y, s, mapped, iters, strict=True)]
 
     def solve(self, A: Any, b: np.ndarray, c: np.ndarray, dims: ConeDims, settings: dict,
               P: Any = None, warm: tuple | None = None, shared: Any = None) -> Outcome:
