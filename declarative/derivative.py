@@ -1264,23 +1264,32 @@ def _low_rank_parts(ops: BatchOps, D: DProjection, layout: SparseLayout) -> list
     del dvals0
     # A's pattern in each block's rows, the same for every instance: its stored entries,
     # their positions within the block, and the columns of u they reach
+    # (and Aᵀ_K's CSR structure: the entries `where` in CSR order, its indices and pointers)
     blocks = []
     for idx, _, _, _ in parts[0] if parts else ():
         where, local = layout.rows_of_A(idx)
         touched, col = np.unique(ops.cols[where], return_inverse=True)
-        blocks.append((where, local, touched, col))
+        order = np.lexsort((local, col))
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(col, minlength=touched.size))])
+        blocks.append((where[order], local[order], indptr, touched))
     out = []
+    last: tuple[np.ndarray, sp.csc_matrix] | None = None
     for j, cones in enumerate(parts):
-        S0 = layout.matrix(data0[j]).copy()  # (the layout's own index arrays stay intact)
-        S0.eliminate_zeros()
+        if last is not None and np.array_equal(last[0], data0[j]):
+            S0 = last[1]  # the same S₀ (fixed A and P): one object, never written to
+        else:
+            S0 = layout.matrix(data0[j]).copy()  # (the layout's own index arrays stay intact)
+            S0.eliminate_zeros()
+            last = (data0[j], S0)
         Us, Vs, shift = [], [], []
         shared = all(base in (0.0, 1.0) for _, base, _, _ in cones)
-        for (idx, base, Q, h), (where, local, touched, col) in zip(cones, blocks, strict=True):
+        for (idx, base, Q, h), (where, local, indptr, touched) in zip(cones, blocks,
+                                                                       strict=True):
             if base == 1.0:  # the block's rows of S₀'s v-block are 0 (see `Woodbury`)
                 shift.append(n + idx)
             Qh = Q * h
             # Aᵀ_K Qh from the stored entries of A in the block's rows
-            AKt = sp.csr_matrix((ops.a[j, where], (col, local)), shape=(touched.size, idx.size))
+            AKt = sp.csr_matrix((ops.a[j, where], local, indptr), shape=(touched.size, idx.size))
             Us.append((np.concatenate([touched, n + idx]), np.vstack([AKt @ Qh, -Qh])))
             Vs.append((n + idx, Q))
         out.append(LowRankS(S0, _stack_columns(Us), _stack_columns(Vs),
