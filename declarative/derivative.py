@@ -56,7 +56,7 @@ from declarative.cones import (
     snap_kinks,
 )
 from declarative.equilibrate import Equilibration
-from declarative.parallel import parallel_map
+from declarative.parallel import parallel_map, workers
 
 # S (size N = n + m) is factored dense (LAPACK) or sparse (SuperLU), whichever the cost
 # model says is cheaper: dense ≈ DENSE_COST·N³, sparse ≈ SPARSE_COST + SPARSE_FILL_COST·fill
@@ -108,6 +108,10 @@ COUPLING_FILL = 4.0
 # Python around it (OptNet-style projection onto a 2-D polytope, N = 11, batch 512:
 # factor and solve 65 → 4 ms).
 STACK_INVERSE_MAX = 64
+# From this order on, a stack's inversions are split across the thread pool (NumPy's batched
+# inverse releases the GIL): 512 instances at N = 60 take 48 ms in one thread and 27 ms in
+# two; at N = 10 the hand-off costs more than it saves (0.95 against 1.2 ms).
+STACK_THREADS_MIN = 24
 # Dense S is built and factored this many instances at a time: the batch's temporaries (S, A
 # and DΠA, each (B, ·, ·)) are a block's, and each block's S is freed once factored where it
 # is not kept (see `Factor`).
@@ -684,7 +688,14 @@ class Linearization:
         # a polyhedral program's regular S is not read again (see `Factor`): only its LU kept
         polyhedral = self.D.dims.polyhedral
         if fn is None:
-            made = _factor_stack(np.stack([mats[i] for i in todo]))
+            stack = np.stack([mats[i] for i in todo])
+            parts = min(workers(), len(todo) // 8) if self.n + self.m >= STACK_THREADS_MIN \
+                else 1
+            if parts > 1:
+                made = [f for part in parallel_map(_factor_stack, np.array_split(stack, parts))
+                        for f in part]
+            else:
+                made = _factor_stack(stack)
         else:
             made = parallel_map(fn, [mats[i] for i in todo])
         for i, f in zip(todo, made, strict=True):

@@ -114,6 +114,11 @@ def _wait(futures: list[Future]) -> BaseException | None:
     return first
 
 
+def workers() -> int:
+    """How many threads `parallel_map` runs on (the calling one included)."""
+    return _CPUS
+
+
 def parallel_map(f: Callable[[T], R], items: list[T]) -> list[R]:
     """``[f(x) for x in items]`` across the shared thread pool, BLAS single-threaded.
 
