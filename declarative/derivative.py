@@ -602,18 +602,16 @@ class Linearization:
         if reuse is not None:
             # S depends on the instance's A and P (those of `ops`) and on DΠ: where DΠ's
             # values are those a factorization was made with, it is S's, without building S
-            # (compared for the whole batch at once where every instance has a candidate)
-            pairs = {i: (f.dvals, d) for i, (f, d) in enumerate(zip(reuse, dvals, strict=True))
-                     if f is not None and f.dvals is not None and d is not None
-                     and f.dvals.shape == d.shape}
-            same = np.zeros(B, dtype=bool)
-            if len(pairs) == B and full.size == B:
-                same = (np.stack([pairs[i][0] for i in range(B)]) == values).all(axis=1)
-            else:
-                for i, (made_with, d) in pairs.items():
-                    same[i] = np.array_equal(made_with, d)
-            for i in np.flatnonzero(same).tolist():
-                factors[i] = reuse[i]
+            # (compared in one operation: every instance's DΠ has the same number of values)
+            cand = [(i, f.dvals, d) for i, (f, d) in enumerate(zip(reuse, dvals, strict=True))
+                    if f is not None and f.dvals is not None and d is not None
+                    and f.dvals.shape == d.shape]
+            if cand:
+                same = (np.stack([m for _, m, _ in cand])
+                        == np.stack([d for _, _, d in cand])).all(axis=1)
+                for (i, _, _), hit in zip(cand, same.tolist(), strict=True):
+                    if hit:
+                        factors[i] = reuse[i]
         build = np.array([i for i, f in enumerate(factors) if f is None], dtype=int)
         made = 0
         if self.dense:  # S built and factored a block at a time: no (B, N, N) temporaries
@@ -690,7 +688,7 @@ class Linearization:
         if fn is None:
             stack = np.stack([mats[i] for i in todo])
             parts = min(workers(), len(todo) // 8) if self.n + self.m >= STACK_THREADS_MIN \
-                else 1
+                else 1  # (at least 8 instances a part)
             if parts > 1:
                 made = [f for part in parallel_map(_factor_stack, np.array_split(stack, parts))
                         for f in part]
