@@ -24,9 +24,10 @@ from __future__ import annotations
 import math
 import reprlib
 import weakref
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 import cvxpy as cp
 import numpy as np
@@ -169,6 +170,48 @@ class CSC(NamedTuple):
         return sp.csc_matrix((self.data, self.indices, self.indptr), shape=self.shape)
 
 
+class CSCBatch(Sequence[CSC]):
+    """One CSC matrix per instance of a batch, every one with the same pattern: the values
+    stacked (B, nnz), each instance's `CSC` made when indexed. A batched backend reads the
+    stacked values (``data``) without a Python object per instance."""
+
+    __slots__ = ("data", "indices", "indptr", "shape")
+
+    def __init__(self, data: np.ndarray, indices: np.ndarray, indptr: np.ndarray,
+                 shape: tuple[int, int]) -> None:
+        self.data, self.indices, self.indptr, self.shape = data, indices, indptr, shape
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    @overload
+    def __getitem__(self, i: int) -> CSC: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> CSCBatch: ...
+
+    def __getitem__(self, i: int | slice) -> CSC | CSCBatch:
+        if isinstance(i, slice):
+            return self.take(np.arange(len(self))[i])
+        return CSC(self.data[i], self.indices, self.indptr, self.shape)
+
+    def __iter__(self) -> Iterator[CSC]:
+        return (self[i] for i in range(len(self)))
+
+    def take(self, idx: np.ndarray) -> CSCBatch:
+        """The instances ``idx`` (the whole batch itself where that is every one, in order)."""
+        if len(idx) == len(self) and np.array_equal(idx, np.arange(len(self))):
+            return self
+        return CSCBatch(self.data[idx], self.indices, self.indptr, self.shape)
+
+
+def pick(matrices: Sequence[Any], idx: np.ndarray) -> Sequence[Any]:
+    """The entries ``idx`` of a list of matrices or of a `CSCBatch` (then a `CSCBatch`)."""
+    if isinstance(matrices, CSCBatch):
+        return matrices.take(idx)
+    return [matrices[i] for i in idx]
+
+
 @dataclass(frozen=True)
 class ConeTemplate:
     """The compiled problem: affine maps θ ↦ (c, A, b) and the cone K.
@@ -254,6 +297,16 @@ class ConeTemplate:
     def csc(self, a: np.ndarray) -> CSC:
         """A of one instance as bare CSC arrays (no SciPy object: for SCS)."""
         return CSC(a, self.indices, self.indptr, (self.m, self.n))
+
+    def csc_batch(self, a: np.ndarray) -> CSCBatch:
+        """A of every instance (values ``a``, (B, nnz)) as a `CSCBatch`."""
+        return CSCBatch(a, self.indices, self.indptr, (self.m, self.n))
+
+    def P_csc_batch(self, h: np.ndarray) -> CSCBatch:
+        """The upper triangle of P of every instance (values ``h``, (B, ·)) as a
+        `CSCBatch`."""
+        take, indices, indptr = self._upper_pattern
+        return CSCBatch(h[:, take], indices, indptr, (self.n, self.n))
 
     def P_csc(self, h: np.ndarray) -> CSC:
         """The upper triangle of P of one instance as bare CSC arrays (for SCS)."""

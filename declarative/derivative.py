@@ -112,10 +112,12 @@ STACK_INVERSE_MAX = 64
 # inverse releases the GIL): 512 instances at N = 60 take 48 ms in one thread and 27 ms in
 # two; at N = 10 the hand-off costs more than it saves (0.95 against 1.2 ms).
 STACK_THREADS_MIN = 24
-# Dense S is built and factored this many instances at a time: the batch's temporaries (S, A
-# and DΠA, each (B, ·, ·)) are a block's, and each block's S is freed once factored where it
-# is not kept (see `Factor`).
-DENSE_BLOCK = 64
+# Dense S is built and factored as many instances at a time as hold DENSE_BLOCK_ENTRIES
+# entries of S in all (32 MB): the batch's temporaries (S, A and DΠA, each (B, ·, ·)) are a
+# block's, and each block's S is freed once factored where it is not kept (see `Factor`).
+# Small systems go in one block: each block costs Python per step (2-D polytope, N = 10,
+# batch 512: 8 blocks of 64 cost 1.4 ms more than one).
+DENSE_BLOCK_ENTRIES = 1 << 22
 # Sparse S likewise, as many instances at a time as hold this many entries of S in all (the
 # assembly's sources and the bordered path's S₀, U, V are a block's: PSD projection with a trace
 # constraint at k = 50 holds 3.3M entries per instance).
@@ -476,12 +478,18 @@ def use_dense(t: ConeTemplate) -> bool:
 
 
 class Inverse:
-    """S⁻¹ of a small dense S (`STACK_INVERSE_MAX`), solving like SuperLU's factorizations."""
+    """S⁻¹ of a small dense S (`STACK_INVERSE_MAX`), solving like SuperLU's factorizations:
+    entry ``j`` of a stack of inverses (k, N, N), so that a batch's inverses, taken in their
+    order, are the stack itself (`_inverses`)."""
 
-    __slots__ = ("inv",)
+    __slots__ = ("stack", "j")
 
-    def __init__(self, inv: np.ndarray) -> None:
-        self.inv = inv
+    def __init__(self, stack: np.ndarray, j: int) -> None:
+        self.stack, self.j = stack, j
+
+    @property
+    def inv(self) -> np.ndarray:
+        return self.stack[self.j]
 
     def solve(self, rhs: np.ndarray, trans: str = "N") -> np.ndarray:
         return (self.inv.T if trans == "T" else self.inv) @ rhs
@@ -615,8 +623,9 @@ class Linearization:
         build = np.array([i for i, f in enumerate(factors) if f is None], dtype=int)
         made = 0
         if self.dense:  # S built and factored a block at a time: no (B, N, N) temporaries
-            for lo in range(0, build.size, DENSE_BLOCK):
-                part = build[lo : lo + DENSE_BLOCK]
+            step = max(1, DENSE_BLOCK_ENTRIES // (t.n + t.m) ** 2)
+            for lo in range(0, build.size, step):
+                part = build[lo : lo + step]
                 whole = part.size == B
                 S = _dense_S(ops if whole else ops.take(part), D if whole else D.take(part))
                 made += self._factor(factors, dict(zip(part.tolist(), S, strict=True)), reuse,
@@ -771,11 +780,16 @@ def newton_correction(factors: list[Factor], F: np.ndarray) -> np.ndarray:
 def _inverses(factors: list[Factor], regular: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The instances whose S⁻¹ is at hand (a regular `Inverse` factorization of S itself, not
     of a nearby matrix) and those inverses stacked, (k, N, N)."""
-    idx = np.array([i for i, f in enumerate(factors)
-                    if regular[i] and f.near is None and type(f.lu) is Inverse], dtype=int)
+    lus = [(i, f.lu) for i, f in enumerate(factors)
+           if regular[i] and f.near is None and type(f.lu) is Inverse]
+    idx = np.array([i for i, _ in lus], dtype=int)
     if not idx.size:
         return idx, np.zeros((0, 0, 0))
-    return idx, np.stack([factors[i].lu.inv for i in idx])
+    whole = lus[0][1].stack  # the one stack they all are, in order: no copy
+    if whole.shape[0] == len(lus) and all(lu.stack is whole and lu.j == k
+                                          for k, (_, lu) in enumerate(lus)):
+        return idx, whole
+    return idx, np.stack([lu.inv for _, lu in lus])
 
 
 def _times_inverse(inv: np.ndarray, rhs: np.ndarray, transpose: bool) -> np.ndarray:
@@ -947,7 +961,6 @@ def _factor_stack(S: np.ndarray) -> list[Factor]:
     """`_factor_one` for a stack of small dense S (k, N, N) at once: S⁻¹ by one batched
     LAPACK call (`Inverse`), rcond = 1/(‖S‖₁‖S⁻¹‖₁). An S that is not finite, singular or
     ill-conditioned (rcond <= RCOND_MIN) goes through `_factor_one` (its SVD)."""
-    k = S.shape[0]
     inv = np.full_like(S, np.nan)
     ok = np.isfinite(S).all(axis=(1, 2))
     try:
@@ -961,8 +974,8 @@ def _factor_stack(S: np.ndarray) -> list[Factor]:
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         norms = np.abs(S).sum(axis=1).max(axis=1) * np.abs(inv).sum(axis=1).max(axis=1)
         rcond = np.where(ok & (norms > 0), 1.0 / norms, 0.0)
-    return [Factor(S[j], Inverse(inv[j]), float(rcond[j])) if rcond[j] > RCOND_MIN
-            else _factor_one(S[j]) for j in range(k)]
+    return [Factor(S[j], Inverse(inv, j), float(rc)) if rc > RCOND_MIN
+            else _factor_one(S[j]) for j, rc in enumerate(rcond.tolist())]
 
 
 # Column orderings SuperLU offers that suit S. S is structurally symmetric, which minimum

@@ -24,7 +24,15 @@ import numpy as np
 from declarative.backends import DEFAULT_SOLVER
 from declarative.backends import backend as get_backend
 from declarative.backends.scs import DEFAULT_SCALE, linear_solver
-from declarative.compile import ON_FAILURE, ConeTemplate, OutputSpec, ParameterSpec, times_t
+from declarative.compile import (
+    ON_FAILURE,
+    ConeTemplate,
+    CSCBatch,
+    OutputSpec,
+    ParameterSpec,
+    pick,
+    times_t,
+)
 from declarative.cones import DProjection, dproject
 from declarative.derivative import (
     RCOND_MIN,
@@ -723,8 +731,8 @@ class Layer:
         c, a, b = t.apply(theta)
         h = t.apply_P(theta)
         c, a, b, h = equilibrate(t, c, a, b, h).data(t, c, a, b, h)
-        mats = [t.csc(a[i]) for i in range(len(theta))]
-        Ps = [t.P_csc(h[i]) for i in range(len(theta))] if t.quadratic else None
+        mats = t.csc_batch(a)
+        Ps = t.P_csc_batch(h) if t.quadratic else None
         scs = get_backend("scs")
         user = {k: v for k, v in (solver_args or {}).items() if k not in OUR_OPTIONS}
         tuning = replace(self._tuning, share_workspaces=bool(t.fixed_data and t.m),
@@ -902,8 +910,8 @@ class Layer:
         eq = equilibrate(t, c, a, b, h)
         c, a, b, h = eq.data(t, c, a, b, h)
         ops = BatchOps(t, a, h)
-        mats = [t.csc(a[i]) for i in range(B)]
-        Ps = [t.P_csc(h[i]) for i in range(B)] if t.quadratic else None
+        mats = t.csc_batch(a)
+        Ps = t.P_csc_batch(h) if t.quadratic else None
         user = {**(self.solver_args if backend.name == self._tuning.solver else {}),
                 **(solver_args or {})}
         tuning = self._decide(backend, settings, user,
@@ -1028,7 +1036,7 @@ class Layer:
         return DEFAULT_SCALE if scale is None else scale
 
     def _attempts(self, backend: Backend, shared: Any, idx: np.ndarray, ops: BatchOps,
-                  c: np.ndarray, b: np.ndarray, mats: list, Ps: list | None, settings: dict,
+                  c: np.ndarray, b: np.ndarray, mats: CSCBatch, Ps: CSCBatch | None, settings: dict,
                   ours: dict, scaling: Equilibration, chunk: int | None,
                   warm: tuple | None = None) -> _Attempt:
         """`_attempt` on the instances ``idx``: all at once (``chunk`` None), or, in the
@@ -1048,15 +1056,15 @@ class Layer:
         return _Attempt.join(parts)
 
     def _attempt(self, backend: Backend, shared: Any, idx: np.ndarray, ops: BatchOps,
-                 c: np.ndarray, b: np.ndarray, mats: list, Ps: list | None, settings: dict,
+                 c: np.ndarray, b: np.ndarray, mats: CSCBatch, Ps: CSCBatch | None, settings: dict,
                  ours: dict, scaling: Equilibration, warm: tuple | None = None) -> _Attempt:
         """The backend's solve, then refinement and the certificate, on the instances ``idx``
         of the (equilibrated by ``scaling``) program (c, A = ``mats``, b, P = ``Ps``) whose
         operators are ``ops``. The solver's own solution is kept too (``scs_x``, ...: a warm
         start for a retry)."""
         t = self.template
-        res = solve_batch(backend, [mats[i] for i in idx], b[idx], c[idx], t.dims, settings,
-                          None if Ps is None else [Ps[i] for i in idx], warm=warm,
+        res = solve_batch(backend, pick(mats, idx), b[idx], c[idx], t.dims, settings,
+                          None if Ps is None else pick(Ps, idx), warm=warm,
                           shared=shared)
         status = list(res.status)
         finite = np.all(np.isfinite(res.x), axis=1)

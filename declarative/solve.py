@@ -19,13 +19,14 @@ import _thread
 import enum
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import scipy.sparse as sp
 
+from declarative.compile import pick
 from declarative.cones import ConeDims, project
 from declarative.errors import ProblemError
 from declarative.parallel import parallel_map
@@ -58,6 +59,19 @@ class Outcome:
     status: Status
     iterations: int
     certain: bool = True
+
+
+@dataclass
+class BatchOutcome:
+    """A batched backend's solves of a whole batch (`Outcome`'s fields stacked): x (B, n),
+    y and s (B, m), and per instance its status, iterations and ``certain``."""
+
+    x: np.ndarray
+    y: np.ndarray
+    s: np.ndarray
+    status: list[Status]
+    iterations: np.ndarray
+    certain: np.ndarray
 
 
 class Backend(Protocol):
@@ -104,9 +118,10 @@ class Backend(Protocol):
     # some cones only) also has ``check_program(dims, settings)``, raising `ProblemError`
     # before any solve.
     # A batched solver also has ``solve_many(matrices, b, c, dims, settings, quadratic)``
-    # (b, c: (B, ·); ``quadratic`` None or the P of each instance) returning one `Outcome`
-    # per instance: `solve_batch` then makes one call for the batch instead of one per
-    # instance in threads, and ``warm`` and ``shared`` are not used.
+    # (b, c: (B, ·); ``matrices`` and ``quadratic`` (None or the P of each instance) lists
+    # or `compile.CSCBatch`) returning a `BatchOutcome`: `solve_batch` then makes one call
+    # for the batch instead of one per instance in threads, and ``warm`` and ``shared``
+    # are not used.
 
 
 def check_settings(backend: Backend, args: Mapping[str, Any], ours: Any = ()) -> None:
@@ -135,6 +150,14 @@ class SolveResult:
     status: list[Status]
     iterations: np.ndarray
     seconds: np.ndarray
+
+    @staticmethod
+    def join(parts: list[SolveResult]) -> SolveResult:
+        """The batches ``parts`` one after another."""
+        x, y, s = (np.concatenate([getattr(p, k) for p in parts]) for k in ("x", "y", "s"))
+        return SolveResult(x, y, s, [st for p in parts for st in p.status],
+                           np.concatenate([p.iterations for p in parts]),
+                           np.concatenate([p.seconds for p in parts]))
 
 
 # A certificate of infeasibility (unboundedness) is accepted where it proves that every feasible
@@ -227,30 +250,46 @@ def _checked(out: Outcome, A: Any, b: np.ndarray, c: np.ndarray, dims: ConeDims,
     return out, status, out.iterations, seconds
 
 
-def _solve_many(backend: Any, jobs: list[tuple]) -> list[tuple[Outcome | None, Status, int,
-                                                                   float]]:
-    """The jobs (`_solve_one`'s arguments) in one call of a batched backend's
-    ``solve_many``; where that call fails as a whole, one instance at a time, so that one
-    bad instance never loses the others. Each instance's seconds are the batch's share."""
-    _, _, _, _, dims, settings, _, _, _ = jobs[0]
-    A, b, c, P = ([j[k] for j in jobs] for k in (1, 2, 3, 6))
+def _solve_many(backend: Any, matrices: Sequence[Any], b: np.ndarray, c: np.ndarray,
+                dims: ConeDims, settings: dict, quadratic: Sequence[Any] | None
+                ) -> SolveResult:
+    """The batch in one call of a batched backend's ``solve_many``; where that call fails as
+    a whole, one instance at a time, so that one bad instance never loses the others. Each
+    instance's seconds are the batch's share. The rows of y and s beyond b's (the trivial
+    row of a program without constraints) are dropped, as by `solve_batch`."""
+    B = b.shape[0]
     t0 = time.perf_counter()
     try:
-        outs = backend.solve_many(A, np.stack(b), np.stack(c), dims, settings,
-                                  None if P[0] is None else P)
+        out = backend.solve_many(matrices, b, c, dims, settings, quadratic)
     except KeyboardInterrupt:
         raise
     except Exception:  # noqa: BLE001 - retried instance by instance below
-        if len(jobs) == 1:
-            return [(None, Status.FAILED, 0, time.perf_counter() - t0)]
-        return [r for j in jobs for r in _solve_many(backend, [j])]
-    share = (time.perf_counter() - t0) / len(jobs)
-    return [_checked(o, *args, share) for o, args in zip(outs, zip(A, b, c, [dims] * len(A), P,
-                                                                     strict=True), strict=True)]
+        if B == 1:
+            return SolveResult(np.full((1, c.shape[1]), np.nan), np.full_like(b, np.nan),
+                               np.full_like(b, np.nan), [Status.FAILED], np.zeros(1, int),
+                               np.array([time.perf_counter() - t0]))
+        return SolveResult.join([
+            _solve_many(backend, pick(matrices, np.array([i])), b[i : i + 1], c[i : i + 1],
+                        dims, settings, None if quadratic is None
+                        else pick(quadratic, np.array([i])))
+            for i in range(B)])
+    share = (time.perf_counter() - t0) / B
+    status = list(out.status)
+    x, y, s = out.x, out.y, out.s
+    for i in range(B):  # inexact infeasibility/unboundedness claims, verified
+        if not out.certain[i] and status[i] in (Status.INFEASIBLE, Status.UNBOUNDED):
+            o, status[i], _, _ = _checked(
+                Outcome(x[i], y[i], s[i], status[i], int(out.iterations[i]), False),
+                matrices[i], b[i], c[i], dims, None if quadratic is None else quadratic[i],
+                share)
+            x[i], y[i], s[i] = o.x, o.y, o.s
+    m = b.shape[1]
+    return SolveResult(x, y[:, :m], s[:, :m], status, np.asarray(out.iterations, dtype=int),
+                       np.full(B, share))
 
 
-def solve_batch(backend: Backend, matrices: list, b: np.ndarray, c: np.ndarray,
-                dims: ConeDims, settings: dict, quadratic: list | None = None,
+def solve_batch(backend: Backend, matrices: Sequence[Any], b: np.ndarray, c: np.ndarray,
+                dims: ConeDims, settings: dict, quadratic: Sequence[Any] | None = None,
                 warm: tuple | None = None, shared: Any = None) -> SolveResult:
     """Solve min ½xᵀPx + cᵀx s.t. Ax + s = b, s ∈ K for every instance with ``backend``.
 
@@ -270,15 +309,16 @@ def solve_batch(backend: Backend, matrices: list, b: np.ndarray, c: np.ndarray,
         b, dims = np.zeros((B, 1)), ConeDims(zero=1)
         warm = None if warm is None else (warm[0], np.zeros((B, 1)), np.zeros((B, 1)))
         shared = None
-    jobs = [(backend, matrices[i], b[i], c[i], dims, settings,
-             None if quadratic is None else quadratic[i],
-             None if warm is None else (warm[0][i], warm[1][i], warm[2][i]), shared)
-            for i in range(B)]
     try:
         if hasattr(backend, "solve_many"):  # a batched solver: one call for the batch
-            results = _solve_many(backend, jobs)
-        else:
-            results = parallel_map(lambda j: _solve_one(*j), jobs)
+            res = _solve_many(backend, matrices, b, c, dims, settings, quadratic)
+            res.y, res.s = res.y[:, :m], res.s[:, :m]
+            return res
+        jobs = [(backend, matrices[i], b[i], c[i], dims, settings,
+                 None if quadratic is None else quadratic[i],
+                 None if warm is None else (warm[0][i], warm[1][i], warm[2][i]), shared)
+                for i in range(B)]
+        results = parallel_map(lambda j: _solve_one(*j), jobs)
     except KeyboardInterrupt:
         # the solver took the SIGINT that Python delivers to the main thread: pass it on
         if threading.current_thread() is not threading.main_thread():
@@ -305,8 +345,9 @@ def solve_batch(backend: Backend, matrices: list, b: np.ndarray, c: np.ndarray,
 SCALE_CANDIDATES = (1.0, 0.3, 3.0, 0.1, 10.0)
 
 
-def calibrate_scale(backend: Backend, matrices: list, b: np.ndarray, c: np.ndarray,
-                    dims: ConeDims, settings: dict, Ps: list | None = None) -> float | None:
+def calibrate_scale(backend: Backend, matrices: Sequence[Any], b: np.ndarray, c: np.ndarray,
+                    dims: ConeDims, settings: dict, Ps: Sequence[Any] | None = None
+                    ) -> float | None:
     """The SCS `scale` in SCALE_CANDIDATES that solves every instance of the batch
     (A = ``matrices``, b and c (B, ·), P = ``Ps``) in the fewest iterations in all (a
     deterministic count, not a timing), or None if it solves them all at none of them.

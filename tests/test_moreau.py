@@ -232,3 +232,37 @@ def test_small_calls_use_scs_below_batch_from(monkeypatch):
     for bad in (0, -2, 1.5, True):
         with pytest.raises(ProblemError, match="batch_from"):
             dl.Tuning(batch_from=bad)
+
+
+def test_moreau_reads_a_batch_of_matrices_as_the_list_of_its_instances():
+    """A batch given as stacked values (`compile.CSCBatch`, what the layer passes) and as a
+    list of one matrix per instance give Moreau the same programs: the same points and
+    statuses, and every instance's A and P (upper triangle) as the template makes it alone.
+    Instances picked from the batch (a retry's) are those instances."""
+    from declarative.compile import CSC, pick
+    from declarative.solve import solve_batch
+
+    layer, _, _ = zoo_layer("polytope_projection")
+    t = layer.template
+    _, values = _values("polytope_projection", range(5))
+    theta, _ = layer.batch(values)
+    c, a, b = t.apply(theta)
+    h = t.apply_P(theta)
+    mats, Ps = t.csc_batch(a), t.P_csc_batch(h)
+    for i in range(5):
+        one, P1 = t.csc(a[i]), t.P_csc(h[i])
+        for got, want in ((mats[i], one), (Ps[i], P1)):
+            assert isinstance(got, CSC) and got.shape == want.shape
+            assert np.array_equal(got.data, want.data)
+            assert np.array_equal(got.indices, want.indices)
+            assert np.array_equal(got.indptr, want.indptr)
+    settings = moreau_backend.MOREAU.settings({"method": "active_set"})
+    whole = solve_batch(moreau_backend.MOREAU, mats, b, c, t.dims, settings, Ps)
+    listed = solve_batch(moreau_backend.MOREAU, list(mats), b, c, t.dims, settings, list(Ps))
+    assert [str(s) for s in whole.status] == ["solved"] * 5 == [str(s) for s in listed.status]
+    for k in ("x", "y", "s"):
+        assert np.array_equal(getattr(whole, k), getattr(listed, k))
+    idx = np.array([3, 1])
+    part = solve_batch(moreau_backend.MOREAU, pick(mats, idx), b[idx], c[idx], t.dims,
+                       settings, pick(Ps, idx))
+    assert max_abs(part.x, whole.x[idx]) <= 1e-12

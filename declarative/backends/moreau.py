@@ -19,7 +19,7 @@ instance at a time, so that one bad instance never loses the others.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import moreau
@@ -27,9 +27,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from declarative.backends._rows import row_map
+from declarative.compile import CSCBatch
 from declarative.cones import ConeDims
 from declarative.errors import ProblemError
-from declarative.solve import Outcome, Status, check_settings
+from declarative.solve import BatchOutcome, Outcome, Status, check_settings
 from declarative.tuning import MOREAU_METHODS
 
 # Moreau's statuses (its public `SolverStatus`) → ours, and whether an infeasibility or
@@ -159,26 +160,25 @@ class MoreauBackend:
             pat = self._patterns[key] = _Pattern(A, P)
         return pat
 
-    def solve_many(self, matrices: list, b: np.ndarray, c: np.ndarray, dims: ConeDims,
-                   settings: dict, quadratic: list | None = None) -> list[Outcome]:
+    def solve_many(self, matrices: Sequence[Any], b: np.ndarray, c: np.ndarray, dims: ConeDims,
+                   settings: dict, quadratic: Sequence[Any] | None = None) -> BatchOutcome:
         """Every instance (A = ``matrices[i]``, b[i], c[i], P = ``quadratic[i]``) in one
         batched call; the instances share A's and P's sparsity (the template's)."""
         self.check_program(dims, settings)
         B, m = b.shape
         n = c.shape[1]
         rows = row_map(dims)
+        P0 = None if quadratic is None else quadratic[0]
+        pat = self._pattern(matrices[0], P0, dims)
         if rows.T is not None:
-            mats = [(rows.T @ _scipy(M)).tocsc() for M in matrices]
+            mats: Any = [(rows.T @ _scipy(M)).tocsc() for M in matrices]
             b = np.asarray(rows.T @ b.T).T
         else:
             mats = matrices
-        P0 = None if quadratic is None else quadratic[0]
-        pat = self._pattern(matrices[0], P0, dims)
-        A_vals = np.stack([np.asarray(M.data, dtype=float) for M in mats])[:, pat.A_take]
+        A_vals = _values(mats)[:, pat.A_take]
         if pat.P_take.size:
             assert quadratic is not None
-            P_vals = np.stack([np.asarray(P.data, dtype=float) for P in quadratic])
-            P_vals = P_vals[:, pat.P_take]
+            P_vals = _values(quadratic)[:, pat.P_take]
         else:
             P_vals = np.zeros((B, 0))
         cones = moreau.Cones(num_zero_cones=dims.zero, num_nonneg_cones=dims.nonneg,
@@ -193,21 +193,29 @@ class MoreauBackend:
         solver.setup(P_vals, A_vals)
         sol = solver.solve(np.ascontiguousarray(c, dtype=float),
                            np.ascontiguousarray(b, dtype=float))
-        x, y, s = (np.asarray(v, dtype=float).reshape(B, -1) for v in (sol.x, sol.z, sol.s))
+        x, y, s = (np.array(v, dtype=float).reshape(B, -1) for v in (sol.x, sol.z, sol.s))
         if rows.T is not None:
             assert rows.T_t is not None and rows.T_inv is not None
-            y, s = np.asarray(rows.T_t @ y.T).T, np.asarray(rows.T_inv @ s.T).T
+            y, s = np.array(rows.T_t @ y.T).T, np.array(rows.T_inv @ s.T).T
         info = solver.info
-        iters = np.broadcast_to(np.asarray(info.iterations, dtype=int), (B,)).tolist()
+        iters = np.array(np.broadcast_to(np.asarray(info.iterations, dtype=int), (B,)))
         mapped = [_STATUS.get(st, (Status.FAILED, True)) for st in info.status]
-        return [Outcome(xi, yi, si, st, it, certain)
-                for xi, yi, si, (st, certain), it in zip(x, y, s, mapped, iters, strict=True)]
+        return BatchOutcome(x, y, s, [st for st, _ in mapped], iters,
+                            np.array([certain for _, certain in mapped], dtype=bool))
 
     def solve(self, A: Any, b: np.ndarray, c: np.ndarray, dims: ConeDims, settings: dict,
               P: Any = None, warm: tuple | None = None, shared: Any = None) -> Outcome:
         """One instance (a batch of one; ``warm`` is ignored)."""
-        return self.solve_many([A], b[None], c[None], dims, settings,
-                               None if P is None else [P])[0]
+        out = self.solve_many([A], b[None], c[None], dims, settings, None if P is None else [P])
+        return Outcome(out.x[0], out.y[0], out.s[0], out.status[0], int(out.iterations[0]),
+                       bool(out.certain[0]))
+
+
+def _values(matrices: Any) -> np.ndarray:
+    """The stored values of a batch of matrices with one pattern, stacked (B, nnz)."""
+    if isinstance(matrices, CSCBatch):
+        return np.asarray(matrices.data, dtype=float)
+    return np.stack([np.asarray(M.data, dtype=float) for M in matrices])
 
 
 def _scipy(M: Any) -> sp.csc_matrix:
