@@ -159,6 +159,45 @@ def test_stacked_inverses_solve_like_lu_and_fall_back_where_singular():
     assert max_abs(corr[2], -np.linalg.lstsq(S[2], rhs[2], rcond=None)[0]) <= 1e-10
 
 
+def test_a_polyhedral_programs_stacked_inverses_through_its_active_rows():
+    """S of a polyhedral program (DΠ a diagonal of 0s and 1s: S = [[P, AᵀD], [−A, I − D]])
+    inverted through the system of its active rows (`_invert_reduced`) agrees with NumPy's
+    inverse of S itself, in groups of different active counts (none, some, all), with the
+    same exact condition numbers; an S that is singular through its active rows (two equal
+    ones) and one whose v-block is not 0s and 1s (taken whole) are handled as before."""
+    rng = np.random.default_rng(1)
+    n, m = 14, 12
+    N = n + m
+    assert N >= derivative.REDUCE_MIN
+    stack = []
+    for j in range(9):
+        L = rng.standard_normal((n, n)) / np.sqrt(n)
+        A = rng.standard_normal((m, n))
+        d = (rng.random(m) < [0.0, 0.3, 0.3, 0.6, 1.0, 0.3, 0.3, 0.3, 0.3][j]).astype(float)
+        if j == 6:  # two active rows equal: S singular
+            d[:2] = 1.0
+            A[1] = A[0]
+        S = np.zeros((N, N))
+        S[:n, :n] = L @ L.T + 0.1 * np.eye(n)
+        S[:n, n:] = A.T * d
+        S[n:, :n] = -A
+        S[n:, n:] = np.diag(1.0 - d)
+        if j == 7:  # not 0s and 1s on the v-block's diagonal
+            S[n + 3, n + 3] = 0.5
+        stack.append(S)
+    S = np.array(stack)
+    whole = derivative._factor_stack(S.copy())
+    fs = derivative._factor_stack(S.copy(), n=n)
+    for j in range(9):
+        if j == 6:
+            assert not fs[j].rcond > derivative.RCOND_MIN and fs[j].pinv is not None
+            continue
+        assert type(fs[j].lu) is derivative.Inverse
+        ref = np.linalg.inv(S[j])
+        assert max_abs(fs[j].lu.inv, ref) <= 1e-10 * np.abs(ref).max()
+        assert abs(fs[j].rcond / whole[j].rcond - 1) <= 1e-10
+
+
 def test_every_cone_kind_in_one_program_keeps_its_rows():
     """A program with zero, nonnegative, second-order, PSD, exponential and power cones (in
     SCS's order): Moreau's own solution already nearly satisfies our residual map (a row
