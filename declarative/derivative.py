@@ -1012,7 +1012,8 @@ def _invert_reduced(S: np.ndarray, inv: np.ndarray, ok: np.ndarray, n: int) -> N
     one whose v-block diagonal is not all 0s and 1s is inverted whole."""
     m = S.shape[1] - n
     diag = np.diagonal(S[:, n:, n:], axis1=1, axis2=2)
-    free = diag == 1.0  # O: I − DΠ = 1
+    # O: I − DΠ = 1, and nothing else in the column (DΠ A's is 0 there)
+    free = (diag == 1.0) & (np.count_nonzero(S[:, :, n:], axis=1) == 1)
     regular = ok & (free | (diag == 0.0)).all(axis=1)
     _invert(S, inv, ok, np.flatnonzero(ok & ~regular))
     counts = free.sum(axis=1)
