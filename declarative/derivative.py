@@ -151,6 +151,11 @@ PINV_RTOL = 1e-11
 # REFINE_SOLVE_TOL·(‖S‖‖x‖ + ‖rhs‖) (max norms), or after REFINE_SOLVE_STEPS steps.
 NEAR_RATE = 1e-2
 REFINE_SOLVE_TOL = 4 * np.finfo(float).eps
+# A Newton step of refinement (`Linearization.solve` with ``tol``) needs no more than this:
+# its error leaves F at the step's end at about this fraction of F before it, far below the
+# quadratic term, and most nearby factorizations reach it in one solve where REFINE_SOLVE_TOL
+# takes two or three.
+NEWTON_SOLVE_TOL = 1e-8
 # Stagnation above REFINE_SOLVE_TOL is the rounding floor of r = rhs − S x (rows with many
 # entries), and accepted, up to this relative residual.
 REFINE_STALL_TOL = 1e-13
@@ -723,13 +728,14 @@ class Linearization:
         return None if pinv is None else pinv.null
 
     # -- solves --------------------------------------------------------------------
-    def solve(self, rhs: np.ndarray, transpose: bool = False, iterative: bool = True
-              ) -> np.ndarray:
+    def solve(self, rhs: np.ndarray, transpose: bool = False, iterative: bool = True,
+              tol: float = REFINE_SOLVE_TOL) -> np.ndarray:
         """S⁻¹ rhs (or S⁻ᵀ rhs) per instance; least squares where S is singular.
 
         ``rhs`` is (B, N) or (B, N, K) for K right-hand sides per instance. With
         ``iterative=False``, a singular S without a pseudo-inverse gives NaN instead of an
-        (expensive) LSMR solution.
+        (expensive) LSMR solution. ``tol``: the relative residual at which a solve refined
+        against a nearby matrix's factorization stops (`_refine`).
         """
         out = np.empty_like(rhs)
         stacked, inv = _inverses(self.factors, ~self.singular)
@@ -738,11 +744,11 @@ class Linearization:
         rest = np.ones(rhs.shape[0], dtype=bool)
         rest[stacked] = False
         for i in np.flatnonzero(rest):
-            out[i] = self.solve_one(int(i), rhs[i], transpose, iterative)
+            out[i] = self.solve_one(int(i), rhs[i], transpose, iterative, tol)
         return out
 
     def solve_one(self, i: int, rhs: np.ndarray, transpose: bool = False,
-                  iterative: bool = True) -> np.ndarray:
+                  iterative: bool = True, tol: float = REFINE_SOLVE_TOL) -> np.ndarray:
         """S_i⁻¹ rhs (or S_i⁻ᵀ rhs) for instance i; rhs is (N,) or (N, K)."""
         if not np.all(np.isfinite(rhs)):
             return np.full_like(rhs, np.nan)
@@ -752,7 +758,7 @@ class Linearization:
                 return np.full_like(rhs, np.nan)
             return _lstsq(f, rhs, transpose)
         if f.near is not None:
-            return _refined_solve(f, rhs, transpose)
+            return _refined_solve(f, rhs, transpose, tol)
         return _lu_solve(f, rhs, transpose)
 
 
@@ -815,21 +821,22 @@ def _lu_solve(f: Factor | None, rhs: np.ndarray, transpose: bool) -> np.ndarray:
     return f.lu.solve(rhs, trans="T" if transpose else "N")
 
 
-def _refined_solve(f: Factor, rhs: np.ndarray, transpose: bool) -> np.ndarray:
-    """S⁻¹ rhs (or S⁻ᵀ rhs) by iterative refinement (`_refine`) preconditioned with the LU of a
-    nearby matrix S₀ (f.near): the error contracts by ‖I − S₀⁻¹S‖ per step, ~1e-8 after
-    refinement's last Newton step, so two or three steps reach a backward error of a few
-    ulps; stagnation or too many steps fall back on factoring S itself."""
+def _refined_solve(f: Factor, rhs: np.ndarray, transpose: bool,
+                   tol: float = REFINE_SOLVE_TOL) -> np.ndarray:
+    """S⁻¹ rhs (or S⁻ᵀ rhs) by iterative refinement (`_refine`, to ``tol``) preconditioned
+    with the LU of a nearby matrix S₀ (f.near): the error contracts by ‖I − S₀⁻¹S‖ per step,
+    ~1e-8 after refinement's last Newton step, so two or three steps reach a backward error
+    of a few ulps; stagnation or too many steps fall back on factoring S itself."""
     assert f.S is not None and f.near is not None  # kept where ``near`` is set
     if f._exact is None:
         near = f.near
         if isinstance(near.lu, Woodbury):  # its formula alone (its own refinement is on its S)
             wood, trans = near.lu, "T" if transpose else "N"
             x = _refine(f.S.T if transpose else f.S, lambda r: wood.apply(r, trans), rhs,
-                        _abs_max(f.S))
+                        _abs_max(f.S), tol)
         else:
             x = _refine(f.S.T if transpose else f.S, lambda r: _lu_solve(near, r, transpose),
-                        rhs, _abs_max(f.S))
+                        rhs, _abs_max(f.S), tol)
         if x is not None:
             return x
     return _solve_factored(f.exact(), rhs, transpose)
@@ -846,11 +853,11 @@ def _solve_factored(f: Factor, rhs: np.ndarray, transpose: bool) -> np.ndarray:
 
 
 def _refine(M: Any, solve: Callable[[np.ndarray], np.ndarray], rhs: np.ndarray,
-            scale: float) -> np.ndarray | None:
+            scale: float, tol: float = REFINE_SOLVE_TOL) -> np.ndarray | None:
     """M⁻¹ rhs by iterative refinement with an approximate inverse ``solve`` (Wilkinson; e.g.
     Higham, *Accuracy and Stability of Numerical Algorithms*, ch. 12): x ← x + solve(rhs − M x)
-    until the residual is at most REFINE_SOLVE_TOL·(scale‖x‖ + ‖rhs‖) (max norms, scale ≈ M's
-    largest entry); None where it stagnates above REFINE_STALL_TOL or takes more than
+    until the residual is at most tol·(scale‖x‖ + ‖rhs‖) (max norms, scale ≈ M's largest
+    entry); None where it stagnates above max(tol, REFINE_STALL_TOL) or takes more than
     REFINE_SOLVE_STEPS steps."""
     x = solve(rhs)
     last = np.inf
@@ -858,10 +865,10 @@ def _refine(M: Any, solve: Callable[[np.ndarray], np.ndarray], rhs: np.ndarray,
         r = rhs - M @ x
         err = np.abs(r).max(initial=0.0)
         size = scale * np.abs(x).max(initial=0.0) + np.abs(rhs).max(initial=0.0)
-        if err <= REFINE_SOLVE_TOL * size:
+        if err <= tol * size:
             return x
         if not err < 0.5 * last:  # stagnating: at the rounding floor, or not converging
-            return x if err <= REFINE_STALL_TOL * size else None
+            return x if err <= max(tol, REFINE_STALL_TOL) * size else None
         last = err
         x = x + solve(r)
     return None

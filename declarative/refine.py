@@ -20,7 +20,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from declarative.cones import DProjection, dproject
-from declarative.derivative import BatchOps, Linearization, project_dual, residual
+from declarative.derivative import (
+    NEWTON_SOLVE_TOL,
+    BatchOps,
+    Linearization,
+    project_dual,
+    residual,
+)
 from declarative.equilibrate import pattern
 
 # Stop refining an instance once its componentwise backward error (`backward_error`) is at
@@ -195,7 +201,7 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
         # `SparsePinv`); one whose pseudo-inverse is not at hand gives no step (NaN: LSMR is
         # costly): the instance goes back to its anchor, and if that is where it is, stops,
         # to be solved again by SCS at a tight tolerance.
-        d = -lin.solve(cF[idx], iterative=False)
+        d = -lin.solve(cF[idx], iterative=False, tol=NEWTON_SOLVE_TOL)
         steps[idx] += 1
         at_anchor = watch[idx] == 0
         d_anchor[idx[at_anchor]] = d[at_anchor]
