@@ -944,17 +944,31 @@ def _factor_one(S: np.ndarray) -> Factor:
     # (warnings filters are not thread-safe, and this runs in worker threads).
     lu, piv, info = sla.lapack.dgetrf(S)
     rc = _rcond_lu(lu, S) if info == 0 else 0.0
-    return Factor(S, (lu, piv), rc, None if rc > RCOND_MIN else TruncatedSVD(S))
+    return Factor(S, (lu, piv), rc, None if rc > RCOND_MIN else TruncatedSVD.of(S))
 
 
 class TruncatedSVD:
     """S⁺ of a dense, singular S by its SVD, singular values below PINV_RTOL·σ_max dropped:
     S = U diag(σ) Vᵀ over the kept ones, ``null`` an orthonormal basis of the rest (N, k)."""
 
-    def __init__(self, S: np.ndarray) -> None:
-        U, sv, Vt = np.linalg.svd(S)
+    def __init__(self, U: np.ndarray, sv: np.ndarray, Vt: np.ndarray) -> None:
         r = int(np.count_nonzero(sv > PINV_RTOL * sv[0])) if sv.size else 0
         self.U, self.sv, self.Vt, self.null = U[:, :r], sv[:r], Vt[:r], Vt[r:].T
+
+    @staticmethod
+    def of(S: np.ndarray) -> TruncatedSVD | None:
+        """S's truncated SVD: LAPACK's divide-and-conquer SVD (gesdd), where that does not
+        converge (it can fail on a finite, badly scaled S: a 20-D polytope's with every
+        parameter × 1e12) the QR-iteration one (gesvd); None where neither does (S then has
+        no pseudo-inverse at hand, and what needs it is not certified)."""
+        try:
+            return TruncatedSVD(*np.linalg.svd(S))
+        except np.linalg.LinAlgError:
+            pass
+        try:
+            return TruncatedSVD(*sla.svd(S, lapack_driver="gesvd"))
+        except (np.linalg.LinAlgError, ValueError):
+            return None
 
     def solve(self, rhs: np.ndarray, transpose: bool = False) -> np.ndarray:
         """S⁺ rhs (S⁺ᵀ rhs), rhs (N,) or (N, K)."""
@@ -975,7 +989,7 @@ def _factor_stack(S: np.ndarray, n: int | None = None) -> list[Factor]:
 
     With ``n`` (the number of variables; only for a polyhedral program, whose DΠ is a
     diagonal of 0s and 1s) from order REDUCE_MIN on, each S⁻¹ is made from the inverse of
-    the smaller `_reduced` system (`_invert_reduced`)."""
+    the smaller system of its active rows (`_invert_reduced`)."""
     inv = np.full_like(S, np.nan)
     ok = np.isfinite(S).all(axis=(1, 2))
     if n is not None and S.shape[1] >= REDUCE_MIN:
@@ -1119,7 +1133,7 @@ def _factor_sparse_one(S: sp.csc_matrix, ordering: str = "COLAMD",
         return Factor(S, lu, rc, ordering=ordering)
     pinv: SparsePinv | TruncatedSVD | None = SparsePinv.factor(S, ordering)
     if pinv is None and S.shape[0] <= SVD_MAX:
-        pinv = TruncatedSVD(S.toarray())
+        pinv = TruncatedSVD.of(S.toarray())
     return Factor(S, lu, rc, pinv, ordering=ordering)
 
 
@@ -1213,7 +1227,7 @@ class SparsePinv:
                 except RuntimeError:
                     lu = None
             if lu is None and self.S.shape[0] <= SVD_MAX:
-                self._dense = TruncatedSVD(self.S.toarray())
+                self._dense = TruncatedSVD.of(self.S.toarray())
             self._border = lu
         return self._border
 

@@ -498,3 +498,75 @@ def test_inactive_constraints_have_exactly_zero_gradients(scale):
             assert np.abs(J[k] - t).max() <= 1e-8 * max(1.0, np.abs(t).max()), (i, k)
             assert np.abs(vjp[k][i] - np.tensordot(g[i], t, axes=1)).max() \
                 <= 1e-8 * max(1.0, np.abs(t).max()) * np.abs(g[i]).sum(), (i, k)
+
+
+def test_a_polytope_projection_at_1e12_is_solved_or_honestly_not():
+    """The projection onto a 20-D polytope {Gx <= h} with every parameter × 1e12 (the same
+    polytope, a far point): the call returns (an S whose divide-and-conquer SVD does not
+    converge once raised LinAlgError out of `forward`), no instance is called unbounded (a
+    projection never is; SCS's exact "unbounded" on the equilibrated program is verified
+    and refused), and every solved instance satisfies the KKT conditions to rounding
+    (feasible, and y − x = Gᵀλ with λ >= 0 on the active rows, by NNLS)."""
+    from scipy.optimize import nnls
+
+    from declarative.tools import bench
+
+    case = bench.SPEED_CASES["polytope-20d"]
+    mod = problems.get(case.problem)
+    rng = np.random.default_rng(5)
+    insts = [mod.sample(rng, **case.sizes) if case.sampler is None
+             else case.sampler(rng, **case.sizes) for _ in range(32)]
+    vals = [1e12 * np.stack([np.asarray(i[k]) for i in insts]) for k in range(3)]
+    prob, params, variables = mod.build(**case.sizes)
+    names = [p.name() for p in params]
+    layer = dl.compile(prob, params, variables, on_failure="nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fwd = layer.forward(vals)
+    assert "unbounded" not in [str(s) for s in fwd.info.status]
+    assert fwd.ok.sum() >= 8
+    for i in np.flatnonzero(fwd.ok):
+        G, h, y = (vals[names.index(k)][i] for k in ("G", "h", "y"))
+        x = fwd.outputs[0][i]
+        slack = h - G @ x
+        terms = np.abs(G) @ np.abs(x) + np.abs(h)
+        assert (slack >= -64 * EPS * terms).all()
+        active = np.flatnonzero(slack <= 1e-9 * terms)
+        _, miss = nnls(G[active].T, y - x)
+        assert miss <= 1e-12 * np.abs(y).max()
+
+
+def test_a_dense_svd_that_does_not_converge():
+    """`TruncatedSVD.of`: where LAPACK's divide-and-conquer SVD does not converge, the
+    QR-iteration one gives the same pseudo-inverse; where neither does, there is none, and a
+    dense singular S then solves to NaN (its instance is not certified) instead of raising."""
+    import declarative.derivative as der
+
+    rng = np.random.default_rng(0)
+    S = rng.standard_normal((12, 12))
+    S[:, 0] = S[:, 1]  # singular
+    want = der.TruncatedSVD.of(S)
+    real = np.linalg.svd
+
+    def broken(*a, **k):
+        raise np.linalg.LinAlgError("SVD did not converge")
+
+    try:
+        np.linalg.svd = broken
+        got = der.TruncatedSVD.of(S)
+        assert got is not None and want is not None
+        rhs = rng.standard_normal(12)
+        assert np.abs(got.solve(rhs) - want.solve(rhs)).max() <= 1e-10
+        assert got.null.shape == want.null.shape == (12, 1)
+        import scipy.linalg as sla
+        real_sla = sla.svd
+        try:
+            sla.svd = broken
+            assert der.TruncatedSVD.of(S) is None
+            f = der._factor_one(S)
+        finally:
+            sla.svd = real_sla
+    finally:
+        np.linalg.svd = real
+    assert f.pinv is None and not f.rcond > der.RCOND_MIN
+    assert np.isnan(der.newton_correction([f], rng.standard_normal((1, 12)))).all()

@@ -208,7 +208,7 @@ def test_many_non_unique_auxiliary_variables():
     assert fwd.ok.all() and not fwd.nondifferentiable.any()
     for f in fwd._solution.lin.factors:
         assert isinstance(f.pinv, der.SparsePinv)
-        Ns, Nd = f.pinv.null, der.TruncatedSVD(f.pinv.S.toarray()).null
+        Ns, Nd = f.pinv.null, der.TruncatedSVD.of(f.pinv.S.toarray()).null
         assert Ns.shape == Nd.shape and Nd.shape[1] > n
         assert max_abs(Ns @ Ns.T, Nd @ Nd.T) <= 1e-9
     g = rng.standard_normal((2, n))

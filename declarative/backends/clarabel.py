@@ -27,15 +27,15 @@ from declarative.errors import ProblemError
 from declarative.solve import Outcome, Status, check_settings
 
 # Clarabel's statuses (its public `SolverStatus`) → ours, and whether an infeasibility or
-# unboundedness claim is exact. Its "almost" claims are verified by the seam like SCS's
-# inaccurate ones; its almost-solved and stalled points go to refinement (INACCURATE), which
-# certifies them or not.
+# unboundedness claim is taken as exact: none is, each is verified by the seam like SCS's;
+# its almost-solved and stalled points go to refinement (INACCURATE), which certifies them or
+# not.
 _STATUS: dict[Any, tuple[Status, bool]] = {
     clarabel.SolverStatus.Solved: (Status.SOLVED, True),
     clarabel.SolverStatus.AlmostSolved: (Status.INACCURATE, True),
-    clarabel.SolverStatus.PrimalInfeasible: (Status.INFEASIBLE, True),
+    clarabel.SolverStatus.PrimalInfeasible: (Status.INFEASIBLE, False),
     clarabel.SolverStatus.AlmostPrimalInfeasible: (Status.INFEASIBLE, False),
-    clarabel.SolverStatus.DualInfeasible: (Status.UNBOUNDED, True),
+    clarabel.SolverStatus.DualInfeasible: (Status.UNBOUNDED, False),
     clarabel.SolverStatus.AlmostDualInfeasible: (Status.UNBOUNDED, False),
     clarabel.SolverStatus.MaxIterations: (Status.ITERATION_LIMIT, True),
     clarabel.SolverStatus.MaxTime: (Status.INACCURATE, True),

@@ -36,11 +36,14 @@ SCS_INFEASIBLE_INACCURATE: int = scs.INFEASIBLE_INACCURATE
 _SCS_STATUS = {
     SCS_SOLVED: Status.SOLVED,
     SCS_SOLVED_INACCURATE: Status.INACCURATE,
+}
+# SCS's certificates, its inaccurate ones and its exact ones alike: ours only once the seam
+# verifies them (solve.py). SCS's own test reads the equilibrated program, where a strictly
+# convex P can sit far below c (the projection onto a 20-D polytope, every parameter × 1e12:
+# "unbounded" by SCS at eps_infeas 1e-9, though a projection never is).
+_SCS_UNCERTAIN = {
     SCS_UNBOUNDED: Status.UNBOUNDED,
     SCS_INFEASIBLE: Status.INFEASIBLE,
-}
-# SCS's inaccurate certificates: ours only once the seam verifies them (solve.py).
-_SCS_UNCERTAIN = {
     SCS_UNBOUNDED_INACCURATE: Status.UNBOUNDED,
     SCS_INFEASIBLE_INACCURATE: Status.INFEASIBLE,
 }
