@@ -7,7 +7,7 @@ shares across instances of a template, solves one cone program
     min ½xᵀPx + cᵀx  s.t.  Ax + s = b,  s ∈ K,
 
 and maps its own statuses to `Status`. Everything else is the same for every backend:
-the thread pool, the verification of inexact infeasibility/unboundedness claims, and (in
+the thread pool, the verification of every infeasibility/unboundedness claim, and (in
 layer.py) refinement, the certificate and the derivative. A failure (an exception,
 infeasibility, ...) is recorded for its instance and never stops the others. Ctrl-C does:
 it raises KeyboardInterrupt and no further instance is started.
@@ -48,30 +48,29 @@ class Status(str, enum.Enum):
 
 @dataclass
 class Outcome:
-    """One backend solve: the point (x, y, s) in the cone program's own variables, the
-    backend's status in our terms, and whether an infeasibility or unboundedness claim is
-    exact (``certain``) or still to be verified (`infeasibility_certified`,
-    `unboundedness_certified`)."""
+    """One backend solve: the point (x, y, s) in the cone program's own variables and the
+    backend's status in our terms. An infeasibility or unboundedness claim is the backend's
+    word until the seam verifies its certificate (`infeasibility_certified`,
+    `unboundedness_certified`): a solver judges its own (scaled) program by its own
+    tolerances."""
 
     x: np.ndarray
     y: np.ndarray
     s: np.ndarray
     status: Status
     iterations: int
-    certain: bool = True
 
 
 @dataclass
 class BatchOutcome:
     """A batched backend's solves of a whole batch (`Outcome`'s fields stacked): x (B, n),
-    y and s (B, m), and per instance its status, iterations and ``certain``."""
+    y and s (B, m), and per instance its status and iterations."""
 
     x: np.ndarray
     y: np.ndarray
     s: np.ndarray
     status: list[Status]
     iterations: np.ndarray
-    certain: np.ndarray
 
 
 class Backend(Protocol):
@@ -235,10 +234,10 @@ def _solve_one(backend: Backend, A: Any, b: np.ndarray, c: np.ndarray, dims: Con
 
 def _checked(out: Outcome, A: Any, b: np.ndarray, c: np.ndarray, dims: ConeDims, P: Any,
              seconds: float) -> tuple[Outcome, Status, int, float]:
-    """The backend's outcome with an inexact infeasibility or unboundedness claim kept only
-    where its certificate verifies."""
+    """The backend's outcome with an infeasibility or unboundedness claim kept only where its
+    certificate verifies."""
     status = out.status
-    if not out.certain and status in (Status.INFEASIBLE, Status.UNBOUNDED):
+    if status in (Status.INFEASIBLE, Status.UNBOUNDED):
         if status is Status.INFEASIBLE and infeasibility_certified(A, b, out.y, dims):
             pass
         elif status is Status.UNBOUNDED and unboundedness_certified(A, c, out.x, dims, P):
@@ -276,10 +275,10 @@ def _solve_many(backend: Any, matrices: Sequence[Any], b: np.ndarray, c: np.ndar
     share = (time.perf_counter() - t0) / B
     status = list(out.status)
     x, y, s = out.x, out.y, out.s
-    for i in range(B):  # inexact infeasibility/unboundedness claims, verified
-        if not out.certain[i] and status[i] in (Status.INFEASIBLE, Status.UNBOUNDED):
+    for i in range(B):  # infeasibility/unboundedness claims, verified
+        if status[i] in (Status.INFEASIBLE, Status.UNBOUNDED):
             o, status[i], _, _ = _checked(
-                Outcome(x[i], y[i], s[i], status[i], int(out.iterations[i]), False),
+                Outcome(x[i], y[i], s[i], status[i], int(out.iterations[i])),
                 matrices[i], b[i], c[i], dims, None if quadratic is None else quadratic[i],
                 share)
             x[i], y[i], s[i] = o.x, o.y, o.s
@@ -297,7 +296,7 @@ def solve_batch(backend: Backend, matrices: Sequence[Any], b: np.ndarray, c: np.
     for P = 0, both CSC (SciPy matrices or `compile.CSC` arrays);
     ``warm`` optional starting points (x, y, s), each (B, ·); ``shared`` the backend's state
     where every instance has the same A and P (`Backend.share`).
-    Inexact infeasibility/unboundedness claims count only if their certificate verifies
+    Infeasibility/unboundedness claims count only if their certificate verifies
     (`infeasibility_certified`, `unboundedness_certified`); else the instance is
     INACCURATE with the origin as its iterate. Ctrl-C, also while the solver runs, raises
     KeyboardInterrupt and starts no further instance.

@@ -118,9 +118,9 @@ def test_clarabel_statuses_come_from_its_public_constants():
     import clarabel
 
     mapped = clarabel_backend._STATUS
-    assert mapped[clarabel.SolverStatus.Solved] == (Status.SOLVED, True)
-    assert mapped[clarabel.SolverStatus.MaxIterations][0] is Status.ITERATION_LIMIT
-    assert mapped[clarabel.SolverStatus.AlmostDualInfeasible] == (Status.UNBOUNDED, False)
+    assert mapped[clarabel.SolverStatus.Solved] is Status.SOLVED
+    assert mapped[clarabel.SolverStatus.MaxIterations] is Status.ITERATION_LIMIT
+    assert mapped[clarabel.SolverStatus.AlmostDualInfeasible] is Status.UNBOUNDED
     assert clarabel.SolverStatus.NumericalError not in mapped  # → FAILED
 
 

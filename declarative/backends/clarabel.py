@@ -26,20 +26,20 @@ from declarative.cones import ConeDims
 from declarative.errors import ProblemError
 from declarative.solve import Outcome, Status, check_settings
 
-# Clarabel's statuses (its public `SolverStatus`) → ours, and whether an infeasibility or
-# unboundedness claim is taken as exact: none is, each is verified by the seam like SCS's;
-# its almost-solved and stalled points go to refinement (INACCURATE), which certifies them or
+# Clarabel's statuses (its public `SolverStatus`) → ours. Its infeasibility and
+# unboundedness claims, exact and "almost" alike, are verified by the seam (solve.py); its
+# almost-solved and stalled points go to refinement (INACCURATE), which certifies them or
 # not.
-_STATUS: dict[Any, tuple[Status, bool]] = {
-    clarabel.SolverStatus.Solved: (Status.SOLVED, True),
-    clarabel.SolverStatus.AlmostSolved: (Status.INACCURATE, True),
-    clarabel.SolverStatus.PrimalInfeasible: (Status.INFEASIBLE, False),
-    clarabel.SolverStatus.AlmostPrimalInfeasible: (Status.INFEASIBLE, False),
-    clarabel.SolverStatus.DualInfeasible: (Status.UNBOUNDED, False),
-    clarabel.SolverStatus.AlmostDualInfeasible: (Status.UNBOUNDED, False),
-    clarabel.SolverStatus.MaxIterations: (Status.ITERATION_LIMIT, True),
-    clarabel.SolverStatus.MaxTime: (Status.INACCURATE, True),
-    clarabel.SolverStatus.InsufficientProgress: (Status.INACCURATE, True),
+_STATUS: dict[Any, Status] = {
+    clarabel.SolverStatus.Solved: Status.SOLVED,
+    clarabel.SolverStatus.AlmostSolved: Status.INACCURATE,
+    clarabel.SolverStatus.PrimalInfeasible: Status.INFEASIBLE,
+    clarabel.SolverStatus.AlmostPrimalInfeasible: Status.INFEASIBLE,
+    clarabel.SolverStatus.DualInfeasible: Status.UNBOUNDED,
+    clarabel.SolverStatus.AlmostDualInfeasible: Status.UNBOUNDED,
+    clarabel.SolverStatus.MaxIterations: Status.ITERATION_LIMIT,
+    clarabel.SolverStatus.MaxTime: Status.INACCURATE,
+    clarabel.SolverStatus.InsufficientProgress: Status.INACCURATE,
 }
 
 # Clarabel's settings (attributes of `clarabel.DefaultSettings`) a user may pass.
@@ -128,8 +128,7 @@ class ClarabelBackend:
         x, y, s = (np.asarray(v, dtype=float) for v in (sol.x, sol.z, sol.s))
         if layout.T is not None:
             y, s = layout.T_t @ y, layout.T_inv @ s
-        status, certain = _STATUS.get(sol.status, (Status.FAILED, True))
-        return Outcome(x, y, s, status, int(sol.iterations), certain)
+        return Outcome(x, y, s, _STATUS.get(sol.status, Status.FAILED), int(sol.iterations))
 
 
 CLARABEL = ClarabelBackend()

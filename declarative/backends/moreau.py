@@ -33,21 +33,19 @@ from declarative.errors import ProblemError
 from declarative.solve import BatchOutcome, Outcome, Status, check_settings
 from declarative.tuning import MOREAU_METHODS
 
-# Moreau's statuses (its public `SolverStatus`) → ours, and whether an infeasibility or
-# unboundedness claim is taken as exact: none is, each is verified by the seam (its
-# active-set method calls the projection onto a 20-D polytope, every parameter × 1e12,
-# dual infeasible).
-_STATUS: dict[Any, tuple[Status, bool]] = {
-    moreau.SolverStatus.Solved: (Status.SOLVED, True),
-    moreau.SolverStatus.AlmostSolved: (Status.INACCURATE, True),
-    moreau.SolverStatus.PrimalInfeasible: (Status.INFEASIBLE, False),
-    moreau.SolverStatus.AlmostPrimalInfeasible: (Status.INFEASIBLE, False),
-    moreau.SolverStatus.DualInfeasible: (Status.UNBOUNDED, False),
-    moreau.SolverStatus.AlmostDualInfeasible: (Status.UNBOUNDED, False),
-    moreau.SolverStatus.MaxIterations: (Status.ITERATION_LIMIT, True),
-    moreau.SolverStatus.MaxTime: (Status.INACCURATE, True),
-    moreau.SolverStatus.InsufficientProgress: (Status.INACCURATE, True),
-    moreau.SolverStatus.NumericalError: (Status.INACCURATE, True),
+# Moreau's statuses (its public `SolverStatus`) → ours. Its infeasibility and
+# unboundedness claims, exact and "almost" alike, are verified by the seam (solve.py).
+_STATUS: dict[Any, Status] = {
+    moreau.SolverStatus.Solved: Status.SOLVED,
+    moreau.SolverStatus.AlmostSolved: Status.INACCURATE,
+    moreau.SolverStatus.PrimalInfeasible: Status.INFEASIBLE,
+    moreau.SolverStatus.AlmostPrimalInfeasible: Status.INFEASIBLE,
+    moreau.SolverStatus.DualInfeasible: Status.UNBOUNDED,
+    moreau.SolverStatus.AlmostDualInfeasible: Status.UNBOUNDED,
+    moreau.SolverStatus.MaxIterations: Status.ITERATION_LIMIT,
+    moreau.SolverStatus.MaxTime: Status.INACCURATE,
+    moreau.SolverStatus.InsufficientProgress: Status.INACCURATE,
+    moreau.SolverStatus.NumericalError: Status.INACCURATE,
 }
 
 # Its methods, by the name our ``method`` setting takes.
@@ -201,16 +199,14 @@ class MoreauBackend:
             y, s = np.array(rows.T_t @ y.T).T, np.array(rows.T_inv @ s.T).T
         info = solver.info
         iters = np.array(np.broadcast_to(np.asarray(info.iterations, dtype=int), (B,)))
-        mapped = [_STATUS.get(st, (Status.FAILED, True)) for st in info.status]
-        return BatchOutcome(x, y, s, [st for st, _ in mapped], iters,
-                            np.array([certain for _, certain in mapped], dtype=bool))
+        return BatchOutcome(x, y, s, [_STATUS.get(st, Status.FAILED) for st in info.status],
+                            iters)
 
     def solve(self, A: Any, b: np.ndarray, c: np.ndarray, dims: ConeDims, settings: dict,
               P: Any = None, warm: tuple | None = None, shared: Any = None) -> Outcome:
         """One instance (a batch of one; ``warm`` is ignored)."""
         out = self.solve_many([A], b[None], c[None], dims, settings, None if P is None else [P])
-        return Outcome(out.x[0], out.y[0], out.s[0], out.status[0], int(out.iterations[0]),
-                       bool(out.certain[0]))
+        return Outcome(out.x[0], out.y[0], out.s[0], out.status[0], int(out.iterations[0]))
 
 
 def _values(matrices: Any) -> np.ndarray:

@@ -33,15 +33,13 @@ SCS_UNBOUNDED_INACCURATE: int = scs.UNBOUNDED_INACCURATE
 SCS_INFEASIBLE_INACCURATE: int = scs.INFEASIBLE_INACCURATE
 
 # SCS status_val → ours; any other value (failed, indeterminate, ...) is Status.FAILED.
+# SCS's certificates, its inaccurate ones and its exact ones alike, are ours only once the
+# seam verifies them (solve.py): SCS's own test reads the equilibrated program, where a
+# strictly convex P can sit far below c (the projection onto a 20-D polytope, every parameter
+# × 1e12: "unbounded" by SCS at eps_infeas 1e-9, though a projection never is).
 _SCS_STATUS = {
     SCS_SOLVED: Status.SOLVED,
     SCS_SOLVED_INACCURATE: Status.INACCURATE,
-}
-# SCS's certificates, its inaccurate ones and its exact ones alike: ours only once the seam
-# verifies them (solve.py). SCS's own test reads the equilibrated program, where a strictly
-# convex P can sit far below c (the projection onto a 20-D polytope, every parameter × 1e12:
-# "unbounded" by SCS at eps_infeas 1e-9, though a projection never is).
-_SCS_UNCERTAIN = {
     SCS_UNBOUNDED: Status.UNBOUNDED,
     SCS_INFEASIBLE: Status.INFEASIBLE,
     SCS_UNBOUNDED_INACCURATE: Status.UNBOUNDED,
@@ -211,8 +209,8 @@ def _check_interrupt(info: dict) -> None:
         raise KeyboardInterrupt("SCS was interrupted (SIGINT)")
 
 
-def _outcome(sol: dict, status: Status, certain: bool = True) -> Outcome:
-    return Outcome(sol["x"], sol["y"], sol["s"], status, int(sol["info"]["iter"]), certain)
+def _outcome(sol: dict, status: Status) -> Outcome:
+    return Outcome(sol["x"], sol["y"], sol["s"], status, int(sol["info"]["iter"]))
 
 
 # Spellings users bring from cvxpylayers, diffcp, SCS 2 and other solvers, each with what it
@@ -293,8 +291,6 @@ class ScsBackend:
             sol = solver.solve(True, None, None, None)
         info = sol["info"]
         _check_interrupt(info)
-        if info["status_val"] in _SCS_UNCERTAIN:
-            return _outcome(sol, _SCS_UNCERTAIN[info["status_val"]], certain=False)
         status = _SCS_STATUS.get(info["status_val"], Status.FAILED)
         if status is Status.INACCURATE and info["iter"] >= settings["max_iters"]:
             status = Status.ITERATION_LIMIT
