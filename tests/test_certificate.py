@@ -502,11 +502,11 @@ def test_inactive_constraints_have_exactly_zero_gradients(scale):
 
 def test_a_polytope_projection_at_1e12_is_solved_or_honestly_not():
     """The projection onto a 20-D polytope {Gx <= h} with every parameter × 1e12 (the same
-    polytope, a far point): the call returns (an S whose divide-and-conquer SVD does not
-    converge once raised LinAlgError out of `forward`), no instance is called unbounded (a
-    projection never is; SCS's exact "unbounded" on the equilibrated program is verified
-    and refused), and every solved instance satisfies the KKT conditions to rounding
-    (feasible, and y − x = Gᵀλ with λ >= 0 on the active rows, by NNLS)."""
+    polytope, a far point): the call returns, though a singular S's divide-and-conquer SVD
+    does not converge on the way; no instance is called unbounded (a projection never is;
+    SCS's exact "unbounded" on the equilibrated program is verified and refused); and every
+    solved instance satisfies the KKT conditions to rounding (feasible, and y − x = Gᵀλ with
+    λ >= 0 on the active rows, by NNLS)."""
     from scipy.optimize import nnls
 
     from declarative.tools import bench
