@@ -254,8 +254,7 @@ def _solve_many(backend: Any, matrices: Sequence[Any], b: np.ndarray, c: np.ndar
                 ) -> SolveResult:
     """The batch in one call of a batched backend's ``solve_many``; where that call fails as
     a whole, one instance at a time, so that one bad instance never loses the others. Each
-    instance's seconds are the batch's share. The rows of y and s beyond b's (the trivial
-    row of a program without constraints) are dropped, as by `solve_batch`."""
+    instance's seconds are the batch's share."""
     B = b.shape[0]
     t0 = time.perf_counter()
     try:
@@ -282,8 +281,7 @@ def _solve_many(backend: Any, matrices: Sequence[Any], b: np.ndarray, c: np.ndar
                 matrices[i], b[i], c[i], dims, None if quadratic is None else quadratic[i],
                 share)
             x[i], y[i], s[i] = o.x, o.y, o.s
-    m = b.shape[1]
-    return SolveResult(x, y[:, :m], s[:, :m], status, np.asarray(out.iterations, dtype=int),
+    return SolveResult(x, y, s, status, np.asarray(out.iterations, dtype=int),
                        np.full(B, share))
 
 
