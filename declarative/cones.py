@@ -460,7 +460,9 @@ def _bracketed_newton(fn, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, active:
             & (new < h)
             & (np.abs(2.0 * step) <= np.abs(dx_old[active]))
         )
-        new = np.where(ok, new, mid(l, h))
+        bad = ~ok
+        if bad.any():  # (the midpoint costs transcendentals: only where Newton is refused)
+            new[bad] = mid(l[bad], h[bad])
         dx_old[active] = dx[active]
         dx[active] = np.where(ok, step, h - l)
         scale = np.maximum(1.0, np.abs(xa))
@@ -475,12 +477,14 @@ def _bracketed_newton(fn, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, active:
     return x
 
 
-def _exp_root(r0, s0, t0) -> np.ndarray:
+def _exp_root(r0, s0, t0, start: np.ndarray | None = None) -> np.ndarray:
     """Root of h on the bracket where s(ρ) = ((ρ−1)r0+s0)/q > 0 and m(ρ) = (r0−ρs0)/q > 0.
 
     Requires r0 > 0 or s0 > 0 (and v0 outside K and its polar). The finite bracket ends are
     1 − s0/r0 (r0 > 0) and r0/s0 (s0 > 0); a missing end is found by doubling steps. Then
-    safeguarded Newton (bisection fallback), all cones at once, to full float64 accuracy.
+    safeguarded Newton (bisection fallback), all cones at once, to full float64 accuracy,
+    from ``start`` where it is finite and inside the bracket (a root of a nearby point), else
+    from the bracket's midpoint.
     """
     lo = np.where(r0 > 0, 1.0 - s0 / np.where(r0 > 0, r0, 1.0), -np.inf)
     hi = np.where(s0 > 0, r0 / np.where(s0 > 0, s0, 1.0), np.inf)
@@ -511,6 +515,8 @@ def _exp_root(r0, s0, t0) -> np.ndarray:
     # most half the one before last (far from the root h behaves like an exponential, where
     # plain Newton advances by O(1) per step).
     rho = _mid(lo, hi)
+    if start is not None:
+        rho = np.where((start > lo) & (start < hi), start, rho)  # (NaN: not inside)
     return _bracketed_newton(
         lambda x, i: _exp_h(x, r0[i], s0[i], t0[i]), rho, lo, hi,
         np.flatnonzero(np.isfinite(rho)), rising=True, iters=300, mid=_mid)
@@ -552,7 +558,7 @@ def _exp_primal_deriv(rho, sp, m) -> np.ndarray:
     )
 
 
-def _exp(V: np.ndarray, want_deriv: bool):
+def _exp(V: np.ndarray, want_deriv: bool, start: np.ndarray | None = None):
     """Projection of V (..., 3) = (r0, s0, t0) onto K_exp and onto its polar K° = −K*_exp.
 
     Friberg 2021, "Projection onto the exponential cone: a univariate root-finding problem"
@@ -565,7 +571,13 @@ def _exp(V: np.ndarray, want_deriv: bool):
     Derivative: I in case 1, 0 in case 2, diag(1, 0, [t0 >= 0]) in case 3, and in case 4 the
     rank-2 formula of `_exp_primal_deriv`; on the boundary of K (the kink) it is I.
 
-    Returns (vp, vd, D) with v0 = vp + vd (up to rounding) and D = DΠ_K(v0) (or None).
+    ``start`` (V.shape[:-1]) holds roots ρ found for nearby points (NaN: none), where Newton
+    starts instead of the bracket's midpoint (ρ is scale-invariant; a start outside the
+    bracket is ignored): a refinement step moves its cones little, and the root then takes
+    about half the evaluations.
+
+    Returns (vp, vd, D, ρ) with v0 = vp + vd (up to rounding), D = DΠ_K(v0) (or None) and ρ
+    (V.shape[:-1]) the root where case 4 found one (NaN elsewhere).
     """
     shape = V.shape[:-1]
     V = V.reshape(-1, 3)
@@ -583,6 +595,7 @@ def _exp(V: np.ndarray, want_deriv: bool):
         ) & ~inK
         c3 = ~inK & ~inP & (r0 <= 0) & (s0 <= 0)
         c4 = finite & ~inK & ~inP & ~c3
+        roots = np.full(N, np.nan)
         bad = ~finite
         vp[inK] = V[inK]
         vd[inP] = V[inP]
@@ -604,7 +617,8 @@ def _exp(V: np.ndarray, want_deriv: bool):
             scale = np.max(np.abs(V[idx]), axis=1)
             v = V[idx] / scale[:, None]
             r, s, t = v[:, 0], v[:, 1], v[:, 2]
-            rho = _exp_root(r, s, t)
+            rho = _exp_root(r, s, t, None if start is None else start.reshape(-1)[idx])
+            roots[idx] = rho
             q = rho * (rho - 1.0) + 1.0
             # s(ρ) = L/q >= 0 and m(ρ) = M/q >= 0 on the bracket; clip rounding noise
             L = np.maximum((rho - 1.0) * r + s, 0.0)
@@ -681,25 +695,27 @@ def _exp(V: np.ndarray, want_deriv: bool):
                 D[idx] = np.where(face[:, None, None], Df, Dc)
     vp = vp.reshape(shape + (3,))
     vd = vd.reshape(shape + (3,))
-    return vp, vd, (D.reshape(shape + (3, 3)) if want_deriv else None)
+    return vp, vd, (D.reshape(shape + (3, 3)) if want_deriv else None), roots.reshape(shape)
 
 
-def _exp_all(X: np.ndarray, n_exp: int, dual: bool, want_deriv: bool):
+def _exp_all(X: np.ndarray, n_exp: int, dual: bool, want_deriv: bool,
+             start: np.ndarray | None = None):
     """Project X (B, n, 3) (primal exp cones first, then dual ones) onto K_exp or K*_exp.
 
     Π_{K*}(v) = v + Π_K(−v) = −Π_{K°}(−v) (Moreau), computed as −vd(−v) (no cancellation);
-    DΠ_{K*}(v) = I − DΠ_K(−v).
+    DΠ_{K*}(v) = I − DΠ_K(−v). ``start``: (B, n) roots to start from (`_exp`).
+    Returns (P, D, roots (B, n)).
     """
     flip = np.zeros(X.shape[1], dtype=bool)
     flip[n_exp:] = True
     if dual:
         flip = ~flip
     W = np.where(flip[None, :, None], -X, X)
-    vp, vd, D = _exp(W, want_deriv)
+    vp, vd, D, roots = _exp(W, want_deriv, start)
     P = np.where(flip[None, :, None], -vd, vp)
     if want_deriv:
         D = np.where(flip[None, :, None, None], np.eye(3) - D, D)
-    return P, D
+    return P, D, roots
 
 
 # ----------------------------------------------------------------------------------------------
@@ -941,7 +957,8 @@ def project(v: np.ndarray, dims: ConeDims, dual: bool = False) -> np.ndarray:
     return P[0] if squeeze else P
 
 
-def dproject(v: np.ndarray, dims: ConeDims, dual: bool = False) -> DProjection:
+def dproject(v: np.ndarray, dims: ConeDims, dual: bool = False,
+             near: DProjection | None = None) -> DProjection:
     """Derivative DΠ_K(v) (or DΠ_{K*}(v) if ``dual``) as a symmetric linear operator.
 
     ``v`` has shape (B, m) or (m,); for (m,) the operator is unbatched (``matvec`` takes (m,) or
@@ -949,9 +966,13 @@ def dproject(v: np.ndarray, dims: ConeDims, dual: bool = False) -> DProjection:
     nonneg 1[v >= 0], SOC (Ali et al. 2017), PSD (Daleckii–Krein), exp 3×3 (implicit, ruled
     boundary), power 3×3 (implicit, Hien 2015). Used by the residual-map derivative of
     Agrawal et al. 2019, eq. (8).
+
+    ``near``: the operator at nearby points of the same batch (same cones, ``dual`` and batch
+    size), e.g. the previous Newton iterate: the exponential cones' root-finding starts from
+    its roots. The result is the same to rounding either way.
     """
     V, squeeze = _as_batch(v, dims)
-    return DProjection(V, dims, dual, batched=not squeeze)
+    return DProjection(V, dims, dual, batched=not squeeze, near=near)
 
 
 # v within KINK_TOL·‖v‖∞ of a kink of Π_{K*} counts as on it (see snap_kinks). Relative to v's
@@ -1095,7 +1116,8 @@ class DProjection:
     the leading B axis is dropped everywhere.
     """
 
-    def __init__(self, V: np.ndarray, dims: ConeDims, dual: bool, batched: bool = True) -> None:
+    def __init__(self, V: np.ndarray, dims: ConeDims, dual: bool, batched: bool = True,
+                 near: DProjection | None = None) -> None:
         self.dims = dims
         self.dual = bool(dual)
         self.batched = batched
@@ -1109,6 +1131,7 @@ class DProjection:
         P[:, lay.zero] = V[:, lay.zero] if dual else 0.0
         P[:, lay.nonneg] = np.maximum(vn, 0.0)
         self._soc, self._psd, self._exp, self._pow = [], [], None, None
+        self._exp_roots: np.ndarray | None = None  # (B, cones): where a later one starts
         for _, idx in lay.soc:
             P[:, idx], coef = _soc(V[:, idx], True)
             self._soc.append((idx, coef))
@@ -1116,7 +1139,12 @@ class DProjection:
             P[:, idx], data = _psd(V[:, idx], k, True)
             self._psd.append((k, idx, data))
         if lay.exp.size:
-            P[:, lay.exp], self._exp = _exp_all(V[:, lay.exp], lay.n_exp, dual, True)
+            start = None
+            if near is not None and near._exp_roots is not None and near.dual == self.dual \
+                    and near._exp_roots.shape == (self.batch_size, lay.exp.shape[0]):
+                start = near._exp_roots
+            P[:, lay.exp], self._exp, self._exp_roots = _exp_all(
+                V[:, lay.exp], lay.n_exp, dual, True, start)
         if lay.pow.size:
             P[:, lay.pow], self._pow = _pow_all(V[:, lay.pow], lay.alpha, dual, True)
         self.point = P if batched else P[0]
@@ -1130,6 +1158,8 @@ class DProjection:
             yield from data
         if self._exp is not None:
             yield self._exp
+            assert self._exp_roots is not None  # (made with it)
+            yield self._exp_roots
         if self._pow is not None:
             yield self._pow
         yield self.point
@@ -1180,6 +1210,7 @@ class DProjection:
         new._soc = [(idx, tuple(x[sel] for x in coef)) for idx, coef in self._soc]
         new._psd = [(k, idx, tuple(x[sel] for x in data)) for k, idx, data in self._psd]
         new._exp = None if self._exp is None else self._exp[sel]
+        new._exp_roots = None if self._exp_roots is None else self._exp_roots[sel]
         new._pow = None if self._pow is None else self._pow[sel]
         new.point = self.point[sel]
         new.batch_size = new.point.shape[0]

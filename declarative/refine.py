@@ -195,7 +195,8 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
         previous = [factors[i] for i in idx.tolist()]
         for i in idx:
             factors[i] = None
-        lin = Linearization(sub, Dc if every else Dc.take(idx), reuse=previous)
+        Dsub = Dc if every else Dc.take(idx)
+        lin = Linearization(sub, Dsub, reuse=previous)
         del previous
         # A singular S gives the least-squares step (its pseudo-inverse: `TruncatedSVD`,
         # `SparsePinv`); one whose pseudo-inverse is not at hand gives no step (NaN: LSMR is
@@ -207,7 +208,7 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
         d_anchor[idx[at_anchor]] = d[at_anchor]
         # the full step from the current iterate
         un, vn = cu[idx] + d[:, : t.n], cv[idx] + d[:, t.n :]
-        Dn = dproject(vn, dims, dual=True)
+        Dn = dproject(vn, dims, dual=True, near=Dsub)
         pvn = Dn.point
         Fn = residual(sub, c if every else c[idx], b if every else b[idx], un, vn, pvn)
         rn, omn, denn = _merit(sub, c if every else c[idx], b if every else b[idx], un, vn,

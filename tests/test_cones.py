@@ -495,6 +495,31 @@ def test_exp_extreme_magnitudes():
     assert lam.min() >= -1e-12 and lam.max() <= 1 + 1e-12
 
 
+@pytest.mark.parametrize("dual", [False, True])
+def test_exp_warm_started_roots_give_the_cold_projection(dual):
+    """DΠ at points moved from those of ``near`` (relative steps 1e-12 … 1, and a fresh point)
+    equals DΠ computed from scratch to ~1e-14 relative, across 1e-200 … 1e200; a ``near`` of
+    another batch size or of the other cone is not read."""
+    rng = np.random.default_rng(21)
+    d = ConeDims(exp=40, exp_dual=20)
+    B = 6
+    V0 = rng.standard_normal((B, d.size)) * 10.0 ** rng.uniform(-200, 200, (B, 1))
+    step = 10.0 ** rng.uniform(-12, 0, (B, 1)) * rng.standard_normal((B, d.size))
+    V1 = V0 + step * np.abs(V0).max(axis=1, keepdims=True)
+    V1[-1] = rng.standard_normal(d.size)  # nothing near
+    near = dproject(V0, d, dual)
+    warm, cold = dproject(V1, d, dual, near=near), dproject(V1, d, dual)
+    sc = np.abs(V1).max(axis=1)[:, None]
+    np.testing.assert_allclose(warm.point / sc, cold.point / sc, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(warm.dense(), cold.dense(), rtol=0, atol=1e-12)
+    roots = np.isfinite(cold._exp_roots)
+    assert roots.sum() > 100  # the root-finding case is exercised
+    np.testing.assert_array_equal(np.isfinite(warm._exp_roots), roots)
+    for other in (dproject(V0[:2], d, dual), dproject(V0, d, not dual)):
+        again = dproject(V1, d, dual, near=other)
+        np.testing.assert_array_equal(again.point, cold.point)
+
+
 def test_nonfinite_inputs_give_nan_locally():
     d = DIMS["mixed"]
     V = random_points(d, 3, seed=13)
