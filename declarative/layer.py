@@ -118,6 +118,11 @@ DEFINITE_RTOL = 1e-9
 
 # SCS tolerance of the retry for instances refinement could not certify.
 RETRY_EPS = 1e-9
+# Where the user did not choose the solver, an instance that neither the chosen solver nor SCS
+# at RETRY_EPS settled (solved and certified, or certified infeasible or unbounded) is solved
+# once more by this interior-point backend, whose central point refinement often takes where
+# it stalled at SCS's (see `Layer.forward`).
+SECOND_OPINION = "clarabel"
 # `Forward.vjp` maps its solve to the parameters this many instances at a time.
 VJP_BLOCK = 64
 # Where the tuning leaves the solver open, a layer decides it from its template
@@ -890,6 +895,7 @@ class Layer:
         this call (``solver_args`` then holds that solver's settings)."""
         t0 = time.perf_counter()
         theta, input_batched = self.batch(values)
+        user_solver = self._solver_named or solver is not None  # (settings alone name none)
         if solver is None and not _solver_settings(solver_args):
             self._solver()  # decided first, with batch_from
             small = self._tuning.batch_from
@@ -940,15 +946,26 @@ class Layer:
             # (a batched interior-point method can fail on data scales SCS's equilibrated
             # iterations take): what is still neither certified nor shown infeasible or
             # unbounded is solved by SCS at the tight tolerance
-            unsettled = np.array([st not in (Status.SOLVED, Status.INFEASIBLE,
-                                             Status.UNBOUNDED) for st in att.status])
-            left = np.flatnonzero(unsettled)
+            left = np.flatnonzero([st not in _SETTLED for st in att.status])
             if left.size:
                 scs = get_backend(DEFAULT_SOLVER)
                 again = self._attempts(scs, None, left, ops, c, b, mats, Ps,
                                        scs.tightened(scs.settings({}), RETRY_EPS), ours, eq,
                                        chunk)
                 att.merge(left, again)
+        if ours["refine"] and not user_solver and backend.name != SECOND_OPINION:
+            # an instance still unsettled gets an interior-point solver's point, central
+            # where SCS's splitting iterates end at a vertex of a degenerate face (ties in a
+            # dotsort: refinement then converges only linearly, and may stall short of the
+            # certificate); kept only where it settles the instance
+            left = np.flatnonzero([st not in _SETTLED for st in att.status])
+            if left.size:
+                second = get_backend(SECOND_OPINION)
+                again = self._attempts(second, None, left, ops, c, b, mats, Ps,
+                                       second.tightened(second.settings({}), RETRY_EPS), ours,
+                                       eq, chunk)
+                att.merge(left, again, keep=np.array([st in _SETTLED for st in again.status],
+                                                     dtype=bool))
         if layout is not None and tuning.sparse_ordering is None:
             self._record_ordering(layout)
         status, x, y, s = att.status, att.x, att.y, att.s
@@ -1433,6 +1450,7 @@ def _batch_indices(bad: np.ndarray, batched: bool) -> str:
 
 
 _REFINABLE = (Status.SOLVED, Status.INACCURATE, Status.ITERATION_LIMIT)
+_SETTLED = (Status.SOLVED, Status.INFEASIBLE, Status.UNBOUNDED)
 
 
 @dataclass
@@ -1470,22 +1488,27 @@ class _Attempt:
                               else np.concatenate(each))
         return cls(**values)
 
-    def merge(self, idx: np.ndarray, other: _Attempt) -> None:
-        """Take ``other``'s results (a retry of instances ``idx``); costs add up."""
-        for j, i in enumerate(idx):
-            self.status[i] = other.status[j]
-            self.factors[i] = other.factors[j]
-        for name in ("x", "y", "s", "v", "residual_after"):
-            getattr(self, name)[idx] = getattr(other, name)
-        if self.D is not None and other.D is not None:
-            assert self.v_D is not None  # set together with D
-            self.D.put(idx, other.D)
-            self.v_D[idx] = other.v_D
-        else:
-            self.D = self.v_D = None
+    def merge(self, idx: np.ndarray, other: _Attempt, keep: np.ndarray | None = None) -> None:
+        """Take ``other``'s results (a retry of instances ``idx``), only where ``keep`` (bool,
+        len(idx); None: everywhere); costs add up everywhere."""
         self.steps[idx] += other.steps
         self.iterations[idx] += other.iterations
         self.seconds[idx] += other.seconds
+        js = np.arange(len(idx)) if keep is None else np.flatnonzero(keep)
+        if not js.size:
+            return
+        idx = np.asarray(idx)[js]
+        for j, i in zip(js.tolist(), idx.tolist(), strict=True):
+            self.status[i] = other.status[j]
+            self.factors[i] = other.factors[j]
+        for name in ("x", "y", "s", "v", "residual_after"):
+            getattr(self, name)[idx] = getattr(other, name)[js]
+        if self.D is not None and other.D is not None:
+            assert self.v_D is not None and other.v_D is not None  # set together with D
+            self.D.put(idx, other.D if keep is None else other.D.take(js))
+            self.v_D[idx] = other.v_D[js]
+        else:
+            self.D = self.v_D = None
 
 
 @dataclass

@@ -25,7 +25,7 @@ from declarative.cones import ConeDims, _svec, project
 from declarative.derivative import ORDERINGS
 from declarative.equilibrate import equilibrate
 from declarative.errors import ProblemError
-from declarative.solve import SCALE_CANDIDATES, Status, solve_batch
+from declarative.solve import SCALE_CANDIDATES, Outcome, Status, solve_batch
 from tests.conftest import max_abs, zoo_layer
 
 
@@ -382,3 +382,30 @@ def test_native_scs_only_in_tested_releases(monkeypatch):
     assert calls and layer.tuning.linear_solver == "qdldl"  # no dense path without it
     for k, inst in enumerate(insts):
         assert max_abs(fwd.outputs[0][k], inst.solution[0]) <= 1e-8
+
+
+def test_what_scs_leaves_unsettled_gets_a_second_opinion(monkeypatch):
+    """Where the user did not choose the solver, instances that SCS (and its tight retry)
+    leave unsolved are solved by the interior-point backend and certified as usual (outputs
+    and VJPs against the closed form); a solver the user named is used alone."""
+    layer, mod, sizes = zoo_layer("sparsemax")
+    rng = np.random.default_rng(3)
+    inst = [mod.sample(rng, **sizes) for _ in range(3)]
+    theta = np.stack([p[0] for p in inst])
+
+    def scs_fails(self, A, b, c, dims, settings, P=None, warm=None, shared=None):
+        n, m = A.shape[1], A.shape[0]
+        return Outcome(np.full(n, np.nan), np.full(m, np.nan), np.full(m, np.nan),
+                       Status.FAILED, 1)
+
+    monkeypatch.setattr(scs_backend.ScsBackend, "solve", scs_fails)
+    fwd = layer.forward([theta], on_failure="nan")
+    assert [str(s) for s in fwd.info.status] == ["solved"] * 3
+    g = rng.standard_normal(theta.shape)
+    (dtheta,) = fwd.vjp([g])
+    for i, p in enumerate(inst):
+        assert max_abs(fwd.outputs[0][i], mod.solution(*p)[0]) <= 1e-12
+        assert max_abs(dtheta[i], g[i] @ mod.jacobian(*p)[0][0]) <= 1e-10
+    named = layer.forward([theta], solver="scs", on_failure="nan")
+    assert not any(str(s) == "solved" for s in named.info.status)
+    assert np.isnan(named.outputs[0]).all()
