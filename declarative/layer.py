@@ -1153,7 +1153,11 @@ class Layer:
         than STALE of the first (or by more than rounding where it is 0). Near the boundary
         of a cone's polar, DΠ's small eigenvalue can change entirely within the last step
         (a second-order cone holding entries ~1e10 beside ~1: 6e-11 against 1e-6), and
-        with it S⁻¹, the error estimate and the derivative."""
+        with it S⁻¹, the error estimate and the derivative. A singular S's pseudo-inverse is
+        not continuous in S (a singular value that vanishes at the solution is ~1e-9 one
+        step before, and its inverse enters the estimate): there any move beyond rounding
+        makes the factorization stale (a power cone at its apex, from SCS at eps 1e-9: a
+        probe error of 1e-5 at the previous iterate, 5e-15 at the point)."""
         have = np.array([i for i in idx if factors[i] is not None], dtype=int)
         if have.size == 0:
             return []
@@ -1164,7 +1168,9 @@ class Layer:
         if not at_v.all():
             now[~at_v] = dproject(r.v[have[~at_v]], t.dims, dual=True).matvec(w[~at_v])
         then = r.D_factored.take(have).matvec(w)
-        drift = np.abs(now - then) > STALE * np.abs(now) + ROUNDING
+        singular = np.array([not factors[i].rcond > RCOND_MIN for i in have], dtype=bool)
+        rel = np.where(singular, ROUNDING, STALE)[:, None]
+        drift = np.abs(now - then) > rel * np.abs(now) + ROUNDING
         return have[drift.any(axis=1)].tolist()
 
     def _null_space_curved(self, f: Any, D: DProjection) -> bool:

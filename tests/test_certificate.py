@@ -570,3 +570,27 @@ def test_a_dense_svd_that_does_not_converge():
         np.linalg.svd = real
     assert f.pinv is None and not f.rcond > der.RCOND_MIN
     assert np.isnan(der.newton_correction([f], rng.standard_normal((1, 12)))).all()
+
+
+def test_a_singular_factorization_is_stale_once_the_projection_moves():
+    """The certificate reuses refinement's last factorization of S where DΠ moved by less
+    than 10% since; a singular S's pseudo-inverse is not continuous in S, so that one is
+    made again at the point as soon as DΠ moved beyond rounding (here by ~1e-9 relative, as
+    after one Newton step from SCS at eps 1e-9), and kept where DΠ did not move."""
+    from types import SimpleNamespace
+
+    from declarative.cones import dproject
+    from tests.conftest import zoo_layer
+
+    layer, _, _ = zoo_layer("softmax")
+    t = layer.template
+    rng = np.random.default_rng(4)
+    v0 = rng.standard_normal((2, t.m))
+    v1 = v0 * (1 + 1e-9 * rng.standard_normal(v0.shape))
+    D0, D1 = dproject(v0, t.dims, dual=True), dproject(v1, t.dims, dual=True)
+    assert 0 < np.abs(D1.dense() - D0.dense()).max() < 1e-6  # moved, far less than 10%
+    factors = [SimpleNamespace(rcond=0.0), SimpleNamespace(rcond=0.5)]
+    moved = SimpleNamespace(v=v1, v_D=v1, D=D1, D_factored=D0)
+    assert layer._stale(moved, np.arange(2), factors) == [0]
+    still = SimpleNamespace(v=v0, v_D=v0, D=D0, D_factored=D0)
+    assert layer._stale(still, np.arange(2), factors) == []
