@@ -163,7 +163,10 @@ def clarabel_active_set(
     for par, val in zip(params, values, strict=True):
         par.value = val
     try:
-        problem.solve(solver=cp.CLARABEL, **CLARABEL_OPTS)
+        # warm_start=False: CVXPY's default (True) keeps Clarabel's solver from the previous
+        # call and updates its data, with the scaling of the first; after instances at 1e6
+        # scales, the solver on an O(1) instance then fails
+        problem.solve(solver=cp.CLARABEL, warm_start=False, **CLARABEL_OPTS)
     except cp.SolverError as e:
         raise DegenerateInstanceError(f"{what}: active-set oracle (Clarabel) failed: {e}") from e
     if problem.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
