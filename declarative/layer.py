@@ -941,31 +941,30 @@ class Layer:
                                    eq, chunk, (att.scs_x[retry], att.scs_y[retry],
                                                att.scs_s[retry]))
             att.merge(retry, again)
+
+        def settle(name: str, only_settled: bool) -> None:
+            """Solve what is still neither certified nor shown infeasible or unbounded with
+            backend ``name`` at the tight tolerance, and take its results (only where they
+            settle the instance, if ``only_settled``)."""
+            left = np.flatnonzero([st not in _SETTLED for st in att.status])
+            if left.size:
+                other = get_backend(name)
+                again = self._attempts(other, None, left, ops, c, b, mats, Ps,
+                                       other.tightened(other.settings({}), RETRY_EPS), ours,
+                                       eq, chunk)
+                att.merge(left, again, keep=np.array([st in _SETTLED for st in again.status],
+                                                     dtype=bool) if only_settled else None)
+
         if ours["refine"] and backend.name != DEFAULT_SOLVER and not self._solver_named:
             # the default's choice of solver must not cost an instance SCS would have solved
             # (a batched interior-point method can fail on data scales SCS's equilibrated
-            # iterations take): what is still neither certified nor shown infeasible or
-            # unbounded is solved by SCS at the tight tolerance
-            left = np.flatnonzero([st not in _SETTLED for st in att.status])
-            if left.size:
-                scs = get_backend(DEFAULT_SOLVER)
-                again = self._attempts(scs, None, left, ops, c, b, mats, Ps,
-                                       scs.tightened(scs.settings({}), RETRY_EPS), ours, eq,
-                                       chunk)
-                att.merge(left, again)
+            # iterations take)
+            settle(DEFAULT_SOLVER, only_settled=False)
         if ours["refine"] and not user_solver and backend.name != SECOND_OPINION:
-            # an instance still unsettled gets an interior-point solver's point, central
-            # where SCS's splitting iterates end at a vertex of a degenerate face (ties in a
-            # dotsort: refinement then converges only linearly, and may stall short of the
-            # certificate); kept only where it settles the instance
-            left = np.flatnonzero([st not in _SETTLED for st in att.status])
-            if left.size:
-                second = get_backend(SECOND_OPINION)
-                again = self._attempts(second, None, left, ops, c, b, mats, Ps,
-                                       second.tightened(second.settings({}), RETRY_EPS), ours,
-                                       eq, chunk)
-                att.merge(left, again, keep=np.array([st in _SETTLED for st in again.status],
-                                                     dtype=bool))
+            # an interior-point solver's point is central where SCS's splitting iterates end
+            # at a vertex of a degenerate face (ties in a dotsort: refinement then converges
+            # only linearly, and may stall short of the certificate)
+            settle(SECOND_OPINION, only_settled=True)
         if layout is not None and tuning.sparse_ordering is None:
             self._record_ordering(layout)
         status, x, y, s = att.status, att.x, att.y, att.s
