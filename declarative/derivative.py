@@ -71,6 +71,8 @@ DENSE_COST = 2.5e-5
 SPARSE_COST = 70.0
 SPARSE_FILL_COST = 0.016
 SVD_MAX = 3000
+# Iterations of the 1-norm estimate of S⁻¹ (`norm1_estimate`; onenormest's default).
+NORM1_ITERATIONS = 5
 # Where the PSD blocks of DΠ are 0 or I up to a low-rank term (rank ρ = r(r+1)/2 + r(k − r)
 # when r eigenvalues of the block's point are positive, or negative: `psd_columns`),
 # S = S₀ + U Vᵀ with S₀ sparse (those blocks 0 or I) is kept as such (`LowRankS`), never
@@ -1588,7 +1590,7 @@ def _factor_low_rank(S: LowRankS) -> Factor:
     """Factor S = S₀ + U Vᵀ: by `Woodbury` where S₀ may be shared (`LowRankS.shared`), its
     (shifted) LU is regular (pivot ratio above S0_RCOND_MIN) and so is C, with
     rcond = 1/(‖S‖₁ ‖S⁻¹‖₁) from the bound `LowRankS.norm1` and Hager and Higham's estimate of
-    ‖S⁻¹‖₁ (`scipy.sparse.linalg.onenormest` with one column); otherwise by `_factor_bordered`.
+    ‖S⁻¹‖₁ (`norm1_estimate`); otherwise by `_factor_bordered`.
     An S₀ of its own would be factored for this S alone: there the bordered matrix's one LU
     costs less than S₀'s LU, C and the estimate's products, and solves with one triangular
     pair instead of Woodbury's two (l2-ball projection, forward + backward per instance at
@@ -1605,11 +1607,10 @@ def _factor_low_rank(S: LowRankS) -> Factor:
         lu, piv, info = sla.lapack.dgetrf(C) if S.rank else (C, np.zeros(0, np.int32), 0)
         if info == 0 and (not S.rank or _rcond_lu(lu, C) > RCOND_MIN):
             wood = Woodbury(S, lu0, (lu, piv))
-            inverse = spla.LinearOperator(
-                S.shape, matvec=wood.apply, rmatvec=lambda r: wood.apply(r, "T"),
-                matmat=wood.apply, rmatmat=lambda r: wood.apply(r, "T"), dtype=float)
             with np.errstate(all="ignore"):
-                rc = 1.0 / (S.norm1(lu0.columns) * spla.onenormest(inverse, t=1))
+                rc = 1.0 / (S.norm1(lu0.columns)
+                            * norm1_estimate(wood.apply, lambda r: wood.apply(r, "T"),
+                                             S.shape[0]))
             if rc > RCOND_MIN:
                 return Factor(S, wood, rc, ordering=layout.ordering)
     return _factor_bordered(S)
@@ -1632,6 +1633,49 @@ def _factor_bordered(S: LowRankS) -> Factor:
     # (S kept in its low-rank form: a later S is compared with it, `Factor.same_matrix`)
     return replace(_factor_sparse_one(S.tocsc(), layout.ordering or "COLAMD",
                                       layout.supernodes), S=S)
+
+
+def norm1_estimate(apply: Callable[[np.ndarray], np.ndarray],
+                   rapply: Callable[[np.ndarray], np.ndarray], n: int,
+                   itmax: int = NORM1_ITERATIONS) -> float:
+    """A lower bound of ‖M‖₁, usually within a small factor of it, from products with M
+    (``apply``) and Mᵀ (``rapply``) of one vector at a time: Higham and Tisseur's block
+    algorithm (*SIAM J. Matrix Anal. Appl.* 21, 2000, Alg. 2.4) with one column, which is
+    Hager's method (1984) with Higham's stopping tests (1988). Typically four products.
+
+    The same estimate as ``scipy.sparse.linalg.onenormest(M, t=1)``, without its
+    `LinearOperator` and block bookkeeping, which cost 5× the products themselves on a
+    `Woodbury` solve of order ~1,000 (1.1 against 0.2 ms)."""
+    if n <= 4:  # (as onenormest: exactly, column by column)
+        return float(np.abs(apply(np.eye(n))).sum(axis=0).max(initial=0.0))
+    x = np.full(n, 1.0 / n)
+    est_old = 0.0
+    sign_old: np.ndarray | None = None
+    seen: set[int] = set()
+    at = -1  # the unit vector x is, after the first product
+    for k in range(1, itmax + 2):
+        y = apply(x)
+        est = float(np.abs(y).sum())
+        if not np.isfinite(est):  # M is not finite (S⁻¹ of a singular S): no bound
+            return np.inf
+        if k >= 2 and not est > est_old:
+            return est_old
+        est_old = est
+        if k > itmax:
+            break
+        sign = np.where(y >= 0, 1.0, -1.0)
+        if sign_old is not None and abs(float(sign @ sign_old)) == n:  # parallel: converged
+            break
+        sign_old = sign
+        h = np.abs(rapply(sign))
+        j = int(np.argmax(h))
+        if k >= 2 and h[j] == h[at] or j in seen:
+            break
+        seen.add(j)
+        at = j
+        x = np.zeros(n)
+        x[j] = 1.0
+    return est_old
 
 
 def _pivot_ratio(lu: spla.SuperLU) -> float:
