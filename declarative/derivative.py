@@ -923,8 +923,25 @@ _getrs, _gecon = sla.get_lapack_funcs(("getrs", "gecon"), (np.zeros(1),))
 
 
 def _dense_S(ops: BatchOps, D: DProjection) -> np.ndarray:
-    """S of (1), dense, for each instance of ``ops`` with DΠ = ``D``: (B, N, N)."""
+    """S of (1), dense, for each instance of ``ops`` with DΠ = ``D``: (B, N, N).
+
+    Where the cones are polyhedral DΠ is diagonal (d), and A's stored entries are scattered
+    straight into their blocks (Aᵀ DΠ's entries A_kj·d_k, −A's, and I − diag(d)), without
+    the dense A, DΠ A and DΠ of the general case."""
     t = ops.template
+    if D.dims.polyhedral:
+        n, m = t.n, t.m
+        S = np.zeros((ops.a.shape[0], n + m, n + m))
+        if t.quadratic:
+            # numpy's stubs type ufunc.at's indices as integer arrays only; a tuple index works
+            np.add.at(S, (slice(None), t.P_rows, t.P_cols), ops.h)  # type: ignore[arg-type]
+        d = D.diagonal()
+        rows, cols = ops.rows, ops.cols
+        S[:, cols, n + rows] = ops.a * d[:, rows]
+        S[:, n + rows, cols] = -ops.a
+        v = np.arange(n, n + m)
+        S[:, v, v] = 1.0 - d
+        return S
     A = ops.dense()
     DA = D.matvec(A)  # (B, m, n)
     S = np.zeros((A.shape[0], t.n + t.m, t.n + t.m))

@@ -407,3 +407,28 @@ def test_norm1_estimate_is_scipys_onenormest_with_one_column():
     M = np.eye(6)
     M[2, 2] = np.nan
     assert norm1_estimate(lambda x: M @ x, lambda x: M.T @ x, 6) == np.inf
+
+
+@pytest.mark.parametrize("name", ["qp", "polytope_projection", "sparsemax", "box_projection"])
+def test_polyhedral_dense_s_is_the_sparse_layouts_s(name):
+    """Where DΠ is diagonal the dense S is scattered from A's stored entries directly: the
+    same matrix, entry for entry, as the sparse layout assembles from P, A and DΠ (one
+    instance's v made non-finite: its S is not finite either)."""
+    from declarative.cones import dproject
+    from declarative.derivative import _dense_S, sparse_layout
+
+    layer, _, sizes = zoo_layer(name)
+    insts = [problems.instance(name, s, **sizes) for s in range(3)]
+    values = [np.stack([i.params[j] for i in insts]) for j in range(len(insts[0].params))]
+    fwd = layer.forward(values)
+    t = layer.template
+    assert t.dims.polyhedral
+    v = fwd._refined.v.copy()
+    v[2, -1] = np.nan
+    D = dproject(v, t.dims, dual=True)
+    S = _dense_S(fwd._ops, D)
+    layout = sparse_layout(t)
+    data = layout.values(fwd._ops, D.values())
+    for j in range(2):
+        assert np.array_equal(S[j], layout.matrix(data[j]).toarray())
+    assert not np.isfinite(S[2]).all()
