@@ -71,6 +71,9 @@ DENSE_COST = 2.5e-5
 SPARSE_COST = 70.0
 SPARSE_FILL_COST = 0.016
 SVD_MAX = 3000
+# From this many dense LU solves on, `Linearization.solve` and `newton_correction` run them in
+# the thread pool (`_lapack_solves`).
+LAPACK_SOLVES_MIN = 8
 # Iterations of the 1-norm estimate of S⁻¹ (`norm1_estimate`; onenormest's default).
 NORM1_ITERATIONS = 5
 # Where the PSD blocks of DΠ are 0 or I up to a low-rank term (rank ρ = r(r+1)/2 + r(k − r)
@@ -745,7 +748,8 @@ class Linearization:
             out[stacked] = _times_inverse(inv, rhs[stacked], transpose)
         rest = np.ones(rhs.shape[0], dtype=bool)
         rest[stacked] = False
-        for i in np.flatnonzero(rest):
+        lapack = _lapack_solves(self.factors, rest & ~self.singular, rhs, out, transpose)
+        for i in np.flatnonzero(rest & ~lapack):
             out[i] = self.solve_one(int(i), rhs[i], transpose, iterative, tol)
         return out
 
@@ -769,13 +773,15 @@ def newton_correction(factors: list[Factor], F: np.ndarray) -> np.ndarray:
     (least squares where S is singular, NaN where that is not available): the Newton step,
     which near a regular solution estimates the error of the point F was evaluated at."""
     out = np.empty_like(F)
-    stacked, inv = _inverses(factors, np.array([f.rcond > RCOND_MIN for f in factors],
-                                               dtype=bool))
+    regular = np.array([f.rcond > RCOND_MIN for f in factors], dtype=bool)
+    stacked, inv = _inverses(factors, regular)
     if stacked.size:
         out[stacked] = -_times_inverse(inv, F[stacked], False)
     rest = np.ones(F.shape[0], dtype=bool)
     rest[stacked] = False
-    for i in np.flatnonzero(rest):
+    lapack = _lapack_solves(factors, rest & regular, F, out, False)
+    out[lapack] *= -1.0
+    for i in np.flatnonzero(rest & ~lapack):
         f = factors[i]
         if not np.all(np.isfinite(F[i])) or f.lu is None and f.pinv is None:
             out[i] = np.nan
@@ -787,6 +793,27 @@ def newton_correction(factors: list[Factor], F: np.ndarray) -> np.ndarray:
         else:
             out[i] = np.nan
     return out
+
+
+def _lapack_solves(factors: list[Factor], which: np.ndarray, rhs: np.ndarray,
+                   out: np.ndarray, transpose: bool) -> np.ndarray:
+    """S⁻¹ rhs (or S⁻ᵀ rhs) into ``out`` for the instances among ``which`` (regular) whose
+    factorization is S's own dense LU (LAPACK's, not of a nearby matrix) and whose rhs is
+    finite, in the thread pool where there are LAPACK_SOLVES_MIN of them (getrs releases the
+    GIL, unlike SuperLU's solves). Returns those instances (B,) bool."""
+    done = np.zeros(len(factors), dtype=bool)
+    idx = [i for i in np.flatnonzero(which).tolist()
+           if factors[i].near is None and isinstance(factors[i].lu, tuple)]
+    if len(idx) < LAPACK_SOLVES_MIN:
+        return done
+    finite = np.flatnonzero(np.isfinite(rhs[idx].reshape(len(idx), -1)).all(axis=1))
+    idx = [idx[j] for j in finite.tolist()]
+    trans = 1 if transpose else 0
+    for i, x in zip(idx, parallel_map(lambda i: _getrs(*factors[i].lu, rhs[i], trans=trans)[0],
+                                      idx), strict=True):
+        out[i] = x
+    done[idx] = True
+    return done
 
 
 def _inverses(factors: list[Factor], regular: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -432,3 +432,34 @@ def test_polyhedral_dense_s_is_the_sparse_layouts_s(name):
     for j in range(2):
         assert np.array_equal(S[j], layout.matrix(data[j]).toarray())
     assert not np.isfinite(S[2]).all()
+
+
+def test_dense_lu_solves_in_the_pool_equal_the_looped_ones():
+    """From LAPACK_SOLVES_MIN instances on, the dense LU solves of `Linearization.solve` and
+    `newton_correction` run in the thread pool: the same numbers as solving instance by
+    instance, for one and several right-hand sides, transposed or not; an instance with a
+    non-finite right-hand side gets NaN."""
+    from declarative import derivative as der
+    from declarative.cones import dproject
+
+    layer, _, sizes = zoo_layer("qp", n=40, p=5, m=40)  # N above STACK_INVERSE_MAX: LU
+    B = der.LAPACK_SOLVES_MIN + 2
+    insts = [problems.instance("qp", s, **sizes) for s in range(B)]
+    values = [np.stack([i.params[j] for i in insts]) for j in range(len(insts[0].params))]
+    fwd = layer.forward(values)
+    t = layer.template
+    lin = der.Linearization(fwd._ops, dproject(fwd._refined.v, t.dims, dual=True), dense=True)
+    assert all(isinstance(f.lu, tuple) for f in lin.factors) and not lin.singular.any()
+    rng = np.random.default_rng(0)
+    for shape in ((B, t.n + t.m), (B, t.n + t.m, 3)):
+        rhs = rng.standard_normal(shape)
+        rhs[3] = np.nan
+        for transpose in (False, True):
+            got = lin.solve(rhs, transpose=transpose)
+            for i in range(B):
+                want = lin.solve_one(i, rhs[i], transpose)
+                assert np.array_equal(got[i], want, equal_nan=True)
+            assert np.isnan(got[3]).all()
+        corr = der.newton_correction(lin.factors, rhs)
+        for i in range(B):
+            assert np.array_equal(corr[i], -lin.solve_one(i, rhs[i]), equal_nan=True)
