@@ -1297,16 +1297,6 @@ class DProjection:
             out[:, idx[:, :, None], idx[:, None, :]] = blk
         return out if self.batched else out[0]
 
-    def diagonal(self) -> np.ndarray:
-        """DΠ's diagonal where the cones are polyhedral (zero and nonnegative only, so that DΠ
-        is diagonal): (B, m) (unbatched: (m,))."""
-        assert self.dims.polyhedral
-        lay = self._lay
-        zero = np.full((self.batch_size, lay.zero.stop - lay.zero.start),
-                       1.0 if self.dual else 0.0)
-        out = np.concatenate([zero, self._nonneg], axis=1)
-        return out if self.batched else out[0]
-
     def values(self, skip: frozenset = frozenset()) -> np.ndarray:
         """The entries of DΠ on `block_pattern` (same order), for the batch: (B, nnz); only
         those outside the blocks of ``skip`` (`group_entries` false), without building those

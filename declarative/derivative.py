@@ -808,9 +808,8 @@ def _lapack_solves(factors: list[Factor], which: np.ndarray, rhs: np.ndarray,
         return done
     finite = np.flatnonzero(np.isfinite(rhs[idx].reshape(len(idx), -1)).all(axis=1))
     idx = [idx[j] for j in finite.tolist()]
-    trans = 1 if transpose else 0
-    for i, x in zip(idx, parallel_map(lambda i: _getrs(*factors[i].lu, rhs[i], trans=trans)[0],
-                                      idx), strict=True):
+    for i, x in zip(idx, parallel_map(lambda i: _lu_solve(factors[i], rhs[i], transpose), idx),
+                    strict=True):
         out[i] = x
     done[idx] = True
     return done
@@ -962,7 +961,7 @@ def _dense_S(ops: BatchOps, D: DProjection) -> np.ndarray:
         if t.quadratic:
             # numpy's stubs type ufunc.at's indices as integer arrays only; a tuple index works
             np.add.at(S, (slice(None), t.P_rows, t.P_cols), ops.h)  # type: ignore[arg-type]
-        d = D.diagonal()
+        d = D.values()  # (DΠ's diagonal: with these cones `block_pattern` is its rows')
         rows, cols = ops.rows, ops.cols
         S[:, cols, n + rows] = ops.a * d[:, rows]
         S[:, n + rows, cols] = -ops.a
