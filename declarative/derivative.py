@@ -642,7 +642,7 @@ class Linearization:
                 whole = part.size == B
                 S = _dense_S(ops if whole else ops.take(part), D if whole else D.take(part))
                 made += self._factor(factors, dict(zip(part.tolist(), S, strict=True)), reuse,
-                                     dvals, None)
+                                     dvals, None, stack=S)
                 del S
         else:  # likewise, SPARSE_BLOCK_ENTRIES entries of S (or of S₀ and U, V) at a time
             for sub_build, reduced in ((build[~low[build]], False), (build[low[build]], True)):
@@ -673,11 +673,12 @@ class Linearization:
 
     def _factor(self, factors: list, mats: dict[int, Any],
                 reuse: list[Factor | None] | None, dvals: list[np.ndarray | None],
-                layout: SparseLayout | None) -> int:
+                layout: SparseLayout | None, stack: np.ndarray | None = None) -> int:
         """Factor S of every instance i in ``mats`` (i ↦ S_i: dense, sparse, or `LowRankS`) in
         parallel threads, into ``factors[i]``, except where ``reuse`` has S's factorization (or
         a nearby matrix's, refined iteratively when solving). Returns how many were
-        factored."""
+        factored. ``stack``: dense S's stacked, (len(mats), N, N), the values of ``mats`` in
+        order (then not stacked again where every one is factored)."""
         if reuse is not None:
             for i, S in mats.items():
                 f = reuse[i]
@@ -708,7 +709,8 @@ class Linearization:
         # a polyhedral program's regular S is not read again (see `Factor`): only its LU kept
         polyhedral = self.D.dims.polyhedral
         if fn is None:
-            stack = np.stack([mats[i] for i in todo])
+            if stack is None or len(todo) < len(mats):
+                stack = np.stack([mats[i] for i in todo])
             parts = min(workers(), len(todo) // 8) if self.n + self.m >= STACK_THREADS_MIN \
                 else 1  # (at least 8 instances a part)
             invert = functools.partial(_factor_stack, n=self.n if polyhedral else None)
@@ -1035,12 +1037,13 @@ def _factor_stack(S: np.ndarray, n: int | None = None) -> list[Factor]:
     With ``n`` (the number of variables; only for a polyhedral program, whose DΠ is a
     diagonal of 0s and 1s) from order REDUCE_MIN on, each S⁻¹ is made from the inverse of
     the smaller system of its active rows (`_invert_reduced`)."""
-    inv = np.full_like(S, np.nan)
+    inv = np.zeros(S.shape)
     ok = np.isfinite(S).all(axis=(1, 2))
     if n is not None and S.shape[1] >= REDUCE_MIN:
         _invert_reduced(S, inv, ok, n)
     else:
         _invert(S, inv, ok, np.flatnonzero(ok))
+    inv[~ok] = np.nan  # (not read: such an S goes through `_factor_one`)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         norms = np.abs(S).sum(axis=1).max(axis=1) * np.abs(inv).sum(axis=1).max(axis=1)
         rcond = np.where(ok & (norms > 0), 1.0 / norms, 0.0)
@@ -1064,7 +1067,8 @@ def _invert(S: np.ndarray, inv: np.ndarray, ok: np.ndarray, which: np.ndarray) -
 
 
 def _invert_reduced(S: np.ndarray, inv: np.ndarray, ok: np.ndarray, n: int) -> None:
-    """`_invert` of every finite S of a polyhedral program by its reduced system.
+    """`_invert` of every finite S of a polyhedral program by its reduced system, into an
+    ``inv`` of zeros (only S⁻¹'s nonzero blocks are written).
 
     There DΠ = diag(d), d ∈ {0, 1}, and with Z the rows where d = 1 (zero cones, active
     inequalities) and O those where d = 0, S = [[P, A_Zᵀ, 0], [−A_Z, 0, 0], [−A_O, 0, I]]
@@ -1078,8 +1082,9 @@ def _invert_reduced(S: np.ndarray, inv: np.ndarray, ok: np.ndarray, n: int) -> N
     one whose v-block diagonal is not all 0s and 1s is inverted whole."""
     m = S.shape[1] - n
     diag = np.diagonal(S[:, n:, n:], axis1=1, axis2=2)
-    # O: I − DΠ = 1, and nothing else in the column (DΠ A's is 0 there)
-    free = (diag == 1.0) & (np.count_nonzero(S[:, :, n:], axis=1) == 1)
+    # O: I − DΠ = 1, and nothing else in the column: its u rows (DΠ Aᵀ's) are 0 there (the
+    # v-block is I − DΠ, diagonal)
+    free = (diag == 1.0) & ~S[:, :n, n:].any(axis=1)
     regular = ok & (free | (diag == 0.0)).all(axis=1)
     _invert(S, inv, ok, np.flatnonzero(ok & ~regular))
     counts = free.sum(axis=1)
@@ -1092,20 +1097,18 @@ def _invert_reduced(S: np.ndarray, inv: np.ndarray, ok: np.ndarray, n: int) -> N
         rows_o = n + order[:, m - c :]
         keep = np.concatenate([np.broadcast_to(np.arange(n), (js.size, n)),
                                n + order[:, : m - c]], axis=1)
-        g = np.arange(js.size)[:, None, None]
-        Sg = S[js]
+        # gathered from S and scattered into inv directly (no copies of whole S's)
+        g = js[:, None, None]
         try:
-            Kinv = np.linalg.inv(Sg[g, keep[:, :, None], keep[:, None, :]])
+            Kinv = np.linalg.inv(S[g, keep[:, :, None], keep[:, None, :]])
         except np.linalg.LinAlgError:  # one is singular: the group one at a time, whole
             _invert(S, inv, ok, js)
             continue
-        out = np.zeros_like(Sg)
-        out[g, keep[:, :, None], keep[:, None, :]] = Kinv
+        inv[g, keep[:, :, None], keep[:, None, :]] = Kinv
         # v_O = r_O + A_O u, and S's v_O rows hold −A_O
-        out[g, rows_o[:, :, None], keep[:, None, :]] = \
-            -Sg[g[:, :, 0], rows_o][:, :, :n] @ Kinv[:, :n, :]
-        out[g, rows_o[:, :, None], rows_o[:, None, :]] = np.eye(c)
-        inv[js] = out
+        inv[g, rows_o[:, :, None], keep[:, None, :]] = \
+            -S[g, rows_o[:, :, None], np.arange(n)] @ Kinv[:, :n, :]
+        inv[g[:, :, 0], rows_o, rows_o] = 1.0  # (the rest of that block is 0)
 
 
 # Column orderings SuperLU offers that suit S. S is structurally symmetric, which minimum
