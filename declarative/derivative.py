@@ -958,17 +958,20 @@ def _dense_S(ops: BatchOps, D: DProjection) -> np.ndarray:
     the dense A, DΠ A and DΠ of the general case."""
     t = ops.template
     if D.dims.polyhedral:
-        n, m = t.n, t.m
-        S = np.zeros((ops.a.shape[0], n + m, n + m))
+        B, N = ops.a.shape[0], t.n + t.m
+        top, bottom, diagonal, p_at, p_unique = _dense_positions(t)
+        S = np.zeros((B, N, N))
+        flat = S.reshape(B, N * N)  # (a view: positions are flat indices into each S)
         if t.quadratic:
-            # numpy's stubs type ufunc.at's indices as integer arrays only; a tuple index works
-            np.add.at(S, (slice(None), t.P_rows, t.P_cols), ops.h)  # type: ignore[arg-type]
+            if p_unique:  # (0 + h: bitwise ufunc.at's sums)
+                flat[:, p_at] += ops.h
+            else:
+                # numpy's stubs type ufunc.at's indices as integer arrays only; a tuple works
+                np.add.at(flat, (slice(None), p_at), ops.h)  # type: ignore[arg-type]
         d = D.values()  # (DΠ's diagonal: with these cones `block_pattern` is its rows')
-        rows, cols = ops.rows, ops.cols
-        S[:, cols, n + rows] = ops.a * d[:, rows]
-        S[:, n + rows, cols] = -ops.a
-        v = np.arange(n, n + m)
-        S[:, v, v] = 1.0 - d
+        flat[:, top] = ops.a * np.take(d, ops.rows, axis=1)
+        flat[:, bottom] = -ops.a
+        flat[:, diagonal] = 1.0 - d
         return S
     A = ops.dense()
     DA = D.matvec(A)  # (B, m, n)
@@ -981,6 +984,23 @@ def _dense_S(ops: BatchOps, D: DProjection) -> np.ndarray:
     idx = np.arange(t.n, t.n + t.m)
     S[:, idx, idx] += 1.0
     return S
+
+
+def _dense_positions(t: ConeTemplate
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
+    """Where a polyhedral program's dense S (N × N, flattened) holds Aᵀ DΠ's entries, −A's,
+    I − DΠ's diagonal and P's (in the order of their stored entries), and whether P's
+    positions are distinct: made once per template, kept with it (`_dense_S`)."""
+    cached = t.derived.get("dense_positions")
+    if cached is None:
+        rows, cols = _scatter(t)[:2]
+        n, N = t.n, t.n + t.m
+        v = np.arange(n, N)
+        p_at = t.P_rows * N + t.P_cols
+        cached = (cols * N + n + rows, (n + rows) * N + cols, v * N + v, p_at,
+                  np.unique(p_at).size == p_at.size)
+        t.derived["dense_positions"] = cached
+    return cached
 
 
 def _factor_one(S: np.ndarray) -> Factor:

@@ -434,6 +434,28 @@ def test_polyhedral_dense_s_is_the_sparse_layouts_s(name):
     assert not np.isfinite(S[2]).all()
 
 
+def test_polyhedral_dense_s_sums_repeated_positions_of_p():
+    """A template whose P stores an entry twice at one position (each half of it): the dense
+    S sums the two, the same matrix as with each entry stored once (halving is exact)."""
+    import dataclasses
+
+    from declarative.cones import dproject
+    from declarative.derivative import BatchOps, _dense_S
+
+    layer, _, sizes = zoo_layer("qp")
+    insts = [problems.instance("qp", s, **sizes) for s in range(2)]
+    values = [np.stack([i.params[j] for i in insts]) for j in range(len(insts[0].params))]
+    fwd = layer.forward(values)
+    t, ops = layer.template, fwd._ops
+    D = dproject(fwd._refined.v, t.dims, dual=True)
+    twice = dataclasses.replace(t, P_rows=np.concatenate([t.P_rows, t.P_rows]),
+                                P_cols=np.concatenate([t.P_cols, t.P_cols]))
+    half = ops.h / 2
+    S = _dense_S(BatchOps(twice, ops.a, np.concatenate([half, half], axis=1)), D)
+    assert np.abs(ops.h).max() > 0
+    assert np.array_equal(S, _dense_S(ops, D))
+
+
 def test_dense_lu_solves_in_the_pool_equal_the_looped_ones():
     """From LAPACK_SOLVES_MIN instances on, the dense LU solves of `Linearization.solve` and
     `newton_correction` run in the thread pool: the same numbers as solving instance by
