@@ -1446,7 +1446,10 @@ def _low_rank_parts(ops: BatchOps, D: DProjection, layout: SparseLayout) -> list
         touched, col = np.unique(ops.cols[where], return_inverse=True)
         order = np.lexsort((local, col))
         indptr = np.concatenate([[0], np.cumsum(np.bincount(col, minlength=touched.size))])
-        blocks.append((where[order], local[order], indptr, touched))
+        # Aᵀ_K's pattern, made once: each instance sets its values (``data``) and multiplies
+        AKt = sp.csr_matrix((np.zeros(order.size), local[order], indptr),
+                            shape=(touched.size, idx.size))
+        blocks.append((where[order], AKt, touched))
     out = []
     last: tuple[np.ndarray, sp.csc_matrix] | None = None
     for j, cones in enumerate(parts):
@@ -1458,14 +1461,16 @@ def _low_rank_parts(ops: BatchOps, D: DProjection, layout: SparseLayout) -> list
             last = (data0[j], S0)
         Us, Vs, shift = [], [], []
         shared = all(base in (0.0, 1.0) for _, base, _, _ in cones)
-        for (idx, base, Q, h), (where, local, indptr, touched) in zip(cones, blocks,
-                                                                       strict=True):
+        for (idx, base, Q, h), (where, AKt, touched) in zip(cones, blocks, strict=True):
             if base == 1.0:  # the block's rows of S₀'s v-block are 0 (see `Woodbury`)
                 shift.append(n + idx)
-            Qh = Q * h
-            # Aᵀ_K Qh from the stored entries of A in the block's rows
-            AKt = sp.csr_matrix((ops.a[j, where], local, indptr), shape=(touched.size, idx.size))
-            Us.append((np.concatenate([touched, n + idx]), np.vstack([AKt @ Qh, -Qh])))
+            # U's rows: Aᵀ_K Q diag(h) (from the stored entries of A in the block's rows) over
+            # −Q diag(h), written in place
+            U = np.empty((touched.size + idx.size, Q.shape[1]))
+            low = np.multiply(Q, -h, out=U[touched.size :])
+            AKt.data = ops.a[j, where]
+            np.negative(AKt @ low, out=U[: touched.size])
+            Us.append((np.concatenate([touched, n + idx]), U))
             Vs.append((n + idx, Q))
         out.append(LowRankS(S0, _stack_columns(Us), _stack_columns(Vs),
                             np.concatenate(shift) if shift else np.zeros(0, dtype=int), layout,
