@@ -535,27 +535,28 @@ def _exp_primal_deriv(rho, sp, m) -> np.ndarray:
     rE = rho * E
     one = np.ones_like(rho)
     # a and c = a×b, rescaled by e^{−ρ} and e^{−2ρ} when ρ >= 0 (no overflow either way; the
-    # products are grouped so that |ρ| up to ~1e300 stays finite)
-    a = np.stack([np.where(pos, rE, rho), np.where(pos, E, one), np.where(pos, one, E)], -1)
-    c = np.stack(
-        [
-            np.where(pos, -E2 - (1.0 - rho), -1.0 - (1.0 - rho) * E2),
-            np.where(pos, 1.0 + rE * E, E2 + rho),
-            -(rE * (rho - 1.0) + E),  # −q e^{−|ρ|}
-        ],
-        -1,
+    # products are grouped so that |ρ| up to ~1e300 stays finite); kept as their three
+    # components, each (…,): products of (…, 3) arrays would loop over 3 entries at a time
+    a = (np.where(pos, rE, rho), np.where(pos, E, one), np.where(pos, one, E))
+    c = (
+        np.where(pos, -E2 - (1.0 - rho), -1.0 - (1.0 - rho) * E2),
+        np.where(pos, 1.0 + rE * E, E2 + rho),
+        -(rE * (rho - 1.0) + E),  # −q e^{−|ρ|}
     )
-    nc = np.linalg.norm(c, axis=-1)
-    u1 = a / np.linalg.norm(a, axis=-1, keepdims=True)
-    u2 = c / nc[..., None]
+    nc = np.sqrt(c[0] * c[0] + c[1] * c[1] + c[2] * c[2])
+    na = np.sqrt(a[0] * a[0] + a[1] * a[1] + a[2] * a[2])
+    u1 = [x / na for x in a]
+    u2 = [x / nc for x in c]
     # w·u2 in closed form (c_r − ρ c_s cancels badly for large |ρ|)
     wu = -np.where(pos, (1.0 + E2 + rE * rE) / nc, (1.0 + E2) / nc + rho * (rho / nc))
     mw = np.where(m > 0, m * (wu * wu), 0.0)
     den = sp + mw
     f = np.where(den > 0, sp / np.where(den > 0, den, 1.0), 0.0)
-    return u1[..., :, None] * u1[..., None, :] + f[..., None, None] * (
-        u2[..., :, None] * u2[..., None, :]
-    )
+    out = np.empty(np.shape(rho) + (3, 3))
+    for i in range(3):
+        for j in range(i, 3):
+            out[..., i, j] = out[..., j, i] = u1[i] * u1[j] + f * (u2[i] * u2[j])
+    return out
 
 
 def _exp(V: np.ndarray, want_deriv: bool, start: np.ndarray | None = None):
@@ -587,7 +588,7 @@ def _exp(V: np.ndarray, want_deriv: bool, start: np.ndarray | None = None):
     vd: np.ndarray = np.zeros((N, 3))
     D: np.ndarray = np.zeros((N, 3, 3))  # filled and returned only when want_deriv
     with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
-        finite = np.all(np.isfinite(V), axis=1)
+        finite = np.isfinite(r0) & np.isfinite(s0) & np.isfinite(t0)
         inK = ((s0 > 0) & (s0 * np.exp(r0 / s0) <= t0)) | ((s0 == 0) & (r0 <= 0) & (t0 >= 0))
         inP = (
             ((r0 > 0) & (r0 * np.exp(s0 / r0 - 1.0) <= -t0))
@@ -614,9 +615,9 @@ def _exp(V: np.ndarray, want_deriv: bool, start: np.ndarray | None = None):
         idx = np.flatnonzero(c4)
         if idx.size:
             # the projection is positively homogeneous: work on v0/|v0|_inf (no over/underflow)
-            scale = np.max(np.abs(V[idx]), axis=1)
-            v = V[idx] / scale[:, None]
-            r, s, t = v[:, 0], v[:, 1], v[:, 2]
+            Vi = V[idx]
+            scale = np.maximum(np.maximum(np.abs(Vi[:, 0]), np.abs(Vi[:, 1])), np.abs(Vi[:, 2]))
+            r, s, t = (Vi[:, i] / scale for i in range(3))
             rho = _exp_root(r, s, t, None if start is None else start.reshape(-1)[idx])
             roots[idx] = rho
             q = rho * (rho - 1.0) + 1.0
@@ -639,35 +640,37 @@ def _exp(V: np.ndarray, want_deriv: bool, start: np.ndarray | None = None):
             td = np.where(a_d, td_a, np.minimum(t - tp_a, 0.0))
             sp = np.where(a_p, sp_a, tp * en)
             m = np.where(a_d, m_a, -td * ep)
-            p_root = np.stack([sp * rho, sp, tp], -1)
-            d_root = np.stack([m, m * (1.0 - rho), td], -1)
-            p_ok = np.all(np.isfinite(p_root), axis=1)
-            d_ok = np.all(np.isfinite(d_root), axis=1)
+            # the candidates by their components (r, s, t), each (k,): arithmetic on (k, 3)
+            # arrays would loop over 3 entries at a time
+            p_root = (sp * rho, sp, tp)
+            d_root = (m, m * (1.0 - rho), td)
+            p_ok = np.isfinite(p_root[0]) & np.isfinite(p_root[1]) & np.isfinite(p_root[2])
+            d_ok = np.isfinite(d_root[0]) & np.isfinite(d_root[1]) & np.isfinite(d_root[2])
             # heuristic primal candidates: face s = 0, and raising t onto the boundary
-            p_face = np.stack([np.minimum(r, 0.0), np.zeros_like(r), np.maximum(t, 0.0)], -1)
+            zero = np.zeros_like(r)
+            p_face = (np.minimum(r, 0.0), zero, np.maximum(t, 0.0))
             s_pos = s > 0
-            p_int = np.stack([r, s, np.maximum(t, s * np.exp(r / np.where(s_pos, s, 1.0)))], -1)
-            d_face = np.stack([np.zeros_like(r), np.minimum(s, 0.0), np.minimum(t, 0.0)], -1)
+            p_int = (r, s, np.maximum(t, s * np.exp(r / np.where(s_pos, s, 1.0))))
+            d_face = (zero, np.minimum(s, 0.0), np.minimum(t, 0.0))
             r_pos = r > 0
-            d_int = np.stack(
-                [r, s, np.minimum(t, -r * np.exp(s / np.where(r_pos, r, 1.0) - 1.0))], -1
-            )
+            d_int = (r, s, np.minimum(t, -r * np.exp(s / np.where(r_pos, r, 1.0) - 1.0)))
 
-            def dist(p):
-                return np.linalg.norm(p - v, axis=1)
+            def dist(p):  # ‖p − v‖₂
+                e = [x - y for x, y in zip(p, (r, s, t), strict=True)]
+                return np.sqrt(e[0] * e[0] + e[1] * e[1] + e[2] * e[2])
 
             pd = np.stack(
                 [
                     np.where(p_ok, dist(p_root), np.inf),
                     dist(p_face),
-                    np.where(s_pos & np.isfinite(p_int[:, 2]), dist(p_int), np.inf),
+                    np.where(s_pos & np.isfinite(p_int[2]), dist(p_int), np.inf),
                 ]
             )
             dd = np.stack(
                 [
                     np.where(d_ok, dist(d_root), np.inf),
                     dist(d_face),
-                    np.where(r_pos & np.isfinite(d_int[:, 2]), dist(d_int), np.inf),
+                    np.where(r_pos & np.isfinite(d_int[2]), dist(d_int), np.inf),
                 ]
             )
             # Distances only see errors to second order, so a heuristic point wins only where the
@@ -677,11 +680,10 @@ def _exp(V: np.ndarray, want_deriv: bool, start: np.ndarray | None = None):
             dd[0] -= margin
             pbest = np.argmin(pd, axis=0)
             dbest = np.argmin(dd, axis=0)
-            pc = np.stack([p_root, p_face, p_int])
-            dc = np.stack([d_root, d_face, d_int])
-            ar = np.arange(idx.size)
-            vp[idx] = pc[pbest, ar] * scale[:, None]
-            vd[idx] = dc[dbest, ar] * scale[:, None]
+            for out, best, cands in ((vp, pbest, (p_root, p_face, p_int)),
+                                     (vd, dbest, (d_root, d_face, d_int))):
+                out[idx] = np.stack([np.choose(best, [c[i] for c in cands]) * scale
+                                     for i in range(3)], -1)
             if want_deriv:
                 # the interior heuristic is the boundary point with ρ = r0/s0 (m = 0)
                 use_int = pbest == 2
@@ -691,8 +693,9 @@ def _exp(V: np.ndarray, want_deriv: bool, start: np.ndarray | None = None):
                 Df = np.zeros((idx.size, 3, 3))
                 Df[:, 0, 0] = (r < 0).astype(np.float64)
                 Df[:, 2, 2] = (t >= 0).astype(np.float64)
-                face |= ~np.all(np.isfinite(Dc), axis=(1, 2))  # |ρ| beyond float range
-                D[idx] = np.where(face[:, None, None], Df, Dc)
+                face |= ~np.isfinite(Dc).all(axis=(1, 2))  # |ρ| beyond float range
+                Dc[face] = Df[face]
+                D[idx] = Dc
     vp = vp.reshape(shape + (3,))
     vd = vd.reshape(shape + (3,))
     return vp, vd, (D.reshape(shape + (3, 3)) if want_deriv else None), roots.reshape(shape)
