@@ -1542,10 +1542,16 @@ class LowRankS:
                 ).tocsc()
 
     def equals(self, other: LowRankS) -> bool:
-        """Whether ``other`` holds the same S₀, U and V, exactly."""
+        """Whether ``other`` holds the same S₀, U and V, exactly. (U's and V's first rows are
+        compared first: where DΠ's blocks moved they differ, and the whole arrays, ρ columns
+        each, are not read.)"""
+        if self.Ub.shape != other.Ub.shape or self.Vb.shape != other.Vb.shape \
+                or not (np.array_equal(self.Vb[:1], other.Vb[:1])
+                        and np.array_equal(self.Ub[:1], other.Ub[:1])):
+            return False
         a, b = self.S0, other.S0
-        return a.shape == b.shape and np.array_equal(a.indptr, b.indptr) \
-            and np.array_equal(a.indices, b.indices) and np.array_equal(a.data, b.data) \
+        return (a is b or a.shape == b.shape and np.array_equal(a.indptr, b.indptr)
+                and np.array_equal(a.indices, b.indices) and np.array_equal(a.data, b.data)) \
             and all(np.array_equal(x, y) for x, y in (
                 (self.Ur, other.Ur), (self.Ub, other.Ub), (self.Vr, other.Vr),
                 (self.Vb, other.Vb)))

@@ -210,6 +210,38 @@ def test_low_rank_psd_blocks_solve_without_dense_blocks(monkeypatch, path, probl
             assert max_abs((S.T if transpose else S) @ got[b], M @ got[b]) <= 1e-12
 
 
+def test_low_rank_s_equals_only_the_same_entries(monkeypatch):
+    """`LowRankS.equals`: a copy of S is equal; one entry changed anywhere (U's or V's last
+    row, S₀'s last stored value), or U and V of another rank, is not."""
+    from declarative import derivative as der
+
+    monkeypatch.setattr(der, "LOW_RANK_MIN", 0)  # the path at a small size
+    k = 12
+    layer = _spectraplex(k)
+    Y = np.random.default_rng(3).standard_normal((1, k, k))
+    fwd = layer.forward([(Y + np.swapaxes(Y, 1, 2)) / 2])
+    x, y, s, _ = fwd.state()
+    S = ConeSolution.at(fwd._ops, x, y, s, dense=False).lin.factors[0].S
+    assert isinstance(S, der.LowRankS) and S.rank > 1
+
+    def copy(**change):
+        parts = {"S0": S.S0.copy(), "U": (S.Ur.copy(), S.Ub.copy()),
+                 "V": (S.Vr.copy(), S.Vb.copy())}
+        parts.update(change)
+        return der.LowRankS(parts["S0"], parts["U"], parts["V"], S.zero_rows, S.layout,
+                            S.shared)
+
+    assert S.equals(copy()) and copy().equals(S)
+    Ub, Vb, S0 = S.Ub.copy(), S.Vb.copy(), S.S0.copy()
+    Ub[-1, -1] += 1e-3
+    Vb[-1, -1] += 1e-3
+    S0.data[-1] += 1e-3
+    assert not S.equals(copy(U=(S.Ur, Ub)))
+    assert not S.equals(copy(V=(S.Vr, Vb)))
+    assert not S.equals(copy(S0=S0))
+    assert not S.equals(copy(U=(S.Ur, S.Ub[:, :-1]), V=(S.Vr, S.Vb[:, :-1])))
+
+
 def test_shared_lu_forms_the_capacitance_block_once_it_pays(monkeypatch):
     """Woodbury's Vᵀ S₀⁻¹ U from the kept sparse block S₀⁻¹[V's rows, U's rows] equals the
     dense Vᵀ S₀⁻¹ U (S₀ inverted densely, an independent reference) and the ρ-column solve;
