@@ -288,6 +288,22 @@ def residual(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.n
     return np.concatenate([ops.P(u) + ops.AT(pv) + c, -ops.A(u) + b + (v - pv)], axis=1)
 
 
+def s_products(ops: BatchOps, D: DProjection, X: np.ndarray, transpose: bool = False
+               ) -> np.ndarray:
+    """S X (or Sᵀ X) of (1) per instance, X (B, N) or (B, N, K), from products with A, P and
+    DΠ (no S formed): S (x_u, x_v) = (P x_u + Aᵀ DΠ x_v, −A x_u + x_v − DΠ x_v) and, P and DΠ
+    being symmetric, Sᵀ (a, b) = (P a − Aᵀ b, DΠ (A a − b) + b)."""
+    if X.ndim == 3:
+        return np.stack([s_products(ops, D, X[:, :, k], transpose)
+                         for k in range(X.shape[2])], axis=2)
+    n = ops.template.n
+    xu, xv = X[:, :n], X[:, n:]
+    if transpose:
+        return np.concatenate([ops.P(xu) - ops.AT(xv), D.matvec(ops.A(xu) - xv) + xv], axis=1)
+    Dv = D.matvec(xv)
+    return np.concatenate([ops.P(xu) + ops.AT(Dv), xv - Dv - ops.A(xu)], axis=1)
+
+
 class SparseLayout:
     """The fixed sparsity pattern of S for a template, and a map filling its values.
 
@@ -525,7 +541,7 @@ class Factor:
     I − DΠ) elsewhere, never nearly.
     """
 
-    S: np.ndarray | sp.csc_matrix | LowRankS | None
+    S: np.ndarray | sp.csc_matrix | LowRankS | OperatorS | None
     # LAPACK (lu, piv), S⁻¹ (`Inverse`), SuperLU, and for a `LowRankS`: `Woodbury` or SuperLU
     # of S's bordered form (`BorderedLU`); or None
     lu: tuple[np.ndarray, np.ndarray] | Inverse | spla.SuperLU | BorderedLU | Woodbury | None
@@ -539,8 +555,8 @@ class Factor:
     def _values(self, S: np.ndarray | sp.csc_matrix) -> tuple[np.ndarray, np.ndarray] | None:
         """(S's values, self.S's values) if the two share a shape and sparsity pattern."""
         mine = self.S
-        if mine is None or S.shape != mine.shape or isinstance(S, LowRankS) \
-                or isinstance(mine, LowRankS):
+        if mine is None or S.shape != mine.shape or isinstance(S, (LowRankS, OperatorS)) \
+                or isinstance(mine, (LowRankS, OperatorS)):
             return None
         if isinstance(S, np.ndarray) or isinstance(mine, np.ndarray):
             if isinstance(S, np.ndarray) and isinstance(mine, np.ndarray):
@@ -577,7 +593,7 @@ class Factor:
         estimated from below by ‖(S − self.S) z‖∞ on a ±1 probe z, against max|S| (an
         underestimate shows as slow refinement, which then factors S itself)."""
         mine = self.S
-        if not isinstance(mine, LowRankS) or mine.shape != S.shape \
+        if not isinstance(mine, (LowRankS, OperatorS)) or mine.shape != S.shape \
                 or not self.rcond > RCOND_MIN:
             return False
         z = sign_probe(S.shape[0])
@@ -592,6 +608,7 @@ class Factor:
             ordering = self.near.ordering if self.near is not None else None
             self._exact = _factor_one(S) if isinstance(S, np.ndarray) else \
                 _factor_low_rank(S) if isinstance(S, LowRankS) else \
+                _factor_low_rank(S.low_rank()) if isinstance(S, OperatorS) else \
                 _factor_sparse_one(S, ordering or "COLAMD")
         return self._exact
 
@@ -609,6 +626,7 @@ class Linearization:
         t = ops.template
         self.n, self.m = t.n, t.m
         self.D = D
+        self._ops = ops
         self.dense = use_dense(t) if dense is None else dense
         B = D.batch_size
         # instances whose S is kept as S₀ + U Vᵀ (`LowRankS`): DΠ's dense PSD blocks never built
@@ -654,6 +672,10 @@ class Linearization:
                 step = max(1, SPARSE_BLOCK_ENTRIES // max(1, size))
                 for lo in range(0, sub_build.size, step):
                     part = sub_build[lo : lo + step]
+                    if reduced and reuse is not None:
+                        part = self._near_operators(factors, part, ops, D, reuse, layout)
+                        if not part.size:
+                            continue
                     whole = part.size == B
                     sub = ops if whole else ops.take(part)
                     if not reduced:
@@ -670,6 +692,33 @@ class Linearization:
         self.reused = B - made
         self.rcond = np.array([f.rcond for f in self.factors])
         self.singular = ~(self.rcond > RCOND_MIN)
+
+    def _near_operators(self, factors: list, part: np.ndarray, ops: BatchOps,
+                        D: DProjection, reuse: list[Factor | None],
+                        layout: SparseLayout) -> np.ndarray:
+        """Among the low-rank instances ``part``, those whose ``reuse`` factorization (regular,
+        of S₀ + U Vᵀ) is near S (`Factor.near_matrix`'s test, with S's products taken from A,
+        P and DΠ for the whole part at once) get it as a nearby matrix's, with S kept as its
+        products (`OperatorS`): neither U and V nor a new LU are made. Returns the others."""
+        cand = [i for i in part.tolist() if (f := reuse[i]) is not None and f.lu is not None
+                and isinstance(f.S, (LowRankS, OperatorS)) and f.rcond > RCOND_MIN]
+        if not cand:
+            return part
+        at = np.array(cand)
+        ops_c, D_c = ops.take(at), D.take(at)
+        z = sign_probe(self.n + self.m)
+        with np.errstate(all="ignore"):
+            Sz = s_products(ops_c, D_c, np.broadcast_to(z, (at.size, z.size)))
+        near = set()
+        for j, i in enumerate(cand):
+            f = reuse[i]
+            assert f is not None and f.S is not None
+            if np.abs(Sz[j] - f.S @ z).max(initial=0.0) \
+                    <= NEAR_RATE * f.rcond * _abs_max(f.S):  # (False where not finite)
+                factors[i] = Factor(OperatorS(ops_c, D_c, j, layout), f.lu, f.rcond,
+                                    near=replace(f.near or f, S=None, pinv=None))
+                near.add(i)
+        return np.array([i for i in part.tolist() if i not in near], dtype=int)
 
     def _factor(self, factors: list, mats: dict[int, Any],
                 reuse: list[Factor | None] | None, dvals: list[np.ndarray | None],
@@ -751,9 +800,67 @@ class Linearization:
         rest = np.ones(rhs.shape[0], dtype=bool)
         rest[stacked] = False
         lapack = _lapack_solves(self.factors, rest & ~self.singular, rhs, out, transpose)
-        for i in np.flatnonzero(rest & ~lapack):
+        rest &= ~lapack
+        rest &= ~self._operator_solves(rest & ~self.singular, rhs, out, transpose, tol)
+        for i in np.flatnonzero(rest):
             out[i] = self.solve_one(int(i), rhs[i], transpose, iterative, tol)
         return out
+
+    def _operator_solves(self, which: np.ndarray, rhs: np.ndarray, out: np.ndarray,
+                         transpose: bool, tol: float) -> np.ndarray:
+        """S⁻¹ rhs (or S⁻ᵀ rhs) into ``out`` for the instances among ``which`` whose S is kept
+        as its products (`OperatorS`) beside a nearby matrix's factorization, and whose rhs is
+        finite: `_refine`'s iterative refinement, with its steps and tests, for all of them
+        at once (S's products in one `s_products`); one whose refinement fails is solved with
+        a factorization of S itself (`Factor.exact`). Returns those instances (B,) bool."""
+        done = np.zeros(len(self.factors), dtype=bool)
+        idx = [i for i in np.flatnonzero(which).tolist()
+               if isinstance(self.factors[i].S, OperatorS) and self.factors[i].near is not None
+               and self.factors[i]._exact is None]
+        if idx:
+            finite = np.isfinite(rhs[idx].reshape(len(idx), -1)).all(axis=1)
+            idx = [i for i, keep in zip(idx, np.atleast_1d(finite).tolist(), strict=True)
+                   if keep]
+        if not idx:
+            return done
+        at = np.array(idx)
+        fs = [self.factors[i] for i in idx]
+        trans = "T" if transpose else "N"
+        solves = [functools.partial(f.near.lu.apply, trans=trans)
+                  if f.near is not None and isinstance(f.near.lu, Woodbury)
+                  else functools.partial(_lu_solve, f.near, transpose=transpose) for f in fs]
+        b = rhs[at]
+        k = at.size
+        x = np.stack([solve(r) for solve, r in zip(solves, b, strict=True)])
+        scale = np.array([_abs_max(f.S) for f in fs])
+        size_b = np.abs(b).reshape(k, -1).max(axis=1, initial=0.0)
+        last = np.full(k, np.inf)
+        ok = np.zeros(k, dtype=bool)
+        live = np.arange(k)
+        ops, D = self._ops.take(at), self.D.take(at)
+        for _ in range(REFINE_SOLVE_STEPS):
+            if not live.size:
+                break
+            with np.errstate(all="ignore"):
+                r = b[live] - s_products(ops, D, x[live], transpose)
+            err = np.abs(r).reshape(live.size, -1).max(axis=1, initial=0.0)
+            size = scale[live] * np.abs(x[live]).reshape(live.size, -1).max(axis=1, initial=0.0) \
+                + size_b[live]
+            converged = err <= tol * size
+            stalled = ~converged & ~(err < 0.5 * last[live])  # (as `_refine`, NaN included)
+            ok[live[converged | stalled & (err <= max(tol, REFINE_STALL_TOL) * size)]] = True
+            go = ~converged & ~stalled
+            last[live[go]] = err[go]
+            for j, g in zip(np.flatnonzero(go).tolist(), live[go].tolist(), strict=True):
+                x[g] = x[g] + solves[g](r[j])
+            if not go.all():
+                live = live[go]
+                ops, D = ops.take(go), D.take(go)
+        # (instances still live ran out of steps: not ok)
+        for g, i in enumerate(idx):
+            out[i] = x[g] if ok[g] else _solve_factored(fs[g].exact(), rhs[i], transpose)
+        done[at] = True
+        return done
 
     def solve_one(self, i: int, rhs: np.ndarray, transpose: bool = False,
                   iterative: bool = True, tol: float = REFINE_SOLVE_TOL) -> np.ndarray:
@@ -913,11 +1020,12 @@ def sign_probe(N: int) -> np.ndarray:
     return z
 
 
-def _abs_max(S: np.ndarray | sp.spmatrix | LowRankS) -> float:
-    """S's largest entry in absolute value (for `LowRankS`, an upper bound)."""
+def _abs_max(S: np.ndarray | sp.spmatrix | LowRankS | OperatorS) -> float:
+    """S's largest entry in absolute value (for `LowRankS` and `OperatorS`, an upper
+    bound)."""
     if isinstance(S, np.ndarray):
         return float(np.abs(S).max(initial=0.0))
-    if isinstance(S, LowRankS):
+    if isinstance(S, (LowRankS, OperatorS)):
         return S.abs_max()
     return float(np.abs(S.data).max(initial=0.0))
 
@@ -932,7 +1040,8 @@ def _lstsq(f: Factor, r: np.ndarray, transpose: bool) -> np.ndarray:
     """
     if f.pinv is not None:
         return f.pinv.solve(r, transpose)
-    S = f.S.tocsc() if isinstance(f.S, LowRankS) else f.S
+    S = f.S.tocsc() if isinstance(f.S, LowRankS) else \
+        f.S.low_rank().tocsc() if isinstance(f.S, OperatorS) else f.S
     assert S is not None  # kept where S is singular
     if isinstance(S, np.ndarray) or not np.all(np.isfinite(S.data)):  # nothing to solve
         return np.full_like(r, np.nan)
@@ -1585,6 +1694,64 @@ class LowRankS:
 
     def toarray(self) -> np.ndarray:
         return self.tocsc().toarray()
+
+
+class OperatorS:
+    """One instance's S of (1) given by its products alone (`s_products`): instance ``j`` of
+    the batch (``ops``, ``D``). Where a nearby matrix's factorization serves S (solves
+    refined on S, `Linearization.solve`), S's low-rank form (`LowRankS`), whose U and V are
+    N × ρ, is not made: only where S itself has to be factored (`low_rank`).
+
+    ``abs_max`` bounds S's entries: DΠ of a projection onto a convex set is symmetric with
+    eigenvalues in [0, 1], so |(I − DΠ)_kl| <= 1 and |(Aᵀ DΠ)_il| <= ‖A's column i‖₂."""
+
+    __slots__ = ("ops", "D", "j", "layout", "shape", "transposed", "_one", "_abs_max",
+                 "_low_rank")
+
+    def __init__(self, ops: BatchOps, D: DProjection, j: int, layout: SparseLayout,
+                 transposed: bool = False) -> None:
+        self.ops, self.D, self.j, self.layout = ops, D, j, layout
+        N = ops.template.n + ops.template.m
+        self.shape = (N, N)
+        self.transposed = transposed
+        self._one: tuple[BatchOps, DProjection] | None = None  # (instance j alone)
+        self._abs_max: float | None = None
+        self._low_rank: LowRankS | None = None
+
+    def _instance(self) -> tuple[BatchOps, DProjection]:
+        if self._one is None:
+            at = np.array([self.j])
+            self._one = (self.ops.take(at), self.D.take(at))
+        return self._one
+
+    @property
+    def T(self) -> OperatorS:
+        out = OperatorS(self.ops, self.D, self.j, self.layout, not self.transposed)
+        out._one, out._abs_max = self._one, self._abs_max
+        return out
+
+    def __matmul__(self, x: np.ndarray) -> np.ndarray:
+        ops, D = self._instance()
+        return s_products(ops, D, x[None], self.transposed)[0]
+
+    def abs_max(self) -> float:
+        if self._abs_max is None:
+            a, h = self.ops.a[self.j], self.ops.h[self.j]
+            columns = np.sqrt(times_t((a * a)[None], self.ops._Ec)[0])
+            self._abs_max = float(max(np.abs(a).max(initial=0.0), np.abs(h).max(initial=0.0),
+                                      columns.max(initial=0.0), 1.0))
+        return self._abs_max
+
+    def low_rank(self) -> LowRankS:
+        """S = S₀ + U Vᵀ (`_low_rank_parts`), made on first use."""
+        if self._low_rank is None:
+            ops, D = self._instance()
+            self._low_rank = _low_rank_parts(ops, D, self.layout)[0]
+        return self._low_rank.T if self.transposed else self._low_rank
+
+    def tocsc(self) -> sp.csc_matrix:
+        """S itself, sparse (with its dense blocks)."""
+        return self.low_rank().tocsc()
 
 
 def _rows_matrix(rows: np.ndarray, M: np.ndarray, N: int) -> sp.csc_matrix:

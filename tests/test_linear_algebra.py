@@ -394,6 +394,85 @@ def test_low_rank_factorization_preconditions_a_nearby_s(monkeypatch):
                 assert max_abs((M.T if transpose else M) @ got[b], rhs[b]) <= 1e-11
 
 
+def test_s_products_are_the_dense_s_products_for_every_cone_kind():
+    """S X and Sᵀ X from A, P and DΠ's products (`s_products`) equal the dense S's on a
+    program with zero, nonnegative, second-order, PSD, exponential and power cones, for one
+    and for several right-hand sides, at data scales 1e-6, 1, 1e6."""
+    import cvxpy as cp
+
+    import declarative as dl
+    from declarative.cones import dproject
+    from declarative.derivative import _dense_S, s_products
+
+    k = 3
+    X, u, w = cp.Variable((k, k), PSD=True), cp.Variable(3), cp.Variable(2)
+    Y, a = cp.Parameter((k, k)), cp.Parameter(3)
+    cons = [cp.trace(X) == 1, cp.PowCone3D(u[0], u[1], u[2], 0.3), u[0] + u[1] <= 2,
+            cp.sum(cp.exp(u)) <= 50, cp.norm(w) <= u[0] + 2]
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(X - Y) - u[2] + cp.sum_squares(u - a)
+                                  + cp.sum_squares(w - 1)), cons)
+    layer = dl.compile(prob, [Y, a], [X, u, w])
+    t = layer.template
+    assert t.quadratic and all((t.dims.zero, t.dims.nonneg, t.dims.soc, t.dims.psd,
+                                t.dims.exp, t.dims.power))
+    rng = np.random.default_rng(0)
+    Yv = rng.standard_normal((3, k, k))
+    # (only the program's A and P are used: D is drawn below)
+    fwd = layer.forward([(Yv + Yv.transpose(0, 2, 1)) / 2, rng.standard_normal((3, 3))],
+                        on_failure="nan")
+    N = t.n + t.m
+    for scale in (1e-6, 1.0, 1e6):
+        D = dproject(scale * rng.standard_normal((3, t.m)), t.dims, dual=True)
+        S = _dense_S(fwd._ops, D)
+        for X_ in (rng.standard_normal((3, N)), rng.standard_normal((3, N, 2))):
+            for transpose in (False, True):
+                M = np.swapaxes(S, 1, 2) if transpose else S
+                want = M @ X_ if X_.ndim == 3 else (M @ X_[..., None])[..., 0]
+                got = s_products(fwd._ops, D, X_, transpose)
+                assert max_abs(got, want) <= 1e-12 * np.abs(want).max()
+
+
+def test_batched_refined_solves_equal_looped_ones_and_fall_back(monkeypatch):
+    """Where S moved little from a factored S₀ + U Vᵀ, S is kept as its products
+    (`OperatorS`) and a batch is refined at once: the same solutions (to rounding) as each
+    instance refined alone, S solved to rounding against S made whole; an instance whose
+    refinement cannot converge (here: no steps allowed) is solved by factoring S itself,
+    and a non-finite right-hand side gives NaN."""
+    import declarative.derivative as der
+    from declarative.cones import dproject
+
+    monkeypatch.setattr(der, "LOW_RANK_MIN", 0)
+    k = 12
+    layer = _spectraplex(k)
+    rng = np.random.default_rng(3)
+    Ys = rng.standard_normal((3, k, k))
+    fwd = layer.forward([(Ys + np.swapaxes(Ys, 1, 2)) / 2])
+    x, y, s, _ = fwd.state()
+    t = layer.template
+    first = der.Linearization(fwd._ops, dproject(y - s, t.dims, dual=True), dense=False)
+    v = y - s + 1e-10 * rng.standard_normal(y.shape)
+    lin = der.Linearization(fwd._ops, dproject(v, t.dims, dual=True), dense=False,
+                            reuse=first.factors)
+    assert all(isinstance(f.S, der.OperatorS) and f.near is not None for f in lin.factors)
+    rhs = rng.standard_normal((3, t.n + t.m, 2))
+    rhs[2, 0, 1] = np.nan
+    for transpose in (False, True):
+        got = lin.solve(rhs, transpose)
+        assert np.isnan(got[2]).all() and np.isfinite(got[:2]).all()
+        for b in range(2):
+            M = lin.factors[b].S.tocsc()
+            assert max_abs((M.T if transpose else M) @ got[b], rhs[b]) <= 1e-11
+            assert lin.factors[b]._exact is None  # refined: S itself not factored
+            alone = der._refined_solve(lin.factors[b], rhs[b], transpose)
+            assert max_abs(got[b], alone) <= 1e-12 * np.abs(alone).max()
+    monkeypatch.setattr(der, "REFINE_SOLVE_STEPS", 0)
+    got = lin.solve(rhs[:, :, 0])
+    for b in range(3):
+        assert lin.factors[b]._exact is not None
+        M = lin.factors[b].S.tocsc()
+        assert max_abs(M @ got[b], rhs[b, :, 0]) <= 1e-11
+
+
 def test_refinement_that_finds_s_singular_falls_back_on_least_squares():
     """A nearby factorization preconditions S; where S itself turns out singular the
     refinement cannot converge and S's own factorization is singular too: the solve is then
