@@ -801,66 +801,11 @@ class Linearization:
         rest[stacked] = False
         lapack = _lapack_solves(self.factors, rest & ~self.singular, rhs, out, transpose)
         rest &= ~lapack
-        rest &= ~self._operator_solves(rest & ~self.singular, rhs, out, transpose, tol)
+        rest &= ~_refined_solves(self.factors, rest & ~self.singular, rhs, out, transpose, tol,
+                                 self._ops, self.D)
         for i in np.flatnonzero(rest):
             out[i] = self.solve_one(int(i), rhs[i], transpose, iterative, tol)
         return out
-
-    def _operator_solves(self, which: np.ndarray, rhs: np.ndarray, out: np.ndarray,
-                         transpose: bool, tol: float) -> np.ndarray:
-        """S⁻¹ rhs (or S⁻ᵀ rhs) into ``out`` for the instances among ``which`` whose S is kept
-        as its products (`OperatorS`) beside a nearby matrix's factorization, and whose rhs is
-        finite: `_refine`'s iterative refinement, with its steps and tests, for all of them
-        at once (S's products in one `s_products`); one whose refinement fails is solved with
-        a factorization of S itself (`Factor.exact`). Returns those instances (B,) bool."""
-        done = np.zeros(len(self.factors), dtype=bool)
-        idx = [i for i in np.flatnonzero(which).tolist()
-               if isinstance(self.factors[i].S, OperatorS) and self.factors[i].near is not None
-               and self.factors[i]._exact is None]
-        if idx:
-            finite = np.isfinite(rhs[idx].reshape(len(idx), -1)).all(axis=1)
-            idx = [i for i, keep in zip(idx, np.atleast_1d(finite).tolist(), strict=True)
-                   if keep]
-        if not idx:
-            return done
-        at = np.array(idx)
-        fs = [self.factors[i] for i in idx]
-        trans = "T" if transpose else "N"
-        solves = [functools.partial(f.near.lu.apply, trans=trans)
-                  if f.near is not None and isinstance(f.near.lu, Woodbury)
-                  else functools.partial(_lu_solve, f.near, transpose=transpose) for f in fs]
-        b = rhs[at]
-        k = at.size
-        x = np.stack([solve(r) for solve, r in zip(solves, b, strict=True)])
-        scale = np.array([_abs_max(f.S) for f in fs])
-        size_b = np.abs(b).reshape(k, -1).max(axis=1, initial=0.0)
-        last = np.full(k, np.inf)
-        ok = np.zeros(k, dtype=bool)
-        live = np.arange(k)
-        ops, D = self._ops.take(at), self.D.take(at)
-        for _ in range(REFINE_SOLVE_STEPS):
-            if not live.size:
-                break
-            with np.errstate(all="ignore"):
-                r = b[live] - s_products(ops, D, x[live], transpose)
-            err = np.abs(r).reshape(live.size, -1).max(axis=1, initial=0.0)
-            size = scale[live] * np.abs(x[live]).reshape(live.size, -1).max(axis=1, initial=0.0) \
-                + size_b[live]
-            converged = err <= tol * size
-            stalled = ~converged & ~(err < 0.5 * last[live])  # (as `_refine`, NaN included)
-            ok[live[converged | stalled & (err <= max(tol, REFINE_STALL_TOL) * size)]] = True
-            go = ~converged & ~stalled
-            last[live[go]] = err[go]
-            for j, g in zip(np.flatnonzero(go).tolist(), live[go].tolist(), strict=True):
-                x[g] = x[g] + solves[g](r[j])
-            if not go.all():
-                live = live[go]
-                ops, D = ops.take(go), D.take(go)
-        # (instances still live ran out of steps: not ok)
-        for g, i in enumerate(idx):
-            out[i] = x[g] if ok[g] else _solve_factored(fs[g].exact(), rhs[i], transpose)
-        done[at] = True
-        return done
 
     def solve_one(self, i: int, rhs: np.ndarray, transpose: bool = False,
                   iterative: bool = True, tol: float = REFINE_SOLVE_TOL) -> np.ndarray:
@@ -902,6 +847,70 @@ def newton_correction(factors: list[Factor], F: np.ndarray) -> np.ndarray:
         else:
             out[i] = np.nan
     return out
+
+
+def _refined_solves(factors: list[Factor], which: np.ndarray, rhs: np.ndarray,
+                    out: np.ndarray, transpose: bool, tol: float, ops: BatchOps,
+                    D: DProjection) -> np.ndarray:
+    """S⁻¹ rhs (or S⁻ᵀ rhs) into ``out`` for the instances among ``which`` (regular) whose S
+    is kept as its products (`OperatorS`) beside a nearby matrix's factorization, and whose
+    rhs is finite: `_refined_solve`'s iterative refinement, with its steps and tests (to
+    ``tol``), for all of them at once, S's products for all in one `s_products` (S made with
+    ``ops`` and ``D``, the batch's); one whose refinement fails is solved with a
+    factorization of S itself (`Factor.exact`). Returns those instances (B,) bool.
+
+    (A `Woodbury` factorization's own solves are left to it: refined one instance at a
+    time, its formula and S's products read the same U and V while they are in cache.)"""
+    done = np.zeros(len(factors), dtype=bool)
+    trans = "T" if transpose else "N"
+    idx, solves = [], []
+    for i in np.flatnonzero(which).tolist():
+        f = factors[i]
+        if isinstance(f.S, OperatorS) and f.near is not None and f._exact is None:
+            near = f.near
+            solves.append(functools.partial(near.lu.apply, trans=trans)
+                          if isinstance(near.lu, Woodbury)
+                          else functools.partial(_lu_solve, near, transpose=transpose))
+            idx.append(i)
+    if idx:
+        finite = np.atleast_1d(np.isfinite(rhs[idx].reshape(len(idx), -1)).all(axis=1))
+        solves = [sv for sv, keep in zip(solves, finite.tolist(), strict=True) if keep]
+        idx = [i for i, keep in zip(idx, finite.tolist(), strict=True) if keep]
+    if not idx:
+        return done
+    at = np.array(idx)
+    b = rhs[at]
+    k = at.size
+    x = np.stack([solve(r) for solve, r in zip(solves, b, strict=True)])
+    scale = np.array([_abs_max(factors[i].S) for i in idx])
+    size_b = np.abs(b).reshape(k, -1).max(axis=1, initial=0.0)
+    last = np.full(k, np.inf)
+    ok = np.zeros(k, dtype=bool)
+    live = np.arange(k)
+    ops, D = ops.take(at), D.take(at)
+    for _ in range(REFINE_SOLVE_STEPS):
+        if not live.size:
+            break
+        with np.errstate(all="ignore"):
+            r = b[live] - s_products(ops, D, x[live], transpose)
+        err = np.abs(r).reshape(live.size, -1).max(axis=1, initial=0.0)
+        size = scale[live] * np.abs(x[live]).reshape(live.size, -1).max(axis=1, initial=0.0) \
+            + size_b[live]
+        converged = err <= tol * size
+        stalled = ~converged & ~(err < 0.5 * last[live])  # (as `_refine`, NaN included)
+        ok[live[converged | stalled & (err <= max(tol, REFINE_STALL_TOL) * size)]] = True
+        go = ~converged & ~stalled
+        last[live[go]] = err[go]
+        for j, g in zip(np.flatnonzero(go).tolist(), live[go].tolist(), strict=True):
+            x[g] = x[g] + solves[g](r[j])
+        if not go.all():
+            live = live[go]
+            ops, D = ops.take(go), D.take(go)
+    # (instances still live ran out of steps: not ok)
+    for g, i in enumerate(idx):
+        out[i] = x[g] if ok[g] else _solve_factored(factors[i].exact(), rhs[i], transpose)
+    done[at] = True
+    return done
 
 
 def _lapack_solves(factors: list[Factor], which: np.ndarray, rhs: np.ndarray,
