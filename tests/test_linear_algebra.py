@@ -8,7 +8,7 @@ import pytest
 from declarative import problems
 from declarative.derivative import ConeSolution, use_dense
 from declarative.layer import vec
-from tests.conftest import max_abs, zoo_layer
+from tests.conftest import every_cone_layer, max_abs, zoo_layer
 
 
 def _cotangent(fwd, seed=0):
@@ -141,6 +141,15 @@ def _psd_projection(k):
     return dl.compile(prob, [Y], [X])
 
 
+def _random_spectraplex(B, seed, k=12):
+    """The spectraplex projection of B random symmetric k × k matrices, solved: (layer, the
+    forward, the generator after the draw)."""
+    layer = _spectraplex(k)
+    rng = np.random.default_rng(seed)
+    Ys = rng.standard_normal((B, k, k))
+    return layer, layer.forward([(Ys + np.swapaxes(Ys, 1, 2)) / 2]), rng
+
+
 def _spectrum(rng, k, positive):
     """Symmetric k × k matrices (3 of them) with ``positive[b]`` positive eigenvalues."""
     out = []
@@ -216,10 +225,7 @@ def test_low_rank_s_equals_only_the_same_entries(monkeypatch):
     from declarative import derivative as der
 
     monkeypatch.setattr(der, "LOW_RANK_MIN", 0)  # the path at a small size
-    k = 12
-    layer = _spectraplex(k)
-    Y = np.random.default_rng(3).standard_normal((1, k, k))
-    fwd = layer.forward([(Y + np.swapaxes(Y, 1, 2)) / 2])
+    _, fwd, _ = _random_spectraplex(1, 3)
     x, y, s, _ = fwd.state()
     S = ConeSolution.at(fwd._ops, x, y, s, dense=False).lin.factors[0].S
     assert isinstance(S, der.LowRankS) and S.rank > 1
@@ -372,11 +378,7 @@ def test_low_rank_factorization_preconditions_a_nearby_s(monkeypatch):
     from declarative.cones import dproject
 
     monkeypatch.setattr(der, "LOW_RANK_MIN", 0)
-    k = 12
-    layer = _spectraplex(k)
-    rng = np.random.default_rng(3)  # (solutions of rank 1 and 2)
-    Ys = rng.standard_normal((2, k, k))
-    fwd = layer.forward([(Ys + np.swapaxes(Ys, 1, 2)) / 2])
+    layer, fwd, rng = _random_spectraplex(2, 3)  # (solutions of rank 1 and 2)
     x, y, s, _ = fwd.state()
     t = layer.template
     first = der.Linearization(fwd._ops, dproject(y - s, t.dims, dual=True), dense=False)
@@ -398,20 +400,11 @@ def test_s_products_are_the_dense_s_products_for_every_cone_kind():
     """S X and Sᵀ X from A, P and DΠ's products (`s_products`) equal the dense S's on a
     program with zero, nonnegative, second-order, PSD, exponential and power cones, for one
     and for several right-hand sides, at data scales 1e-6, 1, 1e6."""
-    import cvxpy as cp
-
-    import declarative as dl
     from declarative.cones import dproject
     from declarative.derivative import _dense_S, s_products
 
     k = 3
-    X, u, w = cp.Variable((k, k), PSD=True), cp.Variable(3), cp.Variable(2)
-    Y, a = cp.Parameter((k, k)), cp.Parameter(3)
-    cons = [cp.trace(X) == 1, cp.PowCone3D(u[0], u[1], u[2], 0.3), u[0] + u[1] <= 2,
-            cp.sum(cp.exp(u)) <= 50, cp.norm(w) <= u[0] + 2]
-    prob = cp.Problem(cp.Minimize(cp.sum_squares(X - Y) - u[2] + cp.sum_squares(u - a)
-                                  + cp.sum_squares(w - 1)), cons)
-    layer = dl.compile(prob, [Y, a], [X, u, w])
+    layer = every_cone_layer(k)
     t = layer.template
     assert t.quadratic and all((t.dims.zero, t.dims.nonneg, t.dims.soc, t.dims.psd,
                                 t.dims.exp, t.dims.power))
@@ -442,11 +435,7 @@ def test_batched_refined_solves_equal_looped_ones_and_fall_back(monkeypatch):
     from declarative.cones import dproject
 
     monkeypatch.setattr(der, "LOW_RANK_MIN", 0)
-    k = 12
-    layer = _spectraplex(k)
-    rng = np.random.default_rng(3)
-    Ys = rng.standard_normal((3, k, k))
-    fwd = layer.forward([(Ys + np.swapaxes(Ys, 1, 2)) / 2])
+    layer, fwd, rng = _random_spectraplex(3, 3)
     x, y, s, _ = fwd.state()
     t = layer.template
     first = der.Linearization(fwd._ops, dproject(y - s, t.dims, dual=True), dense=False)

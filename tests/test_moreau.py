@@ -16,7 +16,7 @@ import declarative.derivative as derivative
 from declarative import problems
 from declarative.backends import moreau as moreau_backend
 from declarative.errors import ProblemError
-from tests.conftest import max_abs, zoo_layer
+from tests.conftest import every_cone_layer, max_abs, zoo_layer
 
 
 def _values(name: str, seeds):
@@ -204,13 +204,7 @@ def test_every_cone_kind_in_one_program_keeps_its_rows():
     out of place would leave an O(1) residual), and after refinement every output agrees
     with SCS's to 1e-8, every instance solved."""
     k = 3
-    X, u, w = cp.Variable((k, k), PSD=True), cp.Variable(3), cp.Variable(2)
-    Y, a = cp.Parameter((k, k)), cp.Parameter(3)
-    cons = [cp.trace(X) == 1, cp.PowCone3D(u[0], u[1], u[2], 0.3), u[0] + u[1] <= 2,
-            cp.sum(cp.exp(u)) <= 50, cp.norm(w) <= u[0] + 2]
-    prob = cp.Problem(cp.Minimize(cp.sum_squares(X - Y) - u[2] + cp.sum_squares(u - a)
-                                  + cp.sum_squares(w - 1)), cons)
-    layer = dl.compile(prob, [Y, a], [X, u, w])
+    layer = every_cone_layer(k)
     dims = layer.template.dims
     assert dims.zero and dims.nonneg and dims.soc and dims.psd and dims.exp and dims.power
     rng = np.random.default_rng(0)
