@@ -399,7 +399,7 @@ def test_low_rank_factorization_preconditions_a_nearby_s(monkeypatch):
 def test_s_products_are_the_dense_s_products_for_every_cone_kind():
     """S X and Sᵀ X from A, P and DΠ's products (`s_products`) equal the dense S's on a
     program with zero, nonnegative, second-order, PSD, exponential and power cones, for one
-    and for several right-hand sides, at data scales 1e-6, 1, 1e6."""
+    and for several right-hand sides, with DΠ taken at points v of scale 1e-6, 1 and 1e6."""
     from declarative.cones import dproject
     from declarative.derivative import _dense_S, s_products
 
