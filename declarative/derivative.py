@@ -596,9 +596,14 @@ class Factor:
         if not isinstance(mine, (LowRankS, OperatorS)) or mine.shape != S.shape \
                 or not self.rcond > RCOND_MIN:
             return False
-        z = sign_probe(S.shape[0])
-        return bool(np.abs(S @ z - mine @ z).max(initial=0.0)
-                    <= NEAR_RATE * self.rcond * mine.abs_max())
+        return self._near_probe(S @ sign_probe(S.shape[0]))
+
+    def _near_probe(self, Sz: np.ndarray) -> bool:
+        """`_near_low_rank`'s test given S z, z = `sign_probe` (this S a `LowRankS` or
+        `OperatorS`, regular): False where not finite."""
+        assert isinstance(self.S, (LowRankS, OperatorS))
+        return bool(np.abs(Sz - self.S @ sign_probe(Sz.shape[0])).max(initial=0.0)
+                    <= NEAR_RATE * self.rcond * self.S.abs_max())
 
     def exact(self) -> Factor:
         """A factorization of S itself (made once, when iterative refinement fails)."""
@@ -712,9 +717,8 @@ class Linearization:
         near = set()
         for j, i in enumerate(cand):
             f = reuse[i]
-            assert f is not None and f.S is not None
-            if np.abs(Sz[j] - f.S @ z).max(initial=0.0) \
-                    <= NEAR_RATE * f.rcond * _abs_max(f.S):  # (False where not finite)
+            assert f is not None
+            if f._near_probe(Sz[j]):
                 factors[i] = Factor(OperatorS(ops_c, D_c, j, layout), f.lu, f.rcond,
                                     near=replace(f.near or f, S=None, pinv=None))
                 near.add(i)
@@ -862,15 +866,11 @@ def _refined_solves(factors: list[Factor], which: np.ndarray, rhs: np.ndarray,
     (A `Woodbury` factorization's own solves are left to it: refined one instance at a
     time, its formula and S's products read the same U and V while they are in cache.)"""
     done = np.zeros(len(factors), dtype=bool)
-    trans = "T" if transpose else "N"
     idx, solves = [], []
     for i in np.flatnonzero(which).tolist():
         f = factors[i]
         if isinstance(f.S, OperatorS) and f.near is not None and f._exact is None:
-            near = f.near
-            solves.append(functools.partial(near.lu.apply, trans=trans)
-                          if isinstance(near.lu, Woodbury)
-                          else functools.partial(_lu_solve, near, transpose=transpose))
+            solves.append(_near_solve(f.near, transpose))
             idx.append(i)
     if idx:
         finite = np.atleast_1d(np.isfinite(rhs[idx].reshape(len(idx), -1)).all(axis=1))
@@ -896,10 +896,9 @@ def _refined_solves(factors: list[Factor], which: np.ndarray, rhs: np.ndarray,
         err = np.abs(r).reshape(live.size, -1).max(axis=1, initial=0.0)
         size = scale[live] * np.abs(x[live]).reshape(live.size, -1).max(axis=1, initial=0.0) \
             + size_b[live]
-        converged = err <= tol * size
-        stalled = ~converged & ~(err < 0.5 * last[live])  # (as `_refine`, NaN included)
-        ok[live[converged | stalled & (err <= max(tol, REFINE_STALL_TOL) * size)]] = True
-        go = ~converged & ~stalled
+        stop, good = _refine_verdict(err, size, last[live], tol)
+        ok[live[good]] = True
+        go = ~stop
         last[live[go]] = err[go]
         for j, g in zip(np.flatnonzero(go).tolist(), live[go].tolist(), strict=True):
             x[g] = x[g] + solves[g](r[j])
@@ -975,17 +974,19 @@ def _refined_solve(f: Factor, rhs: np.ndarray, transpose: bool,
     of a few ulps; stagnation or too many steps fall back on factoring S itself."""
     assert f.S is not None and f.near is not None  # kept where ``near`` is set
     if f._exact is None:
-        near = f.near
-        if isinstance(near.lu, Woodbury):  # its formula alone (its own refinement is on its S)
-            wood, trans = near.lu, "T" if transpose else "N"
-            x = _refine(f.S.T if transpose else f.S, lambda r: wood.apply(r, trans), rhs,
-                        _abs_max(f.S), tol)
-        else:
-            x = _refine(f.S.T if transpose else f.S, lambda r: _lu_solve(near, r, transpose),
-                        rhs, _abs_max(f.S), tol)
+        x = _refine(f.S.T if transpose else f.S, _near_solve(f.near, transpose), rhs,
+                    _abs_max(f.S), tol)
         if x is not None:
             return x
     return _solve_factored(f.exact(), rhs, transpose)
+
+
+def _near_solve(near: Factor, transpose: bool) -> Callable[[np.ndarray], np.ndarray]:
+    """Solves with a nearby matrix's factorization, the preconditioner of refined solves: a
+    `Woodbury` formula alone (its own refinement is on its S), else the LU's solve."""
+    if isinstance(near.lu, Woodbury):
+        return functools.partial(near.lu.apply, trans="T" if transpose else "N")
+    return functools.partial(_lu_solve, near, transpose=transpose)
 
 
 def _solve_factored(f: Factor, rhs: np.ndarray, transpose: bool) -> np.ndarray:
@@ -1011,13 +1012,22 @@ def _refine(M: Any, solve: Callable[[np.ndarray], np.ndarray], rhs: np.ndarray,
         r = rhs - M @ x
         err = np.abs(r).max(initial=0.0)
         size = scale * np.abs(x).max(initial=0.0) + np.abs(rhs).max(initial=0.0)
-        if err <= tol * size:
-            return x
-        if not err < 0.5 * last:  # stagnating: at the rounding floor, or not converging
-            return x if err <= max(tol, REFINE_STALL_TOL) * size else None
+        stop, good = _refine_verdict(err, size, last, tol)
+        if stop:
+            return x if good else None
         last = err
         x = x + solve(r)
     return None
+
+
+def _refine_verdict(err: Any, size: Any, last: Any, tol: float) -> tuple[Any, Any]:
+    """Iterative refinement's tests on a residual ``err`` (max norm) against tol·``size``
+    after one of ``last`` (elementwise for arrays): (stop, and the point is good). It stops
+    converged (good), or stagnating: not halving the residual, at the rounding floor (good
+    where at most max(tol, REFINE_STALL_TOL)·size) or not converging; NaN stagnates."""
+    converged = err <= tol * size
+    stalled = ~converged & ~(err < 0.5 * last)
+    return converged | stalled, converged | stalled & (err <= max(tol, REFINE_STALL_TOL) * size)
 
 
 @functools.lru_cache(maxsize=32)
@@ -1736,7 +1746,7 @@ class OperatorS:
     @property
     def T(self) -> OperatorS:
         out = OperatorS(self.ops, self.D, self.j, self.layout, not self.transposed)
-        out._one, out._abs_max = self._one, self._abs_max
+        out._one, out._abs_max, out._low_rank = self._one, self._abs_max, self._low_rank
         return out
 
     def __matmul__(self, x: np.ndarray) -> np.ndarray:
