@@ -299,3 +299,60 @@ def test_moreau_reads_a_batch_of_matrices_as_the_list_of_its_instances():
     part = solve_batch(moreau_backend.MOREAU, pick(mats, idx), b[idx], c[idx], t.dims,
                        settings, pick(Ps, idx))
     assert max_abs(part.x, whole.x[idx]) <= 1e-12
+
+
+@pytest.mark.parametrize("zoo", ["polytope_projection", "softmax"])
+def test_a_kept_compiled_solver_solves_like_a_fresh_one(zoo, monkeypatch):
+    """Moreau's compiled solver, kept between calls of the same shape, gives bitwise the
+    points, statuses and iteration counts a solver built for the call gives, whatever it
+    solved before (two batches interleaved, each method that applies); one in use by another
+    call is not shared (that call builds its own), and one whose call raised is dropped."""
+    from declarative.solve import solve_batch
+
+    layer, _, _ = zoo_layer(zoo)
+    t = layer.template
+    methods = ["active_set", "ipm"] if t.dims.polyhedral else ["ipm"]
+
+    def program(seeds):
+        _, values = _values(zoo, seeds)
+        theta, _ = layer.batch(values)
+        c, a, b = t.apply(theta)
+        return t.csc_batch(a), b, c, t.P_csc_batch(t.apply_P(theta)) if t.quadratic else None
+
+    first, second = program(range(4)), program(range(10, 14))
+    for method in methods:
+        settings = moreau_backend.MOREAU.settings({"method": method})
+
+        def solve(backend, prog, settings=settings):
+            mats, b, c, Ps = prog
+            return solve_batch(backend, mats, b, c, t.dims, settings, Ps)
+
+        fresh = [solve(moreau_backend.MoreauBackend(), p) for p in (first, second)]
+        kept = moreau_backend.MoreauBackend()
+        runs = [solve(kept, p) for p in (first, second, first, second)]
+        assert len(kept._compiled._kept) == 1
+        for k, got in enumerate(runs):
+            want = fresh[k % 2]
+            assert [str(s) for s in got.status] == [str(s) for s in want.status], method
+            assert np.array_equal(got.iterations, want.iterations), method
+            for name in ("x", "y", "s"):
+                assert np.array_equal(getattr(got, name), getattr(want, name)), (method, name)
+        # in use: the call builds its own solver and leaves the kept one alone
+        (lock, solver), = kept._compiled._kept.values()
+        assert lock.acquire(blocking=False)
+        try:
+            busy = solve(kept, first)
+        finally:
+            lock.release()
+        assert np.array_equal(busy.x, fresh[0].x)
+        assert next(iter(kept._compiled._kept.values()))[1] is solver
+        # a call that raises drops its solver
+        with pytest.raises(RuntimeError, match="broken"):
+            with kept._compiled.use(next(iter(kept._compiled._kept)), lambda: None):
+                raise RuntimeError("broken")
+        assert not kept._compiled._kept
+        # a workspace over the bound is not kept
+        with monkeypatch.context() as mp:
+            mp.setattr(moreau_backend, "COMPILED_ENTRIES_MAX", 0)
+            assert np.array_equal(solve(kept, first).x, fresh[0].x)
+        assert not kept._compiled._kept

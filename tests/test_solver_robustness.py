@@ -316,6 +316,42 @@ def test_fork_resets_locks_and_pool_in_the_child(monkeypatch):
     assert _child_message(pid, read, 60.0) == "ok"
 
 
+def test_a_forked_child_solves_with_moreau_after_the_parent_kept_a_solver():
+    """Moreau's compiled solver is kept between calls, and a live one owns worker threads that
+    a forked child lacks (a child that solves then hangs, even with a solver of its own). The
+    layer is called (a solver kept), the process forks (as a DataLoader worker does), and the
+    child solves the batch through Moreau to the closed form (the zoo's polytope projection);
+    the parent's next call gives bitwise its first call's outputs. Bounded: a child that hangs
+    is killed and the test fails."""
+    pytest.importorskip("moreau")
+    from declarative.backends import moreau as moreau_backend
+
+    mod = problems.get("polytope_projection")
+    insts = [problems.instance("polytope_projection", s, **mod.SIZES) for s in range(4)]
+    values = [np.stack([i.params[k] for i in insts]) for k in range(len(insts[0].params))]
+    layer = dl.compile(*mod.build(**mod.SIZES), solver="moreau")
+    first = layer.forward(values).outputs[0]
+    assert moreau_backend.MOREAU._compiled._kept
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        try:
+            out = layer.forward(values).outputs[0]
+            message = repr(max(max_abs(o, i.solution[0])
+                               for o, i in zip(out, insts, strict=True)))
+        except BaseException as exc:  # noqa: BLE001
+            message = f"error: {exc!r}"
+        finally:
+            os.write(write, message.encode()[:4096])
+            os._exit(0)
+    os.close(write)
+    message = _child_message(pid, read, 120.0)
+    assert float(message) <= 1e-8, message
+    assert np.array_equal(layer.forward(values).outputs[0], first)
+
+
 def _child_message(pid: int, read: int, seconds: float) -> str:
     """What a forked child wrote to the pipe ``read`` before exiting; the test fails (and the
     child is killed) if it has not exited within ``seconds``."""

@@ -13,13 +13,22 @@ exponential and power cones are bridged by a row map of A and b (`_rows.RowMap`)
 and s carry over.
 
 It takes A and the full symmetric P in CSR form; the template's CSC values are permuted once
-per pattern. A batch that Moreau rejects as a whole (an exception) is solved again one
-instance at a time, so that one bad instance never loses the others.
+per pattern. Moreau's solver object is built from the patterns, the cones, the settings and
+the batch size, and takes each call's values in `setup`: where its workspace is small, it is
+kept for the next call of the same shape (`_Compiled`; a solve does not depend on the solves
+before it, which the tests check bitwise). A batch that Moreau rejects as a whole (an
+exception) is solved again one instance at a time, so that one bad instance never loses the
+others.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import os
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import moreau
@@ -63,6 +72,13 @@ _TOLERANCES = ("tol_gap_abs", "tol_gap_rel", "tol_feas")
 
 # CSR patterns kept (one per layer and cone layout); beyond, the cache starts again.
 PATTERNS_KEPT = 64
+# Compiled solvers kept between calls (the most recently used), and the largest batch size
+# times (n + m)² for which one is kept: its workspace holds a factorization per instance
+# (the OptNet QP, n + m = 210: 137 MB at batch 512, 17 MB at 64), which a kept solver would
+# hold between calls. Building one costs 0.4 ms (a 2-D polytope, batch 64) to 17 ms (the QP,
+# batch 512).
+COMPILED_KEPT = 4
+COMPILED_ENTRIES_MAX = 4_000_000
 
 
 class _Pattern:
@@ -91,6 +107,98 @@ class _Pattern:
             self.P_take = full.data.astype(np.int64) - 1
 
 
+class _Compiled:
+    """Moreau's compiled solvers kept for reuse, by (patterns, cones, settings, batch size):
+    the COMPILED_KEPT most recently used. A solver is used by one call at a time: a call
+    that finds it in use (another thread) builds its own for the call. One whose call raised
+    is dropped. Before a fork the solvers not in use are freed (`_free_before_fork`); in the
+    child the locks are new (one another thread held at the fork stays held there) and
+    nothing kept is used."""
+
+    def __init__(self) -> None:
+        self._kept: OrderedDict[tuple, tuple[threading.Lock, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        _ALL_COMPILED.add(self)
+
+    @contextlib.contextmanager
+    def use(self, key: tuple | None, build: Callable[[], Any]) -> Iterator[Any]:
+        """A solver for ``key`` (None: not kept), built by ``build`` where none is kept."""
+        entry = None
+        if key is not None:
+            with self._lock:
+                entry = self._kept.get(key)
+                if entry is not None:
+                    self._kept.move_to_end(key)
+        if entry is None:
+            entry = (threading.Lock(), build())
+            if key is not None:
+                with self._lock:
+                    self._kept[key] = entry
+                    while len(self._kept) > COMPILED_KEPT:
+                        self._kept.popitem(last=False)
+        lock, solver = entry
+        if not lock.acquire(blocking=False):
+            yield build()
+            return
+        try:
+            yield solver
+        except BaseException:  # a solver that failed mid-call is not used again
+            with self._lock:
+                if key is not None and self._kept.get(key) is entry:
+                    del self._kept[key]
+            raise
+        finally:
+            lock.release()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._kept.clear()
+
+
+_ALL_COMPILED: weakref.WeakSet[_Compiled] = weakref.WeakSet()
+# Solvers that a forked child inherited in use by another thread of the parent: never used
+# again, and never freed either (freeing one in the child waits on the parent's threads)
+_INHERITED: list = []
+
+
+def _free_before_fork() -> None:
+    """A live Moreau solver owns worker threads, which a forked child does not get: a child
+    that then solves (even with a solver of its own) waits on them forever. Free the kept
+    solvers no call is using before the fork (the parent builds them again when needed). A
+    solver in use by another thread at the fork is alive in the child as it would be without
+    any kept."""
+    for compiled in list(_ALL_COMPILED):
+        if not compiled._lock.acquire(timeout=1.0):  # (held only for a dictionary's update)
+            continue
+        try:
+            for key, (lock, _) in list(compiled._kept.items()):
+                if lock.acquire(blocking=False):
+                    del compiled._kept[key]
+                    lock.release()
+        finally:
+            compiled._lock.release()
+
+
+def _forget_after_fork() -> None:
+    for compiled in list(_ALL_COMPILED):
+        _INHERITED.extend(compiled._kept.values())
+        compiled._lock = threading.Lock()
+        compiled._kept = OrderedDict()
+
+
+os.register_at_fork(before=_free_before_fork, after_in_child=_forget_after_fork)
+
+
+def _settings_key(settings: Mapping[str, Any]) -> tuple | None:
+    """The settings as a hashable key, or None where a value is not hashable."""
+    key = tuple(sorted(settings.items()))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
 def _key(M: Any) -> tuple:
     """A sparsity pattern's identity: its index arrays' contents."""
     return (M.shape, M.indptr.tobytes(), M.indices.tobytes())
@@ -111,6 +219,7 @@ class MoreauBackend:
 
     def __init__(self) -> None:
         self._patterns: dict[tuple, _Pattern] = {}
+        self._compiled = _Compiled()
 
     def check_program(self, dims: ConeDims, settings: Mapping[str, Any]) -> None:
         """`ProblemError` where the active-set method is asked for on cones other than zero
@@ -148,7 +257,9 @@ class MoreauBackend:
                                ipm_settings=ipm, active_set_settings=active,
                                **{k: settings[k] for k in _TOP if k in settings})
 
-    def _pattern(self, A: Any, P: Any, dims: ConeDims) -> _Pattern:
+    def _pattern(self, A: Any, P: Any, dims: ConeDims) -> tuple[_Pattern, tuple]:
+        """The CSR patterns of A and P (as the program's cones order A's rows), and their
+        key."""
         key = (_key(A), None if P is None else _key(P), dims)
         pat = self._patterns.get(key)
         if pat is None:
@@ -158,7 +269,7 @@ class MoreauBackend:
             if rows.T is not None:
                 A = (rows.T @ _scipy(A)).tocsc()
             pat = self._patterns[key] = _Pattern(A, P)
-        return pat
+        return pat, key
 
     def solve_many(self, matrices: Sequence[Any], b: np.ndarray, c: np.ndarray, dims: ConeDims,
                    settings: dict, quadratic: Sequence[Any] | None = None) -> BatchOutcome:
@@ -169,7 +280,7 @@ class MoreauBackend:
         n = c.shape[1]
         rows = row_map(dims)
         P0 = None if quadratic is None else quadratic[0]
-        pat = self._pattern(matrices[0], P0, dims)
+        pat, pat_key = self._pattern(matrices[0], P0, dims)
         if rows.T is not None:
             mats: Any = [(rows.T @ _scipy(M)).tocsc() for M in matrices]
             b = np.asarray(rows.T @ b.T).T
@@ -186,21 +297,28 @@ class MoreauBackend:
                              num_exp_cones=dims.exp + dims.exp_dual,
                              power_alphas=[abs(a) for a in dims.power],
                              psd_dims=list(dims.psd))
-        solver = moreau.CompiledSolver(
-            n=n, m=m, P_row_offsets=pat.P_indptr, P_col_indices=pat.P_indices,
-            A_row_offsets=pat.A_indptr, A_col_indices=pat.A_indices, cones=cones,
-            settings=self._moreau_settings(settings, dims, B))
-        solver.setup(P_vals, A_vals)
-        sol = solver.solve(np.ascontiguousarray(c, dtype=float),
-                           np.ascontiguousarray(b, dtype=float))
-        x, y, s = (np.array(v, dtype=float).reshape(B, -1) for v in (sol.x, sol.z, sol.s))
+
+        def build() -> Any:
+            return moreau.CompiledSolver(
+                n=n, m=m, P_row_offsets=pat.P_indptr, P_col_indices=pat.P_indices,
+                A_row_offsets=pat.A_indptr, A_col_indices=pat.A_indices, cones=cones,
+                settings=self._moreau_settings(settings, dims, B))
+
+        skey = _settings_key(settings)
+        keep = skey is not None and B * (n + m) ** 2 <= COMPILED_ENTRIES_MAX
+        with self._compiled.use((pat_key, skey, B) if keep else None, build) as solver:
+            solver.setup(P_vals, A_vals)
+            sol = solver.solve(np.ascontiguousarray(c, dtype=float),
+                               np.ascontiguousarray(b, dtype=float))
+            info = solver.info
+            statuses = [_STATUS.get(st, Status.FAILED) for st in info.status]
+            iters = np.array(np.broadcast_to(np.asarray(info.iterations, dtype=int), (B,)))
+            # copies, made before another call may use the solver
+            x, y, s = (np.array(v, dtype=float).reshape(B, -1) for v in (sol.x, sol.z, sol.s))
         if rows.T is not None:
             assert rows.T_t is not None and rows.T_inv is not None
             y, s = np.array(rows.T_t @ y.T).T, np.array(rows.T_inv @ s.T).T
-        info = solver.info
-        iters = np.array(np.broadcast_to(np.asarray(info.iterations, dtype=int), (B,)))
-        return BatchOutcome(x, y, s, [_STATUS.get(st, Status.FAILED) for st in info.status],
-                            iters)
+        return BatchOutcome(x, y, s, statuses, iters)
 
     def solve(self, A: Any, b: np.ndarray, c: np.ndarray, dims: ConeDims, settings: dict,
               P: Any = None, warm: tuple | None = None, shared: Any = None) -> Outcome:
