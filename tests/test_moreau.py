@@ -338,7 +338,7 @@ def test_a_kept_compiled_solver_solves_like_a_fresh_one(zoo, monkeypatch):
             for name in ("x", "y", "s"):
                 assert np.array_equal(getattr(got, name), getattr(want, name)), (method, name)
         # in use: the call builds its own solver and leaves the kept one alone
-        (lock, solver), = kept._compiled._kept.values()
+        (lock, solver, _), = kept._compiled._kept.values()
         assert lock.acquire(blocking=False)
         try:
             busy = solve(kept, first)
@@ -351,8 +351,15 @@ def test_a_kept_compiled_solver_solves_like_a_fresh_one(zoo, monkeypatch):
             with kept._compiled.use(next(iter(kept._compiled._kept)), lambda: None):
                 raise RuntimeError("broken")
         assert not kept._compiled._kept
-        # a workspace over the bound is not kept
+        # a workspace over the bound is not kept; kept ones are dropped, least recently used
+        # first, while their sizes together are over it
         with monkeypatch.context() as mp:
             mp.setattr(moreau_backend, "COMPILED_ENTRIES_MAX", 0)
             assert np.array_equal(solve(kept, first).x, fresh[0].x)
-        assert not kept._compiled._kept
+            assert not kept._compiled._kept
+            mp.setattr(moreau_backend, "COMPILED_ENTRIES_MAX", 4 * (t.n + t.m) ** 2)
+            solve(kept, first)
+            three = tuple(None if p is None else p[:3] for p in first)
+            want = solve(moreau_backend.MoreauBackend(), three)
+            assert np.array_equal(solve(kept, three).x, want.x)
+            assert [k[-1] for k in kept._compiled._kept] == [3]

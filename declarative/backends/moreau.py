@@ -72,13 +72,14 @@ _TOLERANCES = ("tol_gap_abs", "tol_gap_rel", "tol_feas")
 
 # CSR patterns kept (one per layer and cone layout); beyond, the cache starts again.
 PATTERNS_KEPT = 64
-# Compiled solvers kept between calls (the most recently used), and the largest batch size
-# times (n + m)² for which one is kept: its workspace holds a factorization per instance
-# (the OptNet QP, n + m = 210: 137 MB at batch 512, 17 MB at 64), which a kept solver would
-# hold between calls. Building one costs 0.4 ms (a 2-D polytope, batch 64) to 17 ms (the QP,
-# batch 512).
+# Compiled solvers kept between calls (the most recently used), and the most their batch
+# sizes times (n + m)² may add up to: a solver's workspace holds a factorization per instance
+# (the OptNet QP, n + m = 210: 137 MB at batch 512, 22.6M such entries; 826 MB at 4096),
+# which a kept solver holds between calls. Building one costs 0.4 ms (a 2-D polytope, batch
+# 64) to 17 ms (the QP, batch 512), and its first `setup` writes into memory it does not have
+# yet (the QP at batch 512: 141 ms, against 80 ms in a kept one).
 COMPILED_KEPT = 4
-COMPILED_ENTRIES_MAX = 4_000_000
+COMPILED_ENTRIES_MAX = 32_000_000
 
 
 class _Pattern:
@@ -109,20 +110,25 @@ class _Pattern:
 
 class _Compiled:
     """Moreau's compiled solvers kept for reuse, by (patterns, cones, settings, batch size):
-    the COMPILED_KEPT most recently used. A solver is used by one call at a time: a call
+    the COMPILED_KEPT most recently used, within COMPILED_ENTRIES_MAX of their sizes
+    together. A solver is used by one call at a time: a call
     that finds it in use (another thread) builds its own for the call. One whose call raised
     is dropped. Before a fork the solvers not in use are freed (`_free_before_fork`); in the
     child the locks are new (one another thread held at the fork stays held there) and
     nothing kept is used."""
 
     def __init__(self) -> None:
-        self._kept: OrderedDict[tuple, tuple[threading.Lock, Any]] = OrderedDict()
+        # key ↦ (lock, solver, size)
+        self._kept: OrderedDict[tuple, tuple[threading.Lock, Any, int]] = OrderedDict()
         self._lock = threading.Lock()
         _ALL_COMPILED.add(self)
 
     @contextlib.contextmanager
-    def use(self, key: tuple | None, build: Callable[[], Any]) -> Iterator[Any]:
-        """A solver for ``key`` (None: not kept), built by ``build`` where none is kept."""
+    def use(self, key: tuple | None, build: Callable[[], Any], size: int = 0) -> Iterator[Any]:
+        """A solver for ``key`` (None, or a ``size`` over COMPILED_ENTRIES_MAX: not kept),
+        built by ``build`` where none is kept."""
+        if size > COMPILED_ENTRIES_MAX:
+            key = None
         entry = None
         if key is not None:
             with self._lock:
@@ -130,13 +136,14 @@ class _Compiled:
                 if entry is not None:
                     self._kept.move_to_end(key)
         if entry is None:
-            entry = (threading.Lock(), build())
+            entry = (threading.Lock(), build(), size)
             if key is not None:
                 with self._lock:
                     self._kept[key] = entry
-                    while len(self._kept) > COMPILED_KEPT:
+                    while len(self._kept) > COMPILED_KEPT or sum(
+                            e[2] for e in self._kept.values()) > COMPILED_ENTRIES_MAX:
                         self._kept.popitem(last=False)
-        lock, solver = entry
+        lock, solver, _ = entry
         if not lock.acquire(blocking=False):
             yield build()
             return
@@ -171,7 +178,7 @@ def _free_before_fork() -> None:
         if not compiled._lock.acquire(timeout=1.0):  # (held only for a dictionary's update)
             continue
         try:
-            for key, (lock, _) in list(compiled._kept.items()):
+            for key, (lock, _, _) in list(compiled._kept.items()):
                 if lock.acquire(blocking=False):
                     del compiled._kept[key]
                     lock.release()
@@ -305,8 +312,8 @@ class MoreauBackend:
                 settings=self._moreau_settings(settings, dims, B))
 
         skey = _settings_key(settings)
-        keep = skey is not None and B * (n + m) ** 2 <= COMPILED_ENTRIES_MAX
-        with self._compiled.use((pat_key, skey, B) if keep else None, build) as solver:
+        with self._compiled.use(None if skey is None else (pat_key, skey, B), build,
+                                B * (n + m) ** 2) as solver:
             solver.setup(P_vals, A_vals)
             sol = solver.solve(np.ascontiguousarray(c, dtype=float),
                                np.ascontiguousarray(b, dtype=float))
