@@ -265,11 +265,19 @@ def test_layer_works_in_a_forked_child(monkeypatch):
     layer = dl.compile(*mod.build(**mod.SIZES))
     layer.forward(values)
     assert parallel._pool is not None
+    message = _error_in_forked_child(layer, values, solutions)
+    assert float(message) <= 1e-8, message
+
+
+def _error_in_forked_child(layer, values, solutions) -> str:
+    """Fork; the child solves ``values`` with ``layer`` and reports its first output's max
+    abs error against ``solutions`` (or the exception it met), then exits, whatever happens.
+    Bounded: a child that hangs is killed and the test fails (`_child_message`)."""
     read, write = os.pipe()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # fork of a threaded process
         pid = os.fork()
-    if pid == 0:  # the child: report the error and exit, whatever happens
+    if pid == 0:
         try:
             out = layer.forward(values).outputs[0]
             message = repr(max(max_abs(o, s) for o, s in zip(out, solutions, strict=True)))
@@ -279,8 +287,7 @@ def test_layer_works_in_a_forked_child(monkeypatch):
             os.write(write, message.encode()[:4096])
             os._exit(0)
     os.close(write)
-    message = _child_message(pid, read, 120.0)
-    assert float(message) <= 1e-8, message
+    return _child_message(pid, read, 120.0)
 
 
 def test_fork_resets_locks_and_pool_in_the_child(monkeypatch):
@@ -321,8 +328,7 @@ def test_a_forked_child_solves_with_moreau_after_the_parent_kept_a_solver():
     a forked child lacks (a child that solves then hangs, even with a solver of its own). The
     layer is called (a solver kept), the process forks (as a DataLoader worker does), and the
     child solves the batch through Moreau to the closed form (the zoo's polytope projection);
-    the parent's next call gives bitwise its first call's outputs. Bounded: a child that hangs
-    is killed and the test fails."""
+    the parent's next call gives bitwise its first call's outputs."""
     pytest.importorskip("moreau")
     from declarative.backends import moreau as moreau_backend
 
@@ -332,22 +338,7 @@ def test_a_forked_child_solves_with_moreau_after_the_parent_kept_a_solver():
     layer = dl.compile(*mod.build(**mod.SIZES), solver="moreau")
     first = layer.forward(values).outputs[0]
     assert moreau_backend.MOREAU._compiled._kept
-    read, write = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:
-        try:
-            out = layer.forward(values).outputs[0]
-            message = repr(max(max_abs(o, i.solution[0])
-                               for o, i in zip(out, insts, strict=True)))
-        except BaseException as exc:  # noqa: BLE001
-            message = f"error: {exc!r}"
-        finally:
-            os.write(write, message.encode()[:4096])
-            os._exit(0)
-    os.close(write)
-    message = _child_message(pid, read, 120.0)
+    message = _error_in_forked_child(layer, values, [i.solution[0] for i in insts])
     assert float(message) <= 1e-8, message
     assert np.array_equal(layer.forward(values).outputs[0], first)
 
