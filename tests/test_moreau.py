@@ -363,3 +363,33 @@ def test_a_kept_compiled_solver_solves_like_a_fresh_one(zoo, monkeypatch):
             want = solve(moreau_backend.MoreauBackend(), three)
             assert np.array_equal(solve(kept, three).x, want.x)
             assert [k[-1] for k in kept._compiled._kept] == [3]
+
+
+def test_threads_sharing_a_moreau_layer_get_its_single_threaded_results():
+    """Four threads call one Moreau layer (its kept solver shared, or built per call where in
+    use) on two batches in turn: every output is bitwise the single-threaded call's, and
+    within 1e-8 of the closed form."""
+    import threading
+
+    mod = problems.get("polytope_projection")
+    layer = dl.compile(*mod.build(**mod.SIZES), solver="moreau")
+    batches = [_values("polytope_projection", range(lo, lo + 5)) for lo in (0, 20)]
+    want = [layer.forward(values).outputs[0] for _, values in batches]
+    for (insts, _), out in zip(batches, want, strict=True):
+        for k, inst in enumerate(insts):
+            assert max_abs(out[k], inst.solution[0]) <= 1e-8
+    got: list = []
+
+    def work(j: int) -> None:
+        for r in range(3):
+            which = (j + r) % 2
+            got.append((which, layer.forward(batches[which][1]).outputs[0]))
+
+    threads = [threading.Thread(target=work, args=(j,)) for j in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(got) == 12
+    for which, out in got:
+        assert np.array_equal(out, want[which])

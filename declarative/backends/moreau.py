@@ -14,9 +14,9 @@ and s carry over.
 
 It takes A and the full symmetric P in CSR form; the template's CSC values are permuted once
 per pattern. Moreau's solver object is built from the patterns, the cones, the settings and
-the batch size, and takes each call's values in `setup`: where its workspace is small, it is
-kept for the next call of the same shape (`_Compiled`; a solve does not depend on the solves
-before it, which the tests check bitwise). A batch that Moreau rejects as a whole (an
+the batch size, and takes each call's values in `setup`: it is kept for the next call of the
+same shape, within a budget for the workspaces kept (`_Compiled`; a solve does not depend on
+the solves before it, which the tests check bitwise). A batch that Moreau rejects as a whole (an
 exception) is solved again one instance at a time, so that one bad instance never loses the
 others.
 """
@@ -111,11 +111,10 @@ class _Pattern:
 class _Compiled:
     """Moreau's compiled solvers kept for reuse, by (patterns, cones, settings, batch size):
     the COMPILED_KEPT most recently used, within COMPILED_ENTRIES_MAX of their sizes
-    together. A solver is used by one call at a time: a call
-    that finds it in use (another thread) builds its own for the call. One whose call raised
-    is dropped. Before a fork the solvers not in use are freed (`_free_before_fork`); in the
-    child the locks are new (one another thread held at the fork stays held there) and
-    nothing kept is used."""
+    together. A solver is used by one call at a time: a call that finds it in use (another
+    thread) builds its own for the call. One whose call raised is dropped. Before a fork the
+    solvers not in use are freed (`_free_before_fork`); in the child the locks are new (one
+    another thread held at the fork stays held there) and nothing kept is used."""
 
     def __init__(self) -> None:
         # key ↦ (lock, solver, size)
@@ -156,10 +155,6 @@ class _Compiled:
             raise
         finally:
             lock.release()
-
-    def clear(self) -> None:
-        with self._lock:
-            self._kept.clear()
 
 
 _ALL_COMPILED: weakref.WeakSet[_Compiled] = weakref.WeakSet()
