@@ -155,6 +155,12 @@ PINV_RTOL = 1e-11
 # cones, where DΠ is not piecewise constant); refinement stops at a residual of
 # REFINE_SOLVE_TOL·(‖S‖‖x‖ + ‖rhs‖) (max norms), or after REFINE_SOLVE_STEPS steps.
 NEAR_RATE = 1e-2
+# That bound, ‖S₀⁻¹‖‖S − S₀‖, overstates the contraction ‖S₀⁻¹(S − S₀)‖ where S moved in a
+# few directions only (a PSD block's DΠ: 1e3× on the PSD projection with a trace
+# constraint); where the bound fails on a matrix kept as its products, the contraction is
+# measured on the probe z instead, ‖S₀⁻¹(S − S₀) z‖∞ (one solve), and the factorization is
+# reused where that is at most NEAR_CONTRACTION: refined solves then take about 5 steps.
+NEAR_CONTRACTION = 1e-3
 REFINE_SOLVE_TOL = 4 * np.finfo(float).eps
 # A Newton step of refinement (`Linearization.solve` with ``tol``) needs no more than this:
 # its error leaves F at the step's end at about this fraction of F before it, far below the
@@ -590,8 +596,9 @@ class Factor:
 
     def _near_low_rank(self, S: LowRankS) -> bool:
         """`near_matrix` for S = S₀ + U Vᵀ, whose entries are not at hand: ‖S − self.S‖∞
-        estimated from below by ‖(S − self.S) z‖∞ on a ±1 probe z, against max|S| (an
-        underestimate shows as slow refinement, which then factors S itself)."""
+        estimated from below by ‖(S − self.S) z‖∞ on a ±1 probe z, against max|S|, or the
+        contraction measured on z (`_near_probe`; an underestimate shows as slow refinement,
+        which then factors S itself)."""
         mine = self.S
         if not isinstance(mine, (LowRankS, OperatorS)) or mine.shape != S.shape \
                 or not self.rcond > RCOND_MIN:
@@ -600,10 +607,19 @@ class Factor:
 
     def _near_probe(self, Sz: np.ndarray) -> bool:
         """`_near_low_rank`'s test given S z, z = `sign_probe` (this S a `LowRankS` or
-        `OperatorS`, regular): False where not finite."""
+        `OperatorS`, regular): ‖(S − self.S) z‖∞ within NEAR_RATE·rcond·max|S|, or else, where
+        this LU is of self.S itself (not of a matrix before it, which is not kept),
+        ‖LU⁻¹ (S − self.S) z‖∞ at most NEAR_CONTRACTION. False where not finite."""
         assert isinstance(self.S, (LowRankS, OperatorS))
-        return bool(np.abs(Sz - self.S @ sign_probe(Sz.shape[0])).max(initial=0.0)
-                    <= NEAR_RATE * self.rcond * self.S.abs_max())
+        d = Sz - self.S @ sign_probe(Sz.shape[0])
+        gap = np.abs(d).max(initial=0.0)
+        if gap <= NEAR_RATE * self.rcond * self.S.abs_max():
+            return True
+        if self.near is not None or not np.isfinite(gap):
+            return False
+        with np.errstate(all="ignore"):
+            moved = _near_solve(self, False)(d)
+        return bool(np.abs(moved).max(initial=0.0) <= NEAR_CONTRACTION)
 
     def exact(self) -> Factor:
         """A factorization of S itself (made once, when iterative refinement fails)."""
@@ -678,7 +694,10 @@ class Linearization:
                 for lo in range(0, sub_build.size, step):
                     part = sub_build[lo : lo + step]
                     if reduced and reuse is not None:
-                        part = self._near_operators(factors, part, ops, D, reuse, layout)
+                        part, probed = self._near_operators(factors, part, ops, D, reuse,
+                                                            layout)
+                        if probed:  # (failed the test: not tried again on S = S₀ + U Vᵀ)
+                            reuse = [None if i in probed else f for i, f in enumerate(reuse)]
                         if not part.size:
                             continue
                     whole = part.size == B
@@ -700,15 +719,16 @@ class Linearization:
 
     def _near_operators(self, factors: list, part: np.ndarray, ops: BatchOps,
                         D: DProjection, reuse: list[Factor | None],
-                        layout: SparseLayout) -> np.ndarray:
+                        layout: SparseLayout) -> tuple[np.ndarray, set[int]]:
         """Among the low-rank instances ``part``, those whose ``reuse`` factorization (regular,
         of S₀ + U Vᵀ) is near S (`Factor.near_matrix`'s test, with S's products taken from A,
         P and DΠ for the whole part at once) get it as a nearby matrix's, with S kept as its
-        products (`OperatorS`): neither U and V nor a new LU are made. Returns the others."""
+        products (`OperatorS`): neither U and V nor a new LU are made. Returns the others,
+        and those of them that were tested."""
         cand = [i for i in part.tolist() if (f := reuse[i]) is not None and f.lu is not None
                 and isinstance(f.S, (LowRankS, OperatorS)) and f.rcond > RCOND_MIN]
         if not cand:
-            return part
+            return part, set()
         at = np.array(cand)
         ops_c, D_c = ops.take(at), D.take(at)
         z = sign_probe(self.n + self.m)
@@ -722,7 +742,8 @@ class Linearization:
                 factors[i] = Factor(OperatorS(ops_c, D_c, j, layout), f.lu, f.rcond,
                                     near=replace(f.near or f, S=None, pinv=None))
                 near.add(i)
-        return np.array([i for i in part.tolist() if i not in near], dtype=int)
+        return np.array([i for i in part.tolist() if i not in near], dtype=int), \
+            set(cand) - near
 
     def _factor(self, factors: list, mats: dict[int, Any],
                 reuse: list[Factor | None] | None, dvals: list[np.ndarray | None],

@@ -396,6 +396,44 @@ def test_low_rank_factorization_preconditions_a_nearby_s(monkeypatch):
                 assert max_abs((M.T if transpose else M) @ got[b], rhs[b]) <= 1e-11
 
 
+def test_a_nearby_factorization_is_kept_where_its_measured_contraction_is_small(monkeypatch):
+    """Where S moved from a factored S₀ + U Vᵀ by more than the bound ‖S₀⁻¹‖‖S − S₀‖ admits
+    (NEAR_RATE) but S₀⁻¹(S − S₀) is small on the probe, the factorization still
+    preconditions S (no new C, no new condition estimate), and S is solved to rounding
+    (against S made whole); with no contraction admitted, S is factored anew and solved
+    alike; where S moved much, the measured contraction refuses too."""
+    import declarative.derivative as der
+    from declarative.cones import dproject
+
+    monkeypatch.setattr(der, "LOW_RANK_MIN", 0)
+    layer, fwd, rng = _random_spectraplex(2, 3)
+    x, y, s, _ = fwd.state()
+    t = layer.template
+    N = t.n + t.m
+    first = der.Linearization(fwd._ops, dproject(y - s, t.dims, dual=True), dense=False)
+    assert all(isinstance(f.lu, der.Woodbury) for f in first.factors)
+    rhs = rng.standard_normal((2, N))
+    move = rng.standard_normal(y.shape)
+    z = der.sign_probe(N)
+    for shift, admit, near in ((1e-4, der.NEAR_CONTRACTION, True), (1e-4, 0.0, False),
+                               (1e-2, der.NEAR_CONTRACTION, False)):
+        monkeypatch.setattr(der, "NEAR_CONTRACTION", admit)
+        D = dproject(y - s + shift * move, t.dims, dual=True)
+        for b, f in enumerate(first.factors):  # the bound alone refuses every one of these
+            Sz = der.s_products(fwd._ops.take(np.array([b])), D.take(np.array([b])),
+                                z[None])[0]
+            assert np.abs(Sz - f.S @ z).max() > der.NEAR_RATE * f.rcond * f.S.abs_max()
+        lin = der.Linearization(fwd._ops, D, dense=False, reuse=first.factors)
+        assert all((f.near is not None) == near for f in lin.factors)
+        for transpose in (False, True):
+            got = lin.solve(rhs, transpose)
+            for b in range(2):
+                M = lin.factors[b].S.tocsc()
+                assert max_abs((M.T if transpose else M) @ got[b], rhs[b]) <= 1e-11
+                if near:
+                    assert lin.factors[b]._exact is None  # refined, S not factored
+
+
 def test_s_products_are_the_dense_s_products_for_every_cone_kind():
     """S X and Sᵀ X from A, P and DΠ's products (`s_products`) equal the dense S's on a
     program with zero, nonnegative, second-order, PSD, exponential and power cones, for one
