@@ -156,9 +156,10 @@ PINV_RTOL = 1e-11
 # REFINE_SOLVE_TOL·(‖S‖‖x‖ + ‖rhs‖) (max norms), or after REFINE_SOLVE_STEPS steps.
 NEAR_RATE = 1e-2
 # That bound, ‖S₀⁻¹‖‖S − S₀‖, overstates the contraction ‖S₀⁻¹(S − S₀)‖ where S moved in a
-# few directions only (a PSD block's DΠ: 1e3× on the PSD projection with a trace
-# constraint); where the bound fails on a matrix kept as its products, the contraction is
-# measured on the probe z instead, ‖S₀⁻¹(S − S₀) z‖∞ (one solve), and the factorization is
+# few directions only (a PSD block's DΠ: ~1000× on the PSD projection with a trace
+# constraint; exponential cones' 3 × 3 blocks of entropic OT: ~50×); where the bound fails,
+# the contraction is measured on the probe z instead, ‖S₀⁻¹(S − S₀) z‖∞ (one solve with the
+# old factorization, against the new factorization it may save), and the factorization is
 # reused where that is at most NEAR_CONTRACTION: refined solves then take about 5 steps.
 NEAR_CONTRACTION = 1e-3
 REFINE_SOLVE_TOL = 4 * np.finfo(float).eps
@@ -581,7 +582,8 @@ class Factor:
 
     def near_matrix(self, S: np.ndarray | sp.csc_matrix) -> bool:
         """S differs from this factorization's S by at most NEAR_RATE·rcond (relative, max
-        norm) and the LU is regular: a good preconditioner for S. Where this one is itself
+        norm), or else the LU contracts their difference on the probe (`_contracts`), and the
+        LU is regular: a good preconditioner for S. Where this one is itself
         near (its LU a nearby matrix's, whose S is not kept), the distances add up over a chain
         of refinement's steps, which shrink quadratically; a preconditioner that drifted too
         far shows as stagnation in `_refined_solve`, which then factors S itself."""
@@ -591,8 +593,11 @@ class Factor:
         if vals is None or not self.rcond > RCOND_MIN:
             return False
         new, old = vals
-        return bool(np.abs(new - old).max(initial=0.0)
-                    <= NEAR_RATE * self.rcond * np.abs(old).max(initial=0.0))
+        if np.abs(new - old).max(initial=0.0) <= NEAR_RATE * self.rcond * np.abs(old).max(
+                initial=0.0):
+            return True
+        z = sign_probe(S.shape[0])
+        return self._contracts(S @ z - self.S @ z)
 
     def _near_low_rank(self, S: LowRankS) -> bool:
         """`near_matrix` for S = S₀ + U Vᵀ, whose entries are not at hand: ‖S − self.S‖∞
@@ -612,10 +617,15 @@ class Factor:
         ‖LU⁻¹ (S − self.S) z‖∞ at most NEAR_CONTRACTION. False where not finite."""
         assert isinstance(self.S, (LowRankS, OperatorS))
         d = Sz - self.S @ sign_probe(Sz.shape[0])
-        gap = np.abs(d).max(initial=0.0)
-        if gap <= NEAR_RATE * self.rcond * self.S.abs_max():
+        if np.abs(d).max(initial=0.0) <= NEAR_RATE * self.rcond * self.S.abs_max():
             return True
-        if self.near is not None or not np.isfinite(gap):
+        return self._contracts(d)
+
+    def _contracts(self, d: np.ndarray) -> bool:
+        """Whether this LU, of self.S itself (not of a matrix before it, which is not kept),
+        contracts the probe's move d = (S − self.S) z: ‖LU⁻¹ d‖∞ <= NEAR_CONTRACTION
+        (‖z‖∞ = 1). False where d is not finite."""
+        if self.near is not None or not np.all(np.isfinite(d)):
             return False
         with np.errstate(all="ignore"):
             moved = _near_solve(self, False)(d)

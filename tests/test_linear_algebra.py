@@ -434,6 +434,45 @@ def test_a_nearby_factorization_is_kept_where_its_measured_contraction_is_small(
                     assert lin.factors[b]._exact is None  # refined, S not factored
 
 
+def test_a_nearby_dense_factorization_is_kept_where_its_measured_contraction_is_small(
+        monkeypatch):
+    """The same on a dense S (power cones: the p-norm ball projection), whose entries are at
+    hand: the bound refuses an S moved by 5e-4, the LU's measured contraction admits it, and
+    S is solved to rounding; with no contraction admitted, or S moved by 1e-1, S is
+    factored anew."""
+    import declarative.derivative as der
+    from declarative import problems
+    from declarative.cones import dproject
+
+    layer, _, sizes = zoo_layer("pnorm_ball_projection")
+    insts = [problems.instance("pnorm_ball_projection", seed, **sizes) for seed in range(2)]
+    fwd = layer.forward([np.stack([i.params[k] for i in insts])
+                         for k in range(len(insts[0].params))])
+    x, y, s, _ = fwd.state()
+    t = layer.template
+    first = der.Linearization(fwd._ops, dproject(y - s, t.dims, dual=True), dense=True)
+    rng = np.random.default_rng(1)
+    move = rng.standard_normal(y.shape)
+    rhs = rng.standard_normal((2, t.n + t.m))
+    for shift, admit, near in ((5e-4, der.NEAR_CONTRACTION, True), (5e-4, 0.0, False),
+                               (1e-1, der.NEAR_CONTRACTION, False)):
+        monkeypatch.setattr(der, "NEAR_CONTRACTION", admit)
+        D = dproject(y - s + shift * move, t.dims, dual=True)
+        S = der._dense_S(fwd._ops, D)
+        for b, f in enumerate(first.factors):  # the bound alone refuses both
+            assert np.abs(S[b] - f.S).max() > der.NEAR_RATE * f.rcond * np.abs(f.S).max()
+        lin = der.Linearization(fwd._ops, D, dense=True, reuse=first.factors)
+        assert all((f.near is not None) == near for f in lin.factors)
+        for transpose in (False, True):
+            got = lin.solve(rhs, transpose)
+            for b in range(2):
+                M = S[b].T if transpose else S[b]
+                assert max_abs(M @ got[b], rhs[b]) <= 1e-12 * np.abs(M).max() * (
+                    1 + np.abs(got[b]).max())
+                if near:
+                    assert lin.factors[b]._exact is None
+
+
 def test_s_products_are_the_dense_s_products_for_every_cone_kind():
     """S X and Sᵀ X from A, P and DΠ's products (`s_products`) equal the dense S's on a
     program with zero, nonnegative, second-order, PSD, exponential and power cones, for one
