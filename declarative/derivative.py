@@ -157,7 +157,7 @@ PINV_RTOL = 1e-11
 NEAR_RATE = 1e-2
 # That bound, ‖S₀⁻¹‖‖S − S₀‖, overstates the contraction ‖S₀⁻¹(S − S₀)‖ where S moved in a
 # few directions only (a PSD block's DΠ: ~1000× on the PSD projection with a trace
-# constraint; exponential cones' 3 × 3 blocks of entropic OT: ~50×); where the bound fails,
+# constraint; the 3 × 3 blocks of exponential and power cones: ~50-100×); where it fails,
 # the contraction is measured on the probe z instead, ‖S₀⁻¹(S − S₀) z‖∞ (one solve with the
 # old factorization, against the new factorization it may save), and the factorization is
 # reused where that is at most NEAR_CONTRACTION: refined solves then take about 5 steps.
