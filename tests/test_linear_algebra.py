@@ -389,11 +389,17 @@ def test_low_rank_factorization_preconditions_a_nearby_s(monkeypatch):
         lin = der.Linearization(fwd._ops, dproject(v, t.dims, dual=True), dense=False,
                                 reuse=first.factors)
         assert all((f.near is not None) == near for f in lin.factors)
-        for transpose in (False, True):
-            got = lin.solve(rhs, transpose)
-            for b in range(2):
-                M = lin.factors[b].S.tocsc()
-                assert max_abs((M.T if transpose else M) @ got[b], rhs[b]) <= 1e-11
+        _solves_s_made_whole(lin, rhs)
+
+
+def _solves_s_made_whole(lin, rhs: np.ndarray) -> None:
+    """Each instance of the low-rank linearization ``lin`` solves its S and Sᵀ (made whole,
+    sparse) to 1e-11 on ``rhs`` (B, N)."""
+    for transpose in (False, True):
+        got = lin.solve(rhs, transpose)
+        for b in range(len(rhs)):
+            M = lin.factors[b].S.tocsc()
+            assert max_abs((M.T if transpose else M) @ got[b], rhs[b]) <= 1e-11
 
 
 def test_a_nearby_factorization_is_kept_where_its_measured_contraction_is_small(monkeypatch):
@@ -425,13 +431,9 @@ def test_a_nearby_factorization_is_kept_where_its_measured_contraction_is_small(
             assert np.abs(Sz - f.S @ z).max() > der.NEAR_RATE * f.rcond * f.S.abs_max()
         lin = der.Linearization(fwd._ops, D, dense=False, reuse=first.factors)
         assert all((f.near is not None) == near for f in lin.factors)
-        for transpose in (False, True):
-            got = lin.solve(rhs, transpose)
-            for b in range(2):
-                M = lin.factors[b].S.tocsc()
-                assert max_abs((M.T if transpose else M) @ got[b], rhs[b]) <= 1e-11
-                if near:
-                    assert lin.factors[b]._exact is None  # refined, S not factored
+        _solves_s_made_whole(lin, rhs)
+        if near:  # refined, S itself never factored
+            assert all(f._exact is None for f in lin.factors)
 
 
 def test_a_nearby_dense_factorization_is_kept_where_its_measured_contraction_is_small(
