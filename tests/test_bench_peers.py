@@ -168,22 +168,57 @@ def test_jax_to_torch_bridge_against_a_closed_form_gradient():
 
 # -- the row budget -------------------------------------------------------------------------------
 def test_row_budget_skips_a_library_predicted_to_exceed_it():
-    last: dict[str, tuple[int, float]] = {"slow": (8, 2.0)}
+    last: dict[str, tuple[int, float]] = {"slow": (8, 2.0), "quick": (8, 0.01)}
     ran = []
 
-    def run():
-        ran.append(1)
-        return M(forward=1.0, backward=1.0, total=2.0, repeats=1)
+    def run(names):
+        ran.append(list(names))
+        return {n: M(forward=1.0, backward=1.0, total=2.0, repeats=1) for n in names}
 
-    # 2 s at batch 8 -> 16 s at batch 64, 3 repeats: 48 s > 10 s
-    m = bench._within_budget("slow", 64, last, 10.0, 3, run)
-    assert not m.ok and "row budget" in m.failure and not ran
-    assert last["slow"] == (8, 2.0)
+    # 2 s at batch 8 -> 16 s at batch 64, 3 repeats: 48 s > 10 s; the others are timed
+    # together, in the order given
+    got = bench._within_budget(["slow", "quick", "new"], 64, last, 10.0, 3, run)
+    assert list(got) == ["slow", "quick", "new"]
+    assert not got["slow"].ok and "row budget" in got["slow"].failure
+    assert got["quick"].ok and got["new"].ok and ran == [["quick", "new"]]
+    assert last == {"slow": (8, 2.0), "quick": (64, 2.0), "new": (64, 2.0)}
     # within the budget, or no budget: it runs and becomes the last time
-    assert bench._within_budget("slow", 16, last, 100.0, 3, run).ok and ran
+    assert bench._within_budget(["slow"], 16, last, 100.0, 3, run)["slow"].ok
     assert last["slow"] == (16, 2.0)
-    assert bench._within_budget("new", 4096, {}, 1e-9, 3, run).ok   # nothing to predict from
-    assert bench._within_budget("slow", 10**6, last, None, 3, run).ok
+    assert bench._within_budget(["slow"], 10**6, last, None, 3, run)["slow"].ok
+    # every one over the budget: nothing runs
+    ran.clear()
+    assert not bench._within_budget(["slow"], 10**9, last, 1.0, 3, run)["slow"].ok and not ran
+
+
+def test_libraries_are_timed_interleaved_and_a_failure_stops_only_its_own():
+    """Round r times every library once, starting at the r-th (rotated): a load that changes
+    during a row weighs on all alike. A library that raises is not called again."""
+    case = bench.Case("sparsemax", "sparsemax", {"n": 8})
+    batch = bench.make_batch(case, 2, reference=False)
+    order: list[str] = []
+    calls = {"a": 0, "boom": 0}
+
+    def layer(name):
+        def call(*params):
+            order.append(name)
+            if name == "boom":
+                calls["boom"] += 1
+                if calls["boom"] == 2:
+                    raise RuntimeError("failed at batch index 1")
+            return (params[0] * 2.0,)
+        return call
+
+    got = bench.measure_all({n: layer(n) for n in ("a", "b", "c")}, batch, repeats=3)
+    assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert all(m.ok and m.repeats == 3 and m.total > 0 for m in got.values())
+    order.clear()
+    got = bench.measure_all({n: layer(n) for n in ("a", "boom", "c")}, batch, repeats=3)
+    assert order == ["a", "boom", "c", "boom", "c", "a", "c", "a"]
+    assert got["a"].repeats == 3 and got["c"].repeats == 3
+    assert not got["boom"].ok and "failed at batch index 1" in got["boom"].failure
+    # one library: `measure`, as before
+    assert bench.measure(layer("a"), batch, repeats=2).repeats == 2
 
 
 def test_sdp_cases_use_their_own_batches():

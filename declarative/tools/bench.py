@@ -300,47 +300,71 @@ _describe = peers.describe
 def measure(call: Callable[..., Sequence[Any]], batch: Batch, repeats: int = REPEATS
             ) -> Measurement:
     """Time ``call(*tensors) -> outputs`` and its backward on ``batch``; error vs the reference."""
+    return measure_all({"call": call}, batch, repeats)["call"]
+
+
+def measure_all(calls: dict[str, Callable[..., Sequence[Any]]], batch: Batch,
+                repeats: int = REPEATS) -> dict[str, Measurement]:
+    """`measure` of each of ``calls`` (name -> layer), interleaved: ``repeats`` rounds, each
+    timing every library once, in an order rotated by one place per round (none always
+    first). A shared machine's load then weighs on every library's median alike: timed one
+    library after another, a load that changed between them moved a row's ratio by ±30%
+    (the same code measured twice). A library whose call raises is recorded as failed and
+    not called again; the others go on."""
     import torch
 
-    fwd, bwd, errors, sol_errors = [], [], [], []
-    seen: dict[str, None] = {}  # warnings, once each, in order
+    names = list(calls)
     g = [torch.as_tensor(gi, dtype=torch.float64) for gi in batch.g]
-    failure = None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            for _ in range(max(1, repeats)):
-                params = [torch.tensor(v, dtype=torch.float64, requires_grad=True)
-                          for v in batch.values]
-                gc.collect()
-                t0 = time.perf_counter()
-                outs = call(*params)
-                t1 = time.perf_counter()
-                loss = sum((o * gi).sum() for o, gi in zip(outs, g, strict=True))
-                loss.backward()
-                t2 = time.perf_counter()
-                if not all(bool(torch.isfinite(o).all()) for o in outs):
-                    raise FloatingPointError("an output is not finite (NaN or inf)")
-                fwd.append(t1 - t0)
-                bwd.append(t2 - t1)
-                if batch.reference is not None:
-                    errors.append(_grad_error(params, batch.reference))
-                if batch.solutions is not None:
-                    sol_errors.append(_solution_error(outs, batch.solutions))
-        except Exception as e:  # noqa: BLE001 - recorded in the row; the bench goes on
-            failure = _describe(e)
-    for w in caught:
-        if issubclass(w.category, DeprecationWarning):
-            continue  # library-internal noise (numpy's __array__ copy=... in diffcp)
-        seen[f"{w.category.__name__}: {' '.join(str(w.message).split())[:200]}"] = None
-    if failure is not None:
-        return Measurement(failure=failure, warnings=list(seen)[:5])
-    return Measurement(
-        forward=statistics.median(fwd), backward=statistics.median(bwd),
-        total=statistics.median([x + y for x, y in zip(fwd, bwd, strict=True)]),
-        error=max(errors) if errors else None,
-        solution_error=max(sol_errors) if sol_errors else None, warnings=list(seen)[:5],
-        repeats=len(fwd))
+    times: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    errors: dict[str, list[float]] = {n: [] for n in names}
+    sol_errors: dict[str, list[float]] = {n: [] for n in names}
+    seen: dict[str, dict[str, None]] = {n: {} for n in names}  # warnings, once each, in order
+    failure: dict[str, str | None] = dict.fromkeys(names)
+    for r in range(max(1, repeats)):
+        k = r % len(names) if names else 0
+        for name in names[k:] + names[:k]:
+            if failure[name] is not None:
+                continue
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    params = [torch.tensor(v, dtype=torch.float64, requires_grad=True)
+                              for v in batch.values]
+                    gc.collect()
+                    t0 = time.perf_counter()
+                    outs = calls[name](*params)
+                    t1 = time.perf_counter()
+                    loss = sum((o * gi).sum() for o, gi in zip(outs, g, strict=True))
+                    loss.backward()
+                    t2 = time.perf_counter()
+                    if not all(bool(torch.isfinite(o).all()) for o in outs):
+                        raise FloatingPointError("an output is not finite (NaN or inf)")
+                    times[name].append((t1 - t0, t2 - t1))
+                    if batch.reference is not None:
+                        errors[name].append(_grad_error(params, batch.reference))
+                    if batch.solutions is not None:
+                        sol_errors[name].append(_solution_error(outs, batch.solutions))
+                except Exception as e:  # noqa: BLE001 - recorded in the row; the bench goes on
+                    failure[name] = _describe(e)
+            for w in caught:
+                if issubclass(w.category, DeprecationWarning):
+                    continue  # library-internal noise (numpy's __array__ copy=... in diffcp)
+                text = " ".join(str(w.message).split())[:200]
+                seen[name][f"{w.category.__name__}: {text}"] = None
+    out = {}
+    for name in names:
+        notes = list(seen[name])[:5]
+        if failure[name] is not None:
+            out[name] = Measurement(failure=failure[name], warnings=notes)
+            continue
+        fwd, bwd = (list(t) for t in zip(*times[name], strict=True))
+        out[name] = Measurement(
+            forward=statistics.median(fwd), backward=statistics.median(bwd),
+            total=statistics.median([x + y for x, y in times[name]]),
+            error=max(errors[name]) if errors[name] else None,
+            solution_error=max(sol_errors[name]) if sol_errors[name] else None,
+            warnings=notes, repeats=len(fwd))
+    return out
 
 
 def _solution_error(outs: Sequence[Any], reference: Sequence[np.ndarray]) -> float:
@@ -368,6 +392,14 @@ def _max_abs_error(got: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -
             return math.inf
         err = max(err, e)
     return err
+
+
+def _finite_gradient(m: Measurement) -> Measurement:
+    """A peer's measurement, failed where its gradient is not finite."""
+    if m.ok and m.error is not None and not math.isfinite(m.error):
+        return Measurement(failure="gradient not finite (or of the wrong shape)",
+                           warnings=m.warnings)
+    return m
 
 
 class Libraries:
@@ -429,11 +461,34 @@ class Libraries:
             return Measurement(failure="not run")
         if not built.ok:
             return Measurement(failure=built.failure)
-        m = measure(built.call(options), batch, repeats)
-        if m.ok and m.error is not None and not math.isfinite(m.error):
-            return Measurement(failure="gradient not finite (or of the wrong shape)",
-                               warnings=m.warnings)
-        return m
+        return _finite_gradient(measure(built.call(options), batch, repeats))
+
+    def time_all(self, batch: Batch, repeats: int, options: dict[str, dict[str, Any] | None],
+                 only: Sequence[str] | None = None) -> dict[str, Measurement]:
+        """`time_ours` (name "ours") and `time_peer` (every other name, with its options;
+        None: its defaults) of the libraries named in ``options`` (or of those of them in
+        ``only``), timed interleaved (`measure_all`)."""
+        out: dict[str, Measurement] = {}
+        calls: dict[str, Callable[..., Sequence[Any]]] = {}
+        names = list(options) if only is None else [n for n in options if n in only]
+        for name in names:
+            opts = options[name]
+            if name == "ours":
+                if self.ours is None:
+                    out[name] = Measurement(failure=self.ours_failure)
+                else:
+                    calls[name] = self.ours
+                continue
+            built = self.built.get(name)
+            if built is None:
+                out[name] = Measurement(failure="not run")
+            elif not built.ok:
+                out[name] = Measurement(failure=built.failure)
+            else:
+                calls[name] = built.call(opts)
+        for name, m in measure_all(calls, batch, repeats).items():
+            out[name] = m if name == "ours" else _finite_gradient(m)
+        return {name: out[name] for name in names}
 
     def warm_up(self, batch: Batch) -> None:
         """One untimed call each on one instance: lazy imports, thread pools, caches."""
@@ -670,14 +725,15 @@ def run_speed(names: Sequence[str] | None = None, batches: Sequence[int] | None 
         for B in case_batches:
             bar.set_postfix_str(f"{name}: batch {B}")
             b = pool.head(B)
-            ours = _within_budget("ours", B, last, row_budget, repeats,
-                                  functools.partial(libs.time_ours, b, repeats))
+            options = {"ours": None, **{
+                p: libs.cvxpylayers_options(search.chosen if search else None)
+                if p == "cvxpylayers" else None for p in peer_list}}
+            got = _within_budget(list(options), B, last, row_budget, repeats,
+                                 functools.partial(libs.time_all, b, repeats, options))
+            ours = got["ours"]
             measured = {}
             for p in peer_list:
-                options = (libs.cvxpylayers_options(search.chosen if search else None)
-                           if p == "cvxpylayers" else None)
-                m = _within_budget(p, B, last, row_budget, repeats,
-                                   functools.partial(libs.time_peer, p, b, repeats, options))
+                m = got[p]
                 if m.ok:   # its gradient error: measured on the search batch, as timed here
                     m = replace(m, error=accuracy[p]["error"])
                 measured[p] = m
@@ -761,21 +817,28 @@ def _peer_accuracy(libs: Libraries, ref: Batch, search: Search | None,
     return out
 
 
-def _within_budget(who: str, B: int, last: dict[str, tuple[int, float]],
+def _within_budget(who: Sequence[str], B: int, last: dict[str, tuple[int, float]],
                    row_budget: float | None, repeats: int,
-                   run: Callable[[], Measurement]) -> Measurement:
-    """``run()``, unless ``who``'s last time scaled to batch ``B`` (linearly) times the
-    repeats exceeds ``row_budget``; then a Measurement whose failure says so."""
-    if row_budget is not None and who in last:
-        B0, t0 = last[who]
-        predicted = t0 * B / B0 * max(1, repeats)
-        if predicted > row_budget:
-            return Measurement(failure=f"skipped: about {predicted:.0f}s predicted from batch "
-                               f"{B0}, over the row budget of {row_budget:g}s")
-    m = run()
-    if m.ok:
-        last[who] = (B, m.total)
-    return m
+                   run: Callable[[list[str]], dict[str, Measurement]]
+                   ) -> dict[str, Measurement]:
+    """``run(names)`` (name -> Measurement) for the libraries of ``who`` whose last time
+    scaled to batch ``B`` (linearly) times the repeats is within ``row_budget``; the others get
+    a Measurement whose failure says so. A time measured becomes that library's last."""
+    out: dict[str, Measurement] = {}
+    for w in who:
+        if row_budget is not None and w in last:
+            B0, t0 = last[w]
+            predicted = t0 * B / B0 * max(1, repeats)
+            if predicted > row_budget:
+                out[w] = Measurement(failure=f"skipped: about {predicted:.0f}s predicted from "
+                                     f"batch {B0}, over the row budget of {row_budget:g}s")
+    go = [w for w in who if w not in out]
+    if go:
+        out.update(run(go))
+    for w in go:
+        if out[w].ok:
+            last[w] = (B, out[w].total)
+    return {w: out[w] for w in who}
 
 
 def _speed_row(case: Case, B: int, search: Search | None, ours: Measurement,
@@ -842,12 +905,13 @@ def run_scaling(names: Sequence[str] | None = None, batches: Sequence[int] = SCA
             bar.set_postfix_str(f"{case.label}: batch {B}")
             b = pool.head(B)
             scaled = {w: (B0, t * scale) for w, (B0, t) in last.items()}
-            ours = _within_budget("ours", B, scaled, row_budget, repeats,
-                                  functools.partial(libs.time_ours, b, repeats))
-            measured = {p: _within_budget(p, B, scaled, row_budget, repeats, functools.partial(
-                libs.time_peer, p, b, repeats,
-                libs.cvxpylayers_options() if p == "cvxpylayers" else None))
-                for p in peer_list}
+            options = {"ours": None, **{
+                p: libs.cvxpylayers_options() if p == "cvxpylayers" else None
+                for p in peer_list}}
+            got = _within_budget(list(options), B, scaled, row_budget, repeats,
+                                 functools.partial(libs.time_all, b, repeats, options))
+            ours = got.pop("ours")
+            measured = got
             last.update(scaled)
             out.append(_scaling_row(case, B, ours, measured, libs.ours_compile))
             bar.update()
