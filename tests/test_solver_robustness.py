@@ -165,6 +165,8 @@ def test_infeasibility_certificate_is_judged_scale_invariantly(alpha, beta):
     for gamma in SCALES:
         assert infeasibility_certified(A, b, gamma * np.array([1.0, 1.0]), dims)
         assert infeasibility_certified(A, b, gamma * np.array([1.0, 1.0 + 1e-9]), dims)
+        # off by an interior-point method's tolerance: moved to the exact certificate nearby
+        assert infeasibility_certified(A, b, gamma * np.array([1.0, 1.0 + 1e-7]), dims)
         assert not infeasibility_certified(A, b, gamma * np.array([1.0, 1.0 + 1e-3]), dims)
         assert not infeasibility_certified(A, b, -gamma * np.array([1.0, 1.0]), dims)  # ∉ K*
     assert not infeasibility_certified(A, b, np.array([np.nan, 1.0]), dims)
