@@ -88,9 +88,11 @@ ZERO_FLOOR = 1e-13
 # accuracy, not a zero's. Outputs are positively homogeneous of degree 1 in (b, c), so
 # their first-order response to the small entries alone is one solve with S; an entry
 # whose response exceeds DRIVEN times that solve's estimated rounding is set by them
-# (`Layer._small_data_drive`) and must meet the relative test.
+# (`Layer._small_data_drive`) and must meet the relative test. (The margin errs towards
+# "set": at 100, min c·x − Σ log x at c ~ 1e12, whose x = 1/c responds to the log's constant
+# 1 at 12 times the rounding, passed as a zero of its unit 1e12 and came back negative.)
 SMALL_DATA = 1e-6
-DRIVEN = 100.0
+DRIVEN = 2.0
 # Below this max-norm in the equilibrated program (whose data have unit max-norm), an output
 # that a singular S leaves undetermined is not resolved (see Layer._forward_error_ok).
 RESOLVED = ACCURACY
@@ -1089,32 +1091,26 @@ class Layer:
         every = k == ops.a.shape[0]  # the whole batch (idx = 0 … B−1): no copies
         ch, bh, eq = (c, b, scaling) if every else (c[idx], b[idx], scaling.take(idx))
         x, y, s = res.x, res.y, res.s
-        if ours["refine"]:
-            sub = ops if every else ops.take(idx)
-            r = refine(sub, ch, bh, x, y, s, tol=ours["refine_tol"],
-                       max_iters=ours["refine_max_iters"])
-            keep = candidate & (r.omega <= r.omega_before)
-            x, y, s = (np.where(keep[:, None], new, old)
-                       for new, old in ((r.x, x), (r.y, y), (r.s, s)))
-            before = r.omega_before
-            after = np.where(keep, r.omega, r.omega_before)
-            factors = [f if kp else None for f, kp in zip(r.factors, keep, strict=True)]
-            v = np.where(keep[:, None], r.v, y - s)
-            certified = candidate & keep & (after <= ACCEPT_BACKWARD)
-            certified &= self._forward_error_ok(sub, eq, r, certified, factors, ch, bh)
-            for i in range(k):
-                if certified[i]:
-                    status[i] = Status.SOLVED
-                elif status[i] is Status.SOLVED:  # SCS's word is not enough: not certified
-                    status[i] = Status.INACCURATE
-            steps = r.steps
-            D, v_D = r.D, r.v_D
-        else:
-            before = after = np.full(k, np.nan)
-            certified = np.zeros(k, dtype=bool)
-            steps = np.zeros(k, dtype=int)
-            factors = [None] * k
-            v, D, v_D = y - s, None, None
+        # without refinement (``refine`` off) the solver's point is certified as it is
+        sub = ops if every else ops.take(idx)
+        r = refine(sub, ch, bh, x, y, s, tol=ours["refine_tol"],
+                   max_iters=ours["refine_max_iters"] if ours["refine"] else 0)
+        keep = candidate & (r.omega <= r.omega_before)
+        x, y, s = (np.where(keep[:, None], new, old)
+                   for new, old in ((r.x, x), (r.y, y), (r.s, s)))
+        before = r.omega_before
+        after = np.where(keep, r.omega, r.omega_before)
+        factors = [f if kp else None for f, kp in zip(r.factors, keep, strict=True)]
+        v = np.where(keep[:, None], r.v, y - s)
+        certified = candidate & keep & (after <= ACCEPT_BACKWARD)
+        certified &= self._forward_error_ok(sub, eq, r, certified, factors, ch, bh)
+        for i in range(k):
+            if certified[i]:
+                status[i] = Status.SOLVED
+            elif status[i] is Status.SOLVED:  # SCS's word is not enough: not certified
+                status[i] = Status.INACCURATE
+        steps = r.steps
+        D, v_D = r.D, r.v_D
         return _Attempt(status=status, scs_status=list(res.status), x=x, y=y, s=s,
                         scs_x=res.x, scs_y=res.y, scs_s=res.s, residual_before=before,
                         residual_after=after, steps=steps, iterations=res.iterations,
@@ -1300,8 +1296,18 @@ class Layer:
             # the block's largest terms; the outputs 0.5 off)
             elif moved.any() and not exact.all():
                 d[j] = np.inf
+        # y's error is v's (|DΠ| <= 1), except a nonnegative cone's y = max(v, 0), which stays
+        # exactly 0 where v is negative by more than its error (an inactive constraint's dual,
+        # a zero output whose estimated error would otherwise be v's rounding)
+        dv = d[:, t.n :]
+        lo, hi = t.dims.zero, t.dims.zero + t.dims.nonneg
+        if hi > lo:
+            dv = dv.copy()
+            with np.errstate(invalid="ignore"):
+                still = r.v[idx, lo:hi] + dv[:, lo:hi] < 0
+            dv[:, lo:hi][still] = 0.0
         e = eq.take(idx)
-        ex, ey = e.solution(d[:, : t.n], d[:, t.n :])
+        ex, ey = e.solution(d[:, : t.n], dv)
         ux, uy = e.solution(np.ones((idx.size, t.n)), np.ones((idx.size, t.m)))
         vals = np.abs(times_t(np.concatenate(e.solution(r.x[idx], pv), axis=1), t.recover))
         with np.errstate(invalid="ignore"):  # (an uncertified instance's d is inf: inf·0)
@@ -1311,12 +1317,26 @@ class Layer:
         # per output (k, outputs), then spread over its entries (k, N)
         sizes = [o.size for o in self.outputs]
         starts = self._out_offsets
-        size, u = (np.maximum.reduceat(a, starts, axis=1) if a.shape[1] else a
-                   for a in (vals, unit))
-        size, u = np.repeat(size, sizes, axis=1), np.repeat(u, sizes, axis=1)
+        size, u, worst = (np.repeat(np.maximum.reduceat(a, starts, axis=1), sizes, axis=1)
+                          if a.shape[1] else a for a in (vals, unit, err))
         relative = err <= ACCEPT_FORWARD * size
-        floor = ZERO_FLOOR * u
-        zero = (size <= floor) & (err <= floor)
+        # where the program carries data far below its largest (entries of b and c down to a
+        # fraction δ < SMALL_DATA of the largest), outputs they set are of that scale, so a
+        # zero is one to that scale: the floor shrinks by δ/SMALL_DATA (min c·x − Σ log x at
+        # c ~ 1e14: x = 1/c is set by the log's constant 1, to second order, which no
+        # first-order response sees, and passed as a zero of its unit 1e14, −0.06)
+        data = np.abs(np.concatenate([c[idx], b[idx]], axis=1))
+        big = data.max(axis=1, initial=0.0)
+        least = np.where(data > 0, data, np.inf).min(axis=1, initial=np.inf)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            shrink = np.clip(least / (SMALL_DATA * big), 0.0, 1.0)
+        shrink[~np.isfinite(shrink)] = 1.0
+        floor = ZERO_FLOOR * u * shrink[:, None]
+        # a zero cannot be told from 0: its max-norm is within its estimated error (an
+        # output above that is a value, if a tiny one, and must meet the relative test:
+        # max entr(x) + c x, x = exp(c − 1) ~ 7e-13 at c = −27 beside data ~30, 7 times
+        # its error bound and 3e-3 off)
+        zero = (size <= floor) & (err <= floor) & (size <= worst)
         fine = relative | zero
         for jz in np.flatnonzero(ok & (zero & ~relative).any(axis=1)):
             # a zero output's entries whose value the small data set are not zeros

@@ -612,3 +612,62 @@ def test_an_uncertified_first_pass_leaves_no_floating_point_warning():
     assert fwd.info.status[0] is Status.SOLVED
     for got, want in zip(fwd.outputs, inst.solution, strict=True):
         assert max_abs(got[0], want) <= 1e-8
+
+
+# -- tiny outputs that are values, not zeros; statuses that are claims -------------------------
+def test_a_log_barrier_at_extreme_scale_is_never_solved_wrong():
+    """min c·x − Σ log x has x = 1/c. At c ~ 1e12 the log's constant 1 is small data beside
+    c, and x ~ 1e-12 is set by it (to second order: the equilibrated x is its square). It
+    passed as a zero of its unit (1e12) and came back −2.2e-4, outside log's domain; now it
+    is certified to its own size or not at all."""
+    n = 5
+    x, c = cp.Variable(n), cp.Parameter(n, pos=True)
+    layer = dl.compile(cp.Problem(cp.Minimize(c @ x - cp.sum(cp.log(x)))), [c], [x])
+    C = np.outer([1.0, 1e12, 3e12, 1e14], np.ones(n))
+    fwd = layer.forward([C], on_failure="nan")
+    solved = np.array([str(s) == "solved" for s in fwd.info.status])
+    assert solved[0]
+    err = np.abs(fwd.outputs[0] - 1.0 / C).max(axis=1) * C.max(axis=1)  # relative to 1/c
+    assert np.all(err[solved] <= 1e-8), (fwd.info.status, err)
+    assert np.all(np.isnan(fwd.outputs[0][~solved]))
+
+
+@pytest.mark.parametrize("cval", [-27.0, -20.0, 0.0, 10.0, 20.0, 24.0, 30.0])
+def test_entropy_with_a_linear_term_is_never_unbounded_nor_solved_wrong(cval):
+    """max Σ entr(x) + c·x is bounded for every c: x = exp(c − 1). SCS's near-ray at c >= 20
+    (x ~ 2e8 … 4e12 beside data ~ c) proved only a dual beyond 4e6 times the data, and was
+    taken for unboundedness; at c = −27, x ~ 7e-13 is 7 times its error bound beside data
+    ~ 30 and passed as a zero, 3e-3 off."""
+    statuses = {}
+    for n in (1, 5):
+        x, c = cp.Variable(n), cp.Parameter(n)
+        layer = dl.compile(cp.Problem(cp.Maximize(cp.sum(cp.entr(x)) + c @ x)), [c], [x])
+        cv = np.full(n, cval)
+        fwd = layer.forward([cv], on_failure="nan")
+        statuses[n] = status = str(fwd.info.status[0])
+        assert status in ("solved", "inaccurate", "iteration_limit"), status
+        exact = np.exp(cv - 1)
+        if status == "solved":
+            assert np.abs(fwd.outputs[0][0] - exact).max() <= 1e-8 * exact.max()
+    if cval in (0.0, 10.0):  # x of the size of the data: certified
+        assert statuses[1] == "solved"
+
+
+def test_the_duals_of_inactive_constraints_are_certified_zeros():
+    """A strictly convex QP whose inequalities are all inactive (slacks 0.4 … 2.3), its dual
+    requested: the dual is exactly 0 (y = max(v, 0) with v < 0 beyond its error), where the
+    estimate of y's error as v's left it above the zero floor: reported inaccurate."""
+    rng = np.random.default_rng(5)
+    n, m = 4, 3
+    M = rng.standard_normal((n, n))
+    Q = M @ M.T + 0.1 * np.eye(n)
+    qv, G, h = rng.standard_normal(n), rng.standard_normal((m, n)), rng.random(m) * 0.1
+    x, q = cp.Variable(n), cp.Parameter(n)
+    con = [G @ x <= h]
+    prob = cp.Problem(cp.Minimize(0.5 * cp.quad_form(x, Q) + q @ x), con)
+    xs = np.linalg.solve(Q, -qv)
+    assert np.all(h - G @ xs > 0.4)
+    fwd = dl.compile(prob, [q], [x, con[0].dual_variables[0]]).forward([qv])
+    assert str(fwd.info.status[0]) == "solved"
+    assert np.abs(fwd.outputs[0][0] - xs).max() <= 1e-12
+    assert np.all(fwd.outputs[1][0] == 0.0)
