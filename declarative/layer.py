@@ -57,7 +57,14 @@ from declarative.refine import (
     refine,
     row_terms,
 )
-from declarative.solve import Backend, Status, calibrate_scale, check_settings, solve_batch
+from declarative.solve import (
+    Backend,
+    Status,
+    calibrate_scale,
+    check_settings,
+    check_values,
+    solve_batch,
+)
 from declarative.tuning import Tuning
 
 # Options that are ours rather than the solver's, with their defaults.
@@ -774,6 +781,7 @@ class Layer:
         if on_failure not in ON_FAILURE:
             raise ProblemError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}.")
         backend = get_backend(solver or DEFAULT_SOLVER)
+        _check_values(backend, solver_args or {})
         args = backend.normalize(solver_args or {})
         check_settings(backend, args, OUR_OPTIONS)
         ours = {k: args.pop(k) for k in list(args) if k in OUR_OPTIONS}
@@ -802,6 +810,7 @@ class Layer:
         if solver is None and not self._solver_named and _solver_settings(solver_args):
             solver = DEFAULT_SOLVER
         backend = get_backend(self._solver() if solver is None else solver)
+        _check_values(backend, solver_args or {})
         # aliases resolved on each side first, so that a per-call eps overrides a
         # compile-time eps_abs (and the reverse)
         args = backend.normalize(solver_args or {})
@@ -1435,6 +1444,18 @@ class Layer:
         from declarative.jax import jax_layer
 
         return jax_layer(self)
+
+
+def _check_values(backend: Backend, args: dict) -> None:
+    """`check_values` on the options ``backend`` takes (its settings, ours, and the aliases its
+    `normalize` maps onto its settings), by the names the user gave; a name it does not take
+    is left to `check_settings`, which names the right one."""
+    def takes(k: str) -> bool:
+        if k in backend.options or k in OUR_OPTIONS:
+            return True
+        mapped = backend.normalize({k: 1.0})
+        return k not in mapped and set(mapped) <= backend.options
+    check_values({k: v for k, v in args.items() if takes(k)})
 
 
 def _in_domain(a: np.ndarray, flat: np.ndarray, attr: str) -> np.ndarray:

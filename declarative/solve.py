@@ -130,6 +130,7 @@ def check_settings(backend: Backend, args: Mapping[str, Any], ours: Any = ()) ->
     instead where the name is one users bring from another tool."""
     unknown = sorted(set(args) - backend.options - set(ours))
     if not unknown:
+        check_values(args)
         return
     hints = "".join(f" Instead of {k!r}: {backend.foreign[k]}." for k in unknown
                     if k in backend.foreign)
@@ -138,6 +139,32 @@ def check_settings(backend: Backend, args: Mapping[str, Any], ours: Any = ()) ->
         f"unsupported solver option(s) {unknown} for solver {backend.name!r}; expected "
         f"{backend.name} settings {sorted(backend.options)}{also}.{hints}"
     )
+
+
+def check_values(args: Mapping[str, Any]) -> None:
+    """`ProblemError` naming a setting whose value is of the wrong kind: a tolerance (a name
+    starting with ``eps`` or ``tol``, or ``refine_tol``) must be a finite number, positive
+    for ``refine_tol`` and nonnegative otherwise; an iteration limit (``max_iter``,
+    ``max_iters``, ``refine_max_iters``) a whole number, at least 1 (0 for
+    ``refine_max_iters``); ``refine`` true or false."""
+    for k, v in args.items():
+        if k == "refine":
+            if not isinstance(v, (bool, np.bool_)):
+                raise ProblemError(f"solver option 'refine' must be True or False, got {v!r}.")
+        elif k.startswith(("eps", "tol")) or k == "refine_tol":
+            ok = isinstance(v, (int, float, np.integer, np.floating)) \
+                and not isinstance(v, (bool, np.bool_)) and np.isfinite(v) \
+                and (v > 0 if k == "refine_tol" else v >= 0)
+            if not ok:
+                kind = "positive" if k == "refine_tol" else "nonnegative"
+                raise ProblemError(f"solver option {k!r} must be a finite {kind} number, "
+                                   f"got {v!r}.")
+        elif k in ("max_iter", "max_iters", "refine_max_iters"):
+            least = 0 if k == "refine_max_iters" else 1
+            if not (isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+                    and v >= least):
+                raise ProblemError(f"solver option {k!r} must be a whole number of at least "
+                                   f"{least}, got {v!r}.")
 
 
 @dataclass

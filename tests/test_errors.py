@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import cvxpy as cp
 import numpy as np
 import pytest
@@ -108,6 +110,29 @@ def test_unknown_solver_option_and_on_failure(simple):
         x, theta = cp.Variable(3), cp.Parameter(3)
         dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - theta))), [theta], [x],
                    solver_args={"solver": "ECOS"})
+
+
+@pytest.mark.parametrize("args, named", [
+    ({"refine_tol": "x"}, "'refine_tol' must be a finite positive number, got 'x'"),
+    ({"refine_tol": -5.0}, "'refine_tol' must be a finite positive number"),
+    ({"refine_max_iters": "a"}, "'refine_max_iters' must be a whole number of at least 0"),
+    ({"refine_max_iters": 2.5}, "'refine_max_iters' must be a whole number"),
+    ({"refine": "no"}, "'refine' must be True or False"),
+    ({"eps": float("nan")}, "'eps' must be a finite nonnegative number, got nan"),
+    ({"eps_abs": -1.0}, "'eps_abs' must be a finite nonnegative number"),
+    ({"max_iters": -1}, "'max_iters' must be a whole number of at least 1, got -1"),
+    ({"max_iters": True}, "'max_iters' must be a whole number"),
+])
+def test_a_solver_option_of_the_wrong_kind_is_named(simple, args, named):
+    """Values are checked as the user named them, per call and at compile time, before any
+    solve (a string reached NumPy's arithmetic, a NaN tolerance SCS, silently)."""
+    layer, _, _ = simple
+    with pytest.raises(ProblemError, match=re.escape(named)):
+        layer.forward([np.ones(3)], solver_args=args)
+    x, theta = cp.Variable(3), cp.Parameter(3)
+    with pytest.raises(ProblemError, match=re.escape(named)):
+        dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - theta))), [theta], [x],
+                   solver_args=args)
 
 
 def test_empty_batch_gives_empty_outputs(simple):
