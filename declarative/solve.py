@@ -187,16 +187,22 @@ class SolveResult:
                            np.concatenate([p.seconds for p in parts]))
 
 
-# A certificate of infeasibility (unboundedness) is accepted where it proves that every feasible
-# point (every dual feasible point) is at least 1/CERTIFICATE_TOL times the data's own scale.
-# (At 1e-6 a bounded program whose solution is that large was called unbounded: max
-# Σ entr(x) + c·x has x = exp(c − 1), 1.8e8 at c = 20, and SCS's near-ray there proves only
-# a dual beyond 4e6 times the data.) A solver's certificate is tested as it is, with its
-# entries below CERTIFICATE_SNAP of its largest set to 0, and moved by least squares to the
-# nearest point where its linear part is exact: an interior-point method's is exact only to
-# its tolerance (Moreau and Clarabel on a box with lo > hi: Aᵀy ~ 1e-8, exact once moved).
+# A certificate of infeasibility or unboundedness must be exact to rounding: each entry of its
+# linear residual (Aᵀŷ; Ax + Π_K(−Ax) and Px) at most CERTIFICATE_ROUND (16 ulps) times the
+# magnitudes it is computed from (|A|ᵀ|ŷ|, |A||x|, |P||x|), and its objective (bᵀŷ; cᵀx) negative
+# by at least CERTIFICATE_TOL of its own magnitudes. An approximate certificate proves only that
+# every (dual) feasible point is large, which an ill-conditioned or badly scaled bounded program
+# is too: SCS's near-ray for max Σ entr(x) + c·x (x = exp(c − 1) = 1.8e8 at c = 20) proved a
+# dual beyond 4e6 times the data; min ½xᵀPx + qᵀx with P's eigenvalues 1 and 1e12, rotated,
+# has |Px| ~ 1e-12 max|P| |x| along its smallest eigenvector (at 1e14, 45 ulps). A solver's
+# certificate is tested as it is, with its entries below CERTIFICATE_SNAP of its largest set
+# to 0, and moved (least squares onto the linear part, then the cone, CERTIFICATE_POLISH times)
+# within CERTIFICATE_SNAP of itself: an interior-point method's is exact only to its tolerance
+# (Moreau and Clarabel on a box with lo > hi: Aᵀy ~ 1e-8, exact once moved).
+CERTIFICATE_ROUND = 16 * np.finfo(float).eps
 CERTIFICATE_TOL = 1e-9
 CERTIFICATE_SNAP = 1e-6
+CERTIFICATE_POLISH = 3
 
 
 def _max_abs(M: Any) -> float:
@@ -208,30 +214,42 @@ def _scipy(M: Any) -> sp.csc_matrix:
     return M if sp.issparse(M) else M.scipy()
 
 
+def _exact(value: np.ndarray, magnitude: np.ndarray) -> bool:
+    """Every entry of a residual within CERTIFICATE_ROUND of the magnitudes it is made of."""
+    return bool(np.all(np.abs(value) <= CERTIFICATE_ROUND * magnitude))
+
+
 def infeasibility_certified(A: Any, b: np.ndarray, y: np.ndarray, dims: ConeDims,
                             tol: float = CERTIFICATE_TOL) -> bool:
     """Is ŷ = Π_{K*}(y) a certificate that Ax + s = b, s ∈ K has no solution?
 
-    ŷ ∈ K* with bᵀŷ < 0 and Aᵀŷ = r (Farkas' lemma for cones; the certificate SCS returns,
+    ŷ ∈ K* with Aᵀŷ = 0 and bᵀŷ < 0 (Farkas' lemma for cones; the certificate SCS returns,
     O'Donoghue et al. 2016, *Conic optimization via operator splitting and homogeneous
-    self-dual embedding*) gives, for every feasible x, 0 ≤ ŷᵀs = bᵀŷ − rᵀx, so
-    ‖x‖₁ ≥ −bᵀŷ/‖r‖∞. Accepted when that bound is at least ‖b‖∞/(tol·max|Aᵢⱼ|): invariant
-    to scaling A, b and y, unlike a test of ‖r‖ alone.
+    self-dual embedding*): every feasible x would give 0 <= ŷᵀs = bᵀŷ < 0. Accepted where
+    Aᵀŷ = 0 to rounding (each entry within CERTIFICATE_ROUND of |A|ᵀ|ŷ|) and −bᵀŷ is at least
+    ``tol`` times |b|ᵀ|ŷ|: invariant to scaling A, b and y; for ŷ as given, snapped, or
+    polished (see CERTIFICATE_ROUND).
     """
     if not np.all(np.isfinite(y)):
         return False
-    for cand in (y, _snapped(y), None):
-        if cand is None:  # the nearest point of Aᵀy = 0 to the (projected) y, if near
-            y = project(y, dims, dual=True)
-            cand = _near(y, y - _scipy(A) @ _lstsq(A, y))
-            if cand is None:
-                break
-        cand = project(cand, dims, dual=True)
+    M = _scipy(A)
+    absA = abs(M)
+
+    def holds(cand: np.ndarray) -> bool:
         bty = float(b @ cand)
-        if not bty < 0:
-            continue
-        r = np.abs(_scipy(A).T @ cand).max(initial=0.0)
-        if r * np.abs(b).max() <= tol * -bty * _max_abs(A):
+        return bty < 0 and -bty >= tol * float(np.abs(b) @ np.abs(cand)) \
+            and _exact(M.T @ cand, absA.T @ np.abs(cand))
+
+    y = project(y, dims, dual=True)
+    if holds(y) or holds(project(_snapped(y), dims, dual=True)):
+        return True
+    cand = y
+    for _ in range(CERTIFICATE_POLISH):  # onto Aᵀy = 0, then K*
+        moved = _near(y, project(cand - M @ _lstsq(M, cand), dims, dual=True))
+        if moved is None:
+            return False
+        cand = moved
+        if holds(cand):
             return True
     return False
 
@@ -246,21 +264,47 @@ def unboundedness_certified(A: Any, c: np.ndarray, x: np.ndarray, dims: ConeDims
     """Is x a certificate that min ½xᵀPx + cᵀx s.t. Ax + s = b, s ∈ K has no dual solution
     (the primal is unbounded below where feasible)?
 
-    With ŝ = Π_K(−Ax), r = Ax + ŝ and e = Px (O'Donoghue et al. 2016; with P, SCS 3's
-    quadratic form): cᵀx < 0, and for every dual feasible (w, y), Pw + Aᵀy + c = 0, y ∈ K*,
-    −cᵀx ≤ ‖w‖₁‖e‖∞ + ‖y‖₁‖r‖∞. Accepted when ‖r‖∞ ≤ tol·(−cᵀx)·max|Aᵢⱼ|/‖c‖∞ and
-    ‖e‖∞ ≤ tol·(−cᵀx)·max|Pᵢⱼ|/‖c‖∞: invariant to scaling A, P, c and x. ``P`` is the upper
-    triangle, as SCS takes it.
+    A ray: Ax ∈ −K (r = Ax + Π_K(−Ax) = 0), Px = 0 and cᵀx < 0 (O'Donoghue et al. 2016; with
+    P, SCS 3's quadratic form): a dual feasible (w, y), Pw + Aᵀy + c = 0, y ∈ K*, would give
+    0 > cᵀx = −xᵀPw − (Ax)ᵀy >= 0. Accepted where r and Px are 0 to rounding (each entry within
+    CERTIFICATE_ROUND of |A||x|, |P||x|) and −cᵀx is at least ``tol`` times |c|ᵀ|x|; for x as
+    given, snapped, or polished (see CERTIFICATE_ROUND). ``P`` is the upper triangle, as SCS
+    takes it.
     """
     if not np.all(np.isfinite(x)):
         return False
-    if _ray(A, c, x, dims, P, tol) or _ray(A, c, _snapped(x), dims, P, tol):
+    M = _scipy(A)
+    absA = abs(M)
+    Pf = None if P is None else _scipy(P)
+    if Pf is not None:
+        Pf = (Pf + Pf.T - sp.diags(Pf.diagonal())).tocsc()
+
+    def holds(cand: np.ndarray) -> bool:
+        ctx = float(c @ cand)
+        if not (ctx < 0 and -ctx >= tol * float(np.abs(c) @ np.abs(cand))):
+            return False
+        Ax = M @ cand
+        if not _exact(Ax + project(-Ax, dims), absA @ np.abs(cand)):
+            return False
+        return Pf is None or _exact(Pf @ cand, abs(Pf) @ np.abs(cand))
+
+    if holds(x) or holds(_snapped(x)):
         return True
-    # the least-squares x' with Ax' = −Π_K(−Ax), which makes Ax' + Π_K(−Ax') = 0 where the
-    # projection keeps its face
-    Ax = _scipy(A) @ x
-    moved = _near(x, x + _lstsq(A, -project(-Ax, dims) - Ax))
-    return moved is not None and _ray(A, c, moved, dims, P, tol)
+    # polished: the least-squares x' with Ax' = −Π_K(−Ax) (and Px' = 0), which makes
+    # Ax' + Π_K(−Ax') = 0 where the projection keeps its face
+    stack = M if Pf is None else sp.vstack([M, Pf]).tocsc()
+    cand = x
+    for _ in range(CERTIFICATE_POLISH):
+        Ax = M @ cand
+        target = -project(-Ax, dims)
+        rhs = target if Pf is None else np.concatenate([target, np.zeros(Pf.shape[0])])
+        moved = _near(x, cand + _lstsq(stack, rhs - stack @ cand))
+        if moved is None:
+            return False
+        cand = moved
+        if holds(cand):
+            return True
+    return False
 
 
 def _near(v: np.ndarray, moved: np.ndarray) -> np.ndarray | None:
@@ -274,23 +318,6 @@ def _near(v: np.ndarray, moved: np.ndarray) -> np.ndarray | None:
 def _lstsq(A: Any, r: np.ndarray) -> np.ndarray:
     """argmin ‖A z − r‖₂ (LSQR to near double precision: a certificate's polish)."""
     return spla.lsqr(_scipy(A), r, atol=1e-15, btol=1e-15, iter_lim=20 * max(A.shape))[0]
-
-
-def _ray(A: Any, c: np.ndarray, x: np.ndarray, dims: ConeDims, P: Any, tol: float) -> bool:
-    """`unboundedness_certified`'s test of one candidate x."""
-    ctx = float(c @ x)
-    if not ctx < 0:
-        return False
-    cmax = np.abs(c).max()
-    Ax = _scipy(A) @ x
-    r = np.abs(Ax + project(-Ax, dims)).max(initial=0.0)
-    if r * cmax > tol * -ctx * _max_abs(A):
-        return False
-    if P is None:
-        return True
-    Pu = _scipy(P)
-    e = np.abs(Pu @ x + Pu.T @ x - Pu.diagonal() * x).max(initial=0.0)
-    return bool(e * cmax <= tol * -ctx * _max_abs(P))
 
 
 def _solve_one(backend: Backend, A: Any, b: np.ndarray, c: np.ndarray, dims: ConeDims,

@@ -671,3 +671,66 @@ def test_the_duals_of_inactive_constraints_are_certified_zeros():
     assert str(fwd.info.status[0]) == "solved"
     assert np.abs(fwd.outputs[0][0] - xs).max() <= 1e-12
     assert np.all(fwd.outputs[1][0] == 0.0)
+
+
+@pytest.mark.parametrize("big", [1e9, 1e10, 1e12, 1e14])
+def test_an_ill_conditioned_qp_is_neither_unbounded_nor_a_face(big):
+    """min ½xᵀPx + qᵀx, P = R diag(1, big) Rᵀ (rotated, positive definite): bounded, its x
+    unique. An approximate ray along P's weak direction (|Px| ~ max|P|/big |x|) was accepted
+    as a certificate of unboundedness, and at rcond 7e-13 (below RCOND_MIN) that direction
+    was taken for a face of solutions: solved, 1.7e-5 off. The reference: the 2 × 2 system
+    solved exactly in rationals."""
+    from fractions import Fraction
+
+    x, P, q = cp.Variable(2), cp.Parameter((2, 2), PSD=True), cp.Parameter(2)
+    layer = dl.compile(cp.Problem(cp.Minimize(0.5 * cp.quad_form(x, P) + q @ x)), [P, q], [x])
+    co, si = np.cos(0.3), np.sin(0.3)
+    R = np.array([[co, -si], [si, co]])
+    Pv = R @ np.diag([1.0, big]) @ R.T
+    Pv = (Pv + Pv.T) / 2
+    qv = np.ones(2)
+    (a, b), (c, d) = ([Fraction(float(v)) for v in row] for row in Pv)
+    det = a * d - b * c
+    exact = np.array([float((-d + b) / det), float((c - a) / det)])  # P⁻¹(−q)
+    for solver in (None, "clarabel"):
+        fwd = layer.forward([Pv, qv], solver=solver, on_failure="nan")
+        status = str(fwd.info.status[0])
+        assert status in ("solved", "inaccurate"), status
+        if status == "solved":
+            assert np.abs(fwd.outputs[0][0] - exact).max() <= 1e-8 * np.abs(exact).max()
+
+
+@pytest.mark.parametrize("cval", [1e7, 1e9, 1e12])
+def test_a_power_objective_far_out_is_not_unbounded(cval):
+    """min Σ x^1.5 − c·x is bounded (x = (2c/3)²); a near-ray along the power cone's boundary
+    was accepted as a certificate of unboundedness."""
+    x, c = cp.Variable(1), cp.Parameter(1)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum(cp.power(x, 1.5, approx=False)) - c @ x)),
+                       [c], [x])
+    for solver in (None, "clarabel"):
+        fwd = layer.forward([np.array([cval])], solver=solver, on_failure="nan")
+        status = str(fwd.info.status[0])
+        assert status in ("solved", "inaccurate", "iteration_limit"), status
+        if status == "solved":
+            assert abs(fwd.outputs[0][0, 0] - (2 * cval / 3) ** 2) <= 1e-8 * (2 * cval / 3) ** 2
+
+
+@pytest.mark.parametrize("objective", ["log", "sqrt", "geo_mean"])
+def test_a_utility_far_beyond_its_budget_scale_is_never_solved_wrong(objective):
+    """max f(x) s.t. p·x <= B, p ~ 1e-9, B = 1e12: the budget binds, x_i = B/(n p_i) (log,
+    geo_mean) or B p_i⁻²/Σ p_j⁻¹ (sqrt), ~1e20. In the equilibrated program c lands at 1e-21
+    of b, below the rounding of the dual rows: the point came back with y = 0, the budget
+    unspent and x 70-80% off, reported solved."""
+    n = 2
+    x, p, B = cp.Variable(n), cp.Parameter(n, pos=True), cp.Parameter(pos=True)
+    f = {"log": cp.sum(cp.log(x)), "sqrt": cp.sum(cp.power(x, 0.5, approx=False)),
+         "geo_mean": cp.geo_mean(x)}[objective]
+    layer = dl.compile(cp.Problem(cp.Maximize(f), [p @ x <= B]), [p, B], [x])
+    for pv, Bv in ((np.array([1e-9, 2e-9]), 1e12), (np.array([1.0, 2.0]), 10.0)):
+        exact = Bv / pv**2 / np.sum(1 / pv) if objective == "sqrt" else Bv / (n * pv)
+        for solver in (None, "clarabel"):
+            fwd = layer.forward([pv, np.array(Bv)], solver=solver, on_failure="nan")
+            if str(fwd.info.status[0]) == "solved":
+                assert np.abs(fwd.outputs[0][0] - exact).max() <= 1e-8 * exact.max()
+            else:  # x ~ 1e20 may be refused; x ~ 5 at p ~ 1 must not
+                assert pv[0] < 1e-6, fwd.info.status
