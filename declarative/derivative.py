@@ -913,7 +913,7 @@ def _refined_solves(factors: list[Factor], which: np.ndarray, rhs: np.ndarray,
     b = rhs[at]
     k = at.size
     x = np.stack([solve(r) for solve, r in zip(solves, b, strict=True)])
-    scale = np.array([_abs_max(factors[i].S) for i in idx])
+    scale = np.array([abs_max(factors[i].S) for i in idx])
     size_b = np.abs(b).reshape(k, -1).max(axis=1, initial=0.0)
     last = np.full(k, np.inf)
     ok = np.zeros(k, dtype=bool)
@@ -1006,7 +1006,7 @@ def _refined_solve(f: Factor, rhs: np.ndarray, transpose: bool,
     assert f.S is not None and f.near is not None  # kept where ``near`` is set
     if f._exact is None:
         x = _refine(f.S.T if transpose else f.S, _near_solve(f.near, transpose), rhs,
-                    _abs_max(f.S), tol)
+                    abs_max(f.S), tol)
         if x is not None:
             return x
     return _solve_factored(f.exact(), rhs, transpose)
@@ -1070,7 +1070,7 @@ def sign_probe(N: int) -> np.ndarray:
     return z
 
 
-def _abs_max(S: np.ndarray | sp.spmatrix | LowRankS | OperatorS) -> float:
+def abs_max(S: np.ndarray | sp.spmatrix | LowRankS | OperatorS) -> float:
     """S's largest entry in absolute value (for `LowRankS` and `OperatorS`, an upper
     bound)."""
     if isinstance(S, np.ndarray):

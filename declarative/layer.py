@@ -40,6 +40,7 @@ from declarative.derivative import (
     ConeSolution,
     Linearization,
     NonDifferentiableWarning,
+    abs_max,
     diagnose,
     newton_correction,
     sign_probe,
@@ -103,6 +104,9 @@ DRIVEN = 2.0
 # Below this max-norm in the equilibrated program (whose data have unit max-norm), an output
 # that a singular S leaves undetermined is not resolved (see Layer._forward_error_ok).
 RESOLVED = ACCURACY
+# A null vector n of S is one to rounding where ‖S n‖∞ <= NULL_EXACT·max|S|·‖n‖₁ (64 ulps);
+# a smaller singular value that is not rounding marks an ill-conditioned S, not a singular one.
+NULL_EXACT = 64 * np.finfo(float).eps
 # An output that S's null space moves by less than this, relative to the rounding of the same
 # product (`Layer._null_space_moves`), is unmoved: null vectors (a dense SVD's, or
 # `SparsePinv`'s Rayleigh–Ritz vectors) are accurate to about ε·‖S‖ over the smallest nonzero
@@ -1150,6 +1154,21 @@ class Layer:
             moved[k] = change[sl].max(initial=0.0) > NULL_RTOL * terms[sl].max(initial=0.0)
         return moved
 
+    @staticmethod
+    def _null_space_exact(f: Any) -> bool:
+        """Is every vector n of the (numerical) null space of S that ``f`` factored null to
+        rounding, ‖S n‖∞ <= NULL_EXACT·max|S|·‖n‖₁? A direction S only shrinks (a QP whose P
+        has eigenvalues 1 and 1e12, rotated: rcond 7e-13, below RCOND_MIN) is no face of
+        solutions: the point is unique, and known along it only to the conditioning."""
+        if f.pinv is None or f.S is None:
+            return False
+        N = f.pinv.null
+        if N.shape[1] == 0:
+            return True
+        SN = np.column_stack([f.S @ N[:, k] for k in range(N.shape[1])])
+        bound = NULL_EXACT * abs_max(f.S) * np.abs(N).sum(axis=0)
+        return bool(np.all(np.abs(SN).max(axis=0) <= bound))
+
     def _stale(self, r: Any, idx: np.ndarray, factors: list) -> list[int]:
         """The instances among ``idx`` whose kept factorization (refinement's last, of S at
         the previous iterate) is not S at the refined point to within a relative STALE: DΠ
@@ -1270,6 +1289,13 @@ class Layer:
         fs = [factors[i] for i in idx]
         corr = newton_correction(fs, rhs)
         d = np.abs(corr).sum(axis=2)
+        # the objective's gradient (|P||x| + |c|) below the rounding of the dual rows' own
+        # terms (Aᵀy, y = Π(v) known to rounding of the cone blocks' |v|) is not resolved:
+        # any feasible point passes every row (max Σ log x s.t. p·x <= B at p ~ 1e-9,
+        # B ~ 1e12: c lands at 1e-21 of b in the equilibrated program, y = 0, x 70% off)
+        objective = ops.take(idx).magnitude.P(np.abs(r.x[idx])) + np.abs(c[idx])
+        top = objective.max(axis=1, initial=0.0)
+        d[(top > 0) & (top <= ROUNDING * den[:, : t.n].max(axis=1, initial=0.0))] = np.inf
         # where S is singular, the correction is a least-squares one: F must be in S's range
         # (non-unique auxiliary variables), else the point is not a solution at all
         absR = self._abs_recover
@@ -1281,6 +1307,9 @@ class Layer:
             here = absR @ np.abs(np.concatenate([r.x[idx[j]], pv[j]]))
             Dj = dproject(r.v[idx[j]], t.dims, dual=True)
             moved = self._null_space_moves(f, Dj)
+            if moved.any() and not self._null_space_exact(f):
+                d[j] = np.inf  # ill-conditioned, not singular: no face of solutions
+                continue
             curved = moved.any() and self._null_space_curved(f, Dj)
             for k, (o, lo) in enumerate(zip(self.outputs, self._out_offsets, strict=True)):
                 if moved[k] and (curved or here[lo : lo + o.size].max(initial=0.0) < RESOLVED):
