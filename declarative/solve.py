@@ -19,7 +19,7 @@ import _thread
 import enum
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -243,15 +243,9 @@ def infeasibility_certified(A: Any, b: np.ndarray, y: np.ndarray, dims: ConeDims
     y = project(y, dims, dual=True)
     if holds(y) or holds(project(_snapped(y), dims, dual=True)):
         return True
-    cand = y
-    for _ in range(CERTIFICATE_POLISH):  # onto Aᵀy = 0, then K*
-        moved = _near(y, project(cand - M @ _lstsq(M, cand), dims, dual=True))
-        if moved is None:
-            return False
-        cand = moved
-        if holds(cand):
-            return True
-    return False
+    # polished: onto Aᵀy = 0, then K*
+    return _polished(y, lambda cand: project(cand - M @ _lstsq(M, cand), dims, dual=True),
+                     holds)
 
 
 def _snapped(v: np.ndarray) -> np.ndarray:
@@ -293,12 +287,22 @@ def unboundedness_certified(A: Any, c: np.ndarray, x: np.ndarray, dims: ConeDims
     # polished: the least-squares x' with Ax' = −Π_K(−Ax) (and Px' = 0), which makes
     # Ax' + Π_K(−Ax') = 0 where the projection keeps its face
     stack = M if Pf is None else sp.vstack([M, Pf]).tocsc()
-    cand = x
-    for _ in range(CERTIFICATE_POLISH):
-        Ax = M @ cand
-        target = -project(-Ax, dims)
+
+    def step(cand: np.ndarray) -> np.ndarray:
+        target = -project(-(M @ cand), dims)
         rhs = target if Pf is None else np.concatenate([target, np.zeros(Pf.shape[0])])
-        moved = _near(x, cand + _lstsq(stack, rhs - stack @ cand))
+        return cand + _lstsq(stack, rhs - stack @ cand)
+
+    return _polished(x, step, holds)
+
+
+def _polished(v: np.ndarray, step: Callable[[np.ndarray], np.ndarray],
+              holds: Callable[[np.ndarray], bool]) -> bool:
+    """Whether a certificate ``holds`` after one of CERTIFICATE_POLISH successive ``step``s
+    from v, each within CERTIFICATE_SNAP of v (`_near`)."""
+    cand = v
+    for _ in range(CERTIFICATE_POLISH):
+        moved = _near(v, step(cand))
         if moved is None:
             return False
         cand = moved
