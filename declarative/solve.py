@@ -205,11 +205,6 @@ CERTIFICATE_SNAP = 1e-6
 CERTIFICATE_POLISH = 3
 
 
-def _max_abs(M: Any) -> float:
-    data = M.data if M is not None else np.zeros(0)
-    return float(np.abs(data).max(initial=0.0))
-
-
 def _scipy(M: Any) -> sp.csc_matrix:
     return M if sp.issparse(M) else M.scipy()
 

@@ -437,9 +437,7 @@ class Libraries:
         self.cvxpylayers_compile = math.nan if c is None else c.compile_seconds
 
     def time_ours(self, batch: Batch, repeats: int) -> Measurement:
-        if self.ours is None:
-            return Measurement(failure=self.ours_failure)
-        return measure(self.ours, batch, repeats)
+        return self.time_all(batch, repeats, {"ours": None})["ours"]
 
     def cvxpylayers_options(self, eps: float | None = None) -> dict[str, Any]:
         """cvxpylayers' per-call solver_args: the extra ones, and eps_abs = eps_rel = eps."""
@@ -456,12 +454,7 @@ class Libraries:
                   options: dict[str, Any] | None = None) -> Measurement:
         """Peer ``name`` on ``batch`` with ``options`` (None: its defaults); a gradient that is
         not finite is a failure."""
-        built = self.built.get(name)
-        if built is None:
-            return Measurement(failure="not run")
-        if not built.ok:
-            return Measurement(failure=built.failure)
-        return _finite_gradient(measure(built.call(options), batch, repeats))
+        return self.time_all(batch, repeats, {name: options})[name]
 
     def time_all(self, batch: Batch, repeats: int, options: dict[str, dict[str, Any] | None],
                  only: Sequence[str] | None = None) -> dict[str, Measurement]:
