@@ -758,8 +758,10 @@ class Linearization:
     def _factor(self, factors: list, mats: dict[int, Any],
                 reuse: list[Factor | None] | None, dvals: list[np.ndarray | None],
                 layout: SparseLayout | None, stack: np.ndarray | None = None) -> int:
-        """Factor S of every instance i in ``mats`` (i ↦ S_i: dense, sparse, or `LowRankS`) in
-        parallel threads, into ``factors[i]``, except where ``reuse`` has S's factorization (or
+        """Factor S of every instance i in ``mats`` (i ↦ S_i: dense, sparse, or `LowRankS`)
+        into ``factors[i]`` (in parallel threads, except SuperLU's factorizations of sparse S,
+        which hold the GIL: on two threads they only contend, softmax's 64 S (N = 501) 46-51
+        against 70-78 ms), except where ``reuse`` has S's factorization (or
         a nearby matrix's, refined iteratively when solving). Returns how many were
         factored. ``stack``: dense S's stacked, (len(mats), N, N), the values of ``mats`` in
         order (then not stacked again where every one is factored)."""
@@ -776,6 +778,7 @@ class Linearization:
                                         near=replace(f.near or f, S=None, pinv=None))
         todo = [i for i in mats if factors[i] is None]
         fn: Callable[[Any], Factor] | None = _factor_one
+        pooled = True  # SuperLU holds the GIL: its factorizations run in the calling thread
         if layout is None:
             if len(todo) > 1 and self.n + self.m <= STACK_INVERSE_MAX:
                 fn = None
@@ -790,6 +793,7 @@ class Linearization:
             else:
                 fn = functools.partial(_factor_sparse_one, ordering=layout.ordering,
                                        supernodes=layout.supernodes)
+                pooled = False
         # a polyhedral program's regular S is not read again (see `Factor`): only its LU kept
         polyhedral = self.D.dims.polyhedral
         if fn is None:
@@ -803,8 +807,10 @@ class Linearization:
                         for f in part]
             else:
                 made = invert(stack)
-        else:
+        elif pooled:
             made = parallel_map(fn, [mats[i] for i in todo])
+        else:
+            made = [fn(mats[i]) for i in todo]
         for i, f in zip(todo, made, strict=True):
             f.dvals = dvals[i]
             if polyhedral and f.rcond > RCOND_MIN:
