@@ -44,6 +44,8 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
+from declarative.arrow import BATCH_MIN as ARROW_BATCH_MIN
+from declarative.arrow import Arrow, ArrowFactors, ArrowLU
 from declarative.compile import ConeTemplate, times_t
 from declarative.cones import (
     DProjection,
@@ -372,6 +374,14 @@ class SparseLayout:
         return self.indices.size
 
     @property
+    def arrow(self) -> Arrow | None:
+        """S's bordered block-diagonal structure (`arrow.Arrow`), found once; None where it
+        has none."""
+        if not hasattr(self, "_arrow"):
+            self._arrow = Arrow.of(self.indices, self.indptr, self.shape[0])
+        return self._arrow
+
+    @property
     def fill(self) -> float:
         """nnz(L) + nnz(U) of a probe factorization of S's pattern with generic values (inf if
         it failed): depends only on the template. Used by `use_dense` up to DENSE_MAX only:
@@ -549,9 +559,11 @@ class Factor:
     """
 
     S: np.ndarray | sp.csc_matrix | LowRankS | OperatorS | None
-    # LAPACK (lu, piv), S⁻¹ (`Inverse`), SuperLU, and for a `LowRankS`: `Woodbury` or SuperLU
+    # LAPACK (lu, piv), S⁻¹ (`Inverse`), SuperLU or a batch's bordered block-diagonal
+    # factorization (`ArrowLU`), and for a `LowRankS`: `Woodbury` or SuperLU
     # of S's bordered form (`BorderedLU`); or None
-    lu: tuple[np.ndarray, np.ndarray] | Inverse | spla.SuperLU | BorderedLU | Woodbury | None
+    lu: tuple[np.ndarray, np.ndarray] | Inverse | spla.SuperLU | ArrowLU | BorderedLU | Woodbury \
+        | None
     rcond: float
     pinv: TruncatedSVD | SparsePinv | None = None
     near: Factor | None = None
@@ -716,12 +728,12 @@ class Linearization:
                         data = layout.values(sub, np.stack([dvals[i] for i in part.tolist()]))
                         mats: dict = {i: layout.matrix(data[j])
                                       for j, i in enumerate(part.tolist())}
-                        del data
                     else:
+                        data = None
                         mats = dict(zip(part.tolist(), _low_rank_parts(
                             sub, D if whole else D.take(part), layout), strict=True))
-                    made += self._factor(factors, mats, reuse, dvals, layout)
-                    del mats
+                    made += self._factor(factors, mats, reuse, dvals, layout, data=data)
+                    del mats, data
         self.factors: list[Factor] = factors  # type: ignore[assignment]  # every one set
         self.reused = B - made
         self.rcond = np.array([f.rcond for f in self.factors])
@@ -757,14 +769,17 @@ class Linearization:
 
     def _factor(self, factors: list, mats: dict[int, Any],
                 reuse: list[Factor | None] | None, dvals: list[np.ndarray | None],
-                layout: SparseLayout | None, stack: np.ndarray | None = None) -> int:
+                layout: SparseLayout | None, stack: np.ndarray | None = None,
+                data: np.ndarray | None = None) -> int:
         """Factor S of every instance i in ``mats`` (i ↦ S_i: dense, sparse, or `LowRankS`)
         into ``factors[i]`` (in parallel threads, except SuperLU's factorizations of sparse S,
         which hold the GIL: on two threads they only contend, softmax's 64 S (N = 501) 46-51
         against 70-78 ms), except where ``reuse`` has S's factorization (or
         a nearby matrix's, refined iteratively when solving). Returns how many were
         factored. ``stack``: dense S's stacked, (len(mats), N, N), the values of ``mats`` in
-        order (then not stacked again where every one is factored)."""
+        order (then not stacked again where every one is factored). ``data``: sparse S's
+        values (len(mats), nnz), in ``mats``' order, for the bordered block-diagonal
+        factorization (`arrow`) where S has that structure."""
         if reuse is not None:
             for i, S in mats.items():
                 f = reuse[i]
@@ -807,6 +822,15 @@ class Linearization:
                         for f in part]
             else:
                 made = invert(stack)
+        elif data is not None and len(todo) >= ARROW_BATCH_MIN and layout is not None \
+                and layout.arrow is not None:
+            # every instance at once; SuperLU for one the blocks do not factor well
+            where = {i: j for j, i in enumerate(mats)}
+            fa, rcond, good = layout.arrow.factor(data[[where[i] for i in todo]])
+            made = [Factor(mats[i], ArrowLU(fa, j), rc, ordering=layout.ordering)
+                    if ok and rc > RCOND_MIN else fn(mats[i])
+                    for j, (i, rc, ok) in enumerate(zip(todo, rcond.tolist(), good.tolist(),
+                                                         strict=True))]
         elif pooled:
             made = parallel_map(fn, [mats[i] for i in todo])
         else:
@@ -842,6 +866,7 @@ class Linearization:
         rest[stacked] = False
         lapack = _lapack_solves(self.factors, rest & ~self.singular, rhs, out, transpose)
         rest &= ~lapack
+        rest &= ~_arrow_solves(self.factors, rest & ~self.singular, rhs, out, transpose)
         rest &= ~_refined_solves(self.factors, rest & ~self.singular, rhs, out, transpose, tol,
                                  self._ops, self.D)
         for i in np.flatnonzero(rest):
@@ -875,6 +900,9 @@ def newton_correction(factors: list[Factor], F: np.ndarray) -> np.ndarray:
     rest = np.ones(F.shape[0], dtype=bool)
     rest[stacked] = False
     lapack = _lapack_solves(factors, rest & regular, F, out, False)
+    lapack |= _arrow_solves(factors, rest & regular & ~lapack, F, out, False)
+    lapack |= _refined_solves(factors, rest & regular & ~lapack, F, out, False,
+                              REFINE_SOLVE_TOL)
     out[lapack] *= -1.0
     for i in np.flatnonzero(rest & ~lapack):
         f = factors[i]
@@ -891,45 +919,81 @@ def newton_correction(factors: list[Factor], F: np.ndarray) -> np.ndarray:
 
 
 def _refined_solves(factors: list[Factor], which: np.ndarray, rhs: np.ndarray,
-                    out: np.ndarray, transpose: bool, tol: float, ops: BatchOps,
-                    D: DProjection) -> np.ndarray:
+                    out: np.ndarray, transpose: bool, tol: float, ops: BatchOps | None = None,
+                    D: DProjection | None = None) -> np.ndarray:
     """S⁻¹ rhs (or S⁻ᵀ rhs) into ``out`` for the instances among ``which`` (regular) whose S
-    is kept as its products (`OperatorS`) beside a nearby matrix's factorization, and whose
-    rhs is finite: `_refined_solve`'s iterative refinement, with its steps and tests (to
-    ``tol``), for all of them at once, S's products for all in one `s_products` (S made with
-    ``ops`` and ``D``, the batch's); one whose refinement fails is solved with a
-    factorization of S itself (`Factor.exact`). Returns those instances (B,) bool.
+    has a nearby matrix's factorization (``near``) that is a `Woodbury` formula's or part
+    of a batch's `ArrowLU`, and whose rhs is finite: `_refined_solve`'s iterative
+    refinement, with its steps and tests (to ``tol``), for all of them at once. S's
+    products: with ``ops`` and ``D`` (the batch's, S of (1) made with them) for all in one
+    `s_products`, else each S's own; the solves of one batch's `ArrowFactors` in one call.
+    One whose refinement fails is solved with a factorization of S itself (`Factor.exact`).
+    Returns those instances (B,) bool.
 
     (A `Woodbury` factorization's own solves are left to it: refined one instance at a
     time, its formula and S's products read the same U and V while they are in cache.)"""
     done = np.zeros(len(factors), dtype=bool)
-    idx, solves = [], []
+    idx = []
     for i in np.flatnonzero(which).tolist():
         f = factors[i]
-        if isinstance(f.S, OperatorS) and f.near is not None and f._exact is None:
-            solves.append(_near_solve(f.near, transpose))
+        if f.near is None or f._exact is not None:
+            continue
+        if isinstance(f.S, OperatorS) and ops is not None \
+                or type(f.near.lu) is ArrowLU and isinstance(f.S, sp.csc_matrix):
             idx.append(i)
     if idx:
         finite = np.atleast_1d(np.isfinite(rhs[idx].reshape(len(idx), -1)).all(axis=1))
-        solves = [sv for sv, keep in zip(solves, finite.tolist(), strict=True) if keep]
         idx = [i for i, keep in zip(idx, finite.tolist(), strict=True) if keep]
     if not idx:
         return done
     at = np.array(idx)
+    near = [factors[i].near for i in idx]
+    # the solves with the nearby factorizations: a batch's `ArrowLU`s together
+    arrows: dict[int, tuple[ArrowFactors, list[int], list[int]]] = {}
+    alone: list[int] = []
+    for g, nf in enumerate(near):
+        assert nf is not None
+        if type(nf.lu) is ArrowLU:
+            a = arrows.setdefault(id(nf.lu.factors), (nf.lu.factors, [], []))
+            a[1].append(g)
+            a[2].append(nf.lu.j)
+        else:
+            alone.append(g)
+    arrow_sets = [(fa, np.array(gs), np.array(js)) for fa, gs, js in arrows.values()]
+
+    def solve(live: np.ndarray, R: np.ndarray) -> np.ndarray:
+        """The nearby factorizations' solves for positions ``live`` (of idx), R (len, …)."""
+        X = np.empty_like(R)
+        where = np.full(len(idx), -1)
+        where[live] = np.arange(live.size)
+        for fa, gs, js in arrow_sets:
+            sel = where[gs] >= 0
+            if sel.any():
+                X[where[gs[sel]]] = fa.solve(js[sel], R[where[gs[sel]]], transpose)
+        for g in alone:
+            if where[g] >= 0:
+                X[where[g]] = _near_solve(near[g], transpose)(R[where[g]])
+        return X
+
     b = rhs[at]
     k = at.size
-    x = np.stack([solve(r) for solve, r in zip(solves, b, strict=True)])
+    x = solve(np.arange(k), b)
     scale = np.array([abs_max(factors[i].S) for i in idx])
     size_b = np.abs(b).reshape(k, -1).max(axis=1, initial=0.0)
     last = np.full(k, np.inf)
     ok = np.zeros(k, dtype=bool)
     live = np.arange(k)
-    ops, D = ops.take(at), D.take(at)
+    if ops is not None and D is not None:
+        ops, D = ops.take(at), D.take(at)
     for _ in range(REFINE_SOLVE_STEPS):
         if not live.size:
             break
         with np.errstate(all="ignore"):
-            r = b[live] - s_products(ops, D, x[live], transpose)
+            if ops is not None and D is not None:
+                r = b[live] - s_products(ops, D, x[live], transpose)
+            else:
+                r = b[live] - np.stack([(factors[idx[g]].S.T if transpose else
+                                         factors[idx[g]].S) @ x[g] for g in live.tolist()])
         err = np.abs(r).reshape(live.size, -1).max(axis=1, initial=0.0)
         size = scale[live] * np.abs(x[live]).reshape(live.size, -1).max(axis=1, initial=0.0) \
             + size_b[live]
@@ -937,11 +1001,12 @@ def _refined_solves(factors: list[Factor], which: np.ndarray, rhs: np.ndarray,
         ok[live[good]] = True
         go = ~stop
         last[live[go]] = err[go]
-        for j, g in zip(np.flatnonzero(go).tolist(), live[go].tolist(), strict=True):
-            x[g] = x[g] + solves[g](r[j])
+        if go.any():
+            x[live[go]] += solve(live[go], r[go])
         if not go.all():
             live = live[go]
-            ops, D = ops.take(go), D.take(go)
+            if ops is not None and D is not None:
+                ops, D = ops.take(go), D.take(go)
     # (instances still live ran out of steps: not ok)
     for g, i in enumerate(idx):
         out[i] = x[g] if ok[g] else _solve_factored(factors[i].exact(), rhs[i], transpose)
@@ -966,6 +1031,29 @@ def _lapack_solves(factors: list[Factor], which: np.ndarray, rhs: np.ndarray,
                     strict=True):
         out[i] = x
     done[idx] = True
+    return done
+
+
+def _arrow_solves(factors: list[Factor], which: np.ndarray, rhs: np.ndarray,
+                  out: np.ndarray, transpose: bool) -> np.ndarray:
+    """S⁻¹ rhs (or S⁻ᵀ rhs) into ``out`` for the instances among ``which`` (regular) whose
+    factorization is S's own `ArrowLU` and whose rhs is finite, those of one batch's
+    factorization (`ArrowFactors`) in one batched solve. Returns those instances (B,) bool."""
+    done = np.zeros(len(factors), dtype=bool)
+    groups: dict[int, tuple[ArrowFactors, list[int], list[int]]] = {}
+    for i in np.flatnonzero(which).tolist():
+        f = factors[i]
+        if f.near is None and type(f.lu) is ArrowLU:
+            g = groups.setdefault(id(f.lu.factors), (f.lu.factors, [], []))
+            g[1].append(i)
+            g[2].append(f.lu.j)
+    for fa, idx, js in groups.values():
+        at = np.array(idx)
+        finite = np.isfinite(rhs[at].reshape(at.size, -1)).all(axis=1)
+        at = at[finite]
+        if at.size:
+            out[at] = fa.solve(np.array(js)[finite], rhs[at], transpose)
+            done[at] = True
     return done
 
 
