@@ -327,24 +327,65 @@ def _solve_one(backend: Backend, A: Any, b: np.ndarray, c: np.ndarray, dims: Con
         out = backend.solve(A, b, c, dims, settings, P=P, warm=warm, shared=shared)
     except Exception:  # noqa: BLE001 - one broken instance must not lose the batch
         return None, Status.FAILED, 0, time.perf_counter() - t0
-    return _checked(out, A, b, c, dims, P, time.perf_counter() - t0)
+    return _checked(out, A, b, c, dims, P, time.perf_counter() - t0, backend, settings)
 
 
 def _checked(out: Outcome, A: Any, b: np.ndarray, c: np.ndarray, dims: ConeDims, P: Any,
-             seconds: float) -> tuple[Outcome, Status, int, float]:
+             seconds: float, backend: Backend, settings: dict
+             ) -> tuple[Outcome, Status, int, float]:
     """The backend's outcome with an infeasibility or unboundedness claim kept only where its
-    certificate verifies."""
+    certificate verifies. A ray proves only that the dual is infeasible: the primal is then
+    unbounded if it is feasible, and infeasible if not (both programs can be), so an
+    unboundedness claim also needs the primal's feasibility (`_primal_feasibility`): where
+    the primal is certified infeasible the status is INFEASIBLE, with that certificate."""
     status = out.status
     if status in (Status.INFEASIBLE, Status.UNBOUNDED):
         if status is Status.INFEASIBLE and infeasibility_certified(A, b, out.y, dims):
             pass
         elif status is Status.UNBOUNDED and unboundedness_certified(A, c, out.x, dims, P):
-            pass
-        else:  # no usable certificate and no iterate (SCS returns NaN): start again from 0
+            feasible, y = _primal_feasibility(backend, A, b, dims, settings)
+            if feasible is Status.INFEASIBLE:
+                assert y is not None
+                status = Status.INFEASIBLE
+                out = Outcome(np.full_like(out.x, np.nan), y, np.full_like(out.s, np.nan),
+                              status, out.iterations)
+            elif feasible is not Status.SOLVED:
+                status = Status.INACCURATE
+        else:
             status = Status.INACCURATE
+        if status is Status.INACCURATE:  # no usable certificate and no iterate (SCS returns
+            # NaN): start again from 0
             out = Outcome(np.zeros_like(out.x), np.zeros_like(out.y), np.zeros_like(out.s),
                           status, out.iterations)
     return out, status, out.iterations, seconds
+
+
+# A primal point is feasible for an unboundedness claim where b − Ax is within FEASIBLE_TOL of
+# K (max norm, relative to the largest of |A||x| and |b|).
+FEASIBLE_TOL = 1e-6
+
+
+def _primal_feasibility(backend: Backend, A: Any, b: np.ndarray, dims: ConeDims,
+                        settings: dict) -> tuple[Status, np.ndarray | None]:
+    """Whether Ax + s = b, s ∈ K has a solution: the backend solves it with the objective 0.
+    SOLVED where its point x leaves b − Ax within FEASIBLE_TOL of K, INFEASIBLE (with the
+    certificate ŷ) where `infeasibility_certified`, INACCURATE where neither is shown."""
+    n = A.shape[1]
+    try:
+        out = backend.solve(A, b, np.zeros(n), dims, settings)
+    except Exception:  # noqa: BLE001 - nothing shown
+        return Status.INACCURATE, None
+    if out.status is Status.INFEASIBLE and infeasibility_certified(A, b, out.y, dims):
+        return Status.INFEASIBLE, out.y
+    if out.status is Status.SOLVED and np.all(np.isfinite(out.x)):
+        M = _scipy(A)
+        r = b - M @ out.x
+        gap = np.abs(r - project(r, dims)).max(initial=0.0)
+        size = max(float((abs(M) @ np.abs(out.x)).max(initial=0.0)),
+                   float(np.abs(b).max(initial=0.0)))
+        if gap <= FEASIBLE_TOL * size:
+            return Status.SOLVED, None
+    return Status.INACCURATE, None
 
 
 def _solve_many(backend: Any, matrices: Sequence[Any], b: np.ndarray, c: np.ndarray,
@@ -377,7 +418,7 @@ def _solve_many(backend: Any, matrices: Sequence[Any], b: np.ndarray, c: np.ndar
             o, status[i], _, _ = _checked(
                 Outcome(x[i], y[i], s[i], status[i], int(out.iterations[i])),
                 matrices[i], b[i], c[i], dims, None if quadratic is None else quadratic[i],
-                share)
+                share, backend, settings)
             x[i], y[i], s[i] = o.x, o.y, o.s
     return SolveResult(x, y, s, status, np.asarray(out.iterations, dtype=int),
                        np.full(B, share))

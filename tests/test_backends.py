@@ -88,6 +88,26 @@ def test_infeasible_and_unbounded_with_every_backend(solver):
     assert max_abs(fwd.outputs[0][0], np.ones(n)) <= 1e-8
 
 
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_a_ray_over_an_infeasible_program_is_infeasible_not_unbounded(solver):
+    """min c·x s.t. x₀ <= h₀, −x₀ <= h₁ with h = (−1, −1) has no feasible point, and with
+    c = (0, −1) no dual one either (x₁ is free): the ray x = (0, 1) proves only the second,
+    so the status is INFEASIBLE, as CVXPY with Clarabel reports. With h = (1, 1) the same ray
+    makes the program unbounded."""
+    x, c, h = cp.Variable(2), cp.Parameter(2), cp.Parameter(2)
+    layer = dl.compile(cp.Problem(cp.Minimize(c @ x), [x[0] <= h[0], -x[0] <= h[1]]),
+                       [c, h], [x], solver=solver, on_failure="nan")
+    for cv in ([0.0, -1.0], [0.0, 0.0], [1.0, 0.0]):
+        fwd = layer.forward([np.array(cv), np.array([-1.0, -1.0])])
+        assert [str(s) for s in fwd.info.status] == ["infeasible"], cv
+    fwd = layer.forward([np.array([0.0, -1.0]), np.array([1.0, 1.0])])
+    assert [str(s) for s in fwd.info.status] == ["unbounded"]
+    # in a batch, whichever backend serves it
+    fwd = layer.forward([np.array([0.0, -1.0]),
+                         np.tile([[-1.0, -1.0], [1.0, 1.0]], (10, 1))])
+    assert [str(s) for s in fwd.info.status] == ["infeasible", "unbounded"] * 10
+
+
 class _FakeClarabel:
     """Stands in for `clarabel.DefaultSolver`: returns a fixed solution."""
 
