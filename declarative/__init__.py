@@ -44,10 +44,11 @@ def compile(  # noqa: A001 - the public name the design fixes
     Args:
         problem: a CVXPY problem that is DCP and DPP (``quad_form(x, P)`` with a PSD
             parameter P is DPP in the objective); with ``gp=True``, DGP and DPP.
-        parameters: every parameter of the problem; the layer takes their values
-            positionally in this order.
-        variables: what the layer returns: variables of the problem (structured ones too:
-            diag, symmetric, PSD, nonneg, nonpos, bounds) and/or dual variables of its
+        parameters: every parameter of the problem, as a list (one parameter may be given
+            alone); the layer takes their values positionally in this order.
+        variables: what the layer returns (a list, or one variable alone): variables of the
+            problem (structured ones too: diag, symmetric, PSD, nonneg, nonpos, bounds)
+            and/or dual variables of its
             constraints (any entry of ``constraint.dual_variables``: SOC's (t, X) parts,
             ExpCone's three, ...), in CVXPY's own conventions.
         solver_args: the solver's settings (SCS: ``eps_abs``, ``max_iters``, ...; ``eps``
@@ -71,11 +72,10 @@ def compile(  # noqa: A001 - the public name the design fixes
         from declarative.compile import compile_gp_template
         from declarative.geometric import GeometricLayer
 
-        template, params, outputs = compile_gp_template(problem, list(parameters),
-                                                        list(variables))
+        template, params, outputs = compile_gp_template(problem, parameters, variables)
         return GeometricLayer(template, params, outputs, solver_args=solver_args,
                               on_failure=on_failure, solver=solver, tuning=tuning)
-    template, params, outputs = compile_template(problem, list(parameters), list(variables))
+    template, params, outputs = compile_template(problem, parameters, variables)
     return Layer(template, params, outputs, solver_args=solver_args, on_failure=on_failure,
                  solver=solver, tuning=tuning)
 

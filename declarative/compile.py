@@ -403,6 +403,19 @@ def _check_real(problem: cp.Problem) -> None:
         )
 
 
+def _members(items: Any, kind: type) -> list:
+    """The user's ``parameters`` or ``variables`` as a list: one Parameter (Variable) alone is
+    a list of one; anything else but a list or tuple is refused (iterating a CVXPY
+    expression gives its entries)."""
+    if isinstance(items, kind):
+        return [items]
+    if not isinstance(items, list | tuple):
+        name = "parameters" if kind is cp.Parameter else "variables"
+        raise ProblemError(f"{name} must be a list of cvxpy {kind.__name__}s, got "
+                           f"{type(items).__name__}.")
+    return list(items)
+
+
 def _check_members(problem: cp.Problem, parameters, variables
                    ) -> list[tuple[cp.Constraint, int] | None]:
     """Check the user's lists against the problem; return each variable's constraint (or None)."""
@@ -791,7 +804,8 @@ def compile_template(problem: cp.Problem, parameters, variables, quad_obj: bool 
     second-order cones), as diffcp needs for comparisons.
     """
     check_problem(problem, quad_obj)
-    owners = _check_members(problem, list(parameters), list(variables))
+    parameters, variables = _members(parameters, cp.Parameter), _members(variables, cp.Variable)
+    owners = _check_members(problem, parameters, variables)
     try:  # keep quadratic objectives as SCS's P: fewer cones and rows than an SOC form
         data, chain, inverse_data = problem.get_problem_data(
             solver=cp.SCS, solver_opts={"use_quad_obj": quad_obj}
@@ -882,7 +896,8 @@ def compile_gp_template(problem: cp.Problem, parameters, variables):
             "coefficients or factors, so that their logarithms enter the convex form "
             "affinely (see https://www.cvxpy.org/tutorial/dpp)."
         )
-    owners = _check_members(problem, list(parameters), list(variables))
+    parameters, variables = _members(parameters, cp.Parameter), _members(variables, cp.Variable)
+    owners = _check_members(problem, parameters, variables)
     reduction = Dgp2Dcp()
     convex, inverse = reduction.apply(problem)
     new_params = {p.id: p for p in convex.parameters()}

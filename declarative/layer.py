@@ -385,10 +385,11 @@ class Forward:
         """Cotangents of the outputs (each (B, *shape) or None) ↦ cotangents of the inputs."""
         L, t = self.layer, self.layer.template
         B = self.batch_size
+        grads = self._per_item("vjp", "cotangent", "output", L.outputs, grads, True)
         g = np.zeros((B, t.recover.shape[0]))
         for spec, lo, gi in zip(L.outputs, L._out_offsets, grads, strict=True):
             if gi is not None:
-                g[:, lo : lo + spec.size] = vec(np.asarray(gi, dtype=float), spec.shape)
+                g[:, lo : lo + spec.size] = vec(gi, spec.shape)
         g[~self.ok] = 0.0  # failed instances: zero gradients (their outputs are NaN)
         dtheta = np.zeros((B, t.num_params))
         for idx, sol in self._solutions():
@@ -410,6 +411,36 @@ class Forward:
             out.append(d if batched else d.sum(axis=0))
         return out
 
+    def _per_item(self, method: str, kind: str, of: str, specs: Sequence[Any],
+                  values: Sequence[Any], batched_only: bool) -> list[np.ndarray | None]:
+        """``values`` checked against ``specs`` (one each, None for zero), as float arrays:
+        each of shape (B, *shape), or also (*shape) unless ``batched_only``; a mismatch
+        raises `ParameterError` naming the method, the item and the shapes expected."""
+        B = self.batch_size
+        if isinstance(values, np.ndarray) or len(values) != len(specs):
+            got = "an array" if isinstance(values, np.ndarray) else f"{len(values)}"
+            raise ParameterError(
+                f"{method}: expected a sequence of {len(specs)} {kind}(s), one per {of} ("
+                + ", ".join(sp.name for sp in specs) + f", in order; None for zero); got {got}.")
+        out: list[np.ndarray | None] = []
+        for spec, v in zip(specs, values, strict=True):
+            if v is None:
+                out.append(None)
+                continue
+            try:
+                a = np.asarray(v, dtype=float)
+            except (TypeError, ValueError):
+                raise ParameterError(f"{method}: the {kind} for {of} {spec.name!r} must be a "
+                                     f"real array, got {type(v).__name__}.") from None
+            shapes = [(B, *spec.shape)] + ([] if batched_only else [tuple(spec.shape)])
+            if a.shape not in shapes:
+                raise ParameterError(
+                    f"{method}: the {kind} for {of} {spec.name!r} must have shape "
+                    + " or ".join(str(sh) for sh in shapes) + f" (batch size {B}), got "
+                    f"{a.shape}.")
+            out.append(a)
+        return out
+
     def state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The refined solver solution (x (B, n), y (B, m), s (B, m)) and the solved mask (B,).
 
@@ -424,8 +455,15 @@ class Forward:
     @_blas_single
     def jacobian(self, index: int = 0) -> list[list[np.ndarray]]:
         """Full Jacobian of one instance: J[i][j] = ∂output_i/∂param_j, shaped
-        ``output_i.shape + param_j.shape`` (NaN if the instance was not solved)."""
+        ``output_i.shape + param_j.shape`` (NaN if the instance was not solved). ``index``
+        counts from the end where negative, as Python's indexing does."""
         L, t = self.layer, self.layer.template
+        B = self.batch_size
+        if isinstance(index, bool) or not isinstance(index, numbers.Integral) \
+                or not -B <= index < B:
+            raise ParameterError(f"jacobian: index must be an integer batch index in "
+                                 f"[{-B}, {B}) (batch size {B}), got {index!r}.")
+        index = int(index) % B
         full = np.full((t.recover.shape[0], t.num_params), np.nan)
         if self.ok[index]:
             if self.chunk is None:
@@ -445,11 +483,11 @@ class Forward:
         """Tangents of the inputs (None for zero) ↦ tangents of the outputs, each (B, *shape)."""
         L, t = self.layer, self.layer.template
         B = self.batch_size
+        tangents = self._per_item("jvp", "tangent", "parameter", L.parameters, tangents, False)
         dtheta = np.zeros((B, t.num_params))
         for spec, ti in zip(L.parameters, tangents, strict=True):
             if ti is None:
                 continue
-            ti = np.asarray(ti, dtype=float)
             ti = np.broadcast_to(ti, (B, *spec.shape)) if ti.ndim == len(spec.shape) else ti
             dtheta[:, spec.offset : spec.offset + spec.size] = vec(ti, spec.shape)
         dout = np.zeros((B, t.recover.shape[0]))

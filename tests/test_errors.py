@@ -145,3 +145,50 @@ def test_mixed_integer_problems_are_rejected_naming_the_variable():
     x, theta = cp.Variable(3, integer=True, name="counts"), cp.Parameter(3)
     with pytest.raises(ProblemError, match=r"\['counts'\] are integer or boolean"):
         dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - theta))), [theta], [x])
+
+
+def _small_forward():
+    n = 3
+    x, th, lam = cp.Variable(n, name="x"), cp.Parameter(n, name="th"), \
+        cp.Parameter(nonneg=True, name="lam")
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(x - th) + lam * cp.sum(x)), [x >= 0])
+    layer = dl.compile(prob, parameters=[th, lam], variables=[x])
+    return layer, layer.forward([np.ones((2, n)), np.ones(2)])
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda f: f.jacobian(5), r"jacobian: index must be an integer batch index in \[-2, 2\) "
+                              r"\(batch size 2\), got 5"),
+    (lambda f: f.jacobian(0.5), "got 0.5"),
+    (lambda f: f.vjp([np.ones((3, 3))]),
+     r"vjp: the cotangent for output 'x' must have shape \(2, 3\) \(batch size 2\), got "
+     r"\(3, 3\)"),
+    (lambda f: f.vjp([np.ones((2, 3)), np.ones((2, 3))]),
+     r"vjp: expected a sequence of 1 cotangent\(s\), one per output \(x, in order"),
+    (lambda f: f.jvp([np.ones((2, 3))]),
+     r"jvp: expected a sequence of 2 tangent\(s\), one per parameter \(th, lam"),
+    (lambda f: f.jvp([np.ones((2, 4)), None]),
+     r"jvp: the tangent for parameter 'th' must have shape \(2, 3\) or \(3,\)"),
+    (lambda f: f.jvp(["a", None]), "must be a real array"),
+])
+def test_derivative_calls_of_the_wrong_shape_are_named(call, message):
+    _, fwd = _small_forward()
+    with pytest.raises(ParameterError, match=message):
+        call(fwd)
+
+
+def test_a_negative_jacobian_index_counts_from_the_end():
+    _, fwd = _small_forward()
+    for a, b in zip(fwd.jacobian(-1)[0], fwd.jacobian(1)[0], strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_one_parameter_or_variable_may_be_given_alone():
+    x, th = cp.Variable(3), cp.Parameter(3)
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(x - th)), [x >= 0])
+    layer = dl.compile(prob, parameters=th, variables=x)
+    out = layer.forward([np.array([1.0, -2.0, 3.0])]).outputs[0]
+    assert np.abs(out - np.array([[1.0, 0.0, 3.0]])).max() <= 1e-12
+    with pytest.raises(ProblemError, match="variables must be a list of cvxpy Variables, "
+                                           "got dict"):
+        dl.compile(prob, parameters=[th], variables={"x": x})
