@@ -24,7 +24,8 @@ with Π = Π_{K*}. S is nonsingular exactly where the solution map is differenti
 (ABBBM 2019, *Differentiating through a cone program*, §3, specialised to w = 1). With a
 quadratic objective ½xᵀPx (SCS's P) F is the KKT system of the quadratic cone program and
 the same formulas hold with the P terms (Healey, Nobel, Boyd, *diffqcp*).
-Small systems are solved dense and batched; large ones with a sparse LU per instance.
+Small systems are solved dense and batched; large ones with a sparse LU per instance, or,
+where S is many small blocks and a narrow border, for the whole batch at once (`arrow`).
 """
 
 from __future__ import annotations
