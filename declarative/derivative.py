@@ -602,6 +602,13 @@ class Factor:
         far shows as stagnation in `_refined_solve`, which then factors S itself."""
         if isinstance(S, LowRankS):
             return self._near_low_rank(S)
+        move = self.near_move(S)
+        return move if isinstance(move, bool) else self._contracts(move)
+
+    def near_move(self, S: np.ndarray | sp.csc_matrix) -> bool | np.ndarray:
+        """`near_matrix`'s first test: True (within NEAR_RATE·rcond), False (not comparable,
+        or this LU not regular), or else the probe's move (S − self.S) z that the LU must
+        contract (`_contracts`)."""
         vals = self._values(S)
         if vals is None or not self.rcond > RCOND_MIN:
             return False
@@ -610,7 +617,7 @@ class Factor:
                 initial=0.0):
             return True
         z = sign_probe(S.shape[0])
-        return self._contracts(S @ z - self.S @ z)
+        return S @ z - self.S @ z
 
     def _near_low_rank(self, S: LowRankS) -> bool:
         """`near_matrix` for S = S₀ + U Vᵀ, whose entries are not at hand: ‖S − self.S‖∞
@@ -782,16 +789,40 @@ class Linearization:
         values (len(mats), nnz), in ``mats``' order, for the bordered block-diagonal
         factorization (`arrow`) where S has that structure."""
         if reuse is not None:
+            # the contraction probes of one batch's `ArrowLU`s, solved together
+            probes: dict[int, tuple[ArrowFactors, list[int], list[int], list[np.ndarray]]] = {}
             for i, S in mats.items():
                 f = reuse[i]
                 if f is None:
                     continue
                 if f.same_matrix(S):
                     factors[i] = f
-                elif f.near_matrix(S):  # refinement's last step moved S a little
+                    continue
+                if type(f.lu) is ArrowLU and f.near is None and not isinstance(S, LowRankS):
+                    move = f.near_move(S)
+                    if isinstance(move, np.ndarray):
+                        if np.all(np.isfinite(move)):
+                            p = probes.setdefault(id(f.lu.factors), (f.lu.factors, [], [], []))
+                            p[1].append(i)
+                            p[2].append(f.lu.j)
+                            p[3].append(move)
+                        continue
+                    near = move
+                else:
+                    near = f.near_matrix(S)
+                if near:  # refinement's last step moved S a little
                     # (of the nearby matrix only its LU is used: its S is not kept)
                     factors[i] = Factor(S, f.lu, f.rcond,
                                         near=replace(f.near or f, S=None, pinv=None))
+            for fa, idx, js, moves in probes.values():
+                with np.errstate(all="ignore"):
+                    moved = np.abs(fa.solve(np.array(js), np.stack(moves), False)).max(axis=1)
+                for i, contracts in zip(idx, (moved <= NEAR_CONTRACTION).tolist(), strict=True):
+                    if contracts:
+                        f = reuse[i]
+                        assert f is not None
+                        factors[i] = Factor(mats[i], f.lu, f.rcond,
+                                            near=replace(f, S=None, pinv=None))
         todo = [i for i in mats if factors[i] is None]
         fn: Callable[[Any], Factor] | None = _factor_one
         pooled = True  # SuperLU holds the GIL: its factorizations run in the calling thread
