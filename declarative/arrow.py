@@ -1,8 +1,9 @@
 """arrow: S factored as many small diagonal blocks and a narrow border, for a whole batch.
 
-Many layers are separable but for a few coupling rows: softmax and sparsemax (one
-equality, Σx = 1, ties n otherwise independent coordinates), projections onto boxes and
-simplices, water-filling. Their S, with the few nodes of highest degree in its graph (the
+Many layers are separable but for a few coupling rows: softmax, sparsemax and
+water-filling (one equality, Σx = 1 or Σx = P, ties n otherwise independent coordinates:
+blocks of 5, 2 and 6), the l1-ball projection (blocks of 4), a box projection (blocks of 3,
+no border). Their S, with the few nodes of highest degree in its graph (the
 border) set aside, falls apart into many small connected components. Ordered blocks first
 and border last, S is a bordered block-diagonal ("arrowhead") matrix
 
@@ -42,7 +43,7 @@ BLOCKS_MIN = 8
 # 31 against 27).
 BATCH_MIN = 8
 # A factorization is kept for an instance only where the probe's residual is at most
-# PROBE_ROUNDING ulps of |S||x| + |z| (max norms): block-wise pivoting lost nothing.
+# PROBE_ROUNDING (1024 ulps) of |S||x| + |z| (max norms): block-wise pivoting lost nothing.
 PROBE_ROUNDING = 1024 * np.finfo(float).eps
 
 

@@ -825,7 +825,7 @@ class Linearization:
                                             near=replace(f, S=None, pinv=None))
         todo = [i for i in mats if factors[i] is None]
         fn: Callable[[Any], Factor] | None = _factor_one
-        pooled = True  # SuperLU holds the GIL: its factorizations run in the calling thread
+        pooled = True  # (not SuperLU's, which hold the GIL: see above)
         if layout is None:
             if len(todo) > 1 and self.n + self.m <= STACK_INVERSE_MAX:
                 fn = None
@@ -953,12 +953,13 @@ def newton_correction(factors: list[Factor], F: np.ndarray) -> np.ndarray:
 def _refined_solves(factors: list[Factor], which: np.ndarray, rhs: np.ndarray,
                     out: np.ndarray, transpose: bool, tol: float, ops: BatchOps | None = None,
                     D: DProjection | None = None) -> np.ndarray:
-    """S⁻¹ rhs (or S⁻ᵀ rhs) into ``out`` for the instances among ``which`` (regular) whose S
-    has a nearby matrix's factorization (``near``) that is a `Woodbury` formula's or part
-    of a batch's `ArrowLU`, and whose rhs is finite: `_refined_solve`'s iterative
-    refinement, with its steps and tests (to ``tol``), for all of them at once. S's
-    products: with ``ops`` and ``D`` (the batch's, S of (1) made with them) for all in one
-    `s_products`, else each S's own; the solves of one batch's `ArrowFactors` in one call.
+    """S⁻¹ rhs (or S⁻ᵀ rhs) into ``out`` for the instances among ``which`` (regular) beside a
+    nearby matrix's factorization (``near``) whose S is kept as its products (`OperatorS`;
+    only given ``ops``) or is sparse with a nearby `ArrowLU`, and whose rhs is finite:
+    `_refined_solve`'s iterative refinement, with its steps and tests (to ``tol``), for all
+    of them at once. S's products: with ``ops`` and ``D`` (the batch's, S of (1) made with
+    them) for all in one `s_products`, else each S's own; the solves of one batch's
+    `ArrowFactors` in one call.
     One whose refinement fails is solved with a factorization of S itself (`Factor.exact`).
     Returns those instances (B,) bool.
 
