@@ -133,8 +133,10 @@ class Arrow:
             nb = 1 if nb == 0 else 2 * nb
         return None
 
-    def factor(self, data: np.ndarray) -> tuple[ArrowFactors, np.ndarray, np.ndarray]:
-        """Factor S for each row of ``data`` (B, nnz: CSC values in the pattern's order).
+    def factor(self, data: np.ndarray, z: np.ndarray
+               ) -> tuple[ArrowFactors, np.ndarray, np.ndarray]:
+        """Factor S for each row of ``data`` (B, nnz: CSC values in the pattern's order), each
+        checked on the probe z (N,), a fixed vector of ±1.
         Returns the factors, each instance's reciprocal 1-norm condition estimate, and
         whether it is usable (finite, blocks and Σ invertible, the probe's residual at
         rounding); where not, its rcond is 0 and nothing of it may be read."""
@@ -148,7 +150,7 @@ class Arrow:
             k, s = blocks.shape
             M = np.zeros((B, k * s * s))
             M[:, pos] = data[:, ent]
-            inv = _inverses(M.reshape(B, k, s, s), ok)
+            inv = _invert_stack(M.reshape(B, k, s, s), ok)
             binv.append(inv)
             E = np.zeros((B, k * s * nb))
             E[:, e_pos] = data[:, e_ent]
@@ -162,13 +164,12 @@ class Arrow:
             schur = C.reshape(B, nb, nb)
             for Fg, Wg in zip(F, W, strict=True):
                 schur = schur - np.einsum("bqks,bksp->bqp", Fg, Wg)
-            sinv = _inverses(schur[:, None], ok)[:, 0]
+            sinv = _invert_stack(schur[:, None], ok)[:, 0]
         else:
             sinv = np.zeros((B, 0, 0))
         out = ArrowFactors(self, binv, W, F, sinv)
         every = np.arange(B)
-        # the probe: S x = z with z = ±1 must hold to rounding
-        z = np.where(np.random.default_rng(self.N).random(self.N) < 0.5, -1.0, 1.0)
+        # the probe: S x = z must hold to rounding
         with np.errstate(all="ignore"):
             x = out.solve(every, np.broadcast_to(z, (B, self.N)), False)
             terms = data * x[:, self._cols]
@@ -193,7 +194,7 @@ class Arrow:
         return (np.abs(data) @ self._colsum).max(axis=1, initial=0.0)
 
 
-def _inverses(M: np.ndarray, ok: np.ndarray) -> np.ndarray:
+def _invert_stack(M: np.ndarray, ok: np.ndarray) -> np.ndarray:
     """M⁻¹ for a stack (B, k, s, s) in one call; where some block of an instance is singular,
     that instance's blocks are inverted alone and it is marked not ``ok`` (its blocks then
     NaN) if one of them is singular."""

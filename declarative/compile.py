@@ -418,9 +418,8 @@ def _members(items: Any, kind: type) -> list:
 
 def _check_members(problem: cp.Problem, parameters, variables
                    ) -> list[tuple[cp.Constraint, int] | None]:
-    """Check the user's lists against the problem; return each variable's constraint (or None)."""
-    if not isinstance(parameters, list | tuple) or not isinstance(variables, list | tuple):
-        raise ProblemError("parameters and variables must be lists of cvxpy Parameters/Variables.")
+    """Check the user's lists (`_members`) against the problem; return each variable's
+    constraint (or None)."""
     if len(variables) == 0:
         raise ProblemError("variables is empty: name at least one variable to output.")
     own_params = {p.id for p in problem.parameters()}

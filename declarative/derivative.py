@@ -789,8 +789,9 @@ class Linearization:
         values (len(mats), nnz), in ``mats``' order, for the bordered block-diagonal
         factorization (`arrow`) where S has that structure."""
         if reuse is not None:
-            # the contraction probes of one batch's `ArrowLU`s, solved together
-            probes: dict[int, tuple[ArrowFactors, list[int], list[int], list[np.ndarray]]] = {}
+            # the contraction probes of a batch's `ArrowLU`s, solved together
+            probes: list[tuple[int, ArrowLU]] = []
+            moves: dict[int, np.ndarray] = {}
             for i, S in mats.items():
                 f = reuse[i]
                 if f is None:
@@ -802,10 +803,8 @@ class Linearization:
                     move = f.near_move(S)
                     if isinstance(move, np.ndarray):
                         if np.all(np.isfinite(move)):
-                            p = probes.setdefault(id(f.lu.factors), (f.lu.factors, [], [], []))
-                            p[1].append(i)
-                            p[2].append(f.lu.j)
-                            p[3].append(move)
+                            probes.append((i, f.lu))
+                            moves[i] = move
                         continue
                     near = move
                 else:
@@ -814,10 +813,12 @@ class Linearization:
                     # (of the nearby matrix only its LU is used: its S is not kept)
                     factors[i] = Factor(S, f.lu, f.rcond,
                                         near=replace(f.near or f, S=None, pinv=None))
-            for fa, idx, js, moves in probes.values():
+            for fa, at, js in _by_arrow(probes):
                 with np.errstate(all="ignore"):
-                    moved = np.abs(fa.solve(np.array(js), np.stack(moves), False)).max(axis=1)
-                for i, contracts in zip(idx, (moved <= NEAR_CONTRACTION).tolist(), strict=True):
+                    moved = np.abs(fa.solve(js, np.stack([moves[i] for i in at.tolist()]),
+                                            False)).max(axis=1)
+                for i, contracts in zip(at.tolist(), (moved <= NEAR_CONTRACTION).tolist(),
+                                        strict=True):
                     if contracts:
                         f = reuse[i]
                         assert f is not None
@@ -858,7 +859,8 @@ class Linearization:
                 and layout.arrow is not None:
             # every instance at once; SuperLU for one the blocks do not factor well
             where = {i: j for j, i in enumerate(mats)}
-            fa, rcond, good = layout.arrow.factor(data[[where[i] for i in todo]])
+            fa, rcond, good = layout.arrow.factor(data[[where[i] for i in todo]],
+                                                  sign_probe(self.n + self.m))
             made = [Factor(mats[i], ArrowLU(fa, j), rc, ordering=layout.ordering)
                     if ok and rc > RCOND_MIN else fn(mats[i])
                     for j, (i, rc, ok) in enumerate(zip(todo, rcond.tolist(), good.tolist(),
@@ -982,17 +984,9 @@ def _refined_solves(factors: list[Factor], which: np.ndarray, rhs: np.ndarray,
     at = np.array(idx)
     near = [factors[i].near for i in idx]
     # the solves with the nearby factorizations: a batch's `ArrowLU`s together
-    arrows: dict[int, tuple[ArrowFactors, list[int], list[int]]] = {}
-    alone: list[int] = []
-    for g, nf in enumerate(near):
-        assert nf is not None
-        if type(nf.lu) is ArrowLU:
-            a = arrows.setdefault(id(nf.lu.factors), (nf.lu.factors, [], []))
-            a[1].append(g)
-            a[2].append(nf.lu.j)
-        else:
-            alone.append(g)
-    arrow_sets = [(fa, np.array(gs), np.array(js)) for fa, gs, js in arrows.values()]
+    arrow_sets = _by_arrow([(g, nf.lu) for g, nf in enumerate(near)
+                            if nf is not None and type(nf.lu) is ArrowLU])
+    alone = [g for g, nf in enumerate(near) if nf is None or type(nf.lu) is not ArrowLU]
 
     def solve(live: np.ndarray, R: np.ndarray) -> np.ndarray:
         """The nearby factorizations' solves for positions ``live`` (of idx), R (len, …)."""
@@ -1067,25 +1061,32 @@ def _lapack_solves(factors: list[Factor], which: np.ndarray, rhs: np.ndarray,
     return done
 
 
+def _by_arrow(lus: list[tuple[int, ArrowLU]]
+              ) -> list[tuple[ArrowFactors, np.ndarray, np.ndarray]]:
+    """(position, `ArrowLU`) pairs grouped by the batch factorization they belong to: for
+    each, its `ArrowFactors`, the positions, and their instances in it (for one batched
+    solve)."""
+    groups: dict[int, tuple[ArrowFactors, list[int], list[int]]] = {}
+    for pos, lu in lus:
+        g = groups.setdefault(id(lu.factors), (lu.factors, [], []))
+        g[1].append(pos)
+        g[2].append(lu.j)
+    return [(fa, np.array(at), np.array(js)) for fa, at, js in groups.values()]
+
+
 def _arrow_solves(factors: list[Factor], which: np.ndarray, rhs: np.ndarray,
                   out: np.ndarray, transpose: bool) -> np.ndarray:
     """S⁻¹ rhs (or S⁻ᵀ rhs) into ``out`` for the instances among ``which`` (regular) whose
     factorization is S's own `ArrowLU` and whose rhs is finite, those of one batch's
     factorization (`ArrowFactors`) in one batched solve. Returns those instances (B,) bool."""
     done = np.zeros(len(factors), dtype=bool)
-    groups: dict[int, tuple[ArrowFactors, list[int], list[int]]] = {}
-    for i in np.flatnonzero(which).tolist():
-        f = factors[i]
-        if f.near is None and type(f.lu) is ArrowLU:
-            g = groups.setdefault(id(f.lu.factors), (f.lu.factors, [], []))
-            g[1].append(i)
-            g[2].append(f.lu.j)
-    for fa, idx, js in groups.values():
-        at = np.array(idx)
+    lus = [(i, f.lu) for i in np.flatnonzero(which).tolist()
+           if (f := factors[i]).near is None and type(f.lu) is ArrowLU]
+    for fa, at, js in _by_arrow(lus):
         finite = np.isfinite(rhs[at].reshape(at.size, -1)).all(axis=1)
         at = at[finite]
         if at.size:
-            out[at] = fa.solve(np.array(js)[finite], rhs[at], transpose)
+            out[at] = fa.solve(js[finite], rhs[at], transpose)
             done[at] = True
     return done
 

@@ -339,24 +339,22 @@ def _checked(out: Outcome, A: Any, b: np.ndarray, c: np.ndarray, dims: ConeDims,
     unboundedness claim also needs the primal's feasibility (`_primal_feasibility`): where
     the primal is certified infeasible the status is INFEASIBLE, with that certificate."""
     status = out.status
-    if status in (Status.INFEASIBLE, Status.UNBOUNDED):
-        if status is Status.INFEASIBLE and infeasibility_certified(A, b, out.y, dims):
-            pass
-        elif status is Status.UNBOUNDED and unboundedness_certified(A, c, out.x, dims, P):
-            feasible, y = _primal_feasibility(backend, A, b, dims, settings)
-            if feasible is Status.INFEASIBLE:
-                assert y is not None
-                status = Status.INFEASIBLE
-                out = Outcome(np.full_like(out.x, np.nan), y, np.full_like(out.s, np.nan),
-                              status, out.iterations)
-            elif feasible is not Status.SOLVED:
-                status = Status.INACCURATE
-        else:
-            status = Status.INACCURATE
-        if status is Status.INACCURATE:  # no usable certificate and no iterate (SCS returns
-            # NaN): start again from 0
-            out = Outcome(np.zeros_like(out.x), np.zeros_like(out.y), np.zeros_like(out.s),
+    if status is Status.INFEASIBLE and not infeasibility_certified(A, b, out.y, dims) \
+            or status is Status.UNBOUNDED and not unboundedness_certified(A, c, out.x, dims, P):
+        status = Status.INACCURATE
+    elif status is Status.UNBOUNDED:
+        feasible, y = _primal_feasibility(backend, A, b, dims, settings)
+        if feasible is Status.INFEASIBLE:
+            assert y is not None
+            status = Status.INFEASIBLE
+            out = Outcome(np.full_like(out.x, np.nan), y, np.full_like(out.s, np.nan),
                           status, out.iterations)
+        elif feasible is not Status.SOLVED:
+            status = Status.INACCURATE
+    if status is Status.INACCURATE and out.status is not Status.INACCURATE:
+        # a claim not shown, and no iterate (SCS returns NaN): start again from 0
+        out = Outcome(np.zeros_like(out.x), np.zeros_like(out.y), np.zeros_like(out.s),
+                      status, out.iterations)
     return out, status, out.iterations, seconds
 
 
