@@ -152,6 +152,8 @@ LSMR_ITERS_PER_ROW = 10
 # solved by its truncated SVD (pseudo-inverse), singular values below PINV_RTOL·σ_max dropped.
 RCOND_MIN = 1e-11
 PINV_RTOL = 1e-11
+# Ulps of margin on the error bound of a dense SVD's null vectors (`TruncatedSVD.null_error`).
+NULL_SLACK = 64
 # A factorization is reused for a changed S (iterative refinement, see _refined_solve) if no
 # entry moved by more than NEAR_RATE·rcond relative to S's largest, so that the error contracts
 # by about NEAR_RATE per step (refinement's last Newton step moves S by 1e-7 … 1e-5 on PSD
@@ -1335,6 +1337,16 @@ class TruncatedSVD:
         """rhs − S S⁺ rhs: the part of rhs (N, K) outside S's range."""
         return rhs - self.U @ (self.U.T @ rhs)
 
+    @property
+    def null_error(self) -> float:
+        """A bound on the 2-norm error of ``null``'s vectors (each of unit norm): a backward
+        stable SVD is exact for S + E, ‖E‖ ≈ u·σ₁, and moves the singular subspace of the
+        dropped values by an angle up to ‖E‖ over the gap to the smallest kept one σ_r
+        (Wedin, *BIT* 12, 1972): u·σ₁/σ_r, with NULL_SLACK ulps' margin."""
+        if not self.sv.size:
+            return np.inf
+        return NULL_SLACK * float(np.finfo(float).eps * self.sv[0] / self.sv[-1])
+
 
 def _factor_stack(S: np.ndarray, n: int | None = None) -> list[Factor]:
     """`_factor_one` for a stack of small dense S (k, N, N) at once: S⁻¹ by batched LAPACK
@@ -1623,6 +1635,12 @@ class SparsePinv:
     def range_miss(self, rhs: np.ndarray) -> np.ndarray:
         """rhs − S S⁺ rhs: the part of rhs (N, K) outside S's range."""
         return rhs - self.S @ self.solve(rhs)
+
+    @property
+    def null_error(self) -> float:
+        """`TruncatedSVD.null_error` where ``null`` is the dense SVD's; inf for the inverse
+        iteration's Ritz vectors (no bound on their error is at hand)."""
+        return np.inf if self._dense is None else self._dense.null_error
 
     @property
     def null(self) -> np.ndarray:

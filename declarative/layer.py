@@ -1168,12 +1168,20 @@ class Layer:
                         seconds=res.seconds, retryable=candidate & ~certified,
                         factors=factors, v=v, D=D, v_D=v_D)
 
-    def _null_space_moves(self, f: Any, D: DProjection) -> np.ndarray:
+    def _null_space_moves(self, f: Any, D: DProjection, here: np.ndarray, extent: float
+                          ) -> np.ndarray:
         """Per output (bool): does a direction in the null space of the singular S that
         ``f`` factored move it? The outputs change along a null vector w = (w_u, w_v) by
-        R (w_u, DΠ(v) w_v) (R: ``template.recover``, ``D`` = DΠ exact at v, unbatched); an
-        output is unmoved where that is below NULL_RTOL of the same sum taken in absolute
-        values (rounding).
+        R (w_u, DΠ(v) w_v) (R: ``template.recover``, ``D`` = DΠ exact at v, unbatched). An
+        entry of that change is rounding where it is below NULL_RTOL of the same sum taken
+        in absolute values (cancellation in R's sums), or below what the null vectors' own
+        error (`TruncatedSVD.null_error`, a 2-norm, where S's singular values are known)
+        leaves in it, |R_e|₂ times that error. The second holds only where the output is
+        large enough for it: that error, over the extent of a face of solutions (taken as
+        ``extent``, the point's max-norm, at least 1), within ACCEPT_FORWARD of the output's
+        max-norm (``here``: the outputs' entries' magnitudes at the point, all in the
+        equilibrated program's units); a tiny output beside large auxiliary variables
+        (sparsemax with θ ~ 1e12: x̂ ~ 1e-14) is held to the first test alone.
         Where S's null space is not known (no pseudo-inverse: S not finite), every output
         counts as moved."""
         moved = np.ones(len(self.outputs), dtype=bool)
@@ -1185,12 +1193,23 @@ class Layer:
             return ~moved
         Dv = D.matvec(N[t.n :])
         W = np.concatenate([N[: t.n], Dv], axis=0)
-        change = np.abs(t.recover @ W)
-        terms = abs(t.recover) @ np.abs(W)
+        change = np.abs(t.recover @ W).max(axis=1)
+        terms = (abs(t.recover) @ np.abs(W)).max(axis=1)
+        noise = self._recover_row_norms * f.pinv.null_error
+        cancelled = change <= NULL_RTOL * terms
         for k, (o, lo) in enumerate(zip(self.outputs, self._out_offsets, strict=True)):
             sl = slice(lo, lo + o.size)
-            moved[k] = change[sl].max(initial=0.0) > NULL_RTOL * terms[sl].max(initial=0.0)
+            size = here[sl].max(initial=0.0)
+            rounding = (change[sl] <= noise[sl]) \
+                & (noise[sl] * max(extent, 1.0) <= ACCEPT_FORWARD * size)
+            moved[k] = not np.all(cancelled[sl] | rounding)
         return moved
+
+    @cached_property
+    def _recover_row_norms(self) -> np.ndarray:
+        """The 2-norms of ``template.recover``'s rows (the outputs' entries)."""
+        R = self.template.recover
+        return np.sqrt(np.asarray(R.multiply(R).sum(axis=1)).ravel())
 
     @staticmethod
     def _null_space_exact(f: Any) -> bool:
@@ -1344,7 +1363,8 @@ class Layer:
             gap = np.abs(f.S @ corr[j, :, 0] + r.F[idx[j]])
             here = absR @ np.abs(np.concatenate([r.x[idx[j]], pv[j]]))
             Dj = dproject(r.v[idx[j]], t.dims, dual=True)
-            moved = self._null_space_moves(f, Dj)
+            extent = float(np.abs(np.concatenate([r.x[idx[j]], r.v[idx[j]]])).max(initial=0.0))
+            moved = self._null_space_moves(f, Dj, here, extent)
             if moved.any() and not self._null_space_exact(f):
                 d[j] = np.inf  # ill-conditioned, not singular: no face of solutions
                 continue

@@ -734,3 +734,55 @@ def test_a_utility_far_beyond_its_budget_scale_is_never_solved_wrong(objective):
                 assert np.abs(fwd.outputs[0][0] - exact).max() <= 1e-8 * exact.max()
             else:  # x ~ 1e20 may be refused; x ~ 5 at p ~ 1 must not
                 assert pv[0] < 1e-6, fwd.info.status
+
+
+def _prox_sum_largest(a: np.ndarray, k: int) -> np.ndarray:
+    """argmin_s Σ_top-k(s) + ‖s − a‖² = a − ½ Π_C(2a), C = {0 <= w <= 1, Σw = k} (Moreau's
+    decomposition; Π_C by bisection on the shift of clip(2a − τ, 0, 1))."""
+    lo, hi = 2 * a.min() - 1.0, 2 * a.max()
+    for _ in range(200):
+        tau = 0.5 * (lo + hi)
+        lo, hi = (tau, hi) if np.clip(2 * a - tau, 0.0, 1.0).sum() > k else (lo, tau)
+    return a - 0.5 * np.clip(2 * a - 0.5 * (lo + hi), 0.0, 1.0)
+
+
+def _spectral(A: np.ndarray, f) -> np.ndarray:
+    lam, V = np.linalg.eigh(A)
+    return (V * f(lam)) @ V.T
+
+
+@pytest.mark.parametrize("largest", [True, False])
+@pytest.mark.parametrize("scale", [1e-6, 1.0, 1e6])
+def test_eigenvalue_sums_against_their_spectral_closed_form(largest, scale):
+    """min ±λ-sum(S, 2) + ‖S − A‖²: S's auxiliary variables (the sum's threshold t and its
+    PSD slack) are not unique, a face along which S does not move. Solved, with values and
+    Jacobians those of the spectral proximal map (finite differences of the closed form)."""
+    k = 4
+    S = cp.Variable((k, k), symmetric=True)
+    A = cp.Parameter((k, k), symmetric=True)
+    term = cp.lambda_sum_largest(S, 2) if largest else -cp.lambda_sum_smallest(S, 2)
+    layer = dl.compile(cp.Problem(cp.Minimize(scale * term + cp.sum_squares(S - A))),
+                       parameters=[A], variables=[S])
+
+    def closed(Av):
+        if largest:
+            return scale * _spectral(Av / scale, lambda a: _prox_sum_largest(a, 2))
+        return -scale * _spectral(-Av / scale, lambda a: _prox_sum_largest(a, 2))
+
+    rng = np.random.default_rng(3)
+    As = []
+    for _ in range(6):
+        M = rng.standard_normal((k, k))
+        As.append(scale * (M + M.T))
+    f = layer.forward([np.stack(As)])
+    assert all(s is dl.Status.SOLVED for s in f.info.status)
+    h = 1e-6 * scale
+    for j, Av in enumerate(As):
+        np.testing.assert_allclose(f.outputs[0][j], closed(Av), rtol=0, atol=1e-9 * scale)
+        J = f.jacobian(j)[0][0]  # (k, k, k, k): d S / d A
+        for p, q in [(0, 0), (0, 1), (2, 3)]:
+            E = np.zeros((k, k))
+            E[p, q] = E[q, p] = 1.0
+            fd = (closed(Av + h * E) - closed(Av - h * E)) / (2 * h)
+            ours = J[:, :, p, q] + (J[:, :, q, p] if p != q else 0.0)
+            np.testing.assert_allclose(ours, fd, rtol=0, atol=1e-6)
