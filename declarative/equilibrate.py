@@ -330,3 +330,30 @@ def equilibrate(t: ConeTemplate, c: np.ndarray, a: np.ndarray, b: np.ndarray,
                        np.abs(d * b).max(axis=1, initial=0.0))
     gamma = np.where(scale > 0, 1.0 / np.where(scale > 0, scale, 1.0), 1.0)
     return Equilibration(d, e, gamma, gamma.copy(), entries)
+
+
+def rebalance(eq: Equilibration, c: np.ndarray, b: np.ndarray, h: np.ndarray | None
+              ) -> tuple[np.ndarray, Equilibration, np.ndarray, np.ndarray]:
+    """The equilibrated linear programs (ĉ = ``c``, b̂ = ``b``, of the scaling ``eq``; no
+    quadratic term: ``h`` None or 0) whose ĉ and b̂ differ in max-norm by more than UNIFORM,
+    with ρ and σ of (1) taken apart, each bringing its own vector to unit max-norm: the
+    instances (bool, (B,)), their scaling and their ĉ and b̂ (the rest unchanged).
+
+    One scalar ρ = σ leaves the smaller of the two vectors small (a positively homogeneous
+    program whose b is scaled by 1e6: ĉ ~ 1e-6), which can cost SCS its accuracy and leave
+    the objective's terms below the rounding of the dual rows; without a quadratic term
+    nothing couples the two scalars (P̂ = (σ/ρ) E P E), and Â is unchanged."""
+    cmax = np.abs(c).max(axis=1, initial=0.0)
+    bmax = np.abs(b).max(axis=1, initial=0.0)
+    linear = np.ones(len(c), dtype=bool) if h is None else ~np.any(h != 0, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        apart = linear & (cmax > 0) & (bmax > 0) & (
+            np.maximum(cmax / bmax, bmax / cmax) > UNIFORM)
+    rho, sigma = eq.rho.copy(), eq.sigma.copy()
+    c, b = c.copy(), b.copy()
+    rho[apart] /= bmax[apart]
+    sigma[apart] /= cmax[apart]
+    b[apart] /= bmax[apart, None]
+    c[apart] /= cmax[apart, None]
+    return apart, Equilibration(eq.d, eq.e, rho, sigma, eq.entries), c, b
+

@@ -47,7 +47,7 @@ from declarative.derivative import (
     sparse_layout,
     use_dense,
 )
-from declarative.equilibrate import Equilibration, equilibrate, pattern
+from declarative.equilibrate import Equilibration, equilibrate, pattern, rebalance
 from declarative.errors import ParameterError, ProblemError, SolverError, describe_indices
 from declarative.parallel import single_threaded_blas
 from declarative.promise import ACCURACY
@@ -1018,6 +1018,9 @@ class Layer:
             # at a vertex of a degenerate face (ties in a dotsort: refinement then converges
             # only linearly, and may stall short of the certificate)
             settle(SECOND_OPINION, only_settled=True)
+        if ours["refine"]:
+            eq = self._rebalanced(att, backend, shared, ops, c, b, h, mats, Ps, settings, ours,
+                                  eq, chunk)
         if layout is not None and tuning.sparse_ordering is None:
             self._record_ordering(layout)
         status, x, y, s = att.status, att.x, att.y, att.s
@@ -1103,6 +1106,32 @@ class Layer:
         scale = calibrate_scale(backend, [A0], b0[None], c0[None], t.dims, settings,
                                 None if P0 is None else [P0])
         return DEFAULT_SCALE if scale is None else scale
+
+    def _rebalanced(self, att: _Attempt, backend: Backend, shared: Any, ops: BatchOps,
+                    c: np.ndarray, b: np.ndarray, h: np.ndarray | None, mats: CSCBatch,
+                    Ps: CSCBatch | None, settings: dict, ours: dict, eq: Equilibration,
+                    chunk: int | None) -> Equilibration:
+        """Solve once more, with ``backend``, the instances still neither certified nor shown
+        infeasible or unbounded whose equilibrated program (c, b, P̂ = ``h``) is linear with
+        ĉ and b̂ far apart in scale, now with ρ and σ of the scaling taken apart
+        (`equilibrate.rebalance`: a positively homogeneous program with b × 1e6, whose ĉ
+        otherwise lands at 1e-6), taking the results that settle them. Returns the scaling
+        of the batch's results (those instances' ρ and σ where their retry was taken)."""
+        left = np.flatnonzero([st not in _SETTLED for st in att.status])
+        if not left.size:
+            return eq
+        apart, eq2, c2, b2 = rebalance(eq, c, b, h)
+        idx = left[apart[left]]
+        if not idx.size:
+            return eq
+        again = self._attempts(backend, shared, idx, ops, c2, b2, mats, Ps, settings, ours,
+                               eq2, chunk)
+        won = np.array([st in _SETTLED for st in again.status], dtype=bool)
+        att.merge(idx, again, keep=won)
+        took = idx[won]
+        rho, sigma = eq.rho.copy(), eq.sigma.copy()
+        rho[took], sigma[took] = eq2.rho[took], eq2.sigma[took]
+        return Equilibration(eq.d, eq.e, rho, sigma, eq.entries)
 
     def _attempts(self, backend: Backend, shared: Any, idx: np.ndarray, ops: BatchOps,
                   c: np.ndarray, b: np.ndarray, mats: CSCBatch, Ps: CSCBatch | None, settings: dict,

@@ -786,3 +786,55 @@ def test_eigenvalue_sums_against_their_spectral_closed_form(largest, scale):
             fd = (closed(Av + h * E) - closed(Av - h * E)) / (2 * h)
             ours = J[:, :, p, q] + (J[:, :, q, p] if p != q else 0.0)
             np.testing.assert_allclose(ours, fd, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("s", [1e-12, 1e-6, 1.0, 1e6, 1e12])
+def test_kl_projection_onto_a_scaled_simplex_at_every_scale(s):
+    """min Σ kl_div(y, a) s.t. Σy = B: y = B a / Σa, positively homogeneous in (a, B). With
+    one scalar for b and c the equilibrated objective lands at 1/s of the constraints
+    (every instance was 'inaccurate' at s = 1e6); values and Jacobians against the closed
+    form."""
+    n = 5
+    y, a, B = cp.Variable(n), cp.Parameter(n, pos=True), cp.Parameter(pos=True)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum(cp.kl_div(y, a))), [cp.sum(y) == B]),
+                       parameters=[a, B], variables=[y])
+    rng = np.random.default_rng(0)
+    av = s * (np.abs(rng.standard_normal((4, n))) + 0.1)
+    Bv = s * rng.uniform(0.5, 2.0, 4)
+    f = layer.forward([av, Bv])
+    assert all(st is dl.Status.SOLVED for st in f.info.status)
+    for j in range(4):
+        tot = av[j].sum()
+        exact = Bv[j] * av[j] / tot
+        np.testing.assert_allclose(f.outputs[0][j], exact, rtol=0, atol=1e-10 * exact.max())
+        Ja, JB = f.jacobian(j)[0]
+        np.testing.assert_allclose(Ja, Bv[j] * (np.eye(n) / tot - np.outer(av[j], 1) / tot**2),
+                                   rtol=0, atol=1e-9 * Bv[j] / tot)
+        np.testing.assert_allclose(JB.ravel(), av[j] / tot, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("s", [1e-9, 1e6, 1e12])
+def test_a_positively_homogeneous_program_scales_exactly(s):
+    """min ‖Ax − b‖₂ + λ‖x‖₁ s.t. |x| <= r: x(A, s b, λ, s r) = s x(A, b, λ, r), so the
+    Jacobian in b is the same at every scale and in A scales by s (every instance came back
+    'inaccurate' at s = 1e6, one scalar of the scaling bringing c to 1e-6 of b). Against the
+    certified O(1) instances."""
+    n, m = 5, 6
+    x = cp.Variable(n)
+    A, b = cp.Parameter((m, n)), cp.Parameter(m)
+    lam, r = cp.Parameter(pos=True), cp.Parameter(pos=True)
+    prob = cp.Problem(cp.Minimize(cp.norm(A @ x - b, 2) + lam * cp.norm1(x)), [cp.abs(x) <= r])
+    layer = dl.compile(prob, parameters=[A, b, lam, r], variables=[x])
+    rng = np.random.default_rng(1)
+    Av, bv = rng.standard_normal((6, m, n)), rng.standard_normal((6, m))
+    lv, rv = np.full(6, 0.3), np.full(6, 0.8)
+    one = layer.forward([Av, bv, lv, rv])
+    big = layer.forward([Av, s * bv, lv, s * rv])
+    assert all(st is dl.Status.SOLVED for st in one.info.status)
+    assert all(st is dl.Status.SOLVED for st in big.info.status)
+    np.testing.assert_allclose(big.outputs[0], s * one.outputs[0], rtol=0,
+                               atol=1e-9 * s * np.abs(one.outputs[0]).max())
+    for j in range(6):
+        J1, Js = one.jacobian(j)[0], big.jacobian(j)[0]
+        np.testing.assert_allclose(Js[1], J1[1], rtol=0, atol=1e-8 * np.abs(J1[1]).max())
+        np.testing.assert_allclose(Js[0], s * J1[0], rtol=0, atol=1e-8 * s * np.abs(J1[0]).max())
