@@ -357,3 +357,13 @@ def rebalance(eq: Equilibration, c: np.ndarray, b: np.ndarray, h: np.ndarray | N
     c[apart] /= cmax[apart, None]
     return apart, Equilibration(eq.d, eq.e, rho, sigma, eq.entries), c, b
 
+
+def objective_scale(c: np.ndarray, a: np.ndarray, b: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Per instance (B,): τ = max(|A|, |b|) / max(|P|, |c|) over the stored entries of the
+    program's data (c, A values ``a``, b, P values ``h``), the factor that brings its
+    objective to the scale of its constraints; 1 where either is 0."""
+    obj = np.maximum(np.abs(c).max(axis=1, initial=0.0), np.abs(h).max(axis=1, initial=0.0))
+    con = np.maximum(np.abs(a).max(axis=1, initial=0.0), np.abs(b).max(axis=1, initial=0.0))
+    ok = (obj > 0) & (con > 0)
+    return np.where(ok, con / np.where(ok, obj, 1.0), 1.0)
+

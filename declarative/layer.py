@@ -47,7 +47,14 @@ from declarative.derivative import (
     sparse_layout,
     use_dense,
 )
-from declarative.equilibrate import Equilibration, equilibrate, pattern, rebalance
+from declarative.equilibrate import (
+    UNIFORM,
+    Equilibration,
+    equilibrate,
+    objective_scale,
+    pattern,
+    rebalance,
+)
 from declarative.errors import ParameterError, ProblemError, SolverError, describe_indices
 from declarative.parallel import single_threaded_blas
 from declarative.promise import ACCURACY
@@ -967,6 +974,7 @@ class Layer:
         # own normalization leaves b and c as they are, and a 1e9 entry of c among O(1) ones
         # cost it 39,000 iterations where the equilibrated program takes 25 (equilibrate.py)
         eq = equilibrate(t, c, a, b, h)
+        raw = (c, a, b, h)
         c, a, b, h = eq.data(t, c, a, b, h)
         ops = BatchOps(t, a, h)
         mats = t.csc_batch(a)
@@ -1021,6 +1029,10 @@ class Layer:
         if ours["refine"]:
             eq = self._rebalanced(att, backend, shared, ops, c, b, h, mats, Ps, settings, ours,
                                   eq, chunk)
+            if t.quadratic:
+                ops, eq = self._objective_rescaled(att, backend, raw, ops, settings, ours, eq,
+                                                   chunk)
+        del raw
         if layout is not None and tuning.sparse_ordering is None:
             self._record_ordering(layout)
         status, x, y, s = att.status, att.x, att.y, att.s
@@ -1132,6 +1144,56 @@ class Layer:
         rho, sigma = eq.rho.copy(), eq.sigma.copy()
         rho[took], sigma[took] = eq2.rho[took], eq2.sigma[took]
         return Equilibration(eq.d, eq.e, rho, sigma, eq.entries)
+
+    def _objective_rescaled(self, att: _Attempt, backend: Backend, raw: tuple, ops: BatchOps,
+                            settings: dict, ours: dict, eq: Equilibration, chunk: int | None
+                            ) -> tuple[BatchOps, Equilibration]:
+        """Solve once more, with ``backend``, the instances still neither certified nor shown
+        infeasible or unbounded whose objective (P, c in ``raw``, the program's data before
+        equilibration) is far from the constraints (A, b) in scale, now equilibrated with
+        the objective multiplied by τ = max(|A|, |b|) / max(|P|, |c|) (`objective_scale`),
+        at the backend's settings and then, for those still open, at RETRY_EPS: a
+        trust-region QP with (Q, q) × 1e6 is the O(1) one, where Ruiz's balance of
+        [[P, Aᵀ], [A, 0]], held to one factor on the norm's cone block, left Â's entries
+        spread over 1e-4 … 1 and S's rcond at 1e-7 (against 1e-2). The solution is the
+        same, the multipliers τ times: the retry's scaling is that of (1) with σ·τ. Results
+        are taken where they settle an instance. Returns the batch's operators and scaling
+        with those instances' rows."""
+        left = np.flatnonzero([st not in _SETTLED for st in att.status])
+        if not left.size:
+            return ops, eq
+        c0, a0, b0, h0 = (np.asarray(v)[left] for v in raw)
+        tau = objective_scale(c0, a0, b0, h0)
+        far = (tau > UNIFORM) | (tau < 1.0 / UNIFORM)
+        if not far.any():
+            return ops, eq
+        idx, tau = left[far], tau[far]
+        c0, a0, b0, h0 = c0[far], a0[far], b0[far], h0[far]
+        t = self.template
+        e1 = equilibrate(t, tau[:, None] * c0, a0, b0, tau[:, None] * h0)
+        e2 = Equilibration(np.array(e1.d), np.array(e1.e), e1.rho, e1.sigma * tau)
+        c2, a2, b2, h2 = e2.data(t, c0, a0, b0, h0)
+        ops2, mats2, Ps2 = BatchOps(t, a2, h2), t.csc_batch(a2), t.P_csc_batch(h2)
+        won = np.zeros(idx.size, dtype=bool)
+        # at the backend's settings, then at the tight tolerance those still open
+        for tries in (settings, backend.tightened(settings, RETRY_EPS)):
+            js = np.flatnonzero(~won)
+            if not js.size:
+                break
+            again = self._attempts(backend, None, js, ops2, c2, b2, mats2, Ps2, tries, ours, e2,
+                                   chunk)
+            now = np.array([st in _SETTLED for st in again.status], dtype=bool)
+            att.merge(idx[js], again, keep=now)
+            won[js[now]] = True
+        if not won.any():
+            return ops, eq
+        took = idx[won]
+        a, h = np.array(ops.a), np.array(ops.h)
+        a[took], h[took] = a2[won], h2[won]
+        d, e, rho, sigma = (np.array(v) for v in (eq.d, eq.e, eq.rho, eq.sigma))
+        d[took], e[took], rho[took], sigma[took] = e2.d[won], e2.e[won], e2.rho[won], \
+            e2.sigma[won]
+        return BatchOps(t, a, h), Equilibration(d, e, rho, sigma)
 
     def _attempts(self, backend: Backend, shared: Any, idx: np.ndarray, ops: BatchOps,
                   c: np.ndarray, b: np.ndarray, mats: CSCBatch, Ps: CSCBatch | None, settings: dict,
