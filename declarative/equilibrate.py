@@ -19,6 +19,9 @@ equilibrate both rows and columns norms in matrices*) on the symmetric matrix
 so a program whose A and P do not depend on the parameters keeps one Â and P̂ for the
 whole batch. One scalar ρ = σ then brings max(‖b̂‖∞, ‖ĉ‖∞) to 1 (two different ones
 would scale P̂ by σ/ρ, which undoes the equilibration of P when b and c differ in scale).
+Where that leaves an instance unsolved and its data far apart in scale, the layer solves it
+once more with ρ and σ apart (`rebalance`, programs without P) or with its objective
+rescaled before equilibrating (`objective_scale`).
 
 The scaling is a fixed linear change of variables for each instance: the solution map of
 (1) composed with it is the original solution map, so derivatives pass through it with
