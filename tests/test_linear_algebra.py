@@ -664,3 +664,23 @@ def test_dense_lu_solves_in_the_pool_equal_the_looped_ones():
         corr = der.newton_correction(lin.factors, rhs)
         for i in range(B):
             assert np.array_equal(corr[i], -lin.solve_one(i, rhs[i]), equal_nan=True)
+
+
+@pytest.mark.parametrize("gap", [1e-1, 1e-4, 1e-7])
+def test_a_dense_svds_null_vectors_are_within_their_stated_error(gap):
+    """S = Q diag(σ) Wᵀ with one exact zero singular value and the smallest nonzero one at
+    ``gap``: the computed null vector's distance from W's last column (up to sign) is within
+    `TruncatedSVD.null_error`, which grows as 1/gap."""
+    from declarative.derivative import TruncatedSVD
+
+    rng = np.random.default_rng(4)
+    N = 30
+    Q = np.linalg.qr(rng.standard_normal((N, N)))[0]
+    W = np.linalg.qr(rng.standard_normal((N, N)))[0]
+    sv = np.concatenate([np.geomspace(3.0, gap, N - 1), [0.0]])
+    svd = TruncatedSVD.of((Q * sv) @ W.T)
+    assert svd is not None and svd.null.shape == (N, 1)
+    exact, got = W[:, -1], svd.null[:, 0]
+    err = min(np.linalg.norm(got - exact), np.linalg.norm(got + exact))
+    assert err <= svd.null_error
+    assert svd.null_error == pytest.approx(64 * np.finfo(float).eps * 3.0 / gap, rel=1e-6)
