@@ -868,3 +868,32 @@ def test_a_trust_region_qp_with_its_objective_scaled(s):
         for k, factor in ((0, 1 / s), (1, 1 / s), (2, 1.0)):
             np.testing.assert_allclose(Js[k], factor * J1[k], rtol=0,
                                        atol=1e-8 * factor * max(np.abs(J1[k]).max(), 1.0))
+
+
+def test_the_optnet_qp_with_all_data_at_1e14_is_never_solved_wrong():
+    """The OptNet QP with every parameter × 1e14 is, divided through, min ½‖L₀ᵀx‖² + 1e-14
+    q₀ᵀx over the O(1) polytope. Clarabel's point had duals ~5e11 beside primal rows of 1e-7
+    terms, one of them 100% off, judged at 1e-9 of the largest row's terms along a
+    10-dimensional null space of S that moves x: `solved`, and 30-180% off, alone and in a
+    batch of 16. Against that reduced program solved by Clarabel at 1e-13."""
+    mod = problems.ZOO["qp"]
+    prob, params, variables = mod.build()
+    layer = dl.compile(prob, params, variables, **problems.compile_options(mod))
+    rng = np.random.default_rng(1)
+    base = [[np.asarray(p, dtype=float) for p in mod.sample(rng)] for _ in range(16)]
+    s = 1e14
+    refs = []
+    for L0, q0, A0, b0, G0, h0 in base:
+        x = cp.Variable(L0.shape[0])
+        ref = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(L0.T @ x) + (q0 / s) @ x),
+                         [A0 @ x == b0, G0 @ x <= h0])
+        ref.solve(solver="CLARABEL", tol_gap_abs=1e-13, tol_gap_rel=1e-13, tol_feas=1e-13)
+        refs.append(x.value)
+    batch = layer.forward([np.stack([v[j] for v in base]) * s for j in range(len(params))],
+                          on_failure="nan")
+    for i, v in enumerate(base):
+        alone = layer.forward([p[None] * s for p in v], on_failure="nan")
+        for f, k in ((alone, 0), (batch, i)):
+            if f.info.status[k] is dl.Status.SOLVED:
+                err = np.abs(f.outputs[0][k] - refs[i]).max() / np.abs(refs[i]).max()
+                assert err <= 1e-6, (i, err)
