@@ -158,6 +158,17 @@ class Equilibration:
             ent = (wa if wa.shape[0] == 1 else wa[idx], wp if wp.shape[0] == 1 else wp[idx])
         return Equilibration(self.d[idx], self.e[idx], self.rho[idx], self.sigma[idx], ent)
 
+    def merged(self, idx: np.ndarray, other: Equilibration, js: np.ndarray) -> Equilibration:
+        """This scaling with instances ``idx`` taken from ``other``'s instances ``js``;
+        ``entries`` kept where ``other`` shares D and E with it."""
+        rho, sigma = self.rho.copy(), self.sigma.copy()
+        rho[idx], sigma[idx] = other.rho[js], other.sigma[js]
+        if other.d is self.d and other.e is self.e:
+            return Equilibration(self.d, self.e, rho, sigma, self.entries)
+        d, e = np.array(self.d), np.array(self.e)
+        d[idx], e[idx] = other.d[js], other.e[js]
+        return Equilibration(d, e, rho, sigma)
+
     # -- data ------------------------------------------------------------------------------
     @overload
     def data(self, t: ConeTemplate, c: np.ndarray, a: np.ndarray, b: np.ndarray,

@@ -1013,14 +1013,13 @@ class Layer:
             """Solve what is still neither certified nor shown infeasible or unbounded with
             backend ``name`` at the tight tolerance, and take its results (only where they
             settle the instance, if ``only_settled``)."""
-            left = np.flatnonzero([st not in _SETTLED for st in att.status])
+            left = np.flatnonzero(~_settled(att.status))
             if left.size:
                 other = get_backend(name)
                 again = self._attempts(other, None, left, ops, c, b, mats, Ps,
                                        other.tightened(other.settings({}), RETRY_EPS), ours,
                                        eq, chunk)
-                att.merge(left, again, keep=np.array([st in _SETTLED for st in again.status],
-                                                     dtype=bool) if only_settled else None)
+                att.merge(left, again, keep=_settled(again.status) if only_settled else None)
 
         if ours["refine"] and backend.name != DEFAULT_SOLVER and not self._solver_named:
             # the default's choice of solver must not cost an instance SCS would have solved
@@ -1135,7 +1134,7 @@ class Layer:
         (`equilibrate.rebalance`: a positively homogeneous program with b × 1e6, whose ĉ
         otherwise lands at 1e-6), taking the results that settle them. Returns the scaling
         of the batch's results (those instances' ρ and σ where their retry was taken)."""
-        left = np.flatnonzero([st not in _SETTLED for st in att.status])
+        left = np.flatnonzero(~_settled(att.status))
         if not left.size:
             return eq
         apart, eq2, c2, b2 = rebalance(eq, c, b, h)
@@ -1144,12 +1143,9 @@ class Layer:
             return eq
         again = self._attempts(backend, shared, idx, ops, c2, b2, mats, Ps, settings, ours,
                                eq2, chunk)
-        won = np.array([st in _SETTLED for st in again.status], dtype=bool)
+        won = _settled(again.status)
         att.merge(idx, again, keep=won)
-        took = idx[won]
-        rho, sigma = eq.rho.copy(), eq.sigma.copy()
-        rho[took], sigma[took] = eq2.rho[took], eq2.sigma[took]
-        return Equilibration(eq.d, eq.e, rho, sigma, eq.entries)
+        return eq.merged(idx[won], eq2, idx[won])
 
     def _objective_rescaled(self, att: _Attempt, backend: Backend, raw: tuple, ops: BatchOps,
                             settings: dict, ours: dict, eq: Equilibration, chunk: int | None
@@ -1165,7 +1161,7 @@ class Layer:
         same, the multipliers τ times: the retry's scaling is that of (1) with σ·τ. Results
         are taken where they settle an instance. Returns the batch's operators and scaling
         with those instances' rows."""
-        left = np.flatnonzero([st not in _SETTLED for st in att.status])
+        left = np.flatnonzero(~_settled(att.status))
         if not left.size:
             return ops, eq
         c0, a0, b0, h0 = (np.asarray(v)[left] for v in raw)
@@ -1188,7 +1184,7 @@ class Layer:
                 break
             again = self._attempts(backend, None, js, ops2, c2, b2, mats2, Ps2, tries, ours, e2,
                                    chunk)
-            now = np.array([st in _SETTLED for st in again.status], dtype=bool)
+            now = _settled(again.status)
             att.merge(idx[js], again, keep=now)
             won[js[now]] = True
         if not won.any():
@@ -1196,10 +1192,7 @@ class Layer:
         took = idx[won]
         a, h = np.array(ops.a), np.array(ops.h)
         a[took], h[took] = a2[won], h2[won]
-        d, e, rho, sigma = (np.array(v) for v in (eq.d, eq.e, eq.rho, eq.sigma))
-        d[took], e[took], rho[took], sigma[took] = e2.d[won], e2.e[won], e2.rho[won], \
-            e2.sigma[won]
-        return BatchOps(t, a, h), Equilibration(d, e, rho, sigma)
+        return BatchOps(t, a, h), eq.merged(took, e2, np.flatnonzero(won))
 
     def _attempts(self, backend: Backend, shared: Any, idx: np.ndarray, ops: BatchOps,
                   c: np.ndarray, b: np.ndarray, mats: CSCBatch, Ps: CSCBatch | None, settings: dict,
@@ -1288,13 +1281,13 @@ class Layer:
             return moved
         t = self.template
         pinv = f.pinv
+        N = pinv.null  # (n + m, k): orthonormal basis of S's right null space
         if not np.isfinite(pinv.null_error) and isinstance(f.S, sp.spmatrix) \
                 and f.S.shape[0] <= NULL_SVD_MAX:
             # the inverse iteration's Ritz vectors carry no error bound: the dense SVD's do
             dense = TruncatedSVD.of(f.S.toarray())
-            if dense is not None and dense.null.shape[1] == pinv.null.shape[1]:
-                pinv = dense
-        N = pinv.null  # (n + m, k): orthonormal basis of S's right null space
+            if dense is not None and dense.null.shape[1] == N.shape[1]:
+                pinv, N = dense, dense.null
         if N.shape[1] == 0:
             return ~moved
         Dv = D.matvec(N[t.n :])
@@ -1694,6 +1687,11 @@ def _batch_indices(bad: np.ndarray, batched: bool) -> str:
 
 _REFINABLE = (Status.SOLVED, Status.INACCURATE, Status.ITERATION_LIMIT)
 _SETTLED = (Status.SOLVED, Status.INFEASIBLE, Status.UNBOUNDED)
+
+
+def _settled(status: Sequence[Status]) -> np.ndarray:
+    """(len(status),) bool: certified solved, or shown infeasible or unbounded."""
+    return np.array([st in _SETTLED for st in status], dtype=bool)
 
 
 @dataclass
