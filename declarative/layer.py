@@ -125,6 +125,10 @@ NULL_RTOL = 1e-12
 # whether it moves an output (`Layer._null_space_moves`; the 3-norm ball projection at n = 60,
 # N = 361: 30 ms, only where S is singular).
 NULL_SVD_MAX = 1000
+# The objective's P on the variables it touches is nonsingular where its smallest eigenvalue
+# exceeds this, relative to its largest, times their number: eigvalsh's error is about ε·‖P‖,
+# so the exact P is nonsingular too (`Layer._strictly_convex`).
+P_DEFINITE = 64 * np.finfo(float).eps
 # A whole optimal face is flat: along it the cones' projections are linear. Where a direction of
 # S's null space that moves an output passes, with more than FACE_TOL of its norm, through a
 # block of a curved cone (second-order, exponential, power, PSD) whose DΠ is neither 0 nor I
@@ -1258,8 +1262,8 @@ class Layer:
                         seconds=res.seconds, retryable=candidate & ~certified,
                         factors=factors, v=v, D=D, v_D=v_D)
 
-    def _null_space_moves(self, f: Any, D: DProjection, here: np.ndarray, extent: float
-                          ) -> np.ndarray:
+    def _null_space_moves(self, f: Any, D: DProjection, here: np.ndarray, extent: float,
+                          unique: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per output (bool): does a direction in the null space of the singular S that
         ``f`` factored move it? The outputs change along a null vector w = (w_u, w_v) by
         R (w_u, DΠ(v) w_v) (R: ``template.recover``, ``D`` = DΠ exact at v, unbatched). An
@@ -1274,11 +1278,19 @@ class Layer:
         (sparsemax with θ ~ 1e12: x̂ ~ 1e-14) is held to the first test alone. A sparse
         S's null space (`SparsePinv`, whose Ritz vectors carry no such bound) is taken from
         its dense SVD up to order NULL_SVD_MAX.
+
+        Returned twice: for the null vectors as computed, and for exact ones, which are 0 on
+        the variables ``unique`` (indices into u, `_strictly_convex`): S w = 0 gives, from
+        (1) in `derivative`, w_uᵀ P w_u = −w_vᵀ (I − DΠ) DΠ w_v, and DΠ is symmetric with
+        eigenvalues in [0, 1], so both sides vanish (P ⪰ 0) and P w_u = 0. What a computed
+        null vector holds there is rounding, which beside an output far smaller than the
+        auxiliary variables (x ~ 1e-9 inside an ℓ₁ ball of radius 1, whose bounds t_i are
+        free) would otherwise count as a move.
         Where S's null space is not known (no pseudo-inverse: S not finite), every output
         counts as moved."""
-        moved = np.ones(len(self.outputs), dtype=bool)
+        every = np.ones(len(self.outputs), dtype=bool)
         if f.pinv is None:
-            return moved
+            return every, every
         t = self.template
         pinv = f.pinv
         N = pinv.null  # (n + m, k): orthonormal basis of S's right null space
@@ -1289,20 +1301,47 @@ class Layer:
             if dense is not None and dense.null.shape[1] == N.shape[1]:
                 pinv, N = dense, dense.null
         if N.shape[1] == 0:
-            return ~moved
-        Dv = D.matvec(N[t.n :])
-        W = np.concatenate([N[: t.n], Dv], axis=0)
-        change = np.abs(t.recover @ W).max(axis=1)
-        terms = (abs(t.recover) @ np.abs(W)).max(axis=1)
+            return ~every, ~every
         noise = self._recover_row_norms * pinv.null_error
-        cancelled = change <= NULL_RTOL * terms
-        for k, (o, lo) in enumerate(zip(self.outputs, self._out_offsets, strict=True)):
-            sl = slice(lo, lo + o.size)
-            size = here[sl].max(initial=0.0)
-            rounding = (change[sl] <= noise[sl]) \
-                & (noise[sl] * max(extent, 1.0) <= ACCEPT_FORWARD * size)
-            moved[k] = not np.all(cancelled[sl] | rounding)
-        return moved
+
+        def moves(W: np.ndarray) -> np.ndarray:
+            change = np.abs(t.recover @ W).max(axis=1)
+            terms = (abs(t.recover) @ np.abs(W)).max(axis=1)
+            cancelled = change <= NULL_RTOL * terms
+            moved = np.zeros(len(self.outputs), dtype=bool)
+            for k, (o, lo) in enumerate(zip(self.outputs, self._out_offsets, strict=True)):
+                sl = slice(lo, lo + o.size)
+                size = here[sl].max(initial=0.0)
+                rounding = (change[sl] <= noise[sl]) \
+                    & (noise[sl] * max(extent, 1.0) <= ACCEPT_FORWARD * size)
+                moved[k] = not np.all(cancelled[sl] | rounding)
+            return moved
+
+        W = np.concatenate([N[: t.n], D.matvec(N[t.n :])], axis=0)
+        computed = moves(W)
+        if unique.size == 0 or not computed.any():
+            return computed, computed
+        W[unique] = 0.0
+        return computed, moves(W)
+
+    def _strictly_convex(self, h: np.ndarray) -> np.ndarray:
+        """The variables (indices into u) that P, with values ``h`` (one instance's), touches,
+        where P restricted to them is nonsingular (smallest eigenvalue above P_DEFINITE of
+        the largest times their number): the objective is strictly convex in them, and they
+        are unique on the optimal set. Empty where P is singular there, or touches more
+        than NULL_SVD_MAX variables."""
+        t = self.template
+        on = h != 0
+        support = np.union1d(t.P_rows[on], t.P_cols[on])
+        if support.size == 0 or support.size > NULL_SVD_MAX:
+            return support[:0]
+        at = np.searchsorted(support, t.P_rows[on]), np.searchsorted(support, t.P_cols[on])
+        P = np.zeros((support.size, support.size))
+        np.add.at(P, at, h[on])
+        w = np.linalg.eigvalsh(P)  # (both triangles are stored)
+        if not np.all(np.isfinite(w)) or w[0] <= P_DEFINITE * support.size * abs(w).max():
+            return support[:0]
+        return support
 
     @cached_property
     def _recover_row_norms(self) -> np.ndarray:
@@ -1463,13 +1502,17 @@ class Layer:
             here = absR @ np.abs(np.concatenate([r.x[idx[j]], pv[j]]))
             Dj = dproject(r.v[idx[j]], t.dims, dual=True)
             extent = float(np.abs(np.concatenate([r.x[idx[j]], r.v[idx[j]]])).max(initial=0.0))
-            moved = self._null_space_moves(f, Dj, here, extent)
+            moved, moved_exact = self._null_space_moves(f, Dj, here, extent,
+                                                        self._strictly_convex(ops.h[idx[j]]))
             if moved.any() and not self._null_space_exact(f):
                 d[j] = np.inf  # ill-conditioned, not singular: no face of solutions
                 continue
             curved = moved.any() and self._null_space_curved(f, Dj)
+            # (an output that no exact null vector moves, only the computed ones' rounding,
+            # is known to the estimate however small; the other tests keep the computed ones)
             for k, (o, lo) in enumerate(zip(self.outputs, self._out_offsets, strict=True)):
-                if moved[k] and (curved or here[lo : lo + o.size].max(initial=0.0) < RESOLVED):
+                tiny = here[lo : lo + o.size].max(initial=0.0) < RESOLVED
+                if moved[k] and (curved or tiny and moved_exact[k]):
                     d[j] = np.inf
             # F's part outside S's range is judged against each row's own terms, not the
             # block-wide scale of a cone's rounding (`refine.row_terms`): S nearly singular

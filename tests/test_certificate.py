@@ -897,3 +897,25 @@ def test_the_optnet_qp_with_all_data_at_1e14_is_never_solved_wrong():
             if f.info.status[k] is dl.Status.SOLVED:
                 err = np.abs(f.outputs[0][k] - refs[i]).max() / np.abs(refs[i]).max()
                 assert err <= 1e-6, (i, err)
+
+
+@pytest.mark.parametrize("s", [1e-14, 1e-9, 1e-3])
+def test_a_tiny_point_inside_an_l1_ball_is_solved_alone(s):
+    """Projection onto ‖x‖₁ <= r of y ~ s·1 well inside the ball: x = y, ∂x/∂y = I,
+    ∂x/∂r = 0. CVXPY's bounds t_i >= |x_i| are then free (S is singular along them), and
+    the null vectors' rounding in x's rows (1e-17) counted as a move of an x ~ 1e-9: every
+    instance solved alone was 'inaccurate' at s <= 1e-9. P = 2I in x: exact null vectors
+    leave x alone."""
+    n = 8
+    x, y, r = cp.Variable(n), cp.Parameter(n), cp.Parameter(pos=True)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - y)), [cp.norm1(x) <= r]),
+                       parameters=[y, r], variables=[x])
+    rng = np.random.default_rng(5)
+    for _ in range(4):
+        yv, rv = s * rng.standard_normal(n), rng.uniform(0.5, 1.5)
+        f = layer.forward([yv[None], np.array([rv])])
+        assert f.info.status[0] is dl.Status.SOLVED
+        np.testing.assert_allclose(f.outputs[0][0], yv, rtol=0, atol=1e-9 * s)
+        J = f.jacobian(0)[0]
+        np.testing.assert_allclose(J[0], np.eye(n), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(J[1], np.zeros(n), rtol=0, atol=1e-9)
