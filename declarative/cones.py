@@ -201,7 +201,9 @@ def _layout(dims: ConeDims) -> _Layout:
 
 
 def _as_batch(v: np.ndarray, dims: ConeDims) -> tuple[np.ndarray, bool]:
-    v = np.asarray(v, dtype=np.float64)
+    v = np.asarray(v)
+    if v.dtype != np.longdouble:  # (kept for the zero, nonnegative and second-order cones'
+        v = v.astype(np.float64, copy=False)  # projections in extended precision: refine.py)
     if v.ndim not in (1, 2) or v.shape[-1] != dims.size:
         raise ValueError(
             f"expected v of shape (m,) or (B, m) with m = dims.size = {dims.size}, got {v.shape}"
@@ -985,15 +987,19 @@ def dproject(v: np.ndarray, dims: ConeDims, dual: bool = False,
 # 1e-9 of ‖v‖∞ away from its kink is a real, if small, slack or multiplier (a θ entry of 1
 # beside one of 1e9), whose derivative is the ordinary one.
 KINK_TOL = 1e-12
+# The same for a point refined with its residual in extended precision (refine.py): v is then
+# known to about float64's rounding of ‖v‖∞, and a few ulps of it is a kink.
+KINK_TOL_EXTENDED = 64 * float(np.finfo(float).eps)
 
 
-def snap_kinks(v: np.ndarray, dims: ConeDims, tol: float = KINK_TOL
+def snap_kinks(v: np.ndarray, dims: ConeDims, tol: float | np.ndarray = KINK_TOL
                ) -> tuple[np.ndarray, np.ndarray]:
     """Find where strict complementarity fails, and make the derivative's branch deterministic.
 
     v = y − s sits on a kink of Π_{K*} exactly where a constraint is weakly active (its slack
     and its multiplier both vanish): there the solution map has only one-sided derivatives.
-    Within ``tol · ‖v‖∞`` of such a point we move v onto it, so the derivative is the one
+    Within ``tol · ‖v‖∞`` (``tol`` a scalar, or one per instance) of such a point we move v
+    onto it, so the derivative is the one
     `dproject` assigns on the boundary (the constraint held active) instead of a branch
     picked by rounding noise. Nonnegative and second-order cones (boundary and apex) are
     snapped; PSD eigenvalues near zero are detected only. Returns (v, mask (B, m) bool): the
@@ -1137,6 +1143,8 @@ class DProjection:
         self._exp_roots: np.ndarray | None = None  # (B, cones): where a later one starts
         for _, idx in lay.soc:
             P[:, idx], coef = _soc(V[:, idx], True)
+            if V.dtype != np.float64:  # (long double: rounded once, as refine.py does Π)
+                coef = tuple(np.asarray(x, dtype=np.float64) for x in coef)
             self._soc.append((idx, coef))
         for k, idx in lay.psd:
             P[:, idx], data = _psd(V[:, idx], k, True)
@@ -1150,6 +1158,7 @@ class DProjection:
                 V[:, lay.exp], lay.n_exp, dual, True, start)
         if lay.pow.size:
             P[:, lay.pow], self._pow = _pow_all(V[:, lay.pow], lay.alpha, dual, True)
+        P = P.astype(np.float64, copy=False)
         self.point = P if batched else P[0]
 
     def _arrays(self):

@@ -49,6 +49,8 @@ from declarative.arrow import BATCH_MIN as ARROW_BATCH_MIN
 from declarative.arrow import Arrow, ArrowFactors, ArrowLU
 from declarative.compile import ConeTemplate, times_t
 from declarative.cones import (
+    KINK_TOL,
+    KINK_TOL_EXTENDED,
     DProjection,
     block_pattern,
     cone_groups,
@@ -2158,22 +2160,32 @@ class ConeSolution:
     def at(cls, ops: BatchOps, x: np.ndarray, y: np.ndarray, s: np.ndarray,
            dense: bool | None = None, reuse: list[Factor | None] | None = None,
            v: np.ndarray | None = None, known: tuple[DProjection, np.ndarray] | None = None,
-           scaling: Equilibration | None = None
+           scaling: Equilibration | None = None, extended: np.ndarray | None = None
            ) -> ConeSolution:
         """Linearize at (x, y, s) and v = y − s (or ``v`` as given, e.g. refinement's exact
         iterate); ``reuse`` factorizations where S is unchanged (or nearly), and ``known``
-        = (DΠ, the points it was taken at): its rows where they equal v exactly."""
+        = (DΠ, the points it was taken at): its rows where they equal v exactly.
+        ``extended`` (bool per instance): the points refinement took to extended precision
+        (`refine.refine`), whose kinks are snapped within KINK_TOL_EXTENDED instead of
+        KINK_TOL (a second-order cone's dual at 1e-13 of its slack is resolved there, not a
+        kink), and whose DΠ is evaluated in long double where it is made here."""
         dims = ops.template.dims
-        v, mask = snap_kinks(y - s if v is None else v, dims)
+        v = y - s if v is None else v
+        wide = np.zeros(len(v), dtype=bool) if extended is None else np.asarray(extended)
+        v, mask = snap_kinks(v, dims, np.where(wide, KINK_TOL_EXTENDED, KINK_TOL))
+
+        def derivative(at: np.ndarray, wide: np.ndarray) -> DProjection:
+            return dproject(at.astype(np.longdouble) if wide.any() else at, dims, dual=True)
+
         if known is None:
-            D = dproject(v, dims, dual=True)
+            D = derivative(v, wide)
         else:
             D, at_v = known
             same = np.all(v == at_v, axis=1)
             if not same.all():
                 D = D.take(np.arange(len(v)))  # a copy, to patch
                 other = np.flatnonzero(~same)
-                D.put(other, dproject(v[other], dims, dual=True))
+                D.put(other, derivative(v[other], wide[other]))
         lin = Linearization(ops, D, dense=dense, reuse=reuse)
         return cls(ops=ops, x=x, y=y, s=s, v=v, D=D, lin=lin, kink_mask=mask, scaling=scaling)
 

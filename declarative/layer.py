@@ -61,9 +61,11 @@ from declarative.errors import ParameterError, ProblemError, SolverError, descri
 from declarative.parallel import single_threaded_blas
 from declarative.promise import ACCURACY
 from declarative.refine import (
+    EXTENDED_EPS,
     REFINE_MAX_ITERS,
     REFINE_TOL,
     SCALE_FLOOR,
+    extended_ok,
     refine,
     row_terms,
 )
@@ -91,6 +93,11 @@ ACCEPT_FORWARD = ACCURACY / 10
 # Relative rounding of the residual's terms assumed by the forward-error estimate: a few
 # units in the last place (one per operation along a row, in practice).
 ROUNDING = 8 * np.finfo(float).eps
+# The same, for a residual evaluated in extended precision (`Layer._extended`).
+ROUNDING_EXTENDED = 8 * EXTENDED_EPS
+# A point refinement left uncertified at a backward error at most this is refined again with
+# the residual in extended precision (`Layer._extended`), where the program's cones allow.
+EXTENDED_FROM = 1e-6
 # An output that is zero (a projection onto a cone landing at its apex) has no relative
 # accuracy: its computed entries are rounding, a few ulps of its unit (what one unit of the
 # equilibrated program is in the output's units) times the conditioning. An output whose
@@ -374,7 +381,8 @@ class Forward:
         known = None if r.D is None else (r.D.take(idx), r.v_D[idx])
         return ConeSolution.at(ops, r.x[idx], r.y[idx], r.s[idx], reuse=reuse,
                                v=None if r.v is None else r.v[idx], known=known,
-                               scaling=self._scaling.take(idx))
+                               scaling=self._scaling.take(idx),
+                               extended=None if r.extended is None else r.extended[idx])
 
     def _diagnosis(self) -> _Diagnosis | None:
         """A fresh `_Diagnosis` filling ``info`` on the first linearization, None after."""
@@ -1047,7 +1055,7 @@ class Layer:
         status, x, y, s = att.status, att.x, att.y, att.s
         before, after, steps = att.residual_before, att.residual_after, att.steps
         ok = np.array([st is Status.SOLVED for st in status], dtype=bool)
-        refined = _Solution(x, y, s, att.factors, att.v, att.D, att.v_D)
+        refined = _Solution(x, y, s, att.factors, att.v, att.D, att.v_D, att.extended)
         xy = np.concatenate(eq.solution(x, y), axis=1)
         xy[~ok] = np.nan
         out = times_t(xy, t.recover)
@@ -1249,18 +1257,56 @@ class Layer:
         v = np.where(keep[:, None], r.v, y - s)
         certified = candidate & keep & (after <= ACCEPT_BACKWARD)
         certified &= self._forward_error_ok(sub, eq, r, certified, factors, ch, bh)
+        extended = np.zeros(k, dtype=bool)
+        near = candidate & keep & ~certified & (after <= EXTENDED_FROM)
+        if ours["refine"] and near.any() and extended_ok(t):
+            x, y, s, v, after = x.copy(), y.copy(), s.copy(), v.copy(), after.copy()
+            D, v_D = r.D.take(np.arange(k)), r.v_D.copy()
+            j = np.flatnonzero(near)
+            e, won = self._extended(sub.take(j), eq.take(j), ch[j], bh[j], x[j], y[j], s[j],
+                                    ours)
+            took = j[won]
+            for ji, f, w in zip(j.tolist(), e.factors, won, strict=True):
+                if w:
+                    factors[ji] = f
+            for name, arr in (("x", x), ("y", y), ("s", s), ("v", v), ("v_D", v_D)):
+                arr[took] = getattr(e, name)[won]
+            after[took] = e.omega[won]
+            D.put(took, e.D.take(np.flatnonzero(won)))
+            certified[took] = True
+            steps = r.steps.copy()
+            steps[j] += e.steps
+            extended[took] = True
+        else:
+            steps, D, v_D = r.steps, r.D, r.v_D
         for i in range(k):
             if certified[i]:
                 status[i] = Status.SOLVED
             elif status[i] is Status.SOLVED:  # SCS's word is not enough: not certified
                 status[i] = Status.INACCURATE
-        steps = r.steps
-        D, v_D = r.D, r.v_D
         return _Attempt(status=status, scs_status=list(res.status), x=x, y=y, s=s,
                         scs_x=res.x, scs_y=res.y, scs_s=res.s, residual_before=before,
                         residual_after=after, steps=steps, iterations=res.iterations,
                         seconds=res.seconds, retryable=candidate & ~certified,
-                        factors=factors, v=v, D=D, v_D=v_D)
+                        factors=factors, v=v, extended=extended, D=D, v_D=v_D)
+
+    def _extended(self, ops: BatchOps, eq: Equilibration, c: np.ndarray, b: np.ndarray,
+                  x: np.ndarray, y: np.ndarray, s: np.ndarray, ours: dict
+                  ) -> tuple[Any, np.ndarray]:
+        """Refinement from (x, y, s) once more, with the residual evaluated in extended
+        precision (`refine.refine` with ``extended``), and the certificate of its points with
+        that precision's rounding (ROUNDING_EXTENDED): the `refine.Refined` results, and
+        which of them are certified (bool per instance).
+
+        Where the float64 residual of an ill-conditioned program is all rounding, refinement
+        stalls at about cond·u, and so does the estimate: Σ x⁴ + ‖x − a‖² with a ~ 1e6
+        (S's rcond 3e-9) had its refined point 2e-10 off and an estimate of 1e-8, not
+        certified; extended residuals take both to about u."""
+        r = refine(ops, c, b, x, y, s, tol=ours["refine_tol"],
+                   max_iters=ours["refine_max_iters"], extended=True)
+        ok = r.omega <= ACCEPT_BACKWARD
+        return r, ok & self._forward_error_ok(ops, eq, r, ok, r.factors, c, b,
+                                              rounding=ROUNDING_EXTENDED)
 
     def _null_space_moves(self, f: Any, D: DProjection, here: np.ndarray, extent: float,
                           unique: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1419,14 +1465,16 @@ class Layer:
         return bool(np.any(share > FACE_TOL ** 2 * np.einsum("ij,ij->j", N, N)))
 
     def _forward_error_ok(self, ops: BatchOps, eq: Equilibration, r: Any, which: np.ndarray,
-                          factors: list, c: np.ndarray, b: np.ndarray) -> np.ndarray:
+                          factors: list, c: np.ndarray, b: np.ndarray,
+                          rounding: float = ROUNDING) -> np.ndarray:
         """Per instance (B,): is every output's estimated forward error within ACCEPT_FORWARD
         of that output's max-norm? Checked where ``which``.
 
         The error of the refined point z is estimated, per entry, as
-        |S⁻¹F| + |S⁻¹(ROUNDING·den ⊙ ξ)|: the Newton correction (the error itself, to first
-        order, near a regular solution) plus the effect of rounding the residual's terms
-        (den, `refine.row_terms`) with signs ξ (a fixed ±1 probe, the usual estimate of
+        |S⁻¹F| + |S⁻¹(``rounding``·den ⊙ ξ)|: the Newton correction (the error itself, to
+        first order, near a regular solution) plus the effect of rounding the residual's terms
+        (den, `refine.row_terms`; ROUNDING in float64, ROUNDING_EXTENDED where refinement
+        evaluated F in long double) with signs ξ (a fixed ±1 probe, the usual estimate of
         |S⁻¹| applied to a vector: Higham, *Accuracy and Stability of Numerical
         Algorithms*, §15.3). It is mapped to the outputs through the equilibration and
         ``recover`` in absolute values (|DΠ| ≤ 1 bounds y's error by v's). An output whose
@@ -1480,7 +1528,7 @@ class Layer:
         pv = r.y[idx]
         den = r.den[idx]
         xi = sign_probe(t.n + t.m)
-        rhs = np.stack([r.F[idx], ROUNDING * den * xi], axis=2)
+        rhs = np.stack([r.F[idx], rounding * den * xi], axis=2)
         fs = [factors[i] for i in idx]
         corr = newton_correction(fs, rhs)
         d = np.abs(corr).sum(axis=2)
@@ -1490,7 +1538,7 @@ class Layer:
         # B ~ 1e12: c lands at 1e-21 of b in the equilibrated program, y = 0, x 70% off)
         objective = ops.take(idx).magnitude.P(np.abs(r.x[idx])) + np.abs(c[idx])
         top = objective.max(axis=1, initial=0.0)
-        d[(top > 0) & (top <= ROUNDING * den[:, : t.n].max(axis=1, initial=0.0))] = np.inf
+        d[(top > 0) & (top <= rounding * den[:, : t.n].max(axis=1, initial=0.0))] = np.inf
         # where S is singular, the correction is a least-squares one: F must be in S's range
         # (non-unique auxiliary variables), else the point is not a solution at all
         absR = self._abs_recover
@@ -1525,7 +1573,7 @@ class Layer:
                             blockwise=False)[0]
             judged = np.maximum(own, SCALE_FLOOR * den[j].max(initial=0.0))
             exact = gap <= ACCEPT_BACKWARD * judged
-            if not np.all(exact | (gap <= ACCEPT_BACKWARD * judged + ROUNDING * den[j].max())):
+            if not np.all(exact | (gap <= ACCEPT_BACKWARD * judged + rounding * den[j].max())):
                 d[j] = np.inf
             # a row left to rounding is not resolved here: the error it carries along the
             # null space is unbounded, so a null space that moves an output needs every row
@@ -1757,6 +1805,7 @@ class _Attempt:
     retryable: np.ndarray
     factors: list
     v: np.ndarray                  # y − s, exactly as refinement left it
+    extended: np.ndarray           # refined with the residual in extended precision (bool)
     D: DProjection | None = None   # DΠ_{K*} at v_D (from refinement), or None
     v_D: np.ndarray | None = None
 
@@ -1785,7 +1834,7 @@ class _Attempt:
         for j, i in zip(js.tolist(), idx.tolist(), strict=True):
             self.status[i] = other.status[j]
             self.factors[i] = other.factors[j]
-        for name in ("x", "y", "s", "v", "residual_after"):
+        for name in ("x", "y", "s", "v", "extended", "residual_after"):
             getattr(self, name)[idx] = getattr(other, name)[js]
         if self.D is not None and other.D is not None:
             assert self.v_D is not None and other.v_D is not None  # set together with D
@@ -1804,3 +1853,4 @@ class _Solution:
     v: np.ndarray | None = None  # y − s as refinement computed it (else recomputed)
     D: DProjection | None = None  # DΠ_{K*} at v_D, from refinement
     v_D: np.ndarray | None = None
+    extended: np.ndarray | None = None  # refined in extended precision (`_Attempt`)

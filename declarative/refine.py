@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from declarative.cones import DProjection, dproject
+from declarative.compile import ConeTemplate
+from declarative.cones import DProjection, dproject, project
 from declarative.derivative import (
     NEWTON_SOLVE_TOL,
     BatchOps,
@@ -50,6 +51,42 @@ LINE_SEARCH_STEPS = 30
 # A step t is accepted if it decreases the merit to at most (1 − SUFFICIENT_DECREASE·t) of its
 # value (Armijo's condition, with the customary small fraction).
 SUFFICIENT_DECREASE = 1e-4
+
+
+# Extended precision for the residual (`refine` with ``extended``): numpy's long double, the
+# x87 80-bit format on x86-64 Linux (ε = 1.1e-19). Newton's corrections are still solved in
+# float64: with the residual in a precision u² beside the working precision u, iterative
+# refinement takes the error down to about u whatever the conditioning, as long as cond·u < 1
+# (Higham, *Accuracy and Stability of Numerical Algorithms*, §12.1), where with the residual
+# in u it stalls at cond·u. Where long double is float64 (Windows, ARM64 macOS) there is none.
+EXTENDED = np.longdouble
+EXTENDED_EPS = float(np.finfo(np.longdouble).eps)
+HAS_EXTENDED = bool(EXTENDED_EPS <= np.finfo(float).eps / 1024)
+# The cones whose projection is evaluated in long double (closed forms: no LAPACK, no root
+# finding tuned to float64).
+EXTENDED_CONES = frozenset({"zero", "nonneg", "soc"})
+# In extended precision refinement goes on below its tolerance, to this ω, while it progresses.
+EXTENDED_TOL = 1e-18
+
+
+def extended_ok(template: ConeTemplate) -> bool:
+    """Can refinement evaluate this program's residual in extended precision?"""
+    return HAS_EXTENDED and set(template.dims.kinds()) <= EXTENDED_CONES
+
+
+def _evaluate(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray,
+              pv: np.ndarray | None, extended: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(Π(v), F(u, v)) for the batch, from ``pv`` = Π(v) where given; with ``extended``,
+    both evaluated in long double from the float64 point and rounded to float64 once, at
+    the end (``pv`` is then not used)."""
+    if extended:
+        ve = v.astype(EXTENDED)
+        pve = project(ve, ops.template.dims, dual=True)
+        F = residual(ops, c, b, u.astype(EXTENDED), ve, pve)
+        return pve.astype(np.float64), F.astype(np.float64)
+    if pv is None:
+        pv = project_dual(v, ops)
+    return pv, residual(ops, c, b, u, v, pv)
 
 
 @dataclass
@@ -152,8 +189,13 @@ def _merit(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.nda
 
 
 def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray,
-           s: np.ndarray, tol: float = REFINE_TOL, max_iters: int = REFINE_MAX_ITERS) -> Refined:
+           s: np.ndarray, tol: float = REFINE_TOL, max_iters: int = REFINE_MAX_ITERS,
+           extended: bool = False) -> Refined:
     """Refine every finite instance of the batch; instances with NaN are left alone.
+
+    With ``extended`` (where `extended_ok`), the residual F and Π(v) are evaluated in long
+    double (`EXTENDED`), and steps go on past ``tol`` to EXTENDED_TOL while they decrease
+    ω; ``converged`` is still ω <= ``tol``.
 
     Globalized by a watchdog (Chamberlain, Powell, Lemaréchal, Pedersen 1982): the full
     Newton step is taken even when it does not decrease ω, up to WATCHDOG times in a
@@ -170,10 +212,13 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
     # the anchor: the best point so far (what is returned), and its Newton direction
     u, v = x.copy(), y - s
     # DΠ at the current iterates; its `point` is Π itself (one pass of the cone code for both)
-    Dc = dproject(v, dims, dual=True)
-    pv = Dc.point.copy()
-    F = residual(ops, c, b, u, v, pv)
+    # (in extended precision DΠ too: a second-order cone's small eigenvalue ½(1 + t/‖x‖) at
+    # v = y − s with |y| ~ 1e-13 |s| is all cancellation in float64)
+    wide = EXTENDED if extended else np.float64
+    Dc = dproject(v.astype(wide), dims, dual=True)
+    pv, F = _evaluate(ops, c, b, u, v, Dc.point.copy(), extended)
     res, omega, den = _merit(ops, c, b, u, v, pv, F)  # (at the anchors)
+    target = min(tol, EXTENDED_TOL) if extended else tol
     omega0 = omega.copy()
     d_anchor = np.zeros_like(F)
     # the current iterate, ahead of the anchor by `watch` non-monotone full steps
@@ -182,7 +227,7 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
     steps = np.zeros(B, dtype=int)
     factors: list = [None] * B
     D_factored = Dc.take(np.arange(B))  # (a copy)
-    active = np.isfinite(res) & (res > tol)
+    active = np.isfinite(res) & (res > target)
     for _ in range(max_iters):
         idx = np.flatnonzero(active)
         if idx.size == 0:
@@ -208,9 +253,9 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
         d_anchor[idx[at_anchor]] = d[at_anchor]
         # the full step from the current iterate
         un, vn = cu[idx] + d[:, : t.n], cv[idx] + d[:, t.n :]
-        Dn = dproject(vn, dims, dual=True, near=Dsub)
-        pvn = Dn.point
-        Fn = residual(sub, c if every else c[idx], b if every else b[idx], un, vn, pvn)
+        Dn = dproject(vn.astype(wide), dims, dual=True, near=Dsub)
+        pvn, Fn = _evaluate(sub, c if every else c[idx], b if every else b[idx], un, vn,
+                            Dn.point, extended)
         rn, omn, denn = _merit(sub, c if every else c[idx], b if every else b[idx], un, vn,
                                pvn, Fn)
         good = rn <= (1 - SUFFICIENT_DECREASE) * res[idx]
@@ -236,7 +281,7 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
         back = idx[~good & ~ahead]
         if back.size:
             moved = _backtrack(ops.take(back), c[back], b[back], u[back], v[back], pv[back],
-                               F[back], res[back], d_anchor[back], t.n)
+                               F[back], res[back], d_anchor[back], t.n, extended)
             ok, (ub, vb, pvb, Fb, rb, ob, db) = moved
             bi = back[ok]
             u[bi], v[bi], pv[bi], F[bi], res[bi] = ub[ok], vb[ok], pvb[ok], Fb[ok], rb[ok]
@@ -245,16 +290,17 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
             for i in back:
                 factors[i] = None
             cu[back], cv[back], cF[back] = u[back], v[back], F[back]
-            Dc.put(back, dproject(cv[back], dims, dual=True))
+            Dc.put(back, dproject(cv[back].astype(wide), dims, dual=True))
             watch[back] = 0
-        active &= res > tol
+        active &= res > target
     return Refined(x=u, y=pv, s=pv - v, omega_before=omega0, omega=omega, den=den,
                    steps=steps, F=F, factors=factors, v=v, D=Dc, v_D=cv, converged=res <= tol,
                    D_factored=D_factored)
 
 
 def _backtrack(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray,
-               pv: np.ndarray, F: np.ndarray, res: np.ndarray, d: np.ndarray, n: int):
+               pv: np.ndarray, F: np.ndarray, res: np.ndarray, d: np.ndarray, n: int,
+               extended: bool = False):
     """Armijo backtracking on ω (`backward_error`) from (u, v) along d, from step ½ (the
     full step failed).
 
@@ -271,8 +317,7 @@ def _backtrack(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np
         un = u[k] + step[k, None] * du[k]
         vn = v[k] + step[k, None] * dv[k]
         opk = ops.take(k)
-        pvn = project_dual(vn, opk)
-        Fn = residual(opk, c[k], b[k], un, vn, pvn)
+        pvn, Fn = _evaluate(opk, c[k], b[k], un, vn, None, extended)
         rn, omn, denn = _merit(opk, c[k], b[k], un, vn, pvn, Fn)
         ok = rn <= (1 - SUFFICIENT_DECREASE * step[k]) * res[k]
         acc = k[ok]

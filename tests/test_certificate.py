@@ -19,6 +19,7 @@ import pytest
 import declarative as dl
 from declarative import problems
 from declarative.derivative import NonDifferentiableWarning
+from declarative.refine import HAS_EXTENDED
 
 EPS = np.finfo(float).eps
 SCALES = (1e-12, 1e-9, 1e-6, 1.0, 1e6, 1e9, 1e12)
@@ -919,3 +920,63 @@ def test_a_tiny_point_inside_an_l1_ball_is_solved_alone(s):
         J = f.jacobian(0)[0]
         np.testing.assert_allclose(J[0], np.eye(n), rtol=0, atol=1e-9)
         np.testing.assert_allclose(J[1], np.zeros(n), rtol=0, atol=1e-9)
+
+
+def _prox_fourth_power(a):
+    """argmin Σ x⁴ + ‖x − a‖²: per entry the real root of 4x³ + 2x − 2a = 0 (increasing),
+    by Newton from cbrt(a/2)."""
+    x = np.cbrt(a / 2)
+    for _ in range(60):
+        x = x - (4 * x**3 + 2 * x - 2 * a) / (12 * x**2 + 2)
+    return x
+
+
+@pytest.mark.parametrize("s", [1e3, 1e6])
+def test_an_ill_conditioned_cone_form_is_refined_in_extended_precision(s):
+    """Σ x⁴ + ‖x − a‖² with a ~ s: the second-order cones of x⁴ hold entries ~ s^(4/3)
+    beside O(1) ones, S's rcond is ~3e-9 at s = 1e6, and a float64 residual is all rounding
+    there: refinement stalled 2e-10 off with an estimate of 1e-8, and every instance was
+    'iteration_limit'. With the residual in long double, solved, values to the root of
+    4x³ + 2x − 2a and the Jacobian diag(2 / (12x² + 2)) (derivatives at such points carry
+    S's conditioning: 2e-8 measured)."""
+    if not HAS_EXTENDED:
+        pytest.skip("no extended precision (numpy's long double is float64 here)")
+    n = 4
+    x, a = cp.Variable(n), cp.Parameter(n)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum(cp.power(x, 4)) + cp.sum_squares(x - a))),
+                       parameters=[a], variables=[x])
+    vals = np.random.default_rng(0).standard_normal((4, n)) * s
+    f = layer.forward([vals])
+    assert all(st is dl.Status.SOLVED for st in f.info.status)
+    for i in range(len(vals)):
+        xs = _prox_fourth_power(vals[i])
+        np.testing.assert_allclose(f.outputs[0][i], xs, rtol=0, atol=1e-9 * np.abs(xs).max())
+        J = f.jacobian(i)[0][0]
+        exact = np.diag(2 / (12 * xs**2 + 2))
+        np.testing.assert_allclose(J, exact, rtol=0, atol=1e-7 * np.abs(exact).max())
+
+
+@pytest.mark.parametrize("s", [1e6, 1e9])
+def test_the_euclidean_norm_prox_far_out_is_solved_or_honestly_not(s):
+    """‖x‖₂ + ‖x − a‖² with a ~ s: x = a (1 − 1/(2‖a‖)). The cone's dual is ~1/s of its slack:
+    in float64 Π(v) = y is cancellation (the point and DΠ's small eigenvalue). At s = 1e9 no
+    instance was solved; refined with the residual and DΠ in long double, 4 of 6 are. Whatever
+    is solved has the closed form's values, and its Jacobian to S's conditioning (rcond down
+    to 7e-11 there: 2e-8 measured)."""
+    n = 4
+    x, a = cp.Variable(n), cp.Parameter(n)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.norm(x, 2) + cp.sum_squares(x - a))),
+                       parameters=[a], variables=[x])
+    vals = np.random.default_rng(1).standard_normal((6, n)) * s
+    f = layer.forward([vals], on_failure="nan")
+    if s == 1e6:
+        assert f.ok.all()
+    elif HAS_EXTENDED:
+        assert f.ok.sum() >= 3
+    for i in np.flatnonzero(f.ok):
+        av = vals[i]
+        r = np.linalg.norm(av)
+        np.testing.assert_allclose(f.outputs[0][i], av * (1 - 0.5 / r), rtol=0, atol=1e-9 * r)
+        exact = (1 - 0.5 / r) * np.eye(n) + 0.5 / r * np.outer(av, av) / r**2
+        np.testing.assert_allclose(f.jacobian(i)[0][0], exact, rtol=0,
+                                   atol=1e-12 if s == 1e6 else 1e-7)
