@@ -1582,8 +1582,12 @@ class Layer:
             # rounding allowance of the block's largest terms; the outputs 0.5 off), not at
             # SCALE_FLOOR of the instance's largest (the OptNet QP with all data × 1e14 at
             # Clarabel's point: duals ~5e11 beside primal rows of 1e-7 terms, one of them
-            # 100% off, a 10-dimensional null space, the outputs 30-180% off)
-            elif moved.any() and not np.all(gap <= ACCEPT_BACKWARD * own):
+            # 100% off, a 10-dimensional null space, the outputs 30-180% off). A row whose own
+            # terms are below the rounding of the instance's largest is judged at that
+            # rounding: auxiliary rows holding SCS's 1e-32 leftovers where the exact values
+            # are 0 (‖X‖₁ + ‖X − A‖² with A ~ 1e-3, X = 0) are no unresolved rows
+            elif moved.any() and not np.all(
+                    gap <= ACCEPT_BACKWARD * np.maximum(own, rounding * den[j].max())):
                 d[j] = np.inf
         # y's error is v's (|DΠ| <= 1), except a nonnegative cone's y = max(v, 0), which stays
         # exactly 0 where v is negative by more than its error (an inactive constraint's dual,

@@ -980,3 +980,24 @@ def test_the_euclidean_norm_prox_far_out_is_solved_or_honestly_not(s):
         exact = (1 - 0.5 / r) * np.eye(n) + 0.5 / r * np.outer(av, av) / r**2
         np.testing.assert_allclose(f.jacobian(i)[0][0], exact, rtol=0,
                                    atol=1e-12 if s == 1e6 else 1e-7)
+
+
+@pytest.mark.parametrize("norm", [1, "inf"])
+@pytest.mark.parametrize("s", [1e-6, 1e-3])
+def test_a_matrix_norm_prox_that_is_exactly_zero_is_solved(norm, s):
+    """min ‖X‖ + ‖X − A‖² for the induced 1- and ∞-norms with A ~ s small: X = 0 (A inside
+    the dual ball of radius ½: Σ_j max_i |A_ij| resp. Σ_i max_j |A_ij| <= ½), ∂X/∂A = 0.
+    X's bounds are free there (S singular along them) and rows of auxiliary variables
+    carry only SCS's 1e-32 leftovers, whose rounding the null-space test took for an
+    unresolved row: every instance was 'inaccurate', even at s = 1e-3."""
+    X, A = cp.Variable((3, 3)), cp.Parameter((3, 3))
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.norm(X, norm) + cp.sum_squares(X - A))),
+                       parameters=[A], variables=[X])
+    vals = np.random.default_rng(2).standard_normal((4, 3, 3)) * s
+    dual = np.abs(vals).max(axis=1 if norm == 1 else 2).sum(axis=1)
+    assert np.all(dual <= 0.5)  # (so the closed form is X = 0)
+    f = layer.forward([vals])
+    assert all(st is dl.Status.SOLVED for st in f.info.status)
+    np.testing.assert_allclose(f.outputs[0], 0.0, rtol=0, atol=64 * EPS * s)
+    for i in range(len(vals)):
+        np.testing.assert_allclose(f.jacobian(i)[0][0], 0.0, rtol=0, atol=1e-12)
