@@ -1309,7 +1309,7 @@ class Layer:
                                               rounding=ROUNDING_EXTENDED)
 
     def _null_space_moves(self, f: Any, D: DProjection, here: np.ndarray, extent: float,
-                          unique: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                          h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per output (bool): does a direction in the null space of the singular S that
         ``f`` factored move it? The outputs change along a null vector w = (w_u, w_v) by
         R (w_u, DΠ(v) w_v) (R: ``template.recover``, ``D`` = DΠ exact at v, unbatched). An
@@ -1326,9 +1326,10 @@ class Layer:
         its dense SVD up to order NULL_SVD_MAX.
 
         Returned twice: for the null vectors as computed, and for exact ones, which are 0 on
-        the variables ``unique`` (indices into u, `_strictly_convex`): S w = 0 gives, from
-        (1) in `derivative`, w_uᵀ P w_u = −w_vᵀ (I − DΠ) DΠ w_v, and DΠ is symmetric with
-        eigenvalues in [0, 1], so both sides vanish (P ⪰ 0) and P w_u = 0. What a computed
+        the variables where P (values ``h``) is nonsingular (`_strictly_convex`): S w = 0
+        gives, from (1) in `derivative`, w_uᵀ P w_u = −w_vᵀ (I − DΠ) DΠ w_v, and DΠ is
+        symmetric with eigenvalues in [0, 1], so both sides vanish (P ⪰ 0) and P w_u = 0.
+        What a computed
         null vector holds there is rounding, which beside an output far smaller than the
         auxiliary variables (x ~ 1e-9 inside an ℓ₁ ball of radius 1, whose bounds t_i are
         free) would otherwise count as a move.
@@ -1365,7 +1366,8 @@ class Layer:
 
         W = np.concatenate([N[: t.n], D.matvec(N[t.n :])], axis=0)
         computed = moves(W)
-        if unique.size == 0 or not computed.any():
+        unique = self._strictly_convex(h) if computed.any() else None
+        if unique is None or unique.size == 0:
             return computed, computed
         W[unique] = 0.0
         return computed, moves(W)
@@ -1381,7 +1383,10 @@ class Layer:
         support = np.union1d(t.P_rows[on], t.P_cols[on])
         if support.size == 0 or support.size > NULL_SVD_MAX:
             return support[:0]
-        at = np.searchsorted(support, t.P_rows[on]), np.searchsorted(support, t.P_cols[on])
+        rows, cols = t.P_rows[on], t.P_cols[on]
+        if np.array_equal(rows, cols):  # diagonal (sum_squares): exactly, from its entries
+            return support if np.all(h[on] > 0) else support[:0]
+        at = np.searchsorted(support, rows), np.searchsorted(support, cols)
         P = np.zeros((support.size, support.size))
         np.add.at(P, at, h[on])
         w = np.linalg.eigvalsh(P)  # (both triangles are stored)
@@ -1550,8 +1555,7 @@ class Layer:
             here = absR @ np.abs(np.concatenate([r.x[idx[j]], pv[j]]))
             Dj = dproject(r.v[idx[j]], t.dims, dual=True)
             extent = float(np.abs(np.concatenate([r.x[idx[j]], r.v[idx[j]]])).max(initial=0.0))
-            moved, moved_exact = self._null_space_moves(f, Dj, here, extent,
-                                                        self._strictly_convex(ops.h[idx[j]]))
+            moved, moved_exact = self._null_space_moves(f, Dj, here, extent, ops.h[idx[j]])
             if moved.any() and not self._null_space_exact(f):
                 d[j] = np.inf  # ill-conditioned, not singular: no face of solutions
                 continue

@@ -215,7 +215,7 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
     # (in extended precision DΠ too: a second-order cone's small eigenvalue ½(1 + t/‖x‖) at
     # v = y − s with |y| ~ 1e-13 |s| is all cancellation in float64)
     wide = EXTENDED if extended else np.float64
-    Dc = dproject(v.astype(wide), dims, dual=True)
+    Dc = dproject(v.astype(wide, copy=False), dims, dual=True)
     pv, F = _evaluate(ops, c, b, u, v, Dc.point.copy(), extended)
     res, omega, den = _merit(ops, c, b, u, v, pv, F)  # (at the anchors)
     target = min(tol, EXTENDED_TOL) if extended else tol
@@ -253,7 +253,7 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
         d_anchor[idx[at_anchor]] = d[at_anchor]
         # the full step from the current iterate
         un, vn = cu[idx] + d[:, : t.n], cv[idx] + d[:, t.n :]
-        Dn = dproject(vn.astype(wide), dims, dual=True, near=Dsub)
+        Dn = dproject(vn.astype(wide, copy=False), dims, dual=True, near=Dsub)
         pvn, Fn = _evaluate(sub, c if every else c[idx], b if every else b[idx], un, vn,
                             Dn.point, extended)
         rn, omn, denn = _merit(sub, c if every else c[idx], b if every else b[idx], un, vn,
@@ -290,7 +290,7 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
             for i in back:
                 factors[i] = None
             cu[back], cv[back], cF[back] = u[back], v[back], F[back]
-            Dc.put(back, dproject(cv[back].astype(wide), dims, dual=True))
+            Dc.put(back, dproject(cv[back].astype(wide, copy=False), dims, dual=True))
             watch[back] = 0
         active &= res > target
     return Refined(x=u, y=pv, s=pv - v, omega_before=omega0, omega=omega, den=den,
