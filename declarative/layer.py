@@ -1257,56 +1257,53 @@ class Layer:
         v = np.where(keep[:, None], r.v, y - s)
         certified = candidate & keep & (after <= ACCEPT_BACKWARD)
         certified &= self._forward_error_ok(sub, eq, r, certified, factors, ch, bh)
-        extended = np.zeros(k, dtype=bool)
-        near = candidate & keep & ~certified & (after <= EXTENDED_FROM)
-        if ours["refine"] and near.any() and extended_ok(t):
-            x, y, s, v, after = x.copy(), y.copy(), s.copy(), v.copy(), after.copy()
-            D, v_D = r.D.take(np.arange(k)), r.v_D.copy()
-            j = np.flatnonzero(near)
-            e, won = self._extended(sub.take(j), eq.take(j), ch[j], bh[j], x[j], y[j], s[j],
-                                    ours)
-            took = j[won]
-            for ji, f, w in zip(j.tolist(), e.factors, won, strict=True):
-                if w:
-                    factors[ji] = f
-            for name, arr in (("x", x), ("y", y), ("s", s), ("v", v), ("v_D", v_D)):
-                arr[took] = getattr(e, name)[won]
-            after[took] = e.omega[won]
-            D.put(took, e.D.take(np.flatnonzero(won)))
-            certified[took] = True
-            steps = r.steps.copy()
-            steps[j] += e.steps
-            extended[took] = True
-        else:
-            steps, D, v_D = r.steps, r.D, r.v_D
         for i in range(k):
             if certified[i]:
                 status[i] = Status.SOLVED
             elif status[i] is Status.SOLVED:  # SCS's word is not enough: not certified
                 status[i] = Status.INACCURATE
-        return _Attempt(status=status, scs_status=list(res.status), x=x, y=y, s=s,
-                        scs_x=res.x, scs_y=res.y, scs_s=res.s, residual_before=before,
-                        residual_after=after, steps=steps, iterations=res.iterations,
-                        seconds=res.seconds, retryable=candidate & ~certified,
-                        factors=factors, v=v, extended=extended, D=D, v_D=v_D)
+        att = _Attempt(status=status, scs_status=list(res.status), x=x, y=y, s=s,
+                       scs_x=res.x, scs_y=res.y, scs_s=res.s, residual_before=before,
+                       residual_after=after, steps=r.steps, iterations=res.iterations,
+                       seconds=res.seconds, retryable=candidate & ~certified,
+                       factors=factors, v=v, extended=np.zeros(k, dtype=bool), D=r.D,
+                       v_D=r.v_D)
+        near = np.flatnonzero(candidate & keep & ~certified & (after <= EXTENDED_FROM))
+        if ours["refine"] and near.size and extended_ok(t):
+            again = self._extended(sub.take(near), eq.take(near), ch[near], bh[near], att,
+                                   near, ours)
+            won = again.extended
+            att.merge(near, again, keep=won)
+            att.retryable[near[won]] = False
+        return att
 
     def _extended(self, ops: BatchOps, eq: Equilibration, c: np.ndarray, b: np.ndarray,
-                  x: np.ndarray, y: np.ndarray, s: np.ndarray, ours: dict
-                  ) -> tuple[Any, np.ndarray]:
-        """Refinement from (x, y, s) once more, with the residual evaluated in extended
-        precision (`refine.refine` with ``extended``), and the certificate of its points with
-        that precision's rounding (ROUNDING_EXTENDED): the `refine.Refined` results, and
-        which of them are certified (bool per instance).
+                  att: _Attempt, idx: np.ndarray, ours: dict) -> _Attempt:
+        """Refinement once more from ``att``'s points at ``idx`` (the instances of ``ops``),
+        with the residual evaluated in extended precision (`refine.refine` with
+        ``extended``), and the certificate of its points with that precision's rounding
+        (ROUNDING_EXTENDED): an attempt over ``idx`` whose ``extended`` marks the points it
+        certifies (SOLVED there), its costs the refinement's steps alone.
 
         Where the float64 residual of an ill-conditioned program is all rounding, refinement
         stalls at about cond·u, and so does the estimate: Σ x⁴ + ‖x − a‖² with a ~ 1e6
         (S's rcond 3e-9) had its refined point 2e-10 off and an estimate of 1e-8, not
         certified; extended residuals take both to about u."""
-        r = refine(ops, c, b, x, y, s, tol=ours["refine_tol"],
+        r = refine(ops, c, b, att.x[idx], att.y[idx], att.s[idx], tol=ours["refine_tol"],
                    max_iters=ours["refine_max_iters"], extended=True)
         ok = r.omega <= ACCEPT_BACKWARD
-        return r, ok & self._forward_error_ok(ops, eq, r, ok, r.factors, c, b,
-                                              rounding=ROUNDING_EXTENDED)
+        ok &= self._forward_error_ok(ops, eq, r, ok, r.factors, c, b,
+                                     rounding=ROUNDING_EXTENDED)
+        k = len(ok)
+        return _Attempt(status=[Status.SOLVED if w else att.status[i]
+                                for w, i in zip(ok, idx.tolist(), strict=True)],
+                        scs_status=[att.scs_status[i] for i in idx], x=r.x, y=r.y, s=r.s,
+                        scs_x=att.scs_x[idx], scs_y=att.scs_y[idx], scs_s=att.scs_s[idx],
+                        residual_before=r.omega_before,
+                        residual_after=r.omega, steps=r.steps,
+                        iterations=np.zeros(k, dtype=att.iterations.dtype),
+                        seconds=np.zeros(k), retryable=~ok, factors=r.factors, v=r.v,
+                        extended=ok, D=r.D, v_D=r.v_D)
 
     def _null_space_moves(self, f: Any, D: DProjection, here: np.ndarray, extent: float,
                           h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1329,10 +1326,9 @@ class Layer:
         the variables where P (values ``h``) is nonsingular (`_strictly_convex`): S w = 0
         gives, from (1) in `derivative`, w_uᵀ P w_u = −w_vᵀ (I − DΠ) DΠ w_v, and DΠ is
         symmetric with eigenvalues in [0, 1], so both sides vanish (P ⪰ 0) and P w_u = 0.
-        What a computed
-        null vector holds there is rounding, which beside an output far smaller than the
-        auxiliary variables (x ~ 1e-9 inside an ℓ₁ ball of radius 1, whose bounds t_i are
-        free) would otherwise count as a move.
+        What a computed null vector holds there is rounding, which beside an output far
+        smaller than the auxiliary variables (x ~ 1e-9 inside an ℓ₁ ball of radius 1, whose
+        bounds t_i are free) would otherwise count as a move.
         Where S's null space is not known (no pseudo-inverse: S not finite), every output
         counts as moved."""
         every = np.ones(len(self.outputs), dtype=bool)
@@ -1564,7 +1560,7 @@ class Layer:
             # is known to the estimate however small; the other tests keep the computed ones)
             for k, (o, lo) in enumerate(zip(self.outputs, self._out_offsets, strict=True)):
                 tiny = here[lo : lo + o.size].max(initial=0.0) < RESOLVED
-                if moved[k] and (curved or tiny and moved_exact[k]):
+                if moved[k] and (curved or (tiny and moved_exact[k])):
                     d[j] = np.inf
             # F's part outside S's range is judged against each row's own terms, not the
             # block-wide scale of a cone's rounding (`refine.row_terms`): S nearly singular
