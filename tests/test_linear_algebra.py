@@ -684,3 +684,33 @@ def test_a_dense_svds_null_vectors_are_within_their_stated_error(gap):
     err = min(np.linalg.norm(got - exact), np.linalg.norm(got + exact))
     assert err <= svd.null_error
     assert svd.null_error == pytest.approx(64 * np.finfo(float).eps * 3.0 / gap, rel=1e-6)
+
+
+@pytest.mark.parametrize("B", [1, 7, 300])
+def test_products_with_one_entry_a_row_are_scipys(B):
+    """`times_t` picks and scales columns of X where each row of M holds at most one stored
+    entry (rows without one, factors other than 1, columns read twice or never, a non-finite
+    entry in a column no row reads, a transposed X): the same as SciPy's sparse product."""
+    import scipy.sparse as sp
+
+    from declarative.compile import times_t
+
+    rng = np.random.default_rng(B)
+    r, k = 400, 120  # (past the dense copy's size: the gather plan)
+    cols = rng.integers(0, k - 1, r)  # column k - 1 is never read
+    vals = rng.choice([1.0, -1.0, 2.5, 0.0], r)
+    keep = rng.random(r) < 0.8
+    M = sp.csr_matrix((vals[keep], (np.flatnonzero(keep), cols[keep])), shape=(r, k))
+    X = rng.standard_normal((B, k))
+    X[:, k - 1] = np.inf
+    for Xi in (X, np.asfortranarray(X)):
+        got = times_t(Xi, M)
+        want = np.asarray(M @ Xi.T).T
+        assert got.shape == (B, r)
+        assert np.all(np.isfinite(got)) and np.array_equal(got, want)
+    # a matrix of ones only, every row read
+    P = sp.csr_matrix((np.ones(r), (np.arange(r), cols)), shape=(r, k))
+    assert np.array_equal(times_t(X, P), X[:, cols])
+    # where a row's entry meets an infinity, SciPy's product and ours both give inf · factor
+    M2 = sp.csr_matrix(([3.0], ([5], [k - 1])), shape=(r, k))
+    assert np.array_equal(times_t(X, M2), np.asarray(M2 @ X.T).T, equal_nan=True)
