@@ -173,7 +173,8 @@ REFINE_SOLVE_TOL = 4 * np.finfo(float).eps
 # A Newton step of refinement (`Linearization.solve` with ``tol``) needs no more than this:
 # its error leaves F at the step's end at about this fraction of F before it, far below the
 # quadratic term, and most nearby factorizations reach it in one solve where REFINE_SOLVE_TOL
-# takes two or three.
+# takes two or three; so does `Woodbury`'s formula, whose shift leaves ~1e-8 (PSD projection
+# with a trace constraint, k = 30: 12 applications of it per batch of 8 against 23).
 NEWTON_SOLVE_TOL = 1e-8
 # Stagnation above REFINE_SOLVE_TOL is the rounding floor of r = rhs − S x (rows with many
 # entries), and accepted, up to this relative residual.
@@ -923,7 +924,7 @@ class Linearization:
             return _lstsq(f, rhs, transpose)
         if f.near is not None:
             return _refined_solve(f, rhs, transpose, tol)
-        return _lu_solve(f, rhs, transpose)
+        return _lu_solve(f, rhs, transpose, tol)
 
 
 def newton_correction(factors: list[Factor], F: np.ndarray) -> np.ndarray:
@@ -1120,12 +1121,16 @@ def _times_inverse(inv: np.ndarray, rhs: np.ndarray, transpose: bool) -> np.ndar
     return out
 
 
-def _lu_solve(f: Factor | None, rhs: np.ndarray, transpose: bool) -> np.ndarray:
-    """S⁻¹ rhs (or S⁻ᵀ rhs) with f's LU (f has one: its rcond passed RCOND_MIN)."""
+def _lu_solve(f: Factor | None, rhs: np.ndarray, transpose: bool,
+              tol: float = REFINE_SOLVE_TOL) -> np.ndarray:
+    """S⁻¹ rhs (or S⁻ᵀ rhs) with f's LU (f has one: its rcond passed RCOND_MIN); ``tol``: the
+    relative residual at which a `Woodbury` solve's own refinement stops."""
     assert f is not None and f.lu is not None
     if isinstance(f.lu, tuple):
         x, _ = _getrs(*f.lu, rhs, trans=1 if transpose else 0)  # LAPACK, no wrappers
         return x
+    if isinstance(f.lu, Woodbury):
+        return f.lu.solve(rhs, "T" if transpose else "N", tol)
     return f.lu.solve(rhs, trans="T" if transpose else "N")
 
 
@@ -1996,9 +2001,10 @@ class Woodbury:
     and is singular wherever another constraint is implied by them (a trace constraint): there
     S₀ is shifted by ε = √u·max|S₀| on those diagonal entries (`LowRankS.shifted`), and the
     formula solves S + εE instead of S. Every solve is iteratively refined on S itself
-    (`_refine`), which removes that shift's error (a contraction of about ε‖S⁻¹‖ per step)
-    and the formula's rounding (which grows with the conditioning of S₀ and C); should it not
-    converge, the solve goes through the bordered LU (`_factor_bordered`) instead, made then."""
+    (`_refine`, to the caller's tolerance), which removes that shift's error (a contraction
+    of about ε‖S⁻¹‖ per step) and the formula's rounding (which grows with the conditioning
+    of S₀ and C); should it not converge, the solve goes through the bordered LU
+    (`_factor_bordered`) instead, made then."""
 
     def __init__(self, S: LowRankS, lu0: SharedLU, C: tuple[np.ndarray, np.ndarray]
                  ) -> None:
@@ -2018,9 +2024,10 @@ class Woodbury:
         r[Lr] -= Lb @ z
         return lu0.solve(r, trans=trans)
 
-    def solve(self, rhs: np.ndarray, trans: str = "N") -> np.ndarray:
+    def solve(self, rhs: np.ndarray, trans: str = "N", tol: float = REFINE_SOLVE_TOL
+              ) -> np.ndarray:
         M = self.S if trans == "N" else self.S.T
-        x = _refine(M, lambda r: self.apply(r, trans), rhs, self.S.abs_max())
+        x = _refine(M, lambda r: self.apply(r, trans), rhs, self.S.abs_max(), tol)
         if x is not None:
             return x
         if self._fallback is None:
