@@ -714,3 +714,30 @@ def test_products_with_one_entry_a_row_are_scipys(B):
     # where a row's entry meets an infinity, SciPy's product and ours both give inf · factor
     M2 = sp.csr_matrix(([3.0], ([5], [k - 1])), shape=(r, k))
     assert np.array_equal(times_t(X, M2), np.asarray(M2 @ X.T).T, equal_nan=True)
+
+
+@pytest.mark.parametrize("block", [None, 100])
+def test_batch_products_with_a_and_p_are_the_dense_ones(monkeypatch, block):
+    """A u, Aᵀ y and P u for a batch (`BatchOps`, summed by `_products`) equal the dense
+    matrices' products, for one instance and several, in blocks of instances or whole, and
+    in long double (refinement's extended precision) to long double's rounding."""
+    import declarative.derivative as dv
+
+    if block is not None:  # a few instances a block: the offset bins sliced and reused
+        monkeypatch.setattr(dv, "PRODUCT_BLOCK_ENTRIES", block)
+    layer = every_cone_layer(3)
+    t = layer.template
+    rng = np.random.default_rng(1)
+    for B in (1, 7):
+        ops = dv.BatchOps(t, rng.standard_normal((B, t.nnz)),
+                          rng.standard_normal((B, t.P_rows.size)))
+        A, P = ops.dense(), ops.dense_P()
+        for dtype in (np.float64, np.longdouble):
+            tol = 64 * np.finfo(dtype).eps
+            u = rng.standard_normal((B, t.n)).astype(dtype)
+            y = rng.standard_normal((B, t.m)).astype(dtype)
+            for got, M, w in ((ops.A(u), A, u), (ops.AT(y), np.swapaxes(A, 1, 2), y),
+                              (ops.P(u), P, u)):
+                want = np.einsum("bij,bj->bi", M.astype(dtype), w)
+                assert got.dtype == dtype and got.shape == want.shape
+                assert np.abs(got - want).max() <= tol * (1 + np.abs(want).max())
