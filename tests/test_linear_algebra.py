@@ -723,8 +723,9 @@ def test_batch_products_with_a_and_p_are_the_dense_ones(monkeypatch, block):
     in long double (refinement's extended precision) to long double's rounding."""
     import declarative.derivative as dv
 
-    if block is not None:  # a few instances a block: the offset bins sliced and reused
+    if block is not None:  # a few instances a block and a sum: the offset bins sliced
         monkeypatch.setattr(dv, "PRODUCT_BLOCK_ENTRIES", block)
+        monkeypatch.setattr(dv, "BIN_ENTRIES", block // 3)
     layer = every_cone_layer(3)
     t = layer.template
     rng = np.random.default_rng(1)
