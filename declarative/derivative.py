@@ -296,22 +296,23 @@ def _products(values: np.ndarray, u: np.ndarray, index: np.ndarray, into: np.nda
     return out
 
 
-# `_offset_bins`' arrays by id of their ``into``, while it lives (the template's index arrays).
-_bins: dict[int, tuple[weakref.ref, np.ndarray]] = {}
+# `_offset_bins`' arrays by id of their ``into`` and the size, while ``into`` lives (the
+# template's index arrays).
+_bins: dict[tuple[int, int], tuple[weakref.ref, np.ndarray]] = {}
 
 
 def _offset_bins(into: np.ndarray, size: int, k: int, most: int) -> np.ndarray:
     """into + size·b for instances b = 0 … k − 1, flattened (k·nnz): the bins of `_products`'
-    sums. Made once for up to ``most`` instances (a block) and sliced."""
+    sums. Made once for up to ``most`` instances and sliced."""
     if k == 1:
         return into
-    key = id(into)
+    key = (id(into), size)
     entry = _bins.get(key)
     if entry is None or entry[0]() is not into or entry[1].size < k * into.size:
         most = max(k, most)
         made = (into[None, :] + size * np.arange(most)[:, None]).ravel()
 
-        def forget(_: weakref.ref, key: int = key) -> None:
+        def forget(_: weakref.ref, key: tuple[int, int] = key) -> None:
             _bins.pop(key, None)
 
         entry = _bins[key] = (weakref.ref(into, forget), made)

@@ -716,18 +716,19 @@ def test_products_with_one_entry_a_row_are_scipys(B):
     assert np.array_equal(times_t(X, M2), np.asarray(M2 @ X.T).T, equal_nan=True)
 
 
-@pytest.mark.parametrize("block", [None, 100])
-def test_batch_products_with_a_and_p_are_the_dense_ones(monkeypatch, block):
+@pytest.mark.parametrize("split", [False, True])
+def test_batch_products_with_a_and_p_are_the_dense_ones(monkeypatch, split):
     """A u, Aᵀ y and P u for a batch (`BatchOps`, summed by `_products`) equal the dense
-    matrices' products, for one instance and several, in blocks of instances or whole, and
-    in long double (refinement's extended precision) to long double's rounding."""
+    matrices' products, for one instance and several, whole or in blocks of instances and
+    sums (7 instances: blocks of 5 and 2, sums of 3, 2 and 2, the kept bins sliced), and in
+    long double (refinement's extended precision) to long double's rounding."""
     import declarative.derivative as dv
 
-    if block is not None:  # a few instances a block and a sum: the offset bins sliced
-        monkeypatch.setattr(dv, "PRODUCT_BLOCK_ENTRIES", block)
-        monkeypatch.setattr(dv, "BIN_ENTRIES", block // 3)
     layer = every_cone_layer(3)
     t = layer.template
+    if split:
+        monkeypatch.setattr(dv, "PRODUCT_BLOCK_ENTRIES", 5 * t.nnz)
+        monkeypatch.setattr(dv, "BIN_ENTRIES", 3 * t.nnz)
     rng = np.random.default_rng(1)
     for B in (1, 7):
         ops = dv.BatchOps(t, rng.standard_normal((B, t.nnz)),
