@@ -174,8 +174,9 @@ REFINE_SOLVE_TOL = 4 * np.finfo(float).eps
 # A Newton step of refinement (`Linearization.solve` with ``tol``) needs no more than this:
 # its error leaves F at the step's end at about this fraction of F before it, far below the
 # quadratic term, and most nearby factorizations reach it in one solve where REFINE_SOLVE_TOL
-# takes two or three; so does `Woodbury`'s formula, whose shift leaves ~1e-8 (PSD projection
-# with a trace constraint, k = 30: 12 applications of it per batch of 8 against 23).
+# takes two or three; so does `Woodbury`'s formula, whose first application is off by about
+# ε‖S⁻¹‖, ε = √u·max|S₀| its shift (PSD projection with a trace constraint, k = 30: 12
+# applications of it per batch of 8 against 23).
 NEWTON_SOLVE_TOL = 1e-8
 # Stagnation above REFINE_SOLVE_TOL is the rounding floor of r = rhs − S x (rows with many
 # entries), and accepted, up to this relative residual.
