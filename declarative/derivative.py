@@ -260,12 +260,11 @@ class BatchOps:
         return out
 
 
-# `_products` forms its (B, nnz) products of stored entries at most this many entries at a time:
-# the first touch of a large temporary costs more than the arithmetic (OptNet QP at batch 512,
-# 2.8M entries: 20 ms a product whole); and sums at most BIN_ENTRIES of them in one
-# `np.bincount`, whose offset bins (`_offset_bins`, kept) stay that small.
-PRODUCT_BLOCK_ENTRIES = 1 << 18
-BIN_ENTRIES = 1 << 15
+# `_products` forms and sums its (B, nnz) products of stored entries at most this many
+# entries at a time: the first touch of a large temporary costs more than the arithmetic
+# (OptNet QP at batch 512, 2.8M entries: 20 ms a product whole), and the offset bins
+# (`_offset_bins`, kept) stay that small.
+PRODUCT_BLOCK_ENTRIES = 1 << 15
 
 
 def _products(values: np.ndarray, u: np.ndarray, index: np.ndarray, into: np.ndarray,
@@ -273,27 +272,24 @@ def _products(values: np.ndarray, u: np.ndarray, index: np.ndarray, into: np.nda
     """Σ_k values[:, k] u[:, index[k]], summed into entry into[k] of each instance's result:
     (B, nnz), (B, ·) → (B, size), in blocks of instances (PRODUCT_BLOCK_ENTRIES).
 
-    The sums are `np.bincount`s over BIN_ENTRIES terms at a time, each instance's bins offset
-    by ``size`` (`_offset_bins`): the terms are added in their order, as a sparse product
-    with the 0/1 summing matrix adds them, without its copies of the terms to the transposed
-    order and back (5,550 entries into 110 rows, the whole product: batch 512 14.7 against
-    35.6 ms, batch 64 1.6 against 4.7 ms)."""
+    A block's sums are one `np.bincount`, each instance's bins offset by ``size``
+    (`_offset_bins`): the terms are added in their order, as a sparse product with the 0/1
+    summing matrix adds them, without its copies of the terms to the transposed order and
+    back (5,550 entries into 110 rows, the whole product: batch 512 14.7 against 35.6 ms,
+    batch 64 1.6 against 4.7 ms)."""
     B, nnz = values.shape
     step = max(1, PRODUCT_BLOCK_ENTRIES // max(1, nnz))
-    per = max(1, BIN_ENTRIES // max(1, nnz))
     out = np.empty((B, size), dtype=np.result_type(values, u))
     for lo in range(0, B, step):
         terms = values[lo : lo + step] * np.take(u[lo : lo + step], index, axis=1)
-        for j in range(0, terms.shape[0], per):
-            part = terms[j : j + per]
-            k = part.shape[0]
-            bins = _offset_bins(into, size, k, per)
-            if part.dtype == np.float64:
-                sums = np.bincount(bins, weights=part.ravel(), minlength=k * size)
-            else:  # (bincount sums in float64: refinement's long-double products, in order)
-                sums = np.zeros(k * size, dtype=part.dtype)
-                np.add.at(sums, bins, part.ravel())
-            out[lo + j : lo + j + k] = sums.reshape(k, size)
+        k = terms.shape[0]
+        bins = _offset_bins(into, size, k, step)
+        if terms.dtype == np.float64:
+            sums = np.bincount(bins, weights=terms.ravel(), minlength=k * size)
+        else:  # (bincount sums in float64: refinement's long-double products, in order)
+            sums = np.zeros(k * size, dtype=terms.dtype)
+            np.add.at(sums, bins, terms.ravel())
+        out[lo : lo + k] = sums.reshape(k, size)
     return out
 
 

@@ -719,16 +719,15 @@ def test_products_with_one_entry_a_row_are_scipys(B):
 @pytest.mark.parametrize("split", [False, True])
 def test_batch_products_with_a_and_p_are_the_dense_ones(monkeypatch, split):
     """A u, Aᵀ y and P u for a batch (`BatchOps`, summed by `_products`) equal the dense
-    matrices' products, for one instance and several, whole or in blocks of instances and
-    sums (7 instances: blocks of 5 and 2, sums of 3, 2 and 2, the kept bins sliced), and in
-    long double (refinement's extended precision) to long double's rounding."""
+    matrices' products, for one instance and several, whole or in blocks of instances (7
+    instances: blocks of 5 and 2, the kept bins sliced for the second), and in long double
+    (refinement's extended precision) to long double's rounding."""
     import declarative.derivative as dv
 
     layer = every_cone_layer(3)
     t = layer.template
     if split:
         monkeypatch.setattr(dv, "PRODUCT_BLOCK_ENTRIES", 5 * t.nnz)
-        monkeypatch.setattr(dv, "BIN_ENTRIES", 3 * t.nnz)
     rng = np.random.default_rng(1)
     for B in (1, 7):
         ops = dv.BatchOps(t, rng.standard_normal((B, t.nnz)),
