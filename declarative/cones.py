@@ -1228,6 +1228,35 @@ class DProjection:
         new.batch_size = new.point.shape[0]
         return new
 
+    @staticmethod
+    def join(parts: list[DProjection]) -> DProjection:
+        """The batches ``parts`` (of the same cones) one after another."""
+        new = object.__new__(DProjection)
+        new.__dict__.update(parts[0].__dict__)
+        joined = [np.concatenate(each) for each in zip(*(p._arrays() for p in parts),
+                                                       strict=True)]
+        new._nonneg = joined[0]
+        at = 1
+        soc = []
+        for idx, coef in parts[0]._soc:
+            soc.append((idx, tuple(joined[at : at + len(coef)])))
+            at += len(coef)
+        new._soc = soc
+        psd = []
+        for k, idx, data in parts[0]._psd:
+            psd.append((k, idx, tuple(joined[at : at + len(data)])))
+            at += len(data)
+        new._psd = psd
+        if parts[0]._exp is not None:
+            new._exp, new._exp_roots = joined[at], joined[at + 1]
+            at += 2
+        if parts[0]._pow is not None:
+            new._pow = joined[at]
+            at += 1
+        new.point = joined[at]
+        new.batch_size = new.point.shape[0]
+        return new
+
     def put(self, sel, other: DProjection) -> None:
         """Overwrite batch rows ``sel`` with ``other``'s (same cones, len(sel) rows)."""
         for mine, theirs in zip(self._arrays(), other._arrays(), strict=True):

@@ -58,7 +58,7 @@ from declarative.equilibrate import (
     rebalance,
 )
 from declarative.errors import ParameterError, ProblemError, SolverError, describe_indices
-from declarative.parallel import single_threaded_blas
+from declarative.parallel import parallel_map, single_threaded_blas, workers
 from declarative.promise import ACCURACY
 from declarative.refine import (
     EXTENDED_EPS,
@@ -155,6 +155,14 @@ DEFINITE_RTOL = 1e-9
 
 # SCS tolerance of the retry for instances refinement could not certify.
 RETRY_EPS = 1e-9
+# Refinement and the certificate of a batch run in parts, one per worker, where the batch
+# holds at least SETTLE_PARALLEL_FROM unknowns (instances × (n + m)) and each part at least
+# SETTLE_PART_MIN instances: their batched NumPy arithmetic releases the GIL, their Python
+# does not, so a part must be large for the overlap to pay (BENCHMARKS.md: softmax n = 100 at
+# batch 512, 256,000 unknowns, 23% less wall time; sparsemax and the OptNet QP at batch 64,
+# 13,000, 3-12% more)
+SETTLE_PARALLEL_FROM = 50_000
+SETTLE_PART_MIN = 2
 # Where the user did not choose the solver, an instance that neither the chosen solver nor SCS
 # at RETRY_EPS settled (solved and certified, or certified infeasible or unbounded) is solved
 # once more by this interior-point backend, whose central point refinement often takes where
@@ -267,14 +275,22 @@ class _Diagnosis:
         self.ambiguous: list[np.ndarray] = []
         self.kinks: list[np.ndarray] = []
 
-    def see(self, idx: np.ndarray, sol: ConeSolution) -> None:
-        """Diagnose the linearization ``sol`` at the instances ``idx`` (`derivative.diagnose`)."""
-        info, layer = self.fwd.info, self.fwd.layer
+    def examine(self, sol: ConeSolution) -> tuple[np.ndarray, np.ndarray]:
+        """`derivative.diagnose` of the linearization ``sol`` (records nothing: safe to run
+        concurrently)."""
+        layer = self.fwd.layer
+        blocks = [(p.offset, p.size) for p in layer.parameters]
+        return diagnose(sol, layer.template.recover, blocks)
+
+    def see(self, idx: np.ndarray, sol: ConeSolution,
+            examined: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Record the diagnosis (``examined``, or `examine` now) of the linearization ``sol``
+        at the instances ``idx``."""
+        info = self.fwd.info
         assert info.rcond is not None and info.nondifferentiable is not None
         assert info.nondifferentiable_reason is not None
         info.rcond[idx] = sol.lin.rcond
-        blocks = [(p.offset, p.size) for p in layer.parameters]
-        non_unique, weakly_active = diagnose(sol, layer.template.recover, blocks)
+        non_unique, weakly_active = self.examine(sol) if examined is None else examined
         for where, reason, found in ((idx[non_unique], NON_UNIQUE, self.ambiguous),
                                      (idx[weakly_active], WEAKLY_ACTIVE, self.kinks)):
             for i in where:
@@ -332,33 +348,41 @@ class Forward:
         return len(self.ok)
 
     @cached_property
-    def _solution(self) -> ConeSolution | None:
-        """Linearization at the solved instances, built on first use (by a derivative or by
-        `nondifferentiable`) and kept. Fills ``info.rcond`` and ``info.nondifferentiable``
-        and warns (`NonDifferentiableWarning`, once) where the outputs' derivative is not
-        defined."""
+    def _linearized(self) -> list[tuple[np.ndarray, ConeSolution]]:
+        """Linearizations at the solved instances, built on first use (by a derivative or by
+        `nondifferentiable`) and kept: (instances, linearization) pairs, one, or for a batch
+        large enough (`_parts`) one per worker, made concurrently. Fills ``info.rcond`` and
+        ``info.nondifferentiable`` and warns (`NonDifferentiableWarning`, once) where the
+        outputs' derivative is not defined."""
         idx = np.flatnonzero(self.ok)
         diagnosed = self._diagnosis()
         if idx.size == 0:
-            return None
-        sol = self._linearize(idx)
-        # refinement's factorizations are now the linearization's where it reuses them (and
-        # garbage where it does not): the linearization holds them
+            return []
+        t = self.layer.template
+        pieces = [idx[sl] for sl in _parts(idx.size, t.n + t.m)]
+
+        def linearize(part: np.ndarray) -> tuple[ConeSolution, Any]:
+            sol = self._linearize(part)
+            return sol, None if diagnosed is None else diagnosed.examine(sol)
+
+        made = parallel_map(linearize, pieces) if len(pieces) > 1 else [linearize(idx)]
+        # refinement's factorizations are now the linearizations' where they reuse them
+        # (and garbage where they do not): the linearizations hold them
         self._refined.factors = None
         if diagnosed is not None:
-            diagnosed.see(idx, sol)
+            for part, (sol, found) in zip(pieces, made, strict=True):
+                diagnosed.see(part, sol, found)
             diagnosed.report()
-        return sol
+        return [(part, sol) for part, (sol, _) in zip(pieces, made, strict=True)]
 
     def _solutions(self) -> Iterator[tuple[np.ndarray, ConeSolution]]:
-        """(solved instances, the linearization at them): all at once, kept (`_solution`), or,
-        in the low-memory mode (``Tuning.chunk_size``), ``chunk`` instances at a time, each
-        linearization made when reached and dropped after. The first pass fills ``info``'s
-        diagnostics and warns once, as `_solution` does; a consumer must exhaust it."""
+        """(solved instances, the linearization at them): all at once, kept (`_linearized`),
+        or, in the low-memory mode (``Tuning.chunk_size``), ``chunk`` instances at a time,
+        each linearization made when reached and dropped after. The first pass fills
+        ``info``'s diagnostics and warns once, as `_linearized` does; a consumer must
+        exhaust it."""
         if self.chunk is None:
-            sol = self._solution
-            if sol is not None:
-                yield np.flatnonzero(self.ok), sol
+            yield from self._linearized
             return
         idx = np.flatnonzero(self.ok)
         diagnosed = self._diagnosis()
@@ -371,6 +395,21 @@ class Forward:
             del sol
         if diagnosed is not None:
             diagnosed.report()
+
+    def _each(self, f: Callable[[np.ndarray, ConeSolution], None]) -> None:
+        """``f(instances, linearization)`` for each of `_solutions`: the kept ones
+        concurrently (`parallel_map`: ``f`` must write only its own instances' rows), the
+        low-memory mode's chunks one after another as each is made."""
+        if self.chunk is None:
+            parts = self._linearized
+            if len(parts) > 1:
+                parallel_map(lambda item: f(*item), parts)
+            else:
+                for part, sol in parts:
+                    f(part, sol)
+            return
+        for part, sol in self._solutions():
+            f(part, sol)
 
     def _linearize(self, idx: np.ndarray) -> ConeSolution:
         """`ConeSolution.at` the solved instances ``idx``, reusing refinement's
@@ -417,7 +456,8 @@ class Forward:
                 g[:, lo : lo + spec.size] = vec(gi, spec.shape)
         g[~self.ok] = 0.0  # failed instances: zero gradients (their outputs are NaN)
         dtheta = np.zeros((B, t.num_params))
-        for idx, sol in self._solutions():
+
+        def pull(idx: np.ndarray, sol: ConeSolution) -> None:
             eq = self._scaling.take(idx)
             gxy = times_t(g[idx], t.transposed["recover"])
             gx, gy = eq.solution_adjoint(gxy[:, : t.n], gxy[:, t.n :])
@@ -430,6 +470,8 @@ class Forward:
                 part = eq.take(np.arange(lo, min(lo + VJP_BLOCK, idx.size)))
                 dtheta[idx[sl]] = t.apply_adjoint(*part.data_adjoint(
                     t, *sol.data_gradient(r, sl)))
+
+        self._each(pull)
         out = []
         for param, batched in zip(L.parameters, self.input_batched, strict=True):
             d = unvec(dtheta[:, param.offset : param.offset + param.size], param.shape)
@@ -492,9 +534,8 @@ class Forward:
         full = np.full((t.recover.shape[0], t.num_params), np.nan)
         if self.ok[index]:
             if self.chunk is None:
-                k = int(np.count_nonzero(self.ok[:index]))
-                sol = self._solution
-                assert sol is not None  # instance `index` is solved
+                part, sol = next((p, q) for p, q in self._linearized if index in p)
+                k = int(np.searchsorted(part, index))
             else:  # the low-memory mode: this instance alone
                 _ = self.nondifferentiable
                 k, sol = 0, self._linearize(np.array([index]))
@@ -516,12 +557,15 @@ class Forward:
             ti = np.broadcast_to(ti, (B, *spec.shape)) if ti.ndim == len(spec.shape) else ti
             dtheta[:, spec.offset : spec.offset + spec.size] = vec(ti, spec.shape)
         dout = np.zeros((B, t.recover.shape[0]))
-        for idx, sol in self._solutions():
+
+        def push(idx: np.ndarray, sol: ConeSolution) -> None:
             dth = dtheta[idx]
             eq = self._scaling.take(idx)
             dc, da, db, dh = eq.data(t, *(times_t(dth, M) for M in (t.C, t.F, t.G, t.H)))
             dx, dy = eq.solution(*sol.jvp(dc, da, db, dh))
             dout[idx] = times_t(np.concatenate([dx, dy], axis=1), t.recover)
+
+        self._each(push)
         return [unvec(dout[:, lo : lo + s.size], s.shape)
                 for s, lo in zip(L.outputs, L._out_offsets, strict=True)]
 
@@ -1237,6 +1281,18 @@ class Layer:
         res = solve_batch(backend, pick(mats, idx), b[idx], c[idx], t.dims, settings,
                           None if Ps is None else pick(Ps, idx), warm=warm,
                           shared=shared)
+        parts = _parts(len(idx), t.n + t.m)
+        if len(parts) == 1:
+            return self._settle(res, idx, ops, c, b, ours, scaling)
+        return _Attempt.join(parallel_map(
+            lambda sl: self._settle(res.take(sl), idx[sl], ops, c, b, ours, scaling),
+            parts), with_D=True)
+
+    def _settle(self, res: Any, idx: np.ndarray, ops: BatchOps, c: np.ndarray, b: np.ndarray,
+                ours: dict, scaling: Equilibration) -> _Attempt:
+        """Refinement and the certificate of the backend's results ``res`` on the instances
+        ``idx``: their attempt."""
+        t = self.template
         status = list(res.status)
         finite = np.all(np.isfinite(res.x), axis=1)
         candidate = np.array([st in _REFINABLE for st in status], dtype=bool) & finite
@@ -1784,6 +1840,18 @@ _REFINABLE = (Status.SOLVED, Status.INACCURATE, Status.ITERATION_LIMIT)
 _SETTLED = (Status.SOLVED, Status.INFEASIBLE, Status.UNBOUNDED)
 
 
+def _parts(k: int, size: int) -> list[slice]:
+    """The instances 0 … k−1 of a program with ``size`` = n + m unknowns, cut into the
+    consecutive parts that refinement and the certificate handle concurrently (one per
+    worker, `parallel.workers`), or one part where the batch is too small for the pool's
+    hand-offs to pay."""
+    ways = min(workers(), k // SETTLE_PART_MIN)
+    if ways <= 1 or k * size < SETTLE_PARALLEL_FROM:
+        return [slice(0, k)]
+    cuts = [k * j // ways for j in range(ways + 1)]
+    return [slice(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)]
+
+
 def _settled(status: Sequence[Status]) -> np.ndarray:
     """(len(status),) bool: certified solved, or shown infeasible or unbounded."""
     return np.array([st in _SETTLED for st in status], dtype=bool)
@@ -1814,11 +1882,17 @@ class _Attempt:
     v_D: np.ndarray | None = None
 
     @classmethod
-    def join(cls, parts: list[_Attempt]) -> _Attempt:
-        """Consecutive parts of a batch (without DΠ) as one."""
+    def join(cls, parts: list[_Attempt], with_D: bool = False) -> _Attempt:
+        """Consecutive parts of a batch as one; with DΠ where ``with_D`` and every part has
+        it."""
         values: dict[str, Any] = {"D": None, "v_D": None}
+        Ds = [p.D for p in parts if p.D is not None]
+        vs = [p.v_D for p in parts if p.v_D is not None]
+        if with_D and len(Ds) == len(vs) == len(parts):
+            values["D"] = DProjection.join(Ds)
+            values["v_D"] = np.concatenate(vs)
         for f in fields(cls):
-            if f.name in values:
+            if f.name in ("D", "v_D"):
                 continue
             each = [getattr(p, f.name) for p in parts]
             values[f.name] = ([v for vs in each for v in vs] if isinstance(each[0], list)

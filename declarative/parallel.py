@@ -41,6 +41,7 @@ _blas_saved: list = []
 _blas_depth = 0  # open single_threaded_blas contexts, all threads together
 _blas_lock = threading.Lock()
 _blas_own = threading.local()  # .depth: those of this thread (what survives a fork)
+_inside = threading.local()  # .depth: parallel_map items this thread is running
 
 
 @contextlib.contextmanager
@@ -128,24 +129,30 @@ def parallel_map(f: Callable[[T], R], items: list[T]) -> list[R]:
     dynamic load balancing. Once ``f`` raises anywhere, or the calling
     thread is interrupted (KeyboardInterrupt), no further item is started; the call
     returns when the items already started are done, raising the caller's exception, else
-    the first worker's. Do not call from inside the pool.
+    the first worker's. Called from an item of another `parallel_map` (in any thread, the
+    calling one included), it runs its items in that thread: the outer map already holds
+    every worker.
     """
     n = len(items)
     workers = min(_CPUS, n)
     with single_threaded_blas():
-        if workers <= 1 or threading.current_thread().name.startswith(_PREFIX):
+        if workers <= 1 or getattr(_inside, "depth", 0) > 0 or \
+                threading.current_thread().name.startswith(_PREFIX):
             return [f(x) for x in items]
         out: list = [None] * n
         counter = itertools.count()
         stop = threading.Event()
 
         def work() -> None:
+            _inside.depth = getattr(_inside, "depth", 0) + 1
             try:
                 while not stop.is_set() and (i := next(counter)) < n:
                     out[i] = f(items[i])
             except BaseException:
                 stop.set()
                 raise
+            finally:
+                _inside.depth -= 1
 
         pending: list[Future] = []
         try:

@@ -178,6 +178,11 @@ class SolveResult:
     iterations: np.ndarray
     seconds: np.ndarray
 
+    def take(self, sel: slice) -> SolveResult:
+        """The instances ``sel`` (views)."""
+        return SolveResult(self.x[sel], self.y[sel], self.s[sel], self.status[sel],
+                           self.iterations[sel], self.seconds[sel])
+
     @staticmethod
     def join(parts: list[SolveResult]) -> SolveResult:
         """The batches ``parts`` one after another."""

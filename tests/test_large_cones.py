@@ -89,7 +89,7 @@ def test_large_second_order_cone_solved_without_its_dense_block(scale):
         assert max_abs(gy[b], g[b] @ Jy) <= 1e-11
         assert max_abs(gr[b], g[b] @ Jr.reshape(n)) <= 1e-11
         assert max_abs(jx[b], Jy @ dy[b] + Jr.reshape(n) * dr[b]) <= 1e-11
-    sol = fwd._solution
+    sol = fwd._linearized[0][1]
     # S₀ + U Vᵀ, or (beside refinement's factorization of a nearby S) S's products alone
     kinds = [isinstance(f.S, der.LowRankS | der.OperatorS) for f in sol.lin.factors]
     assert all(kinds)
@@ -208,7 +208,7 @@ def test_many_non_unique_auxiliary_variables():
     y, r = np.stack(ys), np.stack(rs)
     fwd = layer.forward([y, r])
     assert fwd.ok.all() and not fwd.nondifferentiable.any()
-    for f in fwd._solution.lin.factors:
+    for f in fwd._linearized[0][1].lin.factors:
         assert isinstance(f.pinv, der.SparsePinv)
         Ns, Nd = f.pinv.null, der.TruncatedSVD.of(f.pinv.S.toarray()).null
         assert Ns.shape == Nd.shape and Nd.shape[1] > n

@@ -42,7 +42,7 @@ def test_refinement_factorization_is_reused_where_exact():
     insts = [problems.instance("sparsemax", s, **sizes) for s in range(4)]
     fwd = layer.forward([np.stack([i.params[0] for i in insts])])
     g = fwd.vjp(_cotangent(fwd))[0]
-    assert fwd._solution.lin.reused == 4
+    assert fwd._linearized[0][1].lin.reused == 4
     x, y, s, _ = fwd.state()
     fresh = ConeSolution.at(fwd._ops, x, y, s)
     assert fresh.lin.reused == 0
@@ -86,7 +86,7 @@ def test_nearby_factorization_is_reused_by_iterative_refinement():
     finally:
         der.dproject = real
     assert not calls  # DΠ at the solution comes from refinement too
-    lin = fwd._solution.lin
+    lin = fwd._linearized[0][1].lin
     assert all(f.near is not None for f in lin.factors)  # reused, not the same matrix
     assert all(f._exact is None for f in lin.factors)    # refinement converged: no fallback
     x, y, s, _ = fwd.state()

@@ -160,7 +160,7 @@ def test_kinks_in_auxiliary_variables_are_found_and_ignored():
     # centre, away from the kinks)
     fwd = case.layer.forward(batch, solver="scs")
     assert not fwd.nondifferentiable.any()
-    assert fwd._solution.kinks.sum() >= 3
+    assert fwd._linearized[0][1].kinks.sum() >= 3
 
 
 def _face_lp():

@@ -1,0 +1,104 @@
+"""A large batch is refined, certified and differentiated in parts, one per worker thread
+(`layer._parts`): every result must be bitwise the whole batch's, on every cone kind, with
+failed instances among the parts, and the same again on a second call."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+import numpy as np
+import pytest
+
+from declarative import layer as layer_module
+from declarative import parallel
+from tests.conftest import every_cone_layer, zoo_layer
+
+B = 13  # odd: the two parts differ in size
+
+
+def _values(name: str) -> tuple:
+    rng = np.random.default_rng(0)
+    if name == "every_cone":
+        Y, a = rng.standard_normal((B, 3, 3)), rng.standard_normal((B, 3))
+        a[4] *= 1e14  # not solved: a failure inside the first part
+        a[7] *= 1e9
+        return every_cone_layer(3), [Y, a]
+    sizes = {"softmax": {"n": 10}, "sparsemax": {"n": 30}, "qp": {}}[name]
+    layer, mod, sizes = zoo_layer(name, **sizes)
+    pool = [mod.sample(rng, **sizes) for _ in range(B)]
+    values = [np.stack([np.asarray(p[j], dtype=float) for p in pool])
+              for j in range(len(pool[0]))]
+    values[0][3] *= 1e8  # one instance far from the others' scale
+    return layer, values
+
+
+def _everything(layer, values) -> list:
+    """Outputs, statuses, diagnostics, VJP, JVP and one Jacobian of a call."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fwd = layer.forward(values, on_failure="nan")
+        rng = np.random.default_rng(1)
+        g = [rng.standard_normal(o.shape) for o in fwd.outputs]
+        t = [rng.standard_normal(v.shape) for v in values]
+        got = [*fwd.outputs, fwd.ok, np.array([str(s) for s in fwd.info.status]),
+               fwd.info.residual_after, fwd.info.refine_steps, fwd.nondifferentiable,
+               fwd.info.rcond, *fwd.vjp(g), *fwd.jvp(t)]
+        last = int(np.flatnonzero(fwd.ok)[-1])
+        got += [J for row in fwd.jacobian(last) for J in row]
+    return got, fwd
+
+
+@pytest.mark.parametrize("name", ["every_cone", "softmax", "sparsemax", "qp"])
+def test_a_batch_in_parts_is_bitwise_the_whole_batch(monkeypatch, name):
+    monkeypatch.setattr(parallel, "_CPUS", 2)
+    layer, values = _values(name)
+    monkeypatch.setattr(layer_module, "SETTLE_PARALLEL_FROM", 10**12)
+    whole, fwd = _everything(layer, values)
+    assert len(fwd._linearized) == 1
+    monkeypatch.setattr(layer_module, "SETTLE_PARALLEL_FROM", 0)
+    for _ in range(2):
+        parts, fwd = _everything(layer, values)
+        assert len(fwd._linearized) == 2  # (the parts were taken)
+        assert len(whole) == len(parts)
+        for a, b in zip(whole, parts, strict=True):
+            assert a.shape == b.shape
+            assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+    if name == "every_cone":
+        assert not fwd.ok[4] and fwd.ok.sum() >= B - 2
+
+
+def test_parts_are_cut_only_for_large_batches(monkeypatch):
+    monkeypatch.setattr(parallel, "_CPUS", 2)
+    monkeypatch.setattr(layer_module, "SETTLE_PARALLEL_FROM", 1000)
+    cut = layer_module._parts
+    assert cut(10, 50) == [slice(0, 10)]            # 500 unknowns
+    assert cut(20, 50) == [slice(0, 10), slice(10, 20)]
+    assert cut(21, 50) == [slice(0, 10), slice(10, 21)]
+    assert cut(3, 1000) == [slice(0, 3)]            # fewer than 2 instances a part
+    monkeypatch.setattr(parallel, "_CPUS", 1)
+    assert cut(20, 50) == [slice(0, 20)]
+
+
+def test_parallel_map_inside_parallel_map_runs_in_its_calling_thread(monkeypatch):
+    """The inner map's items run where its caller runs: two threads busy, not three."""
+    monkeypatch.setattr(parallel, "_CPUS", 2)
+    seen: list[tuple[str, str]] = []
+
+    def outer(i: int) -> list[int]:
+        me = threading.current_thread().name
+
+        def inner(j: int) -> int:
+            seen.append((me, threading.current_thread().name))
+            return i * 10 + j
+
+        return parallel.parallel_map(inner, [0, 1, 2])
+
+    assert parallel.parallel_map(outer, [0, 1, 2, 3]) == [[i * 10 + j for j in range(3)]
+                                                          for i in range(4)]
+    assert len(seen) == 12 and all(a == b for a, b in seen)
+    # and at the top level the map still uses the pool
+    names = parallel.parallel_map(
+        lambda i: (threading.Event().wait(0.05), threading.current_thread().name)[1],
+        [0, 1, 2, 3])
+    assert any(n.startswith(parallel._PREFIX) for n in names)
