@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from declarative import layer as layer_module
-from declarative import parallel
+from declarative import parallel, problems
 from tests.conftest import every_cone_layer, zoo_layer
 
 B = 13  # odd: the two parts differ in size
@@ -49,23 +49,65 @@ def _everything(layer, values) -> list:
     return got, fwd
 
 
+SCALES = (1e-12, 1e-6, 1.0, 1e6, 1e12)
+
+
+def _zoo_values(name: str) -> tuple:
+    """A zoo problem's batch, each instance's parameters scaled by one of SCALES, two
+    instances with two of their parameters scaled apart (mixed scales)."""
+    layer, mod, sizes = zoo_layer(name)
+    rng = np.random.default_rng(2)
+    pool = [mod.sample(rng, **sizes) for _ in range(B)]
+    values = [np.stack([np.asarray(p[j], dtype=float) for p in pool])
+              for j in range(len(pool[0]))]
+    for i in range(B):
+        for v in values:
+            v[i] *= SCALES[i % len(SCALES)]
+    if len(values) > 1:
+        values[0][5] *= 1e6
+        values[-1][10] *= 1e-6
+    return layer, values
+
+
 @pytest.mark.parametrize("name", ["every_cone", "softmax", "sparsemax", "qp"])
 def test_a_batch_in_parts_is_bitwise_the_whole_batch(monkeypatch, name):
     monkeypatch.setattr(parallel, "_CPUS", 2)
     layer, values = _values(name)
+    _parts_are_the_whole(monkeypatch, layer, values)
+    if name == "every_cone":
+        fwd = layer.forward(values, on_failure="nan")
+        assert not fwd.ok[4] and fwd.ok.sum() >= B - 2
+
+
+@pytest.mark.parametrize("name", list(problems.ZOO))
+def test_zoo_batches_at_mixed_scales_in_parts_are_bitwise_the_whole_batch(monkeypatch, name):
+    monkeypatch.setattr(parallel, "_CPUS", 2)
+    _parts_are_the_whole(monkeypatch, *_zoo_values(name))
+
+
+def _parts_are_the_whole(monkeypatch, layer, values) -> None:
     monkeypatch.setattr(layer_module, "SETTLE_PARALLEL_FROM", 10**12)
     whole, fwd = _everything(layer, values)
     assert len(fwd._linearized) == 1
     monkeypatch.setattr(layer_module, "SETTLE_PARALLEL_FROM", 0)
+    settled: list[int] = []
+    settle = layer_module.Layer._settle
+
+    def counted(self, res, idx, *args):
+        settled.append(len(idx))
+        return settle(self, res, idx, *args)
+
+    monkeypatch.setattr(layer_module.Layer, "_settle", counted)
     for _ in range(2):
+        settled.clear()
         parts, fwd = _everything(layer, values)
-        assert len(fwd._linearized) == 2  # (the parts were taken)
+        # (the parts were taken: the forward's, and the derivatives' where enough are solved)
+        assert sorted(settled[:2]) == [B // 2, B - B // 2]
+        assert len(fwd._linearized) == (2 if fwd.ok.sum() >= 4 else 1)
         assert len(whole) == len(parts)
         for a, b in zip(whole, parts, strict=True):
             assert a.shape == b.shape
             assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
-    if name == "every_cone":
-        assert not fwd.ok[4] and fwd.ok.sum() >= B - 2
 
 
 def test_parts_are_cut_only_for_large_batches(monkeypatch):
