@@ -71,6 +71,7 @@ from declarative.refine import (
 )
 from declarative.solve import (
     Backend,
+    SolveResult,
     Status,
     calibrate_scale,
     check_settings,
@@ -155,12 +156,12 @@ DEFINITE_RTOL = 1e-9
 
 # SCS tolerance of the retry for instances refinement could not certify.
 RETRY_EPS = 1e-9
-# Refinement and the certificate of a batch run in parts, one per worker, where the batch
-# holds at least SETTLE_PARALLEL_FROM unknowns (instances × (n + m)) and each part at least
-# SETTLE_PART_MIN instances: their batched NumPy arithmetic releases the GIL, their Python
-# does not, so a part must be large for the overlap to pay (BENCHMARKS.md: softmax n = 100 at
-# batch 512, 256,000 unknowns, 23% less wall time; sparsemax and the OptNet QP at batch 64,
-# 13,000, 3-12% more)
+# Refinement, the certificate and the derivatives of a batch run in parts, one per worker,
+# where the batch holds at least SETTLE_PARALLEL_FROM unknowns (instances × (n + m)) and each
+# part at least SETTLE_PART_MIN instances: their batched NumPy arithmetic releases the GIL,
+# their Python does not, so a part must be large for the overlap to pay (BENCHMARKS.md:
+# softmax n = 100 at batch 512, 256,000 unknowns, 20% less wall time; polytope-20d,
+# sparsemax n = 100 and PSD k = 10 at batch 64, 3,800-13,000 unknowns, 12-27% more)
 SETTLE_PARALLEL_FROM = 50_000
 SETTLE_PART_MIN = 2
 # Where the user did not choose the solver, an instance that neither the chosen solver nor SCS
@@ -1288,8 +1289,8 @@ class Layer:
             lambda sl: self._settle(res.take(sl), idx[sl], ops, c, b, ours, scaling),
             parts), with_D=True)
 
-    def _settle(self, res: Any, idx: np.ndarray, ops: BatchOps, c: np.ndarray, b: np.ndarray,
-                ours: dict, scaling: Equilibration) -> _Attempt:
+    def _settle(self, res: SolveResult, idx: np.ndarray, ops: BatchOps, c: np.ndarray,
+                b: np.ndarray, ours: dict, scaling: Equilibration) -> _Attempt:
         """Refinement and the certificate of the backend's results ``res`` on the instances
         ``idx``: their attempt."""
         t = self.template
@@ -1842,9 +1843,10 @@ _SETTLED = (Status.SOLVED, Status.INFEASIBLE, Status.UNBOUNDED)
 
 def _parts(k: int, size: int) -> list[slice]:
     """The instances 0 … k−1 of a program with ``size`` = n + m unknowns, cut into the
-    consecutive parts that refinement and the certificate handle concurrently (one per
-    worker, `parallel.workers`), or one part where the batch is too small for the pool's
-    hand-offs to pay."""
+    consecutive parts that refinement, the certificate and the derivatives handle
+    concurrently (one per worker, `parallel.workers`), or one part where the batch is too
+    small for the overlap to pay (SETTLE_PARALLEL_FROM). Each part's results are bitwise
+    what the whole batch at once gives (every step is per instance)."""
     ways = min(workers(), k // SETTLE_PART_MIN)
     if ways <= 1 or k * size < SETTLE_PARALLEL_FROM:
         return [slice(0, k)]
