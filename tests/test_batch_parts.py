@@ -86,6 +86,8 @@ def test_zoo_batches_at_mixed_scales_in_parts_are_bitwise_the_whole_batch(monkey
 
 
 def _parts_are_the_whole(monkeypatch, layer, values) -> None:
+    """Everything a call gives, whole and (twice) cut in two parts, compared bitwise; the
+    cut checked to have been made (`Layer._settle` called per half)."""
     monkeypatch.setattr(layer_module, "SETTLE_PARALLEL_FROM", 10**12)
     whole, fwd = _everything(layer, values)
     assert len(fwd._linearized) == 1
