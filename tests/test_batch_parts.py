@@ -1,6 +1,8 @@
 """A large batch is refined, certified and differentiated in parts, one per worker thread
-(`layer._parts`): every result must be bitwise the whole batch's, on every cone kind, with
-failed instances among the parts, and the same again on a second call."""
+(`layer._parts`): every result must be the whole batch's (statuses exactly, numbers to
+rounding: batched NumPy reductions may add in another order for another batch size), on
+every cone kind, with failed instances among the parts, and bitwise the same again on a
+second call."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from declarative import parallel, problems
 from tests.conftest import every_cone_layer, zoo_layer
 
 B = 13  # odd: the two parts differ in size
+RTOL = 1e-12
 
 
 def _values(name: str) -> tuple:
@@ -70,7 +73,7 @@ def _zoo_values(name: str) -> tuple:
 
 
 @pytest.mark.parametrize("name", ["every_cone", "softmax", "sparsemax", "qp"])
-def test_a_batch_in_parts_is_bitwise_the_whole_batch(monkeypatch, name):
+def test_a_batch_in_parts_is_the_whole_batch(monkeypatch, name):
     monkeypatch.setattr(parallel, "_CPUS", 2)
     layer, values = _values(name)
     _parts_are_the_whole(monkeypatch, layer, values)
@@ -80,14 +83,16 @@ def test_a_batch_in_parts_is_bitwise_the_whole_batch(monkeypatch, name):
 
 
 @pytest.mark.parametrize("name", list(problems.ZOO))
-def test_zoo_batches_at_mixed_scales_in_parts_are_bitwise_the_whole_batch(monkeypatch, name):
+def test_zoo_batches_at_mixed_scales_in_parts_are_the_whole_batch(monkeypatch, name):
     monkeypatch.setattr(parallel, "_CPUS", 2)
     _parts_are_the_whole(monkeypatch, *_zoo_values(name))
 
 
 def _parts_are_the_whole(monkeypatch, layer, values) -> None:
-    """Everything a call gives, whole and (twice) cut in two parts, compared bitwise; the
-    cut checked to have been made (`Layer._settle` called per half)."""
+    """Everything a call gives, whole and (twice) cut in two parts: the parts' calls
+    bitwise equal, and equal to the whole batch's (exactly where not floating point, else
+    to RTOL of each array's max-norm, NaNs in the same places); the cut checked to have been
+    made (`Layer._settle` called per half)."""
     monkeypatch.setattr(layer_module, "SETTLE_PARALLEL_FROM", 10**12)
     whole, fwd = _everything(layer, values)
     assert len(fwd._linearized) == 1
@@ -100,6 +105,7 @@ def _parts_are_the_whole(monkeypatch, layer, values) -> None:
         return settle(self, res, idx, *args)
 
     monkeypatch.setattr(layer_module.Layer, "_settle", counted)
+    first = None
     for _ in range(2):
         settled.clear()
         parts, fwd = _everything(layer, values)
@@ -109,7 +115,17 @@ def _parts_are_the_whole(monkeypatch, layer, values) -> None:
         assert len(whole) == len(parts)
         for a, b in zip(whole, parts, strict=True):
             assert a.shape == b.shape
-            assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+            if a.dtype.kind != "f":
+                assert np.array_equal(a, b)
+                continue
+            assert np.array_equal(np.isnan(a), np.isnan(b))
+            scale = max(1.0, float(np.nanmax(np.abs(a), initial=0.0)))
+            assert np.nanmax(np.abs(a - b), initial=0.0) <= RTOL * scale
+        if first is None:
+            first = parts
+        else:
+            for a, b in zip(first, parts, strict=True):
+                assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
 
 
 def test_parts_are_cut_only_for_large_batches(monkeypatch):
