@@ -105,14 +105,20 @@ LU0_KEPT = 8
 # Woodbury's capacitance C = I + Vᵀ S₀⁻¹ U reads S₀⁻¹ only in U's rows (columns) and V's rows.
 # That block is very sparse (S₀ is S with the low-rank blocks at base 0 or I: PSD projection
 # with a trace constraint at k = 30, 2,670 nonzeros in 465 × 930, against 11,882 in S₀'s LU),
-# so once a shared S₀'s LU has been solved with as many columns as V has rows, the block is
-# formed by that many transposed solves and kept (`SharedLU`): C is then a sparse product, not
-# a solve with ρ columns (k = 30: 0.35 against 4.1 ms, k = 50: 1.7 against 28 ms). The block
-# is formed this many columns at a time, and given up (for good: C by solves) as soon as it
-# holds more than COUPLING_FILL times the LU's entries, where the product would cost as much
-# as the solves (dense coupling through A) and the block's memory would grow with |V| |U|.
+# so where S₀ can take only a few values, the block is formed by as many transposed solves as
+# V has rows, on first use, and kept (`SharedLU`): C is then a sparse product, not a solve with
+# ρ columns (k = 30: 0.35 against 4.1 ms, k = 50: 1.7 against 28 ms; formed once in 7.9 and
+# 86 ms). That is where A and P do not depend on the parameters and the program holds only
+# zero cones and at most COUPLING_PSD_MAX PSD cones (S₀ then depends only on which of 0 and
+# I each block sits at); elsewhere S₀ may differ in every instance, and C is always solved.
+# The choice depends on the template alone, so no result depends on the calls before. The
+# block is formed this many columns at a time, and given up (for good: C by solves) as soon
+# as it holds more than COUPLING_FILL times the LU's entries, where the product would cost as
+# much as the solves (dense coupling through A) and the block's memory would grow with
+# |V| |U|.
 COUPLING_BLOCK = 256
 COUPLING_FILL = 4.0
+COUPLING_PSD_MAX = 2
 # Up to this order N, a block of dense S is inverted as one stack (LAPACK's getrf/getri in one
 # NumPy call, no Python per instance) and solves are batched products with S⁻¹; the 1-norm
 # condition number is then exact. Per instance, LAPACK at these sizes costs less than the
@@ -401,6 +407,11 @@ class SparseLayout:
         self._rows, self._m = Ar, m
         self._lus: OrderedDict[bytes, SharedLU | None] = OrderedDict()  # see `lu0`
         self._lock = threading.Lock()
+        d = t.dims
+        # S₀ takes a few values only (see COUPLING_FILL): its LUs keep their coupling blocks
+        self.few_S0 = bool(t.fixed_data and not (d.nonneg or d.soc or d.exp or d.exp_dual
+                                                 or d.power)
+                           and len(d.psd) <= COUPLING_PSD_MAX)
         # (nnz(S), sources): sums the sources into S's entries
         self.assemble = sp.csr_matrix(
             (np.ones(rows.size), (where, np.arange(rows.size))), shape=(keys.size, rows.size))
@@ -471,7 +482,8 @@ class SparseLayout:
             superlu = spla.splu(S.shifted(), permc_spec=self.ordering or "COLAMD",
                                 **({} if self.supernodes else _NO_SUPERNODES))
             if _pivot_ratio(superlu) > S0_RCOND_MIN:
-                lu = SharedLU(superlu, np.asarray(abs(S0).sum(axis=0)).ravel())
+                lu = SharedLU(superlu, np.asarray(abs(S0).sum(axis=0)).ravel(),
+                              self.few_S0)
         except RuntimeError:  # exactly singular
             pass
         with self._lock:
@@ -486,22 +498,23 @@ class SharedLU:
     SuperLU does, and the product Vᵀ S₀⁻¹ U of Woodbury's capacitance (`capacitance`).
 
     That product reads S₀⁻¹ only in the block W = S₀⁻¹[V's rows, U's rows], the same for every
-    S sharing S₀ (the rows are the low-rank blocks' and the columns of A they reach). W is
-    formed, once, by transposed solves with V's rows of the identity, after S₀ has been
-    solved with as many columns as that through the ρ-column solves it replaces (then at most
-    twice the cost of the better of the two choices in hindsight); it is kept sparse
-    (explicit zeros dropped: no entry is approximated), unless it turns out denser than
-    COUPLING_FILL times the LU."""
+    S sharing S₀ (the rows are the low-rank blocks' and the columns of A they reach). With
+    ``keep_blocks`` (S₀ takes few values: `SparseLayout.few_S0`), W is formed on first use, by
+    transposed solves with V's rows of the identity, and kept sparse (explicit zeros dropped:
+    no entry is approximated), unless it turns out denser than COUPLING_FILL times the LU;
+    otherwise the product is solved with U's ρ columns every time. Either way the product is
+    computed the same way on every call (a thread that finds W being formed waits for it)."""
 
-    __slots__ = ("lu", "shape", "columns", "_spent", "_blocks", "_lock")
+    __slots__ = ("lu", "shape", "columns", "keep_blocks", "_blocks", "_lock")
 
-    def __init__(self, lu: spla.SuperLU, columns: np.ndarray) -> None:
+    def __init__(self, lu: spla.SuperLU, columns: np.ndarray, keep_blocks: bool = False
+                 ) -> None:
         self.lu = lu
         self.shape = lu.shape
         self.columns = columns  # the column sums of |S₀| (unshifted: `LowRankS.norm1`)
-        self._spent: dict[bytes, int] = {}  # columns solved for Vᵀ S₀⁻¹ U, by (U's, V's rows)
-        # W; None while being formed; False where it was given up (too dense)
-        self._blocks: dict[bytes, sp.csr_matrix | bool | None] = {}
+        self.keep_blocks = keep_blocks
+        # W by (U's, V's rows); False where it was given up (too dense)
+        self._blocks: dict[bytes, sp.csr_matrix | bool] = {}
         self._lock = threading.Lock()
 
     def solve(self, rhs: np.ndarray, trans: str = "N") -> np.ndarray:
@@ -509,20 +522,15 @@ class SharedLU:
 
     def capacitance(self, S: LowRankS) -> np.ndarray:
         """Vᵀ S₀⁻¹ U (ρ × ρ) for S = S₀ + U Vᵀ with this S₀."""
-        key = S.Ur.tobytes() + b"|" + S.Vr.tobytes()
-        build = False
-        with self._lock:
-            W = self._blocks.get(key)
-            if W is None and key not in self._blocks:
-                spent = self._spent.get(key, 0) + S.rank
-                self._spent[key] = spent
-                if spent >= S.Vr.size + S.rank:  # (this S's ρ columns included)
-                    self._blocks[key] = None  # being formed, by this thread
-                    build = True
-        if build:
-            W = self._block(S.Ur, S.Vr)
-            with self._lock:
-                self._blocks[key] = False if W is None else W
+        W: sp.csr_matrix | bool = False
+        if self.keep_blocks:
+            key = S.Ur.tobytes() + b"|" + S.Vr.tobytes()
+            with self._lock:  # (formed once, under the lock: the others wait for it)
+                got = self._blocks.get(key)
+                if got is None:
+                    made = self._block(S.Ur, S.Vr)
+                    got = self._blocks[key] = False if made is None else made
+            W = got
         if isinstance(W, sp.csr_matrix):
             return S.Vb.T @ (W @ S.Ub)
         U = np.zeros((S.shape[0], S.rank))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from declarative import problems
 from declarative.derivative import ConeSolution, use_dense
@@ -248,65 +249,98 @@ def test_low_rank_s_equals_only_the_same_entries(monkeypatch):
     assert not S.equals(copy(U=(S.Ur, S.Ub[:, :-1]), V=(S.Vr, S.Vb[:, :-1])))
 
 
-def test_shared_lu_forms_the_capacitance_block_once_it_pays(monkeypatch):
-    """Woodbury's Vᵀ S₀⁻¹ U from the kept sparse block S₀⁻¹[V's rows, U's rows] equals the
-    dense Vᵀ S₀⁻¹ U (S₀ inverted densely, an independent reference) and the ρ-column solve;
-    the block is formed only once S₀ has been solved with as many columns as V has rows;
-    and a layer whose later calls use the block gives the gradients of the dense LU."""
+def test_shared_lu_capacitance_by_its_kept_block_or_by_solves(monkeypatch):
+    """Woodbury's Vᵀ S₀⁻¹ U from the kept sparse block S₀⁻¹[V's rows, U's rows] (formed on
+    first use where S₀ takes few values) and from the ρ-column solve both equal the dense
+    Vᵀ S₀⁻¹ U (S₀ inverted densely, an independent reference); a block denser than
+    COUPLING_FILL times the LU is given up; and a layer's gradients are those of the dense
+    LU and bitwise the same on its first call and on every later one (the way the product is
+    formed does not depend on the calls before)."""
     import declarative.derivative as der
 
     monkeypatch.setattr(der, "LOW_RANK_MIN", 0)
     k = 20  # the layer's own calls factor sparsely from this size (N = 421)
     layer = _spectraplex(k)
     assert not der.use_dense(layer.template)
+    assert der.sparse_layout(layer.template, low_rank=True).few_S0  # zero + one PSD cone
     rng = np.random.default_rng(7)
     Ys = rng.standard_normal((2, k, k))
     Ys = (Ys + np.swapaxes(Ys, 1, 2)) / 2
-    fwd = layer.forward([Ys])
-    x, y, s, _ = fwd.state()
-    f = ConeSolution.at(fwd._ops, x, y, s, dense=False).lin.factors[0]
+    g = [rng.standard_normal((2, k, k))]
+    first = layer.forward([Ys])  # the layer's first call
+    first_grad = first.vjp(g)[0]
+    x, y, s, _ = first.state()
+    f = ConeSolution.at(first._ops, x, y, s, dense=False).lin.factors[0]
     assert isinstance(f.lu, der.Woodbury)
     S = f.S
     S0 = S.shifted().toarray()
     U, V = S.U().toarray(), S.V().toarray()
     ref = V.T @ np.linalg.solve(S0, U)
-    shared = der.SharedLU(f.lu.lu0.lu, f.lu.lu0.columns)  # a fresh one: nothing solved yet
-    calls = -(-(S.Vr.size + S.rank) // S.rank)  # the call that has spent enough
     # (S₀ is shifted by √u·max|S₀| on the block's rows: C's largest entries ~1/√u, and any
     # two ways of forming it agree to a few ulps of those times S₀'s conditioning)
     tol = 1e-8 * np.abs(ref).max()
-    first = shared.capacitance(S)
-    assert max_abs(first, ref) <= tol
-    for call in range(2, calls + 2):
-        got = shared.capacitance(S)
-        assert max_abs(got, ref) <= tol and max_abs(got, first) <= tol
-        formed = shared._blocks.get(S.Ur.tobytes() + b"|" + S.Vr.tobytes())
-        assert (formed is not None) == (call >= calls)
-    assert formed.nnz < formed.shape[0] * formed.shape[1]  # kept sparse
+    key = S.Ur.tobytes() + b"|" + S.Vr.tobytes()
+    kept = der.SharedLU(f.lu.lu0.lu, f.lu.lu0.columns, keep_blocks=True)
+    solved = der.SharedLU(f.lu.lu0.lu, f.lu.lu0.columns, keep_blocks=False)
+    by_block = kept.capacitance(S)
+    formed = kept._blocks[key]
+    assert isinstance(formed, sp.csr_matrix) and formed.nnz < formed.shape[0] * formed.shape[1]
+    by_solves = solved.capacitance(S)
+    assert solved._blocks == {}
+    assert max_abs(by_block, ref) <= tol and max_abs(by_solves, ref) <= tol
+    for _ in range(3):  # the same way every time
+        assert np.array_equal(kept.capacitance(S), by_block)
+        assert np.array_equal(solved.capacitance(S), by_solves)
     # a block denser than COUPLING_FILL times the LU is given up for good: C by solves
-    fill = der.COUPLING_FILL
     monkeypatch.setattr(der, "COUPLING_FILL", 0.0)
-    dense = der.SharedLU(f.lu.lu0.lu, f.lu.lu0.columns)
-    for _ in range(calls + 1):
-        assert max_abs(dense.capacitance(S), ref) <= tol
-    assert dense._blocks == {S.Ur.tobytes() + b"|" + S.Vr.tobytes(): False}
-    monkeypatch.setattr(der, "COUPLING_FILL", fill)
-    # later calls of the layer (its S₀'s LU kept with the template) use the block
-    g = [rng.standard_normal((2, k, k))]
-    grads = [layer.forward([Ys]).vjp(g)[0] for _ in range(calls + 1)]
-    x, y, s, _ = fwd.state()
-    dense = ConeSolution.at(fwd._ops, x, y, s, dense=True)
+    dense = der.SharedLU(f.lu.lu0.lu, f.lu.lu0.columns, keep_blocks=True)
+    assert np.array_equal(dense.capacitance(S), by_solves)
+    assert dense._blocks == {key: False}
+    monkeypatch.undo()
+    monkeypatch.setattr(der, "LOW_RANK_MIN", 0)
+    # the layer's S₀ LU (kept with the template) formed its block on the first call, and
+    # every later call gives the first call's gradients, bitwise
     lu0 = der.sparse_layout(layer.template, low_rank=True)._lus
-    assert any(v is not None and any(w is not None for w in v._blocks.values())
+    assert any(v is not None and any(isinstance(w, sp.csr_matrix) for w in v._blocks.values())
                for v in lu0.values())
-    for got in grads[1:]:
-        assert max_abs(got, grads[0]) <= 1e-10 * (1 + np.abs(grads[0]).max())
+    for _ in range(6):  # (the block is no longer formed mid-way: once, the first call)
+        assert np.array_equal(layer.forward([Ys]).vjp(g)[0], first_grad)
     t = layer.template
+    dense_sol = ConeSolution.at(first._ops, x, y, s, dense=True)
     gz = rng.standard_normal((2, t.n + t.m))
-    sparse = ConeSolution.at(fwd._ops, x, y, s, dense=False)
-    for u, v in zip(sparse.vjp(gz[:, : t.n], gz[:, t.n :]), dense.vjp(gz[:, : t.n], gz[:, t.n :]),
-                    strict=True):
+    sparse_sol = ConeSolution.at(first._ops, x, y, s, dense=False)
+    for u, v in zip(sparse_sol.vjp(gz[:, : t.n], gz[:, t.n :]),
+                    dense_sol.vjp(gz[:, : t.n], gz[:, t.n :]), strict=True):
         assert max_abs(u, v) <= 1e-10 * (1 + np.abs(v).max())
+
+
+def test_capacitance_is_solved_where_s0_may_differ_in_every_instance(monkeypatch):
+    """With an inequality beside the PSD cone (DΠ's nonnegative rows are in S₀) no block is
+    kept, and a layer's gradients are bitwise the same on its first call and later."""
+    import cvxpy as cp
+
+    import declarative as dl
+    import declarative.derivative as der
+
+    monkeypatch.setattr(der, "LOW_RANK_MIN", 0)
+    k = 20
+    Y = cp.Parameter((k, k))
+    X = cp.Variable((k, k), PSD=True)
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(X - (Y + Y.T) / 2)),
+                      [cp.trace(X) == 1, X[0, 0] <= 0.5])
+    layer = dl.compile(prob, [Y], [X])
+    assert not der.sparse_layout(layer.template, low_rank=True).few_S0
+    rng = np.random.default_rng(3)
+    Ys = rng.standard_normal((3, k, k))
+    g = [rng.standard_normal((3, k, k))]
+    fwd = layer.forward([Ys])
+    assert fwd.ok.all()
+    first = fwd.vjp(g)[0]
+    for _ in range(3):
+        assert np.array_equal(layer.forward([Ys]).vjp(g)[0], first)
+    lu0 = der.sparse_layout(layer.template, low_rank=True)._lus
+    assert any(v is not None for v in lu0.values())  # (Woodbury was used)
+    assert all(v._blocks == {} for v in lu0.values() if v is not None)
 
 
 def test_woodbury_falls_back_on_the_bordered_lu(monkeypatch):
