@@ -408,7 +408,7 @@ class SparseLayout:
         self._lus: OrderedDict[bytes, SharedLU | None] = OrderedDict()  # see `lu0`
         self._lock = threading.Lock()
         d = t.dims
-        # S₀ takes a few values only (see COUPLING_FILL): its LUs keep their coupling blocks
+        # S₀ takes a few values only (see COUPLING_PSD_MAX): its LUs keep their coupling blocks
         self.few_S0 = bool(t.fixed_data and not (d.nonneg or d.soc or d.exp or d.exp_dual
                                                  or d.power)
                            and len(d.psd) <= COUPLING_PSD_MAX)
