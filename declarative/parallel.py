@@ -68,7 +68,7 @@ def single_threaded_blas() -> Iterator[None]:
                 _blas_saved = [(lib, lib.num_threads) for lib in _blas_libs]
                 for lib, threads in _blas_saved:
                     if threads != 1:
-                        lib.set_num_threads(1)
+                        _set_threads(lib, 1)
         yield
     finally:
         if entered:
@@ -82,7 +82,19 @@ def single_threaded_blas() -> Iterator[None]:
 def _restore_blas() -> None:
     for lib, threads in _blas_saved:
         if threads != 1:
-            lib.set_num_threads(threads)
+            _set_threads(lib, threads)
+
+
+def _set_threads(lib, threads: int) -> None:
+    """Set ``lib``'s thread count from whichever thread runs this. threadpoolctl's OpenBLAS
+    controller lets only the first thread that set a limit set it again while that thread
+    lives (the main thread, once it has called a layer), and silently ignores the others: a
+    layer called from another thread then ran BLAS on every core beside the pool's workers,
+    and rounded differently from a call made from the main thread. Our own depth count and
+    lock above already keep threads from fighting over the limit, so the controller's own
+    setter is used where it has one."""
+    setter = getattr(lib, "_real_set_num_threads", None)
+    (setter or lib.set_num_threads)(threads)
 
 
 def _reset_after_fork() -> None:

@@ -162,3 +162,51 @@ def test_parallel_map_inside_parallel_map_runs_in_its_calling_thread(monkeypatch
         lambda i: (threading.Event().wait(0.05), threading.current_thread().name)[1],
         [0, 1, 2, 3])
     assert any(n.startswith(parallel._PREFIX) for n in names)
+
+
+def test_blas_is_held_to_one_thread_from_any_thread():
+    """`single_threaded_blas` entered from a thread other than the main one limits BLAS too
+    (threadpoolctl's OpenBLAS controller obeys only the first thread that set a limit), and
+    restores the counts it found."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import scipy.linalg  # noqa: F401  (SciPy's OpenBLAS loaded, as a layer has it)
+
+    with parallel.single_threaded_blas():  # the main thread sets a limit first
+        pass
+
+    def inside() -> tuple[list[int], list[int]]:
+        before = [lib.num_threads for lib in parallel._blas_libs]
+        with parallel.single_threaded_blas():
+            held = [lib.num_threads for lib in parallel._blas_libs]
+        return held, before
+
+    with ThreadPoolExecutor(1) as ex:
+        held, before = ex.submit(inside).result()
+    assert held and all(n == 1 for n in held)
+    assert [lib.num_threads for lib in parallel._blas_libs] == before
+
+
+def test_a_call_from_another_thread_is_bitwise_the_main_threads():
+    """Outputs and VJP of a call made from a worker thread equal a main-thread call's
+    bitwise (Woodbury's dense products of a 20 × 20 PSD block round the same way on one
+    BLAS thread whoever calls), and so do three concurrent calls."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    layer, mod, sizes = zoo_layer("psd_trace_projection", k=20)
+    rng = np.random.default_rng(4)
+    pool = [mod.sample(rng, **sizes) for _ in range(4)]
+    values = [np.stack([np.asarray(p[j], dtype=float) for p in pool])
+              for j in range(len(pool[0]))]
+    g = [rng.standard_normal((4, 20, 20))]
+
+    def call() -> list[np.ndarray]:
+        fwd = layer.forward(values)
+        return [*fwd.outputs, *fwd.vjp(g)]
+
+    main = call()
+    with ThreadPoolExecutor(3) as ex:
+        others = [f.result() for f in [ex.submit(call) for _ in range(3)]]
+    for other in others:
+        for a, b in zip(main, other, strict=True):
+            assert np.array_equal(a, b)
