@@ -88,11 +88,10 @@ def _restore_blas() -> None:
 def _set_threads(lib, threads: int) -> None:
     """Set ``lib``'s thread count from whichever thread runs this. threadpoolctl's OpenBLAS
     controller lets only the first thread that set a limit set it again while that thread
-    lives (the main thread, once it has called a layer), and silently ignores the others: a
-    layer called from another thread then ran BLAS on every core beside the pool's workers,
-    and rounded differently from a call made from the main thread. Our own depth count and
-    lock above already keep threads from fighting over the limit, so the controller's own
-    setter is used where it has one."""
+    lives (the main thread, once it has called a layer) and silently ignores the others, whose
+    layer calls would run BLAS on every core beside the pool's workers and round differently
+    from the main thread's. Our own depth count and lock above already keep threads from
+    fighting over the limit, so the controller's own setter is used where it has one."""
     setter = getattr(lib, "_real_set_num_threads", None)
     (setter or lib.set_num_threads)(threads)
 
