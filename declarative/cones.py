@@ -1230,31 +1230,13 @@ class DProjection:
 
     @staticmethod
     def join(parts: list[DProjection]) -> DProjection:
-        """The batches ``parts`` (of the same cones) one after another."""
-        new = object.__new__(DProjection)
-        new.__dict__.update(parts[0].__dict__)
-        joined = [np.concatenate(each) for each in zip(*(p._arrays() for p in parts),
-                                                       strict=True)]
-        new._nonneg = joined[0]
-        at = 1
-        soc = []
-        for idx, coef in parts[0]._soc:
-            soc.append((idx, tuple(joined[at : at + len(coef)])))
-            at += len(coef)
-        new._soc = soc
-        psd = []
-        for k, idx, data in parts[0]._psd:
-            psd.append((k, idx, tuple(joined[at : at + len(data)])))
-            at += len(data)
-        new._psd = psd
-        if parts[0]._exp is not None:
-            new._exp, new._exp_roots = joined[at], joined[at + 1]
-            at += 2
-        if parts[0]._pow is not None:
-            new._pow = joined[at]
-            at += 1
-        new.point = joined[at]
-        new.batch_size = new.point.shape[0]
+        """The batches ``parts`` (of the same cones) one after another: copies."""
+        sizes = [p.batch_size for p in parts]
+        new = parts[0].take(np.zeros(sum(sizes), dtype=int))  # (its arrays, sized for all)
+        at = 0
+        for part, k in zip(parts, sizes, strict=True):
+            new.put(slice(at, at + k), part)
+            at += k
         return new
 
     def put(self, sel, other: DProjection) -> None:

@@ -366,7 +366,7 @@ class Forward:
             sol = self._linearize(part)
             return sol, None if diagnosed is None else diagnosed.examine(sol)
 
-        made = parallel_map(linearize, pieces) if len(pieces) > 1 else [linearize(idx)]
+        made = parallel_map(linearize, pieces)  # (one piece: in this thread)
         # refinement's factorizations are now the linearizations' where they reuse them
         # (and garbage where they do not): the linearizations hold them
         self._refined.factors = None
@@ -402,12 +402,7 @@ class Forward:
         concurrently (`parallel_map`: ``f`` must write only its own instances' rows), the
         low-memory mode's chunks one after another as each is made."""
         if self.chunk is None:
-            parts = self._linearized
-            if len(parts) > 1:
-                parallel_map(lambda item: f(*item), parts)
-            else:
-                for part, sol in parts:
-                    f(part, sol)
+            parallel_map(lambda item: f(*item), self._linearized)
             return
         for part, sol in self._solutions():
             f(part, sol)
