@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from declarative.allocator import hold_freed_memory
 from declarative.backends import DEFAULT_SOLVER
 from declarative.backends import backend as get_backend
 from declarative.backends.scs import DEFAULT_SCALE, linear_solver
@@ -1011,6 +1012,7 @@ class Layer:
 
         ``solver_args``, ``on_failure`` and ``solver`` override the compile-time values for
         this call (``solver_args`` then holds that solver's settings)."""
+        hold_freed_memory()  # (once per process: allocator.py)
         t0 = time.perf_counter()
         theta, input_batched = self.batch(values)
         user_solver = self._solver_named or solver is not None  # (settings alone name none)

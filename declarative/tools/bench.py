@@ -990,8 +990,13 @@ _version = peers.version
 
 
 def _environment() -> dict[str, Any]:
+    """The machine and versions; and malloc's thresholds, set here as our first solve would
+    (`declarative.allocator`), so that every library of the run is timed under the same."""
     import torch
 
+    from declarative import allocator
+
+    allocator.hold_freed_memory()
     return {
         "python": platform.python_version(), "platform": platform.platform(),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -999,6 +1004,7 @@ def _environment() -> dict[str, Any]:
                                                "moreau", "proxsuite", "qpax", "cvxpy",
                                                "torch", "numpy", "scipy")},
         "load_before": _loadavg(),
+        "allocator": allocator.state(),
     }
 
 
@@ -1159,7 +1165,8 @@ def format_speed(doc: dict[str, Any]) -> str:
                f"{sm['rows_compared']} rows: forward {fmt.ratio(gm['forward'])}, backward "
                f"{fmt.ratio(gm['backward'])}, total {fmt.ratio(gm['total'])} "
                f"({doc['seconds']:.1f}s; load average {doc['environment']['load_before']} -> "
-               f"{doc['environment']['load_after']} on {doc['environment']['cpu_count']} CPUs).")
+               f"{doc['environment']['load_after']} on {doc['environment']['cpu_count']} CPUs; "
+               f"malloc: {doc['environment'].get('allocator', 'not recorded')}).")
     out = out[:1] + [fmt.wrap(x) for x in out[1:]]
     out.extend(fmt.wrap(f"note: {n}") for n in dict.fromkeys(notes))
     return "\n".join(out)
