@@ -393,3 +393,24 @@ def test_threads_sharing_a_moreau_layer_get_its_single_threaded_results():
     assert len(got) == 12
     for which, out in got:
         assert np.array_equal(out, want[which])
+
+
+@pytest.mark.parametrize("copy_by", ["deepcopy", "pickle"])
+def test_a_layer_that_solved_with_moreau_copies_and_pickles(copy_by):
+    """The resolved options hold the Moreau backend, whose compiled solvers and locks are
+    live state: a layer that has solved with it deep-copies and pickles, and the copy
+    resolves them again and gives the original's outputs and VJP bitwise."""
+    import copy
+    import pickle
+
+    layer, _, _ = zoo_layer("qp")
+    _, values = _values("qp", range(3, 3 + 20))
+    layer.forward(values)  # (the default's choice at this batch size, resolved and kept)
+    assert layer._resolved is not None and layer._resolved[1][0].name == "moreau"
+    before = layer.forward(values, solver="moreau")
+    other = copy.deepcopy(layer) if copy_by == "deepcopy" else pickle.loads(pickle.dumps(layer))
+    after = other.forward(values, solver="moreau")
+    cot = [np.ones_like(o) for o in before.outputs]
+    for a, b in zip(before.outputs + before.vjp(cot), after.outputs + after.vjp(cot),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
