@@ -5,8 +5,8 @@ residuals and their terms: megabytes at a batch of 64 to 512) many times over. g
 a block above M_MMAP_THRESHOLD by a fresh mmap, and returns the free top of its heap to the
 system once it exceeds M_TRIM_THRESHOLD; both start at 128 KiB and rise only as the process
 frees mmapped blocks (to the largest one's size, and twice that). Until they have risen far
-enough, every call touches its temporaries' pages for the first time again, and a page fault
-costs about as much as the arithmetic on that page.
+enough, every call touches its temporaries' pages for the first time again: a page fault
+each 4 KiB (BENCHMARKS.md: a thousand a call at a batch of 64, tens of thousands at 512).
 
 `hold_freed_memory` sets both to where glibc's dynamic rule ends: M_MMAP_THRESHOLD at
 DEFAULT_MMAP_THRESHOLD_MAX (32 MiB on a 64-bit system) and M_TRIM_THRESHOLD twice that, the
@@ -21,7 +21,6 @@ DECLARATIVE_MALLOPT=0.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 import threading
@@ -47,7 +46,7 @@ def _libc() -> ctypes.CDLL | None:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)  # (the process's own symbols: its C library's among them)
     except OSError:
         return None
     return libc if hasattr(libc, "mallopt") else None
