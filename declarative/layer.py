@@ -611,12 +611,7 @@ class Layer:
         self._shared: dict[str, Any] = {}
 
     def __getstate__(self) -> dict:
-        """Without the lock, and without the resolved options, whose backend object holds
-        that backend's live state (Moreau's compiled solvers and their locks): a copy
-        resolves them again on first use."""
-        state = {k: v for k, v in self.__dict__.items() if k != "_lock"}
-        state["_resolved"] = None
-        return state
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)

@@ -398,8 +398,9 @@ def test_threads_sharing_a_moreau_layer_get_its_single_threaded_results():
 @pytest.mark.parametrize("copy_by", ["deepcopy", "pickle"])
 def test_a_layer_that_solved_with_moreau_copies_and_pickles(copy_by):
     """The resolved options hold the Moreau backend, whose compiled solvers and locks are
-    live state: a layer that has solved with it deep-copies and pickles, and the copy
-    resolves them again and gives the original's outputs and VJP bitwise."""
+    live state: a layer that has solved with it deep-copies and pickles (the backend as a
+    reference to the process's own), and the copy gives the original's outputs and VJP
+    bitwise."""
     import copy
     import pickle
 
@@ -409,6 +410,7 @@ def test_a_layer_that_solved_with_moreau_copies_and_pickles(copy_by):
     assert layer._resolved is not None and layer._resolved[1][0].name == "moreau"
     before = layer.forward(values, solver="moreau")
     other = copy.deepcopy(layer) if copy_by == "deepcopy" else pickle.loads(pickle.dumps(layer))
+    assert other._resolved[1][0] is moreau_backend.MOREAU
     after = other.forward(values, solver="moreau")
     cot = [np.ones_like(o) for o in before.outputs]
     for a, b in zip(before.outputs + before.vjp(cot), after.outputs + after.vjp(cot),

@@ -223,6 +223,14 @@ class MoreauBackend:
         self._patterns: dict[tuple, _Pattern] = {}
         self._compiled = _Compiled()
 
+    def __reduce__(self) -> tuple:
+        """Copied and pickled as a reference to the process's own backend: its compiled
+        solvers and their locks are state of this process, not data (a layer whose resolved
+        options hold it deep-copies and pickles)."""
+        from declarative.backends import backend
+
+        return (backend, (self.name,))
+
     def check_program(self, dims: ConeDims, settings: Mapping[str, Any]) -> None:
         """`ProblemError` where the active-set method is asked for on cones other than zero
         and nonnegative ones."""
