@@ -1016,8 +1016,11 @@ class Layer:
         t0 = time.perf_counter()
         theta, input_batched = self.batch(values)
         user_solver = self._solver_named or solver is not None  # (settings alone name none)
+        # The tuning's open solver (with Moreau's method and batch_from) is decided from the
+        # template on every layer's first call, whichever solver that call names: a call
+        # that names Moreau then reads the same method before and after a default call.
+        self._solver()
         if solver is None and not _solver_settings(solver_args):
-            self._solver()  # decided first, with batch_from
             small = self._tuning.batch_from
             if small is not None and theta.shape[0] < small:
                 solver = DEFAULT_SOLVER  # SCS beats the batched solver's fixed cost

@@ -416,3 +416,23 @@ def test_a_layer_that_solved_with_moreau_copies_and_pickles(copy_by):
     for a, b in zip(before.outputs + before.vjp(cot), after.outputs + after.vjp(cot),
                     strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_named_solvers_result_does_not_depend_on_the_calls_before_it():
+    """The tuning's open choices (solver, Moreau's method) are decided from the template on
+    a layer's first call whatever that call names, so a call with ``solver="moreau"`` gives
+    bitwise the same outputs and VJP before and after the layer's first default call (which,
+    on this small polyhedral program, would pick Moreau's active-set method)."""
+    _, mod, sizes = zoo_layer("qp")
+    _, values = _values("qp", range(5, 5 + 20))
+    first, second = (dl.compile(*mod.build(**sizes), **problems.compile_options(mod))
+                     for _ in range(2))
+    named_first = first.forward(values, solver="moreau")
+    second.forward(values)  # the default call, first
+    assert second.tuning.method == "active_set"
+    named_after = second.forward(values, solver="moreau")
+    assert first.tuning == second.tuning
+    cot = [np.cos(np.arange(o.size)).reshape(o.shape) for o in named_first.outputs]
+    for a, b in zip(named_first.outputs + named_first.vjp(cot),
+                    named_after.outputs + named_after.vjp(cot), strict=True):
+        np.testing.assert_array_equal(a, b)
