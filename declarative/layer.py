@@ -797,11 +797,11 @@ class Layer:
                                "matrix A and quadratic P do not depend on the parameters; this "
                                "one's do (or it has no constraints): use False or None.")
 
-    def _decide(self, backend: Backend, settings: dict, user: dict,
-                first: tuple[Any, np.ndarray, np.ndarray, Any]) -> Tuning:
+    def _decide(self, backend: Backend, settings: dict, user: dict) -> Tuning:
         """The tuning with what this call needs decided: whether to share workspaces, and for
-        SCS its linear solver and scale (`_calibrate`) where the user's options (``user``) do
-        not set them. Made once, under the lock."""
+        SCS its linear solver and scale (`_calibrate`, with the layer's own settings, not
+        this call's) where the user's options (``user``) do not set them. Made once, under
+        the lock."""
         t = self.template
 
         def needed(tuning: Tuning) -> dict[str, bool]:
@@ -814,6 +814,9 @@ class Layer:
 
         if not any(needed(self._tuning).values()):
             return self._tuning
+        # the compile-time settings (the calibration must not depend on a call's)
+        own = self._resolve(None, None, backend.name)[1]
+        own_user = self.solver_args if backend.name == self._tuning.solver else {}
         with self._lock:
             tuning = self._tuning
             need = needed(tuning)
@@ -823,8 +826,8 @@ class Layer:
                 tuning = replace(tuning,
                                  linear_solver=linear_solver(t.n, t.m, t.nnz + t.P_rows.size))
             if need["scale"]:
-                calib = self._tuned(backend, settings, tuning, user)
-                tuning = replace(tuning, scale=self._calibrate(backend, calib, first))
+                calib = self._tuned(backend, own, tuning, own_user)
+                tuning = replace(tuning, scale=self._calibrate(backend, calib))
             self._tuning = tuning
             return tuning
 
@@ -1044,8 +1047,7 @@ class Layer:
         Ps = t.P_csc_batch(h) if t.quadratic else None
         user = {**(self.solver_args if backend.name == self._tuning.solver else {}),
                 **(solver_args or {})}
-        tuning = self._decide(backend, settings, user,
-                              (mats[0], b[0], c[0], None if Ps is None else Ps[0]))
+        tuning = self._decide(backend, settings, user)
         settings = self._tuned(backend, settings, tuning, user)
         shared = self._shared_state(backend, tuning, mats[0], None if Ps is None else Ps[0])
         layout = None if use_dense(t) else sparse_layout(t)
@@ -1137,15 +1139,16 @@ class Layer:
         return self._shared[backend.name]
 
     def _calibrate(self, backend: Backend, settings: dict,
-                   first: tuple[Any, np.ndarray, np.ndarray, Any]) -> float:
+                   sample: tuple[Any, np.ndarray, np.ndarray, Any] | None = None) -> float:
         """SCS's scale for this layer: `calibrate_scale` on the equilibrated program of fixed
         pseudo-random parameter values (seed 0: first all of them positive and symmetric ones
         positive definite, which makes the many problems whose constraints read Gx ≤ h
         strictly feasible, as the data a layer is trained on usually is, and a quad_form's
         symmetric matrix convex; then within each parameter's declared sign or
-        definiteness), so a function of the problem alone. Only where
-        neither instance is solved is it calibrated on ``first`` (the first call's instance
-        0: its equilibrated (A, b, c, P)), and DEFAULT_SCALE where that is not solved either.
+        definiteness), so a function of the problem alone. Where neither instance is solved
+        it is calibrated on ``sample`` (`tune`'s first sample instance: its equilibrated (A,
+        b, c, P)) where given, and is otherwise, or where that is not solved either,
+        DEFAULT_SCALE: never on a call's data, so no result depends on which call came first.
         """
         t = self.template
         for positive in (True, False):
@@ -1176,7 +1179,9 @@ class Layer:
                                     [t.P_csc(h[0])] if t.quadratic else None)
             if scale is not None:
                 return scale
-        A0, b0, c0, P0 = first
+        if sample is None:
+            return DEFAULT_SCALE
+        A0, b0, c0, P0 = sample
         scale = calibrate_scale(backend, [A0], b0[None], c0[None], t.dims, settings,
                                 None if P0 is None else [P0])
         return DEFAULT_SCALE if scale is None else scale

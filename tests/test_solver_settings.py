@@ -1,6 +1,7 @@
 """SCS settings the layer chooses for speed, asserted on deterministic quantities (iteration
 counts, exact equality of repeated calls), never on wall-clock time."""
 
+import cvxpy as cp
 import numpy as np
 import pytest
 
@@ -237,3 +238,34 @@ def test_scs_linear_solver_follows_the_kkt_density(monkeypatch):
         layer.forward(values, solver_args={"scale": 1.0, "linear_solver": "qdldl"})
         assert set(seen) <= {"qdldl"}  # (sparsemax: SCS workspaces from the first call)
         assert seen or name == "sparsemax"
+
+
+def test_a_scale_no_template_instance_settles_does_not_depend_on_the_first_call():
+    """Where neither of the template's pseudo-random instances is solved (here both are
+    infeasible: x >= θ and x <= −θ need θ <= 0, and those draws are positive or of mixed
+    sign), SCS's scale is its default, not one calibrated on whichever call came first: two
+    layers whose first calls differ give bitwise-equal outputs and gradients."""
+    n = 6
+    theta, a = cp.Parameter(n), cp.Parameter(n)
+    x = cp.Variable(n)
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(x - a) + cp.sum(cp.abs(x))),
+                      [x >= theta, x <= -theta])
+    rng = np.random.default_rng(3)
+    # (a first call on the second set alone would calibrate 0.3, on the first 1)
+    sets = [[-np.abs(rng.standard_normal((5, n))), rng.standard_normal((5, n)) * w]
+            for w in (1.0, 100.0)]
+    one, two, three = (dl.compile(prob, [theta, a], [x]) for _ in range(3))
+    one.forward(sets[0])
+    two.forward(sets[1])
+    three.forward(sets[0], solver_args={"eps": 1e-9, "max_iters": 100_000})  # (not its own)
+    assert one.tuning.scale == two.tuning.scale == three.tuning.scale
+    for values in sets:
+        f1, f2 = one.forward(values), two.forward(values)
+        assert np.all(f1.ok) and np.all(f2.ok)
+        g = [np.cos(np.arange(o.size)).reshape(o.shape) for o in f1.outputs]
+        for u, w in zip(f1.outputs + f1.vjp(g), f2.outputs + f2.vjp(g), strict=True):
+            np.testing.assert_array_equal(u, w)
+        # the solution: x = clip(a − sign·½, θ, −θ) (soft threshold, then the box)
+        soft = np.sign(values[1]) * np.maximum(np.abs(values[1]) - 0.5, 0.0)
+        want = np.clip(soft, values[0], -values[0])
+        assert max_abs(f1.outputs[0], want) <= 1e-8 * max(1.0, np.abs(want).max())
