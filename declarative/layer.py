@@ -1055,18 +1055,25 @@ class Layer:
             layout.ordering = tuning.sparse_ordering
             layout.supernodes = True if tuning.supernodes is None else tuning.supernodes
         chunk = tuning.chunk_size
-        att = self._attempts(backend, shared, np.arange(B), ops, c, b, mats, Ps, settings,
-                             ours, eq, chunk)
+
+        def solved_by(backend: Backend, shared: Any, idx: np.ndarray, settings: dict
+                      ) -> _Attempt:
+            """``backend``'s attempt at the instances ``idx`` with ``settings``. Accurate by
+            default: an instance refinement could not certify from the solver's loose
+            solution is solved again at a tight tolerance, warm-started, and refined again."""
+            att = self._attempts(backend, shared, idx, ops, c, b, mats, Ps, settings, ours,
+                                 eq, chunk)
+            tight = backend.tightened(settings, RETRY_EPS)
+            retry = np.flatnonzero(att.retryable)
+            if ours["refine"] and retry.size and tight != settings:
+                again = self._attempts(backend, shared, idx[retry], ops, c, b, mats, Ps, tight,
+                                       ours, eq, chunk, (att.scs_x[retry], att.scs_y[retry],
+                                                         att.scs_s[retry]))
+                att.merge(retry, again)
+            return att
+
+        att = solved_by(backend, shared, np.arange(B), settings)
         scs_status = list(att.scs_status)
-        # Accurate by default: an instance refinement could not certify from SCS's loose
-        # solution is solved again at a tight tolerance, warm-started, and refined again.
-        tight = backend.tightened(settings, RETRY_EPS)
-        retry = np.flatnonzero(att.retryable)
-        if ours["refine"] and retry.size and tight != settings:
-            again = self._attempts(backend, shared, retry, ops, c, b, mats, Ps, tight, ours,
-                                   eq, chunk, (att.scs_x[retry], att.scs_y[retry],
-                                               att.scs_s[retry]))
-            att.merge(retry, again)
 
         def settle(name: str, only_settled: bool) -> None:
             """Solve what is still neither certified nor shown infeasible or unbounded with
@@ -1083,8 +1090,14 @@ class Layer:
         if ours["refine"] and backend.name != DEFAULT_SOLVER and not self._solver_named:
             # the default's choice of solver must not cost an instance SCS would have solved
             # (a batched interior-point method can fail on data scales SCS's equilibrated
-            # iterations take)
-            settle(DEFAULT_SOLVER, only_settled=False)
+            # iterations take): what it leaves is solved as a call naming SCS solves it, with
+            # the layer's SCS settings and tuning, then the tight retry
+            left = np.flatnonzero(~_settled(att.status))
+            if left.size:
+                scs = get_backend(DEFAULT_SOLVER)
+                own = self._resolve(None, None, DEFAULT_SOLVER)[1]
+                own = self._tuned(scs, own, self._decide(scs, own, {}), {})
+                att.merge(left, solved_by(scs, None, left, own))
         if ours["refine"] and not user_solver and backend.name != SECOND_OPINION:
             # an interior-point solver's point is central where SCS's splitting iterates end
             # at a vertex of a degenerate face (ties in a dotsort: refinement then converges

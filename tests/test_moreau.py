@@ -436,3 +436,39 @@ def test_a_named_solvers_result_does_not_depend_on_the_calls_before_it():
     for a, b in zip(named_first.outputs + named_first.vjp(cot),
                     named_after.outputs + named_after.vjp(cot), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_default_choice_of_moreau_costs_no_infeasibility_certificate():
+    """An instance the chosen Moreau leaves uncertified is solved by SCS as a call naming SCS
+    would solve it (the layer's SCS settings, then the tight retry): an infeasible OptNet QP
+    with all data × 1e9 (two opposite rows that no x meets), which Moreau's active-set
+    method and Clarabel leave inaccurate, comes back infeasible, as from SCS alone; the
+    feasible instances beside it are solved and agree with SCS's."""
+    n, m, neq, B = 30, 60, 3, 16
+    rng = np.random.default_rng(24)
+    x = cp.Variable(n)
+    Q, p = cp.Parameter((n, n), PSD=True), cp.Parameter(n)
+    G, h, b = cp.Parameter((m, n)), cp.Parameter(m), cp.Parameter(neq)
+    A = rng.standard_normal((neq, n))
+    prob = cp.Problem(cp.Minimize(0.5 * cp.quad_form(x, Q) + p @ x), [G @ x <= h, A @ x == b])
+    layer = dl.compile(prob, [Q, p, G, h, b], [x], on_failure="nan")
+    values: list[list[np.ndarray]] = [[], [], [], [], []]
+    for k in range(B):
+        L = rng.standard_normal((n, n))
+        Gk, x0 = rng.standard_normal((m, n)), rng.standard_normal(n)
+        hk = Gk @ x0 + rng.uniform(0, 1, m) * (rng.uniform(size=m) < 0.7)
+        if k == 3:
+            Gk[1], hk[1] = -Gk[0], -hk[0] - 1.0
+        for v, w in zip(values, (L @ L.T / n + 0.1 * np.eye(n), rng.standard_normal(n), Gk, hk,
+                                 A @ x0 / 1e9), strict=True):
+            v.append(w * 1e9)
+    stacked = [np.stack(v) for v in values]
+    default = layer.forward(stacked)
+    assert layer.tuning.solver == "moreau" and B >= layer.tuning.batch_from
+    scs = layer.forward(stacked, solver="scs")
+    assert str(scs.info.status[3]) == "infeasible"
+    assert [str(s) for s in default.info.status] == [str(s) for s in scs.info.status]
+    ok = default.ok
+    assert ok.sum() == B - 1
+    assert max_abs(default.outputs[0][ok], scs.outputs[0][ok]) <= 1e-8 * np.abs(
+        scs.outputs[0][ok]).max()
