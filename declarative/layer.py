@@ -814,9 +814,7 @@ class Layer:
 
         if not any(needed(self._tuning).values()):
             return self._tuning
-        # the compile-time settings (the calibration must not depend on a call's)
-        own = self._resolve(None, None, backend.name)[1]
-        own_user = self.solver_args if backend.name == self._tuning.solver else {}
+        own, own_user = self._own_settings(backend)  # (the calibration's: no call's)
         with self._lock:
             tuning = self._tuning
             need = needed(tuning)
@@ -830,6 +828,12 @@ class Layer:
                 tuning = replace(tuning, scale=self._calibrate(backend, calib))
             self._tuning = tuning
             return tuning
+
+    def _own_settings(self, backend: Backend) -> tuple[dict, dict]:
+        """``backend``'s settings from the layer's compile-time options alone (no call's),
+        and the user's options among them (what `_tuned` leaves as they are)."""
+        return (self._resolve(None, None, backend.name)[1],
+                self.solver_args if backend.name == self._tuning.solver else {})
 
     @staticmethod
     def _tuned(backend: Backend, settings: dict, tuning: Tuning, user: dict) -> dict:
@@ -1075,18 +1079,6 @@ class Layer:
         att = solved_by(backend, shared, np.arange(B), settings)
         scs_status = list(att.scs_status)
 
-        def settle(name: str, only_settled: bool) -> None:
-            """Solve what is still neither certified nor shown infeasible or unbounded with
-            backend ``name`` at the tight tolerance, and take its results (only where they
-            settle the instance, if ``only_settled``)."""
-            left = np.flatnonzero(~_settled(att.status))
-            if left.size:
-                other = get_backend(name)
-                again = self._attempts(other, None, left, ops, c, b, mats, Ps,
-                                       other.tightened(other.settings({}), RETRY_EPS), ours,
-                                       eq, chunk)
-                att.merge(left, again, keep=_settled(again.status) if only_settled else None)
-
         if ours["refine"] and backend.name != DEFAULT_SOLVER and not self._solver_named:
             # the default's choice of solver must not cost an instance SCS would have solved
             # (a batched interior-point method can fail on data scales SCS's equilibrated
@@ -1095,14 +1087,22 @@ class Layer:
             left = np.flatnonzero(~_settled(att.status))
             if left.size:
                 scs = get_backend(DEFAULT_SOLVER)
-                own = self._resolve(None, None, DEFAULT_SOLVER)[1]
-                own = self._tuned(scs, own, self._decide(scs, own, {}), {})
+                own, own_user = self._own_settings(scs)
+                own = self._tuned(scs, own, self._decide(scs, own, own_user), own_user)
                 att.merge(left, solved_by(scs, None, left, own))
         if ours["refine"] and not user_solver and backend.name != SECOND_OPINION:
             # an interior-point solver's point is central where SCS's splitting iterates end
             # at a vertex of a degenerate face (ties in a dotsort: refinement then converges
-            # only linearly, and may stall short of the certificate)
-            settle(SECOND_OPINION, only_settled=True)
+            # only linearly, and may stall short of the certificate): what is still neither
+            # certified nor shown infeasible or unbounded is solved by it at the tight
+            # tolerance, and its results taken where they settle the instance
+            left = np.flatnonzero(~_settled(att.status))
+            if left.size:
+                other = get_backend(SECOND_OPINION)
+                again = self._attempts(other, None, left, ops, c, b, mats, Ps,
+                                       other.tightened(other.settings({}), RETRY_EPS), ours,
+                                       eq, chunk)
+                att.merge(left, again, keep=_settled(again.status))
         if ours["refine"]:
             eq = self._rebalanced(att, backend, shared, ops, c, b, h, mats, Ps, settings, ours,
                                   eq, chunk)
