@@ -20,7 +20,7 @@ so a program whose A and P do not depend on the parameters keeps one Â and P̂ 
 whole batch. One scalar ρ = σ then brings max(‖b̂‖∞, ‖ĉ‖∞) to 1 (two different ones
 would scale P̂ by σ/ρ, which undoes the equilibration of P when b and c differ in scale).
 Where that leaves an instance unsolved and its data far apart in scale, the layer solves it
-once more with ρ and σ apart (`rebalance`, programs without P) or with its objective
+once more with ρ and σ apart (`rebalance`; P̂ then scales by σ/ρ) or with its objective
 rescaled before equilibrating (`objective_scale`).
 
 The scaling is a fixed linear change of variables for each instance: the solution map of
@@ -346,23 +346,23 @@ def equilibrate(t: ConeTemplate, c: np.ndarray, a: np.ndarray, b: np.ndarray,
     return Equilibration(d, e, gamma, gamma.copy(), entries)
 
 
-def rebalance(eq: Equilibration, c: np.ndarray, b: np.ndarray, h: np.ndarray | None
+def rebalance(eq: Equilibration, c: np.ndarray, b: np.ndarray
               ) -> tuple[np.ndarray, Equilibration, np.ndarray, np.ndarray]:
-    """The equilibrated linear programs (ĉ = ``c``, b̂ = ``b``, of the scaling ``eq``; no
-    quadratic term: ``h`` None or 0) whose ĉ and b̂ differ in max-norm by more than UNIFORM,
-    with ρ and σ of (1) taken apart, each bringing its own vector to unit max-norm: the
-    instances (bool, (B,)), their scaling and their ĉ and b̂ (the rest unchanged).
+    """The equilibrated programs (ĉ = ``c``, b̂ = ``b``, of the scaling ``eq``) whose ĉ and
+    b̂ differ in max-norm by more than UNIFORM, with ρ and σ of (1) taken apart, each
+    bringing its own vector to unit max-norm: the instances (bool, (B,)), their scaling and
+    their ĉ and b̂ (the rest unchanged). Â is unchanged; P̂ = (σ/ρ) E P E, which the caller
+    scales by the change of σ/ρ.
 
     One scalar ρ = σ leaves the smaller of the two vectors small (a positively homogeneous
     program whose b is scaled by 1e6: ĉ ~ 1e-6), which can cost SCS its accuracy and leave
-    the objective's terms below the rounding of the dual rows; without a quadratic term
-    nothing couples the two scalars (P̂ = (σ/ρ) E P E), and Â is unchanged."""
+    the objective's terms below the rounding of the dual rows. With a quadratic term the
+    two scalars move P̂ away from its balance with Â: the program at the scale its data
+    set, where the one whose vector is small is no longer resolved at ρ = σ."""
     cmax = np.abs(c).max(axis=1, initial=0.0)
     bmax = np.abs(b).max(axis=1, initial=0.0)
-    linear = np.ones(len(c), dtype=bool) if h is None else ~np.any(h != 0, axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        apart = linear & (cmax > 0) & (bmax > 0) & (
-            np.maximum(cmax / bmax, bmax / cmax) > UNIFORM)
+        apart = (cmax > 0) & (bmax > 0) & (np.maximum(cmax / bmax, bmax / cmax) > UNIFORM)
     rho, sigma = eq.rho.copy(), eq.sigma.copy()
     c, b = c.copy(), b.copy()
     rho[apart] /= bmax[apart]

@@ -1104,8 +1104,8 @@ class Layer:
                                        eq, chunk)
                 att.merge(left, again, keep=_settled(again.status))
         if ours["refine"]:
-            eq = self._rebalanced(att, backend, shared, ops, c, b, h, mats, Ps, settings, ours,
-                                  eq, chunk)
+            ops, eq = self._rebalanced(att, backend, shared, ops, c, b, mats, Ps, settings,
+                                       ours, eq, chunk)
             if t.quadratic:
                 ops, eq = self._objective_rescaled(att, backend, raw, ops, settings, ours, eq,
                                                    chunk)
@@ -1200,27 +1200,43 @@ class Layer:
         return DEFAULT_SCALE if scale is None else scale
 
     def _rebalanced(self, att: _Attempt, backend: Backend, shared: Any, ops: BatchOps,
-                    c: np.ndarray, b: np.ndarray, h: np.ndarray | None, mats: CSCBatch,
-                    Ps: CSCBatch | None, settings: dict, ours: dict, eq: Equilibration,
-                    chunk: int | None) -> Equilibration:
+                    c: np.ndarray, b: np.ndarray, mats: CSCBatch, Ps: CSCBatch | None,
+                    settings: dict, ours: dict, eq: Equilibration, chunk: int | None
+                    ) -> tuple[BatchOps, Equilibration]:
         """Solve once more, with ``backend``, the instances still neither certified nor shown
-        infeasible or unbounded whose equilibrated program (c, b, P̂ = ``h``) is linear with
-        ĉ and b̂ far apart in scale, now with ρ and σ of the scaling taken apart
-        (`equilibrate.rebalance`: a positively homogeneous program with b × 1e6, whose ĉ
-        otherwise lands at 1e-6), taking the results that settle them. Returns the scaling
-        of the batch's results (those instances' ρ and σ where their retry was taken)."""
+        infeasible or unbounded whose equilibrated ĉ and b̂ (``c``, ``b``) are far apart in
+        scale, now with ρ and σ of the scaling taken apart (`equilibrate.rebalance`),
+        taking the results that settle them. A linear program keeps Â: a positively
+        homogeneous program with b × 1e6, whose ĉ otherwise lands at 1e-6. A quadratic one
+        has P̂ scaled by the new σ/ρ as well: min ‖x − a‖² + ‖x‖₁ over a box of half-width
+        1e-9 with a ~ 1 had b̂ ~ 1e-10 beside ĉ ~ 1, and SCS's point, accurate to 1e-6 in
+        those units, left refinement 1e4 away from the box; with b̂ ~ 1 the program is an LP
+        in all but a P̂ ~ 1e-10. Returns the batch's operators and scaling with those
+        instances' (where their retry was taken)."""
         left = np.flatnonzero(~_settled(att.status))
         if not left.size:
-            return eq
-        apart, eq2, c2, b2 = rebalance(eq, c, b, h)
+            return ops, eq
+        apart, eq2, c2, b2 = rebalance(eq, c, b)
         idx = left[apart[left]]
         if not idx.size:
-            return eq
-        again = self._attempts(backend, shared, idx, ops, c2, b2, mats, Ps, settings, ours,
+            return ops, eq
+        t = self.template
+        ops2, Ps2, shared2 = ops, Ps, shared
+        if t.quadratic:
+            # P̂ = (σ/ρ) E P E: the instances moved have theirs scaled by the change of σ/ρ
+            h2 = np.array(ops.h)
+            h2[idx] *= ((eq2.sigma[idx] / eq2.rho[idx]) / (eq.sigma[idx] / eq.rho[idx]))[:, None]
+            ops2, Ps2, shared2 = BatchOps(t, ops.a, h2), t.P_csc_batch(h2), None
+        again = self._attempts(backend, shared2, idx, ops2, c2, b2, mats, Ps2, settings, ours,
                                eq2, chunk)
         won = _settled(again.status)
         att.merge(idx, again, keep=won)
-        return eq.merged(idx[won], eq2, idx[won])
+        took = idx[won]
+        if t.quadratic and took.size:
+            h = np.array(ops.h)
+            h[took] = ops2.h[took]
+            ops = BatchOps(t, ops.a, h)
+        return ops, eq.merged(took, eq2, took)
 
     def _objective_rescaled(self, att: _Attempt, backend: Backend, raw: tuple, ops: BatchOps,
                             settings: dict, ours: dict, eq: Equilibration, chunk: int | None
