@@ -982,7 +982,11 @@ def dproject(v: np.ndarray, dims: ConeDims, dual: bool = False,
 
 # v within KINK_TOL·‖v‖∞ of a kink of Π_{K*} counts as on it (see snap_kinks). Relative to v's
 # own scale, with no absolute floor, so that which points count as kinks does not change when
-# all the problem data are scaled (v = y − s scales with them). Refinement leaves v at a
+# all the problem data are scaled (v = y − s scales with them). On the nonnegative cone a
+# slack is judged against the primal side's scale and a multiplier against the dual's where
+# those are known: one scalar of the equilibration can leave them 1e12 apart (a box of
+# half-width 1e-3 about a point 1e9 away), and a slack measured against the multipliers
+# was a kink. Refinement leaves v at a
 # kink within rounding of it (~1e-16 relative), so the tolerance can be tight: a coordinate
 # 1e-9 of ‖v‖∞ away from its kink is a real, if small, slack or multiplier (a θ entry of 1
 # beside one of 1e9), whose derivative is the ordinary one.
@@ -992,14 +996,17 @@ KINK_TOL = 1e-12
 KINK_TOL_EXTENDED = 64 * float(np.finfo(float).eps)
 
 
-def snap_kinks(v: np.ndarray, dims: ConeDims, tol: float | np.ndarray = KINK_TOL
+def snap_kinks(v: np.ndarray, dims: ConeDims, tol: float | np.ndarray = KINK_TOL,
+               sides: tuple[np.ndarray, np.ndarray] | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
     """Find where strict complementarity fails, and make the derivative's branch deterministic.
 
     v = y − s sits on a kink of Π_{K*} exactly where a constraint is weakly active (its slack
     and its multiplier both vanish): there the solution map has only one-sided derivatives.
     Within ``tol · ‖v‖∞`` (``tol`` a scalar, or one per instance) of such a point we move v
-    onto it, so the derivative is the one
+    onto it (on the nonnegative cone, with ``sides`` = (primal, dual) magnitudes per
+    instance, a slack v < 0 within ``tol · primal`` and a multiplier v > 0 within
+    ``tol · dual``), so the derivative is the one
     `dproject` assigns on the boundary (the constraint held active) instead of a branch
     picked by rounding noise. Nonnegative and second-order cones (boundary and apex) are
     snapped; PSD eigenvalues near zero are detected only. Returns (v, mask (B, m) bool): the
@@ -1013,7 +1020,12 @@ def snap_kinks(v: np.ndarray, dims: ConeDims, tol: float | np.ndarray = KINK_TOL
     off = dims.zero
     if dims.nonneg:
         block = v[:, off : off + dims.nonneg]
-        near = np.abs(block) <= scale[:, None]
+        if sides is None:
+            near = np.abs(block) <= scale[:, None]
+        else:
+            rel = np.broadcast_to(np.asarray(tol, dtype=float), scale.shape)
+            primal, dual = (np.where((m > 0) & np.isfinite(m), rel * m, scale) for m in sides)
+            near = np.abs(block) <= np.where(block < 0, primal[:, None], dual[:, None])
         mask[:, off : off + dims.nonneg] = near
         block[near] = 0.0
     off += dims.nonneg

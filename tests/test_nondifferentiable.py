@@ -224,3 +224,22 @@ def test_one_sided_derivatives_of_the_max_tie_differ():
     x = [_silent_forward(layer, [np.array([-1.0, 2.0]), 0.5 + d, 0.5]).outputs[0][0, 0]
          for d in (h, 0.0, -h)]
     assert abs((x[0] - x[1]) / h - 1.0) <= 1e-6 and abs((x[1] - x[2]) / h) <= 1e-6
+
+
+@pytest.mark.parametrize("big, t", [(1.0, 0.5), (1e12, 1e-9), (1e9, 1e-6), (1e3, 1e-3),
+                                    (1e-3, 1e-12)])
+def test_a_tie_is_a_kink_whatever_the_multipliers_beside_it(big, t):
+    """min ‖x − a‖² s.t. x <= θ with a₀ = θ₀ (slack and multiplier both 0: the map has only
+    one-sided derivatives there), beside two coordinates far past θ (multipliers ~ 2·big)
+    and one inside (slack θ): slacks are judged on the primal side's scale and multipliers
+    on the dual's, which may be 1e21 apart here, and the tie is found on either. The
+    one-sided derivatives in a₀ are 1 and 0, so it must be reported."""
+    n = 4
+    x, a, th = cp.Variable(n), cp.Parameter(n), cp.Parameter(n)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - a)), [x <= th]),
+                       parameters=[a, th], variables=[x])
+    fwd = layer.forward([np.array([t, big, big, 0.0]), np.full(n, t)])
+    assert fwd.info.status[0] is dl.Status.SOLVED
+    with pytest.warns(NonDifferentiableWarning):
+        assert fwd.nondifferentiable[0]
+    assert fwd.info.nondifferentiable_reason[0] == "weakly-active"
