@@ -157,6 +157,15 @@ DEFINITE_RTOL = 1e-9
 
 # SCS tolerance of the retry for instances refinement could not certify.
 RETRY_EPS = 1e-9
+# SCS's retry at RETRY_EPS first runs at most RETRY_ITERS_FACTOR times the iterations its
+# loose attempt took (at least RETRY_ITERS_MIN): a point for refinement to start from, not a
+# solution, is what it is for, and on an ill-conditioned instance the tight tolerance can
+# take SCS's whole max_iters (100,000 iterations, 250 ms for six variables) where the
+# fallbacks after it (the rebalanced scaling, an interior-point second opinion) settle the
+# instance in a few milliseconds. What none of them settles is then given the rest of
+# max_iters, warm-started where the capped run stopped.
+RETRY_ITERS_FACTOR = 20
+RETRY_ITERS_MIN = 2_000
 # Refinement, the certificate and the derivatives of a batch run in parts, one per worker,
 # where the batch holds at least SETTLE_PARALLEL_FROM unknowns (instances × (n + m)) and each
 # part at least SETTLE_PART_MIN instances: their batched NumPy arithmetic releases the GIL,
@@ -1060,20 +1069,37 @@ class Layer:
             layout.supernodes = True if tuning.supernodes is None else tuning.supernodes
         chunk = tuning.chunk_size
 
+        # SCS's capped tight retries: (shared, instances, the uncapped settings, where each
+        # capped run stopped), for what nothing else settles (RETRY_ITERS_FACTOR)
+        capped: list[tuple[Any, np.ndarray, dict, tuple]] = []
+
         def solved_by(backend: Backend, shared: Any, idx: np.ndarray, settings: dict
                       ) -> _Attempt:
             """``backend``'s attempt at the instances ``idx`` with ``settings``. Accurate by
             default: an instance refinement could not certify from the solver's loose
-            solution is solved again at a tight tolerance, warm-started, and refined again."""
+            solution is solved again at a tight tolerance, warm-started, and refined again
+            (SCS's capped, `RETRY_ITERS_FACTOR`)."""
             att = self._attempts(backend, shared, idx, ops, c, b, mats, Ps, settings, ours,
                                  eq, chunk)
             tight = backend.tightened(settings, RETRY_EPS)
             retry = np.flatnonzero(att.retryable)
             if ours["refine"] and retry.size and tight != settings:
-                again = self._attempts(backend, shared, idx[retry], ops, c, b, mats, Ps, tight,
+                run = tight
+                if backend.name == DEFAULT_SOLVER:
+                    cap = max(RETRY_ITERS_MIN,
+                              RETRY_ITERS_FACTOR * int(att.iterations[retry].max(initial=0)))
+                    if cap < tight["max_iters"]:
+                        run = {**tight, "max_iters": cap}
+                again = self._attempts(backend, shared, idx[retry], ops, c, b, mats, Ps, run,
                                        ours, eq, chunk, (att.scs_x[retry], att.scs_y[retry],
                                                          att.scs_s[retry]))
                 att.merge(retry, again)
+                stopped = np.flatnonzero(again.iterations >= run.get("max_iters", np.inf))
+                if run is not tight and stopped.size:
+                    capped.append((shared, idx[retry[stopped]],
+                                   {**tight, "max_iters": tight["max_iters"] - run["max_iters"]},
+                                   (again.scs_x[stopped], again.scs_y[stopped],
+                                    again.scs_s[stopped])))
             return att
 
         att = solved_by(backend, shared, np.arange(B), settings)
@@ -1109,6 +1135,16 @@ class Layer:
             if t.quadratic:
                 ops, eq = self._objective_rescaled(att, backend, raw, ops, settings, ours, eq,
                                                    chunk)
+        for shared_at, idx, rest, warm in capped:
+            # what nothing settled after a capped retry: SCS's remaining iterations, from where
+            # the capped run stopped (the rebalanced and rescaled retries took only instances
+            # they settled, so these still have this scaling)
+            open_ = ~_settled([att.status[i] for i in idx.tolist()])
+            if open_.any():
+                again = self._attempts(get_backend(DEFAULT_SOLVER), shared_at, idx[open_], ops,
+                                       c, b, mats, Ps, rest, ours, eq, chunk,
+                                       tuple(w[open_] for w in warm))
+                att.merge(idx[open_], again, keep=_settled(again.status))
         del raw
         if layout is not None and tuning.sparse_ordering is None:
             self._record_ordering(layout)

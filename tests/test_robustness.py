@@ -213,3 +213,68 @@ def test_non_finite_cotangents_reach_the_gradient_of_their_instance_only():
     assert (theta.grad[1] == 0).all()
     inside = np.array([1.0, 0.0, 1.0, 0.0])
     assert max_abs(theta.grad[2], np.array([1.0, 2.0, 3.0, 4.0]) * inside) <= 1e-12
+
+
+def test_a_capped_retry_that_settles_nothing_gets_the_rest_of_max_iters(monkeypatch):
+    """SCS's tight retry runs capped (RETRY_ITERS_FACTOR × the loose attempt's iterations);
+    an instance nothing settles after it is given the rest of max_iters, warm-started where
+    the capped run stopped, so the cap costs no instance the whole max_iters would have
+    solved. Here the capped run is made to stop where it started (as a stalled SCS does) and
+    the rebalanced and rescaled retries are off: the instances come back solved, against
+    the closed form, with more than the cap's iterations."""
+    from declarative import layer as L
+    from declarative.solve import SolveResult, Status
+
+    n, B = 6, 16
+    x, a, th = cp.Variable(n), cp.Parameter(n), cp.Parameter(n)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - a) + cp.norm1(x)),
+                                  [th <= x, x <= -th]), parameters=[a, th], variables=[x])
+    rng = np.random.default_rng(0)
+    A = 1e-6 * rng.standard_normal((B, n))
+    T = -1e-6 * np.abs(rng.standard_normal((B, n)))
+    T[3, 2] *= 0.03
+    cap = 7
+    monkeypatch.setattr(L, "RETRY_ITERS_MIN", cap)
+    monkeypatch.setattr(L, "RETRY_ITERS_FACTOR", 0)
+    monkeypatch.setattr(L, "rebalance", lambda eq, c, b: (np.zeros(len(c), bool), eq, c, b))
+    monkeypatch.setattr(L, "objective_scale", lambda c, a, b, h: np.ones(len(c)))
+    real = L.solve_batch
+    stalled = []
+
+    def solve_batch(backend, mats, b, c, dims, settings, P=None, warm=None, shared=None):
+        if warm is not None and settings["max_iters"] == cap:  # the capped retry: no progress
+            stalled.append(len(b))
+            k = len(b)
+            return SolveResult(warm[0].copy(), warm[1].copy(), warm[2].copy(),
+                               [Status.ITERATION_LIMIT] * k, np.full(k, cap), np.zeros(k))
+        return real(backend, mats, b, c, dims, settings, P, warm=warm, shared=shared)
+
+    monkeypatch.setattr(L, "solve_batch", solve_batch)
+    fwd = layer.forward([A, T], on_failure="nan", solver="scs")
+    assert stalled and stalled[0] >= 1
+    soft = np.sign(A) * np.maximum(np.abs(A) - 0.5, 0.0)
+    assert fwd.ok.all()
+    np.testing.assert_allclose(fwd.outputs[0], np.clip(soft, T, -T), rtol=0, atol=1e-8 * 1e-6)
+    assert (fwd.info.scs_iterations > cap + 25).sum() >= stalled[0]
+
+
+def test_the_tight_retry_stops_early_where_a_fallback_settles_the_instance():
+    """min ‖x − a‖² + ‖x‖₁ over a box of half-width ~1e-6 about a ~ 1e-6: one instance's
+    tight retry took SCS's whole max_iters (100,000 iterations) before refinement settled it;
+    capped, it takes a few thousand, and every instance is still solved, against the closed
+    form (iterations, not wall time: the machines are shared)."""
+    n, B = 6, 16
+    x, a, th = cp.Variable(n), cp.Parameter(n), cp.Parameter(n)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - a) + cp.norm1(x)),
+                                  [th <= x, x <= -th]), parameters=[a, th], variables=[x])
+    rng = np.random.default_rng(0)
+    A = 1e-6 * rng.standard_normal((B, n))
+    T = -1e-6 * np.abs(rng.standard_normal((B, n)))
+    T[3, 2] *= 0.03
+    for solver in (None, "scs"):
+        fwd = layer.forward([A, T], on_failure="nan", **({} if solver is None else
+                                                        {"solver": solver}))
+        soft = np.sign(A) * np.maximum(np.abs(A) - 0.5, 0.0)
+        assert fwd.ok.all()
+        np.testing.assert_allclose(fwd.outputs[0], np.clip(soft, T, -T), rtol=0, atol=1e-14)
+        assert fwd.info.scs_iterations.max() < 10_000
