@@ -342,7 +342,8 @@ class TorchLayer(torch.nn.Module):
     Parameters are positional, in the order given to `declarative.compile`; each is
     unbatched (its CVXPY shape) or batched (one more leading dimension). Keyword
     arguments ``solver_args``, ``on_failure`` and ``solver`` override the compile-time values;
-    ``return_info=True`` also returns the per-instance `SolveInfo`.
+    ``return_info=True`` also returns the per-instance `SolveInfo`. Under ``torch.compile``
+    the solve runs eagerly, a graph break between the compiled parts around it.
     """
 
     def __init__(self, layer: Layer) -> None:
@@ -352,6 +353,10 @@ class TorchLayer(torch.nn.Module):
     def extra_repr(self) -> str:
         return repr(self.layer)
 
+    # torch.compile runs the solve eagerly (a graph break) and compiles what is around it:
+    # Dynamo cannot trace NumPy and SciPy's factorizations, and tracing into the layer's
+    # Python failed inside the certificate
+    @torch.compiler.disable
     def forward(self, *params: torch.Tensor, solver_args: dict | None = None,
                 on_failure: str | None = None, solver: str | None = None,
                 return_info: bool = False):

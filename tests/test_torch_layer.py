@@ -335,3 +335,36 @@ def test_log_det_closed_form_and_gradcheck_with_a_psd_parameter():
     G = Xinv @ W @ Xinv
     assert max_abs(St.grad, -(G + G.T) / 2) <= 1e-8
     assert torch.autograd.gradcheck(lambda s: layer.torch()(s)[0], (St,), eps=1e-6, atol=1e-5)
+
+
+def test_a_compiled_model_around_the_layer_matches_eager():
+    """torch.compile of a model with the layer inside (Dynamo, AOTAutograd): the solve is a
+    graph break, the layers around it compiled; outputs and parameter gradients equal the
+    eager model's. Dynamo traced into the layer's Python and failed before."""
+    G, h, y, u = cp.Parameter((8, 4)), cp.Parameter(8), cp.Parameter(4), cp.Variable(4)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(u - y)), [G @ u <= h]),
+                       [G, h, y], [u]).torch()
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4, dtype=torch.float64)
+
+        def forward(self, G, h, Y):
+            return (layer(G, h, torch.tanh(self.lin(Y)) * 3)[0] ** 2).sum(-1)
+
+    rng = np.random.default_rng(0)
+    Gv = torch.tensor(rng.standard_normal((8, 4)))
+    hv = torch.tensor(rng.uniform(0.5, 1.5, 8))
+    Y = torch.tensor(rng.standard_normal((16, 4)))
+    runs = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = Model()
+        call = torch.compile(model, backend="aot_eager") if compiled else model
+        out = call(Gv, hv, Y)
+        out.sum().backward()
+        runs.append((out.detach(), model.lin.weight.grad, model.lin.bias.grad))
+    for eager, comp in zip(*runs, strict=True):
+        assert max_abs(comp, eager) <= 1e-12
+    assert max_abs(runs[0][1], torch.zeros(4, 4)) > 1e-3  # the gradient reaches the model
