@@ -1130,11 +1130,12 @@ class Layer:
                                        eq, chunk)
                 att.merge(left, again, keep=_settled(again.status))
         if ours["refine"]:
+            second = not user_solver
             ops, eq = self._rebalanced(att, backend, shared, ops, c, b, mats, Ps, settings,
-                                       ours, eq, chunk)
+                                       ours, eq, chunk, second)
             if t.quadratic:
                 ops, eq = self._objective_rescaled(att, backend, raw, ops, settings, ours, eq,
-                                                   chunk)
+                                                   chunk, second)
         for shared_at, idx, rest, warm in capped:
             # what nothing settled after a capped retry: SCS's remaining iterations, from where
             # the capped run stopped (the rebalanced and rescaled retries took only instances
@@ -1237,18 +1238,19 @@ class Layer:
 
     def _rebalanced(self, att: _Attempt, backend: Backend, shared: Any, ops: BatchOps,
                     c: np.ndarray, b: np.ndarray, mats: CSCBatch, Ps: CSCBatch | None,
-                    settings: dict, ours: dict, eq: Equilibration, chunk: int | None
-                    ) -> tuple[BatchOps, Equilibration]:
-        """Solve once more, with ``backend``, the instances still neither certified nor shown
-        infeasible or unbounded whose equilibrated ĉ and b̂ (``c``, ``b``) are far apart in
-        scale, now with ρ and σ of the scaling taken apart (`equilibrate.rebalance`),
-        taking the results that settle them. A linear program keeps Â: a positively
-        homogeneous program with b × 1e6, whose ĉ otherwise lands at 1e-6. A quadratic one
-        has P̂ scaled by the new σ/ρ as well: min ‖x − a‖² + ‖x‖₁ over a box of half-width
-        1e-9 with a ~ 1 had b̂ ~ 1e-10 beside ĉ ~ 1, and SCS's point, accurate to 1e-6 in
-        those units, left refinement 1e4 away from the box; with b̂ ~ 1 the program is an LP
-        in all but a P̂ ~ 1e-10. Returns the batch's operators and scaling with those
-        instances' (where their retry was taken)."""
+                    settings: dict, ours: dict, eq: Equilibration, chunk: int | None,
+                    second: bool = False) -> tuple[BatchOps, Equilibration]:
+        """Solve once more, with ``backend`` (and then, with ``second``, what it left open
+        with the interior-point SECOND_OPINION at the tight tolerance, `_retries`), the
+        instances still neither certified nor shown infeasible or unbounded whose
+        equilibrated ĉ and b̂ (``c``, ``b``) are far apart in scale, now with ρ and σ of the
+        scaling taken apart (`equilibrate.rebalance`), taking the results that settle them.
+        A linear program keeps Â: a positively homogeneous program with b × 1e6, whose ĉ
+        otherwise lands at 1e-6. A quadratic one has P̂ scaled by the new σ/ρ as well:
+        min ‖x − a‖² + ‖x‖₁ over a box of half-width 1e-9 with a ~ 1 had b̂ ~ 1e-10 beside
+        ĉ ~ 1, and SCS's point, accurate to 1e-6 in those units, left refinement 1e4 away
+        from the box; with b̂ ~ 1 the program is an LP in all but a P̂ ~ 1e-10. Returns the
+        batch's operators and scaling with those instances' (where their retry was taken)."""
         left = np.flatnonzero(~_settled(att.status))
         if not left.size:
             return ops, eq
@@ -1263,10 +1265,16 @@ class Layer:
             h2 = np.array(ops.h)
             h2[idx] *= ((eq2.sigma[idx] / eq2.rho[idx]) / (eq.sigma[idx] / eq.rho[idx]))[:, None]
             ops2, Ps2, shared2 = BatchOps(t, ops.a, h2), t.P_csc_batch(h2), None
-        again = self._attempts(backend, shared2, idx, ops2, c2, b2, mats, Ps2, settings, ours,
-                               eq2, chunk)
-        won = _settled(again.status)
-        att.merge(idx, again, keep=won)
+        won = np.zeros(idx.size, dtype=bool)
+        for k, (who, tries) in enumerate(self._retries(backend, settings, second, tight=False)):
+            js = np.flatnonzero(~won)
+            if not js.size:
+                break
+            again = self._attempts(who, shared2 if k == 0 else None, idx[js], ops2, c2, b2,
+                                   mats, Ps2, tries, ours, eq2, chunk)
+            now = _settled(again.status)
+            att.merge(idx[js], again, keep=now)
+            won[js[now]] = True
         took = idx[won]
         if t.quadratic and took.size:
             h = np.array(ops.h)
@@ -1275,13 +1283,14 @@ class Layer:
         return ops, eq.merged(took, eq2, took)
 
     def _objective_rescaled(self, att: _Attempt, backend: Backend, raw: tuple, ops: BatchOps,
-                            settings: dict, ours: dict, eq: Equilibration, chunk: int | None
-                            ) -> tuple[BatchOps, Equilibration]:
+                            settings: dict, ours: dict, eq: Equilibration, chunk: int | None,
+                            second: bool = False) -> tuple[BatchOps, Equilibration]:
         """Solve once more, with ``backend``, the instances still neither certified nor shown
         infeasible or unbounded whose objective (P, c in ``raw``, the program's data before
         equilibration) is far from the constraints (A, b) in scale, now equilibrated with
         the objective multiplied by τ = max(|A|, |b|) / max(|P|, |c|) (`objective_scale`),
-        at the backend's settings and then, for those still open, at RETRY_EPS: a
+        at the backend's settings and then, for those still open, at RETRY_EPS (with
+        ``second``, the interior-point SECOND_OPINION before the backend: `_retries`): a
         trust-region QP with (Q, q) × 1e6 is the O(1) one, where Ruiz's balance of
         [[P, Aᵀ], [A, 0]], held to one factor on the norm's cone block, left Â's entries
         spread over 1e-4 … 1 and S's rcond at 1e-7 (against 1e-2). The solution is the
@@ -1304,12 +1313,11 @@ class Layer:
         c2, a2, b2, h2 = e2.data(t, c0, a0, b0, h0)
         ops2, mats2, Ps2 = BatchOps(t, a2, h2), t.csc_batch(a2), t.P_csc_batch(h2)
         won = np.zeros(idx.size, dtype=bool)
-        # at the backend's settings, then at the tight tolerance those still open
-        for tries in (settings, backend.tightened(settings, RETRY_EPS)):
+        for who, tries in self._retries(backend, settings, second):
             js = np.flatnonzero(~won)
             if not js.size:
                 break
-            again = self._attempts(backend, None, js, ops2, c2, b2, mats2, Ps2, tries, ours, e2,
+            again = self._attempts(who, None, js, ops2, c2, b2, mats2, Ps2, tries, ours, e2,
                                    chunk)
             now = _settled(again.status)
             att.merge(idx[js], again, keep=now)
@@ -1320,6 +1328,24 @@ class Layer:
         a, h = np.array(ops.a), np.array(ops.h)
         a[took], h[took] = a2[won], h2[won]
         return BatchOps(t, a, h), eq.merged(took, e2, np.flatnonzero(won))
+
+    @staticmethod
+    def _retries(backend: Backend, settings: dict, second: bool, tight: bool = True
+                 ) -> list[tuple[Backend, dict]]:
+        """The solves of a retry in another scaling, in order, each of what the ones before
+        it left open: ``backend`` at ``settings``; with ``second`` (a call that did not name
+        its solver), the interior-point SECOND_OPINION at RETRY_EPS, which settled in 8
+        iterations what SCS at RETRY_EPS took 100,000 not to (min ‖x − a‖² + ‖x‖₁ over a
+        box of half-widths 1e-4 and 1.6e-7, a ~ 1e3, its objective rescaled); with
+        ``tight``, ``backend`` at RETRY_EPS."""
+        out = [(backend, settings)]
+        if second and backend.name != SECOND_OPINION:
+            other = get_backend(SECOND_OPINION)
+            out.append((other, other.tightened(other.settings({}), RETRY_EPS)))
+        strict = backend.tightened(settings, RETRY_EPS)
+        if tight and strict != settings:
+            out.append((backend, strict))
+        return out
 
     def _attempts(self, backend: Backend, shared: Any, idx: np.ndarray, ops: BatchOps,
                   c: np.ndarray, b: np.ndarray, mats: CSCBatch, Ps: CSCBatch | None, settings: dict,

@@ -1034,3 +1034,30 @@ def test_a_soft_threshold_clipped_to_a_tiny_box_is_solved_and_differentiable(a_s
                                               - np.where(soft[i] >= -T[i], 1.0, 0.0)),
                                    rtol=0, atol=1e-8)
     assert not fwd.nondifferentiable.any()
+
+
+def test_one_half_width_far_below_the_rest_is_settled_by_the_second_opinion_in_a_rescaled_retry():
+    """min ‖x − a‖² + ‖x‖₁ s.t. θ <= x <= −θ with a ~ 1e3, half-widths ~ 1e-4 and one of
+    1.6e-7: one instance was settled neither by SCS (its rescaled retry ran all 100,000
+    iterations at the tight tolerance) nor by the interior-point second opinion in the first
+    scaling; the second opinion in the rebalanced scaling settles it. Values and Jacobians
+    against the closed form."""
+    n, B = 6, 8
+    x, a, th = cp.Variable(n), cp.Parameter(n), cp.Parameter(n)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - a) + cp.norm1(x)),
+                                  [th <= x, x <= -th]), parameters=[a, th], variables=[x])
+    rng = np.random.default_rng(13)
+    A = 1e3 * rng.standard_normal((B, n))
+    T = -1e-4 * np.abs(rng.standard_normal((B, n)))
+    T[rng.integers(B), rng.integers(n)] *= 0.027
+    assert np.abs(T).min() < 2e-7
+    fwd = layer.forward([A, T], on_failure="nan")
+    soft = np.sign(A) * np.maximum(np.abs(A) - 0.5, 0.0)
+    truth = np.clip(soft, T, -T)
+    inside = (soft > T) & (soft < -T) & (np.abs(A) > 0.5)
+    for i in range(B):
+        assert _check(fwd, i, truth[i], np.diag(inside[i].astype(float)), 1e3)
+        np.testing.assert_allclose(fwd.jacobian(i)[0][1],
+                                   np.diag(np.where(soft[i] <= T[i], 1.0, 0.0)
+                                           - np.where(soft[i] >= -T[i], 1.0, 0.0)),
+                                   rtol=0, atol=1e-8)
