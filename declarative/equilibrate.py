@@ -372,6 +372,27 @@ def rebalance(eq: Equilibration, c: np.ndarray, b: np.ndarray
     return apart, Equilibration(eq.d, eq.e, rho, sigma, eq.entries), c, b
 
 
+def recentred(eq: Equilibration, c: np.ndarray, b: np.ndarray
+              ) -> tuple[np.ndarray, Equilibration, np.ndarray, np.ndarray]:
+    """The equilibrated programs (ĉ = ``c``, b̂ = ``b``, of the scaling ``eq``) whose nonzero
+    entries of ĉ and b̂ have a median magnitude below 1/UNIFORM, with ρ and σ of (1) both
+    multiplied by the factor that brings that median to 1: the instances (bool, (B,)), their
+    scaling and their ĉ and b̂ (the rest unchanged). σ/ρ is unchanged, so Â and P̂ are.
+
+    ρ = σ from the max-norms lets one far entry set the scale of the rest: a ball of radius
+    1 beside a bound x <= 1e9 that is never reached left every entry that matters at 1e-9,
+    where SCS's tolerances no longer resolve them."""
+    mags = np.abs(np.concatenate([c, b], axis=1))
+    nonzero = np.where(mags > 0, mags, np.inf)
+    count = (mags > 0).sum(axis=1)
+    ordered = np.sort(nonzero, axis=1)
+    med = np.where(count > 0, ordered[np.arange(len(c)), np.maximum(count - 1, 0) // 2], 1.0)
+    apart = (count > 0) & (med < 1.0 / UNIFORM)
+    k = np.where(apart, 1.0 / med, 1.0)
+    return (apart, Equilibration(eq.d, eq.e, eq.rho * k, eq.sigma * k, eq.entries),
+            c * k[:, None], b * k[:, None])
+
+
 def objective_scale(c: np.ndarray, a: np.ndarray, b: np.ndarray, h: np.ndarray) -> np.ndarray:
     """Per instance (B,): τ = max(|A|, |b|) / max(|P|, |c|) over the stored entries of the
     program's data (c, A values ``a``, b, P values ``h``), the factor that brings its

@@ -57,6 +57,7 @@ from declarative.equilibrate import (
     objective_scale,
     pattern,
     rebalance,
+    recentred,
 )
 from declarative.errors import ParameterError, ProblemError, SolverError, describe_indices
 from declarative.parallel import parallel_map, single_threaded_blas, workers
@@ -1131,8 +1132,9 @@ class Layer:
                 att.merge(left, again, keep=_settled(again.status))
         if ours["refine"]:
             second = not user_solver
-            ops, eq = self._rebalanced(att, backend, shared, ops, c, b, mats, Ps, settings,
-                                       ours, eq, chunk, second)
+            for how in (rebalance, recentred):
+                ops, eq = self._rebalanced(att, backend, shared, ops, c, b, mats, Ps, settings,
+                                           ours, eq, chunk, second, how)
             if t.quadratic:
                 ops, eq = self._objective_rescaled(att, backend, raw, ops, settings, ours, eq,
                                                    chunk, second)
@@ -1239,12 +1241,15 @@ class Layer:
     def _rebalanced(self, att: _Attempt, backend: Backend, shared: Any, ops: BatchOps,
                     c: np.ndarray, b: np.ndarray, mats: CSCBatch, Ps: CSCBatch | None,
                     settings: dict, ours: dict, eq: Equilibration, chunk: int | None,
-                    second: bool = False) -> tuple[BatchOps, Equilibration]:
+                    second: bool = False, how: Callable = rebalance
+                    ) -> tuple[BatchOps, Equilibration]:
         """Solve once more, with ``backend`` (and then, with ``second``, what it left open
         with the interior-point SECOND_OPINION at the tight tolerance, `_retries`), the
         instances still neither certified nor shown infeasible or unbounded whose
         equilibrated ĉ and b̂ (``c``, ``b``) are far apart in scale, now with ρ and σ of the
-        scaling taken apart (`equilibrate.rebalance`), taking the results that settle them.
+        scaling taken apart (``how`` = `equilibrate.rebalance`; or, `equilibrate.recentred`,
+        both moved together so that the median entry of ĉ and b̂ is 1), taking the results
+        that settle them.
         A linear program keeps Â: a positively homogeneous program with b × 1e6, whose ĉ
         otherwise lands at 1e-6. A quadratic one has P̂ scaled by the new σ/ρ as well:
         min ‖x − a‖² + ‖x‖₁ over a box of half-width 1e-9 with a ~ 1 had b̂ ~ 1e-10 beside
@@ -1254,7 +1259,7 @@ class Layer:
         left = np.flatnonzero(~_settled(att.status))
         if not left.size:
             return ops, eq
-        apart, eq2, c2, b2 = rebalance(eq, c, b)
+        apart, eq2, c2, b2 = how(eq, c, b)
         idx = left[apart[left]]
         if not idx.size:
             return ops, eq
@@ -1284,7 +1289,8 @@ class Layer:
 
     def _objective_rescaled(self, att: _Attempt, backend: Backend, raw: tuple, ops: BatchOps,
                             settings: dict, ours: dict, eq: Equilibration, chunk: int | None,
-                            second: bool = False) -> tuple[BatchOps, Equilibration]:
+                            second: bool = False, how: Callable = rebalance
+                    ) -> tuple[BatchOps, Equilibration]:
         """Solve once more, with ``backend``, the instances still neither certified nor shown
         infeasible or unbounded whose objective (P, c in ``raw``, the program's data before
         equilibration) is far from the constraints (A, b) in scale, now equilibrated with

@@ -1061,3 +1061,28 @@ def test_one_half_width_far_below_the_rest_is_settled_by_the_second_opinion_in_a
                                    np.diag(np.where(soft[i] <= T[i], 1.0, 0.0)
                                            - np.where(soft[i] >= -T[i], 1.0, 0.0)),
                                    rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("big", [1e6, 1e9, 1e12])
+@pytest.mark.parametrize("r", [1e-6, 1.0, 1e6])
+def test_a_ball_projection_beside_a_bound_that_is_never_reached(big, r):
+    """min ‖x − a‖² s.t. ‖x‖₂ <= r, x <= big·r: the bound is never active and x = r a/‖a‖.
+    One scalar of the equilibration from the max-norms put every entry that matters at
+    1/big of the bound's, and 7 of 8 instances (big 1e6) or all 8 (1e9, 1e12) came back
+    not solved; the retry with ρ and σ moved together to the median entry solves them.
+    Values and Jacobians against the closed form."""
+    n, B = 3, 8
+    x, a, th, rad = cp.Variable(n), cp.Parameter(n), cp.Parameter(n), cp.Parameter(pos=True)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - a)),
+                                  [x <= th, cp.norm(x, 2) <= rad]),
+                       parameters=[a, th, rad], variables=[x])
+    rng = np.random.default_rng(2)
+    A = 3 * r * rng.standard_normal((B, n))
+    fwd = layer.forward([A, np.full((B, n), big * r), np.full(B, r)], on_failure="nan")
+    norm = np.linalg.norm(A, axis=1, keepdims=True)
+    truth = r * A / norm
+    for i in range(B):
+        u = A[i] / norm[i]
+        J = r / norm[i] * (np.eye(n) - np.outer(u, u))
+        assert _check(fwd, i, truth[i], J, big * r)
+        np.testing.assert_allclose(fwd.jacobian(i)[0][2], u, rtol=0, atol=1e-8)
