@@ -20,8 +20,9 @@ so a program whose A and P do not depend on the parameters keeps one Â and P̂ 
 whole batch. One scalar ρ = σ then brings max(‖b̂‖∞, ‖ĉ‖∞) to 1 (two different ones
 would scale P̂ by σ/ρ, which undoes the equilibration of P when b and c differ in scale).
 Where that leaves an instance unsolved and its data far apart in scale, the layer solves it
-once more with ρ and σ apart (`rebalance`; P̂ then scales by σ/ρ) or with its objective
-rescaled before equilibrating (`objective_scale`).
+once more with ρ and σ apart (`rebalance`; P̂ then scales by σ/ρ), with both moved so that
+the median entry of ĉ and b̂ is 1 (`recentred`), or with its objective rescaled before
+equilibrating (`objective_scale`).
 
 The scaling is a fixed linear change of variables for each instance: the solution map of
 (1) composed with it is the original solution map, so derivatives pass through it with
