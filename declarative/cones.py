@@ -1004,27 +1004,34 @@ def snap_kinks(v: np.ndarray, dims: ConeDims, tol: float | np.ndarray = KINK_TOL
     v = y − s sits on a kink of Π_{K*} exactly where a constraint is weakly active (its slack
     and its multiplier both vanish): there the solution map has only one-sided derivatives.
     Within ``tol · ‖v‖∞`` (``tol`` a scalar, or one per instance) of such a point we move v
-    onto it (on the nonnegative cone, with ``sides`` = (primal, dual) magnitudes per
-    instance, a slack v < 0 within ``tol · primal`` and a multiplier v > 0 within
-    ``tol · dual``), so the derivative is the one
+    onto it, so the derivative is the one
     `dproject` assigns on the boundary (the constraint held active) instead of a branch
     picked by rounding noise. Nonnegative and second-order cones (boundary and apex) are
     snapped; PSD eigenvalues near zero are detected only. Returns (v, mask (B, m) bool): the
     coordinates of v in a kinked cone block (a single coordinate for the nonnegative cone, the
     whole block for a second-order or PSD cone); ``mask.any(axis=1)`` are the instances with
     a kink.
+
+    With ``sides`` = (primal magnitudes per row (B, m), dual magnitude per instance (B,)),
+    `derivative._sides`, the scale is that of the side each value is rounded on: on the
+    nonnegative cone a slack (v < 0) within ``tol`` of the instance's largest primal row
+    and a multiplier (v > 0) within ``tol`` of the dual magnitude; on a second-order cone,
+    within ``tol`` of the larger of its own rows' primal magnitude and the dual one (a
+    bound x <= 1e15 that is never reached put ‖v‖∞ at 1e15 times an active ball's, and
+    the ball counted as a kink).
     """
     v = v.copy()
     mask = np.zeros(v.shape, dtype=bool)
     scale = tol * np.abs(v).max(axis=1, initial=0.0)
+    rel = np.broadcast_to(np.asarray(tol, dtype=float), scale.shape)
     off = dims.zero
     if dims.nonneg:
         block = v[:, off : off + dims.nonneg]
         if sides is None:
             near = np.abs(block) <= scale[:, None]
         else:
-            rel = np.broadcast_to(np.asarray(tol, dtype=float), scale.shape)
-            primal, dual = (np.where((m > 0) & np.isfinite(m), rel * m, scale) for m in sides)
+            primal, dual = (np.where((m > 0) & np.isfinite(m), rel * m, scale)
+                            for m in (sides[0].max(axis=1, initial=0.0), sides[1]))
             near = np.abs(block) <= np.where(block < 0, primal[:, None], dual[:, None])
         mask[:, off : off + dims.nonneg] = near
         block[near] = 0.0
@@ -1032,9 +1039,13 @@ def snap_kinks(v: np.ndarray, dims: ConeDims, tol: float | np.ndarray = KINK_TOL
     for k in dims.soc:
         t, xb = v[:, off], v[:, off + 1 : off + k]
         nx = np.linalg.norm(xb, axis=1)
-        near = (np.abs(nx - np.abs(t)) <= scale) & (nx > scale)
+        at = scale
+        if sides is not None:
+            own = np.maximum(sides[0][:, off : off + k].max(axis=1, initial=0.0), sides[1])
+            at = np.where((own > 0) & np.isfinite(own), rel * own, scale)
+        near = (np.abs(nx - np.abs(t)) <= at) & (nx > at)
         v[near, off] = np.sign(t[near]) * nx[near]
-        apex = (nx <= scale) & (np.abs(t) <= scale) & (k > 1)
+        apex = (nx <= at) & (np.abs(t) <= at) & (k > 1)
         v[apex, off : off + k] = 0.0  # DΠ_{K*}(0) = I: held active, as on the boundary
         mask[:, off : off + k] = (near | apex)[:, None]
         off += k

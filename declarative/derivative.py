@@ -2190,16 +2190,16 @@ def _rcond_lu(lu: np.ndarray, S: np.ndarray) -> float:
 
 def _sides(ops: BatchOps, x: np.ndarray, y: np.ndarray, s: np.ndarray
            ) -> tuple[np.ndarray, np.ndarray]:
-    """The primal and dual magnitudes of each instance (B,) each, at (x, y, s):
-    max(‖|A||x|‖∞, ‖s‖∞), which bounds ‖b‖∞ (b = Ax + s), and max(‖|A|ᵀ|y|‖∞, ‖|P||x|‖∞),
-    which bounds ‖c‖∞ (c = −Px − Aᵀy): the scales a slack's and a multiplier's rounding
-    are relative to (`snap_kinks`)."""
+    """The primal magnitudes of each row (B, m), |A||x| + |s| at (x, y, s), which bound |b|
+    (b = Ax + s), and the dual magnitude of each instance (B,), max(‖|A|ᵀ|y|‖∞,
+    ‖|P||x|‖∞), which bounds ‖c‖∞ (c = −Px − Aᵀy): the scales a slack's and a multiplier's
+    rounding are relative to (`snap_kinks`)."""
     mag = ops.magnitude
     ax = np.abs(x)
-    primal = np.maximum(mag.A(ax).max(axis=1, initial=0.0), np.abs(s).max(axis=1, initial=0.0))
+    rows = mag.A(ax) + np.abs(s)
     dual = np.maximum(mag.AT(np.abs(y)).max(axis=1, initial=0.0),
                       mag.P(ax).max(axis=1, initial=0.0))
-    return primal, dual
+    return rows, dual
 
 
 @dataclass
@@ -2240,7 +2240,7 @@ class ConeSolution:
         v = y - s if v is None else v
         wide = np.zeros(len(v), dtype=bool) if extended is None else np.asarray(extended)
         v, mask = snap_kinks(v, dims, np.where(wide, KINK_TOL_EXTENDED, KINK_TOL),
-                             _sides(ops, x, y, s) if dims.nonneg else None)
+                             _sides(ops, x, y, s) if dims.nonneg or dims.soc else None)
 
         def derivative(at: np.ndarray, wide: np.ndarray) -> DProjection:
             return dproject(at.astype(np.longdouble) if wide.any() else at, dims, dual=True)
