@@ -36,6 +36,29 @@ def every_cone_layer(k: int = 3):
     return dl.compile(prob, [Y, a], [X, u, w])
 
 
+@functools.cache
+def tiny_box_layer(n: int = 6):
+    """min ‖x − a‖² + ‖x‖₁ s.t. θ <= x <= −θ (parameters a, θ; output x), compiled once per
+    test session: x = clip(soft(a, ½), θ, −θ), with Jacobians 1 in a inside the box (|a| >
+    ½) and ±1 in θ where clipped."""
+    import cvxpy as cp
+
+    x, a, th = cp.Variable(n), cp.Parameter(n), cp.Parameter(n)
+    return dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - a) + cp.norm1(x)),
+                                 [th <= x, x <= -th]), parameters=[a, th], variables=[x])
+
+
+def tiny_box_data(a_scale: float, box: float, B: int = 16, n: int = 6, seed: int = 0):
+    """(a, θ, the closed-form x, soft(a, ½)) for `tiny_box_layer`: a ~ a_scale·N(0, 1),
+    θ = −box·|N(0, 1)| with one entry (instance 3, entry 2) × 0.03."""
+    rng = np.random.default_rng(seed)
+    A = a_scale * rng.standard_normal((B, n))
+    T = -box * np.abs(rng.standard_normal((B, n)))
+    T[3, 2] *= 0.03
+    soft = np.sign(A) * np.maximum(np.abs(A) - 0.5, 0.0)
+    return A, T, np.clip(soft, T, -T), soft
+
+
 def max_abs(a, b) -> float:
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     assert a.shape == b.shape, (a.shape, b.shape)

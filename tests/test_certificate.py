@@ -20,6 +20,7 @@ import declarative as dl
 from declarative import problems
 from declarative.derivative import NonDifferentiableWarning
 from declarative.refine import HAS_EXTENDED
+from tests.conftest import tiny_box_data, tiny_box_layer
 
 EPS = np.finfo(float).eps
 SCALES = (1e-12, 1e-9, 1e-6, 1.0, 1e6, 1e9, 1e12)
@@ -1015,17 +1016,9 @@ def test_a_soft_threshold_clipped_to_a_tiny_box_is_solved_and_differentiable(a_s
     differentiable, its Jacobian in θ 0 where it is ±1 (the inactive side's slack, 1e-12 of
     the multipliers, counted as a kink: slacks are now judged on the primal side's scale,
     multipliers on the dual's). Values and Jacobians against the closed form."""
-    n, B = 6, 16
-    x, a, th = cp.Variable(n), cp.Parameter(n), cp.Parameter(n)
-    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - a) + cp.norm1(x)),
-                                  [th <= x, x <= -th]), parameters=[a, th], variables=[x])
-    rng = np.random.default_rng(0)
-    A = a_scale * rng.standard_normal((B, n))
-    T = -box * np.abs(rng.standard_normal((B, n)))
-    T[3, 2] *= 0.03
-    fwd = layer.forward([A, T], on_failure="nan")
-    soft = np.sign(A) * np.maximum(np.abs(A) - 0.5, 0.0)
-    truth = np.clip(soft, T, -T)
+    B = 16
+    A, T, truth, soft = tiny_box_data(a_scale, box, B)
+    fwd = tiny_box_layer().forward([A, T], on_failure="nan")
     inside = (soft > T) & (soft < -T) & (np.abs(A) > 0.5)  # (soft(a) = 0: at |x|'s kink)
     for i in range(B):
         assert _check(fwd, i, truth[i], np.diag(inside[i].astype(float)), a_scale + box)
@@ -1043,9 +1036,7 @@ def test_one_half_width_far_below_the_rest_is_settled_by_the_second_opinion_in_a
     scaling; the second opinion in the rebalanced scaling settles it. Values and Jacobians
     against the closed form."""
     n, B = 6, 8
-    x, a, th = cp.Variable(n), cp.Parameter(n), cp.Parameter(n)
-    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - a) + cp.norm1(x)),
-                                  [th <= x, x <= -th]), parameters=[a, th], variables=[x])
+    layer = tiny_box_layer(n)
     rng = np.random.default_rng(13)
     A = 1e3 * rng.standard_normal((B, n))
     T = -1e-4 * np.abs(rng.standard_normal((B, n)))

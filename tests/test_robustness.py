@@ -11,7 +11,7 @@ import torch
 
 import declarative as dl
 from declarative import NonDifferentiableWarning, SolverError, problems
-from tests.conftest import max_abs, zoo_layer
+from tests.conftest import max_abs, tiny_box_data, tiny_box_layer, zoo_layer
 
 
 @pytest.fixture(scope="module")
@@ -225,18 +225,16 @@ def test_a_capped_retry_that_settles_nothing_gets_the_rest_of_max_iters(monkeypa
     from declarative import layer as L
     from declarative.solve import SolveResult, Status
 
-    n, B = 6, 16
-    x, a, th = cp.Variable(n), cp.Parameter(n), cp.Parameter(n)
-    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - a) + cp.norm1(x)),
-                                  [th <= x, x <= -th]), parameters=[a, th], variables=[x])
-    rng = np.random.default_rng(0)
-    A = 1e-6 * rng.standard_normal((B, n))
-    T = -1e-6 * np.abs(rng.standard_normal((B, n)))
-    T[3, 2] *= 0.03
+    layer = tiny_box_layer()
+    A, T, truth, _ = tiny_box_data(1e-6, 1e-6)
     cap = 7
     monkeypatch.setattr(L, "RETRY_ITERS_MIN", cap)
     monkeypatch.setattr(L, "RETRY_ITERS_FACTOR", 0)
-    monkeypatch.setattr(L, "rebalance", lambda eq, c, b: (np.zeros(len(c), bool), eq, c, b))
+    def never(eq, c, b):
+        return np.zeros(len(c), bool), eq, c, b
+
+    monkeypatch.setattr(L, "rebalance", never)
+    monkeypatch.setattr(L, "recentred", never)
     monkeypatch.setattr(L, "objective_scale", lambda c, a, b, h: np.ones(len(c)))
     real = L.solve_batch
     stalled = []
@@ -252,9 +250,8 @@ def test_a_capped_retry_that_settles_nothing_gets_the_rest_of_max_iters(monkeypa
     monkeypatch.setattr(L, "solve_batch", solve_batch)
     fwd = layer.forward([A, T], on_failure="nan", solver="scs")
     assert stalled and stalled[0] >= 1
-    soft = np.sign(A) * np.maximum(np.abs(A) - 0.5, 0.0)
     assert fwd.ok.all()
-    np.testing.assert_allclose(fwd.outputs[0], np.clip(soft, T, -T), rtol=0, atol=1e-8 * 1e-6)
+    np.testing.assert_allclose(fwd.outputs[0], truth, rtol=0, atol=1e-8 * 1e-6)
     assert (fwd.info.scs_iterations > cap + 25).sum() >= stalled[0]
 
 
@@ -263,18 +260,11 @@ def test_the_tight_retry_stops_early_where_a_fallback_settles_the_instance():
     tight retry took SCS's whole max_iters (100,000 iterations) before refinement settled it;
     capped, it takes a few thousand, and every instance is still solved, against the closed
     form (iterations, not wall time: the machines are shared)."""
-    n, B = 6, 16
-    x, a, th = cp.Variable(n), cp.Parameter(n), cp.Parameter(n)
-    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - a) + cp.norm1(x)),
-                                  [th <= x, x <= -th]), parameters=[a, th], variables=[x])
-    rng = np.random.default_rng(0)
-    A = 1e-6 * rng.standard_normal((B, n))
-    T = -1e-6 * np.abs(rng.standard_normal((B, n)))
-    T[3, 2] *= 0.03
+    layer = tiny_box_layer()
+    A, T, truth, _ = tiny_box_data(1e-6, 1e-6)
     for solver in (None, "scs"):
         fwd = layer.forward([A, T], on_failure="nan", **({} if solver is None else
                                                         {"solver": solver}))
-        soft = np.sign(A) * np.maximum(np.abs(A) - 0.5, 0.0)
         assert fwd.ok.all()
-        np.testing.assert_allclose(fwd.outputs[0], np.clip(soft, T, -T), rtol=0, atol=1e-14)
+        np.testing.assert_allclose(fwd.outputs[0], truth, rtol=0, atol=1e-14)
         assert fwd.info.scs_iterations.max() < 10_000
