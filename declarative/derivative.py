@@ -1057,8 +1057,14 @@ def _refined_solves(factors: list[Factor], which: np.ndarray, rhs: np.ndarray,
     k = at.size
     x = solve(np.arange(k), b)
     scale = np.array([abs_max(factors[i].S) for i in idx])
-    size_b = np.abs(b).reshape(k, -1).max(axis=1, initial=0.0)
-    last = np.full(k, np.inf)
+    # max norms per instance and per right-hand side (K of them: (k, K); (k, 1) for one)
+    cols = b.shape[2] if b.ndim == 3 else 1
+
+    def norms(a: np.ndarray, rows: int) -> np.ndarray:
+        return np.abs(a).reshape(rows, -1, cols).max(axis=1, initial=0.0)
+
+    size_b = norms(b, k)
+    last = np.full((k, cols), np.inf)
     ok = np.zeros(k, dtype=bool)
     live = np.arange(k)
     if ops is not None and D is not None:
@@ -1072,10 +1078,10 @@ def _refined_solves(factors: list[Factor], which: np.ndarray, rhs: np.ndarray,
             else:
                 r = b[live] - np.stack([(factors[idx[g]].S.T if transpose else
                                          factors[idx[g]].S) @ x[g] for g in live.tolist()])
-        err = np.abs(r).reshape(live.size, -1).max(axis=1, initial=0.0)
-        size = scale[live] * np.abs(x[live]).reshape(live.size, -1).max(axis=1, initial=0.0) \
-            + size_b[live]
+        err = norms(r, live.size)
+        size = scale[live, None] * norms(x[live], live.size) + size_b[live]
         stop, good = _refine_verdict(err, size, last[live], tol)
+        stop, good = stop.all(axis=1), good.all(axis=1)
         ok[live[good]] = True
         go = ~stop
         last[live[go]] = err[go]
@@ -1217,18 +1223,20 @@ def _refine(M: Any, solve: Callable[[np.ndarray], np.ndarray], rhs: np.ndarray,
             scale: float, tol: float = REFINE_SOLVE_TOL) -> np.ndarray | None:
     """M⁻¹ rhs by iterative refinement with an approximate inverse ``solve`` (Wilkinson; e.g.
     Higham, *Accuracy and Stability of Numerical Algorithms*, ch. 12): x ← x + solve(rhs − M x)
-    until the residual is at most tol·(scale‖x‖ + ‖rhs‖) (max norms, scale ≈ M's largest
-    entry); None where it stagnates above max(tol, REFINE_STALL_TOL) or takes more than
-    REFINE_SOLVE_STEPS steps."""
+    until the residual is at most tol·(scale‖x‖ + ‖rhs‖) (max norms, of each column of a
+    (N, K) rhs; scale ≈ M's largest entry); None where one stagnates above max(tol,
+    REFINE_STALL_TOL) or takes more than REFINE_SOLVE_STEPS steps."""
     x = solve(rhs)
-    last = np.inf
+    last: Any = np.inf
     for _ in range(REFINE_SOLVE_STEPS):
         r = rhs - M @ x
-        err = np.abs(r).max(initial=0.0)
-        size = scale * np.abs(x).max(initial=0.0) + np.abs(rhs).max(initial=0.0)
+        # per column of a (N, K) rhs: a column 1e-12 the size of another is held to its own
+        # scale (a Jacobian's columns for parameters of different magnitudes)
+        err = np.abs(r).max(axis=0, initial=0.0)
+        size = scale * np.abs(x).max(axis=0, initial=0.0) + np.abs(rhs).max(axis=0, initial=0.0)
         stop, good = _refine_verdict(err, size, last, tol)
-        if stop:
-            return x if good else None
+        if np.all(stop):
+            return x if np.all(good) else None
         last = err
         x = x + solve(r)
     return None
