@@ -1070,8 +1070,9 @@ class Layer:
             layout.supernodes = True if tuning.supernodes is None else tuning.supernodes
         chunk = tuning.chunk_size
 
-        # SCS's capped tight retries: (shared, instances, the uncapped settings, where each
-        # capped run stopped), for what nothing else settles (RETRY_ITERS_FACTOR)
+        # SCS's capped tight retries: (shared, the instances the cap stopped, the settings
+        # for the rest of max_iters, where each stopped), for what nothing else then settles
+        # (RETRY_ITERS_FACTOR)
         capped: list[tuple[Any, np.ndarray, dict, tuple]] = []
 
         def solved_by(backend: Backend, shared: Any, idx: np.ndarray, settings: dict
