@@ -1014,8 +1014,8 @@ def snap_kinks(v: np.ndarray, dims: ConeDims, tol: float | np.ndarray = KINK_TOL
 
     With ``sides`` = (primal magnitudes per row (B, m), dual magnitude per instance (B,)),
     `derivative._sides`, the scale is that of the side each value is rounded on: on the
-    nonnegative cone a slack (v < 0) within ``tol`` of the instance's largest primal row
-    and a multiplier (v > 0) within ``tol`` of the dual magnitude; on a second-order cone,
+    nonnegative cone a slack (v < 0) within ``tol`` of its row's primal magnitude and a
+    multiplier (v > 0) within ``tol`` of the dual magnitude; on a second-order cone,
     within ``tol`` of the larger of its own rows' primal magnitude and the dual one (a
     bound x <= 1e15 that is never reached put ‖v‖∞ at 1e15 times an active ball's, and
     the ball counted as a kink).
@@ -1030,9 +1030,11 @@ def snap_kinks(v: np.ndarray, dims: ConeDims, tol: float | np.ndarray = KINK_TOL
         if sides is None:
             near = np.abs(block) <= scale[:, None]
         else:
-            primal, dual = (np.where((m > 0) & np.isfinite(m), rel * m, scale)
-                            for m in (sides[0].max(axis=1, initial=0.0), sides[1]))
-            near = np.abs(block) <= np.where(block < 0, primal[:, None], dual[:, None])
+            rows = sides[0][:, off : off + dims.nonneg]
+            primal = np.where((rows > 0) & np.isfinite(rows), rel[:, None] * rows,
+                              scale[:, None])
+            dual = np.where((sides[1] > 0) & np.isfinite(sides[1]), rel * sides[1], scale)
+            near = np.abs(block) <= np.where(block < 0, primal, dual[:, None])
         mask[:, off : off + dims.nonneg] = near
         block[near] = 0.0
     off += dims.nonneg

@@ -2198,13 +2198,18 @@ def _rcond_lu(lu: np.ndarray, S: np.ndarray) -> float:
 
 def _sides(ops: BatchOps, x: np.ndarray, y: np.ndarray, s: np.ndarray
            ) -> tuple[np.ndarray, np.ndarray]:
-    """The primal magnitudes of each row (B, m), |A||x| + |s| at (x, y, s), which bound |b|
-    (b = Ax + s), and the dual magnitude of each instance (B,), max(‖|A|ᵀ|y|‖∞,
-    ‖|P||x|‖∞), which bounds ‖c‖∞ (c = −Px − Aᵀy): the scales a slack's and a multiplier's
-    rounding are relative to (`snap_kinks`)."""
+    """The primal magnitude of each row (B, m), (|A|·1)‖x‖∞ at (x, y, s): the size of the
+    row's terms with its variables at the instance's scale, which bounds |A||x| and, where
+    the slack vanishes, |b| (b = Ax + s); and the dual magnitude of each instance (B,),
+    max(‖|A|ᵀ|y|‖∞, ‖|P||x|‖∞), which bounds ‖c‖∞ (c = −Px − Aᵀy): the scales a slack's
+    and a multiplier's rounding are relative to (`snap_kinks`). Per row, so that a bound
+    that is never reached (its slack 1e9 beside variables of 1e-3) sets no other row's
+    scale; with the variables' scale, so that a row whose own terms vanish (x_i >= 0 at a
+    sparsemax tie, x_i and its slack both rounding) is still judged at the scale its
+    rounding comes from."""
     mag = ops.magnitude
     ax = np.abs(x)
-    rows = mag.A(ax) + np.abs(s)
+    rows = mag.A(np.ones_like(ax)) * ax.max(axis=1, initial=0.0)[:, None]
     dual = np.maximum(mag.AT(np.abs(y)).max(axis=1, initial=0.0),
                       mag.P(ax).max(axis=1, initial=0.0))
     return rows, dual

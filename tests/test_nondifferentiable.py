@@ -243,3 +243,22 @@ def test_a_tie_is_a_kink_whatever_the_multipliers_beside_it(big, t):
     with pytest.warns(NonDifferentiableWarning):
         assert fwd.nondifferentiable[0]
     assert fwd.info.nondifferentiable_reason[0] == "weakly-active"
+
+
+@pytest.mark.parametrize("a_scale, r_scale", [(1e-3, 1e9), (1e-6, 1e6)])
+def test_a_bound_far_beyond_the_point_is_no_kink(a_scale, r_scale):
+    """Projection onto |x| <= r with r 1e12 times |a|: x = a, every constraint inactive by a
+    wide margin, ∂x/∂a = I. The never-reached bound's slack set the scale slacks were judged
+    on, so the inactive side of CVXPY's t >= |x| (slack 2|x|) counted as a kink: reported
+    weakly active, ∂x/∂a with zeros on its diagonal. Each row is now judged on its own."""
+    n, B = 5, 16
+    x, a, r = cp.Variable(n), cp.Parameter(n), cp.Parameter(nonneg=True)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - a)), [cp.abs(x) <= r]),
+                       parameters=[a, r], variables=[x])
+    rng = np.random.default_rng(0)
+    A = a_scale * rng.standard_normal((B, n))
+    fwd = layer.forward([A, r_scale * rng.uniform(0.5, 1.5, B)])
+    assert all(st is dl.Status.SOLVED for st in fwd.info.status)
+    assert not fwd.nondifferentiable.any()
+    for i in range(B):
+        np.testing.assert_allclose(fwd.jacobian(i)[0][0], np.eye(n), rtol=0, atol=1e-12)
