@@ -982,11 +982,12 @@ def dproject(v: np.ndarray, dims: ConeDims, dual: bool = False,
 
 # v within KINK_TOL·‖v‖∞ of a kink of Π_{K*} counts as on it (see snap_kinks). Relative to v's
 # own scale, with no absolute floor, so that which points count as kinks does not change when
-# all the problem data are scaled (v = y − s scales with them). On the nonnegative cone a
-# slack is judged against the primal side's scale and a multiplier against the dual's where
-# those are known: one scalar of the equilibration can leave them 1e12 apart (a box of
-# half-width 1e-3 about a point 1e9 away), and a slack measured against the multipliers
-# was a kink. Refinement leaves v at a
+# all the problem data are scaled (v = y − s scales with them). Where the two sides' scales
+# are known (`snap_kinks`'s ``sides``), a slack is judged against its row's primal scale and
+# a multiplier against the dual one: one scalar of the equilibration can leave them 1e12
+# apart (a box of half-width 1e-3 about a point 1e9 away), and a bound never reached can
+# dwarf every other row, and a slack measured against either was a kink. Refinement leaves
+# v at a
 # kink within rounding of it (~1e-16 relative), so the tolerance can be tight: a coordinate
 # 1e-9 of ‖v‖∞ away from its kink is a real, if small, slack or multiplier (a θ entry of 1
 # beside one of 1e9), whose derivative is the ordinary one.
