@@ -1126,10 +1126,9 @@ class Layer:
             # tolerance, and its results taken where they settle the instance
             left = np.flatnonzero(~_settled(att.status))
             if left.size:
-                other = get_backend(SECOND_OPINION)
-                again = self._attempts(other, None, left, ops, c, b, mats, Ps,
-                                       other.tightened(other.settings({}), RETRY_EPS), ours,
-                                       eq, chunk)
+                other, tight = _second_opinion()
+                again = self._attempts(other, None, left, ops, c, b, mats, Ps, tight, ours, eq,
+                                       chunk)
                 att.merge(left, again, keep=_settled(again.status))
         if ours["refine"]:
             second = not user_solver
@@ -1268,9 +1267,13 @@ class Layer:
         ops2, Ps2, shared2 = ops, Ps, shared
         if t.quadratic:
             # P̂ = (σ/ρ) E P E: the instances moved have theirs scaled by the change of σ/ρ
-            h2 = np.array(ops.h)
-            h2[idx] *= ((eq2.sigma[idx] / eq2.rho[idx]) / (eq.sigma[idx] / eq.rho[idx]))[:, None]
-            ops2, Ps2, shared2 = BatchOps(t, ops.a, h2), t.P_csc_batch(h2), None
+            # (none where both moved together, `recentred`)
+            shared2 = None
+            change = (eq2.sigma[idx] / eq2.rho[idx]) / (eq.sigma[idx] / eq.rho[idx])
+            if np.any(change != 1.0):
+                h2 = np.array(ops.h)
+                h2[idx] *= change[:, None]
+                ops2, Ps2 = BatchOps(t, ops.a, h2), t.P_csc_batch(h2)
         won = np.zeros(idx.size, dtype=bool)
         for k, (who, tries) in enumerate(self._retries(backend, settings, second, tight=False)):
             js = np.flatnonzero(~won)
@@ -1282,7 +1285,7 @@ class Layer:
             att.merge(idx[js], again, keep=now)
             won[js[now]] = True
         took = idx[won]
-        if t.quadratic and took.size:
+        if ops2 is not ops and took.size:
             h = np.array(ops.h)
             h[took] = ops2.h[took]
             ops = BatchOps(t, ops.a, h)
@@ -1290,8 +1293,7 @@ class Layer:
 
     def _objective_rescaled(self, att: _Attempt, backend: Backend, raw: tuple, ops: BatchOps,
                             settings: dict, ours: dict, eq: Equilibration, chunk: int | None,
-                            second: bool = False, how: Callable = rebalance
-                    ) -> tuple[BatchOps, Equilibration]:
+                            second: bool = False) -> tuple[BatchOps, Equilibration]:
         """Solve once more, with ``backend``, the instances still neither certified nor shown
         infeasible or unbounded whose objective (P, c in ``raw``, the program's data before
         equilibration) is far from the constraints (A, b) in scale, now equilibrated with
@@ -1347,8 +1349,7 @@ class Layer:
         ``tight``, ``backend`` at RETRY_EPS."""
         out = [(backend, settings)]
         if second and backend.name != SECOND_OPINION:
-            other = get_backend(SECOND_OPINION)
-            out.append((other, other.tightened(other.settings({}), RETRY_EPS)))
+            out.append(_second_opinion())
         strict = backend.tightened(settings, RETRY_EPS)
         if tight and strict != settings:
             out.append((backend, strict))
@@ -1958,6 +1959,12 @@ def _parts(k: int, size: int) -> list[slice]:
         return [slice(0, k)]
     cuts = [k * j // ways for j in range(ways + 1)]
     return [slice(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)]
+
+
+def _second_opinion() -> tuple[Backend, dict]:
+    """SECOND_OPINION's backend and its settings at RETRY_EPS (its defaults otherwise)."""
+    other = get_backend(SECOND_OPINION)
+    return other, other.tightened(other.settings({}), RETRY_EPS)
 
 
 def _settled(status: Sequence[Status]) -> np.ndarray:
