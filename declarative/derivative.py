@@ -879,7 +879,7 @@ class Linearization:
         fn: Callable[[Any], Factor] | None = _factor_one
         pooled = True  # (not SuperLU's, which hold the GIL: see above)
         if layout is None:
-            if len(todo) > 1 and self.n + self.m <= STACK_INVERSE_MAX:
+            if todo and self.n + self.m <= STACK_INVERSE_MAX:
                 fn = None
         elif todo:
             first = mats[todo[0]]
