@@ -416,3 +416,27 @@ def test_concurrent_first_calls_agree_with_some_serial_order():
         matches.append(all(np.array_equal(serial.forward(batches[j]).outputs[0], outs[j])
                            for j in range(k)))
     assert any(matches)
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_a_ray_with_noise_on_its_other_rows_is_polished_on_its_support(scale):
+    """Two opposite rows g·x <= h₀ and −g·x <= −h₀ − 1 beside ten others: y = e₀ + e₁ is the
+    certificate. SCS at eps 1e-3 returns it with noise of up to 1e-3 of its largest entry
+    on every other row, and 1e-4 between the two, which no polish within CERTIFICATE_SNAP
+    of it removes; on the support of its large entries it is the exact ray. A ray whose
+    large entries are not one (e₀ + 2e₁) is still refused."""
+    rng = np.random.default_rng(0)
+    n, m = 6, 12
+    G = rng.standard_normal((m, n))
+    G[1] = -G[0]
+    h = np.abs(rng.standard_normal(m))
+    h[1] = -h[0] - 1.0
+    A, b = _csc(scale * G), scale * h
+    dims = ConeDims(nonneg=m)
+    noise = np.abs(rng.standard_normal(m)) * 6e-4
+    noise[:2] = [0.0, -1.5e-4]
+    y = np.zeros(m)
+    y[:2] = 1.0
+    assert infeasibility_certified(A, b, 7.0 * (y + noise), dims)
+    y[1] = 2.0
+    assert not infeasibility_certified(A, b, 7.0 * (y + noise), dims)
