@@ -170,6 +170,12 @@ class Equilibration:
         d[idx], e[idx] = other.d[js], other.e[js]
         return Equilibration(d, e, rho, sigma)
 
+    def composed(self, then: Equilibration) -> Equilibration:
+        """This scaling followed by ``then`` (a scaling of the programs this one makes): one
+        scaling (1), its factors the products of the two's."""
+        return Equilibration(self.d * then.d, self.e * then.e, self.rho * then.rho,
+                             self.sigma * then.sigma)
+
     # -- data ------------------------------------------------------------------------------
     @overload
     def data(self, t: ConeTemplate, c: np.ndarray, a: np.ndarray, b: np.ndarray,
@@ -403,3 +409,91 @@ def objective_scale(c: np.ndarray, a: np.ndarray, b: np.ndarray, h: np.ndarray) 
     ok = (obj > 0) & (con > 0)
     return np.where(ok, con / np.where(ok, obj, 1.0), 1.0)
 
+
+
+# An entry of the point below this fraction of the largest of its kind (|x̂|, |ŷ|, |ŝ|) is
+# taken for zero by `at_solution`: its factor comes from balancing, not from its magnitude.
+NEGLIGIBLE = 1e-10
+
+
+def _geometric_fill(f: np.ndarray) -> np.ndarray:
+    """NaN entries of ``f`` (B, k) replaced by the geometric mean of the row's others (1
+    where a row has none)."""
+    known = np.isfinite(f)
+    logs = np.where(known, np.log(np.where(known, f, 1.0)), 0.0)
+    mean = np.exp(logs.sum(axis=1) / np.maximum(known.sum(axis=1), 1))
+    return np.where(known, f, mean[:, None])
+
+
+def at_solution(t: ConeTemplate, a: np.ndarray, h: np.ndarray, x: np.ndarray, y: np.ndarray,
+                s: np.ndarray) -> Equilibration:
+    """A further scaling (1) of programs (Â values ``a``, P̂ values ``h``) whose solution
+    (x̂, ŷ, ŝ) is known, that brings that solution to 1: x̂' = 1, and on every cone block
+    whichever of ŷ' and ŝ' is nonzero to 1 (both, at their geometric mean, where both are),
+    so that Â''s entries are the Lagrangian's terms ŷᵢÂᵢⱼx̂ⱼ over the largest of them, T.
+
+    E = |x̂|/√T, D = |ŷ|/√T on a block whose slack vanishes (an active constraint, an
+    equality), √T/|ŝ| on one whose multiplier does, √(|ŷ|/|ŝ|) where neither does (the
+    boundary of a second-order cone), ρ = σ = 1/√T. Entries that vanish (a variable at 0, a
+    weakly active constraint; NEGLIGIBLE) take the factor that brings their row's or
+    column's largest entry among the others to 1; Ruiz's balance (`_balance`) of the
+    matrix that gives follows.
+
+    D and E from A and P alone (`equilibrate`) balance the matrix, not the solution: the
+    lasso sum_squares(A x − b) + λ‖x‖₁ with A, b ~ 1e-5 and λ ~ 1e-10 has every row and
+    column of [[P, Aᵀ], [A, 0]] at max-norm 1 already, while its solution sits at x ~ 1,
+    A x − b ~ 1e-5 and multipliers ~ 1e-10, and the system of the derivative was 1e11 from
+    singular (1e3 here). Returns the scaling of the given programs (compose it with theirs,
+    `Equilibration.composed`); 1 throughout for a program whose terms all vanish."""
+    p = pattern(t)
+    B = x.shape[0]
+    ax, ay, az = np.abs(x), np.abs(y), np.abs(s)
+    terms = np.abs(a) * np.take(ay, p.rows, axis=1) * np.take(ax, p.cols, axis=1)
+    T = terms.max(axis=1, initial=0.0)
+    if p.P_rows.size:
+        T = np.maximum(T, (np.abs(h) * np.take(ax, p.P_rows, axis=1)
+                           * np.take(ax, p.P_cols, axis=1)).max(axis=1, initial=0.0))
+    live = (T > 0) & np.isfinite(T)
+    r = np.sqrt(np.where(live, T, 1.0))[:, None]
+    small_x = NEGLIGIBLE * ax.max(axis=1, initial=0.0)[:, None]
+    e = np.where(ax > small_x, ax / r, np.nan)
+    if p.blocks.size:
+        yb = np.maximum.reduceat(ay, p.blocks, axis=1)
+        sb = np.maximum.reduceat(az, p.blocks, axis=1)
+    else:
+        yb = sb = np.zeros((B, 0))
+    has_y = yb > NEGLIGIBLE * ay.max(axis=1, initial=0.0)[:, None]
+    has_s = sb > NEGLIGIBLE * az.max(axis=1, initial=0.0)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        db = np.where(has_y & has_s, np.sqrt(yb / sb),
+                      np.where(has_y, yb / r, np.where(has_s, r / sb, np.nan)))
+    d = np.repeat(db, p.block_sizes, axis=1) if p.blocks.size else np.zeros((B, 0))
+    A = np.abs(a)
+    # the vanishing columns from the rows already scaled, then the vanishing rows from all
+    # columns (a block's rows together)
+    if np.isnan(e).any():
+        col = _segment_max(A * np.nan_to_num(np.take(d, p.rows, axis=1)), p.col_starts,
+                           p.col_ids, t.n)
+        if p.P_rows.size:
+            Ph = (np.abs(h) * np.nan_to_num(np.take(e, p.P_cols, axis=1)))[:, p.P_order]
+            col = np.maximum(col, _segment_max(Ph, p.P_starts, p.P_ids, t.n))
+        with np.errstate(divide="ignore"):
+            e = np.where(np.isnan(e) & (col > 0), 1.0 / col, e)
+        e = _geometric_fill(e)
+    if np.isnan(d).any():
+        row = _segment_max((A * np.take(e, p.cols, axis=1))[:, p.by_row], p.row_starts,
+                           p.row_ids, t.m)
+        if p.blocks.size:
+            row = np.repeat(np.maximum.reduceat(row, p.blocks, axis=1), p.block_sizes, axis=1)
+        with np.errstate(divide="ignore"):
+            d = np.where(np.isnan(d) & (row > 0), 1.0 / row, d)
+        d = _geometric_fill(d)
+    e = np.where(live[:, None], e, 1.0)
+    d = np.where(live[:, None], d, 1.0)
+    scale = np.where(live, 1.0 / r[:, 0], 1.0)
+    # then Ruiz's balance of the matrix that leaves (a variable brought to 1 from a value
+    # 1e-3 of the others' has its column 1e-3 of theirs)
+    a2 = A * np.take(d, p.rows, axis=1) * np.take(e, p.cols, axis=1)
+    h2 = np.abs(h) * np.take(e, p.P_rows, axis=1) * np.take(e, p.P_cols, axis=1)
+    d3, e3, _ = _balance(t, a2, h2 if p.P_rows.size else None)
+    return Equilibration(d * d3, e * e3, scale, scale.copy())

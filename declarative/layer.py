@@ -40,6 +40,7 @@ from declarative.derivative import (
     RCOND_MIN,
     BatchOps,
     ConeSolution,
+    Factor,
     Linearization,
     NonDifferentiableWarning,
     TruncatedSVD,
@@ -53,6 +54,7 @@ from declarative.derivative import (
 from declarative.equilibrate import (
     UNIFORM,
     Equilibration,
+    at_solution,
     equilibrate,
     objective_scale,
     pattern,
@@ -182,6 +184,13 @@ SETTLE_PART_MIN = 2
 SECOND_OPINION = "clarabel"
 # `Forward.vjp` maps its solve to the parameters this many instances at a time.
 VJP_BLOCK = 64
+# A solved instance whose S has a reciprocal condition estimate below this is linearized
+# once more in the program scaled at its solution (`equilibrate.at_solution`), and kept so
+# where that estimate is more than RESCALE_GAIN times better: the derivative's solves lose
+# about log10(1/rcond) digits, so an S this close to singular leaves ~1e-9 of a Jacobian's
+# largest entry, while its conditioning can be the matrix scaling's and not the problem's.
+RESCALE_RCOND = 1e-7
+RESCALE_GAIN = 4.0
 # Where the tuning leaves the solver open, a layer decides it from its template
 # (`Layer._default_solver`): Moreau's active-set method for programs with only zero and
 # nonnegative cones, at most ACTIVE_SET_MAX_ROWS inequalities and n + m up to
@@ -425,10 +434,53 @@ class Forward:
         ops = self._ops.take(idx)
         reuse = None if r.factors is None else [r.factors[i] for i in idx]
         known = None if r.D is None else (r.D.take(idx), r.v_D[idx])
-        return ConeSolution.at(ops, r.x[idx], r.y[idx], r.s[idx], reuse=reuse,
-                               v=None if r.v is None else r.v[idx], known=known,
-                               scaling=self._scaling.take(idx),
-                               extended=None if r.extended is None else r.extended[idx])
+        v = None if r.v is None else r.v[idx]
+        extended = None if r.extended is None else r.extended[idx]
+        sol = ConeSolution.at(ops, r.x[idx], r.y[idx], r.s[idx], reuse=reuse, v=v,
+                              known=known, scaling=self._scaling.take(idx), extended=extended)
+        poor = np.flatnonzero(~(sol.lin.rcond > RESCALE_RCOND))
+        return sol if not poor.size else self._rescaled(sol, poor, v, extended)
+
+    def _rescaled(self, sol: ConeSolution, poor: np.ndarray, v: np.ndarray | None,
+                  extended: np.ndarray | None) -> ConeSolution:
+        """``sol`` with its instances ``poor`` (ill-conditioned S) linearized once more in the
+        program scaled at their solution (`equilibrate.at_solution`), where that makes S
+        better conditioned by more than RESCALE_GAIN; their derivatives, the kinks and the
+        condition reported are then those of that scaling. The others keep their
+        factorizations."""
+        t = self.layer.template
+        ops, eq = sol.ops, sol.scaling
+        assert eq is not None  # (`_linearize` sets it)
+        rel = at_solution(t, ops.a[poor], ops.h[poor], sol.x[poor], sol.y[poor], sol.s[poor])
+        x2, y2, s2 = rel.scaled(sol.x[poor], sol.y[poor], sol.s[poor])
+        _, a2, _, h2 = rel.data(t, np.zeros_like(x2), ops.a[poor], np.zeros_like(y2),
+                                ops.h[poor])
+        wide = None if extended is None else extended[poor]
+        eq2 = eq.take(poor).composed(rel)
+        # each instance factored alone, so that what is taken does not depend on the rest
+        # of the batch (a stack of inverses and LAPACK's estimate give different rconds)
+        trials = [ConeSolution.at(BatchOps(t, a2[j : j + 1], h2[j : j + 1]), x2[j : j + 1],
+                                  y2[j : j + 1], s2[j : j + 1], v=y2[j : j + 1] - s2[j : j + 1],
+                                  scaling=eq2.take(np.array([j])),
+                                  extended=None if wide is None else wide[j : j + 1])
+                  for j in range(poor.size)]
+        rcond = np.array([trial.lin.rcond[0] for trial in trials])
+        with np.errstate(invalid="ignore"):
+            gain = rcond > RESCALE_GAIN * np.maximum(sol.lin.rcond[poor], 0.0)
+        if not gain.any():
+            return sol
+        took, js = poor[gain], np.flatnonzero(gain)
+        a, h = np.array(ops.a), np.array(ops.h)
+        a[took], h[took] = a2[js], h2[js]
+        x, y, s = np.array(sol.x), np.array(sol.y), np.array(sol.s)
+        x[took], y[took], s[took] = x2[js], y2[js], s2[js]
+        v_all = y - s if v is None else np.array(v)
+        v_all[took] = y2[js] - s2[js]
+        reuse: list[Factor | None] = list(sol.lin.factors)
+        for i, j in zip(took.tolist(), js.tolist(), strict=True):
+            reuse[i] = trials[j].lin.factors[0]
+        return ConeSolution.at(BatchOps(t, a, h), x, y, s, reuse=reuse, v=v_all,
+                               scaling=eq.merged(took, eq2, js), extended=extended)
 
     def _diagnosis(self) -> _Diagnosis | None:
         """A fresh `_Diagnosis` filling ``info`` on the first linearization, None after."""
@@ -465,7 +517,8 @@ class Forward:
         dtheta = np.zeros((B, t.num_params))
 
         def pull(idx: np.ndarray, sol: ConeSolution) -> None:
-            eq = self._scaling.take(idx)
+            eq = sol.scaling
+            assert eq is not None  # (`_linearize` sets it)
             gxy = times_t(g[idx], t.transposed["recover"])
             gx, gy = eq.solution_adjoint(gxy[:, : t.n], gxy[:, t.n :])
             r = sol.adjoint(gx, gy)
@@ -567,7 +620,8 @@ class Forward:
 
         def push(idx: np.ndarray, sol: ConeSolution) -> None:
             dth = dtheta[idx]
-            eq = self._scaling.take(idx)
+            eq = sol.scaling
+            assert eq is not None  # (`_linearize` sets it)
             dc, da, db, dh = eq.data(t, *(times_t(dth, M) for M in (t.C, t.F, t.G, t.H)))
             dx, dy = eq.solution(*sol.jvp(dc, da, db, dh))
             dout[idx] = times_t(np.concatenate([dx, dy], axis=1), t.recover)
