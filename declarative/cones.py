@@ -1007,11 +1007,13 @@ def snap_kinks(v: np.ndarray, dims: ConeDims, tol: float | np.ndarray = KINK_TOL
     Within ``tol · ‖v‖∞`` (``tol`` a scalar, or one per instance) of such a point we move v
     onto it, so the derivative is the one
     `dproject` assigns on the boundary (the constraint held active) instead of a branch
-    picked by rounding noise. Nonnegative and second-order cones (boundary and apex) are
-    snapped; PSD eigenvalues near zero are detected only. Returns (v, mask (B, m) bool): the
-    coordinates of v in a kinked cone block (a single coordinate for the nonnegative cone, the
-    whole block for a second-order or PSD cone); ``mask.any(axis=1)`` are the instances with
-    a kink.
+    picked by rounding noise; beside the boundary of −K, where that is DΠ = 0 (the
+    constraint released), just inside the region between K* and −K instead, where DΠ's
+    limit keeps the slack on the boundary of K. Nonnegative and second-order cones (boundary
+    and apex) are snapped; PSD eigenvalues near zero are detected only. Returns (v, mask
+    (B, m) bool): the coordinates of v in a kinked cone block (a single coordinate for the
+    nonnegative cone, the whole block for a second-order or PSD cone); ``mask.any(axis=1)``
+    are the instances with a kink.
 
     With ``sides`` = (primal magnitudes per row (B, m), dual magnitude per instance (B,)),
     `derivative._sides`, the scale is that of the side each value is rounded on: on the
@@ -1047,7 +1049,12 @@ def snap_kinks(v: np.ndarray, dims: ConeDims, tol: float | np.ndarray = KINK_TOL
             own = np.maximum(sides[0][:, off : off + k].max(axis=1, initial=0.0), sides[1])
             at = np.where((own > 0) & np.isfinite(own), rel * own, scale)
         near = (np.abs(nx - np.abs(t)) <= at) & (nx > at)
-        v[near, off] = np.sign(t[near]) * nx[near]
+        # held active: on the boundary of K* (DΠ = I), or, beside the boundary of −K (a
+        # slack on the boundary of K with a vanishing multiplier), just inside the region
+        # between them, where DΠ is the rank-one limit that keeps the slack on the
+        # boundary (on −K's boundary itself DΠ = 0: the constraint released)
+        inner = np.where(t < 0, 1.0 - rel, 1.0)
+        v[near, off] = np.sign(t[near]) * nx[near] * inner[near]
         apex = (nx <= at) & (np.abs(t) <= at) & (k > 1)
         v[apex, off : off + k] = 0.0  # DΠ_{K*}(0) = I: held active, as on the boundary
         mask[:, off : off + k] = (near | apex)[:, None]
@@ -1067,9 +1074,10 @@ def release_kinks(v: np.ndarray, mask: np.ndarray, dims: ConeDims, tol: float = 
 
     ``v`` and ``mask`` as `snap_kinks` returns them. Per kinked cone block: a nonnegative
     coordinate at 0 (DΠ = 1) goes just below 0 (DΠ = 0); a second-order cone point on the
-    boundary of K* (DΠ = I) or of −K (DΠ = 0) moves a relative ``tol`` into the region
-    between them (the rank-two formula of Ali et al. 2017, at its limit on the boundary),
-    and the apex to the polar side (DΠ = 0); a PSD block's eigenvalues within ``tol · ‖v‖∞``
+    boundary of K* (DΠ = I) moves a relative ``tol`` into the region between K* and −K (the
+    rank-two formula of Ali et al. 2017, at its limit on the boundary), one held just inside
+    that region beside −K's boundary (the rank-one limit there) onto −K (DΠ = 0), and the
+    apex to the polar side (DΠ = 0); a PSD block's eigenvalues within ``tol · ‖v‖∞``
     of 0 change sign (Daleckii–Krein's Γ switches between its branches).
     """
     v = v.copy()
@@ -1085,7 +1093,10 @@ def release_kinks(v: np.ndarray, mask: np.ndarray, dims: ConeDims, tol: float = 
         t = v[rows, off]
         nx = np.linalg.norm(v[rows, off + 1 : off + k], axis=1)
         apex = nx <= scale[rows]
-        v[rows, off] = np.where(apex, -np.maximum(scale[rows], tiny), t - np.sign(t) * tol * nx)
+        # the boundary of K* into the region between (the rank-two formula at its limit); a
+        # point held just inside that region beside −K's boundary onto −K (DΠ = 0)
+        v[rows, off] = np.where(apex, -np.maximum(scale[rows], tiny),
+                                np.where(t < 0, -(1.0 + tol) * nx, t - tol * nx))
         off += k
     for k in dims.psd:
         d = k * (k + 1) // 2

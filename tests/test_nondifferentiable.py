@@ -262,3 +262,35 @@ def test_a_bound_far_beyond_the_point_is_no_kink(a_scale, r_scale):
     assert not fwd.nondifferentiable.any()
     for i in range(B):
         np.testing.assert_allclose(fwd.jacobian(i)[0][0], np.eye(n), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("r", [1e-6, 1.0, 1e6])
+def test_a_point_on_the_sphere_of_a_ball_projection_is_a_tie(r):
+    """Projecting a onto ‖x‖₂ <= r with ‖a‖ = r exactly: the ball is active with a zero
+    multiplier, and the one-sided derivatives are I (from inside) and I − uuᵀ (from
+    outside, u = a/‖a‖). CVXPY writes the ball as t <= r and ‖x‖ <= t, both weakly active;
+    the second-order cone's was held at DΠ = 0, its released side, while t <= r was held
+    active, and releasing both then gave the same I: no warning, and the inside derivative.
+    Now reported, with the held-active I − uuᵀ; just off the sphere, neither."""
+    n, B = 4, 6
+    x, a, rad = cp.Variable(n), cp.Parameter(n), cp.Parameter(nonneg=True)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - a)), [cp.norm(x, 2) <= rad]),
+                       [a, rad], [x])
+    rng = np.random.default_rng(0)
+    U = rng.standard_normal((B, n))
+    U /= np.linalg.norm(U, axis=1, keepdims=True)
+    R = np.full(B, r)
+    with pytest.warns(NonDifferentiableWarning):
+        fwd = layer.forward([U * r, R])
+        assert fwd.nondifferentiable.all()
+    for i in range(B):
+        np.testing.assert_allclose(fwd.jacobian(i)[0][0], np.eye(n) - np.outer(U[i], U[i]),
+                                   rtol=0, atol=1e-9)
+    for k, J in ((1 + 1e-6, lambda u: (np.eye(n) - np.outer(u, u)) / (1 + 1e-6)),
+                 (1 - 1e-6, lambda u: np.eye(n))):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", NonDifferentiableWarning)
+            off = layer.forward([U * r * k, R])
+            assert not off.nondifferentiable.any()
+        for i in range(B):
+            np.testing.assert_allclose(off.jacobian(i)[0][0], J(U[i]), rtol=0, atol=1e-9)
