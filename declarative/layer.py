@@ -457,16 +457,10 @@ class Forward:
                                 ops.h[poor])
         wide = None if extended is None else extended[poor]
         eq2 = eq.take(poor).composed(rel)
-        # each instance factored alone, so that what is taken does not depend on the rest
-        # of the batch (a stack of inverses and LAPACK's estimate give different rconds)
-        trials = [ConeSolution.at(BatchOps(t, a2[j : j + 1], h2[j : j + 1]), x2[j : j + 1],
-                                  y2[j : j + 1], s2[j : j + 1], v=y2[j : j + 1] - s2[j : j + 1],
-                                  scaling=eq2.take(np.array([j])),
-                                  extended=None if wide is None else wide[j : j + 1])
-                  for j in range(poor.size)]
-        rcond = np.array([trial.lin.rcond[0] for trial in trials])
+        trial = ConeSolution.at(BatchOps(t, a2, h2), x2, y2, s2, v=y2 - s2, scaling=eq2,
+                                extended=wide)
         with np.errstate(invalid="ignore"):
-            gain = rcond > RESCALE_GAIN * np.maximum(sol.lin.rcond[poor], 0.0)
+            gain = trial.lin.rcond > RESCALE_GAIN * np.maximum(sol.lin.rcond[poor], 0.0)
         if not gain.any():
             return sol
         took, js = poor[gain], np.flatnonzero(gain)
@@ -478,7 +472,7 @@ class Forward:
         v_all[took] = y2[js] - s2[js]
         reuse: list[Factor | None] = list(sol.lin.factors)
         for i, j in zip(took.tolist(), js.tolist(), strict=True):
-            reuse[i] = trials[j].lin.factors[0]
+            reuse[i] = trial.lin.factors[j]
         return ConeSolution.at(BatchOps(t, a, h), x, y, s, reuse=reuse, v=v_all,
                                scaling=eq.merged(took, eq2, js), extended=extended)
 
