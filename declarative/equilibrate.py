@@ -410,7 +410,6 @@ def objective_scale(c: np.ndarray, a: np.ndarray, b: np.ndarray, h: np.ndarray) 
     return np.where(ok, con / np.where(ok, obj, 1.0), 1.0)
 
 
-
 # An entry of the point below this fraction of the largest of its kind (|x̂|, |ŷ|, |ŝ|) is
 # taken for zero by `at_solution`: its factor comes from balancing, not from its magnitude.
 NEGLIGIBLE = 1e-10
@@ -442,8 +441,10 @@ def at_solution(t: ConeTemplate, a: np.ndarray, h: np.ndarray, x: np.ndarray, y:
     D and E from A and P alone (`equilibrate`) balance the matrix, not the solution: the
     lasso sum_squares(A x − b) + λ‖x‖₁ with A, b ~ 1e-5 and λ ~ 1e-10 has every row and
     column of [[P, Aᵀ], [A, 0]] at max-norm 1 already, while its solution sits at x ~ 1,
-    A x − b ~ 1e-5 and multipliers ~ 1e-10, and the system of the derivative was 1e11 from
-    singular (1e3 here). Returns the scaling of the given programs (compose it with theirs,
+    A x − b ~ 1e-5 and multipliers ~ 1e-10: the derivative's system is 1e11 from singular
+    in that scaling and 1e3 … 1e7 in this one.
+
+    Returns the scaling of the given programs (compose it with theirs,
     `Equilibration.composed`); 1 throughout for a program whose terms all vanish."""
     p = pattern(t)
     B = x.shape[0]
@@ -475,7 +476,8 @@ def at_solution(t: ConeTemplate, a: np.ndarray, h: np.ndarray, x: np.ndarray, y:
         col = _segment_max(A * np.nan_to_num(np.take(d, p.rows, axis=1)), p.col_starts,
                            p.col_ids, t.n)
         if p.P_rows.size:
-            Ph = (np.abs(h) * np.nan_to_num(np.take(e, p.P_cols, axis=1)))[:, p.P_order]
+            # (P's entries grouped by column: the row's factor is the other one)
+            Ph = (np.abs(h) * np.nan_to_num(np.take(e, p.P_rows, axis=1)))[:, p.P_order]
             col = np.maximum(col, _segment_max(Ph, p.P_starts, p.P_ids, t.n))
         with np.errstate(divide="ignore"):
             e = np.where(np.isnan(e) & (col > 0), 1.0 / col, e)
