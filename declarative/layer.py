@@ -191,6 +191,12 @@ VJP_BLOCK = 64
 # largest entry, while its conditioning can be the matrix scaling's and not the problem's.
 RESCALE_RCOND = 1e-7
 RESCALE_GAIN = 4.0
+# ... but not where it is below this: singular to working precision in any scaling the
+# solution allows (the lasso above reaches it with its data 1e-9 apart, where the forward is
+# not solved), as where CVXPY's auxiliary variables are not unique (rcond 0 … 1e-35: an
+# inactive ball's epigraph variable, entropic OT's exponential cones), which a second
+# linearization would only make slower (entropic OT at batch 64: 560 → 650 ms a call).
+RESCALE_FLOOR = 1e-20
 # Where the tuning leaves the solver open, a layer decides it from its template
 # (`Layer._default_solver`): Moreau's active-set method for programs with only zero and
 # nonnegative cones, at most ACTIVE_SET_MAX_ROWS inequalities and n + m up to
@@ -438,7 +444,8 @@ class Forward:
         extended = None if r.extended is None else r.extended[idx]
         sol = ConeSolution.at(ops, r.x[idx], r.y[idx], r.s[idx], reuse=reuse, v=v,
                               known=known, scaling=self._scaling.take(idx), extended=extended)
-        poor = np.flatnonzero(~(sol.lin.rcond > RESCALE_RCOND))
+        rc = sol.lin.rcond
+        poor = np.flatnonzero((rc <= RESCALE_RCOND) & (rc >= RESCALE_FLOOR))
         return sol if not poor.size else self._rescaled(sol, poor, v, extended)
 
     def _rescaled(self, sol: ConeSolution, poor: np.ndarray, v: np.ndarray | None,
