@@ -231,8 +231,9 @@ def infeasibility_certified(A: Any, b: np.ndarray, y: np.ndarray, dims: ConeDims
     O'Donoghue et al. 2016, *Conic optimization via operator splitting and homogeneous
     self-dual embedding*): every feasible x would give 0 <= ŷᵀs = bᵀŷ < 0. Accepted where
     Aᵀŷ = 0 to rounding (each entry within CERTIFICATE_ROUND of |A|ᵀ|ŷ|) and −bᵀŷ is at least
-    ``tol`` times |b|ᵀ|ŷ|: invariant to scaling A, b and y; for ŷ as given, snapped, or
-    polished (see CERTIFICATE_ROUND).
+    ``tol`` times |b|ᵀ|ŷ|: invariant to scaling A, b and y; for ŷ as given, snapped,
+    polished (see CERTIFICATE_ROUND), or polished on the support of its large entries
+    (CERTIFICATE_SUPPORT_SNAPS).
     """
     if not np.all(np.isfinite(y)):
         return False
