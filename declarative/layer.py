@@ -195,7 +195,7 @@ RESCALE_GAIN = 4.0
 # solution allows (the lasso above reaches it with its data 1e-9 apart, where the forward is
 # not solved), as where CVXPY's auxiliary variables are not unique (rcond 0 … 1e-35: an
 # inactive ball's epigraph variable, entropic OT's exponential cones), which a second
-# linearization would only make slower (entropic OT at batch 64: 560 → 650 ms a call).
+# linearization would only make slower (BENCHMARKS.md, nineteenth session).
 RESCALE_FLOOR = 1e-20
 # Where the tuning leaves the solver open, a layer decides it from its template
 # (`Layer._default_solver`): Moreau's active-set method for programs with only zero and
