@@ -458,10 +458,10 @@ class Forward:
         t = self.layer.template
         ops, eq = sol.ops, sol.scaling
         assert eq is not None  # (`_linearize` sets it)
-        rel = at_solution(t, ops.a[poor], ops.h[poor], sol.x[poor], sol.y[poor], sol.s[poor])
-        x2, y2, s2 = rel.scaled(sol.x[poor], sol.y[poor], sol.s[poor])
-        _, a2, _, h2 = rel.data(t, np.zeros_like(x2), ops.a[poor], np.zeros_like(y2),
-                                ops.h[poor])
+        a1, h1, point = ops.a[poor], ops.h[poor], (sol.x[poor], sol.y[poor], sol.s[poor])
+        rel = at_solution(t, a1, h1, *point)
+        x2, y2, s2 = rel.scaled(*point)
+        _, a2, _, h2 = rel.data(t, np.zeros_like(x2), a1, np.zeros_like(y2), h1)
         wide = None if extended is None else extended[poor]
         eq2 = eq.take(poor).composed(rel)
         trial = ConeSolution.at(BatchOps(t, a2, h2), x2, y2, s2, v=y2 - s2, scaling=eq2,

@@ -264,8 +264,8 @@ def infeasibility_certified(A: Any, b: np.ndarray, y: np.ndarray, dims: ConeDims
         Ms = rows[keep]
         cand = np.zeros_like(y)
         cand[keep] = y[keep] - Ms @ _lstsq(Ms, y[keep])
-        cand = project(cand, dims, dual=True)
-        if np.abs(cand - y).max(initial=0.0) <= snap * ymax and holds(cand):
+        moved = _near(y, project(cand, dims, dual=True), snap)
+        if moved is not None and holds(moved):
             return True
     return False
 
@@ -333,10 +333,11 @@ def _polished(v: np.ndarray, step: Callable[[np.ndarray], np.ndarray],
     return False
 
 
-def _near(v: np.ndarray, moved: np.ndarray) -> np.ndarray | None:
-    """``moved`` where it is within CERTIFICATE_SNAP of v (max norms, relative): a polish of
-    a solver's certificate to within its tolerance, not another certificate."""
-    if np.abs(moved - v).max(initial=0.0) <= CERTIFICATE_SNAP * np.abs(v).max(initial=0.0):
+def _near(v: np.ndarray, moved: np.ndarray, within: float = CERTIFICATE_SNAP
+          ) -> np.ndarray | None:
+    """``moved`` where it is within ``within`` of v (max norms, relative): a polish of a
+    solver's certificate to within its tolerance, not another certificate."""
+    if np.abs(moved - v).max(initial=0.0) <= within * np.abs(v).max(initial=0.0):
         return moved
     return None
 
