@@ -57,6 +57,7 @@ COST_RANGE = (0.0, 1.0)
 SINKHORN_MAX_ITER = 100_000
 SINKHORN_TOL = 1e-16
 NEWTON_STEPS = 3
+FAR_NEWTON_STEPS = 200  # from the LP's potentials, damped (see `sinkhorn`)
 
 
 def marginals(m: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,28 +103,73 @@ def _gauge_system(P: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return M
 
 
+def _plan(f: np.ndarray, g: np.ndarray, C: np.ndarray) -> np.ndarray:
+    return np.exp((f[:, None] + g[None, :] - C) / EPS)
+
+
+def _lp_potentials(C: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Potentials of the unregularised transport LP (HiGHS): the entropic dual's maximiser
+    is within O(ε log(mn)) of them."""
+    from scipy.optimize import linprog
+
+    m, n = C.shape
+    A_eq = np.vstack([np.kron(np.eye(m), np.ones(n)), np.kron(np.ones(m), np.eye(n))])
+    res = linprog(C.ravel(), A_eq=A_eq, b_eq=np.concatenate([a, b]), bounds=(0, None),
+                  method="highs")
+    if res.status != 0:
+        raise RuntimeError(f"{NAME}: the transport LP failed ({res.message})")
+    duals = np.asarray(res.eqlin.marginals)
+    return duals[:m], duals[m:]
+
+
 def sinkhorn(C: np.ndarray) -> np.ndarray:
-    """The optimal plan P* for cost C (Sinkhorn to convergence, then Newton on the dual)."""
+    """The optimal plan P* for cost C (Sinkhorn to convergence, then Newton on the dual).
+
+    Where exp(−C/ε) underflows (C spread over more than ~700 ε: the plan is then the
+    transport LP's vertex in all but entries below float64's range), Newton starts from the
+    LP's potentials instead, its steps halved until they reduce the marginal residual, and
+    stops where that no longer falls (at C ~ 1e6 the plan's entries carry |C|·u/ε ~ 1e-10
+    of rounding, which no method in float64 removes)."""
     m, n = C.shape
     a, b = marginals(m, n)
-    shift = C.min()  # exp(−(C − min C)/ε) <= 1: the plan is invariant to constant shifts of C
-    K = np.exp(-(C - shift) / EPS)
+    C = C - C.min()  # the plan is invariant to constant shifts of C
+    with np.errstate(under="ignore"):
+        K = np.exp(-C / EPS)
     u, v = np.ones(m), np.ones(n)
-    for _ in range(SINKHORN_MAX_ITER):
-        u = a / (K @ v)
-        v = b / (K.T @ u)
-        if np.abs(u * (K @ v) - a).max() <= SINKHORN_TOL:
-            break
-    # Newton polish of the dual potentials f = ε log u, g = ε log v (gauge g_n fixed): the
-    # marginal residual is quadratically driven to rounding level.
-    f, g = EPS * np.log(u), EPS * np.log(v)
-    for _ in range(NEWTON_STEPS):
-        P = np.exp((f[:, None] + g[None, :] - (C - shift)) / EPS)
-        residual = np.concatenate([P.sum(axis=1) - a, (P.sum(axis=0) - b)[: n - 1]])
-        step = np.linalg.solve(_gauge_system(P, P.sum(axis=1), P.sum(axis=0)), residual)
-        f -= EPS * step[:m]
-        g[: n - 1] -= EPS * step[m:]
-    return np.exp((f[:, None] + g[None, :] - (C - shift)) / EPS)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for _ in range(SINKHORN_MAX_ITER):
+            u = a / (K @ v)
+            v = b / (K.T @ u)
+            if not (np.all(np.isfinite(u)) and np.all(np.isfinite(v))):
+                break
+            if np.abs(u * (K @ v) - a).max() <= SINKHORN_TOL:
+                break
+    # Newton on the dual potentials f = ε log u, g = ε log v (gauge g_n fixed) drives the
+    # marginal residual quadratically to rounding level.
+    far = not (np.all(np.isfinite(u)) and np.all(np.isfinite(v)) and np.all(u > 0)
+               and np.all(v > 0))
+    f, g = _lp_potentials(C, a, b) if far else (EPS * np.log(u), EPS * np.log(v))
+
+    def residual(f: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with np.errstate(under="ignore", over="ignore"):
+            P = _plan(f, g, C)
+        return P, np.concatenate([P.sum(axis=1) - a, (P.sum(axis=0) - b)[: n - 1]])
+
+    P, r = residual(f, g)
+    for _ in range(FAR_NEWTON_STEPS if far else NEWTON_STEPS):
+        step = np.linalg.solve(_gauge_system(P, P.sum(axis=1), P.sum(axis=0)), r)
+        t = 1.0
+        while True:  # damped where the full step does not reduce the marginal residual
+            f2, g2 = f - t * EPS * step[:m], g.copy()
+            g2[: n - 1] -= t * EPS * step[m:]
+            P2, r2 = residual(f2, g2)
+            if not far or np.abs(r2).max() < np.abs(r).max() or t < 1e-6:
+                break
+            t /= 2
+        if far and not np.abs(r2).max() < np.abs(r).max():
+            break  # rounding level
+        f, g, P, r = f2, g2, P2, r2
+    return P
 
 
 def solution(*params: np.ndarray) -> list[np.ndarray]:
