@@ -1193,6 +1193,8 @@ class Layer:
             if t.quadratic:
                 ops, eq = self._objective_rescaled(att, backend, raw, ops, settings, ours, eq,
                                                    chunk, second)
+            ops, eq = self._solution_rescaled(att, backend, ops, c, b, settings, ours, eq,
+                                              chunk, second)
         for shared_at, idx, rest, warm in capped:
             # what nothing settled after a capped retry: SCS's remaining iterations, from where
             # the capped run stopped (the rebalanced and rescaled retries took only instances
@@ -1383,6 +1385,65 @@ class Layer:
                 break
             again = self._attempts(who, None, js, ops2, c2, b2, mats2, Ps2, tries, ours, e2,
                                    chunk)
+            now = _settled(again.status)
+            att.merge(idx[js], again, keep=now)
+            won[js[now]] = True
+        if not won.any():
+            return ops, eq
+        took = idx[won]
+        a, h = np.array(ops.a), np.array(ops.h)
+        a[took], h[took] = a2[won], h2[won]
+        return BatchOps(t, a, h), eq.merged(took, e2, np.flatnonzero(won))
+
+    def _solution_rescaled(self, att: _Attempt, backend: Backend, ops: BatchOps,
+                           c: np.ndarray, b: np.ndarray, settings: dict, ours: dict,
+                           eq: Equilibration, chunk: int | None, second: bool = False
+                           ) -> tuple[BatchOps, Equilibration]:
+        """Solve once more, with ``backend`` (then, with ``second``, the interior-point
+        SECOND_OPINION, and ``backend`` at RETRY_EPS: `_retries`), the instances still
+        neither certified nor shown infeasible or unbounded, in the program scaled at the
+        best point found so far (`equilibrate.at_solution`, composed with ``eq``), warm
+        started there, where that scaling is not uniform (its factors spread by more than
+        UNIFORM). The magnitudes of an unconverged point are enough to set it.
+
+        D and E from A and P balance the matrix, not the solution: the lasso
+        sum_squares(A x − b) + λ‖x‖₁ with A, b ~ 1e-6 and λ ~ 1e-12 has every row and column
+        at max-norm 1 and its solution at x ~ 1, A x − b ~ 1e-6, multipliers ~ 1e-12; SCS
+        ran out of its 100,000 iterations on every instance, and refinement from there
+        stalled. Returns the batch's operators and scaling with those instances' (where
+        their retry settled them)."""
+        left = np.flatnonzero(~_settled(att.status))
+        if not left.size:
+            return ops, eq
+        x, y, s = att.x[left], att.y[left], att.s[left]
+        left = left[np.all(np.isfinite(x), axis=1) & np.all(np.isfinite(y), axis=1)
+                    & np.all(np.isfinite(s), axis=1)]
+        if not left.size:
+            return ops, eq
+        t = self.template
+        x, y, s = att.x[left], att.y[left], att.s[left]
+        rel = at_solution(t, ops.a[left], ops.h[left], x, y, s)
+        spread = np.maximum(
+            np.concatenate([rel.d, rel.e], axis=1).max(axis=1, initial=1.0),
+            1.0 / np.concatenate([rel.d, rel.e], axis=1).min(axis=1, initial=1.0))
+        far = spread > UNIFORM
+        if not far.any():
+            return ops, eq
+        idx, js0 = left[far], np.flatnonzero(far)
+        rel = rel.take(js0)
+        point = rel.scaled(x[js0], y[js0], s[js0])
+        c2, a2, b2, h2 = rel.data(t, c[idx], ops.a[idx], b[idx], ops.h[idx])
+        e2 = eq.take(idx).composed(rel)
+        ops2, mats2 = BatchOps(t, a2, h2), t.csc_batch(a2)
+        Ps2 = t.P_csc_batch(h2) if t.quadratic else None
+        won = np.zeros(idx.size, dtype=bool)
+        for who, tries in self._retries(backend, settings, second):
+            js = np.flatnonzero(~won)
+            if not js.size:
+                break
+            warm = tuple(p[js] for p in point) if who is backend else None
+            again = self._attempts(who, None, js, ops2, c2, b2, mats2, Ps2, tries, ours, e2,
+                                   chunk, warm)
             now = _settled(again.status)
             att.merge(idx[js], again, keep=now)
             won[js[now]] = True
