@@ -1067,6 +1067,46 @@ def snap_kinks(v: np.ndarray, dims: ConeDims, tol: float | np.ndarray = KINK_TOL
     return v, mask
 
 
+def flip_near_kinks(v: np.ndarray, dims: ConeDims, tol: float) -> np.ndarray:
+    """v with each coordinate that lies within ``tol · ‖v‖∞`` of a kink of Π_{K*}, but not
+    on it, mirrored to the kink's other side: a small multiplier becomes a slack of the same
+    size and a small slack a multiplier. A nonnegative coordinate changes sign; a
+    second-order cone point near the boundary ‖x‖ = |t| has |t| reflected across ‖x‖, one
+    near the apex changes sign whole; a PSD block's eigenvalues that are small change sign.
+    Exponential and power cones are left as they are.
+
+    Newton's method on the residual map takes the structure of its point as given: started
+    where a constraint holds a multiplier of 1e-9 that the solution does not have (a PSD
+    eigenvalue weakly active to that level beside a second-order cone at its apex), its
+    steps are least-squares steps between two structures that cannot both hold, and it
+    converges only linearly; from the mirrored point it converges at once."""
+    v = v.copy()
+    scale = tol * np.abs(v).max(axis=1, initial=0.0)
+    off = dims.zero
+    if dims.nonneg:
+        block = v[:, off : off + dims.nonneg]
+        near = (np.abs(block) <= scale[:, None]) & (block != 0)
+        block[near] = -block[near]
+    off += dims.nonneg
+    for k in dims.soc:
+        t, xb = v[:, off], v[:, off + 1 : off + k]
+        nx = np.linalg.norm(xb, axis=1)
+        apex = (nx <= scale) & (np.abs(t) <= scale) & ((nx > 0) | (t != 0))
+        edge = ~apex & (np.abs(nx - np.abs(t)) <= scale) & (nx != np.abs(t))
+        v[edge, off] = np.sign(t[edge]) * (2 * nx[edge] - np.abs(t[edge]))
+        v[apex, off : off + k] = -v[apex, off : off + k]
+        off += k
+    for k in dims.psd:
+        d = k * (k + 1) // 2
+        lam, U = np.linalg.eigh(_unvec(v[:, off : off + d], k))
+        near = (np.abs(lam) <= scale[:, None]) & (lam != 0)
+        for i in np.flatnonzero(near.any(axis=1)):
+            li = np.where(near[i], -lam[i], lam[i])
+            v[i, off : off + d] = _svec((U[i] * li) @ U[i].T, k)
+        off += d
+    return v
+
+
 def release_kinks(v: np.ndarray, mask: np.ndarray, dims: ConeDims, tol: float = KINK_TOL
                   ) -> np.ndarray:
     """v moved off its kinks to the other side: DΠ_{K*} there is the other one-sided

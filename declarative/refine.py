@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from declarative.compile import ConeTemplate
-from declarative.cones import DProjection, dproject, project
+from declarative.cones import DProjection, dproject, flip_near_kinks, project
 from declarative.derivative import (
     NEWTON_SOLVE_TOL,
     BatchOps,
@@ -51,6 +51,13 @@ LINE_SEARCH_STEPS = 30
 # A step t is accepted if it decreases the merit to at most (1 − SUFFICIENT_DECREASE·t) of its
 # value (Armijo's condition, with the customary small fraction).
 SUFFICIENT_DECREASE = 1e-4
+# Refinement that ended short of its tolerance with ω at most FLIP_OMEGA starts once more,
+# for at most FLIP_ITERS steps, from its point with the coordinates within FLIP_TOL·‖v‖∞ of
+# a kink mirrored to the other side (`cones.flip_near_kinks`); the result is taken where it
+# converges. Newton converges quadratically from the right structure, so a few steps tell.
+FLIP_OMEGA = 1e-6
+FLIP_TOL = 1e-6
+FLIP_ITERS = 4
 
 
 # Extended precision for the residual (`refine` with ``extended``): numpy's long double, the
@@ -190,7 +197,7 @@ def _merit(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.nda
 
 def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray,
            s: np.ndarray, tol: float = REFINE_TOL, max_iters: int = REFINE_MAX_ITERS,
-           extended: bool = False) -> Refined:
+           extended: bool = False, flip: bool = True) -> Refined:
     """Refine every finite instance of the batch; instances with NaN are left alone.
 
     With ``extended`` (where `extended_ok`), the residual F and Π(v) are evaluated in long
@@ -205,6 +212,11 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
     of the cone's kinks many coordinates are on, which can raise ω once even though the
     next step is exact: sparsemax n = 10,000 from SCS at eps 1e-3 takes 2 full steps,
     where a monotone line search took 10.
+
+    With ``flip``, an instance that ends short of ``tol`` with ω <= FLIP_OMEGA is refined
+    once more from its point with its near-kink coordinates mirrored (FLIP_TOL), and takes
+    that result where it converges: a least-squares Newton step between two structures
+    that cannot both hold converges only linearly (`cones.flip_near_kinks`).
     """
     t = ops.template
     dims = t.dims
@@ -293,6 +305,27 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
             Dc.put(back, dproject(cv[back].astype(wide, copy=False), dims, dual=True))
             watch[back] = 0
         active &= res > target
+    stalled = np.flatnonzero(np.isfinite(res) & (res > target) & (omega <= FLIP_OMEGA)) \
+        if flip and max_iters > 0 else np.zeros(0, dtype=np.intp)
+    if stalled.size:
+        vf = flip_near_kinks(v[stalled], dims, FLIP_TOL)
+        moved = stalled[np.any(vf != v[stalled], axis=1)]
+        if moved.size:
+            vf = vf[np.any(vf != v[stalled], axis=1)]
+            yf = project_dual(vf, ops.take(moved))
+            again = refine(ops.take(moved), c[moved], b[moved], u[moved], yf, yf - vf,
+                           tol=tol, max_iters=FLIP_ITERS, extended=extended, flip=False)
+            steps[moved] += again.steps
+            won = again.converged & (again.omega < omega[moved])
+            wi, js = moved[won], np.flatnonzero(won)
+            if wi.size:
+                u[wi], v[wi], pv[wi], F[wi] = again.x[js], again.v[js], again.y[js], again.F[js]
+                omega[wi], den[wi], res[wi] = again.omega[js], again.den[js], again.omega[js]
+                cv[wi] = again.v_D[js]
+                Dc.put(wi, again.D.take(js))
+                D_factored.put(wi, again.D_factored.take(js))
+                for i, j in zip(wi.tolist(), js.tolist(), strict=True):
+                    factors[i] = again.factors[j]
     return Refined(x=u, y=pv, s=pv - v, omega_before=omega0, omega=omega, den=den,
                    steps=steps, F=F, factors=factors, v=v, D=Dc, v_D=cv, converged=res <= tol,
                    D_factored=D_factored)

@@ -294,3 +294,32 @@ def test_a_point_on_the_sphere_of_a_ball_projection_is_a_tie(r):
             assert not off.nondifferentiable.any()
         for i in range(B):
             np.testing.assert_allclose(off.jacobian(i)[0][0], J(U[i]), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("e", [1e-9, 1e-10, 1e-11])
+def test_a_psd_projection_in_the_frobenius_norm_of_a_nearly_singular_matrix(e):
+    """min ‖X − A‖_F s.t. X ⪰ 0 with A ≻ 0 whose smallest eigenvalue is e: X = A, and the
+    map is smooth there (X = A within a radius e), so J = I on symmetric directions. The
+    cone program holds the norm's second-order cone at its apex with an interior multiplier;
+    from SCS's point Newton's first steps made the PSD block weakly active to ~1e-9 and then
+    converged only linearly between the two structures, stopping at X with the eigenvalue
+    halved (0.25 e off, within the forward's tolerance) and a Jacobian 0.13 off, flagged
+    "not unique". Now refined to X = A, with no warning, J = I."""
+    n = 4
+    Q, _ = np.linalg.qr(np.random.default_rng(1).standard_normal((n, n)))
+    X, A = cp.Variable((n, n), symmetric=True), cp.Parameter((n, n), symmetric=True)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.norm(X - A, "fro")), [X >> 0]), [A], [X])
+    A0 = Q @ np.diag([1.0, 0.3, e, 0.2]) @ Q.T
+    A0 = (A0 + A0.T) / 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NonDifferentiableWarning)
+        fwd = layer.forward([A0[None]])
+    assert fwd.ok.all()
+    assert np.abs(fwd.outputs[0][0] - A0).max() <= 1e-14
+    J = fwd.jacobian(0)[0][0]
+    sym = np.zeros((n, n, n, n))
+    for k in range(n):
+        for m in range(n):
+            sym[k, m, k, m] += 0.5
+            sym[m, k, k, m] += 0.5
+    assert np.abs(J - sym).max() <= 1e-10
