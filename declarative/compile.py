@@ -393,7 +393,8 @@ def check_problem(problem: Any, quad_obj: bool = True) -> None:
     if not (problem.is_dpp("dcp", quad_form_dpp="qp")  # type: ignore[call-arg]
             if quad_obj else problem.is_dcp(dpp=True)):  # type: ignore[call-arg]
         with scopes.dpp_scope():
-            detail = build_non_disciplined_error_msg(problem, "DCP")
+            # (CVXPY's message, made under DPP rules, says "DCP" where it means DPP)
+            detail = build_non_disciplined_error_msg(problem, "DCP").replace(" DCP", " DPP")
         raise ProblemError(
             "the problem is DCP but not DPP: parameters must enter affinely (a product of two "
             "parameter-dependent expressions, or a parameter inside a nonlinear atom, is not DPP; "

@@ -41,6 +41,18 @@ def test_non_dpp_names_the_product_of_parameters():
         dl.compile(prob, [theta, a], [x])
 
 
+def test_non_dpp_does_not_call_a_dcp_problem_not_dcp():
+    """A parameter inside a nonlinear atom (quad_over_lin(x, s), s a parameter): DCP, not
+    DPP. The message names the subexpression and says it is not DPP, never that the
+    objective is not DCP (CVXPY's text, made under DPP rules, says DCP)."""
+    x, a, s = cp.Variable(4), cp.Parameter(4), cp.Parameter(pos=True, name="s")
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(x - a) + cp.quad_over_lin(x, s)))
+    with pytest.raises(ProblemError) as info:
+        dl.compile(prob, [a, s], [x])
+    text = str(info.value)
+    assert "is not DPP" in text and "quad_over_lin" in text and "not DCP" not in text
+
+
 def test_parameter_lists_checked_against_problem():
     x, theta, other = cp.Variable(3), cp.Parameter(3, name="theta"), cp.Parameter(name="other")
     prob = cp.Problem(cp.Minimize(cp.sum_squares(x - theta)))
