@@ -424,6 +424,33 @@ def _geometric_fill(f: np.ndarray) -> np.ndarray:
     return np.where(known, f, mean[:, None])
 
 
+def _power_shape(t: ConeTemplate, ay: np.ndarray, az: np.ndarray) -> np.ndarray:
+    """Row factors (B, m), 1 outside the power cones, that bring each power cone's first two
+    entries of the solution to one magnitude: (f_x, f_y, f_x^α f_y^(1−α)) on a block, which
+    maps K_α (and its dual) onto itself, as (a, b, a^α b^(1−α)) does for any a, b > 0:
+    (a x)^α (b y)^(1−α) = a^α b^(1−α) x^α y^(1−α). f = g/u with u the slack's entry where the
+    multiplier's vanish, 1/multiplier where the slack's do, √(slack/multiplier) where both
+    are there, and g = √(u_x u_y); 1 where neither (|ŷ|, |ŝ| of ``ay``, ``az``).
+
+    A constant factor per block, all that other cones allow, leaves x^1.5 <= t written as
+    (t, 1, x) ∈ K_(2/3) with x ~ 1e4 at t ~ 1e6 beside the 1."""
+    k = len(t.dims.power)
+    lo = t.m - 3 * k  # (the power cones are the last blocks)
+    alpha = np.abs(np.asarray(t.dims.power, dtype=float))
+    sx, sy, yx, yy = az[:, lo::3], az[:, lo + 1 :: 3], ay[:, lo::3], ay[:, lo + 1 :: 3]
+    s_ok = (np.minimum(sx, sy) > NEGLIGIBLE * az.max(axis=1, initial=0.0)[:, None])
+    y_ok = (np.minimum(yx, yy) > NEGLIGIBLE * ay.max(axis=1, initial=0.0)[:, None])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ux = np.where(s_ok & y_ok, np.sqrt(sx / yx), np.where(s_ok, sx, np.where(y_ok, 1 / yx, 1)))
+        uy = np.where(s_ok & y_ok, np.sqrt(sy / yy), np.where(s_ok, sy, np.where(y_ok, 1 / yy, 1)))
+    g = np.sqrt(ux * uy)
+    fx, fy = g / ux, g / uy
+    out = np.ones_like(az)
+    out[:, lo::3], out[:, lo + 1 :: 3] = fx, fy
+    out[:, lo + 2 :: 3] = fx**alpha * fy ** (1 - alpha)
+    return out
+
+
 def at_solution(t: ConeTemplate, a: np.ndarray, h: np.ndarray, x: np.ndarray, y: np.ndarray,
                 s: np.ndarray) -> Equilibration:
     """A further scaling (1) of programs (Â values ``a``, P̂ values ``h``) whose solution
@@ -433,7 +460,8 @@ def at_solution(t: ConeTemplate, a: np.ndarray, h: np.ndarray, x: np.ndarray, y:
 
     E = |x̂|/√T, D = |ŷ|/√T on a block whose slack vanishes (an active constraint, an
     equality), √T/|ŝ| on one whose multiplier does, √(|ŷ|/|ŝ|) where neither does (the
-    boundary of a second-order cone), ρ = σ = 1/√T. Entries that vanish (a variable at 0, a
+    boundary of a second-order cone), ρ = σ = 1/√T, and on a power cone's block a further
+    factor per row that keeps the cone (`_power_shape`). Entries that vanish (a variable at 0, a
     weakly active constraint; NEGLIGIBLE) take the factor that brings their row's or
     column's largest entry among the others to 1; Ruiz's balance (`_balance`) of the
     matrix that gives follows.
@@ -469,6 +497,8 @@ def at_solution(t: ConeTemplate, a: np.ndarray, h: np.ndarray, x: np.ndarray, y:
         db = np.where(has_y & has_s, np.sqrt(yb / sb),
                       np.where(has_y, yb / r, np.where(has_s, r / sb, np.nan)))
     d = np.repeat(db, p.block_sizes, axis=1) if p.blocks.size else np.zeros((B, 0))
+    if t.dims.power:
+        d = d * _power_shape(t, ay, az)
     A = np.abs(a)
     # the vanishing columns from the rows already scaled, then the vanishing rows from all
     # columns (a block's rows together)

@@ -435,3 +435,26 @@ def test_pnorm_ball_projection_at_data_scales():
             J = out.jacobian(i)[0]
             assert np.abs(J[0] - Jy).max() <= 1e-10
             assert np.abs(J[1] - Jr).max() <= 1e-10
+
+
+@pytest.mark.parametrize(("power", "scale"), [(1.5, 1e-3), (1.5, 1e3), (3.0, 1e-6),
+                                              (3.0, 1e6)])
+def test_a_power_at_scale_is_solved_with_its_jacobian(power, scale):
+    """min Σ x^p / p − cᵀx (power(x, p, approx=False), a 3-d power cone per entry): x =
+    c^(1/(p−1)), ∂x/∂c = diag(c^(1/(p−1) − 1) / (p − 1)). With c ~ 1e3 and p = 1.5, CVXPY's
+    cone (t, 1, x) ∈ K_(2/3) holds t ~ 1e9 and x ~ 1e6 beside the 1: one factor per cone
+    block, all the equilibration gave it, left these reported iteration_limit or
+    inaccurate (SCS ran 300,000 iterations on 4 entries). A retry in the program scaled at
+    the best point found, with each power cone's rows scaled apart in the way that keeps
+    the cone, solves them."""
+    n = 4
+    x, c = cp.Variable(n), cp.Parameter(n, pos=True)
+    layer = dl.compile(cp.Problem(cp.Minimize(
+        cp.sum(cp.power(x, power, approx=False)) / power - c @ x)), [c], [x])
+    cv = np.random.default_rng(0).uniform(0.5, 2.0, n) * scale
+    fwd = layer.forward([cv], on_failure="nan")
+    assert fwd.ok.all(), fwd.info.status
+    exact = cv ** (1 / (power - 1))
+    assert np.abs(fwd.outputs[0][0] - exact).max() <= 1e-10 * exact.max()
+    J, Jt = fwd.jacobian(0)[0][0], np.diag(cv ** (1 / (power - 1) - 1) / (power - 1))
+    assert np.abs(J - Jt).max() <= 1e-9 * np.abs(Jt).max()
