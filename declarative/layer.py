@@ -1187,14 +1187,14 @@ class Layer:
                 att.merge(left, again, keep=_settled(again.status))
         if ours["refine"]:
             second = not user_solver
+            ops, eq = self._solution_rescaled(att, backend, ops, c, b, settings, ours, eq,
+                                              chunk, second)
             for how in (rebalance, recentred):
                 ops, eq = self._rebalanced(att, backend, shared, ops, c, b, mats, Ps, settings,
                                            ours, eq, chunk, second, how)
             if t.quadratic:
                 ops, eq = self._objective_rescaled(att, backend, raw, ops, settings, ours, eq,
                                                    chunk, second)
-            ops, eq = self._solution_rescaled(att, backend, ops, c, b, settings, ours, eq,
-                                              chunk, second)
         for shared_at, idx, rest, warm in capped:
             # what nothing settled after a capped retry: SCS's remaining iterations, from where
             # the capped run stopped (the rebalanced and rescaled retries took only instances
