@@ -1377,14 +1377,31 @@ class Layer:
         e1 = equilibrate(t, tau[:, None] * c0, a0, b0, tau[:, None] * h0)
         e2 = Equilibration(np.array(e1.d), np.array(e1.e), e1.rho, e1.sigma * tau)
         c2, a2, b2, h2 = e2.data(t, c0, a0, b0, h0)
-        ops2, mats2, Ps2 = BatchOps(t, a2, h2), t.csc_batch(a2), t.P_csc_batch(h2)
+        return self._retried(att, idx, ops, eq, (c2, a2, b2, h2), e2, backend, settings,
+                             ours, chunk, second)
+
+    def _retried(self, att: _Attempt, idx: np.ndarray, ops: BatchOps, eq: Equilibration,
+                 data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+                 scaling: Equilibration, backend: Backend, settings: dict, ours: dict,
+                 chunk: int | None, second: bool, warm: tuple | None = None
+                 ) -> tuple[BatchOps, Equilibration]:
+        """The instances ``idx`` solved in another scaling of their programs (``data`` =
+        their (ĉ, Â, b̂, P̂) in it, ``scaling`` the whole scaling), by `_retries` in turn, each
+        on what the ones before left open (``warm``: a start for ``backend``'s solves);
+        results taken where they settle an instance. Returns the batch's operators and
+        scaling with those instances' (``ops``, ``eq`` elsewhere)."""
+        t = self.template
+        c2, a2, b2, h2 = data
+        ops2, mats2 = BatchOps(t, a2, h2), t.csc_batch(a2)
+        Ps2 = t.P_csc_batch(h2) if t.quadratic else None
         won = np.zeros(idx.size, dtype=bool)
         for who, tries in self._retries(backend, settings, second):
             js = np.flatnonzero(~won)
             if not js.size:
                 break
-            again = self._attempts(who, None, js, ops2, c2, b2, mats2, Ps2, tries, ours, e2,
-                                   chunk)
+            start = None if warm is None or who is not backend else tuple(p[js] for p in warm)
+            again = self._attempts(who, None, js, ops2, c2, b2, mats2, Ps2, tries, ours,
+                                   scaling, chunk, start)
             now = _settled(again.status)
             att.merge(idx[js], again, keep=now)
             won[js[now]] = True
@@ -1393,7 +1410,7 @@ class Layer:
         took = idx[won]
         a, h = np.array(ops.a), np.array(ops.h)
         a[took], h[took] = a2[won], h2[won]
-        return BatchOps(t, a, h), eq.merged(took, e2, np.flatnonzero(won))
+        return BatchOps(t, a, h), eq.merged(took, scaling, np.flatnonzero(won))
 
     def _solution_rescaled(self, att: _Attempt, backend: Backend, ops: BatchOps,
                            c: np.ndarray, b: np.ndarray, settings: dict, ours: dict,
@@ -1433,26 +1450,8 @@ class Layer:
         rel = rel.take(js0)
         point = rel.scaled(x[js0], y[js0], s[js0])
         c2, a2, b2, h2 = rel.data(t, c[idx], ops.a[idx], b[idx], ops.h[idx])
-        e2 = eq.take(idx).composed(rel)
-        ops2, mats2 = BatchOps(t, a2, h2), t.csc_batch(a2)
-        Ps2 = t.P_csc_batch(h2) if t.quadratic else None
-        won = np.zeros(idx.size, dtype=bool)
-        for who, tries in self._retries(backend, settings, second):
-            js = np.flatnonzero(~won)
-            if not js.size:
-                break
-            warm = tuple(p[js] for p in point) if who is backend else None
-            again = self._attempts(who, None, js, ops2, c2, b2, mats2, Ps2, tries, ours, e2,
-                                   chunk, warm)
-            now = _settled(again.status)
-            att.merge(idx[js], again, keep=now)
-            won[js[now]] = True
-        if not won.any():
-            return ops, eq
-        took = idx[won]
-        a, h = np.array(ops.a), np.array(ops.h)
-        a[took], h[took] = a2[won], h2[won]
-        return BatchOps(t, a, h), eq.merged(took, e2, np.flatnonzero(won))
+        return self._retried(att, idx, ops, eq, (c2, a2, b2, h2), eq.take(idx).composed(rel),
+                             backend, settings, ours, chunk, second, warm=point)
 
     @staticmethod
     def _retries(backend: Backend, settings: dict, second: bool, tight: bool = True
