@@ -1106,15 +1106,9 @@ def test_a_jacobian_column_far_smaller_than_another_is_held_to_its_own_scale(sca
         assert np.abs(J[1] - 1.0).max() <= 1e-8
 
 
-@pytest.mark.parametrize("scale", [1e-5, 3e-6, 1e3, 1e6])
-def test_a_lasso_scaled_whole_keeps_its_jacobian(scale):
-    """sum_squares(A x − b) + λ‖x‖₁ with A, b × s and λ × s²: the same x at every s, with
-    ∂x/∂b = (A_Sᵀ A_S)⁻¹ A_Sᵀ / s and ∂x/∂λ = −(A_Sᵀ A_S)⁻¹ sign(x_S) / (2 s²) on the
-    support S. Every row and column of the cone program's matrix has max-norm 1 at any s,
-    so the equilibration left it as it was, while the solution sits at x ~ 1, A x − b ~ s
-    and multipliers ~ s²: S was 1e11 from singular at s = 1e-5, and the Jacobian of solved
-    instances came back 2e-6 off relative (1e-5 at s = 3e-6), with no warning. Each solved
-    instance's against the active-set closed form, relative to its largest entry."""
+def _lasso_scaled_whole(scale: float):
+    """sum_squares(A x − b) + λ‖x‖₁ (m = 15, n = 8, batch 16), solved at unit scale and with
+    A, b × s and λ × s²: (A, b, λ at unit scale, the unit forward, the scaled forward)."""
     m, n, B = 15, 8, 16
     x, A = cp.Variable(n), cp.Parameter((m, n))
     b, lam = cp.Parameter(m), cp.Parameter(nonneg=True)
@@ -1125,6 +1119,20 @@ def test_a_lasso_scaled_whole_keeps_its_jacobian(scale):
     l0 = rng.uniform(0.5, 3.0, B)
     unit = layer.forward([A0, b0, l0])  # the support, from the program at s = 1
     fwd = layer.forward([A0 * scale, b0 * scale, l0 * scale**2], on_failure="nan")
+    return A0, b0, l0, unit, fwd
+
+
+@pytest.mark.parametrize("scale", [1e-5, 3e-6, 1e3, 1e6])
+def test_a_lasso_scaled_whole_keeps_its_jacobian(scale):
+    """sum_squares(A x − b) + λ‖x‖₁ with A, b × s and λ × s²: the same x at every s, with
+    ∂x/∂b = (A_Sᵀ A_S)⁻¹ A_Sᵀ / s and ∂x/∂λ = −(A_Sᵀ A_S)⁻¹ sign(x_S) / (2 s²) on the
+    support S. Every row and column of the cone program's matrix has max-norm 1 at any s,
+    so the equilibration left it as it was, while the solution sits at x ~ 1, A x − b ~ s
+    and multipliers ~ s²: S was 1e11 from singular at s = 1e-5, and the Jacobian of solved
+    instances came back 2e-6 off relative (1e-5 at s = 3e-6), with no warning. Each solved
+    instance's against the active-set closed form, relative to its largest entry."""
+    A0, b0, l0, unit, fwd = _lasso_scaled_whole(scale)
+    B, m, n = A0.shape
     assert fwd.ok.sum() >= B // 2, fwd.info.status
     for i in np.flatnonzero(fwd.ok):
         xi = unit.outputs[0][i]
@@ -1148,16 +1156,8 @@ def test_a_lasso_scaled_whole_is_solved(scale):
     scaled at the best point it found. Every instance solved, x against the active-set
     closed form (x_S = (A_Sᵀ A_S)⁻¹ (A_Sᵀ b − λ sign(x_S) / 2), the same at every s) and
     ∂x/∂b against its own."""
-    m, n, B = 15, 8, 16
-    x, A = cp.Variable(n), cp.Parameter((m, n))
-    b, lam = cp.Parameter(m), cp.Parameter(nonneg=True)
-    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(A @ x - b) + lam * cp.norm1(x))),
-                       [A, b, lam], [x])
-    rng = np.random.default_rng(0)
-    A0, b0 = rng.standard_normal((B, m, n)), rng.standard_normal((B, m))
-    l0 = rng.uniform(0.5, 3.0, B)
-    unit = layer.forward([A0, b0, l0])  # the support, from the program at s = 1
-    fwd = layer.forward([A0 * scale, b0 * scale, l0 * scale**2], on_failure="nan")
+    A0, b0, l0, unit, fwd = _lasso_scaled_whole(scale)
+    B, m, n = A0.shape
     assert fwd.ok.all(), fwd.info.status
     for i in range(B):
         xi = unit.outputs[0][i]
