@@ -309,12 +309,13 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
         if flip and max_iters > 0 else np.zeros(0, dtype=np.intp)
     if stalled.size:
         vf = flip_near_kinks(v[stalled], dims, FLIP_TOL)
-        moved = stalled[np.any(vf != v[stalled], axis=1)]
+        changed = np.any(vf != v[stalled], axis=1)
+        moved, vf = stalled[changed], vf[changed]
         if moved.size:
-            vf = vf[np.any(vf != v[stalled], axis=1)]
-            yf = project_dual(vf, ops.take(moved))
-            again = refine(ops.take(moved), c[moved], b[moved], u[moved], yf, yf - vf,
-                           tol=tol, max_iters=FLIP_ITERS, extended=extended, flip=False)
+            sub = ops.take(moved)
+            yf = project_dual(vf, sub)
+            again = refine(sub, c[moved], b[moved], u[moved], yf, yf - vf, tol=tol,
+                           max_iters=FLIP_ITERS, extended=extended, flip=False)
             steps[moved] += again.steps
             won = again.converged & (again.omega < omega[moved])
             wi, js = moved[won], np.flatnonzero(won)
