@@ -250,7 +250,7 @@ def _norms(p: _Pattern, t: ConeTemplate, A: np.ndarray, P: np.ndarray | None,
     return row_hi, row_lo, col_hi, col_lo
 
 
-def _spread(x: np.ndarray) -> np.ndarray:
+def spread(x: np.ndarray) -> np.ndarray:
     """Per instance, the largest factor by which a positive entry of x is away from 1
     (entries that are 0 or inf, empty rows or columns, do not count)."""
     ok = (x > 0) & np.isfinite(x)
@@ -273,15 +273,15 @@ def _balance(t: ConeTemplate, A: np.ndarray, P: np.ndarray | None
     top = np.maximum(row_hi.max(axis=1, initial=0.0), col_hi.max(axis=1, initial=0.0))
     s0 = _inv_sqrt(top)[:, None]
     d, e = np.repeat(s0, t.m, axis=1), np.repeat(s0, t.n, axis=1)
-    nonuniform = np.maximum(_spread(row_hi * s0 * s0), _spread(col_hi * s0 * s0)) > UNIFORM
+    nonuniform = np.maximum(spread(row_hi * s0 * s0), spread(col_hi * s0 * s0)) > UNIFORM
     work = np.flatnonzero(nonuniform)
     if work.size == 0:
         return d, e, ~nonuniform
     Aw, Pw = A[work], None if P is None else P[work]
     dw, ew = np.ones((work.size, t.m)), np.ones((work.size, t.n))
     row_hi, row_lo, col_hi, col_lo = _norms(p, t, Aw, Pw, None, None, True)
-    wide = np.maximum(_spread(np.where(np.isfinite(row_lo), row_hi / row_lo, 1.0)),
-                      _spread(np.where(np.isfinite(col_lo), col_hi / col_lo, 1.0)))
+    wide = np.maximum(spread(np.where(np.isfinite(row_lo), row_hi / row_lo, 1.0)),
+                      spread(np.where(np.isfinite(col_lo), col_hi / col_lo, 1.0)))
     g = np.flatnonzero(wide > SPREAD)
     if g.size:
         live = g
@@ -295,14 +295,14 @@ def _balance(t: ConeTemplate, A: np.ndarray, P: np.ndarray | None
             step_e = _inv_sqrt(np.where(np.isfinite(cl), ch * cl, 0.0))
             dw[live], ew[live] = dl, el * step_e
             # converged: the sweep moved no factor by more than BALANCED
-            live = live[np.maximum(_spread(step_d), _spread(step_e)) > BALANCED]
+            live = live[np.maximum(spread(step_d), spread(step_e)) > BALANCED]
             if live.size == 0:
                 break
         rh, _, ch, _ = _norms(p, t, Aw[g], None if Pw is None else Pw[g], dw[g], ew[g], False)
         row_hi[g], col_hi[g] = rh, ch
     live = np.arange(work.size)
     for sweep in range(RUIZ_SWEEPS):
-        done = np.maximum(_spread(row_hi), _spread(col_hi)) <= BALANCED
+        done = np.maximum(spread(row_hi), spread(col_hi)) <= BALANCED
         live, row_hi, col_hi = live[~done], row_hi[~done], col_hi[~done]
         if live.size == 0 or sweep == RUIZ_SWEEPS - 1:
             break

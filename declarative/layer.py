@@ -60,6 +60,7 @@ from declarative.equilibrate import (
     pattern,
     rebalance,
     recentred,
+    spread,
 )
 from declarative.errors import ParameterError, ProblemError, SolverError, describe_indices
 from declarative.parallel import parallel_map, single_threaded_blas, workers
@@ -1432,18 +1433,14 @@ class Layer:
         left = np.flatnonzero(~_settled(att.status))
         if not left.size:
             return ops, eq
-        x, y, s = att.x[left], att.y[left], att.s[left]
-        left = left[np.all(np.isfinite(x), axis=1) & np.all(np.isfinite(y), axis=1)
-                    & np.all(np.isfinite(s), axis=1)]
+        left = left[np.all(np.isfinite(np.concatenate(
+            [att.x[left], att.y[left], att.s[left]], axis=1)), axis=1)]
         if not left.size:
             return ops, eq
         t = self.template
         x, y, s = att.x[left], att.y[left], att.s[left]
         rel = at_solution(t, ops.a[left], ops.h[left], x, y, s)
-        spread = np.maximum(
-            np.concatenate([rel.d, rel.e], axis=1).max(axis=1, initial=1.0),
-            1.0 / np.concatenate([rel.d, rel.e], axis=1).min(axis=1, initial=1.0))
-        far = spread > UNIFORM
+        far = spread(np.concatenate([rel.d, rel.e], axis=1)) > UNIFORM
         if not far.any():
             return ops, eq
         idx, js0 = left[far], np.flatnonzero(far)
