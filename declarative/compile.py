@@ -326,16 +326,38 @@ class ConeTemplate:
         return self.F.nnz == 0 and self.H.nnz == 0
 
     def matrix(self, a: np.ndarray) -> sp.csc_matrix:
-        """The CSC matrix A of one instance from its values."""
-        return self.csc(a).scipy()
+        """The CSC matrix A of one instance from its values, with arrays of its own (SciPy's
+        in-place methods, ``eliminate_zeros``, leave the template's pattern alone)."""
+        m = self.csc(a)
+        return sp.csc_matrix((np.array(m.data), np.array(m.indices), np.array(m.indptr)),
+                             shape=m.shape)
 
     def csc(self, a: np.ndarray) -> CSC:
-        """A of one instance as bare CSC arrays (no SciPy object: for SCS)."""
-        return CSC(a, self.indices, self.indptr, (self.m, self.n))
+        """A of one instance as bare CSC arrays (no SciPy object: for SCS), without the
+        stored entries that are 0 for every θ where they are 0 here (`csc_batch`)."""
+        return self.csc_batch(np.asarray(a)[None])[0]
 
     def csc_batch(self, a: np.ndarray) -> CSCBatch:
-        """A of every instance (values ``a``, (B, nnz)) as a `CSCBatch`."""
+        """A of every instance (values ``a``, (B, nnz)) as a `CSCBatch`, for a solver: without
+        the stored entries that are 0 for every θ (`with_exp_mixing`'s) where they are 0 in
+        every instance, so that they cost the solver nothing."""
+        kept = self._kept_entries
+        if kept is not None and not np.any(np.delete(a, kept[0], axis=1)):
+            return CSCBatch(np.ascontiguousarray(a[:, kept[0]]), kept[1], kept[2],
+                            (self.m, self.n))
         return CSCBatch(a, self.indices, self.indptr, (self.m, self.n))
+
+    @cached_property
+    def _kept_entries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The stored entries of A that some θ makes nonzero, their rows and column pointers;
+        None where every one is."""
+        live = (np.diff(self.F.indptr) > 0) | (self.f0 != 0)
+        if live.all():
+            return None
+        keep = np.flatnonzero(live)
+        cols = np.repeat(np.arange(self.n), np.diff(self.indptr))[keep]
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=self.n))])
+        return keep, self.indices[keep], indptr.astype(self.indptr.dtype)
 
     def P_csc_batch(self, h: np.ndarray) -> CSCBatch:
         """The upper triangle of P of every instance (values ``h``, (B, ·)) as a
@@ -832,6 +854,41 @@ def eliminate_defined(t: ConeTemplate) -> ConeTemplate:
         recover=recover, P_rows=P_rows, P_cols=P_cols, H=H, h0=h0)
 
 
+def exp_rows(dims: ConeDims) -> np.ndarray:
+    """The first row of every primal exponential cone (x of (x, y, z), y e^(x/y) <= z)."""
+    lo = dims.size - 3 * (dims.exp + dims.exp_dual + len(dims.power))
+    return lo + 3 * np.arange(dims.exp, dtype=np.int64)
+
+
+def with_exp_mixing(t: ConeTemplate) -> ConeTemplate:
+    """The same program with every primal exponential cone's first row storing an entry
+    (0 where the program has none) in every column where its second row does, so that a
+    scaling may add a multiple of the second row to the first by changing values alone.
+
+    (x, y, z) ↦ (x + c·y, y, e^c·z) maps the exponential cone onto itself for any c
+    (y e^((x + cy)/y) = e^c · y e^(x/y)), where a diagonal scaling keeps it only with one
+    factor for the block: entr(x) at x ~ 1e8 is (t, x, 1) with t ~ −2e9, which c = log x
+    brings to (0, x, x) (`equilibrate.at_solution`). Returns ``t`` where nothing is added."""
+    first = exp_rows(t.dims)
+    if not first.size:
+        return t
+    rows, cols = t.rows_cols()
+    m = t.m
+    second = np.isin(rows, first + 1)
+    have = cols * m + rows  # column-major keys, sorted: CSC order
+    want = np.setdiff1d(cols[second] * m + rows[second] - 1, have)
+    if not want.size:
+        return t
+    keys = np.union1d(have, want)
+    at = np.searchsorted(keys, have)
+    put = sp.csr_matrix((np.ones(have.size), (at, np.arange(have.size))),
+                        shape=(keys.size, have.size))
+    new_cols = keys // m
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(new_cols, minlength=t.n))])
+    return replace(t, F=sp.csr_matrix(put @ t.F), f0=put @ t.f0,
+                   indices=(keys % m).astype(np.int64), indptr=indptr.astype(np.int64))
+
+
 def compile_template(problem: cp.Problem, parameters, variables, quad_obj: bool = True):
     """Canonicalize once; return the template, parameter specs and output specs.
 
@@ -887,7 +944,7 @@ def compile_template(problem: cp.Problem, parameters, variables, quad_obj: bool 
         indices=rows.astype(np.int64), indptr=indptr.astype(np.int64), recover=recover,
         P_rows=P_rows.astype(np.int64), P_cols=P_cols.astype(np.int64), H=H, h0=h0,
     )
-    template = eliminate_defined(template)
+    template = with_exp_mixing(eliminate_defined(template))
     param_specs, o = [], 0
     for p in parameters:
         domain = tuple(a for a in DOMAIN_ATTRIBUTES if p.attributes.get(a))
