@@ -27,16 +27,23 @@ equilibrating (`objective_scale`).
 The scaling is a fixed linear change of variables for each instance: the solution map of
 (1) composed with it is the original solution map, so derivatives pass through it with
 the same factors (`data`, `data_adjoint`, `solution`, `solution_adjoint`).
+
+A diagonal D keeps an exponential cone only with one factor for its three rows, which
+cannot balance entr(x) at x ~ 1e8: CVXPY's (t, x, 1) ∈ K_exp holds t ~ −2e9 beside the
+constant 1. The cone's other automorphisms, (x, y, z) ↦ (x + c·y, y, e^c·z), can: c = log x
+brings that point to (0, x, x). The scaling at a solution (`at_solution`) mixes each primal
+exponential cone's rows that way (`Equilibration.mix`); the template stores the entries
+this needs (`compile.with_exp_mixing`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import overload
 
 import numpy as np
 
-from declarative.compile import ConeTemplate
+from declarative.compile import ConeTemplate, exp_rows
 from declarative.cones import ConeDims
 
 # Ruiz sweeps: each takes the square root of every row and column norm's distance from 1,
@@ -85,6 +92,12 @@ class _Pattern:
     P_ids: np.ndarray
     blocks: np.ndarray        # segment starts of the cone blocks (`_segments`)
     block_sizes: np.ndarray
+    exp_first: np.ndarray     # first row of each primal exponential cone
+    exp_mixable: np.ndarray   # (its cones,) bool: the first row stores every column the
+                              # second does (`compile.with_exp_mixing`)
+    mix_to: np.ndarray        # A's entries of those cones' first rows ...
+    mix_from: np.ndarray      # ... the second row's entry in the same column
+    mix_cone: np.ndarray      # ... and which cone
 
 
 def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -107,8 +120,18 @@ def pattern(t: ConeTemplate) -> _Pattern:
         P_starts, P_ids = _runs(t.P_cols[P_order])
         blocks = _segments(t.dims)
         sizes = np.diff(np.concatenate([blocks, [t.m]])).astype(np.intp)
+        first = exp_rows(t.dims)
+        keys = cols * t.m + rows  # sorted (CSC order)
+        src = np.flatnonzero(np.isin(rows, first + 1))
+        dst = np.searchsorted(keys, keys[src] - 1)
+        found = keys[np.minimum(dst, keys.size - 1)] == keys[src] - 1 if keys.size else dst
+        cone = np.searchsorted(first, rows[src] - 1)
+        mixable = np.ones(first.size, dtype=bool)
+        mixable[cone[~found]] = False
+        keep = found & mixable[cone]
         cached = _Pattern(rows, cols, by_row, row_starts, row_ids, col_starts, col_ids,
-                          t.P_rows, t.P_cols, P_order, P_starts, P_ids, blocks, sizes)
+                          t.P_rows, t.P_cols, P_order, P_starts, P_ids, blocks, sizes,
+                          first, mixable, dst[keep], src[keep], cone[keep])
         t.derived["equilibration_pattern"] = cached
     return cached
 
@@ -138,12 +161,19 @@ def _inv_sqrt(norm: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Equilibration:
-    """The scaling (1) of a batch: D (B, m), E (B, n), ρ (B,), σ (B,).
+    """The scaling (1) of a batch: D (B, m), E (B, n), ρ (B,), σ (B,), and optionally a mixing
+    of rows on the primal exponential cones (`mix`).
 
     ``entries`` optionally holds D_ij E_jk for A's stored entries and E_ij E_ik for P's, each
     (B, ·) or (1, ·) where every instance has the same (A and P fixed), or (B, 1) where D
     and E are one scalar per instance: what `data` multiplies by, found without gathering
     D and E per entry.
+
+    ``mix`` (B, number of primal exponential cones), where not None: the rows of each such
+    cone (x, y, z) are first mapped by N = I + c·e_x e_yᵀ (x += c·y), then by D, whose
+    factors on the block are (δ, δ, δ·e^c), so that D N is δ times the cone's automorphism
+    (x, y, z) ↦ (x + c·y, y, e^c·z) (`at_solution`). Then Â = D N A E, b̂ = ρ D N b,
+    ŝ = ρ D N s, ŷ = σ D⁻¹ N⁻ᵀ y, and the KKT conditions and the cones are kept as in (1).
     """
 
     d: np.ndarray
@@ -151,30 +181,52 @@ class Equilibration:
     rho: np.ndarray
     sigma: np.ndarray
     entries: tuple[np.ndarray, np.ndarray] | None = None
+    mix: np.ndarray | None = None
+    mix_rows: np.ndarray | None = None  # the cones' first rows (`compile.exp_rows`)
+
+    @property
+    def _rows(self) -> np.ndarray:
+        assert self.mix_rows is not None  # (set with mix)
+        return self.mix_rows
 
     def take(self, idx: np.ndarray) -> Equilibration:
         ent = None
         if self.entries is not None:
             wa, wp = self.entries
             ent = (wa if wa.shape[0] == 1 else wa[idx], wp if wp.shape[0] == 1 else wp[idx])
-        return Equilibration(self.d[idx], self.e[idx], self.rho[idx], self.sigma[idx], ent)
+        return Equilibration(self.d[idx], self.e[idx], self.rho[idx], self.sigma[idx], ent,
+                             None if self.mix is None else self.mix[idx], self.mix_rows)
 
     def merged(self, idx: np.ndarray, other: Equilibration, js: np.ndarray) -> Equilibration:
         """This scaling with instances ``idx`` taken from ``other``'s instances ``js``;
         ``entries`` kept where ``other`` shares D and E with it."""
         rho, sigma = self.rho.copy(), self.sigma.copy()
         rho[idx], sigma[idx] = other.rho[js], other.sigma[js]
-        if other.d is self.d and other.e is self.e:
+        mix, rows = self.mix, self.mix_rows
+        if other.mix is not None:
+            rows = other.mix_rows
+            mix = np.zeros((len(rho), other.mix.shape[1])) if mix is None else mix.copy()
+            mix[idx] = other.mix[js]
+        elif mix is not None:
+            mix = mix.copy()
+            mix[idx] = 0.0
+        if other.d is self.d and other.e is self.e and mix is None:
             return Equilibration(self.d, self.e, rho, sigma, self.entries)
         d, e = np.array(self.d), np.array(self.e)
         d[idx], e[idx] = other.d[js], other.e[js]
-        return Equilibration(d, e, rho, sigma)
+        return Equilibration(d, e, rho, sigma, mix=mix, mix_rows=rows)
 
     def composed(self, then: Equilibration) -> Equilibration:
         """This scaling followed by ``then`` (a scaling of the programs this one makes): one
-        scaling (1), its factors the products of the two's."""
+        scaling (1), its factors the products of the two's. (D₂N₂D₁N₁ = D₂D₁·N(c₁ + c₂δ),
+        δ = D₁'s second row over its first on the block.)"""
+        mix, rows = self.mix, self.mix_rows
+        if then.mix is not None:
+            rows = then._rows
+            ratio = then.mix * self.d[:, rows + 1] / self.d[:, rows]
+            mix = ratio if mix is None else mix + ratio
         return Equilibration(self.d * then.d, self.e * then.e, self.rho * then.rho,
-                             self.sigma * then.sigma)
+                             self.sigma * then.sigma, mix=mix, mix_rows=rows)
 
     # -- data ------------------------------------------------------------------------------
     @overload
@@ -188,6 +240,18 @@ class Equilibration:
     def data(self, t: ConeTemplate, c: np.ndarray, a: np.ndarray, b: np.ndarray,
              h: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """(c, A values, b, P values) ↦ (ĉ, Â, b̂, P̂) of (1); linear, so also for tangents."""
+        if self.mix is not None:
+            p = pattern(t)
+            a = np.array(a)
+            a[:, p.mix_to] += self.mix[:, p.mix_cone] * a[:, p.mix_from]
+            b = np.array(b)
+            b[:, p.exp_first] += self.mix * b[:, p.exp_first + 1]
+        return self._diagonal(t, c, a, b, h)
+
+    def _diagonal(self, t: ConeTemplate, c: np.ndarray, a: np.ndarray, b: np.ndarray,
+                  h: np.ndarray | None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """`data` without the mixing: (1)'s diagonal factors."""
         p = pattern(t)
         rho, sigma = self.rho[:, None], self.sigma[:, None]
         ch = sigma * self.e * c
@@ -202,23 +266,55 @@ class Equilibration:
     def data_adjoint(self, t: ConeTemplate, gc: np.ndarray, ga: np.ndarray, gb: np.ndarray,
                      gh: np.ndarray | None):
         """Adjoint of `data`: cotangents of (ĉ, Â, b̂, P̂) ↦ those of (c, A, b, P)."""
-        return self.data(t, gc, ga, gb, gh)  # diagonal, hence self-adjoint
+        gc, ga, gb, gh = self._diagonal(t, gc, ga, gb, gh)  # diagonal, hence self-adjoint
+        if self.mix is not None:
+            p = pattern(t)
+            ga[:, p.mix_from] += self.mix[:, p.mix_cone] * ga[:, p.mix_to]
+            gb[:, p.exp_first + 1] += self.mix * gb[:, p.exp_first]
+        return gc, ga, gb, gh
 
     # -- solutions -------------------------------------------------------------------------
     def scaled(self, x: np.ndarray, y: np.ndarray, s: np.ndarray):
-        """(x, y, s) ↦ (x̂, ŷ, ŝ) = (ρ E⁻¹ x, σ D⁻¹ y, ρ D s)."""
+        """(x, y, s) ↦ (x̂, ŷ, ŝ) = (ρ E⁻¹ x, σ D⁻¹ N⁻ᵀ y, ρ D N s)."""
         rho, sigma = self.rho[:, None], self.sigma[:, None]
+        if self.mix is not None:
+            first = self._rows
+            y, s = np.array(y), np.array(s)
+            y[:, first + 1] -= self.mix * y[:, first]
+            s[:, first] += self.mix * s[:, first + 1]
         return rho * x / self.e, sigma * y / self.d, rho * self.d * s
 
     def solution(self, xh: np.ndarray, yh: np.ndarray, sh: np.ndarray | None = None):
         """(x̂, ŷ[, ŝ]) ↦ (x, y[, s]); linear, so also for tangents (dx̂, dŷ) ↦ (dx, dy)."""
         rho, sigma = self.rho[:, None], self.sigma[:, None]
         x, y = self.e * xh / rho, self.d * yh / sigma
-        return (x, y) if sh is None else (x, y, sh / (rho * self.d))
+        s = None if sh is None else sh / (rho * self.d)
+        if self.mix is not None:
+            first = self._rows
+            y[:, first + 1] += self.mix * y[:, first]
+            if s is not None:
+                s[:, first] -= self.mix * s[:, first + 1]
+        return (x, y) if s is None else (x, y, s)
+
+    def solution_bound(self, ax: np.ndarray, ay: np.ndarray):
+        """Bounds on |dx|, |dy| from bounds ``ax``, ``ay`` on |dx̂|, |dŷ| (`solution` in
+        absolute values)."""
+        rho, sigma = self.rho[:, None], self.sigma[:, None]
+        x, y = self.e * ax / rho, self.d * ay / sigma
+        if self.mix is not None:
+            first = self._rows
+            with np.errstate(invalid="ignore"):  # (an unbounded error's inf times c = 0)
+                y[:, first + 1] += np.abs(self.mix) * y[:, first]
+        return x, y
 
     def solution_adjoint(self, gx: np.ndarray, gy: np.ndarray):
         """Adjoint of `solution` on (x̂, ŷ): cotangents of (x, y) ↦ those of (x̂, ŷ)."""
-        return self.solution(gx, gy)  # diagonal, hence self-adjoint
+        if self.mix is not None:
+            first = self._rows
+            gy = np.array(gy)
+            gy[:, first] += self.mix * gy[:, first + 1]
+        rho, sigma = self.rho[:, None], self.sigma[:, None]
+        return self.e * gx / rho, self.d * gy / sigma
 
 
 def _norms(p: _Pattern, t: ConeTemplate, A: np.ndarray, P: np.ndarray | None,
@@ -376,7 +472,7 @@ def rebalance(eq: Equilibration, c: np.ndarray, b: np.ndarray
     sigma[apart] /= cmax[apart]
     b[apart] /= bmax[apart, None]
     c[apart] /= cmax[apart, None]
-    return apart, Equilibration(eq.d, eq.e, rho, sigma, eq.entries), c, b
+    return apart, replace(eq, rho=rho, sigma=sigma), c, b
 
 
 def recentred(eq: Equilibration, c: np.ndarray, b: np.ndarray
@@ -396,7 +492,7 @@ def recentred(eq: Equilibration, c: np.ndarray, b: np.ndarray
     med = np.where(count > 0, ordered[np.arange(len(c)), np.maximum(count - 1, 0) // 2], 1.0)
     apart = (count > 0) & (med < 1.0 / UNIFORM)
     k = np.where(apart, 1.0 / med, 1.0)
-    return (apart, Equilibration(eq.d, eq.e, eq.rho * k, eq.sigma * k, eq.entries),
+    return (apart, replace(eq, rho=eq.rho * k, sigma=eq.sigma * k),
             c * k[:, None], b * k[:, None])
 
 
@@ -451,8 +547,41 @@ def _power_shape(t: ConeTemplate, ay: np.ndarray, az: np.ndarray) -> np.ndarray:
     return out
 
 
+# The largest mixing `at_solution` gives a primal exponential cone: e^c stays far from
+# overflow (|c| = |log x| of entr's x, 30 beyond 1e±13).
+MIX_MAX = 30.0
+
+
+def _exp_mix(p: _Pattern, y: np.ndarray, s: np.ndarray) -> np.ndarray | None:
+    """Per primal exponential cone (B, k), the c of (x, y, z) ↦ (x + c·y, y, e^c·z) that
+    brings the point to the ray of (0, 1, 1) (its slack: c = log(s_y/s_z), then
+    s ∝ (0, 1, 1) on the cone's boundary, y e^(x/y) = z; c = −s_x/s_y where s_z vanishes) or
+    of (−1, −1, 1) (its multiplier, where the slack's y vanishes: c = y_y/y_x − 1); these
+    agree at a complementary pair on the boundary. The slack's y and z, unlike its x (an
+    epigraph variable, entr's t), are set by the constraints and the data, and are close
+    at an unconverged point. A cone the point says nothing about takes the mean of the
+    instance's others (the cones of one atom, entr(x) of a vector, share a scale); 0 where
+    none says anything or the cone's rows cannot be mixed (`_Pattern.exp_mixable`), within
+    ±MIX_MAX. None where every c is 0."""
+    first = p.exp_first
+    sx, sy, sz = s[:, first], s[:, first + 1], s[:, first + 2]
+    yx, yy = y[:, first], y[:, first + 1]
+    small_s = NEGLIGIBLE * np.abs(s).max(axis=1, initial=0.0)[:, None]
+    small_y = NEGLIGIBLE * np.abs(y).max(axis=1, initial=0.0)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        c = np.where((sy > small_s) & (sz > small_s), np.log(sy / sz),
+                     np.where(sy > small_s, -sx / sy,
+                              np.where(yx < -small_y, yy / yx - 1.0, np.nan)))
+    c[:, ~p.exp_mixable] = 0.0
+    known = np.isfinite(c)
+    mean = np.where(known, c, 0.0).sum(axis=1) / np.maximum(known.sum(axis=1), 1)
+    c = np.clip(np.where(known, c, mean[:, None]), -MIX_MAX, MIX_MAX)
+    c[:, ~p.exp_mixable] = 0.0
+    return c if np.any(c != 0) else None
+
+
 def at_solution(t: ConeTemplate, a: np.ndarray, h: np.ndarray, x: np.ndarray, y: np.ndarray,
-                s: np.ndarray) -> Equilibration:
+                s: np.ndarray, affine: np.ndarray | None = None) -> Equilibration:
     """A further scaling (1) of programs (Â values ``a``, P̂ values ``h``) whose solution
     (x̂, ŷ, ŝ) is known, that brings that solution to 1: x̂' = 1, and on every cone block
     whichever of ŷ' and ŝ' is nonzero to 1 (both, at their geometric mean, where both are),
@@ -460,8 +589,13 @@ def at_solution(t: ConeTemplate, a: np.ndarray, h: np.ndarray, x: np.ndarray, y:
 
     E = |x̂|/√T, D = |ŷ|/√T on a block whose slack vanishes (an active constraint, an
     equality), √T/|ŝ| on one whose multiplier does, √(|ŷ|/|ŝ|) where neither does (the
-    boundary of a second-order cone), ρ = σ = 1/√T, and on a power cone's block a further
-    factor per row that keeps the cone (`_power_shape`). Entries that vanish (a variable at 0, a
+    boundary of a second-order cone), ρ = σ = 1/√T, on a power cone's block a further
+    factor per row that keeps the cone (`_power_shape`), and on a primal exponential cone
+    its rows mixed first, so that its slack is on the ray of (0, 1, 1) (`_exp_mix`; the
+    factors there are (δ, δ, δ·e^c)). ``affine`` (the slack b̂ − Âx̂ where given) sets that
+    mixing instead of ``s``: at an unconverged point it holds the cone's entries that the
+    constraints and the data set (softmax's Σx = r at r = 1e6: SCS's slack put the constant
+    1 at 0 after 300,000 iterations). Entries that vanish (a variable at 0, a
     weakly active constraint; NEGLIGIBLE) take the factor that brings their row's or
     column's largest entry among the others to 1; Ruiz's balance (`_balance`) of the
     matrix that gives follows.
@@ -476,6 +610,18 @@ def at_solution(t: ConeTemplate, a: np.ndarray, h: np.ndarray, x: np.ndarray, y:
     `Equilibration.composed`); 1 throughout for a program whose terms all vanish."""
     p = pattern(t)
     B = x.shape[0]
+    mix = _exp_mix(p, y, s if affine is None else affine) if p.exp_first.size else None
+    if mix is not None:  # the point and the matrix in the mixed rows: M s, M⁻ᵀ y, M A
+        first, grow = p.exp_first, np.exp(mix)
+        a, y, s = np.array(a), np.array(y), np.array(s)
+        a[:, p.mix_to] += mix[:, p.mix_cone] * a[:, p.mix_from]
+        s[:, first] += mix * s[:, first + 1]
+        y[:, first + 1] -= mix * y[:, first]
+        s[:, first + 2] *= grow
+        y[:, first + 2] /= grow
+        w = np.ones((B, t.m))
+        w[:, first + 2] = grow
+        a *= np.take(w, p.rows, axis=1)
     ax, ay, az = np.abs(x), np.abs(y), np.abs(s)
     terms = np.abs(a) * np.take(ay, p.rows, axis=1) * np.take(ax, p.cols, axis=1)
     T = terms.max(axis=1, initial=0.0)
@@ -528,4 +674,6 @@ def at_solution(t: ConeTemplate, a: np.ndarray, h: np.ndarray, x: np.ndarray, y:
     a2 = A * np.take(d, p.rows, axis=1) * np.take(e, p.cols, axis=1)
     h2 = np.abs(h) * np.take(e, p.P_rows, axis=1) * np.take(e, p.P_cols, axis=1)
     d3, e3, _ = _balance(t, a2, h2 if p.P_rows.size else None)
-    return Equilibration(d * d3, e * e3, scale, scale.copy())
+    if mix is None:
+        return Equilibration(d * d3, e * e3, scale, scale.copy())
+    return Equilibration(d * d3 * w, e * e3, scale, scale.copy(), mix=mix, mix_rows=first)

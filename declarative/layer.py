@@ -1185,7 +1185,10 @@ class Layer:
                 other, tight = _second_opinion()
                 again = self._attempts(other, None, left, ops, c, b, mats, Ps, tight, ours, eq,
                                        chunk)
-                att.merge(left, again, keep=_settled(again.status))
+                # (and, where neither settles, the point with the smaller backward error: the
+                # retries in other scalings start from it, `_solution_rescaled`)
+                att.merge(left, again, keep=_settled(again.status)
+                          | (again.residual_after < att.residual_after[left]))
         if ours["refine"]:
             second = not user_solver
             ops, eq = self._solution_rescaled(att, backend, ops, c, b, settings, ours, eq,
@@ -1439,7 +1442,8 @@ class Layer:
             return ops, eq
         t = self.template
         x, y, s = att.x[left], att.y[left], att.s[left]
-        rel = at_solution(t, ops.a[left], ops.h[left], x, y, s)
+        sub = ops.take(left)
+        rel = at_solution(t, sub.a, sub.h, x, y, s, affine=b[left] - sub.A(x))
         far = spread(np.concatenate([rel.d, rel.e], axis=1)) > UNIFORM
         if not far.any():
             return ops, eq
@@ -1873,8 +1877,8 @@ class Layer:
                 still = r.v[idx, lo:hi] + dv[:, lo:hi] < 0
             dv[:, lo:hi][still] = 0.0
         e = eq.take(idx)
-        ex, ey = e.solution(d[:, : t.n], dv)
-        ux, uy = e.solution(np.ones((idx.size, t.n)), np.ones((idx.size, t.m)))
+        ex, ey = e.solution_bound(d[:, : t.n], dv)
+        ux, uy = e.solution_bound(np.ones((idx.size, t.n)), np.ones((idx.size, t.m)))
         vals = np.abs(times_t(np.concatenate(e.solution(r.x[idx], pv), axis=1), t.recover))
         with np.errstate(invalid="ignore"):  # (an uncertified instance's d is inf: inf·0)
             err = times_t(np.concatenate([ex, ey], axis=1), absR)
@@ -1951,8 +1955,8 @@ class Layer:
         response = np.abs(t.recover @ np.concatenate(e.solution(du, dy), axis=1)[0])
         # (|DΠ| ≤ 1 bounds the rounding of DΠ dv by dv's)
         aw = np.abs(w)[None]
-        rounding = self._abs_recover @ np.concatenate(e.solution(aw[:, : t.n], aw[:, t.n :]),
-                                                      axis=1)[0]
+        rounding = self._abs_recover @ np.concatenate(
+            e.solution_bound(aw[:, : t.n], aw[:, t.n :]), axis=1)[0]
         # (and not below the rounding of dz's largest entry: the estimate above is first
         # order, and leaves out rounding's products, ~ε² of it)
         rounding = np.maximum(rounding, ROUNDING * np.abs(dz).max() * unit)
