@@ -2302,7 +2302,7 @@ class ConeSolution:
                 # R's rows weighted by what one unit there is in the user's units
                 Ns = np.concatenate([N[:n], self.D.take([i]).matvec(N[None, n:])[0]], axis=0)
                 moved = np.abs(R @ self._user(i, Ns[:n], Ns[n:]))
-                unit = self._user(i, np.ones((n, 1)), np.ones((len(Ns) - n, 1)))
+                unit = self._user(i, np.ones((n, 1)), np.ones((len(Ns) - n, 1)), bound=True)
                 weight = np.abs(R) @ unit[:, 0] if self.scaling is not None else row_norm
                 bound = AMBIGUITY_TOL * weight[:, None] * np.abs(Ns).max(axis=0)[None, :]
                 out[i] = bool((moved > bound).any())
@@ -2353,10 +2353,12 @@ class ConeSolution:
             out[i] = bool(np.any((diff > KINK_RTOL * size) & (diff > floor)))
         return out
 
-    def _user(self, k: int, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
-        """(dx (n, p), dy (m, p)) of instance k in the user's units, stacked (n + m, p)."""
+    def _user(self, k: int, dx: np.ndarray, dy: np.ndarray, bound: bool = False) -> np.ndarray:
+        """(dx (n, p), dy (m, p)) of instance k in the user's units, stacked (n + m, p); with
+        ``bound``, of magnitudes (`Equilibration.solution_bound`)."""
         if self.scaling is not None:
-            ux, uy = self.scaling.take(np.array([k])).solution(dx.T, dy.T)
+            e = self.scaling.take(np.array([k]))
+            ux, uy = (e.solution_bound if bound else e.solution)(dx.T, dy.T)
             dx, dy = ux.T, uy.T
         return np.concatenate([dx, dy], axis=0)
 

@@ -198,6 +198,12 @@ RESCALE_GAIN = 4.0
 # inactive ball's epigraph variable, entropic OT's exponential cones), which a second
 # linearization would only make slower (BENCHMARKS.md, nineteenth session).
 RESCALE_FLOOR = 1e-20
+# Rounds of the retry in the program scaled at the best point found (`_solution_rescaled`):
+# each from the best point the round before reached, where it improved on its start. A
+# scaling set from a poor point can leave the program badly scaled in another way (softmax
+# with (z, τ, r) × 1e12: Clarabel's point had the simplex's mass on one entry, the scaling
+# it gave S's rcond 8e-14), and the point that round reaches then sets a good one.
+SOLUTION_ROUNDS = 2
 # Where the tuning leaves the solver open, a layer decides it from its template
 # (`Layer._default_solver`): Moreau's active-set method for programs with only zero and
 # nonnegative cones, at most ACTIVE_SET_MAX_ROWS inequalities and n + m up to
@@ -1387,18 +1393,24 @@ class Layer:
     def _retried(self, att: _Attempt, idx: np.ndarray, ops: BatchOps, eq: Equilibration,
                  data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
                  scaling: Equilibration, backend: Backend, settings: dict, ours: dict,
-                 chunk: int | None, second: bool, warm: tuple | None = None
-                 ) -> tuple[BatchOps, Equilibration]:
+                 chunk: int | None, second: bool, warm: tuple | None = None,
+                 best: list | None = None) -> tuple[BatchOps, Equilibration]:
         """The instances ``idx`` solved in another scaling of their programs (``data`` =
         their (ĉ, Â, b̂, P̂) in it, ``scaling`` the whole scaling), by `_retries` in turn, each
         on what the ones before left open (``warm``: a start for ``backend``'s solves);
         results taken where they settle an instance. Returns the batch's operators and
-        scaling with those instances' (``ops``, ``eq`` elsewhere)."""
+        scaling with those instances' (``ops``, ``eq`` elsewhere). ``best`` (a list), where
+        given, receives for the instances left unsettled (positions in ``idx``) the point
+        of smallest backward error the retries reached, in the retry's scaling: (positions,
+        x, y, s, ω)."""
         t = self.template
         c2, a2, b2, h2 = data
         ops2, mats2 = BatchOps(t, a2, h2), t.csc_batch(a2)
         Ps2 = t.P_csc_batch(h2) if t.quadratic else None
         won = np.zeros(idx.size, dtype=bool)
+        k = idx.size
+        bx, by, bs = np.zeros((k, t.n)), np.zeros((k, t.m)), np.zeros((k, t.m))
+        omega = np.full(k, np.inf)
         for who, tries in self._retries(backend, settings, second):
             js = np.flatnonzero(~won)
             if not js.size:
@@ -1409,6 +1421,13 @@ class Layer:
             now = _settled(again.status)
             att.merge(idx[js], again, keep=now)
             won[js[now]] = True
+            better = again.residual_after < omega[js]
+            for name, into in (("x", bx), ("y", by), ("s", bs)):
+                into[js[better]] = getattr(again, name)[better]
+            omega[js[better]] = again.residual_after[better]
+        if best is not None:
+            open_ = np.flatnonzero(~won & np.isfinite(omega))
+            best.append((open_, bx[open_], by[open_], bs[open_], omega[open_]))
         if not won.any():
             return ops, eq
         took = idx[won]
@@ -1425,7 +1444,10 @@ class Layer:
         neither certified nor shown infeasible or unbounded, in the program scaled at the
         best point found so far (`equilibrate.at_solution`, composed with ``eq``), warm
         started there, where that scaling is not uniform (its factors spread by more than
-        UNIFORM). The magnitudes of an unconverged point are enough to set it.
+        UNIFORM). The magnitudes of an unconverged point are enough to set it, and an
+        exponential cone's mixing (`equilibrate.Equilibration.mix`) is set from the affine
+        slack b̂ − Âx̂. Up to SOLUTION_ROUNDS rounds, each from the best point the one
+        before reached.
 
         D and E from A and P balance the matrix, not the solution: the lasso
         sum_squares(A x − b) + λ‖x‖₁ with A, b ~ 1e-6 and λ ~ 1e-12 has every row and column
@@ -1441,18 +1463,33 @@ class Layer:
         if not left.size:
             return ops, eq
         t = self.template
-        x, y, s = att.x[left], att.y[left], att.s[left]
-        sub = ops.take(left)
-        rel = at_solution(t, sub.a, sub.h, x, y, s, affine=b[left] - sub.A(x))
-        far = spread(np.concatenate([rel.d, rel.e], axis=1)) > UNIFORM
-        if not far.any():
-            return ops, eq
-        idx, js0 = left[far], np.flatnonzero(far)
-        rel = rel.take(js0)
-        point = rel.scaled(x[js0], y[js0], s[js0])
-        c2, a2, b2, h2 = rel.data(t, c[idx], ops.a[idx], b[idx], ops.h[idx])
-        return self._retried(att, idx, ops, eq, (c2, a2, b2, h2), eq.take(idx).composed(rel),
-                             backend, settings, ours, chunk, second, warm=point)
+        for _ in range(SOLUTION_ROUNDS):
+            x, y, s = att.x[left], att.y[left], att.s[left]
+            sub = ops.take(left)
+            rel = at_solution(t, sub.a, sub.h, x, y, s, affine=b[left] - sub.A(x))
+            far = spread(np.concatenate([rel.d, rel.e], axis=1)) > UNIFORM
+            if not far.any():
+                break
+            idx, js0 = left[far], np.flatnonzero(far)
+            rel = rel.take(js0)
+            point = rel.scaled(x[js0], y[js0], s[js0])
+            c2, a2, b2, h2 = rel.data(t, c[idx], ops.a[idx], b[idx], ops.h[idx])
+            best: list = []
+            ops, eq = self._retried(att, idx, ops, eq, (c2, a2, b2, h2),
+                                    eq.take(idx).composed(rel), backend, settings, ours, chunk,
+                                    second, warm=point, best=best)
+            # the next round starts from the best point the retry reached where its backward
+            # error is within ACCEPT_BACKWARD or below its start's (a smaller backward error
+            # alone is no nearer point: Clarabel's softmax at × 1e12, ω 2e-18, held a wrong
+            # support, the retry's point ω 1e-16 the right one)
+            js, bx, by, bs, omega = best[0]
+            gain = omega <= np.maximum(att.residual_after[idx[js]], ACCEPT_BACKWARD)
+            if not gain.any():
+                break
+            js, left = js[gain], idx[js[gain]]
+            x2, y2, s2 = rel.take(js).solution(bx[gain], by[gain], bs[gain])
+            att.improve(left, x2, y2, s2, omega[gain])
+        return ops, eq
 
     @staticmethod
     def _retries(backend: Backend, settings: dict, second: bool, tight: bool = True
@@ -1583,7 +1620,8 @@ class Layer:
                         extended=ok, D=r.D, v_D=r.v_D)
 
     def _null_space_moves(self, f: Any, D: DProjection, here: np.ndarray, extent: float,
-                          h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                          h: np.ndarray, mix: tuple[np.ndarray, np.ndarray] | None = None
+                          ) -> tuple[np.ndarray, np.ndarray]:
         """Per output (bool): does a direction in the null space of the singular S that
         ``f`` factored move it? The outputs change along a null vector w = (w_u, w_v) by
         R (w_u, DΠ(v) w_v) (R: ``template.recover``, ``D`` = DΠ exact at v, unbatched). An
@@ -1607,7 +1645,9 @@ class Layer:
         smaller than the auxiliary variables (x ~ 1e-9 inside an ℓ₁ ball of radius 1, whose
         bounds t_i are free) would otherwise count as a move.
         Where S's null space is not known (no pseudo-inverse: S not finite), every output
-        counts as moved."""
+        counts as moved. ``mix`` (the instance's `Equilibration.mix` and its rows, where its
+        scaling mixes exponential cones' rows) is undone on the multipliers before ``recover``
+        reads them (`_unmixed`)."""
         every = np.ones(len(self.outputs), dtype=bool)
         if f.pinv is None:
             return every, every
@@ -1637,7 +1677,7 @@ class Layer:
                 moved[k] = not np.all(cancelled[sl] | rounding)
             return moved
 
-        W = np.concatenate([N[: t.n], D.matvec(N[t.n :])], axis=0)
+        W = np.concatenate([N[: t.n], _unmixed(D.matvec(N[t.n :]), mix)], axis=0)
         computed = moves(W)
         unique = self._strictly_convex(h) if computed.any() else None
         if unique is None or unique.size == 0:
@@ -1825,10 +1865,13 @@ class Layer:
                 continue
             assert f.S is not None  # kept where S is singular
             gap = np.abs(f.S @ corr[j, :, 0] + r.F[idx[j]])
-            here = absR @ np.abs(np.concatenate([r.x[idx[j]], pv[j]]))
+            mix = None if eq.mix is None or eq.mix_rows is None else (eq.mix[idx[j]],
+                                                                      eq.mix_rows)
+            here = absR @ np.abs(np.concatenate([r.x[idx[j]], _unmixed(pv[j], mix)]))
             Dj = dproject(r.v[idx[j]], t.dims, dual=True)
             extent = float(np.abs(np.concatenate([r.x[idx[j]], r.v[idx[j]]])).max(initial=0.0))
-            moved, moved_exact = self._null_space_moves(f, Dj, here, extent, ops.h[idx[j]])
+            moved, moved_exact = self._null_space_moves(f, Dj, here, extent, ops.h[idx[j]],
+                                                        mix)
             if moved.any() and not self._null_space_exact(f):
                 d[j] = np.inf  # ill-conditioned, not singular: no face of solutions
                 continue
@@ -2130,6 +2173,17 @@ class _Attempt:
                               else np.concatenate(each))
         return cls(**values)
 
+    def improve(self, idx: np.ndarray, x: np.ndarray, y: np.ndarray, s: np.ndarray,
+                omega: np.ndarray) -> None:
+        """Unsettled instances ``idx`` given a better point (backward error ``omega``), their
+        status kept; its factorization and DΠ are made again where needed."""
+        self.x[idx], self.y[idx], self.s[idx] = x, y, s
+        self.v[idx] = y - s
+        self.residual_after[idx] = omega
+        for i in idx.tolist():
+            self.factors[i] = None
+        self.D = self.v_D = None
+
     def merge(self, idx: np.ndarray, other: _Attempt, keep: np.ndarray | None = None) -> None:
         """Take ``other``'s results (a retry of instances ``idx``), only where ``keep`` (bool,
         len(idx); None: everywhere); costs add up everywhere."""
@@ -2152,6 +2206,19 @@ class _Attempt:
         else:
             self.D = self.v_D = None
 
+
+
+def _unmixed(y: np.ndarray, mix: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """Multipliers ŷ (m,) or (m, k) of a program whose scaling mixes exponential cones' rows
+    (``mix``: c per cone and the cones' first rows) with that mixing undone, ŷ_y + c·ŷ_x on
+    each cone's second row (Nᵀŷ: the outputs' multipliers in the equilibrated units, D
+    being (δ, δ, δ·e^c) there); ``y`` itself where there is none."""
+    if mix is None:
+        return y
+    c, rows = mix
+    out = np.array(y)
+    out[rows + 1] += c.reshape((-1,) + (1,) * (y.ndim - 1)) * y[rows]
+    return out
 
 @dataclass
 class _Solution:
