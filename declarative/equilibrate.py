@@ -552,7 +552,8 @@ def _power_shape(t: ConeTemplate, ay: np.ndarray, az: np.ndarray) -> np.ndarray:
 MIX_MAX = 30.0
 
 
-def _exp_mix(p: _Pattern, y: np.ndarray, s: np.ndarray) -> np.ndarray | None:
+def _exp_mix(p: _Pattern, y: np.ndarray, s: np.ndarray, where: np.ndarray
+             ) -> np.ndarray | None:
     """Per primal exponential cone (B, k), the c of (x, y, z) ↦ (x + c·y, y, e^c·z) that
     brings the point to the ray of (0, 1, 1) (its slack: c = log(s_y/s_z), then
     s ∝ (0, 1, 1) on the cone's boundary, y e^(x/y) = z; c = −s_x/s_y where s_z vanishes) or
@@ -561,8 +562,8 @@ def _exp_mix(p: _Pattern, y: np.ndarray, s: np.ndarray) -> np.ndarray | None:
     epigraph variable, entr's t), are set by the constraints and the data, and are close
     at an unconverged point. A cone the point says nothing about takes the mean of the
     instance's others (the cones of one atom, entr(x) of a vector, share a scale); 0 where
-    none says anything or the cone's rows cannot be mixed (`_Pattern.exp_mixable`), within
-    ±MIX_MAX. None where every c is 0."""
+    none says anything, the cone's rows cannot be mixed (`_Pattern.exp_mixable`) or the
+    instance is not among ``where`` (B,), within ±MIX_MAX. None where every c is 0."""
     first = p.exp_first
     sx, sy, sz = s[:, first], s[:, first + 1], s[:, first + 2]
     yx, yy = y[:, first], y[:, first + 1]
@@ -577,11 +578,13 @@ def _exp_mix(p: _Pattern, y: np.ndarray, s: np.ndarray) -> np.ndarray | None:
     mean = np.where(known, c, 0.0).sum(axis=1) / np.maximum(known.sum(axis=1), 1)
     c = np.clip(np.where(known, c, mean[:, None]), -MIX_MAX, MIX_MAX)
     c[:, ~p.exp_mixable] = 0.0
+    c[~where] = 0.0
     return c if np.any(c != 0) else None
 
 
 def at_solution(t: ConeTemplate, a: np.ndarray, h: np.ndarray, x: np.ndarray, y: np.ndarray,
-                s: np.ndarray, affine: np.ndarray | None = None) -> Equilibration:
+                s: np.ndarray, affine: np.ndarray | None = None,
+                mixing: np.ndarray | None = None) -> Equilibration:
     """A further scaling (1) of programs (Â values ``a``, P̂ values ``h``) whose solution
     (x̂, ŷ, ŝ) is known, that brings that solution to 1: x̂' = 1, and on every cone block
     whichever of ŷ' and ŝ' is nonzero to 1 (both, at their geometric mean, where both are),
@@ -592,8 +595,9 @@ def at_solution(t: ConeTemplate, a: np.ndarray, h: np.ndarray, x: np.ndarray, y:
     boundary of a second-order cone), ρ = σ = 1/√T, on a power cone's block a further
     factor per row that keeps the cone (`_power_shape`), and on a primal exponential cone
     its rows mixed first, so that its slack is on the ray of (0, 1, 1) (`_exp_mix`; the
-    factors there are (δ, δ, δ·e^c)). ``affine`` (the slack b̂ − Âx̂ where given) sets that
-    mixing instead of ``s``: at an unconverged point it holds the cone's entries that the
+    factors there are (δ, δ, δ·e^c)) on the instances ``mixing`` (B,) bool marks (none
+    where None). ``affine`` (the slack b̂ − Âx̂ where given) sets that mixing instead of
+    ``s``: at an unconverged point it holds the cone's entries that the
     constraints and the data set (softmax's Σx = r at r = 1e6: SCS's slack put the constant
     1 at 0 after 300,000 iterations). Entries that vanish (a variable at 0, a
     weakly active constraint; NEGLIGIBLE) take the factor that brings their row's or
@@ -610,7 +614,9 @@ def at_solution(t: ConeTemplate, a: np.ndarray, h: np.ndarray, x: np.ndarray, y:
     `Equilibration.composed`); 1 throughout for a program whose terms all vanish."""
     p = pattern(t)
     B = x.shape[0]
-    mix = _exp_mix(p, y, s if affine is None else affine) if p.exp_first.size else None
+    mix = None
+    if mixing is not None and mixing.any() and p.exp_first.size:
+        mix = _exp_mix(p, y, s if affine is None else affine, mixing)
     if mix is not None:  # the point and the matrix in the mixed rows: M s, M⁻ᵀ y, M A
         first, grow = p.exp_first, np.exp(mix)
         a, y, s = np.array(a), np.array(y), np.array(s)

@@ -124,9 +124,52 @@ def test_the_mixing_at_the_solution_brings_an_entropy_cone_to_its_centre():
     t = layer.template
     fwd = layer.forward([1e4 * U, 1e4, 1e4])
     r = fwd._refined
-    rel = at_solution(t, fwd._ops.a, fwd._ops.h, r.x, r.y, r.s)
+    rel = at_solution(t, fwd._ops.a, fwd._ops.h, r.x, r.y, r.s, mixing=np.ones(1, dtype=bool))
     assert rel.mix is not None
     _, _, s = rel.scaled(r.x, r.y, r.s)
     first = pattern(t).exp_first
     assert np.abs(s[0, first]).max() <= 1e-8 * np.abs(s[0, first + 1]).max()
     np.testing.assert_allclose(s[0, first + 2], s[0, first + 1], rtol=1e-8)
+
+
+_EXP_BOUND = {
+    # c spread over 1e-8 … 3e10: x[0:3] came back solved at -29, -30, -0.14 with the mixing
+    "c spread 1e18": ([9.268109365958401e-05, 5.9570176833111325e-08, 1.6941528433777457e-06,
+                       32884227766.58079],
+                      [0.31132026702290205, 0.027651326111385488, 848611841.1240879,
+                       377285004.4811946]),
+    # c spread 1e-11 … 6e11: x[2] came back solved at 10.3 (log b = 12.2)
+    "c spread 4e22": ([72667263.4129225, 88054209.94219403, 1.300841717627382e-11,
+                       569670657411.9634],
+                      [2217434.116390253, 1.0783755424989591e-10, 201395.5880586782,
+                       102542.97658236935]),
+    # c ~ 1e-12 beside b ~ 1e12: solved with x = -32 where log b = 27, with or without the
+    # mixing (see the xfail below)
+    "c 1e-12, b 1e12": ([1.668260138033108e-12, 8.020170468526546e-13, 7.015276059475888e-13,
+                         1.645437634456507e-12],
+                        [530343085565.1299, 1918401021947.9092, 702631793763.8983,
+                         1400165428294.4016]),
+}
+
+
+@pytest.mark.parametrize("case", [
+    "c spread 1e18", "c spread 4e22",
+    pytest.param("c 1e-12, b 1e12", marks=pytest.mark.xfail(strict=True, reason=(
+        "known: an objective ~1e-24 of the constraints' scale in the equilibrated program "
+        "is below what the backward error resolves, and a point with every constraint "
+        "slack passes the certificate"))),
+])
+def test_a_solved_exp_bound_is_its_closed_form(case):
+    """max cᵀx s.t. exp(x) <= b: x = log b for any c > 0. Where c's entries lie far apart,
+    the variables the small ones set are not resolved by the backward error, and a row
+    mixing fitted to a point with those constraints slack made that point pass the
+    certificate; those instances are not mixed. Solved means correct: x within 1e-9 of
+    log b, relative to its largest entry."""
+    n = 4
+    x, c, b = cp.Variable(n), cp.Parameter(n, pos=True), cp.Parameter(n, pos=True)
+    layer = dl.compile(cp.Problem(cp.Maximize(c @ x), [cp.exp(x) <= b]), [c, b], [x])
+    cv, bv = (np.array(v) for v in _EXP_BOUND[case])
+    fwd = layer.forward([cv, bv], on_failure="nan")
+    if fwd.ok[0]:
+        exact = np.log(bv)
+        assert np.abs(fwd.outputs[0][0] - exact).max() <= 1e-9 * np.abs(exact).max()
