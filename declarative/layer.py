@@ -1191,10 +1191,7 @@ class Layer:
                 other, tight = _second_opinion()
                 again = self._attempts(other, None, left, ops, c, b, mats, Ps, tight, ours, eq,
                                        chunk)
-                # (and, where neither settles, the point with the smaller backward error: the
-                # retries in other scalings start from it, `_solution_rescaled`)
-                att.merge(left, again, keep=_settled(again.status)
-                          | (again.residual_after < att.residual_after[left]))
+                att.merge(left, again, keep=_settled(again.status))
         if ours["refine"]:
             second = not user_solver
             ops, eq = self._solution_rescaled(att, backend, ops, c, b, settings, ours, eq,
