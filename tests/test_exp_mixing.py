@@ -144,7 +144,7 @@ _EXP_BOUND = {
                       [2217434.116390253, 1.0783755424989591e-10, 201395.5880586782,
                        102542.97658236935]),
     # c ~ 1e-12 beside b ~ 1e12: solved with x = -32 where log b = 27, with or without the
-    # mixing (see the xfail below)
+    # mixing (the xfail below)
     "c 1e-12, b 1e12": ([1.668260138033108e-12, 8.020170468526546e-13, 7.015276059475888e-13,
                          1.645437634456507e-12],
                         [530343085565.1299, 1918401021947.9092, 702631793763.8983,
@@ -155,9 +155,10 @@ _EXP_BOUND = {
 @pytest.mark.parametrize("case", [
     "c spread 1e18", "c spread 4e22",
     pytest.param("c 1e-12, b 1e12", marks=pytest.mark.xfail(strict=True, reason=(
-        "known: an objective ~1e-24 of the constraints' scale in the equilibrated program "
-        "is below what the backward error resolves, and a point with every constraint "
-        "slack passes the certificate"))),
+        "known: every dual row lies below the backward error's floor (SCALE_FLOOR of the "
+        "constraints' terms), so a point with every multiplier 0 and every constraint slack "
+        "passes the certificate; refusing such points outright also refuses correct ones "
+        "(a ball projection beside a bound 1e12 away)"))),
 ])
 def test_a_solved_exp_bound_is_its_closed_form(case):
     """max cᵀx s.t. exp(x) <= b: x = log b for any c > 0. Where c's entries lie far apart,
