@@ -199,7 +199,8 @@ RESCALE_GAIN = 4.0
 # linearization would only make slower (BENCHMARKS.md, nineteenth session).
 RESCALE_FLOOR = 1e-20
 # Rounds of the retry in the program scaled at the best point found (`_solution_rescaled`):
-# each from the best point the round before reached, where it improved on its start. A
+# each from the best point the round before reached, where its backward error is within
+# ACCEPT_BACKWARD or below that of the round's start. A
 # scaling set from a poor point can leave the program badly scaled in another way (softmax
 # with (z, τ, r) × 1e12: Clarabel's point had the simplex's mass on one entry, the scaling
 # it gave S's rcond 8e-14), and the point that round reaches then sets a good one.
@@ -2213,8 +2214,6 @@ class _Attempt:
             self.D = self.v_D = None
 
 
-
-
 def _entry_ratio(a: np.ndarray) -> np.ndarray:
     """Per row of ``a`` (B, k): its largest nonzero magnitude over its smallest (1 where it
     has none)."""
@@ -2222,6 +2221,7 @@ def _entry_ratio(a: np.ndarray) -> np.ndarray:
     top = mag.max(axis=1, initial=0.0)
     least = np.where(mag > 0, mag, np.inf).min(axis=1, initial=np.inf)
     return np.where(top > 0, top / np.where(top > 0, least, 1.0), 1.0)
+
 
 def _unmixed(y: np.ndarray, mix: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
     """Multipliers ŷ (m,) or (m, k) of a program whose scaling mixes exponential cones' rows
@@ -2234,6 +2234,7 @@ def _unmixed(y: np.ndarray, mix: tuple[np.ndarray, np.ndarray] | None) -> np.nda
     out = np.array(y)
     out[rows + 1] += c.reshape((-1,) + (1,) * (y.ndim - 1)) * y[rows]
     return out
+
 
 @dataclass
 class _Solution:
