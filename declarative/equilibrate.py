@@ -618,16 +618,12 @@ def at_solution(t: ConeTemplate, a: np.ndarray, h: np.ndarray, x: np.ndarray, y:
     if mixing is not None and mixing.any() and p.exp_first.size:
         mix = _exp_mix(p, y, s if affine is None else affine, mixing)
     if mix is not None:  # the point and the matrix in the mixed rows: M s, M⁻ᵀ y, M A
-        first, grow = p.exp_first, np.exp(mix)
-        a, y, s = np.array(a), np.array(y), np.array(s)
-        a[:, p.mix_to] += mix[:, p.mix_cone] * a[:, p.mix_from]
-        s[:, first] += mix * s[:, first + 1]
-        y[:, first + 1] -= mix * y[:, first]
-        s[:, first + 2] *= grow
-        y[:, first + 2] /= grow
         w = np.ones((B, t.m))
-        w[:, first + 2] = grow
-        a *= np.take(w, p.rows, axis=1)
+        w[:, p.exp_first + 2] = np.exp(mix)
+        ones = np.ones(B)
+        M = Equilibration(w, np.ones((B, t.n)), ones, ones, mix=mix, mix_rows=p.exp_first)
+        _, a, _, _ = M.data(t, np.zeros((B, t.n)), a, np.zeros((B, t.m)), None)
+        _, y, s = M.scaled(x, y, s)
     ax, ay, az = np.abs(x), np.abs(y), np.abs(s)
     terms = np.abs(a) * np.take(ay, p.rows, axis=1) * np.take(ax, p.cols, axis=1)
     T = terms.max(axis=1, initial=0.0)
@@ -682,4 +678,5 @@ def at_solution(t: ConeTemplate, a: np.ndarray, h: np.ndarray, x: np.ndarray, y:
     d3, e3, _ = _balance(t, a2, h2 if p.P_rows.size else None)
     if mix is None:
         return Equilibration(d * d3, e * e3, scale, scale.copy())
-    return Equilibration(d * d3 * w, e * e3, scale, scale.copy(), mix=mix, mix_rows=first)
+    return Equilibration(d * d3 * w, e * e3, scale, scale.copy(), mix=mix,
+                         mix_rows=p.exp_first)
