@@ -962,6 +962,41 @@ def project(v: np.ndarray, dims: ConeDims, dual: bool = False) -> np.ndarray:
     return P[0] if squeeze else P
 
 
+def interior_depth(s: np.ndarray, dims: ConeDims) -> np.ndarray:
+    """Per entry of each cone block (B, m): an upper bound on the distance from the block of
+    ``s`` (B, m), a point of K, to K's boundary; 0 on the zero and nonnegative rows, which
+    have no block, and on cones whose bound is not given here (dual exponential, power).
+
+    Second-order cone (t, x): (t − ‖x‖)/√2, exact. PSD (svec, an isometry): the least
+    eigenvalue, exact. Exponential cone {(x, y, z): y e^{x/y} <= z, y > 0}: the distance to
+    y = 0, and along ψ's gradient g/‖∇ψ‖ to ψ = 0 with ψ = y e^{x/y} − z convex and g = −ψ(s)
+    (ψ grows at least linearly along its gradient), whichever is smaller. Where the depth
+    exceeds the error of s, the multiplier y = Π_{K*}(y − s) = 0 is exact: a perturbation of
+    v = y − s smaller than the depth keeps v in −K."""
+    S, squeeze = _as_batch(s, dims)
+    S = S.astype(np.float64, copy=False)
+    lay = _layout(dims)
+    out = np.zeros_like(S)
+    for _, idx in lay.soc:
+        blk = S[:, idx]
+        gap = (blk[..., 0] - np.linalg.norm(blk[..., 1:], axis=-1)) / np.sqrt(2.0)
+        out[:, idx] = np.maximum(gap, 0.0)[..., None]
+    for k, idx in lay.psd:
+        lam = np.linalg.eigvalsh(_unvec(S[:, idx], k))[..., 0]
+        out[:, idx] = np.maximum(lam, 0.0)[..., None]
+    if lay.n_exp:
+        blk = S[:, lay.exp[: lay.n_exp]]
+        x, y, z = blk[..., 0], blk[..., 1], blk[..., 2]
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            e = np.exp(x / y)
+            g = z - y * e
+            grad = np.sqrt(e * e + (e * (1 - x / y)) ** 2 + 1.0)
+            gap = np.minimum(y, g / grad)
+        gap = np.where((y > 0) & np.isfinite(gap), np.maximum(gap, 0.0), 0.0)
+        out[:, lay.exp[: lay.n_exp]] = gap[..., None]
+    return out[0] if squeeze else out
+
+
 def dproject(v: np.ndarray, dims: ConeDims, dual: bool = False,
              near: DProjection | None = None) -> DProjection:
     """Derivative DΠ_K(v) (or DΠ_{K*}(v) if ``dual``) as a symmetric linear operator.

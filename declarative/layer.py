@@ -35,7 +35,7 @@ from declarative.compile import (
     pick,
     times_t,
 )
-from declarative.cones import DProjection, dproject
+from declarative.cones import DProjection, dproject, interior_depth
 from declarative.derivative import (
     RCOND_MIN,
     BatchOps,
@@ -123,6 +123,10 @@ ZERO_FLOOR = 1e-13
 # 1 at 12 times the rounding, passed as a zero of its unit 1e12 and came back negative.)
 SMALL_DATA = 1e-6
 DRIVEN = 2.0
+# A cone block whose s lies deeper inside K than DEEP of the block's largest |y| + |v|
+# (`cones.interior_depth`) has y = Π(v) = 0 exactly, not to rounding: the forward-error
+# estimate's test of the dual rows (Layer._forward_error_ok) takes its terms as they are.
+DEEP = ACCEPT_FORWARD
 # Below this max-norm in the equilibrated program (whose data have unit max-norm), an output
 # that a singular S leaves undetermined is not resolved (see Layer._forward_error_ok).
 RESOLVED = ACCURACY
@@ -1889,13 +1893,33 @@ class Layer:
                 tiny = here[lo : lo + o.size].max(initial=0.0) < RESOLVED
                 if moved[k] and (curved or (tiny and moved_exact[k])):
                     d[j] = np.inf
+            at = idx[j : j + 1]
+            # where the null space moves an output, a dual row that its objective entry
+            # dominates, the other terms (|P||x|, |A|ᵀ|y|) summing to at most |c_i|, with a
+            # residual of at least half its terms, is not satisfied: nothing the point holds
+            # resists the objective along x_i, and the outputs are free to move. Cone blocks
+            # count their rounding (`refine.row_terms`) unless their s lies deeper inside K
+            # than DEEP of the block, where y = 0 is exact (max cᵀx s.t. exp(x) <= b at
+            # c ~ 1e-12, b ~ 1e12: s deep in every cone, y = 0, F = c, which the tests below
+            # passed as rounding; x −32 where log b is 27). (‖x‖ + ‖x − a‖² at a ~ 1e9: the
+            # norm's y ~ 1e-19 of its |v| rounds to 0 and leaves t's row at F = c_t, but only
+            # t, no output, is free, and x is right to 3e-10.)
+            va, ya = r.v[at], r.y[at]
+            pat = pattern(t)
+            scale = np.repeat(np.maximum.reduceat(np.abs(ya) + np.abs(va), pat.blocks, axis=1),
+                              pat.block_sizes, axis=1)
+            deep = interior_depth(ya - va, t.dims) > DEEP * scale
+            terms = row_terms(ops.take(at), c[at], b[at], r.x[at], va, ya, exact=deep)[0, : t.n]
+            lead, Fx = np.abs(c[idx[j]]), np.abs(r.F[idx[j], : t.n])
+            if moved.any() and np.any((lead > 0) & (2 * lead >= terms) & (2 * Fx >= terms)):
+                d[j] = np.inf
+                continue
             # F's part outside S's range is judged against each row's own terms, not the
             # block-wide scale of a cone's rounding (`refine.row_terms`): S nearly singular
             # along a direction that a small dual entry sets (water-filling with α ~ 1e6,
             # whose log's exponential cones carry 1/(α + x) ~ 1e-6 beside entries ~ 1)
             # leaves the whole error in that part. (Rounding in F's largest rows leaks into
             # every row through the projection: the normwise term.)
-            at = idx[j : j + 1]
             own = row_terms(ops.take(at), c[at], b[at], r.x[at], r.v[at], r.y[at],
                             blockwise=False)[0]
             judged = np.maximum(own, SCALE_FLOOR * den[j].max(initial=0.0))

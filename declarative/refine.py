@@ -115,7 +115,8 @@ class Refined:
 
 
 def row_terms(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray,
-              pv: np.ndarray, blockwise: bool = True) -> np.ndarray:
+              pv: np.ndarray, blockwise: bool = True, exact: np.ndarray | None = None
+              ) -> np.ndarray:
     """The magnitudes of F(u, v)'s terms per row (B, n + m): (|P||u| + |A|ᵀ|y| + |c|) over
     the first n rows, (|A||u| + |b| + |s|) over the last m, with y = Π(v), s = Π(v) − v.
 
@@ -123,7 +124,10 @@ def row_terms(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.
     exponential, power) |y| and |s| stand for the block's largest |Π(v)| + |v|, and the
     second sum is its maximum over the block: Π mixes a block's entries, so its rounding
     is relative to the block, not to each entry (`backward_error`). Without, every entry is
-    taken as it is: the scale of the terms themselves."""
+    taken as it is: the scale of the terms themselves. ``exact`` (B, m), with ``blockwise``:
+    entries whose Π(v) is known exactly all the same (a block whose v lies deeper inside −K
+    than its error, `cones.interior_depth`: Π(v) = 0), taken as they are in the first n
+    rows."""
     t = ops.template
     p = pattern(t)
     mag = ops.magnitude
@@ -137,7 +141,8 @@ def row_terms(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.
     if blocks:
         block = np.maximum.reduceat(apv + np.abs(v), p.blocks, axis=1)
         block = np.repeat(block, p.block_sizes, axis=1)[:, sep:]
-        den_pv[:, sep:] = block
+        den_pv[:, sep:] = block if exact is None else np.where(exact[:, sep:],
+                                                               apv[:, sep:], block)
         den_s[:, sep:] = block
     den_x = mag.P(au) + mag.AT(den_pv) + np.abs(c)
     den_y = mag.A(au) + np.abs(b) + den_s

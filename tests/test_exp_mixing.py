@@ -143,8 +143,8 @@ _EXP_BOUND = {
                        569670657411.9634],
                       [2217434.116390253, 1.0783755424989591e-10, 201395.5880586782,
                        102542.97658236935]),
-    # c ~ 1e-12 beside b ~ 1e12: solved with x = -32 where log b = 27, with or without the
-    # mixing (the xfail below)
+    # c ~ 1e-12 beside b ~ 1e12: came back solved with x = -32 where log b = 27, every
+    # multiplier exactly 0 and F = c in the dual rows, below the backward error's floor
     "c 1e-12, b 1e12": ([1.668260138033108e-12, 8.020170468526546e-13, 7.015276059475888e-13,
                          1.645437634456507e-12],
                         [530343085565.1299, 1918401021947.9092, 702631793763.8983,
@@ -154,17 +154,14 @@ _EXP_BOUND = {
 
 @pytest.mark.parametrize("case", [
     "c spread 1e18", "c spread 4e22",
-    pytest.param("c 1e-12, b 1e12", marks=pytest.mark.xfail(strict=True, reason=(
-        "known: every dual row lies below the backward error's floor (SCALE_FLOOR of the "
-        "constraints' terms), so a point with every multiplier 0 and every constraint slack "
-        "passes the certificate; refusing such points outright also refuses correct ones "
-        "(a ball projection beside a bound 1e12 away)"))),
+    "c 1e-12, b 1e12",
 ])
 def test_a_solved_exp_bound_is_its_closed_form(case):
     """max cᵀx s.t. exp(x) <= b: x = log b for any c > 0. Where c's entries lie far apart,
     the variables the small ones set are not resolved by the backward error, and a row
     mixing fitted to a point with those constraints slack made that point pass the
-    certificate; those instances are not mixed. Solved means correct: x within 1e-9 of
+    certificate; those instances are not mixed. A point whose multipliers are all 0 while
+    c is not leaves the dual rows unsatisfied at any scale. Solved means correct: x within 1e-9 of
     log b, relative to its largest entry."""
     n = 4
     x, c, b = cp.Variable(n), cp.Parameter(n, pos=True), cp.Parameter(n, pos=True)
