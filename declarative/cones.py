@@ -965,12 +965,15 @@ def project(v: np.ndarray, dims: ConeDims, dual: bool = False) -> np.ndarray:
 def interior_depth(s: np.ndarray, dims: ConeDims) -> np.ndarray:
     """Per entry of each cone block (B, m): an upper bound on the distance from the block of
     ``s`` (B, m), a point of K, to K's boundary; 0 on the zero and nonnegative rows, which
-    have no block, and on cones whose bound is not given here (dual exponential, power).
+    have no block.
 
     Second-order cone (t, x): (t − ‖x‖)/√2, exact. PSD (svec, an isometry): the least
-    eigenvalue, exact. Exponential cone {(x, y, z): y e^{x/y} <= z, y > 0}: the distance to
-    y = 0, and along ψ's gradient g/‖∇ψ‖ to ψ = 0 with ψ = y e^{x/y} − z convex and g = −ψ(s)
-    (ψ grows at least linearly along its gradient), whichever is smaller. Where the depth
+    eigenvalue, exact. The 3-d cones are {ψ <= 0} on a domain, ψ convex: exponential
+    ψ = y e^{x/y} − z (y > 0), its dual ψ = −u e^{v/u} − e·w (u < 0), power
+    ψ = |z| − x^a y^(1−a) and its dual ψ = |z| − (x/a)^a (y/(1−a))^(1−a) (x, y > 0). Their
+    bound is the smaller of the distance to the domain's face (y, −u, min(x, y)) and
+    g/‖∇ψ‖ with g = −ψ(s), the step along ψ's gradient after which ψ >= 0 (ψ grows at least
+    linearly along it). Where the depth
     exceeds the error of s, the multiplier y = Π_{K*}(y − s) = 0 is exact: a perturbation of
     v = y − s smaller than the depth keeps v in −K."""
     S, squeeze = _as_batch(s, dims)
@@ -984,17 +987,38 @@ def interior_depth(s: np.ndarray, dims: ConeDims) -> np.ndarray:
     for k, idx in lay.psd:
         lam = np.linalg.eigvalsh(_unvec(S[:, idx], k))[..., 0]
         out[:, idx] = np.maximum(lam, 0.0)[..., None]
-    if lay.n_exp:
-        blk = S[:, lay.exp[: lay.n_exp]]
-        x, y, z = blk[..., 0], blk[..., 1], blk[..., 2]
-        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore", under="ignore"):
+        if lay.n_exp:
+            blk = S[:, lay.exp[: lay.n_exp]]
+            x, y, z = blk[..., 0], blk[..., 1], blk[..., 2]
             e = np.exp(x / y)
-            g = z - y * e
             grad = np.sqrt(e * e + (e * (1 - x / y)) ** 2 + 1.0)
-            gap = np.minimum(y, g / grad)
-        gap = np.where((y > 0) & np.isfinite(gap), np.maximum(gap, 0.0), 0.0)
-        out[:, lay.exp[: lay.n_exp]] = gap[..., None]
+            out[:, lay.exp[: lay.n_exp]] = _depth(y > 0, (z - y * e) / grad, y)
+        if lay.exp.shape[0] > lay.n_exp:
+            blk = S[:, lay.exp[lay.n_exp :]]
+            u, v, w = blk[..., 0], blk[..., 1], blk[..., 2]
+            e = np.exp(v / u)
+            grad = np.sqrt((e * (1 - v / u)) ** 2 + e * e + np.e**2)
+            out[:, lay.exp[lay.n_exp :]] = _depth(u < 0, (np.e * w + u * e) / grad, -u)
+        if lay.pow.size:
+            blk = S[:, lay.pow]
+            x, y, z = blk[..., 0], blk[..., 1], blk[..., 2]
+            a = np.abs(lay.alpha)
+            # K_a: x^a y^(1−a) >= |z|; its dual K*_a (alpha < 0): (x/a)^a (y/(1−a))^(1−a) >= |z|
+            p = np.where(lay.alpha > 0, x**a * y ** (1 - a),
+                         (x / a) ** a * (y / (1 - a)) ** (1 - a))
+            grad = np.sqrt((a * p / x) ** 2 + ((1 - a) * p / y) ** 2 + 1.0)
+            out[:, lay.pow] = _depth((x > 0) & (y > 0), (p - np.abs(z)) / grad,
+                                     np.minimum(x, y))
     return out[0] if squeeze else out
+
+
+def _depth(inside: np.ndarray, along: np.ndarray, face: np.ndarray) -> np.ndarray:
+    """`interior_depth` of 3-d blocks (B, n) → (B, n, 1): the smaller of the distance along
+    ψ's gradient (``along``) and to the face where the cone's domain ends (``face``), 0 where
+    the point is not inside the domain or either is not finite."""
+    gap = np.minimum(along, face)
+    return np.where(inside & np.isfinite(gap), np.maximum(gap, 0.0), 0.0)[..., None]
 
 
 def dproject(v: np.ndarray, dims: ConeDims, dual: bool = False,

@@ -608,55 +608,74 @@ def test_psd_blocks_as_low_rank_updates_of_zero_or_identity():
 
 
 def test_interior_depth_bounds_the_distance_to_the_boundary():
-    """`interior_depth` at points inside second-order, PSD and exponential cones: the ball of
-    that radius about the point lies in K where the bound is exact (second-order, PSD: random
-    directions at 0.999 of it stay in K), and it is never below the distance to the boundary,
-    which is min ⟨u, s⟩ over unit u in K* (here over a fine grid of K*'s boundary rays for the
-    exponential cone, an upper bound on that minimum). Zero and nonnegative rows get 0."""
+    """`interior_depth` at points inside every cone kind: the ball of that radius about the
+    point lies in K where the bound is exact (second-order, PSD: random directions at 0.999
+    of it stay in K), and it is never below the distance to the boundary, min ⟨u, s⟩ over
+    unit u in K* (for the 3-d cones over K*'s boundary rays: a grid, then Brent's method).
+    Zero and nonnegative rows get 0."""
     rng = np.random.default_rng(21)
-    dims = ConeDims(zero=1, nonneg=2, soc=(4,), psd=(3,), exp=3)
-    inner = np.concatenate([[0.0, 0.0, 0.0], [1.0, 0, 0, 0], project(np.eye(3)[np.triu_indices(3)]
-                            * np.array([1, 0, 0, 1, 0, 1.0]), ConeDims(psd=(3,))),
-                            np.tile([-1.0, 1.0, 1.0], 3)])
-    lay = {"soc": slice(3, 7), "psd": slice(7, 13), "exp": slice(13, 22)}
+    dims = ConeDims(zero=1, nonneg=2, soc=(4,), psd=(3,), exp=3, exp_dual=2, power=(0.3, -0.6))
+    eye = project(np.array([1.0, 0, 0, 1, 0, 1]), ConeDims(psd=(3,)))
+    inner = np.concatenate([[0.0, 0.0, 0.0], [1.0, 0, 0, 0], eye, np.tile([-1.0, 1.0, 1.0], 5),
+                            [1.0, 1.0, 0.0, 1.0, 1.0, 0.0]])
+    soc, psd = slice(3, 7), slice(7, 13)
+    three = [("exp", 13), ("exp", 16), ("exp", 19), ("exp_dual", 22), ("exp_dual", 25),
+             (0.3, 28), (-0.6, 31)]
     for _ in range(40):
         scale = 10.0 ** rng.uniform(-6, 6)
-        s = project(rng.standard_normal(dims.size), dims) + rng.uniform(0, 2) * inner
-        s = s * scale
+        s = (project(rng.standard_normal(dims.size), dims) + rng.uniform(0, 2) * inner) * scale
         d = interior_depth(s, dims)
         assert np.all(d[:3] == 0) and np.all(d >= 0)
-        for kind in ("soc", "psd"):
-            blk, dk = s[lay[kind]], d[lay[kind]]
+        for at, sub in ((soc, ConeDims(soc=(4,))), (psd, ConeDims(psd=(3,)))):
+            blk, dk = s[at], d[at]
             assert np.ptp(dk) == 0
-            sub = ConeDims(soc=(4,)) if kind == "soc" else ConeDims(psd=(3,))
             for _ in range(20):
                 u = rng.standard_normal(blk.size)
                 p = blk + 0.999 * dk[0] * u / np.linalg.norm(u)
                 assert np.linalg.norm(project(p, sub) - p) <= 1e-12 * scale
             # the witness u in K*: (1, −x/‖x‖)/√2, and the least eigenvector
-            if kind == "soc":
+            if at == soc:
                 x = blk[1:] if np.any(blk[1:]) else np.eye(3)[0]
                 u = np.concatenate([[1.0], -x / np.linalg.norm(x)]) / np.sqrt(2)
             else:
                 lam, U = np.linalg.eigh(_unvec_sym(blk))
                 u = _svec_sym(np.outer(U[:, 0], U[:, 0]))
             np.testing.assert_allclose(dk[0], max(u @ blk, 0.0), rtol=1e-9, atol=1e-13 * scale)
-        for blk, dk in zip(s[lay["exp"]].reshape(3, 3), d[lay["exp"]].reshape(3, 3), strict=True):
+        for kind, at in three:
+            blk, dk = s[at : at + 3], d[at : at + 3]
             assert np.ptp(dk) == 0
-            assert dk[0] >= (1 - 1e-9) * _exp_depth(blk) - 1e-14 * scale
+            assert dk[0] >= (1 - 1e-9) * _depth_3d(kind, blk) - 1e-14 * scale
 
 
-def _exp_depth(s):
-    """min ⟨u, s⟩ over unit u in K*_exp: over its boundary rays (−1, v, e^{−v−1}) (a grid,
-    then Brent's method about its least point) and the rays (0, 1, 0), (0, 0, 1)."""
+def _depth_3d(kind, s):
+    """min ⟨u, s⟩ over unit u in the dual of the cone ``kind`` ("exp", "exp_dual", or a
+    power cone's signed exponent): over the dual's boundary rays, one parameter (a grid, then
+    Brent's method about its least point), and its facets' rays."""
+    if kind == "exp":  # K*_exp: (−1, v, e^{−v−1}); (0, 1, 0), (0, 0, 1)
+        def ray(v):
+            return [-1.0, v, np.exp(-v - 1)]
+        lo, hi, facets = -40.0, 40.0, [[0, 1, 0], [0, 0, 1]]
+    elif kind == "exp_dual":  # K_exp: (x, 1, e^x); (−1, 0, 0), (0, 0, 1)
+        def ray(v):
+            return [v, 1.0, np.exp(v)]
+        lo, hi, facets = -40.0, 40.0, [[-1, 0, 0], [0, 0, 1]]
+    else:  # the power cone's dual: (cos θ, sin θ, its bound with the sign against z's)
+        a, sign = abs(kind), -np.sign(s[2]) or 1.0
+
+        def ray(t):
+            x, y = np.cos(t), np.sin(t)
+            bound = (x / a) ** a * (y / (1 - a)) ** (1 - a) if kind > 0 else x**a * y ** (1 - a)
+            return [x, y, sign * bound]
+        lo, hi, facets = 0.0, np.pi / 2, []
+
     def along(v):
-        u = np.array([-1.0, v, np.exp(-v - 1)])
-        return u @ s / np.linalg.norm(u)
-    grid = np.linspace(-40, 40, 8001)
-    k = int(np.argmin([along(v) for v in grid]))
+        u = np.stack(np.broadcast_arrays(*ray(np.asarray(v, dtype=float))), axis=-1)
+        return u @ s / np.linalg.norm(u, axis=-1)
+    grid = np.linspace(lo, hi, 8001)
+    k = int(np.argmin(along(grid)))
     best = minimize_scalar(along, bounds=(grid[max(k - 1, 0)], grid[min(k + 1, 8000)]),
                            method="bounded", options={"xatol": 1e-12}).fun
-    return min(best, s[1], s[2])
+    return min([best] + [np.asarray(f, float) @ s for f in facets])
 
 
 def _unvec_sym(s):
