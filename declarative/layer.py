@@ -1894,34 +1894,17 @@ class Layer:
                 if moved[k] and (curved or (tiny and moved_exact[k])):
                     d[j] = np.inf
             at = idx[j : j + 1]
-            # where the null space moves an output, a dual row that its objective entry
-            # dominates, the other terms (|P||x|, |A|ᵀ|y|) summing to at most |c_i|, with a
-            # residual of at least half its terms, is not satisfied: nothing the point holds
-            # resists the objective along x_i, and the outputs are free to move. Cone blocks
-            # count their rounding (`refine.row_terms`) unless their s lies deeper inside K
-            # than DEEP of the block, where y = 0 is exact (max cᵀx s.t. exp(x) <= b at
-            # c ~ 1e-12, b ~ 1e12: s deep in every cone, y = 0, F = c, which the tests below
-            # passed as rounding; x −32 where log b is 27). (‖x‖ + ‖x − a‖² at a ~ 1e9: the
-            # norm's y ~ 1e-19 of its |v| rounds to 0 and leaves t's row at F = c_t, but only
-            # t, no output, is free, and x is right to 3e-10.)
-            va, ya = r.v[at], r.y[at]
-            pat = pattern(t)
-            scale = np.repeat(np.maximum.reduceat(np.abs(ya) + np.abs(va), pat.blocks, axis=1),
-                              pat.block_sizes, axis=1)
-            deep = interior_depth(ya - va, t.dims) > DEEP * scale
-            terms = row_terms(ops.take(at), c[at], b[at], r.x[at], va, ya, exact=deep)[0, : t.n]
-            lead, Fx = np.abs(c[idx[j]]), np.abs(r.F[idx[j], : t.n])
-            if moved.any() and np.any((lead > 0) & (2 * lead >= terms) & (2 * Fx >= terms)):
+            if not self._data_rows_met(ops.take(at), c[at], b[at], r, at, bool(moved.any())):
                 d[j] = np.inf
                 continue
+            own = row_terms(ops.take(at), c[at], b[at], r.x[at], r.v[at], r.y[at],
+                            blockwise=False)[0]
             # F's part outside S's range is judged against each row's own terms, not the
             # block-wide scale of a cone's rounding (`refine.row_terms`): S nearly singular
             # along a direction that a small dual entry sets (water-filling with α ~ 1e6,
             # whose log's exponential cones carry 1/(α + x) ~ 1e-6 beside entries ~ 1)
             # leaves the whole error in that part. (Rounding in F's largest rows leaks into
             # every row through the projection: the normwise term.)
-            own = row_terms(ops.take(at), c[at], b[at], r.x[at], r.v[at], r.y[at],
-                            blockwise=False)[0]
             judged = np.maximum(own, SCALE_FLOOR * den[j].max(initial=0.0))
             exact = gap <= ACCEPT_BACKWARD * judged
             if not np.all(exact | (gap <= ACCEPT_BACKWARD * judged + rounding * den[j].max())):
@@ -1991,6 +1974,46 @@ class Layer:
         ok &= fine.all(axis=1)
         out[idx] = ok
         return out
+
+    def _data_rows_met(self, ops: BatchOps, c: np.ndarray, b: np.ndarray, r: Any,
+                       at: np.ndarray, moved: bool) -> bool:
+        """Does the refined point of instance ``at`` (one index array; ``ops``, ``c``, ``b``
+        its (1, ·) data) meet, to ACCEPT_BACKWARD of its own terms, every row that one
+        data entry dominates (the row's other terms summing to at most that entry)?
+
+        The backward error judges rows whose terms lie below SCALE_FLOOR of the instance's
+        largest at that floor, for the rounding that auxiliary variables leave where the
+        exact values are 0; a row that its own c_i or b_i dominates holds data, not
+        leftovers, and where S is singular nothing else sees it:
+
+        - a zero or nonnegative row (s exact there) led by b_i (max cᵀx s.t. −b <= x <= b
+          at c ~ 1e12, b ~ 1e-12: x = 0 with both rows taken as active, F = b there, the
+          null space y's free split);
+        - where the null space moves an output (``moved``), a dual row led by c_i, whose
+          cone blocks count their rounding (`refine.row_terms`) unless their s lies deeper
+          inside K than DEEP of the block, where y = 0 is exact (max cᵀx s.t. exp(x) <= b
+          at c ~ 1e-12, b ~ 1e12: s deep in every cone, y = 0, F = c; x −32 where log b
+          is 27). Where only variables that are no outputs are free, such a row is left to
+          the floor: ‖x‖ + ‖x − a‖² at a ~ 1e9, whose norm's y ~ 1e-19 of its |v| rounds to
+          0 and leaves t's row at F = c_t, with x right to 3e-10."""
+        t = self.template
+        sep = t.dims.zero + t.dims.nonneg
+        x, v, y, F = r.x[at], r.v[at], r.y[at], r.F[at][0]
+        own = row_terms(ops, c, b, x, v, y, blockwise=False)[0, t.n : t.n + sep]
+        lead = np.abs(b[0, :sep])
+        if np.any((lead > 0) & (2 * lead >= own)
+                  & (np.abs(F[t.n : t.n + sep]) > ACCEPT_BACKWARD * own)):
+            return False
+        if not moved:
+            return True
+        p = pattern(t)
+        scale = np.repeat(np.maximum.reduceat(np.abs(y) + np.abs(v), p.blocks, axis=1),
+                          p.block_sizes, axis=1)
+        deep = interior_depth(y - v, t.dims) > DEEP * scale
+        terms = row_terms(ops, c, b, x, v, y, exact=deep)[0, : t.n]
+        lead = np.abs(c[0])
+        return not np.any((lead > 0) & (2 * lead >= terms)
+                          & (np.abs(F[: t.n]) > ACCEPT_BACKWARD * terms))
 
     def _small_data_drive(self, ops: BatchOps, f: Any, v: np.ndarray, c: np.ndarray,
                           b: np.ndarray, e: Equilibration, unit: np.ndarray) -> np.ndarray:

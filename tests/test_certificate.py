@@ -1171,3 +1171,32 @@ def test_a_lasso_scaled_whole_is_solved(scale):
         Jb[on] = G @ AS.T / scale
         J = fwd.jacobian(i)[0]
         assert np.abs(J[1] - Jb).max() <= 1e-8 * np.abs(Jb).max(), i
+
+
+_BOX = {
+    "-b <= x <= b": lambda x, b: [x <= b, x >= -b],
+    "0 <= x <= b": lambda x, b: [x <= b, x >= 0],
+    "|x| <= b": lambda x, b: [cp.abs(x) <= b],
+}
+
+
+@pytest.mark.parametrize("form", list(_BOX))
+@pytest.mark.parametrize("cs, bs", [(1e12, 1e-12), (1e9, 1e-9), (1e6, 1e-12), (1e12, 1e-6)])
+def test_a_box_lp_with_c_far_above_b_is_its_closed_form(form, cs, bs):
+    """max cᵀx over a box of half-width b, with c/b >= 1e18: b̂ lands ~1e-24 below ĉ in the
+    equilibrated program, where the backward error judged the box's rows at its floor, so
+    x = 0 (and b/2 in 0 <= x <= b) came back solved, with both rows taken as active and
+    F = b in them. A row that its b_i dominates is judged on its own terms. Every instance
+    is solved (after the retries) at the closed form: x = b where c > 0, and −b (0 in
+    0 <= x <= b) where c < 0."""
+    n = 4
+    x, c, b = cp.Variable(n), cp.Parameter(n), cp.Parameter(n, pos=True)
+    layer = dl.compile(cp.Problem(cp.Maximize(c @ x), _BOX[form](x, b)), [c, b], [x])
+    rng = np.random.default_rng(5)
+    cv = rng.uniform(0.5, 2, (3, n)) * cs * np.array([1, -1, 1, -1])
+    bv = rng.uniform(0.5, 2, (3, n)) * bs
+    fwd = layer.forward([cv, bv], on_failure="nan")
+    assert fwd.ok.all(), fwd.info.status
+    low = 0.0 if form.startswith("0") else -1.0
+    exact = np.where(cv > 0, bv, low * bv)
+    np.testing.assert_allclose(fwd.outputs[0], exact, rtol=0, atol=1e-9 * bs)
