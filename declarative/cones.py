@@ -1074,11 +1074,11 @@ def snap_kinks(v: np.ndarray, dims: ConeDims, tol: float | np.ndarray = KINK_TOL
     nonnegative cone, the whole block for a second-order or PSD cone); ``mask.any(axis=1)``
     are the instances with a kink.
 
-    With ``sides`` = (primal magnitudes per row (B, m), dual magnitude per instance (B,)),
+    With ``sides`` = (primal and dual magnitudes per row, (B, m) each),
     `derivative._sides`, the scale is that of the side each value is rounded on: on the
     nonnegative cone a slack (v < 0) within ``tol`` of its row's primal magnitude and a
-    multiplier (v > 0) within ``tol`` of the dual magnitude; on a second-order cone,
-    within ``tol`` of the larger of its own rows' primal magnitude and the dual one (a
+    multiplier (v > 0) within ``tol`` of its row's dual magnitude; on a second-order cone,
+    within ``tol`` of the larger of its own rows' primal and dual magnitudes (a
     bound x <= 1e15 that is never reached put ‖v‖∞ at 1e15 times an active ball's, and
     the ball counted as a kink).
     """
@@ -1095,8 +1095,10 @@ def snap_kinks(v: np.ndarray, dims: ConeDims, tol: float | np.ndarray = KINK_TOL
             rows = sides[0][:, off : off + dims.nonneg]
             primal = np.where((rows > 0) & np.isfinite(rows), rel[:, None] * rows,
                               scale[:, None])
-            dual = np.where((sides[1] > 0) & np.isfinite(sides[1]), rel * sides[1], scale)
-            near = np.abs(block) <= np.where(block < 0, primal, dual[:, None])
+            duals = sides[1][:, off : off + dims.nonneg]
+            dual = np.where((duals > 0) & np.isfinite(duals), rel[:, None] * duals,
+                            scale[:, None])
+            near = np.abs(block) <= np.where(block < 0, primal, dual)
         mask[:, off : off + dims.nonneg] = near
         block[near] = 0.0
     off += dims.nonneg
@@ -1105,7 +1107,8 @@ def snap_kinks(v: np.ndarray, dims: ConeDims, tol: float | np.ndarray = KINK_TOL
         nx = np.linalg.norm(xb, axis=1)
         at = scale
         if sides is not None:
-            own = np.maximum(sides[0][:, off : off + k].max(axis=1, initial=0.0), sides[1])
+            own = np.maximum(sides[0][:, off : off + k].max(axis=1, initial=0.0),
+                             sides[1][:, off : off + k].max(axis=1, initial=0.0))
             at = np.where((own > 0) & np.isfinite(own), rel * own, scale)
         near = (np.abs(nx - np.abs(t)) <= at) & (nx > at)
         # held active: on the boundary of K* (DΠ = I), or, beside the boundary of −K (a

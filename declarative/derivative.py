@@ -61,7 +61,7 @@ from declarative.cones import (
     release_kinks,
     snap_kinks,
 )
-from declarative.equilibrate import Equilibration
+from declarative.equilibrate import Equilibration, pattern
 from declarative.parallel import parallel_map, workers
 
 # S (size N = n + m) is factored dense (LAPACK) or sparse (SuperLU), whichever the cost
@@ -2196,23 +2196,51 @@ def _rcond_lu(lu: np.ndarray, S: np.ndarray) -> float:
     return float(rc) if info == 0 else 0.0
 
 
+def _components(t: ConeTemplate) -> tuple[np.ndarray, np.ndarray, int]:
+    """Connected components of the program's coupling graph, whose nodes are its variables and
+    rows, joined by A's and P's stored entries and by membership of one cone block: (the
+    component of each variable (n,), of each row (m,), their number). Computed once per
+    template."""
+    cached = t.derived.get("components")
+    if cached is None:
+        from scipy.sparse.csgraph import connected_components
+
+        p = pattern(t)
+        n, m = t.n, t.m
+        first = np.repeat(p.blocks, p.block_sizes)  # each row's block's first row
+        i = np.concatenate([p.cols, p.P_rows, n + np.arange(m)])
+        j = np.concatenate([n + p.rows, p.P_cols, n + first])
+        graph = sp.coo_matrix((np.ones(i.size), (i, j)), shape=(n + m, n + m))
+        k, labels = connected_components(graph, directed=False)
+        cached = (labels[:n], labels[n:], int(k))
+        t.derived["components"] = cached
+    return cached
+
+
 def _sides(ops: BatchOps, x: np.ndarray, y: np.ndarray, s: np.ndarray
            ) -> tuple[np.ndarray, np.ndarray]:
-    """The primal magnitude of each row (B, m), (|A|·1)‖x‖∞ at (x, y, s): the size of the
-    row's terms with its variables at the instance's scale, which bounds |A||x| and, where
-    the slack vanishes, |b| (b = Ax + s); and the dual magnitude of each instance (B,),
-    max(‖|A|ᵀ|y|‖∞, ‖|P||x|‖∞), which bounds ‖c‖∞ (c = −Px − Aᵀy): the scales a slack's
-    and a multiplier's rounding are relative to (`snap_kinks`). Per row, so that a bound
-    that is never reached (its slack 1e9 beside variables of 1e-3) sets no other row's
-    scale; with the variables' scale, so that a row whose own terms vanish (x_i >= 0 at a
-    sparsemax tie, x_i and its slack both rounding) is still judged at the scale its
-    rounding comes from."""
+    """The primal and dual magnitude of each row (B, m) each: (|A|·1) times the largest |x_j|
+    over the row's component (`_components`), the size of the row's terms with its variables
+    at the scale of those coupled to it, which bounds |A||x| and, where the slack vanishes,
+    |b| (b = Ax + s); and the largest entry of |A|ᵀ|y| and |P||x| over the component, which
+    bounds |c| there (c = −Px − Aᵀy): the scales a slack's and a multiplier's rounding are
+    relative to (`snap_kinks`). Per row, so that a bound that is never reached (its slack 1e9
+    beside variables of 1e-3) sets no other row's scale; over the row's variables' component,
+    so that a row whose own terms vanish (x_i >= 0 at a sparsemax tie, x_i and its slack
+    both rounding) is still judged at the scale its rounding comes from, and one uncoupled
+    from the rest (each coordinate of max cᵀx s.t. −b <= x <= b alone, at scales 1e-12 …
+    1e16 apart) at its own."""
     mag = ops.magnitude
+    var, row, k = _components(ops.template)
     ax = np.abs(x)
-    rows = mag.A(np.ones_like(ax)) * ax.max(axis=1, initial=0.0)[:, None]
-    dual = np.maximum(mag.AT(np.abs(y)).max(axis=1, initial=0.0),
-                      mag.P(ax).max(axis=1, initial=0.0))
-    return rows, dual
+    B = len(x)
+    at = (np.arange(B)[:, None], var[None, :])
+    top = np.zeros((B, k))
+    np.maximum.at(top, at, ax)
+    rows = mag.A(np.ones_like(ax)) * top[:, row]
+    dual = np.zeros((B, k))
+    np.maximum.at(dual, at, np.maximum(mag.AT(np.abs(y)), mag.P(ax)))
+    return rows, dual[:, row]
 
 
 @dataclass

@@ -1200,3 +1200,29 @@ def test_a_box_lp_with_c_far_above_b_is_its_closed_form(form, cs, bs):
     low = 0.0 if form.startswith("0") else -1.0
     exact = np.where(cv > 0, bv, low * bv)
     np.testing.assert_allclose(fwd.outputs[0], exact, rtol=0, atol=1e-9 * bs)
+
+
+@pytest.mark.parametrize("cv, bv", [
+    ([0.0013651764016654616, 50075880034.085884, 1.9226978890513583e-06, 184.92772364730416],
+     [5812.644999841999, 0.18602204644394038, 726729.2413087625, 1.4777435011313308e-12]),
+    ([3.3962663697453116e-09, 0.02164284549744358, 281103238.1681423, 1.6885887177464986e-10],
+     [63239.021724491235, 2.5362043866353156e-11, 9.456842707160324e-06, 0.3696453844903088]),
+])
+def test_uncoupled_coordinates_at_far_apart_scales_keep_their_own_kinks(cv, bv):
+    """max cᵀx s.t. −b <= x <= b, each coordinate alone, with c and b spread over 1e-12 …
+    1e11: x = b, ∂x/∂b = I, ∂x/∂c = 0, every constraint strictly complementary. The kink
+    test judged each slack against the instance's largest |x| (3.7e16 in the program scaled
+    at the solution), so inactive bounds of 780 and 1.2e-3 counted as kinks, both bounds of
+    x₀ were held active, and the derivative came out of a singular S (∂x₀/∂b₀ = 6.6e-6,
+    ∂x₃/∂b₃ = 0.52) while reported differentiable. Each row is judged at the scale of the
+    variables coupled to it."""
+    x, c, b = cp.Variable(4), cp.Parameter(4), cp.Parameter(4, pos=True)
+    layer = dl.compile(cp.Problem(cp.Maximize(c @ x), [x <= b, x >= -b]), [c, b], [x])
+    fwd = layer.forward([np.array(cv), np.array(bv)], on_failure="nan")
+    assert fwd.ok.all()
+    np.testing.assert_allclose(fwd.outputs[0][0], bv, rtol=1e-12, atol=0)
+    J = fwd.jacobian(0)[0]
+    assert not fwd.nondifferentiable[0]
+    np.testing.assert_allclose(J[1], np.eye(4), rtol=0, atol=1e-12)
+    # ∂x/∂c = 0, unit-free: |∂x_i/∂c_j| c_j / b_i
+    assert np.abs(J[0] * np.array(cv)[None, :] / np.array(bv)[:, None]).max() <= 1e-12
