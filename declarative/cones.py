@@ -973,9 +973,10 @@ def interior_depth(s: np.ndarray, dims: ConeDims) -> np.ndarray:
     ψ = |z| − x^a y^(1−a) and its dual ψ = |z| − (x/a)^a (y/(1−a))^(1−a) (x, y > 0). Their
     bound is the smaller of the distance to the domain's face (y, −u, min(x, y)) and
     g/‖∇ψ‖ with g = −ψ(s), the step along ψ's gradient after which ψ >= 0 (ψ grows at least
-    linearly along it). Where the depth
-    exceeds the error of s, the multiplier y = Π_{K*}(y − s) = 0 is exact: a perturbation of
-    v = y − s smaller than the depth keeps v in −K."""
+    linearly along it).
+
+    Where the depth exceeds the error of s, the multiplier y = Π_{K*}(y − s) = 0 is exact:
+    a perturbation of v = y − s smaller than the depth keeps v in −K."""
     S, squeeze = _as_batch(s, dims)
     S = S.astype(np.float64, copy=False)
     lay = _layout(dims)

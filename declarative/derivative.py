@@ -45,6 +45,7 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
+from scipy.sparse.csgraph import connected_components
 
 from declarative.arrow import BATCH_MIN as ARROW_BATCH_MIN
 from declarative.arrow import Arrow, ArrowFactors, ArrowLU
@@ -2203,8 +2204,6 @@ def _components(t: ConeTemplate) -> tuple[np.ndarray, np.ndarray, int]:
     template."""
     cached = t.derived.get("components")
     if cached is None:
-        from scipy.sparse.csgraph import connected_components
-
         p = pattern(t)
         n, m = t.n, t.m
         first = np.repeat(p.blocks, p.block_sizes)  # each row's block's first row

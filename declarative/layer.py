@@ -124,8 +124,8 @@ ZERO_FLOOR = 1e-13
 SMALL_DATA = 1e-6
 DRIVEN = 2.0
 # A cone block whose s lies deeper inside K than DEEP of the block's largest |y| + |v|
-# (`cones.interior_depth`) has y = Π(v) = 0 exactly, not to rounding: the forward-error
-# estimate's test of the dual rows (Layer._forward_error_ok) takes its terms as they are.
+# (`cones.interior_depth`) has y = Π(v) = 0 exactly, not to rounding: the certificate's
+# test of the rows that one data entry dominates (Layer._data_rows_met) takes it so.
 DEEP = ACCEPT_FORWARD
 # Below this max-norm in the equilibrated program (whose data have unit max-norm), an output
 # that a singular S leaves undetermined is not resolved (see Layer._forward_error_ok).
@@ -1897,14 +1897,14 @@ class Layer:
             if not self._data_rows_met(ops.take(at), c[at], b[at], r, at, bool(moved.any())):
                 d[j] = np.inf
                 continue
-            own = row_terms(ops.take(at), c[at], b[at], r.x[at], r.v[at], r.y[at],
-                            blockwise=False)[0]
             # F's part outside S's range is judged against each row's own terms, not the
             # block-wide scale of a cone's rounding (`refine.row_terms`): S nearly singular
             # along a direction that a small dual entry sets (water-filling with α ~ 1e6,
             # whose log's exponential cones carry 1/(α + x) ~ 1e-6 beside entries ~ 1)
             # leaves the whole error in that part. (Rounding in F's largest rows leaks into
             # every row through the projection: the normwise term.)
+            own = row_terms(ops.take(at), c[at], b[at], r.x[at], r.v[at], r.y[at],
+                            blockwise=False)[0]
             judged = np.maximum(own, SCALE_FLOOR * den[j].max(initial=0.0))
             exact = gap <= ACCEPT_BACKWARD * judged
             if not np.all(exact | (gap <= ACCEPT_BACKWARD * judged + rounding * den[j].max())):
