@@ -35,7 +35,7 @@ from declarative.compile import (
     pick,
     times_t,
 )
-from declarative.cones import DProjection, dproject, interior_depth
+from declarative.cones import DProjection, dproject
 from declarative.derivative import (
     RCOND_MIN,
     BatchOps,
@@ -125,7 +125,8 @@ SMALL_DATA = 1e-6
 DRIVEN = 2.0
 # A cone block whose s lies deeper inside K than DEEP of the block's largest |y| + |v|
 # (`cones.interior_depth`) has y = Π(v) = 0 exactly, not to rounding: the certificate's
-# test of the rows that one data entry dominates (Layer._data_rows_met) takes it so.
+# test of the rows that one data entry dominates (Layer._data_rows_met) takes it so
+# (`refine.row_terms`' ``deep``).
 DEEP = ACCEPT_FORWARD
 # Below this max-norm in the equilibrated program (whose data have unit max-norm), an output
 # that a singular S leaves undetermined is not resolved (see Layer._forward_error_ok).
@@ -1893,18 +1894,18 @@ class Layer:
                 tiny = here[lo : lo + o.size].max(initial=0.0) < RESOLVED
                 if moved[k] and (curved or (tiny and moved_exact[k])):
                     d[j] = np.inf
-            at = idx[j : j + 1]
-            if not self._data_rows_met(ops.take(at), c[at], b[at], r, at, bool(moved.any())):
-                d[j] = np.inf
-                continue
             # F's part outside S's range is judged against each row's own terms, not the
             # block-wide scale of a cone's rounding (`refine.row_terms`): S nearly singular
             # along a direction that a small dual entry sets (water-filling with α ~ 1e6,
             # whose log's exponential cones carry 1/(α + x) ~ 1e-6 beside entries ~ 1)
             # leaves the whole error in that part. (Rounding in F's largest rows leaks into
             # every row through the projection: the normwise term.)
-            own = row_terms(ops.take(at), c[at], b[at], r.x[at], r.v[at], r.y[at],
-                            blockwise=False)[0]
+            at = idx[j : j + 1]
+            one = ops.take(at)
+            own = row_terms(one, c[at], b[at], r.x[at], r.v[at], r.y[at], blockwise=False)[0]
+            if not self._data_rows_met(one, c[at], b[at], r, at, own, bool(moved.any())):
+                d[j] = np.inf
+                continue
             judged = np.maximum(own, SCALE_FLOOR * den[j].max(initial=0.0))
             exact = gap <= ACCEPT_BACKWARD * judged
             if not np.all(exact | (gap <= ACCEPT_BACKWARD * judged + rounding * den[j].max())):
@@ -1976,10 +1977,11 @@ class Layer:
         return out
 
     def _data_rows_met(self, ops: BatchOps, c: np.ndarray, b: np.ndarray, r: Any,
-                       at: np.ndarray, moved: bool) -> bool:
+                       at: np.ndarray, own: np.ndarray, moved: bool) -> bool:
         """Does the refined point of instance ``at`` (one index array; ``ops``, ``c``, ``b``
-        its (1, ·) data) meet, to ACCEPT_BACKWARD of its own terms, every row that one
-        data entry dominates (the row's other terms summing to at most that entry)?
+        its (1, ·) data, ``own`` its rows' terms, `refine.row_terms` not blockwise) meet, to
+        ACCEPT_BACKWARD of its own terms, every row that one data entry dominates (the row's
+        other terms summing to at most that entry)?
 
         The backward error judges rows whose terms lie below SCALE_FLOOR of the instance's
         largest at that floor, for the rounding that auxiliary variables leave where the
@@ -1998,19 +2000,15 @@ class Layer:
           0 and leaves t's row at F = c_t, with x right to 3e-10."""
         t = self.template
         sep = t.dims.zero + t.dims.nonneg
-        x, v, y, F = r.x[at], r.v[at], r.y[at], r.F[at][0]
-        own = row_terms(ops, c, b, x, v, y, blockwise=False)[0, t.n : t.n + sep]
+        F = r.F[at][0]
+        rows = own[t.n : t.n + sep]
         lead = np.abs(b[0, :sep])
-        if np.any((lead > 0) & (2 * lead >= own)
-                  & (np.abs(F[t.n : t.n + sep]) > ACCEPT_BACKWARD * own)):
+        if np.any((lead > 0) & (2 * lead >= rows)
+                  & (np.abs(F[t.n : t.n + sep]) > ACCEPT_BACKWARD * rows)):
             return False
         if not moved:
             return True
-        p = pattern(t)
-        scale = np.repeat(np.maximum.reduceat(np.abs(y) + np.abs(v), p.blocks, axis=1),
-                          p.block_sizes, axis=1)
-        deep = interior_depth(y - v, t.dims) > DEEP * scale
-        terms = row_terms(ops, c, b, x, v, y, exact=deep)[0, : t.n]
+        terms = row_terms(ops, c, b, r.x[at], r.v[at], r.y[at], deep=DEEP)[0, : t.n]
         lead = np.abs(c[0])
         return not np.any((lead > 0) & (2 * lead >= terms)
                           & (np.abs(F[: t.n]) > ACCEPT_BACKWARD * terms))

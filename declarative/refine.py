@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from declarative.compile import ConeTemplate
-from declarative.cones import DProjection, dproject, flip_near_kinks, project
+from declarative.cones import DProjection, dproject, flip_near_kinks, interior_depth, project
 from declarative.derivative import (
     NEWTON_SOLVE_TOL,
     BatchOps,
@@ -115,7 +115,7 @@ class Refined:
 
 
 def row_terms(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray,
-              pv: np.ndarray, blockwise: bool = True, exact: np.ndarray | None = None
+              pv: np.ndarray, blockwise: bool = True, deep: float | None = None
               ) -> np.ndarray:
     """The magnitudes of F(u, v)'s terms per row (B, n + m): (|P||u| + |A|ᵀ|y| + |c|) over
     the first n rows, (|A||u| + |b| + |s|) over the last m, with y = Π(v), s = Π(v) − v.
@@ -124,10 +124,10 @@ def row_terms(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.
     exponential, power) |y| and |s| stand for the block's largest |Π(v)| + |v|, and the
     second sum is its maximum over the block: Π mixes a block's entries, so its rounding
     is relative to the block, not to each entry (`backward_error`). Without, every entry is
-    taken as it is: the scale of the terms themselves. ``exact`` (B, m), with ``blockwise``:
-    entries whose Π(v) is known exactly all the same (a block whose v lies deeper inside −K
-    than its error, `cones.interior_depth`: Π(v) = 0), taken as they are in the first n
-    rows."""
+    taken as it is: the scale of the terms themselves. With ``blockwise`` and ``deep``, a
+    block whose s lies deeper inside K than ``deep`` times that largest |Π(v)| + |v|
+    (`cones.interior_depth`) has Π(v) = 0 exactly, not to rounding (a perturbation of v
+    smaller than the depth keeps it in −K): its |y| is taken as it is in the first n rows."""
     t = ops.template
     p = pattern(t)
     mag = ops.magnitude
@@ -141,8 +141,8 @@ def row_terms(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.
     if blocks:
         block = np.maximum.reduceat(apv + np.abs(v), p.blocks, axis=1)
         block = np.repeat(block, p.block_sizes, axis=1)[:, sep:]
-        den_pv[:, sep:] = block if exact is None else np.where(exact[:, sep:],
-                                                               apv[:, sep:], block)
+        den_pv[:, sep:] = block if deep is None else np.where(
+            interior_depth(pv - v, t.dims)[:, sep:] > deep * block, apv[:, sep:], block)
         den_s[:, sep:] = block
     den_x = mag.P(au) + mag.AT(den_pv) + np.abs(c)
     den_y = mag.A(au) + np.abs(b) + den_s
