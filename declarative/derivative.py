@@ -39,7 +39,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import scipy.linalg as sla
@@ -2242,6 +2242,22 @@ def _sides(ops: BatchOps, x: np.ndarray, y: np.ndarray, s: np.ndarray
     return rows, dual[:, row]
 
 
+class Solves(Protocol):
+    """What `ConeSolution` asks of S's factorizations at its points: a `Linearization`, or
+    `polyhedral.ActiveSets` where every point is the exact solution of its active set."""
+
+    rcond: np.ndarray
+    singular: np.ndarray
+    factors: list
+    dense: bool
+
+    def solve(self, rhs: np.ndarray, transpose: bool = False, iterative: bool = True,
+              tol: float = REFINE_SOLVE_TOL) -> np.ndarray: ...
+
+    def solve_one(self, i: int, rhs: np.ndarray, transpose: bool = False,
+                  iterative: bool = True, tol: float = REFINE_SOLVE_TOL) -> np.ndarray: ...
+
+
 @dataclass
 class ConeSolution:
     """A batch of (refined) primal-dual solutions, and the derivative machinery at them."""
@@ -2252,7 +2268,7 @@ class ConeSolution:
     s: np.ndarray
     v: np.ndarray
     D: DProjection
-    lin: Linearization
+    lin: Solves
     kink_mask: np.ndarray  # (B, m) coordinates of v on a kink of Π_{K*} (see snap_kinks)
     # The program is the user's scaled by this (equilibrate.py), or None: the diagnostics
     # take data directions and report output changes in the user's units through it

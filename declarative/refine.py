@@ -173,14 +173,19 @@ def backward_error(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray,
     terms themselves, without that floor (the size of each row's rounding).
     """
     den = row_terms(ops, c, b, u, v, pv)
+    return omega(F, den), den
+
+
+def omega(F: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """`backward_error`'s ω from the residual F and its rows' terms ``den`` (B, n + m) each."""
     # rows whose terms are all below SCALE_FLOOR of the largest are judged at that level
     # (SCS leaves values such as 1e-320 where the exact ones are 0)
-    floored = np.maximum(den, SCALE_FLOOR * den.max(axis=1, initial=0.0)[:, None])
+    floored = np.maximum(den, SCALE_FLOOR * den.max(axis=-1, initial=0.0)[..., None])
     aF = np.abs(F)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(aF == 0, 0.0, aF / floored)
-    out = ratio.max(axis=1, initial=0.0)
-    return np.where(np.isnan(out), np.inf, out), den
+    out = ratio.max(axis=-1, initial=0.0)
+    return np.where(np.isnan(out), np.inf, out)
 
 
 def _merit(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray,

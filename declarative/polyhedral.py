@@ -1,0 +1,187 @@
+"""polyhedral: a polyhedral program's solution from its active set, and the derivative there.
+
+For a program whose cones are all zero and nonnegative ones (LPs and QPs), the optimality
+conditions at a strictly complementary solution are linear once it is known which
+inequalities hold with equality (the active set 𝒜: every zero-cone row, and the nonnegative
+rows whose multiplier is positive):
+
+    P x + Aᵀ_𝒜 y_𝒜 = −c,   A_𝒜 x = b_𝒜,   y_i = 0 and s_i = b_i − A_i x > 0 off 𝒜.
+
+This is the residual map's Newton system (derivative.py, eq. (1)) where DΠ is 0 or 1 on
+every row: its rows for the inactive constraints only give their v from x, and what is left
+is the square matrix
+
+    M = [[P, A_𝒜ᵀ], [−A_𝒜, 0]]
+
+(Nocedal & Wright, *Numerical Optimization*, §16.1; OptNet's KKT system, Amos & Kolter 2017).
+One dense LU of M gives the solution for the active set guessed from an approximate point
+(a solver's), the Newton correction that estimates its error, and the derivative: the
+residual map's S restricted to 𝒜, so the same solves the general path makes, without its
+machinery for every other kind of cone, which at one small instance is most of the time.
+
+Nothing here decides whether the point is certified: `ActiveSet.at` returns None where the
+guessed active set does not give a solution with the right signs, or M is singular, and
+the caller (layer.py) judges the point as it judges any other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg as la
+
+from declarative.compile import ConeTemplate
+from declarative.derivative import REFINE_SOLVE_TOL, BatchOps
+
+# The largest n + m whose dense M the active-set path factors (above it the general path's
+# sparse and structured factorizations are the right tool).
+KKT_MAX_SIZE = 400
+
+
+def small_polyhedral(t: ConeTemplate) -> bool:
+    """Are all of the template's cones zero and nonnegative ones, and is it small enough for
+    a dense M (KKT_MAX_SIZE)?"""
+    d = t.dims
+    return d.zero + d.nonneg == t.m and t.n + t.m <= KKT_MAX_SIZE
+
+
+@dataclass
+class ActiveSet:
+    """One instance's active set and the LU of its M, at the point it solves exactly."""
+
+    n: int
+    m: int
+    rows: np.ndarray                         # the active rows 𝒜 (zero rows first, sorted)
+    A: np.ndarray                            # the instance's dense A (m, n)
+    P: np.ndarray | None                     # and P (n, n), or None (a linear objective)
+    c: np.ndarray
+    b: np.ndarray
+    lu: tuple[np.ndarray, np.ndarray]        # LAPACK getrf of M
+    rcond: float                             # its reciprocal condition, 1-norm estimate
+    x: np.ndarray
+    y: np.ndarray
+    s: np.ndarray
+
+    @classmethod
+    def at(cls, ops: BatchOps, c: np.ndarray, b: np.ndarray, y: np.ndarray,
+           s: np.ndarray) -> ActiveSet | None:
+        """The active set of the one instance of ``ops`` (with c (n,), b (m,)) guessed from an
+        approximate solution's multipliers ``y`` and slacks ``s`` (a nonnegative row is active
+        where y_i > s_i), and the exact solution for it: None where M is singular (to working
+        precision) or that solution's multipliers or slacks have the wrong sign (the guess
+        was wrong)."""
+        t = ops.template
+        n, m, zero = t.n, t.m, t.dims.zero
+        A = ops.dense()[0]
+        P = ops.dense_P()[0] if t.quadratic else None
+        active = np.ones(m, dtype=bool)
+        active[zero:] = y[zero:] > s[zero:]
+        rows = np.flatnonzero(active)
+        k = rows.size
+        Aa = A[rows]
+        M = np.zeros((n + k, n + k))
+        if P is not None:
+            M[:n, :n] = P
+        M[:n, n:] = Aa.T
+        M[n:, :n] = -Aa
+        anorm = np.abs(M).sum(axis=0).max(initial=0.0)
+        if not np.isfinite(anorm) or anorm == 0:
+            return None
+        lu, piv, info = la.lapack.dgetrf(M)
+        if info != 0:
+            return None
+        rcond, info = la.lapack.dgecon(lu, anorm, norm="1")
+        if info != 0 or not rcond > np.finfo(float).eps:
+            return None
+        rhs = np.concatenate([-c, -b[rows]])
+        z, info = la.lapack.dgetrs(lu, piv, rhs)
+        # one step of iterative refinement: componentwise backward stable (Skeel 1980;
+        # Higham, *Accuracy and Stability of Numerical Algorithms*, §12.2), where the solve
+        # alone leaves an active bound x_j >= 0 at x_j ~ 1e-16 beside its own terms ~0
+        z = z + la.lapack.dgetrs(lu, piv, rhs - M @ z)[0]
+        if info != 0 or not np.all(np.isfinite(z)):
+            return None
+        x = z[:n]
+        yy = np.zeros(m)
+        yy[rows] = z[n:]
+        ss = b - A @ x
+        ss[rows] = 0.0
+        if np.any(yy[zero:][active[zero:]] <= 0) or np.any(ss[~active] <= 0):
+            return None
+        return cls(n=n, m=m, rows=rows, A=A, P=P, c=c, b=b, lu=(lu, piv), rcond=float(rcond),
+                   x=x, y=yy, s=ss)
+
+    def terms(self, x: np.ndarray, y: np.ndarray, s: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """The residual F (`derivative.residual`) at (x, y, s), with y = Π(y − s) (zero and
+        nonnegative rows), and its rows' terms (`refine.row_terms`), (n + m,) each."""
+        aA, ax = np.abs(self.A), np.abs(x)
+        Fx, dx = self.A.T @ y + self.c, aA.T @ np.abs(y) + np.abs(self.c)
+        if self.P is not None:
+            Fx += self.P @ x
+            dx += np.abs(self.P) @ ax
+        return (np.concatenate([Fx, self.b - self.A @ x - s]),
+                np.concatenate([dx, aA @ ax + np.abs(self.b) + np.abs(s)]))
+
+    def gradient(self) -> np.ndarray:
+        """|P||x| + |c| at the point (n,)."""
+        g = np.abs(self.c)
+        return g if self.P is None else g + np.abs(self.P) @ np.abs(self.x)
+
+    def scales(self) -> tuple[float, float]:
+        """Bounds on every row's primal and dual scale at the point (`derivative._sides`):
+        the largest row sum of |A| times the largest |x_j|, and the largest entry of
+        |A|ᵀ|y| and |P||x|; over the whole instance, where `sides` takes each row's
+        component, so never below it."""
+        aA, ax = np.abs(self.A), np.abs(self.x)
+        dual = aA.T @ np.abs(self.y)
+        if self.P is not None:
+            dual = np.maximum(dual, np.abs(self.P) @ ax)
+        return (float(aA.sum(axis=1).max(initial=0.0) * ax.max(initial=0.0)),
+                float(dual.max(initial=0.0)))
+
+    def solve(self, r: np.ndarray, transpose: bool = False) -> np.ndarray:
+        """S⁻¹ r (or S⁻ᵀ r) at this point, r (n + m,) or (n + m, K).
+
+        S (u, v) = (P u + A_𝒜ᵀ v_𝒜, −A_𝒜 u on 𝒜, −A_i u + v_i off it): M's solve gives u and
+        v_𝒜, and then v_i = r_i + A_i u. Sᵀ (a, w) = (P a − Aᵀ w, A_𝒜 a on 𝒜, w_i off it):
+        w_i = r_i, and Mᵀ's solve, with A_iᵀ r_i moved to the right, gives a and w_𝒜."""
+        n, rows = self.n, self.rows
+        inactive = np.ones(self.m, dtype=bool)
+        inactive[rows] = False
+        rx, rv = r[:n], r[n:]
+        if transpose:
+            top = np.concatenate([rx + self.A[inactive].T @ rv[inactive], rv[rows]])
+        else:
+            top = np.concatenate([rx, rv[rows]])
+        z, _ = la.lapack.dgetrs(*self.lu, top, trans=int(transpose))
+        out = np.empty(r.shape)
+        out[:n] = z[:n]
+        out[n:] = rv if transpose else rv + self.A @ z[:n]
+        out[n:][rows] = z[n:]
+        return out
+
+
+class ActiveSets:
+    """A batch of `ActiveSet`s in the role of `derivative.Linearization` (the solves that
+    `derivative.ConeSolution` makes with S): every S regular, each solved by its M."""
+
+    dense = True
+
+    def __init__(self, sets: list[ActiveSet]) -> None:
+        self.factors = sets
+        self.rcond = np.array([a.rcond for a in sets])
+        self.singular = np.zeros(len(sets), dtype=bool)
+
+    def solve(self, rhs: np.ndarray, transpose: bool = False, iterative: bool = True,
+              tol: float = REFINE_SOLVE_TOL) -> np.ndarray:
+        """S⁻¹ rhs (or S⁻ᵀ rhs) per instance, rhs (B, N) or (B, N, K)."""
+        return np.stack([a.solve(r, transpose) for a, r in zip(self.factors, rhs, strict=True)])
+
+    def solve_one(self, i: int, rhs: np.ndarray, transpose: bool = False,
+                  iterative: bool = True, tol: float = REFINE_SOLVE_TOL) -> np.ndarray:
+        """S_i⁻¹ rhs (or S_i⁻ᵀ rhs) for instance i; rhs (N,) or (N, K)."""
+        if not np.all(np.isfinite(rhs)):
+            return np.full_like(rhs, np.nan)
+        return self.factors[i].solve(rhs, transpose)
