@@ -1,0 +1,215 @@
+"""A few instances of a small polyhedral program are solved at their active set
+(`Layer._vertices`, `polyhedral.ActiveSet`): the points and derivatives it certifies are
+checked against closed forms, against the general path (refinement and `_forward_error_ok`,
+the same layer with the active-set path switched off) and against S itself; points it must
+not take (ties, non-unique solutions) are left to the general path, whose verdicts stand."""
+
+from __future__ import annotations
+
+import warnings
+
+import cvxpy as cp
+import numpy as np
+import pytest
+
+import declarative as dl
+import declarative.layer as L
+from declarative.derivative import NonDifferentiableWarning
+from declarative.polyhedral import ActiveSet
+
+EPS = np.finfo(float).eps
+
+
+def _sparsemax(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Martins & Astudillo 2016: the projection onto the simplex and its Jacobian."""
+    zs = np.sort(z)[::-1]
+    k = np.arange(1, z.size + 1)
+    cs = np.cumsum(zs)
+    kk = k[1 + k * zs > cs][-1]
+    x = np.maximum(z - (cs[kk - 1] - 1) / kk, 0.0)
+    s = (x > 0).astype(float)
+    return x, np.diag(s) - np.outer(s, s) / s.sum()
+
+
+def sparsemax_layer(n: int = 8):
+    x, th = cp.Variable(n), cp.Parameter(n)
+    return dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - th)), [cp.sum(x) == 1, x >= 0]),
+                      [th], [x], on_failure="nan")
+
+
+def qp_layer(n: int = 6, p: int = 2, m: int = 5):
+    """OptNet's QP with every datum a parameter, and the inequalities' multipliers as an
+    output."""
+    x = cp.Variable(n)
+    L_, q = cp.Parameter((n, n)), cp.Parameter(n)
+    A, b, G, h = cp.Parameter((p, n)), cp.Parameter(p), cp.Parameter((m, n)), cp.Parameter(m)
+    ineq = G @ x <= h
+    prob = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(L_ @ x) + q @ x), [A @ x == b, ineq])
+    return dl.compile(prob, [L_, q, A, b, G, h], [x, ineq.dual_variables[0]], on_failure="nan")
+
+
+def qp_data(rng: np.random.Generator, n: int = 6, p: int = 2, m: int = 5) -> list[np.ndarray]:
+    x0 = rng.standard_normal(n)
+    G = rng.standard_normal((m, n))
+    A = rng.standard_normal((p, n))
+    slack = rng.random(m) + 0.5
+    slack[rng.permutation(m)[: n - p - 1]] = 0.0  # a unique solution and unique multipliers
+    lam = np.where(slack == 0, rng.random(m) + 0.5, 0.0)
+    Lm = rng.standard_normal((n, n)) + 2 * np.eye(n)
+    nu = rng.standard_normal(p)
+    q = -(Lm.T @ Lm @ x0 + A.T @ nu + G.T @ lam)
+    return [Lm, q, A, A @ x0, G, G @ x0 + slack]
+
+
+def polytope_layer(d: int = 3, m: int = 7):
+    x, y = cp.Variable(d), cp.Parameter(d)
+    G, h = cp.Parameter((m, d)), cp.Parameter(m)
+    return dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - y)), [G @ x <= h]),
+                      [G, h, y], [x], on_failure="nan")
+
+
+def polytope_data(rng: np.random.Generator, d: int = 3, m: int = 7) -> list[np.ndarray]:
+    G = rng.standard_normal((m, d))
+    return [G, np.abs(rng.standard_normal(m)) + 0.5, 3 * rng.standard_normal(d)]
+
+
+def _general(monkeypatch, layer, values):
+    """The same call with the active-set path switched off: the general path's result."""
+    with monkeypatch.context() as mp:
+        mp.setattr(L, "ACTIVE_SET_BATCH", 0)
+        fwd = layer.forward(values)
+        assert all(a is None for a in fwd._refined.vertex)
+        return fwd
+
+
+def _agree(a: np.ndarray, b: np.ndarray, rel: float = 1e-10) -> None:
+    assert np.abs(a - b).max(initial=0.0) <= rel * max(1.0, np.abs(b).max(initial=0.0)), \
+        np.abs(a - b).max(initial=0.0)
+
+
+@pytest.mark.parametrize("make", ["sparsemax", "qp", "polytope"])
+def test_one_instance_takes_its_active_set_and_agrees_with_the_general_path(monkeypatch, make):
+    rng = np.random.default_rng(3)
+    if make == "sparsemax":
+        layer, values = sparsemax_layer(), [rng.standard_normal(8)]
+    elif make == "qp":
+        layer, values = qp_layer(), qp_data(rng)
+    else:
+        layer, values = polytope_layer(), polytope_data(rng)
+    fwd = layer.forward(values)
+    assert [str(s) for s in fwd.info.status] == ["solved"]
+    assert fwd._refined.vertex[0] is not None
+    ref = _general(monkeypatch, layer, values)
+    assert [str(s) for s in ref.info.status] == ["solved"]
+    for o, r in zip(fwd.outputs, ref.outputs, strict=True):
+        _agree(o, r)
+    cot = [rng.standard_normal(o.shape) for o in fwd.outputs]
+    for g, gr in zip(fwd.vjp(cot), ref.vjp(cot), strict=True):
+        _agree(g, gr)
+    tan = [rng.standard_normal(np.shape(v)) for v in values]
+    for g, gr in zip(fwd.jvp(tan), ref.jvp(tan), strict=True):
+        _agree(g, gr)
+    for row, row_r in zip(fwd.jacobian(0), ref.jacobian(0), strict=True):
+        for J, Jr in zip(row, row_r, strict=True):
+            _agree(J, Jr)
+    assert not fwd.nondifferentiable.any() and not ref.nondifferentiable.any()
+    assert np.isfinite(fwd.info.rcond).all()
+
+
+@pytest.mark.parametrize("scale", (1e-12, 1e-9, 1e-6, 1.0, 1e6, 1e9, 1e12, "mixed"))
+def test_sparsemax_solved_at_its_active_set_is_its_closed_form(monkeypatch, scale):
+    """Whatever path solves it, a solved instance is the closed form, value and Jacobian;
+    and the active-set path leaves no instance unsolved that the general path solves."""
+    n = 8
+    layer = sparsemax_layer(n)
+    rng = np.random.default_rng(11)
+    took = 0
+    for _ in range(6):
+        z = rng.standard_normal(n)
+        if scale == "mixed":
+            z = z * 10.0 ** rng.uniform(-6, 6, n)
+            data = np.abs(z).max()
+        else:
+            z, data = z * scale, scale
+        fwd = layer.forward([z])
+        ref = _general(monkeypatch, layer, [z])
+        if str(ref.info.status[0]) == "solved":
+            assert str(fwd.info.status[0]) == "solved"
+        if str(fwd.info.status[0]) != "solved":
+            continue
+        took += fwd._refined.vertex[0] is not None
+        truth, jac = _sparsemax(z)
+        bound = 1e-8 * np.abs(truth).max() + 64 * EPS * data
+        assert np.abs(fwd.outputs[0][0] - truth).max() <= bound
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NonDifferentiableWarning)
+            J = fwd.jacobian(0)[0][0]
+        assert np.abs(J - jac).max() <= 1e-8
+    if scale in (1.0, 1e-6, 1e6):
+        assert took > 0
+
+
+def test_a_tie_at_the_support_is_left_to_the_general_path(monkeypatch):
+    """sparsemax with z₀ exactly at the threshold: x₀ = 0 with a zero multiplier, a kink.
+    The active-set path must not take it (its derivative is one-sided); the general path
+    reports it as it did."""
+    layer = sparsemax_layer(4)
+    # τ = (1 + 0.5 − 1) / 2 = 0.25 = z₂: x = (0.75, 0.25, 0, 0), x₂ at 0 with no multiplier
+    z = np.array([1.0, 0.5, 0.25, -2.0])
+    fwd = layer.forward([z])
+    ref = _general(monkeypatch, layer, [z])
+    assert fwd._refined.vertex[0] is None
+    assert [str(s) for s in fwd.info.status] == [str(s) for s in ref.info.status]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonDifferentiableWarning)
+        assert fwd.nondifferentiable.tolist() == ref.nondifferentiable.tolist()
+        assert fwd.info.nondifferentiable_reason == ref.info.nondifferentiable_reason
+
+
+def test_a_face_of_solutions_is_left_to_the_general_path():
+    """max x₀ + x₁ over the unit box's x₀ + x₁ <= 1 face: every point of a segment is
+    optimal, M is singular, and the active-set path takes none of it."""
+    x, c = cp.Variable(2), cp.Parameter(2)
+    layer = dl.compile(cp.Problem(cp.Maximize(c @ x), [x >= 0, cp.sum(x) <= 1]), [c], [x],
+                       on_failure="nan")
+    fwd = layer.forward([np.array([1.0, 1.0])])
+    assert fwd._refined.vertex[0] is None
+
+
+def test_a_batch_of_singles_is_the_batched_call():
+    """Each instance alone (the active-set path) against the batch of eight (the general
+    path): the same values and the same VJP."""
+    layer = qp_layer()
+    rng = np.random.default_rng(5)
+    data = [qp_data(rng) for _ in range(8)]
+    batch = [np.stack(v) for v in zip(*data, strict=True)]
+    fwd = layer.forward(batch)
+    assert all(a is None for a in fwd._refined.vertex)
+    cot = [rng.standard_normal(o.shape) for o in fwd.outputs]
+    grads = fwd.vjp(cot)
+    for i, values in enumerate(data):
+        one = layer.forward(values)
+        assert one._refined.vertex[0] is not None
+        for o, ob in zip(one.outputs, fwd.outputs, strict=True):
+            _agree(o[0], ob[i])
+        for g, gb in zip(one.vjp([c[i : i + 1] for c in cot]), grads, strict=True):
+            _agree(g, gb[i])
+
+
+def test_the_active_set_solves_are_those_of_S():
+    """`ActiveSet.solve` against S of the residual map (derivative.py, eq. (1)) formed
+    densely at the point, S = [[P, AᵀDΠ], [−A, I − DΠ]] with DΠ 0/1 by the active set: the
+    solve and the transposed solve."""
+    layer = qp_layer()
+    rng = np.random.default_rng(2)
+    fwd = layer.forward(qp_data(rng))
+    a = fwd._refined.vertex[0]
+    assert isinstance(a, ActiveSet)
+    n, m = a.n, a.m
+    D = np.zeros(m)
+    D[a.rows] = 1.0
+    S = np.block([[a.P, a.A.T * D], [-a.A, np.diag(1.0 - D)]])
+    r = rng.standard_normal((n + m, 3))
+    _agree(a.solve(r), np.linalg.solve(S, r), 1e-12)
+    _agree(a.solve(r, transpose=True), np.linalg.solve(S.T, r), 1e-12)
+    _agree(a.solve(r[:, 0]), np.linalg.solve(S, r[:, 0]), 1e-12)
