@@ -1600,7 +1600,8 @@ class Layer:
         x, y, s = res.x, res.y, res.s
         # without refinement (``refine`` off) the solver's point is certified as it is
         sub = ops if every else ops.take(idx)
-        if ours["refine"] and k <= ACTIVE_SET_BATCH and candidate.all() and small_polyhedral(t):
+        if ours["refine"] and ours["refine_max_iters"] > 0 and k <= ACTIVE_SET_BATCH \
+                and candidate.all() and small_polyhedral(t):
             vertices = self._vertices(res, sub, ch, bh, eq)
             if vertices is not None:
                 return vertices
@@ -1644,9 +1645,11 @@ class Layer:
         `_forward_error_ok`, then judges them all).
 
         Certified as `_forward_error_ok` certifies a refined point, with M's solves as S's:
-        ω <= ACCEPT_BACKWARD, and each output's estimated error |S⁻¹F| + |S⁻¹(ROUNDING·den ⊙
-        ξ)| within ACCEPT_FORWARD of it (`_outputs_within`; a zero output that the
-        program's small data may set is left to the general path). Beyond that the point
+        ω <= ACCEPT_BACKWARD, and each output's estimated error |S⁻¹F| + |S⁻¹|(ROUNDING·den)
+        within ACCEPT_FORWARD of it (`_outputs_within`; a zero output that the program's
+        small data may set is left to the general path). The rounding term is exact here
+        (`polyhedral.ActiveSet.bound`), where the general path estimates it with one sign
+        vector. Beyond that the point
         must be strictly complementary with room (ACTIVE_SET_MARGIN, and each multiplier
         and slack above its own estimated error: the active set is then the solution's,
         not rounding's) and M well conditioned (ACTIVE_SET_RCOND): a kink, a non-unique
@@ -1654,7 +1657,6 @@ class Layer:
         t = ops.template
         k = len(res.x)
         lo = t.dims.zero
-        xi = sign_probe(t.n + t.m)
         sets, omegas, ds, before = [], np.zeros(k), np.zeros((k, t.n + t.m)), np.zeros(k)
         v0 = res.y - res.s
         pv0 = project_dual(v0, ops)
@@ -1667,7 +1669,7 @@ class Layer:
             if not omegas[i] <= ACCEPT_BACKWARD or _objective_unresolved(
                     a.gradient(), den, ROUNDING):
                 return None
-            d = ds[i] = np.abs(a.solve(np.stack([F, ROUNDING * den * xi], axis=1))).sum(axis=1)
+            d = ds[i] = np.abs(a.solve(F)) + a.bound(ROUNDING * den)
             primal, dual = a.scales()
             with np.errstate(invalid="ignore"):
                 room = np.where(a.y > 0, a.y - np.maximum(ACTIVE_SET_MARGIN * dual, d[t.n :]),
