@@ -213,7 +213,7 @@ RESCALE_FLOOR = 1e-20
 # with (z, τ, r) × 1e12: Clarabel's point had the simplex's mass on one entry, the scaling
 # it gave S's rcond 8e-14), and the point that round reaches then sets a good one.
 SOLUTION_ROUNDS = 2
-# A call of at most ACTIVE_SET_BATCH instances of a small polyhedral program
+# A call with at most ACTIVE_SET_BATCH instances of a small polyhedral program
 # (`polyhedral.small_polyhedral`) takes each solver point to the exact solution of its active
 # set (`polyhedral.ActiveSet`) in place of refinement, and is certified there
 # (`Layer._vertices`) where every instance's M has a reciprocal condition of at least
@@ -307,6 +307,8 @@ class SolveInfo:
     refine_steps: np.ndarray
     solve_seconds: np.ndarray
     total_seconds: float
+    # The reciprocal condition estimate of S at each solved instance (filled with the
+    # linearization); of M, at an active set's exact solution (`Layer._vertices`)
     rcond: np.ndarray | None = None
     # Where the requested outputs' derivative is not defined (filled with the linearization,
     # see `Forward.nondifferentiable`): "" where it is, NON_UNIQUE or WEAKLY_ACTIVE where not.
@@ -1600,7 +1602,9 @@ class Layer:
         x, y, s = res.x, res.y, res.s
         # without refinement (``refine`` off) the solver's point is certified as it is
         sub = ops if every else ops.take(idx)
-        if ours["refine"] and ours["refine_max_iters"] > 0 and k <= ACTIVE_SET_BATCH \
+        # (the call's batch, not this part of it: a call takes one path whether the low-memory
+        # mode settles it in chunks or not, and so reports the same conditioning)
+        if ours["refine"] and ours["refine_max_iters"] > 0 and ops.a.shape[0] <= ACTIVE_SET_BATCH \
                 and candidate.all() and small_polyhedral(t):
             vertices = self._vertices(res, sub, ch, bh, eq)
             if vertices is not None:

@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CORE = {f"declarative.{m}" for m in
         ("compile", "cones", "solve", "refine", "derivative", "arrow", "equilibrate", "layer",
-         "errors", "parallel", "allocator", "tuning", "geometric", "promise")}
+         "errors", "parallel", "allocator", "tuning", "geometric", "promise", "polyhedral")}
 CORE_PACKAGES = ("declarative.backends",)   # every module under these is core too
 ADAPTERS = {"declarative.torch", "declarative.jax"}
 # Layer.torch() and Layer.jax() import their adapter inside the method: the one allowed cycle.
