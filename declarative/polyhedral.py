@@ -32,20 +32,21 @@ import numpy as np
 import scipy.linalg as la
 
 from declarative.compile import ConeTemplate
-from declarative.derivative import REFINE_SOLVE_TOL, BatchOps
+from declarative.derivative import REFINE_SOLVE_TOL, BatchOps, use_dense
 
-# The largest n + m whose dense M the active-set path factors and inverts (`ActiveSet.bound`):
-# above it the general path's sparse and structured factorizations are the right tool (a
-# dense LU of M at 185 rows, sparsemax with n = 100: 0.5 ms, as much as all the rest of the
-# path, and its inverse as much again).
-KKT_MAX_SIZE = 128
+# The largest n + m whose dense M the active-set path factors and inverts (`ActiveSet.bound`),
+# where the general path factors S densely too (`derivative.use_dense`): elsewhere its sparse
+# factorizations are the right tool (a dense LU of M at 185 rows, sparsemax with n = 100,
+# whose S SuperLU factors: 0.5 ms, as much as all the rest of the path, and its inverse as
+# much again).
+KKT_MAX_SIZE = 256
 
 
 def small_polyhedral(t: ConeTemplate) -> bool:
-    """Are all of the template's cones zero and nonnegative ones, and is it small enough for
-    a dense M (KKT_MAX_SIZE)?"""
+    """Are all of the template's cones zero and nonnegative ones, and is it small and dense
+    enough for a dense M (KKT_MAX_SIZE)?"""
     d = t.dims
-    return d.zero + d.nonneg == t.m and t.n + t.m <= KKT_MAX_SIZE
+    return d.zero + d.nonneg == t.m and t.n + t.m <= KKT_MAX_SIZE and use_dense(t)
 
 
 @dataclass
