@@ -102,8 +102,9 @@ class ActiveSet:
         # one step of iterative refinement: componentwise backward stable (Skeel 1980;
         # Higham, *Accuracy and Stability of Numerical Algorithms*, §12.2), where the solve
         # alone leaves an active bound x_j >= 0 at x_j ~ 1e-16 beside its own terms ~0
-        z = z + la.lapack.dgetrs(lu, piv, rhs - M @ z)[0]
-        if info != 0 or not np.all(np.isfinite(z)):
+        dz, again = la.lapack.dgetrs(lu, piv, rhs - M @ z)
+        z = z + dz
+        if info != 0 or again != 0 or not np.all(np.isfinite(z)):
             return None
         x = z[:n]
         yy = np.zeros(m)
@@ -124,12 +125,14 @@ class ActiveSet:
         rounded, which one ±1 probe summed to 1e-26."""
         n, rows = self.n, self.rows
         inv, info = la.lapack.dgetri(*self.lu)
+        if info != 0:
+            return np.full(n + self.m, np.inf)
         top = np.abs(inv) @ np.concatenate([r[:n], r[n:][rows]])
         out = np.empty(n + self.m)
         out[:n] = top[:n]
         out[n:] = r[n:] + np.abs(self.A) @ top[:n]
         out[n:][rows] = top[n:]
-        return out if info == 0 else np.full(n + self.m, np.inf)
+        return out
 
     def terms(self, x: np.ndarray, y: np.ndarray, s: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray]:
