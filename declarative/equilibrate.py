@@ -307,6 +307,16 @@ class Equilibration:
                 y[:, first + 1] += np.abs(self.mix) * y[:, first]
         return x, y
 
+    def bound_adjoint(self, gx: np.ndarray, gy: np.ndarray):
+        """Adjoint of `solution_bound` (a nonnegative linear map): weights on the bounds of
+        (|dx|, |dy|) ↦ those on the bounds of (|dx̂|, |dŷ|)."""
+        if self.mix is not None:
+            first = self._rows
+            gy = np.array(gy)
+            gy[:, first] += np.abs(self.mix) * gy[:, first + 1]
+        rho, sigma = self.rho[:, None], self.sigma[:, None]
+        return self.e * gx / rho, self.d * gy / sigma
+
     def solution_adjoint(self, gx: np.ndarray, gy: np.ndarray):
         """Adjoint of `solution` on (x̂, ŷ): cotangents of (x, y) ↦ those of (x̂, ŷ)."""
         if self.mix is not None:

@@ -44,7 +44,9 @@ from declarative.derivative import (
     Linearization,
     NonDifferentiableWarning,
     TruncatedSVD,
+    abs_inverse_times,
     abs_max,
+    abs_rows_estimate,
     diagnose,
     newton_correction,
     project_dual,
@@ -1949,11 +1951,27 @@ class Layer:
                 return out
         pv = r.y[idx]
         den = r.den[idx]
-        xi = sign_probe(t.n + t.m)
-        rhs = np.stack([r.F[idx], rounding * den * xi], axis=2)
+        # the rounding term |S⁻¹|g, g = rounding·den: exact where S⁻¹ is at hand, else on a
+        # ±1 probe per entry (which can cancel) and, per output as a whole, by Hager's
+        # estimate (`abs_rows_estimate`)
+        g = rounding * den
         fs = [factors[i] for i in idx]
-        corr = newton_correction(fs, rhs)
-        d = np.abs(corr).sum(axis=2)
+        exact, abs_g = abs_inverse_times(fs, g)
+        corr = newton_correction(fs, np.stack([r.F[idx], g * sign_probe(t.n + t.m)], axis=2))
+        newton = np.abs(corr[:, :, 0])
+        d = newton + np.abs(corr[:, :, 1])
+        d[exact] = newton[exact] + abs_g
+        estimate = np.array([f.rcond > RCOND_MIN for f in fs], dtype=bool)
+        estimate[exact] = False
+        at = np.flatnonzero(estimate & np.isfinite(g).all(axis=1) & np.isfinite(d).all(axis=1))
+        estimated = None
+        if at.size:
+            keep = np.ones((at.size, t.m), dtype=bool)
+            lo, hi = t.dims.zero, t.dims.zero + t.dims.nonneg
+            keep[:, lo:hi] = ~(r.v[idx[at], lo:hi] < 0)  # y = max(v, 0) = 0 stays 0
+            rho = abs_rows_estimate([fs[i] for i in at.tolist()], g[at],
+                                    *self._error_maps(eq.take(idx[at]), keep), self._out_blocks)
+            estimated = (at, rho, newton[at])
         gradient = ops.take(idx).magnitude.P(np.abs(r.x[idx])) + np.abs(c[idx])
         d[_objective_unresolved(gradient, den, rounding)] = np.inf
         # where S is singular, the correction is a least-squares one: F must be in S's range
@@ -2011,12 +2029,15 @@ class Layer:
             elif moved.any() and not np.all(
                     gap <= ACCEPT_BACKWARD * np.maximum(own, rounding * den[j].max())):
                 d[j] = np.inf
-        out[idx] = self._outputs_within(ops, eq, idx, r.x[idx], pv, r.v[idx], d, c, b, factors)
+        out[idx] = self._outputs_within(ops, eq, idx, r.x[idx], pv, r.v[idx], d, c, b, factors,
+                                        estimated)
         return out
 
     def _outputs_within(self, ops: BatchOps, eq: Equilibration, idx: np.ndarray, x: np.ndarray,
                         pv: np.ndarray, v: np.ndarray, d: np.ndarray, c: np.ndarray,
-                        b: np.ndarray, factors: list | None) -> np.ndarray:
+                        b: np.ndarray, factors: list | None,
+                        estimated: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                        ) -> np.ndarray:
         """Per instance ``idx`` of ``ops`` (k,): is every output's estimated forward error
         within ACCEPT_FORWARD of that output's max-norm (`_forward_error_ok`)? ``d`` (k, n + m):
         the estimated error of each entry of (u, v) at the point (``x``, y = ``pv``, ``v``) in
@@ -2030,11 +2051,12 @@ class Layer:
         # a zero output whose estimated error would otherwise be v's rounding)
         dv = d[:, t.n :]
         lo, hi = t.dims.zero, t.dims.zero + t.dims.nonneg
+        still_mask = np.zeros(dv.shape, dtype=bool)
         if hi > lo:
             dv = dv.copy()
             with np.errstate(invalid="ignore"):
-                still = v[:, lo:hi] + dv[:, lo:hi] < 0
-            dv[:, lo:hi][still] = 0.0
+                still_mask[:, lo:hi] = v[:, lo:hi] + dv[:, lo:hi] < 0
+            dv[still_mask] = 0.0
         e = eq.take(idx)
         ex, ey = e.solution_bound(d[:, : t.n], dv)
         ux, uy = e.solution_bound(np.ones((idx.size, t.n)), np.ones((idx.size, t.m)))
@@ -2043,9 +2065,19 @@ class Layer:
             err = times_t(np.concatenate([ex, ey], axis=1), absR)
         unit = times_t(np.concatenate([ux, uy], axis=1), absR)
         ok = np.all(np.isfinite(err), axis=1)
-        # per output (k, outputs), then spread over its entries (k, N)
         sizes = [o.size for o in self.outputs]
         starts = self._out_offsets
+        if estimated is not None:
+            # the rounding term of each output estimated as a whole (`abs_rows_estimate`),
+            # beside the per-entry estimate: the Newton term's share plus it
+            at, rho, newton = estimated
+            keep = ~still_mask[at]
+            L, _ = self._error_maps(e.take(at), keep)
+            share = L(newton[..., None])[..., 0]
+            err = err.copy()
+            with np.errstate(invalid="ignore"):
+                err[at] = np.maximum(err[at], share + np.repeat(rho, sizes, axis=1))
+        # per output (k, outputs), then spread over its entries (k, N)
         size, u, worst = (np.repeat(np.maximum.reduceat(a, starts, axis=1), sizes, axis=1)
                           if a.shape[1] else a for a in (vals, unit, err))
         relative = err <= ACCEPT_FORWARD * size
@@ -2076,6 +2108,43 @@ class Layer:
             fine[jz] = relative[jz] | zero[jz] & ~driven
         ok &= fine.all(axis=1)
         return ok
+
+    def _error_maps(self, e: Equilibration, keep: np.ndarray
+                    ) -> tuple[Callable[[np.ndarray], np.ndarray],
+                               Callable[[np.ndarray], np.ndarray]]:
+        """(L, Lᵀ): L maps bounds on the errors of (u, v) in the equilibrated program
+        (k, n + m, K) to bounds on the outputs' errors (k, R, K), as `_outputs_within` does
+        (the equilibration's `solution_bound`, then |recover|; y's error is v's where
+        ``keep`` (k, m), else 0), for the k instances of ``e``."""
+        n = self.template.n
+        absR, absRt = self._abs_recover, self._abs_recover_t
+
+        def L(D: np.ndarray) -> np.ndarray:
+            out = np.empty((D.shape[0], absR.shape[0], D.shape[2]))
+            for k in range(D.shape[2]):
+                ex, ey = e.solution_bound(D[:, :n, k], D[:, n:, k] * keep)
+                out[:, :, k] = times_t(np.concatenate([ex, ey], axis=1), absR)
+            return out
+
+        def Lt(X: np.ndarray) -> np.ndarray:
+            out = np.empty((X.shape[0], absRt.shape[0], X.shape[2]))
+            for k in range(X.shape[2]):
+                w = times_t(np.ascontiguousarray(X[:, :, k]), absRt)
+                gx, gy = e.bound_adjoint(w[:, :n], w[:, n:])
+                out[:, :, k] = np.concatenate([gx, gy * keep], axis=1)
+            return out
+
+        return L, Lt
+
+    @cached_property
+    def _out_blocks(self) -> list[tuple[int, int]]:
+        """Each output's (offset, size) among the outputs' entries."""
+        return list(zip(self._out_offsets.tolist(), [o.size for o in self.outputs],
+                        strict=True))
+
+    @cached_property
+    def _abs_recover_t(self):
+        return abs(self.template.recover).T.tocsr()
 
     def _data_rows_met(self, ops: BatchOps, c: np.ndarray, b: np.ndarray, r: Any,
                        at: np.ndarray, own: np.ndarray, moved: bool) -> bool:

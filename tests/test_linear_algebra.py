@@ -776,3 +776,44 @@ def test_batch_products_with_a_and_p_are_the_dense_ones(monkeypatch, split):
                 want = np.einsum("bij,bj->bi", M.astype(dtype), w)
                 assert got.dtype == dtype and got.shape == want.shape
                 assert np.abs(got - want).max() <= tol * (1 + np.abs(want).max())
+
+
+@pytest.mark.parametrize("kind", ("lu", "superlu"))
+def test_hagers_estimate_of_abs_rows_against_the_inverse(kind):
+    """`abs_rows_estimate` against max_i Σ_j |(L S⁻¹)_ij| g_j computed from S⁻¹ formed
+    densely, per instance and block of L's rows: never above it (it is some row's exact
+    sum, a lower bound), and on these matrices within a factor 3 of it. The matrices are
+    graded (rows scaled over 1e-3 … 1e3, columns over 1e2 … 1e-2), and one has a row of
+    S⁻¹ whose two large entries have opposite signs against equal g, where a ±1 probe with
+    equal signs there sees their difference."""
+    from declarative.derivative import _factor_one, _factor_sparse_one, abs_rows_estimate
+    rng = np.random.default_rng(0)
+    N, R = 30, 7
+    blocks = [(0, 3), (3, 4)]
+    factors, mats = [], []
+    for k in range(6):
+        S = rng.standard_normal((N, N)) + 4 * np.eye(N)
+        if k % 2:
+            S = np.logspace(-3, 3, N)[:, None] * S * np.logspace(2, -2, N)[None, :]
+        if k == 5:
+            Sinv = np.eye(N)
+            Sinv[0, 1], Sinv[0, 2] = 1e3, -1e3  # row 0 of S⁻¹: 1, 1e3, −1e3
+            S = np.linalg.inv(Sinv)
+        mats.append(S)
+        factors.append(_factor_one(S) if kind == "lu" else _factor_sparse_one(sp.csc_matrix(S)))
+    W = np.abs(rng.standard_normal((R, N))) * (rng.random((R, N)) < 0.2)
+    W[0, 0] = 1.0
+    g = np.abs(rng.standard_normal((len(mats), N))) * 1e-16
+
+    def L(D):
+        return np.einsum("rn,bnk->brk", W, D)
+
+    def Lt(X):
+        return np.einsum("rn,brk->bnk", W, X)
+
+    est = abs_rows_estimate(factors, g, L, Lt, blocks)
+    for b, S in enumerate(mats):
+        rows = np.abs(W @ np.linalg.inv(S)) @ g[b]
+        exact = [rows[lo : lo + size].max() for lo, size in blocks]
+        assert np.all(est[b] <= np.array(exact) * (1 + 1e-9)), (b, est[b], exact)
+        assert np.all(est[b] >= np.array(exact) / 3), (b, est[b], exact)
