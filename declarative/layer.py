@@ -2161,13 +2161,16 @@ class Layer:
         - a zero or nonnegative row (s exact there) led by b_i (max cᵀx s.t. −b <= x <= b
           at c ~ 1e12, b ~ 1e-12: x = 0 with both rows taken as active, F = b there, the
           null space y's free split);
-        - where the null space moves an output (``moved``), a dual row led by c_i, whose
-          cone blocks count their rounding (`refine.row_terms`) unless their s lies deeper
-          inside K than DEEP of the block, where y = 0 is exact (max cᵀx s.t. exp(x) <= b
-          at c ~ 1e-12, b ~ 1e12: s deep in every cone, y = 0, F = c; x −32 where log b
-          is 27). Where only variables that are no outputs are free, such a row is left to
-          the floor: ‖x‖ + ‖x − a‖² at a ~ 1e9, whose norm's y ~ 1e-19 of its |v| rounds to
-          0 and leaves t's row at F = c_t, with x right to 3e-10."""
+        - a dual row led by c_i, whose cone blocks count their rounding
+          (`refine.row_terms`) unless their s lies deeper inside K than DEEP of the block,
+          where y = 0 is exact: every such row where the null space moves an output
+          (``moved``; max cᵀx s.t. exp(x) <= b at c ~ 1e-12, b ~ 1e12: s deep in every
+          cone, y = 0, F = c; x −32 where log b is 27), else those of the variables that
+          an output reads (max cᵀx s.t. 0 <= x <= b, c < 0, two b_i = 0, rescaled by
+          retries to c_i ~ 1 beside terms ~1e44: x₃ = b₃ with its row at F = c₃, reported
+          solved for x = 0). The rows of variables that no output reads are left to the
+          floor: ‖x‖ + ‖x − a‖² at a ~ 1e9, whose norm's y ~ 1e-19 of its |v| rounds to 0
+          and leaves t's row at F = c_t, with x right to 3e-10."""
         t = self.template
         sep = t.dims.zero + t.dims.nonneg
         F = r.F[at][0]
@@ -2176,12 +2179,19 @@ class Layer:
         if np.any((lead > 0) & (2 * lead >= rows)
                   & (np.abs(F[t.n : t.n + sep]) > ACCEPT_BACKWARD * rows)):
             return False
-        if not moved:
+        rows = np.ones(t.n, dtype=bool) if moved else self._output_columns
+        if not rows.any():
             return True
         terms = row_terms(ops, c, b, r.x[at], r.v[at], r.y[at], deep=DEEP)[0, : t.n]
         lead = np.abs(c[0])
-        return not np.any((lead > 0) & (2 * lead >= terms)
+        return not np.any(rows & (lead > 0) & (2 * lead >= terms)
                           & (np.abs(F[: t.n]) > ACCEPT_BACKWARD * terms))
+
+    @cached_property
+    def _output_columns(self) -> np.ndarray:
+        """(n,) bool: the variables that some output reads (`recover`'s x columns)."""
+        t = self.template
+        return np.asarray(abs(t.recover[:, : t.n]).sum(axis=0) > 0).ravel()
 
     def _small_data_drive(self, ops: BatchOps, f: Any, v: np.ndarray, c: np.ndarray,
                           b: np.ndarray, e: Equilibration, unit: np.ndarray) -> np.ndarray:

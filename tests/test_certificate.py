@@ -1256,3 +1256,26 @@ def test_a_tiny_multiplier_beside_large_terms_is_not_solved_wrong(monkeypatch, i
         if str(fwd.info.status[i]) == "solved":
             assert abs(float(fwd.outputs[1][i]) - nu) <= 1e-8 * abs(nu), (gaps[i], nu)
     assert str(fwd.info.status[-1]) == "solved"
+
+
+def test_a_degenerate_vertex_is_not_solved_at_another_point():
+    """max cᵀx s.t. 0 <= x <= b with every c_i < 0 and two b_i = 0: x = 0 is the unique
+    solution, a vertex where the zero bounds tie. Retries rescale the program from points
+    that are no solution, and one scaling put c's entries at 1 beside terms ~1e44: there a
+    point with x₃ = b₃ met every row but the dual rows of the output variables, which
+    stood at 100% of their own terms (c_i, unmet) and were judged against the instance's
+    largest terms. It was reported solved, objective −2.14 for 0. x is 0 or not solved."""
+    c_val = np.array([-0.42518021423932706, -0.5930029259012316, -0.5751228346661608,
+                      -1.7534419865154582, -0.16300103289564255, -2.5574346422084537])
+    b_val = np.array([0.7643735106217575, 1.4655331669569076, 1.0721405780341093,
+                      1.2202543053663835, 0.0, 0.0])
+    x, c, b = cp.Variable(6), cp.Parameter(6), cp.Parameter(6)
+    layer = dl.compile(cp.Problem(cp.Maximize(c @ x), [x <= b, x >= 0]), [c, b], [x],
+                       on_failure="nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonDifferentiableWarning)
+        fwd = layer.forward([c_val[None], b_val[None]])
+    if str(fwd.info.status[0]) == "solved":
+        assert np.abs(fwd.outputs[0][0]).max() <= 1e-8
+    else:
+        assert np.isnan(fwd.outputs[0][0]).all()
