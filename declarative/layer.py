@@ -208,6 +208,13 @@ RESCALE_GAIN = 4.0
 # inactive ball's epigraph variable, entropic OT's exponential cones), which a second
 # linearization would only make slower (BENCHMARKS.md, nineteenth session).
 RESCALE_FLOOR = 1e-20
+# ... and so is one whose point is this far from balance, max(|x̂|, |ŷ|) over min of the two
+# (max-norms) in the equilibrated program, kept there unless S is RESCALE_GAIN times worse
+# conditioned: the derivative's right-hand sides carry terms of both sizes, and a solve
+# leaves the small side an error of ε times the large (an OptNet QP whose linear term is
+# 1e12: x̂ ~ 1e-6, ŷ ~ 1e6 at rcond 1.5e-3, its Jacobian 1e-4 off; 1e-10 at its solution's
+# scale, rcond 4.7e-3).
+IMBALANCE = 1e4
 # Rounds of the retry in the program scaled at the best point found (`_solution_rescaled`):
 # each from the best point the round before reached, where its backward error is within
 # ACCEPT_BACKWARD or below that of the round's start. A
@@ -474,7 +481,8 @@ class Forward:
         r = self._refined
         ops = self._ops.take(idx)
         sets = None if r.vertex is None else [r.vertex[i] for i in idx]
-        if sets is not None and all(a is not None for a in sets):
+        skewed = _unbalanced(r.x[idx], r.y[idx])
+        if sets is not None and all(a is not None for a in sets) and not skewed.any():
             # exact solutions of their active sets: S's solves are their M's
             t = ops.template
             v = r.v[idx]
@@ -489,21 +497,32 @@ class Forward:
         sol = ConeSolution.at(ops, r.x[idx], r.y[idx], r.s[idx], reuse=reuse, v=v,
                               known=known, scaling=self._scaling.take(idx), extended=extended)
         rc = sol.lin.rcond
-        poor = np.flatnonzero((rc <= RESCALE_RCOND) & (rc >= RESCALE_FLOOR))
-        return sol if not poor.size else self._rescaled(sol, poor, v, extended)
+        ill = (rc <= RESCALE_RCOND) & (rc >= RESCALE_FLOOR)
+        poor = np.flatnonzero(ill | skewed & (rc >= RESCALE_FLOOR))
+        return sol if not poor.size else self._rescaled(sol, poor, v, extended, ill[poor])
 
     def _rescaled(self, sol: ConeSolution, poor: np.ndarray, v: np.ndarray | None,
-                  extended: np.ndarray | None) -> ConeSolution:
-        """``sol`` with its instances ``poor`` (ill-conditioned S) linearized once more in the
-        program scaled at their solution (`equilibrate.at_solution`), where that makes S
-        better conditioned by more than RESCALE_GAIN; their derivatives, the kinks and the
-        condition reported are then those of that scaling. The others keep their
-        factorizations."""
+                  extended: np.ndarray | None, ill: np.ndarray) -> ConeSolution:
+        """``sol`` with its instances ``poor`` linearized once more in the program scaled at
+        their solution (`equilibrate.at_solution`), where that makes S better conditioned by
+        more than RESCALE_GAIN (``ill``: those whose S is ill-conditioned) or no worse than
+        1/RESCALE_GAIN (the others: their point far from balance, `IMBALANCE`); their
+        derivatives, the kinks and the condition reported are then those of that scaling.
+        The others keep their factorizations."""
         t = self.layer.template
         ops, eq = sol.ops, sol.scaling
         assert eq is not None  # (`_linearize` sets it)
         a1, h1, point = ops.a[poor], ops.h[poor], (sol.x[poor], sol.y[poor], sol.s[poor])
         rel = at_solution(t, a1, h1, *point)
+        # at_solution keeps ρ = σ, and with it x̂ and ŷ apart where the Lagrangian's terms
+        # are balanced already: ρ and σ move apart by the factor that brings their max-norms
+        # to their geometric mean, on the instances rescaled for their balance
+        x2, y2, _ = rel.scaled(*point)
+        ax, ay = np.abs(x2).max(axis=1, initial=0.0), np.abs(y2).max(axis=1, initial=0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            k = np.where(~ill & (ax > 0) & (ay > 0), np.sqrt(ay / ax), 1.0)
+        rel = Equilibration(rel.d, rel.e, rel.rho * k, rel.sigma / k, mix=rel.mix,
+                            mix_rows=rel.mix_rows)
         x2, y2, s2 = rel.scaled(*point)
         _, a2, _, h2 = rel.data(t, np.zeros_like(x2), a1, np.zeros_like(y2), h1)
         wide = None if extended is None else extended[poor]
@@ -511,7 +530,8 @@ class Forward:
         trial = ConeSolution.at(BatchOps(t, a2, h2), x2, y2, s2, v=y2 - s2, scaling=eq2,
                                 extended=wide)
         with np.errstate(invalid="ignore"):
-            gain = trial.lin.rcond > RESCALE_GAIN * np.maximum(sol.lin.rcond[poor], 0.0)
+            gain = trial.lin.rcond > np.where(ill, RESCALE_GAIN, 1 / RESCALE_GAIN) \
+                * np.maximum(sol.lin.rcond[poor], 0.0)
         if not gain.any():
             return sol
         took, js = poor[gain], np.flatnonzero(gain)
@@ -2168,7 +2188,7 @@ class Layer:
           cone, y = 0, F = c; x −32 where log b is 27), else those of the variables that
           an output reads (max cᵀx s.t. 0 <= x <= b, c < 0, two b_i = 0, rescaled by
           retries to c_i ~ 1 beside terms ~1e44: x₃ = b₃ with its row at F = c₃, reported
-          solved for x = 0). The rows of variables that no output reads are left to the
+          solved where x = 0 is the solution). The rows of variables that no output reads are left to the
           floor: ‖x‖ + ‖x − a‖² at a ~ 1e9, whose norm's y ~ 1e-19 of its |v| rounds to 0
           and leaves t's row at F = c_t, with x right to 3e-10."""
         t = self.template
@@ -2457,6 +2477,16 @@ def _objective_unresolved(gradient: np.ndarray, den: np.ndarray, rounding: float
     top = gradient.max(axis=-1, initial=0.0)
     n = gradient.shape[-1]
     return (top > 0) & (top <= rounding * den[..., :n].max(axis=-1, initial=0.0))
+
+
+def _unbalanced(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(B,) bool: max(|x|, |y|) over their min (max-norms per instance, both nonzero) is
+    above IMBALANCE."""
+    a = np.abs(x).max(axis=1, initial=0.0)
+    b = np.abs(y).max(axis=1, initial=0.0)
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (lo > 0) & (hi > IMBALANCE * lo)
 
 
 def _entry_ratio(a: np.ndarray) -> np.ndarray:

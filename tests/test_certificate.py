@@ -1279,3 +1279,53 @@ def test_a_degenerate_vertex_is_not_solved_at_another_point():
         assert np.abs(fwd.outputs[0][0]).max() <= 1e-8
     else:
         assert np.isnan(fwd.outputs[0][0]).all()
+
+
+@pytest.mark.parametrize("scale", (1e6, 1e9, 1e12))
+def test_qp_jacobian_at_a_vertex_set_by_a_large_linear_term(scale):
+    """min ½xᵀQx + pᵀx s.t. Ax = b, Gx <= h with p ~ scale: for large p the solution is a
+    vertex, x = M⁻¹(b, h_𝒜) with M = [A; G_𝒜] square, whose Jacobian is a closed form in M
+    and x alone (dx = −M⁻¹(dA x, dG_𝒜 x) + M⁻¹(db, dh_𝒜); none in p or Q). The multipliers
+    are ~scale beside x ~ 1, and the derivative's solves then leave x's side an error of
+    ε·scale where the program is not scaled to balance them (3e-7 at 1e9, 4e-4 at
+    1e12)."""
+    n, p, m = 5, 2, 8
+    rng = np.random.default_rng(12345)
+    Lq = rng.standard_normal((n, n))
+    Q = Lq @ Lq.T + 0.1 * np.eye(n)
+    x = cp.Variable(n)
+    pp, A, b = cp.Parameter(n), cp.Parameter((p, n)), cp.Parameter(p)
+    G, h = cp.Parameter((m, n)), cp.Parameter(m)
+    ineq = G @ x <= h
+    layer = dl.compile(cp.Problem(cp.Minimize(0.5 * cp.quad_form(x, Q) + pp @ x),
+                                  [A @ x == b, ineq]),
+                       [pp, A, b, G, h], [x, ineq.dual_variables[0]])
+    checked = 0
+    for seed in range(6):
+        r = np.random.default_rng(seed)
+        x0 = r.uniform(-0.3, 0.3, n)
+        Av, Gv = r.standard_normal((p, n)), r.standard_normal((m, n))
+        vals = [3 * scale * r.standard_normal(n), Av, Av @ x0, Gv,
+                Gv @ x0 + r.uniform(0.2, 1.0, m)]
+        fwd = layer.forward([v[None] for v in vals])
+        if str(fwd.info.status[0]) != "solved":
+            continue
+        xs, lam = fwd.outputs[0][0], fwd.outputs[1][0]
+        act = np.flatnonzero(lam > 1e-6 * np.abs(lam).max())
+        if act.size != n - p or np.abs(Gv[act] @ xs - vals[4][act]).max() > 1e-9:
+            continue  # not a vertex with strictly active constraints
+        M = np.vstack([Av, Gv[act]])
+        Minv = np.linalg.inv(M)
+        J = fwd.jacobian(0)[0]
+        # dx/dA[i, j] = −M⁻¹[:, i] x_j, dx/dG[k, j] = −M⁻¹[:, p + row(k)] x_j for k active
+        dA = -np.einsum("ai,j->aij", Minv[:, :p], xs)
+        dG = np.zeros((n, m, n))
+        dG[:, act, :] = -np.einsum("ai,j->aij", Minv[:, p:], xs)
+        dh = np.zeros((n, m))
+        dh[:, act] = Minv[:, p:]
+        for got, want in ((J[0], np.zeros((n, n))), (J[1], dA), (J[2], Minv[:, :p]),
+                          (J[3], dG), (J[4], dh)):
+            got = np.asarray(got).reshape(want.shape)
+            assert np.abs(got - want).max() <= 1e-8 * max(1.0, np.abs(want).max())
+        checked += 1
+    assert checked >= 3
