@@ -2188,9 +2188,9 @@ class Layer:
           cone, y = 0, F = c; x −32 where log b is 27), else those of the variables that
           an output reads (max cᵀx s.t. 0 <= x <= b, c < 0, two b_i = 0, rescaled by
           retries to c_i ~ 1 beside terms ~1e44: x₃ = b₃ with its row at F = c₃, reported
-          solved where x = 0 is the solution). The rows of variables that no output reads are left to the
-          floor: ‖x‖ + ‖x − a‖² at a ~ 1e9, whose norm's y ~ 1e-19 of its |v| rounds to 0
-          and leaves t's row at F = c_t, with x right to 3e-10."""
+          solved where x = 0 is the solution). The rows of variables that no output reads
+          are left to the floor: ‖x‖ + ‖x − a‖² at a ~ 1e9, whose norm's y ~ 1e-19 of its
+          |v| rounds to 0 and leaves t's row at F = c_t, with x right to 3e-10."""
         t = self.template
         sep = t.dims.zero + t.dims.nonneg
         F = r.F[at][0]
