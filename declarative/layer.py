@@ -212,8 +212,8 @@ RESCALE_FLOOR = 1e-20
 # (max-norms) in the equilibrated program, kept there unless S is RESCALE_GAIN times worse
 # conditioned: the derivative's right-hand sides carry terms of both sizes, and a solve
 # leaves the small side an error of ε times the large (an OptNet QP whose linear term is
-# 1e12: x̂ ~ 1e-6, ŷ ~ 1e6 at rcond 1.5e-3, its Jacobian 1e-4 off; 1e-10 at its solution's
-# scale, rcond 4.7e-3).
+# 1e12: x̂ ~ 1e-6, ŷ ~ 1e6 at rcond 1.5e-3, its Jacobian 1e-4 off; 1e-10 … 1e-15 in the
+# program scaled at its solution, rcond 3e-3 … 5e-3).
 IMBALANCE = 1e4
 # Rounds of the retry in the program scaled at the best point found (`_solution_rescaled`):
 # each from the best point the round before reached, where its backward error is within
@@ -1914,14 +1914,16 @@ class Layer:
         """Per instance (B,): is every output's estimated forward error within ACCEPT_FORWARD
         of that output's max-norm? Checked where ``which``.
 
-        The error of the refined point z is estimated, per entry, as
-        |S⁻¹F| + |S⁻¹(``rounding``·den ⊙ ξ)|: the Newton correction (the error itself, to
-        first order, near a regular solution) plus the effect of rounding the residual's terms
-        (den, `refine.row_terms`; ROUNDING in float64, ROUNDING_EXTENDED where refinement
-        evaluated F in long double) with signs ξ (a fixed ±1 probe, the usual estimate of
-        |S⁻¹| applied to a vector: Higham, *Accuracy and Stability of Numerical
-        Algorithms*, §15.3). It is mapped to the outputs through the equilibration and
-        ``recover`` in absolute values (|DΠ| ≤ 1 bounds y's error by v's). An output whose
+        The error of the refined point z is estimated, per entry, as |S⁻¹F| + |S⁻¹|g: the
+        Newton correction (the error itself, to first order, near a regular solution) plus
+        the effect of rounding the residual's terms, g = ``rounding``·den (den,
+        `refine.row_terms`; ROUNDING in float64, ROUNDING_EXTENDED where refinement evaluated
+        F in long double). |S⁻¹|g is exact where S⁻¹ is at hand (`abs_inverse_times`);
+        elsewhere it is |S⁻¹(g ⊙ ξ)| on a fixed ±1 probe ξ per entry, and each output's
+        worst entry of it is estimated as a whole by Hager's method (`abs_rows_estimate`;
+        Higham, *Accuracy and Stability of Numerical Algorithms*, §15.3), which a probe's
+        cancelling terms do not fool. It is mapped to the outputs through the equilibration
+        and ``recover`` in absolute values (|DΠ| ≤ 1 bounds y's error by v's). An output whose
         max-norm and error are both at most ZERO_FLOOR of its unit (what one unit of the
         equilibrated program is in the output's units) is a zero: its entries pass, a
         zero's rounding amplified by the conditioning being a few ulps of that unit, except
@@ -2485,8 +2487,7 @@ def _unbalanced(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     a = np.abs(x).max(axis=1, initial=0.0)
     b = np.abs(y).max(axis=1, initial=0.0)
     lo, hi = np.minimum(a, b), np.maximum(a, b)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (lo > 0) & (hi > IMBALANCE * lo)
+    return (lo > 0) & (hi > IMBALANCE * lo)
 
 
 def _entry_ratio(a: np.ndarray) -> np.ndarray:
