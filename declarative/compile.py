@@ -502,6 +502,11 @@ def _check_members(problem: cp.Problem, parameters, variables
     for v in variables:
         if not isinstance(v, cp.Variable):
             raise ProblemError(f"variables must hold cvxpy Variables, got {type(v).__name__}.")
+        if v.size == 0:
+            raise ProblemError(
+                f"variable {v.name()} has no entries (shape {v.shape}): an output must have at "
+                "least one; leave it out of variables."
+            )
         if v.id in own_vars:
             owners.append(None)
         elif v.id in dual_of:

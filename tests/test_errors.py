@@ -67,6 +67,11 @@ def test_parameter_lists_checked_against_problem():
         dl.compile(prob, [theta], [stranger])
     with pytest.raises(ProblemError, match="variables is empty"):
         dl.compile(prob, [theta], [])
+    empty = cp.Variable(0, name="empty")
+    with_empty = cp.Problem(cp.Minimize(cp.sum_squares(x - theta) + cp.sum(empty)),
+                            [empty >= 0])
+    with pytest.raises(ProblemError, match=r"empty has no entries \(shape \(0,\)\)"):
+        dl.compile(with_empty, [theta], [x, empty])
 
 
 def test_wrong_count_shape_and_batch(simple):
