@@ -1038,7 +1038,7 @@ def abs_rows_estimate(factors: list[Factor], g: np.ndarray,
     or weighted averages of them: a lower bound, in practice the largest or within a small
     factor of it, which a single ±1 probe is not (its terms cancel where a few dominate a
     row with opposite signs). Cost: two solves with Sᵀ, one with S, each with the
-    factorization as it is (`rough_solves`)."""
+    factorization as it is (a nearby matrix's LU without refinement on S: `rough_solves`)."""
     B, K = g.shape[0], len(blocks)
     R = sum(size for _, size in blocks)
     if B == 0 or K == 0:
@@ -1051,12 +1051,14 @@ def abs_rows_estimate(factors: list[Factor], g: np.ndarray,
         X[:, lo : lo + size, k] = 1.0 / size
         X[:, lo : lo + size, K + k] = (-1.0) ** i * (1 + i / max(size - 1, 1)) * 2 / (3 * size)
 
+    as_is = [f if f.near is None else Factor(None, f.near.lu, f.near.rcond) for f in factors]
+
     def rows(X: np.ndarray) -> np.ndarray:  # g ⊙ S⁻ᵀ Lᵀ X: its column sums weigh L S⁻¹'s rows
-        return g[..., None] * rough_solves(factors, Lt(X), transpose=True)
+        return g[..., None] * rough_solves(as_is, Lt(X), transpose=True)
 
     Y = rows(X)
     est = np.abs(Y).sum(axis=1).reshape(B, 2, K).max(axis=1)
-    Z = L(rough_solves(factors, g[..., None] * np.where(Y[:, :, :K] >= 0, 1.0, -1.0)))
+    Z = L(rough_solves(as_is, g[..., None] * np.where(Y[:, :, :K] >= 0, 1.0, -1.0)))
     j = np.where(inside[None], np.abs(Z), -1.0).argmax(axis=1)  # (B, K): the largest row
     X = np.zeros((B, R, K))
     X[np.arange(B)[:, None], j, np.arange(K)[None, :]] = 1.0
@@ -1066,19 +1068,17 @@ def abs_rows_estimate(factors: list[Factor], g: np.ndarray,
 def rough_solves(factors: list[Factor], rhs: np.ndarray, transpose: bool = False
                  ) -> np.ndarray:
     """S⁻¹ rhs (or S⁻ᵀ rhs) per instance for estimates, with each factorization as it is:
-    a nearby matrix's LU without refinement on S (within NEAR_RATE of S: results move by
-    about that much), `Woodbury`'s formula without its own refinement. Regular factors
-    only."""
-    plain, fs, out = [], [], np.empty_like(rhs)
+    regular factors without ``near`` (a nearby matrix's LU taken as S's own: within
+    NEAR_RATE of S, results move by about that much), `Woodbury`'s formula without its own
+    refinement."""
+    plain, out = [], np.empty_like(rhs)
     for i, f in enumerate(factors):
-        own = f if f.near is None else Factor(None, f.near.lu, f.near.rcond)
-        if isinstance(own.lu, Woodbury):
-            out[i] = own.lu.apply(rhs[i], trans="T" if transpose else "N")
+        if isinstance(f.lu, Woodbury):
+            out[i] = f.lu.apply(rhs[i], trans="T" if transpose else "N")
         else:
             plain.append(i)
-            fs.append(own)
     if plain:
-        out[plain] = solves(fs, rhs[plain], transpose)
+        out[plain] = solves([factors[i] for i in plain], rhs[plain], transpose)
     return out
 
 

@@ -1673,10 +1673,9 @@ class Layer:
         Certified as `_forward_error_ok` certifies a refined point, with M's solves as S's:
         ω <= ACCEPT_BACKWARD, and each output's estimated error |S⁻¹F| + |S⁻¹|(ROUNDING·den)
         within ACCEPT_FORWARD of it (`_outputs_within`; a zero output that the program's
-        small data may set is left to the general path). The rounding term is exact here
-        (`polyhedral.ActiveSet.bound`), where the general path estimates it with one sign
-        vector. Beyond that the point
-        must be strictly complementary with room (ACTIVE_SET_MARGIN, and each multiplier
+        small data may set is left to the general path). The rounding term is exact here,
+        from M's inverse (`polyhedral.ActiveSet.bound`). Beyond that the point must be
+        strictly complementary with room (ACTIVE_SET_MARGIN, and each multiplier
         and slack above its own estimated error: the active set is then the solution's,
         not rounding's) and M well conditioned (ACTIVE_SET_RCOND): a kink, a non-unique
         solution or a poorly conditioned one is the general path's to judge."""
