@@ -1998,8 +1998,12 @@ class Layer:
         # where S is singular, the correction is a least-squares one: F must be in S's range
         # (non-unique auxiliary variables), else the point is not a solution at all
         absR = self._abs_recover
+        unjudged = _part_unjudged(den, c[idx], b[idx], t.n)
         for j, f in enumerate(fs):
             if f.rcond > RCOND_MIN or not np.isfinite(d[j]).all():
+                continue
+            if unjudged[j]:  # the tests below cannot see that part's rows in this scaling
+                d[j] = np.inf
                 continue
             assert f.S is not None  # kept where S is singular
             gap = np.abs(f.S @ corr[j, :, 0] + r.F[idx[j]])
@@ -2478,6 +2482,31 @@ def _objective_unresolved(gradient: np.ndarray, den: np.ndarray, rounding: float
     top = gradient.max(axis=-1, initial=0.0)
     n = gradient.shape[-1]
     return (top > 0) & (top <= rounding * den[..., :n].max(axis=-1, initial=0.0))
+
+
+def _part_unjudged(den: np.ndarray, c: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """Per instance (B,): do the rows of one part of F, the dual rows (the first n, whose
+    data is c) or the primal ones (the rest, b), all lie below SCALE_FLOOR of the other
+    part's largest terms (``den``, `refine.row_terms`) while that part holds data?
+
+    The backward error judges such rows at the floor (`refine.omega`), for rounding that
+    auxiliary variables leave where the exact values are 0. Where S is regular the Newton
+    correction still sees them (S⁻¹F, F's rounding per row); where S is singular the part
+    of F outside S's range is judged against the rows' terms with the same floor and the
+    normwise rounding of the largest rows (`_forward_error_ok`), which there hide that part
+    whole. The parts scale apart (ρ and σ, and the equilibration's row and column factors,
+    which a matrix far from the objective's scale pulls apart: min ‖x − y‖² s.t. G x <= h
+    with G, h, y ~ 1e12 puts its primal rows at 1e-8 beside dual ones at 1e8, and a
+    degenerate point whose eight active rows in five dimensions are inconsistent by 1e-9 of
+    their terms passed, x 5e-8 off), so such a point is not certified in that scaling; the
+    retries scale the program at the point (`_solution_rescaled`). A part without data
+    (b = 0, or c = 0) is left to the floor: its rows hold only what the other part's
+    variables put there, 0 at a zero solution."""
+    big_x = den[:, :n].max(axis=1, initial=0.0)
+    big_y = den[:, n:].max(axis=1, initial=0.0)
+    data_x = np.abs(c).max(axis=1, initial=0.0) > 0
+    data_y = np.abs(b).max(axis=1, initial=0.0) > 0
+    return (data_x & (big_x < SCALE_FLOOR * big_y)) | (data_y & (big_y < SCALE_FLOOR * big_x))
 
 
 def _unbalanced(x: np.ndarray, y: np.ndarray) -> np.ndarray:

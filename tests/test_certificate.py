@@ -1329,3 +1329,122 @@ def test_qp_jacobian_at_a_vertex_set_by_a_large_linear_term(scale):
             assert np.abs(got - want).max() <= 1e-8 * max(1.0, np.abs(want).max())
         checked += 1
     assert checked >= 3
+
+
+def _exact_projection(y: np.ndarray, G: np.ndarray, h: np.ndarray, guess: np.ndarray
+                      ) -> np.ndarray | None:
+    """argmin ‖x − y‖² s.t. G x <= h, exactly (Fractions): the solution of an active set
+    whose KKT conditions hold exactly, among the subsets of at most n of the rows within
+    1e-4 of active at ``guess`` (strictly convex: a point that meets them is the solution,
+    whichever point guessed the rows); None if none does."""
+    from fractions import Fraction
+    from itertools import combinations
+
+    def solve(M: list, r: list) -> list | None:  # Gaussian elimination, exact
+        k = len(r)
+        M = [row[:] + [v] for row, v in zip(M, r, strict=True)]
+        for c in range(k):
+            p = next((i for i in range(c, k) if M[i][c] != 0), None)
+            if p is None:
+                return None
+            M[c], M[p] = M[p], M[c]
+            for i in range(k):
+                if i != c and M[i][c] != 0:
+                    f = M[i][c] / M[c][c]
+                    M[i] = [a - f * b for a, b in zip(M[i], M[c], strict=True)]
+        return [M[i][k] / M[i][i] for i in range(k)]
+
+    m, n = G.shape
+    Gf = [[Fraction(float(v)) for v in row] for row in G]
+    hf = [Fraction(float(v)) for v in h]
+    yf = [Fraction(float(v)) for v in y]
+    den = np.abs(G) @ np.abs(guess) + np.abs(h)
+    near = [i for i in range(m) if h[i] - G[i] @ guess <= 1e-4 * den[i]]
+    for J in (J for k in range(min(n, len(near)), -1, -1) for J in combinations(near, k)):
+        # [[2I, G_Jᵀ], [G_J, 0]] [x; λ] = [2y; h_J]
+        M = [[Fraction(2 * (i == j)) for j in range(n)] + [Gf[r][i] for r in J]
+             for i in range(n)]
+        M += [Gf[r][:] + [Fraction(0)] * len(J) for r in J]
+        sol = solve(M, [2 * v for v in yf] + [hf[r] for r in J])
+        if sol is None:
+            continue
+        x, lam = sol[:n], sol[n:]
+        if all(v >= 0 for v in lam) and all(
+                hf[i] - sum(a * b for a, b in zip(Gf[i], x, strict=True)) >= 0
+                for i in range(m)):
+            return np.array([float(v) for v in x])
+    return None
+
+
+def _near_vertices(rng: np.random.Generator, count: int, n: int = 5, m: int = 10
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Projections onto polytopes whose solution is a vertex with k <= 3 active rows
+    (multipliers 1e-14 … 1) and every other row nearly active (slacks 1e-14 … 1 relative),
+    y, G and h scaled by 1e12: many rows within 1e-8 of active at the solution."""
+    Y, Gs, H = [], [], []
+    for _ in range(count):
+        G = rng.standard_normal((m, n))
+        k = int(rng.integers(1, 4))
+        xs = rng.uniform(-1, 1, n)
+        lam = 10.0 ** rng.uniform(-14, 0, k)
+        h = G @ xs
+        h[k:] += 10.0 ** rng.uniform(-14, 0, m - k)
+        Y.append(1e12 * (xs + 0.5 * G[:k].T @ lam))
+        Gs.append(1e12 * G)
+        H.append(1e12 * h)
+    return np.array(Y), np.array(Gs), np.array(H)
+
+
+def test_a_degenerate_looking_vertex_whose_rows_disagree_by_1e_9_is_not_solved_wrong():
+    """min ‖x − y‖² s.t. G x <= h with y, G, h ~ 1e12 and x ~ 1: the equilibration puts the
+    primal rows' terms at ~1e-8 beside the dual rows' ~1e8, below the backward error's
+    floor. One instance, whose exact solution has 5 active rows and 3 more within 1.5e-8 of
+    active, was refined to a point with all 8 active, S singular, its rows inconsistent by
+    1e-9 of their terms (unseen beside the floor), and came back solved with x 5e-8 off.
+    Every instance here is solved within 1e-8 of its exact solution (KKT met in Fractions)
+    or not solved."""
+    n = 5
+    x, y, G, h = cp.Variable(n), cp.Parameter(n), cp.Parameter((10, n)), cp.Parameter(10)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - y)), [G @ x <= h]),
+                       [y, G, h], [x])
+    hexes = (
+        ["-0x1.3419669f68742p+38", "0x1.131012b77b1a7p+39", "0x1.5b70949bcb881p+39",
+         "-0x1.8d58aa1efaf67p+39", "0x1.969357f879a91p+39"],
+        ["0x1.3ced823c5428cp+40", "0x1.4e4123769f4a0p+34", "-0x1.fb7ef7683eaa3p+39",
+         "0x1.5603c2e5d58f4p+38", "-0x1.3b826af8e368cp+40", "0x1.8a35c4c020b95p+36",
+         "-0x1.83d845093bd89p+39", "0x1.047f8abb044f1p+38", "0x1.23253ba986020p+38",
+         "-0x1.21638872c3d47p+37", "0x1.65cc6c5e7f5c7p+40", "0x1.c597eb683d9f6p+37",
+         "0x1.c6c6b87639117p+38", "0x1.4fb08c0a87ff3p+40", "-0x1.38d6e7b20a24bp+40",
+         "0x1.eb568be9a12f2p+35", "0x1.8231b35e250b5p+39", "0x1.89c2b7716912ep+37",
+         "0x1.12d6a9d5da990p+39", "-0x1.518dd41a26d01p+40", "0x1.3ea0133a03b7fp+40",
+         "0x1.842181f679c02p+41", "0x1.bbf11632205b2p+39", "0x1.b37dc658b4876p+39",
+         "-0x1.5656f6d8a0bdap+39", "0x1.3e8f766b6f75cp+41", "0x1.44514db59cd83p+38",
+         "-0x1.653b19e5793aep+35", "-0x1.c4d2a45d81d7dp+40", "0x1.de1e3b0bc9737p+37",
+         "-0x1.4cbd27d18f12ep+39", "-0x1.07e05e188f4a7p+38", "-0x1.963aa5677b78dp+38",
+         "0x1.6b678e20cf996p+39", "-0x1.61fcd4b1afb61p+39", "-0x1.cf6e84e24bf9ap+40",
+         "-0x1.2da8d4588c116p+37", "-0x1.5ed08c23b425dp+39", "-0x1.eeb7a224e4caep+38",
+         "0x1.518b8d55658efp+39", "0x1.23b0df737fc3dp+38", "-0x1.6458e3b766cb8p+40",
+         "-0x1.0e46f04666f4dp+40", "0x1.018d08c20813ap+40", "0x1.fde9d609c5d9ep+38",
+         "0x1.67bfb8431fd7dp+40", "-0x1.2ae882b0015a8p+41", "0x1.877720fe65b62p+40",
+         "-0x1.1064ebfcfeeaap+39", "-0x1.591b9bc8b8643p+37"],
+        ["-0x1.3fc3123f790dbp+41", "-0x1.4f99e8290b5b4p+39", "-0x1.17d11630d0693p+41",
+         "-0x1.0a4703ef983d0p+40", "0x1.6efa459255cbap+39", "0x1.0b5d5795ea98fp+40",
+         "-0x1.71328372d9d8bp+40", "0x1.fa1d49c1f1513p+39", "-0x1.105e9ec342018p+41",
+         "-0x1.8ea29afc00320p+38"],
+    )
+    one = [np.array([float.fromhex(v) for v in hx]) for hx in hexes]
+    one[1] = one[1].reshape(10, n)
+    Y, Gs, H = _near_vertices(np.random.default_rng(72), 11)
+    Y, Gs, H = np.vstack([one[0], Y]), np.vstack([one[1][None], Gs]), np.vstack([one[2], H])
+    fwd = layer.forward([Y, Gs, H], on_failure="nan")
+    solved = 0
+    for i in range(len(Y)):
+        if str(fwd.info.status[i]) != "solved":
+            assert np.isnan(fwd.outputs[0][i]).all()
+            continue
+        truth = _exact_projection(Y[i], Gs[i], H[i], fwd.outputs[0][i])
+        assert truth is not None, i  # (no active set near the point solves it exactly)
+        err = np.abs(fwd.outputs[0][i] - truth).max()
+        assert err <= 1e-8 * np.abs(truth).max(), (i, err)
+        solved += 1
+    assert solved >= 8
