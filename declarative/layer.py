@@ -1938,7 +1938,9 @@ class Layer:
         the equilibrated program is below RESOLVED (sparsemax with θ ~ 1e12 has x̂ ~ 1e-14
         beside auxiliary variables ~1) is not known to any relative accuracy there: not
         certified; nor is one that it moves along a curved direction, which is no face
-        (`_null_space_curved`).
+        (`_null_space_curved`); nor a point whose dual or primal rows all lie below the
+        backward error's floor beside the other part's (`_part_unjudged`), which the tests of
+        F's part outside S's range cannot see there.
 
         Refinement's last factorization, of S at the previous iterate, is used where DΠ has
         not moved since by more than STALE (`_stale`; the estimate is then off by a relative
