@@ -1012,12 +1012,21 @@ def solves(factors: list[Factor], rhs: np.ndarray, transpose: bool = False) -> n
 
 def abs_inverse_times(factors: list[Factor], g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """|S⁻¹| g exactly for the instances whose S⁻¹ is at hand (a regular `Inverse` of S
-    itself), g (B, N) nonnegative: (those instances, (k, N) values)."""
+    itself), and |S⁺| g for those whose S is singular with a dense `TruncatedSVD` of order
+    up to STACK_INVERSE_MAX (S⁺ = V diag(1/σ) Uᵀ formed), g (B, N) nonnegative: (those
+    instances, (k, N) values)."""
     regular = np.array([f.rcond > RCOND_MIN for f in factors], dtype=bool)
     idx, inv = _inverses(factors, regular)
-    if not idx.size:
-        return idx, np.zeros((0, g.shape[1]))
-    return idx, (np.abs(inv) @ g[idx][..., None])[..., 0]
+    out = (np.abs(inv) @ g[idx][..., None])[..., 0] if idx.size else np.zeros((0, g.shape[1]))
+    svd = [i for i, f in enumerate(factors) if not regular[i]
+           and isinstance(f.pinv, TruncatedSVD) and g.shape[1] <= STACK_INVERSE_MAX]
+    if not svd:
+        return idx, out
+    rows = [np.abs((f.pinv.Vt.T / f.pinv.sv) @ f.pinv.U.T) @ g[i]
+            for i, f in ((i, factors[i]) for i in svd)]
+    order = np.argsort(np.concatenate([idx, svd]), kind="stable")
+    return (np.concatenate([idx, np.array(svd, dtype=idx.dtype)])[order],
+            np.concatenate([out, np.array(rows)])[order])
 
 
 def abs_rows_estimate(factors: list[Factor], g: np.ndarray,

@@ -162,7 +162,8 @@ P_DEFINITE = 64 * np.finfo(float).eps
 CURVED = 1e-24
 FACE_TOL = 1e-6
 # Refinement's last factorization is of S at the previous iterate; where DΠ has moved by more
-# than this (relative, `Layer._stale`) since, S is factored again at the refined point.
+# than this times that factorization's rcond (relative, `Layer._stale`) since, S is factored
+# again at the refined point.
 STALE = 0.1
 # A PSD (NSD) parameter value passes if its smallest (largest) eigenvalue is at least
 # −DEFINITE_RTOL·(1 + max |entry|) (at most +): the rounding of a matrix built definite.
@@ -1855,9 +1856,12 @@ class Layer:
 
     def _stale(self, r: Any, idx: np.ndarray, factors: list) -> list[int]:
         """The instances among ``idx`` whose kept factorization (refinement's last, of S at
-        the previous iterate) is not S at the refined point to within a relative STALE: DΠ
-        there and DΠ where it was made, applied to a fixed probe, differ in some row by more
-        than STALE of the first (or by more than rounding where it is 0). Near the boundary
+        the previous iterate) is not S at the refined point to within STALE of its effect on
+        S⁻¹: DΠ there and DΠ where it was made, applied to a fixed probe, differ in some row
+        by more than STALE·rcond of the first (or by more than rounding where it is 0). S⁻¹
+        moves by about S's relative change over rcond: a nearly singular quad_form on a ball
+        of radius 1e11 had its kept S at rcond 3e-6 and S at the point at condition 4e10,
+        DΠ 1e-5 apart, and its estimate 1e5 times short (x 2e-5 off, solved). Near the boundary
         of a cone's polar, DΠ's small eigenvalue can change entirely within the last step
         (a second-order cone holding entries ~1e10 beside ~1: 6e-11 against 1e-6), and
         with it S⁻¹, the error estimate and the derivative. A singular S's pseudo-inverse is
@@ -1875,8 +1879,9 @@ class Layer:
         if not at_v.all():
             now[~at_v] = dproject(r.v[have[~at_v]], t.dims, dual=True).matvec(w[~at_v])
         then = r.D_factored.take(have).matvec(w)
-        singular = np.array([not factors[i].rcond > RCOND_MIN for i in have], dtype=bool)
-        rel = np.where(singular, ROUNDING, STALE)[:, None]
+        rcond = np.array([factors[i].rcond for i in have], dtype=float)
+        singular = ~(rcond > RCOND_MIN)
+        rel = np.where(singular, ROUNDING, STALE * np.where(singular, 0.0, rcond))[:, None]
         drift = np.abs(now - then) > rel * np.abs(now) + ROUNDING
         return have[drift.any(axis=1)].tolist()
 

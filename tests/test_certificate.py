@@ -1448,3 +1448,62 @@ def test_a_degenerate_looking_vertex_whose_rows_disagree_by_1e_9_is_not_solved_w
         assert err <= 1e-8 * np.abs(truth).max(), (i, err)
         solved += 1
     assert solved >= 8
+
+
+def _trust_region_reference(P: np.ndarray, q: np.ndarray, r: float) -> np.ndarray:
+    """argmin xᵀPx + qᵀx s.t. ‖x‖₂ <= r at 60 digits: x(λ) = −(2P + 2λI)⁻¹q with λ = 0 where
+    that is inside the ball, else the root of ‖x(λ)‖ = r by bisection (‖x(λ)‖ decreases)."""
+    import mpmath as mp
+
+    with mp.workdps(60):
+        n = len(q)
+        Pm, Q, R = mp.matrix(P.tolist()), mp.matrix(q.tolist()), mp.mpf(r)
+
+        def at(lam):
+            return -mp.lu_solve(2 * Pm + 2 * lam * mp.eye(n), Q)
+
+        lam = mp.mpf(0)
+        if mp.norm(at(lam)) > R:
+            lo, hi = mp.mpf(0), mp.mpf(1)
+            while mp.norm(at(hi)) > R:
+                hi *= 4
+            for _ in range(400):
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if mp.norm(at(mid)) > R else (lo, mid)
+            lam = hi
+        return np.array([float(v) for v in at(lam)])
+
+
+@pytest.mark.parametrize("case", [
+    # P's eigenvalues 1e-12, 4e-11, 1; the ball active with λ ~ 9e-13
+    ([[0.6378229729757351, -0.46170747515603927, -0.13353290045734334],
+      [-0.46170747515603927, 0.33422093849347695, 0.0966618339617079],
+      [-0.13353290045734334, 0.0966618339617079, 0.027956088571573508]],
+     [-0.5831715510245403, 0.5190224301392745, 0.977529947985164], 99317988194.10591),
+    # S at the point singular to working precision, two more singular values ~1e-10
+    ([[0.012541422415685373, -0.09755131252094745, 0.05355255886814017],
+      [-0.09755131252094745, 0.7587862256271615, -0.416549433842281],
+      [0.05355255886814017, -0.416549433842281, 0.2286723520276497]],
+     [-1.9203561514103042, -1.2354654838367278, 0.1771842573834192], 2866839672281.6655),
+])
+def test_a_nearly_singular_quad_form_on_a_huge_ball_is_not_solved_wrong(case):
+    """min quad_form(x, P) + q·x s.t. ‖x‖₂ <= r with a PSD parameter P nearly singular and r ~
+    1e11 … 1e12: x is set by P's smallest eigenvalues against a multiplier ~1e-12. The first
+    came back solved 2e-5 off: refinement's last factorization, of S at the previous iterate
+    (rcond 3e-6), was kept for the estimate where S at the point has condition 4e10 (DΠ had
+    moved by far less than STALE, far more than that conditioning allows). The second, 2e-6
+    off: S singular, its rounding term on one ±1 probe, which cancelled. Solved within 1e-8
+    of the 60-digit solution, or not solved."""
+    P, q, r = np.array(case[0]), np.array(case[1]), case[2]
+    n = len(q)
+    x, Pp, qp, rp = (cp.Variable(n), cp.Parameter((n, n), PSD=True), cp.Parameter(n),
+                     cp.Parameter(nonneg=True))
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.quad_form(x, Pp) + qp @ x),
+                                  [cp.norm(x, 2) <= rp]), [Pp, qp, rp], [x])
+    fwd = layer.forward([P, q, r], on_failure="nan")
+    truth = _trust_region_reference(P, q, r)
+    if str(fwd.info.status[0]) == "solved":
+        err = np.abs(fwd.outputs[0][0] - truth).max()
+        assert err <= 1e-8 * np.abs(truth).max(), err
+    else:
+        assert np.isnan(fwd.outputs[0]).all()
