@@ -1507,3 +1507,51 @@ def test_a_nearly_singular_quad_form_on_a_huge_ball_is_not_solved_wrong(case):
         assert err <= 1e-8 * np.abs(truth).max(), err
     else:
         assert np.isnan(fwd.outputs[0]).all()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known: the certificate judges the equilibrated program, whose entries are the user's "
+    "rounded (D, E, ρ, σ are not powers of two); at cond(P) 1e9 … 1e11 that rounding moves x "
+    "by 1e-8 … 4e-8 and is not in the estimate. Powers of two (factors rounded in "
+    "equilibrate) pass this test, but then a PSD projection of a negative definite matrix came "
+    "back solved with entries ~4e-6 where the answer is 0 (test_psd_projection_of_negative_"
+    "definite_matrices_is_zero): not landed"))
+@pytest.mark.parametrize("box", [False, True])
+def test_an_ill_conditioned_quad_form_is_solved_to_its_exact_data(box):
+    """min quad_form(x, P) + q·x, alone or in a box that is never reached, with P's condition
+    1e9 … 1e11: x = −P⁻¹q/2, which moves by cond·ε under a relative rounding of P's
+    entries. Solved within 1e-8 of the 60-digit solution, or not solved."""
+    import mpmath as mp
+
+    n = 3
+    x, Pp, qp, Mp = (cp.Variable(n), cp.Parameter((n, n), PSD=True), cp.Parameter(n),
+                     cp.Parameter(nonneg=True))
+    cons = [x <= Mp, x >= -Mp] if box else []
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.quad_form(x, Pp) + qp @ x), cons),
+                       [Pp, qp, Mp] if box else [Pp, qp], [x])
+    Ps = [np.array([[0.327093013496288, -0.09152179469681299, 0.1322474538453936],
+                    [-0.09152179469681299, 0.3377718479485343, -0.4589814319277996],
+                    [0.1322474538453936, -0.4589814319277996, 0.6238927018513242]])]
+    qs = [np.array([-0.08265383296953994, -0.8146814147808686, -1.8232826142980827])]
+    rng = np.random.default_rng(9 + box)
+    for cond in (1e9, 1e9, 1e10, 1e10, 1e11, 1e11, 1e9, 1e10):
+        Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+        Ps.append((Q * np.geomspace(1.0, 1.0 / cond, n)) @ Q.T)
+        Ps[-1] = (Ps[-1] + Ps[-1].T) / 2
+        qs.append(rng.standard_normal(n))
+    P, q = np.array(Ps), np.array(qs)
+    truth = []
+    with mp.workdps(60):
+        for Pi, qi in zip(P, q, strict=True):
+            truth.append([float(v) for v in
+                          -mp.lu_solve(mp.matrix(Pi.tolist()), mp.matrix(qi.tolist())) / 2])
+    truth = np.array(truth)
+    values = [P, q, 10 * np.abs(truth).max(axis=1)] if box else [P, q]
+    fwd = layer.forward(values, on_failure="nan")
+    solved = 0
+    for i in range(len(P)):
+        if str(fwd.info.status[i]) == "solved":
+            err = np.abs(fwd.outputs[0][i] - truth[i]).max()
+            assert err <= 1e-8 * np.abs(truth[i]).max(), (i, err)
+            solved += 1
+    assert solved >= len(P) // 2
