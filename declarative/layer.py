@@ -1881,7 +1881,7 @@ class Layer:
         then = r.D_factored.take(have).matvec(w)
         rcond = np.array([factors[i].rcond for i in have], dtype=float)
         singular = ~(rcond > RCOND_MIN)
-        rel = np.where(singular, ROUNDING, STALE * np.where(singular, 0.0, rcond))[:, None]
+        rel = np.where(singular, ROUNDING, STALE * rcond)[:, None]
         drift = np.abs(now - then) > rel * np.abs(now) + ROUNDING
         return have[drift.any(axis=1)].tolist()
 
@@ -1922,7 +1922,8 @@ class Layer:
         Newton correction (the error itself, to first order, near a regular solution) plus
         the effect of rounding the residual's terms, g = ``rounding``·den (den,
         `refine.row_terms`; ROUNDING in float64, ROUNDING_EXTENDED where refinement evaluated
-        F in long double). |S⁻¹|g is exact where S⁻¹ is at hand (`abs_inverse_times`);
+        F in long double). |S⁻¹|g is exact where S⁻¹ is at hand, and so is |S⁺|g where a
+        small S is singular (`abs_inverse_times`);
         elsewhere it is |S⁻¹(g ⊙ ξ)| on a fixed ±1 probe ξ per entry, and each output's
         worst entry of it is estimated as a whole by Hager's method (`abs_rows_estimate`;
         Higham, *Accuracy and Stability of Numerical Algorithms*, §15.3), which a probe's
@@ -1948,7 +1949,7 @@ class Layer:
         F's part outside S's range cannot see there.
 
         Refinement's last factorization, of S at the previous iterate, is used where DΠ has
-        not moved since by more than STALE (`_stale`; the estimate is then off by a relative
+        not moved since by more than STALE·rcond (`_stale`; the estimate is then off by a relative
         O(‖step‖), immaterial here); elsewhere S is factored at the point, and the
         factorization kept in ``factors`` for the derivative. Where that S is regular and
         refinement did not converge, the instance is not certified.
