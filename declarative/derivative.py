@@ -1018,13 +1018,13 @@ def abs_inverse_times(factors: list[Factor], g: np.ndarray) -> tuple[np.ndarray,
     regular = np.array([f.rcond > RCOND_MIN for f in factors], dtype=bool)
     idx, inv = _inverses(factors, regular)
     out = (np.abs(inv) @ g[idx][..., None])[..., 0] if idx.size else np.zeros((0, g.shape[1]))
-    pinvs = [(i, f.pinv) for i, f in enumerate(factors) if not regular[i]
-             and isinstance(f.pinv, TruncatedSVD) and g.shape[1] <= STACK_INVERSE_MAX]
-    if not pinvs:
+    svd, rows = [], []
+    for i, f in enumerate(factors) if g.shape[1] <= STACK_INVERSE_MAX else ():
+        if not regular[i] and isinstance(f.pinv, TruncatedSVD):
+            svd.append(i)
+            rows.append(np.abs((f.pinv.Vt.T / f.pinv.sv) @ f.pinv.U.T) @ g[i])
+    if not svd:
         return idx, out
-    svd = [i for i, _ in pinvs]
-    rows = [np.abs((p.Vt.T / p.sv) @ p.U.T) @ g[i] for i, p in pinvs
-            if isinstance(p, TruncatedSVD)]
     order = np.argsort(np.concatenate([idx, svd]), kind="stable")
     return (np.concatenate([idx, np.array(svd, dtype=idx.dtype)])[order],
             np.concatenate([out, np.array(rows)])[order])

@@ -1923,8 +1923,8 @@ class Layer:
         the effect of rounding the residual's terms, g = ``rounding``·den (den,
         `refine.row_terms`; ROUNDING in float64, ROUNDING_EXTENDED where refinement evaluated
         F in long double). |S⁻¹|g is exact where S⁻¹ is at hand, and so is |S⁺|g where a
-        small S is singular (`abs_inverse_times`);
-        elsewhere it is |S⁻¹(g ⊙ ξ)| on a fixed ±1 probe ξ per entry, and each output's
+        small S is singular (`abs_inverse_times`); elsewhere it is |S⁻¹(g ⊙ ξ)| on a fixed
+        ±1 probe ξ per entry, and each output's
         worst entry of it is estimated as a whole by Hager's method (`abs_rows_estimate`;
         Higham, *Accuracy and Stability of Numerical Algorithms*, §15.3), which a probe's
         cancelling terms do not fool. It is mapped to the outputs through the equilibration
