@@ -165,6 +165,17 @@ FACE_TOL = 1e-6
 # than this times that factorization's rcond (relative, `Layer._stale`) since, S is factored
 # again at the refined point.
 STALE = 0.1
+# Where S's null space moves an output, the point is taken for one of a face of solutions,
+# each as good as another, and F's part outside S's range must be within FACE_GAP of each
+# row's own terms (`Layer._forward_error_ok`), the rounding of the residual and of the Newton
+# correction (a few thousand ulps), not ACCEPT_BACKWARD: a backward error says the point
+# solves a program that close to the user's, but a face does not survive such a change.
+# A P whose eigenvalues along it are 1e-15 of its largest is singular to rounding in S, and
+# its program has one solution, or none, however close it is to one with a face: a trust
+# region with P's eigenvalues 5e-16, 1.5e-15 and 0.27 and a ball of radius 1.9e12 had its
+# point inside the ball, 2P̂x̂ + ĉ = ĉ ~ 2e-12 beside |P̂||x̂| ~ 2e-3 on the rows along P's
+# near-null space (passing at 1e-9), and was 100% off (the solution is on the sphere).
+FACE_GAP = 1e-12
 # A PSD (NSD) parameter value passes if its smallest (largest) eigenvalue is at least
 # −DEFINITE_RTOL·(1 + max |entry|) (at most +): the rounding of a matrix built definite.
 DEFINITE_RTOL = 1e-9
@@ -2050,17 +2061,17 @@ class Layer:
                 d[j] = np.inf
             # a row left to rounding is not resolved here: the error it carries along the
             # null space is unbounded, so a null space that moves an output needs every row
-            # resolved on its own terms (a second-order cone whose block holds one entry
-            # ~1e10 beside O(1) ones: its t row, set by r ~ 0.2, 100% off and inside the
-            # rounding allowance of the block's largest terms; the outputs 0.5 off), not at
-            # SCALE_FLOOR of the instance's largest (the OptNet QP with all data × 1e14 at
-            # Clarabel's point: duals ~5e11 beside primal rows of 1e-7 terms, one of them
-            # 100% off, a 10-dimensional null space, the outputs 30-180% off). A row whose own
-            # terms are below the rounding of the instance's largest is judged at that
-            # rounding: auxiliary rows holding SCS's 1e-32 leftovers where the exact values
-            # are 0 (‖X‖₁ + ‖X − A‖² with A ~ 1e-3, X = 0) are no unresolved rows
+            # resolved on its own terms, to FACE_GAP of them (a second-order cone whose block
+            # holds one entry ~1e10 beside O(1) ones: its t row, set by r ~ 0.2, 100% off and
+            # inside the rounding allowance of the block's largest terms; the outputs 0.5
+            # off), not at SCALE_FLOOR of the instance's largest (the OptNet QP with all data
+            # × 1e14 at Clarabel's point: duals ~5e11 beside primal rows of 1e-7 terms, one
+            # of them 100% off, a 10-dimensional null space, the outputs 30-180% off). A row
+            # whose own terms are below the rounding of the instance's largest is judged at
+            # that rounding: auxiliary rows holding SCS's 1e-32 leftovers where the exact
+            # values are 0 (‖X‖₁ + ‖X − A‖² with A ~ 1e-3, X = 0) are no unresolved rows
             elif moved.any() and not np.all(
-                    gap <= ACCEPT_BACKWARD * np.maximum(own, rounding * den[j].max())):
+                    gap <= FACE_GAP * np.maximum(own, rounding * den[j].max())):
                 d[j] = np.inf
         out[idx] = self._outputs_within(ops, eq, idx, r.x[idx], pv, r.v[idx], d, c, b, factors,
                                         estimated)

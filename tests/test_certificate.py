@@ -1485,6 +1485,22 @@ def _trust_region_reference(P: np.ndarray, q: np.ndarray, r: float) -> np.ndarra
       [-0.09755131252094745, 0.7587862256271615, -0.416549433842281],
       [0.05355255886814017, -0.416549433842281, 0.2286723520276497]],
      [-1.9203561514103042, -1.2354654838367278, 0.1771842573834192], 2866839672281.6655),
+    # P's eigenvalues 4.8e-16, 1.5e-15, 0.27 (exactly, of the stored entries: positive): the
+    # point was inside the ball, taken for one of a face of solutions, 100% off
+    ([[0.06690927660843612, -0.08860531804359488, -0.07546784214217733],
+      [-0.08860531804359488, 0.11733653065107152, 0.09993908907735083],
+      [-0.07546784214217733, 0.09993908907735083, 0.08512115937117641]],
+     [0.7278007955083645, 0.18814105241354687, -0.34060283971918437], 1940183584889.05),
+    # eigenvalues 3.1e-19, 1.0e-18, 0.023 (91% off) and 8.4e-20, 2.5e-18, 0.047 (5e-3 off)
+    ([[0.001892813800711396, -0.006370294894625751, -0.00045069908383117046],
+      [-0.006370294894625751, 0.02143932859599982, 0.0015168349214609179],
+      [-0.00045069908383117046, 0.0015168349214609179, 0.00010731624214167984]],
+     [1.1437030663840857, -8.839413246846362, -0.017169535984617023], 5633237776728.065),
+    ([[0.0235969462723954, 0.02328257842302065, 0.0036795362338104395],
+      [0.02328257842302065, 0.022972398706448335, 0.003630515997074442],
+      [0.0036795362338104395, 0.003630515997074442, 0.0005737601272484286]],
+     [-0.00031897093379689004, 0.0017342465964743476, -0.0012046515335797177],
+     197018027.79431728),
 ])
 def test_a_nearly_singular_quad_form_on_a_huge_ball_is_not_solved_wrong(case):
     """min quad_form(x, P) + q·x s.t. ‖x‖₂ <= r with a PSD parameter P nearly singular and r ~
@@ -1492,8 +1508,10 @@ def test_a_nearly_singular_quad_form_on_a_huge_ball_is_not_solved_wrong(case):
     came back solved 2e-5 off: refinement's last factorization, of S at the previous iterate
     (rcond 3e-6), was kept for the estimate where S at the point has condition 4e10 (DΠ had
     moved by far less than STALE, far more than that conditioning allows). The second, 2e-6
-    off: S singular, its rounding term on one ±1 probe, which cancelled. Solved within 1e-8
-    of the 60-digit solution, or not solved."""
+    off: S singular, its rounding term on one ±1 probe, which cancelled. The next three have
+    P singular to rounding along two directions: S's null space there was taken for a face
+    of solutions with the point inside the ball, where the solution is on the sphere. Solved
+    within 1e-8 of the 60-digit solution, or not solved."""
     P, q, r = np.array(case[0]), np.array(case[1]), case[2]
     n = len(q)
     x, Pp, qp, rp = (cp.Variable(n), cp.Parameter((n, n), PSD=True), cp.Parameter(n),
