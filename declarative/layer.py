@@ -2529,12 +2529,16 @@ def _part_unjudged(den: np.ndarray, c: np.ndarray, b: np.ndarray, n: int) -> np.
 
 
 def _unbalanced(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(B,) bool: max(|x|, |y|) over their min (max-norms per instance, both nonzero) is
-    above IMBALANCE."""
+    """(B,) bool: max(|x|, |y|) over their min (max-norms per instance, both above ROUNDING
+    of the other) is above IMBALANCE. Below ROUNDING the smaller is the larger's rounding,
+    not a scale to balance: the multipliers of an inactive constraint, 0 exactly, that
+    refinement left at 1e-17 beside x ~ 1 (a ball's projection from inside, whose scaling
+    at that point put ρ and σ 1e16 apart, the norm's non-unique epigraph variable then on
+    its cone's boundary and reported weakly active)."""
     a = np.abs(x).max(axis=1, initial=0.0)
     b = np.abs(y).max(axis=1, initial=0.0)
     lo, hi = np.minimum(a, b), np.maximum(a, b)
-    return (lo > 0) & (hi > IMBALANCE * lo)
+    return (lo > ROUNDING * hi) & (hi > IMBALANCE * lo)
 
 
 def _entry_ratio(a: np.ndarray) -> np.ndarray:
