@@ -154,6 +154,19 @@ def _segment_min(values: np.ndarray, starts: np.ndarray, ids: np.ndarray,
     return out
 
 
+def binary(f: np.ndarray, down: bool = False) -> np.ndarray:
+    """Positive finite factors rounded to the nearest power of two (in log scale; within
+    √2 of each), or with ``down`` to the largest at most each (within 2), others unchanged.
+    A scaling by powers of two is exact in floating point: the program the certificate
+    judges is the user's, not a rounding of it, whose error a solution at condition 1e11
+    (quad_form with P's eigenvalues 1 … 1e-11) would carry as 1e-5 of its own."""
+    f = np.asarray(f, dtype=float)
+    m, ex = np.frexp(f)  # f = m·2^ex, m in [1/2, 1)
+    ok = np.isfinite(f) & (f > 0)
+    cut = 1.0 if down else np.sqrt(0.5)
+    return np.where(ok, np.ldexp(1.0, ex - (m < cut)), f)
+
+
 def _inv_sqrt(norm: np.ndarray) -> np.ndarray:
     """1/√norm, and 1 where the norm is 0 (an empty row or column stays as it is)."""
     return np.where(norm > 0, 1.0 / np.sqrt(np.where(norm > 0, norm, 1.0)), 1.0)
@@ -382,7 +395,7 @@ def _balance(t: ConeTemplate, A: np.ndarray, P: np.ndarray | None
     nonuniform = np.maximum(spread(row_hi * s0 * s0), spread(col_hi * s0 * s0)) > UNIFORM
     work = np.flatnonzero(nonuniform)
     if work.size == 0:
-        return d, e, ~nonuniform
+        return binary(d), binary(e), ~nonuniform
     Aw, Pw = A[work], None if P is None else P[work]
     dw, ew = np.ones((work.size, t.m)), np.ones((work.size, t.n))
     row_hi, row_lo, col_hi, col_lo = _norms(p, t, Aw, Pw, None, None, True)
@@ -417,7 +430,7 @@ def _balance(t: ConeTemplate, A: np.ndarray, P: np.ndarray | None
         row_hi, _, col_hi, _ = _norms(p, t, Aw[live], None if Pw is None else Pw[live],
                                       dw[live], ew[live], False)
     d[work], e[work] = dw, ew
-    return d, e, ~nonuniform
+    return binary(d), binary(e), ~nonuniform
 
 
 def equilibrate(t: ConeTemplate, c: np.ndarray, a: np.ndarray, b: np.ndarray,
@@ -455,7 +468,8 @@ def equilibrate(t: ConeTemplate, c: np.ndarray, a: np.ndarray, b: np.ndarray,
                        np.where(uniform[:, None], s2, e[:, p.P_rows] * e[:, p.P_cols]))
     scale = np.maximum(np.abs(e * c).max(axis=1, initial=0.0),
                        np.abs(d * b).max(axis=1, initial=0.0))
-    gamma = np.where(scale > 0, 1.0 / np.where(scale > 0, scale, 1.0), 1.0)
+    # (down: the largest entry of b̂ and ĉ in (1/2, 1], no larger than unrounded)
+    gamma = binary(np.where(scale > 0, 1.0 / np.where(scale > 0, scale, 1.0), 1.0), down=True)
     return Equilibration(d, e, gamma, gamma.copy(), entries)
 
 
@@ -476,6 +490,8 @@ def rebalance(eq: Equilibration, c: np.ndarray, b: np.ndarray
     bmax = np.abs(b).max(axis=1, initial=0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         apart = (cmax > 0) & (bmax > 0) & (np.maximum(cmax / bmax, bmax / cmax) > UNIFORM)
+        # (each the least power of two at least it: max-norms in (1/2, 1])
+        cmax, bmax = 1.0 / binary(1.0 / cmax, down=True), 1.0 / binary(1.0 / bmax, down=True)
     rho, sigma = eq.rho.copy(), eq.sigma.copy()
     c, b = c.copy(), b.copy()
     rho[apart] /= bmax[apart]
@@ -501,7 +517,7 @@ def recentred(eq: Equilibration, c: np.ndarray, b: np.ndarray
     ordered = np.sort(nonzero, axis=1)
     med = np.where(count > 0, ordered[np.arange(len(c)), np.maximum(count - 1, 0) // 2], 1.0)
     apart = (count > 0) & (med < 1.0 / UNIFORM)
-    k = np.where(apart, 1.0 / med, 1.0)
+    k = binary(np.where(apart, 1.0 / med, 1.0))
     return (apart, replace(eq, rho=eq.rho * k, sigma=eq.sigma * k),
             c * k[:, None], b * k[:, None])
 
@@ -513,7 +529,7 @@ def objective_scale(c: np.ndarray, a: np.ndarray, b: np.ndarray, h: np.ndarray) 
     obj = np.maximum(np.abs(c).max(axis=1, initial=0.0), np.abs(h).max(axis=1, initial=0.0))
     con = np.maximum(np.abs(a).max(axis=1, initial=0.0), np.abs(b).max(axis=1, initial=0.0))
     ok = (obj > 0) & (con > 0)
-    return np.where(ok, con / np.where(ok, obj, 1.0), 1.0)
+    return binary(np.where(ok, con / np.where(ok, obj, 1.0), 1.0))
 
 
 # An entry of the point below this fraction of the largest of its kind (|x̂|, |ŷ|, |ŝ|) is
@@ -678,9 +694,13 @@ def at_solution(t: ConeTemplate, a: np.ndarray, h: np.ndarray, x: np.ndarray, y:
         with np.errstate(divide="ignore"):
             d = np.where(np.isnan(d) & (row > 0), 1.0 / row, d)
         d = _geometric_fill(d)
-    e = np.where(live[:, None], e, 1.0)
+    e = binary(np.where(live[:, None], e, 1.0))
     d = np.where(live[:, None], d, 1.0)
-    scale = np.where(live, 1.0 / r[:, 0], 1.0)
+    # (a power cone's factors keep their shape: rounded, they would not map the cone onto
+    # itself)
+    lo = t.m - 3 * len(t.dims.power)
+    d[:, :lo] = binary(d[:, :lo])
+    scale = binary(np.where(live, 1.0 / r[:, 0], 1.0))
     # then Ruiz's balance of the matrix that leaves (a variable brought to 1 from a value
     # 1e-3 of the others' has its column 1e-3 of theirs)
     a2 = A * np.take(d, p.rows, axis=1) * np.take(e, p.cols, axis=1)

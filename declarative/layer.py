@@ -58,6 +58,7 @@ from declarative.equilibrate import (
     UNIFORM,
     Equilibration,
     at_solution,
+    binary,
     equilibrate,
     objective_scale,
     pattern,
@@ -532,7 +533,7 @@ class Forward:
         x2, y2, _ = rel.scaled(*point)
         ax, ay = np.abs(x2).max(axis=1, initial=0.0), np.abs(y2).max(axis=1, initial=0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            k = np.where(~ill & (ax > 0) & (ay > 0), np.sqrt(ay / ax), 1.0)
+            k = binary(np.where(~ill & (ax > 0) & (ay > 0), np.sqrt(ay / ax), 1.0))
         rel = Equilibration(rel.d, rel.e, rel.rho * k, rel.sigma / k, mix=rel.mix,
                             mix_rows=rel.mix_rows)
         x2, y2, s2 = rel.scaled(*point)
