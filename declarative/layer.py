@@ -2071,8 +2071,9 @@ class Layer:
             # whose own terms are below the rounding of the instance's largest is judged at
             # that rounding: auxiliary rows holding SCS's 1e-32 leftovers where the exact
             # values are 0 (‖X‖₁ + ‖X − A‖² with A ~ 1e-3, X = 0) are no unresolved rows
-            elif moved.any() and not np.all(
-                    gap <= FACE_GAP * np.maximum(own, rounding * den[j].max())):
+            elif moved.any() and (not np.all(
+                    gap <= FACE_GAP * np.maximum(own, rounding * den[j].max()))
+                    or _face_data_unseen(own, c[idx[j]], b[idx[j]], t.n)):
                 d[j] = np.inf
         out[idx] = self._outputs_within(ops, eq, idx, r.x[idx], pv, r.v[idx], d, c, b, factors,
                                         estimated)
@@ -2527,6 +2528,20 @@ def _part_unjudged(den: np.ndarray, c: np.ndarray, b: np.ndarray, n: int) -> np.
     data_x = np.abs(c).max(axis=1, initial=0.0) > 0
     data_y = np.abs(b).max(axis=1, initial=0.0) > 0
     return (data_x & (big_x < SCALE_FLOOR * big_y)) | (data_y & (big_y < SCALE_FLOOR * big_x))
+
+
+def _face_data_unseen(own: np.ndarray, c: np.ndarray, b: np.ndarray, n: int) -> bool:
+    """Does one part of one instance's data, c or b (equilibrated), lie wholly within FACE_GAP
+    of its rows' own terms (``own``, `refine.row_terms`: the dual rows first, n of them)
+    while not 0? The test of a face of solutions allows each row that much
+    inconsistency, so such data is not seen by it: the point would pass with that part
+    set to 0, and along the face it is what places the solution. A trust region with
+    P's eigenvalues 5e-17 of its largest and |q| ~ 0.05 beside r ~ 3e8 had ĉ ~ 5e-14
+    beside |P̂||x̂| ~ 1.5 in its dual rows, its point on the sphere with every multiplier
+    0 (the true one is ~ĉ), and came back solved 5% off."""
+    cx, bx = np.abs(c).max(initial=0.0), np.abs(b).max(initial=0.0)
+    return bool((0 < cx <= FACE_GAP * own[:n].max(initial=0.0))
+                or (0 < bx <= FACE_GAP * own[n:].max(initial=0.0)))
 
 
 def _unbalanced(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -1505,6 +1505,22 @@ def _trust_region_reference(P: np.ndarray, q: np.ndarray, r: float) -> np.ndarra
       [0.0036795362338104395, 0.003630515997074442, 0.0005737601272484286]],
      [-0.00031897093379689004, 0.0017342465964743476, -0.0012046515335797177],
      197018027.79431728),
+    # eigenvalues 2.1e-12, 9.3e-12, 3.9e4 and |q| ~ 0.05: ĉ ~ 5e-14 beside |P̂||x̂| ~ 1.5 in
+    # the dual rows, the point on the sphere with every multiplier 0 (4.6% off), and
+    # 7.1e-14, 1.4e-12, 1.6e4 (65% off, then 1.9% once faces were held to FACE_GAP)
+    ([[602.9820242563894, 613.0153764967864, 4770.219219115118],
+      [613.0153764967864, 623.2156792483687, 4849.59354167195],
+      [4770.219219115118, 4849.59354167195, 37737.42911569759]],
+     [-0.05007124862824965, -0.056717763257616044, 0.004101539540290061], 260339461.4485393),
+    ([[5153.266635773377, 6469.519565093166, -3399.6435466699077],
+      [6469.519565093166, 8121.971239091909, -4267.984172765967],
+      [-3399.6435466699077, -4267.984172765967, 2242.766978945549]],
+     [0.7657047507092668, 1.0328512384803372, -0.6173020886466655], 85461354859.83754),
+    # eigenvalues 4.0e-12, 1.3e-11, 8.0e5 (100% off)
+    ([[526749.4083673618, -199048.4776922666, 319172.88166304893],
+      [-199048.4776922666, 75216.594157002, -120609.29771633763],
+      [319172.88166304893, -120609.29771633763, 193396.18948000466]],
+     [11.131118763918044, 74.25493623043384, -344.0560820703873], 1439424567932.3188),
 ])
 def test_a_nearly_singular_quad_form_on_a_huge_ball_is_not_solved_wrong(case):
     """min quad_form(x, P) + q·x s.t. ‖x‖₂ <= r with a PSD parameter P nearly singular and r ~
@@ -1514,8 +1530,9 @@ def test_a_nearly_singular_quad_form_on_a_huge_ball_is_not_solved_wrong(case):
     moved by far less than STALE, far more than that conditioning allows). The second, 2e-6
     off: S singular, its rounding term on one ±1 probe, which cancelled. The next three have
     P singular to rounding along two directions: S's null space there was taken for a face
-    of solutions with the point inside the ball, where the solution is on the sphere. Solved
-    within 1e-8 of the 60-digit solution, or not solved."""
+    of solutions with the point inside the ball, where the solution is on the sphere. In the
+    last three, q's part of the dual rows lies below the inconsistency a face is allowed
+    there. Solved within 1e-8 of the 60-digit solution, or not solved."""
     P, q, r = np.array(case[0]), np.array(case[1]), case[2]
     n = len(q)
     x, Pp, qp, rp = (cp.Variable(n), cp.Parameter((n, n), PSD=True), cp.Parameter(n),
