@@ -24,6 +24,11 @@ once more with ρ and σ apart (`rebalance`; P̂ then scales by σ/ρ), with bot
 the median entry of ĉ and b̂ is 1 (`recentred`), or with its objective rescaled before
 equilibrating (`objective_scale`).
 
+Every factor is a power of two (`binary`; a power cone's rows at a solution excepted, whose
+factors must keep the cone's shape), so (1) is exact in floating point: the program that
+refinement and the certificate judge is the user's, not a rounding of it, which a solution
+at condition 1e11 would carry as 1e-5 of its own.
+
 The scaling is a fixed linear change of variables for each instance: the solution map of
 (1) composed with it is the original solution map, so derivatives pass through it with
 the same factors (`data`, `data_adjoint`, `solution`, `solution_adjoint`).

@@ -1958,7 +1958,11 @@ class Layer:
         certified; nor is one that it moves along a curved direction, which is no face
         (`_null_space_curved`); nor a point whose dual or primal rows all lie below the
         backward error's floor beside the other part's (`_part_unjudged`), which the tests of
-        F's part outside S's range cannot see there.
+        F's part outside S's range cannot see there. Where the null space moves an output,
+        the point is taken for one of a face of solutions only where F is consistent to
+        FACE_GAP of each row's terms (a backward error does not keep a face) and neither c
+        nor b lies wholly within that allowance, where the test would not see it
+        (`_face_data_unseen`).
 
         Refinement's last factorization, of S at the previous iterate, is used where DΠ has
         not moved since by more than STALE·rcond (`_stale`; the estimate is then off by a relative
