@@ -167,9 +167,10 @@ def binary(f: np.ndarray, down: bool = False) -> np.ndarray:
     (quad_form with P's eigenvalues 1 … 1e-11) would carry as 1e-5 of its own."""
     f = np.asarray(f, dtype=float)
     m, ex = np.frexp(f)  # f = m·2^ex, m in [1/2, 1)
-    ok = np.isfinite(f) & (f > 0)
     cut = 1.0 if down else np.sqrt(0.5)
-    return np.where(ok, np.ldexp(1.0, ex - (m < cut)), f)
+    with np.errstate(over="ignore"):
+        p = np.ldexp(1.0, ex - (m < cut))
+    return np.where(np.isfinite(f) & (f > 0) & np.isfinite(p), p, f)
 
 
 def _inv_sqrt(norm: np.ndarray) -> np.ndarray:
