@@ -50,6 +50,7 @@ from declarative.derivative import (
     diagnose,
     newton_correction,
     project_dual,
+    rank_exactly,
     sign_probe,
     sparse_layout,
     use_dense,
@@ -177,6 +178,9 @@ STALE = 0.1
 # point inside the ball, 2P̂x̂ + ĉ = ĉ ~ 2e-12 beside |P̂||x̂| ~ 2e-3 on the rows along P's
 # near-null space (passing at 1e-9), and was 100% off (the solution is on the sphere).
 FACE_GAP = 1e-12
+# Up to this order (n + m), a singular S whose null space moves an output is tested for
+# exact singularity where its entries are exact (`Layer._regular_exactly`; 90 ms at 200).
+EXACT_RANK_MAX = 200
 # A PSD (NSD) parameter value passes if its smallest (largest) eigenvalue is at least
 # −DEFINITE_RTOL·(1 + max |entry|) (at most +): the rounding of a matrix built definite.
 DEFINITE_RTOL = 1e-9
@@ -1759,7 +1763,7 @@ class Layer:
 
     def _null_space_moves(self, f: Any, D: DProjection, here: np.ndarray, extent: float,
                           h: np.ndarray, mix: tuple[np.ndarray, np.ndarray] | None = None
-                          ) -> tuple[np.ndarray, np.ndarray]:
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per output (bool): does a direction in the null space of the singular S that
         ``f`` factored move it? The outputs change along a null vector w = (w_u, w_v) by
         R (w_u, DΠ(v) w_v) (R: ``template.recover``, ``D`` = DΠ exact at v, unbatched). An
@@ -1775,20 +1779,23 @@ class Layer:
         S's null space (`SparsePinv`, whose Ritz vectors carry no such bound) is taken from
         its dense SVD up to order NULL_SVD_MAX.
 
-        Returned twice: for the null vectors as computed, and for exact ones, which are 0 on
+        Returned for the null vectors as computed, for exact ones, which are 0 on
         the variables where P (values ``h``) is nonsingular (`_strictly_convex`): S w = 0
         gives, from (1) in `derivative`, w_uᵀ P w_u = −w_vᵀ (I − DΠ) DΠ w_v, and DΠ is
         symmetric with eigenvalues in [0, 1], so both sides vanish (P ⪰ 0) and P w_u = 0.
         What a computed null vector holds there is rounding, which beside an output far
         smaller than the auxiliary variables (x ~ 1e-9 inside an ℓ₁ ball of radius 1, whose
-        bounds t_i are free) would otherwise count as a move.
+        bounds t_i are free) would otherwise count as a move; and third, which outputs the
+        computed null vectors move by more than their own error, whatever the output's size.
+        An output moved that way but by no exact null vector marks an S that is nearly
+        singular, not singular: its null vectors are no face of solutions.
         Where S's null space is not known (no pseudo-inverse: S not finite), every output
         counts as moved. ``mix`` (the instance's `Equilibration.mix` and its rows, where its
         scaling mixes exponential cones' rows) is undone on the multipliers before ``recover``
         reads them (`_unmixed`)."""
         every = np.ones(len(self.outputs), dtype=bool)
         if f.pinv is None:
-            return every, every
+            return every, every, ~every
         t = self.template
         pinv = f.pinv
         N = pinv.null  # (n + m, k): orthonormal basis of S's right null space
@@ -1799,29 +1806,31 @@ class Layer:
             if dense is not None and dense.null.shape[1] == N.shape[1]:
                 pinv, N = dense, dense.null
         if N.shape[1] == 0:
-            return ~every, ~every
+            return ~every, ~every, ~every
         noise = self._recover_row_norms * pinv.null_error
 
-        def moves(W: np.ndarray) -> np.ndarray:
+        def moves(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             change = np.abs(t.recover @ W).max(axis=1)
             terms = (abs(t.recover) @ np.abs(W)).max(axis=1)
             cancelled = change <= NULL_RTOL * terms
             moved = np.zeros(len(self.outputs), dtype=bool)
+            beyond = np.zeros(len(self.outputs), dtype=bool)
             for k, (o, lo) in enumerate(zip(self.outputs, self._out_offsets, strict=True)):
                 sl = slice(lo, lo + o.size)
                 size = here[sl].max(initial=0.0)
-                rounding = (change[sl] <= noise[sl]) \
-                    & (noise[sl] * max(extent, 1.0) <= ACCEPT_FORWARD * size)
+                within = change[sl] <= noise[sl]
+                rounding = within & (noise[sl] * max(extent, 1.0) <= ACCEPT_FORWARD * size)
                 moved[k] = not np.all(cancelled[sl] | rounding)
-            return moved
+                beyond[k] = not np.all(cancelled[sl] | within)
+            return moved, beyond
 
         W = np.concatenate([N[: t.n], _unmixed(D.matvec(N[t.n :]), mix)], axis=0)
-        computed = moves(W)
+        computed, beyond = moves(W)
         unique = self._strictly_convex(h) if computed.any() else None
         if unique is None or unique.size == 0:
-            return computed, computed
+            return computed, computed, beyond
         W[unique] = 0.0
-        return computed, moves(W)
+        return computed, moves(W)[0], beyond
 
     def _strictly_convex(self, h: np.ndarray) -> np.ndarray:
         """The variables (indices into u) that P, with values ``h`` (one instance's), touches,
@@ -1865,6 +1874,27 @@ class Layer:
         SN = np.column_stack([f.S @ N[:, k] for k in range(N.shape[1])])
         bound = NULL_EXACT * abs_max(f.S) * np.abs(N).sum(axis=0)
         return bool(np.all(np.abs(SN).max(axis=0) <= bound))
+
+    def _no_face_exactly(self, f: Any, c: np.ndarray, b: np.ndarray) -> bool:
+        """Does exact arithmetic show that the singular S that ``f`` factored has no face of
+        solutions here: S nonsingular, or the program's data (c, b), equilibrated, outside
+        its range (`derivative.rank_exactly`)? Asked of programs with zero and nonnegative
+        cones alone, up to order EXACT_RANK_MAX (False elsewhere): their DΠ is 0 or 1, so
+        S's entries are the equilibrated data, the user's times powers of two
+        (`equilibrate`), and F = S (u, v) + (c, b) is affine while DΠ keeps its pattern, so
+        a point of a face makes (c, b) a combination of S's columns. Nonnegative least
+        squares whose F has condition 2e14 (columns nearly parallel) came back solved 8× off
+        (S nonsingular, singular to rounding), and an LP whose cost is parallel to a face to
+        1e-12 of its terms 190% off (S singular, (c, b) outside its range by that 1e-12)."""
+        t = self.template
+        if t.m != t.dims.zero + t.dims.nonneg or t.n + t.m > EXACT_RANK_MAX \
+                or not isinstance(f.S, (np.ndarray, sp.spmatrix)) \
+                or not (np.all(np.isfinite(c)) and np.all(np.isfinite(b))):
+            return False
+        S = f.S.toarray() if isinstance(f.S, sp.spmatrix) else f.S
+        rank = rank_exactly(S)
+        return rank == S.shape[0] or rank_exactly(
+            np.column_stack([S, np.concatenate([c, b])])) > rank
 
     def _stale(self, r: Any, idx: np.ndarray, factors: list) -> list[int]:
         """The instances among ``idx`` whose kept factorization (refinement's last, of S at
@@ -2036,9 +2066,10 @@ class Layer:
             here = absR @ np.abs(np.concatenate([r.x[idx[j]], _unmixed(pv[j], mix)]))
             Dj = dproject(r.v[idx[j]], t.dims, dual=True)
             extent = float(np.abs(np.concatenate([r.x[idx[j]], r.v[idx[j]]])).max(initial=0.0))
-            moved, moved_exact = self._null_space_moves(f, Dj, here, extent, ops.h[idx[j]],
-                                                        mix)
-            if moved.any() and not self._null_space_exact(f):
+            moved, moved_exact, beyond = self._null_space_moves(f, Dj, here, extent,
+                                                                ops.h[idx[j]], mix)
+            if moved.any() and (not self._null_space_exact(f)
+                                 or self._no_face_exactly(f, c[idx[j]], b[idx[j]])):
                 d[j] = np.inf  # ill-conditioned, not singular: no face of solutions
                 continue
             curved = moved.any() and self._null_space_curved(f, Dj)
@@ -2046,7 +2077,10 @@ class Layer:
             # is known to the estimate however small; the other tests keep the computed ones)
             for k, (o, lo) in enumerate(zip(self.outputs, self._out_offsets, strict=True)):
                 tiny = here[lo : lo + o.size].max(initial=0.0) < RESOLVED
-                if moved[k] and (curved or (tiny and moved_exact[k])):
+                # (moved beyond the computed null vectors' error, but by no exact null
+                # vector: S is nearly singular along a direction P's definiteness forbids)
+                ill = beyond[k] and not moved_exact[k]
+                if moved[k] and (curved or ill or (tiny and moved_exact[k])):
                     d[j] = np.inf
             # F's part outside S's range is judged against each row's own terms, not the
             # block-wide scale of a cone's rounding (`refine.row_terms`): S nearly singular

@@ -1667,6 +1667,181 @@ def test_a_nearly_singular_quad_form_in_a_huge_box_is_not_solved_wrong(case):
         assert np.isnan(fwd.outputs[0]).all()
 
 
+def _nonneg_qp_reference(P, q, E, f) -> np.ndarray:
+    """argmin xᵀPx + qᵀx s.t. E x = f, x >= 0 (P, q, E, f mpmath matrices, the problem's
+    solution unique) at the working precision: the set of variables at 0 whose KKT system
+    on the rest has a solution with x >= 0 and the bounds' multipliers >= 0, enumerated."""
+    import itertools
+
+    import mpmath as mp
+
+    n, p = len(q), E.rows
+    for zero in itertools.chain.from_iterable(
+            itertools.combinations(range(n), k) for k in range(n + 1)):
+        free = [i for i in range(n) if i not in zero]
+        k = len(free) + p
+        K, rhs = mp.zeros(k, k), mp.zeros(k, 1)
+        for a, i in enumerate(free):
+            rhs[a] = -q[i]
+            for c, j in enumerate(free):
+                K[a, c] = 2 * P[i, j]
+            for r in range(p):
+                K[a, len(free) + r] = E[r, i]
+                K[len(free) + r, a] = E[r, i]
+        for r in range(p):
+            rhs[len(free) + r] = f[r]
+        try:
+            z = mp.lu_solve(K, rhs)
+        except ZeroDivisionError:
+            continue
+        x = [mp.mpf(0)] * n
+        for a, i in enumerate(free):
+            x[i] = z[a]
+        nu = [z[len(free) + r] for r in range(p)]
+        bound = [2 * sum(P[i, j] * x[j] for j in range(n)) + q[i]
+                 + sum(E[r, i] * nu[r] for r in range(p)) for i in zero]
+        if all(v >= 0 for v in x) and all(m >= 0 for m in bound):
+            return np.array([float(v) for v in x])
+    raise AssertionError("no active set satisfies the KKT conditions")
+
+
+def test_an_lp_whose_cost_is_parallel_to_a_face_to_1e_12_is_not_solved_wrong():
+    """min c·x s.t. a·x <= β, lo <= x <= hi with c parallel to a face of the box and the
+    halfspace to 1e-12 of its terms (data over 1e-16 … 1e13): the solution is that face's
+    vertex, x at its bounds; a point inside the face passed as one of a face of solutions
+    (S singular, F consistent to 9e-13 of its rows), x 190% off. (c, b) lies outside S's
+    range in exact arithmetic. Solved within 1e-8 of the exact vertex, or not solved."""
+    c = np.array([-23.456577696316533, -1.4871586792724823e-05, 0.05075948301648089,
+                  0.6026711332533686])
+    a = np.array([1.8411098718785389e-10, 1.1672728054844006e-16, -3.9841185053895237e-13,
+                  -4.730373660202089e-12])
+    beta = 960.9683927403657
+    lo = np.array([-1898152288443.2358, -23770543208981.32, -73971249769.39168,
+                   -118387652796299.62])
+    hi = np.array([6631007065524.199, 24043630572844.805, 191530438525.0609,
+                   62760039493180.164])
+    n = len(c)
+    x, cp_, ap, bp, lp, hp = (cp.Variable(n), cp.Parameter(n), cp.Parameter(n),
+                              cp.Parameter(), cp.Parameter(n), cp.Parameter(n))
+    layer = dl.compile(cp.Problem(cp.Minimize(cp_ @ x), [ap @ x <= bp, x >= lp, x <= hp]),
+                       [cp_, ap, bp, lp, hp], [x])
+    fwd = layer.forward([c, a, beta, lo, hi], on_failure="nan")
+    # the vertex, exactly: x0, x1 at their upper bounds, x2 at its lower (c's signs), x3 set
+    # by the halfspace, which binds (its multiplier −c3/a3 > 0 and the others' signs hold)
+    from fractions import Fraction as Q
+
+    v = [Q(hi[0]), Q(hi[1]), Q(lo[2])]
+    x3 = (Q(beta) - sum(Q(a[i]) * v[i] for i in range(3))) / Q(a[3])
+    lam = -Q(c[3]) / Q(a[3])
+    assert lam > 0 and Q(lo[3]) <= x3 <= Q(hi[3])
+    assert all(Q(c[i]) + lam * Q(a[i]) < 0 for i in (0, 1))
+    assert Q(c[2]) + lam * Q(a[2]) > 0
+    truth = np.array([float(w) for w in [*v, x3]])
+    if str(fwd.info.status[0]) == "solved":
+        err = np.abs(fwd.outputs[0][0] - truth).max()
+        assert err <= 1e-8 * np.abs(truth).max(), err
+    else:
+        assert np.isnan(fwd.outputs[0]).all()
+
+
+def test_an_equality_constrained_qp_nearly_singular_along_its_constraints_is_not_solved_wrong():
+    """min quad_form(x, P) + q·x s.t. A x = b, P's exact eigenvalues 1.5e-16 … 2.6e9 and its
+    rows and columns scaled over 1e-5 … 5e4: S at the point was singular to rounding, its
+    computed null vectors moved x beyond their own error, while the exact ones cannot move
+    it (P is definite on x to working precision in the equilibrated program), so the S of the
+    exact data is nearly singular, not singular; the point passed as one of a face of
+    solutions, x 6.6× off. Solved within 1e-8 of the 60-digit KKT solution, or not solved."""
+    import mpmath as mp
+
+    P = np.array([
+        [9980.884398173586, -2118.3134041696385, 5108599.629648378, -0.5225895629574531,
+         0.005712442924690978],
+        [-2118.3134041696385, 449.5878237223719, -1084231.8103269637, 0.11092387020709163,
+         -0.0012124035696985378],
+        [5108599.629648378, -1084231.8103269637, 2614799936.4498835, -267.4763507932821,
+         2.9238481079577188],
+        [-0.5225895629574531, 0.11092387020709163, -267.4763507932821, 2.7410605960976224e-05,
+         -2.991482353057524e-07],
+        [0.005712442924690978, -0.0012124035696985378, 2.9238481079577188,
+         -2.991482353057524e-07, 3.269504277185543e-09]])
+    q = np.array([-1322.8067909636632, -215.81139086600143, -16625.543041674075,
+                  -0.19906818572839033, -0.0003258861011929878])
+    A = np.array([
+        [237.62191059824417, -135.8206245256596, -64165.08527583281, -0.07343911133040726,
+         1.3015669896126792e-05],
+        [675.7710996169469, -386.259215555254, -182478.58593758245, -0.20885291635721212,
+         3.7015162179626916e-05]])
+    b = np.array([-21.23281102436595, -60.38382579030634])
+    n = len(q)
+    x, Pp, qp, Ap, bp = (cp.Variable(n), cp.Parameter((n, n), PSD=True), cp.Parameter(n),
+                         cp.Parameter((2, n)), cp.Parameter(2))
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.quad_form(x, Pp) + qp @ x), [Ap @ x == bp]),
+                       [Pp, qp, Ap, bp], [x])
+    fwd = layer.forward([P, q, A, b], on_failure="nan")
+    with mp.workdps(60):
+        K = mp.zeros(n + 2, n + 2)
+        for i in range(n):
+            for j in range(n):
+                K[i, j] = 2 * P[i, j]
+            for r in range(2):
+                K[i, n + r] = K[n + r, i] = A[r, i]
+        z = mp.lu_solve(K, mp.matrix(list(-q) + list(b)))
+        truth = np.array([float(z[i]) for i in range(n)])
+    if str(fwd.info.status[0]) == "solved":
+        err = np.abs(fwd.outputs[0][0] - truth).max()
+        assert err <= 1e-8 * np.abs(truth).max(), err
+    else:
+        assert np.isnan(fwd.outputs[0]).all()
+
+
+@pytest.mark.parametrize("family", ["nnls", "simplex"])
+def test_a_least_squares_or_simplex_qp_singular_to_rounding_is_not_solved_wrong(family):
+    """Nonnegative least squares whose F (4 × 3) has condition 2.2e14 (x 8× off, solved), and
+    a simplex-constrained QP with P's eigenvalues 1.1e-4 … 2.2e10 (x 15% off, the objective
+    14% worse, solved): S singular to rounding, the point taken for one of a face of
+    solutions, where the exact data's S is nonsingular, with nothing in P to tell (P acts
+    on CVXPY's auxiliary variables, or is definite only in exact arithmetic); S's exact rank
+    tells. Solved within 1e-8 of the 60-digit solution, or not solved."""
+    import mpmath as mp
+
+    if family == "nnls":
+        F = np.array([[455093977674.0566, -284.9902270118712, 753250600.8028877],
+                      [-41759622466.64612, 26.150829331986174, -69118486.56961353],
+                      [-2829367455123.228, 1771.8144290444525, -4683038236.815999],
+                      [829544160156.4437, -519.4794704749211, 1373023300.9508972]])
+        g = np.array([594.7110132739742, 11.612905720746813, 37.75376350061639,
+                      2075.0451451036324])
+        x, Fp, gp = cp.Variable(3), cp.Parameter((4, 3)), cp.Parameter(4)
+        layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(Fp @ x - gp)), [x >= 0]),
+                           [Fp, gp], [x])
+        values = [F, g]
+        with mp.workdps(60):
+            Fm, gm = mp.matrix(F.tolist()), mp.matrix(g.tolist())
+            truth = _nonneg_qp_reference(Fm.T * Fm, -2 * Fm.T * gm, mp.zeros(0, 3),
+                                         mp.zeros(0, 1))
+    else:
+        P = np.array([
+            [784675683.2474325, -3191389222.171995, -1749140646.4802532, 1741626233.561358],
+            [-3191389222.171995, 12979840442.163286, 7114007387.279507, -7083445185.7071705],
+            [-1749140646.4802532, 7114007387.279507, 3899054178.0369115, -3882303607.894907],
+            [1741626233.561358, -7083445185.7071705, -3882303607.894907, 3865624999.2051167]])
+        q = np.array([-3.970143309509933e-05, 5.9969001299996136e-05, -7.94032499115768e-06,
+                      0.08400742592696069])
+        x, Pp, qp = cp.Variable(4), cp.Parameter((4, 4), PSD=True), cp.Parameter(4)
+        layer = dl.compile(cp.Problem(cp.Minimize(cp.quad_form(x, Pp) + qp @ x),
+                                      [cp.sum(x) == 1, x >= 0]), [Pp, qp], [x])
+        values = [P, q]
+        with mp.workdps(60):
+            truth = _nonneg_qp_reference(mp.matrix(P.tolist()), mp.matrix(q.tolist()),
+                                         mp.ones(1, 4), mp.ones(1, 1))
+    fwd = layer.forward(values, on_failure="nan")
+    if str(fwd.info.status[0]) == "solved":
+        err = np.abs(fwd.outputs[0][0] - truth).max()
+        assert err <= 1e-8 * np.abs(truth).max(), err
+    else:
+        assert np.isnan(fwd.outputs[0]).all()
+
+
 @pytest.mark.parametrize("box", [False, True])
 def test_an_ill_conditioned_quad_form_is_solved_to_its_exact_data(box):
     """min quad_form(x, P) + q·x, alone or in a box that is never reached, with P's condition
