@@ -179,7 +179,7 @@ STALE = 0.1
 # near-null space (passing at 1e-9), and was 100% off (the solution is on the sphere).
 FACE_GAP = 1e-12
 # Up to this order (n + m), a singular S whose null space moves an output is tested for
-# exact singularity where its entries are exact (`Layer._regular_exactly`; 90 ms at 200).
+# exact singularity where its entries are exact (`Layer._no_face_exactly`; 90 ms at 200).
 EXACT_RANK_MAX = 200
 # A PSD (NSD) parameter value passes if its smallest (largest) eigenvalue is at least
 # −DEFINITE_RTOL·(1 + max |entry|) (at most +): the rounding of a matrix built definite.
