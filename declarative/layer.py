@@ -1892,6 +1892,8 @@ class Layer:
                 or not (np.all(np.isfinite(c)) and np.all(np.isfinite(b))):
             return False
         S = f.S.toarray() if isinstance(f.S, sp.spmatrix) else f.S
+        if not np.all(np.isfinite(S)):
+            return False
         rank = rank_exactly(S)
         return rank == S.shape[0] or rank_exactly(
             np.column_stack([S, np.concatenate([c, b])])) > rank
