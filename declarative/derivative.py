@@ -1360,45 +1360,45 @@ def abs_max(S: np.ndarray | sp.spmatrix | LowRankS | OperatorS) -> float:
     return float(np.abs(S.data).max(initial=0.0))
 
 
-# The prime of `rank_exactly`: below 2³¹, so that a product of two residues fits in
-# an int64.
+# The prime of `ranks_exactly`: below 2³¹, so that a product of two residues fits in an
+# int64.
 RANK_PRIME = 2_147_483_647
 
 
-def rank_exactly(S: np.ndarray | sp.spmatrix) -> int:
-    """The rank of S, its floating-point entries taken as exact rationals, computed modulo
-    RANK_PRIME: at most the rank over the rationals, and equal to it unless the prime
-    divides every maximal nonzero minor (for data not built to that prime, a chance of
-    about order/RANK_PRIME). Each row is scaled by a power of two that makes its entries
-    integers (which keeps the rank), reduced modulo the prime and eliminated there."""
-    A = sp.csr_matrix(S).toarray() if sp.issparse(S) else np.asarray(S, dtype=float)
-    if not np.all(np.isfinite(A)):
-        raise ValueError("rank_exactly needs finite entries")
-    k, n = A.shape
-    m, e = np.frexp(A)
-    mant = (m * 2.0**53).astype(np.int64)  # A = mant·2^(e − 53), exactly
-    e = np.where(mant != 0, e.astype(np.int64) - 53, np.iinfo(np.int64).max)
-    shift = e - e.min(axis=1, initial=np.iinfo(np.int64).max)[:, None]
-    M = np.zeros((k, n), dtype=np.int64)
-    for i, j in zip(*np.nonzero(mant), strict=True):  # integer entries mant·2^shift mod p
-        M[i, j] = int(mant[i, j]) % RANK_PRIME * pow(2, int(shift[i, j]), RANK_PRIME) \
-            % RANK_PRIME
+def ranks_exactly(M: np.ndarray) -> np.ndarray:
+    """The ranks of M's leading columns, M[:, :j + 1] for every j, M's finite floating-point
+    entries taken as exact rationals, computed modulo RANK_PRIME: at most the ranks over
+    the rationals, and equal to them unless the prime divides every maximal nonzero minor
+    (for data not built to that prime, a chance of about order/RANK_PRIME). Each row is
+    scaled by a power of two that makes its entries integers (which keeps the ranks),
+    reduced modulo the prime and eliminated there, column by column."""
+    k, n = M.shape
+    m, e = np.frexp(M)
+    mant = (m * 2.0**53).astype(np.int64)  # M = mant·2^(e − 53), exactly
+    nz = mant != 0
+    e = np.where(nz, e.astype(np.int64) - 53, np.iinfo(np.int64).max)
+    shift = (e - e.min(axis=1, initial=np.iinfo(np.int64).max)[:, None])[nz]
+    powers, at = np.unique(shift, return_inverse=True)
+    two = np.array([pow(2, int(p), RANK_PRIME) for p in powers], dtype=np.int64)
+    R = np.zeros((k, n), dtype=np.int64)
+    R[nz] = mant[nz] % RANK_PRIME * two[at] % RANK_PRIME  # mant·2^shift mod p
+    ranks = np.zeros(n, dtype=int)
     rank = 0
     for c in range(n):
+        rows = np.flatnonzero(R[rank:, c]) + rank
+        if rows.size:
+            r = rows[0]
+            if r != rank:
+                R[[rank, r]] = R[[r, rank]]
+            R[rank] = R[rank] * pow(int(R[rank, c]), RANK_PRIME - 2, RANK_PRIME) % RANK_PRIME
+            below = rows[1:] if r == rank else np.flatnonzero(R[rank + 1 :, c]) + rank + 1
+            R[below] = (R[below] - R[below, c : c + 1] * R[rank]) % RANK_PRIME
+            rank += 1
+        ranks[c] = rank
         if rank == k:
+            ranks[c:] = k
             break
-        rows = np.flatnonzero(M[rank:, c]) + rank
-        if rows.size == 0:
-            continue
-        r = rows[0]
-        if r != rank:
-            M[[rank, r]] = M[[r, rank]]
-        M[rank] = M[rank] * pow(int(M[rank, c]), RANK_PRIME - 2, RANK_PRIME) % RANK_PRIME
-        below = np.flatnonzero(M[rank + 1 :, c]) + rank + 1
-        if below.size:
-            M[below] = (M[below] - M[below, c : c + 1] * M[rank]) % RANK_PRIME
-        rank += 1
-    return rank
+    return ranks
 
 
 def _lstsq(f: Factor, r: np.ndarray, transpose: bool) -> np.ndarray:

@@ -817,3 +817,31 @@ def test_hagers_estimate_of_abs_rows_against_the_inverse(kind):
         exact = [rows[lo : lo + size].max() for lo, size in blocks]
         assert np.all(est[b] <= np.array(exact) * (1 + 1e-9)), (b, est[b], exact)
         assert np.all(est[b] >= np.array(exact) / 3), (b, est[b], exact)
+
+
+def test_exact_ranks_match_sympys_rational_rank():
+    """`ranks_exactly` (modulo a prime) gives the rank over the rationals of every leading
+    column block of a float matrix whose entries span 1e±30, with columns that are exact
+    multiples, rounded sums (not dependent in exact arithmetic), zero rows and subnormals:
+    against sympy's exact rank of the same entries as Fractions."""
+    from fractions import Fraction
+
+    import sympy
+
+    from declarative.derivative import ranks_exactly
+
+    rng = np.random.default_rng(5)
+    for k in range(60):
+        n = 5
+        M = rng.standard_normal((n, n + 1)) * 10.0 ** rng.integers(-30, 30, (n, n + 1))
+        if k % 4 == 0:
+            M[:, 3] = M[:, 0] * 2.0 ** rng.integers(-5, 5)
+        elif k % 4 == 1:
+            M[:, 3] = M[:, 0] + M[:, 1]
+        elif k % 4 == 2:
+            M[2] = 0.0
+            M[:, 5] = M[:, 0] * 4
+        else:
+            M[1, 2] = 5e-320
+        exact = sympy.Matrix([[sympy.Rational(Fraction(v)) for v in row] for row in M])
+        assert list(ranks_exactly(M)) == [exact[:, : j + 1].rank() for j in range(n + 1)]
