@@ -1959,7 +1959,8 @@ class Layer:
 
     def _forward_error_ok(self, ops: BatchOps, eq: Equilibration, r: Any, which: np.ndarray,
                           factors: list, c: np.ndarray, b: np.ndarray,
-                          rounding: float = ROUNDING) -> np.ndarray:
+                          rounding: float = ROUNDING, branch: np.ndarray | None = None
+                          ) -> np.ndarray:
         """Per instance (B,): is every output's estimated forward error within ACCEPT_FORWARD
         of that output's max-norm? Checked where ``which``.
 
@@ -2002,18 +2003,26 @@ class Layer:
         O(‖step‖), immaterial here); elsewhere S is factored at the point, and the
         factorization kept in ``factors`` for the derivative. Where that S is regular and
         refinement did not converge, the instance is not certified.
+
+        A nonnegative cone's entry of v within its estimated error of 0 does not tell which
+        side of the kink the solution is on, and S is linearized on one side: the estimate
+        holds only if the solution's constraint is held or released as there. Such points
+        are certified only where the estimate also passes with every such entry held active
+        and with every one released (`_kinks_certified`). ``branch``: the v whose DΠ
+        linearizes S (default ``r.v``, the point's).
         """
         out = np.zeros(len(which), dtype=bool)
         idx = np.flatnonzero(which)
         if idx.size == 0:
             return out
         t = ops.template
+        at_v = r.v if branch is None else branch  # where DΠ is taken
         for stale in self._stale(r, idx, factors):
             factors[stale] = None
         need = [i for i in idx if factors[i] is None]
         if need:
             sel = np.array(need)
-            lin = Linearization(ops.take(sel), dproject(r.v[sel], t.dims, dual=True))
+            lin = Linearization(ops.take(sel), dproject(at_v[sel], t.dims, dual=True))
             for i, f in zip(need, lin.factors, strict=True):
                 factors[i] = f
         # Newton stalls short of its tolerance at a regular S only where its model of F is
@@ -2046,7 +2055,7 @@ class Layer:
         if at.size:
             keep = np.ones((at.size, t.m), dtype=bool)
             lo, hi = t.dims.zero, t.dims.zero + t.dims.nonneg
-            keep[:, lo:hi] = ~(r.v[idx[at], lo:hi] < 0)  # y = max(v, 0) = 0 stays 0
+            keep[:, lo:hi] = ~(at_v[idx[at], lo:hi] < 0)  # y = max(v, 0) = 0 stays 0
             rho = abs_rows_estimate([fs[i] for i in at.tolist()], g[at],
                                     *self._error_maps(eq.take(idx[at]), keep), self._out_blocks)
             estimated = (at, rho, newton[at])
@@ -2067,7 +2076,7 @@ class Layer:
             mix = None if eq.mix is None or eq.mix_rows is None else (eq.mix[idx[j]],
                                                                       eq.mix_rows)
             here = absR @ np.abs(np.concatenate([r.x[idx[j]], _unmixed(pv[j], mix)]))
-            Dj = dproject(r.v[idx[j]], t.dims, dual=True)
+            Dj = dproject(at_v[idx[j]], t.dims, dual=True)
             extent = float(np.abs(np.concatenate([r.x[idx[j]], r.v[idx[j]]])).max(initial=0.0))
             moved, moved_exact, beyond = self._null_space_moves(f, Dj, here, extent,
                                                                 ops.h[idx[j]], mix)
@@ -2116,8 +2125,50 @@ class Layer:
                     gap <= FACE_GAP * np.maximum(own, rounding * den[j].max()))
                     or _face_data_unseen(own, c[idx[j]], b[idx[j]], t.n)):
                 d[j] = np.inf
-        out[idx] = self._outputs_within(ops, eq, idx, r.x[idx], pv, r.v[idx], d, c, b, factors,
-                                        estimated)
+        out[idx] = self._outputs_within(ops, eq, idx, r.x[idx], pv, at_v[idx], d, c, b,
+                                        factors, estimated)
+        if branch is None:
+            out &= self._kinks_certified(ops, eq, r, out, idx, d, c, b, rounding)
+        return out
+
+    def _kinks_certified(self, ops: BatchOps, eq: Equilibration, r: Any, out: np.ndarray,
+                         idx: np.ndarray, d: np.ndarray, c: np.ndarray, b: np.ndarray,
+                         rounding: float) -> np.ndarray:
+        """Per instance of ``ops`` (B,): ``out``, except where a nonnegative cone's entry of
+        v at a point certified on its own side (``out``) lies within its estimated error
+        (``d``, rows ``idx``) of 0 and the estimate fails with those entries all held active
+        (DΠ = 1) or all released (DΠ = 0), S factored afresh on that side.
+
+        The two sides are the extremes: holding constraints compresses the primal's reduced
+        Hessian (its least eigenvalue can only grow, by interlacing), releasing them removes
+        rows of the active constraints (their least singular value can only grow). Example:
+        min ‖Fx − g‖² over x >= 0 with cond(F) 5e13, whose refined point held a bound at
+        x = 0 with a multiplier of exactly 0. Held there, S's rcond was 6e-10 and the
+        estimate 6e-13; the solution released that bound and sat 7.5e-5 away."""
+        t = ops.template
+        lo, hi = t.dims.zero, t.dims.zero + t.dims.nonneg
+        if hi == lo:
+            return out
+        v = r.v[idx, lo:hi]
+        with np.errstate(invalid="ignore"):
+            near = (np.abs(v) <= d[:, t.n + lo : t.n + hi]) & out[idx][:, None]
+        rows = np.flatnonzero(near.any(axis=1))
+        if rows.size == 0:
+            return out
+        at, near, v = idx[rows], near[rows], v[rows]
+        which = np.zeros_like(out)
+        which[at] = True
+        out = out.copy()
+        tiny = np.finfo(float).tiny
+        for side in (np.abs(v), np.minimum(-np.abs(v), -tiny)):  # held, released
+            moved = np.where(near, side, v)
+            if np.array_equal(moved >= 0, v >= 0):
+                continue  # the point's own side
+            branch = r.v.copy()
+            branch[at, lo:hi] = moved
+            ok = self._forward_error_ok(ops, eq, r, which, [None] * len(out), c, b, rounding,
+                                        branch=branch)
+            out[at] &= ok[at]
         return out
 
     def _outputs_within(self, ops: BatchOps, eq: Equilibration, idx: np.ndarray, x: np.ndarray,

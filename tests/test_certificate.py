@@ -1705,6 +1705,70 @@ def _nonneg_qp_reference(P, q, E, f) -> np.ndarray:
     raise AssertionError("no active set satisfies the KKT conditions")
 
 
+# min ‖Fx − g‖² over x >= 0 with cond(F) 5e13, 3e14 and 2e14, whose refined points held a bound
+# at x = 0 with a multiplier of 0 or within rounding of it (7e-16 beside entries ~6e4): solved,
+# x 7.5e-5, 0.59 and 1.0 off, the solution releasing that bound
+_NNLS_AT_A_KINK = [
+    (np.array([
+        [1.9207637459964017e-13, 2.6982013140942743e-13, 8.194610243423276e-13,
+         1.2107707484493764e-12, 3.556973507941241e-13],
+        [-1.2060891101614005e-12, 1.0822441058398131e-12, 2.396989167082285e-12,
+         -2.7290080391146933e-12, -9.295484206172855e-14],
+        [9.01058059456676e-14, -1.1693340689174353e-13, -1.7488494431317205e-13,
+         8.216754273162717e-14, -9.16436938096833e-16],
+        [-9.738192132944601e-14, 1.3636689968330426e-13, 2.731504931250918e-13,
+         -6.713583609901018e-14, 2.4005720145079858e-14],
+        [-3.9987304678729627e-13, 5.828773007114306e-13, 1.4602483521039234e-12,
+         -5.181405450912611e-13, 1.559672703372313e-13],
+        [6.7953331960093145e-15, 1.1853079994486782e-13, 3.8828104463631013e-13,
+         2.4135717496328096e-13, 1.1389096397752745e-13],
+        [4.975910570203465e-13, 2.5173067759158653e-14, 1.3775331636392024e-13,
+         1.950740286641829e-12, 3.613633549746429e-13],
+        [-3.5142040296674467e-13, 5.26459042372493e-13, 1.291294471209286e-12,
+         -4.472208637541174e-13, 1.3813559185835374e-13],
+     ]),
+     np.array([1774872.9537672834, -3445611.6624814975, 100836.87155822484, -64181.269941618615,
+               -518281.86631964176, 387449.45255871787, 2693850.168270592, -444596.7665374432])),
+    (np.array([
+        [9.349114578649905e-14, -8.756253490976846e-14, 2.1931043386519875e-13],
+        [-1.737341347451081e-12, 1.636222078799593e-12, -4.083883545222062e-12],
+        [-3.1394925249781934e-12, 2.9540161938243768e-12, -7.377287959916334e-12],
+        [1.5191039041898678e-12, -1.429711563988638e-12, 3.5699731827290712e-12],
+     ]),
+     np.array([-6.013026055002379, -4.933054944554558, -19.639204834949265, 15.88257919038169])),
+    (np.array([
+        [1.3418347026617338e-08, -2.7957443414040675e-08, 6.9899172608775195e-09],
+        [2.488634301529468e-08, -5.184488178152308e-08, 1.2957525294980622e-08],
+        [-1.594642069543574e-08, 3.32237283607228e-08, -8.305842947353097e-09],
+     ]),
+     np.array([80362506436.99475, 98011054252.94711, 99434536759.30617])),
+]
+
+
+@pytest.mark.parametrize("case", range(len(_NNLS_AT_A_KINK)))
+def test_least_squares_at_a_weakly_active_bound_is_not_solved_wrong(case):
+    """At a bound whose multiplier is within its error of 0, S linearized with the bound held
+    is well conditioned (rcond 6e-10) and the estimate small, while the solution releases the
+    bound, where S's condition is cond(F)'s: the estimate must hold on both sides of the kink.
+    Solved within 1e-8 of the 60-digit solution, or not solved."""
+    import mpmath as mp
+
+    F, g = _NNLS_AT_A_KINK[case]
+    m, n = F.shape
+    x, Fp, gp = cp.Variable(n), cp.Parameter((m, n)), cp.Parameter(m)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(Fp @ x - gp)), [x >= 0]),
+                       [Fp, gp], [x])
+    fwd = layer.forward([F, g], on_failure="nan")
+    with mp.workdps(60):
+        Fm, gm = mp.matrix(F.tolist()), mp.matrix(g.tolist())
+        truth = _nonneg_qp_reference(Fm.T * Fm, -2 * Fm.T * gm, mp.zeros(0, n), mp.zeros(0, 1))
+    if str(fwd.info.status[0]) == "solved":
+        err = np.abs(fwd.outputs[0][0] - truth).max()
+        assert err <= 1e-8 * np.abs(truth).max(), err
+    else:
+        assert np.isnan(fwd.outputs[0]).all()
+
+
 def test_an_lp_whose_cost_is_parallel_to_a_face_to_1e_12_is_not_solved_wrong():
     """min c·x s.t. a·x <= β, lo <= x <= hi with c parallel to a face of the box and the
     halfspace to 1e-12 of its terms (data over 1e-16 … 1e13): the solution is that face's
