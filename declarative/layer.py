@@ -2080,9 +2080,14 @@ class Layer:
             extent = float(np.abs(np.concatenate([r.x[idx[j]], r.v[idx[j]]])).max(initial=0.0))
             moved, moved_exact, beyond = self._null_space_moves(f, Dj, here, extent,
                                                                 ops.h[idx[j]], mix)
-            if moved.any() and (not self._null_space_exact(f)
-                                 or self._no_face_exactly(f, c[idx[j]], b[idx[j]])):
-                d[j] = np.inf  # ill-conditioned, not singular: no face of solutions
+            # ill-conditioned, not singular: no face of solutions. Exact arithmetic is asked
+            # whether or not the computed null space moves an output: where S is nonsingular
+            # exactly, the data's part along its near-null direction, inside the backward
+            # error, still sets the point (Ax = b with A's rows parallel to 8e-17 of their
+            # size: the computed null vector lay in the duals, and x came back 4% off)
+            if moved.any() and not self._null_space_exact(f) \
+                    or self._no_face_exactly(f, c[idx[j]], b[idx[j]]):
+                d[j] = np.inf
                 continue
             curved = moved.any() and self._null_space_curved(f, Dj)
             # (an output that no exact null vector moves, only the computed ones' rounding,

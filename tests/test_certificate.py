@@ -1667,17 +1667,18 @@ def test_a_nearly_singular_quad_form_in_a_huge_box_is_not_solved_wrong(case):
         assert np.isnan(fwd.outputs[0]).all()
 
 
-def _nonneg_qp_reference(P, q, E, f) -> np.ndarray:
+def _nonneg_qp_reference(P, q, E, f, bounded: bool = True) -> np.ndarray:
     """argmin xᵀPx + qᵀx s.t. E x = f, x >= 0 (P, q, E, f mpmath matrices, the problem's
     solution unique) at the working precision: the set of variables at 0 whose KKT system
-    on the rest has a solution with x >= 0 and the bounds' multipliers >= 0, enumerated."""
+    on the rest has a solution with x >= 0 and the bounds' multipliers >= 0, enumerated.
+    Not ``bounded``: without the bounds x >= 0 (the KKT system on every variable)."""
     import itertools
 
     import mpmath as mp
 
     n, p = len(q), E.rows
     for zero in itertools.chain.from_iterable(
-            itertools.combinations(range(n), k) for k in range(n + 1)):
+            itertools.combinations(range(n), k) for k in range(n + 1 if bounded else 1)):
         free = [i for i in range(n) if i not in zero]
         k = len(free) + p
         K, rhs = mp.zeros(k, k), mp.zeros(k, 1)
@@ -1700,9 +1701,47 @@ def _nonneg_qp_reference(P, q, E, f) -> np.ndarray:
         nu = [z[len(free) + r] for r in range(p)]
         bound = [2 * sum(P[i, j] * x[j] for j in range(n)) + q[i]
                  + sum(E[r, i] * nu[r] for r in range(p)) for i in zero]
-        if all(v >= 0 for v in x) and all(m >= 0 for m in bound):
+        if not bounded or all(v >= 0 for v in x) and all(m >= 0 for m in bound):
             return np.array([float(v) for v in x])
     raise AssertionError("no active set satisfies the KKT conditions")
+
+
+def test_a_qp_whose_equality_rows_are_parallel_to_rounding_is_not_solved_wrong():
+    """min xᵀPx + qᵀx s.t. Ax = b with P well conditioned (eigenvalues 2.5e8 … 2.2e10) and A's
+    two rows parallel to 8e-17 of their size: the KKT system is nonsingular in exact
+    arithmetic and x is set by the data's part along that tiny difference, which lies inside
+    the backward error. Numerically S is singular along the duals alone, which move no
+    output: x came back solved 3.9% off. Solved within 1e-8 of the 60-digit solution, or not
+    solved."""
+    import mpmath as mp
+
+    P = np.array([
+        [12195658456.224995, -9607145807.651295, 1882503781.5312495, -1272257597.3696396],
+        [-9607145807.651295, 10384532048.55448, -2687849541.336323, 572063660.165355],
+        [1882503781.5312495, -2687849541.336323, 1377741175.900797, 174081571.54304558],
+        [-1272257597.3696396, 572063660.165355, 174081571.54304558, 559302158.8325396]])
+    q = np.array([0.001339768348519269, -0.0007610236348803741, 0.0011955845366528467,
+                  -0.002256694139387089])
+    A = np.array([
+        [3.3205186259780507e-06, 1.1924265645512347e-06, -2.876717024134659e-06,
+         -3.834688640924966e-06],
+        [8.689816275051012e-07, 3.1205871526773796e-07, -7.5283849392693e-07,
+         -1.003540215071011e-06]])
+    b = np.array([-9.017920421574058e-17, -2.3599949426843798e-17])
+    n = len(q)
+    x, Pp, qp, Ap, bp = (cp.Variable(n), cp.Parameter((n, n), PSD=True), cp.Parameter(n),
+                         cp.Parameter((2, n)), cp.Parameter(2))
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.quad_form(x, Pp) + qp @ x), [Ap @ x == bp]),
+                       [Pp, qp, Ap, bp], [x])
+    fwd = layer.forward([P, q, A, b], on_failure="nan")
+    with mp.workdps(60):
+        truth = _nonneg_qp_reference(mp.matrix(P.tolist()), mp.matrix(q.tolist()),
+                                     mp.matrix(A.tolist()), mp.matrix(b.tolist()), bounded=False)
+    if str(fwd.info.status[0]) == "solved":
+        err = np.abs(fwd.outputs[0][0] - truth).max()
+        assert err <= 1e-8 * np.abs(truth).max(), err
+    else:
+        assert np.isnan(fwd.outputs[0]).all()
 
 
 # min ‖Fx − g‖² over x >= 0 with cond(F) 5e13, 3e14 and 2e14, whose refined points held a bound
