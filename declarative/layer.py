@@ -178,9 +178,8 @@ STALE = 0.1
 # point inside the ball, 2P̂x̂ + ĉ = ĉ ~ 2e-12 beside |P̂||x̂| ~ 2e-3 on the rows along P's
 # near-null space (passing at 1e-9), and was 100% off (the solution is on the sphere).
 FACE_GAP = 1e-12
-# Up to this order (n + m), a singular S whose null space moves an output is tested for
-# exact singularity where its entries are exact (`Layer._no_face_exactly`; one
-# elimination, 30 ms at 200).
+# Up to this order (n + m), a singular S is tested for exact singularity where its entries
+# are exact (`Layer._no_face_exactly`; one elimination, 30 ms at 200).
 EXACT_RANK_MAX = 200
 # A PSD (NSD) parameter value passes if its smallest (largest) eigenvalue is at least
 # −DEFINITE_RTOL·(1 + max |entry|) (at most +): the rounding of a matrix built definite.
