@@ -391,12 +391,17 @@ class ConeTemplate:
         return self.indices, cols
 
 
-def check_problem(problem: Any, quad_obj: bool = True) -> None:
-    """Raise `ProblemError` unless ``problem`` is DCP and DPP, naming the culprit.
+def check_problem(problem: Any, quad_obj: bool = True) -> bool:
+    """Raise `ProblemError` unless ``problem`` is DCP and DPP, naming the culprit; return
+    whether its objective can stay quadratic (SCS's ½xᵀPx).
 
-    With ``quad_obj`` (the objective kept as SCS's ½xᵀPx), ``quad_form(x, P)`` with a
-    parameter P is DPP in the objective: P enters the program's P affinely (CVXPY's
-    ``is_dpp(quad_form_dpp="qp")``). In a constraint it is not (CVXPY factors P there).
+    With ``quad_obj``, ``quad_form(x, P)`` with a parameter P is DPP in the objective: P
+    enters the program's P affinely (CVXPY's ``is_dpp(quad_form_dpp="qp")``). In a
+    constraint it is not (CVXPY factors P there). CVXPY's quadratic-objective rules refuse
+    ``quad_form(x − c, P₀)`` (and ``matrix_frac``) with a constant P₀ and a parameter c,
+    which its standard DPP rules accept: written as sums of squares (`_squares`) they keep
+    the quadratic objective; an objective that only the standard rules accept compiles to
+    the pure cone form (False), its quadratics through second-order cones.
     """
     from cvxpy.utilities import scopes
     from cvxpy.utilities.debug_tools import build_non_disciplined_error_msg
@@ -412,17 +417,21 @@ def check_problem(problem: Any, quad_obj: bool = True) -> None:
             + detail
         )
     # CVXPY's compute_once decorator annotates these methods as taking no argument.
-    if not (problem.is_dpp("dcp", quad_form_dpp="qp")  # type: ignore[call-arg]
-            if quad_obj else problem.is_dcp(dpp=True)):  # type: ignore[call-arg]
-        with scopes.dpp_scope():
-            # (CVXPY's message, made under DPP rules, says "DCP" where it means DPP)
-            detail = build_non_disciplined_error_msg(problem, "DCP").replace(" DCP", " DPP")
-        raise ProblemError(
-            "the problem is DCP but not DPP: parameters must enter affinely (a product of two "
-            "parameter-dependent expressions, or a parameter inside a nonlinear atom, is not DPP; "
-            "quad_form(x, P) with a parameter P is DPP in the objective only; "
-            "see https://www.cvxpy.org/tutorial/dpp). " + detail
-        )
+    if quad_obj and problem.is_dpp("dcp", quad_form_dpp="qp"):  # type: ignore[call-arg]
+        return True
+    if quad_obj and _squares(problem) is not problem:
+        return True
+    if problem.is_dcp(dpp=True):  # type: ignore[call-arg]
+        return False
+    with scopes.dpp_scope():
+        # (CVXPY's message, made under DPP rules, says "DCP" where it means DPP)
+        detail = build_non_disciplined_error_msg(problem, "DCP").replace(" DCP", " DPP")
+    raise ProblemError(
+        "the problem is DCP but not DPP: parameters must enter affinely (a product of two "
+        "parameter-dependent expressions, or a parameter inside a nonlinear atom, is not DPP; "
+        "quad_form(x, P) with a parameter P is DPP in the objective only; "
+        "see https://www.cvxpy.org/tutorial/dpp). " + detail
+    )
 
 
 def _check_continuous(problem: cp.Problem) -> None:
@@ -894,18 +903,71 @@ def with_exp_mixing(t: ConeTemplate) -> ConeTemplate:
                    indices=(keys % m).astype(np.int64), indptr=indptr.astype(np.int64))
 
 
+def _squares(problem: cp.Problem) -> cp.Problem:
+    """``problem`` with each ``quad_form(e, P₀)`` of its objective whose P₀ is constant and
+    whose e holds a parameter written ``sum_squares(Lᵀe)``, P₀ = LLᵀ (negated for an NSD
+    P₀), where CVXPY's quadratic-objective rules refuse the first (its DPP rules for a
+    quadratic objective take quad_form's first argument free of parameters) and accept
+    the second: the objective then stays SCS's ½xᵀPx. L comes from P₀'s eigenvalues, the
+    ones below rounding taken as 0. ``problem`` itself where that rewrite does not make it
+    DPP by those rules; its constraints (and their dual variables) are kept as they are."""
+    from cvxpy.atoms.quad_form import QuadForm
+
+    def rewrite(expr: Any) -> Any:
+        if isinstance(expr, QuadForm):
+            e, P = expr.args
+            if P.is_constant() and not P.parameters() and e.parameters():
+                M = P.value.toarray() if sp.issparse(P.value) else np.asarray(P.value)
+                M = np.real(np.atleast_2d(M)).astype(float)
+                w, V = np.linalg.eigh((M + M.T) / 2)
+                floor = M.shape[0] * np.finfo(float).eps * np.abs(w).max(initial=0.0)
+                sign = 1.0 if w.min(initial=0.0) >= -floor else -1.0
+                if np.any(sign * w < -floor):
+                    return expr  # indefinite: CVXPY's own error stands
+                L = V * np.sqrt(np.maximum(sign * w, 0.0))
+                return sign * cp.sum_squares(L.T @ cp.vec(e, order="F"))
+        if not expr.args:
+            return expr
+        new = [rewrite(a) for a in expr.args]
+        if all(a is b for a, b in zip(new, expr.args, strict=True)):
+            return expr
+        return expr.copy(new)
+
+    expr = rewrite(problem.objective.expr)
+    if expr is problem.objective.expr:
+        return problem
+    out = cp.Problem(type(problem.objective)(expr), problem.constraints)
+    if not out.is_dpp("dcp", quad_form_dpp="qp"):  # type: ignore[call-arg]
+        return problem
+    return out
+
+
+class _ConeOnlySCS(cp.reductions.solvers.conic_solvers.scs_conif.SCS):
+    """CVXPY's SCS interface taking no quadratic objective: CVXPY then judges DPP by its
+    standard rules and canonicalizes to the pure cone form (for SCS itself it applies its
+    quadratic-objective rules, and evaluates the parameters of a problem they refuse)."""
+
+    def name(self) -> str:  # (CVXPY wants a custom solver's name its own)
+        return "DECLARATIVE_CONE_SCS"
+
+    def supports_quad_obj(self) -> bool:
+        return False
+
+
 def compile_template(problem: cp.Problem, parameters, variables, quad_obj: bool = True):
     """Canonicalize once; return the template, parameter specs and output specs.
 
     ``quad_obj=False`` gives the pure cone form (quadratic objectives through
     second-order cones), as diffcp needs for comparisons.
     """
-    check_problem(problem, quad_obj)
+    quad_obj = check_problem(problem, quad_obj)
+    if quad_obj:
+        problem = _squares(problem)
     parameters, variables = _members(parameters, cp.Parameter), _members(variables, cp.Variable)
     owners = _check_members(problem, parameters, variables)
     try:  # keep quadratic objectives as SCS's P: fewer cones and rows than an SOC form
         data, chain, inverse_data = problem.get_problem_data(
-            solver=cp.SCS, solver_opts={"use_quad_obj": quad_obj}
+            solver=cp.SCS if quad_obj else _ConeOnlySCS(), solver_opts={"use_quad_obj": quad_obj}
         )
     except cp.error.SolverError as e:  # pragma: no cover - CVXPY reports unsupported atoms here
         raise ProblemError(f"CVXPY could not canonicalize the problem for SCS: {e}") from e

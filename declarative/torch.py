@@ -34,20 +34,45 @@ def _result_dtype(params: tuple[torch.Tensor, ...]) -> torch.dtype:
 
 def _tensors(layer: Layer, values: tuple) -> tuple[torch.Tensor, ...]:
     """The parameter values as tensors, each checked to be real (not complex, None, a string
-    or another object) before anything casts it to float64."""
+    or another object) before anything casts it to float64.
+
+    A NumPy array keeps its dtype (copied where torch cannot share its memory: negative
+    strides, read-only). A Python number or nested list is weak, as in torch's own type
+    promotion: it takes the floating dtype of the tensors and arrays beside it (float64
+    where there are none), so 0.1 reaches the float64 solve as 0.1, not as float32's
+    rounding of it, and does not change the outputs' dtype."""
     if len(values) != len(layer.parameters):
         layer.batch(values)  # raises the count error, naming the parameters
-    out = []
+    out: list[torch.Tensor | None] = []
+    weak: list[tuple[Any, Any]] = []
     for spec, v in zip(layer.parameters, values, strict=True):
-        if not isinstance(v, torch.Tensor):
-            try:
-                v = torch.as_tensor(v)
-            except (TypeError, ValueError, RuntimeError):
-                raise spec.not_real(v, "tensor") from None
+        if isinstance(v, np.ndarray):
+            if v.dtype.kind not in "biuf":
+                raise spec.not_real(v, "tensor")
+            v = torch.from_numpy(np.require(v, requirements=["C", "W"]))
+        elif not isinstance(v, torch.Tensor):
+            out.append(None)
+            weak.append((spec, v))
+            continue
         if v.is_complex():
             raise spec.not_real(v, "tensor")
         out.append(v)
-    return tuple(out)
+    if weak:
+        strong = tuple(t for t in out if t is not None)
+        dtype = _result_dtype(strong) if any(t.is_floating_point() for t in strong) \
+            else torch.float64
+        filled = iter(weak)
+        for i, t in enumerate(out):
+            if t is None:
+                spec, v = next(filled)
+                try:
+                    a = np.asarray(v)
+                    if a.dtype.kind not in "biuf":
+                        raise TypeError
+                    out[i] = torch.as_tensor(a.astype(np.float64), dtype=dtype)
+                except (TypeError, ValueError, RuntimeError):
+                    raise spec.not_real(v, "tensor") from None
+    return tuple(t for t in out if t is not None)
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:

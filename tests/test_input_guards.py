@@ -180,6 +180,30 @@ def test_integer_and_bool_values_are_real(layer):
     assert np.max(np.abs(xb[0] - [0.5, 0.5, 0, 0, 0])) <= 1e-8
 
 
+def test_python_numbers_and_odd_arrays_keep_their_values():
+    """A Python number or list reaches the float64 solve as it is (torch.as_tensor made
+    λ = 0.1 float32's 0.100000001, the soft threshold 1.5e-9 off), takes the dtype of the
+    tensors beside it (float64 where there are none), and does not change the outputs'
+    dtype; a NumPy array with negative strides or read-only memory is taken as it is."""
+    x, q, lam = cp.Variable(3), cp.Parameter(3), cp.Parameter(nonneg=True)
+    prob = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(x) + q @ x + lam * cp.norm1(x)))
+    module = dl.compile(prob, [q, lam], [x]).torch()
+    qv = np.array([-1.0, 0.3, 2.0])
+    exact = -np.sign(qv) * np.maximum(np.abs(qv) - 0.1, 0.0)  # soft thresholding
+    for args in ((torch.tensor(qv), 0.1), (list(qv), 0.1), (qv, 0.1), (qv[::-1][::-1], [0.1])):
+        (out,) = module(*args)
+        assert out.dtype == torch.float64
+        assert np.abs(out.numpy() - exact).max() <= 1e-15
+    (out32,) = module(torch.tensor(qv, dtype=torch.float32), 0.1)
+    assert out32.dtype == torch.float32
+    assert np.abs(out32.numpy() - exact).max() <= 1e-6
+    flipped = np.array([2.0, 0.3, -1.0])[::-1]
+    frozen = qv.copy()
+    frozen.flags.writeable = False
+    for value in (flipped, frozen):
+        (out,) = module(value, np.float64(0.1))
+        assert np.abs(out.numpy() - exact).max() <= 1e-15
+
 def test_wrong_count_is_reported_before_conversion(layer):
     with pytest.raises(ParameterError, match=r"expected 1 parameter value\(s\) \(theta\)"):
         layer.torch()(None, None)

@@ -116,3 +116,57 @@ def test_parametric_quad_form_errors():
     in_constraint = cp.Problem(cp.Minimize(cp.sum(x)), [cp.quad_form(x, Q) <= 1])
     with pytest.raises(ProblemError, match="not DPP.*objective only"):
         dl.compile(in_constraint, [Q], [x])
+
+
+@pytest.mark.parametrize("atom", ["quad_form", "matrix_frac"])
+@pytest.mark.parametrize("scale", [1e-12, 1e-6, 1.0, 1e6, 1e12])
+def test_a_constant_quadratic_around_a_parameter_point(atom, scale):
+    """quad_form(x − c, P₀) and matrix_frac(x − c, P₀) = (x − c)ᵀP₀⁻¹(x − c), P₀ constant
+    and c a parameter, under Σx = s: DPP by CVXPY's standard rules but not by its
+    quadratic-objective ones, which accept them written sum_squares(Lᵀ(x − c)). With
+    M = P₀⁻¹ (quad_form) or P₀ (matrix_frac), x = c + M1(s − 1ᵀc)/(1ᵀM1) and
+    ∂x/∂c = I − M11ᵀ/(1ᵀM1), against the layer's values and Jacobian, with c and s scaled
+    together (in the pure cone form, the quadratic through a second-order cone, 1e6 and
+    beyond were not solved)."""
+    n = 4
+    rng = np.random.default_rng(7)
+    B = rng.standard_normal((n, n))
+    P0 = B @ B.T + np.eye(n)
+    x, c, s = cp.Variable(n), cp.Parameter(n), cp.Parameter()
+    obj = cp.quad_form(x - c, P0) if atom == "quad_form" else cp.matrix_frac(x - c, P0)
+    layer = dl.compile(cp.Problem(cp.Minimize(obj), [cp.sum(x) == s]), [c, s], [x])
+    M = np.linalg.inv(P0) if atom == "quad_form" else P0
+    w = M @ np.ones(n) / (np.ones(n) @ M @ np.ones(n))
+    cs = [rng.standard_normal(n) * scale for _ in range(3)]
+    ss = [float(rng.standard_normal()) * scale for _ in range(3)]
+    fwd = layer.forward([np.stack(cs), np.array(ss)])
+    assert fwd.ok.all(), fwd.info.status
+    for i, (cv, sv) in enumerate(zip(cs, ss, strict=True)):
+        exact = cv + w * (sv - cv.sum())
+        assert np.abs(fwd.outputs[0][i] - exact).max() <= 1e-8 * np.abs(exact).max()
+        J = fwd.jacobian(i)[0]
+        assert np.abs(J[0] - (np.eye(n) - np.outer(w, np.ones(n)))).max() <= 1e-8
+        assert np.abs(J[1].reshape(n) - w).max() <= 1e-8
+
+
+def test_a_parametric_and_a_shifted_quadratic_together():
+    """quad_form(x, P) with a parameter P needs CVXPY's quadratic-objective rules, under
+    which quad_form(x − c, P₀) is DPP once written as a sum of squares: min xᵀPx + ‖x − c‖²
+    has x = (P + I)⁻¹c, against the layer's value."""
+    x, P, c = cp.Variable(2), cp.Parameter((2, 2), PSD=True), cp.Parameter(2)
+    both = cp.Problem(cp.Minimize(cp.quad_form(x, P) + cp.quad_form(x - c, np.eye(2))))
+    layer = dl.compile(both, [P, c], [x])
+    Pv, cv = np.array([[2.0, 0.5], [0.5, 1.0]]), np.array([1.0, -3.0])
+    fwd = layer.forward([Pv, cv])
+    exact = np.linalg.solve(Pv + np.eye(2), cv)
+    assert np.abs(fwd.outputs[0][0] - exact).max() <= 1e-8 * np.abs(exact).max()
+
+
+def test_a_shifted_quadratic_beside_a_parametric_one_in_a_constraint_is_refused_by_name():
+    """quad_form(x, P) with a parameter P is DPP in the objective only: in a constraint the
+    problem is refused, the rule named."""
+    x, P, c = cp.Variable(2), cp.Parameter((2, 2), PSD=True), cp.Parameter(2)
+    problem = cp.Problem(cp.Minimize(cp.quad_form(x - c, np.eye(2))),
+                         [cp.quad_form(x, P) <= 1])
+    with pytest.raises(ProblemError, match="not DPP.*objective only"):
+        dl.compile(problem, [P, c], [x])
