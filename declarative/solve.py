@@ -404,10 +404,6 @@ def _checked(out: Outcome, A: Any, b: np.ndarray, c: np.ndarray, dims: ConeDims,
     if status is Status.INFEASIBLE and not infeasibility_certified(A, b, out.y, dims) \
             or status is Status.UNBOUNDED and not unboundedness_certified(A, c, out.x, dims, P):
         status = Status.INACCURATE
-    elif status is Status.INFEASIBLE:
-        # a certificate exact only to rounding, beside a feasible point the backend finds
-        if _primal_feasibility(backend, A, b, dims, settings)[0] is Status.SOLVED:
-            status = Status.INACCURATE
     elif status is Status.UNBOUNDED:
         feasible, y = _primal_feasibility(backend, A, b, dims, settings)
         if feasible is Status.INFEASIBLE:
