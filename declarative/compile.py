@@ -97,6 +97,9 @@ class OutputSpec:
     name: str
     shape: tuple[int, ...]
     kind: str  # "primal" | "dual"
+    # a geometric program's primal output, computed as u = log x: x's relative error is u's
+    # absolute one, so u is held to an absolute accuracy
+    log: bool = False
 
     @property
     def size(self) -> int:
@@ -1086,6 +1089,6 @@ def compile_gp_template(problem: cp.Problem, parameters, variables):
     template, specs, outputs = compile_template(convex, convex_params, log_vars)
     specs = tuple(ParameterSpec(p.name(), s.shape, s.offset, ("pos",) if log else s.domain, log)
                   for p, s, log in zip(parameters, specs, logs, strict=True))
-    outputs = tuple(OutputSpec(v.name(), o.shape, o.kind)
+    outputs = tuple(OutputSpec(v.name(), o.shape, o.kind, log=o.kind == "primal")
                     for v, o in zip(variables, outputs, strict=True))
     return template, specs, outputs

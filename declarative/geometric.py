@@ -114,10 +114,11 @@ class GeometricLayer(Layer):
 
     def _theta(self, values: Sequence[Any]) -> list[np.ndarray]:
         """Each parameter's chain-rule divisor as (B, *shape) (B = 1 when unbatched): its
-        values if it enters as log θ, ones if it enters as itself."""
+        values if it enters as log θ, ones if it enters as itself; a copy (the caller may
+        change its arrays, or a tensor's memory, before the derivative is asked)."""
         out = []
         for spec, v in zip(self.parameters, values, strict=True):
-            a = np.asarray(v, dtype=float)
+            a = np.array(v, dtype=float)
             a = a if spec.log else np.ones_like(a)
             out.append(a if a.ndim > len(spec.shape) else a[None])
         return out

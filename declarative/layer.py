@@ -2222,6 +2222,9 @@ class Layer:
         # per output (k, outputs), then spread over its entries (k, N)
         size, u, worst = (np.repeat(np.maximum.reduceat(a, starts, axis=1), sizes, axis=1)
                           if a.shape[1] else a for a in (vals, unit, err))
+        logs = self._log_columns
+        if logs.any():  # u = log x: held to ACCEPT_FORWARD absolutely, x relatively
+            size = np.where(logs, 1.0, size)
         relative = err <= ACCEPT_FORWARD * size
         # where the program carries data far below its largest (entries of b and c down to a
         # fraction δ < SMALL_DATA of the largest), outputs they set are of that scale, so a
@@ -2239,7 +2242,7 @@ class Layer:
         # output above that is a value, if a tiny one, and must meet the relative test:
         # max entr(x) + c x, x = exp(c − 1) ~ 7e-13 at c = −27 beside data ~30, 7 times
         # its error bound and 3e-3 off)
-        zero = (size <= floor) & (err <= floor) & (size <= worst)
+        zero = (size <= floor) & (err <= floor) & (size <= worst) & ~logs
         fine = relative | zero
         for jz in np.flatnonzero(ok & (zero & ~relative).any(axis=1)):
             # a zero output's entries whose value the small data set are not zeros
@@ -2250,6 +2253,11 @@ class Layer:
             fine[jz] = relative[jz] | zero[jz] & ~driven
         ok &= fine.all(axis=1)
         return ok
+
+    @cached_property
+    def _log_columns(self) -> np.ndarray:
+        """(N,) bool: the output entries that are a geometric program's u = log x."""
+        return np.repeat([o.log for o in self.outputs], [o.size for o in self.outputs])
 
     def _error_maps(self, e: Equilibration, keep: np.ndarray
                     ) -> tuple[Callable[[np.ndarray], np.ndarray],
