@@ -14,7 +14,7 @@ import numbers
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from typing import Any
@@ -279,7 +279,9 @@ PROBE_RUNS = 2
 def _solver_settings(solver_args: dict | None) -> bool:
     """Do ``solver_args`` hold a solver's settings (beyond our refinement options)? Given
     without a solver name, those are SCS's."""
-    return bool(set(solver_args or {}) - set(OUR_OPTIONS))
+    if not isinstance(solver_args, Mapping):  # (None; anything else `check_options` names)
+        return False
+    return bool(set(solver_args) - set(OUR_OPTIONS))
 
 
 def vec(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -2435,7 +2437,11 @@ class Layer:
 def _check_values(backend: Backend, args: dict) -> None:
     """`check_values` on the options ``backend`` takes (its settings, ours, and the aliases its
     `normalize` maps onto its settings), by the names the user gave; a name it does not take
-    is left to `check_settings`, which names the right one."""
+    is left to `check_settings`, which names the right one. ``args`` not a mapping is named."""
+    if not isinstance(args, Mapping):
+        raise ProblemError("solver_args must be a dict of solver settings (name -> value), "
+                           f"got {type(args).__name__} {args!r}.")
+
     def takes(k: str) -> bool:
         if k in backend.options or k in OUR_OPTIONS:
             return True

@@ -141,13 +141,35 @@ def check_settings(backend: Backend, args: Mapping[str, Any], ours: Any = ()) ->
     )
 
 
+# SCS's numeric settings beyond tolerances and iteration limits: (test, what it must be)
+_NUMBERS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "scale": (lambda v: v > 0, "a finite positive number"),
+    "rho_x": (lambda v: v > 0, "a finite positive number"),
+    "alpha": (lambda v: 0 < v < 2, "a number in (0, 2)"),
+    "time_limit_secs": (lambda v: v >= 0, "a finite nonnegative number"),
+}
+_WHOLE = {"acceleration_lookback": 0, "acceleration_interval": 1}
+
+
 def check_values(args: Mapping[str, Any]) -> None:
     """`ProblemError` naming a setting whose value is of the wrong kind: a tolerance (a name
     starting with ``eps`` or ``tol``, or ``refine_tol``) must be a finite number, positive
     for ``refine_tol`` and nonnegative otherwise; an iteration limit (``max_iter``,
     ``max_iters``, ``refine_max_iters``) a whole number, at least 1 (0 for
-    ``refine_max_iters``); ``refine`` true or false."""
+    ``refine_max_iters``); ``refine`` true or false; SCS's ``scale`` and ``rho_x`` finite
+    positive numbers, ``alpha`` one in (0, 2), ``time_limit_secs`` a finite nonnegative one,
+    ``acceleration_lookback`` a whole number of at least 0 and ``acceleration_interval`` one
+    of at least 1 (SCS fails on others, and a second backend would serve the call without
+    them)."""
     for k, v in args.items():
+        number = isinstance(v, (int, float, np.integer, np.floating)) \
+            and not isinstance(v, (bool, np.bool_)) and bool(np.isfinite(v))
+        whole = isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+        if k in _NUMBERS and not (number and _NUMBERS[k][0](v)):
+            raise ProblemError(f"solver option {k!r} must be {_NUMBERS[k][1]}, got {v!r}.")
+        if k in _WHOLE and not (whole and v >= _WHOLE[k]):
+            raise ProblemError(f"solver option {k!r} must be a whole number of at least "
+                               f"{_WHOLE[k]}, got {v!r}.")
         if k == "refine":
             if not isinstance(v, (bool, np.bool_)):
                 raise ProblemError(f"solver option 'refine' must be True or False, got {v!r}.")

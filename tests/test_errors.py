@@ -139,11 +139,31 @@ def test_unknown_solver_option_and_on_failure(simple):
     ({"eps_abs": -1.0}, "'eps_abs' must be a finite nonnegative number"),
     ({"max_iters": -1}, "'max_iters' must be a whole number of at least 1, got -1"),
     ({"max_iters": True}, "'max_iters' must be a whole number"),
+    ({"scale": 0.0}, "'scale' must be a finite positive number, got 0.0"),
+    ({"scale": float("nan")}, "'scale' must be a finite positive number"),
+    ({"rho_x": -1e-6}, "'rho_x' must be a finite positive number"),
+    ({"alpha": 5.0}, "'alpha' must be a number in (0, 2), got 5.0"),
+    ({"time_limit_secs": -1}, "'time_limit_secs' must be a finite nonnegative number"),
+    ({"acceleration_lookback": -5}, "'acceleration_lookback' must be a whole number of at least 0"),
+    ({"acceleration_interval": 0}, "'acceleration_interval' must be a whole number of at least 1"),
 ])
 def test_a_solver_option_of_the_wrong_kind_is_named(simple, args, named):
     """Values are checked as the user named them, per call and at compile time, before any
     solve (a string reached NumPy's arithmetic, a NaN tolerance SCS, silently)."""
     layer, _, _ = simple
+    with pytest.raises(ProblemError, match=re.escape(named)):
+        layer.forward([np.ones(3)], solver_args=args)
+    x, theta = cp.Variable(3), cp.Parameter(3)
+    with pytest.raises(ProblemError, match=re.escape(named)):
+        dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - theta))), [theta], [x],
+                   solver_args=args)
+
+
+@pytest.mark.parametrize("args", [[("eps", 1e-6)], "eps", 3])
+def test_solver_args_that_are_not_a_mapping_are_named(simple, args):
+    layer, _, _ = simple
+    named = ("solver_args must be a dict of solver settings (name -> value), got "
+             f"{type(args).__name__}")
     with pytest.raises(ProblemError, match=re.escape(named)):
         layer.forward([np.ones(3)], solver_args=args)
     x, theta = cp.Variable(3), cp.Parameter(3)
