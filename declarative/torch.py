@@ -298,6 +298,11 @@ def _vmap_linear(fn, info: Any, in_dims: tuple, fwd: Forward, anchor: torch.Tens
     stacked = [v.movedim(d, 0) if d is not None else v.expand(V, *v.shape)
                for v, d in zip(vs, dims, strict=True)]
     anchors = anchor.movedim(anchor_dim, 0) if anchor_dim is not None else None
+    if V == 0:  # no direction: the map applied to a zero one gives the shapes, none kept
+        res = fn.apply(fwd, anchor if anchors is None else anchors.new_zeros(anchors.shape[1:]),
+                       *(v.new_zeros(v.shape[1:]) for v in stacked))
+        out = tuple(r.unsqueeze(0)[:0] for r in res)
+        return out, (0,) * len(out)
     rows = [fn.apply(fwd, anchor if anchors is None else anchors[k], *(v[k] for v in stacked))
             for k in range(V)]
     out = tuple(torch.stack([r[j] for r in rows]) for j in range(len(rows[0])))

@@ -178,6 +178,17 @@ def test_empty_batch_gives_empty_outputs(simple):
     assert x.shape == (0, 3)
 
 
+def test_empty_batch_jacobians_under_torch_func(simple):
+    """jacrev and jacfwd over a batch of 0 give (0, 3, 0, 3), as torch's own ops do (the
+    vmap rule took the first of no directions)."""
+    layer, _, _ = simple
+    module = layer.torch()
+    z = torch.zeros(0, 3, dtype=torch.float64)
+    for transform in (torch.func.jacrev, torch.func.jacfwd):
+        J = transform(lambda t: module(t)[0])(z)
+        assert J.shape == (0, 3, 0, 3)
+
+
 def test_mixed_integer_problems_are_rejected_naming_the_variable():
     x, theta = cp.Variable(3, integer=True, name="counts"), cp.Parameter(3)
     with pytest.raises(ProblemError, match=r"\['counts'\] are integer or boolean"):
