@@ -1877,13 +1877,14 @@ class Layer:
         bound = NULL_EXACT * abs_max(f.S) * np.abs(N).sum(axis=0)
         return bool(np.all(np.abs(SN).max(axis=0) <= bound))
 
-    def _no_face_exactly(self, f: Any, c: np.ndarray, b: np.ndarray) -> bool:
+    def _no_face_exactly(self, f: Any, c: np.ndarray, b: np.ndarray,
+                         in_range: bool = True) -> bool:
         """Does exact arithmetic show that the singular S that ``f`` factored has no face of
-        solutions here: S nonsingular, or the program's data (c, b), equilibrated, outside
-        its range (`derivative.ranks_exactly`)? Asked of programs with zero and nonnegative
-        cones alone, up to order EXACT_RANK_MAX (False elsewhere): their DΠ is 0 or 1, so
-        S's entries are the equilibrated data, the user's times powers of two
-        (`equilibrate`), and F = S (u, v) + (c, b) is affine while DΠ keeps its pattern, so
+        solutions here: S nonsingular, or (``in_range``) the program's data (c, b),
+        equilibrated, outside its range (`derivative.ranks_exactly`)? Asked of programs with
+        zero and nonnegative cones alone, up to order EXACT_RANK_MAX (False elsewhere): their
+        DΠ is 0 or 1, so S's entries are the equilibrated data, the user's times powers of
+        two (`equilibrate`), and F = S (u, v) + (c, b) is affine while DΠ keeps its pattern, so
         a point of a face makes (c, b) a combination of S's columns. Nonnegative least
         squares whose F has condition 2e14 (columns nearly parallel) came back solved 8× off
         (S nonsingular, singular to rounding), and an LP whose cost is parallel to a face to
@@ -1898,7 +1899,7 @@ class Layer:
         if not np.all(np.isfinite(M)):
             return False
         ranks = ranks_exactly(M)  # (S's rank, then [S, (c, b)]'s, in one elimination)
-        return bool(ranks[N - 1] == N or ranks[N] > ranks[N - 1])
+        return bool(ranks[N - 1] == N or in_range and ranks[N] > ranks[N - 1])
 
     def _stale(self, r: Any, idx: np.ndarray, factors: list) -> list[int]:
         """The instances among ``idx`` whose kept factorization (refinement's last, of S at
@@ -2081,13 +2082,18 @@ class Layer:
             extent = float(np.abs(np.concatenate([r.x[idx[j]], r.v[idx[j]]])).max(initial=0.0))
             moved, moved_exact, beyond = self._null_space_moves(f, Dj, here, extent,
                                                                 ops.h[idx[j]], mix)
-            # ill-conditioned, not singular: no face of solutions. Exact arithmetic is asked
-            # whether or not the computed null space moves an output: where S is nonsingular
-            # exactly, the data's part along its near-null direction, inside the backward
-            # error, still sets the point (Ax = b with A's rows parallel to 8e-17 of their
-            # size: the computed null vector lay in the duals, and x came back 4% off)
-            if moved.any() and not self._null_space_exact(f) \
-                    or self._no_face_exactly(f, c[idx[j]], b[idx[j]]):
+            # ill-conditioned, not singular: no face of solutions. Whether S is singular is
+            # asked of exact arithmetic even where the computed null space moves no output:
+            # where S is nonsingular exactly, the data's part along its near-null direction,
+            # inside the backward error, still sets the point (Ax = b with A's rows parallel
+            # to 8e-17 of their size: the computed null vector lay in the duals, and x came
+            # back 4% off). (Whether (c, b) lies in S's range is asked only where an output
+            # moves: at a kink the point's side of it need not be the solution's, and S's
+            # range with it; non-unique duals there move nothing.)
+            if moved.any() and (not self._null_space_exact(f)
+                                or self._no_face_exactly(f, c[idx[j]], b[idx[j]])) \
+                    or not moved.any() and self._no_face_exactly(f, c[idx[j]], b[idx[j]],
+                                                                 in_range=False):
                 d[j] = np.inf
                 continue
             curved = moved.any() and self._null_space_curved(f, Dj)
