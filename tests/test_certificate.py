@@ -1478,6 +1478,16 @@ def _trust_region_reference(P: np.ndarray, q: np.ndarray, r: float) -> np.ndarra
         return np.array([float(v) for v in at(lam)])
 
 
+def _solved_right_or_nan(fwd, truth: np.ndarray) -> None:
+    """The first instance of ``fwd`` is solved within 1e-8 of ``truth`` (max-norm, relative),
+    or not solved, its output NaN."""
+    if str(fwd.info.status[0]) == "solved":
+        err = np.abs(fwd.outputs[0][0] - truth).max()
+        assert err <= 1e-8 * np.abs(truth).max(), err
+    else:
+        assert np.isnan(fwd.outputs[0]).all()
+
+
 @pytest.mark.parametrize("case", [
     # P's eigenvalues 1e-12, 4e-11, 1; the ball active with λ ~ 9e-13
     ([[0.6378229729757351, -0.46170747515603927, -0.13353290045734334],
@@ -1541,11 +1551,7 @@ def test_a_nearly_singular_quad_form_on_a_huge_ball_is_not_solved_wrong(case):
                                   [cp.norm(x, 2) <= rp]), [Pp, qp, rp], [x])
     fwd = layer.forward([P, q, r], on_failure="nan")
     truth = _trust_region_reference(P, q, r)
-    if str(fwd.info.status[0]) == "solved":
-        err = np.abs(fwd.outputs[0][0] - truth).max()
-        assert err <= 1e-8 * np.abs(truth).max(), err
-    else:
-        assert np.isnan(fwd.outputs[0]).all()
+    _solved_right_or_nan(fwd, truth)
 
 
 def _is_power_of_two(f: np.ndarray) -> bool:
@@ -1659,11 +1665,7 @@ def test_a_nearly_singular_quad_form_in_a_huge_box_is_not_solved_wrong(case):
                                   [x >= lp, x <= hp]), [Pp, qp, lp, hp], [x])
     fwd = layer.forward([P, q, lo, hi], on_failure="nan")
     truth = _box_qp_reference(P, q, lo, hi)
-    if str(fwd.info.status[0]) == "solved":
-        err = np.abs(fwd.outputs[0][0] - truth).max()
-        assert err <= 1e-8 * np.abs(truth).max(), err
-    else:
-        assert np.isnan(fwd.outputs[0]).all()
+    _solved_right_or_nan(fwd, truth)
 
 
 def _nonneg_qp_reference(P, q, E, f, bounded: bool = True) -> np.ndarray:
@@ -1705,6 +1707,23 @@ def _nonneg_qp_reference(P, q, E, f, bounded: bool = True) -> np.ndarray:
     raise AssertionError("no active set satisfies the KKT conditions")
 
 
+def _check_equality_qp(P: np.ndarray, q: np.ndarray, A: np.ndarray, b: np.ndarray) -> None:
+    """min xᵀPx + qᵀx s.t. Ax = b through a layer: solved within 1e-8 of the 60-digit KKT
+    solution, or not solved."""
+    import mpmath as mp
+
+    n, p = len(q), len(b)
+    x, Pp, qp, Ap, bp = (cp.Variable(n), cp.Parameter((n, n), PSD=True), cp.Parameter(n),
+                         cp.Parameter((p, n)), cp.Parameter(p))
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.quad_form(x, Pp) + qp @ x), [Ap @ x == bp]),
+                       [Pp, qp, Ap, bp], [x])
+    fwd = layer.forward([P, q, A, b], on_failure="nan")
+    with mp.workdps(60):
+        truth = _nonneg_qp_reference(mp.matrix(P.tolist()), mp.matrix(q.tolist()),
+                                     mp.matrix(A.tolist()), mp.matrix(b.tolist()), bounded=False)
+    _solved_right_or_nan(fwd, truth)
+
+
 def test_a_qp_whose_equality_rows_are_parallel_to_rounding_is_not_solved_wrong():
     """min xᵀPx + qᵀx s.t. Ax = b with P well conditioned (eigenvalues 2.5e8 … 2.2e10) and A's
     two rows parallel to 8e-17 of their size: the KKT system is nonsingular in exact
@@ -1712,7 +1731,6 @@ def test_a_qp_whose_equality_rows_are_parallel_to_rounding_is_not_solved_wrong()
     the backward error. Numerically S is singular along the duals alone, which move no
     output: x came back solved 3.9% off. Solved within 1e-8 of the 60-digit solution, or not
     solved."""
-    import mpmath as mp
 
     P = np.array([
         [12195658456.224995, -9607145807.651295, 1882503781.5312495, -1272257597.3696396],
@@ -1727,20 +1745,7 @@ def test_a_qp_whose_equality_rows_are_parallel_to_rounding_is_not_solved_wrong()
         [8.689816275051012e-07, 3.1205871526773796e-07, -7.5283849392693e-07,
          -1.003540215071011e-06]])
     b = np.array([-9.017920421574058e-17, -2.3599949426843798e-17])
-    n = len(q)
-    x, Pp, qp, Ap, bp = (cp.Variable(n), cp.Parameter((n, n), PSD=True), cp.Parameter(n),
-                         cp.Parameter((2, n)), cp.Parameter(2))
-    layer = dl.compile(cp.Problem(cp.Minimize(cp.quad_form(x, Pp) + qp @ x), [Ap @ x == bp]),
-                       [Pp, qp, Ap, bp], [x])
-    fwd = layer.forward([P, q, A, b], on_failure="nan")
-    with mp.workdps(60):
-        truth = _nonneg_qp_reference(mp.matrix(P.tolist()), mp.matrix(q.tolist()),
-                                     mp.matrix(A.tolist()), mp.matrix(b.tolist()), bounded=False)
-    if str(fwd.info.status[0]) == "solved":
-        err = np.abs(fwd.outputs[0][0] - truth).max()
-        assert err <= 1e-8 * np.abs(truth).max(), err
-    else:
-        assert np.isnan(fwd.outputs[0]).all()
+    _check_equality_qp(P, q, A, b)
 
 
 def test_a_qp_whose_p_is_singular_to_rounding_only_is_not_unbounded():
@@ -1846,11 +1851,7 @@ def test_least_squares_at_a_weakly_active_bound_is_not_solved_wrong(case):
     with mp.workdps(60):
         Fm, gm = mp.matrix(F.tolist()), mp.matrix(g.tolist())
         truth = _nonneg_qp_reference(Fm.T * Fm, -2 * Fm.T * gm, mp.zeros(0, n), mp.zeros(0, 1))
-    if str(fwd.info.status[0]) == "solved":
-        err = np.abs(fwd.outputs[0][0] - truth).max()
-        assert err <= 1e-8 * np.abs(truth).max(), err
-    else:
-        assert np.isnan(fwd.outputs[0]).all()
+    _solved_right_or_nan(fwd, truth)
 
 
 def test_an_lp_whose_cost_is_parallel_to_a_face_to_1e_12_is_not_solved_wrong():
@@ -1885,11 +1886,7 @@ def test_an_lp_whose_cost_is_parallel_to_a_face_to_1e_12_is_not_solved_wrong():
     assert all(Q(c[i]) + lam * Q(a[i]) < 0 for i in (0, 1))
     assert Q(c[2]) + lam * Q(a[2]) > 0
     truth = np.array([float(w) for w in [*v, x3]])
-    if str(fwd.info.status[0]) == "solved":
-        err = np.abs(fwd.outputs[0][0] - truth).max()
-        assert err <= 1e-8 * np.abs(truth).max(), err
-    else:
-        assert np.isnan(fwd.outputs[0]).all()
+    _solved_right_or_nan(fwd, truth)
 
 
 def test_an_equality_constrained_qp_nearly_singular_along_its_constraints_is_not_solved_wrong():
@@ -1899,7 +1896,6 @@ def test_an_equality_constrained_qp_nearly_singular_along_its_constraints_is_not
     it (P is definite on x to working precision in the equilibrated program), so the S of the
     exact data is nearly singular, not singular; the point passed as one of a face of
     solutions, x 6.6× off. Solved within 1e-8 of the 60-digit KKT solution, or not solved."""
-    import mpmath as mp
 
     P = np.array([
         [9980.884398173586, -2118.3134041696385, 5108599.629648378, -0.5225895629574531,
@@ -1920,26 +1916,7 @@ def test_an_equality_constrained_qp_nearly_singular_along_its_constraints_is_not
         [675.7710996169469, -386.259215555254, -182478.58593758245, -0.20885291635721212,
          3.7015162179626916e-05]])
     b = np.array([-21.23281102436595, -60.38382579030634])
-    n = len(q)
-    x, Pp, qp, Ap, bp = (cp.Variable(n), cp.Parameter((n, n), PSD=True), cp.Parameter(n),
-                         cp.Parameter((2, n)), cp.Parameter(2))
-    layer = dl.compile(cp.Problem(cp.Minimize(cp.quad_form(x, Pp) + qp @ x), [Ap @ x == bp]),
-                       [Pp, qp, Ap, bp], [x])
-    fwd = layer.forward([P, q, A, b], on_failure="nan")
-    with mp.workdps(60):
-        K = mp.zeros(n + 2, n + 2)
-        for i in range(n):
-            for j in range(n):
-                K[i, j] = 2 * P[i, j]
-            for r in range(2):
-                K[i, n + r] = K[n + r, i] = A[r, i]
-        z = mp.lu_solve(K, mp.matrix(list(-q) + list(b)))
-        truth = np.array([float(z[i]) for i in range(n)])
-    if str(fwd.info.status[0]) == "solved":
-        err = np.abs(fwd.outputs[0][0] - truth).max()
-        assert err <= 1e-8 * np.abs(truth).max(), err
-    else:
-        assert np.isnan(fwd.outputs[0]).all()
+    _check_equality_qp(P, q, A, b)
 
 
 @pytest.mark.parametrize("family", ["nnls", "simplex"])
@@ -1983,11 +1960,7 @@ def test_a_least_squares_or_simplex_qp_singular_to_rounding_is_not_solved_wrong(
             truth = _nonneg_qp_reference(mp.matrix(P.tolist()), mp.matrix(q.tolist()),
                                          mp.ones(1, 4), mp.ones(1, 1))
     fwd = layer.forward(values, on_failure="nan")
-    if str(fwd.info.status[0]) == "solved":
-        err = np.abs(fwd.outputs[0][0] - truth).max()
-        assert err <= 1e-8 * np.abs(truth).max(), err
-    else:
-        assert np.isnan(fwd.outputs[0]).all()
+    _solved_right_or_nan(fwd, truth)
 
 
 @pytest.mark.parametrize("box", [False, True])

@@ -146,24 +146,14 @@ def test_unknown_solver_option_and_on_failure(simple):
     ({"time_limit_secs": -1}, "'time_limit_secs' must be a finite nonnegative number"),
     ({"acceleration_lookback": -5}, "'acceleration_lookback' must be a whole number of at least 0"),
     ({"acceleration_interval": 0}, "'acceleration_interval' must be a whole number of at least 1"),
+    ([("eps", 1e-6)], "solver_args must be a dict of solver settings (name -> value), got list"),
+    ("eps", "solver_args must be a dict of solver settings (name -> value), got str"),
+    (3, "solver_args must be a dict of solver settings (name -> value), got int"),
 ])
 def test_a_solver_option_of_the_wrong_kind_is_named(simple, args, named):
     """Values are checked as the user named them, per call and at compile time, before any
     solve (a string reached NumPy's arithmetic, a NaN tolerance SCS, silently)."""
     layer, _, _ = simple
-    with pytest.raises(ProblemError, match=re.escape(named)):
-        layer.forward([np.ones(3)], solver_args=args)
-    x, theta = cp.Variable(3), cp.Parameter(3)
-    with pytest.raises(ProblemError, match=re.escape(named)):
-        dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - theta))), [theta], [x],
-                   solver_args=args)
-
-
-@pytest.mark.parametrize("args", [[("eps", 1e-6)], "eps", 3])
-def test_solver_args_that_are_not_a_mapping_are_named(simple, args):
-    layer, _, _ = simple
-    named = ("solver_args must be a dict of solver settings (name -> value), got "
-             f"{type(args).__name__}")
     with pytest.raises(ProblemError, match=re.escape(named)):
         layer.forward([np.ones(3)], solver_args=args)
     x, theta = cp.Variable(3), cp.Parameter(3)
