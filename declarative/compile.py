@@ -394,9 +394,10 @@ class ConeTemplate:
         return self.indices, cols
 
 
-def check_problem(problem: Any, quad_obj: bool = True) -> bool:
-    """Raise `ProblemError` unless ``problem`` is DCP and DPP, naming the culprit; return
-    whether its objective can stay quadratic (SCS's ½xᵀPx).
+def check_problem(problem: Any, quad_obj: bool = True) -> tuple[cp.Problem, bool]:
+    """Raise `ProblemError` unless ``problem`` is DCP and DPP, naming the culprit; return the
+    problem to canonicalize (``problem``, or its `_squares`) and whether its objective stays
+    quadratic (SCS's ½xᵀPx).
 
     With ``quad_obj``, ``quad_form(x, P)`` with a parameter P is DPP in the objective: P
     enters the program's P affinely (CVXPY's ``is_dpp(quad_form_dpp="qp")``). In a
@@ -421,11 +422,12 @@ def check_problem(problem: Any, quad_obj: bool = True) -> bool:
         )
     # CVXPY's compute_once decorator annotates these methods as taking no argument.
     if quad_obj and problem.is_dpp("dcp", quad_form_dpp="qp"):  # type: ignore[call-arg]
-        return True
-    if quad_obj and _squares(problem) is not problem:
-        return True
+        return problem, True
+    squares = _squares(problem) if quad_obj else problem
+    if squares is not problem:
+        return squares, True
     if problem.is_dcp(dpp=True):  # type: ignore[call-arg]
-        return False
+        return problem, False
     with scopes.dpp_scope():
         # (CVXPY's message, made under DPP rules, says "DCP" where it means DPP)
         detail = build_non_disciplined_error_msg(problem, "DCP").replace(" DCP", " DPP")
@@ -963,9 +965,7 @@ def compile_template(problem: cp.Problem, parameters, variables, quad_obj: bool 
     ``quad_obj=False`` gives the pure cone form (quadratic objectives through
     second-order cones), as diffcp needs for comparisons.
     """
-    quad_obj = check_problem(problem, quad_obj)
-    if quad_obj:
-        problem = _squares(problem)
+    problem, quad_obj = check_problem(problem, quad_obj)
     parameters, variables = _members(parameters, cp.Parameter), _members(variables, cp.Variable)
     owners = _check_members(problem, parameters, variables)
     try:  # keep quadratic objectives as SCS's P: fewer cones and rows than an SOC form

@@ -1365,6 +1365,12 @@ def abs_max(S: np.ndarray | sp.spmatrix | LowRankS | OperatorS) -> float:
 RANK_PRIME = 2_147_483_647
 
 
+# Up to this order, a matrix of exact entries is eliminated in exact arithmetic
+# (`ranks_exactly`): a singular S (`Layer._no_face_exactly`, order n + m) and a ray's
+# equations (`solve._no_ray_exactly`, n variables). One elimination takes 30 ms at 200.
+EXACT_RANK_MAX = 200
+
+
 def ranks_exactly(M: np.ndarray) -> np.ndarray:
     """The ranks of M's leading columns, M[:, :j + 1] for every j, M's finite floating-point
     entries taken as exact rationals, computed modulo RANK_PRIME: at most the ranks over

@@ -37,6 +37,7 @@ from declarative.compile import (
 )
 from declarative.cones import DProjection, dproject
 from declarative.derivative import (
+    EXACT_RANK_MAX,
     RCOND_MIN,
     BatchOps,
     ConeSolution,
@@ -178,9 +179,9 @@ STALE = 0.1
 # point inside the ball, 2P̂x̂ + ĉ = ĉ ~ 2e-12 beside |P̂||x̂| ~ 2e-3 on the rows along P's
 # near-null space (passing at 1e-9), and was 100% off (the solution is on the sphere).
 FACE_GAP = 1e-12
-# Up to this order (n + m), a singular S is tested for exact singularity where its entries
-# are exact (`Layer._no_face_exactly`; one elimination, 30 ms at 200).
-EXACT_RANK_MAX = 200
+# A computed null vector passes through the equality rows' duals where its entries there
+# reach this fraction of its largest (`Layer._null_space_in_equalities`).
+NULL_EQUALITY = 1e-6
 # A PSD (NSD) parameter value passes if its smallest (largest) eigenvalue is at least
 # −DEFINITE_RTOL·(1 + max |entry|) (at most +): the rounding of a matrix built definite.
 DEFINITE_RTOL = 1e-9
@@ -1044,7 +1045,7 @@ class Layer:
         if on_failure not in ON_FAILURE:
             raise ProblemError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}.")
         backend = get_backend(solver or DEFAULT_SOLVER)
-        _check_values(backend, solver_args or {})
+        _check_values(backend, {} if solver_args is None else solver_args)
         args = backend.normalize(solver_args or {})
         check_settings(backend, args, OUR_OPTIONS)
         ours = {k: args.pop(k) for k in list(args) if k in OUR_OPTIONS}
@@ -1073,7 +1074,7 @@ class Layer:
         if solver is None and not self._solver_named and _solver_settings(solver_args):
             solver = DEFAULT_SOLVER
         backend = get_backend(self._solver() if solver is None else solver)
-        _check_values(backend, solver_args or {})
+        _check_values(backend, {} if solver_args is None else solver_args)
         # aliases resolved on each side first, so that a per-call eps overrides a
         # compile-time eps_abs (and the reverse)
         args = backend.normalize(solver_args or {})
@@ -1877,6 +1878,18 @@ class Layer:
         bound = NULL_EXACT * abs_max(f.S) * np.abs(N).sum(axis=0)
         return bool(np.all(np.abs(SN).max(axis=0) <= bound))
 
+    def _null_space_in_equalities(self, f: Any) -> bool:
+        """Does a computed null vector of the singular S that ``f`` factored have entries on
+        the zero cone's rows (equality duals) above NULL_EQUALITY of its largest?"""
+        t = self.template
+        if f.pinv is None or t.dims.zero == 0:
+            return False
+        N = np.abs(f.pinv.null)
+        if N.shape[1] == 0:
+            return False
+        rows = N[t.n : t.n + t.dims.zero]
+        return bool(np.any(rows.max(axis=0) > NULL_EQUALITY * N.max(axis=0)))
+
     def _no_face_exactly(self, f: Any, c: np.ndarray, b: np.ndarray,
                          in_range: bool = True) -> bool:
         """Does exact arithmetic show that the singular S that ``f`` factored has no face of
@@ -2082,18 +2095,19 @@ class Layer:
             extent = float(np.abs(np.concatenate([r.x[idx[j]], r.v[idx[j]]])).max(initial=0.0))
             moved, moved_exact, beyond = self._null_space_moves(f, Dj, here, extent,
                                                                 ops.h[idx[j]], mix)
-            # ill-conditioned, not singular: no face of solutions. Whether S is singular is
-            # asked of exact arithmetic even where the computed null space moves no output:
-            # where S is nonsingular exactly, the data's part along its near-null direction,
-            # inside the backward error, still sets the point (Ax = b with A's rows parallel
-            # to 8e-17 of their size: the computed null vector lay in the duals, and x came
-            # back 4% off). (Whether (c, b) lies in S's range is asked only where an output
-            # moves: at a kink the point's side of it need not be the solution's, and S's
-            # range with it; non-unique duals there move nothing.)
+            # ill-conditioned, not singular: no face of solutions. Where the computed null
+            # space moves no output but passes through equality rows' duals, whether S is
+            # singular is asked of exact arithmetic too: nonsingular there, the data's part
+            # along the near-null direction, inside the backward error, still sets the point
+            # (Ax = b with A's rows parallel to 8e-17 of their size: x came back 3.9% off).
+            # Inequality rows dependent to rounding are not asked: their polyhedron moves by
+            # that rounding alone (a halfspace beside a copy of itself scaled by 0.1). Nor is
+            # whether (c, b) lies in S's range where no output moves: at a kink the point's
+            # side need not be the solution's, and S's range with it.
             if moved.any() and (not self._null_space_exact(f)
                                 or self._no_face_exactly(f, c[idx[j]], b[idx[j]])) \
-                    or not moved.any() and self._no_face_exactly(f, c[idx[j]], b[idx[j]],
-                                                                 in_range=False):
+                    or not moved.any() and self._null_space_in_equalities(f) \
+                    and self._no_face_exactly(f, c[idx[j]], b[idx[j]], in_range=False):
                 d[j] = np.inf
                 continue
             curved = moved.any() and self._null_space_curved(f, Dj)
@@ -2151,9 +2165,11 @@ class Layer:
         (``d``, rows ``idx``) of 0 and the estimate fails with those entries all held active
         (DΠ = 1) or all released (DΠ = 0), S factored afresh on that side.
 
-        The two sides are the extremes: holding constraints compresses the primal's reduced
-        Hessian (its least eigenvalue can only grow, by interlacing), releasing them removes
-        rows of the active constraints (their least singular value can only grow). Example:
+        Of the sides' 2ᵏ combinations only these two are tried: holding constraints
+        compresses the primal's reduced Hessian (its least eigenvalue can only grow, by
+        interlacing), releasing them removes rows of the active constraints (their least
+        singular value can only grow), so they bound those two sources of ill-conditioning,
+        not every output's error on a mixed side. Example:
         min ‖Fx − g‖² over x >= 0 with cond(F) 5e13, whose refined point held a bound at
         x = 0 with a multiplier of exactly 0. Held there, S's rcond was 6e-10 and the
         estimate 6e-13; the solution released that bound and sat 7.5e-5 away."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import _thread
 import enum
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -141,6 +142,14 @@ def check_settings(backend: Backend, args: Mapping[str, Any], ours: Any = ()) ->
     )
 
 
+def _finite(v: Any) -> bool:
+    """Is the number v finite as a float (a Python int beyond float's range is not)?"""
+    try:
+        return math.isfinite(float(v))
+    except (OverflowError, TypeError, ValueError):
+        return False
+
+
 # SCS's numeric settings beyond tolerances and iteration limits: (test, what it must be)
 _NUMBERS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "scale": (lambda v: v > 0, "a finite positive number"),
@@ -163,7 +172,7 @@ def check_values(args: Mapping[str, Any]) -> None:
     them)."""
     for k, v in args.items():
         number = isinstance(v, (int, float, np.integer, np.floating)) \
-            and not isinstance(v, (bool, np.bool_)) and bool(np.isfinite(v))
+            and not isinstance(v, (bool, np.bool_)) and _finite(v)
         whole = isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
         if k in _NUMBERS and not (number and _NUMBERS[k][0](v)):
             raise ProblemError(f"solver option {k!r} must be {_NUMBERS[k][1]}, got {v!r}.")
@@ -174,9 +183,7 @@ def check_values(args: Mapping[str, Any]) -> None:
             if not isinstance(v, (bool, np.bool_)):
                 raise ProblemError(f"solver option 'refine' must be True or False, got {v!r}.")
         elif k.startswith(("eps", "tol")) or k == "refine_tol":
-            ok = isinstance(v, (int, float, np.integer, np.floating)) \
-                and not isinstance(v, (bool, np.bool_)) and np.isfinite(v) \
-                and (v > 0 if k == "refine_tol" else v >= 0)
+            ok = number and (v > 0 if k == "refine_tol" else v >= 0)
             if not ok:
                 kind = "positive" if k == "refine_tol" else "nonnegative"
                 raise ProblemError(f"solver option {k!r} must be a finite {kind} number, "
@@ -343,25 +350,23 @@ def unboundedness_certified(A: Any, c: np.ndarray, x: np.ndarray, dims: ConeDims
     return _polished(x, step, holds)
 
 
-# Up to this many variables, a ray of a program with zero and nonnegative cones alone is
-# checked in exact arithmetic (`_no_ray_exactly`; one elimination, ~30 ms at 200).
-EXACT_RAY_MAX = 200
-
-
 def _no_ray_exactly(A: Any, P: Any, tight: np.ndarray, dims: ConeDims) -> bool:
     """Does exact arithmetic show that no ray has the pattern of a certificate found to
     rounding: no x ≠ 0 with Px = 0 and (Ax)ᵢ = 0 on the ``tight`` rows (the zero cone's and
     the nonnegative ones the certificate meets to rounding)? The rows it leaves strictly
     negative stay so near it, so an exact ray of that pattern would be a null vector of P
     stacked on A's tight rows; their exact rank (`derivative.ranks_exactly`, the data's
-    floats taken as rationals) full rules it out. Asked of programs with zero and
-    nonnegative cones alone, up to EXACT_RAY_MAX variables (False elsewhere). A QP whose P
+    floats taken as rationals) full rules it out. A ray that leaves some of those rows
+    strictly negative (one the certificate meets only to rounding) is not looked for: where
+    only such a ray exists, the claim is refused (the status inaccurate), not made wrong.
+    Asked of programs with zero and
+    nonnegative cones alone, up to EXACT_RANK_MAX variables (False elsewhere). A QP whose P
     (PSD exactly) has eigenvalues 1e-14 … 258 under Ax = b had a ray to 16 ulps along
     P's small eigenvectors and was called unbounded: its minimizer is ~1e16 out, but there."""
-    from declarative.derivative import ranks_exactly  # (heavy; claims are rare)
+    from declarative.derivative import EXACT_RANK_MAX, ranks_exactly  # (claims are rare)
 
     n = A.shape[1]
-    if A.shape[0] != dims.zero + dims.nonneg or n > EXACT_RAY_MAX or n == 0:
+    if A.shape[0] != dims.zero + dims.nonneg or n > EXACT_RANK_MAX or n == 0:
         return False
     rows = np.zeros(A.shape[0], dtype=bool)
     rows[: dims.zero] = True

@@ -32,47 +32,47 @@ def _result_dtype(params: tuple[torch.Tensor, ...]) -> torch.dtype:
     return dtype if dtype is not None else torch.get_default_dtype()
 
 
-def _tensors(layer: Layer, values: tuple) -> tuple[torch.Tensor, ...]:
+def _tensors(layer: Layer, values: tuple) -> tuple[tuple[torch.Tensor, ...], torch.dtype]:
     """The parameter values as tensors, each checked to be real (not complex, None, a string
-    or another object) before anything casts it to float64.
+    or another object) before anything casts it to float64, and the outputs' dtype.
 
     A NumPy array keeps its dtype (copied where torch cannot share its memory: negative
-    strides, read-only). A Python number or nested list is weak, as in torch's own type
-    promotion: it takes the floating dtype of the tensors and arrays beside it (float64
-    where there are none), so 0.1 reaches the float64 solve as 0.1, not as float32's
-    rounding of it, and does not change the outputs' dtype."""
+    strides, read-only; float64 where torch has no such dtype, as long double). A Python
+    number or nested list is weak, as in torch's own type promotion: the outputs' dtype is
+    the promoted floating dtype of the tensors and arrays (torch's default dtype where there
+    are none), and the number reaches the float64 solve as itself, not as float32's rounding
+    of it, on the device of the first tensor or array."""
     if len(values) != len(layer.parameters):
         layer.batch(values)  # raises the count error, naming the parameters
-    out: list[torch.Tensor | None] = []
-    weak: list[tuple[Any, Any]] = []
+    out = []
+    strong = []
     for spec, v in zip(layer.parameters, values, strict=True):
         if isinstance(v, np.ndarray):
             if v.dtype.kind not in "biuf":
                 raise spec.not_real(v, "tensor")
-            v = torch.from_numpy(np.require(v, requirements=["C", "W"]))
+            v = np.require(v, requirements=["C", "W"])
+            try:
+                v = torch.from_numpy(v)
+            except TypeError:  # (a dtype torch lacks)
+                v = torch.from_numpy(v.astype(np.float64))
         elif not isinstance(v, torch.Tensor):
-            out.append(None)
-            weak.append((spec, v))
+            try:
+                a = np.asarray(v)
+                if a.dtype.kind not in "biuf":
+                    raise TypeError
+                v = torch.from_numpy(a.astype(np.float64))
+            except (TypeError, ValueError, RuntimeError, OverflowError):
+                raise spec.not_real(v, "tensor") from None
+            out.append(v)
             continue
         if v.is_complex():
             raise spec.not_real(v, "tensor")
         out.append(v)
-    if weak:
-        strong = tuple(t for t in out if t is not None)
-        dtype = _result_dtype(strong) if any(t.is_floating_point() for t in strong) \
-            else torch.float64
-        filled = iter(weak)
-        for i, t in enumerate(out):
-            if t is None:
-                spec, v = next(filled)
-                try:
-                    a = np.asarray(v)
-                    if a.dtype.kind not in "biuf":
-                        raise TypeError
-                    out[i] = torch.as_tensor(a.astype(np.float64), dtype=dtype)
-                except (TypeError, ValueError, RuntimeError):
-                    raise spec.not_real(v, "tensor") from None
-    return tuple(t for t in out if t is not None)
+        strong.append(v)
+    if strong:  # the weak ones on the tensors' device, where the outputs go
+        device = strong[0].device
+        out = [v if any(v is w for w in strong) else v.to(device) for v in out]
+    return tuple(out), _result_dtype(tuple(strong))
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -84,8 +84,10 @@ class _LayerFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(layer: Layer, options: dict, *params: torch.Tensor):
+        options = dict(options)
+        dtype = options.pop("dtype", None)  # the outputs' (`_tensors`), else the inputs'
         fwd = layer.forward([_numpy(p) for p in params], **options)
-        dtype = _result_dtype(params)
+        dtype = _result_dtype(params) if dtype is None else dtype
         device = params[0].device if params else torch.device("cpu")
         fwd.meta = _Meta(
             params=[(p.dtype if p.is_floating_point() else dtype, p.device) for p in params],
@@ -390,7 +392,8 @@ class TorchLayer(torch.nn.Module):
     def forward(self, *params: torch.Tensor, solver_args: dict | None = None,
                 on_failure: str | None = None, solver: str | None = None,
                 return_info: bool = False):
-        params = _tensors(self.layer, params)
-        options = {"solver_args": solver_args, "on_failure": on_failure, "solver": solver}
+        params, dtype = _tensors(self.layer, params)
+        options = {"solver_args": solver_args, "on_failure": on_failure, "solver": solver,
+                   "dtype": dtype}
         *outs, fwd = _LayerFunction.apply(self.layer, options, *params)
         return (tuple(outs), fwd.info) if return_info else tuple(outs)

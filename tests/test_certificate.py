@@ -1724,6 +1724,25 @@ def _check_equality_qp(P: np.ndarray, q: np.ndarray, A: np.ndarray, b: np.ndarra
     _solved_right_or_nan(fwd, truth)
 
 
+def test_a_halfspace_beside_a_rescaled_copy_of_itself_is_solved():
+    """Projection onto a·x <= 1 and (0.1a)·x <= 0.1, the second a float-rescaled copy of the
+    first: their rows are dependent to rounding, independent in exact arithmetic, and S is
+    singular to rounding along their duals. An inequality's polyhedron moves by that
+    rounding alone, so x = q − max(a·q − 1, 0)a/‖a‖² is certified (it was refused on 5 of
+    8 where exact arithmetic was asked whether S is singular)."""
+    rng = np.random.default_rng(1)
+    n = 4
+    a = rng.standard_normal(n)
+    x, q = cp.Variable(n), cp.Parameter(n)
+    Q = np.stack([a * k + rng.standard_normal(n) * 0.01 for k in (1, 2, 5, 10)]
+                 + [rng.standard_normal(n) for _ in range(4)])
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - q)),
+                                  [a @ x <= 1, (a * 0.1) @ x <= 0.1]), [q], [x])
+    fwd = layer.forward([Q])
+    for i, qv in enumerate(Q):
+        exact = qv - max(a @ qv - 1, 0) / (a @ a) * a
+        assert np.abs(fwd.outputs[0][i] - exact).max() <= 1e-8 * np.abs(exact).max()
+
 def test_a_qp_whose_equality_rows_are_parallel_to_rounding_is_not_solved_wrong():
     """min xᵀPx + qᵀx s.t. Ax = b with P well conditioned (eigenvalues 2.5e8 … 2.2e10) and A's
     two rows parallel to 8e-17 of their size: the KKT system is nonsingular in exact
