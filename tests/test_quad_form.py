@@ -7,6 +7,7 @@ from __future__ import annotations
 import cvxpy as cp
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from declarative.problems._activeset import kkt_point
 
 import declarative as dl
@@ -118,12 +119,13 @@ def test_parametric_quad_form_errors():
         dl.compile(in_constraint, [Q], [x])
 
 
-@pytest.mark.parametrize("atom", ["quad_form", "matrix_frac"])
+@pytest.mark.parametrize("atom", ["quad_form", "matrix_frac", "nsd", "sparse"])
 @pytest.mark.parametrize("scale", [1e-12, 1e-6, 1.0, 1e6, 1e12])
 def test_a_constant_quadratic_around_a_parameter_point(atom, scale):
     """quad_form(x − c, P₀) and matrix_frac(x − c, P₀) = (x − c)ᵀP₀⁻¹(x − c), P₀ constant
-    and c a parameter, under Σx = s: DPP by CVXPY's standard rules but not by its
-    quadratic-objective ones, which accept them written sum_squares(Lᵀ(x − c)). With
+    (also maximized with −P₀, and given sparse) and c a parameter, under Σx = s: DPP by
+    CVXPY's standard rules but not by its quadratic-objective ones, which accept them
+    written sum_squares(Lᵀ(x − c)). With
     M = P₀⁻¹ (quad_form) or P₀ (matrix_frac), x = c + M1(s − 1ᵀc)/(1ᵀM1) and
     ∂x/∂c = I − M11ᵀ/(1ᵀM1), against the layer's values and Jacobian, with c and s scaled
     together (in the pure cone form, the quadratic through a second-order cone, 1e6 and
@@ -133,9 +135,12 @@ def test_a_constant_quadratic_around_a_parameter_point(atom, scale):
     B = rng.standard_normal((n, n))
     P0 = B @ B.T + np.eye(n)
     x, c, s = cp.Variable(n), cp.Parameter(n), cp.Parameter()
-    obj = cp.quad_form(x - c, P0) if atom == "quad_form" else cp.matrix_frac(x - c, P0)
-    layer = dl.compile(cp.Problem(cp.Minimize(obj), [cp.sum(x) == s]), [c, s], [x])
-    M = np.linalg.inv(P0) if atom == "quad_form" else P0
+    objective = {"quad_form": cp.Minimize(cp.quad_form(x - c, P0)),
+                 "matrix_frac": cp.Minimize(cp.matrix_frac(x - c, P0)),
+                 "nsd": cp.Maximize(cp.quad_form(x - c, -P0)),
+                 "sparse": cp.Minimize(cp.quad_form(x - c, sp.csr_matrix(P0)))}[atom]
+    layer = dl.compile(cp.Problem(objective, [cp.sum(x) == s]), [c, s], [x])
+    M = P0 if atom == "matrix_frac" else np.linalg.inv(P0)
     w = M @ np.ones(n) / (np.ones(n) @ M @ np.ones(n))
     cs = [rng.standard_normal(n) * scale for _ in range(3)]
     ss = [float(rng.standard_normal()) * scale for _ in range(3)]
