@@ -125,11 +125,10 @@ def test_a_constant_quadratic_around_a_parameter_point(atom, scale):
     """quad_form(x − c, P₀) and matrix_frac(x − c, P₀) = (x − c)ᵀP₀⁻¹(x − c), P₀ constant
     (also maximized with −P₀, and given sparse) and c a parameter, under Σx = s: DPP by
     CVXPY's standard rules but not by its quadratic-objective ones, which accept them
-    written sum_squares(Lᵀ(x − c)). With
-    M = P₀⁻¹ (quad_form) or P₀ (matrix_frac), x = c + M1(s − 1ᵀc)/(1ᵀM1) and
-    ∂x/∂c = I − M11ᵀ/(1ᵀM1), against the layer's values and Jacobian, with c and s scaled
-    together (in the pure cone form, the quadratic through a second-order cone, 1e6 and
-    beyond were not solved)."""
+    written sum_squares(Lᵀ(x − c)). With M = P₀⁻¹ (quad_form) or P₀ (matrix_frac),
+    x = c + M1(s − 1ᵀc)/(1ᵀM1) and ∂x/∂c = I − M11ᵀ/(1ᵀM1), against the layer's values
+    and Jacobian, with c and s scaled together (in the pure cone form, the quadratic through
+    a second-order cone, 1e6 and beyond were not solved)."""
     n = 4
     rng = np.random.default_rng(7)
     B = rng.standard_normal((n, n))
