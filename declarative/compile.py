@@ -403,9 +403,10 @@ def check_problem(problem: Any, quad_obj: bool = True) -> tuple[cp.Problem, bool
     enters the program's P affinely (CVXPY's ``is_dpp(quad_form_dpp="qp")``). In a
     constraint it is not (CVXPY factors P there). CVXPY's quadratic-objective rules refuse
     ``quad_form(x − c, P₀)`` (and ``matrix_frac``) with a constant P₀ and a parameter c,
-    which its standard DPP rules accept: written as sums of squares (`_squares`) they keep
-    the quadratic objective; an objective that only the standard rules accept compiles to
-    the pure cone form (False), its quadratics through second-order cones.
+    which its standard DPP rules accept: written over an auxiliary variable z = x − c
+    (`_squares`) they keep the quadratic objective; an objective that only the standard
+    rules accept compiles to the pure cone form (False), its quadratics through
+    second-order cones.
     """
     from cvxpy.utilities import scopes
     from cvxpy.utilities.debug_tools import build_non_disciplined_error_msg
@@ -910,27 +911,23 @@ def with_exp_mixing(t: ConeTemplate) -> ConeTemplate:
 
 def _squares(problem: cp.Problem) -> cp.Problem:
     """``problem`` with each ``quad_form(e, P₀)`` of its objective whose P₀ is constant and
-    whose e holds a parameter written ``sum_squares(Lᵀe)``, P₀ = LLᵀ (negated for an NSD
-    P₀), where CVXPY's quadratic-objective rules refuse the first (its DPP rules for a
-    quadratic objective take quad_form's first argument free of parameters) and accept
-    the second: the objective then stays SCS's ½xᵀPx. L comes from P₀'s eigenvalues, the
-    ones below rounding taken as 0. ``problem`` itself where that rewrite does not make it
-    DPP by those rules; its constraints (and their dual variables) are kept as they are."""
+    whose e holds a parameter written ``quad_form(z, P₀)`` beside a new constraint z = e,
+    where CVXPY's quadratic-objective rules refuse the first (they take quad_form's first
+    argument free of parameters) and accept the second: the objective then stays SCS's
+    ½xᵀPx, with P₀ exactly as given (sparse where it is), and z is an auxiliary variable
+    that compiling substitutes out where it can. ``problem`` itself where that does not
+    make it DPP by those rules. Its constraints (and their dual variables) are kept."""
     from cvxpy.atoms.quad_form import QuadForm
+
+    links: list[Any] = []
 
     def rewrite(expr: Any) -> Any:
         if isinstance(expr, QuadForm):
             e, P = expr.args
             if P.is_constant() and not P.parameters() and e.parameters():
-                M = P.value.toarray() if sp.issparse(P.value) else np.asarray(P.value)
-                M = np.real(np.atleast_2d(M)).astype(float)
-                w, V = np.linalg.eigh((M + M.T) / 2)
-                floor = M.shape[0] * np.finfo(float).eps * np.abs(w).max(initial=0.0)
-                sign = 1.0 if w.min(initial=0.0) >= -floor else -1.0
-                if np.any(sign * w < -floor):
-                    return expr  # indefinite: CVXPY's own error stands
-                L = V * np.sqrt(np.maximum(sign * w, 0.0))
-                return sign * cp.sum_squares(L.T @ cp.vec(e, order="F"))
+                z = cp.Variable(e.shape)
+                links.append(z == e)
+                return cp.quad_form(z, P)
         if not expr.args:
             return expr
         new = [rewrite(a) for a in expr.args]
@@ -941,7 +938,7 @@ def _squares(problem: cp.Problem) -> cp.Problem:
     expr = rewrite(problem.objective.expr)
     if expr is problem.objective.expr:
         return problem
-    out = cp.Problem(type(problem.objective)(expr), problem.constraints)
+    out = cp.Problem(type(problem.objective)(expr), [*problem.constraints, *links])
     if not out.is_dpp("dcp", quad_form_dpp="qp"):  # type: ignore[call-arg]
         return problem
     return out

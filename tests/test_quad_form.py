@@ -125,7 +125,7 @@ def test_a_constant_quadratic_around_a_parameter_point(atom, scale):
     """quad_form(x − c, P₀) and matrix_frac(x − c, P₀) = (x − c)ᵀP₀⁻¹(x − c), P₀ constant
     (also maximized with −P₀, and given sparse) and c a parameter, under Σx = s: DPP by
     CVXPY's standard rules but not by its quadratic-objective ones, which accept them
-    written sum_squares(Lᵀ(x − c)). With M = P₀⁻¹ (quad_form) or P₀ (matrix_frac),
+    written quad_form(z, P₀) with z = x − c. With M = P₀⁻¹ (quad_form) or P₀ (matrix_frac),
     x = c + M1(s − 1ᵀc)/(1ᵀM1) and ∂x/∂c = I − M11ᵀ/(1ᵀM1), against the layer's values
     and Jacobian, with c and s scaled together (in the pure cone form, the quadratic through
     a second-order cone, 1e6 and beyond were not solved)."""
@@ -174,3 +174,22 @@ def test_a_shifted_quadratic_beside_a_parametric_one_in_a_constraint_is_refused_
                          [cp.quad_form(x, P) <= 1])
     with pytest.raises(ProblemError, match="not DPP.*objective only"):
         dl.compile(problem, [P, c], [x])
+
+
+def test_a_shifted_sparse_quadratic_keeps_its_size():
+    """quad_form(x − c, P₀) with P₀ sparse (tridiagonal, n = 200) compiles over an auxiliary
+    z = x − c that the compile substitutes out: the cone program keeps n variables and the
+    one row of Σx = 1 (a dense factor of P₀ made it 200 × 200), and x against the closed form
+    x = c + P₀⁻¹1(1 − 1ᵀc)/(1ᵀP₀⁻¹1)."""
+    n = 200
+    P0 = sp.diags([np.full(n - 1, -1.0), np.full(n, 2.5), np.full(n - 1, -1.0)],
+                  [-1, 0, 1]).tocsc()
+    x, c = cp.Variable(n), cp.Parameter(n)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.quad_form(x - c, P0)), [cp.sum(x) == 1]),
+                       [c], [x])
+    assert (layer.template.n, layer.template.m) == (n, 1)
+    cv = np.random.default_rng(0).standard_normal(n)
+    w = np.linalg.solve(P0.toarray(), np.ones(n))
+    exact = cv + w * (1 - cv.sum()) / w.sum()
+    fwd = layer.forward([cv])
+    assert np.abs(fwd.outputs[0][0] - exact).max() <= 1e-8 * np.abs(exact).max()
