@@ -359,10 +359,10 @@ def _no_ray_exactly(A: Any, P: Any, tight: np.ndarray, dims: ConeDims) -> bool:
     floats taken as rationals) full rules it out. A ray that leaves some of those rows
     strictly negative (one the certificate meets only to rounding) is not looked for: where
     only such a ray exists, the claim is refused (the status inaccurate), not made wrong.
-    Asked of programs with zero and
-    nonnegative cones alone, up to EXACT_RANK_MAX variables (False elsewhere). A QP whose P
-    (PSD exactly) has eigenvalues 1e-14 … 258 under Ax = b had a ray to 16 ulps along
-    P's small eigenvectors and was called unbounded: its minimizer is ~1e16 out, but there."""
+    Asked of programs with zero and nonnegative cones alone, up to EXACT_RANK_MAX variables
+    (False elsewhere). A QP whose P (PSD exactly) has eigenvalues 1e-14 … 258 under Ax = b
+    had a ray to 16 ulps along P's small eigenvectors and was called unbounded: its
+    minimizer is ~1e16 out, but there."""
     from declarative.derivative import EXACT_RANK_MAX, ranks_exactly  # (claims are rare)
 
     n = A.shape[1]

@@ -44,8 +44,9 @@ def _tensors(layer: Layer, values: tuple) -> tuple[tuple[torch.Tensor, ...], tor
     of it, on the device of the first tensor or array."""
     if len(values) != len(layer.parameters):
         layer.batch(values)  # raises the count error, naming the parameters
-    out = []
+    out: list[torch.Tensor] = []
     strong = []
+    weak = []  # the indices of the Python numbers and lists
     for spec, v in zip(layer.parameters, values, strict=True):
         if isinstance(v, np.ndarray):
             if v.dtype.kind not in "biuf":
@@ -63,6 +64,7 @@ def _tensors(layer: Layer, values: tuple) -> tuple[tuple[torch.Tensor, ...], tor
                 v = torch.from_numpy(a.astype(np.float64))
             except (TypeError, ValueError, RuntimeError, OverflowError):
                 raise spec.not_real(v, "tensor") from None
+            weak.append(len(out))
             out.append(v)
             continue
         if v.is_complex():
@@ -70,8 +72,8 @@ def _tensors(layer: Layer, values: tuple) -> tuple[tuple[torch.Tensor, ...], tor
         out.append(v)
         strong.append(v)
     if strong:  # the weak ones on the tensors' device, where the outputs go
-        device = strong[0].device
-        out = [v if any(v is w for w in strong) else v.to(device) for v in out]
+        for i in weak:
+            out[i] = out[i].to(strong[0].device)
     return tuple(out), _result_dtype(tuple(strong))
 
 
