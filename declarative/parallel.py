@@ -12,7 +12,7 @@ import contextlib
 import itertools
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
@@ -44,8 +44,7 @@ _blas_own = threading.local()  # .depth: those of this thread (what survives a f
 _inside = threading.local()  # .depth: parallel_map items this thread is running
 
 
-@contextlib.contextmanager
-def single_threaded_blas() -> Iterator[None]:
+def single_threaded_blas() -> contextlib.AbstractContextManager[None]:
     """A context in which BLAS/LAPACK run on one thread.
 
     Our dense systems are small and many; we parallelize across instances instead.
@@ -55,23 +54,41 @@ def single_threaded_blas() -> Iterator[None]:
     BLAS libraries are found once (threadpoolctl); each library's thread count is then read
     and set directly (threadpoolctl's own `limit` re-inspects every library on each call).
     """
-    global _blas_libs, _blas_saved, _blas_depth
-    entered = False
-    try:
-        with _blas_lock:
-            if _blas_libs is None:
-                _blas_libs = ThreadpoolController().select(user_api="blas").lib_controllers
-            _blas_depth += 1
-            _blas_own.depth = getattr(_blas_own, "depth", 0) + 1
-            entered = True
-            if _blas_depth == 1:
-                _blas_saved = [(lib, lib.num_threads) for lib in _blas_libs]
-                for lib, threads in _blas_saved:
-                    if threads != 1:
-                        _set_threads(lib, 1)
-        yield
-    finally:
-        if entered:
+    return _BlasLimit()
+
+
+class _BlasLimit:
+    """`single_threaded_blas`'s context: a plain class, not a generator, since a layer call
+    enters it about ten times (each `parallel_map`), and a generator's context costs
+    several times the counting it does."""
+
+    __slots__ = ("_entered",)
+
+    def __init__(self) -> None:
+        self._entered = False
+
+    def __enter__(self) -> None:
+        global _blas_libs, _blas_saved, _blas_depth
+        try:
+            with _blas_lock:
+                if _blas_libs is None:
+                    _blas_libs = ThreadpoolController().select(user_api="blas").lib_controllers
+                _blas_depth += 1
+                _blas_own.depth = getattr(_blas_own, "depth", 0) + 1
+                self._entered = True
+                if _blas_depth == 1:
+                    _blas_saved = [(lib, lib.num_threads) for lib in _blas_libs]
+                    for lib, threads in _blas_saved:
+                        if threads != 1:
+                            _set_threads(lib, 1)
+        except BaseException:  # (an interrupt while setting the limit: counted out again)
+            self.__exit__()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        global _blas_depth
+        if self._entered:
+            self._entered = False
             with _blas_lock:
                 _blas_own.depth -= 1
                 _blas_depth -= 1
