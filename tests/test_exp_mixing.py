@@ -171,3 +171,41 @@ def test_a_solved_exp_bound_is_its_closed_form(case):
     if fwd.ok[0]:
         exact = np.log(bv)
         assert np.abs(fwd.outputs[0][0] - exact).max() <= 1e-9 * np.abs(exact).max()
+
+
+def _weighted_log_layer(n):
+    """max wᵀlog x − Σx, whose solution is x = w (∂x/∂w = I): each log is CVXPY's
+    (t, 1, x) ∈ K_exp, whose slack x sits beside the constant 1 in its cone's block."""
+    x, w = cp.Variable(n), cp.Parameter(n, nonneg=True)
+    return dl.compile(cp.Problem(cp.Maximize(w @ cp.log(x) - cp.sum(x))), [w], [x])
+
+
+def test_weighted_logs_over_eight_decades_have_exact_jacobians():
+    """w spread over 1e-6 … 1e2: every instance solved, x = w to 1e-9 of its largest entry
+    and ∂x/∂w = I to 1e-8, against the closed form."""
+    n, B = 4, 24
+    layer = _weighted_log_layer(n)
+    w = np.exp(np.random.default_rng(2).uniform(np.log(1e-6), np.log(1e2), size=(B, n)))
+    fwd = layer.forward([w])
+    assert fwd.ok.all(), fwd.info.status
+    assert np.all(np.abs(fwd.outputs[0] - w).max(axis=1) <= 1e-9 * w.max(axis=1))
+    for i in range(B):
+        J = np.asarray(fwd.jacobian(i)[0][0]).reshape(n, n)
+        assert np.abs(J - np.eye(n)).max() <= 1e-8, (i, w[i])
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known: refinement works on v = y − s, and in this cone's block the slack x₂ = 1.4e-10 "
+    "is the difference of v's entry and a multiplier of 1/16 (equilibrated), so float64 "
+    "holds x₂ to ~1e-7 of itself: within the value's promise (relative to the output's "
+    "largest entry), but DΠ at that v, and the Jacobian's column of w₂, are ~1.6e-7 off"))
+def test_a_weighted_log_at_a_tiny_weight_has_an_exact_jacobian():
+    """w₂ = 1.4e-10 beside w₄ = 9.3: ∂x/∂w = I to 1e-8 where solved."""
+    n = 4
+    layer = _weighted_log_layer(n)
+    w = np.array([0.0014687484033296218, 1.4031929886225217e-10, 1.725029064641661e-08,
+                  9.301255598927924])
+    fwd = layer.forward([w], on_failure="nan")
+    assert fwd.ok[0], fwd.info.status
+    J = np.asarray(fwd.jacobian(0)[0][0]).reshape(n, n)
+    assert np.abs(J - np.eye(n)).max() <= 1e-8
