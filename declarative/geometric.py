@@ -118,8 +118,8 @@ class GeometricLayer(Layer):
         change its arrays, or a tensor's memory, before the derivative is asked)."""
         out = []
         for spec, v in zip(self.parameters, values, strict=True):
-            a = np.array(v, dtype=float)
-            a = a if spec.log else np.ones_like(a)
+            a = np.asarray(v, dtype=float)
+            a = a.copy() if spec.log else np.ones_like(a)
             out.append(a if a.ndim > len(spec.shape) else a[None])
         return out
 
