@@ -93,6 +93,12 @@ NORM1_ITERATIONS = 5
 # (kk = 153), k = 25 2.7× faster, k = 10 1.5× slower.
 LOW_RANK_MAX = 1 / 3
 LOW_RANK_MIN = 150
+# From this many entries of U's nonzero rows on, S = S₀ + U Vᵀ keeps U as G Q diag(h)
+# (`LowRankS.form`) for its products: below it, the sparse product with G costs more than
+# reading U. Per Woodbury product (U z and Vᵀ y), measured: k = 30 (U 930 × 114) 24 µs
+# dense against 20 µs factored, (930 × 59) 11 against 15, k = 50 (2550 × 200) 186 against
+# 92; forward and backward, batch 8, k = 50: 127 → 120 ms, batch 16, k = 30 slower.
+FACTORED_U_MIN = 250_000
 # A second-order cone block of DΠ is base·I plus a term of rank <= 2 (`cones._soc_low_rank`);
 # from this size on S keeps it so (`low_rank_groups`), not as a dense k × k block. l2-ball
 # projection, forward and backward, batch 16, against the dense block: n = 60 120 against
@@ -1952,6 +1958,7 @@ def _low_rank_parts(ops: BatchOps, D: DProjection, layout: SparseLayout) -> list
         AKt = sp.csr_matrix((np.zeros(order.size), local[order], indptr),
                             shape=(touched.size, idx.size))
         blocks.append((where[order], AKt, touched))
+    coupling = _coupling_pattern(n, [idx for idx, _, _, _ in parts[0]] if parts else [], blocks)
     out = []
     last: tuple[np.ndarray, sp.csc_matrix] | None = None
     for j, cones in enumerate(parts):
@@ -1974,10 +1981,58 @@ def _low_rank_parts(ops: BatchOps, D: DProjection, layout: SparseLayout) -> list
             np.negative(AKt @ low, out=U[: touched.size])
             Us.append((np.concatenate([touched, n + idx]), U))
             Vs.append((n + idx, Q))
-        out.append(LowRankS(S0, _stack_columns(Us), _stack_columns(Vs),
+        Uall, Vall = _stack_columns(Us), _stack_columns(Vs)
+        form = None
+        if coupling is not None and cones and Uall[1].size >= FACTORED_U_MIN:
+            G = coupling.at(ops.a[j])
+            form = (G, G.T, Vall[1], np.concatenate([h for _, _, _, h in cones]), True)
+        out.append(LowRankS(S0, Uall, Vall,
                             np.concatenate(shift) if shift else np.zeros(0, dtype=int), layout,
-                            shared))
+                            shared, form))
     return out
+
+
+class _Coupling:
+    """The pattern of G (`LowRankS.form`) for the blocks of `_low_rank_parts`: the same for
+    every instance (A's pattern and the blocks' rows are the template's), so made once a
+    call; ``at`` sets an instance's values. ``source``: each stored entry's index into A's
+    values, −1 for the −I of the blocks' own rows."""
+
+    __slots__ = ("indices", "indptr", "source", "shape")
+
+    def __init__(self, indices: np.ndarray, indptr: np.ndarray, source: np.ndarray,
+                 shape: tuple[int, int]) -> None:
+        self.indices, self.indptr, self.source, self.shape = indices, indptr, source, shape
+
+    def at(self, a: np.ndarray) -> sp.csr_matrix:
+        data = np.where(self.source >= 0, a[np.maximum(self.source, 0)], -1.0)
+        return sp.csr_matrix((data, self.indices, self.indptr), shape=self.shape)
+
+
+def _coupling_pattern(n: int, rows: list[np.ndarray],
+                      blocks: list[tuple[np.ndarray, sp.csr_matrix, np.ndarray]]
+                      ) -> _Coupling | None:
+    """G's pattern (`_Coupling`) from the blocks' rows of the v-block (``rows``, as `idx` in
+    `_low_rank_parts`) and their Aᵀ_K patterns (``blocks``), over the row unions that
+    `_stack_columns` makes of U's and V's rows. None without blocks."""
+    if not rows:
+        return None
+    urows = [np.concatenate([touched, n + idx]) for idx, (_, _, touched) in zip(rows, blocks,
+                                                                               strict=True)]
+    Ur = urows[0] if len(urows) == 1 else np.unique(np.concatenate(urows))
+    Vr = n + rows[0] if len(rows) == 1 else np.unique(np.concatenate([n + i for i in rows]))
+    R, C, src = [], [], []
+    for idx, (where, AKt, touched) in zip(rows, blocks, strict=True):
+        col = np.searchsorted(Vr, n + idx)
+        local_rows = np.repeat(np.arange(touched.size), np.diff(AKt.indptr))
+        R += [np.searchsorted(Ur, touched[local_rows]), np.searchsorted(Ur, n + idx)]
+        C += [col[AKt.indices], col]
+        src += [where, np.full(idx.size, -1)]
+    R_, C_, src_ = np.concatenate(R), np.concatenate(C), np.concatenate(src)
+    order = np.lexsort((C_, R_))
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(R_, minlength=Ur.size))])
+    return _Coupling(C_[order].astype(np.int32), indptr.astype(np.int32), src_[order],
+                     (Ur.size, Vr.size))
 
 
 def _stack_columns(blocks: list[tuple[np.ndarray, np.ndarray]]
@@ -1999,15 +2054,24 @@ class LowRankS:
     """S = S₀ + U Vᵀ, with S₀ sparse and U, V (N × ρ) given by their nonzero rows
     (``U[Ur] = Ub``, ``V[Vr] = Vb``): S where DΠ's PSD blocks are 0 or I up to a low-rank term
     (`_low_rank_parts`), without S's dense kk × kk blocks. Products with S and Sᵀ (``T``) cost
-    nnz(S₀) + (|Ur| + |Vr|)ρ."""
+    nnz(S₀) + (|Ur| + |Vr|)ρ.
+
+    ``form`` (G, Gᵀ, Q, h, side), where at hand, is U Vᵀ's factored form from DΠ's blocks:
+    U = G Q diag(h) and V = Q on their rows (``side`` True; False for Sᵀ, whose U and V are
+    those swapped), with G = [Aᵀ_K; −I] sparse (|Ur| × |Vr|). Products with U and Vᵀ
+    (`u_times`, `vt_times`) then read Q alone, not also U, which is twice its size: half the
+    memory traffic of every Woodbury solve and product with S, which at a 50 × 50 PSD block
+    (ρ = 200) is most of their time."""
 
     __slots__ = ("S0", "Ur", "Ub", "Vr", "Vb", "shape", "zero_rows", "layout", "shared",
-                 "_abs_max")
+                 "form", "_abs_max")
 
     def __init__(self, S0: sp.spmatrix, U: tuple[np.ndarray, np.ndarray],
                  V: tuple[np.ndarray, np.ndarray], zero_rows: np.ndarray,
-                 layout: SparseLayout, shared: bool = True) -> None:
+                 layout: SparseLayout, shared: bool = True, form: tuple | None = None
+                 ) -> None:
         self.S0 = S0
+        self.form = form
         self.layout = layout  # S₀'s (`sparse_layout(t, low_rank=True)`): its LUs and orderings
         self.Ur, self.Ub = U
         self.Vr, self.Vb = V
@@ -2026,12 +2090,33 @@ class LowRankS:
 
     @property
     def T(self) -> LowRankS:
+        f = self.form
         return LowRankS(self.S0.T, (self.Vr, self.Vb), (self.Ur, self.Ub), self.zero_rows,
-                        self.layout, self.shared)
+                        self.layout, self.shared,
+                        None if f is None else (f[0], f[1], f[2], f[3], not f[4]))
+
+    def u_times(self, z: np.ndarray) -> np.ndarray:
+        """U z on U's rows (``Ur``), z (ρ,) or (ρ, K)."""
+        if self.form is None:
+            return self.Ub @ z
+        G, _, Q, h, side = self.form
+        if side:
+            return G @ (Q @ (h * z if z.ndim == 1 else h[:, None] * z))
+        return Q @ z
+
+    def vt_times(self, x: np.ndarray) -> np.ndarray:
+        """Vᵀ x, x given on V's rows (``Vr``)."""
+        if self.form is None:
+            return self.Vb.T @ x
+        _, Gt, Q, h, side = self.form
+        if side:
+            return Q.T @ x
+        z = Q.T @ (Gt @ x)
+        return h * z if z.ndim == 1 else h[:, None] * z
 
     def __matmul__(self, x: np.ndarray) -> np.ndarray:
         out = self.S0 @ x
-        out[self.Ur] += self.Ub @ (self.Vb.T @ x[self.Vr])
+        out[self.Ur] += self.u_times(self.vt_times(x[self.Vr]))
         return out
 
     def shifted(self) -> sp.csc_matrix:
@@ -2199,24 +2284,30 @@ class Woodbury:
     def __init__(self, S: LowRankS, lu0: SharedLU, C: tuple[np.ndarray, np.ndarray]
                  ) -> None:
         self.S, self.lu0, self.C = S, lu0, C
+        self._T: LowRankS | None = None  # S.T, made on first use
         self._fallback: Factor | None = None  # `_factor_bordered`, made where refinement fails
 
+    def _matrix(self, trans: str) -> LowRankS:
+        if trans == "N":
+            return self.S
+        if self._T is None:
+            self._T = self.S.T
+        return self._T
+
     def apply(self, rhs: np.ndarray, trans: str = "N") -> np.ndarray:
-        """The formula, unrefined."""
-        S, lu0 = self.S, self.lu0
-        (Lr, Lb), (Rr, Rb) = ((S.Ur, S.Ub), (S.Vr, S.Vb)) if trans == "N" else \
-            ((S.Vr, S.Vb), (S.Ur, S.Ub))
+        """The formula, unrefined (for Sᵀ, the same formula with Sᵀ = S₀ᵀ + V Uᵀ)."""
+        M, lu0 = self._matrix(trans), self.lu0
         y = lu0.solve(rhs, trans=trans)
-        if not Lb.shape[1]:  # S = S₀
+        if not M.rank:  # S = S₀
             return y
-        z, _ = _getrs(*self.C, Rb.T @ y[Rr], trans=0 if trans == "N" else 1)
+        z, _ = _getrs(*self.C, M.vt_times(y[M.Vr]), trans=0 if trans == "N" else 1)
         r = rhs.copy()
-        r[Lr] -= Lb @ z
+        r[M.Ur] -= M.u_times(z)
         return lu0.solve(r, trans=trans)
 
     def solve(self, rhs: np.ndarray, trans: str = "N", tol: float = REFINE_SOLVE_TOL
               ) -> np.ndarray:
-        M = self.S if trans == "N" else self.S.T
+        M = self._matrix(trans)
         x = _refine(M, lambda r: self.apply(r, trans), rhs, self.S.abs_max(), tol)
         if x is not None:
             return x

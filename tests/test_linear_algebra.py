@@ -161,18 +161,21 @@ def _spectrum(rng, k, positive):
     return np.array(out)
 
 
+@pytest.mark.parametrize("factored", [False, True])
 @pytest.mark.parametrize("path", ["woodbury", "bordered"])
 @pytest.mark.parametrize("problem", ["spectraplex", "projection"])
-def test_low_rank_psd_blocks_solve_without_dense_blocks(monkeypatch, path, problem):
+def test_low_rank_psd_blocks_solve_without_dense_blocks(monkeypatch, path, problem, factored):
     """Where a PSD block of DΠ is 0 or I up to rank ρ, S = S₀ + U Vᵀ is never formed with its
     dense blocks: solved by Woodbury's formula from S₀'s LU (shifted where S₀ is singular:
     with the spectraplex's trace constraint, the dual's block is at base I and X fixed on
     the PSD rows overdetermines the trace), or by the bordered LU where S₀'s LU is refused.
     Batches mix low-rank instances with one that is not (its S assembled whole). Solves,
-    VJPs and JVPs equal those of the dense LU of S; the solution the closed form."""
+    VJPs and JVPs equal those of the dense LU of S; the solution the closed form. With
+    ``factored``, U is kept as G Q diag(h) for the products (`LowRankS.form`)."""
     import declarative.derivative as der
 
     monkeypatch.setattr(der, "LOW_RANK_MIN", 0)  # the path at a small size (k = 12)
+    monkeypatch.setattr(der, "FACTORED_U_MIN", 0 if factored else np.inf)
     if path == "bordered":
         monkeypatch.setattr(der, "S0_RCOND_MIN", np.inf)
     k = 12
@@ -201,6 +204,7 @@ def test_low_rank_psd_blocks_solve_without_dense_blocks(monkeypatch, path, probl
     want = "Woodbury" if path == "woodbury" else "BorderedLU"
     assert kinds[:2] == [want, want] and kinds[2] == "SuperLU"
     assert all(isinstance(f.S, der.LowRankS) for f in sparse.lin.factors[:2])
+    assert all((f.S.form is not None) == factored for f in sparse.lin.factors[:2])
     if problem == "spectraplex" and path == "woodbury":
         assert all(f.S.zero_rows.size for f in sparse.lin.factors[:2])  # S₀ shifted
     assert not sparse.lin.singular.any()
@@ -218,6 +222,49 @@ def test_low_rank_psd_blocks_solve_without_dense_blocks(monkeypatch, path, probl
             M = S.tocsc().T if transpose else S.tocsc()
             assert max_abs(M @ got[b], rhs[b]) <= 1e-10
             assert max_abs((S.T if transpose else S) @ got[b], M @ got[b]) <= 1e-12
+
+
+def test_factored_u_of_several_psd_blocks_is_u(monkeypatch):
+    """U = G Q diag(h) (`LowRankS.form`) over several PSD blocks whose rows of A reach shared
+    and own columns (two PSD variables, one coupling trace constraint and a scaled copy of
+    X₁ in the second cone): the products with U, Vᵀ and S, of S and of Sᵀ, equal those
+    with U as stored and with S made whole, and Woodbury's solves equal the dense ones."""
+    import cvxpy as cp
+
+    import declarative as dl
+    import declarative.derivative as der
+
+    monkeypatch.setattr(der, "LOW_RANK_MIN", 0)
+    monkeypatch.setattr(der, "FACTORED_U_MIN", 0)
+    k = 8
+    Y1, Y2 = cp.Parameter((k, k), symmetric=True), cp.Parameter((k, k), symmetric=True)
+    X1, X2 = cp.Variable((k, k), symmetric=True), cp.Variable((k, k), symmetric=True)
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(X1 - Y1) + cp.sum_squares(X2 - Y2)),
+                      [X1 >> 0, X2 + 0.5 * X1 >> 0, cp.trace(X1) + cp.trace(X2) == 1])
+    layer = dl.compile(prob, [Y1, Y2], [X1, X2])
+    rng = np.random.default_rng(5)
+    Ys = [_spectrum(rng, k, [k - 2, 2, 3]), _spectrum(rng, k, [1, k - 1, 2])]
+    fwd = layer.forward(Ys)
+    assert fwd.ok.all()
+    x, y, s, _ = fwd.state()
+    t = layer.template
+    sparse = ConeSolution.at(fwd._ops, x, y, s, dense=False)
+    dense = ConeSolution.at(fwd._ops, x, y, s, dense=True)
+    low = [f for f in sparse.lin.factors if isinstance(f.S, der.LowRankS)]
+    assert low and all(f.S.form is not None and len(f.S.form[3]) == f.S.rank for f in low)
+    assert all(f.S.Vr.size == k * (k + 1) for f in low)  # both blocks
+    for f in low:
+        for S in (f.S, f.S.T):
+            z = rng.standard_normal((S.rank, 2))
+            assert max_abs(S.u_times(z), S.Ub @ z) <= 1e-12 * np.abs(S.Ub).max()
+            w = rng.standard_normal((S.Vr.size, 2))
+            assert max_abs(S.vt_times(w), S.Vb.T @ w) <= 1e-12 * np.abs(S.Vb).max() * k
+            v = rng.standard_normal(t.n + t.m)
+            assert max_abs(S @ v, S.tocsc() @ v) <= 1e-12 * (1 + np.abs(S.tocsc() @ v).max())
+    rhs = rng.standard_normal((3, t.n + t.m))
+    for transpose in (False, True):
+        got, ref = sparse.lin.solve(rhs, transpose), dense.lin.solve(rhs, transpose)
+        assert max_abs(got, ref) <= 1e-10 * (1 + np.abs(ref).max())
 
 
 def test_low_rank_s_equals_only_the_same_entries(monkeypatch):
