@@ -1661,7 +1661,12 @@ class Layer:
         factors = [f if kp else None for f, kp in zip(r.factors, keep, strict=True)]
         v = np.where(keep[:, None], r.v, y - s)
         certified = candidate & keep & (after <= ACCEPT_BACKWARD)
-        certified &= self._forward_error_ok(sub, eq, r, certified, factors, ch, bh)
+        kinks = np.zeros(v.shape, dtype=bool)
+        certified &= self._forward_error_ok(sub, eq, r, certified, factors, ch, bh,
+                                            kinks=kinks)
+        # a weakly active constraint known only to within its error: held on the kink, which
+        # the derivatives then find (`diagnose`), as they find one that refinement left there
+        v[kinks & certified[:, None]] = 0.0
         for i in range(k):
             if certified[i]:
                 status[i] = Status.SOLVED
@@ -1751,8 +1756,11 @@ class Layer:
         r = refine(ops, c, b, att.x[idx], att.y[idx], att.s[idx], tol=ours["refine_tol"],
                    max_iters=ours["refine_max_iters"], extended=True)
         ok = r.omega <= ACCEPT_BACKWARD
+        kinks = np.zeros(r.v.shape, dtype=bool)
         ok &= self._forward_error_ok(ops, eq, r, ok, r.factors, c, b,
-                                     rounding=ROUNDING_EXTENDED)
+                                     rounding=ROUNDING_EXTENDED, kinks=kinks)
+        v = r.v.copy()
+        v[kinks & ok[:, None]] = 0.0  # (as in `_settle`)
         k = len(ok)
         return _Attempt(status=[Status.SOLVED if w else att.status[i]
                                 for w, i in zip(ok, idx.tolist(), strict=True)],
@@ -1761,7 +1769,7 @@ class Layer:
                         residual_before=r.omega_before,
                         residual_after=r.omega, steps=r.steps,
                         iterations=np.zeros(k, dtype=att.iterations.dtype),
-                        seconds=np.zeros(k), retryable=~ok, factors=r.factors, v=r.v,
+                        seconds=np.zeros(k), retryable=~ok, factors=r.factors, v=v,
                         extended=ok, D=r.D, v_D=r.v_D)
 
     def _null_space_moves(self, f: Any, D: DProjection, here: np.ndarray, extent: float,
@@ -1974,8 +1982,8 @@ class Layer:
 
     def _forward_error_ok(self, ops: BatchOps, eq: Equilibration, r: Any, which: np.ndarray,
                           factors: list, c: np.ndarray, b: np.ndarray,
-                          rounding: float = ROUNDING, branch: np.ndarray | None = None
-                          ) -> np.ndarray:
+                          rounding: float = ROUNDING, branch: np.ndarray | None = None,
+                          kinks: np.ndarray | None = None) -> np.ndarray:
         """Per instance (B,): is every output's estimated forward error within ACCEPT_FORWARD
         of that output's max-norm? Checked where ``which``.
 
@@ -2023,7 +2031,8 @@ class Layer:
         side of the kink the solution is on, and S is linearized on one side: the estimate
         holds only if the solution's constraint is held or released as there. Such points
         are certified only where the estimate also passes with every such entry held active
-        and with every one released (`_kinks_certified`). ``branch``: the v whose DΠ
+        and with every one released (`_kinks_certified`); ``kinks`` (B, m) bool, where
+        given, is set on those entries of the instances certified. ``branch``: the v whose DΠ
         linearizes S (default ``r.v``, the point's).
         """
         out = np.zeros(len(which), dtype=bool)
@@ -2154,16 +2163,18 @@ class Layer:
         out[idx] = self._outputs_within(ops, eq, idx, r.x[idx], pv, at_v[idx], d, c, b,
                                         factors, estimated)
         if branch is None:
-            out &= self._kinks_certified(ops, eq, r, out, idx, d, c, b, rounding)
+            out &= self._kinks_certified(ops, eq, r, out, idx, d, c, b, rounding, kinks)
         return out
 
     def _kinks_certified(self, ops: BatchOps, eq: Equilibration, r: Any, out: np.ndarray,
                          idx: np.ndarray, d: np.ndarray, c: np.ndarray, b: np.ndarray,
-                         rounding: float) -> np.ndarray:
+                         rounding: float, kinks: np.ndarray | None = None) -> np.ndarray:
         """Per instance of ``ops`` (B,): ``out``, except where a nonnegative cone's entry of
         v at a point certified on its own side (``out``) lies within its estimated error
         (``d``, rows ``idx``) of 0 and the estimate fails with those entries all held active
-        (DΠ = 1) or all released (DΠ = 0), S factored afresh on that side.
+        (DΠ = 1) or all released (DΠ = 0), S factored afresh on that side. Those entries of
+        the instances that pass are set in ``kinks`` (B, m), where given: which side of the
+        kink the solution lies on is not known there, so the point is taken on it.
 
         Of the sides' 2ᵏ combinations only these two are tried: holding constraints
         compresses the primal's reduced Hessian (its least eigenvalue can only grow, by
@@ -2197,6 +2208,8 @@ class Layer:
             ok = self._forward_error_ok(ops, eq, r, which, [None] * len(out), c, b, rounding,
                                         branch=branch)
             out[at] &= ok[at]
+        if kinks is not None:
+            kinks[at, lo:hi] |= near & out[at][:, None]
         return out
 
     def _outputs_within(self, ops: BatchOps, eq: Equilibration, idx: np.ndarray, x: np.ndarray,

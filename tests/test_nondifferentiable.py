@@ -245,6 +245,48 @@ def test_a_tie_is_a_kink_whatever_the_multipliers_beside_it(big, t):
     assert fwd.info.nondifferentiable_reason[0] == "weakly-active"
 
 
+@pytest.mark.parametrize("alpha", [1e-6, 1.0, 1e6])
+@pytest.mark.parametrize("others", [(2.0, -1.0, 0.1), (0.3, -3.0, 1.7), (0.5, 2.0, 2.0)])
+def test_a_soft_threshold_at_its_kink_is_reported_whatever_the_other_coordinates(
+        others, alpha):
+    """The soft-threshold x = argmin ½‖x − a‖² + λ‖x‖₁ with a₀ = λ exactly: x₀ = 0 with
+    one-sided derivatives 1 and 0 in a₀. CVXPY's ‖x‖₁ puts x₀ and its epigraph variable
+    alone in their rows, both 0, so refinement leaves v there at rounding (−5e-17), which
+    no scale of those rows resolves: the certificate's estimate of v's error does, and the
+    point is held on the kink. Reported for every draw of the other coordinates (beyond
+    λ, inside it, at it); the Jacobian's other entries are the closed form's; with a₀
+    moved off λ, nothing is reported."""
+    lam = 0.5 * alpha
+    a = cp.Parameter(4)
+    x = cp.Variable(4)
+    layer = dl.compile(cp.Problem(cp.Minimize(0.5 * cp.sum_squares(x - a) + lam * cp.norm1(x))),
+                       [a], [x])
+    av = alpha * np.array([0.5, *others])
+    fwd = layer.forward([av[None]])
+    assert fwd.info.status[0] is dl.Status.SOLVED
+    np.testing.assert_allclose(fwd.outputs[0][0], np.sign(av) * np.maximum(np.abs(av) - lam, 0),
+                               rtol=0, atol=1e-9 * alpha)
+    with pytest.warns(NonDifferentiableWarning):
+        assert fwd.nondifferentiable[0]
+    assert fwd.info.nondifferentiable_reason[0] == "weakly-active"
+    J = fwd.jacobian(0)[0][0]
+    regular = np.abs(av[1:]) != lam
+    want = np.diag((np.abs(av) > lam).astype(float))
+    keep = np.flatnonzero(regular) + 1
+    np.testing.assert_allclose(J[np.ix_(keep, keep)], want[np.ix_(keep, keep)], rtol=0,
+                               atol=1e-9)
+    off = av.copy()
+    off[0] = 0.3 * alpha
+    if not regular.all():
+        off[1:][~regular] = 0.7 * alpha
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NonDifferentiableWarning)
+        again = layer.forward([off[None]])
+        assert not again.nondifferentiable[0]
+    np.testing.assert_allclose(again.jacobian(0)[0][0],
+                               np.diag((np.abs(off) > lam).astype(float)), rtol=0, atol=1e-9)
+
+
 @pytest.mark.parametrize("a_scale, r_scale", [(1e-3, 1e9), (1e-6, 1e6)])
 def test_a_bound_far_beyond_the_point_is_no_kink(a_scale, r_scale):
     """Projection onto |x| <= r with r 1e12 times |a|: x = a, every constraint inactive by a
