@@ -1076,7 +1076,7 @@ def snap_kinks(v: np.ndarray, dims: ConeDims, tol: float | np.ndarray = KINK_TOL
     are the instances with a kink.
 
     With ``sides`` = (primal and dual magnitudes per row, (B, m) each),
-    `derivative._sides`, the scale is that of the side each value is rounded on: on the
+    `derivative.row_scales`, the scale is that of the side each value is rounded on: on the
     nonnegative cone a slack (v < 0) within ``tol`` of its row's primal magnitude and a
     multiplier (v > 0) within ``tol`` of its row's dual magnitude; on a second-order cone,
     within ``tol`` of the larger of its own rows' primal and dual magnitudes (a

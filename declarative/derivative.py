@@ -2442,7 +2442,7 @@ def _components(t: ConeTemplate) -> tuple[np.ndarray, np.ndarray, int]:
     return cached
 
 
-def _sides(ops: BatchOps, x: np.ndarray, y: np.ndarray, s: np.ndarray
+def row_scales(ops: BatchOps, x: np.ndarray, y: np.ndarray, s: np.ndarray
            ) -> tuple[np.ndarray, np.ndarray]:
     """The primal and dual magnitude of each row (B, m) each: (|A|·1) times the largest |x_j|
     over the row's component (`_components`), the size of the row's terms with its variables
@@ -2509,20 +2509,25 @@ class ConeSolution:
     def at(cls, ops: BatchOps, x: np.ndarray, y: np.ndarray, s: np.ndarray,
            dense: bool | None = None, reuse: list[Factor | None] | None = None,
            v: np.ndarray | None = None, known: tuple[DProjection, np.ndarray] | None = None,
-           scaling: Equilibration | None = None, extended: np.ndarray | None = None
-           ) -> ConeSolution:
+           scaling: Equilibration | None = None, extended: np.ndarray | None = None,
+           strict: np.ndarray | None = None) -> ConeSolution:
         """Linearize at (x, y, s) and v = y − s (or ``v`` as given, e.g. refinement's exact
         iterate); ``reuse`` factorizations where S is unchanged (or nearly), and ``known``
         = (DΠ, the points it was taken at): its rows where they equal v exactly.
         ``extended`` (bool per instance): the points refinement took to extended precision
         (`refine.refine`), whose kinks are snapped within KINK_TOL_EXTENDED instead of
         KINK_TOL (a second-order cone's dual at 1e-13 of its slack is resolved there, not a
-        kink), and whose DΠ is evaluated in long double where it is made here."""
+        kink), and whose DΠ is evaluated in long double where it is made here. ``strict``
+        (bool per instance): points certified strictly complementary with room (an active
+        set's exact solution, `Layer._vertices`), where no kink is looked for."""
         dims = ops.template.dims
         v = y - s if v is None else v
         wide = np.zeros(len(v), dtype=bool) if extended is None else np.asarray(extended)
-        v, mask = snap_kinks(v, dims, np.where(wide, KINK_TOL_EXTENDED, KINK_TOL),
-                             _sides(ops, x, y, s) if dims.nonneg or dims.soc else None)
+        tol = np.where(wide, KINK_TOL_EXTENDED, KINK_TOL)
+        if strict is not None:
+            tol = np.where(strict, 0.0, tol)
+        v, mask = snap_kinks(v, dims, tol,
+                             row_scales(ops, x, y, s) if dims.nonneg or dims.soc else None)
 
         def derivative(at: np.ndarray, wide: np.ndarray) -> DProjection:
             return dproject(at.astype(np.longdouble) if wide.any() else at, dims, dual=True)

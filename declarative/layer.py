@@ -52,6 +52,7 @@ from declarative.derivative import (
     newton_correction,
     project_dual,
     ranks_exactly,
+    row_scales,
     sign_probe,
     sparse_layout,
     use_dense,
@@ -245,14 +246,20 @@ SOLUTION_ROUNDS = 2
 # set (`polyhedral.ActiveSet`) in place of refinement, and is certified there
 # (`Layer._vertices`) where every instance's M has a reciprocal condition of at least
 # ACTIVE_SET_RCOND (at least RESCALE_RCOND: none is linearized again) and every multiplier and
-# slack of an inequality exceeds ACTIVE_SET_MARGIN of the instance's largest row scale
-# (`polyhedral.ActiveSet.scales`, never below each row's own in `derivative._sides`; a
-# thousand times KINK_TOL, so that no point taken is one the general path counts as a kink)
-# and its own estimated error. The same solves as refinement's last Newton step, the
+# slack of an inequality exceeds ACTIVE_SET_MARGIN of its row's own scale on its side
+# (`derivative.row_scales`, which the general path's kinks are judged on: a thousand times
+# KINK_TOL, so that no point taken is one the general path counts as a kink) and its own
+# estimated error. The same solves as refinement's last Newton step, the
 # certificate's and the derivative's, without their code for every other cone: at one
 # instance most of the time (projection onto a 20-D polytope with 40 faces: 2,400 Python
 # calls a call). Above a few instances the general path's batched arithmetic is faster.
 ACTIVE_SET_BATCH = 4
+# In a batch of any size, an instance of a small polyhedral program that refinement and the
+# certificate leave unsettled is tried at its active set too (`Layer._vertex_points`), before
+# any retry: Newton stalls on a wrong branch where two parallel bounds nearly coincide (1 <=
+# x <= 1 + 1e-7, SCS's multipliers both ~800), and the retries' SCS runs took 200,000
+# iterations to fail.
+ACTIVE_SET_RESCUE = True
 ACTIVE_SET_RCOND = 1e-7
 ACTIVE_SET_MARGIN = 1e-9
 # Where the tuning leaves the solver open, a layer decides it from its template
@@ -514,15 +521,19 @@ class Forward:
         known = None if r.D is None else (r.D.take(idx), r.v_D[idx])
         v = None if r.v is None else r.v[idx]
         extended = None if r.extended is None else r.extended[idx]
+        strict = None if sets is None else np.array([a is not None for a in sets], dtype=bool)
         sol = ConeSolution.at(ops, r.x[idx], r.y[idx], r.s[idx], reuse=reuse, v=v,
-                              known=known, scaling=self._scaling.take(idx), extended=extended)
+                              known=known, scaling=self._scaling.take(idx), extended=extended,
+                              strict=strict)
         rc = sol.lin.rcond
         ill = (rc <= RESCALE_RCOND) & (rc >= RESCALE_FLOOR)
         poor = np.flatnonzero(ill | skewed & (rc >= RESCALE_FLOOR))
-        return sol if not poor.size else self._rescaled(sol, poor, v, extended, ill[poor])
+        return sol if not poor.size else self._rescaled(sol, poor, v, extended, ill[poor],
+                                                        strict)
 
     def _rescaled(self, sol: ConeSolution, poor: np.ndarray, v: np.ndarray | None,
-                  extended: np.ndarray | None, ill: np.ndarray) -> ConeSolution:
+                  extended: np.ndarray | None, ill: np.ndarray,
+                  strict: np.ndarray | None = None) -> ConeSolution:
         """``sol`` with its instances ``poor`` linearized once more in the program scaled at
         their solution (`equilibrate.at_solution`), where that makes S better conditioned by
         more than RESCALE_GAIN (``ill``: those whose S is ill-conditioned) or no worse than
@@ -548,7 +559,7 @@ class Forward:
         wide = None if extended is None else extended[poor]
         eq2 = eq.take(poor).composed(rel)
         trial = ConeSolution.at(BatchOps(t, a2, h2), x2, y2, s2, v=y2 - s2, scaling=eq2,
-                                extended=wide)
+                                extended=wide, strict=None if strict is None else strict[poor])
         with np.errstate(invalid="ignore"):
             gain = trial.lin.rcond > np.where(ill, RESCALE_GAIN, 1 / RESCALE_GAIN) \
                 * np.maximum(sol.lin.rcond[poor], 0.0)
@@ -565,7 +576,8 @@ class Forward:
         for i, j in zip(took.tolist(), js.tolist(), strict=True):
             reuse[i] = trial.lin.factors[j]
         return ConeSolution.at(BatchOps(t, a, h), x, y, s, reuse=reuse, v=v_all,
-                               scaling=eq.merged(took, eq2, js), extended=extended)
+                               scaling=eq.merged(took, eq2, js), extended=extended,
+                               strict=strict)
 
     def _diagnosis(self) -> _Diagnosis | None:
         """A fresh `_Diagnosis` filling ``info`` on the first linearization, None after."""
@@ -1667,6 +1679,25 @@ class Layer:
         # a weakly active constraint known only to within its error: held on the kink, which
         # the derivatives then find (`diagnose`), as they find one that refinement left there
         v[kinks & certified[:, None]] = 0.0
+        vertex: list = [None] * k
+        rescue = np.flatnonzero(candidate & ~certified)
+        if rescue.size and ACTIVE_SET_RESCUE and ours["refine"] \
+                and ours["refine_max_iters"] > 0 and small_polyhedral(t):
+            # the exact solution of the active set that the refined point, else the solver's,
+            # indicates (`_vertices`, instance by instance): where Newton stalls on a wrong
+            # branch of a kink (two nearly coincident parallel bounds, both held active)
+            for px, py, ps in ((x, y, s), (res.x, res.y, res.s)):
+                found = self._vertex_points(sub, ch, bh, eq, px[rescue], py[rescue],
+                                            ps[rescue], rescue)
+                assert found is not None  # (not ``every``)
+                for j, (i, a) in enumerate(zip(rescue.tolist(), found[0], strict=True)):
+                    if a is not None:
+                        x[i], y[i], s[i], v[i] = a.x, a.y, a.s, a.y - a.s
+                        after[i], factors[i], vertex[i] = found[1][j], None, a
+                        certified[i] = True
+                rescue = rescue[~certified[rescue]]
+                if not rescue.size:
+                    break
         for i in range(k):
             if certified[i]:
                 status[i] = Status.SOLVED
@@ -1677,7 +1708,7 @@ class Layer:
                        residual_after=after, steps=r.steps, iterations=res.iterations,
                        seconds=res.seconds, retryable=candidate & ~certified,
                        factors=factors, v=v, extended=np.zeros(k, dtype=bool), D=r.D,
-                       v_D=r.v_D)
+                       v_D=r.v_D, vertex=vertex)
         near = np.flatnonzero(candidate & keep & ~certified & (after <= EXTENDED_FROM))
         if ours["refine"] and near.size and extended_ok(t):
             again = self._extended(sub.take(near), eq.take(near), ch[near], bh[near], att,
@@ -1704,42 +1735,73 @@ class Layer:
         and slack above its own estimated error: the active set is then the solution's,
         not rounding's) and M well conditioned (ACTIVE_SET_RCOND): a kink, a non-unique
         solution or a poorly conditioned one is the general path's to judge."""
-        t = ops.template
         k = len(res.x)
-        lo = t.dims.zero
-        sets, omegas, ds, before = [], np.zeros(k), np.zeros((k, t.n + t.m)), np.zeros(k)
-        v0 = res.y - res.s
-        pv0 = project_dual(v0, ops)
-        for i in range(k):
-            a = ActiveSet.at(ops.take(np.array([i])), c[i], b[i], res.y[i], res.s[i])
-            if a is None or a.rcond < ACTIVE_SET_RCOND:
-                return None
-            F, den = a.terms(a.x, a.y, a.s)
-            omegas[i] = omega(F, den)
-            if not omegas[i] <= ACCEPT_BACKWARD or _objective_unresolved(
-                    a.gradient(), den, ROUNDING):
-                return None
-            d = ds[i] = np.abs(a.solve(F)) + a.bound(ROUNDING * den)
-            primal, dual = a.scales()
-            with np.errstate(invalid="ignore"):
-                room = np.where(a.y > 0, a.y - np.maximum(ACTIVE_SET_MARGIN * dual, d[t.n :]),
-                                a.s - np.maximum(ACTIVE_SET_MARGIN * primal, d[t.n :]))
-            if not np.all(room[lo:] > 0):
-                return None
-            before[i] = omega(*a.terms(res.x[i], pv0[i], pv0[i] - v0[i]))
-            sets.append(a)
+        found = self._vertex_points(ops, c, b, eq, res.x, res.y, res.s, np.arange(k), True)
+        if found is None:
+            return None
+        sets, omegas, before = found
         x = np.stack([a.x for a in sets])
         y = np.stack([a.y for a in sets])
         s = np.stack([a.s for a in sets])
         v = y - s  # (Π(v) = y exactly: y and s have disjoint supports, y >= 0 off zero rows)
-        if not self._outputs_within(ops, eq, np.arange(k), x, y, v, ds, c, b, None).all():
-            return None
         return _Attempt(status=[Status.SOLVED] * k, scs_status=list(res.status), x=x, y=y, s=s,
                         scs_x=res.x, scs_y=res.y, scs_s=res.s, residual_before=before,
                         residual_after=omegas, steps=np.ones(k, dtype=int),
                         iterations=res.iterations, seconds=res.seconds,
                         retryable=np.zeros(k, dtype=bool), factors=[None] * k, v=v,
                         extended=np.zeros(k, dtype=bool), vertex=sets)
+
+    def _vertex_points(self, ops: BatchOps, c: np.ndarray, b: np.ndarray, eq: Equilibration,
+                       x0: np.ndarray, y0: np.ndarray, s0: np.ndarray, idx: np.ndarray,
+                       every: bool = False) -> tuple[list, np.ndarray, np.ndarray] | None:
+        """`_vertices`' test, per instance ``idx`` of ``ops`` from the points (x0, y0, s0)
+        (rows as ``idx``): for each, the `ActiveSet` whose exact solution it certifies, or
+        None; and each one's backward error at that solution and at the given point. With
+        ``every``, None as soon as one instance is not certified."""
+        t = ops.template
+        k = len(idx)
+        lo = t.dims.zero
+        sets: list = [None] * k
+        omegas, ds, before = np.zeros(k), np.zeros((k, t.n + t.m)), np.zeros(k)
+        v0 = y0 - s0
+        pv0 = project_dual(v0, ops.take(idx))
+        for j, i in enumerate(idx.tolist()):
+            one = ops.take(np.array([i]))
+            a = ActiveSet.at(one, c[i], b[i], y0[j], s0[j])
+            if a is None or a.rcond < ACTIVE_SET_RCOND:
+                if every:
+                    return None
+                continue
+            F, den = a.terms(a.x, a.y, a.s)
+            omegas[j] = omega(F, den)
+            if not omegas[j] <= ACCEPT_BACKWARD or _objective_unresolved(
+                    a.gradient(), den, ROUNDING):
+                if every:
+                    return None
+                continue
+            d = ds[j] = np.abs(a.solve(F)) + a.bound(ROUNDING * den)
+            primal, dual = (side[0] for side in row_scales(
+                one, a.x[None], a.y[None], a.s[None]))
+            with np.errstate(invalid="ignore"):
+                room = np.where(a.y > 0, a.y - np.maximum(ACTIVE_SET_MARGIN * dual, d[t.n :]),
+                                a.s - np.maximum(ACTIVE_SET_MARGIN * primal, d[t.n :]))
+            if not np.all(room[lo:] > 0):
+                if every:
+                    return None
+                continue
+            before[j] = omega(*a.terms(x0[j], pv0[j], pv0[j] - v0[j]))
+            sets[j] = a
+        have = np.array([j for j, a in enumerate(sets) if a is not None], dtype=int)
+        if have.size:
+            x = np.stack([sets[j].x for j in have])
+            y = np.stack([sets[j].y for j in have])
+            s = np.stack([sets[j].s for j in have])
+            ok = self._outputs_within(ops, eq, idx[have], x, y, y - s, ds[have], c, b, None)
+            for j in have[~ok].tolist():
+                sets[j] = None
+        if every and any(a is None for a in sets):
+            return None
+        return sets, omegas, before
 
     def _extended(self, ops: BatchOps, eq: Equilibration, c: np.ndarray, b: np.ndarray,
                   att: _Attempt, idx: np.ndarray, ours: dict) -> _Attempt:

@@ -40,6 +40,10 @@ from declarative.derivative import REFINE_SOLVE_TOL, BatchOps, use_dense
 # whose S SuperLU factors: 0.5 ms, as much as all the rest of the path, and its inverse as
 # much again).
 KKT_MAX_SIZE = 256
+# A row whose part orthogonal to the rows kept before it is at most this fraction of its
+# norm is dependent on them (`independent_rows`): √u, where M's condition estimate would
+# pass the fast path's own bound (ACTIVE_SET_RCOND, layer.py) only by chance.
+INDEPENDENT_TOL = float(np.sqrt(np.finfo(float).eps))
 
 
 def small_polyhedral(t: ConeTemplate) -> bool:
@@ -73,7 +77,16 @@ class ActiveSet:
         approximate solution's multipliers ``y`` and slacks ``s`` (a nonnegative row is active
         where y_i > s_i), and the exact solution for it: None where M is singular (to working
         precision) or that solution's multipliers or slacks have the wrong sign (the guess
-        was wrong)."""
+        was wrong).
+
+        Where M is singular because the guessed inequalities are linearly dependent (two
+        nearly coincident parallel bounds, 1 <= x <= 1 + 1e-7, at a point whose multipliers
+        are both ~800 and nearly equal: the dual drifts along the rows' near-dependence), the
+        guess is pruned to a maximal independent subset (`independent_rows`), the rows most
+        clearly active (largest y_i − s_i) kept first, and solved for again. A pruned row
+        must then be strictly inactive (positive slack) like any other: there the active
+        constraints are independent and the multipliers unique. Dependent equality rows
+        are not pruned (their multipliers are not unique: the general path's to judge)."""
         t = ops.template
         n, m, zero = t.n, t.m, t.dims.zero
         A = ops.dense()[0]
@@ -81,6 +94,39 @@ class ActiveSet:
         active = np.ones(m, dtype=bool)
         active[zero:] = y[zero:] > s[zero:]
         rows = np.flatnonzero(active)
+        got = cls._for_rows(n, m, zero, A, P, c, b, rows)
+        if not isinstance(got, bool):
+            return got
+        if not got:  # (M regular, the guess wrong)
+            return None
+        gap = y - s
+        ineq = np.arange(zero, m)
+        first = np.concatenate([np.arange(zero), ineq[active[zero:]][np.argsort(
+            -gap[zero:][active[zero:]], kind="stable")]])
+        kept = independent_rows(A, first, zero)
+        if kept is None:
+            return None
+        if kept.size < rows.size:
+            got = cls._for_rows(n, m, zero, A, P, c, b, kept)
+            if not isinstance(got, bool) or not got:
+                return got or None
+        # still singular: too few independent rows for a vertex (an LP's point whose
+        # multipliers and slacks are both small on some rows), completed with the inactive
+        # rows nearest to active (largest y_i − s_i) that are independent of those kept
+        rest = ineq[~active[zero:]][np.argsort(-gap[zero:][~active[zero:]], kind="stable")]
+        basis = independent_rows(A, np.concatenate([first, rest]), zero, limit=n)
+        if basis is None or basis.size <= kept.size:
+            return None
+        got = cls._for_rows(n, m, zero, A, P, c, b, basis)
+        return None if isinstance(got, bool) else got
+
+    @classmethod
+    def _for_rows(cls, n: int, m: int, zero: int, A: np.ndarray, P: np.ndarray | None,
+                  c: np.ndarray, b: np.ndarray, rows: np.ndarray) -> ActiveSet | bool:
+        """`at` for the active rows ``rows`` (sorted): the `ActiveSet`, else whether M was
+        singular (True) or the solution's signs wrong (False)."""
+        active = np.zeros(m, dtype=bool)
+        active[rows] = True
         k = rows.size
         Aa = A[rows]
         M = np.zeros((n + k, n + k))
@@ -90,13 +136,13 @@ class ActiveSet:
         M[n:, :n] = -Aa
         anorm = np.abs(M).sum(axis=0).max(initial=0.0)
         if not np.isfinite(anorm) or anorm == 0:
-            return None
+            return False
         lu, piv, info = la.lapack.dgetrf(M)
         if info != 0:
-            return None
+            return True
         rcond, info = la.lapack.dgecon(lu, anorm, norm="1")
         if info != 0 or not rcond > np.finfo(float).eps:
-            return None
+            return True
         rhs = np.concatenate([-c, -b[rows]])
         z, info = la.lapack.dgetrs(lu, piv, rhs)
         # one step of iterative refinement: componentwise backward stable (Skeel 1980;
@@ -105,14 +151,14 @@ class ActiveSet:
         dz, again = la.lapack.dgetrs(lu, piv, rhs - M @ z)
         z = z + dz
         if info != 0 or again != 0 or not np.all(np.isfinite(z)):
-            return None
+            return False
         x = z[:n]
         yy = np.zeros(m)
         yy[rows] = z[n:]
         ss = b - A @ x
         ss[rows] = 0.0
         if np.any(yy[zero:][active[zero:]] <= 0) or np.any(ss[~active] <= 0):
-            return None
+            return False
         return cls(n=n, m=m, rows=rows, A=A, P=P, c=c, b=b, lu=(lu, piv), rcond=float(rcond),
                    x=x, y=yy, s=ss)
 
@@ -151,18 +197,6 @@ class ActiveSet:
         g = np.abs(self.c)
         return g if self.P is None else g + np.abs(self.P) @ np.abs(self.x)
 
-    def scales(self) -> tuple[float, float]:
-        """Bounds on every row's primal and dual scale at the point (`derivative._sides`):
-        the largest row sum of |A| times the largest |x_j|, and the largest entry of
-        |A|ᵀ|y| and |P||x|; over the whole instance, where `sides` takes each row's
-        component, so never below it."""
-        aA, ax = np.abs(self.A), np.abs(self.x)
-        dual = aA.T @ np.abs(self.y)
-        if self.P is not None:
-            dual = np.maximum(dual, np.abs(self.P) @ ax)
-        return (float(aA.sum(axis=1).max(initial=0.0) * ax.max(initial=0.0)),
-                float(dual.max(initial=0.0)))
-
     def solve(self, r: np.ndarray, transpose: bool = False) -> np.ndarray:
         """S⁻¹ r (or S⁻ᵀ r) at this point, r (n + m,) or (n + m, K).
 
@@ -183,6 +217,31 @@ class ActiveSet:
         out[n:] = rv if transpose else rv + self.A @ z[:n]
         out[n:][rows] = z[n:]
         return out
+
+
+def independent_rows(A: np.ndarray, order: np.ndarray, zero: int, limit: int | None = None
+                     ) -> np.ndarray | None:
+    """A linearly independent subset of A's rows ``order``, taken in that order (returned
+    sorted): each kept where its part orthogonal to those kept before it exceeds
+    INDEPENDENT_TOL of its norm (Gram–Schmidt, twice: Giraud et al., *Numer. Math.* 101,
+    2005), until ``limit`` are kept. None where an equality row (below ``zero``) is
+    dependent on those before it."""
+    basis = np.zeros((0, A.shape[1]))
+    kept: list[int] = []
+    for i in order.tolist():
+        if limit is not None and len(kept) >= limit:
+            break
+        a = A[i]
+        size = float(np.linalg.norm(a))
+        r = a - basis.T @ (basis @ a)
+        r -= basis.T @ (basis @ r)
+        left = float(np.linalg.norm(r))
+        if size > 0 and left > INDEPENDENT_TOL * size:
+            basis = np.vstack([basis, r / left])
+            kept.append(i)
+        elif i < zero:
+            return None
+    return np.sort(np.array(kept, dtype=int))
 
 
 class ActiveSets:

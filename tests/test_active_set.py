@@ -77,6 +77,7 @@ def _general(monkeypatch, layer, values):
     """The same call with the active-set path switched off: the general path's result."""
     with monkeypatch.context() as mp:
         mp.setattr(L, "ACTIVE_SET_BATCH", 0)
+        mp.setattr(L, "ACTIVE_SET_RESCUE", False)
         fwd = layer.forward(values)
         assert all(a is None for a in fwd._refined.vertex)
         return fwd
@@ -233,3 +234,57 @@ def test_a_tiny_multiplier_beside_large_terms_is_not_taken_by_the_active_set_pat
     (`ActiveSet.bound`): the active-set path does not certify it."""
     fwd = _sparsemax_with_duals().forward([TINY_DUAL])
     assert fwd._refined.vertex[0] is None
+
+
+def _box_lp(n: int):
+    c, lo, hi, x = cp.Parameter(n), cp.Parameter(n), cp.Parameter(n), cp.Variable(n)
+    return dl.compile(cp.Problem(cp.Minimize(c @ x), [lo <= x, x <= hi]), [c, lo, hi], [x],
+                      on_failure="nan")
+
+
+def _box_data(rng: np.random.Generator, B: int, n: int, narrow: bool
+              ) -> tuple[list[np.ndarray], np.ndarray]:
+    """B box LPs, each entry at its own scale (10^U(−6, 6)); ``narrow``: each box's width
+    1e-9 … 1e-5 of its bounds, else 1e-3 … 1e-1. The unique solution: x = lo where c > 0,
+    hi where c < 0."""
+    lo = rng.standard_normal((B, n)) * 10.0 ** rng.uniform(-6, 6, (B, n))
+    width = np.abs(lo) * 10.0 ** (rng.uniform(-9, -5, (B, n)) if narrow
+                                  else rng.uniform(-3, -1, (B, n)))
+    c = rng.choice([-1.0, 1.0], (B, n)) * 10.0 ** rng.uniform(-6, 6, (B, n))
+    return [c, lo, lo + width], np.where(c > 0, lo, lo + width)
+
+
+@pytest.mark.parametrize("B", [1, 6])
+@pytest.mark.parametrize("narrow", [True, False])
+def test_box_lps_with_every_entry_at_its_own_scale_are_solved_at_their_vertex(B, narrow):
+    """min cᵀx s.t. lo <= x <= hi with each entry of c, lo and the widths at its own scale
+    (10^±6) and boxes as narrow as 1e-9 of their bounds: SCS's multipliers of the two
+    parallel bounds came back both large and nearly equal (805.56 and 805.06 at
+    1 <= x <= 1 + 1e-7), the guessed active set was singular, Newton stalled on it, and
+    the retries ran 200,000 SCS iterations to return `iteration_limit`; and a slack of
+    1.6e-11 was refused against a margin taken from the instance's largest row. Now the
+    guess is pruned to independent rows (`polyhedral.independent_rows`), the margin is
+    each row's own, and in a batch (B = 6, the general path first) an unsettled instance
+    is tried at its active set. Every instance is solved; values within the promise and
+    Jacobians in lo and hi against the closed form."""
+    n = 5
+    layer = _box_lp(n)
+    rng = np.random.default_rng(17 if narrow else 19)
+    solved = 0
+    for _ in range(12 // B):
+        values, truth = _box_data(rng, B, n, narrow)
+        fwd = layer.forward(values)
+        assert [str(s) for s in fwd.info.status] == ["solved"] * B
+        solved += B
+        for i in range(B):
+            x = fwd.outputs[0][i]
+            assert np.abs(x - truth[i]).max() <= 1e-9 * np.abs(truth[i]).max()
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", NonDifferentiableWarning)
+                J = fwd.jacobian(i)[0]
+            below = values[0][i] > 0
+            np.testing.assert_array_equal(J[0], np.zeros((n, n)))
+            np.testing.assert_allclose(J[1], np.diag(below.astype(float)), rtol=0, atol=1e-9)
+            np.testing.assert_allclose(J[2], np.diag((~below).astype(float)), rtol=0,
+                                       atol=1e-9)
+    assert solved == 12

@@ -221,13 +221,15 @@ def test_a_capped_retry_that_settles_nothing_gets_the_rest_of_max_iters(monkeypa
     the capped run stopped, so the cap costs no instance the whole max_iters would have
     solved. Here the capped run is made to stop where it started (as a stalled SCS does) and
     the rebalanced and rescaled retries are off: the instances come back solved, against
-    the closed form, with more than the cap's iterations."""
+    the closed form, with more than the cap's iterations. (So is the active-set rescue of
+    the first attempt, which settles them before any retry.)"""
     from declarative import layer as L
     from declarative.solve import SolveResult, Status
 
     layer = tiny_box_layer()
     A, T, truth, _ = tiny_box_data(1e-6, 1e-6)
     cap = 7
+    monkeypatch.setattr(L, "ACTIVE_SET_RESCUE", False)
     monkeypatch.setattr(L, "RETRY_ITERS_MIN", cap)
     monkeypatch.setattr(L, "RETRY_ITERS_FACTOR", 0)
     def never(eq, c, b):
