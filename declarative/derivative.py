@@ -2519,7 +2519,8 @@ class ConeSolution:
         KINK_TOL (a second-order cone's dual at 1e-13 of its slack is resolved there, not a
         kink), and whose DΠ is evaluated in long double where it is made here. ``strict``
         (bool per instance): points certified strictly complementary with room (an active
-        set's exact solution, `Layer._vertices`), where no kink is looked for."""
+        set's exact solution: `Layer._vertex_points`, for the fast path of a few instances
+        and for the instances it settles after refinement), where no kink is looked for."""
         dims = ops.template.dims
         v = y - s if v is None else v
         wide = np.zeros(len(v), dtype=bool) if extended is None else np.asarray(extended)

@@ -35,7 +35,7 @@ from declarative.compile import (
     pick,
     times_t,
 )
-from declarative.cones import DProjection, dproject
+from declarative.cones import KINK_TOL, DProjection, dproject
 from declarative.derivative import (
     EXACT_RANK_MAX,
     RCOND_MIN,
@@ -71,7 +71,7 @@ from declarative.equilibrate import (
 )
 from declarative.errors import ParameterError, ProblemError, SolverError, describe_indices
 from declarative.parallel import parallel_map, single_threaded_blas, workers
-from declarative.polyhedral import ActiveSet, ActiveSets, small_polyhedral
+from declarative.polyhedral import ActiveSet, ActiveSets, lp_vertex, small_polyhedral
 from declarative.promise import ACCURACY
 from declarative.refine import (
     EXTENDED_EPS,
@@ -247,21 +247,25 @@ SOLUTION_ROUNDS = 2
 # (`Layer._vertices`) where every instance's M has a reciprocal condition of at least
 # ACTIVE_SET_RCOND (at least RESCALE_RCOND: none is linearized again) and every multiplier and
 # slack of an inequality exceeds ACTIVE_SET_MARGIN of its row's own scale on its side
-# (`derivative.row_scales`, which the general path's kinks are judged on: a thousand times
-# KINK_TOL, so that no point taken is one the general path counts as a kink) and its own
-# estimated error. The same solves as refinement's last Newton step, the
-# certificate's and the derivative's, without their code for every other cone: at one
+# (`derivative.row_scales`, which the general path's kinks are judged on: ten times
+# KINK_TOL, so that no point taken is one the general path counts as a kink; such a point
+# is never judged for kinks again, `ConeSolution.at`'s ``strict``) and its own estimated
+# error: the slack of a box 5e-10 of its bound wide, 1e5 times its own error, is taken.
+# The same solves as refinement's last Newton step, the certificate's and the
+# derivative's, without their code for every other cone: at one
 # instance most of the time (projection onto a 20-D polytope with 40 faces: 2,400 Python
 # calls a call). Above a few instances the general path's batched arithmetic is faster.
 ACTIVE_SET_BATCH = 4
 # In a batch of any size, an instance of a small polyhedral program that refinement and the
 # certificate leave unsettled is tried at its active set too (`Layer._vertex_points`), before
-# any retry: Newton stalls on a wrong branch where two parallel bounds nearly coincide (1 <=
-# x <= 1 + 1e-7, SCS's multipliers both ~800), and the retries' SCS runs took 200,000
-# iterations to fail.
+# any retry, and for a linear program at the vertex HiGHS finds (`polyhedral.lp_vertex`):
+# Newton stalls on a wrong branch where two parallel bounds nearly coincide (1 <= x <= 1 +
+# 1e-7, SCS's multipliers both ~800), and the retries' SCS runs take up to 200,000
+# iterations without settling it; LPs whose entries each sit at their own scale (10^±6)
+# give SCS points with no usable active set.
 ACTIVE_SET_RESCUE = True
 ACTIVE_SET_RCOND = 1e-7
-ACTIVE_SET_MARGIN = 1e-9
+ACTIVE_SET_MARGIN = 10 * KINK_TOL
 # Where the tuning leaves the solver open, a layer decides it from its template
 # (`Layer._default_solver`): Moreau's active-set method for programs with only zero and
 # nonnegative cones, at most ACTIVE_SET_MAX_ROWS inequalities and n + m up to
@@ -1685,16 +1689,31 @@ class Layer:
                 and ours["refine_max_iters"] > 0 and small_polyhedral(t):
             # the exact solution of the active set that the refined point, else the solver's,
             # indicates (`_vertices`, instance by instance): where Newton stalls on a wrong
-            # branch of a kink (two nearly coincident parallel bounds, both held active)
-            for px, py, ps in ((x, y, s), (res.x, res.y, res.s)):
-                found = self._vertex_points(sub, ch, bh, eq, px[rescue], py[rescue],
-                                            ps[rescue], rescue)
-                assert found is not None  # (not ``every``)
-                for j, (i, a) in enumerate(zip(rescue.tolist(), found[0], strict=True)):
-                    if a is not None:
-                        x[i], y[i], s[i], v[i] = a.x, a.y, a.s, a.y - a.s
-                        after[i], factors[i], vertex[i] = found[1][j], None, a
-                        certified[i] = True
+            # branch of a kink (two nearly coincident parallel bounds, both held active); for
+            # a linear program, then HiGHS's vertex (`polyhedral.lp_vertex`)
+            for point in ("refined", "solver", "vertex"):
+                if point == "vertex":
+                    if t.quadratic:
+                        break
+                    guesses = [(i, g) for i in rescue.tolist()
+                               if (g := lp_vertex(sub.take(np.array([i])), ch[i], bh[i]))
+                               is not None]
+                    if not guesses:
+                        break
+                    todo = np.array([i for i, _ in guesses], dtype=int)
+                    px, py, ps = (np.stack([g[q] for _, g in guesses]) for q in range(3))
+                else:  # (the solver's point only where refinement kept another)
+                    todo = rescue if point == "refined" else rescue[keep[rescue]]
+                    px, py, ps = (a[todo] for a in ((x, y, s) if point == "refined"
+                                                    else (res.x, res.y, res.s)))
+                if todo.size:
+                    found = self._vertex_points(sub, ch, bh, eq, px, py, ps, todo)
+                    assert found is not None  # (not ``every``)
+                    for j, (i, a) in enumerate(zip(todo.tolist(), found[0], strict=True)):
+                        if a is not None:
+                            x[i], y[i], s[i], v[i] = a.x, a.y, a.s, a.y - a.s
+                            after[i], factors[i], vertex[i] = found[1][j], None, a
+                            certified[i] = True
                 rescue = rescue[~certified[rescue]]
                 if not rescue.size:
                     break
@@ -2236,7 +2255,10 @@ class Layer:
         (``d``, rows ``idx``) of 0 and the estimate fails with those entries all held active
         (DΠ = 1) or all released (DΠ = 0), S factored afresh on that side. Those entries of
         the instances that pass are set in ``kinks`` (B, m), where given: which side of the
-        kink the solution lies on is not known there, so the point is taken on it.
+        kink the solution lies on is not known there, so the point is taken on it. That
+        window is the estimate's: at the soft-threshold's kink (a₀ = λ, x₀ and its epigraph
+        variable both 0, a row with no scale of its own) about 30 ulps of a₀, narrower than
+        the general rule's KINK_TOL of a row's own scale (`cones.snap_kinks`).
 
         Of the sides' 2ᵏ combinations only these two are tried: holding constraints
         compresses the primal's reduced Hessian (its least eigenvalue can only grow, by

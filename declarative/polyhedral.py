@@ -86,7 +86,12 @@ class ActiveSet:
         clearly active (largest y_i − s_i) kept first, and solved for again. A pruned row
         must then be strictly inactive (positive slack) like any other: there the active
         constraints are independent and the multipliers unique. Dependent equality rows
-        are not pruned (their multipliers are not unique: the general path's to judge)."""
+        are not pruned (their multipliers are not unique: the general path's to judge).
+        Where the pruned guess is still singular (too few independent rows for a vertex:
+        an LP's point whose multipliers and slacks are both small on some rows), it is
+        completed to n rows with the inactive rows nearest to active that are independent
+        of those kept; for a QP that may over-constrain the point, and then the signs
+        refuse it."""
         t = ops.template
         n, m, zero = t.n, t.m, t.dims.zero
         A = ops.dense()[0]
@@ -217,6 +222,37 @@ class ActiveSet:
         out[n:] = rv if transpose else rv + self.A @ z[:n]
         out[n:][rows] = z[n:]
         return out
+
+
+def lp_vertex(ops: BatchOps, c: np.ndarray, b: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """A vertex solution (x, y, s) of the one instance of ``ops``, a linear program (c (n,),
+    b (m,): min cᵀx s.t. Ax + s = b, s zero on the zero rows and nonnegative elsewhere), from
+    HiGHS's dual simplex (`scipy.optimize.linprog`, Huangfu & Hall, *Math. Prog. Comp.* 10,
+    2018): a guess of the active set (`ActiveSet.at`) where the solver's point gives none,
+    its rows and multipliers spread over many decades. The guess alone decides nothing:
+    the active set's exact solution is certified as any other. None where HiGHS reports no
+    optimum."""
+    from scipy.optimize import linprog
+
+    t = ops.template
+    n, zero = t.n, t.dims.zero
+    A = ops.dense()[0]
+    with np.errstate(all="ignore"):
+        res = linprog(c, A_ub=A[zero:] if t.m > zero else None,
+                      b_ub=b[zero:] if t.m > zero else None, A_eq=A[:zero] if zero else None,
+                      b_eq=b[:zero] if zero else None, bounds=[(None, None)] * n,
+                      method="highs-ds")
+    if res.status != 0 or not np.all(np.isfinite(res.x)):
+        return None
+    y = np.zeros(t.m)
+    if zero:
+        y[:zero] = -res.eqlin.marginals
+    if t.m > zero:
+        y[zero:] = -res.ineqlin.marginals
+    s = np.where(y > 0, 0.0, np.maximum(b - A @ res.x, 0.0))
+    s[:zero] = 0.0
+    return res.x, y, s
 
 
 def independent_rows(A: np.ndarray, order: np.ndarray, zero: int, limit: int | None = None

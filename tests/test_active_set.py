@@ -288,3 +288,47 @@ def test_box_lps_with_every_entry_at_its_own_scale_are_solved_at_their_vertex(B,
             np.testing.assert_allclose(J[2], np.diag((~below).astype(float)), rtol=0,
                                        atol=1e-9)
     assert solved == 12
+
+
+def test_lps_with_every_entry_at_its_own_scale_meet_their_optimality_conditions():
+    """min cᵀx s.t. Ax <= b, x >= 0 (10 variables, 15 rows) with every entry of A, b and c at
+    its own scale (10^±6), batch 6: SCS's point gives no usable active set (its guesses held
+    4 … 23 rows), and the instances that refinement leaves unsettled are solved at the
+    vertex HiGHS's dual simplex points to (`polyhedral.lp_vertex`), certified as any
+    other. Before, 1 of 6 was solved. Each solved instance is checked against the LP's
+    optimality conditions with the multipliers it returns (independent of any solver):
+    feasibility, c + Aᵀλ − μ = 0 with λ, μ >= 0, and complementarity, each to 1e-9 of its
+    own terms; a multiplier is exactly 0 on a row whose slack is not."""
+    n, m, B = 10, 15, 6
+    x, A, b, c = cp.Variable(n), cp.Parameter((m, n)), cp.Parameter(m), cp.Parameter(n)
+    rows, signs = A @ x <= b, x >= 0
+    layer = dl.compile(cp.Problem(cp.Minimize(c @ x), [rows, signs]), [A, b, c],
+                       [x, rows.dual_variables[0], signs.dual_variables[0]], on_failure="nan")
+    rng = np.random.default_rng(5)
+
+    def mixed(a: np.ndarray) -> np.ndarray:
+        return a * 10.0 ** rng.uniform(-6, 6, np.shape(a))
+
+    As, bs, cs = [], [], []
+    for _ in range(B):
+        Av = mixed(rng.standard_normal((m, n)))
+        x0 = mixed(rng.uniform(0, 1, n))
+        bs.append(Av @ x0 + mixed(rng.uniform(0.1, 1, m)))
+        cs.append(-Av.T @ mixed(rng.uniform(0, 1, m)) + mixed(rng.uniform(0, 1, n)))
+        As.append(Av)
+    fwd = layer.forward([np.array(As), np.array(bs), np.array(cs)])
+    solved = [i for i in range(B) if str(fwd.info.status[i]) == "solved"]
+    assert len(solved) >= 4
+    tol = 1e-9
+    for i in solved:
+        Av, bv, cv = As[i], bs[i], cs[i]
+        xv, lam, mu = (o[i] for o in fwd.outputs)
+        terms = np.abs(Av) @ np.abs(xv) + np.abs(bv)
+        slack = bv - Av @ xv
+        assert np.all(slack >= -tol * terms)
+        assert np.all(xv >= -tol * np.abs(xv).max())
+        assert np.all(lam >= 0) and np.all(mu >= 0)
+        grad = cv + Av.T @ lam - mu
+        assert np.all(np.abs(grad) <= tol * (np.abs(cv) + np.abs(Av).T @ lam + mu))
+        assert np.all(lam[slack > tol * terms] == 0)  # (a multiplier of 0 is exact)
+        assert np.all(mu[xv > tol * np.abs(xv).max()] == 0)
