@@ -2443,7 +2443,7 @@ def _components(t: ConeTemplate) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def row_scales(ops: BatchOps, x: np.ndarray, y: np.ndarray, s: np.ndarray
-           ) -> tuple[np.ndarray, np.ndarray]:
+               ) -> tuple[np.ndarray, np.ndarray]:
     """The primal and dual magnitude of each row (B, m) each: (|A|·1) times the largest |x_j|
     over the row's component (`_components`), the size of the row's terms with its variables
     at the scale of those coupled to it, which bounds |A||x| and, where the slack vanishes,

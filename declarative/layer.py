@@ -1779,37 +1779,18 @@ class Layer:
         ``every``, None as soon as one instance is not certified."""
         t = ops.template
         k = len(idx)
-        lo = t.dims.zero
         sets: list = [None] * k
         omegas, ds, before = np.zeros(k), np.zeros((k, t.n + t.m)), np.zeros(k)
         v0 = y0 - s0
         pv0 = project_dual(v0, ops.take(idx))
         for j, i in enumerate(idx.tolist()):
-            one = ops.take(np.array([i]))
-            a = ActiveSet.at(one, c[i], b[i], y0[j], s0[j])
-            if a is None or a.rcond < ACTIVE_SET_RCOND:
+            got = _vertex_at(ops.take(np.array([i])), c[i], b[i], y0[j], s0[j])
+            if got is None:
                 if every:
                     return None
                 continue
-            F, den = a.terms(a.x, a.y, a.s)
-            omegas[j] = omega(F, den)
-            if not omegas[j] <= ACCEPT_BACKWARD or _objective_unresolved(
-                    a.gradient(), den, ROUNDING):
-                if every:
-                    return None
-                continue
-            d = ds[j] = np.abs(a.solve(F)) + a.bound(ROUNDING * den)
-            primal, dual = (side[0] for side in row_scales(
-                one, a.x[None], a.y[None], a.s[None]))
-            with np.errstate(invalid="ignore"):
-                room = np.where(a.y > 0, a.y - np.maximum(ACTIVE_SET_MARGIN * dual, d[t.n :]),
-                                a.s - np.maximum(ACTIVE_SET_MARGIN * primal, d[t.n :]))
-            if not np.all(room[lo:] > 0):
-                if every:
-                    return None
-                continue
-            before[j] = omega(*a.terms(x0[j], pv0[j], pv0[j] - v0[j]))
-            sets[j] = a
+            sets[j], omegas[j], ds[j] = got
+            before[j] = omega(*sets[j].terms(x0[j], pv0[j], pv0[j] - v0[j]))
         have = np.array([j for j, a in enumerate(sets) if a is not None], dtype=int)
         if have.size:
             x = np.stack([sets[j].x for j in have])
@@ -2721,6 +2702,31 @@ class _Attempt:
             self.v_D[idx] = other.v_D[js]
         else:
             self.D = self.v_D = None
+
+
+def _vertex_at(one: BatchOps, c: np.ndarray, b: np.ndarray, y: np.ndarray, s: np.ndarray
+               ) -> tuple[ActiveSet, float, np.ndarray] | None:
+    """The `ActiveSet` that the point (y, s) of the one instance of ``one`` indicates (c (n,),
+    b (m,)), with its backward error and each entry's estimated error (n + m,), where its
+    exact solution passes `Layer._vertices`' tests short of the outputs' (well conditioned,
+    resolved, every inequality's multiplier or slack beyond its margin and its error); else
+    None."""
+    t = one.template
+    a = ActiveSet.at(one, c, b, y, s)
+    if a is None or a.rcond < ACTIVE_SET_RCOND:
+        return None
+    F, den = a.terms(a.x, a.y, a.s)
+    w = omega(F, den)
+    if not w <= ACCEPT_BACKWARD or _objective_unresolved(a.gradient(), den, ROUNDING):
+        return None
+    d = np.abs(a.solve(F)) + a.bound(ROUNDING * den)
+    primal, dual = (side[0] for side in row_scales(one, a.x[None], a.y[None], a.s[None]))
+    with np.errstate(invalid="ignore"):
+        room = np.where(a.y > 0, a.y - np.maximum(ACTIVE_SET_MARGIN * dual, d[t.n :]),
+                        a.s - np.maximum(ACTIVE_SET_MARGIN * primal, d[t.n :]))
+    if not np.all(room[t.dims.zero :] > 0):
+        return None
+    return a, float(w), d
 
 
 def _objective_unresolved(gradient: np.ndarray, den: np.ndarray, rounding: float) -> np.ndarray:
