@@ -44,6 +44,16 @@ KKT_MAX_SIZE = 256
 # norm is dependent on them (`independent_rows`): √u, where M's condition estimate would
 # pass the fast path's own bound (ACTIVE_SET_RCOND, layer.py) only by chance.
 INDEPENDENT_TOL = float(np.sqrt(np.finfo(float).eps))
+# Where P is diagonal and positive (a separable strictly convex objective: CVXPY's
+# canonicalization of sums of squares puts every parameter-dependent quadratic on auxiliary
+# variables with a diagonal P), M's inverse is formed from the QR factorization of
+# D^-1/2 A_𝒜ᵀ (`_range_space_inverse`) instead of M's LU: about a quarter of the
+# arithmetic (the OptNet QP's M, 186 rows: 0.33 ms against 0.72 for LU, its condition
+# estimate and the inverse), from RANGE_SPACE_MIN rows of M on (below, the LU's fewer
+# calls are faster), and only while P's diagonal spreads over at most RANGE_SPACE_SPREAD
+# (the scaling by D^-1/2 then loses nothing the LU would keep).
+RANGE_SPACE_MIN = 64
+RANGE_SPACE_SPREAD = 1e4
 
 
 def small_polyhedral(t: ConeTemplate) -> bool:
@@ -64,9 +74,11 @@ class ActiveSet:
     P: np.ndarray | None                     # and P (n, n), or None (a linear objective)
     c: np.ndarray
     b: np.ndarray
-    lu: tuple[np.ndarray, np.ndarray]        # LAPACK getrf of M
-    rcond: float                             # its reciprocal condition, 1-norm estimate
-    x: np.ndarray
+    lu: tuple[np.ndarray, np.ndarray] | None  # LAPACK getrf of M, or None where
+    inv: np.ndarray | None                     # M's inverse was formed instead
+    M: np.ndarray
+    rcond: float                               # M's reciprocal condition in the 1-norm:
+    x: np.ndarray                              # estimated from the LU, exact from inv
     y: np.ndarray
     s: np.ndarray
 
@@ -142,20 +154,37 @@ class ActiveSet:
         anorm = np.abs(M).sum(axis=0).max(initial=0.0)
         if not np.isfinite(anorm) or anorm == 0:
             return False
-        lu, piv, info = la.lapack.dgetrf(M)
-        if info != 0:
-            return True
-        rcond, info = la.lapack.dgecon(lu, anorm, norm="1")
-        if info != 0 or not rcond > np.finfo(float).eps:
-            return True
         rhs = np.concatenate([-c, -b[rows]])
-        z, info = la.lapack.dgetrs(lu, piv, rhs)
-        # one step of iterative refinement: componentwise backward stable (Skeel 1980;
-        # Higham, *Accuracy and Stability of Numerical Algorithms*, §12.2), where the solve
-        # alone leaves an active bound x_j >= 0 at x_j ~ 1e-16 beside its own terms ~0
-        dz, again = la.lapack.dgetrs(lu, piv, rhs - M @ z)
-        z = z + dz
-        if info != 0 or again != 0 or not np.all(np.isfinite(z)):
+        lu: tuple[np.ndarray, np.ndarray] | None = None
+        inv: np.ndarray | None = None
+        d = _separable(P) if n + k >= RANGE_SPACE_MIN else None
+        if d is not None:
+            inv = _range_space_inverse(d, Aa)
+            if inv is None:
+                return True
+            rcond = 1.0 / (anorm * np.abs(inv).sum(axis=0).max(initial=0.0))
+            if not rcond > np.finfo(float).eps:
+                return True
+            z = inv @ rhs
+            z = z + inv @ (rhs - M @ z)
+        else:
+            f, piv, info = la.lapack.dgetrf(M)
+            if info != 0:
+                return True
+            rcond, info = la.lapack.dgecon(f, anorm, norm="1")
+            if info != 0 or not rcond > np.finfo(float).eps:
+                return True
+            lu = (f, piv)
+            z, info = la.lapack.dgetrs(f, piv, rhs)
+            # one step of iterative refinement: componentwise backward stable (Skeel 1980;
+            # Higham, *Accuracy and Stability of Numerical Algorithms*, §12.2), where the
+            # solve alone leaves an active bound x_j >= 0 at x_j ~ 1e-16 beside its own
+            # terms ~0
+            dz, again = la.lapack.dgetrs(f, piv, rhs - M @ z)
+            z = z + dz
+            if info != 0 or again != 0:
+                return False
+        if not np.all(np.isfinite(z)):
             return False
         x = z[:n]
         yy = np.zeros(m)
@@ -164,8 +193,8 @@ class ActiveSet:
         ss[rows] = 0.0
         if np.any(yy[zero:][active[zero:]] <= 0) or np.any(ss[~active] <= 0):
             return False
-        return cls(n=n, m=m, rows=rows, A=A, P=P, c=c, b=b, lu=(lu, piv), rcond=float(rcond),
-                   x=x, y=yy, s=ss)
+        return cls(n=n, m=m, rows=rows, A=A, P=P, c=c, b=b, lu=lu, inv=inv, M=M,
+                   rcond=float(rcond), x=x, y=yy, s=ss)
 
     def bound(self, r: np.ndarray) -> np.ndarray:
         """|S⁻¹| r (n + m,) for r >= 0 (n + m,): entry by entry, the most that perturbations of
@@ -175,9 +204,12 @@ class ActiveSet:
         whose equality multiplier, ~1e-12, is the difference of two rows' O(1) terms, each
         rounded, which one ±1 probe summed to 1e-26."""
         n, rows = self.n, self.rows
-        inv, info = la.lapack.dgetri(*self.lu)
-        if info != 0:
-            return np.full(n + self.m, np.inf)
+        inv = self.inv
+        if inv is None:
+            assert self.lu is not None
+            inv, info = la.lapack.dgetri(*self.lu)
+            if info != 0:
+                return np.full(n + self.m, np.inf)
         top = np.abs(inv) @ np.concatenate([r[:n], r[n:][rows]])
         out = np.empty(n + self.m)
         out[:n] = top[:n]
@@ -216,12 +248,70 @@ class ActiveSet:
             top = np.concatenate([rx + self.A[inactive].T @ rv[inactive], rv[rows]])
         else:
             top = np.concatenate([rx, rv[rows]])
-        z, _ = la.lapack.dgetrs(*self.lu, top, trans=int(transpose))
+        if self.inv is not None:
+            # with M's inverse, one step of iterative refinement against M itself, as the
+            # LU's solve in `_for_rows` (Higham, §12.2)
+            inv, M = (self.inv.T, self.M.T) if transpose else (self.inv, self.M)
+            z = inv @ top
+            z = z + inv @ (top - M @ z)
+        else:
+            assert self.lu is not None
+            z, _ = la.lapack.dgetrs(*self.lu, top, trans=int(transpose))
         out = np.empty(r.shape)
         out[:n] = z[:n]
         out[n:] = rv if transpose else rv + self.A @ z[:n]
         out[n:][rows] = z[n:]
         return out
+
+
+def _separable(P: np.ndarray | None) -> np.ndarray | None:
+    """P's diagonal D where P is diagonal with every entry positive and within
+    RANGE_SPACE_SPREAD of the largest; else None."""
+    if P is None:
+        return None
+    d = np.diagonal(P)
+    if d.size == 0:
+        return None
+    low = d.min()
+    if not (low > 0 and d.max() <= RANGE_SPACE_SPREAD * low
+            and np.count_nonzero(P) == d.size):
+        return None
+    return d
+
+
+def _range_space_inverse(d: np.ndarray, Aa: np.ndarray) -> np.ndarray | None:
+    """The inverse of M = [[D, Aᵀ], [−A, 0]] (D = diag(d) positive, A = ``Aa`` (k, n)), from the
+    QR factorization D^-1/2 Aᵀ = QR (Q (n, k), R (k, k)): with C = A D⁻¹ Aᵀ = RᵀR,
+
+        M⁻¹ = [[D⁻¹ − D⁻¹AᵀC⁻¹AD⁻¹, −D⁻¹AᵀC⁻¹], [C⁻¹AD⁻¹, C⁻¹]]
+            = [[D^-1/2 (I − QQᵀ) D^-1/2, −D^-1/2 Q R⁻ᵀ], [R⁻¹Qᵀ D^-1/2, R⁻¹R⁻ᵀ]]
+
+    (the range-space method: Nocedal & Wright, *Numerical Optimization*, §16.2; with R from
+    an orthogonal factorization rather than C's Cholesky, whose forming squares A's
+    condition). None where R is singular (A's rows dependent)."""
+    n, k = d.size, Aa.shape[0]
+    h = 1.0 / np.sqrt(d)
+    inv = np.empty((n + k, n + k))
+    if k == 0:
+        inv[:] = np.diag(h * h)
+        return inv
+    if k > n:  # (the rows are dependent)
+        return None
+    f, tau, _, info = la.lapack.dgeqrf(Aa.T * h[:, None])
+    if info != 0:
+        return None
+    Q, _, info = la.lapack.dorgqr(f, tau)
+    Ri, bad = la.lapack.dtrtri(np.triu(f[:k]))
+    if info != 0 or bad != 0 or not np.all(np.isfinite(Ri)):
+        return None
+    Qh = Q.T * h                          # Qᵀ D^-1/2 (k, n)
+    top = Qh.T @ -Qh
+    top.flat[:: n + 1] += h * h
+    inv[:n, :n] = top
+    inv[n:, :n] = Ri @ Qh
+    inv[:n, n:] = -inv[n:, :n].T
+    inv[n:, n:] = Ri @ Ri.T
+    return inv
 
 
 def lp_vertex(ops: BatchOps, c: np.ndarray, b: np.ndarray

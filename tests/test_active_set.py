@@ -14,6 +14,7 @@ import pytest
 
 import declarative as dl
 import declarative.layer as L
+from declarative import polyhedral
 from declarative.derivative import NonDifferentiableWarning
 from declarative.polyhedral import ActiveSet
 
@@ -37,27 +38,31 @@ def sparsemax_layer(n: int = 8):
                       [th], [x], on_failure="nan")
 
 
-def qp_layer(n: int = 6, p: int = 2, m: int = 5):
-    """OptNet's QP with every datum a parameter, and the inequalities' multipliers as an
-    output."""
+def qp_layer(n: int = 6, p: int = 2, m: int = 5, ridge: float = 0.0):
+    """OptNet's QP with every datum a parameter (and ``ridge``/2 ‖x‖² added where not 0),
+    and the inequalities' multipliers as an output."""
     x = cp.Variable(n)
     L_, q = cp.Parameter((n, n)), cp.Parameter(n)
     A, b, G, h = cp.Parameter((p, n)), cp.Parameter(p), cp.Parameter((m, n)), cp.Parameter(m)
     ineq = G @ x <= h
-    prob = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(L_ @ x) + q @ x), [A @ x == b, ineq])
+    f = 0.5 * cp.sum_squares(L_ @ x) + q @ x
+    if ridge:
+        f = f + 0.5 * ridge * cp.sum_squares(x)
+    prob = cp.Problem(cp.Minimize(f), [A @ x == b, ineq])
     return dl.compile(prob, [L_, q, A, b, G, h], [x, ineq.dual_variables[0]], on_failure="nan")
 
 
-def qp_data(rng: np.random.Generator, n: int = 6, p: int = 2, m: int = 5) -> list[np.ndarray]:
+def qp_data(rng: np.random.Generator, n: int = 6, p: int = 2, m: int = 5,
+            ridge: float = 0.0, noise: float = 1.0) -> list[np.ndarray]:
     x0 = rng.standard_normal(n)
     G = rng.standard_normal((m, n))
     A = rng.standard_normal((p, n))
     slack = rng.random(m) + 0.5
     slack[rng.permutation(m)[: n - p - 1]] = 0.0  # a unique solution and unique multipliers
     lam = np.where(slack == 0, rng.random(m) + 0.5, 0.0)
-    Lm = rng.standard_normal((n, n)) + 2 * np.eye(n)
+    Lm = noise * rng.standard_normal((n, n)) + 2 * np.eye(n)
     nu = rng.standard_normal(p)
-    q = -(Lm.T @ Lm @ x0 + A.T @ nu + G.T @ lam)
+    q = -((Lm.T @ Lm + ridge * np.eye(n)) @ x0 + A.T @ nu + G.T @ lam)
     return [Lm, q, A, A @ x0, G, G @ x0 + slack]
 
 
@@ -214,6 +219,97 @@ def test_the_active_set_solves_are_those_of_S():
     _agree(a.solve(r), np.linalg.solve(S, r), 1e-12)
     _agree(a.solve(r, transpose=True), np.linalg.solve(S.T, r), 1e-12)
     _agree(a.solve(r[:, 0]), np.linalg.solve(S, r[:, 0]), 1e-12)
+
+
+@pytest.mark.parametrize("k", [0, 1, 7, 12])
+@pytest.mark.parametrize("spread", [1.0, 1e4])
+def test_the_range_space_inverse_is_m_inverse(k, spread):
+    """M = [[D, Aᵀ], [−A, 0]]'s inverse from the QR factorization of D^-1/2 Aᵀ
+    (`polyhedral._range_space_inverse`) against LAPACK's LU-based inverse of M, for D
+    spread over up to RANGE_SPACE_SPREAD; where A's rows are dependent, None or an inverse
+    whose reciprocal condition is below u (M singular, as `ActiveSet._for_rows` judges)."""
+    rng = np.random.default_rng(k)
+    n = 12
+    d = 10.0 ** rng.uniform(0, np.log10(spread), n) if spread > 1 else np.full(n, 0.3)
+    A = rng.standard_normal((k, n))
+    M = np.block([[np.diag(d), A.T], [-A, np.zeros((k, k))]])
+    inv = polyhedral._range_space_inverse(d, A)
+    assert inv is not None
+    ref = np.linalg.inv(M)
+    _agree(inv, ref, 1e-10)
+    # as accurate as the LU's: its residuals within a small factor of the LU's
+    eye = np.eye(n + k)
+    for res in (M @ inv - eye, inv @ M - eye):
+        assert np.abs(res).max() <= 10 * max(np.abs(M @ ref - eye).max(),
+                                             np.abs(ref @ M - eye).max(), EPS)
+    if k >= 2:
+        dependent = A.copy()
+        dependent[-1] = dependent[0]
+        bad = polyhedral._range_space_inverse(d, dependent)
+        norm1 = np.abs(np.block([[np.diag(d), dependent.T], [-dependent, np.zeros((k, k))]])
+                       ).sum(axis=0).max()
+        assert bad is None or 1 / (norm1 * np.abs(bad).sum(axis=0).max()) <= EPS
+    assert polyhedral._range_space_inverse(d, rng.standard_normal((n + 1, n))) is None
+
+
+# OptNet's QP with a ridge (P diagonal and positive once canonicalized: x's ½ridge‖x‖² and
+# the auxiliary Lx's ½‖·‖²), large enough that M (about 70 rows) is inverted through the
+# range-space factorization (`polyhedral.RANGE_SPACE_MIN`)
+RIDGE_QP = {"n": 20, "p": 3, "m": 20, "ridge": 0.1}
+
+
+def _ridge_data(rng: np.random.Generator) -> list[np.ndarray]:
+    return qp_data(rng, **RIDGE_QP, noise=1 / np.sqrt(RIDGE_QP["n"]))
+
+
+def test_a_separable_qp_is_solved_through_the_range_space_inverse(monkeypatch):
+    """One instance of RIDGE_QP takes its active set with M's inverse from the range-space
+    factorization, and its values and VJP are those of the same call with M's LU and of the
+    general path (refinement)."""
+    layer = qp_layer(**RIDGE_QP)
+    rng = np.random.default_rng(14)
+    values = _ridge_data(rng)
+    cot = [rng.standard_normal((1, *o.shape[1:])) for o in layer.forward(values).outputs]
+    fwd = layer.forward(values)
+    a = fwd._refined.vertex[0]
+    assert isinstance(a, ActiveSet) and a.inv is not None and a.lu is None
+    assert a.M.shape[0] >= polyhedral.RANGE_SPACE_MIN
+    with monkeypatch.context() as mp:
+        mp.setattr(polyhedral, "RANGE_SPACE_MIN", 10**9)
+        lu = layer.forward(values)
+        assert lu._refined.vertex[0] is not None and lu._refined.vertex[0].lu is not None
+        assert np.isclose(lu._refined.vertex[0].rcond, a.rcond, rtol=0.5)
+    general = _general(monkeypatch, layer, values)
+    for other in (lu, general):
+        for o, ob in zip(fwd.outputs, other.outputs, strict=True):
+            _agree(o, ob)
+        for g, gb in zip(fwd.vjp(cot), other.vjp(cot), strict=True):
+            _agree(g, gb)
+
+
+def test_the_range_space_solves_are_those_of_S():
+    """`ActiveSet.solve` with M's inverse (RIDGE_QP) against S formed densely, as
+    `test_the_active_set_solves_are_those_of_S` with M's LU."""
+    layer = qp_layer(**RIDGE_QP)
+    rng = np.random.default_rng(12)
+    a = layer.forward(_ridge_data(rng))._refined.vertex[0]
+    assert isinstance(a, ActiveSet) and a.inv is not None
+    n, m = a.n, a.m
+    D = np.zeros(m)
+    D[a.rows] = 1.0
+    S = np.block([[a.P, a.A.T * D], [-a.A, np.diag(1.0 - D)]])
+    r = rng.standard_normal((n + m, 3))
+    _agree(a.solve(r), np.linalg.solve(S, r), 1e-12)
+    _agree(a.solve(r, transpose=True), np.linalg.solve(S.T, r), 1e-12)
+    _agree(a.solve(r[:, 0]), np.linalg.solve(S, r[:, 0]), 1e-12)
+    # the componentwise bound |S⁻¹| w from M's inverse: exact on x and the active rows, and
+    # through |A| (an upper bound) on the others
+    w = rng.random(n + m)
+    exact = np.abs(np.linalg.inv(S)) @ w
+    got = a.bound(w)
+    on = np.concatenate([np.arange(n), n + a.rows])
+    _agree(got[on], exact[on], 1e-12)
+    assert np.all(got >= exact * (1 - 1e-12))
 
 
 def _sparsemax_with_duals(n: int = 5):
