@@ -14,8 +14,9 @@ is the square matrix
     M = [[P, A_𝒜ᵀ], [−A_𝒜, 0]]
 
 (Nocedal & Wright, *Numerical Optimization*, §16.1; OptNet's KKT system, Amos & Kolter 2017).
-One dense LU of M gives the solution for the active set guessed from an approximate point
-(a solver's), the Newton correction that estimates its error, and the derivative: the
+One dense factorization of M (its LU, or where P is diagonal and positive its inverse from
+the range-space method) gives the solution for the active set guessed from an approximate
+point (a solver's), the Newton correction that estimates its error, and the derivative: the
 residual map's S restricted to 𝒜, so the same solves the general path makes, without its
 machinery for every other kind of cone, which at one small instance is most of the time.
 
@@ -51,7 +52,7 @@ INDEPENDENT_TOL = float(np.sqrt(np.finfo(float).eps))
 # arithmetic (the OptNet QP's M, 186 rows: 0.33 ms against 0.72 for LU, its condition
 # estimate and the inverse), from RANGE_SPACE_MIN rows of M on (below, the LU's fewer
 # calls are faster), and only while P's diagonal spreads over at most RANGE_SPACE_SPREAD
-# (the scaling by D^-1/2 then loses nothing the LU would keep).
+# (the spread the tests check the inverse's accuracy against the LU's at; beyond it, the LU).
 RANGE_SPACE_MIN = 64
 RANGE_SPACE_SPREAD = 1e4
 
@@ -74,11 +75,13 @@ class ActiveSet:
     P: np.ndarray | None                     # and P (n, n), or None (a linear objective)
     c: np.ndarray
     b: np.ndarray
-    lu: tuple[np.ndarray, np.ndarray] | None  # LAPACK getrf of M, or None where
-    inv: np.ndarray | None                     # M's inverse was formed instead
-    M: np.ndarray
-    rcond: float                               # M's reciprocal condition in the 1-norm:
-    x: np.ndarray                              # estimated from the LU, exact from inv
+    M: np.ndarray                            # M itself (n + k, n + k)
+    # M factored: LAPACK's getrf (``lu``), or its inverse (``inv``, `_range_space_inverse`)
+    # where P is diagonal and positive; the other is None
+    lu: tuple[np.ndarray, np.ndarray] | None
+    inv: np.ndarray | None
+    rcond: float                             # M's reciprocal condition in the 1-norm
+    x: np.ndarray                            # (estimated from the LU, exact from inv)
     y: np.ndarray
     s: np.ndarray
 
