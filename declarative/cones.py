@@ -1400,8 +1400,12 @@ class DProjection:
         return out if self.batched else out[0]
 
     def matvec(self, dv: np.ndarray) -> np.ndarray:
-        """DΠ(v) dv, dv of shape (B, m) or (B, m, k) (k vectors at once); same shape back."""
-        dv = np.asarray(dv, dtype=np.float64)
+        """DΠ(v) dv, dv of shape (B, m) or (B, m, k) (k vectors at once); same shape back, in
+        float64, or in long double where dv is (the derivative's extended residuals,
+        `derivative.ConeSolution._extended`)."""
+        dv = np.asarray(dv)
+        if dv.dtype != np.longdouble:
+            dv = dv.astype(np.float64, copy=False)
         nd = 2 if self.batched else 1
         if dv.ndim not in (nd, nd + 1) or dv.shape[nd - 1] != self.m or (
             self.batched and dv.shape[0] != self.batch_size
