@@ -1000,7 +1000,8 @@ def test_an_ill_conditioned_cone_form_is_refined_in_extended_precision(s):
     there: refinement stalled 2e-10 off with an estimate of 1e-8, and every instance was
     'iteration_limit'. With the residual in long double, solved, values to the root of
     4x³ + 2x − 2a and the Jacobian diag(2 / (12x² + 2)) (derivatives at such points carry
-    S's conditioning: 2e-8 measured)."""
+    S's conditioning, DΠ's second-order blocks holding the point's rounding: 5e-9 measured,
+    with the derivative's solves refined in long double)."""
     if not HAS_EXTENDED:
         pytest.skip("no extended precision (numpy's long double is float64 here)")
     n = 4
@@ -1023,8 +1024,8 @@ def test_the_euclidean_norm_prox_far_out_is_solved_or_honestly_not(s):
     """‖x‖₂ + ‖x − a‖² with a ~ s: x = a (1 − 1/(2‖a‖)). The cone's dual is ~1/s of its slack:
     in float64 Π(v) = y is cancellation (the point and DΠ's small eigenvalue). At s = 1e9 no
     instance was solved; refined with the residual and DΠ in long double, 4 of 6 are. Whatever
-    is solved has the closed form's values, and its Jacobian to S's conditioning (rcond down
-    to 7e-11 there: 2e-8 measured)."""
+    is solved has the closed form's values, and its Jacobian to S's conditioning (8e-9
+    measured)."""
     n = 4
     x, a = cp.Variable(n), cp.Parameter(n)
     layer = dl.compile(cp.Problem(cp.Minimize(cp.norm(x, 2) + cp.sum_squares(x - a))),
