@@ -202,25 +202,6 @@ def test_a_batch_of_singles_is_the_batched_call():
             _agree(g, gb[i])
 
 
-def test_the_active_set_solves_are_those_of_S():
-    """`ActiveSet.solve` against S of the residual map (derivative.py, eq. (1)) formed
-    densely at the point, S = [[P, AᵀDΠ], [−A, I − DΠ]] with DΠ 0/1 by the active set: the
-    solve and the transposed solve."""
-    layer = qp_layer()
-    rng = np.random.default_rng(2)
-    fwd = layer.forward(qp_data(rng))
-    a = fwd._refined.vertex[0]
-    assert isinstance(a, ActiveSet)
-    n, m = a.n, a.m
-    D = np.zeros(m)
-    D[a.rows] = 1.0
-    S = np.block([[a.P, a.A.T * D], [-a.A, np.diag(1.0 - D)]])
-    r = rng.standard_normal((n + m, 3))
-    _agree(a.solve(r), np.linalg.solve(S, r), 1e-12)
-    _agree(a.solve(r, transpose=True), np.linalg.solve(S.T, r), 1e-12)
-    _agree(a.solve(r[:, 0]), np.linalg.solve(S, r[:, 0]), 1e-12)
-
-
 @pytest.mark.parametrize("k", [0, 1, 7, 12])
 @pytest.mark.parametrize("spread", [1.0, 1e4])
 def test_the_range_space_inverse_is_m_inverse(k, spread):
@@ -287,13 +268,20 @@ def test_a_separable_qp_is_solved_through_the_range_space_inverse(monkeypatch):
             _agree(g, gb)
 
 
-def test_the_range_space_solves_are_those_of_S():
-    """`ActiveSet.solve` with M's inverse (RIDGE_QP) against S formed densely, as
-    `test_the_active_set_solves_are_those_of_S` with M's LU."""
-    layer = qp_layer(**RIDGE_QP)
-    rng = np.random.default_rng(12)
-    a = layer.forward(_ridge_data(rng))._refined.vertex[0]
-    assert isinstance(a, ActiveSet) and a.inv is not None
+@pytest.mark.parametrize("route", ["lu", "range_space"])
+def test_the_active_set_solves_are_those_of_S(route):
+    """`ActiveSet.solve` against S of the residual map (derivative.py, eq. (1)) formed
+    densely at the point, S = [[P, AᵀDΠ], [−A, I − DΠ]] with DΠ 0/1 by the active set: the
+    solve and the transposed solve, with M's LU (OptNet's QP) and with M's inverse from the
+    range-space factorization (RIDGE_QP); and the componentwise bound |S⁻¹| w, exact on x
+    and the active rows and through |A| (an upper bound) on the others."""
+    rng = np.random.default_rng(2 if route == "lu" else 12)
+    if route == "lu":
+        a = qp_layer().forward(qp_data(rng))._refined.vertex[0]
+    else:
+        a = qp_layer(**RIDGE_QP).forward(_ridge_data(rng))._refined.vertex[0]
+    assert isinstance(a, ActiveSet)
+    assert (a.lu if route == "lu" else a.inv) is not None
     n, m = a.n, a.m
     D = np.zeros(m)
     D[a.rows] = 1.0
@@ -302,8 +290,6 @@ def test_the_range_space_solves_are_those_of_S():
     _agree(a.solve(r), np.linalg.solve(S, r), 1e-12)
     _agree(a.solve(r, transpose=True), np.linalg.solve(S.T, r), 1e-12)
     _agree(a.solve(r[:, 0]), np.linalg.solve(S, r[:, 0]), 1e-12)
-    # the componentwise bound |S⁻¹| w from M's inverse: exact on x and the active rows, and
-    # through |A| (an upper bound) on the others
     w = rng.random(n + m)
     exact = np.abs(np.linalg.inv(S)) @ w
     got = a.bound(w)
