@@ -75,11 +75,12 @@ class ActiveSet:
     P: np.ndarray | None                     # and P (n, n), or None (a linear objective)
     c: np.ndarray
     b: np.ndarray
-    M: np.ndarray                            # M itself (n + k, n + k)
     # M factored: LAPACK's getrf (``lu``), or its inverse (``inv``, `_range_space_inverse`)
-    # where P is diagonal and positive; the other is None
+    # where P is diagonal and positive, kept with M itself (``M``: `solve` refines against
+    # it); the others are None
     lu: tuple[np.ndarray, np.ndarray] | None
     inv: np.ndarray | None
+    M: np.ndarray | None
     rcond: float                             # M's reciprocal condition in the 1-norm
     x: np.ndarray                            # (estimated from the LU, exact from inv)
     y: np.ndarray
@@ -196,8 +197,8 @@ class ActiveSet:
         ss[rows] = 0.0
         if np.any(yy[zero:][active[zero:]] <= 0) or np.any(ss[~active] <= 0):
             return False
-        return cls(n=n, m=m, rows=rows, A=A, P=P, c=c, b=b, lu=lu, inv=inv, M=M,
-                   rcond=float(rcond), x=x, y=yy, s=ss)
+        return cls(n=n, m=m, rows=rows, A=A, P=P, c=c, b=b, lu=lu, inv=inv,
+                   M=None if inv is None else M, rcond=float(rcond), x=x, y=yy, s=ss)
 
     def bound(self, r: np.ndarray) -> np.ndarray:
         """|S⁻¹| r (n + m,) for r >= 0 (n + m,): entry by entry, the most that perturbations of
@@ -254,6 +255,7 @@ class ActiveSet:
         if self.inv is not None:
             # with M's inverse, one step of iterative refinement against M itself, as the
             # LU's solve in `_for_rows` (Higham, §12.2)
+            assert self.M is not None  # (kept with inv)
             inv, M = (self.inv.T, self.M.T) if transpose else (self.inv, self.M)
             z = inv @ top
             z = z + inv @ (top - M @ z)

@@ -254,7 +254,7 @@ def test_a_separable_qp_is_solved_through_the_range_space_inverse(monkeypatch):
     fwd = layer.forward(values)
     a = fwd._refined.vertex[0]
     assert isinstance(a, ActiveSet) and a.inv is not None and a.lu is None
-    assert a.M.shape[0] >= polyhedral.RANGE_SPACE_MIN
+    assert a.M is not None and a.M.shape[0] >= polyhedral.RANGE_SPACE_MIN
     with monkeypatch.context() as mp:
         mp.setattr(polyhedral, "RANGE_SPACE_MIN", 10**9)
         lu = layer.forward(values)
