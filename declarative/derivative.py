@@ -196,7 +196,8 @@ REFINE_SOLVE_TOL = 4 * np.finfo(float).eps
 # false) there is nothing to gain and the solves are left as they are.
 EXTENDED_SOLVE_RCOND = 1e-7
 EXTENDED_SOLVE_STEPS = 3
-HAS_LONG_DOUBLE = bool(np.finfo(np.longdouble).eps <= np.finfo(float).eps / 1024)
+LONG_DOUBLE_EPS = float(np.finfo(np.longdouble).eps)
+HAS_LONG_DOUBLE = bool(LONG_DOUBLE_EPS <= np.finfo(float).eps / 1024)
 # A Newton step of refinement (`Linearization.solve` with ``tol``) needs no more than this:
 # its error leaves F at the step's end at about this fraction of F before it, far below the
 # quadratic term, and most nearby factorizations reach it in one solve where REFINE_SOLVE_TOL
@@ -2684,10 +2685,10 @@ class ConeSolution:
         (k, N, K), rows as ``idx``), refined where S is regular and its reciprocal condition
         below EXTENDED_SOLVE_RCOND (or taken for singular where its SVD dropped nothing):
         up to EXTENDED_SOLVE_STEPS corrections, each the solve of the residual rhs − S x
-        evaluated in long double (`s_products`), each kept only where it lowers that
-        residual, until one moves x by no more than u of its own size. (The residual's own
-        rounding, long double's ε·|S||x|, bounds what it reaches.) ``x`` is updated in place
-        and returned."""
+        evaluated in long double (`s_products`), each taken only where it exceeds what that
+        residual's own rounding (long double's ε·|S||x|) can make through S, and kept only
+        where it lowers the residual, until one moves x by no more than u of its own size.
+        ``x`` is updated in place and returned."""
         if not HAS_LONG_DOUBLE:
             return x
         lin = self.lin
@@ -2716,15 +2717,23 @@ class ConeSolution:
         for _ in range(EXTENDED_SOLVE_STEPS):
             d = np.stack([lin.solve_one(int(i), ri, transpose)
                           for i, ri in zip(idx[live].tolist(), r, strict=True)])
-            z = x[live] + d
-            ok = np.isfinite(d).reshape(live.size, -1).all(axis=1)
-            r_new, size_new = residual(live, np.where(ok.reshape((-1,) + (1,) * (d.ndim - 1)),
-                                                      z, x[live]))
-            better = ok & (size_new < size_r)
-            x[live[better]] = z[better]
             moved = np.abs(d).reshape(live.size, -1).max(axis=1, initial=0.0)
-            size_x = np.abs(z).reshape(live.size, -1).max(axis=1, initial=0.0)
-            go = better & (moved > np.finfo(float).eps * size_x)
+            size_x = np.abs(x[live]).reshape(live.size, -1).max(axis=1, initial=0.0)
+            # a correction no larger than what the residual's own rounding, solved with S
+            # (normwise: ε·‖x‖/rcond), can make is that rounding, not x's error: taken, it
+            # moved a float64 solve 1e-15 off to 7e-13 off (rcond 1e-9)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                noise = LONG_DOUBLE_EPS * size_x / lin.rcond[idx[live]]
+            real = np.isfinite(moved) & (moved > noise)
+            if not real.any():
+                break
+            live, d, r, size_r, moved = live[real], d[real], r[real], size_r[real], moved[real]
+            z = x[live] + d
+            r_new, size_new = residual(live, z)
+            better = size_new < size_r
+            x[live[better]] = z[better]
+            size_z = np.abs(z).reshape(live.size, -1).max(axis=1, initial=0.0)
+            go = better & (moved > np.finfo(float).eps * size_z)
             live, r, size_r = live[go], r_new[go], size_new[go]
             if not live.size:
                 break
