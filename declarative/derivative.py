@@ -192,7 +192,7 @@ REFINE_SOLVE_TOL = 4 * np.finfo(float).eps
 # EXTENDED_SOLVE_STEPS corrections: iterative refinement in extended precision, whose
 # forward error is of the working precision's order while rcond stays well above the
 # extended precision's (Higham, *Accuracy and Stability of Numerical Algorithms*, §12.1);
-# that QP's Jacobians are then within 1e-13. Where long double is double (HAS_LONG_DOUBLE
+# that QP's Jacobians are then within 1e-12. Where long double is double (HAS_LONG_DOUBLE
 # false) there is nothing to gain and the solves are left as they are.
 EXTENDED_SOLVE_RCOND = 1e-7
 EXTENDED_SOLVE_STEPS = 3
