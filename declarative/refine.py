@@ -22,6 +22,8 @@ import numpy as np
 from declarative.compile import ConeTemplate
 from declarative.cones import DProjection, dproject, flip_near_kinks, interior_depth, project
 from declarative.derivative import (
+    HAS_LONG_DOUBLE,
+    LONG_DOUBLE_EPS,
     NEWTON_SOLVE_TOL,
     BatchOps,
     Linearization,
@@ -66,9 +68,10 @@ FLIP_ITERS = 4
 # refinement takes the error down to about u whatever the conditioning, as long as cond·u < 1
 # (Higham, *Accuracy and Stability of Numerical Algorithms*, §12.1), where with the residual
 # in u it stalls at cond·u. Where long double is float64 (Windows, ARM64 macOS) there is none.
+# (The derivative's solves are refined the same way: `derivative.EXTENDED_SOLVE_RCOND`.)
 EXTENDED = np.longdouble
-EXTENDED_EPS = float(np.finfo(np.longdouble).eps)
-HAS_EXTENDED = bool(EXTENDED_EPS <= np.finfo(float).eps / 1024)
+EXTENDED_EPS = LONG_DOUBLE_EPS
+HAS_EXTENDED = HAS_LONG_DOUBLE
 # The cones whose projection is evaluated in long double (closed forms: no LAPACK, no root
 # finding tuned to float64).
 EXTENDED_CONES = frozenset({"zero", "nonneg", "soc"})
