@@ -244,6 +244,7 @@ class BatchOps:
         self.h: np.ndarray = np.zeros((a.shape[0], template.P_rows.size)) if h is None else h
         self.rows, self.cols, self._Er, self._Ec, self._Ep = _scatter(template)
         self._magnitude: BatchOps | None = None
+        self._blocks: dict[str, list] = {}  # `_block_matrices` of A and P, made on first use
 
     def take(self, idx: np.ndarray) -> BatchOps:
         """The same operators for a subset of the batch."""
@@ -259,17 +260,43 @@ class BatchOps:
             self._magnitude = BatchOps(self.template, np.abs(self.a), np.abs(self.h))
         return self._magnitude
 
+    def _by_blocks(self, key: str, u: np.ndarray) -> list | None:
+        """The block-diagonal matrices of A (``key`` "A") or P ("P") over the batch
+        (`_block_matrices`), where the batch is large enough for them and u is float64."""
+        values = self.a if key == "A" else self.h
+        if values.size < BLOCK_PRODUCT_ENTRIES or u.dtype != np.float64 \
+                or values.dtype != np.float64:
+            return None
+        got = self._blocks.get(key)
+        if got is None:
+            t = self.template
+            if key == "A":
+                got = _block_matrices(values, self.cols, self.rows, t.n, t.m)
+            else:
+                got = _block_matrices(values, t.P_cols, t.P_rows, t.n, t.n)
+            self._blocks[key] = got  # (two threads may both make it: the same matrices)
+        return got
+
     def P(self, u: np.ndarray) -> np.ndarray:
         """P u for each instance: (B, n) → (B, n)."""
         t = self.template
+        blocks = self._by_blocks("P", u)
+        if blocks is not None:
+            return _block_products(blocks, u, t.n, transpose=False)
         return _products(self.h, u, t.P_cols, t.P_rows, t.n)
 
     def A(self, u: np.ndarray) -> np.ndarray:
         """A u for each instance: (B, n) → (B, m)."""
+        blocks = self._by_blocks("A", u)
+        if blocks is not None:
+            return _block_products(blocks, u, self.template.m, transpose=False)
         return _products(self.a, u, self.cols, self.rows, self.template.m)
 
     def AT(self, y: np.ndarray) -> np.ndarray:
         """Aᵀ y for each instance: (B, m) → (B, n)."""
+        blocks = self._by_blocks("A", y)
+        if blocks is not None:
+            return _block_products(blocks, y, self.template.n, transpose=True)
         return _products(self.a, y, self.rows, self.cols, self.template.n)
 
     def dense(self) -> np.ndarray:
@@ -285,6 +312,101 @@ class BatchOps:
         # numpy's stubs type ufunc.at's indices as integer arrays only; a tuple index works
         np.add.at(out, (slice(None), t.P_rows, t.P_cols), self.h)  # type: ignore[arg-type]
         return out
+
+
+# `BatchOps` forms a product over a batch whose matrices hold at least this many stored
+# entries together as a sparse product with the block-diagonal matrix of the instances'
+# matrices (`_block_matrices`: SciPy's compiled CSR/CSC kernels, OptNet QP at batch 256, 1.4M
+# entries: 0.7-1.6 against 5.7 ms for `_products`' gather and `np.bincount`); below it, making
+# that matrix costs more than it saves. Either way each entry of the result is the sum of
+# its terms in their stored order, so the two agree bitwise.
+BLOCK_PRODUCT_ENTRIES = 1 << 14
+# ... in matrices of at most this many stored entries each (their index arrays, kept with the
+# template, are that size)
+BLOCK_MATRIX_ENTRIES = 1 << 20
+
+
+def _block_matrices(values: np.ndarray, index: np.ndarray, into: np.ndarray, n_index: int,
+                    n_into: int) -> list[tuple[int, int, sp.spmatrix, sp.spmatrix]]:
+    """The products Σ_k values[b, k] u[b, index[k]] summed into entry into[k] of instance b's
+    result (`_products`) as sparse matrices, each block-diagonal over up to
+    BLOCK_MATRIX_ENTRIES / nnz instances: [(first instance, matrix)], the matrix (n_into·k ×
+    n_index·k) multiplying those instances' u raveled. Its transpose sums into ``index``
+    instead (Aᵀ y from A's).
+
+    Where ``into`` is sorted the matrix is CSR and each entry of the product sums its terms
+    in their stored order, as `np.bincount` does; where ``index`` is sorted (A's CSC order)
+    it is CSC, whose product scatters the terms in their stored order, which again reaches
+    each entry in that order; otherwise CSR over the stored order stably sorted by ``into``.
+    The transposed products (CSC read as CSR and the converse) keep the order the same way
+    where the other index is sorted within equal ones, as a CSC matrix's rows are."""
+    B, nnz = values.shape
+    step = max(1, BLOCK_MATRIX_ENTRIES // max(1, nnz))
+    pattern = _block_pattern(index, into, n_index, n_into, min(B, step))
+    csr, perm, indices, indptr = pattern
+    kind = sp.csr_matrix if csr else sp.csc_matrix
+    out = []
+    for lo in range(0, B, step):
+        part = values[lo : lo + step]
+        k = part.shape[0]
+        data = np.ascontiguousarray(part if perm is None else part[:, perm]).ravel()
+        lines = k * (n_into if csr else n_index)
+        M = kind((data, indices[: k * nnz], indptr[: lines + 1]),
+                 shape=(k * n_into, k * n_index), copy=False)
+        out.append((lo, lo + k, M, M.T))
+    return out
+
+
+def _block_products(blocks: list[tuple[int, int, sp.spmatrix, sp.spmatrix]], u: np.ndarray,
+                    size: int, transpose: bool) -> np.ndarray:
+    """`_block_matrices`' products with u (B, ·), or with their transposes: (B, size)."""
+    if len(blocks) == 1:
+        _, hi, M, MT = blocks[0]
+        return ((MT if transpose else M) @ np.ascontiguousarray(u).ravel()).reshape(hi, size)
+    out = np.empty((u.shape[0], size))
+    for lo, hi, M, MT in blocks:
+        prod = (MT if transpose else M) @ np.ascontiguousarray(u[lo:hi]).ravel()
+        out[lo:hi] = prod.reshape(hi - lo, size)
+    return out
+
+
+# `_block_pattern`'s index arrays by the ids of ``index`` and ``into`` while ``into`` lives (the
+# template's index arrays)
+_patterns: dict[tuple[int, int, int, int], tuple[weakref.ref, int, tuple]] = {}
+
+
+def _block_pattern(index: np.ndarray, into: np.ndarray, n_index: int, n_into: int, k: int
+                   ) -> tuple[bool, np.ndarray | None, np.ndarray, np.ndarray]:
+    """(CSR?, the stored order's permutation or None, indices, index pointer) of the
+    block-diagonal matrix of `_block_matrices` for at least k instances (slices of it serve
+    fewer)."""
+    key = (id(index), id(into), n_index, n_into)
+    entry = _patterns.get(key)
+    if entry is not None and entry[0]() is into and entry[1] >= k:
+        return entry[2]
+    nnz = into.size
+    perm = None
+    if nnz and np.all(into[1:] >= into[:-1]):
+        csr, lines, inner, line_of = True, n_into, index, into
+    elif nnz and np.all(index[1:] >= index[:-1]):
+        csr, lines, inner, line_of = False, n_index, into, index
+    else:
+        perm = np.argsort(into, kind="stable")
+        csr, lines, inner, line_of = True, n_into, index[perm], into[perm]
+    wide = np.int64 if k * max(nnz, lines, n_index, n_into) >= np.iinfo(np.int32).max \
+        else np.int32
+    offsets = np.arange(k, dtype=wide)[:, None]
+    indices = (inner[None, :].astype(wide) + (n_into if not csr else n_index) * offsets).ravel()
+    starts = np.concatenate([[0], np.cumsum(np.bincount(line_of, minlength=lines))])
+    indptr = np.concatenate([(starts[None, :-1].astype(wide) + nnz * offsets).ravel(),
+                             np.array([k * nnz], dtype=wide)])
+    made = (csr, perm, indices, indptr)
+
+    def forget(_: weakref.ref, key: tuple[int, int, int, int] = key) -> None:
+        _patterns.pop(key, None)
+
+    _patterns[key] = (weakref.ref(into, forget), k, made)
+    return made
 
 
 # `_products` forms and sums its (B, nnz) products of stored entries at most this many

@@ -825,6 +825,56 @@ def test_batch_products_with_a_and_p_are_the_dense_ones(monkeypatch, split):
                 assert np.abs(got - want).max() <= tol * (1 + np.abs(want).max())
 
 
+@pytest.mark.parametrize("split", [False, True])
+def test_batch_products_by_block_diagonal_matrices_are_bitwise_the_summed_ones(monkeypatch,
+                                                                              split):
+    """Where `BatchOps` multiplies by the block-diagonal matrix of the batch's matrices
+    (`_block_matrices`, one or several of them), A u, Aᵀ y and P u are bitwise those of
+    `_products` (each entry sums its terms in their stored order) and equal the dense
+    products; so is a pattern stored in no sorted order (the CSR over a permutation), on
+    data spread over 1e-8 … 1e8."""
+    import declarative.derivative as dv
+
+    layer = every_cone_layer(3)
+    t = layer.template
+    monkeypatch.setattr(dv, "BLOCK_PRODUCT_ENTRIES", 1)
+    if split:
+        monkeypatch.setattr(dv, "BLOCK_MATRIX_ENTRIES", 3 * max(t.nnz, t.P_rows.size))
+    rng = np.random.default_rng(2)
+
+    def spread(*shape: int) -> np.ndarray:
+        return rng.standard_normal(shape) * 10.0 ** rng.integers(-8, 9, shape)
+
+    for B in (1, 7):
+        ops = dv.BatchOps(t, spread(B, t.nnz), spread(B, t.P_rows.size))
+        u, y = spread(B, t.n), spread(B, t.m)
+        got = (ops.A(u), ops.AT(y), ops.P(u))
+        assert set(ops._blocks) == {"A", "P"}
+        assert len(ops._blocks["A"]) == (-(-B // 3) if split else 1)
+        summed = (dv._products(ops.a, u, ops.cols, ops.rows, t.m),
+                  dv._products(ops.a, y, ops.rows, ops.cols, t.n),
+                  dv._products(ops.h, u, t.P_cols, t.P_rows, t.n))
+        A, P = ops.dense(), ops.dense_P()
+        pairs = (("bij,bj->bi", A, u), ("bji,bj->bi", A, y), ("bij,bj->bi", P, u))
+        for g, s, (form, M, w) in zip(got, summed, pairs, strict=True):
+            assert np.array_equal(g, s)
+            size = np.einsum(form, np.abs(M), np.abs(w))  # (rounding is relative to it)
+            assert np.all(np.abs(g - np.einsum(form, M, w)) <= 1e-14 * size)
+    # a pattern sorted neither by row nor by column
+    n, m, nnz, B = 9, 6, 30, 5
+    index, into = rng.integers(0, n, nnz), rng.integers(0, m, nnz)
+    values, u = spread(B, nnz), spread(B, n)
+    blocks = dv._block_matrices(values, index, into, n, m)
+    want = dv._products(values, u, index, into, m)
+    assert np.array_equal(dv._block_products(blocks, u, m, transpose=False), want)
+    dense = np.zeros((B, m, n))
+    np.add.at(dense, (slice(None), into, index), values)
+    y = spread(B, m)
+    size = np.einsum("bji,bj->bi", np.abs(dense), np.abs(y))
+    err = dv._block_products(blocks, y, n, transpose=True) - np.einsum("bji,bj->bi", dense, y)
+    assert np.all(np.abs(err) <= 1e-14 * size)
+
+
 @pytest.mark.parametrize("kind", ("lu", "superlu"))
 def test_hagers_estimate_of_abs_rows_against_the_inverse(kind):
     """`abs_rows_estimate` against max_i Σ_j |(L S⁻¹)_ij| g_j computed from S⁻¹ formed
