@@ -321,8 +321,8 @@ class BatchOps:
 # that matrix costs more than it saves. Either way each entry of the result is the sum of
 # its terms in their stored order, so the two agree bitwise.
 BLOCK_PRODUCT_ENTRIES = 1 << 14
-# ... in matrices of at most this many stored entries each (their index arrays, kept with the
-# template, are that size)
+# ... in matrices of at most this many stored entries each (their index arrays, kept while the
+# template's live, are that size)
 BLOCK_MATRIX_ENTRIES = 1 << 20
 
 
@@ -330,16 +330,16 @@ def _block_matrices(values: np.ndarray, index: np.ndarray, into: np.ndarray, n_i
                     n_into: int) -> list[tuple[int, int, sp.spmatrix, sp.spmatrix]]:
     """The products Σ_k values[b, k] u[b, index[k]] summed into entry into[k] of instance b's
     result (`_products`) as sparse matrices, each block-diagonal over up to
-    BLOCK_MATRIX_ENTRIES / nnz instances: [(first instance, matrix)], the matrix (n_into·k ×
-    n_index·k) multiplying those instances' u raveled. Its transpose sums into ``index``
-    instead (Aᵀ y from A's).
+    BLOCK_MATRIX_ENTRIES / nnz instances: [(first instance, end, matrix, its transpose)], the
+    matrix (n_into·k × n_index·k) multiplying those k instances' u raveled. Its transpose
+    sums into ``index`` instead (Aᵀ y from A's).
 
-    Where ``into`` is sorted the matrix is CSR and each entry of the product sums its terms
-    in their stored order, as `np.bincount` does; where ``index`` is sorted (A's CSC order)
-    it is CSC, whose product scatters the terms in their stored order, which again reaches
-    each entry in that order; otherwise CSR over the stored order stably sorted by ``into``.
-    The transposed products (CSC read as CSR and the converse) keep the order the same way
-    where the other index is sorted within equal ones, as a CSC matrix's rows are."""
+    Each entry of a product sums its terms in their stored order from 0, as `np.bincount`
+    does, so the two agree bitwise: where ``into`` is sorted the matrix is CSR, whose product
+    sums each line's terms in order; where ``index`` is (A's CSC order), CSC, whose product
+    scatters the terms in their stored order. Their transposes read the same arrays the
+    other way round, and keep the order too. Otherwise the matrix is CSR over the stored
+    order stably sorted by ``into`` (its transpose then sums in another order)."""
     B, nnz = values.shape
     step = max(1, BLOCK_MATRIX_ENTRIES // max(1, nnz))
     pattern = _block_pattern(index, into, n_index, n_into, min(B, step))
@@ -370,9 +370,9 @@ def _block_products(blocks: list[tuple[int, int, sp.spmatrix, sp.spmatrix]], u: 
     return out
 
 
-# `_block_pattern`'s index arrays by the ids of ``index`` and ``into`` while ``into`` lives (the
+# `_block_pattern`'s index arrays by the ids of ``index`` and ``into`` while both live (the
 # template's index arrays)
-_patterns: dict[tuple[int, int, int, int], tuple[weakref.ref, int, tuple]] = {}
+_patterns: dict[tuple[int, int, int, int], tuple[weakref.ref, weakref.ref, int, tuple]] = {}
 
 
 def _block_pattern(index: np.ndarray, into: np.ndarray, n_index: int, n_into: int, k: int
@@ -382,8 +382,8 @@ def _block_pattern(index: np.ndarray, into: np.ndarray, n_index: int, n_into: in
     fewer)."""
     key = (id(index), id(into), n_index, n_into)
     entry = _patterns.get(key)
-    if entry is not None and entry[0]() is into and entry[1] >= k:
-        return entry[2]
+    if entry is not None and entry[0]() is index and entry[1]() is into and entry[2] >= k:
+        return entry[3]
     nnz = into.size
     perm = None
     if nnz and np.all(into[1:] >= into[:-1]):
@@ -405,7 +405,7 @@ def _block_pattern(index: np.ndarray, into: np.ndarray, n_index: int, n_into: in
     def forget(_: weakref.ref, key: tuple[int, int, int, int] = key) -> None:
         _patterns.pop(key, None)
 
-    _patterns[key] = (weakref.ref(into, forget), k, made)
+    _patterns[key] = (weakref.ref(index, forget), weakref.ref(into, forget), k, made)
     return made
 
 
