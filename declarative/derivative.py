@@ -247,8 +247,10 @@ class BatchOps:
         self._blocks: dict[str, list] = {}  # `_block_matrices` of A and P, made on first use
 
     def take(self, idx: np.ndarray) -> BatchOps:
-        """The same operators for a subset of the batch."""
-        sub = BatchOps(self.template, self.a[idx], self.h[idx])
+        """The same operators for a subset of the batch (views of the batch's values where
+        ``idx`` is a run of consecutive instances: they are never written to)."""
+        at = _run(idx)
+        sub = BatchOps(self.template, self.a[at], self.h[at])
         if self._magnitude is not None:
             sub._magnitude = self._magnitude.take(idx)
         return sub
@@ -312,6 +314,16 @@ class BatchOps:
         # numpy's stubs type ufunc.at's indices as integer arrays only; a tuple index works
         np.add.at(out, (slice(None), t.P_rows, t.P_cols), self.h)  # type: ignore[arg-type]
         return out
+
+
+def _run(idx: np.ndarray) -> np.ndarray | slice:
+    """``idx`` as a slice where it is a run of consecutive ascending integers (indexing with
+    it then gives views, not copies), else itself."""
+    idx = np.asarray(idx)
+    if idx.ndim == 1 and idx.size > 1 and idx.dtype.kind in "iu" \
+            and idx[-1] - idx[0] == idx.size - 1 and np.all(idx[1:] > idx[:-1]):
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return idx
 
 
 # `BatchOps` forms a product over a batch whose matrices hold at least this many stored
@@ -1633,12 +1645,14 @@ def _dense_positions(t: ConeTemplate
 
 def _factor_one(S: np.ndarray) -> Factor:
     """LU of one dense S (LAPACK getrf), and its truncated SVD if singular."""
-    if not np.all(np.isfinite(S)):
+    with np.errstate(over="ignore", invalid="ignore"):
+        anorm = np.abs(S).sum(axis=0).max()  # (not finite wherever S is not)
+    if not np.isfinite(anorm) and not np.all(np.isfinite(S)):
         return Factor(S, None, 0.0)
     # getrf directly: it reports an exactly singular S in `info` instead of warning
     # (warnings filters are not thread-safe, and this runs in worker threads).
     lu, piv, info = sla.lapack.dgetrf(S)
-    rc = _rcond_lu(lu, S) if info == 0 else 0.0
+    rc = _rcond_lu(lu, S, anorm) if info == 0 else 0.0
     return Factor(S, (lu, piv), rc, None if rc > RCOND_MIN else TruncatedSVD.of(S))
 
 
@@ -2550,9 +2564,11 @@ def _pivot_ratio(lu: spla.SuperLU) -> float:
     return float(d.min() / d.max()) if d.size and d.max() > 0 else 0.0
 
 
-def _rcond_lu(lu: np.ndarray, S: np.ndarray) -> float:
-    """Reciprocal 1-norm condition estimate from an LU factorization (LAPACK gecon)."""
-    anorm = np.abs(S).sum(axis=0).max()
+def _rcond_lu(lu: np.ndarray, S: np.ndarray, anorm: float | None = None) -> float:
+    """Reciprocal 1-norm condition estimate from an LU factorization (LAPACK gecon);
+    ``anorm``: ‖S‖₁ where already at hand."""
+    if anorm is None:
+        anorm = np.abs(S).sum(axis=0).max()
     if anorm == 0:
         return 0.0
     rc, info = _gecon(lu, anorm, norm="1")

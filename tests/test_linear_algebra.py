@@ -825,6 +825,26 @@ def test_batch_products_with_a_and_p_are_the_dense_ones(monkeypatch, split):
                 assert np.abs(got - want).max() <= tol * (1 + np.abs(want).max())
 
 
+def test_batch_ops_of_a_run_of_instances_are_views_and_of_others_copies():
+    """`BatchOps.take` of consecutive instances reads the batch's values in place (a view);
+    of any other selection (gaps, descending, repeated, one instance, a mask) it copies. Both
+    hold exactly the selected instances' values and give their products."""
+    import declarative.derivative as dv
+
+    t = every_cone_layer(3).template
+    rng = np.random.default_rng(3)
+    B = 9
+    ops = dv.BatchOps(t, rng.standard_normal((B, t.nnz)), rng.standard_normal((B, t.P_rows.size)))
+    u = rng.standard_normal((B, t.n))
+    for idx, view in ((np.arange(2, 6), True), (np.arange(B), True), (np.array([1, 2, 4]), False),
+                      (np.array([5, 4, 3]), False), (np.array([3, 3, 4]), False),
+                      (np.array([7]), False), (np.arange(B) % 2 == 0, False)):
+        sub = ops.take(idx)
+        assert np.shares_memory(sub.a, ops.a) is view and np.shares_memory(sub.h, ops.h) is view
+        assert np.array_equal(sub.a, ops.a[idx]) and np.array_equal(sub.h, ops.h[idx])
+        assert np.array_equal(sub.A(u[idx]), ops.A(u)[idx])
+
+
 @pytest.mark.parametrize("split", [False, True])
 def test_batch_products_by_block_diagonal_matrices_are_bitwise_the_summed_ones(monkeypatch,
                                                                               split):
