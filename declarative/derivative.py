@@ -249,7 +249,7 @@ class BatchOps:
     def take(self, idx: np.ndarray) -> BatchOps:
         """The same operators for a subset of the batch (views of the batch's values where
         ``idx`` is a run of consecutive instances: they are never written to)."""
-        at = _run(idx)
+        at = _run(idx, self.a.shape[0])
         sub = BatchOps(self.template, self.a[at], self.h[at])
         if self._magnitude is not None:
             sub._magnitude = self._magnitude.take(idx)
@@ -316,12 +316,14 @@ class BatchOps:
         return out
 
 
-def _run(idx: np.ndarray) -> np.ndarray | slice:
-    """``idx`` as a slice where it is a run of consecutive ascending integers (indexing with
-    it then gives views, not copies), else itself."""
+def _run(idx: np.ndarray, size: int) -> np.ndarray | slice:
+    """``idx`` as a slice where it is a run of consecutive ascending indices within 0 …
+    size − 1 (indexing with it then gives views, not copies), else itself (negative or out
+    of range indices keep their meaning, or their error)."""
     idx = np.asarray(idx)
-    if idx.ndim == 1 and idx.size > 1 and idx.dtype.kind in "iu" \
-            and idx[-1] - idx[0] == idx.size - 1 and np.all(idx[1:] > idx[:-1]):
+    if idx.ndim == 1 and idx.size > 1 and idx.dtype.kind in "iu" and idx[0] >= 0 \
+            and idx[-1] < size and idx[-1] - idx[0] == idx.size - 1 \
+            and np.all(idx[1:] > idx[:-1]):
         return slice(int(idx[0]), int(idx[-1]) + 1)
     return idx
 
@@ -331,10 +333,11 @@ def _run(idx: np.ndarray) -> np.ndarray | slice:
 # matrices (`_block_matrices`: SciPy's compiled CSR/CSC kernels, OptNet QP at batch 256, 1.4M
 # entries: 0.7-1.6 against 5.7 ms for `_products`' gather and `np.bincount`); below it, making
 # that matrix costs more than it saves. Either way each entry of the result is the sum of
-# its terms in their stored order, so the two agree bitwise.
+# its terms in their stored order, so the two agree bitwise (where SciPy's kernels do not
+# fuse a multiply and an add, as its x86-64 builds do not; elsewhere to rounding).
 BLOCK_PRODUCT_ENTRIES = 1 << 14
-# ... in matrices of at most this many stored entries each (their index arrays, kept while the
-# template's live, are that size)
+# ... in matrices of at most this many stored entries, rows and columns each (their index
+# arrays, kept while the template's live, are at most that size)
 BLOCK_MATRIX_ENTRIES = 1 << 20
 
 
@@ -342,18 +345,19 @@ def _block_matrices(values: np.ndarray, index: np.ndarray, into: np.ndarray, n_i
                     n_into: int) -> list[tuple[int, int, sp.spmatrix, sp.spmatrix]]:
     """The products Σ_k values[b, k] u[b, index[k]] summed into entry into[k] of instance b's
     result (`_products`) as sparse matrices, each block-diagonal over up to
-    BLOCK_MATRIX_ENTRIES / nnz instances: [(first instance, end, matrix, its transpose)], the
-    matrix (n_into·k × n_index·k) multiplying those k instances' u raveled. Its transpose
-    sums into ``index`` instead (Aᵀ y from A's).
+    BLOCK_MATRIX_ENTRIES / max(nnz, n_index, n_into) instances: [(first instance, end,
+    matrix, its transpose)], the matrix (n_into·k × n_index·k) multiplying those k instances'
+    u raveled. Its transpose sums into ``index`` instead (Aᵀ y from A's).
 
     Each entry of a product sums its terms in their stored order from 0, as `np.bincount`
-    does, so the two agree bitwise: where ``into`` is sorted the matrix is CSR, whose product
-    sums each line's terms in order; where ``index`` is (A's CSC order), CSC, whose product
-    scatters the terms in their stored order. Their transposes read the same arrays the
-    other way round, and keep the order too. Otherwise the matrix is CSR over the stored
-    order stably sorted by ``into`` (its transpose then sums in another order)."""
+    does, so the two agree bitwise (see BLOCK_PRODUCT_ENTRIES): where ``into`` is sorted the
+    matrix is CSR, whose product sums each line's terms in order; where ``index`` is (A's
+    CSC order), CSC, whose product scatters the terms in their stored order. Their
+    transposes read the same arrays the other way round, and keep the order too. Otherwise
+    the matrix is CSR over the stored order stably sorted by ``into`` (its transpose then
+    sums in another order)."""
     B, nnz = values.shape
-    step = max(1, BLOCK_MATRIX_ENTRIES // max(1, nnz))
+    step = max(1, BLOCK_MATRIX_ENTRIES // max(1, nnz, n_index, n_into))
     pattern = _block_pattern(index, into, n_index, n_into, min(B, step))
     csr, perm, indices, indptr = pattern
     kind = sp.csr_matrix if csr else sp.csc_matrix
@@ -1646,7 +1650,7 @@ def _dense_positions(t: ConeTemplate
 def _factor_one(S: np.ndarray) -> Factor:
     """LU of one dense S (LAPACK getrf), and its truncated SVD if singular."""
     with np.errstate(over="ignore", invalid="ignore"):
-        anorm = np.abs(S).sum(axis=0).max()  # (not finite wherever S is not)
+        anorm = np.abs(S).sum(axis=0).max(initial=0.0)  # (not finite wherever S is not)
     if not np.isfinite(anorm) and not np.all(np.isfinite(S)):
         return Factor(S, None, 0.0)
     # getrf directly: it reports an exactly singular S in `info` instead of warning

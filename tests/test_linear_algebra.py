@@ -838,11 +838,14 @@ def test_batch_ops_of_a_run_of_instances_are_views_and_of_others_copies():
     u = rng.standard_normal((B, t.n))
     for idx, view in ((np.arange(2, 6), True), (np.arange(B), True), (np.array([1, 2, 4]), False),
                       (np.array([5, 4, 3]), False), (np.array([3, 3, 4]), False),
-                      (np.array([7]), False), (np.arange(B) % 2 == 0, False)):
+                      (np.array([7]), False), (np.arange(B) % 2 == 0, False),
+                      (np.array([-2, -1]), False), (np.array([-1, 0]), False)):
         sub = ops.take(idx)
         assert np.shares_memory(sub.a, ops.a) is view and np.shares_memory(sub.h, ops.h) is view
         assert np.array_equal(sub.a, ops.a[idx]) and np.array_equal(sub.h, ops.h[idx])
         assert np.array_equal(sub.A(u[idx]), ops.A(u)[idx])
+    with pytest.raises(IndexError):
+        ops.take(np.array([B - 1, B]))
 
 
 @pytest.mark.parametrize("split", [False, True])
@@ -850,16 +853,23 @@ def test_batch_products_by_block_diagonal_matrices_are_bitwise_the_summed_ones(m
                                                                               split):
     """Where `BatchOps` multiplies by the block-diagonal matrix of the batch's matrices
     (`_block_matrices`, one or several of them), A u, Aᵀ y and P u are bitwise those of
-    `_products` (each entry sums its terms in their stored order) and equal the dense
+    `_products` (each entry sums its terms in their stored order; on x86-64, whose SciPy
+    builds do not fuse a multiply and an add, elsewhere to rounding) and equal the dense
     products; so is a pattern stored in no sorted order (the CSR over a permutation), on
-    data spread over 1e-8 … 1e8."""
+    data spread over 1e-8 … 1e8. The kept index arrays stay within BLOCK_MATRIX_ENTRIES
+    also where the matrices have far fewer stored entries than rows."""
+    import platform
+
     import declarative.derivative as dv
+
+    exact = platform.machine().lower() in ("x86_64", "amd64")
 
     layer = every_cone_layer(3)
     t = layer.template
     monkeypatch.setattr(dv, "BLOCK_PRODUCT_ENTRIES", 1)
     if split:
-        monkeypatch.setattr(dv, "BLOCK_MATRIX_ENTRIES", 3 * max(t.nnz, t.P_rows.size))
+        monkeypatch.setattr(dv, "BLOCK_MATRIX_ENTRIES",
+                            3 * max(t.nnz, t.P_rows.size, t.n, t.m))
     rng = np.random.default_rng(2)
 
     def spread(*shape: int) -> np.ndarray:
@@ -877,8 +887,8 @@ def test_batch_products_by_block_diagonal_matrices_are_bitwise_the_summed_ones(m
         A, P = ops.dense(), ops.dense_P()
         pairs = (("bij,bj->bi", A, u), ("bji,bj->bi", A, y), ("bij,bj->bi", P, u))
         for g, s, (form, M, w) in zip(got, summed, pairs, strict=True):
-            assert np.array_equal(g, s)
             size = np.einsum(form, np.abs(M), np.abs(w))  # (rounding is relative to it)
+            assert np.array_equal(g, s) if exact else np.all(np.abs(g - s) <= 1e-14 * size)
             assert np.all(np.abs(g - np.einsum(form, M, w)) <= 1e-14 * size)
     # a pattern sorted neither by row nor by column
     n, m, nnz, B = 9, 6, 30, 5
@@ -886,13 +896,20 @@ def test_batch_products_by_block_diagonal_matrices_are_bitwise_the_summed_ones(m
     values, u = spread(B, nnz), spread(B, n)
     blocks = dv._block_matrices(values, index, into, n, m)
     want = dv._products(values, u, index, into, m)
-    assert np.array_equal(dv._block_products(blocks, u, m, transpose=False), want)
+    got = dv._block_products(blocks, u, m, transpose=False)
+    assert np.array_equal(got, want) if exact else np.allclose(got, want, rtol=1e-14, atol=0)
     dense = np.zeros((B, m, n))
     np.add.at(dense, (slice(None), into, index), values)
     y = spread(B, m)
     size = np.einsum("bji,bj->bi", np.abs(dense), np.abs(y))
     err = dv._block_products(blocks, y, n, transpose=True) - np.einsum("bji,bj->bi", dense, y)
     assert np.all(np.abs(err) <= 1e-14 * size)
+    # two stored entries among 2,000 rows: the index pointers, not the entries, bound a block
+    monkeypatch.undo()
+    index, into = np.array([0, 1]), np.array([0, 1])
+    blocks = dv._block_matrices(np.ones((8192, 2)), index, into, 2000, 2000)
+    assert len(blocks) == 16
+    assert all(M.indptr.size <= dv.BLOCK_MATRIX_ENTRIES + 1 for _, _, M, _ in blocks)
 
 
 @pytest.mark.parametrize("kind", ("lu", "superlu"))
