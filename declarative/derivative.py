@@ -386,43 +386,33 @@ def _block_products(blocks: list[tuple[int, int, sp.spmatrix, sp.spmatrix]], u: 
     return out
 
 
-# `_block_pattern`'s index arrays by the ids of ``index`` and ``into`` while both live (the
-# template's index arrays)
-_patterns: dict[tuple[int, int, int, int], tuple[weakref.ref, weakref.ref, int, tuple]] = {}
-
-
 def _block_pattern(index: np.ndarray, into: np.ndarray, n_index: int, n_into: int, k: int
                    ) -> tuple[bool, np.ndarray | None, np.ndarray, np.ndarray]:
     """(CSR?, the stored order's permutation or None, indices, index pointer) of the
     block-diagonal matrix of `_block_matrices` for at least k instances (slices of it serve
-    fewer)."""
-    key = (id(index), id(into), n_index, n_into)
-    entry = _patterns.get(key)
-    if entry is not None and entry[0]() is index and entry[1]() is into and entry[2] >= k:
-        return entry[3]
-    nnz = into.size
-    perm = None
-    if nnz and np.all(into[1:] >= into[:-1]):
-        csr, lines, inner, line_of = True, n_into, index, into
-    elif nnz and np.all(index[1:] >= index[:-1]):
-        csr, lines, inner, line_of = False, n_index, into, index
-    else:
-        perm = np.argsort(into, kind="stable")
-        csr, lines, inner, line_of = True, n_into, index[perm], into[perm]
-    wide = np.int64 if k * max(nnz, lines, n_index, n_into) >= np.iinfo(np.int32).max \
-        else np.int32
-    offsets = np.arange(k, dtype=wide)[:, None]
-    indices = (inner[None, :].astype(wide) + (n_into if not csr else n_index) * offsets).ravel()
-    starts = np.concatenate([[0], np.cumsum(np.bincount(line_of, minlength=lines))])
-    indptr = np.concatenate([(starts[None, :-1].astype(wide) + nnz * offsets).ravel(),
-                             np.array([k * nnz], dtype=wide)])
-    made = (csr, perm, indices, indptr)
+    fewer), kept while ``index`` and ``into`` live (`_kept_for`)."""
 
-    def forget(_: weakref.ref, key: tuple[int, int, int, int] = key) -> None:
-        _patterns.pop(key, None)
+    def make() -> tuple[int, tuple[bool, np.ndarray | None, np.ndarray, np.ndarray]]:
+        nnz = into.size
+        perm = None
+        if nnz and np.all(into[1:] >= into[:-1]):
+            csr, lines, inner, line_of = True, n_into, index, into
+        elif nnz and np.all(index[1:] >= index[:-1]):
+            csr, lines, inner, line_of = False, n_index, into, index
+        else:
+            perm = np.argsort(into, kind="stable")
+            csr, lines, inner, line_of = True, n_into, index[perm], into[perm]
+        wide = np.int64 if k * max(nnz, lines, n_index, n_into) >= np.iinfo(np.int32).max \
+            else np.int32
+        offsets = np.arange(k, dtype=wide)[:, None]
+        indices = (inner[None, :].astype(wide)
+                   + (n_into if not csr else n_index) * offsets).ravel()
+        starts = np.concatenate([[0], np.cumsum(np.bincount(line_of, minlength=lines))])
+        indptr = np.concatenate([(starts[None, :-1].astype(wide) + nnz * offsets).ravel(),
+                                 np.array([k * nnz], dtype=wide)])
+        return k, (csr, perm, indices, indptr)
 
-    _patterns[key] = (weakref.ref(index, forget), weakref.ref(into, forget), k, made)
-    return made
+    return _kept_for((index, into), ("block", n_index, n_into), k, make)
 
 
 # `_products` forms and sums its (B, nnz) products of stored entries at most this many
@@ -458,27 +448,40 @@ def _products(values: np.ndarray, u: np.ndarray, index: np.ndarray, into: np.nda
     return out
 
 
-# `_offset_bins`' arrays by id of their ``into`` and the size, while ``into`` lives (the
-# template's index arrays).
-_bins: dict[tuple[int, int], tuple[weakref.ref, np.ndarray]] = {}
+# Arrays made from a template's index arrays (`_offset_bins`, `_block_pattern`), by those
+# arrays' ids and a tag, while they live: (weak references to them, how many instances the
+# value serves, the value)
+_kept: dict[tuple, tuple[list[weakref.ref], int, Any]] = {}
+
+
+def _kept_for(sources: tuple[np.ndarray, ...], tag: tuple, need: int,
+              make: Callable[[], tuple[int, Any]]) -> Any:
+    """The value kept for ``sources`` and ``tag`` where it serves at least ``need``
+    instances; else the one of ``make()`` (how many instances it serves, the value), kept in
+    its place while every source lives."""
+    key = (*map(id, sources), *tag)
+    entry = _kept.get(key)
+    if entry is not None and entry[1] >= need \
+            and all(ref() is a for ref, a in zip(entry[0], sources, strict=True)):
+        return entry[2]
+    served, value = make()
+
+    def forget(_: weakref.ref, key: tuple = key) -> None:
+        _kept.pop(key, None)
+
+    _kept[key] = ([weakref.ref(a, forget) for a in sources], served, value)
+    return value
 
 
 def _offset_bins(into: np.ndarray, size: int, k: int, most: int) -> np.ndarray:
     """into + size·b for instances b = 0 … k − 1, flattened (k·nnz): the bins of `_products`'
-    sums. Made once for up to ``most`` instances and sliced."""
+    sums. Made once for up to ``most`` instances and sliced (`_kept_for`)."""
     if k == 1:
         return into
-    key = (id(into), size)
-    entry = _bins.get(key)
-    if entry is None or entry[0]() is not into or entry[1].size < k * into.size:
-        most = max(k, most)
-        made = (into[None, :] + size * np.arange(most)[:, None]).ravel()
-
-        def forget(_: weakref.ref, key: tuple[int, int] = key) -> None:
-            _bins.pop(key, None)
-
-        entry = _bins[key] = (weakref.ref(into, forget), made)
-    return entry[1][: k * into.size]
+    count = max(k, most)
+    made = _kept_for((into,), ("bins", size), k, lambda: (
+        count, (into[None, :] + size * np.arange(count)[:, None]).ravel()))
+    return made[: k * into.size]
 
 
 def _scatter(t: ConeTemplate):
