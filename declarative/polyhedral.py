@@ -169,8 +169,7 @@ class ActiveSet:
             rcond = 1.0 / (anorm * np.abs(inv).sum(axis=0).max(initial=0.0))
             if not rcond > np.finfo(float).eps:
                 return True
-            z = inv @ rhs
-            z = z + inv @ (rhs - M @ z)
+            z = _inverse_solve(inv, M, rhs)
         else:
             f, piv, info = la.lapack.dgetrf(M)
             if info != 0:
@@ -253,12 +252,9 @@ class ActiveSet:
         else:
             top = np.concatenate([rx, rv[rows]])
         if self.inv is not None:
-            # with M's inverse, one step of iterative refinement against M itself, as the
-            # LU's solve in `_for_rows` (Higham, §12.2)
             assert self.M is not None  # (kept with inv)
             inv, M = (self.inv.T, self.M.T) if transpose else (self.inv, self.M)
-            z = inv @ top
-            z = z + inv @ (top - M @ z)
+            z = _inverse_solve(inv, M, top)
         else:
             assert self.lu is not None
             z, _ = la.lapack.dgetrs(*self.lu, top, trans=int(transpose))
@@ -267,6 +263,14 @@ class ActiveSet:
         out[n:] = rv if transpose else rv + self.A @ z[:n]
         out[n:][rows] = z[n:]
         return out
+
+
+def _inverse_solve(inv: np.ndarray, M: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """M⁻¹ r from M's explicit inverse ``inv``, with one step of iterative refinement against
+    M itself, as the LU's solves in `ActiveSet._for_rows` (componentwise backward stable:
+    Higham, *Accuracy and Stability of Numerical Algorithms*, §12.2)."""
+    z = inv @ r
+    return z + inv @ (r - M @ z)
 
 
 def _separable(P: np.ndarray | None) -> np.ndarray | None:
