@@ -39,7 +39,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import scipy.linalg as sla
@@ -2142,7 +2142,7 @@ def _low_rank_parts(ops: BatchOps, D: DProjection, layout: SparseLayout) -> list
         form = None
         if coupling is not None and cones and Uall[1].size >= FACTORED_U_MIN:
             G = coupling.at(ops.a[j])
-            form = (G, G.T, Vall[1], np.concatenate([h for _, _, _, h in cones]), True)
+            form = LowRankForm(G, G.T, Vall[1], np.concatenate([h for _, _, _, h in cones]), True)
         out.append(LowRankS(S0, Uall, Vall,
                             np.concatenate(shift) if shift else np.zeros(0, dtype=int), layout,
                             shared, form))
@@ -2207,13 +2207,25 @@ def _stack_columns(blocks: list[tuple[np.ndarray, np.ndarray]]
     return rows, out
 
 
+class LowRankForm(NamedTuple):
+    """U Vᵀ of a `LowRankS` in factored form: U = G Q diag(h) and V = Q on their rows where
+    ``side`` (S itself), U = Q and V = G Q diag(h) where not (Sᵀ); G = [Aᵀ_K; −I] sparse,
+    Gt = Gᵀ."""
+
+    G: sp.spmatrix
+    Gt: sp.spmatrix
+    Q: np.ndarray
+    h: np.ndarray
+    side: bool
+
+
 class LowRankS:
     """S = S₀ + U Vᵀ, with S₀ sparse and U, V (N × ρ) given by their nonzero rows
     (``U[Ur] = Ub``, ``V[Vr] = Vb``): S where DΠ's PSD blocks are 0 or I up to a low-rank term
     (`_low_rank_parts`), without S's dense kk × kk blocks. Products with S and Sᵀ (``T``) cost
     nnz(S₀) + (|Ur| + |Vr|)ρ.
 
-    ``form`` (G, Gᵀ, Q, h, side), where at hand, is U Vᵀ's factored form from DΠ's blocks:
+    ``form`` (`LowRankForm`), where at hand, is U Vᵀ's factored form from DΠ's blocks:
     U = G Q diag(h) and V = Q on their rows (``side`` True; False for Sᵀ, whose U and V are
     those swapped), with G = [Aᵀ_K; −I] sparse (|Ur| × |Vr|). Products with U and Vᵀ
     (`u_times`, `vt_times`) then read Q alone, not also U, which is twice its size: half the
@@ -2225,7 +2237,7 @@ class LowRankS:
 
     def __init__(self, S0: sp.spmatrix, U: tuple[np.ndarray, np.ndarray],
                  V: tuple[np.ndarray, np.ndarray], zero_rows: np.ndarray,
-                 layout: SparseLayout, shared: bool = True, form: tuple | None = None
+                 layout: SparseLayout, shared: bool = True, form: LowRankForm | None = None
                  ) -> None:
         self.S0 = S0
         self.form = form
@@ -2250,26 +2262,26 @@ class LowRankS:
         f = self.form
         return LowRankS(self.S0.T, (self.Vr, self.Vb), (self.Ur, self.Ub), self.zero_rows,
                         self.layout, self.shared,
-                        None if f is None else (f[0], f[1], f[2], f[3], not f[4]))
+                        None if f is None else f._replace(side=not f.side))
 
     def u_times(self, z: np.ndarray) -> np.ndarray:
         """U z on U's rows (``Ur``), z (ρ,) or (ρ, K)."""
         if self.form is None:
             return self.Ub @ z
-        G, _, Q, h, side = self.form
-        if side:
-            return G @ (Q @ (h * z if z.ndim == 1 else h[:, None] * z))
-        return Q @ z
+        f = self.form
+        if f.side:
+            return f.G @ (f.Q @ (f.h * z if z.ndim == 1 else f.h[:, None] * z))
+        return f.Q @ z
 
     def vt_times(self, x: np.ndarray) -> np.ndarray:
         """Vᵀ x, x given on V's rows (``Vr``)."""
         if self.form is None:
             return self.Vb.T @ x
-        _, Gt, Q, h, side = self.form
-        if side:
-            return Q.T @ x
-        z = Q.T @ (Gt @ x)
-        return h * z if z.ndim == 1 else h[:, None] * z
+        f = self.form
+        if f.side:
+            return f.Q.T @ x
+        z = f.Q.T @ (f.Gt @ x)
+        return f.h * z if z.ndim == 1 else f.h[:, None] * z
 
     def __matmul__(self, x: np.ndarray) -> np.ndarray:
         out = self.S0 @ x
