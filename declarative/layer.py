@@ -1677,12 +1677,7 @@ class Layer:
         factors = [f if kp else None for f, kp in zip(r.factors, keep, strict=True)]
         v = np.where(keep[:, None], r.v, y - s)
         certified = candidate & keep & (after <= ACCEPT_BACKWARD)
-        kinks = np.zeros(v.shape, dtype=bool)
-        certified &= self._forward_error_ok(sub, eq, r, certified, factors, ch, bh,
-                                            kinks=kinks)
-        # a weakly active constraint known only to within its error: held on the kink, which
-        # the derivatives then find (`diagnose`), as they find one that refinement left there
-        v[kinks & certified[:, None]] = 0.0
+        certified = self._certified_held(sub, eq, r, certified, factors, ch, bh, v)
         vertex: list = [None] * k
         rescue = np.flatnonzero(candidate & ~certified)
         if rescue.size and ACTIVE_SET_RESCUE and ours["refine"] \
@@ -1817,12 +1812,9 @@ class Layer:
         certified; extended residuals take both to about u."""
         r = refine(ops, c, b, att.x[idx], att.y[idx], att.s[idx], tol=ours["refine_tol"],
                    max_iters=ours["refine_max_iters"], extended=True)
-        ok = r.omega <= ACCEPT_BACKWARD
-        kinks = np.zeros(r.v.shape, dtype=bool)
-        ok &= self._forward_error_ok(ops, eq, r, ok, r.factors, c, b,
-                                     rounding=ROUNDING_EXTENDED, kinks=kinks)
         v = r.v.copy()
-        v[kinks & ok[:, None]] = 0.0  # (as in `_settle`)
+        ok = self._certified_held(ops, eq, r, r.omega <= ACCEPT_BACKWARD, r.factors, c, b, v,
+                                  rounding=ROUNDING_EXTENDED)
         k = len(ok)
         return _Attempt(status=[Status.SOLVED if w else att.status[i]
                                 for w, i in zip(ok, idx.tolist(), strict=True)],
@@ -2041,6 +2033,20 @@ class Layer:
             return False
         share = np.add.reduceat(N[t.n :] ** 2, starts, axis=0)[active]  # (blocks, k)
         return bool(np.any(share > FACE_TOL ** 2 * np.einsum("ij,ij->j", N, N)))
+
+    def _certified_held(self, ops: BatchOps, eq: Equilibration, r: Any, which: np.ndarray,
+                        factors: list, c: np.ndarray, b: np.ndarray, v: np.ndarray,
+                        rounding: float = ROUNDING) -> np.ndarray:
+        """`_forward_error_ok` of refinement's points ``r`` where ``which`` (B,), with each
+        certified point's v (``v``, (B, m), changed in place) set to 0 on the entries the
+        certificate took for kinks: a weakly active constraint known only to within its
+        error is held on the kink, which the derivatives then find (`diagnose`), as they
+        find one that refinement left there."""
+        kinks = np.zeros(v.shape, dtype=bool)
+        ok = which & self._forward_error_ok(ops, eq, r, which, factors, c, b,
+                                            rounding=rounding, kinks=kinks)
+        v[kinks & ok[:, None]] = 0.0
+        return ok
 
     def _forward_error_ok(self, ops: BatchOps, eq: Equilibration, r: Any, which: np.ndarray,
                           factors: list, c: np.ndarray, b: np.ndarray,
