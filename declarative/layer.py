@@ -1045,7 +1045,7 @@ class Layer:
         self._solver_named = named
         if not named:
             self._choose_solver(self._probe_sample(values, self.batch(values)[1]))
-        if not use_dense(t):  # SuperLU's ordering: the least fill on the sample's first system
+        if not use_dense(t):  # SuperLU's ordering: decided on the sample's first system
             layout = sparse_layout(t)
             layout.ordering = None
             self.forward(values, on_failure="nan")
@@ -1328,8 +1328,8 @@ class Layer:
                        _scaling=eq, chunk=chunk)
 
     def _record_ordering(self, layout: Any) -> None:
-        """Keep in the tuning the SuperLU ordering the first sparse factorization chose (the
-        least fill on that instance): every later call factors with it."""
+        """Keep in the tuning the SuperLU ordering the first sparse factorization chose
+        (`derivative._best_ordering` on that instance): every later call factors with it."""
         if layout.ordering is None:
             return
         with self._lock:

@@ -45,9 +45,9 @@ class Tuning:
     do not depend on the parameters share one solver setup per thread (only b and c are
     updated). ``sparse_ordering`` and ``supernodes``: SuperLU's column ordering (one of
     `derivative.ORDERINGS`) and whether it uses supernodes, where the Newton and derivative
-    systems are factored sparse (decided on the first instance factored, the ordering with
-    the least fill). A user's ``solver_args`` entry of the same name overrides a field per
-    call.
+    systems are factored sparse (decided on the first instance factored, from the fill of
+    each ordering there: `derivative._best_ordering`). A user's ``solver_args`` entry of
+    the same name overrides a field per call.
 
     ``chunk_size``: None (the default) refines the whole batch at once and keeps refinement's
     factorizations of S for the derivative. A positive integer k is the low-memory mode: the

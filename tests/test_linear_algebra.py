@@ -450,6 +450,63 @@ def test_envelope_and_natural_ordering_guard():
     assert _envelope(last_dense) <= 2 * n
 
 
+def test_best_ordering_is_the_preferred_one_within_the_fill_slack_whatever_the_timing(
+        monkeypatch):
+    """The ordering is the first of ORDERING_PREFERENCE whose fill (SuperLU's nnz(L + U),
+    measured here directly) is within FILL_SLACK of the least, on matrices where each rule
+    decides: a time-based choice flipped between processes where two orderings tie. Made
+    slowest by a delay, the preferred ordering is still the one taken."""
+    import time
+
+    import scipy.sparse as sp
+    import scipy.sparse.linalg as spla
+
+    import declarative.derivative as der
+
+    def fills(S):
+        out = {}
+        for spec in der.ORDERINGS:
+            if spec == "NATURAL" and not der._envelope(S) <= der.ENVELOPE_RATIO * min(out.values()):
+                continue
+            lu = spla.splu(S, permc_spec=spec)
+            out[spec] = float(lu.L.nnz + lu.U.nnz)
+        return out
+
+    def expected(S):
+        f = fills(S)
+        least = min(f.values())
+        return next(s for s in der.ORDERING_PREFERENCE if s in f and f[s] <= der.FILL_SLACK * least)
+
+    rng = np.random.default_rng(3)
+    n = 200
+    banded = sp.diags([rng.uniform(1, 2, n - k) for k in (0, 1, 2)], [0, 1, 2]).tocsc()
+    banded = (banded + banded.T + 8 * sp.identity(n)).tocsc()
+    scattered = (sp.random(n, n, density=0.02, random_state=4) + 6 * sp.identity(n)).tocsc()
+    arrow = sp.lil_matrix((n, n))
+    arrow.setdiag(rng.uniform(2, 3, n))
+    arrow[0, :] = rng.uniform(0.1, 0.2, n)
+    arrow[:, 0] = rng.uniform(0.1, 0.2, (n, 1))
+    arrow[0, 0] = n
+    arrow = arrow.tocsc()
+    chosen = {}
+    for name, S in (("banded", banded), ("scattered", scattered), ("arrow", arrow)):
+        spec, fill = der._best_ordering(S)
+        assert spec == expected(S), name
+        assert fill == fills(S)[spec]
+        chosen[name] = spec
+    assert chosen["banded"] == "NATURAL"  # (no fill beyond the band: the first preference)
+    assert chosen["arrow"] != "NATURAL"  # (its dense first row fills the natural order)
+    real = spla.splu
+
+    def slow_preferred(S, permc_spec=None, **kw):
+        if permc_spec == chosen["scattered"]:
+            time.sleep(0.02)
+        return real(S, permc_spec=permc_spec, **kw)
+
+    monkeypatch.setattr(der.spla, "splu", slow_preferred)
+    assert der._best_ordering(scattered)[0] == chosen["scattered"]
+
+
 def test_low_rank_factorization_preconditions_a_nearby_s(monkeypatch):
     """Where DΠ moved little (refinement's last step, the derivative after it), S = S₀ + U Vᵀ
     is solved by iterative refinement with the previous factorization's formula (no new C,
