@@ -893,7 +893,7 @@ class Linearization:
         self.dense = use_dense(t) if dense is None else dense
         B = D.batch_size
         # instances whose S is kept as S₀ + U Vᵀ (`LowRankS`): DΠ's dense PSD blocks never built
-        low, rank = (np.zeros(B, dtype=bool), 0) if self.dense else _low_rank(t, D)
+        low, rank = (np.zeros(B, dtype=bool), 0) if self.dense else low_rank_mask(t, D)
         full = np.flatnonzero(~low)
         values = D.values() if full.size == B else \
             D.take(full).values() if full.size else np.zeros((0, 0))
@@ -2081,7 +2081,7 @@ def low_rank_groups(t: ConeTemplate) -> frozenset:
                      or (kind == "soc" and k >= SOC_LOW_RANK_MIN))
 
 
-def _low_rank(t: ConeTemplate, D: DProjection) -> tuple[np.ndarray, int]:
+def low_rank_mask(t: ConeTemplate, D: DProjection) -> tuple[np.ndarray, int]:
     """(B,) bool: the instances whose S is kept as `LowRankS`, those whose blocks of
     `low_rank_groups` are base·I up to a term of rank ρ <= LOW_RANK_MAX·Σ kk (Σ over those
     blocks' sizes); and the largest ρ among them."""

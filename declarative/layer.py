@@ -49,6 +49,8 @@ from declarative.derivative import (
     abs_max,
     abs_rows_estimate,
     diagnose,
+    low_rank_groups,
+    low_rank_mask,
     newton_correction,
     project_dual,
     ranks_exactly,
@@ -1642,9 +1644,32 @@ class Layer:
         parts = _parts(len(idx), t.n + t.m)
         if len(parts) == 1:
             return self._settle(res, idx, ops, c, b, ours, scaling)
+        self._ordering_first(res, ops.take(idx[:1]))
         return _Attempt.join(parallel_map(
             lambda sl: self._settle(res.take(sl), idx[sl], ops, c, b, ours, scaling),
             parts), with_D=True)
+
+    def _ordering_first(self, res: SolveResult, first: BatchOps) -> None:
+        """SuperLU's ordering (`derivative._best_ordering`) decided on the first instance of
+        the attempt (``first``, at the solver's point, ``res``'s first), where it is not yet,
+        before the parts of the batch are refined concurrently: each part would decide on
+        its own first instance, and whichever factored first would set the ordering for
+        every later call (`_record_ordering`). Decided for the layout that instance factors
+        with (S's, or S₀'s where its S is low-rank), by one factorization of it."""
+        t = self.template
+        low_rank = bool(low_rank_groups(t))
+        if use_dense(t) or (sparse_layout(t).ordering is not None
+                            and (not low_rank or sparse_layout(t, True).ordering is not None)):
+            return
+        v = res.y[:1] - res.s[:1]
+        if not (np.all(np.isfinite(res.x[:1])) and np.all(np.isfinite(v))):
+            return
+        D = dproject(v, t.dims, dual=True)
+        layout = sparse_layout(t, low_rank and bool(low_rank_mask(t, D)[0][0]))
+        if layout.ordering is None:
+            with self._lock:
+                if layout.ordering is None:
+                    Linearization(first, D)
 
     def _settle(self, res: SolveResult, idx: np.ndarray, ops: BatchOps, c: np.ndarray,
                 b: np.ndarray, ours: dict, scaling: Equilibration) -> _Attempt:

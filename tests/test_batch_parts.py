@@ -210,3 +210,48 @@ def test_a_call_from_another_thread_is_bitwise_the_main_threads():
     for other in others:
         for a, b in zip(main, other, strict=True):
             assert np.array_equal(a, b)
+
+
+def test_superlu_ordering_is_decided_once_before_the_parts(monkeypatch):
+    """On a layer's first call cut in parts, SuperLU's ordering is decided once, on the
+    batch's first instance in the calling thread, before the parts are refined, and every
+    part factors with it. Decided by each part on its own first instance, a part could
+    factor with one ordering while another part set a second one for every later call.
+    Here a decision in a worker thread is made to differ, and the caller's to come last."""
+    import time
+
+    import declarative.derivative as der
+
+    monkeypatch.setattr(parallel, "_CPUS", 2)
+    monkeypatch.setattr(layer_module, "SETTLE_PARALLEL_FROM", 0)
+    layer, mod, sizes = zoo_layer("sparsemax", n=100)
+    t = layer.template
+    assert not der.use_dense(t)  # (SuperLU's)
+    for key in ("sparse_layout", "sparse_layout_low_rank"):
+        t.derived.pop(key, None)
+    assert layer.tuning.sparse_ordering is None
+    rng = np.random.default_rng(5)
+    values = [np.stack([np.asarray(mod.sample(rng, **sizes)[0], dtype=float)
+                        for _ in range(B)])]
+    best, factor = der._best_ordering, der._factor_sparse_one
+    deciders: list[str] = []
+    used: list[str] = []
+
+    def by_thread(S):
+        caller = threading.current_thread() is threading.main_thread()
+        if caller:
+            time.sleep(0.05)
+        deciders.append("caller" if caller else "worker")
+        return ("COLAMD" if caller else "MMD_AT_PLUS_A"), best(S)[1]
+
+    def recorded(S, ordering="COLAMD", supernodes=True):
+        used.append(ordering)
+        return factor(S, ordering, supernodes)
+
+    monkeypatch.setattr(der, "_best_ordering", by_thread)
+    monkeypatch.setattr(der, "_factor_sparse_one", recorded)
+    fwd = layer.forward(values)
+    assert fwd.ok.all()
+    assert "worker" not in deciders  # (the caller also probes the fill for `use_dense`)
+    assert used and set(used) == {"COLAMD"}
+    assert layer.tuning.sparse_ordering == "COLAMD"
