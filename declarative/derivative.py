@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -565,6 +566,7 @@ class SparseLayout:
         self.ordering: str | None = None  # SuperLU's column ordering, chosen on first use
         self.ordering_low_rank: str | None = None  # the bordered matrix's (LOW_RANK_MAX)
         self.supernodes = True  # SuperLU's supernodes (off where the factors are very sparse)
+        self.timed = False  # orderings chosen by timing (`Layer.tune`), else by fill
         self._rows, self._m = Ar, m
         self._lus: OrderedDict[bytes, SharedLU | None] = OrderedDict()  # see `lu0`
         self._lock = threading.Lock()
@@ -1045,9 +1047,13 @@ class Linearization:
         elif todo:
             first = mats[todo[0]]
             if layout.ordering is None:  # (`_best_ordering` on a real instance)
-                layout.ordering, fill = _best_ordering(
-                    first.S0 if isinstance(first, LowRankS) else first)
-                layout.supernodes = not fill <= THIN_FILL * first.shape[0]
+                with layout._lock:  # (once: concurrent parts wait and factor with it)
+                    if layout.ordering is None:
+                        ordering, fill = _best_ordering(
+                            first.S0 if isinstance(first, LowRankS) else first,
+                            timed=getattr(layout, "timed", False))
+                        layout.supernodes = not fill <= THIN_FILL * first.shape[0]
+                        layout.ordering = ordering
             if isinstance(first, LowRankS):
                 fn = _factor_low_rank
             else:
@@ -1795,13 +1801,17 @@ def _invert_reduced(S: np.ndarray, inv: np.ndarray, ok: np.ndarray, n: int) -> N
 # last) the natural order keeps them as one trailing supernode: on the PSD projection with a
 # trace constraint at k = 30 it factors 5× faster than minimum degree, at about the same flops.
 ORDERINGS = ("MMD_AT_PLUS_A", "COLAMD", "NATURAL")
-# At about equal fill SuperLU is faster with the natural order than with COLAMD, and with
-# COLAMD than with minimum degree, by how its supernodes fall (PSD projection with a trace
-# constraint at k = 30: 11, 14 and 117 ms at fill 435k-442k; the OptNet QP's S: 0.81 ms at
-# fill 25k natural against 1.21 ms at 20k minimum degree); the first of them, in this
-# order, whose fill is within FILL_SLACK of the least fill is taken.
+# At about equal fill SuperLU is mostly faster with the natural order than with COLAMD, and
+# with COLAMD than with minimum degree, by how its supernodes fall (PSD projection with a
+# trace constraint at k = 30: 11, 14 and 117 ms at fill 435k-442k; the OptNet QP's S: 0.81
+# ms at fill 25k natural against 1.21 ms at 20k minimum degree; not always: softmax at
+# n = 1,000, COLAMD 15.3 ms against minimum degree's 11.4 at equal fill). The first of
+# them, in this order, whose fill is within FILL_SLACK of the least fill is taken, unless
+# the choice is timed (`_best_ordering`).
 ORDERING_PREFERENCE = ("NATURAL", "COLAMD", "MMD_AT_PLUS_A")
 FILL_SLACK = 1.5
+# Probe factorizations per ordering where the choice is timed (the fastest counts).
+TIMED_PROBES = 3
 # The natural order is probed only where its fill cannot run away: the envelope of S's
 # symmetric pattern below the diagonal (twice which holds L + U without pivoting) at most
 # ENVELOPE_RATIO times the least fill of the other orderings.
@@ -1812,31 +1822,45 @@ THIN_FILL = 8
 _NO_SUPERNODES = {"panel_size": 1, "relax": 1}
 
 
-def _best_ordering(S: sp.csc_matrix) -> tuple[str, float]:
+def _best_ordering(S: sp.csc_matrix, timed: bool = False) -> tuple[str, float]:
     """The ordering to factor S with, and its fill nnz(L + U) (inf if S is singular under
     every ordering): the first of ORDERING_PREFERENCE whose fill on S is within FILL_SLACK of
     the least (one probe factorization each; the natural order only where its envelope
-    cannot run away). Fill alone misleads: on dense DΠ blocks orderings of equal fill and
-    flops differ up to 10× in time. A function of S alone, unlike the fastest ordering by a
-    timed probe, which flipped from one process to the next where two tie (softmax's S:
-    COLAMD and minimum degree at 183 and 189 µs, the other one in 1 process of 10), and with
-    it the last bits of every later solve."""
+    cannot run away). A function of S alone: the fastest ordering by a timed probe flipped
+    from one process to the next where two tie (softmax's S: COLAMD and minimum degree at
+    183 and 189 µs, the other one in 1 process of 10), and with it the last bits of every
+    later solve.
+
+    With ``timed`` (`Layer.tune`, which times its choices on the user's sample and keeps
+    them in the tuning), the fastest of the orderings that factor S instead, each timed
+    TIMED_PROBES times: fill alone misleads where orderings of about equal fill differ by
+    how SuperLU's supernodes fall (up to 1.75× on a box-constrained least squares with a
+    dense 100 × 60 matrix)."""
     fill: dict[str, float] = {}
+    seconds: dict[str, float] = {}
     for spec in ORDERINGS:
         if spec == "NATURAL":
             least = min(fill.values(), default=np.inf)
             if not _envelope(S) <= ENVELOPE_RATIO * least:
                 continue
-        try:
-            lu = spla.splu(S, permc_spec=spec)
-            fill[spec] = float(lu.L.nnz + lu.U.nnz)
-        except RuntimeError:  # singular: no information
-            fill[spec] = np.inf
+        for _ in range(TIMED_PROBES if timed else 1):
+            t0 = time.perf_counter()
+            try:
+                lu = spla.splu(S, permc_spec=spec)
+                fill[spec] = float(lu.L.nnz + lu.U.nnz)
+            except RuntimeError:  # singular: no information
+                fill[spec] = np.inf
+                break
+            seconds[spec] = min(seconds.get(spec, np.inf), time.perf_counter() - t0)
     least = min(fill.values())
     if not np.isfinite(least):
         return ORDERINGS[0], np.inf
-    best = next(spec for spec in ORDERING_PREFERENCE
-                if spec in fill and fill[spec] <= FILL_SLACK * least)
+    if timed:
+        best = min((spec for spec in fill if np.isfinite(fill[spec])),
+                   key=lambda spec: seconds[spec])
+    else:
+        best = next(spec for spec in ORDERING_PREFERENCE
+                    if spec in fill and fill[spec] <= FILL_SLACK * least)
     return best, fill[best]
 
 
@@ -2530,7 +2554,10 @@ def _factor_bordered(S: LowRankS) -> Factor:
     layout = S.layout
     K = bordered(S)
     if layout.ordering_low_rank is None:
-        layout.ordering_low_rank = _best_ordering(K)[0]
+        with layout._lock:
+            if layout.ordering_low_rank is None:
+                layout.ordering_low_rank = _best_ordering(
+                    K, timed=getattr(layout, "timed", False))[0]
     try:
         lub = spla.splu(K, permc_spec=layout.ordering_low_rank)
         rc = _pivot_ratio(lub)

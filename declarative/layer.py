@@ -776,12 +776,14 @@ class Layer:
         # by instances where A and P do not depend on the parameters (`Backend.share`)
         self._resolved: tuple | None = None
         self._shared: dict[str, Any] = {}
+        self._ordered_first = False  # (`_ordering_first` done)
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "_lock"}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("_ordered_first", False)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -1047,10 +1049,17 @@ class Layer:
         self._solver_named = named
         if not named:
             self._choose_solver(self._probe_sample(values, self.batch(values)[1]))
-        if not use_dense(t):  # SuperLU's ordering: decided on the sample's first system
+        if not use_dense(t):  # SuperLU's ordering: the fastest on the sample's first system
             layout = sparse_layout(t)
             layout.ordering = None
-            self.forward(values, on_failure="nan")
+            self._ordered_first = False
+            with self._lock:  # (the solver's probes above may have recorded one)
+                self._tuning = replace(self._tuning, sparse_ordering=None, supernodes=None)
+            layout.timed = True
+            try:
+                self.forward(values, on_failure="nan")
+            finally:
+                layout.timed = False
             self._record_ordering(layout)
         return self._tuning
 
@@ -1644,32 +1653,33 @@ class Layer:
         parts = _parts(len(idx), t.n + t.m)
         if len(parts) == 1:
             return self._settle(res, idx, ops, c, b, ours, scaling)
-        self._ordering_first(res, ops.take(idx[:1]))
+        self._ordering_first(res, ops, idx)
         return _Attempt.join(parallel_map(
             lambda sl: self._settle(res.take(sl), idx[sl], ops, c, b, ours, scaling),
             parts), with_D=True)
 
-    def _ordering_first(self, res: SolveResult, first: BatchOps) -> None:
+    def _ordering_first(self, res: SolveResult, ops: BatchOps, idx: np.ndarray) -> None:
         """SuperLU's ordering (`derivative._best_ordering`) decided on the first instance of
-        the attempt (``first``, at the solver's point, ``res``'s first), where it is not yet,
-        before the parts of the batch are refined concurrently: each part would decide on
-        its own first instance, and whichever factored first would set the ordering for
-        every later call (`_record_ordering`). Decided for the layout that instance factors
-        with (S's, or S₀'s where its S is low-rank), by one factorization of it."""
+        the attempt whose solver point is finite (the instances ``idx`` of ``ops``, their
+        solver results ``res``), where it is not yet, before the parts of the batch are
+        refined concurrently: otherwise the part that factors first decides, on its own
+        first instance. Decided for the layout that instance factors with (S's, or S₀'s
+        where its S is low-rank), by one factorization of it; once per layer (another
+        layout is decided, under its lock, by the first factorization that needs it)."""
         t = self.template
-        low_rank = bool(low_rank_groups(t))
-        if use_dense(t) or (sparse_layout(t).ordering is not None
-                            and (not low_rank or sparse_layout(t, True).ordering is not None)):
+        if self._ordered_first or use_dense(t):
             return
-        v = res.y[:1] - res.s[:1]
-        if not (np.all(np.isfinite(res.x[:1])) and np.all(np.isfinite(v))):
+        finite = np.flatnonzero(np.all(np.isfinite(res.x), axis=1)
+                                & np.all(np.isfinite(res.y - res.s), axis=1))
+        if not finite.size:
             return
-        D = dproject(v, t.dims, dual=True)
-        layout = sparse_layout(t, low_rank and bool(low_rank_mask(t, D)[0][0]))
+        j = int(finite[0])
+        D = dproject(res.y[j : j + 1] - res.s[j : j + 1], t.dims, dual=True)
+        layout = sparse_layout(t, bool(low_rank_groups(t))
+                               and bool(low_rank_mask(t, D)[0][0]))
         if layout.ordering is None:
-            with self._lock:
-                if layout.ordering is None:
-                    Linearization(first, D)
+            Linearization(ops.take(idx[j : j + 1]), D)
+        self._ordered_first = True
 
     def _settle(self, res: SolveResult, idx: np.ndarray, ops: BatchOps, c: np.ndarray,
                 b: np.ndarray, ours: dict, scaling: Equilibration) -> _Attempt:

@@ -237,7 +237,7 @@ def test_superlu_ordering_is_decided_once_before_the_parts(monkeypatch):
     deciders: list[str] = []
     used: list[str] = []
 
-    def by_thread(S):
+    def by_thread(S, timed=False):
         caller = threading.current_thread() is threading.main_thread()
         if caller:
             time.sleep(0.05)
@@ -255,3 +255,30 @@ def test_superlu_ordering_is_decided_once_before_the_parts(monkeypatch):
     assert "worker" not in deciders  # (the caller also probes the fill for `use_dense`)
     assert used and set(used) == {"COLAMD"}
     assert layer.tuning.sparse_ordering == "COLAMD"
+
+
+def test_tune_times_superlu_orderings_and_a_call_does_not(monkeypatch):
+    """`Layer.tune` chooses SuperLU's ordering by timing on its sample (and keeps it in the
+    tuning); a call decides by fill alone, and a tuned layer's later calls do not decide."""
+    import declarative.derivative as der
+
+    layer, mod, sizes = zoo_layer("sparsemax", n=100)
+    t = layer.template
+    assert not der.use_dense(t)
+    rng = np.random.default_rng(6)
+    values = [np.stack([np.asarray(mod.sample(rng, **sizes)[0], dtype=float)
+                        for _ in range(5)])]  # (beyond the active-set path, short of `arrow`)
+    best = der._best_ordering
+    timed: list[bool] = []
+
+    def recorded(S, timed_=False, **kw):
+        timed.append(kw.get("timed", timed_))
+        return best(S, **kw)
+
+    monkeypatch.setattr(der, "_best_ordering", recorded)
+    layer.tune(values)
+    assert True in timed and not der.sparse_layout(t).timed
+    assert layer.tuning.sparse_ordering in der.ORDERINGS
+    timed.clear()
+    layer.forward(values)
+    assert True not in timed

@@ -455,7 +455,8 @@ def test_best_ordering_is_the_preferred_one_within_the_fill_slack_whatever_the_t
     """The ordering is the first of ORDERING_PREFERENCE whose fill (SuperLU's nnz(L + U),
     measured here directly) is within FILL_SLACK of the least, on matrices where each rule
     decides: a time-based choice flipped between processes where two orderings tie. Made
-    slowest by a delay, the preferred ordering is still the one taken."""
+    slowest by a delay, the preferred ordering is still the one taken, except where the
+    choice is timed on purpose (`Layer.tune`)."""
     import time
 
     import scipy.sparse as sp
@@ -505,6 +506,8 @@ def test_best_ordering_is_the_preferred_one_within_the_fill_slack_whatever_the_t
 
     monkeypatch.setattr(der.spla, "splu", slow_preferred)
     assert der._best_ordering(scattered)[0] == chosen["scattered"]
+    # timed (`Layer.tune`): the fastest that factors it
+    assert der._best_ordering(scattered, timed=True)[0] != chosen["scattered"]
 
 
 def test_low_rank_factorization_preconditions_a_nearby_s(monkeypatch):
