@@ -1801,14 +1801,25 @@ def _invert_reduced(S: np.ndarray, inv: np.ndarray, ok: np.ndarray, n: int) -> N
 # last) the natural order keeps them as one trailing supernode: on the PSD projection with a
 # trace constraint at k = 30 it factors 5× faster than minimum degree, at about the same flops.
 ORDERINGS = ("MMD_AT_PLUS_A", "COLAMD", "NATURAL")
-# At about equal fill SuperLU is mostly faster with the natural order than with COLAMD, and
-# with COLAMD than with minimum degree, by how its supernodes fall (PSD projection with a
-# trace constraint at k = 30: 11, 14 and 117 ms at fill 435k-442k; the OptNet QP's S: 0.81
-# ms at fill 25k natural against 1.21 ms at 20k minimum degree; not always: softmax at
-# n = 1,000, COLAMD 15.3 ms against minimum degree's 11.4 at equal fill). The first of
-# them, in this order, whose fill is within FILL_SLACK of the least fill is taken, unless
-# the choice is timed (`_best_ordering`).
-ORDERING_PREFERENCE = ("NATURAL", "COLAMD", "MMD_AT_PLUS_A")
+# SuperLU's time is not its fill. With the natural order dense blocks fall into large
+# supernodes, which it factors several times faster per entry; and each factorization
+# computes its ordering again, which for minimum degree costs more than COLAMD, most where
+# the factors are sparse. Fill and time, min of 5 on this machine:
+#
+#   S                               MMD_AT_PLUS_A     COLAMD            NATURAL
+#   PSD trace projection, k = 30    442k, 117 ms      436k, 14 ms       435k, 11 ms
+#   OptNet QP                       19.6k, 1.21 ms    23.9k, 1.03 ms    25.3k, 0.81 ms
+#   box least squares, dense A      29.6k, 1.59 ms    34.2k, 2.26 ms    51.5k, 1.14 ms
+#   random sparse, n = 500, 1%      55.6k, 4.9 ms     86.7k, 4.5 ms     97.9k, 3.6 ms
+#   sparsemax, n = 1,000            7.0k, 0.77 ms     9.9k, 0.23 ms     (not probed)
+#   sparsemax, n = 100              702, 50 µs        1.9k, 128 µs      (not probed)
+#   softmax, n = 1,000              524k, 11.2 ms     526k, 15.1 ms     (not probed)
+#
+# So the natural order where its fill is within NATURAL_SLACK of the least, else the first
+# of COLAMD and minimum degree within FILL_SLACK of it (`_best_ordering`); of these rows
+# only softmax at n = 1,000 then factors slower than its fastest ordering (1.35×).
+ORDERING_PREFERENCE = ("COLAMD", "MMD_AT_PLUS_A")
+NATURAL_SLACK = 2.0
 FILL_SLACK = 1.5
 # Probe factorizations per ordering where the choice is timed (the fastest counts).
 TIMED_PROBES = 3
@@ -1824,12 +1835,12 @@ _NO_SUPERNODES = {"panel_size": 1, "relax": 1}
 
 def _best_ordering(S: sp.csc_matrix, timed: bool = False) -> tuple[str, float]:
     """The ordering to factor S with, and its fill nnz(L + U) (inf if S is singular under
-    every ordering): the first of ORDERING_PREFERENCE whose fill on S is within FILL_SLACK of
-    the least (one probe factorization each; the natural order only where its envelope
-    cannot run away). A function of S alone: the fastest ordering by a timed probe flipped
-    from one process to the next where two tie (softmax's S: COLAMD and minimum degree at
-    183 and 189 µs, the other one in 1 process of 10), and with it the last bits of every
-    later solve.
+    every ordering): the natural order where its fill is within NATURAL_SLACK of the least,
+    else the first of ORDERING_PREFERENCE whose fill is within FILL_SLACK of it (one probe
+    factorization each; the natural order probed only where its envelope cannot run away).
+    A function of S alone: the fastest ordering by a timed probe flipped from one process
+    to the next where two tie (softmax's S: COLAMD and minimum degree at 183 and 189 µs, the
+    other one in 1 process of 10), and with it the last bits of every later solve.
 
     With ``timed`` (`Layer.tune`, which times its choices on the user's sample and keeps
     them in the tuning), the fastest of the orderings that factor S instead, each timed
@@ -1858,6 +1869,8 @@ def _best_ordering(S: sp.csc_matrix, timed: bool = False) -> tuple[str, float]:
     if timed:
         best = min((spec for spec in fill if np.isfinite(fill[spec])),
                    key=lambda spec: seconds[spec])
+    elif fill.get("NATURAL", np.inf) <= NATURAL_SLACK * least:
+        best = "NATURAL"
     else:
         best = next(spec for spec in ORDERING_PREFERENCE
                     if spec in fill and fill[spec] <= FILL_SLACK * least)

@@ -452,9 +452,10 @@ def test_envelope_and_natural_ordering_guard():
 
 def test_best_ordering_is_the_preferred_one_within_the_fill_slack_whatever_the_timing(
         monkeypatch):
-    """The ordering is the first of ORDERING_PREFERENCE whose fill (SuperLU's nnz(L + U),
-    measured here directly) is within FILL_SLACK of the least, on matrices where each rule
-    decides: a time-based choice flipped between processes where two orderings tie. Made
+    """The ordering is the natural one where its fill (SuperLU's nnz(L + U), measured here
+    directly) is within NATURAL_SLACK of the least, else the first of ORDERING_PREFERENCE
+    within FILL_SLACK of it, on matrices where each rule decides: a time-based choice
+    flipped between processes where two orderings tie. Made
     slowest by a delay, the preferred ordering is still the one taken, except where the
     choice is timed on purpose (`Layer.tune`)."""
     import time
@@ -476,6 +477,8 @@ def test_best_ordering_is_the_preferred_one_within_the_fill_slack_whatever_the_t
     def expected(S):
         f = fills(S)
         least = min(f.values())
+        if f.get("NATURAL", np.inf) <= der.NATURAL_SLACK * least:
+            return "NATURAL"
         return next(s for s in der.ORDERING_PREFERENCE if s in f and f[s] <= der.FILL_SLACK * least)
 
     rng = np.random.default_rng(3)
@@ -483,6 +486,10 @@ def test_best_ordering_is_the_preferred_one_within_the_fill_slack_whatever_the_t
     banded = sp.diags([rng.uniform(1, 2, n - k) for k in (0, 1, 2)], [0, 1, 2]).tocsc()
     banded = (banded + banded.T + 8 * sp.identity(n)).tocsc()
     scattered = (sp.random(n, n, density=0.02, random_state=4) + 6 * sp.identity(n)).tocsc()
+    wide = sp.lil_matrix(scattered)  # (a dense row and column: the natural order fills them)
+    wide[0, :] = rng.uniform(0.1, 0.2, n)
+    wide[:, 0] = rng.uniform(0.1, 0.2, (n, 1))
+    wide = wide.tocsc()
     arrow = sp.lil_matrix((n, n))
     arrow.setdiag(rng.uniform(2, 3, n))
     arrow[0, :] = rng.uniform(0.1, 0.2, n)
@@ -490,7 +497,8 @@ def test_best_ordering_is_the_preferred_one_within_the_fill_slack_whatever_the_t
     arrow[0, 0] = n
     arrow = arrow.tocsc()
     chosen = {}
-    for name, S in (("banded", banded), ("scattered", scattered), ("arrow", arrow)):
+    for name, S in (("banded", banded), ("scattered", scattered), ("wide", wide),
+                    ("arrow", arrow)):
         spec, fill = der._best_ordering(S)
         assert spec == expected(S), name
         assert fill == fills(S)[spec]
