@@ -422,6 +422,18 @@ def test_woodbury_falls_back_on_the_bordered_lu(monkeypatch):
     assert max_abs(out.outputs[0], fwd.outputs[0]) == 0.0
 
 
+def _arrow(rng: np.random.Generator, n: int):
+    """An n × n CSC matrix with a dense first row and column beside its diagonal."""
+    import scipy.sparse as sp
+
+    arrow = sp.lil_matrix((n, n))
+    arrow.setdiag(rng.uniform(2, 3, n))
+    arrow[0, :] = rng.uniform(0.1, 0.2, n)
+    arrow[:, 0] = rng.uniform(0.1, 0.2, (n, 1))
+    arrow[0, 0] = n
+    return arrow.tocsc()
+
+
 def test_envelope_and_natural_ordering_guard():
     """The envelope counts, per column, the rows from its first entry of S + Sᵀ to the
     diagonal; an arrow matrix with its dense row first (natural order fills completely) keeps
@@ -436,12 +448,7 @@ def test_envelope_and_natural_ordering_guard():
     dense_ref = (np.abs(M.toarray()) + np.abs(M.toarray().T)) > 0
     first = np.array([np.flatnonzero(dense_ref[:, j]).min() for j in range(n)])
     assert _envelope(M.tocsc()) == int(np.maximum(np.arange(n) - first, 0).sum())
-    arrow = sp.lil_matrix((n, n))
-    arrow.setdiag(rng.uniform(2, 3, n))
-    arrow[0, :] = rng.uniform(0.1, 0.2, n)
-    arrow[:, 0] = rng.uniform(0.1, 0.2, (n, 1))
-    arrow[0, 0] = n
-    first_dense = arrow.tocsc()
+    first_dense = _arrow(rng, n)
     assert _envelope(first_dense) > ENVELOPE_RATIO * 3 * n  # ~n²/2 against fill ~3n
     spec, fill = _best_ordering(first_dense)
     assert spec != "NATURAL" and fill <= 4 * n
@@ -455,9 +462,9 @@ def test_best_ordering_is_the_preferred_one_within_the_fill_slack_whatever_the_t
     """The ordering is the natural one where its fill (SuperLU's nnz(L + U), measured here
     directly) is within NATURAL_SLACK of the least, else the first of ORDERING_PREFERENCE
     within FILL_SLACK of it, on matrices where each rule decides: a time-based choice
-    flipped between processes where two orderings tie. Made
-    slowest by a delay, the preferred ordering is still the one taken, except where the
-    choice is timed on purpose (`Layer.tune`)."""
+    flipped between processes where two orderings tie. Made slowest by a delay, the
+    preferred ordering is still the one taken, except where the choice is timed on purpose
+    (`Layer.tune`)."""
     import time
 
     import scipy.sparse as sp
@@ -490,12 +497,7 @@ def test_best_ordering_is_the_preferred_one_within_the_fill_slack_whatever_the_t
     wide[0, :] = rng.uniform(0.1, 0.2, n)
     wide[:, 0] = rng.uniform(0.1, 0.2, (n, 1))
     wide = wide.tocsc()
-    arrow = sp.lil_matrix((n, n))
-    arrow.setdiag(rng.uniform(2, 3, n))
-    arrow[0, :] = rng.uniform(0.1, 0.2, n)
-    arrow[:, 0] = rng.uniform(0.1, 0.2, (n, 1))
-    arrow[0, 0] = n
-    arrow = arrow.tocsc()
+    arrow = _arrow(rng, n)
     chosen = {}
     for name, S in (("banded", banded), ("scattered", scattered), ("wide", wide),
                     ("arrow", arrow)):
