@@ -4,7 +4,9 @@ A `Tuning` is a plain value: frozen, picklable, comparable, shown in ``repr(laye
 layer fills the fields left as None once, under its lock, from its template alone (so no
 result depends on the call history), or all at once from sample data by `Layer.tune`; a user
 may set any field (``layer.tuning = dl.Tuning(...)`` or ``dl.compile(..., tuning=...)``).
-The same tuning and the same input give bitwise-equal outputs.
+The one exception is SuperLU's ordering (``sparse_ordering``), which is decided on the
+first system a call factors: deterministically, from that system alone, but from a
+call's data. The same tuning and the same input give bitwise-equal outputs.
 """
 
 from __future__ import annotations
