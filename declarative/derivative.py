@@ -63,7 +63,7 @@ from declarative.cones import (
     snap_kinks,
 )
 from declarative.equilibrate import Equilibration, pattern
-from declarative.parallel import parallel_map, workers
+from declarative.parallel import fork_safe_lock, parallel_map, workers
 
 # S (size N = n + m) is factored dense (LAPACK) or sparse (SuperLU), whichever the cost
 # model says is cheaper: dense ≈ DENSE_COST·N³, sparse ≈ SPARSE_COST + SPARSE_FILL_COST·fill
@@ -569,7 +569,7 @@ class SparseLayout:
         self.timed = False  # orderings chosen by timing (`Layer.tune`), else by fill
         self._rows, self._m = Ar, m
         self._lus: OrderedDict[bytes, SharedLU | None] = OrderedDict()  # see `lu0`
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock(self)
         d = t.dims
         # S₀ takes a few values only (see COUPLING_PSD_MAX): its LUs keep their coupling blocks
         self.few_S0 = bool(t.fixed_data and not (d.nonneg or d.soc or d.exp or d.exp_dual
@@ -585,7 +585,7 @@ class SparseLayout:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._lus = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock(self)
 
     @property
     def nnz(self) -> int:

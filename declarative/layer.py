@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -72,7 +71,7 @@ from declarative.equilibrate import (
     spread,
 )
 from declarative.errors import ParameterError, ProblemError, SolverError, describe_indices
-from declarative.parallel import parallel_map, single_threaded_blas, workers
+from declarative.parallel import fork_safe_lock, parallel_map, single_threaded_blas, workers
 from declarative.polyhedral import ActiveSet, ActiveSets, lp_vertex, small_polyhedral
 from declarative.promise import ACCURACY
 from declarative.refine import (
@@ -771,7 +770,7 @@ class Layer:
         self._out_offsets = np.concatenate([[0], np.cumsum([s.size for s in outputs])])[:-1]
         # Decisions left open in the tuning are made on first use, under this lock, from the
         # template alone, so that no call history shows in any result
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock(self)
         # Caches: the compile-time options resolved (key, value); each backend's state shared
         # by instances where A and P do not depend on the parameters (`Backend.share`)
         self._resolved: tuple | None = None
@@ -784,7 +783,7 @@ class Layer:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("_ordered_first", False)
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock(self)
 
     def __repr__(self) -> str:
         ps = ", ".join(f"{p.name}{list(p.shape)}" for p in self.parameters)

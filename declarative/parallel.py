@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
@@ -113,13 +114,29 @@ def _set_threads(lib, threads: int) -> None:
     (setter or lib.set_num_threads)(threads)
 
 
+# The objects whose ``_lock`` guards what they decide once (a layer's tuning, a sparse
+# layout's orderings), each given a new lock in a forked child (`fork_safe_lock`).
+_lock_owners: weakref.WeakSet = weakref.WeakSet()
+
+
+def fork_safe_lock(owner: object) -> threading.Lock:
+    """A new lock for ``owner._lock``, which a forked child replaces with a free one: held by
+    another thread at the fork, it would stay held in the child, and the child's first call
+    that takes it would wait forever."""
+    _lock_owners.add(owner)
+    return threading.Lock()
+
+
 def _reset_after_fork() -> None:
     """In a forked child (a DataLoader worker, multiprocessing's "fork"), only the forking
     thread exists: the pool's workers are gone (work submitted to the inherited pool would
     never run) and a lock another thread held stays held. Start a new pool on demand, make
-    new locks, and keep only the forking thread's own single_threaded_blas contexts
-    (lifting the limit now if the parent's were all in other threads)."""
+    new locks (ours, and those of `fork_safe_lock`'s owners), and keep only the forking
+    thread's own single_threaded_blas contexts (lifting the limit now if the parent's were
+    all in other threads)."""
     global _pool, _pool_lock, _blas_lock, _blas_depth
+    for owner in list(_lock_owners):
+        owner._lock = threading.Lock()
     _pool = None
     _pool_lock = threading.Lock()
     _blas_lock = threading.Lock()

@@ -440,3 +440,38 @@ def test_a_ray_with_noise_on_its_other_rows_is_polished_on_its_support(scale):
     assert infeasibility_certified(A, b, 7.0 * (y + noise), dims)
     y[1] = 2.0
     assert not infeasibility_certified(A, b, 7.0 * (y + noise), dims)
+
+
+def test_a_layer_and_its_sparse_layout_locked_by_another_thread_at_the_fork_are_free_in_the_child(
+        monkeypatch):
+    """A thread holds a fresh layer's lock (where its first call decides the tuning) and its
+    sparse layout's (where SuperLU's ordering is decided) while the process forks: the
+    child's first call takes both and solves its batch to the closed form. Bounded: a child
+    that waits on a lock held by a thread it does not have is killed and the test fails."""
+    from declarative.derivative import sparse_layout, use_dense
+
+    monkeypatch.setattr(parallel, "_CPUS", 2)
+    mod = problems.get("sparsemax")
+    insts = [problems.instance("sparsemax", s, n=100) for s in range(6)]
+    values = [np.stack([i.params[0] for i in insts])]
+    solutions = [i.solution[0] for i in insts]
+    layer = dl.compile(*mod.build(n=100))
+    t = layer.template
+    assert not use_dense(t)  # (a sparse layout, with its own lock)
+    layout = sparse_layout(t)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with layer._lock, layout._lock:
+            holding.set()
+            release.wait(10.0)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    holding.wait(10.0)
+    try:
+        message = _error_in_forked_child(layer, values, solutions)
+    finally:
+        release.set()
+        thread.join()
+    assert float(message) <= 1e-8, message
