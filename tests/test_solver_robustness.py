@@ -296,33 +296,45 @@ def test_fork_resets_locks_and_pool_in_the_child(monkeypatch):
     """A lock held by another thread at the fork is free in the child; the child's pool is new."""
     monkeypatch.setattr(parallel, "_CPUS", 2)
     parallel.parallel_map(lambda i: i, [0, 1])
+    with _held_by_another_thread(parallel._pool_lock, parallel._blas_lock):
+        read, write = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:
+            try:
+                out = parallel.parallel_map(lambda i: i + 1, [0, 1, 2, 3])
+                message = "ok" if out == [1, 2, 3, 4] and parallel._blas_depth == 0 \
+                    else repr(out)
+            except BaseException as exc:  # noqa: BLE001
+                message = f"error: {exc!r}"
+            finally:
+                os.write(write, message.encode())
+                os._exit(0)
+    os.close(write)
+    assert _child_message(pid, read, 60.0) == "ok"
+
+
+@contextlib.contextmanager
+def _held_by_another_thread(*locks):
+    """``locks`` held by a thread of their own for the duration of the block."""
     holding, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with parallel._pool_lock, parallel._blas_lock:
+        with contextlib.ExitStack() as stack:
+            for lock in locks:
+                stack.enter_context(lock)
             holding.set()
             release.wait(10.0)
 
     thread = threading.Thread(target=hold)
     thread.start()
     holding.wait(10.0)
-    read, write = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:
-        try:
-            out = parallel.parallel_map(lambda i: i + 1, [0, 1, 2, 3])
-            message = "ok" if out == [1, 2, 3, 4] and parallel._blas_depth == 0 else repr(out)
-        except BaseException as exc:  # noqa: BLE001
-            message = f"error: {exc!r}"
-        finally:
-            os.write(write, message.encode())
-            os._exit(0)
-    release.set()
-    thread.join()
-    os.close(write)
-    assert _child_message(pid, read, 60.0) == "ok"
+    try:
+        yield
+    finally:
+        release.set()
+        thread.join()
 
 
 def test_a_forked_child_solves_with_moreau_after_the_parent_kept_a_solver():
@@ -458,20 +470,6 @@ def test_a_layer_and_its_sparse_layout_locked_by_another_thread_at_the_fork_are_
     layer = dl.compile(*mod.build(n=100))
     t = layer.template
     assert not use_dense(t)  # (a sparse layout, with its own lock)
-    layout = sparse_layout(t)
-    holding, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with layer._lock, layout._lock:
-            holding.set()
-            release.wait(10.0)
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    holding.wait(10.0)
-    try:
+    with _held_by_another_thread(layer._lock, sparse_layout(t)._lock):
         message = _error_in_forked_child(layer, values, solutions)
-    finally:
-        release.set()
-        thread.join()
     assert float(message) <= 1e-8, message
