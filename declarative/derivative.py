@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import threading
 import time
 import weakref
 from collections import OrderedDict
@@ -668,7 +667,7 @@ class SharedLU:
     otherwise the product is solved with U's ρ columns every time. Either way the product is
     computed the same way on every call (a thread that finds W being formed waits for it)."""
 
-    __slots__ = ("lu", "shape", "columns", "keep_blocks", "_blocks", "_lock")
+    __slots__ = ("lu", "shape", "columns", "keep_blocks", "_blocks", "_lock", "__weakref__")
 
     def __init__(self, lu: spla.SuperLU, columns: np.ndarray, keep_blocks: bool = False
                  ) -> None:
@@ -678,7 +677,7 @@ class SharedLU:
         self.keep_blocks = keep_blocks
         # W by (U's, V's rows); False where it was given up (too dense)
         self._blocks: dict[bytes, sp.csr_matrix | bool] = {}
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock(self)  # (the layout's cache of these survives a fork)
 
     def solve(self, rhs: np.ndarray, trans: str = "N") -> np.ndarray:
         return self.lu.solve(rhs, trans=trans)

@@ -1021,8 +1021,10 @@ class Layer:
         scale as the one in `solve.SCALE_CANDIDATES` that solves every sample instance in the
         fewest SCS iterations in all (from the template alone, as on a first call, where no
         candidate solves them all), and, where the user did not name the solver, the fastest
-        solver on the sample (`_choose_solver`). ``solver_args``: SCS settings for these
-        trial solves. Returns the new `Tuning`."""
+        solver on the sample (`_choose_solver`), and SuperLU's orderings as the fastest on
+        the sample's systems (`derivative._best_ordering` timed). ``solver_args``: SCS
+        settings for these trial solves. Returns the new `Tuning`. Not to be run while
+        another thread calls the layer: its orderings are open while it runs."""
         theta, _ = self.batch(values)
         t = self.template
         c, a, b = t.apply(theta)
@@ -1048,17 +1050,21 @@ class Layer:
         self._solver_named = named
         if not named:
             self._choose_solver(self._probe_sample(values, self.batch(values)[1]))
-        if not use_dense(t):  # SuperLU's ordering: the fastest on the sample's first system
+        if not use_dense(t):  # SuperLU's orderings: the fastest on the sample's systems
             layout = sparse_layout(t)
-            layout.ordering = None
+            layouts = (layout, sparse_layout(t, True)) if low_rank_groups(t) else (layout,)
+            for each in layouts:
+                each.ordering = None
+                each.ordering_low_rank = None
+                each.timed = True
             self._ordered_first = False
             with self._lock:  # (the solver's probes above may have recorded one)
                 self._tuning = replace(self._tuning, sparse_ordering=None, supernodes=None)
-            layout.timed = True
             try:
                 self.forward(values, on_failure="nan")
             finally:
-                layout.timed = False
+                for each in layouts:
+                    each.timed = False
             self._record_ordering(layout)
         return self._tuning
 
@@ -1658,26 +1664,29 @@ class Layer:
             parts), with_D=True)
 
     def _ordering_first(self, res: SolveResult, ops: BatchOps, idx: np.ndarray) -> None:
-        """SuperLU's ordering (`derivative._best_ordering`) decided on the first instance of
-        the attempt whose solver point is finite (the instances ``idx`` of ``ops``, their
-        solver results ``res``), where it is not yet, before the parts of the batch are
-        refined concurrently: otherwise the part that factors first decides, on its own
-        first instance. Decided for the layout that instance factors with (S's, or S₀'s
-        where its S is low-rank), by one factorization of it; once per layer (another
-        layout is decided, under its lock, by the first factorization that needs it)."""
+        """SuperLU's orderings (`derivative._best_ordering`) decided before the parts of a
+        batch are refined concurrently, where they are not yet: each layout's (S's, and
+        S₀'s where S is low-rank) on the first instance of the attempt that factors with it
+        and whose solver point is finite (the instances ``idx`` of ``ops``, their solver
+        results ``res``), by one factorization of it. Otherwise the part that factors first
+        would decide, on its own first instance. Once per layer."""
         t = self.template
         if self._ordered_first or use_dense(t):
             return
+        v = res.y - res.s
         finite = np.flatnonzero(np.all(np.isfinite(res.x), axis=1)
-                                & np.all(np.isfinite(res.y - res.s), axis=1))
+                                & np.all(np.isfinite(v), axis=1))
         if not finite.size:
             return
-        j = int(finite[0])
-        D = dproject(res.y[j : j + 1] - res.s[j : j + 1], t.dims, dual=True)
-        layout = sparse_layout(t, bool(low_rank_groups(t))
-                               and bool(low_rank_mask(t, D)[0][0]))
-        if layout.ordering is None:
-            Linearization(ops.take(idx[j : j + 1]), D)
+        if not low_rank_groups(t):  # (S's layout alone)
+            finite = finite[:1]
+        D = dproject(v[finite], t.dims, dual=True)
+        low = low_rank_mask(t, D)[0] if low_rank_groups(t) else np.zeros(1, dtype=bool)
+        for kind in (False, True):
+            at = np.flatnonzero(low == kind)
+            if at.size and sparse_layout(t, kind).ordering is None:
+                j = int(at[0])
+                Linearization(ops.take(idx[finite[j : j + 1]]), D.take(np.array([j])))
         self._ordered_first = True
 
     def _settle(self, res: SolveResult, idx: np.ndarray, ops: BatchOps, c: np.ndarray,

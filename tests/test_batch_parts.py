@@ -257,12 +257,15 @@ def test_superlu_ordering_is_decided_once_before_the_parts(monkeypatch):
     assert layer.tuning.sparse_ordering == "COLAMD"
 
 
-def test_tune_times_superlu_orderings_and_a_call_does_not(monkeypatch):
-    """`Layer.tune` chooses SuperLU's ordering by timing on its sample (and keeps it in the
-    tuning); a call decides by fill alone, and a tuned layer's later calls do not decide."""
+@pytest.mark.parametrize("name, sizes", [("sparsemax", {"n": 100}),
+                                         ("psd_trace_projection", {"k": 20})])
+def test_tune_times_superlu_orderings_and_a_call_does_not(monkeypatch, name, sizes):
+    """`Layer.tune` chooses SuperLU's orderings by timing on its sample (and keeps S's in
+    the tuning), S₀'s too where S is low-rank (the PSD projection); a call decides by fill
+    alone, and a tuned layer's later calls do not decide."""
     import declarative.derivative as der
 
-    layer, mod, sizes = zoo_layer("sparsemax", n=100)
+    layer, mod, sizes = zoo_layer(name, **sizes)
     t = layer.template
     assert not der.use_dense(t)
     rng = np.random.default_rng(6)
@@ -277,8 +280,12 @@ def test_tune_times_superlu_orderings_and_a_call_does_not(monkeypatch):
 
     monkeypatch.setattr(der, "_best_ordering", recorded)
     layer.tune(values)
-    assert True in timed and not der.sparse_layout(t).timed
-    assert layer.tuning.sparse_ordering in der.ORDERINGS
+    assert True in timed
+    assert not der.sparse_layout(t).timed and not der.sparse_layout(t, True).timed
+    if name == "sparsemax":
+        assert layer.tuning.sparse_ordering in der.ORDERINGS
+    else:
+        assert der.sparse_layout(t, True).ordering in der.ORDERINGS
     timed.clear()
     layer.forward(values)
     assert True not in timed

@@ -329,7 +329,7 @@ def _held_by_another_thread(*locks):
 
     thread = threading.Thread(target=hold)
     thread.start()
-    holding.wait(10.0)
+    assert holding.wait(10.0)
     try:
         yield
     finally:
@@ -471,5 +471,28 @@ def test_a_layer_and_its_sparse_layout_locked_by_another_thread_at_the_fork_are_
     t = layer.template
     assert not use_dense(t)  # (a sparse layout, with its own lock)
     with _held_by_another_thread(layer._lock, sparse_layout(t)._lock):
+        message = _error_in_forked_child(layer, values, solutions)
+    assert float(message) <= 1e-8, message
+
+
+def test_a_cached_shared_lu_locked_at_the_fork_is_free_in_the_child(monkeypatch):
+    """The sparse layout keeps the LUs of S₀ it made (`SharedLU`) across calls, and forms
+    their capacitance blocks under their own lock; held by a thread at the fork, that lock
+    is free in the child, which solves the PSD trace projection (low-rank S) to the closed
+    form. Bounded: a child that hangs is killed and the test fails."""
+    from declarative.derivative import low_rank_groups, sparse_layout, use_dense
+
+    monkeypatch.setattr(parallel, "_CPUS", 2)
+    mod = problems.get("psd_trace_projection")
+    insts = [problems.instance("psd_trace_projection", s, k=20) for s in range(4)]
+    values = [np.stack([i.params[0] for i in insts])]
+    solutions = [i.solution[0] for i in insts]
+    layer = dl.compile(*mod.build(k=20))
+    t = layer.template
+    assert not use_dense(t) and low_rank_groups(t)
+    layer.forward(values)
+    lus = [lu for lu in sparse_layout(t, True)._lus.values() if lu is not None]
+    assert lus  # (kept for the next call, and for the child)
+    with _held_by_another_thread(*(lu._lock for lu in lus)):
         message = _error_in_forked_child(layer, values, solutions)
     assert float(message) <= 1e-8, message
