@@ -454,6 +454,15 @@ def test_a_ray_with_noise_on_its_other_rows_is_polished_on_its_support(scale):
     assert not infeasibility_certified(A, b, 7.0 * (y + noise), dims)
 
 
+def _one_parameter_batch(name: str, count: int, **sizes):
+    """A fresh layer of the zoo problem ``name`` at ``sizes`` (one parameter), a batch of
+    its instances 0 … count−1, and their closed-form first outputs."""
+    mod = problems.get(name)
+    insts = [problems.instance(name, s, **sizes) for s in range(count)]
+    return (dl.compile(*mod.build(**sizes)), [np.stack([i.params[0] for i in insts])],
+            [i.solution[0] for i in insts])
+
+
 def test_a_layer_and_its_sparse_layout_locked_by_another_thread_at_the_fork_are_free_in_the_child(
         monkeypatch):
     """A thread holds a fresh layer's lock (where its first call decides the tuning) and its
@@ -463,11 +472,7 @@ def test_a_layer_and_its_sparse_layout_locked_by_another_thread_at_the_fork_are_
     from declarative.derivative import sparse_layout, use_dense
 
     monkeypatch.setattr(parallel, "_CPUS", 2)
-    mod = problems.get("sparsemax")
-    insts = [problems.instance("sparsemax", s, n=100) for s in range(6)]
-    values = [np.stack([i.params[0] for i in insts])]
-    solutions = [i.solution[0] for i in insts]
-    layer = dl.compile(*mod.build(n=100))
+    layer, values, solutions = _one_parameter_batch("sparsemax", 6, n=100)
     t = layer.template
     assert not use_dense(t)  # (a sparse layout, with its own lock)
     with _held_by_another_thread(layer._lock, sparse_layout(t)._lock):
@@ -483,11 +488,7 @@ def test_a_cached_shared_lu_locked_at_the_fork_is_free_in_the_child(monkeypatch)
     from declarative.derivative import low_rank_groups, sparse_layout, use_dense
 
     monkeypatch.setattr(parallel, "_CPUS", 2)
-    mod = problems.get("psd_trace_projection")
-    insts = [problems.instance("psd_trace_projection", s, k=20) for s in range(4)]
-    values = [np.stack([i.params[0] for i in insts])]
-    solutions = [i.solution[0] for i in insts]
-    layer = dl.compile(*mod.build(k=20))
+    layer, values, solutions = _one_parameter_batch("psd_trace_projection", 4, k=20)
     t = layer.template
     assert not use_dense(t) and low_rank_groups(t)
     layer.forward(values)
