@@ -583,8 +583,29 @@ class SparseLayout:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("timed", False)
         self._lus = OrderedDict()
         self._lock = fork_safe_lock(self)
+
+    def decide(self, S: sp.csc_matrix, bordered: bool = False) -> str:
+        """SuperLU's ordering for this layout's S (with ``bordered``, for the bordered
+        matrix of its low-rank S, `ordering_low_rank`): decided once, on a real instance's
+        ``S`` (`_best_ordering`, timed where ``timed``), and with it whether to use
+        supernodes; concurrent callers (a batch's parts) wait and factor with it."""
+        if bordered and self.ordering_low_rank is not None:
+            return self.ordering_low_rank
+        if not bordered and self.ordering is not None:
+            return self.ordering
+        with self._lock:
+            if bordered:
+                if self.ordering_low_rank is None:
+                    self.ordering_low_rank = _best_ordering(S, timed=self.timed)[0]
+                return self.ordering_low_rank
+            if self.ordering is None:
+                ordering, fill = _best_ordering(S, timed=self.timed)
+                self.supernodes = not fill <= THIN_FILL * S.shape[0]
+                self.ordering = ordering
+            return self.ordering
 
     @property
     def nnz(self) -> int:
@@ -1045,18 +1066,11 @@ class Linearization:
                 fn = None
         elif todo:
             first = mats[todo[0]]
-            if layout.ordering is None:  # (`_best_ordering` on a real instance)
-                with layout._lock:  # (once: concurrent parts wait and factor with it)
-                    if layout.ordering is None:
-                        ordering, fill = _best_ordering(
-                            first.S0 if isinstance(first, LowRankS) else first,
-                            timed=getattr(layout, "timed", False))
-                        layout.supernodes = not fill <= THIN_FILL * first.shape[0]
-                        layout.ordering = ordering
+            ordering = layout.decide(first.S0 if isinstance(first, LowRankS) else first)
             if isinstance(first, LowRankS):
                 fn = _factor_low_rank
             else:
-                fn = functools.partial(_factor_sparse_one, ordering=layout.ordering,
+                fn = functools.partial(_factor_sparse_one, ordering=ordering,
                                        supernodes=layout.supernodes)
                 pooled = False
         # a polyhedral program's regular S is not read again (see `Factor`): only its LU kept
@@ -2565,13 +2579,9 @@ def _factor_bordered(S: LowRankS) -> Factor:
     singular, S made sparse and factored as such (`_factor_sparse_one`: its pseudo-inverse)."""
     layout = S.layout
     K = bordered(S)
-    if layout.ordering_low_rank is None:
-        with layout._lock:
-            if layout.ordering_low_rank is None:
-                layout.ordering_low_rank = _best_ordering(
-                    K, timed=getattr(layout, "timed", False))[0]
+    ordering = layout.decide(K, bordered=True)
     try:
-        lub = spla.splu(K, permc_spec=layout.ordering_low_rank)
+        lub = spla.splu(K, permc_spec=ordering)
         rc = _pivot_ratio(lub)
     except RuntimeError:  # exactly singular
         rc = 0.0

@@ -1678,10 +1678,11 @@ class Layer:
                                 & np.all(np.isfinite(v), axis=1))
         if not finite.size:
             return
-        if not low_rank_groups(t):  # (S's layout alone)
+        groups = low_rank_groups(t)
+        if not groups:  # (S's layout alone)
             finite = finite[:1]
         D = dproject(v[finite], t.dims, dual=True)
-        low = low_rank_mask(t, D)[0] if low_rank_groups(t) else np.zeros(1, dtype=bool)
+        low = low_rank_mask(t, D)[0] if groups else np.zeros(1, dtype=bool)
         for kind in (False, True):
             at = np.flatnonzero(low == kind)
             if at.size and sparse_layout(t, kind).ordering is None:
