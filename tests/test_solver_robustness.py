@@ -252,10 +252,14 @@ def test_infeasible_and_unbounded_are_reported_at_every_scale(scale):
 
 
 # -- fork -------------------------------------------------------------------------------------
-def _sparsemax_batch(k: int, seed: int = 0):
-    mod = problems.get("sparsemax")
-    insts = [problems.instance("sparsemax", seed + i, **mod.SIZES) for i in range(k)]
-    return mod, [np.stack([i.params[0] for i in insts])], [i.solution[0] for i in insts]
+def _one_parameter_batch(name: str, count: int, **sizes):
+    """A fresh layer of the zoo problem ``name`` (one parameter) at its sizes updated by
+    ``sizes``, a batch of its instances 0 … count−1, and their closed-form first outputs."""
+    mod = problems.get(name)
+    sizes = {**mod.SIZES, **sizes}
+    insts = [problems.instance(name, s, **sizes) for s in range(count)]
+    return (dl.compile(*mod.build(**sizes)), [np.stack([i.params[0] for i in insts])],
+            [i.solution[0] for i in insts])
 
 
 def test_layer_works_in_a_forked_child(monkeypatch):
@@ -263,8 +267,7 @@ def test_layer_works_in_a_forked_child(monkeypatch):
     does): the child's batch is solved, and matches the closed form. Bounded: a child that
     hangs is killed and the test fails."""
     monkeypatch.setattr(parallel, "_CPUS", 2)
-    mod, values, solutions = _sparsemax_batch(4)
-    layer = dl.compile(*mod.build(**mod.SIZES))
+    layer, values, solutions = _one_parameter_batch("sparsemax", 4)
     layer.forward(values)
     assert parallel._pool is not None
     message = _error_in_forked_child(layer, values, solutions)
@@ -377,11 +380,10 @@ def test_shared_workspaces_are_bounded_per_thread(monkeypatch):
     """A schedule of tolerances (a new eps every call) keeps at most WORKSPACES_PER_THREAD
     SCS workspaces per thread, and every call stays exact."""
     monkeypatch.setattr(parallel, "_CPUS", 2)
-    mod, values, solutions = _sparsemax_batch(4)
+    layer, values, solutions = _one_parameter_batch("sparsemax", 4)
     made: list[SharedData] = []
     real = SCS.share
     monkeypatch.setattr(SCS, "share", lambda *a: made.append(real(*a)) or made[-1])
-    layer = dl.compile(*mod.build(**mod.SIZES))
     layer.forward(values)
     assert layer.tuning.share_workspaces is True and len(made) == 1
     shared = made[0]
@@ -452,15 +454,6 @@ def test_a_ray_with_noise_on_its_other_rows_is_polished_on_its_support(scale):
     assert infeasibility_certified(A, b, 7.0 * (y + noise), dims)
     y[1] = 2.0
     assert not infeasibility_certified(A, b, 7.0 * (y + noise), dims)
-
-
-def _one_parameter_batch(name: str, count: int, **sizes):
-    """A fresh layer of the zoo problem ``name`` at ``sizes`` (one parameter), a batch of
-    its instances 0 … count−1, and their closed-form first outputs."""
-    mod = problems.get(name)
-    insts = [problems.instance(name, s, **sizes) for s in range(count)]
-    return (dl.compile(*mod.build(**sizes)), [np.stack([i.params[0] for i in insts])],
-            [i.solution[0] for i in insts])
 
 
 def test_a_layer_and_its_sparse_layout_locked_by_another_thread_at_the_fork_are_free_in_the_child(
