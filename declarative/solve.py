@@ -408,13 +408,27 @@ def _lstsq(A: Any, r: np.ndarray) -> np.ndarray:
     return spla.lsqr(_scipy(A), r, atol=1e-15, btol=1e-15, iter_lim=20 * max(A.shape))[0]
 
 
+def solver_failure(exc: BaseException) -> bool:
+    """Is ``exc``, raised by a backend's solve, the solver's failure on the instance (recorded
+    as its status, the batch going on) rather than the caller's interrupt or exit? Every
+    Exception is, and so is a panic of a solver written in Rust (Clarabel, Moreau): PyO3
+    raises those as ``pyo3_runtime.PanicException``, which derives from BaseException, not
+    Exception. Clarabel panics on some data (an index out of bounds, on a log-det program
+    with entries ~1e-6 beside a bound ~1e6)."""
+    kind = type(exc)
+    return isinstance(exc, Exception) or (kind.__name__ == "PanicException"
+                                          and kind.__module__ == "pyo3_runtime")
+
+
 def _solve_one(backend: Backend, A: Any, b: np.ndarray, c: np.ndarray, dims: ConeDims,
                settings: dict, P: Any = None, warm: tuple | None = None,
                shared: Any = None) -> tuple[Outcome | None, Status, int, float]:
     t0 = time.perf_counter()
     try:
         out = backend.solve(A, b, c, dims, settings, P=P, warm=warm, shared=shared)
-    except Exception:  # noqa: BLE001 - one broken instance must not lose the batch
+    except BaseException as exc:  # noqa: BLE001 - one broken instance must not lose the batch
+        if not solver_failure(exc):
+            raise
         return None, Status.FAILED, 0, time.perf_counter() - t0
     return _checked(out, A, b, c, dims, P, time.perf_counter() - t0, backend, settings)
 
@@ -460,7 +474,9 @@ def _primal_feasibility(backend: Backend, A: Any, b: np.ndarray, dims: ConeDims,
     n = A.shape[1]
     try:
         out = backend.solve(A, b, np.zeros(n), dims, settings)
-    except Exception:  # noqa: BLE001 - nothing shown
+    except BaseException as exc:  # noqa: BLE001 - nothing shown
+        if not solver_failure(exc):
+            raise
         return Status.INACCURATE, None
     if out.status is Status.INFEASIBLE and infeasibility_certified(A, b, out.y, dims):
         return Status.INFEASIBLE, out.y
@@ -485,9 +501,9 @@ def _solve_many(backend: Any, matrices: Sequence[Any], b: np.ndarray, c: np.ndar
     t0 = time.perf_counter()
     try:
         out = backend.solve_many(matrices, b, c, dims, settings, quadratic)
-    except KeyboardInterrupt:
-        raise
-    except Exception:  # noqa: BLE001 - retried instance by instance below
+    except BaseException as exc:  # noqa: BLE001 - retried instance by instance below
+        if not solver_failure(exc):
+            raise
         if B == 1:
             return SolveResult(np.full((1, c.shape[1]), np.nan), np.full_like(b, np.nan),
                                np.full_like(b, np.nan), [Status.FAILED], np.zeros(1, int),

@@ -33,6 +33,7 @@ from declarative.solve import (
     Status,
     infeasibility_certified,
     solve_batch,
+    solver_failure,
     unboundedness_certified,
 )
 from tests.conftest import max_abs
@@ -216,6 +217,68 @@ def test_scs_sigint_status_raises(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         solve_batch(SCS, [_csc(INFEASIBLE_A)], INFEASIBLE_B[None], np.zeros((1, 1)),
                     ConeDims(nonneg=2), scs_backend.SCS_DEFAULTS)
+
+
+class PanicException(BaseException):
+    """What PyO3 raises for a panic in a Rust solver (Clarabel, Moreau): a BaseException."""
+
+
+PanicException.__module__ = "pyo3_runtime"
+
+
+def test_only_solver_failures_are_recorded_as_statuses():
+    assert solver_failure(ValueError("bad data")) and solver_failure(PanicException("oob"))
+    assert not solver_failure(KeyboardInterrupt()) and not solver_failure(SystemExit(1))
+
+    class Other(BaseException):  # (a BaseException of that name from elsewhere is not one)
+        pass
+
+    Other.__name__ = "PanicException"
+    assert not solver_failure(Other())
+
+
+def test_a_solver_panic_on_one_instance_loses_none_of_the_others():
+    """x ∈ [lo, hi] minimizing x: x* = lo. The instance whose b holds the marker panics in
+    the backend, as Clarabel did on a log-det program; it fails, the others are solved."""
+    marker = 7.0
+
+    class Panics:
+        name = "scs"
+
+        def solve(self, A, b, c, dims, settings, P=None, warm=None, shared=None):
+            if b[0] == marker:
+                raise PanicException("index out of bounds: the len is 35 but the index is -1")
+            return SCS.solve(A, b, c, dims, settings, P=P, warm=warm, shared=shared)
+
+    b = np.array([[0.0, 1.0], [marker, 1.0], [2.0, 3.0]])  # lo = −b₀, hi = b₁
+    res = solve_batch(Panics(), [_csc(INFEASIBLE_A)] * 3, b, np.ones((3, 1)),
+                      ConeDims(nonneg=2), scs_backend.SCS_DEFAULTS)
+    assert res.status[1] is Status.FAILED and np.isnan(res.x[1]).all()
+    assert res.status[0] is res.status[2] is Status.SOLVED
+    assert max_abs(res.x[[0, 2], 0], -b[[0, 2], 0]) <= 1e-3
+
+
+def test_a_layer_whose_solver_panics_reports_failures_not_the_panic(monkeypatch):
+    """Every Clarabel solve panics: the call raises SolverError naming the instances (or, with
+    ``on_failure="nan"``, returns NaN there), never the panic itself; an instance another
+    backend settles matches the closed form."""
+    import declarative.backends.clarabel as clarabel_backend
+
+    def panic(*args, **kwargs):
+        raise PanicException("index out of bounds")
+
+    monkeypatch.setattr(clarabel_backend.ClarabelBackend, "solve", panic)
+    n = 4
+    x, th = cp.Variable(n), cp.Parameter(n)
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(x - th)), [x >= -1, x <= 1])
+    layer = dl.compile(prob, [th], [x], solver="clarabel")
+    theta = 2.0 * np.random.default_rng(0).standard_normal((3, n))
+    with pytest.raises(dl.SolverError, match="0.*1.*2"):
+        layer.forward([theta])
+    fwd = layer.forward([theta], on_failure="nan")
+    ok = np.array([st is Status.SOLVED for st in fwd.info.status])
+    assert np.isnan(fwd.outputs[0][~ok]).all()
+    assert max_abs(fwd.outputs[0][ok], np.clip(theta[ok], -1, 1)) <= 1e-8
 
 
 def test_feasible_box_at_scale_1e12_is_solved_not_infeasible():
