@@ -116,6 +116,19 @@ DENSE_PRODUCT_WORK = 1 << 13
 ROW_PRODUCT_MIN = 1 << 14
 
 
+def _rounding_rows(M: sp.spmatrix, m0: np.ndarray) -> np.ndarray:
+    """The rows of θ ↦ M θ + m₀ whose value may round: all but those holding a constant
+    alone, or one power-of-two coefficient and no constant."""
+    M = sp.csr_matrix(M, copy=True)
+    M.eliminate_zeros()
+    count = np.diff(M.indptr)
+    one = np.flatnonzero((count == 1) & (m0 == 0))
+    mantissa, _ = np.frexp(np.abs(M.data[M.indptr[one]]))
+    exact = count == 0
+    exact[one] = mantissa == 0.5
+    return np.flatnonzero(~exact)
+
+
 def times_t(X: np.ndarray, M: sp.spmatrix, contiguous: bool = True) -> np.ndarray:
     """X Mᵀ for a dense batch X (B, k) and a sparse M (r, k), C-contiguous (or, with
     ``contiguous=False``, possibly a transposed view).
@@ -300,6 +313,41 @@ class ConeTemplate:
     def apply_P(self, theta: np.ndarray) -> np.ndarray:
         """A batch θ (B, p) ↦ the stored values of P (B, nnz(P))."""
         return times_t(theta, self.H) + self.h0
+
+    def rounding(self, theta: np.ndarray, data: tuple[np.ndarray, ...]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """The rounding errors |fl(d) − d| that `apply` and `apply_P` committed at θ (B, p) on
+        each entry of ``data`` (their c, A's values, b and P's values), d taken in long double
+        (a 64-bit significand: its own rounding is 2¹¹ times smaller), and 0 on the entries
+        formed exactly: a constant alone, or one parameter's entry times a power of two. None
+        where every entry is formed exactly, as in most DPP programs (each entry of c, A, b
+        and P one parameter's entry or a constant); not so where an entry sums several
+        (c = −2Aᵀb of ‖Ax − b‖² with a parameter b)."""
+        maps = self._rounding_maps
+        if maps is None:
+            return None
+        wide = theta.astype(np.longdouble)
+        out = []
+        for (rows, M, m0), d in zip(maps, data, strict=True):
+            err = np.zeros(d.shape)
+            if rows.size:
+                err[:, rows] = np.abs(d[:, rows] - (times_t(wide, M) + m0))
+            out.append(err)
+        c, a, b, h = out
+        return c, a, b, h
+
+    @cached_property
+    def _rounding_maps(self) -> list[tuple[np.ndarray, sp.csr_matrix, np.ndarray]] | None:
+        """For (C, c0), (F, f0), (G, g0) and (H, h0): the rows whose sums may round
+        (`_rounding_rows`), and those rows of the map and its constant in long double; None
+        where no row may."""
+        out = []
+        for M, m0 in ((self.C, self.c0), (self.F, self.f0), (self.G, self.g0),
+                      (self.H, self.h0)):
+            rows = _rounding_rows(M, m0)
+            out.append((rows, sp.csr_matrix(M)[rows].astype(np.longdouble),
+                        m0[rows].astype(np.longdouble)))
+        return None if all(rows.size == 0 for rows, _, _ in out) else out
 
     def apply_adjoint(self, dc: np.ndarray, da: np.ndarray, db: np.ndarray,
                       dh: np.ndarray | None = None) -> np.ndarray:

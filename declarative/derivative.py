@@ -234,13 +234,19 @@ class NonDifferentiableWarning(UserWarning):
 
 class BatchOps:
     """Products with the batch of matrices A (shared pattern, values a (B, nnz)) and P (values
-    h (B, nnz(P)); h=None, a linear objective, stores zeros)."""
+    h (B, nnz(P)); h=None, a linear objective, stores zeros).
 
-    def __init__(self, template: ConeTemplate, a: np.ndarray, h: np.ndarray | None = None
-                 ) -> None:
+    ``rounding``, where given, holds the rounding errors of the instances' data as the
+    template's affine maps formed it from the parameters (`ConeTemplate.rounding`: c, A's
+    values, b, P's values, before equilibration), carried along with the instances (`take`)
+    for the certificate (`Layer._data_rounding`)."""
+
+    def __init__(self, template: ConeTemplate, a: np.ndarray, h: np.ndarray | None = None,
+                 rounding: tuple[np.ndarray, ...] | None = None) -> None:
         self.template = template
         self.a = a
         self.h: np.ndarray = np.zeros((a.shape[0], template.P_rows.size)) if h is None else h
+        self.rounding = rounding
         self.rows, self.cols, self._Er, self._Ec, self._Ep = _scatter(template)
         self._magnitude: BatchOps | None = None
         self._blocks: dict[str, list] = {}  # `_block_matrices` of A and P, made on first use
@@ -249,7 +255,8 @@ class BatchOps:
         """The same operators for a subset of the batch (views of the batch's values where
         ``idx`` is a run of consecutive instances: they are never written to)."""
         at = _run(idx, self.a.shape[0])
-        sub = BatchOps(self.template, self.a[at], self.h[at])
+        sub = BatchOps(self.template, self.a[at], self.h[at],
+                       None if self.rounding is None else tuple(r[at] for r in self.rounding))
         if self._magnitude is not None:
             sub._magnitude = self._magnitude.take(idx)
         return sub

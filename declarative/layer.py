@@ -1227,7 +1227,7 @@ class Layer:
         eq = equilibrate(t, c, a, b, h)
         raw = (c, a, b, h)
         c, a, b, h = eq.data(t, c, a, b, h)
-        ops = BatchOps(t, a, h)
+        ops = BatchOps(t, a, h, t.rounding(theta, raw))
         mats = t.csc_batch(a)
         Ps = t.P_csc_batch(h) if t.quadratic else None
         user = {**(self.solver_args if backend.name == self._tuning.solver else {}),
@@ -1447,7 +1447,7 @@ class Layer:
             if np.any(change != 1.0):
                 h2 = np.array(ops.h)
                 h2[idx] *= change[:, None]
-                ops2, Ps2 = BatchOps(t, ops.a, h2), t.P_csc_batch(h2)
+                ops2, Ps2 = BatchOps(t, ops.a, h2, ops.rounding), t.P_csc_batch(h2)
         won = np.zeros(idx.size, dtype=bool)
         for k, (who, tries) in enumerate(self._retries(backend, settings, second, tight=False)):
             js = np.flatnonzero(~won)
@@ -1462,7 +1462,7 @@ class Layer:
         if ops2 is not ops and took.size:
             h = np.array(ops.h)
             h[took] = ops2.h[took]
-            ops = BatchOps(t, ops.a, h)
+            ops = BatchOps(t, ops.a, h, ops.rounding)
         return ops, eq.merged(took, eq2, took)
 
     def _objective_rescaled(self, att: _Attempt, backend: Backend, raw: tuple, ops: BatchOps,
@@ -1512,7 +1512,9 @@ class Layer:
         x, y, s, ω)."""
         t = self.template
         c2, a2, b2, h2 = data
-        ops2, mats2 = BatchOps(t, a2, h2), t.csc_batch(a2)
+        ops2 = BatchOps(t, a2, h2, None if ops.rounding is None
+                        else tuple(r[idx] for r in ops.rounding))
+        mats2 = t.csc_batch(a2)
         Ps2 = t.P_csc_batch(h2) if t.quadratic else None
         won = np.zeros(idx.size, dtype=bool)
         k = idx.size
@@ -1540,7 +1542,7 @@ class Layer:
         took = idx[won]
         a, h = np.array(ops.a), np.array(ops.h)
         a[took], h[took] = a2[won], h2[won]
-        return BatchOps(t, a, h), eq.merged(took, scaling, np.flatnonzero(won))
+        return BatchOps(t, a, h, ops.rounding), eq.merged(took, scaling, np.flatnonzero(won))
 
     def _solution_rescaled(self, att: _Attempt, backend: Backend, ops: BatchOps,
                            c: np.ndarray, b: np.ndarray, settings: dict, ours: dict,
@@ -1823,7 +1825,10 @@ class Layer:
         v0 = y0 - s0
         pv0 = project_dual(v0, ops.take(idx))
         for j, i in enumerate(idx.tolist()):
-            got = _vertex_at(ops.take(np.array([i])), c[i], b[i], y0[j], s0[j])
+            at = np.array([i])
+            one = ops.take(at)
+            got = _vertex_at(one, c[i], b[i], y0[j], s0[j],
+                             functools.partial(self._data_rounding, one, eq.take(at)))
             if got is None:
                 if every:
                     return None
@@ -2092,6 +2097,30 @@ class Layer:
         v[kinks & ok[:, None]] = 0.0
         return ok
 
+    def _data_rounding(self, ops: BatchOps, eq: Equilibration, x: np.ndarray, y: np.ndarray
+                       ) -> np.ndarray | float:
+        """What the rounding of the instances' data, as the template formed it from the
+        parameters (``ops.rounding``, `ConeTemplate.rounding`), moves F's rows by at the
+        points (x, y = Π(v)) of the program that ``eq`` scales (B, n + m): δc + |δP||x| +
+        |δA|ᵀ|y| over the first n rows, δb + |δA||x| over the last m. 0 where the data are
+        exact. The data as rounded are not the user's, and neither is their solution:
+        ‖Ax − b‖² + λ‖x‖₁ just below λ's threshold, whose c = −2Aᵀb sums eight products,
+        came back 6.5e-8 off, certified from residuals in extended precision, whose rounding
+        is far below the data's."""
+        if ops.rounding is None:
+            return 0.0
+        t = ops.template
+        dc, da, db, dh = ops.rounding
+        if eq.mix is not None:  # (the mixing adds rows: their errors add in magnitude)
+            eq = replace(eq, mix=np.abs(eq.mix))
+        dc, da, db, dh = eq.data(t, dc, da, db, dh)
+        if da.any() or dh.any():  # (A and P mostly exact: their entries one parameter's)
+            err = BatchOps(t, da, dh)
+            ax = np.abs(x)
+            dc = dc + err.P(ax) + err.AT(np.abs(y))
+            db = db + err.A(ax)
+        return np.concatenate([dc, db], axis=1)
+
     def _forward_error_ok(self, ops: BatchOps, eq: Equilibration, r: Any, which: np.ndarray,
                           factors: list, c: np.ndarray, b: np.ndarray,
                           rounding: float = ROUNDING, branch: np.ndarray | None = None,
@@ -2177,7 +2206,7 @@ class Layer:
         # the rounding term |S⁻¹|g, g = rounding·den: exact where S⁻¹ is at hand, else on a
         # ±1 probe per entry (which can cancel) and, per output as a whole, by Hager's
         # estimate (`abs_rows_estimate`)
-        g = rounding * den
+        g = rounding * den + self._data_rounding(ops.take(idx), eq.take(idx), r.x[idx], pv)
         fs = [factors[i] for i in idx]
         exact, abs_g = abs_inverse_times(fs, g)
         corr = newton_correction(fs, np.stack([r.F[idx], g * sign_probe(t.n + t.m)], axis=2))
@@ -2754,13 +2783,15 @@ class _Attempt:
             self.D = self.v_D = None
 
 
-def _vertex_at(one: BatchOps, c: np.ndarray, b: np.ndarray, y: np.ndarray, s: np.ndarray
+def _vertex_at(one: BatchOps, c: np.ndarray, b: np.ndarray, y: np.ndarray, s: np.ndarray,
+               data: Callable[[np.ndarray, np.ndarray], np.ndarray | float] | None = None
                ) -> tuple[ActiveSet, float, np.ndarray] | None:
     """The `ActiveSet` that the point (y, s) of the one instance of ``one`` indicates (c (n,),
     b (m,)), with its backward error and each entry's estimated error (n + m,), where its
     exact solution passes `Layer._vertices`' tests short of the outputs' (well conditioned,
     resolved, every inequality's multiplier or slack beyond its margin and its error); else
-    None."""
+    None. ``data(x, y)`` (both (1, ·)): what the rounding of the instance's data moves F's
+    rows by there (`Layer._data_rounding`), counted with the residual's own rounding."""
     t = one.template
     a = ActiveSet.at(one, c, b, y, s)
     if a is None or a.rcond < ACTIVE_SET_RCOND:
@@ -2769,7 +2800,10 @@ def _vertex_at(one: BatchOps, c: np.ndarray, b: np.ndarray, y: np.ndarray, s: np
     w = omega(F, den)
     if not w <= ACCEPT_BACKWARD or _objective_unresolved(a.gradient(), den, ROUNDING):
         return None
-    d = np.abs(a.solve(F)) + a.bound(ROUNDING * den)
+    g = ROUNDING * den
+    if data is not None:
+        g = g + np.ravel(data(a.x[None], a.y[None]))
+    d = np.abs(a.solve(F)) + a.bound(g)
     primal, dual = (side[0] for side in row_scales(one, a.x[None], a.y[None], a.s[None]))
     with np.errstate(invalid="ignore"):
         room = np.where(a.y > 0, a.y - np.maximum(ACTIVE_SET_MARGIN * dual, d[t.n :]),

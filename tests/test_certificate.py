@@ -2131,3 +2131,71 @@ def test_an_ill_conditioned_quad_form_is_solved_to_its_exact_data(box):
             assert err <= 1e-8 * np.abs(truth[i]).max(), (i, err)
             solved += 1
     assert solved >= len(P) // 2
+
+
+def test_a_lasso_just_below_its_threshold_is_solved_to_its_exact_data_or_not_solved():
+    """min ‖Ax − b‖² + λ‖x‖₁ with λ = (1 − d)·‖2Aᵀb‖∞: x* has one nonzero entry,
+    (|2aⱼᵀb| − λ)/(2‖aⱼ‖²), whose condition is ~1/d. The program's c = −2Aᵀb sums eight
+    products and rounds, so the solution of the data as formed is off by ~u/d: refined in
+    extended precision, which judged only the residual's rounding, 3 of 8 instances at
+    d ≤ 1e-8 came back solved 1.1e-8 … 6.5e-8 off. Each solved one within 1e-8 of the
+    exact solution (rational arithmetic on the float data), and every one solved at d = 1e-5."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(12)
+    n, m = 5, 8
+    A = rng.standard_normal((m, n))
+    x, b, lam = cp.Variable(n), cp.Parameter(m), cp.Parameter(nonneg=True)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(A @ x - b) + lam * cp.norm1(x))),
+                       [b, lam], [x])
+    exact_A = [[Fraction(float(v)) for v in row] for row in A]
+
+    def exact(bv: np.ndarray, lv: float) -> np.ndarray:
+        g = [2 * sum(exact_A[i][j] * Fraction(float(bv[i])) for i in range(m))
+             for j in range(n)]
+        j = max(range(n), key=lambda k: abs(g[k]))
+        norm = sum(exact_A[i][j] ** 2 for i in range(m))
+        out = np.zeros(n)
+        out[j] = float((abs(g[j]) - Fraction(float(lv))) / (2 * norm)) * (1 if g[j] > 0 else -1)
+        return out
+
+    cases = [(s, d) for s in (1.0, 1e7) for d in (1e-5, 1e-7, 1e-8, 5e-9) for _ in range(4)]
+    bs = np.stack([rng.standard_normal(m) * s for s, _ in cases])
+    lams = np.array([(1 - d) * np.abs(2 * A.T @ bv).max()
+                     for bv, (_, d) in zip(bs, cases, strict=True)])
+    fwd = layer.forward([bs, lams], on_failure="nan")
+    for k, (_, d) in enumerate(cases):
+        if d == 1e-5:
+            assert fwd.ok[k], (k, fwd.info.status[k])
+        if fwd.ok[k]:
+            truth = exact(bs[k], lams[k])
+            err = np.abs(fwd.outputs[0][k] - truth).max()
+            assert err <= 1e-8 * np.abs(truth).max(), (k, d, err / np.abs(truth).max())
+
+
+def test_the_data_rounding_is_measured_where_the_template_sums_and_zero_where_it_does_not():
+    """`ConeTemplate.rounding`: c = −2Aᵀb of ‖Ax − b‖² sums eight products, and its rounding
+    matches |fl(c) − c| in rational arithmetic to within long double's own; sparsemax's
+    data, one parameter's entry (times −2) or a constant each, is formed exactly (None)."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(4)
+    n, m = 5, 8
+    A = rng.standard_normal((m, n))
+    x, b = cp.Variable(n), cp.Parameter(m)
+    t = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(A @ x - b)), [x >= 0]), [b], [x]).template
+    theta = rng.standard_normal((3, m)) * np.array([[1.0], [1e8], [1e-8]])
+    c, a, bb = t.apply(theta)
+    err = t.rounding(theta, (c, a, bb, t.apply_P(theta)))
+    assert err is not None and not err[1].any() and not err[2].any() and not err[3].any()
+    C = t.C.toarray()
+    for k in range(3):
+        for j in range(t.n):
+            terms = [Fraction(float(C[j, i])) * Fraction(float(theta[k, i])) for i in range(m)]
+            exact = abs(Fraction(float(c[k, j])) - sum(terms, Fraction(float(t.c0[j]))))
+            size = float(sum(abs(v) for v in terms)) + abs(t.c0[j])
+            assert abs(err[0][k, j] - float(exact)) <= 2.0**-62 * size, (k, j)
+    assert np.any(err[0] > 0)
+    s = zoo_layer("sparsemax")[0].template
+    theta = rng.standard_normal((2, s.num_params))
+    assert s.rounding(theta, (*s.apply(theta), s.apply_P(theta))) is None
