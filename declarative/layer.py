@@ -208,6 +208,14 @@ RETRY_ITERS_MIN = 2_000
 # sparsemax n = 100 and PSD k = 10 at batch 64, 3,800-13,000 unknowns, 12-27% more)
 SETTLE_PARALLEL_FROM = 50_000
 SETTLE_PART_MIN = 2
+# A PSD block of order k costs about k³ a step beyond its k(k + 1)/2 unknowns (its
+# eigendecomposition, and the low-rank products and capacitance of `derivative.Woodbury`,
+# whose rank grows with k), which LAPACK and BLAS run outside the GIL: it counts as
+# PSD_WORK·k³ unknowns towards SETTLE_PARALLEL_FROM (`_work`). In parts, forward + backward
+# of the trace-constrained PSD projection (BENCHMARKS.md): k = 30 at batch 16 4% slower and
+# at 32 3% faster, k = 40 at 8 3% and at 16 13% faster, k = 50 at 4 7% and at 8 17% faster;
+# at 0.05 the cut falls at batch 22, 10 and 6.
+PSD_WORK = 0.05
 # Where the user did not choose the solver, an instance that neither the chosen solver nor SCS
 # at RETRY_EPS settled (solved and certified, or certified infeasible or unbounded) is solved
 # once more by this interior-point backend, whose central point refinement often takes where
@@ -460,7 +468,7 @@ class Forward:
         if idx.size == 0:
             return []
         t = self.layer.template
-        pieces = [idx[sl] for sl in _parts(idx.size, t.n + t.m)]
+        pieces = [idx[sl] for sl in _parts(idx.size, _work(t))]
 
         def linearize(part: np.ndarray) -> tuple[ConeSolution, Any]:
             sol = self._linearize(part)
@@ -1657,7 +1665,7 @@ class Layer:
         res = solve_batch(backend, pick(mats, idx), b[idx], c[idx], t.dims, settings,
                           None if Ps is None else pick(Ps, idx), warm=warm,
                           shared=shared)
-        parts = _parts(len(idx), t.n + t.m)
+        parts = _parts(len(idx), _work(t))
         if len(parts) == 1:
             return self._settle(res, idx, ops, c, b, ours, scaling)
         self._ordering_first(res, ops, idx)
@@ -2671,7 +2679,13 @@ _REFINABLE = (Status.SOLVED, Status.INACCURATE, Status.ITERATION_LIMIT)
 _SETTLED = (Status.SOLVED, Status.INFEASIBLE, Status.UNBOUNDED)
 
 
-def _parts(k: int, size: int) -> list[slice]:
+def _work(t: ConeTemplate) -> float:
+    """One instance's work in refinement, the certificate and the derivatives, in unknowns:
+    n + m, and PSD_WORK·k³ for each PSD block of order k."""
+    return t.n + t.m + PSD_WORK * sum(k**3 for k in t.dims.psd)
+
+
+def _parts(k: int, size: float) -> list[slice]:
     """The instances 0 … k−1 of a program with ``size`` = n + m unknowns, cut into the
     consecutive parts that refinement, the certificate and the derivatives handle
     concurrently (one per worker, `parallel.workers`), or one part where the batch is too
