@@ -331,7 +331,7 @@ class ConeTemplate:
         for (rows, M, m0), d in zip(maps, data, strict=True):
             err = np.zeros(d.shape)
             if rows.size:
-                err[:, rows] = np.abs(d[:, rows] - (times_t(wide, M) + m0))
+                err[:, rows] = np.abs(d[:, rows] - ((M @ wide.T).T + m0))  # (few rows)
             out.append(err)
         c, a, b, h = out
         return c, a, b, h
