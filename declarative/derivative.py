@@ -238,11 +238,12 @@ class BatchOps:
 
     ``rounding``, where given, holds the rounding errors of the instances' data as the
     template's affine maps formed it from the parameters (`ConeTemplate.rounding`: c, A's
-    values, b, P's values, before equilibration), carried along with the instances (`take`)
-    for the certificate (`Layer._data_rounding`)."""
+    values, b, P's values, before equilibration; None for a map whose entries are all
+    exact), carried along with the instances (`take`) for the certificate
+    (`Layer._data_rounding`)."""
 
     def __init__(self, template: ConeTemplate, a: np.ndarray, h: np.ndarray | None = None,
-                 rounding: tuple[np.ndarray, ...] | None = None) -> None:
+                 rounding: tuple[np.ndarray | None, ...] | None = None) -> None:
         self.template = template
         self.a = a
         self.h: np.ndarray = np.zeros((a.shape[0], template.P_rows.size)) if h is None else h
@@ -255,8 +256,8 @@ class BatchOps:
         """The same operators for a subset of the batch (views of the batch's values where
         ``idx`` is a run of consecutive instances: they are never written to)."""
         at = _run(idx, self.a.shape[0])
-        sub = BatchOps(self.template, self.a[at], self.h[at],
-                       None if self.rounding is None else tuple(r[at] for r in self.rounding))
+        sub = BatchOps(self.template, self.a[at], self.h[at], None if self.rounding is None
+                       else tuple(None if r is None else r[at] for r in self.rounding))
         if self._magnitude is not None:
             sub._magnitude = self._magnitude.take(idx)
         return sub

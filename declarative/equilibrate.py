@@ -43,6 +43,7 @@ this needs (`compile.with_exp_mixing`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import overload
 
@@ -271,16 +272,44 @@ class Equilibration:
                   h: np.ndarray | None
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """`data` without the mixing: (1)'s diagonal factors."""
-        p = pattern(t)
         rho, sigma = self.rho[:, None], self.sigma[:, None]
-        ch = sigma * self.e * c
-        bh = rho * self.d * b
+        wa, wp = self._weights(t)
+        return (sigma * self.e * c, a * wa(), rho * self.d * b,
+                None if h is None else (sigma / rho) * wp() * h)
+
+    def _weights(self, t: ConeTemplate
+                 ) -> tuple[Callable[[], np.ndarray], Callable[[], np.ndarray]]:
+        """D_ij E_jk for A's stored entries and E_ij E_ik for P's (``entries``, else gathered
+        from D and E when called)."""
         if self.entries is not None:
             wa, wp = self.entries
-        else:
-            wa = self.d[:, p.rows] * self.e[:, p.cols]
-            wp = self.e[:, p.P_rows] * self.e[:, p.P_cols]
-        return ch, a * wa, bh, None if h is None else (sigma / rho) * wp * h
+            return (lambda: wa), (lambda: wp)
+        p = pattern(t)
+        return (lambda: self.d[:, p.rows] * self.e[:, p.cols],
+                lambda: self.e[:, p.P_rows] * self.e[:, p.P_cols])
+
+    def magnitudes(self, t: ConeTemplate, c: np.ndarray | None, a: np.ndarray | None,
+                   b: np.ndarray | None, h: np.ndarray | None
+                   ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]:
+        """`data` of magnitudes (errors, >= 0) of c, A's values, b and P's values, each
+        (B, ·) or None for 0 (c and b then come back as 0, A and P as None): the mixing of
+        exponential cones' rows taken in absolute value, since their errors add whatever
+        the signs."""
+        B = self.rho.shape[0]
+        c = np.zeros((B, t.n)) if c is None else c
+        b = np.zeros((B, t.m)) if b is None else b
+        if self.mix is not None:
+            p = pattern(t)
+            mix = np.abs(self.mix)
+            if a is not None:
+                a = np.array(a)
+                a[:, p.mix_to] += mix[:, p.mix_cone] * a[:, p.mix_from]
+            b = np.array(b)
+            b[:, p.exp_first] += mix * b[:, p.exp_first + 1]
+        rho, sigma = self.rho[:, None], self.sigma[:, None]
+        wa, wp = self._weights(t)
+        return (sigma * self.e * c, None if a is None else a * wa(), rho * self.d * b,
+                None if h is None else (sigma / rho) * wp() * h)
 
     def data_adjoint(self, t: ConeTemplate, gc: np.ndarray, ga: np.ndarray, gb: np.ndarray,
                      gh: np.ndarray | None):

@@ -214,7 +214,7 @@ SETTLE_PART_MIN = 2
 # PSD_WORK·k³ unknowns towards SETTLE_PARALLEL_FROM (`_work`). In parts, forward + backward
 # of the trace-constrained PSD projection (BENCHMARKS.md): k = 30 at batch 16 4% slower and
 # at 32 3% faster, k = 40 at 8 3% and at 16 13% faster, k = 50 at 4 7% and at 8 17% faster;
-# at 0.05 the cut falls at batch 22, 10 and 6.
+# at 0.05 the cut falls at batch 22, 11 and 6.
 PSD_WORK = 0.05
 # Where the user did not choose the solver, an instance that neither the chosen solver nor SCS
 # at RETRY_EPS settled (solved and certified, or certified infeasible or unbounded) is solved
@@ -1521,7 +1521,7 @@ class Layer:
         t = self.template
         c2, a2, b2, h2 = data
         ops2 = BatchOps(t, a2, h2, None if ops.rounding is None
-                        else tuple(r[idx] for r in ops.rounding))
+                        else tuple(None if r is None else r[idx] for r in ops.rounding))
         mats2 = t.csc_batch(a2)
         Ps2 = t.P_csc_batch(h2) if t.quadratic else None
         won = np.zeros(idx.size, dtype=bool)
@@ -2118,13 +2118,10 @@ class Layer:
         if ops.rounding is None:
             return 0.0
         t = ops.template
-        dc, da, db, dh = ops.rounding
-        if eq.mix is not None:  # (the mixing adds rows: their errors add in magnitude)
-            eq = replace(eq, mix=np.abs(eq.mix))
-        dc, da, db, dh = eq.data(t, dc, da, db, dh)
-        if da.any() or dh.any():  # (A and P mostly exact: their entries one parameter's)
-            err = BatchOps(t, da, dh)
+        dc, da, db, dh = eq.magnitudes(t, *ops.rounding)
+        if da is not None or dh is not None:  # (A and P mostly exact: one parameter's each)
             ax = np.abs(x)
+            err = BatchOps(t, np.zeros((len(x), t.nnz)) if da is None else da, dh)
             dc = dc + err.P(ax) + err.AT(np.abs(y))
             db = db + err.A(ax)
         return np.concatenate([dc, db], axis=1)
@@ -2686,7 +2683,7 @@ def _work(t: ConeTemplate) -> float:
 
 
 def _parts(k: int, size: float) -> list[slice]:
-    """The instances 0 … k−1 of a program with ``size`` = n + m unknowns, cut into the
+    """The instances 0 … k−1 of a program of ``size`` unknowns an instance (`_work`), cut into the
     consecutive parts that refinement, the certificate and the derivatives handle
     concurrently (one per worker, `parallel.workers`), or one part where the batch is too
     small for the overlap to pay (SETTLE_PARALLEL_FROM). Every step is per instance, so the
