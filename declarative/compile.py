@@ -339,8 +339,9 @@ class ConeTemplate:
         maps = self._rounding_maps
         if maps is None:
             return None
-        wide = theta.astype(np.longdouble) if self._rounding_measured else None
-        magnitude = np.abs(theta)
+        measured = self._rounding_measured
+        wide = theta.astype(np.longdouble) if measured else None
+        magnitude = None if measured else np.abs(theta)
         out: list[np.ndarray | None] = []
         for (rows, M, m0, bound, bound0), d in zip(maps, data, strict=True):
             if not rows.size:
@@ -350,6 +351,7 @@ class ConeTemplate:
             if wide is not None:
                 err[:, rows] = np.abs(d[:, rows] - ((M @ wide.T).T + m0))  # (few rows)
             else:
+                assert magnitude is not None
                 err[:, rows] = (bound @ magnitude.T).T + bound0
             out.append(err)
         return tuple(out)
