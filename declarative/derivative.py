@@ -256,11 +256,16 @@ class BatchOps:
         """The same operators for a subset of the batch (views of the batch's values where
         ``idx`` is a run of consecutive instances: they are never written to)."""
         at = _run(idx, self.a.shape[0])
-        sub = BatchOps(self.template, self.a[at], self.h[at], None if self.rounding is None
-                       else tuple(None if r is None else r[at] for r in self.rounding))
+        sub = BatchOps(self.template, self.a[at], self.h[at], self.rounding_of(at))
         if self._magnitude is not None:
             sub._magnitude = self._magnitude.take(idx)
         return sub
+
+    def rounding_of(self, idx: np.ndarray | slice) -> tuple[np.ndarray | None, ...] | None:
+        """``rounding`` for the instances ``idx``."""
+        if self.rounding is None:
+            return None
+        return tuple(None if r is None else r[idx] for r in self.rounding)
 
     @property
     def magnitude(self) -> BatchOps:

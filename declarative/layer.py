@@ -1520,9 +1520,7 @@ class Layer:
         x, y, s, ω)."""
         t = self.template
         c2, a2, b2, h2 = data
-        ops2 = BatchOps(t, a2, h2, None if ops.rounding is None
-                        else tuple(None if r is None else r[idx] for r in ops.rounding))
-        mats2 = t.csc_batch(a2)
+        ops2, mats2 = BatchOps(t, a2, h2, ops.rounding_of(idx)), t.csc_batch(a2)
         Ps2 = t.P_csc_batch(h2) if t.quadratic else None
         won = np.zeros(idx.size, dtype=bool)
         k = idx.size
@@ -1834,9 +1832,9 @@ class Layer:
         pv0 = project_dual(v0, ops.take(idx))
         for j, i in enumerate(idx.tolist()):
             at = np.array([i])
-            one = ops.take(at)
-            got = _vertex_at(one, c[i], b[i], y0[j], s0[j],
-                             functools.partial(self._data_rounding, one, eq.take(at)))
+            got = _vertex_at(ops.take(at), c[i], b[i], y0[j], s0[j],
+                             None if ops.rounding is None
+                             else functools.partial(self._data_rounding, ops, eq, at))
             if got is None:
                 if every:
                     return None
@@ -2105,20 +2103,21 @@ class Layer:
         v[kinks & ok[:, None]] = 0.0
         return ok
 
-    def _data_rounding(self, ops: BatchOps, eq: Equilibration, x: np.ndarray, y: np.ndarray
-                       ) -> np.ndarray | float:
-        """What the rounding of the instances' data, as the template formed it from the
-        parameters (``ops.rounding``, `ConeTemplate.rounding`), moves F's rows by at the
-        points (x, y = Π(v)) of the program that ``eq`` scales (B, n + m): δc + |δP||x| +
-        |δA|ᵀ|y| over the first n rows, δb + |δA||x| over the last m. 0 where the data are
-        exact. The data as rounded are not the user's, and neither is their solution:
-        ‖Ax − b‖² + λ‖x‖₁ just below λ's threshold, whose c = −2Aᵀb sums eight products,
-        came back 6.5e-8 off, certified from residuals in extended precision, whose rounding
-        is far below the data's."""
-        if ops.rounding is None:
+    def _data_rounding(self, ops: BatchOps, eq: Equilibration, idx: np.ndarray, x: np.ndarray,
+                       y: np.ndarray) -> np.ndarray | float:
+        """What the rounding of the data of the instances ``idx`` of ``ops``, as the template
+        formed it from the parameters (``ops.rounding``, `ConeTemplate.rounding`), moves F's
+        rows by at their points (x, y = Π(v)) of the program that ``eq`` scales (len(idx),
+        n + m): δc + |δP||x| + |δA|ᵀ|y| over the first n rows, δb + |δA||x| over the last
+        m. 0 where the data are exact. The data as rounded are not the user's, and neither
+        is their solution: ‖Ax − b‖² + λ‖x‖₁ just below λ's threshold, whose c = −2Aᵀb sums
+        eight products, came back 6.5e-8 off, certified from residuals in extended
+        precision, whose rounding is far below the data's."""
+        rounding = ops.rounding_of(idx)
+        if rounding is None:
             return 0.0
         t = ops.template
-        dc, da, db, dh = eq.magnitudes(t, *ops.rounding)
+        dc, da, db, dh = eq.take(idx).magnitudes(t, *rounding)
         if da is not None or dh is not None:  # (A and P mostly exact: one parameter's each)
             ax = np.abs(x)
             err = BatchOps(t, np.zeros((len(x), t.nnz)) if da is None else da, dh)
@@ -2211,7 +2210,7 @@ class Layer:
         # the rounding term |S⁻¹|g, g = rounding·den: exact where S⁻¹ is at hand, else on a
         # ±1 probe per entry (which can cancel) and, per output as a whole, by Hager's
         # estimate (`abs_rows_estimate`)
-        g = rounding * den + self._data_rounding(ops.take(idx), eq.take(idx), r.x[idx], pv)
+        g = rounding * den + self._data_rounding(ops, eq, idx, r.x[idx], pv)
         fs = [factors[i] for i in idx]
         exact, abs_g = abs_inverse_times(fs, g)
         corr = newton_correction(fs, np.stack([r.F[idx], g * sign_probe(t.n + t.m)], axis=2))
