@@ -104,6 +104,12 @@ class _Pattern:
     mix_to: np.ndarray        # A's entries of those cones' first rows ...
     mix_from: np.ndarray      # ... the second row's entry in the same column
     mix_cone: np.ndarray      # ... and which cone
+    boost_rows: np.ndarray    # (2, k): first row and axis row of each boostable second-order
+                              # cone (`_boostable`)
+    boost_r: np.ndarray       # A's entries of those cones' first rows ...
+    boost_q: np.ndarray       # ... the axis row's entry in the same column
+    boost_cone: np.ndarray    # ... and which cone
+    boost_bounds: np.ndarray  # (2k,): each boostable cone's first row and the row after it
 
 
 def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -135,11 +141,76 @@ def pattern(t: ConeTemplate) -> _Pattern:
         mixable = np.ones(first.size, dtype=bool)
         mixable[cone[~found]] = False
         keep = found & mixable[cone]
+        boost_rows, boost_r, boost_q, boost_cone, bounds = _boostable(t.dims, rows, cols)
         cached = _Pattern(rows, cols, by_row, row_starts, row_ids, col_starts, col_ids,
                           t.P_rows, t.P_cols, P_order, P_starts, P_ids, blocks, sizes,
-                          first, mixable, dst[keep], src[keep], cone[keep])
+                          first, mixable, dst[keep], src[keep], cone[keep], boost_rows,
+                          boost_r, boost_q, boost_cone, bounds)
         t.derived["equilibration_pattern"] = cached
     return cached
+
+
+def _boostable(dims: ConeDims, rows: np.ndarray, cols: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The second-order cones a scaling may boost (`Equilibration.boost`): those with a row
+    other than the first, the first such, that stores entries in exactly the columns the
+    first row does (CVXPY writes x·t >= w², of inv_pos, sqrt, power, quad_over_lin and
+    geo_mean, as ‖(x − t, 2w)‖ <= x + t: rows x + t and x − t). Returns their first rows
+    and axis rows (2, k); the pairs of A's stored entries (first row's, axis row's) in one
+    column, with the cone of each (the boost then changes values alone); and each cone's
+    first row and the row after it, in turn (2k,)."""
+    lo = dims.zero + dims.nonneg
+    order = np.lexsort((cols, rows))  # entries by row, then column
+    srows, scols = rows[order], cols[order]
+    starts = np.searchsorted(srows, np.arange(dims.size + 1))
+    firsts: list[int] = []
+    axes: list[int] = []
+    bounds: list[int] = []
+    pr: list[np.ndarray] = []
+    pq: list[np.ndarray] = []
+    cone: list[np.ndarray] = []
+    for k in dims.soc:
+        r0 = slice(starts[lo], starts[lo + 1])
+        if r0.stop > r0.start:
+            for j in range(1, k):
+                rj = slice(starts[lo + j], starts[lo + j + 1])
+                if np.array_equal(scols[rj], scols[r0]):
+                    cone.append(np.full(r0.stop - r0.start, len(firsts)))
+                    bounds += [lo, lo + k]
+                    firsts.append(lo)
+                    axes.append(lo + j)
+                    pr.append(order[r0])
+                    pq.append(order[rj])
+                    break
+        lo += k
+    if not firsts:
+        empty = np.zeros(0, dtype=np.intp)
+        return np.zeros((2, 0), dtype=np.intp), empty, empty, empty, empty
+    return (np.array([firsts, axes], dtype=np.intp), np.concatenate(pr).astype(np.intp),
+            np.concatenate(pq).astype(np.intp), np.concatenate(cone).astype(np.intp),
+            np.array(bounds, dtype=np.intp))
+
+
+def _boosted(u: np.ndarray, kappa: np.ndarray, r: np.ndarray, q: np.ndarray,
+             absolute: bool = False) -> np.ndarray:
+    """``u`` (B, ·) with its entries ``r`` and ``q`` (pairs: a first row's and its axis
+    row's, per cone or per stored entry) boosted by 2^κ (``kappa``, (B, len(r))):
+    p = u_r + u_q and q = u_r − u_q become 2^κ p and 2^−κ q, so that u_r and u_q become
+    ch·u_r + sh·u_q and sh·u_r + ch·u_q (ch, sh = (2^κ ± 2^−κ)/2), formed through p and q,
+    whose scalings are exact. With ``absolute``, |N| applied instead: ch·u_r + |sh|·u_q
+    and |sh|·u_r + ch·u_q."""
+    out = np.array(u)
+    ur, uq = u[:, r], u[:, q]
+    k = kappa.astype(np.int64)
+    if absolute:
+        up, dn = np.ldexp(1.0, k), np.ldexp(1.0, -k)
+        ch, sh = 0.5 * (up + dn), 0.5 * np.abs(up - dn)
+        out[:, r], out[:, q] = ch * ur + sh * uq, sh * ur + ch * uq
+        return out
+    p, m = np.ldexp(ur + uq, k), np.ldexp(ur - uq, -k)
+    on = k != 0  # (κ = 0 leaves the entries exactly as they are)
+    out[:, r], out[:, q] = np.where(on, 0.5 * (p + m), ur), np.where(on, 0.5 * (p - m), uq)
+    return out
 
 
 def _segment_max(values: np.ndarray, starts: np.ndarray, ids: np.ndarray,
@@ -194,6 +265,13 @@ class Equilibration:
     factors on the block are (δ, δ, δ·e^c), so that D N is δ times the cone's automorphism
     (x, y, z) ↦ (x + c·y, y, e^c·z) (`at_solution`). Then Â = D N A E, b̂ = ρ D N b,
     ŝ = ρ D N s, ŷ = σ D⁻¹ N⁻ᵀ y, and the KKT conditions and the cones are kept as in (1).
+
+    ``boost`` (B, number of boostable second-order cones, `_boostable`), where not None:
+    integers κ; the first row and the axis row of each such cone (``boost_rows``, (2, k))
+    are mapped by the Lorentz boost N = [[ch, sh], [sh, ch]], ch, sh = (2^κ ± 2^−κ)/2,
+    which maps the cone onto itself (it keeps u₀² − u_j², and u₀ + u_j >= 0): the sum
+    of the two rows times 2^κ, their difference times 2^−κ. N is symmetric and
+    N⁻¹ = N⁻ᵀ is the boost by −κ; D is constant on the block, so D N = N D there.
     """
 
     d: np.ndarray
@@ -203,6 +281,8 @@ class Equilibration:
     entries: tuple[np.ndarray, np.ndarray] | None = None
     mix: np.ndarray | None = None
     mix_rows: np.ndarray | None = None  # the cones' first rows (`compile.exp_rows`)
+    boost: np.ndarray | None = None
+    boost_rows: np.ndarray | None = None  # (2, k): `_Pattern.boost_rows`
 
     @property
     def _rows(self) -> np.ndarray:
@@ -215,7 +295,60 @@ class Equilibration:
             wa, wp = self.entries
             ent = (wa if wa.shape[0] == 1 else wa[idx], wp if wp.shape[0] == 1 else wp[idx])
         return Equilibration(self.d[idx], self.e[idx], self.rho[idx], self.sigma[idx], ent,
-                             None if self.mix is None else self.mix[idx], self.mix_rows)
+                             None if self.mix is None else self.mix[idx], self.mix_rows,
+                             None if self.boost is None else self.boost[idx], self.boost_rows)
+
+    @property
+    def _pairs(self) -> np.ndarray:
+        assert self.boost_rows is not None  # (set with boost)
+        return self.boost_rows
+
+    def _boost_rows(self, u: np.ndarray, sign: float = 1.0, absolute: bool = False
+                    ) -> np.ndarray:
+        """``u`` (B, m) with the boosts by sign·κ applied on its rows (``u`` where none)."""
+        if self.boost is None:
+            return u
+        r, q = self._pairs
+        return _boosted(u, sign * self.boost, r, q, absolute)
+
+    def boost_rounding(self, t: ConeTemplate, a: np.ndarray, b: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Bounds on the rounding the boosts left in the programs they scale (Â values
+        ``a``, b̂ ``b``, (B, ·)): per boosted pair of entries, ε·max(|â_r|, |â_q|) twice over
+        (the sum p and the difference q each round once, relative to themselves; 2^±κ, D
+        and E are exact; (2^κ p ± 2^−κ q)/2 rounds once more, and |2^κ p| + |2^−κ q| is
+        2·max(|â_r|, |â_q|)), 0 elsewhere; None where nothing is boosted."""
+        if self.boost is None or not np.any(self.boost != 0):
+            return None
+        p = pattern(t)
+        eps = 2 * np.finfo(float).eps
+        live = self.boost != 0
+        da, db = np.zeros_like(a), np.zeros_like(b)
+        ar, aq = np.abs(a[:, p.boost_r]), np.abs(a[:, p.boost_q])
+        da[:, p.boost_r] = da[:, p.boost_q] = np.where(live[:, p.boost_cone],
+                                                       eps * np.maximum(ar, aq), 0.0)
+        r, q = self._pairs
+        db[:, r] = db[:, q] = np.where(live, eps * np.maximum(np.abs(b[:, r]), np.abs(b[:, q])),
+                                       0.0)
+        return da, db
+
+    def unmixed(self, y: np.ndarray) -> np.ndarray:
+        """Multipliers ŷ (m,) or (m, k) of this one instance's program (B = 1) with the
+        mixing and the boosts undone, Nᵀŷ: the outputs' multipliers in the equilibrated
+        units (D being constant on a boosted block, (δ, δ, δ·e^c) on a mixed one); ``y``
+        itself where there are none."""
+        if self.mix is None and self.boost is None:
+            return y
+        out = np.array(y)
+        if self.mix is not None:
+            rows = self._rows
+            out[rows + 1] += self.mix[0].reshape((-1,) + (1,) * (y.ndim - 1)) * y[rows]
+        if self.boost is not None:
+            cols = out.reshape(out.shape[0], -1).T
+            r, q = self._pairs
+            kappa = np.broadcast_to(self.boost[0], (cols.shape[0], r.size))
+            out = _boosted(cols, kappa, r, q).T.reshape(out.shape)
+        return out
 
     def merged(self, idx: np.ndarray, other: Equilibration, js: np.ndarray) -> Equilibration:
         """This scaling with instances ``idx`` taken from ``other``'s instances ``js``;
@@ -230,23 +363,38 @@ class Equilibration:
         elif mix is not None:
             mix = mix.copy()
             mix[idx] = 0.0
-        if other.d is self.d and other.e is self.e and mix is None:
+        boost, pairs = self.boost, self.boost_rows
+        if other.boost is not None:
+            pairs = other.boost_rows
+            boost = np.zeros((len(rho), other.boost.shape[1])) if boost is None else boost.copy()
+            boost[idx] = other.boost[js]
+        elif boost is not None:
+            boost = boost.copy()
+            boost[idx] = 0.0
+        if other.d is self.d and other.e is self.e and mix is None and boost is None:
             return Equilibration(self.d, self.e, rho, sigma, self.entries)
         d, e = np.array(self.d), np.array(self.e)
         d[idx], e[idx] = other.d[js], other.e[js]
-        return Equilibration(d, e, rho, sigma, mix=mix, mix_rows=rows)
+        return Equilibration(d, e, rho, sigma, mix=mix, mix_rows=rows, boost=boost,
+                             boost_rows=pairs)
 
     def composed(self, then: Equilibration) -> Equilibration:
         """This scaling followed by ``then`` (a scaling of the programs this one makes): one
         scaling (1), its factors the products of the two's. (D₂N₂D₁N₁ = D₂D₁·N(c₁ + c₂δ),
-        δ = D₁'s second row over its first on the block.)"""
+        δ = D₁'s second row over its first on the block; boosts by κ₁ and κ₂ compose to one
+        by κ₁ + κ₂, D₁ being constant on their blocks.)"""
         mix, rows = self.mix, self.mix_rows
         if then.mix is not None:
             rows = then._rows
             ratio = then.mix * self.d[:, rows + 1] / self.d[:, rows]
             mix = ratio if mix is None else mix + ratio
+        boost, pairs = self.boost, self.boost_rows
+        if then.boost is not None:
+            pairs = then.boost_rows
+            boost = then.boost if boost is None else boost + then.boost
         return Equilibration(self.d * then.d, self.e * then.e, self.rho * then.rho,
-                             self.sigma * then.sigma, mix=mix, mix_rows=rows)
+                             self.sigma * then.sigma, mix=mix, mix_rows=rows, boost=boost,
+                             boost_rows=pairs)
 
     # -- data ------------------------------------------------------------------------------
     @overload
@@ -266,6 +414,10 @@ class Equilibration:
             a[:, p.mix_to] += self.mix[:, p.mix_cone] * a[:, p.mix_from]
             b = np.array(b)
             b[:, p.exp_first] += self.mix * b[:, p.exp_first + 1]
+        if self.boost is not None:
+            p = pattern(t)
+            a = _boosted(a, self.boost[:, p.boost_cone], p.boost_r, p.boost_q)
+            b = self._boost_rows(b)
         return self._diagonal(t, c, a, b, h)
 
     def _diagonal(self, t: ConeTemplate, c: np.ndarray, a: np.ndarray, b: np.ndarray,
@@ -293,8 +445,8 @@ class Equilibration:
                    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]:
         """`data` of magnitudes (errors, >= 0) of c, A's values, b and P's values, each
         (B, ·) or None for 0 (c and b then come back as 0, A and P as None): the mixing of
-        exponential cones' rows taken in absolute value, since their errors add whatever
-        the signs."""
+        exponential cones' rows and the boosts taken in absolute value, since their errors
+        add whatever the signs."""
         B = self.rho.shape[0]
         c = np.zeros((B, t.n)) if c is None else c
         b = np.zeros((B, t.m)) if b is None else b
@@ -306,6 +458,11 @@ class Equilibration:
                 a[:, p.mix_to] += mix[:, p.mix_cone] * a[:, p.mix_from]
             b = np.array(b)
             b[:, p.exp_first] += mix * b[:, p.exp_first + 1]
+        if self.boost is not None:
+            p = pattern(t)
+            if a is not None:
+                a = _boosted(a, self.boost[:, p.boost_cone], p.boost_r, p.boost_q, True)
+            b = self._boost_rows(b, absolute=True)
         rho, sigma = self.rho[:, None], self.sigma[:, None]
         wa, wp = self._weights(t)
         return (sigma * self.e * c, None if a is None else a * wa(), rho * self.d * b,
@@ -319,6 +476,10 @@ class Equilibration:
             p = pattern(t)
             ga[:, p.mix_from] += self.mix[:, p.mix_cone] * ga[:, p.mix_to]
             gb[:, p.exp_first + 1] += self.mix * gb[:, p.exp_first]
+        if self.boost is not None:  # (N symmetric)
+            p = pattern(t)
+            ga = _boosted(ga, self.boost[:, p.boost_cone], p.boost_r, p.boost_q)
+            gb = self._boost_rows(gb)
         return gc, ga, gb, gh
 
     # -- solutions -------------------------------------------------------------------------
@@ -330,6 +491,7 @@ class Equilibration:
             y, s = np.array(y), np.array(s)
             y[:, first + 1] -= self.mix * y[:, first]
             s[:, first] += self.mix * s[:, first + 1]
+        y, s = self._boost_rows(y, -1.0), self._boost_rows(s)
         return rho * x / self.e, sigma * y / self.d, rho * self.d * s
 
     def solution(self, xh: np.ndarray, yh: np.ndarray, sh: np.ndarray | None = None):
@@ -337,6 +499,8 @@ class Equilibration:
         rho, sigma = self.rho[:, None], self.sigma[:, None]
         x, y = self.e * xh / rho, self.d * yh / sigma
         s = None if sh is None else sh / (rho * self.d)
+        y = self._boost_rows(y)
+        s = None if s is None else self._boost_rows(s, -1.0)
         if self.mix is not None:
             first = self._rows
             y[:, first + 1] += self.mix * y[:, first]
@@ -349,9 +513,10 @@ class Equilibration:
         absolute values)."""
         rho, sigma = self.rho[:, None], self.sigma[:, None]
         x, y = self.e * ax / rho, self.d * ay / sigma
-        if self.mix is not None:
-            first = self._rows
-            with np.errstate(invalid="ignore"):  # (an unbounded error's inf times c = 0)
+        with np.errstate(invalid="ignore"):  # (an unbounded error's inf times c = 0)
+            y = self._boost_rows(y, absolute=True)
+            if self.mix is not None:
+                first = self._rows
                 y[:, first + 1] += np.abs(self.mix) * y[:, first]
         return x, y
 
@@ -362,6 +527,7 @@ class Equilibration:
             first = self._rows
             gy = np.array(gy)
             gy[:, first] += np.abs(self.mix) * gy[:, first + 1]
+        gy = self._boost_rows(gy, absolute=True)
         rho, sigma = self.rho[:, None], self.sigma[:, None]
         return self.e * gx / rho, self.d * gy / sigma
 
@@ -371,6 +537,7 @@ class Equilibration:
             first = self._rows
             gy = np.array(gy)
             gy[:, first] += self.mix * gy[:, first + 1]
+        gy = self._boost_rows(gy)
         rho, sigma = self.rho[:, None], self.sigma[:, None]
         return self.e * gx / rho, self.d * gy / sigma
 
@@ -643,9 +810,70 @@ def _exp_mix(p: _Pattern, y: np.ndarray, s: np.ndarray, where: np.ndarray
     return c if np.any(c != 0) else None
 
 
+# The largest boost `at_solution` gives a second-order cone, 2^±κ: far from overflow, and
+# beyond the 1e±12 of an inv_pos(x) at x ~ 1e-6 (its cone's rows x + t and x − t, t ~ 1e6).
+BOOST_MAX = 60
+# A boost smaller than 2^±BOOST_MIN is not applied (κ = 0): the point is balanced enough.
+BOOST_MIN = 2
+# Where the sum or the difference of a cone's two rows is taken for known: above this many
+# roundings of the rows' magnitudes (an affine slack's rounding, not its value).
+BOOST_NOISE = 64 * np.finfo(float).eps
+
+
+def _boost_of(p: _Pattern, y: np.ndarray, s: np.ndarray, where: np.ndarray
+              ) -> np.ndarray | None:
+    """Per boostable second-order cone (B, k), the κ of the boost (`Equilibration.boost`)
+    that brings the sum p and the difference q of its first and axis rows to one magnitude:
+    2^(2κ) = q/p of its slack (the boost maps p, q to 2^κ p, 2^−κ q; on the cone's boundary
+    both become √(pq), the norm of its other entries), else p/q of its multiplier (mapped by
+    the boost by −κ); these agree at a complementary pair on the boundary. x·t >= 1 of
+    inv_pos(x) at x ~ 1e-6 is (x + t, x − t, 2) with t ~ 1e6: q/p = t/x = 1e12, and the boost
+    brings the point to (2, 0, 2). A cone the point says nothing about takes the mean of
+    the instance's others (the cones of one atom share a scale); 0 where none says anything,
+    the boost is within 2^±BOOST_MIN of 1, or the instance is not among ``where`` (B,);
+    within ±BOOST_MAX. None where every κ is 0."""
+    r, q = p.boost_rows
+    rest_rows = np.ones(s.shape[1] + 1, dtype=bool)
+    rest_rows[r] = rest_rows[q] = False
+    rest_rows[-1] = False
+
+    def block_norm(u: np.ndarray, rest: bool) -> np.ndarray:
+        sq = np.concatenate([u * u, np.zeros((u.shape[0], 1))], axis=1)
+        if rest:
+            sq = sq * rest_rows
+        return np.add.reduceat(sq, p.boost_bounds, axis=1)[:, ::2]
+
+    def log_ratio(u: np.ndarray, other: np.ndarray, sign: float) -> np.ndarray:
+        # on the cone's boundary (where the other of the pair is nonzero) the smaller of
+        # p and q is ‖rest‖²/(the larger): the difference itself cancels to rounding where
+        # it is 1e-12 of the sum
+        ur, uq = u[:, r], u[:, q]
+        plus, minus = ur + uq, ur - uq
+        big = np.maximum(plus, minus)
+        on = block_norm(other, False) > NEGLIGIBLE ** 2 * (other * other).max(
+            axis=1, initial=0.0)[:, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            small = np.where(on, block_norm(u, True) / big, np.minimum(plus, minus))
+            noise = np.where(on, 0.0, BOOST_NOISE * (np.abs(ur) + np.abs(uq)))
+            known = (big > 0) & (small > noise)
+            ratio = np.where(plus >= minus, small / big, big / small)
+            return np.where(known, sign * np.log2(np.where(known, ratio, 1.0)), np.nan)
+
+    two_k = log_ratio(s, y, 1.0)
+    two_k = np.where(np.isfinite(two_k), two_k, log_ratio(y, s, -1.0))
+    known = np.isfinite(two_k)
+    mean = np.where(known, two_k, 0.0).sum(axis=1) / np.maximum(known.sum(axis=1), 1)
+    kappa = np.rint(0.5 * np.where(known, two_k, mean[:, None]))
+    kappa = np.clip(kappa, -BOOST_MAX, BOOST_MAX)
+    kappa[np.abs(kappa) < BOOST_MIN] = 0.0
+    kappa[~where] = 0.0
+    return kappa if np.any(kappa != 0) else None
+
+
 def at_solution(t: ConeTemplate, a: np.ndarray, h: np.ndarray, x: np.ndarray, y: np.ndarray,
                 s: np.ndarray, affine: np.ndarray | None = None,
-                mixing: np.ndarray | None = None) -> Equilibration:
+                mixing: np.ndarray | None = None, boosting: np.ndarray | None = None
+                ) -> Equilibration:
     """A further scaling (1) of programs (Â values ``a``, P̂ values ``h``) whose solution
     (x̂, ŷ, ŝ) is known, that brings that solution to 1: x̂' = 1, and on every cone block
     whichever of ŷ' and ŝ' is nonzero to 1 (both, at their geometric mean, where both are),
@@ -656,8 +884,11 @@ def at_solution(t: ConeTemplate, a: np.ndarray, h: np.ndarray, x: np.ndarray, y:
     boundary of a second-order cone), ρ = σ = 1/√T, on a power cone's block a further
     factor per row that keeps the cone (`_power_shape`), and on a primal exponential cone
     its rows mixed first, so that its slack is on the ray of (0, 1, 1) (`_exp_mix`; the
-    factors there are (δ, δ, δ·e^c)) on the instances ``mixing`` (B,) bool marks (none
-    where None). ``affine`` (the slack b̂ − Âx̂ where given) sets that mixing instead of
+    factors there are (δ, δ, δ·e^c)), and a second-order cone boosted where its first
+    row and another hold the same columns, so that the sum and the difference of those
+    rows of its point come to one magnitude (`_boost_of`), on the instances ``mixing`` and
+    ``boosting`` (B,) bool mark (none where None). ``affine`` (the slack b̂ − Âx̂ where given) sets
+    that mixing and boost instead of
     ``s``: at an unconverged point it holds the cone's entries that the
     constraints and the data set (softmax's Σx = r at r = 1e6: SCS's slack put the constant
     1 at 0 after 300,000 iterations). Entries that vanish (a variable at 0, a
@@ -675,14 +906,19 @@ def at_solution(t: ConeTemplate, a: np.ndarray, h: np.ndarray, x: np.ndarray, y:
     `Equilibration.composed`); 1 throughout for a program whose terms all vanish."""
     p = pattern(t)
     B = x.shape[0]
-    mix = None
+    mix = boost = None
     if mixing is not None and mixing.any() and p.exp_first.size:
         mix = _exp_mix(p, y, s if affine is None else affine, mixing)
-    if mix is not None:  # the point and the matrix in the mixed rows: M s, M⁻ᵀ y, M A
-        w = np.ones((B, t.m))
-        w[:, p.exp_first + 2] = np.exp(mix)
+    if boosting is not None and boosting.any() and p.boost_r.size:
+        boost = _boost_of(p, y, s if affine is None else affine, boosting)
+    w = np.ones((B, t.m))
+    if mix is not None or boost is not None:
+        # the point and the matrix in the mixed and boosted rows: M s, M⁻ᵀ y, M A
+        if mix is not None:
+            w[:, p.exp_first + 2] = np.exp(mix)
         ones = np.ones(B)
-        M = Equilibration(w, np.ones((B, t.n)), ones, ones, mix=mix, mix_rows=p.exp_first)
+        M = Equilibration(w, np.ones((B, t.n)), ones, ones, mix=mix, mix_rows=p.exp_first,
+                          boost=boost, boost_rows=p.boost_rows)
         _, a, _, _ = M.data(t, np.zeros((B, t.n)), a, np.zeros((B, t.m)), None)
         _, y, s = M.scaled(x, y, s)
     ax, ay, az = np.abs(x), np.abs(y), np.abs(s)
@@ -741,7 +977,7 @@ def at_solution(t: ConeTemplate, a: np.ndarray, h: np.ndarray, x: np.ndarray, y:
     a2 = A * np.take(d, p.rows, axis=1) * np.take(e, p.cols, axis=1)
     h2 = np.abs(h) * np.take(e, p.P_rows, axis=1) * np.take(e, p.P_cols, axis=1)
     d3, e3, _ = _balance(t, a2, h2 if p.P_rows.size else None)
-    if mix is None:
+    if mix is None and boost is None:
         return Equilibration(d * d3, e * e3, scale, scale.copy())
     return Equilibration(d * d3 * w, e * e3, scale, scale.copy(), mix=mix,
-                         mix_rows=p.exp_first)
+                         mix_rows=p.exp_first, boost=boost, boost_rows=p.boost_rows)

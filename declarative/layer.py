@@ -565,8 +565,7 @@ class Forward:
         ax, ay = np.abs(x2).max(axis=1, initial=0.0), np.abs(y2).max(axis=1, initial=0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             k = binary(np.where(~ill & (ax > 0) & (ay > 0), np.sqrt(ay / ax), 1.0))
-        rel = Equilibration(rel.d, rel.e, rel.rho * k, rel.sigma / k, mix=rel.mix,
-                            mix_rows=rel.mix_rows)
+        rel = replace(rel, rho=rel.rho * k, sigma=rel.sigma / k)
         x2, y2, s2 = rel.scaled(*point)
         _, a2, _, h2 = rel.data(t, np.zeros_like(x2), a1, np.zeros_like(y2), h1)
         wide = None if extended is None else extended[poor]
@@ -1285,6 +1284,7 @@ class Layer:
 
         att = solved_by(backend, shared, np.arange(B), settings)
         scs_status = list(att.scs_status)
+        alt = None  # (the second opinion's unsettled points: `_solution_rescaled`)
 
         if ours["refine"] and backend.name != DEFAULT_SOLVER and not self._solver_named:
             # the default's choice of solver must not cost an instance SCS would have solved
@@ -1308,11 +1308,13 @@ class Layer:
                 other, tight = _second_opinion()
                 again = self._attempts(other, None, left, ops, c, b, mats, Ps, tight, ours, eq,
                                        chunk)
-                att.merge(left, again, keep=_settled(again.status))
+                won = _settled(again.status)
+                att.merge(left, again, keep=won)
+                alt = (left[~won], again.x[~won], again.y[~won], again.s[~won])
         if ours["refine"]:
             second = not user_solver
             ops, eq = self._solution_rescaled(att, backend, ops, c, b, settings, ours, eq,
-                                              chunk, second)
+                                              chunk, second, alt)
             for how in (rebalance, recentred):
                 ops, eq = self._rebalanced(att, backend, shared, ops, c, b, mats, Ps, settings,
                                            ours, eq, chunk, second, how)
@@ -1552,8 +1554,8 @@ class Layer:
 
     def _solution_rescaled(self, att: _Attempt, backend: Backend, ops: BatchOps,
                            c: np.ndarray, b: np.ndarray, settings: dict, ours: dict,
-                           eq: Equilibration, chunk: int | None, second: bool = False
-                           ) -> tuple[BatchOps, Equilibration]:
+                           eq: Equilibration, chunk: int | None, second: bool = False,
+                           alt: tuple | None = None) -> tuple[BatchOps, Equilibration]:
         """Solve once more, with ``backend`` (then, with ``second``, the interior-point
         SECOND_OPINION, and ``backend`` at RETRY_EPS: `_retries`), the instances still
         neither certified nor shown infeasible or unbounded, in the program scaled at the
@@ -1576,21 +1578,43 @@ class Layer:
         sum_squares(A x − b) + λ‖x‖₁ with A, b ~ 1e-6 and λ ~ 1e-12 has every row and column
         at max-norm 1 and its solution at x ~ 1, A x − b ~ 1e-6, multipliers ~ 1e-12; SCS
         ran out of its 100,000 iterations on every instance, and refinement from there
-        stalled. Returns the batch's operators and scaling with those instances' (where
-        their retry settled them)."""
-        left = np.flatnonzero(~_settled(att.status))
-        if not left.size:
-            return ops, eq
-        left = left[np.all(np.isfinite(np.concatenate(
-            [att.x[left], att.y[left], att.s[left]], axis=1)), axis=1)]
-        if not left.size:
-            return ops, eq
+        stalled. ``alt`` (instances, and an x, y, s of each: the interior-point second
+        opinion's points where it did not settle them) gives those still open afterwards a
+        second start: SCS's point for inv_pos(x) + c·x at x ~ 1e-6 held t ~ 0 where
+        t = 1/x ~ 1e6, and the scaling at it none of the solution's; Clarabel's, still
+        unresolved in the cone's rows x + t and x − t, was near enough for its boost.
+        Returns the batch's operators and scaling with those instances' (where their retry
+        settled them)."""
+        for start in (None, alt):
+            left = np.flatnonzero(~_settled(att.status))
+            if start is not None:
+                at = np.isin(start[0], left)
+                left, start = start[0][at], tuple(p[at] for p in start[1:])
+            finite = np.all(np.isfinite(np.concatenate(
+                [att.x[left], att.y[left], att.s[left]] if start is None else list(start),
+                axis=1)), axis=1)
+            left, start = left[finite], None if start is None else \
+                tuple(p[finite] for p in start)
+            if left.size:
+                ops, eq = self._rounds(att, left, start, backend, ops, c, b, settings, ours,
+                                       eq, chunk, second)
+        return ops, eq
+
+    def _rounds(self, att: _Attempt, left: np.ndarray, start: tuple | None, backend: Backend,
+                ops: BatchOps, c: np.ndarray, b: np.ndarray, settings: dict, ours: dict,
+                eq: Equilibration, chunk: int | None, second: bool
+                ) -> tuple[BatchOps, Equilibration]:
+        """`_solution_rescaled`'s rounds for the instances ``left``, the first from
+        ``start`` (x, y, s of each, in ``eq``'s scaling) where given, else from ``att``'s
+        point."""
         t = self.template
         for _ in range(SOLUTION_ROUNDS):
-            x, y, s = att.x[left], att.y[left], att.s[left]
+            x, y, s = (att.x[left], att.y[left], att.s[left]) if start is None else start
+            start = None
             sub = ops.take(left)
             rel = at_solution(t, sub.a, sub.h, x, y, s, affine=b[left] - sub.A(x),
-                              mixing=_entry_ratio(c[left]) <= 1.0 / SCALE_FLOOR)
+                              mixing=_entry_ratio(c[left]) <= 1.0 / SCALE_FLOOR,
+                              boosting=np.ones(left.size, dtype=bool))
             far = spread(np.concatenate([rel.d, rel.e], axis=1)) > UNIFORM
             if not far.any():
                 break
@@ -1882,7 +1906,7 @@ class Layer:
                         extended=ok, D=r.D, v_D=r.v_D)
 
     def _null_space_moves(self, f: Any, D: DProjection, here: np.ndarray, extent: float,
-                          h: np.ndarray, mix: tuple[np.ndarray, np.ndarray] | None = None
+                          h: np.ndarray, mix: Equilibration | None = None
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per output (bool): does a direction in the null space of the singular S that
         ``f`` factored move it? The outputs change along a null vector w = (w_u, w_v) by
@@ -1910,9 +1934,9 @@ class Layer:
         An output moved that way but by no exact null vector marks an S that is nearly
         singular, not singular: its null vectors are no face of solutions.
         Where S's null space is not known (no pseudo-inverse: S not finite), every output
-        counts as moved. ``mix`` (the instance's `Equilibration.mix` and its rows, where its
-        scaling mixes exponential cones' rows) is undone on the multipliers before ``recover``
-        reads them (`_unmixed`)."""
+        counts as moved. ``mix`` (the instance's scaling, where it mixes exponential cones'
+        rows or boosts second-order cones') is undone on the multipliers before ``recover``
+        reads them (`Equilibration.unmixed`)."""
         every = np.ones(len(self.outputs), dtype=bool)
         if f.pinv is None:
             return every, every, ~every
@@ -1944,7 +1968,8 @@ class Layer:
                 beyond[k] = not np.all(cancelled[sl] | within)
             return moved, beyond
 
-        W = np.concatenate([N[: t.n], _unmixed(D.matvec(N[t.n :]), mix)], axis=0)
+        y = D.matvec(N[t.n :])
+        W = np.concatenate([N[: t.n], y if mix is None else mix.unmixed(y)], axis=0)
         computed, beyond = moves(W)
         unique = self._strictly_convex(h) if computed.any() else None
         if unique is None or unique.size == 0:
@@ -2125,6 +2150,22 @@ class Layer:
             db = db + err.A(ax)
         return np.concatenate([dc, db], axis=1)
 
+    @staticmethod
+    def _boost_rounding(ops: BatchOps, eq: Equilibration, idx: np.ndarray, b: np.ndarray,
+                        x: np.ndarray, y: np.ndarray) -> np.ndarray | float:
+        """What the rounding of the boosts in the scaling of the instances ``idx``
+        (`Equilibration.boost_rounding`; b̂ ``b`` of those) moves F's rows by at their points
+        (x, y = Π(v)), as `_data_rounding`: |δÂ|ᵀ|y| over the first n rows, δb̂ + |δÂ||x|
+        over the last m; 0 where nothing is boosted."""
+        if eq.boost is None:
+            return 0.0
+        got = eq.take(idx).boost_rounding(ops.template, ops.a[idx], b)
+        if got is None:
+            return 0.0
+        da, db = got
+        err = BatchOps(ops.template, da, None)
+        return np.concatenate([err.AT(np.abs(y)), db + err.A(np.abs(x))], axis=1)
+
     def _forward_error_ok(self, ops: BatchOps, eq: Equilibration, r: Any, which: np.ndarray,
                           factors: list, c: np.ndarray, b: np.ndarray,
                           rounding: float = ROUNDING, branch: np.ndarray | None = None,
@@ -2210,7 +2251,8 @@ class Layer:
         # the rounding term |S⁻¹|g, g = rounding·den: exact where S⁻¹ is at hand, else on a
         # ±1 probe per entry (which can cancel) and, per output as a whole, by Hager's
         # estimate (`abs_rows_estimate`)
-        g = rounding * den + self._data_rounding(ops, eq, idx, r.x[idx], pv)
+        g = rounding * den + self._data_rounding(ops, eq, idx, r.x[idx], pv) \
+            + self._boost_rounding(ops, eq, idx, b[idx], r.x[idx], pv)
         fs = [factors[i] for i in idx]
         exact, abs_g = abs_inverse_times(fs, g)
         corr = newton_correction(fs, np.stack([r.F[idx], g * sign_probe(t.n + t.m)], axis=2))
@@ -2242,9 +2284,8 @@ class Layer:
                 continue
             assert f.S is not None  # kept where S is singular
             gap = np.abs(f.S @ corr[j, :, 0] + r.F[idx[j]])
-            mix = None if eq.mix is None or eq.mix_rows is None else (eq.mix[idx[j]],
-                                                                      eq.mix_rows)
-            here = absR @ np.abs(np.concatenate([r.x[idx[j]], _unmixed(pv[j], mix)]))
+            mix = eq.take(idx[j : j + 1])
+            here = absR @ np.abs(np.concatenate([r.x[idx[j]], mix.unmixed(pv[j])]))
             Dj = dproject(at_v[idx[j]], t.dims, dual=True)
             extent = float(np.abs(np.concatenate([r.x[idx[j]], r.v[idx[j]]])).max(initial=0.0))
             moved, moved_exact, beyond = self._null_space_moves(f, Dj, here, extent,
@@ -2893,19 +2934,6 @@ def _entry_ratio(a: np.ndarray) -> np.ndarray:
     top = mag.max(axis=1, initial=0.0)
     least = np.where(mag > 0, mag, np.inf).min(axis=1, initial=np.inf)
     return np.where(top > 0, top / np.where(top > 0, least, 1.0), 1.0)
-
-
-def _unmixed(y: np.ndarray, mix: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
-    """Multipliers ŷ (m,) or (m, k) of a program whose scaling mixes exponential cones' rows
-    (``mix``: c per cone and the cones' first rows) with that mixing undone, ŷ_y + c·ŷ_x on
-    each cone's second row (Nᵀŷ: the outputs' multipliers in the equilibrated units, D
-    being (δ, δ, δ·e^c) there); ``y`` itself where there is none."""
-    if mix is None:
-        return y
-    c, rows = mix
-    out = np.array(y)
-    out[rows + 1] += c.reshape((-1,) + (1,) * (y.ndim - 1)) * y[rows]
-    return out
 
 
 @dataclass
