@@ -311,25 +311,46 @@ class Equilibration:
         r, q = self._pairs
         return _boosted(u, sign * self.boost, r, q, absolute)
 
-    def boost_rounding(self, t: ConeTemplate, a: np.ndarray, b: np.ndarray
-                       ) -> tuple[np.ndarray, np.ndarray] | None:
-        """Bounds on the rounding the boosts left in the programs they scale (Â values
-        ``a``, b̂ ``b``, (B, ·)): per boosted pair of entries, ε·max(|â_r|, |â_q|) twice over
-        (the sum p and the difference q each round once, relative to themselves; 2^±κ, D
-        and E are exact; (2^κ p ± 2^−κ q)/2 rounds once more, and |2^κ p| + |2^−κ q| is
-        2·max(|â_r|, |â_q|)), 0 elsewhere; None where nothing is boosted."""
-        if self.boost is None or not np.any(self.boost != 0):
+    def rounding(self, t: ConeTemplate, a: np.ndarray, b: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Bounds on the rounding this scaling leaves in the programs it makes (Â values
+        ``a``, b̂ ``b``, (B, ·)), beyond the data's own, where its factors are not powers of
+        two; None where they all are. Each bound is twice the first-order one:
+
+        - a boosted pair of entries, 2ε·max(|â_r|, |â_q|): the sum p and the difference q
+          each round once, relative to themselves, 2^±κ is exact, and (2^κ p ± 2^−κ q)/2
+          rounds once more, |2^κ p| + |2^−κ q| being 2·max(|â_r|, |â_q|);
+        - an exponential cone's mixed first row, 2ε(|â_x| + |c|·|â_y|): c·a_y and the sum
+          each round once (D is one factor on the cone's first two rows);
+        - a row whose factor in D is not a power of two (a mixed cone's third, e^c; a power
+          cone's, `_power_shape`), 2ε|â| on its entries and on b̂."""
+        boosted = self.boost is not None and bool(np.any(self.boost != 0))
+        mixed = self.mix is not None and bool(np.any(self.mix != 0))
+        inexact = np.frexp(self.d)[0] != 0.5
+        if not (boosted or mixed or inexact.any()):
             return None
         p = pattern(t)
         eps = 2 * np.finfo(float).eps
-        live = self.boost != 0
-        da, db = np.zeros_like(a), np.zeros_like(b)
-        ar, aq = np.abs(a[:, p.boost_r]), np.abs(a[:, p.boost_q])
-        da[:, p.boost_r] = da[:, p.boost_q] = np.where(live[:, p.boost_cone],
-                                                       eps * np.maximum(ar, aq), 0.0)
-        r, q = self._pairs
-        db[:, r] = db[:, q] = np.where(live, eps * np.maximum(np.abs(b[:, r]), np.abs(b[:, q])),
-                                       0.0)
+        da = np.where(inexact[:, p.rows], eps * np.abs(a), 0.0)
+        db = np.where(inexact, eps * np.abs(b), 0.0)
+        if boosted:
+            assert self.boost is not None
+            live = self.boost != 0
+            ar, aq = np.abs(a[:, p.boost_r]), np.abs(a[:, p.boost_q])
+            on = np.where(live[:, p.boost_cone], eps * np.maximum(ar, aq), 0.0)
+            da[:, p.boost_r] += on
+            da[:, p.boost_q] += on
+            r, q = self._pairs
+            on = np.where(live, eps * np.maximum(np.abs(b[:, r]), np.abs(b[:, q])), 0.0)
+            db[:, r] += on
+            db[:, q] += on
+        if mixed:
+            assert self.mix is not None
+            c = np.abs(self.mix)
+            da[:, p.mix_to] += eps * (np.abs(a[:, p.mix_to])
+                                      + c[:, p.mix_cone] * np.abs(a[:, p.mix_from]))
+            first = self._rows
+            db[:, first] += eps * (np.abs(b[:, first]) + c * np.abs(b[:, first + 1]))
         return da, db
 
     def unmixed(self, y: np.ndarray) -> np.ndarray:

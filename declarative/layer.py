@@ -2151,19 +2151,21 @@ class Layer:
         return np.concatenate([dc, db], axis=1)
 
     @staticmethod
-    def _boost_rounding(ops: BatchOps, eq: Equilibration, idx: np.ndarray, b: np.ndarray,
-                        x: np.ndarray, y: np.ndarray) -> np.ndarray | float:
-        """What the rounding of the boosts in the scaling of the instances ``idx``
-        (`Equilibration.boost_rounding`; b̂ ``b`` of those) moves F's rows by at their points
-        (x, y = Π(v)), as `_data_rounding`: |δÂ|ᵀ|y| over the first n rows, δb̂ + |δÂ||x|
-        over the last m; 0 where nothing is boosted."""
-        if eq.boost is None:
+    def _scaling_rounding(ops: BatchOps, eq: Equilibration, idx: np.ndarray, b: np.ndarray,
+                          x: np.ndarray, y: np.ndarray) -> np.ndarray | float:
+        """What the rounding of the scaling of the instances ``idx`` leaves in their data
+        (`Equilibration.rounding`: boosts, mixing, factors that are not powers of two; b̂
+        ``b`` of those) moves F's rows by at their points (x, y = Π(v)), as
+        `_data_rounding`: |δÂ|ᵀ|y| over the first n rows, δb̂ + |δÂ||x| over the last m; 0
+        where the scaling is exact."""
+        t = ops.template
+        if eq.boost is None and eq.mix is None and not t.dims.power:
             return 0.0
-        got = eq.take(idx).boost_rounding(ops.template, ops.a[idx], b)
+        got = eq.take(idx).rounding(t, ops.a[idx], b)
         if got is None:
             return 0.0
         da, db = got
-        err = BatchOps(ops.template, da, None)
+        err = BatchOps(t, da, None)
         return np.concatenate([err.AT(np.abs(y)), db + err.A(np.abs(x))], axis=1)
 
     def _forward_error_ok(self, ops: BatchOps, eq: Equilibration, r: Any, which: np.ndarray,
@@ -2252,7 +2254,7 @@ class Layer:
         # ±1 probe per entry (which can cancel) and, per output as a whole, by Hager's
         # estimate (`abs_rows_estimate`)
         g = rounding * den + self._data_rounding(ops, eq, idx, r.x[idx], pv) \
-            + self._boost_rounding(ops, eq, idx, b[idx], r.x[idx], pv)
+            + self._scaling_rounding(ops, eq, idx, b[idx], r.x[idx], pv)
         fs = [factors[i] for i in idx]
         exact, abs_g = abs_inverse_times(fs, g)
         corr = newton_correction(fs, np.stack([r.F[idx], g * sign_probe(t.n + t.m)], axis=2))

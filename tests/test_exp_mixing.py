@@ -209,3 +209,45 @@ def test_a_weighted_log_at_a_tiny_weight_has_an_exact_jacobian():
     assert fwd.ok[0], fwd.info.status
     J = np.asarray(fwd.jacobian(0)[0][0]).reshape(n, n)
     assert np.abs(J - np.eye(n)).max() <= 1e-8
+
+
+def test_the_mixing_rounding_bounds_the_mixed_data_against_exact_rationals():
+    """`Equilibration.rounding` against the mixed data formed in exact rationals from the
+    same (floating-point) input, D a power of two but on each cone's third row (δ·e^c):
+    every entry's rounding is within its bound, and some entries do round."""
+    from fractions import Fraction
+
+    from declarative.equilibrate import binary
+    t, eq, (c, a, b, h), rng = _mixed(seed=3)
+    first = pattern(t).exp_first
+    d = binary(eq.d)
+    d[:, first + 1] = d[:, first]
+    d[:, first + 2] = d[:, first] * np.exp(eq.mix)
+    eq = Equilibration(d, binary(eq.e), binary(eq.rho), binary(eq.sigma), mix=eq.mix,
+                       mix_rows=first)
+    a = a * np.exp(rng.uniform(-10, 10, a.shape))
+    _, da, db, _ = eq.data(t, c, a, b, h)
+    bound = eq.rounding(t, da, db)
+    assert bound is not None
+    p = pattern(t)
+    rows, cols = t.rows_cols()
+    mixed_from = dict(zip(p.mix_to.tolist(), p.mix_from.tolist(), strict=True))
+    cone_of = dict(zip(p.mix_to.tolist(), p.mix_cone.tolist(), strict=True))
+    rounded = 0
+    for i in range(c.shape[0]):
+        for k in range(t.nnz):
+            want = Fraction(a[i, k])
+            if k in mixed_from:
+                want += Fraction(eq.mix[i, cone_of[k]]) * Fraction(a[i, mixed_from[k]])
+            want *= Fraction(eq.d[i, rows[k]]) * Fraction(eq.e[i, cols[k]])
+            err = abs(Fraction(da[i, k]) - want)
+            assert err <= Fraction(bound[0][i, k]), (i, k, float(err), bound[0][i, k])
+            rounded += err > 0
+        for j in range(t.m):
+            want = Fraction(b[i, j])
+            at = np.flatnonzero(first == j)
+            if at.size:
+                want += Fraction(eq.mix[i, at[0]]) * Fraction(b[i, j + 1])
+            want *= Fraction(eq.rho[i]) * Fraction(eq.d[i, j])
+            assert abs(Fraction(db[i, j]) - want) <= Fraction(bound[1][i, j])
+    assert rounded > 0

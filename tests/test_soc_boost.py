@@ -127,13 +127,13 @@ def test_the_boost_keeps_every_second_order_cone_and_its_adjoints():
 
 
 def test_the_boost_rounding_bounds_the_boosted_data_against_exact_rationals():
-    """`Equilibration.boost_rounding` against the boosted data formed in exact rationals
-    from the same (floating-point) input: every entry's rounding is within its bound."""
+    """`Equilibration.rounding` against the boosted data formed in exact rationals from the
+    same (floating-point) input: every entry's rounding is within its bound."""
     t, eq, (c, a, b, h), rng = _boosted_scaling(seed=2, kmax=20)
     a = a * np.exp(rng.uniform(-20, 20, a.shape))
     b = b * np.exp(rng.uniform(-20, 20, b.shape))
     _, da, db, _ = eq.data(t, c, a, b, h)
-    bound = eq.boost_rounding(t, da, db)
+    bound = eq.rounding(t, da, db)
     assert bound is not None
     p = pattern(t)
     r, q = p.boost_rows
