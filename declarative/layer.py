@@ -248,8 +248,11 @@ IMBALANCE = 1e4
 # ACCEPT_BACKWARD or below that of the round's start. A
 # scaling set from a poor point can leave the program badly scaled in another way (softmax
 # with (z, τ, r) × 1e12: Clarabel's point had the simplex's mass on one entry, the scaling
-# it gave S's rcond 8e-14), and the point that round reaches then sets a good one.
-SOLUTION_ROUNDS = 2
+# it gave S's rcond 8e-14), and the point that round reaches then sets a good one. A third:
+# Σ inv_pos(x) + c·x at x ~ 1e-6 (c ~ 1e12) left one instance of six open after two rounds
+# from Clarabel's point, whose x was rounding beside t ~ 1e6 (its cones' boosts right, x's
+# scale not); the third, in the program the second had scaled, certified it.
+SOLUTION_ROUNDS = 3
 # A call with at most ACTIVE_SET_BATCH instances of a small polyhedral program
 # (`polyhedral.small_polyhedral`) takes each solver point to the exact solution of its active
 # set (`polyhedral.ActiveSet`) in place of refinement, and is certified there
@@ -1606,13 +1609,21 @@ class Layer:
                 ) -> tuple[BatchOps, Equilibration]:
         """`_solution_rescaled`'s rounds for the instances ``left``, the first from
         ``start`` (x, y, s of each, in ``eq``'s scaling) where given, else from ``att``'s
-        point."""
+        point. Each later round scales the program the round before solved, at the best
+        point its retry reached there, and composes the two scalings: that point, mapped
+        back to ``eq``'s scaling, would lose what the first scaling resolved (inv_pos's x at
+        1e-12 of t beside it)."""
         t = self.template
+        x, y, s = (att.x[left], att.y[left], att.s[left]) if start is None else start
+        cur: Equilibration | None = None  # (the scaling so far, after ``eq``'s)
         for _ in range(SOLUTION_ROUNDS):
-            x, y, s = (att.x[left], att.y[left], att.s[left]) if start is None else start
-            start = None
-            sub = ops.take(left)
-            rel = at_solution(t, sub.a, sub.h, x, y, s, affine=b[left] - sub.A(x),
+            if cur is None:
+                sub = ops.take(left)
+                a1, h1, b1 = sub.a, sub.h, b[left]
+            else:
+                _, a1, b1, h1 = cur.data(t, c[left], ops.a[left], b[left], ops.h[left])
+                sub = BatchOps(t, a1, h1)
+            rel = at_solution(t, a1, h1, x, y, s, affine=b1 - sub.A(x),
                               mixing=_entry_ratio(c[left]) <= 1.0 / SCALE_FLOOR,
                               boosting=np.ones(left.size, dtype=bool))
             far = spread(np.concatenate([rel.d, rel.e], axis=1)) > UNIFORM
@@ -1621,11 +1632,12 @@ class Layer:
             idx, js0 = left[far], np.flatnonzero(far)
             rel = rel.take(js0)
             point = rel.scaled(x[js0], y[js0], s[js0])
-            c2, a2, b2, h2 = rel.data(t, c[idx], ops.a[idx], b[idx], ops.h[idx])
+            total = rel if cur is None else cur.take(js0).composed(rel)
+            c2, a2, b2, h2 = total.data(t, c[idx], ops.a[idx], b[idx], ops.h[idx])
             best: list = []
             ops, eq = self._retried(att, idx, ops, eq, (c2, a2, b2, h2),
-                                    eq.take(idx).composed(rel), backend, settings, ours, chunk,
-                                    second, warm=point, best=best)
+                                    eq.take(idx).composed(total), backend, settings, ours,
+                                    chunk, second, warm=point, best=best)
             # the next round starts from the best point the retry reached where its backward
             # error is within ACCEPT_BACKWARD or below its start's (a smaller backward error
             # alone is no nearer point: Clarabel's softmax at × 1e12, ω 2e-18, held a wrong
@@ -1635,7 +1647,9 @@ class Layer:
             if not gain.any():
                 break
             js, left = js[gain], idx[js[gain]]
-            x2, y2, s2 = rel.take(js).solution(bx[gain], by[gain], bs[gain])
+            cur = total.take(js)
+            x, y, s = bx[gain], by[gain], bs[gain]
+            x2, y2, s2 = cur.solution(x, y, s)
             att.improve(left, x2, y2, s2, omega[gain])
         return ops, eq
 
