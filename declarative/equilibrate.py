@@ -155,14 +155,24 @@ def _boostable(dims: ConeDims, rows: np.ndarray, cols: np.ndarray
     """The second-order cones a scaling may boost (`Equilibration.boost`): those with a row
     other than the first, the first such, that stores entries in exactly the columns the
     first row does (CVXPY writes x·t >= w², of inv_pos, sqrt, power, quad_over_lin and
-    geo_mean, as ‖(x − t, 2w)‖ <= x + t: rows x + t and x − t). Returns their first rows
-    and axis rows (2, k); the pairs of A's stored entries (first row's, axis row's) in one
-    column, with the cone of each (the boost then changes values alone); and each cone's
-    first row and the row after it, in turn (2k,)."""
+    geo_mean, as ‖(x − t, 2w)‖ <= x + t: rows x + t and x − t), and whose columns no other
+    cone block but the nonnegative and zero cones' rows holds. A boost scales its cone's
+    columns apart, which a column scaling follows only where no other block, whose rows
+    share one factor, holds them: pnorm(x, 3)'s cones share its bound t, and boosts set
+    apart by 2^11 on them left S's rcond at 5e-26 and a Jacobian entry 0 where it is 1e-3.
+    Returns their first rows and axis rows (2, k); the pairs of A's stored entries (first
+    row's, axis row's) in one column, with the cone of each (the boost then changes values
+    alone); and each cone's first row and the row after it, in turn (2k,)."""
     lo = dims.zero + dims.nonneg
     order = np.lexsort((cols, rows))  # entries by row, then column
     srows, scols = rows[order], cols[order]
     starts = np.searchsorted(srows, np.arange(dims.size + 1))
+    # how many cone blocks beyond the nonnegative and zero cones hold each column
+    blocks = _segments(dims)
+    cone_block = np.searchsorted(blocks, rows, side="right") - 1
+    held = rows >= lo
+    pairs = np.unique(np.stack([cols[held], cone_block[held]]), axis=1)
+    holders = np.bincount(pairs[0], minlength=int(cols.max(initial=-1)) + 1)
     firsts: list[int] = []
     axes: list[int] = []
     bounds: list[int] = []
@@ -171,7 +181,8 @@ def _boostable(dims: ConeDims, rows: np.ndarray, cols: np.ndarray
     cone: list[np.ndarray] = []
     for k in dims.soc:
         r0 = slice(starts[lo], starts[lo + 1])
-        if r0.stop > r0.start:
+        private = np.all(holders[scols[starts[lo] : starts[lo + k]]] == 1)
+        if r0.stop > r0.start and private:
             for j in range(1, k):
                 rj = slice(starts[lo + j], starts[lo + j + 1])
                 if np.array_equal(scols[rj], scols[r0]):

@@ -248,11 +248,12 @@ IMBALANCE = 1e4
 # ACCEPT_BACKWARD or below that of the round's start. A
 # scaling set from a poor point can leave the program badly scaled in another way (softmax
 # with (z, τ, r) × 1e12: Clarabel's point had the simplex's mass on one entry, the scaling
-# it gave S's rcond 8e-14), and the point that round reaches then sets a good one. A third:
-# Σ inv_pos(x) + c·x at x ~ 1e-6 (c ~ 1e12) left one instance of six open after two rounds
-# from Clarabel's point, whose x was rounding beside t ~ 1e6 (its cones' boosts right, x's
-# scale not); the third, in the program the second had scaled, certified it.
-SOLUTION_ROUNDS = 3
+# it gave S's rcond 8e-14), and the point that round reaches then sets a good one. Each
+# round after the first scales the program the one before solved. Σ inv_pos(x) + c·x s.t.
+# x <= u at c ~ 1e12 (x ~ 1e-6 beside its cones' t ~ 1e6), 24 instances: two rounds
+# certified 11, three 22, four all 24, against the closed form (the first point holds x as
+# rounding: its cones' boosts come out right, x's scale does not).
+SOLUTION_ROUNDS = 4
 # A call with at most ACTIVE_SET_BATCH instances of a small polyhedral program
 # (`polyhedral.small_polyhedral`) takes each solver point to the exact solution of its active
 # set (`polyhedral.ActiveSet`) in place of refinement, and is certified there
@@ -1287,7 +1288,6 @@ class Layer:
 
         att = solved_by(backend, shared, np.arange(B), settings)
         scs_status = list(att.scs_status)
-        alt = None  # (the second opinion's unsettled points: `_solution_rescaled`)
 
         if ours["refine"] and backend.name != DEFAULT_SOLVER and not self._solver_named:
             # the default's choice of solver must not cost an instance SCS would have solved
@@ -1311,13 +1311,11 @@ class Layer:
                 other, tight = _second_opinion()
                 again = self._attempts(other, None, left, ops, c, b, mats, Ps, tight, ours, eq,
                                        chunk)
-                won = _settled(again.status)
-                att.merge(left, again, keep=won)
-                alt = (left[~won], again.x[~won], again.y[~won], again.s[~won])
+                att.merge(left, again, keep=_settled(again.status))
         if ours["refine"]:
             second = not user_solver
             ops, eq = self._solution_rescaled(att, backend, ops, c, b, settings, ours, eq,
-                                              chunk, second, alt)
+                                              chunk, second)
             for how in (rebalance, recentred):
                 ops, eq = self._rebalanced(att, backend, shared, ops, c, b, mats, Ps, settings,
                                            ours, eq, chunk, second, how)
@@ -1557,8 +1555,8 @@ class Layer:
 
     def _solution_rescaled(self, att: _Attempt, backend: Backend, ops: BatchOps,
                            c: np.ndarray, b: np.ndarray, settings: dict, ours: dict,
-                           eq: Equilibration, chunk: int | None, second: bool = False,
-                           alt: tuple | None = None) -> tuple[BatchOps, Equilibration]:
+                           eq: Equilibration, chunk: int | None, second: bool = False
+                           ) -> tuple[BatchOps, Equilibration]:
         """Solve once more, with ``backend`` (then, with ``second``, the interior-point
         SECOND_OPINION, and ``backend`` at RETRY_EPS: `_retries`), the instances still
         neither certified nor shown infeasible or unbounded, in the program scaled at the
@@ -1581,40 +1579,21 @@ class Layer:
         sum_squares(A x − b) + λ‖x‖₁ with A, b ~ 1e-6 and λ ~ 1e-12 has every row and column
         at max-norm 1 and its solution at x ~ 1, A x − b ~ 1e-6, multipliers ~ 1e-12; SCS
         ran out of its 100,000 iterations on every instance, and refinement from there
-        stalled. ``alt`` (instances, and an x, y, s of each: the interior-point second
-        opinion's points where it did not settle them) gives those still open afterwards a
-        second start: SCS's point for inv_pos(x) + c·x at x ~ 1e-6 held t ~ 0 where
-        t = 1/x ~ 1e6, and the scaling at it none of the solution's; Clarabel's, still
-        unresolved in the cone's rows x + t and x − t, was near enough for its boost.
-        Returns the batch's operators and scaling with those instances' (where their retry
-        settled them)."""
-        for start in (None, alt):
-            left = np.flatnonzero(~_settled(att.status))
-            if start is not None:
-                at = np.isin(start[0], left)
-                left, start = start[0][at], tuple(p[at] for p in start[1:])
-            finite = np.all(np.isfinite(np.concatenate(
-                [att.x[left], att.y[left], att.s[left]] if start is None else list(start),
-                axis=1)), axis=1)
-            left, start = left[finite], None if start is None else \
-                tuple(p[finite] for p in start)
-            if left.size:
-                ops, eq = self._rounds(att, left, start, backend, ops, c, b, settings, ours,
-                                       eq, chunk, second)
-        return ops, eq
-
-    def _rounds(self, att: _Attempt, left: np.ndarray, start: tuple | None, backend: Backend,
-                ops: BatchOps, c: np.ndarray, b: np.ndarray, settings: dict, ours: dict,
-                eq: Equilibration, chunk: int | None, second: bool
-                ) -> tuple[BatchOps, Equilibration]:
-        """`_solution_rescaled`'s rounds for the instances ``left``, the first from
-        ``start`` (x, y, s of each, in ``eq``'s scaling) where given, else from ``att``'s
-        point. Each later round scales the program the round before solved, at the best
-        point its retry reached there, and composes the two scalings: that point, mapped
-        back to ``eq``'s scaling, would lose what the first scaling resolved (inv_pos's x at
-        1e-12 of t beside it)."""
+        stalled. Returns the batch's operators and scaling with those instances' (where
+        their retry settled them)."""
+        left = np.flatnonzero(~_settled(att.status))
+        if not left.size:
+            return ops, eq
+        left = left[np.all(np.isfinite(np.concatenate(
+            [att.x[left], att.y[left], att.s[left]], axis=1)), axis=1)]
+        if not left.size:
+            return ops, eq
         t = self.template
-        x, y, s = (att.x[left], att.y[left], att.s[left]) if start is None else start
+        x, y, s = att.x[left], att.y[left], att.s[left]
+        # each later round scales the program the round before solved, at the best point
+        # its retry reached there, and composes the two scalings: that point, mapped back
+        # to ``eq``'s scaling, would lose what the first scaling resolved (inv_pos's x at
+        # 1e-12 of t beside it)
         cur: Equilibration | None = None  # (the scaling so far, after ``eq``'s)
         for _ in range(SOLUTION_ROUNDS):
             if cur is None:
