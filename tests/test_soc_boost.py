@@ -220,14 +220,13 @@ def test_inv_pos_at_scale_is_solved_with_its_jacobian(s):
         np.testing.assert_allclose(J[1], np.diag(np.where(slack, 0.0, 1.0)), atol=1e-7)
 
 
-def test_a_boosted_solution_is_differentiated_in_the_scaling_of_its_own_point():
-    """min ‖x‖₃ s.t. c·x >= B (pnorm's cones are x·t >= w² forms) with c spread over
-    1e-4 … 1e4: x_i = B sign(c_i)|c_i|^½/S, S = Σ|c_j|^(3/2) (Hölder), and
-    ∂x_i/∂c_k = B/(2|c_i|^½ S)[i = k] − (3/2) B s_i s_k |c_i c_k|^½/S². Certified in a scaling
-    whose boosts were set at an earlier point, the derivative there took three cones' tiny
-    multipliers for kinks (their boosted rows' terms 2^10 their value) and came back 3×
-    off on the diagonal; it is now taken in the scaling of the certified point, within 1e-8
-    of the closed form (a reference independent of the library: Hölder's equality case)."""
+def test_cones_that_share_a_column_are_not_boosted_apart():
+    """min ‖x‖₃ s.t. c·x >= B with c spread over 1e-4 … 1e4: x_i = B sign(c_i)|c_i|^½/S,
+    S = Σ|c_j|^(3/2) (Hölder's equality case), and ∂x_i/∂c_k = B/(2|c_i|^½ S)[i = k]
+    − (3/2) B s_i s_k |c_i c_k|^½/S². pnorm's cones all hold its bound t: boosted apart (by
+    up to 2^11), they left S nearly singular and a certified point whose Jacobian was 3×
+    off on the diagonal. They are not boosted; the value and the Jacobian are within
+    1e-10 and 1e-8 of the closed form."""
     x = cp.Variable(4)
     c, B = cp.Parameter(4), cp.Parameter()
     layer = dl.compile(cp.Problem(cp.Minimize(cp.pnorm(x, 3)), [c @ x >= B]), [c, B], [x])
