@@ -248,12 +248,14 @@ IMBALANCE = 1e4
 # ACCEPT_BACKWARD or below that of the round's start. A
 # scaling set from a poor point can leave the program badly scaled in another way (softmax
 # with (z, τ, r) × 1e12: Clarabel's point had the simplex's mass on one entry, the scaling
-# it gave S's rcond 8e-14), and the point that round reaches then sets a good one. Each
-# round after the first scales the program the one before solved. Σ inv_pos(x) + c·x s.t.
-# x <= u at c ~ 1e12 (x ~ 1e-6 beside its cones' t ~ 1e6), 24 instances: two rounds
-# certified 11, three 22, four all 24, against the closed form (the first point holds x as
-# rounding: its cones' boosts come out right, x's scale does not).
-SOLUTION_ROUNDS = 4
+# it gave S's rcond 8e-14), and the point that round reaches then sets a good one.
+SOLUTION_ROUNDS = 2
+# Rounds of the same with second-order cones boosted (`Layer._rounds`), each after the
+# first scaling the program the one before solved. Σ inv_pos(x) + c·x s.t. x <= u at
+# c ~ 1e12 (x ~ 1e-6 beside its cones' t ~ 1e6), 24 instances: two rounds certified 11,
+# three 22, four all 24, against the closed form (the first point holds x as rounding: its
+# cones' boosts come out right, x's scale does not).
+BOOSTED_ROUNDS = 4
 # A call with at most ACTIVE_SET_BATCH instances of a small polyhedral program
 # (`polyhedral.small_polyhedral`) takes each solver point to the exact solution of its active
 # set (`polyhedral.ActiveSet`) in place of refinement, and is certified there
@@ -1581,21 +1583,33 @@ class Layer:
         ran out of its 100,000 iterations on every instance, and refinement from there
         stalled. Returns the batch's operators and scaling with those instances' (where
         their retry settled them)."""
-        left = np.flatnonzero(~_settled(att.status))
-        if not left.size:
-            return ops, eq
-        left = left[np.all(np.isfinite(np.concatenate(
-            [att.x[left], att.y[left], att.s[left]], axis=1)), axis=1)]
-        if not left.size:
-            return ops, eq
+        boostable = pattern(self.template).boost_r.size > 0
+        for boost in (False, True) if boostable else (False,):
+            left = np.flatnonzero(~_settled(att.status))
+            left = left[np.all(np.isfinite(np.concatenate(
+                [att.x[left], att.y[left], att.s[left]], axis=1)), axis=1)]
+            if left.size:
+                ops, eq = self._rounds(att, left, backend, ops, c, b, settings, ours, eq,
+                                       chunk, second, boost)
+        return ops, eq
+
+    def _rounds(self, att: _Attempt, left: np.ndarray, backend: Backend, ops: BatchOps,
+                c: np.ndarray, b: np.ndarray, settings: dict, ours: dict, eq: Equilibration,
+                chunk: int | None, second: bool, boost: bool
+                ) -> tuple[BatchOps, Equilibration]:
+        """`_solution_rescaled`'s rounds for the instances ``left``, from ``att``'s point:
+        SOLUTION_ROUNDS, each round's scaling set at the best point the round before reached,
+        mapped back to ``eq``'s scaling; or with ``boost``, BOOSTED_ROUNDS with the
+        second-order cones boosted (`equilibrate.Equilibration.boost`), each later round
+        scaling the program the round before solved and composing the two scalings (that
+        point, mapped back, would lose what the first scaling resolved: inv_pos's x at 1e-12
+        of t beside it). The boosts come second, for what the plain rounds leave: set at a
+        point whose cone is near a ray (sqrt's x·1 >= t² at x ~ 1e-20), they boost by 2^34
+        and more, and lose instances the plain rounds settle."""
         t = self.template
         x, y, s = att.x[left], att.y[left], att.s[left]
-        # each later round scales the program the round before solved, at the best point
-        # its retry reached there, and composes the two scalings: that point, mapped back
-        # to ``eq``'s scaling, would lose what the first scaling resolved (inv_pos's x at
-        # 1e-12 of t beside it)
-        cur: Equilibration | None = None  # (the scaling so far, after ``eq``'s)
-        for _ in range(SOLUTION_ROUNDS):
+        cur: Equilibration | None = None  # (with ``boost``, the scaling so far after ``eq``'s)
+        for _ in range(BOOSTED_ROUNDS if boost else SOLUTION_ROUNDS):
             if cur is None:
                 sub = ops.take(left)
                 a1, h1, b1 = sub.a, sub.h, b[left]
@@ -1604,7 +1618,7 @@ class Layer:
                 sub = BatchOps(t, a1, h1)
             rel = at_solution(t, a1, h1, x, y, s, affine=b1 - sub.A(x),
                               mixing=_entry_ratio(c[left]) <= 1.0 / SCALE_FLOOR,
-                              boosting=np.ones(left.size, dtype=bool))
+                              boosting=np.full(left.size, boost))
             far = spread(np.concatenate([rel.d, rel.e], axis=1)) > UNIFORM
             if not far.any():
                 break
@@ -1626,10 +1640,13 @@ class Layer:
             if not gain.any():
                 break
             js, left = js[gain], idx[js[gain]]
-            cur = total.take(js)
-            x, y, s = bx[gain], by[gain], bs[gain]
-            x2, y2, s2 = cur.solution(x, y, s)
+            x2, y2, s2 = total.take(js).solution(bx[gain], by[gain], bs[gain])
             att.improve(left, x2, y2, s2, omega[gain])
+            if boost:
+                cur = total.take(js)
+                x, y, s = bx[gain], by[gain], bs[gain]
+            else:
+                x, y, s = x2, y2, s2
         return ops, eq
 
     @staticmethod
