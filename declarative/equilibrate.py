@@ -202,6 +202,20 @@ def _boostable(dims: ConeDims, rows: np.ndarray, cols: np.ndarray
             np.array(bounds, dtype=np.intp))
 
 
+def _rows_taken(mine: np.ndarray | None, theirs: np.ndarray | None, B: int, idx: np.ndarray,
+                js: np.ndarray) -> np.ndarray | None:
+    """A scaling's per-instance parameters (``mine`` (B, k), None for none) with the
+    instances ``idx`` taken from ``theirs``' instances ``js`` (0 where ``theirs`` is None)."""
+    if mine is None:
+        if theirs is None:
+            return None
+        out = np.zeros((B, theirs.shape[1]))
+    else:
+        out = mine.copy()
+    out[idx] = 0.0 if theirs is None else theirs[js]
+    return out
+
+
 def _boosted(u: np.ndarray, kappa: np.ndarray, r: np.ndarray, q: np.ndarray,
              absolute: bool = False) -> np.ndarray:
     """``u`` (B, ·) with its entries ``r`` and ``q`` (pairs: a first row's and its axis
@@ -387,22 +401,10 @@ class Equilibration:
         ``entries`` kept where ``other`` shares D and E with it."""
         rho, sigma = self.rho.copy(), self.sigma.copy()
         rho[idx], sigma[idx] = other.rho[js], other.sigma[js]
-        mix, rows = self.mix, self.mix_rows
-        if other.mix is not None:
-            rows = other.mix_rows
-            mix = np.zeros((len(rho), other.mix.shape[1])) if mix is None else mix.copy()
-            mix[idx] = other.mix[js]
-        elif mix is not None:
-            mix = mix.copy()
-            mix[idx] = 0.0
-        boost, pairs = self.boost, self.boost_rows
-        if other.boost is not None:
-            pairs = other.boost_rows
-            boost = np.zeros((len(rho), other.boost.shape[1])) if boost is None else boost.copy()
-            boost[idx] = other.boost[js]
-        elif boost is not None:
-            boost = boost.copy()
-            boost[idx] = 0.0
+        mix = _rows_taken(self.mix, other.mix, len(rho), idx, js)
+        rows = self.mix_rows if other.mix is None else other.mix_rows
+        boost = _rows_taken(self.boost, other.boost, len(rho), idx, js)
+        pairs = self.boost_rows if other.boost is None else other.boost_rows
         if other.d is self.d and other.e is self.e and mix is None and boost is None:
             return Equilibration(self.d, self.e, rho, sigma, self.entries)
         d, e = np.array(self.d), np.array(self.e)

@@ -68,3 +68,51 @@ def max_abs(a, b) -> float:
 @pytest.fixture(params=list(problems.ZOO))
 def zoo_name(request) -> str:
     return request.param
+
+
+def assert_scaling_adjoints(t, eq, data, rng):
+    """An `Equilibration`'s maps against their adjoints, to rounding: `data` and
+    `data_adjoint`, `solution` and `solution_adjoint`, on random (co)tangents. Returns the
+    tangents (x̂, ŷ), the cotangents (x, y) and x = `solution`'s of (x̂, ŷ)."""
+    c, a, b, h = data
+    B = c.shape[0]
+    gc, ga, gb = (rng.standard_normal(v.shape) for v in (c, a, b))
+    dc, da, db, _ = eq.data(t, c, a, b, h)
+    ac, aa, ab, _ = eq.data_adjoint(t, gc, ga, gb, h)
+    lhs = (dc * gc).sum(1) + (da * ga).sum(1) + (db * gb).sum(1)
+    rhs = (c * ac).sum(1) + (a * aa).sum(1) + (b * ab).sum(1)
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-12)
+    xh, yh = rng.standard_normal((B, t.n)), rng.standard_normal((B, t.m))
+    gx, gy = rng.standard_normal((B, t.n)), rng.standard_normal((B, t.m))
+    x, y = eq.solution(xh, yh)
+    ax, ay = eq.solution_adjoint(gx, gy)
+    np.testing.assert_allclose((x * gx).sum(1) + (y * gy).sum(1),
+                               (xh * ax).sum(1) + (yh * ay).sum(1), rtol=1e-12)
+    return xh, yh, gx, gy, x
+
+
+def assert_scaled_points_kept(t, eq, other, data, x, y, s, rows, composed_tol=1e-12):
+    """A scaling (`Equilibration`) applied to cone points: (x, y, s) with y and s on the
+    boundaries of K* and K in the blocks ``rows``; ŝ = ρ D N s and ŷ = σ D⁻¹ N⁻ᵀ y keep sᵀy up
+    to ρσ and stay on their cones (the projection leaves them where they are), `solution`
+    inverts `scaled`, and composing ``eq`` with ``other`` is applying one after the other
+    (to ``composed_tol``, relative to the largest entry)."""
+    from declarative.cones import project
+
+    dims = t.dims
+    xs, ys, ss = eq.scaled(x, y, s)
+    np.testing.assert_allclose((ys * ss).sum(1), eq.rho * eq.sigma * (y * s).sum(1),
+                               atol=1e-9 * np.abs(ys).max() * np.abs(ss).max())
+    assert np.abs(ss[:, rows] - project(ss, dims)[:, rows]).max() <= 1e-12 * np.abs(ss).max()
+    assert np.abs(ys[:, rows] - project(ys, dims, dual=True)[:, rows]).max() \
+        <= 1e-12 * np.abs(ys).max()
+    x2, y2, s2 = eq.solution(xs, ys, ss)
+    np.testing.assert_allclose(x2, x, rtol=1e-13)
+    np.testing.assert_allclose(y2, y, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(s2, s, rtol=1e-12, atol=1e-12)
+    c, a, b, h = data
+    both = eq.composed(other)
+    once = other.data(t, *eq.data(t, c, a, b, h))
+    for u, w in zip(both.data(t, c, a, b, h)[:3], once[:3], strict=True):
+        np.testing.assert_allclose(u, w, rtol=composed_tol,
+                                   atol=composed_tol * np.abs(w).max())

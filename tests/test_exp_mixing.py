@@ -13,6 +13,7 @@ import pytest
 import declarative as dl
 from declarative.cones import project
 from declarative.equilibrate import Equilibration, at_solution, pattern
+from tests.conftest import assert_scaled_points_kept, assert_scaling_adjoints
 
 U = np.array([0.3, -1.2, 2.0, 0.7, -0.4])
 
@@ -75,18 +76,7 @@ def test_the_mixing_keeps_every_exponential_cone_and_its_adjoints():
     applying one after the other."""
     t, eq, (c, a, b, h), rng = _mixed()
     B = c.shape[0]
-    gc, ga, gb = (rng.standard_normal(v.shape) for v in (c, a, b))
-    dc, da, db, _ = eq.data(t, c, a, b, h)
-    ac, aa, ab, _ = eq.data_adjoint(t, gc, ga, gb, h)
-    lhs = (dc * gc).sum(1) + (da * ga).sum(1) + (db * gb).sum(1)
-    rhs = (c * ac).sum(1) + (a * aa).sum(1) + (b * ab).sum(1)
-    np.testing.assert_allclose(lhs, rhs, rtol=1e-12)
-    xh, yh = rng.standard_normal((B, t.n)), rng.standard_normal((B, t.m))
-    gx, gy = rng.standard_normal((B, t.n)), rng.standard_normal((B, t.m))
-    x, y = eq.solution(xh, yh)
-    ax, ay = eq.solution_adjoint(gx, gy)
-    np.testing.assert_allclose((x * gx).sum(1) + (y * gy).sum(1),
-                               (xh * ax).sum(1) + (yh * ay).sum(1), rtol=1e-12)
+    x = assert_scaling_adjoints(t, eq, (c, a, b, h), rng)[-1]
     # cones: boundary points of K_exp and of its dual on every exponential block
     dims = t.dims
     s = np.abs(rng.standard_normal((B, t.m)))
@@ -97,24 +87,11 @@ def test_the_mixing_keeps_every_exponential_cone_and_its_adjoints():
     s[:, first], s[:, first + 1], s[:, first + 2] = ratio * v, v, v * np.exp(ratio)
     yv[:, first], yv[:, first + 1] = -v, -v * (1 - ratio)
     yv[:, first + 2] = v * np.exp(-ratio)
-    xs, ys, ss = eq.scaled(x, yv, s)
-    np.testing.assert_allclose((ys * ss).sum(1), eq.rho * eq.sigma * (yv * s).sum(1),
-                               rtol=1e-12)
     rows = np.concatenate([first, first + 1, first + 2])
     assert np.abs(s[:, rows] - project(s, dims)[:, rows]).max() <= 1e-12  # (the control)
     assert np.abs(yv[:, rows] - project(yv, dims, dual=True)[:, rows]).max() <= 1e-12
-    assert np.abs(ss[:, rows] - project(ss, dims)[:, rows]).max() <= 1e-12 * np.abs(ss).max()
-    assert np.abs(ys[:, rows] - project(ys, dims, dual=True)[:, rows]).max() \
-        <= 1e-12 * np.abs(ys).max()
-    x2, y2, s2 = eq.solution(xs, ys, ss)
-    np.testing.assert_allclose(x2, x, rtol=1e-13)
-    np.testing.assert_allclose(y2, yv, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(s2, s, rtol=1e-12, atol=1e-12)
     _, other, _, _ = _mixed(seed=1)
-    both = eq.composed(other)
-    once = other.data(t, *eq.data(t, c, a, b, h))
-    for u, w in zip(both.data(t, c, a, b, h)[:3], once[:3], strict=True):
-        np.testing.assert_allclose(u, w, rtol=1e-12, atol=1e-12)
+    assert_scaled_points_kept(t, eq, other, (c, a, b, h), x, yv, s, rows)
 
 
 def test_the_mixing_at_the_solution_brings_an_entropy_cone_to_its_centre():

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import declarative as dl
-from declarative.cones import project
 from declarative.equilibrate import Equilibration, at_solution, binary, equilibrate, pattern
+from tests.conftest import assert_scaled_points_kept, assert_scaling_adjoints
 
 
 def _inv_pos_layer(n=4, dual=False):
@@ -82,18 +82,7 @@ def test_the_boost_keeps_every_second_order_cone_and_its_adjoints():
     values of the maps; composing two scalings is applying one after the other."""
     t, eq, (c, a, b, h), rng = _boosted_scaling()
     B = c.shape[0]
-    gc, ga, gb = (rng.standard_normal(v.shape) for v in (c, a, b))
-    dc, da, db, _ = eq.data(t, c, a, b, h)
-    ac, aa, ab, _ = eq.data_adjoint(t, gc, ga, gb, h)
-    lhs = (dc * gc).sum(1) + (da * ga).sum(1) + (db * gb).sum(1)
-    rhs = (c * ac).sum(1) + (a * aa).sum(1) + (b * ab).sum(1)
-    np.testing.assert_allclose(lhs, rhs, rtol=1e-12)
-    xh, yh = rng.standard_normal((B, t.n)), rng.standard_normal((B, t.m))
-    gx, gy = rng.standard_normal((B, t.n)), rng.standard_normal((B, t.m))
-    x, y = eq.solution(xh, yh)
-    ax, ay = eq.solution_adjoint(gx, gy)
-    np.testing.assert_allclose((x * gx).sum(1) + (y * gy).sum(1),
-                               (xh * ax).sum(1) + (yh * ay).sum(1), rtol=1e-12)
+    xh, yh, gx, gy, x = assert_scaling_adjoints(t, eq, (c, a, b, h), rng)
     # the bounds: |solution| of nonnegative inputs, and its adjoint
     bx, by = eq.solution_bound(np.abs(xh), np.abs(yh))
     lx, ly = eq.bound_adjoint(np.abs(gx), np.abs(gy))
@@ -113,21 +102,8 @@ def test_the_boost_keeps_every_second_order_cone_and_its_adjoints():
         yv[:, lo : lo + k] = beta * np.concatenate([np.ones((B, 1)), -n], axis=1)
         rows += list(range(lo, lo + k))
         lo += k
-    xs, ys, ss = eq.scaled(x, yv, s)
-    np.testing.assert_allclose((ys * ss).sum(1), eq.rho * eq.sigma * (yv * s).sum(1),
-                               atol=1e-9 * np.abs(ys).max() * np.abs(ss).max())
-    assert np.abs(ss[:, rows] - project(ss, dims)[:, rows]).max() <= 1e-12 * np.abs(ss).max()
-    assert np.abs(ys[:, rows] - project(ys, dims, dual=True)[:, rows]).max() \
-        <= 1e-12 * np.abs(ys).max()
-    x2, y2, s2 = eq.solution(xs, ys, ss)
-    np.testing.assert_allclose(x2, x, rtol=1e-13)
-    np.testing.assert_allclose(y2, yv, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(s2, s, rtol=1e-12, atol=1e-12)
     _, other, _, _ = _boosted_scaling(seed=1)
-    both = eq.composed(other)
-    once = other.data(t, *eq.data(t, c, a, b, h))
-    for u, w in zip(both.data(t, c, a, b, h)[:3], once[:3], strict=True):
-        np.testing.assert_allclose(u, w, rtol=1e-9, atol=1e-9 * np.abs(w).max())
+    assert_scaled_points_kept(t, eq, other, (c, a, b, h), x, yv, s, rows, composed_tol=1e-9)
 
 
 def test_the_boost_rounding_bounds_the_boosted_data_against_exact_rationals():
