@@ -152,14 +152,14 @@ def pattern(t: ConeTemplate) -> _Pattern:
 
 def _boostable(dims: ConeDims, rows: np.ndarray, cols: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The second-order cones a scaling may boost (`Equilibration.boost`): those with a row
-    other than the first, the first such, that stores entries in exactly the columns the
-    first row does (CVXPY writes x·t >= w², of inv_pos, sqrt, power, quad_over_lin and
-    geo_mean, as ‖(x − t, 2w)‖ <= x + t: rows x + t and x − t), and whose columns no other
-    cone block but the nonnegative and zero cones' rows holds. A boost scales its cone's
-    columns apart, which a column scaling follows only where no other block, whose rows
-    share one factor, holds them: pnorm(x, 3)'s cones share its bound t, and boosts set
-    apart by 2^11 on them left S's rcond at 5e-26 and a Jacobian entry 0 where it is 1e-3.
+    """The second-order cones a scaling may boost (`Equilibration.boost`): those whose second
+    row stores entries in exactly the columns the first row does (CVXPY writes x·t >= w², of
+    inv_pos, sqrt, power, quad_over_lin and geo_mean, as ‖(x − t, 2w)‖ <= x + t: rows x + t
+    and x − t), and whose columns no other cone block but the nonnegative and zero cones'
+    rows holds. A boost scales its cone's columns apart, which a column scaling follows only
+    where no other block, whose rows share one factor, holds them: pnorm(x, 3)'s cones share
+    its bound t, and boosts set apart by 2^11 on them left S's rcond at 5e-26 and a Jacobian
+    entry 0 where it is 1e-3.
     Returns their first rows and axis rows (2, k); the pairs of A's stored entries (first
     row's, axis row's) in one column, with the cone of each (the boost then changes values
     alone); and each cone's first row and the row after it, in turn (2k,)."""
@@ -173,33 +173,37 @@ def _boostable(dims: ConeDims, rows: np.ndarray, cols: np.ndarray
     held = rows >= lo
     pairs = np.unique(np.stack([cols[held], cone_block[held]]), axis=1)
     holders = np.bincount(pairs[0], minlength=int(cols.max(initial=-1)) + 1)
-    firsts: list[int] = []
-    axes: list[int] = []
-    bounds: list[int] = []
-    pr: list[np.ndarray] = []
-    pq: list[np.ndarray] = []
-    cone: list[np.ndarray] = []
-    for k in dims.soc:
-        r0 = slice(starts[lo], starts[lo + 1])
-        private = np.all(holders[scols[starts[lo] : starts[lo + k]]] == 1)
-        if r0.stop > r0.start and private:
-            for j in range(1, k):
-                rj = slice(starts[lo + j], starts[lo + j + 1])
-                if np.array_equal(scols[rj], scols[r0]):
-                    cone.append(np.full(r0.stop - r0.start, len(firsts)))
-                    bounds += [lo, lo + k]
-                    firsts.append(lo)
-                    axes.append(lo + j)
-                    pr.append(order[r0])
-                    pq.append(order[rj])
-                    break
-        lo += k
-    if not firsts:
-        empty = np.zeros(0, dtype=np.intp)
-        return np.zeros((2, 0), dtype=np.intp), empty, empty, empty, empty
-    return (np.array([firsts, axes], dtype=np.intp), np.concatenate(pr).astype(np.intp),
-            np.concatenate(pq).astype(np.intp), np.concatenate(cone).astype(np.intp),
-            np.array(bounds, dtype=np.intp))
+    empty = np.zeros(0, dtype=np.intp)
+    none = (np.zeros((2, 0), dtype=np.intp), empty, empty, empty, empty)
+    sizes = np.asarray(dims.soc, dtype=np.intp)
+    if sizes.size == 0:
+        return none
+    first = lo + np.concatenate([[0], np.cumsum(sizes[:-1])]).astype(np.intp)
+    # a cone is private where every column its rows hold is held by no other block
+    at = np.flatnonzero((srows >= lo) & (srows < lo + sizes.sum()))
+    owner = np.searchsorted(first, srows[at], side="right") - 1
+    shared = np.bincount(owner, weights=holders[scols[at]] != 1, minlength=sizes.size) > 0
+    two = sizes >= 2
+    n0 = starts[first + 1] - starts[first]
+    n1 = np.where(two, starts[np.minimum(first + 2, dims.size)] - starts[first + 1], -1)
+    cand = np.flatnonzero(two & ~shared & (n0 > 0) & (n0 == n1))
+    if cand.size == 0:
+        return none
+    lens = n0[cand]
+    offs = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+    i0 = np.repeat(starts[first[cand]], lens) + offs
+    i1 = np.repeat(starts[first[cand] + 1], lens) + offs
+    which = np.repeat(np.arange(cand.size), lens)
+    same = np.bincount(which, weights=scols[i0] != scols[i1], minlength=cand.size) == 0
+    if not same.any():
+        return none
+    kept = cand[same]
+    on = same[which]
+    renumber = np.cumsum(same) - 1
+    bounds = np.stack([first[kept], first[kept] + sizes[kept]], axis=1).ravel()
+    return (np.stack([first[kept], first[kept] + 1]).astype(np.intp),
+            order[i0[on]].astype(np.intp), order[i1[on]].astype(np.intp),
+            renumber[which[on]].astype(np.intp), bounds.astype(np.intp))
 
 
 def _rows_taken(mine: np.ndarray | None, theirs: np.ndarray | None, B: int, idx: np.ndarray,
@@ -227,13 +231,14 @@ def _boosted(u: np.ndarray, kappa: np.ndarray, r: np.ndarray, q: np.ndarray,
     out = np.array(u)
     ur, uq = u[:, r], u[:, q]
     k = kappa.astype(np.int64)
+    on = k != 0  # (κ = 0 leaves the entries exactly as they are, inf included)
     if absolute:
         up, dn = np.ldexp(1.0, k), np.ldexp(1.0, -k)
         ch, sh = 0.5 * (up + dn), 0.5 * np.abs(up - dn)
-        out[:, r], out[:, q] = ch * ur + sh * uq, sh * ur + ch * uq
+        out[:, r] = np.where(on, ch * ur + sh * uq, ur)
+        out[:, q] = np.where(on, sh * ur + ch * uq, uq)
         return out
     p, m = np.ldexp(ur + uq, k), np.ldexp(ur - uq, -k)
-    on = k != 0  # (κ = 0 leaves the entries exactly as they are)
     out[:, r], out[:, q] = np.where(on, 0.5 * (p + m), ur), np.where(on, 0.5 * (p - m), uq)
     return out
 

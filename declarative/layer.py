@@ -1620,6 +1620,12 @@ class Layer:
                               mixing=_entry_ratio(c[left]) <= 1.0 / SCALE_FLOOR,
                               boosting=np.full(left.size, boost))
             far = spread(np.concatenate([rel.d, rel.e], axis=1)) > UNIFORM
+            if boost:
+                boosted = np.zeros(left.size, dtype=bool) if rel.boost is None else \
+                    np.any(rel.boost != 0, axis=1)
+                # (the first boosted round takes only what it boosts: the plain rounds
+                # tried the rest)
+                far = boosted if cur is None else far | boosted
             if not far.any():
                 break
             idx, js0 = left[far], np.flatnonzero(far)
@@ -2433,11 +2439,12 @@ class Layer:
         (v₀ = ‖v̄‖, where DΠ jumps from I to the region between K* and −K) or of −K
         (v₀ = −‖v̄‖, from 0 to it) has its linearization on one side of that kink, and the
         solution may be on the other. Such points are certified only where the estimate
-        also passes with every such block moved to the far side of its kink and, in a
-        second pass, every one moved to the region between (its gap to the kink mirrored,
-        v₀ changed). min ‖x‖₃ s.t. c·x >= B with c over 1e-8 … 1e7: a cone of pnorm's 6.8e-11
-        from the boundary of K* at an estimated error of 8.7e-7 certified x₀ at 3.3e-14
-        where it is 2.8e-12 (4e-8 of the output's largest entry, at an estimate of 2e-14)."""
+        also passes with every such block moved inside K* (those near its boundary), inside
+        −K (those near its boundary) and into the region between (its gap to the kink
+        mirrored, v₀ changed, |v₀| < ‖v̄‖), three passes. min ‖x‖₃ s.t. c·x >= B with c
+        over 1e-8 … 1e7: a cone of pnorm's 6.8e-11 from the boundary of K* at an estimated
+        error of 8.7e-7 certified x₀ at 3.3e-14 where it is 2.8e-12 (4e-8 of the output's
+        largest entry, at an estimate of 2e-14)."""
         t = ops.template
         live = idx[out[idx]]
         if live.size == 0:
@@ -2469,10 +2476,15 @@ class Layer:
         tiny = np.finfo(float).tiny
         step_in = np.maximum(np.abs(gap_in[hit]), tiny)
         step_out = np.maximum(np.abs(gap_out[hit]), tiny)
-        # (the far side of each kink: inside K* or −K; then the region between them)
-        far = np.where(near_in, nbar + step_in, np.where(near_out, -nbar - step_out, v0))
-        between = np.where(near_in, nbar - step_in, np.where(near_out, -nbar + step_out, v0))
-        for moved in (far, between):
+        # inside K*, inside −K, and the region between them (|v₀| < ‖v̄‖, empty at the
+        # apex), each for the blocks near a kink that bounds it; a block near the apex is
+        # near both
+        inside = np.where(near_in, nbar + step_in, v0)
+        outside = np.where(near_out, -nbar - step_out, v0)
+        mirrored = np.where(near_in, nbar - step_in, -nbar + step_out)
+        room = np.nextafter(nbar, 0.0)
+        between = np.where(nbar > 0, np.clip(mirrored, -room, room), v0)
+        for moved in (inside, outside, between):
             if np.array_equal(moved, v0):
                 continue
             branch = r.v.copy()
