@@ -252,7 +252,7 @@ IMBALANCE = 1e4
 SOLUTION_ROUNDS = 2
 # Rounds of the same with second-order cones boosted (`Layer._rounds`), each after the
 # first scaling the program the one before solved. Σ inv_pos(x) + c·x s.t. x <= u at
-# c ~ 1e12 (x ~ 1e-6 beside its cones' t ~ 1e6), 24 instances: two rounds certified 11,
+# c ~ 1e12 (x ~ 1e-6 beside its cones' t ~ 1e6), 24 instances: two rounds certified 14,
 # three 22, four all 24, against the closed form (the first point holds x as rounding: its
 # cones' boosts come out right, x's scale does not).
 BOOSTED_ROUNDS = 4
