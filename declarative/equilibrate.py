@@ -447,17 +447,35 @@ class Equilibration:
     def data(self, t: ConeTemplate, c: np.ndarray, a: np.ndarray, b: np.ndarray,
              h: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """(c, A values, b, P values) ↦ (ĉ, Â, b̂, P̂) of (1); linear, so also for tangents."""
+        a, b = self._rows_mapped(t, a, b)
+        return self._diagonal(t, c, a, b, h)
+
+    @overload
+    def _rows_mapped(self, t: ConeTemplate, a: np.ndarray, b: np.ndarray,
+                     absolute: bool = False) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @overload
+    def _rows_mapped(self, t: ConeTemplate, a: None, b: np.ndarray,
+                     absolute: bool = False) -> tuple[None, np.ndarray]: ...
+
+    def _rows_mapped(self, t: ConeTemplate, a: np.ndarray | None, b: np.ndarray,
+                     absolute: bool = False) -> tuple[np.ndarray | None, np.ndarray]:
+        """A's values ``a`` (None for none) and b with the rows mapped by N, the mixing and
+        the boosts (by |N| with ``absolute``); themselves where there are none."""
         if self.mix is not None:
             p = pattern(t)
-            a = np.array(a)
-            a[:, p.mix_to] += self.mix[:, p.mix_cone] * a[:, p.mix_from]
+            mix = np.abs(self.mix) if absolute else self.mix
+            if a is not None:
+                a = np.array(a)
+                a[:, p.mix_to] += mix[:, p.mix_cone] * a[:, p.mix_from]
             b = np.array(b)
-            b[:, p.exp_first] += self.mix * b[:, p.exp_first + 1]
+            b[:, p.exp_first] += mix * b[:, p.exp_first + 1]
         if self.boost is not None:
             p = pattern(t)
-            a = _boosted(a, self.boost[:, p.boost_cone], p.boost_r, p.boost_q)
-            b = self._boost_rows(b)
-        return self._diagonal(t, c, a, b, h)
+            if a is not None:
+                a = _boosted(a, self.boost[:, p.boost_cone], p.boost_r, p.boost_q, absolute)
+            b = self._boost_rows(b, absolute=absolute)
+        return a, b
 
     def _diagonal(self, t: ConeTemplate, c: np.ndarray, a: np.ndarray, b: np.ndarray,
                   h: np.ndarray | None
@@ -489,19 +507,7 @@ class Equilibration:
         B = self.rho.shape[0]
         c = np.zeros((B, t.n)) if c is None else c
         b = np.zeros((B, t.m)) if b is None else b
-        if self.mix is not None:
-            p = pattern(t)
-            mix = np.abs(self.mix)
-            if a is not None:
-                a = np.array(a)
-                a[:, p.mix_to] += mix[:, p.mix_cone] * a[:, p.mix_from]
-            b = np.array(b)
-            b[:, p.exp_first] += mix * b[:, p.exp_first + 1]
-        if self.boost is not None:
-            p = pattern(t)
-            if a is not None:
-                a = _boosted(a, self.boost[:, p.boost_cone], p.boost_r, p.boost_q, True)
-            b = self._boost_rows(b, absolute=True)
+        a, b = self._rows_mapped(t, a, b, absolute=True)
         rho, sigma = self.rho[:, None], self.sigma[:, None]
         wa, wp = self._weights(t)
         return (sigma * self.e * c, None if a is None else a * wa(), rho * self.d * b,
@@ -923,17 +929,16 @@ def at_solution(t: ConeTemplate, a: np.ndarray, h: np.ndarray, x: np.ndarray, y:
     boundary of a second-order cone), ρ = σ = 1/√T, on a power cone's block a further
     factor per row that keeps the cone (`_power_shape`), and on a primal exponential cone
     its rows mixed first, so that its slack is on the ray of (0, 1, 1) (`_exp_mix`; the
-    factors there are (δ, δ, δ·e^c)), and a second-order cone boosted where its first
-    row and another hold the same columns, so that the sum and the difference of those
+    factors there are (δ, δ, δ·e^c)), and a second-order cone boosted where `_boostable`
+    allows it, so that the sum and the difference of those
     rows of its point come to one magnitude (`_boost_of`), on the instances ``mixing`` and
-    ``boosting`` (B,) bool mark (none where None). ``affine`` (the slack b̂ − Âx̂ where given) sets
-    that mixing and boost instead of
-    ``s``: at an unconverged point it holds the cone's entries that the
-    constraints and the data set (softmax's Σx = r at r = 1e6: SCS's slack put the constant
-    1 at 0 after 300,000 iterations). Entries that vanish (a variable at 0, a
-    weakly active constraint; NEGLIGIBLE) take the factor that brings their row's or
-    column's largest entry among the others to 1; Ruiz's balance (`_balance`) of the
-    matrix that gives follows.
+    ``boosting`` (B,) bool mark (none where None). ``affine`` (the slack b̂ − Âx̂ where
+    given) sets that mixing and boost instead of ``s``: at an unconverged point it holds
+    the cone's entries that the constraints and the data set (softmax's Σx = r at r = 1e6:
+    SCS's slack put the constant 1 at 0 after 300,000 iterations). Entries that vanish (a
+    variable at 0, a weakly active constraint; NEGLIGIBLE) take the factor that brings
+    their row's or column's largest entry among the others to 1; Ruiz's balance
+    (`_balance`) of the matrix that gives follows.
 
     D and E from A and P alone (`equilibrate`) balance the matrix, not the solution: the
     lasso sum_squares(A x − b) + λ‖x‖₁ with A, b ~ 1e-5 and λ ~ 1e-10 has every row and

@@ -2157,14 +2157,8 @@ class Layer:
         rounding = ops.rounding_of(idx)
         if rounding is None:
             return 0.0
-        t = ops.template
-        dc, da, db, dh = eq.take(idx).magnitudes(t, *rounding)
-        if da is not None or dh is not None:  # (A and P mostly exact: one parameter's each)
-            ax = np.abs(x)
-            err = BatchOps(t, np.zeros((len(x), t.nnz)) if da is None else da, dh)
-            dc = dc + err.P(ax) + err.AT(np.abs(y))
-            db = db + err.A(ax)
-        return np.concatenate([dc, db], axis=1)
+        return _rows_moved(ops.template, *eq.take(idx).magnitudes(ops.template, *rounding),
+                           x, y)
 
     @staticmethod
     def _scaling_rounding(ops: BatchOps, eq: Equilibration, idx: np.ndarray, b: np.ndarray,
@@ -2181,8 +2175,7 @@ class Layer:
         if got is None:
             return 0.0
         da, db = got
-        err = BatchOps(t, da, None)
-        return np.concatenate([err.AT(np.abs(y)), db + err.A(np.abs(x))], axis=1)
+        return _rows_moved(t, np.zeros((len(x), t.n)), da, db, None, x, y)
 
     def _forward_error_ok(self, ops: BatchOps, eq: Equilibration, r: Any, which: np.ndarray,
                           factors: list, c: np.ndarray, b: np.ndarray,
@@ -2424,9 +2417,8 @@ class Layer:
                 continue  # the point's own side
             branch = r.v.copy()
             branch[at, lo:hi] = moved
-            ok = self._forward_error_ok(ops, eq, r, which, [None] * len(out), c, b, rounding,
-                                        branch=branch)
-            out[at] &= ok[at]
+            out[at] &= self._forward_error_ok(ops, eq, r, which, [None] * len(out), c, b,
+                                              rounding, branch=branch)[at]
         if kinks is not None:
             kinks[at, lo:hi] |= near & out[at][:, None]
         return out
@@ -2489,9 +2481,8 @@ class Layer:
                 continue
             branch = r.v.copy()
             branch[np.ix_(at, starts)] = moved
-            ok = self._forward_error_ok(ops, eq, r, which, [None] * len(out), c, b, rounding,
-                                        branch=branch)
-            out[at] &= ok[at]
+            out[at] &= self._forward_error_ok(ops, eq, r, which, [None] * len(out), c, b,
+                                              rounding, branch=branch)[at]
         return out
 
     def _outputs_within(self, ops: BatchOps, eq: Equilibration, idx: np.ndarray, x: np.ndarray,
@@ -3018,6 +3009,19 @@ def _unbalanced(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     b = np.abs(y).max(axis=1, initial=0.0)
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     return (lo > ROUNDING * hi) & (hi > IMBALANCE * lo)
+
+
+def _rows_moved(t: ConeTemplate, dc: np.ndarray, da: np.ndarray | None, db: np.ndarray,
+                dh: np.ndarray | None, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """What errors of magnitude (dc, da, db, dh) in the data (c, A's values, b, P's values;
+    A's and P's None for none) move F's rows by at the points (x, y = Π(v)) (B, n + m):
+    δc + |δP||x| + |δA|ᵀ|y| over the first n rows, δb + |δA||x| over the last m."""
+    if da is not None or dh is not None:  # (A and P mostly exact: one parameter's each)
+        ax = np.abs(x)
+        err = BatchOps(t, np.zeros((len(x), t.nnz)) if da is None else da, dh)
+        dc = dc + err.P(ax) + err.AT(np.abs(y))
+        db = db + err.A(ax)
+    return np.concatenate([dc, db], axis=1)
 
 
 def _entry_ratio(a: np.ndarray) -> np.ndarray:
