@@ -20,7 +20,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from declarative.compile import ConeTemplate
-from declarative.cones import DProjection, dproject, flip_near_kinks, interior_depth, project
+from declarative.cones import (
+    DProjection,
+    dproject,
+    exp_roots_at,
+    flip_near_kinks,
+    interior_depth,
+    project,
+)
 from declarative.derivative import (
     HAS_LONG_DOUBLE,
     LONG_DOUBLE_EPS,
@@ -240,7 +247,7 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
     # (in extended precision DΠ too: a second-order cone's small eigenvalue ½(1 + t/‖x‖) at
     # v = y − s with |y| ~ 1e-13 |s| is all cancellation in float64)
     wide = EXTENDED if extended else np.float64
-    Dc = dproject(v.astype(wide, copy=False), dims, dual=True)
+    Dc = dproject(v.astype(wide, copy=False), dims, dual=True, start=exp_roots_at(s, y, dims))
     pv, F = _evaluate(ops, c, b, u, v, Dc.point.copy(), extended)
     res, omega, den = _merit(ops, c, b, u, v, pv, F)  # (at the anchors)
     target = min(tol, EXTENDED_TOL) if extended else tol
