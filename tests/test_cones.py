@@ -521,6 +521,65 @@ def test_exp_warm_started_roots_give_the_cold_projection(dual):
         np.testing.assert_array_equal(again.point, cold.point)
 
 
+
+def _exp_ray_points(rng: np.random.Generator, n: int) -> np.ndarray:
+    """(n, 3) points v = s·(ρ, 1, e^ρ) + m·(1, 1 − ρ, −e^{−ρ}) with |ρ| up to 45 and the two
+    parts' factors s, m over 1e-18 … 1 (v within 1e-18 of K or of its polar, and far from
+    both), each entry then moved by a relative 1e-17 … 1e-8."""
+    rho = rng.uniform(-45, 45, n) * 10.0 ** rng.uniform(-2, 0, n)
+    sp, m = 10.0 ** rng.uniform(-18, 0, (2, n))
+    V = (sp[:, None] * np.stack([rho, np.ones(n), np.exp(rho)], 1)
+         + m[:, None] * np.stack([np.ones(n), 1 - rho, -np.exp(-rho)], 1))
+    return V * (1 + 10.0 ** rng.uniform(-17, -8, (n, 1)) * rng.standard_normal((n, 3)))
+
+
+def test_exp_root_candidates_alone_where_heuristics_are_skipped(monkeypatch):
+    """Where `_exp` leaves out Friberg's heuristic points, they would not have been taken: the
+    same projections and derivatives, bitwise, as with them formed for every cone (near K and
+    its polar, at large |ρ|, on Friberg's grid, at 1e±300)."""
+    from declarative import cones
+
+    rng = np.random.default_rng(5)
+    k = np.arange(-20.0, 22.0, 2)
+    dom = np.concatenate([-np.exp(k), [0.0], np.exp(k + 1)])
+    grid = np.stack(np.meshgrid(dom, dom, dom, indexing="ij"), -1).reshape(-1, 3)
+    wide = rng.standard_normal((20000, 3)) * 10.0 ** rng.uniform(-300, 300, (20000, 3))
+    V = np.concatenate([_exp_ray_points(rng, 100000), grid, wide])
+    fast = cones._exp(V, True)
+    plain = cones.RHO_PLAIN
+    monkeypatch.setattr(cones, "RHO_PLAIN", -1.0)  # every cone: candidates compared
+    full = cones._exp(V, True)
+    for a, b in zip(fast, full, strict=True):
+        np.testing.assert_array_equal(a, b)
+    roots = fast[3]
+    assert np.sum(np.isfinite(roots) & (np.abs(roots) <= plain)) > 50000  # (skipped there)
+
+
+def test_exp_roots_at_a_point_start_the_projection():
+    """`exp_roots_at` reads the roots of Π_{K*} at v = y − s off the parts y = Π_{K*}(v) and
+    s = y − v: they are the cold projection's roots, and the projection started from them
+    moved by a relative 1e-3 (a solver's point at its default tolerance) is the cold one."""
+    from declarative.cones import exp_roots_at
+
+    rng = np.random.default_rng(8)
+    d = ConeDims(exp=30, exp_dual=20)
+    B = 4
+    v = np.stack([_exp_ray_points(rng, d.size // 3).ravel() for _ in range(B)])
+    cold = dproject(v, d, dual=True)
+    y = cold.point
+    s = y - v  # Π_K(−v) (Moreau)
+    roots = exp_roots_at(s, y, d)
+    ok = np.isfinite(cold._exp_roots) & (np.abs(cold._exp_roots) < 30)
+    assert ok.sum() > 100
+    np.testing.assert_allclose(roots[ok], cold._exp_roots[ok], rtol=1e-9, atol=1e-12)
+    moved = roots * (1 + 1e-3 * rng.standard_normal(roots.shape))
+    warm = dproject(v, d, dual=True, start=moved)
+    sc = np.abs(v).max(axis=1)[:, None]
+    np.testing.assert_allclose(warm.point / sc, cold.point / sc, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(warm.dense(), cold.dense(), rtol=0, atol=1e-12)
+    assert exp_roots_at(s, y, ConeDims(zero=d.size)) is None
+
+
 def test_nonfinite_inputs_give_nan_locally():
     d = DIMS["mixed"]
     V = random_points(d, 3, seed=13)
