@@ -516,9 +516,13 @@ def _exp_root(r0, s0, t0, start: np.ndarray | None = None) -> np.ndarray:
     # Newton with bisection whenever the Newton point leaves the bracket or the step is not at
     # most half the one before last (far from the root h behaves like an exponential, where
     # plain Newton advances by O(1) per step).
-    rho = _mid(lo, hi)
-    if start is not None:
-        rho = np.where((start > lo) & (start < hi), start, rho)  # (NaN: not inside)
+    inside = None if start is None else (start > lo) & (start < hi)  # (NaN: not inside)
+    if inside is None:
+        rho = _mid(lo, hi)
+    elif inside.all():
+        rho = start.astype(np.result_type(start, lo))  # (a copy: Newton updates it)
+    else:
+        rho = np.where(inside, start, _mid(lo, hi))
     return _bracketed_newton(
         lambda x, i: _exp_h(x, r0[i], s0[i], t0[i]), rho, lo, hi,
         np.flatnonzero(np.isfinite(rho)), rising=True, iters=300, mid=_mid)
@@ -636,22 +640,22 @@ def _exp(V: np.ndarray, want_deriv: bool, start: np.ndarray | None = None):
         c3 = ~inK & ~inP & (r0 <= 0) & (s0 <= 0)
         c4 = finite & ~inK & ~inP & ~c3
         roots = np.full(N, np.nan)
-        bad = ~finite
-        vp[inK] = V[inK]
-        vd[inP] = V[inP]
-        vp[c3, 0] = r0[c3]
-        vp[c3, 2] = np.maximum(t0[c3], 0.0)
-        vd[c3, 1] = s0[c3]
-        vd[c3, 2] = np.minimum(t0[c3], 0.0)
-        vp[bad] = np.nan
-        vd[bad] = np.nan
-        if want_deriv:
-            D[inK] = np.eye(3)
-            D[c3, 0, 0] = 1.0
-            D[c3, 2, 2] = (t0[c3] >= 0).astype(np.float64)
-            D[bad] = np.nan
-
         idx = np.flatnonzero(c4)
+        if idx.size < N:  # (cases 1-3 and non-finite points: none, often)
+            bad = ~finite
+            vp[inK] = V[inK]
+            vd[inP] = V[inP]
+            vp[c3, 0] = r0[c3]
+            vp[c3, 2] = np.maximum(t0[c3], 0.0)
+            vd[c3, 1] = s0[c3]
+            vd[c3, 2] = np.minimum(t0[c3], 0.0)
+            vp[bad] = np.nan
+            vd[bad] = np.nan
+            if want_deriv:
+                D[inK] = np.eye(3)
+                D[c3, 0, 0] = 1.0
+                D[c3, 2, 2] = (t0[c3] >= 0).astype(np.float64)
+                D[bad] = np.nan
         if idx.size:
             # the projection is positively homogeneous: work on v0/|v0|_inf (no over/underflow)
             Vi = V[idx]
