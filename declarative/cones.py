@@ -516,13 +516,14 @@ def _exp_root(r0, s0, t0, start: np.ndarray | None = None) -> np.ndarray:
     # Newton with bisection whenever the Newton point leaves the bracket or the step is not at
     # most half the one before last (far from the root h behaves like an exponential, where
     # plain Newton advances by O(1) per step).
-    inside = None if start is None else (start > lo) & (start < hi)  # (NaN: not inside)
-    if inside is None:
+    if start is None:
         rho = _mid(lo, hi)
-    elif inside.all():
-        rho = start.astype(np.result_type(start, lo))  # (a copy: Newton updates it)
     else:
-        rho = np.where(inside, start, _mid(lo, hi))
+        inside = (start > lo) & (start < hi)  # (NaN: not inside)
+        if inside.all():
+            rho = start.astype(np.result_type(start, lo))  # (a copy: Newton updates it)
+        else:
+            rho = np.where(inside, start, _mid(lo, hi))
     return _bracketed_newton(
         lambda x, i: _exp_h(x, r0[i], s0[i], t0[i]), rho, lo, hi,
         np.flatnonzero(np.isfinite(rho)), rising=True, iters=300, mid=_mid)
