@@ -444,15 +444,18 @@ def _bracketed_newton(fn, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, active:
     ``active`` and returns it."""
     dx_old = hi - lo
     dx = dx_old.copy()
+    n = x.shape[0]
     for _ in range(iters):
         if active.size == 0:
             break
-        xa = x[active]
-        f, df = fn(xa, active)
+        # every problem still active (``active`` is then 0 … n − 1): views, not gathers
+        at = slice(None) if active.size == n else active
+        xa = x[at]
+        f, df = fn(xa, at)
         right = f < 0 if rising else f > 0  # the root is right of xa
-        l = np.where(right, xa, lo[active])
-        h = np.where(right, hi[active], xa)
-        lo[active], hi[active] = l, h
+        l = np.where(right, xa, lo[at])
+        h = np.where(right, hi[at], xa)
+        lo[at], hi[at] = l, h
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             step = f / df
         new = xa - step
@@ -460,13 +463,13 @@ def _bracketed_newton(fn, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, active:
             np.isfinite(new)
             & (new > l)
             & (new < h)
-            & (np.abs(2.0 * step) <= np.abs(dx_old[active]))
+            & (np.abs(2.0 * step) <= np.abs(dx_old[at]))
         )
         bad = ~ok
         if bad.any():  # (the midpoint costs transcendentals: only where Newton is refused)
             new[bad] = mid(l[bad], h[bad])
-        dx_old[active] = dx[active]
-        dx[active] = np.where(ok, step, h - l)
+        dx_old[at] = dx[at]
+        dx[at] = np.where(ok, step, h - l)
         scale = np.maximum(1.0, np.abs(xa))
         # A Newton step so small that it is rounding noise yet refused by the safeguard (it did
         # not halve) means Newton has converged as far as float64 allows: stop there, rather
@@ -474,7 +477,7 @@ def _bracketed_newton(fn, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, active:
         floor = ~ok & (np.abs(step) <= NEWTON_FLOOR * scale)
         stop = (f == 0) | floor
         done = stop | (np.abs(new - xa) <= 2 * _EPS * scale) | (h - l <= 2 * _EPS * scale)
-        x[active] = np.where(stop, xa, new)
+        x[at] = np.where(stop, xa, new)  # (xa read before: it may be a view of x)
         active = active[~done]
     return x
 
@@ -559,11 +562,10 @@ def _exp_primal_deriv(rho, sp, m) -> np.ndarray:
     mw = np.where(m > 0, m * (wu * wu), 0.0)
     den = sp + mw
     f = np.where(den > 0, sp / np.where(den > 0, den, 1.0), 0.0)
-    out = np.empty(np.shape(rho) + (3, 3))
-    for i in range(3):
-        for j in range(i, 3):
-            out[..., i, j] = out[..., j, i] = u1[i] * u1[j] + f * (u2[i] * u2[j])
-    return out
+    # u1 u1ᵀ + f·u2 u2ᵀ, entry by entry as u1_i·u1_j + f·(u2_i·u2_j): symmetric to the bit
+    U1, U2 = np.stack(u1, -1), np.stack(u2, -1)
+    return (U1[..., :, None] * U1[..., None, :]
+            + f[..., None, None] * (U2[..., :, None] * U2[..., None, :]))
 
 
 # Where both root candidates are finite, |ρ| is at most RHO_PLAIN and both parts' factors s(ρ)
