@@ -521,7 +521,6 @@ def test_exp_warm_started_roots_give_the_cold_projection(dual):
         np.testing.assert_array_equal(again.point, cold.point)
 
 
-
 def _exp_ray_points(rng: np.random.Generator, n: int) -> np.ndarray:
     """(n, 3) points v = s·(ρ, 1, e^ρ) + m·(1, 1 − ρ, −e^{−ρ}) with |ρ| up to 45 and the two
     parts' factors s, m over 1e-18 … 1 (v within 1e-18 of K or of its polar, and far from
