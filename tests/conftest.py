@@ -91,18 +91,21 @@ def assert_scaling_adjoints(t, eq, data, rng):
     return xh, yh, gx, gy, x
 
 
-def assert_scaled_points_kept(t, eq, other, data, x, y, s, rows, composed_tol=1e-12):
+def assert_scaled_points_kept(t, eq, other, data, x, y, s, rows, composed_tol=1e-12,
+                              composed_atol=None, dot_atol=None):
     """A scaling (`Equilibration`) applied to cone points: (x, y, s) with y and s on the
     boundaries of K* and K in the blocks ``rows``; ŝ = ρ D N s and ŷ = σ D⁻¹ N⁻ᵀ y keep sᵀy up
-    to ρσ and stay on their cones (the projection leaves them where they are), `solution`
-    inverts `scaled`, and composing ``eq`` with ``other`` is applying one after the other
-    (to ``composed_tol``, relative to the largest entry)."""
+    to ρσ (to 1e-12 relative, or within ``dot_atol`` times max|ŷ|·max|ŝ|) and stay on their
+    cones (the projection leaves them where they are), `solution` inverts `scaled`, and
+    composing ``eq`` with ``other`` is applying one after the other (to ``composed_tol``,
+    and within ``composed_atol``, else ``composed_tol`` times the largest entry)."""
     from declarative.cones import project
 
     dims = t.dims
     xs, ys, ss = eq.scaled(x, y, s)
-    np.testing.assert_allclose((ys * ss).sum(1), eq.rho * eq.sigma * (y * s).sum(1),
-                               atol=1e-9 * np.abs(ys).max() * np.abs(ss).max())
+    dot = dict(rtol=1e-12) if dot_atol is None else \
+        dict(atol=dot_atol * np.abs(ys).max() * np.abs(ss).max())
+    np.testing.assert_allclose((ys * ss).sum(1), eq.rho * eq.sigma * (y * s).sum(1), **dot)
     assert np.abs(ss[:, rows] - project(ss, dims)[:, rows]).max() <= 1e-12 * np.abs(ss).max()
     assert np.abs(ys[:, rows] - project(ys, dims, dual=True)[:, rows]).max() \
         <= 1e-12 * np.abs(ys).max()
@@ -115,4 +118,5 @@ def assert_scaled_points_kept(t, eq, other, data, x, y, s, rows, composed_tol=1e
     once = other.data(t, *eq.data(t, c, a, b, h))
     for u, w in zip(both.data(t, c, a, b, h)[:3], once[:3], strict=True):
         np.testing.assert_allclose(u, w, rtol=composed_tol,
-                                   atol=composed_tol * np.abs(w).max())
+                                   atol=composed_tol * np.abs(w).max() if composed_atol is None
+                                   else composed_atol)

@@ -91,7 +91,7 @@ def test_the_mixing_keeps_every_exponential_cone_and_its_adjoints():
     assert np.abs(s[:, rows] - project(s, dims)[:, rows]).max() <= 1e-12  # (the control)
     assert np.abs(yv[:, rows] - project(yv, dims, dual=True)[:, rows]).max() <= 1e-12
     _, other, _, _ = _mixed(seed=1)
-    assert_scaled_points_kept(t, eq, other, (c, a, b, h), x, yv, s, rows)
+    assert_scaled_points_kept(t, eq, other, (c, a, b, h), x, yv, s, rows, composed_atol=1e-12)
 
 
 def test_the_mixing_at_the_solution_brings_an_entropy_cone_to_its_centre():

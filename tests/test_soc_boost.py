@@ -103,7 +103,8 @@ def test_the_boost_keeps_every_second_order_cone_and_its_adjoints():
         rows += list(range(lo, lo + k))
         lo += k
     _, other, _, _ = _boosted_scaling(seed=1)
-    assert_scaled_points_kept(t, eq, other, (c, a, b, h), x, yv, s, rows, composed_tol=1e-9)
+    assert_scaled_points_kept(t, eq, other, (c, a, b, h), x, yv, s, rows, composed_tol=1e-9,
+                              dot_atol=1e-9)
 
 
 def test_the_boost_rounding_bounds_the_boosted_data_against_exact_rationals():
