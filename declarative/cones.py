@@ -695,17 +695,17 @@ def _exp(V: np.ndarray, want_deriv: bool, start: np.ndarray | None = None):
             # Friberg's heuristic feasible points (`_exp_heuristics`) can only be closer where a
             # root candidate is unusable, e^ρ nears float range, or v is so near K or K° that
             # the root is ill-determined: elsewhere they are not formed
-            pbest = np.zeros(idx.size, dtype=np.intp)
-            dbest = np.zeros(idx.size, dtype=np.intp)
+            pbest = np.zeros(idx.size, dtype=np.intp)  # (the primal's choice: the derivative's)
             vp[idx] = np.stack(p_root, -1) * scale[:, None]
             vd[idx] = np.stack(d_root, -1) * scale[:, None]
             hard = np.flatnonzero(~(p_ok & d_ok & (np.abs(rho) <= RHO_PLAIN)
                                      & (np.minimum(sp, m) >= PART_PLAIN)))
             if hard.size:
-                pbest[hard], dbest[hard], p_cands, d_cands = _exp_heuristics(
+                pb, db, p_cands, d_cands = _exp_heuristics(
                     r[hard], s[hard], t[hard], tuple(x[hard] for x in p_root),
                     tuple(x[hard] for x in d_root), p_ok[hard], d_ok[hard])
-                for out, best, cands in ((vp, pbest[hard], p_cands), (vd, dbest[hard], d_cands)):
+                pbest[hard] = pb
+                for out, best, cands in ((vp, pb, p_cands), (vd, db, d_cands)):
                     out[idx[hard]] = np.stack([np.choose(best, [c[i] for c in cands])
                                                * scale[hard] for i in range(3)], -1)
             if want_deriv:
