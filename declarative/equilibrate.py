@@ -793,7 +793,8 @@ def _geometric_fill(f: np.ndarray) -> np.ndarray:
     return np.where(known, f, mean[:, None])
 
 
-def _power_shape(t: ConeTemplate, ay: np.ndarray, az: np.ndarray) -> np.ndarray:
+def _power_shape(t: ConeTemplate, ay: np.ndarray, az: np.ndarray, T: np.ndarray
+                 ) -> np.ndarray:
     """Row factors (B, m), 1 outside the power cones, that bring each power cone's first two
     entries of the solution to one magnitude: (f_x, f_y, f_x^α f_y^(1−α)) on a block, which
     maps K_α (and its dual) onto itself, as (a, b, a^α b^(1−α)) does for any a, b > 0:
@@ -802,13 +803,34 @@ def _power_shape(t: ConeTemplate, ay: np.ndarray, az: np.ndarray) -> np.ndarray:
     are there, and g = √(u_x u_y); 1 where neither (|ŷ|, |ŝ| of ``ay``, ``az``).
 
     A constant factor per block, all that other cones allow, leaves x^1.5 <= t written as
-    (t, 1, x) ∈ K_(2/3) with x ~ 1e4 at t ~ 1e6 beside the 1."""
+    (t, 1, x) ∈ K_(2/3) with x ~ 1e4 at t ~ 1e6 beside the 1.
+
+    Whether an entry is there is judged against the largest of its vector, which the cone's
+    own entries outrun at extreme scales: x³ <= t as (t, 1, x) ∈ K_(1/3) at x ~ 1e6 holds
+    t ~ 1e18 beside the constant 1, and at x ~ 1e-6 its t ~ 1e-26 of the program's unit is
+    lost to rounding. There the cone's complementarity supplies the missing entry: on its
+    smooth boundary s_x y_x = α P and s_y y_y = (1 − α) P with P = |s_z y_z| (the slack is
+    ∝ the boundary's normal at the multiplier, and the other way round), so where P is one
+    of the Lagrangian's terms (above NEGLIGIBLE of the largest, ``T`` (B,)), each pair takes
+    the entry that stands higher in its own vector and the complementary value for the
+    other."""
     k = len(t.dims.power)
     lo = t.m - 3 * k  # (the power cones are the last blocks)
     alpha = np.abs(np.asarray(t.dims.power, dtype=float))
     sx, sy, yx, yy = az[:, lo::3], az[:, lo + 1 :: 3], ay[:, lo::3], ay[:, lo + 1 :: 3]
-    s_ok = (np.minimum(sx, sy) > NEGLIGIBLE * az.max(axis=1, initial=0.0)[:, None])
-    y_ok = (np.minimum(yx, yy) > NEGLIGIBLE * ay.max(axis=1, initial=0.0)[:, None])
+    smax = az.max(axis=1, initial=0.0)[:, None]
+    ymax = ay.max(axis=1, initial=0.0)[:, None]
+    s_ok = np.minimum(sx, sy) > NEGLIGIBLE * smax
+    y_ok = np.minimum(yx, yy) > NEGLIGIBLE * ymax
+    P = az[:, lo + 2 :: 3] * ay[:, lo + 2 :: 3]
+    filled = ~(s_ok & y_ok) & (P > NEGLIGIBLE * T[:, None]) & np.isfinite(P)
+    if filled.any():
+        with np.errstate(divide="ignore", invalid="ignore"):
+            keep_x, keep_y = sx / smax >= yx / ymax, sy / smax >= yy / ymax
+        filled &= (np.where(keep_x, sx, yx) > 0) & (np.where(keep_y, sy, yy) > 0)
+        sx, yx = _complementary(sx, yx, alpha * P, keep_x, filled)
+        sy, yy = _complementary(sy, yy, (1 - alpha) * P, keep_y, filled)
+        s_ok, y_ok = s_ok | filled, y_ok | filled
     with np.errstate(divide="ignore", invalid="ignore"):
         ux = np.where(s_ok & y_ok, np.sqrt(sx / yx), np.where(s_ok, sx, np.where(y_ok, 1 / yx, 1)))
         uy = np.where(s_ok & y_ok, np.sqrt(sy / yy), np.where(s_ok, sy, np.where(y_ok, 1 / yy, 1)))
@@ -818,6 +840,15 @@ def _power_shape(t: ConeTemplate, ay: np.ndarray, az: np.ndarray) -> np.ndarray:
     out[:, lo::3], out[:, lo + 1 :: 3] = fx, fy
     out[:, lo + 2 :: 3] = fx**alpha * fy ** (1 - alpha)
     return out
+
+
+def _complementary(s: np.ndarray, y: np.ndarray, product: np.ndarray, keep_s: np.ndarray,
+                   where: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(s, y) of a power cone's row, where ``where``: s kept and y = ``product``/s where
+    ``keep_s``, else y kept and s = ``product``/y (`_power_shape`); as given elsewhere."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (np.where(where & ~keep_s, product / y, s),
+                np.where(where & keep_s, product / s, y))
 
 
 # The largest mixing `at_solution` gives a primal exponential cone: e^c stays far from
@@ -987,7 +1018,7 @@ def at_solution(t: ConeTemplate, a: np.ndarray, h: np.ndarray, x: np.ndarray, y:
                       np.where(has_y, yb / r, np.where(has_s, r / sb, np.nan)))
     d = np.repeat(db, p.block_sizes, axis=1) if p.blocks.size else np.zeros((B, 0))
     if t.dims.power:
-        d = d * _power_shape(t, ay, az)
+        d = d * _power_shape(t, ay, az, np.where(live, T, 0.0))
     A = np.abs(a)
     # the vanishing columns from the rows already scaled, then the vanishing rows from all
     # columns (a block's rows together)
