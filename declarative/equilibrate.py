@@ -11,9 +11,12 @@ scalars ρ, σ > 0, the program
     Â = D A E,  P̂ = (σ/ρ) E P E,  b̂ = ρ D b,  ĉ = σ E c                              (1)
 
 has the solutions  x̂ = ρ E⁻¹ x,  ŝ = ρ D s,  ŷ = σ D⁻¹ y  (its KKT conditions are those of
-the original times diagonal factors), provided D is constant on every cone block that is
-not a product of half-lines (second-order, PSD, exponential, power), so that D K = K and
-D⁻¹ K* = K*. D and E come from Ruiz's iteration (Ruiz 2001, *A scaling algorithm to
+the original times diagonal factors), provided D maps every cone block onto itself
+(D K = K, and then D⁻¹ K* = K*): any positive D on the half-lines of the zero and
+nonnegative cones; one factor per block on the others, and, at a solution (`at_solution`),
+the cones' diagonal automorphisms beyond it: (f_x, f_y, f_x^α f_y^(1−α)) on a power cone
+(`_power_shape`), λᵢλⱼ on a PSD cone's svec entry (i, j), the congruence by diag(λ)
+(`_psd_shape`). D and E come from Ruiz's iteration (Ruiz 2001, *A scaling algorithm to
 equilibrate both rows and columns norms in matrices*) on the symmetric matrix
 [[P, Aᵀ], [A, 0]], as SCS and OSQP scale their KKT matrices; they depend on A and P only,
 so a program whose A and P do not depend on the parameters keeps one Â and P̂ for the
@@ -50,7 +53,7 @@ from typing import overload
 import numpy as np
 
 from declarative.compile import ConeTemplate, exp_rows
-from declarative.cones import ConeDims
+from declarative.cones import ConeDims, _svec_index
 
 # Ruiz sweeps: each takes the square root of every row and column norm's distance from 1,
 # so 15 sweeps bring norms spread over 1e±300 to within a factor 2 of 1.
@@ -842,6 +845,47 @@ def _power_shape(t: ConeTemplate, ay: np.ndarray, az: np.ndarray, T: np.ndarray
     return out
 
 
+def _psd_shape(t: ConeTemplate, ay: np.ndarray, az: np.ndarray) -> np.ndarray:
+    """Row factors (B, m), 1 outside the PSD cones, that bring the diagonals of each PSD
+    cone's slack S and multiplier Y to one magnitude: λᵢλⱼ on its svec entry (i, j), the
+    congruence W ↦ ΛWΛ with Λ = diag(λ), which maps the cone onto itself (and Y ↦ Λ⁻¹YΛ⁻¹
+    its dual) and keeps tr(SY); λᵢ⁴ = Yᵢᵢ/Sᵢᵢ over their geometric mean on the block, each
+    λᵢ a power of two, so that the factors are too. Then ΛSΛ and Λ⁻¹YΛ⁻¹ both have
+    diagonal √(SᵢᵢYᵢᵢ) (up to those roundings).
+
+    Only on a block whose positive diagonal products SᵢᵢYᵢᵢ (at least two; λᵢ = 1 at the
+    others) are within PSD_BALANCED of each other, as complementarity makes them where a
+    block couples entries of different scales through constants: tr_inv(X) as
+    [X, eᵢ; eᵢᵀ, uᵢ] ⪰ 0, uᵢ ~ 1/X, or matrix_frac's
+    [P, x; xᵀ, t], t ~ 1/P (at X ~ 1e3, entries 1e3, 1 and 1e-3 in one block, which one
+    factor per block cannot balance). Elsewhere the diagonals tell nothing of the matrices'
+    shapes: a projection onto the spectraplex of data ~1e12 holds its solution's diagonal
+    at 1e-16 … 1e-3 beside a dense multiplier with a uniform diagonal, which a congruence
+    set by that diagonal would spread by 2^26."""
+    out = np.ones_like(az)
+    lo = t.dims.zero + t.dims.nonneg + sum(t.dims.soc)
+    starts: dict[int, list[int]] = {}
+    for k in t.dims.psd:
+        starts.setdefault(k, []).append(lo)
+        lo += k * (k + 1) // 2
+    for k, first in starts.items():
+        I, J, _, _ = _svec_index(k)
+        rows = np.asarray(first)[:, None] + np.arange(I.size)  # (blocks, k(k+1)/2)
+        diag = rows[:, I == J]  # (blocks, k), in order of i
+        S, Y = az[:, diag], ay[:, diag]  # (B, blocks, k)
+        product = S * Y
+        known = (S > 0) & (Y > 0) & np.isfinite(product)
+        count = known.sum(axis=2)
+        ok = (count >= 2) & (np.where(known, product, np.inf).min(axis=2)
+                             >= PSD_BALANCED * np.where(known, product, 0.0).max(axis=2))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            quarter = np.where(known & ok[..., None], 0.25 * np.log2(Y / S), 0.0)
+        mean = quarter.sum(axis=2, keepdims=True) / np.maximum(count, 1)[..., None]
+        a = np.where(known, np.rint(quarter - mean), 0.0)  # log₂ λᵢ (0 where unknown)
+        out[:, rows] = np.exp2(a[:, :, I] + a[:, :, J])
+    return out
+
+
 def _complementary(s: np.ndarray, y: np.ndarray, product: np.ndarray, keep_s: np.ndarray,
                    where: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(s, y) of a power cone's row, where ``where``: s kept and y = ``product``/s where
@@ -850,6 +894,10 @@ def _complementary(s: np.ndarray, y: np.ndarray, product: np.ndarray, keep_s: np
         return (np.where(where & ~keep_s, product / y, s),
                 np.where(where & keep_s, product / s, y))
 
+
+# `_psd_shape` congruence-scales a PSD block only where its diagonal products SᵢᵢYᵢᵢ are all
+# within this factor of each other.
+PSD_BALANCED = 1e-6
 
 # The largest mixing `at_solution` gives a primal exponential cone: e^c stays far from
 # overflow (|c| = |log x| of entr's x, 30 beyond 1e±13).
@@ -958,11 +1006,12 @@ def at_solution(t: ConeTemplate, a: np.ndarray, h: np.ndarray, x: np.ndarray, y:
     E = |x̂|/√T, D = |ŷ|/√T on a block whose slack vanishes (an active constraint, an
     equality), √T/|ŝ| on one whose multiplier does, √(|ŷ|/|ŝ|) where neither does (the
     boundary of a second-order cone), ρ = σ = 1/√T, on a power cone's block a further
-    factor per row that keeps the cone (`_power_shape`), and on a primal exponential cone
-    its rows mixed first, so that its slack is on the ray of (0, 1, 1) (`_exp_mix`; the
-    factors there are (δ, δ, δ·e^c)), and a second-order cone boosted where `_boostable`
-    allows it, so that the sum and the difference of those
-    rows of its point come to one magnitude (`_boost_of`), on the instances ``mixing`` and
+    factor per row that keeps the cone (`_power_shape`), on a PSD cone's a congruence by a
+    diagonal where its diagonal products are balanced (`_psd_shape`), and on a primal
+    exponential cone its rows mixed first, so that its slack is on the ray of (0, 1, 1)
+    (`_exp_mix`; the factors there are (δ, δ, δ·e^c)), and a second-order cone boosted where
+    `_boostable` allows it, so that the sum and the difference of those rows of its point
+    come to one magnitude (`_boost_of`), on the instances ``mixing`` and
     ``boosting`` (B,) bool mark (none where None). ``affine`` (the slack b̂ − Âx̂ where
     given) sets that mixing and boost instead of ``s``: at an unconverged point it holds
     the cone's entries that the constraints and the data set (softmax's Σx = r at r = 1e6:
@@ -1019,6 +1068,8 @@ def at_solution(t: ConeTemplate, a: np.ndarray, h: np.ndarray, x: np.ndarray, y:
     d = np.repeat(db, p.block_sizes, axis=1) if p.blocks.size else np.zeros((B, 0))
     if t.dims.power:
         d = d * _power_shape(t, ay, az, np.where(live, T, 0.0))
+    if t.dims.psd:
+        d = d * _psd_shape(t, ay, az)
     A = np.abs(a)
     # the vanishing columns from the rows already scaled, then the vanishing rows from all
     # columns (a block's rows together)
