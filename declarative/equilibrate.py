@@ -158,11 +158,14 @@ def _boostable(dims: ConeDims, rows: np.ndarray, cols: np.ndarray
     """The second-order cones a scaling may boost (`Equilibration.boost`): those whose second
     row stores entries in exactly the columns the first row does (CVXPY writes x·t >= w², of
     inv_pos, sqrt, power, quad_over_lin and geo_mean, as ‖(x − t, 2w)‖ <= x + t: rows x + t
-    and x − t), and whose columns no other cone block but the nonnegative and zero cones'
-    rows holds. A boost scales its cone's columns apart, which a column scaling follows only
-    where no other block, whose rows share one factor, holds them: pnorm(x, 3)'s cones share
-    its bound t, and boosts set apart by 2^11 on them left S's rcond at 5e-26 and a Jacobian
-    entry 0 where it is 1e-3.
+    and x − t), and whose columns in those two rows no other block holds in rows that a boost
+    or one factor per block sets apart: any row of the cones past the second-order ones, a
+    second-order cone's first two. A boost scales its cone's columns apart, which a column
+    scaling follows only where no other such row holds them: pnorm(x, 3)'s cones share its
+    bound t in those rows, and boosts set apart by 2^11 on them left S's rcond at 5e-26 and a
+    Jacobian entry 0 where it is 1e-3. A chain's links hold each other's columns in an axis
+    row, which a boost leaves and the block's factor scales whole: power(x, 3) as x² <= w·1,
+    w² <= t·x (at x ~ 1e4, entries 1e12 beside 1e4 and 1, none solved unboosted).
     Returns their first rows and axis rows (2, k); the pairs of A's stored entries (first
     row's, axis row's) in one column, with the cone of each (the boost then changes values
     alone); and each cone's first row and the row after it, in turn (2k,)."""
@@ -170,20 +173,28 @@ def _boostable(dims: ConeDims, rows: np.ndarray, cols: np.ndarray
     order = np.lexsort((cols, rows))  # entries by row, then column
     srows, scols = rows[order], cols[order]
     starts = np.searchsorted(srows, np.arange(dims.size + 1))
-    # how many cone blocks beyond the nonnegative and zero cones hold each column
-    blocks = _segments(dims)
-    cone_block = np.searchsorted(blocks, rows, side="right") - 1
-    held = rows >= lo
-    pairs = np.unique(np.stack([cols[held], cone_block[held]]), axis=1)
-    holders = np.bincount(pairs[0], minlength=int(cols.max(initial=-1)) + 1)
     empty = np.zeros(0, dtype=np.intp)
     none = (np.zeros((2, 0), dtype=np.intp), empty, empty, empty, empty)
     sizes = np.asarray(dims.soc, dtype=np.intp)
     if sizes.size == 0:
         return none
     first = lo + np.concatenate([[0], np.cumsum(sizes[:-1])]).astype(np.intp)
-    # a cone is private where every column its rows hold is held by no other block
-    at = np.flatnonzero((srows >= lo) & (srows < lo + sizes.sum()))
+    soc_end = lo + sizes.sum()
+
+    def boosted(r: np.ndarray) -> np.ndarray:  # a second-order cone's first two rows
+        k = np.clip(np.searchsorted(first, r, side="right") - 1, 0, sizes.size - 1)
+        return (r >= lo) & (r < soc_end) & (r - first[k] < 2)
+
+    # how many cone blocks hold each column in rows that a boost or one factor per block sets
+    # apart from the block's others: every row of the cones past the second-order ones, and
+    # a second-order cone's first two (its axis entries past them move with the block)
+    blocks = _segments(dims)
+    held = (rows >= soc_end) | boosted(rows)
+    pairs = np.unique(np.stack([cols[held], np.searchsorted(blocks, rows[held], side="right")
+                                - 1]), axis=1)
+    holders = np.bincount(pairs[0], minlength=int(cols.max(initial=-1)) + 1)
+    # a cone is private where no other block holds a column of its first two rows so
+    at = np.flatnonzero(boosted(srows))
     owner = np.searchsorted(first, srows[at], side="right") - 1
     shared = np.bincount(owner, weights=holders[scols[at]] != 1, minlength=sizes.size) > 0
     two = sizes >= 2
