@@ -9,6 +9,8 @@ matrices.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import cvxpy as cp
 import numpy as np
 import pytest
@@ -101,12 +103,7 @@ def test_the_psd_factors_are_a_congruence_by_powers_of_two():
     span 1e±12 come to within a factor of 64 of each other."""
     dims = ConeDims(nonneg=2, psd=(K, K + 1))
     m = 2 + K * (K + 1) // 2 + (K + 1) * (K + 2) // 2
-
-    class Template:  # (all `_psd_shape` reads)
-        pass
-
-    t = Template()
-    t.dims, t.m = dims, m
+    t = SimpleNamespace(dims=dims, m=m)  # (all `_psd_shape` reads of a template)
     rng = np.random.default_rng(0)
     spread = np.array([1e-6, 1.0, 1e6])
     S3 = np.diag(spread) @ _spd(rng) @ np.diag(spread)  # S_ii ~ spread²
@@ -142,12 +139,7 @@ def test_no_psd_factors_where_the_diagonal_products_spread():
     projection of huge data): diagonal products 1e-13 … 1 apart. Its block keeps the factor
     1, where a congruence set by the diagonals would spread the multiplier's eigenvalues by
     2^26; so does a block with fewer than two positive products."""
-
-    class Template:  # (all `_psd_shape` reads)
-        pass
-
-    t = Template()
-    t.dims, t.m = ConeDims(psd=(K, K)), K * (K + 1)
+    t = SimpleNamespace(dims=ConeDims(psd=(K, K)), m=K * (K + 1))
     rng = np.random.default_rng(1)
     v = np.array([1.0, 1e-7, 3e-7])
     Y = _spd(rng)
