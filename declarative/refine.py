@@ -66,6 +66,17 @@ SUFFICIENT_DECREASE = 1e-4
 # converges. Newton converges quadratically from the right structure, so a few steps tell.
 FLIP_OMEGA = 1e-6
 FLIP_TOL = 1e-6
+# ... and one that is still short of it with ω at most FLIP_CONE_OMEGA, from its point with
+# its second-order and PSD cones mirrored where within max(FLIP_TOL, FLIP_SPREAD·ω)·‖v‖∞ of
+# a kink, then where within each of FLIP_WIDE·‖v‖∞, in turn. An interior-point solver's
+# multiplier lies inside its cone by ~√μ at its last μ, which can exceed the slack it pairs
+# with: v = y − s then loses s, S is singular and Newton stalls (min c·x s.t. ‖x − a‖ <= r
+# at r = 1e-6|a|: Clarabel's y 2.9e-5 and 5.5e-5 inside, s 2.5e-7, ω 3e-5 and 7.4e-7). A
+# nonnegative coordinate's side is left to the active set (`polyhedral`): mirrored this far
+# it can converge to a degenerate vertex that the problem does not have.
+FLIP_CONE_OMEGA = 1e-3
+FLIP_SPREAD = 10.0
+FLIP_WIDE = (1e-4, 1e-3)
 FLIP_ITERS = 4
 
 
@@ -234,9 +245,11 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
     where a monotone line search took 10.
 
     With ``flip``, an instance that ends short of ``tol`` with ω <= FLIP_OMEGA is refined
-    once more from its point with its near-kink coordinates mirrored (FLIP_TOL), and takes
-    that result where it converges: a least-squares Newton step between two structures
-    that cannot both hold converges only linearly (`cones.flip_near_kinks`).
+    once more from its point with its near-kink coordinates mirrored (FLIP_TOL), and with ω
+    <= FLIP_CONE_OMEGA from its point with its second-order and PSD cones mirrored in wider
+    tiers (FLIP_SPREAD, FLIP_WIDE), and takes the first result that converges: a
+    least-squares Newton step between two structures that cannot both hold converges only
+    linearly (`cones.flip_near_kinks`).
     """
     t = ops.template
     dims = t.dims
@@ -325,31 +338,54 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
             Dc.put(back, dproject(cv[back].astype(wide, copy=False), dims, dual=True))
             watch[back] = 0
         active &= res > target
-    stalled = np.flatnonzero(np.isfinite(res) & (res > target) & (omega <= FLIP_OMEGA)) \
-        if flip and max_iters > 0 else np.zeros(0, dtype=np.intp)
-    if stalled.size:
-        vf = flip_near_kinks(v[stalled], dims, FLIP_TOL)
-        changed = np.any(vf != v[stalled], axis=1)
-        moved, vf = stalled[changed], vf[changed]
-        if moved.size:
-            sub = ops.take(moved)
-            yf = project_dual(vf, sub)
-            again = refine(sub, c[moved], b[moved], u[moved], yf, yf - vf, tol=tol,
-                           max_iters=FLIP_ITERS, extended=extended, flip=False)
-            steps[moved] += again.steps
-            won = again.converged & (again.omega < omega[moved])
-            wi, js = moved[won], np.flatnonzero(won)
-            if wi.size:
-                u[wi], v[wi], pv[wi], F[wi] = again.x[js], again.v[js], again.y[js], again.F[js]
-                omega[wi], den[wi], res[wi] = again.omega[js], again.den[js], again.omega[js]
-                cv[wi] = again.v_D[js]
-                Dc.put(wi, again.D.take(js))
-                D_factored.put(wi, again.D_factored.take(js))
-                for i, j in zip(wi.tolist(), js.tolist(), strict=True):
-                    factors[i] = again.factors[j]
+    if flip and max_iters > 0:
+        stalled = np.isfinite(res) & (res > target)
+        tiers: list = [(stalled & (omega <= FLIP_OMEGA), FLIP_TOL, True)]
+        cones = stalled & (omega <= FLIP_CONE_OMEGA)
+        if (dims.soc or dims.psd) and cones.any():
+            tiers.append((cones, np.maximum(FLIP_TOL, FLIP_SPREAD * omega), False))
+            tiers += [(cones, wide, False) for wide in FLIP_WIDE]
+        tried = v.copy()  # each instance's last mirrored point
+        for which, wide, nonneg in tiers:
+            idx = np.flatnonzero(which & (res > target))
+            if not idx.size:
+                continue
+            vf = flip_near_kinks(v[idx], dims, wide[idx] if np.ndim(wide) else wide, nonneg)
+            changed = np.any((vf != v[idx]) & (vf != tried[idx]), axis=1)
+            moved, vf = idx[changed], vf[changed]
+            tried[moved] = vf
+            if moved.size:
+                _flipped(ops, c, b, u, v, pv, F, omega, den, res, cv, Dc, D_factored, factors,
+                         steps, moved, vf, tol, extended)
     return Refined(x=u, y=pv, s=pv - v, omega_before=omega0, omega=omega, den=den,
                    steps=steps, F=F, factors=factors, v=v, D=Dc, v_D=cv, converged=res <= tol,
                    D_factored=D_factored)
+
+
+def _flipped(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray,
+             pv: np.ndarray, F: np.ndarray, omega: np.ndarray, den: np.ndarray,
+             res: np.ndarray, cv: np.ndarray, Dc: DProjection, D_factored: DProjection,
+             factors: list, steps: np.ndarray, moved: np.ndarray, vf: np.ndarray, tol: float,
+             extended: bool) -> None:
+    """`refine`'s state (u, v, … in place) with the instances ``moved`` refined for at most
+    FLIP_ITERS steps from (u, vf), their v mirrored at its kinks, where that converges below
+    their ω."""
+    sub = ops.take(moved)
+    yf = project_dual(vf, sub)
+    again = refine(sub, c[moved], b[moved], u[moved], yf, yf - vf, tol=tol,
+                   max_iters=FLIP_ITERS, extended=extended, flip=False)
+    steps[moved] += again.steps
+    won = again.converged & (again.omega < omega[moved])
+    wi, js = moved[won], np.flatnonzero(won)
+    if not wi.size:
+        return
+    u[wi], v[wi], pv[wi], F[wi] = again.x[js], again.v[js], again.y[js], again.F[js]
+    omega[wi], den[wi], res[wi] = again.omega[js], again.den[js], again.omega[js]
+    cv[wi] = again.v_D[js]
+    Dc.put(wi, again.D.take(js))
+    D_factored.put(wi, again.D_factored.take(js))
+    for i, j in zip(wi.tolist(), js.tolist(), strict=True):
+        factors[i] = again.factors[j]
 
 
 def _backtrack(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray,

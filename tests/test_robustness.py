@@ -270,3 +270,29 @@ def test_the_tight_retry_stops_early_where_a_fallback_settles_the_instance():
         assert fwd.ok.all()
         np.testing.assert_allclose(fwd.outputs[0], truth, rtol=0, atol=1e-14)
         assert fwd.info.scs_iterations.max() < 10_000
+
+
+@pytest.mark.parametrize("scale, rho", [(1e-3, 1e-6), (1.0, 1e-6), (1.0, 1e-7)])
+def test_a_ball_of_radius_a_millionth_of_its_centre_is_solved_with_its_jacobian(scale, rho):
+    """min c·x s.t. ‖x − a‖ <= r with r = ρ|a|: x = a − r ĉ (ĉ = c/‖c‖), ∂x/∂a = I,
+    ∂x/∂r = −ĉ, ∂x/∂c = −(r/‖c‖)(I − ĉĉᵀ). The cone's slack (r, a − x) is ρ beside its
+    multiplier, which an interior-point solver leaves inside its cone by more than that:
+    v = y − s loses s, and Newton stalls on a singular S until the cone is mirrored."""
+    n = 5
+    x, a, c = cp.Variable(n), cp.Parameter(n), cp.Parameter(n)
+    r = cp.Parameter(nonneg=True)
+    layer = dl.compile(cp.Problem(cp.Minimize(c @ x), [cp.norm(x - a) <= r]), [a, c, r], [x])
+    A, C = (np.concatenate([scale * np.random.default_rng(seed).normal(size=(2, 4, n))[k]
+                            for seed in (0, 1)]) for k in (0, 1))
+    C /= scale
+    R = np.full(len(A), rho * scale)
+    fwd = layer.forward([A, C, R], on_failure="nan")
+    assert fwd.ok.all(), fwd.info.status
+    unit = C / np.linalg.norm(C, axis=1, keepdims=True)
+    np.testing.assert_allclose(fwd.outputs[0], A - R[:, None] * unit, rtol=0, atol=1e-15 * scale)
+    for i in range(len(A)):
+        Ja, Jc, Jr = fwd.jacobian(i)[0]
+        np.testing.assert_allclose(Ja, np.eye(n), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(np.ravel(Jr), -unit[i], rtol=0, atol=1e-9)
+        Jc_exact = -(R[i] / np.linalg.norm(C[i])) * (np.eye(n) - np.outer(unit[i], unit[i]))
+        np.testing.assert_allclose(Jc, Jc_exact, rtol=0, atol=1e-6 * np.abs(Jc_exact).max())
