@@ -66,14 +66,18 @@ SUFFICIENT_DECREASE = 1e-4
 # converges. Newton converges quadratically from the right structure, so a few steps tell.
 FLIP_OMEGA = 1e-6
 FLIP_TOL = 1e-6
-# ... and one that is still short of it with ω at most FLIP_CONE_OMEGA, from its point with
+# ... and one that stalled with FLIP_CONE_FROM < ω <= FLIP_CONE_OMEGA, from its point with
 # its second-order and PSD cones mirrored where within max(FLIP_TOL, FLIP_SPREAD·ω)·‖v‖∞ of
 # a kink, then where within each of FLIP_WIDE·‖v‖∞, in turn. An interior-point solver's
 # multiplier lies inside its cone by ~√μ at its last μ, which can exceed the slack it pairs
 # with: v = y − s then loses s, S is singular and Newton stalls (min c·x s.t. ‖x − a‖ <= r
 # at r = 1e-6|a|: Clarabel's y 2.9e-5 and 5.5e-5 inside, s 2.5e-7, ω 3e-5 and 7.4e-7). A
 # nonnegative coordinate's side is left to the active set (`polyhedral`): mirrored this far
-# it can converge to a degenerate vertex that the problem does not have.
+# it can converge to a degenerate vertex that the problem does not have. Below FLIP_CONE_FROM
+# the point's structure is taken as it is: there a mirrored cone converged to points that no
+# certificate takes (square(‖x − a‖) <= q at q = 1e-30, ω 1e-10 → 1e-18), in place of ones
+# that refinement in extended precision then certifies.
+FLIP_CONE_FROM = 1e-8
 FLIP_CONE_OMEGA = 1e-3
 FLIP_SPREAD = 10.0
 FLIP_WIDE = (1e-4, 1e-3)
@@ -245,9 +249,9 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
     where a monotone line search took 10.
 
     With ``flip``, an instance that ends short of ``tol`` with ω <= FLIP_OMEGA is refined
-    once more from its point with its near-kink coordinates mirrored (FLIP_TOL), and with ω
-    <= FLIP_CONE_OMEGA from its point with its second-order and PSD cones mirrored in wider
-    tiers (FLIP_SPREAD, FLIP_WIDE), and takes the first result that converges: a
+    once more from its point with its near-kink coordinates mirrored (FLIP_TOL), and with
+    FLIP_CONE_FROM < ω <= FLIP_CONE_OMEGA from its point with its second-order and PSD cones
+    mirrored in wider tiers (FLIP_SPREAD, FLIP_WIDE), and takes the first result that converges: a
     least-squares Newton step between two structures that cannot both hold converges only
     linearly (`cones.flip_near_kinks`).
     """
@@ -341,7 +345,7 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
     if flip and max_iters > 0:
         stalled = np.isfinite(res) & (res > target)
         tiers: list = [(stalled & (omega <= FLIP_OMEGA), FLIP_TOL, True)]
-        cones = stalled & (omega <= FLIP_CONE_OMEGA)
+        cones = stalled & (omega > FLIP_CONE_FROM) & (omega <= FLIP_CONE_OMEGA)
         if (dims.soc or dims.psd) and cones.any():
             tiers.append((cones, np.maximum(FLIP_TOL, FLIP_SPREAD * omega), False))
             tiers += [(cones, wide, False) for wide in FLIP_WIDE]
