@@ -111,6 +111,14 @@ ACCEPT_FORWARD = ACCURACY / 10
 ROUNDING = 8 * np.finfo(float).eps
 # The same, for a residual evaluated in extended precision (`Layer._extended`).
 ROUNDING_EXTENDED = 8 * EXTENDED_EPS
+# A boostable second-order cone (x·t >= w² as ‖(x − t, 2w)‖ <= x + t, `equilibrate`'s
+# boosts) whose rows' sum or difference, at a point, is below FACTOR_LOST of the two rows'
+# terms holds that factor only as the rounding of its rows: in that scaling the program is
+# another one, and a point of it is not certified (`Layer._factors_lost`; the boosted rounds
+# resolve the factor). square(‖x − a‖) <= q with q ~ 1e-12|a|²: its cone's rows 1 ± t held
+# t at 1e-18 of 1, and SCS's point x = a, off by the whole radius (4.8e-7 of x), was
+# certified as a face of non-unique auxiliaries.
+FACTOR_LOST = 1e3 * np.finfo(float).eps
 # A point refinement left uncertified at a backward error at most this is refined again with
 # the residual in extended precision (`Layer._extended`), where the program's cones allow.
 EXTENDED_FROM = 1e-6
@@ -2139,10 +2147,34 @@ class Layer:
         error is held on the kink, which the derivatives then find (`diagnose`), as they
         find one that refinement left there."""
         kinks = np.zeros(v.shape, dtype=bool)
+        which = which & ~self._factors_lost(ops, b, r.x, which)
         ok = which & self._forward_error_ok(ops, eq, r, which, factors, c, b,
                                             rounding=rounding, kinks=kinks)
         v[kinks & ok[:, None]] = 0.0
         return ok
+
+    def _factors_lost(self, ops: BatchOps, b: np.ndarray, x: np.ndarray, which: np.ndarray
+                      ) -> np.ndarray:
+        """Per instance of ``ops`` (B,), where ``which``: does a boostable second-order
+        cone's slack (b − Ax on its first row r and axis row q) have its sum or difference
+        nonzero and below FACTOR_LOST of the two rows' terms (|A||x| + |b|)? Each is formed
+        from the rows' data, (b_r ± b_q) − ((Ax)_r ± (Ax)_q), not from the rounded slacks."""
+        out = np.zeros(len(which), dtype=bool)
+        rq = pattern(self.template).boost_rows
+        idx = np.flatnonzero(which)
+        if rq.shape[1] == 0 or idx.size == 0:
+            return out
+        sub = ops.take(idx)
+        Ax, bb = sub.A(x[idx]), b[idx]
+        terms = sub.magnitude.A(np.abs(x[idx])) + np.abs(bb)
+        r, q = rq
+        scale = terms[:, r] + terms[:, q]
+        lost = np.zeros((idx.size, r.size), dtype=bool)
+        for sign in (1.0, -1.0):
+            part = np.abs((bb[:, r] + sign * bb[:, q]) - (Ax[:, r] + sign * Ax[:, q]))
+            lost |= (part > 0) & (part <= FACTOR_LOST * scale)
+        out[idx] = lost.any(axis=1)
+        return out
 
     def _data_rounding(self, ops: BatchOps, eq: Equilibration, idx: np.ndarray, x: np.ndarray,
                        y: np.ndarray) -> np.ndarray | float:

@@ -242,3 +242,25 @@ def test_a_point_near_a_second_order_cones_kink_is_certified_only_from_both_side
     if fwd.ok[0]:
         assert np.abs(fwd.outputs[0][0] - want).max() <= 1e-8 * np.abs(want).max()
 
+
+
+def test_a_point_certified_where_a_cone_holds_its_factor_below_rounding_is_not_taken():
+    """min c·x s.t. square(‖x − a‖) <= q at q = (1e-6|a|)²: x = a − √q ĉ. The rotated cone
+    CVXPY writes for the square holds rows 1 ± t with t ~ 1e-18 of 1 in the equilibrated
+    program, where t is rounding: SCS's point x = a, off by the whole radius (4.8e-7 of x),
+    was certified there as a face of non-unique auxiliaries. Only a scaling that resolves the
+    factor (a boost) may certify it; every instance is solved within 1e-12 of x's scale."""
+    n = 5
+    x, a, c = cp.Variable(n), cp.Parameter(n), cp.Parameter(n)
+    q = cp.Parameter(nonneg=True)
+    layer = dl.compile(cp.Problem(cp.Minimize(c @ x), [cp.square(cp.norm(x - a)) <= q]),
+                       [a, q, c], [x])
+    rng = np.random.default_rng(5)
+    A = 1e-3 * rng.standard_normal((4, n))
+    Q = np.full(4, 1e-18)
+    C = rng.standard_normal((4, n))
+    fwd = layer.forward([A, Q, C], on_failure="nan")
+    truth = A - np.sqrt(Q)[:, None] * C / np.linalg.norm(C, axis=1, keepdims=True)
+    for i in range(4):
+        assert fwd.ok[i], fwd.info.status
+        assert np.abs(fwd.outputs[0][i] - truth[i]).max() <= 1e-12 * np.abs(truth[i]).max()
