@@ -114,11 +114,14 @@ ROUNDING_EXTENDED = 8 * EXTENDED_EPS
 # A boostable second-order cone (x·t >= w² as ‖(x − t, 2w)‖ <= x + t, `equilibrate`'s
 # boosts) whose rows' sum or difference, at a point, is below FACTOR_LOST of the two rows'
 # terms holds that factor only as the rounding of its rows: in that scaling the program is
-# another one, and a point of it is not certified (`Layer._factors_lost`; the boosted rounds
-# resolve the factor). square(‖x − a‖) <= q with q ~ 1e-12|a|²: its cone's rows 1 ± t held
-# t at 1e-18 of 1, and SCS's point x = a, off by the whole radius (4.8e-7 of x), was
-# certified as a face of non-unique auxiliaries.
-FACTOR_LOST = 1e3 * np.finfo(float).eps
+# another one, and a point whose duality gap rests on that factor is not certified
+# (`Layer._factors_lost`; the boosted rounds resolve the factor). square(‖x − a‖) <= q with
+# q ~ 1e-12|a|²: its cone's rows 1 ± t held t at 1e-18 of 1, and SCS's point x = a, off by
+# the whole radius (4.8e-7 of x), with a gap 8 times the objective's terms in that factor,
+# was certified as a face of non-unique auxiliaries. A factor above a few ulps is resolved,
+# to the rounding the certificate's estimate already allows for (power(x, 4)'s chain at
+# x ~ 1e-9 holds factors at 1e-13 of its rows, and its points are right to 1e-14).
+FACTOR_LOST = 4 * np.finfo(float).eps
 # A point refinement left uncertified at a backward error at most this is refined again with
 # the residual in extended precision (`Layer._extended`), where the program's cones allow.
 EXTENDED_FROM = 1e-6
@@ -2147,33 +2150,42 @@ class Layer:
         error is held on the kink, which the derivatives then find (`diagnose`), as they
         find one that refinement left there."""
         kinks = np.zeros(v.shape, dtype=bool)
-        which = which & ~self._factors_lost(ops, b, r.x, which)
+        which = which & ~self._factors_lost(ops, c, b, r.x, r.y, which)
         ok = which & self._forward_error_ok(ops, eq, r, which, factors, c, b,
                                             rounding=rounding, kinks=kinks)
         v[kinks & ok[:, None]] = 0.0
         return ok
 
-    def _factors_lost(self, ops: BatchOps, b: np.ndarray, x: np.ndarray, which: np.ndarray
-                      ) -> np.ndarray:
-        """Per instance of ``ops`` (B,), where ``which``: does a boostable second-order
-        cone's slack (b − Ax on its first row r and axis row q) have its sum or difference
-        nonzero and below FACTOR_LOST of the two rows' terms (|A||x| + |b|)? Each is formed
-        from the rows' data, (b_r ± b_q) − ((Ax)_r ± (Ax)_q), not from the rounded slacks."""
+    def _factors_lost(self, ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray,
+                      y: np.ndarray, which: np.ndarray) -> np.ndarray:
+        """Per instance of ``ops`` (B,), where ``which``: does a boostable second-order cone
+        hold a factor below rounding that the point's optimality rests on? The sum and the
+        difference of its slack's first row r and axis row q (b − Ax) are formed from the
+        rows' data, (b_r ± b_q) − ((Ax)_r ± (Ax)_q), not from the rounded slacks; one that is
+        nonzero and below FACTOR_LOST of the two rows' terms (|A||x| + |b|) is rounding in
+        that scaling, and the duality gap it carries, ½|y_r ± y_q| times it, which no
+        floating-point residual shows, must be within ACCEPT_BACKWARD of the objective's
+        terms (|c|ᵀ|x| + |x|ᵀ|P||x|). An inactive cone (y = 0) carries none."""
         out = np.zeros(len(which), dtype=bool)
         rq = pattern(self.template).boost_rows
         idx = np.flatnonzero(which)
         if rq.shape[1] == 0 or idx.size == 0:
             return out
         sub = ops.take(idx)
-        Ax, bb = sub.A(x[idx]), b[idx]
-        terms = sub.magnitude.A(np.abs(x[idx])) + np.abs(bb)
+        xs, ys, bb = x[idx], y[idx], b[idx]
+        Ax = sub.A(xs)
+        terms = sub.magnitude.A(np.abs(xs)) + np.abs(bb)
         r, q = rq
         scale = terms[:, r] + terms[:, q]
-        lost = np.zeros((idx.size, r.size), dtype=bool)
+        objective = np.abs(c[idx] * xs).sum(axis=1) \
+            + (np.abs(xs) * sub.magnitude.P(np.abs(xs))).sum(axis=1)
+        gap = np.zeros(idx.size)
         for sign in (1.0, -1.0):
             part = np.abs((bb[:, r] + sign * bb[:, q]) - (Ax[:, r] + sign * Ax[:, q]))
-            lost |= (part > 0) & (part <= FACTOR_LOST * scale)
-        out[idx] = lost.any(axis=1)
+            rounding = (part > 0) & (part <= FACTOR_LOST * scale)
+            gap += np.where(rounding, 0.5 * np.abs(ys[:, r] + sign * ys[:, q]) * part,
+                            0.0).sum(axis=1)
+        out[idx] = gap > ACCEPT_BACKWARD * objective
         return out
 
     def _data_rounding(self, ops: BatchOps, eq: Equilibration, idx: np.ndarray, x: np.ndarray,
