@@ -1184,11 +1184,11 @@ def flip_near_kinks(v: np.ndarray, dims: ConeDims, tol: float | np.ndarray,
                     nonneg: bool = True) -> np.ndarray:
     """v with each coordinate that lies within ``tol · ‖v‖∞`` of a kink of Π_{K*} (``tol``
     a number, or one per instance; nonnegative coordinates only with ``nonneg``), but not on
-    it, mirrored to the kink's other side: a small
-    multiplier becomes a slack of the same size and a small slack a multiplier. A nonnegative
-    coordinate changes sign; a second-order cone point near the boundary ‖x‖ = |t| has |t|
-    reflected across ‖x‖, one near the apex changes sign whole; a PSD block's eigenvalues that
-    are small change sign. Exponential and power cones are left as they are.
+    it, mirrored to the kink's other side: a small multiplier becomes a slack of the same
+    size and a small slack a multiplier. A nonnegative coordinate changes sign; a
+    second-order cone point near the boundary ‖x‖ = |t| has |t| reflected across ‖x‖, one
+    near the apex changes sign whole; a PSD block's eigenvalues that are small change sign.
+    Exponential and power cones are left as they are.
 
     Newton's method on the residual map takes the structure of its point as given: started
     where a constraint holds a multiplier of 1e-9 that the solution does not have (a PSD
