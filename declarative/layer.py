@@ -2177,8 +2177,7 @@ class Layer:
         terms = sub.magnitude.A(np.abs(xs)) + np.abs(bb)
         r, q = rq
         scale = terms[:, r] + terms[:, q]
-        objective = np.abs(c[idx] * xs).sum(axis=1) \
-            + (np.abs(xs) * sub.magnitude.P(np.abs(xs))).sum(axis=1)
+        objective = (np.abs(xs) * (sub.magnitude.P(np.abs(xs)) + np.abs(c[idx]))).sum(axis=1)
         gap = np.zeros(idx.size)
         for sign in (1.0, -1.0):
             part = np.abs((bb[:, r] + sign * bb[:, q]) - (Ax[:, r] + sign * Ax[:, q]))

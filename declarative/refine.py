@@ -342,54 +342,42 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
             Dc.put(back, dproject(cv[back].astype(wide, copy=False), dims, dual=True))
             watch[back] = 0
         active &= res > target
-    if flip and max_iters > 0:
-        stalled = np.isfinite(res) & (res > target)
-        tiers: list = [(stalled & (omega <= FLIP_OMEGA), FLIP_TOL, True)]
-        cones = stalled & (omega > FLIP_CONE_FROM) & (omega <= FLIP_CONE_OMEGA)
-        if (dims.soc or dims.psd) and cones.any():
-            tiers.append((cones, np.maximum(FLIP_TOL, FLIP_SPREAD * omega), False))
-            tiers += [(cones, wide, False) for wide in FLIP_WIDE]
-        tried = v.copy()  # each instance's last mirrored point
-        for which, wide, nonneg in tiers:
-            idx = np.flatnonzero(which & (res > target))
-            if not idx.size:
-                continue
-            vf = flip_near_kinks(v[idx], dims, wide[idx] if np.ndim(wide) else wide, nonneg)
-            changed = np.any((vf != v[idx]) & (vf != tried[idx]), axis=1)
-            moved, vf = idx[changed], vf[changed]
-            tried[moved] = vf
-            if moved.size:
-                _flipped(ops, c, b, u, v, pv, F, omega, den, res, cv, Dc, D_factored, factors,
-                         steps, moved, vf, tol, extended)
+    stalled = np.isfinite(res) & (res > target) if flip and max_iters > 0 \
+        else np.zeros(B, dtype=bool)
+    tiers: list = [(stalled & (omega <= FLIP_OMEGA), FLIP_TOL, True)]
+    cones = stalled & (omega > FLIP_CONE_FROM) & (omega <= FLIP_CONE_OMEGA)
+    if (dims.soc or dims.psd) and cones.any():
+        tiers.append((cones, np.maximum(FLIP_TOL, FLIP_SPREAD * omega), False))
+        tiers += [(cones, wide, False) for wide in FLIP_WIDE]
+    tried = v.copy() if stalled.any() else v  # each instance's last mirrored point
+    for which, wide, nonneg in tiers:
+        idx = np.flatnonzero(which & (res > target))
+        if not idx.size:
+            continue
+        vf = flip_near_kinks(v[idx], dims, wide[idx] if np.ndim(wide) else wide, nonneg)
+        changed = np.any((vf != v[idx]) & (vf != tried[idx]), axis=1)
+        moved, vf = idx[changed], vf[changed]
+        if not moved.size:
+            continue
+        tried[moved] = vf
+        sub = ops.take(moved)
+        yf = project_dual(vf, sub)
+        again = refine(sub, c[moved], b[moved], u[moved], yf, yf - vf, tol=tol,
+                       max_iters=FLIP_ITERS, extended=extended, flip=False)
+        steps[moved] += again.steps
+        won = again.converged & (again.omega < omega[moved])
+        wi, js = moved[won], np.flatnonzero(won)
+        u[wi], v[wi], pv[wi], F[wi] = again.x[js], again.v[js], again.y[js], again.F[js]
+        omega[wi], den[wi], res[wi] = again.omega[js], again.den[js], again.omega[js]
+        cv[wi] = again.v_D[js]
+        if wi.size:
+            Dc.put(wi, again.D.take(js))
+            D_factored.put(wi, again.D_factored.take(js))
+        for i, j in zip(wi.tolist(), js.tolist(), strict=True):
+            factors[i] = again.factors[j]
     return Refined(x=u, y=pv, s=pv - v, omega_before=omega0, omega=omega, den=den,
                    steps=steps, F=F, factors=factors, v=v, D=Dc, v_D=cv, converged=res <= tol,
                    D_factored=D_factored)
-
-
-def _flipped(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray,
-             pv: np.ndarray, F: np.ndarray, omega: np.ndarray, den: np.ndarray,
-             res: np.ndarray, cv: np.ndarray, Dc: DProjection, D_factored: DProjection,
-             factors: list, steps: np.ndarray, moved: np.ndarray, vf: np.ndarray, tol: float,
-             extended: bool) -> None:
-    """`refine`'s state (u, v, … in place) with the instances ``moved`` refined for at most
-    FLIP_ITERS steps from (u, vf), their v mirrored at its kinks, where that converges below
-    their ω."""
-    sub = ops.take(moved)
-    yf = project_dual(vf, sub)
-    again = refine(sub, c[moved], b[moved], u[moved], yf, yf - vf, tol=tol,
-                   max_iters=FLIP_ITERS, extended=extended, flip=False)
-    steps[moved] += again.steps
-    won = again.converged & (again.omega < omega[moved])
-    wi, js = moved[won], np.flatnonzero(won)
-    if not wi.size:
-        return
-    u[wi], v[wi], pv[wi], F[wi] = again.x[js], again.v[js], again.y[js], again.F[js]
-    omega[wi], den[wi], res[wi] = again.omega[js], again.den[js], again.omega[js]
-    cv[wi] = again.v_D[js]
-    Dc.put(wi, again.D.take(js))
-    D_factored.put(wi, again.D_factored.take(js))
-    for i, j in zip(wi.tolist(), js.tolist(), strict=True):
-        factors[i] = again.factors[j]
 
 
 def _backtrack(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray,
