@@ -157,7 +157,7 @@ class ConeDims:
 
 
 @dataclass(frozen=True)
-class _Layout:
+class ConeLayout:
     """Index arrays of every cone kind inside a vector of length m."""
 
     m: int
@@ -172,7 +172,8 @@ class _Layout:
 
 
 @functools.lru_cache(maxsize=256)
-def _layout(dims: ConeDims) -> _Layout:
+def cone_layout(dims: ConeDims) -> ConeLayout:
+    """Where each cone kind's entries sit in a vector of length dims.size (cached per dims)."""
     off = 0
     zero = slice(off, off + dims.zero)
     off += dims.zero
@@ -196,7 +197,7 @@ def _layout(dims: ConeDims) -> _Layout:
     assert off == dims.size
     soc = tuple((k, np.stack(g)) for k, g in sorted(soc_groups.items()))
     psd = tuple((k, np.stack(g)) for k, g in sorted(psd_groups.items()))
-    return _Layout(dims.size, zero, nonneg, soc, psd, exp, dims.exp, pw,
+    return ConeLayout(dims.size, zero, nonneg, soc, psd, exp, dims.exp, pw,
                    np.asarray(dims.power, dtype=np.float64))
 
 
@@ -215,7 +216,7 @@ def _as_batch(v: np.ndarray, dims: ConeDims) -> tuple[np.ndarray, bool]:
 # svec helpers (SCS convention)
 # ----------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=64)
-def _svec_index(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def svec_index(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(rows I, cols J, unvec scale, svec weight) for svec of order k: lower triangle by column."""
     a, b = np.triu_indices(k)  # a <= b, sorted by a then b
     I, J = b, a  # lower triangle (I >= J), column by column
@@ -227,7 +228,7 @@ def _svec_index(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 def _unvec(s: np.ndarray, k: int) -> np.ndarray:
     """(..., k(k+1)/2) svec -> (..., k, k) symmetric matrices."""
-    I, J, unscale, _ = _svec_index(k)
+    I, J, unscale, _ = svec_index(k)
     M = np.zeros(s.shape[:-1] + (k, k))
     vals = s * unscale
     M[..., I, J] = vals
@@ -237,7 +238,7 @@ def _unvec(s: np.ndarray, k: int) -> np.ndarray:
 
 def _svec(M: np.ndarray, k: int) -> np.ndarray:
     """(..., k, k) -> (..., k(k+1)/2), symmetrizing M."""
-    I, J, _, weight = _svec_index(k)
+    I, J, _, weight = svec_index(k)
     return (M[..., I, J] + M[..., J, I]) * weight
 
 
@@ -378,7 +379,7 @@ def _psd_columns(U: np.ndarray, G: np.ndarray, k: int
     diagonal and sqrt(2) off it. Γ = 0 for pairs of eigenvalues both negative and 1 for pairs
     both positive, so with base 0 (or 1) ρ is the number of pairs with one eigenvalue
     positive (negative): r(r+1)/2 + r(k−r) at r of them."""
-    I, J, _, _ = _svec_index(k)
+    I, J, _, _ = svec_index(k)
     c = np.where(I == J, 1.0, _SQRT2)
     g = G[I, J]
     on_zero, on_one = _psd_ranks(g)
@@ -973,7 +974,7 @@ def project(v: np.ndarray, dims: ConeDims, dual: bool = False) -> np.ndarray:
     exponential cone and Hien 2015 for the power cone.
     """
     V, squeeze = _as_batch(v, dims)
-    lay = _layout(dims)
+    lay = cone_layout(dims)
     P = np.empty_like(V)
     P[:, lay.zero] = V[:, lay.zero] if dual else 0.0
     P[:, lay.nonneg] = np.maximum(V[:, lay.nonneg], 0.0)
@@ -1005,7 +1006,7 @@ def interior_depth(s: np.ndarray, dims: ConeDims) -> np.ndarray:
     a perturbation of v = y − s smaller than the depth keeps v in −K."""
     S, squeeze = _as_batch(s, dims)
     S = S.astype(np.float64, copy=False)
-    lay = _layout(dims)
+    lay = cone_layout(dims)
     out = np.zeros_like(S)
     for _, idx in lay.soc:
         blk = S[:, idx]
@@ -1078,7 +1079,7 @@ def exp_roots_at(s: np.ndarray, y: np.ndarray, dims: ConeDims) -> np.ndarray | N
     part's first entry over its second (scale-free; NaN where the second is not positive).
     A splitting method's point at tolerance 1e-3 gives ρ to about that, where Newton from the
     bracket's midpoint (softmax's cones: 8 evaluations of h) then takes 3-4."""
-    lay = _layout(dims)
+    lay = cone_layout(dims)
     if not lay.exp.size:
         return None
     B = s.shape[0]
@@ -1268,7 +1269,7 @@ def block_pattern(dims: ConeDims) -> tuple[np.ndarray, np.ndarray]:
     """(rows, cols) of every entry DΠ can have (its block-diagonal structure), in the order
     of `DProjection.values`: zero and nonnegative diagonals, then each SOC, PSD and
     exponential- and power-cone block, row-major within a block."""
-    lay = _layout(dims)
+    lay = cone_layout(dims)
     z = np.arange(lay.zero.start, lay.zero.stop)
     nn = np.arange(lay.nonneg.start, lay.nonneg.stop)
     rows, cols = [z, nn], [z, nn]
@@ -1288,7 +1289,7 @@ def group_entries(dims: ConeDims, groups: frozenset) -> np.ndarray:
     """(nnz,) bool over `block_pattern`'s entries: those inside the blocks of ``groups``, a set
     of ("soc", k) and ("psd", k) naming every second-order cone of size k or every PSD cone of
     order k."""
-    lay = _layout(dims)
+    lay = cone_layout(dims)
     sizes = [lay.zero.stop - lay.zero.start, lay.nonneg.stop - lay.nonneg.start]
     kinds = [False, False]
     for kind, group in (("soc", lay.soc), ("psd", lay.psd)):
@@ -1304,7 +1305,7 @@ def group_entries(dims: ConeDims, groups: frozenset) -> np.ndarray:
 def cone_groups(dims: ConeDims) -> tuple[tuple[str, int, int], ...]:
     """("soc", k, count) and ("psd", k, count) for each size (order) of second-order (PSD)
     cone in ``dims``, in `block_pattern`'s order."""
-    lay = _layout(dims)
+    lay = cone_layout(dims)
     return tuple((kind, k, idx.shape[0]) for kind, group in (("soc", lay.soc), ("psd", lay.psd))
                  for k, idx in group)
 
@@ -1323,7 +1324,7 @@ class DProjection:
         self.dual = bool(dual)
         self.batched = batched
         self.batch_size, self.m = V.shape
-        lay = _layout(dims)
+        lay = cone_layout(dims)
         self._lay = lay
         vn = V[:, lay.nonneg]
         self._nonneg = np.where(np.isnan(vn), np.nan, (vn >= 0).astype(np.float64))
@@ -1401,7 +1402,7 @@ class DProjection:
                 out += np.count_nonzero(_soc_low_rank(coef)[2], axis=(-1, -2))
         for k, _, (_, G) in self._psd:
             if ("psd", k) in groups:
-                I, J, _, _ = _svec_index(k)
+                I, J, _, _ = svec_index(k)
                 out += np.minimum(*_psd_ranks(G[..., I, J])).sum(axis=-1)
         return out
 

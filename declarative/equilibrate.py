@@ -53,7 +53,7 @@ from typing import overload
 import numpy as np
 
 from declarative.compile import ConeTemplate, exp_rows
-from declarative.cones import ConeDims, _layout, _svec_index
+from declarative.cones import ConeDims, cone_layout, svec_index
 
 # Ruiz sweeps: each takes the square root of every row and column norm's distance from 1,
 # so 15 sweeps bring norms spread over 1e±300 to within a factor 2 of 1.
@@ -874,8 +874,8 @@ def _psd_shape(t: ConeTemplate, ay: np.ndarray, az: np.ndarray) -> np.ndarray:
     at 1e-16 … 1e-3 beside a dense multiplier with a uniform diagonal, which a congruence
     set by that diagonal would spread by 2^26."""
     out = np.ones_like(az)
-    for k, rows in _layout(t.dims).psd:  # rows: (blocks of order k, k(k+1)/2)
-        I, J, _, _ = _svec_index(k)
+    for k, rows in cone_layout(t.dims).psd:  # rows: (blocks of order k, k(k+1)/2)
+        I, J, _, _ = svec_index(k)
         diag = rows[:, I == J]  # (blocks, k), in order of i
         S, Y = az[:, diag], ay[:, diag]  # (B, blocks, k)
         product = S * Y

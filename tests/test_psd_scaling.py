@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import declarative as dl
-from declarative.cones import ConeDims, _svec, _svec_index, _unvec
+from declarative.cones import ConeDims, _svec, _unvec, svec_index
 from declarative.equilibrate import _psd_shape
 
 K = 3
@@ -117,7 +117,7 @@ def test_the_psd_factors_are_a_congruence_by_powers_of_two():
     lo = 2
     for k in (K, K + 1):
         n = k * (k + 1) // 2
-        I, J, _, _ = _svec_index(k)
+        I, J, _, _ = svec_index(k)
         d = f[lo : lo + n]
         lam = np.sqrt(d[I == J])
         assert np.array_equal(d, lam[I] * lam[J])
