@@ -574,7 +574,7 @@ class Forward:
         ops, eq = sol.ops, sol.scaling
         assert eq is not None  # (`_linearize` sets it)
         a1, h1, point = ops.a[poor], ops.h[poor], (sol.x[poor], sol.y[poor], sol.s[poor])
-        rel = at_solution(t, a1, h1, *point)
+        rel = at_solution(t, a1, h1, *point, psd_met=True)
         # at_solution keeps ρ = σ, and with it x̂ and ŷ apart where the Lagrangian's terms
         # are balanced already: ρ and σ move apart by the factor that brings their max-norms
         # to their geometric mean, on the instances rescaled for their balance
