@@ -1028,11 +1028,39 @@ class _ConeOnlySCS(cp.reductions.solvers.conic_solvers.scs_conif.SCS):
     standard rules and canonicalizes to the pure cone form (for SCS itself it applies its
     quadratic-objective rules, and evaluates the parameters of a problem they refuse)."""
 
+    REQUIRES_CONSTR = False  # (see `_UnconstrainedSCS`)
+
     def name(self) -> str:  # (CVXPY wants a custom solver's name its own)
         return "DECLARATIVE_CONE_SCS"
 
     def supports_quad_obj(self) -> bool:
         return False
+
+
+class _UnconstrainedSCS(cp.reductions.solvers.conic_solvers.scs_conif.SCS):
+    """CVXPY's SCS interface for a problem written without constraints. CVXPY 1.9 decides
+    that SCS needs constraints before canonicalizing, and refuses min ‖Ax − b‖∞, whose
+    canonical form has them; a program without any is given its trivial row later
+    (`solve.solve_batch`)."""
+
+    REQUIRES_CONSTR = False
+
+    def name(self) -> str:  # (CVXPY wants a custom solver's name its own)
+        return "DECLARATIVE_SCS"
+
+
+def _problem_data(problem: cp.Problem, quad_obj: bool) -> tuple:
+    """CVXPY's ``get_problem_data`` for SCS (with ``quad_obj``, its quadratic objective
+    kept as P; else `_ConeOnlySCS`), through `_UnconstrainedSCS` where CVXPY refuses SCS for a
+    problem written without constraints."""
+    opts = {"use_quad_obj": quad_obj}
+    try:
+        return problem.get_problem_data(solver=cp.SCS if quad_obj else _ConeOnlySCS(),
+                                        solver_opts=opts)
+    except cp.error.SolverError:
+        if problem.constraints or not quad_obj:  # (`_ConeOnlySCS` takes those already)
+            raise
+        return problem.get_problem_data(solver=_UnconstrainedSCS(), solver_opts=opts)
 
 
 def compile_template(problem: cp.Problem, parameters, variables, quad_obj: bool = True):
@@ -1045,10 +1073,8 @@ def compile_template(problem: cp.Problem, parameters, variables, quad_obj: bool 
     parameters, variables = _members(parameters, cp.Parameter), _members(variables, cp.Variable)
     owners = _check_members(problem, parameters, variables)
     try:  # keep quadratic objectives as SCS's P: fewer cones and rows than an SOC form
-        data, chain, inverse_data = problem.get_problem_data(
-            solver=cp.SCS if quad_obj else _ConeOnlySCS(), solver_opts={"use_quad_obj": quad_obj}
-        )
-    except cp.error.SolverError as e:  # pragma: no cover - CVXPY reports unsupported atoms here
+        data, chain, inverse_data = _problem_data(problem, quad_obj)
+    except cp.error.SolverError as e:  # CVXPY reports unsupported atoms here
         raise ProblemError(f"CVXPY could not canonicalize the problem for SCS: {e}") from e
     pp = data[cp.settings.PARAM_PROB]
     dims = _cone_dims(pp.cone_dims)
