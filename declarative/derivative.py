@@ -159,6 +159,12 @@ PINV_BLOCK = 4
 PINV_POWER_STEPS = 2
 PINV_POWER_MAX = 30
 PINV_PIVOT = 1e3
+# Where that guess is above this fraction of S's order (S badly scaled rather than singular
+# along a few auxiliary variables), S up to SVD_MAX goes to its dense SVD instead: the block
+# iteration's solves and Ritz SVDs on hundreds of columns cost several such SVDs (λ_max(A + X)
+# + ‖X‖²_F, 20 × 20, A's top eigenvalue × 1e6, in a retry's scaling: N = 1,221, a guess of
+# 821, 2.7-5.8 s per pseudo-inverse against 0.9 s for the SVD).
+PINV_GUESS_MAX = 0.25
 # LSMR on singular systems whose pseudo-inverse is not at hand: its stopping tolerances (near
 # double precision) and iteration limit (a multiple of the system's size).
 LSMR_TOL = 1e-14
@@ -1978,7 +1984,9 @@ class SparsePinv:
 
     @classmethod
     def factor(cls, S: sp.csc_matrix, ordering: str | None = None) -> SparsePinv | None:
-        """K's LU, or None where S is not finite or K's LU fails."""
+        """K's LU, or None where S is not finite, K's LU fails, or the null space's guessed
+        dimension is above PINV_GUESS_MAX of S's order, S at most SVD_MAX (its dense SVD is
+        then the cheaper pseudo-inverse: `_factor_sparse_one`)."""
         if not np.all(np.isfinite(S.data)):
             return None
         absS = abs(S)
@@ -2002,6 +2010,8 @@ class SparsePinv:
             guess = int(np.count_nonzero(d <= PINV_PIVOT * delta))
         except RuntimeError:
             guess = 0
+        if guess > PINV_GUESS_MAX * S.shape[0] and S.shape[0] <= SVD_MAX:
+            return None  # (the caller's dense SVD costs less than such a block's iteration)
         return cls(S, lu, delta, scale, guess, ordering)
 
     def _tikhonov(self, r: np.ndarray, transpose: bool) -> np.ndarray:

@@ -164,6 +164,31 @@ def test_sparse_pseudo_inverse_matches_the_dense_one(monkeypatch, nullity, guess
     assert max_abs(Nul.T @ Nul, np.eye(nullity)) <= 1e-12
 
 
+def test_a_singular_sparse_s_with_a_null_space_a_third_of_its_order_goes_to_the_dense_svd():
+    """Where the null space's guessed dimension is above PINV_GUESS_MAX of S's order, no
+    `SparsePinv` is made and `_factor_sparse_one` takes S's dense SVD: the same pseudo-inverse
+    (NumPy's) and null space, without the block iteration on hundreds of columns. A nullity
+    below that fraction still gets the `SparsePinv`."""
+    rng = np.random.default_rng(7)
+    N = 150
+    for nullity, sparse_pinv in ((50, False), (9, True)):
+        S = (sp.random(N, N, density=0.04, random_state=nullity) + 3 * sp.identity(N)).tolil()
+        for j in range(N - nullity, N):
+            a, b = rng.choice(N - nullity, 2, replace=False)
+            S[:, j] = S[:, a] * rng.uniform(0.5, 2) - S[:, b] * rng.uniform(0.5, 2)
+        Ssp = sp.csc_matrix(S)
+        assert (der.SparsePinv.factor(Ssp) is not None) == sparse_pinv
+        f = der._factor_sparse_one(Ssp)
+        assert isinstance(f.pinv, der.SparsePinv if sparse_pinv else der.TruncatedSVD)
+        Sd = Ssp.toarray()
+        P = np.linalg.pinv(Sd, rcond=1e-11)
+        r = rng.standard_normal(N)
+        assert max_abs(f.pinv.solve(r), P @ r) <= 1e-9 * np.abs(P @ r).max()
+        assert max_abs(f.pinv.solve(r, transpose=True), P.T @ r) <= 1e-9 * np.abs(P.T @ r).max()
+        ref = np.linalg.svd(Sd)[2][N - nullity:].T
+        assert max_abs(f.pinv.null @ f.pinv.null.T, ref @ ref.T) <= 1e-9
+
+
 def test_sparse_pseudo_inverse_through_the_linearization():
     """A singular sparse S in a `Linearization`: its least-squares solves and null space are
     the dense SVD's (`TruncatedSVD`) on the same S."""
