@@ -1001,8 +1001,8 @@ def _boost_of(p: _Pattern, y: np.ndarray, s: np.ndarray, where: np.ndarray
 
 def at_solution(t: ConeTemplate, a: np.ndarray, h: np.ndarray, x: np.ndarray, y: np.ndarray,
                 s: np.ndarray, affine: np.ndarray | None = None,
-                mixing: np.ndarray | None = None, boosting: np.ndarray | None = None,
-                psd_met: bool = False) -> Equilibration:
+                mixing: np.ndarray | None = None, boosting: np.ndarray | None = None
+                ) -> Equilibration:
     """A further scaling (1) of programs (Â values ``a``, P̂ values ``h``) whose solution
     (x̂, ŷ, ŝ) is known, that brings that solution to 1: x̂' = 1, and on every cone block
     whichever of ŷ' and ŝ' is nonzero to 1 (both, at their geometric mean, where both are),
@@ -1023,8 +1023,7 @@ def at_solution(t: ConeTemplate, a: np.ndarray, h: np.ndarray, x: np.ndarray, y:
     SCS's slack put the constant 1 at 0 after 300,000 iterations). Entries that vanish (a
     variable at 0, a weakly active constraint; NEGLIGIBLE) take the factor that brings
     their row's or column's largest entry among the others to 1; Ruiz's balance
-    (`_balance`) of the matrix that gives follows; with ``psd_met``, a PSD block's multiplier
-    and slack are then brought back to one magnitude (`_psd_met`).
+    (`_balance`) of the matrix that gives follows.
 
     D and E from A and P alone (`equilibrate`) balance the matrix, not the solution: the
     lasso sum_squares(A x − b) + λ‖x‖₁ with A, b ~ 1e-5 and λ ~ 1e-10 has every row and
@@ -1109,41 +1108,42 @@ def at_solution(t: ConeTemplate, a: np.ndarray, h: np.ndarray, x: np.ndarray, y:
     a2 = A * np.take(d, p.rows, axis=1) * np.take(e, p.cols, axis=1)
     h2 = np.abs(h) * np.take(e, p.P_rows, axis=1) * np.take(e, p.P_cols, axis=1)
     d3, e3, _ = _balance(t, a2, h2 if p.P_rows.size else None)
-    d = d * d3
-    if psd_met and t.dims.psd:
-        d = d * _psd_met(t, ay, az, d)
     if mix is None and boost is None:
-        return Equilibration(d, e * e3, scale, scale.copy())
-    return Equilibration(d * w, e * e3, scale, scale.copy(), mix=mix,
+        return Equilibration(d * d3, e * e3, scale, scale.copy())
+    return Equilibration(d * d3 * w, e * e3, scale, scale.copy(), mix=mix,
                          mix_rows=p.exp_first, boost=boost, boost_rows=p.boost_rows)
 
 
-def _psd_met(t: ConeTemplate, ay: np.ndarray, az: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """Factors (B, m), 1 off the PSD blocks: on each block whose multiplier and slack are
-    both there (above NEGLIGIBLE of the largest of their kind), the power of two that
-    brings max|ŷ| and max|ŝ| on it under the row factors ``d`` (ŷ ∝ |y|/d, ŝ ∝ |s|·d) to
-    one magnitude, their geometric mean.
+def psd_met(t: ConeTemplate, eq: Equilibration, x: np.ndarray, y: np.ndarray, s: np.ndarray
+            ) -> Equilibration:
+    """``eq`` with D on each PSD block whose multiplier and slack at the point (x, y, s) are
+    both there (above NEGLIGIBLE of the largest of their kind) multiplied by the power of two
+    that brings max|ŷ| and max|ŝ| on it, the point in ``eq``'s scaling, to one magnitude:
+    their geometric mean.
 
-    `at_solution` sets the block there, and the balance of the matrix after it moves the
-    block's factor as the block's rows of A ask. Then ŷ and ŝ can lie far apart: DΠ at
-    v = ŷ − ŝ keeps ŷ's eigenvalues only to ŝ's rounding, and its mixed divided differences
-    λᵢ⁺/(λᵢ − λⱼ), which carry the rotation of the multiplier's range with the data, with
-    them (min λ_max(A + X) + ‖X‖²_F with A's top eigenvalue 1e6 times the others: ŷ ~ 1e-6
-    beside ŝ ~ 1e5 on the block, the Jacobian 2.5e-3 off; 1e-10 with this factor). A factor
-    constant on the block maps the cone onto itself; it moves the block's rows of S against
-    the others, which the caller judges (`Forward._rescaled` keeps a scaling only where S's
-    conditioning gains). The retried refinement does not take it: there it cost two of 30
-    such instances their certificate."""
-    out = np.ones_like(d)
-    y_there = NEGLIGIBLE * ay.max(axis=1, initial=0.0)
-    s_there = NEGLIGIBLE * az.max(axis=1, initial=0.0)
+    `at_solution` sets such a block there, and the balance of the matrix after it (and the
+    caller's ρ/σ) move the block's factor as its rows of A ask. Then ŷ and ŝ can lie far
+    apart: DΠ at v = ŷ − ŝ keeps ŷ's eigenvalues only to ŝ's rounding, and with them its
+    mixed divided differences λᵢ⁺/(λᵢ − λⱼ), which carry the rotation of the multiplier's
+    range with the data (min λ_max(A + X) + ‖X‖²_F with A's top eigenvalue 1e6 times the
+    others: ŷ ~ 1e-6 beside ŝ ~ 1e5 on the block, the Jacobian 2.5e-3 off; 1e-10 with this
+    factor). A factor constant on the block maps the cone onto itself; it moves the block's
+    rows of S against the others, which the caller judges (`Forward._rescaled` keeps a
+    scaling only where S's conditioning gains). The retried refinement does not take it:
+    there it cost two of 30 such instances their certificate."""
+    if not t.dims.psd:
+        return eq
+    _, y2, s2 = eq.scaled(x, y, s)
+    ay, az = np.abs(y2), np.abs(s2)
+    y_there = NEGLIGIBLE * np.abs(y).max(axis=1, initial=0.0)
+    s_there = NEGLIGIBLE * np.abs(s).max(axis=1, initial=0.0)
+    d = np.array(eq.d, dtype=float)
     for _, rows in cone_layout(t.dims).psd:  # rows: (blocks, k(k+1)/2)
-        dr = d[:, rows]
         yb, sb = ay[:, rows].max(axis=2), az[:, rows].max(axis=2)
+        both = (np.abs(y)[:, rows].max(axis=2) > y_there[:, None]) \
+            & (np.abs(s)[:, rows].max(axis=2) > s_there[:, None]) & (yb > 0) & (sb > 0) \
+            & np.isfinite(yb) & np.isfinite(sb)
         with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = (ay[:, rows] / dr).max(axis=2) / (az[:, rows] * dr).max(axis=2)
-            both = (yb > y_there[:, None]) & (sb > s_there[:, None]) & np.isfinite(ratio) \
-                & (ratio > 0)
-            f = binary(np.where(both, np.sqrt(np.where(both, ratio, 1.0)), 1.0))
-        out[:, rows] = f[:, :, None]
-    return out
+            f = binary(np.where(both, np.sqrt(yb / np.where(both, sb, 1.0)), 1.0))
+        d[:, rows] *= f[:, :, None]
+    return replace(eq, d=d, entries=None)

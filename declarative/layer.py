@@ -66,6 +66,7 @@ from declarative.equilibrate import (
     equilibrate,
     objective_scale,
     pattern,
+    psd_met,
     rebalance,
     recentred,
     spread,
@@ -574,7 +575,7 @@ class Forward:
         ops, eq = sol.ops, sol.scaling
         assert eq is not None  # (`_linearize` sets it)
         a1, h1, point = ops.a[poor], ops.h[poor], (sol.x[poor], sol.y[poor], sol.s[poor])
-        rel = at_solution(t, a1, h1, *point, psd_met=True)
+        rel = at_solution(t, a1, h1, *point)
         # at_solution keeps ρ = σ, and with it x̂ and ŷ apart where the Lagrangian's terms
         # are balanced already: ρ and σ move apart by the factor that brings their max-norms
         # to their geometric mean, on the instances rescaled for their balance
@@ -582,7 +583,7 @@ class Forward:
         ax, ay = np.abs(x2).max(axis=1, initial=0.0), np.abs(y2).max(axis=1, initial=0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             k = binary(np.where(~ill & (ax > 0) & (ay > 0), np.sqrt(ay / ax), 1.0))
-        rel = replace(rel, rho=rel.rho * k, sigma=rel.sigma / k)
+        rel = psd_met(t, replace(rel, rho=rel.rho * k, sigma=rel.sigma / k), *point)
         x2, y2, s2 = rel.scaled(*point)
         _, a2, _, h2 = rel.data(t, np.zeros_like(x2), a1, np.zeros_like(y2), h1)
         wide = None if extended is None else extended[poor]
