@@ -160,7 +160,8 @@ PINV_POWER_STEPS = 2
 PINV_POWER_MAX = 30
 PINV_PIVOT = 1e3
 # Where that guess is above this fraction of S's order (S badly scaled rather than singular
-# along a few auxiliary variables), S up to SVD_MAX goes to its dense SVD instead: the block
+# along a few auxiliary variables), S up to SVD_MAX goes to its dense SVD instead
+# (`_factor_sparse_one`): the block
 # iteration's solves and Ritz SVDs on hundreds of columns cost several such SVDs (λ_max(A + X)
 # + ‖X‖²_F, 20 × 20, A's top eigenvalue × 1e6, in a retry's scaling: N = 1,221, a guess of
 # 821, 2.7-5.8 s per pseudo-inverse against 0.9 s for the SVD).
@@ -681,7 +682,7 @@ class SparseLayout:
                 return self._lus[key]
         lu: SharedLU | None = None
         try:
-            superlu = spla.splu(S.shifted(), permc_spec=self.ordering or "COLAMD",
+            superlu = splu(S.shifted(), permc_spec=self.ordering or "COLAMD",
                                 **({} if self.supernodes else _NO_SUPERNODES))
             if _pivot_ratio(superlu) > S0_RCOND_MIN:
                 lu = SharedLU(superlu, np.asarray(abs(S0).sum(axis=0)).ravel(),
@@ -1863,6 +1864,64 @@ ENVELOPE_RATIO = 4.0
 # relaxed supernodes) only cost setup (about 10–20% slower on sparsemax's thin factors).
 THIN_FILL = 8
 _NO_SUPERNODES = {"panel_size": 1, "relax": 1}
+# A sparse matrix of order DENSE_LU_MIN … DENSE_LU_MAX with at least DENSE_LU_FILL of its
+# entries stored is factored by LAPACK's dense LU (`splu`, `DenseLU`), not SuperLU.
+DENSE_LU_FILL = 0.1
+DENSE_LU_MIN = 200
+DENSE_LU_MAX = 5000
+
+
+class _Triangle:
+    """A dense LU's triangle, as far as this module reads a SuperLU's L and U: its stored
+    entries' count and its diagonal."""
+
+    __slots__ = ("nnz", "_diagonal")
+
+    def __init__(self, nnz: int, diagonal: np.ndarray) -> None:
+        self.nnz, self._diagonal = nnz, diagonal
+
+    def diagonal(self) -> np.ndarray:
+        return self._diagonal
+
+
+class DenseLU:
+    """LAPACK's LU with partial pivoting (getrf) of a sparse matrix made dense, with the parts
+    of SciPy's `SuperLU` that this module uses: ``shape``, ``solve(rhs, trans)`` (getrs),
+    and ``L``, ``U`` for their entries' counts and U's diagonal."""
+
+    __slots__ = ("lu", "piv", "shape", "L", "U")
+
+    def __init__(self, lu: np.ndarray, piv: np.ndarray) -> None:
+        self.lu, self.piv, self.shape = lu, piv, lu.shape
+        n = lu.shape[0]
+        self.L = _Triangle(n * (n + 1) // 2, np.ones(n))
+        self.U = _Triangle(n * (n + 1) // 2, np.diagonal(lu).copy())
+
+    def solve(self, rhs: np.ndarray, trans: str = "N") -> np.ndarray:
+        x, _ = _getrs(self.lu, self.piv, rhs, trans=0 if trans == "N" else 1)
+        return x
+
+
+def splu(M: sp.csc_matrix, permc_spec: str = "COLAMD", **options: Any
+         ) -> spla.SuperLU | DenseLU:
+    """SuperLU of M (SciPy's ``splu``), or where M is of order DENSE_LU_MIN … DENSE_LU_MAX and
+    at least DENSE_LU_FILL full, LAPACK's LU of it made dense (`DenseLU`); either raises
+    RuntimeError where M is exactly singular.
+
+    There the dense LU is the faster (a 20 × 15 nuclear norm's systems, single-threaded:
+    N = 1,260 at 50%, 0.30 against 0.14 s; N = 1,496 at 62%, 0.58 against 0.05 s; its
+    bordered systems, N = 1,455 at 17%, 0.10 against 0.05 s), and SuperLU is not safe: in
+    a process that had factored such systems, exactly singular ones among them, SuperLU
+    crashed the interpreter (SIGSEGV, after BLAS reported illegal arguments to DTRSV from
+    its triangular solves; the same matrices factored afresh in order did not)."""
+    N = M.shape[0]
+    if DENSE_LU_MIN <= N <= DENSE_LU_MAX and M.shape[1] == N \
+            and M.nnz >= DENSE_LU_FILL * N * N:
+        lu, piv, info = sla.lapack.dgetrf(M.toarray())
+        if info > 0:
+            raise RuntimeError("Factor is exactly singular")
+        return DenseLU(lu, piv)
+    return spla.splu(M, permc_spec=permc_spec, **options)
 
 
 def _best_ordering(S: sp.csc_matrix, timed: bool = False) -> tuple[str, float]:
@@ -1924,20 +1983,23 @@ def _envelope(S: sp.csc_matrix) -> int:
 
 def _factor_sparse_one(S: sp.csc_matrix, ordering: str = "COLAMD",
                        supernodes: bool = True) -> Factor:
-    """SuperLU of one sparse S (pivot-ratio condition estimate), and where it is singular its
-    pseudo-inverse (`SparsePinv`; should that fail, a truncated SVD where S is small enough to
-    densify)."""
+    """SuperLU of one sparse S (`splu`; pivot-ratio condition estimate), and where it is
+    singular its pseudo-inverse: `SparsePinv`, or a truncated SVD where S is small enough to
+    densify (SVD_MAX) and that fails or guesses a null space above PINV_GUESS_MAX of S's
+    order."""
     if not np.all(np.isfinite(S.data)):
         return Factor(S, None, 0.0)
     try:
-        lu = spla.splu(S, permc_spec=ordering, **({} if supernodes else _NO_SUPERNODES))
+        lu = splu(S, permc_spec=ordering, **({} if supernodes else _NO_SUPERNODES))
         rc = _pivot_ratio(lu)
     except RuntimeError:  # exactly singular
         lu, rc = None, 0.0
     if rc > RCOND_MIN:
         return Factor(S, lu, rc, ordering=ordering)
-    pinv: SparsePinv | TruncatedSVD | None = SparsePinv.factor(S, ordering)
-    if pinv is None and S.shape[0] <= SVD_MAX:
+    sparse = SparsePinv.factor(S, ordering)
+    pinv: SparsePinv | TruncatedSVD | None = sparse
+    if S.shape[0] <= SVD_MAX and (sparse is None
+                                  or sparse.guess > PINV_GUESS_MAX * S.shape[0]):
         pinv = TruncatedSVD.of(S.toarray())
     return Factor(S, lu, rc, pinv, ordering=ordering)
 
@@ -1984,9 +2046,7 @@ class SparsePinv:
 
     @classmethod
     def factor(cls, S: sp.csc_matrix, ordering: str | None = None) -> SparsePinv | None:
-        """K's LU, or None where S is not finite, K's LU fails, or the null space's guessed
-        dimension is above PINV_GUESS_MAX of S's order, S at most SVD_MAX (its dense SVD is
-        then the cheaper pseudo-inverse: `_factor_sparse_one`)."""
+        """K's LU, or None where S is not finite or K's LU fails."""
         if not np.all(np.isfinite(S.data)):
             return None
         absS = abs(S)
@@ -1998,21 +2058,24 @@ class SparsePinv:
         eye = sp.identity(S.shape[0], format="csc")
         K = sp.bmat([[delta * eye, S], [S.T, -delta * eye]], format="csc")
         try:
-            lu = spla.splu(K, permc_spec=ordering or "COLAMD")
+            lu = splu(K, permc_spec=ordering or "COLAMD")
         except RuntimeError:
             return None
         # the null space's dimension, guessed as the number of pivots of S + δI's LU at most
         # PINV_PIVOT·δ (the subspace iteration starts with a block that size, and grows it
         # where it proves too small)
         try:
-            d = np.abs(spla.splu((S + delta * eye).tocsc(), permc_spec=ordering or "COLAMD"
+            d = np.abs(splu((S + delta * eye).tocsc(), permc_spec=ordering or "COLAMD"
                                  ).U.diagonal())
             guess = int(np.count_nonzero(d <= PINV_PIVOT * delta))
         except RuntimeError:
             guess = 0
-        if guess > PINV_GUESS_MAX * S.shape[0] and S.shape[0] <= SVD_MAX:
-            return None  # (the caller's dense SVD costs less than such a block's iteration)
         return cls(S, lu, delta, scale, guess, ordering)
+
+    @property
+    def guess(self) -> int:
+        """The null space's dimension as guessed from S + δI's pivots (see `factor`)."""
+        return self._guess
 
     def _tikhonov(self, r: np.ndarray, transpose: bool) -> np.ndarray:
         N = self.S.shape[0]
@@ -2030,7 +2093,7 @@ class SparsePinv:
                 B = sp.bmat([[self.S, sp.csc_matrix(L)], [sp.csc_matrix(R.T), None]],
                             format="csc") if k else self.S
                 try:
-                    lu = spla.splu(B, permc_spec=self._ordering or "COLAMD")
+                    lu = splu(B, permc_spec=self._ordering or "COLAMD")
                     if not _pivot_ratio(lu) > RCOND_MIN:
                         lu = None
                 except RuntimeError:
@@ -2604,7 +2667,7 @@ def _factor_bordered(S: LowRankS) -> Factor:
     K = bordered(S)
     ordering = layout.decide(K, bordered=True)
     try:
-        lub = spla.splu(K, permc_spec=ordering)
+        lub = splu(K, permc_spec=ordering)
         rc = _pivot_ratio(lub)
     except RuntimeError:  # exactly singular
         rc = 0.0

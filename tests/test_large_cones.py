@@ -165,8 +165,8 @@ def test_sparse_pseudo_inverse_matches_the_dense_one(monkeypatch, nullity, guess
 
 
 def test_a_singular_sparse_s_with_a_null_space_a_third_of_its_order_goes_to_the_dense_svd():
-    """Where the null space's guessed dimension is above PINV_GUESS_MAX of S's order, no
-    `SparsePinv` is made and `_factor_sparse_one` takes S's dense SVD: the same pseudo-inverse
+    """Where the null space's guessed dimension is above PINV_GUESS_MAX of S's order,
+    `_factor_sparse_one` takes S's dense SVD, not the `SparsePinv`: the same pseudo-inverse
     (NumPy's) and null space, without the block iteration on hundreds of columns. A nullity
     below that fraction still gets the `SparsePinv`."""
     rng = np.random.default_rng(7)
@@ -177,7 +177,8 @@ def test_a_singular_sparse_s_with_a_null_space_a_third_of_its_order_goes_to_the_
             a, b = rng.choice(N - nullity, 2, replace=False)
             S[:, j] = S[:, a] * rng.uniform(0.5, 2) - S[:, b] * rng.uniform(0.5, 2)
         Ssp = sp.csc_matrix(S)
-        assert (der.SparsePinv.factor(Ssp) is not None) == sparse_pinv
+        guess = der.SparsePinv.factor(Ssp).guess
+        assert (guess > der.PINV_GUESS_MAX * N) != sparse_pinv, guess
         f = der._factor_sparse_one(Ssp)
         assert isinstance(f.pinv, der.SparsePinv if sparse_pinv else der.TruncatedSVD)
         Sd = Ssp.toarray()
@@ -187,6 +188,29 @@ def test_a_singular_sparse_s_with_a_null_space_a_third_of_its_order_goes_to_the_
         assert max_abs(f.pinv.solve(r, transpose=True), P.T @ r) <= 1e-9 * np.abs(P.T @ r).max()
         ref = np.linalg.svd(Sd)[2][N - nullity:].T
         assert max_abs(f.pinv.null @ f.pinv.null.T, ref @ ref.T) <= 1e-9
+
+
+def test_a_dense_enough_sparse_matrix_is_factored_by_lapack():
+    """`derivative.splu`: a sparse matrix at least DENSE_LU_FILL full (of order DENSE_LU_MIN …
+    DENSE_LU_MAX) gets LAPACK's dense LU, whose solves and transposed solves match NumPy's and
+    whose U diagonal gives the pivot ratio; an exactly singular one raises as SuperLU does;
+    a sparser one is SuperLU's."""
+    rng = np.random.default_rng(3)
+    N = 300
+    M = sp.random(N, N, density=0.3, random_state=1, format="csc") + 5 * sp.identity(N)
+    lu = der.splu(M.tocsc())
+    assert isinstance(lu, der.DenseLU)
+    Md = M.toarray()
+    r = rng.standard_normal((N, 2))
+    assert max_abs(lu.solve(r), np.linalg.solve(Md, r)) <= 1e-12
+    assert max_abs(lu.solve(r[:, 0], trans="T"), np.linalg.solve(Md.T, r[:, 0])) <= 1e-12
+    assert 0 < der._pivot_ratio(lu) <= 1
+    singular = M.tolil()
+    singular[:, 7] = 0.0
+    with pytest.raises(RuntimeError):
+        der.splu(sp.csc_matrix(singular))
+    thin = (sp.random(N, N, density=0.01, random_state=2) + 5 * sp.identity(N)).tocsc()
+    assert not isinstance(der.splu(thin), der.DenseLU)
 
 
 def test_sparse_pseudo_inverse_through_the_linearization():
