@@ -1985,8 +1985,8 @@ def _factor_sparse_one(S: sp.csc_matrix, ordering: str = "COLAMD",
                        supernodes: bool = True) -> Factor:
     """SuperLU of one sparse S (`splu`; pivot-ratio condition estimate), and where it is
     singular its pseudo-inverse: `SparsePinv`, or a truncated SVD where S is small enough to
-    densify (SVD_MAX) and that fails or guesses a null space above PINV_GUESS_MAX of S's
-    order."""
+    densify (SVD_MAX) and is at least DENSE_LU_FILL full, or `SparsePinv` fails or guesses a
+    null space above PINV_GUESS_MAX of S's order."""
     if not np.all(np.isfinite(S.data)):
         return Factor(S, None, 0.0)
     try:
@@ -1996,7 +1996,9 @@ def _factor_sparse_one(S: sp.csc_matrix, ordering: str = "COLAMD",
         lu, rc = None, 0.0
     if rc > RCOND_MIN:
         return Factor(S, lu, rc, ordering=ordering)
-    sparse = SparsePinv.factor(S, ordering)
+    N = S.shape[0]
+    full = N <= SVD_MAX and S.nnz >= DENSE_LU_FILL * N * N  # (its dense SVD is the cheaper)
+    sparse = None if full else SparsePinv.factor(S, ordering)
     pinv: SparsePinv | TruncatedSVD | None = sparse
     if S.shape[0] <= SVD_MAX and (sparse is None
                                   or sparse.guess > PINV_GUESS_MAX * S.shape[0]):

@@ -165,20 +165,23 @@ def test_sparse_pseudo_inverse_matches_the_dense_one(monkeypatch, nullity, guess
 
 
 def test_a_singular_sparse_s_with_a_null_space_a_third_of_its_order_goes_to_the_dense_svd():
-    """Where the null space's guessed dimension is above PINV_GUESS_MAX of S's order,
-    `_factor_sparse_one` takes S's dense SVD, not the `SparsePinv`: the same pseudo-inverse
-    (NumPy's) and null space, without the block iteration on hundreds of columns. A nullity
-    below that fraction still gets the `SparsePinv`."""
+    """Where the null space's guessed dimension is above PINV_GUESS_MAX of S's order, or S is
+    at least DENSE_LU_FILL full, `_factor_sparse_one` takes S's dense SVD, not the
+    `SparsePinv`: the same pseudo-inverse (NumPy's) and null space, without the block
+    iteration on hundreds of columns. A small nullity in a sparse S still gets the
+    `SparsePinv`."""
     rng = np.random.default_rng(7)
     N = 150
-    for nullity, sparse_pinv in ((50, False), (9, True)):
-        S = (sp.random(N, N, density=0.04, random_state=nullity) + 3 * sp.identity(N)).tolil()
+    for nullity, density, sparse_pinv in ((50, 0.04, False), (9, 0.04, True), (3, 0.3, False)):
+        S = (sp.random(N, N, density=density, random_state=nullity)
+             + 3 * sp.identity(N)).tolil()
         for j in range(N - nullity, N):
             a, b = rng.choice(N - nullity, 2, replace=False)
             S[:, j] = S[:, a] * rng.uniform(0.5, 2) - S[:, b] * rng.uniform(0.5, 2)
         Ssp = sp.csc_matrix(S)
         guess = der.SparsePinv.factor(Ssp).guess
-        assert (guess > der.PINV_GUESS_MAX * N) != sparse_pinv, guess
+        full = Ssp.nnz >= der.DENSE_LU_FILL * N * N
+        assert (guess > der.PINV_GUESS_MAX * N or full) != sparse_pinv, (guess, full)
         f = der._factor_sparse_one(Ssp)
         assert isinstance(f.pinv, der.SparsePinv if sparse_pinv else der.TruncatedSVD)
         Sd = Ssp.toarray()
