@@ -161,10 +161,9 @@ PINV_POWER_MAX = 30
 PINV_PIVOT = 1e3
 # Where that guess is above this fraction of S's order (S badly scaled rather than singular
 # along a few auxiliary variables), S up to SVD_MAX goes to its dense SVD instead
-# (`_factor_sparse_one`): the block
-# iteration's solves and Ritz SVDs on hundreds of columns cost several such SVDs (λ_max(A + X)
-# + ‖X‖²_F, 20 × 20, A's top eigenvalue × 1e6, in a retry's scaling: N = 1,221, a guess of
-# 821, 2.7-5.8 s per pseudo-inverse against 0.9 s for the SVD).
+# (`_factor_sparse_one`): the block iteration's solves and Ritz SVDs on hundreds of columns
+# cost several such SVDs (λ_max(A + X) + ‖X‖²_F, 20 × 20, A's top eigenvalue × 1e6, in a
+# retry's scaling: N = 1,221, a guess of 821, 2.7-5.8 s per pseudo-inverse against 0.9 s).
 PINV_GUESS_MAX = 0.25
 # LSMR on singular systems whose pseudo-inverse is not at hand: its stopping tolerances (near
 # double precision) and iteration limit (a multiple of the system's size).
@@ -1913,7 +1912,8 @@ def splu(M: sp.csc_matrix, permc_spec: str = "COLAMD", **options: Any
     bordered systems, N = 1,455 at 17%, 0.10 against 0.05 s), and SuperLU is not safe: in
     a process that had factored such systems, exactly singular ones among them, SuperLU
     crashed the interpreter (SIGSEGV, after BLAS reported illegal arguments to DTRSV from
-    its triangular solves; the same matrices factored afresh in order did not)."""
+    its triangular solves; the same matrices factored afresh in order did not). The cost
+    model's probe of SuperLU's fill (`_best_ordering`) calls SuperLU itself."""
     N = M.shape[0]
     if DENSE_LU_MIN <= N <= DENSE_LU_MAX and M.shape[1] == N \
             and M.nnz >= DENSE_LU_FILL * N * N:
@@ -2000,8 +2000,7 @@ def _factor_sparse_one(S: sp.csc_matrix, ordering: str = "COLAMD",
     full = N <= SVD_MAX and S.nnz >= DENSE_LU_FILL * N * N  # (its dense SVD is the cheaper)
     sparse = None if full else SparsePinv.factor(S, ordering)
     pinv: SparsePinv | TruncatedSVD | None = sparse
-    if S.shape[0] <= SVD_MAX and (sparse is None
-                                  or sparse.guess > PINV_GUESS_MAX * S.shape[0]):
+    if N <= SVD_MAX and (sparse is None or sparse.guess > PINV_GUESS_MAX * N):
         pinv = TruncatedSVD.of(S.toarray())
     return Factor(S, lu, rc, pinv, ordering=ordering)
 
