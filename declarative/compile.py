@@ -1023,20 +1023,6 @@ def _squares(problem: cp.Problem) -> cp.Problem:
     return out
 
 
-class _ConeOnlySCS(cp.reductions.solvers.conic_solvers.scs_conif.SCS):
-    """CVXPY's SCS interface taking no quadratic objective: CVXPY then judges DPP by its
-    standard rules and canonicalizes to the pure cone form (for SCS itself it applies its
-    quadratic-objective rules, and evaluates the parameters of a problem they refuse)."""
-
-    REQUIRES_CONSTR = False  # (see `_UnconstrainedSCS`)
-
-    def name(self) -> str:  # (CVXPY wants a custom solver's name its own)
-        return "DECLARATIVE_CONE_SCS"
-
-    def supports_quad_obj(self) -> bool:
-        return False
-
-
 class _UnconstrainedSCS(cp.reductions.solvers.conic_solvers.scs_conif.SCS):
     """CVXPY's SCS interface for a problem written without constraints. CVXPY 1.9 decides
     that SCS needs constraints before canonicalizing, and refuses min ‖Ax − b‖∞, whose
@@ -1047,6 +1033,18 @@ class _UnconstrainedSCS(cp.reductions.solvers.conic_solvers.scs_conif.SCS):
 
     def name(self) -> str:  # (CVXPY wants a custom solver's name its own)
         return "DECLARATIVE_SCS"
+
+
+class _ConeOnlySCS(_UnconstrainedSCS):
+    """CVXPY's SCS interface taking no quadratic objective: CVXPY then judges DPP by its
+    standard rules and canonicalizes to the pure cone form (for SCS itself it applies its
+    quadratic-objective rules, and evaluates the parameters of a problem they refuse)."""
+
+    def name(self) -> str:
+        return "DECLARATIVE_CONE_SCS"
+
+    def supports_quad_obj(self) -> bool:
+        return False
 
 
 def _problem_data(problem: cp.Problem, quad_obj: bool) -> tuple:

@@ -1134,14 +1134,14 @@ def psd_met(t: ConeTemplate, eq: Equilibration, x: np.ndarray, y: np.ndarray, s:
     if not t.dims.psd:
         return eq
     _, y2, s2 = eq.scaled(x, y, s)
-    ay, az = np.abs(y2), np.abs(s2)
-    y_there = NEGLIGIBLE * np.abs(y).max(axis=1, initial=0.0)
-    s_there = NEGLIGIBLE * np.abs(s).max(axis=1, initial=0.0)
+    ay, az, ay2, az2 = np.abs(y), np.abs(s), np.abs(y2), np.abs(s2)
+    y_there = NEGLIGIBLE * ay.max(axis=1, initial=0.0)
+    s_there = NEGLIGIBLE * az.max(axis=1, initial=0.0)
     d = np.array(eq.d, dtype=float)
     for _, rows in cone_layout(t.dims).psd:  # rows: (blocks, k(k+1)/2)
-        yb, sb = ay[:, rows].max(axis=2), az[:, rows].max(axis=2)
-        both = (np.abs(y)[:, rows].max(axis=2) > y_there[:, None]) \
-            & (np.abs(s)[:, rows].max(axis=2) > s_there[:, None]) & (yb > 0) & (sb > 0) \
+        yb, sb = ay2[:, rows].max(axis=2), az2[:, rows].max(axis=2)
+        both = (ay[:, rows].max(axis=2) > y_there[:, None]) \
+            & (az[:, rows].max(axis=2) > s_there[:, None]) & (yb > 0) & (sb > 0) \
             & np.isfinite(yb) & np.isfinite(sb)
         with np.errstate(divide="ignore", invalid="ignore"):
             f = binary(np.where(both, np.sqrt(yb / np.where(both, sb, 1.0)), 1.0))
