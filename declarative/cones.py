@@ -533,40 +533,67 @@ def _exp_root(r0, s0, t0, start: np.ndarray | None = None) -> np.ndarray:
         np.flatnonzero(np.isfinite(rho)), rising=True, iters=300, mid=_mid)
 
 
-def _exp_primal_deriv(rho, sp, m) -> np.ndarray:
+def _exp_primal_deriv(rho, sp, m, complement=None) -> np.ndarray:
     """DΠ_K at v0 = vp + vq, vp = sp·a(ρ) on the smooth boundary, a = (ρ, 1, e^ρ), vq = m·e^{−ρ}·b.
 
     The boundary is ruled: DΠ = u1u1ᵀ + u2u2ᵀ/(1 + d κ), u1 = a/|a|, u2 ⟂ a and the normal
     b = (e^ρ, (1−ρ)e^ρ, −1), i.e. u2 ∝ c = a × b; d κ = (m/sp)(w·u2)² with w = (1, −ρ, 0) from
     ∇²(s e^{r/s} − t) = (e^{r/s}/s) w wᵀ (κ the normal curvature along u2, d = |vq|).
+
+    Where ``complement`` (a mask over the cones) is set, I − DΠ_K instead, the derivative of
+    the projection onto the polar cone. With u3 = b/|b| and g = 1 − f = dκ/(1 + dκ), the two
+    are u1u1ᵀ + f·u2u2ᵀ and u3u3ᵀ + g·u2u2ᵀ, each diagonal entry a sum of nonnegative terms;
+    an off-diagonal entry of either is minus the other's, and is taken from the form whose
+    terms are smaller there (their sum cancels least). I − DΠ in floating point would keep
+    the small entries only to rounding of 1: where the polar part is small beside the
+    primal one (m ≪ sp: a multiplier of 1e-11 beside a slack of 1) they are 1e-20 … 1e-7,
+    and the Jacobians' entries along them came out 1e-9 … 1e-6 off.
     """
     pos = rho >= 0
     E = np.exp(-np.abs(rho))
     E2 = E * E
     rE = rho * E
     one = np.ones_like(rho)
-    # a and c = a×b, rescaled by e^{−ρ} and e^{−2ρ} when ρ >= 0 (no overflow either way; the
-    # products are grouped so that |ρ| up to ~1e300 stays finite); kept as their three
-    # components, each (…,): products of (…, 3) arrays would loop over 3 entries at a time
+    # a, c = a×b and b, rescaled by e^{−ρ}, e^{−2ρ} and e^{−ρ} when ρ >= 0 (no overflow
+    # either way; the products are grouped so that |ρ| up to ~1e300 stays finite); kept as
+    # their three components, each (…,): products of (…, 3) arrays would loop over 3
+    # entries at a time
     a = (np.where(pos, rE, rho), np.where(pos, E, one), np.where(pos, one, E))
     c = (
         np.where(pos, -E2 - (1.0 - rho), -1.0 - (1.0 - rho) * E2),
         np.where(pos, 1.0 + rE * E, E2 + rho),
         -(rE * (rho - 1.0) + E),  # −q e^{−|ρ|}
     )
+    b = (np.where(pos, one, E), np.where(pos, 1.0 - rho, (1.0 - rho) * E),
+         -np.where(pos, E, one))
     nc = np.sqrt(c[0] * c[0] + c[1] * c[1] + c[2] * c[2])
     na = np.sqrt(a[0] * a[0] + a[1] * a[1] + a[2] * a[2])
-    u1 = [x / na for x in a]
-    u2 = [x / nc for x in c]
+    nb = np.sqrt(b[0] * b[0] + b[1] * b[1] + b[2] * b[2])
+    U1 = np.stack([x / na for x in a], -1)
+    U2 = np.stack([x / nc for x in c], -1)
+    U3 = np.stack([x / nb for x in b], -1)
     # w·u2 in closed form (c_r − ρ c_s cancels badly for large |ρ|)
     wu = -np.where(pos, (1.0 + E2 + rE * rE) / nc, (1.0 + E2) / nc + rho * (rho / nc))
     mw = np.where(m > 0, m * (wu * wu), 0.0)
     den = sp + mw
     f = np.where(den > 0, sp / np.where(den > 0, den, 1.0), 0.0)
-    # u1 u1ᵀ + f·u2 u2ᵀ, entry by entry as u1_i·u1_j + f·(u2_i·u2_j): symmetric to the bit
-    U1, U2 = np.stack(u1, -1), np.stack(u2, -1)
-    return (U1[..., :, None] * U1[..., None, :]
-            + f[..., None, None] * (U2[..., :, None] * U2[..., None, :]))
+    g = np.where(den > 0, mw / np.where(den > 0, den, 1.0), 1.0)
+
+    def outer(U):
+        return U[..., :, None] * U[..., None, :]
+
+    # entry by entry as u_i·u_j + f·(u2_i·u2_j): symmetric to the bit
+    W2 = outer(U2)
+    D = outer(U1) + f[..., None, None] * W2
+    C = outer(U3) + g[..., None, None] * W2
+    aW2 = np.abs(W2)
+    off = ~np.eye(3, dtype=bool)
+    by_c = off & (np.abs(outer(U3)) + g[..., None, None] * aW2
+                  < np.abs(outer(U1)) + f[..., None, None] * aW2)
+    D = np.where(by_c, -C, D)
+    if complement is None or not np.any(complement):
+        return D
+    return np.where(np.asarray(complement)[..., None, None], np.where(off, -D, C), D)
 
 
 # Where both root candidates are finite, |ρ| is at most RHO_PLAIN and both parts' factors s(ρ)
@@ -606,7 +633,8 @@ def _exp_heuristics(r, s, t, p_root, d_root, p_ok, d_ok):
             (d_root, d_face, d_int))
 
 
-def _exp(V: np.ndarray, want_deriv: bool, start: np.ndarray | None = None):
+def _exp(V: np.ndarray, want_deriv: bool, start: np.ndarray | None = None,
+         complement: np.ndarray | None = None):
     """Projection of V (..., 3) = (r0, s0, t0) onto K_exp and onto its polar K° = −K*_exp.
 
     Friberg 2021, "Projection onto the exponential cone: a univariate root-finding problem"
@@ -623,6 +651,10 @@ def _exp(V: np.ndarray, want_deriv: bool, start: np.ndarray | None = None):
     starts instead of the bracket's midpoint (ρ is scale-invariant; a start outside the
     bracket is ignored): a refinement step moves its cones little, and the root then takes
     about half the evaluations.
+
+    ``complement`` (V.shape[:-1], bool): where set, D is I − DΠ_K(v0), the derivative of the
+    projection onto the polar cone, formed without the cancellation of I − D
+    (`_exp_primal_deriv`).
 
     Returns (vp, vd, D, ρ) with v0 = vp + vd (up to rounding), D = DΠ_K(v0) (or None) and ρ
     (V.shape[:-1]) the root where case 4 found one (NaN elsewhere).
@@ -712,19 +744,25 @@ def _exp(V: np.ndarray, want_deriv: bool, start: np.ndarray | None = None):
             if want_deriv:
                 # the interior heuristic is the boundary point with ρ = r0/s0 (m = 0)
                 use_int = pbest == 2
+                comp = None if complement is None else complement.reshape(-1)[idx]
                 if use_int.any():
                     rho_d = np.where(use_int, r / np.where(s > 0, s, 1.0), rho)
                     Dc = _exp_primal_deriv(rho_d, np.where(use_int, 1.0, sp),
-                                           np.where(use_int, 0.0, m))
+                                           np.where(use_int, 0.0, m), comp)
                 else:
-                    Dc = _exp_primal_deriv(rho, sp, m)
+                    Dc = _exp_primal_deriv(rho, sp, m, comp)
                 face = (pbest == 1) | ~np.isfinite(Dc).all(axis=(1, 2))  # (|ρ| past float range)
                 if face.any():
                     Df = np.zeros((idx.size, 3, 3))
                     Df[:, 0, 0] = (r < 0).astype(np.float64)
                     Df[:, 2, 2] = (t >= 0).astype(np.float64)
+                    if comp is not None:
+                        Df = np.where(comp[:, None, None], np.eye(3) - Df, Df)
                     Dc[face] = Df[face]
                 D[idx] = Dc
+        if want_deriv and complement is not None:  # cases 1-3: entries 0 and 1, exact
+            plain = complement.reshape(-1) & ~c4
+            D[plain] = np.eye(3) - D[plain]
     vp = vp.reshape(shape + (3,))
     vd = vd.reshape(shape + (3,))
     return vp, vd, (D.reshape(shape + (3, 3)) if want_deriv else None), roots.reshape(shape)
@@ -735,18 +773,17 @@ def _exp_all(X: np.ndarray, n_exp: int, dual: bool, want_deriv: bool,
     """Project X (B, n, 3) (primal exp cones first, then dual ones) onto K_exp or K*_exp.
 
     Π_{K*}(v) = v + Π_K(−v) = −Π_{K°}(−v) (Moreau), computed as −vd(−v) (no cancellation);
-    DΠ_{K*}(v) = I − DΠ_K(−v). ``start``: (B, n) roots to start from (`_exp`).
-    Returns (P, D, roots (B, n)).
+    DΠ_{K*}(v) = I − DΠ_K(−v), formed without cancellation either (`_exp`'s ``complement``).
+    ``start``: (B, n) roots to start from (`_exp`). Returns (P, D, roots (B, n)).
     """
     flip = np.zeros(X.shape[1], dtype=bool)
     flip[n_exp:] = True
     if dual:
         flip = ~flip
     W = np.where(flip[None, :, None], -X, X)
-    vp, vd, D, roots = _exp(W, want_deriv, start)
+    vp, vd, D, roots = _exp(W, want_deriv, start,
+                            np.broadcast_to(flip, X.shape[:2]) if want_deriv else None)
     P = np.where(flip[None, :, None], -vd, vp)
-    if want_deriv:
-        D = np.where(flip[None, :, None, None], np.eye(3) - D, D)
     return P, D, roots
 
 
