@@ -569,31 +569,31 @@ def _exp_primal_deriv(rho, sp, m, complement=None) -> np.ndarray:
     nc = np.sqrt(c[0] * c[0] + c[1] * c[1] + c[2] * c[2])
     na = np.sqrt(a[0] * a[0] + a[1] * a[1] + a[2] * a[2])
     nb = np.sqrt(b[0] * b[0] + b[1] * b[1] + b[2] * b[2])
-    U1 = np.stack([x / na for x in a], -1)
-    U2 = np.stack([x / nc for x in c], -1)
-    U3 = np.stack([x / nb for x in b], -1)
+    u1 = [x / na for x in a]
+    u2 = [x / nc for x in c]
+    u3 = [x / nb for x in b]
     # w·u2 in closed form (c_r − ρ c_s cancels badly for large |ρ|)
     wu = -np.where(pos, (1.0 + E2 + rE * rE) / nc, (1.0 + E2) / nc + rho * (rho / nc))
     mw = np.where(m > 0, m * (wu * wu), 0.0)
     den = sp + mw
     f = np.where(den > 0, sp / np.where(den > 0, den, 1.0), 0.0)
     g = np.where(den > 0, mw / np.where(den > 0, den, 1.0), 1.0)
-
-    def outer(U):
-        return U[..., :, None] * U[..., None, :]
-
-    # entry by entry as u_i·u_j + f·(u2_i·u2_j): symmetric to the bit
-    W2 = outer(U2)
-    D = outer(U1) + f[..., None, None] * W2
-    C = outer(U3) + g[..., None, None] * W2
-    aW2 = np.abs(W2)
-    off = ~np.eye(3, dtype=bool)
-    by_c = off & (np.abs(outer(U3)) + g[..., None, None] * aW2
-                  < np.abs(outer(U1)) + f[..., None, None] * aW2)
-    D = np.where(by_c, -C, D)
+    # u1 u1ᵀ + f·u2 u2ᵀ, entry by entry as u1_i·u1_j + f·(u2_i·u2_j): symmetric to the bit
+    U1, U2 = np.stack(u1, -1), np.stack(u2, -1)
+    D = (U1[..., :, None] * U1[..., None, :]
+         + f[..., None, None] * (U2[..., :, None] * U2[..., None, :]))
+    # the off-diagonal entries whose terms are smaller in the complement's form, from it
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        w2, p1, p3 = u2[i] * u2[j], u1[i] * u1[j], u3[i] * u3[j]
+        by_c = np.abs(p3) + g * np.abs(w2) < np.abs(p1) + f * np.abs(w2)
+        if by_c.any():
+            D[..., i, j] = D[..., j, i] = np.where(by_c, -(p3 + g * w2), D[..., i, j])
     if complement is None or not np.any(complement):
         return D
-    return np.where(np.asarray(complement)[..., None, None], np.where(off, -D, C), D)
+    C = -D
+    for i in range(3):
+        C[..., i, i] = u3[i] * u3[i] + g * (u2[i] * u2[i])
+    return np.where(np.asarray(complement)[..., None, None], C, D)
 
 
 # Where both root candidates are finite, |ρ| is at most RHO_PLAIN and both parts' factors s(ρ)
