@@ -857,7 +857,8 @@ def _pow_root(x0, y0, az, a) -> np.ndarray:
         mid=lambda l, h: 0.5 * (l + h))
 
 
-def _pow(V: np.ndarray, alpha: np.ndarray, want_deriv: bool):
+def _pow(V: np.ndarray, alpha: np.ndarray, want_deriv: bool,
+         complement: np.ndarray | None = None):
     """Projection of V (N, 3) = (x0, y0, z0) onto K_a = {x^a y^(1−a) >= |z|, x, y >= 0} (one
     a per row, 0 < a < 1) and onto its polar K° = −K*_a.
 
@@ -877,6 +878,9 @@ def _pow(V: np.ndarray, alpha: np.ndarray, want_deriv: bool):
     say) it is the limit of case 4 as z0 → 0: diag(0, 1, γ) with γ = 1 for a < 1/2, 0 for
     a > 1/2 and y0/(2|x0| + y0) for a = 1/2 (r ~ |z0|^{a/(1−a)} on that face); symmetrically
     for y0 < 0.
+
+    ``complement`` (N,) bool: where set, D is I − DΠ_K(v0), the derivative of the projection
+    onto the polar cone, formed without the cancellation of I − D (`_pow_deriv`).
 
     Returns (vp, vd, D) with v0 = vp + vd and D = DΠ_K(v0) (or None).
     """
@@ -931,37 +935,57 @@ def _pow(V: np.ndarray, alpha: np.ndarray, want_deriv: bool):
             vp[idx] = np.stack([x, y, sg * r], -1) * sc
             vd[idx] = np.stack([xd, yd, np.where(face, zs, sg * lam)], -1) * sc
             if want_deriv:
-                D[idx] = _pow_deriv(x, y, r, lam, sg, aa, xs, ys, face)
+                D[idx] = _pow_deriv(x, y, r, lam, sg, aa, xs, ys, face,
+                                    None if complement is None else complement[idx])
+        if want_deriv and complement is not None:  # cases 1 and 2: I and 0, exact
+            plain = complement & ~rest
+            D[plain] = np.eye(3) - D[plain]
     return vp, vd, (D if want_deriv else None)
 
 
-def _pow_deriv(x, y, r, lam, sg, a, x0, y0, face) -> np.ndarray:
-    """DΠ_K in cases 3 and 4 of `_pow` (formulas there), (n, 3, 3)."""
+def _pow_deriv(x, y, r, lam, sg, a, x0, y0, face, complement=None) -> np.ndarray:
+    """DΠ_K in cases 3 and 4 of `_pow` (formulas there), (n, 3, 3); where ``complement`` (n,)
+    is set, I − DΠ_K, the derivative of the projection onto the polar cone.
+
+    In case 4, with ŵ = (y, −x, 0)/‖(x, y)‖, k = κ/(1 + κ) and h = N∇g, DΠ = N − hhᵀ/γ and
+    I − DΠ = k·ŵŵᵀ + hhᵀ/γ, γ = ∇gᵀN∇g: every entry is formed from terms that cancel at most
+    between two of them (h = −(a·r·x·(y² + λ(1−a)r), (1−a)·r·y·(x² + λa·r), ·)/((xy)² +
+    λa(1−a)·r·‖(x, y)‖²) in closed form, γ − 1 likewise), the off-diagonal entries of DΠ as
+    minus the complement's. I − DΠ subtracted in floating point keeps the small entries
+    only to rounding of 1: where the polar part is small beside the primal one they are
+    1e-20 … 1e-9 and carry the Jacobian, which came out up to 2e-4 off.
+    """
     b = 1.0 - a
     n = x.size
     Dc = np.zeros((n, 3, 3))
+    comp = np.zeros(n, dtype=bool) if complement is None else np.asarray(complement)
     sm = np.flatnonzero(~face)
     if sm.size:
         x, y, r, lam, s, aa, bb = x[sm], y[sm], r[sm], lam[sm], sg[sm], a[sm], b[sm]
-        # In the orthonormal basis Q = (ŵ, ŵ⊥, e3), ŵ = (y, −x, 0)/n, ŵ⊥ = (x, y, 0)/n,
-        # n = ‖(x, y)‖: N = diag(1/(1+κ), 1, 1) and g = (γ, −r/n, sign z0) with
-        # γ = r(bx² − ay²)/(xy·n); written over (xy)² + λab·r·n² (no overflow as x or y → 0).
-        n = np.hypot(x, y)
+        # N = I − k·ŵŵᵀ; everything over (xy)² + λab·r·n² (no overflow as x or y → 0)
+        n2 = x * x + y * y
+        nn = np.sqrt(n2)
         xy2 = (x * y) ** 2
-        den = xy2 + lam * aa * bb * r * n * n
+        lk = lam * aa * bb * r * n2
+        den = xy2 + lk
         den = np.where(den > 0, den, 1.0)
+        k, keep = lk / den, xy2 / den       # k = 1 − keep
         c = bb * x * x - aa * y * y
-        Ng = np.stack([r * c * (x * y) / (n * den), -r / n, s], -1)
-        gNg = (r * c / n) ** 2 / den + (r / n) ** 2 + 1.0
-        Dq = -Ng[:, :, None] * Ng[:, None, :] / gNg[:, None, None]
-        Dq[:, 0, 0] += xy2 / den
-        Dq[:, 1, 1] += 1.0
-        Dq[:, 2, 2] += 1.0
-        Q = np.zeros((sm.size, 3, 3))
-        Q[:, 0, 0], Q[:, 1, 0] = y / n, -x / n
-        Q[:, 0, 1], Q[:, 1, 1] = x / n, y / n
-        Q[:, 2, 2] = 1.0
-        Dc[sm] = Q @ Dq @ np.swapaxes(Q, 1, 2)
+        gm1 = (r * c / nn) ** 2 / den + (r / nn) ** 2  # γ − 1
+        gam = gm1 + 1.0
+        h = (-aa * r * x * (y * y + lam * bb * r) / den,
+             -bb * r * y * (x * x + lam * aa * r) / den, s)
+        w = (y / nn, -x / nn)
+        C = np.empty((sm.size, 3, 3))
+        for i in range(3):
+            for j in range(i, 3):
+                hh = h[i] * h[j] / gam
+                C[:, i, j] = C[:, j, i] = hh + k * w[i] * w[j] if j < 2 else hh
+        D = -C
+        D[:, 0, 0] = (x * x + keep * y * y) / n2 - h[0] * h[0] / gam
+        D[:, 1, 1] = (y * y + keep * x * x) / n2 - h[1] * h[1] / gam
+        D[:, 2, 2] = gm1 / gam
+        Dc[sm] = np.where(comp[sm, None, None], C, D)
     fc = np.flatnonzero(face)
     if fc.size:
         aa, xx, yy = a[fc], x0[fc], y0[fc]
@@ -971,10 +995,13 @@ def _pow_deriv(x, y, r, lam, sg, a, x0, y0, face) -> np.ndarray:
         gone = np.abs(np.where(xneg, xx, yy))
         with np.errstate(divide="ignore", invalid="ignore"):
             half = other / (2.0 * gone + other)
+            rest = 2.0 * gone / (2.0 * gone + other)  # 1 − half
         gam = np.where(e < 0.5, 1.0, np.where(e > 0.5, 0.0, half))
-        Dc[fc, 0, 0] = np.where(xneg, 0.0, 1.0)
-        Dc[fc, 1, 1] = np.where(xneg, 1.0, 0.0)
-        Dc[fc, 2, 2] = gam
+        left = np.where(e < 0.5, 0.0, np.where(e > 0.5, 1.0, rest))
+        cf = comp[fc]
+        Dc[fc, 0, 0] = np.where(xneg != cf, 0.0, 1.0)
+        Dc[fc, 1, 1] = np.where(xneg != cf, 1.0, 0.0)
+        Dc[fc, 2, 2] = np.where(cf, left, gam)
     return Dc
 
 
@@ -983,18 +1010,18 @@ def _pow_all(X: np.ndarray, alpha: np.ndarray, dual: bool, want_deriv: bool):
     or onto the duals of those (``dual``): K_a and K*_a are each other's dual.
 
     Π_{K*}(v) = v + Π_K(−v) = −Π_{K°}(−v) (Moreau), computed as −vd(−v) (no cancellation);
-    DΠ_{K*}(v) = I − DΠ_K(−v).
+    DΠ_{K*}(v) = I − DΠ_K(−v), formed without cancellation either (`_pow`'s ``complement``).
     """
     B, n, _ = X.shape
     flip = alpha < 0
     if dual:
         flip = ~flip
     W = np.where(flip[None, :, None], -X, X).reshape(B * n, 3)
-    vp, vd, D = _pow(W, np.tile(np.abs(alpha), B), want_deriv)
+    vp, vd, D = _pow(W, np.tile(np.abs(alpha), B), want_deriv,
+                     np.tile(flip, B) if want_deriv else None)
     P = np.where(flip[None, :, None], -vd.reshape(B, n, 3), vp.reshape(B, n, 3))
     if want_deriv:
         D = D.reshape(B, n, 3, 3)
-        D = np.where(flip[None, :, None, None], np.eye(3) - D, D)
     return P, D
 
 
