@@ -172,17 +172,27 @@ def mp_proj_exp(v: np.ndarray) -> np.ndarray:
 
 def mp_dproj_exp(v: np.ndarray) -> np.ndarray:
     """DΠ_{K_exp}(v) by central differences in 50-digit arithmetic (step 1e-18 |v|)."""
-    with mp.workdps(50):
+    return _mp_dproj_exp_parts(v, 50, 1e-18)[0]
+
+
+def _mp_dproj_exp_parts(v: np.ndarray, dps: int = 60, step: float = 1e-25
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """DΠ_{K_exp}(v) and the polar projection's derivative I − DΠ_{K_exp}(v), each by central
+    differences in ``dps``-digit arithmetic (step ``step`` |v|): I − D is formed in mpmath,
+    so its small entries keep their digits."""
+    with mp.workdps(dps):
         x = [mp.mpf(float(c)) for c in v]
-        h = mp.mpf(1e-18) * max(1, max(abs(c) for c in x))
-        D = np.empty((3, 3))
+        h = mp.mpf(step) * max(1, max(abs(c) for c in x))
+        D, C = np.empty((3, 3)), np.empty((3, 3))
         for j in range(3):
             xp, xm = list(x), list(x)
             xp[j] += h
             xm[j] -= h
             P, M = _mp_proj_exp(*xp), _mp_proj_exp(*xm)
             D[:, j] = [float((p - m) / (2 * h)) for p, m in zip(P, M, strict=True)]
-        return D
+            C[:, j] = [float(((a - p) - (b - m)) / (2 * h))
+                       for a, p, b, m in zip(xp, P, xm, M, strict=True)]
+        return D, C
 
 
 def exp_case(V: np.ndarray) -> np.ndarray:
@@ -367,25 +377,6 @@ def test_exp_dproject_matches_mpmath():
     err = np.abs(Dx - M).max(axis=(1, 2))
     assert np.all(err <= 1e-12), err.max()  # observed ~5e-16
     assert set(exp_case(V)) == {1, 2, 3, 4}
-
-
-def _mp_dproj_exp_parts(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """DΠ_{K_exp}(v) and the polar projection's derivative I − DΠ_{K_exp}(v), each by central
-    differences in 60-digit arithmetic (step 1e-25 |v|): I − D is formed in mpmath, so its
-    small entries keep their digits."""
-    with mp.workdps(60):
-        x = [mp.mpf(float(c)) for c in v]
-        h = mp.mpf(10) ** -25 * max(1, max(abs(c) for c in x))
-        D, C = np.empty((3, 3)), np.empty((3, 3))
-        for j in range(3):
-            xp, xm = list(x), list(x)
-            xp[j] += h
-            xm[j] -= h
-            P, M = _mp_proj_exp(*xp), _mp_proj_exp(*xm)
-            D[:, j] = [float((p - m) / (2 * h)) for p, m in zip(P, M, strict=True)]
-            C[:, j] = [float(((a - p) - (b - m)) / (2 * h))
-                       for a, p, b, m in zip(xp, P, xm, M, strict=True)]
-        return D, C
 
 
 def test_exp_dproject_keeps_every_entry_where_one_part_is_tiny():
