@@ -547,7 +547,7 @@ def _exp_primal_deriv(rho, sp, m, complement=None) -> np.ndarray:
     terms are smaller there (their sum cancels least). I − DΠ in floating point would keep
     the small entries only to rounding of 1: where the polar part is small beside the
     primal one (m ≪ sp: a multiplier of 1e-11 beside a slack of 1) they are 1e-20 … 1e-7,
-    and the Jacobians' entries along them came out 1e-9 … 1e-6 off.
+    and a weighted log's Jacobian came out up to 3.7e-7 off with them.
     """
     pos = rho >= 0
     E = np.exp(-np.abs(rho))
@@ -953,7 +953,7 @@ def _pow_deriv(x, y, r, lam, sg, a, x0, y0, face, complement=None) -> np.ndarray
     λa(1−a)·r·‖(x, y)‖²) in closed form, γ − 1 likewise), the off-diagonal entries of DΠ as
     minus the complement's. I − DΠ subtracted in floating point keeps the small entries
     only to rounding of 1: where the polar part is small beside the primal one they are
-    1e-20 … 1e-9 and carry the Jacobian, which came out up to 2e-4 off.
+    1e-21 … 1e-9, and came out up to 100% off against 60-digit differences.
     """
     b = 1.0 - a
     n = x.size
