@@ -682,7 +682,7 @@ class SparseLayout:
         lu: SharedLU | None = None
         try:
             superlu = splu(S.shifted(), permc_spec=self.ordering or "COLAMD",
-                                **({} if self.supernodes else _NO_SUPERNODES))
+                           **({} if self.supernodes else _NO_SUPERNODES))
             if _pivot_ratio(superlu) > S0_RCOND_MIN:
                 lu = SharedLU(superlu, np.asarray(abs(S0).sum(axis=0)).ravel(),
                               self.few_S0)
@@ -2067,7 +2067,7 @@ class SparsePinv:
         # where it proves too small)
         try:
             d = np.abs(splu((S + delta * eye).tocsc(), permc_spec=ordering or "COLAMD"
-                                 ).U.diagonal())
+                            ).U.diagonal())
             guess = int(np.count_nonzero(d <= PINV_PIVOT * delta))
         except RuntimeError:
             guess = 0

@@ -1837,18 +1837,18 @@ class Layer:
         solved = np.array([st is Status.SOLVED for st in att.status], dtype=bool)
         fine = np.flatnonzero(solved & ~att.extended & _unresolved(t, att.y, att.s))
         if ours["refine"] and ours["refine_max_iters"] > 0 and fine.size:
-            again = self._polished(sub.take(fine), eq.take(fine), ch[fine], bh[fine], att,
-                                   fine, ours)
-            att.merge(fine, again, keep=np.array([st is Status.SOLVED for st in again.status],
-                                                 dtype=bool))
+            again, won = self._polished(sub.take(fine), eq.take(fine), ch[fine], bh[fine],
+                                        att, fine, ours)
+            att.merge(fine, again, keep=won)
         return att
 
     def _polished(self, ops: BatchOps, eq: Equilibration, c: np.ndarray, b: np.ndarray,
-                  att: _Attempt, idx: np.ndarray, ours: dict) -> _Attempt:
+                  att: _Attempt, idx: np.ndarray, ours: dict
+                  ) -> tuple[_Attempt, np.ndarray]:
         """Refinement once more from ``att``'s certified points at ``idx`` (the instances of
-        ``ops``), past its tolerance to POLISH_TOL, and the certificate of its points: an
-        attempt over ``idx``, SOLVED where certified there (the caller keeps the first point
-        elsewhere), its costs the refinement's steps alone.
+        ``ops``), past its tolerance to POLISH_TOL, and the certificate of its points
+        (`_certified_again`: the attempt, and where it is certified; the caller keeps the
+        first point elsewhere).
 
         For points with a power cone whose slack or multiplier holds an entry below
         UNRESOLVED of its block's largest (`_unresolved`): refinement stops at a
@@ -1863,17 +1863,7 @@ class Layer:
         # converged as the first refinement was: within its tolerance (POLISH_TOL is where
         # Newton stops gaining, not a test)
         r = replace(r, converged=r.omega <= ours["refine_tol"])
-        v = r.v.copy()
-        ok = self._certified_held(ops, eq, r, r.omega <= ACCEPT_BACKWARD, r.factors, c, b, v)
-        k = len(ok)
-        return _Attempt(status=[Status.SOLVED if w else Status.INACCURATE for w in ok],
-                        scs_status=[att.scs_status[i] for i in idx], x=r.x, y=r.y, s=r.s,
-                        scs_x=att.scs_x[idx], scs_y=att.scs_y[idx], scs_s=att.scs_s[idx],
-                        residual_before=r.omega_before, residual_after=r.omega, steps=r.steps,
-                        iterations=np.zeros(k, dtype=att.iterations.dtype),
-                        seconds=np.zeros(k), retryable=np.zeros(k, dtype=bool),
-                        factors=r.factors, v=v, extended=np.zeros(k, dtype=bool), D=r.D,
-                        v_D=r.v_D)
+        return self._certified_again(ops, eq, c, b, att, idx, r, extended=False)
 
     def _vertices(self, res: SolveResult, ops: BatchOps, c: np.ndarray, b: np.ndarray,
                   eq: Equilibration) -> _Attempt | None:
@@ -1958,9 +1948,19 @@ class Layer:
         certified; extended residuals take both to about u."""
         r = refine(ops, c, b, att.x[idx], att.y[idx], att.s[idx], tol=ours["refine_tol"],
                    max_iters=ours["refine_max_iters"], extended=True)
+        return self._certified_again(ops, eq, c, b, att, idx, r, extended=True)[0]
+
+    def _certified_again(self, ops: BatchOps, eq: Equilibration, c: np.ndarray, b: np.ndarray,
+                         att: _Attempt, idx: np.ndarray, r: Any, extended: bool
+                         ) -> tuple[_Attempt, np.ndarray]:
+        """`_extended`'s and `_polished`'s attempt over ``idx`` from refinement's points ``r``
+        (from ``att``'s; with ``extended``, its residuals in long double), and which of them
+        are certified (with that precision's rounding): SOLVED there (and marked
+        ``extended`` with ``extended``), ``att``'s status elsewhere, its costs the
+        refinement's steps alone."""
         v = r.v.copy()
         ok = self._certified_held(ops, eq, r, r.omega <= ACCEPT_BACKWARD, r.factors, c, b, v,
-                                  rounding=ROUNDING_EXTENDED)
+                                  rounding=ROUNDING_EXTENDED if extended else ROUNDING)
         k = len(ok)
         return _Attempt(status=[Status.SOLVED if w else att.status[i]
                                 for w, i in zip(ok, idx.tolist(), strict=True)],
@@ -1970,7 +1970,7 @@ class Layer:
                         residual_after=r.omega, steps=r.steps,
                         iterations=np.zeros(k, dtype=att.iterations.dtype),
                         seconds=np.zeros(k), retryable=~ok, factors=r.factors, v=v,
-                        extended=ok, D=r.D, v_D=r.v_D)
+                        extended=ok & extended, D=r.D, v_D=r.v_D), ok
 
     def _null_space_moves(self, f: Any, D: DProjection, here: np.ndarray, extent: float,
                           h: np.ndarray, mix: Equilibration | None = None
