@@ -2418,7 +2418,8 @@ class Layer:
             at = idx[j : j + 1]
             one = ops.take(at)
             own = row_terms(one, c[at], b[at], r.x[at], r.v[at], r.y[at], blockwise=False)[0]
-            if not self._data_rows_met(one, c[at], b[at], r, at, own, bool(moved.any())):
+            if not self._data_rows_met(one, c[at], b[at], r, at, own, bool(moved.any()),
+                                       rounding):
                 d[j] = np.inf
                 continue
             judged = np.maximum(own, SCALE_FLOOR * den[j].max(initial=0.0))
@@ -2690,7 +2691,7 @@ class Layer:
         return abs(self.template.recover).T.tocsr()
 
     def _data_rows_met(self, ops: BatchOps, c: np.ndarray, b: np.ndarray, r: Any,
-                       at: np.ndarray, own: np.ndarray, moved: bool) -> bool:
+                       at: np.ndarray, own: np.ndarray, moved: bool, rounding: float) -> bool:
         """Does the refined point of instance ``at`` (one index array; ``ops``, ``c``, ``b``
         its (1, ·) data, ``own`` its rows' terms, `refine.row_terms` not blockwise) meet, to
         ACCEPT_BACKWARD of its own terms, every row that one data entry dominates (the row's
@@ -2703,7 +2704,11 @@ class Layer:
 
         - a zero or nonnegative row (s exact there) led by b_i (max cᵀx s.t. −b <= x <= b
           at c ~ 1e12, b ~ 1e-12: x = 0 with both rows taken as active, F = b there, the
-          null space y's free split);
+          null space y's free split), and a row of another cone led by b_i, there to the
+          rounding of its block's largest terms as well (min Σ x^1.5/1.5 − cᵀx with one
+          x_i ~ 1e-15 of the largest: its cone (t, 1, x_i) left at the apex, the 1
+          equilibrated to 1e-13 and unmet, a face Newton cannot leave, and ∂x_i/∂c_i 0
+          where it is 2c_i);
         - a dual row led by c_i, whose cone blocks count their rounding
           (`refine.row_terms`) unless their s lies deeper inside K than DEEP of the block,
           where y = 0 is exact: every such row where the null space moves an output
@@ -2717,10 +2722,13 @@ class Layer:
         t = self.template
         sep = t.dims.zero + t.dims.nonneg
         F = r.F[at][0]
-        rows = own[t.n : t.n + sep]
-        lead = np.abs(b[0, :sep])
-        if np.any((lead > 0) & (2 * lead >= rows)
-                  & (np.abs(F[t.n : t.n + sep]) > ACCEPT_BACKWARD * rows)):
+        rows = own[t.n :]
+        lead = np.abs(b[0])
+        # (on a cone that is not a product of half-lines, s is known to the rounding of its
+        # block's largest terms: `refine.row_terms`)
+        allowed = ACCEPT_BACKWARD * rows
+        allowed[sep:] += rounding * r.den[at][0, t.n + sep :]
+        if np.any((lead > 0) & (2 * lead >= rows) & (np.abs(F[t.n :]) > allowed)):
             return False
         rows = np.ones(t.n, dtype=bool) if moved else self._output_columns
         if not rows.any():
