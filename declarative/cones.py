@@ -1287,6 +1287,49 @@ def flip_near_kinks(v: np.ndarray, dims: ConeDims, tol: float | np.ndarray,
     return v
 
 
+def power_apexes_released(y: np.ndarray, s: np.ndarray, b: np.ndarray, empty: np.ndarray,
+                          dims: ConeDims) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(y, s, moved (B,)): the point (y, s) (B, m) with each power cone block K_a (a > 0)
+    whose slack is 0 while exactly one of its rows k holds only data (``empty`` (B, m):
+    rows A leaves empty; b_k ≠ 0 there) moved to the face that row asks for.
+
+    Such a row's s_k = b_k is met by no point of the apex, and y_k enters no other row, so
+    Newton's method on the residual map, whose DΠ is 0 on that block, cannot leave it (a
+    power (t, 1, x) with x ~ 1e-15 of the instance's largest, whose 1 the equilibration put
+    at 1e-13: the residual of 1e-13 judged at the instance's floor). y_k is set where y
+    lies on ∂K*_a, (u/a)^a (v/(1 − a))^(1−a) = |w| (w's sign opposite b_k's for k = 2),
+    and s to the ray of ∂K_a complementary to it, (a|w|/u, (1 − a)|w|/v, −sign w), scaled
+    to s_k = b_k. Blocks where that is not defined (an entry of y that must be positive is
+    not, or s_k would need the wrong sign) are left as they are."""
+    lay = cone_layout(dims)
+    y, s = y.copy(), s.copy()
+    moved = np.zeros(y.shape[0], dtype=bool)
+    for rows, a in zip(lay.pow, lay.alpha, strict=True):
+        if a <= 0:
+            continue
+        yb, sb, bb = y[:, rows], s[:, rows], b[:, rows]
+        lone = empty[:, rows] & (bb != 0)
+        pick = np.all(sb == 0, axis=1) & (lone.sum(axis=1) == 1)
+        for i in np.flatnonzero(pick):
+            k = int(np.flatnonzero(lone[i])[0])
+            u, v, w = yb[i]
+            with np.errstate(all="ignore"):
+                if k == 0:
+                    u = a * (abs(w) / (v / (1 - a)) ** (1 - a)) ** (1 / a)
+                elif k == 1:
+                    v = (1 - a) * (abs(w) / (u / a) ** a) ** (1 / (1 - a))
+                else:
+                    w = -np.sign(bb[i, 2]) * (u / a) ** a * (v / (1 - a)) ** (1 - a)
+                ray = np.array([a * abs(w) / u, (1 - a) * abs(w) / v, -np.sign(w)])
+                lam = bb[i, k] / ray[k]
+            if not (u > 0 and v > 0 and w != 0 and lam > 0 and np.all(np.isfinite(lam * ray))):
+                continue
+            y[i, rows] = (u, v, w)
+            s[i, rows] = lam * ray
+            moved[i] = True
+    return y, s, moved
+
+
 def release_kinks(v: np.ndarray, mask: np.ndarray, dims: ConeDims, tol: float = KINK_TOL
                   ) -> np.ndarray:
     """v moved off its kinks to the other side: DΠ_{K*} there is the other one-sided

@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
 
-from declarative.cones import ConeDims, DProjection, dproject, interior_depth, project
+from declarative.cones import (
+    ConeDims,
+    DProjection,
+    dproject,
+    interior_depth,
+    power_apexes_released,
+    project,
+)
 
 diffcp_cones = pytest.importorskip("diffcp.cones")
 _diffcp = pytest.importorskip("diffcp._diffcp")
@@ -776,3 +783,29 @@ def _unvec_sym(s):
 def _svec_sym(M):
     i, j = np.triu_indices(3)
     return np.where(i == j, M[i, j], np.sqrt(2) * M[i, j])
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_a_power_apex_is_released_onto_the_face_its_data_row_asks_for(k):
+    """A power cone block (a = 0.3) with s = 0 and y inside K*, whose row k holds only data
+    b_k: y's entry k moves where y lies on ∂K*, s to the complementary ray of ∂K with
+    s_k = b_k (checked against the cones' defining equations, not the formula). Blocks
+    without exactly one such row, or with s ≠ 0, stay as they are."""
+    a = 0.3
+    dims = ConeDims(power=(a, a, a))
+    y = np.array([[2.0, 3.0, -0.5] * 3])
+    s = np.zeros((1, 9))
+    s[0, 6] = 1e-3  # the third block's slack is not 0
+    b = np.zeros((1, 9))
+    b[0, [k, 3 + k, 6 + k]] = 0.7 if k < 2 else -0.7
+    empty = np.zeros((1, 9), dtype=bool)
+    empty[0, [k, 6 + k]] = True  # the second block's row k is not data alone
+    y2, s2, moved = power_apexes_released(y, s, b, empty, dims)
+    assert moved.tolist() == [True]
+    assert np.array_equal(y2[0, 3:], y[0, 3:]) and np.array_equal(s2[0, 3:], s[0, 3:])
+    (u, v, w), (x1, x2, z) = y2[0, :3], s2[0, :3]
+    assert np.isclose((u / a) ** a * (v / (1 - a)) ** (1 - a), abs(w), rtol=1e-13)
+    assert np.isclose(x1**a * x2 ** (1 - a), abs(z), rtol=1e-13) and x1 > 0 and x2 > 0
+    assert abs(u * x1 + v * x2 + w * z) <= 1e-13 * (abs(u * x1) + abs(v * x2) + abs(w * z))
+    assert s2[0, k] == pytest.approx(b[0, k], rel=1e-14)
+    assert np.array_equal(np.delete(y2[0, :3], k), np.delete(y[0, :3], k))

@@ -528,6 +528,22 @@ def test_a_power_left_on_its_cones_apex_is_not_reported_solved():
         assert np.abs(fwd.jacobian(i)[0][0] - Jt).max() <= 1e-8 * np.abs(Jt).max(), i
 
 
+def test_a_power_left_on_its_cones_apex_is_moved_to_the_face_its_data_asks_for():
+    """The instance of the batch above whose solver's point left x₃'s cone (t, 1, x₃) at the
+    apex (c = (6.6e-3, 1.2e5, 0.45, 211)): the multiplier's entry of the 1's row enters no
+    other row, so Newton's method cannot leave the apex; set where the multiplier lies on
+    the dual cone's boundary, with the slack on the complementary ray, it converges. Solved,
+    x = c² and ∂x/∂c = diag(2c) within 1e-8 of their largest entries."""
+    x, c = cp.Variable(4), cp.Parameter(4, pos=True)
+    layer = dl.compile(cp.Problem(cp.Minimize(
+        cp.sum(cp.power(x, 1.5, approx=False)) / 1.5 - c @ x)), [c], [x])
+    cv = np.exp(np.random.default_rng(2).uniform(np.log(1e-6), np.log(1e6), (16, 4)))[6]
+    fwd = layer.forward([cv])
+    assert np.abs(fwd.outputs[0][0] - cv**2).max() <= 1e-8 * (cv**2).max()
+    Jt = np.diag(2 * cv)
+    assert np.abs(fwd.jacobian(0)[0][0] - Jt).max() <= 1e-8 * np.abs(Jt).max()
+
+
 @pytest.mark.parametrize(("approx", "power", "scale"), [
     (False, 3.0, 1e-6), (False, 3.0, 1e9), (False, 1.5, 1e-9), (False, 1.5, 1e12),
     (False, 2.5, 1e6), (False, 4.0, 1e-3),
