@@ -982,9 +982,14 @@ def _boost_of(p: _Pattern, y: np.ndarray, s: np.ndarray, where: np.ndarray
         on = block_norm(other, False) > NEGLIGIBLE ** 2 * (other * other).max(
             axis=1, initial=0.0)[:, None]
         with np.errstate(divide="ignore", invalid="ignore"):
-            small = np.where(on, block_norm(u, True) / big, np.minimum(plus, minus))
-            noise = np.where(on, 0.0, BOOST_NOISE * (np.abs(ur) + np.abs(uq)))
-            known = (big > 0) & (small > noise)
+            by_rest = block_norm(u, True) / big
+            least = np.minimum(plus, minus)
+            # (where the other vanishes and the difference is lost to rounding, a cone that
+            # binds gives its smaller entry by ‖rest‖²/(the larger) all the same:
+            # sum_squares(x) <= r at r ~ 1e-18 as (1 + t, 1 − t, 2x), y = 0 at x = a)
+            lost = ~on & (least <= BOOST_NOISE * (np.abs(ur) + np.abs(uq)))
+            small = np.where(on | lost, by_rest, least)
+            known = (big > 0) & (small > 0)
             ratio = np.where(plus >= minus, small / big, big / small)
             return np.where(known, sign * np.log2(np.where(known, ratio, 1.0)), np.nan)
 

@@ -2228,6 +2228,7 @@ class Layer:
         find one that refinement left there."""
         kinks = np.zeros(v.shape, dtype=bool)
         which = which & ~self._factors_lost(ops, c, b, r.x, r.y, which)
+        which = which & ~_rotated_unresolved(ops, b, r.x, r.s)
         ok = which & self._forward_error_ok(ops, eq, r, which, factors, c, b,
                                             rounding=rounding, kinks=kinks)
         v[kinks & ok[:, None]] = 0.0
@@ -3130,6 +3131,9 @@ def _face_data_unseen(own: np.ndarray, c: np.ndarray, b: np.ndarray, n: int) -> 
 # is not resolved to the certificate's accuracy relative to that entry by refinement's
 # tolerance (`Layer._polished`).
 UNRESOLVED = 1e-8
+# A rotated second-order cone 4ut >= ‖w‖² whose ‖w‖² exceeds 4ut by more than this fraction
+# of the two, u and t taken apart from the data (`_rotated_unresolved`), is violated
+ROTATED_TOL = ACCEPT_FORWARD
 # `Layer._polished`'s refinement: past REFINE_TOL to this ω, in at most POLISH_STEPS Newton
 # steps (from a point within REFINE_TOL, two took x = √c at c = 2e-10 from 1.9e-4 of itself
 # off to 3e-12).
@@ -3155,6 +3159,56 @@ def _unresolved(t: ConeTemplate, y: np.ndarray, s: np.ndarray) -> np.ndarray:
             small = (blk > 0) & (blk < UNRESOLVED * top)
         out |= small.any(axis=(1, 2))
     return out
+
+
+def _rotated_unresolved(ops: BatchOps, b: np.ndarray, x: np.ndarray, s: np.ndarray
+                        ) -> np.ndarray:
+    """(B,) bool: is a boostable second-order cone of the point (x, s) (`equilibrate`'s
+    `_boostable`: rows u + t and u − t of a rotated cone 4ut >= ‖w‖², w its other rows)
+    violated beyond ROTATED_TOL once u and t are taken apart from b and A's rows, not from
+    the slack's two rows?
+
+    Where the smaller of u and t lies below the rounding of the larger, the slack's rows
+    hold only the larger, and the cone binds to that rounding alone: sum_squares(x) <= r at
+    x ~ 1e-9, r ~ 1e-18, CVXPY's t >= ‖x‖² as (1 + t, 1 − t, 2x) with t ~ 1e-18 beside the
+    1, where x = a (the point without the ball, 5% … 110% off) solved the program as float64
+    holds it to ω 4e-19 and its linearization, at a multiplier of 0, saw no error. 2u and
+    2t are (b₀ ± b₁) − (A₀ ± A₁)x with A₀ ± A₁ formed entry by entry (the two rows store the
+    same columns), exact where one holds data and the other a variable; the test allows
+    their rounding, |b₀ ± b₁| + |A₀ ± A₁||x| times ROUNDING, and leaves out cones whose w
+    lies below ROTATED_TOL of the point's largest |A||x|."""
+    p = pattern(ops.template)
+    if not p.boost_r.size:
+        return np.zeros(x.shape[0], dtype=bool)
+    r0, r1 = p.boost_rows
+    k = r0.size
+    a0, a1 = ops.a[:, p.boost_r], ops.a[:, p.boost_q]
+    xc = x[:, p.cols[p.boost_r]]
+
+    def per_cone(v: np.ndarray) -> np.ndarray:
+        out = np.zeros((x.shape[0], k))
+        for j in range(x.shape[0]):
+            out[j] = np.bincount(p.boost_cone, weights=v[j], minlength=k)
+        return out
+
+    su = (b[:, r0] + b[:, r1]) - per_cone((a0 + a1) * xc)  # 2u
+    df = (b[:, r0] - b[:, r1]) - per_cone((a0 - a1) * xc)  # 2t
+    e_su = ROUNDING * (np.abs(b[:, r0] + b[:, r1]) + per_cone(np.abs((a0 + a1) * xc)))
+    e_df = ROUNDING * (np.abs(b[:, r0] - b[:, r1]) + per_cone(np.abs((a0 - a1) * xc)))
+    dims = ops.template.dims
+    lo = dims.zero + dims.nonneg
+    sizes = np.asarray(dims.soc, dtype=np.intp)
+    starts = lo + np.concatenate([[0], np.cumsum(sizes[:-1])]).astype(np.intp)
+    at = np.searchsorted(starts, r0)
+    w2 = np.stack([(s[:, i + 2 : i + n] ** 2).sum(axis=1)
+                   for i, n in zip(starts[at], sizes[at], strict=True)], axis=1)
+    prod = su * df
+    allowed = ROTATED_TOL * (w2 + np.abs(prod)) + np.abs(su) * e_df + np.abs(df) * e_su
+    # (a cone whose w is the rounding of the point's largest entries holds no output's
+    # value: prox of pnorm(x, 1.5) with one aᵢ ~ 1e-9 of the largest, xᵢ's chain at 1e-13)
+    scale = ops.magnitude.A(np.abs(x)).max(axis=1, initial=0.0)[:, None]
+    held = np.sqrt(w2) > ROTATED_TOL * scale
+    return np.any((w2 - prod > allowed) & held, axis=1)
 
 
 def _unbalanced(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -264,3 +264,33 @@ def test_a_point_certified_where_a_cone_holds_its_factor_below_rounding_is_not_t
     for i in range(4):
         assert fwd.ok[i], fwd.info.status
         assert np.abs(fwd.outputs[0][i] - truth[i]).max() <= 1e-12 * np.abs(truth[i]).max()
+
+
+@pytest.mark.parametrize("form", ["sum_squares", "quad_form"])
+@pytest.mark.parametrize("s", [1e-12, 1e-9, 1e9, 1e12, "mixed"])
+def test_a_ball_written_as_sum_squares_at_scale_is_solved_with_its_jacobian(form, s):
+    """Projection onto ‖x‖² <= r, r = ρ‖a‖² (ρ in 0.2 … 0.95: the ball is active). CVXPY
+    writes t >= ‖x‖² as (1 + t, 1 − t, 2x): at a ~ 1e-9, t ~ 1e-18 lies below the rounding
+    of the 1 in both rows, the cone binds to that rounding alone, and x = a (the point
+    without the ball, 5% … 110% off) was certified with a multiplier of 0. Every instance
+    solved, x = a·√r/‖a‖ and both Jacobian blocks within 1e-8 of their largest entries."""
+    n = 4
+    x, a, r = cp.Variable(n), cp.Parameter(n), cp.Parameter(pos=True)
+    lhs = cp.sum_squares(x) if form == "sum_squares" else cp.quad_form(x, np.eye(n))
+    layer = dl.compile(cp.Problem(cp.Minimize(0.5 * cp.sum_squares(x - a)), [lhs <= r]),
+                       [a, r], [x], on_failure="nan")
+    rng = np.random.default_rng(3)
+    scale = 10 ** rng.uniform(-6, 6, (6, 1)) if s == "mixed" else s
+    A = rng.standard_normal((6, n)) * scale
+    R = rng.uniform(0.2, 0.95, 6) * (A**2).sum(axis=1)
+    fwd = layer.forward([A, R])
+    assert fwd.ok.all(), fwd.info.status
+    for i in range(6):
+        na = np.linalg.norm(A[i])
+        xt = A[i] * np.sqrt(R[i]) / na
+        Ja = np.sqrt(R[i]) * (np.eye(n) / na - np.outer(A[i], A[i]) / na**3)
+        Jr = A[i] / (2 * np.sqrt(R[i]) * na)
+        J = fwd.jacobian(i)[0]
+        assert np.abs(fwd.outputs[0][i] - xt).max() <= 1e-8 * np.abs(xt).max()
+        assert np.abs(J[0] - Ja).max() <= 1e-8 * np.abs(Ja).max()
+        assert np.abs(np.ravel(J[1]) - Jr).max() <= 1e-8 * np.abs(Jr).max()
