@@ -3184,12 +3184,11 @@ def _rotated_unresolved(ops: BatchOps, b: np.ndarray, x: np.ndarray, s: np.ndarr
     k = r0.size
     a0, a1 = ops.a[:, p.boost_r], ops.a[:, p.boost_q]
     xc = x[:, p.cols[p.boost_r]]
+    cone = np.zeros((p.boost_cone.size, k))
+    cone[np.arange(p.boost_cone.size), p.boost_cone] = 1.0
 
-    def per_cone(v: np.ndarray) -> np.ndarray:
-        out = np.zeros((x.shape[0], k))
-        for j in range(x.shape[0]):
-            out[j] = np.bincount(p.boost_cone, weights=v[j], minlength=k)
-        return out
+    def per_cone(v: np.ndarray) -> np.ndarray:  # (B, entries) → (B, cones): each cone's sum
+        return v @ cone
 
     su = (b[:, r0] + b[:, r1]) - per_cone((a0 + a1) * xc)  # 2u
     df = (b[:, r0] - b[:, r1]) - per_cone((a0 - a1) * xc)  # 2t
@@ -3198,10 +3197,10 @@ def _rotated_unresolved(ops: BatchOps, b: np.ndarray, x: np.ndarray, s: np.ndarr
     dims = ops.template.dims
     lo = dims.zero + dims.nonneg
     sizes = np.asarray(dims.soc, dtype=np.intp)
-    starts = lo + np.concatenate([[0], np.cumsum(sizes[:-1])]).astype(np.intp)
-    at = np.searchsorted(starts, r0)
-    w2 = np.stack([(s[:, i + 2 : i + n] ** 2).sum(axis=1)
-                   for i, n in zip(starts[at], sizes[at], strict=True)], axis=1)
+    starts = np.concatenate([[0], np.cumsum(sizes[:-1])]).astype(np.intp)
+    sq = s[:, lo : lo + sizes.sum()] ** 2
+    sq[:, r0 - lo] = sq[:, r1 - lo] = 0.0  # (‖w‖² summed apart: never s₀² − s₁² − …)
+    w2 = np.add.reduceat(sq, starts, axis=1)[:, np.searchsorted(starts, r0 - lo)]
     prod = su * df
     allowed = ROTATED_TOL * (w2 + np.abs(prod)) + np.abs(su) * e_df + np.abs(df) * e_su
     # (a cone whose w is the rounding of the point's largest entries holds no output's
