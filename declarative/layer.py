@@ -2464,6 +2464,17 @@ class Layer:
             exact = gap <= ACCEPT_BACKWARD * judged
             if not np.all(exact | (gap <= ACCEPT_BACKWARD * judged + rounding * den[j].max())):
                 d[j] = np.inf
+                continue
+            # an equality, or an active inequality (y > 0), whose b_i is data the solution
+            # answers to, is judged on its own terms (s and y exact there), not at the
+            # floor: sum(power(x, 3)) <= r at x ~ 1e-9, the chain's cones boosted to their
+            # limit, left Σt 2e7 times r below the floor, and x, the point without the
+            # constraint, 20% off
+            zero, sep = t.n + t.dims.zero, t.n + t.dims.zero + t.dims.nonneg
+            held = b[idx[j], : sep - t.n] != 0
+            held[zero - t.n :] &= pv[j, zero - t.n : sep - t.n] > 0
+            if np.any(held & (gap[t.n : sep] > (ACCEPT_BACKWARD + rounding) * own[t.n : sep])):
+                d[j] = np.inf
             # a row left to rounding is not resolved here: the error it carries along the
             # null space is unbounded, so a null space that moves an output needs every row
             # resolved on its own terms, to FACE_GAP of them (a second-order cone whose block

@@ -294,3 +294,36 @@ def test_a_ball_written_as_sum_squares_at_scale_is_solved_with_its_jacobian(form
         assert np.abs(fwd.outputs[0][i] - xt).max() <= 1e-8 * np.abs(xt).max()
         assert np.abs(J[0] - Ja).max() <= 1e-8 * np.abs(Ja).max()
         assert np.abs(np.ravel(J[1]) - Jr).max() <= 1e-8 * np.abs(Jr).max()
+
+
+@pytest.mark.parametrize("s", [1e-12, 1e-9, 1e-6, 1e6, 1e9, 1e12])
+def test_a_cubic_constraint_at_scale_is_solved_right_or_not_at_all(s):
+    """Projection of a > 0 onto Σ xᵢ³ <= r (CVXPY's chain x² <= w·1, w² <= t·x) with
+    r = 0.6 Σ aᵢ³, all data × (s, s³). At s = 1e-12 the chain's t ~ 1e-36 lies below any
+    boost, and five of six instances came back as x = a, the point without the constraint,
+    20% off, `solved` (the constraint's row Σt <= r, 2e7 times r at the point, judged at
+    the backward error's floor). Every solved instance within 1e-8 of s·x(a, r), x from
+    its KKT conditions (xᵢ = (√(1 + 12λaᵢ) − 1)/(6λ), λ by bisection); at 1e-6 and 1e6
+    every instance solved."""
+    from scipy.optimize import brentq
+
+    n = 4
+    x, a, r = cp.Variable(n, pos=True), cp.Parameter(n), cp.Parameter()
+    layer = dl.compile(cp.Problem(cp.Minimize(0.5 * cp.sum_squares(x - a)),
+                                  [cp.sum(cp.power(x, 3)) <= r]), [a, r], [x], on_failure="nan")
+    A = np.abs(np.random.default_rng(11).standard_normal((6, n))) + 0.5
+    R = 0.6 * (A**3).sum(axis=1)
+
+    def exact(ai, ri):
+        def at(lam):
+            return (np.sqrt(1 + 12 * lam * ai) - 1) / (6 * lam)
+        lam = brentq(lambda lam: (at(lam) ** 3).sum() - ri, 1e-12, 1e6, xtol=1e-300,
+                     rtol=1e-15)
+        return at(lam)
+
+    fwd = layer.forward([s * A, s**3 * R])
+    if s in (1e-6, 1e6):
+        assert fwd.ok.all(), fwd.info.status
+    for i in np.flatnonzero(fwd.ok):
+        xt = s * exact(A[i], R[i])
+        assert np.abs(fwd.outputs[0][i] - xt).max() <= 1e-8 * xt.max(), (i, fwd.info.status)
