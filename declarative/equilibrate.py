@@ -954,8 +954,10 @@ def _boost_of(p: _Pattern, y: np.ndarray, s: np.ndarray, where: np.ndarray
     """Per boostable second-order cone (B, k), the κ of the boost (`Equilibration.boost`)
     that brings the sum p and the difference q of its first and axis rows to one magnitude:
     2^(2κ) = q/p of its slack (the boost maps p, q to 2^κ p, 2^−κ q; on the cone's boundary
-    both become √(pq), the norm of its other entries), else p/q of its multiplier (mapped by
-    the boost by −κ); these agree at a complementary pair on the boundary. x·t >= 1 of
+    both become √(pq), the norm of its other entries; where the multiplier vanishes and the
+    smaller of p, q is lost to the larger's rounding, as if the cone bound: ‖rest‖²/(the
+    larger)), else p/q of its multiplier (mapped by the boost by −κ); these agree at a
+    complementary pair on the boundary. x·t >= 1 of
     inv_pos(x) at x ~ 1e-6 is (x + t, x − t, 2) with t ~ 1e6: q/p = t/x = 1e12, and the boost
     brings the point to (2, 0, 2). A cone the point says nothing about takes the mean of
     the instance's others (the cones of one atom share a scale); 0 where none says anything,
@@ -984,9 +986,11 @@ def _boost_of(p: _Pattern, y: np.ndarray, s: np.ndarray, where: np.ndarray
         with np.errstate(divide="ignore", invalid="ignore"):
             by_rest = block_norm(u, True) / big
             least = np.minimum(plus, minus)
-            # (where the other vanishes and the difference is lost to rounding, a cone that
-            # binds gives its smaller entry by ‖rest‖²/(the larger) all the same:
-            # sum_squares(x) <= r at r ~ 1e-18 as (1 + t, 1 − t, 2x), y = 0 at x = a)
+            # (where the other vanishes and the difference is lost to rounding, the smaller
+            # entry is taken as ‖rest‖²/(the larger), its value were the cone to bind: the
+            # least it can be at a feasible point. sum_squares(x) <= r at r ~ 1e-18, as
+            # (1 + t, 1 − t, 2x), y = 0 at x = a. Where the cone does not bind this boosts
+            # too far: Σ x³ (approx) <= r at r ~ 3e-14, κ −54 where −4 solved it)
             lost = ~on & (least <= BOOST_NOISE * (np.abs(ur) + np.abs(uq)))
             small = np.where(on | lost, by_rest, least)
             known = (big > 0) & (small > 0)

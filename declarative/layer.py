@@ -1857,7 +1857,8 @@ class Layer:
         """Refinement once more from ``att``'s points at ``idx`` (instances of ``ops``, not
         certified) whose power cones sit at an apex that a row of data rules out, moved to
         the face that row asks for (`cones.power_apexes_released`), and the certificate of
-        its points (`_certified_again`); merged into ``att`` where certified.
+        its points (`_certified_again`); merged into ``att`` where certified and no power
+        block is left unresolved (`_unresolved`).
 
         Newton's method cannot leave such an apex (its DΠ is 0 on the block, and the
         multiplier's entry that would move it enters no other row): min Σ x^1.5/1.5 − cᵀx
@@ -2228,7 +2229,8 @@ class Layer:
         find one that refinement left there."""
         kinks = np.zeros(v.shape, dtype=bool)
         which = which & ~self._factors_lost(ops, c, b, r.x, r.y, which)
-        which = which & ~_rotated_unresolved(ops, b, r.x, r.s)
+        which = which & ~_rotated_unresolved(ops, b, r.x, r.s,
+                                             self._raw_outputs(eq, r.x, r.y))
         ok = which & self._forward_error_ok(ops, eq, r, which, factors, c, b,
                                             rounding=rounding, kinks=kinks)
         v[kinks & ok[:, None]] = 0.0
@@ -2787,6 +2789,11 @@ class Layer:
         return not np.any(rows & (lead > 0) & (2 * lead >= terms)
                           & (np.abs(F[: t.n]) > ACCEPT_BACKWARD * terms))
 
+    def _raw_outputs(self, eq: Equilibration, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """(B, n): |x| in the user's units (the equilibration undone) on the variables an
+        output reads, 0 on the others."""
+        return np.abs(eq.solution(x, y)[0]) * self._output_columns
+
     @cached_property
     def _output_columns(self) -> np.ndarray:
         """(n,) bool: the variables that some output reads (`recover`'s x columns)."""
@@ -3143,7 +3150,9 @@ def _face_data_unseen(own: np.ndarray, c: np.ndarray, b: np.ndarray, n: int) -> 
 # tolerance (`Layer._polished`).
 UNRESOLVED = 1e-8
 # A rotated second-order cone 4ut >= ‖w‖² whose ‖w‖² exceeds 4ut by more than this fraction
-# of the two, u and t taken apart from the data (`_rotated_unresolved`), is violated
+# of the two beyond their rounding, u and t taken apart from the data, is violated; and
+# only cones whose w reads an output's variable above this fraction of that output's
+# largest entry are asked (`_rotated_unresolved`)
 ROTATED_TOL = ACCEPT_FORWARD
 # `Layer._polished`'s refinement: past REFINE_TOL to this ω, in at most POLISH_STEPS Newton
 # steps (from a point within REFINE_TOL, two took x = √c at c = 2e-10 from 1.9e-4 of itself
@@ -3172,12 +3181,13 @@ def _unresolved(t: ConeTemplate, y: np.ndarray, s: np.ndarray) -> np.ndarray:
     return out
 
 
-def _rotated_unresolved(ops: BatchOps, b: np.ndarray, x: np.ndarray, s: np.ndarray
-                        ) -> np.ndarray:
-    """(B,) bool: is a boostable second-order cone of the point (x, s) (`equilibrate`'s
-    `_boostable`: rows u + t and u − t of a rotated cone 4ut >= ‖w‖², w its other rows)
-    violated beyond ROTATED_TOL once u and t are taken apart from b and A's rows, not from
-    the slack's two rows?
+def _rotated_unresolved(ops: BatchOps, b: np.ndarray, x: np.ndarray, s: np.ndarray,
+                        raw: np.ndarray) -> np.ndarray:
+    """(B,) bool: is a boostable second-order cone of the point (x, s) of the equilibrated
+    program (`equilibrate`'s `_boostable`: rows u + t and u − t of a rotated cone
+    4ut >= ‖w‖², w its other rows) violated once u and t are taken apart from b and A's
+    rows, not from the slack's two rows, where its rows read an output's variable that
+    matters?
 
     Where the smaller of u and t lies below the rounding of the larger, the slack's rows
     hold only the larger, and the cone binds to that rounding alone: sum_squares(x) <= r at
@@ -3185,40 +3195,56 @@ def _rotated_unresolved(ops: BatchOps, b: np.ndarray, x: np.ndarray, s: np.ndarr
     1, where x = a (the point without the ball, 5% … 110% off) solved the program as float64
     holds it to ω 4e-19 and its linearization, at a multiplier of 0, saw no error. 2u and
     2t are (b₀ ± b₁) − (A₀ ± A₁)x with A₀ ± A₁ formed entry by entry (the two rows store the
-    same columns), exact where one holds data and the other a variable; the test allows
-    their rounding, |b₀ ± b₁| + |A₀ ± A₁||x| times ROUNDING, and leaves out cones whose w
-    lies below ROTATED_TOL of the point's largest |A||x|."""
-    p = pattern(ops.template)
+    same columns), exact where one holds data and the other a variable. Violated: 4ut below
+    ‖w‖² by more than ROTATED_TOL of the two plus their rounding (|b₀ ± b₁| + |A₀ ± A₁||x|
+    times ROUNDING), or u or t below minus its rounding. Only cones whose rows read a
+    variable that an output reads, at more than ROTATED_TOL of the outputs' largest entry in
+    the user's units (``raw`` (B, n): |x| of the output variables, 0 elsewhere), are asked:
+    a chain whose variable lies at 1e-18 of the output beside it (power(x, 1.5) with one
+    x_i ~ 1e-18, returned as 1e-32) holds no output's value."""
+    t = ops.template
+    p = pattern(t)
     if not p.boost_r.size:
         return np.zeros(x.shape[0], dtype=bool)
     r0, r1 = p.boost_rows
     k = r0.size
+    dims = t.dims
+    lo = dims.zero + dims.nonneg
+    sizes = np.asarray(dims.soc, dtype=np.intp)
+    starts = np.concatenate([[0], np.cumsum(sizes[:-1])]).astype(np.intp)
+    which = np.searchsorted(starts, r0 - lo)  # each boostable cone among the SOCs
+    # the stored entries of each boostable cone's rows, and their columns
+    soc_of = np.searchsorted(lo + starts, p.rows, side="right") - 1
+    cone_of = np.full(sizes.size, -1)
+    cone_of[which] = np.arange(k)
+    on = np.flatnonzero((p.rows >= lo) & (p.rows < lo + sizes.sum()))
+    on = on[cone_of[soc_of[on]] >= 0]
+    top = raw.max(axis=1, initial=0.0)[:, None]
+    read = np.zeros((x.shape[0], k))
+    np.maximum.at(read.T, cone_of[soc_of[on]], raw[:, p.cols[on]].T)
+    asked = read > ROTATED_TOL * top
+    if not asked.any():
+        return np.zeros(x.shape[0], dtype=bool)
     a0, a1 = ops.a[:, p.boost_r], ops.a[:, p.boost_q]
     xc = x[:, p.cols[p.boost_r]]
-    cone = np.zeros((p.boost_cone.size, k))
-    cone[np.arange(p.boost_cone.size), p.boost_cone] = 1.0
+    cone = sp.csr_matrix((np.ones(p.boost_cone.size), (np.arange(p.boost_cone.size),
+                                                        p.boost_cone)),
+                         shape=(p.boost_cone.size, k))
 
     def per_cone(v: np.ndarray) -> np.ndarray:  # (B, entries) → (B, cones): each cone's sum
-        return v @ cone
+        return np.asarray(v @ cone)
 
     su = (b[:, r0] + b[:, r1]) - per_cone((a0 + a1) * xc)  # 2u
     df = (b[:, r0] - b[:, r1]) - per_cone((a0 - a1) * xc)  # 2t
     e_su = ROUNDING * (np.abs(b[:, r0] + b[:, r1]) + per_cone(np.abs((a0 + a1) * xc)))
     e_df = ROUNDING * (np.abs(b[:, r0] - b[:, r1]) + per_cone(np.abs((a0 - a1) * xc)))
-    dims = ops.template.dims
-    lo = dims.zero + dims.nonneg
-    sizes = np.asarray(dims.soc, dtype=np.intp)
-    starts = np.concatenate([[0], np.cumsum(sizes[:-1])]).astype(np.intp)
     sq = s[:, lo : lo + sizes.sum()] ** 2
     sq[:, r0 - lo] = sq[:, r1 - lo] = 0.0  # (‖w‖² summed apart: never s₀² − s₁² − …)
-    w2 = np.add.reduceat(sq, starts, axis=1)[:, np.searchsorted(starts, r0 - lo)]
+    w2 = np.add.reduceat(sq, starts, axis=1)[:, which]
     prod = su * df
     allowed = ROTATED_TOL * (w2 + np.abs(prod)) + np.abs(su) * e_df + np.abs(df) * e_su
-    # (a cone whose w is the rounding of the point's largest entries holds no output's
-    # value: prox of pnorm(x, 1.5) with one aᵢ ~ 1e-9 of the largest, xᵢ's chain at 1e-13)
-    scale = ops.magnitude.A(np.abs(x)).max(axis=1, initial=0.0)[:, None]
-    held = np.sqrt(w2) > ROTATED_TOL * scale
-    return np.any((w2 - prod > allowed) & held, axis=1)
+    violated = (w2 - prod > allowed) | (su < -e_su) | (df < -e_df)
+    return np.any(violated & asked, axis=1)
 
 
 def _unbalanced(x: np.ndarray, y: np.ndarray) -> np.ndarray:

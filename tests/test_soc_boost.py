@@ -327,3 +327,19 @@ def test_a_cubic_constraint_at_scale_is_solved_right_or_not_at_all(s):
     for i in np.flatnonzero(fwd.ok):
         xt = s * exact(A[i], R[i])
         assert np.abs(fwd.outputs[0][i] - xt).max() <= 1e-8 * xt.max(), (i, fwd.info.status)
+
+
+def test_a_chain_holding_an_output_entry_far_below_the_others_is_still_certified():
+    """min Σ power(x, 1.5)/1.5 − cᵀx (CVXPY's chain of rotated cones) with c = (1, 1e-6,
+    1e3, 1e-7) × 1e-3 in a batch: x = c² = (1e-6, 1e-18, 1, 1e-20), returned as (1e-6,
+    2.5e-32, 1, 6e-31), right to 1e-8 of its largest entry. The chains of x₂ and x₄ are
+    violated once their u and t are taken apart from the data, but they hold no output's
+    value at that level, and the point stays certified."""
+    x, c = cp.Variable(4, nonneg=True), cp.Parameter(4, pos=True)
+    layer = dl.compile(cp.Problem(cp.Minimize(
+        cp.sum(cp.power(x, 1.5, approx=True)) / 1.5 - c @ x)), [c], [x])
+    cv = np.stack([k * np.array([1.0, 1e-6, 1e3, 1e-7]) for k in np.logspace(-3, 3, 7)])
+    fwd = layer.forward([cv], on_failure="nan")  # (the batch: c × 1e-3 … 1e3)
+    assert fwd.ok[0], fwd.info.status
+    for i in np.flatnonzero(fwd.ok):
+        assert np.abs(fwd.outputs[0][i] - cv[i] ** 2).max() <= 1e-8 * (cv[i] ** 2).max()
