@@ -2464,18 +2464,18 @@ class Layer:
                 continue
             judged = np.maximum(own, SCALE_FLOOR * den[j].max(initial=0.0))
             exact = gap <= ACCEPT_BACKWARD * judged
+            zero, sep = t.n + t.dims.zero, t.n + t.dims.zero + t.dims.nonneg
+            held = b[idx[j], : sep - t.n] != 0
+            held[zero - t.n :] &= pv[j, zero - t.n : sep - t.n] > 0
             if not np.all(exact | (gap <= ACCEPT_BACKWARD * judged + rounding * den[j].max())):
                 d[j] = np.inf
-                continue
             # an equality, or an active inequality (y > 0), whose b_i is data the solution
             # answers to, is judged on its own terms (s and y exact there), not at the
             # floor: sum(power(x, 3)) <= r at x ~ 1e-9, the chain's cones boosted to their
             # limit, left Σt 2e7 times r below the floor, and x, the point without the
             # constraint, 20% off
-            zero, sep = t.n + t.dims.zero, t.n + t.dims.zero + t.dims.nonneg
-            held = b[idx[j], : sep - t.n] != 0
-            held[zero - t.n :] &= pv[j, zero - t.n : sep - t.n] > 0
-            if np.any(held & (gap[t.n : sep] > (ACCEPT_BACKWARD + rounding) * own[t.n : sep])):
+            elif np.any(held & (gap[t.n : sep]
+                                > (ACCEPT_BACKWARD + rounding) * own[t.n : sep])):
                 d[j] = np.inf
             # a row left to rounding is not resolved here: the error it carries along the
             # null space is unbounded, so a null space that moves an output needs every row
@@ -3151,7 +3151,7 @@ def _face_data_unseen(own: np.ndarray, c: np.ndarray, b: np.ndarray, n: int) -> 
 UNRESOLVED = 1e-8
 # A rotated second-order cone 4ut >= ‖w‖² whose ‖w‖² exceeds 4ut by more than this fraction
 # of the two beyond their rounding, u and t taken apart from the data, is violated; and
-# only cones whose w reads an output's variable above this fraction of that output's
+# only cones whose rows read an output's variable above this fraction of the outputs'
 # largest entry are asked (`_rotated_unresolved`)
 ROTATED_TOL = ACCEPT_FORWARD
 # `Layer._polished`'s refinement: past REFINE_TOL to this ω, in at most POLISH_STEPS Newton
