@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -2229,8 +2229,10 @@ class Layer:
         find one that refinement left there."""
         kinks = np.zeros(v.shape, dtype=bool)
         which = which & ~self._factors_lost(ops, c, b, r.x, r.y, which)
-        which = which & ~_rotated_unresolved(ops, b, r.x, r.s,
-                                             self._raw_outputs(eq, r.x, r.y))
+        layout = self._rotated_layout
+        if layout is not None:
+            which = which & ~_rotated_unresolved(ops, b, r.x, r.s,
+                                                 self._raw_outputs(eq, r.x, r.y), layout)
         ok = which & self._forward_error_ok(ops, eq, r, which, factors, c, b,
                                             rounding=rounding, kinks=kinks)
         v[kinks & ok[:, None]] = 0.0
@@ -2795,6 +2797,11 @@ class Layer:
         return np.abs(eq.solution(x, y)[0]) * self._output_columns
 
     @cached_property
+    def _rotated_layout(self) -> _RotatedLayout | None:
+        """`_rotated_layout` of the template, made once."""
+        return _rotated_layout(self.template)
+
+    @cached_property
     def _output_columns(self) -> np.ndarray:
         """(n,) bool: the variables that some output reads (`recover`'s x columns)."""
         t = self.template
@@ -3161,6 +3168,31 @@ POLISH_TOL = 1e-17
 POLISH_STEPS = 2
 
 
+class _RotatedLayout(NamedTuple):
+    """Where `_rotated_unresolved` reads a template's boostable cones, from A's pattern."""
+
+    block: np.ndarray        # (cones,): each cone's block among `pattern`'s blocks
+    entry_cone: np.ndarray   # the stored entries of A in the cones' rows: their cone ...
+    entry_cols: np.ndarray   # ... and their column
+    sums: sp.csr_matrix      # (the first rows' entries, cones): each cone's sum
+
+
+def _rotated_layout(t: ConeTemplate) -> _RotatedLayout | None:
+    """The template's `_RotatedLayout`; None where it has no boostable cone."""
+    p = pattern(t)
+    if not p.boost_r.size:
+        return None
+    k = p.boost_rows.shape[1]
+    block = np.searchsorted(p.blocks, p.boost_rows[0])
+    cone_of = np.full(p.blocks.size, -1)
+    cone_of[block] = np.arange(k)
+    of = cone_of[np.searchsorted(p.blocks, p.rows, side="right") - 1]
+    on = np.flatnonzero(of >= 0)
+    e = p.boost_cone.size
+    sums = sp.csr_matrix((np.ones(e), (np.arange(e), p.boost_cone)), shape=(e, k))
+    return _RotatedLayout(block, of[on], p.cols[on], sums)
+
+
 def _unresolved(t: ConeTemplate, y: np.ndarray, s: np.ndarray) -> np.ndarray:
     """(B,) bool: does a power cone of the point (y, s) (B, m) hold, in its slack's or its
     multiplier's block, a nonzero entry below UNRESOLVED of the block's largest?
@@ -3182,7 +3214,7 @@ def _unresolved(t: ConeTemplate, y: np.ndarray, s: np.ndarray) -> np.ndarray:
 
 
 def _rotated_unresolved(ops: BatchOps, b: np.ndarray, x: np.ndarray, s: np.ndarray,
-                        raw: np.ndarray) -> np.ndarray:
+                        raw: np.ndarray, layout: _RotatedLayout) -> np.ndarray:
     """(B,) bool: is a boostable second-order cone of the point (x, s) of the equilibrated
     program (`equilibrate`'s `_boostable`: rows u + t and u − t of a rotated cone
     4ut >= ‖w‖², w its other rows) violated once u and t are taken apart from b and A's
@@ -3201,46 +3233,28 @@ def _rotated_unresolved(ops: BatchOps, b: np.ndarray, x: np.ndarray, s: np.ndarr
     variable that an output reads, at more than ROTATED_TOL of the outputs' largest entry in
     the user's units (``raw`` (B, n): |x| of the output variables, 0 elsewhere), are asked:
     a chain whose variable lies at 1e-18 of the output beside it (power(x, 1.5) with one
-    x_i ~ 1e-18, returned as 1e-32) holds no output's value."""
-    t = ops.template
-    p = pattern(t)
-    if not p.boost_r.size:
-        return np.zeros(x.shape[0], dtype=bool)
+    x_i ~ 1e-18, returned as 1e-32) holds no output's value. ``layout``: the cones' indices
+    (`Layer._rotated_layout`)."""
+    p = pattern(ops.template)
     r0, r1 = p.boost_rows
-    k = r0.size
-    dims = t.dims
-    lo = dims.zero + dims.nonneg
-    sizes = np.asarray(dims.soc, dtype=np.intp)
-    starts = np.concatenate([[0], np.cumsum(sizes[:-1])]).astype(np.intp)
-    which = np.searchsorted(starts, r0 - lo)  # each boostable cone among the SOCs
-    # the stored entries of each boostable cone's rows, and their columns
-    soc_of = np.searchsorted(lo + starts, p.rows, side="right") - 1
-    cone_of = np.full(sizes.size, -1)
-    cone_of[which] = np.arange(k)
-    on = np.flatnonzero((p.rows >= lo) & (p.rows < lo + sizes.sum()))
-    on = on[cone_of[soc_of[on]] >= 0]
-    top = raw.max(axis=1, initial=0.0)[:, None]
-    read = np.zeros((x.shape[0], k))
-    np.maximum.at(read.T, cone_of[soc_of[on]], raw[:, p.cols[on]].T)
-    asked = read > ROTATED_TOL * top
+    read = np.zeros((x.shape[0], r0.size))
+    np.maximum.at(read.T, layout.entry_cone, raw[:, layout.entry_cols].T)
+    asked = read > ROTATED_TOL * raw.max(axis=1, initial=0.0)[:, None]
     if not asked.any():
         return np.zeros(x.shape[0], dtype=bool)
     a0, a1 = ops.a[:, p.boost_r], ops.a[:, p.boost_q]
     xc = x[:, p.cols[p.boost_r]]
-    cone = sp.csr_matrix((np.ones(p.boost_cone.size), (np.arange(p.boost_cone.size),
-                                                        p.boost_cone)),
-                         shape=(p.boost_cone.size, k))
 
     def per_cone(v: np.ndarray) -> np.ndarray:  # (B, entries) → (B, cones): each cone's sum
-        return np.asarray(v @ cone)
+        return np.asarray(v @ layout.sums)
 
     su = (b[:, r0] + b[:, r1]) - per_cone((a0 + a1) * xc)  # 2u
     df = (b[:, r0] - b[:, r1]) - per_cone((a0 - a1) * xc)  # 2t
     e_su = ROUNDING * (np.abs(b[:, r0] + b[:, r1]) + per_cone(np.abs((a0 + a1) * xc)))
     e_df = ROUNDING * (np.abs(b[:, r0] - b[:, r1]) + per_cone(np.abs((a0 - a1) * xc)))
-    sq = s[:, lo : lo + sizes.sum()] ** 2
-    sq[:, r0 - lo] = sq[:, r1 - lo] = 0.0  # (‖w‖² summed apart: never s₀² − s₁² − …)
-    w2 = np.add.reduceat(sq, starts, axis=1)[:, which]
+    sq = s**2
+    sq[:, r0] = sq[:, r1] = 0.0  # (‖w‖² summed apart: never s₀² − s₁² − …)
+    w2 = np.add.reduceat(sq, p.blocks, axis=1)[:, layout.block]
     prod = su * df
     allowed = ROTATED_TOL * (w2 + np.abs(prod)) + np.abs(su) * e_df + np.abs(df) * e_su
     violated = (w2 - prod > allowed) | (su < -e_su) | (df < -e_df)
