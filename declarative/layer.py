@@ -2228,7 +2228,7 @@ class Layer:
         error is held on the kink, which the derivatives then find (`diagnose`), as they
         find one that refinement left there."""
         kinks = np.zeros(v.shape, dtype=bool)
-        which = which & ~self._factors_lost(ops, c, b, r.x, r.y, which)
+        which = which & ~self._factors_lost(ops, eq, c, b, r.x, r.y, which)
         layout = self._rotated_layout
         if layout is not None:
             which = which & ~_rotated_unresolved(ops, b, r.x, r.s,
@@ -2238,8 +2238,8 @@ class Layer:
         v[kinks & ok[:, None]] = 0.0
         return ok
 
-    def _factors_lost(self, ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray,
-                      y: np.ndarray, which: np.ndarray) -> np.ndarray:
+    def _factors_lost(self, ops: BatchOps, eq: Equilibration, c: np.ndarray, b: np.ndarray,
+                      x: np.ndarray, y: np.ndarray, which: np.ndarray) -> np.ndarray:
         """Per instance of ``ops`` (B,), where ``which``: does a boostable second-order cone
         hold a factor below rounding that the point's optimality rests on? The sum and the
         difference of its slack's first row r and axis row q (b − Ax) are formed from the
@@ -2247,27 +2247,90 @@ class Layer:
         nonzero and below FACTOR_LOST of the two rows' terms (|A||x| + |b|) is rounding in
         that scaling, and the duality gap it carries, ½|y_r ± y_q| times it, which no
         floating-point residual shows, must be within ACCEPT_BACKWARD of the objective's
-        terms (|c|ᵀ|x| + |x|ᵀ|P||x|). An inactive cone (y = 0) carries none."""
+        terms (|c|ᵀ|x| + |x|ᵀ|P||x|). An inactive cone (y = 0) carries none. The same of the
+        multiplier's factors: `_multiplier_factors_lost`."""
         out = np.zeros(len(which), dtype=bool)
-        rq = pattern(self.template).boost_rows
+        pat = pattern(self.template)
+        rq = pat.boost_rows
         idx = np.flatnonzero(which)
         if rq.shape[1] == 0 or idx.size == 0:
             return out
         sub = ops.take(idx)
         xs, ys, bb = x[idx], y[idx], b[idx]
         Ax = sub.A(xs)
-        terms = sub.magnitude.A(np.abs(xs)) + np.abs(bb)
+        Ax_terms = sub.magnitude.A(np.abs(xs))
+        terms = Ax_terms + np.abs(bb)
         r, q = rq
         scale = terms[:, r] + terms[:, q]
         objective = (np.abs(xs) * (sub.magnitude.P(np.abs(xs)) + np.abs(c[idx]))).sum(axis=1)
         gap = np.zeros(idx.size)
+        sides = []
         for sign in (1.0, -1.0):
-            part = np.abs((bb[:, r] + sign * bb[:, q]) - (Ax[:, r] + sign * Ax[:, q]))
-            rounding = (part > 0) & (part <= FACTOR_LOST * scale)
-            gap += np.where(rounding, 0.5 * np.abs(ys[:, r] + sign * ys[:, q]) * part,
+            part = (bb[:, r] + sign * bb[:, q]) - (Ax[:, r] + sign * Ax[:, q])
+            rounding = (part != 0) & (np.abs(part) <= FACTOR_LOST * scale)
+            gap += np.where(rounding, 0.5 * np.abs(ys[:, r] + sign * ys[:, q]) * np.abs(part),
                             0.0).sum(axis=1)
-        out[idx] = gap > ACCEPT_BACKWARD * objective
+            sides.append(part)
+        lost = gap > ACCEPT_BACKWARD * objective
+        # (what the data's and the scaling's rounding move the slack's rows by: |δA||x| + δb)
+        moved = np.zeros_like(bb)
+        for by in (self._data_rounding(ops, eq, idx, xs, ys),
+                   self._scaling_rounding(ops, eq, idx, bb, xs, ys)):
+            if isinstance(by, np.ndarray):
+                moved += by[:, self.template.n :]
+        out[idx] = lost | self._multiplier_factors_lost(pat, bb - Ax, ys, sides, Ax_terms,
+                                                        objective, moved)
         return out
+
+    @staticmethod
+    def _multiplier_factors_lost(pat: Any, s: np.ndarray, y: np.ndarray,
+                                 sides: list[np.ndarray], Ax_terms: np.ndarray,
+                                 objective: np.ndarray, moved: np.ndarray) -> np.ndarray:
+        """Per instance (B,): does a boostable second-order cone's multiplier hold a factor
+        below rounding that the point's optimality rests on? Its factors P, Q = y_r ± y_q
+        (first row r, axis row q) are its rows' sum and difference; one within FACTOR_LOST
+        of |y_r| + |y_q| is lost to the other's rounding, and is taken at the least value
+        that keeps y in the cone, ‖W‖²/(the other) (W: y's other rows). The cone's
+        complementarity, ½(pP + qQ) + ⟨w, W⟩, with the slack's factors p, q = s_r ± s_q
+        formed from the rows' data (``sides``, b_r ± b_q − ((Ax)_r ± (Ax)_q)) and its other
+        rows w (``s``, b − Ax), must then be within ACCEPT_BACKWARD of the objective's terms
+        beyond its own rounding and what the data's rounding moves the rows by (``moved``,
+        (B, m)). max √x − c·x at c = 1e8 is (x + 1, x − 1, 2t) with
+        y ≈ (5e7, 5e7, −0.5): y_r − y_q = 2.5e-9 (its exact value, where y binds) lies below
+        y_r's rounding, so SCS's x = 7.3e-12, 3e5 times the solution 1/(4c²), left a gap of
+        7.3e-4, the whole objective's terms, that no floating-point residual shows."""
+        r, q = pat.boost_rows
+        rest = np.ones(s.shape[1] + 1, dtype=bool)
+        rest[r] = rest[q] = False
+        rest[-1] = False
+
+        def per_cone(u: np.ndarray) -> np.ndarray:  # (B, m) → (B, cones): over the rest rows
+            u = np.concatenate([u, np.zeros((u.shape[0], 1))], axis=1) * rest
+            return np.add.reduceat(u, pat.boost_bounds, axis=1)[:, ::2]
+
+        big_y = np.abs(y[:, r]) + np.abs(y[:, q])
+        W2 = per_cone(y * y)
+        p, qq = sides
+        P, Q = y[:, r] + y[:, q], y[:, r] - y[:, q]
+        lost = np.zeros(P.shape, dtype=bool)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for mine, other in ((P, Q), (Q, P)):
+                gone = (np.abs(mine) <= FACTOR_LOST * big_y) & (other > 0) & (W2 > 0)
+                mine[gone] = np.maximum(mine[gone], W2[gone] / other[gone])
+                lost |= gone
+        if not lost.any():
+            return np.zeros(len(y), dtype=bool)
+        sw = per_cone(s * y)
+        gap = 0.5 * (p * P + qq * Q) + sw
+        # (p and q are exact but for their products' and sums' rounding, |A||x| of the two
+        # rows and the sums' own, and the data's)
+        both = Ax_terms[:, r] + Ax_terms[:, q]
+        rounding = ROUNDING * (0.5 * (np.abs(P) * (both + np.abs(p))
+                                      + np.abs(Q) * (both + np.abs(qq)))
+                               + per_cone(np.abs(s * y))) \
+            + 0.5 * (np.abs(P) + np.abs(Q)) * (moved[:, r] + moved[:, q])
+        excess = np.where(lost, np.maximum(np.abs(gap) - rounding, 0.0), 0.0).sum(axis=1)
+        return excess > ACCEPT_BACKWARD * objective
 
     def _data_rounding(self, ops: BatchOps, eq: Equilibration, idx: np.ndarray, x: np.ndarray,
                        y: np.ndarray) -> np.ndarray | float:

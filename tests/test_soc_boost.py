@@ -329,6 +329,26 @@ def test_a_cubic_constraint_at_scale_is_solved_right_or_not_at_all(s):
         assert np.abs(fwd.outputs[0][i] - xt).max() <= 1e-8 * xt.max(), (i, fwd.info.status)
 
 
+@pytest.mark.parametrize("atom", ["sqrt", "power"])
+def test_a_multiplier_whose_cone_factor_is_lost_to_rounding_is_solved_right(atom):
+    """max √x − c·x (x = 1/(4c²), dx/dc = −1/(2c³)) for c over 1e-12 … 1e12 in one batch.
+    CVXPY writes t <= √x as (x + 1, x − 1, 2t); at c = 1e8 the multiplier is
+    (5e7, 5e7, −0.5), whose rows' difference, 2.5e-9 where it binds, lies below their
+    rounding: x = 7.3e-12 (3e5 times the solution) and x = 0 at c = 1e10 came back
+    `solved`, their duality gap invisible to the residual. Every instance solved, its value
+    within 1e-12 and its derivative within 1e-8 of the closed forms."""
+    x, c = cp.Variable(), cp.Parameter(pos=True)
+    root = cp.sqrt(x) if atom == "sqrt" else cp.power(x, 0.5)
+    layer = dl.compile(cp.Problem(cp.Maximize(root - c * x)), [c], [x], on_failure="nan")
+    C = np.logspace(-12, 12, 13)
+    fwd = layer.forward([C])
+    assert fwd.ok.all(), fwd.info.status
+    for i, ci in enumerate(C):
+        xt, jt = 1 / (4 * ci**2), -1 / (2 * ci**3)
+        assert abs(fwd.outputs[0][i] - xt) <= 1e-12 * xt, (ci, fwd.outputs[0][i])
+        assert abs(np.ravel(fwd.jacobian(i)[0][0])[0] - jt) <= 1e-8 * abs(jt), ci
+
+
 def test_a_chain_holding_an_output_entry_far_below_the_others_is_still_certified():
     """min Σ power(x, 1.5)/1.5 − cᵀx (CVXPY's chain of rotated cones) with c = (1, 1e-6,
     1e3, 1e-7) × 1e-3 in a batch: x = c² = (1e-6, 1e-18, 1, 1e-20), returned as (1e-6,
