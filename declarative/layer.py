@@ -2272,12 +2272,17 @@ class Layer:
                             0.0).sum(axis=1)
             sides.append(part)
         lost = gap > ACCEPT_BACKWARD * objective
-        # (what the data's and the scaling's rounding move the slack's rows by: |δA||x| + δb)
-        moved = np.zeros_like(bb)
-        for by in (self._data_rounding(ops, eq, idx, xs, ys),
-                   self._scaling_rounding(ops, eq, idx, bb, xs, ys)):
-            if isinstance(by, np.ndarray):
-                moved += by[:, self.template.n :]
+
+        def moved() -> np.ndarray:
+            # what the data's and the scaling's rounding move the slack's rows by:
+            # |δA||x| + δb
+            by = np.zeros_like(bb)
+            for part in (self._data_rounding(ops, eq, idx, xs, ys),
+                         self._scaling_rounding(ops, eq, idx, bb, xs, ys)):
+                if isinstance(part, np.ndarray):
+                    by += part[:, self.template.n :]
+            return by
+
         out[idx] = lost | self._multiplier_factors_lost(pat, bb - Ax, ys, sides, Ax_terms,
                                                         objective, moved)
         return out
@@ -2285,7 +2290,8 @@ class Layer:
     @staticmethod
     def _multiplier_factors_lost(pat: Any, s: np.ndarray, y: np.ndarray,
                                  sides: list[np.ndarray], Ax_terms: np.ndarray,
-                                 objective: np.ndarray, moved: np.ndarray) -> np.ndarray:
+                                 objective: np.ndarray,
+                                 moved: Callable[[], np.ndarray]) -> np.ndarray:
         """Per instance (B,): does a boostable second-order cone's multiplier hold a factor
         below rounding that the point's optimality rests on? Its factors P, Q = y_r ± y_q
         (first row r, axis row q) are its rows' sum and difference; one within FACTOR_LOST
@@ -2294,11 +2300,12 @@ class Layer:
         complementarity, ½(pP + qQ) + ⟨w, W⟩, with the slack's factors p, q = s_r ± s_q
         formed from the rows' data (``sides``, b_r ± b_q − ((Ax)_r ± (Ax)_q)) and its other
         rows w (``s``, b − Ax), must then be within ACCEPT_BACKWARD of the objective's terms
-        beyond its own rounding and what the data's rounding moves the rows by (``moved``,
-        (B, m)). max √x − c·x at c = 1e8 is (x + 1, x − 1, 2t) with
-        y ≈ (5e7, 5e7, −0.5): y_r − y_q = 2.5e-9 (its exact value, where y binds) lies below
-        y_r's rounding, so SCS's x = 7.3e-12, 3e5 times the solution 1/(4c²), left a gap of
-        7.3e-4, the whole objective's terms, that no floating-point residual shows."""
+        beyond its own rounding and what the data's rounding moves the rows by (``moved()``,
+        (B, m), asked only where a factor is lost). max √x − c·x at c = 1e8 is
+        (x + 1, x − 1, 2t) with y ≈ (5e7, 5e7, −0.5): y_r − y_q = 2.5e-9 (its exact value,
+        where y binds) lies below y_r's rounding, so SCS's x = 7.3e-12, 3e5 times the
+        solution 1/(4c²), left a gap of 7.3e-4, the whole objective's terms, that no
+        floating-point residual shows."""
         r, q = pat.boost_rows
         rest = np.ones(s.shape[1] + 1, dtype=bool)
         rest[r] = rest[q] = False
@@ -2325,10 +2332,11 @@ class Layer:
         # (p and q are exact but for their products' and sums' rounding, |A||x| of the two
         # rows and the sums' own, and the data's)
         both = Ax_terms[:, r] + Ax_terms[:, q]
+        by = moved()
         rounding = ROUNDING * (0.5 * (np.abs(P) * (both + np.abs(p))
                                       + np.abs(Q) * (both + np.abs(qq)))
                                + per_cone(np.abs(s * y))) \
-            + 0.5 * (np.abs(P) + np.abs(Q)) * (moved[:, r] + moved[:, q])
+            + 0.5 * (np.abs(P) + np.abs(Q)) * (by[:, r] + by[:, q])
         excess = np.where(lost, np.maximum(np.abs(gap) - rounding, 0.0), 0.0).sum(axis=1)
         return excess > ACCEPT_BACKWARD * objective
 
