@@ -2229,6 +2229,8 @@ class Layer:
         find one that refinement left there."""
         kinks = np.zeros(v.shape, dtype=bool)
         which = which & ~self._factors_lost(ops, eq, c, b, r.x, r.y, which)
+        if self.template.dims.power:
+            which = which & ~self._power_products_unmet(ops, eq, c, b, r.x, r.y, which)
         layout = self._rotated_layout
         if layout is not None:
             which = which & ~_rotated_unresolved(ops, b, r.x, r.s,
@@ -2285,6 +2287,54 @@ class Layer:
 
         out[idx] = lost | self._multiplier_factors_lost(pat, bb - Ax, ys, sides, Ax_terms,
                                                         objective, moved)
+        return out
+
+    def _power_products_unmet(self, ops: BatchOps, eq: Equilibration, c: np.ndarray,
+                              b: np.ndarray, x: np.ndarray, y: np.ndarray, which: np.ndarray
+                              ) -> np.ndarray:
+        """Per instance of ``ops`` (B,), where ``which``: does a power cone's complementarity,
+        formed from the slack's rows as the data give them, fail by more than the objective's
+        terms allow?
+
+        A complementary pair of K_α and its dual, s ⊥ y, has s_x y_x = α P and s_y y_y =
+        (1 − α) P with P = |s_z y_z| (on the boundaries each is normal to the other's: y ∝
+        (α/s_x, (1 − α)/s_y, −1/s_z) up to signs; both sides are 0 at an apex or an
+        interior point), whichever of the pair is the primal cone. The residual forms s
+        as Π(v) − v, known to the rounding of |v|: max Σ x^(3/4) − cᵀx at c ~ 1e3 holds
+        x ~ 1e-13 in the rows of y_x ~ 1e3, so x came back 2-100% off, certified as a zero
+        of its unit. The slack b − Ax keeps x; each identity's excess over its rounding
+        (|A||x| + |b| and the data's in the slack's rows, |v|'s in the multiplier's) is a
+        duality gap no floating-point residual shows, and must be within ACCEPT_BACKWARD of
+        the objective's terms (|c|ᵀ|x| + |x|ᵀ|P||x|), as `_factors_lost`'s."""
+        t = self.template
+        out = np.zeros(len(which), dtype=bool)
+        idx = np.flatnonzero(which)
+        k = len(t.dims.power)
+        if k == 0 or idx.size == 0:
+            return out
+        sub = ops.take(idx)
+        xs, ys, bb = x[idx], y[idx], b[idx]
+        s = bb - sub.A(xs)
+        terms = sub.magnitude.A(np.abs(xs)) + np.abs(bb)
+        for part in (self._data_rounding(ops, eq, idx, xs, ys),
+                     self._scaling_rounding(ops, eq, idx, bb, xs, ys)):
+            if isinstance(part, np.ndarray):
+                terms = terms + part[:, t.n :] / ROUNDING
+        lo = t.m - 3 * k  # (the power cones are the last blocks)
+        alpha = np.abs(np.asarray(t.dims.power, dtype=float))
+        ay = np.abs(ys)
+        # each product's rounding: the slack's entry to its terms' and the multiplier's to
+        # its own (y = Π(v) beside |v| ~ |y| where s is the smaller)
+        err = ROUNDING * (ay * terms + np.abs(s) * ay)
+        prod = s * ys
+        P = np.abs(prod[:, lo + 2 :: 3])
+        dP = err[:, lo + 2 :: 3]
+        excess = np.zeros(idx.size)
+        for j, share in ((0, alpha), (1, 1.0 - alpha)):
+            miss = np.abs(prod[:, lo + j :: 3] - share * P) - (err[:, lo + j :: 3] + share * dP)
+            excess += np.maximum(miss, 0.0).sum(axis=1)
+        objective = (np.abs(xs) * (sub.magnitude.P(np.abs(xs)) + np.abs(c[idx]))).sum(axis=1)
+        out[idx] = excess > ACCEPT_BACKWARD * objective
         return out
 
     @staticmethod
