@@ -252,6 +252,27 @@ def _exact(value: np.ndarray, magnitude: np.ndarray) -> bool:
     return bool(np.all(np.abs(value) <= CERTIFICATE_ROUND * magnitude))
 
 
+def _known_to(absM: sp.spmatrix, magnitude: np.ndarray) -> np.ndarray:
+    """Per column j of M (entrywise |M|, ``absM``): how far its entry of a certificate may
+    move inside the rounding `_exact` allows its rows, CERTIFICATE_ROUND × the largest
+    magnitude (|M||v|)ᵢ over |Mᵢⱼ| among the rows that hold it; 0 where none does."""
+    coo = absM.tocoo()
+    reach = np.zeros(absM.shape[1])
+    keep = coo.data > 0
+    np.maximum.at(reach, coo.col[keep], magnitude[coo.row[keep]] / coo.data[keep])
+    return CERTIFICATE_ROUND * reach
+
+
+def _objective_clear(value: float, weights: np.ndarray, cand: np.ndarray, reach: np.ndarray,
+                     tol: float) -> bool:
+    """Is a certificate's objective (``value``, weightsᵀcand) negative by at least ``tol``
+    of its terms beyond what its entries' rounding (``reach``, `_known_to`) can move it?
+    max Σ 1/xᵢ's ray held x₁ = −3e-16 beside t₁ = 0.5 in one cone, exact to rounding there,
+    and c₁ ~ 9e15 made that rounding the objective's −2.7: `unbounded`, where x = 1/√c."""
+    aw = np.abs(weights)
+    return value < 0 and -value >= tol * float(aw @ np.abs(cand)) + float(aw @ reach)
+
+
 def infeasibility_certified(A: Any, b: np.ndarray, y: np.ndarray, dims: ConeDims,
                             tol: float = CERTIFICATE_TOL) -> bool:
     """Is ŷ = Π_{K*}(y) a certificate that Ax + s = b, s ∈ K has no solution?
@@ -260,7 +281,8 @@ def infeasibility_certified(A: Any, b: np.ndarray, y: np.ndarray, dims: ConeDims
     O'Donoghue et al. 2016, *Conic optimization via operator splitting and homogeneous
     self-dual embedding*): every feasible x would give 0 <= ŷᵀs = bᵀŷ < 0. Accepted where
     Aᵀŷ = 0 to rounding (each entry within CERTIFICATE_ROUND of |A|ᵀ|ŷ|) and −bᵀŷ is at least
-    ``tol`` times |b|ᵀ|ŷ|: invariant to scaling A, b and y; for ŷ as given, snapped,
+    ``tol`` times |b|ᵀ|ŷ| beyond what that rounding lets ŷ's entries move it
+    (`_objective_clear`): invariant to scaling A, b and y; for ŷ as given, snapped,
     polished (see CERTIFICATE_ROUND), or polished on the support of its large entries
     (CERTIFICATE_SUPPORT_SNAPS).
     """
@@ -271,8 +293,11 @@ def infeasibility_certified(A: Any, b: np.ndarray, y: np.ndarray, dims: ConeDims
 
     def holds(cand: np.ndarray) -> bool:
         bty = float(b @ cand)
-        return bty < 0 and -bty >= tol * float(np.abs(b) @ np.abs(cand)) \
-            and _exact(M.T @ cand, absA.T @ np.abs(cand))
+        if not (bty < 0 and -bty >= tol * float(np.abs(b) @ np.abs(cand))):
+            return False
+        scale = absA.T @ np.abs(cand)
+        return _exact(M.T @ cand, scale) \
+            and _objective_clear(bty, b, cand, _known_to(absA.T, scale), tol)
 
     y = project(y, dims, dual=True)
     if holds(y) or holds(project(_snapped(y), dims, dual=True)):
@@ -312,9 +337,10 @@ def unboundedness_certified(A: Any, c: np.ndarray, x: np.ndarray, dims: ConeDims
     A ray: Ax ∈ −K (r = Ax + Π_K(−Ax) = 0), Px = 0 and cᵀx < 0 (O'Donoghue et al. 2016; with
     P, SCS 3's quadratic form): a dual feasible (w, y), Pw + Aᵀy + c = 0, y ∈ K*, would give
     0 > cᵀx = −xᵀPw − (Ax)ᵀy >= 0. Accepted where r and Px are 0 to rounding (each entry within
-    CERTIFICATE_ROUND of |A||x|, |P||x|) and −cᵀx is at least ``tol`` times |c|ᵀ|x|; for x as
-    given, snapped, or polished (see CERTIFICATE_ROUND). ``P`` is the upper triangle, as SCS
-    takes it.
+    CERTIFICATE_ROUND of |A||x|, |P||x|) and −cᵀx is at least ``tol`` times |c|ᵀ|x| beyond
+    what that rounding lets x's entries move it (`_objective_clear`); for x as given,
+    snapped, or polished (see CERTIFICATE_ROUND). ``P`` is the upper triangle, as SCS takes
+    it.
     """
     if not np.all(np.isfinite(x)):
         return False
@@ -332,7 +358,14 @@ def unboundedness_certified(A: Any, c: np.ndarray, x: np.ndarray, dims: ConeDims
         scale = absA @ np.abs(cand)
         if not _exact(Ax + project(-Ax, dims), scale):
             return False
-        if Pf is not None and not _exact(Pf @ cand, abs(Pf) @ np.abs(cand)):
+        reach = _known_to(absA, scale)
+        if Pf is not None:
+            absP = abs(Pf)
+            p_scale = absP @ np.abs(cand)
+            if not _exact(Pf @ cand, p_scale):
+                return False
+            reach = np.maximum(reach, _known_to(absP, p_scale))
+        if not _objective_clear(ctx, c, cand, reach, tol):
             return False
         return not _no_ray_exactly(M, Pf, np.abs(Ax) <= CERTIFICATE_ROUND * scale, dims)
 

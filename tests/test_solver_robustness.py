@@ -186,6 +186,40 @@ def test_unboundedness_certificate_is_judged_scale_invariantly(alpha, beta):
     assert not unboundedness_certified(A, c, np.array([1.0]), ConeDims(zero=1))
 
 
+def test_a_ray_whose_objective_is_one_entrys_rounding_certifies_nothing():
+    """min c₁x₁ + t₁ with x₁·t₁ >= 1 (CVXPY's (x + t, x − t, 2) for inv_pos) has no ray: its
+    cone needs x₁, t₁ >= 0. x = (−3e-16, 0.5) meets the cone to rounding (x₁ is the rounding
+    of t₁ in those rows), and c₁ = 9e15 makes that rounding an objective of −1.7. Refused, as
+    is that point scaled up (genuine rays are accepted at every scale:
+    `test_unboundedness_certificate_is_judged_scale_invariantly`)."""
+    A = _csc([[-1.0, -1.0], [-1.0, 1.0], [0.0, 0.0]])
+    dims = ConeDims(soc=[3])
+    c = np.array([8.7e15, 1.0])
+    x = np.array([-3.1e-16, 0.5])
+    assert c @ x < 0
+    assert not unboundedness_certified(A, c, x, dims)
+    assert not unboundedness_certified(A, c, 1e6 * x, dims)
+
+
+@pytest.mark.parametrize("solver", [None, "clarabel"])
+def test_a_bounded_sum_of_inverses_with_coefficients_far_apart_is_not_unbounded(solver):
+    """min cᵀx + Σ 1/xᵢ at c = (7.6e-3, 1.4e10, 4.5e-11, 2.1e-2) is bounded (x = 1/√c); SCS's
+    ray held one entry at the rounding of its cone's other, which a coefficient ~1e16 in the
+    solver's scaling made the whole objective: reported `unbounded`. Solved to x = 1/√c, or
+    not solved; never unbounded."""
+    x, c = cp.Variable(4), cp.Parameter(4, pos=True)
+    layer = dl.compile(cp.Problem(cp.Minimize(c @ x + cp.sum(cp.power(x, -1.0)))), [c], [x],
+                       on_failure="nan")
+    cv = np.array([0.007577179886481494, 14003281782.736822, 4.458291397676991e-11,
+                   0.020889338412336287])
+    fwd = layer.forward([cv[None]], solver=solver)
+    status = fwd.info.status[0]
+    assert status is not Status.UNBOUNDED and status is not Status.INFEASIBLE, status
+    if status is Status.SOLVED:
+        xt = 1 / np.sqrt(cv)
+        assert np.abs(fwd.outputs[0][0] - xt).max() <= 1e-8 * xt.max()
+
+
 class _FakeSCS:
     """An SCS solver that returns a given status and (x, y, s)."""
 
