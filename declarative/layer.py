@@ -2285,7 +2285,13 @@ class Layer:
                     by += part[:, self.template.n :]
             return by
 
-        out[idx] = lost | self._multiplier_factors_lost(pat, bb - Ax, ys, sides, Ax_terms,
+        # (the point's own resolution: each entry of x to the rounding of its largest, which
+        # leaves a cone at its apex holding 1e-37 where the solution holds 0)
+        floor = sub.magnitude.A(np.repeat(np.abs(xs).max(axis=1, keepdims=True), xs.shape[1],
+                                          axis=1))
+        out[idx] = lost | self._multiplier_factors_lost(pat, bb - Ax, ys, sides,
+                                                        Ax_terms + floor, terms + floor,
+                                                        (bb[:, r] != 0) | (bb[:, q] != 0),
                                                         objective, moved)
         return out
 
@@ -2340,22 +2346,30 @@ class Layer:
     @staticmethod
     def _multiplier_factors_lost(pat: Any, s: np.ndarray, y: np.ndarray,
                                  sides: list[np.ndarray], Ax_terms: np.ndarray,
+                                 s_terms: np.ndarray, data_pair: np.ndarray,
                                  objective: np.ndarray,
                                  moved: Callable[[], np.ndarray]) -> np.ndarray:
-        """Per instance (B,): does a boostable second-order cone's multiplier hold a factor
-        below rounding that the point's optimality rests on? Its factors P, Q = y_r ± y_q
-        (first row r, axis row q) are its rows' sum and difference; one within FACTOR_LOST
-        of |y_r| + |y_q| is lost to the other's rounding, and is taken at the least value
-        that keeps y in the cone, ‖W‖²/(the other) (W: y's other rows). The cone's
-        complementarity, ½(pP + qQ) + ⟨w, W⟩, with the slack's factors p, q = s_r ± s_q
-        formed from the rows' data (``sides``, b_r ± b_q − ((Ax)_r ± (Ax)_q)) and its other
-        rows w (``s``, b − Ax), must then be within ACCEPT_BACKWARD of the objective's terms
-        beyond its own rounding and what the data's rounding moves the rows by (``moved()``,
-        (B, m), asked only where a factor is lost). max √x − c·x at c = 1e8 is
-        (x + 1, x − 1, 2t) with y ≈ (5e7, 5e7, −0.5): y_r − y_q = 2.5e-9 (its exact value,
-        where y binds) lies below y_r's rounding, so SCS's x = 7.3e-12, 3e5 times the
-        solution 1/(4c²), left a gap of 7.3e-4, the whole objective's terms, that no
-        floating-point residual shows."""
+        """Per instance (B,): does a boostable second-order cone's complementarity, formed
+        with the slack's factors from the data, fail by more than the point's optimality
+        allows? The residual holds the slack as Π(v) − v, to the rounding of |v|, which is
+        the multiplier's where that is the larger: max √x − c·x at c = 5e4 … 6e5 is
+        (x + 1, x − 1, 2t) with y ≈ (c/2, c/2, −0.5), and x ~ 1e-10 … 1e-12 came back up to
+        4 times too large (or 0), `solved`, x·1 > t² leaving the cone's slack inside it
+        while its multiplier was on the boundary, a gap no floating-point residual shows.
+
+        The slack's factors p, q = s_r ± s_q (first row r, axis row q) are formed from the
+        rows' data (``sides``, b_r ± b_q − ((Ax)_r ± (Ax)_q)), its other rows w from b − Ax
+        (``s``, with terms ``s_terms``: |A||x| + |b| and the point's own resolution); the
+        multiplier's P, Q = y_r ± y_q are y's, except that one within FACTOR_LOST of
+        |y_r| + |y_q|, lost to the other's rounding, is taken at the least value that keeps
+        y in the cone, ‖W‖²/(the other) (W: y's other rows; at c = 1e8, y_r − y_q = 2.5e-9,
+        exact where y binds, lies below 5e7's rounding and came back 0, and x = 7.3e-12, 3e5
+        times the solution). The cone's ½(pP + qQ) + ⟨w, W⟩ beyond its rounding (the
+        products' and sums' of p, q, P, Q, of what the data's rounding moves the rows by,
+        ``moved()`` (B, m), and of v's rounding in P and Q where they are y's) must be
+        within ACCEPT_BACKWARD of the objective's terms (|c|ᵀ|x| + |x|ᵀ|P||x|) and the
+        cone's own (|p||P|/2 + |q||Q|/2 + |w|ᵀ|W|), on every cone whose multiplier is not 0
+        and whose two rows hold data (``data_pair``) or whose multiplier lost a factor."""
         r, q = pat.boost_rows
         rest = np.ones(s.shape[1] + 1, dtype=bool)
         rest[r] = rest[q] = False
@@ -2367,28 +2381,44 @@ class Layer:
 
         big_y = np.abs(y[:, r]) + np.abs(y[:, q])
         W2 = per_cone(y * y)
+        # (asked where the two rows hold data, as x·1 >= t² does, whose constant is what v
+        # = y − s keeps the slack's small factor beside; a cone of variables alone at its
+        # apex, pnorm(x, 3)'s where its prox vanishes, holds noise 1e-22 … 1e-33 beside
+        # multipliers ~1 whose gap means nothing, unless a factor of y is lost)
+        live = (big_y > 0) | (W2 > 0)
+        if not live.any():
+            return np.zeros(len(y), dtype=bool)
         p, qq = sides
         P, Q = y[:, r] + y[:, q], y[:, r] - y[:, q]
-        lost = np.zeros(P.shape, dtype=bool)
+        lost = []
         with np.errstate(divide="ignore", invalid="ignore"):
             for mine, other in ((P, Q), (Q, P)):
                 gone = (np.abs(mine) <= FACTOR_LOST * big_y) & (other > 0) & (W2 > 0)
                 mine[gone] = np.maximum(mine[gone], W2[gone] / other[gone])
-                lost |= gone
-        if not lost.any():
-            return np.zeros(len(y), dtype=bool)
+                lost.append(gone)
+        live &= data_pair | lost[0] | lost[1]
         sw = per_cone(s * y)
         gap = 0.5 * (p * P + qq * Q) + sw
+        terms = 0.5 * (np.abs(p * P) + np.abs(qq * Q)) + per_cone(np.abs(s * y))
         # (p and q are exact but for their products' and sums' rounding, |A||x| of the two
-        # rows and the sums' own, and the data's)
+        # rows and the sums' own, and the data's; P and Q are v's to its rounding, |v| the
+        # larger of |y| and |s| there, where they are not taken from the boundary)
         both = Ax_terms[:, r] + Ax_terms[:, q]
-        by = moved()
+        big_v = np.maximum(big_y + np.abs(s[:, r]) + np.abs(s[:, q]),
+                           np.maximum(np.abs(y).max(axis=1, initial=0.0),
+                                      np.abs(s).max(axis=1, initial=0.0))[:, None])
+        v_part = 0.5 * big_v * (np.where(lost[0], 0.0, np.abs(p))
+                                + np.where(lost[1], 0.0, np.abs(qq)))
         rounding = ROUNDING * (0.5 * (np.abs(P) * (both + np.abs(p))
                                       + np.abs(Q) * (both + np.abs(qq)))
-                               + per_cone(np.abs(s * y))) \
-            + 0.5 * (np.abs(P) + np.abs(Q)) * (by[:, r] + by[:, q])
-        excess = np.where(lost, np.maximum(np.abs(gap) - rounding, 0.0), 0.0).sum(axis=1)
-        return excess > ACCEPT_BACKWARD * objective
+                               + per_cone(s_terms * np.abs(y)) + v_part)
+        excess = np.maximum(np.abs(gap) - rounding, 0.0)
+        if not np.any(live & (excess > 0)):
+            return np.zeros(len(y), dtype=bool)
+        by = moved()
+        excess = np.maximum(excess - 0.5 * (np.abs(P) + np.abs(Q)) * (by[:, r] + by[:, q]),
+                            0.0)
+        return np.any(live & (excess > ACCEPT_BACKWARD * (objective[:, None] + terms)), axis=1)
 
     def _data_rounding(self, ops: BatchOps, eq: Equilibration, idx: np.ndarray, x: np.ndarray,
                        y: np.ndarray) -> np.ndarray | float:
@@ -3352,16 +3382,20 @@ def _rotated_unresolved(ops: BatchOps, b: np.ndarray, x: np.ndarray, s: np.ndarr
     ‖w‖² by more than ROTATED_TOL of the two plus their rounding (|b₀ ± b₁| + |A₀ ± A₁||x|
     times ROUNDING), or u or t below minus its rounding. Only cones whose rows read a
     variable that an output reads, at more than ROTATED_TOL of the outputs' largest entry in
-    the user's units (``raw`` (B, n): |x| of the output variables, 0 elsewhere), are asked:
-    a chain whose variable lies at 1e-18 of the output beside it (power(x, 1.5) with one
-    x_i ~ 1e-18, returned as 1e-32) holds no output's value. ``layout``: the cones' indices
+    the user's units (``raw`` (B, n): |x| of the output variables, 0 elsewhere) once scaled
+    by what the cone asks of it (‖w‖²/4ut, where u or t would have to grow by that factor),
+    are asked: a chain whose variable lies at 1e-18 of the output beside it (power(x, 1.5)
+    with one x_i ~ 1e-18, returned as 1e-32, its cone short by a factor 2) holds no
+    output's value; inv_pos(x) <= d as (x + d, x − d, 2) at d ~ 4e-7 with x = 2e-9 asks
+    x for 1e15 times more, the 2.7e6 it is (x came back `solved` outside its constraint,
+    59% of the largest output off), and a cone whose u or t is negative beyond its
+    rounding asks any. ``layout``: the cones' indices
     (`Layer._rotated_layout`)."""
     p = pattern(ops.template)
     r0, r1 = p.boost_rows
     read = np.zeros((x.shape[0], r0.size))
     np.maximum.at(read.T, layout.entry_cone, raw[:, layout.entry_cols].T)
-    asked = read > ROTATED_TOL * raw.max(axis=1, initial=0.0)[:, None]
-    if not asked.any():
+    if not read.any():
         return np.zeros(x.shape[0], dtype=bool)
     a0, a1 = ops.a[:, p.boost_r], ops.a[:, p.boost_q]
     xc = x[:, p.cols[p.boost_r]]
@@ -3379,6 +3413,13 @@ def _rotated_unresolved(ops: BatchOps, b: np.ndarray, x: np.ndarray, s: np.ndarr
     prod = su * df
     allowed = ROTATED_TOL * (w2 + np.abs(prod)) + np.abs(su) * e_df + np.abs(df) * e_su
     violated = (w2 - prod > allowed) | (su < -e_su) | (df < -e_df)
+    # (what the cone asks of what it reads: u or t scaled by ‖w‖²/4ut at least, so the
+    # variables it reads by that factor, as far as they make u or t; any factor where u or
+    # t is negative beyond its rounding)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        factor = np.where((su > 0) & (df > 0), np.maximum(w2 / prod - 1.0, 1.0),
+                          np.where((su < -e_su) | (df < -e_df), np.inf, 1.0))
+    asked = read * factor > ROTATED_TOL * raw.max(axis=1, initial=0.0)[:, None]
     return np.any(violated & asked, axis=1)
 
 
