@@ -263,6 +263,26 @@ def _known_to(absM: sp.spmatrix, magnitude: np.ndarray) -> np.ndarray:
     return CERTIFICATE_ROUND * reach
 
 
+def _curved(dims: ConeDims, values: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
+    """``magnitude`` (per row of a certificate's cone point ``values``) with each
+    second-order cone's rows past its first raised to what the cone's curvature lets
+    them move inside the rounding `_exact` allows the block: a point within δ of the
+    boundary near its axis ray (t ≈ ‖z‖ ≈ h) may hold a transverse part up to √(2hδ), which
+    is not rounding of that part but of the block. max w·Σ√x − cᵀx (w = 1e12, c = 1e3)
+    had a ray (x, t) = (6e7, 0.61) whose cone (x/4, x/4, t/2) missed by 3e-9, inside the
+    rounding of 1.5e7, and whose objective came from t alone: `unbounded`."""
+    out = np.array(magnitude, dtype=float)
+    lo = dims.zero + dims.nonneg
+    for k in dims.soc:
+        if k > 1:
+            h = abs(float(values[lo]))
+            delta = CERTIFICATE_ROUND * float(magnitude[lo : lo + k].max())
+            tau = np.sqrt(2.0 * h * delta) / CERTIFICATE_ROUND
+            out[lo + 1 : lo + k] = np.maximum(out[lo + 1 : lo + k], tau)
+        lo += k
+    return out
+
+
 def _objective_clear(value: float, weights: np.ndarray, cand: np.ndarray, reach: np.ndarray,
                      tol: float) -> bool:
     """Is a certificate's objective (``value``, weightsᵀcand) negative by at least ``tol``
@@ -296,8 +316,13 @@ def infeasibility_certified(A: Any, b: np.ndarray, y: np.ndarray, dims: ConeDims
         if not (bty < 0 and -bty >= tol * float(np.abs(b) @ np.abs(cand))):
             return False
         scale = absA.T @ np.abs(cand)
-        return _exact(M.T @ cand, scale) \
-            and _objective_clear(bty, b, cand, _known_to(absA.T, scale), tol)
+        if not _exact(M.T @ cand, scale):
+            return False
+        # (each entry of ŷ to what Aᵀŷ's rounding lets it move, its second-order cones'
+        # transverse entries to what that lets the curvature move them)
+        reach = _known_to(absA.T, scale)
+        reach = CERTIFICATE_ROUND * _curved(dims, cand, reach / CERTIFICATE_ROUND)
+        return _objective_clear(bty, b, cand, reach, tol)
 
     y = project(y, dims, dual=True)
     if holds(y) or holds(project(_snapped(y), dims, dual=True)):
@@ -358,7 +383,7 @@ def unboundedness_certified(A: Any, c: np.ndarray, x: np.ndarray, dims: ConeDims
         scale = absA @ np.abs(cand)
         if not _exact(Ax + project(-Ax, dims), scale):
             return False
-        reach = _known_to(absA, scale)
+        reach = _known_to(absA, _curved(dims, -Ax, scale))
         if Pf is not None:
             absP = abs(Pf)
             p_scale = absP @ np.abs(cand)

@@ -201,6 +201,20 @@ def test_a_ray_whose_objective_is_one_entrys_rounding_certifies_nothing():
     assert not unboundedness_certified(A, c, 1e6 * x, dims)
 
 
+def test_a_ray_whose_objective_rides_on_a_second_order_cones_curvature_certifies_nothing():
+    """max w·√x − c·x at w = 1e12, c = 1e3 (x = (w/2c)², bounded) as min −w'·t + c'·x over
+    the cone (x/4, x/4, t/2): the point (x, t) = (6e7, 0.61) misses the cone by 3e-9,
+    inside the rounding of x/4 = 1.5e7, and its objective −1 comes from t alone, which the
+    cone holds only to √(2 · 1.5e7 · that rounding) ~ 1: refused (it was `unbounded`). A
+    genuine ray along the cone's boundary, t = 0, has no negative objective to offer."""
+    A = _csc([[0.0, -0.25], [0.0, -0.25], [-0.5, 0.0]])
+    dims = ConeDims(soc=[3])
+    c = np.array([-0.90949, 9.0949e-10])
+    x = np.array([0.61017, 6.0410e7])
+    assert c @ x < 0
+    assert not unboundedness_certified(A, c, x, dims)
+
+
 @pytest.mark.parametrize("solver", [None, "clarabel"])
 def test_a_bounded_sum_of_inverses_with_coefficients_far_apart_is_not_unbounded(solver):
     """min cᵀx + Σ 1/xᵢ at c = (7.6e-3, 1.4e10, 4.5e-11, 2.1e-2) is bounded (x = 1/√c); SCS's
