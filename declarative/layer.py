@@ -2369,7 +2369,8 @@ class Layer:
         ``moved()`` (B, m), and of v's rounding in P and Q where they are y's) must be
         within ACCEPT_BACKWARD of the objective's terms (|c|ᵀ|x| + |x|ᵀ|P||x|) and the
         cone's own (|p||P|/2 + |q||Q|/2 + |w|ᵀ|W|), on every cone whose multiplier is not 0
-        and whose two rows hold data (``data_pair``) or whose multiplier lost a factor."""
+        and whose first or axis row holds data (``data_pair``), or whose multiplier lost a
+        factor."""
         r, q = pat.boost_rows
         rest = np.ones(s.shape[1] + 1, dtype=bool)
         rest[r] = rest[q] = False
@@ -2381,10 +2382,10 @@ class Layer:
 
         big_y = np.abs(y[:, r]) + np.abs(y[:, q])
         W2 = per_cone(y * y)
-        # (asked where the two rows hold data, as x·1 >= t² does, whose constant is what v
-        # = y − s keeps the slack's small factor beside; a cone of variables alone at its
-        # apex, pnorm(x, 3)'s where its prox vanishes, holds noise 1e-22 … 1e-33 beside
-        # multipliers ~1 whose gap means nothing, unless a factor of y is lost)
+        # (asked where its first or axis row holds data, as x·1 >= t² does, whose constant
+        # is what v = y − s keeps the slack's small factor beside; a cone of variables alone
+        # at its apex, pnorm(x, 3)'s where its prox vanishes, holds noise 1e-22 … 1e-33
+        # beside multipliers ~1 whose gap means nothing, unless a factor of y is lost)
         live = (big_y > 0) | (W2 > 0)
         if not live.any():
             return np.zeros(len(y), dtype=bool)
