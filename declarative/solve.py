@@ -272,7 +272,7 @@ def _curved(dims: ConeDims, values: np.ndarray, magnitude: np.ndarray) -> np.nda
     had a ray (x, t) = (6e7, 0.61) whose cone (x/4, x/4, t/2) missed by 3e-9, inside the
     rounding of 1.5e7, and whose objective came from t alone: `unbounded`. The same of a
     Farkas certificate ŷ, its rows those of Aᵀŷ's rounding: min cᵀx s.t. inv_pos(x) <= d at
-    d ~ 5e-7 … 1e-12 (x = 1/d) came back `infeasible` in 8 of 24 instances."""
+    d ~ 5e-7 … 1e-12 (x = 1/d) came back `infeasible` at 8 (c, d) of a sweep."""
     out = np.array(magnitude, dtype=float)
     lo = dims.zero + dims.nonneg
     for k in dims.soc:
