@@ -949,6 +949,19 @@ BOOST_MIN = 2
 BOOST_NOISE = 64 * np.finfo(float).eps
 
 
+def boost_cone_sums(p: _Pattern, u: np.ndarray, rest: bool = False) -> np.ndarray:
+    """Per boostable second-order cone (B, k): the sum of ``u``'s entries (B, m) over its
+    rows, or with ``rest`` over its rows past its first and axis rows."""
+    padded = np.concatenate([u, np.zeros((u.shape[0], 1))], axis=1)
+    if rest:
+        r, q = p.boost_rows
+        keep = np.ones(padded.shape[1], dtype=bool)
+        keep[r] = keep[q] = False
+        keep[-1] = False
+        padded = padded * keep
+    return np.add.reduceat(padded, p.boost_bounds, axis=1)[:, ::2]
+
+
 def _boost_of(p: _Pattern, y: np.ndarray, s: np.ndarray, where: np.ndarray
               ) -> np.ndarray | None:
     """Per boostable second-order cone (B, k), the κ of the boost (`Equilibration.boost`)
@@ -964,15 +977,9 @@ def _boost_of(p: _Pattern, y: np.ndarray, s: np.ndarray, where: np.ndarray
     the boost is within 2^±BOOST_MIN of 1, or the instance is not among ``where`` (B,);
     within ±BOOST_MAX. None where every κ is 0."""
     r, q = p.boost_rows
-    rest_rows = np.ones(s.shape[1] + 1, dtype=bool)
-    rest_rows[r] = rest_rows[q] = False
-    rest_rows[-1] = False
 
     def block_norm(u: np.ndarray, rest: bool) -> np.ndarray:
-        sq = np.concatenate([u * u, np.zeros((u.shape[0], 1))], axis=1)
-        if rest:
-            sq = sq * rest_rows
-        return np.add.reduceat(sq, p.boost_bounds, axis=1)[:, ::2]
+        return boost_cone_sums(p, u * u, rest)
 
     def log_ratio(u: np.ndarray, other: np.ndarray, sign: float) -> np.ndarray:
         # on the cone's boundary (where the other of the pair is nonzero) the smaller of

@@ -69,6 +69,7 @@ from declarative.equilibrate import (
     Equilibration,
     at_solution,
     binary,
+    boost_cone_sums,
     equilibrate,
     objective_scale,
     pattern,
@@ -2264,7 +2265,7 @@ class Layer:
         terms = Ax_terms + np.abs(bb)
         r, q = rq
         scale = terms[:, r] + terms[:, q]
-        objective = (np.abs(xs) * (sub.magnitude.P(np.abs(xs)) + np.abs(c[idx]))).sum(axis=1)
+        objective = _objective_terms(sub, c[idx], xs)
         gap = np.zeros(idx.size)
         sides = []
         for sign in (1.0, -1.0):
@@ -2276,14 +2277,7 @@ class Layer:
         lost = gap > ACCEPT_BACKWARD * objective
 
         def moved() -> np.ndarray:
-            # what the data's and the scaling's rounding move the slack's rows by:
-            # |δA||x| + δb
-            by = np.zeros_like(bb)
-            for part in (self._data_rounding(ops, eq, idx, xs, ys),
-                         self._scaling_rounding(ops, eq, idx, bb, xs, ys)):
-                if isinstance(part, np.ndarray):
-                    by += part[:, self.template.n :]
-            return by
+            return self._slack_rows_moved(ops, eq, idx, bb, xs, ys)
 
         # (the point's own resolution: each entry of x to the rounding of its largest, which
         # leaves a cone at its apex holding 1e-37 where the solution holds 0)
@@ -2322,26 +2316,44 @@ class Layer:
         xs, ys, bb = x[idx], y[idx], b[idx]
         s = bb - sub.A(xs)
         terms = sub.magnitude.A(np.abs(xs)) + np.abs(bb)
-        for part in (self._data_rounding(ops, eq, idx, xs, ys),
-                     self._scaling_rounding(ops, eq, idx, bb, xs, ys)):
-            if isinstance(part, np.ndarray):
-                terms = terms + part[:, t.n :] / ROUNDING
         lo = t.m - 3 * k  # (the power cones are the last blocks)
         alpha = np.abs(np.asarray(t.dims.power, dtype=float))
         ay = np.abs(ys)
-        # each product's rounding: the slack's entry to its terms' and the multiplier's to
-        # its own (y = Π(v) beside |v| ~ |y| where s is the smaller)
-        err = ROUNDING * (ay * terms + np.abs(s) * ay)
         prod = s * ys
         P = np.abs(prod[:, lo + 2 :: 3])
-        dP = err[:, lo + 2 :: 3]
-        excess = np.zeros(idx.size)
-        for j, share in ((0, alpha), (1, 1.0 - alpha)):
-            miss = np.abs(prod[:, lo + j :: 3] - share * P) - (err[:, lo + j :: 3] + share * dP)
-            excess += np.maximum(miss, 0.0).sum(axis=1)
-        objective = (np.abs(xs) * (sub.magnitude.P(np.abs(xs)) + np.abs(c[idx]))).sum(axis=1)
-        out[idx] = excess > ACCEPT_BACKWARD * objective
+        objective = _objective_terms(sub, c[idx], xs)
+
+        def unmet(terms: np.ndarray) -> np.ndarray:
+            # each product's rounding: the slack's entry to its terms' and the multiplier's
+            # to its own (y = Π(v) beside |v| ~ |y| where s is the smaller)
+            err = ROUNDING * (ay * terms + np.abs(s) * ay)
+            dP = err[:, lo + 2 :: 3]
+            excess = np.zeros(idx.size)
+            for j, share in ((0, alpha), (1, 1.0 - alpha)):
+                miss = np.abs(prod[:, lo + j :: 3] - share * P) \
+                    - (err[:, lo + j :: 3] + share * dP)
+                excess += np.maximum(miss, 0.0).sum(axis=1)
+            return excess > ACCEPT_BACKWARD * objective
+
+        # (the data's rounding in the slack's rows asked only where the products fail
+        # without it: it can only widen the allowance)
+        fails = unmet(terms)
+        if fails.any():
+            fails = unmet(terms + self._slack_rows_moved(ops, eq, idx, bb, xs, ys) / ROUNDING)
+        out[idx] = fails
         return out
+
+    def _slack_rows_moved(self, ops: BatchOps, eq: Equilibration, idx: np.ndarray,
+                          b: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """(len(idx), m): what the rounding of the data and of the scaling of the instances
+        ``idx`` (b: their b̂) moves the slack's rows by at their points (x, y), δb̂ + |δÂ||x|:
+        the last m rows of `_data_rounding` and `_scaling_rounding`."""
+        by = np.zeros_like(b)
+        for part in (self._data_rounding(ops, eq, idx, x, y),
+                     self._scaling_rounding(ops, eq, idx, b, x, y)):
+            if isinstance(part, np.ndarray):
+                by += part[:, self.template.n :]
+        return by
 
     @staticmethod
     def _multiplier_factors_lost(pat: Any, s: np.ndarray, y: np.ndarray,
@@ -2372,13 +2384,9 @@ class Layer:
         and whose first or axis row holds data (``data_pair``), or whose multiplier lost a
         factor."""
         r, q = pat.boost_rows
-        rest = np.ones(s.shape[1] + 1, dtype=bool)
-        rest[r] = rest[q] = False
-        rest[-1] = False
 
         def per_cone(u: np.ndarray) -> np.ndarray:  # (B, m) → (B, cones): over the rest rows
-            u = np.concatenate([u, np.zeros((u.shape[0], 1))], axis=1) * rest
-            return np.add.reduceat(u, pat.boost_bounds, axis=1)[:, ::2]
+            return boost_cone_sums(pat, u, rest=True)
 
         big_y = np.abs(y[:, r]) + np.abs(y[:, q])
         W2 = per_cone(y * y)
@@ -2398,6 +2406,8 @@ class Layer:
                 mine[gone] = np.maximum(mine[gone], W2[gone] / other[gone])
                 lost.append(gone)
         live &= data_pair | lost[0] | lost[1]
+        if not live.any():
+            return np.zeros(len(y), dtype=bool)
         sw = per_cone(s * y)
         gap = 0.5 * (p * P + qq * Q) + sw
         terms = 0.5 * (np.abs(p * P) + np.abs(qq * Q)) + per_cone(np.abs(s * y))
@@ -3422,6 +3432,12 @@ def _rotated_unresolved(ops: BatchOps, b: np.ndarray, x: np.ndarray, s: np.ndarr
                           np.where((su < -e_su) | (df < -e_df), np.inf, 1.0))
     asked = read * factor > ROTATED_TOL * raw.max(axis=1, initial=0.0)[:, None]
     return np.any(violated & asked, axis=1)
+
+
+def _objective_terms(ops: BatchOps, c: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(B,): the objective's terms at x, |c|ᵀ|x| + |x|ᵀ|P||x|, per instance of ``ops``."""
+    ax = np.abs(x)
+    return (ax * (ops.magnitude.P(ax) + np.abs(c))).sum(axis=1)
 
 
 def _unbalanced(x: np.ndarray, y: np.ndarray) -> np.ndarray:
