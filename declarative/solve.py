@@ -236,6 +236,8 @@ class SolveResult:
 CERTIFICATE_ROUND = 16 * np.finfo(float).eps
 CERTIFICATE_TOL = 1e-9
 CERTIFICATE_SNAP = 1e-6
+# Rounds of `_followed`: the cones a chain of them (x^(1/4), x^(1/8)) passes a move through.
+CERTIFICATE_CHAIN = 8
 CERTIFICATE_POLISH = 3
 # The supports a certificate is also polished on (`infeasibility_certified`): its entries
 # above these fractions of its largest, the rest 0; the polish may then move no entry by
@@ -285,6 +287,54 @@ def _curved(dims: ConeDims, values: np.ndarray, magnitude: np.ndarray) -> np.nda
     return out
 
 
+def _followed(absM: sp.spmatrix, dims: ConeDims, values: np.ndarray, reach: np.ndarray
+              ) -> np.ndarray:
+    """A Farkas certificate ŷ's ``reach`` (`_known_to`, per entry) with what its second-order
+    cones' curvature lets move, and what that moves in turn, to a fixed point (at most
+    CERTIFICATE_CHAIN rounds). A cone (t, z) whose t − ‖z‖ is known to δ near its axis
+    ray (t ≈ ‖z‖ ≈ h) lets its transverse entries (|zᵢ| <= τ) be anything up to τ =
+    √(2hδ) (as `_curved`); the entries that share a column of A (a row of ``absM``, |Aᵀ|)
+    with a moved one follow it, since Aᵀŷ = 0 ties them, and where those are another cone's
+    axis entries, its δ grows by their move. min cᵀx s.t. sqrt(x) >= d at d ~ 5e8 (x·1 >= t²
+    with the 1 below the rounding of x ~ 2e17) had ŷ on that cone's axis ray to rounding,
+    its transverse entry −3.9 tied through t's column to the constraint's multiplier,
+    whose b made bᵀŷ = −9.3: `infeasible`, where x = d². With x^(1/4) (two cones in a
+    chain: the second's transverse entry tied through u's column to the first's axis
+    entries) the same at d ~ 1e8 … 1e12."""
+    base = np.asarray(reach, dtype=float)
+    blocks = []
+    lo = dims.zero + dims.nonneg
+    for k in dims.soc:
+        if k > 1:
+            blocks.append((lo, lo + k))
+        lo += k
+    if not blocks:
+        return base
+    lin = base
+    width = {b: 0.0 for b in blocks}  # each cone's τ in the round before
+    curv = np.zeros_like(base)
+    for _ in range(CERTIFICATE_CHAIN):
+        curv = np.zeros_like(base)
+        for lo, hi in blocks:
+            h = abs(float(values[lo]))
+            rest = np.abs(values[lo + 1 : hi])
+            axis = rest > width[(lo, hi)]  # (the transverse entries' own moves left out)
+            delta = max(float(lin[lo]), float(lin[lo + 1 : hi][axis].max(initial=0.0)))
+            margin = h - float(np.linalg.norm(rest[axis]))
+            if margin > 2.0 * delta:  # (off its boundary beyond what the moves reach)
+                width[(lo, hi)] = 0.0
+                continue
+            tau = float(np.sqrt(2.0 * h * (max(margin, 0.0) + 2.0 * delta)))
+            width[(lo, hi)] = tau
+            curv[lo + 1 : hi] = np.where(rest <= tau, tau, 0.0)
+        moved = absM @ curv
+        new = np.maximum(base, _known_to(absM, moved) / CERTIFICATE_ROUND)
+        if np.array_equal(new, lin):
+            break
+        lin = new
+    return np.maximum(lin, curv)
+
+
 def _objective_clear(value: float, weights: np.ndarray, cand: np.ndarray, reach: np.ndarray,
                      tol: float) -> bool:
     """Is a certificate's objective (``value``, weightsᵀcand) negative by at least ``tol``
@@ -322,8 +372,7 @@ def infeasibility_certified(A: Any, b: np.ndarray, y: np.ndarray, dims: ConeDims
             return False
         # (each entry of ŷ to what Aᵀŷ's rounding lets it move, its second-order cones'
         # transverse entries to what that lets the curvature move them)
-        reach = _known_to(absA.T, scale)
-        reach = CERTIFICATE_ROUND * _curved(dims, cand, reach / CERTIFICATE_ROUND)
+        reach = _followed(absA.T, dims, cand, _known_to(absA.T, scale))
         return _objective_clear(bty, b, cand, reach, tol)
 
     y = project(y, dims, dual=True)

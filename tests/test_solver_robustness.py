@@ -215,6 +215,95 @@ def test_a_ray_whose_objective_rides_on_a_second_order_cones_curvature_certifies
     assert not unboundedness_certified(A, c, x, dims)
 
 
+# SCS's Farkas certificate for min cᵀx s.t. sqrt(x) >= d at d = 4.6e8 · (1, 1.7), c = 1
+# (x = d², feasible), equilibrated: rows 0-1 the constraints t >= d, then per entry the cone
+# x·1 >= t² as (x/4 + ε, x/4 − ε, t/2), ε = 2⁻³⁰.
+_SQRT_A = [[0.0, 0.0, -0.25, 0.0], [0.0, 0.0, 0.0, -0.25], [-0.25, 0.0, 0.0, 0.0],
+           [-0.25, 0.0, 0.0, 0.0], [0.0, 0.0, -0.5, 0.0], [0.0, -0.25, 0.0, 0.0],
+           [0.0, -0.25, 0.0, 0.0], [0.0, 0.0, 0.0, -0.5]]
+_SQRT_B = [-0.43228164594620466, -0.734878798108548, 2.0**-30, -(2.0**-30), 0.0, 2.0**-30,
+           -(2.0**-30), 0.0]
+_SQRT_Y = [7.715293180970195, 8.55427381022915, 85941700.36065415, -85941700.36065404,
+           -3.857646590485099, 112997007.58328955, -112997007.58328949, -4.277136905114575]
+# The same for power(x, 1/4) >= d at d = 1e10 · (1, 1.7): two cones per entry in a chain,
+# (u/4 + ε, ε − u/4, t/2) then (x/4 + ε, x/4 − ε, u/2), ε = 2⁻²⁹.
+_E = 2.0**-29
+_POW_A = [[0, 0, 0, 0, -0.25, 0], [0, 0, 0, 0, 0, -0.25], [0, 0, -0.25, 0, 0, 0],
+          [0, 0, 0.25, 0, 0, 0], [0, 0, 0, 0, -0.5, 0], [0, 0, 0, -0.25, 0, 0],
+          [0, 0, 0, 0.25, 0, 0], [0, 0, 0, 0, 0, -0.5], [-0.25, 0, 0, 0, 0, 0],
+          [-0.25, 0, 0, 0, 0, 0], [0, 0, -0.5, 0, 0, 0], [0, -0.25, 0, 0, 0, 0],
+          [0, -0.25, 0, 0, 0, 0], [0, 0, 0, -0.5, 0, 0]]
+_POW_B = [-0.4012947324723139, -0.6822010452029336, _E, _E, 0.0, _E, _E, 0.0, _E, -_E, 0.0,
+          _E, -_E, 0.0]
+_POW_Y = [1.0468479039609189, 0.8500886866839444, 2127.925727097991, 2127.925629763503,
+          -0.5234239519797917, 2398.903205283672, 2398.903135675793, -0.42504434334130464,
+          1362.334919441103, -1362.3349194411016, -4.86672443443339e-05, 1074.082502274273,
+          -1074.0825022742724, -3.480394030778669e-05]
+
+
+@pytest.mark.parametrize("case", ["sqrt", "power chain"])
+def test_a_farkas_certificate_resting_on_a_cones_curvature_certifies_nothing(case):
+    """ŷ ∈ K*, Aᵀŷ = 0 to 16 ulps, bᵀŷ = −9.3 (sqrt) or −1.0 (the chain): SCS's certificates
+    that the feasible programs above are infeasible. Each cone x·1 >= t² sits on its axis
+    ray to rounding (its first two entries ±8.6e7 agree to 1e-7, inside the rounding of x's
+    column), which the cone's curvature turns into room for a transverse entry of
+    √(2 · 8.6e7 · 3e-7) ~ 7: the entry −3.9 could be 0, and t's column ties it to the
+    constraint's multiplier, whose b makes bᵀŷ. In the chain the room passes from the second
+    cone's transverse entry through u's column to the first cone's axis entries and on to
+    its transverse one. Refused (both were accepted); the same certificates scaled too."""
+    A, b, y = ((_SQRT_A, _SQRT_B, _SQRT_Y) if case == "sqrt" else (_POW_A, _POW_B, _POW_Y))
+    A, b, y = _csc(np.array(A, dtype=float)), np.array(b), np.array(y)
+    dims = ConeDims(nonneg=2, soc=[3] * ((len(b) - 2) // 3))
+    assert b @ y < 0
+    assert np.abs(A.T @ y).max() <= 1e-14 * (abs(A).T @ np.abs(y)).max()
+    for scale in (1.0, 1e-8, 1e8):
+        assert not infeasibility_certified(A, b, scale * y, dims)
+
+
+@pytest.mark.parametrize("form", ["sqrt", "power(x, 1/4)"])
+def test_a_feasible_program_with_large_roots_is_never_infeasible(form):
+    """min cᵀx s.t. sqrt(x) >= d (x = d²), and power(x, 1/4) >= d (x = d⁴), for d over 1e7 …
+    1e11 and 1e4 … 3e7, where the cone's constant 1 lies below the rounding of x: SCS's
+    certificates of infeasibility (3 and 10 of a sweep) rested on the cones' curvature.
+    Solved to x, or not solved; never infeasible."""
+    n = 2
+    x, c, d = cp.Variable(n), cp.Parameter(n, pos=True), cp.Parameter(n, pos=True)
+    if form == "sqrt":
+        con, root, ds = cp.sqrt(x) >= d, 2, 10.0 ** np.arange(7, 11.01, 1 / 3)
+    else:
+        con, root, ds = cp.power(x, 0.25) >= d, 4, 10.0 ** np.arange(4, 7.51, 1 / 3)
+    layer = dl.compile(cp.Problem(cp.Minimize(c @ x), [con]), [c, d], [x], on_failure="nan")
+    C = np.repeat(np.array([[1.0, 1.0], [1e6, 1e6]]), ds.size, axis=0)
+    D = np.tile(ds[:, None] * np.array([1.0, 1.7]), (2, 1))
+    fwd = layer.forward([C, D])
+    for i, status in enumerate(fwd.info.status):
+        assert status is not Status.INFEASIBLE, (C[i], D[i])
+        if status is Status.SOLVED:
+            xt = D[i] ** root
+            assert np.abs(fwd.outputs[0][i] - xt).max() <= 1e-8 * xt.max(), (C[i], D[i])
+
+
+@pytest.mark.parametrize("form", ["sqrt", "power(x, 1/4)", "geo_mean"])
+def test_infeasible_programs_through_second_order_cones_are_infeasible(form):
+    """sqrt(x) >= d with x <= d²/2, power(x, 1/4) >= d with x <= d⁴/2 and geo_mean(z) >= d
+    with z <= d/2 have no feasible point; their certificates pass through second-order
+    cones away from their axis rays and are accepted: infeasible at d = 1e-3, 1, 1e3."""
+    ds = np.array([1e-3, 1.0, 1e3])
+    d, e = cp.Parameter(pos=True), cp.Parameter(pos=True)
+    if form == "geo_mean":
+        v = cp.Variable(3)
+        cons, es = [cp.geo_mean(v) >= d, v <= e], ds / 2
+    else:
+        v = cp.Variable()
+        root = 2 if form == "sqrt" else 4
+        cons = [(cp.sqrt(v) if root == 2 else cp.power(v, 0.25)) >= d, v <= e]
+        es = ds**root / 2
+    layer = dl.compile(cp.Problem(cp.Minimize(0 * cp.sum(v)), cons), [d, e], [v],
+                       on_failure="nan")
+    fwd = layer.forward([ds, es])
+    assert all(s is Status.INFEASIBLE for s in fwd.info.status), fwd.info.status
+
+
 @pytest.mark.parametrize("solver", [None, "clarabel"])
 def test_a_bounded_sum_of_inverses_with_coefficients_far_apart_is_not_unbounded(solver):
     """min cᵀx + Σ 1/xᵢ at c = (7.6e-3, 1.4e10, 4.5e-11, 2.1e-2) is bounded (x = 1/√c); SCS's
