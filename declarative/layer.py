@@ -117,6 +117,9 @@ ACCEPT_FORWARD = ACCURACY / 10
 # Relative rounding of the residual's terms assumed by the forward-error estimate: a few
 # units in the last place (one per operation along a row, in practice).
 ROUNDING = 8 * np.finfo(float).eps
+# A row with data of its own is never met by less than this fraction of its own terms,
+# however far below the instance's largest row it lies (`_data_rows_floored`).
+DATA_ROW_LOOSE = ACCEPT_BACKWARD
 # The same, for a residual evaluated in extended precision (`Layer._extended`).
 ROUNDING_EXTENDED = 8 * EXTENDED_EPS
 # A boostable second-order cone (x·t >= w² as ‖(x − t, 2w)‖ <= x + t, `equilibrate`'s
@@ -2232,6 +2235,7 @@ class Layer:
         which = which & ~self._factors_lost(ops, eq, c, b, r.x, r.y, which)
         if self.template.dims.power:
             which = which & ~self._power_products_unmet(ops, eq, c, b, r.x, r.y, which)
+        which = which & ~_data_rows_floored(self.template, r, b, which)
         layout = self._rotated_layout
         if layout is not None:
             which = which & ~_rotated_unresolved(ops, b, r.x, r.s,
@@ -3262,6 +3266,27 @@ def _vertex_at(one: BatchOps, c: np.ndarray, b: np.ndarray, y: np.ndarray, s: np
     if not np.all(room[t.dims.zero :] > 0):
         return None
     return a, float(w), d
+
+
+def _data_rows_floored(t: ConeTemplate, r: Any, b: np.ndarray, which: np.ndarray
+                       ) -> np.ndarray:
+    """Per instance (B,), where ``which``: does refinement's point ``r`` leave a row that
+    holds data (b_i ≠ 0) unmet beyond DATA_ROW_LOOSE of its own terms (``r.den``, before
+    the backward error's floor)? The backward error judges rows far below the instance's
+    largest at SCALE_FLOOR of it (`refine.omega`), for the leftovers of auxiliary variables
+    where the exact values are 0; a row with data of its own holds no leftovers.
+    x^(1/8) >= d, x <= e with d = 1e5, e = 5e31 (infeasible: x^(1/8) <= 9.2e3) came back
+    `solved` as x = e: the chain's cones, their constants 1 and t ~ 1e5, missed by 1e5,
+    all at 1e-26 of the bound's row."""
+    out = np.zeros(len(which), dtype=bool)
+    idx = np.flatnonzero(which)
+    if idx.size == 0:
+        return out
+    F = np.abs(r.F[idx, t.n :])
+    den = r.den[idx, t.n :]
+    data = b[idx] != 0
+    out[idx] = np.any(data & (F > DATA_ROW_LOOSE * den), axis=1)
+    return out
 
 
 def _objective_unresolved(gradient: np.ndarray, den: np.ndarray, rounding: float) -> np.ndarray:

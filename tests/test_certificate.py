@@ -2213,3 +2213,22 @@ def test_the_data_rounding_is_measured_where_the_template_sums_and_zero_where_it
     s = zoo_layer("sparsemax")[0].template
     theta = rng.standard_normal((2, s.num_params))
     assert s.rounding(theta, (*s.apply(theta), s.apply_P(theta))) is None
+
+
+def test_a_row_with_data_far_below_the_largest_row_is_met_on_its_own_terms():
+    """x^(1/8) >= d, x <= e (CVXPY's chain of three cones x·1 >= u², u·1 >= w², w·1 >= t²)
+    with d = 1e5 and e = 5e31 has no feasible point (x^(1/8) <= e^(1/8) = 9.2e3). The point
+    x = e, whose first cone misses by 1e5 with its constant 1 unmet, came back `solved`: every
+    row of the chain lies below 1e-9 of the bound's row, where the backward error judges at
+    that floor (for auxiliary variables' leftovers where the exact values are 0). A row with
+    data of its own (the cones' constants) is met on its own terms: not solved. With an
+    objective (min x, d = 10: x = d⁸) beside the same bound, solved to d⁸."""
+    x, d, e = cp.Variable(), cp.Parameter(pos=True), cp.Parameter(pos=True)
+    chain = [cp.power(x, 0.125) >= d, x <= e]
+    layer = dl.compile(cp.Problem(cp.Minimize(0 * x), chain), [d, e], [x], on_failure="nan")
+    fwd = layer.forward([np.array([1e5]), np.array([5e31])])
+    assert fwd.info.status[0] is not dl.Status.SOLVED, fwd.outputs[0]
+    layer = dl.compile(cp.Problem(cp.Minimize(x), chain), [d, e], [x], on_failure="nan")
+    fwd = layer.forward([np.array([10.0]), np.array([5e31])])
+    assert fwd.info.status[0] is dl.Status.SOLVED
+    assert abs(fwd.outputs[0][0] - 1e8) <= 1e-8 * 1e8
