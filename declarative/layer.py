@@ -3455,7 +3455,9 @@ def _rotated_unresolved(ops: BatchOps, b: np.ndarray, x: np.ndarray, s: np.ndarr
     with np.errstate(divide="ignore", invalid="ignore"):
         factor = np.where((su > 0) & (df > 0), np.maximum(w2 / prod - 1.0, 1.0),
                           np.where((su < -e_su) | (df < -e_df), np.inf, 1.0))
-    asked = read * factor > ROTATED_TOL * raw.max(axis=1, initial=0.0)[:, None]
+        # (an output read as 0 is asked nothing, whatever the factor: never inf · 0)
+        asked = np.where(read > 0, read * factor, 0.0) \
+            > ROTATED_TOL * raw.max(axis=1, initial=0.0)[:, None]
     return np.any(violated & asked, axis=1)
 
 
