@@ -265,70 +265,54 @@ def _known_to(absM: sp.spmatrix, magnitude: np.ndarray) -> np.ndarray:
     return CERTIFICATE_ROUND * reach
 
 
-def _curved(dims: ConeDims, values: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
-    """``magnitude`` (per row of a certificate's cone point ``values``) with each
-    second-order cone's rows past its first raised to what the cone's curvature lets
-    them move inside the rounding `_exact` allows the block: a point within δ of the
-    boundary near its axis ray (t ≈ ‖z‖ ≈ h) may hold a transverse part up to √(2hδ), which
-    is not rounding of that part but of the block. max w·Σ√x − cᵀx (w = 1e12, c = 1e3)
-    had a ray (x, t) = (6e7, 0.61) whose cone (x/4, x/4, t/2) missed by 3e-9, inside the
-    rounding of 1.5e7, and whose objective came from t alone: `unbounded`. The same of a
-    Farkas certificate ŷ, its rows those of Aᵀŷ's rounding: min cᵀx s.t. inv_pos(x) <= d at
-    d ~ 5e-7 … 1e-12 (x = 1/d) came back `infeasible` at 8 (c, d) of a sweep."""
-    out = np.array(magnitude, dtype=float)
-    lo = dims.zero + dims.nonneg
-    for k in dims.soc:
-        if k > 1:
-            h = abs(float(values[lo]))
-            delta = CERTIFICATE_ROUND * float(magnitude[lo : lo + k].max())
-            tau = np.sqrt(2.0 * h * delta) / CERTIFICATE_ROUND
-            out[lo + 1 : lo + k] = np.maximum(out[lo + 1 : lo + k], tau)
-        lo += k
-    return out
+def _followed(dims: ConeDims, values: np.ndarray, base: np.ndarray,
+              spread: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """A certificate's cone point ``values`` (a Farkas certificate ŷ, or a ray's −Ax) with
+    ``base``, how far each entry may move inside the rounding the exactness test allows, and
+    what its second-order cones' curvature lets move on top of that, and what that moves in
+    turn (``spread``: the entries that the curvature's moves ``curv`` move, through the
+    linear part), to a fixed point (at most CERTIFICATE_CHAIN rounds). A cone (t, z) whose
+    t − ‖z‖ is known to δ near its axis ray (t ≈ ‖z‖ ≈ h) lets its transverse entries
+    (|zᵢ| <= τ) be anything up to τ = √(2hδ): a point within δ of the boundary near its
+    axis ray may hold a transverse part that large, which is not rounding of that part but
+    of the block. Where the entries moved in turn are another cone's axis entries, its δ
+    grows by their move.
 
-
-def _followed(absM: sp.spmatrix, dims: ConeDims, values: np.ndarray, reach: np.ndarray
-              ) -> np.ndarray:
-    """A Farkas certificate ŷ's ``reach`` (`_known_to`, per entry) with what its second-order
-    cones' curvature lets move, and what that moves in turn, to a fixed point (at most
-    CERTIFICATE_CHAIN rounds). A cone (t, z) whose t − ‖z‖ is known to δ near its axis
-    ray (t ≈ ‖z‖ ≈ h) lets its transverse entries (|zᵢ| <= τ) be anything up to τ =
-    √(2hδ) (as `_curved`); the entries that share a column of A (a row of ``absM``, |Aᵀ|)
-    with a moved one follow it, since Aᵀŷ = 0 ties them, and where those are another cone's
-    axis entries, its δ grows by their move. min cᵀx s.t. sqrt(x) >= d at d ~ 5e8 (x·1 >= t²
-    with the 1 below the rounding of x ~ 2e17) had ŷ on that cone's axis ray to rounding,
-    its transverse entry −3.9 tied through t's column to the constraint's multiplier,
-    whose b made bᵀŷ = −9.3: `infeasible`, where x = d². With x^(1/4) (two cones in a
-    chain: the second's transverse entry tied through u's column to the first's axis
-    entries) the same at d ~ 1e8 … 1e12."""
-    base = np.asarray(reach, dtype=float)
-    blocks = []
-    lo = dims.zero + dims.nonneg
-    for k in dims.soc:
-        if k > 1:
-            blocks.append((lo, lo + k))
-        lo += k
-    if not blocks:
+    max w·Σ√x − cᵀx (w = 1e12, c = 1e3) had a ray (x, t) = (6e7, 0.61) whose cone (x/4,
+    x/4, t/2) missed by 3e-9, inside the rounding of 1.5e7, and whose objective came from t
+    alone: `unbounded`. The same of a Farkas certificate: min cᵀx s.t. inv_pos(x) <= d at
+    d ~ 5e-7 … 1e-12 (x = 1/d) came back `infeasible` at 8 (c, d) of a sweep.
+    min cᵀx s.t. sqrt(x) >= d at d ~ 5e8 (x·1 >= t² with the 1 below the rounding of
+    x ~ 2e17) had ŷ on that cone's axis ray to rounding, its transverse entry −3.9 tied
+    through t's column to the constraint's multiplier, whose b made bᵀŷ = −9.3:
+    `infeasible`, where x = d². With x^(1/4) (two cones in a chain: the second's transverse
+    entry tied through u's column to the first's axis entries) the same at d ~ 1e8 … 1e12.
+    A ray of max x^(2/3) − cx held its second cone's transverse entry (w times a
+    coefficient 1.4e-14) at the rounding of the axis, w free to be 0, which leaves the
+    first cone (x + w, x − w, t) no room for the t that made its objective negative."""
+    sizes = np.asarray(dims.soc, dtype=int)
+    if not np.any(sizes > 1):
         return base
+    starts = dims.zero + dims.nonneg + np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    first = starts[sizes > 1]  # each cone's t, then its z's entries with their cone's index
+    lengths = sizes[sizes > 1] - 1
+    block = np.repeat(np.arange(first.size), lengths)
+    seg = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    rows = np.repeat(first + 1 - seg, lengths) + np.arange(lengths.sum())
+    h = np.abs(values[first])
+    rest = np.abs(values[rows])
     lin = base
-    width = {b: 0.0 for b in blocks}  # each cone's τ in the round before
+    width = np.zeros(first.size)  # each cone's τ in the round before
     curv = np.zeros_like(base)
     for _ in range(CERTIFICATE_CHAIN):
+        axis = rest > width[block]  # (the transverse entries' own moves left out)
+        delta = np.maximum(lin[first], np.maximum.reduceat(np.where(axis, lin[rows], 0.0), seg))
+        margin = h - np.sqrt(np.add.reduceat(np.where(axis, rest, 0.0) ** 2, seg))
+        near = margin <= 2.0 * delta  # (else off its boundary beyond what the moves reach)
+        width = np.where(near, np.sqrt(2.0 * h * (np.maximum(margin, 0.0) + 2.0 * delta)), 0.0)
         curv = np.zeros_like(base)
-        for lo, hi in blocks:
-            h = abs(float(values[lo]))
-            rest = np.abs(values[lo + 1 : hi])
-            axis = rest > width[(lo, hi)]  # (the transverse entries' own moves left out)
-            delta = max(float(lin[lo]), float(lin[lo + 1 : hi][axis].max(initial=0.0)))
-            margin = h - float(np.linalg.norm(rest[axis]))
-            if margin > 2.0 * delta:  # (off its boundary beyond what the moves reach)
-                width[(lo, hi)] = 0.0
-                continue
-            tau = float(np.sqrt(2.0 * h * (max(margin, 0.0) + 2.0 * delta)))
-            width[(lo, hi)] = tau
-            curv[lo + 1 : hi] = np.where(rest <= tau, tau, 0.0)
-        moved = absM @ curv
-        new = np.maximum(base, _known_to(absM, moved) / CERTIFICATE_ROUND)
+        curv[rows] = np.where(near[block] & (rest <= width[block]), width[block], 0.0)
+        new = np.maximum(base, spread(curv))
         if np.array_equal(new, lin):
             break
         lin = new
@@ -372,7 +356,9 @@ def infeasibility_certified(A: Any, b: np.ndarray, y: np.ndarray, dims: ConeDims
             return False
         # (each entry of ŷ to what Aᵀŷ's rounding lets it move, its second-order cones'
         # transverse entries to what that lets the curvature move them)
-        reach = _followed(absA.T, dims, cand, _known_to(absA.T, scale))
+        # (a move of one entry moves the others of its columns: Aᵀŷ = 0 ties them)
+        reach = _followed(dims, cand, _known_to(absA.T, scale),
+                          lambda curv: _known_to(absA.T, absA.T @ curv) / CERTIFICATE_ROUND)
         return _objective_clear(bty, b, cand, reach, tol)
 
     y = project(y, dims, dual=True)
@@ -434,7 +420,10 @@ def unboundedness_certified(A: Any, c: np.ndarray, x: np.ndarray, dims: ConeDims
         scale = absA @ np.abs(cand)
         if not _exact(Ax + project(-Ax, dims), scale):
             return False
-        reach = _known_to(absA, _curved(dims, -Ax, scale))
+        # (the rows' moves as far as x's entries follow them, and the rows those move)
+        rows = _followed(dims, -Ax, CERTIFICATE_ROUND * scale,
+                         lambda curv: absA @ (_known_to(absA, curv) / CERTIFICATE_ROUND))
+        reach = _known_to(absA, rows) / CERTIFICATE_ROUND
         if Pf is not None:
             absP = abs(Pf)
             p_scale = absP @ np.abs(cand)

@@ -304,6 +304,59 @@ def test_infeasible_programs_through_second_order_cones_are_infeasible(form):
     assert all(s is Status.INFEASIBLE for s in fwd.info.status), fwd.info.status
 
 
+def test_a_ray_resting_on_a_chained_cones_curvature_certifies_nothing():
+    """SCS's ray for max x^(2/3) − c·x at c = 4.6e3 (bounded: x = (1.5c)⁻³), equilibrated:
+    columns (t, x, w), cones (x + w, x − w, t) and (t/2, −t/2, 1.4e-14·w). The second sits
+    on its axis ray with its transverse entry 1.2e-13 inside the curvature's room (~4e-7),
+    so w is free to be 0 there, and the first cone then leaves t no room: the objective
+    −0.5t + 0.57x = −1 rests on nothing. Refused (it was accepted); genuine rays through
+    the same cones are accepted (`test_unbounded_programs_through_second_order_cones_are_
+    unbounded`)."""
+    A = _csc(np.array([[0.0, -1.0, -1.0], [0.0, -1.0, 1.0], [-1.0, 0.0, 0.0],
+                       [-0.5, 0.0, 0.0], [0.5, 0.0, 0.0], [0.0, 0.0, -1.4210854715202004e-14]]))
+    c = np.array([-0.5, 0.5666001994155498, 0.0])
+    x = np.array([10.515928811899295, 7.514936299602001, 8.382938408716614])
+    dims = ConeDims(soc=[3, 3])
+    assert c @ x < 0
+    for scale in (1.0, 1e-8, 1e8):
+        assert not unboundedness_certified(A, c, scale * x, dims)
+
+
+@pytest.mark.parametrize("form", ["x^(1/4) + cx", "sqrt(x) + cx", "geo_mean + cz",
+                                  "-x + c/x"])
+def test_unbounded_programs_through_second_order_cones_are_unbounded(form):
+    """Programs unbounded for every c > 0 whose rays run through chains of second-order
+    cones: reported unbounded at c = 1e-3, 1, 1e3."""
+    cs = np.array([1e-3, 1.0, 1e3])
+    c = cp.Parameter(pos=True)
+    v = cp.Variable(3) if form == "geo_mean + cz" else cp.Variable()
+    objective = {"x^(1/4) + cx": lambda: cp.Maximize(cp.power(v, 0.25) + c * v),
+                 "sqrt(x) + cx": lambda: cp.Maximize(cp.sqrt(v) + c * v),
+                 "geo_mean + cz": lambda: cp.Maximize(cp.geo_mean(v) + c * v[0]),
+                 "-x + c/x": lambda: cp.Minimize(-v + c * cp.inv_pos(v))}[form]()
+    layer = dl.compile(cp.Problem(objective), [c], [v], on_failure="nan")
+    fwd = layer.forward([cs])
+    assert all(s is Status.UNBOUNDED for s in fwd.info.status), fwd.info.status
+
+
+def test_a_bounded_power_with_a_chained_cone_is_never_unbounded():
+    """max x^(2/3) − c·x (CVXPY's chain of two cones) is bounded for every c > 0, x =
+    (1.5c)⁻³; SCS's rays at 9 of 145 c over 1e-12 … 1e12 (`test_a_ray_resting_on_a_chained_
+    cones_curvature_certifies_nothing`) made it `unbounded`. Solved to x, or not solved;
+    x is checked where it is above 1e-13 of the data's scale (below, an output is certified
+    as the zero it rounds to: `layer.ZERO_FLOOR`)."""
+    x, c = cp.Variable(1), cp.Parameter(1, pos=True)
+    layer = dl.compile(cp.Problem(cp.Maximize(cp.sum(cp.power(x, 2 / 3)) - c @ x)), [c], [x],
+                       on_failure="nan")
+    cs = 10.0 ** np.arange(-12, 12.001, 1 / 6)
+    fwd = layer.forward([cs[:, None]])
+    for i, status in enumerate(fwd.info.status):
+        assert status is not Status.UNBOUNDED and status is not Status.INFEASIBLE, cs[i]
+        xt = (1.5 * cs[i]) ** -3.0
+        if status is Status.SOLVED and cs[i] <= 1e4:
+            assert abs(fwd.outputs[0][i, 0] - xt) <= 1e-8 * xt, cs[i]
+
+
 @pytest.mark.parametrize("solver", [None, "clarabel"])
 def test_a_bounded_sum_of_inverses_with_coefficients_far_apart_is_not_unbounded(solver):
     """min cᵀx + Σ 1/xᵢ at c = (7.6e-3, 1.4e10, 4.5e-11, 2.1e-2) is bounded (x = 1/√c); SCS's
