@@ -2583,6 +2583,9 @@ class Layer:
             estimated = (at, rho, newton[at])
         gradient = ops.take(idx).magnitude.P(np.abs(r.x[idx])) + np.abs(c[idx])
         d[_objective_unresolved(gradient, den, rounding)] = np.inf
+        # (the point's own entries are float64 whatever the residual's arithmetic)
+        d[_objective_rows_lost(gradient, np.abs(r.x[idx]), den, max(rounding, ROUNDING))] = \
+            np.inf
         # where S is singular, the correction is a least-squares one: F must be in S's range
         # (non-unique auxiliary variables), else the point is not a solution at all
         absR = self._abs_recover
@@ -3331,6 +3334,21 @@ def _objective_unresolved(gradient: np.ndarray, den: np.ndarray, rounding: float
     top = gradient.max(axis=-1, initial=0.0)
     n = gradient.shape[-1]
     return (top > 0) & (top <= rounding * den[..., :n].max(axis=-1, initial=0.0))
+
+
+def _objective_rows_lost(gradient: np.ndarray, x: np.ndarray, den: np.ndarray,
+                         rounding: float) -> np.ndarray:
+    """(B,) bool: do the dual rows whose objective term (``gradient``, |P||x| + |c|) lies
+    within the rounding of the row's own terms (``den``'s first n) carry more than
+    ACCEPT_BACKWARD of the objective (Σ gradientᵢ·|xᵢ|)? Those rows hold any point whatever
+    the objective asks: min cᵀx s.t. pnorm(x − a, 3) <= r at r ~ 1e-9 … 1e-6 of a came back
+    `solved` as x = a, its multipliers on |x − a| <= t at 1e16 beside c ~ 1, every row of x
+    met to 1e-16 of those and c itself below their rounding (`_objective_unresolved` asks the
+    same of the largest row only, which a scaling moves)."""
+    n = gradient.shape[-1]
+    lost = (gradient > 0) & (gradient <= rounding * den[..., :n])
+    weight = gradient * x
+    return (weight * lost).sum(axis=-1) > ACCEPT_BACKWARD * weight.sum(axis=-1)
 
 
 def _part_unjudged(den: np.ndarray, c: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:

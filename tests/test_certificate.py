@@ -2232,3 +2232,23 @@ def test_a_row_with_data_far_below_the_largest_row_is_met_on_its_own_terms():
     fwd = layer.forward([np.array([10.0]), np.array([5e31])])
     assert fwd.info.status[0] is dl.Status.SOLVED
     assert abs(fwd.outputs[0][0] - 1e8) <= 1e-8 * 1e8
+
+
+@pytest.mark.parametrize("r", [1e-7, 1e-9, 1e-11])
+def test_a_small_p_norm_ball_around_data_is_solved_with_its_jacobian_or_not_solved(r):
+    """min cᵀx s.t. pnorm(x − a, 3) <= r: x = a + r·u, u = −sign(c)|c|^½/‖c‖_{3/2}^½, and
+    ∂x/∂r = u. At r ~ 1e-9 of a it came back `solved` as x = a with ∂x/∂r = 0: the
+    multipliers of |x − a| <= t at 1e16 beside c ~ 1, c below the rounding of x's dual rows,
+    which any point then meets. Solved with x and ∂x/∂r right, or not solved."""
+    n = 3
+    c, a, rad, x = cp.Parameter(n), cp.Parameter(n), cp.Parameter(pos=True), cp.Variable(n)
+    layer = dl.compile(cp.Problem(cp.Minimize(c @ x), [cp.pnorm(x - a, 3) <= rad]),
+                       [c, a, rad], [x], on_failure="nan")
+    cv, av = np.array([0.3, -1.2, 2.0]), np.array([1.0, -2.0, 0.5])
+    u = -np.sign(cv) * np.sqrt(np.abs(cv)) / np.sum(np.abs(cv) ** 1.5) ** (1 / 3)
+    fwd = layer.forward([cv[None], av[None], np.array([r])])
+    if fwd.info.status[0] is not dl.Status.SOLVED:
+        return
+    assert np.abs(fwd.outputs[0][0] - (av + r * u)).max() <= 1e-8 * np.abs(av).max()
+    dr = np.asarray(fwd.jacobian(0)[0][2])
+    assert np.abs(dr - u).max() <= 1e-6 * np.abs(u).max(), dr
