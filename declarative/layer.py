@@ -599,7 +599,9 @@ class Forward:
         rel = psd_met(t, replace(rel, rho=rel.rho * k, sigma=rel.sigma / k), *point)
         x2, y2, s2 = rel.scaled(*point)
         _, a2, _, h2 = rel.data(t, np.zeros_like(x2), a1, np.zeros_like(y2), h1)
-        held = _pair_held(BatchOps(t, a2, h2), y2, s2)
+        # (a point the scaling does not hold is still taken where S is ill-conditioned
+        # without it: there the scaling is what the derivative has)
+        held = ill | _pair_held(BatchOps(t, a2, h2), y2, s2)
         if not held.any():
             return sol
         poor, ill, point = poor[held], ill[held], tuple(p[held] for p in point)
@@ -3291,7 +3293,9 @@ def _pair_held(ops: BatchOps, y: np.ndarray, s: np.ndarray) -> np.ndarray:
     point's. min cᵀx s.t. pnorm(x, 3,
     approx=False) <= r with c₀ ~ 8e4 beside O(1) entries (one power cone's multiplier
     (0.21, 1.7e-10, −3.4e-7)) gave back its multiplier 26% off after the scaling, and
-    ∂x/∂c 35% off (1e-12 without it)."""
+    ∂x/∂c 35% off (1e-12 without it: S's rcond 2e-6 there). With c₀ ~ 1e6 … 5e7 the pair
+    comes back 1e-6 … 1e-2 off, but S without the scaling is singular to 1e-12 and its
+    Jacobian 1e-4 off, 1e-7 … 1e-12 with it: the caller keeps it where S is ill-conditioned."""
     v = y - s
     pv = project_dual(v, ops)
     p = pattern(ops.template)

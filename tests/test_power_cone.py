@@ -614,3 +614,32 @@ def test_an_lp_over_a_p_norm_ball_with_one_cost_far_above_the_others_has_its_jac
         assert np.abs(fwd.outputs[0][i] + rv * g / norm).max() <= 1e-8 * rv
         got = np.asarray(fwd.jacobian(i)[0][0])
         assert np.abs(got - J).max() <= 1e-8 * np.abs(J).max(), (cv, got, J)
+
+
+def test_a_p_norm_ball_whose_s_is_singular_without_its_solution_scaling_keeps_it():
+    """The same LP with c₀ = 7e5 … 5e7: S in the equilibrated program is singular to 1e-12
+    and its Jacobian 3e-5 … 2e-4 off; scaled at the solution S's rcond is 1e-9 … 1e-6 and
+    the Jacobian right to 2e-7, though the scaled pair round-trips through v only to 1e-6 …
+    1e-2. The scaling is kept there (it is dropped only where S was well conditioned
+    without it)."""
+    c, r, x = cp.Parameter(3), cp.Parameter(pos=True), cp.Variable(3)
+    layer = dl.compile(cp.Problem(cp.Minimize(c @ x), [cp.pnorm(x, 3, approx=False) <= r]),
+                       [c, r], [x], on_failure="nan")
+    C = np.array([[703111.1312320825, -0.0048773329938042245, 3.113943568749988],
+                  [-8855361.791540083, -2.20682030594893, -0.09343596460331363]])
+    R = np.array([0.00016551858294918775, 0.0029959842742479288])
+    fwd = layer.forward([C, R])
+    q = 1.5
+    for i in range(2):
+        assert fwd.info.status[i] is dl.Status.SOLVED
+        cv, rv = C[i], R[i]
+        g = np.sign(cv) * np.abs(cv) ** (q - 1)
+        total = np.sum(np.abs(cv) ** q)
+        norm = total ** ((q - 1) / q)
+        J = -rv * ((q - 1) * np.diag(np.abs(cv) ** (q - 2)) / norm
+                   - (q - 1) * np.outer(g, g) / (norm * total))
+        Jr = -g / norm  # ∂x/∂r = x/r
+        got = fwd.jacobian(i)[0]
+        scale = max(np.abs(J).max(), np.abs(Jr).max())
+        assert np.abs(np.asarray(got[0]) - J).max() <= 1e-6 * scale
+        assert np.abs(np.asarray(got[1]) - Jr).max() <= 1e-6 * scale
