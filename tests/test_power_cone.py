@@ -582,6 +582,19 @@ def test_a_concave_power_whose_base_is_tiny_beside_its_multiplier_is_solved_righ
         assert np.abs(J - jt).max() <= 1e-6 * np.abs(jt).max(), i
 
 
+def _p_norm_ball_lp(c: np.ndarray, r: float, q: float
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """min cᵀx s.t. ‖x‖_p <= r (q = p/(p−1)), by Hölder: x = −r·g/N with g = sign(c)|c|^(q−1),
+    N = ‖c‖_q^(q−1); returns x, ∂x/∂c = −r (diag((q−1)|c|^(q−2))/N − (q−1) g gᵀ/(N Σ|c|^q))
+    and ∂x/∂r = x/r."""
+    g = np.sign(c) * np.abs(c) ** (q - 1)
+    total = np.sum(np.abs(c) ** q)
+    norm = total ** ((q - 1) / q)
+    dc = -r * ((q - 1) * np.diag(np.abs(c) ** (q - 2)) / norm
+               - (q - 1) * np.outer(g, g) / (norm * total))
+    return -r * g / norm, dc, -g / norm
+
+
 @pytest.mark.parametrize("p", [3.0, 4.0, 2.5])
 def test_an_lp_over_a_p_norm_ball_with_one_cost_far_above_the_others_has_its_jacobian(p):
     """min cᵀx s.t. pnorm(x, p, approx=False) <= r: x = −r·sign(c)|c|^(q−1)/‖c‖_q^(q−1)
@@ -604,16 +617,10 @@ def test_an_lp_over_a_p_norm_ball_with_one_cost_far_above_the_others_has_its_jac
     for i, status in enumerate(fwd.info.status):
         if status is not dl.Status.SOLVED:
             continue
-        cv, rv = C[i], R[i]
-        g = np.sign(cv) * np.abs(cv) ** (q - 1)
-        total = np.sum(np.abs(cv) ** q)
-        norm = total ** ((q - 1) / q)
-        # ∂x/∂c = −r (diag((q−1)|c|^(q−2)) / N − (q−1) g gᵀ / (N · Σ|c|^q)), N = ‖c‖_q^(q−1)
-        J = -rv * ((q - 1) * np.diag(np.abs(cv) ** (q - 2)) / norm
-                   - (q - 1) * np.outer(g, g) / (norm * total))
-        assert np.abs(fwd.outputs[0][i] + rv * g / norm).max() <= 1e-8 * rv
+        xt, J, _ = _p_norm_ball_lp(C[i], R[i], q)
+        assert np.abs(fwd.outputs[0][i] - xt).max() <= 1e-8 * R[i]
         got = np.asarray(fwd.jacobian(i)[0][0])
-        assert np.abs(got - J).max() <= 1e-8 * np.abs(J).max(), (cv, got, J)
+        assert np.abs(got - J).max() <= 1e-8 * np.abs(J).max(), (C[i], got, J)
 
 
 def test_a_p_norm_ball_whose_s_is_singular_without_its_solution_scaling_keeps_it():
@@ -632,13 +639,7 @@ def test_a_p_norm_ball_whose_s_is_singular_without_its_solution_scaling_keeps_it
     q = 1.5
     for i in range(2):
         assert fwd.info.status[i] is dl.Status.SOLVED
-        cv, rv = C[i], R[i]
-        g = np.sign(cv) * np.abs(cv) ** (q - 1)
-        total = np.sum(np.abs(cv) ** q)
-        norm = total ** ((q - 1) / q)
-        J = -rv * ((q - 1) * np.diag(np.abs(cv) ** (q - 2)) / norm
-                   - (q - 1) * np.outer(g, g) / (norm * total))
-        Jr = -g / norm  # ∂x/∂r = x/r
+        _, J, Jr = _p_norm_ball_lp(C[i], R[i], q)
         got = fwd.jacobian(i)[0]
         scale = max(np.abs(J).max(), np.abs(Jr).max())
         assert np.abs(np.asarray(got[0]) - J).max() <= 1e-6 * scale
