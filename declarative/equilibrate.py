@@ -114,6 +114,12 @@ class _Pattern:
     boost_cone: np.ndarray    # ... and which cone
     boost_bounds: np.ndarray  # (2k,): each boostable cone's first row and the row after it
 
+    def block_max(self, u: np.ndarray) -> np.ndarray:
+        """``u`` (B, m) with each entry replaced by its cone block's largest."""
+        if not self.blocks.size:
+            return u
+        return np.repeat(np.maximum.reduceat(u, self.blocks, axis=1), self.block_sizes, axis=1)
+
 
 def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For sorted keys: start of each run of equal keys, and the key of the run."""
@@ -622,7 +628,7 @@ def _norms(p: _Pattern, t: ConeTemplate, A: np.ndarray, P: np.ndarray | None,
             assert col_lo is not None  # set above when lows
             col_lo = np.minimum(col_lo, _segment_min(Pz, p.P_starts, p.P_ids, t.n))
     if p.blocks.size and p.block_sizes.max(initial=1) > 1:
-        row_hi = np.repeat(np.maximum.reduceat(row_hi, p.blocks, axis=1), p.block_sizes, axis=1)
+        row_hi = p.block_max(row_hi)
         if lows:
             assert row_lo is not None  # set above when lows
             row_lo = np.repeat(np.minimum.reduceat(row_lo, p.blocks, axis=1), p.block_sizes,
@@ -1107,8 +1113,7 @@ def at_solution(t: ConeTemplate, a: np.ndarray, h: np.ndarray, x: np.ndarray, y:
     if np.isnan(d).any():
         row = _segment_max((A * np.take(e, p.cols, axis=1))[:, p.by_row], p.row_starts,
                            p.row_ids, t.m)
-        if p.blocks.size:
-            row = np.repeat(np.maximum.reduceat(row, p.blocks, axis=1), p.block_sizes, axis=1)
+        row = p.block_max(row)
         with np.errstate(divide="ignore"):
             d = np.where(np.isnan(d) & (row > 0), 1.0 / row, d)
         d = _geometric_fill(d)

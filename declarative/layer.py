@@ -117,9 +117,6 @@ ACCEPT_FORWARD = ACCURACY / 10
 # Relative rounding of the residual's terms assumed by the forward-error estimate: a few
 # units in the last place (one per operation along a row, in practice).
 ROUNDING = 8 * np.finfo(float).eps
-# A row with data of its own is never met by less than this fraction of its own terms,
-# however far below the instance's largest row it lies (`_data_rows_floored`).
-DATA_ROW_LOOSE = ACCEPT_BACKWARD
 # A point scaled for the derivative gives back its own multiplier and slack through v = y − s
 # to this fraction of each entry, or is not taken (`_pair_held`).
 REPRESENTED = 1e-6
@@ -3290,19 +3287,15 @@ def _pair_held(ops: BatchOps, y: np.ndarray, s: np.ndarray) -> np.ndarray:
     scaled by its cones' automorphisms (`equilibrate.at_solution`) carries each entry's
     error relative to its block before the scaling: where the scaling magnifies a block's
     small entries, their errors come with them, and the derivative at that v is another
-    point's. min cᵀx s.t. pnorm(x, 3,
-    approx=False) <= r with c₀ ~ 8e4 beside O(1) entries (one power cone's multiplier
-    (0.21, 1.7e-10, −3.4e-7)) gave back its multiplier 26% off after the scaling, and
-    ∂x/∂c 35% off (1e-12 without it: S's rcond 2e-6 there). With c₀ ~ 1e6 … 5e7 the pair
-    comes back 1e-6 … 1e-2 off, but S without the scaling is singular to 1e-12 and its
-    Jacobian 1e-4 off, 1e-7 … 1e-12 with it: the caller keeps it where S is ill-conditioned."""
+    point's. min cᵀx s.t. pnorm(x, 3, approx=False) <= r with c₀ ~ 8e4 beside O(1)
+    entries (one power cone's multiplier (0.21, 1.7e-10, −3.4e-7)) gave back its
+    multiplier 26% off after the scaling, and ∂x/∂c 35% off (1e-12 without it: S's rcond
+    2e-6 there). With c₀ ~ 1e6 … 5e7 the pair comes back 1e-6 … 1e-2 off, but S without
+    the scaling is singular to 1e-12 and its Jacobian 1e-4 off, 1e-7 … 1e-12 with it: the
+    caller keeps it where S is ill-conditioned."""
     v = y - s
     pv = project_dual(v, ops)
-    p = pattern(ops.template)
-    size = np.abs(y) + np.abs(s)
-    if p.blocks.size:
-        size = np.repeat(np.maximum.reduceat(size, p.blocks, axis=1), p.block_sizes, axis=1)
-    floor = REPRESENTED * size
+    floor = REPRESENTED * pattern(ops.template).block_max(np.abs(y) + np.abs(s))
     off_y = np.abs(pv - y) > REPRESENTED * np.maximum(np.abs(y), floor)
     off_s = np.abs((pv - v) - s) > REPRESENTED * np.maximum(np.abs(s), floor)
     return ~np.any(off_y | off_s, axis=1)
@@ -3311,7 +3304,7 @@ def _pair_held(ops: BatchOps, y: np.ndarray, s: np.ndarray) -> np.ndarray:
 def _data_rows_floored(t: ConeTemplate, r: Any, b: np.ndarray, which: np.ndarray
                        ) -> np.ndarray:
     """Per instance (B,), where ``which``: does refinement's point ``r`` leave a row that
-    holds data (b_i ≠ 0) unmet beyond DATA_ROW_LOOSE of its own terms (``r.den``, before
+    holds data (b_i ≠ 0) unmet beyond ACCEPT_BACKWARD of its own terms (``r.den``, before
     the backward error's floor)? The backward error judges rows far below the instance's
     largest at SCALE_FLOOR of it (`refine.omega`), for the leftovers of auxiliary variables
     where the exact values are 0; a row with data of its own holds no leftovers.
@@ -3325,7 +3318,7 @@ def _data_rows_floored(t: ConeTemplate, r: Any, b: np.ndarray, which: np.ndarray
     F = np.abs(r.F[idx, t.n :])
     den = r.den[idx, t.n :]
     data = b[idx] != 0
-    out[idx] = np.any(data & (F > DATA_ROW_LOOSE * den), axis=1)
+    out[idx] = np.any(data & (F > ACCEPT_BACKWARD * den), axis=1)
     return out
 
 

@@ -164,15 +164,14 @@ def row_terms(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.
     den_pv, den_s = apv.copy(), np.abs(pv - v)
     blocks = blockwise and sep < t.m
     if blocks:
-        block = np.maximum.reduceat(apv + np.abs(v), p.blocks, axis=1)
-        block = np.repeat(block, p.block_sizes, axis=1)[:, sep:]
+        block = p.block_max(apv + np.abs(v))[:, sep:]
         den_pv[:, sep:] = block if deep is None else np.where(
             interior_depth(pv - v, t.dims)[:, sep:] > deep * block, apv[:, sep:], block)
         den_s[:, sep:] = block
     den_x = mag.P(au) + mag.AT(den_pv) + np.abs(c)
     den_y = mag.A(au) + np.abs(b) + den_s
     if blocks:
-        den_y = np.repeat(np.maximum.reduceat(den_y, p.blocks, axis=1), p.block_sizes, axis=1)
+        den_y = p.block_max(den_y)
     return np.concatenate([den_x, den_y], axis=1)
 
 

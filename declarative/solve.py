@@ -254,15 +254,22 @@ def _exact(value: np.ndarray, magnitude: np.ndarray) -> bool:
     return bool(np.all(np.abs(value) <= CERTIFICATE_ROUND * magnitude))
 
 
+def _followers(absM: sp.spmatrix, moves: np.ndarray) -> np.ndarray:
+    """Per column j of M (entrywise |M|, ``absM``): the largest ``moves``ᵢ / |Mᵢⱼ| among the
+    rows that hold it (how far its entry may move where each row i may move by movesᵢ); 0
+    where none does."""
+    coo = absM.tocoo()
+    reach = np.zeros(absM.shape[1])
+    keep = coo.data > 0
+    np.maximum.at(reach, coo.col[keep], moves[coo.row[keep]] / coo.data[keep])
+    return reach
+
+
 def _known_to(absM: sp.spmatrix, magnitude: np.ndarray) -> np.ndarray:
     """Per column j of M (entrywise |M|, ``absM``): how far its entry of a certificate may
     move inside the rounding `_exact` allows its rows, CERTIFICATE_ROUND × the largest
     magnitude (|M||v|)ᵢ over |Mᵢⱼ| among the rows that hold it; 0 where none does."""
-    coo = absM.tocoo()
-    reach = np.zeros(absM.shape[1])
-    keep = coo.data > 0
-    np.maximum.at(reach, coo.col[keep], magnitude[coo.row[keep]] / coo.data[keep])
-    return CERTIFICATE_ROUND * reach
+    return CERTIFICATE_ROUND * _followers(absM, magnitude)
 
 
 def _followed(dims: ConeDims, values: np.ndarray, base: np.ndarray,
@@ -355,10 +362,10 @@ def infeasibility_certified(A: Any, b: np.ndarray, y: np.ndarray, dims: ConeDims
         if not _exact(M.T @ cand, scale):
             return False
         # (each entry of ŷ to what Aᵀŷ's rounding lets it move, its second-order cones'
-        # transverse entries to what that lets the curvature move them)
-        # (a move of one entry moves the others of its columns: Aᵀŷ = 0 ties them)
+        # transverse entries to what that lets the curvature move them, and the other
+        # entries of their columns with them: Aᵀŷ = 0 ties them)
         reach = _followed(dims, cand, _known_to(absA.T, scale),
-                          lambda curv: _known_to(absA.T, absA.T @ curv) / CERTIFICATE_ROUND)
+                          lambda curv: _followers(absA.T, absA.T @ curv))
         return _objective_clear(bty, b, cand, reach, tol)
 
     y = project(y, dims, dual=True)
@@ -422,8 +429,8 @@ def unboundedness_certified(A: Any, c: np.ndarray, x: np.ndarray, dims: ConeDims
             return False
         # (the rows' moves as far as x's entries follow them, and the rows those move)
         rows = _followed(dims, -Ax, CERTIFICATE_ROUND * scale,
-                         lambda curv: absA @ (_known_to(absA, curv) / CERTIFICATE_ROUND))
-        reach = _known_to(absA, rows) / CERTIFICATE_ROUND
+                         lambda curv: absA @ _followers(absA, curv))
+        reach = _followers(absA, rows)
         if Pf is not None:
             absP = abs(Pf)
             p_scale = absP @ np.abs(cand)
