@@ -470,6 +470,26 @@ class Equilibration:
         a, b = self._rows_mapped(t, a, b)
         return self._diagonal(t, c, a, b, h)
 
+    def undone(self, t: ConeTemplate, c: np.ndarray, a: np.ndarray, b: np.ndarray,
+               h: np.ndarray | None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """`data`'s inverse: (ĉ, Â, b̂, P̂) ↦ (c, A values, b, P values), its diagonal
+        factors undone, then the boosts (by −κ), then the mixing."""
+        rho, sigma = self.rho[:, None], self.sigma[:, None]
+        wa, wp = self._weights(t)
+        c, a, b = c / (sigma * self.e), a / wa(), b / (rho * self.d)
+        h = None if h is None else h * rho / (sigma * wp())
+        if self.boost is not None:
+            p = pattern(t)
+            a = _boosted(a, -self.boost[:, p.boost_cone], p.boost_r, p.boost_q)
+            b = self._boost_rows(b, -1.0)
+        if self.mix is not None:
+            p = pattern(t)
+            a, b = np.array(a), np.array(b)
+            a[:, p.mix_to] -= self.mix[:, p.mix_cone] * a[:, p.mix_from]
+            b[:, p.exp_first] -= self.mix * b[:, p.exp_first + 1]
+        return c, a, b, h
+
     @overload
     def _rows_mapped(self, t: ConeTemplate, a: np.ndarray, b: np.ndarray,
                      absolute: bool = False) -> tuple[np.ndarray, np.ndarray]: ...

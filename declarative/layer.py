@@ -59,6 +59,7 @@ from declarative.derivative import (
     newton_correction,
     project_dual,
     ranks_exactly,
+    residual,
     row_scales,
     sign_probe,
     sparse_layout,
@@ -87,6 +88,7 @@ from declarative.refine import (
     REFINE_MAX_ITERS,
     REFINE_TOL,
     SCALE_FLOOR,
+    backward_error,
     extended_ok,
     omega,
     refine,
@@ -2244,6 +2246,7 @@ class Layer:
         if self.template.dims.power:
             which = which & ~self._power_products_unmet(ops, eq, c, b, r.x, r.y, which)
         which = which & ~_data_rows_floored(self.template, r, b, which)
+        which = which & ~_scaling_hides(ops, eq, r, c, b, which)
         layout = self._rotated_layout
         if layout is not None:
             which = which & ~_rotated_unresolved(ops, b, r.x, r.s,
@@ -3319,6 +3322,49 @@ def _data_rows_floored(t: ConeTemplate, r: Any, b: np.ndarray, which: np.ndarray
     den = r.den[idx, t.n :]
     data = b[idx] != 0
     out[idx] = np.any(data & (F > ACCEPT_BACKWARD * den), axis=1)
+    return out
+
+
+def _scaling_hides(ops: BatchOps, eq: Equilibration, r: Any, c: np.ndarray, b: np.ndarray,
+                   which: np.ndarray) -> np.ndarray:
+    """Per instance (B,), where ``which`` and the scaling ``eq`` boosts a second-order cone:
+    does refinement's point ``r``, mapped back to the user's data and scaled as that data
+    is first (`equilibrate`, which depends on no point), miss ACCEPT_BACKWARD there?
+
+    ω (`refine.backward_error`) is invariant under diagonal scalings of rows and columns
+    (Oettli & Prager), up to the floor it judges rows far below the instance's largest at;
+    a boost is no diagonal scaling but an automorphism of the cone, and a perturbation
+    within ω of the boosted program's entries is 2^|κ| times larger, relative to the user's
+    data, along the block's small light-cone direction. The retry that boosts
+    (`_solution_rescaled`) sets κ at the point it scales, and a boost set at a wrong point
+    can make it look exact: max wᵀx^(2/3) s.t. x <= u with u₀ = 1.3e-4 beside 1e11 came
+    back `solved` with x₀ = 3.8e-5 and t₀ ~ 0 (t₀ = u₀^(2/3)), certified where the cone
+    t₀ >= z₀² was boosted by 2^−40 and t₀'s column scaled by ~1e14: ĉ₀ at 1e-24 of its dual
+    row's terms, ω 1.1e-16; the same point has ω 1.5e-3 as first scaled (t₀'s dual row: the
+    objective's coefficient unmet). The diagonal retries are not judged again: the points
+    of power cones' tiny entries that they certify (Σ x^1.5/1.5 − cᵀx with c over
+    1e-6 … 1e6, values and Jacobians right) have ω up to 6e-6 as first scaled, rows that
+    only a scaling fitted at the solution resolves."""
+    out = np.zeros(len(which), dtype=bool)
+    idx = np.flatnonzero(which)
+    if idx.size == 0:
+        return out
+    t = ops.template
+    if eq.boost is None:
+        return out
+    idx = idx[np.any(eq.boost[idx] != 0, axis=1)]
+    if idx.size == 0:
+        return out
+    e = eq.take(idx)
+    cu, au, bu, hu = e.undone(t, c[idx], ops.a[idx], b[idx],
+                              ops.h[idx] if t.quadratic else None)
+    first = equilibrate(t, cu, au, bu, hu)
+    c0, a0, b0, h0 = first.data(t, cu, au, bu, hu)
+    x0, y0, s0 = first.scaled(*e.solution(r.x[idx], r.y[idx], r.s[idx]))
+    one = BatchOps(t, a0, h0)
+    v0 = y0 - s0
+    om, _ = backward_error(one, c0, b0, x0, v0, y0, residual(one, c0, b0, x0, v0, y0))
+    out[idx] = ~(om <= ACCEPT_BACKWARD)
     return out
 
 

@@ -2252,3 +2252,61 @@ def test_a_small_p_norm_ball_around_data_is_solved_with_its_jacobian_or_not_solv
     assert np.abs(fwd.outputs[0][0] - (av + r * u)).max() <= 1e-8 * np.abs(av).max()
     dr = np.asarray(fwd.jacobian(0)[0][2])
     assert np.abs(dr - u).max() <= 1e-6 * np.abs(u).max(), dr
+
+
+def test_a_point_certified_in_a_scaling_set_at_it_is_judged_in_the_users_scaling_too():
+    """max wᵀx^(2/3) s.t. x <= u: x = u, ∂x/∂u = I. With u₀ = 1.3e-4 beside u ~ 1e11 it came
+    back `solved` with x₀ = 3.8e-5 and its hypograph variable ~0: a retry scaled at that
+    point boosted the cone t₀ >= z₀² by 2^−40 and t₀'s column by ~1e14, which put w₀ at 1e-24
+    of its dual row; the same point misses that row by 1.5e-3 in the scaling of the user's
+    data. Solved with x = u and ∂x/∂u = I, or not solved; at O(1) data, solved."""
+    x, u, w = cp.Variable(4), cp.Parameter(4, pos=True), cp.Parameter(4, pos=True)
+    layer = dl.compile(cp.Problem(cp.Maximize(w @ cp.power(x, 2 / 3)), [x <= u]), [u, w], [x],
+                       on_failure="nan")
+    U = np.array([[0.0001309968497711651, 263103692354.7564, 97812373078.93004,
+                   110720763563.32277], [0.5, 2.0, 1.5, 3.0]])
+    W = np.array([[0.7646944296814179, 0.21878193828366888, 34.43453559792361,
+                   2.768884516044526], [1.0, 0.3, 2.0, 0.7]])
+    fwd = layer.forward([U, W])
+    assert fwd.info.status[1] is dl.Status.SOLVED
+    for k in range(2):
+        if fwd.info.status[k] is not dl.Status.SOLVED:
+            continue
+        assert np.all(np.abs(fwd.outputs[0][k] - U[k]) <= 1e-8 * U[k]), (k, fwd.outputs[0][k])
+        J = np.asarray(fwd.jacobian(k)[0][0])
+        assert np.abs(J - np.eye(4)).max() <= 1e-6, (k, J)
+
+
+def test_undoing_the_equilibration_gives_the_users_data_back():
+    """`Equilibration.undone` inverts `data`, boosts of second-order cones (here 2^±38,
+    fitted at a random point) and exponential cones' mixing included: the certificate maps a
+    point and its program back to the user's data through it."""
+    from declarative.equilibrate import at_solution, equilibrate
+
+    rng = np.random.default_rng(5)
+    x, u, w = cp.Variable(4), cp.Parameter(4, pos=True), cp.Parameter(4, pos=True)
+    power = dl.compile(cp.Problem(cp.Maximize(w @ cp.power(x, 2 / 3)), [x <= u]), [u, w], [x])
+    values = {"power": [10.0 ** rng.uniform(-4, 11, (4, 4)), rng.uniform(0.1, 30, (4, 4))]}
+    softmax, mod, sizes = zoo_layer("softmax")
+    values["softmax"] = [np.stack([mod.sample(np.random.default_rng(k), **sizes)[j]
+                                   for k in range(4)]) * 10.0 ** rng.integers(-6, 7, (4, 1))
+                         for j in range(len(softmax.parameters))]
+    for layer, key in ((power, "power"), (softmax, "softmax")):
+        t = layer.template
+        theta, _ = layer.batch(values[key])
+        c, a, b = t.apply(theta)
+        h = t.apply_P(theta)
+        eq = equilibrate(t, c, a, b, h)
+        _, ah, _, hh = eq.data(t, c, a, b, h)
+        pt = [rng.standard_normal((4, k)) * 10.0 ** rng.uniform(-6, 6, (4, k))
+              for k in (t.n, t.m, t.m)]
+        rel = at_solution(t, ah, hh, pt[0], np.abs(pt[1]), np.abs(pt[2]),
+                          mixing=np.ones(4, dtype=bool), boosting=np.ones(4, dtype=bool))
+        assert (rel.boost is not None and np.abs(rel.boost).max() >= 10) or key == "softmax"
+        assert rel.mix is not None or key == "power"
+        for e in (eq, eq.composed(rel)):
+            back = e.undone(t, *e.data(t, c, a, b, h))
+            for got, want in zip(back, (c, a, b, h), strict=True):
+                if want is None or want.size == 0:
+                    continue
+                assert np.allclose(got, want, rtol=1e-14, atol=0), key
