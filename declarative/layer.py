@@ -2592,6 +2592,7 @@ class Layer:
         # (non-unique auxiliary variables), else the point is not a solution at all
         absR = self._abs_recover
         unjudged = _part_unjudged(den, c[idx], b[idx], t.n)
+        ends: list[tuple[int, np.ndarray]] = []  # (instance, v at an end of a face, past it)
         for j, f in enumerate(fs):
             if f.rcond > RCOND_MIN or not np.isfinite(d[j]).all():
                 continue
@@ -2674,10 +2675,89 @@ class Layer:
                     gap <= FACE_GAP * np.maximum(own, rounding * den[j].max()))
                     or _face_data_unseen(own, c[idx[j]], b[idx[j]], t.n)):
                 d[j] = np.inf
+            if branch is None and not moved.any() and np.isfinite(d[j]).all():
+                ends.extend((int(idx[j]), e) for e in self._face_ends(f, at_v[idx[j]]))
         out[idx] = self._outputs_within(ops, eq, idx, r.x[idx], pv, at_v[idx], d, c, b,
                                         factors, estimated)
         if branch is None:
+            # past each end of a face the point's estimate does not see, one at a time
+            for inst, end in ends:
+                if out[inst]:
+                    alone = np.zeros_like(out)
+                    alone[inst] = True
+                    past = r.v.copy()
+                    past[inst] = end
+                    out[inst] &= self._forward_error_ok(ops, eq, r, alone, [None] * len(out),
+                                                        c, b, rounding, branch=past)[inst]
             out &= self._kinks_certified(ops, eq, r, out, idx, d, c, b, rounding, kinks)
+        return out
+
+    def _face_ends(self, f: Any, v: np.ndarray) -> list[np.ndarray]:
+        """Where a singular S (``f``) has null vectors that move no output, the points past
+        the ends of the face they span from the point's v (``v``, (m,)) that a nonnegative
+        cone's entry closes: for each null vector and each direction along it, the first
+        step τ at which a nonnegative entry of v or a second-order cone's block of it
+        crosses a kink of Π (changes sign; meets the boundary of K* or of −K), where that
+        first crossing is a nonnegative entry's: v + τ·dv with that entry mirrored to the
+        other side (|v_i| on it, as `_nonneg_kinks_certified` moves one).
+
+        The estimate sees nothing along the null space, which is harmless while the face
+        of non-unique multipliers it spans keeps DΠ, and with it S; at a kink on the face a
+        constraint is only weakly active, and past it S changes and the outputs may move
+        (the solution set branches there). min y s.t. sqrt(y) >= d, y <= e with d = 1e6,
+        e = 1.0001e12 came back `solved` as y = e (y = d² = 1e12): the bound and the cone
+        y >= t² both held, the null vector trading the cone's multiplier along its ray
+        against the bound's, whose v (3.9e-13 beside 0.65) it takes to 0 at τ = 0.27, before
+        the cone's reaches its apex (0.92); past that, with the bound released, only the
+        cone sets y, its tangent's y-coefficient ~1e-12 of its block: S singular there
+        along a direction that moves y. Entries of a null vector within its own error
+        (`TruncatedSVD.null_error`) are taken as 0; exponential, power and PSD blocks
+        bound no face here (a face taken longer than it is adds ends, never removes one)."""
+        t = self.template
+        lo, hi = t.dims.zero, t.dims.zero + t.dims.nonneg
+        if f.pinv is None or hi == lo:
+            return []
+        N = f.pinv.null
+        noise = float(f.pinv.null_error)
+        if N.shape[1] == 0 or not np.isfinite(noise):
+            return []
+        out = []
+        for k in range(N.shape[1]):
+            dv = N[t.n :, k]
+            vn, dn = v[lo:hi], dv[lo:hi]
+            sig = np.abs(dn) > noise
+            with np.errstate(divide="ignore", invalid="ignore"):
+                tau_n = np.where(sig, -vn / np.where(sig, dn, 1.0), np.nan)
+            tau_c: list[float] = []
+            start = hi
+            for size in t.dims.soc:
+                bv, bd = v[start : start + size], dv[start : start + size]
+                start += size
+                if np.abs(bd).max(initial=0.0) <= noise:
+                    continue
+                qa = bd[1:] @ bd[1:] - bd[0] ** 2
+                qb = bv[1:] @ bd[1:] - bv[0] * bd[0]
+                qc = bv[1:] @ bv[1:] - bv[0] ** 2
+                if qa == 0.0:
+                    if qb != 0.0:
+                        tau_c.append(-qc / (2 * qb))
+                    continue
+                disc = qb * qb - qa * qc
+                if disc >= 0.0:
+                    root = np.sqrt(disc)
+                    tau_c += [(-qb - root) / qa, (-qb + root) / qa]
+            tc = np.array(tau_c, dtype=float)
+            for sign in (1.0, -1.0):
+                with np.errstate(invalid="ignore"):
+                    ahead = np.where(sign * tau_n > 0, sign * tau_n, np.inf)
+                i = int(np.argmin(ahead))
+                if not np.isfinite(ahead[i]):
+                    continue
+                if tc.size and np.any((sign * tc > 0) & (sign * tc <= ahead[i])):
+                    continue  # a second-order cone's kink closes the face first
+                past = v + sign * ahead[i] * dv
+                past[lo + i] = -np.sign(v[lo + i]) * max(abs(v[lo + i]), np.finfo(float).tiny)
+                out.append(past)
         return out
 
     def _kinks_certified(self, ops: BatchOps, eq: Equilibration, r: Any, out: np.ndarray,

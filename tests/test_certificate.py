@@ -2254,6 +2254,31 @@ def test_a_small_p_norm_ball_around_data_is_solved_with_its_jacobian_or_not_solv
     assert np.abs(dr - u).max() <= 1e-6 * np.abs(u).max(), dr
 
 
+def test_a_square_root_bound_whose_cone_rounds_the_gap_away_is_not_solved_at_the_bound():
+    """min y s.t. sqrt(y) >= d, y <= e: y = d², ∂y/∂(d, e) = (2d, 0) while e > d². CVXPY's
+    cone ‖(y − 1, 2t)‖ <= y + 1 holds y >= t² in the curvature of a block whose entries are
+    ~y: at d = 1e6, e = 1.0001e12 the point y = e with both the bound and the cone held came
+    back `solved` (J = (0, 1)). S is singular there along a null vector that moves only
+    multipliers, and it trades the bound's multiplier (3.9e-13 of its block) to 0 before
+    the cone's reaches its apex: past that kink the bound is released and S's null space
+    moves y. Solved to d² with the Jacobian (2d, 0), or not solved; where e is twice d²,
+    solved."""
+    y, d, e = cp.Variable(), cp.Parameter(pos=True), cp.Parameter(pos=True)
+    layer = dl.compile(cp.Problem(cp.Minimize(y), [cp.sqrt(y) >= d, y <= e]), [d, e], [y],
+                       on_failure="nan")
+    ds = np.array([1e6, 1e2, 1e4, 3e5, 1e6, 3e7, 1e2, 1e4, 1e6, 3e7])
+    ratio = np.array([1 + 1e-4, 1 + 1e-4, 1 + 1e-4, 1 + 1e-4, 1.01, 1.01, 2, 2, 2, 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonDifferentiableWarning)
+        fwd = layer.forward([ds, ds**2 * ratio])
+        solved = np.array([s is dl.Status.SOLVED for s in fwd.info.status])
+        assert solved[ratio == 2].all(), fwd.info.status
+        for k in np.flatnonzero(solved):
+            assert abs(fwd.outputs[0][k] - ds[k] ** 2) <= 1e-8 * ds[k] ** 2, (k, fwd.outputs[0])
+            jd, je = (float(j) for j in fwd.jacobian(int(k))[0])
+            assert abs(jd - 2 * ds[k]) <= 1e-6 * 2 * ds[k] and abs(je) <= 1e-6, (k, jd, je)
+
+
 def test_a_point_certified_in_a_scaling_set_at_it_is_judged_in_the_users_scaling_too():
     """max wᵀx^(2/3) s.t. x <= u: x = u, ∂x/∂u = I. With u₀ = 1.3e-4 beside u ~ 1e11 it came
     back `solved` with x₀ = 3.8e-5 and its hypograph variable ~0: a retry scaled at that
