@@ -2243,6 +2243,7 @@ class Layer:
         find one that refinement left there."""
         kinks = np.zeros(v.shape, dtype=bool)
         which = which & ~self._factors_lost(ops, eq, c, b, r.x, r.y, which)
+        which = which & ~self._multiplier_rows_unmet(ops, eq, c, b, r.x, r.y, r.v, which)
         if self.template.dims.power:
             which = which & ~self._power_products_unmet(ops, eq, c, b, r.x, r.y, which)
         which = which & ~_data_rows_floored(self.template, r, b, which)
@@ -2302,6 +2303,115 @@ class Layer:
                                                         Ax_terms + floor, terms + floor,
                                                         (bb[:, r] != 0) | (bb[:, q] != 0),
                                                         objective, moved)
+        return out
+
+    def _multiplier_rows_unmet(self, ops: BatchOps, eq: Equilibration, c: np.ndarray,
+                               b: np.ndarray, x: np.ndarray, y: np.ndarray, v: np.ndarray,
+                               which: np.ndarray) -> np.ndarray:
+        """Per instance of ``ops`` (B,), where ``which``: does a dual row fail for every
+        multiplier of the boostable second-order cones that the point's y rounds to, once
+        each cone is read through its factors P, Q = y_r ± y_q (first row r, axis row q)?
+
+        Those two rows store entries in the same columns, so a column reads the cone as
+        ½(A_r + A_q)P + ½(A_r − A_q)Q, and a column of t in x·t >= w² (rows x + t, x − t)
+        reads Q alone. A factor far below the other is lost to the rounding of y_r and y_q
+        (|y| ~ 1e7 holds Q to 1e-9), and the row's residual, formed from y_r and y_q, is
+        judged against their terms: any Q passes. But y in K* bounds each factor below by
+        the other rows, PQ >= ‖W‖²: min Σ(x − a)² + wᵀx^1.5 came back `solved` with one x at
+        1.5e-19 for 0.19, its chain's cone at its apex holding y = (5.7e6, 5.7e6, −1.3e-3),
+        whose Q >= 1.4e-13 met a column that reads Q alone and asks Q = 0.
+
+        Each factor is taken over what y's rounding leaves it (its block's, as
+        `refine.row_terms` holds it) and above 0, the rest of the row over its own rounding
+        and the data's; 0 lies outside a row's range where it misses by more than
+        ACCEPT_BACKWARD of its terms in this form (the factors' |½(A_r ± A_q)|·|P|, |Q| in
+        place of the rows' |A_r||y_r| + |A_q||y_q|). A row is unmet where that holds once
+        each factor is also held above ‖W‖²/(the other) and not without: the cone's bound,
+        not the tightness of y's rounding, is what fails it (a refined point whose rows
+        meet a factor to 1e-9 of its block's |v|, as the backward error allows, is not
+        asked for more). A row whose terms, as the residual holds them, lie below the
+        backward error's floor (SCALE_FLOOR of the instance's largest) is not resolved in
+        either form, and not judged."""
+        t = self.template
+        out = np.zeros(len(which), dtype=bool)
+        pat = pattern(t)
+        r, q = pat.boost_rows
+        idx = np.flatnonzero(which)
+        if r.size == 0 or idx.size == 0:
+            return out
+        sub = ops.take(idx)
+        xs, ys, vs = x[idx], y[idx], v[idx]
+        # y's rounding: exact on zero and nonnegative rows, its block's elsewhere
+        sep = t.dims.zero + t.dims.nonneg
+        dy = np.zeros_like(ys)
+        dy[:, sep:] = ROUNDING * pat.block_max(np.abs(ys) + np.abs(vs))[:, sep:]
+        w2 = boost_cone_sums(pat, np.maximum(np.abs(ys) - dy, 0.0) ** 2, rest=True)
+        df = dy[:, r] + dy[:, q]
+        rounded = [(np.maximum(f - df, 0.0), f + df)
+                   for f in (ys[:, r] + ys[:, q], ys[:, r] - ys[:, q])]
+        bounded = [(lo.copy(), hi.copy()) for lo, hi in rounded]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for (lo, _), (_, other) in ((bounded[0], rounded[1]), (bounded[1], rounded[0])):
+                np.maximum(lo, np.where((other > 0) & (w2 > 0), w2 / other, 0.0), out=lo)
+        for lo, hi in bounded:
+            np.maximum(hi, lo, out=hi)  # (a y outside K* beyond its rounding: no narrower)
+        # the rows without the cones' first and axis rows, and their terms and rounding
+        a = sub.a.copy()
+        a[:, pat.boost_r] = 0.0
+        a[:, pat.boost_q] = 0.0
+        rest = BatchOps(t, a, sub.h)
+        mid0 = sub.P(xs) + rest.AT(ys) + c[idx]
+        terms0 = sub.magnitude.P(np.abs(xs)) + rest.magnitude.AT(np.abs(ys)) + np.abs(c[idx])
+        radius0 = ROUNDING * terms0 + rest.magnitude.AT(dy)
+        cols = pat.cols[pat.boost_r]
+        cone = pat.boost_cone
+        ar, aq = sub.a[:, pat.boost_r], sub.a[:, pat.boost_q]
+        halves = (0.5 * (ar + aq), 0.5 * (ar - aq))
+        # (a row whose terms as the residual holds them lie below the backward error's floor
+        # is judged there, as `refine.omega` judges it: it is not resolved, in either form)
+        den = row_terms(sub, c[idx], b[idx], xs, vs, ys)
+        unresolved = den[:, : t.n] <= SCALE_FLOOR * den.max(axis=1, initial=0.0)[:, None]
+
+        def excess(bounds: list[tuple[np.ndarray, np.ndarray]]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+            mid, radius, terms = mid0.copy(), radius0.copy(), terms0.copy()
+            for half, (lo, hi) in zip(halves, bounds, strict=True):
+                lo, hi = lo[:, cone], hi[:, cone]
+                np.add.at(mid.T, cols, (half * 0.5 * (lo + hi)).T)
+                np.add.at(radius.T, cols, (np.abs(half) * (0.5 * (hi - lo) + ROUNDING * hi)).T)
+                np.add.at(terms.T, cols, (np.abs(half) * hi).T)
+            out = np.abs(mid) - radius
+            out[unresolved] = 0.0
+            return out, terms
+
+        # a row unmet once the bounds are applied and met without them: the cone's bound
+        # on a lost factor, not y's rounding, is what fails it
+        fails, terms = excess(bounded)
+        if not np.any(fails > ACCEPT_BACKWARD * terms):
+            return out
+        held, held_terms = excess(rounded)
+        # (the data's rounding and the scaling's, asked only where a row fails without
+        # them; the scaling's on a pair of the cones' entries in this form: a boost and a
+        # factor of D scale each factor's coefficient, so one that is 0 stays exactly 0 and
+        # the other rounds to that of the larger entry)
+        allowed = np.zeros_like(fails)
+        data = self._data_rounding(ops, eq, idx, xs, ys)
+        if isinstance(data, np.ndarray):
+            allowed += data[:, : t.n]
+        got = None
+        if eq.boost is not None or eq.mix is not None or t.dims.power:
+            got = eq.take(idx).rounding(t, sub.a, b[idx])
+        if got is not None:
+            da = got[0].copy()
+            pair = np.maximum(da[:, pat.boost_r], da[:, pat.boost_q])
+            da[:, pat.boost_r] = 0.0
+            da[:, pat.boost_q] = 0.0
+            allowed += BatchOps(t, da).AT(np.abs(ys) + dy)
+            for half, (_, hi) in zip(halves, bounded, strict=True):
+                np.add.at(allowed.T, cols, (np.where(half != 0, pair, 0.0) * hi[:, cone]).T)
+        unmet = (fails - allowed > ACCEPT_BACKWARD * terms) \
+            & ~(held - allowed > ACCEPT_BACKWARD * held_terms)
+        out[idx] = unmet.any(axis=1)
         return out
 
     def _power_products_unmet(self, ops: BatchOps, eq: Equilibration, c: np.ndarray,

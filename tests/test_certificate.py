@@ -2335,3 +2335,34 @@ def test_undoing_the_equilibration_gives_the_users_data_back():
                 if want is None or want.size == 0:
                     continue
                 assert np.allclose(got, want, rtol=1e-14, atol=0), key
+
+
+def test_a_power_cost_over_decades_is_not_solved_at_its_chains_apex():
+    """min ‖x − a‖² + wᵀx^1.5: √xᵢ = (−1.5wᵢ + √(2.25wᵢ² + 16aᵢ))/4, each entry on its own.
+    With a over 1e-6 … 1e8 one instance of this batch came back `solved` with x₂ = 1.5e-19
+    for 0.19: the chain of cones of x₂^1.5 sat at its apex with multipliers 5.7e6 on the
+    boundary of K*, whose rounding (1e-9) hid a column that reads only y_r − y_q, which the
+    cone bounds below by 1.4e-13, asking 0. Every instance solved is right, in value and
+    Jacobian; at O(1) data, solved."""
+    x, a, w = cp.Variable(4), cp.Parameter(4, pos=True), cp.Parameter(4, pos=True)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - a) + w @ cp.power(x, 1.5))),
+                       [a, w], [x], on_failure="nan")
+    rng = np.random.default_rng(21)
+    rng.uniform(size=(2, 40, 4))  # (the draws that set this batch's data)
+    A = np.vstack([10.0 ** rng.uniform(-6, 8, (40, 4)), [[1.0, 2.0, 0.5, 3.0]]])
+    W = np.vstack([10.0 ** rng.uniform(-3, 3, (40, 4)), [[1.0, 0.5, 2.0, 1.5]]])
+    r = (-1.5 * W + np.sqrt(2.25 * W**2 + 16 * A)) / 4
+    slope = 2 + 0.75 * W / r
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonDifferentiableWarning)
+        fwd = layer.forward([A, W])
+        assert fwd.info.status[-1] is dl.Status.SOLVED
+        for k in range(len(A)):
+            if fwd.info.status[k] is not dl.Status.SOLVED:
+                continue
+            truth = r[k] ** 2
+            assert np.abs(fwd.outputs[0][k] - truth).max() <= 1e-8 * truth.max(), (k, truth)
+            ja, jw = (np.asarray(j) for j in fwd.jacobian(k)[0])
+            scale = max(np.abs(2 / slope[k]).max(), np.abs(1.5 * r[k] / slope[k]).max())
+            assert np.abs(ja - np.diag(2 / slope[k])).max() <= 1e-6 * scale, k
+            assert np.abs(jw + np.diag(1.5 * r[k] / slope[k])).max() <= 1e-6 * scale, k
