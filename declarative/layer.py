@@ -2331,7 +2331,10 @@ class Layer:
         meet a factor to 1e-9 of its block's |v|, as the backward error allows, is not
         asked for more). A row whose terms, as the residual holds them, lie below the
         backward error's floor (SCALE_FLOOR of the instance's largest) is not resolved in
-        either form, and not judged."""
+        either form, and not judged. The contradiction is the point's, whatever the outputs:
+        it also refuses points whose values are right where it sits in the chain of an
+        output far below the others (x₀ = 6e-15 beside 80), points the checks after it
+        refused too wherever that was measured."""
         t = self.template
         out = np.zeros(len(which), dtype=bool)
         pat = pattern(t)
