@@ -2321,20 +2321,21 @@ class Layer:
         1.5e-19 for 0.19, its chain's cone at its apex holding y = (5.7e6, 5.7e6, −1.3e-3),
         whose Q >= 1.4e-13 met a column that reads Q alone and asks Q = 0.
 
-        Each factor is taken over what y's rounding leaves it (its block's, as
-        `refine.row_terms` holds it) and above 0, the rest of the row over its own rounding
-        and the data's; 0 lies outside a row's range where it misses by more than
-        ACCEPT_BACKWARD of its terms in this form (the factors' |½(A_r ± A_q)|·|P|, |Q| in
-        place of the rows' |A_r||y_r| + |A_q||y_q|). A row is unmet where that holds once
-        each factor is also held above ‖W‖²/(the other) and not without: the cone's bound,
-        not the tightness of y's rounding, is what fails it (a refined point whose rows
-        meet a factor to 1e-9 of its block's |v|, as the backward error allows, is not
-        asked for more). A row whose terms, as the residual holds them, lie below the
-        backward error's floor (SCALE_FLOOR of the instance's largest) is not resolved in
-        either form, and not judged. The contradiction is the point's, whatever the outputs:
-        it also refuses points whose values are right where it sits in the chain of an
-        output far below the others (x₀ = 6e-15 beside 80), points the checks after it
-        refused too wherever that was measured."""
+        Each entry of y is taken over what its rounding and the backward error leave it (its
+        block's |Π(v)| + |v| times ROUNDING + ACCEPT_BACKWARD, as `refine.row_terms` and
+        `refine.omega` hold it; |y| on zero and nonnegative rows), the factors so and above
+        0, the rest of the row over that and its own rounding and the data's; 0 lies
+        outside a row's range where it misses by more than ACCEPT_BACKWARD of its terms in
+        this form (the factors' |½(A_r ± A_q)|·|P|, |Q| in place of the rows' |A_r||y_r| +
+        |A_q||y_q|). A row is unmet where that holds once each factor is also held above
+        ‖W‖²/(the other) and not without: the cone's bound, not the row's tolerance, is what
+        fails it. The bound is formed from the cone's own entries to their rounding alone:
+        one projection's, consistent to it, where the backward error would let a W of
+        1.3e-3 in a block of 1e7 move to 0 and the bound with it. A row whose terms, as the
+        residual holds them, lie below the backward error's floor (SCALE_FLOOR of the
+        instance's largest) is not resolved in either form, and not judged. Other blocks
+        read by the same row move as the backward error allows: a bound of 5e-20 that a
+        row can meet only through an inactive cone's y = 0 (|v| ~ 2e-6) is met."""
         t = self.template
         out = np.zeros(len(which), dtype=bool)
         pat = pattern(t)
@@ -2344,17 +2345,26 @@ class Layer:
             return out
         sub = ops.take(idx)
         xs, ys, vs = x[idx], y[idx], v[idx]
-        # y's rounding: exact on zero and nonnegative rows, its block's elsewhere
+        # y's rounding: exact on zero and nonnegative rows, its block's elsewhere; and what
+        # the backward error lets each entry move by besides (ACCEPT_BACKWARD of its terms
+        # as `refine.row_terms` holds them: its block's |Π(v)| + |v|, or |y| on those rows)
         sep = t.dims.zero + t.dims.nonneg
+        block = pat.block_max(np.abs(ys) + np.abs(vs))
         dy = np.zeros_like(ys)
-        dy[:, sep:] = ROUNDING * pat.block_max(np.abs(ys) + np.abs(vs))[:, sep:]
+        dy[:, sep:] = ROUNDING * block[:, sep:]
+        free = ACCEPT_BACKWARD * np.abs(ys)
+        free[:, sep:] = ACCEPT_BACKWARD * block[:, sep:]
+        free += dy
+        # the bound's own entries to their rounding: one cone's P, Q and W are one
+        # projection's, consistent to it
         w2 = boost_cone_sums(pat, np.maximum(np.abs(ys) - dy, 0.0) ** 2, rest=True)
-        df = dy[:, r] + dy[:, q]
-        rounded = [(np.maximum(f - df, 0.0), f + df)
-                   for f in (ys[:, r] + ys[:, q], ys[:, r] - ys[:, q])]
+        df = free[:, r] + free[:, q]
+        factors = (ys[:, r] + ys[:, q], ys[:, r] - ys[:, q])
+        rounded = [(np.maximum(f - df, 0.0), f + df) for f in factors]
         bounded = [(lo.copy(), hi.copy()) for lo, hi in rounded]
+        own = dy[:, r] + dy[:, q]
         with np.errstate(divide="ignore", invalid="ignore"):
-            for (lo, _), (_, other) in ((bounded[0], rounded[1]), (bounded[1], rounded[0])):
+            for (lo, _), other in ((bounded[0], factors[1] + own), (bounded[1], factors[0] + own)):
                 np.maximum(lo, np.where((other > 0) & (w2 > 0), w2 / other, 0.0), out=lo)
         for lo, hi in bounded:
             np.maximum(hi, lo, out=hi)  # (a y outside K* beyond its rounding: no narrower)
@@ -2365,7 +2375,8 @@ class Layer:
         rest = BatchOps(t, a, sub.h)
         mid0 = sub.P(xs) + rest.AT(ys) + c[idx]
         terms0 = sub.magnitude.P(np.abs(xs)) + rest.magnitude.AT(np.abs(ys)) + np.abs(c[idx])
-        radius0 = ROUNDING * terms0 + rest.magnitude.AT(dy)
+        radius0 = ROUNDING * terms0 + rest.magnitude.AT(free) \
+            + ACCEPT_BACKWARD * (sub.magnitude.P(np.abs(xs)) + np.abs(c[idx]))
         cols = pat.cols[pat.boost_r]
         cone = pat.boost_cone
         ar, aq = sub.a[:, pat.boost_r], sub.a[:, pat.boost_q]
@@ -2378,11 +2389,12 @@ class Layer:
         def excess(bounds: list[tuple[np.ndarray, np.ndarray]]
                    ) -> tuple[np.ndarray, np.ndarray]:
             mid, radius, terms = mid0.copy(), radius0.copy(), terms0.copy()
-            for half, (lo, hi) in zip(halves, bounds, strict=True):
-                lo, hi = lo[:, cone], hi[:, cone]
+            for half, f, (lo, hi) in zip(halves, factors, bounds, strict=True):
+                f, lo, hi = f[:, cone], lo[:, cone], hi[:, cone]
                 np.add.at(mid.T, cols, (half * 0.5 * (lo + hi)).T)
                 np.add.at(radius.T, cols, (np.abs(half) * (0.5 * (hi - lo) + ROUNDING * hi)).T)
-                np.add.at(terms.T, cols, (np.abs(half) * hi).T)
+                # (the factor's size: its value, or its bound where that is above it)
+                np.add.at(terms.T, cols, (np.abs(half) * np.maximum(np.abs(f), lo)).T)
             out = np.abs(mid) - radius
             out[unresolved] = 0.0
             return out, terms
