@@ -2400,7 +2400,7 @@ class Layer:
             return out, terms
 
         # a row unmet once the bounds are applied and met without them: the cone's bound
-        # on a lost factor, not y's rounding, is what fails it
+        # on a lost factor, not the row's tolerance, is what fails it
         fails, terms = excess(bounded)
         if not np.any(fails > ACCEPT_BACKWARD * terms):
             return out
