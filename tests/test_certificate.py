@@ -2366,3 +2366,33 @@ def test_a_power_cost_over_decades_is_not_solved_at_its_chains_apex():
             scale = max(np.abs(2 / slope[k]).max(), np.abs(1.5 * r[k] / slope[k]).max())
             assert np.abs(ja - np.diag(2 / slope[k])).max() <= 1e-6 * scale, k
             assert np.abs(jw + np.diag(1.5 * r[k] / slope[k])).max() <= 1e-6 * scale, k
+
+
+def test_a_power_cost_whose_small_entry_sits_at_its_chains_apex_is_solved():
+    """min ‖x − a‖² + wᵀx^1.5 with one aᵢ ~ 1e-6 beside a wᵢ ~ 1e2 … 1e3: that xᵢ is ~1e-17,
+    its chain of cones at their apex with a factor of the multiplier far below the other.
+    A row that reads that factor's bound and another cone's y = 0 meets it only as far as
+    the backward error lets that cone move (1e-15, for a bound of 5e-20): the point is
+    right, and solved, in value and Jacobian."""
+    x, a, w = cp.Variable(4), cp.Parameter(4, pos=True), cp.Parameter(4, pos=True)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - a) + w @ cp.power(x, 1.5))),
+                       [a, w], [x], on_failure="nan")
+    cases = []
+    for seed, lo, k in ((30, -6, 54), (64, -8, 42)):
+        rng = np.random.default_rng(seed)
+        A = 10.0 ** rng.uniform(lo, 8, (60, 4))
+        W = 10.0 ** rng.uniform(-3, 3, (60, 4))
+        cases.append((A[k : k + 1], W[k : k + 1]))
+    for A, W in cases:
+        r = 4 * A[0] / (1.5 * W[0] + np.sqrt(2.25 * W[0] ** 2 + 16 * A[0]))
+        slope = 2 + 0.75 * W[0] / r
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NonDifferentiableWarning)
+            fwd = layer.forward([A, W])
+            assert fwd.info.status[0] is dl.Status.SOLVED, (A, W, fwd.info.status)
+            truth = r**2
+            assert np.abs(fwd.outputs[0][0] - truth).max() <= 1e-8 * truth.max()
+            ja, jw = (np.asarray(j) for j in fwd.jacobian(0)[0])
+            scale = max(np.abs(2 / slope).max(), np.abs(1.5 * r / slope).max())
+            assert np.abs(ja - np.diag(2 / slope)).max() <= 1e-6 * scale
+            assert np.abs(jw + np.diag(1.5 * r / slope)).max() <= 1e-6 * scale
