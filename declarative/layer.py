@@ -2374,17 +2374,14 @@ class Layer:
         a[:, pat.boost_q] = 0.0
         rest = BatchOps(t, a, sub.h)
         mid0 = sub.P(xs) + rest.AT(ys) + c[idx]
-        terms0 = sub.magnitude.P(np.abs(xs)) + rest.magnitude.AT(np.abs(ys)) + np.abs(c[idx])
+        px = sub.magnitude.P(np.abs(xs))
+        terms0 = px + rest.magnitude.AT(np.abs(ys)) + np.abs(c[idx])
         radius0 = ROUNDING * terms0 + rest.magnitude.AT(free) \
-            + ACCEPT_BACKWARD * (sub.magnitude.P(np.abs(xs)) + np.abs(c[idx]))
+            + ACCEPT_BACKWARD * (px + np.abs(c[idx]))
         cols = pat.cols[pat.boost_r]
         cone = pat.boost_cone
         ar, aq = sub.a[:, pat.boost_r], sub.a[:, pat.boost_q]
         halves = (0.5 * (ar + aq), 0.5 * (ar - aq))
-        # (a row whose terms as the residual holds them lie below the backward error's floor
-        # is judged there, as `refine.omega` judges it: it is not resolved, in either form)
-        den = row_terms(sub, c[idx], b[idx], xs, vs, ys)
-        unresolved = den[:, : t.n] <= SCALE_FLOOR * den.max(axis=1, initial=0.0)[:, None]
 
         def excess(bounds: list[tuple[np.ndarray, np.ndarray]]
                    ) -> tuple[np.ndarray, np.ndarray]:
@@ -2395,9 +2392,7 @@ class Layer:
                 np.add.at(radius.T, cols, (np.abs(half) * (0.5 * (hi - lo) + ROUNDING * hi)).T)
                 # (the factor's size: its value, or its bound where that is above it)
                 np.add.at(terms.T, cols, (np.abs(half) * np.maximum(np.abs(f), lo)).T)
-            out = np.abs(mid) - radius
-            out[unresolved] = 0.0
-            return out, terms
+            return np.abs(mid) - radius, terms
 
         # a row unmet once the bounds are applied and met without them: the cone's bound
         # on a lost factor, not the row's tolerance, is what fails it
@@ -2405,6 +2400,12 @@ class Layer:
         if not np.any(fails > ACCEPT_BACKWARD * terms):
             return out
         held, held_terms = excess(rounded)
+        # (a row whose terms as the residual holds them lie below the backward error's floor
+        # is judged there, as `refine.omega` judges it: it is not resolved, in either form)
+        den = row_terms(sub, c[idx], b[idx], xs, vs, ys)
+        unresolved = den[:, : t.n] <= SCALE_FLOOR * den.max(axis=1, initial=0.0)[:, None]
+        fails[unresolved] = 0.0
+        held[unresolved] = 0.0
         # (the data's rounding and the scaling's, asked only where a row fails without
         # them; the scaling's on a pair of the cones' entries in this form: a boost and a
         # factor of D scale each factor's coefficient, so one that is 0 stays exactly 0 and
