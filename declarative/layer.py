@@ -80,7 +80,13 @@ from declarative.equilibrate import (
     spread,
 )
 from declarative.errors import ParameterError, ProblemError, SolverError, describe_indices
-from declarative.parallel import fork_safe_lock, parallel_map, single_threaded_blas, workers
+from declarative.parallel import (
+    fork_safe_lock,
+    parallel_map,
+    pipelined,
+    single_threaded_blas,
+    workers,
+)
 from declarative.polyhedral import ActiveSet, ActiveSets, lp_vertex, small_polyhedral
 from declarative.promise import ACCURACY
 from declarative.refine import (
@@ -232,6 +238,15 @@ RETRY_ITERS_MIN = 2_000
 # sparsemax n = 100 and PSD k = 10 at batch 64, 3,800-13,000 unknowns, 12-27% more)
 SETTLE_PARALLEL_FROM = 50_000
 SETTLE_PART_MIN = 2
+# Where a batch is cut so and its solver is called per instance (SCS, Clarabel), it is cut
+# into PIPELINE_PARTS parts of at least PIPELINE_PART_MIN instances instead, whose solves and
+# refinement overlap (`parallel.pipelined`): the solver's calls run outside the GIL beside a
+# part's refinement, which holds it, where in two parts both halves' solves run first, then
+# both refinements, one at a time. PSD projection with a trace constraint, k = 30, batch 64,
+# forward + backward: 334 → 307 ms (median of 6 alternated runs, every run faster);
+# polytope-20d at batch 512 unchanged (52.4 against 52.0 ms), its solves being short.
+PIPELINE_PARTS = 8
+PIPELINE_PART_MIN = 4
 # A PSD block of order k costs about k³ a step beyond its k(k + 1)/2 unknowns (its
 # eigendecomposition, and the low-rank products and capacitance of `derivative.Woodbury`,
 # whose rank grows with k), which LAPACK and BLAS run outside the GIL: it counts as
@@ -1730,12 +1745,30 @@ class Layer:
         """The backend's solve, then refinement and the certificate, on the instances ``idx``
         of the (equilibrated by ``scaling``) program (c, A = ``mats``, b, P = ``Ps``) whose
         operators are ``ops``. The solver's own solution is kept too (``scs_x``, ...: a warm
-        start for a retry)."""
+        start for a retry). Where the batch is cut in parts and the backend solves one
+        instance a call, each part's solves overlap another part's refinement
+        (`parallel.pipelined`), once SuperLU's orderings are decided (`_ordering_first`): on
+        the first such call all are solved first, with the same cut."""
         t = self.template
+        parts = _parts(len(idx), _work(t))
+        per_instance = not hasattr(backend, "solve_many")
+        if len(parts) > 1 and per_instance:
+            parts = _pipeline_parts(len(idx))
+        if len(parts) > 1 and per_instance and (self._ordered_first or use_dense(t)):
+
+            def solved(j: int) -> SolveResult:
+                at = idx[parts[j]]
+                return solve_batch(backend, pick(mats, at), b[at], c[at], t.dims, settings,
+                                   None if Ps is None else pick(Ps, at),
+                                   warm=None if warm is None else tuple(w[parts[j]] for w in warm),
+                                   shared=shared)
+
+            return _Attempt.join(pipelined(
+                solved, lambda j, res: self._settle(res, idx[parts[j]], ops, c, b, ours, scaling),
+                len(parts)), with_D=True)
         res = solve_batch(backend, pick(mats, idx), b[idx], c[idx], t.dims, settings,
                           None if Ps is None else pick(Ps, idx), warm=warm,
                           shared=shared)
-        parts = _parts(len(idx), _work(t))
         if len(parts) == 1:
             return self._settle(res, idx, ops, c, b, ours, scaling)
         self._ordering_first(res, ops, idx)
@@ -3358,6 +3391,15 @@ def _parts(k: int, size: float) -> list[slice]:
     ways = min(workers(), k // SETTLE_PART_MIN)
     if ways <= 1 or k * size < SETTLE_PARALLEL_FROM:
         return [slice(0, k)]
+    cuts = [k * j // ways for j in range(ways + 1)]
+    return [slice(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)]
+
+
+def _pipeline_parts(k: int) -> list[slice]:
+    """The instances 0 … k−1 cut into the consecutive parts whose solves and refinement
+    overlap (`parallel.pipelined`): PIPELINE_PARTS of them, each of at least
+    PIPELINE_PART_MIN instances. Depends on the batch size alone."""
+    ways = max(1, min(PIPELINE_PARTS, k // PIPELINE_PART_MIN))
     cuts = [k * j // ways for j in range(ways + 1)]
     return [slice(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)]
 

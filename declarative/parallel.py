@@ -212,3 +212,76 @@ def parallel_map(f: Callable[[T], R], items: list[T]) -> list[R]:
         if error is not None:
             raise error
         return out
+
+
+def pipelined(produce: Callable[[int], T], consume: Callable[[int, T], R], n: int) -> list[R]:
+    """``[consume(i, produce(i)) for i in range(n)]`` across the shared thread pool, BLAS
+    single-threaded, with one item's production overlapping another's consumption.
+
+    For a first stage that releases the GIL (a solver's calls) followed by one that mostly
+    holds it (Python and small NumPy arithmetic): `parallel_map` of both stages together
+    runs the first on every core at once and then the second on one core at a time, while
+    here each worker (the calling thread included) takes the next of the tasks produce 0,
+    produce 1, consume 0, produce 2, consume 1, …, so that while one consumes item i
+    another produces item i + 1. A consume task waits for its item's production (taken
+    earlier, so running or done). Each stage is a function of its item alone, so the results
+    do not depend on which worker ran what. Errors and interrupts as `parallel_map`: once
+    anything raises, no further task is started; called from an item of `parallel_map` or
+    of this, it runs every item in that thread.
+    """
+    tasks = [(0, 0)]
+    for i in range(n):
+        if i + 1 < n:
+            tasks.append((0, i + 1))
+        tasks.append((1, i))
+    workers = min(_CPUS, n)
+    with single_threaded_blas():
+        if workers <= 1 or getattr(_inside, "depth", 0) > 0 or \
+                threading.current_thread().name.startswith(_PREFIX):
+            return [consume(i, produce(i)) for i in range(n)]
+        products: list = [None] * n
+        out: list = [None] * n
+        made = [threading.Event() for _ in range(n)]
+        failed = [False] * n
+        counter = itertools.count()
+        stop = threading.Event()
+
+        def work() -> None:
+            _inside.depth = getattr(_inside, "depth", 0) + 1
+            try:
+                while not stop.is_set() and (k := next(counter)) < len(tasks):
+                    stage, i = tasks[k]
+                    if stage == 0:
+                        try:
+                            products[i] = produce(i)
+                        except BaseException:
+                            failed[i] = True
+                            stop.set()
+                            raise
+                        finally:
+                            made[i].set()
+                    else:
+                        made[i].wait()
+                        if failed[i] or stop.is_set():
+                            return
+                        out[i] = consume(i, products[i])
+                        products[i] = None
+            except BaseException:
+                stop.set()
+                raise
+            finally:
+                _inside.depth -= 1
+
+        pending: list[Future] = []
+        try:
+            for _ in range(workers - 1):
+                pending.append(_executor().submit(work))
+            work()
+        except BaseException:
+            stop.set()
+            _wait(pending)
+            raise
+        error = _wait(pending)
+        if error is not None:
+            raise error
+        return out

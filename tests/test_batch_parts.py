@@ -105,12 +105,22 @@ def _parts_are_the_whole(monkeypatch, layer, values) -> None:
         return settle(self, res, idx, *args)
 
     monkeypatch.setattr(layer_module.Layer, "_settle", counted)
+    piped: list[int] = []
+    pipelined = layer_module.pipelined
+
+    def counted_pipe(produce, consume, n):
+        piped.append(n)
+        return pipelined(produce, consume, n)
+
+    monkeypatch.setattr(layer_module, "pipelined", counted_pipe)
     first = None
     for _ in range(2):
         settled.clear()
         parts, fwd = _everything(layer, values)
-        # (the parts were taken: the forward's, and the derivatives' where enough are solved)
-        assert sorted(settled[:2]) == [B // 2, B - B // 2]
+        # (the parts were taken: the forward's, and the derivatives' where enough are solved;
+        # the forward's solves overlap its refinement in finer parts, `_pipeline_parts`)
+        cut = [sl.stop - sl.start for sl in layer_module._pipeline_parts(B)]
+        assert len(cut) > 2 and sorted(settled[: len(cut)]) == sorted(cut)
         assert len(fwd._linearized) == (2 if fwd.ok.sum() >= 4 else 1)
         assert len(whole) == len(parts)
         for a, b in zip(whole, parts, strict=True):
@@ -126,6 +136,9 @@ def _parts_are_the_whole(monkeypatch, layer, values) -> None:
         else:
             for a, b in zip(first, parts, strict=True):
                 assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+    # (the second call at least, its orderings decided, solved and refined overlapping;
+    # retries of a few instances too)
+    assert len(cut) in piped
 
 
 def test_parts_are_cut_only_for_large_batches(monkeypatch):
@@ -162,6 +175,58 @@ def test_parallel_map_inside_parallel_map_runs_in_its_calling_thread(monkeypatch
         lambda i: (threading.Event().wait(0.05), threading.current_thread().name)[1],
         [0, 1, 2, 3])
     assert any(n.startswith(parallel._PREFIX) for n in names)
+
+
+def test_pipelined_is_the_serial_map_and_overlaps_the_stages(monkeypatch):
+    """`parallel.pipelined` gives consume(i, produce(i)) in order, whichever thread ran what;
+    one item's production runs beside another's consumption (item 0's consumption ends only
+    once item 1's production has started, which a serial run never does: bounded by a
+    timeout); nested in `parallel_map` it runs in the calling thread."""
+    monkeypatch.setattr(parallel, "_CPUS", 2)
+    started = threading.Event()
+
+    def produce(i: int) -> int:
+        if i == 1:
+            started.set()
+        return i * i
+
+    def consume(i: int, p: int) -> tuple[int, int]:
+        if i == 0:
+            assert started.wait(5.0), "item 1 was not produced beside item 0's consumption"
+        return i, p + 1
+
+    n = 9
+    assert parallel.pipelined(produce, consume, n) == [(i, i * i + 1) for i in range(n)]
+    names = parallel.parallel_map(
+        lambda k: parallel.pipelined(lambda i: threading.current_thread().name,
+                                     lambda i, p: p == threading.current_thread().name, 4),
+        [0, 1])
+    assert names == [[True] * 4, [True] * 4]
+
+
+@pytest.mark.parametrize("stage", ["produce", "consume"])
+def test_pipelined_raises_the_first_error_and_starts_nothing_after(monkeypatch, stage):
+    monkeypatch.setattr(parallel, "_CPUS", 2)
+    ran: list[tuple[str, int]] = []
+
+    def produce(i: int) -> int:
+        ran.append(("produce", i))
+        if stage == "produce" and i == 3:
+            raise ValueError("bad item 3")
+        return i
+
+    def consume(i: int, p: int) -> int:
+        ran.append(("consume", i))
+        if stage == "consume" and i == 3:
+            raise ValueError("bad item 3")
+        return p
+
+    with pytest.raises(ValueError, match="bad item 3"):
+        parallel.pipelined(produce, consume, 40)
+    # the tasks are taken in order, two workers: a few beyond the failing one at most
+    assert len(ran) < 16
+    if stage == "produce":
+        assert ("consume", 3) not in ran
 
 
 def test_blas_is_held_to_one_thread_from_any_thread():
