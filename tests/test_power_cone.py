@@ -480,10 +480,13 @@ def test_a_power_at_scale_is_solved_with_its_jacobian(power, scale):
 
 def test_a_power_with_one_coefficient_1e13_below_the_others_has_its_jacobian():
     """min Σ x³/3 − cᵀx with c = (1.5e-4, 1.6e3, 2.0e-10, 1.5e3): x = √c, ∂x/∂c = diag(1/(2√c))
-    to 1e-8 of its largest entry, against the closed form. x₃ = 1.4e-5 beside x ~ 40, its
-    cone (t, 1, x₃) holding t ~ 3e-15 beside the 1, came back 1.9e-4 of itself off (within
-    the value's normwise promise) and ∂x₃/∂c₃, the largest entry, with it: refinement
-    stopped at its tolerance, which judges that row at SCALE_FLOOR of the largest."""
+    against the closed form. x₃ = 1.4e-5 beside x ~ 40, its cone (t, 1, x₃) holding t ~ 3e-15
+    beside the 1, came back 1.9e-4 of itself off (within the value's normwise promise) and
+    ∂x₃/∂c₃, the largest entry, with it: refinement stopped at its tolerance, which judges
+    that row at SCALE_FLOOR of the largest. The two polishing Newton steps take x₃ to 3e-12
+    of itself on one machine and to 1.8e-8 on another (AVX-512: refinement in float64 and
+    in long double alike end there, v = y − s holding that block's small entries to the
+    rounding of its largest), the README's limit for such outputs: held here to 1e-7."""
     x, c = cp.Variable(4), cp.Parameter(4, pos=True)
     layer = dl.compile(cp.Problem(cp.Minimize(
         cp.sum(cp.power(x, 3, approx=False)) / 3 - c @ x)), [c], [x])
@@ -491,9 +494,10 @@ def test_a_power_with_one_coefficient_1e13_below_the_others_has_its_jacobian():
                    1507.964626938767])
     fwd = layer.forward([cv], on_failure="nan")
     assert fwd.ok[0], fwd.info.status
-    assert np.all(np.abs(fwd.outputs[0][0] - np.sqrt(cv)) <= 1e-9 * np.sqrt(cv))  # each entry
+    assert np.all(np.abs(fwd.outputs[0][0] - np.sqrt(cv)) <= 1e-7 * np.sqrt(cv))  # each entry
+    assert np.abs(fwd.outputs[0][0] - np.sqrt(cv)).max() <= 1e-9 * np.sqrt(cv).max()
     Jt = np.diag(0.5 / np.sqrt(cv))
-    assert np.abs(fwd.jacobian(0)[0][0] - Jt).max() <= 1e-8 * np.abs(Jt).max()
+    assert np.abs(fwd.jacobian(0)[0][0] - Jt).max() <= 1e-7 * np.abs(Jt).max()
 
 
 @pytest.mark.parametrize(("p", "lo", "hi", "seed"), [(3.0, 1e-12, 1e4, 1), (1.5, 1e-6, 1e6, 2)])
@@ -504,7 +508,10 @@ def test_powers_with_coefficients_over_many_decades_have_their_jacobians(p, lo, 
     p = 1.5, c over 1e-6 … 1e6, where x_i ~ 1e-15 of the largest, the solver can end with
     x_i's cone (t, 1, x_i) at its apex, the 1 (equilibrated to 1e-13) unmet in a row that
     nothing else reads: x within its normwise promise, ∂x_i/∂c_i = 2c_i 0 (3.7e-6 of the
-    Jacobian's largest entry off, `solved`)."""
+    Jacobian's largest entry off, `solved`). An instance whose x spans more than 1e6 (an
+    output entry far below the others, held to the value's normwise promise: the README's
+    limit) is held to 1e-7, the rest to 1e-8: at p = 3, c = (1.5e-4, 1.6e3, 2.0e-10, 1.5e3)
+    (instance 0 of seed 1) is 3e-12 off on one machine and 1.8e-8 on another."""
     x, c = cp.Variable(4), cp.Parameter(4, pos=True)
     layer = dl.compile(cp.Problem(cp.Minimize(
         cp.sum(cp.power(x, p, approx=False)) / p - c @ x)), [c], [x])
@@ -514,7 +521,9 @@ def test_powers_with_coefficients_over_many_decades_have_their_jacobians(p, lo, 
     q = 1 / (p - 1)
     for i in np.flatnonzero(fwd.ok):
         Jt = np.diag(q * cv[i] ** (q - 1))
-        assert np.abs(fwd.jacobian(i)[0][0] - Jt).max() <= 1e-8 * np.abs(Jt).max(), i
+        xs = cv[i] ** q
+        tol = 1e-7 if xs.min() < 1e-6 * xs.max() else 1e-8
+        assert np.abs(fwd.jacobian(i)[0][0] - Jt).max() <= tol * np.abs(Jt).max(), i
 
 
 def test_a_power_left_on_its_cones_apex_is_moved_to_the_face_its_data_asks_for():
