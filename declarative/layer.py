@@ -241,10 +241,10 @@ SETTLE_PART_MIN = 2
 # Where a batch is cut so and its solver is called per instance (SCS, Clarabel), it is cut
 # into PIPELINE_PARTS parts of at least PIPELINE_PART_MIN instances instead, whose solves and
 # refinement overlap (`parallel.pipelined`): the solver's calls run outside the GIL beside a
-# part's refinement, which holds it, where in two parts both halves' solves run first, then
-# both refinements, one at a time. PSD projection with a trace constraint, k = 30, batch 64,
-# forward + backward: 334 → 307 ms (median of 6 alternated runs, every run faster);
-# polytope-20d at batch 512 unchanged (52.4 against 52.0 ms), its solves being short.
+# part's refinement, which holds it (solving every part first and then refining the parts
+# concurrently leaves every core but one idle). PSD projection with a trace constraint,
+# k = 30, batch 64, forward + backward: 334 → 307 ms (median of 6 alternated runs, every run
+# faster); polytope-20d at batch 512 unchanged (52.4 against 52.0 ms), its solves short.
 PIPELINE_PARTS = 8
 PIPELINE_PART_MIN = 4
 # A PSD block of order k costs about k³ a step beyond its k(k + 1)/2 unknowns (its
