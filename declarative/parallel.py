@@ -188,30 +188,43 @@ def parallel_map(f: Callable[[T], R], items: list[T]) -> list[R]:
         counter = itertools.count()
         stop = threading.Event()
 
-        def work() -> None:
-            _inside.depth = getattr(_inside, "depth", 0) + 1
-            try:
-                while not stop.is_set() and (i := next(counter)) < n:
-                    out[i] = f(items[i])
-            except BaseException:
-                stop.set()
-                raise
-            finally:
-                _inside.depth -= 1
+        def loop() -> None:
+            while not stop.is_set() and (i := next(counter)) < n:
+                out[i] = f(items[i])
 
-        pending: list[Future] = []
+        _on_workers(loop, workers, stop)
+        return out
+
+
+def _on_workers(loop: Callable[[], None], workers: int, stop: threading.Event) -> None:
+    """Run ``loop`` (which takes its items from a shared counter until none is left or
+    ``stop`` is set) on ``workers`` threads, the calling one included, each marked as inside
+    a map (nested maps run inline). Once it raises anywhere, or the calling thread is
+    interrupted, ``stop`` is set; returns when the items already started are done, raising
+    the caller's exception, else the first worker's."""
+
+    def work() -> None:
+        _inside.depth = getattr(_inside, "depth", 0) + 1
         try:
-            for _ in range(workers - 1):
-                pending.append(_executor().submit(work))
-            work()
+            loop()
         except BaseException:
             stop.set()
-            _wait(pending)  # the items already started: their exceptions yield to ours
             raise
-        error = _wait(pending)
-        if error is not None:
-            raise error
-        return out
+        finally:
+            _inside.depth -= 1
+
+    pending: list[Future] = []
+    try:
+        for _ in range(workers - 1):
+            pending.append(_executor().submit(work))
+        work()
+    except BaseException:
+        stop.set()
+        _wait(pending)  # the items already started: their exceptions yield to ours
+        raise
+    error = _wait(pending)
+    if error is not None:
+        raise error
 
 
 def pipelined(produce: Callable[[int], T], consume: Callable[[int, T], R], n: int) -> list[R]:
@@ -229,7 +242,7 @@ def pipelined(produce: Callable[[int], T], consume: Callable[[int, T], R], n: in
     anything raises, no further task is started; called from an item of `parallel_map` or
     of this, it runs every item in that thread.
     """
-    tasks = [(0, 0)]
+    tasks = [(0, 0)] if n else []
     for i in range(n):
         if i + 1 < n:
             tasks.append((0, i + 1))
@@ -246,42 +259,24 @@ def pipelined(produce: Callable[[int], T], consume: Callable[[int, T], R], n: in
         counter = itertools.count()
         stop = threading.Event()
 
-        def work() -> None:
-            _inside.depth = getattr(_inside, "depth", 0) + 1
-            try:
-                while not stop.is_set() and (k := next(counter)) < len(tasks):
-                    stage, i = tasks[k]
-                    if stage == 0:
-                        try:
-                            products[i] = produce(i)
-                        except BaseException:
-                            failed[i] = True
-                            stop.set()
-                            raise
-                        finally:
-                            made[i].set()
-                    else:
-                        made[i].wait()
-                        if failed[i] or stop.is_set():
-                            return
-                        out[i] = consume(i, products[i])
-                        products[i] = None
-            except BaseException:
-                stop.set()
-                raise
-            finally:
-                _inside.depth -= 1
+        def loop() -> None:
+            while not stop.is_set() and (k := next(counter)) < len(tasks):
+                stage, i = tasks[k]
+                if stage == 0:
+                    try:
+                        products[i] = produce(i)
+                    except BaseException:
+                        failed[i] = True
+                        stop.set()
+                        raise
+                    finally:
+                        made[i].set()
+                else:
+                    made[i].wait()
+                    if failed[i] or stop.is_set():
+                        return
+                    out[i] = consume(i, products[i])
+                    products[i] = None
 
-        pending: list[Future] = []
-        try:
-            for _ in range(workers - 1):
-                pending.append(_executor().submit(work))
-            work()
-        except BaseException:
-            stop.set()
-            _wait(pending)
-            raise
-        error = _wait(pending)
-        if error is not None:
-            raise error
+        _on_workers(loop, workers, stop)
         return out
