@@ -242,9 +242,12 @@ SETTLE_PART_MIN = 2
 # into PIPELINE_PARTS parts of at least PIPELINE_PART_MIN instances instead, whose solves and
 # refinement overlap (`parallel.pipelined`): the solver's calls run outside the GIL beside a
 # part's refinement, which holds it (solving every part first and then refining the parts
-# concurrently leaves every core but one idle). PSD projection with a trace constraint,
-# k = 30, batch 64, forward + backward: 334 → 307 ms (median of 6 alternated runs, every run
-# faster); polytope-20d at batch 512 unchanged (52.4 against 52.0 ms), its solves short.
+# concurrently leaves every core but one idle). Forward + backward, medians of alternated
+# runs (BENCHMARKS.md): PSD projection with a trace constraint, k = 30, batch 64, 334 → 307
+# and 356 → 341 ms; softmax n = 100 at batch 512, 666 → 654 ms. The solver's calls need the
+# GIL between instances, which a refinement holding it gives up only every switch interval:
+# the overlap is partial. Below SETTLE_PARALLEL_FROM it does not pay (k = 30 at batch 8 in
+# four parts: 46 → 56 ms).
 PIPELINE_PARTS = 8
 PIPELINE_PART_MIN = 4
 # A PSD block of order k costs about k³ a step beyond its k(k + 1)/2 unknowns (its
