@@ -763,8 +763,27 @@ def sparse_layout(t: ConeTemplate, low_rank: bool = False) -> SparseLayout:
     layout = t.derived.get(key)
     if layout is None:
         layout = SparseLayout(t, low_rank)
+        given = None if low_rank else t.derived.get("sparse_ordering")
+        if given is not None:
+            layout.ordering, layout.supernodes = given
         t.derived[key] = layout
     return layout
+
+
+def set_ordering(t: ConeTemplate, ordering: str, supernodes: bool) -> None:
+    """SuperLU's ordering (and supernodes) for factoring S (`sparse_layout`), as a layer's
+    tuning gives it: set on S's layout where it is made, and kept for it where it is not yet
+    (made on first need: a program whose S is factored only in low-rank form never needs it,
+    and at a 50 × 50 PSD block its pattern alone costs a second)."""
+    t.derived["sparse_ordering"] = (ordering, supernodes)
+    layout = t.derived.get("sparse_layout")
+    if layout is not None:
+        layout.ordering, layout.supernodes = ordering, supernodes
+
+
+def made_layout(t: ConeTemplate) -> SparseLayout | None:
+    """S's layout (`sparse_layout`) where it has been made, else None."""
+    return t.derived.get("sparse_layout")
 
 
 def use_dense(t: ConeTemplate) -> bool:

@@ -56,11 +56,13 @@ from declarative.derivative import (
     diagnose,
     low_rank_groups,
     low_rank_mask,
+    made_layout,
     newton_correction,
     project_dual,
     ranks_exactly,
     residual,
     row_scales,
+    set_ordering,
     sign_probe,
     sparse_layout,
     use_dense,
@@ -1298,10 +1300,10 @@ class Layer:
         tuning = self._decide(backend, settings, user)
         settings = self._tuned(backend, settings, tuning, user)
         shared = self._shared_state(backend, tuning, mats[0], None if Ps is None else Ps[0])
-        layout = None if use_dense(t) else sparse_layout(t)
-        if layout is not None and tuning.sparse_ordering is not None:
-            layout.ordering = tuning.sparse_ordering
-            layout.supernodes = True if tuning.supernodes is None else tuning.supernodes
+        sparse = not use_dense(t)
+        if sparse and tuning.sparse_ordering is not None:
+            set_ordering(t, tuning.sparse_ordering,
+                         True if tuning.supernodes is None else tuning.supernodes)
         chunk = tuning.chunk_size
 
         # SCS's capped tight retries: (shared, the instances the cap stopped, the settings
@@ -1385,7 +1387,7 @@ class Layer:
                                        tuple(w[open_] for w in warm))
                 att.merge(idx[open_], again, keep=_settled(again.status))
         del raw
-        if layout is not None and tuning.sparse_ordering is None:
+        if sparse and tuning.sparse_ordering is None and (layout := made_layout(t)) is not None:
             self._record_ordering(layout)
         status, x, y, s = att.status, att.x, att.y, att.s
         before, after, steps = att.residual_before, att.residual_after, att.steps

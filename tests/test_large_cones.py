@@ -303,3 +303,32 @@ def test_sparse_pseudo_inverse_of_an_ill_conditioned_singular_matrix(smallest, n
     assert pinv.null.shape == (N, k)
     assert max_abs(pinv.null @ pinv.null.T, V[:, -k:] @ V[:, -k:].T) <= 1e-6
     assert (pinv._dense is not None) == (smallest < 1e-8)
+
+
+def test_s_layout_is_made_only_where_s_is_factored_whole():
+    """S's own layout, whose pattern holds the PSD block's kk² entries (at k = 50, 1.6e6 of
+    them: a second of a first call), is made only where an instance's S is factored whole,
+    not in low-rank form (S₀ + U Vᵀ): here no instance's is, and the solutions are the
+    closed form's. A tuning's SuperLU ordering given before that layout exists is set on it
+    once made, and on it where it exists."""
+    from declarative import compile as dl_compile
+
+    mod = problems.get("psd_trace_projection")
+    prob, params, variables = mod.build(k=50)
+    layer = dl_compile(prob, params, variables, **problems.compile_options(mod))
+    t = layer.template
+    assert not der.use_dense(t) and der.low_rank_groups(t)
+    rng = np.random.default_rng(0)
+    pool = [mod.sample(rng, k=50) for _ in range(2)]
+    fwd = layer.forward([np.stack([np.asarray(p[0], dtype=float) for p in pool])])
+    assert fwd.ok.all()
+    for i, p in enumerate(pool):
+        (want,) = mod.solution(*p)
+        assert max_abs(fwd.outputs[0][i], want) <= 1e-9
+    assert der.made_layout(t) is None and "sparse_layout_low_rank" in t.derived
+    der.set_ordering(t, "NATURAL", False)
+    layout = der.sparse_layout(t)
+    assert der.made_layout(t) is layout
+    assert (layout.ordering, layout.supernodes) == ("NATURAL", False)
+    der.set_ordering(t, "COLAMD", True)
+    assert (layout.ordering, layout.supernodes) == ("COLAMD", True)
