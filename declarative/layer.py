@@ -240,7 +240,8 @@ RETRY_ITERS_MIN = 2_000
 # sparsemax n = 100 and PSD k = 10 at batch 64, 3,800-13,000 unknowns, 12-27% more)
 SETTLE_PARALLEL_FROM = 50_000
 SETTLE_PART_MIN = 2
-# Where a batch is cut so and its solver is called per instance (SCS, Clarabel), it is cut
+# Where a batch is cut so, its solver is called per instance (SCS, Clarabel) and the program
+# holds PSD or exponential cones (whose projections make each solver call long), it is cut
 # into PIPELINE_PARTS parts of at least PIPELINE_PART_MIN instances instead, whose solves and
 # refinement overlap (`parallel.pipelined`): the solver's calls run outside the GIL beside a
 # part's refinement, which holds it (solving every part first and then refining the parts
@@ -248,8 +249,10 @@ SETTLE_PART_MIN = 2
 # runs (BENCHMARKS.md): PSD projection with a trace constraint, k = 30, batch 64, 334 → 307
 # and 356 → 341 ms; softmax n = 100 at batch 512, 666 → 654 ms. The solver's calls need the
 # GIL between instances, which a refinement holding it gives up only every switch interval:
-# the overlap is partial. Below SETTLE_PARALLEL_FROM it does not pay (k = 30 at batch 8 in
-# four parts: 46 → 56 ms).
+# the overlap is partial. Where the solves are short it does not pay, each part costing its
+# refinement's fixed overhead: sparsemax n = 100 at batch 256 (nonnegative cones) in eight
+# parts 49.7 → 68.4 ms, in four 53.5; PSD k = 30 at batch 8 (below SETTLE_PARALLEL_FROM) in
+# four parts 46 → 56 ms.
 PIPELINE_PARTS = 8
 PIPELINE_PART_MIN = 4
 # A PSD block of order k costs about k³ a step beyond its k(k + 1)/2 unknowns (its
@@ -1756,10 +1759,12 @@ class Layer:
         the first such call all are solved first, with the same cut."""
         t = self.template
         parts = _parts(len(idx), _work(t))
-        per_instance = not hasattr(backend, "solve_many")
-        if len(parts) > 1 and per_instance:
+        d = t.dims
+        # (a solver called per instance, on cones whose projections make its calls long)
+        piped = not hasattr(backend, "solve_many") and bool(d.psd or d.exp or d.exp_dual)
+        if len(parts) > 1 and piped:
             parts = _pipeline_parts(len(idx))
-        if len(parts) > 1 and per_instance and (self._ordered_first or use_dense(t)):
+        if len(parts) > 1 and piped and (self._ordered_first or use_dense(t)):
 
             def solved(j: int) -> SolveResult:
                 at = idx[parts[j]]
