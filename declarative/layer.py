@@ -1753,10 +1753,11 @@ class Layer:
         """The backend's solve, then refinement and the certificate, on the instances ``idx``
         of the (equilibrated by ``scaling``) program (c, A = ``mats``, b, P = ``Ps``) whose
         operators are ``ops``. The solver's own solution is kept too (``scs_x``, ...: a warm
-        start for a retry). Where the batch is cut in parts and the backend solves one
-        instance a call, each part's solves overlap another part's refinement
-        (`parallel.pipelined`), once SuperLU's orderings are decided (`_ordering_first`): on
-        the first such call all are solved first, with the same cut."""
+        start for a retry). Where the batch is cut in parts, the backend solves one instance
+        a call and the program holds PSD or exponential cones, each part's solves overlap
+        another part's refinement (`parallel.pipelined`, PIPELINE_PARTS), once SuperLU's
+        orderings are decided (`_ordering_first`): on the first such call all are solved
+        first, with the same cut."""
         t = self.template
         parts = _parts(len(idx), _work(t))
         d = t.dims
