@@ -776,7 +776,7 @@ def set_ordering(t: ConeTemplate, ordering: str, supernodes: bool) -> None:
     (made on first need: a program whose S is factored only in low-rank form never needs it,
     and at a 50 × 50 PSD block its pattern alone costs a second)."""
     t.derived["sparse_ordering"] = (ordering, supernodes)
-    layout = t.derived.get("sparse_layout")
+    layout = made_layout(t)
     if layout is not None:
         layout.ordering, layout.supernodes = ordering, supernodes
 

@@ -3402,15 +3402,18 @@ def _parts(k: int, size: float) -> list[slice]:
     ways = min(workers(), k // SETTLE_PART_MIN)
     if ways <= 1 or k * size < SETTLE_PARALLEL_FROM:
         return [slice(0, k)]
-    cuts = [k * j // ways for j in range(ways + 1)]
-    return [slice(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)]
+    return _cut(k, ways)
 
 
 def _pipeline_parts(k: int) -> list[slice]:
     """The instances 0 … k−1 cut into the consecutive parts whose solves and refinement
     overlap (`parallel.pipelined`): PIPELINE_PARTS of them, each of at least
     PIPELINE_PART_MIN instances. Depends on the batch size alone."""
-    ways = max(1, min(PIPELINE_PARTS, k // PIPELINE_PART_MIN))
+    return _cut(k, max(1, min(PIPELINE_PARTS, k // PIPELINE_PART_MIN)))
+
+
+def _cut(k: int, ways: int) -> list[slice]:
+    """The instances 0 … k−1 as ``ways`` consecutive parts whose sizes differ by one at most."""
     cuts = [k * j // ways for j in range(ways + 1)]
     return [slice(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)]
 
