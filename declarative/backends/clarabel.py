@@ -48,7 +48,10 @@ CLARABEL_SETTINGS = frozenset(
     if not name.startswith("_") and not callable(getattr(clarabel.DefaultSettings(), name))
 )
 # Ours over Clarabel's own defaults (its 1e-8 tolerances: refinement finishes the job).
-CLARABEL_DEFAULTS: dict[str, Any] = {"verbose": False}
+# One thread per solve: the layer already spreads a batch over the cores, and Clarabel's own
+# worker pool (used for PSD cones) does not survive a fork, so a forked child (a DataLoader
+# worker) whose parent had solved an SDP would block in its first solve.
+CLARABEL_DEFAULTS: dict[str, Any] = {"verbose": False, "max_threads": 1}
 # The stopping tolerances `tightened` lowers.
 _TOLERANCES = ("tol_gap_abs", "tol_gap_rel", "tol_feas")
 
