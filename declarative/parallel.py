@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from queue import Empty, SimpleQueue
 from typing import TypeVar
 
 from threadpoolctl import ThreadpoolController
@@ -127,14 +129,52 @@ def fork_safe_lock(owner: object) -> threading.Lock:
     return threading.Lock()
 
 
+# What other threads dropped that a thread must drop itself (`send_home`), by thread ident.
+_homes: dict[int, SimpleQueue] = {}
+
+
+def send_home(obj: object, home: threading.Thread) -> None:
+    """Have the thread ``home`` drop ``obj`` (at its next `release_here`) where it is another
+    live thread; else do nothing (the caller's reference, dropped here, is the last).
+
+    For objects whose memory only the thread that made them can free: SciPy's SuperLU
+    records a factorization's allocations in its thread's own table and frees them only
+    from that table, so one made on a pool worker and dropped on the caller's thread is
+    never freed. Safe from ``__del__`` (a `SimpleQueue` put takes no lock that a collection
+    on this thread could already hold)."""
+    if home is threading.current_thread() or not home.is_alive() or home.ident is None:
+        return
+    queue = _homes.get(home.ident)
+    if queue is None:
+        queue = _homes.setdefault(home.ident, SimpleQueue())
+    queue.put(obj)
+
+
+def release_here() -> None:
+    """Drop what other threads sent this one (`send_home`). Called by every pool task as it
+    starts and before each new SuperLU factorization, so a worker holds at most what was
+    dropped since its last task."""
+    queue = _homes.get(threading.get_ident())
+    if queue is None:
+        return
+    while True:
+        try:
+            queue.get_nowait()
+        except Empty:
+            return
+
+
 def _reset_after_fork() -> None:
     """In a forked child (a DataLoader worker, multiprocessing's "fork"), only the forking
     thread exists: the pool's workers are gone (work submitted to the inherited pool would
     never run) and a lock another thread held stays held. Start a new pool on demand, make
     new locks (ours, and those of `fork_safe_lock`'s owners), and keep only the forking
     thread's own single_threaded_blas contexts (lifting the limit now if the parent's were
-    all in other threads)."""
-    global _pool, _pool_lock, _blas_lock, _blas_depth
+    all in other threads) and what other threads sent it to drop (`send_home`: what was
+    sent to threads that are gone stays unfreed, as their tables are)."""
+    global _pool, _pool_lock, _blas_lock, _blas_depth, _homes
+    mine = _homes.get(threading.get_ident())
+    _homes = {} if mine is None else {threading.get_ident(): mine}
     for owner in list(_lock_owners):
         owner._lock = threading.Lock()
     _pool = None
@@ -147,6 +187,56 @@ def _reset_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+# A forked child clears the state of every thread but the forking one before any at-fork
+# hook runs, and with it SciPy's SuperLU table of each (`send_home`). Up to SciPy 1.17 that
+# fails where the table is not empty (a pool worker's factorization still alive: a kept
+# result, a layout's cached LU) and leaves a TypeError pending, so that the first at-fork hook
+# to run in the child (threading's, or `random`'s reseeding where `random` was imported
+# first) fails with a SystemError: printed, and the child's threading module counting the
+# parent's threads as alive, or its random numbers the parent's. Around a fork that
+# failure is held back, and in the child the hook that failed is run again (its failure
+# shown only if it fails again).
+_fork_state: dict = {}
+
+
+def _before_fork() -> None:
+    _fork_state.update(hook=sys.unraisablehook, held=[])
+    sys.unraisablehook = _hold_pending_failure
+
+
+def _hold_pending_failure(unraisable) -> None:
+    exc = unraisable.exc_value
+    if isinstance(exc, SystemError) and isinstance(exc.__cause__ or exc.__context__, TypeError) \
+            and callable(unraisable.object):
+        _fork_state["held"].append(unraisable)
+    else:
+        _fork_state["hook"](unraisable)
+
+
+def _after_fork_in_parent() -> None:
+    if sys.unraisablehook is _hold_pending_failure:
+        sys.unraisablehook = _fork_state["hook"]
+    _fork_state.clear()
+
+
+def _rerun_failed_hooks() -> None:
+    if "hook" not in _fork_state:
+        return
+    hook, held = _fork_state["hook"], _fork_state["held"]
+    if sys.unraisablehook is _hold_pending_failure:
+        sys.unraisablehook = hook
+    _fork_state.clear()
+    for unraisable in held:
+        try:
+            unraisable.object()
+        except Exception:  # noqa: BLE001 - it fails on its own: shown as it was
+            hook(unraisable)
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_rerun_failed_hooks)
 
 
 def _wait(futures: list[Future]) -> BaseException | None:
@@ -204,6 +294,7 @@ def _on_workers(loop: Callable[[], None], workers: int, stop: threading.Event) -
     the caller's exception, else the first worker's."""
 
     def work() -> None:
+        release_here()
         _inside.depth = getattr(_inside, "depth", 0) + 1
         try:
             loop()

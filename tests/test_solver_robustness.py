@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -15,6 +17,7 @@ from collections.abc import Iterator
 import cvxpy as cp
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from threadpoolctl import threadpool_info
 
 import declarative as dl
@@ -29,6 +32,7 @@ from declarative.backends.scs import (
     SharedData,
 )
 from declarative.cones import ConeDims
+from declarative.derivative import splu
 from declarative.solve import (
     Status,
     infeasibility_certified,
@@ -611,6 +615,72 @@ def test_a_forked_child_solves_with_moreau_after_the_parent_kept_a_solver():
     message = _error_in_forked_child(layer, values, [i.solution[0] for i in insts])
     assert float(message) <= 1e-8, message
     assert np.array_equal(layer.forward(values).outputs[0], first)
+
+
+def test_a_forked_child_solves_an_sdp_with_clarabel():
+    """Clarabel can run a PSD cone's work on a thread pool of its own (from k ≈ 20), which a
+    forked child lacks: its first solve blocked for good. The layer solves a PSD projection
+    (k = 20) with Clarabel, the process forks (as a DataLoader worker does), and the child
+    solves the batch to the closed form."""
+    mod = problems.get("psd_trace_projection")
+    sizes = {**mod.SIZES, "k": 20}
+    insts = [problems.instance("psd_trace_projection", s, **sizes) for s in range(2)]
+    values = [np.stack([i.params[0] for i in insts])]
+    layer = dl.compile(*mod.build(**sizes), solver="clarabel")
+    first = layer.forward(values).outputs[0]
+    assert max(max_abs(o, i.solution[0]) for o, i in zip(first, insts, strict=True)) <= 1e-8
+    message = _error_in_forked_child(layer, values, [i.solution[0] for i in insts])
+    assert float(message) <= 1e-8, message
+
+
+def test_a_fork_beside_superlu_factors_of_another_thread_leaves_a_clean_child():
+    """A thread that made a SuperLU factorization still alive (a pool worker's, kept with a
+    result or a layout) has its SciPy table cleared in a forked child, which up to SciPy
+    1.17 fails and leaves an error pending that breaks the child's first at-fork hook
+    (threading's, or `random`'s reseeding: the child printed a SystemError, and counted the
+    parent's threads as alive or drew the parent's random numbers). Here the child reports
+    nothing, runs one thread, and draws random numbers of its own."""
+    n = 300
+    A = (sp.random(n, n, density=0.02, random_state=0) + 10 * sp.eye(n)).tocsc()
+    made, release = threading.Event(), threading.Event()
+    kept: list = []
+
+    def hold() -> None:
+        kept.append(splu(A))
+        made.set()
+        release.wait(30.0)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert made.wait(30.0)
+    reported: list = []
+    saved = sys.unraisablehook
+    try:
+        read, write = os.pipe()
+        sys.unraisablehook = reported.append
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+        finally:
+            sys.unraisablehook = saved
+        if pid == 0:
+            try:
+                message = f"{threading.active_count()} {len(reported)} {random.random()!r}"
+            except BaseException as exc:  # noqa: BLE001
+                message = f"error: {exc!r}"
+            finally:
+                os.write(write, message.encode()[:4096])
+                os._exit(0)
+        os.close(write)
+        drawn = random.random()
+        threads, failures, child_drew = _child_message(pid, read, 60.0).split()
+    finally:
+        release.set()
+        thread.join()
+    assert (threads, failures, reported) == ("1", "0", [])
+    assert float(child_drew) != drawn
+    assert np.allclose(A @ kept[0].solve(np.ones(n)), 1.0)
 
 
 def _child_message(pid: int, read: int, seconds: float) -> str:
