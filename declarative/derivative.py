@@ -1931,13 +1931,11 @@ class SuperLU:
     freed at that thread's next task or factorization. Solves, ``L``, ``U`` and ``shape``
     as SciPy's."""
 
-    __slots__ = ("_lu", "_home", "shape")
+    __slots__ = ("_lu", "_home", "shape", "solve")
 
     def __init__(self, lu: spla.SuperLU) -> None:
         self._lu, self._home, self.shape = lu, threading.current_thread(), lu.shape
-
-    def solve(self, rhs: np.ndarray, trans: str = "N") -> np.ndarray:
-        return self._lu.solve(rhs, trans=trans)
+        self.solve: Callable[..., np.ndarray] = lu.solve  # (rhs, trans="N"): SciPy's own
 
     @property
     def L(self) -> sp.csc_matrix:
