@@ -69,7 +69,8 @@ from declarative.parallel import fork_safe_lock, parallel_map, release_here, sen
 # model says is cheaper: dense ≈ DENSE_COST·N³, sparse ≈ SPARSE_COST + SPARSE_FILL_COST·fill
 # (µs; fill = nnz(L + U) of a probe factorization of S's pattern, made once per template;
 # the coefficients are fitted to timings of both on the zoo). Always dense up to DENSE_ALWAYS,
-# never above DENSE_MAX. A singular dense S is solved by its truncated SVD (`TruncatedSVD`), a
+# never above DENSE_MAX nor where sparse is the cheaper at any fill (nnz(L + U) <= N(N + 1):
+# from N = 650, unprobed). A singular dense S is solved by its truncated SVD (`TruncatedSVD`), a
 # singular sparse one by its pseudo-inverse from a sparse LU (`SparsePinv`); where that fails,
 # by a dense truncated SVD up to SVD_MAX, and by LSMR above.
 DENSE_ALWAYS = 64
@@ -792,8 +793,8 @@ def use_dense(t: ConeTemplate) -> bool:
     N = t.n + t.m
     if N <= DENSE_ALWAYS:
         return True
-    if N > DENSE_MAX:
-        return False
+    if N > DENSE_MAX or DENSE_COST * N**3 >= SPARSE_COST + SPARSE_FILL_COST * N * (N + 1):
+        return False  # (sparse the cheaper at any fill: nnz(L + U) <= N(N + 1))
     return DENSE_COST * N**3 < SPARSE_COST + SPARSE_FILL_COST * sparse_layout(t).fill
 
 

@@ -332,3 +332,16 @@ def test_s_layout_is_made_only_where_s_is_factored_whole():
     assert (layout.ordering, layout.supernodes) == ("NATURAL", False)
     der.set_ordering(t, "COLAMD", True)
     assert (layout.ordering, layout.supernodes) == ("COLAMD", True)
+
+
+def test_a_large_s_is_factored_sparse_without_probing_its_fill():
+    """From N ≈ 650 on the cost model prefers SuperLU at any fill (nnz(L + U) ≤ N(N + 1)):
+    the PSD projection at k = 30 (N = 931) decides without the fill probe (SuperLU under
+    each ordering: 0.28 of its first call's 0.35 s), and the probe's fill decides the same."""
+    layer, _, _ = zoo_layer("psd_trace_projection", k=30)
+    t = layer.template
+    assert not der.use_dense(t)
+    layout = der.sparse_layout(t)
+    assert layout._fill is None
+    N = t.n + t.m
+    assert der.DENSE_COST * N**3 >= der.SPARSE_COST + der.SPARSE_FILL_COST * layout.fill
