@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import cvxpy as cp
 import numpy as np
@@ -535,21 +535,30 @@ def _error_in_forked_child(layer, values, solutions) -> str:
     """Fork; the child solves ``values`` with ``layer`` and reports its first output's max
     abs error against ``solutions`` (or the exception it met), then exits, whatever happens.
     Bounded: a child that hangs is killed and the test fails (`_child_message`)."""
+    def error() -> str:
+        out = layer.forward(values).outputs[0]
+        return repr(max(max_abs(o, s) for o, s in zip(out, solutions, strict=True)))
+
+    return _in_forked_child(error, 120.0)
+
+
+def _in_forked_child(report: Callable[[], str], seconds: float) -> str:
+    """Fork; the child sends what ``report()`` returns (or the exception it raised) and
+    exits, whatever happens; the parent gets it within ``seconds`` (`_child_message`)."""
     read, write = os.pipe()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # fork of a threaded process
         pid = os.fork()
     if pid == 0:
         try:
-            out = layer.forward(values).outputs[0]
-            message = repr(max(max_abs(o, s) for o, s in zip(out, solutions, strict=True)))
+            message = report()
         except BaseException as exc:  # noqa: BLE001
             message = f"error: {exc!r}"
         finally:
             os.write(write, message.encode()[:4096])
             os._exit(0)
     os.close(write)
-    return _child_message(pid, read, 120.0)
+    return _child_message(pid, read, seconds)
 
 
 def test_fork_resets_locks_and_pool_in_the_child(monkeypatch):
@@ -654,30 +663,16 @@ def test_a_fork_beside_superlu_factors_of_another_thread_leaves_a_clean_child():
     thread.start()
     assert made.wait(30.0)
     reported: list = []
-    saved = sys.unraisablehook
+    saved, sys.unraisablehook = sys.unraisablehook, reported.append
     try:
-        read, write = os.pipe()
-        sys.unraisablehook = reported.append
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                pid = os.fork()
-        finally:
-            sys.unraisablehook = saved
-        if pid == 0:
-            try:
-                message = f"{threading.active_count()} {len(reported)} {random.random()!r}"
-            except BaseException as exc:  # noqa: BLE001
-                message = f"error: {exc!r}"
-            finally:
-                os.write(write, message.encode()[:4096])
-                os._exit(0)
-        os.close(write)
-        drawn = random.random()
-        threads, failures, child_drew = _child_message(pid, read, 60.0).split()
+        message = _in_forked_child(
+            lambda: f"{threading.active_count()} {len(reported)} {random.random()!r}", 60.0)
     finally:
+        sys.unraisablehook = saved
         release.set()
         thread.join()
+    threads, failures, child_drew = message.split()
+    drawn = random.random()  # (the parent's next number: the child's, had it not reseeded)
     assert (threads, failures, reported) == ("1", "0", [])
     assert float(child_drew) != drawn
     assert np.allclose(A @ kept[0].solve(np.ones(n)), 1.0)
