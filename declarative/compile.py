@@ -26,7 +26,6 @@ import reprlib
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from typing import Any, NamedTuple, overload
 
 import cvxpy as cp
@@ -41,6 +40,7 @@ from cvxpy.reductions.solution import Solution
 
 from declarative.cones import ConeDims
 from declarative.errors import ParameterError, ProblemError
+from declarative.parallel import cached_property
 
 ON_FAILURE = ("raise", "nan")
 

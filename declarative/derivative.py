@@ -38,7 +38,6 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import cached_property
 from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
@@ -63,7 +62,15 @@ from declarative.cones import (
     snap_kinks,
 )
 from declarative.equilibrate import Equilibration, pattern
-from declarative.parallel import fork_safe_lock, parallel_map, release_here, send_home, workers
+from declarative.parallel import (
+    cached_property,
+    fork_safe_lock,
+    on_a_lasting_thread,
+    parallel_map,
+    release_here,
+    send_home,
+    workers,
+)
 
 # S (size N = n + m) is factored dense (LAPACK) or sparse (SuperLU), whichever the cost
 # model says is cheaper: dense ≈ DENSE_COST·N³, sparse ≈ SPARSE_COST + SPARSE_FILL_COST·fill
@@ -1929,8 +1936,9 @@ class SuperLU:
     them only from that table: a factorization made on a pool worker and dropped on the
     caller's thread (with the layer's result) would never be freed (softmax at n = 2,000,
     batch 16: 320 MB a call). Dropped elsewhere, it is sent home (`parallel.send_home`) and
-    freed at that thread's next task or factorization. Solves, ``L``, ``U`` and ``shape``
-    as SciPy's."""
+    freed at that thread's next task or factorization; made only on threads that last
+    (`parallel.on_a_lasting_thread`: one that ends takes its table with it). Solves, ``L``,
+    ``U`` and ``shape`` as SciPy's."""
 
     __slots__ = ("_lu", "_home", "shape", "solve")
 
@@ -1971,7 +1979,8 @@ def splu(M: sp.csc_matrix, permc_spec: str = "COLAMD", **options: Any
             raise RuntimeError("Factor is exactly singular")
         return DenseLU(lu, piv)
     release_here()
-    return SuperLU(spla.splu(M, permc_spec=permc_spec, **options))
+    return on_a_lasting_thread(
+        lambda: SuperLU(spla.splu(M, permc_spec=permc_spec, **options)))
 
 
 def _best_ordering(S: sp.csc_matrix, timed: bool = False) -> tuple[str, float]:

@@ -15,7 +15,6 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from functools import cached_property
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -83,6 +82,7 @@ from declarative.equilibrate import (
 )
 from declarative.errors import ParameterError, ProblemError, SolverError, describe_indices
 from declarative.parallel import (
+    cached_property,
     fork_safe_lock,
     parallel_map,
     pipelined,
@@ -484,6 +484,13 @@ class _Diagnosis:
                           NonDifferentiableWarning, stacklevel=4)
 
 
+class _Lock:
+    """A lock of its own (``_lock``), renewed in a forked child (`fork_safe_lock`)."""
+
+    def __init__(self) -> None:
+        self._lock = fork_safe_lock(self)
+
+
 @dataclass
 class Forward:
     """The result of one call: outputs, diagnostics, and what VJP/JVP need."""
@@ -509,13 +516,24 @@ class Forward:
     def batch_size(self) -> int:
         return len(self.ok)
 
-    @cached_property
+    @property
     def _linearized(self) -> list[tuple[np.ndarray, ConeSolution]]:
         """Linearizations at the solved instances, built on first use (by a derivative or by
         `nondifferentiable`) and kept: (instances, linearization) pairs, one, or for a batch
         large enough (`_parts`) one per worker, made concurrently. Fills ``info.rcond`` and
         ``info.nondifferentiable`` and warns (`NonDifferentiableWarning`, once) where the
-        outputs' derivative is not defined."""
+        outputs' derivative is not defined. Made once, under this result's own lock (renewed
+        in a forked child, `fork_safe_lock`), while other results' are made alongside."""
+        made = self.__dict__.get("_linearizations")
+        if made is None:
+            with self.__dict__.setdefault("_linearizing", _Lock())._lock:
+                made = self.__dict__.get("_linearizations")
+                if made is None:
+                    made = self.__dict__["_linearizations"] = self._linearize_batch()
+        return made
+
+    def _linearize_batch(self) -> list[tuple[np.ndarray, ConeSolution]]:
+        """`_linearized`'s linearizations, made."""
         idx = np.flatnonzero(self.ok)
         diagnosed = self._diagnosis()
         if idx.size == 0:

@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from queue import Empty, SimpleQueue
-from typing import TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from threadpoolctl import ThreadpoolController
 
@@ -129,6 +129,36 @@ def fork_safe_lock(owner: object) -> threading.Lock:
     return threading.Lock()
 
 
+class cached_property(Generic[T]):  # noqa: N801 - functools' name
+    """`functools.cached_property` without its lock, as in Python 3.12: in 3.11 every
+    instance of a class computes the property under one lock of the class's, so threads
+    computing it for different instances wait for each other (two threads' VJPs of two
+    results, one after the other), and a fork while one computes leaves that lock held in
+    the child for good (its first VJP waited forever). Here two threads that ask for one
+    instance's value at once may both compute it (the last one stored is kept): for values
+    that are functions of the instance alone; where that matters, the property locks
+    itself."""
+
+    def __init__(self, func: Callable[[Any], T]) -> None:
+        self.func, self.__doc__, self.name = func, func.__doc__, ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> cached_property[T]: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> T: ...
+
+    def __get__(self, instance: object | None, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        value = self.func(instance)
+        instance.__dict__[self.name] = value  # (read from there next: no descriptor call)
+        return value
+
+
 # What other threads dropped that a thread must drop itself (`send_home`), by thread ident.
 _homes: dict[int, SimpleQueue] = {}
 
@@ -162,6 +192,22 @@ def release_here() -> None:
             queue.get_nowait()
         except Empty:
             return
+
+
+def on_a_lasting_thread(fn: Callable[[], T]) -> T:
+    """``fn()`` on this thread where it lasts (the main thread, a pool worker), else on a pool
+    worker: for objects only their own thread can free (`send_home`), which a thread that
+    ends first would leave unfreed (a layer called from a short-lived user thread, its
+    result used after)."""
+    here = threading.current_thread()
+    if here is threading.main_thread() or here.name.startswith(_PREFIX):
+        return fn()
+
+    def there() -> T:
+        release_here()
+        return fn()
+
+    return _executor().submit(there).result()
 
 
 def _reset_after_fork() -> None:

@@ -542,6 +542,47 @@ def _error_in_forked_child(layer, values, solutions) -> str:
     return _in_forked_child(error, 120.0)
 
 
+def test_a_result_linearizing_on_another_thread_holds_up_neither_others_nor_a_fork(
+        monkeypatch):
+    """While one result's linearization (its first VJP's) runs on another thread, another
+    result's VJP goes on, and a child forked meanwhile (a DataLoader worker) computes VJPs.
+    With `functools.cached_property` on Python 3.11, every result waited on one lock of
+    the class's, which a fork left held in the child for good."""
+    from declarative.layer import Forward
+
+    monkeypatch.setattr(parallel, "_CPUS", 2)
+    layer, values, _ = _one_parameter_batch("sparsemax", 4)
+    g = [np.ones_like(layer.forward(values).outputs[0])]
+    expected = layer.forward(values).vjp(g)[0]
+    first, second = layer.forward(values), layer.forward(values)
+    inside, release = threading.Event(), threading.Event()
+    linearize = Forward._linearize_batch
+
+    def held(self):
+        if self is first:
+            inside.set()
+            release.wait(60.0)
+        return linearize(self)
+
+    monkeypatch.setattr(Forward, "_linearize_batch", held)
+    thread = threading.Thread(target=lambda: first.vjp(g))
+    thread.start()
+    try:
+        assert inside.wait(30.0)
+        done: list = []
+        other = threading.Thread(target=lambda: done.append(second.vjp(g)[0]))
+        other.start()
+        other.join(60.0)
+        assert done and np.array_equal(done[0], expected)
+        message = _in_forked_child(
+            lambda: repr(max_abs(layer.forward(values).vjp(g)[0], expected)), 60.0)
+        assert float(message) == 0.0, message
+    finally:
+        release.set()
+        thread.join()
+    assert np.array_equal(first.vjp(g)[0], expected)
+
+
 def _in_forked_child(report: Callable[[], str], seconds: float) -> str:
     """Fork; the child sends what ``report()`` returns (or the exception it raised) and
     exits, whatever happens; the parent gets it within ``seconds`` (`_child_message`)."""
