@@ -289,6 +289,22 @@ def test_unknown_solver_and_options_are_named():
         dl.compile(*mod.build(**mod.SIZES), solver="scs", tuning=dl.Tuning(solver="clarabel"))
 
 
+@pytest.mark.parametrize("threads", [0, 2])
+def test_clarabel_runs_on_one_thread(threads):
+    """Clarabel's own worker pool does not survive a fork (a DataLoader worker's first solve
+    blocked): ``max_threads`` other than 1 is refused, naming what to pass; 1 is taken."""
+    layer, mod = _sparsemax_layer()
+    inst = problems.instance("sparsemax", 0, **mod.SIZES)
+    with pytest.raises(ProblemError, match=rf"max_threads={threads} .*expected 1"):
+        layer.forward([inst.params[0]], solver="clarabel", solver_args={"max_threads": threads})
+    with pytest.raises(ProblemError, match=rf"max_threads={threads} .*expected 1"):
+        dl.compile(*mod.build(**mod.SIZES), solver="clarabel",
+                   solver_args={"max_threads": threads})
+    out = layer.forward([inst.params[0][None]], solver="clarabel",
+                        solver_args={"max_threads": 1})
+    assert max_abs(out.outputs[0][0], inst.solution[0]) <= 1e-8
+
+
 # -- Tuning -----------------------------------------------------------------------------------
 def test_tuning_validates_its_fields():
     for bad, match in (({"solver": "cplex"}, "solver"), ({"scale": -1.0}, "scale"),

@@ -100,6 +100,12 @@ class ClarabelBackend:
 
     def normalize(self, args: Mapping[str, Any]) -> dict:
         """Clarabel's settings are taken by their own names only."""
+        if args.get("max_threads", 1) != 1:
+            raise ProblemError(
+                f"solver option max_threads={args['max_threads']!r} for solver 'clarabel': "
+                "expected 1 (the default here), or leave it out. The layer spreads a batch "
+                "over the cores itself, and Clarabel's own worker pool does not survive a "
+                "fork: a forked child (a DataLoader worker) would block in its first solve.")
         return dict(args)
 
     def settings(self, args: Mapping[str, Any]) -> dict:
