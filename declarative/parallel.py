@@ -248,23 +248,27 @@ _fork_state: dict = {}
 
 
 def _before_fork() -> None:
-    _fork_state.update(hook=sys.unraisablehook, held=[])
-    sys.unraisablehook = _hold_pending_failure
+    if sys.unraisablehook is not _hold_pending_failure:  # (not already: another fork's)
+        _fork_state.update(hook=sys.unraisablehook, held=[], forks=0)
+        sys.unraisablehook = _hold_pending_failure
+    _fork_state["forks"] += 1
 
 
 def _hold_pending_failure(unraisable) -> None:
     exc = unraisable.exc_value
     if isinstance(exc, SystemError) and isinstance(exc.__cause__ or exc.__context__, TypeError) \
-            and callable(unraisable.object):
+            and callable(unraisable.object) and "held" in _fork_state:
         _fork_state["held"].append(unraisable)
     else:
-        _fork_state["hook"](unraisable)
+        _fork_state.get("hook", sys.__unraisablehook__)(unraisable)
 
 
 def _after_fork_in_parent() -> None:
-    if sys.unraisablehook is _hold_pending_failure:
-        sys.unraisablehook = _fork_state["hook"]
-    _fork_state.clear()
+    _fork_state["forks"] = _fork_state.get("forks", 1) - 1
+    if _fork_state["forks"] <= 0:  # (the last of forks made at once)
+        if sys.unraisablehook is _hold_pending_failure:
+            sys.unraisablehook = _fork_state.get("hook", sys.__unraisablehook__)
+        _fork_state.clear()
 
 
 def _rerun_failed_hooks() -> None:
