@@ -222,9 +222,10 @@ def test_superlu_factors_made_on_another_thread_are_freed():
     """SciPy records a SuperLU factorization's allocations in the table of the thread that
     made it, and frees them only from that table: factors made on a worker and dropped on
     the caller's thread (a batch's, with its result) were never freed. Twelve factorizations
-    of ~40 MB each, made on a live worker thread and dropped here, are freed by that thread
-    at its next factorization: the process's resident memory grows by a few of them, not by
-    twelve (it did: ~480 MB)."""
+    of ~40 MB each, asked for by a live worker thread (made on a pool worker,
+    `parallel.on_a_lasting_thread`) and dropped here, are sent home and freed there at its
+    next factorization: the process's resident memory grows by a few of them, not by twelve
+    (it did: ~480 MB)."""
     n = 2000
     A = (sp.random(n, n, density=0.01, random_state=0) + 10 * sp.eye(n)).tocsc()
     size = splu(A).L.nnz * 12 + splu(A).U.nnz * 12  # values and row indices
