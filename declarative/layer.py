@@ -516,6 +516,9 @@ class Forward:
     def batch_size(self) -> int:
         return len(self.ok)
 
+    def __getstate__(self) -> dict:  # pickled and copied without `_linearized`'s lock
+        return {k: v for k, v in self.__dict__.items() if k != "_linearizing"}
+
     @property
     def _linearized(self) -> list[tuple[np.ndarray, ConeSolution]]:
         """Linearizations at the solved instances, built on first use (by a derivative or by

@@ -207,7 +207,11 @@ def on_a_lasting_thread(fn: Callable[[], T]) -> T:
         release_here()
         return fn()
 
-    return _executor().submit(there).result()
+    try:
+        future = _executor().submit(there)
+    except RuntimeError:  # the interpreter is shutting down: no pool to hand it to
+        return fn()
+    return future.result()
 
 
 def _reset_after_fork() -> None:
@@ -258,17 +262,22 @@ def _hold_pending_failure(unraisable) -> None:
     exc = unraisable.exc_value
     if isinstance(exc, SystemError) and isinstance(exc.__cause__ or exc.__context__, TypeError) \
             and callable(unraisable.object) and "held" in _fork_state:
-        _fork_state["held"].append(unraisable)
+        _fork_state["held"].append((os.getpid(), unraisable))  # (by process: see below)
     else:
         _fork_state.get("hook", sys.__unraisablehook__)(unraisable)
 
 
 def _after_fork_in_parent() -> None:
+    """The parent's own failures held meanwhile (other threads') are shown, not rerun."""
+    hook = _fork_state.get("hook", sys.__unraisablehook__)
+    held, _fork_state["held"] = _fork_state.get("held", []), []
     _fork_state["forks"] = _fork_state.get("forks", 1) - 1
     if _fork_state["forks"] <= 0:  # (the last of forks made at once)
         if sys.unraisablehook is _hold_pending_failure:
-            sys.unraisablehook = _fork_state.get("hook", sys.__unraisablehook__)
+            sys.unraisablehook = hook
         _fork_state.clear()
+    for _, unraisable in held:
+        hook(unraisable)
 
 
 def _rerun_failed_hooks() -> None:
@@ -278,7 +287,9 @@ def _rerun_failed_hooks() -> None:
     if sys.unraisablehook is _hold_pending_failure:
         sys.unraisablehook = hook
     _fork_state.clear()
-    for unraisable in held:
+    for pid, unraisable in held:
+        if pid != os.getpid():
+            continue  # (the parent's, shown there)
         try:
             unraisable.object()
         except Exception:  # noqa: BLE001 - it fails on its own: shown as it was

@@ -5,9 +5,12 @@ schedules of settings, concurrent first calls. Every result is checked against a
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
+import pickle
 import random
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -581,6 +584,48 @@ def test_a_result_linearizing_on_another_thread_holds_up_neither_others_nor_a_fo
         release.set()
         thread.join()
     assert np.array_equal(first.vjp(g)[0], expected)
+
+
+def test_a_result_is_copied_and_pickled_after_its_first_vjp():
+    """A result's first VJP keeps its linearization under a lock of its own; copied or
+    pickled after it (the lock left out), the copy's VJP is the original's, bitwise."""
+    layer, values, _ = _one_parameter_batch("sparsemax", 4)
+    fwd = layer.forward(values)
+    g = [np.ones_like(fwd.outputs[0])]
+    first = fwd.vjp(g)[0]
+    for copied in (copy.deepcopy(fwd), pickle.loads(pickle.dumps(fwd))):
+        assert np.array_equal(copied.vjp(g)[0], first)
+
+
+_AFTER_MAIN_RETURNED = """
+import threading, time, numpy as np
+import declarative as dl
+from declarative import problems
+mod = problems.get("softmax"); sizes = {**mod.SIZES, "n": 1000}
+layer = dl.compile(*mod.build(**sizes))
+inst = problems.instance("softmax", 0, **sizes)
+values = [inst.params[0][None]]
+layer.forward(values)
+def late():
+    time.sleep(1.0)  # the main thread has returned, the pool is shut down
+    out = layer.forward(values, on_failure="nan")
+    print("late", bool(out.ok.all()), float(np.abs(out.outputs[0][0] - inst.solution[0]).max()))
+threading.Thread(target=late).start()
+"""
+
+
+def test_a_thread_that_outlives_the_main_thread_solves():
+    """A thread still calling a layer after the main thread returned (the pool shut down at
+    exit): its sparse factorizations, meant for a pool worker, are made on that thread, and
+    the instance is solved (it was reported not solved: the failed hand-off read as a
+    singular matrix)."""
+    done = subprocess.run([sys.executable, "-c", _AFTER_MAIN_RETURNED], capture_output=True,
+                          text=True, timeout=300, cwd=os.path.dirname(os.path.dirname(
+                              os.path.abspath(__file__))))
+    late = [line for line in done.stdout.splitlines() if line.startswith("late")]
+    assert late, done.stdout + done.stderr
+    _, ok, error = late[0].split()
+    assert ok == "True" and float(error) <= 1e-8, late[0]
 
 
 def _in_forked_child(report: Callable[[], str], seconds: float) -> str:
