@@ -67,7 +67,6 @@ from declarative.parallel import (
     fork_safe_lock,
     on_a_lasting_thread,
     parallel_map,
-    release_here,
     send_home,
     workers,
 )
@@ -1978,7 +1977,6 @@ def splu(M: sp.csc_matrix, permc_spec: str = "COLAMD", **options: Any
         if info > 0:
             raise RuntimeError("Factor is exactly singular")
         return DenseLU(lu, piv)
-    release_here()
     return on_a_lasting_thread(
         lambda: SuperLU(spla.splu(M, permc_spec=permc_spec, **options)))
 

@@ -182,8 +182,8 @@ def send_home(obj: object, home: threading.Thread) -> None:
 
 def release_here() -> None:
     """Drop what other threads sent this one (`send_home`). Called by every pool task as it
-    starts and before each new SuperLU factorization, so a worker holds at most what was
-    dropped since its last task."""
+    starts and by `on_a_lasting_thread` (before each new SuperLU factorization), so a worker
+    holds at most what was dropped since its last task."""
     queue = _homes.get(threading.get_ident())
     if queue is None:
         return
@@ -194,18 +194,21 @@ def release_here() -> None:
             return
 
 
+def _on_a_pool_worker() -> bool:
+    return threading.current_thread().name.startswith(_PREFIX)
+
+
 def on_a_lasting_thread(fn: Callable[[], T]) -> T:
     """``fn()`` on this thread where it lasts (the main thread, a pool worker), else on a pool
-    worker: for objects only their own thread can free (`send_home`), which a thread that
-    ends first would leave unfreed (a layer called from a short-lived user thread, its
-    result used after)."""
-    here = threading.current_thread()
-    if here is threading.main_thread() or here.name.startswith(_PREFIX):
-        return fn()
-
+    worker, after that thread drops what it was sent (`release_here`): for objects only
+    their own thread can free (`send_home`), which a thread that ends first would leave
+    unfreed (a layer called from a short-lived user thread, its result used after)."""
     def there() -> T:
         release_here()
         return fn()
+
+    if threading.current_thread() is threading.main_thread() or _on_a_pool_worker():
+        return there()
 
     try:
         future = _executor().submit(there)
@@ -333,7 +336,7 @@ def parallel_map(f: Callable[[T], R], items: list[T]) -> list[R]:
     workers = min(_CPUS, n)
     with single_threaded_blas():
         if workers <= 1 or getattr(_inside, "depth", 0) > 0 or \
-                threading.current_thread().name.startswith(_PREFIX):
+                _on_a_pool_worker():
             return [f(x) for x in items]
         out: list = [None] * n
         counter = itertools.count()
@@ -402,7 +405,7 @@ def pipelined(produce: Callable[[int], T], consume: Callable[[int, T], R], n: in
     workers = min(_CPUS, n)
     with single_threaded_blas():
         if workers <= 1 or getattr(_inside, "depth", 0) > 0 or \
-                threading.current_thread().name.startswith(_PREFIX):
+                _on_a_pool_worker():
             return [consume(i, produce(i)) for i in range(n)]
         products: list = [None] * n
         out: list = [None] * n
