@@ -158,6 +158,44 @@ def test_structured_variables():
     check_derivatives(layer, batch, tangent)
 
 
+@pytest.mark.parametrize("structure", ["diag", "sparsity"])
+def test_structured_parameters_enter_by_their_pattern(structure):
+    """A ``diag`` or ``sparsity=`` parameter enters as its entries on the pattern: a value with
+    entries off it gives the solution of the value with those set to 0 (the closed form
+    y = (DᵀD + λI)⁻¹Dᵀa of min ‖D y − a‖² + λ‖y‖²), its gradient is the closed form's on the
+    pattern (central differences) and 0 off it."""
+    n, lam = 3, 0.1
+    rows, cols = ((0, 1, 2), (0, 1, 2)) if structure == "diag" else ((0, 1, 2, 0), (0, 1, 2, 2))
+    kw = {"diag": True} if structure == "diag" else {"sparsity": (rows, cols)}
+    D = cp.Parameter((n, n), **kw)
+    a = np.array([1.0, 2.0, 3.0])
+    y = cp.Variable(n)
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(D @ y - a) + lam * cp.sum_squares(y)))
+    layer = dl.compile(problem, [D], [y])
+    on = np.zeros((n, n), dtype=bool)
+    on[rows, cols] = True
+
+    def closed(M):
+        M = np.where(on, M, 0.0)
+        return np.linalg.solve(M.T @ M + lam * np.eye(n), M.T @ a)
+
+    rng = np.random.default_rng(5)
+    values = np.stack([np.diag([1.0, 2.0, 4.0]) + 0.3 * rng.standard_normal((n, n))
+                       for _ in range(2)])
+    g = rng.standard_normal((2, n))
+    res = layer.forward([values])
+    assert all(s is dl.Status.SOLVED for s in res.info.status)
+    (grad,) = res.vjp([g])
+    for i in range(2):
+        assert np.max(np.abs(res.outputs[0][i] - closed(values[i]))) <= 1e-9
+        fd = np.zeros((n, n))
+        for j, k in zip(rows, cols, strict=True):
+            step = np.zeros((n, n))
+            step[j, k] = 1e-6
+            fd[j, k] = g[i] @ (closed(values[i] + step) - closed(values[i] - step)) / 2e-6
+        assert np.max(np.abs(grad[i] - fd)) <= 1e-7
+        assert not grad[i][~on].any()
+
 def test_a_dual_variable_of_another_problem_is_refused():
     x, theta = cp.Variable(3), cp.Parameter(3)
     other = cp.SOC(cp.Variable(), cp.Variable(3))
