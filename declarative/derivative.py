@@ -2901,8 +2901,9 @@ class ConeSolution:
         tol = np.where(wide, KINK_TOL_EXTENDED, KINK_TOL)
         if strict is not None:
             tol = np.where(strict, 0.0, tol)
-        v, mask = snap_kinks(v, dims, tol,
-                             row_scales(ops, x, y, s) if dims.nonneg or dims.soc else None)
+        sides = row_scales(ops, x, y, s) if dims.nonneg or dims.soc else None
+        v0 = v
+        v, mask = snap_kinks(v0, dims, tol, sides)
 
         def derivative(at: np.ndarray, wide: np.ndarray) -> DProjection:
             return dproject(at.astype(np.longdouble) if wide.any() else at, dims, dual=True)
@@ -2917,6 +2918,31 @@ class ConeSolution:
                 other = np.flatnonzero(~same)
                 D.put(other, derivative(v[other], wide[other]))
         lin = Linearization(ops, D, dense=dense, reuse=reuse)
+        # A kink whose held branch leaves S singular, at a point that lies beyond a few ulps
+        # of it (KINK_TOL_EXTENDED, which a point refined in extended precision is judged
+        # at): the data keep the solution off that branch, and the point's own side is
+        # taken where S is regular there. The projection of b onto a ball ‖x − a‖ <= r with
+        # r at 1e-12 of |b − a|: its slack within KINK_TOL of the multiplier's scale was held
+        # at 0, which the active bound t <= r (r, data) rules out; S singular, the outputs'
+        # derivative reported not unique and its Jacobian 0 where it is the ball's, O(1).
+        redo = np.flatnonzero(mask.any(axis=1) & ~(lin.rcond > RCOND_MIN)
+                              & (tol > KINK_TOL_EXTENDED))
+        if redo.size:
+            v2, mask2 = snap_kinks(v0[redo], dims, KINK_TOL_EXTENDED,
+                                   None if sides is None else (sides[0][redo], sides[1][redo]))
+            D2 = derivative(v2, wide[redo])
+            lin2 = Linearization(ops.take(redo), D2, dense=dense)
+            good = np.flatnonzero(lin2.rcond > RCOND_MIN)
+            if good.size:
+                took = redo[good]
+                v, mask = v.copy(), mask.copy()
+                v[took], mask[took] = v2[good], mask2[good]
+                D = D.take(np.arange(len(v)))  # a copy, to patch
+                D.put(took, D2.take(good))
+                factors: list[Factor | None] = list(lin.factors)
+                for i, j in zip(took.tolist(), good.tolist(), strict=True):
+                    factors[i] = lin2.factors[j]
+                lin = Linearization(ops, D, dense=dense, reuse=factors)
         return cls(ops=ops, x=x, y=y, s=s, v=v, D=D, lin=lin, kink_mask=mask, scaling=scaling)
 
     def ambiguous(self, recover: sp.spmatrix, directions: tuple | None = None) -> np.ndarray:

@@ -338,6 +338,67 @@ def test_a_point_on_the_sphere_of_a_ball_projection_is_a_tie(r):
             np.testing.assert_allclose(off.jacobian(i)[0][0], J(U[i]), rtol=0, atol=1e-9)
 
 
+def test_a_ball_of_radius_1e_12_of_the_distance_is_no_kink():
+    """Projecting b onto ‖x − a‖ <= r with r at 1e-12 of ‖b − a‖, the ball's multiplier an
+    output too: x = a + r u (u = (b − a)/‖b − a‖), μ = 2(‖b − a‖ − r), differentiable with
+    ∂μ/∂b = 2u, ∂μ/∂a = −2u, ∂μ/∂r = −2, ∂x/∂r = u, ∂x/∂b = (r/‖b − a‖)(I − uuᵀ). The
+    cone's slack, at 1e-12 of its multiplier, was held at 0 as a kink, a branch the active
+    bound t <= r rules out: S singular, reported not unique, and that Jacobian 0 (a review's
+    instance; a small ball is not solved for every a and b: BENCHMARKS.md)."""
+    n = 3
+    a_, b_, r_ = cp.Parameter(n), cp.Parameter(n), cp.Parameter(nonneg=True)
+    x = cp.Variable(n)
+    ball = cp.norm(x - a_) <= r_
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - b_)), [ball]),
+                       [a_, b_, r_], [x, ball.dual_variables[0]])
+    a = np.array([0.4304857455543092, 0.25093256908418204, -0.3943520554588936])
+    b = np.array([0.17734118831491574, 1.0359071352079816, -0.5935326959038496])
+    rel = np.array([2e-12, 1.5e-12, 1e-12, 8.5e-13, 5e-13])
+    dist = np.linalg.norm(b - a)
+    u = (b - a) / dist
+    k = rel.size
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NonDifferentiableWarning)
+        fwd = layer.forward([np.tile(a, (k, 1)), np.tile(b, (k, 1)), rel * dist])
+        assert all(st is dl.Status.SOLVED for st in fwd.info.status)
+        assert not fwd.nondifferentiable.any()
+    for i in range(k):
+        r = rel[i] * dist
+        np.testing.assert_allclose(fwd.outputs[0][i], a + r * u, rtol=0, atol=1e-12)
+        assert abs(fwd.outputs[1][i] - 2 * (dist - r)) <= 1e-12
+        (_, dx_db, dx_dr), (dmu_da, dmu_db, dmu_dr) = fwd.jacobian(i)
+        np.testing.assert_allclose(dmu_db, 2 * u, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(dmu_da, -2 * u, rtol=0, atol=1e-9)
+        assert abs(float(dmu_dr) + 2) <= 1e-9
+        np.testing.assert_allclose(np.ravel(dx_dr), u, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(dx_db, rel[i] * (np.eye(n) - np.outer(u, u)), rtol=0,
+                                   atol=1e-9)
+
+
+def test_a_linear_objective_over_a_tiny_ball_at_mixed_scales():
+    """min c·x s.t. ‖x − a‖ <= r with c, a ~ 1e6 beside entries ~1e-6 and r ~ 7e-7 (a
+    review's instance): x = a − r ĉ, μ = ‖c‖, ∂μ/∂c = ĉ, ∂x/∂r = −ĉ (ĉ = c/‖c‖). Its
+    cone's slack, at 3e-13 of the multiplier, was held at 0: reported not unique, both 0."""
+    c_, a_, r_ = cp.Parameter(3), cp.Parameter(3), cp.Parameter(nonneg=True)
+    x = cp.Variable(3)
+    ball = cp.norm(x - a_) <= r_
+    layer = dl.compile(cp.Problem(cp.Minimize(c_ @ x), [ball]), [c_, a_, r_],
+                       [x, ball.dual_variables[0]])
+    c = np.array([-2190196.379831264, 1.0241238807574212e-06, -335629.93853394553])
+    a = np.array([-1725330.2604412548, -3.6142281428147795e-07, 9.838337471742249e-07])
+    r = 6.746136125967662e-07
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NonDifferentiableWarning)
+        fwd = layer.forward([c, a, np.array(r)])
+        assert fwd.info.status[0] is dl.Status.SOLVED
+        assert not fwd.nondifferentiable.any()
+    ch = c / np.linalg.norm(c)
+    assert abs(fwd.outputs[1][0] - np.linalg.norm(c)) <= 1e-9 * np.linalg.norm(c)
+    (_, _, dx_dr), (dmu_dc, _, _) = fwd.jacobian(0)
+    np.testing.assert_allclose(dmu_dc, ch, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(np.ravel(dx_dr), -ch, rtol=0, atol=1e-9)
+
+
 @pytest.mark.parametrize("e", [1e-9, 1e-10, 1e-11])
 def test_a_psd_projection_in_the_frobenius_norm_of_a_nearly_singular_matrix(e):
     """min ‖X − A‖_F s.t. X ⪰ 0 with A ≻ 0 whose smallest eigenvalue is e: X = A, and the
