@@ -468,7 +468,8 @@ class _Diagnosis:
         if ambiguous.size:
             what.append(
                 f"at batch index [{describe_indices(ambiguous.tolist())}] the solution is not "
-                "unique, or constraints are tied (the residual-map derivative is singular in "
+                "unique, or constraints are tied, or a term far below the others is not "
+                "resolved in float64 at the point (the residual-map derivative is singular in "
                 "directions that move the outputs, or that the parameters' perturbations "
                 "excite): returning the minimum-norm least-squares derivative"
             )

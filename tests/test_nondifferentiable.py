@@ -399,8 +399,44 @@ def test_a_linear_objective_over_a_tiny_ball_at_mixed_scales():
     np.testing.assert_allclose(np.ravel(dx_dr), -ch, rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("atom, rel", [("norm2", 1e-11), ("norm2", 1e-13),
+                                       ("log_sum_exp", 1e-12), ("norm2", 1e-6)])
+def test_a_term_far_below_the_data_is_flagged_where_its_derivative_is_wrong(atom, rel):
+    """The prox min ‖x − a‖² + λ f(x) with λ = rel·‖a‖: x = a − (λ/2)∇f(x), so
+    ∂x/∂λ = −∇f(a)/2 + O(λ) (a/‖a‖ for ‖x‖₂, softmax(a) for log_sum_exp). At rel <= 1e-11
+    the term's cone is lost to the data's rounding at the point; each instance must then be
+    not solved, flagged, or right, never `solved`, unflagged and wrong (its derivative
+    came back 0)."""
+    n = 3
+    a_, lam_ = cp.Parameter(n), cp.Parameter(nonneg=True)
+    x = cp.Variable(n)
+    f = cp.norm(x, 2) if atom == "norm2" else cp.log_sum_exp(x)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - a_) + lam_ * f)), [a_, lam_],
+                       [x], on_failure="nan")
+    rng = np.random.default_rng(2)
+    scale = 1e6 if atom == "norm2" else 1e3
+    A = scale * rng.standard_normal((6, n))
+    lam = rel * np.linalg.norm(A, axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonDifferentiableWarning)
+        fwd = layer.forward([A, lam])
+        flagged = fwd.nondifferentiable
+    right = 0
+    for i in range(len(A)):
+        if fwd.info.status[i] is not dl.Status.SOLVED or flagged[i]:
+            continue
+        grad = A[i] / np.linalg.norm(A[i]) if atom == "norm2" else \
+            np.exp(A[i] - A[i].max()) / np.exp(A[i] - A[i].max()).sum()
+        np.testing.assert_allclose(np.ravel(fwd.jacobian(i)[0][1]), -grad / 2, rtol=0,
+                                   atol=1e-6)
+        right += 1
+    if rel >= 1e-6:  # (resolved: every instance solved, unflagged and right)
+        assert right == len(A)
+
+
 @pytest.mark.parametrize("e", [1e-9, 1e-10, 1e-11])
 def test_a_psd_projection_in_the_frobenius_norm_of_a_nearly_singular_matrix(e):
+
     """min ‖X − A‖_F s.t. X ⪰ 0 with A ≻ 0 whose smallest eigenvalue is e: X = A, and the
     map is smooth there (X = A within a radius e), so J = I on symmetric directions. The
     cone program holds the norm's second-order cone at its apex with an interior multiplier;
