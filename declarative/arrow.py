@@ -42,6 +42,13 @@ BLOCKS_MIN = 8
 # (softmax at n = 100, forward and backward: batch 8 46 against 54 ms of CPU time, batch 4
 # 31 against 27).
 BATCH_MIN = 8
+# From ORDER_ALONE unknowns on (n + m) it is used at any batch size, one instance included:
+# SuperLU's fill through the border (softmax's Σx = 1 row) then costs more than the batched
+# structure's fixed cost. Forward + backward per instance (softmax, BENCHMARKS.md): n = 1,000
+# (5,001 unknowns) at batch 1, 2, 4, 8: 117, 94, 81, 70 ms against 83, 55, 45, 43; n = 3,000
+# at batch 4 630 against 243 ms; n = 300 (1,501) at 2 and 4 11 and 9.3 against 8.7 and 7.4;
+# n = 100 (501), where SuperLU does not fill, 5-20% slower below batch 8.
+ORDER_ALONE = 1_000
 # A factorization is kept for an instance only where the probe's residual is at most
 # PROBE_ROUNDING (1024 ulps) of |S||x| + |z| (max norms): block-wise pivoting lost nothing.
 PROBE_ROUNDING = 1024 * np.finfo(float).eps

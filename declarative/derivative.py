@@ -47,6 +47,7 @@ import scipy.sparse.linalg as spla
 from scipy.sparse.csgraph import connected_components
 
 from declarative.arrow import BATCH_MIN as ARROW_BATCH_MIN
+from declarative.arrow import ORDER_ALONE as ARROW_ORDER_ALONE
 from declarative.arrow import Arrow, ArrowFactors, ArrowLU
 from declarative.compile import ConeTemplate, times_t
 from declarative.cones import (
@@ -1132,8 +1133,9 @@ class Linearization:
                         for f in part]
             else:
                 made = invert(stack)
-        elif data is not None and len(todo) >= ARROW_BATCH_MIN and layout is not None \
-                and layout.arrow is not None:
+        elif data is not None and todo and (len(todo) >= ARROW_BATCH_MIN
+                                            or self.n + self.m >= ARROW_ORDER_ALONE) \
+                and layout is not None and layout.arrow is not None:
             # every instance at once; SuperLU for one the blocks do not factor well
             where = {i: j for j, i in enumerate(mats)}
             fa, rcond, good = layout.arrow.factor(data[[where[i] for i in todo]],

@@ -166,3 +166,29 @@ def test_sparsemax_batched_through_the_arrow_matches_closed_form(monkeypatch):
     want = np.where(S, g - (g * S).sum(axis=1, keepdims=True) / S.sum(axis=1, keepdims=True),
                     0.0)
     assert np.abs(vjp - want).max() <= 1e-10
+
+
+def test_a_large_program_is_factored_through_the_arrow_at_any_batch(monkeypatch):
+    """From ORDER_ALONE unknowns the arrow factors batches below BATCH_MIN too, one instance
+    included (softmax n = 250: 1,251 unknowns), matching the closed form; a small program's
+    small batch (n = 30) is left to SuperLU."""
+    from declarative.arrow import ORDER_ALONE
+
+    calls = _counting(monkeypatch)
+    rng = np.random.default_rng(7)
+    for n, B, used in ((250, 1, True), (250, 3, True), (30, 3, False)):
+        layer = _softmax_layer(n)
+        t = layer.template
+        assert (t.n + t.m >= ORDER_ALONE) == used
+        calls.clear()
+        theta = rng.standard_normal((B, n))
+        fwd = layer.forward([theta])
+        assert fwd.ok.all()
+        assert bool(calls) == used and all(0 < c < BATCH_MIN for c in calls)
+        p = np.exp(theta - theta.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        assert np.abs(fwd.outputs[0] - p).max() <= 1e-12
+        g = rng.standard_normal((B, n))
+        (vjp,) = fwd.vjp([g])
+        want = p * g - p * (p * g).sum(axis=1, keepdims=True)
+        assert np.abs(vjp - want).max() <= 1e-12
