@@ -1083,7 +1083,8 @@ class Layer:
                                  linear_solver=linear_solver(t.n, t.m, t.nnz + t.P_rows.size))
             if need["scale"]:
                 calib = self._tuned(backend, own, tuning, own_user)
-                tuning = replace(tuning, scale=self._calibrate(backend, calib))
+                tuning = replace(tuning, scale=self._calibrate(
+                    backend, calib, share=bool(tuning.share_workspaces)))
             self._tuning = tuning
             return tuning
 
@@ -1128,10 +1129,12 @@ class Layer:
                          linear_solver=linear_solver(t.n, t.m, t.nnz + t.P_rows.size))
         settings = self._tuned(scs, scs.settings(user), tuning, user)
         with single_threaded_blas():
-            best = calibrate_scale(scs, mats, b, c, t.dims, settings, Ps)
+            share = bool(tuning.share_workspaces)
+            best = calibrate_scale(scs, mats, b, c, t.dims, settings, Ps, share=share)
             if best is None:
                 best = self._calibrate(scs, settings,
-                                       (mats[0], b[0], c[0], None if Ps is None else Ps[0]))
+                                       (mats[0], b[0], c[0], None if Ps is None else Ps[0]),
+                                       share=share)
         named = self._solver_named
         tuning = replace(tuning, scale=best, sparse_ordering=None, supernodes=None)
         if not named:  # open again: timed on the sample
@@ -1455,7 +1458,8 @@ class Layer:
         return self._shared[backend.name]
 
     def _calibrate(self, backend: Backend, settings: dict,
-                   sample: tuple[Any, np.ndarray, np.ndarray, Any] | None = None) -> float:
+                   sample: tuple[Any, np.ndarray, np.ndarray, Any] | None = None,
+                   share: bool = False) -> float:
         """SCS's scale for this layer: `calibrate_scale` on the equilibrated program of fixed
         pseudo-random parameter values (seed 0: first all of them positive and symmetric ones
         positive definite, which makes the many problems whose constraints read Gx ≤ h
@@ -1465,6 +1469,7 @@ class Layer:
         it is calibrated on ``sample`` (`tune`'s first sample instance: its equilibrated (A,
         b, c, P)) where given, and is otherwise, or where that is not solved either,
         DEFAULT_SCALE: never on a call's data, so no result depends on which call came first.
+        ``share``: solved as a call that shares the solver's workspaces (`calibrate_scale`).
         """
         t = self.template
         for positive in (True, False):
@@ -1492,14 +1497,14 @@ class Layer:
             h = t.apply_P(theta)
             c, a, b, h = equilibrate(t, c, a, b, h).data(t, c, a, b, h)
             scale = calibrate_scale(backend, [t.csc(a[0])], b[:1], c[:1], t.dims, settings,
-                                    [t.P_csc(h[0])] if t.quadratic else None)
+                                    [t.P_csc(h[0])] if t.quadratic else None, share=share)
             if scale is not None:
                 return scale
         if sample is None:
             return DEFAULT_SCALE
         A0, b0, c0, P0 = sample
         scale = calibrate_scale(backend, [A0], b0[None], c0[None], t.dims, settings,
-                                None if P0 is None else [P0])
+                                None if P0 is None else [P0], share=share)
         return DEFAULT_SCALE if scale is None else scale
 
     def _rebalanced(self, att: _Attempt, backend: Backend, shared: Any, ops: BatchOps,

@@ -789,8 +789,9 @@ def test_shared_workspaces_are_bounded_per_thread(monkeypatch):
     real = SCS.share
     monkeypatch.setattr(SCS, "share", lambda *a: made.append(real(*a)) or made[-1])
     layer.forward(values)
-    assert layer.tuning.share_workspaces is True and len(made) == 1
-    shared = made[0]
+    # (one made for the scale's calibration and dropped, one the layer keeps)
+    assert layer.tuning.share_workspaces is True and len(made) == 2
+    shared = made[-1]
     for k in range(12):
         eps = 1e-3 * (1 + k / 12)
         fwd = layer.forward(values, solver_args={"eps_abs": eps, "eps_rel": eps})
@@ -801,6 +802,7 @@ def test_shared_workspaces_are_bounded_per_thread(monkeypatch):
     counts.append(len(shared.workspaces()))
     assert 0 < max(counts) <= SharedData.WORKSPACES_PER_THREAD
     assert len(shared.workspaces()) == SharedData.WORKSPACES_PER_THREAD  # main: 12 settings
+    assert len(made) == 2
 
 
 # -- concurrent first calls -------------------------------------------------------------------
