@@ -108,6 +108,19 @@ def _counting(monkeypatch):
     return calls
 
 
+def _softmax_checked(fwd, theta, rng):
+    """``fwd``'s outputs and a VJP against softmax's closed form: p = softmax(θ), and the
+    Jacobian diag(p) − p pᵀ (symmetric), to 1e-12. Returns (g, the VJP)."""
+    p = np.exp(theta - theta.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    assert np.abs(fwd.outputs[0] - p).max() <= 1e-12
+    g = rng.standard_normal(theta.shape)
+    (vjp,) = fwd.vjp([g])
+    want = p * g - p * (p * g).sum(axis=1, keepdims=True)
+    assert np.abs(vjp - want).max() <= 1e-12
+    return g, vjp
+
+
 def test_softmax_batched_through_the_arrow_matches_closed_form_and_batch_of_one(monkeypatch):
     calls = _counting(monkeypatch)
     n, B = 30, 2 * BATCH_MIN
@@ -120,14 +133,7 @@ def test_softmax_batched_through_the_arrow_matches_closed_form_and_batch_of_one(
     theta[-1, 1] = theta[-1, 0] + 1e-9
     fwd = layer.forward([theta])
     assert fwd.ok.all() and calls and calls[0] == B
-    p = np.exp(theta - theta.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    assert np.abs(fwd.outputs[0] - p).max() <= 1e-12
-    g = rng.standard_normal((B, n))
-    (vjp,) = fwd.vjp([g])
-    # the softmax Jacobian diag(p) − p pᵀ (symmetric)
-    want = p * g - p * (p * g).sum(axis=1, keepdims=True)
-    assert np.abs(vjp - want).max() <= 1e-12
+    g, vjp = _softmax_checked(fwd, theta, rng)
     for i in (0, B - 1):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
@@ -185,10 +191,4 @@ def test_a_large_program_is_factored_through_the_arrow_at_any_batch(monkeypatch)
         fwd = layer.forward([theta])
         assert fwd.ok.all()
         assert bool(calls) == used and all(0 < c < BATCH_MIN for c in calls)
-        p = np.exp(theta - theta.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)
-        assert np.abs(fwd.outputs[0] - p).max() <= 1e-12
-        g = rng.standard_normal((B, n))
-        (vjp,) = fwd.vjp([g])
-        want = p * g - p * (p * g).sum(axis=1, keepdims=True)
-        assert np.abs(vjp - want).max() <= 1e-12
+        _softmax_checked(fwd, theta, rng)
