@@ -702,8 +702,7 @@ def calibrate_scale(backend: Backend, matrices: Sequence[Any], b: np.ndarray, c:
     workspaces run without Anderson acceleration, which alone ranked the scales otherwise
     (softmax n = 1,000: 75 iterations at every candidate with it; without, 275 at 1 and 150
     at 10, the scale a call then runs at)."""
-    shared = backend.share(matrices[0], None if Ps is None else Ps[0], dims) \
-        if share and hasattr(backend, "share") else None
+    shared = backend.share(matrices[0], None if Ps is None else Ps[0], dims) if share else None
     best, best_iters = None, np.inf
     for scale in SCALE_CANDIDATES:
         res = solve_batch(backend, matrices, b, c, dims, {**settings, "scale": scale}, Ps,
