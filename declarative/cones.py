@@ -1330,6 +1330,107 @@ def power_apexes_released(y: np.ndarray, s: np.ndarray, b: np.ndarray, empty: np
     return y, s, moved
 
 
+def idle_blocks(y: np.ndarray, dims: ConeDims) -> np.ndarray:
+    """(B, m) bool: the entries of each second-order, PSD, exponential and power cone block
+    of ``y`` (B, m) whose entries are all 0 (an inactive cone's multiplier)."""
+    lay = cone_layout(dims)
+    out = np.zeros(y.shape, dtype=bool)
+    groups = [g for _, g in lay.soc] + [g for _, g in lay.psd] + [lay.exp, lay.pow]
+    for g in groups:
+        if g.size:
+            out[:, g] = np.all(y[:, g] == 0, axis=2, keepdims=True)
+    return out
+
+
+def inactive_cones_held(y: np.ndarray, s: np.ndarray, dims: ConeDims, nonneg: bool = False,
+                        size: float = 1e-8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(y, s, moved (B,)): the point (y, s) (B, m) with each cone block (second-order, PSD,
+    exponential, power) whose multiplier is exactly 0 and whose slack lies strictly inside K
+    held active: the slack moved onto K's boundary and the multiplier set on the ray of ∂K*
+    complementary to it, at ``size`` times the block's largest |s|.
+
+    A block's multiplier that the solution sets far below the data (the weight λ of a
+    regularizer λ‖x‖₂ at 1e-10 of ‖a‖ in min ‖x − a‖² + λ‖x‖₂) is lost to the solver's
+    tolerance: its point holds the slack inside K with the multiplier 0, where DΠ = 0 on
+    the block and the variable the slack bounds is free, so S is singular and Newton's
+    method cannot leave (the step that would move the multiplier enters no row). From the
+    held point it takes the structure's multiplier in a step; the size of the one set here
+    is immaterial to that. A block whose constraint is truly inactive is released again by
+    the steps, or the point is not taken.
+
+    The boundary point: a second-order cone (t, x) → (‖x‖, x), the apex where x = 0; a PSD
+    block's least eigenvalue set to 0; an exponential (r, q, p) → (r, q, q e^{r/q}); a power
+    cone K_a (a > 0, x^a y^(1−a) >= |z|) → (x, y, sign z · x^a y^(1−a)), left as it is where
+    z = 0. The complementary rays: (1, −x/‖x‖) (e at the apex), q qᵀ for the eigenvector
+    q, (−1, ρ − 1, e^{−ρ}) at ρ = r/q, (a|z|/x, (1 − a)|z|/y, −sign z). Exponential duals
+    and dual power cones are left as they are. With ``nonneg``, every nonnegative row whose
+    multiplier is 0 and slack positive is held too (slack 0, multiplier ``size`` times the
+    instance's largest |s|): a cone's chain can end in one (log_sum_exp's Σ exp(x_i − t)
+    <= 1, a p-norm's Σ r_i <= t)."""
+    lay = cone_layout(dims)
+    y, s = y.copy(), s.copy()
+    moved = np.zeros(y.shape[0], dtype=bool)
+    free_entries = idle_blocks(y, dims) & (interior_depth(s, dims) > 0)
+
+    def free(rows: np.ndarray) -> np.ndarray:
+        return free_entries[:, rows[0]]
+
+    if nonneg:
+        yb, sb = y[:, lay.nonneg], s[:, lay.nonneg]
+        hold = (yb == 0) & (sb > 0)
+        top = np.abs(s).max(axis=1, initial=0.0)[:, None]
+        yb[hold] = (size * np.broadcast_to(top, yb.shape))[hold]
+        sb[hold] = 0.0
+        moved |= hold.any(axis=1)
+    for _, blocks in lay.soc:
+        for rows in blocks:
+            for i in np.flatnonzero(free(rows)):
+                t, xb = s[i, rows[0]], s[i, rows[1:]]
+                nx = float(np.linalg.norm(xb))
+                ray = np.concatenate([[1.0], -xb / nx]) if nx > 0 else np.eye(len(rows))[0]
+                s[i, rows[0]] = nx
+                if nx == 0:
+                    s[i, rows] = 0.0
+                y[i, rows] = size * max(abs(t), nx) * ray
+                moved[i] = True
+    for k, blocks in lay.psd:
+        for rows in blocks:
+            for i in np.flatnonzero(free(rows)):
+                lam, U = np.linalg.eigh(_unvec(s[i, rows], k))
+                q = U[:, :1]
+                s[i, rows] = _svec(_unvec(s[i, rows], k) - lam[0] * (q @ q.T), k)
+                y[i, rows] = _svec(size * np.abs(lam).max() * (q @ q.T), k)
+                moved[i] = True
+    with np.errstate(all="ignore"):
+        for rows in lay.exp[: lay.n_exp]:
+            for i in np.flatnonzero(free(rows)):
+                r, q, p = s[i, rows]
+                rho = r / q
+                ray = np.array([-1.0, rho - 1.0, np.exp(-rho)])
+                edge = q * np.exp(rho)
+                if not np.all(np.isfinite(ray)) or not np.isfinite(edge):
+                    continue
+                s[i, rows[2]] = edge
+                y[i, rows] = size * max(abs(r), q, p) * ray / np.linalg.norm(ray)
+                moved[i] = True
+        for rows, a in zip(lay.pow, lay.alpha, strict=True):
+            if a <= 0:
+                continue
+            for i in np.flatnonzero(free(rows)):
+                x, w, z = s[i, rows]
+                edge = x**a * w ** (1 - a)
+                if z == 0 or not np.isfinite(edge):
+                    continue
+                z = np.sign(z) * edge
+                ray = np.array([a * abs(z) / x, (1 - a) * abs(z) / w, -np.sign(z)])
+                if not np.all(np.isfinite(ray)):
+                    continue
+                s[i, rows[2]] = z
+                y[i, rows] = size * max(x, w, abs(z)) * ray / np.linalg.norm(ray)
+                moved[i] = True
+    return y, s, moved
+
+
 def release_kinks(v: np.ndarray, mask: np.ndarray, dims: ConeDims, tol: float = KINK_TOL
                   ) -> np.ndarray:
     """v moved off its kinks to the other side: DΠ_{K*} there is the other one-sided

@@ -38,6 +38,8 @@ from declarative.cones import (
     DProjection,
     cone_layout,
     dproject,
+    idle_blocks,
+    inactive_cones_held,
     power_apexes_released,
 )
 from declarative.derivative import (
@@ -146,6 +148,11 @@ FACTOR_LOST = 4 * np.finfo(float).eps
 # A point refinement left uncertified at a backward error at most this is refined again with
 # the residual in extended precision (`Layer._extended`), where the program's cones allow.
 EXTENDED_FROM = 1e-6
+# A point refinement left uncertified at a backward error at most this, or certified with S
+# singular, where a variable with a cost and no curvature enters a cone block whose
+# multiplier is 0 (`_cost_on_idle`), is refined once more with such blocks held active
+# (`Layer._inactive_held`): a multiplier far below the data, lost to the solver's tolerance.
+HELD_OMEGA = 1e-6
 # An output that is zero (a projection onto a cone landing at its apex) has no relative
 # accuracy: its computed entries are rounding, a few ulps of its unit (what one unit of the
 # equilibrated program is in the output's units) times the conditioning. An output whose
@@ -1930,6 +1937,13 @@ class Layer:
             self._apexes_released(sub, eq, ch, bh, att, np.flatnonzero(candidate & ~solved),
                                   ours)
             solved = np.array([st is Status.SOLVED for st in att.status], dtype=bool)
+        if ours["refine"] and ours["refine_max_iters"] > 0 and _curved(t):
+            singular = np.array([f is not None and not f.rcond > RCOND_MIN
+                                 for f in att.factors], dtype=bool)
+            near = candidate & (solved & singular | ~solved & (att.residual_after <= HELD_OMEGA))
+            near[near] = _cost_on_idle(sub.take(np.flatnonzero(near)), ch[near], att.y[near])
+            self._inactive_held(sub, eq, ch, bh, att, np.flatnonzero(near), ours)
+            solved = np.array([st is Status.SOLVED for st in att.status], dtype=bool)
         fine = np.flatnonzero(solved & ~att.extended & _unresolved(t, att.y, att.s))
         if ours["refine"] and ours["refine_max_iters"] > 0 and fine.size:
             again, won = self._polished(sub.take(fine), eq.take(fine), ch[fine], bh[fine],
@@ -1964,6 +1978,50 @@ class Layer:
         won &= ~_unresolved(self.template, r.y, r.s)
         att.merge(at, again, keep=won)
         att.retryable[at[won]] = False
+
+    def _inactive_held(self, ops: BatchOps, eq: Equilibration, c: np.ndarray,
+                       b: np.ndarray, att: _Attempt, idx: np.ndarray, ours: dict) -> None:
+        """Refinement once more from ``att``'s points at ``idx`` (instances of ``ops``: not
+        certified, or certified where S is singular) with every cone block whose multiplier
+        is 0 and whose slack lies inside K held active (`cones.inactive_cones_held`), then
+        where that is not taken with its nonnegative rows held as well, and each time
+        the certificate of its points (`_certified_again`); merged into ``att`` where
+        certified, refinement converged and S is regular at the new point.
+
+        A multiplier the solution sets far below the data is lost to the solver's
+        tolerance, and with it the structure: min ‖x − a‖² + λ‖x‖₂ at λ = 1e-10‖a‖ came
+        back with the norm's slack 2% inside its cone and the multiplier 0; at 1e-15‖a‖,
+        certified (x is right to its promise either way) with S singular and ∂x/∂λ = 0 in
+        place of −a/(2‖a‖), at 1e-9 … 1e-13, not certified. Held active, one Newton step
+        reaches the solution, S regular."""
+        dims = self.template.dims
+        for nonneg in (False, True) if dims.nonneg else (False,):
+            y, s, moved = inactive_cones_held(att.y[idx], att.s[idx], dims, nonneg=nonneg)
+            if not moved.any():
+                return
+            idx = np.setdiff1d(idx[moved], self._held_once(ops, eq, c, b, att, idx[moved],
+                                                           y[moved], s[moved], ours))
+
+    def _held_once(self, ops: BatchOps, eq: Equilibration, c: np.ndarray, b: np.ndarray,
+                   att: _Attempt, at: np.ndarray, y: np.ndarray, s: np.ndarray, ours: dict
+                   ) -> np.ndarray:
+        """`_inactive_held`'s refinement from (y, s) at the instances ``at`` and its
+        certificate, merged into ``att`` where taken; returns those instances."""
+        sub = ops.take(at)
+        r = refine(sub, c[at], b[at], att.x[at], y, s, tol=ours["refine_tol"],
+                   max_iters=ours["refine_max_iters"])
+        again, won = self._certified_again(sub, eq.take(at), c[at], b[at], att, at, r,
+                                           extended=False)
+        # taken only where Newton converged to a regular point: the structure held is then
+        # the solution's (a point that stalls, or where S is singular, can hold a block
+        # active that the solution does not, within the values' promise and not the
+        # derivative's: min ‖x − a‖² + λ‖x‖₃ at λ = 1e-11‖a‖ certified at ω 1e-9 with S's
+        # rcond 6e-12, ∂x/∂λ 0.3 off)
+        won &= r.converged & np.array([f is not None and f.rcond > RCOND_MIN
+                                       for f in r.factors], dtype=bool)
+        att.merge(at, again, keep=won)
+        att.retryable[at[won]] = False
+        return at[won]
 
     def _polished(self, ops: BatchOps, eq: Equilibration, c: np.ndarray, b: np.ndarray,
                   att: _Attempt, idx: np.ndarray, ours: dict
@@ -3761,6 +3819,28 @@ def _rotated_layout(t: ConeTemplate) -> _RotatedLayout | None:
     e = p.boost_cone.size
     sums = sp.csr_matrix((np.ones(e), (np.arange(e), p.boost_cone)), shape=(e, k))
     return _RotatedLayout(block, of[on], p.cols[on], sums)
+
+
+def _cost_on_idle(ops: BatchOps, c: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(B,) bool: does a variable with a cost (c_j ≠ 0) and no curvature (P's column j is 0)
+    enter a cone block (second-order, PSD, exponential, power) whose multiplier is 0 at the
+    point (B, m)?
+
+    Where such a block bounds the variable with the solution's multiplier far below the data
+    (λ·t for a regularizer's epigraph variable t at λ ≪ the data), the solver's point can
+    hold it inactive, the cost unmet by less than the backward error's floor, the variable
+    free: S is singular along it and the point's structure is not the solution's. CVXPY's
+    auxiliary variables have no cost, and a variable with curvature is bounded by it."""
+    idle = idle_blocks(y, ops.template.dims)
+    mag = ops.magnitude
+    return np.any((c != 0) & (mag.AT(idle.astype(float)) > 0)
+                  & (mag.P(np.ones_like(c)) == 0), axis=1)
+
+
+def _curved(t: ConeTemplate) -> bool:
+    """Does the program hold a second-order, PSD, exponential or power cone?"""
+    d = t.dims
+    return bool(d.soc or d.psd or d.exp or d.power)
 
 
 def _unresolved(t: ConeTemplate, y: np.ndarray, s: np.ndarray) -> np.ndarray:
