@@ -106,6 +106,7 @@ from declarative.refine import (
 )
 from declarative.solve import (
     Backend,
+    ScaleCheck,
     SolveResult,
     Status,
     calibrate_scale,
@@ -153,6 +154,9 @@ EXTENDED_FROM = 1e-6
 # multiplier is 0 (`_cost_on_idle`), is refined once more with such blocks held active
 # (`Layer._inactive_held`): a multiplier far below the data, lost to the solver's tolerance.
 HELD_OMEGA = 1e-6
+# The scale's calibration (`Layer._calibrate`) checks its ranking on this many more
+# pseudo-random instances.
+SCALE_CHECKS = 2
 # An output that is zero (a projection onto a cone landing at its apex) has no relative
 # accuracy: its computed entries are rounding, a few ulps of its unit (what one unit of the
 # equilibrated program is in the output's units) times the conditioning. An output whose
@@ -1137,11 +1141,12 @@ class Layer:
         settings = self._tuned(scs, scs.settings(user), tuning, user)
         with single_threaded_blas():
             share = bool(tuning.share_workspaces)
-            best = calibrate_scale(scs, mats, b, c, t.dims, settings, Ps, share=share)
+            best = calibrate_scale(scs, mats, b, c, t.dims, settings, Ps, share=share,
+                                   refines=_refines(BatchOps(t, a, h), c, b))
             if best is None:
                 best = self._calibrate(scs, settings,
-                                       (mats[0], b[0], c[0], None if Ps is None else Ps[0]),
-                                       share=share)
+                                       (mats[0], b[0], c[0], None if Ps is None else Ps[0],
+                                        BatchOps(t, a[:1], h[:1])), share=share)
         named = self._solver_named
         tuning = replace(tuning, scale=best, sparse_ordering=None, supernodes=None)
         if not named:  # open again: timed on the sample
@@ -1465,7 +1470,7 @@ class Layer:
         return self._shared[backend.name]
 
     def _calibrate(self, backend: Backend, settings: dict,
-                   sample: tuple[Any, np.ndarray, np.ndarray, Any] | None = None,
+                   sample: tuple[Any, np.ndarray, np.ndarray, Any, BatchOps] | None = None,
                    share: bool = False) -> float:
         """SCS's scale for this layer: `calibrate_scale` on the equilibrated program of fixed
         pseudo-random parameter values (seed 0: first all of them positive and symmetric ones
@@ -1474,14 +1479,18 @@ class Layer:
         symmetric matrix convex; then within each parameter's declared sign or
         definiteness), so a function of the problem alone. Where neither instance is solved
         it is calibrated on ``sample`` (`tune`'s first sample instance: its equilibrated (A,
-        b, c, P)) where given, and is otherwise, or where that is not solved either,
-        DEFAULT_SCALE: never on a call's data, so no result depends on which call came first.
+        b, c, P) and its `BatchOps`) where given, and is otherwise, or where that is not
+        solved either, DEFAULT_SCALE: never on a call's data, so no result depends on which
+        call came first.
         ``share``: solved as a call that shares the solver's workspaces (`calibrate_scale`).
+        Scales from which refinement converges rank first (`calibrate_scale`'s ``refines``),
+        checked on SCALE_CHECKS more such instances (seeds 1, 2, …; ``check``).
         """
         t = self.template
-        for positive in (True, False):
-            rng = np.random.default_rng(0)
-            values = []
+
+        def values(seed: int, positive: bool) -> list[np.ndarray]:
+            rng = np.random.default_rng(seed)
+            out = []
             for spec in self.parameters:
                 v = rng.standard_normal(spec.shape)
                 if {"nonpos", "neg"} & set(spec.domain):
@@ -1495,23 +1504,36 @@ class Layer:
                     v = -v if "NSD" in spec.domain else v
                 elif "symmetric" in spec.domain and not positive:
                     v = (v + v.T) / 2
-                values.append(v)
+                out.append(v)
+            return out
+
+        for positive in (True, False):
+            sets = [values(seed, positive) for seed in range(1 + SCALE_CHECKS)]
             try:
-                theta, _ = self.batch(values)
+                theta, _ = self.batch([np.stack(vs) for vs in zip(*sets, strict=True)])
             except ParameterError:
                 continue
             c, a, b = t.apply(theta)
             h = t.apply_P(theta)
             c, a, b, h = equilibrate(t, c, a, b, h).data(t, c, a, b, h)
-            scale = calibrate_scale(backend, [t.csc(a[0])], b[:1], c[:1], t.dims, settings,
-                                    [t.P_csc(h[0])] if t.quadratic else None, share=share)
+            mats = t.csc_batch(a)
+            Ps = t.P_csc_batch(h) if t.quadratic else None
+            ops = BatchOps(t, a, h)
+            rest = np.arange(1, len(a))
+            check = ScaleCheck(mats[1:], b[1:], c[1:], None if Ps is None else Ps[1:],
+                               _refines(ops.take(rest), c[1:], b[1:])) if rest.size else None
+            scale = calibrate_scale(backend, mats[:1], b[:1], c[:1], t.dims, settings,
+                                    None if Ps is None else Ps[:1], share=share,
+                                    refines=_refines(ops.take(np.arange(1)), c[:1], b[:1]),
+                                    check=check)
             if scale is not None:
                 return scale
         if sample is None:
             return DEFAULT_SCALE
-        A0, b0, c0, P0 = sample
+        A0, b0, c0, P0, ops0 = sample
         scale = calibrate_scale(backend, [A0], b0[None], c0[None], t.dims, settings,
-                                None if P0 is None else [P0], share=share)
+                                None if P0 is None else [P0], share=share,
+                                refines=_refines(ops0, c0[None], b0[None]))
         return DEFAULT_SCALE if scale is None else scale
 
     def _rebalanced(self, att: _Attempt, backend: Backend, shared: Any, ops: BatchOps,
@@ -3819,6 +3841,21 @@ def _rotated_layout(t: ConeTemplate) -> _RotatedLayout | None:
     e = p.boost_cone.size
     sums = sp.csr_matrix((np.ones(e), (np.arange(e), p.boost_cone)), shape=(e, k))
     return _RotatedLayout(block, of[on], p.cols[on], sums)
+
+
+def _refines(ops: BatchOps, c: np.ndarray, b: np.ndarray) -> Callable[[SolveResult], np.ndarray]:
+    """For the scale's calibration (`solve.calibrate_scale`): the solver's results on the
+    instances of ``ops`` (equilibrated; c, b theirs) → (B,) bool, does refinement at its
+    default settings converge from each point."""
+    def converged(res: SolveResult) -> np.ndarray:
+        finite = np.all(np.isfinite(res.x), axis=1)
+        out = np.zeros(len(finite), dtype=bool)
+        if finite.any():
+            at = np.flatnonzero(finite)
+            r = refine(ops.take(at), c[at], b[at], res.x[at], res.y[at], res.s[at])
+            out[at] = r.converged
+        return out
+    return converged
 
 
 def _cost_on_idle(ops: BatchOps, c: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -26,7 +26,15 @@ from declarative.cones import ConeDims, _svec, project
 from declarative.derivative import ORDERINGS
 from declarative.equilibrate import equilibrate
 from declarative.errors import ProblemError
-from declarative.solve import SCALE_CANDIDATES, Outcome, Status, solve_batch
+from declarative.refine import REFINE_MAX_ITERS
+from declarative.solve import (
+    SCALE_CANDIDATES,
+    Outcome,
+    ScaleCheck,
+    Status,
+    calibrate_scale,
+    solve_batch,
+)
 from tests.conftest import max_abs, zoo_layer
 
 
@@ -422,6 +430,72 @@ def test_the_scale_tune_picks_is_the_fewest_iterations_of_calls_at_each_scale():
         assert fwd.ok.all()
         counts[scale] = int(fwd.info.scs_iterations.sum())
     assert counts[tuning.scale] == min(counts.values()), (tuning.scale, counts)
+
+
+def test_the_calibrated_scale_is_one_refinement_converges_from():
+    """`calibrate_scale` ranks the scales from which refinement converges first, then by SCS
+    iterations, and with ``check`` takes the first so ranked that its instances confirm.
+    Which scales "converge" is set here by hand from each scale's own iteration count (the
+    scales told apart by that count, measured first): the pick must be the fewest-iteration
+    scale among the accepted ones, whatever SCS's own ranking."""
+    mod = problems.get("geometric_mean_budget")
+    layer = dl.compile(*mod.build(n=30), **problems.compile_options(mod))
+    t = layer.template
+    theta, _ = layer.batch([np.stack(v) for v in zip(*[mod.sample(np.random.default_rng(k),
+                                                                  n=30) for k in range(3)],
+                                                       strict=True)])
+    c, a, b = t.apply(theta)
+    mats = t.csc_batch(a)
+    scs = backend("scs")
+    settings = scs.settings({})
+    iters = {s: int(solve_batch(scs, mats[:1], b[:1], c[:1], t.dims, {**settings, "scale": s})
+                    .iterations.sum()) for s in SCALE_CANDIDATES}
+    counts = sorted(set(iters.values()))
+    assert len(counts) >= 3, iters  # (else the ranking cannot be told from SCS's)
+    plain = calibrate_scale(scs, mats[:1], b[:1], c[:1], t.dims, settings)
+    assert iters[plain] == counts[0]
+
+    def accept(*allowed):
+        return lambda res: np.full(len(res.status), res.iterations.sum() in allowed)
+
+    # the fewest-iteration scales refused: the pick is the fewest among the rest
+    picked = calibrate_scale(scs, mats[:1], b[:1], c[:1], t.dims, settings,
+                             refines=accept(*counts[1:]))
+    assert iters[picked] == counts[1], (picked, iters)
+    # none accepted: SCS's own ranking
+    assert calibrate_scale(scs, mats[:1], b[:1], c[:1], t.dims, settings,
+                           refines=accept()) == plain
+    # the check's instances refuse the first ranked (every scale converges on the first
+    # instance): the next ranked is taken
+    calls: list = []
+
+    def second_on(res):
+        calls.append(1)
+        return np.full(len(res.status), len(calls) > 1)
+
+    ranked = sorted(SCALE_CANDIDATES, key=lambda s: iters[s])  # (stable, as calibrate_scale)
+    picked = calibrate_scale(scs, mats[:1], b[:1], c[:1], t.dims, settings,
+                             refines=accept(*counts),
+                             check=ScaleCheck(mats[1:], b[1:], c[1:], None, second_on))
+    assert len(calls) == 2 and picked == ranked[1], (picked, ranked, calls)
+
+
+def test_a_scale_refinement_stalls_from_is_not_calibrated():
+    """The geometric-mean budget at n = 150: the scale with the fewest SCS iterations on the
+    calibration's instance (3) left refinement stalled on 5 of 8 sampled instances (20 futile
+    Newton steps each, then a tight solve: 435 ms an instance against 11). Every instance
+    must now be certified by its first refinement (fewer Newton steps than its limit), with
+    the closed form's values and Jacobian."""
+    mod = problems.get("geometric_mean_budget")
+    layer = dl.compile(*mod.build(n=150), **problems.compile_options(mod))
+    rng = np.random.default_rng(0)
+    insts = [mod.sample(rng, n=150) for _ in range(4)]
+    values = [np.stack([np.asarray(i[j], dtype=float) for i in insts]) for j in range(2)]
+    fwd = layer.forward(values)
+    assert fwd.ok.all()
+    assert np.all(fwd.info.refine_steps < REFINE_MAX_ITERS), fwd.info.refine_steps
+    for k, inst in enumerate(insts):
+        assert max_abs(fwd.outputs[0][k], mod.solution(*inst)[0]) <= 1e-8
 
 
 # -- SCS's private entry point ----------------------------------------------------------------
