@@ -1342,12 +1342,14 @@ def idle_blocks(y: np.ndarray, dims: ConeDims) -> np.ndarray:
     return out
 
 
-def inactive_cones_held(y: np.ndarray, s: np.ndarray, dims: ConeDims, nonneg: bool = False,
+def inactive_cones_held(y: np.ndarray, s: np.ndarray, dims: ConeDims, hold: np.ndarray,
                         size: float = 1e-8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(y, s, moved (B,)): the point (y, s) (B, m) with each cone block (second-order, PSD,
-    exponential, power) whose multiplier is exactly 0 and whose slack lies strictly inside K
-    held active: the slack moved onto K's boundary and the multiplier set on the ray of ∂K*
-    complementary to it, at ``size`` times the block's largest |s|.
+    exponential, power) among the rows ``hold`` (B, m) whose multiplier is exactly 0 and whose
+    slack lies strictly inside K held active: the slack moved onto K's boundary and the
+    multiplier set on the ray of ∂K* complementary to it, at ``size`` times the block's
+    largest |s|; and each nonnegative row among them whose multiplier is 0 and slack
+    positive (slack 0, multiplier ``size`` times the instance's largest |s|).
 
     A block's multiplier that the solution sets far below the data (the weight λ of a
     regularizer λ‖x‖₂ at 1e-10 of ‖a‖ in min ‖x − a‖² + λ‖x‖₂) is lost to the solver's
@@ -1356,32 +1358,30 @@ def inactive_cones_held(y: np.ndarray, s: np.ndarray, dims: ConeDims, nonneg: bo
     method cannot leave (the step that would move the multiplier enters no row). From the
     held point it takes the structure's multiplier in a step; the size of the one set here
     is immaterial to that. A block whose constraint is truly inactive is released again by
-    the steps, or the point is not taken.
+    the steps, or the point is not taken: the caller chooses the blocks, and holding one
+    whose slack is free (an inactive constraint's epigraph variable, anywhere between the
+    constraint's value and its bound) lands at a point that is no solution's structure.
 
     The boundary point: a second-order cone (t, x) → (‖x‖, x), the apex where x = 0; a PSD
     block's least eigenvalue set to 0; an exponential (r, q, p) → (r, q, q e^{r/q}); a power
     cone K_a (a > 0, x^a y^(1−a) >= |z|) → (x, y, sign z · x^a y^(1−a)), left as it is where
     z = 0. The complementary rays: (1, −x/‖x‖) (e at the apex), q qᵀ for the eigenvector
     q, (−1, ρ − 1, e^{−ρ}) at ρ = r/q, (a|z|/x, (1 − a)|z|/y, −sign z). Exponential duals
-    and dual power cones are left as they are. With ``nonneg``, every nonnegative row whose
-    multiplier is 0 and slack positive is held too (slack 0, multiplier ``size`` times the
-    instance's largest |s|): a cone's chain can end in one (log_sum_exp's Σ exp(x_i − t)
-    <= 1, a p-norm's Σ r_i <= t)."""
+    and dual power cones are left as they are."""
     lay = cone_layout(dims)
     y, s = y.copy(), s.copy()
     moved = np.zeros(y.shape[0], dtype=bool)
-    free_entries = idle_blocks(y, dims) & (interior_depth(s, dims) > 0)
+    free_entries = hold & idle_blocks(y, dims) & (interior_depth(s, dims) > 0)
 
     def free(rows: np.ndarray) -> np.ndarray:
         return free_entries[:, rows[0]]
 
-    if nonneg:
-        yb, sb = y[:, lay.nonneg], s[:, lay.nonneg]
-        hold = (yb == 0) & (sb > 0)
-        top = np.abs(s).max(axis=1, initial=0.0)[:, None]
-        yb[hold] = (size * np.broadcast_to(top, yb.shape))[hold]
-        sb[hold] = 0.0
-        moved |= hold.any(axis=1)
+    yb, sb = y[:, lay.nonneg], s[:, lay.nonneg]
+    rows = hold[:, lay.nonneg] & (yb == 0) & (sb > 0)
+    top = np.abs(s).max(axis=1, initial=0.0)[:, None]
+    yb[rows] = (size * np.broadcast_to(top, yb.shape))[rows]
+    sb[rows] = 0.0
+    moved |= rows.any(axis=1)
     for _, blocks in lay.soc:
         for rows in blocks:
             for i in np.flatnonzero(free(rows)):

@@ -154,6 +154,9 @@ EXTENDED_FROM = 1e-6
 # multiplier is 0 (`_cost_on_idle`), is refined once more with such blocks held active
 # (`Layer._inactive_held`): a multiplier far below the data, lost to the solver's tolerance.
 HELD_OMEGA = 1e-6
+# A null vector's entry above this fraction of its largest moves its variable
+# (`_cost_along_null`; null vectors carry rounding ~1e-15 in every entry).
+NULL_COST = 1e-8
 # The scale's calibration (`Layer._calibrate`) checks its ranking on this many more
 # pseudo-random instances.
 SCALE_CHECKS = 2
@@ -2008,21 +2011,41 @@ class Layer:
         is 0 and whose slack lies inside K held active (`cones.inactive_cones_held`), then
         where that is not taken with its nonnegative rows held as well, and each time
         the certificate of its points (`_certified_again`); merged into ``att`` where
-        certified, refinement converged and S is regular at the new point.
+        certified, refinement converged and S at the new point is regular or singular only
+        along variables without a cost.
 
         A multiplier the solution sets far below the data is lost to the solver's
         tolerance, and with it the structure: min ‖x − a‖² + λ‖x‖₂ at λ = 1e-10‖a‖ came
         back with the norm's slack 2% inside its cone and the multiplier 0; at 1e-15‖a‖,
         certified (x is right to its promise either way) with S singular and ∂x/∂λ = 0 in
         place of −a/(2‖a‖), at 1e-9 … 1e-13, not certified. Held active, one Newton step
-        reaches the solution, S regular."""
+        reaches the solution, S regular.
+
+        Only blocks that a variable with a cost and no curvature enters are held
+        (`_cost_blocks`), then with them the nonnegative rows that read their variables
+        (log_sum_exp's Σ exp(x_i − t) <= 1): a truly inactive constraint's block (a ball
+        around the data, whose epigraph variable is free between ‖x − a‖ and the radius),
+        held too, took that variable to the apex, a kink on which the point's derivative
+        lost ∂x/∂λ."""
         dims = self.template.dims
-        for nonneg in (False, True) if dims.nonneg else (False,):
-            y, s, moved = inactive_cones_held(att.y[idx], att.s[idx], dims, nonneg=nonneg)
+        sub = ops.take(idx)
+        cones = _cost_blocks(sub, c[idx], att.y[idx])
+        tiers = [cones]
+        if dims.nonneg:
+            # the nonnegative rows that read a variable of those blocks
+            mag = sub.magnitude
+            reads = mag.A((mag.AT(cones.astype(float)) > 0).astype(float)) > 0
+            chain = cones.copy()
+            chain[:, cone_layout(dims).nonneg] = reads[:, cone_layout(dims).nonneg]
+            tiers.append(chain)
+        left = np.ones(idx.size, dtype=bool)
+        for hold in tiers:
+            y, s, moved = inactive_cones_held(att.y[idx], att.s[idx], dims, hold)
+            moved &= left
             if not moved.any():
                 return
-            idx = np.setdiff1d(idx[moved], self._held_once(ops, eq, c, b, att, idx[moved],
-                                                           y[moved], s[moved], ours))
+            won = self._held_once(ops, eq, c, b, att, idx[moved], y[moved], s[moved], ours)
+            left &= moved & ~np.isin(idx, won)
 
     def _held_once(self, ops: BatchOps, eq: Equilibration, c: np.ndarray, b: np.ndarray,
                    att: _Attempt, at: np.ndarray, y: np.ndarray, s: np.ndarray, ours: dict
@@ -2034,13 +2057,16 @@ class Layer:
                    max_iters=ours["refine_max_iters"])
         again, won = self._certified_again(sub, eq.take(at), c[at], b[at], att, at, r,
                                            extended=False)
-        # taken only where Newton converged to a regular point: the structure held is then
-        # the solution's (a point that stalls, or where S is singular, can hold a block
-        # active that the solution does not, within the values' promise and not the
-        # derivative's: min ‖x − a‖² + λ‖x‖₃ at λ = 1e-11‖a‖ certified at ω 1e-9 with S's
-        # rcond 6e-12, ∂x/∂λ 0.3 off)
-        won &= r.converged & np.array([f is not None and f.rcond > RCOND_MIN
-                                       for f in r.factors], dtype=bool)
+        # taken only where Newton converged to a point where S is regular, or singular only
+        # along variables without a cost (an inactive constraint's epigraph variable beside
+        # the held regularizer): the structure held is then the solution's (a point that
+        # stalls can hold a block active that the solution does not, within the values'
+        # promise and not the derivative's: min ‖x − a‖² + λ‖x‖₃ at λ = 1e-11‖a‖ certified
+        # at ω 1e-9 with S's rcond 6e-12, ∂x/∂λ 0.3 off)
+        n = self.template.n
+        won &= r.converged & np.array(
+            [f is not None and (f.rcond > RCOND_MIN or not _cost_along_null(f, c[i], n))
+             for f, i in zip(r.factors, at.tolist(), strict=True)], dtype=bool)
         att.merge(at, again, keep=won)
         att.retryable[at[won]] = False
         return at[won]
@@ -3858,6 +3884,36 @@ def _refines(ops: BatchOps, c: np.ndarray, b: np.ndarray) -> Callable[[SolveResu
     return converged
 
 
+def _cost_along_null(f: Any, c: np.ndarray, n: int) -> bool:
+    """Does a null vector of the singular S that ``f`` factored move a variable whose cost
+    c_j is not 0 (an entry above NULL_COST of the vector's largest)? True where the null
+    space is not at hand. Such a direction is no face of solutions (the objective changes
+    along it); non-unique auxiliary variables, which CVXPY gives no cost, are."""
+    if f.pinv is None:
+        return True
+    N = np.abs(f.pinv.null)
+    if N.shape[1] == 0:
+        return False
+    return bool(np.any((N[:n] > NULL_COST * N.max(axis=0)) & (c[:, None] != 0)))
+
+
+def _cost_blocks(ops: BatchOps, c: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(B, m) bool: the rows of each cone block (second-order, PSD, exponential, power) whose
+    multiplier is 0 at the point (B, m) and that a variable with a cost and no curvature
+    enters (`_cost_on_idle`'s blocks)."""
+    t = ops.template
+    mag = ops.magnitude
+    priced = ((c != 0) & (mag.P(np.ones_like(c)) == 0)).astype(float)
+    rows = idle_blocks(y, t.dims) & (mag.A(priced) > 0)
+    lay = cone_layout(t.dims)
+    out = np.zeros_like(rows)
+    groups = [g for _, g in lay.soc] + [g for _, g in lay.psd] + [lay.exp, lay.pow]
+    for g in groups:
+        if g.size:
+            out[:, g] = np.any(rows[:, g], axis=2, keepdims=True)
+    return out
+
+
 def _cost_on_idle(ops: BatchOps, c: np.ndarray, y: np.ndarray) -> np.ndarray:
     """(B,) bool: does a variable with a cost (c_j ≠ 0) and no curvature (P's column j is 0)
     enter a cone block (second-order, PSD, exponential, power) whose multiplier is 0 at the
@@ -3868,10 +3924,7 @@ def _cost_on_idle(ops: BatchOps, c: np.ndarray, y: np.ndarray) -> np.ndarray:
     hold it inactive, the cost unmet by less than the backward error's floor, the variable
     free: S is singular along it and the point's structure is not the solution's. CVXPY's
     auxiliary variables have no cost, and a variable with curvature is bounded by it."""
-    idle = idle_blocks(y, ops.template.dims)
-    mag = ops.magnitude
-    return np.any((c != 0) & (mag.AT(idle.astype(float)) > 0)
-                  & (mag.P(np.ones_like(c)) == 0), axis=1)
+    return np.any(_cost_blocks(ops, c, y), axis=1)
 
 
 def _curved(t: ConeTemplate) -> bool:

@@ -482,6 +482,30 @@ def test_a_regularizer_far_below_the_data_is_solved_with_its_derivative(atom, sc
         assert np.abs(J + grad / 2).max() <= 1e-9
 
 
+@pytest.mark.parametrize("rel", [1e-11, 1e-13])
+def test_a_regularizer_far_below_the_data_beside_an_inactive_ball(rel):
+    """min ‖x − a‖² + λ‖x‖₂ s.t. ‖x − a‖₂ <= 10, λ = rel·max|a|: the ball is inactive
+    (‖x − a‖ = λ/2), so x = a (1 − λ/(2‖a‖)) and ∂x/∂λ = −a/(2‖a‖). The ball's epigraph
+    variable is free between ‖x − a‖ and 10; holding the ball's cone active with the
+    regularizer's took it to the apex, where the derivative lost ∂x/∂λ (0, unflagged).
+    Every instance must be solved with the closed form's value and derivative."""
+    n = 3
+    a_, lam_, x = cp.Parameter(n), cp.Parameter(nonneg=True), cp.Variable(n)
+    layer = dl.compile(cp.Problem(cp.Minimize(cp.sum_squares(x - a_) + lam_ * cp.norm(x, 2)),
+                                  [cp.norm(x - a_, 2) <= 10]), [a_, lam_], [x],
+                       on_failure="nan")
+    A = np.random.default_rng(0).standard_normal((8, n))
+    lam = rel * np.abs(A).max(axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonDifferentiableWarning)
+        fwd = layer.forward([A, lam])
+    assert all(st is dl.Status.SOLVED for st in fwd.info.status), fwd.info.status
+    for i, a in enumerate(A):
+        unit = a / np.linalg.norm(a)
+        assert np.abs(fwd.outputs[0][i] - (a - lam[i] / 2 * unit)).max() <= 1e-14
+        assert np.abs(np.ravel(fwd.jacobian(i)[0][1]) + unit / 2).max() <= 1e-9
+
+
 @pytest.mark.parametrize("e", [1e-9, 1e-10, 1e-11])
 def test_a_psd_projection_in_the_frobenius_norm_of_a_nearly_singular_matrix(e):
 
