@@ -150,8 +150,8 @@ FACTOR_LOST = 4 * np.finfo(float).eps
 # the residual in extended precision (`Layer._extended`), where the program's cones allow.
 EXTENDED_FROM = 1e-6
 # A point refinement left uncertified at a backward error at most this, or certified with S
-# singular, where a variable with a cost and no curvature enters a cone block whose
-# multiplier is 0 (`_cost_on_idle`), is refined once more with such blocks held active
+# singular, where a variable with a cost and no curvature enters only inactive rows
+# (`_free_priced`), is refined once more with the cone blocks it enters held active
 # (`Layer._inactive_held`): a multiplier far below the data, lost to the solver's tolerance.
 HELD_OMEGA = 1e-6
 # A null vector's entry above this fraction of its largest moves its variable
@@ -1966,7 +1966,8 @@ class Layer:
             singular = np.array([f is not None and not f.rcond > RCOND_MIN
                                  for f in att.factors], dtype=bool)
             near = candidate & (solved & singular | ~solved & (att.residual_after <= HELD_OMEGA))
-            near[near] = _cost_on_idle(sub.take(np.flatnonzero(near)), ch[near], att.y[near])
+            near[near] = np.any(_free_priced(sub.take(np.flatnonzero(near)), ch[near],
+                                             att.y[near], att.s[near]), axis=1)
             self._inactive_held(sub, eq, ch, bh, att, np.flatnonzero(near), ours)
             solved = np.array([st is Status.SOLVED for st in att.status], dtype=bool)
         fine = np.flatnonzero(solved & ~att.extended & _unresolved(t, att.y, att.s))
@@ -2021,15 +2022,16 @@ class Layer:
         place of −a/(2‖a‖), at 1e-9 … 1e-13, not certified. Held active, one Newton step
         reaches the solution, S regular.
 
-        Only blocks that a variable with a cost and no curvature enters are held
-        (`_cost_blocks`), then with them the nonnegative rows that read their variables
-        (log_sum_exp's Σ exp(x_i − t) <= 1): a truly inactive constraint's block (a ball
-        around the data, whose epigraph variable is free between ‖x − a‖ and the radius),
-        held too, took that variable to the apex, a kink on which the point's derivative
-        lost ∂x/∂λ."""
+        Only the blocks that a variable with a cost, no curvature and no active row enters
+        are held (`_free_priced`, `_free_blocks`), then with them the nonnegative rows that
+        read their variables (log_sum_exp's Σ exp(x_i − t) <= 1): a truly inactive
+        constraint's block (a ball around the data, whose epigraph variable is free between
+        ‖x − a‖ and the radius), held too, took that variable to the apex, a kink on which
+        the point's derivative lost ∂x/∂λ."""
         dims = self.template.dims
         sub = ops.take(idx)
-        cones = _cost_blocks(sub, c[idx], att.y[idx])
+        cones = _free_blocks(sub, _free_priced(sub, c[idx], att.y[idx], att.s[idx]),
+                             att.y[idx])
         tiers = [cones]
         if dims.nonneg:
             # the nonnegative rows that read a variable of those blocks
@@ -3897,14 +3899,31 @@ def _cost_along_null(f: Any, c: np.ndarray, n: int) -> bool:
     return bool(np.any((N[:n] > NULL_COST * N.max(axis=0)) & (c[:, None] != 0)))
 
 
-def _cost_blocks(ops: BatchOps, c: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(B, m) bool: the rows of each cone block (second-order, PSD, exponential, power) whose
-    multiplier is 0 at the point (B, m) and that a variable with a cost and no curvature
-    enters (`_cost_on_idle`'s blocks)."""
+def _free_priced(ops: BatchOps, c: np.ndarray, y: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """(B, n) bool: the variables with a cost (c_j ≠ 0) and no curvature (P's column j is 0)
+    that enter only inactive rows at the point (y, s) (B, m): cone blocks (second-order, PSD,
+    exponential, power) whose multiplier is 0, and nonnegative rows whose multiplier is 0 and
+    slack positive (an equality row binds).
+
+    Nothing at the point bounds such a variable, so its cost is unmet in its dual row, by c_j
+    itself, which the backward error can hold below its floor (λ·t for a regularizer's
+    epigraph variable t at λ far below the data): the point's structure is not the
+    solution's, and S is singular along it. CVXPY's auxiliary variables have no cost, a
+    variable with curvature is bounded by it, and one that an active row binds (the face of
+    an LP's solutions, x on a box beside inactive balls) is no such variable."""
     t = ops.template
+    lay = cone_layout(t.dims)
+    idle = idle_blocks(y, t.dims)
+    idle[:, lay.nonneg] = (y[:, lay.nonneg] == 0) & (s[:, lay.nonneg] > 0)
     mag = ops.magnitude
-    priced = ((c != 0) & (mag.P(np.ones_like(c)) == 0)).astype(float)
-    rows = idle_blocks(y, t.dims) & (mag.A(priced) > 0)
+    return (c != 0) & (mag.P(np.ones_like(c)) == 0) & (mag.AT((~idle).astype(float)) == 0)
+
+
+def _free_blocks(ops: BatchOps, free: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(B, m) bool: the rows of each cone block (second-order, PSD, exponential, power) whose
+    multiplier is 0 and that a variable of ``free`` (B, n) enters."""
+    t = ops.template
+    rows = idle_blocks(y, t.dims) & (ops.magnitude.A(free.astype(float)) > 0)
     lay = cone_layout(t.dims)
     out = np.zeros_like(rows)
     groups = [g for _, g in lay.soc] + [g for _, g in lay.psd] + [lay.exp, lay.pow]
@@ -3912,19 +3931,6 @@ def _cost_blocks(ops: BatchOps, c: np.ndarray, y: np.ndarray) -> np.ndarray:
         if g.size:
             out[:, g] = np.any(rows[:, g], axis=2, keepdims=True)
     return out
-
-
-def _cost_on_idle(ops: BatchOps, c: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(B,) bool: does a variable with a cost (c_j ≠ 0) and no curvature (P's column j is 0)
-    enter a cone block (second-order, PSD, exponential, power) whose multiplier is 0 at the
-    point (B, m)?
-
-    Where such a block bounds the variable with the solution's multiplier far below the data
-    (λ·t for a regularizer's epigraph variable t at λ ≪ the data), the solver's point can
-    hold it inactive, the cost unmet by less than the backward error's floor, the variable
-    free: S is singular along it and the point's structure is not the solution's. CVXPY's
-    auxiliary variables have no cost, and a variable with curvature is bounded by it."""
-    return np.any(_cost_blocks(ops, c, y), axis=1)
 
 
 def _curved(t: ConeTemplate) -> bool:
