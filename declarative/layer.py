@@ -1966,10 +1966,11 @@ class Layer:
             singular = np.array([f is not None and not f.rcond > RCOND_MIN
                                  for f in att.factors], dtype=bool)
             near = candidate & (solved & singular | ~solved & (att.residual_after <= HELD_OMEGA))
-            near[near] = np.any(_free_priced(sub.take(np.flatnonzero(near)), ch[near],
-                                             att.y[near], att.s[near]), axis=1)
-            self._inactive_held(sub, eq, ch, bh, att, np.flatnonzero(near), ours)
-            solved = np.array([st is Status.SOLVED for st in att.status], dtype=bool)
+            if near.any():
+                near[near] = np.any(_free_priced(sub.take(np.flatnonzero(near)), ch[near],
+                                                 att.y[near], att.s[near]), axis=1)
+                self._inactive_held(sub, eq, ch, bh, att, np.flatnonzero(near), ours)
+                solved = np.array([st is Status.SOLVED for st in att.status], dtype=bool)
         fine = np.flatnonzero(solved & ~att.extended & _unresolved(t, att.y, att.s))
         if ours["refine"] and ours["refine_max_iters"] > 0 and fine.size:
             again, won = self._polished(sub.take(fine), eq.take(fine), ch[fine], bh[fine],
@@ -2028,6 +2029,8 @@ class Layer:
         constraint's block (a ball around the data, whose epigraph variable is free between
         ‖x − a‖ and the radius), held too, took that variable to the apex, a kink on which
         the point's derivative lost ∂x/∂λ."""
+        if not idx.size:
+            return
         dims = self.template.dims
         sub = ops.take(idx)
         cones = _free_blocks(sub, _free_priced(sub, c[idx], att.y[idx], att.s[idx]),
