@@ -36,7 +36,8 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -788,6 +789,33 @@ def set_ordering(t: ConeTemplate, ordering: str, supernodes: bool) -> None:
     layout = made_layout(t)
     if layout is not None:
         layout.ordering, layout.supernodes = ordering, supernodes
+
+
+@contextmanager
+def orderings_undecided(t: ConeTemplate) -> Iterator[None]:
+    """Within it, factorizations of S decide no SuperLU ordering for the template's layouts
+    (`SparseLayout.decide`): those decided before are kept, those decided inside are undone.
+    The orderings are then decided by a call's first system, not by a trial solve on other
+    data (the scale's calibration refines pseudo-random instances: their S chose another
+    ordering for the geometric-mean budget at n = 70, whose rounding took one instance from
+    9 Newton steps to 17)."""
+    keys = ("sparse_layout", "sparse_layout_low_rank")
+    before = {key: (lay.ordering, lay.ordering_low_rank, lay.supernodes)
+              for key in keys if (lay := t.derived.get(key)) is not None}
+    try:
+        yield
+    finally:
+        given = t.derived.get("sparse_ordering")
+        for key in keys:
+            lay = t.derived.get(key)
+            if lay is None:
+                continue
+            if key in before:
+                lay.ordering, lay.ordering_low_rank, lay.supernodes = before[key]
+            else:
+                lay.ordering_low_rank = None
+                lay.ordering, lay.supernodes = (given if given is not None and key == keys[0]
+                                                else (None, True))
 
 
 def made_layout(t: ConeTemplate) -> SparseLayout | None:

@@ -59,6 +59,7 @@ from declarative.derivative import (
     low_rank_mask,
     made_layout,
     newton_correction,
+    orderings_undecided,
     project_dual,
     ranks_exactly,
     residual,
@@ -3877,13 +3878,15 @@ def _rotated_layout(t: ConeTemplate) -> _RotatedLayout | None:
 def _refines(ops: BatchOps, c: np.ndarray, b: np.ndarray) -> Callable[[SolveResult], np.ndarray]:
     """For the scale's calibration (`solve.calibrate_scale`): the solver's results on the
     instances of ``ops`` (equilibrated; c, b theirs) → (B,) bool, does refinement at its
-    default settings converge from each point."""
+    default settings converge from each point (deciding no SuperLU ordering: a call's first
+    system does, as without the calibration's refinement)."""
     def converged(res: SolveResult) -> np.ndarray:
         finite = np.all(np.isfinite(res.x), axis=1)
         out = np.zeros(len(finite), dtype=bool)
         if finite.any():
             at = np.flatnonzero(finite)
-            r = refine(ops.take(at), c[at], b[at], res.x[at], res.y[at], res.s[at])
+            with orderings_undecided(ops.template):
+                r = refine(ops.take(at), c[at], b[at], res.x[at], res.y[at], res.s[at])
             out[at] = r.converged
         return out
     return converged

@@ -498,6 +498,26 @@ def test_a_scale_refinement_stalls_from_is_not_calibrated():
         assert max_abs(fwd.outputs[0][k], mod.solution(*inst)[0]) <= 1e-8
 
 
+def test_the_scale_calibration_leaves_no_trace_but_the_scale():
+    """The calibration refines its own pseudo-random instances; their S must not decide
+    SuperLU's ordering (a call's first system does): a layer that calibrates and one given
+    the same scale by hand end with the same tuning and bitwise the same outputs (the
+    geometric-mean budget at n = 70: the calibration's S chose MMD_AT_PLUS_A, the call's
+    COLAMD, and one instance took 17 Newton steps in place of 9)."""
+    mod = problems.get("geometric_mean_budget")
+    rng = np.random.default_rng(0)
+    insts = [mod.sample(rng, n=70) for _ in range(4)]
+    values = [np.stack([np.asarray(i[j], dtype=float) for i in insts]) for j in range(2)]
+    calibrated = dl.compile(*mod.build(n=70), **problems.compile_options(mod))
+    f1 = calibrated.forward(values)
+    given = dl.compile(*mod.build(n=70), **problems.compile_options(mod),
+                       tuning=dl.Tuning(scale=calibrated.tuning.scale))
+    f2 = given.forward(values)
+    assert f1.ok.all() and calibrated.tuning == given.tuning, (calibrated.tuning, given.tuning)
+    assert np.array_equal(f1.outputs[0], f2.outputs[0])
+    assert np.array_equal(f1.info.refine_steps, f2.info.refine_steps)
+
+
 # -- SCS's private entry point ----------------------------------------------------------------
 def test_native_scs_only_in_tested_releases(monkeypatch):
     """SCS's private C extension is used only in the releases it was tested against: another
