@@ -2010,12 +2010,12 @@ class Layer:
     def _inactive_held(self, ops: BatchOps, eq: Equilibration, c: np.ndarray,
                        b: np.ndarray, att: _Attempt, idx: np.ndarray, ours: dict) -> None:
         """Refinement once more from ``att``'s points at ``idx`` (instances of ``ops``: not
-        certified, or certified where S is singular) with every cone block whose multiplier
-        is 0 and whose slack lies inside K held active (`cones.inactive_cones_held`), then
-        where that is not taken with its nonnegative rows held as well, and each time
-        the certificate of its points (`_certified_again`); merged into ``att`` where
-        certified, refinement converged and S at the new point is regular or singular only
-        along variables without a cost.
+        certified, or certified where S is singular) with the idle cone blocks that a free
+        priced variable enters held active (`cones.inactive_cones_held`), then where that is
+        not taken with the nonnegative rows that read their variables held as well, and
+        each time the certificate of its points (`_certified_again`); merged into ``att``
+        where certified, refinement converged and S at the new point is regular or singular
+        only along variables without a cost.
 
         A multiplier the solution sets far below the data is lost to the solver's
         tolerance, and with it the structure: min ‖x − a‖² + λ‖x‖₂ at λ = 1e-10‖a‖ came
@@ -2024,12 +2024,12 @@ class Layer:
         place of −a/(2‖a‖), at 1e-9 … 1e-13, not certified. Held active, one Newton step
         reaches the solution, S regular.
 
-        Only the blocks that a variable with a cost, no curvature and no active row enters
-        are held (`_free_priced`, `_free_blocks`), then with them the nonnegative rows that
-        read their variables (log_sum_exp's Σ exp(x_i − t) <= 1): a truly inactive
-        constraint's block (a ball around the data, whose epigraph variable is free between
-        ‖x − a‖ and the radius), held too, took that variable to the apex, a kink on which
-        the point's derivative lost ∂x/∂λ."""
+        The free priced variables are those with a cost, no curvature and no active row
+        (`_free_priced`; their blocks `_free_blocks`); the nonnegative rows close a cone's
+        chain (log_sum_exp's Σ exp(x_i − t) <= 1). A truly inactive constraint's block (a
+        ball around the data, whose epigraph variable is free between ‖x − a‖ and the
+        radius), held too, took that variable to the apex, a kink on which the point's
+        derivative lost ∂x/∂λ."""
         if not idx.size:
             return
         dims = self.template.dims
