@@ -1330,18 +1330,6 @@ def power_apexes_released(y: np.ndarray, s: np.ndarray, b: np.ndarray, empty: np
     return y, s, moved
 
 
-def idle_blocks(y: np.ndarray, dims: ConeDims) -> np.ndarray:
-    """(B, m) bool: the entries of each second-order, PSD, exponential and power cone block
-    of ``y`` (B, m) whose entries are all 0 (an inactive cone's multiplier)."""
-    lay = cone_layout(dims)
-    out = np.zeros(y.shape, dtype=bool)
-    groups = [g for _, g in lay.soc] + [g for _, g in lay.psd] + [lay.exp, lay.pow]
-    for g in groups:
-        if g.size:
-            out[:, g] = np.all(y[:, g] == 0, axis=2, keepdims=True)
-    return out
-
-
 def inactive_cones_held(y: np.ndarray, s: np.ndarray, dims: ConeDims, hold: np.ndarray,
                         size: float = 1e-8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(y, s, moved (B,)): the point (y, s) (B, m) with each cone block (second-order, PSD,
@@ -1371,10 +1359,10 @@ def inactive_cones_held(y: np.ndarray, s: np.ndarray, dims: ConeDims, hold: np.n
     lay = cone_layout(dims)
     y, s = y.copy(), s.copy()
     moved = np.zeros(y.shape[0], dtype=bool)
-    free_entries = hold & idle_blocks(y, dims) & (interior_depth(s, dims) > 0)
+    depth = interior_depth(s, dims)
 
     def free(rows: np.ndarray) -> np.ndarray:
-        return free_entries[:, rows[0]]
+        return hold[:, rows[0]] & np.all(y[:, rows] == 0, axis=1) & (depth[:, rows[0]] > 0)
 
     yb, sb = y[:, lay.nonneg], s[:, lay.nonneg]
     rows = hold[:, lay.nonneg] & (yb == 0) & (sb > 0)

@@ -38,7 +38,6 @@ from declarative.cones import (
     DProjection,
     cone_layout,
     dproject,
-    idle_blocks,
     inactive_cones_held,
     power_apexes_released,
 )
@@ -1968,9 +1967,10 @@ class Layer:
                                  for f in att.factors], dtype=bool)
             near = candidate & (solved & singular | ~solved & (att.residual_after <= HELD_OMEGA))
             if near.any():
-                near[near] = np.any(_free_priced(sub.take(np.flatnonzero(near)), ch[near],
-                                                 att.y[near], att.s[near]), axis=1)
-                self._inactive_held(sub, eq, ch, bh, att, np.flatnonzero(near), ours)
+                idx = np.flatnonzero(near)
+                free = _free_priced(sub.take(idx), ch[idx], att.y[idx], att.s[idx])
+                held = free.any(axis=1)
+                self._inactive_held(sub, eq, ch, bh, att, idx[held], free[held], ours)
                 solved = np.array([st is Status.SOLVED for st in att.status], dtype=bool)
         fine = np.flatnonzero(solved & ~att.extended & _unresolved(t, att.y, att.s))
         if ours["refine"] and ours["refine_max_iters"] > 0 and fine.size:
@@ -2008,14 +2008,16 @@ class Layer:
         att.retryable[at[won]] = False
 
     def _inactive_held(self, ops: BatchOps, eq: Equilibration, c: np.ndarray,
-                       b: np.ndarray, att: _Attempt, idx: np.ndarray, ours: dict) -> None:
+                       b: np.ndarray, att: _Attempt, idx: np.ndarray, free: np.ndarray,
+                       ours: dict) -> None:
         """Refinement once more from ``att``'s points at ``idx`` (instances of ``ops``: not
         certified, or certified where S is singular) with the idle cone blocks that a free
-        priced variable enters held active (`cones.inactive_cones_held`), then where that is
-        not taken with the nonnegative rows that read their variables held as well, and
-        each time the certificate of its points (`_certified_again`); merged into ``att``
-        where certified, refinement converged and S at the new point is regular or singular
-        only along variables without a cost.
+        priced variable (``free`` (len(idx), n), `_free_priced`) enters held active
+        (`cones.inactive_cones_held`), then where that is not taken with the nonnegative
+        rows that read their variables held as well, and each time the certificate of its
+        points (`_certified_again`); merged into ``att`` where certified, refinement
+        converged and S at the new point is regular or singular only along variables
+        without a cost.
 
         A multiplier the solution sets far below the data is lost to the solver's
         tolerance, and with it the structure: min ‖x − a‖² + λ‖x‖₂ at λ = 1e-10‖a‖ came
@@ -2034,15 +2036,15 @@ class Layer:
             return
         dims = self.template.dims
         sub = ops.take(idx)
-        cones = _free_blocks(sub, _free_priced(sub, c[idx], att.y[idx], att.s[idx]),
-                             att.y[idx])
+        cones = _free_blocks(sub, free, att.y[idx], att.s[idx])
         tiers = [cones]
         if dims.nonneg:
             # the nonnegative rows that read a variable of those blocks
             mag = sub.magnitude
             reads = mag.A((mag.AT(cones.astype(float)) > 0).astype(float)) > 0
+            nonneg = cone_layout(dims).nonneg
             chain = cones.copy()
-            chain[:, cone_layout(dims).nonneg] = reads[:, cone_layout(dims).nonneg]
+            chain[:, nonneg] = reads[:, nonneg]
             tiers.append(chain)
         left = np.ones(idx.size, dtype=bool)
         for hold in tiers:
@@ -3905,11 +3907,20 @@ def _cost_along_null(f: Any, c: np.ndarray, n: int) -> bool:
     return bool(np.any((N[:n] > NULL_COST * N.max(axis=0)) & (c[:, None] != 0)))
 
 
+def _idle_rows(t: ConeTemplate, y: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """(B, m) bool: the rows inactive at the point (y, s) (B, m): every row of a cone block
+    (second-order, PSD, exponential, power) whose multiplier is 0, and nonnegative rows whose
+    multiplier is 0 and slack positive (an equality row binds)."""
+    lay = cone_layout(t.dims)
+    idle = pattern(t).block_max(np.abs(y)) == 0
+    idle[:, lay.zero] = False
+    idle[:, lay.nonneg] &= s[:, lay.nonneg] > 0
+    return idle
+
+
 def _free_priced(ops: BatchOps, c: np.ndarray, y: np.ndarray, s: np.ndarray) -> np.ndarray:
     """(B, n) bool: the variables with a cost (c_j ≠ 0) and no curvature (P's column j is 0)
-    that enter only inactive rows at the point (y, s) (B, m): cone blocks (second-order, PSD,
-    exponential, power) whose multiplier is 0, and nonnegative rows whose multiplier is 0 and
-    slack positive (an equality row binds).
+    that enter only inactive rows at the point (y, s) (B, m) (`_idle_rows`).
 
     Nothing at the point bounds such a variable, so its cost is unmet in its dual row, by c_j
     itself, which the backward error can hold below its floor (λ·t for a regularizer's
@@ -3917,25 +3928,20 @@ def _free_priced(ops: BatchOps, c: np.ndarray, y: np.ndarray, s: np.ndarray) -> 
     solution's, and S is singular along it. CVXPY's auxiliary variables have no cost, a
     variable with curvature is bounded by it, and one that an active row binds (the face of
     an LP's solutions, x on a box beside inactive balls) is no such variable."""
-    t = ops.template
-    lay = cone_layout(t.dims)
-    idle = idle_blocks(y, t.dims)
-    idle[:, lay.nonneg] = (y[:, lay.nonneg] == 0) & (s[:, lay.nonneg] > 0)
     mag = ops.magnitude
-    return (c != 0) & (mag.P(np.ones_like(c)) == 0) & (mag.AT((~idle).astype(float)) == 0)
+    busy = (~_idle_rows(ops.template, y, s)).astype(float)
+    return (c != 0) & (mag.P(np.ones_like(c)) == 0) & (mag.AT(busy) == 0)
 
 
-def _free_blocks(ops: BatchOps, free: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _free_blocks(ops: BatchOps, free: np.ndarray, y: np.ndarray, s: np.ndarray
+                 ) -> np.ndarray:
     """(B, m) bool: the rows of each cone block (second-order, PSD, exponential, power) whose
-    multiplier is 0 and that a variable of ``free`` (B, n) enters."""
+    multiplier is 0 at the point (y, s) and that a variable of ``free`` (B, n) enters."""
     t = ops.template
-    rows = idle_blocks(y, t.dims) & (ops.magnitude.A(free.astype(float)) > 0)
     lay = cone_layout(t.dims)
-    out = np.zeros_like(rows)
-    groups = [g for _, g in lay.soc] + [g for _, g in lay.psd] + [lay.exp, lay.pow]
-    for g in groups:
-        if g.size:
-            out[:, g] = np.any(rows[:, g], axis=2, keepdims=True)
+    rows = _idle_rows(t, y, s) & (ops.magnitude.A(free.astype(float)) > 0)
+    out = pattern(t).block_max(rows.astype(float)) > 0
+    out[:, : lay.nonneg.stop] = False
     return out
 
 
