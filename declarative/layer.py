@@ -157,6 +157,13 @@ HELD_OMEGA = 1e-6
 # A null vector's entry above this fraction of its largest moves its variable
 # (`_cost_along_null`; null vectors carry rounding ~1e-15 in every entry).
 NULL_COST = 1e-8
+# A dual row that a cost alone places its variable by (`_costs_unresolved`) and that the
+# point misses by more than this fraction of its own terms is exact for a program whose cost
+# there differs by as much: its structure, not its rounding (−geo_mean's hypograph variable
+# at λ = 1e-14‖a‖, its chain released: 0.17; a huber split at the wrong piece: ~1). Rounding
+# leaves less where the multipliers are above ~1e-13 of their cone block (an exponential
+# cone's at 1e-9 of its slack: 7e-7).
+COST_MISS = 1e-3
 # The scale's calibration (`Layer._calibrate`) checks its ranking on this many more
 # pseudo-random instances.
 SCALE_CHECKS = 2
@@ -467,6 +474,11 @@ class _Diagnosis:
         assert info.nondifferentiable_reason is not None
         info.rcond[idx] = sol.lin.rcond
         non_unique, weakly_active = self.examine(sol) if examined is None else examined
+        unresolved = self.fwd._refined.unresolved
+        if unresolved is not None:
+            # (a cost the point does not resolve places a variable the derivative rests on)
+            non_unique = non_unique | unresolved[idx]
+            weakly_active = weakly_active & ~non_unique
         for where, reason, found in ((idx[non_unique], NON_UNIQUE, self.ambiguous),
                                      (idx[weakly_active], WEAKLY_ACTIVE, self.kinks)):
             for i in where:
@@ -1436,7 +1448,7 @@ class Layer:
         before, after, steps = att.residual_before, att.residual_after, att.steps
         ok = np.array([st is Status.SOLVED for st in status], dtype=bool)
         refined = _Solution(x, y, s, att.factors, att.v, att.D, att.v_D, att.extended,
-                            att.vertex)
+                            att.vertex, att.unresolved)
         xy = np.concatenate(eq.solution(x, y), axis=1)
         xy[~ok] = np.nan
         out = times_t(xy, t.recover)
@@ -1977,6 +1989,8 @@ class Layer:
             again, won = self._polished(sub.take(fine), eq.take(fine), ch[fine], bh[fine],
                                         att, fine, ours)
             att.merge(fine, again, keep=won)
+        solved = np.array([st is Status.SOLVED for st in att.status], dtype=bool)
+        att.unresolved = solved & _costs_unresolved(sub, ch, bh, att.x, att.y, att.s)
         return att
 
     def _apexes_released(self, ops: BatchOps, eq: Equilibration, c: np.ndarray,
@@ -3596,10 +3610,15 @@ class _Attempt:
     # per instance, the `ActiveSet` whose exact solution the point is (`Layer._vertices`),
     # or None
     vertex: list = field(default_factory=list)
+    # per instance: a cost that places a variable is unresolved at the point
+    # (`_costs_unresolved`): the outputs are certified, their derivative is not
+    unresolved: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if not self.vertex:
             self.vertex = [None] * len(self.status)
+        if self.unresolved is None:
+            self.unresolved = np.zeros(len(self.status), dtype=bool)
 
     @classmethod
     def join(cls, parts: list[_Attempt], with_D: bool = False) -> _Attempt:
@@ -3626,6 +3645,8 @@ class _Attempt:
         self.x[idx], self.y[idx], self.s[idx] = x, y, s
         self.v[idx] = y - s
         self.residual_after[idx] = omega
+        assert self.unresolved is not None  # (`__post_init__` sets it)
+        self.unresolved[idx] = False
         for i in idx.tolist():
             self.factors[i] = None
             self.vertex[i] = None
@@ -3645,7 +3666,7 @@ class _Attempt:
             self.status[i] = other.status[j]
             self.factors[i] = other.factors[j]
             self.vertex[i] = other.vertex[j]
-        for name in ("x", "y", "s", "v", "extended", "residual_after"):
+        for name in ("x", "y", "s", "v", "extended", "residual_after", "unresolved"):
             getattr(self, name)[idx] = getattr(other, name)[js]
         if self.D is not None and other.D is not None:
             assert self.v_D is not None and other.v_D is not None  # set together with D
@@ -3945,6 +3966,76 @@ def _free_blocks(ops: BatchOps, free: np.ndarray, y: np.ndarray, s: np.ndarray
     return out
 
 
+def _placed(ops: BatchOps, b: np.ndarray, y: np.ndarray, floor: np.ndarray) -> np.ndarray:
+    """(B, n) bool: the variables the point's structure places at the scale ``floor`` (B,):
+    those with curvature (P's column not 0); those entering an active row, one whose
+    multiplier (its cone block's largest) is above the floor or an equality with data
+    (b_i ≠ 0); and, in turn, the last variable not yet placed in an equality: a chain of
+    equalities without data (p-norms', harmonic means') places its variables only where one
+    end is placed."""
+    t = ops.template
+    mag = ops.magnitude
+    active = pattern(t).block_max(np.abs(y)) > floor[:, None]
+    zero = slice(0, t.dims.zero)
+    active[:, zero] |= b[:, zero] != 0
+    placed = (mag.P(np.ones((len(b), t.n))) != 0) | (mag.AT(active.astype(float)) > 0)
+    if not t.dims.zero:
+        return placed
+    links = BatchOps(t, (ops.a != 0).astype(float))  # A's pattern: counts
+    open_ = np.zeros_like(active)
+    for _ in range(t.n):
+        left = links.A((~placed).astype(float))[:, zero]
+        open_[:, zero] = (left == 1) & ~active[:, zero]
+        newly = (links.AT(open_.astype(float)) > 0) & ~placed
+        if not newly.any():
+            break
+        placed |= newly
+    return placed
+
+
+def _costs_unresolved(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray,
+                      y: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """(B,) bool: does the point (x, y, s) leave a cost unresolved that places a variable
+    nothing else places, so that the derivative along it is no derivative of the program?
+
+    Such a variable j has a cost c_j that is not 0 or that a parameter sets (``ops``'s
+    template's C), no curvature (P's column j is 0), and nothing else places it at the
+    scale the certificate judges (`_placed`, with SCALE_FLOOR of the instance's largest row
+    terms): only c_j does, against multipliers as small as c_j. Its dual row is unresolved where
+    c_j is within the rounding of the row's terms (ROUNDING of `refine.row_terms`, cone
+    blocks counting their rounding unless s lies deeper inside K than DEEP) or the row is
+    unmet by more than COST_MISS of its own terms and that rounding. The certificate
+    judges such rows at its floor and holds the outputs right (they do not move with the
+    variable), but the variable itself, and so the structure the derivative rests on, is
+    set by rounding: min ‖x − a‖² − λ·geo_mean(x) at λ = 1e-14‖a‖ came back with the
+    mean's hypograph variable t at 4e-14 where it is 0.9, its cone chain released, and
+    ∂x/∂λ 0 where it is G/(2na) ~ 0.2; at λ = 0 (a nonnegative parameter), with t
+    non-unique below 0.9, the same."""
+    t = ops.template
+    B, n = x.shape
+    mag = ops.magnitude
+    param = np.diff(t.C.indptr) > 0
+    candidate = ((c != 0) | param) & (mag.P(np.ones_like(x)) == 0)
+    out = np.zeros(B, dtype=bool)
+    if not candidate.any():
+        return out
+    v = y - s
+    den = row_terms(ops, c, b, x, v, y, deep=DEEP)
+    floor = SCALE_FLOOR * den.max(axis=1, initial=0.0)
+    candidate &= ~_placed(ops, b, y, floor)
+    idx = np.flatnonzero(candidate.any(axis=1))
+    if not idx.size:
+        return out
+    sub, ci, bi = ops.take(idx), c[idx], b[idx]
+    xi, yi, vi = x[idx], y[idx], v[idx]
+    F = np.abs(residual(sub, ci, bi, xi, vi, yi)[:, :n])
+    own = row_terms(sub, ci, bi, xi, vi, yi, blockwise=False)[:, :n]
+    rounding = ROUNDING * den[idx, :n]
+    lost = (np.abs(ci) <= rounding) | (F > COST_MISS * own + rounding)
+    out[idx] = np.any(candidate[idx] & lost, axis=1)
+    return out
+
+
 def _curved(t: ConeTemplate) -> bool:
     """Does the program hold a second-order, PSD, exponential or power cone?"""
     d = t.dims
@@ -4084,3 +4175,4 @@ class _Solution:
     v_D: np.ndarray | None = None
     extended: np.ndarray | None = None  # refined in extended precision (`_Attempt`)
     vertex: list | None = None  # the `ActiveSet` an instance's point solves, or None
+    unresolved: np.ndarray | None = None  # a cost unresolved at the point (`_Attempt`)

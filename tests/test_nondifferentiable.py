@@ -552,6 +552,71 @@ def _regularized(f: Callable[[cp.Variable], cp.Expression], A: np.ndarray, lam: 
     return fwd
 
 
+def test_a_cost_the_solution_does_not_resolve_is_flagged_or_right():
+    """min ‖x − a‖² − λ·geo_mean(x), a > 0: x = a + (λ/2)∇G(a) + O(λ²) and, from the right,
+    ∂x/∂λ = G/(2na) (G the geometric mean; λ nonnegative, the program unbounded below 0).
+    At λ = 0, 1e-300 and 1e-14·|a| the mean's hypograph variable, placed only by the cost
+    λ, was left at 0 (or anywhere below G at λ = 0) with its cone chain released, and
+    ∂x/∂λ came back 0, solved and unflagged. Every solved instance must have its value,
+    and its derivative unless flagged not differentiable; at λ = 1e-8·|a| (resolved) the
+    derivative must be there, unflagged."""
+    n = 3
+    A = np.abs(np.random.default_rng(0).standard_normal((5, n))) + 0.2
+    lam = np.array([0.0, 1e-300, 1e-14, 3e-15, 1e-8]) * A.max(axis=1)
+    fwd = _regularized(lambda x: -cp.geo_mean(x), A, lam)
+    assert all(st is dl.Status.SOLVED for st in fwd.info.status), fwd.info.status
+    for i, a in enumerate(A):
+        G = np.prod(a) ** (1 / n)
+        assert np.abs(fwd.outputs[0][i] - (a + lam[i] / 2 * G / (n * a))).max() <= 1e-12
+        if not fwd.nondifferentiable[i]:
+            assert np.abs(fwd.jacobian(i)[0][1] - G / (2 * n * a)).max() <= 1e-7, i
+    assert not fwd.nondifferentiable[-1]
+
+
+@pytest.mark.parametrize("atom", ["harmonic_mean", "huber"])
+def test_a_term_far_below_the_data_is_flagged_or_right(atom):
+    """min ‖x − a‖² + λ f(x) with λ ∈ {0, 1e-13, 1e-11, 1e-9}·max|a|, batched. For
+    f = −harmonic_mean (a > 0; a p-norm's chain of equalities), beside an inactive ball
+    ‖x − a‖ <= 10, ∂x/∂λ = H²/(2n a²) from the right (H the harmonic mean): at λ = 0 it
+    came back 0, unflagged. For f = Σ huber(x, 1),
+    x = a/(1 + λ) on |a| <= 1 + λ, else a − λ·sign(a), and ∂x/∂λ = −a/(1 + λ)², −sign(a): at
+    λ = 1.3e-13 in a batch of 16 the split of a huber term fell on the wrong piece (∂x₀/∂λ
+    −1.304 for −1), unflagged. Every solved instance must have its value, and its
+    derivative unless flagged; huber's must be there where λ is resolved."""
+    n = 3
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((4, n))
+    if atom == "harmonic_mean":
+        A = np.abs(A) + 0.2
+    rels = [1e-9, 1e-11, 1e-13, 0.0]
+    AA = np.concatenate([A] * len(rels))
+    lam = np.concatenate([r * np.abs(A).max(axis=1) for r in rels])
+    f = (lambda x: -cp.harmonic_mean(x)) if atom == "harmonic_mean" \
+        else (lambda x: cp.sum(cp.huber(x, 1)))
+    ball = (lambda x, a_: [cp.norm(x - a_, 2) <= 10]) if atom == "harmonic_mean" else None
+    fwd = _regularized(f, AA, lam, ball)
+    checked = 0
+    for i, (a, lm) in enumerate(zip(AA, lam, strict=True)):
+        if fwd.info.status[i] is not dl.Status.SOLVED:
+            continue
+        if atom == "harmonic_mean":
+            H = n / np.sum(1 / a)
+            value, slope = a + lm / 2 * H**2 / (n * a**2), H**2 / (2 * n * a**2)
+            tol = 1e-7
+        else:
+            inner = np.abs(a) <= 1 + lm
+            value = np.where(inner, a / (1 + lm), a - lm * np.sign(a))
+            slope = np.where(inner, -a / (1 + lm) ** 2, -np.sign(a))
+            tol = 1e-9
+        assert np.abs(fwd.outputs[0][i] - value).max() <= 1e-8 * np.abs(a).max(), i
+        if not fwd.nondifferentiable[i]:
+            checked += 1
+            assert np.abs(fwd.jacobian(i)[0][1] - slope).max() <= tol, (i, lm)
+    # (huber's derivative is there wherever λ is resolved; −harmonic_mean's instances are all
+    # flagged here, λ at most 1e-9 of the data)
+    assert checked >= 4 or atom == "harmonic_mean"
+
+
 def test_a_singular_derivative_keeps_entries_far_below_its_largest():
     """min ‖x − a‖² + λ·log_sum_exp(x) s.t. ‖x − a‖₂ <= 10·1e-12, a ~ 1e-12: the ball is
     inactive (‖x − a‖ ~ λ), its epigraph variable free between the two, so S is singular;
