@@ -1990,7 +1990,11 @@ class Layer:
                                         att, fine, ours)
             att.merge(fine, again, keep=won)
         solved = np.array([st is Status.SOLVED for st in att.status], dtype=bool)
-        att.unresolved = solved & _costs_unresolved(sub, ch, bh, att.x, att.y, att.s)
+        # (the largest row terms refinement measured, where its point is the one kept)
+        same = np.all(att.x == r.x, axis=1) & np.all(att.y == r.y, axis=1) \
+            & np.all(att.s == r.s, axis=1)
+        top = np.where(same, r.den.max(axis=1, initial=0.0), np.nan)
+        att.unresolved = solved & _costs_unresolved(sub, ch, bh, att.x, att.y, att.s, top)
         return att
 
     def _apexes_released(self, ops: BatchOps, eq: Equilibration, c: np.ndarray,
@@ -3966,21 +3970,23 @@ def _free_blocks(ops: BatchOps, free: np.ndarray, y: np.ndarray, s: np.ndarray
     return out
 
 
-def _placed(ops: BatchOps, b: np.ndarray, y: np.ndarray, floor: np.ndarray) -> np.ndarray:
-    """(B, n) bool: the variables the point's structure places at the scale ``floor`` (B,):
-    those with curvature (P's column not 0); those entering an active row, one whose
+def _placed(ops: BatchOps, b: np.ndarray, y: np.ndarray, floor: np.ndarray,
+            wanted: np.ndarray) -> np.ndarray:
+    """(B, n) bool: of the variables ``wanted`` (B, n; no curvature), those the point's
+    structure places at the scale ``floor`` (B,): those entering an active row, one whose
     multiplier (its cone block's largest) is above the floor or an equality with data
     (b_i ≠ 0); and, in turn, the last variable not yet placed in an equality: a chain of
     equalities without data (p-norms', harmonic means') places its variables only where one
-    end is placed."""
+    end is placed (a variable with curvature counts as placed there)."""
     t = ops.template
     mag = ops.magnitude
     active = pattern(t).block_max(np.abs(y)) > floor[:, None]
     zero = slice(0, t.dims.zero)
     active[:, zero] |= b[:, zero] != 0
-    placed = (mag.P(np.ones((len(b), t.n))) != 0) | (mag.AT(active.astype(float)) > 0)
-    if not t.dims.zero:
-        return placed
+    placed = mag.AT(active.astype(float)) > 0
+    if not t.dims.zero or not (wanted & ~placed).any():
+        return placed & wanted
+    placed |= mag.P(np.ones((len(b), t.n))) != 0
     links = BatchOps(t, (ops.a != 0).astype(float))  # A's pattern: counts
     open_ = np.zeros_like(active)
     for _ in range(t.n):
@@ -3990,11 +3996,12 @@ def _placed(ops: BatchOps, b: np.ndarray, y: np.ndarray, floor: np.ndarray) -> n
         if not newly.any():
             break
         placed |= newly
-    return placed
+    return placed & wanted
 
 
 def _costs_unresolved(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray,
-                      y: np.ndarray, s: np.ndarray) -> np.ndarray:
+                      y: np.ndarray, s: np.ndarray, top: np.ndarray | None = None
+                      ) -> np.ndarray:
     """(B,) bool: does the point (x, y, s) leave a cost unresolved that places a variable
     nothing else places, so that the derivative along it is no derivative of the program?
 
@@ -4010,7 +4017,8 @@ def _costs_unresolved(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray
     set by rounding: min ‖x − a‖² − λ·geo_mean(x) at λ = 1e-14‖a‖ came back with the
     mean's hypograph variable t at 4e-14 where it is 0.9, its cone chain released, and
     ∂x/∂λ 0 where it is G/(2na) ~ 0.2; at λ = 0 (a nonnegative parameter), with t
-    non-unique below 0.9, the same."""
+    non-unique below 0.9, the same. ``top`` (B,): each instance's largest row terms where
+    known (NaN where not), the floor's scale."""
     t = ops.template
     B, n = x.shape
     mag = ops.magnitude
@@ -4020,9 +4028,12 @@ def _costs_unresolved(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray
     if not candidate.any():
         return out
     v = y - s
-    den = row_terms(ops, c, b, x, v, y, deep=DEEP)
-    floor = SCALE_FLOOR * den.max(axis=1, initial=0.0)
-    candidate &= ~_placed(ops, b, y, floor)
+    top = np.full(B, np.nan) if top is None else np.array(top, dtype=float)
+    unknown = np.flatnonzero(np.isnan(top))
+    if unknown.size:
+        top[unknown] = row_terms(ops.take(unknown), c[unknown], b[unknown], x[unknown],
+                                 v[unknown], y[unknown]).max(axis=1, initial=0.0)
+    candidate &= ~_placed(ops, b, y, SCALE_FLOOR * top, candidate)
     idx = np.flatnonzero(candidate.any(axis=1))
     if not idx.size:
         return out
@@ -4030,7 +4041,7 @@ def _costs_unresolved(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray
     xi, yi, vi = x[idx], y[idx], v[idx]
     F = np.abs(residual(sub, ci, bi, xi, vi, yi)[:, :n])
     own = row_terms(sub, ci, bi, xi, vi, yi, blockwise=False)[:, :n]
-    rounding = ROUNDING * den[idx, :n]
+    rounding = ROUNDING * row_terms(sub, ci, bi, xi, vi, yi, deep=DEEP)[:, :n]
     lost = (np.abs(ci) <= rounding) | (F > COST_MISS * own + rounding)
     out[idx] = np.any(candidate[idx] & lost, axis=1)
     return out
