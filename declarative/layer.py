@@ -164,6 +164,12 @@ NULL_COST = 1e-8
 # leaves less where the multipliers are above ~1e-13 of their cone block (an exponential
 # cone's at 1e-9 of its slack: 7e-7).
 COST_MISS = 1e-3
+# Such a cost within this many times its row's rounding is not resolved: the multipliers
+# that answer it are at the rounding of their blocks, where a released block (y = 0) and an
+# active one cannot be told apart (−geo_mean's at λ = 1.5e-15‖a‖: the cost 1.1 times the
+# rounding, its row met, the chain released, ∂x/∂λ 0). Resolved ones measured 32 times
+# (an exponential cone's multiplier at 1e-13 of its slack, its derivative right).
+COST_ROUNDED = 16.0
 # The scale's calibration (`Layer._calibrate`) checks its ranking on this many more
 # pseudo-random instances.
 SCALE_CHECKS = 2
@@ -1994,7 +2000,19 @@ class Layer:
         same = np.all(att.x == r.x, axis=1) & np.all(att.y == r.y, axis=1) \
             & np.all(att.s == r.s, axis=1)
         top = np.where(same, r.den.max(axis=1, initial=0.0), np.nan)
-        att.unresolved = solved & _costs_unresolved(sub, ch, bh, att.x, att.y, att.s, top)
+        unresolved = solved & _costs_unresolved(sub, ch, bh, att.x, att.y, att.s, top)
+        if ours["refine"] and ours["refine_max_iters"] > 0 and unresolved.any():
+            # (refinement stops where ω, which judges such rows at its floor, is met: a row
+            # missed for want of steps is met once polished, one whose structure is wrong
+            # is not)
+            idx = np.flatnonzero(unresolved)
+            again, won = self._polished(sub.take(idx), eq.take(idx), ch[idx], bh[idx], att,
+                                        idx, ours)
+            won &= ~_costs_unresolved(sub.take(idx), ch[idx], bh[idx], again.x, again.y,
+                                      again.s)
+            att.merge(idx, again, keep=won)
+            unresolved[idx[won]] = False
+        att.unresolved = unresolved
         return att
 
     def _apexes_released(self, ops: BatchOps, eq: Equilibration, c: np.ndarray,
@@ -4008,13 +4026,15 @@ def _costs_unresolved(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray
     Such a variable j has a cost c_j that is not 0 or that a parameter sets (``ops``'s
     template's C), no curvature (P's column j is 0), and nothing else places it at the
     scale the certificate judges (`_placed`, with SCALE_FLOOR of the instance's largest row
-    terms): only c_j does, against multipliers as small as c_j. Its dual row is unresolved where
-    c_j is within the rounding of the row's terms (ROUNDING of `refine.row_terms`, cone
-    blocks counting their rounding unless s lies deeper inside K than DEEP) or the row is
-    unmet by more than COST_MISS of its own terms and that rounding. The certificate
+    terms): only c_j does, against multipliers as small as c_j. Its dual row is unresolved
+    where c_j is within COST_ROUNDED times the rounding of the row's terms (ROUNDING of
+    `refine.row_terms`, cone blocks counting their rounding unless s lies deeper inside K
+    than DEEP) or the row is unmet by more than COST_MISS of its own terms and that
+    rounding. The certificate
     judges such rows at its floor and holds the outputs right (they do not move with the
     variable), but the variable itself, and so the structure the derivative rests on, is
-    set by rounding: min ‖x − a‖² − λ·geo_mean(x) at λ = 1e-14‖a‖ came back with the
+    set by rounding (where refinement merely stopped short, polishing meets the row:
+    `Layer._settle`): min ‖x − a‖² − λ·geo_mean(x) at λ = 1e-14‖a‖ came back with the
     mean's hypograph variable t at 4e-14 where it is 0.9, its cone chain released, and
     ∂x/∂λ 0 where it is G/(2na) ~ 0.2; at λ = 0 (a nonnegative parameter), with t
     non-unique below 0.9, the same. ``top`` (B,): each instance's largest row terms where
@@ -4042,7 +4062,7 @@ def _costs_unresolved(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray
     F = np.abs(residual(sub, ci, bi, xi, vi, yi)[:, :n])
     own = row_terms(sub, ci, bi, xi, vi, yi, blockwise=False)[:, :n]
     rounding = ROUNDING * row_terms(sub, ci, bi, xi, vi, yi, deep=DEEP)[:, :n]
-    lost = (np.abs(ci) <= rounding) | (F > COST_MISS * own + rounding)
+    lost = (np.abs(ci) <= COST_ROUNDED * rounding) | (F > COST_MISS * own + rounding)
     out[idx] = np.any(candidate[idx] & lost, axis=1)
     return out
 

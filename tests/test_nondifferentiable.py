@@ -555,14 +555,14 @@ def _regularized(f: Callable[[cp.Variable], cp.Expression], A: np.ndarray, lam: 
 def test_a_cost_the_solution_does_not_resolve_is_flagged_or_right():
     """min ‖x − a‖² − λ·geo_mean(x), a > 0: x = a + (λ/2)∇G(a) + O(λ²) and, from the right,
     ∂x/∂λ = G/(2na) (G the geometric mean; λ nonnegative, the program unbounded below 0).
-    At λ = 0, 1e-300 and 1e-14·|a| the mean's hypograph variable, placed only by the cost
-    λ, was left at 0 (or anywhere below G at λ = 0) with its cone chain released, and
-    ∂x/∂λ came back 0, solved and unflagged. Every solved instance must have its value,
-    and its derivative unless flagged not differentiable; at λ = 1e-8·|a| (resolved) the
+    At λ = 0, 1e-300 and 1e-16 … 1e-14 of |a| the mean's hypograph variable, placed only
+    by the cost λ, was left at 0 (or anywhere below G at λ = 0) with its cone chain
+    released, and ∂x/∂λ came back 0, solved and unflagged. Every solved instance must have
+    its value, and its derivative unless flagged not differentiable; at λ = 1e-8·|a| (resolved) the
     derivative must be there, unflagged."""
     n = 3
-    A = np.abs(np.random.default_rng(0).standard_normal((5, n))) + 0.2
-    lam = np.array([0.0, 1e-300, 1e-14, 3e-15, 1e-8]) * A.max(axis=1)
+    A = np.abs(np.random.default_rng(0).standard_normal((7, n))) + 0.2
+    lam = np.array([0.0, 1e-300, 1e-14, 3e-15, 1e-15, 5.6e-16, 1e-8]) * A.max(axis=1)
     fwd = _regularized(lambda x: -cp.geo_mean(x), A, lam)
     assert all(st is dl.Status.SOLVED for st in fwd.info.status), fwd.info.status
     for i, a in enumerate(A):
@@ -637,3 +637,31 @@ def test_a_singular_derivative_keeps_entries_far_below_its_largest():
         slope = -np.exp(a - a.max()) / np.exp(a - a.max()).sum() / 2
         assert np.abs(fwd.jacobian(i)[0][1] - slope).max() <= 1e-9, i
         assert abs(g_lam[i] - w[i] @ slope) <= 1e-9 * np.abs(w[i]).sum(), i
+
+
+def test_a_small_weights_row_that_refinement_left_short_is_polished_not_flagged():
+    """min ‖x − a‖² + λ·log_sum_exp(x) s.t. Σ(x − a) <= 10·1e-5 (inactive), a ~ 1e-5,
+    λ = 1e-6·|a|: the log-sum-exp epigraph variable is placed by λ alone, against
+    multipliers ~1e-11 of the data, and refinement stops where the backward error (which
+    judges that row at its floor) is met, its row 1e-3 of itself off: flagged though the
+    derivative was right. Polished, the row is met. Solved, unflagged, with the value and
+    derivatives of the exact prox (Newton on 2(x − a) + λ softmax(x) = 0, and the implicit
+    function theorem)."""
+    n = 3
+    a = 1e-5 * np.random.default_rng(0).standard_normal((4, n))[3]
+    lam = 1e-6 * np.abs(a).max()
+    fwd = _regularized(cp.log_sum_exp, a[None], np.array([lam]),
+                       lambda x, a_: [cp.sum(x - a_) <= 10 * 1e-5])
+    x = a.copy()
+    for _ in range(50):
+        p = np.exp(x - x.max()) / np.exp(x - x.max()).sum()
+        J = 2 * np.eye(n) + lam * (np.diag(p) - np.outer(p, p))
+        x -= np.linalg.solve(J, 2 * (x - a) + lam * p)
+    p = np.exp(x - x.max()) / np.exp(x - x.max()).sum()
+    J = 2 * np.eye(n) + lam * (np.diag(p) - np.outer(p, p))
+    assert fwd.info.status[0] is dl.Status.SOLVED
+    assert not fwd.nondifferentiable[0]
+    assert np.abs(fwd.outputs[0][0] - x).max() <= 1e-9 * np.abs(x).max()
+    Jx = fwd.jacobian(0)[0]
+    assert np.abs(Jx[0] - 2 * np.linalg.inv(J)).max() <= 1e-9
+    assert np.abs(Jx[1] + np.linalg.solve(J, p)).max() <= 1e-9
