@@ -2001,6 +2001,9 @@ class Layer:
             & np.all(att.s == r.s, axis=1)
         top = np.where(same, r.den.max(axis=1, initial=0.0), np.nan)
         unresolved = solved & _costs_unresolved(sub, ch, bh, att.x, att.y, att.s, top)
+        if t.dims.power:
+            unresolved |= solved & _power_rows_unresolved(sub, ch, bh, att.x, att.y, att.s,
+                                                          top)
         if ours["refine"] and ours["refine_max_iters"] > 0 and unresolved.any():
             # (refinement stops where ω, which judges such rows at its floor, is met: a row
             # missed for want of steps is met once polished, one whose structure is wrong
@@ -2010,6 +2013,9 @@ class Layer:
                                         idx, ours)
             won &= ~_costs_unresolved(sub.take(idx), ch[idx], bh[idx], again.x, again.y,
                                       again.s)
+            if t.dims.power:
+                won &= ~_power_rows_unresolved(sub.take(idx), ch[idx], bh[idx], again.x,
+                                               again.y, again.s)
             att.merge(idx, again, keep=won)
             unresolved[idx[won]] = False
         att.unresolved = unresolved
@@ -4065,6 +4071,38 @@ def _costs_unresolved(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray
     lost = (np.abs(ci) <= COST_ROUNDED * rounding) | (F > COST_MISS * own + rounding)
     out[idx] = np.any(candidate[idx] & lost, axis=1)
     return out
+
+
+def _power_rows_unresolved(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray,
+                           y: np.ndarray, s: np.ndarray, top: np.ndarray | None = None
+                           ) -> np.ndarray:
+    """(B,) bool, for a program with power cones: does the point (x, y, s) leave a dual row
+    whose own terms lie below the certificate's floor (SCALE_FLOOR of the instance's largest
+    row terms, ``top`` where known, else NaN) missed by more than COST_MISS of them and
+    their rounding (cone blocks deeper inside K than DEEP counting none: y = 0 exactly
+    there), and by more than ROUNDING of the instance's largest terms (leftovers where the
+    exact values are 0 stay below that)?
+
+    The backward error judges such a row at its floor, or at the rounding of a block whose
+    multiplier is exactly 0, and holds the outputs right; the structure the derivative
+    rests on is not: min ‖x − a‖² − λ·geo_mean(x, approx=False) at λ = 1.8e-14·|a| came
+    back with the chain's second power cone at its apex (its multiplier ~1e-3 of the data,
+    its entries scaled to ~1e-11 by a retry), the mean's variable 0 where it is 1.2, the
+    auxiliary's row 100% off, and ∂x/∂λ (2e-3, 0, 0) for (0.13, 0.17, 0.21)."""
+    t = ops.template
+    n = t.n
+    v = y - s
+    F = np.abs(residual(ops, c, b, x, v, y)[:, :n])
+    own = row_terms(ops, c, b, x, v, y, blockwise=False)[:, :n]
+    if top is None:
+        top = np.full(len(x), np.nan)
+    unknown = np.isnan(top)
+    if unknown.any():
+        top = np.where(unknown, row_terms(ops, c, b, x, v, y).max(axis=1, initial=0.0), top)
+    rounding = ROUNDING * row_terms(ops, c, b, x, v, y, deep=DEEP)[:, :n]
+    below = own < SCALE_FLOOR * top[:, None]
+    missed = (F > COST_MISS * own + rounding) & (F > ROUNDING * top[:, None])
+    return np.any(below & missed, axis=1)
 
 
 def _curved(t: ConeTemplate) -> bool:

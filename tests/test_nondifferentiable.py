@@ -665,3 +665,24 @@ def test_a_small_weights_row_that_refinement_left_short_is_polished_not_flagged(
     Jx = fwd.jacobian(0)[0]
     assert np.abs(Jx[0] - 2 * np.linalg.inv(J)).max() <= 1e-9
     assert np.abs(Jx[1] + np.linalg.solve(J, p)).max() <= 1e-9
+
+
+def test_a_power_cone_chain_at_its_apex_is_flagged_or_right():
+    """min ‖x − a‖² − λ·geo_mean(x, approx=False) (a chain of power cones), λ ~ 2e-14 … 5e-14
+    of |a|: ∂x/∂λ = G/(2na) from the right. A retry's scaling left the chain's second cone
+    at its apex with the mean's variable at 0 (where it is ~1.2), placed by that cone's
+    multiplier, and the auxiliary's dual row 100% off within the rounding of a block whose
+    multiplier is exactly 0: ∂x/∂λ came back (2e-3, 0, 0), solved and unflagged. Every
+    solved instance must have its value, and its derivative unless flagged."""
+    n = 3
+    A = np.abs(np.random.default_rng(0).standard_normal((4, n))) + 0.2
+    A = np.concatenate([A, A])
+    lam = np.array([1.8e-14, 3.2e-14, 5e-14, 2e-14] * 2) * A.max(axis=1)
+    fwd = _regularized(lambda x: -cp.geo_mean(x, approx=False), A, lam)
+    for i, a in enumerate(A):
+        if fwd.info.status[i] is not dl.Status.SOLVED:
+            continue
+        G = np.prod(a) ** (1 / n)
+        assert np.abs(fwd.outputs[0][i] - (a + lam[i] / 2 * G / (n * a))).max() <= 1e-9
+        if not fwd.nondifferentiable[i]:
+            assert np.abs(fwd.jacobian(i)[0][1] - G / (2 * n * a)).max() <= 1e-7, i
