@@ -1783,10 +1783,10 @@ class TruncatedSVD:
         r = int(np.count_nonzero(sv > PINV_RTOL * sv[0])) if sv.size else 0
         self.U, self.sv, self.Vt, self.null = U[:, :r], sv[:r], Vt[:r], Vt[r:].T
         self.left = U[:, r:]
-        # (a copy: a dense S is often a view into a stack that is reused)
+        # (its own copy: B is made on first use, after the caller's arrays may have changed)
         self.S = None if S is None else np.array(S)
         # B's LU (see the class), made on first use; None where it is refused
-        self._border: tuple[np.ndarray, np.ndarray] | None | Literal[False] = False
+        self._border: DenseLU | None | Literal[False] = False
 
     @staticmethod
     def of(S: np.ndarray) -> TruncatedSVD | None:
@@ -1805,19 +1805,19 @@ class TruncatedSVD:
         except (np.linalg.LinAlgError, ValueError):
             return None
 
-    def _bordered(self) -> tuple[np.ndarray, np.ndarray] | None:
+    def _bordered(self) -> DenseLU | None:
         """B's LU (see the class), or None where S is not kept, the two null spaces'
-        dimensions differ or B's pivots fall to RCOND_MIN of its largest; made once."""
+        dimensions differ or B's pivot ratio is at most RCOND_MIN; made once."""
         if self._border is False:
             lu = None
             S, R, L = self.S, self.null, self.left
             if S is not None and R.shape[1] == L.shape[1]:
                 k = R.shape[1]
-                B = np.block([[S, L], [R.T, np.zeros((k, k))]])
-                f, piv, info = sla.lapack.dgetrf(B)
-                d = np.abs(np.diag(f))
-                if info == 0 and d.min(initial=np.inf) > RCOND_MIN * d.max(initial=0.0):
-                    lu = (f, piv)
+                f, piv, info = sla.lapack.dgetrf(np.block([[S, L], [R.T, np.zeros((k, k))]]))
+                if info == 0:
+                    lu = DenseLU(f, piv)
+                    if not _pivot_ratio(lu) > RCOND_MIN:
+                        lu = None
             self._border = lu
         return self._border
 
@@ -1828,9 +1828,8 @@ class TruncatedSVD:
         lu = self._bordered() if bordered else None
         if lu is not None:
             N = self.U.shape[0]
-            pad = np.zeros((lu[0].shape[0] - N, *rhs.shape[1:]))
-            return sla.lu_solve(lu, np.concatenate([rhs, pad]), trans=1 if transpose else 0,
-                                check_finite=False)[:N]
+            pad = np.zeros((lu.shape[0] - N, *rhs.shape[1:]))
+            return lu.solve(np.concatenate([rhs, pad]), trans="T" if transpose else "N")[:N]
         sv = self.sv if rhs.ndim == 1 else self.sv[:, None]
         if transpose:
             return self.U @ ((self.Vt @ rhs) / sv)

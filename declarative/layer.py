@@ -2001,9 +2001,6 @@ class Layer:
             & np.all(att.s == r.s, axis=1)
         top = np.where(same, r.den.max(axis=1, initial=0.0), np.nan)
         unresolved = solved & _costs_unresolved(sub, ch, bh, att.x, att.y, att.s, top)
-        if t.dims.power:
-            unresolved |= solved & _power_rows_unresolved(sub, ch, bh, att.x, att.y, att.s,
-                                                          top)
         if ours["refine"] and ours["refine_max_iters"] > 0 and unresolved.any():
             # (refinement stops where ω, which judges such rows at its floor, is met: a row
             # missed for want of steps is met once polished, one whose structure is wrong
@@ -2013,9 +2010,6 @@ class Layer:
                                         idx, ours)
             won &= ~_costs_unresolved(sub.take(idx), ch[idx], bh[idx], again.x, again.y,
                                       again.s)
-            if t.dims.power:
-                won &= ~_power_rows_unresolved(sub.take(idx), ch[idx], bh[idx], again.x,
-                                               again.y, again.s)
             att.merge(idx, again, keep=won)
             unresolved[idx[won]] = False
         att.unresolved = unresolved
@@ -4026,32 +4020,40 @@ def _placed(ops: BatchOps, b: np.ndarray, y: np.ndarray, floor: np.ndarray,
 def _costs_unresolved(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray,
                       y: np.ndarray, s: np.ndarray, top: np.ndarray | None = None
                       ) -> np.ndarray:
-    """(B,) bool: does the point (x, y, s) leave a cost unresolved that places a variable
-    nothing else places, so that the derivative along it is no derivative of the program?
+    """(B,) bool: does the point (x, y, s) leave unresolved a dual row that the structure
+    the derivative rests on depends on, so that the derivative is no derivative of the
+    program? ``top`` (B,): each instance's largest row terms where known (NaN where not),
+    the scale of the certificate's floor (SCALE_FLOOR of it).
 
-    Such a variable j has a cost c_j that is not 0 or that a parameter sets (``ops``'s
-    template's C), no curvature (P's column j is 0), and nothing else places it at the
-    scale the certificate judges (`_placed`, with SCALE_FLOOR of the instance's largest row
-    terms): only c_j does, against multipliers as small as c_j. Its dual row is unresolved
-    where c_j is within COST_ROUNDED times the rounding of the row's terms (ROUNDING of
-    `refine.row_terms`, cone blocks counting their rounding unless s lies deeper inside K
-    than DEEP) or the row is unmet by more than COST_MISS of its own terms and that
-    rounding. The certificate
-    judges such rows at its floor and holds the outputs right (they do not move with the
-    variable), but the variable itself, and so the structure the derivative rests on, is
-    set by rounding (where refinement merely stopped short, polishing meets the row:
-    `Layer._settle`): min ‖x − a‖² − λ·geo_mean(x) at λ = 1e-14‖a‖ came back with the
-    mean's hypograph variable t at 4e-14 where it is 0.9, its cone chain released, and
-    ∂x/∂λ 0 where it is G/(2na) ~ 0.2; at λ = 0 (a nonnegative parameter), with t
-    non-unique below 0.9, the same. ``top`` (B,): each instance's largest row terms where
-    known (NaN where not), the floor's scale."""
+    A variable j with a cost c_j that is not 0 or that a parameter sets (``ops``'s
+    template's C), no curvature (P's column j is 0), and nothing else placing it at the
+    floor's scale (`_placed`) is placed by c_j alone, against multipliers as small as c_j.
+    Its row is unresolved where c_j is within COST_ROUNDED times the rounding of the row's
+    terms (ROUNDING of `refine.row_terms`, cone blocks counting their rounding unless s lies
+    deeper inside K than DEEP) or the row is unmet by more than COST_MISS of its own terms
+    and that rounding. In a program with power cones, so is any dual row whose own terms
+    lie below the floor and that is unmet by as much and by more than ROUNDING of the
+    instance's largest terms (leftovers where the exact values are 0 stay below that).
+
+    The certificate judges such rows at its floor, or at the rounding of a block whose
+    multiplier is exactly 0, and holds the outputs right (they do not move with such a
+    variable), but the structure is set by rounding (where refinement merely stopped
+    short, polishing meets the row: `Layer._settle`): min ‖x − a‖² − λ·geo_mean(x) at
+    λ = 1e-14‖a‖ came back with the mean's hypograph variable t at 4e-14 where it is 0.9,
+    its cone chain released, and ∂x/∂λ 0 where it is G/(2na) ~ 0.2; at λ = 0 (a
+    nonnegative parameter), with t non-unique below 0.9, the same; with
+    geo_mean(x, approx=False) at λ = 1.8e-14‖a‖, a retry's scaling left the chain's second
+    power cone at its apex (its entries ~1e-11), the mean's variable at 0 where it is 1.2,
+    placed by that cone's multiplier, the auxiliary's row 100% off, and ∂x/∂λ (2e-3, 0, 0)
+    for (0.13, 0.17, 0.21)."""
     t = ops.template
     B, n = x.shape
     mag = ops.magnitude
     param = np.diff(t.C.indptr) > 0
     candidate = ((c != 0) | param) & (mag.P(np.ones_like(x)) == 0)
+    power = bool(t.dims.power)
     out = np.zeros(B, dtype=bool)
-    if not candidate.any():
+    if not (power or candidate.any()):
         return out
     v = y - s
     top = np.full(B, np.nan) if top is None else np.array(top, dtype=float)
@@ -4059,8 +4061,9 @@ def _costs_unresolved(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray
     if unknown.size:
         top[unknown] = row_terms(ops.take(unknown), c[unknown], b[unknown], x[unknown],
                                  v[unknown], y[unknown]).max(axis=1, initial=0.0)
-    candidate &= ~_placed(ops, b, y, SCALE_FLOOR * top, candidate)
-    idx = np.flatnonzero(candidate.any(axis=1))
+    floor = SCALE_FLOOR * top
+    candidate &= ~_placed(ops, b, y, floor, candidate)
+    idx = np.flatnonzero(candidate.any(axis=1) | power)
     if not idx.size:
         return out
     sub, ci, bi = ops.take(idx), c[idx], b[idx]
@@ -4068,41 +4071,12 @@ def _costs_unresolved(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray
     F = np.abs(residual(sub, ci, bi, xi, vi, yi)[:, :n])
     own = row_terms(sub, ci, bi, xi, vi, yi, blockwise=False)[:, :n]
     rounding = ROUNDING * row_terms(sub, ci, bi, xi, vi, yi, deep=DEEP)[:, :n]
-    lost = (np.abs(ci) <= COST_ROUNDED * rounding) | (F > COST_MISS * own + rounding)
-    out[idx] = np.any(candidate[idx] & lost, axis=1)
+    missed = F > COST_MISS * own + rounding
+    lost = candidate[idx] & ((np.abs(ci) <= COST_ROUNDED * rounding) | missed)
+    if power:
+        lost |= (own < floor[idx, None]) & missed & (F > ROUNDING * top[idx, None])
+    out[idx] = lost.any(axis=1)
     return out
-
-
-def _power_rows_unresolved(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray,
-                           y: np.ndarray, s: np.ndarray, top: np.ndarray | None = None
-                           ) -> np.ndarray:
-    """(B,) bool, for a program with power cones: does the point (x, y, s) leave a dual row
-    whose own terms lie below the certificate's floor (SCALE_FLOOR of the instance's largest
-    row terms, ``top`` where known, else NaN) missed by more than COST_MISS of them and
-    their rounding (cone blocks deeper inside K than DEEP counting none: y = 0 exactly
-    there), and by more than ROUNDING of the instance's largest terms (leftovers where the
-    exact values are 0 stay below that)?
-
-    The backward error judges such a row at its floor, or at the rounding of a block whose
-    multiplier is exactly 0, and holds the outputs right; the structure the derivative
-    rests on is not: min ‖x − a‖² − λ·geo_mean(x, approx=False) at λ = 1.8e-14·|a| came
-    back with the chain's second power cone at its apex (its multiplier ~1e-3 of the data,
-    its entries scaled to ~1e-11 by a retry), the mean's variable 0 where it is 1.2, the
-    auxiliary's row 100% off, and ∂x/∂λ (2e-3, 0, 0) for (0.13, 0.17, 0.21)."""
-    t = ops.template
-    n = t.n
-    v = y - s
-    F = np.abs(residual(ops, c, b, x, v, y)[:, :n])
-    own = row_terms(ops, c, b, x, v, y, blockwise=False)[:, :n]
-    if top is None:
-        top = np.full(len(x), np.nan)
-    unknown = np.isnan(top)
-    if unknown.any():
-        top = np.where(unknown, row_terms(ops, c, b, x, v, y).max(axis=1, initial=0.0), top)
-    rounding = ROUNDING * row_terms(ops, c, b, x, v, y, deep=DEEP)[:, :n]
-    below = own < SCALE_FLOOR * top[:, None]
-    missed = (F > COST_MISS * own + rounding) & (F > ROUNDING * top[:, None])
-    return np.any(below & missed, axis=1)
 
 
 def _curved(t: ConeTemplate) -> bool:
