@@ -895,7 +895,7 @@ class Layer:
         self._lock = fork_safe_lock(self)
         # Caches: the compile-time options resolved (key, value); each backend's state shared
         # by instances where A and P do not depend on the parameters (`Backend.share`)
-        self._resolved: tuple | None = None
+        self._resolved: dict[str | None, tuple] = {}  # by the solver a call names
         self._shared: dict[str, Any] = {}
         self._ordered_first = False  # (`_ordering_first` done)
 
@@ -905,6 +905,8 @@ class Layer:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("_ordered_first", False)
+        if not isinstance(self.__dict__.get("_resolved"), dict):  # (an older pickle's)
+            self._resolved = {}
         self._lock = fork_safe_lock(self)
 
     def __repr__(self) -> str:
@@ -930,7 +932,7 @@ class Layer:
         with self._lock:
             self._tuning = value
             self._solver_named = value.solver is not None
-            self._resolved = None
+            self._resolved = {}
 
     @staticmethod
     def _settled(tuning: Tuning, solver_args: dict | None) -> Tuning:
@@ -975,7 +977,7 @@ class Layer:
                 if tuning.batch_from is None and batch_from is not None:
                     tuning = replace(tuning, batch_from=batch_from)
                 self._tuning = tuning
-                self._resolved = None
+                self._resolved = {}
             kept = self._tuning.solver
         assert kept is not None
         return kept
@@ -1123,7 +1125,7 @@ class Layer:
     def _own_settings(self, backend: Backend) -> tuple[dict, dict]:
         """``backend``'s settings from the layer's compile-time options alone (no call's),
         and the user's options among them (what `_tuned` leaves as they are)."""
-        return (self._resolve(None, None, backend.name)[1],
+        return (self.resolve_options(None, None, backend.name)[1],
                 self.solver_args if backend.name == self._tuning.solver else {})
 
     @staticmethod
@@ -1214,14 +1216,14 @@ class Layer:
         """Per-call options over the compile-time ones, validated.
 
         Returns (the backend, its settings, our refinement options, on_failure): fresh dicts,
-        the caller's to change. Without per-call options they are validated once (kept with
-        the compile-time ones they came from).
+        the caller's to change. Without per-call settings they are validated once per solver
+        named (kept with the compile-time ones they came from).
         """
-        if not solver_args and on_failure is None and solver is None:
+        if not solver_args and on_failure is None:
             key = (dict(self.solver_args), self.on_failure, self._solver())
-            cached = self._resolved
+            cached = self._resolved.get(solver)
             if cached is None or cached[0] != key:
-                cached = self._resolved = (key, self._resolve(None, None, None))
+                cached = self._resolved[solver] = (key, self._resolve(None, None, solver))
             backend, settings, ours, on_failure = cached[1]
             return backend, dict(settings), dict(ours), on_failure
         return self._resolve(solver_args, on_failure, solver)

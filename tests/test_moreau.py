@@ -407,15 +407,38 @@ def test_a_layer_that_solved_with_moreau_copies_and_pickles(copy_by):
     layer, _, _ = zoo_layer("qp")
     _, values = _values("qp", range(3, 3 + 20))
     layer.forward(values)  # (the default's choice at this batch size, resolved and kept)
-    assert layer._resolved is not None and layer._resolved[1][0].name == "moreau"
+    assert layer._resolved[None][1][0].name == "moreau"
     before = layer.forward(values, solver="moreau")
     other = copy.deepcopy(layer) if copy_by == "deepcopy" else pickle.loads(pickle.dumps(layer))
-    assert other._resolved[1][0] is moreau_backend.MOREAU
+    assert other._resolved[None][1][0] is moreau_backend.MOREAU
     after = other.forward(values, solver="moreau")
     cot = [np.ones_like(o) for o in before.outputs]
     for a, b in zip(before.outputs + before.vjp(cot), after.outputs + after.vjp(cot),
                     strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_options_a_small_batch_resolves_are_resolved_once(monkeypatch):
+    """Below the tuning's ``batch_from`` a call solves with SCS, not the layer's Moreau: its
+    options are validated on the first such call and kept beside the Moreau call's, so
+    neither kind of call validates them again, and each still solves with its own
+    solver (outputs equal to a fresh layer's, bitwise)."""
+    layer, mod, sizes = zoo_layer("qp")
+    _, values = _values("qp", range(7, 7 + 20))
+    one = [v[:1] for v in values]
+    layer.forward(values)
+    small = layer.tuning.batch_from
+    assert small is not None and small > 1
+    calls = []
+    resolve = layer._resolve
+    monkeypatch.setattr(layer, "_resolve", lambda *a: calls.append(a[2]) or resolve(*a))
+    outs = [layer.forward(v).outputs for v in (one, values, one, values, one)]
+    assert calls == ["scs"]
+    fresh = dl.compile(*mod.build(**sizes), **problems.compile_options(mod))
+    fresh.forward(values)
+    for got, v in zip(outs, (one, values, one, values, one), strict=True):
+        for a, b in zip(got, fresh.forward(v).outputs, strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_a_named_solvers_result_does_not_depend_on_the_calls_before_it():
