@@ -165,6 +165,8 @@ SPARSE_BLOCK_ENTRIES = 1 << 24
 # inverse iterations (`SparsePinv._iterate`).
 PINV_STEPS = 12
 PINV_BORDER_MAX = 32
+# a Newton step's least-squares solve (`SparsePinv.regularized`): iterated Tikhonov steps
+PINV_NEWTON_STEPS = 3
 PINV_BLOCK = 4
 PINV_POWER_STEPS = 2
 PINV_POWER_MAX = 30
@@ -981,14 +983,18 @@ class Linearization:
     the final step leaves DΠ unchanged, so the derivative costs no new factorization.
     With ``bordered`` (the derivatives' linearizations), a singular dense S is solved through
     its `TruncatedSVD`'s bordered LU, right entry by entry, not only normwise as a Newton
-    step needs.
+    step needs. With ``newton`` (refinement's), a singular sparse S whose null space is not
+    known gives a regularized least-squares step (`SparsePinv.regularized`) in place of the
+    minimum-norm one, which needs that null space.
     """
 
     def __init__(self, ops: BatchOps, D: DProjection, dense: bool | None = None,
-                 reuse: list[Factor | None] | None = None, bordered: bool = False) -> None:
+                 reuse: list[Factor | None] | None = None, bordered: bool = False,
+                 newton: bool = False) -> None:
         t = ops.template
         self.n, self.m = t.n, t.m
         self.bordered = bordered
+        self.newton = newton
         self.D = D
         self._ops = ops
         self.dense = use_dense(t) if dense is None else dense
@@ -1227,6 +1233,8 @@ class Linearization:
         if self.singular[i]:
             if f.pinv is None and not iterative:
                 return np.full_like(rhs, np.nan)
+            if self.newton and isinstance(f.pinv, SparsePinv) and not f.pinv.null_known:
+                return f.pinv.regularized(rhs, transpose)
             return _lstsq(f, rhs, transpose, self.bordered)
         if f.near is not None:
             return _refined_solve(f, rhs, transpose, tol)
@@ -2213,6 +2221,33 @@ class SparsePinv:
     def guess(self) -> int:
         """The null space's dimension as guessed from S + δI's pivots (see `factor`)."""
         return self._guess
+
+    @property
+    def null_known(self) -> bool:
+        """Whether S's right null space has been computed (`null`)."""
+        return False in self._null
+
+    def regularized(self, rhs: np.ndarray, transpose: bool = False) -> np.ndarray:
+        """A least-squares solution of S x = rhs (Sᵀ x = rhs) for a Newton step, without the
+        null space: PINV_NEWTON_STEPS iterated-Tikhonov steps x ← x + T(rhs − S x) from 0 (see
+        the class), stopped where a step changes x by at most 4u of its max-norm. Along a
+        singular value σ >> δ each step leaves a factor δ²/(σ² + δ²) of the error: the
+        minimum-norm solution there to rounding. Along σ << δ, where the minimum-norm
+        solution takes 1/σ (or 0 within PINV_RTOL of S's scale), it takes at most
+        PINV_NEWTON_STEPS·σ/δ²: a step damped along S's (near-)null directions (Levenberg–
+        Marquardt's with μ = δ²), which move no residual to first order. T's output lies in
+        S's row space up to its solves' rounding, which K's conditioning (u^(-1/2)) amplifies
+        along the null space (by up to about 1% of the step where r lies outside S's
+        range): that moves the point along directions that change no residual either."""
+        M = self.S.T if transpose else self.S
+        x = self._tikhonov(rhs, transpose)
+        for _ in range(PINV_NEWTON_STEPS - 1):
+            dx = self._tikhonov(rhs - M @ x, transpose)
+            x = x + dx
+            if np.abs(dx).max(initial=0.0) <= 4 * np.finfo(float).eps * np.abs(x).max(
+                    initial=0.0):
+                break
+        return x
 
     def _tikhonov(self, r: np.ndarray, transpose: bool) -> np.ndarray:
         N = self.S.shape[0]

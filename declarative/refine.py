@@ -289,7 +289,7 @@ def refine(ops: BatchOps, c: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.nda
         for i in idx:
             factors[i] = None
         Dsub = Dc if every else Dc.take(idx)
-        lin = Linearization(sub, Dsub, reuse=previous)
+        lin = Linearization(sub, Dsub, reuse=previous, newton=True)
         del previous
         # A singular S gives the least-squares step (its pseudo-inverse: `TruncatedSVD`,
         # `SparsePinv`); one whose pseudo-inverse is not at hand gives no step (NaN: LSMR is

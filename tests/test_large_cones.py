@@ -164,6 +164,34 @@ def test_sparse_pseudo_inverse_matches_the_dense_one(monkeypatch, nullity, guess
     assert max_abs(Nul.T @ Nul, np.eye(nullity)) <= 1e-12
 
 
+@pytest.mark.parametrize("nullity", [1, 9])
+def test_a_regularized_newton_step_is_the_least_squares_one_up_to_the_null_space(nullity):
+    """`SparsePinv.regularized` (refinement's step on a singular sparse S): S x and Sᵀ x are
+    the projections of r onto S's range (their least-squares residuals NumPy's), to 1e-9,
+    for r inside and outside the range; x is S⁺r (NumPy's) but for a part along the null
+    space that the solves' rounding leaves (below 5% of it), and the null space is never
+    computed."""
+    rng = np.random.default_rng(10 + nullity)
+    N = 120
+    S = (sp.random(N, N, density=0.04, random_state=nullity) + 3 * sp.identity(N)).tolil()
+    for j in range(N - nullity, N):
+        a, b = rng.choice(N - nullity, 2, replace=False)
+        S[:, j] = S[:, a] * rng.uniform(0.5, 2) - S[:, b] * rng.uniform(0.5, 2)
+    Ssp = sp.csc_matrix(S)
+    pinv = der.SparsePinv.factor(Ssp)
+    assert pinv is not None
+    Sd = Ssp.toarray()
+    P = np.linalg.pinv(Sd, rcond=1e-11)
+    for r in (Sd @ rng.standard_normal(N), rng.standard_normal(N),
+              rng.standard_normal((N, 3))):
+        for M, Pm, transpose in ((Sd, P, False), (Sd.T, P.T, True)):
+            x = pinv.regularized(r, transpose)
+            assert max_abs(M @ x, M @ (Pm @ r)) <= 1e-9 * np.abs(r).max()
+            off = x - Pm @ r  # (along the null space: M @ off is 0 above)
+            assert np.abs(off).max() <= 0.05 * np.abs(Pm @ r).max()
+    assert not pinv.null_known and not pinv._null
+
+
 def test_a_singular_sparse_s_with_a_null_space_a_third_of_its_order_goes_to_the_dense_svd():
     """Where the null space's guessed dimension is above PINV_GUESS_MAX of S's order, or S is
     at least DENSE_LU_FILL full, `_factor_sparse_one` takes S's dense SVD, not the
@@ -345,3 +373,50 @@ def test_a_large_s_is_factored_sparse_without_probing_its_fill():
     assert layout._fill is None
     N = t.n + t.m
     assert der.DENSE_COST * N**3 >= der.SPARSE_COST + der.SPARSE_FILL_COST * layout.fill
+
+
+def test_newton_steps_on_a_singular_sparse_s_compute_no_null_space(monkeypatch):
+    """Inside the 3-norm ball (n = 30: S sparse) the constraint's auxiliary variables are
+    free: S is singular with a null space of about N/4 at every point. Refinement's Newton
+    steps there are regularized least-squares steps (`SparsePinv.regularized`), with no
+    subspace iteration for the null space (which cost two to ten times the whole call);
+    the certificate and the derivatives still compute it. Outputs and the VJP match the
+    closed form."""
+    import declarative.layer as lay
+
+    n, B = 30, 4
+    mod = problems.get("pnorm_ball_projection")
+    layer, _, _ = zoo_layer("pnorm_ball_projection", n=n)
+    assert not der.use_dense(layer.template)
+    rng = np.random.default_rng(3)
+    y = rng.standard_normal((B, n))
+    y /= np.sum(np.abs(y) ** 3, axis=1, keepdims=True) ** (1 / 3)
+    r = np.array([2.0, 3.0, 0.5, 4.0])  # the third instance outside the ball
+    y *= np.where(np.arange(B) == 2, 1.0, 0.5)[:, None]
+    refining, during = [False], []
+    iterate, refine = der.SparsePinv._iterate, lay.refine
+
+    def spied_iterate(self, *args):
+        during.append(refining[0])
+        return iterate(self, *args)
+
+    def spied_refine(*args, **kwargs):
+        refining[0] = True
+        try:
+            return refine(*args, **kwargs)
+        finally:
+            refining[0] = False
+
+    monkeypatch.setattr(der.SparsePinv, "_iterate", spied_iterate)
+    monkeypatch.setattr(lay, "refine", spied_refine)
+    fwd = layer.forward([y, r])
+    assert fwd.ok.all() and not fwd.nondifferentiable.any()
+    g = rng.standard_normal((B, n))
+    gy, gr = fwd.vjp([g])
+    assert during and not any(during)  # (the certificate's and derivatives' alone)
+    for b in range(B):
+        (x_ref,) = mod.solution(y[b], r[b])
+        (Jy, Jr), = mod.jacobian(y[b], r[b])
+        assert max_abs(fwd.outputs[0][b], x_ref) <= 1e-12
+        assert max_abs(gy[b], g[b] @ Jy) <= 1e-10
+        assert max_abs(gr[b], g[b] @ Jr.reshape(n)) <= 1e-10
