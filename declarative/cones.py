@@ -1616,6 +1616,12 @@ class DProjection:
         new.batch_size = new.point.shape[0]
         return new
 
+    def instance(self, i: int) -> DProjection:
+        """Batch row ``i`` alone, unbatched (as from its v of shape (m,)): copies."""
+        new = self.take(np.array([i]))
+        new.batched = False
+        return new
+
     @staticmethod
     def join(parts: list[DProjection]) -> DProjection:
         """The batches ``parts`` (of the same cones) one after another: copies."""

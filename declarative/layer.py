@@ -229,6 +229,8 @@ FACE_TOL = 1e-6
 # than this times that factorization's rcond (relative, `Layer._stale`) since, S is factored
 # again at the refined point.
 STALE = 0.1
+# the ends of faces of solutions (`Layer._face_ends`) certified together, each its own instance
+FACE_ENDS_AT_ONCE = 16
 # Where S's null space moves an output, the point is taken for one of a face of solutions,
 # each as good as another, and F's part outside S's range must be within FACE_GAP of each
 # row's own terms (`Layer._forward_error_ok`), the rounding of the residual and of the Newton
@@ -2942,6 +2944,10 @@ class Layer:
         absR = self._abs_recover
         unjudged = _part_unjudged(den, c[idx], b[idx], t.n)
         ends: list[tuple[int, np.ndarray]] = []  # (instance, v at an end of a face, past it)
+        # DΠ at the points of the instances below, in one pass of the cone code
+        judge = [j for j, f in enumerate(fs)
+                 if not f.rcond > RCOND_MIN and np.isfinite(d[j]).all() and not unjudged[j]]
+        D_judged = dproject(at_v[idx[judge]], t.dims, dual=True) if judge else None
         for j, f in enumerate(fs):
             if f.rcond > RCOND_MIN or not np.isfinite(d[j]).all():
                 continue
@@ -2952,7 +2958,8 @@ class Layer:
             gap = np.abs(f.S @ corr[j, :, 0] + r.F[idx[j]])
             mix = eq.take(idx[j : j + 1])
             here = absR @ np.abs(np.concatenate([r.x[idx[j]], mix.unmixed(pv[j])]))
-            Dj = dproject(at_v[idx[j]], t.dims, dual=True)
+            assert D_judged is not None
+            Dj = D_judged.instance(judge.index(j))
             extent = float(np.abs(np.concatenate([r.x[idx[j]], r.v[idx[j]]])).max(initial=0.0))
             moved, moved_exact, beyond = self._null_space_moves(f, Dj, here, extent,
                                                                 ops.h[idx[j]], mix)
@@ -3029,15 +3036,21 @@ class Layer:
         out[idx] = self._outputs_within(ops, eq, idx, r.x[idx], pv, at_v[idx], d, c, b,
                                         factors, estimated)
         if branch is None:
-            # past each end of a face the point's estimate does not see, one at a time
-            for inst, end in ends:
-                if out[inst]:
-                    alone = np.zeros_like(out)
-                    alone[inst] = True
-                    past = r.v.copy()
-                    past[inst] = end
-                    out[inst] &= self._forward_error_ok(ops, eq, r, alone, [None] * len(out),
-                                                        c, b, rounding, branch=past)[inst]
+            # past each end of a face the point's estimate does not see, each end its own
+            # instance, FACE_ENDS_AT_ONCE at a time
+            ends = [(inst, end) for inst, end in ends if out[inst]]
+            for lo in range(0, len(ends), FACE_ENDS_AT_ONCE):
+                part = ends[lo : lo + FACE_ENDS_AT_ONCE]
+                at = np.array([inst for inst, _ in part])
+                at = at[out[at]]  # (not those an earlier part failed)
+                if not at.size:
+                    continue
+                past = np.stack([end for inst, end in part if out[inst]])
+                ok = self._forward_error_ok(ops.take(at), eq.take(at), r.take(at),
+                                            np.ones(at.size, dtype=bool), [None] * at.size,
+                                            c[at], b[at], rounding, branch=past)
+                for inst, fine in zip(at.tolist(), ok.tolist(), strict=True):
+                    out[inst] &= fine
             out &= self._kinks_certified(ops, eq, r, out, idx, d, c, b, rounding, kinks)
         return out
 

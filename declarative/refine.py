@@ -138,6 +138,14 @@ class Refined:
     converged: np.ndarray        # ω reached ``tol`` (else Newton stalled, or ran out of steps)
     D_factored: DProjection      # DΠ_{K*} that each instance's kept factorization was made at
 
+    def take(self, idx: np.ndarray) -> Refined:
+        """The instances ``idx`` (repeats allowed), in that order."""
+        rows = {k: getattr(self, k)[idx] for k in (
+            "x", "y", "s", "steps", "omega_before", "omega", "den", "F", "v", "v_D",
+            "converged")}
+        return Refined(**rows, factors=[self.factors[i] for i in idx.tolist()],
+                       D=self.D.take(idx), D_factored=self.D_factored.take(idx))
+
 
 def row_terms(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray,
               pv: np.ndarray, blockwise: bool = True, deep: float | None = None
