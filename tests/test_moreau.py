@@ -423,7 +423,8 @@ def test_options_a_small_batch_resolves_are_resolved_once(monkeypatch):
     options are validated on the first such call and kept beside the Moreau call's, so
     neither kind of call validates them again, and each still solves with its own
     solver (outputs equal to a fresh layer's, bitwise)."""
-    layer, mod, sizes = zoo_layer("qp")
+    _, mod, sizes = zoo_layer("qp")
+    layer = dl.compile(*mod.build(**sizes), **problems.compile_options(mod))  # (its own)
     _, values = _values("qp", range(7, 7 + 20))
     one = [v[:1] for v in values]
     layer.forward(values)
