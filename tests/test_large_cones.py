@@ -125,6 +125,16 @@ def test_large_singular_system_beyond_a_dense_svd():
         assert max_abs(gr[b], g[b] @ Jr.reshape(n)) <= 1e-11
 
 
+def _singular_sparse(N: int, nullity: int, rng: np.random.Generator) -> sp.csc_matrix:
+    """A sparse N × N S, nonsymmetric, whose last ``nullity`` columns are combinations of two
+    others each (its null space that many dimensions)."""
+    S = (sp.random(N, N, density=0.04, random_state=nullity) + 3 * sp.identity(N)).tolil()
+    for j in range(N - nullity, N):
+        a, b = rng.choice(N - nullity, 2, replace=False)
+        S[:, j] = S[:, a] * rng.uniform(0.5, 2) - S[:, b] * rng.uniform(0.5, 2)
+    return sp.csc_matrix(S)
+
+
 @pytest.mark.parametrize("guess", [True, False])
 @pytest.mark.parametrize("nullity", [1, 3, 9])
 def test_sparse_pseudo_inverse_matches_the_dense_one(monkeypatch, nullity, guess):
@@ -137,11 +147,7 @@ def test_sparse_pseudo_inverse_matches_the_dense_one(monkeypatch, nullity, guess
         monkeypatch.setattr(der, "PINV_PIVOT", 0.0)
     rng = np.random.default_rng(nullity)
     N = 120
-    S = (sp.random(N, N, density=0.04, random_state=nullity) + 3 * sp.identity(N)).tolil()
-    for j in range(N - nullity, N):
-        a, b = rng.choice(N - nullity, 2, replace=False)
-        S[:, j] = S[:, a] * rng.uniform(0.5, 2) - S[:, b] * rng.uniform(0.5, 2)
-    Ssp = sp.csc_matrix(S)
+    Ssp = _singular_sparse(N, nullity, rng)
     pinv = der.SparsePinv.factor(Ssp)
     assert pinv is not None
     assert pinv._guess == (nullity if guess else 0)
@@ -173,11 +179,7 @@ def test_a_regularized_newton_step_is_the_least_squares_one_up_to_the_null_space
     computed."""
     rng = np.random.default_rng(10 + nullity)
     N = 120
-    S = (sp.random(N, N, density=0.04, random_state=nullity) + 3 * sp.identity(N)).tolil()
-    for j in range(N - nullity, N):
-        a, b = rng.choice(N - nullity, 2, replace=False)
-        S[:, j] = S[:, a] * rng.uniform(0.5, 2) - S[:, b] * rng.uniform(0.5, 2)
-    Ssp = sp.csc_matrix(S)
+    Ssp = _singular_sparse(N, nullity, rng)
     pinv = der.SparsePinv.factor(Ssp)
     assert pinv is not None
     Sd = Ssp.toarray()
