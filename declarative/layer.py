@@ -229,7 +229,8 @@ FACE_TOL = 1e-6
 # than this times that factorization's rcond (relative, `Layer._stale`) since, S is factored
 # again at the refined point.
 STALE = 0.1
-# the ends of faces of solutions (`Layer._face_ends`) certified together, each its own instance
+# the most ends of faces of solutions (`Layer._face_ends`) certified in one call, each its own
+# instance, and of one instance in one round (`Layer._face_ends_certified`)
 FACE_ENDS_AT_ONCE = 16
 # Where S's null space moves an output, the point is taken for one of a face of solutions,
 # each as good as another, and F's part outside S's range must be within FACE_GAP of each
@@ -3036,23 +3037,40 @@ class Layer:
         out[idx] = self._outputs_within(ops, eq, idx, r.x[idx], pv, at_v[idx], d, c, b,
                                         factors, estimated)
         if branch is None:
-            # past each end of a face the point's estimate does not see, each end its own
-            # instance, FACE_ENDS_AT_ONCE at a time
-            ends = [(inst, end) for inst, end in ends if out[inst]]
-            for lo in range(0, len(ends), FACE_ENDS_AT_ONCE):
-                part = ends[lo : lo + FACE_ENDS_AT_ONCE]
-                at = np.array([inst for inst, _ in part])
-                at = at[out[at]]  # (not those an earlier part failed)
-                if not at.size:
-                    continue
-                past = np.stack([end for inst, end in part if out[inst]])
-                ok = self._forward_error_ok(ops.take(at), eq.take(at), r.take(at),
-                                            np.ones(at.size, dtype=bool), [None] * at.size,
-                                            c[at], b[at], rounding, branch=past)
-                for inst, fine in zip(at.tolist(), ok.tolist(), strict=True):
-                    out[inst] &= fine
+            self._face_ends_certified(ops, eq, r, out, ends, c, b, rounding)
             out &= self._kinks_certified(ops, eq, r, out, idx, d, c, b, rounding, kinks)
         return out
+
+    def _face_ends_certified(self, ops: BatchOps, eq: Equilibration, r: Any, out: np.ndarray,
+                             ends: list[tuple[int, np.ndarray]], c: np.ndarray, b: np.ndarray,
+                             rounding: float) -> None:
+        """``out`` (B,) kept only where `_forward_error_ok` also passes at every end of the
+        instance's face (``ends``: (instance, v past an end), `_face_ends`), each end taken as
+        an instance of its own: an instance's first end, then its next two, four, …, up to
+        FACE_ENDS_AT_ONCE, every instance's together, until one fails (the rest are then
+        not judged) or none is left."""
+        left: dict[int, list[np.ndarray]] = {}
+        for inst, end in ends:
+            left.setdefault(inst, []).append(end)
+        take = 1
+        while left:
+            part = []
+            for inst in list(left):
+                if out[inst]:
+                    part += [(inst, end) for end in left[inst][:take]]
+                    left[inst] = left[inst][take:]
+                if not out[inst] or not left[inst]:
+                    del left[inst]
+            for lo in range(0, len(part), FACE_ENDS_AT_ONCE):
+                chunk = part[lo : lo + FACE_ENDS_AT_ONCE]
+                at = np.array([inst for inst, _ in chunk])
+                ok = self._forward_error_ok(ops.take(at), eq.take(at), r.take(at),
+                                            np.ones(at.size, dtype=bool), [None] * at.size,
+                                            c[at], b[at], rounding,
+                                            branch=np.stack([end for _, end in chunk]))
+                for inst, fine in zip(at.tolist(), ok.tolist(), strict=True):
+                    out[inst] &= fine
+            take = min(2 * take, FACE_ENDS_AT_ONCE)
 
     def _face_ends(self, f: Any, v: np.ndarray) -> list[np.ndarray]:
         """Where a singular S (``f``) has null vectors that move no output, the points past
