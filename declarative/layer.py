@@ -2945,22 +2945,20 @@ class Layer:
         absR = self._abs_recover
         unjudged = _part_unjudged(den, c[idx], b[idx], t.n)
         ends: list[tuple[int, np.ndarray]] = []  # (instance, v at an end of a face, past it)
-        # DΠ at the points of the instances below, in one pass of the cone code
-        judge = [j for j, f in enumerate(fs)
-                 if not f.rcond > RCOND_MIN and np.isfinite(d[j]).all() and not unjudged[j]]
+        singular = [j for j, f in enumerate(fs)
+                    if not f.rcond > RCOND_MIN and np.isfinite(d[j]).all()]
+        # (where `_part_unjudged`, the tests below cannot see that part's rows in this scaling)
+        d[[j for j in singular if unjudged[j]]] = np.inf
+        judge = [j for j in singular if not unjudged[j]]
+        # DΠ at the points of those judged, in one pass of the cone code
         D_judged = dproject(at_v[idx[judge]], t.dims, dual=True) if judge else None
-        for j, f in enumerate(fs):
-            if f.rcond > RCOND_MIN or not np.isfinite(d[j]).all():
-                continue
-            if unjudged[j]:  # the tests below cannot see that part's rows in this scaling
-                d[j] = np.inf
-                continue
-            assert f.S is not None  # kept where S is singular
+        for k, j in enumerate(judge):
+            f = fs[j]
+            assert f.S is not None and D_judged is not None  # (S kept where it is singular)
             gap = np.abs(f.S @ corr[j, :, 0] + r.F[idx[j]])
             mix = eq.take(idx[j : j + 1])
             here = absR @ np.abs(np.concatenate([r.x[idx[j]], mix.unmixed(pv[j])]))
-            assert D_judged is not None
-            Dj = D_judged.instance(judge.index(j))
+            Dj = D_judged.instance(k)
             extent = float(np.abs(np.concatenate([r.x[idx[j]], r.v[idx[j]]])).max(initial=0.0))
             moved, moved_exact, beyond = self._null_space_moves(f, Dj, here, extent,
                                                                 ops.h[idx[j]], mix)

@@ -15,7 +15,8 @@ uses, so the last factorization is the derivative's. The program is the equilibr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
@@ -140,11 +141,11 @@ class Refined:
 
     def take(self, idx: np.ndarray) -> Refined:
         """The instances ``idx`` (repeats allowed), in that order."""
-        rows = {k: getattr(self, k)[idx] for k in (
-            "x", "y", "s", "steps", "omega_before", "omega", "den", "F", "v", "v_D",
-            "converged")}
-        return Refined(**rows, factors=[self.factors[i] for i in idx.tolist()],
-                       D=self.D.take(idx), D_factored=self.D_factored.take(idx))
+        def rows(value: Any) -> Any:
+            return [value[i] for i in idx.tolist()] if isinstance(value, list) \
+                else value[idx] if isinstance(value, np.ndarray) else value.take(idx)
+
+        return Refined(**{f.name: rows(getattr(self, f.name)) for f in fields(self)})
 
 
 def row_terms(ops: BatchOps, c: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray,
