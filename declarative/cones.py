@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["ConeDims", "DProjection", "block_pattern", "dproject", "project", "release_kinks",
-           "snap_kinks"]
+__all__ = ["ConeDims", "DProjection", "block_pattern", "curved_limits", "dproject", "project",
+           "release_kinks", "snap_kinks"]
 
 _SQRT2 = math.sqrt(2.0)
 _EPS = np.finfo(np.float64).eps
@@ -1079,38 +1079,65 @@ def interior_depth(s: np.ndarray, dims: ConeDims) -> np.ndarray:
     for k, idx in lay.psd:
         lam = np.linalg.eigvalsh(_unvec(S[:, idx], k))[..., 0]
         out[:, idx] = np.maximum(lam, 0.0)[..., None]
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore", under="ignore"):
-        if lay.n_exp:
-            blk = S[:, lay.exp[: lay.n_exp]]
-            x, y, z = blk[..., 0], blk[..., 1], blk[..., 2]
-            e = np.exp(x / y)
-            grad = np.sqrt(e * e + (e * (1 - x / y)) ** 2 + 1.0)
-            out[:, lay.exp[: lay.n_exp]] = _depth(y > 0, (z - y * e) / grad, y)
-        if lay.exp.shape[0] > lay.n_exp:
-            blk = S[:, lay.exp[lay.n_exp :]]
-            u, v, w = blk[..., 0], blk[..., 1], blk[..., 2]
-            e = np.exp(v / u)
-            grad = np.sqrt((e * (1 - v / u)) ** 2 + e * e + np.e**2)
-            out[:, lay.exp[lay.n_exp :]] = _depth(u < 0, (np.e * w + u * e) / grad, -u)
-        if lay.pow.size:
-            blk = S[:, lay.pow]
-            x, y, z = blk[..., 0], blk[..., 1], blk[..., 2]
-            a = np.abs(lay.alpha)
-            # K_a: x^a y^(1−a) >= |z|; its dual K*_a (alpha < 0): (x/a)^a (y/(1−a))^(1−a) >= |z|
-            p = np.where(lay.alpha > 0, x**a * y ** (1 - a),
-                         (x / a) ** a * (y / (1 - a)) ** (1 - a))
-            grad = np.sqrt((a * p / x) ** 2 + ((1 - a) * p / y) ** 2 + 1.0)
-            out[:, lay.pow] = _depth((x > 0) & (y > 0), (p - np.abs(z)) / grad,
-                                     np.minimum(x, y))
+    if lay.exp.size or lay.pow.size:
+        rows = np.concatenate([lay.exp, lay.pow])
+        out[:, rows] = _curved_depth(S[:, rows], _curved_kinds(lay, dual=False))[..., None]
     return out[0] if squeeze else out
 
 
-def _depth(inside: np.ndarray, along: np.ndarray, face: np.ndarray) -> np.ndarray:
-    """`interior_depth` of 3-d blocks (B, n) → (B, n, 1): the smaller of the distance along
-    ψ's gradient (``along``) and to the face where the cone's domain ends (``face``), 0 where
-    the point is not inside the domain or either is not finite."""
+def _curved_kinds(lay: ConeLayout, dual: bool) -> np.ndarray:
+    """Per 3-d block of ``lay`` (exponential cones, then power cones), the cone that block's
+    entries of s lie in (``dual``: of y, its dual): 0 for K_exp, −1 for K*_exp, and the
+    signed exponent of a power cone (a > 0: K_a, a < 0: K*_|a|)."""
+    exp = np.where(np.arange(lay.exp.shape[0]) < lay.n_exp, 0.0, -1.0)
+    if dual:
+        exp = -1.0 - exp
+    return np.concatenate([exp, -lay.alpha if dual else lay.alpha])
+
+
+def _curved_depth(blk: np.ndarray, kinds: np.ndarray) -> np.ndarray:
+    """`interior_depth` of 3-d blocks ``blk`` (B, n, 3), each of the cone ``kinds`` (n,)
+    names (`_curved_kinds`): (B, n), the smaller of the distance along ψ's gradient and to
+    the face where the cone's domain ends, 0 where the point is not inside the domain or
+    either is not finite."""
+    gap = _curved_margin(blk, kinds)
+    return np.where(np.isfinite(gap), np.maximum(gap, 0.0), 0.0)
+
+
+def _curved_margin(blk: np.ndarray, kinds: np.ndarray) -> np.ndarray:
+    """Signed distance estimates (B, n) of 3-d blocks ``blk`` (B, n, 3) to the boundary of the
+    cones ``kinds`` (n,) names (`_curved_kinds`), positive inside: the smaller of the
+    distance to the face where the cone's domain ends and g/‖∇ψ‖, g = −ψ (`interior_depth`),
+    which is the signed distance to ∂K to first order near it; NaN outside the domain or
+    where either is not finite."""
+    out = np.full(blk.shape[:2], np.nan)
+    x, y, z = blk[..., 0], blk[..., 1], blk[..., 2]
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore", under="ignore"):
+        if np.any(kinds == 0.0):  # K_exp (x, y, z): y e^{x/y} <= z
+            e = np.exp(x / y)
+            grad = np.sqrt(e * e + (e * (1 - x / y)) ** 2 + 1.0)
+            out = np.where(kinds == 0.0, _margin(y > 0, (z - y * e) / grad, y), out)
+        if np.any(kinds == -1.0):  # K*_exp (u, v, w): −u e^{v/u} <= e·w
+            e = np.exp(y / x)
+            grad = np.sqrt((e * (1 - y / x)) ** 2 + e * e + np.e**2)
+            out = np.where(kinds == -1.0, _margin(x < 0, (np.e * z + x * e) / grad, -x), out)
+        power = (kinds > -1.0) & (kinds != 0.0)
+        if power.any():
+            # K_a: x^a y^(1−a) >= |z|; its dual K*_a (alpha < 0): (x/a)^a (y/(1−a))^(1−a) >= |z|
+            a = np.where(power, np.abs(kinds), 0.5)
+            p = np.where(kinds > 0, x**a * y ** (1 - a), (x / a) ** a * (y / (1 - a)) ** (1 - a))
+            grad = np.sqrt((a * p / x) ** 2 + ((1 - a) * p / y) ** 2 + 1.0)
+            out = np.where(power, _margin((x > 0) & (y > 0), (p - np.abs(z)) / grad,
+                                          np.minimum(x, y)), out)
+    return out
+
+
+def _margin(inside: np.ndarray, along: np.ndarray, face: np.ndarray) -> np.ndarray:
+    """`_curved_margin` of one cone kind: the smaller of the distance along ψ's gradient
+    (``along``) and to the face where the cone's domain ends (``face``); NaN where the point
+    is not inside the domain or either is not finite."""
     gap = np.minimum(along, face)
-    return np.where(inside & np.isfinite(gap), np.maximum(gap, 0.0), 0.0)[..., None]
+    return np.where(inside & np.isfinite(gap), gap, np.nan)
 
 
 def dproject(v: np.ndarray, dims: ConeDims, dual: bool = False,
@@ -1185,10 +1212,12 @@ def snap_kinks(v: np.ndarray, dims: ConeDims, tol: float | np.ndarray = KINK_TOL
     picked by rounding noise; beside the boundary of −K, where that is DΠ = 0 (the
     constraint released), just inside the region between K* and −K instead, where DΠ's
     limit keeps the slack on the boundary of K. Nonnegative and second-order cones (boundary
-    and apex) are snapped; PSD eigenvalues near zero are detected only. Returns (v, mask
-    (B, m) bool): the coordinates of v in a kinked cone block (a single coordinate for the
-    nonnegative cone, the whole block for a second-order or PSD cone); ``mask.any(axis=1)``
-    are the instances with a kink.
+    and apex) are snapped; PSD eigenvalues near zero are detected only; exponential and
+    power cones' kinks (the slack 0 with the multiplier on ∂K*, the multiplier 0 with the
+    slack on ∂K, the apex) are detected and held as `_curved_kinks` says, with
+    `curved_limits` setting the DΠ no point attains. Returns (v, mask (B, m) bool): the
+    coordinates of v in a kinked cone block (a single coordinate for the nonnegative cone,
+    the whole block for the others); ``mask.any(axis=1)`` are the instances with a kink.
 
     With ``sides`` = (primal and dual magnitudes per row, (B, m) each),
     `derivative.row_scales`, the scale is that of the side each value is rounded on: on the
@@ -1196,7 +1225,8 @@ def snap_kinks(v: np.ndarray, dims: ConeDims, tol: float | np.ndarray = KINK_TOL
     multiplier (v > 0) within ``tol`` of its row's dual magnitude; on a second-order cone,
     within ``tol`` of the larger of its own rows' primal and dual magnitudes (a
     bound x <= 1e15 that is never reached put ‖v‖∞ at 1e15 times an active ball's, and
-    the ball counted as a kink).
+    the ball counted as a kink); on an exponential or power cone, a slack within ``tol`` of
+    its block's largest primal magnitude and a multiplier within ``tol`` of its dual one.
     """
     v = v.copy()
     mask = np.zeros(v.shape, dtype=bool)
@@ -1242,7 +1272,147 @@ def snap_kinks(v: np.ndarray, dims: ConeDims, tol: float | np.ndarray = KINK_TOL
         lam = np.linalg.eigvalsh(_unvec(v[:, off : off + d], k))
         mask[:, off : off + d] = (np.abs(lam) <= scale[:, None]).any(axis=1)[:, None]
         off += d
+    if dims.exp or dims.exp_dual or dims.power:
+        _curved_kinks(v, mask, dims, scale, rel, sides)
     return v, mask
+
+
+# How far `release_kinks` moves an exponential or power cone block of v past its kink, relative
+# to the block: beyond the rounding of a point refinement leaves there, small enough that DΠ on
+# the side it moves to is its limit at the kink to ~1e-8 (DΠ is smooth on each side, with
+# curvature ~1/‖block‖). Where that does not reach the side intended (the projection's own
+# error near the boundary of −K_exp, ~1e-10 relative in 1% of random points), the step grows
+# by CURVED_GROWTH until it does, CURVED_TRIES times at most.
+CURVED_PUSH = 1e-8
+CURVED_GROWTH = 8.0
+CURVED_TRIES = 16
+# A direction interior to both K and K* of each 3-d cone: K_exp and K*_exp both hold
+# (−1, 1, 1) inside (e^{−1} < 1 < e), K_a and K*_a both (1, 1, 0).
+_EXP_INSIDE = np.array([-1.0, 1.0, 1.0]) / np.sqrt(3.0)
+_POW_INSIDE = np.array([1.0, 1.0, 0.0]) / np.sqrt(2.0)
+# Which side of a kink `_curved_pushed` moves a block to: inside K* (DΠ = I), between K*
+# and −K (Π_{K*} neither the point nor 0), inside −K (DΠ = 0).
+_IN_DUAL, _BETWEEN, _IN_POLAR = 0, 1, 2
+
+
+def _curved_blocks(dims: ConeDims) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows (n, 3), inside (n, 3), kinds (n,)): the exponential and power cone blocks of
+    ``dims``, a direction interior to both K and K* per block, and the cone of its slack
+    (`_curved_kinds`)."""
+    lay = cone_layout(dims)
+    rows = np.concatenate([lay.exp, lay.pow])
+    inside = np.concatenate([np.broadcast_to(_EXP_INSIDE, lay.exp.shape),
+                             np.broadcast_to(_POW_INSIDE, lay.pow.shape)])
+    return rows, inside, _curved_kinds(lay, dual=False)
+
+
+def _curved_dual_projection(V: np.ndarray, dims: ConeDims) -> tuple[np.ndarray, np.ndarray]:
+    """(Π_{K*}, the side of each block (B, n): _IN_DUAL, _BETWEEN or _IN_POLAR) of the 3-d
+    blocks V (B, n, 3) in `_curved_blocks`' order. The side is DΠ's (I, 0, or neither), not
+    the projection's: between K* and −K a multiplier that rounds to 0 projects to 0 with
+    the rank-one DΠ of that region."""
+    lay = cone_layout(dims)
+    ne = lay.exp.shape[0]
+    Y = np.empty_like(V)
+    D = np.empty(V.shape + (3,))
+    if ne:
+        Y[:, :ne], D[:, :ne] = _exp_all(V[:, :ne], lay.n_exp, True, True)[:2]
+    if V.shape[1] > ne:
+        Y[:, ne:], D[:, ne:] = _pow_all(V[:, ne:], lay.alpha, True, True)
+    eye = np.all(D == np.eye(3), axis=(2, 3))
+    zero = np.all(D == 0, axis=(2, 3))
+    return Y, np.where(eye, _IN_DUAL, np.where(zero, _IN_POLAR, _BETWEEN))
+
+
+def _curved_pushed(base: np.ndarray, step: np.ndarray, want: np.ndarray, which: np.ndarray,
+                   dims: ConeDims) -> tuple[np.ndarray, np.ndarray]:
+    """(moved (B, n, 3), reached (B, n)): base + k·step for the 3-d blocks ``which`` (B, n),
+    k = 1, CURVED_GROWTH, CURVED_GROWTH², … (CURVED_TRIES times at most) until the block lies
+    on the side ``want`` (B, n) names (_IN_DUAL, _BETWEEN, _IN_POLAR); others as ``base``."""
+    moved = base.copy()
+    reached = np.zeros(which.shape, dtype=bool)
+    k = 1.0
+    for _ in range(CURVED_TRIES):
+        todo = which & ~reached
+        if not todo.any():
+            break
+        trial = np.where(todo[..., None], base + k * step, moved)
+        side = _curved_dual_projection(trial, dims)[1]
+        ok = todo & (side == want)
+        moved[ok] = trial[ok]
+        reached |= ok
+        k *= CURVED_GROWTH
+    return moved, reached
+
+
+def _curved_kinks(v: np.ndarray, mask: np.ndarray, dims: ConeDims, scale: np.ndarray,
+                  rel: np.ndarray, sides: tuple[np.ndarray, np.ndarray] | None) -> None:
+    """`snap_kinks` on the exponential and power cones, in place: their kinks set in ``mask``
+    (whole blocks), ``v`` moved to the held side where that side's DΠ is exact.
+
+    With y = Π_{K*}(v) and s = y − v (Moreau) a 3-d block is at a kink where its slack is 0
+    and its multiplier on ∂K*, where its multiplier is 0 and its slack on ∂K, or at the
+    apex (both 0). The first: ‖s‖ within the primal tolerance and y's depth in K* within
+    the dual one, or v within those of ∂K* (its signed distance, `_curved_margin`: inside
+    K*, the dual tolerance; outside, the primal); the second likewise with −v and ∂K;
+    the apex, ‖s‖ and ‖y‖ both within theirs. Both tests, because near ∂(−K_exp) the
+    projection's y can be ~1e-10 of ‖v‖ where it is 0. The tolerances are ``rel`` times the
+    block's own primal and dual magnitudes from ``sides`` (or ``scale``, ``rel``·‖v‖∞,
+    without them), as for a second-order cone.
+
+    Held active, the first kind and the apex move inside K* (v + η·c, the apex η·c, c
+    interior to K and K*, η = CURVED_PUSH·‖v‖, grown until inside: `_curved_pushed`),
+    where DΠ = I exactly (the slack held at 0, the multiplier free). The second kind stays
+    where it is: its held DΠ is the limit on the multiplier's side, the projector onto the
+    multiplier's ray, which `curved_limits` sets in closed form. A point moved to that side
+    instead (a multiplier 1e-10 of the slack) carries DΠ's distance from its limit, and
+    the projection's error in the multiplier's direction, into the derivative: where the
+    kink's sides agree in the outputs (an auxiliary variable of CVXPY's, free inside an
+    inactive constraint, whose cones sit weakly active wherever the solver left them) that
+    lost four digits of it (the 3-norm ball's projection inside it, 1e-16 → 3.6e-11)."""
+    rows, inside, kinds = _curved_blocks(dims)
+    live = np.flatnonzero(rel > 0)
+    if not live.size:
+        return
+    V = v[live][:, rows]
+    B, n, _ = V.shape
+    lay = cone_layout(dims)
+    Y, side = _curved_dual_projection(V, dims)
+    S = Y - V
+    ny, ns = np.linalg.norm(Y, axis=2), np.linalg.norm(S, axis=2)
+    own = np.broadcast_to(scale[live][:, None], (B, n))
+    primal = dual = own
+    if sides is not None:
+        r = rel[live][:, None]
+        top = [side[live][:, rows].max(axis=2) for side in sides]
+        primal, dual = (np.where((t > 0) & np.isfinite(t), r * t, own) for t in top)
+    small_s, small_y = ns <= primal, ny <= dual
+    m_dual = _curved_margin(V, _curved_kinds(lay, dual=True))  # v to ∂K*
+    m_polar = _curved_margin(-V, kinds)                        # −v to ∂K
+    with np.errstate(invalid="ignore"):
+        at_dual = np.where(m_dual >= 0, m_dual <= dual, -m_dual <= primal)
+        at_polar = np.where(m_polar >= 0, m_polar <= primal, -m_polar <= dual)
+    held_y = ~small_y & ((small_s & (_curved_depth(Y, _curved_kinds(lay, True)) <= dual))
+                         | at_dual)
+    held_s = ~small_s & ((small_y & (_curved_depth(S, kinds) <= primal)) | at_polar)
+    apex = small_s & small_y
+    kink = apex | held_y | held_s
+    if not kink.any():
+        return
+    flags = mask[np.ix_(live, rows.ravel())].reshape(B, n, 3) | kink[..., None]
+    mask[np.ix_(live, rows.ravel())] = flags.reshape(B, -1)
+    # held: the slack at 0 (and the apex) inside K*, where DΠ = I exactly; the multiplier at
+    # 0 stays where it is, its DΠ set to the limit by `curved_limits`
+    inward = (apex | (held_y & ~held_s)) & (side != _IN_DUAL)
+    if inward.any():
+        floor = np.sqrt(np.finfo(float).tiny)  # (‖η·c‖'s squares do not underflow)
+        eta = np.where(apex, np.maximum(np.maximum(primal, dual), floor),
+                       np.maximum(CURVED_PUSH * np.linalg.norm(V, axis=2), floor))
+        base = np.where(apex[..., None], 0.0, V)
+        moved, reached = _curved_pushed(base, eta[..., None] * inside[None],
+                                        np.full(inward.shape, _IN_DUAL), inward, dims)
+        block = np.where(reached[..., None], moved, V)
+        v[np.ix_(live, rows.ravel())] = block.reshape(B, -1)
 
 
 def flip_near_kinks(v: np.ndarray, dims: ConeDims, tol: float | np.ndarray,
@@ -1458,7 +1628,106 @@ def release_kinks(v: np.ndarray, mask: np.ndarray, dims: ConeDims, tol: float = 
             lam[near] = np.where(lam[near] >= 0, -1.0, 1.0) * np.maximum(scale[i], tiny)
             v[i, off : off + d] = _svec((U * lam) @ U.T, k)
         off += d
+    if dims.exp or dims.exp_dual or dims.power:
+        rows, inside, kinds = _curved_blocks(dims)
+        blk = v[:, rows]
+        kinked = mask[:, rows[:, 0]]
+        if kinked.any():
+            v[:, rows] = _curved_released(blk, kinked, inside, kinds, dims)
     return v
+
+
+def _complementary_ray(P: np.ndarray, kinds: np.ndarray) -> np.ndarray:
+    """The unit ray of the dual cone complementary to each point of ∂K in P (B, n, 3), K the
+    cone ``kinds`` (n,) names (`_curved_kinds`): K_exp (r, q, p), q > 0: (−1, ρ − 1, e^{−ρ})
+    at ρ = r/q; K*_exp (u, v, w), u < 0: (ρ, 1, e^ρ) at ρ = 1 − v/u; K_a (x, y, z), z ≠ 0:
+    (a|z|/x, (1 − a)|z|/y, −sign z); K*_a (u, v, w), w ≠ 0: (a/u, (1 − a)/v, −sign w/|w|).
+    NaN where the point is on a face of ∂K (its normal cone not a ray) or out of range."""
+    x, y, z = P[..., 0], P[..., 1], P[..., 2]
+    out = np.full(P.shape, np.nan)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore", under="ignore"):
+        rho = x / y
+        e = np.stack([-np.ones_like(x), rho - 1.0, np.exp(-rho)], axis=-1)
+        out = np.where(((kinds == 0.0) & (y > 0))[..., None], e, out)
+        rho = 1.0 - y / x
+        e = np.stack([rho, np.ones_like(x), np.exp(rho)], axis=-1)
+        out = np.where(((kinds == -1.0) & (x < 0))[..., None], e, out)
+        power = (kinds > -1.0) & (kinds != 0.0)
+        a = np.where(power, np.abs(kinds), 0.5)
+        az = np.abs(z)
+        prim = np.stack([a * az / x, (1 - a) * az / y, -np.sign(z)], axis=-1)
+        dual = np.stack([a / x, (1 - a) / y, -np.sign(z) / az], axis=-1)
+        ok = power & (x > 0) & (y > 0) & (z != 0)
+        out = np.where((ok & (kinds > 0))[..., None], prim, out)
+        out = np.where((ok & (kinds < 0))[..., None], dual, out)
+        out = out / np.linalg.norm(out, axis=-1, keepdims=True)
+    return np.where(np.isfinite(out).all(axis=-1, keepdims=True), out, np.nan)
+
+
+def curved_limits(D: DProjection, v: np.ndarray, mask: np.ndarray, dims: ConeDims,
+                  released: bool = False) -> np.ndarray:
+    """Set, in place on ``D`` (DΠ_{K*} at ``v``, as `snap_kinks` or `release_kinks` leaves
+    it, with its ``mask``), the exponential and power cone blocks at a kink whose side's DΠ
+    is a limit no point attains exactly, in closed form: held (``released`` False), a
+    multiplier at 0 beside a slack on ∂K gets the projector ŷŷᵀ onto the multiplier's ray
+    (`_complementary_ray` of the slack); released, a slack at 0 beside a multiplier on ∂K*
+    gets I − ŝŝᵀ, the projector onto ∂K*'s tangent plane there (ŝ the slack's ray, its
+    normal). Blocks on a face of ∂K, where the ray is not unique, are left as they are.
+    Returns the instances changed (B,) bool."""
+    changed = np.zeros(len(v), dtype=bool)
+    if not (dims.exp or dims.exp_dual or dims.power) or D._exp is None and D._pow is None:
+        return changed
+    rows, _, kinds = _curved_blocks(dims)
+    kinked = mask[:, rows[:, 0]]
+    if not kinked.any():
+        return changed
+    lay = cone_layout(dims)
+    at = np.flatnonzero(kinked.any(axis=1))
+    blk = np.asarray(v[at][:, rows], dtype=np.float64)
+    Y, side = _curved_dual_projection(blk, dims)
+    S = Y - blk
+    multiplier_smaller = np.linalg.norm(Y, axis=2) < np.linalg.norm(S, axis=2)
+    if released:  # the slack the smaller part, the multiplier on ∂K*
+        which = kinked[at] & (side == _BETWEEN) & ~multiplier_smaller
+        ray = _complementary_ray(Y, _curved_kinds(lay, dual=True))
+        limit = np.eye(3) - ray[..., :, None] * ray[..., None, :]
+    else:  # the multiplier the smaller part (0, or between and below the slack)
+        which = kinked[at] & ((side == _IN_POLAR) | ((side == _BETWEEN) & multiplier_smaller))
+        ray = _complementary_ray(S, kinds)
+        limit = ray[..., :, None] * ray[..., None, :]
+    which &= np.isfinite(ray).all(axis=2)
+    ne = lay.exp.shape[0]
+    for i, j in zip(*np.nonzero(which), strict=True):
+        blocks = D._exp if j < ne else D._pow
+        assert blocks is not None  # (a block of that kind is kinked)
+        blocks[at[i], j if j < ne else j - ne] = limit[i, j]
+        changed[at[i]] = True
+    return changed
+
+
+def _curved_released(blk: np.ndarray, kinked: np.ndarray, inside: np.ndarray,
+                     kinds: np.ndarray, dims: ConeDims) -> np.ndarray:
+    """`release_kinks` on the 3-d blocks ``blk`` (B, n, 3) (`_curved_blocks`' order) where
+    ``kinked`` (B, n), from where `snap_kinks` holds them: a block inside K* on ∂K* (its
+    distance to it within 1e-6 of its size: the slack 0, the multiplier on ∂K*) moves just
+    outside (its DΠ the tangent plane's projector, set by `curved_limits`), one at the apex
+    into −K (DΠ = 0), and a multiplier between K* and −K smaller than its slack into −K.
+    Steps of CURVED_PUSH·‖block‖ (‖block‖ at the apex) along −c, grown until the side is
+    reached. The rest (the multiplier already 0 inside −K) are where released."""
+    lay = cone_layout(dims)
+    Y, side = _curved_dual_projection(blk, dims)
+    size = np.linalg.norm(blk, axis=2)
+    in_dual = side == _IN_DUAL
+    with np.errstate(invalid="ignore"):
+        on_dual = _curved_margin(blk, _curved_kinds(lay, dual=True)) <= 1e-6 * size
+    multiplier_smaller = np.linalg.norm(Y, axis=2) < np.linalg.norm(Y - blk, axis=2)
+    move = kinked & (in_dual | ((side == _BETWEEN) & multiplier_smaller))
+    want = np.where(in_dual & on_dual, _BETWEEN, _IN_POLAR)
+    apex = in_dual & ~on_dual
+    floor = np.sqrt(np.finfo(float).tiny)
+    eta = np.maximum(np.where(apex, size, 2.0 * CURVED_PUSH * size), floor)
+    moved, _ = _curved_pushed(blk, -eta[..., None] * inside[None], want, move, dims)
+    return moved
 
 
 def block_pattern(dims: ConeDims) -> tuple[np.ndarray, np.ndarray]:

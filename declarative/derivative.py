@@ -57,6 +57,7 @@ from declarative.cones import (
     DProjection,
     block_pattern,
     cone_groups,
+    curved_limits,
     dproject,
     group_entries,
     project,
@@ -3014,7 +3015,8 @@ class ConeSolution:
         tol = np.where(wide, KINK_TOL_EXTENDED, KINK_TOL)
         if strict is not None:
             tol = np.where(strict, 0.0, tol)
-        sides = row_scales(ops, x, y, s) if dims.nonneg or dims.soc else None
+        sides = (row_scales(ops, x, y, s)
+                 if dims.nonneg or dims.soc or dims.exp or dims.exp_dual or dims.power else None)
         v0 = v
         v, mask = snap_kinks(v0, dims, tol, sides)
 
@@ -3030,6 +3032,13 @@ class ConeSolution:
                 D = D.take(np.arange(len(v)))  # a copy, to patch
                 other = np.flatnonzero(~same)
                 D.put(other, derivative(v[other], wide[other]))
+        if (dims.exp or dims.exp_dual or dims.power) and mask.any():
+            # exponential and power cones' held limits that no point attains (curved_limits);
+            # S changes with them, so their factorizations are not reused
+            D = D.take(np.arange(len(v))) if known is not None else D
+            held = curved_limits(D, v, mask, dims)
+            if held.any() and reuse is not None:
+                reuse = [None if h else f for f, h in zip(reuse, held.tolist(), strict=True)]
         lin = Linearization(ops, D, dense=dense, reuse=reuse, bordered=True)
         # A kink whose held branch leaves S singular, at a point that lies beyond a few ulps
         # of it (KINK_TOL_EXTENDED, which a point refined in extended precision is judged
@@ -3044,6 +3053,7 @@ class ConeSolution:
             v2, mask2 = snap_kinks(v0[redo], dims, KINK_TOL_EXTENDED,
                                    None if sides is None else (sides[0][redo], sides[1][redo]))
             D2 = derivative(v2, wide[redo])
+            curved_limits(D2, v2, mask2, dims)
             lin2 = Linearization(ops.take(redo), D2, dense=dense, bordered=True)
             good = np.flatnonzero(lin2.rcond > RCOND_MIN)
             if good.size:
@@ -3124,8 +3134,9 @@ class ConeSolution:
         n = t.n
         R = sp.csr_matrix(recover)
         R_norm = float(np.asarray(abs(R).sum(axis=1)).max(initial=0.0))
-        D0 = dproject(release_kinks(self.v[idx], self.kink_mask[idx], t.dims), t.dims,
-                      dual=True)
+        released = release_kinks(self.v[idx], self.kink_mask[idx], t.dims)
+        D0 = dproject(released, t.dims, dual=True)
+        curved_limits(D0, released, self.kink_mask[idx], t.dims, released=True)
         lin0 = Linearization(self.ops.take(idx), D0, dense=self.lin.dense, bordered=True)
         for j, i in enumerate(idx.tolist()):
             rhs = self._rhs(i, dc, da, db, dh)

@@ -15,10 +15,13 @@ from scipy.optimize import minimize_scalar
 from declarative.cones import (
     ConeDims,
     DProjection,
+    curved_limits,
     dproject,
     interior_depth,
     power_apexes_released,
     project,
+    release_kinks,
+    snap_kinks,
 )
 
 diffcp_cones = pytest.importorskip("diffcp.cones")
@@ -809,3 +812,57 @@ def test_a_power_apex_is_released_onto_the_face_its_data_row_asks_for(k):
     assert abs(u * x1 + v * x2 + w * z) <= 1e-13 * (abs(u * x1) + abs(v * x2) + abs(w * z))
     assert s2[0, k] == pytest.approx(b[0, k], rel=1e-14)
     assert np.array_equal(np.delete(y2[0, :3], k), np.delete(y[0, :3], k))
+
+
+@pytest.mark.parametrize("dims", [ConeDims(exp=1), ConeDims(exp_dual=1), ConeDims(power=(0.3,)),
+                                  ConeDims(power=(-0.6,))], ids=["exp", "exp_dual", "pow",
+                                                                 "pow_dual"])
+def test_curved_cone_kinks_are_found_and_their_sides_are_the_one_sided_limits(dims):
+    """An exponential or power cone block of v = y − s at a kink of Π_{K*}: the slack 0 with
+    the multiplier y on ∂K*, the multiplier 0 with the slack s on ∂K, or both 0 (the apex).
+    `snap_kinks` finds each, at data scales 1e-9 … 1e9, at the kink and a relative 1e-9 off
+    it on either side (found with a tolerance of 1e-7), and DΠ held (at its point, with
+    `curved_limits`) and released (at `release_kinks`'s) are DΠ's one-sided limits, in
+    closed form at a smooth point of the boundary: held I (inside K*), released I − ŝŝᵀ
+    (the tangent plane of ∂K* at y, whose normal is s's ray); held ŷŷᵀ (the multiplier's
+    ray), released 0; at the apex I and 0. A strictly complementary point (both nonzero)
+    and a slack deep inside K with a multiplier of 0 are not kinks."""
+    rng = np.random.default_rng(5)
+    inside = np.array([-1.0, 1.0, 1.0]) if dims.exp or dims.exp_dual else np.array([1.0, 1.0, 0])
+    inside /= np.linalg.norm(inside)
+
+    def dpi(v: np.ndarray, mask: np.ndarray, released: bool) -> np.ndarray:
+        D = dproject(v, dims, dual=True)
+        curved_limits(D, v, mask, dims, released=released)
+        return D.dense()[0]
+
+    found = 0
+    for scale in (1e-9, 1.0, 1e9):
+        for _ in range(30):
+            w = rng.standard_normal(3) * scale
+            y = project(w, dims, dual=True)
+            s = y - w
+            ny, ns = np.linalg.norm(y), np.linalg.norm(s)
+            if min(ny, ns) < 1e-2 * scale or min(np.abs(y).min() / ny,
+                                                 np.abs(s).min() / ns) < 1e-9:
+                continue  # not between K* and −K with room, or on a face (an edge of ∂K)
+            found += 1
+            yh, sh = y / ny, s / ns
+            for v, held, released in ((y, np.eye(3), np.eye(3) - np.outer(sh, sh)),
+                                      (-s, np.outer(yh, yh), np.zeros((3, 3))),
+                                      (np.zeros(3), np.eye(3), np.zeros((3, 3)))):
+                for off in ((0.0, 1e-9, -1e-9) if v.any() else (0.0,)):
+                    at = (v + off * np.linalg.norm(v) * inside)[None]
+                    snapped, mask = snap_kinks(at, dims, tol=1e-7 if off else 1e-12)
+                    assert mask.all(), (scale, at)
+                    D_held = dpi(snapped, mask, False)
+                    D_rel = dpi(release_kinks(snapped, mask, dims), mask, True)
+                    # (off the kink, the limits' rays move with the point: by up to 1e-6 of
+                    # DΠ at the sharply curved points near the exponential cone's edge)
+                    tol = 1e-5 if off else 1e-6
+                    assert np.abs(D_held - held).max() <= tol, (scale, at, D_held, held)
+                    assert np.abs(D_rel - released).max() <= tol, (scale, at, D_rel, released)
+            assert not snap_kinks(w[None], dims)[1].any()
+            deep = -(s + 0.5 * ns * inside)
+            assert not snap_kinks(deep[None], dims)[1].any()
+    assert found >= 20

@@ -686,3 +686,81 @@ def test_a_power_cone_chain_at_its_apex_is_flagged_or_right():
         assert np.abs(fwd.outputs[0][i] - (a + lam[i] / 2 * G / (n * a))).max() <= 1e-9
         if not fwd.nondifferentiable[i]:
             assert np.abs(fwd.jacobian(i)[0][1] - G / (2 * n * a)).max() <= 1e-7, i
+
+
+def _nan_forward(layer: dl.Layer, params: list[np.ndarray]):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonDifferentiableWarning)
+        return layer.forward(params, on_failure="nan")
+
+
+def _weak_curved(kind: str) -> dl.Layer:
+    """min (x − a)² s.t. a constraint on an exponential or power cone: exp(x) <= u,
+    log(x) >= u or x³ <= u. At a on its boundary the slack lies on ∂K and the multiplier
+    is 0 (not the apex): x = min(a, log u), max(a, eᵘ), min(a, u^⅓)."""
+    x, a, u = cp.Variable(), cp.Parameter(), cp.Parameter()
+    con = {"exp": cp.exp(x) <= u, "log": cp.log(x) >= u,
+           "pow3": cp.power(x, 3, approx=False) <= u}[kind]
+    prob = cp.Problem(cp.Minimize(cp.square(x - a)), [con])
+    return dl.compile(prob, [a, u], [x, con.dual_variables[0]])
+
+
+def _held_curved(kind: str, u: float) -> tuple[float, np.ndarray]:
+    """(the kink a, the Jacobian of (x, λ) in (a, u) (2, 2) there with the constraint held
+    active): x = g(u), λ from 2(x − a) + λ·∂(constraint)/∂x = 0."""
+    if kind == "exp":  # x = log u, λ = 2(a − x)/eˣ
+        return float(np.log(u)), np.array([[0.0, 1.0 / u], [2.0 / u, -2.0 / u**2]])
+    if kind == "log":  # x = eᵘ, λ = 2(x − a)·x
+        e = float(np.exp(u))
+        return e, np.array([[0.0, e], [-2.0 * e, 2.0 * e * e]])
+    k = float(np.cbrt(u))  # x = u^⅓, λ = 2(a − x)/(3x²)
+    return k, np.array([[0.0, 1.0 / (3 * k * k)], [2.0 / (3 * k * k), -2.0 / (9 * k**4)]])
+
+
+@pytest.mark.parametrize("kind, u0", [("exp", 2.0), ("log", 0.5), ("pow3", 2.0)])
+def test_a_weakly_active_curved_constraint_is_reported_with_its_held_derivative(kind, u0):
+    """A constraint on an exponential or power cone weakly active (slack on ∂K, multiplier
+    0): released, x = a (∂x/∂a = 1, λ = 0); held active, the closed form's other side. Reported
+    weakly active at data scales 1e-6 … 1e6, with the held side's Jacobian to 1e-6 of its
+    size; 1e-3 off the kink on either side, not reported."""
+    layer = _weak_curved(kind)
+    scales = [1.0, 1e-6, 1e6] if kind != "log" else [1.0, 10.0]  # (log: u, not x, scales)
+    for s in scales:
+        u = u0 * s if kind != "log" else u0 + np.log(s)
+        a, J = _held_curved(kind, u)
+        fwd = _nan_forward(layer, [np.array([a, a * (1 - 1e-3), a * (1 + 1e-3)]), np.full(3, u)])
+        assert fwd.info.status[0] is dl.Status.SOLVED, (kind, s)
+        flagged = fwd.nondifferentiable
+        assert fwd.info.nondifferentiable_reason[0] == "weakly-active", (kind, s)
+        jac = fwd.jacobian(0)
+        got = np.array([[float(jac[i][j]) for j in range(2)] for i in range(2)])
+        assert np.abs(got - J).max() <= 1e-6 * np.abs(J).max(), (kind, s, got, J)
+        solved = [fwd.info.status[i] is dl.Status.SOLVED for i in (1, 2)]
+        assert flagged[1:][solved].tolist() == [False] * sum(solved)
+
+
+@pytest.mark.parametrize("s", [1.0, 1e-6, 1e6])
+def test_a_relative_entropy_prox_at_the_exponential_cones_apex_is_reported(s):
+    """(x, y) = argmin ½(x − a)² + ½(y − b)² + λ·rel_entr(x, y) is (0, 0), the exponential
+    cone's apex, exactly where b <= −λ·e^{a/λ − 1}; at equality the multiplier is on ∂K*
+    and the slack 0, a kink. On the apex's side the Jacobian is 0; beyond it x grows with
+    b at a rate of O(1) (one-sided differences of the forward pass, b moved by 1e-3 of
+    itself):
+    reported, at every data scale, with the held (apex) side."""
+    x, y = cp.Variable(), cp.Variable()
+    a, b, lam = cp.Parameter(), cp.Parameter(), cp.Parameter(nonneg=True)
+    prob = cp.Problem(cp.Minimize(0.5 * cp.square(x - a) + 0.5 * cp.square(y - b)
+                                  + lam * cp.rel_entr(x, y)))
+    layer = dl.compile(prob, [a, b, lam], [x, y])
+    kink = -s * np.exp(2.0)
+    fwd = _nan_forward(layer, [np.full(3, 3.0 * s), kink * np.array([1.0, 1 + 1e-3, 1 - 1e-3]),
+                               np.full(3, s)])
+    assert [str(st) for st in fwd.info.status] == ["solved"] * 3
+    assert fwd.nondifferentiable.tolist() == [True, False, False]
+    assert fwd.info.nondifferentiable_reason[0] == "weakly-active"
+    held = np.array([[float(v) for v in row] for row in fwd.jacobian(0)])
+    assert np.abs(held).max() <= 1e-9  # the apex held: (x, y) stays 0
+    out = fwd.outputs
+    # the other side: (x, y) leaves the apex at a rate of O(1) in b
+    rate = abs(float(out[0][2] - out[0][0])) / abs(kink * 1e-3)
+    assert rate > 0.1 and abs(float(out[0][1])) <= 1e-12 * s
