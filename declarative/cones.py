@@ -1132,6 +1132,15 @@ def _curved_margin(blk: np.ndarray, kinds: np.ndarray) -> np.ndarray:
     return out
 
 
+def _domain_gap(blk: np.ndarray, kinds: np.ndarray) -> np.ndarray:
+    """How far each 3-d block of ``blk`` (B, n, 3) lies outside the domain of
+    `_curved_margin`'s ψ for the cones ``kinds`` (n,) (0 inside it): K_exp −y, K*_exp x,
+    power cones −min(x, y) — a lower bound on its distance to the cone."""
+    x, y = blk[..., 0], blk[..., 1]
+    gap = np.where(kinds == 0.0, -y, np.where(kinds == -1.0, x, -np.minimum(x, y)))
+    return np.maximum(gap, 0.0)
+
+
 def _margin(inside: np.ndarray, along: np.ndarray, face: np.ndarray) -> np.ndarray:
     """`_curved_margin` of one cone kind: the smaller of the distance along ψ's gradient
     (``along``) and to the face where the cone's domain ends (``face``); NaN where the point
@@ -1295,15 +1304,19 @@ _POW_INSIDE = np.array([1.0, 1.0, 0.0]) / np.sqrt(2.0)
 _IN_DUAL, _BETWEEN, _IN_POLAR = 0, 1, 2
 
 
+@functools.lru_cache(maxsize=256)
 def _curved_blocks(dims: ConeDims) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rows (n, 3), inside (n, 3), kinds (n,)): the exponential and power cone blocks of
     ``dims``, a direction interior to both K and K* per block, and the cone of its slack
-    (`_curved_kinds`)."""
+    (`_curved_kinds`). Cached per dims (read-only arrays)."""
     lay = cone_layout(dims)
     rows = np.concatenate([lay.exp, lay.pow])
     inside = np.concatenate([np.broadcast_to(_EXP_INSIDE, lay.exp.shape),
                              np.broadcast_to(_POW_INSIDE, lay.pow.shape)])
-    return rows, inside, _curved_kinds(lay, dual=False)
+    out = (rows, inside, _curved_kinds(lay, dual=False))
+    for a in out:
+        a.setflags(write=False)
+    return out
 
 
 def _curved_dual_projection(V: np.ndarray, dims: ConeDims) -> tuple[np.ndarray, np.ndarray]:
@@ -1377,21 +1390,35 @@ def _curved_kinks(v: np.ndarray, mask: np.ndarray, dims: ConeDims, scale: np.nda
     V = v[live][:, rows]
     B, n, _ = V.shape
     lay = cone_layout(dims)
-    Y, side = _curved_dual_projection(V, dims)
-    S = Y - V
-    ny, ns = np.linalg.norm(Y, axis=2), np.linalg.norm(S, axis=2)
     own = np.broadcast_to(scale[live][:, None], (B, n))
     primal = dual = own
     if sides is not None:
         r = rel[live][:, None]
-        top = [side[live][:, rows].max(axis=2) for side in sides]
+        top = [part[live][:, rows].max(axis=2) for part in sides]
         primal, dual = (np.where((t > 0) & np.isfinite(t), r * t, own) for t in top)
-    small_s, small_y = ns <= primal, ny <= dual
     m_dual = _curved_margin(V, _curved_kinds(lay, dual=True))  # v to ∂K*
     m_polar = _curved_margin(-V, kinds)                        # −v to ∂K
     with np.errstate(invalid="ignore"):
         at_dual = np.where(m_dual >= 0, m_dual <= dual, -m_dual <= primal)
         at_polar = np.where(m_polar >= 0, m_polar <= primal, -m_polar <= dual)
+    # A slack within its tolerance beside a multiplier on ∂K* puts v within it of ∂K* (the
+    # margin is a lower bound on the distance, ψ being convex), a multiplier likewise of
+    # ∂(−K): only blocks near either boundary, small, or outside a margin's domain by less
+    # than the tolerance (near a face of ∂K there) need the projection
+    tol = np.maximum(primal, dual)
+    near = at_dual | at_polar | (np.linalg.norm(V, axis=2) <= tol) | (
+        np.isnan(m_dual) & (_domain_gap(V, _curved_kinds(lay, dual=True)) <= tol)) | (
+        np.isnan(m_polar) & (_domain_gap(-V, kinds) <= tol))
+    keep = np.flatnonzero(near.any(axis=1))
+    if not keep.size:
+        return
+    live, V, B = live[keep], V[keep], keep.size
+    primal, dual = primal[keep], dual[keep]
+    at_dual, at_polar = at_dual[keep], at_polar[keep]
+    Y, side = _curved_dual_projection(V, dims)
+    S = Y - V
+    ny, ns = np.linalg.norm(Y, axis=2), np.linalg.norm(S, axis=2)
+    small_s, small_y = ns <= primal, ny <= dual
     held_y = ~small_y & ((small_s & (_curved_depth(Y, _curved_kinds(lay, True)) <= dual))
                          | at_dual)
     held_s = ~small_s & ((small_y & (_curved_depth(S, kinds) <= primal)) | at_polar)
