@@ -1111,24 +1111,30 @@ def _curved_margin(blk: np.ndarray, kinds: np.ndarray) -> np.ndarray:
     which is the signed distance to ∂K to first order near it; NaN outside the domain or
     where either is not finite."""
     out = np.full(blk.shape[:2], np.nan)
-    x, y, z = blk[..., 0], blk[..., 1], blk[..., 2]
     with np.errstate(over="ignore", divide="ignore", invalid="ignore", under="ignore"):
-        if np.any(kinds == 0.0):  # K_exp (x, y, z): y e^{x/y} <= z
-            e = np.exp(x / y)
-            grad = np.sqrt(e * e + (e * (1 - x / y)) ** 2 + 1.0)
-            out = np.where(kinds == 0.0, _margin(y > 0, (z - y * e) / grad, y), out)
-        if np.any(kinds == -1.0):  # K*_exp (u, v, w): −u e^{v/u} <= e·w
-            e = np.exp(y / x)
-            grad = np.sqrt((e * (1 - y / x)) ** 2 + e * e + np.e**2)
-            out = np.where(kinds == -1.0, _margin(x < 0, (np.e * z + x * e) / grad, -x), out)
-        power = (kinds > -1.0) & (kinds != 0.0)
-        if power.any():
-            # K_a: x^a y^(1−a) >= |z|; its dual K*_a (alpha < 0): (x/a)^a (y/(1−a))^(1−a) >= |z|
-            a = np.where(power, np.abs(kinds), 0.5)
-            p = np.where(kinds > 0, x**a * y ** (1 - a), (x / a) ** a * (y / (1 - a)) ** (1 - a))
-            grad = np.sqrt((a * p / x) ** 2 + ((1 - a) * p / y) ** 2 + 1.0)
-            out = np.where(power, _margin((x > 0) & (y > 0), (p - np.abs(z)) / grad,
-                                          np.minimum(x, y)), out)
+        for kind in (0.0, -1.0, None):
+            cols = np.flatnonzero(((kinds > -1.0) & (kinds != 0.0)) if kind is None
+                                  else kinds == kind)
+            if not cols.size:
+                continue
+            x, y, z = (blk[:, cols, i] for i in range(3))
+            if kind == 0.0:  # K_exp (x, y, z): y e^{x/y} <= z
+                e = np.exp(x / y)
+                grad = np.sqrt(e * e + (e * (1 - x / y)) ** 2 + 1.0)
+                out[:, cols] = _margin(y > 0, z - y * e, grad, y)
+            elif kind == -1.0:  # K*_exp (u, v, w): −u e^{v/u} <= e·w
+                e = np.exp(y / x)
+                grad = np.sqrt((e * (1 - y / x)) ** 2 + e * e + np.e**2)
+                out[:, cols] = _margin(x < 0, np.e * z + x * e, grad, -x)
+            else:
+                # K_a: x^a y^(1−a) >= |z|; its dual K*_a (kind −a): (x/a)^a (y/(1−a))^(1−a)
+                # >= |z|
+                a = np.abs(kinds[cols])
+                p = np.where(kinds[cols] > 0, x**a * y ** (1 - a),
+                             (x / a) ** a * (y / (1 - a)) ** (1 - a))
+                grad = np.sqrt((a * p / x) ** 2 + ((1 - a) * p / y) ** 2 + 1.0)
+                out[:, cols] = _margin((x > 0) & (y > 0), p - np.abs(z), grad,
+                                       np.minimum(x, y))
     return out
 
 
@@ -1141,12 +1147,15 @@ def _domain_gap(blk: np.ndarray, kinds: np.ndarray) -> np.ndarray:
     return np.maximum(gap, 0.0)
 
 
-def _margin(inside: np.ndarray, along: np.ndarray, face: np.ndarray) -> np.ndarray:
-    """`_curved_margin` of one cone kind: the smaller of the distance along ψ's gradient
-    (``along``) and to the face where the cone's domain ends (``face``); NaN where the point
-    is not inside the domain or either is not finite."""
-    gap = np.minimum(along, face)
-    return np.where(inside & np.isfinite(gap), gap, np.nan)
+def _margin(inside: np.ndarray, g: np.ndarray, grad: np.ndarray, face: np.ndarray
+            ) -> np.ndarray:
+    """`_curved_margin` of one cone kind: the smaller of the distance g/‖∇ψ‖ along ψ's
+    gradient (``grad`` its norm) and to the face where the cone's domain ends (``face``);
+    NaN where the point is not inside the domain or either is not finite. ‖∇ψ‖ beyond float
+    range (e^{x/y} past 1e154 on the exponential cone, whose square overflows) is NaN too,
+    not g/∞ = ±0: a point far outside K read as on its boundary."""
+    gap = np.minimum(g / grad, face)
+    return np.where(inside & np.isfinite(gap) & np.isfinite(grad), gap, np.nan)
 
 
 def dproject(v: np.ndarray, dims: ConeDims, dual: bool = False,
@@ -1286,6 +1295,11 @@ def snap_kinks(v: np.ndarray, dims: ConeDims, tol: float | np.ndarray = KINK_TOL
     return v, mask
 
 
+# The exponential cone's projection near the boundary of −K_exp: Π_{K*}(v) there was up to
+# 1.1e-10 of ‖v‖ where it is 0 (1% of random boundary points above 3.5e-15); within this of
+# ‖v‖ a block's signed distance to the boundary decides whether it is at a kink
+# (`_curved_kinks`), beyond it the projection.
+CURVED_PROJECTION_ERROR = 1e-8
 # How far `release_kinks` moves an exponential or power cone block of v past its kink, relative
 # to the block: beyond the rounding of a point refinement leaves there, small enough that DΠ on
 # the side it moves to is its limit at the kink to ~1e-8 (DΠ is smooth on each side, with
@@ -1419,9 +1433,16 @@ def _curved_kinks(v: np.ndarray, mask: np.ndarray, dims: ConeDims, scale: np.nda
     S = Y - V
     ny, ns = np.linalg.norm(Y, axis=2), np.linalg.norm(S, axis=2)
     small_s, small_y = ns <= primal, ny <= dual
-    held_y = ~small_y & ((small_s & (_curved_depth(Y, _curved_kinds(lay, True)) <= dual))
-                         | at_dual)
-    held_s = ~small_s & ((small_y & (_curved_depth(S, kinds) <= primal)) | at_polar)
+    # the margins decide only within the projection's own error: a first-order distance
+    # is no distance far from the boundary, nor where ψ's gradient is huge (an edge of K)
+    band = CURVED_PROJECTION_ERROR * np.linalg.norm(V, axis=2)
+    at_dual &= ns <= band
+    at_polar &= ny <= band
+    with np.errstate(invalid="ignore"):
+        y_on = _curved_margin(Y, _curved_kinds(lay, dual=True)) <= dual
+        s_on = _curved_margin(S, kinds) <= primal
+    held_y = ~small_y & ((small_s & y_on) | at_dual)
+    held_s = ~small_s & ((small_y & s_on) | at_polar)
     apex = small_s & small_y
     kink = apex | held_y | held_s
     if not kink.any():
@@ -1616,8 +1637,8 @@ def inactive_cones_held(y: np.ndarray, s: np.ndarray, dims: ConeDims, hold: np.n
     return y, s, moved
 
 
-def release_kinks(v: np.ndarray, mask: np.ndarray, dims: ConeDims, tol: float = KINK_TOL
-                  ) -> np.ndarray:
+def release_kinks(v: np.ndarray, mask: np.ndarray, dims: ConeDims, tol: float = KINK_TOL,
+                  D: DProjection | None = None) -> np.ndarray:
     """v moved off its kinks to the other side: DΠ_{K*} there is the other one-sided
     derivative (the weakly active constraints released instead of held active).
 
@@ -1660,7 +1681,8 @@ def release_kinks(v: np.ndarray, mask: np.ndarray, dims: ConeDims, tol: float = 
         blk = v[:, rows]
         kinked = mask[:, rows[:, 0]]
         if kinked.any():
-            v[:, rows] = _curved_released(blk, kinked, inside, kinds, dims)
+            state = None if D is None else _curved_state(D, np.arange(len(v)), dims)
+            v[:, rows] = _curved_released(blk, kinked, inside, kinds, dims, state)
     return v
 
 
@@ -1691,6 +1713,19 @@ def _complementary_ray(P: np.ndarray, kinds: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(out).all(axis=-1, keepdims=True), out, np.nan)
 
 
+def _curved_state(D: DProjection, at: np.ndarray, dims: ConeDims
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """`_curved_dual_projection` of the instances ``at`` of the point ``D`` (DΠ_{K*}) was
+    made at, from its projection and its blocks (no projection made again)."""
+    rows, _, _ = _curved_blocks(dims)
+    blocks = [b[at] for b in (D._exp, D._pow) if b is not None]
+    Dc = np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
+    eye = np.all(Dc == np.eye(3), axis=(2, 3))
+    zero = np.all(Dc == 0, axis=(2, 3))
+    side = np.where(eye, _IN_DUAL, np.where(zero, _IN_POLAR, _BETWEEN))
+    return np.asarray(D.point[at][:, rows], dtype=np.float64), side
+
+
 def curved_limits(D: DProjection, v: np.ndarray, mask: np.ndarray, dims: ConeDims,
                   released: bool = False) -> np.ndarray:
     """Set, in place on ``D`` (DΠ_{K*} at ``v``, as `snap_kinks` or `release_kinks` leaves
@@ -1702,7 +1737,8 @@ def curved_limits(D: DProjection, v: np.ndarray, mask: np.ndarray, dims: ConeDim
     normal). Blocks on a face of ∂K, where the ray is not unique, are left as they are.
     Returns the instances changed (B,) bool."""
     changed = np.zeros(len(v), dtype=bool)
-    if not (dims.exp or dims.exp_dual or dims.power) or D._exp is None and D._pow is None:
+    if not (dims.exp or dims.exp_dual or dims.power) or D._exp is None and D._pow is None \
+            or not D.dual:
         return changed
     rows, _, kinds = _curved_blocks(dims)
     kinked = mask[:, rows[:, 0]]
@@ -1711,7 +1747,7 @@ def curved_limits(D: DProjection, v: np.ndarray, mask: np.ndarray, dims: ConeDim
     lay = cone_layout(dims)
     at = np.flatnonzero(kinked.any(axis=1))
     blk = np.asarray(v[at][:, rows], dtype=np.float64)
-    Y, side = _curved_dual_projection(blk, dims)
+    Y, side = _curved_state(D, at, dims)
     S = Y - blk
     multiplier_smaller = np.linalg.norm(Y, axis=2) < np.linalg.norm(S, axis=2)
     if released:  # the slack the smaller part, the multiplier on ∂K*
@@ -1733,7 +1769,8 @@ def curved_limits(D: DProjection, v: np.ndarray, mask: np.ndarray, dims: ConeDim
 
 
 def _curved_released(blk: np.ndarray, kinked: np.ndarray, inside: np.ndarray,
-                     kinds: np.ndarray, dims: ConeDims) -> np.ndarray:
+                     kinds: np.ndarray, dims: ConeDims,
+                     state: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """`release_kinks` on the 3-d blocks ``blk`` (B, n, 3) (`_curved_blocks`' order) where
     ``kinked`` (B, n), from where `snap_kinks` holds them: a block inside K* on ∂K* (its
     distance to it within 1e-6 of its size: the slack 0, the multiplier on ∂K*) moves just
@@ -1742,7 +1779,7 @@ def _curved_released(blk: np.ndarray, kinked: np.ndarray, inside: np.ndarray,
     Steps of CURVED_PUSH·‖block‖ (‖block‖ at the apex) along −c, grown until the side is
     reached. The rest (the multiplier already 0 inside −K) are where released."""
     lay = cone_layout(dims)
-    Y, side = _curved_dual_projection(blk, dims)
+    Y, side = _curved_dual_projection(blk, dims) if state is None else state
     size = np.linalg.norm(blk, axis=2)
     in_dual = side == _IN_DUAL
     with np.errstate(invalid="ignore"):

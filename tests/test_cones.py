@@ -866,3 +866,18 @@ def test_curved_cone_kinks_are_found_and_their_sides_are_the_one_sided_limits(di
             deep = -(s + 0.5 * ns * inside)
             assert not snap_kinks(deep[None], dims)[1].any()
     assert found >= 20
+
+
+def test_curved_cone_kinks_where_the_gradient_of_the_cones_function_overflows():
+    """K_exp blocks (x, y, z) with x/y in 355 … 709: e^{x/y} is finite, its square is not.
+    Far outside K (z ≪ y e^{x/y}) such a slack-side block is no kink, and its distance
+    estimate is no distance (NaN), not g/∞ = −0 read as on the boundary; interior_depth
+    gives 0 there, as an upper bound on a distance it cannot estimate."""
+    dims = ConeDims(exp=3)
+    s = np.array([[1.0, 1.0 / 400, 1e-3, 0.66, 1.8e-3, 3.5e-4, 1.0, 1.0 / 300, 1e-3]])
+    y = np.zeros_like(s)
+    y[0, 3:6] = [-1e-3, 1e-3, 1e-3]  # (another block, strictly inside K*)
+    v = y - s
+    snapped, mask = snap_kinks(v, dims)
+    assert not mask.any() and np.array_equal(snapped, v)
+    assert np.all(interior_depth(s, dims)[0, :3] == 0.0)
