@@ -3134,7 +3134,8 @@ class ConeSolution:
         n = t.n
         R = sp.csr_matrix(recover)
         R_norm = float(np.asarray(abs(R).sum(axis=1)).max(initial=0.0))
-        released = release_kinks(self.v[idx], self.kink_mask[idx], t.dims)
+        released = release_kinks(self.v[idx], self.kink_mask[idx], t.dims,
+                                 D=self.D.take(idx))
         D0 = dproject(released, t.dims, dual=True)
         curved_limits(D0, released, self.kink_mask[idx], t.dims, released=True)
         lin0 = Linearization(self.ops.take(idx), D0, dense=self.lin.dense, bordered=True)
