@@ -1300,12 +1300,12 @@ def snap_kinks(v: np.ndarray, dims: ConeDims, tol: float | np.ndarray = KINK_TOL
 # ‖v‖ a block's signed distance to the boundary decides whether it is at a kink
 # (`_curved_kinks`), beyond it the projection.
 CURVED_PROJECTION_ERROR = 1e-8
-# How far `release_kinks` moves an exponential or power cone block of v past its kink, relative
-# to the block: beyond the rounding of a point refinement leaves there, small enough that DΠ on
-# the side it moves to is its limit at the kink to ~1e-8 (DΠ is smooth on each side, with
-# curvature ~1/‖block‖). Where that does not reach the side intended (the projection's own
-# error near the boundary of −K_exp, ~1e-10 relative in 1% of random points), the step grows
-# by CURVED_GROWTH until it does, CURVED_TRIES times at most.
+# How far `snap_kinks` and `release_kinks` move an exponential or power cone block of v off
+# its kink, relative to the block: beyond the rounding of a point refinement leaves there. The
+# size does not enter DΠ: the sides moved to are inside K* or −K (DΠ = I or 0 exactly) or
+# get their limit in closed form (`curved_limits`). Where it does not reach the side intended
+# (the projection's own error near the boundary of −K_exp, ~1e-10 relative in 1% of random
+# points), the step grows by CURVED_GROWTH until it does, CURVED_TRIES times at most.
 CURVED_PUSH = 1e-8
 CURVED_GROWTH = 8.0
 CURVED_TRIES = 16
@@ -1380,12 +1380,14 @@ def _curved_kinks(v: np.ndarray, mask: np.ndarray, dims: ConeDims, scale: np.nda
     With y = Π_{K*}(v) and s = y − v (Moreau) a 3-d block is at a kink where its slack is 0
     and its multiplier on ∂K*, where its multiplier is 0 and its slack on ∂K, or at the
     apex (both 0). The first: ‖s‖ within the primal tolerance and y's depth in K* within
-    the dual one, or v within those of ∂K* (its signed distance, `_curved_margin`: inside
-    K*, the dual tolerance; outside, the primal); the second likewise with −v and ∂K;
-    the apex, ‖s‖ and ‖y‖ both within theirs. Both tests, because near ∂(−K_exp) the
-    projection's y can be ~1e-10 of ‖v‖ where it is 0. The tolerances are ``rel`` times the
-    block's own primal and dual magnitudes from ``sides`` (or ``scale``, ``rel``·‖v‖∞,
-    without them), as for a second-order cone.
+    the dual one, or, with ‖s‖ below CURVED_PROJECTION_ERROR of ‖v‖, v within those of
+    ∂K* (its signed distance, `_curved_margin`: inside K*, the dual tolerance; outside,
+    the primal); the second likewise with −v, ∂K and ‖y‖; the apex, ‖s‖ and ‖y‖ both
+    within theirs. Both tests, because near ∂(−K_exp) the projection's y can be ~1e-10 of
+    ‖v‖ where it is 0; the margins only within that band, because a first-order distance
+    is none far from the boundary or where ψ's gradient is huge. The tolerances are
+    ``rel`` times the block's own primal and dual magnitudes from ``sides`` (or ``scale``,
+    ``rel``·‖v‖∞, without them), as for a second-order cone.
 
     Held active, the first kind and the apex move inside K* (v + η·c, the apex η·c, c
     interior to K and K*, η = CURVED_PUSH·‖v‖, grown until inside: `_curved_pushed`),
