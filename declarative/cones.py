@@ -1316,6 +1316,8 @@ _POW_INSIDE = np.array([1.0, 1.0, 0.0]) / np.sqrt(2.0)
 # Which side of a kink `_curved_pushed` moves a block to: inside K* (DΠ = I), between K*
 # and −K (Π_{K*} neither the point nor 0), inside −K (DΠ = 0).
 _IN_DUAL, _BETWEEN, _IN_POLAR = 0, 1, 2
+# The least step off an apex with no scale of its own: ‖η·c‖'s squares do not underflow.
+_CURVED_FLOOR = float(np.sqrt(np.finfo(float).tiny))
 
 
 @functools.lru_cache(maxsize=256)
@@ -1346,9 +1348,15 @@ def _curved_dual_projection(V: np.ndarray, dims: ConeDims) -> tuple[np.ndarray, 
         Y[:, :ne], D[:, :ne] = _exp_all(V[:, :ne], lay.n_exp, True, True)[:2]
     if V.shape[1] > ne:
         Y[:, ne:], D[:, ne:] = _pow_all(V[:, ne:], lay.alpha, True, True)
+    return Y, _curved_sides(D)
+
+
+def _curved_sides(D: np.ndarray) -> np.ndarray:
+    """The side (B, n) of each 3-d block's point from its DΠ_{K*} blocks D (B, n, 3, 3):
+    _IN_DUAL where DΠ = I, _IN_POLAR where DΠ = 0, _BETWEEN elsewhere."""
     eye = np.all(D == np.eye(3), axis=(2, 3))
     zero = np.all(D == 0, axis=(2, 3))
-    return Y, np.where(eye, _IN_DUAL, np.where(zero, _IN_POLAR, _BETWEEN))
+    return np.where(eye, _IN_DUAL, np.where(zero, _IN_POLAR, _BETWEEN))
 
 
 def _curved_pushed(base: np.ndarray, step: np.ndarray, want: np.ndarray, which: np.ndarray,
@@ -1455,9 +1463,8 @@ def _curved_kinks(v: np.ndarray, mask: np.ndarray, dims: ConeDims, scale: np.nda
     # 0 stays where it is, its DΠ set to the limit by `curved_limits`
     inward = (apex | (held_y & ~held_s)) & (side != _IN_DUAL)
     if inward.any():
-        floor = np.sqrt(np.finfo(float).tiny)  # (‖η·c‖'s squares do not underflow)
-        eta = np.where(apex, np.maximum(np.maximum(primal, dual), floor),
-                       np.maximum(CURVED_PUSH * np.linalg.norm(V, axis=2), floor))
+        eta = np.where(apex, np.maximum(np.maximum(primal, dual), _CURVED_FLOOR),
+                       np.maximum(CURVED_PUSH * np.linalg.norm(V, axis=2), _CURVED_FLOOR))
         base = np.where(apex[..., None], 0.0, V)
         moved, reached = _curved_pushed(base, eta[..., None] * inside[None],
                                         np.full(inward.shape, _IN_DUAL), inward, dims)
@@ -1722,30 +1729,25 @@ def _curved_state(D: DProjection, at: np.ndarray, dims: ConeDims
     rows, _, _ = _curved_blocks(dims)
     blocks = [b[at] for b in (D._exp, D._pow) if b is not None]
     Dc = np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
-    eye = np.all(Dc == np.eye(3), axis=(2, 3))
-    zero = np.all(Dc == 0, axis=(2, 3))
-    side = np.where(eye, _IN_DUAL, np.where(zero, _IN_POLAR, _BETWEEN))
-    return np.asarray(D.point[at][:, rows], dtype=np.float64), side
+    return np.asarray(D.point[at][:, rows], dtype=np.float64), _curved_sides(Dc)
 
 
 def curved_limits(D: DProjection, v: np.ndarray, mask: np.ndarray, dims: ConeDims,
-                  released: bool = False) -> np.ndarray:
+                  released: bool = False) -> None:
     """Set, in place on ``D`` (DΠ_{K*} at ``v``, as `snap_kinks` or `release_kinks` leaves
     it, with its ``mask``), the exponential and power cone blocks at a kink whose side's DΠ
     is a limit no point attains exactly, in closed form: held (``released`` False), a
     multiplier at 0 beside a slack on ∂K gets the projector ŷŷᵀ onto the multiplier's ray
     (`_complementary_ray` of the slack); released, a slack at 0 beside a multiplier on ∂K*
     gets I − ŝŝᵀ, the projector onto ∂K*'s tangent plane there (ŝ the slack's ray, its
-    normal). Blocks on a face of ∂K, where the ray is not unique, are left as they are.
-    Returns the instances changed (B,) bool."""
-    changed = np.zeros(len(v), dtype=bool)
+    normal). Blocks on a face of ∂K, where the ray is not unique, are left as they are."""
     if not (dims.exp or dims.exp_dual or dims.power) or D._exp is None and D._pow is None \
             or not D.dual:
-        return changed
+        return
     rows, _, kinds = _curved_blocks(dims)
     kinked = mask[:, rows[:, 0]]
     if not kinked.any():
-        return changed
+        return
     lay = cone_layout(dims)
     at = np.flatnonzero(kinked.any(axis=1))
     blk = np.asarray(v[at][:, rows], dtype=np.float64)
@@ -1766,8 +1768,6 @@ def curved_limits(D: DProjection, v: np.ndarray, mask: np.ndarray, dims: ConeDim
         blocks = D._exp if j < ne else D._pow
         assert blocks is not None  # (a block of that kind is kinked)
         blocks[at[i], j if j < ne else j - ne] = limit[i, j]
-        changed[at[i]] = True
-    return changed
 
 
 def _curved_released(blk: np.ndarray, kinked: np.ndarray, inside: np.ndarray,
@@ -1790,8 +1790,7 @@ def _curved_released(blk: np.ndarray, kinked: np.ndarray, inside: np.ndarray,
     move = kinked & (in_dual | ((side == _BETWEEN) & multiplier_smaller))
     want = np.where(in_dual & on_dual, _BETWEEN, _IN_POLAR)
     apex = in_dual & ~on_dual
-    floor = np.sqrt(np.finfo(float).tiny)
-    eta = np.maximum(np.where(apex, size, 2.0 * CURVED_PUSH * size), floor)
+    eta = np.maximum(np.where(apex, size, 2.0 * CURVED_PUSH * size), _CURVED_FLOOR)
     moved, _ = _curved_pushed(blk, -eta[..., None] * inside[None], want, move, dims)
     return moved
 

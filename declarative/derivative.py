@@ -3033,12 +3033,11 @@ class ConeSolution:
                 other = np.flatnonzero(~same)
                 D.put(other, derivative(v[other], wide[other]))
         if (dims.exp or dims.exp_dual or dims.power) and mask.any():
-            # exponential and power cones' held limits that no point attains (curved_limits);
-            # S changes with them, so their factorizations are not reused
+            # exponential and power cones' held limits that no point attains (curved_limits;
+            # where they change DΠ, Linearization sees its values differ from those a reused
+            # factorization was made with)
             D = D.take(np.arange(len(v))) if known is not None else D
-            held = curved_limits(D, v, mask, dims)
-            if held.any() and reuse is not None:
-                reuse = [None if h else f for f, h in zip(reuse, held.tolist(), strict=True)]
+            curved_limits(D, v, mask, dims)
         lin = Linearization(ops, D, dense=dense, reuse=reuse, bordered=True)
         # A kink whose held branch leaves S singular, at a point that lies beyond a few ulps
         # of it (KINK_TOL_EXTENDED, which a point refined in extended precision is judged
