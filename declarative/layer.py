@@ -59,6 +59,7 @@ from declarative.derivative import (
     made_layout,
     newton_correction,
     orderings_undecided,
+    parameter_directions,
     project_dual,
     ranks_exactly,
     residual,
@@ -651,8 +652,24 @@ class Forward:
         rc = sol.lin.rcond
         ill = (rc <= RESCALE_RCOND) & (rc >= RESCALE_FLOOR)
         poor = np.flatnonzero(ill | skewed & (rc >= RESCALE_FLOOR))
-        return sol if not poor.size else self._rescaled(sol, poor, v, extended, ill[poor],
-                                                        strict)
+        if poor.size:
+            sol = self._rescaled(sol, poor, v, extended, ill[poor], strict)
+        # a derivative that float64 does not resolve at this scaling (`imprecise`) is tried
+        # once more in the program scaled at its solution, and reported where it stays so
+        L = self.layer
+        directions = parameter_directions(L.template, [(p.offset, p.size) for p in L.parameters])
+        loose = sol.imprecise(L.template.recover, *directions)
+        retry = np.flatnonzero(loose & (rc >= RESCALE_FLOOR) & ~np.isin(np.arange(len(rc)),
+                                                                        poor))
+        if retry.size:
+            sol = self._rescaled(sol, retry, v, extended, np.ones(retry.size, dtype=bool),
+                                 strict)
+            again = np.zeros(len(rc), dtype=bool)
+            again[retry] = True
+            loose = np.where(again, sol.imprecise(L.template.recover, *directions, where=again),
+                             loose)
+        sol.loose = loose
+        return sol
 
     def _rescaled(self, sol: ConeSolution, poor: np.ndarray, v: np.ndarray | None,
                   extended: np.ndarray | None, ill: np.ndarray,
