@@ -657,7 +657,8 @@ class Forward:
         # a derivative that float64 does not resolve at this scaling (`imprecise`) is tried
         # once more in the program scaled at its solution, and reported where it stays so
         L = self.layer
-        directions = parameter_directions(L.template, [(p.offset, p.size) for p in L.parameters])
+        directions = parameter_directions(L.template, [(p.offset, p.size) for p in L.parameters],
+                                          per_block=1)
         loose = sol.imprecise(L.template.recover, *directions)
         retry = np.flatnonzero(loose & (rc >= RESCALE_FLOOR) & ~np.isin(np.arange(len(rc)),
                                                                         poor))
