@@ -2024,6 +2024,15 @@ class DProjection:
 
     rmatvec = matvec
 
+    def curved_magnitudes(self, dv: np.ndarray) -> np.ndarray:
+        """|DΠ| dv on the exponential and power cones' rows, 0 on the others; dv (B, m)."""
+        out = np.zeros_like(dv)
+        lay = self._lay
+        for rows, blocks in ((lay.exp, self._exp), (lay.pow, self._pow)):
+            if blocks is not None and rows.size:
+                out[:, rows] = (np.abs(blocks) @ dv[:, rows][..., None])[..., 0]
+        return out
+
     def _blocks(self, sel, skip: frozenset = frozenset()):
         """(idx (nc, k), blocks (b, nc, k, k)) per cone group, for batch rows ``sel``, except
         the groups in ``skip`` (see `group_entries`)."""

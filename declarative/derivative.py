@@ -3320,40 +3320,61 @@ class ConeSolution:
         1e-9), and a program without exponential or power cones is not examined. Only
         regular instances (and in ``where``, if given) are."""
         t = self.ops.template
-        n = t.n
-        out = np.zeros(len(self.x), dtype=bool)
-        curved = _curved_rows(t.dims)
-        if curved is None:
+        n, B = t.n, len(self.x)
+        out = np.zeros(B, dtype=bool)
+        if _curved_rows(t.dims) is None:
             return out
         live = ~self.lin.singular & np.isfinite(self.lin.rcond)
-        idx = np.flatnonzero(live if where is None else live & where)
-        if not idx.size:
+        if where is not None:
+            live &= where
+        if not live.any():
             return out
-        R = sp.csr_matrix(recover)
-        R_norm = float(np.asarray(abs(R).sum(axis=1)).max(initial=0.0))
-        ops = self.ops
+        R, R_norm = _recover_rows(t, recover)
         rng = np.random.default_rng(0)
-        for i in idx.tolist():
-            rhs = self._rhs(i, dc, da, db, dh)
-            rhs[n:][self._inactive[i]] = 0.0  # (see `_inactive`)
+        err, size, top = np.zeros(B), np.zeros(B), np.zeros(B)
+
+        def outputs(d: np.ndarray, extra: np.ndarray | float = 0.0
+                    ) -> tuple[np.ndarray, np.ndarray]:
+            full = self._users(d[:, :n], self.D.matvec(d[:, n:]) + extra)
+            return full, np.asarray(R @ full.T).T
+
+        for j in range(dc.shape[1]):
+            rhs = self._rhs_all(dc[:, j], da[:, j], db[:, j], dh[:, j])
+            rhs[~live] = 0.0
             # (magnitudes only: a factorization of a nearby S, from refinement, is taken
-            # as it is, without iterative refinement to REFINE_SOLVE_TOL)
-            d = self.lin.solve_one(i, rhs, tol=ESTIMATE_SOLVE_TOL)
-            Di = self.D.take([i])
-            full = self._user(i, d[:n], Di.matvec(d[None, n:])[0])
-            o = R @ full
-            # each entry of DΠ off by DERIVATIVE_ROUNDING of itself
-            q = abs(Di.sparse(0)) @ np.abs(d[n:])
-            q[~curved] = 0.0
+            # without iterative refinement to REFINE_SOLVE_TOL)
+            d = self.lin.solve(rhs, iterative=False, tol=ESTIMATE_SOLVE_TOL)
+            full, o = outputs(d)
+            # each entry of DΠ's exponential and power blocks off by DERIVATIVE_ROUNDING of
+            # itself, with random signs: δDΠ·dv
+            q = self.D.curved_magnitudes(np.abs(d[:, n:]))
             q *= DERIVATIVE_ROUNDING * rng.choice((-1.0, 1.0), size=q.shape)
-            pert = np.concatenate([-(ops._Ec @ (ops.a[i][:, None] * q[ops.rows])), q])
-            e = self.lin.solve_one(i, pert, tol=ESTIMATE_SOLVE_TOL)
-            oe = R @ self._user(i, e[:n], Di.matvec(e[None, n:])[0] + q)
-            size = np.abs(o).max(initial=0.0)
-            floor = KINK_FLOOR * R_norm * np.abs(full).max(initial=0.0)
-            err = np.abs(oe).max(initial=0.0)
-            out[i] = bool(err > DERIVATIVE_RTOL * size and err > floor)
-        return out
+            e = self.lin.solve(np.concatenate([-self.ops.AT(q), q], axis=1), iterative=False,
+                               tol=ESTIMATE_SOLVE_TOL)
+            _, oe = outputs(e, q)
+            err = np.fmax(err, np.abs(oe).max(axis=1, initial=0.0))
+            size = np.fmax(size, np.abs(o).max(axis=1, initial=0.0))
+            top = np.fmax(top, np.abs(full).max(axis=1, initial=0.0))
+        return live & (err > DERIVATIVE_RTOL * size) & (err > KINK_FLOOR * R_norm * top)
+
+    def _users(self, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+        """(dx (B, n), dy (B, m)) of the batch in the user's units, stacked (B, n + m)."""
+        if self.scaling is not None:
+            dx, dy = self.scaling.solution(dx, dy)
+        return np.concatenate([dx, dy], axis=1)
+
+    def _rhs_all(self, dc: np.ndarray, da: np.ndarray, db: np.ndarray, dh: np.ndarray
+                 ) -> np.ndarray:
+        """`_rhs` for the whole batch along one data direction: dc (n,), da (nnz,), db (m,),
+        dh (nnz(P),) → (B, n + m), zero on the rows of `_inactive`."""
+        t, B = self.ops.template, len(self.x)
+        dc, da, db, dh = (np.tile(a, (B, 1)) for a in (dc, da, db, dh))
+        if self.scaling is not None:
+            dc, da, db, dh = self.scaling.data(t, dc, da, db, dh)
+        dA = BatchOps(t, da, dh)
+        rhs = -np.concatenate([dA.P(self.x) + dA.AT(self.y) + dc, db - dA.A(self.x)], axis=1)
+        rhs[:, t.n :][self._inactive] = 0.0
+        return rhs
 
     def jacobian_one(self, k: int, dc: np.ndarray, da: np.ndarray, db: np.ndarray,
                      dh: np.ndarray):
@@ -3380,6 +3401,20 @@ DERIVATIVE_RTOL = 1e-8
 ESTIMATE_SOLVE_TOL = 1e-2
 # Random directions per parameter along which `kinks_matter` compares the one-sided derivatives.
 KINK_DIRECTIONS = 2
+
+
+def _recover_rows(t: ConeTemplate, recover: sp.spmatrix) -> tuple[sp.csr_matrix, float]:
+    """``recover`` as CSR and its largest row sum of magnitudes, made once per template for
+    the template's own ``recover``."""
+    if recover is not t.recover:
+        R = sp.csr_matrix(recover)
+        return R, float(np.asarray(abs(R).sum(axis=1)).max(initial=0.0))
+    made = t.derived.get("recover rows")
+    if made is None:
+        R = sp.csr_matrix(recover)
+        made = t.derived["recover rows"] = (R, float(np.asarray(abs(R).sum(axis=1)).max(
+            initial=0.0)))
+    return made
 
 
 def _curved_rows(dims: ConeDims) -> np.ndarray | None:

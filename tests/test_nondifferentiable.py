@@ -831,3 +831,36 @@ def test_a_power_cone_ball_far_below_its_multiplier_is_right_or_reported(t):
         assert t < 1e-6  # (resolved at t = 1 and in the rescaled program at 1e-6)
     else:
         assert err <= 1e-8 * np.abs(J).max(), err
+
+
+@pytest.mark.parametrize("kind", ["pnorm", "rel_entr"])
+@pytest.mark.parametrize("t", [1.0, 1e-8, 1e-12])
+def test_a_cone_whose_multiplier_is_far_below_its_slack_is_right_or_reported(kind, t):
+    """min t·λ s.t. f(u) <= λ, u = c, f = pnorm(·, 1.5) or rel_entr: λ = f(c) whatever t, so
+    ∂λ/∂t = 0 and ∂λ/∂c = ∇f(c), while the cone's multipliers are ~t beside slacks ~1.
+    At t = 1e-12, ∂λ/∂t came back 3.8e-4 (pnorm) and 1.1e-3 (rel_entr) where it is 0, solved
+    and not reported. Each instance is solved with the closed form's Jacobian to 1e-8 of its
+    largest entry, or reported (the derivative not resolved in float64)."""
+    lam, tt = cp.Variable(), cp.Parameter(nonneg=True)
+    if kind == "pnorm":
+        u, c = cp.Variable(3), cp.Parameter(3)
+        con = cp.pnorm(u, 1.5, approx=False) <= lam
+        cv = np.array([1.0, -0.5, 0.25])
+        N = np.sum(np.abs(cv) ** 1.5) ** (1 / 1.5)
+        grad = np.sign(cv) * np.abs(cv) ** 0.5 / N ** 0.5
+    else:
+        u, c = cp.Variable(2), cp.Parameter(2, pos=True)
+        con = cp.rel_entr(u[0], u[1]) <= lam
+        cv = np.array([1.0, 0.5])
+        grad = np.array([np.log(cv[0] / cv[1]) + 1.0, -cv[0] / cv[1]])
+    layer = dl.compile(cp.Problem(cp.Minimize(tt * lam), [con, u == c]), [c, tt], [lam])
+    fwd = _nan_forward(layer, [cv, np.array(t)])
+    assert fwd.info.status[0] is dl.Status.SOLVED
+    jac = fwd.jacobian(0)
+    got = np.concatenate([np.ravel(jac[0][0]), np.ravel(jac[0][1])])
+    err = np.abs(got - np.concatenate([grad, [0.0]])).max()
+    if fwd.nondifferentiable[0]:
+        assert fwd.info.nondifferentiable_reason[0] == "non-unique"
+        assert t < 1.0
+    else:
+        assert err <= 1e-8 * np.abs(grad).max(), err
