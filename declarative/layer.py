@@ -656,8 +656,10 @@ class Forward:
             sol = self._rescaled(sol, poor, v, extended, ill[poor], strict)
         # a derivative that float64 does not resolve at this scaling (`imprecise`) is tried
         # once more in the program scaled at its solution, and reported where it stays so
+        # (along one random direction of all parameters at once: its error is judged against
+        # the largest change of the outputs, as a Jacobian's against its largest entry)
         L = self.layer
-        directions = parameter_directions(L.template, [(p.offset, p.size) for p in L.parameters],
+        directions = parameter_directions(L.template, [(0, L.template.num_params)],
                                           per_block=1)
         loose = sol.imprecise(L.template.recover, *directions)
         retry = np.flatnonzero(loose & (rc >= RESCALE_FLOOR) & ~np.isin(np.arange(len(rc)),
