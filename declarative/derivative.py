@@ -3313,12 +3313,14 @@ class ConeSolution:
         ∂λ/∂t at 1.3e-5 (t = 1e-8) and 9e-3 (t = 1e-12) where it is 0. The effect is
         estimated statistically (Kenney and Laub, *Small-sample statistical condition
         estimates*, 1994): each entry of those blocks of DΠ perturbed by DERIVATIVE_ROUNDING
-        of itself with random signs, one more solve with S's factorization, and the outputs'
-        change compared. Zero and nonnegative cones' DΠ (0 and 1) is exact; second-order
-        and PSD cones' blocks are not perturbed (a perturbation of each block's norm there
-        flagged min cᵀx s.t. ‖x‖₂ <= t at t = 1e-8 and 1e-12, whose Jacobian is right to
-        1e-9), and a program without exponential or power cones is not examined. Only
-        regular instances (and in ``where``, if given) are."""
+        of itself with random signs, and per direction two solves with S's factorization
+        (the derivative along it, then the perturbation's effect), and the outputs' change
+        compared. Zero and nonnegative cones' DΠ (0 and 1) is exact; second-order and PSD
+        cones' blocks are not perturbed (perturbed, entry by entry or by each block's norm,
+        min cᵀx s.t. ‖x‖₂ <= t was reported at t = 1e-8, whose Jacobian is right to 1e-9,
+        and its rescaled derivative at t = 1e-12 was worse than its own), and a program
+        without exponential or power cones is not examined. Only regular instances (and in
+        ``where``, if given) are."""
         t = self.ops.template
         n, B = t.n, len(self.x)
         out = np.zeros(B, dtype=bool)
