@@ -651,24 +651,23 @@ class Forward:
                               strict=strict)
         rc = sol.lin.rcond
         ill = (rc <= RESCALE_RCOND) & (rc >= RESCALE_FLOOR)
-        poor = np.flatnonzero(ill | skewed & (rc >= RESCALE_FLOOR))
-        if poor.size:
-            sol = self._rescaled(sol, poor, v, extended, ill[poor], strict)
+        poor = ill | skewed & (rc >= RESCALE_FLOOR)
         # a derivative that float64 does not resolve at this scaling (`imprecise`) is tried
-        # once more in the program scaled at its solution, and reported where it stays so
-        # (along one random direction of all parameters at once: its error is judged against
-        # the largest change of the outputs, as a Jacobian's against its largest entry)
+        # once more in the program scaled at its solution, with the instances above (one
+        # rescaling: a second would start from points and v the first has moved), and is
+        # reported where it stays so (along one random direction of all parameters at once:
+        # its error is judged against the largest change of the outputs, as a Jacobian's
+        # against its largest entry)
         L = self.layer
         directions = parameter_directions(L.template, [(0, L.template.num_params)],
                                           per_block=1)
         loose = sol.imprecise(L.template.recover, *directions)
-        retry = np.flatnonzero(loose & (rc >= RESCALE_FLOOR) & ~np.isin(np.arange(len(rc)),
-                                                                        poor))
-        if retry.size:
-            sol = self._rescaled(sol, retry, v, extended, np.ones(retry.size, dtype=bool),
-                                 strict)
+        retry = loose & (rc >= RESCALE_FLOOR) & ~poor
+        todo = np.flatnonzero(poor | retry)
+        if todo.size:
+            sol = self._rescaled(sol, todo, v, extended, (ill | retry)[todo], strict)
             again = np.zeros(len(rc), dtype=bool)
-            again[retry] = True
+            again[todo] = True
             loose = np.where(again, sol.imprecise(L.template.recover, *directions, where=again),
                              loose)
         sol.loose = loose

@@ -798,39 +798,76 @@ def test_a_smooth_relative_entropy_prox_is_not_flagged_and_matches_finite_differ
             assert np.abs(jd - fd).max() <= 1e-5 * max(np.abs(fd).max(), 1.0), (i, k)
 
 
-@pytest.mark.parametrize("t", [1.0, 1e-6, 1e-8, 1e-12])
-def test_a_power_cone_ball_far_below_its_multiplier_is_right_or_reported(t):
-    """min cᵀx s.t. ‖x‖₃ <= t (CVXPY's power cones, at their apex as t → 0):
-    x = −t·∇‖c‖_q and the multiplier λ = ‖c‖_q, q = 3/2, so ∂λ/∂t = 0, ∂x/∂t = x/t and
-    ∂x/∂c = −t·∇²‖c‖_q. λ ~ 1 beside t puts ∂λ/∂t's natural scale at 1/t, where the
-    rounding of DΠ's entries reached 1.3e-5 (t = 1e-8) and 9e-3 (t = 1e-12), solved and
-    not reported. Each instance is solved with the closed form's Jacobian to 1e-8 of its
-    largest entry, or reported (the derivative not resolved in float64); at t <= 1e-6 the
-    program scaled at its solution resolves it."""
+def _power_ball():
+    """min cᵀx s.t. ‖x‖₃ <= t (CVXPY's power cones) with outputs x and the multiplier λ, and
+    its Jacobian in closed form: x = −t·∇‖c‖_q, λ = ‖c‖_q, q = 3/2, so ∂λ/∂t = 0,
+    ∂x/∂t = x/t and ∂x/∂c = −t·∇²‖c‖_q; rows (x, λ), columns (c, t)."""
     x, c, tt = cp.Variable(3), cp.Parameter(3), cp.Parameter()
     con = cp.pnorm(x, 3, approx=False) <= tt
     layer = dl.compile(cp.Problem(cp.Minimize(c @ x), [con]), [c, tt],
                        [x, con.dual_variables[0]])
+
+    def exact(cv, t):
+        q = 1.5
+        N = np.sum(np.abs(cv) ** q) ** (1 / q)
+        g = np.sign(cv) * np.abs(cv) ** (q - 1) / N ** (q - 1)
+        H = (q - 1) * (np.diag(np.abs(cv) ** (q - 2)) / N ** (q - 1) - np.outer(g, g) / N)
+        J = np.zeros((4, 4))
+        J[:3, :3], J[:3, 3] = -t * H, -g
+        J[3, :3] = g
+        return J
+
+    return layer, exact
+
+
+def _jacobian_4x4(fwd, i):
+    jac = fwd.jacobian(i)
+    return np.block([[np.reshape(jac[k][0], (-1, 3)), np.reshape(jac[k][1], (-1, 1))]
+                     for k in range(2)])
+
+
+@pytest.mark.parametrize("t", [1.0, 1e-6, 1e-8, 1e-12])
+def test_a_power_cone_ball_far_below_its_multiplier_is_right_or_reported(t):
+    """The 3-norm ball at t → 0 (its power cones at their apex): λ ~ 1 beside t puts
+    ∂λ/∂t's natural scale at 1/t, where the rounding of DΠ's entries reached 1.3e-5
+    (t = 1e-8) and 9e-3 (t = 1e-12), solved and not reported. Each instance is solved with
+    the closed form's Jacobian to 1e-8 of its largest entry, or reported (the derivative not
+    resolved in float64); at t <= 1e-6 the program scaled at its solution resolves it."""
+    layer, exact = _power_ball()
     cv = np.array([1.0, -0.5, 0.25])
-    q = 1.5
-    N = np.sum(np.abs(cv) ** q) ** (1 / q)
-    g = np.sign(cv) * np.abs(cv) ** (q - 1) / N ** (q - 1)
-    H = (q - 1) * (np.diag(np.abs(cv) ** (q - 2)) / N ** (q - 1) - np.outer(g, g) / N)
-    J = np.zeros((4, 4))
-    J[:3, :3], J[:3, 3] = -t * H, -g
-    J[3, :3] = g
+    J = exact(cv, t)
     fwd = _nan_forward(layer, [cv, np.array(t)])
     assert fwd.info.status[0] is dl.Status.SOLVED
-    assert np.abs(fwd.outputs[0][0] + t * g).max() <= 1e-9 * t
-    jac = fwd.jacobian(0)
-    got = np.block([[np.reshape(jac[i][0], (-1, 3)), np.reshape(jac[i][1], (-1, 1))]
-                    for i in range(2)])
-    err = np.abs(got - J).max()
+    assert np.abs(fwd.outputs[0][0] + t * J[3, :3]).max() <= 1e-9 * t
+    err = np.abs(_jacobian_4x4(fwd, 0) - J).max()
     if fwd.nondifferentiable[0]:
         assert fwd.info.nondifferentiable_reason[0] == "non-unique"
         assert t < 1e-6  # (resolved at t = 1 and in the rescaled program at 1e-6)
     else:
         assert err <= 1e-8 * np.abs(J).max(), err
+
+
+def test_a_batch_rescaled_two_ways_keeps_each_instances_derivative():
+    """The 3-norm ball at t = 1e-6 for two c: one linearized again in the program scaled
+    at its solution for its conditioning, the other for its derivative's imprecision. Done
+    as two rescalings, the second started from the first's points beside the v from before
+    it: the first instance's DΠ was taken at the wrong v, its Jacobian 19 off (∂/∂t −18.65
+    for −2.00), solved and not reported. Each instance batched matches itself alone and
+    the closed form to 1e-8."""
+    layer, exact = _power_ball()
+    C = np.array([[1.689864668876795, -0.9365584454644904, -1.1892686378115072],
+                  [1.9075690048470388, 0.7612966136188739, 0.9619876081506362]])
+    t = 1e-6
+    both = _nan_forward(layer, [C, np.full(2, t)])
+    for i in range(2):
+        alone = _nan_forward(layer, [C[i], np.array(t)])
+        assert both.info.status[i] is dl.Status.SOLVED
+        assert alone.info.status[0] is dl.Status.SOLVED
+        assert both.nondifferentiable[i] == alone.nondifferentiable[0]
+        J, Jb, Ja = exact(C[i], t), _jacobian_4x4(both, i), _jacobian_4x4(alone, 0)
+        assert np.abs(Jb - Ja).max() <= 1e-8 * np.abs(J).max(), i
+        if not both.nondifferentiable[i]:
+            assert np.abs(Jb - J).max() <= 1e-8 * np.abs(J).max(), i
 
 
 @pytest.mark.parametrize("kind", ["pnorm", "rel_entr"])
