@@ -3302,10 +3302,11 @@ class ConeSolution:
         """Instances whose outputs' derivative float64 does not resolve (B,) bool: along the
         p data directions dc (n, p), da (nnz, p), db (m, p), dh (nnz(P), p), the change of
         the outputs R·(dx, dy) that DΠ's own rounding makes exceeds DERIVATIVE_RTOL of the
-        largest change (in the user's units) and KINK_FLOOR of the outputs' own sums
-        R·(dx, dy) in magnitudes; where every output's derivative is 0 (an apex held), of
-        the largest change of any variable, so that such an output is not judged by rounding
-        alone.
+        largest change (in the user's units); where that largest change is itself below
+        KINK_FLOOR of any variable's (outputs that do not move: a saturated softmax, an apex
+        held), it must also exceed that floor, so that they are not judged by rounding
+        alone. (The floor over every variable, applied everywhere, hid errors up to 0.11:
+        geo_mean(x) >= t at t = 1e-14, whose auxiliary variables move far more than x.)
 
         DΠ of an exponential or power cone is computed (root finding, closed forms), not
         given: its entries carry rounding of their own size, and S's solves pass that on
@@ -3336,9 +3337,7 @@ class ConeSolution:
         R, R_norm = _recover_rows(t, recover)
         # the same signs for every instance: an instance's estimate does not depend on its batch
         signs = np.random.default_rng(0).choice((-1.0, 1.0), size=(dc.shape[1], t.m))
-        err, size, floor = np.zeros(B), np.zeros(B), np.zeros(B)
-        zero = np.ones(B, dtype=bool)
-        R_abs = abs(R)
+        err, size, top = np.zeros(B), np.zeros(B), np.zeros(B)
 
         def outputs(d: np.ndarray, extra: np.ndarray | float = 0.0
                     ) -> tuple[np.ndarray, np.ndarray]:
@@ -3361,14 +3360,17 @@ class ConeSolution:
             _, oe = outputs(e, q)
             err = np.fmax(err, np.abs(oe).max(axis=1, initial=0.0))
             size = np.fmax(size, np.abs(o).max(axis=1, initial=0.0))
-            # the rounding of the outputs' own sums R·(dx, dy), over the variables they read
-            floor = np.fmax(floor, np.asarray(R_abs @ np.abs(full).T).T.max(axis=1, initial=0.0))
-            # where every output's derivative is 0 (an apex held: DΠ 0 on its block), the
-            # estimate is judged against the derivative of the variables beside them
-            zero &= np.abs(o).max(axis=1, initial=0.0) == 0
-            floor = np.where(zero, np.fmax(floor, R_norm * np.abs(full).max(axis=1, initial=0.0)),
-                             floor)
-        return live & (err > DERIVATIVE_RTOL * size) & (err > KINK_FLOOR * floor)
+            top = np.fmax(top, np.abs(full).max(axis=1, initial=0.0))
+        # outputs whose derivative is itself at the solve's rounding beside the variables'
+        # (KINK_FLOOR of their largest change: a saturated softmax, an apex held) are judged
+        # against that rounding, not against their own size
+        # (and nothing below the solves' own rounding of the variables' largest change is
+        # taken for the estimate's: a softmax whose logits are 170 apart, ∂x/∂a ~ 3e-8 right
+        # to 2e-16, had its estimate at 6.9e-16)
+        floor = KINK_FLOOR * R_norm * top
+        rounding = ESTIMATE_ROUNDING * R_norm * top
+        return live & (err > DERIVATIVE_RTOL * size) & (err > rounding) \
+            & ((size > floor) | (err > floor))
 
     def _users(self, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
         """(dx (B, n), dy (B, m)) of the batch in the user's units, stacked (B, n + m)."""
@@ -3412,6 +3414,9 @@ class ConeSolution:
 # over sixteen decades.
 DERIVATIVE_ROUNDING = 4 * float(np.finfo(float).eps)
 DERIVATIVE_RTOL = 1e-8
+# ... and nothing below this fraction of the largest change of any variable is an error the
+# estimate can tell from the solves' own rounding
+ESTIMATE_ROUNDING = 64 * float(np.finfo(float).eps)
 # ... whose solves need only their magnitude: iterative refinement on a nearby factorization
 # stops at this relative residual
 ESTIMATE_SOLVE_TOL = 1e-2
