@@ -54,11 +54,9 @@ from declarative.compile import ConeTemplate, times_t
 from declarative.cones import (
     KINK_TOL,
     KINK_TOL_EXTENDED,
-    ConeDims,
     DProjection,
     block_pattern,
     cone_groups,
-    cone_layout,
     curved_limits,
     dproject,
     group_entries,
@@ -3135,8 +3133,7 @@ class ConeSolution:
             return out
         t = self.ops.template
         n = t.n
-        R = sp.csr_matrix(recover)
-        R_norm = float(np.asarray(abs(R).sum(axis=1)).max(initial=0.0))
+        R, R_norm = _recover_rows(t, recover)
         released = release_kinks(self.v[idx], self.kink_mask[idx], t.dims,
                                  D=self.D.take(idx))
         D0 = dproject(released, t.dims, dual=True)
@@ -3256,13 +3253,21 @@ class ConeSolution:
     def jvp(self, dc: np.ndarray, da: np.ndarray, db: np.ndarray,
             dh: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(dc, dA values, db, dP values) ↦ (dx, dy), eq. (2)."""
-        ops = self.ops
-        dA = BatchOps(ops.template, da, dh)
-        rhs = -np.concatenate([dA.P(self.x) + dA.AT(self.y) + dc, -dA.A(self.x) + db], axis=1)
-        rhs[:, ops.template.n :][self._inactive] = 0.0  # (DΠ dv is 0 there whatever dv is)
+        rhs = self._data_rhs(dc, da, db, dh)
         d = self._extended(rhs, self.lin.solve(rhs), np.arange(len(rhs)))
-        n = ops.template.n
+        n = self.ops.template.n
         return d[:, :n], self.D.matvec(d[:, n:])
+
+    def _data_rhs(self, dc: np.ndarray, da: np.ndarray, db: np.ndarray,
+                  dh: np.ndarray | None) -> np.ndarray:
+        """−(dP x + dAᵀ y + dc, −dA x + db) of eq. (2) per instance, the data directions
+        (B, ·) in the program's units, zero on the rows of `_inactive` (DΠ dv is 0 there
+        whatever dv is)."""
+        t = self.ops.template
+        dA = BatchOps(t, da, dh)
+        rhs = -np.concatenate([dA.P(self.x) + dA.AT(self.y) + dc, -dA.A(self.x) + db], axis=1)
+        rhs[:, t.n :][self._inactive] = 0.0
+        return rhs
 
     def vjp(self, gx: np.ndarray, gy: np.ndarray
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -3327,7 +3332,7 @@ class ConeSolution:
         t = self.ops.template
         n, B = t.n, len(self.x)
         out = np.zeros(B, dtype=bool)
-        if _curved_rows(t.dims) is None:
+        if not (t.dims.exp or t.dims.exp_dual or t.dims.power):
             return out
         live = ~self.lin.singular & np.isfinite(self.lin.rcond)
         if where is not None:
@@ -3382,14 +3387,11 @@ class ConeSolution:
                  ) -> np.ndarray:
         """`_rhs` for the whole batch along one data direction: dc (n,), da (nnz,), db (m,),
         dh (nnz(P),) → (B, n + m), zero on the rows of `_inactive`."""
-        t, B = self.ops.template, len(self.x)
+        B = len(self.x)
         dc, da, db, dh = (np.tile(a, (B, 1)) for a in (dc, da, db, dh))
         if self.scaling is not None:
-            dc, da, db, dh = self.scaling.data(t, dc, da, db, dh)
-        dA = BatchOps(t, da, dh)
-        rhs = -np.concatenate([dA.P(self.x) + dA.AT(self.y) + dc, db - dA.A(self.x)], axis=1)
-        rhs[:, t.n :][self._inactive] = 0.0
-        return rhs
+            dc, da, db, dh = self.scaling.data(self.ops.template, dc, da, db, dh)
+        return self._data_rhs(dc, da, db, dh)
 
     def jacobian_one(self, k: int, dc: np.ndarray, da: np.ndarray, db: np.ndarray,
                      dh: np.ndarray):
@@ -3436,17 +3438,6 @@ def _recover_rows(t: ConeTemplate, recover: sp.spmatrix) -> tuple[sp.csr_matrix,
         made = t.derived["recover rows"] = (R, float(np.asarray(abs(R).sum(axis=1)).max(
             initial=0.0)))
     return made
-
-
-def _curved_rows(dims: ConeDims) -> np.ndarray | None:
-    """(m,) bool: the rows of exponential and power cones; None where there are none."""
-    lay = cone_layout(dims)
-    if not (lay.exp.size or lay.pow.size):
-        return None
-    out = np.zeros(dims.size, dtype=bool)
-    out[lay.exp.ravel()] = True
-    out[lay.pow.ravel()] = True
-    return out
 
 
 def parameter_directions(t: ConeTemplate, blocks: list[tuple[int, int]],

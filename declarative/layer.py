@@ -655,13 +655,13 @@ class Forward:
         # a derivative that float64 does not resolve at this scaling (`imprecise`) is tried
         # once more in the program scaled at its solution, with the instances above (one
         # rescaling: a second would start from points and v the first has moved), and is
-        # reported where it stays so (along one random direction of all parameters at once:
-        # its error is judged against the largest change of the outputs, as a Jacobian's
-        # against its largest entry)
+        # reported where it stays so; those rescaled anyway are estimated after it only.
+        # Along one random direction of all parameters at once: its error is judged against
+        # the largest change of the outputs, as a Jacobian's against its largest entry.
         L = self.layer
         directions = parameter_directions(L.template, [(0, L.template.num_params)],
                                           per_block=1)
-        loose = sol.imprecise(L.template.recover, *directions)
+        loose = sol.imprecise(L.template.recover, *directions, where=~poor)
         retry = loose & (rc >= RESCALE_FLOOR) & ~poor
         todo = np.flatnonzero(poor | retry)
         if todo.size:
